@@ -1,0 +1,157 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import { Sealer } from '../crypto/sealer.js';
+import { AppError } from '../errors/app-error.js';
+import type { Keys } from '../store/keys.js';
+import { fromMicro, toMicro, type Currency } from './money.js';
+
+export type AccountStatus = 'pending' | 'active' | 'suspended';
+
+export interface Account {
+  account_id: string;
+  name: string;
+  status: AccountStatus;
+  currency: Currency;
+  balance: number;
+  api_key: string;
+  webhook_url: string | null;
+  rate_limit: number | null;
+  created_at: string;
+}
+
+export interface CreatedAccount extends Account {
+  /** Shown once, at creation or regeneration; stored only sealed and as a MAC. */
+  api_secret: string;
+}
+
+export class AccountNotFoundError extends AppError {
+  constructor(id: string) {
+    super('account_not_found', `no account ${id}`);
+  }
+}
+
+/** Accounts in Redis: the API secret is kept sealed (webhooks are signed with it) plus a MAC for login. */
+export class AccountStore {
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+    private readonly sealer: Sealer,
+  ) {}
+
+  async create(input: { name: string; balance?: number; currency: Currency; active?: boolean }): Promise<CreatedAccount> {
+    const id = randomUUID();
+    const apiKey = randomBytes(16).toString('hex');
+    const secret = randomBytes(32).toString('hex');
+    const now = new Date().toISOString();
+    const status: AccountStatus = input.active ? 'active' : 'pending';
+    await this.redis
+      .multi()
+      .hset(this.keys.account(id), {
+        account_id: id,
+        name: input.name,
+        status,
+        currency: input.currency,
+        balance: String(toMicro(input.balance ?? 0)),
+        api_key: apiKey,
+        secret_mac: this.secretMac(apiKey, secret),
+        secret_enc: this.sealer.seal(secret, `secret:${id}`),
+        created_at: now,
+      })
+      .set(this.keys.accountByKey(apiKey), id)
+      .sadd(this.keys.accounts(), id)
+      .exec();
+    return { ...(await this.get(id)), api_secret: secret };
+  }
+
+  async get(id: string): Promise<Account> {
+    const h = await this.redis.hgetall(this.keys.account(id));
+    if (!h.account_id) throw new AccountNotFoundError(id);
+    return toAccount(h);
+  }
+
+  /** The account a Basic-auth pair belongs to, or null; the secret is compared in constant time. */
+  async authenticate(apiKey: string, secret: string): Promise<(Account & { secretOk: true }) | null> {
+    if (!/^[0-9a-f]{32}$/.test(apiKey)) return null;
+    const id = await this.redis.get(this.keys.accountByKey(apiKey));
+    // Compute a MAC even when the key is unknown so both paths cost the same.
+    const given = this.secretMac(apiKey, secret);
+    if (!id) {
+      Sealer.equal(given, '0'.repeat(64));
+      return null;
+    }
+    const h = await this.redis.hgetall(this.keys.account(id));
+    if (!h.account_id || !Sealer.equal(given, h.secret_mac ?? '')) return null;
+    return { ...toAccount(h), secretOk: true };
+  }
+
+  /** The API secret in clear, for signing webhooks. */
+  async secretOf(id: string): Promise<string> {
+    const enc = await this.redis.hget(this.keys.account(id), 'secret_enc');
+    if (!enc) throw new AccountNotFoundError(id);
+    return this.sealer.open(enc, `secret:${id}`);
+  }
+
+  async setStatus(id: string, status: AccountStatus): Promise<Account> {
+    await this.mustExist(id);
+    await this.redis.hset(this.keys.account(id), 'status', status);
+    return this.get(id);
+  }
+
+  async topUp(id: string, amount: number): Promise<Account> {
+    if (!(amount > 0)) throw new AppError('invalid_amount', 'top-up amount must be a positive number');
+    await this.mustExist(id);
+    await this.redis.hincrby(this.keys.account(id), 'balance', toMicro(amount));
+    return this.get(id);
+  }
+
+  /** New secret, same key (as the FlashVerify dashboard does). */
+  async regenerateSecret(id: string): Promise<CreatedAccount> {
+    const account = await this.get(id);
+    const secret = randomBytes(32).toString('hex');
+    await this.redis.hset(this.keys.account(id), {
+      secret_mac: this.secretMac(account.api_key, secret),
+      secret_enc: this.sealer.seal(secret, `secret:${id}`),
+    });
+    return { ...account, api_secret: secret };
+  }
+
+  async setWebhook(id: string, url: string | null): Promise<Account> {
+    await this.mustExist(id);
+    if (url === null) await this.redis.hdel(this.keys.account(id), 'webhook_url');
+    else {
+      let parsed: URL;
+      try {
+        parsed = new URL(url);
+      } catch {
+        throw new AppError('invalid_webhook_url', `not a URL: ${url}`);
+      }
+      if (parsed.protocol !== 'https:' && parsed.protocol !== 'http:') {
+        throw new AppError('invalid_webhook_url', 'webhook URL must be http:// or https://');
+      }
+      await this.redis.hset(this.keys.account(id), 'webhook_url', parsed.toString());
+    }
+    return this.get(id);
+  }
+
+  private async mustExist(id: string): Promise<void> {
+    if (!(await this.redis.exists(this.keys.account(id)))) throw new AccountNotFoundError(id);
+  }
+
+  private secretMac(apiKey: string, secret: string): string {
+    return this.sealer.mac('api-secret', `${apiKey}:${secret}`);
+  }
+}
+
+function toAccount(h: Record<string, string>): Account {
+  return {
+    account_id: h.account_id ?? '',
+    name: h.name ?? '',
+    status: (h.status as AccountStatus) ?? 'pending',
+    currency: (h.currency as Currency) ?? 'GBP',
+    balance: fromMicro(Number(h.balance ?? 0)),
+    api_key: h.api_key ?? '',
+    webhook_url: h.webhook_url ?? null,
+    rate_limit: h.rate_limit ? Number(h.rate_limit) : null,
+    created_at: h.created_at ?? '',
+  };
+}

@@ -1,0 +1,198 @@
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { Account, AccountStore } from '../accounts/account-store.js';
+import { fromMicro } from '../accounts/money.js';
+import type { Config } from '../config/schema.js';
+import type { Keys } from '../store/keys.js';
+import { scripts } from '../store/scripts.js';
+import { ApiError } from '../verification/errors.js';
+import { METHODS, utcDay } from '../verification/types.js';
+import type { VerificationService } from '../verification/verification-service.js';
+
+export interface ApiDeps {
+  config: Readonly<Config>;
+  redis: Redis;
+  keys: Keys;
+  accounts: AccountStore;
+  verifications: VerificationService;
+  logger: Logger;
+  /** Extra readiness probes (SIP transport ...), each true when healthy. */
+  readiness?: Record<string, () => boolean | Promise<boolean>>;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    account?: Account;
+  }
+}
+
+/** The FlashVerify v1 HTTP API. */
+export function buildApi(deps: ApiDeps): FastifyInstance {
+  const { config, redis, keys, accounts, verifications } = deps;
+  const app = Fastify({
+    loggerInstance: deps.logger as unknown as FastifyBaseLogger,
+    bodyLimit: config.http.bodyLimitBytes,
+    trustProxy: config.http.trustProxy,
+    // One line per request is too much at thousands of requests/s; errors are logged by the handler.
+    logController: new LogController({ disableRequestLogging: true }),
+    // Our ids are UUIDs; anything longer is rejected before routing.
+    routerOptions: { maxParamLength: 100 },
+  });
+
+  app.setErrorHandler((err: Error & { code?: string; statusCode?: number }, req, reply) => {
+    const apiErr = toApiError(err);
+    if (apiErr.status >= 500) req.log.error({ err, url: req.url }, 'request failed');
+    void reply.status(apiErr.status).send(apiErr.toBody());
+  });
+  app.setNotFoundHandler((req, reply) => {
+    void reply.status(404).send({ error: 'not_found', message: `no route ${req.method} ${req.url.split('?')[0]}` });
+  });
+
+  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/readyz', async (_req, reply) => {
+    const checks: Record<string, boolean> = {};
+    try {
+      checks.redis = (await redis.ping()) === 'PONG';
+    } catch {
+      checks.redis = false;
+    }
+    for (const [name, probe] of Object.entries(deps.readiness ?? {})) {
+      try {
+        checks[name] = await probe();
+      } catch {
+        checks[name] = false;
+      }
+    }
+    const ready = Object.values(checks).every(Boolean);
+    return reply.status(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not_ready', checks });
+  });
+
+  app.register(
+    async (v1) => {
+      v1.addHook('onRequest', async (req, reply) => {
+        req.account = await authenticate(req, reply, accounts);
+        await rateLimit(req.account, reply, redis, keys, config.api.defaultRateLimitPerSecond);
+      });
+      v1.addHook('preValidation', async (req) => {
+        if (req.method === 'POST' && (typeof req.body !== 'object' || req.body === null || Array.isArray(req.body))) {
+          throw new ApiError('invalid_request', 'the body must be a JSON object');
+        }
+      });
+
+      v1.post('/verify', async (req, reply) => {
+        const body = await verifications.create(req.account!, req.body as Record<string, unknown>);
+        return reply.status(201).send(body);
+      });
+      v1.post('/verify/check', async (req) => verifications.check(req.account!, req.body as Record<string, unknown>));
+      v1.get<{ Params: { id: string } }>('/verify/:id', async (req) => verifications.status(req.account!, req.params.id));
+      v1.get('/balance', async (req) => {
+        const a = await accounts.get(req.account!.account_id);
+        return { balance: { amount: a.balance, currency: a.currency } };
+      });
+      v1.get<{ Querystring: { from?: string; to?: string } }>('/usage', async (req) =>
+        usage(redis, keys, req.account!, req.query.from, req.query.to),
+      );
+    },
+    { prefix: '/v1' },
+  );
+  return app;
+}
+
+async function authenticate(req: FastifyRequest, reply: FastifyReply, accounts: AccountStore): Promise<Account> {
+  const header = req.headers.authorization ?? '';
+  const m = /^Basic ([A-Za-z0-9+/=]+)$/i.exec(header.trim());
+  const decoded = m ? Buffer.from(m[1]!, 'base64').toString('utf8') : '';
+  const sep = decoded.indexOf(':');
+  const account = sep > 0 ? await accounts.authenticate(decoded.slice(0, sep), decoded.slice(sep + 1)) : null;
+  if (!account) {
+    void reply.header('WWW-Authenticate', 'Basic realm="FlashVerify"');
+    throw new ApiError('unauthorized');
+  }
+  // Pending and suspended accounts may still read; they may not start verifications.
+  return account;
+}
+
+async function rateLimit(account: Account, reply: FastifyReply, redis: Redis, keys: Keys, defaultLimit: number): Promise<void> {
+  const limit = account.rate_limit ?? defaultLimit;
+  const nowMs = Date.now();
+  const second = Math.floor(nowMs / 1000);
+  const count = Number(await scripts.rateLimit.run(redis, [keys.rateLimit(account.api_key, second)], [2000]));
+  void reply.header('X-RateLimit-Limit', limit);
+  void reply.header('X-RateLimit-Remaining', Math.max(0, limit - count));
+  void reply.header('X-RateLimit-Reset', second + 1);
+  if (count > limit) {
+    void reply.header('Retry-After', 1);
+    throw new ApiError('rate_limited', `Too many requests: the limit is ${limit} requests per second for this API key`);
+  }
+}
+
+async function usage(redis: Redis, keys: Keys, account: Account, from?: string, to?: string) {
+  const day = 24 * 3600 * 1000;
+  const parse = (s: string | undefined, name: string, def: number): number => {
+    if (s === undefined) return def;
+    if (!/^\d{4}-\d{2}-\d{2}$/.test(s) || Number.isNaN(Date.parse(`${s}T00:00:00Z`))) {
+      throw new ApiError('invalid_request', `${name} must be a date in YYYY-MM-DD format`);
+    }
+    return Date.parse(`${s}T00:00:00Z`);
+  };
+  const today = Date.parse(`${utcDay(Date.now())}T00:00:00Z`);
+  const toMs = parse(to, 'to', today);
+  const fromMs = parse(from, 'from', toMs - 30 * day);
+  if (fromMs > toMs) throw new ApiError('invalid_request', 'from must not be after to');
+  if (toMs - fromMs > 366 * day) throw new ApiError('invalid_request', 'the range may span at most 366 days');
+
+  const pipeline = redis.pipeline();
+  for (let t = fromMs; t <= toMs; t += day) pipeline.hgetall(keys.usage(account.account_id, utcDay(t)));
+  const rows = ((await pipeline.exec()) ?? []).map(([, r]) => (r ?? {}) as Record<string, string>);
+  const byMethod: Record<string, { count: number; cost: number }> = {};
+  let total = 0;
+  let successful = 0;
+  let costMicro = 0;
+  for (const m of METHODS) {
+    let count = 0;
+    let cost = 0;
+    for (const r of rows) {
+      count += Number(r[`${m}:count`] ?? 0);
+      cost += Number(r[`${m}:cost`] ?? 0);
+    }
+    byMethod[m] = { count, cost: fromMicro(cost) };
+    total += count;
+    costMicro += cost;
+  }
+  for (const r of rows) successful += Number(r.verified ?? 0);
+  return {
+    from: utcDay(fromMs),
+    to: utcDay(toMs),
+    total_verifications: total,
+    successful,
+    success_rate: total ? Math.round((successful / total) * 1000) / 10 : 0,
+    total_cost: { amount: fromMicro(costMicro), currency: account.currency },
+    by_method: byMethod,
+  };
+}
+
+/** Maps anything thrown to the documented catalogue: a 4xx for bad input, never a stack trace. */
+function toApiError(err: Error & { code?: string; statusCode?: number }): ApiError {
+  if (err instanceof ApiError) return err;
+  switch (err.code) {
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new ApiError('invalid_request', 'Content-Type must be application/json');
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new ApiError('invalid_request', 'the request body is too large');
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return new ApiError('invalid_request', 'the request body is empty; send a JSON object');
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return new ApiError('invalid_request', 'Content-Length does not match the body');
+  }
+  if (err instanceof SyntaxError || err.code === 'FST_ERR_CTP_INVALID_JSON_BODY') {
+    return new ApiError('invalid_request', 'the body is not valid JSON');
+  }
+  if (err.name === 'MaxRetriesPerRequestError' || /Connection is closed|ECONNREFUSED|Stream isn't writeable/.test(err.message)) {
+    return new ApiError('service_unavailable');
+  }
+  if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
+    return new ApiError('invalid_request', err.message);
+  }
+  return new ApiError('internal_error');
+}

@@ -1,0 +1,119 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse as parseYaml } from 'yaml';
+import { ConfigError } from '../errors/app-error.js';
+import { configSchema, type Config } from './schema.js';
+
+/** `config/default.yaml` of the installed package (works from src/ and dist/). */
+export const DEFAULT_CONFIG_FILE = fileURLToPath(new URL('../../config/default.yaml', import.meta.url));
+
+export interface LoadOptions {
+  /** YAML file layered over the defaults (`--config FILE`); else FLASHVERIFY_CONFIG. */
+  file?: string;
+  /** Environment to read overrides from (default process.env). */
+  env?: NodeJS.ProcessEnv;
+  /** Extra overrides layered last (tests). */
+  overrides?: DeepPartial<Config>;
+}
+
+export type DeepPartial<T> = T extends readonly (infer U)[]
+  ? U[]
+  : T extends object
+    ? { [K in keyof T]?: DeepPartial<T[K]> }
+    : T;
+
+/**
+ * Loads defaults, then the named YAML file, then environment variables, then
+ * `overrides`; validates the result once and returns it frozen. Throws a
+ * ConfigError listing every problem (the CLI prints it and exits non-zero).
+ */
+export function loadConfig(options: LoadOptions = {}): Readonly<Config> {
+  const env = options.env ?? process.env;
+  const issues: string[] = [];
+  let merged: unknown = readYaml(DEFAULT_CONFIG_FILE, issues);
+  const file = options.file ?? env.FLASHVERIFY_CONFIG;
+  if (file) merged = deepMerge(merged, readYaml(resolve(file), issues));
+  merged = deepMerge(merged, envOverrides(env, issues));
+  if (options.overrides) merged = deepMerge(merged, options.overrides);
+  if (issues.length > 0) throw new ConfigError(issues);
+
+  const result = configSchema.safeParse(merged);
+  if (!result.success) {
+    throw new ConfigError(
+      result.error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`),
+    );
+  }
+  return deepFreeze(result.data);
+}
+
+function readYaml(path: string, issues: string[]): unknown {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    issues.push(`${path}: cannot read (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+    return {};
+  }
+  try {
+    return parseYaml(text) ?? {};
+  } catch (err) {
+    issues.push(`${path}: not valid YAML (${(err as Error).message.split('\n')[0]})`);
+    return {};
+  }
+}
+
+function envOverrides(env: NodeJS.ProcessEnv, issues: string[]): Record<string, unknown> {
+  const out: Record<string, Record<string, unknown>> = {};
+  const set = (section: string, key: string, value: unknown): void => {
+    out[section] = { ...(out[section] ?? {}), [key]: value };
+  };
+  const int = (name: string): number | undefined => {
+    const raw = env[name];
+    if (raw === undefined || raw === '') return undefined;
+    if (!/^\d+$/.test(raw)) {
+      issues.push(`${name}: must be a whole number, got "${raw}"`);
+      return undefined;
+    }
+    return Number(raw);
+  };
+  if (env.REDIS_URL) set('redis', 'url', env.REDIS_URL);
+  if (env.REDIS_PREFIX) set('redis', 'prefix', env.REDIS_PREFIX);
+  const port = int('PORT');
+  if (port !== undefined) set('http', 'port', port);
+  if (env.HOST) set('http', 'host', env.HOST);
+  if (env.FLASHVERIFY_MASTER_KEY) set('security', 'masterKey', env.FLASHVERIFY_MASTER_KEY);
+  if (env.LOG_LEVEL) set('log', 'level', env.LOG_LEVEL);
+  const sipPort = int('SIP_LISTEN_PORT');
+  if (sipPort !== undefined) out.sip = { ...(out.sip ?? {}), listen: { port: sipPort } };
+  if (env.SIP_TRUNK_URI) out.sip = { ...(out.sip ?? {}), trunkUri: env.SIP_TRUNK_URI };
+  if (env.SMPP_URL) set('sms', 'url', env.SMPP_URL);
+  return out;
+}
+
+/** Objects merge key by key; arrays and scalars replace. `sip.trunkUri` (env) patches the first trunk. */
+function deepMerge(base: unknown, over: unknown): unknown {
+  if (!isPlainObject(base) || !isPlainObject(over)) return over === undefined ? base : over;
+  const result: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(over)) {
+    if (key === 'trunkUri' && Array.isArray(result.trunks)) {
+      const [first, ...rest] = result.trunks as unknown[];
+      result.trunks = [{ ...(isPlainObject(first) ? first : {}), uri: value }, ...rest];
+      continue;
+    }
+    result[key] = deepMerge(result[key], value);
+  }
+  return result;
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null) {
+    for (const child of Object.values(value)) deepFreeze(child);
+    Object.freeze(value);
+  }
+  return value;
+}

@@ -1,0 +1,71 @@
+import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
+
+/**
+ * Field encryption at rest (AES-256-GCM) and keyed hashing (HMAC-SHA256), all
+ * derived from the master key with HKDF so that one secret serves several
+ * purposes without reuse. Ciphertexts carry the id of the key that sealed them,
+ * so that after a rotation the previous keys still open old records.
+ *
+ * Sealed format: `v1.<keyId>.<iv>.<tag>.<ciphertext>` (base64url parts).
+ */
+export class Sealer {
+  private readonly encKeys = new Map<string, Buffer>();
+  private readonly currentId: string;
+  private readonly hmacKey: Buffer;
+
+  constructor(current: Buffer, previous: readonly Buffer[] = []) {
+    this.currentId = keyId(current);
+    for (const key of [current, ...previous]) this.encKeys.set(keyId(key), derive(key, 'flashverify/enc/v1'));
+    // Lookup hashes (phone index, code check) must stay stable across rotations:
+    // derived from the current key only, records keep working because the
+    // hash is recomputed from the decrypted value when needed.
+    this.hmacKey = derive(current, 'flashverify/hmac/v1');
+  }
+
+  seal(plain: string, aad = ''): string {
+    const encKey = this.encKeys.get(this.currentId)!;
+    const iv = randomBytes(12);
+    const cipher = createCipheriv('aes-256-gcm', encKey, iv);
+    if (aad) cipher.setAAD(Buffer.from(aad));
+    const ct = Buffer.concat([cipher.update(plain, 'utf8'), cipher.final()]);
+    return ['v1', this.currentId, b64(iv), b64(cipher.getAuthTag()), b64(ct)].join('.');
+  }
+
+  /** Throws when the value was tampered with or sealed by an unknown key. */
+  open(sealed: string, aad = ''): string {
+    const parts = sealed.split('.');
+    if (parts.length !== 5 || parts[0] !== 'v1') throw new Error('not a sealed value');
+    const [, id, iv, tag, ct] = parts as [string, string, string, string, string];
+    const encKey = this.encKeys.get(id);
+    if (!encKey) throw new Error(`sealed with unknown key ${id}`);
+    const decipher = createDecipheriv('aes-256-gcm', encKey, Buffer.from(iv, 'base64url'));
+    if (aad) decipher.setAAD(Buffer.from(aad));
+    decipher.setAuthTag(Buffer.from(tag, 'base64url'));
+    return Buffer.concat([decipher.update(Buffer.from(ct, 'base64url')), decipher.final()]).toString('utf8');
+  }
+
+  /** HMAC-SHA256 (hex) of `value` in a named domain, e.g. ("code", requestId + ":" + code). */
+  mac(domain: string, value: string): string {
+    return createHmac('sha256', this.hmacKey).update(domain).update('\0').update(value).digest('hex');
+  }
+
+  /** Constant-time comparison of two hex MACs (or any two strings). */
+  static equal(a: string, b: string): boolean {
+    // Hash first so that unequal lengths leak nothing and timingSafeEqual gets equal sizes.
+    const ha = createHash('sha256').update(a).digest();
+    const hb = createHash('sha256').update(b).digest();
+    return timingSafeEqual(ha, hb) && a.length === b.length;
+  }
+}
+
+function derive(key: Buffer, info: string): Buffer {
+  return Buffer.from(hkdfSync('sha256', key, Buffer.alloc(0), info, 32));
+}
+
+function keyId(key: Buffer): string {
+  return createHash('sha256').update('flashverify/key-id').update(key).digest('base64url').slice(0, 8);
+}
+
+function b64(b: Buffer): string {
+  return b.toString('base64url');
+}

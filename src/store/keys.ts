@@ -1,0 +1,44 @@
+/**
+ * Every Redis key flashverify uses, in one place, under `redis.prefix`.
+ * Operators can read this file to know what lives in their Redis.
+ */
+export class Keys {
+  constructor(readonly prefix: string) {}
+
+  /** Hash: one account (status, currency, balance in micro-units, key, sealed secret ...). */
+  account(accountId: string): string {
+    return `${this.prefix}:acct:${accountId}`;
+  }
+  /** String: API key → account id. */
+  accountByKey(apiKey: string): string {
+    return `${this.prefix}:acctkey:${apiKey}`;
+  }
+  /** Set: all account ids. */
+  accounts(): string {
+    return `${this.prefix}:accts`;
+  }
+  /** Hash: one verification request (sealed phone and code, HMAC of the code, statuses with times). */
+  verification(requestId: string): string {
+    return `${this.prefix}:vr:${requestId}`;
+  }
+  /** String with TTL: fixed one-second window counter of an API key's requests. */
+  rateLimit(apiKey: string, epochSecond: number): string {
+    return `${this.prefix}:rl:${apiKey}:${epochSecond}`;
+  }
+  /** Hash: an account's usage on one UTC day (`<method>:count`, `<method>:cost`, `verified`). */
+  usage(accountId: string, day: string): string {
+    return `${this.prefix}:usage:${accountId}:${day}`;
+  }
+  /** String with TTL: a CLI recently used towards a destination (keyed by the destination's HMAC). */
+  cliCooldown(cli: string, destinationMac: string): string {
+    return `${this.prefix}:cli:${cli}:${destinationMac}`;
+  }
+  /** Stream: delivery events (fields: event request_id account_id method status timestamp detail). */
+  events(): string {
+    return `${this.prefix}:events`;
+  }
+  /** BullMQ prefix: queues live under `<prefix>:bull:<queue>:*`. */
+  bullPrefix(): string {
+    return `${this.prefix}:bull`;
+  }
+}

@@ -1,0 +1,52 @@
+--[[
+  Create a verification and pay for it, atomically.
+
+  KEYS[1] account hash
+  KEYS[2] verification hash (must not exist)
+  KEYS[3] events stream
+  KEYS[4] usage hash of the account for today
+
+  ARGV[1]  request_id
+  ARGV[2]  account_id
+  ARGV[3]  method
+  ARGV[4]  cost in micro-units of the account's currency
+  ARGV[5]  now (ms since epoch)
+  ARGV[6]  expires_at (ms since epoch)
+  ARGV[7]  record TTL (seconds)
+  ARGV[8]  phone_enc (sealed E.164)
+  ARGV[9]  code_mac (HMAC of the code)
+  ARGV[10] code_enc (sealed code)
+  ARGV[11] code_length
+  ARGV[12] country (ISO alpha-2)
+  ARGV[13] events stream MAXLEN (approximate)
+  ARGV[14] usage TTL (seconds)
+
+  Returns {"ok", balance_after} or {"err", code}:
+    account_missing | account_pending | account_suspended | insufficient_balance | exists
+]]
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'err', 'account_missing'} end
+if status == 'pending' then return {'err', 'account_pending'} end
+if status ~= 'active' then return {'err', 'account_suspended'} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'err', 'exists'} end
+
+local cost = tonumber(ARGV[4])
+local balance = tonumber(redis.call('HGET', KEYS[1], 'balance') or '0')
+if balance < cost then return {'err', 'insufficient_balance'} end
+balance = redis.call('HINCRBY', KEYS[1], 'balance', -cost)
+
+redis.call('HSET', KEYS[2],
+  'request_id', ARGV[1], 'account_id', ARGV[2], 'method', ARGV[3],
+  'status', 'sent', 'cost', ARGV[4], 'created_at', ARGV[5], 'expires_at', ARGV[6],
+  'phone_enc', ARGV[8], 'code_mac', ARGV[9], 'code_enc', ARGV[10],
+  'code_length', ARGV[11], 'country', ARGV[12], 'attempts', '0', 'at_sent', ARGV[5])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[7]))
+
+redis.call('HINCRBY', KEYS[4], ARGV[3] .. ':count', 1)
+redis.call('HINCRBY', KEYS[4], ARGV[3] .. ':cost', cost)
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[14]))
+
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[13], '*',
+  'event', 'verification.sent', 'request_id', ARGV[1], 'account_id', ARGV[2],
+  'method', ARGV[3], 'status', 'sent', 'timestamp', ARGV[5], 'detail', '{}')
+return {'ok', balance}

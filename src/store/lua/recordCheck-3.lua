@@ -1,0 +1,61 @@
+--[[
+  Count one check attempt and apply its result, atomically. The code itself
+  was compared in constant time by the caller, against the MAC it read; this
+  script refuses to apply a result if that MAC changed in between.
+
+  KEYS[1] verification hash
+  KEYS[2] events stream
+  KEYS[3] usage hash of the account for today
+
+  ARGV[1] code_mac the caller compared against
+  ARGV[2] matched: "1" or "0"
+  ARGV[3] now (ms since epoch)
+  ARGV[4] max attempts
+  ARGV[5] events stream MAXLEN (approximate)
+  ARGV[6] usage TTL (seconds)
+
+  Returns {result, attempts_remaining}, result one of:
+    verified | invalid_code | expired | already_verified | failed | not_found | stale
+]]
+local v = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'attempts', 'code_mac',
+  'request_id', 'account_id', 'method')
+local status, expires_at, attempts, mac = v[1], tonumber(v[2]), tonumber(v[3]), v[4]
+if not status then return {'not_found', 0} end
+if status == 'verified' then return {'already_verified', 0} end
+if status == 'expired' then return {'expired', 0} end
+if status == 'failed' then return {'failed', 0} end
+if mac ~= ARGV[1] then return {'stale', 0} end
+
+local now = tonumber(ARGV[3])
+local max = tonumber(ARGV[4])
+
+local function emit(st)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
+    'event', 'verification.' .. st, 'request_id', v[5], 'account_id', v[6],
+    'method', v[7], 'status', st, 'timestamp', ARGV[3], 'detail', '{}')
+end
+
+if now >= expires_at then
+  redis.call('HSET', KEYS[1], 'status', 'expired')
+  redis.call('HSETNX', KEYS[1], 'at_expired', ARGV[3])
+  emit('expired')
+  return {'expired', 0}
+end
+
+attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if ARGV[2] == '1' then
+  redis.call('HSET', KEYS[1], 'status', 'verified', 'verified_at', ARGV[3])
+  redis.call('HSETNX', KEYS[1], 'at_verified', ARGV[3])
+  redis.call('HINCRBY', KEYS[3], 'verified', 1)
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
+  emit('verified')
+  return {'verified', max - attempts}
+end
+if attempts >= max then
+  redis.call('HSET', KEYS[1], 'status', 'expired')
+  redis.call('HSETNX', KEYS[1], 'at_expired', ARGV[3])
+  emit('expired')
+end
+local remaining = max - attempts
+if remaining < 0 then remaining = 0 end
+return {'invalid_code', remaining}

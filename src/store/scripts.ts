@@ -1,0 +1,44 @@
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import type { Redis } from 'ioredis';
+
+/** A Lua script from src/store/lua, named `verbNoun-<numKeys>.lua` as in BullMQ. */
+export class LuaScript {
+  readonly sha: string;
+  readonly numKeys: number;
+
+  constructor(
+    readonly name: string,
+    readonly source: string,
+  ) {
+    this.sha = createHash('sha1').update(source).digest('hex');
+    const m = /-(\d+)$/.exec(name);
+    if (!m) throw new Error(`lua script name ${name} must end in -<numKeys>`);
+    this.numKeys = Number(m[1]);
+  }
+
+  static load(name: string): LuaScript {
+    const path = fileURLToPath(new URL(`./lua/${name}.lua`, import.meta.url));
+    return new LuaScript(name, readFileSync(path, 'utf8'));
+  }
+
+  /** EVALSHA, falling back to EVAL once when the server does not know the script yet. */
+  async run(redis: Redis, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+    if (keys.length !== this.numKeys) throw new Error(`${this.name}: expected ${this.numKeys} keys`);
+    try {
+      return await redis.evalsha(this.sha, this.numKeys, ...keys, ...args);
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
+      return await redis.eval(this.source, this.numKeys, ...keys, ...args);
+    }
+  }
+}
+
+/** All scripts, loaded once per process. */
+export const scripts = {
+  createVerification: LuaScript.load('createVerification-4'),
+  recordCheck: LuaScript.load('recordCheck-3'),
+  applyEvent: LuaScript.load('applyEvent-2'),
+  rateLimit: LuaScript.load('rateLimit-1'),
+};

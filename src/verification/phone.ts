@@ -1,0 +1,26 @@
+import { parsePhoneNumberFromString } from 'libphonenumber-js';
+import { ApiError } from './errors.js';
+
+export interface Destination {
+  /** E.164, as received after validation. */
+  e164: string;
+  /** ISO 3166-1 alpha-2, or "ZZ" when the number's country cannot be told. */
+  country: string;
+}
+
+const E164 = /^\+[1-9]\d{6,14}$/;
+
+/** Validates an E.164 number (400 invalid_phone otherwise) and finds its country. */
+export function parseDestination(input: unknown): Destination {
+  if (typeof input !== 'string' || !E164.test(input)) {
+    throw new ApiError(
+      'invalid_phone',
+      'phone_number must be in E.164 format: a "+" then 7 to 15 digits, e.g. +447700900000',
+    );
+  }
+  const parsed = parsePhoneNumberFromString(input);
+  if (!parsed || !parsed.isPossible()) {
+    throw new ApiError('invalid_phone', `phone_number ${input} is not a possible number for its country code`);
+  }
+  return { e164: input, country: parsed.country ?? 'ZZ' };
+}

@@ -1,0 +1,41 @@
+export const METHODS = ['flash_call', 'voice', 'sms'] as const;
+export type Method = (typeof METHODS)[number];
+
+export const STATUSES = ['sent', 'delivered', 'verified', 'expired', 'failed'] as const;
+export type Status = (typeof STATUSES)[number];
+
+/** The 201 body of POST /v1/verify, exactly as documented. */
+export interface CreatedBody {
+  request_id: string;
+  phone_number: string;
+  method: Method;
+  status: 'sent';
+  code_length: number;
+  cost: { amount: number; currency: string };
+  expires_at: string;
+}
+
+/** The body of GET /v1/verify/{id}: the documented fields plus the status history. */
+export interface StatusBody {
+  request_id: string;
+  phone_number: string;
+  method: Method;
+  status: Status;
+  cost: { amount: number; currency: string };
+  created_at: string;
+  verified_at: string | null;
+  expires_at: string;
+  /** Every status the request went through, oldest first. */
+  status_history: { status: Status; at: string }[];
+  /** Why delivery failed, when status is failed (e.g. busy, no_ringing, unreachable). */
+  failure_reason?: string;
+}
+
+/** Documented timestamps carry no milliseconds: 2026-03-04T15:05:00Z. */
+export function isoSeconds(ms: number): string {
+  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+}
+
+export function utcDay(ms: number): string {
+  return new Date(ms).toISOString().slice(0, 10);
+}
