@@ -1,0 +1,102 @@
+import type { Logger } from 'pino';
+import type { TrunkConfig } from '../config/schema.js';
+import type { CallFailureReason, CallOriginator, OutboundCall } from '../sip/call-originator.js';
+
+/** How a flash call ended (design.md "Flash call, precisely"). */
+export type FlashOutcome =
+  /** Rang, then our CANCEL got 487 (or the far end ended it after ringing): the code was shown. */
+  | 'cancelled'
+  /** Answered (before or across our CANCEL): ACK + BYE at once; the code was shown, billable. */
+  | 'answered'
+  /** No 18x within ringingTimeoutMs: CANCELled, nothing shown. */
+  | 'no_ringing'
+  | CallFailureReason;
+
+export interface FlashResult {
+  outcome: FlashOutcome;
+  callId: string;
+  /** True once the first ringing 18x arrived (the `delivered` moment). */
+  rang: boolean;
+  /** Final SIP status, when one arrived. */
+  sipStatus?: number;
+  phrase?: string;
+  /** INVITE → first ringing 18x, ms. */
+  postDialDelayMs?: number;
+}
+
+export interface FlashCallParams {
+  to: string;
+  cli: string;
+  trunk: TrunkConfig;
+  ringMs: number;
+  ringingTimeoutMs: number;
+  /** Upper bound on the whole call once CANCEL is due (covers Timer B of the INVITE/CANCEL). */
+  settleMs: number;
+  logger: Logger;
+  /** Called once, at the first ringing 18x (180, or 183 on trunks with ringOn183). */
+  onRinging?(callId: string, status: number): void;
+}
+
+/**
+ * The flash-call policy, written once against CallOriginator so that every
+ * backend maps every outcome identically: first ringing 18x → hold ringMs →
+ * CANCEL; no 18x in time → CANCEL (no_ringing); a 2xx (even one that crossed
+ * the CANCEL) is `answered` and hung up at once.
+ */
+export function placeFlashCall(originator: CallOriginator, p: FlashCallParams): Promise<FlashResult> {
+  return new Promise<FlashResult>((resolve) => {
+    const started = performance.now();
+    let rang = false;
+    let noRinging = false;
+    let settled = false;
+    let postDialDelayMs: number | undefined;
+    const timers: NodeJS.Timeout[] = [];
+    const clear = (): void => timers.forEach(clearTimeout);
+    // Assigned right after originate(); a backend may report a failure synchronously.
+    let call: OutboundCall | undefined;
+
+    const finish = (r: Omit<FlashResult, 'callId' | 'rang' | 'postDialDelayMs'>): void => {
+      if (settled) return;
+      settled = true;
+      clear();
+      resolve({ ...r, callId: call?.callId ?? '', rang, postDialDelayMs });
+    };
+
+    call = originator.originate(
+      { to: p.to, from: p.cli, trunk: p.trunk, logger: p.logger },
+      {
+        onProvisional(status) {
+          const ringing = status === 180 || (status === 183 && p.trunk.ringOn183);
+          if (!ringing || rang || noRinging || settled) return;
+          rang = true;
+          postDialDelayMs = Math.round(performance.now() - started);
+          clearTimeout(timers[0]);
+          p.onRinging?.(call?.callId ?? '', status);
+          timers.push(setTimeout(() => call?.cancel(), p.ringMs));
+          // Guard: if CANCEL and INVITE both hang, stop waiting (the stack's Timer B reports too).
+          timers.push(setTimeout(() => finish({ outcome: 'cancelled', phrase: 'no final response after CANCEL' }), p.ringMs + p.settleMs));
+        },
+        onAnswered(_sdp, crossedCancel) {
+          if (!crossedCancel) void call?.hangup().catch(() => undefined);
+          finish({ outcome: 'answered', sipStatus: 200 });
+        },
+        onCancelled() {
+          finish({ outcome: noRinging && !rang ? 'no_ringing' : 'cancelled', sipStatus: 487 });
+        },
+        onFailed(f) {
+          // Once it rang the caller ID was shown: a busy/decline after ringing is still a delivery.
+          if (rang) finish({ outcome: 'cancelled', sipStatus: f.status, phrase: f.phrase });
+          else if (noRinging && f.reason === 'timeout') finish({ outcome: 'no_ringing', phrase: f.phrase });
+          else finish({ outcome: f.reason, sipStatus: f.status, phrase: f.phrase });
+        },
+      },
+    );
+    timers.push(
+      setTimeout(() => {
+        noRinging = true;
+        call?.cancel();
+        timers.push(setTimeout(() => finish({ outcome: 'no_ringing' }), p.settleMs));
+      }, p.ringingTimeoutMs),
+    );
+  });
+}

@@ -1,0 +1,48 @@
+import type { Redis } from 'ioredis';
+import type { Keys } from '../store/keys.js';
+import type { Method, Status } from '../verification/types.js';
+
+export interface DeliveryEvent {
+  request_id: string;
+  account_id: string;
+  method: Method;
+  status: Extract<Status, 'delivered' | 'failed'>;
+  /** Outcome details: SIP status, reason, call id ... Never the code, never the CLI. */
+  detail: Record<string, string | number | boolean>;
+  /** Milliseconds since epoch; default now. */
+  timestamp?: number;
+}
+
+/** Writes delivery events to `<prefix>:events` (design.md: one entry per event). */
+export class EventPublisher {
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+    private readonly maxLen: number,
+  ) {}
+
+  async publish(e: DeliveryEvent): Promise<string> {
+    const id = await this.redis.xadd(
+      this.keys.events(),
+      'MAXLEN',
+      '~',
+      this.maxLen,
+      '*',
+      'event',
+      `verification.${e.status}`,
+      'request_id',
+      e.request_id,
+      'account_id',
+      e.account_id,
+      'method',
+      e.method,
+      'status',
+      e.status,
+      'timestamp',
+      String(e.timestamp ?? Date.now()),
+      'detail',
+      JSON.stringify(e.detail),
+    );
+    return id ?? '';
+  }
+}

@@ -1,0 +1,64 @@
+import type { Redis } from 'ioredis';
+import type { RangeConfig } from '../config/schema.js';
+import type { Keys } from '../store/keys.js';
+
+export interface ReservedCli {
+  range: RangeConfig;
+  /** prefix + code, E.164. Contains the code: never log it, never store it in clear. */
+  cli: string;
+}
+
+/**
+ * Picks the DID range of a flash call: ranges of the destination's country
+ * first (rotating between them), then any other range. A CLI is reserved for a
+ * destination for `cooldownSeconds` (SET NX EX), so the same caller ID never
+ * rings the same number twice in a short window.
+ */
+export class RangeSelector {
+  private readonly byCountry = new Map<string, RangeConfig[]>();
+  private turn = 0;
+
+  constructor(
+    private readonly ranges: readonly RangeConfig[],
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+    private readonly cooldownSeconds: number,
+  ) {
+    for (const r of ranges) {
+      const list = this.byCountry.get(r.country) ?? [];
+      list.push(r);
+      this.byCountry.set(r.country, list);
+    }
+  }
+
+  /** Candidate ranges in order of preference for a destination country. */
+  candidates(country: string): RangeConfig[] {
+    const local = rotate(this.byCountry.get(country) ?? [], this.turn);
+    const other = rotate(
+      this.ranges.filter((r) => r.country !== country),
+      this.turn,
+    );
+    this.turn = (this.turn + 1) % 1_000_000;
+    return [...local, ...other];
+  }
+
+  /**
+   * Reserves the first candidate whose CLI (prefix + code) is not cooling down
+   * towards this destination; null when every range is.
+   */
+  async reserve(country: string, code: string, destinationMac: string): Promise<ReservedCli | null> {
+    for (const range of this.candidates(country)) {
+      const cli = range.prefix + code;
+      if (this.cooldownSeconds === 0) return { range, cli };
+      const ok = await this.redis.set(this.keys.cliCooldown(cli, destinationMac), '1', 'EX', this.cooldownSeconds, 'NX');
+      if (ok === 'OK') return { range, cli };
+    }
+    return null;
+  }
+}
+
+function rotate<T>(list: readonly T[], n: number): T[] {
+  if (list.length < 2) return [...list];
+  const k = n % list.length;
+  return [...list.slice(k), ...list.slice(0, k)];
+}

@@ -1,0 +1,73 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadConfig } from '../../../src/config/load.js';
+import { ConfigError } from '../../../src/errors/app-error.js';
+
+function yamlFile(text: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'fv-config-'));
+  const file = join(dir, 'config.yaml');
+  writeFileSync(file, text);
+  return file;
+}
+
+describe('loadConfig', () => {
+  it('loads the shipped defaults as valid and frozen', () => {
+    const c = loadConfig({ env: {} });
+    expect(c.http.port).toBe(8080);
+    expect(c.sip.trunks[0]?.uri).toBe('sip:127.0.0.1:5060');
+    expect(c.numbers.ranges.length).toBeGreaterThan(0);
+    expect(Object.isFrozen(c.sip.trunks[0])).toBe(true);
+  });
+
+  it('layers the file, then the environment', () => {
+    const file = yamlFile('http:\n  port: 9000\nflash:\n  ringMs: 100\n');
+    const c = loadConfig({
+      file,
+      env: { PORT: '9100', REDIS_URL: 'redis://10.0.0.1:6380', SIP_TRUNK_URI: 'sip:sbc.example:5080;transport=tcp', SIP_LISTEN_PORT: '5999' },
+    });
+    expect(c.http.port).toBe(9100);
+    expect(c.flash.ringMs).toBe(100);
+    expect(c.redis.url).toBe('redis://10.0.0.1:6380');
+    expect(c.sip.trunks[0]?.uri).toBe('sip:sbc.example:5080;transport=tcp');
+    expect(c.sip.trunks[0]?.name).toBe('default');
+    expect(c.sip.listen.port).toBe(5999);
+  });
+
+  it('lists every error at once', () => {
+    const file = yamlFile(
+      'http:\n  port: 70000\nnumbers:\n  ranges:\n    - { prefix: "4419", country: uk }\nsip:\n  trunks: []\nbogus: 1\n',
+    );
+    let err: unknown;
+    try {
+      loadConfig({ file, env: { SIP_LISTEN_PORT: 'abc' } });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    const issues = (err as ConfigError).issues;
+    expect(issues.join('\n')).toMatch(/SIP_LISTEN_PORT/);
+    // The env error is reported before schema errors; fix it and all schema errors show together.
+    let second: unknown;
+    try {
+      loadConfig({ file, env: {} });
+    } catch (e) {
+      second = e;
+    }
+    expect(second).toBeInstanceOf(ConfigError);
+    {
+      const all = (second as ConfigError).issues.join('\n');
+      expect(all).toMatch(/http\.port/);
+      expect(all).toMatch(/numbers\.ranges\.0\.prefix/);
+      expect(all).toMatch(/numbers\.ranges\.0\.country/);
+      expect(all).toMatch(/sip\.trunks/);
+      expect(all).toMatch(/bogus/);
+    }
+  });
+
+  it('reports unreadable and invalid YAML files', () => {
+    expect(() => loadConfig({ file: '/nonexistent/flashverify.yaml', env: {} })).toThrow(/cannot read/);
+    expect(() => loadConfig({ file: yamlFile('http: [unclosed'), env: {} })).toThrow(/not valid YAML/);
+  });
+});
