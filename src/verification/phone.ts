@@ -1,4 +1,5 @@
 import { parsePhoneNumberFromString } from 'libphonenumber-js';
+import metadata from 'libphonenumber-js/metadata.min.json';
 import { ApiError } from './errors.js';
 
 export interface Destination {
@@ -22,5 +23,8 @@ export function parseDestination(input: unknown): Destination {
   if (!parsed || !parsed.isPossible()) {
     throw new ApiError('invalid_phone', `phone_number ${input} is not a possible number for its country code`);
   }
-  return { e164: input, country: parsed.country ?? 'ZZ' };
+  // A number outside every allocated block (e.g. Ofcom's drama range) has no
+  // exact country; use the main country of its calling code.
+  const main = (metadata.country_calling_codes as Record<string, string[]>)[parsed.countryCallingCode]?.[0];
+  return { e164: input, country: parsed.country ?? main ?? 'ZZ' };
 }
