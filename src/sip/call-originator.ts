@@ -1,0 +1,84 @@
+import type { Logger } from 'pino';
+import type { TrunkConfig } from '../config/schema.js';
+
+/**
+ * The one interface every signalling backend implements (embedded UAC today,
+ * drachtio-srf later). Workers and the flash/voice policies only ever see this.
+ */
+
+/** Why a call ended without being answered or cancelled by us. */
+export type CallFailureReason =
+  | 'busy' // 486, 600
+  | 'declined' // 603
+  | 'not_found' // 404, 604
+  | 'unavailable' // 480
+  | 'rejected' // any other 4xx-6xx final response
+  | 'timeout' // Timer B / Timer F fired, no final response
+  | 'unreachable'; // transport error (ICMP unreachable, TCP refused/reset)
+
+export interface OriginateRequest {
+  /** Destination in E.164, e.g. "+447700900000"; becomes the user part of the Request-URI. */
+  to: string;
+  /** Calling line identity in E.164; placed in From and P-Asserted-Identity. */
+  from: string;
+  trunk: TrunkConfig;
+  /** SDP offer body (application/sdp). Omitted: no body (flash call), unless trunk.dummySdp. */
+  sdp?: string;
+  /** Child logger bound to request_id; the backend adds call_id. */
+  logger: Logger;
+}
+
+/** A final response to the INVITE, or the lack of one. */
+export interface CallFailure {
+  reason: CallFailureReason;
+  /** SIP status of the final response, when there was one. */
+  status?: number;
+  /** Reason phrase of the final response, or a transport error text. */
+  phrase?: string;
+}
+
+/**
+ * Delegate through which a backend reports what happens to one call. Exactly
+ * one of onAnswered / onFailed / onCancelled is called per call; onEnded is
+ * called last, once, when every transaction of the call is over.
+ */
+export interface CallDelegate {
+  /** A 1xx other than 100 arrived (180, 181, 182, 183 ...). */
+  onProvisional?(status: number, phrase: string, sdp: string | undefined): void;
+  /**
+   * A 2xx arrived; the backend has already sent the ACK. `crossedCancel` is
+   * true when we had asked for a CANCEL (RFC 3261 9.1: the 2xx won the race);
+   * in that case the backend sends BYE at once by itself.
+   */
+  onAnswered?(sdp: string | undefined, crossedCancel: boolean): void;
+  /** The INVITE ended with a non-2xx final response other than our CANCEL's 487, or with no response. */
+  onFailed?(failure: CallFailure): void;
+  /** Our CANCEL succeeded: the INVITE got 487 Request Terminated. */
+  onCancelled?(): void;
+  /** The far end sent BYE on an established dialog (answered with 200 by the backend). */
+  onRemoteHangup?(): void;
+  /** The call is fully over (all transactions terminated or abandoned). */
+  onEnded?(): void;
+}
+
+export interface OutboundCall {
+  /** SIP Call-ID, for logs and events. */
+  readonly callId: string;
+  /**
+   * Ask for the INVITE to be cancelled. Sent at once if a provisional response
+   * has been received (INVITE transaction Proceeding), else as soon as one
+   * arrives (RFC 3261 9.1); idempotent. If a 2xx arrives instead, ACK + BYE.
+   */
+  cancel(): void;
+  /** BYE an established dialog; resolves when the BYE transaction ends. No-op otherwise. */
+  hangup(): Promise<void>;
+}
+
+export interface CallOriginator {
+  /** Bind transports. */
+  start(): Promise<void>;
+  /** Close transports; calls in flight are reported as failed `unreachable`. */
+  stop(): Promise<void>;
+  /** Send an INVITE; the delegate hears everything that follows. Never throws for network reasons. */
+  originate(request: OriginateRequest, delegate: CallDelegate): OutboundCall;
+}

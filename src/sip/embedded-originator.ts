@@ -1,0 +1,403 @@
+/**
+ * The embedded SIP stack: transports + client transaction table + UAC cores,
+ * behind the CallOriginator interface.
+ *
+ *   const sip = new EmbeddedSipOriginator({
+ *     listen: { host: '0.0.0.0', port: 5070, transports: ['udp', 'tcp'] },
+ *     timers: { t1Ms: 500, t2Ms: 4000, t4Ms: 5000 },
+ *     userAgent: 'flashverify',
+ *     logger,
+ *   });
+ *   await sip.start();
+ *   const call = sip.originate({ to, from, trunk, logger }, delegate);
+ */
+import type { Logger } from 'pino';
+import type { CallDelegate, CallOriginator, OriginateRequest, OutboundCall } from './call-originator.js';
+import { systemClock, type Clock, type SipTimerConfig, type TimerHandle } from './clock.js';
+import {
+  hdr,
+  REASON_PHRASES,
+  serializeMessage,
+  type ParsedMessage,
+  type ParsedRequest,
+  type SipHeader,
+  type SipRequest,
+  type Via,
+} from './message.js';
+import { InviteClientTransaction } from './transactions/invite-client-transaction.js';
+import { NonInviteClientTransaction } from './transactions/non-invite-client-transaction.js';
+import {
+  clientTransactionKey,
+  type ClientTransaction,
+  type ClientTransactionUser,
+  type TransactionTransport,
+} from './transactions/transaction.js';
+import { TcpTransport } from './tcp-transport.js';
+import { destinationKey, type Destination, type InboundSource, type Transport, type TransportProtocol } from './transport.js';
+import { ALLOW, UacCall, type UacHost } from './uac.js';
+import { UdpTransport } from './udp-transport.js';
+import { errorMessage, hostForUri, newTag } from './util.js';
+
+export interface EmbeddedSipOriginatorOptions {
+  listen: {
+    /** Address to bind, e.g. "0.0.0.0", "127.0.0.1", "::1". */
+    host: string;
+    /** Port for UDP and TCP; 0 picks an ephemeral port (see {@link EmbeddedSipOriginator.localPort}). */
+    port: number;
+    /** Host placed in Via/Contact/SDP; defaults to `host`, or 127.0.0.1 when `host` is 0.0.0.0 (::1 for ::). */
+    advertisedHost?: string;
+    transports: ('udp' | 'tcp')[];
+  };
+  timers: SipTimerConfig;
+  userAgent: string;
+  logger: Logger;
+  /** Timer source for every SIP timer; defaults to the global timers. */
+  clock?: Clock;
+}
+
+export class EmbeddedSipOriginator implements CallOriginator {
+  private readonly options: EmbeddedSipOriginatorOptions;
+  private readonly logger: Logger;
+  private readonly clock: Clock;
+  private readonly advertisedHost: string;
+  private udp: UdpTransport | undefined;
+  private tcp: TcpTransport | undefined;
+  private port = 0;
+  private running = false;
+  private readonly transactions = new Map<string, ClientTransaction>();
+  private readonly byDestination = new Map<string, Set<ClientTransaction>>();
+  private readonly calls = new Map<string, UacCall>();
+  private readonly lingering = new Map<string, TimerHandle>();
+  private readonly host: UacHost;
+
+  constructor(options: EmbeddedSipOriginatorOptions) {
+    this.options = options;
+    this.logger = options.logger.child({ component: 'sip' });
+    this.clock = options.clock ?? systemClock;
+    const listenHost = options.listen.host;
+    this.advertisedHost =
+      options.listen.advertisedHost ?? (listenHost === '0.0.0.0' ? '127.0.0.1' : listenHost === '::' ? '::1' : listenHost);
+    this.host = this.createHost();
+  }
+
+  /** The bound SIP port (UDP and TCP share it); 0 before start(). */
+  get localPort(): number {
+    return this.port;
+  }
+
+  /** Calls still known to the stack (in progress or lingering for retransmissions). */
+  get activeCalls(): number {
+    return this.calls.size;
+  }
+
+  async start(): Promise<void> {
+    if (this.running) return;
+    const { host, port, transports } = this.options.listen;
+    const wantUdp = transports.includes('udp');
+    const wantTcp = transports.includes('tcp');
+    const events = {
+      onMessage: (m: ParsedMessage, s: InboundSource) => this.onMessage(m, s),
+      onDestinationError: (d: Destination, e: Error) => this.onDestinationError(d, e),
+    };
+    for (let attempt = 0; ; attempt++) {
+      const udp = new UdpTransport({ host, port, logger: this.logger, events });
+      const tcp = new TcpTransport({ host, port, logger: this.logger, events });
+      if (wantUdp) await udp.listen();
+      const shared = wantUdp ? udp.localPort : port;
+      if (wantTcp) {
+        tcp.setPort(shared);
+        try {
+          await tcp.listen();
+        } catch (err) {
+          // Ephemeral UDP port already taken on TCP: try another one.
+          await udp.close();
+          if (port === 0 && wantUdp && attempt < 5) continue;
+          throw err;
+        }
+      }
+      this.udp = udp;
+      this.tcp = tcp;
+      this.port = wantUdp ? udp.localPort : tcp.localPort;
+      break;
+    }
+    this.running = true;
+    this.logger.info({ host, port: this.port, transports, advertised_host: this.advertisedHost }, 'SIP stack listening');
+  }
+
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    for (const call of [...this.calls.values()]) call.abort('SIP stack stopped');
+    for (const tx of [...this.transactions.values()]) tx.dispose();
+    this.transactions.clear();
+    this.byDestination.clear();
+    for (const handle of this.lingering.values()) this.clock.clearTimeout(handle);
+    this.lingering.clear();
+    this.calls.clear();
+    await Promise.all([this.udp?.close(), this.tcp?.close()]);
+    this.udp = undefined;
+    this.tcp = undefined;
+    this.logger.info('SIP stack stopped');
+  }
+
+  /**
+   * Start a call. Throws AppError only for invalid input (bad number, bad
+   * trunk URI or header); network problems are reported through the delegate.
+   */
+  originate(request: OriginateRequest, delegate: CallDelegate): OutboundCall {
+    const call = new UacCall({
+      host: this.host,
+      to: request.to,
+      from: request.from,
+      trunk: request.trunk,
+      sdp: request.sdp,
+      delegate,
+      logger: request.logger,
+    });
+    this.calls.set(call.callId, call);
+    if (!this.running) {
+      process.nextTick(() => call.abort('SIP stack not running'));
+    } else {
+      call.start();
+    }
+    return call;
+  }
+
+  // ------------------------------------------------------------------ host services for UacCall
+
+  private createHost(): UacHost {
+    return {
+      userAgent: this.options.userAgent,
+      clock: this.clock,
+      timers: this.options.timers,
+      advertisedHost: this.advertisedHost,
+      via: (protocol, branch) =>
+        `SIP/2.0/${protocol === 'tcp' ? 'TCP' : 'UDP'} ${hostForUri(this.advertisedHost)}:${this.port};branch=${branch};rport`,
+      contact: (protocol) =>
+        `<sip:${hostForUri(this.advertisedHost)}:${this.port}${protocol === 'tcp' ? ';transport=tcp' : ''}>`,
+      startTransaction: (kind, request, branch, destination, user, logger) =>
+        this.startTransaction(kind, request, branch, destination, user, logger),
+      sendStateless: (request, destination, logger) => {
+        const transport = this.transportFor(destination.protocol);
+        const data = serializeMessage(request);
+        logOut(logger, data, destination);
+        if (transport === undefined) return;
+        transport.send(destination, data);
+      },
+      respond: (request, source, status, opts) => this.respond(request, source, status, opts?.headers, opts?.body),
+      callEnded: (call, lingerMs) => this.callEnded(call, lingerMs),
+    };
+  }
+
+  private transportFor(protocol: TransportProtocol): Transport | undefined {
+    return protocol === 'tcp' ? this.tcp : this.udp;
+  }
+
+  private startTransaction(
+    kind: 'invite' | 'non-invite',
+    request: SipRequest,
+    branch: string,
+    destination: Destination,
+    user: ClientTransactionUser,
+    logger: Logger,
+  ): ClientTransaction {
+    const transport = this.transportFor(destination.protocol);
+    const destKey = destinationKey(destination);
+    const txTransport: TransactionTransport = {
+      reliable: destination.protocol === 'tcp',
+      send: (data) => {
+        logOut(logger, data, destination);
+        if (transport === undefined) {
+          process.nextTick(() => this.onDestinationError(destination, new Error('transport not available')));
+          return;
+        }
+        transport.send(destination, data);
+      },
+    };
+    const key = clientTransactionKey(branch, request.method);
+    let tx: ClientTransaction | undefined;
+    const onTerminated = (): void => {
+      if (tx === undefined) return;
+      if (this.transactions.get(key) === tx) this.transactions.delete(key);
+      const set = this.byDestination.get(destKey);
+      if (set !== undefined) {
+        set.delete(tx);
+        if (set.size === 0) this.byDestination.delete(destKey);
+      }
+    };
+    const txOptions = {
+      request,
+      branch,
+      transport: txTransport,
+      user,
+      clock: this.clock,
+      timers: this.options.timers,
+      logger,
+      onTerminated,
+    };
+    tx = kind === 'invite' ? new InviteClientTransaction(txOptions) : new NonInviteClientTransaction(txOptions);
+    this.transactions.set(key, tx);
+    let set = this.byDestination.get(destKey);
+    if (set === undefined) {
+      set = new Set();
+      this.byDestination.set(destKey, set);
+    }
+    set.add(tx);
+    tx.start();
+    return tx;
+  }
+
+  private callEnded(call: UacCall, lingerMs: number): void {
+    if (!this.running || lingerMs <= 0) {
+      this.calls.delete(call.callId);
+      return;
+    }
+    const handle = this.clock.setTimeout(() => {
+      this.lingering.delete(call.callId);
+      if (this.calls.get(call.callId) === call) this.calls.delete(call.callId);
+    }, lingerMs);
+    this.lingering.set(call.callId, handle);
+  }
+
+  // ------------------------------------------------------------------ inbound
+
+  private onDestinationError(destination: Destination, error: Error): void {
+    const set = this.byDestination.get(destinationKey(destination));
+    this.logger.debug({ destination: destinationKey(destination), err: error.message, transactions: set?.size ?? 0 }, 'transport error');
+    if (set === undefined) return;
+    for (const tx of [...set]) {
+      try {
+        tx.onTransportError(error);
+      } catch (err) {
+        this.logger.error({ err: errorMessage(err) }, 'transport error handling failed');
+      }
+    }
+  }
+
+  private onMessage(message: ParsedMessage, source: InboundSource): void {
+    try {
+      if (this.logger.isLevelEnabled('debug')) {
+        this.logger.debug(
+          {
+            dir: 'in',
+            call_id: message.callId,
+            start: message.kind === 'request' ? `${message.method} ${message.uri}` : `${message.status} ${message.reason}`,
+            cseq: `${message.cseq.seq} ${message.cseq.method}`,
+            remote: `${source.protocol}:${source.remoteAddress}:${source.remotePort}`,
+          },
+          'SIP message received',
+        );
+      }
+      if (message.kind === 'response') {
+        const branch = message.via.branch;
+        const tx = branch === undefined ? undefined : this.transactions.get(clientTransactionKey(branch, message.cseq.method));
+        if (tx !== undefined) {
+          tx.receiveResponse(message);
+          return;
+        }
+        if (message.cseq.method === 'INVITE' && message.status >= 200 && message.status < 300) {
+          const call = this.calls.get(message.callId);
+          if (call !== undefined && message.from.tag === call.localTag) {
+            call.on2xx(message);
+            return;
+          }
+        }
+        this.logger.debug({ call_id: message.callId, status: message.status }, 'response matches no transaction; dropped');
+        return;
+      }
+      this.onRequest(message, source);
+    } catch (err) {
+      this.logger.error({ err: errorMessage(err), call_id: message.callId }, 'error handling SIP message');
+    }
+  }
+
+  private onRequest(request: ParsedRequest, source: InboundSource): void {
+    if (request.method === 'ACK') return; // ACK for our 2xx to a re-INVITE, or stray: never answered.
+    const toTag = request.to.tag;
+    if (toTag !== undefined) {
+      const call = this.calls.get(request.callId);
+      if (call !== undefined && call.matchesDialog(request.from.tag, toTag)) {
+        call.handleInDialogRequest(request, source);
+      } else {
+        this.respond(request, source, 481);
+      }
+      return;
+    }
+    switch (request.method) {
+      case 'OPTIONS':
+        this.respond(request, source, 200, [hdr('Allow', ALLOW), hdr('Accept', 'application/sdp')]);
+        return;
+      case 'INVITE':
+        this.respond(request, source, 405, [hdr('Allow', ALLOW)]);
+        return;
+      case 'BYE':
+      case 'CANCEL':
+        this.respond(request, source, 481);
+        return;
+      default:
+        this.respond(request, source, 501, [hdr('Allow', ALLOW)]);
+        return;
+    }
+  }
+
+  /** Build and send a response to an inbound request (RFC 3261 8.2.6.2). */
+  private respond(
+    request: ParsedRequest,
+    source: InboundSource,
+    status: number,
+    extra: SipHeader[] = [],
+    body?: string,
+  ): void {
+    const headers: SipHeader[] = [];
+    let top = true;
+    for (const h of request.headers) {
+      if (h.key !== 'via') continue;
+      headers.push(top && source.protocol === 'udp' ? hdr('Via', stampVia(h.value, request.via, source)) : h);
+      top = false;
+    }
+    for (const h of request.headers) {
+      switch (h.key) {
+        case 'from':
+        case 'call-id':
+        case 'cseq':
+          headers.push(h);
+          break;
+        case 'to':
+          headers.push(request.to.tag === undefined && status > 100 ? hdr('To', `${h.value};tag=${newTag()}`) : h);
+          break;
+        default:
+          break;
+      }
+    }
+    headers.push(hdr('Server', this.options.userAgent));
+    headers.push(...extra);
+    const reason = REASON_PHRASES[status] ?? 'Unknown';
+    const data = serializeMessage({ kind: 'response', status, reason, headers, body });
+    if (this.logger.isLevelEnabled('debug')) {
+      this.logger.debug(
+        { dir: 'out', call_id: request.callId, start: `${status} ${reason}`, cseq: `${request.cseq.seq} ${request.cseq.method}` },
+        'SIP response sent',
+      );
+    }
+    source.respond(data, request.via);
+  }
+}
+
+/** RFC 3261 18.2.1 `received` and RFC 3581 `rport` on the top Via of a UDP request. */
+function stampVia(value: string, via: Via, source: InboundSource): string {
+  let v = value;
+  if ('rport' in via.params && via.params['rport'] === null) {
+    v = v.replace(/;\s*rport(?=\s*(;|$))/i, `;rport=${source.remotePort}`);
+  }
+  if (via.host !== source.remoteAddress && via.params['received'] === undefined) v += `;received=${source.remoteAddress}`;
+  return v;
+}
+
+function logOut(logger: Logger, data: Buffer, destination: Destination): void {
+  if (!logger.isLevelEnabled('debug')) return;
+  const eol = data.indexOf('\r\n');
+  logger.debug(
+    { dir: 'out', start: data.toString('latin1', 0, eol === -1 ? Math.min(data.length, 120) : eol), destination: destinationKey(destination) },
+    'SIP message sent',
+  );
+}

@@ -1,0 +1,158 @@
+/**
+ * TCP transport. Outgoing: one connection per destination, opened on first
+ * use and reused. Incoming: a server on the listen port accepts connections
+ * the far end opens (e.g. in-dialog BYE to our Contact). Every connection is
+ * framed by Content-Length; a bad frame closes that connection.
+ */
+import net from 'node:net';
+import type { Logger } from 'pino';
+import { StreamFramer } from './parser.js';
+import type { Via } from './message.js';
+import {
+  destinationKey,
+  logMalformed,
+  transportError,
+  type Destination,
+  type InboundSource,
+  type Transport,
+  type TransportEvents,
+  type TransportOptions,
+} from './transport.js';
+
+interface Connection {
+  readonly socket: net.Socket;
+  readonly framer: StreamFramer;
+  /** Set for connections we opened. */
+  readonly destination: Destination | undefined;
+  errored: boolean;
+}
+
+export class TcpTransport implements Transport {
+  readonly protocol = 'tcp' as const;
+  readonly reliable = true;
+  private readonly host: string;
+  private requestedPort: number;
+  private readonly logger: Logger;
+  private readonly events: TransportEvents;
+  private server: net.Server | undefined;
+  private port = 0;
+  private readonly outgoing = new Map<string, Connection>();
+  private readonly all = new Set<Connection>();
+  private closing = false;
+
+  constructor(options: TransportOptions) {
+    this.host = options.host;
+    this.requestedPort = options.port;
+    this.logger = options.logger;
+    this.events = options.events;
+  }
+
+  get localPort(): number {
+    return this.port;
+  }
+
+  /** Used by the stack to put TCP on the port UDP got when port 0 was requested. */
+  setPort(port: number): void {
+    this.requestedPort = port;
+  }
+
+  async listen(): Promise<void> {
+    const server = net.createServer((socket) => this.adopt(socket, undefined));
+    server.on('error', (err) => this.logger.warn({ err: err.message }, 'TCP server error'));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ port: this.requestedPort, host: this.host, exclusive: true }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.server = server;
+    const addr = server.address();
+    this.port = typeof addr === 'object' && addr !== null ? addr.port : this.requestedPort;
+  }
+
+  send(destination: Destination, data: Buffer): void {
+    if (this.closing) {
+      process.nextTick(() => this.events.onDestinationError(destination, transportError('ENOTCONN', 'TCP transport closed')));
+      return;
+    }
+    const key = destinationKey(destination);
+    let conn = this.outgoing.get(key);
+    if (conn === undefined || conn.socket.destroyed) {
+      const socket = net.connect({ host: destination.host, port: destination.port });
+      socket.setNoDelay(true);
+      conn = this.adopt(socket, destination);
+      this.outgoing.set(key, conn);
+    }
+    conn.socket.write(data);
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    for (const conn of this.all) conn.socket.destroy();
+    this.all.clear();
+    this.outgoing.clear();
+    const server = this.server;
+    this.server = undefined;
+    if (server !== undefined) await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+
+  private adopt(socket: net.Socket, destination: Destination | undefined): Connection {
+    const conn: Connection = { socket, framer: new StreamFramer(), destination, errored: false };
+    this.all.add(conn);
+    socket.on('data', (chunk: Buffer) => this.receive(conn, chunk));
+    socket.on('error', (err) => {
+      this.logger.debug({ err: err.message, remote: remoteOf(conn) }, 'TCP connection error');
+      this.lost(conn, err);
+    });
+    socket.on('close', () => {
+      this.lost(conn, transportError('ECONNRESET', 'TCP connection closed'));
+      this.all.delete(conn);
+      if (destination !== undefined) {
+        const key = destinationKey(destination);
+        if (this.outgoing.get(key) === conn) this.outgoing.delete(key);
+      }
+    });
+    return conn;
+  }
+
+  /** Report a dead outgoing connection once, so transactions waiting on it fail fast. */
+  private lost(conn: Connection, err: Error): void {
+    if (conn.errored) return;
+    conn.errored = true;
+    if (conn.destination !== undefined) {
+      const key = destinationKey(conn.destination);
+      if (this.outgoing.get(key) === conn) this.outgoing.delete(key);
+      if (!this.closing) this.events.onDestinationError(conn.destination, err);
+    }
+  }
+
+  private receive(conn: Connection, chunk: Buffer): void {
+    try {
+      const { messages, error } = conn.framer.push(chunk);
+      const remoteAddress = conn.socket.remoteAddress ?? '';
+      const remotePort = conn.socket.remotePort ?? 0;
+      for (const message of messages) {
+        const source: InboundSource = {
+          protocol: 'tcp',
+          remoteAddress,
+          remotePort,
+          respond: (data: Buffer, _via: Via) => {
+            if (!conn.socket.destroyed) conn.socket.write(data);
+          },
+        };
+        this.events.onMessage(message, source);
+      }
+      if (error !== undefined) {
+        logMalformed(this.logger, error, remoteAddress, remotePort, 'tcp');
+        conn.socket.destroy();
+      }
+    } catch (err) {
+      this.logger.error({ err: err instanceof Error ? err.message : String(err) }, 'error handling TCP data');
+    }
+  }
+}
+
+function remoteOf(conn: Connection): string {
+  return `${conn.socket.remoteAddress ?? '?'}:${conn.socket.remotePort ?? '?'}`;
+}

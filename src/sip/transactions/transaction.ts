@@ -1,0 +1,104 @@
+/**
+ * Pieces shared by the client transactions (RFC 3261 17.1), after onsip/SIP.js:
+ * one class per state machine, states as a string enum, one stateTransition()
+ * that owns the timers, one named method per timer.
+ */
+import type { Logger } from 'pino';
+import type { Clock, SipTimerConfig } from '../clock.js';
+import type { ParsedResponse, SipRequest } from '../message.js';
+
+export enum TransactionState {
+  Calling = 'Calling',
+  Trying = 'Trying',
+  Proceeding = 'Proceeding',
+  Completed = 'Completed',
+  Terminated = 'Terminated',
+}
+
+/** Where a client transaction sends its request: bound to one destination by the stack. */
+export interface TransactionTransport {
+  /** TCP: true (no retransmissions, Timers D/K are zero). UDP: false. */
+  readonly reliable: boolean;
+  /** Send bytes; failures are reported later through the transaction's onTransportError(). */
+  send(data: Buffer): void;
+}
+
+/** The transaction user (TU): the UAC core of one call. */
+export interface ClientTransactionUser {
+  /** A response the TU must see (RFC 3261 17.1.1.2 / 17.1.2.2); retransmissions absorbed by the transaction are not passed up. */
+  receiveResponse(response: ParsedResponse): void;
+  /** Timer B or Timer F fired: no final response. */
+  onRequestTimeout(): void;
+  /** A fatal transport error while the request was outstanding. */
+  onTransportError(error: Error): void;
+}
+
+export interface ClientTransactionOptions {
+  /** The request; its top Via must carry `branch`. */
+  request: SipRequest;
+  /** Branch of the top Via (z9hG4bK...). */
+  branch: string;
+  transport: TransactionTransport;
+  user: ClientTransactionUser;
+  clock: Clock;
+  timers: SipTimerConfig;
+  logger: Logger;
+  /** Called once when the transaction reaches Terminated (for the stack's transaction table). */
+  onTerminated?: () => void;
+}
+
+/** RFC 3261 17.1.3: client transactions are matched by top Via branch + CSeq method. */
+export function clientTransactionKey(branch: string, method: string): string {
+  return branch + '|' + method;
+}
+
+export abstract class ClientTransaction {
+  readonly request: SipRequest;
+  readonly branch: string;
+  readonly method: string;
+  /** Key in the stack's table: branch + CSeq method (17.1.3). */
+  readonly key: string;
+  protected readonly transport: TransactionTransport;
+  protected readonly user: ClientTransactionUser;
+  protected readonly clock: Clock;
+  protected readonly timers: SipTimerConfig;
+  protected readonly logger: Logger;
+  protected readonly bytes: Buffer;
+  private readonly terminatedHook: (() => void) | undefined;
+
+  protected constructor(options: ClientTransactionOptions, bytes: Buffer) {
+    this.request = options.request;
+    this.branch = options.branch;
+    this.method = options.request.method;
+    this.key = clientTransactionKey(options.branch, options.request.method);
+    this.transport = options.transport;
+    this.user = options.user;
+    this.clock = options.clock;
+    this.timers = options.timers;
+    this.logger = options.logger;
+    this.bytes = bytes;
+    this.terminatedHook = options.onTerminated;
+  }
+
+  abstract get state(): TransactionState;
+  /** Send the request and start the timers. */
+  abstract start(): void;
+  abstract receiveResponse(response: ParsedResponse): void;
+  /** A transport error for this transaction's destination (ICMP unreachable, TCP refused/reset). */
+  abstract onTransportError(error: Error): void;
+  /** Stop all timers and terminate without telling the TU (shutdown). */
+  abstract dispose(): void;
+
+  protected notifyTerminated(): void {
+    this.terminatedHook?.();
+  }
+
+  protected sendRequest(): void {
+    this.transport.send(this.bytes);
+  }
+
+  protected clearTimer(handle: unknown): undefined {
+    if (handle !== undefined) this.clock.clearTimeout(handle);
+    return undefined;
+  }
+}

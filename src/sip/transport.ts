@@ -1,0 +1,71 @@
+/**
+ * Transport layer (RFC 3261 18): a small interface with a UDP and a TCP
+ * implementation. Transports parse what they receive; malformed input is
+ * logged and dropped and never throws out of a socket handler.
+ */
+import type { Logger } from 'pino';
+import type { ParsedMessage, Via } from './message.js';
+
+export type TransportProtocol = 'udp' | 'tcp';
+
+/** Where a request goes: resolved from a SIP URI (no DNS SRV/NAPTR; A/AAAA via the OS resolver). */
+export interface Destination {
+  readonly protocol: TransportProtocol;
+  /** IP address or host name; IPv6 without brackets. */
+  readonly host: string;
+  readonly port: number;
+}
+
+export function destinationKey(d: Destination): string {
+  return d.protocol + ':' + d.host + ':' + d.port;
+}
+
+/** Where an inbound message came from, and how to answer it (RFC 3261 18.2.2). */
+export interface InboundSource {
+  readonly protocol: TransportProtocol;
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  /** Send a response to a request received from this source. */
+  respond(data: Buffer, via: Via): void;
+}
+
+export interface TransportEvents {
+  /** A well-formed message arrived. */
+  onMessage(message: ParsedMessage, source: InboundSource): void;
+  /**
+   * Something sent to `destination` failed: ICMP port unreachable on UDP
+   * (ECONNREFUSED), TCP connection refused / reset / closed, DNS failure.
+   */
+  onDestinationError(destination: Destination, error: Error): void;
+}
+
+export interface Transport {
+  readonly protocol: TransportProtocol;
+  /** Reliable transports get no retransmissions and zero Timers D and K. */
+  readonly reliable: boolean;
+  /** The bound port (after listen()). */
+  readonly localPort: number;
+  listen(): Promise<void>;
+  /** Queue bytes for `destination`. Never throws; errors go to TransportEvents.onDestinationError. */
+  send(destination: Destination, data: Buffer): void;
+  close(): Promise<void>;
+}
+
+export interface TransportOptions {
+  host: string;
+  /** 0 for an ephemeral port. */
+  port: number;
+  logger: Logger;
+  events: TransportEvents;
+}
+
+/** Error carrying a Node errno-like code. */
+export function transportError(code: string, message: string): Error {
+  const err = new Error(message) as Error & { code: string };
+  err.code = code;
+  return err;
+}
+
+export function logMalformed(logger: Logger, reason: string, remoteAddress: string, remotePort: number, protocol: string): void {
+  logger.warn({ reason, remote: `${remoteAddress}:${remotePort}`, protocol }, 'dropped malformed SIP message');
+}

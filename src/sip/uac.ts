@@ -1,0 +1,763 @@
+/**
+ * UAC core for one outbound call (RFC 3261 8.1, 9.1, 12, 13.2, 15, 22).
+ *
+ * Owns the INVITE (and its digest retries), the CANCEL, the ACK for 2xx and
+ * the BYE; reports to the CallDelegate. Transactions and transports are
+ * provided by the stack through {@link UacHost}.
+ */
+import type { Logger } from 'pino';
+import type { TrunkConfig } from '../config/schema.js';
+import { AppError } from '../errors/app-error.js';
+import type { CallDelegate, CallFailure, CallFailureReason, OutboundCall } from './call-originator.js';
+import type { Clock, SipTimerConfig, TimerHandle } from './clock.js';
+import { computeDigest, isSupportedChallenge, parseDigestChallenge, type DigestChallenge } from './digest.js';
+import {
+  getHeader,
+  getHeaders,
+  hdr,
+  type ParsedRequest,
+  type ParsedResponse,
+  type SipHeader,
+  type SipRequest,
+} from './message.js';
+import { isToken, parseNameAddr, parseSipUri } from './parser.js';
+import type { ClientTransaction, ClientTransactionUser } from './transactions/transaction.js';
+import type { Destination, InboundSource, TransportProtocol } from './transport.js';
+import { errorMessage, hostForSocket, newBranch, newCallId, newTag } from './util.js';
+
+export const ALLOW = 'INVITE, ACK, CANCEL, BYE, OPTIONS';
+
+/** Services the stack offers to a call. */
+export interface UacHost {
+  readonly userAgent: string;
+  readonly clock: Clock;
+  readonly timers: SipTimerConfig;
+  /** Host placed in Via, Contact and the dummy SDP (IPv6 without brackets). */
+  readonly advertisedHost: string;
+  /** `SIP/2.0/UDP host:port;branch=...;rport` */
+  via(protocol: TransportProtocol, branch: string): string;
+  /** `<sip:host:port[;transport=tcp]>` */
+  contact(protocol: TransportProtocol): string;
+  /** Create, register and start a client transaction. */
+  startTransaction(
+    kind: 'invite' | 'non-invite',
+    request: SipRequest,
+    branch: string,
+    destination: Destination,
+    user: ClientTransactionUser,
+    logger: Logger,
+  ): ClientTransaction;
+  /** Send a request outside any transaction (ACK for 2xx). */
+  sendStateless(request: SipRequest, destination: Destination, logger: Logger): void;
+  /** Answer an inbound request (RFC 3261 8.2.6). */
+  respond(
+    request: ParsedRequest,
+    source: InboundSource,
+    status: number,
+    options?: { headers?: SipHeader[]; body?: string },
+  ): void;
+  /** The call reported onEnded; `lingerMs` > 0 keeps it reachable for retransmissions (2xx, BYE). */
+  callEnded(call: UacCall, lingerMs: number): void;
+}
+
+/** A trunk's URI and headers, checked and pre-computed once per TrunkConfig object. */
+export interface TrunkInfo {
+  readonly destination: Destination;
+  /** `host[:port]` as in the trunk URI (IPv6 in brackets). */
+  readonly hostPort: string;
+  /** `;transport=tcp` etc. when the trunk URI carried one, else ''. */
+  readonly transportParam: string;
+  readonly fromDomain: string;
+  readonly extraHeaders: readonly SipHeader[];
+}
+
+/** Headers the stack owns; a trunk may not override them. */
+const RESERVED_HEADERS = new Set([
+  'via',
+  'from',
+  'to',
+  'call-id',
+  'cseq',
+  'contact',
+  'content-length',
+  'content-type',
+  'max-forwards',
+]);
+
+const trunkCache = new WeakMap<TrunkConfig, TrunkInfo>();
+
+/** Validate and pre-compute a trunk. Throws AppError('sip_trunk_invalid') on a bad URI or header. */
+export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
+  const cached = trunkCache.get(trunk);
+  if (cached !== undefined) return cached;
+  const uri = parseSipUri(trunk.uri);
+  if (uri === undefined || uri.user !== undefined) {
+    throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: uri must look like sip:host[:port][;transport=udp|tcp]`);
+  }
+  const transport = (uri.params['transport'] ?? 'udp').toLowerCase();
+  if (transport !== 'udp' && transport !== 'tcp') {
+    throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: unsupported transport ${transport}`);
+  }
+  const extraHeaders: SipHeader[] = [];
+  for (const [name, value] of Object.entries(trunk.headers ?? {})) {
+    if (!isToken(name)) throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: bad header name ${JSON.stringify(name)}`);
+    if (/[\r\n\0]/.test(value)) {
+      throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: header ${name} contains CR/LF`);
+    }
+    const h = hdr(name, value);
+    if (RESERVED_HEADERS.has(h.key)) throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: header ${name} is reserved`);
+    extraHeaders.push({ key: h.key, name, value });
+  }
+  const fromDomain = trunk.fromDomain ?? uri.host;
+  if (/[\s<>;@"]/.test(fromDomain)) throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: bad fromDomain`);
+  const info: TrunkInfo = {
+    destination: { protocol: transport, host: hostForSocket(uri.host), port: uri.port ?? 5060 },
+    hostPort: uri.port === undefined ? uri.host : `${uri.host}:${uri.port}`,
+    transportParam: uri.params['transport'] !== undefined ? `;transport=${transport}` : '',
+    fromDomain,
+    extraHeaders,
+  };
+  trunkCache.set(trunk, info);
+  return info;
+}
+
+const NUMBER_RE = /^\+?[0-9A-Za-z._*-]{1,32}$/;
+
+/** Map a non-2xx final response to a failure reason. */
+export function failureReasonFor(status: number): CallFailureReason {
+  switch (status) {
+    case 486:
+    case 600:
+      return 'busy';
+    case 603:
+      return 'declined';
+    case 404:
+    case 604:
+      return 'not_found';
+    case 480:
+      return 'unavailable';
+    default:
+      return 'rejected';
+  }
+}
+
+/** Minimal SDP offer for carriers that reject offer-less INVITEs: one PCMU audio stream. */
+export function dummySdp(host: string): string {
+  const ip = host.includes(':') ? 'IP6' : 'IP4';
+  const sess = Math.floor(Date.now() / 1000);
+  return (
+    'v=0\r\n' +
+    `o=flashverify ${sess} ${sess} IN ${ip} ${host}\r\n` +
+    's=flashverify\r\n' +
+    `c=IN ${ip} ${host}\r\n` +
+    't=0 0\r\n' +
+    'm=audio 40000 RTP/AVP 0\r\n' +
+    'a=rtpmap:0 PCMU/8000\r\n' +
+    'a=sendrecv\r\n'
+  );
+}
+
+type CallState = 'inviting' | 'early' | 'confirmed' | 'terminated';
+
+interface Dialog {
+  readonly remoteTag: string;
+  /** Route header values for in-dialog requests, in order (RFC 12.1.2: Record-Route reversed). */
+  readonly routeSet: string[];
+  remoteTarget: string;
+  readonly ackRequest: SipRequest;
+  readonly ackDestination: Destination;
+}
+
+interface AuthEntry {
+  header: 'Authorization' | 'Proxy-Authorization';
+  challenge: DigestChallenge;
+  nc: number;
+}
+
+/** How many digest retries one call may make, stale nonces included. */
+const MAX_AUTH_RETRIES = 3;
+
+export interface UacCallOptions {
+  host: UacHost;
+  to: string;
+  from: string;
+  trunk: TrunkConfig;
+  sdp: string | undefined;
+  delegate: CallDelegate;
+  logger: Logger;
+}
+
+export class UacCall implements OutboundCall {
+  readonly callId: string;
+  readonly localTag: string;
+  private readonly host: UacHost;
+  private readonly delegate: CallDelegate;
+  private readonly log: Logger;
+  private readonly trunk: TrunkConfig;
+  private readonly trunkInfo: TrunkInfo;
+  private readonly protocol: TransportProtocol;
+  private readonly requestUri: string;
+  private readonly fromValue: string;
+  private readonly toValue: string;
+  private readonly pai: string;
+  /** Our SDP offer (also the answer to a re-INVITE). */
+  private readonly localSdp: string | undefined;
+
+  private state: CallState = 'inviting';
+  private outcome: 'answered' | 'failed' | 'cancelled' | undefined;
+  /** CSeq number of the current INVITE (incremented by digest retries). */
+  private inviteCseq = 1;
+  /** Highest CSeq number used in this dialog (BYE takes the next). */
+  private lastCseq = 1;
+  private inviteRequest: SipRequest | undefined;
+  private inviteBranch = '';
+  private inviteTx: ClientTransaction | undefined;
+  private inviteOutstanding = false;
+  private cancelRequested = false;
+  private cancelSent = false;
+  private cancelOutstanding = false;
+  private cancelTx: ClientTransaction | undefined;
+  private cancelGuard: TimerHandle | undefined;
+  private byeOutstanding = false;
+  private byeTx: ClientTransaction | undefined;
+  private byePromise: Promise<void> | undefined;
+  private resolveBye: (() => void) | undefined;
+  private dialog: Dialog | undefined;
+  private readonly auth = new Map<string, AuthEntry>();
+  private authRetries = 0;
+  private ended = false;
+  private readonly startedAt = Date.now();
+
+  constructor(options: UacCallOptions) {
+    if (!NUMBER_RE.test(options.to)) throw new AppError('sip_bad_number', `bad destination number ${JSON.stringify(options.to)}`);
+    if (!NUMBER_RE.test(options.from)) throw new AppError('sip_bad_number', `bad CLI ${JSON.stringify(options.from)}`);
+    this.host = options.host;
+    this.delegate = options.delegate;
+    this.trunk = options.trunk;
+    this.trunkInfo = resolveTrunk(options.trunk);
+    this.protocol = this.trunkInfo.destination.protocol;
+    this.callId = newCallId();
+    this.localTag = newTag();
+    this.log = options.logger.child({ call_id: this.callId });
+    const info = this.trunkInfo;
+    this.requestUri = `sip:${options.to}@${info.hostPort};user=phone${info.transportParam}`;
+    const cliUri = `<sip:${options.from}@${info.fromDomain};user=phone>`;
+    this.fromValue = `${cliUri};tag=${this.localTag}`;
+    this.pai = cliUri;
+    this.toValue = `<sip:${options.to}@${info.hostPort};user=phone>`;
+    this.localSdp = options.sdp ?? (options.trunk.dummySdp ? dummySdp(options.host.advertisedHost) : undefined);
+  }
+
+  /** Send the first INVITE. Called once by the stack, after registering the call. */
+  start(): void {
+    this.log.info(
+      { trunk: this.trunk.name, transport: this.protocol, destination: `${this.trunkInfo.destination.host}:${this.trunkInfo.destination.port}` },
+      'SIP call started',
+    );
+    this.sendInvite();
+  }
+
+  // ---------------------------------------------------------------- OutboundCall
+
+  cancel(): void {
+    if (this.cancelRequested) return;
+    this.cancelRequested = true;
+    if (this.outcome !== undefined || this.ended) return;
+    if (this.state === 'early' && this.inviteOutstanding) {
+      this.sendCancel();
+    } else {
+      this.log.debug('cancel requested before any provisional response; deferred (RFC 3261 9.1)');
+    }
+  }
+
+  hangup(): Promise<void> {
+    if (this.byePromise !== undefined) return this.byePromise;
+    if (this.state !== 'confirmed' || this.dialog === undefined) return Promise.resolve();
+    return this.sendBye();
+  }
+
+  // ---------------------------------------------------------------- INVITE
+
+  private baseHeaders(branch: string, method: string, cseq: number): SipHeader[] {
+    return [
+      hdr('Via', this.host.via(this.protocol, branch)),
+      hdr('Max-Forwards', '70'),
+      hdr('From', this.fromValue),
+      hdr('To', this.toValue),
+      hdr('Call-ID', this.callId),
+      hdr('CSeq', `${cseq} ${method}`),
+    ];
+  }
+
+  private sendInvite(): void {
+    const branch = newBranch();
+    this.lastCseq = Math.max(this.lastCseq, this.inviteCseq);
+    const headers = this.baseHeaders(branch, 'INVITE', this.inviteCseq);
+    headers.push(
+      hdr('Contact', this.host.contact(this.protocol)),
+      hdr('P-Asserted-Identity', this.pai),
+      hdr('User-Agent', this.host.userAgent),
+      hdr('Allow', ALLOW),
+    );
+    headers.push(...this.authorizationHeaders('INVITE', this.requestUri));
+    headers.push(...this.trunkInfo.extraHeaders);
+    if (this.localSdp !== undefined) headers.push(hdr('Content-Type', 'application/sdp'));
+    const request: SipRequest = { kind: 'request', method: 'INVITE', uri: this.requestUri, headers, body: this.localSdp };
+    this.inviteRequest = request;
+    this.inviteBranch = branch;
+    this.state = 'inviting';
+    this.cancelSent = false;
+    this.inviteOutstanding = true;
+    let tx: ClientTransaction | undefined;
+    const user: ClientTransactionUser = {
+      receiveResponse: (r) => {
+        if (tx === this.inviteTx) this.onInviteResponse(r);
+      },
+      onRequestTimeout: () => {
+        if (tx === this.inviteTx) this.onInviteEndedWithoutResponse({ reason: 'timeout', phrase: 'Timer B expired' });
+      },
+      onTransportError: (err) => {
+        if (tx === this.inviteTx) this.onInviteEndedWithoutResponse({ reason: 'unreachable', phrase: errorMessage(err) });
+      },
+    };
+    tx = this.host.startTransaction('invite', request, branch, this.trunkInfo.destination, user, this.log);
+    this.inviteTx = tx;
+  }
+
+  private onInviteResponse(response: ParsedResponse): void {
+    const status = response.status;
+    if (status < 200) {
+      if (this.state === 'inviting') this.state = 'early';
+      if (status > 100) this.safe('onProvisional', () => this.delegate.onProvisional?.(status, response.reason, response.body));
+      if (this.cancelRequested && !this.cancelSent && this.inviteOutstanding) this.sendCancel();
+      return;
+    }
+    this.inviteOutstanding = false;
+    this.cancelGuard = this.clearGuard();
+    if (status < 300) {
+      this.on2xx(response);
+      return;
+    }
+    if ((status === 401 || status === 407) && this.tryAuthRetry(response)) return;
+    if (status === 487 && this.cancelRequested) {
+      this.finish('cancelled');
+    } else {
+      this.finish('failed', { reason: failureReasonFor(status), status, phrase: response.reason });
+    }
+    this.maybeEnd();
+  }
+
+  private onInviteEndedWithoutResponse(failure: CallFailure): void {
+    this.inviteOutstanding = false;
+    this.cancelGuard = this.clearGuard();
+    this.log.debug({ reason: failure.reason, detail: failure.phrase }, 'INVITE ended without final response');
+    this.finish('failed', failure);
+    this.maybeEnd();
+  }
+
+  /** 401/407: answer the challenge with a new INVITE (RFC 3261 22.2), same Call-ID and From tag, CSeq+1. */
+  private tryAuthRetry(response: ParsedResponse): boolean {
+    const credentials = this.trunk.auth;
+    if (credentials === undefined || this.cancelRequested || this.authRetries >= MAX_AUTH_RETRIES) return false;
+    const proxy = response.status === 407;
+    const values = getHeaders(response, proxy ? 'proxy-authenticate' : 'www-authenticate');
+    let usable = 0;
+    for (const value of values) {
+      const challenge = parseDigestChallenge(value);
+      if (challenge === undefined || !isSupportedChallenge(challenge)) continue;
+      const key = (proxy ? 'p:' : 'w:') + challenge.realm;
+      const previous = this.auth.get(key);
+      // One answer per challenge; a repeated challenge is a rejection unless the nonce was merely stale.
+      if (previous !== undefined && !challenge.stale) return false;
+      this.auth.set(key, { header: proxy ? 'Proxy-Authorization' : 'Authorization', challenge, nc: 0 });
+      usable++;
+    }
+    if (usable === 0) {
+      this.log.debug({ status: response.status }, 'challenge without a usable Digest offer');
+      return false;
+    }
+    this.authRetries++;
+    this.inviteCseq = this.lastCseq + 1;
+    this.log.debug({ status: response.status, cseq: this.inviteCseq }, 'answering digest challenge');
+    this.sendInvite();
+    return true;
+  }
+
+  private authorizationHeaders(method: string, uri: string, body?: string): SipHeader[] {
+    const credentials = this.trunk.auth;
+    if (credentials === undefined || this.auth.size === 0) return [];
+    const out: SipHeader[] = [];
+    for (const entry of this.auth.values()) {
+      entry.nc++;
+      const digest = computeDigest(entry.challenge, credentials, { method, uri, body }, { nc: entry.nc });
+      out.push(hdr(entry.header, digest.header));
+    }
+    return out;
+  }
+
+  // ---------------------------------------------------------------- CANCEL (RFC 3261 9.1)
+
+  private sendCancel(): void {
+    const invite = this.inviteRequest;
+    if (invite === undefined || this.cancelSent) return;
+    this.cancelSent = true;
+    this.cancelOutstanding = true;
+    const headers: SipHeader[] = [];
+    let viaDone = false;
+    for (const h of invite.headers) {
+      switch (h.key) {
+        case 'via':
+          if (!viaDone) headers.push(h);
+          viaDone = true;
+          break;
+        case 'max-forwards':
+        case 'from':
+        case 'to':
+        case 'call-id':
+        case 'route':
+          headers.push(h);
+          break;
+        case 'cseq':
+          headers.push(hdr('CSeq', `${this.inviteCseq} CANCEL`));
+          break;
+        default:
+          break;
+      }
+    }
+    headers.push(hdr('User-Agent', this.host.userAgent));
+    const request: SipRequest = { kind: 'request', method: 'CANCEL', uri: invite.uri, headers, body: undefined };
+    this.log.debug('sending CANCEL');
+    let tx: ClientTransaction | undefined;
+    const done = (): void => {
+      if (tx !== this.cancelTx) return;
+      this.cancelOutstanding = false;
+      this.maybeEnd();
+    };
+    const user: ClientTransactionUser = {
+      receiveResponse: (r) => {
+        if (r.status >= 200) done();
+      },
+      onRequestTimeout: done,
+      onTransportError: done,
+    };
+    tx = this.host.startTransaction('non-invite', request, this.inviteBranch, this.trunkInfo.destination, user, this.log);
+    this.cancelTx = tx;
+    // 9.1: if no final response for the INVITE within 64*T1 of the CANCEL, consider it cancelled.
+    this.cancelGuard = this.host.clock.setTimeout(() => this.cancelGuardExpired(), 64 * this.host.timers.t1Ms);
+  }
+
+  /** RFC 3261 9.1: no final response to the INVITE 64*T1 after CANCEL: destroy the INVITE transaction. */
+  private cancelGuardExpired(): void {
+    this.cancelGuard = undefined;
+    if (!this.inviteOutstanding) return;
+    this.log.debug('no final response 64*T1 after CANCEL; abandoning INVITE');
+    this.inviteOutstanding = false;
+    const tx = this.inviteTx;
+    this.inviteTx = undefined;
+    tx?.dispose();
+    this.finish('cancelled');
+    this.maybeEnd();
+  }
+
+  private clearGuard(): undefined {
+    if (this.cancelGuard !== undefined) this.host.clock.clearTimeout(this.cancelGuard);
+    return undefined;
+  }
+
+  // ---------------------------------------------------------------- 2xx, ACK, dialog
+
+  /** A 2xx to our INVITE, from the transaction or (retransmission) straight from the stack. */
+  on2xx(response: ParsedResponse): void {
+    if (response.cseq.seq !== this.inviteCseq) {
+      this.log.debug({ cseq: response.cseq.seq }, 'ignoring 2xx for an older INVITE');
+      return;
+    }
+    const remoteTag = response.to.tag ?? '';
+    const dialog = this.dialog;
+    if (dialog !== undefined) {
+      if (dialog.remoteTag === remoteTag) {
+        // 13.2.2.4: retransmitted 2xx: the ACK is sent again.
+        this.host.sendStateless(dialog.ackRequest, dialog.ackDestination, this.log);
+        return;
+      }
+      // A second dialog from a forking proxy: ACK it, then BYE it.
+      this.log.info({ remote_tag: remoteTag }, 'extra 2xx from a forked INVITE; ACK + BYE');
+      const extra = this.createDialog(response, remoteTag);
+      this.host.sendStateless(extra.ackRequest, extra.ackDestination, this.log);
+      this.sendByeOn(extra, () => undefined);
+      return;
+    }
+    if (this.outcome !== undefined) {
+      // A 2xx after we gave up on the INVITE (e.g. 64*T1 after CANCEL): ACK + BYE, nothing to report.
+      this.log.info('2xx after the call outcome was reported; ACK + BYE');
+      const late = this.createDialog(response, remoteTag);
+      this.host.sendStateless(late.ackRequest, late.ackDestination, this.log);
+      this.sendByeOn(late, () => undefined);
+      return;
+    }
+    this.dialog = this.createDialog(response, remoteTag);
+    this.host.sendStateless(this.dialog.ackRequest, this.dialog.ackDestination, this.log);
+    this.state = 'confirmed';
+    const crossed = this.cancelRequested;
+    this.outcome = 'answered';
+    this.log.info({ status: response.status, crossed_cancel: crossed }, 'SIP call answered');
+    this.safe('onAnswered', () => this.delegate.onAnswered?.(response.body, crossed));
+    // 9.1 / 15: the 2xx crossed our CANCEL: end the call at once.
+    if (crossed && this.byePromise === undefined && this.state === 'confirmed') void this.sendBye();
+    this.maybeEnd();
+  }
+
+  private createDialog(response: ParsedResponse, remoteTag: string): Dialog {
+    const routeSet = getHeaders(response, 'record-route').reverse();
+    const contact = getHeader(response, 'contact');
+    const contactAddr = contact === undefined ? undefined : parseNameAddr(contact);
+    const remoteTarget = contactAddr?.uri ?? this.requestUri;
+    const ackBranch = newBranch();
+    const toValue = getHeader(response, 'to') ?? this.toValue;
+    const { uri, routes, destination } = this.inDialogRouting(routeSet, remoteTarget);
+    const headers: SipHeader[] = [
+      hdr('Via', this.host.via(destination.protocol, ackBranch)),
+      hdr('Max-Forwards', '70'),
+      hdr('From', this.fromValue),
+      hdr('To', toValue),
+      hdr('Call-ID', this.callId),
+      hdr('CSeq', `${this.inviteCseq} ACK`),
+    ];
+    for (const r of routes) headers.push(hdr('Route', r));
+    // 22.1: the ACK for a 2xx carries the INVITE's credentials.
+    const invite = this.inviteRequest;
+    if (invite !== undefined) {
+      for (const h of invite.headers) if (h.key === 'authorization' || h.key === 'proxy-authorization') headers.push(h);
+    }
+    headers.push(hdr('User-Agent', this.host.userAgent));
+    const ackRequest: SipRequest = { kind: 'request', method: 'ACK', uri, headers, body: undefined };
+    return {
+      remoteTag,
+      routeSet,
+      remoteTarget,
+      ackRequest,
+      ackDestination: destination,
+    };
+  }
+
+  /**
+   * Request-URI, Route headers and next hop for an in-dialog request (RFC 3261 12.2.1.1):
+   * loose routing when the first route has `lr`, strict routing otherwise.
+   */
+  private inDialogRouting(
+    routeSet: readonly string[],
+    remoteTarget: string,
+  ): { uri: string; routes: string[]; destination: Destination } {
+    const first = routeSet[0];
+    if (first === undefined) {
+      return { uri: remoteTarget, routes: [], destination: this.destinationFor(remoteTarget) };
+    }
+    const firstAddr = parseNameAddr(first);
+    const firstUri = firstAddr?.uri ?? remoteTarget;
+    const parsed = parseSipUri(firstUri);
+    if (parsed !== undefined && 'lr' in parsed.params) {
+      return { uri: remoteTarget, routes: [...routeSet], destination: this.destinationFor(firstUri) };
+    }
+    // Strict router: it becomes the Request-URI, the remote target goes last in Route.
+    return {
+      uri: firstUri,
+      routes: [...routeSet.slice(1), `<${remoteTarget}>`],
+      destination: this.destinationFor(firstUri),
+    };
+  }
+
+  /** Next hop for a URI; transport from its parameter, else the one the INVITE used. */
+  private destinationFor(uri: string): Destination {
+    const parsed = parseSipUri(uri);
+    if (parsed === undefined) return this.trunkInfo.destination;
+    const t = (parsed.params['transport'] ?? '').toLowerCase();
+    const protocol: TransportProtocol = t === 'tcp' ? 'tcp' : t === 'udp' ? 'udp' : this.protocol;
+    return { protocol, host: hostForSocket(parsed.host), port: parsed.port ?? 5060 };
+  }
+
+  // ---------------------------------------------------------------- BYE
+
+  private sendBye(): Promise<void> {
+    const dialog = this.dialog;
+    if (dialog === undefined) return Promise.resolve();
+    this.byeOutstanding = true;
+    this.byePromise = new Promise<void>((resolve) => {
+      this.resolveBye = resolve;
+    });
+    this.sendByeOn(dialog, () => {
+      this.byeOutstanding = false;
+      this.state = 'terminated';
+      const resolve = this.resolveBye;
+      this.resolveBye = undefined;
+      resolve?.();
+      this.maybeEnd();
+    });
+    return this.byePromise;
+  }
+
+  /** BYE on a dialog (ours or a forked extra); `onDone` when its transaction has a final outcome. */
+  private sendByeOn(dialog: Dialog, onDone: () => void, retried = false): void {
+    const cseq = ++this.lastCseq;
+    const branch = newBranch();
+    const { uri, routes, destination } = this.inDialogRouting(dialog.routeSet, dialog.remoteTarget);
+    const headers: SipHeader[] = [
+      hdr('Via', this.host.via(destination.protocol, branch)),
+      hdr('Max-Forwards', '70'),
+      hdr('From', this.fromValue),
+      hdr('To', getHeader(dialog.ackRequest, 'to') ?? this.toValue),
+      hdr('Call-ID', this.callId),
+      hdr('CSeq', `${cseq} BYE`),
+    ];
+    for (const r of routes) headers.push(hdr('Route', r));
+    if (retried) headers.push(...this.authorizationHeaders('BYE', uri));
+    headers.push(hdr('User-Agent', this.host.userAgent));
+    const request: SipRequest = { kind: 'request', method: 'BYE', uri, headers, body: undefined };
+    this.log.debug({ cseq }, 'sending BYE');
+    let finished = false;
+    const finish = (): void => {
+      if (finished) return;
+      finished = true;
+      onDone();
+    };
+    const user: ClientTransactionUser = {
+      receiveResponse: (r) => {
+        if (r.status < 200) return;
+        if ((r.status === 401 || r.status === 407) && !retried && this.trunk.auth !== undefined) {
+          for (const value of getHeaders(r, r.status === 407 ? 'proxy-authenticate' : 'www-authenticate')) {
+            const challenge = parseDigestChallenge(value);
+            if (challenge === undefined || !isSupportedChallenge(challenge)) continue;
+            const proxy = r.status === 407;
+            this.auth.set((proxy ? 'p:' : 'w:') + challenge.realm, {
+              header: proxy ? 'Proxy-Authorization' : 'Authorization',
+              challenge,
+              nc: 0,
+            });
+          }
+          this.sendByeOn(dialog, finish, true);
+          return;
+        }
+        finish();
+      },
+      onRequestTimeout: finish,
+      onTransportError: finish,
+    };
+    this.byeTx = this.host.startTransaction('non-invite', request, branch, destination, user, this.log);
+  }
+
+  // ---------------------------------------------------------------- requests from the far end
+
+  /** Does an in-dialog request (From tag = remote, To tag = ours) belong to this call's dialog? */
+  matchesDialog(fromTag: string | undefined, toTag: string | undefined): boolean {
+    return this.dialog !== undefined && toTag === this.localTag && fromTag === this.dialog.remoteTag;
+  }
+
+  /** In-dialog request from the far end (RFC 3261 12.2.2). ACK is absorbed by the stack. */
+  handleInDialogRequest(request: ParsedRequest, source: InboundSource): void {
+    switch (request.method) {
+      case 'BYE': {
+        this.host.respond(request, source, 200);
+        if (this.state === 'confirmed' && !this.byeOutstanding) {
+          this.state = 'terminated';
+          this.log.info('remote hangup (BYE)');
+          this.safe('onRemoteHangup', () => this.delegate.onRemoteHangup?.());
+          this.maybeEnd();
+        }
+        return;
+      }
+      case 'OPTIONS':
+        this.host.respond(request, source, 200, {
+          headers: [hdr('Allow', ALLOW), hdr('Accept', 'application/sdp')],
+        });
+        return;
+      case 'INVITE': {
+        if (this.state !== 'confirmed') {
+          this.host.respond(request, source, 481);
+          return;
+        }
+        // Target refresh (12.2.2).
+        const contact = getHeader(request, 'contact');
+        const addr = contact === undefined ? undefined : parseNameAddr(contact);
+        if (addr !== undefined && this.dialog !== undefined) this.dialog.remoteTarget = addr.uri;
+        if (this.localSdp === undefined) {
+          this.host.respond(request, source, 488);
+          return;
+        }
+        this.host.respond(request, source, 200, {
+          headers: [
+            hdr('Contact', this.host.contact(this.protocol)),
+            hdr('Allow', ALLOW),
+            hdr('Content-Type', 'application/sdp'),
+          ],
+          body: this.localSdp,
+        });
+        return;
+      }
+      default:
+        this.host.respond(request, source, 501);
+        return;
+    }
+  }
+
+  // ---------------------------------------------------------------- end of call
+
+  /** Report the single outcome (onAnswered is reported in on2xx). */
+  private finish(outcome: 'failed' | 'cancelled', failure?: CallFailure): void {
+    if (this.outcome !== undefined) return;
+    this.outcome = outcome;
+    if (this.state !== 'confirmed') this.state = 'terminated';
+    if (outcome === 'cancelled') {
+      this.log.info('SIP call cancelled');
+      this.safe('onCancelled', () => this.delegate.onCancelled?.());
+    } else {
+      const f: CallFailure = failure ?? { reason: 'rejected' };
+      this.log.info({ reason: f.reason, status: f.status, phrase: f.phrase }, 'SIP call failed');
+      this.safe('onFailed', () => this.delegate.onFailed?.(f));
+    }
+  }
+
+  /**
+   * onEnded once no transaction of the call awaits a final outcome and no
+   * dialog is up. Transactions merely absorbing retransmissions (ICT
+   * Completed / Timer D, NICT Completed / Timer K) do not hold the call.
+   */
+  private maybeEnd(): void {
+    if (this.ended || this.outcome === undefined) return;
+    if (this.inviteOutstanding || this.cancelOutstanding || this.byeOutstanding) return;
+    if (this.state === 'confirmed') return;
+    this.ended = true;
+    this.state = 'terminated';
+    this.log.info({ outcome: this.outcome, duration_ms: Date.now() - this.startedAt }, 'SIP call ended');
+    this.safe('onEnded', () => this.delegate.onEnded?.());
+    // Keep answered calls reachable for 2xx / BYE retransmissions (64*T1).
+    this.host.callEnded(this, this.dialog !== undefined ? 64 * this.host.timers.t1Ms : 0);
+  }
+
+  /** Shutdown: abandon every transaction; a call without outcome fails `unreachable`. */
+  abort(reason: string): void {
+    if (this.ended) return;
+    this.cancelGuard = this.clearGuard();
+    for (const tx of [this.inviteTx, this.cancelTx, this.byeTx]) tx?.dispose();
+    this.inviteOutstanding = false;
+    this.cancelOutstanding = false;
+    this.byeOutstanding = false;
+    const resolve = this.resolveBye;
+    this.resolveBye = undefined;
+    resolve?.();
+    this.finish('failed', { reason: 'unreachable', phrase: reason });
+    this.state = 'terminated';
+    this.maybeEnd();
+  }
+
+  get isEnded(): boolean {
+    return this.ended;
+  }
+
+  private safe(name: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.log.error({ err: errorMessage(err), callback: name }, 'call delegate threw');
+    }
+  }
+}
+

@@ -1,0 +1,137 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import dgram from 'node:dgram';
+import net from 'node:net';
+import pino, { type Logger } from 'pino';
+import type { CallDelegate, CallFailure } from '../../../src/sip/call-originator.js';
+import type { TrunkConfig } from '../../../src/config/schema.js';
+
+export const testLogger: Logger = pino({ level: process.env['SIP_TEST_LOG'] ?? 'silent' });
+
+/** A port free on both UDP and TCP on 127.0.0.1. */
+export async function freePort(): Promise<number> {
+  for (;;) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const s = dgram.createSocket('udp4');
+      s.once('error', reject);
+      s.bind(0, '127.0.0.1', () => {
+        const p = s.address().port;
+        s.close(() => resolve(p));
+      });
+    });
+    const tcpFree = await new Promise<boolean>((resolve) => {
+      const srv = net.createServer();
+      srv.once('error', () => resolve(false));
+      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+    });
+    if (tcpFree) return port;
+  }
+}
+
+async function udpPortTaken(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = dgram.createSocket('udp4');
+    s.once('error', () => resolve(true));
+    s.bind(port, '127.0.0.1', () => s.close(() => resolve(false)));
+  });
+}
+
+async function tcpAccepting(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.connect({ host: '127.0.0.1', port });
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+}
+
+export interface SippProcess {
+  child: ChildProcess;
+  output: () => string;
+  exit: Promise<number | null>;
+}
+
+/** Start SIPp and wait until it listens on `port`. */
+export async function startSipp(args: string[], port: number, transport: 'udp' | 'tcp'): Promise<SippProcess> {
+  const child = spawn('sipp', [...args, '-i', '127.0.0.1', '-p', String(port), '-timeout', '20s', '-nostdin'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+  const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  // Note: probing TCP makes SIPp accept (and see closed) one connection, which it tolerates.
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`sipp exited early (${child.exitCode}): ${out}`);
+    const ready = transport === 'udp' ? await udpPortTaken(port) : await tcpAccepting(port);
+    if (ready) break;
+    if (Date.now() > deadline) throw new Error(`sipp did not start: ${out}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { child, output: () => out, exit };
+}
+
+export function killSipp(p: SippProcess | undefined): void {
+  if (p === undefined || p.child.exitCode !== null || p.child.pid === undefined) return;
+  try {
+    process.kill(p.child.pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+}
+
+export function trunk(uri: string, extra: Partial<TrunkConfig> = {}): TrunkConfig {
+  return { name: 'test', uri, cps: 10, ringOn183: false, dummySdp: false, headers: {}, ...extra };
+}
+
+export type CallEvent =
+  | { type: 'provisional'; status: number }
+  | { type: 'answered'; crossedCancel: boolean; sdp: string | undefined }
+  | { type: 'failed'; failure: CallFailure }
+  | { type: 'cancelled' }
+  | { type: 'remoteHangup' }
+  | { type: 'ended' };
+
+/** Delegate that records events and lets tests await one. */
+export function recorder(): {
+  delegate: CallDelegate;
+  events: CallEvent[];
+  waitFor: (type: CallEvent['type'], timeoutMs?: number) => Promise<CallEvent>;
+} {
+  const events: CallEvent[] = [];
+  const waiters: { type: CallEvent['type']; resolve: (e: CallEvent) => void }[] = [];
+  const push = (e: CallEvent): void => {
+    events.push(e);
+    for (const w of [...waiters]) {
+      if (w.type === e.type) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(e);
+      }
+    }
+  };
+  const delegate: CallDelegate = {
+    onProvisional: (status) => push({ type: 'provisional', status }),
+    onAnswered: (sdp, crossedCancel) => push({ type: 'answered', sdp, crossedCancel }),
+    onFailed: (failure) => push({ type: 'failed', failure }),
+    onCancelled: () => push({ type: 'cancelled' }),
+    onRemoteHangup: () => push({ type: 'remoteHangup' }),
+    onEnded: () => push({ type: 'ended' }),
+  };
+  const waitFor = (type: CallEvent['type'], timeoutMs = 10_000): Promise<CallEvent> => {
+    const seen = events.find((e) => e.type === type);
+    if (seen !== undefined) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${type}; got ${JSON.stringify(events)}`)), timeoutMs);
+      waiters.push({
+        type,
+        resolve: (e) => {
+          clearTimeout(timer);
+          resolve(e);
+        },
+      });
+    });
+  };
+  return { delegate, events, waitFor };
+}

@@ -1,0 +1,353 @@
+/**
+ * UAC core behaviour against a scripted UDP peer (a fake trunk on loopback):
+ * request construction, RFC 3261 9.1 CANCEL rules, crossed CANCEL/2xx, 2xx
+ * retransmissions, digest retry limits, in-dialog requests.
+ */
+import dgram from 'node:dgram';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
+import { getHeader, getHeaders, type ParsedRequest } from '../../../src/sip/message.js';
+import { parseMessage } from '../../../src/sip/parser.js';
+import { recorder, testLogger, trunk } from './helpers.js';
+
+interface Received {
+  req: ParsedRequest;
+  raw: string;
+  port: number;
+}
+
+class FakeTrunk {
+  readonly socket = dgram.createSocket('udp4');
+  readonly requests: Received[] = [];
+  readonly responses: string[] = [];
+  private waiters: (() => void)[] = [];
+
+  async bind(): Promise<number> {
+    this.socket.on('message', (m, rinfo) => {
+      const raw = m.toString('utf8');
+      const r = parseMessage(m);
+      if (!r.ok) throw new Error('fake trunk got malformed: ' + r.reason);
+      if (r.message.kind === 'request') this.requests.push({ req: r.message, raw, port: rinfo.port });
+      else this.responses.push(raw);
+      for (const w of this.waiters.splice(0)) w();
+    });
+    await new Promise<void>((r) => this.socket.bind(0, '127.0.0.1', () => r()));
+    return this.socket.address().port;
+  }
+
+  async next(method: string, index = 0, timeoutMs = 3000): Promise<Received> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = this.requests.filter((r) => r.req.method === method)[index];
+      if (found !== undefined) return found;
+      if (Date.now() > deadline) throw new Error(`no ${method}[${index}]; got ${this.requests.map((r) => r.req.method).join(',')}`);
+      await new Promise<void>((resolve) => {
+        this.waiters.push(resolve);
+        setTimeout(resolve, 50);
+      });
+    }
+  }
+
+  count(method: string): number {
+    return this.requests.filter((r) => r.req.method === method).length;
+  }
+
+  /** Send a response to `to` (reflecting its Via/From/To/Call-ID/CSeq). */
+  reply(to: Received, status: number, reason: string, extra: string[] = [], toTag: string | undefined = 'peer-tag', body = ''): void {
+    const r = to.req;
+    const lines = [
+      `SIP/2.0 ${status} ${reason}`,
+      ...getHeaders(r, 'via').map((v) => `Via: ${v}`),
+      `From: ${getHeader(r, 'from')}`,
+      `To: ${getHeader(r, 'to')}${toTag !== undefined && r.to.tag === undefined ? `;tag=${toTag}` : ''}`,
+      `Call-ID: ${r.callId}`,
+      `CSeq: ${r.cseq.seq} ${r.cseq.method}`,
+      ...extra,
+      `Content-Length: ${Buffer.byteLength(body)}`,
+      '',
+      body,
+    ];
+    this.socket.send(lines.join('\r\n'), to.port, '127.0.0.1');
+  }
+
+  /** Send a raw request to the originator and collect the response. */
+  async request(text: string, port: number): Promise<string> {
+    const before = this.responses.length;
+    this.socket.send(text, port, '127.0.0.1');
+    const deadline = Date.now() + 3000;
+    while (this.responses.length === before) {
+      if (Date.now() > deadline) throw new Error('no response');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return this.responses[before] ?? '';
+  }
+
+  close(): void {
+    this.socket.close();
+  }
+}
+
+const CLI = '+441234567890';
+const DEST = '+447700900123';
+const tick = (ms = 50): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+describe('UAC behaviour (scripted UDP peer)', () => {
+  let peer: FakeTrunk;
+  let port: number;
+  let sip: EmbeddedSipOriginator;
+
+  beforeEach(async () => {
+    peer = new FakeTrunk();
+    port = await peer.bind();
+    sip = new EmbeddedSipOriginator({
+      listen: { host: '127.0.0.1', port: 0, transports: ['udp'] },
+      timers: { t1Ms: 500, t2Ms: 4000, t4Ms: 5000 },
+      userAgent: 'fv-ua/1.0',
+      logger: testLogger,
+    });
+    await sip.start();
+  });
+
+  afterEach(async () => {
+    await sip.stop();
+    peer.close();
+  });
+
+  it('builds the INVITE: Request-URI, From/PAI with the CLI, To, Contact, Via with rport, trunk headers, dummy SDP', async () => {
+    const t = trunk(`sip:127.0.0.1:${port}`, {
+      fromDomain: 'cli.example.com',
+      dummySdp: true,
+      headers: { 'X-Account': 'acme', 'P-Charge-Info': '<sip:+441@x>' },
+    });
+    const call = sip.originate({ to: DEST, from: CLI, trunk: t, logger: testLogger }, {});
+    const { req, raw, port: srcPort } = await peer.next('INVITE');
+    expect(srcPort).toBe(sip.localPort); // connected socket shares the listen port
+    expect(req.uri).toBe(`sip:${DEST}@127.0.0.1:${port};user=phone`);
+    expect(req.from.uri).toBe(`sip:${CLI}@cli.example.com;user=phone`);
+    expect(req.from.tag).toMatch(/^[0-9a-f]+$/);
+    expect(req.to.uri).toBe(`sip:${DEST}@127.0.0.1:${port};user=phone`);
+    expect(req.to.tag).toBeUndefined();
+    expect(getHeader(req, 'p-asserted-identity')).toBe(`<sip:${CLI}@cli.example.com;user=phone>`);
+    expect(req.callId).toBe(call.callId);
+    expect(req.cseq).toEqual({ seq: 1, method: 'INVITE' });
+    expect(req.via).toMatchObject({ transport: 'UDP', host: '127.0.0.1', port: sip.localPort });
+    expect(req.via.branch).toMatch(/^z9hG4bK/);
+    expect('rport' in req.via.params).toBe(true);
+    expect(getHeader(req, 'contact')).toBe(`<sip:127.0.0.1:${sip.localPort}>`);
+    expect(getHeader(req, 'max-forwards')).toBe('70');
+    expect(getHeader(req, 'user-agent')).toBe('fv-ua/1.0');
+    expect(getHeader(req, 'allow')).toBe('INVITE, ACK, CANCEL, BYE, OPTIONS');
+    expect(getHeader(req, 'x-account')).toBe('acme');
+    expect(raw).toContain('\r\nP-Charge-Info: <sip:+441@x>\r\n');
+    expect(getHeader(req, 'content-type')).toBe('application/sdp');
+    expect(req.body).toMatch(/^v=0\r\n/);
+    expect(req.body).toContain('c=IN IP4 127.0.0.1\r\n');
+    expect(req.body).toMatch(/m=audio \d+ RTP\/AVP 0\r\n/);
+    expect(req.body).toContain('a=rtpmap:0 PCMU/8000');
+    expect(getHeader(req, 'content-length')).toBe(String(Buffer.byteLength(req.body ?? '')));
+  });
+
+  it('rejects trunk headers with CR/LF and bad numbers (throws, nothing sent)', () => {
+    expect(() =>
+      sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`, { headers: { 'X-Evil': 'a\r\nVia: x' } }), logger: testLogger }, {}),
+    ).toThrow(/CR\/LF/);
+    expect(() =>
+      sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`, { headers: { 'X Bad': 'v' } }), logger: testLogger }, {}),
+    ).toThrow(/header name/);
+    expect(() => sip.originate({ to: 'a@b>', from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, {})).toThrow();
+  });
+
+  it('cancel() before any 1xx: nothing sent; if the final arrives first, no CANCEL at all', async () => {
+    const rec = recorder();
+    const call = sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
+    const invite = await peer.next('INVITE');
+    call.cancel();
+    await tick();
+    expect(peer.count('CANCEL')).toBe(0);
+    peer.reply(invite, 480, 'Temporarily Unavailable');
+    await rec.waitFor('ended');
+    await tick(100);
+    expect(peer.count('CANCEL')).toBe(0);
+    expect(peer.count('ACK')).toBe(1);
+    expect(rec.events.map((e) => e.type)).toEqual(['failed', 'ended']);
+    expect(rec.events[0]).toMatchObject({ failure: { reason: 'unavailable', status: 480 } });
+  });
+
+  it('cancel() deferred until 100 Trying; CANCEL is built per RFC 3261 9.1', async () => {
+    const rec = recorder();
+    const call = sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
+    const invite = await peer.next('INVITE');
+    call.cancel();
+    call.cancel(); // idempotent
+    peer.reply(invite, 100, 'Trying', [], undefined);
+    const { req: cancel } = await peer.next('CANCEL');
+    expect(cancel.uri).toBe(invite.req.uri);
+    expect(cancel.callId).toBe(invite.req.callId);
+    expect(getHeader(cancel, 'from')).toBe(getHeader(invite.req, 'from'));
+    expect(getHeader(cancel, 'to')).toBe(getHeader(invite.req, 'to'));
+    expect(cancel.to.tag).toBeUndefined();
+    expect(cancel.cseq).toEqual({ seq: invite.req.cseq.seq, method: 'CANCEL' });
+    expect(cancel.via.branch).toBe(invite.req.via.branch);
+    expect(getHeaders(cancel, 'via')).toHaveLength(1);
+    peer.reply(await peer.next('CANCEL'), 200, 'OK');
+    peer.reply(invite, 487, 'Request Terminated');
+    await rec.waitFor('ended');
+    expect(rec.events.map((e) => e.type)).toEqual(['cancelled', 'ended']);
+    expect(peer.count('CANCEL')).toBe(1);
+  });
+
+  it('2xx crossing our CANCEL: ACK, onAnswered(crossedCancel=true), BYE at once; retransmitted 2xx is ACKed again', async () => {
+    const rec = recorder();
+    const call = sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
+    const invite = await peer.next('INVITE');
+    peer.reply(invite, 180, 'Ringing');
+    await rec.waitFor('provisional');
+    call.cancel();
+    const cancel = await peer.next('CANCEL');
+    const ok = [`Contact: <sip:127.0.0.1:${port}>`, 'Content-Type: application/sdp'];
+    peer.reply(invite, 200, 'OK', ok, 'peer-tag', 'v=0\r\n');
+    peer.reply(cancel, 200, 'OK');
+    const ack = await peer.next('ACK');
+    expect(ack.req.cseq).toEqual({ seq: 1, method: 'ACK' });
+    expect(ack.req.to.tag).toBe('peer-tag');
+    expect(ack.req.via.branch).not.toBe(invite.req.via.branch);
+    expect(ack.req.uri).toBe(`sip:127.0.0.1:${port}`);
+    const bye = await peer.next('BYE');
+    expect(bye.req.cseq.seq).toBe(2);
+    expect(bye.req.to.tag).toBe('peer-tag');
+    expect(rec.events[1]).toEqual({ type: 'answered', sdp: 'v=0\r\n', crossedCancel: true });
+    // 2xx retransmission -> ACK again, no second onAnswered
+    peer.reply(invite, 200, 'OK', ok, 'peer-tag', 'v=0\r\n');
+    await peer.next('ACK', 1);
+    peer.reply(bye, 200, 'OK');
+    await rec.waitFor('ended');
+    expect(rec.events.map((e) => e.type)).toEqual(['provisional', 'answered', 'ended']);
+    await expect(call.hangup()).resolves.toBeUndefined();
+  });
+
+  it('answered call: in-dialog OPTIONS 200, re-INVITE 200 with our SDP, unknown 501, unknown dialog 481, remote BYE', async () => {
+    const rec = recorder();
+    const sdp = 'v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n';
+    sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), sdp, logger: testLogger }, rec.delegate);
+    const invite = await peer.next('INVITE');
+    expect(invite.req.body).toBe(sdp);
+    peer.reply(invite, 200, 'OK', [`Contact: <sip:127.0.0.1:${port}>`], 'peer-tag');
+    await rec.waitFor('answered');
+    const ourTag = invite.req.from.tag ?? '';
+    const inDialog = (method: string, seq: number, toTag = ourTag, body = ''): string =>
+      [
+        `${method} sip:127.0.0.1:${sip.localPort} SIP/2.0`,
+        `Via: SIP/2.0/UDP 127.0.0.1:${port};branch=z9hG4bKpeer${seq};rport`,
+        `From: <sip:${DEST}@127.0.0.1>;tag=peer-tag`,
+        `To: ${getHeader(invite.req, 'from')?.replace(/;tag=.*/, '')};tag=${toTag}`,
+        `Call-ID: ${invite.req.callId}`,
+        `CSeq: ${seq} ${method}`,
+        `Contact: <sip:127.0.0.1:${port}>`,
+        `Content-Length: ${Buffer.byteLength(body)}`,
+        '',
+        body,
+      ].join('\r\n');
+    expect((await peer.request(inDialog('OPTIONS', 10), sip.localPort)).split('\r\n')[0]).toBe('SIP/2.0 200 OK');
+    const reinvite = await peer.request(inDialog('INVITE', 11, ourTag, 'v=0\r\n'), sip.localPort);
+    expect(reinvite.split('\r\n')[0]).toBe('SIP/2.0 200 OK');
+    expect(reinvite.endsWith(sdp)).toBe(true);
+    expect((await peer.request(inDialog('INFO', 12), sip.localPort)).split('\r\n')[0]).toBe('SIP/2.0 501 Not Implemented');
+    expect((await peer.request(inDialog('BYE', 13, 'not-our-tag'), sip.localPort)).split('\r\n')[0]).toBe(
+      'SIP/2.0 481 Call/Transaction Does Not Exist',
+    );
+    expect(rec.events.map((e) => e.type)).toEqual(['answered']);
+    expect((await peer.request(inDialog('BYE', 14), sip.localPort)).split('\r\n')[0]).toBe('SIP/2.0 200 OK');
+    await rec.waitFor('ended');
+    expect(rec.events.map((e) => e.type)).toEqual(['answered', 'remoteHangup', 'ended']);
+    // BYE retransmission while the call lingers: 200 again, no second callback.
+    expect((await peer.request(inDialog('BYE', 14), sip.localPort)).split('\r\n')[0]).toBe('SIP/2.0 200 OK');
+    expect(rec.events.filter((e) => e.type === 'remoteHangup')).toHaveLength(1);
+  });
+
+  it('re-INVITE without any SDP of ours -> 488', async () => {
+    const rec = recorder();
+    sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
+    const invite = await peer.next('INVITE');
+    expect(invite.req.body).toBeUndefined();
+    peer.reply(invite, 200, 'OK', [`Contact: <sip:127.0.0.1:${port}>`], 'peer-tag');
+    await rec.waitFor('answered');
+    const text = [
+      `INVITE sip:127.0.0.1:${sip.localPort} SIP/2.0`,
+      `Via: SIP/2.0/UDP 127.0.0.1:${port};branch=z9hG4bKre1`,
+      `From: <sip:${DEST}@127.0.0.1>;tag=peer-tag`,
+      `To: <sip:x@y>;tag=${invite.req.from.tag ?? ''}`,
+      `Call-ID: ${invite.req.callId}`,
+      'CSeq: 5 INVITE',
+      'Content-Length: 0',
+      '',
+      '',
+    ].join('\r\n');
+    expect((await peer.request(text, sip.localPort)).split('\r\n')[0]).toBe('SIP/2.0 488 Not Acceptable Here');
+  });
+
+  it('digest: 401 -> retry with Authorization (same Call-ID/From tag, CSeq+1, new branch); a second non-stale 401 -> rejected', async () => {
+    const rec = recorder();
+    const t = trunk(`sip:127.0.0.1:${port}`, { auth: { username: 'u1', password: 'p1' } });
+    sip.originate({ to: DEST, from: CLI, trunk: t, logger: testLogger }, rec.delegate);
+    const first = await peer.next('INVITE');
+    peer.reply(first, 401, 'Unauthorized', ['WWW-Authenticate: Digest realm="r1", nonce="n1"']);
+    const second = await peer.next('INVITE', 1);
+    expect(second.req.callId).toBe(first.req.callId);
+    expect(second.req.from.tag).toBe(first.req.from.tag);
+    expect(second.req.cseq.seq).toBe(2);
+    expect(second.req.via.branch).not.toBe(first.req.via.branch);
+    const auth = getHeader(second.req, 'authorization') ?? '';
+    expect(auth).toMatch(/^Digest username="u1", realm="r1", nonce="n1", uri="sip:\+447700900123@127\.0\.0\.1:\d+;user=phone", response="[0-9a-f]{32}"/);
+    expect(auth).not.toContain('qop');
+    peer.reply(second, 401, 'Unauthorized', ['WWW-Authenticate: Digest realm="r1", nonce="n2"']);
+    const failed = await rec.waitFor('failed');
+    expect(failed).toMatchObject({ failure: { reason: 'rejected', status: 401 } });
+    await rec.waitFor('ended');
+    await peer.next('ACK', 1);
+    expect(peer.count('INVITE')).toBe(2);
+  });
+
+  it('digest: a stale=true re-challenge is answered again (nc restarts for the new nonce)', async () => {
+    const rec = recorder();
+    const t = trunk(`sip:127.0.0.1:${port}`, { auth: { username: 'u1', password: 'p1' } });
+    sip.originate({ to: DEST, from: CLI, trunk: t, logger: testLogger }, rec.delegate);
+    const first = await peer.next('INVITE');
+    peer.reply(first, 407, 'Proxy Authentication Required', ['Proxy-Authenticate: Digest realm="r1", nonce="n1", qop="auth"']);
+    const second = await peer.next('INVITE', 1);
+    expect(getHeader(second.req, 'proxy-authorization')).toContain('nc=00000001');
+    peer.reply(second, 407, 'Proxy Authentication Required', ['Proxy-Authenticate: Digest realm="r1", nonce="n2", qop="auth", stale=true']);
+    const third = await peer.next('INVITE', 2);
+    expect(third.req.cseq.seq).toBe(3);
+    expect(getHeader(third.req, 'proxy-authorization')).toContain('nonce="n2"');
+    peer.reply(third, 603, 'Decline');
+    const failed = await rec.waitFor('failed');
+    expect(failed).toMatchObject({ failure: { reason: 'declined', status: 603, phrase: 'Decline' } });
+  });
+
+  it.each([
+    [486, 'busy'],
+    [600, 'busy'],
+    [603, 'declined'],
+    [404, 'not_found'],
+    [604, 'not_found'],
+    [480, 'unavailable'],
+    [302, 'rejected'],
+    [503, 'rejected'],
+  ] as const)('final %i -> onFailed %s', async (status, reason) => {
+    const rec = recorder();
+    sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
+    const invite = await peer.next('INVITE');
+    peer.reply(invite, status, 'Some Phrase');
+    const failed = await rec.waitFor('failed');
+    expect(failed).toEqual({ type: 'failed', failure: { reason, status, phrase: 'Some Phrase' } });
+    await rec.waitFor('ended');
+  });
+
+  it('hangup() before answer is a no-op', async () => {
+    const rec = recorder();
+    const call = sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
+    await peer.next('INVITE');
+    await expect(call.hangup()).resolves.toBeUndefined();
+    expect(peer.count('BYE')).toBe(0);
+  });
+});

@@ -1,0 +1,254 @@
+/**
+ * The embedded UAC against a real SIPp (3.6.x) over loopback.
+ */
+import dgram from 'node:dgram';
+import { fileURLToPath } from 'node:url';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
+import { freePort, killSipp, recorder, startSipp, testLogger, trunk, type SippProcess } from './helpers.js';
+
+const scenario = (name: string): string => fileURLToPath(new URL(`./scenarios/${name}`, import.meta.url));
+
+const CLI = '+441234567890';
+const DEST = '+447700900123';
+
+describe('EmbeddedSipOriginator against SIPp', () => {
+  let sipp: SippProcess | undefined;
+  let originator: EmbeddedSipOriginator;
+
+  beforeEach(async () => {
+    originator = new EmbeddedSipOriginator({
+      listen: { host: '127.0.0.1', port: 0, transports: ['udp', 'tcp'] },
+      timers: { t1Ms: 500, t2Ms: 4000, t4Ms: 5000 },
+      userAgent: 'flashverify-test',
+      logger: testLogger,
+    });
+    await originator.start();
+    expect(originator.localPort).toBeGreaterThan(0);
+  });
+
+  afterEach(async () => {
+    killSipp(sipp);
+    sipp = undefined;
+    await originator.stop();
+  });
+
+  for (const transport of ['udp', 'tcp'] as const) {
+    it(`${transport}: 180 then 200, hangup() sends BYE, SIPp uas exits 0`, async () => {
+      const port = await freePort();
+      sipp = await startSipp(['-sn', 'uas', '-m', '1', ...(transport === 'tcp' ? ['-t', 't1'] : [])], port, transport);
+      const rec = recorder();
+      const uri = `sip:127.0.0.1:${port}${transport === 'tcp' ? ';transport=tcp' : ''}`;
+      const call = originator.originate(
+        { to: DEST, from: CLI, trunk: trunk(uri, { dummySdp: true }), logger: testLogger },
+        rec.delegate,
+      );
+      expect(call.callId).toMatch(/^[0-9a-f]+$/);
+      await rec.waitFor('answered');
+      await call.hangup();
+      await rec.waitFor('ended');
+      expect(rec.events.map((e) => e.type)).toEqual(['provisional', 'answered', 'ended']);
+      expect(rec.events[0]).toEqual({ type: 'provisional', status: 180 });
+      expect(rec.events[1]).toMatchObject({ type: 'answered', crossedCancel: false });
+      expect(await sipp.exit).toBe(0);
+    });
+  }
+
+  it('udp: CANCEL after 180 -> 487 -> onCancelled; SIPp sees the ACK', async () => {
+    const port = await freePort();
+    sipp = await startSipp(['-sf', scenario('uas-cancel.xml'), '-m', '1'], port, 'udp');
+    const rec = recorder();
+    const call = originator.originate(
+      { to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger },
+      {
+        ...rec.delegate,
+        onProvisional: (s, p, sdp) => {
+          rec.delegate.onProvisional?.(s, p, sdp);
+          call.cancel();
+        },
+      },
+    );
+    await rec.waitFor('ended');
+    expect(rec.events.map((e) => e.type)).toEqual(['provisional', 'cancelled', 'ended']);
+    expect(await sipp.exit).toBe(0);
+  });
+
+  it('tcp: cancel() before any provisional is deferred until the 180 (RFC 3261 9.1)', async () => {
+    const port = await freePort();
+    sipp = await startSipp(['-sf', scenario('uas-cancel.xml'), '-m', '1', '-t', 't1'], port, 'tcp');
+    const rec = recorder();
+    const call = originator.originate(
+      { to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port};transport=tcp`), logger: testLogger },
+      rec.delegate,
+    );
+    call.cancel();
+    await rec.waitFor('ended');
+    expect(rec.events.map((e) => e.type)).toEqual(['provisional', 'cancelled', 'ended']);
+    expect(await sipp.exit).toBe(0);
+  });
+
+  it('udp: 486 -> onFailed busy, ACKed by the transaction', async () => {
+    const port = await freePort();
+    sipp = await startSipp(['-sf', scenario('uas-busy.xml'), '-m', '1'], port, 'udp');
+    const rec = recorder();
+    originator.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
+    const failed = await rec.waitFor('failed');
+    expect(failed).toEqual({ type: 'failed', failure: { reason: 'busy', status: 486, phrase: 'Busy Here' } });
+    await rec.waitFor('ended');
+    expect(await sipp.exit).toBe(0);
+  });
+
+  it('udp: 401 challenge answered with Authorization (qop=auth, verified by SIPp), then answered', async () => {
+    const port = await freePort();
+    sipp = await startSipp(['-sf', scenario('uas-auth-401.xml'), '-m', '1'], port, 'udp');
+    const rec = recorder();
+    const call = originator.originate(
+      {
+        to: DEST,
+        from: CLI,
+        trunk: trunk(`sip:127.0.0.1:${port}`, { auth: { username: 'fvuser', password: 'fvsecret' } }),
+        logger: testLogger,
+      },
+      rec.delegate,
+    );
+    await rec.waitFor('answered');
+    await call.hangup();
+    await rec.waitFor('ended');
+    expect(rec.events.map((e) => e.type)).toEqual(['provisional', 'answered', 'ended']);
+    expect(await sipp.exit).toBe(0);
+  });
+
+  for (const transport of ['udp', 'tcp'] as const) {
+    it(`${transport}: 407 challenge answered with Proxy-Authorization (qop=auth), then answered`, async () => {
+      const port = await freePort();
+      sipp = await startSipp(
+        ['-sf', scenario('uas-auth.xml'), '-m', '1', ...(transport === 'tcp' ? ['-t', 't1'] : [])],
+        port,
+        transport,
+      );
+      const rec = recorder();
+      const uri = `sip:127.0.0.1:${port}${transport === 'tcp' ? ';transport=tcp' : ''}`;
+      const call = originator.originate(
+        { to: DEST, from: CLI, trunk: trunk(uri, { auth: { username: 'fvuser', password: 'fvsecret' } }), logger: testLogger },
+        rec.delegate,
+      );
+      await rec.waitFor('answered');
+      await call.hangup();
+      await rec.waitFor('ended');
+      expect(rec.events.map((e) => e.type)).toEqual(['provisional', 'answered', 'ended']);
+      expect(await sipp.exit).toBe(0);
+    });
+  }
+
+  it('udp: 407 without trunk.auth -> onFailed rejected 407', async () => {
+    const port = await freePort();
+    sipp = await startSipp(['-sf', scenario('uas-auth.xml'), '-m', '1'], port, 'udp');
+    const rec = recorder();
+    originator.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
+    const failed = await rec.waitFor('failed');
+    expect(failed).toMatchObject({ type: 'failed', failure: { reason: 'rejected', status: 407 } });
+    await rec.waitFor('ended');
+  });
+
+  for (const transport of ['udp', 'tcp'] as const) {
+    it(`${transport}: far end BYE (Record-Route, Contact) -> 200 + onRemoteHangup`, async () => {
+      const port = await freePort();
+      sipp = await startSipp(
+        ['-sf', scenario('uas-remote-bye.xml'), '-m', '1', ...(transport === 'tcp' ? ['-t', 't1'] : [])],
+        port,
+        transport,
+      );
+      const rec = recorder();
+      const uri = `sip:127.0.0.1:${port}${transport === 'tcp' ? ';transport=tcp' : ''}`;
+      originator.originate({ to: DEST, from: CLI, trunk: trunk(uri), logger: testLogger }, rec.delegate);
+      await rec.waitFor('ended');
+      expect(rec.events.map((e) => e.type)).toEqual(['provisional', 'answered', 'remoteHangup', 'ended']);
+      expect(await sipp.exit).toBe(0);
+    });
+  }
+});
+
+describe('EmbeddedSipOriginator transport errors', () => {
+  let originator: EmbeddedSipOriginator;
+
+  beforeEach(async () => {
+    originator = new EmbeddedSipOriginator({
+      listen: { host: '127.0.0.1', port: 0, transports: ['udp', 'tcp'] },
+      timers: { t1Ms: 500, t2Ms: 4000, t4Ms: 5000 },
+      userAgent: 'flashverify-test',
+      logger: testLogger,
+    });
+    await originator.start();
+  });
+
+  afterEach(async () => {
+    await originator.stop();
+  });
+
+  it('udp: INVITE to a port where nothing listens fails `unreachable` well under a second (ICMP)', async () => {
+    const port = await freePort();
+    const rec = recorder();
+    const t0 = Date.now();
+    originator.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
+    const failed = await rec.waitFor('failed', 3000);
+    expect(Date.now() - t0).toBeLessThan(1000);
+    expect(failed).toMatchObject({ type: 'failed', failure: { reason: 'unreachable' } });
+    await rec.waitFor('ended');
+    expect(rec.events.map((e) => e.type)).toEqual(['failed', 'ended']);
+  });
+
+  it('tcp: connection refused fails `unreachable` at once', async () => {
+    const port = await freePort();
+    const rec = recorder();
+    const t0 = Date.now();
+    originator.originate(
+      { to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port};transport=tcp`), logger: testLogger },
+      rec.delegate,
+    );
+    const failed = await rec.waitFor('failed', 3000);
+    expect(Date.now() - t0).toBeLessThan(1000);
+    expect(failed).toMatchObject({ type: 'failed', failure: { reason: 'unreachable' } });
+    await rec.waitFor('ended');
+  });
+
+  it('stop() fails calls in flight as `unreachable` and ends them', async () => {
+    // A UDP peer that swallows everything: the INVITE stays in Calling.
+    const sink = dgram.createSocket('udp4');
+    await new Promise<void>((r) => sink.bind(0, '127.0.0.1', () => r()));
+    const port = sink.address().port;
+    const rec = recorder();
+    originator.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
+    await new Promise((r) => setTimeout(r, 100));
+    await originator.stop();
+    sink.close();
+    expect(rec.events.map((e) => e.type)).toEqual(['failed', 'ended']);
+    expect(rec.events[0]).toMatchObject({ failure: { reason: 'unreachable' } });
+  });
+
+  it('answers out-of-dialog OPTIONS with 200 and INVITE with 405', async () => {
+    const sock = dgram.createSocket('udp4');
+    await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
+    const myPort = sock.address().port;
+    const replies: string[] = [];
+    sock.on('message', (m) => replies.push(m.toString()));
+    const req = (method: string, n: number): string =>
+      `${method} sip:flashverify@127.0.0.1:${originator.localPort} SIP/2.0\r\n` +
+      `Via: SIP/2.0/UDP 127.0.0.1:${myPort};branch=z9hG4bKprobe${n};rport\r\n` +
+      `From: <sip:sbc@127.0.0.1>;tag=p${n}\r\nTo: <sip:flashverify@127.0.0.1>\r\n` +
+      `Call-ID: probe-${n}\r\nCSeq: ${n} ${method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n`;
+    sock.send(req('OPTIONS', 1), originator.localPort, '127.0.0.1');
+    sock.send(req('INVITE', 2), originator.localPort, '127.0.0.1');
+    sock.send(req('BYE', 3), originator.localPort, '127.0.0.1');
+    sock.send('garbage\r\n\r\n', originator.localPort, '127.0.0.1');
+    const deadline = Date.now() + 2000;
+    while (replies.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    sock.close();
+    const status = (callId: string): string | undefined =>
+      replies.find((r) => r.includes(`Call-ID: ${callId}`))?.split('\r\n')[0];
+    expect(status('probe-1')).toBe('SIP/2.0 200 OK');
+    expect(status('probe-2')).toBe('SIP/2.0 405 Method Not Allowed');
+    expect(status('probe-3')).toBe('SIP/2.0 481 Call/Transaction Does Not Exist');
+    expect(replies.find((r) => r.includes('probe-2'))).toMatch(/\r\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n/);
+    expect(replies.find((r) => r.includes('probe-1'))).toMatch(/;rport=\d+/);
+  });
+});
