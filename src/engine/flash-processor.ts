@@ -118,6 +118,8 @@ export class FlashProcessor {
       ...(result.postDialDelayMs !== undefined ? { pdd_ms: result.postDialDelayMs } : {}),
     };
     log.info({ ...detail }, 'flash call finished');
+    // The call's own outcome, for operators (the status itself follows from events).
+    await redis.hset(key, { outcome: result.outcome, ...(result.sipStatus !== undefined ? { final_sip_status: String(result.sipStatus) } : {}) });
     if (!result.rang && result.outcome !== 'answered' && result.outcome !== 'cancelled') {
       await events.publish({
         ...base,

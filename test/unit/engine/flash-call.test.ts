@@ -78,8 +78,13 @@ describe('placeFlashCall (the flash policy)', () => {
     await expect(result).resolves.toMatchObject({ outcome: 'no_ringing', rang: false });
   });
 
-  it('no response at all → the stack\'s timeout is reported', async () => {
+  it('no response at all → the stack\'s timeout is reported, even after the ringing timeout asked for a CANCEL', async () => {
     start();
+    sip.delegate.onFailed?.({ reason: 'timeout' });
+    await expect(result).resolves.toMatchObject({ outcome: 'timeout', rang: false });
+    start();
+    vi.advanceTimersByTime(10_000);
+    expect(sip.cancels).toBe(1);
     sip.delegate.onFailed?.({ reason: 'timeout' });
     await expect(result).resolves.toMatchObject({ outcome: 'timeout', rang: false });
   });
