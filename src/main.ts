@@ -19,12 +19,16 @@ import { BullDeliveryQueue, QUEUE_NAMES, type DeliveryJobData } from './engine/q
 import { AppError, ConfigError } from './errors/app-error.js';
 import { EventPublisher } from './events/event-publisher.js';
 import { StatusConsumer } from './events/status-consumer.js';
+import { WebhookConsumer } from './events/webhook-consumer.js';
+import { WebhookProcessor } from './events/webhook-processor.js';
+import { WEBHOOK_QUEUE, WebhookQueue, type WebhookJobData } from './events/webhook-queue.js';
 import { createLogger } from './logging/logger.js';
 import { RangeSelector } from './numbers/range-selector.js';
 import type { CallOriginator } from './sip/call-originator.js';
 import { Keys } from './store/keys.js';
 import { connectRedis } from './store/redis.js';
 import type { Method } from './verification/types.js';
+import { ExpirySweeper } from './verification/expiry-sweeper.js';
 import { VerificationService } from './verification/verification-service.js';
 
 export type Role = 'all' | 'api' | 'worker';
@@ -102,13 +106,51 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       );
       await consumer.start();
       stops.push(() => consumer.stop());
+
+      // Webhooks run wherever workers run: a consumer group turns events into jobs, a worker sends them.
+      const webhookQueue = new WebhookQueue(bullConnection, keys.bullPrefix(), config.webhooks);
+      stops.push(() => webhookQueue.close());
+      const webhookConsumer = new WebhookConsumer(
+        connectRedis(config.redis.url, logger),
+        keys,
+        config.events.webhookGroup,
+        `${hostname()}-${process.pid}`,
+        logger.child({ module: 'webhooks' }),
+        webhookQueue,
+      );
+      await webhookConsumer.start();
+      stops.push(() => webhookConsumer.stop());
+      const webhooks = new WebhookProcessor({
+        redis,
+        keys,
+        sealer,
+        accounts: new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate }),
+        config: config.webhooks,
+        logger: logger.child({ module: 'webhooks' }),
+      });
+      const webhookWorker = new Worker<WebhookJobData>(WEBHOOK_QUEUE, (job, token) => webhooks.process(job, token), {
+        connection: bullConnection,
+        prefix: keys.bullPrefix(),
+        concurrency: config.webhooks.concurrency,
+      });
+      webhookWorker.on('error', (err) => logger.warn({ err: err.message }, 'webhook worker error'));
+      stops.unshift(() => webhookWorker.close());
+
+      const sweeper = new ExpirySweeper(
+        redis,
+        keys,
+        { intervalMs: config.verification.expirySweepMs, eventsMaxLen: config.events.maxLen },
+        logger.child({ module: 'expiry' }),
+      );
+      sweeper.start();
+      stops.unshift(() => sweeper.stop());
       logger.info({ sip_port: sipPort, trunks: config.sip.trunks.map((t) => t.name) }, 'worker role started');
     }
 
     if (role === 'all' || role === 'api') {
       const queue = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
       stops.push(() => queue.close());
-      const accounts = new AccountStore(redis, keys, sealer);
+      const accounts = new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate });
       const verifications = new VerificationService(redis, keys, sealer, config, queue, logger.child({ module: 'verify' }), methods);
       const api = buildApi({ config, redis, keys, accounts, verifications, logger });
       app = api;
@@ -202,7 +244,9 @@ export async function runCli(argv: string[]): Promise<number> {
     const keysMaterial = resolveMasterKeys(config.security);
     const redis = connectRedis(config.redis.url, logger, { maxRetriesPerRequest: 1 });
     try {
-      const store = new AccountStore(redis, new Keys(config.redis.prefix), new Sealer(keysMaterial.current, keysMaterial.previous));
+      const store = new AccountStore(redis, new Keys(config.redis.prefix), new Sealer(keysMaterial.current, keysMaterial.previous), {
+        allowPrivateWebhooks: config.webhooks.allowPrivate,
+      });
       const need = (v: string | undefined, what: string): string => {
         if (!v) throw new AppError('usage', `account ${sub}: ${what} is required\n\n${USAGE}`);
         return v;

@@ -2,6 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { Sealer } from '../crypto/sealer.js';
 import { AppError } from '../errors/app-error.js';
+import { assertWebhookTarget } from '../events/webhook-target.js';
 import type { Keys } from '../store/keys.js';
 import { fromMicro, toMicro, type Currency } from './money.js';
 
@@ -36,6 +37,7 @@ export class AccountStore {
     private readonly redis: Redis,
     private readonly keys: Keys,
     private readonly sealer: Sealer,
+    private readonly options: { allowPrivateWebhooks?: boolean } = {},
   ) {}
 
   async create(input: { name: string; balance?: number; currency: Currency; active?: boolean }): Promise<CreatedAccount> {
@@ -119,15 +121,8 @@ export class AccountStore {
     await this.mustExist(id);
     if (url === null) await this.redis.hdel(this.keys.account(id), 'webhook_url');
     else {
-      let parsed: URL;
-      try {
-        parsed = new URL(url);
-      } catch {
-        throw new AppError('invalid_webhook_url', `not a URL: ${url}`);
-      }
-      if (parsed.protocol !== 'https:' && parsed.protocol !== 'http:') {
-        throw new AppError('invalid_webhook_url', 'webhook URL must be http:// or https://');
-      }
+      // SSRF: refuse hosts that resolve inside our network (checked again at every delivery).
+      const parsed = await assertWebhookTarget(url, this.options.allowPrivateWebhooks ?? false);
       await this.redis.hset(this.keys.account(id), 'webhook_url', parsed.toString());
     }
     return this.get(id);

@@ -9,6 +9,8 @@ import { scripts } from '../store/scripts.js';
 import { ApiError } from '../verification/errors.js';
 import { METHODS, utcDay } from '../verification/types.js';
 import type { VerificationService } from '../verification/verification-service.js';
+import { Idempotency, parseIdempotencyKey } from './idempotency.js';
+import { openApiDocument } from './openapi.js';
 
 export interface ApiDeps {
   config: Readonly<Config>;
@@ -30,6 +32,10 @@ declare module 'fastify' {
 /** The FlashVerify v1 HTTP API. */
 export function buildApi(deps: ApiDeps): FastifyInstance {
   const { config, redis, keys, accounts, verifications } = deps;
+  const idempotency = new Idempotency(redis, keys, {
+    ttlSeconds: config.api.idempotencyTtlSeconds,
+    waitMs: config.api.idempotencyWaitMs,
+  });
   const app = Fastify({
     loggerInstance: deps.logger as unknown as FastifyBaseLogger,
     bodyLimit: config.http.bodyLimitBytes,
@@ -68,6 +74,10 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     return reply.status(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not_ready', checks });
   });
 
+  // Public: the contract itself, no credentials needed to read it.
+  const openapi = openApiDocument(config);
+  app.get('/v1/openapi.json', async () => openapi);
+
   app.register(
     async (v1) => {
       v1.addHook('onRequest', async (req, reply) => {
@@ -81,8 +91,18 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
       });
 
       v1.post('/verify', async (req, reply) => {
-        const body = await verifications.create(req.account!, req.body as Record<string, unknown>);
-        return reply.status(201).send(body);
+        const create = async () => ({
+          status: 201,
+          body: await verifications.create(req.account!, req.body as Record<string, unknown>),
+        });
+        const key = parseIdempotencyKey(req.headers['idempotency-key']);
+        if (key === undefined) {
+          const r = await create();
+          return reply.status(r.status).send(r.body);
+        }
+        const r = await idempotency.run(req.account!.account_id, key, req.body, create);
+        if (r.replayed) void reply.header('Idempotent-Replayed', 'true');
+        return reply.status(r.status).send(r.body);
       });
       v1.post('/verify/check', async (req) => verifications.check(req.account!, req.body as Record<string, unknown>));
       v1.get<{ Params: { id: string } }>('/verify/:id', async (req) => verifications.status(req.account!, req.params.id));

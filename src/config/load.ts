@@ -18,7 +18,7 @@ export interface LoadOptions {
 }
 
 export type DeepPartial<T> = T extends readonly (infer U)[]
-  ? U[]
+  ? DeepPartial<U>[]
   : T extends object
     ? { [K in keyof T]?: DeepPartial<T[K]> }
     : T;

@@ -85,6 +85,10 @@ export const configSchema = z
       .object({
         /** Requests per second per API key unless the account says otherwise. */
         defaultRateLimitPerSecond: z.number().int().positive().default(10),
+        /** How long the first response to an `Idempotency-Key` is replayed. */
+        idempotencyTtlSeconds: z.number().int().positive().default(24 * 3600),
+        /** How long a duplicate waits for the first request with its key to finish. */
+        idempotencyWaitMs: z.number().int().positive().default(5000),
       })
       .strict(),
     accounts: z
@@ -99,6 +103,8 @@ export const configSchema = z
         maxCheckAttempts: z.number().int().positive().default(3),
         /** How long a finished verification record stays readable after it expires. */
         retentionSeconds: z.number().int().positive().default(7 * 24 * 3600),
+        /** How often the worker role expires due requests (status `expired` + event), polled or not. */
+        expirySweepMs: z.number().int().positive().default(1000),
       })
       .strict(),
     pricing: z
@@ -168,6 +174,24 @@ export const configSchema = z
         /** Approximate cap on the events stream length (XADD MAXLEN ~). */
         maxLen: z.number().int().positive().default(1_000_000),
         consumerGroup: z.string().default('status'),
+        /** Consumer group that turns events into webhook jobs. */
+        webhookGroup: z.string().default('webhooks'),
+      })
+      .strict(),
+    webhooks: z
+      .object({
+        /** Allow webhook URLs that resolve to loopback/private/link-local addresses (tests, on-prem only). */
+        allowPrivate: z.boolean().default(false),
+        /** The docs promise receivers 5 s to answer with a 2xx. */
+        timeoutMs: z.number().int().positive().default(5000),
+        /** Delivery attempts; with `backoffMs` 5000 and 15 attempts the last retry is ~22 h after the first. */
+        attempts: z.number().int().positive().default(15),
+        /** First retry delay; doubles at each attempt (BullMQ exponential back-off). */
+        backoffMs: z.number().int().positive().default(5000),
+        /** How often a later event of a request re-checks whether the earlier ones were delivered (doubles, max 60 s). */
+        orderPollMs: z.number().int().positive().default(500),
+        /** Webhook deliveries in flight per worker process. */
+        concurrency: z.number().int().positive().default(50),
       })
       .strict(),
   })

@@ -37,6 +37,24 @@ export class Keys {
   events(): string {
     return `${this.prefix}:events`;
   }
+  /** Sorted set: request ids by expires_at (ms), so the sweeper can expire requests nobody polls. */
+  expiries(): string {
+    return `${this.prefix}:expiries`;
+  }
+  /**
+   * Sorted set (all scores 0, ordered by member): webhook events of one request
+   * not yet delivered, as sortable stream ids; the lowest goes first.
+   */
+  webhookOrder(requestId: string): string {
+    return `${this.prefix}:whq:${requestId}`;
+  }
+  /**
+   * String with TTL: the first response to an `Idempotency-Key` of an account
+   * (keyed by a SHA-256 of the key, so any printable key is safe in a key name).
+   */
+  idempotency(accountId: string, keyHash: string): string {
+    return `${this.prefix}:idem:${accountId}:${keyHash}`;
+  }
   /** BullMQ prefix: queues live under `<prefix>:bull:<queue>:*`. */
   bullPrefix(): string {
     return `${this.prefix}:bull`;

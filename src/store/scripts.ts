@@ -37,7 +37,8 @@ export class LuaScript {
 
 /** All scripts, loaded once per process. */
 export const scripts = {
-  createVerification: LuaScript.load('createVerification-4'),
+  createVerification: LuaScript.load('createVerification-5'),
+  expireVerification: LuaScript.load('expireVerification-3'),
   recordCheck: LuaScript.load('recordCheck-3'),
   applyEvent: LuaScript.load('applyEvent-2'),
   rateLimit: LuaScript.load('rateLimit-1'),

@@ -86,6 +86,7 @@ export class VerificationService {
         this.keys.verification(requestId),
         this.keys.events(),
         this.keys.usage(account.account_id, utcDay(now)),
+        this.keys.expiries(),
       ],
       [
         requestId,

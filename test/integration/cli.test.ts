@@ -23,7 +23,8 @@ describe('flashverify CLI', () => {
   const env = { REDIS_URL, REDIS_PREFIX: prefix, LOG_LEVEL: 'warn' };
   const keyFile = join(dir, 'master.key');
   const config = join(dir, 'c.yaml');
-  writeFileSync(config, `security: { masterKeyFile: "${keyFile}" }\n`);
+  // Webhook URLs are resolved and must not be private unless allowed: loopback here, no network.
+  writeFileSync(config, `security: { masterKeyFile: "${keyFile}" }\nwebhooks: { allowPrivate: true }\n`);
 
   afterAll(async () => {
     const redis = new Redis(REDIS_URL);
@@ -54,7 +55,7 @@ describe('flashverify CLI', () => {
     const regenerated = await step('regenerate-secret', id);
     expect(regenerated.api_key).toBe(a.api_key);
     expect(regenerated.api_secret).not.toBe(a.api_secret);
-    expect((await step('set-webhook', id, '--url', 'https://hooks.example.com/fv')).webhook_url).toBe('https://hooks.example.com/fv');
+    expect((await step('set-webhook', id, '--url', 'http://127.0.0.1:9/fv')).webhook_url).toBe('http://127.0.0.1:9/fv');
     expect((await step('set-webhook', id, '--clear')).webhook_url).toBeNull();
     // Secrets are only ever printed by create / regenerate-secret.
     expect(await step('show', id)).not.toHaveProperty('api_secret');

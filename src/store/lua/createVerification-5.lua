@@ -5,6 +5,7 @@
   KEYS[2] verification hash (must not exist)
   KEYS[3] events stream
   KEYS[4] usage hash of the account for today
+  KEYS[5] expiries sorted set (request id by expires_at), read by the expiry sweeper
 
   ARGV[1]  request_id
   ARGV[2]  account_id
@@ -41,6 +42,7 @@ redis.call('HSET', KEYS[2],
   'phone_enc', ARGV[8], 'code_mac', ARGV[9], 'code_enc', ARGV[10],
   'code_length', ARGV[11], 'country', ARGV[12], 'attempts', '0', 'at_sent', ARGV[5])
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[7]))
+redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
 
 redis.call('HINCRBY', KEYS[4], ARGV[3] .. ':count', 1)
 redis.call('HINCRBY', KEYS[4], ARGV[3] .. ':cost', cost)

@@ -1,0 +1,101 @@
+import { createHash } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import type { Keys } from '../store/keys.js';
+import { ApiError } from '../verification/errors.js';
+
+export interface StoredResponse {
+  status: number;
+  body: unknown;
+}
+
+interface IdemRecord {
+  state: 'pending' | 'done';
+  /** SHA-256 of the request body: a key reused for another request is refused. */
+  fp: string;
+  status?: number;
+  body?: unknown;
+}
+
+export interface IdempotencyOptions {
+  /** How long the first response is replayed (the docs' peers use 24 h). */
+  ttlSeconds: number;
+  /** How long a duplicate waits for the first request with its key to finish. */
+  waitMs: number;
+}
+
+/** A claim outlives no crashed request by more than this; then a retry may run it anew. */
+const PENDING_TTL_SECONDS = 60;
+const POLL_MS = 25;
+
+/** `Idempotency-Key`: 1 to 255 printable ASCII characters. */
+export function parseIdempotencyKey(header: string | string[] | undefined): string | undefined {
+  if (header === undefined) return undefined;
+  if (typeof header !== 'string' || !/^[\x20-\x7e]{1,255}$/.test(header)) {
+    throw new ApiError('invalid_request', 'Idempotency-Key must be 1 to 255 printable ASCII characters');
+  }
+  return header;
+}
+
+/**
+ * Replays the first response to an `Idempotency-Key` (per account) for
+ * `ttlSeconds`: the first request claims the key (SET NX), runs, and stores
+ * its status and body; a repeat gets that response without running again
+ * (no second verification, no second debit). A duplicate that arrives while
+ * the first is still running waits for its response (up to `waitMs`, then
+ * 503 to retry). 4xx answers are stored like successes (the same request
+ * would fail the same way); a 5xx releases the key so a retry can run.
+ */
+export class Idempotency {
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+    private readonly options: IdempotencyOptions,
+  ) {}
+
+  async run(
+    accountId: string,
+    key: string,
+    request: unknown,
+    exec: () => Promise<StoredResponse>,
+  ): Promise<StoredResponse & { replayed: boolean }> {
+    const redisKey = this.keys.idempotency(accountId, createHash('sha256').update(key).digest('hex'));
+    const fp = createHash('sha256').update(JSON.stringify(request ?? null)).digest('hex');
+    const deadline = Date.now() + this.options.waitMs;
+    for (;;) {
+      const pending: IdemRecord = { state: 'pending', fp };
+      if ((await this.redis.set(redisKey, JSON.stringify(pending), 'EX', PENDING_TTL_SECONDS, 'NX')) === 'OK') {
+        return { ...(await this.execute(redisKey, fp, exec)), replayed: false };
+      }
+      const raw = await this.redis.get(redisKey);
+      if (raw !== null) {
+        const stored = JSON.parse(raw) as IdemRecord;
+        if (stored.fp !== fp) {
+          throw new ApiError('invalid_request', 'this Idempotency-Key was already used with a different request body');
+        }
+        if (stored.state === 'done') return { status: stored.status ?? 200, body: stored.body, replayed: true };
+        if (Date.now() >= deadline) {
+          throw new ApiError('service_unavailable', 'a request with this Idempotency-Key is still in progress; retry shortly');
+        }
+        await new Promise((r) => setTimeout(r, POLL_MS));
+      }
+      // raw === null: the first request released the key (5xx) or its claim lapsed; claim it now.
+    }
+  }
+
+  private async execute(redisKey: string, fp: string, exec: () => Promise<StoredResponse>): Promise<StoredResponse> {
+    let response: StoredResponse;
+    try {
+      response = await exec();
+    } catch (err) {
+      if (err instanceof ApiError && err.status < 500) {
+        response = { status: err.status, body: err.toBody() };
+      } else {
+        await this.redis.del(redisKey).catch(() => undefined);
+        throw err;
+      }
+    }
+    const done: IdemRecord = { state: 'done', fp, status: response.status, body: response.body };
+    await this.redis.set(redisKey, JSON.stringify(done), 'EX', this.options.ttlSeconds);
+    return response;
+  }
+}

@@ -1,0 +1,319 @@
+import type { Config } from '../config/schema.js';
+import { ERROR_CATALOGUE } from '../verification/errors.js';
+import { METHODS, STATUSES } from '../verification/types.js';
+
+type Json = Record<string, unknown>;
+
+const ref = (name: string): Json => ({ $ref: `#/components/schemas/${name}` });
+const json = (schema: Json): Json => ({ 'application/json': { schema } });
+const isoTime = { type: 'string', format: 'date-time', description: 'ISO 8601, UTC, no milliseconds', examples: ['2026-03-04T15:05:00Z'] };
+const money = {
+  type: 'object',
+  required: ['amount', 'currency'],
+  properties: { amount: { type: 'number' }, currency: { type: 'string', enum: ['GBP', 'USD', 'EUR'] } },
+};
+
+
+/**
+ * The OpenAPI 3.1 description of the FlashVerify v1 API as this server
+ * implements it, served at GET /v1/openapi.json. Limits come from the running
+ * configuration so the document never disagrees with the server.
+ */
+export function openApiDocument(config: Readonly<Config>): Json {
+  const rl = {
+    'X-RateLimit-Limit': { $ref: '#/components/headers/X-RateLimit-Limit' },
+    'X-RateLimit-Remaining': { $ref: '#/components/headers/X-RateLimit-Remaining' },
+    'X-RateLimit-Reset': { $ref: '#/components/headers/X-RateLimit-Reset' },
+  };
+  const withRl = (description: string, schema: Json, extraHeaders: Json = {}): Json => ({
+    description,
+    headers: { ...rl, ...extraHeaders },
+    content: json(schema),
+  });
+  const err = (description: string, ...codes: string[]): Json => ({
+    description: `${description} (${codes.join(', ')})`,
+    headers: rl,
+    content: json(ref('Error')),
+  });
+  const common = {
+    '401': err('Missing or wrong credentials', 'unauthorized'),
+    '429': {
+      ...err('Rate limit exceeded', 'rate_limited'),
+      headers: { ...rl, 'Retry-After': { description: 'Seconds to wait', schema: { type: 'integer' } } },
+    },
+    '500': err('Server error', 'internal_error'),
+    '503': err('Temporarily unavailable', 'service_unavailable'),
+  };
+
+  const payload = {
+    type: 'object',
+    required: ['event', 'request_id', 'phone_number', 'method', 'status', 'timestamp'],
+    properties: {
+      event: { type: 'string', enum: STATUSES.map((s) => `verification.${s}`) },
+      request_id: { type: 'string', format: 'uuid' },
+      phone_number: { type: 'string' },
+      method: { type: 'string', enum: [...METHODS] },
+      status: { type: 'string', enum: [...STATUSES] },
+      timestamp: isoTime,
+    },
+  };
+
+  return {
+    openapi: '3.1.0',
+    info: {
+      title: 'FlashVerify API',
+      version: '1.0.0',
+      description:
+        'Phone-number verification by flash call, voice OTP and SMS OTP. All /v1 endpoints except this document need HTTP Basic ' +
+        `authentication (API key : API secret). Rate limit: ${config.api.defaultRateLimitPerSecond} requests per second per API key by default.`,
+    },
+    servers: [{ url: '/' }],
+    security: [{ basicAuth: [] }],
+    paths: {
+      '/v1/verify': {
+        post: {
+          operationId: 'createVerification',
+          summary: 'Start a verification (flash call, voice OTP or SMS OTP)',
+          parameters: [
+            {
+              name: 'Idempotency-Key',
+              in: 'header',
+              required: false,
+              description: `1-255 printable ASCII characters. A repeat with the same key (same account, same body) within ${config.api.idempotencyTtlSeconds} s gets the first response again, with Idempotent-Replayed: true, and is not charged again.`,
+              schema: { type: 'string', minLength: 1, maxLength: 255, pattern: '^[\\x20-\\x7E]+$' },
+            },
+          ],
+          requestBody: { required: true, content: json(ref('CreateRequest')) },
+          responses: {
+            '201': withRl('Verification created; the code is never returned', ref('CreatedResponse'), {
+              'Idempotent-Replayed': { description: '"true" when this is a stored response replayed', schema: { type: 'string' } },
+            }),
+            '400': err('Invalid input', 'invalid_phone', 'invalid_request'),
+            '402': err('Balance too low', 'insufficient_balance'),
+            '403': err('Account not allowed to verify', 'account_pending', 'account_suspended'),
+            ...common,
+          },
+        },
+      },
+      '/v1/verify/check': {
+        post: {
+          operationId: 'checkVerification',
+          summary: `Check the code the user entered (at most ${config.verification.maxCheckAttempts} attempts)`,
+          requestBody: { required: true, content: json(ref('CheckRequest')) },
+          responses: {
+            '200': withRl('Verified', ref('CheckResponse')),
+            '400': {
+              description: 'Wrong code (invalid_code, with attempts_remaining), expired or finished (verification_expired), bad input (invalid_request)',
+              headers: rl,
+              content: json({ oneOf: [ref('InvalidCodeError'), ref('Error')] }),
+            },
+            '404': err('Unknown request id', 'not_found'),
+            ...common,
+          },
+        },
+      },
+      '/v1/verify/{request_id}': {
+        get: {
+          operationId: 'getVerification',
+          summary: 'Status of a verification',
+          parameters: [{ name: 'request_id', in: 'path', required: true, schema: { type: 'string', format: 'uuid' } }],
+          responses: {
+            '200': withRl('The verification', ref('StatusResponse')),
+            '404': err('Unknown request id, or another account\'s', 'not_found'),
+            ...common,
+          },
+        },
+      },
+      '/v1/balance': {
+        get: {
+          operationId: 'getBalance',
+          summary: 'Prepaid balance',
+          responses: { '200': withRl('Balance', ref('BalanceResponse')), ...common },
+        },
+      },
+      '/v1/usage': {
+        get: {
+          operationId: 'getUsage',
+          summary: 'Usage summary by method for a date range (UTC days, at most 366)',
+          parameters: [
+            { name: 'from', in: 'query', required: false, description: 'Default: 30 days before `to`', schema: { type: 'string', format: 'date' } },
+            { name: 'to', in: 'query', required: false, description: 'Default: today', schema: { type: 'string', format: 'date' } },
+          ],
+          responses: {
+            '200': withRl('Usage', ref('UsageResponse')),
+            '400': err('Bad dates', 'invalid_request'),
+            ...common,
+          },
+        },
+      },
+      '/v1/openapi.json': {
+        get: {
+          operationId: 'getOpenApi',
+          summary: 'This document',
+          security: [],
+          responses: { '200': { description: 'OpenAPI 3.1 document', content: json({ type: 'object' }) } },
+        },
+      },
+      '/healthz': {
+        get: {
+          operationId: 'health',
+          summary: 'Liveness: the process is up',
+          security: [],
+          responses: { '200': { description: 'Up', content: json({ type: 'object', properties: { status: { const: 'ok' } } }) } },
+        },
+      },
+      '/readyz': {
+        get: {
+          operationId: 'ready',
+          summary: 'Readiness: Redis (and other dependencies) reachable',
+          security: [],
+          responses: {
+            '200': { description: 'Ready', content: json(ref('Readiness')) },
+            '503': { description: 'Not ready', content: json(ref('Readiness')) },
+          },
+        },
+      },
+    },
+    webhooks: {
+      verificationEvent: {
+        post: {
+          summary: 'Status update for a verification, POSTed to the account\'s webhook URL',
+          description:
+            'Signed: X-FlashVerify-Signature = "sha256=" + hex HMAC-SHA256 of the raw body keyed with the API secret. ' +
+            `Answer 2xx within ${config.webhooks.timeoutMs / 1000} s; anything else (including a redirect) is retried with exponential back-off. ` +
+            'Events of one verification arrive in order.',
+          parameters: [
+            { name: 'X-FlashVerify-Signature', in: 'header', required: true, schema: { type: 'string', pattern: '^sha256=[0-9a-f]{64}$' } },
+            { name: 'X-FlashVerify-Timestamp', in: 'header', required: true, description: 'Unix seconds when this attempt was sent', schema: { type: 'string' } },
+            { name: 'X-FlashVerify-Event-Id', in: 'header', required: true, description: 'Same for every retry of one event', schema: { type: 'string' } },
+          ],
+          requestBody: { required: true, content: json(ref('WebhookPayload')) },
+          responses: { '2XX': { description: 'Received' } },
+        },
+      },
+    },
+    components: {
+      securitySchemes: {
+        basicAuth: { type: 'http', scheme: 'basic', description: 'Username: API key (32 hex). Password: API secret (64 hex).' },
+      },
+      headers: {
+        'X-RateLimit-Limit': { description: 'Requests allowed per second for this API key', schema: { type: 'integer' } },
+        'X-RateLimit-Remaining': { description: 'Requests left in the current second', schema: { type: 'integer' } },
+        'X-RateLimit-Reset': { description: 'Unix time (seconds) when the window resets', schema: { type: 'integer' } },
+      },
+      schemas: {
+        Error: {
+          type: 'object',
+          required: ['error', 'message'],
+          properties: {
+            error: { type: 'string', enum: Object.keys(ERROR_CATALOGUE) },
+            message: { type: 'string' },
+          },
+        },
+        InvalidCodeError: {
+          type: 'object',
+          required: ['error', 'message', 'attempts_remaining'],
+          properties: {
+            error: { const: 'invalid_code' },
+            message: { type: 'string' },
+            attempts_remaining: { type: 'integer', minimum: 0 },
+          },
+        },
+        CreateRequest: {
+          type: 'object',
+          required: ['phone_number'],
+          additionalProperties: false,
+          properties: {
+            phone_number: { type: 'string', pattern: '^\\+[1-9]\\d{6,14}$', description: 'E.164', examples: ['+447700900000'] },
+            method: { type: 'string', enum: [...METHODS], default: 'flash_call' },
+            code_length: { type: 'integer', minimum: 4, maximum: 6, default: 4, description: 'Fixed at 4 for flash_call' },
+            expiry_seconds: {
+              type: 'integer',
+              minimum: 1,
+              maximum: config.verification.maxExpirySeconds,
+              default: config.verification.defaultExpirySeconds,
+            },
+          },
+        },
+        CreatedResponse: {
+          type: 'object',
+          required: ['request_id', 'phone_number', 'method', 'status', 'code_length', 'cost', 'expires_at'],
+          properties: {
+            request_id: { type: 'string', format: 'uuid' },
+            phone_number: { type: 'string' },
+            method: { type: 'string', enum: [...METHODS] },
+            status: { const: 'sent' },
+            code_length: { type: 'integer' },
+            cost: money,
+            expires_at: isoTime,
+          },
+        },
+        CheckRequest: {
+          type: 'object',
+          required: ['request_id', 'code'],
+          additionalProperties: false,
+          properties: { request_id: { type: 'string', format: 'uuid' }, code: { type: 'string' } },
+        },
+        CheckResponse: {
+          type: 'object',
+          required: ['request_id', 'status', 'phone_number'],
+          properties: { request_id: { type: 'string', format: 'uuid' }, status: { const: 'verified' }, phone_number: { type: 'string' } },
+        },
+        StatusResponse: {
+          type: 'object',
+          required: ['request_id', 'phone_number', 'method', 'status', 'cost', 'created_at', 'verified_at', 'expires_at', 'status_history'],
+          properties: {
+            request_id: { type: 'string', format: 'uuid' },
+            phone_number: { type: 'string' },
+            method: { type: 'string', enum: [...METHODS] },
+            status: { type: 'string', enum: [...STATUSES] },
+            cost: money,
+            created_at: isoTime,
+            verified_at: { oneOf: [isoTime, { type: 'null' }] },
+            expires_at: isoTime,
+            status_history: {
+              type: 'array',
+              items: {
+                type: 'object',
+                required: ['status', 'at'],
+                properties: { status: { type: 'string', enum: [...STATUSES] }, at: isoTime },
+              },
+            },
+            failure_reason: { type: 'string', description: 'When status is failed: busy, no_ringing, unreachable ...' },
+          },
+        },
+        BalanceResponse: { type: 'object', required: ['balance'], properties: { balance: money } },
+        UsageResponse: {
+          type: 'object',
+          required: ['from', 'to', 'total_verifications', 'successful', 'success_rate', 'total_cost', 'by_method'],
+          properties: {
+            from: { type: 'string', format: 'date' },
+            to: { type: 'string', format: 'date' },
+            total_verifications: { type: 'integer' },
+            successful: { type: 'integer' },
+            success_rate: { type: 'number', description: 'Percent, one decimal' },
+            total_cost: money,
+            by_method: {
+              type: 'object',
+              properties: Object.fromEntries(
+                METHODS.map((m) => [
+                  m,
+                  { type: 'object', required: ['count', 'cost'], properties: { count: { type: 'integer' }, cost: { type: 'number' } } },
+                ]),
+              ),
+            },
+          },
+        },
+        Readiness: {
+          type: 'object',
+          required: ['status', 'checks'],
+          properties: {
+            status: { type: 'string', enum: ['ready', 'not_ready'] },
+            checks: { type: 'object', additionalProperties: { type: 'boolean' } },
+          },
+        },
+        WebhookPayload: payload,
+      },
+    },
+  };
+}

@@ -1,0 +1,124 @@
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { Keys } from '../store/keys.js';
+
+export interface StreamEntry {
+  id: string;
+  fields: Record<string, string>;
+}
+
+export interface GroupConsumerOptions {
+  blockMs?: number;
+  /** Entries pending this long on a dead consumer are reclaimed (XAUTOCLAIM); also the reclaim period. */
+  claimIdleMs?: number;
+  batch?: number;
+  /** Where a newly created group starts: "0" (the whole stream) or "$" (only new entries). */
+  startId?: '0' | '$';
+}
+
+/**
+ * Reads the events stream `<prefix>:events` in one consumer group. An entry
+ * is acknowledged only after `handle` resolved for it; an entry whose handling
+ * threw stays pending and is retried when reclaimed, as are entries left
+ * pending by a consumer that died (XAUTOCLAIM after `claimIdleMs`).
+ */
+export abstract class GroupConsumer {
+  private running = false;
+  private loop: Promise<void> | undefined;
+
+  constructor(
+    /** A dedicated connection: XREADGROUP BLOCK holds it. */
+    protected readonly redis: Redis,
+    protected readonly keys: Keys,
+    private readonly group: string,
+    private readonly consumer: string,
+    protected readonly logger: Logger,
+    private readonly options: GroupConsumerOptions = {},
+  ) {}
+
+  /** Applies one entry; throwing leaves it pending for a later retry. */
+  protected abstract handle(entry: StreamEntry): Promise<void>;
+
+  async start(): Promise<void> {
+    try {
+      await this.redis.xgroup('CREATE', this.keys.events(), this.group, this.options.startId ?? '0', 'MKSTREAM');
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.includes('BUSYGROUP')) throw err;
+    }
+    this.running = true;
+    this.loop = this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    // Unblock XREADGROUP BLOCK by closing the dedicated connection.
+    this.redis.disconnect();
+    await this.loop?.catch(() => undefined);
+  }
+
+  private async run(): Promise<void> {
+    const blockMs = this.options.blockMs ?? 1000;
+    const claimEvery = this.options.claimIdleMs ?? 30_000;
+    let lastClaim = 0;
+    while (this.running) {
+      try {
+        if (Date.now() - lastClaim >= claimEvery) {
+          lastClaim = Date.now();
+          await this.reclaim(claimEvery);
+        }
+        const res = (await this.redis.xreadgroup(
+          'GROUP',
+          this.group,
+          this.consumer,
+          'COUNT',
+          this.options.batch ?? 200,
+          'BLOCK',
+          blockMs,
+          'STREAMS',
+          this.keys.events(),
+          '>',
+        )) as [string, [string, string[]][]][] | null;
+        if (!res) continue;
+        for (const [, entries] of res) await this.handleAll(entries.map(toEntry));
+      } catch (err) {
+        if (!this.running) return;
+        this.logger.warn({ err: (err as Error).message }, 'events consumer error; retrying');
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+  }
+
+  private async reclaim(idleMs: number): Promise<void> {
+    let cursor = '0-0';
+    do {
+      const res = (await this.redis.xautoclaim(
+        this.keys.events(),
+        this.group,
+        this.consumer,
+        idleMs,
+        cursor,
+        'COUNT',
+        200,
+      )) as [string, ([string, string[]] | null)[]];
+      cursor = res[0];
+      const entries = res[1].filter((e): e is [string, string[]] => e !== null).map(toEntry);
+      if (entries.length) {
+        this.logger.info({ count: entries.length, group: this.group }, 'reclaimed pending events');
+        await this.handleAll(entries);
+      }
+    } while (cursor !== '0-0');
+  }
+
+  private async handleAll(entries: StreamEntry[]): Promise<void> {
+    for (const entry of entries) {
+      await this.handle(entry);
+      await this.redis.xack(this.keys.events(), this.group, entry.id);
+    }
+  }
+}
+
+function toEntry([id, flat]: [string, string[]]): StreamEntry {
+  const fields: Record<string, string> = {};
+  for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!;
+  return { id, fields };
+}

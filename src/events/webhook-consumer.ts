@@ -1,0 +1,55 @@
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { Keys } from '../store/keys.js';
+import { GroupConsumer, type GroupConsumerOptions, type StreamEntry } from './group-consumer.js';
+import { WEBHOOK_EVENTS, orderMember, type WebhookJobData } from './webhook-queue.js';
+
+/** Where webhook deliveries go (a BullMQ queue in production). */
+export interface WebhookJobs {
+  add(data: WebhookJobData): Promise<void>;
+}
+
+/** Longer than the whole retry window (~1 day), so a stuck request's order set cannot outlive its jobs by much. */
+const ORDER_TTL_SECONDS = 3 * 24 * 3600;
+
+/**
+ * Turns events of the stream into webhook jobs, in its own consumer group
+ * (`events.webhookGroup`), for accounts that have a `webhook_url`. Each event
+ * is also filed in its request's order set, which the webhook processor uses
+ * to deliver a request's events one at a time, oldest first.
+ */
+export class WebhookConsumer extends GroupConsumer {
+  constructor(
+    redis: Redis,
+    keys: Keys,
+    group: string,
+    consumer: string,
+    logger: Logger,
+    private readonly jobs: WebhookJobs,
+    options: GroupConsumerOptions = {},
+  ) {
+    // A new webhooks group starts at "$": turning webhooks on for an existing
+    // deployment must not replay the stream's history to customers.
+    super(redis, keys, group, consumer, logger, { startId: '$', ...options });
+  }
+
+  protected async handle({ id, fields }: StreamEntry): Promise<void> {
+    const { event, request_id: requestId, account_id: accountId } = fields;
+    if (!event || !WEBHOOK_EVENTS.has(event) || !requestId || !accountId) return;
+    const url = await this.redis.hget(this.keys.account(accountId), 'webhook_url');
+    if (!url) return;
+    const order = this.keys.webhookOrder(requestId);
+    // Order set first, then the job: a job never runs before its place in the order exists.
+    await this.redis.multi().zadd(order, 0, orderMember(id)).expire(order, ORDER_TTL_SECONDS).exec();
+    await this.jobs.add({
+      event_id: id,
+      event,
+      request_id: requestId,
+      account_id: accountId,
+      method: fields.method ?? '',
+      status: fields.status ?? event.replace(/^verification\./, ''),
+      timestamp: Number(fields.timestamp ?? Date.now()),
+    });
+    this.logger.debug({ request_id: requestId, event_id: id, event }, 'webhook queued');
+  }
+}

@@ -1,0 +1,107 @@
+import { DelayedError, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { AccountStore } from '../accounts/account-store.js';
+import type { Config } from '../config/schema.js';
+import type { Sealer } from '../crypto/sealer.js';
+import type { Keys } from '../store/keys.js';
+import { isoSeconds } from '../verification/types.js';
+import { orderMember, type WebhookJobData } from './webhook-queue.js';
+import { WebhookDeliveryError, postWebhook, signWebhook } from './webhook-sender.js';
+import { assertWebhookTarget } from './webhook-target.js';
+
+export interface WebhookProcessorDeps {
+  redis: Redis;
+  keys: Keys;
+  sealer: Sealer;
+  accounts: AccountStore;
+  config: Readonly<Config['webhooks']>;
+  logger: Logger;
+}
+
+/**
+ * Delivers one webhook job: the documented payload, signed with the account's
+ * current API secret, to the account's current webhook URL.
+ *
+ * Order per request: one job per event (jobId = stream id, so retries and
+ * dedup are plain BullMQ), and a per-request order set of undelivered events.
+ * A job whose event is not the oldest undelivered one of its request moves
+ * itself back to delayed (not an attempt) and looks again later, with
+ * doubling waits, so `sent` always reaches the receiver before `delivered`
+ * before `verified`, even while an earlier event is in its retry back-off.
+ * We chose this over one job per request draining a list because BullMQ's
+ * jobId dedup cannot re-add a request's job while it is active, which would
+ * lose a wake-up; per-event jobs keep each delivery's attempts and failures
+ * visible on its own. An event that finally fails leaves the order set, so
+ * it never blocks the later ones for longer than the retry window.
+ */
+export class WebhookProcessor {
+  constructor(private readonly deps: WebhookProcessorDeps) {}
+
+  async process(job: Job<WebhookJobData>, token?: string): Promise<void> {
+    const { redis, keys, config } = this.deps;
+    const d = job.data;
+    const order = keys.webhookOrder(d.request_id);
+    const member = orderMember(d.event_id);
+    const [head] = await redis.zrange(order, '0', '0');
+    if (head !== undefined && head < member) {
+      const waits = d.waits ?? 0;
+      await job.updateData({ ...d, waits: waits + 1 });
+      await job.moveToDelayed(Date.now() + Math.min(60_000, config.orderPollMs * 2 ** waits), token);
+      throw new DelayedError();
+    }
+    const log = this.deps.logger.child({ request_id: d.request_id, event_id: d.event_id, attempt: job.attemptsMade + 1 });
+    try {
+      await this.deliver(d, log);
+    } catch (err) {
+      const final = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+      if (final) {
+        await redis.zrem(order, member);
+        log.error({ err: (err as Error).message, event: d.event }, 'webhook given up');
+      } else {
+        log.warn({ err: (err as Error).message, event: d.event }, 'webhook failed; will retry');
+      }
+      throw err;
+    }
+    await redis.zrem(order, member);
+  }
+
+  private async deliver(d: WebhookJobData, log: Logger): Promise<void> {
+    const { redis, keys, sealer, accounts, config } = this.deps;
+    const url = await redis.hget(keys.account(d.account_id), 'webhook_url');
+    if (!url) {
+      log.info({ event: d.event }, 'webhook URL removed; event not sent');
+      return;
+    }
+    const phoneEnc = await redis.hget(keys.verification(d.request_id), 'phone_enc');
+    if (!phoneEnc) {
+      log.warn({ event: d.event }, 'verification record gone; event not sent');
+      return;
+    }
+    const target = await assertWebhookTarget(url, config.allowPrivate).catch((err: Error) => {
+      throw new WebhookDeliveryError(err.message);
+    });
+    const body = JSON.stringify({
+      event: d.event,
+      request_id: d.request_id,
+      phone_number: sealer.open(phoneEnc, `phone:${d.request_id}`),
+      method: d.method,
+      status: d.status,
+      timestamp: isoSeconds(d.timestamp),
+    });
+    const secret = await accounts.secretOf(d.account_id);
+    const status = await postWebhook(
+      target,
+      body,
+      {
+        'content-type': 'application/json',
+        'x-flashverify-signature': signWebhook(body, secret),
+        'x-flashverify-timestamp': String(Math.floor(Date.now() / 1000)),
+        'x-flashverify-event-id': d.event_id,
+      },
+      { timeoutMs: config.timeoutMs, allowPrivate: config.allowPrivate },
+    );
+    if (status < 200 || status > 299) throw new WebhookDeliveryError(`receiver answered HTTP ${status}`);
+    log.info({ event: d.event, http_status: status, host: target.host }, 'webhook delivered');
+  }
+}

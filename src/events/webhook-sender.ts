@@ -1,0 +1,63 @@
+import { createHmac } from 'node:crypto';
+import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { AppError } from '../errors/app-error.js';
+import { guardedLookup } from './webhook-target.js';
+
+/** A delivery that did not get a 2xx in time; BullMQ retries it with back-off. */
+export class WebhookDeliveryError extends AppError {
+  constructor(message: string) {
+    super('webhook_delivery_failed', message);
+  }
+}
+
+/**
+ * `X-FlashVerify-Signature` (FlashVerify docs, "Verifying Webhook Signatures"):
+ * `sha256=` + hex HMAC-SHA256 of the exact raw body, keyed with the API secret.
+ */
+export function signWebhook(body: string, secret: string): string {
+  return 'sha256=' + createHmac('sha256', secret).update(body, 'utf8').digest('hex');
+}
+
+export interface PostOptions {
+  timeoutMs: number;
+  allowPrivate: boolean;
+  userAgent?: string;
+}
+
+/**
+ * POSTs `body` and resolves with the HTTP status. Redirects are not followed
+ * (a 3xx is the caller's failure: following one could lead inside our
+ * network). The whole exchange up to the status line must fit in
+ * `timeoutMs`. Name resolution goes through `guardedLookup`, so the address
+ * actually connected to is the one checked (DNS rebinding).
+ */
+export function postWebhook(url: URL, body: string, headers: Record<string, string>, options: PostOptions): Promise<number> {
+  const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
+  return new Promise((resolve, reject) => {
+    const req = send(
+      url,
+      {
+        method: 'POST',
+        headers: {
+          ...headers,
+          'content-length': String(Buffer.byteLength(body)),
+          'user-agent': options.userAgent ?? 'flashverify-webhooks',
+        },
+        lookup: guardedLookup(options.allowPrivate) as never,
+        // One connection per delivery: no pooled socket outlives the check of its address.
+        agent: false,
+        signal: AbortSignal.timeout(options.timeoutMs),
+      },
+      (res) => {
+        resolve(res.statusCode ?? 0);
+        res.resume();
+        res.on('error', () => undefined);
+      },
+    );
+    req.on('error', (err) => {
+      reject(new WebhookDeliveryError(err.name === 'AbortError' || err.name === 'TimeoutError' ? `no answer within ${options.timeoutMs} ms` : err.message));
+    });
+    req.end(body);
+  });
+}

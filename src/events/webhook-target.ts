@@ -1,0 +1,128 @@
+import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
+import { BlockList, isIP } from 'node:net';
+import { AppError } from '../errors/app-error.js';
+
+/** A webhook URL that must not be called: not http(s), unresolvable, or pointing inside our network. */
+export class WebhookTargetError extends AppError {
+  constructor(message: string) {
+    super('invalid_webhook_url', message);
+  }
+}
+
+/**
+ * Addresses a webhook must never reach unless `webhooks.allowPrivate` (SSRF):
+ * "this network", loopback, RFC 1918 private, CGNAT (RFC 6598), link-local
+ * (incl. cloud metadata 169.254.169.254), IETF protocol assignments,
+ * benchmarking, multicast and reserved; IPv6 unspecified, loopback, ULA
+ * (RFC 4193), link-local, multicast. IPv4-mapped/NAT64 IPv6 are checked as
+ * the IPv4 address they carry.
+ */
+const BLOCKED = new BlockList();
+for (const [net, bits] of [
+  ['0.0.0.0', 8],
+  ['10.0.0.0', 8],
+  ['100.64.0.0', 10],
+  ['127.0.0.0', 8],
+  ['169.254.0.0', 16],
+  ['172.16.0.0', 12],
+  ['192.0.0.0', 24],
+  ['192.168.0.0', 16],
+  ['198.18.0.0', 15],
+  ['224.0.0.0', 4],
+  ['240.0.0.0', 4],
+] as const) {
+  BLOCKED.addSubnet(net, bits, 'ipv4');
+}
+for (const [net, bits] of [
+  ['::', 128],
+  ['::1', 128],
+  ['fc00::', 7],
+  ['fe80::', 10],
+  ['ff00::', 8],
+] as const) {
+  BLOCKED.addSubnet(net, bits, 'ipv6');
+}
+
+/** True when `address` (an IP literal) is loopback, private, link-local, CGNAT, ULA ... */
+export function isPrivateAddress(address: string): boolean {
+  const family = isIP(address);
+  if (family === 4) return BLOCKED.check(address, 'ipv4');
+  if (family !== 6) return true; // not an IP at all: refuse rather than guess
+  const lower = address.toLowerCase();
+  // ::ffff:a.b.c.d (mapped) and 64:ff9b::a.b.c.d (NAT64) reach the IPv4 host they embed.
+  const embedded = /^(?:::ffff:|64:ff9b::)(\d+\.\d+\.\d+\.\d+)$/.exec(lower);
+  if (embedded) return isPrivateAddress(embedded[1]!);
+  const hexMapped = /^(?:::ffff:|64:ff9b::)([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(lower);
+  if (hexMapped) {
+    const hi = parseInt(hexMapped[1]!, 16);
+    const lo = parseInt(hexMapped[2]!, 16);
+    return isPrivateAddress(`${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`);
+  }
+  return BLOCKED.check(lower, 'ipv6');
+}
+
+/** Parses and checks a webhook URL's scheme; the host is checked by `assertWebhookTarget`. */
+export function parseWebhookUrl(url: string): URL {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new WebhookTargetError(`not a URL: ${url}`);
+  }
+  if (parsed.protocol !== 'https:' && parsed.protocol !== 'http:') {
+    throw new WebhookTargetError('webhook URL must be http:// or https://');
+  }
+  if (parsed.username || parsed.password) throw new WebhookTargetError('webhook URL must not carry credentials');
+  return parsed;
+}
+
+function lookupAll(host: string): Promise<LookupAddress[]> {
+  return new Promise((resolve, reject) =>
+    dnsLookup(host, { all: true, verbatim: true }, (err, addresses) => (err ? reject(err) : resolve(addresses))),
+  );
+}
+
+/**
+ * Resolves the URL's host (every address) and refuses it when any address is
+ * private, unless `allowPrivate`. Called when the URL is set and again before
+ * each delivery; `guardedLookup` closes the window between check and connect.
+ */
+export async function assertWebhookTarget(url: string | URL, allowPrivate: boolean): Promise<URL> {
+  const parsed = typeof url === 'string' ? parseWebhookUrl(url) : url;
+  if (allowPrivate) return parsed;
+  const host = parsed.hostname.replace(/^\[(.*)\]$/, '$1');
+  let addresses: LookupAddress[];
+  try {
+    addresses = isIP(host) ? [{ address: host, family: isIP(host) }] : await lookupAll(host);
+  } catch (err) {
+    throw new WebhookTargetError(`cannot resolve ${host}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+  if (addresses.length === 0) throw new WebhookTargetError(`cannot resolve ${host}`);
+  const bad = addresses.find((a) => isPrivateAddress(a.address));
+  if (bad) throw new WebhookTargetError(`webhook host ${host} resolves to a private address (${bad.address})`);
+  return parsed;
+}
+
+type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void;
+
+/**
+ * A `lookup` for http(s).request that refuses private addresses at connect
+ * time, so a DNS answer that changed since `assertWebhookTarget` (rebinding)
+ * cannot reach inside. Handles both the single and the `all` form Node uses.
+ */
+export function guardedLookup(allowPrivate: boolean) {
+  return (hostname: string, options: { all?: boolean; family?: number | string }, callback: LookupCallback): void => {
+    dnsLookup(hostname, { ...options, all: true, verbatim: true } as { all: true }, (err, addresses) => {
+      if (err) return callback(err, '');
+      const list = addresses;
+      if (!allowPrivate) {
+        const bad = list.find((a) => isPrivateAddress(a.address));
+        if (bad) return callback(new WebhookTargetError(`webhook host ${hostname} resolves to a private address (${bad.address})`), '');
+      }
+      if (options.all) return callback(null, list);
+      const first = list[0];
+      if (!first) return callback(Object.assign(new Error(`cannot resolve ${hostname}`), { code: 'ENOTFOUND' }), '');
+      callback(null, first.address, first.family);
+    });
+  };
+}

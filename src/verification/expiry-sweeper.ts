@@ -1,0 +1,81 @@
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { Keys } from '../store/keys.js';
+import { scripts } from '../store/scripts.js';
+
+export interface ExpirySweeperOptions {
+  /** Time between sweeps. */
+  intervalMs: number;
+  /** Approximate cap of the events stream (XADD MAXLEN ~). */
+  eventsMaxLen: number;
+  /** Requests expired per Redis round trip batch. */
+  batch?: number;
+}
+
+/**
+ * Expires `sent` / `delivered` requests when their time is up even if nobody
+ * polls them, so `verification.expired` reaches webhooks on time. The create
+ * script files every request in a sorted set by expires_at; each sweep takes
+ * the due ones and expires each atomically (expireVerification-3.lua). Any
+ * number of worker processes may sweep at once: the script is idempotent, so
+ * exactly one of them emits the event.
+ */
+export class ExpirySweeper {
+  private timer: NodeJS.Timeout | undefined;
+  private running = false;
+  private current: Promise<void> | undefined;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+    private readonly options: ExpirySweeperOptions,
+    private readonly logger: Logger,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  start(): void {
+    this.running = true;
+    this.schedule();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    if (this.timer) clearTimeout(this.timer);
+    await this.current?.catch(() => undefined);
+  }
+
+  /** One sweep; returns how many requests it expired. */
+  async sweep(): Promise<number> {
+    const batch = this.options.batch ?? 500;
+    let expired = 0;
+    for (;;) {
+      const now = this.now();
+      const due = await this.redis.zrangebyscore(this.keys.expiries(), '-inf', now, 'LIMIT', 0, batch);
+      if (due.length === 0) return expired;
+      let progressed = 0;
+      for (const requestId of due) {
+        const r = await scripts.expireVerification.run(
+          this.redis,
+          [this.keys.verification(requestId), this.keys.expiries(), this.keys.events()],
+          [requestId, now, this.options.eventsMaxLen],
+        );
+        if (r === 'expired') {
+          expired++;
+          this.logger.info({ request_id: requestId }, 'verification expired');
+        }
+        if (r !== 'pending') progressed++;
+      }
+      if (due.length < batch || progressed === 0) return expired;
+    }
+  }
+
+  private schedule(): void {
+    if (!this.running) return;
+    this.timer = setTimeout(() => {
+      this.current = this.sweep()
+        .then(() => undefined)
+        .catch((err: Error) => this.logger.warn({ err: err.message }, 'expiry sweep failed; retrying'))
+        .finally(() => this.schedule());
+    }, this.options.intervalMs);
+  }
+}

@@ -1,0 +1,84 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { http, startTestEngine, testConfig, type TestEngine } from '../helpers/engine.js';
+
+/** Idempotency-Key on POST /v1/verify, over real HTTP and Redis (api role). */
+describe('Idempotency-Key', () => {
+  let t: TestEngine;
+
+  beforeAll(async () => {
+    t = await startTestEngine(testConfig({ api: { defaultRateLimitPerSecond: 1000 } }), 'api');
+  });
+  afterAll(async () => t?.stop());
+
+  const verify = (auth: string, key: string | undefined, body: unknown) =>
+    http(`${t.url}/v1/verify`, { auth, body, headers: key === undefined ? {} : { 'idempotency-key': key } });
+
+  it('replays the first response for a repeated key without a second verification or debit', async () => {
+    const a = await t.account({ balance: 1 });
+    const body = { phone_number: '+447700900200' };
+    const first = await verify(a.auth, 'order-42/attempt-1', body);
+    expect(first.status).toBe(201);
+    expect(first.headers.get('idempotent-replayed')).toBeNull();
+    const again = await verify(a.auth, 'order-42/attempt-1', body);
+    expect(again.status).toBe(201);
+    expect(again.body).toEqual(first.body);
+    expect(again.headers.get('idempotent-replayed')).toBe('true');
+    expect(again.headers.get('x-ratelimit-limit')).toBe('1000');
+    expect((await t.accounts.get(a.account_id)).balance).toBe(0.996);
+    const usage = await http(`${t.url}/v1/usage`, { auth: a.auth });
+    expect(usage.body.total_verifications).toBe(1);
+
+    // Another key, or no key, is another verification.
+    const other = await verify(a.auth, 'order-43', body);
+    expect(other.body.request_id).not.toBe(first.body.request_id);
+    const none = await verify(a.auth, undefined, body);
+    expect(none.body.request_id).not.toBe(first.body.request_id);
+    expect((await t.accounts.get(a.account_id)).balance).toBe(0.988);
+  });
+
+  it('gives concurrent duplicates the one response of the request that ran', async () => {
+    const a = await t.account({ balance: 1 });
+    const results = await Promise.all(
+      Array.from({ length: 8 }, () => verify(a.auth, 'burst-key', { phone_number: '+447700900201' })),
+    );
+    expect(results.map((r) => r.status)).toEqual(Array(8).fill(201));
+    expect(new Set(results.map((r) => r.body.request_id)).size).toBe(1);
+    expect(results.filter((r) => r.headers.get('idempotent-replayed') === 'true')).toHaveLength(7);
+    expect((await t.accounts.get(a.account_id)).balance).toBe(0.996);
+  });
+
+  it('keeps keys per account', async () => {
+    const a = await t.account();
+    const b = await t.account();
+    const ra = await verify(a.auth, 'shared-key', { phone_number: '+447700900202' });
+    const rb = await verify(b.auth, 'shared-key', { phone_number: '+447700900202' });
+    expect(ra.status).toBe(201);
+    expect(rb.status).toBe(201);
+    expect(ra.body.request_id).not.toBe(rb.body.request_id);
+  });
+
+  it('replays a 4xx answer too, and refuses a key reused with another body', async () => {
+    const a = await t.account();
+    const bad = await verify(a.auth, 'bad-phone', { phone_number: '0770' });
+    expect([bad.status, bad.body.error]).toEqual([400, 'invalid_phone']);
+    const badAgain = await verify(a.auth, 'bad-phone', { phone_number: '0770' });
+    expect([badAgain.status, badAgain.body]).toEqual([400, bad.body]);
+    expect(badAgain.headers.get('idempotent-replayed')).toBe('true');
+
+    await verify(a.auth, 'k-body', { phone_number: '+447700900203' });
+    const reused = await verify(a.auth, 'k-body', { phone_number: '+447700900204' });
+    expect([reused.status, reused.body.error]).toEqual([400, 'invalid_request']);
+    expect(reused.body.message).toMatch(/different request body/);
+  });
+
+  it('answers 400 invalid_request for a key that is empty, too long or not printable ASCII', async () => {
+    const a = await t.account();
+    for (const key of ['', 'x'.repeat(256), 'caf\u00e9']) {
+      const r = await verify(a.auth, key, { phone_number: '+447700900205' });
+      expect([r.status, r.body.error], JSON.stringify(key)).toEqual([400, 'invalid_request']);
+    }
+    expect((await verify(a.auth, 'x'.repeat(255), { phone_number: '+447700900205' })).status).toBe(201);
+    expect((await verify(a.auth, ' ~!"#$%&()*+,-./:;<=>?@[\\]^_`{|}', { phone_number: '+447700900205' })).status).toBe(201);
+    expect((await t.accounts.get(a.account_id)).balance).toBe(9.992);
+  });
+});

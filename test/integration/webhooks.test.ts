@@ -1,0 +1,235 @@
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Queue } from 'bullmq';
+import { pino } from 'pino';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { AccountStore } from '../../src/accounts/account-store.js';
+import { EventPublisher } from '../../src/events/event-publisher.js';
+import { WEBHOOK_QUEUE } from '../../src/events/webhook-queue.js';
+import { WebhookTargetError } from '../../src/events/webhook-target.js';
+import type { Account } from '../../src/accounts/account-store.js';
+import type { Method } from '../../src/verification/types.js';
+import { VerificationService } from '../../src/verification/verification-service.js';
+import { http, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+
+interface Received {
+  body: Buffer;
+  json: Record<string, unknown>;
+  headers: IncomingHttpHeaders;
+  /** The docs' PHP check: hash_equals('sha256=' . hash_hmac('sha256', $body, $secret), $header). */
+  signatureValid: boolean;
+  answered: number;
+}
+
+/** A webhook receiver on loopback that checks signatures exactly as the docs tell customers to. */
+class Receiver {
+  readonly received: Received[] = [];
+  private server: Server | undefined;
+  /** Statuses to answer, in order; then 200. */
+  script: number[] = [];
+  secret = '';
+
+  async start(): Promise<string> {
+    this.server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const body = Buffer.concat(chunks);
+        const expected = Buffer.from('sha256=' + createHmac('sha256', this.secret).update(body).digest('hex'));
+        const given = Buffer.from(String(req.headers['x-flashverify-signature'] ?? ''));
+        const answered = this.script.shift() ?? 200;
+        this.received.push({
+          body,
+          json: JSON.parse(body.toString('utf8')) as Record<string, unknown>,
+          headers: req.headers,
+          signatureValid: expected.length === given.length && timingSafeEqual(expected, given),
+          answered,
+        });
+        res.writeHead(answered, { 'content-type': 'text/plain' }).end('ok');
+      });
+    });
+    await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', r));
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/hooks/flashverify`;
+  }
+
+  forRequest(id: string): Received[] {
+    return this.received.filter((r) => r.json.request_id === id);
+  }
+
+  async stop(): Promise<void> {
+    await new Promise((r) => this.server?.close(r));
+  }
+}
+
+const noQueue = { enqueue: async () => undefined };
+
+describe('signed webhooks', () => {
+  let t: TestEngine;
+  let receiver: Receiver;
+  let url: string;
+  let account: Account & { api_secret: string; auth: string };
+  let service: VerificationService;
+  let publisher: EventPublisher;
+
+  beforeAll(async () => {
+    t = await startTestEngine(
+      testConfig({
+        api: { defaultRateLimitPerSecond: 1000 },
+        webhooks: { allowPrivate: true, attempts: 4, backoffMs: 100, orderPollMs: 50 },
+        verification: { expirySweepMs: 100 },
+      }),
+      'all',
+    );
+    receiver = new Receiver();
+    url = await receiver.start();
+    account = await t.account();
+    receiver.secret = account.api_secret;
+    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, url);
+    // Created through the domain service with no delivery queue: the events are exactly the ones the test makes.
+    service = new VerificationService(t.redis, t.keys, t.sealer, t.config, noQueue, pino({ level: 'silent' }), new Set<Method>(['flash_call']));
+    publisher = new EventPublisher(t.redis, t.keys, 1000);
+  });
+  afterEach(() => {
+    receiver.script = [];
+  });
+  afterAll(async () => {
+    await t?.stop();
+    await receiver?.stop();
+  });
+
+  it('sends sent, delivered and verified in order, signed with the API secret, with the documented payload', async () => {
+    const created = await service.create(account, { phone_number: '+447700900100' });
+    const id = created.request_id;
+    await publisher.publish({ request_id: id, account_id: account.account_id, method: 'flash_call', status: 'delivered', detail: {}, timestamp: Date.parse('2026-03-04T15:00:02.345Z') });
+    await waitFor(async () => receiver.forRequest(id).length >= 2);
+    const enc = await t.redis.hget(t.keys.verification(id), 'code_enc');
+    const code = t.sealer.open(enc!, `code:${id}`);
+    const checked = await http(`${t.url}/v1/verify/check`, { auth: account.auth, body: { request_id: id, code } });
+    expect(checked.status).toBe(200);
+    const got = await waitFor(async () => (receiver.forRequest(id).length >= 3 ? receiver.forRequest(id) : null));
+
+    expect(got.map((r) => r.json.event)).toEqual(['verification.sent', 'verification.delivered', 'verification.verified']);
+    for (const r of got) {
+      expect(r.signatureValid).toBe(true);
+      expect(r.headers['content-type']).toBe('application/json');
+      expect(r.headers['x-flashverify-event-id']).toMatch(/^\d+-\d+$/);
+      expect(Number(r.headers['x-flashverify-timestamp'])).toBeGreaterThan(1_700_000_000);
+      expect(Object.keys(r.json).sort()).toEqual(['event', 'method', 'phone_number', 'request_id', 'status', 'timestamp']);
+      expect(r.json).toMatchObject({ request_id: id, phone_number: '+447700900100', method: 'flash_call' });
+      expect(r.json.timestamp).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+      // Never the code, never the secret.
+      expect(r.body.toString()).not.toContain(account.api_secret);
+    }
+    expect(got[1]!.json).toMatchObject({ event: 'verification.delivered', status: 'delivered', timestamp: '2026-03-04T15:00:02Z' });
+    expect(got[2]!.json.status).toBe('verified');
+
+    // Job data carries neither the number nor the code.
+    const queue = new Queue(WEBHOOK_QUEUE, { connection: t.redis, prefix: t.keys.bullPrefix() });
+    const job = await queue.getJob(String(got[0]!.headers['x-flashverify-event-id']));
+    await queue.close();
+    expect(job?.data).toBeDefined();
+    expect(JSON.stringify(job!.data)).not.toContain('447700900100');
+    expect(Object.keys(job!.data).sort()).toEqual(['account_id', 'event', 'event_id', 'method', 'request_id', 'status', 'timestamp']);
+    for (const line of t.logs) expect(line).not.toContain(account.api_secret);
+  });
+
+  it('retries a receiver that fails twice with exponential back-off, and keeps later events behind it', async () => {
+    receiver.script = [500, 500];
+    const created = await service.create(account, { phone_number: '+447700900101' });
+    const id = created.request_id;
+    await publisher.publish({ request_id: id, account_id: account.account_id, method: 'flash_call', status: 'delivered', detail: {} });
+    const got = await waitFor(async () => {
+      const r = receiver.forRequest(id).filter((x) => x.answered === 200);
+      return r.length >= 2 ? receiver.forRequest(id) : null;
+    });
+    expect(got.map((r) => [r.json.event, r.answered])).toEqual([
+      ['verification.sent', 500],
+      ['verification.sent', 500],
+      ['verification.sent', 200],
+      ['verification.delivered', 200],
+    ]);
+    // The same event each time: same id, same body, valid signature.
+    expect(new Set(got.slice(0, 3).map((r) => r.headers['x-flashverify-event-id'])).size).toBe(1);
+    expect(got.every((r) => r.signatureValid)).toBe(true);
+  });
+
+  it('treats a redirect as a failure: it is not followed, the event is retried', async () => {
+    receiver.script = [302];
+    const created = await service.create(account, { phone_number: '+447700900106' });
+    const got = await waitFor(async () => (receiver.forRequest(created.request_id).length >= 2 ? receiver.forRequest(created.request_id) : null));
+    expect(got.map((r) => [r.json.event, r.answered])).toEqual([
+      ['verification.sent', 302],
+      ['verification.sent', 200],
+    ]);
+  });
+
+  it('sends verification.expired when a request expires unpolled', async () => {
+    const created = await service.create(account, { phone_number: '+447700900102', expiry_seconds: 1 });
+    const id = created.request_id;
+    const got = await waitFor(async () => receiver.forRequest(id).find((r) => r.json.event === 'verification.expired'), 8000);
+    expect(got.json).toMatchObject({ status: 'expired', request_id: id });
+    expect(await t.redis.hget(t.keys.verification(id), 'status')).toBe('expired');
+  });
+
+  it('sends nothing for accounts without a webhook URL', async () => {
+    const other = await t.account();
+    const created = await service.create(other, { phone_number: '+447700900103' });
+    await service.create(account, { phone_number: '+447700900104' }).then(async (c) => waitFor(async () => receiver.forRequest(c.request_id).length > 0));
+    expect(receiver.forRequest(created.request_id)).toEqual([]);
+  });
+});
+
+describe('webhook SSRF protection', () => {
+  let t: TestEngine;
+  let receiver: Receiver;
+
+  beforeAll(async () => {
+    t = await startTestEngine(testConfig({ webhooks: { allowPrivate: false, attempts: 1, backoffMs: 100 } }), 'all');
+    receiver = new Receiver();
+  });
+  afterAll(async () => {
+    await t?.stop();
+    await receiver?.stop();
+  });
+
+  it('refuses private, loopback and link-local webhook URLs when they are set', async () => {
+    const a = await t.account();
+    const store = new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: false });
+    for (const bad of [
+      'http://127.0.0.1:8080/hook',
+      'http://localhost/hook',
+      'http://[::1]/hook',
+      'http://10.1.2.3/hook',
+      'http://172.20.0.1/hook',
+      'http://192.168.1.1/hook',
+      'http://169.254.169.254/latest/meta-data',
+      'http://100.64.0.1/hook',
+      'http://[fd00::1]/hook',
+      'http://[::ffff:127.0.0.1]/hook',
+      'ftp://example.com/hook',
+    ]) {
+      await expect(store.setWebhook(a.account_id, bad), bad).rejects.toBeInstanceOf(WebhookTargetError);
+    }
+    expect((await t.accounts.get(a.account_id)).webhook_url).toBeNull();
+    await expect(store.setWebhook(a.account_id, 'http://93.184.215.14/hook')).resolves.toMatchObject({ webhook_url: 'http://93.184.215.14/hook' });
+  });
+
+  it('refuses again at delivery time (a URL that became private is never called)', async () => {
+    const url = await receiver.start();
+    const a = await t.account();
+    receiver.secret = a.api_secret;
+    // As if the name had resolved publicly when set and rebinds to loopback now.
+    await t.redis.hset(t.keys.account(a.account_id), 'webhook_url', url);
+    const service = new VerificationService(t.redis, t.keys, t.sealer, t.config, noQueue, pino({ level: 'silent' }), new Set<Method>(['flash_call']));
+    await service.create(a, { phone_number: '+447700900105' });
+    const queue = new Queue(WEBHOOK_QUEUE, { connection: t.redis, prefix: t.keys.bullPrefix() });
+    try {
+      const failed = await waitFor(async () => (await queue.getFailed())[0]);
+      expect(failed.failedReason).toMatch(/private address/);
+    } finally {
+      await queue.close();
+    }
+    expect(receiver.received).toEqual([]);
+  });
+});
