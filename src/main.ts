@@ -15,6 +15,7 @@ import type { Config } from './config/schema.js';
 import { resolveMasterKeys } from './crypto/master-key.js';
 import { Sealer } from './crypto/sealer.js';
 import { FlashProcessor } from './engine/flash-processor.js';
+import { VoiceProcessor } from './engine/voice-processor.js';
 import { BullDeliveryQueue, QUEUE_NAMES, type DeliveryJobData } from './engine/queues.js';
 import { AppError, ConfigError } from './errors/app-error.js';
 import { EventPublisher } from './events/event-publisher.js';
@@ -27,7 +28,7 @@ import { RangeSelector } from './numbers/range-selector.js';
 import type { CallOriginator } from './sip/call-originator.js';
 import { Keys } from './store/keys.js';
 import { connectRedis } from './store/redis.js';
-import type { Method } from './verification/types.js';
+import { DELIVERABLE_METHODS, type Method } from './verification/types.js';
 import { ExpirySweeper } from './verification/expiry-sweeper.js';
 import { VerificationService } from './verification/verification-service.js';
 
@@ -53,7 +54,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   const bullConnection: ConnectionOptions = new Redis(config.redis.url, { maxRetriesPerRequest: null });
   const events = new EventPublisher(redis, keys, config.events.maxLen);
   const stops: (() => Promise<unknown>)[] = [];
-  const methods = new Set<Method>(['flash_call']);
+  const methods = new Set<Method>(DELIVERABLE_METHODS);
 
   let app: FastifyInstance | undefined;
   let sipPort: number | undefined;
@@ -96,6 +97,39 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       worker.on('failed', (job, err) => logger.error({ request_id: job?.data.request_id, err: err.message }, 'flash job failed'));
       worker.on('error', (err) => logger.warn({ err: err.message }, 'flash worker error'));
       stops.unshift(() => worker.close());
+
+      const { EmbeddedMediaPlayer } = await import('./media/rtp/embedded-media-player.js');
+      const player = new EmbeddedMediaPlayer({
+        bindHost: config.sip.listen.host,
+        advertisedHost:
+          config.media.rtp.advertisedHost ??
+          config.sip.listen.advertisedHost ??
+          ({ '0.0.0.0': '127.0.0.1', '::': '::1' }[config.sip.listen.host] ?? config.sip.listen.host),
+        portMin: config.media.rtp.portMin,
+        portMax: config.media.rtp.portMax,
+      });
+      player.prompts.preload(); // a missing prompt file fails the boot, not a call
+      stops.push(() => player.stop());
+      const voice = new VoiceProcessor({
+        redis,
+        keys,
+        sealer,
+        config,
+        originator: sip,
+        player,
+        ranges: new RangeSelector(config.numbers.ranges, redis, keys, config.numbers.cliCooldownSeconds),
+        events,
+        logger: logger.child({ module: 'voice' }),
+      });
+      const voiceWorker = new Worker<DeliveryJobData>(QUEUE_NAMES.voice, async (job) => void (await voice.process(job.data.request_id)), {
+        connection: bullConnection,
+        prefix: keys.bullPrefix(),
+        concurrency: config.worker.voiceConcurrency,
+        maxStalledCount: config.worker.maxStalledCount,
+      });
+      voiceWorker.on('failed', (job, err) => logger.error({ request_id: job?.data.request_id, err: err.message }, 'voice job failed'));
+      voiceWorker.on('error', (err) => logger.warn({ err: err.message }, 'voice worker error'));
+      stops.unshift(() => voiceWorker.close());
 
       const consumer = new StatusConsumer(
         connectRedis(config.redis.url, logger),
@@ -192,6 +226,7 @@ Usage:
   flashverify account topup ACCOUNT_ID --amount 10
   flashverify account regenerate-secret ACCOUNT_ID
   flashverify account set-webhook ACCOUNT_ID (--url URL | --clear)
+  flashverify account set-rate-limit ACCOUNT_ID (--rps N | --clear)
 
 Configuration: config/default.yaml, then --config FILE or FLASHVERIFY_CONFIG,
 then environment variables (REDIS_URL, PORT, SIP_TRUNK_URI, SIP_LISTEN_PORT,
@@ -213,6 +248,7 @@ export async function runCli(argv: string[]): Promise<number> {
       amount: { type: 'string' },
       url: { type: 'string' },
       clear: { type: 'boolean', default: false },
+      rps: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -288,6 +324,12 @@ export async function runCli(argv: string[]): Promise<number> {
           if (!values.clear) need(values.url, '--url (or --clear)');
           out = await store.setWebhook(need(id, 'ACCOUNT_ID'), values.clear ? null : values.url!);
           break;
+        case 'set-rate-limit': {
+          const rps = values.clear ? null : Number(need(values.rps, '--rps (or --clear)'));
+          if (rps !== null && !(Number.isInteger(rps) && rps > 0)) throw new AppError('usage', '--rps must be a positive whole number');
+          out = await store.setRateLimit(need(id, 'ACCOUNT_ID'), rps);
+          break;
+        }
         default:
           throw new AppError('usage', `unknown account command "${sub ?? ''}"\n\n${USAGE}`);
       }

@@ -6,6 +6,9 @@ import { assertWebhookTarget } from '../events/webhook-target.js';
 import type { Keys } from '../store/keys.js';
 import { fromMicro, toMicro, type Currency } from './money.js';
 
+/** Upper bound of a per-account rate limit (requests per second), far above what one Redis counter key should take. */
+export const MAX_RATE_LIMIT = 100_000;
+
 export type AccountStatus = 'pending' | 'active' | 'suspended';
 
 export interface Account {
@@ -125,6 +128,20 @@ export class AccountStore {
       const parsed = await assertWebhookTarget(url, this.options.allowPrivateWebhooks ?? false);
       await this.redis.hset(this.keys.account(id), 'webhook_url', parsed.toString());
     }
+    return this.get(id);
+  }
+
+  /**
+   * Requests per second allowed for this account's API key (HTTP and in-process
+   * producers alike); null returns it to `api.defaultRateLimitPerSecond`.
+   */
+  async setRateLimit(id: string, requestsPerSecond: number | null): Promise<Account> {
+    if (requestsPerSecond !== null && !(Number.isInteger(requestsPerSecond) && requestsPerSecond > 0 && requestsPerSecond <= MAX_RATE_LIMIT)) {
+      throw new AppError('invalid_rate_limit', `the rate limit must be a whole number of requests per second from 1 to ${MAX_RATE_LIMIT}`);
+    }
+    await this.mustExist(id);
+    if (requestsPerSecond === null) await this.redis.hdel(this.keys.account(id), 'rate_limit');
+    else await this.redis.hset(this.keys.account(id), 'rate_limit', String(requestsPerSecond));
     return this.get(id);
   }
 

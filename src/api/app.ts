@@ -5,12 +5,13 @@ import type { Account, AccountStore } from '../accounts/account-store.js';
 import { fromMicro } from '../accounts/money.js';
 import type { Config } from '../config/schema.js';
 import type { Keys } from '../store/keys.js';
-import { scripts } from '../store/scripts.js';
 import { ApiError } from '../verification/errors.js';
 import { METHODS, utcDay } from '../verification/types.js';
 import type { VerificationService } from '../verification/verification-service.js';
 import { Idempotency, parseIdempotencyKey } from './idempotency.js';
+import { adminApi } from './admin.js';
 import { openApiDocument } from './openapi.js';
+import { consumeRateLimit } from './rate-limit.js';
 
 export interface ApiDeps {
   config: Readonly<Config>;
@@ -78,6 +79,11 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   const openapi = openApiDocument(config);
   app.get('/v1/openapi.json', async () => openapi);
 
+  // Operators' account management behind its own bearer token; every route answers 404 while admin.token is empty.
+  app.register(adminApi({ token: config.admin.token, accounts, defaultCurrency: config.accounts.defaultCurrency }), {
+    prefix: '/admin/v1',
+  });
+
   app.register(
     async (v1) => {
       v1.addHook('onRequest', async (req, reply) => {
@@ -134,16 +140,15 @@ async function authenticate(req: FastifyRequest, reply: FastifyReply, accounts: 
 }
 
 async function rateLimit(account: Account, reply: FastifyReply, redis: Redis, keys: Keys, defaultLimit: number): Promise<void> {
-  const limit = account.rate_limit ?? defaultLimit;
-  const nowMs = Date.now();
-  const second = Math.floor(nowMs / 1000);
-  const count = Number(await scripts.rateLimit.run(redis, [keys.rateLimit(account.api_key, second)], [2000]));
-  void reply.header('X-RateLimit-Limit', limit);
-  void reply.header('X-RateLimit-Remaining', Math.max(0, limit - count));
-  void reply.header('X-RateLimit-Reset', second + 1);
-  if (count > limit) {
-    void reply.header('Retry-After', 1);
-    throw new ApiError('rate_limited', `Too many requests: the limit is ${limit} requests per second for this API key`);
+  try {
+    await consumeRateLimit(redis, keys, account, defaultLimit, (w) => {
+      void reply.header('X-RateLimit-Limit', w.limit);
+      void reply.header('X-RateLimit-Remaining', w.remaining);
+      void reply.header('X-RateLimit-Reset', w.reset);
+    });
+  } catch (err) {
+    if (err instanceof ApiError && err.code === 'rate_limited') void reply.header('Retry-After', 1);
+    throw err;
   }
 }
 

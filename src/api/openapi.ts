@@ -1,3 +1,4 @@
+import { MAX_RATE_LIMIT } from '../accounts/account-store.js';
 import type { Config } from '../config/schema.js';
 import { ERROR_CATALOGUE } from '../verification/errors.js';
 import { METHODS, STATUSES } from '../verification/types.js';
@@ -44,6 +45,32 @@ export function openApiDocument(config: Readonly<Config>): Json {
     '500': err('Server error', 'internal_error'),
     '503': err('Temporarily unavailable', 'service_unavailable'),
   };
+
+  // Admin routes: bearer token, no rate limit, 404 for every route while admin.token is empty.
+  const adminErr = (description: string, ...codes: string[]): Json => ({
+    description: `${description} (${codes.join(', ')})`,
+    content: json(ref('Error')),
+  });
+  const accountId = { name: 'account_id', in: 'path', required: true, schema: { type: 'string', format: 'uuid' } };
+  const adminOp = (operationId: string, summary: string, ok: Json, body?: Json, extra: Json = {}): Json => ({
+    operationId,
+    summary,
+    tags: ['admin'],
+    security: [{ adminBearer: [] }],
+    ...(body ? { requestBody: { required: true, content: json(body) } } : {}),
+    responses: {
+      ...ok,
+      ...(body ? { '400': adminErr('Invalid body', 'invalid_request') } : {}),
+      '401': adminErr('Missing or wrong admin token', 'unauthorized'),
+      '404': adminErr('Unknown account, or the admin API is off (admin.token empty)', 'not_found'),
+      ...extra,
+    },
+  });
+  const accountOk = (description: string): Json => ({ '200': { description, content: json(ref('Account')) } });
+  const adminAccountOp = (operationId: string, summary: string, ok: Json, body?: Json): Json => ({
+    ...adminOp(operationId, summary, ok, body),
+    parameters: [accountId],
+  });
 
   const payload = {
     type: 'object',
@@ -154,6 +181,57 @@ export function openApiDocument(config: Readonly<Config>): Json {
           responses: { '200': { description: 'OpenAPI 3.1 document', content: json({ type: 'object' }) } },
         },
       },
+      '/admin/v1/accounts': {
+        post: adminOp(
+          'adminCreateAccount',
+          'Create an account; the API secret is returned this once',
+          { '201': { description: 'Created', content: json(ref('CreatedAccount')) } },
+          ref('AdminCreateAccount'),
+        ),
+      },
+      '/admin/v1/accounts/{account_id}': {
+        get: adminAccountOp('adminGetAccount', 'An account (never its secret)', accountOk('The account')),
+      },
+      '/admin/v1/accounts/{account_id}/approve': {
+        post: adminAccountOp('adminApproveAccount', 'pending → active (no body)', accountOk('The account')),
+      },
+      '/admin/v1/accounts/{account_id}/suspend': {
+        post: adminAccountOp('adminSuspendAccount', 'Suspend: the account may read but not start verifications (no body)', accountOk('The account')),
+      },
+      '/admin/v1/accounts/{account_id}/topup': {
+        post: adminAccountOp('adminTopUpAccount', 'Add to the balance, in the account\'s currency', accountOk('The account'), {
+          type: 'object',
+          required: ['amount'],
+          additionalProperties: false,
+          properties: { amount: { type: 'number', exclusiveMinimum: 0 } },
+        }),
+      },
+      '/admin/v1/accounts/{account_id}/regenerate-secret': {
+        post: adminAccountOp('adminRegenerateSecret', 'New API secret, same key; the old secret stops working (no body)', {
+          '200': { description: 'The account with its new secret, shown this once', content: json(ref('CreatedAccount')) },
+        }),
+      },
+      '/admin/v1/accounts/{account_id}/webhook': {
+        put: adminAccountOp('adminSetWebhook', 'Set (or, with null, clear) the webhook URL', accountOk('The account'), {
+          type: 'object',
+          required: ['url'],
+          additionalProperties: false,
+          properties: { url: { oneOf: [{ type: 'string', format: 'uri' }, { type: 'null' }] } },
+        }),
+      },
+      '/admin/v1/accounts/{account_id}/rate-limit': {
+        put: adminAccountOp(
+          'adminSetRateLimit',
+          `Requests per second for the account's API key (null: back to the default, ${config.api.defaultRateLimitPerSecond})`,
+          accountOk('The account'),
+          {
+            type: 'object',
+            required: ['requests_per_second'],
+            additionalProperties: false,
+            properties: { requests_per_second: { oneOf: [{ type: 'integer', minimum: 1, maximum: MAX_RATE_LIMIT }, { type: 'null' }] } },
+          },
+        ),
+      },
       '/healthz': {
         get: {
           operationId: 'health',
@@ -195,6 +273,7 @@ export function openApiDocument(config: Readonly<Config>): Json {
     components: {
       securitySchemes: {
         basicAuth: { type: 'http', scheme: 'basic', description: 'Username: API key (32 hex). Password: API secret (64 hex).' },
+        adminBearer: { type: 'http', scheme: 'bearer', description: 'The admin.token of the server (FLASHVERIFY_ADMIN_TOKEN); /admin/v1 only.' },
       },
       headers: {
         'X-RateLimit-Limit': { description: 'Requests allowed per second for this API key', schema: { type: 'integer' } },
@@ -232,6 +311,11 @@ export function openApiDocument(config: Readonly<Config>): Json {
               minimum: 1,
               maximum: config.verification.maxExpirySeconds,
               default: config.verification.defaultExpirySeconds,
+            },
+            locale: {
+              type: 'string',
+              enum: ['en', 'fr', 'es', 'de'],
+              description: 'voice only: language of the spoken prompt; default from the destination country',
             },
           },
         },
@@ -313,6 +397,38 @@ export function openApiDocument(config: Readonly<Config>): Json {
           },
         },
         WebhookPayload: payload,
+        Account: {
+          type: 'object',
+          required: ['account_id', 'name', 'status', 'currency', 'balance', 'api_key', 'webhook_url', 'rate_limit', 'created_at'],
+          properties: {
+            account_id: { type: 'string', format: 'uuid' },
+            name: { type: 'string' },
+            status: { type: 'string', enum: ['pending', 'active', 'suspended'] },
+            currency: { type: 'string', enum: ['GBP', 'USD', 'EUR'] },
+            balance: { type: 'number' },
+            api_key: { type: 'string', pattern: '^[0-9a-f]{32}$' },
+            webhook_url: { oneOf: [{ type: 'string' }, { type: 'null' }] },
+            rate_limit: { oneOf: [{ type: 'integer' }, { type: 'null' }], description: 'Requests per second; null means the server default' },
+            created_at: { type: 'string', format: 'date-time' },
+          },
+        },
+        CreatedAccount: {
+          allOf: [
+            ref('Account'),
+            { type: 'object', required: ['api_secret'], properties: { api_secret: { type: 'string', pattern: '^[0-9a-f]{64}$' } } },
+          ],
+        },
+        AdminCreateAccount: {
+          type: 'object',
+          required: ['name'],
+          additionalProperties: false,
+          properties: {
+            name: { type: 'string', minLength: 1, maxLength: 200 },
+            balance: { type: 'number', minimum: 0, default: 0 },
+            currency: { type: 'string', enum: ['GBP', 'USD', 'EUR'], default: config.accounts.defaultCurrency },
+            active: { type: 'boolean', default: false, description: 'Create already approved' },
+          },
+        },
       },
     },
   };

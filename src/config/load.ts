@@ -83,6 +83,7 @@ function envOverrides(env: NodeJS.ProcessEnv, issues: string[]): Record<string, 
   if (port !== undefined) set('http', 'port', port);
   if (env.HOST) set('http', 'host', env.HOST);
   if (env.FLASHVERIFY_MASTER_KEY) set('security', 'masterKey', env.FLASHVERIFY_MASTER_KEY);
+  if (env.FLASHVERIFY_ADMIN_TOKEN !== undefined) set('admin', 'token', env.FLASHVERIFY_ADMIN_TOKEN);
   if (env.LOG_LEVEL) set('log', 'level', env.LOG_LEVEL);
   const sipPort = int('SIP_LISTEN_PORT');
   if (sipPort !== undefined) out.sip = { ...(out.sip ?? {}), listen: { port: sipPort } };

@@ -91,6 +91,17 @@ export const configSchema = z
         idempotencyWaitMs: z.number().int().positive().default(5000),
       })
       .strict(),
+    admin: z
+      .object({
+        /** Bearer token of the admin HTTP API (/admin/v1). Empty: the admin API is off and its routes answer 404. */
+        token: z
+          .string()
+          .refine((t) => t === '' || (t.length >= 16 && /^[\x21-\x7E]+$/.test(t)), {
+            message: 'must be empty (admin API off) or at least 16 printable characters without spaces',
+          })
+          .default(''),
+      })
+      .strict(),
     accounts: z
       .object({
         defaultCurrency: z.enum(['GBP', 'USD', 'EUR']).default('GBP'),
@@ -132,6 +143,29 @@ export const configSchema = z
         ringingTimeoutMs: z.number().int().positive().default(15_000),
       })
       .strict(),
+    voice: z
+      .object({
+        /** CANCEL a voice call not answered (200) within this time; outcome `no_answer`. */
+        answerTimeoutMs: z.number().int().positive().default(30_000),
+        /** Caller ID of voice calls (E.164); default: the first number of a DID range, same country first. */
+        callerId: z.string().regex(/^\+[1-9]\d{6,14}$/, 'must be an E.164 number').optional(),
+      })
+      .strict(),
+    media: z
+      .object({
+        backend: z.enum(['embedded']).default('embedded'),
+        rtp: z
+          .object({
+            /** RTP ports, one even port per call (RFC 3550 11); the range bounds concurrent voice calls per worker. */
+            portMin: z.number().int().min(1024).max(65534).default(20000),
+            portMax: z.number().int().min(1025).max(65535).default(29999),
+            /** Address in the SDP c= line; defaults to sip.listen.advertisedHost, then the listen host (127.0.0.1 for 0.0.0.0). */
+            advertisedHost: z.string().optional(),
+          })
+          .strict()
+          .refine((r) => r.portMax > r.portMin, { message: 'portMax must be greater than portMin' }),
+      })
+      .strict(),
     sip: z
       .object({
         backend: z.enum(['embedded']).default('embedded'),
@@ -159,6 +193,8 @@ export const configSchema = z
     worker: z
       .object({
         flashConcurrency: z.number().int().positive().default(500),
+        /** Voice calls in flight per worker process (each holds an RTP port while it plays). */
+        voiceConcurrency: z.number().int().positive().default(200),
         /** Attempts of a delivery job whose worker died (stalled) before the call is given up. */
         maxStalledCount: z.number().int().nonnegative().default(1),
       })

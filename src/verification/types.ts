@@ -1,6 +1,13 @@
 export const METHODS = ['flash_call', 'voice', 'sms'] as const;
 export type Method = (typeof METHODS)[number];
 
+/**
+ * Methods this build has delivery workers for. The API accepts these whatever
+ * the role of the process: an `--role api` process hands jobs to the workers
+ * of other processes. SMS joins when its channel lands.
+ */
+export const DELIVERABLE_METHODS: readonly Method[] = ['flash_call', 'voice'];
+
 export const STATUSES = ['sent', 'delivered', 'verified', 'expired', 'failed'] as const;
 export type Status = (typeof STATUSES)[number];
 

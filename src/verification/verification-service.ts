@@ -32,9 +32,13 @@ export interface CreateInput {
   method?: unknown;
   code_length?: unknown;
   expiry_seconds?: unknown;
+  /** Voice only: language of the announcement (en, fr, es, de); default by destination country. */
+  locale?: unknown;
 }
 
-const CREATE_FIELDS = new Set(['phone_number', 'method', 'code_length', 'expiry_seconds']);
+const CREATE_FIELDS = new Set(['phone_number', 'method', 'code_length', 'expiry_seconds', 'locale']);
+/** Languages voice prompts exist for (assets/prompts/<lang>/). */
+const VOICE_LOCALES = ['en', 'fr', 'es', 'de'] as const;
 const USAGE_TTL_SECONDS = 400 * 24 * 3600;
 
 export interface CheckResult {
@@ -71,6 +75,7 @@ export class VerificationService {
       throw new ApiError('invalid_request', `method "${method}" is not available on this server`);
     }
     const codeLength = parseCodeLength(input.code_length, method);
+    const locale = parseLocale(input.locale, method);
     const vcfg = this.config.verification;
     const expirySeconds = parseExpiry(input.expiry_seconds, vcfg.defaultExpirySeconds, vcfg.maxExpirySeconds);
 
@@ -106,6 +111,8 @@ export class VerificationService {
       ],
     )) as [string, string | number];
     if (result[0] !== 'ok') throw createError(String(result[1]));
+    // Read by the voice worker; written before the job exists.
+    if (locale !== undefined) await this.redis.hset(this.keys.verification(requestId), 'locale', locale);
 
     const log = this.logger.child({ request_id: requestId, account_id: account.account_id });
     try {
@@ -249,6 +256,15 @@ function parseCodeLength(value: unknown, method: Method): number {
     throw new ApiError('invalid_request', 'code_length is fixed at 4 for flash_call (the last 4 digits of the caller ID)');
   }
   if (value < 4 || value > 6) throw new ApiError('invalid_request', 'code_length must be between 4 and 6');
+  return value;
+}
+
+function parseLocale(value: unknown, method: Method): string | undefined {
+  if (value === undefined) return undefined;
+  if (method !== 'voice') throw new ApiError('invalid_request', 'locale applies to method "voice" only');
+  if (typeof value !== 'string' || !(VOICE_LOCALES as readonly string[]).includes(value)) {
+    throw new ApiError('invalid_request', `locale must be one of ${VOICE_LOCALES.join(', ')}`);
+  }
   return value;
 }
 

@@ -17,7 +17,8 @@ function flashverify(args: string[], env: Record<string, string> = {}): Promise<
   });
 }
 
-describe('flashverify CLI', () => {
+// Each CLI run is its own Node process (about 1.5 s with tsx); give the multi-step tests room.
+describe('flashverify CLI', { timeout: 90_000 }, () => {
   const prefix = `fvcli-${randomBytes(4).toString('hex')}`;
   const dir = mkdtempSync(join(tmpdir(), 'fv-cli-'));
   const env = { REDIS_URL, REDIS_PREFIX: prefix, LOG_LEVEL: 'warn' };
@@ -61,6 +62,17 @@ describe('flashverify CLI', () => {
     expect(await step('show', id)).not.toHaveProperty('api_secret');
   });
 
+  it('sets and clears a per-account rate limit', async () => {
+    const created = await flashverify(['account', 'create', '--name', 'limited', '--config', config], env);
+    expect(created.code).toBe(0);
+    const id = String((JSON.parse(created.stdout) as Record<string, unknown>).account_id);
+    const set = await flashverify(['account', 'set-rate-limit', id, '--rps', '25', '--config', config], env);
+    expect([set.code, set.stderr]).toEqual([0, '']);
+    expect((JSON.parse(set.stdout) as Record<string, unknown>).rate_limit).toBe(25);
+    const cleared = await flashverify(['account', 'set-rate-limit', id, '--clear', '--config', config], env);
+    expect((JSON.parse(cleared.stdout) as Record<string, unknown>).rate_limit).toBeNull();
+  });
+
   it('explains bad usage with a non-zero exit', async () => {
     const r = await flashverify(['account', 'topup', 'nope', '--config', config], env);
     expect(r.code).not.toBe(0);
@@ -69,6 +81,9 @@ describe('flashverify CLI', () => {
     expect(unknown.code).not.toBe(0);
     expect(unknown.stderr).toMatch(/no account/);
     expect((await flashverify(['frobnicate'], env)).stderr).toMatch(/unknown command/);
+    const rps = await flashverify(['account', 'set-rate-limit', randomBytes(4).toString('hex'), '--rps', '0', '--config', config], env);
+    expect(rps.code).not.toBe(0);
+    expect(rps.stderr).toMatch(/--rps must be a positive whole number/);
   });
 
   it('refuses an invalid configuration listing every error, exit 78', async () => {

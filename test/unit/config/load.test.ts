@@ -35,6 +35,12 @@ describe('loadConfig', () => {
     expect(c.sip.listen.port).toBe(5999);
   });
 
+  it('keeps the admin API off by default and takes its token from FLASHVERIFY_ADMIN_TOKEN', () => {
+    expect(loadConfig({ env: {} }).admin.token).toBe('');
+    expect(loadConfig({ env: { FLASHVERIFY_ADMIN_TOKEN: 'a'.repeat(32) } }).admin.token).toBe('a'.repeat(32));
+    expect(() => loadConfig({ env: { FLASHVERIFY_ADMIN_TOKEN: 'short' } })).toThrow(/admin\.token: must be empty/);
+  });
+
   it('lists every error at once', () => {
     const file = yamlFile(
       'http:\n  port: 70000\nnumbers:\n  ranges:\n    - { prefix: "4419", country: uk }\nsip:\n  trunks: []\nbogus: 1\n',

@@ -1,0 +1,96 @@
+/**
+ * Voice media pacing benchmark: N concurrent calls' worth of announcements
+ * played by one EmbeddedMediaPlayer (one process, one event loop, one UDP
+ * socket per call) to a UDP sink in a child process. Reports, per
+ * concurrency, how many RTP packets left more than 5 ms after their due time.
+ *
+ *   node --import tsx bench/voice.ts [100,300,500]
+ *
+ * Each call plays the real English announcement of a 6-digit code (~12 s,
+ * ~600 packets). Calls start spread over one second, as a queue would start
+ * them. Results go to BENCHMARKS.md by hand.
+ */
+import { spawn } from 'node:child_process';
+import { cpus } from 'node:os';
+import { pino } from 'pino';
+import { EmbeddedMediaPlayer } from '../src/media/rtp/embedded-media-player.js';
+import { codeAnnouncement } from '../src/media/prompts.js';
+
+const SINK = `
+const s = require('node:dgram').createSocket('udp4');
+let n = 0;
+s.on('message', () => n++);
+s.bind(0, '127.0.0.1', () => process.send({ port: s.address().port }));
+process.on('message', (m) => { if (m === 'count') process.send({ count: n }); if (m === 'exit') process.exit(0); });
+`;
+
+interface Sink {
+  port: number;
+  count(): Promise<number>;
+  stop(): void;
+}
+
+async function startSink(): Promise<Sink> {
+  const child = spawn(process.execPath, ['-e', SINK], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const port = await new Promise<number>((resolve) => child.once('message', (m: { port: number }) => resolve(m.port)));
+  return {
+    port,
+    count: () => new Promise((resolve) => {
+      child.once('message', (m: { count: number }) => resolve(m.count));
+      child.send('count');
+    }),
+    stop: () => child.send('exit'),
+  };
+}
+
+async function run(concurrency: number, sink: Sink): Promise<Record<string, string | number>> {
+  const logger = pino({ level: 'silent' });
+  const player = new EmbeddedMediaPlayer({ bindHost: '127.0.0.1', advertisedHost: '127.0.0.1', portMin: 30000, portMax: 39999 });
+  player.prompts.preload();
+  const answer = `v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio ${sink.port} RTP/AVP 0\r\n`;
+  const before = await sink.count();
+  const started = performance.now();
+  let lagMax = 0;
+  let lastTick = performance.now();
+  const lagTimer = setInterval(() => {
+    const now = performance.now();
+    lagMax = Math.max(lagMax, now - lastTick - 10);
+    lastTick = now;
+  }, 10);
+  await Promise.all(
+    Array.from({ length: concurrency }, async (_, i) => {
+      await new Promise((r) => setTimeout(r, (RAMP_MS * i) / concurrency));
+      const session = await player.createSession(logger);
+      session.accept(answer);
+      await session.play(codeAnnouncement(String(100000 + ((i * 7919) % 900000)), 'en'));
+      await session.close();
+    }),
+  );
+  clearInterval(lagTimer);
+  await new Promise((r) => setTimeout(r, 200));
+  const received = (await sink.count()) - before;
+  const s = player.stats;
+  return {
+    concurrency,
+    packets_sent: s.packets,
+    packets_received: received,
+    late_over_5ms: s.lateOver5ms,
+    late_pct: Number(((100 * s.lateOver5ms) / Math.max(1, s.packets)).toFixed(3)),
+    max_late_ms: Number(s.maxLateMs.toFixed(1)),
+    max_loop_lag_ms: Number(lagMax.toFixed(1)),
+    wall_s: Number(((performance.now() - started) / 1000).toFixed(1)),
+  };
+}
+
+const RAMP_MS = Number(process.env.RAMP_MS ?? 1000);
+const levels = (process.argv[2] ?? '100,300,500').split(',').map(Number);
+const sink = await startSink();
+const rows = [];
+for (const n of levels) {
+  const row = await run(n, sink);
+  rows.push(row);
+  process.stdout.write(JSON.stringify(row) + '\n');
+}
+sink.stop();
+process.stdout.write(`\nnode ${process.version}, ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}\n`);
+console.table(rows);

@@ -1,0 +1,122 @@
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import { z } from 'zod';
+import { AccountNotFoundError, MAX_RATE_LIMIT, type AccountStore } from '../accounts/account-store.js';
+import { CURRENCIES, type Currency } from '../accounts/money.js';
+import { Sealer } from '../crypto/sealer.js';
+import { AppError } from '../errors/app-error.js';
+import { ApiError } from '../verification/errors.js';
+
+export interface AdminApiOptions {
+  /** `admin.token`; empty turns the admin API off (every route answers 404). */
+  token: string;
+  accounts: AccountStore;
+  defaultCurrency: Currency;
+}
+
+const createBody = z
+  .object({
+    name: z.string().trim().min(1).max(200),
+    balance: z.number().nonnegative().optional(),
+    currency: z.enum(CURRENCIES as [Currency, ...Currency[]]).optional(),
+    active: z.boolean().optional(),
+  })
+  .strict();
+const topUpBody = z.object({ amount: z.number().positive() }).strict();
+const webhookBody = z.object({ url: z.string().min(1).max(2048).nullable() }).strict();
+const rateLimitBody = z
+  .object({ requests_per_second: z.number().int().positive().max(MAX_RATE_LIMIT).nullable() })
+  .strict();
+
+type Params = { Params: { account_id: string } };
+
+/**
+ * The admin HTTP API, mounted under /admin/v1: account management for
+ * operators (what `flashverify account ...` does on the command line),
+ * authenticated with `Authorization: Bearer <admin.token>`. Errors use the v1
+ * catalogue: 401 unauthorized, 404 not_found, 400 invalid_request.
+ */
+export function adminApi(options: AdminApiOptions): FastifyPluginAsync {
+  const { token, accounts } = options;
+  return async (admin) => {
+    admin.addHook('onRequest', async (req, reply) => {
+      // Off: indistinguishable from a route that does not exist.
+      if (token === '') {
+        throw new ApiError('not_found', `no route ${req.method} ${req.url.split('?')[0]}`);
+      }
+      authorize(req, reply, token);
+    });
+    // Account ids are UUIDs; anything else is simply not found (no key tricks).
+    admin.addHook('preHandler', async (req) => {
+      const id = (req.params as { account_id?: string }).account_id;
+      if (id !== undefined && !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(id)) {
+        throw new ApiError('not_found', 'Account not found');
+      }
+    });
+
+    admin.post('/accounts', async (req, reply) => {
+      const body = parse(createBody, req.body);
+      const created = await accounts.create({
+        name: body.name,
+        balance: body.balance ?? 0,
+        currency: body.currency ?? options.defaultCurrency,
+        active: body.active ?? false,
+      });
+      req.log.info({ account_id: created.account_id }, 'admin: account created');
+      return reply.status(201).send(created);
+    });
+    admin.get<Params>('/accounts/:account_id', async (req) => run(() => accounts.get(req.params.account_id)));
+    admin.post<Params>('/accounts/:account_id/approve', async (req) =>
+      run(() => accounts.setStatus(req.params.account_id, 'active')),
+    );
+    admin.post<Params>('/accounts/:account_id/suspend', async (req) =>
+      run(() => accounts.setStatus(req.params.account_id, 'suspended')),
+    );
+    admin.post<Params>('/accounts/:account_id/topup', async (req) => {
+      const body = parse(topUpBody, req.body);
+      return run(() => accounts.topUp(req.params.account_id, body.amount));
+    });
+    admin.post<Params>('/accounts/:account_id/regenerate-secret', async (req) =>
+      run(() => accounts.regenerateSecret(req.params.account_id)),
+    );
+    admin.put<Params>('/accounts/:account_id/webhook', async (req) => {
+      const body = parse(webhookBody, req.body);
+      return run(() => accounts.setWebhook(req.params.account_id, body.url));
+    });
+    admin.put<Params>('/accounts/:account_id/rate-limit', async (req) => {
+      const body = parse(rateLimitBody, req.body);
+      return run(() => accounts.setRateLimit(req.params.account_id, body.requests_per_second));
+    });
+  };
+}
+
+function authorize(req: FastifyRequest, reply: FastifyReply, token: string): void {
+  const m = /^Bearer ([\x21-\x7E]+)$/i.exec((req.headers.authorization ?? '').trim());
+  // Sealer.equal hashes both sides first: constant time whatever the lengths.
+  if (!Sealer.equal(m?.[1] ?? '', token)) {
+    void reply.header('WWW-Authenticate', 'Bearer realm="FlashVerify admin"');
+    throw new ApiError('unauthorized', 'Invalid or missing admin token');
+  }
+}
+
+function parse<T>(schema: z.ZodType<T>, body: unknown): T {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw new ApiError('invalid_request', 'the body must be a JSON object');
+  }
+  const result = schema.safeParse(body);
+  if (!result.success) {
+    const issues = result.error.issues.map((i) => (i.path.length ? `${i.path.join('.')}: ${i.message}` : i.message));
+    throw new ApiError('invalid_request', issues.join('; '));
+  }
+  return result.data;
+}
+
+/** Store errors in the catalogue: an unknown account is 404, a refused value (webhook URL, amount) 400. */
+async function run<T>(op: () => Promise<T>): Promise<T> {
+  try {
+    return await op();
+  } catch (err) {
+    if (err instanceof AccountNotFoundError) throw new ApiError('not_found', 'Account not found');
+    if (err instanceof AppError && !(err instanceof ApiError)) throw new ApiError('invalid_request', err.message);
+    throw err;
+  }
+}

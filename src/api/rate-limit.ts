@@ -1,0 +1,37 @@
+import type { Redis } from 'ioredis';
+import type { Account } from '../accounts/account-store.js';
+import type { Keys } from '../store/keys.js';
+import { scripts } from '../store/scripts.js';
+import { ApiError } from '../verification/errors.js';
+
+export interface RateLimitWindow {
+  /** Requests allowed per second for this API key. */
+  limit: number;
+  remaining: number;
+  /** Unix second when the window resets. */
+  reset: number;
+}
+
+/**
+ * Counts one request of an API key in a fixed one-second window shared by
+ * every api process and every in-process producer; throws `rate_limited`
+ * (after `onWindow` has seen the numbers, so HTTP can still set its headers)
+ * when the account's limit, or the default, is exceeded.
+ */
+export async function consumeRateLimit(
+  redis: Redis,
+  keys: Keys,
+  account: Pick<Account, 'api_key' | 'rate_limit'>,
+  defaultLimit: number,
+  onWindow: (w: RateLimitWindow) => void = () => undefined,
+): Promise<RateLimitWindow> {
+  const limit = account.rate_limit ?? defaultLimit;
+  const second = Math.floor(Date.now() / 1000);
+  const count = Number(await scripts.rateLimit.run(redis, [keys.rateLimit(account.api_key, second)], [2000]));
+  const window = { limit, remaining: Math.max(0, limit - count), reset: second + 1 };
+  onWindow(window);
+  if (count > limit) {
+    throw new ApiError('rate_limited', `Too many requests: the limit is ${limit} requests per second for this API key`);
+  }
+  return window;
+}

@@ -1,0 +1,156 @@
+import type { Logger } from 'pino';
+import type { TrunkConfig } from '../config/schema.js';
+import type { Announcement, MediaPlayer, MediaSession } from '../media/media-player.js';
+import type { NegotiatedMedia } from '../media/sdp.js';
+import type { CallFailureReason, CallOriginator, OutboundCall } from '../sip/call-originator.js';
+
+/** How a voice-OTP call ended (design.md "Voice OTP, precisely"). */
+export type VoiceOutcome =
+  /** Answered, the whole announcement played, then our BYE. */
+  | 'played'
+  /** Answered, then the far end hung up during the announcement (playback stopped at once). */
+  | 'remote_hangup'
+  /** No 200 within answerTimeoutMs: CANCELled. */
+  | 'no_answer'
+  /** Answered, but the SDP answer had nothing we can send to (no G.711, no address): BYE at once. */
+  | 'media_failed'
+  /** No RTP port free (or the media backend failed) before dialling: never called. */
+  | 'no_media_resources'
+  | CallFailureReason;
+
+export interface VoiceResult {
+  outcome: VoiceOutcome;
+  callId: string;
+  /** True once the call was answered with usable media (the `delivered` moment). */
+  answered: boolean;
+  sipStatus?: number;
+  phrase?: string;
+  /** Negotiated codec, once answered. */
+  codec?: string;
+  /** RTP packets sent. */
+  packets?: number;
+  /** INVITE → 200, ms. */
+  answerDelayMs?: number;
+}
+
+export interface VoiceCallParams {
+  to: string;
+  /** Caller ID presented (E.164). */
+  from: string;
+  trunk: TrunkConfig;
+  announcement: Announcement;
+  answerTimeoutMs: number;
+  /** Upper bound on waiting for the INVITE to end once CANCEL is due (covers Timer B). */
+  settleMs: number;
+  logger: Logger;
+  /** Called once, when the far end answered with usable media, before playback starts. */
+  onAnswered?(callId: string, media: NegotiatedMedia): void;
+}
+
+/**
+ * The voice-OTP policy, written once against CallOriginator and MediaPlayer:
+ * INVITE with our SDP offer; early media (18x with SDP) is ignored; a 200
+ * within answerTimeoutMs starts the announcement in the negotiated codec,
+ * followed by our BYE; no 200 in time → CANCEL (no_answer); a far-end BYE
+ * stops playback at once.
+ */
+export async function placeVoiceCall(originator: CallOriginator, player: MediaPlayer, p: VoiceCallParams): Promise<VoiceResult> {
+  let session: MediaSession;
+  try {
+    session = await player.createSession(p.logger);
+  } catch (err) {
+    p.logger.error({ err: (err as Error).message }, 'no media session for the voice call');
+    return { outcome: 'no_media_resources', callId: '', answered: false, phrase: (err as Error).message };
+  }
+  try {
+    return await new Promise<VoiceResult>((resolve) => {
+      const started = performance.now();
+      let answered = false;
+      let noAnswer = false;
+      let remoteHangup = false;
+      let settled = false;
+      let codec: string | undefined;
+      let answerDelayMs: number | undefined;
+      const timers: NodeJS.Timeout[] = [];
+      let call: OutboundCall | undefined;
+
+      const finish = (r: Omit<VoiceResult, 'callId' | 'answered' | 'codec' | 'answerDelayMs'>): void => {
+        if (settled) return;
+        settled = true;
+        timers.forEach(clearTimeout);
+        resolve({
+          ...r,
+          callId: call?.callId ?? '',
+          answered,
+          ...(codec !== undefined ? { codec } : {}),
+          ...(answerDelayMs !== undefined ? { answerDelayMs } : {}),
+        });
+      };
+
+      const playThenHangup = async (): Promise<void> => {
+        const played = await session.play(p.announcement).catch((err: Error) => {
+          p.logger.error({ err: err.message }, 'playback failed');
+          return { completed: false, packets: 0 };
+        });
+        if (remoteHangup) return finish({ outcome: 'remote_hangup', sipStatus: 200, packets: played.packets });
+        // Our BYE; the call is over for the user whether or not the BYE transaction succeeds.
+        await call?.hangup().catch(() => undefined);
+        finish({ outcome: remoteHangup ? 'remote_hangup' : 'played', sipStatus: 200, packets: played.packets });
+      };
+
+      call = originator.originate(
+        { to: p.to, from: p.from, trunk: p.trunk, sdp: session.offer, logger: p.logger },
+        {
+          // 18x (with or without early media) changes nothing: we wait for the 200.
+          onAnswered(sdp, crossedCancel) {
+            if (crossedCancel || noAnswer) {
+              // The 200 lost the race with our no-answer CANCEL: nothing was heard. With crossedCancel the backend BYEs.
+              if (!crossedCancel) void call?.hangup().catch(() => undefined);
+              return finish({ outcome: 'no_answer', sipStatus: 200 });
+            }
+            answerDelayMs = Math.round(performance.now() - started);
+            let media: NegotiatedMedia;
+            try {
+              media = session.accept(sdp ?? '');
+            } catch (err) {
+              p.logger.warn({ err: (err as Error).message }, 'unusable SDP answer; hanging up');
+              void call
+                ?.hangup()
+                .catch(() => undefined)
+                .finally(() => finish({ outcome: 'media_failed', sipStatus: 200, phrase: (err as Error).message }));
+              return;
+            }
+            answered = true;
+            codec = media.codec;
+            clearTimeout(timers[0]);
+            p.onAnswered?.(call?.callId ?? '', media);
+            void playThenHangup();
+          },
+          onRemoteHangup() {
+            remoteHangup = true;
+            session.stop();
+          },
+          onCancelled() {
+            finish({ outcome: 'no_answer', sipStatus: 487 });
+          },
+          onFailed(f) {
+            // After our no-answer CANCEL, a final response other than 487 (or none) still means nobody answered,
+            // unless nothing ever came back at all (Timer B: `timeout`) or the network failed.
+            const outcome = noAnswer && f.reason !== 'timeout' && f.reason !== 'unreachable' ? 'no_answer' : f.reason;
+            finish({ outcome, sipStatus: f.status, phrase: f.phrase });
+          },
+        },
+      );
+      timers.push(
+        setTimeout(() => {
+          if (answered) return;
+          noAnswer = true;
+          call?.cancel();
+          timers.push(setTimeout(() => finish({ outcome: 'no_answer' }), p.settleMs));
+        }, p.answerTimeoutMs),
+      );
+    });
+  } finally {
+    await session.close();
+  }
+}

@@ -1,0 +1,47 @@
+import type { Logger } from 'pino';
+import type { NegotiatedMedia } from './sdp.js';
+
+/**
+ * The one interface every media backend implements (embedded RTP player
+ * today, drachtio-fsmrf → FreeSWITCH later). The voice policy only sees this.
+ */
+
+/** Languages prompts exist for (assets/prompts/<lang>/). */
+export const PROMPT_LANGUAGES = ['en', 'fr', 'es', 'de'] as const;
+export type PromptLanguage = (typeof PROMPT_LANGUAGES)[number];
+
+/** One item of an announcement: a named prompt ("intro", "again", "0".."9") or silence. */
+export type PromptItem = { prompt: string } | { silenceMs: number };
+
+export interface Announcement {
+  language: PromptLanguage;
+  items: readonly PromptItem[];
+}
+
+export interface PlayResult {
+  /** True when the whole announcement went out; false when stop() cut it short. */
+  completed: boolean;
+  /** Packets (20 ms frames) sent. */
+  packets: number;
+}
+
+/** The media side of one call. */
+export interface MediaSession {
+  /** SDP offer for the INVITE. */
+  readonly offer: string;
+  /** Applies the far end's SDP answer; throws MediaError when nothing usable is in it. */
+  accept(answerSdp: string): NegotiatedMedia;
+  /** Plays the announcement to the far end; resolves when it ends or is stopped. */
+  play(announcement: Announcement): Promise<PlayResult>;
+  /** Stops playback at once (the far end hung up); idempotent. */
+  stop(): void;
+  /** Releases the session's resources (socket, port); idempotent. */
+  close(): Promise<void>;
+}
+
+export interface MediaPlayer {
+  /** Reserves media resources for one call and prepares the SDP offer. */
+  createSession(logger: Logger): Promise<MediaSession>;
+  /** Releases everything (worker shutdown). */
+  stop(): Promise<void>;
+}

@@ -1,0 +1,114 @@
+import { parse, write, type MediaDescription, type SessionDescription } from 'sdp-transform';
+import { AppError } from '../errors/app-error.js';
+import { G711_PAYLOAD_TYPE, type G711Codec } from './g711.js';
+
+/** SDP offer/answer (RFC 3264) for one audio stream, built and parsed with sdp-transform. */
+
+/** Dynamic payload type we offer for telephone-event (RFC 4733). */
+export const TELEPHONE_EVENT_PT = 101;
+
+/** Media negotiation failed: no usable audio stream or no codec in common. */
+export class MediaError extends AppError {
+  constructor(message: string) {
+    super('media_error', message);
+  }
+}
+
+export interface OfferParams {
+  /** Address placed in o= and c= (the advertised media host). */
+  host: string;
+  /** Our RTP port. */
+  port: number;
+  /** o= session id; any number unique per call. */
+  sessionId: number;
+  /** Codecs in order of preference. Default PCMU, PCMA. */
+  codecs?: readonly G711Codec[];
+}
+
+/** The INVITE's SDP offer: G.711 μ-law and A-law plus telephone-event/8000, 20 ms packets, sendrecv. */
+export function buildOffer(p: OfferParams): string {
+  const codecs = p.codecs ?? ['PCMU', 'PCMA'];
+  const ipVer = p.host.includes(':') ? 6 : 4;
+  const payloads = [...codecs.map((c) => G711_PAYLOAD_TYPE[c]), TELEPHONE_EVENT_PT];
+  const session: SessionDescription = {
+    version: 0,
+    origin: { username: 'flashverify', sessionId: p.sessionId, sessionVersion: 1, netType: 'IN', ipVer, address: p.host },
+    name: 'flashverify',
+    connection: { version: ipVer, ip: p.host },
+    timing: { start: 0, stop: 0 },
+    media: [
+      {
+        type: 'audio',
+        port: p.port,
+        protocol: 'RTP/AVP',
+        payloads: payloads.join(' '),
+        rtp: [
+          ...codecs.map((c) => ({ payload: G711_PAYLOAD_TYPE[c], codec: c, rate: 8000 })),
+          { payload: TELEPHONE_EVENT_PT, codec: 'telephone-event', rate: 8000 },
+        ],
+        fmtp: [{ payload: TELEPHONE_EVENT_PT, config: '0-16' }],
+        ptime: 20,
+        direction: 'sendrecv',
+      },
+    ],
+  };
+  return write(session);
+}
+
+export interface NegotiatedMedia {
+  codec: G711Codec;
+  payloadType: number;
+  /** Where to send RTP. */
+  address: string;
+  port: number;
+  /** telephone-event payload type of the answer, if any. */
+  telephoneEventPt?: number;
+  /** The far end put the stream on hold / receive-less (a=sendonly or a=inactive): send nothing. */
+  sendAllowed: boolean;
+}
+
+const STATIC_CODECS: Record<number, G711Codec> = { 0: 'PCMU', 8: 'PCMA' };
+
+/**
+ * Reads the SDP answer: the first audio m= line with a non-zero port, its
+ * connection address (media-level c= overrides session-level, RFC 4566 5.7),
+ * and the first payload of ours it lists (RFC 3264 6.1: the answerer's order
+ * is its preference). Throws MediaError when nothing usable is there.
+ */
+export function parseAnswer(sdp: string): NegotiatedMedia {
+  let session: SessionDescription;
+  try {
+    session = parse(sdp);
+  } catch (err) {
+    throw new MediaError(`unparsable SDP answer: ${(err as Error).message}`);
+  }
+  const audio = session.media.find((m: MediaDescription) => m.type === 'audio' && m.port > 0);
+  if (!audio) throw new MediaError('SDP answer has no active audio stream');
+  const address = audio.connection?.ip ?? session.connection?.ip;
+  if (!address) throw new MediaError('SDP answer has no connection address');
+  const payloads = String(audio.payloads ?? '')
+    .split(/\s+/)
+    .filter((s) => s !== '')
+    .map(Number);
+  let chosen: { codec: G711Codec; pt: number } | undefined;
+  let telephoneEventPt: number | undefined;
+  for (const pt of payloads) {
+    const rtpmap = audio.rtp.find((r) => r.payload === pt);
+    const name = rtpmap?.codec.toUpperCase() ?? STATIC_CODECS[pt];
+    if (name === 'TELEPHONE-EVENT') {
+      telephoneEventPt ??= pt;
+      continue;
+    }
+    if (!chosen && (name === 'PCMU' || name === 'PCMA') && (rtpmap?.rate ?? 8000) === 8000) chosen = { codec: name, pt };
+  }
+  if (!chosen) throw new MediaError(`SDP answer offers no codec we sent (payloads: ${payloads.join(' ') || 'none'})`);
+  const direction = audio.direction ?? session.direction ?? 'sendrecv';
+  return {
+    codec: chosen.codec,
+    payloadType: chosen.pt,
+    address,
+    port: audio.port,
+    ...(telephoneEventPt !== undefined ? { telephoneEventPt } : {}),
+    sendAllowed: direction === 'sendrecv' || direction === 'recvonly',
+  };
+}

@@ -1,0 +1,174 @@
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { Redis } from 'ioredis';
+import { pino, type Logger } from 'pino';
+import { AccountNotFoundError, AccountStore, type Account } from './accounts/account-store.js';
+import { consumeRateLimit } from './api/rate-limit.js';
+import { loadConfig } from './config/load.js';
+import type { Config } from './config/schema.js';
+import { resolveMasterKeys } from './crypto/master-key.js';
+import { Sealer } from './crypto/sealer.js';
+import { BullDeliveryQueue } from './engine/queues.js';
+import { ConfigError } from './errors/app-error.js';
+import { Keys } from './store/keys.js';
+import { connectRedis } from './store/redis.js';
+import { ApiError } from './verification/errors.js';
+import { DELIVERABLE_METHODS, type CreatedBody, type Method } from './verification/types.js';
+import { VerificationService } from './verification/verification-service.js';
+
+export { ApiError } from './verification/errors.js';
+export type { ApiErrorCode } from './verification/errors.js';
+export type { CreatedBody, Method } from './verification/types.js';
+
+export interface ProducerConnectOptions {
+  /**
+   * The engine's configuration, loaded as the engine loads it. Pricing, expiry
+   * limits, rate limits and the master key must match the engine's, so pass it
+   * when you have it. Without it the defaults are loaded (config/default.yaml,
+   * then `configFile`, then `env`) and `redisUrl`, `prefix`, `masterKey` are
+   * laid over them.
+   */
+  config?: Readonly<Config>;
+  configFile?: string;
+  /** Environment read for overrides when `config` is absent (default: none, so a host service's PORT etc. never leak in). */
+  env?: NodeJS.ProcessEnv;
+  redisUrl?: string;
+  prefix?: string;
+  /** 32 bytes as 64 hex characters or base64: the engine's `security.masterKey`. */
+  masterKey?: string;
+  /**
+   * Methods whose workers run on the deployment (default: flash_call). A job
+   * for a method nobody works would sit in its queue until the code expires.
+   */
+  methods?: readonly Method[];
+  /** Count each create against the account's per-second rate limit, shared with HTTP (default true). */
+  rateLimit?: boolean;
+  logger?: Logger;
+}
+
+/** Who asks: API credentials (checked as Basic auth is), or an account id the calling service already trusts. */
+export type ProducerCredentials = { apiKey: string; apiSecret: string } | { accountId: string };
+
+export interface CreateVerificationInput {
+  phone_number: string;
+  method?: Method;
+  code_length?: number;
+  expiry_seconds?: number;
+}
+
+/**
+ * Creates verifications from inside another Node service, without HTTP: the
+ * same validation, pricing, balance debit, rate limit and sealed record as
+ * `POST /v1/verify`, then the same BullMQ job. Failures are `ApiError`s whose
+ * `code` and `status` are those the HTTP API would answer.
+ *
+ * ```ts
+ * const producer = await FlashVerifyProducer.connect({ redisUrl, prefix: 'fv', masterKey });
+ * const created = await producer.createVerification({ apiKey, apiSecret }, { phone_number: '+447700900000' });
+ * await producer.close();
+ * ```
+ */
+export class FlashVerifyProducer {
+  private constructor(
+    private readonly config: Readonly<Config>,
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+    private readonly accounts: AccountStore,
+    private readonly verifications: VerificationService,
+    private readonly queue: BullDeliveryQueue,
+    private readonly bullConnection: Redis,
+    private readonly enforceRateLimit: boolean,
+  ) {}
+
+  static async connect(options: ProducerConnectOptions = {}): Promise<FlashVerifyProducer> {
+    const config =
+      options.config ??
+      loadConfig({
+        file: options.configFile,
+        env: options.env ?? {},
+        overrides: {
+          ...(options.redisUrl !== undefined || options.prefix !== undefined
+            ? { redis: { ...(options.redisUrl !== undefined && { url: options.redisUrl }), ...(options.prefix !== undefined && { prefix: options.prefix }) } }
+            : {}),
+          ...(options.masterKey !== undefined && { security: { masterKey: options.masterKey } }),
+        },
+      });
+    // The engine creates a key file on first start; a producer must never invent a key of its own
+    // (the workers could not open what it seals).
+    if (!config.security.masterKey && !existsSync(resolve(config.security.masterKeyFile))) {
+      throw new ConfigError([
+        `security.masterKey: not given and ${config.security.masterKeyFile} does not exist; pass the engine's master key`,
+      ]);
+    }
+    const material = resolveMasterKeys(config.security);
+    const sealer = new Sealer(material.current, material.previous);
+    const logger = options.logger ?? pino({ level: 'silent' });
+    const keys = new Keys(config.redis.prefix);
+    const redis = connectRedis(config.redis.url, logger);
+    const bullConnection = new Redis(config.redis.url, { maxRetriesPerRequest: null });
+    try {
+      await redis.ping();
+    } catch (err) {
+      redis.disconnect();
+      bullConnection.disconnect();
+      throw err;
+    }
+    const queue = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
+    const accounts = new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate });
+    const verifications = new VerificationService(
+      redis,
+      keys,
+      sealer,
+      config,
+      queue,
+      logger.child({ module: 'producer' }),
+      new Set<Method>(options.methods ?? DELIVERABLE_METHODS),
+    );
+    return new FlashVerifyProducer(config, redis, keys, accounts, verifications, queue, bullConnection, options.rateLimit ?? true);
+  }
+
+  /**
+   * Starts a verification; resolves to exactly the 201 body of POST /v1/verify.
+   * Throws ApiError: unauthorized, invalid_phone, invalid_request,
+   * insufficient_balance, account_pending, account_suspended, rate_limited,
+   * service_unavailable.
+   */
+  async createVerification(who: ProducerCredentials, input: CreateVerificationInput): Promise<CreatedBody> {
+    try {
+      const account = await this.account(who);
+      if (this.enforceRateLimit) {
+        await consumeRateLimit(this.redis, this.keys, account, this.config.api.defaultRateLimitPerSecond);
+      }
+      // A copy, so fields the caller's object carries beyond the typed ones are refused as the API refuses them.
+      return await this.verifications.create(account, { ...input });
+    } catch (err) {
+      // Redis unreachable is a 503 on HTTP; anything else unexpected is rethrown as is (more useful in-process than a bare 500).
+      if (!(err instanceof ApiError) && err instanceof Error && isUnavailable(err)) throw new ApiError('service_unavailable');
+      throw err;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.queue.close();
+    await this.redis.quit().catch(() => undefined);
+    await this.bullConnection.quit().catch(() => undefined);
+  }
+
+  private async account(who: ProducerCredentials): Promise<Account> {
+    if ('accountId' in who) {
+      try {
+        return await this.accounts.get(who.accountId);
+      } catch (err) {
+        if (err instanceof AccountNotFoundError) throw new ApiError('unauthorized', `no account ${who.accountId}`);
+        throw err;
+      }
+    }
+    const account = await this.accounts.authenticate(who.apiKey, who.apiSecret);
+    if (!account) throw new ApiError('unauthorized');
+    return account;
+  }
+}
+
+function isUnavailable(err: Error): boolean {
+  return err.name === 'MaxRetriesPerRequestError' || /Connection is closed|ECONNREFUSED|Stream isn't writeable/.test(err.message);
+}

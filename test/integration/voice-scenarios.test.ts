@@ -1,0 +1,201 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import type { G711Codec } from '../../src/media/g711.js';
+import { PromptLibrary } from '../../src/media/prompts.js';
+import type { PromptLanguage } from '../../src/media/media-player.js';
+import { http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+import { decodeStream, findAll, startRtpReceiver, throughCodec, type RtpReceiver } from '../helpers/rtp-receiver.js';
+import { startSippUas, type SippUas } from '../helpers/sipp.js';
+
+/**
+ * Voice OTP end to end (design.md "Voice OTP, precisely"): the engine (api +
+ * voice worker, embedded SIP + RTP) calls a SIPp far end whose SDP answer
+ * points the media at an RTP receiver in this test; the receiver decodes what
+ * arrived and finds, by exact match against the committed prompt files passed
+ * through the negotiated codec, which words were spoken and in what order.
+ */
+const T1 = 50;
+const ANSWER_TIMEOUT_MS = 1500;
+const prompts = new PromptLibrary();
+
+let engine: TestEngine | undefined;
+let uas: SippUas | undefined;
+let rtp: RtpReceiver | undefined;
+afterEach(async () => {
+  await uas?.stop();
+  await engine?.stop();
+  await rtp?.close();
+  uas = engine = rtp = undefined;
+});
+
+interface Run {
+  id: string;
+  code: string;
+  status: string;
+  record: Record<string, string>;
+  events: Record<string, string>[];
+  body: Record<string, unknown>;
+  auth: string;
+}
+
+async function voiceCall(
+  scenario: string,
+  opts: { codec?: G711Codec; phone?: string; locale?: string; vars?: Record<string, number>; answers?: boolean } = {},
+): Promise<Run> {
+  rtp = await startRtpReceiver();
+  const codec = opts.codec ?? 'PCMU';
+  uas = await startSippUas({
+    scenario,
+    // Scenarios that never answer declare no media variables (SIPp refuses -set of unknown ones).
+    vars:
+      opts.answers === false
+        ? opts.vars
+        : { rtp_ip: '127.0.0.1', rtp_port: rtp.port, rtp_pt: codec === 'PCMU' ? 0 : 8, rtp_codec: codec, ...(opts.vars ?? {}) },
+    maxLifetimeMs: 40_000,
+  });
+  engine = await startTestEngine(
+    testConfig({
+      voice: { answerTimeoutMs: ANSWER_TIMEOUT_MS },
+      sip: { timers: { t1Ms: T1, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] },
+    }),
+  );
+  const account = await engine.account({ balance: 1 });
+  const created = await http(`${engine.url}/v1/verify`, {
+    auth: account.auth,
+    body: { phone_number: opts.phone ?? '+447700900123', method: 'voice', code_length: 6, ...(opts.locale ? { locale: opts.locale } : {}) },
+  });
+  expect(created.status).toBe(201);
+  const id = String(created.body.request_id);
+  const key = engine.keys.verification(id);
+  const code = engine.sealer.open((await engine.redis.hget(key, 'code_enc'))!, `code:${id}`);
+  const record = await waitFor(async () => {
+    const h = await engine!.redis.hgetall(key);
+    return h.outcome && ['delivered', 'failed'].includes(h.status ?? '') ? h : undefined;
+  }, 35_000);
+  const body = (await http(`${engine.url}/v1/verify/${id}`, { auth: account.auth })).body;
+  const events = (await readEvents(engine.redis, engine.keys)).filter((e) => e.request_id === id);
+  return { id, code, status: String(body.status), record, events, body, auth: account.auth };
+}
+
+/** The words heard, in order, found by exact match of each prompt (through the codec) in the decoded stream. */
+function wordsHeard(codec: G711Codec, language: PromptLanguage): string[] {
+  const audio = decodeStream(codec, rtp!.packets);
+  const found: { at: number; word: string }[] = [];
+  for (const word of ['intro', 'again', ...'0123456789']) {
+    for (const at of findAll(audio, throughCodec(codec, prompts.get(language, word)))) found.push({ at, word });
+  }
+  return found.sort((a, b) => a.at - b.at).map((f) => f.word);
+}
+
+function expectCleanStream(codec: G711Codec): void {
+  const packets = [...rtp!.packets].sort((a, b) => a.at - b.at);
+  expect(packets.length).toBeGreaterThan(50);
+  const first = packets[0]!;
+  packets.forEach((p, i) => {
+    expect(p.version).toBe(2);
+    expect(p.payloadType).toBe(codec === 'PCMU' ? 0 : 8);
+    expect(p.ssrc).toBe(first.ssrc);
+    expect(p.marker).toBe(i === 0);
+    expect(p.payload.length).toBe(160);
+    expect(p.sequence).toBe((first.sequence + i) & 0xffff);
+    expect(p.timestamp).toBe((first.timestamp + 160 * i) >>> 0);
+  });
+}
+
+describe('voice OTP against SIPp', () => {
+  it('answered: reads the code twice in English over PCMU, then BYE; the code verifies', async () => {
+    const run = await voiceCall('uas-voice-answer');
+    expect(run.record.outcome).toBe('played');
+    expect(run.status).toBe('delivered');
+    expect(run.events.map((e) => e.status)).toEqual(['sent', 'delivered']);
+    expect(JSON.parse(run.events[1]!.detail!)).toMatchObject({ sip_status: 200, codec: 'PCMU', language: 'en', trunk: 'sipp' });
+    expect((await uas!.waitForExit(10_000)).code).toBe(0);
+    expect(uas!.requests().map((m) => m.method)).toEqual(['INVITE', 'ACK', 'BYE']);
+    expect(uas!.requests('INVITE')[0]!.header('content-type')).toBe('application/sdp');
+    expectCleanStream('PCMU');
+    expect(wordsHeard('PCMU', 'en')).toEqual(['intro', ...run.code, 'again', ...run.code]);
+    const check = await http(`${engine!.url}/v1/verify/check`, { auth: run.auth, body: { request_id: run.id, code: run.code } });
+    expect(check.body.status).toBe('verified');
+  }, 45_000);
+
+  it('answered with PCMA, locale fr: the French prompts in A-law', async () => {
+    const run = await voiceCall('uas-voice-answer', { codec: 'PCMA', locale: 'fr' });
+    expect(run.record.outcome).toBe('played');
+    expect(JSON.parse(run.events[1]!.detail!)).toMatchObject({ codec: 'PCMA', language: 'fr' });
+    expect((await uas!.waitForExit(10_000)).code).toBe(0);
+    expectCleanStream('PCMA');
+    expect(wordsHeard('PCMA', 'fr')).toEqual(['intro', ...run.code, 'again', ...run.code]);
+  }, 45_000);
+
+  it('early media (183 with SDP) is ignored; plays only after the 200 (German by destination)', async () => {
+    const sent = performance.now();
+    const run = await voiceCall('uas-voice-early-media-then-answer', { phone: '+4915123456789', vars: { answer_ms: 1000 } });
+    expect(run.record.outcome).toBe('played');
+    expect(run.status).toBe('delivered');
+    expect((await uas!.waitForExit(10_000)).code).toBe(0);
+    const r183 = uas!.sent().find((m) => m.status === 183)!;
+    expect(r183.body).toContain('m=audio');
+    // No RTP during the 1 s of early media: the first packet follows the 200 (which came ≥ 1 s after the INVITE).
+    const firstAt = Math.min(...rtp!.packets.map((p) => p.at));
+    expect(firstAt - sent).toBeGreaterThan(1000);
+    expect(JSON.parse(run.events[1]!.detail!)).toMatchObject({ language: 'de' });
+    expect(wordsHeard('PCMU', 'de')).toEqual(['intro', ...run.code, 'again', ...run.code]);
+  }, 45_000);
+
+  it('far end hangs up mid-prompt: playback stops at once, 200 to the BYE, still delivered', async () => {
+    const run = await voiceCall('uas-voice-hangup-mid-prompt', { vars: { bye_after_ms: 1000 } });
+    expect(run.record.outcome).toBe('remote_hangup');
+    expect(run.status).toBe('delivered');
+    expect((await uas!.waitForExit(10_000)).code).toBe(0);
+    // The engine answered the BYE and sent no BYE of its own.
+    expect(uas!.requests().map((m) => m.method)).toEqual(['INVITE', 'ACK']);
+    expect(uas!.received().some((m) => m.status === 200)).toBe(true);
+    const count = rtp!.packets.length;
+    await new Promise((r) => setTimeout(r, 500));
+    expect(rtp!.packets.length).toBe(count);
+    // About bye_after_ms of audio, far from the ~12 s announcement.
+    const ats = rtp!.packets.map((p) => p.at);
+    const span = Math.max(...ats) - Math.min(...ats);
+    expect(span).toBeGreaterThan(700);
+    expect(span).toBeLessThan(1600);
+    expectCleanStream('PCMU');
+  }, 45_000);
+
+  it('in-dialog OPTIONS and re-INVITE mid-prompt are answered (200, our SDP) and playback goes on', async () => {
+    const run = await voiceCall('uas-voice-reinvite-mid-prompt');
+    expect(run.record.outcome).toBe('played');
+    expect((await uas!.waitForExit(10_000)).code).toBe(0);
+    expect(uas!.requests().map((m) => m.method)).toEqual(['INVITE', 'ACK', 'BYE']);
+    expect(uas!.received().filter((m) => m.status === 200).map((m) => m.header('cseq'))).toEqual(['1 OPTIONS', '2 INVITE']);
+    expectCleanStream('PCMU');
+    expect(wordsHeard('PCMU', 'en')).toEqual(['intro', ...run.code, 'again', ...run.code]);
+  }, 45_000);
+
+  it('no answer within voice.answerTimeoutMs → CANCEL → failed no_answer, no RTP', async () => {
+    const run = await voiceCall('uas-voice-no-answer', { answers: false });
+    expect(run.status).toBe('failed');
+    expect(run.body.failure_reason).toBe('no_answer');
+    expect(run.events.map((e) => e.status)).toEqual(['sent', 'failed']);
+    expect((await uas!.waitForExit(10_000)).code).toBe(0);
+    expect(uas!.requests().map((m) => m.method)).toEqual(['INVITE', 'CANCEL', 'ACK']);
+    expect(rtp!.packets.length).toBe(0);
+  });
+
+  it('busy (486 after ringing) → failed busy, no RTP', async () => {
+    const run = await voiceCall('uas-voice-busy', { answers: false });
+    expect(run.status).toBe('failed');
+    expect(run.body.failure_reason).toBe('busy');
+    expect(JSON.parse(run.events[1]!.detail!)).toMatchObject({ reason: 'busy', sip_status: 486 });
+    expect((await uas!.waitForExit(10_000)).code).toBe(0);
+    expect(rtp!.packets.length).toBe(0);
+  });
+
+  it('rejects an unknown locale, and a locale on a non-voice method', async () => {
+    engine = await startTestEngine(testConfig());
+    const account = await engine.account();
+    const bad = await http(`${engine.url}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900123', method: 'voice', locale: 'it' } });
+    expect(bad.status).toBe(400);
+    expect(bad.body).toMatchObject({ error: 'invalid_request' });
+    const flash = await http(`${engine.url}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900123', locale: 'en' } });
+    expect(flash.status).toBe(400);
+  });
+});
