@@ -86,9 +86,9 @@ function wordsHeard(codec: G711Codec, language: PromptLanguage): string[] {
   return found.sort((a, b) => a.at - b.at).map((f) => f.word);
 }
 
-function expectCleanStream(codec: G711Codec): void {
+function expectCleanStream(codec: G711Codec, minPackets = 50): void {
   const packets = [...rtp!.packets].sort((a, b) => a.at - b.at);
-  expect(packets.length).toBeGreaterThan(50);
+  expect(packets.length).toBeGreaterThan(minPackets);
   const first = packets[0]!;
   packets.forEach((p, i) => {
     expect(p.version).toBe(2);
@@ -157,7 +157,8 @@ describe('voice OTP against SIPp', () => {
     const span = Math.max(...ats) - Math.min(...ats);
     expect(span).toBeGreaterThan(700);
     expect(span).toBeLessThan(1600);
-    expectCleanStream('PCMU');
+    // ~1 s at 50 packets/s: the far end may hang up on either side of the 50th.
+    expectCleanStream('PCMU', 30);
   }, 45_000);
 
   it('in-dialog OPTIONS and re-INVITE mid-prompt are answered (200, our SDP) and playback goes on', async () => {
