@@ -24,6 +24,8 @@ import { WebhookConsumer } from './events/webhook-consumer.js';
 import { WebhookProcessor } from './events/webhook-processor.js';
 import { WEBHOOK_QUEUE, WebhookQueue, type WebhookJobData } from './events/webhook-queue.js';
 import { createLogger } from './logging/logger.js';
+import { MetricsServer, type ReadinessProbes } from './metrics/metrics-server.js';
+import { Metrics } from './metrics/metrics.js';
 import { RangeSelector } from './numbers/range-selector.js';
 import type { CallOriginator } from './sip/call-originator.js';
 import { Keys } from './store/keys.js';
@@ -39,6 +41,8 @@ export interface Engine {
   readonly httpUrl: string | undefined;
   /** Bound SIP port when the worker role runs. */
   readonly sipPort: number | undefined;
+  /** The operator listener (/metrics, /healthz, /readyz) of `--role worker`, when metrics.port is not 0. */
+  readonly metricsUrl: string | undefined;
   stop(): Promise<void>;
 }
 
@@ -55,9 +59,14 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   const events = new EventPublisher(redis, keys, config.events.maxLen);
   const stops: (() => Promise<unknown>)[] = [];
   const methods = new Set<Method>(DELIVERABLE_METHODS);
+  const metrics = new Metrics();
+  const redisProbe = async (): Promise<boolean> => (await redis.ping()) === 'PONG';
+  // Readiness of what this process runs besides Redis (the API adds its own Redis probe).
+  const readiness: ReadinessProbes = {};
 
   let app: FastifyInstance | undefined;
   let sipPort: number | undefined;
+  let metricsUrl: string | undefined;
   try {
     if (role === 'all' || role === 'worker') {
       // Loaded only by the worker role: the api role never opens SIP sockets.
@@ -72,6 +81,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       sipPort = originator.localPort;
       const sip: CallOriginator = originator;
       stops.push(() => sip.stop());
+      metrics.watchActiveCalls(originator);
+      readiness.sip = () => originator.started;
       const flash = new FlashProcessor({
         redis,
         keys,
@@ -80,11 +91,13 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         originator: sip,
         ranges: new RangeSelector(config.numbers.ranges, redis, keys, config.numbers.cliCooldownSeconds),
         events,
+        metrics,
         logger: logger.child({ module: 'flash' }),
       });
       const worker = new Worker<DeliveryJobData>(
         QUEUE_NAMES.flash_call,
         async (job) => {
+          metrics.jobStarted(QUEUE_NAMES.flash_call, job.timestamp, job.processedOn);
           await flash.process(job.data.request_id);
         },
         {
@@ -119,14 +132,22 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         player,
         ranges: new RangeSelector(config.numbers.ranges, redis, keys, config.numbers.cliCooldownSeconds),
         events,
+        metrics,
         logger: logger.child({ module: 'voice' }),
       });
-      const voiceWorker = new Worker<DeliveryJobData>(QUEUE_NAMES.voice, async (job) => void (await voice.process(job.data.request_id)), {
+      const voiceWorker = new Worker<DeliveryJobData>(
+        QUEUE_NAMES.voice,
+        async (job) => {
+          metrics.jobStarted(QUEUE_NAMES.voice, job.timestamp, job.processedOn);
+          await voice.process(job.data.request_id);
+        },
+        {
         connection: bullConnection,
         prefix: keys.bullPrefix(),
-        concurrency: config.worker.voiceConcurrency,
-        maxStalledCount: config.worker.maxStalledCount,
-      });
+          concurrency: config.worker.voiceConcurrency,
+          maxStalledCount: config.worker.maxStalledCount,
+        },
+      );
       voiceWorker.on('failed', (job, err) => logger.error({ request_id: job?.data.request_id, err: err.message }, 'voice job failed'));
       voiceWorker.on('error', (err) => logger.warn({ err: err.message }, 'voice worker error'));
       stops.unshift(() => voiceWorker.close());
@@ -137,6 +158,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         config.events.consumerGroup,
         `${hostname()}-${process.pid}`,
         logger.child({ module: 'events' }),
+        metrics,
       );
       await consumer.start();
       stops.push(() => consumer.stop());
@@ -144,6 +166,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       // Webhooks run wherever workers run: a consumer group turns events into jobs, a worker sends them.
       const webhookQueue = new WebhookQueue(bullConnection, keys.bullPrefix(), config.webhooks);
       stops.push(() => webhookQueue.close());
+      metrics.watchQueue(WEBHOOK_QUEUE, webhookQueue.queue);
       const webhookConsumer = new WebhookConsumer(
         connectRedis(config.redis.url, logger),
         keys,
@@ -160,13 +183,22 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         sealer,
         accounts: new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate }),
         config: config.webhooks,
+        metrics,
         logger: logger.child({ module: 'webhooks' }),
       });
-      const webhookWorker = new Worker<WebhookJobData>(WEBHOOK_QUEUE, (job, token) => webhooks.process(job, token), {
+      const webhookWorker = new Worker<WebhookJobData>(
+        WEBHOOK_QUEUE,
+        (job, token) => {
+          // Only a first run measures queueing: retries and order waits are delayed on purpose.
+          if (job.attemptsMade === 0 && !job.data.waits) metrics.jobStarted(WEBHOOK_QUEUE, job.timestamp, job.processedOn);
+          return webhooks.process(job, token);
+        },
+        {
         connection: bullConnection,
         prefix: keys.bullPrefix(),
-        concurrency: config.webhooks.concurrency,
-      });
+          concurrency: config.webhooks.concurrency,
+        },
+      );
       webhookWorker.on('error', (err) => logger.warn({ err: err.message }, 'webhook worker error'));
       stops.unshift(() => webhookWorker.close());
 
@@ -178,15 +210,29 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       );
       sweeper.start();
       stops.unshift(() => sweeper.stop());
+      if (role === 'worker' && config.metrics.port !== 0) {
+        const server = new MetricsServer({
+          host: config.metrics.host,
+          port: config.metrics.port,
+          metrics: config.metrics.enabled ? metrics : undefined,
+          readiness: { redis: redisProbe, ...readiness },
+          logger: logger.child({ module: 'metrics' }),
+        });
+        await server.listen();
+        stops.unshift(() => server.close());
+        metricsUrl = server.url;
+        logger.info({ url: metricsUrl }, 'metrics and health listening');
+      }
       logger.info({ sip_port: sipPort, trunks: config.sip.trunks.map((t) => t.name) }, 'worker role started');
     }
 
     if (role === 'all' || role === 'api') {
       const queue = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
       stops.push(() => queue.close());
+      for (const m of methods) metrics.watchQueue(QUEUE_NAMES[m], queue.queue(m));
       const accounts = new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate });
       const verifications = new VerificationService(redis, keys, sealer, config, queue, logger.child({ module: 'verify' }), methods);
-      const api = buildApi({ config, redis, keys, accounts, verifications, logger });
+      const api = buildApi({ config, redis, keys, accounts, verifications, logger, metrics, readiness });
       app = api;
       await api.listen({ host: config.http.host, port: config.http.port });
       stops.unshift(() => api.close());
@@ -207,6 +253,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   return {
     httpUrl,
     sipPort,
+    metricsUrl,
     async stop() {
       for (const stop of stops) await stop().catch((err: Error) => logger.warn({ err: err.message }, 'stop step failed'));
       await redis.quit().catch(() => undefined);

@@ -4,6 +4,8 @@ import type { Logger } from 'pino';
 import type { Account, AccountStore } from '../accounts/account-store.js';
 import { fromMicro } from '../accounts/money.js';
 import type { Config } from '../config/schema.js';
+import type { Metrics } from '../metrics/metrics.js';
+import { runReadiness } from '../metrics/metrics-server.js';
 import type { Keys } from '../store/keys.js';
 import { ApiError } from '../verification/errors.js';
 import { METHODS, utcDay } from '../verification/types.js';
@@ -20,6 +22,8 @@ export interface ApiDeps {
   accounts: AccountStore;
   verifications: VerificationService;
   logger: Logger;
+  /** Served as `GET /metrics` (unless `metrics.enabled` is false). */
+  metrics?: Metrics;
   /** Extra readiness probes (SIP transport ...), each true when healthy. */
   readiness?: Record<string, () => boolean | Promise<boolean>>;
 }
@@ -58,22 +62,14 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
 
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
-    const checks: Record<string, boolean> = {};
-    try {
-      checks.redis = (await redis.ping()) === 'PONG';
-    } catch {
-      checks.redis = false;
-    }
-    for (const [name, probe] of Object.entries(deps.readiness ?? {})) {
-      try {
-        checks[name] = await probe();
-      } catch {
-        checks[name] = false;
-      }
-    }
-    const ready = Object.values(checks).every(Boolean);
+    const { ready, checks } = await runReadiness({ redis: async () => (await redis.ping()) === 'PONG', ...deps.readiness });
     return reply.status(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not_ready', checks });
   });
+  // Prometheus text format, no auth (README "Operating it": firewall it, or metrics.enabled: false).
+  const metrics = deps.metrics;
+  if (metrics && config.metrics.enabled) {
+    app.get('/metrics', async (_req, reply) => reply.type(metrics.contentType).send(await metrics.render()));
+  }
 
   // Public: the contract itself, no credentials needed to read it.
   const openapi = openApiDocument(config);

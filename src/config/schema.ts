@@ -199,6 +199,16 @@ export const configSchema = z
         maxStalledCount: z.number().int().nonnegative().default(1),
       })
       .strict(),
+    metrics: z
+      .object({
+        /** Serve Prometheus `GET /metrics` (on the API listener, and on the worker listener below). No auth: firewall it. */
+        enabled: z.boolean().default(true),
+        /** Listen address of the `--role worker` operator listener (/metrics, /healthz, /readyz). */
+        host: z.string().default('0.0.0.0'),
+        /** Port of that listener; 0 = no listener. The api and all roles serve these on the API port instead. */
+        port: z.number().int().min(0).max(65535).default(9464),
+      })
+      .strict(),
     sms: z
       .object({
         /** SMSC for SMS OTP (smpp://system_id:password@host:port). The SMS channel is not built yet. */

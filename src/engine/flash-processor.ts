@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import type { Config, TrunkConfig } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
 import type { EventPublisher } from '../events/event-publisher.js';
+import type { Metrics } from '../metrics/metrics.js';
 import type { RangeSelector } from '../numbers/range-selector.js';
 import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
@@ -30,6 +31,7 @@ export class FlashProcessor {
       originator: CallOriginator;
       ranges: RangeSelector;
       events: EventPublisher;
+      metrics: Metrics;
       logger: Logger;
     },
   ) {}
@@ -95,6 +97,7 @@ export class FlashProcessor {
     const trunk = this.pickTrunk();
     await this.bucket(trunk).take();
     const t1 = config.sip.timers.t1Ms;
+    this.deps.metrics.callStarted('flash_call', trunk.name);
     const result = await placeFlashCall(this.deps.originator, {
       to,
       cli: reserved.cli,
@@ -118,6 +121,9 @@ export class FlashProcessor {
       ...(result.postDialDelayMs !== undefined ? { pdd_ms: result.postDialDelayMs } : {}),
     };
     log.info({ ...detail }, 'flash call finished');
+    this.deps.metrics.callEnded('flash_call', trunk.name, result.outcome, result.postDialDelayMs);
+    // Delivered = the caller ID was shown (rang, or answered without an 18x).
+    if (result.rang || result.outcome === 'answered') this.deps.metrics.rangeSent(reserved.range.prefix);
     // The call's own outcome, for operators (the status itself follows from events).
     await redis.hset(key, { outcome: result.outcome, ...(result.sipStatus !== undefined ? { final_sip_status: String(result.sipStatus) } : {}) });
     if (!result.rang && result.outcome !== 'answered' && result.outcome !== 'cancelled') {

@@ -5,6 +5,7 @@ import type { Sealer } from '../crypto/sealer.js';
 import type { EventPublisher } from '../events/event-publisher.js';
 import type { MediaPlayer } from '../media/media-player.js';
 import { codeAnnouncement, languageFor } from '../media/prompts.js';
+import type { Metrics } from '../metrics/metrics.js';
 import type { RangeSelector } from '../numbers/range-selector.js';
 import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
@@ -32,6 +33,7 @@ export class VoiceProcessor {
       player: MediaPlayer;
       ranges: RangeSelector;
       events: EventPublisher;
+      metrics: Metrics;
       logger: Logger;
     },
   ) {}
@@ -81,6 +83,7 @@ export class VoiceProcessor {
     const trunk = this.pickTrunk();
     const from = this.callerId(country ?? 'ZZ');
     await this.bucket(trunk).take();
+    this.deps.metrics.callStarted('voice', trunk.name);
     const result = await placeVoiceCall(this.deps.originator, this.deps.player, {
       to,
       from,
@@ -106,6 +109,7 @@ export class VoiceProcessor {
       ...(result.answerDelayMs !== undefined ? { answer_ms: result.answerDelayMs } : {}),
     };
     log.info({ ...detail }, 'voice call finished');
+    this.deps.metrics.callEnded('voice', trunk.name, result.outcome);
     await redis.hset(key, { outcome: result.outcome, ...(result.sipStatus !== undefined ? { final_sip_status: String(result.sipStatus) } : {}) });
     if (!result.answered) {
       await events.publish({

@@ -1,5 +1,9 @@
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { Metrics } from '../metrics/metrics.js';
+import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
-import { GroupConsumer, type StreamEntry } from './group-consumer.js';
+import { GroupConsumer, type GroupConsumerOptions, type StreamEntry } from './group-consumer.js';
 
 export type { StreamEntry } from './group-consumer.js';
 
@@ -10,8 +14,29 @@ export type { StreamEntry } from './group-consumer.js';
  * that died are reclaimed (XAUTOCLAIM) after `claimIdleMs`.
  */
 export class StatusConsumer extends GroupConsumer {
+  constructor(
+    redis: Redis,
+    keys: Keys,
+    group: string,
+    consumer: string,
+    logger: Logger,
+    private readonly metrics: Metrics,
+    options: GroupConsumerOptions = {},
+  ) {
+    super(redis, keys, group, consumer, logger, options);
+  }
+
   protected async handle({ id, fields }: StreamEntry): Promise<void> {
     const status = fields.status;
+    if (status === 'verified' && fields.request_id) {
+      // Per-range conversion: the range was copied onto the record from the `delivered` event,
+      // which precedes `verified` in the stream. Each event is handled by one consumer of the
+      // group, so the counters summed over processes count each verification once (a reclaim
+      // after a crash may count one twice).
+      const range = await this.redis.hget(this.keys.verification(fields.request_id), 'range');
+      if (range) this.metrics.rangeVerified(range);
+      return;
+    }
     if ((status !== 'delivered' && status !== 'failed') || !fields.request_id) return;
     let detail: Record<string, unknown> = {};
     try {

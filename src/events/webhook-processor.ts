@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { AccountStore } from '../accounts/account-store.js';
 import type { Config } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
+import type { Metrics } from '../metrics/metrics.js';
 import type { Keys } from '../store/keys.js';
 import { isoSeconds } from '../verification/types.js';
 import { orderMember, type WebhookJobData } from './webhook-queue.js';
@@ -16,6 +17,7 @@ export interface WebhookProcessorDeps {
   sealer: Sealer;
   accounts: AccountStore;
   config: Readonly<Config['webhooks']>;
+  metrics: Metrics;
   logger: Logger;
 }
 
@@ -55,6 +57,7 @@ export class WebhookProcessor {
       await this.deliver(d, log);
     } catch (err) {
       const final = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+      this.deps.metrics.webhookFailed(final);
       if (final) {
         await redis.zrem(order, member);
         log.error({ err: (err as Error).message, event: d.event }, 'webhook given up');

@@ -85,6 +85,11 @@ export class EmbeddedSipOriginator implements CallOriginator {
     return this.port;
   }
 
+  /** True between start() and stop(): the transports are bound (readiness). */
+  get started(): boolean {
+    return this.running;
+  }
+
   /** Calls still known to the stack (in progress or lingering for retransmissions). */
   get activeCalls(): number {
     return this.calls.size;

@@ -19,6 +19,8 @@ export function testConfig(overrides: DeepPartial<Config> = {}): Readonly<Config
     security: { masterKey: randomBytes(32).toString('hex') },
     log: { level: 'silent' },
     sip: { listen: { host: '127.0.0.1', port: 0 } },
+    // No worker-role operator listener unless a test asks for one (a fixed port would collide).
+    metrics: { host: '127.0.0.1', port: 0 },
   };
   return loadConfig({ env: {}, overrides: merge(base, overrides) as DeepPartial<Config> });
 }

@@ -1,0 +1,115 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { findFreePort, sipUriUser, startSippUas, type SippUas } from '../helpers/sipp.js';
+import { http, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+
+/**
+ * What an operator scrapes: GET /metrics on the API listener after real calls
+ * against a SIPp far end, and the worker role's own operator listener.
+ */
+const SIP_TIMERS = { t1Ms: 50, t2Ms: 400, t4Ms: 500 };
+
+let engine: TestEngine | undefined;
+let uas: SippUas | undefined;
+afterEach(async () => {
+  await uas?.stop();
+  await engine?.stop();
+  uas = undefined;
+  engine = undefined;
+});
+
+/** The value of one sample line, e.g. sample(text, 'flashverify_calls_total', {outcome: 'busy'}). */
+function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
+  }
+  return undefined;
+}
+
+async function flashCallAgainst(scenario: string, phone: string): Promise<{ requestId: string; auth: string }> {
+  uas = await startSippUas({ scenario, maxLifetimeMs: 30_000 });
+  engine = await startTestEngine(
+    testConfig({
+      flash: { ringMs: 300, ringingTimeoutMs: 1500 },
+      sip: { timers: SIP_TIMERS, trunks: [{ name: 'sipp', uri: uas.uri }] },
+    }),
+  );
+  const account = await engine.account({ balance: 1 });
+  const created = await http(`${engine.url}/v1/verify`, { auth: account.auth, body: { phone_number: phone, method: 'flash_call' } });
+  expect(created.status).toBe(201);
+  const key = engine.keys.verification(String(created.body.request_id));
+  await waitFor(async () => (await engine!.redis.hget(key, 'outcome')) ?? undefined, 15_000);
+  return { requestId: String(created.body.request_id), auth: account.auth };
+}
+
+async function scrape(url: string): Promise<string> {
+  const res = await fetch(`${url}/metrics`);
+  expect(res.status).toBe(200);
+  expect(res.headers.get('content-type')).toMatch(/^text\/plain/);
+  return res.text();
+}
+
+describe('GET /metrics on the API listener', () => {
+  it('counts a rung-then-cancelled flash call by trunk, with its post-dial delay and range', async () => {
+    const { requestId, auth } = await flashCallAgainst('uas-ring-cancel', '+447700900131');
+    const text = await scrape(engine!.url);
+    expect(sample(text, 'flashverify_calls_started_total', { method: 'flash_call', trunk: 'sipp' })).toBe(1);
+    expect(sample(text, 'flashverify_calls_total', { method: 'flash_call', trunk: 'sipp', outcome: 'cancelled' })).toBe(1);
+    expect(sample(text, 'flashverify_post_dial_delay_seconds_count', { trunk: 'sipp' })).toBe(1);
+    // A GB number: the CLI came from the GB range of config/default.yaml.
+    expect(sample(text, 'flashverify_range_sent_total', { range: '+4419087300' })).toBe(1);
+    // Default process metrics ride along on the same registry.
+    expect(sample(text, 'process_cpu_user_seconds_total')).toBeGreaterThanOrEqual(0);
+    expect(sample(text, 'flashverify_active_calls')).toBeGreaterThanOrEqual(0);
+    expect(sample(text, 'flashverify_queue_jobs', { queue: 'flash', state: 'waiting' })).toBe(0);
+    expect(sample(text, 'flashverify_job_latency_seconds_count', { queue: 'flash' })).toBe(1);
+
+    // The user types the last digits of the caller ID: the range's verified counter follows.
+    const cli = sipUriUser(uas!.requests('INVITE')[0]!.header('from')) ?? '';
+    expect(cli).toMatch(/^\+4419087300\d{4}$/);
+    const checked = await http(`${engine!.url}/v1/verify/check`, { auth, body: { request_id: requestId, code: cli.slice(-4) } });
+    expect(checked.body.status).toBe('verified');
+    await waitFor(async () => sample(await scrape(engine!.url), 'flashverify_range_verified_total', { range: '+4419087300' }) === 1);
+  });
+
+  it('counts a call the far end refused with 486 as outcome busy, without a post-dial delay', async () => {
+    await flashCallAgainst('uas-busy-486', '+447700900132');
+    const text = await scrape(engine!.url);
+    expect(sample(text, 'flashverify_calls_total', { method: 'flash_call', trunk: 'sipp', outcome: 'busy' })).toBe(1);
+    expect(sample(text, 'flashverify_calls_total', { outcome: 'cancelled' })).toBeUndefined();
+    expect(sample(text, 'flashverify_post_dial_delay_seconds_count', { trunk: 'sipp' })).toBeUndefined();
+    expect(sample(text, 'flashverify_range_sent_total')).toBeUndefined();
+  });
+
+  it('is absent with metrics.enabled false', async () => {
+    engine = await startTestEngine(testConfig({ metrics: { enabled: false }, sip: { trunks: [{ name: 'none', uri: 'sip:127.0.0.1:9' }] } }), 'api');
+    expect((await fetch(`${engine.url}/metrics`)).status).toBe(404);
+  });
+});
+
+describe('the worker role operator listener', () => {
+  it('serves /metrics, /healthz and /readyz with Redis and the SIP transport', async () => {
+    const port = await findFreePort();
+    engine = await startTestEngine(
+      testConfig({ metrics: { host: '127.0.0.1', port }, sip: { trunks: [{ name: 'none', uri: 'sip:127.0.0.1:9' }] } }),
+      'worker',
+    );
+    const url = engine.engine.metricsUrl;
+    expect(url).toBe(`http://127.0.0.1:${port}`);
+    expect(engine.engine.httpUrl).toBeUndefined();
+    const text = await scrape(url!);
+    expect(sample(text, 'flashverify_active_calls')).toBe(0);
+    expect(sample(text, 'flashverify_queue_jobs', { queue: 'webhook', state: 'waiting' })).toBe(0);
+    expect((await http(`${url}/healthz`)).body).toEqual({ status: 'ok' });
+    const ready = await http(`${url}/readyz`);
+    expect(ready.status).toBe(200);
+    expect(ready.body).toEqual({ status: 'ready', checks: { redis: true, sip: true } });
+  });
+
+  it('has no listener with metrics.port 0', async () => {
+    engine = await startTestEngine(testConfig({ sip: { trunks: [{ name: 'none', uri: 'sip:127.0.0.1:9' }] } }), 'worker');
+    expect(engine.engine.metricsUrl).toBeUndefined();
+  });
+});
