@@ -15,6 +15,7 @@ import type { Config } from './config/schema.js';
 import { resolveMasterKeys } from './crypto/master-key.js';
 import { Sealer } from './crypto/sealer.js';
 import { FlashProcessor } from './engine/flash-processor.js';
+import { TrunkPacer } from './engine/trunk-pacer.js';
 import { VoiceProcessor } from './engine/voice-processor.js';
 import { BullDeliveryQueue, QUEUE_NAMES, type DeliveryJobData } from './engine/queues.js';
 import { AppError, ConfigError } from './errors/app-error.js';
@@ -83,13 +84,17 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       stops.push(() => sip.stop());
       metrics.watchActiveCalls(originator);
       readiness.sip = () => originator.started;
+      // Shared by every channel: one CPS budget per trunk, one cooldown table per process.
+      const trunks = new TrunkPacer(config.sip.trunks);
+      const ranges = new RangeSelector(config.numbers.ranges, redis, keys, config.numbers.cliCooldownSeconds);
       const flash = new FlashProcessor({
         redis,
         keys,
         sealer,
         config,
         originator: sip,
-        ranges: new RangeSelector(config.numbers.ranges, redis, keys, config.numbers.cliCooldownSeconds),
+        ranges,
+        trunks,
         events,
         metrics,
         logger: logger.child({ module: 'flash' }),
@@ -130,7 +135,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         config,
         originator: sip,
         player,
-        ranges: new RangeSelector(config.numbers.ranges, redis, keys, config.numbers.cliCooldownSeconds),
+        ranges,
+        trunks,
         events,
         metrics,
         logger: logger.child({ module: 'voice' }),

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import type { Config, TrunkConfig } from '../config/schema.js';
+import type { Config } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
 import type { EventPublisher } from '../events/event-publisher.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -9,7 +9,8 @@ import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
 import { generateCode } from '../verification/codes.js';
 import { placeFlashCall, type FlashResult } from './flash-call.js';
-import { TokenBucket } from './token-bucket.js';
+import { claimDelivery } from './delivery-claim.js';
+import type { TrunkPacer } from './trunk-pacer.js';
 
 /** Outcomes that never reached the far end: the attempt is refunded. */
 const NOT_ON_NETWORK = new Set(['unreachable', 'timeout', 'no_cli']);
@@ -20,8 +21,6 @@ const NOT_ON_NETWORK = new Set(['unreachable', 'timeout', 'no_cli']);
  * CPS, and reports every step to the events stream.
  */
 export class FlashProcessor {
-  private readonly buckets = new Map<string, TokenBucket>();
-
   constructor(
     private readonly deps: {
       redis: Redis;
@@ -30,6 +29,7 @@ export class FlashProcessor {
       config: Readonly<Config>;
       originator: CallOriginator;
       ranges: RangeSelector;
+      trunks: TrunkPacer;
       events: EventPublisher;
       metrics: Metrics;
       logger: Logger;
@@ -37,48 +37,13 @@ export class FlashProcessor {
   ) {}
 
   async process(requestId: string): Promise<FlashResult | undefined> {
-    const { redis, keys, sealer, config, events } = this.deps;
-    const key = keys.verification(requestId);
-    const [status, accountId, phoneEnc, codeEnc, country, expiresAt, method] = await redis.hmget(
-      key,
-      'status',
-      'account_id',
-      'phone_enc',
-      'code_enc',
-      'country',
-      'expires_at',
-      'method',
-    );
-    const log = this.deps.logger.child({ request_id: requestId });
-    if (!status || !accountId || !phoneEnc || !codeEnc) {
-      log.warn('flash job for a verification that no longer exists; dropped');
-      return undefined;
-    }
-    if (method !== 'flash_call') {
-      log.error({ method }, 'flash job for a verification of another method; dropped');
-      return undefined;
-    }
-    if (status !== 'sent') {
-      log.info({ status }, 'verification already past sent; not calling again');
-      return undefined;
-    }
-    const base = { request_id: requestId, account_id: accountId, method: 'flash_call' as const };
-    if (Date.now() >= Number(expiresAt)) {
-      await events.publish({ ...base, status: 'failed', detail: { reason: 'expired_before_delivery', refund: true } });
-      return undefined;
-    }
-    // Record the dial before the INVITE leaves: a job re-run after a worker
-    // crash finds it and never calls the destination twice for one attempt.
-    if ((await redis.hsetnx(key, 'dial_started', String(Date.now()))) === 0) {
-      log.warn('a previous worker already dialled this verification (crash?); not dialling again');
-      await events.publish({ ...base, status: 'failed', detail: { reason: 'interrupted' } });
-      return undefined;
-    }
-
-    const to = sealer.open(phoneEnc, `phone:${requestId}`);
+    const { redis, sealer, config, events } = this.deps;
+    const claim = await claimDelivery(this.deps, requestId, 'flash_call');
+    if (!claim) return undefined;
+    const { key, base, log, to, country } = claim;
     const destMac = sealer.mac('destination', to);
-    let code = sealer.open(codeEnc, `code:${requestId}`);
-    let reserved = await this.deps.ranges.reserve(country ?? 'ZZ', code, destMac);
+    let code = claim.code;
+    let reserved = await this.deps.ranges.reserve(country, code, destMac);
     // Every range's CLI with this code is cooling down towards this number: pick another code.
     for (let i = 0; !reserved && i < 5; i++) {
       code = generateCode(4);
@@ -86,7 +51,7 @@ export class FlashProcessor {
         code_mac: sealer.mac('code', `${requestId}:${code}`),
         code_enc: sealer.seal(code, `code:${requestId}`),
       });
-      reserved = await this.deps.ranges.reserve(country ?? 'ZZ', code, destMac);
+      reserved = await this.deps.ranges.reserve(country, code, destMac);
     }
     if (!reserved) {
       log.error('no DID range has a free CLI for this destination');
@@ -94,8 +59,8 @@ export class FlashProcessor {
       return undefined;
     }
 
-    const trunk = this.pickTrunk();
-    await this.bucket(trunk).take();
+    const trunk = this.deps.trunks.pick();
+    await this.deps.trunks.take(trunk);
     const t1 = config.sip.timers.t1Ms;
     this.deps.metrics.callStarted('flash_call', trunk.name);
     const result = await placeFlashCall(this.deps.originator, {
@@ -137,19 +102,5 @@ export class FlashProcessor {
       await events.publish({ ...base, status: 'delivered', detail });
     }
     return result;
-  }
-
-  private pickTrunk(): TrunkConfig {
-    // Trunk failover lands with the resilience work; today the first trunk carries the calls.
-    return this.deps.config.sip.trunks[0]!;
-  }
-
-  private bucket(trunk: TrunkConfig): TokenBucket {
-    let b = this.buckets.get(trunk.name);
-    if (!b) {
-      b = new TokenBucket(trunk.cps);
-      this.buckets.set(trunk.name, b);
-    }
-    return b;
   }
 }

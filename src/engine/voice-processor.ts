@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import type { Config, TrunkConfig } from '../config/schema.js';
+import type { Config } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
 import type { EventPublisher } from '../events/event-publisher.js';
 import type { MediaPlayer } from '../media/media-player.js';
@@ -9,7 +9,8 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { RangeSelector } from '../numbers/range-selector.js';
 import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
-import { TokenBucket } from './token-bucket.js';
+import { claimDelivery } from './delivery-claim.js';
+import type { TrunkPacer } from './trunk-pacer.js';
 import { placeVoiceCall, type VoiceResult } from './voice-call.js';
 
 /** Outcomes that never reached the far end: the attempt is refunded. */
@@ -21,8 +22,6 @@ const NOT_ON_NETWORK = new Set(['unreachable', 'timeout', 'no_media_resources'])
  * every step to the events stream.
  */
 export class VoiceProcessor {
-  private readonly buckets = new Map<string, TokenBucket>();
-
   constructor(
     private readonly deps: {
       redis: Redis;
@@ -32,6 +31,7 @@ export class VoiceProcessor {
       originator: CallOriginator;
       player: MediaPlayer;
       ranges: RangeSelector;
+      trunks: TrunkPacer;
       events: EventPublisher;
       metrics: Metrics;
       logger: Logger;
@@ -39,50 +39,15 @@ export class VoiceProcessor {
   ) {}
 
   async process(requestId: string): Promise<VoiceResult | undefined> {
-    const { redis, keys, sealer, config, events } = this.deps;
-    const key = keys.verification(requestId);
-    const [status, accountId, phoneEnc, codeEnc, country, expiresAt, method, locale] = await redis.hmget(
-      key,
-      'status',
-      'account_id',
-      'phone_enc',
-      'code_enc',
-      'country',
-      'expires_at',
-      'method',
-      'locale',
-    );
-    const log = this.deps.logger.child({ request_id: requestId });
-    if (!status || !accountId || !phoneEnc || !codeEnc) {
-      log.warn('voice job for a verification that no longer exists; dropped');
-      return undefined;
-    }
-    if (method !== 'voice') {
-      log.error({ method }, 'voice job for a verification of another method; dropped');
-      return undefined;
-    }
-    if (status !== 'sent') {
-      log.info({ status }, 'verification already past sent; not calling again');
-      return undefined;
-    }
-    const base = { request_id: requestId, account_id: accountId, method: 'voice' as const };
-    if (Date.now() >= Number(expiresAt)) {
-      await events.publish({ ...base, status: 'failed', detail: { reason: 'expired_before_delivery', refund: true } });
-      return undefined;
-    }
-    // Record the dial before the INVITE leaves: a re-run after a worker crash never calls twice.
-    if ((await redis.hsetnx(key, 'dial_started', String(Date.now()))) === 0) {
-      log.warn('a previous worker already dialled this verification (crash?); not dialling again');
-      await events.publish({ ...base, status: 'failed', detail: { reason: 'interrupted' } });
-      return undefined;
-    }
-
-    const to = sealer.open(phoneEnc, `phone:${requestId}`);
-    const code = sealer.open(codeEnc, `code:${requestId}`);
+    const { redis, config, events } = this.deps;
+    const claim = await claimDelivery(this.deps, requestId, 'voice', ['locale']);
+    if (!claim) return undefined;
+    const { key, base, log, to, code, country } = claim;
+    const locale = claim.extra.locale ?? undefined;
     const language = languageFor(locale, country);
-    const trunk = this.pickTrunk();
-    const from = this.callerId(country ?? 'ZZ');
-    await this.bucket(trunk).take();
+    const trunk = this.deps.trunks.pick();
+    const from = this.callerId(country);
+    await this.deps.trunks.take(trunk);
     this.deps.metrics.callStarted('voice', trunk.name);
     const result = await placeVoiceCall(this.deps.originator, this.deps.player, {
       to,
@@ -127,19 +92,5 @@ export class VoiceProcessor {
     if (configured) return configured;
     const range = this.deps.ranges.candidates(country)[0] ?? this.deps.config.numbers.ranges[0]!;
     return `${range.prefix}0000`;
-  }
-
-  private pickTrunk(): TrunkConfig {
-    // Trunk failover lands with the resilience work; today the first trunk carries the calls.
-    return this.deps.config.sip.trunks[0]!;
-  }
-
-  private bucket(trunk: TrunkConfig): TokenBucket {
-    let b = this.buckets.get(trunk.name);
-    if (!b) {
-      b = new TokenBucket(trunk.cps);
-      this.buckets.set(trunk.name, b);
-    }
-    return b;
   }
 }
