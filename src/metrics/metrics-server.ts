@@ -76,15 +76,26 @@ export class MetricsServer {
   }
 }
 
-/** Runs every probe; a probe that throws counts as not ready. */
-export async function runReadiness(probes: ReadinessProbes): Promise<{ ready: boolean; checks: Record<string, boolean> }> {
+/**
+ * Runs every probe; a probe that throws, or has not answered within
+ * `timeoutMs` (a Redis that hangs rather than refuses), counts as not ready,
+ * so /readyz always answers.
+ */
+export async function runReadiness(
+  probes: ReadinessProbes,
+  timeoutMs = 1000,
+): Promise<{ ready: boolean; checks: Record<string, boolean> }> {
   const checks: Record<string, boolean> = {};
   await Promise.all(
     Object.entries(probes).map(async ([name, probe]) => {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)));
       try {
-        checks[name] = await probe();
+        checks[name] = await Promise.race([Promise.resolve().then(probe), late]);
       } catch {
         checks[name] = false;
+      } finally {
+        clearTimeout(timer);
       }
     }),
   );
