@@ -86,7 +86,9 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       readiness.sip = () => originator.started;
       // Shared by every channel: one CPS budget per trunk, one cooldown table per process.
       const trunks = new TrunkPacer(config.sip.trunks);
-      const ranges = new RangeSelector(config.numbers.ranges, redis, keys, config.numbers.cliCooldownSeconds);
+      const ranges = new RangeSelector(config.numbers.ranges, redis, keys, config.numbers.cliCooldownSeconds, (cli) =>
+        sealer.mac('cli', cli),
+      );
       const flash = new FlashProcessor({
         redis,
         keys,

@@ -23,6 +23,11 @@ export class RangeSelector {
     private readonly redis: Redis,
     private readonly keys: Keys,
     private readonly cooldownSeconds: number,
+    /**
+     * Turns a CLI into the cooldown key's CLI part: a keyed MAC, because the
+     * CLI contains the code and must not sit in clear in a key name.
+     */
+    private readonly cliKey: (cli: string) => string,
   ) {
     for (const r of ranges) {
       const list = this.byCountry.get(r.country) ?? [];
@@ -50,7 +55,7 @@ export class RangeSelector {
     for (const range of this.candidates(country)) {
       const cli = range.prefix + code;
       if (this.cooldownSeconds === 0) return { range, cli };
-      const ok = await this.redis.set(this.keys.cliCooldown(cli, destinationMac), '1', 'EX', this.cooldownSeconds, 'NX');
+      const ok = await this.redis.set(this.keys.cliCooldown(this.cliKey(cli), destinationMac), '1', 'EX', this.cooldownSeconds, 'NX');
       if (ok === 'OK') return { range, cli };
     }
     return null;

@@ -286,7 +286,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
           {
             dir: 'in',
             call_id: message.callId,
-            start: message.kind === 'request' ? `${message.method} ${message.uri}` : `${message.status} ${message.reason}`,
+            start: message.kind === 'request' ? maskUser(`${message.method} ${message.uri}`) : `${message.status} ${message.reason}`,
             cseq: `${message.cseq.seq} ${message.cseq.method}`,
             remote: `${source.protocol}:${source.remoteAddress}:${source.remotePort}`,
           },
@@ -398,11 +398,22 @@ function stampVia(value: string, via: Via, source: InboundSource): string {
   return v;
 }
 
+/**
+ * The user part of a Request-URI is the destination phone number: logs keep
+ * its first 5 characters (country and range, enough to debug routing) only.
+ */
+export function maskUser(startLine: string): string {
+  const mask = (_m: string, scheme: string, head: string) => `${scheme}${head}***`;
+  return startLine
+    .replace(/(sips?:)([^@;>\s]{0,5})[^@;>\s]*(?=@)/gi, mask)
+    .replace(/(tel:)([^;>\s]{0,5})[^;>\s]*/gi, mask);
+}
+
 function logOut(logger: Logger, data: Buffer, destination: Destination): void {
   if (!logger.isLevelEnabled('debug')) return;
   const eol = data.indexOf('\r\n');
   logger.debug(
-    { dir: 'out', start: data.toString('latin1', 0, eol === -1 ? Math.min(data.length, 120) : eol), destination: destinationKey(destination) },
+    { dir: 'out', start: maskUser(data.toString('latin1', 0, eol === -1 ? Math.min(data.length, 120) : eol)), destination: destinationKey(destination) },
     'SIP message sent',
   );
 }

@@ -29,9 +29,12 @@ export class Keys {
   usage(accountId: string, day: string): string {
     return `${this.prefix}:usage:${accountId}:${day}`;
   }
-  /** String with TTL: a CLI recently used towards a destination (keyed by the destination's HMAC). */
-  cliCooldown(cli: string, destinationMac: string): string {
-    return `${this.prefix}:cli:${cli}:${destinationMac}`;
+  /**
+   * String with TTL: a CLI recently used towards a destination. Both parts are
+   * HMACs (the CLI contains the code): never a CLI or a number in clear.
+   */
+  cliCooldown(cliMac: string, destinationMac: string): string {
+    return `${this.prefix}:cli:${cliMac}:${destinationMac}`;
   }
   /** Stream: delivery events (fields: event request_id account_id method status timestamp detail). */
   events(): string {

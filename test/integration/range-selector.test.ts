@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
+import { Sealer } from '../../src/crypto/sealer.js';
 import { RangeSelector } from '../../src/numbers/range-selector.js';
 import { Keys } from '../../src/store/keys.js';
 import { deletePrefix, REDIS_URL } from '../helpers/engine.js';
@@ -12,6 +13,8 @@ describe('RangeSelector (real Redis)', () => {
     await deletePrefix(redis, keys.prefix);
     await redis.quit();
   });
+  const sealer = new Sealer(randomBytes(32));
+  const mac = (cli: string) => sealer.mac('cli', cli);
   const ranges = [
     { prefix: '+4419087300', country: 'GB' },
     { prefix: '+4420345600', country: 'GB' },
@@ -19,7 +22,7 @@ describe('RangeSelector (real Redis)', () => {
   ];
 
   it('prefers ranges of the destination country, then any other', async () => {
-    const s = new RangeSelector(ranges, redis, keys, 60);
+    const s = new RangeSelector(ranges, redis, keys, 60, mac);
     const first = await s.reserve('GB', '1234', 'dest-a');
     expect(first?.range.country).toBe('GB');
     expect(first?.cli).toBe(first!.range.prefix + '1234');
@@ -28,7 +31,7 @@ describe('RangeSelector (real Redis)', () => {
   });
 
   it('never gives the same CLI to the same destination within the cooldown', async () => {
-    const s = new RangeSelector(ranges, redis, keys, 60);
+    const s = new RangeSelector(ranges, redis, keys, 60, mac);
     const clis = new Set<string>();
     for (let i = 0; i < 3; i++) {
       const r = await s.reserve('GB', '4321', 'dest-x');
@@ -39,7 +42,7 @@ describe('RangeSelector (real Redis)', () => {
     expect(await s.reserve('GB', '4321', 'dest-x')).toBeNull();
     // Another destination is not affected, and the cooldown expires.
     expect(await s.reserve('GB', '4321', 'dest-y')).not.toBeNull();
-    const ttl = await redis.ttl(keys.cliCooldown('+44190873004321', 'dest-x'));
+    const ttl = await redis.ttl(keys.cliCooldown(mac('+44190873004321'), 'dest-x'));
     expect(ttl).toBeGreaterThan(0);
     expect(ttl).toBeLessThanOrEqual(60);
   });
