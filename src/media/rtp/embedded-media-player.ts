@@ -1,13 +1,13 @@
 import { randomInt } from 'node:crypto';
-import type { Socket } from 'node:dgram';
+import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import { encode, silenceCode, type G711Codec } from '../g711.js';
 import type { Announcement, MediaPlayer, MediaSession, PlayResult } from '../media-player.js';
 import { PromptLibrary, SAMPLE_RATE } from '../prompts.js';
 import { buildOffer, MediaError, parseAnswer, type NegotiatedMedia } from '../sdp.js';
-import { runPaced, type PacingClock } from './pacing.js';
-import { RtpPortPool } from './port-pool.js';
-import { RtpPacketizer } from './rtp-packetizer.js';
+import type { FromWorker, RtpWorkerData, ToWorker } from './rtp-worker-protocol.js';
 
 /** 20 ms of 8 kHz audio: one packet (RFC 3551 4.5: G.711 default packetization). */
 export const PTIME_MS = 20;
@@ -29,40 +29,157 @@ export interface EmbeddedMediaPlayerOptions {
   portMin: number;
   portMax: number;
   prompts?: PromptLibrary;
-  clock?: PacingClock;
+}
+
+/**
+ * Starts the RTP worker thread. Built (dist/), this module is .js and so is
+ * the worker next to it. Under tsx or vitest it is .ts: Node 20 does not
+ * apply `--import tsx` to a worker's entry file, so a tiny bootstrap
+ * registers tsx's loader in the worker, then imports rtp-worker.ts.
+ */
+function startRtpWorker(data: RtpWorkerData): Worker {
+  if (!import.meta.url.endsWith('.ts')) {
+    return new Worker(new URL('./rtp-worker.js', import.meta.url), { workerData: data, name: 'rtp' });
+  }
+  const entry = new URL('./rtp-worker.ts', import.meta.url).href;
+  // tsx/esm/api resolves to its CommonJS build through require(); its ESM build sits next to it.
+  const api = pathToFileURL(createRequire(import.meta.url).resolve('tsx/esm/api').replace(/\.cjs$/, '.mjs')).href;
+  const bootstrap = `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}); });`;
+  return new Worker(bootstrap, { eval: true, workerData: data, name: 'rtp' });
+}
+
+interface WorkerSessionHandlers {
+  opened(port: number): void;
+  openFailed(message: string): void;
+  ended(m: Extract<FromWorker, { t: 'ended' }>): void;
+  closed(): void;
+  socketError(message: string): void;
 }
 
 /**
  * The embedded media backend: one UDP socket per call from the RTP port
  * range, the announcement G.711-encoded in the negotiated codec and sent as
- * 20 ms RTP packets on a drift-free schedule.
+ * 20 ms RTP packets on a drift-free schedule. Sockets and pacing live in one
+ * worker thread per player (rtp-worker.ts), so the main event loop's lag
+ * (signalling, HTTP, GC) does not delay packets; this thread encodes the
+ * announcement, posts play/stop/close commands and gets `ended` back.
  */
 export class EmbeddedMediaPlayer implements MediaPlayer {
   readonly stats: RtpStats = { packets: 0, lateOver5ms: 0, maxLateMs: 0 };
-  private readonly pool: RtpPortPool;
   readonly prompts: PromptLibrary;
   private readonly sessions = new Set<EmbeddedMediaSession>();
   private readonly encodedPrompts = new Map<string, Uint8Array>();
+  private worker: Worker | undefined;
+  private workerFailure: string | undefined;
+  private readonly handlers = new Map<number, WorkerSessionHandlers>();
+  private nextId = 1;
 
   constructor(private readonly opts: EmbeddedMediaPlayerOptions) {
-    this.pool = new RtpPortPool(opts.bindHost, opts.portMin, opts.portMax);
     this.prompts = opts.prompts ?? new PromptLibrary();
   }
 
+  /** The worker, started on first use; it keeps the process alive only while sessions are open. */
+  private rtpWorker(): Worker {
+    if (this.workerFailure) throw new MediaError(`RTP worker failed: ${this.workerFailure}`);
+    if (this.worker) return this.worker;
+    const worker = startRtpWorker({ bindHost: this.opts.bindHost, portMin: this.opts.portMin, portMax: this.opts.portMax });
+    worker.unref();
+    worker.on('message', (m: FromWorker) => {
+      const h = this.handlers.get(m.id);
+      if (!h) return;
+      switch (m.t) {
+        case 'opened':
+          return h.opened(m.port);
+        case 'openFailed':
+          return h.openFailed(m.message);
+        case 'ended':
+          return h.ended(m);
+        case 'closed':
+          return h.closed();
+        case 'socketError':
+          return h.socketError(m.message);
+      }
+    });
+    const fail = (reason: string): void => {
+      if (this.worker !== worker) return;
+      this.worker = undefined;
+      this.workerFailure = reason;
+      // Every pending open/play/close settles: nothing will answer them any more.
+      for (const h of [...this.handlers.values()]) {
+        h.openFailed(reason);
+        h.ended({ t: 'ended', id: 0, completed: false, packets: 0, lateOver5ms: 0, maxLateMs: 0 });
+        h.closed();
+      }
+    };
+    worker.on('error', (err) => fail(err.message));
+    worker.on('exit', (code) => fail(`exited with code ${code}`));
+    this.worker = worker;
+    return worker;
+  }
+
+  private post(m: ToWorker, transfer?: ArrayBuffer[]): void {
+    this.worker?.postMessage(m, transfer);
+  }
+
+  private register(id: number, h: WorkerSessionHandlers): void {
+    this.handlers.set(id, h);
+    if (this.handlers.size === 1) this.worker?.ref();
+  }
+
+  private unregister(id: number): void {
+    this.handlers.delete(id);
+    if (this.handlers.size === 0) this.worker?.unref();
+  }
+
   async createSession(logger: Logger): Promise<MediaSession> {
-    const { socket, port, release } = await this.pool.bind();
-    const session = new EmbeddedMediaSession({
-      socket,
-      port,
+    const worker = this.rtpWorker();
+    const id = this.nextId++;
+    let onEnded: ((m: Extract<FromWorker, { t: 'ended' }>) => void) | undefined;
+    let onClosed: (() => void) | undefined;
+    const port = await new Promise<number>((resolve, reject) => {
+      this.register(id, {
+        opened: resolve,
+        openFailed: (message) => reject(new MediaError(message)),
+        ended: (m) => onEnded?.(m),
+        closed: () => onClosed?.(),
+        // ICMP port unreachable and the like surface here; a lost packet is no reason to stop.
+        socketError: (message) => logger.debug({ err: message }, 'RTP socket error'),
+      });
+      worker.postMessage({ t: 'open', id } satisfies ToWorker);
+    }).catch((err: unknown) => {
+      this.unregister(id);
+      throw err;
+    });
+    const session: EmbeddedMediaSession = new EmbeddedMediaSession({
       offer: buildOffer({ host: this.opts.advertisedHost, port, sessionId: randomInt(1, 2 ** 47) }),
       encoded: (a, codec) => this.encode(a, codec),
-      stats: this.stats,
-      clock: this.opts.clock,
       logger,
-      onClose: () => {
-        release();
-        this.sessions.delete(session);
+      play: (m) => {
+        if (!this.worker) return Promise.resolve({ completed: false, packets: 0 });
+        this.post(m, [m.payload.buffer as ArrayBuffer]);
+        return new Promise<PlayResult>((resolve) => {
+          onEnded = (e) => {
+            onEnded = undefined;
+            this.stats.packets += e.packets;
+            this.stats.lateOver5ms += e.lateOver5ms;
+            if (e.maxLateMs > this.stats.maxLateMs) this.stats.maxLateMs = e.maxLateMs;
+            resolve({ completed: e.completed, packets: e.packets });
+          };
+        });
       },
+      stop: () => this.post({ t: 'stop', id }),
+      close: () =>
+        new Promise<void>((resolve) => {
+          onClosed = () => {
+            onClosed = undefined;
+            this.unregister(id);
+            this.sessions.delete(session);
+            resolve();
+          };
+          if (this.worker) this.post({ t: 'close', id });
+          else onClosed();
+        }),
+      id,
     });
     this.sessions.add(session);
     return session;
@@ -100,34 +217,33 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
 
   async stop(): Promise<void> {
     await Promise.all([...this.sessions].map((s) => s.close()));
+    const worker = this.worker;
+    this.worker = undefined;
+    await worker?.terminate();
   }
 }
 
 class EmbeddedMediaSession implements MediaSession {
   readonly offer: string;
   private remote: NegotiatedMedia | undefined;
-  private stopPlayback: (() => void) | undefined;
+  private playing = false;
   private stopped = false;
-  private closed = false;
+  private closing: Promise<void> | undefined;
 
   constructor(
     private readonly p: {
-      socket: Socket;
-      port: number;
+      id: number;
       offer: string;
-      /** The announcement in `codec`, padded with silence to whole packets. */
+      /** The announcement in `codec`, padded with silence to whole packets (a fresh buffer: it is transferred). */
       encoded(announcement: Announcement, codec: G711Codec): Uint8Array;
-      stats: RtpStats;
-      clock: PacingClock | undefined;
       logger: Logger;
-      onClose(): void;
+      /** Posts the play command; resolves on the worker's `ended`. */
+      play(m: Extract<ToWorker, { t: 'play' }>): Promise<PlayResult>;
+      stop(): void;
+      close(): Promise<void>;
     },
   ) {
     this.offer = p.offer;
-    // ICMP port unreachable and the like surface here; a lost packet is no reason to stop.
-    p.socket.on('error', (err) => p.logger.debug({ err: err.message }, 'RTP socket error'));
-    // We never read the far end's audio; drain it so the kernel buffer does not fill.
-    p.socket.on('message', () => undefined);
   }
 
   accept(answerSdp: string): NegotiatedMedia {
@@ -135,56 +251,42 @@ class EmbeddedMediaSession implements MediaSession {
     return this.remote;
   }
 
-  play(announcement: Announcement): Promise<PlayResult> {
+  async play(announcement: Announcement): Promise<PlayResult> {
     const remote = this.remote;
-    if (!remote) return Promise.reject(new MediaError('play() before the SDP answer was accepted'));
-    if (this.stopped || this.closed) return Promise.resolve({ completed: false, packets: 0 });
+    if (!remote) throw new MediaError('play() before the SDP answer was accepted');
+    if (this.stopped || this.closing) return { completed: false, packets: 0 };
     if (!remote.sendAllowed) {
       this.p.logger.warn('far end answered a=sendonly/inactive: no audio sent');
-      return Promise.resolve({ completed: false, packets: 0 });
+      return { completed: false, packets: 0 };
     }
-    const encoded = this.p.encoded(announcement, remote.codec);
-    const count = encoded.length / SAMPLES_PER_PACKET;
-    const packetizer = new RtpPacketizer({
-      payloadType: remote.payloadType,
-      ssrc: randomInt(0, 2 ** 32),
-      sequence: randomInt(0, 2 ** 16),
-      timestamp: randomInt(0, 2 ** 32),
-    });
-    const { socket } = this.p;
-    const stats = this.p.stats;
-    let packets = 0;
-    return new Promise<PlayResult>((resolve) => {
-      this.stopPlayback = runPaced({
-        count,
-        periodMs: PTIME_MS,
-        clock: this.p.clock,
-        send: (index, lateMs) => {
-          const frame = encoded.subarray(index * SAMPLES_PER_PACKET, (index + 1) * SAMPLES_PER_PACKET);
-          socket.send(packetizer.packet(frame, SAMPLES_PER_PACKET), remote.port, remote.address);
-          packets++;
-          stats.packets++;
-          if (lateMs > 5) stats.lateOver5ms++;
-          if (lateMs > stats.maxLateMs) stats.maxLateMs = lateMs;
-        },
-        done: (completed) => {
-          this.stopPlayback = undefined;
-          resolve({ completed, packets });
-        },
+    if (this.playing) throw new MediaError('play() while already playing');
+    this.playing = true;
+    try {
+      return await this.p.play({
+        t: 'play',
+        id: this.p.id,
+        payload: this.p.encoded(announcement, remote.codec),
+        payloadType: remote.payloadType,
+        ssrc: randomInt(0, 2 ** 32),
+        sequence: randomInt(0, 2 ** 16),
+        timestamp: randomInt(0, 2 ** 32),
+        address: remote.address,
+        port: remote.port,
       });
-    });
+    } finally {
+      this.playing = false;
+    }
   }
 
   stop(): void {
+    if (this.stopped) return;
     this.stopped = true;
-    this.stopPlayback?.();
+    if (this.playing) this.p.stop();
   }
 
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.stop();
-    this.closed = true;
-    await new Promise<void>((resolve) => this.p.socket.close(() => resolve()));
-    this.p.onClose();
+  close(): Promise<void> {
+    this.stopped = true;
+    this.closing ??= this.p.close();
+    return this.closing;
   }
 }

@@ -1,0 +1,42 @@
+/**
+ * Messages between an EmbeddedMediaPlayer (main thread) and its RTP worker
+ * thread (rtp-worker.ts), which owns the UDP sockets and paces the packets.
+ */
+
+export interface RtpWorkerData {
+  bindHost: string;
+  portMin: number;
+  portMax: number;
+}
+
+export type ToWorker =
+  /** Bind a socket on a free port of the range for session `id`. */
+  | { t: 'open'; id: number }
+  /**
+   * Play `payload` (G.711 bytes, a whole number of 160-byte frames; its
+   * buffer is transferred) to address:port as one RTP stream.
+   */
+  | {
+      t: 'play';
+      id: number;
+      payload: Uint8Array;
+      payloadType: number;
+      ssrc: number;
+      sequence: number;
+      timestamp: number;
+      address: string;
+      port: number;
+    }
+  /** Stop the session's playback at once (answered by its `ended`). */
+  | { t: 'stop'; id: number }
+  /** Stop, close the socket and free the port (answered by `closed`). */
+  | { t: 'close'; id: number };
+
+export type FromWorker =
+  | { t: 'opened'; id: number; port: number }
+  | { t: 'openFailed'; id: number; message: string }
+  /** Playback ended (completed, or stopped); counters of this playback. */
+  | { t: 'ended'; id: number; completed: boolean; packets: number; lateOver5ms: number; maxLateMs: number }
+  | { t: 'closed'; id: number }
+  /** A socket error (ICMP unreachable and the like): logged, never fatal. */
+  | { t: 'socketError'; id: number; message: string };

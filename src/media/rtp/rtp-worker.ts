@@ -1,0 +1,186 @@
+/**
+ * The RTP worker thread of an EmbeddedMediaPlayer: owns every call's UDP
+ * socket (dgram sockets cannot be transferred between threads, so they are
+ * bound here from the port range) and sends the packets on the drift-free
+ * schedule of pacing.ts. Its event loop does nothing else, so packets are not
+ * delayed by the main thread's work (SIP, HTTP, Redis, GC of the main heap).
+ *
+ * Each playback's packets are built once when it starts (one buffer of
+ * count × 172 bytes, headers written up front) and the socket is connected
+ * to the far end, so sending a packet allocates nothing but a view and does
+ * no address lookup. One timer paces every stream of the thread.
+ */
+import type { Socket } from 'node:dgram';
+import { parentPort, workerData } from 'node:worker_threads';
+import { dueTime, dueUpTo } from './pacing.js';
+import { RtpPortPool } from './port-pool.js';
+import { RTP_HEADER_BYTES } from './rtp-packetizer.js';
+import type { FromWorker, RtpWorkerData, ToWorker } from './rtp-worker-protocol.js';
+
+const PTIME_MS = 20;
+const FRAME_BYTES = 160;
+const LATE_MS = 5;
+
+interface Stream {
+  /** performance.now() when packet 0 was due. */
+  start: number;
+  next: number;
+  count: number;
+  packets: Buffer;
+  sent: number;
+  late: number;
+  maxLate: number;
+}
+
+interface WorkerSession {
+  socket: Socket;
+  release(): void;
+  stream: Stream | undefined;
+  /** stop() came, possibly before the stream started (connect pending): it never starts. */
+  stopped: boolean;
+  reportedError: boolean;
+}
+
+const port = parentPort;
+if (!port) throw new Error('rtp-worker.ts must run in a worker thread');
+const data = workerData as RtpWorkerData;
+const pool = new RtpPortPool(data.bindHost, data.portMin, data.portMax);
+const sessions = new Map<number, WorkerSession>();
+const post = (m: FromWorker): void => port.postMessage(m);
+const PACKET_BYTES = RTP_HEADER_BYTES + FRAME_BYTES;
+
+/** Every packet of a stream, back to back (RFC 3550 5.1 header, marker on the first). */
+function buildPackets(m: Extract<ToWorker, { t: 'play' }>): Buffer {
+  const count = Math.floor(m.payload.length / FRAME_BYTES);
+  const out = Buffer.allocUnsafe(count * PACKET_BYTES);
+  for (let i = 0; i < count; i++) {
+    const at = i * PACKET_BYTES;
+    out[at] = 0x80;
+    out[at + 1] = (i === 0 ? 0x80 : 0) | (m.payloadType & 0x7f);
+    out.writeUInt16BE((m.sequence + i) & 0xffff, at + 2);
+    out.writeUInt32BE((m.timestamp + i * FRAME_BYTES) >>> 0, at + 4);
+    out.writeUInt32BE(m.ssrc >>> 0, at + 8);
+    out.set(m.payload.subarray(i * FRAME_BYTES, (i + 1) * FRAME_BYTES), at + RTP_HEADER_BYTES);
+  }
+  return out;
+}
+
+/*
+ * One timer for every stream of the thread (not one per stream): each wake-up
+ * sends, for every playing session, all its packets already due (drift-free:
+ * packet i is due at start + 20·i, pacing.ts), then arms the timer for the
+ * earliest next due time.
+ */
+let timer: NodeJS.Timeout | undefined;
+let armedFor = Infinity;
+
+function arm(due: number): void {
+  if (due >= armedFor) return;
+  if (timer) clearTimeout(timer);
+  armedFor = due;
+  timer = setTimeout(tick, Math.max(0, due - performance.now()));
+}
+
+function tick(): void {
+  timer = undefined;
+  armedFor = Infinity;
+  let soonest = Infinity;
+  for (const [id, s] of sessions) {
+    const st = s.stream;
+    if (!st) continue;
+    const now = performance.now();
+    const upTo = dueUpTo(st.start, PTIME_MS, st.next, st.count, now);
+    for (; st.next < upTo; st.next++) {
+      // Connected socket: no address lookup per packet; the view is the only allocation.
+      s.socket.send(st.packets, st.next * PACKET_BYTES, PACKET_BYTES);
+      const lateMs = now - dueTime(st.start, PTIME_MS, st.next);
+      st.sent++;
+      if (lateMs > LATE_MS) st.late++;
+      if (lateMs > st.maxLate) st.maxLate = lateMs;
+    }
+    if (st.next >= st.count) end(id, s, true);
+    else soonest = Math.min(soonest, dueTime(st.start, PTIME_MS, st.next));
+  }
+  arm(soonest);
+}
+
+function end(id: number, s: WorkerSession, completed: boolean): void {
+  const st = s.stream;
+  if (!st) return;
+  s.stream = undefined;
+  post({ t: 'ended', id, completed, packets: st.sent, lateOver5ms: st.late, maxLateMs: st.maxLate });
+}
+
+async function open(id: number): Promise<void> {
+  try {
+    const { socket, release } = await pool.bind();
+    const session: WorkerSession = { socket, release, stream: undefined, stopped: false, reportedError: false };
+    // On a connected socket an ICMP unreachable fails the following sends: report it once per session.
+    socket.on('error', (err) => {
+      if (session.reportedError) return;
+      session.reportedError = true;
+      post({ t: 'socketError', id, message: err.message });
+    });
+    // We never read the far end's audio; drain it so the kernel buffer does not fill.
+    socket.on('message', () => undefined);
+    sessions.set(id, session);
+    post({ t: 'opened', id, port: socket.address().port });
+  } catch (err) {
+    post({ t: 'openFailed', id, message: (err as Error).message });
+  }
+}
+
+function play(m: Extract<ToWorker, { t: 'play' }>): void {
+  const s = sessions.get(m.id);
+  if (!s || s.stream) return post({ t: 'ended', id: m.id, completed: false, packets: 0, lateOver5ms: 0, maxLateMs: 0 });
+  const packets = buildPackets(m);
+  const start = (): void => {
+    if (sessions.get(m.id) !== s || s.stopped) return post({ t: 'ended', id: m.id, completed: false, packets: 0, lateOver5ms: 0, maxLateMs: 0 });
+    s.stream = { start: performance.now(), next: 0, count: packets.length / PACKET_BYTES, packets, sent: 0, late: 0, maxLate: 0 };
+    arm(s.stream.start);
+  };
+  try {
+    s.socket.remoteAddress();
+    s.socket.disconnect();
+  } catch {
+    // not connected yet
+  }
+  // A far end we cannot connect to (bad address, wrong family) ends the playback instead of leaving it pending.
+  const failed = (): void => post({ t: 'ended', id: m.id, completed: false, packets: 0, lateOver5ms: 0, maxLateMs: 0 });
+  s.socket.once('error', failed);
+  s.socket.connect(m.port, m.address, () => {
+    s.socket.off('error', failed);
+    start();
+  });
+}
+
+function stop(id: number): void {
+  const s = sessions.get(id);
+  if (!s) return;
+  s.stopped = true;
+  end(id, s, false);
+}
+
+function close(id: number): void {
+  const s = sessions.get(id);
+  if (!s) return post({ t: 'closed', id });
+  end(id, s, false);
+  sessions.delete(id);
+  s.socket.close(() => {
+    s.release();
+    post({ t: 'closed', id });
+  });
+}
+
+port.on('message', (m: ToWorker) => {
+  switch (m.t) {
+    case 'open':
+      return void open(m.id);
+    case 'play':
+      return play(m);
+    case 'stop':
+      return stop(m.id);
+    case 'close':
+      return close(m.id);
+  }
+});

@@ -1,0 +1,97 @@
+import { pino } from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import { decode, encode } from '../../../../src/media/g711.js';
+import type { Announcement } from '../../../../src/media/media-player.js';
+import { PromptLibrary } from '../../../../src/media/prompts.js';
+import { EmbeddedMediaPlayer } from '../../../../src/media/rtp/embedded-media-player.js';
+import { MediaError } from '../../../../src/media/sdp.js';
+import { decodeStream, findAll, startRtpReceiver, type RtpReceiver } from '../../../helpers/rtp-receiver.js';
+
+/**
+ * The embedded player's worker-thread path: sockets bound and packets paced
+ * in the RTP worker, commands posted from this thread.
+ */
+const logger = pino({ level: 'silent' });
+const prompts = new PromptLibrary();
+let player: EmbeddedMediaPlayer | undefined;
+let rtp: RtpReceiver | undefined;
+afterEach(async () => {
+  await player?.stop();
+  await rtp?.close();
+  player = rtp = undefined;
+});
+
+function answer(port: number, pt = 0): string {
+  return `v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio ${port} RTP/AVP ${pt}\r\n`;
+}
+
+function expectSequenced(r: RtpReceiver, count: number, pt: number): void {
+  const packets = [...r.packets].sort((a, b) => a.at - b.at);
+  expect(packets).toHaveLength(count);
+  const first = packets[0]!;
+  packets.forEach((p, i) => {
+    expect(p.version).toBe(2);
+    expect(p.payloadType).toBe(pt);
+    expect(p.ssrc).toBe(first.ssrc);
+    expect(p.marker).toBe(i === 0);
+    expect(p.payload.length).toBe(160);
+    expect(p.sequence).toBe((first.sequence + i) & 0xffff);
+    expect(p.timestamp).toBe((first.timestamp + 160 * i) >>> 0);
+  });
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+describe('EmbeddedMediaPlayer (RTP worker thread)', () => {
+  it('plays an announcement from the worker: every packet, exactly sequenced, the audio bit-exact', async () => {
+    rtp = await startRtpReceiver();
+    player = new EmbeddedMediaPlayer({ bindHost: '127.0.0.1', advertisedHost: '127.0.0.1', portMin: 43000, portMax: 43099 });
+    const session = await player.createSession(logger);
+    expect(session.offer).toMatch(/m=audio 430\d\d RTP\/AVP/);
+    session.accept(answer(rtp.port, 8));
+    const announcement: Announcement = { language: 'en', items: [{ prompt: '4' }, { silenceMs: 100 }, { prompt: '2' }] };
+    const result = await session.play(announcement);
+    await sleep(100);
+    expect(result.completed).toBe(true);
+    expectSequenced(rtp, result.packets, 8);
+    const audio = decodeStream('PCMA', rtp.packets);
+    const four = decode('PCMA', encode('PCMA', prompts.get('en', '4')));
+    const two = decode('PCMA', encode('PCMA', prompts.get('en', '2')));
+    expect(findAll(audio, four)).toEqual([0]);
+    expect(findAll(audio, two)).toEqual([four.length + 800]);
+    expect(player.stats.packets).toBe(result.packets);
+    await session.close();
+  });
+
+  it('stop() mid-prompt stops the packets at once; what was sent is still exactly sequenced', async () => {
+    rtp = await startRtpReceiver();
+    player = new EmbeddedMediaPlayer({ bindHost: '127.0.0.1', advertisedHost: '127.0.0.1', portMin: 43100, portMax: 43199 });
+    const session = await player.createSession(logger);
+    session.accept(answer(rtp.port));
+    const playing = session.play({ language: 'en', items: [{ silenceMs: 5000 }] });
+    await sleep(300);
+    session.stop();
+    const result = await playing;
+    expect(result.completed).toBe(false);
+    // About 15 packets in 300 ms; far fewer than the 250 of the whole announcement.
+    expect(result.packets).toBeGreaterThan(5);
+    expect(result.packets).toBeLessThan(60);
+    await sleep(200);
+    expectSequenced(rtp, result.packets, 0);
+    session.stop(); // idempotent
+    await session.close();
+    await session.close();
+    expect(await session.play({ language: 'en', items: [{ silenceMs: 100 }] })).toEqual({ completed: false, packets: 0 });
+  });
+
+  it('reserves ports in the worker: a full range is a MediaError, a closed session frees its port', async () => {
+    player = new EmbeddedMediaPlayer({ bindHost: '127.0.0.1', advertisedHost: '127.0.0.1', portMin: 43200, portMax: 43201 });
+    const first = await player.createSession(logger);
+    const port = /m=audio (\d+) /.exec(first.offer)?.[1];
+    expect(port).toBe('43200');
+    await expect(player.createSession(logger)).rejects.toBeInstanceOf(MediaError);
+    await first.close();
+    const again = await player.createSession(logger);
+    expect(again.offer).toContain(`m=audio ${port} `);
+  });
+});
