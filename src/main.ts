@@ -101,22 +101,22 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         metrics,
         logger: logger.child({ module: 'flash' }),
       });
-      const worker = new Worker<DeliveryJobData>(
-        QUEUE_NAMES.flash_call,
-        async (job) => {
-          metrics.jobStarted(QUEUE_NAMES.flash_call, job.timestamp, job.processedOn);
-          await flash.process(job.data.request_id);
-        },
-        {
-          connection: bullConnection,
-          prefix: keys.bullPrefix(),
-          concurrency: config.worker.flashConcurrency,
-          maxStalledCount: config.worker.maxStalledCount,
-        },
-      );
-      worker.on('failed', (job, err) => logger.error({ request_id: job?.data.request_id, err: err.message }, 'flash job failed'));
-      worker.on('error', (err) => logger.warn({ err: err.message }, 'flash worker error'));
-      stops.unshift(() => worker.close());
+      // One BullMQ worker per delivery queue; a job carries only the request id.
+      const deliveryWorker = (method: Method, name: string, run: (requestId: string) => Promise<unknown>, concurrency: number): void => {
+        const queue = QUEUE_NAMES[method];
+        const w = new Worker<DeliveryJobData>(
+          queue,
+          async (job) => {
+            metrics.jobStarted(queue, job.timestamp, job.processedOn);
+            await run(job.data.request_id);
+          },
+          { connection: bullConnection, prefix: keys.bullPrefix(), concurrency, maxStalledCount: config.worker.maxStalledCount },
+        );
+        w.on('failed', (job, err) => logger.error({ request_id: job?.data.request_id, err: err.message }, `${name} job failed`));
+        w.on('error', (err) => logger.warn({ err: err.message }, `${name} worker error`));
+        stops.unshift(() => w.close());
+      };
+      deliveryWorker('flash_call', 'flash', (id) => flash.process(id), config.worker.flashConcurrency);
 
       const { EmbeddedMediaPlayer } = await import('./media/rtp/embedded-media-player.js');
       const player = new EmbeddedMediaPlayer({
@@ -143,22 +143,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         metrics,
         logger: logger.child({ module: 'voice' }),
       });
-      const voiceWorker = new Worker<DeliveryJobData>(
-        QUEUE_NAMES.voice,
-        async (job) => {
-          metrics.jobStarted(QUEUE_NAMES.voice, job.timestamp, job.processedOn);
-          await voice.process(job.data.request_id);
-        },
-        {
-        connection: bullConnection,
-        prefix: keys.bullPrefix(),
-          concurrency: config.worker.voiceConcurrency,
-          maxStalledCount: config.worker.maxStalledCount,
-        },
-      );
-      voiceWorker.on('failed', (job, err) => logger.error({ request_id: job?.data.request_id, err: err.message }, 'voice job failed'));
-      voiceWorker.on('error', (err) => logger.warn({ err: err.message }, 'voice worker error'));
-      stops.unshift(() => voiceWorker.close());
+      deliveryWorker('voice', 'voice', (id) => voice.process(id), config.worker.voiceConcurrency);
 
       const consumer = new StatusConsumer(
         connectRedis(config.redis.url, logger),
