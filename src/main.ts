@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { Worker, type ConnectionOptions } from 'bullmq';
+import { Worker, type ConnectionOptions, type Job } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
@@ -17,22 +17,30 @@ import { Sealer } from './crypto/sealer.js';
 import { FlashProcessor } from './engine/flash-processor.js';
 import { TrunkPacer } from './engine/trunk-pacer.js';
 import { VoiceProcessor } from './engine/voice-processor.js';
+import { SmsProcessor } from './engine/sms-processor.js';
 import { BullDeliveryQueue, QUEUE_NAMES, type DeliveryJobData } from './engine/queues.js';
 import { AppError, ConfigError } from './errors/app-error.js';
+import type { MediaPlayer } from './media/media-player.js';
 import { EventPublisher } from './events/event-publisher.js';
 import { StatusConsumer } from './events/status-consumer.js';
 import { WebhookConsumer } from './events/webhook-consumer.js';
+import { WorkflowAdvancer } from './events/workflow-advancer.js';
+import { BullStepTimer, STEP_TIMEOUT_QUEUE, fireStepTimeout, type StepTimeoutJobData } from './engine/step-timer.js';
 import { WebhookProcessor } from './events/webhook-processor.js';
 import { WEBHOOK_QUEUE, WebhookQueue, type WebhookJobData } from './events/webhook-queue.js';
 import { createLogger } from './logging/logger.js';
 import { MetricsServer, type ReadinessProbes } from './metrics/metrics-server.js';
 import { Metrics } from './metrics/metrics.js';
+import { RangeHealth } from './numbers/range-health.js';
 import { RangeSelector } from './numbers/range-selector.js';
 import type { CallOriginator } from './sip/call-originator.js';
 import { Keys } from './store/keys.js';
 import { connectRedis } from './store/redis.js';
 import { DELIVERABLE_METHODS, type Method } from './verification/types.js';
 import { ExpirySweeper } from './verification/expiry-sweeper.js';
+import { EnqueueReconciler } from './verification/enqueue-reconciler.js';
+import type { ShutdownSignals } from './engine/flash-call.js';
+import { FraudControls } from './verification/fraud-controls.js';
 import { VerificationService } from './verification/verification-service.js';
 
 export type Role = 'all' | 'api' | 'worker';
@@ -56,11 +64,30 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   const sealer = new Sealer(keysMaterial.current, keysMaterial.previous);
   const keys = new Keys(config.redis.prefix);
   const redis = connectRedis(config.redis.url, logger);
+  // Delivery writes (events, record updates of calls in progress) wait for Redis to come back rather than fail mid-call.
+  const durableRedis = connectRedis(config.redis.url, logger, { maxRetriesPerRequest: null });
   const bullConnection: ConnectionOptions = new Redis(config.redis.url, { maxRetriesPerRequest: null });
-  const events = new EventPublisher(redis, keys, config.events.maxLen);
+  const events = new EventPublisher(durableRedis, keys, config.events.maxLen);
   const stops: (() => Promise<unknown>)[] = [];
+  // Graceful stop of the delivery workers (see stop() below): closed first, with the calls they hold.
+  const workerCloses: (() => Promise<unknown>)[] = [];
+  const consumers: { drain(timeoutMs: number): Promise<void> }[] = [];
+  const draining = new AbortController();
+  const expiring = new AbortController();
+  const shutdown: ShutdownSignals = { draining: draining.signal, expiring: expiring.signal };
+  let stopSip: (() => Promise<void>) | undefined;
   const methods = new Set<Method>(DELIVERABLE_METHODS);
   const metrics = new Metrics();
+  // Fraud controls (fraud.*): range health gets flash outcomes from the worker and conversions from the API.
+  const rangeHealth = new RangeHealth({
+    redis,
+    keys,
+    config: config.fraud.rangeHealth,
+    ranges: config.numbers.ranges.map((r) => r.prefix),
+    logger: logger.child({ module: 'range-health' }),
+  });
+  metrics.watchRangeQuarantine(rangeHealth);
+  const fraud = new FraudControls({ redis, keys, sealer, config, events, rangeHealth, logger: logger.child({ module: 'fraud' }) });
   const redisProbe = async (): Promise<boolean> => (await redis.ping()) === 'PONG';
   // Readiness of what this process runs besides Redis (the API adds its own Redis probe).
   const readiness: ReadinessProbes = {};
@@ -71,26 +98,54 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   try {
     if (role === 'all' || role === 'worker') {
       // Loaded only by the worker role: the api role never opens SIP sockets.
-      const { EmbeddedSipOriginator } = await import('./sip/embedded-originator.js');
-      const originator = new EmbeddedSipOriginator({
-        listen: config.sip.listen,
-        timers: config.sip.timers,
-        userAgent: config.sip.userAgent,
-        logger: logger.child({ module: 'sip' }),
-      });
-      await originator.start();
-      sipPort = originator.localPort;
-      const sip: CallOriginator = originator;
-      stops.push(() => sip.stop());
-      metrics.watchActiveCalls(originator);
-      readiness.sip = () => originator.started;
+      let sip: CallOriginator;
+      if (config.sip.backend === 'drachtio') {
+        const { DrachtioOriginator } = await import('./sip/drachtio/drachtio-originator.js');
+        const { callTimeoutMs, ...drachtioOptions } = config.sip.drachtio;
+        const drachtio = new DrachtioOriginator({
+          ...drachtioOptions,
+          callTimeoutMs: callTimeoutMs ?? 64 * config.sip.timers.t1Ms,
+          userAgent: config.sip.userAgent,
+          logger: logger.child({ module: 'sip' }),
+        });
+        stops.push(() => drachtio.stop());
+        await drachtio.start();
+        sip = drachtio;
+        metrics.watchActiveCalls(drachtio);
+        readiness.drachtio = () => drachtio.isConnected();
+      } else {
+        const { EmbeddedSipOriginator } = await import('./sip/embedded-originator.js');
+        const originator = new EmbeddedSipOriginator({
+          listen: config.sip.listen,
+          timers: config.sip.timers,
+          userAgent: config.sip.userAgent,
+          logger: logger.child({ module: 'sip' }),
+        });
+        await originator.start();
+        sipPort = originator.localPort;
+        sip = originator;
+        stops.push(() => originator.stop());
+        metrics.watchActiveCalls(originator);
+        readiness.sip = () => originator.started;
+      }
+      const stopCalls = sip;
+      stopSip = () => stopCalls.stop();
       // Shared by every channel: one CPS budget per trunk, one cooldown table per process.
-      const trunks = new TrunkPacer(config.sip.trunks);
-      const ranges = new RangeSelector(config.numbers.ranges, redis, keys, config.numbers.cliCooldownSeconds, (cli) =>
-        sealer.mac('cli', cli),
+      const trunkLog = logger.child({ module: 'trunks' });
+      const trunks = new TrunkPacer(config.sip.trunks, config.sip.trunkHealth, (trunk, up, detail) =>
+        up ? trunkLog.info({ trunk }, 'trunk answers again; back in service') : trunkLog.warn({ trunk, ...detail }, 'trunk down; retried after back-off'),
+      );
+      metrics.watchTrunks(trunks);
+      const ranges = new RangeSelector(
+        config.numbers.ranges,
+        durableRedis,
+        keys,
+        config.numbers.cliCooldownSeconds,
+        (cli) => sealer.mac('cli', cli),
+        rangeHealth,
       );
       const flash = new FlashProcessor({
-        redis,
+        redis: durableRedis,
         keys,
         sealer,
         config,
@@ -100,38 +155,67 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         events,
         metrics,
         logger: logger.child({ module: 'flash' }),
+        shutdown,
+        health: rangeHealth,
       });
       // One BullMQ worker per delivery queue; a job carries only the request id.
-      const deliveryWorker = (method: Method, name: string, run: (requestId: string) => Promise<unknown>, concurrency: number): void => {
+      const deliveryWorker = (
+        method: Method,
+        name: string,
+        run: (requestId: string, job: Job<DeliveryJobData>, token: string | undefined) => Promise<unknown>,
+        concurrency: number,
+      ): void => {
         const queue = QUEUE_NAMES[method];
         const w = new Worker<DeliveryJobData>(
           queue,
-          async (job) => {
-            metrics.jobStarted(queue, job.timestamp, job.processedOn);
-            await run(job.data.request_id);
+          async (job, token) => {
+            // A job back from a delay (SMS retry) was measured on its first run.
+            if (!job.attemptsStarted || job.attemptsStarted <= 1) metrics.jobStarted(queue, job.timestamp, job.processedOn);
+            await run(job.data.request_id, job, token);
           },
-          { connection: bullConnection, prefix: keys.bullPrefix(), concurrency, maxStalledCount: config.worker.maxStalledCount },
+          {
+            connection: bullConnection,
+            prefix: keys.bullPrefix(),
+            concurrency,
+            maxStalledCount: config.worker.maxStalledCount,
+            lockDuration: config.worker.lockDurationMs,
+            stalledInterval: config.worker.stalledIntervalMs,
+          },
         );
         w.on('failed', (job, err) => logger.error({ request_id: job?.data.request_id, err: err.message }, `${name} job failed`));
         w.on('error', (err) => logger.warn({ err: err.message }, `${name} worker error`));
-        stops.unshift(() => w.close());
+        workerCloses.push(() => w.close());
       };
       deliveryWorker('flash_call', 'flash', (id) => flash.process(id), config.worker.flashConcurrency);
 
-      const { EmbeddedMediaPlayer } = await import('./media/rtp/embedded-media-player.js');
-      const player = new EmbeddedMediaPlayer({
-        bindHost: config.sip.listen.host,
-        advertisedHost:
-          config.media.rtp.advertisedHost ??
-          config.sip.listen.advertisedHost ??
-          ({ '0.0.0.0': '127.0.0.1', '::': '::1' }[config.sip.listen.host] ?? config.sip.listen.host),
-        portMin: config.media.rtp.portMin,
-        portMax: config.media.rtp.portMax,
-      });
-      player.prompts.preload(); // a missing prompt file fails the boot, not a call
-      stops.push(() => player.stop());
+      let player: MediaPlayer;
+      if (config.media.backend === 'freeswitch') {
+        // fsmrf reaches FreeSWITCH through drachtio-server (sip.drachtio): the pair is the carrier stack.
+        if (config.sip.backend !== 'drachtio') {
+          throw new ConfigError(['media.backend: freeswitch needs sip.backend: drachtio (FreeSWITCH is driven through drachtio-server)']);
+        }
+        const { startFreeswitchMedia } = await import('./media/freeswitch/start-freeswitch-media.js');
+        const media = await startFreeswitchMedia(config, logger.child({ module: 'media' }));
+        stops.push(() => media.stop());
+        readiness.freeswitch = () => media.ready;
+        player = media.player;
+      } else {
+        const { EmbeddedMediaPlayer } = await import('./media/rtp/embedded-media-player.js');
+        const embedded = new EmbeddedMediaPlayer({
+          bindHost: config.sip.listen.host,
+          advertisedHost:
+            config.media.rtp.advertisedHost ??
+            config.sip.listen.advertisedHost ??
+            ({ '0.0.0.0': '127.0.0.1', '::': '::1' }[config.sip.listen.host] ?? config.sip.listen.host),
+          portMin: config.media.rtp.portMin,
+          portMax: config.media.rtp.portMax,
+        });
+        embedded.prompts.preload(); // a missing prompt file fails the boot, not a call
+        stops.push(() => embedded.stop());
+        player = embedded;
+      }
       const voice = new VoiceProcessor({
-        redis,
+        redis: durableRedis,
         keys,
         sealer,
         config,
@@ -142,8 +226,37 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         events,
         metrics,
         logger: logger.child({ module: 'voice' }),
+        shutdown,
       });
       deliveryWorker('voice', 'voice', (id) => voice.process(id), config.worker.voiceConcurrency);
+
+      if (config.sms.enabled) {
+        // SMS OTP: SMPP binds to every configured SMSC; receipts come back through the same binds.
+        const { SmppGateway, resolveSmscs } = await import('./sms/gateway.js');
+        const smsAccounts = new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate });
+        const gateway = new SmppGateway({ smscs: resolveSmscs(config.sms), logger: logger.child({ module: 'sms' }) });
+        const sms = new SmsProcessor({
+          redis,
+          keys,
+          sealer,
+          config,
+          gateway,
+          events,
+          metrics,
+          logger: logger.child({ module: 'sms' }),
+          accountTemplate: (accountId, locale) => smsAccounts.smsTemplate(accountId, locale),
+        });
+        gateway.onReceipt((receipt) => sms.handleReceipt(receipt));
+        gateway.onLateAccept((requestId, outcome) => {
+          sms.handleLateAccept(requestId, outcome).catch((err: Error) => logger.error({ request_id: requestId, err: err.message }, 'could not record a late SMS acceptance'));
+        });
+        await gateway.start();
+        metrics.watchSmsc(gateway);
+        readiness.smpp = () => gateway.status().every((s) => s.bindsUp > 0);
+        deliveryWorker('sms', 'sms', (_id, job, token) => sms.process(job, token), config.worker.smsConcurrency);
+        // Binds close after the SMS worker stopped taking jobs (stops run in order; workers are unshifted first).
+        stops.push(() => gateway.stop());
+      }
 
       const consumer = new StatusConsumer(
         connectRedis(config.redis.url, logger),
@@ -152,7 +265,9 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         `${hostname()}-${process.pid}`,
         logger.child({ module: 'events' }),
         metrics,
+        { claimIdleMs: config.events.claimIdleMs },
       );
+      consumers.push(consumer);
       await consumer.start();
       stops.push(() => consumer.stop());
 
@@ -167,9 +282,45 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         `${hostname()}-${process.pid}`,
         logger.child({ module: 'webhooks' }),
         webhookQueue,
+        { claimIdleMs: config.events.claimIdleMs },
       );
+      consumers.push(webhookConsumer);
       await webhookConsumer.start();
       stops.push(() => webhookConsumer.stop());
+
+      // Workflows (verification/workflow.ts): step timers write step_timeout events; the advancer starts the next step.
+      if (config.events.workflowGroup) {
+        const stepQueue = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
+        const stepTimer = new BullStepTimer(bullConnection, keys.bullPrefix());
+        stops.push(() => Promise.all([stepQueue.close(), stepTimer.close()]));
+        const advancer = new WorkflowAdvancer(
+          connectRedis(config.redis.url, logger),
+          keys,
+          config.events.workflowGroup,
+          `${hostname()}-${process.pid}`,
+          logger.child({ module: 'workflow' }),
+          {
+            sealer,
+            config,
+            timer: stepTimer,
+            jobs: {
+              enqueue: (method, requestId, jobId) => stepQueue.enqueue(method, requestId, jobId),
+              discard: async (method, jobId) => void (await stepQueue.queue(method).remove(jobId)),
+            },
+          },
+          { claimIdleMs: config.events.claimIdleMs },
+        );
+        consumers.push(advancer);
+        await advancer.start();
+        stops.push(() => advancer.stop());
+        const timeoutWorker = new Worker<StepTimeoutJobData>(
+          STEP_TIMEOUT_QUEUE,
+          async (job) => void (await fireStepTimeout(durableRedis, keys, config.events.maxLen, job.data)),
+          { connection: bullConnection, prefix: keys.bullPrefix(), concurrency: 10 },
+        );
+        timeoutWorker.on('error', (err) => logger.warn({ err: err.message }, 'step timeout worker error'));
+        stops.unshift(() => timeoutWorker.close());
+      }
       const webhooks = new WebhookProcessor({
         redis,
         keys,
@@ -203,6 +354,17 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       );
       sweeper.start();
       stops.unshift(() => sweeper.stop());
+      // Requests whose api process died between create and queue: queued again (idempotent, job id = request id).
+      const requeue = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
+      const reconciler = new EnqueueReconciler(
+        redis,
+        keys,
+        requeue,
+        { requeueAfterMs: config.worker.requeueAfterMs, intervalMs: Math.min(5000, config.worker.requeueAfterMs) },
+        logger.child({ module: 'reconcile' }),
+      );
+      reconciler.start();
+      stops.unshift(() => reconciler.stop().then(() => requeue.close()));
       if (role === 'worker' && config.metrics.port !== 0) {
         const server = new MetricsServer({
           host: config.metrics.host,
@@ -223,9 +385,11 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       const queue = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
       stops.push(() => queue.close());
       for (const m of methods) metrics.watchQueue(QUEUE_NAMES[m], queue.queue(m));
-      const accounts = new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate });
-      const verifications = new VerificationService(redis, keys, sealer, config, queue, logger.child({ module: 'verify' }), methods);
-      const api = buildApi({ config, redis, keys, accounts, verifications, logger, metrics, readiness });
+      const accounts = new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate, authCacheMs: config.api.authCacheMs });
+      const stepTimer = new BullStepTimer(bullConnection, keys.bullPrefix());
+      stops.push(() => stepTimer.close());
+      const verifications = new VerificationService(redis, keys, sealer, config, queue, logger.child({ module: 'verify' }), methods, fraud, stepTimer);
+      const api = buildApi({ config, redis, keys, accounts, verifications, logger, metrics, readiness, fraud });
       app = api;
       await api.listen({ host: config.http.host, port: config.http.port });
       stops.unshift(() => api.close());
@@ -233,6 +397,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   } catch (err) {
     for (const stop of stops) await stop().catch(() => undefined);
     redis.disconnect();
+    durableRedis.disconnect();
     (bullConnection as Redis).disconnect();
     throw err;
   }
@@ -248,8 +413,37 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
     sipPort,
     metricsUrl,
     async stop() {
+      // Graceful: the API stops first (stops[0] when it runs), then the delivery workers take no new
+      // job; ringing flash calls are CANCELled at once, voice prompts play on until the grace is
+      // nearly over (then BYE/CANCEL); the events of those calls are applied before the consumers stop.
+      const started = Date.now();
+      const grace = config.worker.shutdownGraceMs;
+      if (app) await app.close().catch(() => undefined);
+      draining.abort();
+      // Room at the end for the CANCEL/BYE transactions and the event flush.
+      const reserve = Math.min(3000, Math.floor(grace / 3));
+      const expireTimer = setTimeout(() => expiring.abort(), grace - reserve);
+      const closing = Promise.all(workerCloses.map((close) => close().catch((err: Error) => logger.warn({ err: err.message }, 'worker close failed'))));
+      let graceTimer: NodeJS.Timeout | undefined;
+      const inTime = await Promise.race([
+        closing.then(() => true),
+        new Promise<boolean>((r) => (graceTimer = setTimeout(() => r(false), grace - Math.floor(reserve / 3)))),
+      ]);
+      clearTimeout(expireTimer);
+      clearTimeout(graceTimer);
+      if (!inTime) logger.warn('calls still in progress at the end of the shutdown grace; ending them');
+      const left = () => Math.max(100, grace - (Date.now() - started) - 200);
+      if (!inTime && stopSip) {
+        // Calls still waiting for a final response: stopping the stack ends them (`shutdown`), so the jobs finish.
+        await stopSip().catch(() => undefined);
+        let t: NodeJS.Timeout | undefined;
+        await Promise.race([closing, new Promise((r) => (t = setTimeout(r, Math.min(1000, left()))))]);
+        clearTimeout(t);
+      }
+      await Promise.all(consumers.map((c) => c.drain(left()).catch(() => undefined)));
       for (const stop of stops) await stop().catch((err: Error) => logger.warn({ err: err.message }, 'stop step failed'));
       await redis.quit().catch(() => undefined);
+      await durableRedis.quit().catch(() => undefined);
       await (bullConnection as Redis).quit().catch(() => undefined);
     },
   };
@@ -267,6 +461,8 @@ Usage:
   flashverify account regenerate-secret ACCOUNT_ID
   flashverify account set-webhook ACCOUNT_ID (--url URL | --clear)
   flashverify account set-rate-limit ACCOUNT_ID (--rps N | --clear)
+  flashverify account set-sms-template ACCOUNT_ID --locale fr (--template 'Code : {code}' | --clear)
+  flashverify account set-fraud ACCOUNT_ID (--json '{"countries":{"allow":["GB"]}}' | --clear)
 
 Configuration: config/default.yaml, then --config FILE or FLASHVERIFY_CONFIG,
 then environment variables (REDIS_URL, PORT, SIP_TRUNK_URI, SIP_LISTEN_PORT,
@@ -289,6 +485,9 @@ export async function runCli(argv: string[]): Promise<number> {
       url: { type: 'string' },
       clear: { type: 'boolean', default: false },
       rps: { type: 'string' },
+      locale: { type: 'string' },
+      template: { type: 'string' },
+      json: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -312,6 +511,12 @@ export async function runCli(argv: string[]): Promise<number> {
       process.once('SIGTERM', () => onSignal('SIGTERM'));
       process.once('SIGINT', () => onSignal('SIGINT'));
     });
+    // Last resort: a stop step that hangs (Redis gone ...) must not keep the process past its grace.
+    const hard = setTimeout(() => {
+      logger.error('shutdown grace exceeded; exiting');
+      process.exit(1);
+    }, config.worker.shutdownGraceMs + 2000);
+    hard.unref();
     await engine.stop();
     return 0;
   }
@@ -368,6 +573,34 @@ export async function runCli(argv: string[]): Promise<number> {
           const rps = values.clear ? null : Number(need(values.rps, '--rps (or --clear)'));
           if (rps !== null && !(Number.isInteger(rps) && rps > 0)) throw new AppError('usage', '--rps must be a positive whole number');
           out = await store.setRateLimit(need(id, 'ACCOUNT_ID'), rps);
+          break;
+        }
+        case 'set-sms-template':
+          if (!values.clear) need(values.template, '--template (or --clear)');
+          out = await store.setSmsTemplate(need(id, 'ACCOUNT_ID'), need(values.locale, '--locale'), values.clear ? null : values.template!);
+          break;
+        case 'set-fraud': {
+          // Same overrides and validation as PUT /admin/v1/accounts/:id/fraud.
+          let overrides: unknown = null;
+          if (!values.clear) {
+            try {
+              overrides = JSON.parse(need(values.json, '--json (or --clear)')) as unknown;
+            } catch (err) {
+              if (err instanceof AppError) throw err;
+              throw new AppError('usage', '--json must be a JSON object');
+            }
+          }
+          const keys = new Keys(config.redis.prefix);
+          const fraud = new FraudControls({
+            redis,
+            keys,
+            sealer: new Sealer(keysMaterial.current, keysMaterial.previous),
+            config,
+            events: new EventPublisher(redis, keys, config.events.maxLen),
+            logger,
+          });
+          const accountId = need(id, 'ACCOUNT_ID');
+          out = { account_id: accountId, fraud: await fraud.setOverrides(accountId, overrides) };
           break;
         }
         default:

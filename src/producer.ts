@@ -10,10 +10,12 @@ import { resolveMasterKeys } from './crypto/master-key.js';
 import { Sealer } from './crypto/sealer.js';
 import { BullDeliveryQueue } from './engine/queues.js';
 import { ConfigError } from './errors/app-error.js';
+import { EventPublisher } from './events/event-publisher.js';
 import { Keys } from './store/keys.js';
 import { connectRedis } from './store/redis.js';
 import { ApiError } from './verification/errors.js';
 import { DELIVERABLE_METHODS, type CreatedBody, type Method } from './verification/types.js';
+import { FraudControls } from './verification/fraud-controls.js';
 import { VerificationService } from './verification/verification-service.js';
 
 export { ApiError } from './verification/errors.js';
@@ -123,6 +125,15 @@ export class FlashVerifyProducer {
       queue,
       logger.child({ module: 'producer' }),
       new Set<Method>(options.methods ?? DELIVERABLE_METHODS),
+      // The same abuse controls as the HTTP API: velocity, country and line-type rules, one live request, test numbers.
+      new FraudControls({
+        redis,
+        keys,
+        sealer,
+        config,
+        events: new EventPublisher(redis, keys, config.events.maxLen),
+        logger: logger.child({ module: 'fraud' }),
+      }),
     );
     return new FlashVerifyProducer(config, redis, keys, accounts, verifications, queue, bullConnection, options.rateLimit ?? true);
   }

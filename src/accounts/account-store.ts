@@ -3,7 +3,9 @@ import type { Redis } from 'ioredis';
 import { Sealer } from '../crypto/sealer.js';
 import { AppError } from '../errors/app-error.js';
 import { assertWebhookTarget } from '../events/webhook-target.js';
+import { validateTemplate } from '../sms/text.js';
 import type { Keys } from '../store/keys.js';
+import { authCache } from './auth-cache.js';
 import { fromMicro, toMicro, type Currency } from './money.js';
 
 /** Upper bound of a per-account rate limit (requests per second), far above what one Redis counter key should take. */
@@ -20,6 +22,8 @@ export interface Account {
   api_key: string;
   webhook_url: string | null;
   rate_limit: number | null;
+  /** SMS templates of this account by locale (override `sms.templates`). */
+  sms_templates: Record<string, string>;
   created_at: string;
 }
 
@@ -40,7 +44,11 @@ export class AccountStore {
     private readonly redis: Redis,
     private readonly keys: Keys,
     private readonly sealer: Sealer,
-    private readonly options: { allowPrivateWebhooks?: boolean } = {},
+    private readonly options: {
+      allowPrivateWebhooks?: boolean;
+      /** Reuse a successful `authenticate` this long (auth-cache.ts); 0 or unset: every call reads Redis. */
+      authCacheMs?: number;
+    } = {},
   ) {}
 
   async create(input: { name: string; balance?: number; currency: Currency; active?: boolean }): Promise<CreatedAccount> {
@@ -77,6 +85,17 @@ export class AccountStore {
   /** The account a Basic-auth pair belongs to, or null; the secret is compared in constant time. */
   async authenticate(apiKey: string, secret: string): Promise<(Account & { secretOk: true }) | null> {
     if (!/^[0-9a-f]{32}$/.test(apiKey)) return null;
+    const cacheMs = this.options.authCacheMs ?? 0;
+    const slot = cacheMs > 0 ? authCache.slot(this.keys.account(''), apiKey, secret) : undefined;
+    const cached = slot !== undefined ? authCache.get(slot) : undefined;
+    if (cached) return { ...cached, secretOk: true };
+    const account = await this.authenticateInRedis(apiKey, secret);
+    if (!account) authCache.forgetKey(apiKey);
+    else if (slot !== undefined) authCache.set(slot, account, cacheMs);
+    return account ? { ...account, secretOk: true } : null;
+  }
+
+  private async authenticateInRedis(apiKey: string, secret: string): Promise<Account | null> {
     const id = await this.redis.get(this.keys.accountByKey(apiKey));
     // Compute a MAC even when the key is unknown so both paths cost the same.
     const given = this.secretMac(apiKey, secret);
@@ -85,8 +104,13 @@ export class AccountStore {
       return null;
     }
     const h = await this.redis.hgetall(this.keys.account(id));
-    if (!h.account_id || !Sealer.equal(given, h.secret_mac ?? '')) return null;
-    return { ...toAccount(h), secretOk: true };
+    const match = this.sealer.matches('api-secret', `${apiKey}:${secret}`, h.secret_mac ?? '');
+    if (!h.account_id || !match) return null;
+    if (match === 'previous' || (h.secret_enc !== undefined && !this.sealer.isCurrent(h.secret_enc))) {
+      // First use since a master key rotation: MAC and seal the secret under the current key.
+      await this.redis.hset(this.keys.account(id), { secret_mac: given, secret_enc: this.sealer.seal(secret, `secret:${id}`) });
+    }
+    return toAccount(h);
   }
 
   /** The API secret in clear, for signing webhooks. */
@@ -99,6 +123,7 @@ export class AccountStore {
   async setStatus(id: string, status: AccountStatus): Promise<Account> {
     await this.mustExist(id);
     await this.redis.hset(this.keys.account(id), 'status', status);
+    authCache.forgetAccount(id);
     return this.get(id);
   }
 
@@ -106,6 +131,7 @@ export class AccountStore {
     if (!(amount > 0)) throw new AppError('invalid_amount', 'top-up amount must be a positive number');
     await this.mustExist(id);
     await this.redis.hincrby(this.keys.account(id), 'balance', toMicro(amount));
+    authCache.forgetAccount(id);
     return this.get(id);
   }
 
@@ -117,6 +143,7 @@ export class AccountStore {
       secret_mac: this.secretMac(account.api_key, secret),
       secret_enc: this.sealer.seal(secret, `secret:${id}`),
     });
+    authCache.forgetAccount(id);
     return { ...account, api_secret: secret };
   }
 
@@ -128,6 +155,7 @@ export class AccountStore {
       const parsed = await assertWebhookTarget(url, this.options.allowPrivateWebhooks ?? false);
       await this.redis.hset(this.keys.account(id), 'webhook_url', parsed.toString());
     }
+    authCache.forgetAccount(id);
     return this.get(id);
   }
 
@@ -142,7 +170,30 @@ export class AccountStore {
     await this.mustExist(id);
     if (requestsPerSecond === null) await this.redis.hdel(this.keys.account(id), 'rate_limit');
     else await this.redis.hset(this.keys.account(id), 'rate_limit', String(requestsPerSecond));
+    authCache.forgetAccount(id);
     return this.get(id);
+  }
+
+  /**
+   * The account's SMS text for a language (`{code}` is replaced by the code);
+   * null removes it, back to `sms.templates`. Refused when a 6-digit code
+   * would not fit one SMS part.
+   */
+  async setSmsTemplate(id: string, locale: string, template: string | null): Promise<Account> {
+    if (!/^[a-z]{2,3}(-[A-Z]{2})?$/.test(locale)) throw new AppError('invalid_locale', 'the locale must be a language tag such as "en" or "pt-BR"');
+    await this.mustExist(id);
+    if (template === null) await this.redis.hdel(this.keys.account(id), `sms_tpl:${locale}`);
+    else {
+      validateTemplate(template);
+      await this.redis.hset(this.keys.account(id), `sms_tpl:${locale}`, template);
+    }
+    authCache.forgetAccount(id);
+    return this.get(id);
+  }
+
+  /** The account's own SMS template for a locale, or null. */
+  async smsTemplate(id: string, locale: string): Promise<string | null> {
+    return this.redis.hget(this.keys.account(id), `sms_tpl:${locale}`);
   }
 
   private async mustExist(id: string): Promise<void> {
@@ -164,6 +215,11 @@ function toAccount(h: Record<string, string>): Account {
     api_key: h.api_key ?? '',
     webhook_url: h.webhook_url ?? null,
     rate_limit: h.rate_limit ? Number(h.rate_limit) : null,
+    sms_templates: Object.fromEntries(
+      Object.entries(h)
+        .filter(([k]) => k.startsWith('sms_tpl:'))
+        .map(([k, v]) => [k.slice('sms_tpl:'.length), v]),
+    ),
     created_at: h.created_at ?? '',
   };
 }

@@ -6,11 +6,21 @@ import { Sealer } from '../crypto/sealer.js';
 import { AppError } from '../errors/app-error.js';
 import { ApiError } from '../verification/errors.js';
 
+/** Per-account fraud overrides (verification/fraud-controls.ts). */
+export interface FraudAdmin {
+  overrides(accountId: string): Promise<unknown>;
+  /** Validates (400 invalid_request) and stores; null removes them. */
+  setOverrides(accountId: string, overrides: unknown): Promise<unknown>;
+  /** The rules in force: server defaults + overrides. */
+  policy(accountId: string): Promise<unknown>;
+}
+
 export interface AdminApiOptions {
   /** `admin.token`; empty turns the admin API off (every route answers 404). */
   token: string;
   accounts: AccountStore;
   defaultCurrency: Currency;
+  fraud?: FraudAdmin;
 }
 
 const createBody = z
@@ -23,6 +33,9 @@ const createBody = z
   .strict();
 const topUpBody = z.object({ amount: z.number().positive() }).strict();
 const webhookBody = z.object({ url: z.string().min(1).max(2048).nullable() }).strict();
+const smsTemplateBody = z.object({ template: z.string().min(1).max(1000).nullable() }).strict();
+type LocaleParams = { account_id: string; locale: string };
+
 const rateLimitBody = z
   .object({ requests_per_second: z.number().int().positive().max(MAX_RATE_LIMIT).nullable() })
   .strict();
@@ -85,6 +98,31 @@ export function adminApi(options: AdminApiOptions): FastifyPluginAsync {
     admin.put<Params>('/accounts/:account_id/rate-limit', async (req) => {
       const body = parse(rateLimitBody, req.body);
       return run(() => accounts.setRateLimit(req.params.account_id, body.requests_per_second));
+    });
+    // Body of PUT: the overrides themselves (fraud-rules.ts accountFraudSchema); {} clears them.
+    const fraudOf = (): FraudAdmin => {
+      if (!options.fraud) throw new ApiError('not_found', 'fraud controls are not wired in this process');
+      return options.fraud;
+    };
+    const fraudBody = async (id: string) => ({
+      account_id: id,
+      overrides: (await fraudOf().overrides(id)) ?? null,
+      effective: await fraudOf().policy(id),
+    });
+    admin.put<Params>('/accounts/:account_id/fraud', async (req) => {
+      const body = req.body;
+      if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ApiError('invalid_request', 'the body must be a JSON object');
+      const id = req.params.account_id;
+      await run(() => fraudOf().setOverrides(id, Object.keys(body).length === 0 ? null : body));
+      return fraudBody(id);
+    });
+    admin.get<Params>('/accounts/:account_id/fraud', async (req) => {
+      await run(() => accounts.get(req.params.account_id));
+      return fraudBody(req.params.account_id);
+    });
+    admin.put<{ Params: LocaleParams }>('/accounts/:account_id/sms-templates/:locale', async (req) => {
+      const body = parse(smsTemplateBody, req.body);
+      return run(() => accounts.setSmsTemplate(req.params.account_id, req.params.locale, body.template));
     });
   };
 }

@@ -11,9 +11,10 @@ import { ApiError } from '../verification/errors.js';
 import { METHODS, utcDay } from '../verification/types.js';
 import type { VerificationService } from '../verification/verification-service.js';
 import { Idempotency, parseIdempotencyKey } from './idempotency.js';
-import { adminApi } from './admin.js';
+import { adminApi, type FraudAdmin } from './admin.js';
 import { openApiDocument } from './openapi.js';
 import { consumeRateLimit } from './rate-limit.js';
+import { AuthGuard } from './auth-guard.js';
 
 export interface ApiDeps {
   config: Readonly<Config>;
@@ -24,6 +25,8 @@ export interface ApiDeps {
   logger: Logger;
   /** Served as `GET /metrics` (unless `metrics.enabled` is false). */
   metrics?: Metrics;
+  /** Per-account fraud overrides, for the admin API (`/admin/v1/accounts/:id/fraud`). */
+  fraud?: FraudAdmin;
   /** Extra readiness probes (SIP transport ...), each true when healthy. */
   readiness?: Record<string, () => boolean | Promise<boolean>>;
 }
@@ -41,6 +44,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     ttlSeconds: config.api.idempotencyTtlSeconds,
     waitMs: config.api.idempotencyWaitMs,
   });
+  const authGuard = new AuthGuard(redis, keys, config.api.authFailures);
   const app = Fastify({
     loggerInstance: deps.logger as unknown as FastifyBaseLogger,
     bodyLimit: config.http.bodyLimitBytes,
@@ -54,6 +58,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   app.setErrorHandler((err: Error & { code?: string; statusCode?: number }, req, reply) => {
     const apiErr = toApiError(err);
     if (apiErr.status >= 500) req.log.error({ err, url: req.url }, 'request failed');
+    for (const [name, value] of Object.entries(apiErr.headers)) void reply.header(name, value);
     void reply.status(apiErr.status).send(apiErr.toBody());
   });
   app.setNotFoundHandler((req, reply) => {
@@ -76,27 +81,30 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   app.get('/v1/openapi.json', async () => openapi);
 
   // Operators' account management behind its own bearer token; every route answers 404 while admin.token is empty.
-  app.register(adminApi({ token: config.admin.token, accounts, defaultCurrency: config.accounts.defaultCurrency }), {
+  app.register(adminApi({ token: config.admin.token, accounts, defaultCurrency: config.accounts.defaultCurrency, fraud: deps.fraud }), {
     prefix: '/admin/v1',
   });
 
   app.register(
     async (v1) => {
       v1.addHook('onRequest', async (req, reply) => {
-        req.account = await authenticate(req, reply, accounts);
+        req.account = await authenticate(req, reply, accounts, authGuard);
         await rateLimit(req.account, reply, redis, keys, config.api.defaultRateLimitPerSecond);
       });
       v1.addHook('preValidation', async (req) => {
-        if (req.method === 'POST' && (typeof req.body !== 'object' || req.body === null || Array.isArray(req.body))) {
+        // Cancel takes no body (an empty JSON object is fine too).
+        const bodyless = req.routeOptions.url === '/v1/verify/:id/cancel' && (req.body === undefined || req.body === null);
+        if (req.method === 'POST' && !bodyless && (typeof req.body !== 'object' || req.body === null || Array.isArray(req.body))) {
           throw new ApiError('invalid_request', 'the body must be a JSON object');
         }
       });
 
       v1.post('/verify', async (req, reply) => {
-        const create = async () => ({
-          status: 201,
-          body: await verifications.create(req.account!, req.body as Record<string, unknown>),
-        });
+        const create = async () => {
+          const body = await verifications.create(req.account!, req.body as Record<string, unknown>);
+          // A resend (`resend: true` on a live request) creates nothing: 200 with the live request and its `sends`.
+          return { status: 'sends' in body ? 200 : 201, body };
+        };
         const key = parseIdempotencyKey(req.headers['idempotency-key']);
         if (key === undefined) {
           const r = await create();
@@ -108,6 +116,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
       });
       v1.post('/verify/check', async (req) => verifications.check(req.account!, req.body as Record<string, unknown>));
       v1.get<{ Params: { id: string } }>('/verify/:id', async (req) => verifications.status(req.account!, req.params.id));
+      v1.post<{ Params: { id: string } }>('/verify/:id/cancel', async (req) => verifications.cancel(req.account!, req.params.id));
       v1.get('/balance', async (req) => {
         const a = await accounts.get(req.account!.account_id);
         return { balance: { amount: a.balance, currency: a.currency } };
@@ -121,7 +130,9 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   return app;
 }
 
-async function authenticate(req: FastifyRequest, reply: FastifyReply, accounts: AccountStore): Promise<Account> {
+async function authenticate(req: FastifyRequest, reply: FastifyReply, accounts: AccountStore, guard: AuthGuard): Promise<Account> {
+  // An address locked out for brute force gets 429 before its credentials are looked at (auth-guard.ts).
+  await guard.checkAddress(req.ip);
   const header = req.headers.authorization ?? '';
   const m = /^Basic ([A-Za-z0-9+/=]+)$/i.exec(header.trim());
   const decoded = m ? Buffer.from(m[1]!, 'base64').toString('utf8') : '';
@@ -129,6 +140,8 @@ async function authenticate(req: FastifyRequest, reply: FastifyReply, accounts: 
   const account = sep > 0 ? await accounts.authenticate(decoded.slice(0, sep), decoded.slice(sep + 1)) : null;
   if (!account) {
     void reply.header('WWW-Authenticate', 'Basic realm="FlashVerify"');
+    // Counted atomically per address and per key; slows down, then locks the address out (429 + Retry-After).
+    await guard.failed(req.ip, sep > 0 ? decoded.slice(0, sep) : undefined);
     throw new ApiError('unauthorized');
   }
   // Pending and suspended accounts may still read; they may not start verifications.

@@ -115,10 +115,33 @@ export function openApiDocument(config: Readonly<Config>): Json {
             '201': withRl('Verification created; the code is never returned', ref('CreatedResponse'), {
               'Idempotent-Replayed': { description: '"true" when this is a stored response replayed', schema: { type: 'string' } },
             }),
-            '400': err('Invalid input', 'invalid_phone', 'invalid_request'),
+            '200': withRl(
+              `resend: true and a verification of this number was live: sent again on the same request (at most ${config.fraud.maxSends} sends; a flash call gets a new code, voice and SMS repeat theirs)`,
+              { allOf: [ref('CreatedResponse'), { type: 'object', required: ['sends'], properties: { sends: { type: 'integer', minimum: 2 } } }] },
+            ),
+            '400': err(
+              'Invalid input; invalid_phone also when the number is refused by the fraud rules (country not allowed, premium-rate and other blocked types, non-mobile for flash_call), with the reason in message',
+              'invalid_phone',
+              'invalid_request',
+            ),
             '402': err('Balance too low', 'insufficient_balance'),
             '403': err('Account not allowed to verify', 'account_pending', 'account_suspended'),
+            '409': {
+              description:
+                'A verification of this number is still live for this account (verification_pending); request_id names it. Send resend: true to send it again.',
+              headers: rl,
+              content: json({
+                type: 'object',
+                required: ['error', 'message', 'request_id'],
+                properties: { error: { const: 'verification_pending' }, message: { type: 'string' }, request_id: { type: 'string', format: 'uuid' } },
+              }),
+            },
             ...common,
+            '429': {
+              ...(common['429'] as Json),
+              description:
+                'Rate limit exceeded (rate_limited): the API key\'s requests per second, a velocity limit (message and limit name it: per-number, per-prefix, per-IP), or the sends of one request (max-sends)',
+            },
           },
         },
       },
@@ -146,6 +169,20 @@ export function openApiDocument(config: Readonly<Config>): Json {
           parameters: [{ name: 'request_id', in: 'path', required: true, schema: { type: 'string', format: 'uuid' } }],
           responses: {
             '200': withRl('The verification', ref('StatusResponse')),
+            '404': err('Unknown request id, or another account\'s', 'not_found'),
+            ...common,
+          },
+        },
+      },
+      '/v1/verify/{request_id}/cancel': {
+        post: {
+          operationId: 'cancelVerification',
+          summary:
+            'Cancel a live verification and its pending workflow steps: status canceled (webhook verification.canceled). A step not dialled yet is refunded; a flash call already ringing finishes.',
+          parameters: [{ name: 'request_id', in: 'path', required: true, schema: { type: 'string', format: 'uuid' } }],
+          responses: {
+            '200': withRl('The verification, canceled', ref('StatusResponse')),
+            '400': err('Already verified, expired, failed or canceled', 'verification_expired'),
             '404': err('Unknown request id, or another account\'s', 'not_found'),
             ...common,
           },
@@ -232,6 +269,33 @@ export function openApiDocument(config: Readonly<Config>): Json {
           },
         ),
       },
+      '/admin/v1/accounts/{account_id}/fraud': {
+        get: adminAccountOp('adminGetFraud', 'The account\'s fraud overrides and the rules in force (server defaults + overrides)', {
+          '200': { description: 'Overrides and effective rules', content: json(ref('FraudSettings')) },
+        }),
+        put: adminAccountOp(
+          'adminSetFraud',
+          'Replace the account\'s fraud overrides ({} clears them). Keys as in the fraud config section: velocity.perNumber|perPrefix|perIp {limit, windowSeconds}, countries {allow, deny} (replace the server lists), lineTypes {flashCall, blocked, allowUnknown}, liveVerification, maxSends, testNumbers [{number, code}] (added to the server\'s)',
+          { '200': { description: 'Overrides and effective rules', content: json(ref('FraudSettings')) } },
+          { type: 'object', additionalProperties: true },
+        ),
+      },
+      '/admin/v1/accounts/{account_id}/sms-templates/{locale}': {
+        put: {
+          ...adminAccountOp(
+            'adminSetSmsTemplate',
+            'The account\'s SMS text for a locale; "{code}" is replaced by the code; null removes it. Refused (400) when a 6-digit code would not fit one SMS part (160 GSM-7 characters, or 70 UCS-2)',
+            accountOk('The account'),
+            {
+              type: 'object',
+              required: ['template'],
+              additionalProperties: false,
+              properties: { template: { oneOf: [{ type: 'string', minLength: 1, maxLength: 1000 }, { type: 'null' }] } },
+            },
+          ),
+          parameters: [accountId, { name: 'locale', in: 'path', required: true, schema: { type: 'string', pattern: '^[a-z]{2,3}(-[A-Z]{2})?$' } }],
+        },
+      },
       '/healthz': {
         get: {
           operationId: 'health',
@@ -298,24 +362,50 @@ export function openApiDocument(config: Readonly<Config>): Json {
             attempts_remaining: { type: 'integer', minimum: 0 },
           },
         },
+        FraudSettings: {
+          type: 'object',
+          required: ['account_id', 'overrides', 'effective'],
+          properties: {
+            account_id: { type: 'string', format: 'uuid' },
+            overrides: { oneOf: [{ type: 'object' }, { type: 'null' }] },
+            effective: { type: 'object' },
+          },
+        },
         CreateRequest: {
           type: 'object',
           required: ['phone_number'],
           additionalProperties: false,
           properties: {
             phone_number: { type: 'string', pattern: '^\\+[1-9]\\d{6,14}$', description: 'E.164', examples: ['+447700900000'] },
-            method: { type: 'string', enum: [...METHODS], default: 'flash_call' },
-            code_length: { type: 'integer', minimum: 4, maximum: 6, default: 4, description: 'Fixed at 4 for flash_call' },
+            method: {
+              type: 'string',
+              enum: [...METHODS, 'auto'],
+              default: 'flash_call',
+              description: `"auto": the server's default workflow (${config.verification.defaultWorkflow.map((s) => s.method).join(' → ')}). Exclusive with workflow.`,
+            },
+            workflow: ref('Workflow'),
+            code_length: { type: 'integer', minimum: 4, maximum: 6, default: 4, description: 'Fixed at 4 for flash_call (and flash_call workflow steps)' },
             expiry_seconds: {
               type: 'integer',
               minimum: 1,
               maximum: config.verification.maxExpirySeconds,
               default: config.verification.defaultExpirySeconds,
             },
+            client_ip: {
+              type: 'string',
+              description: 'The end user\'s IPv4 or IPv6 address, for the per-IP velocity limit',
+              examples: ['203.0.113.7'],
+            },
+            resend: {
+              type: 'boolean',
+              default: false,
+              description: 'When a verification of this number is live: send it again on the same request (200) instead of 409',
+            },
             locale: {
               type: 'string',
-              enum: ['en', 'fr', 'es', 'de'],
-              description: 'voice only: language of the spoken prompt; default from the destination country',
+              pattern: '^[a-z]{2,3}(-[A-Z]{2})?$',
+              description:
+                'voice and sms: language of the spoken prompt (en, fr, es, de) or of the SMS template (the account\'s, else the configured one); default from the destination country',
             },
           },
         },
@@ -330,7 +420,29 @@ export function openApiDocument(config: Readonly<Config>): Json {
             code_length: { type: 'integer' },
             cost: money,
             expires_at: isoTime,
+            workflow: ref('Workflow'),
           },
+        },
+        Workflow: {
+          type: 'array',
+          minItems: 1,
+          maxItems: 5,
+          description:
+            'Fallback steps tried in order under one request_id: each starts when the previous one failed or its timeout_seconds passed without verified. Each step has its own code (only the current step\'s is accepted) and its own cost, charged when it starts. Exclusive with method.',
+          items: {
+            type: 'object',
+            required: ['method'],
+            additionalProperties: false,
+            properties: {
+              method: { type: 'string', enum: [...METHODS] },
+              timeout_seconds: {
+                type: 'integer',
+                minimum: config.verification.minStepTimeoutSeconds,
+                description: 'Required on every step but the last; at most expiry_seconds',
+              },
+            },
+          },
+          examples: [[{ method: 'flash_call', timeout_seconds: 30 }, { method: 'voice', timeout_seconds: 45 }, { method: 'sms' }]],
         },
         CheckRequest: {
           type: 'object',
@@ -364,6 +476,23 @@ export function openApiDocument(config: Readonly<Config>): Json {
               },
             },
             failure_reason: { type: 'string', description: 'When status is failed: busy, no_ringing, unreachable ...' },
+            workflow: ref('Workflow'),
+            attempts: {
+              type: 'array',
+              description: 'Workflow requests: one entry per step started, oldest first',
+              items: {
+                type: 'object',
+                required: ['method', 'status', 'cost', 'started_at', 'ended_at'],
+                properties: {
+                  method: { type: 'string', enum: [...METHODS] },
+                  status: { type: 'string', enum: ['sent', 'delivered', 'verified', 'expired', 'failed', 'timed_out', 'canceled'] },
+                  cost: money,
+                  started_at: isoTime,
+                  ended_at: { oneOf: [isoTime, { type: 'null' }] },
+                  failure_reason: { type: 'string' },
+                },
+              },
+            },
           },
         },
         BalanceResponse: { type: 'object', required: ['balance'], properties: { balance: money } },
@@ -399,7 +528,7 @@ export function openApiDocument(config: Readonly<Config>): Json {
         WebhookPayload: payload,
         Account: {
           type: 'object',
-          required: ['account_id', 'name', 'status', 'currency', 'balance', 'api_key', 'webhook_url', 'rate_limit', 'created_at'],
+          required: ['account_id', 'name', 'status', 'currency', 'balance', 'api_key', 'webhook_url', 'rate_limit', 'sms_templates', 'created_at'],
           properties: {
             account_id: { type: 'string', format: 'uuid' },
             name: { type: 'string' },
@@ -409,6 +538,7 @@ export function openApiDocument(config: Readonly<Config>): Json {
             api_key: { type: 'string', pattern: '^[0-9a-f]{32}$' },
             webhook_url: { oneOf: [{ type: 'string' }, { type: 'null' }] },
             rate_limit: { oneOf: [{ type: 'integer' }, { type: 'null' }], description: 'Requests per second; null means the server default' },
+            sms_templates: { type: 'object', additionalProperties: { type: 'string' }, description: 'SMS texts of this account by locale' },
             created_at: { type: 'string', format: 'date-time' },
           },
         },

@@ -36,6 +36,10 @@ export const trunkSchema = z
     dummySdp: z.boolean().default(false),
     /** Extra headers added to every INVITE to this trunk. */
     headers: z.record(z.string(), z.string()).default({}),
+    /** Lower goes first (default 0): calls go to the live trunks of the lowest priority; higher ones are failover. */
+    priority: z.number().int().min(0).optional(),
+    /** Share of calls among live trunks of the same priority (default 1). */
+    weight: z.number().int().positive().optional(),
   })
   .strict();
 
@@ -45,6 +49,183 @@ export const rangeSchema = z
     prefix: e164Prefix,
     /** ISO 3166-1 alpha-2 country of the range. */
     country: z.string().regex(/^[A-Z]{2}$/, 'must be an ISO 3166-1 alpha-2 code such as "GB"'),
+  })
+  .strict();
+
+/** SMS sender address: alphanumeric (TON 5, NPI 0) or an international number (TON 1, NPI 1). */
+export const smsSenderSchema = z
+  .object({
+    addr: z.string().min(1).max(20),
+    ton: z.number().int().min(0).max(6).default(5),
+    npi: z.number().int().min(0).max(18).default(0),
+  })
+  .strict()
+  .refine((s) => s.ton !== 5 || s.addr.length <= 11, { message: 'an alphanumeric sender (ton 5) has at most 11 characters' });
+
+export const smscSchema = z
+  .object({
+    name: z.string().regex(/^[A-Za-z0-9_.-]{1,32}$/, 'letters, digits, "_", "." and "-" only (used in Redis keys and metrics)'),
+    /** smpp://[system_id[:password]@]host:port (smpps:// for TLS). */
+    url: z.string().regex(/^smpps?:\/\/[^\s]+$/, 'must be an smpp:// URL'),
+    /** Overrides the user part of the URL. */
+    systemId: z.string().max(15).optional(),
+    password: z.string().max(8).optional(),
+    systemType: z.string().max(12).default(''),
+    /** One bind_transceiver per bind, or a transmitter + a receiver. */
+    bindMode: z.enum(['transceiver', 'transmitter_receiver']).default('transceiver'),
+    /** Binds (connections) opened to this SMSC; submits are spread over them. */
+    binds: z.number().int().positive().max(64).default(1),
+    /** submit_sm in flight per bind, awaiting submit_sm_resp. */
+    window: z.number().int().positive().max(1000).default(10),
+    /** submit_sm per second per bind (token bucket). */
+    tps: z.number().positive().default(50),
+    /** A PDU without a response after this is given up; the submit is retried on another bind. */
+    responseTimeoutMs: z.number().int().positive().default(30_000),
+    enquireLinkMs: z.number().int().positive().default(30_000),
+    /** Reconnect back-off (jittered, doubling from min to max). */
+    reconnectMinMs: z.number().int().positive().default(1_000),
+    reconnectMaxMs: z.number().int().positive().default(30_000),
+    /** How this SMSC writes message ids in submit_sm_resp and in receipts: ids are normalised to one form. */
+    messageIdFormat: z.enum(['auto', 'string', 'hex', 'decimal', 'hex_resp_decimal_dlr']).default('auto'),
+    /** data_coding for GSM-7 text: 0 (SMSC default alphabet, unpacked septets) or 1 (IA5/ASCII) per SMSC; UCS-2 always uses 8. */
+    gsm7DataCoding: z.union([z.literal(0), z.literal(1)]).default(0),
+    /** Pack GSM-7 septets (8-bit packing) for SMSCs that want packed text. */
+    gsm7Packed: z.boolean().default(false),
+    /** Destination prefixes (E.164, with +) routed to this SMSC; empty = default route. */
+    prefixes: z.array(z.string().regex(/^\+\d{1,14}$/, 'must be an E.164 prefix such as "+44"')).default([]),
+  })
+  .strict()
+  .refine((s) => s.reconnectMaxMs >= s.reconnectMinMs, { message: 'reconnectMaxMs must be >= reconnectMinMs' });
+
+export const smsSchema = z
+  .object({
+    /** Run the SMS worker (SMPP binds) in worker processes; false when there is no SMSC (SMS jobs then wait for a worker that has one). */
+    enabled: z.boolean().default(true),
+    /** Shorthand for one SMSC named "default" (env SMPP_URL); ignored when `smscs` is set. */
+    url: z.string().regex(/^smpps?:\/\/[^\s]+$/, 'must be an smpp:// URL').default('smpp://flashverify:secret@127.0.0.1:2775'),
+    smscs: z.array(smscSchema).default([]),
+    /** Sender per destination country (ISO alpha-2), else `default`. */
+    senders: z
+      .object({
+        default: smsSenderSchema.default({ addr: 'FlashVerify', ton: 5, npi: 0 }),
+        byCountry: z.record(z.string().regex(/^[A-Z]{2}$/), smsSenderSchema).default({}),
+      })
+      .strict()
+      .prefault({}),
+    /** Message text per language; `{code}` is replaced by the code. Accounts can override per locale. */
+    templates: z.record(z.string(), z.string().includes('{code}', { message: 'must contain {code}' })).default({
+      en: 'Your FlashVerify code is: {code}',
+    }),
+    /** Retry of a submit the SMSC refused for now (throttled, queue full, no bind up), through BullMQ delays. */
+    retry: z
+      .object({
+        firstDelayMs: z.number().int().positive().default(1_000),
+        maxDelayMs: z.number().int().positive().default(60_000),
+        /** Submit attempts before the verification fails. */
+        maxAttempts: z.number().int().positive().default(8),
+      })
+      .strict()
+      .prefault({}),
+    /** How long message id → request mappings (and early receipts) are kept in Redis. */
+    receiptTtlSeconds: z.number().int().positive().default(72 * 3600),
+    /** Ask the SMSC for a delivery receipt (registered_delivery 1). */
+    requestReceipts: z.boolean().default(true),
+  })
+  .strict();
+
+/** libphonenumber-js number types (`getType()` with the max metadata). */
+export const LINE_TYPES = [
+  'MOBILE',
+  'FIXED_LINE',
+  'FIXED_LINE_OR_MOBILE',
+  'PREMIUM_RATE',
+  'TOLL_FREE',
+  'SHARED_COST',
+  'VOIP',
+  'PERSONAL_NUMBER',
+  'PAGER',
+  'UAN',
+  'VOICEMAIL',
+] as const;
+export const lineTypeSchema = z.enum(LINE_TYPES);
+export const countryCodeSchema = z.string().regex(/^[A-Z]{2}$/, 'must be an ISO 3166-1 alpha-2 code such as "GB"');
+
+/** A sliding window: at most `limit` sends in any `windowSeconds`; limit 0 turns it off. */
+export const velocityWindowSchema = z
+  .object({
+    limit: z.number().int().nonnegative(),
+    windowSeconds: z.number().int().positive(),
+  })
+  .strict();
+
+/** A number that never reaches the network and accepts a fixed code (customers' automated tests). */
+export const testNumberSchema = z
+  .object({
+    number: z.string().regex(/^\+[1-9]\d{6,14}$/, 'must be an E.164 number'),
+    code: z.string().regex(/^\d{4,6}$/, 'must be 4 to 6 digits'),
+  })
+  .strict();
+
+/** One live verification per (account, number): `per_method` lets the docs' fallback (flash, then voice, then sms) through. */
+export const LIVE_SCOPES = ['per_number', 'per_method', 'off'] as const;
+
+export const fraudSchema = z
+  .object({
+    /** Sends per account in sliding windows (Redis sorted sets); resends count as sends. */
+    velocity: z
+      .object({
+        perNumber: velocityWindowSchema.default({ limit: 5, windowSeconds: 900 }),
+        /** The number minus its last 4 digits. */
+        perPrefix: velocityWindowSchema.default({ limit: 100, windowSeconds: 3600 }),
+        /** Only when the request carries `client_ip`. */
+        perIp: velocityWindowSchema.default({ limit: 20, windowSeconds: 3600 }),
+      })
+      .strict()
+      .prefault({}),
+    /** Destination countries; empty allow = every country not denied. */
+    countries: z
+      .object({
+        allow: z.array(countryCodeSchema).default([]),
+        deny: z.array(countryCodeSchema).default([]),
+      })
+      .strict()
+      .prefault({}),
+    lineTypes: z
+      .object({
+        /** Types a flash call may go to (a missed call means nothing on a landline). */
+        flashCall: z.array(lineTypeSchema).default(['MOBILE', 'FIXED_LINE_OR_MOBILE']),
+        /** Types refused for every method. */
+        blocked: z
+          .array(lineTypeSchema)
+          .default(['PREMIUM_RATE', 'SHARED_COST', 'TOLL_FREE', 'UAN', 'VOICEMAIL', 'PAGER', 'PERSONAL_NUMBER']),
+        /** Numbers the metadata cannot type (newer allocations, Ofcom drama ranges): accepted for every method. */
+        allowUnknown: z.boolean().default(true),
+      })
+      .strict()
+      .prefault({}),
+    liveVerification: z.enum(LIVE_SCOPES).default('per_method'),
+    /** Sends per request: the first one plus resends (`resend: true`). */
+    maxSends: z.number().int().min(1).max(20).default(5),
+    testNumbers: z.array(testNumberSchema).default([]),
+    /** Automatic quarantine of DID ranges whose flash calls are rejected or never verified. */
+    rangeHealth: z
+      .object({
+        enabled: z.boolean().default(true),
+        /** Attempts (reject ratio) or sends (conversion) in the window before a range is judged. */
+        minSample: z.number().int().positive().default(50),
+        /** Final 403/603 over attempts above this: quarantined. */
+        maxRejectRatio: z.number().min(0).max(1).default(0.5),
+        /** Verified over sent below this: quarantined. 0 turns the conversion rule off. */
+        minConversionRatio: z.number().min(0).max(1).default(0.05),
+        windowSeconds: z.number().int().positive().default(3600),
+        /** Sends younger than this are not judged for conversion yet (users are still typing). */
+        conversionGraceSeconds: z.number().int().nonnegative().default(120),
+        quarantineSeconds: z.number().int().positive().default(1800),
+        /** A range is judged (its window read from Redis) at most this often per process; outcomes are only counted in between. */
+        judgeIntervalMs: z.number().int().nonnegative().default(1000),
+      })
+      .strict()
+      .prefault({}),
   })
   .strict();
 
@@ -89,6 +270,23 @@ export const configSchema = z
         idempotencyTtlSeconds: z.number().int().positive().default(24 * 3600),
         /** How long a duplicate waits for the first request with its key to finish. */
         idempotencyWaitMs: z.number().int().positive().default(5000),
+        /**
+         * Successful Basic-auth results are reused in this process for this long (0: off), keyed by a salted
+         * hash of key and secret: a suspended account or a regenerated secret takes effect within it.
+         */
+        authCacheMs: z.number().int().nonnegative().max(60_000).default(1000),
+        /** Wrong API secrets, counted per client address and per API key over `windowSeconds`. */
+        authFailures: z
+          .object({
+            /** From this many failures on, each further attempt is answered only after `delayMs`. */
+            delayAfter: z.number().int().positive().default(5),
+            delayMs: z.number().int().nonnegative().default(1000),
+            /** From this many failures on, 429 `rate_limited` with Retry-After until the window ends. */
+            lockAfter: z.number().int().positive().default(20),
+            windowSeconds: z.number().int().positive().default(900),
+          })
+          .strict()
+          .prefault({}),
       })
       .strict(),
     admin: z
@@ -116,6 +314,18 @@ export const configSchema = z
         retentionSeconds: z.number().int().positive().default(7 * 24 * 3600),
         /** How often the worker role expires due requests (status `expired` + event), polled or not. */
         expirySweepMs: z.number().int().positive().default(1000),
+        /** The workflow of `"method": "auto"` (src/verification/workflow.ts): 1-5 steps, each but the last with a timeout. */
+        defaultWorkflow: z
+          .array(
+            z
+              .object({ method: z.enum(['flash_call', 'voice', 'sms']), timeout_seconds: z.number().int().positive().optional() })
+              .strict(),
+          )
+          .min(1)
+          .max(5)
+          .default([{ method: 'flash_call', timeout_seconds: 30 }, { method: 'voice', timeout_seconds: 45 }, { method: 'sms' }]),
+        /** Smallest `timeout_seconds` a workflow step may ask for. */
+        minStepTimeoutSeconds: z.number().int().positive().default(5),
       })
       .strict(),
     pricing: z
@@ -153,7 +363,41 @@ export const configSchema = z
       .strict(),
     media: z
       .object({
-        backend: z.enum(['embedded']).default('embedded'),
+        /** `embedded`: our own RTP player; `freeswitch`: drachtio-fsmrf → FreeSWITCH (needs sip.backend drachtio). */
+        backend: z.enum(['embedded', 'freeswitch']).default('embedded'),
+        freeswitch: z
+          .object({
+            /** Media servers (mod_event_socket); each call goes to the least loaded one that is connected. */
+            servers: z
+              .array(
+                z
+                  .object({
+                    address: z.string().min(1),
+                    port: z.number().int().min(1).max(65535).default(8021),
+                    secret: z.string().min(1).default('ClueCon'),
+                  })
+                  .strict(),
+              )
+              .min(1)
+              .default([{ address: '127.0.0.1', port: 8021, secret: 'ClueCon' }]),
+            /** Where FreeSWITCH's outbound event-socket connections (one per call) reach this worker. */
+            listenAddress: z.string().default('127.0.0.1'),
+            /** 0 = any free port (one per media server); a fixed port works with one server only. */
+            listenPort: z.number().int().min(0).max(65535).default(0),
+            /** assets/prompts as FreeSWITCH sees it; default: this install's assets/prompts (same host / shared volume). */
+            promptDir: z.string().optional(),
+            /** Speak the code with FreeSWITCH TTS (`speak engine|voice|text`) instead of playing the prompt files. */
+            tts: z.object({ engine: z.string().min(1), voice: z.string().min(1) }).strict().optional(),
+            /** sofia profile drachtio INVITEs on FreeSWITCH (drachtio/drachtio-freeswitch-mrf: drachtio_mrf). */
+            profile: z.string().regex(/^[A-Za-z0-9_.-]+$/).default('drachtio_mrf'),
+            /** Reconnect back-off to a lost event socket (jittered, doubling from min to max). */
+            reconnectMinMs: z.number().int().positive().default(500),
+            reconnectMaxMs: z.number().int().positive().default(30_000),
+          })
+          .strict()
+          .refine((f) => f.reconnectMaxMs >= f.reconnectMinMs, { message: 'reconnectMaxMs must be >= reconnectMinMs' })
+          .refine((f) => f.listenPort === 0 || f.servers.length === 1, { message: 'a fixed listenPort works with one server only; use 0' })
+          .prefault({}),
         rtp: z
           .object({
             /** RTP ports, one even port per call (RFC 3550 11); the range bounds concurrent voice calls per worker. */
@@ -168,7 +412,27 @@ export const configSchema = z
       .strict(),
     sip: z
       .object({
-        backend: z.enum(['embedded']).default('embedded'),
+        /** `embedded`: our own UAC over UDP/TCP; `drachtio`: drachtio-srf connected to drachtio-server. */
+        backend: z.enum(['embedded', 'drachtio']).default('embedded'),
+        /** Used when backend is `drachtio` (inbound connection: we dial drachtio-server's admin port). */
+        drachtio: z
+          .object({
+            host: z.string().default('127.0.0.1'),
+            port: z.number().int().min(1).max(65535).default(9022),
+            secret: z.string().min(1).default('cymru'),
+            /** Ping frames keep the connection (and idle firewalls) alive. */
+            enablePing: z.boolean().default(true),
+            /** drachtio-srf accepts 5 000 .. 300 000 ms. */
+            pingIntervalMs: z.number().int().min(5000).max(300_000).default(10_000),
+            /** Reconnect back-off (jittered, doubling from min to max). */
+            reconnectMinMs: z.number().int().positive().default(1000),
+            reconnectMaxMs: z.number().int().positive().default(30_000),
+            /** No response at all to an INVITE within this → `timeout`; default 64 x sip.timers.t1Ms (Timer B). */
+            callTimeoutMs: z.number().int().positive().optional(),
+          })
+          .strict()
+          .refine((d) => d.reconnectMaxMs >= d.reconnectMinMs, { message: 'reconnectMaxMs must be >= reconnectMinMs' })
+          .prefault({}),
         listen: z
           .object({
             host: z.string().default('0.0.0.0'),
@@ -188,6 +452,15 @@ export const configSchema = z
           .strict(),
         userAgent: z.string().default('flashverify'),
         trunks: z.array(trunkSchema).min(1, 'at least one SIP trunk is needed'),
+        /** A trunk whose calls end `unreachable`/`timeout` this many times in a row is marked down, then retried with back-off. */
+        trunkHealth: z
+          .object({
+            failuresToMarkDown: z.number().int().positive().default(3),
+            retryAfterMs: z.number().int().positive().default(5000),
+            maxRetryAfterMs: z.number().int().positive().default(60_000),
+          })
+          .strict()
+          .prefault({}),
       })
       .strict(),
     worker: z
@@ -195,8 +468,18 @@ export const configSchema = z
         flashConcurrency: z.number().int().positive().default(500),
         /** Voice calls in flight per worker process (each holds an RTP port while it plays). */
         voiceConcurrency: z.number().int().positive().default(200),
+        /** SMS jobs in flight per worker process (bounded in turn by the SMPP windows). */
+        smsConcurrency: z.number().int().positive().default(100),
         /** Attempts of a delivery job whose worker died (stalled) before the call is given up. */
         maxStalledCount: z.number().int().nonnegative().default(1),
+        /** BullMQ job lock; a dead worker's jobs are seen as stalled once it lapses. */
+        lockDurationMs: z.number().int().positive().default(30_000),
+        /** How often BullMQ looks for stalled jobs (of dead workers). */
+        stalledIntervalMs: z.number().int().positive().default(30_000),
+        /** SIGTERM: stop taking jobs, CANCEL ringing flash calls, finish or BYE voice calls, flush events, exit within this. */
+        shutdownGraceMs: z.number().int().positive().default(10_000),
+        /** A `sent` request not dialled and without a job this long after creation (its api died before queueing) is queued again. */
+        requeueAfterMs: z.number().int().positive().default(10_000),
       })
       .strict(),
     metrics: z
@@ -209,12 +492,8 @@ export const configSchema = z
         port: z.number().int().min(0).max(65535).default(9464),
       })
       .strict(),
-    sms: z
-      .object({
-        /** SMSC for SMS OTP (smpp://system_id:password@host:port). The SMS channel is not built yet. */
-        url: z.string().regex(/^smpps?:\/\//, 'must be an smpp:// URL').default('smpp://127.0.0.1:2775'),
-      })
-      .strict(),
+    sms: smsSchema,
+    fraud: fraudSchema.prefault({}),
     events: z
       .object({
         /** Approximate cap on the events stream length (XADD MAXLEN ~). */
@@ -222,6 +501,10 @@ export const configSchema = z
         consumerGroup: z.string().default('status'),
         /** Consumer group that turns events into webhook jobs. */
         webhookGroup: z.string().default('webhooks'),
+        /** Consumer group that starts the next step of a workflow (src/events/workflow-advancer.ts); "" = not in this process. */
+        workflowGroup: z.string().default('workflow'),
+        /** Events left unacknowledged this long by a dead consumer are taken over (XAUTOCLAIM); also how often that is checked. */
+        claimIdleMs: z.number().int().positive().default(30_000),
       })
       .strict(),
     webhooks: z
@@ -246,4 +529,10 @@ export const configSchema = z
 export type Config = z.infer<typeof configSchema>;
 export type TrunkConfig = z.infer<typeof trunkSchema>;
 export type RangeConfig = z.infer<typeof rangeSchema>;
+export type SmscConfig = z.infer<typeof smscSchema>;
+export type SmsSenderConfig = z.infer<typeof smsSenderSchema>;
+export type SmsConfig = z.infer<typeof smsSchema>;
 export type SipConfig = Config['sip'];
+export type FraudConfig = Config['fraud'];
+export type LineType = (typeof LINE_TYPES)[number];
+export type TestNumber = z.infer<typeof testNumberSchema>;

@@ -12,14 +12,22 @@ export class Sealer {
   private readonly encKeys = new Map<string, Buffer>();
   private readonly currentId: string;
   private readonly hmacKey: Buffer;
+  /** HMAC keys of the previous master keys: MACs stored before a rotation still verify (`matches`). */
+  private readonly previousHmacKeys: Buffer[];
 
   constructor(current: Buffer, previous: readonly Buffer[] = []) {
     this.currentId = keyId(current);
     for (const key of [current, ...previous]) this.encKeys.set(keyId(key), derive(key, 'flashverify/enc/v1'));
-    // Lookup hashes (phone index, code check) must stay stable across rotations:
-    // derived from the current key only, records keep working because the
-    // hash is recomputed from the decrypted value when needed.
+    // MACs are made with the current key; `matches` also accepts those made
+    // with a previous key, so API secrets and codes issued before a rotation
+    // keep working (account-store re-MACs a secret at its first use after one).
     this.hmacKey = derive(current, 'flashverify/hmac/v1');
+    this.previousHmacKeys = previous.map((k) => derive(k, 'flashverify/hmac/v1'));
+  }
+
+  /** True when `sealed` was sealed with the current key (false: an older key, worth re-sealing). */
+  isCurrent(sealed: string): boolean {
+    return sealed.split('.')[1] === this.currentId;
   }
 
   seal(plain: string, aad = ''): string {
@@ -47,6 +55,23 @@ export class Sealer {
   /** HMAC-SHA256 (hex) of `value` in a named domain, e.g. ("code", requestId + ":" + code). */
   mac(domain: string, value: string): string {
     return createHmac('sha256', this.hmacKey).update(domain).update('\0').update(value).digest('hex');
+  }
+
+  /**
+   * Does `stored` equal the MAC of `value` under the current key or any
+   * previous one? Every candidate is computed and compared (constant time, no
+   * early exit), so a rotation does not tell anyone which key matched.
+   * Returns 'current', 'previous' (matched an old key: store the current MAC
+   * now) or false.
+   */
+  matches(domain: string, value: string, stored: string): 'current' | 'previous' | false {
+    const current = Sealer.equal(this.mac(domain, value), stored);
+    let previous = false;
+    for (const key of this.previousHmacKeys) {
+      const m = createHmac('sha256', key).update(domain).update('\0').update(value).digest('hex');
+      previous = Sealer.equal(m, stored) || previous;
+    }
+    return current ? 'current' : previous ? 'previous' : false;
   }
 
   /** Constant-time comparison of two hex MACs (or any two strings). */

@@ -3,13 +3,17 @@ import type { Logger } from 'pino';
 import type { Sealer } from '../crypto/sealer.js';
 import type { EventPublisher } from '../events/event-publisher.js';
 import type { Keys } from '../store/keys.js';
+import { scripts } from '../store/scripts.js';
 import type { Method } from '../verification/types.js';
+
+/** claimDelivery-1.lua's answer. */
+type ClaimVerdict = 'gone' | 'other_method' | 'past_sent' | 'expired' | 'claimed' | 'started';
 
 /** A verification this worker may now deliver, with its sealed fields opened. */
 export interface DeliveryClaim {
   key: string;
   /** The event fields every event of this attempt carries. */
-  base: { request_id: string; account_id: string; method: Method };
+  base: { request_id: string; account_id: string; method: Method; step?: number; steps?: number };
   log: Logger;
   /** Destination, E.164. */
   to: string;
@@ -40,11 +44,20 @@ export async function claimDelivery(
   requestId: string,
   method: Method,
   extraFields: readonly string[] = [],
+  /**
+   * Asked when a previous run already started this delivery: 'resume' when it
+   * is known that nothing left (an SMS the SMSC refused for now and that waits
+   * for its retry), 'done' when it was handed over, 'interrupted' (the default)
+   * when it may have left and must not be sent again.
+   */
+  resume?: (extra: Record<string, string | null>) => 'resume' | 'done' | 'interrupted',
 ): Promise<DeliveryClaim | undefined> {
   const { redis, keys, sealer, events } = deps;
   const key = keys.verification(requestId);
-  const [status, accountId, phoneEnc, codeEnc, country, expiresAt, storedMethod, ...extraValues] = await redis.hmget(
-    key,
+  // One round trip (claimDelivery-1.lua): the checks below and the dial mark (HSETNX dial_started) are made there.
+  const [verdict, values] = (await scripts.claimDelivery.run(redis, [key], [
+    method,
+    Date.now(),
     'status',
     'account_id',
     'phone_enc',
@@ -52,33 +65,47 @@ export async function claimDelivery(
     'country',
     'expires_at',
     'method',
+    'wf_step',
+    'wf_steps',
     ...extraFields,
-  );
+  ])) as [ClaimVerdict, (string | null)[]];
+  const [status, accountId, , , country, , storedMethod, wfStep, wfSteps, ...extraValues] = values;
+  const [phoneEnc, codeEnc] = [values[2] ?? '', values[3] ?? ''];
   const log = deps.logger.child({ request_id: requestId });
-  if (!status || !accountId || !phoneEnc || !codeEnc) {
+  if (verdict === 'gone' || !accountId) {
     log.warn({ method }, 'delivery job for a verification that no longer exists; dropped');
     return undefined;
   }
-  if (storedMethod !== method) {
+  if (verdict === 'other_method') {
     log.error({ method, stored_method: storedMethod }, 'delivery job for a verification of another method; dropped');
     return undefined;
   }
-  if (status !== 'sent') {
+  // A resend (POST /v1/verify with resend: true) re-opens the claim of a live request, maybe already delivered,
+  // by clearing dial_started (resendVerification-3.lua): that one job delivers again.
+  if (verdict === 'past_sent') {
     log.info({ status }, 'verification already past sent; not delivering again');
     return undefined;
   }
-  const base = { request_id: requestId, account_id: accountId, method };
-  if (Date.now() >= Number(expiresAt)) {
+  // A workflow step's events carry the step (workflow.ts): its failure must not end the request while steps are left.
+  const base = { request_id: requestId, account_id: accountId, method, ...(wfStep && wfSteps ? { step: Number(wfStep), steps: Number(wfSteps) } : {}) };
+  if (verdict === 'expired') {
     await events.publish({ ...base, status: 'failed', detail: { reason: 'expired_before_delivery', refund: true } });
-    return undefined;
-  }
-  if ((await redis.hsetnx(key, 'dial_started', String(Date.now()))) === 0) {
-    log.warn('a previous worker already started this delivery (crash?); not delivering again');
-    await events.publish({ ...base, status: 'failed', detail: { reason: 'interrupted' } });
     return undefined;
   }
   const extra: Record<string, string | null> = {};
   extraFields.forEach((f, i) => (extra[f] = extraValues[i] ?? null));
+  if (verdict === 'started') {
+    const again = resume?.(extra) ?? 'interrupted';
+    if (again === 'done') {
+      log.info({ method }, 'delivery already handed over; nothing left to do');
+      return undefined;
+    }
+    if (again === 'interrupted') {
+      log.warn('a previous worker already started this delivery (crash?); not delivering again');
+      await events.publish({ ...base, status: 'failed', detail: { reason: 'interrupted' } });
+      return undefined;
+    }
+  }
   return {
     key,
     base,

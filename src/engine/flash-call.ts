@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import type { TrunkConfig } from '../config/schema.js';
 import type { CallFailureReason, CallOriginator, OutboundCall } from '../sip/call-originator.js';
+import { onAbort } from './abort-fanout.js';
 
 /** How a flash call ended (design.md "Flash call, precisely"). */
 export type FlashOutcome =
@@ -10,6 +11,8 @@ export type FlashOutcome =
   | 'answered'
   /** No 18x within ringingTimeoutMs: CANCELled, nothing shown. */
   | 'no_ringing'
+  /** The worker was stopping (SIGTERM, grace over) before the phone rang: CANCELled, nothing shown. */
+  | 'shutdown'
   | CallFailureReason;
 
 export interface FlashResult {
@@ -35,6 +38,19 @@ export interface FlashCallParams {
   logger: Logger;
   /** Called once, at the first ringing 18x (180, or 183 on trunks with ringOn183). */
   onRinging?(callId: string, status: number): void;
+  /** Worker shutdown: see `ShutdownSignals`. */
+  shutdown?: ShutdownSignals;
+}
+
+/**
+ * How a stopping worker tells its calls (SIGTERM). `draining`: a ringing
+ * flash call is CANCELled at once (the caller ID has been shown), one not yet
+ * ringing is CANCELled at its first 18x; `expiring` (the grace period is
+ * nearly over): every call ends now.
+ */
+export interface ShutdownSignals {
+  draining: AbortSignal;
+  expiring: AbortSignal;
 }
 
 /**
@@ -48,6 +64,7 @@ export function placeFlashCall(originator: CallOriginator, p: FlashCallParams): 
     const started = performance.now();
     let rang = false;
     let noRinging = false;
+    let stopping = false;
     let settled = false;
     let postDialDelayMs: number | undefined;
     const timers: NodeJS.Timeout[] = [];
@@ -55,10 +72,12 @@ export function placeFlashCall(originator: CallOriginator, p: FlashCallParams): 
     // Assigned right after originate(); a backend may report a failure synchronously.
     let call: OutboundCall | undefined;
 
+    const unlisten: (() => void)[] = [];
     const finish = (r: Omit<FlashResult, 'callId' | 'rang' | 'postDialDelayMs'>): void => {
       if (settled) return;
       settled = true;
       clear();
+      unlisten.forEach((f) => f());
       resolve({ ...r, callId: call?.callId ?? '', rang, postDialDelayMs });
     };
 
@@ -72,7 +91,8 @@ export function placeFlashCall(originator: CallOriginator, p: FlashCallParams): 
           postDialDelayMs = Math.round(performance.now() - started);
           clearTimeout(timers[0]);
           p.onRinging?.(call?.callId ?? '', status);
-          timers.push(setTimeout(() => call?.cancel(), p.ringMs));
+          // A stopping worker does not hold the ring: the caller ID is already on the handset.
+          timers.push(setTimeout(() => call?.cancel(), p.shutdown?.draining.aborted ? 0 : p.ringMs));
           // Guard: if CANCEL and INVITE both hang, stop waiting (the stack's Timer B reports too).
           timers.push(setTimeout(() => finish({ outcome: 'cancelled', phrase: 'no final response after CANCEL' }), p.ringMs + p.settleMs));
         },
@@ -81,12 +101,13 @@ export function placeFlashCall(originator: CallOriginator, p: FlashCallParams): 
           finish({ outcome: 'answered', sipStatus: 200 });
         },
         onCancelled() {
-          finish({ outcome: noRinging && !rang ? 'no_ringing' : 'cancelled', sipStatus: 487 });
+          finish({ outcome: rang ? 'cancelled' : stopping ? 'shutdown' : noRinging ? 'no_ringing' : 'cancelled', sipStatus: 487 });
         },
         onFailed(f) {
           // Once it rang the caller ID was shown: a busy/decline after ringing is still a delivery.
           // A timeout here means not even a 100 came back (Timer B): `timeout`, not no_ringing.
           if (rang) finish({ outcome: 'cancelled', sipStatus: f.status, phrase: f.phrase });
+          else if (stopping && f.reason === 'unreachable') finish({ outcome: 'shutdown', sipStatus: f.status, phrase: f.phrase });
           else finish({ outcome: f.reason, sipStatus: f.status, phrase: f.phrase });
         },
       },
@@ -98,5 +119,17 @@ export function placeFlashCall(originator: CallOriginator, p: FlashCallParams): 
         timers.push(setTimeout(() => finish({ outcome: 'no_ringing' }), p.settleMs));
       }, p.ringingTimeoutMs),
     );
+    const on = (signal: AbortSignal | undefined, fn: () => void): void => {
+      if (!signal || settled) return;
+      unlisten.push(onAbort(signal, fn));
+    };
+    // Ringing: CANCEL now. Not ringing yet: the 18x handler above CANCELs at once.
+    on(p.shutdown?.draining, () => {
+      if (rang) call?.cancel();
+    });
+    on(p.shutdown?.expiring, () => {
+      if (!rang) stopping = true;
+      call?.cancel();
+    });
   });
 }

@@ -4,16 +4,17 @@ import type { Config } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
 import type { EventPublisher } from '../events/event-publisher.js';
 import type { Metrics } from '../metrics/metrics.js';
+import type { RangeHealth } from '../numbers/range-health.js';
 import type { RangeSelector } from '../numbers/range-selector.js';
 import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
 import { generateCode } from '../verification/codes.js';
-import { placeFlashCall, type FlashResult } from './flash-call.js';
+import { placeFlashCall, type FlashResult, type ShutdownSignals } from './flash-call.js';
 import { claimDelivery } from './delivery-claim.js';
-import type { TrunkPacer } from './trunk-pacer.js';
+import { trunkVerdict, type TrunkPacer } from './trunk-pacer.js';
 
 /** Outcomes that never reached the far end: the attempt is refunded. */
-const NOT_ON_NETWORK = new Set(['unreachable', 'timeout', 'no_cli']);
+const NOT_ON_NETWORK = new Set(['unreachable', 'timeout', 'no_cli', 'shutdown']);
 
 /**
  * Delivers one flash-call verification: loads the sealed record, reserves a
@@ -33,12 +34,16 @@ export class FlashProcessor {
       events: EventPublisher;
       metrics: Metrics;
       logger: Logger;
+      shutdown?: ShutdownSignals;
+      /** Per-range outcomes for conversion tracking and quarantine (fraud.rangeHealth). */
+      health?: RangeHealth;
     },
   ) {}
 
   async process(requestId: string): Promise<FlashResult | undefined> {
     const { redis, sealer, config, events } = this.deps;
-    const claim = await claimDelivery(this.deps, requestId, 'flash_call');
+    // Re-run after a crash: a call that already rang was delivered (its event is in the stream); any other may have left.
+    const claim = await claimDelivery(this.deps, requestId, 'flash_call', ['rang_at'], (extra) => (extra.rang_at ? 'done' : 'interrupted'));
     if (!claim) return undefined;
     const { key, base, log, to, country } = claim;
     const destMac = sealer.mac('destination', to);
@@ -59,8 +64,10 @@ export class FlashProcessor {
       return undefined;
     }
 
+    // The range of this call's CLI, for the conversion of the range when the request is verified;
+    // written while the trunk's CPS token is awaited, in place before the INVITE leaves.
     const trunk = this.deps.trunks.pick();
-    await this.deps.trunks.take(trunk);
+    await Promise.all([redis.hset(key, 'cli_range', reserved.range.prefix), this.deps.trunks.take(trunk)]);
     const t1 = config.sip.timers.t1Ms;
     this.deps.metrics.callStarted('flash_call', trunk.name);
     const result = await placeFlashCall(this.deps.originator, {
@@ -71,9 +78,12 @@ export class FlashProcessor {
       ringingTimeoutMs: config.flash.ringingTimeoutMs,
       settleMs: 64 * t1 + 1000,
       logger: log,
+      shutdown: this.deps.shutdown,
       onRinging: (callId, sipStatus) => {
         void events
           .publish({ ...base, status: 'delivered', detail: { sip_status: sipStatus, call_id: callId, trunk: trunk.name, range: reserved.range.prefix } })
+          // Marked after the event is in the stream: a re-run that finds it knows the delivery is done.
+          .then(() => redis.hset(key, 'rang_at', String(Date.now())))
           .catch((err: Error) => log.error({ err: err.message }, 'could not publish delivered event'));
       },
     });
@@ -87,10 +97,23 @@ export class FlashProcessor {
     };
     log.info({ ...detail }, 'flash call finished');
     this.deps.metrics.callEnded('flash_call', trunk.name, result.outcome, result.postDialDelayMs);
+    this.deps.trunks.report(trunk, trunkVerdict(result.outcome));
     // Delivered = the caller ID was shown (rang, or answered without an 18x).
     if (result.rang || result.outcome === 'answered') this.deps.metrics.rangeSent(reserved.range.prefix);
-    // The call's own outcome, for operators (the status itself follows from events).
-    await redis.hset(key, { outcome: result.outcome, ...(result.sipStatus !== undefined ? { final_sip_status: String(result.sipStatus) } : {}) });
+    // The range's counters and the call's own outcome (for operators; the status itself follows from events)
+    // are independent: issued together, they leave in one write (autopipelining).
+    await Promise.all([
+      this.deps.health && !NOT_ON_NETWORK.has(result.outcome)
+        ? this.deps.health
+            // A final 403/603 before any ringing: the far network refused this caller ID (range health judges the ratio).
+            .recordDial(reserved.range.prefix, {
+              sent: result.rang || result.outcome === 'answered',
+              rejected: !result.rang && (result.sipStatus === 403 || result.sipStatus === 603),
+            })
+            .catch((err: Error) => log.warn({ err: err.message }, 'could not record the range outcome'))
+        : undefined,
+      redis.hset(key, { outcome: result.outcome, ...(result.sipStatus !== undefined ? { final_sip_status: String(result.sipStatus) } : {}) }),
+    ]);
     if (!result.rang && result.outcome !== 'answered' && result.outcome !== 'cancelled') {
       await events.publish({
         ...base,

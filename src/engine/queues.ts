@@ -30,10 +30,23 @@ export class BullDeliveryQueue implements DeliveryQueue {
   constructor(
     private readonly connection: ConnectionOptions,
     private readonly prefix: string,
+    /** How long enqueue() waits for Redis before it gives up (the add may still land later: job ids make that harmless). */
+    private readonly enqueueTimeoutMs = 2000,
   ) {}
 
-  async enqueue(method: Method, requestId: string): Promise<void> {
-    await this.queue(method).add(QUEUE_NAMES[method], { request_id: requestId }, { ...JOB_OPTIONS, jobId: requestId });
+  /** `jobId` defaults to the request id; a resend's job is `<request_id>-r<n>` (same data). */
+  async enqueue(method: Method, requestId: string, jobId: string = requestId): Promise<void> {
+    // BullMQ's connection waits for Redis forever; a caller (an HTTP request) must not.
+    let timer: NodeJS.Timeout | undefined;
+    const add = this.queue(method).add(QUEUE_NAMES[method], { request_id: requestId }, { ...JOB_OPTIONS, jobId });
+    try {
+      await Promise.race([
+        add,
+        new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('queue unavailable: Redis did not answer')), this.enqueueTimeoutMs))),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   queue(method: Method): Queue<DeliveryJobData> {

@@ -1,21 +1,153 @@
 import type { TrunkConfig } from '../config/schema.js';
 import { TokenBucket } from './token-bucket.js';
 
+export interface TrunkHealthOptions {
+  /** Calls in a row ending `unreachable`/`timeout` before the trunk is marked down. */
+  failuresToMarkDown: number;
+  /** First wait before a down trunk gets a call again (the probe); doubles at each failed probe. */
+  retryAfterMs: number;
+  maxRetryAfterMs: number;
+}
+
+/** What a finished call says about its trunk. */
+export type TrunkVerdict =
+  /** The trunk answered (any SIP response): it is alive. */
+  | 'up'
+  /** Transport error or Timer B: nothing came back. */
+  | 'failed'
+  /** Says nothing about the trunk (no CLI, no media port, no 18x in time ...). */
+  | 'neutral';
+
+/** The trunk verdict of a call outcome. */
+export function trunkVerdict(outcome: string): TrunkVerdict {
+  if (outcome === 'unreachable' || outcome === 'timeout') return 'failed';
+  if (outcome === 'no_ringing' || outcome === 'no_answer' || outcome === 'no_media_resources' || outcome === 'no_cli' || outcome === 'shutdown') return 'neutral';
+  return 'up';
+}
+
+export interface TrunkState {
+  name: string;
+  up: boolean;
+}
+
+interface Health {
+  trunk: TrunkConfig;
+  up: boolean;
+  failures: number;
+  backoffMs: number;
+  /** When a down trunk may take its next (probe) call. */
+  retryAt: number;
+  /** A probe call is in flight: no other call goes to the down trunk meanwhile. */
+  probing: boolean;
+  /** Smooth weighted round-robin state (nginx's algorithm). */
+  current: number;
+}
+
+const DEFAULT_HEALTH: TrunkHealthOptions = { failuresToMarkDown: 3, retryAfterMs: 5000, maxRetryAfterMs: 60_000 };
+
 /**
- * Chooses the trunk of a call and paces calls to each trunk's CPS. One pacer
- * per worker process, shared by every channel, so flash and voice calls
+ * Chooses the trunk of each call and paces calls to each trunk's CPS. One
+ * pacer per worker process, shared by every channel, so flash and voice calls
  * together stay within a trunk's `cps`.
+ *
+ * Health: a trunk whose calls end `unreachable`/`timeout` `failuresToMarkDown`
+ * times in a row is marked down and gets no traffic; after `retryAfterMs` one
+ * call (the probe) goes to it again: any SIP response brings it back up, a
+ * failure doubles the wait (up to `maxRetryAfterMs`). Calls go to the live
+ * trunks of the lowest `priority`, shared by `weight`; when every trunk is
+ * down, the one due first is tried anyway (failing fast is better than not
+ * calling at all).
  */
 export class TrunkPacer {
   private readonly buckets = new Map<string, TokenBucket>();
+  private readonly health: Health[];
 
-  constructor(private readonly trunks: readonly TrunkConfig[]) {
+  constructor(
+    trunks: readonly TrunkConfig[],
+    private readonly options: TrunkHealthOptions = DEFAULT_HEALTH,
+    /** Told when a trunk goes down or comes back (logs). */
+    private readonly onChange: (name: string, up: boolean, detail: { failures: number; retryInMs: number }) => void = () => undefined,
+    private readonly now: () => number = Date.now,
+  ) {
     if (trunks.length === 0) throw new Error('TrunkPacer needs at least one trunk');
+    this.health = trunks.map((trunk) => ({
+      trunk,
+      up: true,
+      failures: 0,
+      backoffMs: options.retryAfterMs,
+      retryAt: 0,
+      probing: false,
+      current: 0,
+    }));
   }
 
-  /** The trunk for the next call. Failover between trunks lands with the resilience work; today the first carries all calls. */
+  /** The trunk for the next call. Report how the call ended with `report()`. */
   pick(): TrunkConfig {
-    return this.trunks[0]!;
+    const now = this.now();
+    // A down trunk whose back-off is over gets the next call: the probe.
+    const due = this.health.find((h) => !h.up && !h.probing && h.retryAt <= now);
+    if (due) {
+      due.probing = true;
+      return due.trunk;
+    }
+    const live = this.health.filter((h) => h.up);
+    if (live.length === 0) {
+      // Everything is down: try the one whose retry comes first.
+      const first = [...this.health].sort((a, b) => a.retryAt - b.retryAt)[0]!;
+      return first.trunk;
+    }
+    const best = Math.min(...live.map((h) => h.trunk.priority ?? 0));
+    const group = live.filter((h) => (h.trunk.priority ?? 0) === best);
+    if (group.length === 1) return group[0]!.trunk;
+    let total = 0;
+    let chosen: Health | undefined;
+    for (const h of group) {
+      const w = h.trunk.weight ?? 1;
+      h.current += w;
+      total += w;
+      if (!chosen || h.current > chosen.current) chosen = h;
+    }
+    chosen!.current -= total;
+    return chosen!.trunk;
+  }
+
+  /** How a call to `trunk` ended, for its health. */
+  report(trunk: TrunkConfig, verdict: TrunkVerdict): void {
+    const h = this.health.find((x) => x.trunk.name === trunk.name);
+    if (!h) return;
+    const now = this.now();
+    if (verdict === 'neutral') {
+      h.probing = false;
+      return;
+    }
+    if (verdict === 'up') {
+      h.failures = 0;
+      h.probing = false;
+      if (!h.up) {
+        h.up = true;
+        h.backoffMs = this.options.retryAfterMs;
+        this.onChange(h.trunk.name, true, { failures: 0, retryInMs: 0 });
+      }
+      return;
+    }
+    h.failures++;
+    if (h.up && h.failures >= this.options.failuresToMarkDown) {
+      h.up = false;
+      h.backoffMs = this.options.retryAfterMs;
+      h.retryAt = now + h.backoffMs;
+      this.onChange(h.trunk.name, false, { failures: h.failures, retryInMs: h.backoffMs });
+    } else if (!h.up && h.probing) {
+      // The probe failed too: wait twice as long before the next one.
+      h.backoffMs = Math.min(h.backoffMs * 2, this.options.maxRetryAfterMs);
+      h.retryAt = now + h.backoffMs;
+      this.onChange(h.trunk.name, false, { failures: h.failures, retryInMs: h.backoffMs });
+    }
+    h.probing = false;
+  }
+
+  /** Up/down of every trunk (the `flashverify_trunk_up` gauge). */
+  status(): TrunkState[] {
+    return this.health.map((h) => ({ name: h.trunk.name, up: h.up }));
   }
 
   /** Resolves when the trunk may take one more call. */

@@ -3,6 +3,8 @@ import type { TrunkConfig } from '../config/schema.js';
 import type { Announcement, MediaPlayer, MediaSession } from '../media/media-player.js';
 import type { NegotiatedMedia } from '../media/sdp.js';
 import type { CallFailureReason, CallOriginator, OutboundCall } from '../sip/call-originator.js';
+import { onAbort } from './abort-fanout.js';
+import type { ShutdownSignals } from './flash-call.js';
 
 /** How a voice-OTP call ended (design.md "Voice OTP, precisely"). */
 export type VoiceOutcome =
@@ -16,6 +18,8 @@ export type VoiceOutcome =
   | 'media_failed'
   /** No RTP port free (or the media backend failed) before dialling: never called. */
   | 'no_media_resources'
+  /** The worker's shutdown grace ran out: playback stopped and BYE sent, or the unanswered call CANCELled. */
+  | 'shutdown'
   | CallFailureReason;
 
 export interface VoiceResult {
@@ -45,6 +49,8 @@ export interface VoiceCallParams {
   logger: Logger;
   /** Called once, when the far end answered with usable media, before playback starts. */
   onAnswered?(callId: string, media: NegotiatedMedia): void;
+  /** Worker shutdown: prompts in progress play on (`draining`) until the grace is nearly over (`expiring`): then BYE / CANCEL. */
+  shutdown?: ShutdownSignals;
 }
 
 /**
@@ -68,16 +74,19 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
       let answered = false;
       let noAnswer = false;
       let remoteHangup = false;
+      let stopping = false;
       let settled = false;
       let codec: string | undefined;
       let answerDelayMs: number | undefined;
       const timers: NodeJS.Timeout[] = [];
       let call: OutboundCall | undefined;
+      let unlistenExpiring = (): void => undefined;
 
       const finish = (r: Omit<VoiceResult, 'callId' | 'answered' | 'codec' | 'answerDelayMs'>): void => {
         if (settled) return;
         settled = true;
         timers.forEach(clearTimeout);
+        unlistenExpiring();
         resolve({
           ...r,
           callId: call?.callId ?? '',
@@ -95,7 +104,8 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
         if (remoteHangup) return finish({ outcome: 'remote_hangup', sipStatus: 200, packets: played.packets });
         // Our BYE; the call is over for the user whether or not the BYE transaction succeeds.
         await call?.hangup().catch(() => undefined);
-        finish({ outcome: remoteHangup ? 'remote_hangup' : 'played', sipStatus: 200, packets: played.packets });
+        const outcome = remoteHangup ? 'remote_hangup' : stopping && !played.completed ? 'shutdown' : 'played';
+        finish({ outcome, sipStatus: 200, packets: played.packets });
       };
 
       call = originator.originate(
@@ -131,12 +141,16 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
             session.stop();
           },
           onCancelled() {
-            finish({ outcome: 'no_answer', sipStatus: 487 });
+            finish({ outcome: stopping ? 'shutdown' : 'no_answer', sipStatus: 487 });
           },
           onFailed(f) {
             // After our no-answer CANCEL, a final response other than 487 (or none) still means nobody answered,
             // unless nothing ever came back at all (Timer B: `timeout`) or the network failed.
-            const outcome = noAnswer && f.reason !== 'timeout' && f.reason !== 'unreachable' ? 'no_answer' : f.reason;
+            const outcome = stopping
+              ? 'shutdown'
+              : noAnswer && f.reason !== 'timeout' && f.reason !== 'unreachable'
+                ? 'no_answer'
+                : f.reason;
             finish({ outcome, sipStatus: f.status, phrase: f.phrase });
           },
         },
@@ -149,6 +163,13 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
           timers.push(setTimeout(() => finish({ outcome: 'no_answer' }), p.settleMs));
         }, p.answerTimeoutMs),
       );
+      function onExpiring(): void {
+        stopping = true;
+        // Answered: stop the prompt, playThenHangup sends the BYE. Not answered: CANCEL.
+        if (answered) session.stop();
+        else call?.cancel();
+      }
+      if (p.shutdown && !settled) unlistenExpiring = onAbort(p.shutdown.expiring, onExpiring);
     });
   } finally {
     await session.close();

@@ -10,11 +10,12 @@ import type { RangeSelector } from '../numbers/range-selector.js';
 import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
 import { claimDelivery } from './delivery-claim.js';
-import type { TrunkPacer } from './trunk-pacer.js';
+import type { ShutdownSignals } from './flash-call.js';
+import { trunkVerdict, type TrunkPacer } from './trunk-pacer.js';
 import { placeVoiceCall, type VoiceResult } from './voice-call.js';
 
 /** Outcomes that never reached the far end: the attempt is refunded. */
-const NOT_ON_NETWORK = new Set(['unreachable', 'timeout', 'no_media_resources']);
+const NOT_ON_NETWORK = new Set(['unreachable', 'timeout', 'no_media_resources', 'shutdown']);
 
 /**
  * Delivers one voice-OTP verification: loads the sealed record, calls the
@@ -35,12 +36,16 @@ export class VoiceProcessor {
       events: EventPublisher;
       metrics: Metrics;
       logger: Logger;
+      shutdown?: ShutdownSignals;
     },
   ) {}
 
   async process(requestId: string): Promise<VoiceResult | undefined> {
     const { redis, config, events } = this.deps;
-    const claim = await claimDelivery(this.deps, requestId, 'voice', ['locale']);
+    // Re-run after a crash: a call that was answered was delivered (its event is in the stream); any other may have left.
+    const claim = await claimDelivery(this.deps, requestId, 'voice', ['locale', 'answered_at'], (extra) =>
+      extra.answered_at ? 'done' : 'interrupted',
+    );
     if (!claim) return undefined;
     const { key, base, log, to, code, country } = claim;
     const locale = claim.extra.locale ?? undefined;
@@ -57,9 +62,11 @@ export class VoiceProcessor {
       answerTimeoutMs: config.voice.answerTimeoutMs,
       settleMs: 64 * config.sip.timers.t1Ms + 1000,
       logger: log,
+      shutdown: this.deps.shutdown,
       onAnswered: (callId, media) => {
         void events
           .publish({ ...base, status: 'delivered', detail: { sip_status: 200, call_id: callId, trunk: trunk.name, codec: media.codec, language } })
+          .then(() => redis.hset(key, 'answered_at', String(Date.now())))
           .catch((err: Error) => log.error({ err: err.message }, 'could not publish delivered event'));
       },
     });
@@ -75,6 +82,7 @@ export class VoiceProcessor {
     };
     log.info({ ...detail }, 'voice call finished');
     this.deps.metrics.callEnded('voice', trunk.name, result.outcome);
+    this.deps.trunks.report(trunk, trunkVerdict(result.outcome));
     await redis.hset(key, { outcome: result.outcome, ...(result.sipStatus !== undefined ? { final_sip_status: String(result.sipStatus) } : {}) });
     if (!result.answered) {
       await events.publish({

@@ -11,6 +11,9 @@ export interface DeliveryEvent {
   detail: Record<string, string | number | boolean>;
   /** Milliseconds since epoch; default now. */
   timestamp?: number;
+  /** Workflow requests: the step this event is about, and how many steps there are (stream fields `step`, `steps`). */
+  step?: number;
+  steps?: number;
 }
 
 /** Writes delivery events to `<prefix>:events` (design.md: one entry per event). */
@@ -40,6 +43,7 @@ export class EventPublisher {
       e.status,
       'timestamp',
       String(e.timestamp ?? Date.now()),
+      ...(e.step !== undefined ? ['step', String(e.step), 'steps', String(e.steps ?? e.step + 1)] : []),
       'detail',
       JSON.stringify(e.detail),
     );

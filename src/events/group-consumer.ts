@@ -24,6 +24,8 @@ export interface GroupConsumerOptions {
  */
 export abstract class GroupConsumer {
   private running = false;
+  /** Set by drain(): the loop ends at its first read that finds nothing new. */
+  private draining = false;
   private loop: Promise<void> | undefined;
 
   constructor(
@@ -49,6 +51,19 @@ export abstract class GroupConsumer {
     this.loop = this.run();
   }
 
+  /**
+   * Applies what is already in the stream, then stops: the loop ends at its
+   * first read that comes back empty, or after `timeoutMs` (graceful shutdown:
+   * the events of the last calls reach their records before the process exits).
+   */
+  async drain(timeoutMs: number): Promise<void> {
+    this.draining = true;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.loop?.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
+    clearTimeout(timer);
+    await this.stop();
+  }
+
   async stop(): Promise<void> {
     this.running = false;
     // Unblock XREADGROUP BLOCK by closing the dedicated connection.
@@ -61,6 +76,7 @@ export abstract class GroupConsumer {
     const claimEvery = this.options.claimIdleMs ?? 30_000;
     let lastClaim = 0;
     while (this.running) {
+      const draining = this.draining;
       try {
         if (Date.now() - lastClaim >= claimEvery) {
           lastClaim = Date.now();
@@ -73,12 +89,15 @@ export abstract class GroupConsumer {
           'COUNT',
           this.options.batch ?? 200,
           'BLOCK',
-          blockMs,
+          draining ? 50 : blockMs,
           'STREAMS',
           this.keys.events(),
           '>',
         )) as [string, [string, string[]][]][] | null;
-        if (!res) continue;
+        if (!res || res.every(([, entries]) => entries.length === 0)) {
+          if (draining) return;
+          continue;
+        }
         for (const [, entries] of res) await this.handleAll(entries.map(toEntry));
       } catch (err) {
         if (!this.running) return;
@@ -109,10 +128,23 @@ export abstract class GroupConsumer {
     } while (cursor !== '0-0');
   }
 
+  /**
+   * Handles a read batch in order and acknowledges what was handled with one
+   * XACK (one command per batch instead of one per entry). An entry whose
+   * handling threw, and every later one, stays pending as before. A crash
+   * before the XACK leaves the batch's handled entries pending: they are
+   * handled again when reclaimed, which the handlers must (and do) tolerate,
+   * as for a crash between `handle` and its own XACK.
+   */
   private async handleAll(entries: StreamEntry[]): Promise<void> {
-    for (const entry of entries) {
-      await this.handle(entry);
-      await this.redis.xack(this.keys.events(), this.group, entry.id);
+    const done: string[] = [];
+    try {
+      for (const entry of entries) {
+        await this.handle(entry);
+        done.push(entry.id);
+      }
+    } finally {
+      if (done.length) await this.redis.xack(this.keys.events(), this.group, ...done);
     }
   }
 }

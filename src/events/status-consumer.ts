@@ -49,10 +49,12 @@ export class StatusConsumer extends GroupConsumer {
       const v = detail[k];
       if (v !== undefined) patch.push(k === 'reason' ? 'failure_reason' : k, String(v).replace(/\n/g, ' '));
     }
-    await scripts.applyEvent.run(
+    // An event of a workflow step (field `step`): applyStepEvent-2 keeps a failed step with steps left from failing the request.
+    const stepped = fields.step !== undefined;
+    await (stepped ? scripts.applyStepEvent : scripts.applyEvent).run(
       this.redis,
       [this.keys.verification(fields.request_id), this.keys.account(fields.account_id ?? '')],
-      [status, fields.timestamp ?? String(Date.now()), patch.join('\n'), detail.refund === true ? '1' : '0'],
+      [status, fields.timestamp ?? String(Date.now()), patch.join('\n'), detail.refund === true ? '1' : '0', ...(stepped ? [fields.step!] : [])],
     );
   }
 }

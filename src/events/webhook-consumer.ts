@@ -36,6 +36,8 @@ export class WebhookConsumer extends GroupConsumer {
   protected async handle({ id, fields }: StreamEntry): Promise<void> {
     const { event, request_id: requestId, account_id: accountId } = fields;
     if (!event || !WEBHOOK_EVENTS.has(event) || !requestId || !accountId) return;
+    // A failed workflow step with steps left is not the request's failure: the next step starts instead.
+    if (event === 'verification.failed' && fields.step !== undefined && Number(fields.step) < Number(fields.steps) - 1) return;
     const url = await this.redis.hget(this.keys.account(accountId), 'webhook_url');
     if (!url) return;
     const order = this.keys.webhookOrder(requestId);

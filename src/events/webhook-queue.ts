@@ -10,6 +10,7 @@ export const WEBHOOK_EVENTS: ReadonlySet<string> = new Set([
   'verification.verified',
   'verification.expired',
   'verification.failed',
+  'verification.canceled',
 ]);
 
 /**

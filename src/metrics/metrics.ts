@@ -10,6 +10,22 @@ export interface JobCountsSource {
   getJobCounts(...types: ('waiting' | 'active' | 'delayed')[]): Promise<Record<string, number>>;
 }
 
+/** What the trunk gauge reads at scrape time (the worker's trunk pacer). */
+export interface TrunkStatusSource {
+  status(): { name: string; up: boolean }[];
+}
+
+/** What the SMPP gauges read at scrape time (the SMS gateway has it). */
+export interface SmscStatusSource {
+  status(): { name: string; bindsUp: number; bindsConfigured: number; inFlight: number; window: number }[];
+}
+
+/** What the range-quarantine gauge reads at scrape time (numbers/range-health.ts has it). */
+export interface RangeQuarantineSource {
+  readonly ranges: readonly string[];
+  quarantined(): Promise<Set<string>>;
+}
+
 /** Job states the queue-depth gauge reports; completed/failed are history, not depth. */
 const DEPTH_STATES = ['waiting', 'active', 'delayed'] as const;
 
@@ -31,8 +47,13 @@ export class Metrics {
   private readonly webhookFailures: Counter<'final'>;
   private readonly rangeSentCounter: Counter<'range'>;
   private readonly rangeVerifiedCounter: Counter<'range'>;
+  private readonly smsSubmits: Counter<'smsc' | 'outcome'>;
+  private readonly smsReceipts: Counter<'smsc' | 'state'>;
+  private readonly smscSources: SmscStatusSource[] = [];
   private readonly callSources: ActiveCallsSource[] = [];
+  private readonly trunkSources: TrunkStatusSource[] = [];
   private readonly queues = new Map<string, JobCountsSource>();
+  private rangeQuarantine: RangeQuarantineSource | undefined;
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
@@ -81,6 +102,44 @@ export class Metrics {
       labelNames: ['range'],
       registers,
     });
+    this.smsSubmits = new Counter({
+      name: 'flashverify_sms_submits_total',
+      help: 'submit_sm attempts by SMSC and outcome (accepted, failed, throttled, queue_full, timeout, connection_lost, no_bind)',
+      labelNames: ['smsc', 'outcome'],
+      registers,
+    });
+    this.smsReceipts = new Counter({
+      name: 'flashverify_sms_receipts_total',
+      help: 'Delivery receipts by SMSC and message state (DELIVRD, UNDELIV, REJECTD, EXPIRED, ...)',
+      labelNames: ['smsc', 'state'],
+      registers,
+    });
+    const smscSources = this.smscSources;
+    const smscGauge = (name: string, help: string, read: (s: ReturnType<SmscStatusSource['status']>[number]) => number): void => {
+      new Gauge({
+        name,
+        help,
+        labelNames: ['smsc'],
+        registers,
+        collect() {
+          for (const source of smscSources) for (const s of source.status()) this.set({ smsc: s.name }, read(s));
+        },
+      });
+    };
+    smscGauge('flashverify_smpp_binds_up', 'SMPP binds currently bound, by SMSC', (s) => s.bindsUp);
+    smscGauge('flashverify_smpp_binds_configured', 'SMPP binds configured, by SMSC', (s) => s.bindsConfigured);
+    smscGauge('flashverify_smpp_window_in_flight', 'submit_sm awaiting their response, by SMSC (window use)', (s) => s.inFlight);
+    smscGauge('flashverify_smpp_window_size', 'Total window (in-flight submits allowed) over the binds that are up, by SMSC', (s) => s.window);
+    const trunkSources = this.trunkSources;
+    new Gauge({
+      name: 'flashverify_trunk_up',
+      help: 'SIP trunk health as this process sees it: 1 up, 0 marked down (unreachable/timeout in a row, retried with back-off)',
+      labelNames: ['trunk'],
+      registers,
+      collect() {
+        for (const source of trunkSources) for (const t of source.status()) this.set({ trunk: t.name }, t.up ? 1 : 0);
+      },
+    });
     const callSources = this.callSources;
     new Gauge({
       name: 'flashverify_active_calls',
@@ -88,6 +147,20 @@ export class Metrics {
       registers,
       collect() {
         this.set(callSources.reduce((n, s) => n + s.activeCalls, 0));
+      },
+    });
+    const quarantineSource = (): RangeQuarantineSource | undefined => this.rangeQuarantine;
+    new Gauge({
+      name: 'flashverify_range_quarantined',
+      help: 'DID ranges taken out of rotation by range health (1 quarantined, 0 in use), by range prefix',
+      labelNames: ['range'],
+      registers,
+      async collect() {
+        const source = quarantineSource();
+        // Redis slow or down: keep the last values rather than fail the scrape.
+        const q = await source?.quarantined().catch(() => undefined);
+        if (!source || !q) return;
+        for (const range of source.ranges) this.set({ range }, q.has(range) ? 1 : 0);
       },
     });
     const queues = this.queues;
@@ -137,9 +210,32 @@ export class Metrics {
     this.rangeVerifiedCounter.inc({ range });
   }
 
+  smsSubmitted(smsc: string, outcome: string): void {
+    this.smsSubmits.inc({ smsc, outcome });
+  }
+
+  smsReceipt(smsc: string, state: string): void {
+    this.smsReceipts.inc({ smsc, state });
+  }
+
+  /** Report binds and window use of an SMS gateway in the flashverify_smpp_* gauges. */
+  watchSmsc(source: SmscStatusSource): void {
+    this.smscSources.push(source);
+  }
+
   /** Report this source's activeCalls in `flashverify_active_calls` (summed over sources). */
   watchActiveCalls(source: ActiveCallsSource): void {
     this.callSources.push(source);
+  }
+
+  /** Report trunk health in `flashverify_trunk_up{trunk}`. */
+  watchTrunks(source: TrunkStatusSource): void {
+    this.trunkSources.push(source);
+  }
+
+  /** Report quarantined DID ranges in `flashverify_range_quarantined{range}`. */
+  watchRangeQuarantine(source: RangeQuarantineSource): void {
+    this.rangeQuarantine = source;
   }
 
   /** Report this queue's depth in `flashverify_queue_jobs{queue}` (one Redis round trip per scrape). */

@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { RangeConfig } from '../config/schema.js';
 import type { Keys } from '../store/keys.js';
+import type { RangeUsability } from './range-health.js';
 
 export interface ReservedCli {
   range: RangeConfig;
@@ -28,6 +29,8 @@ export class RangeSelector {
      * CLI contains the code and must not sit in clear in a key name.
      */
     private readonly cliKey: (cli: string) => string,
+    /** Range health: quarantined ranges are skipped (unless every candidate is quarantined). */
+    private readonly health?: RangeUsability,
   ) {
     for (const r of ranges) {
       const list = this.byCountry.get(r.country) ?? [];
@@ -52,13 +55,22 @@ export class RangeSelector {
    * towards this destination; null when every range is.
    */
   async reserve(country: string, code: string, destinationMac: string): Promise<ReservedCli | null> {
-    for (const range of this.candidates(country)) {
+    for (const range of await this.usable(this.candidates(country))) {
       const cli = range.prefix + code;
       if (this.cooldownSeconds === 0) return { range, cli };
       const ok = await this.redis.set(this.keys.cliCooldown(this.cliKey(cli), destinationMac), '1', 'EX', this.cooldownSeconds, 'NX');
       if (ok === 'OK') return { range, cli };
     }
     return null;
+  }
+
+  /** Candidates without the quarantined ranges; all of them when every one is quarantined (better a doubtful CLI than none). */
+  private async usable(list: RangeConfig[]): Promise<RangeConfig[]> {
+    const health = this.health;
+    if (!health) return list;
+    const ok = (await Promise.all(list.map((r) => health.usable(r.prefix)))).map((u, i) => (u ? list[i] : undefined));
+    const usable = ok.filter((r): r is RangeConfig => r !== undefined);
+    return usable.length ? usable : list;
   }
 }
 

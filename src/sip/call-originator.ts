@@ -82,3 +82,27 @@ export interface CallOriginator {
   /** Send an INVITE; the delegate hears everything that follows. Never throws for network reasons. */
   originate(request: OriginateRequest, delegate: CallDelegate): OutboundCall;
 }
+
+/**
+ * Calls one delegate callback; a callback that throws is logged, never
+ * allowed to break the backend's state machine.
+ */
+export function callDelegate(log: Logger, name: string, fn: () => void): void {
+  try {
+    fn();
+  } catch (err) {
+    log.error({ err: err instanceof Error ? err.message : String(err), callback: name }, 'call delegate threw');
+  }
+}
+
+/** The single non-answer outcome of a call, logged and reported the same way by every backend. */
+export function reportCallEnd(log: Logger, delegate: CallDelegate, outcome: 'failed' | 'cancelled', failure?: CallFailure): void {
+  if (outcome === 'cancelled') {
+    log.info('SIP call cancelled');
+    callDelegate(log, 'onCancelled', () => delegate.onCancelled?.());
+  } else {
+    const f: CallFailure = failure ?? { reason: 'rejected' };
+    log.info({ reason: f.reason, status: f.status, phrase: f.phrase }, 'SIP call failed');
+    callDelegate(log, 'onFailed', () => delegate.onFailed?.(f));
+  }
+}

@@ -234,6 +234,8 @@ export function parseVia(value: string): Via | undefined {
   if (!isToken(transport)) return undefined;
   const hp = parseHostPort(rest.slice(sp));
   if (hp === undefined) return undefined;
+  // via-params are generic-params: each a token, never empty (`;;` is malformed, RFC 4475 3.1.2.1).
+  if (semi !== -1 && !value.slice(semi + 1).split(';').every((p) => isToken((p.split('=')[0] ?? '').trim()))) return undefined;
   const params = semi === -1 ? {} : parseParams(value.slice(semi));
   const branch = params['branch'];
   return { transport, host: hp.host, port: hp.port, params, branch: branch ?? undefined };
@@ -251,14 +253,20 @@ export function parseNameAddr(value: string): NameAddr | undefined {
     const gt = v.indexOf('>', lt);
     if (gt === -1) return undefined;
     const dn = v.slice(0, lt).trim();
-    if (dn.length > 0) displayName = dn[0] === '"' && dn.endsWith('"') && dn.length >= 2 ? unquote(dn) : dn;
+    if (dn.length > 0) {
+      const quoted = dn[0] === '"' && dn.endsWith('"') && dn.length >= 2;
+      // display-name = *(token LWS) / quoted-string (RFC 3261 25.1): `Bell, Alexander <sip:...>` is not one.
+      if (!quoted && !dn.split(/[ \t]+/).every(isToken)) return undefined;
+      displayName = quoted ? unquote(dn) : dn;
+    }
     uri = v.slice(lt + 1, gt).trim();
     paramsPart = v.slice(gt + 1);
   } else {
     // addr-spec: parameters after the URI belong to the header (RFC 3261 20.10).
     if (v[0] === '"') return undefined;
     const semi = v.indexOf(';');
-    uri = semi === -1 ? v : v.slice(0, semi);
+    // LWS may precede the SEMI of a header parameter (RFC 3261 25.1, RFC 4475 3.1.1.1).
+    uri = (semi === -1 ? v : v.slice(0, semi)).trim();
     paramsPart = semi === -1 ? '' : v.slice(semi);
     if (uri.indexOf(' ') !== -1) return undefined;
   }
@@ -446,7 +454,8 @@ function parseUnsafe(data: Buffer, datagram: boolean): ParseResult {
   const version = line.slice(sp2 + 1);
   if (!isToken(method)) return fail('bad method');
   if (version.toUpperCase() !== 'SIP/2.0') return fail('bad SIP version');
-  if (uri.length === 0 || uri.indexOf(':') === -1) return fail('bad Request-URI');
+  // An absoluteURI: a scheme, a colon, no LWS and no angle brackets (RFC 3261 25.1; RFC 4475 3.1.2.6).
+  if (!/^[A-Za-z][A-Za-z0-9+.-]*:[^\s<>]*$/.test(uri)) return fail('bad Request-URI');
   if (fields.cseq.method !== method) return fail('CSeq method does not match request method');
   return { ok: true, message: { kind: 'request', method, uri, headers: head.headers, body, ...fields } };
 }

@@ -8,7 +8,7 @@
 import type { Logger } from 'pino';
 import type { TrunkConfig } from '../config/schema.js';
 import { AppError } from '../errors/app-error.js';
-import type { CallDelegate, CallFailure, CallFailureReason, OutboundCall } from './call-originator.js';
+import { callDelegate, reportCallEnd, type CallDelegate, type CallFailure, type CallFailureReason, type OutboundCall } from './call-originator.js';
 import type { Clock, SipTimerConfig, TimerHandle } from './clock.js';
 import { computeDigest, isSupportedChallenge, parseDigestChallenge, type DigestChallenge } from './digest.js';
 import {
@@ -336,6 +336,8 @@ export class UacCall implements OutboundCall {
     this.cancelGuard = this.clearGuard();
     if (status < 300) {
       this.on2xx(response);
+      // A 2xx of another fork does not report, but it may be what the call was waiting for to end.
+      this.maybeEnd();
       return;
     }
     if ((status === 401 || status === 407) && this.tryAuthRetry(response)) return;
@@ -494,6 +496,16 @@ export class UacCall implements OutboundCall {
       this.host.sendStateless(late.ackRequest, late.ackDestination, this.log);
       this.sendByeOn(late, () => undefined);
       return;
+    }
+    if (this.inviteOutstanding) {
+      // The first 2xx reached us outside the INVITE transaction (its Via branch did not match, found by
+      // Call-ID): it still ends the INVITE (RFC 3261 13.2.2.4, 17.1.1.2). Without this the transaction,
+      // if it had seen a 1xx (no Timer B in Proceeding), would hold the call open for ever.
+      this.inviteOutstanding = false;
+      this.cancelGuard = this.clearGuard();
+      const tx = this.inviteTx;
+      this.inviteTx = undefined;
+      tx?.dispose();
     }
     this.dialog = this.createDialog(response, remoteTag);
     this.host.sendStateless(this.dialog.ackRequest, this.dialog.ackDestination, this.log);
@@ -705,14 +717,7 @@ export class UacCall implements OutboundCall {
     if (this.outcome !== undefined) return;
     this.outcome = outcome;
     if (this.state !== 'confirmed') this.state = 'terminated';
-    if (outcome === 'cancelled') {
-      this.log.info('SIP call cancelled');
-      this.safe('onCancelled', () => this.delegate.onCancelled?.());
-    } else {
-      const f: CallFailure = failure ?? { reason: 'rejected' };
-      this.log.info({ reason: f.reason, status: f.status, phrase: f.phrase }, 'SIP call failed');
-      this.safe('onFailed', () => this.delegate.onFailed?.(f));
-    }
+    reportCallEnd(this.log, this.delegate, outcome, failure);
   }
 
   /**
@@ -753,11 +758,7 @@ export class UacCall implements OutboundCall {
   }
 
   private safe(name: string, fn: () => void): void {
-    try {
-      fn();
-    } catch (err) {
-      this.log.error({ err: errorMessage(err), callback: name }, 'call delegate threw');
-    }
+    callDelegate(this.log, name, fn);
   }
 }
 

@@ -26,6 +26,13 @@ import {
 /** Destination sockets idle this long are closed by the sweep. */
 const IDLE_MS = 120_000;
 const SWEEP_MS = 60_000;
+/**
+ * Receive/send buffer of every SIP socket. The kernel default (~208 KB) holds
+ * well under a second of responses at 2,000 calls/s: a worker busy for a few
+ * tens of ms (GC, a burst of jobs) then loses 100/180/487s, and calls time out.
+ * Linux caps it at net.core.rmem_max / wmem_max (raise those on a busy host).
+ */
+const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
 
 interface DestinationSocket {
   readonly destination: Destination;
@@ -63,7 +70,7 @@ export class UdpTransport implements Transport {
   }
 
   async listen(): Promise<void> {
-    const socket = dgram.createSocket({ type: this.family, reuseAddr: true });
+    const socket = dgram.createSocket({ type: this.family, reuseAddr: true, recvBufferSize: SOCKET_BUFFER_BYTES, sendBufferSize: SOCKET_BUFFER_BYTES });
     socket.on('message', (msg, rinfo) => this.receive(msg, rinfo.address, rinfo.port));
     socket.on('error', (err) => this.logger.warn({ err: err.message }, 'UDP listener error'));
     await new Promise<void>((resolve, reject) => {
@@ -121,7 +128,7 @@ export class UdpTransport implements Transport {
     }
     if (entry.closed) return;
     const family = isIP(address) === 6 ? 'udp6' : 'udp4';
-    const socket = dgram.createSocket({ type: family, reuseAddr: true });
+    const socket = dgram.createSocket({ type: family, reuseAddr: true, recvBufferSize: SOCKET_BUFFER_BYTES, sendBufferSize: SOCKET_BUFFER_BYTES });
     entry.socket = socket;
     socket.on('message', (msg, rinfo) => this.receive(msg, rinfo.address, rinfo.port));
     socket.on('error', (err) => {

@@ -25,6 +25,13 @@ export class Keys {
   rateLimit(apiKey: string, epochSecond: number): string {
     return `${this.prefix}:rl:${apiKey}:${epochSecond}`;
   }
+  /**
+   * String with TTL: failed API authentications in the current window, per
+   * client address (`ip:<address>`) or per API key (`key:<api key>`).
+   */
+  authFailures(scope: 'ip' | 'key', id: string): string {
+    return `${this.prefix}:authfail:${scope}:${id}`;
+  }
   /** Hash: an account's usage on one UTC day (`<method>:count`, `<method>:cost`, `verified`). */
   usage(accountId: string, day: string): string {
     return `${this.prefix}:usage:${accountId}:${day}`;
@@ -45,6 +52,14 @@ export class Keys {
     return `${this.prefix}:expiries`;
   }
   /**
+   * Sorted set: request ids being created and not yet handed to the delivery
+   * queue, by time (ms). An entry still there after `worker.requeueAfterMs`
+   * means the api process died in between: the reconciler queues it.
+   */
+  unqueued(): string {
+    return `${this.prefix}:unqueued`;
+  }
+  /**
    * Sorted set (all scores 0, ordered by member): webhook events of one request
    * not yet delivered, as sortable stream ids; the lowest goes first.
    */
@@ -57,6 +72,41 @@ export class Keys {
    */
   idempotency(accountId: string, keyHash: string): string {
     return `${this.prefix}:idem:${accountId}:${keyHash}`;
+  }
+  /** String with TTL: an SMSC's (normalised) message id → the request id it delivers. */
+  smsMessage(smsc: string, messageId: string): string {
+    return `${this.prefix}:smsid:${smsc}:${messageId}`;
+  }
+  /** String with TTL: a delivery receipt (JSON) that arrived before its submit_sm_resp was recorded. */
+  smsEarlyReceipt(smsc: string, messageId: string): string {
+    return `${this.prefix}:smsdlr:${smsc}:${messageId}`;
+  }
+  /**
+   * Sorted set with TTL: sliding window of one account's sends (fraud velocity
+   * limits), kind `num` | `pfx` | `ip`; `subjectMac` is an HMAC of the number,
+   * prefix or IP: never a number in clear.
+   */
+  velocity(accountId: string, kind: 'num' | 'pfx' | 'ip', subjectMac: string): string {
+    return `${this.prefix}:vel:${accountId}:${kind}:${subjectMac}`;
+  }
+  /** String with TTL: the live request id of an (account, number[, method]), keyed by an HMAC of them. */
+  liveVerification(mac: string): string {
+    return `${this.prefix}:live:${mac}`;
+  }
+  /** Hash with TTL: one DID range's flash outcomes in one time bucket (attempts, sent, rejected, verified). */
+  rangeBucket(rangePrefix: string, bucketStartMs: number): string {
+    return `${this.prefix}:rh:${rangePrefix}:${bucketStartMs}`;
+  }
+  /** String with TTL: a quarantined DID range (value: the reason); the range selector skips it. */
+  rangeQuarantine(rangePrefix: string): string {
+    return `${this.prefix}:rq:${rangePrefix}`;
+  }
+  /**
+   * Hash: conversion counters of one UTC day: `range:<prefix>:sent|rejected|verified`
+   * and `country:<CC>:<method>:sent|verified`.
+   */
+  conversion(day: string): string {
+    return `${this.prefix}:conv:${day}`;
   }
   /** BullMQ prefix: queues live under `<prefix>:bull:<queue>:*`. */
   bullPrefix(): string {

@@ -8,11 +8,19 @@ import type { Logger } from 'pino';
 export function connectRedis(url: string, logger: Logger, options: RedisOptions = {}): Redis {
   const redis = new Redis(url, {
     // Fail commands quickly while Redis is down instead of queueing forever,
-    // so the API answers 503 rather than hanging.
-    maxRetriesPerRequest: 2,
+    // so the API answers 503 within about a second rather than hanging: a
+    // command waits for at most one failed reconnection attempt, and attempts
+    // are at most 500 ms apart. Workers' delivery writes use a connection with
+    // maxRetriesPerRequest: null instead (they wait for Redis to return).
+    maxRetriesPerRequest: 1,
     enableOfflineQueue: true,
-    retryStrategy: (times) => Math.min(times * 200, 2000),
+    retryStrategy: (times) => Math.min(times * 100, 500),
     lazyConnect: false,
+    // Commands issued in the same event-loop turn (concurrent requests and calls)
+    // go out in one socket write: at load, write syscalls were the largest single
+    // cost of the api and worker processes (BENCHMARKS.md, "Where the time goes").
+    // Order per connection is unchanged.
+    enableAutoPipelining: true,
     ...options,
   });
   let lastError = '';

@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Keys } from '../store/keys.js';
+import { PeriodicPass } from './periodic-pass.js';
 import { scripts } from '../store/scripts.js';
 
 export interface ExpirySweeperOptions {
@@ -21,9 +22,7 @@ export interface ExpirySweeperOptions {
  * exactly one of them emits the event.
  */
 export class ExpirySweeper {
-  private timer: NodeJS.Timeout | undefined;
-  private running = false;
-  private current: Promise<void> | undefined;
+  private readonly loop: PeriodicPass;
 
   constructor(
     private readonly redis: Redis,
@@ -31,17 +30,16 @@ export class ExpirySweeper {
     private readonly options: ExpirySweeperOptions,
     private readonly logger: Logger,
     private readonly now: () => number = Date.now,
-  ) {}
+  ) {
+    this.loop = new PeriodicPass(() => this.sweep(), options.intervalMs, logger, 'expiry sweep failed; retrying');
+  }
 
   start(): void {
-    this.running = true;
-    this.schedule();
+    this.loop.start();
   }
 
   async stop(): Promise<void> {
-    this.running = false;
-    if (this.timer) clearTimeout(this.timer);
-    await this.current?.catch(() => undefined);
+    await this.loop.stop();
   }
 
   /** One sweep; returns how many requests it expired. */
@@ -67,15 +65,5 @@ export class ExpirySweeper {
       }
       if (due.length < batch || progressed === 0) return expired;
     }
-  }
-
-  private schedule(): void {
-    if (!this.running) return;
-    this.timer = setTimeout(() => {
-      this.current = this.sweep()
-        .then(() => undefined)
-        .catch((err: Error) => this.logger.warn({ err: err.message }, 'expiry sweep failed; retrying'))
-        .finally(() => this.schedule());
-    }, this.options.intervalMs);
   }
 }

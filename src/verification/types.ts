@@ -4,11 +4,11 @@ export type Method = (typeof METHODS)[number];
 /**
  * Methods this build has delivery workers for. The API accepts these whatever
  * the role of the process: an `--role api` process hands jobs to the workers
- * of other processes. SMS joins when its channel lands.
+ * of other processes.
  */
-export const DELIVERABLE_METHODS: readonly Method[] = ['flash_call', 'voice'];
+export const DELIVERABLE_METHODS: readonly Method[] = ['flash_call', 'voice', 'sms'];
 
-export const STATUSES = ['sent', 'delivered', 'verified', 'expired', 'failed'] as const;
+export const STATUSES = ['sent', 'delivered', 'verified', 'expired', 'failed', 'canceled'] as const;
 export type Status = (typeof STATUSES)[number];
 
 /** The 201 body of POST /v1/verify, exactly as documented. */
@@ -20,6 +20,8 @@ export interface CreatedBody {
   code_length: number;
   cost: { amount: number; currency: string };
   expires_at: string;
+  /** Workflow requests only: the steps, echoed (workflow.ts). */
+  workflow?: { method: Method; timeout_seconds?: number }[];
 }
 
 /** The body of GET /v1/verify/{id}: the documented fields plus the status history. */
@@ -35,6 +37,19 @@ export interface StatusBody {
   /** Every status the request went through, oldest first. */
   status_history: { status: Status; at: string }[];
   /** Why delivery failed, when status is failed (e.g. busy, no_ringing, unreachable). */
+  failure_reason?: string;
+  /** Workflow requests only: the steps asked for, and one entry per step started (workflow.ts). */
+  workflow?: { method: Method; timeout_seconds?: number }[];
+  attempts?: AttemptBody[];
+}
+
+/** One step of a workflow as GET /v1/verify/{id} shows it. */
+export interface AttemptBody {
+  method: Method;
+  status: string;
+  cost: { amount: number; currency: string };
+  started_at: string;
+  ended_at: string | null;
   failure_reason?: string;
 }
 

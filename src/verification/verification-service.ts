@@ -9,8 +9,12 @@ import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
 import { generateCode } from './codes.js';
 import { ApiError } from './errors.js';
+import type { AdmittedSend, FraudControls } from './fraud-controls.js';
+import { findTestNumber, parseClientIp, screenDestination } from './fraud-rules.js';
 import { parseDestination } from './phone.js';
 import { priceMicro } from './pricing.js';
+import { resendLive } from './resend.js';
+import { attemptsBody, initialFields, parseWorkflow, readSteps, stepsBody, type StepTimer } from './workflow.js';
 import {
   METHODS,
   STATUSES,
@@ -24,7 +28,8 @@ import {
 
 /** Hands an accepted verification to the delivery workers. Only the request id travels. */
 export interface DeliveryQueue {
-  enqueue(method: Method, requestId: string): Promise<void>;
+  /** `jobId` defaults to the request id; a resend has its own (`<request_id>-r<n>`). */
+  enqueue(method: Method, requestId: string, jobId?: string): Promise<void>;
 }
 
 export interface CreateInput {
@@ -34,9 +39,15 @@ export interface CreateInput {
   expiry_seconds?: unknown;
   /** Voice only: language of the announcement (en, fr, es, de); default by destination country. */
   locale?: unknown;
+  /** The end user's IP address (IPv4/IPv6), for the per-IP velocity limit. */
+  client_ip?: unknown;
+  /** true: when a verification of this number is live, send it again on the same request instead of 409. */
+  resend?: unknown;
+  /** Fallback steps (workflow.ts); exclusive with method. `"method": "auto"` is the configured default workflow. */
+  workflow?: unknown;
 }
 
-const CREATE_FIELDS = new Set(['phone_number', 'method', 'code_length', 'expiry_seconds', 'locale']);
+const CREATE_FIELDS = new Set(['phone_number', 'method', 'code_length', 'expiry_seconds', 'locale', 'client_ip', 'resend', 'workflow']);
 /** Languages voice prompts exist for (assets/prompts/<lang>/). */
 const VOICE_LOCALES = ['en', 'fr', 'es', 'de'] as const;
 const USAGE_TTL_SECONDS = 400 * 24 * 3600;
@@ -62,6 +73,10 @@ export class VerificationService {
     private readonly logger: Logger,
     /** Methods whose delivery workers exist on this deployment. */
     private readonly availableMethods: ReadonlySet<Method>,
+    /** Fraud and abuse controls (fraud-controls.ts); without them none apply. */
+    private readonly fraud?: FraudControls,
+    /** Step timeouts of workflows (workflow.ts); without it a workflow step only ends by failing. */
+    private readonly stepTimer?: StepTimer,
   ) {}
 
   async create(account: Account, input: CreateInput): Promise<CreatedBody> {
@@ -70,20 +85,68 @@ export class VerificationService {
       throw new ApiError('invalid_request', `unknown field(s): ${unknown.join(', ')}`);
     }
     const dest = parseDestination(input.phone_number);
-    const method = parseMethod(input.method);
+    const vcfg = this.config.verification;
+    const expirySeconds = parseExpiry(input.expiry_seconds, vcfg.defaultExpirySeconds, vcfg.maxExpirySeconds);
+    // A workflow's first step is created as a one-method request; the workflow fields are added before its job.
+    const workflow = parseWorkflow(input, this.config, expirySeconds, this.availableMethods);
+    const method = workflow ? workflow[0]!.method : parseMethod(input.method);
     if (!this.availableMethods.has(method)) {
       throw new ApiError('invalid_request', `method "${method}" is not available on this server`);
     }
-    const codeLength = parseCodeLength(input.code_length, method);
-    const locale = parseLocale(input.locale, method);
-    const vcfg = this.config.verification;
-    const expirySeconds = parseExpiry(input.expiry_seconds, vcfg.defaultExpirySeconds, vcfg.maxExpirySeconds);
+    const codeLength = workflow ? workflow[0]!.code_length : parseCodeLength(input.code_length, method);
+    const locale = workflow && input.locale !== undefined ? parseLocale(input.locale, 'voice') : parseLocale(input.locale, method);
+    const clientIp = parseClientIp(input.client_ip);
+    if (input.resend !== undefined && typeof input.resend !== 'boolean') throw new ApiError('invalid_request', 'resend must be a boolean');
 
     const requestId = randomUUID();
-    const code = generateCode(codeLength);
+    // Fraud controls, in this order: test numbers (exempt from the rest), country and number type,
+    // one live request per number (409, or a resend), velocity windows.
+    const fraud = this.fraud;
+    const policy = fraud ? await fraud.policy(account.account_id) : undefined;
+    const testNumber = policy ? findTestNumber(policy, dest.e164) : undefined;
+    let live: { key: string; expected: string } | undefined;
+    let admitted: AdmittedSend | undefined;
+    if (fraud && policy && !testNumber) {
+      // Account state first (the create script checks it again, atomically): a 403 must not hide behind a 409 or 429.
+      if (account.status === 'pending' || account.status === 'suspended') throw createError(`account_${account.status}`);
+      screenDestination(policy, dest, method);
+      const liveKey = fraud.liveKey(account.account_id, policy, dest.e164, method);
+      if (liveKey) {
+        const found = await fraud.live(liveKey, account.account_id);
+        if (found.live && input.resend === true && found.live.method === method) {
+          const deps = { redis: this.redis, keys: this.keys, sealer: this.sealer, config: this.config, queue: this.queue, fraud, logger: this.logger };
+          return resendLive(deps, account, { requestId: found.live.requestId, method }, dest, policy, clientIp);
+        }
+        if (found.live) throw pending(found.live.requestId, found.live.method ?? method, method);
+        live = { key: liveKey, expected: found.pointer };
+      }
+      if (live && !(await fraud.claimLive(live.key, live.expected, requestId, expirySeconds * 1000))) {
+        // Another request for this number won the race: a duplicate, not a send (no velocity counted).
+        const winner = await fraud.live(live.key, account.account_id);
+        throw pending(winner.live?.requestId ?? winner.pointer, winner.live?.method ?? method, method);
+      }
+      const claimed = live;
+      admitted = await fraud.admitSend(account.account_id, policy, dest.e164, clientIp).catch(async (err: unknown) => {
+        if (claimed) await fraud.releaseLive(claimed.key, requestId);
+        throw err;
+      });
+    }
+    if (testNumber && testNumber.code.length !== codeLength && (method === 'flash_call' || input.code_length !== undefined)) {
+      throw new ApiError('invalid_request', `the code of test number ${dest.e164} has ${testNumber.code.length} digits; code_length must match`);
+    }
+    const releaseFraud = async (): Promise<void> => {
+      if (admitted) await fraud?.releaseSend(admitted);
+      if (live) await fraud?.releaseLive(live.key, requestId);
+    };
+
+    // A test number accepts its configured code, costs nothing and never reaches the network.
+    const code = testNumber ? testNumber.code : generateCode(codeLength);
+    const storedLength = testNumber ? testNumber.code.length : codeLength;
     const now = Date.now();
     const expiresAt = now + expirySeconds * 1000;
-    const cost = priceMicro(this.config.pricing, method, dest.country, account.currency);
+    const cost = testNumber ? 0 : priceMicro(this.config.pricing, method, dest.country, account.currency);
+    // Intent first: if this process dies between the create script and the queue, the reconciler finds the request here.
+    await this.redis.zadd(this.keys.unqueued(), now, requestId);
     const result = (await scripts.createVerification.run(
       this.redis,
       [
@@ -104,29 +167,58 @@ export class VerificationService {
         this.sealer.seal(dest.e164, `phone:${requestId}`),
         this.codeMac(requestId, code),
         this.sealer.seal(code, `code:${requestId}`),
-        codeLength,
+        storedLength,
         dest.country,
         this.config.events.maxLen,
         USAGE_TTL_SECONDS,
       ],
-    )) as [string, string | number];
-    if (result[0] !== 'ok') throw createError(String(result[1]));
-    // Read by the voice worker; written before the job exists.
+    ).catch(async (err: unknown) => {
+      await releaseFraud();
+      throw err;
+    })) as [string, string | number];
+    if (result[0] !== 'ok') {
+      await this.redis.zrem(this.keys.unqueued(), requestId);
+      await releaseFraud();
+      throw createError(String(result[1]));
+    }
+    // Read by the voice and SMS workers; written before the job exists.
     if (locale !== undefined) await this.redis.hset(this.keys.verification(requestId), 'locale', locale);
+    // A test number never reaches the network: no steps. Otherwise the step-0 timer goes before the job (workflow.ts).
+    const steps = workflow && !testNumber ? workflow : undefined;
+    if (steps) {
+      await this.redis.hset(this.keys.verification(requestId), initialFields(steps, cost, now));
+      const t = steps[0]!.timeout_seconds;
+      if (t !== undefined && this.stepTimer) await this.stepTimer.schedule(requestId, 0, t * 1000);
+    }
 
     const log = this.logger.child({ request_id: requestId, account_id: account.account_id });
+    if (testNumber && fraud) {
+      await this.redis.zrem(this.keys.unqueued(), requestId);
+      await fraud.deliverTestNumber({ request_id: requestId, account_id: account.account_id, method });
+      log.info({ method, test_number: true }, 'verification created for a test number; not sent');
+      return created(requestId, dest.e164, method, storedLength, 0, account.currency, expiresAt);
+    }
     try {
       await this.queue.enqueue(method, requestId);
     } catch (err) {
       // Not handed to a worker: fail it (with a refund) rather than leave it hanging.
-      log.error({ err }, 'enqueue failed; verification failed and refunded');
-      await scripts.applyEvent.run(
-        this.redis,
-        [this.keys.verification(requestId), this.keys.account(account.account_id)],
-        ['failed', Date.now(), 'failure_reason\nenqueue_failed', '1'],
-      );
-      throw new ApiError('service_unavailable', 'could not queue the verification; it was not charged');
+      const refunded = await scripts.applyEvent
+        .run(
+          this.redis,
+          [this.keys.verification(requestId), this.keys.account(account.account_id)],
+          ['failed', Date.now(), 'failure_reason\nenqueue_failed', '1'],
+        )
+        .then(() => this.redis.zrem(this.keys.unqueued(), requestId))
+        .then(
+          () => true,
+          () => false,
+        );
+      log.error({ err, refunded }, refunded ? 'enqueue failed; verification failed and refunded' : 'enqueue failed; the reconciler will queue it');
+      throw new ApiError('service_unavailable', refunded ? 'could not queue the verification; it was not charged' : undefined);
     }
+    // Handed over; a failure here only leaves work for the reconciler, whose queueing is idempotent (job id = request id).
+    await this.redis.zrem(this.keys.unqueued(), requestId).catch(() => undefined);
+    if (fraud) await fraud.trackSent(dest.country, method, now).catch((err: Error) => log.warn({ err: err.message }, 'could not count the send'));
     log.info({ method, country: dest.country, code_length: codeLength }, 'verification created');
     return {
       request_id: requestId,
@@ -136,6 +228,7 @@ export class VerificationService {
       code_length: codeLength,
       cost: { amount: fromMicro(cost), currency: account.currency },
       expires_at: isoSeconds(expiresAt),
+      ...(steps ? { workflow: stepsBody(steps) } : {}),
     };
   }
 
@@ -150,12 +243,13 @@ export class VerificationService {
     }
     const requestId = input.request_id;
     const key = this.ownedKey(requestId);
-    const stored = await this.redis.hmget(key, 'account_id', 'code_mac', 'phone_enc');
-    const [owner, mac, phoneEnc] = stored;
+    const stored = await this.redis.hmget(key, 'account_id', 'code_mac', 'phone_enc', 'country', 'method', 'cli_range', 'dial_started');
+    const [owner, mac, phoneEnc, country, method, cliRange, dialStarted] = stored;
     if (!owner || owner !== account.account_id || !mac || !phoneEnc) throw notFound();
 
     // Constant-time comparison of MACs; a code of the wrong shape still costs an attempt.
-    const matched = Sealer.equal(this.codeMac(requestId, input.code), mac);
+    // (a code issued before a master key rotation is MACed with the previous key: `matches` accepts both)
+    const matched = this.sealer.matches('code', `${requestId}:${input.code}`, mac) !== false;
     const now = Date.now();
     const [result, remaining] = (await scripts.recordCheck.run(
       this.redis,
@@ -166,6 +260,10 @@ export class VerificationService {
     log.info({ result, attempts_remaining: remaining }, 'code checked');
     switch (result) {
       case 'verified':
+        // Conversion per country and DID range; a failure here must not fail a verified check.
+        await this.fraud
+          ?.trackVerified({ country, method, cliRange, sentAt: dialStarted ? Number(dialStarted) : undefined }, now)
+          .catch((err: Error) => log.warn({ err: err.message }, 'could not record the conversion'));
         return { request_id: requestId, status: 'verified', phone_number: this.sealer.open(phoneEnc, `phone:${requestId}`) };
       case 'invalid_code':
         throw new ApiError('invalid_code', undefined, { attempts_remaining: remaining });
@@ -175,6 +273,8 @@ export class VerificationService {
         throw new ApiError('verification_expired', 'This verification has already been completed');
       case 'failed':
         throw new ApiError('verification_expired', 'Delivery of this verification failed; start a new one');
+      case 'canceled':
+        throw new ApiError('verification_expired', 'This verification was canceled');
       case 'not_found':
         throw notFound();
       default:
@@ -208,7 +308,30 @@ export class VerificationService {
       status_history: history.map((e) => ({ status: e.status, at: isoSeconds(e.ms) })),
     };
     if (status === 'failed' && h.failure_reason) body.failure_reason = h.failure_reason;
+    const steps = readSteps(h);
+    if (steps) {
+      body.workflow = stepsBody(steps);
+      body.attempts = attemptsBody(status === 'expired' ? { ...h, status, at_expired: h.at_expired ?? String(expiresAt) } : h, account.currency);
+    }
     return body;
+  }
+
+  /**
+   * POST /v1/verify/{id}/cancel: a live verification becomes `canceled`; its
+   * pending steps never start (delivery jobs and timers find it final) and a
+   * step not dialled yet is refunded. A flash call already ringing finishes.
+   */
+  async cancel(account: Account, requestId: string): Promise<StatusBody> {
+    const key = this.ownedKey(requestId);
+    const [result, value] = (await scripts.cancelVerification.run(
+      this.redis,
+      [key, this.keys.account(account.account_id), this.keys.events()],
+      [account.account_id, Date.now(), this.config.events.maxLen],
+    )) as [string, string | number | undefined];
+    if (result === 'not_found') throw notFound();
+    if (result !== 'ok') throw new ApiError('verification_expired', `This verification has already finished (${String(value ?? 'expired')}); nothing to cancel`);
+    this.logger.child({ request_id: requestId, account_id: account.account_id }).info({ refunded_micro: Number(value) }, 'verification canceled');
+    return this.status(account, requestId);
   }
 
   private codeMac(requestId: string, code: string): string {
@@ -220,6 +343,37 @@ export class VerificationService {
     if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(requestId)) throw notFound();
     return this.keys.verification(requestId);
   }
+}
+
+function created(
+  requestId: string,
+  phone: string,
+  method: Method,
+  codeLength: number,
+  cost: number,
+  currency: string,
+  expiresAt: number,
+): CreatedBody {
+  return {
+    request_id: requestId,
+    phone_number: phone,
+    method,
+    status: 'sent',
+    code_length: codeLength,
+    cost: { amount: fromMicro(cost), currency },
+    expires_at: isoSeconds(expiresAt),
+  };
+}
+
+/** 409: one live verification per number (and method, by default) and account. */
+function pending(liveId: string, liveMethod: Method, method: Method): ApiError {
+  const how =
+    liveMethod === method
+      ? 'send "resend": true to send it again, or wait for it to finish'
+      : `it uses method ${liveMethod}; wait for it to finish`;
+  return new ApiError('verification_pending', `A verification of this number is still pending (${liveId}); ${how}`, {
+    request_id: liveId,
+  });
 }
 
 function notFound(): ApiError {
@@ -261,7 +415,14 @@ function parseCodeLength(value: unknown, method: Method): number {
 
 function parseLocale(value: unknown, method: Method): string | undefined {
   if (value === undefined) return undefined;
-  if (method !== 'voice') throw new ApiError('invalid_request', 'locale applies to method "voice" only');
+  if (method === 'flash_call') throw new ApiError('invalid_request', 'locale applies to methods "voice" and "sms" only');
+  if (method === 'sms') {
+    // Any language tag: the SMS worker falls back to the country's language, then English, when no template has it.
+    if (typeof value !== 'string' || !/^[a-z]{2,3}(-[A-Z]{2})?$/.test(value)) {
+      throw new ApiError('invalid_request', 'locale must be a language tag such as "en", "fr" or "pt-BR"');
+    }
+    return value;
+  }
   if (typeof value !== 'string' || !(VOICE_LOCALES as readonly string[]).includes(value)) {
     throw new ApiError('invalid_request', `locale must be one of ${VOICE_LOCALES.join(', ')}`);
   }

@@ -21,6 +21,8 @@ export function testConfig(overrides: DeepPartial<Config> = {}): Readonly<Config
     sip: { listen: { host: '127.0.0.1', port: 0 } },
     // No worker-role operator listener unless a test asks for one (a fixed port would collide).
     metrics: { host: '127.0.0.1', port: 0 },
+    // No SMPP binds unless a test brings a test SMSC (test/helpers/smsc.ts).
+    sms: { enabled: false },
   };
   return loadConfig({ env: {}, overrides: merge(base, overrides) as DeepPartial<Config> });
 }

@@ -78,7 +78,7 @@ describe('FlashVerifyProducer', () => {
     expect([badPhone.code, badPhone.status]).toEqual(['invalid_phone', 400]);
     const badLength = await rejection(producer.createVerification(who, { phone_number: '+447700900000', code_length: 6 }));
     expect(badLength.code).toBe('invalid_request');
-    const notHere = await rejection(producer.createVerification(who, { phone_number: '+447700900000', method: 'sms' }));
+    const notHere = await rejection(producer.createVerification(who, { phone_number: '+447700900000', method: 'fax' as 'sms' }));
     expect(notHere.code).toBe('invalid_request');
 
     const poor = await t.account({ balance: 0.001 });

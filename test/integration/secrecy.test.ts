@@ -4,6 +4,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { AccountStore } from '../../src/accounts/account-store.js';
 import type { Config } from '../../src/config/schema.js';
 import { deletePrefix, http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+import { smscEntry, startSmsc, type TestSmsc } from '../helpers/smsc.js';
 import { startRtpReceiver, type RtpReceiver } from '../helpers/rtp-receiver.js';
 import { sipUriUser, startSippUas, type SippUas } from '../helpers/sipp.js';
 
@@ -21,7 +22,7 @@ import { sipUriUser, startSippUas, type SippUas } from '../helpers/sipp.js';
  * pointed at its own SIPp; the engines share one Redis prefix and master key.
  */
 const T1 = 50;
-const PHONES = { flash: '+447700900201', voice: '+447700900202', busy: '+447700900203' } as const;
+const PHONES = { flash: '+447700900201', voice: '+447700900202', busy: '+447700900203', sms: '+447700900204' } as const;
 
 interface Hook {
   body: string;
@@ -118,6 +119,7 @@ describe('secrecy: nothing secret in logs, Redis, events or webhooks', () => {
   const engines: TestEngine[] = [];
   const sipps: SippUas[] = [];
   let rtp: RtpReceiver | undefined;
+  let smsc: TestSmsc | undefined;
   const receiver = new Receiver();
   afterAll(async () => {
     for (const s of sipps) await s.stop();
@@ -126,6 +128,7 @@ describe('secrecy: nothing secret in logs, Redis, events or webhooks', () => {
     if (last) await deletePrefix(last.redis, last.config.redis.prefix);
     for (const e of engines) await e.redis.quit().catch(() => undefined);
     await rtp?.close();
+    await smsc?.stop();
     await receiver.stop();
   });
 
@@ -213,23 +216,47 @@ describe('secrecy: nothing secret in logs, Redis, events or webhooks', () => {
     const busyStatus = await api(b.t, `/v1/verify/${busyId}`, account.auth);
     expect(busyStatus.body.failure_reason).toBe('busy');
 
+    // ---------------------------------------------------------------- SMS OTP: submitted, receipt, delivered
+    await b.t.engine.stop();
+    smsc = await startSmsc({ maxLifetimeMs: 60_000 });
+    const st = await startTestEngine(
+      testConfig({
+        redis: { prefix: base.redis.prefix },
+        security: { masterKey: base.security.masterKey },
+        api: { defaultRateLimitPerSecond: 1000 },
+        webhooks: { allowPrivate: true, attempts: 4, backoffMs: 100, orderPollMs: 50 },
+        sms: { enabled: true, smscs: [smscEntry(smsc)] },
+      } as Parameters<typeof testConfig>[0]),
+      'all',
+    );
+    engines.push(st);
+    const smsCreated = await api(st, '/v1/verify', account.auth, { phone_number: PHONES.sms, method: 'sms', code_length: 6 });
+    expect(smsCreated.status).toBe(201);
+    const smsId = String(smsCreated.body.request_id);
+    await waitFor(async () => ((await st.redis.hget(st.keys.verification(smsId), 'status')) === 'delivered' ? true : undefined), 15_000);
+    // As a handset would: the code is in the text the SMSC received.
+    const smsText = (await smsc.state()).submits.find((x) => x.destination === PHONES.sms.slice(1))!.text;
+    const smsCode = /(\d{6})$/.exec(smsText)![1]!;
+
     // ---------------------------------------------------------------- webhooks delivered
     await waitFor(
       async () =>
         receiver.events(flashId).includes('verification.verified') &&
         receiver.events(voiceId).includes('verification.delivered') &&
-        receiver.events(busyId).includes('verification.failed'),
+        receiver.events(busyId).includes('verification.failed') &&
+        receiver.events(smsId).includes('verification.delivered'),
       20_000,
     );
     expect(receiver.events(flashId)).toEqual(['verification.sent', 'verification.delivered', 'verification.verified']);
     expect(receiver.events(voiceId)).toEqual(['verification.sent', 'verification.delivered']);
     expect(receiver.events(busyId)).toEqual(['verification.sent', 'verification.failed']);
+    expect(receiver.events(smsId)).toEqual(['verification.sent', 'verification.delivered']);
     // Let BullMQ record the completions (returnvalue) and the webhook order queues drain.
-    await waitFor(async () => (await b.t.redis.keys(`${base.redis.prefix}:whq:*`)).length === 0, 5000);
+    await waitFor(async () => (await st.redis.keys(`${base.redis.prefix}:whq:*`)).length === 0, 5000);
     await new Promise((r) => setTimeout(r, 300));
 
     // ---------------------------------------------------------------- collect
-    const t = b.t;
+    const t = st;
     const redisItems = await dumpRedis(t);
     const events = await readEvents(t.redis, t.keys);
     const eventItems: Item[] = events.map((e, i) => ({ where: `event #${i}`, text: JSON.stringify(e), values: Object.values(e) }));
@@ -244,15 +271,16 @@ describe('secrecy: nothing secret in logs, Redis, events or webhooks', () => {
     expect(logItems.some((l) => l.text.includes('"level":20'))).toBe(true); // debug lines were captured
     expect(redisItems.some((i) => i.where.startsWith('redis hash') && i.where.includes(':bull:'))).toBe(true);
     expect(redisItems.some((i) => i.where.includes(`:vr:${flashId}`))).toBe(true);
-    expect(events.filter((e) => [flashId, voiceId, busyId].includes(e.request_id ?? '')).length).toBeGreaterThanOrEqual(7);
-    expect(receiver.received.length).toBe(7);
+    expect(events.filter((e) => [flashId, voiceId, busyId, smsId].includes(e.request_id ?? '')).length).toBeGreaterThanOrEqual(9);
+    expect(receiver.received.length).toBe(9);
+    expect(redisItems.some((i) => i.where.includes(':smsid:'))).toBe(true);
 
     const leaks: string[] = [];
     const everything = [...logItems, ...redisItems, ...eventItems, ...hookItems, ...apiItems];
     const secret = account.api_secret;
     expect(secret).toMatch(/^[0-9a-f]{64}$/);
     const masterKey = base.security.masterKey;
-    const codes = { flash: flashCode, 'wrong check': wrongCode, voice: voiceCode, busy: busyCode };
+    const codes = { flash: flashCode, 'wrong check': wrongCode, voice: voiceCode, busy: busyCode, sms: smsCode };
     const clis = { flash: flashCli, busy: busyCli };
     for (const item of everything) {
       const lower = item.text.toLowerCase();

@@ -1,7 +1,7 @@
 --[[
   Apply one delivery event from the events stream to its verification record.
   Idempotent: a status is recorded once (at_<status>), so a redelivered
-  stream entry changes nothing. Terminal statuses (verified, expired, failed)
+  stream entry changes nothing. Terminal statuses (verified, expired, failed, canceled)
   are never left; a late `delivered` after `verified` is still recorded in the
   history but does not change the status.
 
@@ -28,7 +28,7 @@ if ARGV[3] ~= '' then
   end
 end
 
-local terminal = (status == 'verified' or status == 'expired' or status == 'failed')
+local terminal = (status == 'verified' or status == 'expired' or status == 'failed' or status == 'canceled')
 if not terminal then
   if st == 'delivered' and status == 'sent' then
     redis.call('HSET', KEYS[1], 'status', 'delivered')

@@ -34,7 +34,8 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return {'err', 'exists'} end
 local cost = tonumber(ARGV[4])
 local balance = tonumber(redis.call('HGET', KEYS[1], 'balance') or '0')
 if balance < cost then return {'err', 'insufficient_balance'} end
-balance = redis.call('HINCRBY', KEYS[1], 'balance', -cost)
+-- A free request (test number, price 0) debits nothing: Lua's -0 would be refused by HINCRBY.
+if cost > 0 then balance = redis.call('HINCRBY', KEYS[1], 'balance', -cost) end
 
 redis.call('HSET', KEYS[2],
   'request_id', ARGV[1], 'account_id', ARGV[2], 'method', ARGV[3],

@@ -15,7 +15,7 @@
   ARGV[6] usage TTL (seconds)
 
   Returns {result, attempts_remaining}, result one of:
-    verified | invalid_code | expired | already_verified | failed | not_found | stale
+    verified | invalid_code | expired | already_verified | failed | canceled | not_found | stale
 ]]
 local v = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'attempts', 'code_mac',
   'request_id', 'account_id', 'method')
@@ -24,6 +24,7 @@ if not status then return {'not_found', 0} end
 if status == 'verified' then return {'already_verified', 0} end
 if status == 'expired' then return {'expired', 0} end
 if status == 'failed' then return {'failed', 0} end
+if status == 'canceled' then return {'canceled', 0} end
 if mac ~= ARGV[1] then return {'stale', 0} end
 
 local now = tonumber(ARGV[3])

@@ -1,0 +1,448 @@
+/**
+ * Flash-call load: POST /v1/verify (or the in-process producer, `--via queue`)
+ * at an open-loop rate → BullMQ → worker → INVITE → 180 → CANCEL → 487
+ * against a SIPp UAS (sip-test/uas-load-ring-cancel.xml) on loopback.
+ *
+ *   npm run bench -- flash [--rate 200] [--duration 10] [--ring-ms 1000]
+ *                          [--workers 1] [--api-procs 1] [--via http|queue]
+ *                          [--sipp-ceiling] [--profile api,worker] [--keep-logs]
+ *
+ * Prints: requests accepted and failed by kind; calls completed (487 after the
+ * engine's CANCEL) and failed by outcome; INVITEs/s seen by the UAS per
+ * second; latency from the request's due time, and from its 201, to the
+ * INVITE's arrival at the UAS (SIPp logs each INVITE's receipt time, joined
+ * with the request via the call id of the `delivered` event); CPU and RSS per
+ * process; the worker's memory every 10 s with its slope per call. With
+ * `--sipp-ceiling`, SIPp then runs the same call flow as the caller
+ * (sip-test/uac-load-flash.xml) at the same rate against the same UAS
+ * scenario, for the hardware ceiling and the ratio.
+ */
+import { readFileSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import { parseBenchArgs } from './lib/args.js';
+import { scrape, startFlashverify, sumMetric, type RunningEngine } from './lib/engine.js';
+import { httpFirer, runOpenLoop, type FireResult, type LoadResult } from './lib/load.js';
+import { CpuWindow, formatCpu, loadAverages, machineDescription, udpReceiveBufferErrors, type WatchedProcess } from './lib/procstat.js';
+import { header, line, MemorySampler } from './lib/report.js';
+import { freeSipPort, readSippStats, redisPid, SIP_TEST, Stack, type Managed } from './lib/stack.js';
+import { formatMs, summarize, Tally } from './lib/stats.js';
+
+const USAGE = `npm run bench -- flash [options]
+  --rate N           verifications per second, open loop (default 200, max 10000)
+  --duration S       seconds of load (default 10, max 900; 600 = the memory soak)
+  --ring-ms MS       flash.ringMs: ring time before CANCEL (default 1000)
+  --workers N        --role worker processes (default 1)
+  --api-procs N      --role api processes, requests spread round-robin (default 1)
+  --via http|queue   HTTP API (default) or straight into BullMQ with the in-process producer
+  --connections N    keep-alive connections per api process (default 64)
+  --cps N            sip.trunks[].cps per worker (default: 2 × rate / workers)
+  --concurrency N    worker.flashConcurrency (default: enough for rate × (ring + 1 s) × 1.5 per worker)
+  --log-level L      engine log level (default warn: one info line per request costs CPU at load)
+  --sipp-ceiling     afterwards, SIPp as the caller with the same flow and rate (uac-load-flash.xml)
+  --sipp-rates LIST  rates for that SIPp run (default: --rate), e.g. 2000,4000
+  --sipp-only        only the SIPp ceiling runs (no engine)
+  --profile ROLES    run api and/or worker under node --cpu-prof (profiles kept with the logs)
+  --keep-logs        keep the temp directory (configs, logs, SIPp files)
+  --use-dist         run ./dist as built (default: a tsc snapshot of src/ in the temp directory)
+  --app DIR          run a snapshot kept by an earlier run (its temp directory's app/)
+  --redis-url URL    default redis://127.0.0.1:6379`;
+
+interface FlashOpts {
+  rate: number;
+  duration: number;
+  ringMs: number;
+  workers: number;
+  apiProcs: number;
+  via: string;
+  connections: number;
+  cps: number;
+  concurrency: number;
+  logLevel: string;
+  sippCeiling: boolean;
+  sippOnly: boolean;
+  sippRates: number[];
+  profile: string[];
+  keepLogs: boolean;
+  useDist: boolean;
+  app: string | undefined;
+  redisUrl: string;
+}
+
+async function main(): Promise<void> {
+  const a = parseBenchArgs(process.argv.slice(2), {
+    rate: { type: 'string', default: '200' },
+    duration: { type: 'string', default: '10' },
+    'ring-ms': { type: 'string', default: '1000' },
+    workers: { type: 'string', default: '1' },
+    'api-procs': { type: 'string', default: '1' },
+    via: { type: 'string', default: 'http' },
+    connections: { type: 'string', default: '64' },
+    cps: { type: 'string' },
+    concurrency: { type: 'string' },
+    'log-level': { type: 'string', default: 'warn' },
+    'sipp-ceiling': { type: 'boolean' },
+    'sipp-rates': { type: 'string' },
+    'sipp-only': { type: 'boolean' },
+    profile: { type: 'string' },
+    'keep-logs': { type: 'boolean' },
+    'use-dist': { type: 'boolean' },
+    app: { type: 'string' },
+    'redis-url': { type: 'string', default: 'redis://127.0.0.1:6379' },
+  });
+  if (a.help) return line(USAGE);
+  const rate = a.num('rate', 1, 10_000);
+  const workers = a.num('workers', 1, 8);
+  const ringMs = a.num('ring-ms', 0, 10_000);
+  const o: FlashOpts = {
+    rate,
+    duration: a.num('duration', 1, 900),
+    ringMs,
+    workers,
+    apiProcs: a.num('api-procs', 1, 8),
+    via: a.str('via'),
+    connections: a.num('connections', 1, 1024),
+    // Headroom over the offered rate: a token bucket paced at exactly the arrival rate never
+    // drains a backlog (one start-up stall would delay every later call by the same amount).
+    cps: a.str('cps') ? a.num('cps', 1, 100_000) : Math.ceil((2 * rate) / workers),
+    concurrency: a.str('concurrency')
+      ? a.num('concurrency', 1, 100_000)
+      : Math.max(500, Math.ceil((rate / workers) * (ringMs / 1000 + 1) * 1.5)),
+    logLevel: a.str('log-level'),
+    sippCeiling: a.bool('sipp-ceiling') || a.bool('sipp-only'),
+    sippOnly: a.bool('sipp-only'),
+    sippRates: a.list('sipp-rates').map(Number),
+    profile: a.list('profile'),
+    keepLogs: a.bool('keep-logs') || a.list('profile').length > 0,
+    useDist: a.bool('use-dist'),
+    app: a.str('app') || undefined,
+    redisUrl: a.str('redis-url'),
+  };
+  if (o.via !== 'http' && o.via !== 'queue') throw new Error('--via must be http or queue');
+  if (o.sippRates.length === 0) o.sippRates = [o.rate];
+  if (o.sippRates.some((r) => !(r > 0 && r <= 20_000))) throw new Error('--sipp-rates: each from 1 to 20000');
+
+  const stack = new Stack(o.redisUrl, o.keepLogs);
+  // Start-up + load + drain + SIPp ceiling runs + teardown, with room to spare.
+  stack.hardCap(o.duration * (1 + (o.sippCeiling ? o.sippRates.length : 0)) + 300);
+  try {
+    header(`flash: ${o.rate} calls/s for ${o.duration} s, ring ${o.ringMs} ms, ${o.workers} worker(s), ${o.apiProcs} api, via ${o.via}`, `npm run bench -- flash ${process.argv.slice(2).join(' ')}`);
+    line(`machine: ${machineDescription()}`);
+    if (!o.sippOnly) {
+      stack.build(o.useDist, o.app);
+      await runFlash(stack, o);
+    }
+    if (o.sippCeiling) for (const r of o.sippRates) await runSippCeiling(stack, r, o.duration, o.ringMs);
+    line(`load average after: ${loadAverages()}`);
+  } finally {
+    await stack.cleanup();
+  }
+}
+
+function startUas(stack: Stack, name: string, port: number, timeoutS: number): { m: Managed; logFile: string; statFile: string } {
+  const logFile = join(stack.dir, `${name}-invites.log`);
+  const statFile = join(stack.dir, `${name}-stat.csv`);
+  // -t u1: one UDP socket for every call; a UAS takes every call that comes, so no -l.
+  const m = stack.spawnManaged(name, 'sipp', [
+    '-sf', join(SIP_TEST, 'uas-load-ring-cancel.xml'), '-t', 'u1', '-i', '127.0.0.1', '-p', String(port),
+    '-mi', '127.0.0.1', '-ci', '127.0.0.1', '-buff_size', '4194304', '-nostdin',
+    '-trace_logs', '-log_file', logFile, '-trace_stat', '-stf', statFile, '-fd', '1',
+    '-trace_err', '-error_file', join(stack.dir, `${name}-errors.log`),
+    '-timeout', `${timeoutS}s`,
+  ]);
+  return { m, logFile, statFile };
+}
+
+/** INVITE receipt times (epoch ms) by Call-ID, from the UAS's <log> lines. */
+function readInvites(file: string): Map<string, number> {
+  const out = new Map<string, number>();
+  if (!existsSync(file)) return out;
+  for (const l of readFileSync(file, 'utf8').split('\n')) {
+    const p = l.split(' ');
+    if (p[0] !== 'INVITE' || p.length < 4) continue;
+    if (!out.has(p[1]!)) out.set(p[1]!, Number(p[2]) * 1000 + Number(p[3]) / 1000);
+  }
+  return out;
+}
+
+async function waitUasUp(stack: Stack, m: Managed, statFile: string): Promise<void> {
+  const until = Date.now() + 10_000;
+  while (Date.now() < until) {
+    if (m.child.exitCode !== null) throw new Error(`SIPp exited at start:\n${stack.tail(m)}`);
+    if (existsSync(statFile)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`SIPp did not start:\n${stack.tail(m)}`);
+}
+
+async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
+  const uasPort = await freeSipPort();
+  const uas = startUas(stack, 'uas', uasPort, o.duration + 200);
+  await waitUasUp(stack, uas.m, uas.statFile);
+  const engine = await startFlashverify(stack, {
+    apiProcs: o.via === 'http' ? o.apiProcs : 0,
+    workerProcs: o.workers,
+    trunkUri: `sip:127.0.0.1:${uasPort}`,
+    cps: o.cps,
+    flashConcurrency: o.concurrency,
+    ringMs: o.ringMs,
+    logLevel: o.logLevel,
+    profile: o.profile,
+  });
+  line(`engine: ${engine.apis.length} api (pids ${engine.apis.map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), cps ${o.cps}/worker, flashConcurrency ${o.concurrency}, log ${o.logLevel}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
+
+  const { fire, close } = await makeFirer(engine, o);
+  const rpid = await redisPid(o.redisUrl);
+  const watched: WatchedProcess[] = [
+    ...engine.apis.map((x, i) => ({ name: `api${i}`, pid: x.m.pid })),
+    ...engine.workers.map((x, i) => ({ name: `worker${i}`, pid: x.m.pid })),
+    { name: 'sipp uas', pid: uas.m.pid },
+    ...(rpid ? [{ name: 'redis-server (shared)', pid: rpid }] : []),
+    { name: 'bench (load generator)', pid: process.pid },
+  ];
+  const metricsUrls = engine.workers.map((w) => `http://127.0.0.1:${w.metricsPort}/metrics`);
+  const callsEnded = async (): Promise<Map<string, number>> => {
+    const all = new Map<string, number>();
+    for (const u of metricsUrls) for (const [k, v] of await scrape(u)) all.set(k, (all.get(k) ?? 0) + v);
+    return all;
+  };
+  const mem = new MemorySampler(
+    engine.workers[0]!.m.pid,
+    async () => {
+      const m = await scrape(metricsUrls[0]!);
+      return { heapBytes: sumMetric(m, 'nodejs_heap_size_used_bytes'), calls: sumMetric(m, 'flashverify_calls_total') };
+    },
+    10_000,
+  );
+
+  line(`load: ${o.rate}/s for ${o.duration} s = ${Math.floor(o.rate * o.duration)} requests`);
+  const cpuT0 = performance.now();
+  const udpDropsBefore = udpReceiveBufferErrors();
+  const cpu = new CpuWindow(watched);
+  mem.start();
+  const load = await runOpenLoop({
+    rate: o.rate,
+    durationSeconds: o.duration,
+    maxRequests: 1_000_000,
+    maxInFlight: 20_000,
+    drainMs: 15_000,
+    fire,
+    onProgress: (p) => {
+      if (Math.round(p.elapsedMs / 1000) % 5 === 0) line(`  t=${(p.elapsedMs / 1000).toFixed(0)} s sent ${p.sent} accepted ${p.ok} failed ${p.failed} in flight ${p.inFlight}`);
+    },
+  });
+  close();
+  // Calls still ringing: wait until every accepted request's call has ended (ring + 64·T1 for a lost 487, bounded).
+  const drainUntil = Date.now() + o.ringMs + 40_000;
+  let ended = 0;
+  while (Date.now() < drainUntil) {
+    ended = sumMetric(await callsEnded(), 'flashverify_calls_total');
+    if (ended >= load.ok) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  const loadEndedMs = performance.now();
+  const usage = cpu.finish();
+  const udpDrops = udpReceiveBufferErrors() - udpDropsBefore;
+  mem.stop();
+  const metrics = await callsEnded();
+  await new Promise((r) => setTimeout(r, 300));
+  await stack.stop(uas.m);
+  const sippStats = readSippStats(uas.statFile);
+
+  // --- report
+  line();
+  line(`requests: ${load.sent} sent, ${load.ok} accepted (201), failed: ${load.failures.toString()}`);
+  line(`  achieved accept rate ${(load.ok / o.duration).toFixed(0)}/s over the ${o.duration} s schedule; last answer at ${(load.elapsedMs / 1000).toFixed(2)} s`);
+  line(`  request latency from due time: ${formatMs(requestLatency(load, 'due'))}`);
+  line(`  request latency from send:     ${formatMs(requestLatency(load, 'sent'))}`);
+  line(`  send lag (sent − due):         ${formatMs(sendLag(load))}`);
+
+  const outcomes = new Tally();
+  for (const [k, v] of metrics) {
+    if (!k.startsWith('flashverify_calls_total{')) continue;
+    outcomes.add(/outcome="([^"]+)"/.exec(k)?.[1] ?? '?', v);
+  }
+  const cancelled = sumMetric(metrics, 'flashverify_calls_total', 'outcome="cancelled"');
+  const started = sumMetric(metrics, 'flashverify_calls_started_total');
+  const failedCalls = outcomes.total - cancelled;
+  line(`calls: ${started} INVITEs sent by the engine, ${outcomes.total} ended: ${outcomes.toString()}`);
+  const mean = (name: string, frag: string): string => {
+    const c = sumMetric(metrics, `${name}_count`, frag);
+    return c ? `${((sumMetric(metrics, `${name}_sum`, frag) / c) * 1000).toFixed(1)} ms` : '-';
+  };
+  line(`  worker means: job latency (queued → processing) ${mean('flashverify_job_latency_seconds', 'queue="flash"')}, post-dial delay (INVITE → 180) ${mean('flashverify_post_dial_delay_seconds', '')}`);
+  line(`  accepted but no call ended by the drain deadline: ${Math.max(0, load.ok - outcomes.total)}`);
+  line(`  completed (487 after CANCEL) ${cancelled}: ${(cancelled / o.duration).toFixed(0)} calls/s over the ${o.duration} s schedule; failed calls: ${failedCalls}`);
+
+  // Join: request → delivered event (call id) → INVITE receipt at the UAS.
+  const invites = readInvites(uas.logFile);
+  const byCall = await deliveredCallIds(o.redisUrl, stack.prefix);
+  const failedEvents = byCall.failed;
+  const idx = new Map<string, number>();
+  load.requestIds.forEach((id, i) => id && idx.set(id, i));
+  const fromDue: number[] = [];
+  const from201: number[] = [];
+  for (const [rid, callId] of byCall.delivered) {
+    const i = idx.get(rid);
+    const at = invites.get(callId);
+    if (i === undefined || at === undefined) continue;
+    fromDue.push(at - (load.startEpochMs + load.due[i]!));
+    from201.push(at - (load.startEpochMs + load.doneAt[i]!));
+  }
+  line(`  failure events: ${failedEvents.toString()}`);
+  line(`accept → INVITE at the UAS (${fromDue.length} calls joined of ${load.ok}):`);
+  line(`  from the request's due time: ${formatMs(summarize(fromDue))}`);
+  line(`  from the 201 at the client:  ${formatMs(summarize(from201))}  (negative: the INVITE left before the 201 arrived)`);
+  const perSecond = new Map<number, number>();
+  for (const at of invites.values()) {
+    const s = Math.floor((at - load.startEpochMs) / 1000);
+    perSecond.set(s, (perSecond.get(s) ?? 0) + 1);
+  }
+  const full = [...Array(Math.max(0, o.duration - 1)).keys()].map((s) => perSecond.get(s + 1) ?? 0);
+  if (full.length) {
+    line(`INVITEs/s at the UAS, whole seconds 1..${o.duration - 1} of the schedule: min ${Math.min(...full)} mean ${(full.reduce((x, y) => x + y, 0) / full.length).toFixed(0)} max ${Math.max(...full)}`);
+  }
+  if (sippStats) {
+    line(`SIPp UAS: ${sippStats['IncomingCall(C)']} calls in, ${sippStats['SuccessfulCall(C)']} successful, ${sippStats['FailedCall(C)']} failed, ${sippStats['Retransmissions(C)']} retransmissions, ${sippStats['DeadCallMsgs(C)']} dead-call msgs, ${sippStats['OutOfCallMsgs(C)']} out-of-call msgs`);
+  }
+  const wall = (loadEndedMs - cpuT0) / 1000;
+  line(`UDP datagrams dropped on full receive buffers during the run (whole machine): ${udpDrops}`);
+  line(`CPU over the run (${wall.toFixed(1)} s of load + drain), % of one core:`);
+  line(formatCpu(usage));
+  const engineCpu = usage.procs.filter((p) => p.name.startsWith('api') || p.name.startsWith('worker'));
+  if (cancelled > 0) {
+    const ms = engineCpu.reduce((s, p) => s + (p.cpuPercent / 100) * wall, 0) * 1000;
+    line(`  engine CPU per completed call: ${(ms / cancelled).toFixed(3)} ms (api + worker processes)`);
+  }
+  for (const l of mem.report('worker0 memory')) line(l);
+  if (o.profile.length) line(`cpu profiles: ${engine.profileDir} (written when the processes exit)`);
+}
+
+async function makeFirer(engine: RunningEngine, o: FlashOpts): Promise<{ fire(i: number): Promise<FireResult>; close(): void }> {
+  // Every request a new destination (a pending verification blocks another to the same number; the CLI cooldown is per destination).
+  let seq = 0;
+  const phone = (_i: number): string => `+4474${String((seq++ * 7919 + process.pid * 104_729) % 100_000_000).padStart(8, '0')}`;
+  if (o.via === 'http') {
+    return httpFirer({
+      targets: engine.apis.map((x) => ({ host: '127.0.0.1', port: x.port })),
+      path: '/v1/verify',
+      headers: { authorization: `Basic ${Buffer.from(`${engine.account.api_key}:${engine.account.api_secret}`).toString('base64')}` },
+      body: (i) => `{"phone_number":"${phone(i)}","method":"flash_call"}`,
+      expectStatus: 201,
+      connections: o.connections,
+      timeoutMs: 10_000,
+      wantRequestId: true,
+    });
+  }
+  const { FlashVerifyProducer, ApiError } = await import('../src/producer.js');
+  const producer = await FlashVerifyProducer.connect({ configFile: engine.configFile, methods: ['flash_call'] });
+  const who = { accountId: engine.account.account_id };
+  return {
+    fire: async (i) => {
+      try {
+        const r = await producer.createVerification(who, { phone_number: phone(i), method: 'flash_call' });
+        return { ok: true, requestId: r.request_id };
+      } catch (err) {
+        return { ok: false, kind: err instanceof ApiError ? `producer ${err.code}` : err instanceof Error ? err.message : String(err) };
+      }
+    },
+    close: () => void producer.close(),
+  };
+}
+
+function requestLatency(load: LoadResult, from: 'due' | 'sent') {
+  const out: number[] = [];
+  for (let i = 0; i < load.total; i++) {
+    if (!load.okFlags[i]) continue;
+    out.push(load.doneAt[i]! - (from === 'due' ? load.due[i]! : load.sentAt[i]!));
+  }
+  return summarize(out);
+}
+
+function sendLag(load: LoadResult) {
+  const out: number[] = [];
+  for (let i = 0; i < load.total; i++) if (!Number.isNaN(load.sentAt[i]!)) out.push(load.sentAt[i]! - load.due[i]!);
+  return summarize(out);
+}
+
+/** From the events stream: request id → call id of its `delivered` event; failed events by reason. */
+async function deliveredCallIds(redisUrl: string, prefix: string): Promise<{ delivered: Map<string, string>; failed: Tally }> {
+  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+  const delivered = new Map<string, string>();
+  const failed = new Tally();
+  try {
+    let start = '-';
+    for (;;) {
+      const batch = await redis.xrange(`${prefix}:events`, start, '+', 'COUNT', 10_000);
+      for (const [, f] of batch) {
+        const h: Record<string, string> = {};
+        for (let k = 0; k + 1 < f.length; k += 2) h[f[k]!] = f[k + 1]!;
+        const detail = JSON.parse(h.detail ?? '{}') as Record<string, unknown>;
+        if (h.status === 'delivered' && h.request_id && typeof detail.call_id === 'string') delivered.set(h.request_id, detail.call_id);
+        if (h.status === 'failed') failed.add(String(detail.reason ?? 'unknown'));
+      }
+      if (batch.length < 10_000) break;
+      start = `(${batch[batch.length - 1]![0]}`;
+    }
+  } finally {
+    redis.disconnect();
+  }
+  return { delivered, failed };
+}
+
+/** SIPp as the caller (uac-load-flash) against uas-load-ring-cancel, same rate and ring time: the ceiling. */
+async function runSippCeiling(stack: Stack, rate: number, duration: number, ringMs: number): Promise<void> {
+  line();
+  line(`== SIPp ceiling: uac-load-flash → uas-load-ring-cancel, ${rate} calls/s for ${duration} s, ring ${ringMs} ms`);
+  line(`load average before: ${loadAverages()}`);
+  const port = await freeSipPort();
+  const name = `ceiling${rate}`;
+  const uas = startUas(stack, `${name}-uas`, port, duration + 120);
+  await waitUasUp(stack, uas.m, uas.statFile);
+  const calls = Math.floor(rate * duration);
+  const uacStat = join(stack.dir, `${name}-uac-stat.csv`);
+  const uac = stack.spawnManaged(`${name}-uac`, 'sipp', [
+    '-sf', join(SIP_TEST, 'uac-load-flash.xml'), '-t', 'u1', '-i', '127.0.0.1', '-mi', '127.0.0.1', '-ci', '127.0.0.1',
+    '-s', '447400000000', '-d', String(ringMs), '-r', String(rate), '-m', String(calls),
+    '-l', String(Math.ceil(rate * (ringMs / 1000 + 2) * 2)), '-buff_size', '4194304', '-nostdin',
+    '-trace_stat', '-stf', uacStat, '-fd', '1', '-trace_err', '-error_file', join(stack.dir, `${name}-uac-errors.log`),
+    '-timeout', `${duration + 60}s`, `127.0.0.1:${port}`,
+  ]);
+  const started = performance.now();
+  const startEpoch = performance.timeOrigin + started;
+  const cpu = new CpuWindow([{ name: 'sipp uac (caller)', pid: uac.pid }, { name: 'sipp uas', pid: uas.m.pid }]);
+  const hard = setTimeout(() => uac.child.kill('SIGKILL'), (duration + 90) * 1000);
+  const code = await uac.exited;
+  clearTimeout(hard);
+  const usage = cpu.finish();
+  await stack.stop(uas.m);
+  const st = readSippStats(uacStat);
+  const invites = readInvites(uas.logFile);
+  const perSecond = new Map<number, number>();
+  for (const at of invites.values()) {
+    const s = Math.floor((at - startEpoch) / 1000);
+    perSecond.set(s, (perSecond.get(s) ?? 0) + 1);
+  }
+  const full = [...Array(Math.max(0, duration - 1)).keys()].map((s) => perSecond.get(s + 1) ?? 0);
+  const ok = Number(st?.['SuccessfulCall(C)'] ?? 0);
+  line(`SIPp UAC exit ${code}: ${st?.['OutgoingCall(C)']} calls placed, ${ok} successful, ${st?.['FailedCall(C)']} failed, ${st?.['Retransmissions(C)']} retransmissions, in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  line(`  completed ${(ok / duration).toFixed(0)} calls/s over the ${duration} s schedule`);
+  if (full.length) {
+    line(`  INVITEs/s at the UAS, seconds 1..${duration - 1}: min ${Math.min(...full)} mean ${(full.reduce((x, y) => x + y, 0) / full.length).toFixed(0)} max ${Math.max(...full)}`);
+  }
+  line(formatCpu(usage));
+  const uacCpu = usage.procs.find((p) => p.name.startsWith('sipp uac'));
+  if (uacCpu && ok > 0) {
+    const wall = (performance.now() - started) / 1000;
+    line(`  SIPp caller CPU per completed call: ${(((uacCpu.cpuPercent / 100) * wall * 1000) / ok).toFixed(3)} ms`);
+  }
+  line(`load average after: ${loadAverages()}`);
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`bench flash: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,64 @@
+import type { Redis } from 'ioredis';
+import type { Keys } from '../store/keys.js';
+import { scripts } from '../store/scripts.js';
+import { ApiError } from '../verification/errors.js';
+
+export interface AuthGuardOptions {
+  /** From this many failures in the window on, each failed attempt is answered only after `delayMs`. */
+  delayAfter: number;
+  delayMs: number;
+  /** From this many failures from one address, every request from it gets 429 until the window ends. */
+  lockAfter: number;
+  windowSeconds: number;
+}
+
+/**
+ * Brute-force brake on API authentication. Failures are counted atomically
+ * (recordAuthFailure-2.lua) per client address and per API key over a window
+ * that starts at the first failure:
+ * - from `delayAfter` failures (by address or by key), a wrong secret is
+ *   answered 401 only after `delayMs`;
+ * - from `lockAfter` failures of one address, everything from that address is
+ *   refused with 429 `rate_limited` and `Retry-After` (seconds left in the
+ *   window) before the credentials are even looked at.
+ * A key is slowed down but never locked: locking a key would let anybody lock
+ * a customer out. Successful logins do not reset the counters (an attacker
+ * with an account of their own could otherwise reset them at will).
+ */
+export class AuthGuard {
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+    private readonly options: AuthGuardOptions,
+    private readonly sleep: (ms: number) => Promise<void> = (ms) => new Promise((r) => setTimeout(r, ms)),
+  ) {}
+
+  /** Throws 429 when the address is locked out. */
+  async checkAddress(address: string): Promise<void> {
+    const key = this.keys.authFailures('ip', address);
+    // Every request pays this check: one read, and the TTL only for an address that is locked out.
+    if (Number((await this.redis.get(key)) ?? 0) < this.options.lockAfter) return;
+    const ttl = await this.redis.ttl(key);
+    throw this.locked(ttl > 0 ? ttl : this.options.windowSeconds);
+  }
+
+  /** Counts a failure; waits (slow-down) or throws 429 (lock-out) when the counts call for it. */
+  async failed(address: string, apiKey: string | undefined): Promise<void> {
+    const ipKey = this.keys.authFailures('ip', address);
+    // Only well-formed keys get a counter: garbage must not create keys at will.
+    const keyKey = apiKey !== undefined && /^[0-9a-f]{32}$/.test(apiKey) ? this.keys.authFailures('key', apiKey) : ipKey;
+    const [byAddress, byKey, ttl] = (await scripts.recordAuthFailure.run(this.redis, [ipKey, keyKey], [this.options.windowSeconds])) as [
+      number,
+      number,
+      number,
+    ];
+    if (byAddress >= this.options.lockAfter) throw this.locked(ttl);
+    if (byAddress >= this.options.delayAfter || byKey >= this.options.delayAfter) await this.sleep(this.options.delayMs);
+  }
+
+  private locked(retryAfter: number): ApiError {
+    const err = new ApiError('rate_limited', `Too many failed authentication attempts from this address; retry after ${retryAfter} seconds`);
+    err.headers['Retry-After'] = retryAfter;
+    return err;
+  }
+}

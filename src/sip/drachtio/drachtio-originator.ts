@@ -1,0 +1,507 @@
+/**
+ * The production signalling backend: CallOriginator over drachtio-srf,
+ * connected to drachtio-server in inbound mode (the app dials the server).
+ *
+ *   const sip = new DrachtioOriginator({
+ *     host: '127.0.0.1', port: 9022, secret: 'cymru',
+ *     enablePing: true, pingIntervalMs: 10_000,
+ *     reconnectMinMs: 1000, reconnectMaxMs: 30_000,
+ *     callTimeoutMs: 32_000, userAgent: 'flashverify', logger,
+ *   });
+ *   await sip.start();             // resolves once connected (or after the first failed attempt)
+ *   sip.isConnected();             // readiness
+ *   const call = sip.originate({ to, from, trunk, logger }, delegate);
+ *
+ * What drachtio-srf does not do, and this class does:
+ *  - reconnect with a bounded, jittered back-off (drachtio-srf's own retry
+ *    grows 150 ms x 1.7^n without a cap unless told; it is switched off here
+ *    with `reconnect.maxAttempts: 1` and a fresh Srf is made per attempt);
+ *  - settle calls in flight when the connection drops (drachtio-srf keeps
+ *    their callbacks in a per-socket map it deletes on close: the createUAC
+ *    promise never settles) → failed `unreachable` 'drachtio connection lost';
+ *  - Timer B: drachtio-server reports an INVITE that got no response at all
+ *    as a 408 after its own 32 s; a 408 that is the first response, or
+ *    `callTimeoutMs` without any response, is `timeout`;
+ *  - defer CANCEL until a provisional response arrived (RFC 3261 9.1), as the
+ *    embedded stack does, and BYE a 2xx that crossed the CANCEL.
+ */
+import type { Logger } from 'pino';
+import { AppError } from '../../errors/app-error.js';
+import { callDelegate, reportCallEnd, type CallDelegate, type CallFailure, type CallOriginator, type OriginateRequest, type OutboundCall } from '../call-originator.js';
+import { systemClock, type Clock, type TimerHandle } from '../clock.js';
+import { maskUser } from '../embedded-originator.js';
+import { dummySdp, failureReasonFor, resolveTrunk } from '../uac.js';
+import { errorMessage, newCallId } from '../util.js';
+import {
+  createSrf,
+  isSipError,
+  type SrfClient,
+  type SrfDialog,
+  type SrfResponse,
+  type SrfUacOptions,
+  type SrfUacRequest,
+} from './srf-types.js';
+
+export interface DrachtioOriginatorOptions {
+  host: string;
+  port: number;
+  secret: string;
+  enablePing: boolean;
+  /** drachtio-srf accepts 5 000 .. 300 000. */
+  pingIntervalMs: number;
+  reconnectMinMs: number;
+  reconnectMaxMs: number;
+  /** No response of any kind to the INVITE within this → `timeout` (and no final response this long after CANCEL → cancelled). */
+  callTimeoutMs: number;
+  userAgent: string;
+  logger: Logger;
+  /** Address in the dummy SDP of trunks with `dummySdp` (default 127.0.0.1). */
+  sdpHost?: string;
+  clock?: Clock;
+}
+
+/** Phrase of the failure reported for calls in flight when the drachtio connection drops. */
+export const CONNECTION_LOST = 'drachtio connection lost';
+
+/**
+ * A non-2xx final response as drachtio-srf reports it → the failure the
+ * embedded stack would report (shared mapping), except a 408 that is the
+ * first response to the INVITE: that is drachtio-server's own Timer B
+ * (RFC 3261 17.1.1.2), i.e. no response from the far end at all.
+ */
+export function drachtioFailure(status: number, phrase: string | undefined, sawResponse: boolean): CallFailure {
+  const reason = status === 408 && !sawResponse ? 'timeout' : failureReasonFor(status);
+  return phrase === undefined ? { reason, status } : { reason, status, phrase };
+}
+
+/** Reconnect delay for attempt n (0-based): min x 2^n capped at max, ±20 % jitter, never above max. */
+export function reconnectDelay(attempt: number, minMs: number, maxMs: number, random: () => number = Math.random): number {
+  const base = Math.min(maxMs, minMs * 2 ** Math.min(attempt, 30));
+  const jittered = base * (0.8 + 0.4 * random());
+  return Math.round(Math.max(minMs, Math.min(maxMs, jittered)));
+}
+
+const NUMBER_RE = /^\+?[0-9A-Za-z._*-]{1,32}$/;
+
+/** What a call needs from the originator. */
+interface CallHost {
+  readonly clock: Clock;
+  readonly callTimeoutMs: number;
+  callEnded(call: DrachtioCall): void;
+}
+
+export class DrachtioOriginator implements CallOriginator {
+  private readonly options: DrachtioOriginatorOptions;
+  private readonly logger: Logger;
+  private readonly clock: Clock;
+  private srf: SrfClient | undefined;
+  private connected = false;
+  private running = false;
+  private attempt = 0;
+  private reconnectTimer: TimerHandle | undefined;
+  private readonly calls = new Set<DrachtioCall>();
+  private readonly host: CallHost;
+  /** Settles start(): the first connection attempt succeeded, failed, or was refused authentication. */
+  private firstAttempt: { resolve: () => void; reject: (err: Error) => void } | undefined;
+
+  constructor(options: DrachtioOriginatorOptions) {
+    this.options = options;
+    this.logger = options.logger.child({ component: 'drachtio' });
+    this.clock = options.clock ?? systemClock;
+    this.host = {
+      clock: this.clock,
+      callTimeoutMs: options.callTimeoutMs,
+      callEnded: (call) => this.calls.delete(call),
+    };
+  }
+
+  /** Readiness: authenticated to drachtio-server right now. */
+  isConnected(): boolean {
+    return this.connected;
+  }
+
+  /** Calls not yet ended (for flashverify_active_calls). */
+  get activeCalls(): number {
+    return this.calls.size;
+  }
+
+  /**
+   * Connect. Resolves once authenticated, or after the first attempt failed
+   * (drachtio-server down: reconnecting goes on in the background, readiness
+   * stays false); rejects when drachtio-server refuses the secret.
+   */
+  async start(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    this.attempt = 0;
+    await new Promise<void>((resolve, reject) => {
+      this.firstAttempt = { resolve, reject };
+      this.connect();
+    });
+  }
+
+  /** Disconnect; calls in flight fail `unreachable`. */
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    if (this.reconnectTimer !== undefined) this.clock.clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
+    for (const call of [...this.calls]) call.abort('SIP stack stopped');
+    const srf = this.srf;
+    this.srf = undefined;
+    const wasConnected = this.connected;
+    this.connected = false;
+    if (srf !== undefined && wasConnected) {
+      try {
+        srf.disconnect();
+      } catch (err) {
+        this.logger.debug({ err: errorMessage(err) }, 'drachtio disconnect failed');
+      }
+    }
+    this.settleFirstAttempt();
+    this.logger.info('drachtio backend stopped');
+  }
+
+  originate(request: OriginateRequest, delegate: CallDelegate): OutboundCall {
+    const call = new DrachtioCall(this.host, request, delegate, this.options);
+    this.calls.add(call);
+    if (!this.running || !this.connected || this.srf === undefined) {
+      const why = this.running ? 'drachtio not connected' : 'SIP stack not running';
+      process.nextTick(() => call.abort(why));
+    } else {
+      call.start(this.srf);
+    }
+    return call;
+  }
+
+  // ------------------------------------------------------------------ connection
+
+  private connect(): void {
+    const { host, port, secret, enablePing, pingIntervalMs } = this.options;
+    const srf = createSrf();
+    this.srf = srf;
+    srf.on('connect', (err, hostport, serverVersion) => {
+      if (srf !== this.srf || !this.running) {
+        // An attempt that outlived stop() or a newer attempt: close it.
+        if (!err) safeDisconnect(srf);
+        return;
+      }
+      if (err) {
+        this.logger.error({ err: err.message, host, port }, 'drachtio-server refused the connection (check sip.drachtio.secret)');
+        const first = this.firstAttempt;
+        this.firstAttempt = undefined;
+        first?.reject(new AppError('drachtio_auth_failed', `drachtio-server ${host}:${port}: ${err.message}`));
+        return; // the server closes the socket: 'close' schedules a retry
+      }
+      this.connected = true;
+      this.attempt = 0;
+      this.logger.info({ host, port, hostport, server_version: serverVersion }, 'connected to drachtio-server');
+      this.settleFirstAttempt();
+    });
+    srf.on('error', (err) => {
+      // drachtio-srf re-emits socket errors; without a listener they would throw. 'close' follows.
+      this.logger.debug({ err: err.message, host, port }, 'drachtio socket error');
+    });
+    srf.on('close', () => this.onClose(srf));
+    srf.connect({
+      host,
+      port,
+      secret,
+      enablePing,
+      pingInterval: pingIntervalMs,
+      // Reconnects are ours (bounded back-off, a fresh Srf each time): 1 attempt = no retry in drachtio-srf.
+      reconnect: { maxAttempts: 1 },
+    });
+  }
+
+  private onClose(srf: SrfClient): void {
+    if (srf !== this.srf) return;
+    const wasConnected = this.connected;
+    this.connected = false;
+    srf.removeAllListeners();
+    // Keep an 'error' listener: a late socket error must not become an uncaught exception.
+    srf.on('error', () => undefined);
+    this.srf = undefined;
+    if (wasConnected) {
+      this.logger.error({ host: this.options.host, port: this.options.port, calls: this.calls.size }, CONNECTION_LOST);
+      for (const call of [...this.calls]) call.abort(CONNECTION_LOST);
+    }
+    this.settleFirstAttempt();
+    if (!this.running) return;
+    const delay = reconnectDelay(this.attempt++, this.options.reconnectMinMs, this.options.reconnectMaxMs);
+    this.logger.warn({ host: this.options.host, port: this.options.port, delay_ms: delay, attempt: this.attempt }, 'drachtio-server not connected; retrying');
+    this.reconnectTimer = this.clock.setTimeout(() => {
+      this.reconnectTimer = undefined;
+      if (this.running) this.connect();
+    }, delay);
+  }
+
+  private settleFirstAttempt(): void {
+    const first = this.firstAttempt;
+    this.firstAttempt = undefined;
+    first?.resolve();
+  }
+}
+
+function safeDisconnect(srf: SrfClient): void {
+  try {
+    srf.disconnect();
+  } catch {
+    /* no socket left */
+  }
+}
+
+/** One outbound call through drachtio: the INVITE, its CANCEL, the dialog and its BYE. */
+class DrachtioCall implements OutboundCall {
+  private readonly host: CallHost;
+  private readonly delegate: CallDelegate;
+  private readonly log: Logger;
+  private readonly uri: string;
+  private readonly uacOptions: SrfUacOptions;
+  private readonly localSdp: string | undefined;
+  private ownCallId: string;
+  private req: SrfUacRequest | undefined;
+  private dialog: SrfDialog | undefined;
+  private outcome: 'answered' | 'failed' | 'cancelled' | undefined;
+  private sawResponse = false;
+  private cancelRequested = false;
+  private cancelSent = false;
+  private byePromise: Promise<void> | undefined;
+  private resolveBye: (() => void) | undefined;
+  private dialogUp = false;
+  private ended = false;
+  private timer: TimerHandle | undefined;
+  private readonly startedAt = Date.now();
+
+  constructor(host: CallHost, request: OriginateRequest, delegate: CallDelegate, options: DrachtioOriginatorOptions) {
+    if (!NUMBER_RE.test(request.to)) throw new AppError('sip_bad_number', `bad destination number ${JSON.stringify(request.to)}`);
+    if (!NUMBER_RE.test(request.from)) throw new AppError('sip_bad_number', `bad CLI ${JSON.stringify(request.from)}`);
+    this.host = host;
+    this.delegate = delegate;
+    const trunk = resolveTrunk(request.trunk);
+    // drachtio-server keeps a Call-ID the app supplies; the echoed INVITE's Call-ID wins if it did not.
+    this.ownCallId = newCallId();
+    this.log = request.logger.child({ call_id: this.ownCallId });
+    this.uri = `sip:${request.to}@${trunk.hostPort};user=phone${trunk.transportParam}`;
+    const cli = `<sip:${request.from}@${trunk.fromDomain};user=phone>`;
+    this.localSdp = request.sdp ?? (request.trunk.dummySdp ? dummySdp(options.sdpHost ?? '127.0.0.1') : undefined);
+    const headers: Record<string, string> = {
+      'Call-ID': this.ownCallId,
+      From: cli,
+      To: `<sip:${request.to}@${trunk.hostPort};user=phone>`,
+      'P-Asserted-Identity': cli,
+      'User-Agent': options.userAgent,
+    };
+    for (const h of trunk.extraHeaders) headers[h.name] = h.value;
+    if (this.localSdp !== undefined) headers['Content-Type'] = 'application/sdp';
+    this.uacOptions = {
+      headers,
+      callingNumber: request.from,
+      ...(this.localSdp !== undefined ? { localSdp: this.localSdp } : {}),
+      ...(request.trunk.auth !== undefined ? { auth: { username: request.trunk.auth.username, password: request.trunk.auth.password } } : {}),
+    };
+  }
+
+  get callId(): string {
+    return this.ownCallId;
+  }
+
+  start(srf: SrfClient): void {
+    this.log.info({ uri: maskUser(this.uri) }, 'SIP call started (drachtio)');
+    // Timer B equivalent: not even a 100 Trying within callTimeoutMs.
+    this.arm(() => {
+      if (this.sawResponse || this.outcome !== undefined) return;
+      this.log.debug('no response to the INVITE; giving up');
+      this.finish('failed', { reason: 'timeout', phrase: 'no response from drachtio-server / far end' });
+      // Too late for CANCEL without a provisional (RFC 3261 9.1): whatever comes now is BYEd (onDialog) or ignored.
+      this.maybeEnd();
+    });
+    let promise: Promise<SrfDialog>;
+    try {
+      promise = srf.createUAC(this.uri, this.uacOptions, {
+        cbRequest: (err, req) => {
+          if (err || req === undefined) return; // the promise rejects too
+          this.req = req;
+          const sent = req.get('Call-ID');
+          if (sent !== undefined && sent !== this.ownCallId) this.ownCallId = sent;
+        },
+        cbProvisional: (res) => this.onProvisional(res),
+      });
+    } catch (err) {
+      // drachtio-srf throws synchronously when it has no socket.
+      promise = Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
+    promise.then(
+      (dialog) => this.onDialog(dialog),
+      (err: unknown) => this.onRejected(err),
+    );
+  }
+
+  // ---------------------------------------------------------------- OutboundCall
+
+  cancel(): void {
+    if (this.cancelRequested) return;
+    this.cancelRequested = true;
+    if (this.outcome !== undefined || this.ended) return;
+    if (this.sawResponse && this.req !== undefined) this.sendCancel();
+    else this.log.debug('cancel requested before any provisional response; deferred (RFC 3261 9.1)');
+  }
+
+  hangup(): Promise<void> {
+    if (this.byePromise !== undefined) return this.byePromise;
+    const dialog = this.dialog;
+    if (dialog === undefined || !this.dialogUp) return Promise.resolve();
+    this.byePromise = new Promise<void>((resolve) => {
+      this.resolveBye = resolve;
+    });
+    this.log.debug('sending BYE');
+    try {
+      dialog.destroy(undefined, (err) => {
+        if (err) this.log.debug({ err: errorMessage(err) }, 'BYE not sent / failed');
+        this.byeDone();
+      });
+    } catch (err) {
+      this.log.debug({ err: errorMessage(err) }, 'BYE not sent');
+      this.byeDone();
+    }
+    return this.byePromise;
+  }
+
+  // ---------------------------------------------------------------- events from drachtio-srf
+
+  private onProvisional(res: SrfResponse): void {
+    if (this.ended) return;
+    this.sawResponse = true;
+    if (res.status > 100 && this.outcome === undefined) {
+      const sdp = res.body === undefined || res.body === '' ? undefined : res.body;
+      this.safe('onProvisional', () => this.delegate.onProvisional?.(res.status, res.reason, sdp));
+    }
+    if (this.cancelRequested && !this.cancelSent && this.outcome === undefined) this.sendCancel();
+  }
+
+  private onDialog(dialog: SrfDialog): void {
+    this.sawResponse = true;
+    this.dialog = dialog;
+    this.dialogUp = true;
+    dialog.on('destroy', () => this.onRemoteBye());
+    // Re-INVITE with an SDP that is not a plain refresh: answer with the same offer (our media does not change).
+    dialog.on('modify', (_req, res) => {
+      if (this.localSdp === undefined) {
+        res.send(488);
+        return;
+      }
+      res.send(200, { body: this.localSdp, headers: { 'Content-Type': 'application/sdp' } });
+    });
+    if (this.outcome !== undefined || this.ended) {
+      // A 2xx after we gave up (timeout, connection loss, cancel guard): ACKed by drachtio-srf, BYE it.
+      this.log.info('2xx after the call outcome was reported; BYE');
+      void this.hangup();
+      return;
+    }
+    this.clearTimer();
+    const crossed = this.cancelRequested;
+    this.outcome = 'answered';
+    this.log.info({ crossed_cancel: crossed }, 'SIP call answered');
+    const sdp = dialog.remote.sdp === undefined || dialog.remote.sdp === '' ? undefined : dialog.remote.sdp;
+    this.safe('onAnswered', () => this.delegate.onAnswered?.(sdp, crossed));
+    // RFC 3261 9.1 / 15: the 2xx crossed our CANCEL: end the call at once.
+    if (crossed) void this.hangup();
+  }
+
+  private onRejected(err: unknown): void {
+    this.clearTimer();
+    if (isSipError(err)) {
+      const status = err.status;
+      if (status === 487 && this.cancelRequested) this.finish('cancelled');
+      else this.finish('failed', drachtioFailure(status, err.reason ?? err.res?.reason, this.sawResponse));
+    } else {
+      this.finish('failed', { reason: 'unreachable', phrase: errorMessage(err) });
+    }
+    this.maybeEnd();
+  }
+
+  private onRemoteBye(): void {
+    if (!this.dialogUp) return;
+    this.dialogUp = false;
+    if (this.byePromise === undefined) {
+      this.log.info('remote hangup (BYE)');
+      this.safe('onRemoteHangup', () => this.delegate.onRemoteHangup?.());
+    }
+    this.byeDone();
+  }
+
+  // ---------------------------------------------------------------- CANCEL
+
+  private sendCancel(): void {
+    const req = this.req;
+    if (req === undefined || this.cancelSent) return;
+    this.cancelSent = true;
+    this.log.debug('sending CANCEL');
+    try {
+      req.cancel(undefined, (err) => {
+        if (err) this.log.debug({ err: errorMessage(err) }, 'CANCEL not sent');
+      });
+    } catch (err) {
+      this.log.debug({ err: errorMessage(err) }, 'CANCEL not sent');
+    }
+    // RFC 3261 9.1: no final response to the INVITE long after the CANCEL: consider it cancelled.
+    this.arm(() => {
+      if (this.outcome !== undefined) return;
+      this.log.debug('no final response after CANCEL; abandoning INVITE');
+      this.finish('cancelled');
+      this.maybeEnd();
+    });
+  }
+
+  // ---------------------------------------------------------------- end of call
+
+  /** The drachtio connection is gone (or stop()): settle without waiting for anything. */
+  abort(reason: string): void {
+    if (this.ended) return;
+    this.clearTimer();
+    this.finish('failed', { reason: 'unreachable', phrase: reason });
+    this.dialogUp = false;
+    this.byeDone();
+    this.maybeEnd();
+  }
+
+  private byeDone(): void {
+    this.dialogUp = false;
+    const resolve = this.resolveBye;
+    this.resolveBye = undefined;
+    resolve?.();
+    this.maybeEnd();
+  }
+
+  private finish(outcome: 'failed' | 'cancelled', failure?: CallFailure): void {
+    if (this.outcome !== undefined) return;
+    this.outcome = outcome;
+    reportCallEnd(this.log, this.delegate, outcome, failure);
+  }
+
+  private maybeEnd(): void {
+    if (this.ended || this.outcome === undefined || this.dialogUp || this.resolveBye !== undefined) return;
+    this.ended = true;
+    this.clearTimer();
+    this.log.info({ outcome: this.outcome, duration_ms: Date.now() - this.startedAt }, 'SIP call ended');
+    this.safe('onEnded', () => this.delegate.onEnded?.());
+    this.host.callEnded(this);
+  }
+
+  private arm(fn: () => void): void {
+    this.clearTimer();
+    this.timer = this.host.clock.setTimeout(() => {
+      this.timer = undefined;
+      fn();
+    }, this.host.callTimeoutMs);
+  }
+
+  private clearTimer(): void {
+    if (this.timer !== undefined) this.host.clock.clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private safe(name: string, fn: () => void): void {
+    callDelegate(this.log, name, fn);
+  }
+}

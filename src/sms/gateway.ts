@@ -1,0 +1,268 @@
+import type { Logger } from 'pino';
+import { smscSchema, type SmsConfig, type SmscConfig } from '../config/schema.js';
+import { CommandStatus, type SmppPdu } from './pdu.js';
+import { parseReceipt, toReceiptPdu } from './receipt.js';
+import { SmppSession, type SmscSettings } from './session.js';
+import type { DeliveryReceipt, SmsGateway, SmscStatus, SubmitOutcome, SubmitRequest } from './types.js';
+
+/**
+ * The SMS gateway: every configured SMSC with its binds (SmppSession), routing
+ * by longest destination prefix, and load spreading over binds.
+ *
+ * Retry rules:
+ * - `connection_lost` (the connection died with the submit in flight, no
+ *   response can come any more): sent once more at once on another bind of
+ *   the same SMSC that is up, then `retry` goes back to the worker. If the
+ *   SMSC had taken the first submit_sm and only its submit_sm_resp was lost
+ *   with the connection, the handset gets the code twice: nothing on the
+ *   client side can tell, and an OTP sent twice beats one lost.
+ * - `timeout` (no response within responseTimeoutMs, connection still up):
+ *   not resent here. The bind keeps listening for a late submit_sm_resp on
+ *   that connection; an ESME_ROK that comes after all is reported through
+ *   onLateAccept, so the worker (which retries a timeout only after at least
+ *   another responseTimeoutMs) records it as accepted instead of sending it
+ *   again.
+ */
+
+export interface SmppGatewayOptions {
+  smscs: SmscSettings[];
+  logger: Logger;
+  /** When every bind that is up has a full window: how long a submit waits for a slot. Default 5000 ms. */
+  slotWaitMs?: number;
+  /** When no bind is up (e.g. just after start): how long a submit waits for one. Default 1000 ms. */
+  bindWaitMs?: number;
+  /** Bound on stop(): in-flight submits drain, then unbind. Default 5000 ms. */
+  stopTimeoutMs?: number;
+}
+
+interface SmscEntry {
+  settings: SmscSettings;
+  sessions: SmppSession[];
+}
+
+type Acquired = { session: SmppSession } | { reason: 'no_bind' | 'throttled' };
+
+/** Default ports: 2775 for smpp://, 3550 for smpps:// (IANA / node-smpp). */
+const DEFAULT_PORT = { smpp: 2775, smpps: 3550 } as const;
+
+/** The SMSC list of `sms` config: `sms.smscs`, or `sms.url` as one SMSC named "default" when that list is empty. */
+export function resolveSmscs(sms: SmsConfig): SmscSettings[] {
+  const list: SmscConfig[] = sms.smscs.length > 0 ? sms.smscs : [smscSchema.parse({ name: 'default', url: sms.url })];
+  return list.map(resolveSmsc);
+}
+
+function resolveSmsc(config: SmscConfig): SmscSettings {
+  const url = new URL(config.url);
+  const tls = url.protocol === 'smpps:';
+  const { url: _url, systemId, password, ...rest } = config;
+  return {
+    ...rest,
+    host: url.hostname.replace(/^\[|\]$/g, ''),
+    port: url.port ? Number(url.port) : tls ? DEFAULT_PORT.smpps : DEFAULT_PORT.smpp,
+    tls,
+    systemId: systemId ?? decodeURIComponent(url.username),
+    password: password ?? decodeURIComponent(url.password),
+  };
+}
+
+export class SmppGateway implements SmsGateway {
+  private readonly entries: SmscEntry[];
+  private readonly log: Logger;
+  private readonly slotWaitMs: number;
+  private readonly bindWaitMs: number;
+  private readonly stopTimeoutMs: number;
+  private receiptHandler: ((receipt: DeliveryReceipt) => Promise<void>) | undefined;
+  private lateAcceptHandler: ((requestId: string, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>) => void) | undefined;
+  private readonly waiters = new Set<() => void>();
+  private running = false;
+  private roundRobin = 0;
+
+  constructor(options: SmppGatewayOptions) {
+    this.log = options.logger.child({ component: 'smpp' });
+    this.slotWaitMs = options.slotWaitMs ?? 5_000;
+    this.bindWaitMs = options.bindWaitMs ?? 1_000;
+    this.stopTimeoutMs = options.stopTimeoutMs ?? 5_000;
+    const delegate = {
+      onDeliverSm: (pdu: SmppPdu, session: SmppSession) => this.handleDeliverSm(pdu, session),
+      onAvailabilityChange: () => this.wakeWaiters(),
+      onLateAccept: (request: SubmitRequest, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>) =>
+        this.lateAcceptHandler?.(request.requestId, outcome),
+    };
+    this.entries = options.smscs.map((settings) => ({
+      settings,
+      sessions: Array.from(
+        { length: settings.binds },
+        (_, i) => new SmppSession({ smsc: settings, name: `${settings.name}#${i}`, logger: this.log, delegate }),
+      ),
+    }));
+  }
+
+  static fromConfig(sms: SmsConfig, logger: Logger, options: Omit<SmppGatewayOptions, 'smscs' | 'logger'> = {}): SmppGateway {
+    return new SmppGateway({ ...options, smscs: resolveSmscs(sms), logger });
+  }
+
+  async start(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    for (const e of this.entries) {
+      this.log.info(
+        { smsc: e.settings.name, host: e.settings.host, port: e.settings.port, binds: e.settings.binds, bind_mode: e.settings.bindMode },
+        'connecting to SMSC',
+      );
+      for (const s of e.sessions) s.start();
+    }
+  }
+
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    this.wakeWaiters();
+    await Promise.all(this.entries.flatMap((e) => e.sessions.map((s) => s.stop(this.stopTimeoutMs))));
+    this.log.info('SMPP gateway stopped');
+  }
+
+  onLateAccept(handler: (requestId: string, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>) => void): void {
+    this.lateAcceptHandler = handler;
+  }
+
+  onReceipt(handler: (receipt: DeliveryReceipt) => Promise<void>): void {
+    this.receiptHandler = handler;
+  }
+
+  status(): SmscStatus[] {
+    return this.entries.map((e) => ({
+      name: e.settings.name,
+      bindsUp: e.sessions.filter((s) => s.isUp).length,
+      bindsConfigured: e.sessions.length,
+      inFlight: e.sessions.reduce((n, s) => n + s.inFlight, 0),
+      window: e.settings.window * e.sessions.length,
+    }));
+  }
+
+  async submit(request: SubmitRequest): Promise<SubmitOutcome> {
+    if (!this.running) return { kind: 'retry', reason: 'no_bind' };
+    const route = this.route(request.to);
+    if (route.length === 0) {
+      request.logger.error('no SMSC routes this destination (no prefix matches and no default route)');
+      return {
+        kind: 'failed',
+        reason: 'no_route',
+        commandStatus: CommandStatus.ESME_RINVDSTADR,
+        statusName: 'ESME_RINVDSTADR',
+        smsc: '',
+      };
+    }
+    const first = await this.acquire(route, undefined);
+    if ('reason' in first) {
+      return { kind: 'retry', reason: first.reason, smsc: route[0]?.settings.name };
+    }
+    const outcome = await first.session.submitReserved(request);
+    // A timeout is not resent here: the SMSC may still answer (onLateAccept); the worker retries later if it does not.
+    if (outcome.kind !== 'retry' || outcome.reason !== 'connection_lost') return outcome;
+    // Once more on another bind of the same SMSC (see the duplicate note at the top).
+    const entry = this.entries.find((e) => e.sessions.includes(first.session));
+    if (!entry || !this.running) return outcome;
+    const second = await this.acquire([entry], first.session);
+    if ('reason' in second) return outcome;
+    request.logger.info({ smsc: entry.settings.name, from_bind: first.session.name, to_bind: second.session.name, after: outcome.reason }, 'submit retried on another bind');
+    return second.session.submitReserved(request);
+  }
+
+  /** SMSCs for `to`: those with the longest matching prefix, else those without prefixes (the default route). */
+  private route(to: string): SmscEntry[] {
+    let bestLength = 0;
+    let best: SmscEntry[] = [];
+    for (const e of this.entries) {
+      const length = Math.max(0, ...e.settings.prefixes.filter((p) => to.startsWith(p)).map((p) => p.length));
+      if (length > bestLength) {
+        bestLength = length;
+        best = [e];
+      } else if (length > 0 && length === bestLength) {
+        best.push(e);
+      }
+    }
+    return best.length > 0 ? best : this.entries.filter((e) => e.settings.prefixes.length === 0);
+  }
+
+  /**
+   * The least-loaded bind with a free window slot (ties rotate), its slot
+   * already reserved: the caller must hand it to `submitReserved`. Waits,
+   * bounded, for a slot when every bind that is up is full (slotWaitMs) or for
+   * a bind to come up (bindWaitMs). A bind backing off after ESME_RTHROTTLED /
+   * ESME_RMSGQFUL is skipped; when only such binds are up, the submit waits
+   * for the back-off to end if that fits in slotWaitMs, else gets `throttled`
+   * without anything sent.
+   */
+  private async acquire(entries: SmscEntry[], exclude: SmppSession | undefined): Promise<Acquired> {
+    const sessions = entries.flatMap((e) => e.sessions).filter((s) => s !== exclude);
+    const started = performance.now();
+    // Each pass either returns or waits for a change; the waits end by the deadlines.
+    for (let pass = 0; pass < 10_000; pass += 1) {
+      if (!this.running) return { reason: 'no_bind' };
+      const picked = this.pick(sessions);
+      if (picked) return { session: picked };
+      const up = sessions.filter((s) => s.isUp);
+      const usable = up.filter((s) => !s.isCoolingDown());
+      const elapsed = performance.now() - started;
+      if (usable.length === 0 && up.length > 0) {
+        // Every bind that is up is backing off: wait it out if that fits the slot budget.
+        const coolMs = Math.min(...up.map((s) => s.coolDownRemainingMs()));
+        if (elapsed + coolMs > this.slotWaitMs) return { reason: 'throttled' };
+        await this.waitForChange(Math.max(1, coolMs));
+        continue;
+      }
+      const budget = usable.length > 0 ? this.slotWaitMs : this.bindWaitMs;
+      const remaining = budget - elapsed;
+      if (remaining <= 0 || sessions.length === 0) return { reason: 'no_bind' };
+      await this.waitForChange(remaining);
+    }
+    return { reason: 'no_bind' };
+  }
+
+  private pick(sessions: SmppSession[]): SmppSession | undefined {
+    const n = sessions.length;
+    if (n === 0) return undefined;
+    const offset = this.roundRobin++ % n;
+    let best: SmppSession | undefined;
+    let bestLoad = Infinity;
+    for (let i = 0; i < n; i += 1) {
+      const s = sessions[(offset + i) % n];
+      if (!s?.hasRoom()) continue;
+      const load = s.inFlight / s.window;
+      if (load < bestLoad) {
+        best = s;
+        bestLoad = load;
+      }
+    }
+    return best?.reserve() ? best : undefined;
+  }
+
+  private waitForChange(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.waiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.waiters.add(done);
+    });
+  }
+
+  private wakeWaiters(): void {
+    for (const w of [...this.waiters]) w();
+  }
+
+  /** Receipts go to the handler; deliver_sm that is not a receipt (an MO message) is acknowledged and dropped. */
+  private async handleDeliverSm(pdu: SmppPdu, session: SmppSession): Promise<void> {
+    const receipt = parseReceipt(toReceiptPdu(pdu), session.smsc.name, session.smsc.messageIdFormat);
+    if (!receipt) {
+      this.log.info({ smsc: session.smsc.name, bind: session.name, seq: pdu.sequence_number }, 'deliver_sm is not a receipt; dropped');
+      return;
+    }
+    this.log.debug({ smsc: receipt.smsc, bind: session.name, message_id: receipt.messageId, state: receipt.state }, 'delivery receipt');
+    const handler = this.receiptHandler;
+    if (!handler) throw new Error('no receipt handler registered');
+    await handler(receipt);
+  }
+}

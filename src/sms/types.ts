@@ -1,0 +1,121 @@
+import type { Logger } from 'pino';
+
+/**
+ * The contract between the SMS delivery worker (src/engine/sms-processor.ts)
+ * and the SMPP session layer (src/sms/gateway.ts). The worker only sees
+ * `SmsGateway`; binds, windows, throttling and reconnects stay behind it.
+ */
+
+/** Source address of a submit_sm. */
+export interface SmsSender {
+  addr: string;
+  /** Type of number: 5 alphanumeric, 1 international. */
+  ton: number;
+  /** Numbering plan: 0 unknown (alphanumeric), 1 E.164. */
+  npi: number;
+}
+
+/** Text already rendered from its template and checked to fit one part (see src/sms/text.ts). */
+export interface EncodedText {
+  /** 'gsm7' (data_coding per SMSC: 0 or 1, optionally packed) or 'ucs2' (data_coding 8). */
+  encoding: 'gsm7' | 'ucs2';
+  /** The text, for the session layer to encode per SMSC (GSM-7 septets, packed or not; UCS-2 big-endian). */
+  text: string;
+}
+
+export interface SubmitRequest {
+  /** For logs and for the id map: the verification this submit delivers. */
+  requestId: string;
+  /** Destination, E.164 with "+". The session sends it as TON 1 / NPI 1 without "+". */
+  to: string;
+  from: SmsSender;
+  message: EncodedText;
+  /** registered_delivery = 1 */
+  requestReceipt: boolean;
+  logger: Logger;
+}
+
+/** What became of one submit attempt. */
+export type SubmitOutcome =
+  | {
+      kind: 'accepted';
+      /** Message id as the SMSC wrote it in submit_sm_resp. */
+      rawMessageId: string;
+      /** Message id normalised for this SMSC (same form as DeliveryReceipt.messageId). */
+      messageId: string;
+      smsc: string;
+      bind: string;
+    }
+  | {
+      /** Nothing was accepted by the SMSC; try again later (BullMQ delay). */
+      kind: 'retry';
+      reason: 'throttled' | 'queue_full' | 'no_bind' | 'timeout' | 'connection_lost';
+      /** SMPP command_status, when the SMSC answered. */
+      commandStatus?: number;
+      smsc?: string;
+    }
+  | {
+      /** The SMSC refused the message for good. */
+      kind: 'failed';
+      reason: string;
+      commandStatus: number;
+      /** e.g. "ESME_RINVDSTADR" */
+      statusName: string;
+      smsc: string;
+    };
+
+/** Final and intermediate message states of SMPP 3.4 / 5.2.28 and the text receipt `stat:` field. */
+export type ReceiptState =
+  | 'DELIVRD'
+  | 'UNDELIV'
+  | 'REJECTD'
+  | 'EXPIRED'
+  | 'DELETED'
+  | 'UNKNOWN'
+  | 'ACCEPTD'
+  | 'ENROUTE';
+
+export interface DeliveryReceipt {
+  /** Name of the SMSC (config) it came from. */
+  smsc: string;
+  /** Normalised message id (same form as SubmitOutcome.messageId). */
+  messageId: string;
+  state: ReceiptState;
+  /** err: field of the text receipt, or network_error_code TLV rendered as text. */
+  error?: string;
+  /** network_error_code TLV: type + code, when present. */
+  networkErrorCode?: { type: number; code: number };
+  /** done date, as written by the SMSC (not parsed). */
+  doneDate?: string;
+}
+
+/** Gateway-level state for /readyz and metrics. */
+export interface SmscStatus {
+  name: string;
+  bindsUp: number;
+  bindsConfigured: number;
+  inFlight: number;
+  window: number;
+}
+
+export interface SmsGateway {
+  /** Opens every bind (returns once connecting has started; binds come up in the background). */
+  start(): Promise<void>;
+  /** Stops taking submits, waits for in-flight PDUs (bounded), unbinds, closes. */
+  stop(): Promise<void>;
+  /** Sends one message on a bind of the SMSC routed for `to`. Never throws for network or SMSC reasons. */
+  submit(request: SubmitRequest): Promise<SubmitOutcome>;
+  /**
+   * The handler for every delivery receipt. The gateway answers deliver_sm only
+   * after the handler's promise resolves (the receipt is persisted), and with a
+   * temporary error (ESME_RX_T_APPN) when it rejects, so the SMSC sends it again.
+   */
+  onReceipt(handler: (receipt: DeliveryReceipt) => Promise<void>): void;
+  /**
+   * The handler for a submit that `submit` reported as `timeout` and whose
+   * ESME_ROK arrived later on the same connection: the message was accepted
+   * after all, and must not be sent again.
+   */
+  onLateAccept(handler: (requestId: string, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>) => void): void;
+  status(): SmscStatus[];
+}

@@ -1,0 +1,78 @@
+--[[
+  Start the next step of a workflow, once: a compare-and-set on the record's
+  current step index (`wf_step`), so the same `failed` or `step_timeout`
+  event processed twice (redelivered, reclaimed after a crash, or handled by
+  two advancers) starts step n+1 at most once. Pays for the step with the
+  same debit as createVerification-5; a step that cannot be paid fails the
+  verification (insufficient_balance). Swaps in the step's method and sealed
+  code and clears the previous step's delivery fields, so exactly one
+  delivery job (<request_id>-s<n+1>) may claim it.
+
+  KEYS[1] verification hash
+  KEYS[2] account hash
+  KEYS[3] usage hash of the account for today
+  KEYS[4] events stream
+
+  ARGV[1]  step the event is about (the expected current wf_step)
+  ARGV[2]  now (ms since epoch)
+  ARGV[3]  method of the next step
+  ARGV[4]  cost of the next step, micro-units of the account's currency
+  ARGV[5]  code_mac of the next step's code
+  ARGV[6]  code_enc of the next step's code (sealed)
+  ARGV[7]  code_length of the next step
+  ARGV[8]  why the step ends: "failed" | "timeout"
+  ARGV[9]  events stream MAXLEN (approximate)
+  ARGV[10] usage TTL (seconds)
+
+  Returns {"ok", next_step} | {"moved", current_step} | {"done", status} |
+    {"last"} | {"expired"} | {"gone"} | {"insufficient_balance", next_step}
+]]
+local v = redis.call('HMGET', KEYS[1], 'status', 'wf_step', 'wf_steps', 'account_id', 'expires_at', 'cost')
+local status = v[1]
+if not status or not v[2] or not v[3] then return {'gone'} end
+local cur, steps, from = tonumber(v[2]), tonumber(v[3]), tonumber(ARGV[1])
+if cur ~= from then return {'moved', cur} end
+if status ~= 'sent' and status ~= 'delivered' then return {'done', status} end
+if from + 1 >= steps then return {'last'} end
+local now = tonumber(ARGV[2])
+if now >= tonumber(v[5]) then return {'expired'} end
+
+local p = 'att' .. from .. '_'
+if ARGV[8] == 'timeout' then
+  local ast = redis.call('HGET', KEYS[1], p .. 'status')
+  if ast == 'sent' or ast == 'delivered' then
+    redis.call('HSET', KEYS[1], p .. 'status', 'timed_out')
+    redis.call('HSETNX', KEYS[1], p .. 'ended_at', ARGV[2])
+  end
+end
+
+local nxt = from + 1
+local q = 'att' .. nxt .. '_'
+local cost = tonumber(ARGV[4])
+local balance = tonumber(redis.call('HGET', KEYS[2], 'balance') or '-1')
+if redis.call('EXISTS', KEYS[2]) == 0 or balance < cost then
+  redis.call('HSET', KEYS[1], 'wf_step', nxt, 'status', 'failed', 'failure_reason', 'insufficient_balance',
+    q .. 'method', ARGV[3], q .. 'status', 'failed', q .. 'cost', 0, q .. 'started_at', ARGV[2],
+    q .. 'ended_at', ARGV[2], q .. 'reason', 'insufficient_balance')
+  redis.call('HSETNX', KEYS[1], 'at_failed', ARGV[2])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*',
+    'event', 'verification.failed', 'request_id', redis.call('HGET', KEYS[1], 'request_id'), 'account_id', v[4],
+    'method', ARGV[3], 'status', 'failed', 'timestamp', ARGV[2], 'detail', '{"reason":"insufficient_balance"}')
+  return {'insufficient_balance', nxt}
+end
+if cost > 0 then redis.call('HINCRBY', KEYS[2], 'balance', -cost) end
+
+redis.call('HDEL', KEYS[1], 'dial_started', 'rang_at', 'answered_at', 'outcome', 'final_sip_status', 'cli_range',
+  'sms_state', 'sms_attempts', 'sms_receipt', 'sms_smsc', 'sms_message_id', 'refunded')
+redis.call('HSET', KEYS[1], 'wf_step', nxt, 'method', ARGV[3], 'code_mac', ARGV[5], 'code_enc', ARGV[6],
+  'code_length', ARGV[7], 'cost', tonumber(v[6] or '0') + cost,
+  q .. 'method', ARGV[3], q .. 'status', 'sent', q .. 'cost', cost, q .. 'started_at', ARGV[2])
+
+redis.call('HINCRBY', KEYS[3], ARGV[3] .. ':count', 1)
+redis.call('HINCRBY', KEYS[3], ARGV[3] .. ':cost', cost)
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[10]))
+
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*',
+  'event', 'verification.step_started', 'request_id', redis.call('HGET', KEYS[1], 'request_id'), 'account_id', v[4],
+  'method', ARGV[3], 'status', 'step_started', 'timestamp', ARGV[2], 'step', nxt, 'steps', steps, 'detail', '{}')
+return {'ok', nxt}

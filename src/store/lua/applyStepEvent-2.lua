@@ -1,0 +1,75 @@
+--[[
+  Apply one delivery event of a workflow step (an event carrying `step`) to
+  its verification record: the attempt's own status first, then the request.
+  A failed step with steps left does not fail the request (the workflow
+  advancer starts the next one); only the last step's failure does. A
+  `delivered` of any step makes the request delivered. Events of a step that
+  is no longer current (it timed out and the next one started) only update
+  their attempt. Idempotent: attempt statuses only move forward, a refund is
+  made once per attempt, request statuses are recorded once (at_<status>).
+
+  KEYS[1] verification hash
+  KEYS[2] account hash (for refunds)
+
+  ARGV[1] status: delivered | failed
+  ARGV[2] timestamp (ms since epoch)
+  ARGV[3] outcome detail fields "k1\nv1\nk2\nv2..." (may be empty); applied to the
+          record only when the step is current
+  ARGV[4] refund: "1" when the attempt never reached the network
+  ARGV[5] step index of the event
+
+  Returns the request status after the event, or false when the record is gone.
+]]
+local v = redis.call('HMGET', KEYS[1], 'status', 'wf_step', 'wf_steps')
+local status = v[1]
+if not status then return false end
+local st, ts, step = ARGV[1], ARGV[2], tonumber(ARGV[5])
+local cur, steps = tonumber(v[2] or '0'), tonumber(v[3] or '1')
+local p = 'att' .. step .. '_'
+local ast = redis.call('HGET', KEYS[1], p .. 'status')
+
+local reason = nil
+local fields = {}
+if ARGV[3] ~= '' then
+  for line in string.gmatch(ARGV[3], '([^\n]*)\n?') do table.insert(fields, line) end
+  for i = 1, #fields - 1, 2 do
+    if fields[i] == 'failure_reason' then reason = fields[i + 1] end
+  end
+end
+
+if st == 'delivered' then
+  if ast == 'sent' then redis.call('HSET', KEYS[1], p .. 'status', 'delivered') end
+  redis.call('HSETNX', KEYS[1], p .. 'delivered_at', ts)
+elseif st == 'failed' then
+  if ast == 'sent' or ast == 'delivered' then
+    redis.call('HSET', KEYS[1], p .. 'status', 'failed')
+    redis.call('HSETNX', KEYS[1], p .. 'ended_at', ts)
+    if reason then redis.call('HSETNX', KEYS[1], p .. 'reason', reason) end
+  end
+  if ARGV[4] == '1' and ast and redis.call('HSETNX', KEYS[1], p .. 'refunded', '1') == 1 then
+    local cost = tonumber(redis.call('HGET', KEYS[1], p .. 'cost') or '0')
+    if cost > 0 then
+      if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'balance', cost) end
+      redis.call('HINCRBY', KEYS[1], 'cost', -cost)
+      redis.call('HSET', KEYS[1], p .. 'cost', 0)
+    end
+  end
+end
+
+if step ~= cur then return status end
+for i = 1, #fields - 1, 2 do
+  if fields[i] ~= '' then redis.call('HSET', KEYS[1], fields[i], fields[i + 1]) end
+end
+local live = (status == 'sent' or status == 'delivered')
+if st == 'delivered' then
+  redis.call('HSETNX', KEYS[1], 'at_delivered', ts)
+  if status == 'sent' then
+    redis.call('HSET', KEYS[1], 'status', 'delivered')
+    status = 'delivered'
+  end
+elseif st == 'failed' and live and step >= steps - 1 then
+  redis.call('HSETNX', KEYS[1], 'at_failed', ts)
+  redis.call('HSET', KEYS[1], 'status', 'failed')
+  status = 'failed'
+end
+return status

@@ -1,0 +1,51 @@
+--[[
+  Cancel a live verification (POST /v1/verify/{id}/cancel): status
+  `canceled`, which delivery jobs, step timeouts and the workflow advancer
+  all treat as final, so pending steps never start. The delivery claim is
+  taken (`dial_started`) so a job that has not dialled yet never will; when
+  nothing had been dialled for the current attempt, it is refunded (billing
+  per attempt actually sent). A call already ringing is left to finish.
+
+  KEYS[1] verification hash
+  KEYS[2] account hash
+  KEYS[3] events stream
+
+  ARGV[1] account_id of the caller
+  ARGV[2] now (ms since epoch)
+  ARGV[3] events stream MAXLEN (approximate)
+
+  Returns {"ok", refunded_micro} | {"not_found"} | {"not_live", status}
+]]
+local v = redis.call('HMGET', KEYS[1], 'account_id', 'status', 'wf_step', 'wf_steps', 'method', 'cost', 'request_id')
+if not v[1] or v[1] ~= ARGV[1] then return {'not_found'} end
+local status = v[2]
+if (status ~= 'sent' and status ~= 'delivered') or tonumber(ARGV[2]) >= tonumber(redis.call('HGET', KEYS[1], 'expires_at') or '0') then
+  return {'not_live', status}
+end
+redis.call('HSET', KEYS[1], 'status', 'canceled')
+redis.call('HSETNX', KEYS[1], 'at_canceled', ARGV[2])
+local undialled = redis.call('HSETNX', KEYS[1], 'dial_started', 'canceled') == 1
+
+local refund = 0
+if v[4] then
+  local p = 'att' .. v[3] .. '_'
+  local ast = redis.call('HGET', KEYS[1], p .. 'status')
+  if ast == 'sent' or ast == 'delivered' then
+    redis.call('HSET', KEYS[1], p .. 'status', 'canceled')
+    redis.call('HSETNX', KEYS[1], p .. 'ended_at', ARGV[2])
+  end
+  if undialled and redis.call('HSETNX', KEYS[1], p .. 'refunded', '1') == 1 then
+    refund = tonumber(redis.call('HGET', KEYS[1], p .. 'cost') or '0')
+    redis.call('HSET', KEYS[1], p .. 'cost', 0)
+  end
+elseif undialled and redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then
+  refund = tonumber(v[6] or '0')
+end
+if refund > 0 then
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'balance', refund) end
+  redis.call('HINCRBY', KEYS[1], 'cost', -refund)
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
+  'event', 'verification.canceled', 'request_id', v[7], 'account_id', v[1],
+  'method', v[5], 'status', 'canceled', 'timestamp', ARGV[2], 'detail', '{}')
+return {'ok', refund}

@@ -1,0 +1,30 @@
+--[[
+  Claim a verification for one delivery attempt (engine/delivery-claim.ts),
+  in one round trip: read the record's fields and, when this job may deliver
+  now, record the dial (HSETNX dial_started) before anything leaves, so that a
+  job re-run after a crash never calls or texts twice for one attempt.
+
+  KEYS[1] verification hash
+  ARGV[1] the job's method
+  ARGV[2] now, ms since epoch (also the value of dial_started)
+  ARGV[3..] fields whose values are returned, in this order
+
+  Returns { verdict, values }, verdict one of:
+    'gone'          no record (or one without account, phone or code)
+    'other_method'  the record is of another method
+    'past_sent'     past `sent`, and not a resend re-opened by resendVerification-3
+    'expired'       expires_at has passed (not claimed)
+    'claimed'       dial_started was set now
+    'started'       dial_started was already set (an earlier run of this attempt)
+]]
+local values = redis.call('HMGET', KEYS[1], unpack(ARGV, 3))
+local h = redis.call('HMGET', KEYS[1], 'status', 'account_id', 'phone_enc', 'code_enc', 'expires_at', 'method')
+local status = h[1]
+if not status or not h[2] or not h[3] or not h[4] then return { 'gone', values } end
+if h[6] ~= ARGV[1] then return { 'other_method', values } end
+-- A resend (POST /v1/verify with resend: true) re-opens the claim of a live request by clearing dial_started.
+local resend = status == 'delivered' and redis.call('HEXISTS', KEYS[1], 'dial_started') == 0
+if status ~= 'sent' and not resend then return { 'past_sent', values } end
+if tonumber(ARGV[2]) >= (tonumber(h[5]) or 0) then return { 'expired', values } end
+if redis.call('HSETNX', KEYS[1], 'dial_started', ARGV[2]) == 1 then return { 'claimed', values } end
+return { 'started', values }

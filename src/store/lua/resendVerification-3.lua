@@ -1,0 +1,61 @@
+--[[
+  Resend a live verification on the same request: pay for one more send and
+  re-open the delivery claim (`dial_started`) so exactly one new delivery job
+  may dial again. The caller enqueues that job (job id <request_id>-r<sends>).
+
+  A resend is refused while the previous send has not finished: before a
+  worker claimed it (still queued), or while its call is still in progress
+  (flash/voice: no `outcome` yet; SMS: not yet accepted by the SMSC). So at
+  most one delivery job of a request can ever claim it, and one call's outcome
+  fields are never mixed with another's.
+
+  KEYS[1] account hash
+  KEYS[2] verification hash
+  KEYS[3] usage hash of the account for today
+
+  ARGV[1] account_id
+  ARGV[2] now (ms since epoch)
+  ARGV[3] cost of this send, micro-units of the account's currency
+  ARGV[4] max sends per request
+  ARGV[5] new code_mac ("" = keep the code: voice and SMS repeat the same code)
+  ARGV[6] new code_enc
+  ARGV[7] usage TTL (seconds)
+
+  Returns {"ok", sends, balance_after} or {"err", code}:
+    account_missing | account_pending | account_suspended | insufficient_balance |
+    not_found | not_live | queued | in_progress | max_sends
+]]
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'err', 'account_missing'} end
+if status == 'pending' then return {'err', 'account_pending'} end
+if status ~= 'active' then return {'err', 'account_suspended'} end
+
+local v = redis.call('HMGET', KEYS[2], 'account_id', 'status', 'expires_at', 'method', 'dial_started', 'outcome', 'sms_state', 'sends')
+if not v[1] or v[1] ~= ARGV[1] then return {'err', 'not_found'} end
+local now = tonumber(ARGV[2])
+if (v[2] ~= 'sent' and v[2] ~= 'delivered') or now >= tonumber(v[3]) then return {'err', 'not_live'} end
+if not v[5] then return {'err', 'queued'} end
+if v[4] == 'sms' then
+  if v[7] ~= 'accepted' and v[2] ~= 'delivered' then return {'err', 'in_progress'} end
+elseif not v[6] then
+  return {'err', 'in_progress'}
+end
+local sends = tonumber(v[8] or '1')
+if sends >= tonumber(ARGV[4]) then return {'err', 'max_sends'} end
+
+local cost = tonumber(ARGV[3])
+local balance = tonumber(redis.call('HGET', KEYS[1], 'balance') or '0')
+if balance < cost then return {'err', 'insufficient_balance'} end
+if cost > 0 then balance = redis.call('HINCRBY', KEYS[1], 'balance', -cost) end
+
+sends = sends + 1
+redis.call('HSET', KEYS[2], 'sends', sends, 'last_send_at', ARGV[2])
+local total = tonumber(redis.call('HGET', KEYS[2], 'cost_total') or redis.call('HGET', KEYS[2], 'cost') or '0')
+redis.call('HSET', KEYS[2], 'cost_total', total + cost)
+redis.call('HDEL', KEYS[2], 'dial_started', 'rang_at', 'outcome', 'final_sip_status', 'sms_state', 'sms_attempts', 'refunded')
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'code_mac', ARGV[5], 'code_enc', ARGV[6]) end
+
+redis.call('HINCRBY', KEYS[3], v[4] .. ':count', 1)
+redis.call('HINCRBY', KEYS[3], v[4] .. ':cost', cost)
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[7]))
+return {'ok', sends, balance}

@@ -1,0 +1,64 @@
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { Keys } from '../store/keys.js';
+import { PeriodicPass } from './periodic-pass.js';
+import type { Method } from './types.js';
+import type { DeliveryQueue } from './verification-service.js';
+
+export interface EnqueueReconcilerOptions {
+  /** An intent older than this whose request is still `sent` and undialled is queued again. */
+  requeueAfterMs: number;
+  /** Time between passes. */
+  intervalMs: number;
+  /** Intents looked at per pass. */
+  batch?: number;
+}
+
+/**
+ * Finds verifications that were created (and paid for) but never handed to
+ * the delivery queue because the api process died between the create script
+ * and `queue.add`, and queues them. The service files an intent in
+ * `<prefix>:unqueued` before creating and removes it once queued; an intent
+ * older than `requeueAfterMs` is such an orphan when its record is still
+ * `sent` and not dialled. Queueing is idempotent (job id = request id), so any
+ * number of worker processes may reconcile at once.
+ */
+export class EnqueueReconciler {
+  private readonly loop: PeriodicPass;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+    private readonly queue: DeliveryQueue,
+    private readonly options: EnqueueReconcilerOptions,
+    private readonly logger: Logger,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.loop = new PeriodicPass(() => this.reconcile(), options.intervalMs, logger, 'enqueue reconciliation failed; retrying');
+  }
+
+  start(): void {
+    this.loop.start();
+  }
+
+  async stop(): Promise<void> {
+    await this.loop.stop();
+  }
+
+  /** One pass; returns the request ids it queued. */
+  async reconcile(): Promise<string[]> {
+    const due = await this.redis.zrangebyscore(this.keys.unqueued(), '-inf', this.now() - this.options.requeueAfterMs, 'LIMIT', 0, this.options.batch ?? 200);
+    const queued: string[] = [];
+    for (const requestId of due) {
+      const [status, method, dialStarted] = await this.redis.hmget(this.keys.verification(requestId), 'status', 'method', 'dial_started');
+      if (status === 'sent' && method && !dialStarted) {
+        await this.queue.enqueue(method as Method, requestId);
+        queued.push(requestId);
+        this.logger.warn({ request_id: requestId, method }, 'verification was never queued (api process died?); queued now');
+      }
+      // Gone (the create script never ran or refused), already past `sent`, dialled, or queued just now.
+      await this.redis.zrem(this.keys.unqueued(), requestId);
+    }
+    return queued;
+  }
+}

@@ -1,0 +1,227 @@
+import { randomUUID } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import { AccountNotFoundError } from '../accounts/account-store.js';
+import type { Config } from '../config/schema.js';
+import type { Sealer } from '../crypto/sealer.js';
+import type { RangeHealth } from '../numbers/range-health.js';
+import type { Keys } from '../store/keys.js';
+import { scripts } from '../store/scripts.js';
+import { ApiError } from './errors.js';
+import { accountFraudSchema, fraudPolicy, numberPrefix, type AccountFraudOverrides, type FraudPolicy } from './fraud-rules.js';
+import { utcDay, type Method } from './types.js';
+
+/** What the test-number path publishes (the events module's publisher fits). */
+export interface DeliveredEventSink {
+  publish(e: {
+    request_id: string;
+    account_id: string;
+    method: Method;
+    status: 'delivered';
+    detail: Record<string, string | number | boolean>;
+  }): Promise<string>;
+}
+
+/** A send recorded in the velocity windows, so that it can be taken back if the request fails after all. */
+export interface AdmittedSend {
+  member: string;
+  keys: string[];
+}
+
+const VELOCITY_LABELS = [
+  { name: 'per-number', what: 'to this number' },
+  { name: 'per-prefix', what: 'to numbers of this prefix' },
+  { name: 'per-IP', what: 'for this client IP' },
+] as const;
+
+const CONVERSION_TTL_SECONDS = 400 * 24 * 3600;
+
+/**
+ * The stateful fraud controls, in Redis: per-account overrides, sliding-window
+ * velocity limits, the live-verification pointer of an (account, number),
+ * test numbers' delivery, and conversion counters. Each is a method of its
+ * own so that a workflow step can apply the same checks as POST /v1/verify.
+ * Keys hold HMACs of numbers, prefixes and IPs: never a number in clear.
+ */
+export class FraudControls {
+  constructor(
+    private readonly deps: {
+      redis: Redis;
+      keys: Keys;
+      sealer: Sealer;
+      config: Readonly<Config>;
+      events: DeliveredEventSink;
+      /** Set where flash calls are tracked per DID range. */
+      rangeHealth?: RangeHealth;
+      logger: Logger;
+    },
+  ) {}
+
+  // ------------------------------------------------------------------ policy
+
+  /** The rules in force for an account: server defaults + its overrides. */
+  async policy(accountId: string): Promise<FraudPolicy> {
+    return fraudPolicy(this.deps.config.fraud, await this.overrides(accountId));
+  }
+
+  /** An account's overrides, or undefined (a corrupt value counts as none, and is logged). */
+  async overrides(accountId: string): Promise<AccountFraudOverrides | undefined> {
+    const raw = await this.deps.redis.hget(this.deps.keys.account(accountId), 'fraud');
+    if (!raw) return undefined;
+    const parsed = accountFraudSchema.safeParse(safeJson(raw));
+    if (!parsed.success) {
+      this.deps.logger.error({ account_id: accountId }, 'unreadable fraud overrides on the account; server defaults apply');
+      return undefined;
+    }
+    return parsed.data;
+  }
+
+  /** Replaces an account's overrides (null removes them). Validated: throws AppError on a bad value. */
+  async setOverrides(accountId: string, overrides: unknown): Promise<AccountFraudOverrides | null> {
+    const key = this.deps.keys.account(accountId);
+    if (!(await this.deps.redis.exists(key))) throw new AccountNotFoundError(accountId);
+    if (overrides === null) {
+      await this.deps.redis.hdel(key, 'fraud');
+      return null;
+    }
+    const parsed = accountFraudSchema.safeParse(overrides);
+    if (!parsed.success) {
+      throw new ApiError(
+        'invalid_request',
+        parsed.error.issues.map((i) => (i.path.length ? `${i.path.join('.')}: ${i.message}` : i.message)).join('; '),
+      );
+    }
+    await this.deps.redis.hset(key, 'fraud', JSON.stringify(parsed.data));
+    return parsed.data;
+  }
+
+  // ------------------------------------------------------------------ velocity
+
+  /**
+   * Records one send to `e164` in the account's sliding windows, or throws 429
+   * `rate_limited` naming the limit, with Retry-After. Atomic: a refused send
+   * counts in no window.
+   */
+  async admitSend(accountId: string, policy: FraudPolicy, e164: string, clientIp: string | undefined, now = Date.now()): Promise<AdmittedSend> {
+    const { keys, sealer } = this.deps;
+    const v = policy.velocity;
+    const windowKeys = [
+      keys.velocity(accountId, 'num', sealer.mac('velocity-number', e164)),
+      keys.velocity(accountId, 'pfx', sealer.mac('velocity-prefix', numberPrefix(e164))),
+      keys.velocity(accountId, 'ip', sealer.mac('velocity-ip', clientIp ?? '')),
+    ];
+    const windows = [v.perNumber, v.perPrefix, clientIp === undefined ? { limit: 0, windowSeconds: 1 } : v.perIp];
+    const member = `${now}:${randomUUID()}`;
+    const result = (await scripts.checkVelocity.run(this.deps.redis, windowKeys, [
+      now,
+      member,
+      ...windows.flatMap((w) => [w.limit, w.windowSeconds * 1000]),
+    ])) as [string, number?, number?];
+    if (result[0] !== 'limited') return { member, keys: windowKeys };
+    const i = Number(result[1]) - 1;
+    const label = VELOCITY_LABELS[i]!;
+    const w = windows[i]!;
+    const retryAfter = Math.max(1, Math.ceil(Number(result[2]) / 1000));
+    const err = new ApiError(
+      'rate_limited',
+      `Too many verifications ${label.what}: the ${label.name} limit is ${w.limit} per ${w.windowSeconds} s; retry in ${retryAfter} s`,
+      { limit: label.name },
+    );
+    err.headers['Retry-After'] = retryAfter;
+    throw err;
+  }
+
+  /** Takes back an admitted send whose request failed afterwards (402, 403 ...). */
+  async releaseSend(send: AdmittedSend): Promise<void> {
+    const p = this.deps.redis.pipeline();
+    for (const k of send.keys) p.zrem(k, send.member);
+    await p.exec();
+  }
+
+  // ------------------------------------------------------------------ one live verification
+
+  /** The pointer key of an (account, number[, method]), or undefined when the rule is off. */
+  liveKey(accountId: string, policy: FraudPolicy, e164: string, method: Method): string | undefined {
+    if (policy.liveVerification === 'off') return undefined;
+    const subject = policy.liveVerification === 'per_method' ? `${accountId}:${e164}:${method}` : `${accountId}:${e164}`;
+    return this.deps.keys.liveVerification(this.deps.sealer.mac('live', subject));
+  }
+
+  /**
+   * The pointer's value and, when it names a verification still live (sent or
+   * delivered, not expired, of this account), that verification. A pointer
+   * whose record does not exist yet is live too: its request is being created
+   * (the pointer is claimed first); after a crash in between, it lapses with its TTL.
+   */
+  async live(
+    liveKey: string,
+    accountId: string,
+    now = Date.now(),
+  ): Promise<{ pointer: string; live?: { requestId: string; method: Method | undefined } }> {
+    const pointer = (await this.deps.redis.get(liveKey)) ?? '';
+    if (!pointer) return { pointer };
+    const [owner, status, expiresAt, method] = await this.deps.redis.hmget(
+      this.deps.keys.verification(pointer),
+      'account_id',
+      'status',
+      'expires_at',
+      'method',
+    );
+    if (!owner) return { pointer, live: { requestId: pointer, method: undefined } };
+    const isLive = owner === accountId && (status === 'sent' || status === 'delivered') && now < Number(expiresAt);
+    return isLive ? { pointer, live: { requestId: pointer, method: method as Method } } : { pointer };
+  }
+
+  /** Points the key at `requestId` if it still holds `expected`; returns true, or false when another request won. */
+  async claimLive(liveKey: string, expected: string, requestId: string, ttlMs: number): Promise<boolean> {
+    return (await scripts.swapLive.run(this.deps.redis, [liveKey], [expected, requestId, ttlMs])) === 'ok';
+  }
+
+  /** Removes the pointer if it still names `requestId` (its creation failed). */
+  async releaseLive(liveKey: string, requestId: string): Promise<void> {
+    await scripts.swapLive.run(this.deps.redis, [liveKey], [requestId, '', 0]);
+  }
+
+  // ------------------------------------------------------------------ test numbers
+
+  /** A test number's verification is "delivered" at once, by the API, without any network. */
+  async deliverTestNumber(base: { request_id: string; account_id: string; method: Method }): Promise<void> {
+    await this.deps.events.publish({ ...base, status: 'delivered', detail: { test_number: true } });
+  }
+
+  // ------------------------------------------------------------------ conversion
+
+  /** A send to a destination country (per UTC day, per method). */
+  async trackSent(country: string, method: Method, now = Date.now()): Promise<void> {
+    const key = this.deps.keys.conversion(utcDay(now));
+    await this.deps.redis.multi().hincrby(key, `country:${country}:${method}:sent`, 1).expire(key, CONVERSION_TTL_SECONDS).exec();
+  }
+
+  /** A verified request: counted for its country, and for its DID range when it was a flash call. */
+  async trackVerified(
+    record: { country?: string | null; method?: string | null; cliRange?: string | null; sentAt?: number },
+    now = Date.now(),
+  ): Promise<void> {
+    const key = this.deps.keys.conversion(utcDay(now));
+    if (record.country && record.method) {
+      await this.deps.redis.multi().hincrby(key, `country:${record.country}:${record.method}:verified`, 1).expire(key, CONVERSION_TTL_SECONDS).exec();
+    }
+    if (record.cliRange && this.deps.rangeHealth) {
+      await this.deps.rangeHealth.recordVerified(record.cliRange, record.sentAt ?? now, now);
+    }
+  }
+
+  /** Conversion counters of one UTC day, as stored (`country:GB:flash_call:sent` → n ...). */
+  async conversion(day: string): Promise<Record<string, number>> {
+    const h = await this.deps.redis.hgetall(this.deps.keys.conversion(day));
+    return Object.fromEntries(Object.entries(h).map(([k, v]) => [k, Number(v)]));
+  }
+}
+
+function safeJson(s: string): unknown {
+  try {
+    return JSON.parse(s) as unknown;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,167 @@
+import { isIP } from 'node:net';
+import { parsePhoneNumberFromString } from 'libphonenumber-js/max';
+import { z } from 'zod';
+import {
+  countryCodeSchema,
+  LIVE_SCOPES,
+  lineTypeSchema,
+  testNumberSchema,
+  velocityWindowSchema,
+  type FraudConfig,
+  type LineType,
+  type TestNumber,
+} from '../config/schema.js';
+import { ApiError } from './errors.js';
+import type { Method } from './types.js';
+
+/**
+ * Fraud rules that need no state: which destinations an account may reach by
+ * which method, and the policy (server defaults + account overrides) that the
+ * stateful controls (fraud-controls.ts) apply. Pure, so that a workflow step
+ * can screen each of its methods with the same rules as POST /v1/verify.
+ */
+
+/** An account's overrides, stored as JSON in its hash (field `fraud`); every key optional. */
+export const accountFraudSchema = z
+  .object({
+    velocity: z
+      .object({
+        perNumber: velocityWindowSchema.optional(),
+        perPrefix: velocityWindowSchema.optional(),
+        perIp: velocityWindowSchema.optional(),
+      })
+      .strict()
+      .optional(),
+    /** When set, the account's lists replace the server's (an account allow list beats a server deny). */
+    countries: z
+      .object({
+        allow: z.array(countryCodeSchema).max(300).optional(),
+        deny: z.array(countryCodeSchema).max(300).optional(),
+      })
+      .strict()
+      .optional(),
+    lineTypes: z
+      .object({
+        flashCall: z.array(lineTypeSchema).optional(),
+        blocked: z.array(lineTypeSchema).optional(),
+        allowUnknown: z.boolean().optional(),
+      })
+      .strict()
+      .optional(),
+    liveVerification: z.enum(LIVE_SCOPES).optional(),
+    maxSends: z.number().int().min(1).max(20).optional(),
+    /** Added to the server's test numbers (an account's entry wins for the same number). */
+    testNumbers: z.array(testNumberSchema).max(100).optional(),
+  })
+  .strict();
+export type AccountFraudOverrides = z.infer<typeof accountFraudSchema>;
+
+export interface CountryLists {
+  allow: readonly string[];
+  deny: readonly string[];
+}
+
+/** The rules in force for one account. */
+export interface FraudPolicy {
+  velocity: FraudConfig['velocity'];
+  lineTypes: FraudConfig['lineTypes'];
+  server: CountryLists;
+  /** The account's lists, when it has any: they replace the server's. */
+  account: CountryLists | undefined;
+  liveVerification: FraudConfig['liveVerification'];
+  maxSends: number;
+  testNumbers: readonly TestNumber[];
+}
+
+export function fraudPolicy(server: Readonly<FraudConfig>, account: AccountFraudOverrides | undefined): FraudPolicy {
+  const a = account ?? {};
+  const tests = new Map<string, TestNumber>();
+  for (const t of [...server.testNumbers, ...(a.testNumbers ?? [])]) tests.set(t.number, t);
+  return {
+    velocity: { ...server.velocity, ...stripUndefined(a.velocity ?? {}) },
+    lineTypes: { ...server.lineTypes, ...stripUndefined(a.lineTypes ?? {}) },
+    server: server.countries,
+    account: a.countries ? { allow: a.countries.allow ?? [], deny: a.countries.deny ?? [] } : undefined,
+    liveVerification: a.liveVerification ?? server.liveVerification,
+    maxSends: a.maxSends ?? server.maxSends,
+    testNumbers: [...tests.values()],
+  };
+}
+
+/** Why a destination country is refused, or undefined when it is allowed. */
+export function countryRefusal(policy: FraudPolicy, country: string): string | undefined {
+  const lists = policy.account ?? policy.server;
+  const whose = policy.account ? 'for this account' : 'on this service';
+  if (lists.deny.includes(country)) return `destination country ${country} is not allowed ${whose}`;
+  if (lists.allow.length > 0 && !lists.allow.includes(country)) return `destination country ${country} is not allowed ${whose}`;
+  return undefined;
+}
+
+/** The libphonenumber-js type of a number (max metadata), undefined when it cannot be told. */
+export function lineTypeOf(e164: string): LineType | undefined {
+  return parsePhoneNumberFromString(e164)?.getType() as LineType | undefined;
+}
+
+const TYPE_WORDS: Record<LineType, string> = {
+  MOBILE: 'a mobile number',
+  FIXED_LINE: 'a fixed-line number',
+  FIXED_LINE_OR_MOBILE: 'a fixed-line or mobile number',
+  PREMIUM_RATE: 'a premium-rate number',
+  TOLL_FREE: 'a toll-free number',
+  SHARED_COST: 'a shared-cost number',
+  VOIP: 'a VoIP number',
+  PERSONAL_NUMBER: 'a personal (follow-me) number',
+  PAGER: 'a pager number',
+  UAN: 'a universal access number',
+  VOICEMAIL: 'a voicemail access number',
+};
+
+/** Why this number type is refused for this method, or undefined when it is accepted. */
+export function lineTypeRefusal(policy: FraudPolicy, type: LineType | undefined, method: Method): string | undefined {
+  const rules = policy.lineTypes;
+  if (type === undefined) {
+    return rules.allowUnknown ? undefined : 'the type of this number (mobile, fixed line ...) cannot be determined';
+  }
+  if (rules.blocked.includes(type)) return `${TYPE_WORDS[type]} is not accepted`;
+  if (method === 'flash_call' && !rules.flashCall.includes(type)) {
+    return `flash calls go to mobile numbers only and this is ${TYPE_WORDS[type]}; use method "voice" or "sms"`;
+  }
+  return undefined;
+}
+
+/**
+ * Screens a destination for a method: country lists, then number type.
+ * Throws 400 `invalid_phone`: the docs' catalogue has no closer code, and
+ * clients already treat it as "ask the user for another number", which is
+ * the right reaction; the message names the reason.
+ */
+export function screenDestination(policy: FraudPolicy, dest: { e164: string; country: string }, method: Method): void {
+  const country = countryRefusal(policy, dest.country);
+  if (country) throw new ApiError('invalid_phone', `phone_number refused: ${country}`);
+  const type = lineTypeRefusal(policy, lineTypeOf(dest.e164), method);
+  if (type) throw new ApiError('invalid_phone', `phone_number refused: ${type}`);
+}
+
+/** The number minus its last 4 digits: the unit of the per-prefix velocity limit. */
+export function numberPrefix(e164: string): string {
+  return e164.slice(0, -4);
+}
+
+export function findTestNumber(policy: FraudPolicy, e164: string): TestNumber | undefined {
+  return policy.testNumbers.find((t) => t.number === e164);
+}
+
+/** The optional `client_ip` of POST /v1/verify: an IPv4 or IPv6 address (400 invalid_request otherwise). */
+export function parseClientIp(value: unknown): string | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || isIP(value) === 0) {
+    throw new ApiError('invalid_request', 'client_ip must be an IPv4 or IPv6 address');
+  }
+  // One address, one counter: IPv6 in lower case.
+  return value.toLowerCase();
+}
+
+/** Drops keys whose value is undefined, so that spreading the result never erases a default. */
+function stripUndefined<T extends object>(o: T): { [K in keyof T]?: Exclude<T[K], undefined> } {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as { [K in keyof T]?: Exclude<T[K], undefined> };
+}

@@ -1,0 +1,152 @@
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { Account } from '../accounts/account-store.js';
+import { fromMicro } from '../accounts/money.js';
+import type { Config } from '../config/schema.js';
+import type { Sealer } from '../crypto/sealer.js';
+import type { Keys } from '../store/keys.js';
+import { scripts } from '../store/scripts.js';
+import { generateCode } from './codes.js';
+import { ApiError } from './errors.js';
+import type { FraudControls } from './fraud-controls.js';
+import type { FraudPolicy } from './fraud-rules.js';
+import { priceMicro } from './pricing.js';
+import { isoSeconds, utcDay, type CreatedBody, type Method } from './types.js';
+
+/** Queues one more delivery job of a request under its own job id. */
+export interface ResendQueue {
+  enqueue(method: Method, requestId: string, jobId?: string): Promise<void>;
+}
+
+/**
+ * The 200 body of POST /v1/verify with `resend: true`: the 201 body of the live
+ * request (status "sent": this send is under way; cost: what this send cost)
+ * plus the number of sends so far, this one included (at most `fraud.maxSends`).
+ */
+export interface ResentBody extends CreatedBody {
+  sends: number;
+}
+
+const USAGE_TTL_SECONDS = 400 * 24 * 3600;
+
+/**
+ * The BullMQ job id of a request's n-th send (the first send's job id is the
+ * request id itself); BullMQ refuses ':' in custom job ids, hence '-'.
+ */
+export function resendJobId(requestId: string, send: number): string {
+  return `${requestId}-r${send}`;
+}
+
+/**
+ * Sends a live verification again, on the same request: billed like a new
+ * one, counted in the velocity windows, at most `maxSends` sends in all.
+ *
+ * The code: a flash call gets a new one (the previous caller ID is in its
+ * cooldown towards this number, and a new caller ID is the only way the user
+ * can tell the calls apart), so the previous code stops verifying; voice and
+ * SMS repeat the same code, so whichever message the user reads works.
+ * Check attempts and the expiry are those of the request, not reset.
+ */
+export async function resendLive(
+  deps: { redis: Redis; keys: Keys; sealer: Sealer; config: Readonly<Config>; queue: ResendQueue; fraud: FraudControls; logger: Logger },
+  account: Account,
+  live: { requestId: string; method: Method },
+  dest: { e164: string; country: string },
+  policy: FraudPolicy,
+  clientIp: string | undefined,
+): Promise<ResentBody> {
+  const { redis, keys, sealer, config, fraud } = deps;
+  const requestId = live.requestId;
+  const method = live.method;
+  // The request's own limit first: its message is clearer than the per-number window's (the script checks again).
+  if (Number((await redis.hget(keys.verification(requestId), 'sends')) ?? 1) >= policy.maxSends) {
+    throw resendError('max_sends', requestId, policy.maxSends);
+  }
+  const admitted = await fraud.admitSend(account.account_id, policy, dest.e164, clientIp);
+  const now = Date.now();
+  const cost = priceMicro(config.pricing, method, dest.country, account.currency);
+  const code = method === 'flash_call' ? generateCode(4) : undefined;
+  let result: [string, string | number, number?];
+  try {
+    result = (await scripts.resendVerification.run(
+      redis,
+      [keys.account(account.account_id), keys.verification(requestId), keys.usage(account.account_id, utcDay(now))],
+      [
+        account.account_id,
+        now,
+        cost,
+        policy.maxSends,
+        code === undefined ? '' : sealer.mac('code', `${requestId}:${code}`),
+        code === undefined ? '' : sealer.seal(code, `code:${requestId}`),
+        USAGE_TTL_SECONDS,
+      ],
+    )) as [string, string | number, number?];
+  } catch (err) {
+    await fraud.releaseSend(admitted);
+    throw err;
+  }
+  if (result[0] !== 'ok') {
+    await fraud.releaseSend(admitted);
+    throw resendError(String(result[1]), requestId, policy.maxSends);
+  }
+  const sends = Number(result[1]);
+  const log = deps.logger.child({ request_id: requestId, account_id: account.account_id });
+  try {
+    await deps.queue.enqueue(method, requestId, resendJobId(requestId, sends));
+  } catch (err) {
+    // Not handed to a worker: give this send back (money and count); the request stays as it was.
+    log.error({ err }, 'enqueue of a resend failed; the resend was refunded');
+    await redis
+      .multi()
+      .hincrby(keys.account(account.account_id), 'balance', cost)
+      .hincrby(keys.verification(requestId), 'sends', -1)
+      .hincrby(keys.verification(requestId), 'cost_total', -cost)
+      .exec();
+    await fraud.releaseSend(admitted);
+    throw new ApiError('service_unavailable', 'could not queue the resend; it was not charged');
+  }
+  await fraud.trackSent(dest.country, method, now);
+  log.info({ method, sends }, 'verification resent');
+  const [codeLength, expiresAt] = await redis.hmget(keys.verification(requestId), 'code_length', 'expires_at');
+  return {
+    request_id: requestId,
+    phone_number: dest.e164,
+    method,
+    status: 'sent',
+    code_length: Number(codeLength ?? 4),
+    cost: { amount: fromMicro(cost), currency: account.currency },
+    expires_at: isoSeconds(Number(expiresAt)),
+    sends,
+  };
+}
+
+function resendError(code: string, requestId: string, maxSends: number): ApiError {
+  switch (code) {
+    case 'account_pending':
+    case 'account_suspended':
+    case 'insufficient_balance':
+      return new ApiError(code);
+    case 'account_missing':
+      return new ApiError('unauthorized');
+    case 'max_sends':
+      return new ApiError(
+        'rate_limited',
+        `This verification was already sent ${maxSends} times, the most allowed; wait for it to expire, then start a new one`,
+        { request_id: requestId, limit: 'max-sends' },
+      );
+    case 'queued':
+      return new ApiError('verification_pending', 'The previous send of this verification is still queued; it will go out shortly', {
+        request_id: requestId,
+      });
+    case 'in_progress':
+      return new ApiError('verification_pending', 'The previous send of this verification is still in progress; resend once it has finished', {
+        request_id: requestId,
+      });
+    case 'not_found':
+    case 'not_live':
+      // Finished (verified, failed, expired) between our read and the resend: the caller may start a new one.
+      return new ApiError('verification_pending', 'The verification finished meanwhile; start a new one', { request_id: requestId });
+    default:
+      return new ApiError('internal_error');
+  }
+}

@@ -1,0 +1,684 @@
+/**
+ * A fake drachtio-server for tests: a TCP server speaking drachtio's framed
+ * wire protocol to drachtio-srf apps that connect in inbound mode, with a
+ * scripted "network" behind it (test/fakes/drachtio-scenarios.ts).
+ *
+ *   const fake = await FakeDrachtioServer.start({ secret: 'cymru' });
+ *   fake.scenario = SCENARIOS.ringCancel;           // what the trunk does with INVITEs
+ *   fake.respondTo('10.0.0.5', answerWithSdp(sdp)); // requests to another Request-URI host (e.g. FreeSWITCH)
+ *   // connect the app to 127.0.0.1:fake.port, place calls ...
+ *   fake.wire();                                    // SIP requests put on the wire: INVITE, CANCEL, ACK, BYE ...
+ *   await fake.waitForRequest('BYE', 2000);
+ *   fake.appResponses;                              // responses the app sent (to a far-end BYE, re-INVITE ...)
+ *   fake.byeFromNetwork(callId);                    // the far end of that dialog hangs up (e.g. FreeSWITCH)
+ *   fake.reinvites;                                 // re-INVITEs the app sent in a dialog (answered 200 + far-end SDP)
+ *   fake.dropConnections();                         // break every app connection (drachtio-server died)
+ *   await fake.pause(); await fake.resume();        // refuse connections / listen again on the same port
+ *   await fake.stop();
+ *
+ * Wire protocol (what drachtio-server 0.9 does; sources: drachtio-server
+ * src/client.cpp processClientMessage / createResponseMsg /
+ * sendSipMessageToClient, drachtio.h SipMsgData_t::toMessageFormat;
+ * drachtio-srf lib/wire-protocol.js and lib/drachtio-agent.js):
+ *  - frame = `<byte length>#<payload>`; payload = `<uuid>|<type>|<tokens...>[\r\n<SIP message>]`.
+ *  - app → server: `authenticate|<secret>|<tags>`, `route|<verb>`, `ping`,
+ *    `sip|<txn id>|<dialog id>[|<proxy>]\r\n<SIP>` (new request: both empty;
+ *    CANCEL: txn id of the INVITE; in-dialog request or ACK: dialog id;
+ *    response to a network request: txn id of that request).
+ *  - server → app, answer to each: `<uuid>|response|<app msg uuid>|OK|...` or `|NO|<reason>`;
+ *    authenticate: `OK|<sip hostports>|<server version>`; a sent SIP request:
+ *    `OK|application|<bytes>|<proto>|<addr>|<port>|<time>|<txn id>|<dialog id>\r\n<the request as sent>`
+ *    (Via, Call-ID, From tag, CSeq filled in by the server; `localhost` in From/Contact replaced by its address).
+ *  - server → app, from the network: `<uuid>|sip|network|<bytes>|<proto>|<addr>|<port>|<time>|<txn id>|<dialog id>|<local addr>|<local port>\r\n<SIP>`.
+ *  - the 200 to a CANCEL is not passed up; non-2xx final responses are ACKed
+ *    by the server's transaction layer (recorded here as a wire ACK); the ACK
+ *    for a 2xx comes from the app (`sip||<dialog id>`).
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { farEndSdp, REASONS, type DrachtioScenario, type NetworkResponse } from './drachtio-scenarios.js';
+
+// ------------------------------------------------------------------ framing and parsing (pure, unit-tested)
+
+/** `<byte length>#<payload>` */
+export function encodeFrame(payload: string): Buffer {
+  return Buffer.from(`${Buffer.byteLength(payload, 'utf8')}#${payload}`, 'utf8');
+}
+
+/** Splits a byte stream into frame payloads; lengths are in bytes (UTF-8). */
+export class FrameDecoder {
+  private buffer = Buffer.alloc(0);
+
+  push(chunk: Buffer): string[] {
+    this.buffer = Buffer.concat([this.buffer, chunk]);
+    const out: string[] = [];
+    for (;;) {
+      const hash = this.buffer.indexOf('#');
+      if (hash <= 0) {
+        if (hash === 0 || !/^\d*$/.test(this.buffer.toString('latin1', 0, Math.min(this.buffer.length, 12)))) {
+          throw new Error('invalid frame: missing length specifier');
+        }
+        return out;
+      }
+      const lenText = this.buffer.toString('latin1', 0, hash);
+      if (!/^\d{1,9}$/.test(lenText)) throw new Error(`invalid frame length ${JSON.stringify(lenText)}`);
+      const len = Number(lenText);
+      if (this.buffer.length < hash + 1 + len) return out;
+      out.push(this.buffer.toString('utf8', hash + 1, hash + 1 + len));
+      this.buffer = this.buffer.subarray(hash + 1 + len);
+    }
+  }
+}
+
+export interface Frame {
+  msgId: string;
+  type: string;
+  /** Tokens after the type, e.g. for `sip`: [txnId, dialogId]. */
+  args: string[];
+  /** Text after the first CRLF (a SIP message), or ''. */
+  body: string;
+}
+
+export function parseFrame(payload: string): Frame {
+  const eol = payload.indexOf('\r\n');
+  const leader = eol === -1 ? payload : payload.slice(0, eol);
+  const [msgId = '', type = '', ...args] = leader.split('|');
+  return { msgId, type, args, body: eol === -1 ? '' : payload.slice(eol + 2) };
+}
+
+export interface SipHeaderLine {
+  name: string;
+  value: string;
+}
+
+export interface ParsedSip {
+  /** Set for requests. */
+  method?: string;
+  uri?: string;
+  /** Set for responses. */
+  status?: number;
+  reason?: string;
+  headers: SipHeaderLine[];
+  body: string;
+  /** First value of a header (case-insensitive, compact forms accepted). */
+  header(name: string): string | undefined;
+}
+
+const COMPACT: Record<string, string> = { v: 'via', f: 'from', t: 'to', i: 'call-id', m: 'contact', l: 'content-length', c: 'content-type' };
+
+function canonical(name: string): string {
+  const lower = name.toLowerCase();
+  return COMPACT[lower] ?? lower;
+}
+
+export function parseSip(raw: string): ParsedSip {
+  const split = raw.indexOf('\r\n\r\n');
+  const head = split === -1 ? raw : raw.slice(0, split);
+  const body = split === -1 ? '' : raw.slice(split + 4);
+  const lines = head.split('\r\n');
+  const start = lines.shift() ?? '';
+  const headers: SipHeaderLine[] = [];
+  for (const line of lines) {
+    if (line === '') continue;
+    if (/^[ \t]/.test(line) && headers.length > 0) {
+      headers[headers.length - 1]!.value += ' ' + line.trim();
+      continue;
+    }
+    const colon = line.indexOf(':');
+    if (colon === -1) continue;
+    headers.push({ name: line.slice(0, colon).trim(), value: line.slice(colon + 1).trim() });
+  }
+  const header = (name: string): string | undefined => headers.find((h) => canonical(h.name) === canonical(name))?.value;
+  const response = /^SIP\/2\.0\s+(\d{3})\s*(.*)$/.exec(start);
+  if (response) return { status: Number(response[1]), reason: response[2] ?? '', headers, body, header };
+  const request = /^([A-Z]+)\s+(\S+)\s+SIP\/2\.0$/.exec(start);
+  if (!request) throw new Error(`not a SIP message: ${JSON.stringify(start)}`);
+  return { method: request[1], uri: request[2], headers, body, header };
+}
+
+export function serializeSip(startLine: string, headers: SipHeaderLine[], body = ''): string {
+  const lines = [startLine, ...headers.filter((h) => canonical(h.name) !== 'content-length').map((h) => `${h.name}: ${h.value}`)];
+  lines.push(`Content-Length: ${Buffer.byteLength(body, 'utf8')}`);
+  return lines.join('\r\n') + '\r\n\r\n' + body;
+}
+
+function tagOf(value: string | undefined): string | undefined {
+  return value === undefined ? undefined : /;\s*tag=([^;>\s]+)/i.exec(value)?.[1];
+}
+
+function hostOfUri(uri: string): string {
+  const m = /^sips?:(?:[^@]*@)?(\[[^\]]+\]|[^:;>?]+)/i.exec(uri);
+  return m?.[1] ?? '';
+}
+
+// ------------------------------------------------------------------ the server
+
+/** A SIP request as it went on the wire (or, for `fromApp: false`, one the network sent the app). */
+export interface WireRequest {
+  method: string;
+  uri: string;
+  callId: string;
+  sip: ParsedSip;
+  /** Raw text as on the wire. */
+  raw: string;
+  /** True when the app asked for it (INVITE, CANCEL, 2xx ACK, BYE); false for the transaction layer's ACK of a non-2xx. */
+  fromApp: boolean;
+  at: number;
+}
+
+/**
+ * Answers an INVITE to a given Request-URI host: the responses, as in a
+ * scenario. May be async (a media server that must set its channel up first).
+ */
+export type InviteResponder = (invite: ParsedSip) => DrachtioScenario | Promise<DrachtioScenario>;
+
+/** A responder that answers every INVITE with 100 + 200 and the given SDP (e.g. a media server). */
+export function answerWithSdp(sdp: string): InviteResponder {
+  return () => ({ name: 'answer with sdp', sipp: '', invite: [{ status: 100 }, { status: 200, sdp: true }], sdpBody: sdp });
+}
+
+export interface FakeDrachtioOptions {
+  secret?: string;
+  /** Default 0 (ephemeral). */
+  port?: number;
+  /** Server version announced at authentication (drachtio-srf pings only for >= v0.8.2). */
+  version?: string;
+}
+
+interface InviteTxn {
+  txnId: string;
+  socket: Socket;
+  invite: ParsedSip;
+  scenario: DrachtioScenario;
+  sdpBody: string | undefined;
+  toTag: string;
+  dialogId: string;
+  final: boolean;
+  cancelled: boolean;
+  timers: NodeJS.Timeout[];
+}
+
+interface DialogState {
+  id: string;
+  txn: InviteTxn;
+  socket: Socket;
+  /** The 2xx we sent (for in-dialog requests from the far end). */
+  ok: ParsedSip;
+  cseq: number;
+}
+
+const SIP_ADDR = '127.0.0.1';
+const SIP_PORT = 5060;
+const FAR_ADDR = '127.0.0.1';
+const FAR_PORT = 5090;
+
+export class FakeDrachtioServer {
+  /** The scenario INVITEs follow unless a responder claims their Request-URI host. */
+  scenario: DrachtioScenario | undefined;
+  /** Every frame received from apps, in order. */
+  readonly frames: Frame[] = [];
+  /** Responses the app sent to requests from the network (BYE, re-INVITE ...). */
+  readonly appResponses: ParsedSip[] = [];
+  /** re-INVITEs the app sent inside a dialog (Call-ID of the dialog's INVITE, the SDP offered). */
+  readonly reinvites: { callId: string; sdp: string }[] = [];
+  private readonly wireLog: WireRequest[] = [];
+  private readonly responders = new Map<string, InviteResponder>();
+  private readonly sockets = new Set<Socket>();
+  private readonly authenticated = new Set<Socket>();
+  private readonly txns = new Map<string, InviteTxn>();
+  private readonly dialogs = new Map<string, DialogState>();
+  private readonly timers = new Set<NodeJS.Timeout>();
+  private server: Server;
+  private listening = false;
+
+  private constructor(
+    private readonly secret: string,
+    private boundPort: number,
+    private readonly version: string,
+  ) {
+    this.server = this.createTcpServer();
+  }
+
+  static async start(opts: FakeDrachtioOptions = {}): Promise<FakeDrachtioServer> {
+    const fake = new FakeDrachtioServer(opts.secret ?? 'cymru', opts.port ?? 0, opts.version ?? 'v0.9.2');
+    await fake.listen();
+    return fake;
+  }
+
+  get port(): number {
+    return this.boundPort;
+  }
+
+  /** Apps connected and authenticated right now. */
+  get clientCount(): number {
+    return this.authenticated.size;
+  }
+
+  /** Route INVITEs whose Request-URI host is `host` (e.g. a media server's address) to `responder`. */
+  respondTo(host: string, responder: InviteResponder): void {
+    this.responders.set(host, responder);
+  }
+
+  /** SIP requests put on the wire, oldest first; optionally one method only. */
+  wire(method?: string): WireRequest[] {
+    return method === undefined ? [...this.wireLog] : this.wireLog.filter((r) => r.method === method);
+  }
+
+  async waitForRequest(method: string, timeoutMs: number, count = 1): Promise<WireRequest> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      const found = this.wire(method);
+      if (found.length >= count) return found[count - 1]!;
+      if (Date.now() > end) throw new Error(`fake drachtio: no ${method} #${count} within ${timeoutMs} ms (saw ${this.wireLog.map((r) => r.method).join(', ')})`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  async waitForClients(n: number, timeoutMs: number): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    while (this.clientCount < n) {
+      if (Date.now() > end) throw new Error(`fake drachtio: ${this.clientCount} clients, wanted ${n}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  /** Break every app connection at once (as if drachtio-server crashed). */
+  dropConnections(): void {
+    for (const s of this.sockets) s.destroy();
+  }
+
+  /** Stop listening and drop connections: the app's reconnects are refused until resume(). */
+  async pause(): Promise<void> {
+    this.dropConnections();
+    if (!this.listening) return;
+    this.listening = false;
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  /** Listen again on the same port. */
+  async resume(): Promise<void> {
+    if (this.listening) return;
+    this.server = this.createTcpServer();
+    await this.listen();
+  }
+
+  async stop(): Promise<void> {
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    await this.pause();
+  }
+
+  // ---------------------------------------------------------------- socket handling
+
+  private createTcpServer(): Server {
+    return createServer((socket) => {
+      this.sockets.add(socket);
+      const decoder = new FrameDecoder();
+      socket.on('data', (chunk) => {
+        let payloads: string[];
+        try {
+          payloads = decoder.push(chunk);
+        } catch {
+          socket.destroy();
+          return;
+        }
+        for (const p of payloads) this.onFrame(socket, parseFrame(p));
+      });
+      socket.on('error', () => undefined);
+      socket.on('close', () => {
+        this.sockets.delete(socket);
+        this.authenticated.delete(socket);
+        for (const [id, txn] of this.txns) if (txn.socket === socket) this.clearTxn(id);
+        for (const [id, d] of this.dialogs) if (d.socket === socket) this.dialogs.delete(id);
+      });
+    });
+  }
+
+  private async listen(): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.boundPort, '127.0.0.1', () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+    this.boundPort = (this.server.address() as AddressInfo).port;
+    this.listening = true;
+  }
+
+  private send(socket: Socket, payload: string): void {
+    if (!socket.destroyed) socket.write(encodeFrame(payload));
+  }
+
+  private reply(socket: Socket, msgId: string, tokens: string[], sip?: string): void {
+    this.send(socket, `${randomUUID()}|response|${msgId}|${tokens.join('|')}${sip === undefined ? '' : '\r\n' + sip}`);
+  }
+
+  private later(ms: number, fn: () => void, txn?: InviteTxn): void {
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      fn();
+    }, ms);
+    this.timers.add(t);
+    txn?.timers.push(t);
+  }
+
+  private onFrame(socket: Socket, frame: Frame): void {
+    this.frames.push(frame);
+    switch (frame.type) {
+      case 'authenticate':
+        if (frame.args[0] === this.secret) {
+          this.authenticated.add(socket);
+          this.reply(socket, frame.msgId, ['OK', `udp/${SIP_ADDR}:${SIP_PORT},tcp/${SIP_ADDR}:${SIP_PORT}`, this.version]);
+        } else {
+          this.reply(socket, frame.msgId, ['NO', 'incorrect secret']);
+          socket.end();
+        }
+        return;
+      case 'route':
+      case 'remove_route':
+      case 'ping':
+        this.reply(socket, frame.msgId, ['OK']);
+        return;
+      case 'sip':
+        if (!this.authenticated.has(socket)) {
+          socket.destroy();
+          return;
+        }
+        this.onSipFromApp(socket, frame);
+        return;
+      default:
+        this.reply(socket, frame.msgId, ['NO', 'Unknown message type']);
+    }
+  }
+
+  // ---------------------------------------------------------------- SIP from the app
+
+  private onSipFromApp(socket: Socket, frame: Frame): void {
+    const [txnId = '', dialogId = ''] = frame.args;
+    let msg: ParsedSip;
+    try {
+      msg = parseSip(frame.body);
+    } catch (err) {
+      this.reply(socket, frame.msgId, ['NO', (err as Error).message]);
+      return;
+    }
+    if (msg.status !== undefined) {
+      // The app's response to a request from the network.
+      this.appResponses.push(msg);
+      this.reply(socket, frame.msgId, ['OK', ...this.metaTokens('application', frame.body, txnId, dialogId)], frame.body);
+      return;
+    }
+    const method = msg.method ?? '';
+    if (dialogId !== '') return this.inDialogFromApp(socket, frame, msg, dialogId);
+    if (txnId !== '' && method === 'CANCEL') return this.cancelFromApp(socket, frame, msg, txnId);
+    if (method === 'ACK') {
+      // ACK for a non-2xx: the server's transaction layer has already sent it.
+      this.reply(socket, frame.msgId, ['NO', 'ACK for a non-success final response is sent by the stack']);
+      return;
+    }
+    if (method !== 'INVITE') {
+      this.reply(socket, frame.msgId, ['NO', `fake drachtio-server: ${method} outside a dialog not supported`]);
+      return;
+    }
+    this.inviteFromApp(socket, frame, msg);
+  }
+
+  private inviteFromApp(socket: Socket, frame: Frame, msg: ParsedSip): void {
+    const uri = msg.uri ?? '';
+    const headers = msg.headers.filter((h) => !['via', 'max-forwards', 'cseq', 'content-length'].includes(canonical(h.name)));
+    const fix = (v: string): string => v.replace(/@localhost(?=[>;:\s]|$)/gi, `@${SIP_ADDR}:${SIP_PORT}`);
+    let callId = msg.header('call-id');
+    if (callId === undefined) {
+      callId = randomBytes(12).toString('hex');
+      headers.push({ name: 'Call-ID', value: callId });
+    }
+    // drachtio-server supplies a From when the app gives none (as drachtio-fsmrf's INVITE to FreeSWITCH).
+    if (!headers.some((h) => canonical(h.name) === 'from')) headers.push({ name: 'From', value: '<sip:localhost>' });
+    for (const h of headers) {
+      const n = canonical(h.name);
+      if (n === 'from') {
+        h.value = fix(h.value);
+        if (tagOf(h.value) === undefined) h.value += `;tag=${randomBytes(5).toString('hex')}`;
+      }
+      if (n === 'contact') h.value = fix(h.value);
+    }
+    if (!headers.some((h) => canonical(h.name) === 'to')) headers.push({ name: 'To', value: `<${uri}>` });
+    if (!headers.some((h) => canonical(h.name) === 'contact')) headers.push({ name: 'Contact', value: `<sip:${SIP_ADDR}:${SIP_PORT}>` });
+    const sent = serializeSip(
+      `INVITE ${uri} SIP/2.0`,
+      [
+        { name: 'Via', value: `SIP/2.0/UDP ${SIP_ADDR}:${SIP_PORT};branch=z9hG4bK${randomBytes(6).toString('hex')};rport` },
+        { name: 'Max-Forwards', value: '70' },
+        { name: 'CSeq', value: '1 INVITE' },
+        ...headers,
+      ],
+      msg.body,
+    );
+    const invite = parseSip(sent);
+    const txnId = randomUUID();
+    this.record(invite, sent, true);
+    this.reply(socket, frame.msgId, ['OK', ...this.metaTokens('application', sent, txnId, '')], sent);
+
+    const responder = this.responders.get(hostOfUri(uri));
+    if (responder === undefined) return this.startInviteTxn(socket, invite, txnId, callId, this.scenario);
+    void Promise.resolve(responder(invite)).then(
+      (scenario) => this.startInviteTxn(socket, invite, txnId, callId, scenario),
+      () => this.startInviteTxn(socket, invite, txnId, callId, { name: 'responder failed', sipp: '', invite: [{ status: 500 }] }),
+    );
+  }
+
+  private startInviteTxn(socket: Socket, invite: ParsedSip, txnId: string, callId: string, scenario: DrachtioScenario | undefined): void {
+    if (scenario === undefined || socket.destroyed) return;
+    const txn: InviteTxn = {
+      txnId,
+      socket,
+      invite,
+      scenario,
+      sdpBody: scenario.sdpBody,
+      toTag: randomBytes(5).toString('hex'),
+      dialogId: `${callId};from-tag=${tagOf(invite.header('from')) ?? ''}`,
+      final: false,
+      cancelled: false,
+      timers: [],
+    };
+    this.txns.set(txnId, txn);
+    this.playResponses(txn, scenario.invite);
+    if (scenario.dropConnectionAfterMs !== undefined) this.later(scenario.dropConnectionAfterMs, () => socket.destroy());
+  }
+
+  private cancelFromApp(socket: Socket, frame: Frame, msg: ParsedSip, txnId: string): void {
+    const txn = this.txns.get(txnId);
+    if (txn === undefined) {
+      this.reply(socket, frame.msgId, ['NO', 'unknown transaction id']);
+      return;
+    }
+    const inv = txn.invite;
+    const sent = serializeSip(`CANCEL ${inv.uri ?? ''} SIP/2.0`, [
+      { name: 'Via', value: inv.header('via') ?? '' },
+      { name: 'Max-Forwards', value: '70' },
+      { name: 'From', value: inv.header('from') ?? '' },
+      { name: 'To', value: inv.header('to') ?? '' },
+      { name: 'Call-ID', value: inv.header('call-id') ?? '' },
+      { name: 'CSeq', value: '1 CANCEL' },
+      ...msg.headers.filter((h) => !['via', 'max-forwards', 'from', 'to', 'call-id', 'cseq', 'content-length'].includes(canonical(h.name))),
+    ]);
+    this.record(parseSip(sent), sent, true);
+    this.reply(socket, frame.msgId, ['OK', ...this.metaTokens('application', sent, randomUUID(), '')], sent);
+    if (txn.final || txn.cancelled) return;
+    txn.cancelled = true;
+    const onCancel = txn.scenario.onCancel ?? { status: 487 };
+    if (onCancel === 'ignore') return;
+    // The far end stops its scripted responses; it answers the INVITE as the scenario says.
+    for (const t of txn.timers) clearTimeout(t);
+    txn.timers = [];
+    this.playResponses(txn, [onCancel]);
+  }
+
+  private inDialogFromApp(socket: Socket, frame: Frame, msg: ParsedSip, dialogId: string): void {
+    const dialog = this.dialogs.get(dialogId);
+    if (dialog === undefined) {
+      this.reply(socket, frame.msgId, ['NO', 'unable to find dialog']);
+      return;
+    }
+    const method = msg.method ?? '';
+    const inv = dialog.txn.invite;
+    const okTo = dialog.ok.header('to') ?? '';
+    const target = /<([^>]+)>/.exec(dialog.ok.header('contact') ?? '')?.[1] ?? inv.uri ?? '';
+    const cseq = method === 'ACK' ? '1 ACK' : `${++dialog.cseq} ${method}`;
+    const sent = serializeSip(
+      `${method} ${target} SIP/2.0`,
+      [
+        { name: 'Via', value: `SIP/2.0/UDP ${SIP_ADDR}:${SIP_PORT};branch=z9hG4bK${randomBytes(6).toString('hex')};rport` },
+        { name: 'Max-Forwards', value: '70' },
+        { name: 'From', value: inv.header('from') ?? '' },
+        { name: 'To', value: okTo },
+        { name: 'Call-ID', value: inv.header('call-id') ?? '' },
+        { name: 'CSeq', value: cseq },
+        ...msg.headers.filter((h) => !['via', 'max-forwards', 'from', 'to', 'call-id', 'cseq', 'content-length'].includes(canonical(h.name))),
+      ],
+      msg.body,
+    );
+    const parsed = parseSip(sent);
+    this.record(parsed, sent, true);
+    const txnId = method === 'ACK' ? '' : randomUUID();
+    this.reply(socket, frame.msgId, ['OK', ...this.metaTokens('application', sent, txnId, dialogId)], sent);
+    if (method === 'BYE') {
+      this.dialogs.delete(dialogId);
+      this.later(10, () => this.sendResponseFor(socket, parsed, 200, txnId, dialogId));
+    }
+    if (method === 'INVITE') {
+      // A re-INVITE from the app (e.g. drachtio-fsmrf's endpoint.modify): the far end answers 200 with its SDP.
+      const sdp = dialog.txn.sdpBody ?? farEndSdp(40_000, dialog.cseq);
+      this.reinvites.push({ callId: inv.header('call-id') ?? '', sdp: msg.body });
+      this.later(10, () => this.sendResponseFor(socket, parsed, 200, txnId, dialogId, sdp));
+    }
+  }
+
+  // ---------------------------------------------------------------- the network
+
+  private playResponses(txn: InviteTxn, steps: readonly NetworkResponse[]): void {
+    let at = 0;
+    for (const step of steps) {
+      at += step.delayMs ?? 0;
+      this.later(at, () => this.networkResponse(txn, step), txn);
+    }
+  }
+
+  private networkResponse(txn: InviteTxn, step: NetworkResponse): void {
+    if (txn.final || txn.socket.destroyed) return;
+    const status = step.status;
+    const inv = txn.invite;
+    const body = step.sdp ? (txn.sdpBody ?? farEndSdp()) : '';
+    const headers: SipHeaderLine[] = [
+      { name: 'Via', value: inv.header('via') ?? '' },
+      { name: 'From', value: inv.header('from') ?? '' },
+      { name: 'To', value: status > 100 ? `${inv.header('to') ?? ''};tag=${txn.toTag}` : (inv.header('to') ?? '') },
+      { name: 'Call-ID', value: inv.header('call-id') ?? '' },
+      { name: 'CSeq', value: inv.header('cseq') ?? '1 INVITE' },
+    ];
+    if (status > 100 && status < 300) headers.push({ name: 'Contact', value: `<sip:farend@${FAR_ADDR}:${FAR_PORT}>` });
+    if (body !== '') headers.push({ name: 'Content-Type', value: 'application/sdp' });
+    const raw = serializeSip(`SIP/2.0 ${status} ${step.reason ?? REASONS[status] ?? 'Unknown'}`, headers, body);
+    const early = status > 100 && status < 200;
+    const dialogId = status >= 200 && status < 300 ? txn.dialogId : early ? txn.dialogId : '';
+    this.sendFromNetwork(txn.socket, raw, txn.txnId, dialogId);
+    if (status < 200) return;
+    txn.final = true;
+    this.clearTxn(txn.txnId);
+    if (status >= 300) {
+      // RFC 3261 17.1.1.3: the client transaction ACKs a non-2xx itself.
+      const ack = serializeSip(`ACK ${inv.uri ?? ''} SIP/2.0`, [
+        { name: 'Via', value: inv.header('via') ?? '' },
+        { name: 'Max-Forwards', value: '70' },
+        { name: 'From', value: inv.header('from') ?? '' },
+        { name: 'To', value: `${inv.header('to') ?? ''};tag=${txn.toTag}` },
+        { name: 'Call-ID', value: inv.header('call-id') ?? '' },
+        { name: 'CSeq', value: '1 ACK' },
+      ]);
+      this.record(parseSip(ack), ack, false);
+      return;
+    }
+    const dialog: DialogState = { id: txn.dialogId, txn, socket: txn.socket, ok: parseSip(raw), cseq: 1 };
+    this.dialogs.set(dialog.id, dialog);
+    const { remoteByeAfterMs, reinviteAfterMs } = txn.scenario;
+    if (reinviteAfterMs !== undefined) this.later(reinviteAfterMs, () => this.requestFromNetwork(dialog, 'INVITE', farEndSdp(40_000, 2)));
+    if (remoteByeAfterMs !== undefined) {
+      this.later(remoteByeAfterMs, () => {
+        if (this.dialogs.delete(dialog.id)) this.requestFromNetwork(dialog, 'BYE');
+      });
+    }
+  }
+
+  /** An in-dialog request from the far end (BYE, re-INVITE). */
+  private requestFromNetwork(dialog: DialogState, method: string, body = ''): void {
+    const inv = dialog.txn.invite;
+    const headers: SipHeaderLine[] = [
+      { name: 'Via', value: `SIP/2.0/UDP ${FAR_ADDR}:${FAR_PORT};branch=z9hG4bK${randomBytes(6).toString('hex')}` },
+      { name: 'Max-Forwards', value: '70' },
+      { name: 'From', value: dialog.ok.header('to') ?? '' },
+      { name: 'To', value: inv.header('from') ?? '' },
+      { name: 'Call-ID', value: inv.header('call-id') ?? '' },
+      { name: 'CSeq', value: `${++dialog.cseq} ${method}` },
+      { name: 'Contact', value: `<sip:farend@${FAR_ADDR}:${FAR_PORT}>` },
+    ];
+    if (body !== '') headers.push({ name: 'Content-Type', value: 'application/sdp' });
+    const target = /<([^>]+)>/.exec(inv.header('contact') ?? '')?.[1] ?? `sip:${SIP_ADDR}:${SIP_PORT}`;
+    const raw = serializeSip(`${method} ${target} SIP/2.0`, headers, body);
+    this.sendFromNetwork(dialog.socket, raw, randomUUID(), dialog.id);
+  }
+
+  /** The far end's response to a request the app sent (e.g. 200 to BYE, or to a re-INVITE with an SDP). */
+  private sendResponseFor(socket: Socket, request: ParsedSip, status: number, txnId: string, dialogId: string, sdp = ''): void {
+    const headers: SipHeaderLine[] = ['via', 'from', 'to', 'call-id', 'cseq'].map((n) => ({
+      name: n === 'call-id' ? 'Call-ID' : n === 'cseq' ? 'CSeq' : n[0]!.toUpperCase() + n.slice(1),
+      value: request.header(n) ?? '',
+    }));
+    if (sdp !== '') {
+      headers.push({ name: 'Contact', value: `<sip:farend@${FAR_ADDR}:${FAR_PORT}>` }, { name: 'Content-Type', value: 'application/sdp' });
+    }
+    this.sendFromNetwork(socket, serializeSip(`SIP/2.0 ${status} ${REASONS[status] ?? 'OK'}`, headers, sdp), txnId, dialogId);
+  }
+
+  /**
+   * The far end of the dialog whose INVITE had this Call-ID hangs up (BYE from
+   * the network), e.g. FreeSWITCH after `hangup`. False when no such dialog.
+   */
+  byeFromNetwork(callId: string): boolean {
+    for (const dialog of this.dialogs.values()) {
+      if (dialog.txn.invite.header('call-id') !== callId) continue;
+      this.dialogs.delete(dialog.id);
+      this.requestFromNetwork(dialog, 'BYE');
+      return true;
+    }
+    return false;
+  }
+
+  private sendFromNetwork(socket: Socket, raw: string, txnId: string, dialogId: string): void {
+    this.send(socket, `${randomUUID()}|sip|${this.metaTokens('network', raw, txnId, dialogId).join('|')}|${SIP_ADDR}|${SIP_PORT}\r\n${raw}`);
+  }
+
+  /** source|bytes|protocol|address|port|time|txnId|dialogId (SipMsgData_t::toMessageFormat + ids). */
+  private metaTokens(source: 'network' | 'application', raw: string, txnId: string, dialogId: string): string[] {
+    const now = new Date();
+    const time = `${now.toISOString().slice(11, 19)}.${String(now.getMilliseconds() * 1000).padStart(6, '0')}`;
+    const [addr, port] = source === 'network' ? [FAR_ADDR, FAR_PORT] : [SIP_ADDR, SIP_PORT];
+    return [source, String(Buffer.byteLength(raw, 'utf8')), 'udp', addr, String(port), time, txnId, dialogId];
+  }
+
+  private record(sip: ParsedSip, raw: string, fromApp: boolean): void {
+    this.wireLog.push({ method: sip.method ?? '', uri: sip.uri ?? '', callId: sip.header('call-id') ?? '', sip, raw, fromApp, at: Date.now() });
+  }
+
+  private clearTxn(txnId: string): void {
+    const txn = this.txns.get(txnId);
+    if (txn === undefined) return;
+    // Keep the transaction findable for a late CANCEL until it is final.
+    if (!txn.final && !txn.socket.destroyed) return;
+    for (const t of txn.timers) {
+      clearTimeout(t);
+      this.timers.delete(t);
+    }
+    this.txns.delete(txnId);
+  }
+}

@@ -1,0 +1,578 @@
+import { randomUUID } from 'node:crypto';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import {
+  AUTH_REQUEST,
+  CHANNEL_CALLSTATE_HANGUP,
+  CHANNEL_DATA,
+  CHANNEL_EXECUTE,
+  CHANNEL_EXECUTE_COMPLETE,
+  CHANNEL_HANGUP,
+  DISCONNECT_NOTICE_BODY,
+  FS_LOCAL_SDP,
+  HEARTBEAT,
+  REPLY,
+  SOFIA_STATUS,
+  SOFIA_STATUS_NO_MRF,
+  UUID_DUMP,
+  fill,
+  fillHeaders,
+} from './freeswitch-scenarios.js';
+
+/**
+ * A fake FreeSWITCH speaking the real event-socket wire protocol
+ * (mod_event_socket), over loopback:
+ *  - inbound (we are the server on "8021"): auth/request → `auth` →
+ *    "+OK accepted"; `api` → api/response; `bgapi` → command/reply then a
+ *    BACKGROUND_JOB event; `event plain|json ...`; `filter`; `exit`;
+ *    HEARTBEAT events on demand;
+ *  - outbound (FreeSWITCH dials the app, as the `socket` dialplan app does
+ *    for fsmrf's `X-esl-outbound` header): `connect` → CHANNEL_DATA reply;
+ *    `sendmsg` with `call-command: execute` → "+OK", CHANNEL_EXECUTE, then
+ *    CHANNEL_EXECUTE_COMPLETE carrying the command's Event-UUID as
+ *    Application-UUID; `api uuid_break|uuid_dump`; `hangup` → HANGUP
+ *    events, the SIP BYE (through a hook), disconnect notice, close.
+ * Frames come from freeswitch-scenarios.ts (recorded captures).
+ */
+
+export interface ExecutedApp {
+  channel: string;
+  app: string;
+  arg: string;
+}
+
+export interface FakeFreeswitchOptions {
+  password?: string;
+  /** host:port of the fake's SIP side, shown in `sofia status` (where fsmrf sends its INVITEs). */
+  sipAddress: string;
+  /** Leave out the drachtio_mrf profile from `sofia status`. */
+  noMrfProfile?: boolean;
+  /** How long one `playback`/`speak` lasts unless broken. */
+  playbackMs?: number;
+  /** Max-Sessions reported in HEARTBEAT. */
+  maxSessions?: number;
+}
+
+/** Splits the first line (command) and `Name: value` headers of one client message. */
+function parseCommand(text: string): { command: string; headers: Record<string, string> } {
+  const [command = '', ...lines] = text.split('\n');
+  const headers: Record<string, string> = {};
+  for (const line of lines) {
+    const i = line.indexOf(': ');
+    if (i > 0) headers[line.slice(0, i)] = decodeURIComponent(line.slice(i + 2));
+  }
+  return { command: command.trim(), headers };
+}
+
+/** `Name: value` lines, values URL-encoded as FreeSWITCH does in events and channel data. */
+function encodeHeaders(headers: Record<string, string>): string {
+  return Object.entries(headers)
+    .map(([k, v]) => `${k}: ${encodeURIComponent(v)}\n`)
+    .join('');
+}
+
+class EslSocket {
+  format: 'plain' | 'json' | undefined;
+  readonly events = new Set<string>();
+  filter: { header: string; value: string } | undefined;
+  authed = false;
+  private buf = '';
+
+  constructor(
+    readonly socket: Socket,
+    private readonly onCommand: (c: EslSocket, command: string, headers: Record<string, string>) => void,
+  ) {
+    socket.setEncoding('utf8');
+    socket.on('data', (d: string) => {
+      this.buf += d;
+      for (;;) {
+        const end = this.buf.indexOf('\n\n');
+        if (end < 0) break;
+        const msg = this.buf.slice(0, end);
+        this.buf = this.buf.slice(end + 2);
+        const { command, headers } = parseCommand(msg);
+        if (command) this.onCommand(this, command, headers);
+      }
+    });
+    socket.on('error', () => undefined);
+  }
+
+  write(s: string): void {
+    if (!this.socket.destroyed) this.socket.write(s);
+  }
+
+  reply(text: string, extra = ''): void {
+    this.write(`Content-Type: command/reply\nReply-Text: ${text}\n${extra}\n`);
+  }
+
+  apiResponse(body: string): void {
+    this.write(`Content-Type: api/response\nContent-Length: ${Buffer.byteLength(body)}\n\n${body}`);
+  }
+
+  wants(name: string, headers: Record<string, string>): boolean {
+    if (!this.format || !(this.events.has(name) || this.events.has('all') || this.events.has('ALL'))) return false;
+    return !this.filter || headers[this.filter.header] === this.filter.value;
+  }
+
+  event(headers: Record<string, string>, body?: string): void {
+    if (this.format === 'json') {
+      const json = JSON.stringify(body === undefined ? headers : { ...headers, 'Content-Length': String(Buffer.byteLength(body)), _body: body });
+      this.write(`Content-Length: ${Buffer.byteLength(json)}\nContent-Type: text/event-json\n\n${json}`);
+    } else {
+      const inner =
+        body === undefined
+          ? `${encodeHeaders(headers)}\n`
+          : `${encodeHeaders({ ...headers, 'Content-Length': String(Buffer.byteLength(body)) })}\n${body}`;
+      this.write(`Content-Length: ${Buffer.byteLength(inner)}\nContent-Type: text/event-plain\n\n${inner}`);
+    }
+  }
+
+  disconnect(): void {
+    this.write(`Content-Type: text/disconnect-notice\nContent-Length: ${Buffer.byteLength(DISCONNECT_NOTICE_BODY)}\n\n${DISCONNECT_NOTICE_BODY}`);
+    this.socket.end();
+  }
+}
+
+interface RunningApp {
+  app: string;
+  arg: string;
+  appUuid: string;
+  started: number;
+  timer?: NodeJS.Timeout;
+}
+
+export class FakeChannel {
+  readonly uuid = randomUUID();
+  readonly vars = new Map<string, string>();
+  remoteSdp = '';
+  conn: EslSocket | undefined;
+  hungUp = false;
+  private running: RunningApp | undefined;
+  private readonly queue: RunningApp[] = [];
+  readonly mediaPort: number;
+
+  constructor(
+    private readonly fs: FakeFreeswitch,
+    readonly callId: string,
+    readonly userAgent: string,
+    readonly eslOutbound: string,
+  ) {
+    this.mediaPort = 30000 + Math.floor(Math.random() * 5000) * 2;
+  }
+
+  get values(): Record<string, string> {
+    const [remoteIp = '', remotePort = ''] = /c=IN IP4 (\S+)[\s\S]*m=audio (\d+)/.exec(this.remoteSdp)?.slice(1) ?? [];
+    return {
+      core: this.fs.coreUuid,
+      uuid: this.uuid,
+      sip: this.fs.opts.sipAddress,
+      callId: this.callId,
+      userAgent: this.userAgent,
+      eslOutbound: this.eslOutbound,
+      mediaIp: '127.0.0.1',
+      mediaPort: String(this.mediaPort),
+      localSdp: this.localSdp,
+      remoteSdp: this.remoteSdp,
+      remoteIp,
+      remotePort,
+    };
+  }
+
+  get localSdp(): string {
+    return fill(FS_LOCAL_SDP, { mediaIp: '127.0.0.1', mediaPort: this.mediaPort });
+  }
+
+  emit(template: Record<string, string>, values: Record<string, string | number> = {}): void {
+    const headers = fillHeaders(template, { ...this.values, ...values });
+    const name = headers['Event-Name'] ?? '';
+    if (this.conn?.wants(name, headers)) this.conn.event(headers);
+  }
+
+  /** `sendmsg` call-command execute: apps run one after another, like the channel's dialplan thread. */
+  execute(app: string, arg: string, appUuid: string): void {
+    this.fs.executed.push({ channel: this.uuid, app, arg });
+    this.queue.push({ app, arg, appUuid, started: 0 });
+    if (!this.running) this.next();
+  }
+
+  private next(): void {
+    const a = this.queue.shift();
+    this.running = a;
+    if (!a || this.hungUp) return;
+    a.started = Date.now();
+    this.emit(CHANNEL_EXECUTE, { app: a.app, arg: a.arg, appUuid: a.appUuid });
+    switch (a.app) {
+      case 'set':
+      case 'export': {
+        const i = a.arg.indexOf('=');
+        if (i > 0) this.vars.set(a.arg.slice(0, i), a.arg.slice(i + 1));
+        return this.complete(a, '_none_');
+      }
+      case 'playback':
+      case 'speak':
+        if (a.app === 'playback' && this.fs.failPlayback) return this.complete(a, this.fs.failPlayback);
+        a.timer = setTimeout(() => this.complete(a, a.app === 'playback' ? 'FILE PLAYED' : '+OK'), this.fs.opts.playbackMs ?? 50);
+        return;
+      case 'hangup':
+        this.complete(a, '+OK');
+        return this.hangup(a.arg || 'NORMAL_CLEARING');
+      default:
+        return this.complete(a, '+OK');
+    }
+  }
+
+  private complete(a: RunningApp, response: string): void {
+    if (this.running !== a) return;
+    clearTimeout(a.timer);
+    const ms = Date.now() - a.started;
+    this.emit(CHANNEL_EXECUTE_COMPLETE, {
+      app: a.app,
+      arg: a.arg,
+      appUuid: a.appUuid,
+      response,
+      playbackMs: ms,
+      playbackSeconds: Math.floor(ms / 1000),
+    });
+    this.running = undefined;
+    setImmediate(() => this.next());
+  }
+
+  /** uuid_break [all]: ends the current playback now ("FILE PLAYED"); `all` also drops what is queued. */
+  break(all: boolean): void {
+    this.fs.breaks.push(this.uuid);
+    if (all) this.queue.length = 0;
+    const a = this.running;
+    if (a && (a.app === 'playback' || a.app === 'speak')) this.complete(a, a.app === 'playback' ? 'FILE PLAYED' : '+OK');
+  }
+
+  /** The channel hangs up: HANGUP events, BYE on the SIP side, then the outbound socket closes. */
+  hangup(cause: string): void {
+    if (this.hungUp) return;
+    this.hungUp = true;
+    this.queue.length = 0;
+    clearTimeout(this.running?.timer);
+    this.running = undefined;
+    this.emit(CHANNEL_CALLSTATE_HANGUP, { cause });
+    this.emit(CHANNEL_HANGUP, { cause });
+    this.fs.hangups.push(this.uuid);
+    this.fs.onHangup?.(this);
+    const conn = this.conn;
+    setTimeout(() => conn?.disconnect(), 20);
+    this.fs.channels.delete(this.uuid);
+  }
+
+  /** Test teardown: timers off, socket closed, no events. */
+  abort(): void {
+    this.hungUp = true;
+    this.queue.length = 0;
+    clearTimeout(this.running?.timer);
+    this.conn?.socket.destroy();
+  }
+
+  /** FreeSWITCH dials the app's listener (the `socket` app of fsmrf's dialplan, "async full"). */
+  dial(): Promise<void> {
+    const [host = '127.0.0.1', port = '0'] = this.eslOutbound.split(':');
+    return new Promise<void>((resolve, reject) => {
+      const socket = createConnection({ host, port: Number(port) }, () => resolve());
+      socket.once('error', reject);
+      this.conn = new EslSocket(socket, (c, command, headers) => this.fs.handle(c, command, headers, this));
+      this.fs.outboundSockets.add(socket);
+      socket.on('close', () => this.fs.outboundSockets.delete(socket));
+    });
+  }
+}
+
+export class FakeFreeswitch {
+  readonly coreUuid = randomUUID();
+  /** Every app executed on any channel, in order. */
+  readonly executed: ExecutedApp[] = [];
+  /** Every `api` command received (inbound and outbound sockets). */
+  readonly apiCommands: string[] = [];
+  readonly breaks: string[] = [];
+  readonly hangups: string[] = [];
+  readonly channels = new Map<string, FakeChannel>();
+  /** Inbound connections accepted (a reconnect shows as a new one). */
+  inboundConnections = 0;
+  /** Make every `playback` fail with this Application-Response (e.g. "FILE NOT FOUND"). */
+  failPlayback: string | undefined;
+  /** Called when a channel hangs up: the SIP side sends its BYE here. */
+  onHangup: ((channel: FakeChannel) => void) | undefined;
+  readonly outboundSockets = new Set<Socket>();
+  private readonly inbound = new Set<EslSocket>();
+  private server: Server | undefined;
+  private sessionCount = 0;
+
+  constructor(readonly opts: FakeFreeswitchOptions) {}
+
+  async listen(port = 0, host = '127.0.0.1'): Promise<number> {
+    const server = createServer((socket) => {
+      this.inboundConnections++;
+      const c = new EslSocket(socket, (conn, command, headers) => this.handle(conn, command, headers, undefined));
+      this.inbound.add(c);
+      socket.on('close', () => this.inbound.delete(c));
+      c.write(AUTH_REQUEST);
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => resolve());
+    });
+    this.server = server;
+    return this.port;
+  }
+
+  get port(): number {
+    const a = this.server?.address();
+    return a && typeof a === 'object' ? a.port : 0;
+  }
+
+  /** Every playback file, in order, split out of file_string:// lists and playback_delimiter lists. */
+  playbackFiles(channel?: string): string[] {
+    return this.executed
+      .filter((e) => e.app === 'playback' && (!channel || e.channel === channel))
+      .flatMap((e) => {
+        const arg = e.arg.startsWith('file_string://') ? e.arg.slice('file_string://'.length) : e.arg;
+        return arg.split('!');
+      });
+  }
+
+  /** A HEARTBEAT to every subscribed inbound connection; MediaServer takes its session counters from it. */
+  heartbeat(sessions = this.sessionCount): void {
+    this.sessionCount = sessions;
+    const headers = fillHeaders(HEARTBEAT, { core: this.coreUuid, sessions, maxSessions: this.opts.maxSessions ?? 1000 });
+    for (const c of this.inbound) if (c.authed && c.wants('HEARTBEAT', headers)) c.event(headers);
+  }
+
+  /** Drops every inbound event-socket connection (FreeSWITCH restarted / network cut); calls keep theirs. */
+  dropInbound(): void {
+    for (const c of this.inbound) c.socket.destroy();
+  }
+
+  /** Answers fsmrf's INVITE: a channel that dials the app's X-esl-outbound listener. */
+  async answerInvite(p: { callId: string; userAgent: string; eslOutbound: string }): Promise<FakeChannel> {
+    const ch = new FakeChannel(this, p.callId, p.userAgent, p.eslOutbound);
+    this.channels.set(ch.uuid, ch);
+    await ch.dial();
+    return ch;
+  }
+
+  channelByCallId(callId: string): FakeChannel | undefined {
+    return [...this.channels.values()].find((c) => c.callId === callId);
+  }
+
+  private api(line: string, channel: FakeChannel | undefined): string {
+    this.apiCommands.push(line);
+    const [cmd = '', ...args] = line.split(/\s+/);
+    const target = (uuid: string | undefined): FakeChannel | undefined => (uuid ? this.channels.get(uuid) : undefined) ?? channel;
+    switch (cmd) {
+      case 'sofia':
+        return fill(this.opts.noMrfProfile ? SOFIA_STATUS_NO_MRF : SOFIA_STATUS, { sip: this.opts.sipAddress });
+      case 'status':
+        return `UP 0 years, 0 days, 0 hours, 1 minute\n${this.channels.size} session(s) - peak 1\n`;
+      case 'uuid_break': {
+        const ch = target(args[0]);
+        if (!ch) return '-ERR No such channel!\n';
+        ch.break(args[1] === 'all');
+        return '+OK\n';
+      }
+      case 'uuid_kill': {
+        const ch = target(args[0]);
+        if (!ch) return '-ERR No such channel!\n';
+        ch.hangup(args[1] ?? 'NORMAL_CLEARING');
+        return '+OK\n';
+      }
+      case 'uuid_dump': {
+        const ch = target(args[0]);
+        if (!ch) return '-ERR No such channel!\n';
+        return encodeHeaders(fillHeaders(UUID_DUMP, ch.values));
+      }
+      case 'uuid_set_media_stats':
+        return '+OK\n';
+      default:
+        return `-ERR ${cmd} Command not found!\n`;
+    }
+  }
+
+  /** One client command on an inbound socket (channel undefined) or on a channel's outbound socket. */
+  handle(c: EslSocket, command: string, headers: Record<string, string>, channel: FakeChannel | undefined): void {
+    const [verb = '', ...rest] = command.split(' ');
+    const args = rest.join(' ');
+    if (!channel && !c.authed && verb !== 'auth') return c.write('Content-Type: command/reply\nReply-Text: -ERR command not found\n\n');
+    switch (verb) {
+      case 'auth':
+        if (args === (this.opts.password ?? 'ClueCon')) {
+          c.authed = true;
+          return c.reply(REPLY.authOk);
+        }
+        c.reply(REPLY.authErr);
+        return c.disconnect();
+      case 'connect':
+        if (!channel) return c.reply(REPLY.unknown);
+        return c.write(encodeHeaders(fillHeaders(CHANNEL_DATA, channel.values)) + '\n');
+      case 'api':
+        return c.apiResponse(this.api(args, channel));
+      case 'bgapi': {
+        const job = headers['Job-UUID'] ?? randomUUID();
+        c.reply(`+OK Job-UUID: ${job}`, `Job-UUID: ${job}\n`);
+        const body = this.api(args, channel);
+        const ev = { 'Event-Name': 'BACKGROUND_JOB', 'Core-UUID': this.coreUuid, 'Job-UUID': job, 'Job-Command': args.split(' ')[0] ?? '' };
+        if (c.wants('BACKGROUND_JOB', ev)) c.event(ev, body);
+        return;
+      }
+      case 'event': {
+        const [format = 'plain', ...names] = args.split(' ');
+        c.format = format === 'json' ? 'json' : 'plain';
+        // "CUSTOM a::b c::d" subscribes subclasses; event names are the words that are not subclasses.
+        for (const n of names) if (!n.includes('::')) c.events.add(n);
+        return c.reply(REPLY.eventOk(c.format));
+      }
+      case 'filter': {
+        const [header = '', ...value] = args.split(' ');
+        if (header === 'delete') {
+          c.filter = undefined;
+          return c.reply('+OK filter deleted.');
+        }
+        c.filter = { header, value: value.join(' ') };
+        return c.reply(REPLY.filterOk(header, c.filter.value));
+      }
+      case 'myevents':
+      case 'linger':
+      case 'nolinger':
+      case 'noevents':
+      case 'nixevent':
+        return c.reply(REPLY.ok);
+      case 'exit':
+        c.reply(REPLY.bye);
+        return c.disconnect();
+      case 'sendmsg': {
+        const ch = (args ? this.channels.get(args) : undefined) ?? channel;
+        if (!ch) return c.reply('-ERR invalid session id');
+        c.reply(REPLY.ok);
+        if (headers['call-command'] === 'execute') {
+          ch.execute(headers['execute-app-name'] ?? '', headers['execute-app-arg'] ?? '', headers['Event-UUID'] ?? randomUUID());
+        } else if (headers['call-command'] === 'hangup') {
+          ch.hangup(headers['hangup-cause'] ?? 'NORMAL_CLEARING');
+        }
+        return;
+      }
+      default:
+        return c.reply(REPLY.unknown);
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const ch of this.channels.values()) ch.abort();
+    for (const s of this.outboundSockets) s.destroy();
+    for (const c of this.inbound) c.socket.destroy();
+    const server = this.server;
+    this.server = undefined;
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// SIP side without drachtio-server (separate from the ESL fake on purpose).
+
+export interface FakeDialogRecord {
+  uri: string;
+  callId: string;
+  headers: Record<string, string>;
+  /** SDP of each re-INVITE (endpoint.modify). */
+  modifies: string[];
+  /** Who ended the dialog: FreeSWITCH (its BYE after `hangup`) or us (our BYE). */
+  endedBy: 'freeswitch' | 'app' | undefined;
+}
+
+type DestroyListener = (...args: unknown[]) => void;
+
+/**
+ * A stand-in for an Srf connected to drachtio-server, for fsmrf's only use
+ * of it: `createUAC('sip:drachtio@<fs sofia address>', {headers})` with no
+ * SDP. The "INVITE" goes straight to the FakeFreeswitch whose sipAddress
+ * matches, which answers with its SDP and dials the X-esl-outbound
+ * listener; `modify` is the re-INVITE, FreeSWITCH's hang-up is its BYE
+ * (dialog 'destroy'). Used while test/fakes/drachtio-server.ts is not
+ * available: it exercises no drachtio wire protocol.
+ */
+export function fakeSrfFor(servers: readonly FakeFreeswitch[]): {
+  srf: { createUAC(uri: string, opts: { headers?: Record<string, string>; localSdp?: string }): Promise<unknown> };
+  dialogs: FakeDialogRecord[];
+  /** Make the next INVITEs fail with this SIP status. */
+  failWith: { status: number | undefined };
+} {
+  const dialogs: FakeDialogRecord[] = [];
+  const failWith: { status: number | undefined } = { status: undefined };
+  const byCallId = new Map<string, { emitDestroy(): void }>();
+  for (const fs of servers) {
+    const previous = fs.onHangup;
+    fs.onHangup = (ch) => {
+      previous?.(ch);
+      byCallId.get(ch.callId)?.emitDestroy();
+    };
+  }
+  let seq = 0;
+  return {
+    dialogs,
+    failWith,
+    srf: {
+      async createUAC(uri, opts) {
+        if (failWith.status) throw Object.assign(new Error(`${failWith.status} Service Unavailable`), { status: failWith.status });
+        const host = /@([^;>]+)/.exec(uri)?.[1] ?? '';
+        const fs = servers.find((s) => s.opts.sipAddress === host);
+        if (!fs) throw Object.assign(new Error('408 Request Timeout'), { status: 408 });
+        const headers = opts.headers ?? {};
+        const record: FakeDialogRecord = { uri, callId: `fsmrf-${++seq}@127.0.0.1`, headers, modifies: [], endedBy: undefined };
+        dialogs.push(record);
+        const listeners = new Map<string, DestroyListener[]>();
+        const ch = await fs.answerInvite({
+          callId: record.callId,
+          userAgent: headers['User-Agent'] ?? '',
+          eslOutbound: headers['X-esl-outbound'] ?? '',
+        });
+        const dialog = {
+          connected: true,
+          sip: { callId: record.callId },
+          local: { sdp: opts.localSdp ?? '' },
+          remote: { sdp: ch.localSdp },
+          on(event: string, fn: DestroyListener) {
+            listeners.set(event, [...(listeners.get(event) ?? []), fn]);
+            return dialog;
+          },
+          once(event: string, fn: DestroyListener) {
+            const w: DestroyListener = (...a) => {
+              dialog.removeListener(event, w);
+              fn(...a);
+            };
+            return dialog.on(event, w);
+          },
+          removeListener(event: string, fn: DestroyListener) {
+            listeners.set(event, (listeners.get(event) ?? []).filter((l) => l !== fn));
+            return dialog;
+          },
+          emit(event: string, ...args: unknown[]) {
+            for (const l of listeners.get(event) ?? []) l(...args);
+          },
+          async modify(sdp: string) {
+            if (!dialog.connected) throw new Error('invalid request to modify a completed dialog');
+            record.modifies.push(sdp);
+            ch.remoteSdp = sdp;
+            return ch.localSdp;
+          },
+          async destroy() {
+            if (!dialog.connected) return;
+            dialog.connected = false;
+            record.endedBy = 'app';
+            ch.hangup('NORMAL_CLEARING');
+          },
+        };
+        byCallId.set(record.callId, {
+          emitDestroy() {
+            if (!dialog.connected) return;
+            dialog.connected = false;
+            record.endedBy ??= 'freeswitch';
+            setImmediate(() => dialog.emit('destroy', {}));
+          },
+        });
+        return dialog;
+      },
+    },
+  };
+}

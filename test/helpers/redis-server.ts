@@ -1,0 +1,70 @@
+/**
+ * A private redis-server for tests that kill Redis: never the shared one on
+ * 6379. AOF on (fsync always, so an acknowledged write survives kill -9),
+ * its own directory and a free port; kill() and start() reuse both.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import { findFreePort } from './sipp.js';
+
+export interface OwnRedis {
+  readonly url: string;
+  readonly port: number;
+  readonly dir: string;
+  start(): Promise<void>;
+  /** SIGKILL (kill -9) by pid. */
+  kill(): Promise<void>;
+  /** Kills it and removes its directory. */
+  cleanup(): Promise<void>;
+}
+
+export async function ownRedis(): Promise<OwnRedis> {
+  const port = await findFreePort();
+  const dir = mkdtempSync(join(tmpdir(), 'fv-redis-'));
+  let child: ChildProcess | undefined;
+  const exitOf = (c: ChildProcess) => new Promise<void>((r) => (c.exitCode !== null || c.signalCode !== null ? r() : c.once('exit', () => r())));
+  const self: OwnRedis = {
+    url: `redis://127.0.0.1:${port}`,
+    port,
+    dir,
+    async start() {
+      child = spawn(
+        'redis-server',
+        ['--bind', '127.0.0.1', '--port', String(port), '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'always', '--save', '', '--protected-mode', 'no'],
+        { stdio: 'ignore' },
+      );
+      const probe = new Redis(self.url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+      probe.on('error', () => undefined);
+      const deadline = Date.now() + 10_000;
+      try {
+        for (;;) {
+          const ok = await probe
+            .connect()
+            .then(() => probe.ping())
+            .catch(() => undefined);
+          if (ok === 'PONG') return;
+          probe.disconnect();
+          if (child.exitCode !== null || Date.now() > deadline) throw new Error('redis-server did not start');
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      } finally {
+        probe.disconnect();
+      }
+    },
+    async kill() {
+      if (!child?.pid) return;
+      const c = child;
+      if (c.exitCode === null && c.signalCode === null) process.kill(c.pid!, 'SIGKILL');
+      await exitOf(c);
+    },
+    async cleanup() {
+      await self.kill();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  await self.start();
+  return self;
+}

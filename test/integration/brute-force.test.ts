@@ -1,0 +1,102 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { Sealer } from '../../src/crypto/sealer.js';
+import { http, startTestEngine, testConfig, type TestEngine } from '../helpers/engine.js';
+
+/**
+ * Brute force on the API: wrong API secrets from one address are counted
+ * atomically (per address and per API key); from `delayAfter` failures each
+ * 401 comes only after `delayMs`, from `lockAfter` the address gets 429
+ * `rate_limited` with Retry-After for the rest of the window, even with the
+ * right secret. Wrong codes are counted atomically per request.
+ */
+let engine: TestEngine | undefined;
+afterEach(async () => {
+  await engine?.stop();
+  engine = undefined;
+});
+
+const basic = (key: string, secret: string) => 'Basic ' + Buffer.from(`${key}:${secret}`).toString('base64');
+
+describe('API secret brute force', { timeout: 30_000 }, () => {
+  it('slows down, then locks the address out with 429 + Retry-After, then lets it in again', async () => {
+    engine = await startTestEngine(
+      testConfig({ api: { authFailures: { delayAfter: 3, delayMs: 400, lockAfter: 6, windowSeconds: 2 } } }),
+      'api',
+    );
+    const a = await engine.account();
+    const wrong = basic(a.api_key, 'f'.repeat(64));
+    const timed = async (auth: string) => {
+      const t0 = performance.now();
+      const r = await http(`${engine!.url}/v1/balance`, { auth });
+      return { status: r.status, error: r.body.error, retryAfter: r.headers.get('retry-after'), ms: performance.now() - t0 };
+    };
+
+    const first = [await timed(wrong), await timed(wrong)];
+    for (const r of first) expect(r).toMatchObject({ status: 401, error: 'unauthorized' });
+    expect(Math.max(...first.map((r) => r.ms))).toBeLessThan(300);
+    // From the 3rd failure on: still 401, but slow.
+    for (let i = 0; i < 3; i++) {
+      const r = await timed(wrong);
+      expect(r).toMatchObject({ status: 401, error: 'unauthorized' });
+      expect(r.ms).toBeGreaterThanOrEqual(390);
+    }
+    // The 6th failure locks the address: 429 with Retry-After, for the right secret too.
+    expect(await timed(wrong)).toMatchObject({ status: 429, error: 'rate_limited' });
+    const locked = await timed(a.auth);
+    expect(locked).toMatchObject({ status: 429, error: 'rate_limited' });
+    expect(Number(locked.retryAfter)).toBeGreaterThanOrEqual(1);
+    expect(Number(locked.retryAfter)).toBeLessThanOrEqual(2);
+    // Counted per address and per key, in Redis.
+    expect(await engine.redis.get(engine.keys.authFailures('ip', '127.0.0.1'))).toBe('6');
+    expect(await engine.redis.get(engine.keys.authFailures('key', a.api_key))).toBe('6');
+
+    // The window ends: the right secret works again.
+    await new Promise((r) => setTimeout(r, 2200));
+    expect((await timed(a.auth)).status).toBe(200);
+  });
+
+  it('counts concurrent failures exactly (atomic), and never stores the secrets tried', async () => {
+    engine = await startTestEngine(
+      testConfig({ api: { authFailures: { delayAfter: 1000, delayMs: 0, lockAfter: 1000, windowSeconds: 60 } } }),
+      'api',
+    );
+    const a = await engine.account();
+    const tried = Array.from({ length: 40 }, (_, i) => i.toString(16).padStart(64, 'a'));
+    const results = await Promise.all(tried.map((s) => http(`${engine!.url}/v1/balance`, { auth: basic(a.api_key, s) })));
+    expect(results.every((r) => r.status === 401)).toBe(true);
+    expect(await engine.redis.get(engine.keys.authFailures('ip', '127.0.0.1'))).toBe('40');
+    expect(await engine.redis.get(engine.keys.authFailures('key', a.api_key))).toBe('40');
+    const keys = await engine.redis.keys(`${engine.keys.prefix}:authfail:*`);
+    for (const k of keys) for (const s of tried) expect(k).not.toContain(s);
+  });
+});
+
+describe('code brute force', () => {
+  it('concurrent wrong codes: exactly maxCheckAttempts are counted, then the request expires', async () => {
+    engine = await startTestEngine(testConfig({ api: { defaultRateLimitPerSecond: 1000 } }), 'api');
+    const a = await engine.account();
+    const created = await http(`${engine.url}/v1/verify`, { auth: a.auth, body: { phone_number: '+447700900999' } });
+    expect(created.status).toBe(201);
+    const id = String(created.body.request_id);
+    const code = engine.sealer.open((await engine.redis.hget(engine.keys.verification(id), 'code_enc'))!, `code:${id}`);
+    const wrongCodes = Array.from({ length: 12 }, (_, i) => String((Number(code) + 1 + i) % 10_000).padStart(4, '0'));
+    const results = await Promise.all(
+      wrongCodes.map((c) => http(`${engine!.url}/v1/verify/check`, { auth: a.auth, body: { request_id: id, code: c } })),
+    );
+    const invalid = results.filter((r) => r.body.error === 'invalid_code');
+    expect(invalid).toHaveLength(3);
+    expect(invalid.map((r) => r.body.attempts_remaining).sort()).toEqual([0, 1, 2]);
+    expect(results.filter((r) => r.body.error === 'verification_expired')).toHaveLength(9);
+    expect(await engine.redis.hget(engine.keys.verification(id), 'attempts')).toBe('3');
+    // The right code after that is refused: the request is over.
+    const late = await http(`${engine.url}/v1/verify/check`, { auth: a.auth, body: { request_id: id, code } });
+    expect(late.body.error).toBe('verification_expired');
+  });
+
+  it('secrets and code MACs are compared in constant time (hash, then timingSafeEqual)', () => {
+    // Unequal lengths and near-misses go through the same fixed-size comparison.
+    expect(Sealer.equal('a'.repeat(64), 'a'.repeat(64))).toBe(true);
+    expect(Sealer.equal('a'.repeat(64), 'a'.repeat(63) + 'b')).toBe(false);
+    expect(Sealer.equal('a'.repeat(64), 'a')).toBe(false);
+  });
+});

@@ -1,0 +1,139 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { http, waitFor } from '../helpers/engine.js';
+import { engineCluster, invitesPerDestination, type EngineCluster } from '../helpers/engine-process.js';
+import { startRtpReceiver, type RtpReceiver } from '../helpers/rtp-receiver.js';
+import { startSippUas, type SippUas } from '../helpers/sipp.js';
+
+/**
+ * Issue 8, "nothing lost": the api and the worker run as separate
+ * `flashverify start` processes; the worker is SIGKILLed in the middle of a
+ * batch of calls and started again. Every accepted verification must end
+ * delivered or failed with a reason, and no destination may get a second
+ * INVITE for one request (the dial is recorded before the INVITE leaves; a
+ * re-run job that finds it does not dial again).
+ */
+const FAST_RECOVERY = {
+  // A dead worker's jobs are stalled after 2 s, looked for every second; its unacknowledged events are taken over after 1 s.
+  worker: { lockDurationMs: 2000, stalledIntervalMs: 1000, shutdownGraceMs: 3000 },
+  events: { claimIdleMs: 1000 },
+  verification: { expirySweepMs: 500 },
+  api: { defaultRateLimitPerSecond: 1000 },
+};
+const TERMINAL = ['delivered', 'verified', 'failed'];
+
+let cluster: EngineCluster | undefined;
+let uas: SippUas | undefined;
+let rtp: RtpReceiver | undefined;
+afterEach(async () => {
+  await uas?.stop();
+  await cluster?.cleanup();
+  await rtp?.close();
+  uas = cluster = rtp = undefined;
+});
+
+async function createBatch(c: EngineCluster, method: 'flash_call' | 'voice', n: number, base: number): Promise<Map<string, string>> {
+  const account = await c.account(100);
+  const ids = new Map<string, string>();
+  for (let i = 0; i < n; i++) {
+    const phone = `+4477009${String(base + i).padStart(5, '0')}`;
+    const r = await http(`${c.httpUrl}/v1/verify`, { auth: account.auth, body: { phone_number: phone, method } });
+    expect(r.status).toBe(201);
+    ids.set(String(r.body.request_id), phone);
+  }
+  return ids;
+}
+
+/** Waits until every request is delivered/verified/failed and returns the records. */
+async function settled(c: EngineCluster, ids: Map<string, string>, timeoutMs: number): Promise<Map<string, Record<string, string>>> {
+  const records = new Map<string, Record<string, string>>();
+  await waitFor(
+    async () => {
+      for (const id of ids.keys()) records.set(id, await c.redis.hgetall(c.keys.verification(id)));
+      return [...records.values()].every((r) => TERMINAL.includes(r.status ?? ''));
+    },
+    timeoutMs,
+    250,
+  ).catch(() => {
+    const stuck = [...records.entries()].filter(([, r]) => !TERMINAL.includes(r.status ?? '')).map(([id, r]) => `${id}: ${r.status}`);
+    throw new Error(`not settled: ${stuck.join(', ')}`);
+  });
+  return records;
+}
+
+describe('worker SIGKILLed mid-batch, then restarted', { timeout: 60_000 }, () => {
+  it('flash calls: every verification ends delivered or failed with a reason; no number is called twice', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 20, maxLifetimeMs: 55_000 });
+    cluster = await engineCluster({
+      ...FAST_RECOVERY,
+      flash: { ringMs: 2500 },
+      worker: { ...FAST_RECOVERY.worker, flashConcurrency: 4 },
+      sip: { timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] },
+    });
+    await cluster.start('api');
+    const first = await cluster.start('worker');
+    const ids = await createBatch(cluster, 'flash_call', 20, 100);
+
+    // Kill while the first calls ring (each rings 2.5 s before its CANCEL).
+    await waitFor(async () => invitesPerDestination(uas!.messages()).size >= 4, 15_000, 25);
+    await new Promise((r) => setTimeout(r, 500));
+    first.kill('SIGKILL');
+    await first.waitExit(5000);
+    const calledBeforeKill = invitesPerDestination(uas.messages()).size;
+    expect(calledBeforeKill).toBeLessThan(20);
+
+    const second = await cluster.start('worker');
+    const records = await settled(cluster, ids, 40_000);
+
+    const invites = invitesPerDestination(uas.messages());
+    for (const [user, calls] of invites) expect([user, calls.size]).toEqual([user, 1]);
+    // The batch went on after the restart.
+    expect(invites.size).toBeGreaterThan(calledBeforeKill);
+    // The jobs of the calls that were ringing stalled, ran again in the new worker, and did not dial.
+    expect(second.output()).toMatch(/delivery already handed over|already past sent; not delivering again/);
+    for (const [id, r] of records) {
+      const phone = ids.get(id)!;
+      if (r.status === 'failed') expect(r.failure_reason, id).toBeTruthy();
+      // Delivered means the number rang exactly once.
+      if (r.status === 'delivered') expect(invites.get(phone)?.size, phone).toBe(1);
+    }
+    const delivered = [...records.values()].filter((r) => r.status === 'delivered').length;
+    // Calls ringing when the worker died were delivered (the caller ID was shown); the queued ones were dialled after the restart.
+    expect(delivered).toBeGreaterThanOrEqual(invites.size - 1);
+  });
+
+  it('voice calls mid-prompt: answered ones stay delivered and are not called again; the rest are played after the restart', async () => {
+    rtp = await startRtpReceiver();
+    uas = await startSippUas({ scenario: 'uas-voice-answer', calls: 6, maxLifetimeMs: 55_000, vars: { rtp_ip: '127.0.0.1', rtp_port: rtp.port } });
+    cluster = await engineCluster({
+      ...FAST_RECOVERY,
+      worker: { ...FAST_RECOVERY.worker, voiceConcurrency: 3 },
+      sip: { timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] },
+    });
+    await cluster.start('api');
+    const first = await cluster.start('worker');
+    const ids = await createBatch(cluster, 'voice', 6, 200);
+
+    // Kill once three calls are answered and their prompts are playing.
+    await waitFor(async () => uas!.sent().filter((m) => m.status === 200 && /INVITE/.test(m.header('cseq') ?? '')).length >= 3, 15_000, 25);
+    await new Promise((r) => setTimeout(r, 1000));
+    first.kill('SIGKILL');
+    await first.waitExit(5000);
+    const calledBeforeKill = invitesPerDestination(uas.messages()).size;
+
+    const second = await cluster.start('worker');
+    const records = await settled(cluster, ids, 40_000);
+    // The prompts restarted after the kill play to their end (BYE), for every call placed by the new worker.
+    await waitFor(async () => uas!.requests('BYE').length >= invitesPerDestination(uas!.messages()).size - calledBeforeKill, 20_000, 250);
+
+    const invites = invitesPerDestination(uas.messages());
+    for (const [user, calls] of invites) expect([user, calls.size]).toEqual([user, 1]);
+    expect(invites.size).toBeGreaterThan(calledBeforeKill);
+    expect(second.output()).toMatch(/delivery already handed over|already past sent; not delivering again/);
+    for (const [id, r] of records) {
+      if (r.status === 'failed') expect(r.failure_reason, id).toBeTruthy();
+      else expect(r.status).toBe('delivered');
+    }
+    // The three answered before the kill were delivered (the code was being read): not failed, not called again.
+    expect([...records.values()].filter((r) => r.status === 'delivered').length).toBeGreaterThanOrEqual(3);
+  });
+});

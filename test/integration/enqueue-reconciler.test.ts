@@ -1,0 +1,84 @@
+import { pino } from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import { VerificationService, type DeliveryQueue } from '../../src/verification/verification-service.js';
+import { startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+import { invitesPerDestination } from '../helpers/engine-process.js';
+import { startSippUas, type SippUas } from '../helpers/sipp.js';
+
+/**
+ * An api process that dies between the create script (the request is stored
+ * and paid for) and `queue.add` leaves a `sent` request with no job. The
+ * worker's reconciler finds it after `worker.requeueAfterMs` and queues it
+ * (job id = request id): the number is called once, the request delivered.
+ */
+let engine: TestEngine | undefined;
+let uas: SippUas | undefined;
+afterEach(async () => {
+  await uas?.stop();
+  await engine?.stop();
+  engine = uas = undefined;
+});
+
+describe('a verification created but never queued', () => {
+  it('is queued by the reconciler and delivered, once', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 30_000 });
+    engine = await startTestEngine(
+      testConfig({
+        flash: { ringMs: 200 },
+        worker: { requeueAfterMs: 500 },
+        sip: { timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] },
+      }),
+    );
+    const account = await engine.account();
+    // The "api process" whose queue call never returns: it died right after the create script.
+    let enqueueCalled = false;
+    const dying: DeliveryQueue = {
+      enqueue: () => {
+        enqueueCalled = true;
+        return new Promise<void>(() => undefined);
+      },
+    };
+    const service = new VerificationService(
+      engine.redis,
+      engine.keys,
+      engine.sealer,
+      engine.config,
+      dying,
+      pino({ level: 'silent' }),
+      new Set(['flash_call'] as const),
+    );
+    void service.create(await engine.accounts.get(account.account_id), { phone_number: '+447700900555', method: 'flash_call' });
+    await waitFor(async () => enqueueCalled);
+    const [id] = await engine.redis.zrange(engine.keys.unqueued(), '0', '-1');
+    expect(id).toBeDefined();
+    expect(await engine.redis.hget(engine.keys.verification(id!), 'status')).toBe('sent');
+
+    const record = await waitFor(async () => {
+      const h = await engine!.redis.hgetall(engine!.keys.verification(id!));
+      return h.status === 'delivered' ? h : undefined;
+    }, 15_000);
+    expect(record.dial_started).toBeTruthy();
+    expect([...invitesPerDestination(uas.messages()).entries()].map(([u, c]) => [u, c.size])).toEqual([['+447700900555', 1]]);
+    expect(engine.logs.join('\n')).toContain('was never queued');
+    // The intent is gone once handled; a later pass finds nothing to do.
+    expect(await engine.redis.zcard(engine.keys.unqueued())).toBe(0);
+  });
+
+  it('a normal create leaves no intent behind, and a refused one neither', async () => {
+    engine = await startTestEngine(testConfig({ worker: { requeueAfterMs: 60_000 } }), 'api');
+    const account = await engine.account({ balance: 0.005 });
+    const ok = await fetch(`${engine.url}/v1/verify`, {
+      method: 'POST',
+      headers: { authorization: account.auth, 'content-type': 'application/json' },
+      body: JSON.stringify({ phone_number: '+447700900556' }),
+    });
+    expect(ok.status).toBe(201);
+    const poor = await fetch(`${engine.url}/v1/verify`, {
+      method: 'POST',
+      headers: { authorization: account.auth, 'content-type': 'application/json' },
+      body: JSON.stringify({ phone_number: '+447700900557' }),
+    });
+    expect(poor.status).toBe(402);
+    expect(await engine.redis.zcard(engine.keys.unqueued())).toBe(0);
+  });
+});

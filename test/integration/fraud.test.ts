@@ -1,0 +1,433 @@
+import { Queue } from 'bullmq';
+import { pino } from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { DeepPartial } from '../../src/config/load.js';
+import type { Config } from '../../src/config/schema.js';
+import { QUEUE_NAMES } from '../../src/engine/queues.js';
+import { RangeHealth } from '../../src/numbers/range-health.js';
+import { http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+import { sipUriUser, startSippUas, type SippUas } from '../helpers/sipp.js';
+
+/**
+ * Fraud and abuse controls (issue 6) over real HTTP and real Redis: velocity
+ * windows, country lists, number types, one live verification per number
+ * with resends, test numbers, and DID range quarantine (with SIPp far ends).
+ */
+const ADMIN = 'admin-token-for-fraud-tests';
+const T1 = 50;
+
+let engine: TestEngine | undefined;
+let uas: SippUas | undefined;
+afterEach(async () => {
+  await uas?.stop();
+  await engine?.stop();
+  uas = undefined;
+  engine = undefined;
+});
+
+async function start(overrides: DeepPartial<Config>, role: 'api' | 'all' = 'api'): Promise<TestEngine> {
+  engine = await startTestEngine(
+    testConfig({ api: { defaultRateLimitPerSecond: 1000 }, admin: { token: ADMIN }, ...overrides }),
+    role,
+  );
+  return engine;
+}
+
+/** An engine whose trunk is a SIPp far end running `scenario` for `calls` calls. */
+async function startWithSipp(scenario: string, calls: number, overrides: DeepPartial<Config> = {}): Promise<TestEngine> {
+  uas = await startSippUas({ scenario, calls, maxLifetimeMs: 60_000 });
+  return start(
+    {
+      flash: { ringMs: 300, ringingTimeoutMs: 1500 },
+      sip: { timers: { t1Ms: T1, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] },
+      ...overrides,
+    },
+    'all',
+  );
+}
+
+const verify = (t: TestEngine, auth: string, body: Record<string, unknown>) => http(`${t.url}/v1/verify`, { auth, body });
+const setFraud = (t: TestEngine, accountId: string, body: unknown) =>
+  http(`${t.url}/admin/v1/accounts/${accountId}/fraud`, { method: 'PUT', auth: `Bearer ${ADMIN}`, body });
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const codeOf = async (t: TestEngine, id: string) => t.sealer.open((await t.redis.hget(t.keys.verification(id), 'code_enc'))!, `code:${id}`);
+
+describe('velocity limits (sliding windows per account)', () => {
+  it('per number: 429 naming the limit with Retry-After, and the window slides', async () => {
+    const t = await start({ fraud: { liveVerification: 'off', velocity: { perNumber: { limit: 2, windowSeconds: 2 } } } });
+    const a = await t.account();
+    expect((await verify(t, a.auth, { phone_number: '+447700900301' })).status).toBe(201);
+    expect((await verify(t, a.auth, { phone_number: '+447700900301' })).status).toBe(201);
+    const over = await verify(t, a.auth, { phone_number: '+447700900301' });
+    expect(over.status).toBe(429);
+    expect(over.body).toMatchObject({ error: 'rate_limited', limit: 'per-number' });
+    expect(String(over.body.message)).toMatch(/to this number: the per-number limit is 2 per 2 s/);
+    const retryAfter = Number(over.headers.get('retry-after'));
+    expect(retryAfter).toBeGreaterThanOrEqual(1);
+    expect(retryAfter).toBeLessThanOrEqual(2);
+    // Another number, another account: their own windows.
+    expect((await verify(t, a.auth, { phone_number: '+447700900302' })).status).toBe(201);
+    const b = await t.account();
+    expect((await verify(t, b.auth, { phone_number: '+447700900301' })).status).toBe(201);
+    // The refused request was not billed.
+    expect((await t.accounts.get(a.account_id)).balance).toBeCloseTo(10 - 3 * 0.004, 6);
+    await sleep(retryAfter * 1000 + 50);
+    expect((await verify(t, a.auth, { phone_number: '+447700900301' })).status).toBe(201);
+    // Never a number in clear in a key name.
+    const names = await t.redis.keys(`${t.config.redis.prefix}:vel:*`);
+    expect(names.length).toBeGreaterThanOrEqual(3);
+    for (const k of names) expect(k).not.toMatch(/447700|\+44/);
+  });
+
+  it('per prefix (the number minus its last 4 digits)', async () => {
+    const t = await start({ fraud: { liveVerification: 'off', velocity: { perPrefix: { limit: 2, windowSeconds: 2 } } } });
+    const a = await t.account();
+    expect((await verify(t, a.auth, { phone_number: '+447700900311' })).status).toBe(201);
+    expect((await verify(t, a.auth, { phone_number: '+447700901312' })).status).toBe(201);
+    const over = await verify(t, a.auth, { phone_number: '+447700909313' });
+    expect([over.status, over.body.limit]).toEqual([429, 'per-prefix']);
+    expect(String(over.body.message)).toMatch(/numbers of this prefix/);
+    expect(over.headers.get('retry-after')).toMatch(/^[12]$/);
+    // Another prefix is fine.
+    expect((await verify(t, a.auth, { phone_number: '+447400123456' })).status).toBe(201);
+  });
+
+  it('per client IP; client_ip must be an IP address; a refused send counts in no window', async () => {
+    const t = await start({
+      fraud: { liveVerification: 'off', velocity: { perIp: { limit: 2, windowSeconds: 2 }, perNumber: { limit: 1, windowSeconds: 60 } } },
+    });
+    const a = await t.account();
+    const ip = '203.0.113.7';
+    expect((await verify(t, a.auth, { phone_number: '+447700900321', client_ip: ip })).status).toBe(201);
+    expect((await verify(t, a.auth, { phone_number: '+447400123456', client_ip: ip })).status).toBe(201);
+    const over = await verify(t, a.auth, { phone_number: '+33612345678', client_ip: ip });
+    expect([over.status, over.body.limit]).toEqual([429, 'per-IP']);
+    expect(String(over.body.message)).toMatch(/for this client IP/);
+    // The refused send did not count for its number (per-number limit 1): it still goes out from another IP.
+    expect((await verify(t, a.auth, { phone_number: '+33612345678', client_ip: '2001:db8::1' })).status).toBe(201);
+    expect((await verify(t, a.auth, { phone_number: '+447911123456' })).status).toBe(201); // no client_ip: no IP window
+    for (const bad of ['1.2.3', 'localhost', '203.0.113.7:80', 42]) {
+      const r = await verify(t, a.auth, { phone_number: '+447911123457', client_ip: bad });
+      expect([r.status, r.body.error]).toEqual([400, 'invalid_request']);
+    }
+    const names = await t.redis.keys(`${t.config.redis.prefix}:vel:*`);
+    for (const k of names) expect(k).not.toContain('203.0.113.7');
+  });
+});
+
+describe('country lists and number types', () => {
+  it('server deny list, account allow list beats it, account deny list', async () => {
+    const t = await start({ fraud: { countries: { deny: ['FR'] } } });
+    const a = await t.account();
+    const b = await t.account();
+    const fr = await verify(t, a.auth, { phone_number: '+33612345678' });
+    expect([fr.status, fr.body.error]).toEqual([400, 'invalid_phone']);
+    expect(String(fr.body.message)).toMatch(/country FR is not allowed/);
+    const set = await setFraud(t, a.account_id, { countries: { allow: ['FR', 'GB'] } });
+    expect(set.status).toBe(200);
+    expect(set.body).toMatchObject({ overrides: { countries: { allow: ['FR', 'GB'] } } });
+    expect((await verify(t, a.auth, { phone_number: '+33612345678' })).status).toBe(201);
+    // Only FR and GB for this account now; the other account still follows the server lists.
+    const us = await verify(t, a.auth, { phone_number: '+14155552671' });
+    expect([us.status, us.body.error]).toEqual([400, 'invalid_phone']);
+    expect(String(us.body.message)).toMatch(/country US is not allowed for this account/);
+    expect((await verify(t, b.auth, { phone_number: '+14155552671' })).status).toBe(201);
+    expect((await verify(t, b.auth, { phone_number: '+33612345679' })).status).toBe(400);
+    await setFraud(t, b.account_id, { countries: { deny: ['US'] } });
+    expect((await verify(t, b.auth, { phone_number: '+14155552672' })).status).toBe(400);
+    expect((await verify(t, b.auth, { phone_number: '+33612345679' })).status).toBe(201); // its own lists replace the server's
+    // Bad overrides are refused with the path of the problem.
+    const bad = await setFraud(t, b.account_id, { countries: { deny: ['France'] } });
+    expect([bad.status, bad.body.error]).toEqual([400, 'invalid_request']);
+    expect(String(bad.body.message)).toMatch(/countries\.deny/);
+    // {} clears them.
+    expect((await setFraud(t, b.account_id, {})).body.overrides).toBeNull();
+  });
+
+  it('premium-rate refused for every method; fixed line refused for flash calls but fine for voice', async () => {
+    const t = await start({});
+    const a = await t.account();
+    for (const method of ['flash_call', 'voice', 'sms']) {
+      const r = await verify(t, a.auth, { phone_number: '+449098790000', method });
+      expect([r.status, r.body.error]).toEqual([400, 'invalid_phone']);
+      expect(String(r.body.message)).toMatch(/premium-rate number is not accepted/);
+    }
+    const tollFree = await verify(t, a.auth, { phone_number: '+448001234567', method: 'voice' });
+    expect(String(tollFree.body.message)).toMatch(/toll-free/);
+    const fixed = await verify(t, a.auth, { phone_number: '+442071234567', method: 'flash_call' });
+    expect([fixed.status, fixed.body.error]).toEqual([400, 'invalid_phone']);
+    expect(String(fixed.body.message)).toMatch(/flash calls go to mobile numbers only and this is a fixed-line number; use method "voice" or "sms"/);
+    expect((await verify(t, a.auth, { phone_number: '+442071234567', method: 'voice' })).status).toBe(201);
+    // Mobile and fixed-or-mobile (NANP) are fine for flash calls; so are numbers the metadata cannot type (Ofcom drama range).
+    expect((await verify(t, a.auth, { phone_number: '+447400123456' })).status).toBe(201);
+    expect((await verify(t, a.auth, { phone_number: '+14155552671' })).status).toBe(201);
+    expect((await verify(t, a.auth, { phone_number: '+447700900331' })).status).toBe(201);
+    // An account may allow fixed lines for flash calls.
+    await setFraud(t, a.account_id, { lineTypes: { flashCall: ['MOBILE', 'FIXED_LINE_OR_MOBILE', 'FIXED_LINE'] } });
+    expect((await verify(t, a.auth, { phone_number: '+442071234567', method: 'flash_call' })).status).toBe(201);
+    const eff = await http(`${t.url}/admin/v1/accounts/${a.account_id}/fraud`, { auth: `Bearer ${ADMIN}` });
+    expect(eff.body).toMatchObject({ effective: { lineTypes: { flashCall: ['MOBILE', 'FIXED_LINE_OR_MOBILE', 'FIXED_LINE'], allowUnknown: true } } });
+  });
+});
+
+describe('one live verification per number and account', () => {
+  it('409 with the live request_id; another method is the documented fallback; per_number scope refuses it', async () => {
+    const t = await start({});
+    const a = await t.account();
+    const first = await verify(t, a.auth, { phone_number: '+447700900341' });
+    expect(first.status).toBe(201);
+    const id = String(first.body.request_id);
+    const again = await verify(t, a.auth, { phone_number: '+447700900341' });
+    expect(again.status).toBe(409);
+    expect(again.body).toEqual({ error: 'verification_pending', message: expect.stringMatching(/still pending/), request_id: id });
+    // The docs' fallback (flash, then voice) goes through by default.
+    expect((await verify(t, a.auth, { phone_number: '+447700900341', method: 'voice' })).status).toBe(201);
+    // Another account is not affected.
+    expect((await verify(t, (await t.account()).auth, { phone_number: '+447700900341' })).status).toBe(201);
+    // Once verified it is not live any more.
+    const ok = await http(`${t.url}/v1/verify/check`, { auth: a.auth, body: { request_id: id, code: await codeOf(t, id) } });
+    expect(ok.status).toBe(200);
+    expect((await verify(t, a.auth, { phone_number: '+447700900341' })).status).toBe(201);
+
+    await setFraud(t, a.account_id, { liveVerification: 'per_number' });
+    const sms = await verify(t, a.auth, { phone_number: '+447700900342', method: 'sms' });
+    const voice = await verify(t, a.auth, { phone_number: '+447700900342', method: 'voice' });
+    expect([voice.status, voice.body.request_id]).toEqual([409, sms.body.request_id]);
+    expect(String(voice.body.message)).toMatch(/uses method sms/);
+    // The live key names neither the number nor the account in clear.
+    for (const k of await t.redis.keys(`${t.config.redis.prefix}:live:*`)) expect(k).not.toMatch(/447700|\+44/);
+  });
+
+  it('concurrent requests for one number: exactly one is created, the others get its id', async () => {
+    const t = await start({});
+    const a = await t.account();
+    const all = await Promise.all(Array.from({ length: 8 }, () => verify(t, a.auth, { phone_number: '+447700900343' })));
+    const created = all.filter((r) => r.status === 201);
+    expect(created).toHaveLength(1);
+    for (const r of all.filter((x) => x.status !== 201)) {
+      expect([r.status, r.body.request_id]).toEqual([409, created[0]!.body.request_id]);
+    }
+    expect((await t.accounts.get(a.account_id)).balance).toBeCloseTo(10 - 0.004, 6);
+  });
+
+  it('resend: same request, new job id, billed, refused while the previous send is unfinished, 6th send refused', async () => {
+    const t = await start({}); // api role: jobs stay queued; the worker's claim is simulated
+    const a = await t.account();
+    const first = await verify(t, a.auth, { phone_number: '+447700900344' });
+    const id = String(first.body.request_id);
+    const key = t.keys.verification(id);
+    const queued = await verify(t, a.auth, { phone_number: '+447700900344', resend: true });
+    expect([queued.status, queued.body.error, queued.body.request_id]).toEqual([409, 'verification_pending', id]);
+    expect(String(queued.body.message)).toMatch(/still queued/);
+    await t.redis.hset(key, 'dial_started', String(Date.now()));
+    const ringing = await verify(t, a.auth, { phone_number: '+447700900344', resend: true });
+    expect(String(ringing.body.message)).toMatch(/still in progress/);
+
+    const queue = new Queue(QUEUE_NAMES.flash_call, { connection: t.redis, prefix: t.keys.bullPrefix() });
+    try {
+      for (let send = 2; send <= 5; send++) {
+        // As a worker would: the previous call dialled and finished.
+        await t.redis.hset(key, { dial_started: String(Date.now()), outcome: 'cancelled', status: 'delivered' });
+        const encBefore = await t.redis.hget(key, 'code_enc');
+        const r = await verify(t, a.auth, { phone_number: '+447700900344', resend: true });
+        expect(r.status).toBe(200);
+        expect(r.body).toMatchObject({ request_id: id, method: 'flash_call', sends: send, cost: { amount: 0.004, currency: 'GBP' } });
+        expect((await queue.getJob(`${id}-r${send}`))?.data).toEqual({ request_id: id });
+        // The claim is open again for exactly that job; a flash resend has a new code (new CLI).
+        expect(await t.redis.hget(key, 'dial_started')).toBeNull();
+        expect(await t.redis.hget(key, 'code_enc')).not.toBe(encBefore);
+      }
+      await t.redis.hset(key, { dial_started: String(Date.now()), outcome: 'cancelled' });
+      const sixth = await verify(t, a.auth, { phone_number: '+447700900344', resend: true });
+      expect([sixth.status, sixth.body.error, sixth.body.request_id]).toEqual([429, 'rate_limited', id]);
+      expect(String(sixth.body.message)).toMatch(/already sent 5 times/);
+    } finally {
+      await queue.close();
+    }
+    expect((await t.accounts.get(a.account_id)).balance).toBeCloseTo(10 - 5 * 0.004, 6);
+    const record = await t.redis.hgetall(key);
+    expect([record.sends, record.cost_total]).toEqual(['5', String(5 * 4000)]);
+    const usage = await http(`${t.url}/v1/usage`, { auth: a.auth });
+    expect(usage.body).toMatchObject({ by_method: { flash_call: { count: 5, cost: 0.02 } } });
+  });
+
+  it('a voice resend repeats the same code', async () => {
+    const t = await start({});
+    const a = await t.account();
+    const first = await verify(t, a.auth, { phone_number: '+447700900345', method: 'voice', code_length: 6 });
+    const id = String(first.body.request_id);
+    const code = await codeOf(t, id);
+    await t.redis.hset(t.keys.verification(id), { dial_started: String(Date.now()), outcome: 'played', status: 'delivered' });
+    const r = await verify(t, a.auth, { phone_number: '+447700900345', method: 'voice', resend: true });
+    expect([r.status, r.body.sends, r.body.code_length]).toEqual([200, 2, 6]);
+    expect(await codeOf(t, id)).toBe(code);
+  });
+
+  it('a flash resend dials again with a new caller ID; the new code verifies, the old one no longer does', async () => {
+    const t = await startWithSipp('uas-ring-cancel', 2);
+    const a = await t.account();
+    const first = await verify(t, a.auth, { phone_number: '+447700900346' });
+    const id = String(first.body.request_id);
+    const key = t.keys.verification(id);
+    const invite1 = await uas!.waitForMessage((m) => m.method === 'INVITE', 10_000);
+    await waitFor(async () => (await t.redis.hget(key, 'outcome')) === 'cancelled', 10_000);
+    const resent = await verify(t, a.auth, { phone_number: '+447700900346', resend: true });
+    expect([resent.status, resent.body.request_id, resent.body.sends]).toEqual([200, id, 2]);
+    await waitFor(async () => uas!.requests('INVITE').length >= 2, 10_000);
+    const cli1 = sipUriUser(invite1.header('from'))!;
+    const cli2 = sipUriUser(uas!.requests('INVITE')[1]!.header('from'))!;
+    expect(cli2).not.toBe(cli1);
+    await waitFor(async () => (await t.redis.hget(key, 'outcome')) === 'cancelled', 10_000);
+    expect(await t.redis.hget(key, 'status')).toBe('delivered');
+    const check = (code: string) => http(`${t.url}/v1/verify/check`, { auth: a.auth, body: { request_id: id, code } });
+    if (cli1.slice(-4) !== cli2.slice(-4)) expect((await check(cli1.slice(-4))).body.error).toBe('invalid_code');
+    expect((await check(cli2.slice(-4))).body).toMatchObject({ request_id: id, status: 'verified' });
+    expect((await uas!.waitForExit(10_000)).code).toBe(0);
+    expect((await t.accounts.get(a.account_id)).balance).toBeCloseTo(10 - 2 * 0.004, 6);
+  }, 60_000);
+});
+
+describe('test numbers', () => {
+  it('never reach the network, are delivered at once, accept the configured code and cost nothing', async () => {
+    const t = await startWithSipp('uas-ring-cancel', 1, { fraud: { testNumbers: [{ number: '+447700900999', code: '4321' }] } });
+    const a = await t.account();
+    const created = await verify(t, a.auth, { phone_number: '+447700900999' });
+    expect(created.status).toBe(201);
+    expect(created.body).toMatchObject({ status: 'sent', cost: { amount: 0, currency: 'GBP' }, code_length: 4 });
+    const id = String(created.body.request_id);
+    await waitFor(async () => (await http(`${t.url}/v1/verify/${id}`, { auth: a.auth })).body.status === 'delivered', 5000);
+    const delivered = (await readEvents(t.redis, t.keys)).find((e) => e.request_id === id && e.status === 'delivered');
+    expect(JSON.parse(delivered!.detail!)).toEqual({ test_number: true });
+    // Test numbers are exempt from the one-live rule (automated tests run in parallel).
+    expect((await verify(t, a.auth, { phone_number: '+447700900999' })).status).toBe(201);
+    const wrong = await http(`${t.url}/v1/verify/check`, { auth: a.auth, body: { request_id: id, code: '1234' } });
+    expect(wrong.body.error).toBe('invalid_code');
+    const ok = await http(`${t.url}/v1/verify/check`, { auth: a.auth, body: { request_id: id, code: '4321' } });
+    expect(ok.body).toEqual({ request_id: id, status: 'verified', phone_number: '+447700900999' });
+    // An account's own test numbers (6 digits for voice).
+    await setFraud(t, a.account_id, { testNumbers: [{ number: '+447700900998', code: '246810' }] });
+    const voice = await verify(t, a.auth, { phone_number: '+447700900998', method: 'voice' });
+    expect(voice.body).toMatchObject({ code_length: 6, cost: { amount: 0 } });
+    const vok = await http(`${t.url}/v1/verify/check`, { auth: a.auth, body: { request_id: voice.body.request_id, code: '246810' } });
+    expect(vok.status).toBe(200);
+    const flash6 = await verify(t, a.auth, { phone_number: '+447700900998' });
+    expect([flash6.status, flash6.body.error]).toEqual([400, 'invalid_request']);
+
+    expect((await t.accounts.get(a.account_id)).balance).toBe(10);
+    await sleep(500);
+    expect(uas!.requests()).toEqual([]);
+  }, 30_000);
+});
+
+describe('DID range health and quarantine', () => {
+  const logger = pino({ level: 'silent' });
+
+  it('quarantines a range whose calls are rejected, or whose sends are not verified, and releases it', async () => {
+    const t = await start({});
+    let now = Date.parse('2026-03-04T12:00:00Z');
+    const health = new RangeHealth({
+      redis: t.redis,
+      keys: t.keys,
+      // Judged on every outcome (the engine judges a range at most once per judgeIntervalMs).
+      config: { enabled: true, minSample: 4, maxRejectRatio: 0.5, minConversionRatio: 0.25, windowSeconds: 600, conversionGraceSeconds: 60, quarantineSeconds: 60, judgeIntervalMs: 0 },
+      ranges: ['+4419087300', '+4419087301'],
+      logger,
+      now: () => now,
+      cacheMs: 0,
+    });
+    const A = '+4419087300';
+    const B = '+4419087301';
+    // Rejected: 3 of 4 refused with 403/603 (> 0.5) once the sample is big enough.
+    expect(await health.recordDial(A, { sent: false, rejected: true })).toBeUndefined();
+    expect(await health.recordDial(A, { sent: true, rejected: false })).toBeUndefined();
+    expect(await health.recordDial(A, { sent: false, rejected: true })).toBeUndefined();
+    expect(await health.recordDial(A, { sent: false, rejected: true })).toBe('rejected');
+    expect(await health.usable(A)).toBe(false);
+    expect(await health.usable(B)).toBe(true);
+    expect([...(await health.quarantined())]).toEqual([A]);
+    await health.release(A);
+    expect(await health.usable(A)).toBe(true);
+    expect((await health.stats(A)).attempts).toBe(0); // judged afresh after a quarantine
+
+    // Unverified: 4 sends, 1 verified ... but only judged once the grace period has passed.
+    for (let i = 0; i < 4; i++) await health.recordDial(B, { sent: true, rejected: false });
+    await health.recordVerified(B, now);
+    now += 30_000;
+    expect(await health.evaluate(B)).toBeUndefined(); // users may still be typing
+    now += 120_000;
+    expect(await health.stats(B)).toMatchObject({ sent: 4, verified: 1, judgedSent: 4, judgedVerified: 1 });
+    expect(await health.evaluate(B)).toBeUndefined(); // 1/4 is not below 0.25
+    await health.recordDial(B, { sent: true, rejected: false }, now - 150_000); // with the first four
+    expect(await health.evaluate(B)).toBe('unverified'); // 1/5
+    expect(await health.usable(B)).toBe(false);
+    // The quarantine lapses by itself.
+    expect(await t.redis.ttl(t.keys.rangeQuarantine(B))).toBeGreaterThan(50);
+  });
+
+  it('judges a range at most once per judgeIntervalMs: outcomes in between are counted, and judged at the next judgement', async () => {
+    const t = await start({});
+    let now = Date.parse('2026-03-04T12:00:00Z');
+    const health = new RangeHealth({
+      redis: t.redis,
+      keys: t.keys,
+      config: { enabled: true, minSample: 4, maxRejectRatio: 0.5, minConversionRatio: 0, windowSeconds: 600, conversionGraceSeconds: 60, quarantineSeconds: 60, judgeIntervalMs: 1000 },
+      ranges: ['+4419087302'],
+      logger,
+      now: () => now,
+      cacheMs: 0,
+    });
+    const A = '+4419087302';
+    for (let i = 0; i < 6; i++) expect(await health.recordDial(A, { sent: false, rejected: true })).toBeUndefined();
+    expect(await health.stats(A)).toMatchObject({ attempts: 6, rejected: 6 });
+    expect(await health.usable(A)).toBe(true);
+    now += 1000;
+    await health.recordDial(A, { sent: false, rejected: true });
+    expect(await t.redis.get(t.keys.rangeQuarantine(A))).toBe('rejected');
+    expect(await health.usable(A)).toBe(false);
+    // Counters carry a TTL although they are no longer set in a MULTI with every increment.
+    await health.release(A);
+    await health.recordDial(A, { sent: true, rejected: false });
+    expect(await t.redis.pttl(t.keys.rangeBucket(A, now - (now % 50_000)))).toBeGreaterThan(0);
+  });
+
+  it('end to end: a range rejected with 603 is quarantined, the next call uses the other range, the gauge shows it', async () => {
+    const A = '+4419087300';
+    const B = '+4419087301';
+    const t = await startWithSipp('uas-decline-603', 6, {
+      numbers: { ranges: [{ prefix: A, country: 'GB' }, { prefix: B, country: 'GB' }] },
+      fraud: { rangeHealth: { minSample: 2, maxRejectRatio: 0.5, minConversionRatio: 0, quarantineSeconds: 600, judgeIntervalMs: 0 } },
+    });
+    // B has a good history: its one 603 will not tip it over.
+    const health = new RangeHealth({ redis: t.redis, keys: t.keys, config: t.config.fraud.rangeHealth, ranges: [A, B], logger });
+    for (let i = 0; i < 10; i++) await health.recordDial(B, { sent: true, rejected: false });
+    const a = await t.account();
+    const clis: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const r = await verify(t, a.auth, { phone_number: `+44770090035${i}` });
+      expect(r.status).toBe(201);
+      await waitFor(async () => (await t.redis.hget(t.keys.verification(String(r.body.request_id)), 'status')) === 'failed', 10_000);
+      clis.push(sipUriUser(uas!.requests('INVITE')[i]!.header('from'))!);
+      if (await t.redis.exists(t.keys.rangeQuarantine(A))) break;
+    }
+    expect(await t.redis.get(t.keys.rangeQuarantine(A))).toBe('rejected');
+    expect(await t.redis.exists(t.keys.rangeQuarantine(B))).toBe(0);
+    expect(t.logs.some((l) => l.includes('"level":40') && l.includes(`DID range ${A} quarantined`))).toBe(true);
+    // The next calls all use B.
+    await sleep(1100); // the selector's view of the quarantine is at most 1 s old
+    for (let i = 0; i < 2; i++) {
+      const n = uas!.requests('INVITE').length;
+      const r = await verify(t, a.auth, { phone_number: `+44770090036${i}` });
+      await waitFor(async () => (await t.redis.hget(t.keys.verification(String(r.body.request_id)), 'status')) === 'failed', 10_000);
+      expect(sipUriUser(uas!.requests('INVITE')[n]!.header('from'))!.startsWith(B)).toBe(true);
+    }
+    expect(clis.some((c) => c.startsWith(A))).toBe(true);
+    const metrics = await (await fetch(`${t.url}/metrics`)).text();
+    expect(metrics).toContain(`flashverify_range_quarantined{range="${A}"} 1`);
+    expect(metrics).toContain(`flashverify_range_quarantined{range="${B}"} 0`);
+    // Conversion counters per day: rejected calls per range, sends per country.
+    const day = new Date().toISOString().slice(0, 10);
+    const conv = await t.redis.hgetall(t.keys.conversion(day));
+    expect(Number(conv[`range:${A}:rejected`])).toBeGreaterThanOrEqual(2);
+    expect(Number(conv['country:GB:flash_call:sent'])).toBeGreaterThanOrEqual(4);
+  }, 90_000);
+});

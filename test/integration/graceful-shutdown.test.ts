@@ -1,0 +1,111 @@
+import { Queue } from 'bullmq';
+import { afterEach, describe, expect, it } from 'vitest';
+import { http, waitFor } from '../helpers/engine.js';
+import { engineCluster, invitesPerDestination, type EngineCluster } from '../helpers/engine-process.js';
+import { startRtpReceiver, type RtpReceiver } from '../helpers/rtp-receiver.js';
+import { startSippUas, type SippUas } from '../helpers/sipp.js';
+
+/**
+ * SIGTERM to a `flashverify start --role worker` process: it takes no new
+ * job, CANCELs the flash calls that ring (the caller ID is shown: they stay
+ * delivered), lets voice prompts play until the grace is nearly over and then
+ * hangs up with BYE, applies the events of those calls, and exits 0 within
+ * `worker.shutdownGraceMs`. What it had not started stays queued for the next
+ * worker.
+ */
+const GRACE_MS = 6000;
+
+let cluster: EngineCluster | undefined;
+let uas: SippUas | undefined;
+let rtp: RtpReceiver | undefined;
+afterEach(async () => {
+  await uas?.stop();
+  await cluster?.cleanup();
+  await rtp?.close();
+  uas = cluster = rtp = undefined;
+});
+
+const base = (uri: string, worker: Record<string, unknown>) => ({
+  worker: { shutdownGraceMs: GRACE_MS, lockDurationMs: 2000, stalledIntervalMs: 1000, ...worker },
+  api: { defaultRateLimitPerSecond: 1000 },
+  sip: { timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri }] },
+});
+
+async function create(c: EngineCluster, auth: string, method: string, phone: string): Promise<string> {
+  const r = await http(`${c.httpUrl}/v1/verify`, { auth, body: { phone_number: phone, method } });
+  expect(r.status).toBe(201);
+  return String(r.body.request_id);
+}
+
+describe('SIGTERM to a worker', { timeout: 60_000 }, () => {
+  it('CANCELs ringing flash calls at once, leaves queued jobs queued, exits 0 within the grace', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 6, maxLifetimeMs: 50_000 });
+    cluster = await engineCluster({ ...base(uas.uri, { flashConcurrency: 4 }), flash: { ringMs: 8000 } });
+    await cluster.start('api');
+    const worker = await cluster.start('worker');
+    const { auth } = await cluster.account();
+    const ids: string[] = [];
+    for (let i = 0; i < 6; i++) ids.push(await create(cluster, auth, 'flash_call', `+44770090030${i}`));
+    // Four calls ring (they would ring 8 s); two jobs wait for a free slot.
+    await waitFor(async () => uas!.sent().filter((m) => m.status === 180).length >= 4, 15_000, 25);
+
+    worker.kill('SIGTERM');
+    const exit = await worker.waitExit(GRACE_MS + 3000);
+    expect(exit).toMatchObject({ code: 0, timedOut: false });
+    // Every ringing call got its CANCEL at once: the process was gone long before an 8 s ring would end.
+    expect(exit.ms).toBeLessThan(5000);
+    const cancels = uas.requests('CANCEL');
+    expect(new Set(cancels.map((m) => m.header('call-id'))).size).toBe(4);
+
+    const statuses = await Promise.all(ids.map((id) => cluster!.redis.hmget(cluster!.keys.verification(id), 'status', 'dial_started')));
+    // The four that rang are delivered (applied before exit); the two never started are still queued, undialled.
+    expect(statuses.filter(([s]) => s === 'delivered')).toHaveLength(4);
+    const waiting = ids.filter((_, i) => statuses[i]![0] === 'sent');
+    expect(waiting).toHaveLength(2);
+    for (const id of waiting) expect(statuses[ids.indexOf(id)]![1]).toBeNull();
+    const queue = new Queue('flash', { connection: { url: cluster.redisUrl }, prefix: cluster.keys.bullPrefix() });
+    try {
+      for (const id of waiting) expect(await (await queue.getJob(id))?.getState()).toBe('waiting');
+    } finally {
+      await queue.close();
+    }
+
+    // The next worker delivers them; nobody is called twice.
+    await cluster.start('worker');
+    await waitFor(async () => {
+      const s = await Promise.all(waiting.map((id) => cluster!.redis.hget(cluster!.keys.verification(id), 'status')));
+      return s.every((x) => x === 'delivered');
+    }, 20_000, 250);
+    for (const [, calls] of invitesPerDestination(uas.messages())) expect(calls.size).toBe(1);
+    expect(invitesPerDestination(uas.messages()).size).toBe(6);
+  });
+
+  it('lets voice prompts play, then hangs up with BYE when the grace runs out, and exits 0', async () => {
+    rtp = await startRtpReceiver();
+    uas = await startSippUas({ scenario: 'uas-voice-answer', calls: 2, maxLifetimeMs: 50_000, vars: { rtp_ip: '127.0.0.1', rtp_port: rtp.port } });
+    cluster = await engineCluster(base(uas.uri, { voiceConcurrency: 2 }));
+    await cluster.start('api');
+    const worker = await cluster.start('worker');
+    const { auth } = await cluster.account();
+    const ids = [await create(cluster, auth, 'voice', '+447700900400'), await create(cluster, auth, 'voice', '+447700900401')];
+    await waitFor(async () => uas!.sent().filter((m) => m.status === 200 && /INVITE/.test(m.header('cseq') ?? '')).length >= 2, 15_000, 25);
+    await waitFor(async () => rtp!.packets.length > 0, 5000, 25);
+
+    const t0 = performance.now();
+    worker.kill('SIGTERM');
+    const exit = await worker.waitExit(GRACE_MS + 3000);
+    expect(exit).toMatchObject({ code: 0, timedOut: false });
+    expect(exit.ms).toBeLessThan(GRACE_MS + 1000);
+
+    // The prompt (about 10 s) went on after SIGTERM until the grace was nearly over, then our BYE.
+    const byes = uas.requests('BYE');
+    expect(new Set(byes.map((m) => m.header('call-id'))).size).toBe(2);
+    const lastRtp = Math.max(...rtp.packets.map((p) => p.at));
+    expect(lastRtp - t0).toBeGreaterThan(GRACE_MS / 2);
+    expect((await uas.waitForExit(5000)).code).toBe(0); // both calls: answered, ACKed, BYEd cleanly
+    for (const id of ids) {
+      const [status, outcome] = await cluster.redis.hmget(cluster.keys.verification(id), 'status', 'outcome');
+      expect([status, outcome]).toEqual(['delivered', 'shutdown']);
+    }
+  });
+});

@@ -1,0 +1,88 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { http, waitFor } from '../helpers/engine.js';
+import { engineCluster, type EngineCluster } from '../helpers/engine-process.js';
+import { ownRedis, type OwnRedis } from '../helpers/redis-server.js';
+import { startSippUas, type SippUas } from '../helpers/sipp.js';
+
+/**
+ * Redis killed with SIGKILL under load and started again on the same port
+ * and AOF directory (appendfsync always). The engine (api and worker as
+ * separate processes) reconnects by itself; while Redis is down the API
+ * answers 503 `service_unavailable` at once instead of hanging; every
+ * verification it accepted (201) before or after ends delivered or failed.
+ */
+let redis: OwnRedis | undefined;
+let cluster: EngineCluster | undefined;
+let uas: SippUas | undefined;
+afterEach(async () => {
+  await uas?.stop();
+  await cluster?.cleanup();
+  await redis?.cleanup();
+  uas = cluster = redis = undefined;
+});
+
+describe('Redis restarted under load', { timeout: 60_000 }, () => {
+  it('503 while down, accepts again when back, nothing accepted is lost', async () => {
+    redis = await ownRedis();
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 200, maxLifetimeMs: 55_000 });
+    cluster = await engineCluster(
+      {
+        flash: { ringMs: 200 },
+        api: { defaultRateLimitPerSecond: 1000 },
+        worker: { lockDurationMs: 3000, stalledIntervalMs: 1000 },
+        events: { claimIdleMs: 1000 },
+        numbers: { cliCooldownSeconds: 0 },
+        sip: { timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] },
+      },
+      { redisUrl: redis.url },
+    );
+    await cluster.start('api');
+    await cluster.start('worker');
+    const { auth } = await cluster.account(100);
+    const accepted: string[] = [];
+    let n = 0;
+    const send = async () => {
+      const t0 = performance.now();
+      const r = await http(`${cluster!.httpUrl}/v1/verify`, { auth, body: { phone_number: `+4477009${String(10_000 + n++).slice(1)}` } });
+      if (r.status === 201) accepted.push(String(r.body.request_id));
+      return { ...r, ms: performance.now() - t0 };
+    };
+
+    // Load before the crash.
+    for (let i = 0; i < 30; i++) expect((await send()).status).toBe(201);
+
+    await redis.kill();
+    // Down: every request answered 503 service_unavailable, promptly.
+    const down: { status: number; error: unknown; ms: number }[] = [];
+    for (let i = 0; i < 10; i++) {
+      const r = await send();
+      down.push({ status: r.status, error: r.body.error, ms: r.ms });
+    }
+    for (const d of down) expect(d).toMatchObject({ status: 503, error: 'service_unavailable' });
+    expect(Math.max(...down.map((d) => d.ms))).toBeLessThan(2000);
+
+    await redis.start();
+    // Back: the engine reconnects by itself and accepts again.
+    const back = performance.now();
+    await waitFor(async () => (await send()).status === 201, 15_000, 100);
+    expect(performance.now() - back).toBeLessThan(10_000);
+    for (let i = 0; i < 30; i++) expect((await send()).status).toBe(201);
+
+    // Nothing accepted is lost: every 201 (before and after) ends delivered or failed with a reason.
+    const records = new Map<string, Record<string, string>>();
+    await waitFor(
+      async () => {
+        for (const id of accepted) records.set(id, await cluster!.redis.hgetall(cluster!.keys.verification(id)));
+        return [...records.values()].every((r) => r.status === 'delivered' || r.status === 'failed');
+      },
+      30_000,
+      250,
+    ).catch(() => {
+      throw new Error(`not settled: ${[...records].filter(([, r]) => r.status !== 'delivered' && r.status !== 'failed').map(([id, r]) => `${id}=${r.status}`).join(' ')}`);
+    });
+    expect(accepted.length).toBeGreaterThanOrEqual(61);
+    for (const [id, r] of records) if (r.status === 'failed') expect(r.failure_reason, id).toBeTruthy();
+    const delivered = [...records.values()].filter((r) => r.status === 'delivered').length;
+    expect(delivered).toBeGreaterThanOrEqual(accepted.length - 2);
+  });
+});

@@ -1,0 +1,386 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { pino } from 'pino';
+import type { TrunkConfig } from '../../../src/config/schema.js';
+import { placeFlashCall, type FlashResult } from '../../../src/engine/flash-call.js';
+import { placeVoiceCall } from '../../../src/engine/voice-call.js';
+import type { MediaPlayer, MediaSession } from '../../../src/media/media-player.js';
+import { parseAnswer } from '../../../src/media/sdp.js';
+import { CONNECTION_LOST, DrachtioOriginator } from '../../../src/sip/drachtio/drachtio-originator.js';
+import { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
+import { SCENARIOS, type DrachtioScenario } from '../../fakes/drachtio-scenarios.js';
+import { FakeDrachtioServer } from '../../fakes/drachtio-server.js';
+import { http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../../helpers/engine.js';
+import { sipUriUser, startSippUas } from '../../helpers/sipp.js';
+
+/**
+ * The flash-call outcome table of design.md "Flash call, precisely", run on
+ * BOTH signalling backends through the one policy (placeFlashCall):
+ *  - embedded: our UAC against the SIPp scenario of the row (sip-test/);
+ *  - drachtio: DrachtioOriginator (drachtio-srf) against the fake
+ *    drachtio-server playing the same far-end behaviour (test/fakes/).
+ * Each row checks the outcome, whether it rang (the `delivered` moment), the
+ * final SIP status and the SIP requests that went on the wire.
+ */
+const T1 = 50;
+const RING_MS = 300;
+const RINGING_TIMEOUT_MS = 1500;
+const CALL_TIMEOUT_MS = 64 * T1; // Timer B
+const SETTLE_MS = 64 * T1 + 1000;
+const SECRET = 'cymru-test';
+const logger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
+
+function trunk(uri: string, extra: Partial<TrunkConfig> = {}): TrunkConfig {
+  return { name: 'test', uri, cps: 200, ringOn183: false, dummySdp: false, headers: {}, ...extra };
+}
+
+interface Row {
+  scenario: DrachtioScenario;
+  trunk?: Partial<TrunkConfig>;
+  sippVars?: Record<string, number>;
+  outcome: FlashResult['outcome'];
+  rang: boolean;
+  sipStatus?: number;
+  /** SIP requests on the wire, consecutive retransmissions collapsed. */
+  wire: string[];
+}
+
+const TABLE: Row[] = [
+  { scenario: SCENARIOS.ringCancel, outcome: 'cancelled', rang: true, sipStatus: 487, wire: ['INVITE', 'CANCEL', 'ACK'] },
+  {
+    scenario: SCENARIOS.sessionProgressOnly,
+    trunk: { ringOn183: true },
+    outcome: 'cancelled',
+    rang: true,
+    sipStatus: 487,
+    wire: ['INVITE', 'CANCEL', 'ACK'],
+  },
+  { scenario: SCENARIOS.answerCrossesCancel, outcome: 'answered', rang: true, sipStatus: 200, wire: ['INVITE', 'CANCEL', 'ACK', 'BYE'] },
+  { scenario: SCENARIOS.answer, outcome: 'answered', rang: true, sipStatus: 200, wire: ['INVITE', 'ACK', 'BYE'] },
+  { scenario: SCENARIOS.busy, outcome: 'busy', rang: false, sipStatus: 486, wire: ['INVITE', 'ACK'] },
+  { scenario: SCENARIOS.declined, outcome: 'declined', rang: false, sipStatus: 603, wire: ['INVITE', 'ACK'] },
+  { scenario: SCENARIOS.notFound, outcome: 'not_found', rang: false, sipStatus: 404, wire: ['INVITE', 'ACK'] },
+  { scenario: SCENARIOS.unavailable, outcome: 'unavailable', rang: false, sipStatus: 480, wire: ['INVITE', 'ACK'] },
+  { scenario: SCENARIOS.tryingOnly, outcome: 'no_ringing', rang: false, sipStatus: 487, wire: ['INVITE', 'CANCEL', 'ACK'] },
+  // No CANCEL before a provisional response (RFC 3261 9.1): only the INVITE (and its UDP retransmissions).
+  { scenario: SCENARIOS.noResponse, sippVars: { hold_ms: 64 * T1 + 1500 }, outcome: 'timeout', rang: false, wire: ['INVITE'] },
+];
+
+function collapse(methods: string[]): string[] {
+  return methods.filter((m, i) => m !== methods[i - 1]);
+}
+
+interface Observed {
+  result: FlashResult;
+  ringingStatus: number | undefined;
+  wire: string[];
+}
+
+function flash(originator: DrachtioOriginator | EmbeddedSipOriginator, t: TrunkConfig): Promise<{ result: FlashResult; ringingStatus: number | undefined }> {
+  let ringingStatus: number | undefined;
+  return placeFlashCall(originator, {
+    to: '+447700900123',
+    cli: '+44190873001234',
+    trunk: t,
+    ringMs: RING_MS,
+    ringingTimeoutMs: RINGING_TIMEOUT_MS,
+    settleMs: SETTLE_MS,
+    logger,
+    onRinging: (_callId, status) => {
+      ringingStatus = status;
+    },
+  }).then((result) => ({ result, ringingStatus }));
+}
+
+function check(row: Row, seen: Observed): void {
+  expect(seen.result.outcome).toBe(row.outcome);
+  expect(seen.result.rang).toBe(row.rang);
+  expect(seen.ringingStatus !== undefined).toBe(row.rang);
+  if (row.sipStatus !== undefined) expect(seen.result.sipStatus).toBe(row.sipStatus);
+  expect(seen.result.callId).not.toBe('');
+  expect(collapse(seen.wire)).toEqual(row.wire);
+}
+
+describe.each(['embedded', 'drachtio'] as const)('flash-call outcome table on the %s backend', (backend) => {
+  let fake: FakeDrachtioServer | undefined;
+  let drachtio: DrachtioOriginator | undefined;
+  let embedded: EmbeddedSipOriginator | undefined;
+
+  beforeAll(async () => {
+    if (backend === 'drachtio') {
+      fake = await FakeDrachtioServer.start({ secret: SECRET });
+      drachtio = newDrachtio(fake.port);
+      await drachtio.start();
+      expect(drachtio.isConnected()).toBe(true);
+    } else {
+      embedded = new EmbeddedSipOriginator({
+        listen: { host: '127.0.0.1', port: 0, transports: ['udp', 'tcp'] },
+        timers: { t1Ms: T1, t2Ms: 400, t4Ms: 500 },
+        userAgent: 'flashverify-test',
+        logger,
+      });
+      await embedded.start();
+    }
+  });
+  afterAll(async () => {
+    await drachtio?.stop();
+    await embedded?.stop();
+    await fake?.stop();
+  });
+
+  it.each(TABLE.map((row) => [row.scenario.name, row] as const))('%s', async (_name, row) => {
+    if (backend === 'drachtio') {
+      fake!.scenario = row.scenario;
+      const { result, ringingStatus } = await flash(drachtio!, trunk('sip:192.0.2.10:5060', row.trunk));
+      // The BYE of an answered call leaves right after the outcome: give the wire a moment.
+      const wire = await waitFor(async () => {
+        const methods = fake!.wire().filter((r) => r.callId === result.callId).map((r) => r.method);
+        return collapse(methods).length >= row.wire.length ? methods : undefined;
+      }, 3000).catch(() => fake!.wire().filter((r) => r.callId === result.callId).map((r) => r.method));
+      check(row, { result, ringingStatus, wire });
+      const invite = fake!.wire('INVITE').find((r) => r.callId === result.callId)!;
+      expect(sipUriUser(invite.sip.header('from'))).toBe('+44190873001234');
+      expect(sipUriUser(invite.sip.header('p-asserted-identity'))).toBe('+44190873001234');
+      expect(invite.uri).toBe('sip:+447700900123@192.0.2.10:5060;user=phone');
+      expect(invite.sip.body).toBe('');
+      expect(drachtio!.activeCalls).toBe(0);
+    } else {
+      const uas = await startSippUas({ scenario: row.scenario.sipp, vars: row.sippVars, maxLifetimeMs: 30_000 });
+      try {
+        const { result, ringingStatus } = await flash(embedded!, trunk(uas.uri, row.trunk));
+        const exit = await uas.waitForExit(10_000);
+        expect(exit.code).toBe(0);
+        check(row, { result, ringingStatus, wire: uas.requests().map((m) => m.method!) });
+      } finally {
+        await uas.stop();
+      }
+    }
+  });
+});
+
+function newDrachtio(port: number, overrides: Partial<ConstructorParameters<typeof DrachtioOriginator>[0]> = {}): DrachtioOriginator {
+  return new DrachtioOriginator({
+    host: '127.0.0.1',
+    port,
+    secret: SECRET,
+    enablePing: true,
+    pingIntervalMs: 5000,
+    reconnectMinMs: 100,
+    reconnectMaxMs: 400,
+    callTimeoutMs: CALL_TIMEOUT_MS,
+    userAgent: 'flashverify-test',
+    logger,
+    ...overrides,
+  });
+}
+
+describe('drachtio backend: connection to drachtio-server', () => {
+  let fake: FakeDrachtioServer | undefined;
+  let drachtio: DrachtioOriginator | undefined;
+  afterEach(async () => {
+    await drachtio?.stop();
+    await fake?.stop();
+    drachtio = undefined;
+    fake = undefined;
+  });
+
+  it('connection lost while ringing: the call settles at once (drachtio connection lost), readiness drops, it reconnects when drachtio-server is back', async () => {
+    fake = await FakeDrachtioServer.start({ secret: SECRET });
+    drachtio = newDrachtio(fake.port);
+    await drachtio.start();
+    fake.scenario = SCENARIOS.connectionLostWhileRinging;
+    // ringMs longer than the drop: the call is ringing, CANCEL not yet due, when the connection breaks.
+    const started = Date.now();
+    let ended = false;
+    let paused: Promise<void> | undefined;
+    const result = await new Promise<FlashResult>((resolve) => {
+      void placeFlashCall(drachtio!, {
+        to: '+447700900123',
+        cli: '+44190873001234',
+        trunk: trunk('sip:192.0.2.10:5060'),
+        ringMs: 5000,
+        ringingTimeoutMs: 5000,
+        settleMs: SETTLE_MS,
+        logger,
+        onRinging: () => {
+          // drachtio-server goes away for a while: reconnects are refused until resume().
+          paused = new Promise((r) => setTimeout(r, 50)).then(() => fake!.pause());
+        },
+      }).then(resolve);
+    });
+    ended = true;
+    expect(Date.now() - started).toBeLessThan(2000);
+    // Rang first, so the policy reports the call as shown (cancelled) with the connection-loss phrase.
+    expect(result.rang).toBe(true);
+    expect(result.phrase).toBe(CONNECTION_LOST);
+    await paused;
+    expect(drachtio.isConnected()).toBe(false);
+    expect(drachtio.activeCalls).toBe(0);
+    // While it is down, new calls fail unreachable at once.
+    const down = await flash(drachtio, trunk('sip:192.0.2.10:5060'));
+    expect(down.result.outcome).toBe('unreachable');
+    await new Promise((r) => setTimeout(r, 500)); // a few refused reconnects (back-off 100..400 ms)
+    await fake.resume();
+    await waitFor(async () => drachtio!.isConnected(), 5000);
+    fake.scenario = SCENARIOS.busy;
+    const after = await flash(drachtio, trunk('sip:192.0.2.10:5060'));
+    expect(after.result.outcome).toBe('busy');
+    expect(ended).toBe(true);
+  });
+
+  it('connection lost before any provisional: failed unreachable', async () => {
+    fake = await FakeDrachtioServer.start({ secret: SECRET });
+    drachtio = newDrachtio(fake.port);
+    await drachtio.start();
+    fake.scenario = { ...SCENARIOS.noResponse, dropConnectionAfterMs: 100 };
+    const { result } = await flash(drachtio, trunk('sip:192.0.2.10:5060'));
+    expect(result.outcome).toBe('unreachable');
+    expect(result.phrase).toBe(CONNECTION_LOST);
+  });
+
+  it('a wrong secret fails start() with drachtio_auth_failed', async () => {
+    fake = await FakeDrachtioServer.start({ secret: SECRET });
+    drachtio = newDrachtio(fake.port, { secret: 'wrong' });
+    await expect(drachtio.start()).rejects.toMatchObject({ code: 'drachtio_auth_failed' });
+    expect(drachtio.isConnected()).toBe(false);
+  });
+
+  it('drachtio-server down at boot: start() resolves, readiness false, connects once it is up', async () => {
+    fake = await FakeDrachtioServer.start({ secret: SECRET });
+    await fake.pause();
+    drachtio = newDrachtio(fake.port);
+    await drachtio.start();
+    expect(drachtio.isConnected()).toBe(false);
+    await fake.resume();
+    await waitFor(async () => drachtio!.isConnected(), 5000);
+    // Pings flow once authenticated (enablePing).
+    expect(fake.frames.some((f) => f.type === 'authenticate')).toBe(true);
+  });
+
+  it('a far-end BYE on an answered call is answered 200 and reported', async () => {
+    fake = await FakeDrachtioServer.start({ secret: SECRET });
+    drachtio = newDrachtio(fake.port);
+    await drachtio.start();
+    fake.scenario = SCENARIOS.remoteHangup;
+    const events: string[] = [];
+    await new Promise<void>((resolve) => {
+      drachtio!.originate(
+        { to: '+447700900123', from: '+44190873001234', trunk: trunk('sip:192.0.2.10:5060'), logger },
+        {
+          onAnswered: (_sdp, crossed) => events.push(`answered:${crossed}`),
+          onRemoteHangup: () => events.push('remote_hangup'),
+          onEnded: () => {
+            events.push('ended');
+            resolve();
+          },
+        },
+      );
+    });
+    expect(events).toEqual(['answered:false', 'remote_hangup', 'ended']);
+    // drachtio-srf answers the BYE 200 (the frame may land just after onEnded).
+    await waitFor(async () => fake!.appResponses.length > 0, 2000);
+    expect(fake.appResponses.map((r) => r.status)).toEqual([200]);
+    expect(fake.wire('BYE')).toHaveLength(0); // we did not send one
+  });
+});
+
+describe('drachtio backend: voice call smoke test', () => {
+  it('the SDP offer goes out as localSdp, a re-INVITE is answered with it, then our BYE', async () => {
+    const fake = await FakeDrachtioServer.start({ secret: SECRET });
+    const drachtio = newDrachtio(fake.port);
+    try {
+      await drachtio.start();
+      fake.scenario = SCENARIOS.voiceReinvite;
+      const offer =
+        'v=0\r\no=flashverify 1 1 IN IP4 127.0.0.1\r\ns=flashverify\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n' +
+        'm=audio 41000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n';
+      // A stub media session: this test is about signalling; it "plays" for 300 ms (the re-INVITE lands meanwhile).
+      const session: MediaSession = {
+        offer,
+        accept: (sdp) => parseAnswer(sdp),
+        play: () => new Promise((r) => setTimeout(() => r({ completed: true, packets: 15 }), 300)),
+        stop: () => undefined,
+        close: async () => undefined,
+      };
+      const player: MediaPlayer = { createSession: async () => session, stop: async () => undefined };
+      const result = await placeVoiceCall(drachtio, player, {
+        to: '+447700900123',
+        from: '+44190873001234',
+        trunk: trunk('sip:192.0.2.10:5060'),
+        announcement: { language: 'en', items: [{ silenceMs: 300 }] },
+        answerTimeoutMs: 2000,
+        settleMs: SETTLE_MS,
+        logger,
+      });
+      expect(result.outcome).toBe('played');
+      expect(result.codec).toBe('PCMU');
+      const invite = fake.wire('INVITE')[0]!;
+      expect(invite.sip.body).toBe(offer);
+      expect(invite.sip.header('content-type')).toBe('application/sdp');
+      await fake.waitForRequest('BYE', 2000);
+      expect(fake.wire().map((r) => r.method)).toEqual(['INVITE', 'ACK', 'BYE']);
+      const reinviteAnswer = fake.appResponses.find((r) => r.header('cseq')?.endsWith('INVITE'));
+      expect(reinviteAnswer?.status).toBe(200);
+      expect(reinviteAnswer?.body).toBe(offer);
+    } finally {
+      await drachtio.stop();
+      await fake.stop();
+    }
+  });
+});
+
+describe('drachtio backend through the engine', () => {
+  let engine: TestEngine | undefined;
+  let fake: FakeDrachtioServer | undefined;
+  afterEach(async () => {
+    await engine?.stop();
+    await fake?.stop();
+    engine = undefined;
+    fake = undefined;
+  });
+
+  it('POST /v1/verify → INVITE via drachtio → ring → CANCEL → delivered', async () => {
+    fake = await FakeDrachtioServer.start({ secret: SECRET });
+    fake.scenario = SCENARIOS.ringCancel;
+    engine = await startTestEngine(
+      testConfig({
+        flash: { ringMs: RING_MS, ringingTimeoutMs: RINGING_TIMEOUT_MS },
+        sip: {
+          backend: 'drachtio',
+          drachtio: { host: '127.0.0.1', port: fake.port, secret: SECRET, reconnectMinMs: 100, reconnectMaxMs: 400 },
+          timers: { t1Ms: T1 },
+          trunks: [{ name: 'carrier', uri: 'sip:192.0.2.10:5060' }],
+        },
+      }),
+    );
+    expect(engine.engine.sipPort).toBeUndefined();
+    const ready = await http(`${engine.url}/readyz`);
+    expect(ready.status).toBe(200);
+    expect(JSON.stringify(ready.body)).toContain('drachtio');
+    const account = await engine.account({ balance: 1 });
+    const created = await http(`${engine.url}/v1/verify`, {
+      auth: account.auth,
+      body: { phone_number: '+447700900123', method: 'flash_call' },
+    });
+    expect(created.status).toBe(201);
+    const id = String(created.body.request_id);
+    const body = await waitFor(async () => {
+      const r = await http(`${engine!.url}/v1/verify/${id}`, { auth: account.auth });
+      return r.body.status === 'delivered' ? r.body : undefined;
+    }, 10_000);
+    expect(body.status).toBe('delivered');
+    const record = await waitFor(async () => {
+      const h = await engine!.redis.hgetall(engine!.keys.verification(id));
+      return h.outcome ? h : undefined;
+    }, 10_000);
+    expect(record.outcome).toBe('cancelled');
+    const events = (await readEvents(engine.redis, engine.keys)).filter((e) => e.request_id === id);
+    expect(events.map((e) => e.status)).toEqual(['sent', 'delivered']);
+    expect(JSON.parse(events[1]!.detail!)).toMatchObject({ sip_status: 180, trunk: 'carrier' });
+    expect(fake.wire().map((r) => r.method)).toEqual(['INVITE', 'CANCEL', 'ACK']);
+    expect(sipUriUser(fake.wire('INVITE')[0]!.sip.header('from'))).toMatch(/^\+4419087300\d{4}$/);
+
+    // drachtio-server goes away: readiness reports it.
+    await fake.pause();
+    await waitFor(async () => (await http(`${engine!.url}/readyz`)).status === 503, 5000);
+  });
+});

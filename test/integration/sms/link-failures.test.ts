@@ -1,0 +1,192 @@
+/**
+ * The link going wrong: unanswered submits, dropped connections with submits
+ * in flight, a silent SMSC, unknown and malformed PDUs, unbinds from either side.
+ * Every submit promise must settle, and binds must come back by themselves.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { smscEntry, startGateway, startSmsc, submitRequest, type GatewayUnderTest, type TestSmsc } from '../../helpers/smsc.js';
+
+let smsc: TestSmsc;
+let gut: GatewayUnderTest | undefined;
+
+beforeAll(async () => {
+  smsc = await startSmsc({ receipts: false });
+});
+afterAll(async () => {
+  await smsc?.stop();
+});
+afterEach(async () => {
+  await gut?.gateway.stop();
+  gut = undefined;
+  await smsc.set({ respDelayMs: 0, noResponse: 'off', silentSessions: [], silentSubmitSessions: [], dropAfter: 0 });
+  await smsc.reset();
+});
+
+async function boundSessionIds(): Promise<number[]> {
+  return (await smsc.state()).sessions.filter((s) => s.bound && s.closedAt === null).map((s) => s.id);
+}
+
+describe('response timeout', () => {
+  it('a submit_sm without response is not resent: timeout goes back to the worker, and the silent bind stays up', async () => {
+    gut = await startGateway([smscEntry(smsc, { binds: 2, responseTimeoutMs: 300 })]);
+    await gut.waitUp();
+    const [silent, live] = await boundSessionIds();
+    await smsc.set({ silentSubmitSessions: [silent ?? -1] });
+    // Sequential submits rotate over the binds, so some go to the silent one.
+    const outcomes = [];
+    for (let i = 0; i < 4; i += 1) outcomes.push(await gut.gateway.submit(submitRequest(`+44770090060${i}`)));
+    const { submits, sessions } = await smsc.state();
+    const onSilent = submits.filter((s) => s.session === silent);
+    const onLive = submits.filter((s) => s.session === live && s.status === 0);
+    expect(onSilent.length).toBeGreaterThanOrEqual(1);
+    // One submit per message: the SMSC may still answer a slow one, so it is never resent blindly.
+    expect(submits).toHaveLength(4);
+    expect(outcomes.filter((o) => o.kind === 'retry' && o.reason === 'timeout')).toHaveLength(onSilent.length);
+    expect(outcomes.filter((o) => o.kind === 'accepted')).toHaveLength(onLive.length);
+    // The silent bind stays up: enquire_link is still answered there.
+    expect(sessions.find((s) => s.id === silent)?.closedAt).toBeNull();
+  });
+
+  it('a submit_sm_resp that comes after the timeout is reported as a late acceptance', async () => {
+    gut = await startGateway([smscEntry(smsc, { binds: 1, responseTimeoutMs: 300 })]);
+    const late: { requestId: string; messageId: string }[] = [];
+    gut.gateway.onLateAccept((requestId, outcome) => late.push({ requestId, messageId: outcome.messageId }));
+    await gut.waitUp();
+    await smsc.set({ respDelayMs: 700 });
+    const t = performance.now();
+    const request = submitRequest('+447700900610');
+    const outcome = await gut.gateway.submit(request);
+    expect(outcome).toEqual({ kind: 'retry', reason: 'timeout', smsc: 'default' });
+    expect(performance.now() - t).toBeLessThan(650);
+    await waitUntil(() => late.length === 1, 3_000);
+    const { submits } = await smsc.state();
+    expect(submits).toHaveLength(1);
+    expect(late).toEqual([{ requestId: request.requestId, messageId: submits[0]!.messageId }]);
+    expect(gut.gateway.status()[0]).toMatchObject({ inFlight: 0, bindsUp: 1 });
+  });
+});
+
+describe('connection lost', () => {
+  it('dropping the connection with submits in flight settles every promise, and the binds come back', async () => {
+    gut = await startGateway([smscEntry(smsc, { binds: 2, window: 5, responseTimeoutMs: 5_000 })], { bindWaitMs: 2_000, slotWaitMs: 2_000 });
+    await gut.waitUp();
+    const before = await boundSessionIds();
+    await smsc.set({ dropAfter: 6 });
+    const t = performance.now();
+    const outcomes = await Promise.all(Array.from({ length: 6 }, (_, i) => gut!.gateway.submit(submitRequest(`+44770090062${i}`))));
+    // Settled long before the 5 s response timeout: the drop itself settled them.
+    expect(performance.now() - t).toBeLessThan(4_000);
+    for (const o of outcomes) {
+      expect(o.kind === 'accepted' || (o.kind === 'retry' && o.reason === 'connection_lost')).toBe(true);
+    }
+    const state = await smsc.state();
+    expect(state.events.filter((e) => e.type === 'drop').length).toBeGreaterThanOrEqual(1);
+    await gut.waitUp(3_000);
+    const after = await boundSessionIds();
+    expect(after).toHaveLength(2);
+    expect(after.some((id) => !before.includes(id))).toBe(true);
+    expect(gut.gateway.status()[0]).toMatchObject({ bindsUp: 2, inFlight: 0 });
+    expect((await gut.gateway.submit(submitRequest('+447700900629'))).kind).toBe('accepted');
+  });
+
+  it('the enquire_link watchdog reconnects when the SMSC stops answering', async () => {
+    gut = await startGateway([smscEntry(smsc, { enquireLinkMs: 200, responseTimeoutMs: 200 })]);
+    await gut.waitUp();
+    const [first] = await boundSessionIds();
+    await smsc.set({ silentSessions: [first ?? -1] });
+    const state = await smsc.waitFor(
+      (s) => (s.sessions.some((x) => x.id !== first && x.bound && x.closedAt === null) ? s : undefined),
+      3_000,
+      'a new bind',
+    );
+    const old = state.sessions.find((s) => s.id === first);
+    expect(old?.closedBy).toBe('client');
+    expect(old?.enquireLinks).toBeGreaterThanOrEqual(1);
+    await gut.waitUp();
+    expect((await gut.gateway.submit(submitRequest('+447700900630'))).kind).toBe('accepted');
+  });
+
+  it('an unbind from the SMSC is answered, and the bind comes back', async () => {
+    gut = await startGateway([smscEntry(smsc)]);
+    await gut.waitUp();
+    const [first] = await boundSessionIds();
+    const [sent] = await smsc.action('unbind');
+    await smsc.waitFor((s) => s.events.find((e) => e.type === 'unbind_resp' && e.seq === sent?.seq), 2_000, 'unbind_resp');
+    await smsc.waitFor((s) => s.sessions.some((x) => x.id !== first && x.bound && x.closedAt === null) || undefined, 3_000, 'rebind');
+    await gut.waitUp();
+  });
+
+  it('a stream that cannot be framed (command_length 8) makes the bind reconnect', async () => {
+    gut = await startGateway([smscEntry(smsc)]);
+    await gut.waitUp();
+    const [first] = await boundSessionIds();
+    await smsc.action('bad_length');
+    await smsc.waitFor((s) => s.sessions.some((x) => x.id !== first && x.bound && x.closedAt === null) || undefined, 3_000, 'rebind');
+  });
+});
+
+describe('PDUs the session does not expect', () => {
+  it('answers an unknown command id with generic_nack ESME_RINVCMDID and keeps the bind', async () => {
+    gut = await startGateway([smscEntry(smsc)]);
+    await gut.waitUp();
+    const [session] = await boundSessionIds();
+    const [sent] = await smsc.action('unknown_command');
+    const nack = await smsc.waitFor((s) => s.events.find((e) => e.type === 'generic_nack' && e.seq === sent?.seq), 2_000, 'generic_nack');
+    expect(nack).toMatchObject({ session, status: 0x03 });
+    expect(await boundSessionIds()).toEqual([session]);
+    expect((await gut.gateway.submit(submitRequest('+447700900640'))).kind).toBe('accepted');
+    expect((await smsc.state()).submits[0]?.session).toBe(session);
+  });
+
+  it('answers a malformed PDU with generic_nack ESME_RINVCMDLEN and keeps reading', async () => {
+    gut = await startGateway([smscEntry(smsc)]);
+    await gut.waitUp();
+    const [session] = await boundSessionIds();
+    const [sent] = await smsc.action('malformed');
+    const nack = await smsc.waitFor((s) => s.events.find((e) => e.type === 'generic_nack' && e.seq === sent?.seq), 2_000, 'generic_nack');
+    expect(nack).toMatchObject({ session, status: 0x02 });
+    expect((await gut.gateway.submit(submitRequest('+447700900641'))).kind).toBe('accepted');
+    expect(await boundSessionIds()).toEqual([session]);
+  });
+
+  it('answers enquire_link from the SMSC', async () => {
+    gut = await startGateway([smscEntry(smsc)]);
+    await gut.waitUp();
+    const [sent] = await smsc.action('enquire_link');
+    const resp = await smsc.waitFor((s) => s.events.find((e) => e.type === 'enquire_link_resp' && e.seq === sent?.seq), 2_000, 'enquire_link_resp');
+    expect(resp).toMatchObject({ status: 0 });
+  });
+});
+
+describe('stop', () => {
+  it('unbinds every bind cleanly and waits for unbind_resp', async () => {
+    await smsc.set({ respDelayMs: 200 });
+    gut = await startGateway([smscEntry(smsc, { binds: 2 })]);
+    await gut.waitUp();
+    const inFlight = gut.gateway.submit(submitRequest('+447700900650'));
+    await new Promise((r) => setTimeout(r, 20));
+    await gut.gateway.stop();
+    // The submit in flight was answered before the unbind.
+    expect((await inFlight).kind).toBe('accepted');
+    const state = await smsc.state();
+    const sessions = state.sessions.filter((s) => s.bound);
+    expect(sessions).toHaveLength(2);
+    for (const s of sessions) {
+      expect(s.unbindReceived).toBe(true);
+      expect(s.closedBy).toBe('client');
+      const unbind = state.events.find((e) => e.type === 'unbind' && e.session === s.id);
+      expect(unbind?.inFlight).toBe(0);
+    }
+    expect(await gut.gateway.submit(submitRequest('+447700900651'))).toEqual({ kind: 'retry', reason: 'no_bind' });
+    gut = undefined;
+  });
+});
+
+async function waitUntil(cond: () => boolean, timeoutMs: number): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  for (let i = 0; i < 10_000 && Date.now() < end; i++) {
+    if (cond()) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error('timed out');
+}

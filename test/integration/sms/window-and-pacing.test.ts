@@ -1,0 +1,93 @@
+/**
+ * Flow control seen from the SMSC: the window of unanswered submit_sm per bind,
+ * the TPS bucket per bind, and load spread over binds.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { smscEntry, startGateway, startSmsc, submitRequest, type GatewayUnderTest, type TestSmsc } from '../../helpers/smsc.js';
+
+let smsc: TestSmsc;
+let gut: GatewayUnderTest | undefined;
+
+beforeAll(async () => {
+  smsc = await startSmsc({ receipts: false });
+});
+afterAll(async () => {
+  await smsc?.stop();
+});
+afterEach(async () => {
+  await gut?.gateway.stop();
+  gut = undefined;
+  await smsc.set({ respDelayMs: 0 });
+  await smsc.reset();
+});
+
+describe('window', () => {
+  it('never has more than `window` submit_sm unanswered on a bind, and uses all of it', async () => {
+    await smsc.set({ respDelayMs: 150 });
+    gut = await startGateway([smscEntry(smsc, { window: 3 })]);
+    await gut.waitUp();
+    const outcomes = await Promise.all(Array.from({ length: 15 }, (_, i) => gut!.gateway.submit(submitRequest(`+4477009002${String(i).padStart(2, '0')}`))));
+    expect(outcomes.every((o) => o.kind === 'accepted')).toBe(true);
+    const state = await smsc.state();
+    const bound = state.sessions.filter((s) => s.bound);
+    expect(bound).toHaveLength(1);
+    expect(bound[0]?.submits).toBe(15);
+    expect(bound[0]?.maxInFlight).toBe(3);
+    expect(gut.gateway.status()[0]).toMatchObject({ inFlight: 0, window: 3 });
+  });
+
+  it('a submit waiting for a slot gives up after slotWaitMs with no_bind', async () => {
+    await smsc.set({ respDelayMs: 400 });
+    gut = await startGateway([smscEntry(smsc, { window: 1, responseTimeoutMs: 2_000 })], { slotWaitMs: 100 });
+    await gut.waitUp();
+    const first = gut.gateway.submit(submitRequest('+447700900301'));
+    const t = performance.now();
+    expect(await gut.gateway.submit(submitRequest('+447700900302'))).toMatchObject({ kind: 'retry', reason: 'no_bind' });
+    // Waiting for the slot would have taken ~400 ms and ended accepted.
+    expect(performance.now() - t).toBeLessThan(1_000);
+    expect((await first).kind).toBe('accepted');
+  });
+});
+
+describe('TPS', () => {
+  it('sends at most `tps` submit_sm per second per bind after the initial one-second burst', async () => {
+    const tps = 20;
+    gut = await startGateway([smscEntry(smsc, { tps, window: 50 })]);
+    await gut.waitUp();
+    const n = 60;
+    const outcomes = await Promise.all(Array.from({ length: n }, (_, i) => gut!.gateway.submit(submitRequest(`+4477009004${String(i).padStart(2, '0')}`))));
+    expect(outcomes.every((o) => o.kind === 'accepted')).toBe(true);
+    const at = (await smsc.state()).submits.map((s) => s.at).sort((a, b) => a - b);
+    expect(at).toHaveLength(n);
+    // The bucket holds one second's worth: the first `tps` go at once, the other 40 at 20/s.
+    const span = (at[n - 1] ?? 0) - (at[0] ?? 0);
+    expect(span).toBeGreaterThanOrEqual(((n - tps) / tps) * 1000 * 0.9);
+    // After the burst, no one-second window holds more than tps (+2 for timer and network jitter).
+    const afterBurst = at.slice(tps);
+    for (let i = 0; i < afterBurst.length; i += 1) {
+      const start = afterBurst[i] ?? 0;
+      const inWindow = afterBurst.filter((t) => t >= start && t < start + 1000).length;
+      expect(inWindow).toBeLessThanOrEqual(tps + 2);
+    }
+  });
+});
+
+describe('binds', () => {
+  it('4 binds share the load', async () => {
+    await smsc.set({ respDelayMs: 50 });
+    gut = await startGateway([smscEntry(smsc, { binds: 4, window: 2 })]);
+    await gut.waitUp();
+    expect(gut.gateway.status()).toEqual([{ name: 'default', bindsUp: 4, bindsConfigured: 4, inFlight: 0, window: 8 }]);
+    const outcomes = await Promise.all(Array.from({ length: 40 }, (_, i) => gut!.gateway.submit(submitRequest(`+4477009005${String(i).padStart(2, '0')}`))));
+    expect(outcomes.every((o) => o.kind === 'accepted')).toBe(true);
+    const usedBinds = new Set(outcomes.map((o) => (o.kind === 'accepted' ? o.bind : '')));
+    expect(usedBinds).toEqual(new Set(['default#0', 'default#1', 'default#2', 'default#3']));
+    const sessions = (await smsc.state()).sessions.filter((s) => s.bound);
+    expect(sessions).toHaveLength(4);
+    for (const s of sessions) {
+      expect(s.maxInFlight).toBeLessThanOrEqual(2);
+      expect(s.submits).toBeGreaterThanOrEqual(6);
+    }
+    expect(sessions.reduce((n, s) => n + s.submits, 0)).toBe(40);
+  });
+});

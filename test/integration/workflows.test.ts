@@ -1,0 +1,314 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { DeepPartial } from '../../src/config/load.js';
+import type { Config } from '../../src/config/schema.js';
+import { AccountStore } from '../../src/accounts/account-store.js';
+import { http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+import { startRtpReceiver, type RtpReceiver } from '../helpers/rtp-receiver.js';
+import { startSippUas, type SippUas } from '../helpers/sipp.js';
+import { smscEntry, startSmsc, type TestSmsc } from '../helpers/smsc.js';
+
+/**
+ * Fallback workflows (issue 6, "Workflows"): one request, steps tried in
+ * order, each with its own code and cost; the next step starts from the
+ * events stream (workflow advancer), exactly once, also across a restart.
+ * Far ends: SIPp (flash and voice) and the test SMSC, over loopback.
+ */
+const T1 = 50;
+const PHONE = '+447700900123';
+// config/default.yaml prices (GBP): flash 0.004, voice 0.02, sms 0.03.
+const PRICE = { flash_call: 0.004, voice: 0.02, sms: 0.03 };
+
+let smsc: TestSmsc;
+let hooks: { server: Server; url: string; received: Record<string, unknown>[] };
+let engine: TestEngine | undefined;
+let uas: SippUas | undefined;
+let rtp: RtpReceiver | undefined;
+
+beforeAll(async () => {
+  smsc = await startSmsc({ maxLifetimeMs: 90_000 });
+  const received: Record<string, unknown>[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      received.push(JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>);
+      res.writeHead(200).end('ok');
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  hooks = { server, received, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook` };
+});
+afterAll(async () => {
+  await smsc?.stop();
+  await new Promise((r) => hooks?.server.close(r));
+});
+afterEach(async () => {
+  await uas?.stop();
+  await engine?.stop();
+  await rtp?.close();
+  await smsc.reset();
+  uas = engine = rtp = undefined;
+});
+
+function config(overrides: DeepPartial<Config> = {}): Readonly<Config> {
+  return testConfig({
+    api: { defaultRateLimitPerSecond: 1000 },
+    webhooks: { allowPrivate: true, attempts: 3, backoffMs: 100, orderPollMs: 50 },
+    flash: { ringMs: 300, ringingTimeoutMs: 3000 },
+    voice: { answerTimeoutMs: 1000 },
+    worker: { shutdownGraceMs: 2000 },
+    verification: { minStepTimeoutSeconds: 1 },
+    sip: { timers: { t1Ms: T1, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas!.uri }] },
+    ...overrides,
+  });
+}
+
+async function create(t: TestEngine, auth: string, body: Record<string, unknown>): Promise<{ status: number; body: Record<string, unknown> }> {
+  return http(`${t.url}/v1/verify`, { auth, body: { phone_number: PHONE, ...body } });
+}
+
+/** The code of the current step, as the worker would open it. */
+async function currentCode(t: TestEngine, id: string): Promise<string> {
+  return t.sealer.open((await t.redis.hget(t.keys.verification(id), 'code_enc'))!, `code:${id}`);
+}
+
+async function waitStep(t: TestEngine, id: string, step: number, timeoutMs = 15_000): Promise<Record<string, string>> {
+  return waitFor(async () => {
+    const h = await t.redis.hgetall(t.keys.verification(id));
+    return Number(h.wf_step) === step ? h : undefined;
+  }, timeoutMs);
+}
+
+const check = (t: TestEngine, auth: string, id: string, code: string) => http(`${t.url}/v1/verify/check`, { auth, body: { request_id: id, code } });
+const status = async (t: TestEngine, auth: string, id: string) => (await http(`${t.url}/v1/verify/${id}`, { auth })).body;
+const calls = (u: SippUas): number => new Set(u.requests('INVITE').map((m) => m.header('call-id'))).size;
+const hooksOf = (id: string): string[] => hooks.received.filter((h) => h.request_id === id).map((h) => String(h.event));
+const withWebhook = async (t: TestEngine, accountId: string): Promise<void> => {
+  await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(accountId, hooks.url);
+};
+const balance = async (t: TestEngine, accountId: string): Promise<number> => (await t.accounts.get(accountId)).balance;
+
+async function voiceFarEnd(scenario: string, calls: number): Promise<SippUas> {
+  rtp = await startRtpReceiver();
+  return startSippUas({
+    scenario,
+    calls,
+    vars: { rtp_ip: '127.0.0.1', rtp_port: rtp.port, rtp_pt: 0, rtp_codec: 'PCMU' },
+    maxLifetimeMs: 50_000,
+  });
+}
+
+describe('workflows', () => {
+  it('flash busy → voice answered: verified with the voice step\'s code; the flash code is refused', async () => {
+    uas = await voiceFarEnd('uas-busy-flash-answer-voice', 2);
+    engine = await startTestEngine(config());
+    const account = await engine.account({ balance: 1 });
+    await withWebhook(engine, account.account_id);
+    const workflow = [{ method: 'flash_call', timeout_seconds: 20 }, { method: 'voice', timeout_seconds: 30 }, { method: 'sms' }];
+    const res = await create(engine, account.auth, { workflow, code_length: 6 });
+    expect(res.status, JSON.stringify(res.body)).toBe(201);
+    expect(res.body).toMatchObject({ method: 'flash_call', status: 'sent', code_length: 4, cost: { amount: PRICE.flash_call, currency: 'GBP' }, workflow });
+    const id = String(res.body.request_id);
+    const flashCode = await currentCode(engine, id);
+
+    await waitStep(engine, id, 1);
+    const voiceCode = await currentCode(engine, id);
+    expect(voiceCode).toMatch(/^\d{6}$/);
+    await waitFor(async () => (await status(engine!, account.auth, id)).status === 'delivered', 10_000);
+
+    const refused = await check(engine, account.auth, id, flashCode);
+    expect([refused.status, refused.body.error]).toEqual([400, 'invalid_code']);
+    const ok = await check(engine, account.auth, id, voiceCode);
+    expect([ok.status, ok.body.status]).toEqual([200, 'verified']);
+
+    const body = await status(engine, account.auth, id);
+    expect(body.status).toBe('verified');
+    expect(body.method).toBe('voice');
+    expect(body.attempts).toMatchObject([
+      { method: 'flash_call', status: 'failed', failure_reason: 'busy', cost: { amount: PRICE.flash_call } },
+      { method: 'voice', status: 'verified', cost: { amount: PRICE.voice }, ended_at: expect.any(String) },
+    ]);
+    // A failed step with steps left never failed the request.
+    expect((body.status_history as { status: string }[]).map((s) => s.status)).not.toContain('failed');
+    expect(calls(uas)).toBe(2);
+    expect(await balance(engine, account.account_id)).toBeCloseTo(1 - PRICE.flash_call - PRICE.voice, 6);
+    const events = (await readEvents(engine.redis, engine.keys)).filter((e) => e.request_id === id);
+    expect(events.filter((e) => e.event === 'verification.step_started').map((e) => [e.step, e.method])).toEqual([['1', 'voice']]);
+    // The codes never travel in events.
+    for (const e of events) expect(JSON.stringify(e)).not.toContain(voiceCode);
+    // The flash step's failure is no webhook: the customer sees sent, delivered, verified.
+    await waitFor(async () => hooksOf(id).includes('verification.verified'), 10_000);
+    expect(hooksOf(id)).toEqual(['verification.sent', 'verification.delivered', 'verification.verified']);
+  }, 40_000);
+
+  it('"auto": flash rings but times out → voice no answer → sms delivered; verified with the SMS code; attempts and usage per method', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 2, maxLifetimeMs: 40_000 });
+    engine = await startTestEngine(
+      config({
+        verification: {
+          minStepTimeoutSeconds: 1,
+          defaultWorkflow: [{ method: 'flash_call', timeout_seconds: 2 }, { method: 'voice', timeout_seconds: 20 }, { method: 'sms' }],
+        },
+        sms: { enabled: true, smscs: [smscEntry(smsc)] },
+      } as DeepPartial<Config>),
+    );
+    await waitFor(async () => (await smsc.state()).sessions.some((s) => s.bound && s.closedAt === null), 5000);
+    const account = await engine.account({ balance: 1 });
+    const res = await create(engine, account.auth, { method: 'auto', code_length: 6 });
+    expect(res.status, JSON.stringify(res.body)).toBe(201);
+    expect(res.body).toMatchObject({ method: 'flash_call', code_length: 4, workflow: [{ method: 'flash_call' }, { method: 'voice' }, { method: 'sms' }] });
+    const id = String(res.body.request_id);
+
+    await waitStep(engine, id, 2, 20_000).catch(async (err) => {
+      process.stderr.write(JSON.stringify(await engine!.redis.hgetall(engine!.keys.verification(id)), null, 1) + '\n');
+      process.stderr.write(JSON.stringify(await readEvents(engine!.redis, engine!.keys), null, 1) + '\n');
+      process.stderr.write(engine!.logs.filter((l) => /warn|error|workflow|"level":[45]/.test(l)).join('') + '\n');
+      throw err;
+    });
+    const smsCode = await currentCode(engine, id);
+    const submit = await waitFor(async () => (await smsc.state()).submits.find((s) => s.destination === PHONE.slice(1) && s.status === 0), 10_000);
+    expect(submit.text.endsWith(smsCode)).toBe(true);
+    await waitFor(async () => ((await status(engine!, account.auth, id)).attempts as { status: string }[] | undefined)?.[2]?.status === 'delivered', 10_000);
+    const ok = await check(engine, account.auth, id, smsCode);
+    expect([ok.status, ok.body.status]).toEqual([200, 'verified']);
+
+    const body = await status(engine, account.auth, id);
+    expect(body).toMatchObject({ status: 'verified', method: 'sms' });
+    expect(body.attempts).toMatchObject([
+      { method: 'flash_call', status: 'timed_out', cost: { amount: PRICE.flash_call } },
+      { method: 'voice', status: 'failed', failure_reason: 'no_answer', cost: { amount: PRICE.voice } },
+      { method: 'sms', status: 'verified', cost: { amount: PRICE.sms } },
+    ]);
+    expect(calls(uas)).toBe(2);
+    const usage = (await http(`${engine.url}/v1/usage`, { auth: account.auth })).body;
+    expect(usage.by_method).toEqual({
+      flash_call: { count: 1, cost: PRICE.flash_call },
+      voice: { count: 1, cost: PRICE.voice },
+      sms: { count: 1, cost: PRICE.sms },
+    });
+    expect(usage.total_verifications).toBe(3);
+  }, 45_000);
+
+  it('verified at step one stops the rest: no later call, no later charge', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 2, maxLifetimeMs: 30_000 });
+    engine = await startTestEngine(config());
+    const account = await engine.account({ balance: 1 });
+    const res = await create(engine, account.auth, { workflow: [{ method: 'flash_call', timeout_seconds: 2 }, { method: 'voice' }] });
+    const id = String(res.body.request_id);
+    await waitFor(async () => (await status(engine!, account.auth, id)).status === 'delivered', 10_000);
+    const ok = await check(engine, account.auth, id, await currentCode(engine, id));
+    expect(ok.status).toBe(200);
+    await new Promise((r) => setTimeout(r, 3000)); // past the flash step's timeout
+    expect(calls(uas)).toBe(1);
+    const h = await engine.redis.hgetall(engine.keys.verification(id));
+    expect(h.wf_step).toBe('0');
+    expect(await balance(engine, account.account_id)).toBeCloseTo(1 - PRICE.flash_call, 6);
+    expect((await status(engine, account.auth, id)).attempts).toMatchObject([{ method: 'flash_call', status: 'verified' }]);
+  }, 20_000);
+
+  it('crash between steps: a failed step whose event nobody advanced starts the next step exactly once after restart', async () => {
+    uas = await voiceFarEnd('uas-busy-flash-answer-voice', 2);
+    // First run without an advancer: the flash step fails, its event waits in the stream.
+    const base = config({ events: { workflowGroup: '' } });
+    const first = await startTestEngine(base);
+    engine = first;
+    const account = await first.account({ balance: 1 });
+    const res = await create(first, account.auth, { workflow: [{ method: 'flash_call', timeout_seconds: 20 }, { method: 'voice' }] });
+    const id = String(res.body.request_id);
+    await waitFor(async () => (await first.redis.hget(first.keys.verification(id), 'att0_status')) === 'failed', 10_000);
+    expect((await first.redis.hgetall(first.keys.verification(id))).status).toBe('sent');
+    engine = undefined;
+    await first.engine.stop();
+    await first.redis.quit();
+
+    // Restart with the advancer (same prefix): it reads the stream from the start.
+    engine = await startTestEngine({ ...base, events: { ...base.events, workflowGroup: 'workflow' } });
+    await waitStep(engine, id, 1);
+    // The same failed event again (a redelivery): no second step.
+    const failed = (await engine.redis.xrange(engine.keys.events(), '-', '+')).find(([, f]) => f.includes('verification.failed'));
+    expect(failed).toBeDefined();
+    await engine.redis.xadd(engine.keys.events(), '*', ...failed![1]);
+    await waitFor(async () => (await status(engine!, account.auth, id)).status === 'delivered', 10_000);
+    await new Promise((r) => setTimeout(r, 1000));
+    const h = await engine.redis.hgetall(engine.keys.verification(id));
+    expect(h.wf_step).toBe('1');
+    expect(calls(uas)).toBe(2);
+    const events = (await readEvents(engine.redis, engine.keys)).filter((e) => e.request_id === id);
+    expect(events.filter((e) => e.event === 'verification.step_started')).toHaveLength(1);
+    expect(await balance(engine, account.account_id)).toBeCloseTo(1 - PRICE.flash_call - PRICE.voice, 6);
+    const ok = await check(engine, account.auth, id, await currentCode(engine, id));
+    expect(ok.status).toBe(200);
+  }, 40_000);
+
+  it('cancel: status canceled, later steps never start, only the attempt sent is billed', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 2, maxLifetimeMs: 30_000 });
+    engine = await startTestEngine(config());
+    const account = await engine.account({ balance: 1 });
+    await withWebhook(engine, account.account_id);
+    const res = await create(engine, account.auth, { workflow: [{ method: 'flash_call', timeout_seconds: 2 }, { method: 'voice', timeout_seconds: 5 }, { method: 'sms' }] });
+    const id = String(res.body.request_id);
+    await waitFor(async () => (await status(engine!, account.auth, id)).status === 'delivered', 10_000);
+    const code = await currentCode(engine, id);
+    const canceled = await http(`${engine.url}/v1/verify/${id}/cancel`, { auth: account.auth, method: 'POST' });
+    expect([canceled.status, canceled.body.status]).toEqual([200, 'canceled']);
+    await new Promise((r) => setTimeout(r, 3000)); // past the flash step's timeout
+    expect(calls(uas)).toBe(1);
+    const body = await status(engine, account.auth, id);
+    expect(body.status).toBe('canceled');
+    expect(body.attempts).toMatchObject([{ method: 'flash_call', status: 'canceled', cost: { amount: PRICE.flash_call } }]);
+    expect(await balance(engine, account.account_id)).toBeCloseTo(1 - PRICE.flash_call, 6);
+    const late = await check(engine, account.auth, id, code);
+    expect([late.status, late.body.error]).toEqual([400, 'verification_expired']);
+    const again = await http(`${engine.url}/v1/verify/${id}/cancel`, { auth: account.auth, method: 'POST' });
+    expect([again.status, again.body.error]).toEqual([400, 'verification_expired']);
+    const events = (await readEvents(engine.redis, engine.keys)).filter((e) => e.request_id === id);
+    expect(events.map((e) => e.event)).toContain('verification.canceled');
+    expect(events.map((e) => e.event)).not.toContain('verification.step_started');
+    await waitFor(async () => hooksOf(id).includes('verification.canceled'), 10_000);
+    expect(hooksOf(id)).toEqual(['verification.sent', 'verification.delivered', 'verification.canceled']);
+  }, 20_000);
+
+  it('cancel before the first step was dialled refunds it; another account\'s id is 404', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', maxLifetimeMs: 20_000 });
+    // Worker-less: the step never leaves the queue.
+    const cfg = config();
+    engine = await startTestEngine(cfg, 'api');
+    const account = await engine.account({ balance: 1 });
+    const other = await engine.account({ balance: 1 });
+    const res = await create(engine, account.auth, { workflow: [{ method: 'flash_call', timeout_seconds: 5 }, { method: 'sms' }] });
+    const id = String(res.body.request_id);
+    expect((await http(`${engine.url}/v1/verify/${id}/cancel`, { auth: other.auth, method: 'POST' })).status).toBe(404);
+    const canceled = await http(`${engine.url}/v1/verify/${id}/cancel`, { auth: account.auth, method: 'POST', body: {} });
+    expect([canceled.status, canceled.body.status]).toEqual([200, 'canceled']);
+    expect(canceled.body.attempts).toMatchObject([{ method: 'flash_call', status: 'canceled', cost: { amount: 0 } }]);
+    expect(await balance(engine, account.account_id)).toBe(1);
+  }, 20_000);
+
+  it('validates workflows', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', maxLifetimeMs: 20_000 });
+    engine = await startTestEngine(config({ verification: { minStepTimeoutSeconds: 5 } }), 'api');
+    const account = await engine.account({ balance: 1 });
+    const bad: [Record<string, unknown>, RegExp][] = [
+      [{ method: 'voice', workflow: [{ method: 'sms' }] }, /mutually exclusive/],
+      [{ workflow: [] }, /1 to 5 steps/],
+      [{ workflow: Array.from({ length: 6 }, () => ({ method: 'sms', timeout_seconds: 10 })) }, /1 to 5 steps/],
+      [{ workflow: [{ method: 'fax', timeout_seconds: 10 }, { method: 'sms' }] }, /workflow\[0\]\.method/],
+      [{ workflow: [{ method: 'flash_call' }, { method: 'sms' }] }, /timeout_seconds is required/],
+      [{ workflow: [{ method: 'flash_call', timeout_seconds: 4 }, { method: 'sms' }] }, /from 5 to/],
+      [{ workflow: [{ method: 'flash_call', timeout_seconds: 301 }, { method: 'sms' }], expiry_seconds: 300 }, /from 5 to 300/],
+      [{ workflow: [{ method: 'sms', extra: 1 }] }, /unknown field/],
+      [{ workflow: [{ method: 'sms' }], code_length: 7 }, /code_length/],
+    ];
+    for (const [body, message] of bad) {
+      const r = await create(engine, account.auth, body);
+      expect([r.status, r.body.error], JSON.stringify(body)).toEqual([400, 'invalid_request']);
+      expect(String(r.body.message)).toMatch(message);
+    }
+    const one = await create(engine, account.auth, { workflow: [{ method: 'sms' }], code_length: 6 });
+    expect(one.status).toBe(201);
+    expect(one.body).toMatchObject({ method: 'sms', code_length: 6, workflow: [{ method: 'sms' }] });
+    expect(await balance(engine, account.account_id)).toBeCloseTo(1 - PRICE.sms, 6);
+  }, 20_000);
+});

@@ -1,0 +1,78 @@
+import { describe, expect, it } from 'vitest';
+import type { TrunkConfig } from '../../../src/config/schema.js';
+import { TrunkPacer, trunkVerdict } from '../../../src/engine/trunk-pacer.js';
+
+const trunk = (name: string, extra: Partial<TrunkConfig> = {}) =>
+  ({ name, uri: 'sip:127.0.0.1', cps: 100, ringOn183: false, dummySdp: false, headers: {}, ...extra }) as TrunkConfig;
+const health = { failuresToMarkDown: 3, retryAfterMs: 1000, maxRetryAfterMs: 4000 };
+
+function pacer(trunks: TrunkConfig[]) {
+  let now = 0;
+  const changes: string[] = [];
+  const p = new TrunkPacer(trunks, health, (name, up) => changes.push(`${name}:${up ? 'up' : 'down'}`), () => now);
+  return { p, changes, advance: (ms: number) => (now += ms) };
+}
+const picks = (p: TrunkPacer, n: number) => Array.from({ length: n }, () => p.pick().name);
+
+describe('TrunkPacer health and failover', () => {
+  it('maps call outcomes to trunk verdicts', () => {
+    expect(['unreachable', 'timeout'].map(trunkVerdict)).toEqual(['failed', 'failed']);
+    expect(['cancelled', 'answered', 'busy', 'rejected', 'played'].map(trunkVerdict)).toEqual(['up', 'up', 'up', 'up', 'up']);
+    expect(['no_ringing', 'no_cli', 'no_media_resources', 'shutdown'].map(trunkVerdict)).toEqual(['neutral', 'neutral', 'neutral', 'neutral']);
+  });
+
+  it('shares calls among trunks of one priority by weight, and keeps higher priorities for failover', () => {
+    const { p } = pacer([trunk('a', { weight: 3 }), trunk('b'), trunk('c', { priority: 1 })]);
+    const got = picks(p, 8);
+    expect(got.filter((n) => n === 'a')).toHaveLength(6);
+    expect(got.filter((n) => n === 'b')).toHaveLength(2);
+    expect(got).not.toContain('c');
+  });
+
+  it('marks a trunk down after N unreachable/timeout in a row; any SIP answer resets the count', () => {
+    const { p, changes } = pacer([trunk('a'), trunk('b', { priority: 1 })]);
+    const a = trunk('a');
+    p.report(a, 'failed');
+    p.report(a, 'failed');
+    p.report(a, 'up'); // a 486 Busy is an answer: the trunk is alive
+    p.report(a, 'failed');
+    p.report(a, 'failed');
+    expect(p.status()).toEqual([{ name: 'a', up: true }, { name: 'b', up: true }]);
+    p.report(a, 'failed');
+    expect(p.status()[0]).toEqual({ name: 'a', up: false });
+    expect(changes).toEqual(['a:down']);
+    expect(picks(p, 3)).toEqual(['b', 'b', 'b']);
+  });
+
+  it('retries a down trunk with one probe call after the back-off, doubling the wait while it fails', () => {
+    const { p, changes, advance } = pacer([trunk('a'), trunk('b', { priority: 1 })]);
+    const a = trunk('a');
+    for (let i = 0; i < 3; i++) p.report(a, 'failed');
+    advance(999);
+    expect(p.pick().name).toBe('b');
+    advance(1);
+    // The probe: one call, not all of them.
+    expect(picks(p, 3)).toEqual(['a', 'b', 'b']);
+    p.report(a, 'failed');
+    advance(1999);
+    expect(p.pick().name).toBe('b');
+    advance(1);
+    expect(p.pick().name).toBe('a');
+    p.report(a, 'failed');
+    advance(4000); // 8 s capped at maxRetryAfterMs 4 s
+    expect(p.pick().name).toBe('a');
+    p.report(a, 'up');
+    expect(p.status()[0]!.up).toBe(true);
+    expect(picks(p, 2)).toEqual(['a', 'a']);
+    expect(changes).toEqual(['a:down', 'a:down', 'a:down', 'a:up']);
+  });
+
+  it('with every trunk down, still tries the one due first rather than not calling at all', () => {
+    const { p, advance } = pacer([trunk('a'), trunk('b')]);
+    for (let i = 0; i < 3; i++) p.report(trunk('a'), 'failed');
+    advance(10);
+    for (let i = 0; i < 3; i++) p.report(trunk('b'), 'failed');
+    expect(p.status().every((t) => !t.up)).toBe(true);
+    expect(p.pick().name).toBe('a');
+  });
+});

@@ -1,0 +1,66 @@
+import { describe, expect, it } from 'vitest';
+import { fraudSchema } from '../../../src/config/schema.js';
+import { ApiError } from '../../../src/verification/errors.js';
+import {
+  countryRefusal,
+  findTestNumber,
+  fraudPolicy,
+  lineTypeOf,
+  lineTypeRefusal,
+  numberPrefix,
+  parseClientIp,
+  screenDestination,
+} from '../../../src/verification/fraud-rules.js';
+
+const server = fraudSchema.parse({});
+
+describe('fraud rules (pure)', () => {
+  it('types numbers with the max metadata; the Ofcom drama range has no type', () => {
+    expect(lineTypeOf('+447400123456')).toBe('MOBILE');
+    expect(lineTypeOf('+442071234567')).toBe('FIXED_LINE');
+    expect(lineTypeOf('+449098790000')).toBe('PREMIUM_RATE');
+    expect(lineTypeOf('+448001234567')).toBe('TOLL_FREE');
+    expect(lineTypeOf('+447012345678')).toBe('PERSONAL_NUMBER');
+    expect(lineTypeOf('+14155552671')).toBe('FIXED_LINE_OR_MOBILE');
+    expect(lineTypeOf('+447700900000')).toBeUndefined();
+  });
+
+  it('refuses blocked types for every method, non-mobile for flash calls, unknown types only when configured', () => {
+    const p = fraudPolicy(server, undefined);
+    expect(lineTypeRefusal(p, 'PREMIUM_RATE', 'sms')).toMatch(/premium-rate/);
+    expect(lineTypeRefusal(p, 'FIXED_LINE', 'flash_call')).toMatch(/mobile numbers only/);
+    expect(lineTypeRefusal(p, 'FIXED_LINE', 'voice')).toBeUndefined();
+    expect(lineTypeRefusal(p, 'VOIP', 'flash_call')).toMatch(/VoIP/);
+    expect(lineTypeRefusal(p, 'MOBILE', 'flash_call')).toBeUndefined();
+    expect(lineTypeRefusal(p, undefined, 'flash_call')).toBeUndefined();
+    const strict = fraudPolicy(server, { lineTypes: { allowUnknown: false } });
+    expect(lineTypeRefusal(strict, undefined, 'voice')).toMatch(/cannot be determined/);
+    expect(strict.lineTypes.blocked).toContain('PREMIUM_RATE'); // the other keys keep the server's values
+  });
+
+  it('country lists: the account lists replace the server lists', () => {
+    const s = fraudSchema.parse({ countries: { deny: ['FR'], allow: [] } });
+    expect(countryRefusal(fraudPolicy(s, undefined), 'FR')).toMatch(/not allowed on this service/);
+    expect(countryRefusal(fraudPolicy(s, undefined), 'GB')).toBeUndefined();
+    expect(countryRefusal(fraudPolicy(s, { countries: { allow: ['FR'] } }), 'FR')).toBeUndefined();
+    expect(countryRefusal(fraudPolicy(s, { countries: { allow: ['FR'] } }), 'GB')).toMatch(/for this account/);
+    expect(countryRefusal(fraudPolicy(s, { countries: { deny: ['GB'] } }), 'FR')).toBeUndefined();
+    expect(() => screenDestination(fraudPolicy(s, undefined), { e164: '+33612345678', country: 'FR' }, 'sms')).toThrow(ApiError);
+  });
+
+  it('merges velocity per window, test numbers from both, and parses client_ip', () => {
+    const p = fraudPolicy(fraudSchema.parse({ testNumbers: [{ number: '+447700900999', code: '1234' }] }), {
+      velocity: { perIp: { limit: 1, windowSeconds: 5 } },
+      testNumbers: [{ number: '+447700900998', code: '123456' }],
+    });
+    expect(p.velocity.perIp).toEqual({ limit: 1, windowSeconds: 5 });
+    expect(p.velocity.perNumber).toEqual(server.velocity.perNumber);
+    expect(findTestNumber(p, '+447700900998')?.code).toBe('123456');
+    expect(findTestNumber(p, '+447700900999')?.code).toBe('1234');
+    expect(findTestNumber(p, '+447700900997')).toBeUndefined();
+    expect(numberPrefix('+447700900123')).toBe('+44770090');
+    expect(parseClientIp('2001:DB8::1')).toBe('2001:db8::1');
+    expect(parseClientIp(undefined)).toBeUndefined();
+    expect(() => parseClientIp('300.1.1.1')).toThrow(/IPv4 or IPv6/);
+  });
+});
