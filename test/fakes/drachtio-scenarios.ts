@@ -24,6 +24,15 @@ export interface NetworkResponse {
   delayMs?: number;
   /** Attach an SDP (an answer, or an offer when the INVITE had none). */
   sdp?: boolean;
+  /** Extra header lines (e.g. Proxy-Authenticate). */
+  headers?: Record<string, string>;
+}
+
+/** Credentials the far end demands (407 first, then the digest is checked against the password). */
+export interface ProxyChallenge {
+  realm: string;
+  username: string;
+  password: string;
 }
 
 export interface DrachtioScenario {
@@ -47,6 +56,15 @@ export interface DrachtioScenario {
   dropConnectionAfterMs?: number;
   /** The SDP of responses with `sdp: true` (default farEndSdp()). */
   sdpBody?: string;
+  /** Proxy authentication: 407, then `invite` once the re-sent INVITE carries the right digest (403 otherwise). */
+  challenge?: ProxyChallenge;
+  /**
+   * drachtio-server cannot send the INVITE at all and answers the app's `sip` frame
+   * `NOK|<this reason>` (sip-dialog-controller.cpp doSendRequestOutsideDialog).
+   */
+  rejectInvite?: string;
+  /** What the far end answers to a re-INVITE from the app (default 200 with its SDP); 'ignore': no response ever. */
+  onReinvite?: NetworkResponse | 'ignore';
 }
 
 export const SCENARIOS = {
@@ -113,6 +131,42 @@ export const SCENARIOS = {
     invite: [{ status: 100 }, { status: 200, delayMs: 20, sdp: true }],
     remoteByeAfterMs: 300,
   },
+  /** sip-test/uas-busy-everywhere-600.xml */
+  busyEverywhere: {
+    name: '600 busy everywhere',
+    sipp: 'uas-busy-everywhere-600',
+    invite: [{ status: 100 }, { status: 600, delayMs: 20 }],
+  },
+  /** sip-test/uas-service-unavailable-503.xml */
+  serviceUnavailable: {
+    name: '503 service unavailable',
+    sipp: 'uas-service-unavailable-503',
+    invite: [{ status: 100 }, { status: 503, delayMs: 20 }],
+  },
+  /** sip-test/uas-183-then-180-cancel.xml: 100, 183 without SDP, 180 after gap_ms (200), then the CANCEL flow. */
+  progressThenRinging: {
+    name: '183 then 180, ringing on the 180',
+    sipp: 'uas-183-then-180-cancel',
+    invite: [{ status: 100 }, { status: 183, delayMs: 20 }, { status: 180, delayMs: 200 }],
+    onCancel: { status: 487 },
+  },
+  /** sip-test/uas-407-challenge.xml: 407 (digest, qop=auth), then the authenticated INVITE rings and is cancelled. */
+  proxyChallenge: {
+    name: '407 challenge answered with digest credentials',
+    sipp: 'uas-407-challenge',
+    invite: [{ status: 100 }, { status: 180, delayMs: 20 }],
+    onCancel: { status: 487 },
+    challenge: { realm: 'flashverify.test', username: 'trunkuser', password: 'trunkpass' },
+  },
+  /**
+   * No response from the far end: drachtio-server's own Timer B (sofia nta) fires and the
+   * app gets the transaction's locally generated 408 as a network response
+   * (processResponseOutsideDialog passes every INVITE response up with source "network").
+   * Timer B is 32 s on drachtio-server; the fake shortens it.
+   */
+  timerB: { name: "drachtio-server's Timer B (408)", sipp: '', invite: [{ status: 408, delayMs: 300 }] },
+  /** drachtio-server cannot send the INVITE (e.g. no transport for the Request-URI). */
+  notSent: { name: 'INVITE refused by drachtio-server (NOK)', sipp: '', invite: [], rejectInvite: 'requested protocol/transport not available' },
   /** Rings, then the app's connection to drachtio-server breaks before any final response (no SIPp equivalent). */
   connectionLostWhileRinging: {
     name: 'connection to drachtio-server lost while ringing',

@@ -36,7 +36,8 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
-import { farEndSdp, REASONS, type DrachtioScenario, type NetworkResponse } from './drachtio-scenarios.js';
+import { verifyDigestResponse } from '../helpers/sipp.js';
+import { farEndSdp, REASONS, type DrachtioScenario, type NetworkResponse, type ProxyChallenge } from './drachtio-scenarios.js';
 
 // ------------------------------------------------------------------ framing and parsing (pure, unit-tested)
 
@@ -146,9 +147,19 @@ function tagOf(value: string | undefined): string | undefined {
   return value === undefined ? undefined : /;\s*tag=([^;>\s]+)/i.exec(value)?.[1];
 }
 
-function hostOfUri(uri: string): string {
-  const m = /^sips?:(?:[^@]*@)?(\[[^\]]+\]|[^:;>?]+)/i.exec(uri);
-  return m?.[1] ?? '';
+/** host and host:port of a SIP URI. */
+function hostOfUri(uri: string): { host: string; hostPort: string } {
+  const m = /^sips?:(?:[^@]*@)?(\[[^\]]+\]|[^:;>?]+)(?::(\d+))?/i.exec(uri);
+  const host = m?.[1] ?? '';
+  return { host, hostPort: m?.[2] === undefined ? host : `${host}:${m[2]}` };
+}
+
+/** source|bytes|protocol|address|port|time (drachtio.h SipMsgData_t::toMessageFormat). */
+export function msgMeta(source: 'network' | 'application', raw: string): string[] {
+  const now = new Date();
+  const time = `${now.toISOString().slice(11, 19)}.${String(now.getMilliseconds() * 1000).padStart(6, '0')}`;
+  // address/port: where a network message came from, or where the app's message went.
+  return [source, String(Buffer.byteLength(raw, 'utf8')), 'udp', FAR_ADDR, String(FAR_PORT), time];
 }
 
 // ------------------------------------------------------------------ the server
@@ -217,8 +228,17 @@ export class FakeDrachtioServer {
   scenario: DrachtioScenario | undefined;
   /** Every frame received from apps, in order. */
   readonly frames: Frame[] = [];
+  /** Every frame payload sent to apps, in order (checked against test/fakes/recordings/). */
+  readonly sentFrames: string[] = [];
+  /**
+   * false: `ping` frames get no reply at all while the TCP connection stays
+   * open (a half-open connection / hung drachtio-server, as the app sees it).
+   */
+  answerPings = true;
   /** Responses the app sent to requests from the network (BYE, re-INVITE ...). */
   readonly appResponses: ParsedSip[] = [];
+  /** Proxy-Authorization headers received after a 407 challenge, and whether the digest matched the password. */
+  readonly authorizations: { callId: string; authorization: string; valid: boolean }[] = [];
   /** re-INVITEs the app sent inside a dialog (Call-ID of the dialog's INVITE, the SDP offered). */
   readonly reinvites: { callId: string; sdp: string }[] = [];
   private readonly wireLog: WireRequest[] = [];
@@ -228,6 +248,10 @@ export class FakeDrachtioServer {
   private readonly txns = new Map<string, InviteTxn>();
   private readonly dialogs = new Map<string, DialogState>();
   private readonly timers = new Set<NodeJS.Timeout>();
+  /** Dialog ids of INVITEs that ended non-2xx: drachtio-srf still sends an ACK for them. */
+  private readonly rejectedDialogs = new Set<string>();
+  /** Nonces issued in 407 challenges, by Call-ID. */
+  private readonly nonces = new Map<string, string>();
   private server: Server;
   private listening = false;
 
@@ -254,7 +278,7 @@ export class FakeDrachtioServer {
     return this.authenticated.size;
   }
 
-  /** Route INVITEs whose Request-URI host is `host` (e.g. a media server's address) to `responder`. */
+  /** Route INVITEs whose Request-URI host (or host:port) is `host` (e.g. a media server's address) to `responder`. */
   respondTo(host: string, responder: InviteResponder): void {
     this.responders.set(host, responder);
   }
@@ -347,7 +371,9 @@ export class FakeDrachtioServer {
   }
 
   private send(socket: Socket, payload: string): void {
-    if (!socket.destroyed) socket.write(encodeFrame(payload));
+    if (socket.destroyed) return;
+    this.sentFrames.push(payload);
+    socket.write(encodeFrame(payload));
   }
 
   private reply(socket: Socket, msgId: string, tokens: string[], sip?: string): void {
@@ -375,9 +401,12 @@ export class FakeDrachtioServer {
           socket.end();
         }
         return;
+      case 'ping':
+        // client.cpp processClientMessage: createResponseMsg(id, msg, true, "pong").
+        if (this.answerPings) this.reply(socket, frame.msgId, ['OK', 'pong']);
+        return;
       case 'route':
       case 'remove_route':
-      case 'ping':
         this.reply(socket, frame.msgId, ['OK']);
         return;
       case 'sip':
@@ -388,7 +417,9 @@ export class FakeDrachtioServer {
         this.onSipFromApp(socket, frame);
         return;
       default:
+        // client.cpp: "Unknown message type", then the client is dropped.
         this.reply(socket, frame.msgId, ['NO', 'Unknown message type']);
+        socket.end();
     }
   }
 
@@ -400,25 +431,20 @@ export class FakeDrachtioServer {
     try {
       msg = parseSip(frame.body);
     } catch (err) {
-      this.reply(socket, frame.msgId, ['NO', (err as Error).message]);
+      this.reply(socket, frame.msgId, ['NOK', (err as Error).message]);
       return;
     }
     if (msg.status !== undefined) {
       // The app's response to a request from the network.
       this.appResponses.push(msg);
-      this.reply(socket, frame.msgId, ['OK', ...this.metaTokens('application', frame.body, txnId, dialogId)], frame.body);
+      this.reply(socket, frame.msgId, this.sentTokens(frame.body, txnId), frame.body);
       return;
     }
     const method = msg.method ?? '';
     if (dialogId !== '') return this.inDialogFromApp(socket, frame, msg, dialogId);
     if (txnId !== '' && method === 'CANCEL') return this.cancelFromApp(socket, frame, msg, txnId);
-    if (method === 'ACK') {
-      // ACK for a non-2xx: the server's transaction layer has already sent it.
-      this.reply(socket, frame.msgId, ['NO', 'ACK for a non-success final response is sent by the stack']);
-      return;
-    }
     if (method !== 'INVITE') {
-      this.reply(socket, frame.msgId, ['NO', `fake drachtio-server: ${method} outside a dialog not supported`]);
+      this.reply(socket, frame.msgId, ['NOK', `fake drachtio-server: ${method} outside a dialog not supported`]);
       return;
     }
     this.inviteFromApp(socket, frame, msg);
@@ -426,6 +452,13 @@ export class FakeDrachtioServer {
 
   private inviteFromApp(socket: Socket, frame: Frame, msg: ParsedSip): void {
     const uri = msg.uri ?? '';
+    const target = hostOfUri(uri);
+    const responder = this.responders.get(target.hostPort) ?? this.responders.get(target.host);
+    if (responder === undefined && this.scenario?.rejectInvite !== undefined) {
+      // doSendRequestOutsideDialog could not create the transaction (no transport, bad URI ...): nothing is sent.
+      this.reply(socket, frame.msgId, ['NOK', this.scenario.rejectInvite]);
+      return;
+    }
     const headers = msg.headers.filter((h) => !['via', 'max-forwards', 'cseq', 'content-length'].includes(canonical(h.name)));
     const fix = (v: string): string => v.replace(/@localhost(?=[>;:\s]|$)/gi, `@${SIP_ADDR}:${SIP_PORT}`);
     let callId = msg.header('call-id');
@@ -450,7 +483,8 @@ export class FakeDrachtioServer {
       [
         { name: 'Via', value: `SIP/2.0/UDP ${SIP_ADDR}:${SIP_PORT};branch=z9hG4bK${randomBytes(6).toString('hex')};rport` },
         { name: 'Max-Forwards', value: '70' },
-        { name: 'CSeq', value: '1 INVITE' },
+        // The app's CSeq when it gives one (drachtio-srf's digest client re-sends the INVITE with CSeq + 1).
+        { name: 'CSeq', value: msg.header('cseq') ?? '1 INVITE' },
         ...headers,
       ],
       msg.body,
@@ -458,9 +492,8 @@ export class FakeDrachtioServer {
     const invite = parseSip(sent);
     const txnId = randomUUID();
     this.record(invite, sent, true);
-    this.reply(socket, frame.msgId, ['OK', ...this.metaTokens('application', sent, txnId, '')], sent);
+    this.reply(socket, frame.msgId, this.sentTokens(sent, txnId), sent);
 
-    const responder = this.responders.get(hostOfUri(uri));
     if (responder === undefined) return this.startInviteTxn(socket, invite, txnId, callId, this.scenario);
     void Promise.resolve(responder(invite)).then(
       (scenario) => this.startInviteTxn(socket, invite, txnId, callId, scenario),
@@ -468,8 +501,9 @@ export class FakeDrachtioServer {
     );
   }
 
-  private startInviteTxn(socket: Socket, invite: ParsedSip, txnId: string, callId: string, scenario: DrachtioScenario | undefined): void {
-    if (scenario === undefined || socket.destroyed) return;
+  private startInviteTxn(socket: Socket, invite: ParsedSip, txnId: string, callId: string, given: DrachtioScenario | undefined): void {
+    if (given === undefined || socket.destroyed) return;
+    const scenario = given.challenge === undefined ? given : this.challenge(invite, callId, given, given.challenge);
     const txn: InviteTxn = {
       txnId,
       socket,
@@ -487,10 +521,29 @@ export class FakeDrachtioServer {
     if (scenario.dropConnectionAfterMs !== undefined) this.later(scenario.dropConnectionAfterMs, () => socket.destroy());
   }
 
+  /**
+   * A trunk that wants proxy digest credentials (RFC 3261 22.3, RFC 2617 3.2.2): 407 to an INVITE
+   * without them; the re-sent INVITE's response digest is recomputed from the password: 403 when wrong.
+   */
+  private challenge(invite: ParsedSip, callId: string, scenario: DrachtioScenario, c: ProxyChallenge): DrachtioScenario {
+    const authorization = invite.header('proxy-authorization');
+    const nonce = this.nonces.get(callId);
+    if (authorization === undefined || nonce === undefined) {
+      const issued = randomBytes(8).toString('hex');
+      this.nonces.set(callId, issued);
+      const challenge = `Digest realm="${c.realm}", nonce="${issued}", qop="auth", algorithm=MD5`;
+      return { ...scenario, invite: [{ status: 407, delayMs: 10, headers: { 'Proxy-Authenticate': challenge } }] };
+    }
+    const valid = verifyDigestResponse(authorization, { method: 'INVITE', username: c.username, password: c.password, realm: c.realm, nonce });
+    this.authorizations.push({ callId, authorization, valid });
+    return valid ? scenario : { ...scenario, invite: [{ status: 403, delayMs: 10 }] };
+  }
+
   private cancelFromApp(socket: Socket, frame: Frame, msg: ParsedSip, txnId: string): void {
     const txn = this.txns.get(txnId);
     if (txn === undefined) {
-      this.reply(socket, frame.msgId, ['NO', 'unknown transaction id']);
+      // sip-dialog-controller.cpp doSendCancelRequest.
+      this.reply(socket, frame.msgId, ['NOK', `unable to cancel unknown transaction id: ${txnId}`]);
       return;
     }
     const inv = txn.invite;
@@ -504,7 +557,7 @@ export class FakeDrachtioServer {
       ...msg.headers.filter((h) => !['via', 'max-forwards', 'from', 'to', 'call-id', 'cseq', 'content-length'].includes(canonical(h.name))),
     ]);
     this.record(parseSip(sent), sent, true);
-    this.reply(socket, frame.msgId, ['OK', ...this.metaTokens('application', sent, randomUUID(), '')], sent);
+    this.reply(socket, frame.msgId, this.sentTokens(sent, randomUUID()), sent);
     if (txn.final || txn.cancelled) return;
     txn.cancelled = true;
     const onCancel = txn.scenario.onCancel ?? { status: 487 };
@@ -518,7 +571,13 @@ export class FakeDrachtioServer {
   private inDialogFromApp(socket: Socket, frame: Frame, msg: ParsedSip, dialogId: string): void {
     const dialog = this.dialogs.get(dialogId);
     if (dialog === undefined) {
-      this.reply(socket, frame.msgId, ['NO', 'unable to find dialog']);
+      if (msg.method === 'ACK' && this.rejectedDialogs.delete(dialogId)) {
+        // drachtio-srf ACKs every final response; for a non-2xx the server's transaction layer already
+        // did (RFC 3261 17.1.1.3): sip-dialog-controller.cpp doSendRequestInsideDialog answers NOK.
+        this.reply(socket, frame.msgId, ['NOK', 'ACK for non-success responses is automatically generated by the stack']);
+        return;
+      }
+      this.reply(socket, frame.msgId, ['NOK', 'Server error: unable to find dialog']);
       return;
     }
     const method = msg.method ?? '';
@@ -542,16 +601,18 @@ export class FakeDrachtioServer {
     const parsed = parseSip(sent);
     this.record(parsed, sent, true);
     const txnId = method === 'ACK' ? '' : randomUUID();
-    this.reply(socket, frame.msgId, ['OK', ...this.metaTokens('application', sent, txnId, dialogId)], sent);
+    this.reply(socket, frame.msgId, this.sentTokens(sent, txnId), sent);
     if (method === 'BYE') {
       this.dialogs.delete(dialogId);
       this.later(10, () => this.sendResponseFor(socket, parsed, 200, txnId, dialogId));
     }
     if (method === 'INVITE') {
-      // A re-INVITE from the app (e.g. drachtio-fsmrf's endpoint.modify): the far end answers 200 with its SDP.
-      const sdp = dialog.txn.sdpBody ?? farEndSdp(40_000, dialog.cseq);
+      // A re-INVITE from the app (e.g. drachtio-fsmrf's endpoint.modify): by default the far end answers 200 with its SDP.
       this.reinvites.push({ callId: inv.header('call-id') ?? '', sdp: msg.body });
-      this.later(10, () => this.sendResponseFor(socket, parsed, 200, txnId, dialogId, sdp));
+      const answer = dialog.txn.scenario.onReinvite ?? { status: 200 };
+      if (answer === 'ignore') return;
+      const sdp = answer.status === 200 ? (dialog.txn.sdpBody ?? farEndSdp(40_000, dialog.cseq)) : '';
+      this.later(answer.delayMs ?? 10, () => this.sendResponseFor(socket, parsed, answer.status, txnId, dialogId, sdp));
     }
   }
 
@@ -578,15 +639,16 @@ export class FakeDrachtioServer {
       { name: 'CSeq', value: inv.header('cseq') ?? '1 INVITE' },
     ];
     if (status > 100 && status < 300) headers.push({ name: 'Contact', value: `<sip:farend@${FAR_ADDR}:${FAR_PORT}>` });
+    for (const [name, value] of Object.entries(step.headers ?? {})) headers.push({ name, value });
     if (body !== '') headers.push({ name: 'Content-Type', value: 'application/sdp' });
     const raw = serializeSip(`SIP/2.0 ${status} ${step.reason ?? REASONS[status] ?? 'Unknown'}`, headers, body);
-    const early = status > 100 && status < 200;
-    const dialogId = status >= 200 && status < 300 ? txn.dialogId : early ? txn.dialogId : '';
-    this.sendFromNetwork(txn.socket, raw, txn.txnId, dialogId);
+    // Every response to an INVITE carries the dialog id (processResponseOutsideDialog: the IIP's dialog).
+    this.sendFromNetwork(txn.socket, raw, txn.txnId, txn.dialogId);
     if (status < 200) return;
     txn.final = true;
     this.clearTxn(txn.txnId);
     if (status >= 300) {
+      this.rejectedDialogs.add(txn.dialogId);
       // RFC 3261 17.1.1.3: the client transaction ACKs a non-2xx itself.
       const ack = serializeSip(`ACK ${inv.uri ?? ''} SIP/2.0`, [
         { name: 'Via', value: inv.header('via') ?? '' },
@@ -655,15 +717,13 @@ export class FakeDrachtioServer {
   }
 
   private sendFromNetwork(socket: Socket, raw: string, txnId: string, dialogId: string): void {
-    this.send(socket, `${randomUUID()}|sip|${this.metaTokens('network', raw, txnId, dialogId).join('|')}|${SIP_ADDR}|${SIP_PORT}\r\n${raw}`);
+    // client.cpp BaseClient::sendSipMessageToClient(transactionId, dialogId, ...): a trailing '|' after the dialog id.
+    this.send(socket, `${randomUUID()}|sip|${msgMeta('network', raw).join('|')}|${txnId}|${dialogId}|\r\n${raw}`);
   }
 
-  /** source|bytes|protocol|address|port|time|txnId|dialogId (SipMsgData_t::toMessageFormat + ids). */
-  private metaTokens(source: 'network' | 'application', raw: string, txnId: string, dialogId: string): string[] {
-    const now = new Date();
-    const time = `${now.toISOString().slice(11, 19)}.${String(now.getMilliseconds() * 1000).padStart(6, '0')}`;
-    const [addr, port] = source === 'network' ? [FAR_ADDR, FAR_PORT] : [SIP_ADDR, SIP_PORT];
-    return [source, String(Buffer.byteLength(raw, 'utf8')), 'udp', addr, String(port), time, txnId, dialogId];
+  /** The OK for a SIP message the app had sent (sip-dialog-controller.cpp: `s + "|" + txnId + "|Msg sent:|" + CRLF + msg`). */
+  private sentTokens(raw: string, txnId: string): string[] {
+    return ['OK', ...msgMeta('application', raw), txnId, 'Msg sent:', ''];
   }
 
   private record(sip: ParsedSip, raw: string, fromApp: boolean): void {

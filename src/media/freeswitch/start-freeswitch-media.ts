@@ -13,11 +13,15 @@ export interface FreeswitchMedia {
 
 export async function startFreeswitchMedia(config: Readonly<Config>, logger: Logger): Promise<FreeswitchMedia> {
   const fs = config.media.freeswitch;
+  const d = config.sip.drachtio;
   const drachtio = new DrachtioLink({
-    host: config.sip.drachtio.host,
-    port: config.sip.drachtio.port,
-    secret: config.sip.drachtio.secret,
-    reconnectMaxMs: config.sip.drachtio.reconnectMaxMs,
+    host: d.host,
+    port: d.port,
+    secret: d.secret,
+    enablePing: d.enablePing,
+    pingIntervalMs: d.pingIntervalMs,
+    reconnectMinMs: d.reconnectMinMs,
+    reconnectMaxMs: d.reconnectMaxMs,
     logger,
   });
   const player = new FreeswitchMediaPlayer({

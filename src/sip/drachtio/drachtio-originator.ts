@@ -13,12 +13,13 @@
  *   const call = sip.originate({ to, from, trunk, logger }, delegate);
  *
  * What drachtio-srf does not do, and this class does:
- *  - reconnect with a bounded, jittered back-off (drachtio-srf's own retry
- *    grows 150 ms x 1.7^n without a cap unless told; it is switched off here
- *    with `reconnect.maxAttempts: 1` and a fresh Srf is made per attempt);
+ *  - connection handling (bounded reconnect, dead-peer detection): see
+ *    DrachtioConnection;
  *  - settle calls in flight when the connection drops (drachtio-srf keeps
  *    their callbacks in a per-socket map it deletes on close: the createUAC
  *    promise never settles) → failed `unreachable` 'drachtio connection lost';
+ *    an answered call whose dialog is lost that way is reported as ended by
+ *    the network (onRemoteHangup), so a prompt in progress stops;
  *  - Timer B: drachtio-server reports an INVITE that got no response at all
  *    as a 408 after its own 32 s; a 408 that is the first response, or
  *    `callTimeoutMs` without any response, is `timeout`;
@@ -32,8 +33,8 @@ import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import { maskUser } from '../embedded-originator.js';
 import { dummySdp, failureReasonFor, resolveTrunk } from '../uac.js';
 import { errorMessage, newCallId } from '../util.js';
+import { DrachtioConnection, type DrachtioConnectionOptions } from './drachtio-connection.js';
 import {
-  createSrf,
   isSipError,
   type SrfClient,
   type SrfDialog,
@@ -42,22 +43,13 @@ import {
   type SrfUacRequest,
 } from './srf-types.js';
 
-export interface DrachtioOriginatorOptions {
-  host: string;
-  port: number;
-  secret: string;
-  enablePing: boolean;
-  /** drachtio-srf accepts 5 000 .. 300 000. */
-  pingIntervalMs: number;
-  reconnectMinMs: number;
-  reconnectMaxMs: number;
+/** The connection (host, port, secret, keepalive, reconnect back-off, logger, clock: DrachtioConnection) plus: */
+export interface DrachtioOriginatorOptions extends DrachtioConnectionOptions {
   /** No response of any kind to the INVITE within this → `timeout` (and no final response this long after CANCEL → cancelled). */
   callTimeoutMs: number;
   userAgent: string;
-  logger: Logger;
   /** Address in the dummy SDP of trunks with `dummySdp` (default 127.0.0.1). */
   sdpHost?: string;
-  clock?: Clock;
 }
 
 /** Phrase of the failure reported for calls in flight when the drachtio connection drops. */
@@ -74,13 +66,6 @@ export function drachtioFailure(status: number, phrase: string | undefined, sawR
   return phrase === undefined ? { reason, status } : { reason, status, phrase };
 }
 
-/** Reconnect delay for attempt n (0-based): min x 2^n capped at max, ±20 % jitter, never above max. */
-export function reconnectDelay(attempt: number, minMs: number, maxMs: number, random: () => number = Math.random): number {
-  const base = Math.min(maxMs, minMs * 2 ** Math.min(attempt, 30));
-  const jittered = base * (0.8 + 0.4 * random());
-  return Math.round(Math.max(minMs, Math.min(maxMs, jittered)));
-}
-
 const NUMBER_RE = /^\+?[0-9A-Za-z._*-]{1,32}$/;
 
 /** What a call needs from the originator. */
@@ -93,31 +78,35 @@ interface CallHost {
 export class DrachtioOriginator implements CallOriginator {
   private readonly options: DrachtioOriginatorOptions;
   private readonly logger: Logger;
-  private readonly clock: Clock;
-  private srf: SrfClient | undefined;
-  private connected = false;
+  private readonly connection: DrachtioConnection;
   private running = false;
-  private attempt = 0;
-  private reconnectTimer: TimerHandle | undefined;
   private readonly calls = new Set<DrachtioCall>();
   private readonly host: CallHost;
-  /** Settles start(): the first connection attempt succeeded, failed, or was refused authentication. */
-  private firstAttempt: { resolve: () => void; reject: (err: Error) => void } | undefined;
 
   constructor(options: DrachtioOriginatorOptions) {
     this.options = options;
     this.logger = options.logger.child({ component: 'drachtio' });
-    this.clock = options.clock ?? systemClock;
+    const clock = options.clock ?? systemClock;
     this.host = {
-      clock: this.clock,
+      clock,
       callTimeoutMs: options.callTimeoutMs,
       callEnded: (call) => this.calls.delete(call),
     };
+    this.connection = new DrachtioConnection(
+      { ...options, logger: this.logger, clock },
+      {
+        onDown: (wasUp) => {
+          if (!wasUp) return;
+          this.logger.error({ host: options.host, port: options.port, calls: this.calls.size }, CONNECTION_LOST);
+          for (const call of [...this.calls]) call.abort(CONNECTION_LOST);
+        },
+      },
+    );
   }
 
   /** Readiness: authenticated to drachtio-server right now. */
   isConnected(): boolean {
-    return this.connected;
+    return this.connection.connected;
   }
 
   /** Calls not yet ended (for flashverify_active_calls). */
@@ -133,121 +122,29 @@ export class DrachtioOriginator implements CallOriginator {
   async start(): Promise<void> {
     if (this.running) return;
     this.running = true;
-    this.attempt = 0;
-    await new Promise<void>((resolve, reject) => {
-      this.firstAttempt = { resolve, reject };
-      this.connect();
-    });
+    await this.connection.start();
   }
 
   /** Disconnect; calls in flight fail `unreachable`. */
   async stop(): Promise<void> {
     if (!this.running) return;
     this.running = false;
-    if (this.reconnectTimer !== undefined) this.clock.clearTimeout(this.reconnectTimer);
-    this.reconnectTimer = undefined;
     for (const call of [...this.calls]) call.abort('SIP stack stopped');
-    const srf = this.srf;
-    this.srf = undefined;
-    const wasConnected = this.connected;
-    this.connected = false;
-    if (srf !== undefined && wasConnected) {
-      try {
-        srf.disconnect();
-      } catch (err) {
-        this.logger.debug({ err: errorMessage(err) }, 'drachtio disconnect failed');
-      }
-    }
-    this.settleFirstAttempt();
+    this.connection.stop();
     this.logger.info('drachtio backend stopped');
   }
 
   originate(request: OriginateRequest, delegate: CallDelegate): OutboundCall {
     const call = new DrachtioCall(this.host, request, delegate, this.options);
     this.calls.add(call);
-    if (!this.running || !this.connected || this.srf === undefined) {
+    const srf = this.connection.srf;
+    if (!this.running || srf === undefined) {
       const why = this.running ? 'drachtio not connected' : 'SIP stack not running';
       process.nextTick(() => call.abort(why));
     } else {
-      call.start(this.srf);
+      call.start(srf);
     }
     return call;
-  }
-
-  // ------------------------------------------------------------------ connection
-
-  private connect(): void {
-    const { host, port, secret, enablePing, pingIntervalMs } = this.options;
-    const srf = createSrf();
-    this.srf = srf;
-    srf.on('connect', (err, hostport, serverVersion) => {
-      if (srf !== this.srf || !this.running) {
-        // An attempt that outlived stop() or a newer attempt: close it.
-        if (!err) safeDisconnect(srf);
-        return;
-      }
-      if (err) {
-        this.logger.error({ err: err.message, host, port }, 'drachtio-server refused the connection (check sip.drachtio.secret)');
-        const first = this.firstAttempt;
-        this.firstAttempt = undefined;
-        first?.reject(new AppError('drachtio_auth_failed', `drachtio-server ${host}:${port}: ${err.message}`));
-        return; // the server closes the socket: 'close' schedules a retry
-      }
-      this.connected = true;
-      this.attempt = 0;
-      this.logger.info({ host, port, hostport, server_version: serverVersion }, 'connected to drachtio-server');
-      this.settleFirstAttempt();
-    });
-    srf.on('error', (err) => {
-      // drachtio-srf re-emits socket errors; without a listener they would throw. 'close' follows.
-      this.logger.debug({ err: err.message, host, port }, 'drachtio socket error');
-    });
-    srf.on('close', () => this.onClose(srf));
-    srf.connect({
-      host,
-      port,
-      secret,
-      enablePing,
-      pingInterval: pingIntervalMs,
-      // Reconnects are ours (bounded back-off, a fresh Srf each time): 1 attempt = no retry in drachtio-srf.
-      reconnect: { maxAttempts: 1 },
-    });
-  }
-
-  private onClose(srf: SrfClient): void {
-    if (srf !== this.srf) return;
-    const wasConnected = this.connected;
-    this.connected = false;
-    srf.removeAllListeners();
-    // Keep an 'error' listener: a late socket error must not become an uncaught exception.
-    srf.on('error', () => undefined);
-    this.srf = undefined;
-    if (wasConnected) {
-      this.logger.error({ host: this.options.host, port: this.options.port, calls: this.calls.size }, CONNECTION_LOST);
-      for (const call of [...this.calls]) call.abort(CONNECTION_LOST);
-    }
-    this.settleFirstAttempt();
-    if (!this.running) return;
-    const delay = reconnectDelay(this.attempt++, this.options.reconnectMinMs, this.options.reconnectMaxMs);
-    this.logger.warn({ host: this.options.host, port: this.options.port, delay_ms: delay, attempt: this.attempt }, 'drachtio-server not connected; retrying');
-    this.reconnectTimer = this.clock.setTimeout(() => {
-      this.reconnectTimer = undefined;
-      if (this.running) this.connect();
-    }, delay);
-  }
-
-  private settleFirstAttempt(): void {
-    const first = this.firstAttempt;
-    this.firstAttempt = undefined;
-    first?.resolve();
-  }
-}
-
-function safeDisconnect(srf: SrfClient): void {
-  try {
-    srf.disconnect();
-  } catch {
-    /* no socket left */
   }
 }
 
@@ -460,7 +357,14 @@ class DrachtioCall implements OutboundCall {
     if (this.ended) return;
     this.clearTimer();
     this.finish('failed', { reason: 'unreachable', phrase: reason });
+    const lostDialog = this.dialogUp && this.outcome === 'answered' && this.byePromise === undefined;
     this.dialogUp = false;
+    if (lostDialog) {
+      // The dialog is gone with the connection (no BYE can be sent or received through it any more):
+      // to the call's owner it ended from the network side, and a prompt in progress must stop.
+      this.log.warn({ reason }, 'answered call lost with the drachtio connection');
+      this.safe('onRemoteHangup', () => this.delegate.onRemoteHangup?.());
+    }
     this.byeDone();
     this.maybeEnd();
   }

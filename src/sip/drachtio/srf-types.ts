@@ -21,6 +21,7 @@
  * wrapper: the one cast from the library's value to these interfaces is here
  * and nothing typed `any` leaves this file.
  */
+import type { Socket } from 'node:net';
 import SrfModule from 'drachtio-srf';
 
 /** Options of `srf.connect()` (inbound connection to drachtio-server). */
@@ -127,6 +128,61 @@ export interface SrfSipError extends Error {
   readonly status: number;
   readonly reason?: string;
   readonly res?: SrfResponse;
+}
+
+/**
+ * drachtio-srf's wire layer under one Srf (lib/drachtio-agent.js `client`,
+ * lib/wire-protocol.js `wp`), for the connection keepalive: drachtio-srf's own
+ * `enablePing` sends `ping` frames but never checks that a pong comes back,
+ * and refuses intervals under 5 s.
+ */
+export interface SrfWire {
+  /** Sends one admin frame (e.g. `ping`); its message id, or undefined when there is no socket. */
+  send(payload: string): string | undefined;
+  /** Every frame drachtio-server sends, without the length prefix; returns the unsubscribe. */
+  onFrame(listener: (payload: string) => void): () => void;
+  /** Destroys the socket: drachtio-srf then emits 'close'. */
+  destroy(): void;
+}
+
+/** The internals of drachtio-srf 5.0.29 that srfWire() reads (pinned version, see package.json). */
+interface SrfInternals {
+  _app?: {
+    client?: {
+      mapServer?: Map<Socket, unknown>;
+      wp?: {
+        send(socket: Socket, msg: string): string;
+        on(event: 'msg', listener: (socket: Socket, msg: string) => void): unknown;
+        removeListener(event: 'msg', listener: (socket: Socket, msg: string) => void): unknown;
+      };
+    };
+  };
+}
+
+/** The wire layer of a connected Srf; undefined before connect(). */
+export function srfWire(srf: SrfClient): SrfWire | undefined {
+  const agent = (srf as unknown as SrfInternals)._app?.client;
+  const wp = agent?.wp;
+  const map = agent?.mapServer;
+  if (wp === undefined || map === undefined) return undefined;
+  // One inbound connection per Srf: the agent's only socket.
+  const socket = (): Socket | undefined => map.keys().next().value;
+  return {
+    send(payload) {
+      const s = socket();
+      return s === undefined || s.destroyed ? undefined : wp.send(s, payload);
+    },
+    onFrame(listener) {
+      const fn = (_socket: Socket, msg: string): void => listener(msg);
+      wp.on('msg', fn);
+      return () => {
+        wp.removeListener('msg', fn);
+      };
+    },
+    destroy() {
+      socket()?.destroy();
+    },
+  };
 }
 
 const library = SrfModule as unknown as {

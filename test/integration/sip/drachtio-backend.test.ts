@@ -10,7 +10,7 @@ import { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
 import { SCENARIOS, type DrachtioScenario } from '../../fakes/drachtio-scenarios.js';
 import { FakeDrachtioServer } from '../../fakes/drachtio-server.js';
 import { http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../../helpers/engine.js';
-import { sipUriUser, startSippUas } from '../../helpers/sipp.js';
+import { SIPP_TEST_CREDENTIALS, sipUriUser, startSippUas, verifyDigestResponse } from '../../helpers/sipp.js';
 
 /**
  * The flash-call outcome table of design.md "Flash call, precisely", run on
@@ -39,7 +39,11 @@ interface Row {
   sippVars?: Record<string, number>;
   outcome: FlashResult['outcome'];
   rang: boolean;
+  /** The provisional that counted as ringing, when it matters (183 vs 180). */
+  ringingStatus?: number;
   sipStatus?: number;
+  /** The second INVITE must carry a Proxy-Authorization whose digest matches the trunk password. */
+  digest?: boolean;
   /** SIP requests on the wire, consecutive retransmissions collapsed. */
   wire: string[];
 }
@@ -54,9 +58,23 @@ const TABLE: Row[] = [
     sipStatus: 487,
     wire: ['INVITE', 'CANCEL', 'ACK'],
   },
+  // ringOn183 false (trunk default): the 183 is not ringing, the 180 after it is.
+  { scenario: SCENARIOS.progressThenRinging, outcome: 'cancelled', rang: true, ringingStatus: 180, sipStatus: 487, wire: ['INVITE', 'CANCEL', 'ACK'] },
   { scenario: SCENARIOS.answerCrossesCancel, outcome: 'answered', rang: true, sipStatus: 200, wire: ['INVITE', 'CANCEL', 'ACK', 'BYE'] },
   { scenario: SCENARIOS.answer, outcome: 'answered', rang: true, sipStatus: 200, wire: ['INVITE', 'ACK', 'BYE'] },
   { scenario: SCENARIOS.busy, outcome: 'busy', rang: false, sipStatus: 486, wire: ['INVITE', 'ACK'] },
+  { scenario: SCENARIOS.busyEverywhere, outcome: 'busy', rang: false, sipStatus: 600, wire: ['INVITE', 'ACK'] },
+  { scenario: SCENARIOS.serviceUnavailable, outcome: 'rejected', rang: false, sipStatus: 503, wire: ['INVITE', 'ACK'] },
+  {
+    scenario: SCENARIOS.proxyChallenge,
+    trunk: { auth: { username: SIPP_TEST_CREDENTIALS.username, password: SIPP_TEST_CREDENTIALS.password } },
+    outcome: 'cancelled',
+    rang: true,
+    ringingStatus: 180,
+    sipStatus: 487,
+    digest: true,
+    wire: ['INVITE', 'ACK', 'INVITE', 'CANCEL', 'ACK'],
+  },
   { scenario: SCENARIOS.declined, outcome: 'declined', rang: false, sipStatus: 603, wire: ['INVITE', 'ACK'] },
   { scenario: SCENARIOS.notFound, outcome: 'not_found', rang: false, sipStatus: 404, wire: ['INVITE', 'ACK'] },
   { scenario: SCENARIOS.unavailable, outcome: 'unavailable', rang: false, sipStatus: 480, wire: ['INVITE', 'ACK'] },
@@ -91,10 +109,22 @@ function flash(originator: DrachtioOriginator | EmbeddedSipOriginator, t: TrunkC
   }).then((result) => ({ result, ringingStatus }));
 }
 
+/** RFC 2617 3.2.2: the re-sent INVITE's digest, recomputed from the trunk password (and not from a wrong one). */
+function checkDigest(invites: { header(name: string): string | undefined }[]): void {
+  expect(invites).toHaveLength(2);
+  const authorization = invites[1]!.header('proxy-authorization');
+  const { username, password, realm } = SIPP_TEST_CREDENTIALS;
+  expect(verifyDigestResponse(authorization, { method: 'INVITE', username, password, realm })).toBe(true);
+  expect(verifyDigestResponse(authorization, { method: 'INVITE', password: 'wrong' })).toBe(false);
+  expect(invites[1]!.header('call-id')).toBe(invites[0]!.header('call-id'));
+  expect(invites[0]!.header('proxy-authorization')).toBeUndefined();
+}
+
 function check(row: Row, seen: Observed): void {
   expect(seen.result.outcome).toBe(row.outcome);
   expect(seen.result.rang).toBe(row.rang);
   expect(seen.ringingStatus !== undefined).toBe(row.rang);
+  if (row.ringingStatus !== undefined) expect(seen.ringingStatus).toBe(row.ringingStatus);
   if (row.sipStatus !== undefined) expect(seen.result.sipStatus).toBe(row.sipStatus);
   expect(seen.result.callId).not.toBe('');
   expect(collapse(seen.wire)).toEqual(row.wire);
@@ -138,6 +168,10 @@ describe.each(['embedded', 'drachtio'] as const)('flash-call outcome table on th
       }, 3000).catch(() => fake!.wire().filter((r) => r.callId === result.callId).map((r) => r.method));
       check(row, { result, ringingStatus, wire });
       const invite = fake!.wire('INVITE').find((r) => r.callId === result.callId)!;
+      if (row.digest) {
+        checkDigest(fake!.wire('INVITE').filter((r) => r.callId === result.callId).map((r) => r.sip));
+        expect(fake!.authorizations.filter((a) => a.callId === result.callId).map((a) => a.valid)).toEqual([true]);
+      }
       expect(sipUriUser(invite.sip.header('from'))).toBe('+44190873001234');
       expect(sipUriUser(invite.sip.header('p-asserted-identity'))).toBe('+44190873001234');
       expect(invite.uri).toBe('sip:+447700900123@192.0.2.10:5060;user=phone');
@@ -150,12 +184,26 @@ describe.each(['embedded', 'drachtio'] as const)('flash-call outcome table on th
         const exit = await uas.waitForExit(10_000);
         expect(exit.code).toBe(0);
         check(row, { result, ringingStatus, wire: uas.requests().map((m) => m.method!) });
+        if (row.digest) checkDigest(uas.requests('INVITE'));
       } finally {
         await uas.stop();
       }
     }
   });
 });
+
+/** A flash call that rings for long (no CANCEL due during the test). */
+function flashLong(originator: DrachtioOriginator): Promise<FlashResult> {
+  return placeFlashCall(originator, {
+    to: '+447700900123',
+    cli: '+44190873001234',
+    trunk: trunk('sip:192.0.2.10:5060'),
+    ringMs: 20_000,
+    ringingTimeoutMs: 5000,
+    settleMs: SETTLE_MS,
+    logger,
+  });
+}
 
 function newDrachtio(port: number, overrides: Partial<ConstructorParameters<typeof DrachtioOriginator>[0]> = {}): DrachtioOriginator {
   return new DrachtioOriginator({
@@ -221,6 +269,8 @@ describe('drachtio backend: connection to drachtio-server', () => {
     await new Promise((r) => setTimeout(r, 500)); // a few refused reconnects (back-off 100..400 ms)
     await fake.resume();
     await waitFor(async () => drachtio!.isConnected(), 5000);
+    // One connection: our reconnect, and no second one from drachtio-srf's own retry (switched off).
+    expect(fake.clientCount).toBe(1);
     fake.scenario = SCENARIOS.busy;
     const after = await flash(drachtio, trunk('sip:192.0.2.10:5060'));
     expect(after.result.outcome).toBe('busy');
@@ -252,8 +302,79 @@ describe('drachtio backend: connection to drachtio-server', () => {
     expect(drachtio.isConnected()).toBe(false);
     await fake.resume();
     await waitFor(async () => drachtio!.isConnected(), 5000);
-    // Pings flow once authenticated (enablePing).
-    expect(fake.frames.some((f) => f.type === 'authenticate')).toBe(true);
+    expect(fake.clientCount).toBe(1);
+    expect(fake.frames.filter((f) => f.type === 'authenticate')).toHaveLength(1);
+  });
+
+  it('keepalive: ping frames every pingIntervalMs; a drachtio-server that stops answering them is dropped, calls fail, it reconnects', async () => {
+    fake = await FakeDrachtioServer.start({ secret: SECRET });
+    drachtio = newDrachtio(fake.port, { pingIntervalMs: 100, pingTimeoutMs: 250 });
+    await drachtio.start();
+    const pings = (): number => fake!.frames.filter((f) => f.type === 'ping').length;
+    await waitFor(async () => pings() >= 3, 3000);
+    // Each one answered `OK|pong`: still the same connection.
+    expect(drachtio.isConnected()).toBe(true);
+    expect(fake.frames.filter((f) => f.type === 'authenticate')).toHaveLength(1);
+
+    // A half-open connection: TCP stays up, nothing comes back. A ringing call is in flight.
+    fake.scenario = { ...SCENARIOS.ringCancel, onCancel: 'ignore' };
+    const call = flashLong(drachtio);
+    await fake.waitForRequest('INVITE', 2000);
+    await new Promise((r) => setTimeout(r, 100)); // the 180 arrives
+    fake.answerPings = false;
+    const silencedAt = Date.now();
+    const result = await call;
+    expect(result.phrase).toBe(CONNECTION_LOST);
+    expect(Date.now() - silencedAt).toBeLessThan(2000);
+    expect(drachtio.isConnected()).toBe(false);
+
+    // drachtio-server answers again: reconnected, one connection.
+    fake.answerPings = true;
+    await waitFor(async () => drachtio!.isConnected(), 5000);
+    expect(fake.clientCount).toBe(1);
+    expect(fake.frames.filter((f) => f.type === 'authenticate').length).toBeGreaterThanOrEqual(2);
+  });
+
+  it('without enablePing no ping frame is sent', async () => {
+    fake = await FakeDrachtioServer.start({ secret: SECRET });
+    drachtio = newDrachtio(fake.port, { enablePing: false, pingIntervalMs: 50 });
+    await drachtio.start();
+    await new Promise((r) => setTimeout(r, 300));
+    expect(fake.frames.filter((f) => f.type === 'ping')).toHaveLength(0);
+  });
+
+  it("drachtio-server's Timer B: a 408 as the only response is a timeout, end to end", async () => {
+    fake = await FakeDrachtioServer.start({ secret: SECRET });
+    drachtio = newDrachtio(fake.port);
+    await drachtio.start();
+    fake.scenario = SCENARIOS.timerB;
+    const { result } = await flash(drachtio, trunk('sip:192.0.2.10:5060'));
+    expect(result).toMatchObject({ outcome: 'timeout', rang: false, sipStatus: 408 });
+    expect(collapse(fake.wire().filter((r) => r.callId === result.callId).map((r) => r.method))).toEqual(['INVITE', 'ACK']);
+    expect(drachtio.activeCalls).toBe(0);
+  });
+
+  it('an INVITE drachtio-server refuses to send (NOK|<reason>) fails unreachable with the reason', async () => {
+    fake = await FakeDrachtioServer.start({ secret: SECRET });
+    drachtio = newDrachtio(fake.port);
+    await drachtio.start();
+    fake.scenario = SCENARIOS.notSent;
+    const { result } = await flash(drachtio, trunk('sip:192.0.2.10:5060'));
+    expect(result.outcome).toBe('unreachable');
+    expect(result.phrase).toBe('requested protocol/transport not available');
+    expect(fake.wire()).toHaveLength(0);
+    expect(drachtio.activeCalls).toBe(0);
+    expect(drachtio.isConnected()).toBe(true);
+  });
+
+  it('a 407 answered with a wrong password gets 403: rejected, the digest was checked', async () => {
+    fake = await FakeDrachtioServer.start({ secret: SECRET });
+    drachtio = newDrachtio(fake.port);
+    await drachtio.start();
+    fake.scenario = SCENARIOS.proxyChallenge;
+    const { result } = await flash(drachtio, trunk('sip:192.0.2.10:5060', { auth: { username: 'trunkuser', password: 'not-the-password' } }));
+    expect(result).toMatchObject({ outcome: 'rejected', sipStatus: 403, rang: false });
+    expect(fake.authorizations.map((a) => a.valid)).toEqual([false]);
   });
 
   it('a far-end BYE on an answered call is answered 200 and reported', async () => {

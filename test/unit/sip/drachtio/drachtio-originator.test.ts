@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { drachtioFailure, reconnectDelay } from '../../../../src/sip/drachtio/drachtio-originator.js';
+import { reconnectDelay } from '../../../../src/sip/drachtio/drachtio-connection.js';
+import { drachtioFailure } from '../../../../src/sip/drachtio/drachtio-originator.js';
 import { failureReasonFor } from '../../../../src/sip/uac.js';
 
 describe('drachtioFailure: final status → failure reason', () => {
