@@ -1,4 +1,6 @@
 import { randomUUID } from 'node:crypto';
+import type { NetworkResponse } from './drachtio-scenarios.js';
+import type { FakeDrachtioServer } from './drachtio-server.js';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import {
   AUTH_REQUEST,
@@ -296,6 +298,10 @@ export class FakeFreeswitch {
   failPlayback: string | undefined;
   /** Called when a channel hangs up: the SIP side sends its BYE here. */
   onHangup: ((channel: FakeChannel) => void) | undefined;
+  /** behindDrachtio(): answer fsmrf's INVITE with this status instead of a channel. */
+  failInvite: number | undefined;
+  /** behindDrachtio(): the answer to endpoint.modify's re-INVITE (default 200 with the SDP; 'ignore': none ever). */
+  reinvite: NetworkResponse | 'ignore' | undefined;
   readonly outboundSockets = new Set<Socket>();
   private readonly inbound = new Set<EslSocket>();
   private server: Server | undefined;
@@ -469,110 +475,37 @@ export class FakeFreeswitch {
 }
 
 // ---------------------------------------------------------------------------
-// SIP side without drachtio-server (separate from the ESL fake on purpose).
-
-export interface FakeDialogRecord {
-  uri: string;
-  callId: string;
-  headers: Record<string, string>;
-  /** SDP of each re-INVITE (endpoint.modify). */
-  modifies: string[];
-  /** Who ended the dialog: FreeSWITCH (its BYE after `hangup`) or us (our BYE). */
-  endedBy: 'freeswitch' | 'app' | undefined;
-}
-
-type DestroyListener = (...args: unknown[]) => void;
+// The SIP side: FreeSWITCH behind the fake drachtio-server.
 
 /**
- * A stand-in for an Srf connected to drachtio-server, for fsmrf's only use
- * of it: `createUAC('sip:drachtio@<fs sofia address>', {headers})` with no
- * SDP. The "INVITE" goes straight to the FakeFreeswitch whose sipAddress
- * matches, which answers with its SDP and dials the X-esl-outbound
- * listener; `modify` is the re-INVITE, FreeSWITCH's hang-up is its BYE
- * (dialog 'destroy'). Used while test/fakes/drachtio-server.ts is not
- * available: it exercises no drachtio wire protocol.
+ * Puts a FakeFreeswitch behind a FakeDrachtioServer as production wires them:
+ * fsmrf's INVITE to `sip:drachtio@<sipAddress>` (drachtio's wire protocol, through
+ * the app's drachtio connection) makes the channel dial the app's X-esl-outbound
+ * listener and answer 200 with FreeSWITCH's SDP (or `failInvite`); the re-INVITE of
+ * endpoint.modify is answered as `reinvite` says; FreeSWITCH's hang-up comes back
+ * as its BYE through drachtio.
  */
-export function fakeSrfFor(servers: readonly FakeFreeswitch[]): {
-  srf: { createUAC(uri: string, opts: { headers?: Record<string, string>; localSdp?: string }): Promise<unknown> };
-  dialogs: FakeDialogRecord[];
-  /** Make the next INVITEs fail with this SIP status. */
-  failWith: { status: number | undefined };
-} {
-  const dialogs: FakeDialogRecord[] = [];
-  const failWith: { status: number | undefined } = { status: undefined };
-  const byCallId = new Map<string, { emitDestroy(): void }>();
-  for (const fs of servers) {
-    const previous = fs.onHangup;
-    fs.onHangup = (ch) => {
-      previous?.(ch);
-      byCallId.get(ch.callId)?.emitDestroy();
+export function behindDrachtio(fs: FakeFreeswitch, drachtio: FakeDrachtioServer): void {
+  drachtio.respondTo(fs.opts.sipAddress, async (invite) => {
+    if (fs.failInvite !== undefined) {
+      return { name: 'freeswitch refuses the INVITE', sipp: '', invite: [{ status: 100 }, { status: fs.failInvite, delayMs: 10 }] };
+    }
+    const ch = await fs.answerInvite({
+      callId: invite.header('call-id') ?? '',
+      userAgent: invite.header('user-agent') ?? '',
+      eslOutbound: invite.header('x-esl-outbound') ?? '',
+    });
+    return {
+      name: 'freeswitch answers',
+      sipp: '',
+      invite: [{ status: 100 }, { status: 200, sdp: true }],
+      sdpBody: ch.localSdp,
+      ...(fs.reinvite !== undefined ? { onReinvite: fs.reinvite } : {}),
     };
-  }
-  let seq = 0;
-  return {
-    dialogs,
-    failWith,
-    srf: {
-      async createUAC(uri, opts) {
-        if (failWith.status) throw Object.assign(new Error(`${failWith.status} Service Unavailable`), { status: failWith.status });
-        const host = /@([^;>]+)/.exec(uri)?.[1] ?? '';
-        const fs = servers.find((s) => s.opts.sipAddress === host);
-        if (!fs) throw Object.assign(new Error('408 Request Timeout'), { status: 408 });
-        const headers = opts.headers ?? {};
-        const record: FakeDialogRecord = { uri, callId: `fsmrf-${++seq}@127.0.0.1`, headers, modifies: [], endedBy: undefined };
-        dialogs.push(record);
-        const listeners = new Map<string, DestroyListener[]>();
-        const ch = await fs.answerInvite({
-          callId: record.callId,
-          userAgent: headers['User-Agent'] ?? '',
-          eslOutbound: headers['X-esl-outbound'] ?? '',
-        });
-        const dialog = {
-          connected: true,
-          sip: { callId: record.callId },
-          local: { sdp: opts.localSdp ?? '' },
-          remote: { sdp: ch.localSdp },
-          on(event: string, fn: DestroyListener) {
-            listeners.set(event, [...(listeners.get(event) ?? []), fn]);
-            return dialog;
-          },
-          once(event: string, fn: DestroyListener) {
-            const w: DestroyListener = (...a) => {
-              dialog.removeListener(event, w);
-              fn(...a);
-            };
-            return dialog.on(event, w);
-          },
-          removeListener(event: string, fn: DestroyListener) {
-            listeners.set(event, (listeners.get(event) ?? []).filter((l) => l !== fn));
-            return dialog;
-          },
-          emit(event: string, ...args: unknown[]) {
-            for (const l of listeners.get(event) ?? []) l(...args);
-          },
-          async modify(sdp: string) {
-            if (!dialog.connected) throw new Error('invalid request to modify a completed dialog');
-            record.modifies.push(sdp);
-            ch.remoteSdp = sdp;
-            return ch.localSdp;
-          },
-          async destroy() {
-            if (!dialog.connected) return;
-            dialog.connected = false;
-            record.endedBy = 'app';
-            ch.hangup('NORMAL_CLEARING');
-          },
-        };
-        byCallId.set(record.callId, {
-          emitDestroy() {
-            if (!dialog.connected) return;
-            dialog.connected = false;
-            record.endedBy ??= 'freeswitch';
-            setImmediate(() => dialog.emit('destroy', {}));
-          },
-        });
-        return dialog;
-      },
-    },
+  });
+  const previous = fs.onHangup;
+  fs.onHangup = (ch) => {
+    previous?.(ch);
+    drachtio.byeFromNetwork(ch.callId);
   };
 }

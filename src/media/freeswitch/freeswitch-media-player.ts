@@ -49,6 +49,8 @@ export interface FreeswitchMediaPlayerOptions {
   createTimeoutMs?: number;
   /** Hang-up of an endpoint (FreeSWITCH's BYE) before we BYE the dialog ourselves. */
   destroyTimeoutMs?: number;
+  /** The re-INVITE carrying the callee's answer to FreeSWITCH (endpoint.modify): no final response by then → play() fails. */
+  modifyTimeoutMs?: number;
 }
 
 /** What each announcement item is in TTS text, per language. */
@@ -252,6 +254,7 @@ export class FreeswitchMediaPlayer implements MediaPlayer {
       files: (a) => this.files(a),
       tts: this.opts.tts,
       destroyTimeoutMs: this.opts.destroyTimeoutMs ?? 5000,
+      modifyTimeoutMs: this.opts.modifyTimeoutMs ?? 5000,
       closed: () => {
         link.active--;
         this.sessions.delete(session);
@@ -302,6 +305,16 @@ export class FreeswitchMediaPlayer implements MediaPlayer {
   }
 }
 
+/** `work`, or a rejection after `ms` (the timer does not keep the process alive). */
+function deadline<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new MediaError(`${what} within ${ms} ms`)), ms);
+    timer.unref();
+  });
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
+}
+
 /** The announcement as one TTS sentence: "Your verification code is: 4. 8. 2. 9. Again: 4. 8. 2. 9." */
 export function ttsText(announcement: Announcement): string {
   const words = TTS_WORDS[announcement.language];
@@ -338,6 +351,7 @@ class FreeswitchMediaSession implements MediaSession {
       files(a: Announcement): string[];
       tts: { engine: string; voice: string } | undefined;
       destroyTimeoutMs: number;
+      modifyTimeoutMs: number;
       closed(): void;
     },
   ) {
@@ -348,8 +362,10 @@ class FreeswitchMediaSession implements MediaSession {
   accept(answerSdp: string): NegotiatedMedia {
     if (this.modified) throw new MediaError('accept() called twice');
     const media = parseAnswer(answerSdp);
-    // The re-INVITE to FreeSWITCH carries the callee's answer; play() waits for it.
-    this.modified = this.p.endpoint.modify(answerSdp).then(() => undefined);
+    // The re-INVITE to FreeSWITCH carries the callee's answer; play() waits for it, but not forever:
+    // drachtio-srf's modify() settles only on a final response, and a FreeSWITCH (or a drachtio
+    // connection) that never sends one would otherwise hang the call with the callee on the line.
+    this.modified = deadline(this.p.endpoint.modify(answerSdp), this.p.modifyTimeoutMs, 'no answer to the re-INVITE').then(() => undefined);
     this.modified.catch(() => undefined);
     return media;
   }

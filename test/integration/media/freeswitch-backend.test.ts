@@ -6,15 +6,21 @@ import { placeVoiceCall, type VoiceResult } from '../../../src/engine/voice-call
 import { FreeswitchMediaPlayer, type FreeswitchMediaPlayerOptions } from '../../../src/media/freeswitch/freeswitch-media-player.js';
 import { DEFAULT_PROMPTS_DIR, codeAnnouncement } from '../../../src/media/prompts.js';
 import type { CallDelegate, CallOriginator, OriginateRequest, OutboundCall } from '../../../src/sip/call-originator.js';
-import { FakeFreeswitch, fakeSrfFor } from '../../fakes/freeswitch-esl.js';
+import { DrachtioLink } from '../../../src/media/freeswitch/drachtio-link.js';
+import { startFreeswitchMedia } from '../../../src/media/freeswitch/start-freeswitch-media.js';
+import { testConfig } from '../../helpers/engine.js';
+import { FakeDrachtioServer, type WireRequest } from '../../fakes/drachtio-server.js';
+import { behindDrachtio, FakeFreeswitch } from '../../fakes/freeswitch-esl.js';
 
 /**
  * Voice OTP through the FreeSWITCH backend: drachtio-fsmrf 4.1.2 and
  * drachtio-modesl talk the real event-socket protocol to a fake FreeSWITCH
- * (test/fakes/freeswitch-esl.ts) over loopback. The SIP legs are stand-ins:
- * fsmrf's INVITEs to FreeSWITCH go through fakeSrfFor() (not through a
- * drachtio-server), and the callee leg is a scripted CallOriginator driving
- * the real voice policy (src/engine/voice-call.ts).
+ * (test/fakes/freeswitch-esl.ts) over loopback, and fsmrf's SIP leg to
+ * FreeSWITCH goes through drachtio-srf (DrachtioLink) to the fake
+ * drachtio-server on its framed wire protocol (test/fakes/drachtio-server.ts).
+ * The callee leg is a scripted CallOriginator driving the real voice policy
+ * (src/engine/voice-call.ts); test/integration/media/carrier-stack.test.ts
+ * runs the callee leg through drachtio too.
  */
 
 const logger = pino({ level: 'silent' });
@@ -90,13 +96,52 @@ async function startFreeswitch(sipPort: number, opts: Partial<ConstructorParamet
   return fs;
 }
 
+/** The SIP leg to FreeSWITCH as seen on drachtio's wire. */
+class FsLegs {
+  constructor(readonly drachtio: FakeDrachtioServer) {}
+  /** fsmrf's INVITEs to FreeSWITCH, oldest first. */
+  get invites(): WireRequest[] {
+    return this.drachtio.wire('INVITE').filter((r) => r.fromApp && r.uri.startsWith('sip:drachtio@'));
+  }
+  /** SDPs of the re-INVITEs (endpoint.modify) on the leg of `invite`. */
+  modifies(invite: WireRequest): string[] {
+    return this.drachtio.reinvites.filter((r) => r.callId === invite.callId).map((r) => r.sdp);
+  }
+  /** Who ended the leg: our BYE through drachtio ('app'), or FreeSWITCH's BYE answered 200 by drachtio-srf ('freeswitch'). */
+  endedBy(invite: WireRequest): 'app' | 'freeswitch' | undefined {
+    if (this.drachtio.wire('BYE').some((b) => b.fromApp && b.callId === invite.callId)) return 'app';
+    const ok = this.drachtio.appResponses.some((r) => r.status === 200 && r.header('call-id') === invite.callId && /BYE$/.test(r.header('cseq') ?? ''));
+    return ok ? 'freeswitch' : undefined;
+  }
+  /** Waits for the leg of `invite` to be over (a BYE's 200 frame may land just after the session closed). */
+  async ended(invite: WireRequest): Promise<'app' | 'freeswitch' | undefined> {
+    await until(() => this.endedBy(invite) !== undefined, 'the FreeSWITCH leg to end', 3000).catch(() => undefined);
+    return this.endedBy(invite);
+  }
+}
+
 async function startPlayer(
   servers: FakeFreeswitch[],
   opts: Partial<FreeswitchMediaPlayerOptions> = {},
-): Promise<{ player: FreeswitchMediaPlayer; sip: ReturnType<typeof fakeSrfFor> }> {
-  const sip = fakeSrfFor(servers);
+): Promise<{ player: FreeswitchMediaPlayer; sip: FsLegs }> {
+  const drachtio = await FakeDrachtioServer.start({ secret: 'cymru' });
+  cleanups.push(() => drachtio.stop());
+  for (const fs of servers) behindDrachtio(fs, drachtio);
+  const link = new DrachtioLink({
+    host: '127.0.0.1',
+    port: drachtio.port,
+    secret: 'cymru',
+    enablePing: true,
+    pingIntervalMs: 5000,
+    reconnectMinMs: 50,
+    reconnectMaxMs: 400,
+    logger,
+  });
+  cleanups.push(() => link.stop());
+  await link.start();
+  const sip = new FsLegs(drachtio);
   const player = new FreeswitchMediaPlayer({
-    srf: () => sip.srf,
+    srf: () => link.current(),
     servers: servers.map((s) => ({ address: '127.0.0.1', port: s.port, secret: 'ClueCon' })),
     listenAddress: '127.0.0.1',
     listenPort: 0,
@@ -148,13 +193,15 @@ describe('FreeSWITCH media backend (drachtio-fsmrf over a fake event socket)', (
     expect(r.outcome).toBe('played');
     expect(r.codec).toBe('PCMU');
     // The INVITE to FreeSWITCH: fsmrf's 3pcc INVITE (no SDP) carrying the outbound-socket address.
-    expect(sip.dialogs).toHaveLength(1);
-    expect(sip.dialogs[0]!.uri).toBe('sip:drachtio@127.0.0.1:5080');
-    expect(sip.dialogs[0]!.headers['X-esl-outbound']).toMatch(/^127\.0\.0\.1:\d+$/);
+    expect(sip.invites).toHaveLength(1);
+    const leg = sip.invites[0]!;
+    expect(leg.uri).toBe('sip:drachtio@127.0.0.1:5080');
+    expect(leg.sip.body).toBe('');
+    expect(leg.sip.header('x-esl-outbound')).toMatch(/^127\.0\.0\.1:\d+$/);
     // FreeSWITCH's SDP was the callee's offer; the callee's answer went back to FreeSWITCH in a re-INVITE.
     expect(originator.offers[0]).toContain('m=audio');
     expect(originator.offers[0]).toContain('o=FreeSWITCH');
-    expect(sip.dialogs[0]!.modifies).toEqual([ANSWER_SDP]);
+    expect(sip.modifies(leg)).toEqual([ANSWER_SDP]);
     // One playback, in order, with the gaps as silence streams.
     const files = fs.playbackFiles();
     expect(spoken(files)).toEqual(['intro', '4', '8', '2', '9', 'again', '4', '8', '2', '9'].map((n) => prompt(n)));
@@ -164,7 +211,7 @@ describe('FreeSWITCH media backend (drachtio-fsmrf over a fake event socket)', (
     expect(originator.hangups).toBe(1);
     expect(fs.executed.at(-1)?.app).toBe('hangup');
     expect(fs.hangups).toHaveLength(1);
-    expect(sip.dialogs[0]!.endedBy).toBe('freeswitch');
+    expect(await sip.ended(leg)).toBe('freeswitch');
     expect(player.status()[0]!.active).toBe(0);
   });
 
@@ -174,10 +221,10 @@ describe('FreeSWITCH media backend (drachtio-fsmrf over a fake event socket)', (
     const { result } = call(player, {}, 200);
     const r = await result;
     expect(r.outcome).toBe('no_answer');
-    expect(sip.dialogs[0]!.modifies).toEqual([]);
+    expect(sip.modifies(sip.invites[0]!)).toEqual([]);
     expect(fs.playbackFiles()).toEqual([]);
     expect(fs.hangups).toHaveLength(1);
-    expect(sip.dialogs[0]!.endedBy).toBe('freeswitch');
+    expect(await sip.ended(sip.invites[0]!)).toBe('freeswitch');
   });
 
   it('breaks the playback at once when the callee hangs up mid-prompt, then destroys the endpoint', async () => {
@@ -192,7 +239,7 @@ describe('FreeSWITCH media backend (drachtio-fsmrf over a fake event socket)', (
     expect(fs.apiCommands).toContain(`uuid_break ${uuid} all`);
     expect(fs.breaks).toEqual([uuid]);
     expect(fs.hangups).toEqual([uuid]);
-    expect(sip.dialogs[0]!.endedBy).toBe('freeswitch');
+    expect(await sip.ended(sip.invites[0]!)).toBe('freeswitch');
     expect(originator.hangups).toBe(0); // the callee already hung up: no BYE of ours
   });
 
@@ -207,7 +254,7 @@ describe('FreeSWITCH media backend (drachtio-fsmrf over a fake event socket)', (
     await expect(session.play(codeAnnouncement('4829', 'en'))).rejects.toThrow(/playback failed: File Not Found/);
     await session.close();
     expect(fs.hangups).toHaveLength(1);
-    expect(sip.dialogs[0]!.endedBy).toBe('freeswitch');
+    expect(await sip.ended(sip.invites[0]!)).toBe('freeswitch');
 
     // Through the voice policy: the callee gets our BYE, the endpoint is released.
     const { originator, result } = call(player, { answerAfterMs: 20 });
@@ -220,11 +267,13 @@ describe('FreeSWITCH media backend (drachtio-fsmrf over a fake event socket)', (
   it('fails the session (no_media_resources) when the INVITE to FreeSWITCH fails, leaving nothing behind', async () => {
     const fs = await startFreeswitch(5080);
     const { player, sip } = await startPlayer([fs]);
-    sip.failWith.status = 503;
+    fs.failInvite = 503;
     const { originator, result } = call(player, { answerAfterMs: 20 });
     const r = await result;
     expect(r.outcome).toBe('no_media_resources');
     expect(originator.offers).toEqual([]);
+    expect(sip.invites).toHaveLength(1);
+    expect(fs.channels.size).toBe(0);
     expect(player.status()[0]!.active).toBe(0);
   });
 
@@ -236,7 +285,7 @@ describe('FreeSWITCH media backend (drachtio-fsmrf over a fake event socket)', (
     for (const s of fs.outboundSockets) s.destroy();
     await new Promise((r) => setTimeout(r, 50));
     await session.close();
-    expect(sip.dialogs[0]!.endedBy).toBe('app');
+    expect(await sip.ended(sip.invites[0]!)).toBe('app');
   });
 
   it('reconnects to the event socket after losing it, and keeps taking calls', async () => {
@@ -279,12 +328,12 @@ describe('FreeSWITCH media backend (drachtio-fsmrf over a fake event socket)', (
     b.heartbeat(0);
     await until(() => player.status()[0]!.currentSessions === 7, 'heartbeat from A');
     const s1 = await player.createSession(logger);
-    expect(sip.dialogs.at(-1)!.uri).toBe('sip:drachtio@127.0.0.1:5090');
+    expect(sip.invites.at(-1)!.uri).toBe('sip:drachtio@127.0.0.1:5090');
     // Both report nothing now: B holds our open session, so A gets the next one.
     a.heartbeat(0);
     await until(() => player.status()[0]!.currentSessions === 0, 'heartbeat from A');
     const s2 = await player.createSession(logger);
-    expect(sip.dialogs.at(-1)!.uri).toBe('sip:drachtio@127.0.0.1:5080');
+    expect(sip.invites.at(-1)!.uri).toBe('sip:drachtio@127.0.0.1:5080');
     await Promise.all([s1.close(), s2.close()]);
     expect(player.status().map((s) => s.active)).toEqual([0, 0]);
   });
@@ -296,7 +345,7 @@ describe('FreeSWITCH media backend (drachtio-fsmrf over a fake event socket)', (
     await a.close();
     await until(() => !player.status()[0]!.ready, 'A to be seen down');
     const s = await player.createSession(logger);
-    expect(sip.dialogs.at(-1)!.uri).toBe('sip:drachtio@127.0.0.1:5090');
+    expect(sip.invites.at(-1)!.uri).toBe('sip:drachtio@127.0.0.1:5090');
     await s.close();
   });
 
@@ -321,4 +370,55 @@ describe('FreeSWITCH media backend (drachtio-fsmrf over a fake event socket)', (
     expect(tts.executed.find((e) => e.app === 'speak')?.arg).toBe('flite|kal|Your verification code is: 4. 8. 2. 9. Again: 4. 8. 2. 9.');
     expect(tts.playbackFiles()).toEqual([]);
   });
+
+  it('a re-INVITE FreeSWITCH never answers does not hang play(): it fails after modifyTimeoutMs, the endpoint is released', async () => {
+    const fs = await startFreeswitch(5080);
+    fs.reinvite = 'ignore';
+    const { player, sip } = await startPlayer([fs], { modifyTimeoutMs: 300 });
+    const session = await player.createSession(logger);
+    session.accept(ANSWER_SDP);
+    const started = Date.now();
+    await expect(session.play(codeAnnouncement('4829', 'en'))).rejects.toThrow(/no answer to the re-INVITE within 300 ms/);
+    expect(Date.now() - started).toBeLessThan(3000);
+    expect(sip.modifies(sip.invites[0]!)).toEqual([ANSWER_SDP]);
+    expect(fs.playbackFiles()).toEqual([]);
+    await session.close();
+    expect(fs.hangups).toHaveLength(1);
+    expect(player.status()[0]!.active).toBe(0);
+  });
 });
+
+describe('startFreeswitchMedia: the drachtio link and the media servers', () => {
+  it('is ready only while drachtio-server and a FreeSWITCH are both connected; the drachtio link reconnects after a drop', async () => {
+    const drachtio = await FakeDrachtioServer.start({ secret: 'cymru' });
+    cleanups.push(() => drachtio.stop());
+    const fs = await startFreeswitch(5080);
+    behindDrachtio(fs, drachtio);
+    const config = testConfig({
+      sip: { backend: 'drachtio', drachtio: { host: '127.0.0.1', port: drachtio.port, secret: 'cymru', reconnectMinMs: 50, reconnectMaxMs: 200 } },
+      media: {
+        backend: 'freeswitch',
+        freeswitch: { servers: [{ address: '127.0.0.1', port: fs.port, secret: 'ClueCon' }], listenAddress: '127.0.0.1', listenPort: 0, reconnectMinMs: 50, reconnectMaxMs: 200 },
+      },
+    } as Parameters<typeof testConfig>[0]);
+    const media = await startFreeswitchMedia(config, logger);
+    cleanups.push(() => media.stop());
+    expect(media.ready).toBe(true);
+    expect(drachtio.clientCount).toBe(1);
+
+    // drachtio-server drops the link: not ready (fsmrf could not reach FreeSWITCH), then back by itself.
+    drachtio.dropConnections();
+    await until(() => !media.ready, 'the drop to be seen');
+    await expect(media.player.createSession(logger)).rejects.toThrow(/drachtio-server not connected/);
+    await until(() => media.ready, 'the drachtio link to reconnect');
+    expect(drachtio.clientCount).toBe(1);
+    const r = await call(media.player, { answerAfterMs: 20 }).result;
+    expect(r.outcome).toBe('played');
+
+    // FreeSWITCH's event socket goes away: not ready either, while drachtio stays connected.
+    await fs.close();
+    await until(() => !media.ready, 'the event socket loss to be seen');
+    expect(drachtio.clientCount).toBe(1);
+  });
+});
+
