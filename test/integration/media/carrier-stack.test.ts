@@ -2,7 +2,15 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DEFAULT_PROMPTS_DIR } from '../../../src/media/prompts.js';
 import { FakeDrachtioServer } from '../../fakes/drachtio-server.js';
-import { FakeFreeswitch } from '../../fakes/freeswitch-esl.js';
+import { pino } from 'pino';
+import type { TrunkConfig } from '../../../src/config/schema.js';
+import { placeVoiceCall, type VoiceResult } from '../../../src/engine/voice-call.js';
+import { DrachtioLink } from '../../../src/media/freeswitch/drachtio-link.js';
+import { FreeswitchMediaPlayer } from '../../../src/media/freeswitch/freeswitch-media-player.js';
+import { codeAnnouncement } from '../../../src/media/prompts.js';
+import { DrachtioOriginator } from '../../../src/sip/drachtio/drachtio-originator.js';
+import { SCENARIOS, type DrachtioScenario } from '../../fakes/drachtio-scenarios.js';
+import { behindDrachtio, FakeFreeswitch } from '../../fakes/freeswitch-esl.js';
 import { http, startTestEngine, testConfig, waitFor, type TestEngine } from '../../helpers/engine.js';
 
 /**
@@ -34,15 +42,7 @@ describe('voice OTP on drachtio-server + FreeSWITCH (both fakes on their real wi
     const sip = drachtio;
     // The INVITE fsmrf sends to FreeSWITCH through drachtio: FreeSWITCH sets up the channel, dials the
     // X-esl-outbound socket, answers 200 with its SDP; its BYE after `hangup` comes back through drachtio.
-    sip.respondTo(FS_SIP_HOST, async (invite) => {
-      const ch = await media.answerInvite({
-        callId: invite.header('call-id') ?? '',
-        userAgent: invite.header('user-agent') ?? '',
-        eslOutbound: invite.header('x-esl-outbound') ?? '',
-      });
-      return { name: 'freeswitch', sipp: '', invite: [{ status: 100 }, { status: 200, sdp: true }], sdpBody: ch.localSdp };
-    });
-    media.onHangup = (ch) => sip.byeFromNetwork(ch.callId);
+    behindDrachtio(media, sip);
     // The callee behind the trunk: rings, answers with PCMU/PCMA.
     sip.scenario = { name: 'answer', sipp: 'uas-voice-answer', invite: [{ status: 100 }, { status: 180, delayMs: 20 }, { status: 200, sdp: true, delayMs: 50 }] };
 
@@ -90,5 +90,177 @@ describe('voice OTP on drachtio-server + FreeSWITCH (both fakes on their real wi
     await waitFor(async () => (sip.wire('BYE').some((b) => b.callId === toCallee?.callId) ? true : undefined), 5000);
     await waitFor(async () => (media.hangups.length === 1 ? true : undefined), 5000);
     expect(sip.appResponses.some((r) => r.status === 200 && r.header('call-id') === toFreeswitch?.callId)).toBe(true);
+  });
+});
+
+/**
+ * Every other path of a voice call through the same two fakes, without the
+ * engine around it: DrachtioOriginator (callee leg) and DrachtioLink +
+ * FreeswitchMediaPlayer (FreeSWITCH leg) each on their own drachtio
+ * connection, as startEngine wires them, driving the voice policy. On every
+ * path both legs must end: the callee's (BYE, CANCEL, or the far end's BYE)
+ * and FreeSWITCH's (`hangup` on the endpoint, FreeSWITCH's BYE).
+ */
+describe('voice OTP on the carrier stack: failure paths', () => {
+  const logger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
+  const TRUNK: TrunkConfig = { name: 'carrier', uri: 'sip:192.0.2.10:5060', cps: 100, ringOn183: false, dummySdp: false, headers: {} };
+  const cleanups: (() => Promise<void> | void)[] = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+
+  interface Stack {
+    sip: FakeDrachtioServer;
+    media: FakeFreeswitch;
+    originator: DrachtioOriginator;
+    player: FreeswitchMediaPlayer;
+    call(answerTimeoutMs?: number): Promise<VoiceResult>;
+    /** INVITEs that went to the callee / to FreeSWITCH. */
+    calleeInvites(): string[];
+    fsInvites(): string[];
+  }
+
+  async function stack(callee: DrachtioScenario, fsOpts: { playbackMs?: number } = {}, playerOpts: { modifyTimeoutMs?: number } = {}): Promise<Stack> {
+    const sip = await FakeDrachtioServer.start({ secret: 'cymru' });
+    cleanups.push(() => sip.stop());
+    const media = new FakeFreeswitch({ sipAddress: `${FS_SIP_HOST}:5080`, ...fsOpts });
+    await media.listen();
+    cleanups.push(() => media.close());
+    behindDrachtio(media, sip);
+    sip.scenario = callee;
+    const connection = { host: '127.0.0.1', port: sip.port, secret: 'cymru', enablePing: true, pingIntervalMs: 5000, reconnectMinMs: 100, reconnectMaxMs: 400, logger };
+    const originator = new DrachtioOriginator({ ...connection, callTimeoutMs: 3200, userAgent: 'flashverify-test' });
+    cleanups.push(() => originator.stop());
+    await originator.start();
+    const link = new DrachtioLink(connection);
+    cleanups.push(() => link.stop());
+    await link.start();
+    const player = new FreeswitchMediaPlayer({
+      srf: () => link.current(),
+      servers: [{ address: '127.0.0.1', port: media.port, secret: 'ClueCon' }],
+      listenAddress: '127.0.0.1',
+      listenPort: 0,
+      logger,
+      destroyTimeoutMs: 1000,
+      ...playerOpts,
+    });
+    cleanups.push(() => player.stop());
+    await player.start();
+    const invites = (fs: boolean): string[] => sip.wire('INVITE').filter((r) => r.fromApp && r.uri.includes(FS_SIP_HOST) === fs).map((r) => r.callId);
+    return {
+      sip,
+      media,
+      originator,
+      player,
+      call: (answerTimeoutMs = 2000) =>
+        placeVoiceCall(originator, player, {
+          to: '+447700900123',
+          from: '+441908730000',
+          trunk: TRUNK,
+          announcement: codeAnnouncement('4829', 'en'),
+          answerTimeoutMs,
+          settleMs: 1000,
+          logger,
+        }),
+      calleeInvites: () => invites(false),
+      fsInvites: () => invites(true),
+    };
+  }
+
+  /** FreeSWITCH hung its channel up and its BYE went back through drachtio (answered 200 by drachtio-srf), or we BYEd it. */
+  async function freeswitchLegEnded(st: Stack): Promise<void> {
+    const [fsCall] = st.fsInvites();
+    await waitFor(async () => (st.media.hangups.length === 1 ? true : undefined), 5000);
+    await waitFor(
+      async () =>
+        st.sip.appResponses.some((r) => r.status === 200 && r.header('call-id') === fsCall && /BYE$/.test(r.header('cseq') ?? '')) ||
+        st.sip.wire('BYE').some((b) => b.fromApp && b.callId === fsCall)
+          ? true
+          : undefined,
+      5000,
+    );
+    expect(st.media.channels.size).toBe(0);
+    expect(st.player.status()[0]!.active).toBe(0);
+    expect(st.originator.activeCalls).toBe(0);
+  }
+
+  it('no answer: CANCEL to the callee, the FreeSWITCH endpoint is hung up, nothing played', async () => {
+    const st = await stack({ ...SCENARIOS.ringCancel, name: 'rings, never answers' });
+    const r = await st.call(400);
+    expect(r.outcome).toBe('no_answer');
+    const [callee] = st.calleeInvites();
+    expect(st.sip.wire().filter((w) => w.callId === callee).map((w) => w.method)).toEqual(['INVITE', 'CANCEL', 'ACK']);
+    expect(st.sip.reinvites).toEqual([]);
+    expect(st.media.playbackFiles()).toEqual([]);
+    await freeswitchLegEnded(st);
+  });
+
+  it('far-end BYE mid-prompt: playback broken at once, no BYE of ours to the callee, the endpoint hung up', async () => {
+    const st = await stack(SCENARIOS.remoteHangup, { playbackMs: 10_000 });
+    const started = Date.now();
+    const r = await st.call();
+    expect(r.outcome).toBe('remote_hangup');
+    expect(Date.now() - started).toBeLessThan(5000);
+    const uuid = st.media.executed.find((e) => e.app === 'playback')!.channel;
+    expect(st.media.breaks).toEqual([uuid]);
+    const [callee] = st.calleeInvites();
+    expect(st.sip.wire('BYE').filter((b) => b.callId === callee)).toEqual([]);
+    expect(st.sip.appResponses.some((a) => a.status === 200 && a.header('call-id') === callee)).toBe(true);
+    await freeswitchLegEnded(st);
+  });
+
+  it('FreeSWITCH cannot play the prompts: our BYE to the callee, the endpoint hung up', async () => {
+    const st = await stack(SCENARIOS.voiceAnswer);
+    st.media.failPlayback = 'FILE NOT FOUND';
+    const r = await st.call();
+    expect(r.answered).toBe(true);
+    expect(r.packets).toBe(0);
+    const [callee] = st.calleeInvites();
+    await st.sip.waitForRequest('BYE', 3000);
+    expect(st.sip.wire().filter((w) => w.callId === callee).map((w) => w.method)).toEqual(['INVITE', 'ACK', 'BYE']);
+    await freeswitchLegEnded(st);
+  });
+
+  it('the INVITE to FreeSWITCH fails: no_media_resources, the callee is never called', async () => {
+    const st = await stack(SCENARIOS.voiceAnswer);
+    st.media.failInvite = 503;
+    const r = await st.call();
+    expect(r.outcome).toBe('no_media_resources');
+    expect(st.fsInvites()).toHaveLength(1);
+    expect(st.calleeInvites()).toEqual([]);
+    expect(st.media.channels.size).toBe(0);
+    expect(st.player.status()[0]!.active).toBe(0);
+  });
+
+  it('FreeSWITCH never answers the re-INVITE with the callee SDP: the call ends after modifyTimeoutMs, both legs torn down', async () => {
+    const st = await stack(SCENARIOS.voiceAnswer, {}, { modifyTimeoutMs: 300 });
+    st.media.reinvite = 'ignore';
+    const started = Date.now();
+    const r = await st.call();
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(r.packets).toBe(0);
+    expect(st.media.playbackFiles()).toEqual([]);
+    await st.sip.waitForRequest('BYE', 3000);
+    expect(st.sip.wire('BYE').map((b) => b.callId)).toContain(st.calleeInvites()[0]);
+    await freeswitchLegEnded(st);
+  });
+
+  it('the drachtio connection drops mid-prompt: playback stops, the endpoint is hung up, the outcome is not `played`', async () => {
+    const st = await stack(SCENARIOS.voiceAnswer, { playbackMs: 10_000 });
+    const result = st.call();
+    await waitFor(async () => (st.media.executed.some((e) => e.app === 'playback') ? true : undefined), 5000);
+    const droppedAt = Date.now();
+    st.sip.dropConnections();
+    const r = await result;
+    expect(Date.now() - droppedAt).toBeLessThan(3000);
+    expect(r.answered).toBe(true);
+    expect(r.outcome).not.toBe('played');
+    expect(r.outcome).toBe('remote_hangup');
+    // The prompt was broken on FreeSWITCH and its channel hung up over the event socket (still up).
+    expect(st.media.breaks).toHaveLength(1);
+    await waitFor(async () => (st.media.hangups.length === 1 ? true : undefined), 5000);
+    expect(st.media.channels.size).toBe(0);
+    expect(st.player.status()[0]!.active).toBe(0);
+    expect(st.originator.activeCalls).toBe(0);
   });
 });
