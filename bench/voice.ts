@@ -47,7 +47,7 @@ async function startSink(): Promise<Sink> {
 
 async function run(concurrency: number, sink: Sink): Promise<Record<string, string | number>> {
   const logger = pino({ level: 'silent' });
-  const player = new EmbeddedMediaPlayer({ bindHost: '127.0.0.1', advertisedHost: '127.0.0.1', portMin: 30000, portMax: 39999 });
+  const player = new EmbeddedMediaPlayer({ bindHost: '127.0.0.1', advertisedHost: '127.0.0.1', portMin: 30000, portMax: 39999, threadNice: NICE });
   player.prompts.preload();
   const answer = `v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio ${sink.port} RTP/AVP 0\r\n`;
   // Start the RTP worker thread before measuring, as a long-running worker process has it started.
@@ -86,6 +86,7 @@ async function run(concurrency: number, sink: Sink): Promise<Record<string, stri
   const s = player.stats;
   return {
     concurrency,
+    rtp_thread_nice: player.threadPriority?.nice ?? 'process',
     packets_sent: s.packets,
     packets_received: received,
     late_over_5ms: s.lateOver5ms,
@@ -98,6 +99,8 @@ async function run(concurrency: number, sink: Sink): Promise<Record<string, stri
 
 const RAMP_MS = Number(process.env.RAMP_MS ?? 1000);
 const BUSY_MS = Number(process.env.BUSY_MS ?? 0);
+/** Nice value of the RTP thread, as media.rtp.threadNice (default -10); NICE=none leaves it at the process's. */
+const NICE = process.env.NICE === 'none' ? undefined : Number(process.env.NICE ?? -10);
 const levels = (process.argv[2] ?? '100,300,500').split(',').map(Number);
 const sink = await startSink();
 const rows = [];

@@ -209,6 +209,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
             ({ '0.0.0.0': '127.0.0.1', '::': '::1' }[config.sip.listen.host] ?? config.sip.listen.host),
           portMin: config.media.rtp.portMin,
           portMax: config.media.rtp.portMax,
+          threadNice: config.media.rtp.threadNice ?? undefined,
+          logger: logger.child({ module: 'media' }),
         });
         embedded.prompts.preload(); // a missing prompt file fails the boot, not a call
         stops.push(() => embedded.stop());

@@ -405,6 +405,12 @@ export const configSchema = z
             portMax: z.number().int().min(1025).max(65535).default(29999),
             /** Address in the SDP c= line; defaults to sip.listen.advertisedHost, then the listen host (127.0.0.1 for 0.0.0.0). */
             advertisedHost: z.string().optional(),
+            /**
+             * Nice value of the RTP sending thread (-20..19; Linux). Below 0 needs
+             * CAP_SYS_NICE (root, or `cap_add: [SYS_NICE]` in docker); without it the
+             * engine logs a warning and carries on. null: leave it at the process's.
+             */
+            threadNice: z.number().int().min(-20).max(19).nullable().default(-10),
           })
           .strict()
           .refine((r) => r.portMax > r.portMin, { message: 'portMax must be greater than portMin' }),

@@ -29,6 +29,10 @@ export interface EmbeddedMediaPlayerOptions {
   portMin: number;
   portMax: number;
   prompts?: PromptLibrary;
+  /** Nice value of the RTP thread (media.rtp.threadNice); undefined leaves it at the process's. */
+  threadNice?: number;
+  /** Where the RTP thread's start-up (its priority) is reported. */
+  logger?: Logger;
 }
 
 /**
@@ -82,9 +86,15 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
   private rtpWorker(): Worker {
     if (this.workerFailure) throw new MediaError(`RTP worker failed: ${this.workerFailure}`);
     if (this.worker) return this.worker;
-    const worker = startRtpWorker({ bindHost: this.opts.bindHost, portMin: this.opts.portMin, portMax: this.opts.portMax });
+    const worker = startRtpWorker({
+      bindHost: this.opts.bindHost,
+      portMin: this.opts.portMin,
+      portMax: this.opts.portMax,
+      nice: this.opts.threadNice,
+    });
     worker.unref();
     worker.on('message', (m: FromWorker) => {
+      if (m.t === 'priority') return this.reportPriority(m);
       const h = this.handlers.get(m.id);
       if (!h) return;
       switch (m.t) {
@@ -115,6 +125,21 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
     worker.on('exit', (code) => fail(`exited with code ${code}`));
     this.worker = worker;
     return worker;
+  }
+
+  /** What the RTP thread's priority became (see rtp-worker.ts applyPriority). */
+  threadPriority: Extract<FromWorker, { t: 'priority' }> | undefined;
+
+  private reportPriority(m: Extract<FromWorker, { t: 'priority' }>): void {
+    this.threadPriority = m;
+    if (m.error === undefined) {
+      this.opts.logger?.info({ nice: m.nice, tid: m.tid }, `RTP thread runs at nice ${m.nice}`);
+    } else {
+      this.opts.logger?.warn(
+        { asked: m.asked, err: m.error },
+        `could not set the RTP thread to nice ${m.asked} (${m.error}); it runs at the process's priority, and RTP packets may leave late on a busy host (needs CAP_SYS_NICE; set media.rtp.threadNice: null to not ask)`,
+      );
+    }
   }
 
   private post(m: ToWorker, transfer?: ArrayBuffer[]): void {

@@ -7,6 +7,11 @@ export interface RtpWorkerData {
   bindHost: string;
   portMin: number;
   portMax: number;
+  /**
+   * Nice value for this thread (Linux: setpriority on its thread id); below 0
+   * needs CAP_SYS_NICE. Undefined: leave the thread at the process's priority.
+   */
+  nice?: number;
 }
 
 export type ToWorker =
@@ -39,4 +44,6 @@ export type FromWorker =
   | { t: 'ended'; id: number; completed: boolean; packets: number; lateOver5ms: number; maxLateMs: number }
   | { t: 'closed'; id: number }
   /** A socket error (ICMP unreachable and the like): logged, never fatal. */
-  | { t: 'socketError'; id: number; message: string };
+  | { t: 'socketError'; id: number; message: string }
+  /** Sent once at start when a nice value was asked for: what the thread got. */
+  | { t: 'priority'; id: 0; asked: number; nice?: number; tid?: number; error?: string };

@@ -11,6 +11,8 @@
  * no address lookup. One timer paces every stream of the thread.
  */
 import type { Socket } from 'node:dgram';
+import { readlinkSync } from 'node:fs';
+import { getPriority, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { dueTime, dueUpTo } from './pacing.js';
 import { RtpPortPool } from './port-pool.js';
@@ -48,6 +50,26 @@ const pool = new RtpPortPool(data.bindHost, data.portMin, data.portMax);
 const sessions = new Map<number, WorkerSession>();
 const post = (m: FromWorker): void => port.postMessage(m);
 const PACKET_BYTES = RTP_HEADER_BYTES + FRAME_BYTES;
+
+/*
+ * Raise this thread's scheduling priority, as media servers do (FreeSWITCH
+ * -hp/-rp, rtpengine): on a busy host a packet's lateness is the time this
+ * thread waits for a core, and the kernel's scheduler weighs threads by their
+ * nice value. Linux only: /proc/thread-self names this thread's id, and
+ * setpriority() on a thread id changes that thread alone. Without the right
+ * (CAP_SYS_NICE) the thread keeps the process's priority and says so.
+ */
+function applyPriority(asked: number): void {
+  try {
+    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
+    if (!Number.isInteger(tid) || tid <= 0) throw new Error('no thread id in /proc/thread-self');
+    setPriority(tid, asked);
+    post({ t: 'priority', id: 0, asked, nice: getPriority(tid), tid });
+  } catch (err) {
+    post({ t: 'priority', id: 0, asked, error: (err as Error).message });
+  }
+}
+if (data.nice !== undefined) applyPriority(data.nice);
 
 /** Every packet of a stream, back to back (RFC 3550 5.1 header, marker on the first). */
 function buildPackets(m: Extract<ToWorker, { t: 'play' }>): Buffer {

@@ -1,4 +1,5 @@
 import { pino } from 'pino';
+import { getPriority } from 'node:os';
 import { afterEach, describe, expect, it } from 'vitest';
 import { decode, encode } from '../../../../src/media/g711.js';
 import type { Announcement } from '../../../../src/media/media-player.js';
@@ -93,5 +94,38 @@ describe('EmbeddedMediaPlayer (RTP worker thread)', () => {
     await first.close();
     const again = await player.createSession(logger);
     expect(again.offer).toContain(`m=audio ${port} `);
+  });
+});
+
+describe('EmbeddedMediaPlayer: RTP thread priority (media.rtp.threadNice)', () => {
+  it('raises the RTP thread alone (not the process) when permitted, and says why when not', async () => {
+    const warnings: string[] = [];
+    const infos: string[] = [];
+    const log = pino({ level: 'info' }, { write: (line: string) => void (JSON.parse(line).level >= 40 ? warnings : infos).push(line) });
+    const before = getPriority(process.pid);
+    player = new EmbeddedMediaPlayer({ bindHost: '127.0.0.1', advertisedHost: '127.0.0.1', portMin: 43300, portMax: 43399, threadNice: -5, logger: log });
+    await (await player.createSession(logger)).close();
+    for (let i = 0; i < 100 && !player.threadPriority; i++) await sleep(10);
+    const p = player.threadPriority!;
+    expect(p.asked).toBe(-5);
+    // The process (main thread) keeps its priority either way.
+    expect(getPriority(process.pid)).toBe(before);
+    if (process.platform === 'linux' && process.getuid?.() === 0) {
+      expect(p.error).toBeUndefined();
+      expect(p.nice).toBe(-5);
+      expect(p.tid).not.toBe(process.pid);
+      expect(getPriority(p.tid!)).toBe(-5);
+      expect(infos.join('')).toContain('RTP thread runs at nice -5');
+    } else {
+      expect(p.error).toBeTruthy();
+      expect(warnings.join('')).toContain('could not set the RTP thread to nice -5');
+    }
+  });
+
+  it('asks nothing when threadNice is left out', async () => {
+    player = new EmbeddedMediaPlayer({ bindHost: '127.0.0.1', advertisedHost: '127.0.0.1', portMin: 43400, portMax: 43499 });
+    await (await player.createSession(logger)).close();
+    await sleep(50);
+    expect(player.threadPriority).toBeUndefined();
   });
 });
