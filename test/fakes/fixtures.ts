@@ -87,3 +87,74 @@ export function templatePattern(template: string): RegExp {
   const source = parts.map((p) => (/^\{\w+\}$/.test(p) ? '[^|\\r\\n]*' : p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'))).join('');
   return new RegExp(`^${source}$`);
 }
+
+/**
+ * Matches `text` against a template, binding `{name}` placeholders: a name
+ * already in `bindings` must carry the same value again (names starting with
+ * `_` match anything and bind nothing). Returns false on a mismatch.
+ */
+export function matchBinding(template: string, text: string, bindings: Map<string, string>): boolean {
+  const names: string[] = [];
+  const source = template
+    .split(/(\{\w+\})/)
+    .map((p) => {
+      const m = /^\{(\w+)\}$/.exec(p);
+      if (!m) return p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+      names.push(m[1]!);
+      return '([^|\\r\\n]*)';
+    })
+    .join('');
+  const found = new RegExp(`^${source}$`).exec(text);
+  if (!found) return false;
+  const fresh = new Map<string, string>();
+  for (const [i, name] of names.entries()) {
+    if (name.startsWith('_')) continue;
+    const value = found[i + 1]!;
+    const known = bindings.get(name) ?? fresh.get(name);
+    if (known !== undefined && known !== value) return false;
+    fresh.set(name, value);
+  }
+  for (const [k, v] of fresh) bindings.set(k, v);
+  return true;
+}
+
+export interface TranscriptFrame {
+  direction: '>' | '<';
+  leader: string;
+  /** Start line of the SIP message after the leader, when the transcript gives one. */
+  sipStartLine?: string;
+}
+
+/** The frames of a transcript block (`> leader` / `< leader` lines, each optionally followed by a `  <SIP start line>` line). */
+export function transcriptFrames(file: string, name: string): TranscriptFrame[] {
+  const frames: TranscriptFrame[] = [];
+  for (const line of fixtureText(file, name).split('\n')) {
+    if (line.startsWith('> ') || line.startsWith('< ')) frames.push({ direction: line[0] as '>' | '<', leader: line.slice(2) });
+    else if (line.startsWith('  ') && frames.length > 0) frames[frames.length - 1]!.sipStartLine = line.slice(2);
+    else if (line !== '') throw new Error(`${file} @@ ${name}: bad transcript line ${JSON.stringify(line)}`);
+  }
+  return frames;
+}
+
+/**
+ * Compares frames seen on the wire (whole payloads, in order) with a
+ * transcript; returns a description of the first difference, or undefined.
+ */
+export function diffTranscript(expected: TranscriptFrame[], seen: { direction: '>' | '<'; payload: string }[]): string | undefined {
+  const bindings = new Map<string, string>();
+  for (let i = 0; i < Math.max(expected.length, seen.length); i++) {
+    const want = expected[i];
+    const got = seen[i];
+    if (!want || !got) return `frame ${i}: expected ${want ? `${want.direction} ${want.leader}` : 'no more frames'}, saw ${got ? `${got.direction} ${got.payload.split('\r\n', 1)[0]}` : 'nothing'}`;
+    const eol = got.payload.indexOf('\r\n');
+    const leader = eol === -1 ? got.payload : got.payload.slice(0, eol);
+    const startLine = eol === -1 ? undefined : got.payload.slice(eol + 2).split('\r\n', 1)[0];
+    if (want.direction !== got.direction || !matchBinding(want.leader, leader, bindings)) {
+      return `frame ${i}: expected ${want.direction} ${want.leader}, saw ${got.direction} ${leader} (bound: ${JSON.stringify(Object.fromEntries(bindings))})`;
+    }
+    if (want.sipStartLine !== undefined && (startLine === undefined || !matchBinding(want.sipStartLine, startLine, bindings))) {
+      return `frame ${i}: expected SIP "${want.sipStartLine}", saw "${startLine ?? ''}"`;
+    }
+  }
+  return undefined;
+}
