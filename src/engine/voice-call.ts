@@ -14,7 +14,11 @@ export type VoiceOutcome =
   | 'remote_hangup'
   /** No 200 within answerTimeoutMs: CANCELled. */
   | 'no_answer'
-  /** Answered, but the SDP answer had nothing we can send to (no G.711, no address): BYE at once. */
+  /**
+   * Answered, but the callee could not be played the announcement: the SDP answer had nothing we can
+   * send to (no G.711, no address), or the media backend failed mid-way (a playback error, FreeSWITCH's
+   * control connection lost): BYE at once.
+   */
   | 'media_failed'
   /** No RTP port free (or the media backend failed) before dialling: never called. */
   | 'no_media_resources'
@@ -97,15 +101,20 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
       };
 
       const playThenHangup = async (): Promise<void> => {
+        let failure: string | undefined;
         const played = await session.play(p.announcement).catch((err: Error) => {
           p.logger.error({ err: err.message }, 'playback failed');
+          failure = err.message;
           return { completed: false, packets: 0 };
         });
         if (remoteHangup) return finish({ outcome: 'remote_hangup', sipStatus: 200, packets: played.packets });
         // Our BYE; the call is over for the user whether or not the BYE transaction succeeds.
         await call?.hangup().catch(() => undefined);
-        const outcome = remoteHangup ? 'remote_hangup' : stopping && !played.completed ? 'shutdown' : 'played';
-        finish({ outcome, sipStatus: 200, packets: played.packets });
+        if (remoteHangup) return finish({ outcome: 'remote_hangup', sipStatus: 200, packets: played.packets });
+        if (played.completed) return finish({ outcome: 'played', sipStatus: 200, packets: played.packets });
+        if (stopping) return finish({ outcome: 'shutdown', sipStatus: 200, packets: played.packets });
+        // Neither stopped by us nor by the callee: the media side gave up (FreeSWITCH playback error, its connection lost).
+        finish({ outcome: 'media_failed', sipStatus: 200, packets: played.packets, phrase: failure ?? 'the announcement ended before it was complete' });
       };
 
       call = originator.originate(

@@ -1,18 +1,20 @@
 /**
  * What the "network" behind the fake drachtio-server (test/fakes/drachtio-server.ts)
- * does with an INVITE: recorded call flows, one per far-end behaviour.
+ * does with an INVITE: one call flow per far-end behaviour.
  *
- * Each scenario is the exchange of the SIPp scenario of the same behaviour in
- * sip-test/ (named in `sipp`), recorded as the responses the far end sends and
+ * Each scenario is transcribed by hand from the SIPp scenario of the same
+ * behaviour in sip-test/ (named in `sipp`): the responses the far end sends and
  * when, so the embedded backend (driven against SIPp) and the drachtio backend
- * (driven against this fake) see the same far end. The fake turns each step
- * into the frame drachtio-server would deliver to the app:
+ * (driven against this fake) see the same far end. They are not captures of a
+ * real drachtio-server. The fake turns each step into the frame drachtio-server
+ * delivers to the app, from the `sip-from-network` template of
+ * test/fixtures/drachtio/admin-protocol.txt (whose header cites the
+ * drachtio-server source it is derived from):
  *
- *   <len>#<uuid>|sip|network|<bytes>|udp|<far-end addr>|<far-end port>|<hh:mm:ss.us>|<txn id>|<dialog id>|<local addr>|<local port>\r\n<SIP response>
+ *   <len>#<uuid>|sip|network|<bytes>|udp|<far-end addr>|<far-end port>|<hh:mm:ss.us>|<txn id>|<Call-ID>;uac|\r\n<SIP response>
  *
- * (drachtio-server src/client.cpp sendSipMessageToClient + drachtio.h
- * SipMsgData_t::toMessageFormat "source|bytes|protocol|address|port|time";
- * drachtio-srf lib/drachtio-agent.js _onMsg reads tokens 2..12 in that order).
+ * test/fixtures/drachtio/flash-ring-cancel.txt is the whole admin-connection
+ * exchange of `ringCancel`, checked against the fake in drachtio-backend.test.ts.
  */
 
 /** One response of the far end. */

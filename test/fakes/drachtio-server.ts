@@ -16,6 +16,11 @@
  *   await fake.pause(); await fake.resume();        // refuse connections / listen again on the same port
  *   await fake.stop();
  *
+ * Every frame it sends is a `<` template of test/fixtures/drachtio/admin-protocol.txt
+ * filled in, and every frame an app sends must match one of its `>` templates
+ * (`unexpectedFrames` lists those that do not); `exchange` keeps both, in order,
+ * for comparison with a transcript (test/fixtures/drachtio/flash-ring-cancel.txt).
+ *
  * Wire protocol (what drachtio-server 0.9 does; sources: drachtio-server
  * src/client.cpp processClientMessage / createResponseMsg /
  * sendSipMessageToClient, drachtio.h SipMsgData_t::toMessageFormat;
@@ -38,6 +43,43 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { verifyDigestResponse } from '../helpers/sipp.js';
 import { farEndSdp, REASONS, type DrachtioScenario, type NetworkResponse, type ProxyChallenge } from './drachtio-scenarios.js';
+import { fill, fixtureBlocks, templatePattern } from './fixtures.js';
+
+// ------------------------------------------------------------------ the fixture
+
+const PROTOCOL = 'drachtio/admin-protocol.txt';
+
+/** One exchange of admin-protocol.txt: the app's frame templates and the server's. */
+interface Exchange {
+  name: string;
+  app: string[];
+  server: string[];
+}
+
+function exchanges(): Exchange[] {
+  return fixtureBlocks(PROTOCOL).map((b) => {
+    const lines = b.text.split('\n');
+    return {
+      name: b.name,
+      app: lines.filter((l) => l.startsWith('> ')).map((l) => l.slice(2)),
+      server: lines.filter((l) => l.startsWith('< ')).map((l) => l.slice(2)),
+    };
+  });
+}
+
+/** The server's frame leader of exchange `name`, filled. */
+export function serverLeader(name: string, values: Record<string, string | number>): string {
+  const template = exchanges().find((e) => e.name === name)?.server[0];
+  if (template === undefined) throw new Error(`${PROTOCOL}: no server frame in @@ ${name}`);
+  const leader = fill(template, values);
+  if (/\{\w+\}/.test(leader)) throw new Error(`${PROTOCOL} @@ ${name}: unfilled ${leader}`);
+  return leader;
+}
+
+/** Does this frame leader (app → server, or server → app) match a template of the protocol fixture? */
+export function matchesProtocol(direction: 'app' | 'server', leader: string): boolean {
+  return exchanges().some((e) => e[direction].some((t) => templatePattern(t).test(leader)));
+}
 
 // ------------------------------------------------------------------ framing and parsing (pure, unit-tested)
 
@@ -62,7 +104,8 @@ export class FrameDecoder {
         return out;
       }
       const lenText = this.buffer.toString('latin1', 0, hash);
-      if (!/^\d{1,9}$/.test(lenText)) throw new Error(`invalid frame length ${JSON.stringify(lenText)}`);
+      // client.cpp readMessageLength: at most 5 digits.
+      if (!/^\d{1,5}$/.test(lenText)) throw new Error(`invalid frame length ${JSON.stringify(lenText)}`);
       const len = Number(lenText);
       if (this.buffer.length < hash + 1 + len) return out;
       out.push(this.buffer.toString('utf8', hash + 1, hash + 1 + len));
@@ -154,12 +197,12 @@ function hostOfUri(uri: string): { host: string; hostPort: string } {
   return { host, hostPort: m?.[2] === undefined ? host : `${host}:${m[2]}` };
 }
 
-/** source|bytes|protocol|address|port|time (drachtio.h SipMsgData_t::toMessageFormat). */
-export function msgMeta(source: 'network' | 'application', raw: string): string[] {
+/** The meta tokens of drachtio.h SipMsgData_t::toMessageFormat (after the source): bytes, protocol, address, port, time. */
+export function msgMeta(raw: string): { bytes: number; protocol: string; address: string; port: number; time: string } {
   const now = new Date();
   const time = `${now.toISOString().slice(11, 19)}.${String(now.getMilliseconds() * 1000).padStart(6, '0')}`;
   // address/port: where a network message came from, or where the app's message went.
-  return [source, String(Buffer.byteLength(raw, 'utf8')), 'udp', FAR_ADDR, String(FAR_PORT), time];
+  return { bytes: Buffer.byteLength(raw, 'utf8'), protocol: 'udp', address: FAR_ADDR, port: FAR_PORT, time };
 }
 
 // ------------------------------------------------------------------ the server
@@ -228,8 +271,12 @@ export class FakeDrachtioServer {
   scenario: DrachtioScenario | undefined;
   /** Every frame received from apps, in order. */
   readonly frames: Frame[] = [];
-  /** Every frame payload sent to apps, in order (checked against test/fakes/recordings/). */
+  /** Every frame payload sent to apps, in order. */
   readonly sentFrames: string[] = [];
+  /** Frames in both directions, in order (`>` app to server, `<` server to app), whole payloads. */
+  readonly exchange: { direction: '>' | '<'; payload: string }[] = [];
+  /** Leaders of app frames that match no `>` template of admin-protocol.txt. */
+  readonly unexpectedFrames: string[] = [];
   /**
    * false: `ping` frames get no reply at all while the TCP connection stays
    * open (a half-open connection / hung drachtio-server, as the app sees it).
@@ -346,7 +393,7 @@ export class FakeDrachtioServer {
           socket.destroy();
           return;
         }
-        for (const p of payloads) this.onFrame(socket, parseFrame(p));
+        for (const p of payloads) this.onFrame(socket, parseFrame(p), p);
       });
       socket.on('error', () => undefined);
       socket.on('close', () => {
@@ -373,11 +420,18 @@ export class FakeDrachtioServer {
   private send(socket: Socket, payload: string): void {
     if (socket.destroyed) return;
     this.sentFrames.push(payload);
+    this.exchange.push({ direction: '<', payload });
     socket.write(encodeFrame(payload));
   }
 
-  private reply(socket: Socket, msgId: string, tokens: string[], sip?: string): void {
-    this.send(socket, `${randomUUID()}|response|${msgId}|${tokens.join('|')}${sip === undefined ? '' : '\r\n' + sip}`);
+  /** The server frame of exchange `name` (admin-protocol.txt) answering app message `msgId`, with the SIP message after it. */
+  private reply(socket: Socket, name: string, msgId: string, values: Record<string, string | number> = {}, sip?: string): void {
+    const leader = serverLeader(name, { uuid: randomUUID(), msgId, ...values });
+    this.send(socket, sip === undefined ? leader : `${leader}\r\n${sip}`);
+  }
+
+  private refuse(socket: Socket, msgId: string, reason: string): void {
+    this.reply(socket, 'sip-refused', msgId, { reason });
   }
 
   private later(ms: number, fn: () => void, txn?: InviteTxn): void {
@@ -389,25 +443,30 @@ export class FakeDrachtioServer {
     txn?.timers.push(t);
   }
 
-  private onFrame(socket: Socket, frame: Frame): void {
+  private onFrame(socket: Socket, frame: Frame, payload: string): void {
     this.frames.push(frame);
+    this.exchange.push({ direction: '>', payload });
+    const leader = payload.split('\r\n', 1)[0] ?? '';
+    if (!matchesProtocol('app', leader)) this.unexpectedFrames.push(leader);
     switch (frame.type) {
       case 'authenticate':
         if (frame.args[0] === this.secret) {
           this.authenticated.add(socket);
-          this.reply(socket, frame.msgId, ['OK', `udp/${SIP_ADDR}:${SIP_PORT},tcp/${SIP_ADDR}:${SIP_PORT}`, this.version]);
+          this.reply(socket, 'authenticate', frame.msgId, { hostports: `udp/${SIP_ADDR}:${SIP_PORT},tcp/${SIP_ADDR}:${SIP_PORT}`, version: this.version });
         } else {
-          this.reply(socket, frame.msgId, ['NO', 'incorrect secret']);
+          this.reply(socket, 'authenticate-rejected', frame.msgId);
           socket.end();
         }
         return;
       case 'ping':
         // client.cpp processClientMessage: createResponseMsg(id, msg, true, "pong").
-        if (this.answerPings) this.reply(socket, frame.msgId, ['OK', 'pong']);
+        if (this.answerPings) this.reply(socket, 'ping', frame.msgId);
         return;
       case 'route':
+        this.reply(socket, 'route', frame.msgId);
+        return;
       case 'remove_route':
-        this.reply(socket, frame.msgId, ['OK']);
+        this.reply(socket, 'remove-route', frame.msgId);
         return;
       case 'sip':
         if (!this.authenticated.has(socket)) {
@@ -418,7 +477,7 @@ export class FakeDrachtioServer {
         return;
       default:
         // client.cpp: "Unknown message type", then the client is dropped.
-        this.reply(socket, frame.msgId, ['NO', 'Unknown message type']);
+        this.reply(socket, 'unknown-type', frame.msgId);
         socket.end();
     }
   }
@@ -431,20 +490,20 @@ export class FakeDrachtioServer {
     try {
       msg = parseSip(frame.body);
     } catch (err) {
-      this.reply(socket, frame.msgId, ['NOK', (err as Error).message]);
+      this.refuse(socket, frame.msgId, (err as Error).message);
       return;
     }
     if (msg.status !== undefined) {
       // The app's response to a request from the network.
       this.appResponses.push(msg);
-      this.reply(socket, frame.msgId, this.sentTokens(frame.body, txnId), frame.body);
+      this.sent(socket, frame.msgId, frame.body, txnId);
       return;
     }
     const method = msg.method ?? '';
     if (dialogId !== '') return this.inDialogFromApp(socket, frame, msg, dialogId);
     if (txnId !== '' && method === 'CANCEL') return this.cancelFromApp(socket, frame, msg, txnId);
     if (method !== 'INVITE') {
-      this.reply(socket, frame.msgId, ['NOK', `fake drachtio-server: ${method} outside a dialog not supported`]);
+      this.refuse(socket, frame.msgId, `fake drachtio-server: ${method} outside a dialog not supported`);
       return;
     }
     this.inviteFromApp(socket, frame, msg);
@@ -456,7 +515,7 @@ export class FakeDrachtioServer {
     const responder = this.responders.get(target.hostPort) ?? this.responders.get(target.host);
     if (responder === undefined && this.scenario?.rejectInvite !== undefined) {
       // doSendRequestOutsideDialog could not create the transaction (no transport, bad URI ...): nothing is sent.
-      this.reply(socket, frame.msgId, ['NOK', this.scenario.rejectInvite]);
+      this.refuse(socket, frame.msgId, this.scenario.rejectInvite);
       return;
     }
     const headers = msg.headers.filter((h) => !['via', 'max-forwards', 'cseq', 'content-length'].includes(canonical(h.name)));
@@ -492,7 +551,7 @@ export class FakeDrachtioServer {
     const invite = parseSip(sent);
     const txnId = randomUUID();
     this.record(invite, sent, true);
-    this.reply(socket, frame.msgId, this.sentTokens(sent, txnId), sent);
+    this.sent(socket, frame.msgId, sent, txnId);
 
     if (responder === undefined) return this.startInviteTxn(socket, invite, txnId, callId, this.scenario);
     void Promise.resolve(responder(invite)).then(
@@ -511,7 +570,8 @@ export class FakeDrachtioServer {
       scenario,
       sdpBody: scenario.sdpBody,
       toTag: randomBytes(5).toString('hex'),
-      dialogId: `${callId};from-tag=${tagOf(invite.header('from')) ?? ''}`,
+      // sip-dialog.hpp SipDialog::getDialogId: the Call-ID and ";uac" for a dialog we started.
+      dialogId: `${callId};uac`,
       final: false,
       cancelled: false,
       timers: [],
@@ -543,7 +603,7 @@ export class FakeDrachtioServer {
     const txn = this.txns.get(txnId);
     if (txn === undefined) {
       // sip-dialog-controller.cpp doSendCancelRequest.
-      this.reply(socket, frame.msgId, ['NOK', `unable to cancel unknown transaction id: ${txnId}`]);
+      this.refuse(socket, frame.msgId, `unable to cancel unknown transaction id: ${txnId}`);
       return;
     }
     const inv = txn.invite;
@@ -557,7 +617,7 @@ export class FakeDrachtioServer {
       ...msg.headers.filter((h) => !['via', 'max-forwards', 'from', 'to', 'call-id', 'cseq', 'content-length'].includes(canonical(h.name))),
     ]);
     this.record(parseSip(sent), sent, true);
-    this.reply(socket, frame.msgId, this.sentTokens(sent, randomUUID()), sent);
+    this.sent(socket, frame.msgId, sent, randomUUID());
     if (txn.final || txn.cancelled) return;
     txn.cancelled = true;
     const onCancel = txn.scenario.onCancel ?? { status: 487 };
@@ -574,10 +634,10 @@ export class FakeDrachtioServer {
       if (msg.method === 'ACK' && this.rejectedDialogs.delete(dialogId)) {
         // drachtio-srf ACKs every final response; for a non-2xx the server's transaction layer already
         // did (RFC 3261 17.1.1.3): sip-dialog-controller.cpp doSendRequestInsideDialog answers NOK.
-        this.reply(socket, frame.msgId, ['NOK', 'ACK for non-success responses is automatically generated by the stack']);
+        this.refuse(socket, frame.msgId, 'ACK for non-success responses is automatically generated by the stack');
         return;
       }
-      this.reply(socket, frame.msgId, ['NOK', 'Server error: unable to find dialog']);
+      this.refuse(socket, frame.msgId, 'Server error: unable to find dialog');
       return;
     }
     const method = msg.method ?? '';
@@ -601,7 +661,7 @@ export class FakeDrachtioServer {
     const parsed = parseSip(sent);
     this.record(parsed, sent, true);
     const txnId = method === 'ACK' ? '' : randomUUID();
-    this.reply(socket, frame.msgId, this.sentTokens(sent, txnId), sent);
+    this.sent(socket, frame.msgId, sent, txnId);
     if (method === 'BYE') {
       this.dialogs.delete(dialogId);
       this.later(10, () => this.sendResponseFor(socket, parsed, 200, txnId, dialogId));
@@ -718,12 +778,12 @@ export class FakeDrachtioServer {
 
   private sendFromNetwork(socket: Socket, raw: string, txnId: string, dialogId: string): void {
     // client.cpp BaseClient::sendSipMessageToClient(transactionId, dialogId, ...): a trailing '|' after the dialog id.
-    this.send(socket, `${randomUUID()}|sip|${msgMeta('network', raw).join('|')}|${txnId}|${dialogId}|\r\n${raw}`);
+    this.send(socket, `${serverLeader('sip-from-network', { uuid: randomUUID(), ...msgMeta(raw), txnId, dialogId })}\r\n${raw}`);
   }
 
   /** The OK for a SIP message the app had sent (sip-dialog-controller.cpp: `s + "|" + txnId + "|Msg sent:|" + CRLF + msg`). */
-  private sentTokens(raw: string, txnId: string): string[] {
-    return ['OK', ...msgMeta('application', raw), txnId, 'Msg sent:', ''];
+  private sent(socket: Socket, msgId: string, raw: string, txnId: string): void {
+    this.reply(socket, 'sip-sent', msgId, { ...msgMeta(raw), sentTxnId: txnId }, raw);
   }
 
   private record(sip: ParsedSip, raw: string, fromApp: boolean): void {

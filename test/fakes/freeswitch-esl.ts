@@ -3,21 +3,21 @@ import type { NetworkResponse } from './drachtio-scenarios.js';
 import type { FakeDrachtioServer } from './drachtio-server.js';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import {
-  AUTH_REQUEST,
+  BACKGROUND_JOB,
   CHANNEL_CALLSTATE_HANGUP,
   CHANNEL_DATA,
   CHANNEL_EXECUTE,
   CHANNEL_EXECUTE_COMPLETE,
   CHANNEL_HANGUP,
-  DISCONNECT_NOTICE_BODY,
   FS_LOCAL_SDP,
   HEARTBEAT,
-  REPLY,
   SOFIA_STATUS,
   SOFIA_STATUS_NO_MRF,
   UUID_DUMP,
+  eslFrame,
   fill,
   fillHeaders,
+  replyText,
 } from './freeswitch-scenarios.js';
 
 /**
@@ -33,7 +33,9 @@ import {
  *    CHANNEL_EXECUTE_COMPLETE carrying the command's Event-UUID as
  *    Application-UUID; `api uuid_break|uuid_dump`; `hangup` → HANGUP
  *    events, the SIP BYE (through a hook), disconnect notice, close.
- * Frames come from freeswitch-scenarios.ts (recorded captures).
+ * Every frame, reply text and event comes from test/fixtures/esl/ (through
+ * freeswitch-scenarios.ts); test/unit/fakes/freeswitch-esl.test.ts checks the
+ * fake's bytes against the transcripts there.
  */
 
 export interface ExecutedApp {
@@ -52,15 +54,21 @@ export interface FakeFreeswitchOptions {
   playbackMs?: number;
   /** Max-Sessions reported in HEARTBEAT. */
   maxSessions?: number;
+  /** Core-UUID of this FreeSWITCH (default random). */
+  coreUuid?: string;
 }
 
-/** Splits the first line (command) and `Name: value` headers of one client message. */
+/**
+ * Splits the first line (command) and `Name: value` headers of one client
+ * message. Values are taken as sent: mod_event_socket's read_packet does not
+ * URL-decode what clients send (modesl sends execute-app-arg raw).
+ */
 function parseCommand(text: string): { command: string; headers: Record<string, string> } {
   const [command = '', ...lines] = text.split('\n');
   const headers: Record<string, string> = {};
   for (const line of lines) {
-    const i = line.indexOf(': ');
-    if (i > 0) headers[line.slice(0, i)] = decodeURIComponent(line.slice(i + 2));
+    const i = line.indexOf(':');
+    if (i > 0) headers[line.slice(0, i)] = line.slice(i + 1).trimStart();
   }
   return { command: command.trim(), headers };
 }
@@ -70,6 +78,24 @@ function encodeHeaders(headers: Record<string, string>): string {
   return Object.entries(headers)
     .map(([k, v]) => `${k}: ${encodeURIComponent(v)}\n`)
     .join('');
+}
+
+/**
+ * One event as mod_event_socket frames it: switch_event_serialize (plain: URL-encoded
+ * `Name: value` lines, a body after its Content-Length and a blank line) or
+ * switch_event_serialize_json (every header a string, the body as `_body`).
+ */
+export function serializeEvent(format: 'plain' | 'json', headers: Record<string, string>, body?: string): string {
+  let serialized: string;
+  if (format === 'json') {
+    serialized = JSON.stringify(body === undefined ? headers : { ...headers, 'Content-Length': String(Buffer.byteLength(body)), _body: body });
+  } else {
+    serialized =
+      body === undefined
+        ? `${encodeHeaders(headers)}\n`
+        : `${encodeHeaders({ ...headers, 'Content-Length': String(Buffer.byteLength(body)) })}\n${body}`;
+  }
+  return eslFrame('event', { format }, serialized);
 }
 
 class EslSocket {
@@ -102,12 +128,13 @@ class EslSocket {
     if (!this.socket.destroyed) this.socket.write(s);
   }
 
-  reply(text: string, extra = ''): void {
-    this.write(`Content-Type: command/reply\nReply-Text: ${text}\n${extra}\n`);
+  reply(text: string): void {
+    this.write(eslFrame('command-reply', { text }));
   }
 
   apiResponse(body: string): void {
-    this.write(`Content-Type: api/response\nContent-Length: ${Buffer.byteLength(body)}\n\n${body}`);
+    // api_exec: an empty api output is sent as "-ERR no reply\n".
+    this.write(eslFrame('api-response', {}, body === '' ? '-ERR no reply\n' : body));
   }
 
   wants(name: string, headers: Record<string, string>): boolean {
@@ -116,20 +143,11 @@ class EslSocket {
   }
 
   event(headers: Record<string, string>, body?: string): void {
-    if (this.format === 'json') {
-      const json = JSON.stringify(body === undefined ? headers : { ...headers, 'Content-Length': String(Buffer.byteLength(body)), _body: body });
-      this.write(`Content-Length: ${Buffer.byteLength(json)}\nContent-Type: text/event-json\n\n${json}`);
-    } else {
-      const inner =
-        body === undefined
-          ? `${encodeHeaders(headers)}\n`
-          : `${encodeHeaders({ ...headers, 'Content-Length': String(Buffer.byteLength(body)) })}\n${body}`;
-      this.write(`Content-Length: ${Buffer.byteLength(inner)}\nContent-Type: text/event-plain\n\n${inner}`);
-    }
+    this.write(serializeEvent(this.format ?? 'plain', headers, body));
   }
 
   disconnect(): void {
-    this.write(`Content-Type: text/disconnect-notice\nContent-Length: ${Buffer.byteLength(DISCONNECT_NOTICE_BODY)}\n\n${DISCONNECT_NOTICE_BODY}`);
+    this.write(eslFrame('disconnect-notice', {}, replyText('disconnect-notice-body')));
     this.socket.end();
   }
 }
@@ -284,7 +302,7 @@ export class FakeChannel {
 }
 
 export class FakeFreeswitch {
-  readonly coreUuid = randomUUID();
+  readonly coreUuid: string;
   /** Every app executed on any channel, in order. */
   readonly executed: ExecutedApp[] = [];
   /** Every `api` command received (inbound and outbound sockets). */
@@ -307,7 +325,9 @@ export class FakeFreeswitch {
   private server: Server | undefined;
   private sessionCount = 0;
 
-  constructor(readonly opts: FakeFreeswitchOptions) {}
+  constructor(readonly opts: FakeFreeswitchOptions) {
+    this.coreUuid = opts.coreUuid ?? randomUUID();
+  }
 
   async listen(port = 0, host = '127.0.0.1'): Promise<number> {
     const server = createServer((socket) => {
@@ -315,7 +335,7 @@ export class FakeFreeswitch {
       const c = new EslSocket(socket, (conn, command, headers) => this.handle(conn, command, headers, undefined));
       this.inbound.add(c);
       socket.on('close', () => this.inbound.delete(c));
-      c.write(AUTH_REQUEST);
+      c.write(eslFrame('auth-request'));
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -393,65 +413,78 @@ export class FakeFreeswitch {
       case 'uuid_set_media_stats':
         return '+OK\n';
       default:
-        return `-ERR ${cmd} Command not found!\n`;
+        return replyText('api-unknown', { command: cmd });
     }
   }
 
-  /** One client command on an inbound socket (channel undefined) or on a channel's outbound socket. */
+  /** One client command on an inbound socket (channel undefined) or on a channel's outbound socket (mod_event_socket parse_command). */
   handle(c: EslSocket, command: string, headers: Record<string, string>, channel: FakeChannel | undefined): void {
     const [verb = '', ...rest] = command.split(' ');
     const args = rest.join(' ');
-    if (!channel && !c.authed && verb !== 'auth') return c.write('Content-Type: command/reply\nReply-Text: -ERR command not found\n\n');
+    if (verb === 'exit') {
+      c.reply(replyText('bye'));
+      return c.disconnect();
+    }
+    if (!channel && !c.authed) {
+      if (verb !== 'auth') return c.reply(replyText('unknown'));
+      if (args === (this.opts.password ?? 'ClueCon')) {
+        c.authed = true;
+        return c.reply(replyText('auth-ok'));
+      }
+      c.reply(replyText('auth-err'));
+      return c.disconnect();
+    }
     switch (verb) {
-      case 'auth':
-        if (args === (this.opts.password ?? 'ClueCon')) {
-          c.authed = true;
-          return c.reply(REPLY.authOk);
-        }
-        c.reply(REPLY.authErr);
-        return c.disconnect();
       case 'connect':
-        if (!channel) return c.reply(REPLY.unknown);
+        if (!channel) return c.reply(replyText('unknown'));
         return c.write(encodeHeaders(fillHeaders(CHANNEL_DATA, channel.values)) + '\n');
       case 'api':
         return c.apiResponse(this.api(args, channel));
       case 'bgapi': {
         const job = headers['Job-UUID'] ?? randomUUID();
-        c.reply(`+OK Job-UUID: ${job}`, `Job-UUID: ${job}\n`);
+        c.write(eslFrame('bgapi-reply', { job }));
         const body = this.api(args, channel);
-        const ev = { 'Event-Name': 'BACKGROUND_JOB', 'Core-UUID': this.coreUuid, 'Job-UUID': job, 'Job-Command': args.split(' ')[0] ?? '' };
+        const [jobCommand = '', ...jobArgs] = args.split(' ');
+        const ev = fillHeaders(BACKGROUND_JOB, { core: this.coreUuid, job, command: jobCommand, arg: jobArgs.join(' ') });
+        if (jobArgs.length === 0) delete ev['Job-Command-Arg'];
         if (c.wants('BACKGROUND_JOB', ev)) c.event(ev, body);
         return;
       }
       case 'event': {
-        const [format = 'plain', ...names] = args.split(' ');
-        c.format = format === 'json' ? 'json' : 'plain';
+        const [format = '', ...names] = args.split(' ');
+        const explicit = format === 'plain' || format === 'json';
         // "CUSTOM a::b c::d" subscribes subclasses; event names are the words that are not subclasses.
-        for (const n of names) if (!n.includes('::')) c.events.add(n);
-        return c.reply(REPLY.eventOk(c.format));
+        const keywords = (explicit ? names : [format, ...names]).filter((n) => n !== '' && !n.includes('::'));
+        if (keywords.length === 0) return c.reply(replyText('event-no-keywords'));
+        if (explicit) c.format = format;
+        c.format ??= 'plain';
+        for (const n of keywords) c.events.add(n);
+        return c.reply(replyText('event-ok', { format: c.format }));
       }
       case 'filter': {
         const [header = '', ...value] = args.split(' ');
         if (header === 'delete') {
+          const [name = '', ...v] = value;
           c.filter = undefined;
-          return c.reply('+OK filter deleted.');
+          return c.reply(replyText('filter-deleted', { header: name, value: v.join(' ') }));
         }
         c.filter = { header, value: value.join(' ') };
-        return c.reply(REPLY.filterOk(header, c.filter.value));
+        return c.reply(replyText('filter-ok', { header, value: c.filter.value }));
       }
       case 'myevents':
+        return c.reply(replyText('myevents-ok'));
       case 'linger':
+        return c.reply(replyText('linger-ok'));
       case 'nolinger':
-      case 'noevents':
+        return c.reply(replyText('nolinger-ok'));
       case 'nixevent':
-        return c.reply(REPLY.ok);
-      case 'exit':
-        c.reply(REPLY.bye);
-        return c.disconnect();
+        return c.reply(replyText('nixevent-ok'));
+      case 'noevents':
+        return c.reply(replyText('noevents-ok'));
       case 'sendmsg': {
-        const ch = (args ? this.channels.get(args) : undefined) ?? channel;
-        if (!ch) return c.reply('-ERR invalid session id');
-        c.reply(REPLY.ok);
+        const ch = (args ? this.channels.get(args) : undefined) ?? (!args || args === channel?.uuid ? channel : undefined);
+        if (!ch) return c.reply(replyText('sendmsg-bad-session', { uuid: args }));
+        c.reply(replyText('sendmsg-ok'));
         if (headers['call-command'] === 'execute') {
           ch.execute(headers['execute-app-name'] ?? '', headers['execute-app-arg'] ?? '', headers['Event-UUID'] ?? randomUUID());
         } else if (headers['call-command'] === 'hangup') {
@@ -460,7 +493,7 @@ export class FakeFreeswitch {
         return;
       }
       default:
-        return c.reply(REPLY.unknown);
+        return c.reply(replyText('unknown'));
     }
   }
 

@@ -209,11 +209,12 @@ describe('voice OTP on the carrier stack: failure paths', () => {
     await freeswitchLegEnded(st);
   });
 
-  it('FreeSWITCH cannot play the prompts: our BYE to the callee, the endpoint hung up', async () => {
+  it('FreeSWITCH cannot play the prompts: media_failed, our BYE to the callee, the endpoint hung up', async () => {
     const st = await stack(SCENARIOS.voiceAnswer);
     st.media.failPlayback = 'FILE NOT FOUND';
     const r = await st.call();
     expect(r.answered).toBe(true);
+    expect(r.outcome).toBe('media_failed');
     expect(r.packets).toBe(0);
     const [callee] = st.calleeInvites();
     await st.sip.waitForRequest('BYE', 3000);

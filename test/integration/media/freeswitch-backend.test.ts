@@ -256,9 +256,11 @@ describe('FreeSWITCH media backend (drachtio-fsmrf over a fake event socket)', (
     expect(fs.hangups).toHaveLength(1);
     expect(await sip.ended(sip.invites[0]!)).toBe('freeswitch');
 
-    // Through the voice policy: the callee gets our BYE, the endpoint is released.
+    // Through the voice policy: media_failed with FreeSWITCH's reason, the callee gets our BYE, the endpoint is released.
     const { originator, result } = call(player, { answerAfterMs: 20 });
-    await result;
+    const r = await result;
+    expect(r).toMatchObject({ outcome: 'media_failed', answered: true });
+    expect(r.phrase).toMatch(/File Not Found/);
     expect(originator.hangups).toBe(1);
     expect(fs.hangups).toHaveLength(2);
     expect(player.status()[0]!.active).toBe(0);
@@ -286,6 +288,37 @@ describe('FreeSWITCH media backend (drachtio-fsmrf over a fake event socket)', (
     await new Promise((r) => setTimeout(r, 50));
     await session.close();
     expect(await sip.ended(sip.invites[0]!)).toBe('app');
+  });
+
+  it("the channel's event socket drops mid-prompt: media_failed at once, we BYE FreeSWITCH and the callee", async () => {
+    const fs = await startFreeswitch(5080, { playbackMs: 10_000 });
+    const { player, sip } = await startPlayer([fs]);
+    const started = Date.now();
+    const { originator, result } = call(player, { answerAfterMs: 20 });
+    await until(() => fs.executed.some((e) => e.app === 'playback'), 'the prompt to start');
+    // FreeSWITCH's outbound connection for this channel breaks (no hang-up, no BYE from FreeSWITCH).
+    for (const s of fs.outboundSockets) s.destroy();
+    const r = await result;
+    // Not `played`: the callee did not hear the whole code.
+    expect(r.outcome).toBe('media_failed');
+    expect(r.answered).toBe(true);
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(await sip.ended(sip.invites[0]!)).toBe('app');
+    expect(originator.hangups).toBe(1);
+    expect(player.status()[0]!.active).toBe(0);
+  });
+
+  it('the inbound event socket drops mid-prompt: the call in progress keeps its own connection and is played to the end', async () => {
+    const fs = await startFreeswitch(5080, { playbackMs: 300 });
+    const { player, sip } = await startPlayer([fs]);
+    const { result } = call(player, { answerAfterMs: 20 });
+    await until(() => fs.executed.some((e) => e.app === 'playback'), 'the prompt to start');
+    fs.dropInbound();
+    const r = await result;
+    expect(r.outcome).toBe('played');
+    expect(fs.hangups).toHaveLength(1);
+    expect(await sip.ended(sip.invites[0]!)).toBe('freeswitch');
+    await until(() => player.ready, 'the reconnect');
   });
 
   it('reconnects to the event socket after losing it, and keeps taking calls', async () => {

@@ -9,6 +9,7 @@ import { CONNECTION_LOST, DrachtioOriginator } from '../../../src/sip/drachtio/d
 import { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
 import { SCENARIOS, type DrachtioScenario } from '../../fakes/drachtio-scenarios.js';
 import { FakeDrachtioServer } from '../../fakes/drachtio-server.js';
+import { diffTranscript, transcriptFrames } from '../../fakes/fixtures.js';
 import { http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../../helpers/engine.js';
 import { SIPP_TEST_CREDENTIALS, sipUriUser, startSippUas, verifyDigestResponse } from '../../helpers/sipp.js';
 
@@ -177,6 +178,8 @@ describe.each(['embedded', 'drachtio'] as const)('flash-call outcome table on th
       expect(invite.uri).toBe('sip:+447700900123@192.0.2.10:5060;user=phone');
       expect(invite.sip.body).toBe('');
       expect(drachtio!.activeCalls).toBe(0);
+      // Every frame drachtio-srf sent is one admin-protocol.txt knows.
+      expect(fake!.unexpectedFrames).toEqual([]);
     } else {
       const uas = await startSippUas({ scenario: row.scenario.sipp, vars: row.sippVars, maxLifetimeMs: 30_000 });
       try {
@@ -220,6 +223,27 @@ function newDrachtio(port: number, overrides: Partial<ConstructorParameters<type
     ...overrides,
   });
 }
+
+describe('drachtio backend: the exchange on the admin connection', () => {
+  it('a flash call that rings and is cancelled is exactly the transcript of test/fixtures/drachtio/flash-ring-cancel.txt', async () => {
+    const fake = await FakeDrachtioServer.start({ secret: SECRET });
+    const drachtio = newDrachtio(fake.port, { enablePing: false });
+    try {
+      await drachtio.start();
+      fake.scenario = SCENARIOS.ringCancel;
+      const { result } = await flash(drachtio, trunk('sip:192.0.2.10:5060'));
+      expect(result.outcome).toBe('cancelled');
+      const expected = transcriptFrames('drachtio/flash-ring-cancel.txt', 'ring-cancel');
+      // The last frame (NOK to the ACK) may land just after the outcome.
+      await waitFor(async () => fake.exchange.length >= expected.length || undefined, 3000).catch(() => undefined);
+      expect(diffTranscript(expected, fake.exchange)).toBeUndefined();
+      expect(fake.unexpectedFrames).toEqual([]);
+    } finally {
+      await drachtio.stop();
+      await fake.stop();
+    }
+  });
+});
 
 describe('drachtio backend: connection to drachtio-server', () => {
   let fake: FakeDrachtioServer | undefined;

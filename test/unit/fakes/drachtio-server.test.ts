@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { encodeFrame, FrameDecoder, parseFrame, parseSip, serializeSip } from '../../fakes/drachtio-server.js';
+import { encodeFrame, FrameDecoder, matchesProtocol, parseFrame, parseSip, serializeSip, serverLeader } from '../../fakes/drachtio-server.js';
 
 /** The fake drachtio-server's framing and parsing (what drachtio-srf lib/wire-protocol.js expects). */
 describe('fake drachtio-server wire format', () => {
@@ -21,9 +21,26 @@ describe('fake drachtio-server wire format', () => {
     }
   });
 
-  it('rejects a frame without a length', () => {
+  it('rejects a frame without a length, or with a length of more than 5 digits (client.cpp readMessageLength)', () => {
     expect(() => new FrameDecoder().push(Buffer.from('#abc'))).toThrow();
     expect(() => new FrameDecoder().push(Buffer.from('x1#abc'))).toThrow();
+    expect(() => new FrameDecoder().push(Buffer.from('100000#abc'))).toThrow();
+    expect(new FrameDecoder().push(Buffer.from('3#abc'))).toEqual(['abc']);
+  });
+
+  it('builds its frames from test/fixtures/drachtio/admin-protocol.txt and checks app frames against it', () => {
+    expect(serverLeader('ping', { uuid: 'u1', msgId: 'm1' })).toBe('u1|response|m1|OK|pong');
+    expect(serverLeader('authenticate-rejected', { uuid: 'u1', msgId: 'm1' })).toBe('u1|response|m1|NO|incorrect secret');
+    expect(
+      serverLeader('sip-from-network', { uuid: 'u', bytes: 10, protocol: 'udp', address: '127.0.0.1', port: 5090, time: 't', txnId: 'x', dialogId: 'c;uac' }),
+    ).toBe('u|sip|network|10|udp|127.0.0.1|5090|t|x|c;uac|');
+    // A template left partly unfilled is a bug in the fake, not a frame.
+    expect(() => serverLeader('sip-refused', { uuid: 'u', msgId: 'm' })).toThrow(/unfilled/);
+    expect(matchesProtocol('app', 'm1|authenticate|cymru|')).toBe(true);
+    expect(matchesProtocol('app', 'm1|sip|txn-1|')).toBe(true);
+    expect(matchesProtocol('app', 'm1|sip||dlg;uac')).toBe(true);
+    expect(matchesProtocol('app', 'm1|sip')).toBe(false);
+    expect(matchesProtocol('server', 'u|response|m1|OK|pong')).toBe(true);
   });
 
   it('parses the leader tokens and the SIP message after the first CRLF', () => {
