@@ -511,11 +511,12 @@ export async function runCli(argv: string[]): Promise<number> {
       process.once('SIGTERM', () => onSignal('SIGTERM'));
       process.once('SIGINT', () => onSignal('SIGINT'));
     });
-    // Last resort: a stop step that hangs (Redis gone ...) must not keep the process past its grace.
+    // Last resort: a stop step that hangs (Redis gone ...) must not keep the process past its grace
+    // (worker.shutdownGraceMs, counted from the signal): exit 1 then. stop() plans to be done before.
     const hard = setTimeout(() => {
-      logger.error('shutdown grace exceeded; exiting');
+      logger.error({ grace_ms: config.worker.shutdownGraceMs }, 'shutdown grace exceeded; exiting');
       process.exit(1);
-    }, config.worker.shutdownGraceMs + 2000);
+    }, config.worker.shutdownGraceMs);
     hard.unref();
     await engine.stop();
     return 0;
