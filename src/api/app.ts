@@ -81,7 +81,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   app.get('/v1/openapi.json', async () => openapi);
 
   // Operators' account management behind its own bearer token; every route answers 404 while admin.token is empty.
-  app.register(adminApi({ token: config.admin.token, accounts, defaultCurrency: config.accounts.defaultCurrency, fraud: deps.fraud }), {
+  app.register(adminApi({ token: config.admin.token, accounts, defaultCurrency: config.accounts.defaultCurrency, fraud: deps.fraud, guard: authGuard }), {
     prefix: '/admin/v1',
   });
 
