@@ -14,6 +14,7 @@ import { loadConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { resolveMasterKeys } from './crypto/master-key.js';
 import { Sealer } from './crypto/sealer.js';
+import { failStrandedDelivery, strandedReason } from './engine/delivery-claim.js';
 import { FlashProcessor } from './engine/flash-processor.js';
 import { TrunkPacer } from './engine/trunk-pacer.js';
 import { VoiceProcessor } from './engine/voice-processor.js';
@@ -182,7 +183,17 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
             stalledInterval: config.worker.stalledIntervalMs,
           },
         );
-        w.on('failed', (job, err) => logger.error({ request_id: job?.data.request_id, err: err.message }, `${name} job failed`));
+        w.on('failed', (job, err) => {
+          const requestId = job?.data.request_id;
+          const reason = strandedReason(err);
+          logger.error({ request_id: requestId, err: err.message, reason }, `${name} job failed`);
+          if (!requestId) return;
+          // Its attempt is over for good (attempts: 1, or stalled beyond maxStalledCount): the verification must not wait forever.
+          failStrandedDelivery({ redis: durableRedis, keys, events }, requestId, method, reason).then(
+            (published) => published && logger.warn({ request_id: requestId, reason }, 'verification failed: its delivery job ended without an outcome'),
+            (e: Error) => logger.error({ request_id: requestId, err: e.message }, 'could not fail the verification of a failed job'),
+          );
+        });
         w.on('error', (err) => logger.warn({ err: err.message }, `${name} worker error`));
         workerCloses.push(() => w.close());
       };
@@ -513,11 +524,12 @@ export async function runCli(argv: string[]): Promise<number> {
       process.once('SIGTERM', () => onSignal('SIGTERM'));
       process.once('SIGINT', () => onSignal('SIGINT'));
     });
-    // Last resort: a stop step that hangs (Redis gone ...) must not keep the process past its grace.
+    // Last resort: a stop step that hangs (Redis gone ...) must not keep the process past its grace
+    // (worker.shutdownGraceMs, counted from the signal): exit 1 then. stop() plans to be done before.
     const hard = setTimeout(() => {
-      logger.error('shutdown grace exceeded; exiting');
+      logger.error({ grace_ms: config.worker.shutdownGraceMs }, 'shutdown grace exceeded; exiting');
       process.exit(1);
-    }, config.worker.shutdownGraceMs + 2000);
+    }, config.worker.shutdownGraceMs);
     hard.unref();
     await engine.stop();
     return 0;

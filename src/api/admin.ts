@@ -4,6 +4,7 @@ import { AccountNotFoundError, MAX_RATE_LIMIT, type AccountStore } from '../acco
 import { CURRENCIES, type Currency } from '../accounts/money.js';
 import { Sealer } from '../crypto/sealer.js';
 import { AppError } from '../errors/app-error.js';
+import type { AuthGuard } from './auth-guard.js';
 import { ApiError } from '../verification/errors.js';
 
 /** Per-account fraud overrides (verification/fraud-controls.ts). */
@@ -21,6 +22,8 @@ export interface AdminApiOptions {
   accounts: AccountStore;
   defaultCurrency: Currency;
   fraud?: FraudAdmin;
+  /** The API's brute-force brake (auth-guard.ts): wrong admin tokens count per address, slow down, then lock out. */
+  guard: AuthGuard;
 }
 
 const createBody = z
@@ -56,7 +59,13 @@ export function adminApi(options: AdminApiOptions): FastifyPluginAsync {
       if (token === '') {
         throw new ApiError('not_found', `no route ${req.method} ${req.url.split('?')[0]}`);
       }
-      authorize(req, reply, token);
+      // A locked-out address gets 429 before its token is even compared.
+      await options.guard.checkAddress(req.ip);
+      if (!authorized(req, token)) {
+        void reply.header('WWW-Authenticate', 'Bearer realm="FlashVerify admin"');
+        await options.guard.failed(req.ip, undefined);
+        throw new ApiError('unauthorized', 'Invalid or missing admin token');
+      }
     });
     // Account ids are UUIDs; anything else is simply not found (no key tricks).
     admin.addHook('preHandler', async (req) => {
@@ -127,13 +136,10 @@ export function adminApi(options: AdminApiOptions): FastifyPluginAsync {
   };
 }
 
-function authorize(req: FastifyRequest, reply: FastifyReply, token: string): void {
+function authorized(req: FastifyRequest, token: string): boolean {
   const m = /^Bearer ([\x21-\x7E]+)$/i.exec((req.headers.authorization ?? '').trim());
   // Sealer.equal hashes both sides first: constant time whatever the lengths.
-  if (!Sealer.equal(m?.[1] ?? '', token)) {
-    void reply.header('WWW-Authenticate', 'Bearer realm="FlashVerify admin"');
-    throw new ApiError('unauthorized', 'Invalid or missing admin token');
-  }
+  return Sealer.equal(m?.[1] ?? '', token);
 }
 
 function parse<T>(schema: z.ZodType<T>, body: unknown): T {

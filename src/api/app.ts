@@ -53,6 +53,16 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     logController: new LogController({ disableRequestLogging: true }),
     // Our ids are UUIDs; anything longer is rejected before routing.
     routerOptions: { maxParamLength: 100 },
+    // Errors found while routing (bad percent-encoding, an overlong id) answer from our catalogue too, without echoing the URL.
+    frameworkErrors: (err, _req, reply) => {
+      const apiErr =
+        (err as { code?: string }).code === 'FST_ERR_MAX_PARAM_LENGTH'
+          ? new ApiError('not_found', 'no such resource (ids are at most 100 characters)')
+          : (err as { code?: string }).code === 'FST_ERR_BAD_URL'
+            ? new ApiError('invalid_request', 'the URL is not valid (bad percent-encoding)')
+            : toApiError(err);
+      void (reply as FastifyReply).status(apiErr.status).send(apiErr.toBody());
+    },
   });
 
   app.setErrorHandler((err: Error & { code?: string; statusCode?: number }, req, reply) => {
@@ -81,7 +91,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   app.get('/v1/openapi.json', async () => openapi);
 
   // Operators' account management behind its own bearer token; every route answers 404 while admin.token is empty.
-  app.register(adminApi({ token: config.admin.token, accounts, defaultCurrency: config.accounts.defaultCurrency, fraud: deps.fraud }), {
+  app.register(adminApi({ token: config.admin.token, accounts, defaultCurrency: config.accounts.defaultCurrency, fraud: deps.fraud, guard: authGuard }), {
     prefix: '/admin/v1',
   });
 

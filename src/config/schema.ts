@@ -482,7 +482,7 @@ export const configSchema = z
         lockDurationMs: z.number().int().positive().default(30_000),
         /** How often BullMQ looks for stalled jobs (of dead workers). */
         stalledIntervalMs: z.number().int().positive().default(30_000),
-        /** SIGTERM: stop taking jobs, CANCEL ringing flash calls, finish or BYE voice calls, flush events, exit within this. */
+        /** SIGTERM: stop taking jobs, CANCEL ringing flash calls, finish or BYE voice calls, flush events, exit 0 within this; a stop step still hanging when it runs out (Redis gone ...) makes the process exit 1 at this deadline. */
         shutdownGraceMs: z.number().int().positive().default(10_000),
         /** A `sent` request not dialled and without a job this long after creation (its api died before queueing) is queued again. */
         requeueAfterMs: z.number().int().positive().default(10_000),

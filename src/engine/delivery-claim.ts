@@ -116,3 +116,48 @@ export async function claimDelivery(
     extra,
   };
 }
+
+/** Why a delivery job ended without its verification reaching an outcome. */
+export type StrandedReason = 'job_failed' | 'job_stalled';
+
+/** BullMQ's failedReason for a job that stalled more than `worker.maxStalledCount` times. */
+const STALLED_MESSAGE = 'job stalled more than allowable limit';
+
+export function strandedReason(err: Error | undefined): StrandedReason {
+  return err?.message === STALLED_MESSAGE ? 'job_stalled' : 'job_failed';
+}
+
+/**
+ * A delivery job failed for good (its one attempt threw, or it stalled beyond
+ * `worker.maxStalledCount`): a verification still `sent` would wait for an
+ * outcome that never comes. Publishes its `failed` event (reason job_failed or
+ * job_stalled; refunded when the dial was never recorded) so the status,
+ * webhooks and workflows follow. Returns whether it published.
+ */
+export async function failStrandedDelivery(
+  deps: Pick<ClaimDeps, 'redis' | 'keys' | 'events'>,
+  requestId: string,
+  method: Method,
+  reason: StrandedReason,
+): Promise<boolean> {
+  const [status, accountId, storedMethod, dialStarted, wfStep, wfSteps] = await deps.redis.hmget(
+    deps.keys.verification(requestId),
+    'status',
+    'account_id',
+    'method',
+    'dial_started',
+    'wf_step',
+    'wf_steps',
+  );
+  // Past `sent` (delivered, or already ended) or gone: nothing is stranded.
+  if (status !== 'sent' || !accountId || storedMethod !== method) return false;
+  await deps.events.publish({
+    request_id: requestId,
+    account_id: accountId,
+    method,
+    ...(wfStep && wfSteps ? { step: Number(wfStep), steps: Number(wfSteps) } : {}),
+    status: 'failed',
+    detail: { reason, refund: !dialStarted },
+  });
+  return true;
+}

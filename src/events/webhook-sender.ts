@@ -2,7 +2,7 @@ import { createHmac } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { AppError } from '../errors/app-error.js';
-import { guardedLookup } from './webhook-target.js';
+import { guardedLookup, type ResolveAll } from './webhook-target.js';
 
 /** A delivery that did not get a 2xx in time; BullMQ retries it with back-off. */
 export class WebhookDeliveryError extends AppError {
@@ -23,6 +23,8 @@ export interface PostOptions {
   timeoutMs: number;
   allowPrivate: boolean;
   userAgent?: string;
+  /** Name resolution (default: the system's); every address it gives is checked at connect time. */
+  resolveAll?: ResolveAll;
 }
 
 /**
@@ -44,7 +46,7 @@ export function postWebhook(url: URL, body: string, headers: Record<string, stri
           'content-length': String(Buffer.byteLength(body)),
           'user-agent': options.userAgent ?? 'flashverify-webhooks',
         },
-        lookup: guardedLookup(options.allowPrivate) as never,
+        lookup: guardedLookup(options.allowPrivate, options.resolveAll) as never,
         // One connection per delivery: no pooled socket outlives the check of its address.
         agent: false,
         signal: AbortSignal.timeout(options.timeoutMs),

@@ -76,6 +76,9 @@ export function parseWebhookUrl(url: string): URL {
   return parsed;
 }
 
+/** Resolves a host name to every address it has (system DNS by default; tests inject their own). */
+export type ResolveAll = (host: string) => Promise<LookupAddress[]>;
+
 function lookupAll(host: string): Promise<LookupAddress[]> {
   return new Promise((resolve, reject) =>
     dnsLookup(host, { all: true, verbatim: true }, (err, addresses) => (err ? reject(err) : resolve(addresses))),
@@ -87,13 +90,13 @@ function lookupAll(host: string): Promise<LookupAddress[]> {
  * private, unless `allowPrivate`. Called when the URL is set and again before
  * each delivery; `guardedLookup` closes the window between check and connect.
  */
-export async function assertWebhookTarget(url: string | URL, allowPrivate: boolean): Promise<URL> {
+export async function assertWebhookTarget(url: string | URL, allowPrivate: boolean, resolveAll: ResolveAll = lookupAll): Promise<URL> {
   const parsed = typeof url === 'string' ? parseWebhookUrl(url) : url;
   if (allowPrivate) return parsed;
   const host = parsed.hostname.replace(/^\[(.*)\]$/, '$1');
   let addresses: LookupAddress[];
   try {
-    addresses = isIP(host) ? [{ address: host, family: isIP(host) }] : await lookupAll(host);
+    addresses = isIP(host) ? [{ address: host, family: isIP(host) }] : await resolveAll(host);
   } catch (err) {
     throw new WebhookTargetError(`cannot resolve ${host}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
   }
@@ -110,9 +113,13 @@ type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | Look
  * time, so a DNS answer that changed since `assertWebhookTarget` (rebinding)
  * cannot reach inside. Handles both the single and the `all` form Node uses.
  */
-export function guardedLookup(allowPrivate: boolean) {
+export function guardedLookup(allowPrivate: boolean, resolveAll?: ResolveAll) {
   return (hostname: string, options: { all?: boolean; family?: number | string }, callback: LookupCallback): void => {
-    dnsLookup(hostname, { ...options, all: true, verbatim: true } as { all: true }, (err, addresses) => {
+    const resolved = (then: (err: NodeJS.ErrnoException | null, addresses: LookupAddress[]) => void): void => {
+      if (!resolveAll) return dnsLookup(hostname, { ...options, all: true, verbatim: true } as { all: true }, then);
+      resolveAll(hostname).then((list) => then(null, list), (err: NodeJS.ErrnoException) => then(err, []));
+    };
+    resolved((err, addresses) => {
       if (err) return callback(err, '');
       const list = addresses;
       if (!allowPrivate) {

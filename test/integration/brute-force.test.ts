@@ -71,6 +71,42 @@ describe('API secret brute force', { timeout: 30_000 }, () => {
   });
 });
 
+describe('admin token brute force', { timeout: 30_000 }, () => {
+  const TOKEN = 'admin-token-0123456789abcdef';
+  it('wrong bearer tokens are counted per address, slowed down, then locked out (429, the right token too) until the window ends', async () => {
+    engine = await startTestEngine(
+      testConfig({ admin: { token: TOKEN }, api: { authFailures: { delayAfter: 3, delayMs: 400, lockAfter: 6, windowSeconds: 2 } } }),
+      'api',
+    );
+    const bearer = (t: string) => ({ authorization: `Bearer ${t}` });
+    const timed = async (token: string) => {
+      const t0 = performance.now();
+      const r = await http(`${engine!.url}/admin/v1/accounts/00000000-0000-4000-8000-000000000000`, { headers: bearer(token) });
+      return { status: r.status, error: r.body.error, retryAfter: r.headers.get('retry-after'), ms: performance.now() - t0 };
+    };
+    const tried = Array.from({ length: 6 }, (_, i) => `guess-${i}-${'x'.repeat(20)}`);
+    const first = [await timed(tried[0]!), await timed(tried[1]!)];
+    for (const r of first) expect(r).toMatchObject({ status: 401, error: 'unauthorized' });
+    expect(Math.max(...first.map((r) => r.ms))).toBeLessThan(300);
+    for (let i = 2; i < 5; i++) {
+      const r = await timed(tried[i]!);
+      expect(r).toMatchObject({ status: 401, error: 'unauthorized' });
+      expect(r.ms).toBeGreaterThanOrEqual(390);
+    }
+    expect(await timed(tried[5]!)).toMatchObject({ status: 429, error: 'rate_limited' });
+    const locked = await timed(TOKEN);
+    expect(locked).toMatchObject({ status: 429, error: 'rate_limited' });
+    expect(Number(locked.retryAfter)).toBeGreaterThanOrEqual(1);
+    expect(await engine.redis.get(engine.keys.authFailures('ip', '127.0.0.1'))).toBe('6');
+    const keys = await engine.redis.keys(`${engine.keys.prefix}:*`);
+    for (const k of keys) for (const t of [...tried, TOKEN]) expect(k).not.toContain(t);
+
+    await new Promise((r) => setTimeout(r, 2200));
+    // The right token gets in again (404: the account does not exist).
+    expect(await timed(TOKEN)).toMatchObject({ status: 404, error: 'not_found' });
+  });
+});
+
 describe('code brute force', () => {
   it('concurrent wrong codes: exactly maxCheckAttempts are counted, then the request expires', async () => {
     engine = await startTestEngine(testConfig({ api: { defaultRateLimitPerSecond: 1000 } }), 'api');
@@ -93,7 +129,7 @@ describe('code brute force', () => {
     expect(late.body.error).toBe('verification_expired');
   });
 
-  it('secrets and code MACs are compared in constant time (hash, then timingSafeEqual)', () => {
+  it('secrets, admin tokens and code MACs are compared in constant time (hash, then timingSafeEqual)', () => {
     // Unequal lengths and near-misses go through the same fixed-size comparison.
     expect(Sealer.equal('a'.repeat(64), 'a'.repeat(64))).toBe(true);
     expect(Sealer.equal('a'.repeat(64), 'a'.repeat(63) + 'b')).toBe(false);

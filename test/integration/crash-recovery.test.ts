@@ -137,3 +137,87 @@ describe('worker SIGKILLed mid-batch, then restarted', { timeout: 60_000 }, () =
     expect([...records.values()].filter((r) => r.status === 'delivered').length).toBeGreaterThanOrEqual(3);
   });
 });
+
+/**
+ * The narrow window: the dial is recorded (claimDelivery-1.lua, HSETNX dial_started) and the INVITE is on
+ * the wire, but nothing has answered it yet. SIPp (`uas-no-response`) never answers, and the worker is
+ * SIGKILLed as soon as every INVITE has reached it.
+ */
+describe('worker SIGKILLed after the dial is recorded, before any answer', { timeout: 60_000 }, () => {
+  async function killOnInvites(c: EngineCluster, n: number): Promise<Map<string, string>> {
+    await c.start('api');
+    const first = await c.start('worker');
+    const ids = await createBatch(c, 'flash_call', n, 300);
+    await waitFor(async () => invitesPerDestination(uas!.messages()).size >= n, 15_000, 10);
+    first.kill('SIGKILL');
+    await first.waitExit(5000);
+    // Not one answer went out: the kill landed between the INVITE and any 1xx.
+    expect(uas!.sent()).toHaveLength(0);
+    for (const id of ids.keys()) {
+      const [status, dial] = await c.redis.hmget(c.keys.verification(id), 'status', 'dial_started');
+      expect([status, dial === null]).toEqual(['sent', false]);
+    }
+    return ids;
+  }
+
+  const silentTrunk = (uri: string, maxStalledCount: number) => ({
+    ...FAST_RECOVERY,
+    worker: { ...FAST_RECOVERY.worker, flashConcurrency: 3, maxStalledCount },
+    sip: { timers: { t1Ms: 500, t2Ms: 4000, t4Ms: 5000 }, trunks: [{ name: 'sipp', uri }] },
+  });
+
+  it.each([
+    {
+      title: 'the stalled job finds the dial recorded and does not dial again; the verification fails `interrupted`',
+      calls: 3,
+      maxStalledCount: 1,
+      reason: 'interrupted',
+      log: 'a previous worker already started this delivery',
+    },
+    {
+      title: 'a job stalled beyond worker.maxStalledCount fails its verification `job_stalled`; no second dial',
+      calls: 2,
+      maxStalledCount: 0,
+      reason: 'job_stalled',
+      log: 'job stalled more than allowable limit',
+    },
+  ])('$title', async ({ calls, maxStalledCount, reason, log }) => {
+    uas = await startSippUas({ scenario: 'uas-no-response', calls, maxLifetimeMs: 40_000, vars: { hold_ms: 25_000 } });
+    cluster = await engineCluster(silentTrunk(uas.uri, maxStalledCount));
+    const ids = await killOnInvites(cluster, calls);
+
+    const second = await cluster.start('worker');
+    const records = await settled(cluster, ids, 20_000);
+    for (const [id, r] of records) expect([id, r.status, r.failure_reason]).toEqual([id, 'failed', reason]);
+    expect(second.output()).toContain(log);
+    // One INVITE transaction per number, ever (retransmissions of the first count once).
+    const invites = invitesPerDestination(uas.messages());
+    expect(invites.size).toBe(calls);
+    for (const [user, n] of invites) expect([user, n.size]).toEqual([user, 1]);
+  });
+});
+
+describe('a delivery job that fails for good', { timeout: 60_000 }, () => {
+  it('fails its verification `job_failed` instead of leaving it `sent` until it expires', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 30_000 });
+    cluster = await engineCluster({ ...FAST_RECOVERY, sip: { trunks: [{ name: 'sipp', uri: uas.uri }] } });
+    await cluster.start('api');
+    const account = await cluster.account(10);
+    const r = await http(`${cluster.httpUrl}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900500', method: 'flash_call' } });
+    expect(r.status).toBe(201);
+    const id = String(r.body.request_id);
+    // A record the job cannot open (its sealed code damaged): processing throws, and the job has one attempt.
+    await cluster.redis.hset(cluster.keys.verification(id), 'code_enc', 'damaged');
+    const worker = await cluster.start('worker');
+
+    const status = await waitFor(async () => {
+      const s = await http(`${cluster!.httpUrl}/v1/verify/${id}`, { auth: account.auth });
+      return s.body.status === 'failed' ? s.body : undefined;
+    }, 15_000, 100).catch((err: Error) => {
+      throw new Error(`${err.message}; worker log:\n${worker.output().slice(-4000)}`);
+    });
+    expect(status).toMatchObject({ status: 'failed', failure_reason: 'job_failed' });
+    expect(worker.output()).toContain('flash job failed');
+    expect(uas.messages()).toHaveLength(0);
+  });
+});

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { http, waitFor } from '../helpers/engine.js';
-import { engineCluster, type EngineCluster } from '../helpers/engine-process.js';
+import { engineCluster, invitesPerDestination, type EngineCluster } from '../helpers/engine-process.js';
 import { ownRedis, type OwnRedis } from '../helpers/redis-server.js';
 import { startSippUas, type SippUas } from '../helpers/sipp.js';
 
@@ -9,7 +9,8 @@ import { startSippUas, type SippUas } from '../helpers/sipp.js';
  * and AOF directory (appendfsync always). The engine (api and worker as
  * separate processes) reconnects by itself; while Redis is down the API
  * answers 503 `service_unavailable` at once instead of hanging; every
- * verification it accepted (201) before or after ends delivered or failed.
+ * verification it accepted (201) before or after ends delivered or failed,
+ * and no number gets a second INVITE (SIPp's message log).
  */
 let redis: OwnRedis | undefined;
 let cluster: EngineCluster | undefined;
@@ -40,11 +41,17 @@ describe('Redis restarted under load', { timeout: 60_000 }, () => {
     await cluster.start('worker');
     const { auth } = await cluster.account(100);
     const accepted: string[] = [];
+    const phoneOf = new Map<string, string>();
+    const refused: string[] = [];
     let n = 0;
     const send = async () => {
       const t0 = performance.now();
-      const r = await http(`${cluster!.httpUrl}/v1/verify`, { auth, body: { phone_number: `+4477009${String(10_000 + n++).slice(1)}` } });
-      if (r.status === 201) accepted.push(String(r.body.request_id));
+      const phone = `+4477009${String(10_000 + n++).slice(1)}`;
+      const r = await http(`${cluster!.httpUrl}/v1/verify`, { auth, body: { phone_number: phone } });
+      if (r.status === 201) {
+        accepted.push(String(r.body.request_id));
+        phoneOf.set(String(r.body.request_id), phone);
+      } else refused.push(phone);
       return { ...r, ms: performance.now() - t0 };
     };
 
@@ -84,5 +91,12 @@ describe('Redis restarted under load', { timeout: 60_000 }, () => {
     for (const [id, r] of records) if (r.status === 'failed') expect(r.failure_reason, id).toBeTruthy();
     const delivered = [...records.values()].filter((r) => r.status === 'delivered').length;
     expect(delivered).toBeGreaterThanOrEqual(accepted.length - 2);
+
+    // Nobody called twice across the crash: at most one INVITE transaction per number (retransmissions count once),
+    // exactly one for every delivered request, and none for a request that was refused with 503.
+    const invites = invitesPerDestination(uas.messages());
+    for (const [user, calls] of invites) expect([user, calls.size]).toEqual([user, 1]);
+    for (const [id, r] of records) if (r.status === 'delivered') expect(invites.get(phoneOf.get(id)!)?.size, id).toBe(1);
+    for (const phone of refused) expect(invites.has(phone), phone).toBe(false);
   });
 });

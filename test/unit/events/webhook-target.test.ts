@@ -1,7 +1,10 @@
 import { createHmac } from 'node:crypto';
-import { describe, expect, it } from 'vitest';
-import { signWebhook } from '../../../src/events/webhook-sender.js';
-import { assertWebhookTarget, isPrivateAddress, WebhookTargetError } from '../../../src/events/webhook-target.js';
+import type { LookupAddress } from 'node:dns';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { postWebhook, signWebhook } from '../../../src/events/webhook-sender.js';
+import { assertWebhookTarget, isPrivateAddress, WebhookTargetError, type ResolveAll } from '../../../src/events/webhook-target.js';
 import { orderMember } from '../../../src/events/webhook-queue.js';
 
 describe('webhook targets (SSRF)', () => {
@@ -24,6 +27,70 @@ describe('webhook targets (SSRF)', () => {
     await expect(assertWebhookTarget('https://u:p@example.com/', true)).rejects.toBeInstanceOf(WebhookTargetError);
     await expect(assertWebhookTarget('http://[::1]:8080/', false)).rejects.toThrow(/private address/);
     await expect(assertWebhookTarget('http://127.0.0.1:8080/', true)).resolves.toBeInstanceOf(URL);
+  });
+});
+
+/**
+ * DNS rebinding: a name that resolves to a public address when it is checked
+ * (set time, and assertWebhookTarget before each delivery) and to loopback
+ * when the request connects. The resolver is injected (no network here); the
+ * receiver is a real HTTP server on 127.0.0.1 that must never be reached.
+ */
+describe('webhook targets: DNS rebinding at delivery time', () => {
+  let server: Server | undefined;
+  afterEach(async () => {
+    await new Promise((r) => (server ? server.close(r) : r(undefined)));
+    server = undefined;
+  });
+
+  async function receiver(): Promise<{ port: number; hits: string[] }> {
+    const hits: string[] = [];
+    server = createServer((req, res) => {
+      hits.push(`${req.method} ${req.url}`);
+      res.end();
+    });
+    await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
+    return { port: (server.address() as AddressInfo).port, hits };
+  }
+
+  /** Answers `answers[i]` to the i-th lookup, then the last one forever. */
+  function rebinding(...answers: string[][]): { resolveAll: ResolveAll; asked: string[] } {
+    const asked: string[] = [];
+    const resolveAll: ResolveAll = async (host) => {
+      asked.push(host);
+      const list = answers[Math.min(asked.length - 1, answers.length - 1)]!;
+      return list.map((address): LookupAddress => ({ address, family: address.includes(':') ? 6 : 4 }));
+    };
+    return { resolveAll, asked };
+  }
+
+  it('a name that was public when checked and resolves to loopback at connect time is refused; nothing reaches the receiver', async () => {
+    const { port, hits } = await receiver();
+    const url = `http://hooks.rebind.test:${port}/hook`;
+    const dns = rebinding(['93.184.215.14'], ['127.0.0.1']);
+    const checked = await assertWebhookTarget(url, false, dns.resolveAll);
+    await expect(postWebhook(checked, '{}', {}, { timeoutMs: 2000, allowPrivate: false, resolveAll: dns.resolveAll })).rejects.toThrow(
+      'webhook host hooks.rebind.test resolves to a private address (127.0.0.1)',
+    );
+    expect(dns.asked).toEqual(['hooks.rebind.test', 'hooks.rebind.test']);
+    expect(hits).toEqual([]);
+  });
+
+  it('one private address among public ones is enough to refuse (at check and at connect time)', async () => {
+    const { port, hits } = await receiver();
+    const url = new URL(`http://multi.rebind.test:${port}/hook`);
+    const dns = rebinding(['93.184.215.14', '10.0.0.7']);
+    await expect(assertWebhookTarget(url, false, dns.resolveAll)).rejects.toThrow(/private address \(10\.0\.0\.7\)/);
+    await expect(postWebhook(url, '{}', {}, { timeoutMs: 2000, allowPrivate: false, resolveAll: dns.resolveAll })).rejects.toThrow(/private address \(10\.0\.0\.7\)/);
+    expect(hits).toEqual([]);
+  });
+
+  it('the same injected resolution is what the request connects to (allowPrivate: the receiver is reached)', async () => {
+    const { port, hits } = await receiver();
+    const dns = rebinding(['127.0.0.1']);
+    const status = await postWebhook(new URL(`http://hooks.rebind.test:${port}/hook`), '{}', {}, { timeoutMs: 2000, allowPrivate: true, resolveAll: dns.resolveAll });
+    expect(status).toBe(200);
+    expect(hits).toEqual(['POST /hook']);
   });
 });
 
