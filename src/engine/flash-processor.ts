@@ -10,6 +10,7 @@ import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
 import { generateCode } from '../verification/codes.js';
 import { placeFlashCall, type FlashResult, type ShutdownSignals } from './flash-call.js';
+import { recordAttemptFields } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import { trunkVerdict, type TrunkPacer } from './trunk-pacer.js';
 
@@ -83,7 +84,7 @@ export class FlashProcessor {
         void events
           .publish({ ...base, status: 'delivered', detail: { sip_status: sipStatus, call_id: callId, trunk: trunk.name, range: reserved.range.prefix } })
           // Marked after the event is in the stream: a re-run that finds it knows the delivery is done.
-          .then(() => redis.hset(key, 'rang_at', String(Date.now())))
+          .then(() => recordAttemptFields(redis, key, base.step, { rang_at: String(Date.now()) }))
           .catch((err: Error) => log.error({ err: err.message }, 'could not publish delivered event'));
       },
     });
@@ -112,7 +113,8 @@ export class FlashProcessor {
             })
             .catch((err: Error) => log.warn({ err: err.message }, 'could not record the range outcome'))
         : undefined,
-      redis.hset(key, { outcome: result.outcome, ...(result.sipStatus !== undefined ? { final_sip_status: String(result.sipStatus) } : {}) }),
+      // Not over the fields of a later workflow step, when this one timed out during the call.
+      recordAttemptFields(redis, key, base.step, { outcome: result.outcome, ...(result.sipStatus !== undefined ? { final_sip_status: String(result.sipStatus) } : {}) }),
     ]);
     if (!result.rang && result.outcome !== 'answered' && result.outcome !== 'cancelled') {
       await events.publish({

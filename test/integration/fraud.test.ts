@@ -116,18 +116,21 @@ describe('velocity limits (sliding windows per account)', () => {
 });
 
 describe('country lists and number types', () => {
-  it('server deny list, account allow list beats it, account deny list', async () => {
+  it('server deny list always applies; an account\'s lists only narrow the server\'s', async () => {
     const t = await start({ fraud: { countries: { deny: ['FR'] } } });
     const a = await t.account();
     const b = await t.account();
     const fr = await verify(t, a.auth, { phone_number: '+33612345678' });
     expect([fr.status, fr.body.error]).toEqual([400, 'invalid_phone']);
-    expect(String(fr.body.message)).toMatch(/country FR is not allowed/);
+    expect(String(fr.body.message)).toMatch(/country FR is not allowed on this service/);
     const set = await setFraud(t, a.account_id, { countries: { allow: ['FR', 'GB'] } });
     expect(set.status).toBe(200);
     expect(set.body).toMatchObject({ overrides: { countries: { allow: ['FR', 'GB'] } } });
-    expect((await verify(t, a.auth, { phone_number: '+33612345678' })).status).toBe(201);
-    // Only FR and GB for this account now; the other account still follows the server lists.
+    // The account's allow list does not lift the operator's deny list.
+    const stillFr = await verify(t, a.auth, { phone_number: '+33612345678' });
+    expect([stillFr.status, String(stillFr.body.message)]).toEqual([400, expect.stringMatching(/country FR is not allowed on this service/)]);
+    expect((await verify(t, a.auth, { phone_number: '+447700900350' })).status).toBe(201);
+    // Only GB for this account now (FR stays denied by the server); the other account still follows the server lists.
     const us = await verify(t, a.auth, { phone_number: '+14155552671' });
     expect([us.status, us.body.error]).toEqual([400, 'invalid_phone']);
     expect(String(us.body.message)).toMatch(/country US is not allowed for this account/);
@@ -135,7 +138,7 @@ describe('country lists and number types', () => {
     expect((await verify(t, b.auth, { phone_number: '+33612345679' })).status).toBe(400);
     await setFraud(t, b.account_id, { countries: { deny: ['US'] } });
     expect((await verify(t, b.auth, { phone_number: '+14155552672' })).status).toBe(400);
-    expect((await verify(t, b.auth, { phone_number: '+33612345679' })).status).toBe(201); // its own lists replace the server's
+    expect((await verify(t, b.auth, { phone_number: '+33612345679' })).status).toBe(400); // its own deny list adds to the server's
     // Bad overrides are refused with the path of the problem.
     const bad = await setFraud(t, b.account_id, { countries: { deny: ['France'] } });
     expect([bad.status, bad.body.error]).toEqual([400, 'invalid_request']);
@@ -144,8 +147,8 @@ describe('country lists and number types', () => {
     expect((await setFraud(t, b.account_id, {})).body.overrides).toBeNull();
   });
 
-  it('premium-rate refused for every method; fixed line refused for flash calls but fine for voice', async () => {
-    const t = await start({});
+  it('premium-rate and shared-cost refused for every method; fixed line refused for flash calls but fine for voice', async () => {
+    const t = await start({ fraud: { liveVerification: 'off' } });
     const a = await t.account();
     for (const method of ['flash_call', 'voice', 'sms']) {
       const r = await verify(t, a.auth, { phone_number: '+449098790000', method });
@@ -154,6 +157,11 @@ describe('country lists and number types', () => {
     }
     const tollFree = await verify(t, a.auth, { phone_number: '+448001234567', method: 'voice' });
     expect(String(tollFree.body.message)).toMatch(/toll-free/);
+    // Shared cost (France 0810), and UK 0845, which the metadata types as premium-rate (service charge).
+    for (const [phone, words] of [['+33810123456', /shared-cost number is not accepted/], ['+448451234567', /premium-rate number is not accepted/]] as const) {
+      const r = await verify(t, a.auth, { phone_number: phone, method: 'flash_call' });
+      expect([r.status, r.body.error, String(r.body.message)]).toEqual([400, 'invalid_phone', expect.stringMatching(words)]);
+    }
     const fixed = await verify(t, a.auth, { phone_number: '+442071234567', method: 'flash_call' });
     expect([fixed.status, fixed.body.error]).toEqual([400, 'invalid_phone']);
     expect(String(fixed.body.message)).toMatch(/flash calls go to mobile numbers only and this is a fixed-line number; use method "voice" or "sms"/);
@@ -171,7 +179,7 @@ describe('country lists and number types', () => {
 });
 
 describe('one live verification per number and account', () => {
-  it('409 with the live request_id; another method is the documented fallback; per_number scope refuses it', async () => {
+  it('409 with the live request_id, whatever the method (per_number, the default); per_method lets another method through', async () => {
     const t = await start({});
     const a = await t.account();
     const first = await verify(t, a.auth, { phone_number: '+447700900341' });
@@ -180,8 +188,11 @@ describe('one live verification per number and account', () => {
     const again = await verify(t, a.auth, { phone_number: '+447700900341' });
     expect(again.status).toBe(409);
     expect(again.body).toEqual({ error: 'verification_pending', message: expect.stringMatching(/still pending/), request_id: id });
-    // The docs' fallback (flash, then voice) goes through by default.
-    expect((await verify(t, a.auth, { phone_number: '+447700900341', method: 'voice' })).status).toBe(201);
+    // One live verification per number and account: another method too, and a workflow.
+    const voice = await verify(t, a.auth, { phone_number: '+447700900341', method: 'voice' });
+    expect([voice.status, voice.body.request_id]).toEqual([409, id]);
+    expect(String(voice.body.message)).toMatch(/uses method flash_call/);
+    expect((await verify(t, a.auth, { phone_number: '+447700900341', method: 'auto' })).status).toBe(409);
     // Another account is not affected.
     expect((await verify(t, (await t.account()).auth, { phone_number: '+447700900341' })).status).toBe(201);
     // Once verified it is not live any more.
@@ -189,11 +200,15 @@ describe('one live verification per number and account', () => {
     expect(ok.status).toBe(200);
     expect((await verify(t, a.auth, { phone_number: '+447700900341' })).status).toBe(201);
 
-    await setFraud(t, a.account_id, { liveVerification: 'per_number' });
+    // per_method (an account's choice): the docs' scripted fallback (flash, then voice) goes through; a workflow is a scope of its own.
+    await setFraud(t, a.account_id, { liveVerification: 'per_method' });
     const sms = await verify(t, a.auth, { phone_number: '+447700900342', method: 'sms' });
-    const voice = await verify(t, a.auth, { phone_number: '+447700900342', method: 'voice' });
-    expect([voice.status, voice.body.request_id]).toEqual([409, sms.body.request_id]);
-    expect(String(voice.body.message)).toMatch(/uses method sms/);
+    expect((await verify(t, a.auth, { phone_number: '+447700900342', method: 'voice' })).status).toBe(201);
+    expect((await verify(t, a.auth, { phone_number: '+447700900342', method: 'sms' })).body.request_id).toBe(sms.body.request_id);
+    const wf = await verify(t, a.auth, { phone_number: '+447700900342', workflow: [{ method: 'voice', timeout_seconds: 30 }, { method: 'sms' }] });
+    expect(wf.status).toBe(201);
+    const wf2 = await verify(t, a.auth, { phone_number: '+447700900342', method: 'auto' });
+    expect([wf2.status, wf2.body.request_id]).toEqual([409, wf.body.request_id]);
     // The live key names neither the number nor the account in clear.
     for (const k of await t.redis.keys(`${t.config.redis.prefix}:live:*`)) expect(k).not.toMatch(/447700|\+44/);
   });
@@ -246,7 +261,10 @@ describe('one live verification per number and account', () => {
     }
     expect((await t.accounts.get(a.account_id)).balance).toBeCloseTo(10 - 5 * 0.004, 6);
     const record = await t.redis.hgetall(key);
-    expect([record.sends, record.cost_total]).toEqual(['5', String(5 * 4000)]);
+    expect([record.sends, record.cost, record.send_cost]).toEqual(['5', String(5 * 4000), '4000']);
+    // GET shows what the request cost: all five sends.
+    const shown = await http(`${t.url}/v1/verify/${id}`, { auth: a.auth });
+    expect(shown.body.cost).toEqual({ amount: 0.02, currency: 'GBP' });
     const usage = await http(`${t.url}/v1/usage`, { auth: a.auth });
     expect(usage.body).toMatchObject({ by_method: { flash_call: { count: 5, cost: 0.02 } } });
   });
