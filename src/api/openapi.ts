@@ -428,7 +428,7 @@ export function openApiDocument(config: Readonly<Config>): Json {
           minItems: 1,
           maxItems: 5,
           description:
-            'Fallback steps tried in order under one request_id: each starts when the previous one failed or its timeout_seconds passed without verified. Each step has its own code (only the current step\'s is accepted) and its own cost, charged when it starts. Two consecutive steps may not use the same method. Flash-call steps are left out for a number that is not a mobile (the response echoes the steps that will run; 400 invalid_phone when none is left). Exclusive with method.',
+            'Fallback steps tried in order under one request_id: each starts when the previous one failed or its timeout_seconds passed without verified. Each step has its own code (only the current step\'s is accepted) and its own cost, charged when it starts. Two consecutive steps may not use the same method. Every step is screened up front: a flash_call step to a number that is not a mobile is 400 invalid_phone naming the step (workflow[n]); with "method": "auto" the default workflow\'s flash_call steps are left out instead (the response echoes the steps that will run; 400 invalid_phone when none is left). Exclusive with method.',
           items: {
             type: 'object',
             required: ['method'],

@@ -151,23 +151,33 @@ export function screenDestination(policy: FraudPolicy, dest: { e164: string; cou
 }
 
 /**
- * Screens a destination for every method of a workflow. Country lists and
- * blocked types refuse the whole request (400 invalid_phone, as
- * screenDestination). A number a flash call may not go to (a landline, a
- * VoIP number ...) does not: the workflow's flash steps are left out and the
- * others run (withoutMethods); only when no step is left is it refused, with
- * the flash reason. Returns the methods to leave out.
+ * Screens a destination for every step of a workflow, up front. Country lists
+ * and blocked types refuse the whole request (400 invalid_phone, as
+ * screenDestination). A number a flash call may not go to (a landline, a VoIP
+ * number ...): a workflow the customer wrote is refused with 400 invalid_phone
+ * naming its first flash step (`workflow[1] (flash_call)`), whichever step it
+ * is; the server's default workflow (`"method": "auto"`, `flash` =
+ * "leave_out") instead loses its flash steps (withoutMethods), and is refused
+ * only when no step would be left. Returns the methods to leave out.
  */
-export function screenWorkflow(policy: FraudPolicy, dest: { e164: string; country: string }, methods: readonly Method[]): Set<Method> {
+export function screenWorkflow(
+  policy: FraudPolicy,
+  dest: { e164: string; country: string },
+  methods: readonly Method[],
+  flash: 'refuse' | 'leave_out',
+): Set<Method> {
   const country = countryRefusal(policy, dest.country);
   if (country) throw new ApiError('invalid_phone', `phone_number refused: ${country}`);
   const type = lineTypeOf(dest.e164);
   // The rules of every method (blocked types, unknown types): asked as for voice, which has no rule of its own.
   const blocked = lineTypeRefusal(policy, type, 'voice');
   if (blocked) throw new ApiError('invalid_phone', `phone_number refused: ${blocked}`);
-  const flash = flashRefusal(policy, type);
-  if (!flash || !methods.includes('flash_call')) return new Set();
-  if (methods.every((m) => m === 'flash_call')) throw new ApiError('invalid_phone', `phone_number refused: ${flash}`);
+  const why = flashRefusal(policy, type);
+  const at = methods.indexOf('flash_call');
+  if (!why || at < 0) return new Set();
+  if (flash === 'refuse' || methods.every((m) => m === 'flash_call')) {
+    throw new ApiError('invalid_phone', `phone_number refused for workflow[${at}] (flash_call): ${why}`);
+  }
   return new Set<Method>(['flash_call']);
 }
 

@@ -108,8 +108,9 @@ export class VerificationService {
       // Account state first (the create script checks it again, atomically): a 403 must not hide behind a 409 or 429.
       if (account.status === 'pending' || account.status === 'suspended') throw createError(`account_${account.status}`);
       if (workflow) {
-        // Every step's method is screened: a number a flash call may not go to loses the workflow's flash steps.
-        const drop = screenWorkflow(policy, dest, workflow.map((s) => s.method));
+        // Every step is screened up front: a flash step to a number that is not a mobile is a 400 naming the step,
+        // except in the server's default workflow ("auto"), which then runs without its flash steps.
+        const drop = screenWorkflow(policy, dest, workflow.map((s) => s.method), input.method === 'auto' ? 'leave_out' : 'refuse');
         if (drop.size) workflow = withoutMethods(workflow, drop);
       } else {
         screenDestination(policy, dest, single!);

@@ -176,6 +176,26 @@ describe('country lists and number types', () => {
     const eff = await http(`${t.url}/admin/v1/accounts/${a.account_id}/fraud`, { auth: `Bearer ${ADMIN}` });
     expect(eff.body).toMatchObject({ effective: { lineTypes: { flashCall: ['MOBILE', 'FIXED_LINE_OR_MOBILE', 'FIXED_LINE'], allowUnknown: true } } });
   });
+
+  it('every flash step of a workflow is screened up front: a later flash step to a landline is a 400 naming it; "auto" leaves it out', async () => {
+    const t = await start({ fraud: { liveVerification: 'off' }, verification: { minStepTimeoutSeconds: 5 } });
+    const a = await t.account({ balance: 1 });
+    const landline = '+442071234567';
+    const later = await verify(t, a.auth, { phone_number: landline, workflow: [{ method: 'sms', timeout_seconds: 30 }, { method: 'flash_call', timeout_seconds: 30 }, { method: 'voice' }] });
+    expect([later.status, later.body.error]).toEqual([400, 'invalid_phone']);
+    expect(String(later.body.message)).toMatch(/workflow\[1\] \(flash_call\): flash calls go to mobile numbers only and this is a fixed-line number/);
+    // Nothing was created nor charged.
+    expect((await t.accounts.get(a.account_id)).balance).toBe(1);
+    // Shared cost: refused whatever the steps.
+    const shared = await verify(t, a.auth, { phone_number: '+33810123456', workflow: [{ method: 'voice', timeout_seconds: 30 }, { method: 'sms' }] });
+    expect([shared.status, String(shared.body.message)]).toEqual([400, expect.stringMatching(/shared-cost number is not accepted/)]);
+    // The server's default workflow (flash, voice, sms) runs without its flash step; a mobile keeps it.
+    const auto = await verify(t, a.auth, { phone_number: landline, method: 'auto' });
+    expect([auto.status, auto.body.method]).toEqual([201, 'voice']);
+    expect((auto.body.workflow as { method: string }[]).map((s) => s.method)).toEqual(['voice', 'sms']);
+    const mobile = await verify(t, a.auth, { phone_number: '+447400123456', method: 'auto' });
+    expect((mobile.body.workflow as { method: string }[]).map((s) => s.method)).toEqual(['flash_call', 'voice', 'sms']);
+  });
 });
 
 describe('one live verification per number and account', () => {

@@ -68,17 +68,23 @@ describe('fraud rules (pure)', () => {
     }
   });
 
-  it('a workflow to a landline loses its flash steps; refused only when nothing is left, or for every-method rules', () => {
+  it('a workflow is screened step by step up front: a flash step to a landline is refused naming the step, the default workflow leaves it out', () => {
     const p = fraudPolicy(server, undefined);
     const landline = { e164: '+442071234567', country: 'GB' };
-    expect([...screenWorkflow(p, landline, ['flash_call', 'voice', 'sms'])]).toEqual(['flash_call']);
-    expect([...screenWorkflow(p, landline, ['sms', 'flash_call'])]).toEqual(['flash_call']);
-    expect([...screenWorkflow(p, landline, ['voice', 'sms'])]).toEqual([]);
-    expect(() => screenWorkflow(p, landline, ['flash_call'])).toThrow(/flash calls go to mobile numbers only/);
-    expect([...screenWorkflow(p, { e164: '+447400123456', country: 'GB' }, ['flash_call', 'sms'])]).toEqual([]);
-    expect(() => screenWorkflow(p, { e164: '+449098790000', country: 'GB' }, ['voice', 'sms'])).toThrow(/premium-rate/);
+    // The customer's own workflow: 400 naming the first flash step, wherever it is.
+    expect(() => screenWorkflow(p, landline, ['flash_call', 'voice', 'sms'], 'refuse')).toThrow(/workflow\[0\] \(flash_call\): flash calls go to mobile numbers only/);
+    expect(() => screenWorkflow(p, landline, ['sms', 'flash_call'], 'refuse')).toThrow(/workflow\[1\] \(flash_call\)/);
+    expect(() => screenWorkflow(p, landline, ['sms', 'flash_call'], 'refuse')).toThrow(ApiError);
+    // "auto": the server's default workflow runs without its flash steps.
+    expect([...screenWorkflow(p, landline, ['flash_call', 'voice', 'sms'], 'leave_out')]).toEqual(['flash_call']);
+    expect(() => screenWorkflow(p, landline, ['flash_call'], 'leave_out')).toThrow(/workflow\[0\] \(flash_call\)/);
+    expect([...screenWorkflow(p, landline, ['voice', 'sms'], 'refuse')]).toEqual([]);
+    expect([...screenWorkflow(p, { e164: '+447400123456', country: 'GB' }, ['sms', 'flash_call'], 'refuse')]).toEqual([]);
+    // Rules of every method refuse the whole request.
+    expect(() => screenWorkflow(p, { e164: '+449098790000', country: 'GB' }, ['voice', 'sms'], 'leave_out')).toThrow(/premium-rate/);
+    expect(() => screenWorkflow(p, { e164: '+33810123456', country: 'FR' }, ['voice', 'sms'], 'refuse')).toThrow(/shared-cost/);
     const denied = fraudPolicy(fraudSchema.parse({ countries: { deny: ['GB'] } }), undefined);
-    expect(() => screenWorkflow(denied, landline, ['voice'])).toThrow(/country GB/);
+    expect(() => screenWorkflow(denied, landline, ['voice'], 'refuse')).toThrow(/country GB/);
   });
 
   it('merges velocity per window, test numbers from both, and parses client_ip', () => {
