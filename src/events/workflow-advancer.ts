@@ -123,6 +123,7 @@ export class WorkflowAdvancer extends GroupConsumer {
       // Advanced already, maybe by an advancer that died before queueing: queue again unless it was dialled (same ids).
       const [status, dialled] = await this.redis.hmget(key, 'status', 'dial_started');
       if ((status === 'sent' || status === 'delivered') && !dialled) {
+        log.info({ from_step: from, step: from + 1, method: nextStep.method }, 'workflow: next step started earlier but not dialled; queueing it (again)');
         if (why === 'timeout') await this.discardStep(requestId, from, steps[from]!);
         await this.queueStep(requestId, from + 1, nextStep);
       }

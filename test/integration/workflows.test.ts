@@ -5,6 +5,7 @@ import type { DeepPartial } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
 import { AccountStore } from '../../src/accounts/account-store.js';
 import { http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+import { engineCluster, type EngineCluster } from '../helpers/engine-process.js';
 import { startRtpReceiver, type RtpReceiver } from '../helpers/rtp-receiver.js';
 import { startSippUas, type SippUas } from '../helpers/sipp.js';
 import { smscEntry, startSmsc, type TestSmsc } from '../helpers/smsc.js';
@@ -25,6 +26,7 @@ let hooks: { server: Server; url: string; received: Record<string, unknown>[] };
 let engine: TestEngine | undefined;
 let uas: SippUas | undefined;
 let rtp: RtpReceiver | undefined;
+let cluster: EngineCluster | undefined;
 
 beforeAll(async () => {
   smsc = await startSmsc({ maxLifetimeMs: 90_000 });
@@ -47,9 +49,10 @@ afterAll(async () => {
 afterEach(async () => {
   await uas?.stop();
   await engine?.stop();
+  await cluster?.cleanup();
   await rtp?.close();
   await smsc.reset();
-  uas = engine = rtp = undefined;
+  uas = engine = rtp = cluster = undefined;
 });
 
 function config(overrides: DeepPartial<Config> = {}): Readonly<Config> {
@@ -208,7 +211,7 @@ describe('workflows', () => {
     expect((await status(engine, account.auth, id)).attempts).toMatchObject([{ method: 'flash_call', status: 'verified' }]);
   }, 20_000);
 
-  it('crash between steps: a failed step whose event nobody advanced starts the next step exactly once after restart', async () => {
+  it('no advancer when a step fails: its event waits in the stream; the next step starts exactly once after restart, a redelivery changes nothing', async () => {
     uas = await voiceFarEnd('uas-busy-flash-answer-voice', 2);
     // First run without an advancer: the flash step fails, its event waits in the stream.
     const base = config({ events: { workflowGroup: '' } });
@@ -241,6 +244,64 @@ describe('workflows', () => {
     const ok = await check(engine, account.auth, id, await currentCode(engine, id));
     expect(ok.status).toBe(200);
   }, 40_000);
+
+  it('crash between steps: the worker advancing the step is SIGKILLed after the step moved but before its job was queued; after restart the next step starts exactly once', async () => {
+    uas = await voiceFarEnd('uas-busy-flash-answer-voice', 2);
+    cluster = await engineCluster({
+      api: { defaultRateLimitPerSecond: 1000 },
+      // A dead worker's unacknowledged events are taken over after 1 s; its jobs stall after 2 s.
+      events: { claimIdleMs: 1000 },
+      worker: { lockDurationMs: 2000, stalledIntervalMs: 1000, shutdownGraceMs: 2000 },
+      flash: { ringMs: 300, ringingTimeoutMs: 3000 },
+      voice: { answerTimeoutMs: 3000 },
+      verification: { minStepTimeoutSeconds: 1 },
+      sip: { timers: { t1Ms: T1, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] },
+    });
+    const c = cluster;
+    // The voice queue refuses new jobs: BullMQ's add script INCRs <queue>:id first, and fails on a value that is
+    // not a number, before writing anything. The advancer's CAS (wf_step 0 → 1, voice step charged) succeeds,
+    // its queueing fails, and the stream entry stays unacknowledged: the state of a process dying in between.
+    const voiceIdKey = `${c.keys.bullPrefix()}:voice:id`;
+    await c.redis.set(voiceIdKey, 'not-a-number');
+    await c.start('api');
+    const first = await c.start('worker');
+    const account = await c.account(1);
+    const res = await http(`${c.httpUrl}/v1/verify`, {
+      auth: account.auth,
+      body: { phone_number: PHONE, workflow: [{ method: 'flash_call', timeout_seconds: 20 }, { method: 'voice' }] },
+    });
+    expect(res.status, JSON.stringify(res.body)).toBe(201);
+    const id = String(res.body.request_id);
+    const key = c.keys.verification(id);
+    await waitFor(async () => (await c.redis.hget(key, 'wf_step')) === '1', 15_000);
+    await waitFor(async () => first.output().includes('could not queue the step'), 10_000);
+    first.kill('SIGKILL');
+    await first.waitExit(5000);
+    // Moved, charged, never dialled: only the flash call reached the far end.
+    const moved = await c.redis.hgetall(key);
+    expect([moved.status, moved.method, moved.att1_status, moved.dial_started]).toEqual(['sent', 'voice', 'sent', undefined]);
+    expect(calls(uas)).toBe(1);
+    const pending = (await c.redis.xpending(c.keys.events(), 'workflow')) as [number, ...unknown[]];
+    expect(pending[0]).toBeGreaterThanOrEqual(1);
+
+    await c.redis.del(voiceIdKey);
+    const second = await c.start('worker');
+    // The new worker takes the dead one's event over, finds the step started but not dialled, and queues it.
+    await waitFor(async () => (await c.redis.hget(key, 'status')) === 'delivered' && (await c.redis.hget(key, 'answered_at')) !== null, 20_000);
+    expect(second.output()).toMatch(/next step started earlier but not dialled; queueing it/);
+    const code = c.sealer.open((await c.redis.hget(key, 'code_enc'))!, `code:${id}`);
+    const ok = await http(`${c.httpUrl}/v1/verify/check`, { auth: account.auth, body: { request_id: id, code } });
+    expect([ok.status, ok.body.status]).toEqual([200, 'verified']);
+    // Let a repeat show itself if there were one: the event is acknowledged, and no second voice call comes.
+    await waitFor(async () => ((await c.redis.xpending(c.keys.events(), 'workflow')) as [number])[0] === 0, 10_000);
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(calls(uas)).toBe(2);
+    const h = await c.redis.hgetall(key);
+    expect([h.wf_step, h.status]).toEqual(['1', 'verified']);
+    const events = (await readEvents(c.redis, c.keys)).filter((e) => e.request_id === id);
+    expect(events.filter((e) => e.event === 'verification.step_started').map((e) => [e.step, e.method])).toEqual([['1', 'voice']]);
+    expect((await new AccountStore(c.redis, c.keys, c.sealer).get(account.account_id)).balance).toBeCloseTo(1 - PRICE.flash_call - PRICE.voice, 6);
+  }, 60_000);
 
   it('cancel: status canceled, later steps never start, only the attempt sent is billed', async () => {
     uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 2, maxLifetimeMs: 30_000 });
