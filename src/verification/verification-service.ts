@@ -271,12 +271,30 @@ export class VerificationService {
     // 'stale': the code changed between our read and the script (a workflow step started, a flash call picked a
     // new code): compare again with the new one, a couple of times at most; nothing was counted meanwhile.
     for (let tries = 0; result === 'stale' && tries < 3; tries++) {
-      stored = await this.redis.hmget(key, 'account_id', 'code_mac', 'phone_enc', 'country', 'method', 'cli_range', 'dial_started', 'test_number');
-      const [owner, mac, phoneEnc] = stored;
+      stored = await this.redis.hmget(
+        key,
+        ...['account_id', 'code_mac', 'phone_enc', 'country', 'method', 'cli_range', 'dial_started', 'test_number'],
+        ...['status', 'wf_step', 'attempts'],
+      );
+      const [owner, mac, phoneEnc, , current, , , , status, wfStep, attempts] = stored;
       if (!owner || owner !== account.account_id || !mac || !phoneEnc) throw notFound();
       // Constant-time comparison of MACs; a code of the wrong shape still costs an attempt.
       // (a code issued before a master key rotation is MACed with the previous key: `matches` accepts both)
       const matched = this.sealer.matches('code', `${requestId}:${input.code}`, mac) !== false;
+      if (!matched && Number(wfStep) > 0 && (status === 'sent' || status === 'delivered')) {
+        // The right code of a step that has ended: say so (the user has the new step's code coming), and do not
+        // spend an attempt on it.
+        const earlier = await this.earlierStepOf(key, requestId, input.code, Number(wfStep));
+        if (earlier) {
+          const left = Math.max(0, this.config.verification.maxCheckAttempts - Number(attempts ?? 0));
+          log.info({ step: earlier.step, attempts_remaining: left }, 'code of an earlier workflow step checked');
+          throw new ApiError(
+            'invalid_code',
+            `That is the code of workflow[${earlier.step}] (${earlier.method}), which has ended; this verification is now at workflow[${wfStep}] (${current}): enter the code sent by ${current}`,
+            { attempts_remaining: left },
+          );
+        }
+      }
       const now = Date.now();
       [result, remaining] = (await scripts.recordCheck.run(
         this.redis,
@@ -344,6 +362,17 @@ export class VerificationService {
       body.attempts = attemptsBody(status === 'expired' ? { ...h, status, at_expired: h.at_expired ?? String(expiresAt) } : h, account.currency);
     }
     return body;
+  }
+
+  /** The earlier workflow step (before `current`) whose code `code` is, if any (each keeps its code's MAC). */
+  private async earlierStepOf(key: string, requestId: string, code: string, current: number): Promise<{ step: number; method: string } | undefined> {
+    const fields = Array.from({ length: current }, (_, n) => [`att${n}_code_mac`, `att${n}_method`]).flat();
+    const read = await this.redis.hmget(key, ...fields);
+    for (let n = 0; n < current; n++) {
+      const mac = read[2 * n];
+      if (mac && this.sealer.matches('code', `${requestId}:${code}`, mac) !== false) return { step: n, method: read[2 * n + 1] ?? 'unknown' };
+    }
+    return undefined;
   }
 
   /**

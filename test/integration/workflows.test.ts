@@ -4,6 +4,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { DeepPartial } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
 import { AccountStore } from '../../src/accounts/account-store.js';
+import { scripts } from '../../src/store/scripts.js';
+import { utcDay } from '../../src/verification/types.js';
 import { http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 import { engineCluster, type EngineCluster } from '../helpers/engine-process.js';
 import { startRtpReceiver, type RtpReceiver } from '../helpers/rtp-receiver.js';
@@ -121,8 +123,20 @@ describe('workflows', () => {
     expect(voiceCode).toMatch(/^\d{6}$/);
     await waitFor(async () => (await status(engine!, account.auth, id)).status === 'delivered', 10_000);
 
+    // The flash step's code, now that the voice step has started: a clear answer, and no attempt spent on it.
     const refused = await check(engine, account.auth, id, flashCode);
-    expect([refused.status, refused.body.error]).toEqual([400, 'invalid_code']);
+    expect([refused.status, refused.body.error, refused.body.attempts_remaining]).toEqual([400, 'invalid_code', 3]);
+    expect(String(refused.body.message)).toMatch(/code of workflow\[0\] \(flash_call\), which has ended; this verification is now at workflow\[1\] \(voice\): enter the code sent by voice/);
+    const wrong = await check(engine, account.auth, id, voiceCode === '000000' ? '111111' : '000000');
+    expect([wrong.status, wrong.body.attempts_remaining, String(wrong.body.message)]).toEqual([400, 2, expect.not.stringMatching(/workflow/)]);
+    // A check that races a code change (the script sees another MAC than the caller read) counts nothing and
+    // reports the attempts actually left, never 0.
+    const [stale, left] = (await scripts.recordCheck.run(
+      engine.redis,
+      [engine.keys.verification(id), engine.keys.events(), engine.keys.usage(account.account_id, utcDay(Date.now()))],
+      ['mac-of-a-code-that-changed', '1', Date.now(), 3, 1000, 60],
+    )) as [string, number];
+    expect([stale, left]).toEqual(['stale', 2]);
     const ok = await check(engine, account.auth, id, voiceCode);
     expect([ok.status, ok.body.status]).toEqual([200, 'verified']);
 

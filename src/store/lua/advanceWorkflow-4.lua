@@ -75,6 +75,9 @@ if cost > 0 then redis.call('HINCRBY', KEYS[2], 'balance', -cost) end
 redis.call('HDEL', KEYS[1], 'dial_started', 'rang_at', 'answered_at', 'outcome', 'final_sip_status', 'cli_range',
   'sms_state', 'sms_attempts', 'sms_receipt', 'sms_smsc', 'sms_message_id', 'refunded',
   'range', 'sip_status', 'call_id', 'trunk', 'failure_reason')
+-- The step ending keeps its code's MAC (never the code): a check with it gets a clear answer, not a spent attempt.
+local prevMac = redis.call('HGET', KEYS[1], 'code_mac')
+if prevMac then redis.call('HSET', KEYS[1], 'att' .. from .. '_code_mac', prevMac) end
 redis.call('HSET', KEYS[1], 'wf_step', nxt, 'method', ARGV[3], 'code_mac', ARGV[5], 'code_enc', ARGV[6],
   'code_length', ARGV[7], 'cost', tonumber(v[6] or '0') + cost,
   q .. 'method', ARGV[3], q .. 'status', 'sent', q .. 'cost', cost, q .. 'started_at', ARGV[2])
