@@ -178,7 +178,7 @@ export function openApiDocument(config: Readonly<Config>): Json {
         post: {
           operationId: 'cancelVerification',
           summary:
-            'Cancel a live verification and its pending workflow steps: status canceled (webhook verification.canceled). A step not dialled yet is refunded and taken out of usage; a voice call in progress is CANCELled, or hung up before the code is read; a flash call already ringing finishes.',
+            'Cancel a live verification and its pending workflow steps: status canceled (webhook verification.canceled). A step not dialled yet is refunded and taken out of usage; a voice call in progress is CANCELled, or hung up before the code is read; a flash call ringing is CANCELled (its caller ID was shown, so it is billed).',
           parameters: [{ name: 'request_id', in: 'path', required: true, schema: { type: 'string', format: 'uuid' } }],
           responses: {
             '200': withRl('The verification, canceled', ref('StatusResponse')),

@@ -14,6 +14,9 @@ export async function recordAttemptFields(redis: Redis, key: string, step: numbe
   return (await scripts.recordAttemptFields.run(redis, [key], [step === undefined ? '' : String(step), ...flat])) === 1;
 }
 
+/** How often a call in progress looks whether its request still wants it (canceled, verified, step timed out ...). */
+export const WATCH_INTERVAL_MS = 1000;
+
 /**
  * Watches, while a call is in progress, whether its attempt is still wanted:
  * the request still `sent` or `delivered` (not canceled, verified, expired,

@@ -10,7 +10,7 @@ import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
 import { generateCode } from '../verification/codes.js';
 import { placeFlashCall, type FlashResult, type ShutdownSignals } from './flash-call.js';
-import { recordAttemptFields } from './attempt-state.js';
+import { AttemptWatch, recordAttemptFields, WATCH_INTERVAL_MS } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import { trunkVerdict, type TrunkPacer } from './trunk-pacer.js';
 
@@ -70,6 +70,9 @@ export class FlashProcessor {
     const trunk = this.deps.trunks.pick();
     await Promise.all([redis.hset(key, 'cli_range', reserved.range.prefix), this.deps.trunks.take(trunk)]);
     const t1 = config.sip.timers.t1Ms;
+    // Canceled, verified, expired, or its workflow step timed out while the phone rings: CANCEL now rather than
+    // at the end of ringMs (through the same path as a worker shutdown).
+    const watch = new AttemptWatch(redis, key, base.step, WATCH_INTERVAL_MS, this.deps.shutdown?.expiring);
     this.deps.metrics.callStarted('flash_call', trunk.name);
     const result = await placeFlashCall(this.deps.originator, {
       to,
@@ -79,7 +82,7 @@ export class FlashProcessor {
       ringingTimeoutMs: config.flash.ringingTimeoutMs,
       settleMs: 64 * t1 + 1000,
       logger: log,
-      shutdown: this.deps.shutdown,
+      shutdown: { draining: this.deps.shutdown?.draining ?? new AbortController().signal, expiring: watch.signal },
       onRinging: (callId, sipStatus) => {
         void events
           .publish({ ...base, status: 'delivered', detail: { sip_status: sipStatus, call_id: callId, trunk: trunk.name, range: reserved.range.prefix } })
@@ -87,9 +90,12 @@ export class FlashProcessor {
           .then(() => recordAttemptFields(redis, key, base.step, { rang_at: String(Date.now()) }))
           .catch((err: Error) => log.error({ err: err.message }, 'could not publish delivered event'));
       },
-    });
+    }).finally(() => watch.stop());
+    // CANCELled before it rang because the request (or its step) ended: no failure to report, nothing to refund.
+    const ended = watch.ended && !result.rang && result.outcome !== 'answered';
+    const outcome = ended ? 'request_ended' : result.outcome;
     const detail = {
-      outcome: result.outcome,
+      outcome,
       call_id: result.callId,
       trunk: trunk.name,
       range: reserved.range.prefix,
@@ -97,14 +103,14 @@ export class FlashProcessor {
       ...(result.postDialDelayMs !== undefined ? { pdd_ms: result.postDialDelayMs } : {}),
     };
     log.info({ ...detail }, 'flash call finished');
-    this.deps.metrics.callEnded('flash_call', trunk.name, result.outcome, result.postDialDelayMs);
+    this.deps.metrics.callEnded('flash_call', trunk.name, outcome, result.postDialDelayMs);
     this.deps.trunks.report(trunk, trunkVerdict(result.outcome));
     // Delivered = the caller ID was shown (rang, or answered without an 18x).
     if (result.rang || result.outcome === 'answered') this.deps.metrics.rangeSent(reserved.range.prefix);
     // The range's counters and the call's own outcome (for operators; the status itself follows from events)
     // are independent: issued together, they leave in one write (autopipelining).
     await Promise.all([
-      this.deps.health && !NOT_ON_NETWORK.has(result.outcome)
+      this.deps.health && !NOT_ON_NETWORK.has(result.outcome) && !ended
         ? this.deps.health
             // A final 403/603 before any ringing: the far network refused this caller ID (range health judges the ratio).
             .recordDial(reserved.range.prefix, {
@@ -114,8 +120,9 @@ export class FlashProcessor {
             .catch((err: Error) => log.warn({ err: err.message }, 'could not record the range outcome'))
         : undefined,
       // Not over the fields of a later workflow step, when this one timed out during the call.
-      recordAttemptFields(redis, key, base.step, { outcome: result.outcome, ...(result.sipStatus !== undefined ? { final_sip_status: String(result.sipStatus) } : {}) }),
+      recordAttemptFields(redis, key, base.step, { outcome, ...(result.sipStatus !== undefined ? { final_sip_status: String(result.sipStatus) } : {}) }),
     ]);
+    if (ended) return result;
     if (!result.rang && result.outcome !== 'answered' && result.outcome !== 'cancelled') {
       await events.publish({
         ...base,

@@ -9,7 +9,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { RangeSelector } from '../numbers/range-selector.js';
 import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
-import { AttemptWatch, recordAttemptFields } from './attempt-state.js';
+import { AttemptWatch, recordAttemptFields, WATCH_INTERVAL_MS } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import type { ShutdownSignals } from './flash-call.js';
 import { trunkVerdict, type TrunkPacer } from './trunk-pacer.js';
@@ -17,8 +17,6 @@ import { placeVoiceCall, type VoiceResult } from './voice-call.js';
 
 /** Outcomes that never reached the far end: the attempt is refunded. */
 const NOT_ON_NETWORK = new Set(['unreachable', 'timeout', 'no_media_resources', 'shutdown']);
-/** How often a call in progress looks whether its request still wants it (canceled, step timed out ...). */
-const WATCH_INTERVAL_MS = 1000;
 
 /**
  * Delivers one voice-OTP verification: loads the sealed record, calls the

@@ -380,7 +380,7 @@ export class VerificationService {
    * pending steps never start (delivery jobs and timers find it final) and a
    * step not dialled yet is refunded, and taken out of /v1/usage. A voice
    * call in progress is ended by its worker (CANCEL, or BYE before the code
-   * is read); a flash call already ringing rings out.
+   * is read); a flash call ringing is CANCELled (its caller ID was shown: billed).
    */
   async cancel(account: Account, requestId: string): Promise<StatusBody> {
     const key = this.ownedKey(requestId);

@@ -345,6 +345,49 @@ describe('workflows', () => {
     expect(hooksOf(id)).toEqual(['verification.sent', 'verification.delivered', 'verification.canceled']);
   }, 20_000);
 
+  it('a step timeout CANCELs its ringing flash call, cancel CANCELs the ringing voice call; the late flash outcome leaves the voice step alone', async () => {
+    // Both calls would ring 25 s (flash ringMs, voice answer timeout): only the workflow can end them sooner.
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 2, maxLifetimeMs: 40_000 });
+    engine = await startTestEngine(config({ flash: { ringMs: 25_000, ringingTimeoutMs: 3000 }, voice: { answerTimeoutMs: 25_000 } }));
+    const t = engine;
+    const account = await t.account({ balance: 1 });
+    const res = await create(t, account.auth, { workflow: [{ method: 'flash_call', timeout_seconds: 2 }, { method: 'voice' }] });
+    expect(res.status, JSON.stringify(res.body)).toBe(201);
+    const id = String(res.body.request_id);
+    const cancelled = (u: SippUas): number => new Set(u.requests('CANCEL').map((m) => m.header('call-id'))).size;
+
+    // Step 0 times out while the flash call rings: it is CANCELled, and the voice step rings.
+    await waitStep(t, id, 1);
+    await waitFor(async () => cancelled(uas!) === 1 && calls(uas!) === 2, 10_000);
+    await waitFor(async () => t.logs.some((l) => l.includes('flash call finished')), 10_000);
+    // The flash call's outcome came after the step moved on: the voice step's record carries none of it.
+    const h = await t.redis.hgetall(t.keys.verification(id));
+    expect([h.method, h.att0_status, h.outcome, h.final_sip_status, h.range, h.cli_range, h.rang_at]).toEqual([
+      'voice',
+      'timed_out',
+      undefined,
+      undefined,
+      undefined,
+      undefined,
+      undefined,
+    ]);
+
+    // Cancel while the voice call rings: CANCELled too, and no failure is reported for it.
+    const canceled = await http(`${t.url}/v1/verify/${id}/cancel`, { auth: account.auth, method: 'POST' });
+    expect([canceled.status, canceled.body.status]).toEqual([200, 'canceled']);
+    await waitFor(async () => cancelled(uas!) === 2, 10_000);
+    await waitFor(async () => t.logs.some((l) => l.includes('voice call finished')), 10_000);
+    const body = await status(t, account.auth, id);
+    expect(body.status).toBe('canceled');
+    expect(body.attempts).toMatchObject([
+      { method: 'flash_call', status: 'timed_out', cost: { amount: PRICE.flash_call } },
+      { method: 'voice', status: 'canceled', cost: { amount: PRICE.voice } },
+    ]);
+    const events = (await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id);
+    expect(events.map((e) => e.event)).not.toContain('verification.failed');
+    expect(calls(uas)).toBe(2);
+  }, 40_000);
+
   it('cancel before the first step was dialled refunds it; another account\'s id is 404', async () => {
     uas = await startSippUas({ scenario: 'uas-ring-cancel', maxLifetimeMs: 20_000 });
     // Worker-less: the step never leaves the queue.

@@ -6,7 +6,7 @@
   nothing had been dialled for the current attempt (or send), it is refunded
   and taken out of the usage of its day (billing per attempt actually sent).
   A voice call in progress is ended by its worker, which watches the status;
-  a flash call rings out its few seconds (its caller ID is already shown).
+  a flash call ringing is CANCELled by its worker too (engine/attempt-state.ts).
 
   KEYS[1] verification hash
   KEYS[2] account hash
