@@ -108,7 +108,8 @@ async function voiceFarEnd(scenario: string, calls: number): Promise<SippUas> {
 describe('workflows', () => {
   it('flash busy → voice answered: verified with the voice step\'s code; the flash code is refused', async () => {
     uas = await voiceFarEnd('uas-busy-flash-answer-voice', 2);
-    engine = await startTestEngine(config());
+    // Two sends per number per 10 minutes: the workflow's two steps are two sends.
+    engine = await startTestEngine(config({ fraud: { velocity: { perNumber: { limit: 2, windowSeconds: 600 } } } }));
     const account = await engine.account({ balance: 1 });
     await withWebhook(engine, account.account_id);
     const workflow = [{ method: 'flash_call', timeout_seconds: 20 }, { method: 'voice', timeout_seconds: 30 }, { method: 'sms' }];
@@ -158,6 +159,19 @@ describe('workflows', () => {
     // The flash step's failure is no webhook: the customer sees sent, delivered, verified.
     await waitFor(async () => hooksOf(id).includes('verification.verified'), 10_000);
     expect(hooksOf(id)).toEqual(['verification.sent', 'verification.delivered', 'verification.verified']);
+
+    // Conversion per country, each step under its own method (sent), the verified one under the step that verified,
+    // in Redis (per day) and in the metrics.
+    const conv = await engine.redis.hgetall(engine.keys.conversion(utcDay(Date.now())));
+    expect(conv).toMatchObject({ 'country:GB:flash_call:sent': '1', 'country:GB:voice:sent': '1', 'country:GB:voice:verified': '1' });
+    expect(conv['country:GB:flash_call:verified']).toBeUndefined();
+    const metrics = await (await fetch(`${engine.url}/metrics`)).text();
+    expect(metrics).toContain('flashverify_conversion_sent_total{country="GB",method="flash_call"} 1');
+    expect(metrics).toContain('flashverify_conversion_sent_total{country="GB",method="voice"} 1');
+    expect(metrics).toContain('flashverify_conversion_verified_total{country="GB",method="voice"} 1');
+    // Both steps counted in the per-number window: a third send to this number is refused.
+    const third = await create(engine, account.auth, { method: 'sms' });
+    expect([third.status, third.body.error, third.body.limit]).toEqual([429, 'rate_limited', 'per-number']);
   }, 40_000);
 
   it('"auto": flash rings but times out → voice no answer → sms delivered; verified with the SMS code; attempts and usage per method', async () => {
@@ -334,6 +348,9 @@ describe('workflows', () => {
     expect(body.status).toBe('canceled');
     expect(body.attempts).toMatchObject([{ method: 'flash_call', status: 'canceled', cost: { amount: PRICE.flash_call } }]);
     expect(await balance(engine, account.account_id)).toBeCloseTo(1 - PRICE.flash_call, 6);
+    // The flash call rang: sent, so in the usage; no later step is.
+    const usage = (await http(`${engine.url}/v1/usage`, { auth: account.auth })).body;
+    expect(usage.by_method).toMatchObject({ flash_call: { count: 1, cost: PRICE.flash_call }, voice: { count: 0 }, sms: { count: 0 } });
     const late = await check(engine, account.auth, id, code);
     expect([late.status, late.body.error]).toEqual([400, 'verification_expired']);
     const again = await http(`${engine.url}/v1/verify/${id}/cancel`, { auth: account.auth, method: 'POST' });
@@ -402,6 +419,26 @@ describe('workflows', () => {
     expect([canceled.status, canceled.body.status]).toEqual([200, 'canceled']);
     expect(canceled.body.attempts).toMatchObject([{ method: 'flash_call', status: 'canceled', cost: { amount: 0 } }]);
     expect(await balance(engine, account.account_id)).toBe(1);
+    // Not sent: not in the usage either.
+    const usage = (await http(`${engine.url}/v1/usage`, { auth: account.auth })).body;
+    expect([usage.total_verifications, (usage.by_method as Record<string, unknown>).flash_call]).toEqual([0, { count: 0, cost: 0 }]);
+  }, 20_000);
+
+  it('resend: true on a live workflow request is 409 with its request_id: it starts its next step by itself', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', maxLifetimeMs: 20_000 });
+    engine = await startTestEngine(config(), 'api');
+    const account = await engine.account({ balance: 1 });
+    const res = await create(engine, account.auth, { workflow: [{ method: 'voice', timeout_seconds: 30 }, { method: 'sms' }] });
+    expect(res.status).toBe(201);
+    const id = String(res.body.request_id);
+    for (const body of [{ workflow: [{ method: 'voice', timeout_seconds: 30 }, { method: 'sms' }], resend: true }, { method: 'voice', resend: true }, { method: 'auto', resend: true }]) {
+      const again = await create(engine, account.auth, body);
+      expect([again.status, again.body.error, again.body.request_id], JSON.stringify(body)).toEqual([409, 'verification_pending', id]);
+      expect(String(again.body.message)).toMatch(/it is a workflow and starts its next step by itself, so it cannot be resent/);
+    }
+    // Nothing more was sent nor charged.
+    expect(await balance(engine, account.account_id)).toBeCloseTo(1 - PRICE.voice, 6);
+    expect(Number(await engine.redis.hget(engine.keys.verification(id), 'sends') ?? 1)).toBe(1);
   }, 20_000);
 
   it('validates workflows', async () => {
@@ -418,6 +455,7 @@ describe('workflows', () => {
       [{ workflow: [{ method: 'flash_call', timeout_seconds: 301 }, { method: 'sms' }], expiry_seconds: 300 }, /from 5 to 300/],
       [{ workflow: [{ method: 'sms', extra: 1 }] }, /unknown field/],
       [{ workflow: [{ method: 'sms' }], code_length: 7 }, /code_length/],
+      [{ workflow: [{ method: 'sms', timeout_seconds: 10 }, { method: 'sms' }] }, /workflow\[1\]: the same method as the step before it \("sms"\)/],
     ];
     for (const [body, message] of bad) {
       const r = await create(engine, account.auth, body);
