@@ -352,6 +352,10 @@ describe('test numbers', () => {
     expect([flash6.status, flash6.body.error]).toEqual([400, 'invalid_request']);
 
     expect((await t.accounts.get(a.account_id)).balance).toBe(10);
+    // Never sent, so never in the conversion counters: neither sent nor verified.
+    const conv = await t.redis.hgetall(t.keys.conversion(new Date().toISOString().slice(0, 10)));
+    expect(Object.keys(conv).filter((k) => k.startsWith('country:'))).toEqual([]);
+    expect(await (await fetch(`${t.url}/metrics`)).text()).not.toMatch(/flashverify_conversion_(sent|verified)_total\{/);
     await sleep(500);
     expect(uas!.requests()).toEqual([]);
   }, 30_000);
@@ -427,6 +431,48 @@ describe('DID range health and quarantine', () => {
     await health.recordDial(A, { sent: true, rejected: false });
     expect(await t.redis.pttl(t.keys.rangeBucket(A, now - (now % 50_000)))).toBeGreaterThan(0);
   });
+
+  it('end to end: a range whose calls ring but are never verified is quarantined (unverified); a verified call counts for its range', async () => {
+    const A = '+4419087300';
+    const B = '+4419087301';
+    const t = await startWithSipp('uas-ring-cancel', 16, {
+      numbers: { ranges: [{ prefix: A, country: 'GB' }, { prefix: B, country: 'GB' }] },
+      // One-second buckets judged as soon as they end: sends of a second ago are the cohort.
+      fraud: { rangeHealth: { minSample: 3, maxRejectRatio: 0.5, minConversionRatio: 0.5, windowSeconds: 12, conversionGraceSeconds: 0, quarantineSeconds: 600, judgeIntervalMs: 0 } },
+    });
+    // B has a good history (every send verified): a few unverified calls will not tip it over.
+    const health = new RangeHealth({ redis: t.redis, keys: t.keys, config: t.config.fraud.rangeHealth, ranges: [A, B], logger });
+    for (let i = 0; i < 10; i++) {
+      await health.recordDial(B, { sent: true, rejected: false });
+      await health.recordVerified(B, Date.now());
+    }
+    const a = await t.account();
+    const ranges: string[] = [];
+    for (let i = 0; i < 14 && !(await t.redis.exists(t.keys.rangeQuarantine(A))); i++) {
+      const r = await verify(t, a.auth, { phone_number: `+4477009004${String(i).padStart(2, '0')}` });
+      expect(r.status).toBe(201);
+      const key = t.keys.verification(String(r.body.request_id));
+      // Rang (delivered), and the call is over (its outcome, and so its range's counters, are written).
+      await waitFor(async () => (await t.redis.hget(key, 'outcome')) === 'cancelled', 10_000);
+      ranges.push((await t.redis.hget(key, 'cli_range'))!);
+      // Only the very first user types the code.
+      if (i === 0) expect((await http(`${t.url}/v1/verify/check`, { auth: a.auth, body: { request_id: r.body.request_id, code: await codeOf(t, String(r.body.request_id)) } })).status).toBe(200);
+    }
+    expect(await t.redis.get(t.keys.rangeQuarantine(A))).toBe('unverified');
+    expect(await t.redis.exists(t.keys.rangeQuarantine(B))).toBe(0);
+    expect(ranges).toContain(A);
+    expect(t.logs.some((l) => l.includes('"level":40') && l.includes(`DID range ${A} quarantined (calls not verified)`))).toBe(true);
+    const metrics = await (await fetch(`${t.url}/metrics`)).text();
+    expect(metrics).toContain(`flashverify_range_quarantined{range="${A}"} 1`);
+    // The first call's verification was counted for its range, per day.
+    const day = new Date().toISOString().slice(0, 10);
+    expect((await t.redis.hgetall(t.keys.conversion(day)))[`range:${ranges[0]}:verified`]).toBe('1');
+    // The next call uses B.
+    await sleep(1100); // the selector's view of the quarantine is at most 1 s old
+    const next = await verify(t, a.auth, { phone_number: '+447700900499' });
+    await waitFor(async () => (await t.redis.hget(t.keys.verification(String(next.body.request_id)), 'cli_range')) !== null, 10_000);
+    expect(await t.redis.hget(t.keys.verification(String(next.body.request_id)), 'cli_range')).toBe(B);
+  }, 90_000);
 
   it('end to end: a range rejected with 603 is quarantined, the next call uses the other range, the gauge shows it', async () => {
     const A = '+4419087300';
