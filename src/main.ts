@@ -88,7 +88,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
     logger: logger.child({ module: 'range-health' }),
   });
   metrics.watchRangeQuarantine(rangeHealth);
-  const fraud = new FraudControls({ redis, keys, sealer, config, events, rangeHealth, logger: logger.child({ module: 'fraud' }) });
+  const fraud = new FraudControls({ redis, keys, sealer, config, events, rangeHealth, metrics, logger: logger.child({ module: 'fraud' }) });
   const redisProbe = async (): Promise<boolean> => (await redis.ping()) === 'PONG';
   // Readiness of what this process runs besides Redis (the API adds its own Redis probe).
   const readiness: ReadinessProbes = {};
@@ -316,6 +316,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
             sealer,
             config,
             timer: stepTimer,
+            fraud,
             jobs: {
               enqueue: (method, requestId, jobId) => stepQueue.enqueue(method, requestId, jobId),
               discard: async (method, jobId) => void (await stepQueue.queue(method).remove(jobId)),
@@ -369,15 +370,19 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       stops.unshift(() => sweeper.stop());
       // Requests whose api process died between create and queue: queued again (idempotent, job id = request id).
       const requeue = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
+      // A workflow whose api died before its step-0 timer gets the timer here too (same job id).
+      const requeueTimer = new BullStepTimer(bullConnection, keys.bullPrefix());
       const reconciler = new EnqueueReconciler(
         redis,
         keys,
         requeue,
         { requeueAfterMs: config.worker.requeueAfterMs, intervalMs: Math.min(5000, config.worker.requeueAfterMs) },
         logger.child({ module: 'reconcile' }),
+        Date.now,
+        requeueTimer,
       );
       reconciler.start();
-      stops.unshift(() => reconciler.stop().then(() => requeue.close()));
+      stops.unshift(() => reconciler.stop().then(() => Promise.all([requeue.close(), requeueTimer.close()])));
       if (role === 'worker' && config.metrics.port !== 0) {
         const server = new MetricsServer({
           host: config.metrics.host,

@@ -178,7 +178,7 @@ export function openApiDocument(config: Readonly<Config>): Json {
         post: {
           operationId: 'cancelVerification',
           summary:
-            'Cancel a live verification and its pending workflow steps: status canceled (webhook verification.canceled). A step not dialled yet is refunded; a flash call already ringing finishes.',
+            'Cancel a live verification and its pending workflow steps: status canceled (webhook verification.canceled). A step not dialled yet is refunded and taken out of usage; a voice call in progress is CANCELled, or hung up before the code is read; a flash call ringing is CANCELled (its caller ID was shown, so it is billed).',
           parameters: [{ name: 'request_id', in: 'path', required: true, schema: { type: 'string', format: 'uuid' } }],
           responses: {
             '200': withRl('The verification, canceled', ref('StatusResponse')),
@@ -275,7 +275,7 @@ export function openApiDocument(config: Readonly<Config>): Json {
         }),
         put: adminAccountOp(
           'adminSetFraud',
-          'Replace the account\'s fraud overrides ({} clears them). Keys as in the fraud config section: velocity.perNumber|perPrefix|perIp {limit, windowSeconds}, countries {allow, deny} (replace the server lists), lineTypes {flashCall, blocked, allowUnknown}, liveVerification, maxSends, testNumbers [{number, code}] (added to the server\'s)',
+          'Replace the account\'s fraud overrides ({} clears them). Keys as in the fraud config section: velocity.perNumber|perPrefix|perIp {limit, windowSeconds}, countries {allow, deny} (narrow the server lists, which always apply), lineTypes {flashCall, blocked, allowUnknown}, liveVerification, maxSends, testNumbers [{number, code}] (added to the server\'s)',
           { '200': { description: 'Overrides and effective rules', content: json(ref('FraudSettings')) } },
           { type: 'object', additionalProperties: true },
         ),
@@ -399,7 +399,7 @@ export function openApiDocument(config: Readonly<Config>): Json {
             resend: {
               type: 'boolean',
               default: false,
-              description: 'When a verification of this number is live: send it again on the same request (200) instead of 409',
+              description: 'When a verification of this number is live: send it again on the same request (200) instead of 409; not for a live workflow request (409), which starts its next step by itself',
             },
             locale: {
               type: 'string',
@@ -428,7 +428,7 @@ export function openApiDocument(config: Readonly<Config>): Json {
           minItems: 1,
           maxItems: 5,
           description:
-            'Fallback steps tried in order under one request_id: each starts when the previous one failed or its timeout_seconds passed without verified. Each step has its own code (only the current step\'s is accepted) and its own cost, charged when it starts. Exclusive with method.',
+            'Fallback steps tried in order under one request_id: each starts when the previous one failed or its timeout_seconds passed without verified. Each step has its own code (only the current step\'s is accepted) and its own cost, charged when it starts. Two consecutive steps may not use the same method. Every step is screened up front: a flash_call step to a number that is not a mobile is 400 invalid_phone naming the step (workflow[n]); with "method": "auto" the default workflow\'s flash_call steps are left out instead (the response echoes the steps that will run; 400 invalid_phone when none is left). Exclusive with method.',
           items: {
             type: 'object',
             required: ['method'],

@@ -166,7 +166,10 @@ export const testNumberSchema = z
   })
   .strict();
 
-/** One live verification per (account, number): `per_method` lets the docs' fallback (flash, then voice, then sms) through. */
+/**
+ * One live verification per (account, number) — `per_number`, the default (issue 6) — or per (account, number,
+ * method): `per_method` lets a customer script the docs' fallback (flash, then voice) as separate requests.
+ */
 export const LIVE_SCOPES = ['per_number', 'per_method', 'off'] as const;
 
 export const fraudSchema = z
@@ -203,7 +206,7 @@ export const fraudSchema = z
       })
       .strict()
       .prefault({}),
-    liveVerification: z.enum(LIVE_SCOPES).default('per_method'),
+    liveVerification: z.enum(LIVE_SCOPES).default('per_number'),
     /** Sends per request: the first one plus resends (`resend: true`). */
     maxSends: z.number().int().min(1).max(20).default(5),
     testNumbers: z.array(testNumberSchema).default([]),
@@ -323,6 +326,8 @@ export const configSchema = z
           )
           .min(1)
           .max(5)
+          // As for a request's workflow (verification/workflow.ts): a leftover job of step n must never fit step n+1.
+          .refine((steps) => steps.every((st, i) => i === 0 || steps[i - 1]!.method !== st.method), 'two consecutive steps use the same method')
           .default([{ method: 'flash_call', timeout_seconds: 30 }, { method: 'voice', timeout_seconds: 45 }, { method: 'sms' }]),
         /** Smallest `timeout_seconds` a workflow step may ask for. */
         minStepTimeoutSeconds: z.number().int().positive().default(5),

@@ -10,6 +10,7 @@ import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
 import { generateCode } from '../verification/codes.js';
 import { placeFlashCall, type FlashResult, type ShutdownSignals } from './flash-call.js';
+import { AttemptWatch, recordAttemptFields, WATCH_INTERVAL_MS } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import { trunkVerdict, type TrunkPacer } from './trunk-pacer.js';
 
@@ -69,6 +70,9 @@ export class FlashProcessor {
     const trunk = this.deps.trunks.pick();
     await Promise.all([redis.hset(key, 'cli_range', reserved.range.prefix), this.deps.trunks.take(trunk)]);
     const t1 = config.sip.timers.t1Ms;
+    // Canceled, verified, expired, or its workflow step timed out while the phone rings: CANCEL now rather than
+    // at the end of ringMs (through the same path as a worker shutdown).
+    const watch = new AttemptWatch(redis, key, base.step, WATCH_INTERVAL_MS, this.deps.shutdown?.expiring);
     this.deps.metrics.callStarted('flash_call', trunk.name);
     const result = await placeFlashCall(this.deps.originator, {
       to,
@@ -78,17 +82,20 @@ export class FlashProcessor {
       ringingTimeoutMs: config.flash.ringingTimeoutMs,
       settleMs: 64 * t1 + 1000,
       logger: log,
-      shutdown: this.deps.shutdown,
+      shutdown: { draining: this.deps.shutdown?.draining ?? new AbortController().signal, expiring: watch.signal },
       onRinging: (callId, sipStatus) => {
         void events
           .publish({ ...base, status: 'delivered', detail: { sip_status: sipStatus, call_id: callId, trunk: trunk.name, range: reserved.range.prefix } })
           // Marked after the event is in the stream: a re-run that finds it knows the delivery is done.
-          .then(() => redis.hset(key, 'rang_at', String(Date.now())))
+          .then(() => recordAttemptFields(redis, key, base.step, { rang_at: String(Date.now()) }))
           .catch((err: Error) => log.error({ err: err.message }, 'could not publish delivered event'));
       },
-    });
+    }).finally(() => watch.stop());
+    // CANCELled before it rang because the request (or its step) ended: no failure to report, nothing to refund.
+    const ended = watch.ended && !result.rang && result.outcome !== 'answered';
+    const outcome = ended ? 'request_ended' : result.outcome;
     const detail = {
-      outcome: result.outcome,
+      outcome,
       call_id: result.callId,
       trunk: trunk.name,
       range: reserved.range.prefix,
@@ -96,14 +103,14 @@ export class FlashProcessor {
       ...(result.postDialDelayMs !== undefined ? { pdd_ms: result.postDialDelayMs } : {}),
     };
     log.info({ ...detail }, 'flash call finished');
-    this.deps.metrics.callEnded('flash_call', trunk.name, result.outcome, result.postDialDelayMs);
+    this.deps.metrics.callEnded('flash_call', trunk.name, outcome, result.postDialDelayMs);
     this.deps.trunks.report(trunk, trunkVerdict(result.outcome));
     // Delivered = the caller ID was shown (rang, or answered without an 18x).
     if (result.rang || result.outcome === 'answered') this.deps.metrics.rangeSent(reserved.range.prefix);
     // The range's counters and the call's own outcome (for operators; the status itself follows from events)
     // are independent: issued together, they leave in one write (autopipelining).
     await Promise.all([
-      this.deps.health && !NOT_ON_NETWORK.has(result.outcome)
+      this.deps.health && !NOT_ON_NETWORK.has(result.outcome) && !ended
         ? this.deps.health
             // A final 403/603 before any ringing: the far network refused this caller ID (range health judges the ratio).
             .recordDial(reserved.range.prefix, {
@@ -112,8 +119,10 @@ export class FlashProcessor {
             })
             .catch((err: Error) => log.warn({ err: err.message }, 'could not record the range outcome'))
         : undefined,
-      redis.hset(key, { outcome: result.outcome, ...(result.sipStatus !== undefined ? { final_sip_status: String(result.sipStatus) } : {}) }),
+      // Not over the fields of a later workflow step, when this one timed out during the call.
+      recordAttemptFields(redis, key, base.step, { outcome, ...(result.sipStatus !== undefined ? { final_sip_status: String(result.sipStatus) } : {}) }),
     ]);
+    if (ended) return result;
     if (!result.rang && result.outcome !== 'answered' && result.outcome !== 'cancelled') {
       await events.publish({
         ...base,

@@ -9,6 +9,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { RangeSelector } from '../numbers/range-selector.js';
 import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
+import { AttemptWatch, recordAttemptFields, WATCH_INTERVAL_MS } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import type { ShutdownSignals } from './flash-call.js';
 import { trunkVerdict, type TrunkPacer } from './trunk-pacer.js';
@@ -52,7 +53,11 @@ export class VoiceProcessor {
     const language = languageFor(locale, country);
     const trunk = this.deps.trunks.pick();
     const from = this.callerId(country);
+    const step = claim.base.step;
     await this.deps.trunks.take(trunk);
+    // Canceled, verified, expired, or its workflow step timed out while the phone rings or the prompt plays:
+    // the call is CANCELled, or the prompt stopped and BYE sent, through the same path as a worker shutdown.
+    const watch = new AttemptWatch(redis, key, step, WATCH_INTERVAL_MS, this.deps.shutdown?.expiring);
     this.deps.metrics.callStarted('voice', trunk.name);
     const result = await placeVoiceCall(this.deps.originator, this.deps.player, {
       to,
@@ -62,16 +67,23 @@ export class VoiceProcessor {
       answerTimeoutMs: config.voice.answerTimeoutMs,
       settleMs: 64 * config.sip.timers.t1Ms + 1000,
       logger: log,
-      shutdown: this.deps.shutdown,
+      shutdown: { draining: this.deps.shutdown?.draining ?? new AbortController().signal, expiring: watch.signal },
       onAnswered: (callId, media) => {
-        void events
-          .publish({ ...base, status: 'delivered', detail: { sip_status: 200, call_id: callId, trunk: trunk.name, codec: media.codec, language } })
-          .then(() => redis.hset(key, 'answered_at', String(Date.now())))
+        // Looked at once more on answer: the prompt is stopped before the code if the request ended meanwhile.
+        void watch
+          .check()
+          .then(async (current) => {
+            if (!current) return;
+            await events.publish({ ...base, status: 'delivered', detail: { sip_status: 200, call_id: callId, trunk: trunk.name, codec: media.codec, language } });
+            await recordAttemptFields(redis, key, step, { answered_at: String(Date.now()) });
+          })
           .catch((err: Error) => log.error({ err: err.message }, 'could not publish delivered event'));
       },
-    });
+    }).finally(() => watch.stop());
+    // Ended because the request (or its step) did: no failure to report, nothing to refund.
+    const outcome = watch.ended ? 'request_ended' : result.outcome;
     const detail = {
-      outcome: result.outcome,
+      outcome,
       call_id: result.callId,
       trunk: trunk.name,
       language,
@@ -81,10 +93,10 @@ export class VoiceProcessor {
       ...(result.answerDelayMs !== undefined ? { answer_ms: result.answerDelayMs } : {}),
     };
     log.info({ ...detail }, 'voice call finished');
-    this.deps.metrics.callEnded('voice', trunk.name, result.outcome);
+    this.deps.metrics.callEnded('voice', trunk.name, outcome);
     this.deps.trunks.report(trunk, trunkVerdict(result.outcome));
-    await redis.hset(key, { outcome: result.outcome, ...(result.sipStatus !== undefined ? { final_sip_status: String(result.sipStatus) } : {}) });
-    if (!result.answered) {
+    await recordAttemptFields(redis, key, step, { outcome, ...(result.sipStatus !== undefined ? { final_sip_status: String(result.sipStatus) } : {}) });
+    if (!result.answered && !watch.ended) {
       await events.publish({
         ...base,
         status: 'failed',

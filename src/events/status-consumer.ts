@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
+import { utcDay } from '../verification/types.js';
 import { GroupConsumer, type GroupConsumerOptions, type StreamEntry } from './group-consumer.js';
 
 export type { StreamEntry } from './group-consumer.js';
@@ -49,12 +50,20 @@ export class StatusConsumer extends GroupConsumer {
       const v = detail[k];
       if (v !== undefined) patch.push(k === 'reason' ? 'failure_reason' : k, String(v).replace(/\n/g, ' '));
     }
-    // An event of a workflow step (field `step`): applyStepEvent-2 keeps a failed step with steps left from failing the request.
+    // An event of a workflow step (field `step`): applyStepEvent-3 keeps a failed step with steps left from failing the request.
     const stepped = fields.step !== undefined;
+    const key = this.keys.verification(fields.request_id);
+    const refund = detail.refund === true;
+    // A refunded attempt leaves the usage of the day it was counted on (read only then: refunds are rare).
+    let sentAt = Date.now();
+    if (refund) {
+      const [att, last, created] = await this.redis.hmget(key, `att${fields.step ?? ''}_started_at`, 'last_send_at', 'created_at');
+      sentAt = Number((stepped ? att : last) ?? created) || sentAt;
+    }
     await (stepped ? scripts.applyStepEvent : scripts.applyEvent).run(
       this.redis,
-      [this.keys.verification(fields.request_id), this.keys.account(fields.account_id ?? '')],
-      [status, fields.timestamp ?? String(Date.now()), patch.join('\n'), detail.refund === true ? '1' : '0', ...(stepped ? [fields.step!] : [])],
+      [key, this.keys.account(fields.account_id ?? ''), this.keys.usage(fields.account_id ?? '', utcDay(sentAt))],
+      [status, fields.timestamp ?? String(Date.now()), patch.join('\n'), refund ? '1' : '0', ...(stepped ? [fields.step!] : [])],
     );
   }
 }

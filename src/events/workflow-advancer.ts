@@ -6,6 +6,8 @@ import type { Sealer } from '../crypto/sealer.js';
 import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
 import { generateCode } from '../verification/codes.js';
+import { ApiError } from '../verification/errors.js';
+import type { AdmittedSend, FraudControls } from '../verification/fraud-controls.js';
 import { priceMicro } from '../verification/pricing.js';
 import { utcDay, type Method } from '../verification/types.js';
 import { readSteps, stepJobId, type StepTimer, type WorkflowStep } from '../verification/workflow.js';
@@ -17,6 +19,9 @@ export interface StepJobs {
   /** Best effort: drop a step's delivery job that no worker took yet (it would find another method and do nothing anyway). */
   discard(method: Method, jobId: string): Promise<void>;
 }
+
+/** What a step start needs of the fraud controls: the velocity windows and the conversion counters. */
+export type StepFraudControls = Pick<FraudControls, 'policy' | 'admitSend' | 'releaseSend' | 'trackSent'>;
 
 const USAGE_TTL_SECONDS = 400 * 24 * 3600;
 
@@ -34,6 +39,10 @@ const USAGE_TTL_SECONDS = 400 * 24 * 3600;
  *    an advancer that dies in between leaves the entry pending, and whoever
  *    reclaims it finds `wf_step` = n+1 with nothing dialled and adds the same
  *    jobs again (same ids: BullMQ keeps one).
+ * Each step is a send like any other: counted in the account's per-number and
+ * per-prefix velocity windows (a step refused there fails the verification
+ * with reason `rate_limited`) and in the per-country conversion counters
+ * under its own method.
  */
 export class WorkflowAdvancer extends GroupConsumer {
   constructor(
@@ -42,7 +51,7 @@ export class WorkflowAdvancer extends GroupConsumer {
     group: string,
     consumer: string,
     logger: Logger,
-    private readonly deps: { sealer: Sealer; config: Readonly<Config>; jobs: StepJobs; timer: StepTimer },
+    private readonly deps: { sealer: Sealer; config: Readonly<Config>; jobs: StepJobs; timer: StepTimer; fraud?: StepFraudControls },
     options: GroupConsumerOptions = {},
   ) {
     super(redis, keys, group, consumer, logger, options);
@@ -73,41 +82,78 @@ export class WorkflowAdvancer extends GroupConsumer {
     // The next step's code, generated here and kept only sealed and MACed; discarded when the CAS below loses.
     const code = generateCode(nextStep.code_length);
     const now = Date.now();
-    const [result, value] = (await scripts.advanceWorkflow.run(
-      this.redis,
-      [key, this.keys.account(h.account_id), this.keys.usage(h.account_id, utcDay(now)), this.keys.events()],
-      [
-        from,
-        now,
-        nextStep.method,
-        cost,
-        sealer.mac('code', `${requestId}:${code}`),
-        sealer.seal(code, `code:${requestId}`),
-        nextStep.code_length,
-        why,
-        config.events.maxLen,
-        USAGE_TTL_SECONDS,
-      ],
-    )) as [string, string | number | undefined];
+    // Only a step that may still start is counted in the velocity windows (the script below decides, and a send
+    // it does not start is taken back).
+    const startable = Number(h.wf_step) === from && (h.status === 'sent' || h.status === 'delivered');
+    const { admitted, refused } = startable ? await this.admit(requestId, h, now) : { admitted: undefined, refused: '' };
+    const [result, value] = (await scripts.advanceWorkflow
+      .run(
+        this.redis,
+        [key, this.keys.account(h.account_id), this.keys.usage(h.account_id, utcDay(now)), this.keys.events()],
+        [
+          from,
+          now,
+          nextStep.method,
+          cost,
+          sealer.mac('code', `${requestId}:${code}`),
+          sealer.seal(code, `code:${requestId}`),
+          nextStep.code_length,
+          why,
+          config.events.maxLen,
+          USAGE_TTL_SECONDS,
+          refused,
+        ],
+      )
+      .catch(async (err: unknown) => {
+        if (admitted) await this.deps.fraud?.releaseSend(admitted);
+        throw err;
+      })) as [string, string | number | undefined];
+    if (result !== 'ok' && admitted) await this.deps.fraud?.releaseSend(admitted);
     if (result === 'ok') {
       const step = Number(value);
       log.info({ from_step: from, step, method: nextStep.method, why }, 'workflow: next step started');
-      if (why === 'timeout') {
-        const prev = steps[from]!;
-        await this.deps.jobs.discard(prev.method, stepJobId(requestId, from)).catch(() => undefined);
-      }
+      await this.deps.fraud
+        ?.trackSent(h.country ?? 'ZZ', nextStep.method, now)
+        .catch((err: Error) => log.warn({ err: err.message }, 'workflow: could not count the send'));
+      if (why === 'timeout') await this.discardStep(requestId, from, steps[from]!);
       await this.queueStep(requestId, step, nextStep);
       return step;
     }
     if (result === 'moved' && Number(value) === from + 1) {
       // Advanced already, maybe by an advancer that died before queueing: queue again unless it was dialled (same ids).
       const [status, dialled] = await this.redis.hmget(key, 'status', 'dial_started');
-      if ((status === 'sent' || status === 'delivered') && !dialled) await this.queueStep(requestId, from + 1, nextStep);
+      if ((status === 'sent' || status === 'delivered') && !dialled) {
+        log.info({ from_step: from, step: from + 1, method: nextStep.method }, 'workflow: next step started earlier but not dialled; queueing it (again)');
+        if (why === 'timeout') await this.discardStep(requestId, from, steps[from]!);
+        await this.queueStep(requestId, from + 1, nextStep);
+      }
       return from + 1;
     }
-    if (result === 'insufficient_balance') log.warn({ from_step: from }, 'workflow: next step cannot be paid; verification failed');
-    else log.debug({ from_step: from, result, value }, 'workflow: nothing to advance');
+    if (result === 'insufficient_balance' || result === 'rate_limited') {
+      log.warn({ from_step: from, reason: result }, 'workflow: next step may not start; verification failed');
+    } else {
+      log.debug({ from_step: from, result, value }, 'workflow: nothing to advance');
+    }
     return undefined;
+  }
+
+  /** Counts the next step in the velocity windows; `refused` is "rate_limited" when a window is full. */
+  private async admit(requestId: string, h: Record<string, string>, now: number): Promise<{ admitted?: AdmittedSend; refused: string }> {
+    const fraud = this.deps.fraud;
+    if (!fraud || !h.account_id || !h.phone_enc) return { refused: '' };
+    const policy = await fraud.policy(h.account_id);
+    const e164 = this.deps.sealer.open(h.phone_enc, `phone:${requestId}`);
+    try {
+      return { admitted: await fraud.admitSend(h.account_id, policy, e164, undefined, now), refused: '' };
+    } catch (err) {
+      if (err instanceof ApiError && err.code === 'rate_limited') return { refused: 'rate_limited' };
+      throw err;
+    }
+  }
+
+  /** Best effort: the delivery job of a step that timed out, if no worker took it yet. */
+  private async discardStep(requestId: string, step: number, s: WorkflowStep): Promise<void> {
+    await this.deps.jobs.discard(s.method, stepJobId(requestId, step)).catch(() => undefined);
   }
 
   /**

@@ -47,6 +47,8 @@ export class Metrics {
   private readonly webhookFailures: Counter<'final'>;
   private readonly rangeSentCounter: Counter<'range'>;
   private readonly rangeVerifiedCounter: Counter<'range'>;
+  private readonly conversionSentCounter: Counter<'country' | 'method'>;
+  private readonly conversionVerifiedCounter: Counter<'country' | 'method'>;
   private readonly smsSubmits: Counter<'smsc' | 'outcome'>;
   private readonly smsReceipts: Counter<'smsc' | 'state'>;
   private readonly smscSources: SmscStatusSource[] = [];
@@ -100,6 +102,19 @@ export class Metrics {
       name: 'flashverify_range_verified_total',
       help: 'Flash-call verifications verified, by DID range prefix of the CLI',
       labelNames: ['range'],
+      registers,
+    });
+    // Country: ISO alpha-2 of the destination (a bounded set); method: flash_call, voice, sms.
+    this.conversionSentCounter = new Counter({
+      name: 'flashverify_conversion_sent_total',
+      help: 'Verification sends (requests, resends and workflow steps), by destination country and method',
+      labelNames: ['country', 'method'],
+      registers,
+    });
+    this.conversionVerifiedCounter = new Counter({
+      name: 'flashverify_conversion_verified_total',
+      help: 'Verifications verified, by destination country and the method of the step that verified (test numbers excluded)',
+      labelNames: ['country', 'method'],
       registers,
     });
     this.smsSubmits = new Counter({
@@ -208,6 +223,14 @@ export class Metrics {
 
   rangeVerified(range: string): void {
     this.rangeVerifiedCounter.inc({ range });
+  }
+
+  conversionSent(country: string, method: string): void {
+    this.conversionSentCounter.inc({ country, method });
+  }
+
+  conversionVerified(country: string, method: string): void {
+    this.conversionVerifiedCounter.inc({ country, method });
   }
 
   smsSubmitted(smsc: string, outcome: string): void {

@@ -40,7 +40,7 @@ export const scripts = {
   createVerification: LuaScript.load('createVerification-5'),
   expireVerification: LuaScript.load('expireVerification-3'),
   recordCheck: LuaScript.load('recordCheck-3'),
-  applyEvent: LuaScript.load('applyEvent-2'),
+  applyEvent: LuaScript.load('applyEvent-3'),
   rateLimit: LuaScript.load('rateLimit-1'),
   recordAuthFailure: LuaScript.load('recordAuthFailure-2'),
   checkVelocity: LuaScript.load('checkVelocity-3'),
@@ -51,6 +51,7 @@ export const scripts = {
   markSmsRetry: LuaScript.load('markSmsRetry-1'),
   claimDelivery: LuaScript.load('claimDelivery-1'),
   advanceWorkflow: LuaScript.load('advanceWorkflow-4'),
-  applyStepEvent: LuaScript.load('applyStepEvent-2'),
-  cancelVerification: LuaScript.load('cancelVerification-3'),
+  applyStepEvent: LuaScript.load('applyStepEvent-3'),
+  cancelVerification: LuaScript.load('cancelVerification-4'),
+  recordAttemptFields: LuaScript.load('recordAttemptFields-1'),
 };

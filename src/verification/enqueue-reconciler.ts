@@ -4,6 +4,7 @@ import type { Keys } from '../store/keys.js';
 import { PeriodicPass } from './periodic-pass.js';
 import type { Method } from './types.js';
 import type { DeliveryQueue } from './verification-service.js';
+import { readSteps, type StepTimer } from './workflow.js';
 
 export interface EnqueueReconcilerOptions {
   /** An intent older than this whose request is still `sent` and undialled is queued again. */
@@ -22,6 +23,13 @@ export interface EnqueueReconcilerOptions {
  * older than `requeueAfterMs` is such an orphan when its record is still
  * `sent` and not dialled. Queueing is idempotent (job id = request id), so any
  * number of worker processes may reconcile at once.
+ *
+ * A workflow request (its steps are written with the record, atomically) is
+ * only queued while at step 0: later steps are the workflow advancer's, under
+ * their own job ids. At step 0 its step timer (`<request_id>-t0`, idempotent)
+ * is added whether or not the step was dialled: the api may have died after
+ * queueing the job but before the timer, and without it the workflow would
+ * never move on from a step that rang but was not verified.
  */
 export class EnqueueReconciler {
   private readonly loop: PeriodicPass;
@@ -33,6 +41,8 @@ export class EnqueueReconciler {
     private readonly options: EnqueueReconcilerOptions,
     private readonly logger: Logger,
     private readonly now: () => number = Date.now,
+    /** Step timeouts of workflows; without it a workflow found here only gets its job. */
+    private readonly stepTimer?: StepTimer,
   ) {
     this.loop = new PeriodicPass(() => this.reconcile(), options.intervalMs, logger, 'enqueue reconciliation failed; retrying');
   }
@@ -50,8 +60,22 @@ export class EnqueueReconciler {
     const due = await this.redis.zrangebyscore(this.keys.unqueued(), '-inf', this.now() - this.options.requeueAfterMs, 'LIMIT', 0, this.options.batch ?? 200);
     const queued: string[] = [];
     for (const requestId of due) {
-      const [status, method, dialStarted] = await this.redis.hmget(this.keys.verification(requestId), 'status', 'method', 'dial_started');
-      if (status === 'sent' && method && !dialStarted) {
+      const [status, method, dialStarted, wf, wfStep, createdAt] = await this.redis.hmget(
+        this.keys.verification(requestId),
+        'status',
+        'method',
+        'dial_started',
+        'wf',
+        'wf_step',
+        'created_at',
+      );
+      const atStep0 = !wf || wfStep === '0';
+      const t0 = wf && wfStep === '0' ? readSteps({ wf })?.[0]?.timeout_seconds : undefined;
+      if (t0 !== undefined && this.stepTimer && (status === 'sent' || status === 'delivered')) {
+        // Due when it would have been, had the api lived: created_at + timeout.
+        await this.stepTimer.schedule(requestId, 0, (Number(createdAt) || this.now()) + t0 * 1000 - this.now());
+      }
+      if (status === 'sent' && method && !dialStarted && atStep0) {
         await this.queue.enqueue(method as Method, requestId);
         queued.push(requestId);
         this.logger.warn({ request_id: requestId, method }, 'verification was never queued (api process died?); queued now');

@@ -22,6 +22,12 @@ export interface DeliveredEventSink {
   }): Promise<string>;
 }
 
+/** Per-country conversion counters of this process (Prometheus; metrics/metrics.ts has them). */
+export interface ConversionMetrics {
+  conversionSent(country: string, method: Method): void;
+  conversionVerified(country: string, method: Method): void;
+}
+
 /** A send recorded in the velocity windows, so that it can be taken back if the request fails after all. */
 export interface AdmittedSend {
   member: string;
@@ -53,6 +59,8 @@ export class FraudControls {
       events: DeliveredEventSink;
       /** Set where flash calls are tracked per DID range. */
       rangeHealth?: RangeHealth;
+      /** `flashverify_conversion_sent_total` / `_verified_total{country,method}`. */
+      metrics?: ConversionMetrics;
       logger: Logger;
     },
   ) {}
@@ -100,7 +108,9 @@ export class FraudControls {
   /**
    * Records one send to `e164` in the account's sliding windows, or throws 429
    * `rate_limited` naming the limit, with Retry-After. Atomic: a refused send
-   * counts in no window.
+   * counts in no window. Every send counts: a request, a resend, and each
+   * later step of a workflow (without `clientIp`: the per-IP window counts
+   * the requests an address makes, not the steps they go through).
    */
   async admitSend(accountId: string, policy: FraudPolicy, e164: string, clientIp: string | undefined, now = Date.now()): Promise<AdmittedSend> {
     const { keys, sealer } = this.deps;
@@ -140,36 +150,45 @@ export class FraudControls {
 
   // ------------------------------------------------------------------ one live verification
 
-  /** The pointer key of an (account, number[, method]), or undefined when the rule is off. */
-  liveKey(accountId: string, policy: FraudPolicy, e164: string, method: Method): string | undefined {
+  /**
+   * The pointer key of an (account, number[, method]), or undefined when the
+   * rule is off. `per_number` (the default): one key per number, whatever the
+   * method. `per_method`: one per method, and one for workflow requests
+   * (`scope` "workflow"), which move from method to method: a workflow is
+   * live beside one-method requests of the same number, not beside another
+   * workflow.
+   */
+  liveKey(accountId: string, policy: FraudPolicy, e164: string, scope: Method | 'workflow'): string | undefined {
     if (policy.liveVerification === 'off') return undefined;
-    const subject = policy.liveVerification === 'per_method' ? `${accountId}:${e164}:${method}` : `${accountId}:${e164}`;
+    const subject = policy.liveVerification === 'per_method' ? `${accountId}:${e164}:${scope}` : `${accountId}:${e164}`;
     return this.deps.keys.liveVerification(this.deps.sealer.mac('live', subject));
   }
 
   /**
    * The pointer's value and, when it names a verification still live (sent or
-   * delivered, not expired, of this account), that verification. A pointer
-   * whose record does not exist yet is live too: its request is being created
-   * (the pointer is claimed first); after a crash in between, it lapses with its TTL.
+   * delivered, not expired, of this account), that verification (its current
+   * method; `workflow` when it is a workflow request). A pointer whose record
+   * does not exist yet is live too: its request is being created (the pointer
+   * is claimed first); after a crash in between, it lapses with its TTL.
    */
   async live(
     liveKey: string,
     accountId: string,
     now = Date.now(),
-  ): Promise<{ pointer: string; live?: { requestId: string; method: Method | undefined } }> {
+  ): Promise<{ pointer: string; live?: { requestId: string; method: Method | undefined; workflow: boolean } }> {
     const pointer = (await this.deps.redis.get(liveKey)) ?? '';
     if (!pointer) return { pointer };
-    const [owner, status, expiresAt, method] = await this.deps.redis.hmget(
+    const [owner, status, expiresAt, method, wf] = await this.deps.redis.hmget(
       this.deps.keys.verification(pointer),
       'account_id',
       'status',
       'expires_at',
       'method',
+      'wf',
     );
-    if (!owner) return { pointer, live: { requestId: pointer, method: undefined } };
+    if (!owner) return { pointer, live: { requestId: pointer, method: undefined, workflow: false } };
     const isLive = owner === accountId && (status === 'sent' || status === 'delivered') && now < Number(expiresAt);
-    return isLive ? { pointer, live: { requestId: pointer, method: method as Method } } : { pointer };
+    return isLive ? { pointer, live: { requestId: pointer, method: method as Method, workflow: wf !== null } } : { pointer };
   }
 
   /** Points the key at `requestId` if it still holds `expected`; returns true, or false when another request won. */
@@ -191,19 +210,25 @@ export class FraudControls {
 
   // ------------------------------------------------------------------ conversion
 
-  /** A send to a destination country (per UTC day, per method). */
+  /**
+   * A send to a destination country (per UTC day, per method): each request,
+   * resend and workflow step, under the method it used, so that sent and
+   * verified (counted under the method of the step that verified) compare.
+   */
   async trackSent(country: string, method: Method, now = Date.now()): Promise<void> {
     const key = this.deps.keys.conversion(utcDay(now));
+    this.deps.metrics?.conversionSent(country, method);
     await this.deps.redis.multi().hincrby(key, `country:${country}:${method}:sent`, 1).expire(key, CONVERSION_TTL_SECONDS).exec();
   }
 
-  /** A verified request: counted for its country, and for its DID range when it was a flash call. */
+  /** A verified request: counted for its country and method, and for its DID range when it was a flash call. */
   async trackVerified(
     record: { country?: string | null; method?: string | null; cliRange?: string | null; sentAt?: number },
     now = Date.now(),
   ): Promise<void> {
     const key = this.deps.keys.conversion(utcDay(now));
     if (record.country && record.method) {
+      this.deps.metrics?.conversionVerified(record.country, record.method as Method);
       await this.deps.redis.multi().hincrby(key, `country:${record.country}:${record.method}:verified`, 1).expire(key, CONVERSION_TTL_SECONDS).exec();
     }
     if (record.cliRange && this.deps.rangeHealth) {

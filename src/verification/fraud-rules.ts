@@ -32,7 +32,7 @@ export const accountFraudSchema = z
       })
       .strict()
       .optional(),
-    /** When set, the account's lists replace the server's (an account allow list beats a server deny). */
+    /** Narrow the server's lists, never widen them: the server's deny (and allow) list always applies too. */
     countries: z
       .object({
         allow: z.array(countryCodeSchema).max(300).optional(),
@@ -66,7 +66,7 @@ export interface FraudPolicy {
   velocity: FraudConfig['velocity'];
   lineTypes: FraudConfig['lineTypes'];
   server: CountryLists;
-  /** The account's lists, when it has any: they replace the server's. */
+  /** The account's lists, when it has any: they apply on top of the server's. */
   account: CountryLists | undefined;
   liveVerification: FraudConfig['liveVerification'];
   maxSends: number;
@@ -88,12 +88,16 @@ export function fraudPolicy(server: Readonly<FraudConfig>, account: AccountFraud
   };
 }
 
-/** Why a destination country is refused, or undefined when it is allowed. */
+/**
+ * Why a destination country is refused, or undefined when it is allowed. The
+ * server's lists always apply (an operator's deny list is a legal or carrier
+ * constraint no customer may lift); an account's lists can only narrow them:
+ * a country must pass both.
+ */
 export function countryRefusal(policy: FraudPolicy, country: string): string | undefined {
-  const lists = policy.account ?? policy.server;
-  const whose = policy.account ? 'for this account' : 'on this service';
-  if (lists.deny.includes(country)) return `destination country ${country} is not allowed ${whose}`;
-  if (lists.allow.length > 0 && !lists.allow.includes(country)) return `destination country ${country} is not allowed ${whose}`;
+  const refused = (lists: CountryLists): boolean => lists.deny.includes(country) || (lists.allow.length > 0 && !lists.allow.includes(country));
+  if (refused(policy.server)) return `destination country ${country} is not allowed on this service`;
+  if (policy.account && refused(policy.account)) return `destination country ${country} is not allowed for this account`;
   return undefined;
 }
 
@@ -123,10 +127,14 @@ export function lineTypeRefusal(policy: FraudPolicy, type: LineType | undefined,
     return rules.allowUnknown ? undefined : 'the type of this number (mobile, fixed line ...) cannot be determined';
   }
   if (rules.blocked.includes(type)) return `${TYPE_WORDS[type]} is not accepted`;
-  if (method === 'flash_call' && !rules.flashCall.includes(type)) {
-    return `flash calls go to mobile numbers only and this is ${TYPE_WORDS[type]}; use method "voice" or "sms"`;
-  }
+  if (method === 'flash_call') return flashRefusal(policy, type);
   return undefined;
+}
+
+/** Why a flash call may not go to this (not blocked) type, or undefined: a missed call means nothing on a landline. */
+function flashRefusal(policy: FraudPolicy, type: LineType | undefined): string | undefined {
+  if (type === undefined || policy.lineTypes.flashCall.includes(type)) return undefined;
+  return `flash calls go to mobile numbers only and this is ${TYPE_WORDS[type]}; use method "voice" or "sms"`;
 }
 
 /**
@@ -140,6 +148,37 @@ export function screenDestination(policy: FraudPolicy, dest: { e164: string; cou
   if (country) throw new ApiError('invalid_phone', `phone_number refused: ${country}`);
   const type = lineTypeRefusal(policy, lineTypeOf(dest.e164), method);
   if (type) throw new ApiError('invalid_phone', `phone_number refused: ${type}`);
+}
+
+/**
+ * Screens a destination for every step of a workflow, up front. Country lists
+ * and blocked types refuse the whole request (400 invalid_phone, as
+ * screenDestination). A number a flash call may not go to (a landline, a VoIP
+ * number ...): a workflow the customer wrote is refused with 400 invalid_phone
+ * naming its first flash step (`workflow[1] (flash_call)`), whichever step it
+ * is; the server's default workflow (`"method": "auto"`, `flash` =
+ * "leave_out") instead loses its flash steps (withoutMethods), and is refused
+ * only when no step would be left. Returns the methods to leave out.
+ */
+export function screenWorkflow(
+  policy: FraudPolicy,
+  dest: { e164: string; country: string },
+  methods: readonly Method[],
+  flash: 'refuse' | 'leave_out',
+): Set<Method> {
+  const country = countryRefusal(policy, dest.country);
+  if (country) throw new ApiError('invalid_phone', `phone_number refused: ${country}`);
+  const type = lineTypeOf(dest.e164);
+  // The rules of every method (blocked types, unknown types): asked as for voice, which has no rule of its own.
+  const blocked = lineTypeRefusal(policy, type, 'voice');
+  if (blocked) throw new ApiError('invalid_phone', `phone_number refused: ${blocked}`);
+  const why = flashRefusal(policy, type);
+  const at = methods.indexOf('flash_call');
+  if (!why || at < 0) return new Set();
+  if (flash === 'refuse' || methods.every((m) => m === 'flash_call')) {
+    throw new ApiError('invalid_phone', `phone_number refused for workflow[${at}] (flash_call): ${why}`);
+  }
+  return new Set<Method>(['flash_call']);
 }
 
 /** The number minus its last 4 digits: the unit of the per-prefix velocity limit. */

@@ -39,7 +39,9 @@ export function resendJobId(requestId: string, send: number): string {
 
 /**
  * Sends a live verification again, on the same request: billed like a new
- * one, counted in the velocity windows, at most `maxSends` sends in all.
+ * one (the request's `cost` is the sum of its sends), counted in the velocity
+ * windows and in /v1/usage, at most `maxSends` sends in all. Never a
+ * workflow request (resendVerification-3 refuses it).
  *
  * The code: a flash call gets a new one (the previous caller ID is in its
  * cooldown towards this number, and a new caller ID is the only way the user
@@ -96,11 +98,14 @@ export async function resendLive(
   } catch (err) {
     // Not handed to a worker: give this send back (money and count); the request stays as it was.
     log.error({ err }, 'enqueue of a resend failed; the resend was refunded');
+    const usage = keys.usage(account.account_id, utcDay(now));
     await redis
       .multi()
       .hincrby(keys.account(account.account_id), 'balance', cost)
       .hincrby(keys.verification(requestId), 'sends', -1)
-      .hincrby(keys.verification(requestId), 'cost_total', -cost)
+      .hincrby(keys.verification(requestId), 'cost', -cost)
+      .hincrby(usage, `${method}:count`, -1)
+      .hincrby(usage, `${method}:cost`, -cost)
       .exec();
     await fraud.releaseSend(admitted);
     throw new ApiError('service_unavailable', 'could not queue the resend; it was not charged');
@@ -142,6 +147,12 @@ function resendError(code: string, requestId: string, maxSends: number): ApiErro
       return new ApiError('verification_pending', 'The previous send of this verification is still in progress; resend once it has finished', {
         request_id: requestId,
       });
+    case 'workflow':
+      return new ApiError(
+        'verification_pending',
+        'This verification is a workflow: it starts its next step by itself, so it cannot be resent',
+        { request_id: requestId },
+      );
     case 'not_found':
     case 'not_live':
       // Finished (verified, failed, expired) between our read and the resend: the caller may start a new one.

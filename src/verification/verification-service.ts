@@ -10,11 +10,11 @@ import { scripts } from '../store/scripts.js';
 import { generateCode } from './codes.js';
 import { ApiError } from './errors.js';
 import type { AdmittedSend, FraudControls } from './fraud-controls.js';
-import { findTestNumber, parseClientIp, screenDestination } from './fraud-rules.js';
+import { findTestNumber, parseClientIp, screenDestination, screenWorkflow } from './fraud-rules.js';
 import { parseDestination } from './phone.js';
 import { priceMicro } from './pricing.js';
 import { resendLive } from './resend.js';
-import { attemptsBody, initialFields, parseWorkflow, readSteps, stepsBody, type StepTimer } from './workflow.js';
+import { attemptsBody, initialFields, parseWorkflow, readSteps, stepsBody, withoutMethods, type StepTimer } from './workflow.js';
 import {
   METHODS,
   STATUSES,
@@ -87,14 +87,13 @@ export class VerificationService {
     const dest = parseDestination(input.phone_number);
     const vcfg = this.config.verification;
     const expirySeconds = parseExpiry(input.expiry_seconds, vcfg.defaultExpirySeconds, vcfg.maxExpirySeconds);
-    // A workflow's first step is created as a one-method request; the workflow fields are added before its job.
-    const workflow = parseWorkflow(input, this.config, expirySeconds, this.availableMethods);
-    const method = workflow ? workflow[0]!.method : parseMethod(input.method);
-    if (!this.availableMethods.has(method)) {
-      throw new ApiError('invalid_request', `method "${method}" is not available on this server`);
+    const requested = parseWorkflow(input, this.config, expirySeconds, this.availableMethods);
+    const single = requested ? undefined : parseMethod(input.method);
+    if (single && !this.availableMethods.has(single)) {
+      throw new ApiError('invalid_request', `method "${single}" is not available on this server`);
     }
-    const codeLength = workflow ? workflow[0]!.code_length : parseCodeLength(input.code_length, method);
-    const locale = workflow && input.locale !== undefined ? parseLocale(input.locale, 'voice') : parseLocale(input.locale, method);
+    const singleCodeLength = single ? parseCodeLength(input.code_length, single) : 4;
+    const locale = single ? parseLocale(input.locale, single) : input.locale !== undefined ? parseLocale(input.locale, 'voice') : undefined;
     const clientIp = parseClientIp(input.client_ip);
     if (input.resend !== undefined && typeof input.resend !== 'boolean') throw new ApiError('invalid_request', 'resend must be a boolean');
 
@@ -104,15 +103,29 @@ export class VerificationService {
     const fraud = this.fraud;
     const policy = fraud ? await fraud.policy(account.account_id) : undefined;
     const testNumber = policy ? findTestNumber(policy, dest.e164) : undefined;
-    let live: { key: string; expected: string } | undefined;
-    let admitted: AdmittedSend | undefined;
+    let workflow = requested;
     if (fraud && policy && !testNumber) {
       // Account state first (the create script checks it again, atomically): a 403 must not hide behind a 409 or 429.
       if (account.status === 'pending' || account.status === 'suspended') throw createError(`account_${account.status}`);
-      screenDestination(policy, dest, method);
-      const liveKey = fraud.liveKey(account.account_id, policy, dest.e164, method);
+      if (workflow) {
+        // Every step is screened up front: a flash step to a number that is not a mobile is a 400 naming the step,
+        // except in the server's default workflow ("auto"), which then runs without its flash steps.
+        const drop = screenWorkflow(policy, dest, workflow.map((s) => s.method), input.method === 'auto' ? 'leave_out' : 'refuse');
+        if (drop.size) workflow = withoutMethods(workflow, drop);
+      } else {
+        screenDestination(policy, dest, single!);
+      }
+    }
+    // A workflow request is created at its first step (workflow.ts): that step's method, code length and price.
+    const method: Method = workflow ? workflow[0]!.method : single!;
+    const codeLength = workflow ? workflow[0]!.code_length : singleCodeLength;
+    let live: { key: string; expected: string } | undefined;
+    let admitted: AdmittedSend | undefined;
+    if (fraud && policy && !testNumber) {
+      const liveKey = fraud.liveKey(account.account_id, policy, dest.e164, workflow ? 'workflow' : method);
       if (liveKey) {
         const found = await fraud.live(liveKey, account.account_id);
+        if (found.live && input.resend === true && found.live.workflow) throw workflowResend(found.live.requestId);
         if (found.live && input.resend === true && found.live.method === method) {
           const deps = { redis: this.redis, keys: this.keys, sealer: this.sealer, config: this.config, queue: this.queue, fraud, logger: this.logger };
           return resendLive(deps, account, { requestId: found.live.requestId, method }, dest, policy, clientIp);
@@ -145,6 +158,13 @@ export class VerificationService {
     const now = Date.now();
     const expiresAt = now + expirySeconds * 1000;
     const cost = testNumber ? 0 : priceMicro(this.config.pricing, method, dest.country, account.currency);
+    // A test number never reaches the network: no steps. A workflow's fields go in with the record (createVerification-5).
+    const steps = workflow && !testNumber ? workflow : undefined;
+    const fields: Record<string, string> = {
+      ...(locale !== undefined ? { locale } : {}),
+      ...(testNumber ? { test_number: '1' } : {}),
+      ...(steps ? initialFields(steps, cost, now) : {}),
+    };
     // Intent first: if this process dies between the create script and the queue, the reconciler finds the request here.
     await this.redis.zadd(this.keys.unqueued(), now, requestId);
     const result = (await scripts.createVerification.run(
@@ -171,6 +191,7 @@ export class VerificationService {
         dest.country,
         this.config.events.maxLen,
         USAGE_TTL_SECONDS,
+        Object.entries(fields).flat().join('\n'),
       ],
     ).catch(async (err: unknown) => {
       await releaseFraud();
@@ -181,17 +202,17 @@ export class VerificationService {
       await releaseFraud();
       throw createError(String(result[1]));
     }
-    // Read by the voice and SMS workers; written before the job exists.
-    if (locale !== undefined) await this.redis.hset(this.keys.verification(requestId), 'locale', locale);
-    // A test number never reaches the network: no steps. Otherwise the step-0 timer goes before the job (workflow.ts).
-    const steps = workflow && !testNumber ? workflow : undefined;
-    if (steps) {
-      await this.redis.hset(this.keys.verification(requestId), initialFields(steps, cost, now));
-      const t = steps[0]!.timeout_seconds;
-      if (t !== undefined && this.stepTimer) await this.stepTimer.schedule(requestId, 0, t * 1000);
-    }
-
     const log = this.logger.child({ request_id: requestId, account_id: account.account_id });
+    // The step-0 timer goes before the job (workflow.ts). If this process dies before either, or the timer cannot be
+    // added now, the intent stays filed and the reconciler adds them (same job ids).
+    const t0 = steps?.[0]!.timeout_seconds;
+    let timerMissing = false;
+    if (t0 !== undefined && this.stepTimer) {
+      await this.stepTimer.schedule(requestId, 0, t0 * 1000).catch((err: Error) => {
+        timerMissing = true;
+        log.warn({ err: err.message }, 'could not add the step-0 timer; the reconciler will');
+      });
+    }
     if (testNumber && fraud) {
       await this.redis.zrem(this.keys.unqueued(), requestId);
       await fraud.deliverTestNumber({ request_id: requestId, account_id: account.account_id, method });
@@ -205,7 +226,7 @@ export class VerificationService {
       const refunded = await scripts.applyEvent
         .run(
           this.redis,
-          [this.keys.verification(requestId), this.keys.account(account.account_id)],
+          [this.keys.verification(requestId), this.keys.account(account.account_id), this.keys.usage(account.account_id, utcDay(now))],
           ['failed', Date.now(), 'failure_reason\nenqueue_failed', '1'],
         )
         .then(() => this.redis.zrem(this.keys.unqueued(), requestId))
@@ -217,7 +238,7 @@ export class VerificationService {
       throw new ApiError('service_unavailable', refunded ? 'could not queue the verification; it was not charged' : undefined);
     }
     // Handed over; a failure here only leaves work for the reconciler, whose queueing is idempotent (job id = request id).
-    await this.redis.zrem(this.keys.unqueued(), requestId).catch(() => undefined);
+    if (!timerMissing) await this.redis.zrem(this.keys.unqueued(), requestId).catch(() => undefined);
     if (fraud) await fraud.trackSent(dest.country, method, now).catch((err: Error) => log.warn({ err: err.message }, 'could not count the send'));
     log.info({ method, country: dest.country, code_length: codeLength }, 'verification created');
     return {
@@ -243,28 +264,55 @@ export class VerificationService {
     }
     const requestId = input.request_id;
     const key = this.ownedKey(requestId);
-    const stored = await this.redis.hmget(key, 'account_id', 'code_mac', 'phone_enc', 'country', 'method', 'cli_range', 'dial_started');
-    const [owner, mac, phoneEnc, country, method, cliRange, dialStarted] = stored;
-    if (!owner || owner !== account.account_id || !mac || !phoneEnc) throw notFound();
-
-    // Constant-time comparison of MACs; a code of the wrong shape still costs an attempt.
-    // (a code issued before a master key rotation is MACed with the previous key: `matches` accepts both)
-    const matched = this.sealer.matches('code', `${requestId}:${input.code}`, mac) !== false;
-    const now = Date.now();
-    const [result, remaining] = (await scripts.recordCheck.run(
-      this.redis,
-      [key, this.keys.events(), this.keys.usage(account.account_id, utcDay(now))],
-      [mac, matched ? '1' : '0', now, this.config.verification.maxCheckAttempts, this.config.events.maxLen, USAGE_TTL_SECONDS],
-    )) as [string, number];
     const log = this.logger.child({ request_id: requestId, account_id: account.account_id });
+    let stored: (string | null)[] = [];
+    let result = 'stale';
+    let remaining = 0;
+    // 'stale': the code changed between our read and the script (a workflow step started, a flash call picked a
+    // new code): compare again with the new one, a couple of times at most; nothing was counted meanwhile.
+    for (let tries = 0; result === 'stale' && tries < 3; tries++) {
+      stored = await this.redis.hmget(
+        key,
+        ...['account_id', 'code_mac', 'phone_enc', 'country', 'method', 'cli_range', 'dial_started', 'test_number'],
+        ...['status', 'wf_step', 'attempts'],
+      );
+      const [owner, mac, phoneEnc, , current, , , , status, wfStep, attempts] = stored;
+      if (!owner || owner !== account.account_id || !mac || !phoneEnc) throw notFound();
+      // Constant-time comparison of MACs; a code of the wrong shape still costs an attempt.
+      // (a code issued before a master key rotation is MACed with the previous key: `matches` accepts both)
+      const matched = this.sealer.matches('code', `${requestId}:${input.code}`, mac) !== false;
+      if (!matched && Number(wfStep) > 0 && (status === 'sent' || status === 'delivered')) {
+        // The right code of a step that has ended: say so (the user has the new step's code coming), and do not
+        // spend an attempt on it.
+        const earlier = await this.earlierStepOf(key, requestId, input.code, Number(wfStep));
+        if (earlier) {
+          const left = Math.max(0, this.config.verification.maxCheckAttempts - Number(attempts ?? 0));
+          log.info({ step: earlier.step, attempts_remaining: left }, 'code of an earlier workflow step checked');
+          throw new ApiError(
+            'invalid_code',
+            `That is the code of workflow[${earlier.step}] (${earlier.method}), which has ended; this verification is now at workflow[${wfStep}] (${current}): enter the code sent by ${current}`,
+            { attempts_remaining: left },
+          );
+        }
+      }
+      const now = Date.now();
+      [result, remaining] = (await scripts.recordCheck.run(
+        this.redis,
+        [key, this.keys.events(), this.keys.usage(account.account_id, utcDay(now))],
+        [mac, matched ? '1' : '0', now, this.config.verification.maxCheckAttempts, this.config.events.maxLen, USAGE_TTL_SECONDS],
+      )) as [string, number];
+    }
+    const [, , phoneEnc, country, method, cliRange, dialStarted, testNumber] = stored;
     log.info({ result, attempts_remaining: remaining }, 'code checked');
     switch (result) {
       case 'verified':
-        // Conversion per country and DID range; a failure here must not fail a verified check.
-        await this.fraud
-          ?.trackVerified({ country, method, cliRange, sentAt: dialStarted ? Number(dialStarted) : undefined }, now)
-          .catch((err: Error) => log.warn({ err: err.message }, 'could not record the conversion'));
-        return { request_id: requestId, status: 'verified', phone_number: this.sealer.open(phoneEnc, `phone:${requestId}`) };
+        // Conversion per country and DID range (a test number was never sent: not counted); a failure here must not fail a verified check.
+        if (!testNumber) {
+          await this.fraud
+            ?.trackVerified({ country, method, cliRange, sentAt: dialStarted ? Number(dialStarted) : undefined })
+            .catch((err: Error) => log.warn({ err: err.message }, 'could not record the conversion'));
+        }
+        return { request_id: requestId, status: 'verified', phone_number: this.sealer.open(phoneEnc!, `phone:${requestId}`) };
       case 'invalid_code':
         throw new ApiError('invalid_code', undefined, { attempts_remaining: remaining });
       case 'expired':
@@ -278,7 +326,7 @@ export class VerificationService {
       case 'not_found':
         throw notFound();
       default:
-        // The code was regenerated between read and check (flash CLI cooldown): ask the user to retry.
+        // Still stale after retries (the code keeps changing): not the code of now; nothing was counted.
         throw new ApiError('invalid_code', 'Incorrect code', { attempts_remaining: remaining });
     }
   }
@@ -316,16 +364,33 @@ export class VerificationService {
     return body;
   }
 
+  /** The earlier workflow step (before `current`) whose code `code` is, if any (each keeps its code's MAC). */
+  private async earlierStepOf(key: string, requestId: string, code: string, current: number): Promise<{ step: number; method: string } | undefined> {
+    const fields = Array.from({ length: current }, (_, n) => [`att${n}_code_mac`, `att${n}_method`]).flat();
+    const read = await this.redis.hmget(key, ...fields);
+    for (let n = 0; n < current; n++) {
+      const mac = read[2 * n];
+      if (mac && this.sealer.matches('code', `${requestId}:${code}`, mac) !== false) return { step: n, method: read[2 * n + 1] ?? 'unknown' };
+    }
+    return undefined;
+  }
+
   /**
    * POST /v1/verify/{id}/cancel: a live verification becomes `canceled`; its
    * pending steps never start (delivery jobs and timers find it final) and a
-   * step not dialled yet is refunded. A flash call already ringing finishes.
+   * step not dialled yet is refunded, and taken out of /v1/usage. A voice
+   * call in progress is ended by its worker (CANCEL, or BYE before the code
+   * is read); a flash call ringing is CANCELled (its caller ID was shown: billed).
    */
   async cancel(account: Account, requestId: string): Promise<StatusBody> {
     const key = this.ownedKey(requestId);
+    // The usage day of the attempt (or send) a refund would take back: the one it was counted on.
+    const h = await this.redis.hgetall(key);
+    const startedAt = h.wf_step !== undefined ? h[`att${h.wf_step}_started_at`] : (h.last_send_at ?? h.created_at);
+    const day = utcDay(Number(startedAt ?? Date.now()) || Date.now());
     const [result, value] = (await scripts.cancelVerification.run(
       this.redis,
-      [key, this.keys.account(account.account_id), this.keys.events()],
+      [key, this.keys.account(account.account_id), this.keys.events(), this.keys.usage(account.account_id, day)],
       [account.account_id, Date.now(), this.config.events.maxLen],
     )) as [string, string | number | undefined];
     if (result === 'not_found') throw notFound();
@@ -365,7 +430,16 @@ function created(
   };
 }
 
-/** 409: one live verification per number (and method, by default) and account. */
+/** 409: `resend: true` for a live workflow request, which moves on to its next step by itself instead. */
+function workflowResend(liveId: string): ApiError {
+  return new ApiError(
+    'verification_pending',
+    `A verification of this number is still pending (${liveId}); it is a workflow and starts its next step by itself, so it cannot be resent`,
+    { request_id: liveId },
+  );
+}
+
+/** 409: one live verification per number (or per number and method: fraud.liveVerification) and account. */
 function pending(liveId: string, liveMethod: Method, method: Method): ApiError {
   const how =
     liveMethod === method

@@ -44,7 +44,9 @@ export function stepCodeLength(method: Method, requested: number): number {
  * `method` and `workflow` are mutually exclusive; `"method": "auto"` is
  * `verification.defaultWorkflow`. Steps: 1-5, known methods, `timeout_seconds`
  * from `verification.minStepTimeoutSeconds` to the expiry (required on every
- * step but the last).
+ * step but the last), never the same method twice in a row (a delivery job
+ * left over from step n, when it could not be removed, would otherwise claim
+ * step n+1 as its own: jobs carry only the request id).
  */
 export function parseWorkflow(
   input: { method?: unknown; workflow?: unknown; code_length?: unknown },
@@ -82,6 +84,8 @@ export function parseWorkflow(
     }
     const method = s.method as Method;
     if (!available.has(method)) throw new ApiError('invalid_request', `${at}: method "${method}" is not available on this server`);
+    const prev = i > 0 ? (raw[i - 1] as Record<string, unknown> | null)?.method : undefined;
+    if (prev === method) throw new ApiError('invalid_request', `${at}: the same method as the step before it ("${method}"); a step must change the method`);
     const last = i === raw.length - 1;
     const t = s.timeout_seconds;
     if (t === undefined) {
@@ -93,7 +97,22 @@ export function parseWorkflow(
   });
 }
 
-/** The record fields that make a request a workflow at step 0 (written after createVerification-5, before any job). */
+/**
+ * Drops, in order, every step whose method is in `drop` (a flash call to a
+ * number that is not a mobile, fraud-rules.ts), then every step that would
+ * repeat the method of the step before it (parseWorkflow's rule); a kept step
+ * keeps its timeout. Returns the steps left (maybe none).
+ */
+export function withoutMethods(steps: readonly WorkflowStep[], drop: ReadonlySet<Method>): WorkflowStep[] {
+  const out: WorkflowStep[] = [];
+  for (const s of steps) {
+    if (drop.has(s.method) || out[out.length - 1]?.method === s.method) continue;
+    out.push(s);
+  }
+  return out;
+}
+
+/** The record fields that make a request a workflow at step 0 (written by createVerification-5 with the record). */
 export function initialFields(steps: readonly WorkflowStep[], cost: number, now: number): Record<string, string> {
   return {
     wf: JSON.stringify(steps),

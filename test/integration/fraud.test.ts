@@ -116,18 +116,21 @@ describe('velocity limits (sliding windows per account)', () => {
 });
 
 describe('country lists and number types', () => {
-  it('server deny list, account allow list beats it, account deny list', async () => {
+  it('server deny list always applies; an account\'s lists only narrow the server\'s', async () => {
     const t = await start({ fraud: { countries: { deny: ['FR'] } } });
     const a = await t.account();
     const b = await t.account();
     const fr = await verify(t, a.auth, { phone_number: '+33612345678' });
     expect([fr.status, fr.body.error]).toEqual([400, 'invalid_phone']);
-    expect(String(fr.body.message)).toMatch(/country FR is not allowed/);
+    expect(String(fr.body.message)).toMatch(/country FR is not allowed on this service/);
     const set = await setFraud(t, a.account_id, { countries: { allow: ['FR', 'GB'] } });
     expect(set.status).toBe(200);
     expect(set.body).toMatchObject({ overrides: { countries: { allow: ['FR', 'GB'] } } });
-    expect((await verify(t, a.auth, { phone_number: '+33612345678' })).status).toBe(201);
-    // Only FR and GB for this account now; the other account still follows the server lists.
+    // The account's allow list does not lift the operator's deny list.
+    const stillFr = await verify(t, a.auth, { phone_number: '+33612345678' });
+    expect([stillFr.status, String(stillFr.body.message)]).toEqual([400, expect.stringMatching(/country FR is not allowed on this service/)]);
+    expect((await verify(t, a.auth, { phone_number: '+447700900350' })).status).toBe(201);
+    // Only GB for this account now (FR stays denied by the server); the other account still follows the server lists.
     const us = await verify(t, a.auth, { phone_number: '+14155552671' });
     expect([us.status, us.body.error]).toEqual([400, 'invalid_phone']);
     expect(String(us.body.message)).toMatch(/country US is not allowed for this account/);
@@ -135,7 +138,7 @@ describe('country lists and number types', () => {
     expect((await verify(t, b.auth, { phone_number: '+33612345679' })).status).toBe(400);
     await setFraud(t, b.account_id, { countries: { deny: ['US'] } });
     expect((await verify(t, b.auth, { phone_number: '+14155552672' })).status).toBe(400);
-    expect((await verify(t, b.auth, { phone_number: '+33612345679' })).status).toBe(201); // its own lists replace the server's
+    expect((await verify(t, b.auth, { phone_number: '+33612345679' })).status).toBe(400); // its own deny list adds to the server's
     // Bad overrides are refused with the path of the problem.
     const bad = await setFraud(t, b.account_id, { countries: { deny: ['France'] } });
     expect([bad.status, bad.body.error]).toEqual([400, 'invalid_request']);
@@ -144,8 +147,8 @@ describe('country lists and number types', () => {
     expect((await setFraud(t, b.account_id, {})).body.overrides).toBeNull();
   });
 
-  it('premium-rate refused for every method; fixed line refused for flash calls but fine for voice', async () => {
-    const t = await start({});
+  it('premium-rate and shared-cost refused for every method; fixed line refused for flash calls but fine for voice', async () => {
+    const t = await start({ fraud: { liveVerification: 'off' } });
     const a = await t.account();
     for (const method of ['flash_call', 'voice', 'sms']) {
       const r = await verify(t, a.auth, { phone_number: '+449098790000', method });
@@ -154,6 +157,11 @@ describe('country lists and number types', () => {
     }
     const tollFree = await verify(t, a.auth, { phone_number: '+448001234567', method: 'voice' });
     expect(String(tollFree.body.message)).toMatch(/toll-free/);
+    // Shared cost (France 0810), and UK 0845, which the metadata types as premium-rate (service charge).
+    for (const [phone, words] of [['+33810123456', /shared-cost number is not accepted/], ['+448451234567', /premium-rate number is not accepted/]] as const) {
+      const r = await verify(t, a.auth, { phone_number: phone, method: 'flash_call' });
+      expect([r.status, r.body.error, String(r.body.message)]).toEqual([400, 'invalid_phone', expect.stringMatching(words)]);
+    }
     const fixed = await verify(t, a.auth, { phone_number: '+442071234567', method: 'flash_call' });
     expect([fixed.status, fixed.body.error]).toEqual([400, 'invalid_phone']);
     expect(String(fixed.body.message)).toMatch(/flash calls go to mobile numbers only and this is a fixed-line number; use method "voice" or "sms"/);
@@ -168,10 +176,30 @@ describe('country lists and number types', () => {
     const eff = await http(`${t.url}/admin/v1/accounts/${a.account_id}/fraud`, { auth: `Bearer ${ADMIN}` });
     expect(eff.body).toMatchObject({ effective: { lineTypes: { flashCall: ['MOBILE', 'FIXED_LINE_OR_MOBILE', 'FIXED_LINE'], allowUnknown: true } } });
   });
+
+  it('every flash step of a workflow is screened up front: a later flash step to a landline is a 400 naming it; "auto" leaves it out', async () => {
+    const t = await start({ fraud: { liveVerification: 'off' }, verification: { minStepTimeoutSeconds: 5 } });
+    const a = await t.account({ balance: 1 });
+    const landline = '+442071234567';
+    const later = await verify(t, a.auth, { phone_number: landline, workflow: [{ method: 'sms', timeout_seconds: 30 }, { method: 'flash_call', timeout_seconds: 30 }, { method: 'voice' }] });
+    expect([later.status, later.body.error]).toEqual([400, 'invalid_phone']);
+    expect(String(later.body.message)).toMatch(/workflow\[1\] \(flash_call\): flash calls go to mobile numbers only and this is a fixed-line number/);
+    // Nothing was created nor charged.
+    expect((await t.accounts.get(a.account_id)).balance).toBe(1);
+    // Shared cost: refused whatever the steps.
+    const shared = await verify(t, a.auth, { phone_number: '+33810123456', workflow: [{ method: 'voice', timeout_seconds: 30 }, { method: 'sms' }] });
+    expect([shared.status, String(shared.body.message)]).toEqual([400, expect.stringMatching(/shared-cost number is not accepted/)]);
+    // The server's default workflow (flash, voice, sms) runs without its flash step; a mobile keeps it.
+    const auto = await verify(t, a.auth, { phone_number: landline, method: 'auto' });
+    expect([auto.status, auto.body.method]).toEqual([201, 'voice']);
+    expect((auto.body.workflow as { method: string }[]).map((s) => s.method)).toEqual(['voice', 'sms']);
+    const mobile = await verify(t, a.auth, { phone_number: '+447400123456', method: 'auto' });
+    expect((mobile.body.workflow as { method: string }[]).map((s) => s.method)).toEqual(['flash_call', 'voice', 'sms']);
+  });
 });
 
 describe('one live verification per number and account', () => {
-  it('409 with the live request_id; another method is the documented fallback; per_number scope refuses it', async () => {
+  it('409 with the live request_id, whatever the method (per_number, the default); per_method lets another method through', async () => {
     const t = await start({});
     const a = await t.account();
     const first = await verify(t, a.auth, { phone_number: '+447700900341' });
@@ -180,8 +208,11 @@ describe('one live verification per number and account', () => {
     const again = await verify(t, a.auth, { phone_number: '+447700900341' });
     expect(again.status).toBe(409);
     expect(again.body).toEqual({ error: 'verification_pending', message: expect.stringMatching(/still pending/), request_id: id });
-    // The docs' fallback (flash, then voice) goes through by default.
-    expect((await verify(t, a.auth, { phone_number: '+447700900341', method: 'voice' })).status).toBe(201);
+    // One live verification per number and account: another method too, and a workflow.
+    const voice = await verify(t, a.auth, { phone_number: '+447700900341', method: 'voice' });
+    expect([voice.status, voice.body.request_id]).toEqual([409, id]);
+    expect(String(voice.body.message)).toMatch(/uses method flash_call/);
+    expect((await verify(t, a.auth, { phone_number: '+447700900341', method: 'auto' })).status).toBe(409);
     // Another account is not affected.
     expect((await verify(t, (await t.account()).auth, { phone_number: '+447700900341' })).status).toBe(201);
     // Once verified it is not live any more.
@@ -189,11 +220,15 @@ describe('one live verification per number and account', () => {
     expect(ok.status).toBe(200);
     expect((await verify(t, a.auth, { phone_number: '+447700900341' })).status).toBe(201);
 
-    await setFraud(t, a.account_id, { liveVerification: 'per_number' });
+    // per_method (an account's choice): the docs' scripted fallback (flash, then voice) goes through; a workflow is a scope of its own.
+    await setFraud(t, a.account_id, { liveVerification: 'per_method' });
     const sms = await verify(t, a.auth, { phone_number: '+447700900342', method: 'sms' });
-    const voice = await verify(t, a.auth, { phone_number: '+447700900342', method: 'voice' });
-    expect([voice.status, voice.body.request_id]).toEqual([409, sms.body.request_id]);
-    expect(String(voice.body.message)).toMatch(/uses method sms/);
+    expect((await verify(t, a.auth, { phone_number: '+447700900342', method: 'voice' })).status).toBe(201);
+    expect((await verify(t, a.auth, { phone_number: '+447700900342', method: 'sms' })).body.request_id).toBe(sms.body.request_id);
+    const wf = await verify(t, a.auth, { phone_number: '+447700900342', workflow: [{ method: 'voice', timeout_seconds: 30 }, { method: 'sms' }] });
+    expect(wf.status).toBe(201);
+    const wf2 = await verify(t, a.auth, { phone_number: '+447700900342', method: 'auto' });
+    expect([wf2.status, wf2.body.request_id]).toEqual([409, wf.body.request_id]);
     // The live key names neither the number nor the account in clear.
     for (const k of await t.redis.keys(`${t.config.redis.prefix}:live:*`)) expect(k).not.toMatch(/447700|\+44/);
   });
@@ -246,7 +281,10 @@ describe('one live verification per number and account', () => {
     }
     expect((await t.accounts.get(a.account_id)).balance).toBeCloseTo(10 - 5 * 0.004, 6);
     const record = await t.redis.hgetall(key);
-    expect([record.sends, record.cost_total]).toEqual(['5', String(5 * 4000)]);
+    expect([record.sends, record.cost, record.send_cost]).toEqual(['5', String(5 * 4000), '4000']);
+    // GET shows what the request cost: all five sends.
+    const shown = await http(`${t.url}/v1/verify/${id}`, { auth: a.auth });
+    expect(shown.body.cost).toEqual({ amount: 0.02, currency: 'GBP' });
     const usage = await http(`${t.url}/v1/usage`, { auth: a.auth });
     expect(usage.body).toMatchObject({ by_method: { flash_call: { count: 5, cost: 0.02 } } });
   });
@@ -314,6 +352,10 @@ describe('test numbers', () => {
     expect([flash6.status, flash6.body.error]).toEqual([400, 'invalid_request']);
 
     expect((await t.accounts.get(a.account_id)).balance).toBe(10);
+    // Never sent, so never in the conversion counters: neither sent nor verified.
+    const conv = await t.redis.hgetall(t.keys.conversion(new Date().toISOString().slice(0, 10)));
+    expect(Object.keys(conv).filter((k) => k.startsWith('country:'))).toEqual([]);
+    expect(await (await fetch(`${t.url}/metrics`)).text()).not.toMatch(/flashverify_conversion_(sent|verified)_total\{/);
     await sleep(500);
     expect(uas!.requests()).toEqual([]);
   }, 30_000);
@@ -389,6 +431,48 @@ describe('DID range health and quarantine', () => {
     await health.recordDial(A, { sent: true, rejected: false });
     expect(await t.redis.pttl(t.keys.rangeBucket(A, now - (now % 50_000)))).toBeGreaterThan(0);
   });
+
+  it('end to end: a range whose calls ring but are never verified is quarantined (unverified); a verified call counts for its range', async () => {
+    const A = '+4419087300';
+    const B = '+4419087301';
+    const t = await startWithSipp('uas-ring-cancel', 16, {
+      numbers: { ranges: [{ prefix: A, country: 'GB' }, { prefix: B, country: 'GB' }] },
+      // One-second buckets judged as soon as they end: sends of a second ago are the cohort.
+      fraud: { rangeHealth: { minSample: 3, maxRejectRatio: 0.5, minConversionRatio: 0.5, windowSeconds: 12, conversionGraceSeconds: 0, quarantineSeconds: 600, judgeIntervalMs: 0 } },
+    });
+    // B has a good history (every send verified): a few unverified calls will not tip it over.
+    const health = new RangeHealth({ redis: t.redis, keys: t.keys, config: t.config.fraud.rangeHealth, ranges: [A, B], logger });
+    for (let i = 0; i < 10; i++) {
+      await health.recordDial(B, { sent: true, rejected: false });
+      await health.recordVerified(B, Date.now());
+    }
+    const a = await t.account();
+    const ranges: string[] = [];
+    for (let i = 0; i < 14 && !(await t.redis.exists(t.keys.rangeQuarantine(A))); i++) {
+      const r = await verify(t, a.auth, { phone_number: `+4477009004${String(i).padStart(2, '0')}` });
+      expect(r.status).toBe(201);
+      const key = t.keys.verification(String(r.body.request_id));
+      // Rang (delivered), and the call is over (its outcome, and so its range's counters, are written).
+      await waitFor(async () => (await t.redis.hget(key, 'outcome')) === 'cancelled', 10_000);
+      ranges.push((await t.redis.hget(key, 'cli_range'))!);
+      // Only the very first user types the code.
+      if (i === 0) expect((await http(`${t.url}/v1/verify/check`, { auth: a.auth, body: { request_id: r.body.request_id, code: await codeOf(t, String(r.body.request_id)) } })).status).toBe(200);
+    }
+    expect(await t.redis.get(t.keys.rangeQuarantine(A))).toBe('unverified');
+    expect(await t.redis.exists(t.keys.rangeQuarantine(B))).toBe(0);
+    expect(ranges).toContain(A);
+    expect(t.logs.some((l) => l.includes('"level":40') && l.includes(`DID range ${A} quarantined (calls not verified)`))).toBe(true);
+    const metrics = await (await fetch(`${t.url}/metrics`)).text();
+    expect(metrics).toContain(`flashverify_range_quarantined{range="${A}"} 1`);
+    // The first call's verification was counted for its range, per day.
+    const day = new Date().toISOString().slice(0, 10);
+    expect((await t.redis.hgetall(t.keys.conversion(day)))[`range:${ranges[0]}:verified`]).toBe('1');
+    // The next call uses B.
+    await sleep(1100); // the selector's view of the quarantine is at most 1 s old
+    const next = await verify(t, a.auth, { phone_number: '+447700900499' });
+    await waitFor(async () => (await t.redis.hget(t.keys.verification(String(next.body.request_id)), 'cli_range')) !== null, 10_000);
+    expect(await t.redis.hget(t.keys.verification(String(next.body.request_id)), 'cli_range')).toBe(B);
+  }, 90_000);
 
   it('end to end: a range rejected with 603 is quarantined, the next call uses the other range, the gauge shows it', async () => {
     const A = '+4419087300';

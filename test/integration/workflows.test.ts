@@ -4,7 +4,10 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { DeepPartial } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
 import { AccountStore } from '../../src/accounts/account-store.js';
+import { scripts } from '../../src/store/scripts.js';
+import { utcDay } from '../../src/verification/types.js';
 import { http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+import { engineCluster, type EngineCluster } from '../helpers/engine-process.js';
 import { startRtpReceiver, type RtpReceiver } from '../helpers/rtp-receiver.js';
 import { startSippUas, type SippUas } from '../helpers/sipp.js';
 import { smscEntry, startSmsc, type TestSmsc } from '../helpers/smsc.js';
@@ -25,6 +28,7 @@ let hooks: { server: Server; url: string; received: Record<string, unknown>[] };
 let engine: TestEngine | undefined;
 let uas: SippUas | undefined;
 let rtp: RtpReceiver | undefined;
+let cluster: EngineCluster | undefined;
 
 beforeAll(async () => {
   smsc = await startSmsc({ maxLifetimeMs: 90_000 });
@@ -47,9 +51,10 @@ afterAll(async () => {
 afterEach(async () => {
   await uas?.stop();
   await engine?.stop();
+  await cluster?.cleanup();
   await rtp?.close();
   await smsc.reset();
-  uas = engine = rtp = undefined;
+  uas = engine = rtp = cluster = undefined;
 });
 
 function config(overrides: DeepPartial<Config> = {}): Readonly<Config> {
@@ -103,7 +108,8 @@ async function voiceFarEnd(scenario: string, calls: number): Promise<SippUas> {
 describe('workflows', () => {
   it('flash busy → voice answered: verified with the voice step\'s code; the flash code is refused', async () => {
     uas = await voiceFarEnd('uas-busy-flash-answer-voice', 2);
-    engine = await startTestEngine(config());
+    // Two sends per number per 10 minutes: the workflow's two steps are two sends.
+    engine = await startTestEngine(config({ fraud: { velocity: { perNumber: { limit: 2, windowSeconds: 600 } } } }));
     const account = await engine.account({ balance: 1 });
     await withWebhook(engine, account.account_id);
     const workflow = [{ method: 'flash_call', timeout_seconds: 20 }, { method: 'voice', timeout_seconds: 30 }, { method: 'sms' }];
@@ -118,8 +124,20 @@ describe('workflows', () => {
     expect(voiceCode).toMatch(/^\d{6}$/);
     await waitFor(async () => (await status(engine!, account.auth, id)).status === 'delivered', 10_000);
 
+    // The flash step's code, now that the voice step has started: a clear answer, and no attempt spent on it.
     const refused = await check(engine, account.auth, id, flashCode);
-    expect([refused.status, refused.body.error]).toEqual([400, 'invalid_code']);
+    expect([refused.status, refused.body.error, refused.body.attempts_remaining]).toEqual([400, 'invalid_code', 3]);
+    expect(String(refused.body.message)).toMatch(/code of workflow\[0\] \(flash_call\), which has ended; this verification is now at workflow\[1\] \(voice\): enter the code sent by voice/);
+    const wrong = await check(engine, account.auth, id, voiceCode === '000000' ? '111111' : '000000');
+    expect([wrong.status, wrong.body.attempts_remaining, String(wrong.body.message)]).toEqual([400, 2, expect.not.stringMatching(/workflow/)]);
+    // A check that races a code change (the script sees another MAC than the caller read) counts nothing and
+    // reports the attempts actually left, never 0.
+    const [stale, left] = (await scripts.recordCheck.run(
+      engine.redis,
+      [engine.keys.verification(id), engine.keys.events(), engine.keys.usage(account.account_id, utcDay(Date.now()))],
+      ['mac-of-a-code-that-changed', '1', Date.now(), 3, 1000, 60],
+    )) as [string, number];
+    expect([stale, left]).toEqual(['stale', 2]);
     const ok = await check(engine, account.auth, id, voiceCode);
     expect([ok.status, ok.body.status]).toEqual([200, 'verified']);
 
@@ -141,6 +159,19 @@ describe('workflows', () => {
     // The flash step's failure is no webhook: the customer sees sent, delivered, verified.
     await waitFor(async () => hooksOf(id).includes('verification.verified'), 10_000);
     expect(hooksOf(id)).toEqual(['verification.sent', 'verification.delivered', 'verification.verified']);
+
+    // Conversion per country, each step under its own method (sent), the verified one under the step that verified,
+    // in Redis (per day) and in the metrics.
+    const conv = await engine.redis.hgetall(engine.keys.conversion(utcDay(Date.now())));
+    expect(conv).toMatchObject({ 'country:GB:flash_call:sent': '1', 'country:GB:voice:sent': '1', 'country:GB:voice:verified': '1' });
+    expect(conv['country:GB:flash_call:verified']).toBeUndefined();
+    const metrics = await (await fetch(`${engine.url}/metrics`)).text();
+    expect(metrics).toContain('flashverify_conversion_sent_total{country="GB",method="flash_call"} 1');
+    expect(metrics).toContain('flashverify_conversion_sent_total{country="GB",method="voice"} 1');
+    expect(metrics).toContain('flashverify_conversion_verified_total{country="GB",method="voice"} 1');
+    // Both steps counted in the per-number window: a third send to this number is refused.
+    const third = await create(engine, account.auth, { method: 'sms' });
+    expect([third.status, third.body.error, third.body.limit]).toEqual([429, 'rate_limited', 'per-number']);
   }, 40_000);
 
   it('"auto": flash rings but times out → voice no answer → sms delivered; verified with the SMS code; attempts and usage per method', async () => {
@@ -208,7 +239,7 @@ describe('workflows', () => {
     expect((await status(engine, account.auth, id)).attempts).toMatchObject([{ method: 'flash_call', status: 'verified' }]);
   }, 20_000);
 
-  it('crash between steps: a failed step whose event nobody advanced starts the next step exactly once after restart', async () => {
+  it('no advancer when a step fails: its event waits in the stream; the next step starts exactly once after restart, a redelivery changes nothing', async () => {
     uas = await voiceFarEnd('uas-busy-flash-answer-voice', 2);
     // First run without an advancer: the flash step fails, its event waits in the stream.
     const base = config({ events: { workflowGroup: '' } });
@@ -242,6 +273,64 @@ describe('workflows', () => {
     expect(ok.status).toBe(200);
   }, 40_000);
 
+  it('crash between steps: the worker advancing the step is SIGKILLed after the step moved but before its job was queued; after restart the next step starts exactly once', async () => {
+    uas = await voiceFarEnd('uas-busy-flash-answer-voice', 2);
+    cluster = await engineCluster({
+      api: { defaultRateLimitPerSecond: 1000 },
+      // A dead worker's unacknowledged events are taken over after 1 s; its jobs stall after 2 s.
+      events: { claimIdleMs: 1000 },
+      worker: { lockDurationMs: 2000, stalledIntervalMs: 1000, shutdownGraceMs: 2000 },
+      flash: { ringMs: 300, ringingTimeoutMs: 3000 },
+      voice: { answerTimeoutMs: 3000 },
+      verification: { minStepTimeoutSeconds: 1 },
+      sip: { timers: { t1Ms: T1, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] },
+    });
+    const c = cluster;
+    // The voice queue refuses new jobs: BullMQ's add script INCRs <queue>:id first, and fails on a value that is
+    // not a number, before writing anything. The advancer's CAS (wf_step 0 → 1, voice step charged) succeeds,
+    // its queueing fails, and the stream entry stays unacknowledged: the state of a process dying in between.
+    const voiceIdKey = `${c.keys.bullPrefix()}:voice:id`;
+    await c.redis.set(voiceIdKey, 'not-a-number');
+    await c.start('api');
+    const first = await c.start('worker');
+    const account = await c.account(1);
+    const res = await http(`${c.httpUrl}/v1/verify`, {
+      auth: account.auth,
+      body: { phone_number: PHONE, workflow: [{ method: 'flash_call', timeout_seconds: 20 }, { method: 'voice' }] },
+    });
+    expect(res.status, JSON.stringify(res.body)).toBe(201);
+    const id = String(res.body.request_id);
+    const key = c.keys.verification(id);
+    await waitFor(async () => (await c.redis.hget(key, 'wf_step')) === '1', 15_000);
+    await waitFor(async () => first.output().includes('could not queue the step'), 10_000);
+    first.kill('SIGKILL');
+    await first.waitExit(5000);
+    // Moved, charged, never dialled: only the flash call reached the far end.
+    const moved = await c.redis.hgetall(key);
+    expect([moved.status, moved.method, moved.att1_status, moved.dial_started]).toEqual(['sent', 'voice', 'sent', undefined]);
+    expect(calls(uas)).toBe(1);
+    const pending = (await c.redis.xpending(c.keys.events(), 'workflow')) as [number, ...unknown[]];
+    expect(pending[0]).toBeGreaterThanOrEqual(1);
+
+    await c.redis.del(voiceIdKey);
+    const second = await c.start('worker');
+    // The new worker takes the dead one's event over, finds the step started but not dialled, and queues it.
+    await waitFor(async () => (await c.redis.hget(key, 'status')) === 'delivered' && (await c.redis.hget(key, 'answered_at')) !== null, 20_000);
+    expect(second.output()).toMatch(/next step started earlier but not dialled; queueing it/);
+    const code = c.sealer.open((await c.redis.hget(key, 'code_enc'))!, `code:${id}`);
+    const ok = await http(`${c.httpUrl}/v1/verify/check`, { auth: account.auth, body: { request_id: id, code } });
+    expect([ok.status, ok.body.status]).toEqual([200, 'verified']);
+    // Let a repeat show itself if there were one: the event is acknowledged, and no second voice call comes.
+    await waitFor(async () => ((await c.redis.xpending(c.keys.events(), 'workflow')) as [number])[0] === 0, 10_000);
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(calls(uas)).toBe(2);
+    const h = await c.redis.hgetall(key);
+    expect([h.wf_step, h.status]).toEqual(['1', 'verified']);
+    const events = (await readEvents(c.redis, c.keys)).filter((e) => e.request_id === id);
+    expect(events.filter((e) => e.event === 'verification.step_started').map((e) => [e.step, e.method])).toEqual([['1', 'voice']]);
+    expect((await new AccountStore(c.redis, c.keys, c.sealer).get(account.account_id)).balance).toBeCloseTo(1 - PRICE.flash_call - PRICE.voice, 6);
+  }, 60_000);
+
   it('cancel: status canceled, later steps never start, only the attempt sent is billed', async () => {
     uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 2, maxLifetimeMs: 30_000 });
     engine = await startTestEngine(config());
@@ -259,6 +348,9 @@ describe('workflows', () => {
     expect(body.status).toBe('canceled');
     expect(body.attempts).toMatchObject([{ method: 'flash_call', status: 'canceled', cost: { amount: PRICE.flash_call } }]);
     expect(await balance(engine, account.account_id)).toBeCloseTo(1 - PRICE.flash_call, 6);
+    // The flash call rang: sent, so in the usage; no later step is.
+    const usage = (await http(`${engine.url}/v1/usage`, { auth: account.auth })).body;
+    expect(usage.by_method).toMatchObject({ flash_call: { count: 1, cost: PRICE.flash_call }, voice: { count: 0 }, sms: { count: 0 } });
     const late = await check(engine, account.auth, id, code);
     expect([late.status, late.body.error]).toEqual([400, 'verification_expired']);
     const again = await http(`${engine.url}/v1/verify/${id}/cancel`, { auth: account.auth, method: 'POST' });
@@ -269,6 +361,49 @@ describe('workflows', () => {
     await waitFor(async () => hooksOf(id).includes('verification.canceled'), 10_000);
     expect(hooksOf(id)).toEqual(['verification.sent', 'verification.delivered', 'verification.canceled']);
   }, 20_000);
+
+  it('a step timeout CANCELs its ringing flash call, cancel CANCELs the ringing voice call; the late flash outcome leaves the voice step alone', async () => {
+    // Both calls would ring 25 s (flash ringMs, voice answer timeout): only the workflow can end them sooner.
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 2, maxLifetimeMs: 40_000 });
+    engine = await startTestEngine(config({ flash: { ringMs: 25_000, ringingTimeoutMs: 3000 }, voice: { answerTimeoutMs: 25_000 } }));
+    const t = engine;
+    const account = await t.account({ balance: 1 });
+    const res = await create(t, account.auth, { workflow: [{ method: 'flash_call', timeout_seconds: 2 }, { method: 'voice' }] });
+    expect(res.status, JSON.stringify(res.body)).toBe(201);
+    const id = String(res.body.request_id);
+    const cancelled = (u: SippUas): number => new Set(u.requests('CANCEL').map((m) => m.header('call-id'))).size;
+
+    // Step 0 times out while the flash call rings: it is CANCELled, and the voice step rings.
+    await waitStep(t, id, 1);
+    await waitFor(async () => cancelled(uas!) === 1 && calls(uas!) === 2, 10_000);
+    await waitFor(async () => t.logs.some((l) => l.includes('flash call finished')), 10_000);
+    // The flash call's outcome came after the step moved on: the voice step's record carries none of it.
+    const h = await t.redis.hgetall(t.keys.verification(id));
+    expect([h.method, h.att0_status, h.outcome, h.final_sip_status, h.range, h.cli_range, h.rang_at]).toEqual([
+      'voice',
+      'timed_out',
+      undefined,
+      undefined,
+      undefined,
+      undefined,
+      undefined,
+    ]);
+
+    // Cancel while the voice call rings: CANCELled too, and no failure is reported for it.
+    const canceled = await http(`${t.url}/v1/verify/${id}/cancel`, { auth: account.auth, method: 'POST' });
+    expect([canceled.status, canceled.body.status]).toEqual([200, 'canceled']);
+    await waitFor(async () => cancelled(uas!) === 2, 10_000);
+    await waitFor(async () => t.logs.some((l) => l.includes('voice call finished')), 10_000);
+    const body = await status(t, account.auth, id);
+    expect(body.status).toBe('canceled');
+    expect(body.attempts).toMatchObject([
+      { method: 'flash_call', status: 'timed_out', cost: { amount: PRICE.flash_call } },
+      { method: 'voice', status: 'canceled', cost: { amount: PRICE.voice } },
+    ]);
+    const events = (await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id);
+    expect(events.map((e) => e.event)).not.toContain('verification.failed');
+    expect(calls(uas)).toBe(2);
+  }, 40_000);
 
   it('cancel before the first step was dialled refunds it; another account\'s id is 404', async () => {
     uas = await startSippUas({ scenario: 'uas-ring-cancel', maxLifetimeMs: 20_000 });
@@ -284,6 +419,26 @@ describe('workflows', () => {
     expect([canceled.status, canceled.body.status]).toEqual([200, 'canceled']);
     expect(canceled.body.attempts).toMatchObject([{ method: 'flash_call', status: 'canceled', cost: { amount: 0 } }]);
     expect(await balance(engine, account.account_id)).toBe(1);
+    // Not sent: not in the usage either.
+    const usage = (await http(`${engine.url}/v1/usage`, { auth: account.auth })).body;
+    expect([usage.total_verifications, (usage.by_method as Record<string, unknown>).flash_call]).toEqual([0, { count: 0, cost: 0 }]);
+  }, 20_000);
+
+  it('resend: true on a live workflow request is 409 with its request_id: it starts its next step by itself', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', maxLifetimeMs: 20_000 });
+    engine = await startTestEngine(config(), 'api');
+    const account = await engine.account({ balance: 1 });
+    const res = await create(engine, account.auth, { workflow: [{ method: 'voice', timeout_seconds: 30 }, { method: 'sms' }] });
+    expect(res.status).toBe(201);
+    const id = String(res.body.request_id);
+    for (const body of [{ workflow: [{ method: 'voice', timeout_seconds: 30 }, { method: 'sms' }], resend: true }, { method: 'voice', resend: true }, { method: 'auto', resend: true }]) {
+      const again = await create(engine, account.auth, body);
+      expect([again.status, again.body.error, again.body.request_id], JSON.stringify(body)).toEqual([409, 'verification_pending', id]);
+      expect(String(again.body.message)).toMatch(/it is a workflow and starts its next step by itself, so it cannot be resent/);
+    }
+    // Nothing more was sent nor charged.
+    expect(await balance(engine, account.account_id)).toBeCloseTo(1 - PRICE.voice, 6);
+    expect(Number(await engine.redis.hget(engine.keys.verification(id), 'sends') ?? 1)).toBe(1);
   }, 20_000);
 
   it('validates workflows', async () => {
@@ -300,6 +455,7 @@ describe('workflows', () => {
       [{ workflow: [{ method: 'flash_call', timeout_seconds: 301 }, { method: 'sms' }], expiry_seconds: 300 }, /from 5 to 300/],
       [{ workflow: [{ method: 'sms', extra: 1 }] }, /unknown field/],
       [{ workflow: [{ method: 'sms' }], code_length: 7 }, /code_length/],
+      [{ workflow: [{ method: 'sms', timeout_seconds: 10 }, { method: 'sms' }] }, /workflow\[1\]: the same method as the step before it \("sms"\)/],
     ];
     for (const [body, message] of bad) {
       const r = await create(engine, account.auth, body);

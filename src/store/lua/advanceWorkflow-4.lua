@@ -4,9 +4,12 @@
   event processed twice (redelivered, reclaimed after a crash, or handled by
   two advancers) starts step n+1 at most once. Pays for the step with the
   same debit as createVerification-5; a step that cannot be paid fails the
-  verification (insufficient_balance). Swaps in the step's method and sealed
-  code and clears the previous step's delivery fields, so exactly one
-  delivery job (<request_id>-s<n+1>) may claim it.
+  verification (insufficient_balance), and so does one the caller refused
+  (ARGV[11], e.g. rate_limited: the velocity windows are full). Swaps in the
+  step's method and sealed code and clears every field the previous step's
+  delivery wrote (call outcome, SIP status, call id, trunk, DID range, failure
+  reason ...), so exactly one delivery job (<request_id>-s<n+1>) may claim it
+  and a verification at step n+1 is never credited to step n's DID range.
 
   KEYS[1] verification hash
   KEYS[2] account hash
@@ -23,9 +26,10 @@
   ARGV[8]  why the step ends: "failed" | "timeout"
   ARGV[9]  events stream MAXLEN (approximate)
   ARGV[10] usage TTL (seconds)
+  ARGV[11] why the next step may not start ("" = it may): the verification fails with it
 
   Returns {"ok", next_step} | {"moved", current_step} | {"done", status} |
-    {"last"} | {"expired"} | {"gone"} | {"insufficient_balance", next_step}
+    {"last"} | {"expired"} | {"gone"} | {"insufficient_balance" | ARGV[11], next_step}
 ]]
 local v = redis.call('HMGET', KEYS[1], 'status', 'wf_step', 'wf_steps', 'account_id', 'expires_at', 'cost')
 local status = v[1]
@@ -50,20 +54,30 @@ local nxt = from + 1
 local q = 'att' .. nxt .. '_'
 local cost = tonumber(ARGV[4])
 local balance = tonumber(redis.call('HGET', KEYS[2], 'balance') or '-1')
-if redis.call('EXISTS', KEYS[2]) == 0 or balance < cost then
-  redis.call('HSET', KEYS[1], 'wf_step', nxt, 'status', 'failed', 'failure_reason', 'insufficient_balance',
+local refused = ARGV[11]
+if not refused or refused == '' then
+  refused = nil
+  if redis.call('EXISTS', KEYS[2]) == 0 or balance < cost then refused = 'insufficient_balance' end
+end
+if refused then
+  redis.call('HSET', KEYS[1], 'wf_step', nxt, 'status', 'failed', 'failure_reason', refused,
     q .. 'method', ARGV[3], q .. 'status', 'failed', q .. 'cost', 0, q .. 'started_at', ARGV[2],
-    q .. 'ended_at', ARGV[2], q .. 'reason', 'insufficient_balance')
+    q .. 'ended_at', ARGV[2], q .. 'reason', refused)
   redis.call('HSETNX', KEYS[1], 'at_failed', ARGV[2])
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*',
     'event', 'verification.failed', 'request_id', redis.call('HGET', KEYS[1], 'request_id'), 'account_id', v[4],
-    'method', ARGV[3], 'status', 'failed', 'timestamp', ARGV[2], 'detail', '{"reason":"insufficient_balance"}')
-  return {'insufficient_balance', nxt}
+    'method', ARGV[3], 'status', 'failed', 'timestamp', ARGV[2], 'detail', cjson.encode({reason = refused}))
+  return {refused, nxt}
 end
 if cost > 0 then redis.call('HINCRBY', KEYS[2], 'balance', -cost) end
 
+-- Everything the previous step's delivery (claimDelivery, the processors, status-consumer's event patch) wrote.
 redis.call('HDEL', KEYS[1], 'dial_started', 'rang_at', 'answered_at', 'outcome', 'final_sip_status', 'cli_range',
-  'sms_state', 'sms_attempts', 'sms_receipt', 'sms_smsc', 'sms_message_id', 'refunded')
+  'sms_state', 'sms_attempts', 'sms_receipt', 'sms_smsc', 'sms_message_id', 'refunded',
+  'range', 'sip_status', 'call_id', 'trunk', 'failure_reason')
+-- The step ending keeps its code's MAC (never the code): a check with it gets a clear answer, not a spent attempt.
+local prevMac = redis.call('HGET', KEYS[1], 'code_mac')
+if prevMac then redis.call('HSET', KEYS[1], 'att' .. from .. '_code_mac', prevMac) end
 redis.call('HSET', KEYS[1], 'wf_step', nxt, 'method', ARGV[3], 'code_mac', ARGV[5], 'code_enc', ARGV[6],
   'code_length', ARGV[7], 'cost', tonumber(v[6] or '0') + cost,
   q .. 'method', ARGV[3], q .. 'status', 'sent', q .. 'cost', cost, q .. 'started_at', ARGV[2])

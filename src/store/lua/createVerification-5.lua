@@ -21,6 +21,11 @@
   ARGV[12] country (ISO alpha-2)
   ARGV[13] events stream MAXLEN (approximate)
   ARGV[14] usage TTL (seconds)
+  ARGV[15] more record fields "k1\nv1\nk2\nv2..." ("" = none): a workflow's wf, wf_step,
+           wf_steps and att0_* fields, the voice/SMS locale, test_number. Written here, in
+           the same script as the record, so that an api process dying right after it can
+           never leave a workflow request that looks like a one-method one (the enqueue
+           reconciler queues what it finds).
 
   Returns {"ok", balance_after} or {"err", code}:
     account_missing | account_pending | account_suspended | insufficient_balance | exists
@@ -42,6 +47,13 @@ redis.call('HSET', KEYS[2],
   'status', 'sent', 'cost', ARGV[4], 'created_at', ARGV[5], 'expires_at', ARGV[6],
   'phone_enc', ARGV[8], 'code_mac', ARGV[9], 'code_enc', ARGV[10],
   'code_length', ARGV[11], 'country', ARGV[12], 'attempts', '0', 'at_sent', ARGV[5])
+if ARGV[15] and ARGV[15] ~= '' then
+  local parts = {}
+  for line in string.gmatch(ARGV[15], '([^\n]*)\n?') do table.insert(parts, line) end
+  for i = 1, #parts - 1, 2 do
+    if parts[i] ~= '' then redis.call('HSET', KEYS[2], parts[i], parts[i + 1]) end
+  end
+end
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[7]))
 redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
 

@@ -25,10 +25,15 @@ if status == 'verified' then return {'already_verified', 0} end
 if status == 'expired' then return {'expired', 0} end
 if status == 'failed' then return {'failed', 0} end
 if status == 'canceled' then return {'canceled', 0} end
-if mac ~= ARGV[1] then return {'stale', 0} end
-
 local now = tonumber(ARGV[3])
 local max = tonumber(ARGV[4])
+-- The code changed after the caller read it (a workflow step started, a flash CLI cooldown picked a new code):
+-- nothing counted, and the attempts actually left (the caller checks again against the new code).
+if mac ~= ARGV[1] then
+  local left = max - (attempts or 0)
+  if left < 0 then left = 0 end
+  return {'stale', left}
+end
 
 local function emit(st)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',

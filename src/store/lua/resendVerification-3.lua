@@ -9,6 +9,11 @@
   most one delivery job of a request can ever claim it, and one call's outcome
   fields are never mixed with another's.
 
+  The request's `cost` is the sum of its sends (GET /v1/verify/{id} shows it);
+  `send_cost` is the price of the latest send, the amount a refund of that send
+  gives back. A workflow request is never resent: it moves on to its next
+  step by itself, and a resend would be a delivery outside its steps.
+
   KEYS[1] account hash
   KEYS[2] verification hash
   KEYS[3] usage hash of the account for today
@@ -23,17 +28,18 @@
 
   Returns {"ok", sends, balance_after} or {"err", code}:
     account_missing | account_pending | account_suspended | insufficient_balance |
-    not_found | not_live | queued | in_progress | max_sends
+    not_found | not_live | workflow | queued | in_progress | max_sends
 ]]
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'err', 'account_missing'} end
 if status == 'pending' then return {'err', 'account_pending'} end
 if status ~= 'active' then return {'err', 'account_suspended'} end
 
-local v = redis.call('HMGET', KEYS[2], 'account_id', 'status', 'expires_at', 'method', 'dial_started', 'outcome', 'sms_state', 'sends')
+local v = redis.call('HMGET', KEYS[2], 'account_id', 'status', 'expires_at', 'method', 'dial_started', 'outcome', 'sms_state', 'sends', 'wf')
 if not v[1] or v[1] ~= ARGV[1] then return {'err', 'not_found'} end
 local now = tonumber(ARGV[2])
 if (v[2] ~= 'sent' and v[2] ~= 'delivered') or now >= tonumber(v[3]) then return {'err', 'not_live'} end
+if v[9] then return {'err', 'workflow'} end
 if not v[5] then return {'err', 'queued'} end
 if v[4] == 'sms' then
   if v[7] ~= 'accepted' and v[2] ~= 'delivered' then return {'err', 'in_progress'} end
@@ -49,9 +55,8 @@ if balance < cost then return {'err', 'insufficient_balance'} end
 if cost > 0 then balance = redis.call('HINCRBY', KEYS[1], 'balance', -cost) end
 
 sends = sends + 1
-redis.call('HSET', KEYS[2], 'sends', sends, 'last_send_at', ARGV[2])
-local total = tonumber(redis.call('HGET', KEYS[2], 'cost_total') or redis.call('HGET', KEYS[2], 'cost') or '0')
-redis.call('HSET', KEYS[2], 'cost_total', total + cost)
+redis.call('HSET', KEYS[2], 'sends', sends, 'last_send_at', ARGV[2], 'send_cost', cost)
+redis.call('HINCRBY', KEYS[2], 'cost', cost)
 redis.call('HDEL', KEYS[2], 'dial_started', 'rang_at', 'outcome', 'final_sip_status', 'sms_state', 'sms_attempts', 'refunded')
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'code_mac', ARGV[5], 'code_enc', ARGV[6]) end
 

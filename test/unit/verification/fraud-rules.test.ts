@@ -10,6 +10,7 @@ import {
   numberPrefix,
   parseClientIp,
   screenDestination,
+  screenWorkflow,
 } from '../../../src/verification/fraud-rules.js';
 
 const server = fraudSchema.parse({});
@@ -38,14 +39,52 @@ describe('fraud rules (pure)', () => {
     expect(strict.lineTypes.blocked).toContain('PREMIUM_RATE'); // the other keys keep the server's values
   });
 
-  it('country lists: the account lists replace the server lists', () => {
+  it('country lists: the server lists always apply; an account\'s lists only narrow them', () => {
     const s = fraudSchema.parse({ countries: { deny: ['FR'], allow: [] } });
     expect(countryRefusal(fraudPolicy(s, undefined), 'FR')).toMatch(/not allowed on this service/);
     expect(countryRefusal(fraudPolicy(s, undefined), 'GB')).toBeUndefined();
-    expect(countryRefusal(fraudPolicy(s, { countries: { allow: ['FR'] } }), 'FR')).toBeUndefined();
-    expect(countryRefusal(fraudPolicy(s, { countries: { allow: ['FR'] } }), 'GB')).toMatch(/for this account/);
-    expect(countryRefusal(fraudPolicy(s, { countries: { deny: ['GB'] } }), 'FR')).toBeUndefined();
+    // An account allow list cannot lift the server's deny list ...
+    expect(countryRefusal(fraudPolicy(s, { countries: { allow: ['FR', 'GB'] } }), 'FR')).toMatch(/not allowed on this service/);
+    expect(countryRefusal(fraudPolicy(s, { countries: { allow: ['FR', 'GB'] } }), 'GB')).toBeUndefined();
+    expect(countryRefusal(fraudPolicy(s, { countries: { allow: ['FR', 'GB'] } }), 'US')).toMatch(/for this account/);
+    // ... nor an account deny list replace it.
+    expect(countryRefusal(fraudPolicy(s, { countries: { deny: ['GB'] } }), 'FR')).toMatch(/on this service/);
+    expect(countryRefusal(fraudPolicy(s, { countries: { deny: ['GB'] } }), 'GB')).toMatch(/for this account/);
+    // A server allow list holds too: an account may not add a country to it.
+    const only = fraudSchema.parse({ countries: { allow: ['GB'] } });
+    expect(countryRefusal(fraudPolicy(only, { countries: { allow: ['GB', 'US'] } }), 'US')).toMatch(/on this service/);
     expect(() => screenDestination(fraudPolicy(s, undefined), { e164: '+33612345678', country: 'FR' }, 'sms')).toThrow(ApiError);
+  });
+
+  it('shared-cost numbers are refused, for flash calls as for every method', () => {
+    const p = fraudPolicy(server, undefined);
+    // UK 084x/087x are "service charge" numbers, typed premium-rate by the metadata; France 0810, Spain 901 are shared-cost.
+    expect(lineTypeOf('+448451234567')).toBe('PREMIUM_RATE');
+    expect(lineTypeOf('+33810123456')).toBe('SHARED_COST');
+    expect(lineTypeOf('+34901123456')).toBe('SHARED_COST');
+    for (const m of ['flash_call', 'voice', 'sms'] as const) {
+      expect(() => screenDestination(p, { e164: '+33810123456', country: 'FR' }, m)).toThrow(/shared-cost number is not accepted/);
+      expect(() => screenDestination(p, { e164: '+448451234567', country: 'GB' }, m)).toThrow(/premium-rate number is not accepted/);
+    }
+  });
+
+  it('a workflow is screened step by step up front: a flash step to a landline is refused naming the step, the default workflow leaves it out', () => {
+    const p = fraudPolicy(server, undefined);
+    const landline = { e164: '+442071234567', country: 'GB' };
+    // The customer's own workflow: 400 naming the first flash step, wherever it is.
+    expect(() => screenWorkflow(p, landline, ['flash_call', 'voice', 'sms'], 'refuse')).toThrow(/workflow\[0\] \(flash_call\): flash calls go to mobile numbers only/);
+    expect(() => screenWorkflow(p, landline, ['sms', 'flash_call'], 'refuse')).toThrow(/workflow\[1\] \(flash_call\)/);
+    expect(() => screenWorkflow(p, landline, ['sms', 'flash_call'], 'refuse')).toThrow(ApiError);
+    // "auto": the server's default workflow runs without its flash steps.
+    expect([...screenWorkflow(p, landline, ['flash_call', 'voice', 'sms'], 'leave_out')]).toEqual(['flash_call']);
+    expect(() => screenWorkflow(p, landline, ['flash_call'], 'leave_out')).toThrow(/workflow\[0\] \(flash_call\)/);
+    expect([...screenWorkflow(p, landline, ['voice', 'sms'], 'refuse')]).toEqual([]);
+    expect([...screenWorkflow(p, { e164: '+447400123456', country: 'GB' }, ['sms', 'flash_call'], 'refuse')]).toEqual([]);
+    // Rules of every method refuse the whole request.
+    expect(() => screenWorkflow(p, { e164: '+449098790000', country: 'GB' }, ['voice', 'sms'], 'leave_out')).toThrow(/premium-rate/);
+    expect(() => screenWorkflow(p, { e164: '+33810123456', country: 'FR' }, ['voice', 'sms'], 'refuse')).toThrow(/shared-cost/);
+    const denied = fraudPolicy(fraudSchema.parse({ countries: { deny: ['GB'] } }), undefined);
+    expect(() => screenWorkflow(denied, landline, ['voice'], 'refuse')).toThrow(/country GB/);
   });
 
   it('merges velocity per window, test numbers from both, and parses client_ip', () => {

@@ -3,12 +3,15 @@
   `canceled`, which delivery jobs, step timeouts and the workflow advancer
   all treat as final, so pending steps never start. The delivery claim is
   taken (`dial_started`) so a job that has not dialled yet never will; when
-  nothing had been dialled for the current attempt, it is refunded (billing
-  per attempt actually sent). A call already ringing is left to finish.
+  nothing had been dialled for the current attempt (or send), it is refunded
+  and taken out of the usage of its day (billing per attempt actually sent).
+  A voice call in progress is ended by its worker, which watches the status;
+  a flash call ringing is CANCELled by its worker too (engine/attempt-state.ts).
 
   KEYS[1] verification hash
   KEYS[2] account hash
   KEYS[3] events stream
+  KEYS[4] usage hash of the account for the day the current attempt (or send) started
 
   ARGV[1] account_id of the caller
   ARGV[2] now (ms since epoch)
@@ -27,6 +30,8 @@ redis.call('HSETNX', KEYS[1], 'at_canceled', ARGV[2])
 local undialled = redis.call('HSETNX', KEYS[1], 'dial_started', 'canceled') == 1
 
 local refund = 0
+local refunded = false
+local method = v[5]
 if v[4] then
   local p = 'att' .. v[3] .. '_'
   local ast = redis.call('HGET', KEYS[1], p .. 'status')
@@ -35,15 +40,23 @@ if v[4] then
     redis.call('HSETNX', KEYS[1], p .. 'ended_at', ARGV[2])
   end
   if undialled and redis.call('HSETNX', KEYS[1], p .. 'refunded', '1') == 1 then
+    refunded = true
     refund = tonumber(redis.call('HGET', KEYS[1], p .. 'cost') or '0')
+    method = redis.call('HGET', KEYS[1], p .. 'method') or method
     redis.call('HSET', KEYS[1], p .. 'cost', 0)
   end
 elseif undialled and redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then
-  refund = tonumber(v[6] or '0')
+  refunded = true
+  -- A resend not dialled yet: only its own price (send_cost); the earlier sends went out.
+  refund = tonumber(redis.call('HGET', KEYS[1], 'send_cost') or v[6] or '0')
 end
 if refund > 0 then
   if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'balance', refund) end
   redis.call('HINCRBY', KEYS[1], 'cost', -refund)
+end
+if refunded and method and redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('HINCRBY', KEYS[4], method .. ':count', -1)
+  if refund > 0 then redis.call('HINCRBY', KEYS[4], method .. ':cost', -refund) end
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
   'event', 'verification.canceled', 'request_id', v[7], 'account_id', v[1],

@@ -7,6 +7,8 @@
 
   KEYS[1] verification hash
   KEYS[2] account hash (for refunds)
+  KEYS[3] usage hash of the account for the day of the send being refunded (last_send_at,
+          else created_at): a refunded send is taken out of it and out of the record's cost
 
   ARGV[1] status: delivered | failed
   ARGV[2] timestamp (ms since epoch)
@@ -37,9 +39,16 @@ if not terminal then
     redis.call('HSET', KEYS[1], 'status', 'failed')
     status = 'failed'
     if ARGV[4] == '1' and redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then
-      local cost = tonumber(redis.call('HGET', KEYS[1], 'cost') or '0')
-      if cost > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
-        redis.call('HINCRBY', KEYS[2], 'balance', cost)
+      -- Only the send that never reached the network: a resend's own price (send_cost), else the request's.
+      local r = redis.call('HMGET', KEYS[1], 'send_cost', 'cost', 'method')
+      local cost = tonumber(r[1] or r[2] or '0')
+      if cost > 0 then
+        if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'balance', cost) end
+        redis.call('HINCRBY', KEYS[1], 'cost', -cost)
+      end
+      if r[3] and redis.call('EXISTS', KEYS[3]) == 1 then
+        redis.call('HINCRBY', KEYS[3], r[3] .. ':count', -1)
+        if cost > 0 then redis.call('HINCRBY', KEYS[3], r[3] .. ':cost', -cost) end
       end
     end
   end

@@ -10,6 +10,8 @@
 
   KEYS[1] verification hash
   KEYS[2] account hash (for refunds)
+  KEYS[3] usage hash of the account for the day the attempt started: a refunded
+          attempt is taken out of it (billing per attempt actually sent)
 
   ARGV[1] status: delivered | failed
   ARGV[2] timestamp (ms since epoch)
@@ -52,6 +54,11 @@ elseif st == 'failed' then
       if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'balance', cost) end
       redis.call('HINCRBY', KEYS[1], 'cost', -cost)
       redis.call('HSET', KEYS[1], p .. 'cost', 0)
+    end
+    local m = redis.call('HGET', KEYS[1], p .. 'method')
+    if m and redis.call('EXISTS', KEYS[3]) == 1 then
+      redis.call('HINCRBY', KEYS[3], m .. ':count', -1)
+      if cost > 0 then redis.call('HINCRBY', KEYS[3], m .. ':cost', -cost) end
     end
   end
 end

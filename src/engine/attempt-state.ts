@@ -1,0 +1,70 @@
+import type { Redis } from 'ioredis';
+import { scripts } from '../store/scripts.js';
+import { onAbort } from './abort-fanout.js';
+
+/**
+ * Writes fields of a delivery attempt (call outcome, final SIP status,
+ * rang_at / answered_at) only while it is still the request's current attempt
+ * (recordAttemptFields-1.lua): a call of workflow step n that ends after the
+ * request moved on to step n+1 leaves step n+1's fields alone. Returns false
+ * when the request had moved on.
+ */
+export async function recordAttemptFields(redis: Redis, key: string, step: number | undefined, fields: Record<string, string>): Promise<boolean> {
+  const flat = Object.entries(fields).flat();
+  return (await scripts.recordAttemptFields.run(redis, [key], [step === undefined ? '' : String(step), ...flat])) === 1;
+}
+
+/** How often a call in progress looks whether its request still wants it (canceled, verified, step timed out ...). */
+export const WATCH_INTERVAL_MS = 1000;
+
+/**
+ * Watches, while a call is in progress, whether its attempt is still wanted:
+ * the request still `sent` or `delivered` (not canceled, verified, expired,
+ * failed) and, for a workflow, still at the call's step (not timed out). When
+ * it is not, `signal` aborts, so the call is CANCELled if not answered, or its
+ * announcement stopped and hung up (BYE) if answered: a code nobody may use
+ * any more is never read out. Also aborts when `also` does (the worker's
+ * shutdown). One HMGET per `intervalMs` per call, and one on `check()`.
+ */
+export class AttemptWatch {
+  private readonly controller = new AbortController();
+  private readonly timer: NodeJS.Timeout;
+  private readonly unlisten: () => void;
+  /** True once this watch (not `also`) ended the attempt. */
+  ended = false;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly key: string,
+    private readonly step: number | undefined,
+    intervalMs: number,
+    also?: AbortSignal,
+  ) {
+    this.unlisten = also ? onAbort(also, () => this.controller.abort()) : () => undefined;
+    this.timer = setInterval(() => void this.check(), intervalMs);
+    this.timer.unref();
+  }
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  /** Reads the request now; false (and `signal` aborted) when the attempt is no longer wanted. A Redis error keeps the call. */
+  async check(): Promise<boolean> {
+    if (this.ended) return false;
+    const read = await this.redis.hmget(this.key, 'status', 'wf_step').catch(() => undefined);
+    if (!read) return true;
+    const [status, wfStep] = read;
+    const current = (status === 'sent' || status === 'delivered') && (this.step === undefined || Number(wfStep) === this.step);
+    if (!current && !this.ended) {
+      this.ended = true;
+      this.controller.abort();
+    }
+    return current;
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    this.unlisten();
+  }
+}
