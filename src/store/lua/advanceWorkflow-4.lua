@@ -63,7 +63,8 @@ end
 if cost > 0 then redis.call('HINCRBY', KEYS[2], 'balance', -cost) end
 
 redis.call('HDEL', KEYS[1], 'dial_started', 'rang_at', 'answered_at', 'outcome', 'final_sip_status', 'cli_range',
-  'sms_state', 'sms_attempts', 'sms_receipt', 'sms_smsc', 'sms_message_id', 'refunded')
+  'sms_state', 'sms_attempts', 'sms_receipt', 'sms_smsc', 'sms_message_id', 'sms_message_ids',
+  'sms_unconfirmed_until', 'sms_nobind_since', 'sms_waits', 'refunded')
 redis.call('HSET', KEYS[1], 'wf_step', nxt, 'method', ARGV[3], 'code_mac', ARGV[5], 'code_enc', ARGV[6],
   'code_length', ARGV[7], 'cost', tonumber(v[6] or '0') + cost,
   q .. 'method', ARGV[3], q .. 'status', 'sent', q .. 'cost', cost, q .. 'started_at', ARGV[2])
