@@ -33,6 +33,14 @@ export interface SmscSettings {
    * connection holding one is destroyed without a response. One-shot (resets to 0).
    */
   dropAfter: number;
+  /**
+   * Accept-then-drop mode: the next K submit_sm are accepted and stored (a
+   * message id, status 0, a receipt scheduled) but held without their
+   * submit_sm_resp; at the K-th, every connection holding one is destroyed
+   * before any response. The client cannot tell them from dropped ones; a
+   * resend would put a second message at the SMSC. One-shot (resets to 0).
+   */
+  acceptThenDrop: number;
   /** Send receipts (when registered_delivery asks for one). */
   receipts: boolean;
   receiptDelayMs: number;
@@ -42,6 +50,8 @@ export interface SmscSettings {
   idFormat: IdFormat;
   /** Where the receipt carries its data: TLVs only (empty text), text only, or both. */
   receiptMode: ReceiptMode;
+  /** Intermediate receipts (e.g. ["ACCEPTD", "ENROUTE"]) sent in order before the final one, receiptDelayMs apart. */
+  intermediateStates: string[];
   /** Final state for every receipt (any text, e.g. "XYZ" for an unknown stat); null = by destination suffix, else DELIVRD. */
   finalState: string | null;
   /** Destination suffix (digits) → final state. */
@@ -69,11 +79,13 @@ export const DEFAULT_SETTINGS: SmscSettings = {
   throttleFraction: 0,
   queueFullNext: 0,
   dropAfter: 0,
+  acceptThenDrop: 0,
   receipts: true,
   receiptDelayMs: 20,
   receiptBeforeResp: false,
   idFormat: 'decimal',
   receiptMode: 'both',
+  intermediateStates: [],
   finalState: null,
   stateBySuffix: { '0091': 'UNDELIV', '0092': 'REJECTD', '0093': 'EXPIRED' },
   rejectPrefixes: {},

@@ -78,6 +78,8 @@ const { values: args } = parseArgs({
     'throttle-fraction': { type: 'string' },
     'queue-full': { type: 'string' },
     'drop-after': { type: 'string' },
+    'accept-then-drop': { type: 'string' },
+    'intermediate-states': { type: 'string' },
     'no-receipts': { type: 'boolean' },
     'receipt-delay-ms': { type: 'string' },
     'receipt-before-resp': { type: 'boolean' },
@@ -108,6 +110,8 @@ const settings: SmscSettings = {
   throttleFraction: num(args['throttle-fraction'], 0),
   queueFullNext: num(args['queue-full'], 0),
   dropAfter: num(args['drop-after'], 0),
+  acceptThenDrop: num(args['accept-then-drop'], 0),
+  intermediateStates: (args['intermediate-states'] ?? '').split(',').filter(Boolean),
   receipts: !args['no-receipts'],
   receiptDelayMs: num(args['receipt-delay-ms'], DEFAULT_SETTINGS.receiptDelayMs),
   receiptBeforeResp: args['receipt-before-resp'] ?? false,
@@ -245,6 +249,7 @@ function sendReceipt(job: ReceiptJob, waits = 0): void {
   const rec = sessions.get(target);
   const state = record.state;
   const delivered = state === 'DELIVRD';
+  const failing = !delivered && state !== 'ACCEPTD' && state !== 'ENROUTE';
   const fields: Record<string, unknown> = {
     source_addr_ton: 1,
     source_addr_npi: 1,
@@ -258,7 +263,7 @@ function sendReceipt(job: ReceiptJob, waits = 0): void {
   if (record.mode !== 'tlv') {
     const text =
       `id:${record.dlrId} sub:001 dlvrd:${delivered ? '001' : '000'} submit date:${smppDate(job.submitted)} ` +
-      `done date:${smppDate(new Date())} stat:${state} err:${delivered ? '000' : '001'} text:${job.text.slice(0, 20)}`;
+      `done date:${smppDate(new Date())} stat:${state} err:${failing ? '001' : '000'} text:${job.text.slice(0, 20)}`;
     fields.short_message = Buffer.from(text, 'latin1');
   } else {
     fields.short_message = Buffer.alloc(0);
@@ -267,7 +272,7 @@ function sendReceipt(job: ReceiptJob, waits = 0): void {
     fields.receipted_message_id = record.dlrId;
     const ms = MESSAGE_STATE[state];
     if (ms !== undefined) fields.message_state = ms;
-    if (!delivered) fields.network_error_code = Buffer.from([3, 0x00, 0x22]);
+    if (failing) fields.network_error_code = Buffer.from([3, 0x00, 0x22]);
   }
   const attempt = record.statuses.length;
   record.sessions.push(rec?.id ?? 0);
@@ -292,29 +297,34 @@ function sendReceipt(job: ReceiptJob, waits = 0): void {
   });
 }
 
+/** The intermediate receipts (intermediateStates), then the final one, receiptDelayMs apart from `delayMs`. */
 function scheduleReceipt(session: Session, rec: SessionRecord, submit: SubmitRecord, ids: { resp: string; dlr: string }, delayMs: number): void {
-  const record: ReceiptRecord = {
-    dlrId: ids.dlr,
-    respId: ids.resp,
-    destination: submit.destination,
-    state: finalStateFor(submit.destination),
-    mode: settings.receiptMode,
-    sessions: [],
-    statuses: [],
-    done: false,
-  };
-  if (receipts.length < MAX_LOG) receipts.push(record);
-  const job: ReceiptJob = {
-    record,
-    systemId: rec.systemId,
-    preferred: session,
-    source: submit.source,
-    destination: submit.destination,
-    text: submit.text,
-    submitted: new Date(),
-  };
-  if (delayMs <= 0) sendReceipt(job);
-  else setTimeout(() => sendReceipt(job), delayMs);
+  const states = [...settings.intermediateStates, finalStateFor(submit.destination)];
+  states.forEach((state, i) => {
+    const record: ReceiptRecord = {
+      dlrId: ids.dlr,
+      respId: ids.resp,
+      destination: submit.destination,
+      state,
+      mode: settings.receiptMode,
+      sessions: [],
+      statuses: [],
+      done: false,
+    };
+    if (receipts.length < MAX_LOG) receipts.push(record);
+    const job: ReceiptJob = {
+      record,
+      systemId: rec.systemId,
+      preferred: session,
+      source: submit.source,
+      destination: submit.destination,
+      text: submit.text,
+      submitted: new Date(),
+    };
+    const at = delayMs + i * settings.receiptDelayMs;
+    if (at <= 0) sendReceipt(job);
+    else setTimeout(() => sendReceipt(job), at);
+  });
 }
 
 // --- submit_sm ----------------------------------------------------------------------
@@ -377,15 +387,24 @@ function onSubmit(session: Session, rec: SessionRecord, pdu: PDU): void {
   rec.inFlight += 1;
   rec.maxInFlight = Math.max(rec.maxInFlight, rec.inFlight);
   if (isSilent(rec, 'submit')) return;
-  if (settings.dropAfter > 0) {
+  if (settings.dropAfter > 0 || settings.acceptThenDrop > 0) {
+    const accept = settings.acceptThenDrop > 0;
+    if (accept) {
+      // Stored as an SMSC does before answering: it will be delivered (and receipted) whatever happens to the connection.
+      const ids = makeIds();
+      submit.status = ESME.ROK;
+      submit.messageId = ids.resp;
+      if (settings.receipts && (submit.registeredDelivery & 0x03) !== 0) scheduleReceipt(session, rec, submit, ids, settings.receiptDelayMs);
+    }
     held.set(session, (held.get(session) ?? 0) + 1);
     heldTotal += 1;
-    if (heldTotal >= settings.dropAfter) {
+    if (heldTotal >= (accept ? settings.acceptThenDrop : settings.dropAfter)) {
       settings.dropAfter = 0;
+      settings.acceptThenDrop = 0;
       heldTotal = 0;
       const victims = [...held.keys()];
       held.clear();
-      for (const s of victims) dropSession(s, 'drop_after');
+      for (const s of victims) dropSession(s, accept ? 'accept_then_drop' : 'drop_after');
     }
     return;
   }

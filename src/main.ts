@@ -260,8 +260,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           accountTemplate: (accountId, locale) => smsAccounts.smsTemplate(accountId, locale),
         });
         gateway.onReceipt((receipt) => sms.handleReceipt(receipt));
-        gateway.onLateAccept((requestId, outcome) => {
-          sms.handleLateAccept(requestId, outcome).catch((err: Error) => logger.error({ request_id: requestId, err: err.message }, 'could not record a late SMS acceptance'));
+        gateway.onLateAccept((request, outcome) => {
+          sms.handleLateAccept(request, outcome).catch((err: Error) => logger.error({ request_id: request.requestId, err: err.message }, 'could not record a late SMS acceptance'));
         });
         await gateway.start();
         metrics.watchSmsc(gateway);

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { SmsTextError, validateTemplate } from '../sms/text.js';
 
 /**
  * The whole configuration of flashverify. `config/default.yaml` holds every
@@ -79,7 +80,7 @@ export const smscSchema = z
     window: z.number().int().positive().max(1000).default(10),
     /** submit_sm per second per bind (token bucket). */
     tps: z.number().positive().default(50),
-    /** A PDU without a response after this is given up; the submit is retried on another bind. */
+    /** A PDU without a response after this is given up; a submit_sm is then `unconfirmed` (never resent), and its bind is recycled if still silent after as long again. */
     responseTimeoutMs: z.number().int().positive().default(30_000),
     enquireLinkMs: z.number().int().positive().default(30_000),
     /** Reconnect back-off (jittered, doubling from min to max). */
@@ -113,9 +114,20 @@ export const smsSchema = z
       .strict()
       .prefault({}),
     /** Message text per language; `{code}` is replaced by the code. Accounts can override per locale. */
-    templates: z.record(z.string(), z.string().includes('{code}', { message: 'must contain {code}' })).default({
-      en: 'Your FlashVerify code is: {code}',
-    }),
+    templates: z
+      .record(z.string(), z.string().includes('{code}', { message: 'must contain {code}' }))
+      .default({ en: 'Your FlashVerify code is: {code}' })
+      .superRefine((templates, ctx) => {
+        // Checked at boot, not at the first send: each must fit one part (GSM-7 or UCS-2) with a 6-digit code.
+        for (const [language, text] of Object.entries(templates)) {
+          try {
+            validateTemplate(text);
+          } catch (err) {
+            if (!(err instanceof SmsTextError)) throw err;
+            ctx.addIssue({ code: 'custom', path: [language], message: `template "${language}" cannot be sent: ${err.message}` });
+          }
+        }
+      }),
     /** Retry of a submit the SMSC refused for now (throttled, queue full, no bind up), through BullMQ delays. */
     retry: z
       .object({
@@ -130,6 +142,15 @@ export const smsSchema = z
     receiptTtlSeconds: z.number().int().positive().default(72 * 3600),
     /** Ask the SMSC for a delivery receipt (registered_delivery 1). */
     requestReceipts: z.boolean().default(true),
+    /**
+     * A submit_sm that left without a submit_sm_resp (timeout, connection lost)
+     * is never sent again: a late response or a receipt (matched by number)
+     * resolves it, else it fails `smsc_unconfirmed` (not refunded) this long
+     * after the submit.
+     */
+    unconfirmedDeadlineMs: z.number().int().positive().default(300_000),
+    /** No bind up: the job waits (BullMQ delay, not counted in retry.maxAttempts) at most this long in all, then fails `smsc_no_bind` (refunded). */
+    noBindMaxWaitMs: z.number().int().positive().default(600_000),
   })
   .strict();
 

@@ -3,7 +3,7 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
-import type { EventPublisher } from '../events/event-publisher.js';
+import type { DeliveryEvent, EventPublisher } from '../events/event-publisher.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { receiptOutcome } from '../sms/receipt.js';
 import { renderSms, SmsTextError } from '../sms/text.js';
@@ -30,8 +30,14 @@ const RECEIPT_REASON: Partial<Record<DeliveryReceipt['state'], string>> = {
   UNKNOWN: 'sms_unknown',
 };
 
-/** Record field `sms_state`: where the delivery of one SMS verification stands. */
-export type SmsState = 'submitting' | 'retry' | 'accepted';
+/**
+ * Record field `sms_state`: where the delivery of one SMS verification stands.
+ * `unconfirmed`: submit_sm left without a submit_sm_resp; never sent again,
+ * resolved by a late response or receipt, else failed at `sms_unconfirmed_until`.
+ */
+export type SmsState = 'submitting' | 'retry' | 'unconfirmed' | 'accepted';
+
+const RECORD_FIELDS = ['locale', 'sms_state', 'sms_attempts', 'sms_smsc', 'sms_message_id', 'sms_unconfirmed_until', 'sms_nobind_since', 'sms_waits'];
 
 export interface SmsProcessorDeps {
   redis: Redis;
@@ -46,14 +52,19 @@ export interface SmsProcessorDeps {
   accountTemplate(accountId: string, locale: string): Promise<string | null>;
 }
 
+type Claim = NonNullable<Awaited<ReturnType<typeof claimDelivery>>>;
+type Accepted = Extract<SubmitOutcome, { kind: 'accepted' }>;
+
 /**
  * Delivers one SMS-OTP verification: renders the text, submits it through the
  * SMPP gateway, and maps what follows to events. A submit the SMSC refused for
- * now (throttled, queue full, no bind) waits in BullMQ's delayed set, so a
- * restart loses nothing; a submit that may have left (worker died between
- * submit_sm and its response) is never sent again. Delivery receipts arrive
- * through `handleReceipt`, matched by message id even when they overtake the
- * submit_sm_resp.
+ * now (throttled, queue full) or that found no bind up waits in BullMQ's
+ * delayed set, so a restart loses nothing. A submit that may have left
+ * (worker died between submit_sm and its response, response timeout,
+ * connection lost with it in flight) is never sent again. Delivery receipts
+ * arrive through `handleReceipt`, matched by message id even when they
+ * overtake the submit_sm_resp, or by number for an unconfirmed submit; a final
+ * receipt is recorded and its event written in one atomic step (settleSms-3).
  */
 export class SmsProcessor {
   constructor(private readonly deps: SmsProcessorDeps) {}
@@ -61,16 +72,23 @@ export class SmsProcessor {
   async process(job: Job<DeliveryJobData>, token: string | undefined): Promise<SubmitOutcome | undefined> {
     const { redis, config, events, gateway } = this.deps;
     const requestId = job.data.request_id;
-    const claim = await claimDelivery(this.deps, requestId, 'sms', ['locale', 'sms_state', 'sms_attempts'], (extra) =>
-      extra.sms_state === 'retry' ? 'resume' : extra.sms_state === 'accepted' ? 'done' : 'interrupted',
+    // A previous run that reached the SMSC (or knows nothing left) is resumed; one that may have sent without knowing is not.
+    const claim = await claimDelivery(this.deps, requestId, 'sms', RECORD_FIELDS, (extra) =>
+      extra.sms_state === 'retry' || extra.sms_state === 'accepted' || extra.sms_state === 'unconfirmed' ? 'resume' : 'interrupted',
     );
     if (!claim) return undefined;
-    const { key, base, log, to, code, country } = claim;
-    const attempt = Number(claim.extra.sms_attempts ?? 0) + 1;
+    const { key, base, log, to, code, country, extra } = claim;
+    if (extra.sms_state === 'accepted') {
+      // Re-run after a crash between recording the acceptance and settling a receipt parked before it.
+      await this.settleParked(claim);
+      return undefined;
+    }
+    if (extra.sms_state === 'unconfirmed') return this.unconfirmedDeadline(job, token, claim);
+    const attempt = Number(extra.sms_attempts ?? 0) + 1;
 
     let message;
     try {
-      const template = await this.template(base.account_id, claim.extra.locale ?? null, country);
+      const template = await this.template(base.account_id, extra.locale ?? null, country);
       message = renderSms(template.text, code);
       log.debug({ language: template.language, encoding: message.encoding }, 'sms text rendered');
     } catch (err) {
@@ -90,15 +108,11 @@ export class SmsProcessor {
       requestReceipt: config.sms.requestReceipts,
       logger: log,
     });
-    this.deps.metrics.smsSubmitted(outcome.kind === 'accepted' ? outcome.smsc : (outcome.smsc ?? 'none'), outcome.kind === 'retry' ? outcome.reason : outcome.kind);
+    this.deps.metrics.smsSubmitted(outcome.smsc || 'none', outcome.kind === 'retry' || outcome.kind === 'unconfirmed' ? outcome.reason : outcome.kind);
 
     if (outcome.kind === 'accepted') {
       log.info({ smsc: outcome.smsc, bind: outcome.bind, message_id: outcome.messageId, attempt }, 'sms accepted by the SMSC');
-      const early = (await scripts.mapSmsMessage.run(
-        redis,
-        [key, this.deps.keys.smsMessage(outcome.smsc, outcome.messageId), this.deps.keys.smsEarlyReceipt(outcome.smsc, outcome.messageId)],
-        [requestId, config.sms.receiptTtlSeconds, outcome.smsc, outcome.messageId],
-      )) as string | null;
+      const early = await this.recordAccepted(requestId, to, outcome);
       if (!config.sms.requestReceipts) {
         await events.publish({
           ...base,
@@ -108,26 +122,51 @@ export class SmsProcessor {
       }
       if (early) {
         log.info({ message_id: outcome.messageId }, 'delivery receipt had arrived before the submit_sm_resp');
-        await this.applyReceipt(requestId, JSON.parse(early) as DeliveryReceipt);
+        await this.applyReceipt(requestId, early);
       }
       return outcome;
     }
 
-    if (outcome.kind === 'retry' && attempt < config.sms.retry.maxAttempts && token !== undefined) {
-      let delay = backoff(attempt, config.sms.retry.firstDelayMs, config.sms.retry.maxDelayMs);
-      // After a timeout the SMSC may still answer: give a late submit_sm_resp at least as long again before resending.
-      if (outcome.reason === 'timeout') delay = Math.max(delay, this.responseTimeoutMs(outcome.smsc));
-      // Nothing left (refused for now, never had it), or it may still be accepted late. Retried from BullMQ's delayed set.
-      if ((await scripts.markSmsRetry.run(redis, [key], [])) === 0) {
-        log.info({ attempt }, 'sms accepted late by the SMSC; not retried');
+    if (outcome.kind === 'unconfirmed') {
+      // Never sent again: the SMSC may have stored it. A late submit_sm_resp or a receipt (by number) resolves it.
+      const until = Date.now() + config.sms.unconfirmedDeadlineMs;
+      const ttl = Math.ceil(config.sms.unconfirmedDeadlineMs / 1000) + 60;
+      const marked = await scripts.markSmsWaiting.run(redis, [key, this.numberKey('unconfirmed', outcome.smsc, to), this.numberKey('parked', outcome.smsc, to)], [
+        'unconfirmed', requestId, ttl, 'sms_smsc', outcome.smsc, 'sms_unconfirmed_until', until,
+      ]);
+      if (marked === 0) {
+        log.info({ attempt }, 'sms accepted late by the SMSC');
+        return outcome;
+      }
+      if (typeof marked === 'string') {
+        // Its receipt came while it was in flight (and was parked): that proves the SMSC took it.
+        log.info({ smsc: outcome.smsc, message_id: marked }, 'sms submit unconfirmed, but its receipt had already come; accepted');
+        const parked = await this.recordAccepted(requestId, to, { kind: 'accepted', rawMessageId: marked, messageId: marked, smsc: outcome.smsc, bind: outcome.bind });
+        if (parked) await this.applyReceipt(requestId, parked);
         return outcome;
       }
       log.warn(
-        { reason: outcome.reason, smpp_status: outcome.commandStatus, smsc: outcome.smsc, attempt, retry_in_ms: delay },
-        'sms not accepted for now; retrying later',
+        { reason: outcome.reason, smsc: outcome.smsc, bind: outcome.bind, attempt, deadline_ms: config.sms.unconfirmedDeadlineMs },
+        'sms submit unconfirmed (no submit_sm_resp); not sent again, waiting for a late response or receipt',
       );
-      await job.moveToDelayed(Date.now() + delay, token);
+      if (token === undefined) return outcome;
+      await job.moveToDelayed(until, token);
       throw new DelayedError();
+    }
+
+    if (outcome.kind === 'retry' && outcome.reason === 'no_bind' && token !== undefined) {
+      // No bind up: nothing left, and the attempt does not count; bounded by noBindMaxWaitMs in all.
+      const since = Number(extra.sms_nobind_since ?? Date.now());
+      const waits = Number(extra.sms_waits ?? 0) + 1;
+      if (Date.now() - since < config.sms.noBindMaxWaitMs) {
+        const delay = backoff(waits, config.sms.retry.firstDelayMs, config.sms.retry.maxDelayMs);
+        await this.waitForRetry(job, token, claim, attempt, delay, outcome, [
+          'sms_attempts', attempt - 1, 'sms_nobind_since', since, 'sms_waits', waits,
+        ]);
+      }
+    } else if (outcome.kind === 'retry' && attempt < config.sms.retry.maxAttempts && token !== undefined) {
+      const delay = backoff(attempt, config.sms.retry.firstDelayMs, config.sms.retry.maxDelayMs);
+      await this.waitForRetry(job, token, claim, attempt, delay, outcome, []);
     }
 
     const detail: Record<string, string | number> =
@@ -140,48 +179,133 @@ export class SmsProcessor {
     return outcome;
   }
 
+  /** Marks the delivery `retry` and moves the job to BullMQ's delayed set (throws DelayedError); returns when it was accepted late meanwhile. */
+  private async waitForRetry(
+    job: Job<DeliveryJobData>,
+    token: string,
+    claim: Claim,
+    attempt: number,
+    delay: number,
+    outcome: Extract<SubmitOutcome, { kind: 'retry' }>,
+    fields: (string | number)[],
+  ): Promise<never | void> {
+    if ((await scripts.markSmsWaiting.run(this.deps.redis, [claim.key, claim.key, claim.key], ['retry', claim.base.request_id, 0, ...fields])) === 0) {
+      claim.log.info({ attempt }, 'sms accepted late by the SMSC; not retried');
+      return;
+    }
+    claim.log.warn(
+      { reason: outcome.reason, smpp_status: outcome.commandStatus, smsc: outcome.smsc, attempt, retry_in_ms: delay },
+      'sms not accepted for now; retrying later',
+    );
+    await job.moveToDelayed(Date.now() + delay, token);
+    throw new DelayedError();
+  }
+
+  /**
+   * The job of an unconfirmed submit came back: before its deadline (a
+   * re-run after a crash) it waits again; at the deadline, with no late
+   * response or receipt, the verification fails `smsc_unconfirmed`, not
+   * refunded (the SMSC may have sent it). settleSms-3 makes that and a
+   * receipt exclusive: never both failed and delivered.
+   */
+  private async unconfirmedDeadline(job: Job<DeliveryJobData>, token: string | undefined, claim: Claim): Promise<undefined> {
+    const until = Number(claim.extra.sms_unconfirmed_until ?? 0);
+    if (Date.now() < until && token !== undefined) {
+      await job.moveToDelayed(until, token);
+      throw new DelayedError();
+    }
+    const smsc = claim.extra.sms_smsc ?? '';
+    const detail = { reason: 'smsc_unconfirmed', ...(smsc ? { smsc } : {}), attempts: Number(claim.extra.sms_attempts ?? 1) };
+    const result = await this.settle(claim.base.request_id, '', 'UNCONFIRMED', claim.base.step, { ...claim.base, status: 'failed', detail }, this.deps.keys.smsEarlyReceipt(smsc, ''));
+    if (result === 'published') claim.log.warn(detail, 'sms submit never confirmed nor receipted by its deadline; verification failed');
+    else claim.log.info({ result }, 'unconfirmed sms already resolved by a receipt');
+    return undefined;
+  }
+
   /**
    * The SMSC accepted, after its response timeout, a submit this worker took
-   * as `timeout`: record it as accepted so the delayed retry finds it done
-   * and does not send the code again.
+   * as `unconfirmed`: record it as accepted (the deadline then finds it done).
    */
-  async handleLateAccept(requestId: string, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>): Promise<void> {
-    const { redis, keys, config } = this.deps;
-    const log = this.deps.logger.child({ request_id: requestId });
-    const key = keys.verification(requestId);
-    const early = (await scripts.mapSmsMessage.run(
-      redis,
-      [key, keys.smsMessage(outcome.smsc, outcome.messageId), keys.smsEarlyReceipt(outcome.smsc, outcome.messageId)],
-      [requestId, config.sms.receiptTtlSeconds, outcome.smsc, outcome.messageId],
-    )) as string | null;
-    log.warn({ smsc: outcome.smsc, message_id: outcome.messageId }, 'sms accepted by the SMSC after its response timeout; its retry is cancelled');
+  async handleLateAccept(request: { requestId: string; to: string }, outcome: Accepted): Promise<void> {
+    const log = this.deps.logger.child({ request_id: request.requestId });
+    const early = await this.recordAccepted(request.requestId, request.to, outcome);
+    log.warn({ smsc: outcome.smsc, message_id: outcome.messageId }, 'sms accepted by the SMSC after its response timeout; never sent again');
     this.deps.metrics.smsSubmitted(outcome.smsc, 'accepted_late');
-    if (early) await this.applyReceipt(requestId, JSON.parse(early) as DeliveryReceipt);
+    if (early) await this.applyReceipt(request.requestId, early);
   }
 
   /**
    * A delivery receipt from the gateway. Resolves once it is safely recorded
-   * (matched and its event written, or parked until its submit_sm_resp), so
-   * the gateway may then answer deliver_sm; rejects when Redis is unavailable,
-   * so the SMSC sends it again.
+   * (matched and settled with its event, or parked until its submit_sm_resp),
+   * so the gateway may then answer deliver_sm; rejects when Redis is
+   * unavailable, so the SMSC sends it again.
    */
   async handleReceipt(receipt: DeliveryReceipt): Promise<void> {
     const { redis, keys, config } = this.deps;
     this.deps.metrics.smsReceipt(receipt.smsc, receipt.state);
-    const requestId = (await scripts.matchSmsReceipt.run(
+    const { handset, ...stored } = receipt;
+    const final = receiptOutcome(receipt.state) !== 'pending';
+    const match = (await scripts.matchSmsReceipt.run(
       redis,
-      [keys.smsMessage(receipt.smsc, receipt.messageId), keys.smsEarlyReceipt(receipt.smsc, receipt.messageId)],
-      [JSON.stringify(receipt), config.sms.receiptTtlSeconds],
-    )) as string | null;
-    if (!requestId) {
+      [
+        keys.smsMessage(receipt.smsc, receipt.messageId),
+        keys.smsEarlyReceipt(receipt.smsc, receipt.messageId),
+        this.numberKey('unconfirmed', receipt.smsc, handset ?? ''),
+        this.numberKey('parked', receipt.smsc, handset ?? ''),
+      ],
+      // Parked without the number: numbers are never stored in clear.
+      [
+        JSON.stringify({ ...stored, final }),
+        config.sms.receiptTtlSeconds,
+        final ? '1' : '0',
+        handset ? receipt.messageId : '',
+        Math.ceil(config.sms.unconfirmedDeadlineMs / 1000) + 60,
+      ],
+    )) as [string, 'mapped' | 'unconfirmed'] | null;
+    if (!match) {
       this.deps.logger.info({ smsc: receipt.smsc, message_id: receipt.messageId, stat: receipt.state }, 'receipt before its submit_sm_resp (or unknown id); parked');
       return;
     }
-    await this.applyReceipt(requestId, receipt);
+    const [requestId, how] = match;
+    if (how === 'unconfirmed') {
+      // The receipt proves the SMSC took the submit whose response never came: map its id, then settle it.
+      this.deps.logger.info({ request_id: requestId, smsc: receipt.smsc, message_id: receipt.messageId, stat: receipt.state }, 'receipt matched an unconfirmed submit by number');
+      await this.recordAccepted(requestId, handset ?? '', { kind: 'accepted', rawMessageId: receipt.messageId, messageId: receipt.messageId, smsc: receipt.smsc, bind: '' });
+    }
+    await this.applyReceipt(requestId, stored);
+  }
+
+  /** mapSmsMessage-5: the id mapped, the verification marked accepted; returns the receipt parked before it, if any. */
+  private async recordAccepted(requestId: string, to: string, outcome: Accepted): Promise<DeliveryReceipt | undefined> {
+    const { redis, keys, config } = this.deps;
+    const early = (await scripts.mapSmsMessage.run(
+      redis,
+      [
+        keys.verification(requestId),
+        keys.smsMessage(outcome.smsc, outcome.messageId),
+        keys.smsEarlyReceipt(outcome.smsc, outcome.messageId),
+        this.numberKey('unconfirmed', outcome.smsc, to),
+        this.numberKey('parked', outcome.smsc, to),
+      ],
+      [requestId, config.sms.receiptTtlSeconds, outcome.smsc, outcome.messageId],
+    )) as string | null;
+    return early ? (JSON.parse(early) as DeliveryReceipt) : undefined;
+  }
+
+  /** A receipt parked before the acceptance was recorded and not settled yet (crash in between). */
+  private async settleParked(claim: Claim): Promise<void> {
+    const { sms_smsc: smsc, sms_message_id: messageId } = claim.extra;
+    const parked = smsc && messageId ? await this.deps.redis.get(this.deps.keys.smsEarlyReceipt(smsc, messageId)) : null;
+    if (!parked) {
+      claim.log.info('delivery already handed over; nothing left to do');
+      return;
+    }
+    claim.log.info({ message_id: messageId }, 'settling a receipt parked before a crash');
+    await this.applyReceipt(claim.base.request_id, JSON.parse(parked) as DeliveryReceipt);
   }
 
   private async applyReceipt(requestId: string, receipt: DeliveryReceipt): Promise<void> {
-    const { redis, keys, events } = this.deps;
+    const { redis, keys } = this.deps;
     const log = this.deps.logger.child({ request_id: requestId });
     const outcome = receiptOutcome(receipt.state);
     const detail = {
@@ -191,31 +315,45 @@ export class SmsProcessor {
       ...(receipt.error !== undefined ? { err: receipt.error } : {}),
       ...(receipt.networkErrorCode ? { network_error_type: receipt.networkErrorCode.type, network_error_code: receipt.networkErrorCode.code } : {}),
     };
-    if (outcome === 'pending') {
-      log.info(detail, 'intermediate receipt; status unchanged');
-      return;
-    }
-    const key = keys.verification(requestId);
-    const [accountId, wfStep, wfSteps, currentId] = await redis.hmget(key, 'account_id', 'wf_step', 'wf_steps', 'sms_message_id');
-    if (!accountId) {
-      log.warn(detail, 'receipt for a verification that no longer exists');
-      return;
-    }
-    // A workflow step's receipt carries its step; one for the SMS of a step that is over (timed out) changes nothing.
-    if (wfStep && wfSteps && currentId !== receipt.messageId) {
-      log.info(detail, 'receipt of an earlier workflow step; ignored');
-      return;
-    }
-    // One final receipt per message: SMSCs resend receipts they think were lost.
-    if ((await redis.hsetnx(key, 'sms_receipt', receipt.state)) === 0) {
-      log.info(detail, 'duplicate final receipt ignored');
-      return;
-    }
+    const [accountId, wfStep, wfSteps] = await redis.hmget(keys.verification(requestId), 'account_id', 'wf_step', 'wf_steps');
     const step = wfStep && wfSteps ? { step: Number(wfStep), steps: Number(wfSteps) } : {};
-    const base = { request_id: requestId, account_id: accountId, method: 'sms' as const, ...step };
-    log.info(detail, outcome === 'delivered' ? 'sms delivered' : 'sms not delivered');
-    if (outcome === 'delivered') await events.publish({ ...base, status: 'delivered', detail });
-    else await events.publish({ ...base, status: 'failed', detail: { ...detail, reason: RECEIPT_REASON[receipt.state] ?? 'sms_unknown' } });
+    const base = { request_id: requestId, account_id: accountId ?? '', method: 'sms' as const, ...step };
+    const event =
+      outcome === 'delivered'
+        ? { ...base, status: 'delivered' as const, detail }
+        : { ...base, status: 'failed' as const, detail: { ...detail, reason: RECEIPT_REASON[receipt.state] ?? 'sms_unknown' } };
+    const result = await this.settle(requestId, receipt.messageId, outcome === 'pending' ? '' : receipt.state, step.step, event, keys.smsEarlyReceipt(receipt.smsc, receipt.messageId));
+    const message: Record<typeof result, string> = {
+      published: outcome === 'delivered' ? 'sms delivered' : 'sms not delivered',
+      pending: 'intermediate receipt; status unchanged',
+      duplicate: 'final receipt after the outcome was settled (resent, or after the unconfirmed deadline); ignored',
+      gone: 'receipt for a verification that no longer exists',
+      other_step: 'receipt of an earlier workflow step; ignored',
+    };
+    log[result === 'gone' ? 'warn' : 'info'](detail, message[result]);
+  }
+
+  /** settleSms-3: records `state` (unless '') and writes `event` in one step. */
+  private async settle(
+    requestId: string,
+    messageId: string,
+    state: string,
+    step: number | undefined,
+    event: DeliveryEvent,
+    earlyKey: string,
+  ): Promise<'published' | 'pending' | 'duplicate' | 'gone' | 'other_step'> {
+    const { redis, keys, events } = this.deps;
+    return (await scripts.settleSms.run(
+      redis,
+      [keys.verification(requestId), keys.events(), earlyKey],
+      [messageId, state, step === undefined ? '' : String(step), ...events.streamArgs(event)],
+    )) as 'published' | 'pending' | 'duplicate' | 'gone' | 'other_step';
+  }
+
+  /** Keys by SMSC and number (an HMAC of it, never the number): an unconfirmed submit, a receipt parked for it. */
+  private numberKey(kind: 'unconfirmed' | 'parked', smsc: string, number: string): string {
+    const mac = this.deps.sealer.mac('sms-number', `${smsc}:${number.replace(/^\+/, '')}`);
+    return kind === 'unconfirmed' ? this.deps.keys.smsUnconfirmed(smsc, mac) : this.deps.keys.smsParkedByNumber(smsc, mac);
   }
 
   /** Account template for the locale, then the configured one, then by country, then English. */
@@ -230,11 +368,6 @@ export class SmsProcessor {
     }
     const [language, text] = Object.entries(templates)[0] ?? ['en', 'Your FlashVerify code is: {code}'];
     return { text, language };
-  }
-
-  private responseTimeoutMs(smsc: string | undefined): number {
-    const configured = this.deps.config.sms.smscs.find((s) => s.name === smsc);
-    return configured?.responseTimeoutMs ?? 30_000;
   }
 
   private sender(country: string): SmsSender {

@@ -25,8 +25,13 @@ export class EventPublisher {
   ) {}
 
   async publish(e: DeliveryEvent): Promise<string> {
-    const id = await this.redis.xadd(
-      this.keys.events(),
+    const id = await this.redis.xadd(this.keys.events(), ...(this.streamArgs(e) as ['MAXLEN', '~', number, '*', ...string[]]));
+    return id ?? '';
+  }
+
+  /** XADD arguments after the stream key for `e`, for a Lua script that writes the event atomically with its record (settleSms-3). */
+  streamArgs(e: DeliveryEvent): (string | number)[] {
+    return [
       'MAXLEN',
       '~',
       this.maxLen,
@@ -46,7 +51,6 @@ export class EventPublisher {
       ...(e.step !== undefined ? ['step', String(e.step), 'steps', String(e.steps ?? e.step + 1)] : []),
       'detail',
       JSON.stringify(e.detail),
-    );
-    return id ?? '';
+    ];
   }
 }

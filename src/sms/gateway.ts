@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { smscSchema, type SmsConfig, type SmscConfig } from '../config/schema.js';
-import { CommandStatus, type SmppPdu } from './pdu.js';
-import { parseReceipt, toReceiptPdu } from './receipt.js';
+import { CommandStatus, pduString, type SmppPdu } from './pdu.js';
+import { isReceiptPdu, parseReceipt, toReceiptPdu } from './receipt.js';
 import { SmppSession, type SmscSettings } from './session.js';
 import type { DeliveryReceipt, SmsGateway, SmscStatus, SubmitOutcome, SubmitRequest } from './types.js';
 
@@ -10,18 +10,17 @@ import type { DeliveryReceipt, SmsGateway, SmscStatus, SubmitOutcome, SubmitRequ
  * by longest destination prefix, and load spreading over binds.
  *
  * Retry rules:
- * - `connection_lost` (the connection died with the submit in flight, no
- *   response can come any more): sent once more at once on another bind of
- *   the same SMSC that is up, then `retry` goes back to the worker. If the
- *   SMSC had taken the first submit_sm and only its submit_sm_resp was lost
- *   with the connection, the handset gets the code twice: nothing on the
- *   client side can tell, and an OTP sent twice beats one lost.
- * - `timeout` (no response within responseTimeoutMs, connection still up):
- *   not resent here. The bind keeps listening for a late submit_sm_resp on
- *   that connection; an ESME_ROK that comes after all is reported through
- *   onLateAccept, so the worker (which retries a timeout only after at least
- *   another responseTimeoutMs) records it as accepted instead of sending it
- *   again.
+ * - `retry` / `connection_lost` (the bind went down before submit_sm was
+ *   written: nothing left): sent at once on another bind of the same SMSC
+ *   that is up, else `retry` goes back to the worker.
+ * - `unconfirmed` (submit_sm written, no submit_sm_resp: response timeout, or
+ *   the connection died with it in flight): never resent, here or by the
+ *   worker. The SMSC may have stored it (an SMSC that accepts and then drops
+ *   the connection before answering), and a second submit would text the
+ *   handset twice. The bind keeps listening for a late submit_sm_resp for
+ *   another responseTimeoutMs (reported through onLateAccept), then recycles
+ *   the connection (session.ts); the worker waits for a late receipt until
+ *   `sms.unconfirmedDeadlineMs`, then fails it `smsc_unconfirmed`.
  */
 
 export interface SmppGatewayOptions {
@@ -72,7 +71,7 @@ export class SmppGateway implements SmsGateway {
   private readonly bindWaitMs: number;
   private readonly stopTimeoutMs: number;
   private receiptHandler: ((receipt: DeliveryReceipt) => Promise<void>) | undefined;
-  private lateAcceptHandler: ((requestId: string, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>) => void) | undefined;
+  private lateAcceptHandler: ((request: Pick<SubmitRequest, 'requestId' | 'to'>, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>) => void) | undefined;
   private readonly waiters = new Set<() => void>();
   private running = false;
   private roundRobin = 0;
@@ -86,7 +85,7 @@ export class SmppGateway implements SmsGateway {
       onDeliverSm: (pdu: SmppPdu, session: SmppSession) => this.handleDeliverSm(pdu, session),
       onAvailabilityChange: () => this.wakeWaiters(),
       onLateAccept: (request: SubmitRequest, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>) =>
-        this.lateAcceptHandler?.(request.requestId, outcome),
+        this.lateAcceptHandler?.(request, outcome),
     };
     this.entries = options.smscs.map((settings) => ({
       settings,
@@ -121,7 +120,7 @@ export class SmppGateway implements SmsGateway {
     this.log.info('SMPP gateway stopped');
   }
 
-  onLateAccept(handler: (requestId: string, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>) => void): void {
+  onLateAccept(handler: (request: Pick<SubmitRequest, 'requestId' | 'to'>, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>) => void): void {
     this.lateAcceptHandler = handler;
   }
 
@@ -157,9 +156,8 @@ export class SmppGateway implements SmsGateway {
       return { kind: 'retry', reason: first.reason, smsc: route[0]?.settings.name };
     }
     const outcome = await first.session.submitReserved(request);
-    // A timeout is not resent here: the SMSC may still answer (onLateAccept); the worker retries later if it does not.
+    // Only a submit that never left is sent on another bind; an `unconfirmed` one may be at the SMSC (see the top).
     if (outcome.kind !== 'retry' || outcome.reason !== 'connection_lost') return outcome;
-    // Once more on another bind of the same SMSC (see the duplicate note at the top).
     const entry = this.entries.find((e) => e.sessions.includes(first.session));
     if (!entry || !this.running) return outcome;
     const second = await this.acquire([entry], first.session);
@@ -255,11 +253,17 @@ export class SmppGateway implements SmsGateway {
 
   /** Receipts go to the handler; deliver_sm that is not a receipt (an MO message) is acknowledged and dropped. */
   private async handleDeliverSm(pdu: SmppPdu, session: SmppSession): Promise<void> {
-    const receipt = parseReceipt(toReceiptPdu(pdu), session.smsc.name, session.smsc.messageIdFormat);
+    const fields = toReceiptPdu(pdu);
+    const receipt = parseReceipt(fields, session.smsc.name, session.smsc.messageIdFormat);
     if (!receipt) {
-      this.log.info({ smsc: session.smsc.name, bind: session.name, seq: pdu.sequence_number }, 'deliver_sm is not a receipt; dropped');
+      this.log.info(
+        { smsc: session.smsc.name, bind: session.name, seq: pdu.sequence_number },
+        isReceiptPdu(fields) ? 'receipt without a message id or a state; ignored' : 'deliver_sm is not a receipt; dropped',
+      );
       return;
     }
+    const handset = pduString(pdu, 'source_addr');
+    if (handset) receipt.handset = handset.replace(/^\+/, '');
     this.log.debug({ smsc: receipt.smsc, bind: session.name, message_id: receipt.messageId, state: receipt.state }, 'delivery receipt');
     const handler = this.receiptHandler;
     if (!handler) throw new Error('no receipt handler registered');

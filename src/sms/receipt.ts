@@ -83,8 +83,10 @@ export function toReceiptPdu(fields: Readonly<Record<string, unknown>>): Receipt
 
 /**
  * The receipt carried by `pdu`, with its id normalised for the SMSC's
- * `format`; undefined when the PDU is not a receipt (esm_class) or carries no
- * message id anywhere (nothing to match it to: answer it and log it).
+ * `format`; undefined when the PDU is not a receipt (esm_class), carries no
+ * message id anywhere (nothing to match it to), or no state at all (neither
+ * message_state nor `stat:`, and not an intermediate notification): answer it
+ * and log it, it says nothing about the delivery.
  *
  * The TLV id is read as written in submit_sm_resp (that is what §5.3.2.12
  * says it is) and the text id as a receipt id; when both are present and only
@@ -108,8 +110,10 @@ export function parseReceipt(
   if (messageId === undefined) return undefined;
 
   const tlvState = pdu.message_state !== undefined ? MESSAGE_STATES[pdu.message_state] : undefined;
-  const state: ReceiptState =
-    tlvState ?? (text.stat !== undefined ? stateFromStat(text.stat) : intermediate ? 'ENROUTE' : 'UNKNOWN');
+  const state: ReceiptState | undefined =
+    tlvState ?? (text.stat !== undefined ? stateFromStat(text.stat) : intermediate ? 'ENROUTE' : undefined);
+  // No state anywhere says nothing about the delivery: ignored (the caller logs it), never taken as a failure.
+  if (state === undefined) return undefined;
 
   const nec = networkError(pdu.network_error_code);
   const receipt: DeliveryReceipt = { smsc, messageId, state };

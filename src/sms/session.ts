@@ -458,6 +458,23 @@ class SmppConnection {
       this.late.set(sequence, pending.onLate);
     }
     pending.settle({ kind: 'timeout' });
+    if (pending.onLate) this.watchUnanswered(sequence);
+  }
+
+  /**
+   * Watchdog for an SMSC that stops answering submit_sm while still answering
+   * enquire_link: a submit still unanswered twice responseTimeoutMs after its
+   * timeout (three times after it left: a generous margin for a late
+   * submit_sm_resp, which still resolves it) means the bind is stuck; it is
+   * recycled (reconnected), so new submits go to binds that answer.
+   */
+  private watchUnanswered(sequence: number): void {
+    const generation = this.generation;
+    setTimeout(() => {
+      if (generation !== this.generation || !this.late.has(sequence)) return;
+      this.log.warn({ seq: sequence }, 'submit_sm never answered; recycling the bind');
+      this.lost('submit_sm never answered', generation);
+    }, 2 * this.smsc.responseTimeoutMs).unref();
   }
 
   private write(buffer: Buffer): void {
@@ -616,13 +633,15 @@ export class SmppSession {
     const log = request.logger.child({ smsc, bind: this.name, seq: sequence });
     log.debug({ data_coding: encoded.dataCoding, octets: encoded.shortMessage.length }, 'submit_sm sent');
     const r = await result;
+    // Sequence 0: nothing was written (the connection went just now).
+    if (r.kind === 'lost' && sequence === 0) return { kind: 'retry', reason: 'connection_lost', smsc };
     if (r.kind === 'timeout') {
-      log.warn({ timeout_ms: this.smsc.responseTimeoutMs }, 'submit_sm_resp timed out');
-      return { kind: 'retry', reason: 'timeout', smsc };
+      log.warn({ timeout_ms: this.smsc.responseTimeoutMs }, 'submit_sm_resp timed out; unconfirmed');
+      return { kind: 'unconfirmed', reason: 'timeout', smsc, bind: this.name };
     }
     if (r.kind === 'lost') {
-      log.warn('connection lost with submit_sm in flight');
-      return { kind: 'retry', reason: 'connection_lost', smsc };
+      log.warn('connection lost with submit_sm in flight; unconfirmed');
+      return { kind: 'unconfirmed', reason: 'connection_lost', smsc, bind: this.name };
     }
     const status = r.pdu.command_status;
     if (status === CommandStatus.ESME_ROK && r.pdu.command === 'submit_sm_resp') {

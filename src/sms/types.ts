@@ -47,12 +47,23 @@ export type SubmitOutcome =
       bind: string;
     }
   | {
-      /** Nothing was accepted by the SMSC; try again later (BullMQ delay). */
+      /** Nothing was accepted by the SMSC; try again later (BullMQ delay). `connection_lost`: the bind went down before submit_sm was written. */
       kind: 'retry';
-      reason: 'throttled' | 'queue_full' | 'no_bind' | 'timeout' | 'connection_lost';
+      reason: 'throttled' | 'queue_full' | 'no_bind' | 'connection_lost';
       /** SMPP command_status, when the SMSC answered. */
       commandStatus?: number;
       smsc?: string;
+    }
+  | {
+      /**
+       * submit_sm was written but no submit_sm_resp came (response timeout, or
+       * the connection died with it in flight): the SMSC may have accepted it.
+       * Never sent again (sms-processor: `smsc_unconfirmed`).
+       */
+      kind: 'unconfirmed';
+      reason: 'timeout' | 'connection_lost';
+      smsc: string;
+      bind: string;
     }
   | {
       /** The SMSC refused the message for good. */
@@ -87,6 +98,12 @@ export interface DeliveryReceipt {
   networkErrorCode?: { type: number; code: number };
   /** done date, as written by the SMSC (not parsed). */
   doneDate?: string;
+  /**
+   * The handset's number as the receipt reports it (deliver_sm source_addr,
+   * digits), to match a receipt to a submit whose submit_sm_resp never came.
+   * A number in clear: never logged, never stored.
+   */
+  handset?: string;
 }
 
 /** Gateway-level state for /readyz and metrics. */
@@ -116,6 +133,6 @@ export interface SmsGateway {
    * ESME_ROK arrived later on the same connection: the message was accepted
    * after all, and must not be sent again.
    */
-  onLateAccept(handler: (requestId: string, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>) => void): void;
+  onLateAccept(handler: (request: Pick<SubmitRequest, 'requestId' | 'to'>, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>) => void): void;
   status(): SmscStatus[];
 }

@@ -82,6 +82,18 @@ export class Keys {
     return `${this.prefix}:smsdlr:${smsc}:${messageId}`;
   }
   /**
+   * String with TTL: the request whose submit_sm to this SMSC and number was
+   * never answered (`smsc_unconfirmed`), for a receipt to match it by number;
+   * `numberMac` is an HMAC of the number, never the number in clear.
+   */
+  smsUnconfirmed(smsc: string, numberMac: string): string {
+    return `${this.prefix}:smsunc:${smsc}:${numberMac}`;
+  }
+  /** String with TTL: the message id of a receipt parked (unmatched) for this SMSC and number (HMAC), for a submit found unconfirmed just after. */
+  smsParkedByNumber(smsc: string, numberMac: string): string {
+    return `${this.prefix}:smsdlrnum:${smsc}:${numberMac}`;
+  }
+  /**
    * Sorted set with TTL: sliding window of one account's sends (fraud velocity
    * limits), kind `num` | `pfx` | `ip`; `subjectMac` is an HMAC of the number,
    * prefix or IP: never a number in clear.

@@ -57,6 +57,7 @@ async function start(smscOverrides: Record<string, unknown> = {}, extra: TestOve
         enabled: true,
         smscs: [smscEntry(smsc, smscOverrides)],
         retry: { firstDelayMs: 100, maxDelayMs: 400, maxAttempts: 6 },
+        unconfirmedDeadlineMs: 3_000,
         ...(extra?.sms ?? {}),
       },
     } as TestOverrides),
@@ -203,20 +204,95 @@ describe('SMS OTP through SMPP', () => {
     expect((await t.accounts.get(account.account_id)).balance).toBe(1);
   });
 
-  it('a connection dropped with submits in flight: every message delivered exactly once after the reconnect, one webhook each', async () => {
-    const t = await start({ window: 10 });
+  it('a connection dropped with submits in flight: nothing resent; unanswered ones fail smsc_unconfirmed at the deadline, not refunded', async () => {
+    const t = await start({ window: 10 }, { sms: { unconfirmedDeadlineMs: 1_500 } });
     const account = await t.account({ balance: 1 });
-    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, hooks.url);
     await smsc.set({ dropAfter: 3 });
     const phones = Array.from({ length: 6 }, (_, i) => `+4477009003${String(i).padStart(2, '0')}`);
     const ids = await Promise.all(phones.map((p) => sendSms(t, account.auth, p)));
-    for (const id of ids) expect(await finalStatus(t, account.auth, id, 15_000)).toMatchObject({ status: 'delivered' });
+    const statuses = [];
+    for (const id of ids) statuses.push(await finalStatus(t, account.auth, id, 15_000));
     const state = await smsc.state();
     expect(state.sessions.some((s) => s.closedBy === 'server')).toBe(true);
-    for (const phone of phones) expect(accepted(await submitsTo(phone)), JSON.stringify([await submitsTo(phone), state.sessions, state.events])).toHaveLength(1);
-    // Each customer hears it once: one signed `verification.delivered` webhook per request.
+    for (const [i, phone] of phones.entries()) {
+      // Every submit the SMSC received counts, answered or not: never two for one attempt.
+      const subs = await submitsTo(phone);
+      expect(subs.length, JSON.stringify(subs)).toBeLessThanOrEqual(1);
+      if (subs[0]?.status === 0) expect(statuses[i]).toMatchObject({ status: 'delivered' });
+      else expect([statuses[i]!.status, statuses[i]!.failure_reason]).toEqual(['failed', 'smsc_unconfirmed']);
+    }
+    // The drop held 3 submits without an answer: those ended unconfirmed.
+    expect(statuses.filter((s) => s.failure_reason === 'smsc_unconfirmed').length).toBeGreaterThanOrEqual(3);
+    // Unconfirmed may have been sent: billed, never refunded.
+    expect((await t.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 6 * 0.03, 6);
+  });
+
+  it('an SMSC that accepts then drops before answering: never a second message, each delivered by its receipt (matched by number), one webhook each', async () => {
+    const t = await start({ window: 10 });
+    const account = await t.account({ balance: 1 });
+    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, hooks.url);
+    // Receipts come on the new bind after the reconnect, well after the worker marked the submits unconfirmed.
+    await smsc.set({ acceptThenDrop: 3, receiptDelayMs: 300 });
+    // Three in flight on the one bind: the SMSC stores all three, then drops the connection before answering any.
+    const phones = Array.from({ length: 3 }, (_, i) => `+4477009009${String(i).padStart(2, '0')}`);
+    const ids = await Promise.all(phones.map((p) => sendSms(t, account.auth, p)));
+    for (const id of ids) expect(await finalStatus(t, account.auth, id, 15_000)).toMatchObject({ status: 'delivered' });
+    expect(t.logs.filter((l) => l.includes('receipt matched an unconfirmed submit by number') || l.includes('its receipt had already come'))).toHaveLength(3);
+    const state = await smsc.state();
+    expect(state.events.filter((e) => e.type === 'drop' && e.reason === 'accept_then_drop').length).toBeGreaterThanOrEqual(1);
+    for (const phone of phones) {
+      const subs = await submitsTo(phone);
+      expect(subs, JSON.stringify([subs, state.events])).toHaveLength(1);
+      expect(subs[0]!.status).toBe(0);
+    }
+    const events = (await readEvents(t.redis, t.keys)).filter((e) => ids.includes(e.request_id!));
+    expect(events.filter((e) => e.status === 'failed')).toEqual([]);
     await waitFor(async () => ids.every((id) => hooks.received.some((h) => h.request_id === id && h.status === 'delivered')) || undefined, 10_000);
-    for (const id of ids) expect(hooks.received.filter((h) => h.request_id === id && h.status === 'delivered')).toHaveLength(1);
+    for (const id of ids) expect(hooks.received.filter((h) => h.request_id === id && h.status !== 'sent')).toHaveLength(1);
+  });
+
+  it('an unconfirmed submit whose receipt comes after the deadline: failed smsc_unconfirmed, not refunded, never also delivered', async () => {
+    const t = await start({}, { sms: { unconfirmedDeadlineMs: 800 } });
+    const account = await t.account({ balance: 1 });
+    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, hooks.url);
+    await smsc.set({ acceptThenDrop: 1, receiptDelayMs: 2_000 });
+    const id = await sendSms(t, account.auth, '+447700900951');
+    const status = await finalStatus(t, account.auth, id);
+    expect([status.status, status.failure_reason]).toEqual(['failed', 'smsc_unconfirmed']);
+    // The DELIVRD comes later and is answered (nothing for the SMSC to retry), yet changes nothing.
+    await smsc.waitFor((s) => s.receipts.find((r) => r.destination === '447700900951' && r.statuses.includes(0)), 10_000, 'the late receipt answered');
+    const events = (await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id && e.status !== 'sent');
+    expect(events.map((e) => e.status)).toEqual(['failed']);
+    expect(JSON.parse(events[0]!.detail!)).toMatchObject({ reason: 'smsc_unconfirmed', smsc: 'default' });
+    expect((await http(`${t.url}/v1/verify/${id}`, { auth: account.auth })).body).toMatchObject({ status: 'failed', failure_reason: 'smsc_unconfirmed' });
+    expect((await t.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 0.03, 6);
+    expect(await submitsTo('+447700900951')).toHaveLength(1);
+    await waitFor(async () => hooks.received.find((h) => h.request_id === id), 5_000);
+    expect(hooks.received.filter((h) => h.request_id === id && h.status !== 'sent').map((h) => h.status)).toEqual(['failed']);
+  });
+
+  it('intermediate receipts (ACCEPTD, ENROUTE) change nothing; the DELIVRD after them: delivered through the API and one webhook', async () => {
+    const t = await start();
+    const account = await t.account({ balance: 1 });
+    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, hooks.url);
+    await smsc.set({ intermediateStates: ['ACCEPTD', 'ENROUTE'], receiptDelayMs: 1_000 });
+    const id = await sendSms(t, account.auth, '+447700900961');
+    const answered = (state: string) => (s: { receipts: { destination: string; state: string; statuses: (number | null)[] }[] }) =>
+      s.receipts.find((r) => r.destination === '447700900961' && r.state === state && r.statuses.includes(0));
+    await smsc.waitFor(answered('ENROUTE'), 5_000, 'ENROUTE answered');
+    // Read before the SMSC has even sent the DELIVRD (1 s later): still `sent`.
+    const during = (await http(`${t.url}/v1/verify/${id}`, { auth: account.auth })).body as Record<string, unknown>;
+    const finalReceipt = (await smsc.state()).receipts.find((r) => r.destination === '447700900961' && r.state === 'DELIVRD');
+    expect(finalReceipt?.statuses).toEqual([]);
+    expect(during.status).toBe('sent');
+    expect(await finalStatus(t, account.auth, id)).toMatchObject({ status: 'delivered' });
+    const events = (await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id && e.status !== 'sent');
+    expect(events.map((e) => [e.status, JSON.parse(e.detail!).stat])).toEqual([['delivered', 'DELIVRD']]);
+    await waitFor(async () => hooks.received.find((h) => h.request_id === id), 5_000);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(hooks.received.filter((h) => h.request_id === id && h.status !== 'sent').map((h) => h.event)).toEqual(['verification.delivered']);
+    const metrics = await fetch(`${t.url}/metrics`).then((r) => r.text());
+    expect(metrics).toMatch(/flashverify_sms_receipts_total\{smsc="default",state="ENROUTE"\} 1/);
   });
 
   it.each<[string, Partial<SmscSettings>, Record<string, unknown>]>([
@@ -265,16 +341,54 @@ describe('SMS OTP through SMPP', () => {
     expect((await t.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 2 * 0.03, 6);
   });
 
-  it('SMSC down when the request comes: the job waits and delivers once the bind is up', async () => {
-    const t = await start();
+  it('SMSC down when the request comes: the job waits without using its attempts, and delivers once the bind is up', async () => {
+    const t = await start({}, { sms: { retry: { firstDelayMs: 50, maxDelayMs: 100, maxAttempts: 2 } } });
     const account = await t.account({ balance: 1 });
     await smsc.set({ refuseBinds: true });
     await smsc.action('drop');
     await waitFor(async () => (await http(`${t.url}/readyz`)).status === 503, 5000);
     const id = await sendSms(t, account.auth, '+447700900501');
-    await waitFor(async () => (await t.redis.hget(t.keys.verification(id), 'sms_state')) === 'retry', 5000);
+    // More no-bind waits than maxAttempts: none of them counted as an attempt.
+    await waitFor(async () => Number(await t.redis.hget(t.keys.verification(id), 'sms_waits')) >= 4 || undefined, 10_000);
+    expect(await t.redis.hget(t.keys.verification(id), 'sms_state')).toBe('retry');
     await smsc.set({ refuseBinds: false });
     expect(await finalStatus(t, account.auth, id, 15_000)).toMatchObject({ status: 'delivered' });
     expect(accepted(await submitsTo('+447700900501'))).toHaveLength(1);
+    expect(await t.redis.hget(t.keys.verification(id), 'sms_attempts')).toBe('1');
+  });
+
+  it('no bind up for longer than sms.noBindMaxWaitMs: failed smsc_no_bind, refunded, nothing sent', async () => {
+    const t = await start({}, { sms: { noBindMaxWaitMs: 600, retry: { firstDelayMs: 50, maxDelayMs: 100, maxAttempts: 2 } } });
+    const account = await t.account({ balance: 1 });
+    await smsc.set({ refuseBinds: true });
+    await smsc.action('drop');
+    await waitFor(async () => (await http(`${t.url}/readyz`)).status === 503, 5000);
+    const id = await sendSms(t, account.auth, '+447700900502');
+    const status = await finalStatus(t, account.auth, id);
+    expect([status.status, status.failure_reason]).toEqual(['failed', 'smsc_no_bind']);
+    expect(Number(await t.redis.hget(t.keys.verification(id), 'sms_waits'))).toBeGreaterThanOrEqual(1);
+    expect((await t.accounts.get(account.account_id)).balance).toBe(1);
+    expect(await submitsTo('+447700900502')).toEqual([]);
+  });
+
+  it('a throttled submit waiting in the delayed set survives an engine restart: delivered once', async () => {
+    const first = await start({}, { sms: { retry: { firstDelayMs: 300, maxDelayMs: 600, maxAttempts: 20 } } });
+    const account = await first.account({ balance: 1 });
+    await smsc.set({ throttleNext: 1_000 });
+    const id = await sendSms(first, account.auth, '+447700900521');
+    await waitFor(async () => (await first.redis.hget(first.keys.verification(id), 'sms_state')) === 'retry' || undefined, 5_000);
+    // Stop the engine without removing its keys: the delayed job is all that remembers the send.
+    engine = undefined;
+    await first.engine.stop();
+    await first.redis.quit();
+    const throttledBefore = (await submitsTo('+447700900521')).length;
+    expect(throttledBefore).toBeGreaterThanOrEqual(1);
+    await smsc.set({ throttleNext: 0 });
+    engine = await startTestEngine(first.config);
+    const second = engine;
+    expect(await finalStatus(second, account.auth, id)).toMatchObject({ status: 'delivered' });
+    const subs = await submitsTo('+447700900521');
+    expect(accepted(subs)).toHaveLength(1);
+    expect(subs.filter((s) => s.status !== 0 && s.status !== 0x58)).toEqual([]);
   });
 });

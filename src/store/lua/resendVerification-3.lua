@@ -57,7 +57,8 @@ if cost > 0 then balance = redis.call('HINCRBY', KEYS[1], 'balance', -cost) end
 sends = sends + 1
 redis.call('HSET', KEYS[2], 'sends', sends, 'last_send_at', ARGV[2], 'send_cost', cost)
 redis.call('HINCRBY', KEYS[2], 'cost', cost)
-redis.call('HDEL', KEYS[2], 'dial_started', 'rang_at', 'outcome', 'final_sip_status', 'sms_state', 'sms_attempts', 'refunded')
+redis.call('HDEL', KEYS[2], 'dial_started', 'rang_at', 'outcome', 'final_sip_status', 'sms_state', 'sms_attempts',
+  'sms_unconfirmed_until', 'sms_nobind_since', 'sms_waits', 'refunded')
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'code_mac', ARGV[5], 'code_enc', ARGV[6]) end
 
 redis.call('HINCRBY', KEYS[3], v[4] .. ':count', 1)

@@ -27,36 +27,45 @@ async function boundSessionIds(): Promise<number[]> {
 }
 
 describe('response timeout', () => {
-  it('a submit_sm without response is not resent: timeout goes back to the worker, and the silent bind stays up', async () => {
-    gut = await startGateway([smscEntry(smsc, { binds: 2, responseTimeoutMs: 300 })]);
+  it('a submit_sm without response is not resent (unconfirmed), and the bind that never answers submits is recycled', async () => {
+    gut = await startGateway([smscEntry(smsc, { binds: 2, responseTimeoutMs: 300, enquireLinkMs: 100 })]);
     await gut.waitUp();
     const [silent, live] = await boundSessionIds();
     await smsc.set({ silentSubmitSessions: [silent ?? -1] });
     // Sequential submits rotate over the binds, so some go to the silent one.
     const outcomes = [];
     for (let i = 0; i < 4; i += 1) outcomes.push(await gut.gateway.submit(submitRequest(`+44770090060${i}`)));
-    const { submits, sessions } = await smsc.state();
+    const { submits } = await smsc.state();
     const onSilent = submits.filter((s) => s.session === silent);
     const onLive = submits.filter((s) => s.session === live && s.status === 0);
     expect(onSilent.length).toBeGreaterThanOrEqual(1);
-    // One submit per message: the SMSC may still answer a slow one, so it is never resent blindly.
+    // One submit per message: the SMSC may have stored an unanswered one, so it is never resent.
     expect(submits).toHaveLength(4);
-    expect(outcomes.filter((o) => o.kind === 'retry' && o.reason === 'timeout')).toHaveLength(onSilent.length);
+    expect(outcomes.filter((o) => o.kind === 'unconfirmed' && o.reason === 'timeout')).toHaveLength(onSilent.length);
     expect(outcomes.filter((o) => o.kind === 'accepted')).toHaveLength(onLive.length);
-    // The silent bind stays up: enquire_link is still answered there.
-    expect(sessions.find((s) => s.id === silent)?.closedAt).toBeNull();
+    // enquire_link is still answered there, yet the bind is stuck for submits: the client recycles it and binds again.
+    const state = await smsc.waitFor(
+      (s) => (s.sessions.find((x) => x.id === silent)?.closedAt !== null && s.sessions.filter((x) => x.bound && x.closedAt === null).length === 2 ? s : undefined),
+      5_000,
+      'the silent bind recycled',
+    );
+    const old = state.sessions.find((x) => x.id === silent)!;
+    expect([old.closedBy, old.enquireLinks > 0]).toEqual(['client', true]);
+    expect(state.events.some((e) => e.type === 'close' && e.session === live)).toBe(false);
+    await gut.waitUp();
+    for (let i = 0; i < 2; i += 1) expect((await gut.gateway.submit(submitRequest(`+44770090061${i}`))).kind).toBe('accepted');
   });
 
   it('a submit_sm_resp that comes after the timeout is reported as a late acceptance', async () => {
     gut = await startGateway([smscEntry(smsc, { binds: 1, responseTimeoutMs: 300 })]);
     const late: { requestId: string; messageId: string }[] = [];
-    gut.gateway.onLateAccept((requestId, outcome) => late.push({ requestId, messageId: outcome.messageId }));
+    gut.gateway.onLateAccept(({ requestId }, outcome) => late.push({ requestId, messageId: outcome.messageId }));
     await gut.waitUp();
     await smsc.set({ respDelayMs: 700 });
     const t = performance.now();
     const request = submitRequest('+447700900610');
     const outcome = await gut.gateway.submit(request);
-    expect(outcome).toEqual({ kind: 'retry', reason: 'timeout', smsc: 'default' });
+    expect(outcome).toEqual({ kind: 'unconfirmed', reason: 'timeout', smsc: 'default', bind: 'default#0' });
     expect(performance.now() - t).toBeLessThan(650);
     await waitUntil(() => late.length === 1, 3_000);
     const { submits } = await smsc.state();
@@ -77,7 +86,7 @@ describe('connection lost', () => {
     // Settled long before the 5 s response timeout: the drop itself settled them.
     expect(performance.now() - t).toBeLessThan(4_000);
     for (const o of outcomes) {
-      expect(o.kind === 'accepted' || (o.kind === 'retry' && o.reason === 'connection_lost')).toBe(true);
+      expect(o.kind === 'accepted' || (o.kind === 'unconfirmed' && o.reason === 'connection_lost')).toBe(true);
     }
     const state = await smsc.state();
     expect(state.events.filter((e) => e.type === 'drop').length).toBeGreaterThanOrEqual(1);

@@ -41,6 +41,27 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ env: { FLASHVERIFY_ADMIN_TOKEN: 'short' } })).toThrow(/admin\.token: must be empty/);
   });
 
+  it('checks sms.templates at boot: each has {code} and fits one SMS part in its encoding, the error naming the template', () => {
+    const load = (templates: Record<string, string>): unknown => {
+      try {
+        return loadConfig({ env: {}, overrides: { sms: { templates } } });
+      } catch (e) {
+        return e;
+      }
+    };
+    const ok = load({ en: 'Your code: {code}', ru: 'Ваш код: {code}' }) as { sms: { templates: Record<string, string> } };
+    expect(ok.sms.templates).toMatchObject({ en: 'Your code: {code}', ru: 'Ваш код: {code}' });
+    const missing = load({ en: 'Your code: {code}', fr: 'Votre code' });
+    expect(missing).toBeInstanceOf(ConfigError);
+    expect((missing as ConfigError).issues.join('\n')).toMatch(/sms\.templates\.fr: must contain \{code\}/);
+    // 156 GSM-7 characters + a 6-digit code > 160 septets; 65 UCS-2 characters + 6 > 70.
+    const tooLong = load({ en: `${'a'.repeat(155)} {code}`, ru: `${'ж'.repeat(65)}{code}` });
+    expect(tooLong).toBeInstanceOf(ConfigError);
+    const issues = (tooLong as ConfigError).issues.join('\n');
+    expect(issues).toMatch(/sms\.templates\.en: template "en" cannot be sent: .*160/);
+    expect(issues).toMatch(/sms\.templates\.ru: template "ru" cannot be sent: .*UCS-2.*70/);
+  });
+
   it('lists every error at once', () => {
     const file = yamlFile(
       'http:\n  port: 70000\nnumbers:\n  ranges:\n    - { prefix: "4419", country: uk }\nsip:\n  trunks: []\nbogus: 1\n',

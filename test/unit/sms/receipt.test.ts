@@ -145,8 +145,14 @@ describe('parseReceipt', () => {
     });
   });
 
+  it('ignores a receipt without any state (no message_state, no stat:) rather than failing it as UNKNOWN', () => {
+    expect(parseReceipt({ esm_class: RECEIPT, short_message: 'id:9' }, 'a', 'auto')).toBeUndefined();
+    expect(parseReceipt({ esm_class: RECEIPT, short_message: '', receipted_message_id: '9' }, 'a', 'auto')).toBeUndefined();
+    // An intermediate notification without a state is still en route.
+    expect(parseReceipt({ esm_class: 0x20, short_message: 'id:9' }, 'a', 'auto')?.state).toBe('ENROUTE');
+  });
+
   it('tolerates missing fields', () => {
-    expect(parseReceipt({ esm_class: RECEIPT, short_message: 'id:9' }, 'a', 'auto')).toEqual({ smsc: 'a', messageId: '9', state: 'UNKNOWN' });
     expect(parseReceipt({ esm_class: RECEIPT, short_message: 'id:9 stat:DELIVRD' }, 'a', 'auto')).toEqual({
       smsc: 'a',
       messageId: '9',
@@ -266,7 +272,7 @@ describe('parseReceipt', () => {
     expect(ascii?.error).toBe('011');
     expect(ascii?.networkErrorCode).toBeUndefined();
     expect(
-      parseReceipt({ esm_class: RECEIPT, receipted_message_id: '1', network_error_code: { network_type: 1, error_code: 513 } }, 'a', 'auto'),
+      parseReceipt({ esm_class: RECEIPT, receipted_message_id: '1', message_state: 5, network_error_code: { network_type: 1, error_code: 513 } }, 'a', 'auto'),
     ).toMatchObject({ error: '513', networkErrorCode: { type: 1, code: 513 } });
   });
 

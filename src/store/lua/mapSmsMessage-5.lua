@@ -1,0 +1,38 @@
+--[[
+  Record that the SMSC accepted a verification's submit_sm (its
+  submit_sm_resp, a late one, or a receipt that matched an unconfirmed
+  submit), and hand back a delivery receipt that arrived before it (some SMSCs
+  send the receipt first). The parked receipt is NOT deleted here:
+  settleSms-3 deletes it in the same step that records it and writes its
+  event, so a crash in between leaves it parked for the job's re-run.
+
+  Every message id of the verification stays mapped (sms_message_ids), so a
+  receipt for an earlier message of the same step still matches.
+
+  KEYS[1] verification hash
+  KEYS[2] message-id map string    (<prefix>:smsid:<smsc>:<id>)
+  KEYS[3] early-receipt string     (<prefix>:smsdlr:<smsc>:<id>)
+  KEYS[4] unconfirmed-submit string (<prefix>:smsunc:<smsc>:<hmac of number>), removed when it names this request
+  KEYS[5] parked-by-number string   (<prefix>:smsdlrnum:<smsc>:<hmac of number>), removed when it names this message
+
+  ARGV[1] request id
+  ARGV[2] TTL of the map, seconds
+  ARGV[3] SMSC name
+  ARGV[4] normalised message id
+
+  Returns the parked receipt (JSON) when one is waiting, else false.
+]]
+redis.call('SET', KEYS[2], ARGV[1], 'EX', tonumber(ARGV[2]))
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'sms_state', 'accepted', 'sms_smsc', ARGV[3], 'sms_message_id', ARGV[4])
+  redis.call('HDEL', KEYS[1], 'sms_unconfirmed_until')
+  local ids = redis.call('HGET', KEYS[1], 'sms_message_ids') or ''
+  if not string.find(' ' .. ids .. ' ', ' ' .. ARGV[4] .. ' ', 1, true) then
+    redis.call('HSET', KEYS[1], 'sms_message_ids', ids == '' and ARGV[4] or (ids .. ' ' .. ARGV[4]))
+  end
+end
+if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+if redis.call('GET', KEYS[5]) == ARGV[4] then redis.call('DEL', KEYS[5]) end
+local early = redis.call('GET', KEYS[3])
+if early then return early end
+return false
