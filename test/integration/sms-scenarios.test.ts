@@ -340,6 +340,21 @@ describe('SMS OTP through SMPP', () => {
     expect((await t.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 0.03, 6);
   });
 
+  it('an unconfirmed submit whose request expires before its deadline is not refunded (it may have been sent)', async () => {
+    const t = await start({ responseTimeoutMs: 300 }, { sms: { unconfirmedDeadlineMs: 1_500 } });
+    const account = await t.account({ balance: 1 });
+    await smsc.set({ noResponse: 'submit' });
+    const id = await sendSms(t, account.auth, '+447700900712');
+    await waitFor(async () => (await t.redis.hget(t.keys.verification(id), 'sms_state')) === 'unconfirmed' || undefined, 5_000);
+    // The request's lifetime ends before the unconfirmed deadline (as with a short expiry_seconds).
+    await t.redis.hset(t.keys.verification(id), 'expires_at', String(Date.now() - 1));
+    await waitFor(async () => t.logs.some((l) => l.includes(id) && l.includes('expired after its delivery started')) || undefined, 10_000);
+    const failed = (await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id && e.status === 'failed');
+    expect(failed).toEqual([]);
+    expect((await t.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 0.03, 6);
+    expect(await submitsTo('+447700900712')).toHaveLength(1);
+  });
+
   it('resend: true sends the same code again on the same request, billed per send', async () => {
     const t = await start();
     const account = await t.account({ balance: 1 });
