@@ -10,7 +10,7 @@
  * loop: a stall is charged to every request that should have left during it)
  * and from its actual send, failures by kind, and CPU and RSS per process.
  */
-import { parseBenchArgs } from './lib/args.js';
+import { parseBenchArgs, STACK_OPTIONS, STACK_USAGE } from './lib/args.js';
 import { startFlashverify } from './lib/engine.js';
 import { httpFirer, runOpenLoop, type FireResult, type LoadResult } from './lib/load.js';
 import { CpuWindow, formatCpu, loadAverages, machineDescription } from './lib/procstat.js';
@@ -26,10 +26,7 @@ const USAGE = `npm run bench -- api [options]
   --via http|queue   HTTP (default), or the in-process producer straight into BullMQ
   --log-level L      engine log level (default warn)
   --profile api      run the api processes under node --cpu-prof
-  --keep-logs        keep the temp directory
-  --use-dist         run ./dist as built (default: a tsc snapshot of src/)
-  --app DIR          run a snapshot kept by an earlier run (its temp directory's app/)
-  --redis-url URL    default redis://127.0.0.1:6379`;
+${STACK_USAGE}`;
 
 async function main(): Promise<void> {
   const a = parseBenchArgs(process.argv.slice(2), {
@@ -40,10 +37,7 @@ async function main(): Promise<void> {
     via: { type: 'string', default: 'http' },
     'log-level': { type: 'string', default: 'warn' },
     profile: { type: 'string' },
-    'keep-logs': { type: 'boolean' },
-    'use-dist': { type: 'boolean' },
-    app: { type: 'string' },
-    'redis-url': { type: 'string', default: 'redis://127.0.0.1:6379' },
+    ...STACK_OPTIONS,
   });
   if (a.help) return line(USAGE);
   const rate = a.num('rate', 1, 20_000);

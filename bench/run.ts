@@ -8,7 +8,7 @@
  *   drive   POST /v1/verify at a rate against a running engine (starts nothing) bench/drive.ts
  *   voice   RTP pacing of the embedded media player                          bench/voice.ts
  *   profile summarise .cpuprofile files (top self time)                     bench/profile-summary.ts
- *   sms     submit_sm/s through 1 and N SMPP binds against the test SMSC      bench/sms.ts
+ *   sms     SMS verifications through the worker: queue → submit_sm → receipt → delivered  bench/sms.ts
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';

@@ -23,3 +23,17 @@ export function parseBenchArgs(argv: string[], spec: Record<string, { type: 'str
     },
   };
 }
+
+/** Options of every benchmark that starts engine processes through bench/lib/stack.ts. */
+export const STACK_OPTIONS = {
+  'keep-logs': { type: 'boolean' },
+  'use-dist': { type: 'boolean' },
+  app: { type: 'string' },
+  'redis-url': { type: 'string', default: 'redis://127.0.0.1:6379' },
+} as const;
+
+/** Usage lines of STACK_OPTIONS. */
+export const STACK_USAGE = `  --keep-logs        keep the temp directory
+  --use-dist         run ./dist as built (default: a tsc snapshot of src/)
+  --app DIR          run a snapshot kept by an earlier run (its temp directory's app/)
+  --redis-url URL    default redis://127.0.0.1:6379`;

@@ -7,7 +7,7 @@ import { scripts } from '../store/scripts.js';
 import type { Method } from '../verification/types.js';
 
 /** claimDelivery-1.lua's answer. */
-type ClaimVerdict = 'gone' | 'other_method' | 'past_sent' | 'expired' | 'claimed' | 'started';
+type ClaimVerdict = 'gone' | 'other_method' | 'past_sent' | 'expired' | 'expired_started' | 'claimed' | 'started';
 
 /** A verification this worker may now deliver, with its sealed fields opened. */
 export interface DeliveryClaim {
@@ -51,6 +51,13 @@ export async function claimDelivery(
    * when it may have left and must not be sent again.
    */
   resume?: (extra: Record<string, string | null>) => 'resume' | 'done' | 'interrupted',
+  /**
+   * Asked when the request expired after a previous run started this
+   * delivery: true when nothing can have left (refunded, as an attempt never
+   * started), false when it may have (no refund; the expiry sweeper ends it).
+   * Default: true.
+   */
+  nothingLeft: (extra: Record<string, string | null>) => boolean = () => true,
 ): Promise<DeliveryClaim | undefined> {
   const { redis, keys, sealer, events } = deps;
   const key = keys.verification(requestId);
@@ -88,12 +95,18 @@ export async function claimDelivery(
   }
   // A workflow step's events carry the step (workflow.ts): its failure must not end the request while steps are left.
   const base = { request_id: requestId, account_id: accountId, method, ...(wfStep && wfSteps ? { step: Number(wfStep), steps: Number(wfSteps) } : {}) };
-  if (verdict === 'expired') {
+  const extra: Record<string, string | null> = {};
+  extraFields.forEach((f, i) => (extra[f] = extraValues[i] ?? null));
+  if (verdict === 'expired_started' && !nothingLeft(extra)) {
+    // An earlier run of this attempt may have reached the handset (e.g. an SMS waiting for its unconfirmed
+    // deadline): no refund; the expiry sweeper gives the request its `expired` status.
+    log.info({ method }, 'verification expired after its delivery started; left to expire, not refunded');
+    return undefined;
+  }
+  if (verdict === 'expired' || verdict === 'expired_started') {
     await events.publish({ ...base, status: 'failed', detail: { reason: 'expired_before_delivery', refund: true } });
     return undefined;
   }
-  const extra: Record<string, string | null> = {};
-  extraFields.forEach((f, i) => (extra[f] = extraValues[i] ?? null));
   if (verdict === 'started') {
     const again = resume?.(extra) ?? 'interrupted';
     if (again === 'done') {

@@ -73,8 +73,14 @@ export class SmsProcessor {
     const { redis, config, events, gateway } = this.deps;
     const requestId = job.data.request_id;
     // A previous run that reached the SMSC (or knows nothing left) is resumed; one that may have sent without knowing is not.
-    const claim = await claimDelivery(this.deps, requestId, 'sms', RECORD_FIELDS, (extra) =>
-      extra.sms_state === 'retry' || extra.sms_state === 'accepted' || extra.sms_state === 'unconfirmed' ? 'resume' : 'interrupted',
+    const claim = await claimDelivery(
+      this.deps,
+      requestId,
+      'sms',
+      RECORD_FIELDS,
+      (extra) => (extra.sms_state === 'retry' || extra.sms_state === 'accepted' || extra.sms_state === 'unconfirmed' ? 'resume' : 'interrupted'),
+      // Expired meanwhile: refunded only when no submit_sm can have left (refused for now, or never tried).
+      (extra) => extra.sms_state === 'retry' || extra.sms_state === null,
     );
     if (!claim) return undefined;
     const { key, base, log, to, code, country, extra } = claim;

@@ -326,6 +326,35 @@ describe('SMS OTP through SMPP', () => {
     expect(t.logs.some((l) => l.includes('after its response timeout'))).toBe(true);
   });
 
+  it('no submit_sm_resp within the response timeout: not resent, failed smsc_unconfirmed at the deadline, not refunded', async () => {
+    const t = await start({ responseTimeoutMs: 300 }, { sms: { unconfirmedDeadlineMs: 1_500 } });
+    const account = await t.account({ balance: 1 });
+    await smsc.set({ noResponse: 'submit' });
+    const id = await sendSms(t, account.auth, '+447700900711');
+    const status = await finalStatus(t, account.auth, id);
+    expect([status.status, status.failure_reason]).toEqual(['failed', 'smsc_unconfirmed']);
+    expect(await submitsTo('+447700900711')).toHaveLength(1);
+    const failed = (await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id && e.status === 'failed');
+    expect(failed.map((e) => JSON.parse(e.detail!))).toEqual([{ reason: 'smsc_unconfirmed', smsc: 'default', attempts: 1 }]);
+    // It may have been sent: billed.
+    expect((await t.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 0.03, 6);
+  });
+
+  it('an unconfirmed submit whose request expires before its deadline is not refunded (it may have been sent)', async () => {
+    const t = await start({ responseTimeoutMs: 300 }, { sms: { unconfirmedDeadlineMs: 1_500 } });
+    const account = await t.account({ balance: 1 });
+    await smsc.set({ noResponse: 'submit' });
+    const id = await sendSms(t, account.auth, '+447700900712');
+    await waitFor(async () => (await t.redis.hget(t.keys.verification(id), 'sms_state')) === 'unconfirmed' || undefined, 5_000);
+    // The request's lifetime ends before the unconfirmed deadline (as with a short expiry_seconds).
+    await t.redis.hset(t.keys.verification(id), 'expires_at', String(Date.now() - 1));
+    await waitFor(async () => t.logs.some((l) => l.includes(id) && l.includes('expired after its delivery started')) || undefined, 10_000);
+    const failed = (await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id && e.status === 'failed');
+    expect(failed).toEqual([]);
+    expect((await t.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 0.03, 6);
+    expect(await submitsTo('+447700900712')).toHaveLength(1);
+  });
+
   it('resend: true sends the same code again on the same request, billed per send', async () => {
     const t = await start();
     const account = await t.account({ balance: 1 });
@@ -339,6 +368,26 @@ describe('SMS OTP through SMPP', () => {
     const ok = await http(`${t.url}/v1/verify/check`, { auth: account.auth, body: { request_id: id, code: codeIn(second!.text) } });
     expect(ok.body).toMatchObject({ status: 'verified' });
     expect((await t.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 2 * 0.03, 6);
+  });
+
+  it('a workflow SMS step sent again (resend): the receipt of its first message still counts, every message id stays mapped', async () => {
+    const t = await start();
+    const account = await t.account({ balance: 1 });
+    await smsc.set({ receiptDelayMs: 1_500 });
+    const id = await sendSms(t, account.auth, '+447700900971', { method: undefined, workflow: [{ method: 'sms' }] });
+    expect(await t.redis.hget(t.keys.verification(id), 'wf_steps')).toBe('1');
+    await waitFor(async () => (await t.redis.hget(t.keys.verification(id), 'sms_state')) === 'accepted' || undefined, 5_000);
+    // The second message gets no receipt: only the first one's DELIVRD can deliver the step.
+    await smsc.set({ receipts: false });
+    const again = await http(`${t.url}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900971', method: 'sms', code_length: 6, resend: true } });
+    expect([again.status, (again.body as { request_id: string }).request_id]).toEqual([200, id]);
+    await waitFor(async () => accepted(await submitsTo('+447700900971')).length === 2 || undefined, 5_000);
+    const [first, second] = accepted(await submitsTo('+447700900971'));
+    await waitFor(async () => (await t.redis.hget(t.keys.verification(id), 'sms_message_id')) === second!.messageId || undefined, 5_000);
+    expect(await finalStatus(t, account.auth, id)).toMatchObject({ status: 'delivered' });
+    const delivered = (await readEvents(t.redis, t.keys)).find((e) => e.request_id === id && e.status === 'delivered');
+    expect(JSON.parse(delivered!.detail!)).toMatchObject({ smpp_message_id: first!.messageId, stat: 'DELIVRD' });
+    expect(await t.redis.hget(t.keys.verification(id), 'sms_message_ids')).toBe(`${first!.messageId} ${second!.messageId}`);
   });
 
   it('SMSC down when the request comes: the job waits without using its attempts, and delivers once the bind is up', async () => {

@@ -13,7 +13,9 @@
     'gone'          no record (or one without account, phone or code)
     'other_method'  the record is of another method
     'past_sent'     past `sent`, and not a resend re-opened by resendVerification-3
-    'expired'       expires_at has passed (not claimed)
+    'expired'       expires_at has passed before this attempt started (not claimed)
+    'expired_started' expires_at has passed and an earlier run already started this attempt
+                    (it may have reached the handset: not refunded; the expiry sweeper ends it)
     'claimed'       dial_started was set now
     'started'       dial_started was already set (an earlier run of this attempt)
 ]]
@@ -25,6 +27,9 @@ if h[6] ~= ARGV[1] then return { 'other_method', values } end
 -- A resend (POST /v1/verify with resend: true) re-opens the claim of a live request by clearing dial_started.
 local resend = status == 'delivered' and redis.call('HEXISTS', KEYS[1], 'dial_started') == 0
 if status ~= 'sent' and not resend then return { 'past_sent', values } end
-if tonumber(ARGV[2]) >= (tonumber(h[5]) or 0) then return { 'expired', values } end
+if tonumber(ARGV[2]) >= (tonumber(h[5]) or 0) then
+  if redis.call('HEXISTS', KEYS[1], 'dial_started') == 1 then return { 'expired_started', values } end
+  return { 'expired', values }
+end
 if redis.call('HSETNX', KEYS[1], 'dial_started', ARGV[2]) == 1 then return { 'claimed', values } end
 return { 'started', values }
