@@ -425,7 +425,8 @@ export class FakeFreeswitch {
       case 'uuid_dump': {
         const ch = target(args[0]);
         if (!ch) return '-ERR No such channel!\n';
-        return encodeHeaders(fillHeaders(UUID_DUMP, ch.values));
+        // switch_event_serialize of the channel's event: header lines, then a blank line.
+        return encodeHeaders(fillHeaders(UUID_DUMP, ch.values)) + '\n';
       }
       case 'uuid_set_media_stats':
         return '+OK\n';

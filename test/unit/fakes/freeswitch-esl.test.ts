@@ -302,7 +302,9 @@ describe('fake FreeSWITCH, outbound event socket (a channel dials the app)', () 
     socket.write(`api uuid_dump ${channel.uuid}\n\n`);
     const dump = await esl.message();
     expect(dump.headers['Content-Type']).toBe('api/response');
-    expect(parsePlainEvent(`${dump.body}\n`).headers['Unique-ID']).toBe(channel.uuid);
+    // A serialized event: URL-encoded header lines and a blank line, as in the published uuid_dump capture.
+    expect(dump.body.endsWith('\n\n')).toBe(true);
+    expect(parsePlainEvent(dump.body).headers).toMatchObject({ 'Unique-ID': channel.uuid, variable_rtp_local_sdp_str: channel.localSdp });
 
     socket.write(`sendmsg ${channel.uuid}\ncall-command: hangup\nhangup-cause: NORMAL_CLEARING\n\n`);
     expect((await esl.message()).headers['Reply-Text']).toBe('+OK');
