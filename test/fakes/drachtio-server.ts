@@ -259,6 +259,8 @@ interface DialogState {
   /** The 2xx we sent (for in-dialog requests from the far end). */
   ok: ParsedSip;
   cseq: number;
+  /** The 2xx came after the app's CANCEL: drachtio-server BYEs the dialog itself once the app ACKs (ACK-BYE). */
+  ackBye: boolean;
 }
 
 const SIP_ADDR = '127.0.0.1';
@@ -658,6 +660,7 @@ export class FakeDrachtioServer {
     this.record(parsed, sent, true);
     const txnId = method === 'ACK' ? '' : randomUUID();
     this.sent(socket, frame.msgId, sent, txnId);
+    if (method === 'ACK' && dialog.ackBye) return this.ackBye(dialog, target);
     if (method === 'BYE') {
       this.dialogs.delete(dialogId);
       this.later(10, () => this.sendResponseFor(socket, parsed, 200, txnId, dialogId));
@@ -716,7 +719,7 @@ export class FakeDrachtioServer {
       this.record(parseSip(ack), ack, false);
       return;
     }
-    const dialog: DialogState = { id: txn.dialogId, txn, socket: txn.socket, ok: parseSip(raw), cseq: 1 };
+    const dialog: DialogState = { id: txn.dialogId, txn, socket: txn.socket, ok: parseSip(raw), cseq: 1, ackBye: txn.cancelled };
     this.dialogs.set(dialog.id, dialog);
     const { remoteByeAfterMs, reinviteAfterMs } = txn.scenario;
     if (reinviteAfterMs !== undefined) this.later(reinviteAfterMs, () => this.requestFromNetwork(dialog, 'INVITE', farEndSdp(40_000, 2)));
@@ -725,6 +728,29 @@ export class FakeDrachtioServer {
         if (this.dialogs.delete(dialog.id)) this.requestFromNetwork(dialog, 'BYE');
       });
     }
+  }
+
+  /**
+   * sip-dialog-controller.cpp: a 200 to an INVITE the app had CANCELled marks the dialog (doAckBye);
+   * when the app's ACK goes out, notifyTerminateStaleDialog(dlg, true) sends drachtio-server's own BYE
+   * (Reason: ACK-BYE due to cancel race condition), hands it to the app as an `unsolicited` request
+   * (source `application`, route_request_inside_dialog) and clears the dialog: a BYE from the app
+   * afterwards finds none.
+   */
+  private ackBye(dialog: DialogState, target: string): void {
+    const inv = dialog.txn.invite;
+    const bye = serializeSip(`BYE ${target} SIP/2.0`, [
+      { name: 'Via', value: `SIP/2.0/UDP ${SIP_ADDR}:${SIP_PORT};branch=z9hG4bK${randomBytes(6).toString('hex')};rport` },
+      { name: 'Max-Forwards', value: '70' },
+      { name: 'From', value: inv.header('from') ?? '' },
+      { name: 'To', value: dialog.ok.header('to') ?? '' },
+      { name: 'Call-ID', value: inv.header('call-id') ?? '' },
+      { name: 'CSeq', value: `${++dialog.cseq} BYE` },
+      { name: 'Reason', value: 'SIP ;cause=200 ;text="ACK-BYE due to cancel race condition"' },
+    ]);
+    this.record(parseSip(bye), bye, false);
+    this.dialogs.delete(dialog.id);
+    this.send(dialog.socket, `${serverLeader('unsolicited-request', { uuid: randomUUID(), ...msgMeta(bye), dialogId: dialog.id })}\r\n${bye}`);
   }
 
   /** An in-dialog request from the far end (BYE, re-INVITE). */

@@ -245,6 +245,37 @@ describe('drachtio backend: the exchange on the admin connection', () => {
   });
 });
 
+describe('drachtio backend: 200 crossing the CANCEL (drachtio-server ACK-BYE)', () => {
+  it("answered; the one BYE on the wire is drachtio-server's own, the app's later BYE finds no dialog and nothing is left open", async () => {
+    const fake = await FakeDrachtioServer.start({ secret: SECRET });
+    const drachtio = newDrachtio(fake.port, { enablePing: false });
+    try {
+      await drachtio.start();
+      fake.scenario = SCENARIOS.answerCrossesCancel;
+      const started = Date.now();
+      const { result } = await flash(drachtio, trunk('sip:192.0.2.10:5060'));
+      expect(result).toMatchObject({ outcome: 'answered', rang: true, sipStatus: 200 });
+      await waitFor(async () => drachtio.activeCalls === 0 || undefined, 3000);
+      expect(Date.now() - started).toBeLessThan(RING_MS + 3000);
+      const byes = fake.wire('BYE').filter((r) => r.callId === result.callId);
+      expect(byes.map((b) => b.fromApp)).toEqual([false]);
+      expect(byes[0]!.sip.header('reason')).toContain('ACK-BYE');
+      // drachtio-srf got the server's BYE as an `unsolicited` request and answered nothing to it.
+      const unsolicited = fake.exchange.filter((f) => f.direction === '<' && f.payload.split('\r\n', 1)[0]!.includes('|unsolicited|'));
+      expect(unsolicited).toHaveLength(1);
+      expect(fake.appResponses.filter((r) => r.header('call-id') === result.callId)).toEqual([]);
+      // Our own BYE (sent on the 200, as for any crossing 2xx) reaches a server that already cleared the dialog.
+      const appBye = fake.exchange.find((f) => f.direction === '>' && /\r\nBYE /.test(f.payload));
+      const msgId = appBye?.payload.split('|', 1)[0];
+      expect(fake.exchange.some((f) => f.direction === '<' && f.payload.endsWith(`|response|${msgId}|NOK|Server error: unable to find dialog for dialog id provided`))).toBe(true);
+      expect(fake.unexpectedFrames).toEqual([]);
+    } finally {
+      await drachtio.stop();
+      await fake.stop();
+    }
+  });
+});
+
 describe('drachtio backend: connection to drachtio-server', () => {
   let fake: FakeDrachtioServer | undefined;
   let drachtio: DrachtioOriginator | undefined;
