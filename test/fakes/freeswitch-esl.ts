@@ -541,6 +541,12 @@ export function behindDrachtio(fs: FakeFreeswitch, drachtio: FakeDrachtioServer)
     if (fs.failInvite !== undefined) {
       return { name: 'freeswitch refuses the INVITE', sipp: '', invite: [{ status: 100 }, { status: fs.failInvite, delayMs: 10 }] };
     }
+    // drachtio/docker-drachtio-freeswitch-mrf dialplan/mrf.xml: the drachtio_mrf profile's `mrf` context runs
+    // `socket ${sip_h_X-esl-outbound} async full` only for User-Agent ^drachtio-fsmrf:(.*)$; any other
+    // INVITE matches no extension (404 No Route).
+    if (!/^drachtio-fsmrf:/.test(invite.header('user-agent') ?? '') || !invite.header('x-esl-outbound')) {
+      return { name: 'no mrf extension matches', sipp: '', invite: [{ status: 100 }, { status: 404, delayMs: 10 }] };
+    }
     const ch = await fs.answerInvite({
       callId: invite.header('call-id') ?? '',
       userAgent: invite.header('user-agent') ?? '',
