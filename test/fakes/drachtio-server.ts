@@ -30,11 +30,13 @@
  *    `sip|<txn id>|<dialog id>[|<proxy>]\r\n<SIP>` (new request: both empty;
  *    CANCEL: txn id of the INVITE; in-dialog request or ACK: dialog id;
  *    response to a network request: txn id of that request).
- *  - server → app, answer to each: `<uuid>|response|<app msg uuid>|OK|...` or `|NO|<reason>`;
+ *  - server → app, answer to each: `<uuid>|response|<app msg uuid>|OK|...` or `|NO|<reason>`
+ *    (`|NOK|<reason>` for a `sip` frame it could not act on);
  *    authenticate: `OK|<sip hostports>|<server version>`; a sent SIP request:
- *    `OK|application|<bytes>|<proto>|<addr>|<port>|<time>|<txn id>|<dialog id>\r\n<the request as sent>`
+ *    `OK|application|<bytes>|<proto>|<addr>|<port>|<time>|<txn id>|Msg sent:|\r\n<the request as sent>`
  *    (Via, Call-ID, From tag, CSeq filled in by the server; `localhost` in From/Contact replaced by its address).
- *  - server → app, from the network: `<uuid>|sip|network|<bytes>|<proto>|<addr>|<port>|<time>|<txn id>|<dialog id>|<local addr>|<local port>\r\n<SIP>`.
+ *  - server → app, from the network: `<uuid>|sip|network|<bytes>|<proto>|<addr>|<port>|<time>|<txn id>|<dialog id>|\r\n<SIP>`
+ *    (client.cpp sendSipMessageToClient with a dialog id: nothing after its trailing `|`; dialog ids are `<Call-ID>;uac`).
  *  - the 200 to a CANCEL is not passed up; non-2xx final responses are ACKed
  *    by the server's transaction layer (recorded here as a wire ACK); the ACK
  *    for a 2xx comes from the app (`sip||<dialog id>`).
