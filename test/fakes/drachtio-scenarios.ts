@@ -109,7 +109,12 @@ export const SCENARIOS = {
     sipp: 'uas-unavailable-480',
     invite: [{ status: 100 }, { status: 480, delayMs: 20 }],
   },
-  /** sip-test/uas-trying-only.xml: 100 Trying, never an 18x; CANCEL → 487. */
+  /**
+   * sip-test/uas-trying-only.xml: 100 Trying, never an 18x; CANCEL → 487.
+   * Deviation on the drachtio backend: drachtio-server's sofia agent is created without
+   * NTATAG_PASS_100, so a real drachtio-server most likely does not pass this 100 up and the
+   * app sees no response at all (test/fixtures/drachtio/flash-ring-cancel.txt).
+   */
   tryingOnly: { name: '100 only', sipp: 'uas-trying-only', invite: [{ status: 100 }], onCancel: { status: 487 } },
   /** sip-test/uas-no-response.xml: a black hole, not even 100 Trying. */
   noResponse: { name: 'no response at all', sipp: 'uas-no-response', invite: [], onCancel: 'ignore' },

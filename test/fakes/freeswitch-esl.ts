@@ -74,9 +74,24 @@ function parseCommand(text: string): { command: string; headers: Record<string, 
 }
 
 /** `Name: value` lines, values URL-encoded as FreeSWITCH does in events and channel data. */
+/**
+ * FreeSWITCH's switch_url_encode (switch_utils.c): every byte below ' ' or above '~', and
+ * each of `\r\n "#%&+:;<=>?@[\]^\`{|}`, as %XX (upper-case hex); everything else as is
+ * (so `,` `/` `-` `.` stay, as in published captures: `INVITE,%20ACK`, `RTP/AVP`).
+ */
+export function switchUrlEncode(value: string): string {
+  const unsafe = '\r\n "#%&+:;<=>?@[\\]^`{|}';
+  let out = '';
+  for (const byte of Buffer.from(value, 'utf8')) {
+    const ch = String.fromCharCode(byte);
+    out += byte < 0x20 || byte > 0x7e || unsafe.includes(ch) ? `%${byte.toString(16).toUpperCase().padStart(2, '0')}` : ch;
+  }
+  return out;
+}
+
 function encodeHeaders(headers: Record<string, string>): string {
   return Object.entries(headers)
-    .map(([k, v]) => `${k}: ${encodeURIComponent(v)}\n`)
+    .map(([k, v]) => `${k}: ${switchUrlEncode(v)}\n`)
     .join('');
 }
 
@@ -146,8 +161,10 @@ class EslSocket {
     this.write(serializeEvent(this.format ?? 'plain', headers, body));
   }
 
-  disconnect(): void {
-    this.write(eslFrame('disconnect-notice', {}, replyText('disconnect-notice-body')));
+  /** send_disconnect: on a channel's (outbound) socket it names the controlled session. */
+  disconnect(sessionUuid?: string): void {
+    const body = replyText('disconnect-notice-body');
+    this.write(sessionUuid === undefined ? eslFrame('disconnect-notice', {}, body) : eslFrame('disconnect-notice-session', { uuid: sessionUuid }, body));
     this.socket.end();
   }
 }
@@ -276,7 +293,7 @@ export class FakeChannel {
     this.fs.hangups.push(this.uuid);
     this.fs.onHangup?.(this);
     const conn = this.conn;
-    setTimeout(() => conn?.disconnect(), 20);
+    setTimeout(() => conn?.disconnect(this.uuid), 20);
     this.fs.channels.delete(this.uuid);
   }
 
@@ -408,7 +425,8 @@ export class FakeFreeswitch {
       case 'uuid_dump': {
         const ch = target(args[0]);
         if (!ch) return '-ERR No such channel!\n';
-        return encodeHeaders(fillHeaders(UUID_DUMP, ch.values));
+        // switch_event_serialize of the channel's event: header lines, then a blank line.
+        return encodeHeaders(fillHeaders(UUID_DUMP, ch.values)) + '\n';
       }
       case 'uuid_set_media_stats':
         return '+OK\n';
@@ -423,7 +441,7 @@ export class FakeFreeswitch {
     const args = rest.join(' ');
     if (verb === 'exit') {
       c.reply(replyText('bye'));
-      return c.disconnect();
+      return c.disconnect(channel?.uuid);
     }
     if (!channel && !c.authed) {
       if (verb !== 'auth') return c.reply(replyText('unknown'));
@@ -522,6 +540,12 @@ export function behindDrachtio(fs: FakeFreeswitch, drachtio: FakeDrachtioServer)
   drachtio.respondTo(fs.opts.sipAddress, async (invite) => {
     if (fs.failInvite !== undefined) {
       return { name: 'freeswitch refuses the INVITE', sipp: '', invite: [{ status: 100 }, { status: fs.failInvite, delayMs: 10 }] };
+    }
+    // drachtio/docker-drachtio-freeswitch-mrf dialplan/mrf.xml: the drachtio_mrf profile's `mrf` context runs
+    // `socket ${sip_h_X-esl-outbound} async full` only for User-Agent ^drachtio-fsmrf:(.*)$; any other
+    // INVITE matches no extension (404 No Route).
+    if (!/^drachtio-fsmrf:/.test(invite.header('user-agent') ?? '') || !invite.header('x-esl-outbound')) {
+      return { name: 'no mrf extension matches', sipp: '', invite: [{ status: 100 }, { status: 404, delayMs: 10 }] };
     }
     const ch = await fs.answerInvite({
       callId: invite.header('call-id') ?? '',

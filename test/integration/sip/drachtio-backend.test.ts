@@ -224,24 +224,54 @@ function newDrachtio(port: number, overrides: Partial<ConstructorParameters<type
   });
 }
 
+/** One flash call against a fresh fake (no keepalive pings in its exchange log), then both stopped. */
+async function oneFlash(scenario: DrachtioScenario, check: (fake: FakeDrachtioServer, drachtio: DrachtioOriginator, result: FlashResult) => Promise<void>): Promise<void> {
+  const fake = await FakeDrachtioServer.start({ secret: SECRET });
+  const drachtio = newDrachtio(fake.port, { enablePing: false });
+  try {
+    await drachtio.start();
+    fake.scenario = scenario;
+    const { result } = await flash(drachtio, trunk('sip:192.0.2.10:5060'));
+    await check(fake, drachtio, result);
+  } finally {
+    await drachtio.stop();
+    await fake.stop();
+  }
+}
+
 describe('drachtio backend: the exchange on the admin connection', () => {
   it('a flash call that rings and is cancelled is exactly the transcript of test/fixtures/drachtio/flash-ring-cancel.txt', async () => {
-    const fake = await FakeDrachtioServer.start({ secret: SECRET });
-    const drachtio = newDrachtio(fake.port, { enablePing: false });
-    try {
-      await drachtio.start();
-      fake.scenario = SCENARIOS.ringCancel;
-      const { result } = await flash(drachtio, trunk('sip:192.0.2.10:5060'));
+    await oneFlash(SCENARIOS.ringCancel, async (fake, _drachtio, result) => {
       expect(result.outcome).toBe('cancelled');
       const expected = transcriptFrames('drachtio/flash-ring-cancel.txt', 'ring-cancel');
       // The last frame (NOK to the ACK) may land just after the outcome.
       await waitFor(async () => fake.exchange.length >= expected.length || undefined, 3000).catch(() => undefined);
       expect(diffTranscript(expected, fake.exchange)).toBeUndefined();
       expect(fake.unexpectedFrames).toEqual([]);
-    } finally {
-      await drachtio.stop();
-      await fake.stop();
-    }
+    });
+  });
+});
+
+describe('drachtio backend: 200 crossing the CANCEL (drachtio-server ACK-BYE)', () => {
+  it("answered; the one BYE on the wire is drachtio-server's own, the app's later BYE finds no dialog and nothing is left open", async () => {
+    const started = Date.now();
+    await oneFlash(SCENARIOS.answerCrossesCancel, async (fake, drachtio, result) => {
+      expect(result).toMatchObject({ outcome: 'answered', rang: true, sipStatus: 200 });
+      await waitFor(async () => drachtio.activeCalls === 0 || undefined, 3000);
+      expect(Date.now() - started).toBeLessThan(RING_MS + 3000);
+      const byes = fake.wire('BYE').filter((r) => r.callId === result.callId);
+      expect(byes.map((b) => b.fromApp)).toEqual([false]);
+      expect(byes[0]!.sip.header('reason')).toContain('ACK-BYE');
+      // drachtio-srf got the server's BYE as an `unsolicited` request and answered nothing to it.
+      const unsolicited = fake.exchange.filter((f) => f.direction === '<' && f.payload.split('\r\n', 1)[0]!.includes('|unsolicited|'));
+      expect(unsolicited).toHaveLength(1);
+      expect(fake.appResponses.filter((r) => r.header('call-id') === result.callId)).toEqual([]);
+      // Our own BYE (sent on the 200, as for any crossing 2xx) reaches a server that already cleared the dialog.
+      const appBye = fake.exchange.find((f) => f.direction === '>' && /\r\nBYE /.test(f.payload));
+      const msgId = appBye?.payload.split('|', 1)[0];
+      expect(fake.exchange.some((f) => f.direction === '<' && f.payload.endsWith(`|response|${msgId}|NOK|Server error: unable to find dialog for dialog id provided`))).toBe(true);
+      expect(fake.unexpectedFrames).toEqual([]);
+    });
   });
 });
 

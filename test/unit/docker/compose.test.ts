@@ -3,6 +3,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
+import { openApiDocument } from '../../../src/api/openapi.js';
 import { loadConfig } from '../../../src/config/load.js';
 
 /**
@@ -110,5 +111,60 @@ describe('docker/Dockerfile', () => {
     expect(dockerfile).not.toMatch(/^RUN .*npm ci\b/m);
     expect(dockerfile.match(/RUN npm install/g)).toHaveLength(2);
     expect(dockerfile).toMatch(/^USER node$/m);
+  });
+});
+
+describe('docker/README.md: the operator walk-through', () => {
+  const readme = readFileSync(join(DOCKER, 'README.md'), 'utf8');
+  /** Shell lines of the README's ```sh blocks, continuation lines joined. */
+  const shell = [...readme.matchAll(/```sh\n([\s\S]*?)```/g)].flatMap((m) => m[1]!.replace(/\\\n\s*/g, ' ').split('\n')).filter((l) => l.trim() !== '');
+
+  it('runs commands only against services the compose file has', () => {
+    const named = shell.flatMap((l) => [...l.matchAll(/docker compose (?:--profile \w+ )?(?:exec|logs(?: -f)?) ([\w-]+)/g)].map((m) => m[1]!));
+    expect(named.length).toBeGreaterThanOrEqual(2);
+    for (const service of named) expect(Object.keys(compose.services), service).toContain(service);
+    // The SIPp log it reads is the one the service writes.
+    expect(readme).toContain('/logs/messages.log');
+    expect(compose.services['sipp-ring-cancel']?.command).toEqual(expect.arrayContaining(['-trace_msg', '-message_file', '/logs/messages.log']));
+  });
+
+  it('curls only host ports the compose file publishes, on paths the API and the worker serve', () => {
+    const published = Object.values(compose.services).flatMap((s) => (s.ports ?? []).map((p) => p.split(':')[0]!));
+    const urls = shell.flatMap((l) => [...l.matchAll(/(?:http:\/\/)?localhost:(\d+)(\/[\w/<>{}_-]*)/g)].map((m) => ({ port: m[1]!, path: m[2]! })));
+    expect(urls.length).toBeGreaterThanOrEqual(5);
+    for (const { port } of urls) expect(published).toContain(port);
+    const config = loadConfig({ file: join(DOCKER, 'flashverify.yaml'), env: { FLASHVERIFY_MASTER_KEY: 'ab'.repeat(32) } });
+    expect(published).toContain(String(config.http.port));
+    expect(published).toContain(String(config.metrics.port));
+    const apiPaths = Object.keys((openApiDocument(config) as { paths: Record<string, unknown> }).paths);
+    for (const { port, path } of urls) {
+      if (['/healthz', '/readyz', '/metrics'].includes(path)) continue;
+      expect(port).toBe(String(config.http.port));
+      expect(apiPaths, path).toContain(path.replace(/<request_id>/, '{request_id}'));
+    }
+  });
+
+  it('creates the account with flags the CLI has, and verifies with the fields the API takes', () => {
+    const usage = readFileSync(join(DOCKER, '..', 'src', 'main.ts'), 'utf8').match(/flashverify account create [^\n]*/)?.[0] ?? '';
+    const create = shell.find((l) => l.includes('flashverify account create')) ?? '';
+    const flags = [...create.matchAll(/(--[\w-]+)/g)].map((m) => m[1]!);
+    expect(flags.length).toBeGreaterThan(0);
+    for (const f of flags) expect(usage, f).toContain(f);
+    const config = loadConfig({ file: join(DOCKER, 'flashverify.yaml'), env: { FLASHVERIFY_MASTER_KEY: 'ab'.repeat(32) } });
+    interface Schema {
+      $ref?: string;
+      properties?: Record<string, unknown>;
+    }
+    const doc = openApiDocument(config) as {
+      paths: Record<string, Record<string, { requestBody?: { content: Record<string, { schema: Schema }> } }>>;
+      components: { schemas: Record<string, Schema> };
+    };
+    const deref = (schema: Schema | undefined): Schema | undefined =>
+      schema?.$ref ? doc.components.schemas[schema.$ref.replace('#/components/schemas/', '')] : schema;
+    const bodyFields = (path: string): string[] => Object.keys(deref(doc.paths[path]?.post?.requestBody?.content['application/json']?.schema)?.properties ?? {});
+    const sent = shell.filter((l) => l.includes(" -d '")).map((l) => ({ body: JSON.parse(/-d '([^']*)'/.exec(l)![1]!) as Record<string, unknown>, path: /localhost:\d+(\/[\w/]+)/.exec(l)![1]! }));
+    expect(sent.map((s) => s.path)).toEqual(['/v1/verify', '/v1/verify/check']);
+    for (const { body, path } of sent) for (const field of Object.keys(body)) expect(bodyFields(path), `${path} ${field}`).toContain(field);
+    expect(sent[0]!.body.method).toBe('flash_call');
   });
 });

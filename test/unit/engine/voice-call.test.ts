@@ -124,6 +124,15 @@ describe('placeVoiceCall (the voice policy)', () => {
     await expect(result).resolves.toMatchObject({ outcome: 'busy', sipStatus: 486, answered: false });
   });
 
+  it('a playback the media side ends early (not stopped by us or the callee) is media_failed, not played; our BYE', async () => {
+    await start();
+    sip.delegate.onAnswered?.(ANSWER, false);
+    player.finishPlay!({ completed: false, packets: 120 });
+    await expect(result).resolves.toMatchObject({ outcome: 'media_failed', answered: true, packets: 120, sipStatus: 200 });
+    expect(sip.hangups).toBe(1);
+    expect(player.closes).toBe(1);
+  });
+
   it('an answer without a usable codec is hung up: media_failed', async () => {
     await start();
     sip.delegate.onAnswered?.(ANSWER.replace('RTP/AVP 8', 'RTP/AVP 18'), false);

@@ -2,7 +2,7 @@ import { once } from 'node:events';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { fixtureBlocks, fixtureHeaders, fixtureText } from '../../fakes/fixtures.js';
-import { FakeFreeswitch } from '../../fakes/freeswitch-esl.js';
+import { FakeFreeswitch, switchUrlEncode } from '../../fakes/freeswitch-esl.js';
 
 /**
  * The fake FreeSWITCH's event socket against the transcripts in
@@ -126,6 +126,21 @@ describe('ESL fixtures', () => {
   });
 });
 
+describe("FreeSWITCH's URL-encoding of header values", () => {
+  it('escapes exactly what switch_url_encode does, as in published captures (davec82/freeswitch-outboundsocket)', () => {
+    // Pairs as they appear decoded / on the wire in test/support/fs_events.ex of that repository.
+    expect(switchUrlEncode('sofia/internal/1000@192.168.1.146:5060')).toBe('sofia/internal/1000%40192.168.1.146%3A5060');
+    expect(switchUrlEncode('INVITE, ACK, OPTIONS')).toBe('INVITE,%20ACK,%20OPTIONS');
+    expect(switchUrlEncode('+OK\n')).toBe('%2BOK%0A');
+    expect(switchUrlEncode('SIP/2.0/UDP 192.168.1.176:5060;branch=z9hG4bK3')).toBe('SIP/2.0/UDP%20192.168.1.176%3A5060%3Bbranch%3Dz9hG4bK3');
+    expect(switchUrlEncode('"222" <sip:222@192.168.1.146;user=phone>')).toBe('%22222%22%20%3Csip%3A222%40192.168.1.146%3Buser%3Dphone%3E');
+    expect(switchUrlEncode('v=0\r\nm=audio 10120 RTP/AVP 0 8\r\n')).toBe('v%3D0%0D%0Am%3Daudio%2010120%20RTP/AVP%200%208%0D%0A');
+    // Bytes above '~' one by one; modesl's decodeURIComponent gets the text back.
+    expect(switchUrlEncode('é')).toBe('%C3%A9');
+    expect(decodeURIComponent(switchUrlEncode('Votre code : 4, 8 – é'))).toBe('Votre code : 4, 8 – é');
+  });
+});
+
 describe('fake FreeSWITCH, inbound event socket', () => {
   it('answers the recorded inbound session byte for byte: auth, plain and json events, api, bgapi, filter, exit', async () => {
     const fs = await startFake();
@@ -173,8 +188,8 @@ describe('fake FreeSWITCH, inbound event socket', () => {
     expect(frame.headers['Content-Type']).toBe('text/event-plain');
     expect(Buffer.byteLength(frame.body)).toBe(Number(frame.headers['Content-Length']));
     const event = parsePlainEvent(frame.body);
-    // Spaces, commas and colons go URL-encoded on the wire.
-    expect(frame.body).toContain('Up-Time: 0%20years%2C%200%20days');
+    // switch_url_encode: spaces are escaped, commas are not.
+    expect(frame.body).toContain('Up-Time: 0%20years,%200%20days');
     const template = fixtureHeaders('esl/events.txt', 'HEARTBEAT');
     expect(event.names).toEqual(Object.keys(template));
     expect(event.headers).toMatchObject({ 'Event-Name': 'HEARTBEAT', 'Core-UUID': CORE, 'Session-Count': '7', 'Max-Sessions': '250', 'Up-Time': template['Up-Time'] });
@@ -287,7 +302,9 @@ describe('fake FreeSWITCH, outbound event socket (a channel dials the app)', () 
     socket.write(`api uuid_dump ${channel.uuid}\n\n`);
     const dump = await esl.message();
     expect(dump.headers['Content-Type']).toBe('api/response');
-    expect(parsePlainEvent(`${dump.body}\n`).headers['Unique-ID']).toBe(channel.uuid);
+    // A serialized event: URL-encoded header lines and a blank line, as in the published uuid_dump capture.
+    expect(dump.body.endsWith('\n\n')).toBe(true);
+    expect(parsePlainEvent(dump.body).headers).toMatchObject({ 'Unique-ID': channel.uuid, variable_rtp_local_sdp_str: channel.localSdp });
 
     socket.write(`sendmsg ${channel.uuid}\ncall-command: hangup\nhangup-cause: NORMAL_CLEARING\n\n`);
     expect((await esl.message()).headers['Reply-Text']).toBe('+OK');
@@ -295,8 +312,9 @@ describe('fake FreeSWITCH, outbound event socket (a channel dials the app)', () 
     expect(callstate.headers).toMatchObject({ 'Event-Name': 'CHANNEL_CALLSTATE', 'Channel-Call-State': 'HANGUP', 'Hangup-Cause': 'NORMAL_CLEARING' });
     expect(parsePlainEvent((await esl.message()).body).headers['Event-Name']).toBe('CHANNEL_HANGUP');
     const bye = await esl.message();
+    // send_disconnect on a controlled session names it (as in the published capture).
     expect(bye.raw).toBe(
-      `Content-Type: text/disconnect-notice\nContent-Length: ${Buffer.byteLength(bye.body)}\n\n${fixtureText('esl/replies.txt', 'disconnect-notice-body')}`,
+      `Content-Type: text/disconnect-notice\nControlled-Session-UUID: ${channel.uuid}\nContent-Disposition: disconnect\nContent-Length: ${Buffer.byteLength(bye.body)}\n\n${fixtureText('esl/replies.txt', 'disconnect-notice-body')}`,
     );
     await esl.closedByPeer();
     expect(fs.hangups).toEqual([channel.uuid]);
