@@ -67,10 +67,10 @@ export class FlashProcessor {
     // The range of this call's CLI, for the conversion of the range when the request is verified;
     // written while the trunk's CPS token is awaited, in place before the INVITE leaves.
     const trunk = this.deps.trunks.pick();
-    await Promise.all([redis.hset(key, 'cli_range', reserved.range.prefix), this.deps.trunks.take(trunk)]);
+    await this.deps.trunks.guarded(trunk, Promise.all([redis.hset(key, 'cli_range', reserved.range.prefix), this.deps.trunks.take(trunk)]));
     const t1 = config.sip.timers.t1Ms;
     this.deps.metrics.callStarted('flash_call', trunk.name);
-    const result = await placeFlashCall(this.deps.originator, {
+    const result = await this.deps.trunks.guarded(trunk, placeFlashCall(this.deps.originator, {
       to,
       cli: reserved.cli,
       trunk,
@@ -86,7 +86,7 @@ export class FlashProcessor {
           .then(() => redis.hset(key, 'rang_at', String(Date.now())))
           .catch((err: Error) => log.error({ err: err.message }, 'could not publish delivered event'));
       },
-    });
+    }));
     const detail = {
       outcome: result.outcome,
       call_id: result.callId,

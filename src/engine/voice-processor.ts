@@ -50,11 +50,12 @@ export class VoiceProcessor {
     const { key, base, log, to, code, country } = claim;
     const locale = claim.extra.locale ?? undefined;
     const language = languageFor(locale, country);
-    const trunk = this.deps.trunks.pick();
     const from = this.callerId(country);
+    const trunk = this.deps.trunks.pick();
     await this.deps.trunks.take(trunk);
     this.deps.metrics.callStarted('voice', trunk.name);
-    const result = await placeVoiceCall(this.deps.originator, this.deps.player, {
+    // A call that throws before its report() must not keep a down trunk's probe slot (trunk-pacer.ts).
+    const result = await this.deps.trunks.guarded(trunk, placeVoiceCall(this.deps.originator, this.deps.player, {
       to,
       from,
       trunk,
@@ -69,7 +70,7 @@ export class VoiceProcessor {
           .then(() => redis.hset(key, 'answered_at', String(Date.now())))
           .catch((err: Error) => log.error({ err: err.message }, 'could not publish delivered event'));
       },
-    });
+    }));
     const detail = {
       outcome: result.outcome,
       call_id: result.callId,
