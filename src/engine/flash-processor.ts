@@ -47,8 +47,9 @@ export class FlashProcessor {
     if (!claim) return undefined;
     const { key, base, log, to, country } = claim;
     const destMac = sealer.mac('destination', to);
+    const previousDestMacs = sealer.previousMacs('destination', to);
     let code = claim.code;
-    let reserved = await this.deps.ranges.reserve(country, code, destMac);
+    let reserved = await this.deps.ranges.reserve(country, code, destMac, previousDestMacs);
     // Every range's CLI with this code is cooling down towards this number: pick another code.
     for (let i = 0; !reserved && i < 5; i++) {
       code = generateCode(4);
@@ -56,7 +57,7 @@ export class FlashProcessor {
         code_mac: sealer.mac('code', `${requestId}:${code}`),
         code_enc: sealer.seal(code, `code:${requestId}`),
       });
-      reserved = await this.deps.ranges.reserve(country, code, destMac);
+      reserved = await this.deps.ranges.reserve(country, code, destMac, previousDestMacs);
     }
     if (!reserved) {
       log.error('no DID range has a free CLI for this destination');

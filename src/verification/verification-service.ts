@@ -110,7 +110,7 @@ export class VerificationService {
       // Account state first (the create script checks it again, atomically): a 403 must not hide behind a 409 or 429.
       if (account.status === 'pending' || account.status === 'suspended') throw createError(`account_${account.status}`);
       screenDestination(policy, dest, method);
-      const liveKey = fraud.liveKey(account.account_id, policy, dest.e164, method);
+      const liveKey = await fraud.liveKey(account.account_id, policy, dest.e164, method);
       if (liveKey) {
         const found = await fraud.live(liveKey, account.account_id);
         if (found.live && input.resend === true && found.live.method === method) {
