@@ -144,6 +144,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         config.numbers.cliCooldownSeconds,
         (cli) => sealer.mac('cli', cli),
         rangeHealth,
+        (cli) => sealer.previousMacs('cli', cli),
       );
       const flash = new FlashProcessor({
         redis: durableRedis,

@@ -58,6 +58,15 @@ export class Sealer {
   }
 
   /**
+   * The MACs of `value` under each previous key (none without a rotation): the
+   * key names that state written before a rotation sits under
+   * (store/scripts.ts adoptPreviousNames moves it to the current name).
+   */
+  previousMacs(domain: string, value: string): string[] {
+    return this.previousHmacKeys.map((key) => createHmac('sha256', key).update(domain).update('\0').update(value).digest('hex'));
+  }
+
+  /**
    * Does `stored` equal the MAC of `value` under the current key or any
    * previous one? Every candidate is computed and compared (constant time, no
    * early exit), so a rotation does not tell anyone which key matched.
@@ -67,10 +76,7 @@ export class Sealer {
   matches(domain: string, value: string, stored: string): 'current' | 'previous' | false {
     const current = Sealer.equal(this.mac(domain, value), stored);
     let previous = false;
-    for (const key of this.previousHmacKeys) {
-      const m = createHmac('sha256', key).update(domain).update('\0').update(value).digest('hex');
-      previous = Sealer.equal(m, stored) || previous;
-    }
+    for (const m of this.previousMacs(domain, value)) previous = Sealer.equal(m, stored) || previous;
     return current ? 'current' : previous ? 'previous' : false;
   }
 

@@ -48,8 +48,9 @@ export class FlashProcessor {
     if (!claim) return undefined;
     const { key, base, log, to, country } = claim;
     const destMac = sealer.mac('destination', to);
+    const previousDestMacs = sealer.previousMacs('destination', to);
     let code = claim.code;
-    let reserved = await this.deps.ranges.reserve(country, code, destMac);
+    let reserved = await this.deps.ranges.reserve(country, code, destMac, previousDestMacs);
     // Every range's CLI with this code is cooling down towards this number: pick another code.
     for (let i = 0; !reserved && i < 5; i++) {
       code = generateCode(4);
@@ -57,7 +58,7 @@ export class FlashProcessor {
         code_mac: sealer.mac('code', `${requestId}:${code}`),
         code_enc: sealer.seal(code, `code:${requestId}`),
       });
-      reserved = await this.deps.ranges.reserve(country, code, destMac);
+      reserved = await this.deps.ranges.reserve(country, code, destMac, previousDestMacs);
     }
     if (!reserved) {
       log.error('no DID range has a free CLI for this destination');
@@ -68,13 +69,13 @@ export class FlashProcessor {
     // The range of this call's CLI, for the conversion of the range when the request is verified;
     // written while the trunk's CPS token is awaited, in place before the INVITE leaves.
     const trunk = this.deps.trunks.pick();
-    await Promise.all([redis.hset(key, 'cli_range', reserved.range.prefix), this.deps.trunks.take(trunk)]);
+    await this.deps.trunks.guarded(trunk, Promise.all([redis.hset(key, 'cli_range', reserved.range.prefix), this.deps.trunks.take(trunk)]));
     const t1 = config.sip.timers.t1Ms;
     // Canceled, verified, expired, or its workflow step timed out while the phone rings: CANCEL now rather than
     // at the end of ringMs (through the same path as a worker shutdown).
     const watch = new AttemptWatch(redis, key, base.step, WATCH_INTERVAL_MS, this.deps.shutdown?.expiring);
     this.deps.metrics.callStarted('flash_call', trunk.name);
-    const result = await placeFlashCall(this.deps.originator, {
+    const result = await this.deps.trunks.guarded(trunk, placeFlashCall(this.deps.originator, {
       to,
       cli: reserved.cli,
       trunk,
@@ -90,7 +91,7 @@ export class FlashProcessor {
           .then(() => recordAttemptFields(redis, key, base.step, { rang_at: String(Date.now()) }))
           .catch((err: Error) => log.error({ err: err.message }, 'could not publish delivered event'));
       },
-    }).finally(() => watch.stop());
+    })).finally(() => watch.stop());
     // CANCELled before it rang because the request (or its step) ended: no failure to report, nothing to refund.
     const ended = watch.ended && !result.rang && result.outcome !== 'answered';
     const outcome = ended ? 'request_ended' : result.outcome;

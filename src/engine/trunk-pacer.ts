@@ -7,6 +7,11 @@ export interface TrunkHealthOptions {
   /** First wait before a down trunk gets a call again (the probe); doubles at each failed probe. */
   retryAfterMs: number;
   maxRetryAfterMs: number;
+  /**
+   * A probe call not reported within this (its job threw or hung before `report()`) no longer holds
+   * the trunk: the next call after it may probe again. Default `maxRetryAfterMs`.
+   */
+  probeTimeoutMs?: number;
 }
 
 /** What a finished call says about its trunk. */
@@ -39,6 +44,8 @@ interface Health {
   retryAt: number;
   /** A probe call is in flight: no other call goes to the down trunk meanwhile. */
   probing: boolean;
+  /** When that probe was handed out (a probe never reported lapses after probeTimeoutMs). */
+  probeAt: number;
   /** Smooth weighted round-robin state (nginx's algorithm). */
   current: number;
 }
@@ -77,6 +84,7 @@ export class TrunkPacer {
       backoffMs: options.retryAfterMs,
       retryAt: 0,
       probing: false,
+      probeAt: 0,
       current: 0,
     }));
   }
@@ -84,10 +92,13 @@ export class TrunkPacer {
   /** The trunk for the next call. Report how the call ended with `report()`. */
   pick(): TrunkConfig {
     const now = this.now();
-    // A down trunk whose back-off is over gets the next call: the probe.
-    const due = this.health.find((h) => !h.up && !h.probing && h.retryAt <= now);
+    // A down trunk whose back-off is over gets the next call: the probe. A probe never reported
+    // (its job died before report()) lapses, so the trunk cannot stay unprobed for good.
+    const probeTimeout = this.options.probeTimeoutMs ?? this.options.maxRetryAfterMs;
+    const due = this.health.find((h) => !h.up && (!h.probing || now - h.probeAt >= probeTimeout) && h.retryAt <= now);
     if (due) {
       due.probing = true;
+      due.probeAt = now;
       return due.trunk;
     }
     const live = this.health.filter((h) => h.up);
@@ -143,6 +154,19 @@ export class TrunkPacer {
       this.onChange(h.trunk.name, false, { failures: h.failures, retryInMs: h.backoffMs });
     }
     h.probing = false;
+  }
+
+  /**
+   * Passes `step` (a step of a call picked for `trunk`, before its `report()`) through; when it
+   * throws, the call is reported `neutral` first, so a probe whose job failed releases its trunk.
+   */
+  async guarded<T>(trunk: TrunkConfig, step: Promise<T>): Promise<T> {
+    try {
+      return await step;
+    } catch (err) {
+      this.report(trunk, 'neutral');
+      throw err;
+    }
   }
 
   /** Up/down of every trunk (the `flashverify_trunk_up` gauge). */

@@ -51,15 +51,16 @@ export class VoiceProcessor {
     const { key, base, log, to, code, country } = claim;
     const locale = claim.extra.locale ?? undefined;
     const language = languageFor(locale, country);
-    const trunk = this.deps.trunks.pick();
     const from = this.callerId(country);
     const step = claim.base.step;
+    const trunk = this.deps.trunks.pick();
     await this.deps.trunks.take(trunk);
     // Canceled, verified, expired, or its workflow step timed out while the phone rings or the prompt plays:
     // the call is CANCELled, or the prompt stopped and BYE sent, through the same path as a worker shutdown.
     const watch = new AttemptWatch(redis, key, step, WATCH_INTERVAL_MS, this.deps.shutdown?.expiring);
     this.deps.metrics.callStarted('voice', trunk.name);
-    const result = await placeVoiceCall(this.deps.originator, this.deps.player, {
+    // A call that throws before its report() must not keep a down trunk's probe slot (trunk-pacer.ts).
+    const result = await this.deps.trunks.guarded(trunk, placeVoiceCall(this.deps.originator, this.deps.player, {
       to,
       from,
       trunk,
@@ -79,7 +80,7 @@ export class VoiceProcessor {
           })
           .catch((err: Error) => log.error({ err: err.message }, 'could not publish delivered event'));
       },
-    }).finally(() => watch.stop());
+    })).finally(() => watch.stop());
     // Ended because the request (or its step) did: no failure to report, nothing to refund.
     const outcome = watch.ended ? 'request_ended' : result.outcome;
     const detail = {

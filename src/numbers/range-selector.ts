@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { RangeConfig } from '../config/schema.js';
 import type { Keys } from '../store/keys.js';
+import { adoptPreviousNames } from '../store/scripts.js';
 import type { RangeUsability } from './range-health.js';
 
 export interface ReservedCli {
@@ -31,6 +32,8 @@ export class RangeSelector {
     private readonly cliKey: (cli: string) => string,
     /** Range health: quarantined ranges are skipped (unless every candidate is quarantined). */
     private readonly health?: RangeUsability,
+    /** The CLI part under each previous master key (after a rotation): cooldowns set before it still apply. */
+    private readonly previousCliKeys: (cli: string) => string[] = () => [],
   ) {
     for (const r of ranges) {
       const list = this.byCountry.get(r.country) ?? [];
@@ -54,11 +57,15 @@ export class RangeSelector {
    * Reserves the first candidate whose CLI (prefix + code) is not cooling down
    * towards this destination; null when every range is.
    */
-  async reserve(country: string, code: string, destinationMac: string): Promise<ReservedCli | null> {
+  async reserve(country: string, code: string, destinationMac: string, previousDestinationMacs: readonly string[] = []): Promise<ReservedCli | null> {
     for (const range of await this.usable(this.candidates(country))) {
       const cli = range.prefix + code;
       if (this.cooldownSeconds === 0) return { range, cli };
-      const ok = await this.redis.set(this.keys.cliCooldown(this.cliKey(cli), destinationMac), '1', 'EX', this.cooldownSeconds, 'NX');
+      const name = this.keys.cliCooldown(this.cliKey(cli), destinationMac);
+      // Both parts of an old name come from the same previous key (same index).
+      const old = this.previousCliKeys(cli).flatMap((c, i) => (previousDestinationMacs[i] ? [this.keys.cliCooldown(c, previousDestinationMacs[i])] : []));
+      await adoptPreviousNames(this.redis, old, name);
+      const ok = await this.redis.set(name, '1', 'EX', this.cooldownSeconds, 'NX');
       if (ok === 'OK') return { range, cli };
     }
     return null;

@@ -55,4 +55,15 @@ export const scripts = {
   applyStepEvent: LuaScript.load('applyStepEvent-3'),
   cancelVerification: LuaScript.load('cancelVerification-4'),
   recordAttemptFields: LuaScript.load('recordAttemptFields-1'),
+  adoptKey: LuaScript.load('adoptKey-2'),
 };
+
+/**
+ * Moves state kept under key names made with a previous master key's MACs to
+ * the current name (adoptKey-2.lua), before that state is read: a rotation
+ * does not reset velocity windows, live pointers or CLI cooldowns. Nothing to
+ * do (no round trip) without previous keys.
+ */
+export async function adoptPreviousNames(redis: Redis, previousNames: readonly string[], currentName: string): Promise<void> {
+  for (const old of previousNames) if (old !== currentName) await scripts.adoptKey.run(redis, [old, currentName], []);
+}

@@ -6,7 +6,7 @@ import type { Config } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
 import type { RangeHealth } from '../numbers/range-health.js';
 import type { Keys } from '../store/keys.js';
-import { scripts } from '../store/scripts.js';
+import { adoptPreviousNames, scripts } from '../store/scripts.js';
 import { ApiError } from './errors.js';
 import { accountFraudSchema, fraudPolicy, numberPrefix, type AccountFraudOverrides, type FraudPolicy } from './fraud-rules.js';
 import { utcDay, type Method } from './types.js';
@@ -115,11 +115,16 @@ export class FraudControls {
   async admitSend(accountId: string, policy: FraudPolicy, e164: string, clientIp: string | undefined, now = Date.now()): Promise<AdmittedSend> {
     const { keys, sealer } = this.deps;
     const v = policy.velocity;
-    const windowKeys = [
-      keys.velocity(accountId, 'num', sealer.mac('velocity-number', e164)),
-      keys.velocity(accountId, 'pfx', sealer.mac('velocity-prefix', numberPrefix(e164))),
-      keys.velocity(accountId, 'ip', sealer.mac('velocity-ip', clientIp ?? '')),
-    ];
+    const subjects = [
+      ['num', 'velocity-number', e164],
+      ['pfx', 'velocity-prefix', numberPrefix(e164)],
+      ['ip', 'velocity-ip', clientIp ?? ''],
+    ] as const;
+    const windowKeys = subjects.map(([kind, domain, value]) => keys.velocity(accountId, kind, sealer.mac(domain, value)));
+    // Windows counted under the previous master key's names still count after a rotation.
+    for (const [i, [kind, domain, value]] of subjects.entries()) {
+      await adoptPreviousNames(this.deps.redis, sealer.previousMacs(domain, value).map((m) => keys.velocity(accountId, kind, m)), windowKeys[i]!);
+    }
     const windows = [v.perNumber, v.perPrefix, clientIp === undefined ? { limit: 0, windowSeconds: 1 } : v.perIp];
     const member = `${now}:${randomUUID()}`;
     const result = (await scripts.checkVelocity.run(this.deps.redis, windowKeys, [
@@ -156,12 +161,16 @@ export class FraudControls {
    * method. `per_method`: one per method, and one for workflow requests
    * (`scope` "workflow"), which move from method to method: a workflow is
    * live beside one-method requests of the same number, not beside another
-   * workflow.
+   * workflow. A pointer set under the previous master key's name (before a
+   * rotation) is moved to it first.
    */
-  liveKey(accountId: string, policy: FraudPolicy, e164: string, scope: Method | 'workflow'): string | undefined {
+  async liveKey(accountId: string, policy: FraudPolicy, e164: string, scope: Method | 'workflow'): Promise<string | undefined> {
     if (policy.liveVerification === 'off') return undefined;
     const subject = policy.liveVerification === 'per_method' ? `${accountId}:${e164}:${scope}` : `${accountId}:${e164}`;
-    return this.deps.keys.liveVerification(this.deps.sealer.mac('live', subject));
+    const { keys, sealer } = this.deps;
+    const key = keys.liveVerification(sealer.mac('live', subject));
+    await adoptPreviousNames(this.deps.redis, sealer.previousMacs('live', subject).map((m) => keys.liveVerification(m)), key);
+    return key;
   }
 
   /**

@@ -122,7 +122,7 @@ export class VerificationService {
     let live: { key: string; expected: string } | undefined;
     let admitted: AdmittedSend | undefined;
     if (fraud && policy && !testNumber) {
-      const liveKey = fraud.liveKey(account.account_id, policy, dest.e164, workflow ? 'workflow' : method);
+      const liveKey = await fraud.liveKey(account.account_id, policy, dest.e164, workflow ? 'workflow' : method);
       if (liveKey) {
         const found = await fraud.live(liveKey, account.account_id);
         if (found.live && input.resend === true && found.live.workflow) throw workflowResend(found.live.requestId);

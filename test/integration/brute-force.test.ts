@@ -99,6 +99,7 @@ describe('admin token brute force', { timeout: 30_000 }, () => {
     const locked = await timed(TOKEN);
     expect(locked).toMatchObject({ status: 429, error: 'rate_limited' });
     expect(Number(locked.retryAfter)).toBeGreaterThanOrEqual(1);
+    expect(Number(locked.retryAfter)).toBeLessThanOrEqual(6);
     expect(await engine.redis.get(engine.keys.authFailures('ip', '127.0.0.1'))).toBe('6');
     const keys = await engine.redis.keys(`${engine.keys.prefix}:*`);
     for (const k of keys) for (const t of [...tried, TOKEN]) expect(k).not.toContain(t);

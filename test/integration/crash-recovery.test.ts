@@ -1,3 +1,5 @@
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { http, waitFor } from '../helpers/engine.js';
 import { engineCluster, invitesPerDestination, type EngineCluster } from '../helpers/engine-process.js';
@@ -198,26 +200,50 @@ describe('worker SIGKILLed after the dial is recorded, before any answer', { tim
 });
 
 describe('a delivery job that fails for good', { timeout: 60_000 }, () => {
-  it('fails its verification `job_failed` instead of leaving it `sent` until it expires', async () => {
-    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 30_000 });
-    cluster = await engineCluster({ ...FAST_RECOVERY, sip: { trunks: [{ name: 'sipp', uri: uas.uri }] } });
-    await cluster.start('api');
-    const account = await cluster.account(10);
-    const r = await http(`${cluster.httpUrl}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900500', method: 'flash_call' } });
-    expect(r.status).toBe(201);
-    const id = String(r.body.request_id);
-    // A record the job cannot open (its sealed code damaged): processing throws, and the job has one attempt.
-    await cluster.redis.hset(cluster.keys.verification(id), 'code_enc', 'damaged');
-    const worker = await cluster.start('worker');
-
-    const status = await waitFor(async () => {
-      const s = await http(`${cluster!.httpUrl}/v1/verify/${id}`, { auth: account.auth });
-      return s.body.status === 'failed' ? s.body : undefined;
-    }, 15_000, 100).catch((err: Error) => {
-      throw new Error(`${err.message}; worker log:\n${worker.output().slice(-4000)}`);
+  it('fails its verification `job_failed` instead of leaving it `sent` until it expires; status and webhook follow', async () => {
+    // The account's webhook receiver, on loopback (webhooks.allowPrivate).
+    const hooks: Record<string, unknown>[] = [];
+    const receiver = createServer((req, res) => {
+      let body = '';
+      req.on('data', (d: Buffer) => (body += d.toString()));
+      req.on('end', () => {
+        hooks.push(JSON.parse(body) as Record<string, unknown>);
+        res.end();
+      });
     });
-    expect(status).toMatchObject({ status: 'failed', failure_reason: 'job_failed' });
-    expect(worker.output()).toContain('flash job failed');
-    expect(uas.messages()).toHaveLength(0);
+    await new Promise<void>((r) => receiver.listen(0, '127.0.0.1', r));
+    try {
+      uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 30_000 });
+      cluster = await engineCluster({ ...FAST_RECOVERY, webhooks: { allowPrivate: true }, sip: { trunks: [{ name: 'sipp', uri: uas.uri }] } });
+      await cluster.start('api');
+      // A first worker run creates the events' consumer groups (the webhook group starts at new events only), then stops.
+      const first = await cluster.start('worker');
+      first.kill('SIGTERM');
+      expect((await first.waitExit(10_000)).code).toBe(0);
+      const account = await cluster.account(10);
+      await cluster.redis.hset(cluster.keys.account(account.account_id), 'webhook_url', `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hook`);
+      const r = await http(`${cluster.httpUrl}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900500', method: 'flash_call' } });
+      expect(r.status).toBe(201);
+      const id = String(r.body.request_id);
+      // A record the job cannot open (its sealed code damaged): processing throws, and the job has one attempt.
+      await cluster.redis.hset(cluster.keys.verification(id), 'code_enc', 'damaged');
+      const worker = await cluster.start('worker');
+
+      const status = await waitFor(async () => {
+        const s = await http(`${cluster!.httpUrl}/v1/verify/${id}`, { auth: account.auth });
+        return s.body.status === 'failed' ? s.body : undefined;
+      }, 15_000, 100).catch((err: Error) => {
+        throw new Error(`${err.message}; worker log:\n${worker.output().slice(-4000)}`);
+      });
+      expect(status).toMatchObject({ status: 'failed', failure_reason: 'job_failed' });
+      expect(worker.output()).toContain('flash job failed');
+      expect(uas.messages()).toHaveLength(0);
+      const hook = await waitFor(async () => hooks.find((h) => h.event === 'verification.failed'), 15_000, 100).catch((err: Error) => {
+        throw new Error(`${err.message}; received ${JSON.stringify(hooks)}; worker log:\n${worker.output().split('\n').filter((l) => /webhook/i.test(l)).join('\n')}`);
+      });
+      expect(hook).toMatchObject({ request_id: id, status: 'failed', method: 'flash_call' });
+    } finally {
+      await new Promise((r) => receiver.close(r));
+    }
   });
 });

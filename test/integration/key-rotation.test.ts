@@ -4,9 +4,10 @@ import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AccountStore } from '../../src/accounts/account-store.js';
 import { Sealer } from '../../src/crypto/sealer.js';
+import { RangeSelector } from '../../src/numbers/range-selector.js';
 import { Keys } from '../../src/store/keys.js';
 import { VerificationService } from '../../src/verification/verification-service.js';
-import { http, REDIS_URL, startTestEngine, testConfig, type TestEngine } from '../helpers/engine.js';
+import { deletePrefix, http, REDIS_URL, startTestEngine, testConfig, type TestEngine } from '../helpers/engine.js';
 
 /**
  * Master key rotation (README "Rotating the master key"): the new key becomes
@@ -65,6 +66,71 @@ describe('master key rotation', () => {
     expect(newSealer.open(fresh.phone_enc!, `phone:${String(after.body.request_id)}`)).toBe('+447700900322');
     // And the old key alone cannot open them.
     expect(() => oldSealer.open(fresh.phone_enc!, `phone:${String(after.body.request_id)}`)).toThrow(/unknown key/);
+  });
+
+  it('velocity windows and live-verification pointers set before a rotation still apply after it', async () => {
+    const oldKey = randomBytes(32);
+    const newKey = randomBytes(32);
+    const config = testConfig({
+      api: { defaultRateLimitPerSecond: 1000 },
+      fraud: { liveVerification: 'per_number', velocity: { perNumber: { limit: 2, windowSeconds: 600 } } },
+      security: { masterKey: newKey.toString('hex'), previousMasterKeys: [oldKey.toString('hex')] },
+    });
+    // Before: an engine on the old key alone (same Redis prefix).
+    engine = await startTestEngine({ ...config, security: { ...config.security, masterKey: oldKey.toString('hex'), previousMasterKeys: [] } }, 'api');
+    const a = await engine.account({ balance: 5 });
+    const verify = (phone: string) => http(`${engine!.url}/v1/verify`, { auth: a.auth, body: { phone_number: phone } });
+    // +447700900331: its per-number window is full (2 sends, each cancelled so that no live pointer blocks the next).
+    for (let i = 0; i < 2; i++) {
+      const r = await verify('+447700900331');
+      expect(r.status).toBe(201);
+      expect((await http(`${engine.url}/v1/verify/${String(r.body.request_id)}/cancel`, { auth: a.auth, method: 'POST' })).status).toBe(200);
+    }
+    // +447700900332: a live verification.
+    const live = await verify('+447700900332');
+    expect(live.status).toBe(201);
+    // Stopped without the helper's clean-up: the state stays for the next engine (same prefix; afterEach deletes it).
+    await engine.engine.stop();
+    await engine.redis.quit();
+
+    // After the rotation: the same state applies.
+    engine = await startTestEngine(config, 'api');
+    const full = await verify('+447700900331');
+    expect([full.status, full.body.error]).toEqual([429, 'rate_limited']);
+    expect(String(full.body.message)).toMatch(/per_number|number/);
+    const pending = await verify('+447700900332');
+    expect([pending.status, pending.body.error, pending.body.request_id]).toEqual([409, 'verification_pending', live.body.request_id]);
+    // A number without history is accepted (the engine works), and its state is under the new key's names only.
+    expect((await verify('+447700900333')).status).toBe(201);
+    const oldSealer = new Sealer(oldKey);
+    expect(await engine.redis.exists(engine.keys.liveVerification(oldSealer.mac('live', `${a.account_id}:+447700900332`)))).toBe(0);
+    expect(await engine.redis.exists(engine.keys.liveVerification(new Sealer(newKey).mac('live', `${a.account_id}:+447700900332`)))).toBe(1);
+  });
+
+  it('a CLI cooldown set before a rotation still holds the CLI after it', async () => {
+    const oldKey = randomBytes(32);
+    const newKey = randomBytes(32);
+    const redis = new Redis(REDIS_URL);
+    const keys = new Keys(`fvrot-${randomBytes(4).toString('hex')}`);
+    try {
+      const ranges = [{ prefix: '+4419087300', country: 'GB' }];
+      const before = new Sealer(oldKey);
+      const oldSelector = new RangeSelector(ranges, redis, keys, 60, (cli) => before.mac('cli', cli));
+      expect(await oldSelector.reserve('GB', '1234', before.mac('destination', '+447700900340'))).not.toBeNull();
+
+      const after = new Sealer(newKey, [oldKey]);
+      const selector = new RangeSelector(ranges, redis, keys, 60, (cli) => after.mac('cli', cli), undefined, (cli) => after.previousMacs('cli', cli));
+      const dest = '+447700900340';
+      // The only range's CLI with this code is still cooling down towards this number.
+      expect(await selector.reserve('GB', '1234', after.mac('destination', dest), after.previousMacs('destination', dest))).toBeNull();
+      expect(await redis.ttl(keys.cliCooldown(after.mac('cli', '+44190873001234'), after.mac('destination', dest)))).toBeGreaterThan(50);
+      // Another number is free.
+      const other = '+447700900341';
+      expect(await selector.reserve('GB', '1234', after.mac('destination', other), after.previousMacs('destination', other))).not.toBeNull();
+    } finally {
+      await deletePrefix(redis, keys.prefix);
+      await redis.quit();
+    }
   });
 
   it('without the previous key, old records do not open (the reason to keep it listed)', () => {

@@ -18,43 +18,56 @@ afterEach(async () => {
   engine = undefined;
 });
 
+/** Creates a flash verification and waits for the end of its call: status, failure reason, trunk, time taken. */
+function verifier(e: TestEngine, auth: string) {
+  let n = 0;
+  return async () => {
+    const t0 = performance.now();
+    const r = await http(`${e.url}/v1/verify`, { auth, body: { phone_number: `+4477009007${String(n++).padStart(2, '0')}` } });
+    expect(r.status).toBe(201);
+    const id = String(r.body.request_id);
+    const rec = await waitFor(async () => {
+      const h = await e.redis.hgetall(e.keys.verification(id));
+      // `outcome` is written once the call is over (and its trunk's health updated).
+      return h.trunk && h.outcome && (h.status === 'delivered' || h.status === 'failed') ? h : undefined;
+    }, 15_000, 20);
+    return { status: rec.status, reason: rec.failure_reason, trunk: rec.trunk, ms: performance.now() - t0 };
+  };
+}
+
+async function trunkGauge(e: TestEngine, name: string): Promise<string | undefined> {
+  const text = await (await fetch(`${e.url}/metrics`)).text();
+  return new RegExp(`^flashverify_trunk_up\\{trunk="${name}"\\} (\\d)`, 'm').exec(text)?.[1];
+}
+
+/** primary (priority 0) at `primaryUri`, backup (priority 1) a SIPp far end; marked down after 2 failures. */
+async function twoTrunks(primaryUri: string, t1Ms: number): Promise<{ e: TestEngine; backup: SippUas }> {
+  const backup = await startSippUas({ scenario: 'uas-ring-cancel', calls: 10, maxLifetimeMs: 40_000 });
+  sipps.push(backup);
+  const e = await startTestEngine(
+    testConfig({
+      flash: { ringMs: 100 },
+      numbers: { cliCooldownSeconds: 0 },
+      sip: {
+        timers: { t1Ms, t2Ms: 4 * t1Ms, t4Ms: 5 * t1Ms },
+        trunks: [
+          { name: 'primary', uri: primaryUri, priority: 0 },
+          { name: 'backup', uri: backup.uri, priority: 1 },
+        ],
+        trunkHealth: { failuresToMarkDown: 2, retryAfterMs: 1500, maxRetryAfterMs: 5000 },
+      },
+    }),
+  );
+  return { e, backup };
+}
+
 describe('trunk down, failover and back', { timeout: 45_000 }, () => {
   it('unreachable trunk fails fast, is marked down, traffic moves to the live trunk, then comes back', async () => {
     const deadPort = await findFreePort();
-    const backup = await startSippUas({ scenario: 'uas-ring-cancel', calls: 10, maxLifetimeMs: 40_000 });
-    sipps.push(backup);
-    engine = await startTestEngine(
-      testConfig({
-        flash: { ringMs: 100 },
-        numbers: { cliCooldownSeconds: 0 },
-        sip: {
-          timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 },
-          trunks: [
-            { name: 'primary', uri: `sip:127.0.0.1:${deadPort}`, priority: 0 },
-            { name: 'backup', uri: backup.uri, priority: 1 },
-          ],
-          trunkHealth: { failuresToMarkDown: 2, retryAfterMs: 1500, maxRetryAfterMs: 5000 },
-        },
-      }),
-    );
+    engine = (await twoTrunks(`sip:127.0.0.1:${deadPort}`, 100)).e;
     const account = await engine.account();
-    let n = 0;
-    const verify = async () => {
-      const t0 = performance.now();
-      const r = await http(`${engine!.url}/v1/verify`, { auth: account.auth, body: { phone_number: `+4477009007${String(n++).padStart(2, '0')}` } });
-      expect(r.status).toBe(201);
-      const id = String(r.body.request_id);
-      const rec = await waitFor(async () => {
-        const h = await engine!.redis.hgetall(engine!.keys.verification(id));
-        // `outcome` is written once the call is over (and its trunk's health updated).
-        return h.trunk && h.outcome && (h.status === 'delivered' || h.status === 'failed') ? h : undefined;
-      }, 10_000, 20);
-      return { status: rec.status, reason: rec.failure_reason, trunk: rec.trunk, ms: performance.now() - t0 };
-    };
-    const trunkUp = async (name: string) => {
-      const text = await (await fetch(`${engine!.url}/metrics`)).text();
-      return new RegExp(`^flashverify_trunk_up\\{trunk="${name}"\\} (\\d)`, 'm').exec(text)?.[1];
-    };
+    const verify = verifier(engine, account.auth);
+    const trunkUp = (name: string) => trunkGauge(engine!, name);
     expect(await trunkUp('primary')).toBe('1');
 
     // Primary unreachable: fails fast (no Timer B wait), twice, then it is down.
@@ -75,5 +88,35 @@ describe('trunk down, failover and back', { timeout: 45_000 }, () => {
     expect(await trunkUp('primary')).toBe('1');
     expect(revived.requests('INVITE').length).toBeGreaterThanOrEqual(2);
     expect(engine.logs.join('\n')).toMatch(/trunk down; retried after back-off[\s\S]*trunk answers again/);
+  });
+
+  it.each([
+    { title: 'TCP connection refused', reason: 'unreachable', t1Ms: 100, fastMs: 2000 },
+    { title: 'a silent trunk (INVITEs swallowed, no ICMP, no response)', reason: 'timeout', t1Ms: 50, fastMs: 64 * 50 + 1500 },
+  ])('$title: calls fail `$reason`, the trunk is marked down, traffic moves to the live trunk', async ({ title, reason, t1Ms, fastMs }) => {
+    let primaryUri: string;
+    let silent: SippUas | undefined;
+    if (title.startsWith('TCP')) primaryUri = `sip:127.0.0.1:${await findFreePort()};transport=tcp`;
+    else {
+      // SIPp receives every INVITE and never answers: only Timer B (64 x T1) ends the call.
+      silent = await startSippUas({ scenario: 'uas-no-response', calls: 2, maxLifetimeMs: 40_000, vars: { hold_ms: 64 * t1Ms + 3000 } });
+      sipps.push(silent);
+      primaryUri = silent.uri;
+    }
+    const { e, backup } = await twoTrunks(primaryUri, t1Ms);
+    engine = e;
+    const account = await e.account();
+    const verify = verifier(e, account.auth);
+    for (let i = 0; i < 2; i++) {
+      const r = await verify();
+      expect(r).toMatchObject({ status: 'failed', reason, trunk: 'primary' });
+      expect(r.ms).toBeLessThan(fastMs);
+    }
+    expect(await trunkGauge(e, 'primary')).toBe('0');
+    for (let i = 0; i < 3; i++) expect(await verify()).toMatchObject({ status: 'delivered', trunk: 'backup' });
+    expect(backup.requests('INVITE').length).toBe(3);
+    // The silent trunk got exactly the two calls that failed on it, nothing after it was marked down.
+    if (silent) expect(new Set(silent.requests('INVITE').map((m) => m.header('call-id'))).size).toBe(2);
+    expect(e.logs.join('\n')).toMatch(/trunk down; retried after back-off/);
   });
 });

@@ -75,4 +75,31 @@ describe('TrunkPacer health and failover', () => {
     expect(p.status().every((t) => !t.up)).toBe(true);
     expect(p.pick().name).toBe('a');
   });
+
+  it('a probe that is never reported (its job threw or hung) lapses after probeTimeoutMs: the trunk is probed again', () => {
+    let now = 0;
+    const p = new TrunkPacer([trunk('a'), trunk('b', { priority: 1 })], { ...health, probeTimeoutMs: 3000 }, () => undefined, () => now);
+    const a = trunk('a');
+    for (let i = 0; i < 3; i++) p.report(a, 'failed');
+    now += 1000;
+    expect(p.pick().name).toBe('a'); // the probe ... whose job dies before report()
+    now += 2999;
+    expect(picks(p, 2)).toEqual(['b', 'b']);
+    now += 1;
+    expect(p.pick().name).toBe('a'); // probed again
+    p.report(a, 'up');
+    expect(p.status()[0]).toEqual({ name: 'a', up: true });
+  });
+
+  it('guarded(): a step that throws reports the call neutral, releasing the probe at once', async () => {
+    let now = 0;
+    const p = new TrunkPacer([trunk('a'), trunk('b', { priority: 1 })], health, () => undefined, () => now);
+    const a = trunk('a');
+    for (let i = 0; i < 3; i++) p.report(a, 'failed');
+    now += 1000;
+    expect(p.pick().name).toBe('a');
+    await expect(p.guarded(a, Promise.reject(new Error('redis gone')))).rejects.toThrow('redis gone');
+    expect(p.pick().name).toBe('a'); // the next call probes (no wait for probeTimeoutMs)
+    await expect(p.guarded(a, Promise.resolve(7))).resolves.toBe(7);
+  });
 });
