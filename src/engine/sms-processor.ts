@@ -10,6 +10,7 @@ import { renderSms, SmsTextError } from '../sms/text.js';
 import type { DeliveryReceipt, SmsGateway, SmsSender, SubmitOutcome } from '../sms/types.js';
 import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
+import { recordAttemptFields } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import type { DeliveryJobData } from './queues.js';
 
@@ -81,7 +82,8 @@ export class SmsProcessor {
     }
 
     // Written before submit_sm leaves: a crash from here on is "may have been sent".
-    await redis.hset(key, { sms_state: 'submitting' satisfies SmsState, sms_attempts: String(attempt) });
+    // Only while this is the request's current step (a workflow step may time out meanwhile).
+    await recordAttemptFields(redis, key, base.step, { sms_state: 'submitting' satisfies SmsState, sms_attempts: String(attempt) });
     const outcome = await gateway.submit({
       requestId,
       to,
@@ -97,7 +99,7 @@ export class SmsProcessor {
       const early = (await scripts.mapSmsMessage.run(
         redis,
         [key, this.deps.keys.smsMessage(outcome.smsc, outcome.messageId), this.deps.keys.smsEarlyReceipt(outcome.smsc, outcome.messageId)],
-        [requestId, config.sms.receiptTtlSeconds, outcome.smsc, outcome.messageId],
+        [requestId, config.sms.receiptTtlSeconds, outcome.smsc, outcome.messageId, base.step === undefined ? '' : String(base.step)],
       )) as string | null;
       if (!config.sms.requestReceipts) {
         await events.publish({

@@ -476,6 +476,43 @@ describe('workflows', () => {
     expect(usage.by_method).toMatchObject({ flash_call: { count: 0, cost: 0 }, voice: { count: 0, cost: 0 } });
   }, 40_000);
 
+  it('an SMS step that times out while its submit_sm is in flight: its late acceptance and receipt never count for the next step', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 30_000 });
+    // The SMSC answers submit_sm after 2.5 s (within the gateway's 5 s): the 1 s SMS step is over by then.
+    await smsc.set({ respDelayMs: 2500 });
+    try {
+      engine = await startTestEngine(
+        config({
+          voice: { answerTimeoutMs: 20_000 },
+          sms: { enabled: true, smscs: [smscEntry(smsc, { responseTimeoutMs: 5000 })] },
+        } as DeepPartial<Config>),
+      );
+      const t = engine;
+      await waitFor(async () => (await smsc.state()).sessions.some((x) => x.bound && x.closedAt === null), 5000);
+      const account = await t.account({ balance: 1 });
+      const res = await create(t, account.auth, { workflow: [{ method: 'sms', timeout_seconds: 1 }, { method: 'voice' }] });
+      expect(res.status, JSON.stringify(res.body)).toBe(201);
+      const id = String(res.body.request_id);
+      await waitStep(t, id, 1);
+      // Accepted, then its delivery receipt: both after the voice step started.
+      await waitFor(async () => t.logs.some((l) => l.includes(id) && l.includes('receipt of an earlier workflow step; ignored')), 15_000);
+      const h = await t.redis.hgetall(t.keys.verification(id));
+      expect([h.status, h.method, h.att0_status, h.att1_status, h.sms_message_id, h.sms_state, h.sms_receipt]).toEqual([
+        'sent',
+        'voice',
+        'timed_out',
+        'sent',
+        undefined,
+        undefined,
+        undefined,
+      ]);
+      // The voice step rings all the while.
+      expect(calls(uas)).toBe(1);
+    } finally {
+      await smsc.set({ respDelayMs: 0 });
+    }
+  }, 30_000);
+
   it('resend: true on a live workflow request is 409 with its request_id: it starts its next step by itself', async () => {
     uas = await startSippUas({ scenario: 'uas-ring-cancel', maxLifetimeMs: 20_000 });
     engine = await startTestEngine(config(), 'api');
