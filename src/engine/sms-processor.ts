@@ -10,6 +10,7 @@ import { renderSms, SmsTextError } from '../sms/text.js';
 import type { DeliveryReceipt, SmsGateway, SmsSender, SubmitOutcome } from '../sms/types.js';
 import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
+import { recordAttemptFields } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import type { DeliveryJobData } from './queues.js';
 
@@ -105,7 +106,8 @@ export class SmsProcessor {
     }
 
     // Written before submit_sm leaves: a crash from here on is "may have been sent".
-    await redis.hset(key, { sms_state: 'submitting' satisfies SmsState, sms_attempts: String(attempt) });
+    // Only while this is the request's current step (a workflow step may time out meanwhile).
+    await recordAttemptFields(redis, key, base.step, { sms_state: 'submitting' satisfies SmsState, sms_attempts: String(attempt) });
     const outcome = await gateway.submit({
       requestId,
       to,
@@ -118,7 +120,7 @@ export class SmsProcessor {
 
     if (outcome.kind === 'accepted') {
       log.info({ smsc: outcome.smsc, bind: outcome.bind, message_id: outcome.messageId, attempt }, 'sms accepted by the SMSC');
-      const early = await this.recordAccepted(requestId, to, outcome);
+      const early = await this.recordAccepted(requestId, to, outcome, base.step);
       if (!config.sms.requestReceipts) {
         await events.publish({
           ...base,
@@ -147,7 +149,7 @@ export class SmsProcessor {
       if (typeof marked === 'string') {
         // Its receipt came while it was in flight (and was parked): that proves the SMSC took it.
         log.info({ smsc: outcome.smsc, message_id: marked }, 'sms submit unconfirmed, but its receipt had already come; accepted');
-        const parked = await this.recordAccepted(requestId, to, { kind: 'accepted', rawMessageId: marked, messageId: marked, smsc: outcome.smsc, bind: outcome.bind });
+        const parked = await this.recordAccepted(requestId, to, { kind: 'accepted', rawMessageId: marked, messageId: marked, smsc: outcome.smsc, bind: outcome.bind }, base.step);
         if (parked) await this.applyReceipt(requestId, parked);
         return outcome;
       }
@@ -281,8 +283,13 @@ export class SmsProcessor {
     await this.applyReceipt(requestId, stored);
   }
 
-  /** mapSmsMessage-5: the id mapped, the verification marked accepted; returns the receipt parked before it, if any. */
-  private async recordAccepted(requestId: string, to: string, outcome: Accepted): Promise<DeliveryReceipt | undefined> {
+  /**
+   * mapSmsMessage-5: the id mapped, the verification marked accepted; returns the receipt parked before it, if any.
+   * `step`: the workflow step of the submit (undefined: not a workflow request, or a late acceptance whose step is
+   * not known): the record is only marked while that step is current, so a step that timed out during its submit
+   * never lends its message or receipt to the next step.
+   */
+  private async recordAccepted(requestId: string, to: string, outcome: Accepted, step?: number): Promise<DeliveryReceipt | undefined> {
     const { redis, keys, config } = this.deps;
     const early = (await scripts.mapSmsMessage.run(
       redis,
@@ -293,7 +300,7 @@ export class SmsProcessor {
         this.numberKey('unconfirmed', outcome.smsc, to),
         this.numberKey('parked', outcome.smsc, to),
       ],
-      [requestId, config.sms.receiptTtlSeconds, outcome.smsc, outcome.messageId],
+      [requestId, config.sms.receiptTtlSeconds, outcome.smsc, outcome.messageId, step === undefined ? '' : String(step)],
     )) as string | null;
     return early ? (JSON.parse(early) as DeliveryReceipt) : undefined;
   }

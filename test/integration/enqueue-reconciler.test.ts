@@ -64,6 +64,58 @@ describe('a verification created but never queued', () => {
     expect(await engine.redis.zcard(engine.keys.unqueued())).toBe(0);
   });
 
+  it('a workflow whose api died before its step-0 timer: created whole, queued, and its timer added by the reconciler', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 2, maxLifetimeMs: 30_000 });
+    engine = await startTestEngine(
+      testConfig({
+        flash: { ringMs: 200 },
+        voice: { answerTimeoutMs: 20_000 },
+        worker: { requeueAfterMs: 500 },
+        verification: { minStepTimeoutSeconds: 1 },
+        sip: { timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] },
+      }),
+    );
+    const account = await engine.account();
+    // The "api process" dies right after the create script: its step timer (added before the job) never returns.
+    let timerCalled = false;
+    const never = (): Promise<void> => new Promise<void>(() => undefined);
+    const service = new VerificationService(
+      engine.redis,
+      engine.keys,
+      engine.sealer,
+      engine.config,
+      { enqueue: never },
+      pino({ level: 'silent' }),
+      new Set(['flash_call', 'voice'] as const),
+      undefined,
+      {
+        schedule: () => {
+          timerCalled = true;
+          return never();
+        },
+      },
+    );
+    void service.create(await engine.accounts.get(account.account_id), {
+      phone_number: '+447700900558',
+      workflow: [{ method: 'flash_call', timeout_seconds: 2 }, { method: 'voice' }],
+    });
+    await waitFor(async () => timerCalled);
+    const [id] = await engine.redis.zrange(engine.keys.unqueued(), '0', '-1');
+    // The workflow went in with the record, in the create script: it is a workflow at step 0, not a lone flash call.
+    const created = await engine.redis.hgetall(engine.keys.verification(id!));
+    expect([created.status, created.method, created.wf_step, created.wf_steps, created.att0_method, created.att0_status]).toEqual(['sent', 'flash_call', '0', '2', 'flash_call', 'sent']);
+    expect(JSON.parse(created.wf!)).toMatchObject([{ method: 'flash_call', timeout_seconds: 2 }, { method: 'voice' }]);
+
+    // The reconciler queues step 0 and adds its timer: the flash call rings, is not verified, and step 1 (voice) starts.
+    const moved = await waitFor(async () => {
+      const h = await engine!.redis.hgetall(engine!.keys.verification(id!));
+      return h.wf_step === '1' ? h : undefined;
+    }, 15_000);
+    expect([moved.att0_status, moved.method]).toEqual(['timed_out', 'voice']);
+    await waitFor(async () => invitesPerDestination(uas!.messages()).get('+447700900558')?.size === 2, 10_000);
+    expect(engine.logs.join('\n')).toContain('was never queued');
+  });
+
   it('a normal create leaves no intent behind, and a refused one neither', async () => {
     engine = await startTestEngine(testConfig({ worker: { requeueAfterMs: 60_000 } }), 'api');
     const account = await engine.account({ balance: 0.005 });

@@ -161,6 +161,43 @@ describe('voice OTP against SIPp', () => {
     expectCleanStream('PCMU', 30);
   }, 45_000);
 
+  it('canceled mid-prompt: the engine stops reading and hangs up (BYE) before the code is read again; no failure reported', async () => {
+    rtp = await startRtpReceiver();
+    uas = await startSippUas({
+      scenario: 'uas-voice-answer',
+      vars: { rtp_ip: '127.0.0.1', rtp_port: rtp.port, rtp_pt: 0, rtp_codec: 'PCMU' },
+      maxLifetimeMs: 40_000,
+    });
+    engine = await startTestEngine(
+      testConfig({
+        voice: { answerTimeoutMs: ANSWER_TIMEOUT_MS },
+        sip: { timers: { t1Ms: T1, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] },
+      }),
+    );
+    const t = engine;
+    const account = await t.account({ balance: 1 });
+    const created = await http(`${t.url}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900123', method: 'voice', code_length: 6 } });
+    const id = String(created.body.request_id);
+    const key = t.keys.verification(id);
+    // Answered: the prompt is playing.
+    await waitFor(async () => (await t.redis.hget(key, 'answered_at')) !== null, 10_000);
+    const canceled = await http(`${t.url}/v1/verify/${id}/cancel`, { auth: account.auth, method: 'POST' });
+    expect([canceled.status, canceled.body.status]).toEqual([200, 'canceled']);
+    const record = await waitFor(async () => {
+      const h = await t.redis.hgetall(key);
+      return h.outcome ? h : undefined;
+    }, 10_000);
+    // Ended by the request, not played to its end.
+    expect(record.outcome).toBe('request_ended');
+    expect((await uas.waitForExit(10_000)).code).toBe(0);
+    expect(uas.requests().map((m) => m.method)).toEqual(['INVITE', 'ACK', 'BYE']);
+    expect(wordsHeard('PCMU', 'en')).not.toContain('again');
+    const events = (await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id);
+    expect(events.map((e) => e.status)).toEqual(['sent', 'delivered', 'canceled']);
+    // It was answered: billed, not refunded.
+    expect((await t.accounts.get(account.account_id)).balance).toBeLessThan(1);
+  }, 45_000);
+
   it('in-dialog OPTIONS and re-INVITE mid-prompt are answered (200, our SDP) and playback goes on', async () => {
     const run = await voiceCall('uas-voice-reinvite-mid-prompt');
     expect(run.record.outcome).toBe('played');

@@ -9,7 +9,7 @@ import { utcDay } from '../../src/verification/types.js';
 import { http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 import { engineCluster, type EngineCluster } from '../helpers/engine-process.js';
 import { startRtpReceiver, type RtpReceiver } from '../helpers/rtp-receiver.js';
-import { startSippUas, type SippUas } from '../helpers/sipp.js';
+import { findFreePort, startSippUas, type SippUas } from '../helpers/sipp.js';
 import { smscEntry, startSmsc, type TestSmsc } from '../helpers/smsc.js';
 
 /**
@@ -423,6 +423,95 @@ describe('workflows', () => {
     const usage = (await http(`${engine.url}/v1/usage`, { auth: account.auth })).body;
     expect([usage.total_verifications, (usage.by_method as Record<string, unknown>).flash_call]).toEqual([0, { count: 0, cost: 0 }]);
   }, 20_000);
+
+  it('cancel before an SMS step was submitted: a worker that picks its job up later never submits it', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', maxLifetimeMs: 20_000 });
+    const cfg = config({ sms: { enabled: true, smscs: [smscEntry(smsc)] } } as DeepPartial<Config>);
+    // The api alone first: the SMS step waits in its queue.
+    engine = await startTestEngine(cfg, 'api');
+    const account = await engine.account({ balance: 1 });
+    const res = await create(engine, account.auth, { workflow: [{ method: 'sms', timeout_seconds: 30 }, { method: 'voice' }] });
+    const id = String(res.body.request_id);
+    const canceled = await http(`${engine.url}/v1/verify/${id}/cancel`, { auth: account.auth, method: 'POST' });
+    expect([canceled.status, canceled.body.status]).toEqual([200, 'canceled']);
+    // Now a worker (same Redis prefix) takes the job: it finds the request canceled.
+    const worker = await startTestEngine(cfg, 'worker');
+    try {
+      await waitFor(async () => worker.logs.some((l) => l.includes(id) && l.includes('not delivering again')), 10_000);
+      expect((await smsc.state()).submits.filter((x) => x.destination === PHONE.slice(1))).toEqual([]);
+      expect(await balance(engine, account.account_id)).toBe(1);
+      expect((await status(engine, account.auth, id)).attempts).toMatchObject([{ method: 'sms', status: 'canceled', cost: { amount: 0 } }]);
+    } finally {
+      await worker.engine.stop();
+      await worker.redis.quit();
+    }
+  }, 20_000);
+
+  it('attempts that never reached the network are refunded and left out of usage, for a workflow step and a one-method request', async () => {
+    // A trunk nobody answers on: every INVITE times out (Timer B), which never reached the far end.
+    const deadPort = await findFreePort();
+    engine = await startTestEngine(
+      testConfig({
+        api: { defaultRateLimitPerSecond: 1000 },
+        fraud: { liveVerification: 'off' },
+        verification: { minStepTimeoutSeconds: 1 },
+        sip: { timers: { t1Ms: 20, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'dead', uri: `sip:127.0.0.1:${deadPort}` }] },
+      }),
+    );
+    const account = await engine.account({ balance: 1 });
+    const wf = await create(engine, account.auth, { workflow: [{ method: 'flash_call', timeout_seconds: 20 }, { method: 'voice' }] });
+    const one = await create(engine, account.auth, { method: 'flash_call' });
+    for (const r of [wf, one]) {
+      await waitFor(async () => (await status(engine!, account.auth, String(r.body.request_id))).status === 'failed', 15_000);
+    }
+    const body = await status(engine, account.auth, String(wf.body.request_id));
+    expect(body.attempts).toMatchObject([
+      { method: 'flash_call', status: 'failed', cost: { amount: 0 } },
+      { method: 'voice', status: 'failed', cost: { amount: 0 } },
+    ]);
+    expect(body.cost).toMatchObject({ amount: 0 });
+    expect(await balance(engine, account.account_id)).toBe(1);
+    const usage = (await http(`${engine.url}/v1/usage`, { auth: account.auth })).body;
+    expect([usage.total_verifications, usage.total_cost]).toEqual([0, { amount: 0, currency: 'GBP' }]);
+    expect(usage.by_method).toMatchObject({ flash_call: { count: 0, cost: 0 }, voice: { count: 0, cost: 0 } });
+  }, 40_000);
+
+  it('an SMS step that times out while its submit_sm is in flight: its late acceptance and receipt never count for the next step', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 30_000 });
+    // The SMSC answers submit_sm after 2.5 s (within the gateway's 5 s): the 1 s SMS step is over by then.
+    await smsc.set({ respDelayMs: 2500 });
+    try {
+      engine = await startTestEngine(
+        config({
+          voice: { answerTimeoutMs: 20_000 },
+          sms: { enabled: true, smscs: [smscEntry(smsc, { responseTimeoutMs: 5000 })] },
+        } as DeepPartial<Config>),
+      );
+      const t = engine;
+      await waitFor(async () => (await smsc.state()).sessions.some((x) => x.bound && x.closedAt === null), 5000);
+      const account = await t.account({ balance: 1 });
+      const res = await create(t, account.auth, { workflow: [{ method: 'sms', timeout_seconds: 1 }, { method: 'voice' }] });
+      expect(res.status, JSON.stringify(res.body)).toBe(201);
+      const id = String(res.body.request_id);
+      await waitStep(t, id, 1);
+      // Accepted, then its delivery receipt: both after the voice step started.
+      await waitFor(async () => t.logs.some((l) => l.includes(id) && l.includes('receipt of an earlier workflow step; ignored')), 15_000);
+      const h = await t.redis.hgetall(t.keys.verification(id));
+      expect([h.status, h.method, h.att0_status, h.att1_status, h.sms_message_id, h.sms_state, h.sms_receipt]).toEqual([
+        'sent',
+        'voice',
+        'timed_out',
+        'sent',
+        undefined,
+        undefined,
+        undefined,
+      ]);
+      // The voice step rings all the while.
+      expect(calls(uas)).toBe(1);
+    } finally {
+      await smsc.set({ respDelayMs: 0 });
+    }
+  }, 30_000);
 
   it('resend: true on a live workflow request is 409 with its request_id: it starts its next step by itself', async () => {
     uas = await startSippUas({ scenario: 'uas-ring-cancel', maxLifetimeMs: 20_000 });

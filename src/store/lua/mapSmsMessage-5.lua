@@ -19,11 +19,18 @@
   ARGV[2] TTL of the map, seconds
   ARGV[3] SMSC name
   ARGV[4] normalised message id
+  ARGV[5] the workflow step of the submit ("" = not a workflow request, or not known): when
+          the request has moved on to another step meanwhile (this step timed out while
+          submit_sm was in flight), the record is left alone, so that neither this
+          message's state nor its receipt is ever taken for the current step's. Without
+          it (a late accept, whose step is not known), the record is left alone when its
+          current method is not sms.
 
   Returns the parked receipt (JSON) when one is waiting, else false.
 ]]
 redis.call('SET', KEYS[2], ARGV[1], 'EX', tonumber(ARGV[2]))
-if redis.call('EXISTS', KEYS[1]) == 1 then
+local v = redis.call('HMGET', KEYS[1], 'account_id', 'wf_step', 'method')
+if v[1] and v[3] == 'sms' and (not ARGV[5] or ARGV[5] == '' or v[2] == ARGV[5]) then
   redis.call('HSET', KEYS[1], 'sms_state', 'accepted', 'sms_smsc', ARGV[3], 'sms_message_id', ARGV[4])
   redis.call('HDEL', KEYS[1], 'sms_unconfirmed_until')
   local ids = redis.call('HGET', KEYS[1], 'sms_message_ids') or ''
