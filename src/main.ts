@@ -25,6 +25,7 @@ import type { MediaPlayer } from './media/media-player.js';
 import { EventPublisher } from './events/event-publisher.js';
 import { StatusConsumer } from './events/status-consumer.js';
 import { WebhookConsumer } from './events/webhook-consumer.js';
+import { ensureEventGroups } from './events/event-groups.js';
 import { WorkflowAdvancer } from './events/workflow-advancer.js';
 import { BullStepTimer, STEP_TIMEOUT_QUEUE, fireStepTimeout, type StepTimeoutJobData } from './engine/step-timer.js';
 import { WebhookProcessor } from './events/webhook-processor.js';
@@ -401,6 +402,9 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
     }
 
     if (role === 'all' || role === 'api') {
+      // The api writes events (created, test-number deliveries, checks) before any worker may have run:
+      // the consumer groups exist first, so the webhooks group (which starts at "$") misses none of them.
+      await ensureEventGroups(redis, keys, config.events);
       const queue = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
       stops.push(() => queue.close());
       for (const m of methods) metrics.watchQueue(QUEUE_NAMES[m], queue.queue(m));

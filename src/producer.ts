@@ -10,6 +10,7 @@ import { resolveMasterKeys } from './crypto/master-key.js';
 import { Sealer } from './crypto/sealer.js';
 import { BullDeliveryQueue } from './engine/queues.js';
 import { ConfigError } from './errors/app-error.js';
+import { ensureEventGroups } from './events/event-groups.js';
 import { EventPublisher } from './events/event-publisher.js';
 import { Keys } from './store/keys.js';
 import { connectRedis } from './store/redis.js';
@@ -110,6 +111,8 @@ export class FlashVerifyProducer {
     const bullConnection = new Redis(config.redis.url, { maxRetriesPerRequest: null });
     try {
       await redis.ping();
+      // Before this producer writes its first event (see event-groups.ts).
+      await ensureEventGroups(redis, keys, config.events);
     } catch (err) {
       redis.disconnect();
       bullConnection.disconnect();

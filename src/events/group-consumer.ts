@@ -17,6 +17,22 @@ export interface GroupConsumerOptions {
 }
 
 /**
+ * Creates consumer group `group` on the events stream (and the stream) if it
+ * does not exist yet, starting at `startId`; an existing group is left as it
+ * is. Every role calls it at boot for every group, so that a group that starts
+ * at "$" (webhooks) exists before the first event is written: otherwise an api
+ * that takes requests before any worker ever ran would write events that group
+ * never sees.
+ */
+export async function ensureGroup(redis: Redis, keys: Keys, group: string, startId: '0' | '$'): Promise<void> {
+  try {
+    await redis.xgroup('CREATE', keys.events(), group, startId, 'MKSTREAM');
+  } catch (err) {
+    if (!(err instanceof Error) || !err.message.includes('BUSYGROUP')) throw err;
+  }
+}
+
+/**
  * Reads the events stream `<prefix>:events` in one consumer group. An entry
  * is acknowledged only after `handle` resolved for it; an entry whose handling
  * threw stays pending and is retried when reclaimed, as are entries left
@@ -42,11 +58,7 @@ export abstract class GroupConsumer {
   protected abstract handle(entry: StreamEntry): Promise<void>;
 
   async start(): Promise<void> {
-    try {
-      await this.redis.xgroup('CREATE', this.keys.events(), this.group, this.options.startId ?? '0', 'MKSTREAM');
-    } catch (err) {
-      if (!(err instanceof Error) || !err.message.includes('BUSYGROUP')) throw err;
-    }
+    await ensureGroup(this.redis, this.keys, this.group, this.options.startId ?? '0');
     this.running = true;
     this.loop = this.run();
   }

@@ -18,6 +18,9 @@ const ORDER_TTL_SECONDS = 3 * 24 * 3600;
  * is also filed in its request's order set, which the webhook processor uses
  * to deliver a request's events one at a time, oldest first.
  */
+/** Where a new webhooks group starts (see the constructor); ensureGroup() in every role uses it too. */
+export const WEBHOOK_GROUP_START = '$';
+
 export class WebhookConsumer extends GroupConsumer {
   constructor(
     redis: Redis,
@@ -30,7 +33,7 @@ export class WebhookConsumer extends GroupConsumer {
   ) {
     // A new webhooks group starts at "$": turning webhooks on for an existing
     // deployment must not replay the stream's history to customers.
-    super(redis, keys, group, consumer, logger, { startId: '$', ...options });
+    super(redis, keys, group, consumer, logger, { startId: WEBHOOK_GROUP_START, ...options });
   }
 
   protected async handle({ id, fields }: StreamEntry): Promise<void> {

@@ -11,7 +11,7 @@ import { WebhookTargetError } from '../../src/events/webhook-target.js';
 import type { Account } from '../../src/accounts/account-store.js';
 import type { Method } from '../../src/verification/types.js';
 import { VerificationService } from '../../src/verification/verification-service.js';
-import { http, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+import { http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 
 interface Received {
   body: Buffer;
@@ -231,5 +231,44 @@ describe('webhook SSRF protection', () => {
       await queue.close();
     }
     expect(receiver.received).toEqual([]);
+  });
+});
+
+describe('webhooks of events written before any worker ran', () => {
+  it('an api that took requests first (fresh deployment): the first worker still sends their webhooks', async () => {
+    const receiver = new Receiver();
+    const url = await receiver.start();
+    const config = testConfig({
+      webhooks: { allowPrivate: true, backoffMs: 100, orderPollMs: 50 },
+      fraud: { testNumbers: [{ number: '+447700900555', code: '1234' }] },
+    });
+    const api = await startTestEngine(config, 'api');
+    let worker: TestEngine | undefined;
+    try {
+      const a = await api.account();
+      receiver.secret = a.api_secret;
+      await new AccountStore(api.redis, api.keys, api.sealer, { allowPrivateWebhooks: true }).setWebhook(a.account_id, url);
+      // A test number: sent, delivered and verified all happen in the api, with no worker anywhere yet.
+      const created = await http(`${api.url}/v1/verify`, { auth: a.auth, body: { phone_number: '+447700900555' } });
+      expect(created.status).toBe(201);
+      const id = String(created.body.request_id);
+      // (Statuses follow from events in the worker role: here only the events are written.)
+      await waitFor(async () => (await readEvents(api.redis, api.keys)).some((e) => e.request_id === id && e.status === 'delivered'), 5000);
+      expect((await http(`${api.url}/v1/verify/check`, { auth: a.auth, body: { request_id: id, code: '1234' } })).status).toBe(200);
+      expect(receiver.received).toHaveLength(0);
+
+      worker = await startTestEngine(config, 'worker');
+      const got = await waitFor(async () => {
+        const r = receiver.forRequest(id);
+        return r.some((x) => x.json.event === 'verification.verified') ? r : undefined;
+      }, 15_000);
+      expect(got.map((r) => r.json.event)).toEqual(['verification.sent', 'verification.delivered', 'verification.verified']);
+      expect(got.every((r) => r.signatureValid)).toBe(true);
+    } finally {
+      await worker?.engine.stop();
+      await worker?.redis.quit();
+      await api.stop();
+      await receiver.stop();
+    }
   });
 });
