@@ -92,6 +92,17 @@ export interface SippUacOptions extends SippOptions {
   rate?: number;
 }
 
+/** One message per transaction, in order: a UDP retransmission repeats the Via (branch) and the CSeq. */
+export function distinctTransactions(msgs: readonly SipMessage[]): SipMessage[] {
+  const seen = new Set<string>();
+  return msgs.filter((m) => {
+    const k = `${m.method} ${m.header('via')} ${m.header('cseq')}`;
+    if (seen.has(k)) return false;
+    seen.add(k);
+    return true;
+  });
+}
+
 export interface SipMessage {
   direction: 'received' | 'sent';
   /** 'UDP' | 'TCP' as SIPp logged it. */
