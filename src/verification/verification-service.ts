@@ -166,8 +166,13 @@ export class VerificationService {
       ...(steps ? initialFields(steps, cost, now) : {}),
     };
     // Intent first: if this process dies between the create script and the queue, the reconciler finds the request here.
-    await this.redis.zadd(this.keys.unqueued(), now, requestId);
-    const result = (await scripts.createVerification.run(
+    // Issued in the same turn as the create script, the ZADD goes out first in the same write (autopipelining) and
+    // Redis runs it first: intent before record, one round trip instead of two.
+    const intent = this.redis.zadd(this.keys.unqueued(), now, requestId).then(
+      () => true,
+      () => false,
+    );
+    const creating = scripts.createVerification.run(
       this.redis,
       [
         this.keys.account(account.account_id),
@@ -193,10 +198,18 @@ export class VerificationService {
         USAGE_TTL_SECONDS,
         Object.entries(fields).flat().join('\n'),
       ],
-    ).catch(async (err: unknown) => {
-      await releaseFraud();
-      throw err;
-    })) as [string, string | number];
+    );
+    const [intentFiled, result] = (await Promise.all([
+      intent,
+      creating.catch(async (err: unknown) => {
+        await releaseFraud();
+        throw err;
+      }),
+    ])) as [boolean, [string, string | number]];
+    if (result[0] === 'ok' && !intentFiled) {
+      // Rare (the ZADD failed, the script did not): file the intent now, before anything can strand the request.
+      await this.redis.zadd(this.keys.unqueued(), now, requestId);
+    }
     if (result[0] !== 'ok') {
       await this.redis.zrem(this.keys.unqueued(), requestId);
       await releaseFraud();
@@ -238,8 +251,11 @@ export class VerificationService {
       throw new ApiError('service_unavailable', refunded ? 'could not queue the verification; it was not charged' : undefined);
     }
     // Handed over; a failure here only leaves work for the reconciler, whose queueing is idempotent (job id = request id).
-    if (!timerMissing) await this.redis.zrem(this.keys.unqueued(), requestId).catch(() => undefined);
-    if (fraud) await fraud.trackSent(dest.country, method, now).catch((err: Error) => log.warn({ err: err.message }, 'could not count the send'));
+    // Independent: issued together, they leave in one write.
+    await Promise.all([
+      timerMissing ? undefined : this.redis.zrem(this.keys.unqueued(), requestId).catch(() => undefined),
+      fraud?.trackSent(dest.country, method, now).catch((err: Error) => log.warn({ err: err.message }, 'could not count the send')),
+    ]);
     log.info({ method, country: dest.country, code_length: codeLength }, 'verification created');
     return {
       request_id: requestId,
