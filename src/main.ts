@@ -98,6 +98,10 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   let sipPort: number | undefined;
   let metricsUrl: string | undefined;
   try {
+    // Every role writes events (the api: created, test numbers, checks; workers: call outcomes, possibly for jobs
+    // another language's producer queued) and may do so before any consumer of a group ever started: the groups
+    // exist first, so the webhooks group (which starts at "$") misses none of them.
+    await ensureEventGroups(redis, keys, config.events);
     if (role === 'all' || role === 'worker') {
       // Loaded only by the worker role: the api role never opens SIP sockets.
       let sip: CallOriginator;
@@ -402,9 +406,6 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
     }
 
     if (role === 'all' || role === 'api') {
-      // The api writes events (created, test-number deliveries, checks) before any worker may have run:
-      // the consumer groups exist first, so the webhooks group (which starts at "$") misses none of them.
-      await ensureEventGroups(redis, keys, config.events);
       const queue = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
       stops.push(() => queue.close());
       for (const m of methods) metrics.watchQueue(QUEUE_NAMES[m], queue.queue(m));

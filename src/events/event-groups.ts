@@ -8,9 +8,9 @@ import { WEBHOOK_GROUP_START } from './webhook-consumer.js';
  * Creates the events stream's consumer groups that do not exist yet, each at
  * the position its consumer would create it at (status and workflow groups at
  * the start of the stream, webhooks at new events). Called at boot by every
- * process that writes events (api role, in-process producer) before it writes
- * any: a webhooks group created later, by the first worker, would never see
- * the events written before it.
+ * process that writes events (every engine role, the in-process producer)
+ * before it writes any: a webhooks group created later, when its consumer
+ * first starts, would never see the events written before it.
  */
 export async function ensureEventGroups(redis: Redis, keys: Keys, events: Readonly<Config['events']>): Promise<void> {
   await ensureGroup(redis, keys, events.consumerGroup, '0');
