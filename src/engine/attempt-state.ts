@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import { scripts } from '../store/scripts.js';
 import { onAbort } from './abort-fanout.js';
+import type { ShutdownSignals } from './flash-call.js';
 
 /**
  * Writes fields of a delivery attempt (call outcome, final SIP status,
@@ -16,6 +17,9 @@ export async function recordAttemptFields(redis: Redis, key: string, step: numbe
 
 /** How often a call in progress looks whether its request still wants it (canceled, verified, step timed out ...). */
 export const WATCH_INTERVAL_MS = 1000;
+
+/** A signal that never aborts (no worker shutdown to follow). */
+const NEVER = new AbortController().signal;
 
 /**
  * Watches, while a call is in progress, whether its attempt is still wanted:
@@ -47,6 +51,11 @@ export class AttemptWatch {
 
   get signal(): AbortSignal {
     return this.controller.signal;
+  }
+
+  /** The call's signals: the worker's `draining` as it is, `expiring` from this watch (which follows the worker's too). */
+  callSignals(shutdown: ShutdownSignals | undefined): ShutdownSignals {
+    return { draining: shutdown?.draining ?? NEVER, expiring: this.controller.signal };
   }
 
   /** Reads the request now; false (and `signal` aborted) when the attempt is no longer wanted. A Redis error keeps the call. */

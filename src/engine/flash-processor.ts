@@ -83,7 +83,7 @@ export class FlashProcessor {
       ringingTimeoutMs: config.flash.ringingTimeoutMs,
       settleMs: 64 * t1 + 1000,
       logger: log,
-      shutdown: { draining: this.deps.shutdown?.draining ?? new AbortController().signal, expiring: watch.signal },
+      shutdown: watch.callSignals(this.deps.shutdown),
       onRinging: (callId, sipStatus) => {
         void events
           .publish({ ...base, status: 'delivered', detail: { sip_status: sipStatus, call_id: callId, trunk: trunk.name, range: reserved.range.prefix } })

@@ -68,7 +68,7 @@ export class VoiceProcessor {
       answerTimeoutMs: config.voice.answerTimeoutMs,
       settleMs: 64 * config.sip.timers.t1Ms + 1000,
       logger: log,
-      shutdown: { draining: this.deps.shutdown?.draining ?? new AbortController().signal, expiring: watch.signal },
+      shutdown: watch.callSignals(this.deps.shutdown),
       onAnswered: (callId, media) => {
         // Looked at once more on answer: the prompt is stopped before the code if the request ended meanwhile.
         void watch
