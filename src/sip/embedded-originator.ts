@@ -15,6 +15,7 @@ import type { Logger } from 'pino';
 import type { CallDelegate, CallOriginator, OriginateRequest, OutboundCall } from './call-originator.js';
 import { systemClock, type Clock, type SipTimerConfig, type TimerHandle } from './clock.js';
 import {
+  getHeaders,
   hdr,
   REASON_PHRASES,
   serializeMessage,
@@ -32,6 +33,7 @@ import {
   type ClientTransactionUser,
   type TransactionTransport,
 } from './transactions/transaction.js';
+import { splitCommaList } from './parser.js';
 import { TcpTransport } from './tcp-transport.js';
 import { destinationKey, type Destination, type InboundSource, type Transport, type TransportProtocol } from './transport.js';
 import { ALLOW, UacCall, type UacHost } from './uac.js';
@@ -328,20 +330,35 @@ export class EmbeddedSipOriginator implements CallOriginator {
       }
       return;
     }
+    // RFC 3261 8.2: the method first (8.2.1: 405, 501), then the header fields (8.2.2: 416, 420),
+    // then the request itself. Max-Forwards is a proxy's check (16.3), not a UAS's.
     switch (request.method) {
-      case 'OPTIONS':
-        this.respond(request, source, 200, [hdr('Allow', ALLOW), hdr('Accept', 'application/sdp')]);
-        return;
       case 'INVITE':
         this.respond(request, source, 405, [hdr('Allow', ALLOW)]);
         return;
+      case 'OPTIONS':
       case 'BYE':
       case 'CANCEL':
-        this.respond(request, source, 481);
-        return;
+        break;
       default:
         this.respond(request, source, 501, [hdr('Allow', ALLOW)]);
         return;
+    }
+    if (!/^sips?:/i.test(request.uri)) {
+      this.respond(request, source, 416); // 8.2.2.1 (RFC 4475 3.3.2, 3.3.3)
+      return;
+    }
+    // 8.2.2.3: this UA supports no extension, so every option tag in Require is unsupported
+    // (not for CANCEL; Proxy-Require is for proxies). RFC 4475 3.3.5.
+    const required = request.method === 'CANCEL' ? [] : getHeaders(request, 'require').flatMap((v) => splitCommaList(v));
+    if (required.length > 0) {
+      this.respond(request, source, 420, [hdr('Unsupported', required.join(', '))]);
+      return;
+    }
+    if (request.method === 'OPTIONS') {
+      this.respond(request, source, 200, [hdr('Allow', ALLOW), hdr('Accept', 'application/sdp')]);
+    } else {
+      this.respond(request, source, 481);
     }
   }
 

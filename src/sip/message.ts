@@ -65,6 +65,12 @@ export interface ParsedFields {
   readonly via: Via;
   readonly from: NameAddr;
   readonly to: NameAddr;
+  /**
+   * The body's octets exactly as received (Content-Length of them), a view of the
+   * input buffer. `body` is their UTF-8 decoding, which replaces octets that are
+   * not UTF-8 (a binary MIME part, RFC 4475 3.1.1.11); use these when that matters.
+   */
+  readonly bodyBytes?: Buffer | undefined;
 }
 
 export type ParsedRequest = SipRequest & ParsedFields;
@@ -201,6 +207,8 @@ export const REASON_PHRASES: Readonly<Record<number, string>> = {
   400: 'Bad Request',
   404: 'Not Found',
   405: 'Method Not Allowed',
+  416: 'Unsupported URI Scheme',
+  420: 'Bad Extension',
   481: 'Call/Transaction Does Not Exist',
   486: 'Busy Here',
   487: 'Request Terminated',

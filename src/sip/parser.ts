@@ -84,6 +84,19 @@ function parseUint(s: string, max: number): number | undefined {
   return n <= max ? n : undefined;
 }
 
+/**
+ * Strip SP and HTAB at both ends: SIP's LWS (RFC 3261 25.1). Not String.trim(),
+ * which also strips U+FEFF, U+00A0 and other Unicode spaces that are part of a
+ * UTF-8 header value (RFC 4475 3.1.1.2 starts one with a byte order mark).
+ */
+function trimLws(s: string): string {
+  let a = 0;
+  let b = s.length;
+  while (a < b && (s.charCodeAt(a) === 32 || s.charCodeAt(a) === 9)) a++;
+  while (b > a && (s.charCodeAt(b - 1) === 32 || s.charCodeAt(b - 1) === 9)) b--;
+  return a === 0 && b === s.length ? s : s.slice(a, b);
+}
+
 interface Head {
   startLine: string;
   headers: SipHeader[];
@@ -103,7 +116,7 @@ function parseHead(head: string): Head | string {
     const first = line.charCodeAt(0);
     if ((first === 32 || first === 9) && lines.length > 1) {
       // Header folding (RFC 3261 7.3.1): continuation of the previous line.
-      lines[lines.length - 1] += ' ' + line.trim();
+      lines[lines.length - 1] += ' ' + trimLws(line);
     } else if (line.length > 0) {
       lines.push(line);
     }
@@ -118,7 +131,7 @@ function parseHead(head: string): Head | string {
     const name = line.slice(0, colon).trim();
     if (!isToken(name)) return 'bad header name';
     const key = headerKey(name);
-    const value = line.slice(colon + 1).trim();
+    const value = trimLws(line.slice(colon + 1));
     const display = name.length === 1 ? canonicalName(key) : name;
     if (LIST_HEADERS.has(key) && value.indexOf(',') !== -1 && value !== '*') {
       for (const part of splitCommaList(value)) headers.push({ key, name: display, value: part });
@@ -343,22 +356,29 @@ function extractFields(headers: SipHeader[]): ParsedFields | string {
   let viaV: string | undefined;
   let fromV: string | undefined;
   let toV: string | undefined;
+  // Call-ID, CSeq, From and To are single-valued (RFC 3261 7.3.1, 20): a second one makes the
+  // message ambiguous (RFC 4475 3.3.8), and matching it by whichever copy comes first would
+  // pair a response or a CANCEL with the wrong call. Such a message is rejected.
   for (const h of headers) {
     switch (h.key) {
       case 'call-id':
-        callId ??= h.value;
+        if (callId !== undefined) return 'multiple Call-ID header fields';
+        callId = h.value;
         break;
       case 'cseq':
-        cseqV ??= h.value;
+        if (cseqV !== undefined) return 'multiple CSeq header fields';
+        cseqV = h.value;
         break;
       case 'via':
         viaV ??= h.value;
         break;
       case 'from':
-        fromV ??= h.value;
+        if (fromV !== undefined) return 'multiple From header fields';
+        fromV = h.value;
         break;
       case 'to':
-        toV ??= h.value;
+        if (toV !== undefined) return 'multiple To header fields';
+        toV = h.value;
         break;
     }
   }
@@ -414,7 +434,8 @@ function parseUnsafe(data: Buffer, datagram: boolean): ParseResult {
     if (h.key !== 'content-length') continue;
     const n = parseUint(h.value, Number.MAX_SAFE_INTEGER);
     if (n === undefined) return fail('bad Content-Length');
-    if (contentLength !== undefined && contentLength !== n) return fail('conflicting Content-Length');
+    // Single-valued: with two the body's end is unknowable (RFC 4475 3.3.9), even when they agree.
+    if (contentLength !== undefined) return fail('multiple Content-Length header fields');
     contentLength = n;
   }
   const available = data.length - bodyStart;
@@ -428,7 +449,8 @@ function parseUnsafe(data: Buffer, datagram: boolean): ParseResult {
     bodyLength = contentLength;
   }
   if (bodyLength > MAX_BODY_BYTES) return fail('body too large');
-  const body = bodyLength > 0 ? data.toString('utf8', bodyStart, bodyStart + bodyLength) : undefined;
+  const bodyBytes = bodyLength > 0 ? data.subarray(bodyStart, bodyStart + bodyLength) : undefined;
+  const body = bodyBytes?.toString('utf8');
 
   const fields = extractFields(head.headers);
   if (typeof fields === 'string') return fail(fields);
@@ -442,7 +464,7 @@ function parseUnsafe(data: Buffer, datagram: boolean): ParseResult {
     const reason = codeEnd === -1 ? '' : line.slice(codeEnd + 1);
     return {
       ok: true,
-      message: { kind: 'response', status: code, reason, headers: head.headers, body, ...fields },
+      message: { kind: 'response', status: code, reason, headers: head.headers, body, bodyBytes, ...fields },
     };
   }
   // Request-Line = Method SP Request-URI SP SIP-Version
@@ -454,10 +476,10 @@ function parseUnsafe(data: Buffer, datagram: boolean): ParseResult {
   const version = line.slice(sp2 + 1);
   if (!isToken(method)) return fail('bad method');
   if (version.toUpperCase() !== 'SIP/2.0') return fail('bad SIP version');
-  // An absoluteURI: a scheme, a colon, no LWS and no angle brackets (RFC 3261 25.1; RFC 4475 3.1.2.6).
+  // An absoluteURI: a scheme, a colon, no LWS and no angle brackets (RFC 3261 25.1; RFC 4475 3.1.2.7, 3.1.2.8).
   if (!/^[A-Za-z][A-Za-z0-9+.-]*:[^\s<>]*$/.test(uri)) return fail('bad Request-URI');
   if (fields.cseq.method !== method) return fail('CSeq method does not match request method');
-  return { ok: true, message: { kind: 'request', method, uri, headers: head.headers, body, ...fields } };
+  return { ok: true, message: { kind: 'request', method, uri, headers: head.headers, body, bodyBytes, ...fields } };
 }
 
 /** Content-Length value from a raw head, `undefined` if absent, `null` if malformed. */
@@ -474,7 +496,7 @@ function headContentLength(head: string): number | undefined | null {
     const key = headerKey(line.slice(0, colon).trim());
     if (key !== 'content-length') continue;
     const n = parseUint(line.slice(colon + 1).trim(), Number.MAX_SAFE_INTEGER);
-    if (n === undefined) return null;
+    if (n === undefined || found !== undefined) return null;
     found = n;
   }
   return found;

@@ -1,7 +1,6 @@
-import { readdirSync, readFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseMessage, StreamFramer } from '../../../src/sip/parser.js';
+import { allTorture } from '../../helpers/rfc4475.js';
 import { mutate, prng } from '../../helpers/sip-fuzz.js';
 
 /**
@@ -10,12 +9,8 @@ import { mutate, prng } from '../../helpers/sip-fuzz.js';
  * bug), never take long on one message, and the stream framer must not buffer
  * without bound. Seeded, so a failure is reproducible.
  */
-const DIR = resolve(import.meta.dirname, '..', '..', 'fixtures', 'rfc4475');
-const SEEDS: Buffer[] = ['valid', 'invalid'].flatMap((k) =>
-  readdirSync(join(DIR, k))
-    .filter((f) => f.endsWith('.sip'))
-    .map((f) => Buffer.from(readFileSync(join(DIR, k, f), 'utf8').replace(/\r?\n/g, '\r\n'))),
-);
+/** All 49 torture messages (valid, invalid and application-layer) seed the mutations. */
+const SEEDS: Buffer[] = allTorture().map((t) => t.data);
 const RESPONSE = Buffer.from(
   [
     'SIP/2.0 180 Ringing',
