@@ -11,6 +11,11 @@
  * ~600 packets). Calls start spread over one second, as a queue would start
  * them. BUSY_MS=n blocks the main thread for n ms every 100 ms, standing
  * for the rest of a worker process's work. Results go to BENCHMARKS.md by hand.
+ *
+ * Beside each row, the host's floor from the same seconds (startFloorProbe,
+ * cyclictest): how often a thread that does nothing but sleep woke more than
+ * 5 ms late. `late_on_wake` counts the packets that were already more than
+ * 5 ms late when the RTP thread woke: the host had not run it.
  */
 import { spawn } from 'node:child_process';
 import { cpus } from 'node:os';
@@ -53,6 +58,8 @@ async function run(concurrency: number, sink: Sink): Promise<Record<string, stri
   // Start the RTP worker thread before measuring, as a long-running worker process has it started.
   await (await player.createSession(logger)).close();
   const before = await sink.count();
+  const floor = startFloorProbe();
+  const cpu0 = process.cpuUsage();
   const started = performance.now();
   let lagMax = 0;
   let lastTick = performance.now();
@@ -80,6 +87,9 @@ async function run(concurrency: number, sink: Sink): Promise<Record<string, stri
   );
   clearInterval(lagTimer);
   clearInterval(busyTimer);
+  const cpu = process.cpuUsage(cpu0);
+  const wallMs = performance.now() - started;
+  const host = await floor.stop();
   await player.stop();
   await new Promise((r) => setTimeout(r, 200));
   const received = (await sink.count()) - before;
@@ -90,10 +100,52 @@ async function run(concurrency: number, sink: Sink): Promise<Record<string, stri
     packets_sent: s.packets,
     packets_received: received,
     late_over_5ms: s.lateOver5ms,
+    late_on_wake: s.lateOnWake,
     late_pct: Number(((100 * s.lateOver5ms) / Math.max(1, s.packets)).toFixed(3)),
     max_late_ms: Number(s.maxLateMs.toFixed(1)),
     max_main_loop_lag_ms: Number(lagMax.toFixed(1)),
-    wall_s: Number(((performance.now() - started) / 1000).toFixed(1)),
+    process_cpu_pct: Number(((100 * (cpu.user + cpu.system)) / 1000 / wallMs).toFixed(1)),
+    ...host,
+    wall_s: Number((wallMs / 1000).toFixed(1)),
+  };
+}
+
+/**
+ * The host's own floor, measured at the same time: cyclictest (Debian rt-tests), the standard
+ * probe of scheduling latency, runs one thread that sleeps 1 ms and records how late each
+ * wake-up was, at the RTP thread's priority (SCHED_OTHER, same nice). A wake-up it sees more
+ * than 5 ms late is one no program on this host could have made on time.
+ */
+function startFloorProbe(): { stop(): Promise<Record<string, number | string>> } {
+  const args = ['-q', '-m', '-i', '1000', '-t', '1', '-h', '30000'];
+  const child = NICE === undefined ? spawn('cyclictest', args) : spawn('nice', ['-n', String(NICE), 'cyclictest', ...args]);
+  let out = '';
+  let failed: string | undefined;
+  child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+  child.on('error', (err) => (failed = err.message));
+  const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
+  return {
+    async stop(): Promise<Record<string, number | string>> {
+      if (failed === undefined) child.kill('SIGINT');
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 3000))]);
+      if (failed !== undefined || !/# Total:/.test(out)) return { host_floor: `cyclictest not run (${failed ?? 'no output'}; apt install rt-tests)` };
+      let wakes = 0;
+      let over5 = 0;
+      for (const line of out.split('\n')) {
+        const m = /^(\d+)\s+(\d+)/.exec(line);
+        if (!m) continue;
+        const n = Number(m[2]);
+        wakes += n;
+        if (Number(m[1]) > 5000) over5 += n;
+      }
+      const overflow = Number(/# Histogram Overflows:\s*(\d+)/.exec(out)?.[1] ?? 0);
+      const max = Number(/# Max Latencies:\s*(\d+)/.exec(out)?.[1] ?? NaN) / 1000;
+      return {
+        host_wakes: wakes + overflow,
+        host_wakes_over_5ms: over5 + overflow,
+        host_max_wake_late_ms: Number(max.toFixed(1)),
+      };
+    },
   };
 }
 

@@ -19,6 +19,8 @@ export interface RtpStats {
   packets: number;
   /** Packets that left more than 5 ms after their due time. */
   lateOver5ms: number;
+  /** Of lateOver5ms: already late when the RTP thread woke, i.e. the host did not run it in time. */
+  lateOnWake: number;
   maxLateMs: number;
 }
 
@@ -77,11 +79,13 @@ interface WorkerSessionHandlers {
  * announcement, posts play/stop/close commands and gets `ended` back.
  */
 export class EmbeddedMediaPlayer implements MediaPlayer {
-  readonly stats: RtpStats = { packets: 0, lateOver5ms: 0, maxLateMs: 0 };
+  readonly stats: RtpStats = { packets: 0, lateOver5ms: 0, lateOnWake: 0, maxLateMs: 0 };
   readonly prompts: PromptLibrary;
   private readonly sessions = new Set<EmbeddedMediaSession>();
   private readonly encodedPrompts = new Map<string, Uint8Array>();
   private worker: Worker | undefined;
+  /** Commands posted to the worker, counted for its pacer (RtpWorkerData.wake). */
+  private wake = new Int32Array(new SharedArrayBuffer(4));
   private workerFailure: string | undefined;
   private readonly handlers = new Map<number, WorkerSessionHandlers>();
   private nextId = 1;
@@ -94,7 +98,9 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
   private rtpWorker(): Worker {
     if (this.workerFailure) throw new MediaError(`RTP worker failed: ${this.workerFailure}`);
     if (this.worker) return this.worker;
+    this.wake = new Int32Array(new SharedArrayBuffer(4));
     const worker = startRtpWorker({
+      wake: this.wake.buffer as SharedArrayBuffer,
       bindHost: this.opts.bindHost,
       portMin: this.opts.portMin,
       portMax: this.opts.portMax,
@@ -125,7 +131,7 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
       // Every pending open/play/close settles: nothing will answer them any more.
       for (const h of [...this.handlers.values()]) {
         h.openFailed(reason);
-        h.ended({ t: 'ended', id: 0, completed: false, packets: 0, lateOver5ms: 0, maxLateMs: 0 });
+        h.ended({ t: 'ended', id: 0, completed: false, packets: 0, lateOver5ms: 0, lateOnWake: 0, maxLateMs: 0 });
         h.closed();
       }
     };
@@ -150,8 +156,12 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
     }
   }
 
+  /** Posts a command, then counts it and wakes the worker's pacer if it sleeps (rtp-worker.ts). */
   private post(m: ToWorker, transfer?: ArrayBuffer[]): void {
-    this.worker?.postMessage(m, transfer);
+    if (!this.worker) return;
+    this.worker.postMessage(m, transfer);
+    Atomics.add(this.wake, 0, 1);
+    Atomics.notify(this.wake, 0);
   }
 
   private register(id: number, h: WorkerSessionHandlers): void {
@@ -165,7 +175,7 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
   }
 
   async createSession(logger: Logger): Promise<MediaSession> {
-    const worker = this.rtpWorker();
+    this.rtpWorker();
     const id = this.nextId++;
     let onEnded: ((m: Extract<FromWorker, { t: 'ended' }>) => void) | undefined;
     let onClosed: (() => void) | undefined;
@@ -178,7 +188,7 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
         // ICMP port unreachable and the like surface here; a lost packet is no reason to stop.
         socketError: (message) => logger.debug({ err: message }, 'RTP socket error'),
       });
-      worker.postMessage({ t: 'open', id } satisfies ToWorker);
+      this.post({ t: 'open', id });
     }).catch((err: unknown) => {
       this.unregister(id);
       throw err;
@@ -195,6 +205,7 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
             onEnded = undefined;
             this.stats.packets += e.packets;
             this.stats.lateOver5ms += e.lateOver5ms;
+            this.stats.lateOnWake += e.lateOnWake;
             if (e.maxLateMs > this.stats.maxLateMs) this.stats.maxLateMs = e.maxLateMs;
             resolve({ completed: e.completed, packets: e.packets });
           };

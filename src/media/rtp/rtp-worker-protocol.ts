@@ -12,6 +12,12 @@ export interface RtpWorkerData {
    * needs CAP_SYS_NICE. Undefined: leave the thread at the process's priority.
    */
   nice?: number;
+  /**
+   * One Int32: the count of commands the main thread has posted, raised
+   * (and notified) after each postMessage, so the pacer sleeping in
+   * Atomics.wait wakes for a new command (rtp-worker.ts, the pacer).
+   */
+  wake: SharedArrayBuffer;
 }
 
 export type ToWorker =
@@ -41,7 +47,16 @@ export type FromWorker =
   | { t: 'opened'; id: number; port: number }
   | { t: 'openFailed'; id: number; message: string }
   /** Playback ended (completed, or stopped); counters of this playback. */
-  | { t: 'ended'; id: number; completed: boolean; packets: number; lateOver5ms: number; maxLateMs: number }
+  | {
+      t: 'ended';
+      id: number;
+      completed: boolean;
+      packets: number;
+      lateOver5ms: number;
+      /** Of lateOver5ms: already late when the RTP thread woke (the host did not run it in time). */
+      lateOnWake: number;
+      maxLateMs: number;
+    }
   | { t: 'closed'; id: number }
   /** A socket error (ICMP unreachable and the like): logged, never fatal. */
   | { t: 'socketError'; id: number; message: string }

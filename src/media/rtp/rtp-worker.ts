@@ -31,6 +31,8 @@ interface Stream {
   packets: Buffer;
   sent: number;
   late: number;
+  /** Of `late`: packets already more than 5 ms late when the thread woke (the host did not run it). */
+  lateOnWake: number;
   maxLate: number;
 }
 
@@ -88,25 +90,53 @@ function buildPackets(m: Extract<ToWorker, { t: 'play' }>): Buffer {
 }
 
 /*
- * One timer for every stream of the thread (not one per stream): each wake-up
- * sends, for every playing session, all its packets already due (drift-free:
- * packet i is due at start + 20·i, pacing.ts), then arms the timer for the
- * earliest next due time.
+ * The pacer. One loop for every stream of the thread: each turn sends, for
+ * every playing session, all its packets already due (drift-free: packet i
+ * is due at start + 20·i, pacing.ts), then sleeps until the earliest next
+ * due time with Atomics.wait, which sleeps to the microsecond. A libuv timer
+ * (setTimeout) counts in whole milliseconds and fired 1-2 ms after the due
+ * time on most wake-ups: a third of the 5 ms budget gone before the machine
+ * added any delay of its own.
+ *
+ * While it sleeps the thread's event loop does not run, so the main thread
+ * counts every command it posts in `wake[0]` (after posting it) and notifies:
+ * the pacer sleeps only while every posted command has been handled here, and
+ * a notify ends the sleep at once. Between two sleeps the loop goes round
+ * once (setImmediate), which delivers those commands and any socket events.
+ * With no stream playing the loop is idle: no turn, no sleep.
+ *
+ * Streams start on a GRID_MS grid (packet 0 is due at most GRID_MS after the
+ * far end's address is known), so due times fall on at most 20/GRID_MS
+ * instants per period: that bounds the turns a second whatever the number of
+ * calls, and a turn's packets go out together.
  */
-let timer: NodeJS.Timeout | undefined;
-let armedFor = Infinity;
+const GRID_MS = 1;
+const wake = new Int32Array(data.wake);
+let handled = 0;
+let pacing = false;
 
-function arm(due: number): void {
-  if (due >= armedFor) return;
-  if (timer) clearTimeout(timer);
-  armedFor = due;
-  timer = setTimeout(tick, Math.max(0, due - performance.now()));
+function pace(): void {
+  const soonest = sendDue();
+  if (soonest === Infinity) {
+    pacing = false;
+    return;
+  }
+  // Sleep only when no posted command waits in the port (else go round the loop to read it).
+  const wait = soonest - performance.now();
+  if (wait > 0 && Atomics.load(wake, 0) === handled) Atomics.wait(wake, 0, handled, wait);
+  setImmediate(pace);
 }
 
-function tick(): void {
-  timer = undefined;
-  armedFor = Infinity;
+function startPacing(): void {
+  if (pacing) return;
+  pacing = true;
+  setImmediate(pace);
+}
+
+/** Sends every packet already due; returns the earliest due time still ahead (Infinity: no stream). */
+function sendDue(): number {
   let soonest = Infinity;
+  const woke = performance.now();
   for (const [id, s] of sessions) {
     const st = s.stream;
     if (!st) continue;
@@ -115,22 +145,27 @@ function tick(): void {
     for (; st.next < upTo; st.next++) {
       // Connected socket: no address lookup per packet; the view is the only allocation.
       s.socket.send(st.packets, st.next * PACKET_BYTES, PACKET_BYTES);
-      const lateMs = now - dueTime(st.start, PTIME_MS, st.next);
+      const due = dueTime(st.start, PTIME_MS, st.next);
+      const lateMs = now - due;
       st.sent++;
-      if (lateMs > LATE_MS) st.late++;
+      if (lateMs > LATE_MS) {
+        st.late++;
+        // Already late when the thread got the CPU back: the host's scheduling, not this loop's work.
+        if (woke - due > LATE_MS) st.lateOnWake++;
+      }
       if (lateMs > st.maxLate) st.maxLate = lateMs;
     }
     if (st.next >= st.count) end(id, s, true);
     else soonest = Math.min(soonest, dueTime(st.start, PTIME_MS, st.next));
   }
-  arm(soonest);
+  return soonest;
 }
 
 function end(id: number, s: WorkerSession, completed: boolean): void {
   const st = s.stream;
   if (!st) return;
   s.stream = undefined;
-  post({ t: 'ended', id, completed, packets: st.sent, lateOver5ms: st.late, maxLateMs: st.maxLate });
+  post({ t: 'ended', id, completed, packets: st.sent, lateOver5ms: st.late, lateOnWake: st.lateOnWake, maxLateMs: st.maxLate });
 }
 
 async function open(id: number): Promise<void> {
@@ -152,14 +187,28 @@ async function open(id: number): Promise<void> {
   }
 }
 
+/** A play command that sent nothing (stopped before it started, or no such session). */
+function notPlayed(id: number): void {
+  post({ t: 'ended', id, completed: false, packets: 0, lateOver5ms: 0, lateOnWake: 0, maxLateMs: 0 });
+}
+
 function play(m: Extract<ToWorker, { t: 'play' }>): void {
   const s = sessions.get(m.id);
-  if (!s || s.stream) return post({ t: 'ended', id: m.id, completed: false, packets: 0, lateOver5ms: 0, maxLateMs: 0 });
+  if (!s || s.stream) return notPlayed(m.id);
   const packets = buildPackets(m);
   const start = (): void => {
-    if (sessions.get(m.id) !== s || s.stopped) return post({ t: 'ended', id: m.id, completed: false, packets: 0, lateOver5ms: 0, maxLateMs: 0 });
-    s.stream = { start: performance.now(), next: 0, count: packets.length / PACKET_BYTES, packets, sent: 0, late: 0, maxLate: 0 };
-    arm(s.stream.start);
+    if (sessions.get(m.id) !== s || s.stopped) return notPlayed(m.id);
+    s.stream = {
+      start: Math.ceil(performance.now() / GRID_MS) * GRID_MS,
+      next: 0,
+      count: packets.length / PACKET_BYTES,
+      packets,
+      sent: 0,
+      late: 0,
+      lateOnWake: 0,
+      maxLate: 0,
+    };
+    startPacing();
   };
   try {
     s.socket.remoteAddress();
@@ -168,7 +217,7 @@ function play(m: Extract<ToWorker, { t: 'play' }>): void {
     // not connected yet
   }
   // A far end we cannot connect to (bad address, wrong family) ends the playback instead of leaving it pending.
-  const failed = (): void => post({ t: 'ended', id: m.id, completed: false, packets: 0, lateOver5ms: 0, maxLateMs: 0 });
+  const failed = (): void => notPlayed(m.id);
   s.socket.once('error', failed);
   s.socket.connect(m.port, m.address, () => {
     s.socket.off('error', failed);
@@ -195,6 +244,7 @@ function close(id: number): void {
 }
 
 port.on('message', (m: ToWorker) => {
+  handled++;
   switch (m.t) {
     case 'open':
       return void open(m.id);
