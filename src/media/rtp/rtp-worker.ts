@@ -111,23 +111,45 @@ function buildPackets(m: Extract<ToWorker, { t: 'play' }>): Buffer {
  * calls, and a turn's packets go out together.
  */
 const GRID_MS = 1;
+/** Set-up work (open, play) runs after a turn only while the next packet is further away than this. */
+const SETUP_SLACK_MS = 0.5;
 const wake = new Int32Array(data.wake);
 let handled = 0;
 let pacing = false;
+/** Due time of the next packet of any stream (performance.now() ms); Infinity: none. */
+let nextDue = Infinity;
+/**
+ * open and play commands that arrived while streams play. Binding a socket and
+ * building a playback's packets take 0.1-0.3 ms each (several ms while the
+ * code is cold); run as they arrive, a burst of new calls held every stream's
+ * next packet back. The pacer runs them one by one in the slack after a turn.
+ * stop and close run at once: they are cheap, and a far end's BYE stops the
+ * audio now.
+ */
+const setup: ToWorker[] = [];
 
+/** A turn: send what is due, then set-up work while there is slack, then let the loop go round. */
 function pace(): void {
-  const soonest = sendDue();
-  if (soonest === Infinity) {
+  nextDue = sendDue();
+  while (setup.length > 0 && nextDue - performance.now() > SETUP_SLACK_MS) run(setup.shift()!);
+  if (nextDue === Infinity && setup.length === 0) {
     pacing = false;
     return;
   }
-  // Sleep only when no posted command waits in the port (else go round the loop to read it).
-  const wait = soonest - performance.now();
-  if (wait > 0 && Atomics.load(wake, 0) === handled) Atomics.wait(wake, 0, handled, wait);
-  setImmediate(pace);
+  setImmediate(sleep);
 }
 
-function startPacing(): void {
+/** The loop has gone round (commands and socket events delivered): sleep until the next packet is due. */
+function sleep(): void {
+  const wait = nextDue - performance.now();
+  // Only while no posted command waits in the port; a new one (notify) ends the sleep.
+  if (wait > 0 && Atomics.load(wake, 0) === handled) Atomics.wait(wake, 0, handled, wait);
+  pace();
+}
+
+/** A stream starts (its packet 0 is due at `due`). */
+function startPacing(due: number): void {
+  nextDue = Math.min(nextDue, due);
   if (pacing) return;
   pacing = true;
   setImmediate(pace);
@@ -208,7 +230,7 @@ function play(m: Extract<ToWorker, { t: 'play' }>): void {
       lateOnWake: 0,
       maxLate: 0,
     };
-    startPacing();
+    startPacing(s.stream.start);
   };
   try {
     s.socket.remoteAddress();
@@ -243,8 +265,7 @@ function close(id: number): void {
   });
 }
 
-port.on('message', (m: ToWorker) => {
-  handled++;
+function run(m: ToWorker): void {
   switch (m.t) {
     case 'open':
       return void open(m.id);
@@ -255,4 +276,10 @@ port.on('message', (m: ToWorker) => {
     case 'close':
       return close(m.id);
   }
+}
+
+port.on('message', (m: ToWorker) => {
+  handled++;
+  if (pacing && (m.t === 'open' || m.t === 'play')) setup.push(m);
+  else run(m);
 });
