@@ -10,7 +10,11 @@
  * Each call plays the real English announcement of a 6-digit code (~12 s,
  * ~600 packets). Calls start spread over one second, as a queue would start
  * them. BUSY_MS=n blocks the main thread for n ms every 100 ms, standing
- * for the rest of a worker process's work. Results go to BENCHMARKS.md by hand.
+ * for the rest of a worker process's work. NICE=n (default -10; `none`) and
+ * RT=n (SCHED_FIFO priority; default not asked) set the RTP thread as
+ * media.rtp.threadNice and media.rtp.realtimePriority do. Before each row 50
+ * calls of 1 s of silence warm the RTP thread's code (not counted), as in a
+ * worker that has served calls. Results go to BENCHMARKS.md by hand.
  *
  * Beside each row, the host's floor from the same seconds (startFloorProbe,
  * cyclictest): how often a thread that does nothing but sleep woke more than
@@ -52,11 +56,27 @@ async function startSink(): Promise<Sink> {
 
 async function run(concurrency: number, sink: Sink): Promise<Record<string, string | number>> {
   const logger = pino({ level: 'silent' });
-  const player = new EmbeddedMediaPlayer({ bindHost: '127.0.0.1', advertisedHost: '127.0.0.1', portMin: 30000, portMax: 39999, threadNice: NICE });
+  const player = new EmbeddedMediaPlayer({
+    bindHost: '127.0.0.1',
+    advertisedHost: '127.0.0.1',
+    portMin: 30000,
+    portMax: 39999,
+    threadNice: NICE,
+    realtimePriority: RT,
+  });
   player.prompts.preload();
   const answer = `v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio ${sink.port} RTP/AVP 0\r\n`;
-  // Start the RTP worker thread before measuring, as a long-running worker process has it started.
-  await (await player.createSession(logger)).close();
+  // Start the RTP worker thread and warm its code before measuring, as in a worker process that
+  // has served calls: 50 calls of 1 s of silence, not counted.
+  await Promise.all(
+    Array.from({ length: 50 }, async () => {
+      const session = await player.createSession(logger);
+      session.accept(answer);
+      await session.play({ language: 'en', items: [{ silenceMs: 1000 }] });
+      await session.close();
+    }),
+  );
+  Object.assign(player.stats, { packets: 0, lateOver5ms: 0, lateOnWake: 0, maxLateMs: 0 });
   const before = await sink.count();
   const floor = startFloorProbe();
   const cpu0 = process.cpuUsage();
@@ -96,7 +116,10 @@ async function run(concurrency: number, sink: Sink): Promise<Record<string, stri
   const s = player.stats;
   return {
     concurrency,
-    rtp_thread_nice: player.threadPriority?.nice ?? 'process',
+    rtp_thread:
+      player.threadRealtime?.error === undefined && player.threadRealtime
+        ? `SCHED_FIFO ${player.threadRealtime.rtPriority}`
+        : `nice ${player.threadPriority?.nice ?? 'of the process'}`,
     packets_sent: s.packets,
     packets_received: received,
     late_over_5ms: s.lateOver5ms,
@@ -153,6 +176,8 @@ const RAMP_MS = Number(process.env.RAMP_MS ?? 1000);
 const BUSY_MS = Number(process.env.BUSY_MS ?? 0);
 /** Nice value of the RTP thread, as media.rtp.threadNice (default -10); NICE=none leaves it at the process's. */
 const NICE = process.env.NICE === 'none' ? undefined : Number(process.env.NICE ?? -10);
+/** SCHED_FIFO priority of the RTP thread, as media.rtp.realtimePriority (default: not asked). */
+const RT = process.env.RT ? Number(process.env.RT) : undefined;
 const levels = (process.argv[2] ?? '100,300,500').split(',').map(Number);
 const sink = await startSink();
 const rows = [];

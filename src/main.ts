@@ -227,6 +227,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           portMin: config.media.rtp.portMin,
           portMax: config.media.rtp.portMax,
           threadNice: config.media.rtp.threadNice ?? undefined,
+          realtimePriority: config.media.rtp.realtimePriority ?? undefined,
           logger: logger.child({ module: 'media' }),
         });
         embedded.prompts.preload(); // a missing prompt file fails the boot, not a call

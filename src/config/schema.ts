@@ -437,6 +437,14 @@ export const configSchema = z
              * engine logs a warning and carries on. null: leave it at the process's.
              */
             threadNice: z.number().int().min(-20).max(19).nullable().default(-10),
+            /**
+             * SCHED_FIFO priority (1-99) of the RTP sending thread (Linux, set with
+             * util-linux chrt), as FreeSWITCH -rp. On kernels with EEVDF (6.6+) a nice
+             * value does not make the thread's wake-up preempt other work, so packets
+             * can wait up to a scheduler tick; a real-time thread does not wait. Needs
+             * CAP_SYS_NICE; without it a warning, and threadNice applies. null: not asked.
+             */
+            realtimePriority: z.number().int().min(1).max(99).nullable().default(null),
           })
           .strict()
           .refine((r) => r.portMax > r.portMin, { message: 'portMax must be greater than portMin' }),

@@ -34,6 +34,8 @@ export interface EmbeddedMediaPlayerOptions {
   prompts?: PromptLibrary;
   /** Nice value of the RTP thread (media.rtp.threadNice); undefined leaves it at the process's. */
   threadNice?: number;
+  /** SCHED_FIFO priority of the RTP thread (media.rtp.realtimePriority); undefined: not asked. */
+  realtimePriority?: number;
   /** Where the RTP thread's start-up (its priority) is reported. */
   logger?: Logger;
 }
@@ -105,6 +107,7 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
       portMin: this.opts.portMin,
       portMax: this.opts.portMax,
       nice: this.opts.threadNice,
+      realtimePriority: this.opts.realtimePriority,
     });
     worker.unref();
     worker.on('message', (m: FromWorker) => {
@@ -141,15 +144,31 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
     return worker;
   }
 
-  /** What the RTP thread's priority became (see rtp-worker.ts applyPriority). */
+  /** What the RTP thread's nice value became (see rtp-worker.ts applyPriority). */
   threadPriority: Extract<FromWorker, { t: 'priority' }> | undefined;
+  /** What asking for SCHED_FIFO gave (see rtp-worker.ts applyRealtime). */
+  threadRealtime: Extract<FromWorker, { t: 'priority' }> | undefined;
 
   private reportPriority(m: Extract<FromWorker, { t: 'priority' }>): void {
+    const log = this.opts.logger;
+    if (m.policy === 'fifo') {
+      this.threadRealtime = m;
+      if (m.error === undefined) {
+        log?.info({ policy: 'SCHED_FIFO', priority: m.rtPriority, tid: m.tid }, `RTP thread runs SCHED_FIFO at priority ${m.rtPriority}`);
+      } else {
+        const fallback = this.opts.threadNice === undefined ? "the process's priority" : `nice ${this.opts.threadNice}`;
+        log?.warn(
+          { asked: m.asked, err: m.error },
+          `could not set the RTP thread to SCHED_FIFO priority ${m.asked} (${m.error}); it falls back to ${fallback} (needs CAP_SYS_NICE and chrt from util-linux; set media.rtp.realtimePriority: null to not ask)`,
+        );
+      }
+      return;
+    }
     this.threadPriority = m;
     if (m.error === undefined) {
-      this.opts.logger?.info({ nice: m.nice, tid: m.tid }, `RTP thread runs at nice ${m.nice}`);
+      log?.info({ nice: m.nice, tid: m.tid }, `RTP thread runs at nice ${m.nice}`);
     } else {
-      this.opts.logger?.warn(
+      log?.warn(
         { asked: m.asked, err: m.error },
         `could not set the RTP thread to nice ${m.asked} (${m.error}); it runs at the process's priority, and RTP packets may leave late on a busy host (needs CAP_SYS_NICE; set media.rtp.threadNice: null to not ask)`,
       );

@@ -13,6 +13,11 @@ export interface RtpWorkerData {
    */
   nice?: number;
   /**
+   * SCHED_FIFO priority (1-99) for this thread (media.rtp.realtimePriority);
+   * needs CAP_SYS_NICE, else the thread falls back to `nice`. Undefined: not asked.
+   */
+  realtimePriority?: number;
+  /**
    * One Int32: the count of commands the main thread has posted, raised
    * (and notified) after each postMessage, so the pacer sleeping in
    * Atomics.wait wakes for a new command (rtp-worker.ts, the pacer).
@@ -60,5 +65,17 @@ export type FromWorker =
   | { t: 'closed'; id: number }
   /** A socket error (ICMP unreachable and the like): logged, never fatal. */
   | { t: 'socketError'; id: number; message: string }
-  /** Sent once at start when a nice value was asked for: what the thread got. */
-  | { t: 'priority'; id: 0; asked: number; nice?: number; tid?: number; error?: string };
+  /**
+   * Sent at start for what was asked: a nice value (policy undefined), or
+   * SCHED_FIFO (policy 'fifo'; on failure a nice message may follow).
+   */
+  | {
+      t: 'priority';
+      id: 0;
+      asked: number;
+      policy?: 'fifo';
+      nice?: number;
+      rtPriority?: number;
+      tid?: number;
+      error?: string;
+    };

@@ -11,7 +11,8 @@
  * no address lookup. One timer paces every stream of the thread.
  */
 import type { Socket } from 'node:dgram';
-import { readlinkSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { readFileSync, readlinkSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { dueTime, dueUpTo } from './pacing.js';
@@ -61,17 +62,63 @@ const PACKET_BYTES = RTP_HEADER_BYTES + FRAME_BYTES;
  * setpriority() on a thread id changes that thread alone. Without the right
  * (CAP_SYS_NICE) the thread keeps the process's priority and says so.
  */
+function threadId(): number {
+  const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
+  if (!Number.isInteger(tid) || tid <= 0) throw new Error('no thread id in /proc/thread-self');
+  return tid;
+}
+
 function applyPriority(asked: number): void {
   try {
-    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
-    if (!Number.isInteger(tid) || tid <= 0) throw new Error('no thread id in /proc/thread-self');
+    const tid = threadId();
     setPriority(tid, asked);
     post({ t: 'priority', id: 0, asked, nice: getPriority(tid), tid });
   } catch (err) {
     post({ t: 'priority', id: 0, asked, error: (err as Error).message });
   }
 }
-if (data.nice !== undefined) applyPriority(data.nice);
+
+/*
+ * media.rtp.realtimePriority: SCHED_FIFO for this thread, as FreeSWITCH -rp
+ * does. On Linux 6.6 and later (EEVDF) a nice value weighs a thread's share of
+ * a core but does not make its wake-up preempt the running task: with HZ=250
+ * the RTP thread waited up to a tick (4 ms) behind the sink, the main thread
+ * or GC helpers. A real-time thread preempts them when its sleep ends. Node
+ * has no sched_setscheduler(), so util-linux's chrt sets it on this thread's
+ * id; /proc/thread-self/stat tells what the thread got. Needs CAP_SYS_NICE;
+ * without it the thread falls back to media.rtp.threadNice and says so.
+ */
+const SCHED_FIFO = 1;
+
+function applyRealtime(asked: number, fallback: () => void): void {
+  let tid: number;
+  try {
+    tid = threadId();
+  } catch (err) {
+    post({ t: 'priority', id: 0, asked, policy: 'fifo', error: (err as Error).message });
+    return fallback();
+  }
+  execFile('chrt', ['--fifo', '--pid', String(asked), String(tid)], { timeout: 5000 }, (err, _out, stderr) => {
+    try {
+      if (err) throw new Error(stderr.trim() || err.message);
+      // Fields after "(comm) ": state is field 3, rt_priority 40, policy 41 (proc(5)).
+      const stat = readFileSync('/proc/thread-self/stat', 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const policy = Number(fields[41 - 3]);
+      if (policy !== SCHED_FIFO) throw new Error(`the thread's policy is ${policy} after chrt, not SCHED_FIFO`);
+      post({ t: 'priority', id: 0, asked, policy: 'fifo', rtPriority: Number(fields[40 - 3]), tid });
+    } catch (e) {
+      post({ t: 'priority', id: 0, asked, policy: 'fifo', error: (e as Error).message });
+      fallback();
+    }
+  });
+}
+
+const applyNice = (): void => {
+  if (data.nice !== undefined) applyPriority(data.nice);
+};
+if (data.realtimePriority !== undefined) applyRealtime(data.realtimePriority, applyNice);
+else applyNice();
 
 /** Every packet of a stream, back to back (RFC 3550 5.1 header, marker on the first). */
 function buildPackets(m: Extract<ToWorker, { t: 'play' }>): Buffer {

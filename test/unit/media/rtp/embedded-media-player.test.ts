@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { getPriority } from 'node:os';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -119,6 +120,43 @@ describe('EmbeddedMediaPlayer: RTP thread priority (media.rtp.threadNice)', () =
     } else {
       expect(p.error).toBeTruthy();
       expect(warnings.join('')).toContain('could not set the RTP thread to nice -5');
+    }
+  });
+
+  it('realtimePriority: the RTP thread alone runs SCHED_FIFO when permitted; else a warning and the nice value applies', async () => {
+    const warnings: string[] = [];
+    const infos: string[] = [];
+    const log = pino({ level: 'info' }, { write: (line: string) => void (JSON.parse(line).level >= 40 ? warnings : infos).push(line) });
+    player = new EmbeddedMediaPlayer({
+      bindHost: '127.0.0.1',
+      advertisedHost: '127.0.0.1',
+      portMin: 43500,
+      portMax: 43599,
+      threadNice: -5,
+      realtimePriority: 7,
+      logger: log,
+    });
+    await (await player.createSession(logger)).close();
+    for (let i = 0; i < 300 && !player.threadRealtime; i++) await sleep(10);
+    const rt = player.threadRealtime!;
+    expect(rt.asked).toBe(7);
+    // The process's main thread stays SCHED_OTHER (policy, field 41 of proc(5)'s stat).
+    const policyOf = (path: string): number => {
+      const stat = readFileSync(path, 'utf8');
+      return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[41 - 3]);
+    };
+    expect(policyOf(`/proc/${process.pid}/task/${process.pid}/stat`)).toBe(0);
+    if (process.platform === 'linux' && process.getuid?.() === 0) {
+      expect(rt.error).toBeUndefined();
+      expect(rt.rtPriority).toBe(7);
+      expect(policyOf(`/proc/${process.pid}/task/${rt.tid}/stat`)).toBe(1); // SCHED_FIFO
+      expect(infos.join('')).toContain('RTP thread runs SCHED_FIFO at priority 7');
+      expect(player.threadPriority).toBeUndefined(); // no fallback asked
+    } else {
+      expect(rt.error).toBeTruthy();
+      expect(warnings.join('')).toContain('could not set the RTP thread to SCHED_FIFO priority 7');
+      for (let i = 0; i < 100 && !player.threadPriority; i++) await sleep(10);
+      expect(player.threadPriority?.asked).toBe(-5);
     }
   });
 
