@@ -231,6 +231,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           logger: logger.child({ module: 'media' }),
         });
         embedded.prompts.preload(); // a missing prompt file fails the boot, not a call
+        metrics.watchRtp(embedded);
         stops.push(() => embedded.stop());
         player = embedded;
       }

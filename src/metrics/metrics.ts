@@ -26,6 +26,14 @@ export interface RangeQuarantineSource {
   quarantined(): Promise<Set<string>>;
 }
 
+/** What the RTP gauges and counters read at scrape time (the embedded media player has it). */
+export interface RtpStatsSource {
+  /** Totals over the playbacks that have ended (counted when each ends). */
+  readonly stats: { packets: number; lateOver5ms: number; lateOnWake: number };
+  /** Sessions holding an RTP port now. */
+  readonly activeSessions: number;
+}
+
 /** Job states the queue-depth gauge reports; completed/failed are history, not depth. */
 const DEPTH_STATES = ['waiting', 'active', 'delayed'] as const;
 
@@ -54,6 +62,7 @@ export class Metrics {
   private readonly smscSources: SmscStatusSource[] = [];
   private readonly callSources: ActiveCallsSource[] = [];
   private readonly trunkSources: TrunkStatusSource[] = [];
+  private readonly rtpSources: RtpStatsSource[] = [];
   private readonly queues = new Map<string, JobCountsSource>();
   private rangeQuarantine: RangeQuarantineSource | undefined;
 
@@ -155,6 +164,39 @@ export class Metrics {
         for (const source of trunkSources) for (const t of source.status()) this.set({ trunk: t.name }, t.up ? 1 : 0);
       },
     });
+    const rtpSources = this.rtpSources;
+    const rtpSum = (read: (s: RtpStatsSource) => number): number => rtpSources.reduce((n, s) => n + read(s), 0);
+    new Counter({
+      name: 'flashverify_rtp_packets_sent_total',
+      help: 'RTP packets sent by the embedded media player (voice OTP), counted when each playback ends',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(rtpSum((s) => s.stats.packets));
+      },
+    });
+    new Counter({
+      name: 'flashverify_rtp_packets_late_total',
+      help:
+        'RTP packets sent more than 5 ms after their due time, counted when each playback ends; ' +
+        'when="on_wake": already that late when the RTP thread woke (the host did not run it), when="in_turn": the rest',
+      labelNames: ['when'],
+      registers,
+      collect() {
+        this.reset();
+        const onWake = rtpSum((s) => s.stats.lateOnWake);
+        this.inc({ when: 'on_wake' }, onWake);
+        this.inc({ when: 'in_turn' }, rtpSum((s) => s.stats.lateOver5ms) - onWake);
+      },
+    });
+    new Gauge({
+      name: 'flashverify_rtp_sessions',
+      help: 'Voice media sessions holding an RTP port of media.rtp.portMin..portMax in this process',
+      registers,
+      collect() {
+        this.set(rtpSum((s) => s.activeSessions));
+      },
+    });
     const callSources = this.callSources;
     new Gauge({
       name: 'flashverify_active_calls',
@@ -249,6 +291,11 @@ export class Metrics {
   /** Report this source's activeCalls in `flashverify_active_calls` (summed over sources). */
   watchActiveCalls(source: ActiveCallsSource): void {
     this.callSources.push(source);
+  }
+
+  /** Report an embedded media player's RTP counters (flashverify_rtp_*). */
+  watchRtp(source: RtpStatsSource): void {
+    this.rtpSources.push(source);
   }
 
   /** Report trunk health in `flashverify_trunk_up{trunk}`. */

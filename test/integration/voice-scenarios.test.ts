@@ -159,6 +159,20 @@ describe('voice OTP against SIPp', () => {
     expect(span).toBeLessThan(1600);
     // ~1 s at 50 packets/s: the far end may hang up on either side of the 50th.
     expectCleanStream('PCMU', 30);
+    // What an operator scrapes: every packet the receiver got counted as sent, both late
+    // counters present, and the call's RTP port given back.
+    const metric = async (name: string, labels = ''): Promise<number | undefined> => {
+      const text = await (await fetch(`${engine!.url}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith(`${name}${labels} `));
+      return line === undefined ? undefined : Number(line.split(' ')[1]);
+    };
+    expect(await waitFor(async () => (await metric('flashverify_rtp_sessions')) === 0)).toBe(true);
+    expect(await metric('flashverify_rtp_packets_sent_total')).toBe(rtp!.packets.length);
+    for (const when of ['on_wake', 'in_turn']) {
+      const late = await metric('flashverify_rtp_packets_late_total', `{when="${when}"}`);
+      expect(late).toBeGreaterThanOrEqual(0);
+      expect(late).toBeLessThanOrEqual(rtp!.packets.length);
+    }
   }, 45_000);
 
   it('canceled mid-prompt: the engine stops reading and hangs up (BYE) before the code is read again; no failure reported', async () => {

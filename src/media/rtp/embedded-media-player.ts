@@ -144,6 +144,11 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
     return worker;
   }
 
+  /** Sessions holding an RTP port (created, not yet closed). */
+  get activeSessions(): number {
+    return this.sessions.size;
+  }
+
   /** What the RTP thread's nice value became (see rtp-worker.ts applyPriority). */
   threadPriority: Extract<FromWorker, { t: 'priority' }> | undefined;
   /** What asking for SCHED_FIFO gave (see rtp-worker.ts applyRealtime). */
