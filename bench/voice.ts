@@ -11,7 +11,7 @@
  * ~600 packets). Calls start spread over one second, as a queue would start
  * them. BUSY_MS=n blocks the main thread for n ms every 100 ms, standing
  * for the rest of a worker process's work. NICE=n (default -10; `none`) and
- * RT=n (SCHED_FIFO priority; default not asked) set the RTP thread as
+ * RT=n (SCHED_FIFO priority; default 10; `none`) set the RTP thread as
  * media.rtp.threadNice and media.rtp.realtimePriority do. Before each row 50
  * calls of 1 s of silence warm the RTP thread's code (not counted), as in a
  * worker that has served calls. Results go to BENCHMARKS.md by hand.
@@ -176,8 +176,8 @@ const RAMP_MS = Number(process.env.RAMP_MS ?? 1000);
 const BUSY_MS = Number(process.env.BUSY_MS ?? 0);
 /** Nice value of the RTP thread, as media.rtp.threadNice (default -10); NICE=none leaves it at the process's. */
 const NICE = process.env.NICE === 'none' ? undefined : Number(process.env.NICE ?? -10);
-/** SCHED_FIFO priority of the RTP thread, as media.rtp.realtimePriority (default: not asked). */
-const RT = process.env.RT ? Number(process.env.RT) : undefined;
+/** SCHED_FIFO priority of the RTP thread, as media.rtp.realtimePriority (default 10); RT=none: not asked. */
+const RT = process.env.RT === 'none' ? undefined : Number(process.env.RT ?? 10);
 const levels = (process.argv[2] ?? '100,300,500').split(',').map(Number);
 const sink = await startSink();
 const rows = [];

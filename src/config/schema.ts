@@ -441,10 +441,12 @@ export const configSchema = z
              * SCHED_FIFO priority (1-99) of the RTP sending thread (Linux, set with
              * util-linux chrt), as FreeSWITCH -rp. On kernels with EEVDF (6.6+) a nice
              * value does not make the thread's wake-up preempt other work, so packets
-             * can wait up to a scheduler tick; a real-time thread does not wait. Needs
-             * CAP_SYS_NICE; without it a warning, and threadNice applies. null: not asked.
+             * can wait up to a scheduler tick; a real-time thread does not. Needs
+             * CAP_SYS_NICE; without it a warning, and threadNice applies. The thread
+             * sleeps between packets (a few % of a core per 100 calls) and the kernel
+             * keeps 5 % of each core for other work (sched_rt_runtime_us). null: not asked.
              */
-            realtimePriority: z.number().int().min(1).max(99).nullable().default(null),
+            realtimePriority: z.number().int().min(1).max(99).nullable().default(10),
           })
           .strict()
           .refine((r) => r.portMax > r.portMin, { message: 'portMax must be greater than portMin' }),
