@@ -8,7 +8,7 @@ import { encode, silenceCode, type G711Codec } from '../g711.js';
 import type { Announcement, MediaPlayer, MediaSession, PlayResult } from '../media-player.js';
 import { PromptLibrary, SAMPLE_RATE } from '../prompts.js';
 import { buildOffer, MediaError, parseAnswer, type NegotiatedMedia } from '../sdp.js';
-import type { FromWorker, RtpWorkerData, ToWorker } from './rtp-worker-protocol.js';
+import { nothingPlayed, type FromWorker, type RtpWorkerData, type ToWorker } from './rtp-worker-protocol.js';
 
 /** 20 ms of 8 kHz audio: one packet (RFC 3551 4.5: G.711 default packetization). */
 export const PTIME_MS = 20;
@@ -134,7 +134,7 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
       // Every pending open/play/close settles: nothing will answer them any more.
       for (const h of [...this.handlers.values()]) {
         h.openFailed(reason);
-        h.ended({ t: 'ended', id: 0, completed: false, packets: 0, lateOver5ms: 0, lateOnWake: 0, maxLateMs: 0 });
+        h.ended(nothingPlayed(0));
         h.closed();
       }
     };

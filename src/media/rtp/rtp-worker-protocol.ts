@@ -79,3 +79,8 @@ export type FromWorker =
       tid?: number;
       error?: string;
     };
+
+/** The `ended` of a playback that sent nothing (never started, or its worker is gone). */
+export function nothingPlayed(id: number): Extract<FromWorker, { t: 'ended' }> {
+  return { t: 'ended', id, completed: false, packets: 0, lateOver5ms: 0, lateOnWake: 0, maxLateMs: 0 };
+}

@@ -8,7 +8,7 @@
  * Each playback's packets are built once when it starts (one buffer of
  * count × 172 bytes, headers written up front) and the socket is connected
  * to the far end, so sending a packet allocates nothing but a view and does
- * no address lookup. One timer paces every stream of the thread.
+ * no address lookup. One pacer loop (below) paces every stream of the thread.
  */
 import type { Socket } from 'node:dgram';
 import { execFile } from 'node:child_process';
@@ -18,7 +18,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { dueTime, dueUpTo } from './pacing.js';
 import { RtpPortPool } from './port-pool.js';
 import { RTP_HEADER_BYTES } from './rtp-packetizer.js';
-import type { FromWorker, RtpWorkerData, ToWorker } from './rtp-worker-protocol.js';
+import { nothingPlayed, type FromWorker, type RtpWorkerData, type ToWorker } from './rtp-worker-protocol.js';
 
 const PTIME_MS = 20;
 const FRAME_BYTES = 160;
@@ -54,6 +54,13 @@ const sessions = new Map<number, WorkerSession>();
 const post = (m: FromWorker): void => port.postMessage(m);
 const PACKET_BYTES = RTP_HEADER_BYTES + FRAME_BYTES;
 
+/** This thread's kernel id (Linux: /proc/thread-self names it). */
+function threadId(): number {
+  const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
+  if (!Number.isInteger(tid) || tid <= 0) throw new Error('no thread id in /proc/thread-self');
+  return tid;
+}
+
 /*
  * Raise this thread's scheduling priority, as media servers do (FreeSWITCH
  * -hp/-rp, rtpengine): on a busy host a packet's lateness is the time this
@@ -62,12 +69,6 @@ const PACKET_BYTES = RTP_HEADER_BYTES + FRAME_BYTES;
  * setpriority() on a thread id changes that thread alone. Without the right
  * (CAP_SYS_NICE) the thread keeps the process's priority and says so.
  */
-function threadId(): number {
-  const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
-  if (!Number.isInteger(tid) || tid <= 0) throw new Error('no thread id in /proc/thread-self');
-  return tid;
-}
-
 function applyPriority(asked: number): void {
   try {
     const tid = threadId();
@@ -258,7 +259,7 @@ async function open(id: number): Promise<void> {
 
 /** A play command that sent nothing (stopped before it started, or no such session). */
 function notPlayed(id: number): void {
-  post({ t: 'ended', id, completed: false, packets: 0, lateOver5ms: 0, lateOnWake: 0, maxLateMs: 0 });
+  post(nothingPlayed(id));
 }
 
 function play(m: Extract<ToWorker, { t: 'play' }>): void {
