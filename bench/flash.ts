@@ -20,6 +20,7 @@
 import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
+import { redisTarget } from '../src/store/redis.js';
 import { parseBenchArgs } from './lib/args.js';
 import { scrape, startFlashverify, sumMetric, type RunningEngine } from './lib/engine.js';
 import { httpFirer, runOpenLoop, type FireResult, type LoadResult } from './lib/load.js';
@@ -367,7 +368,7 @@ function sendLag(load: LoadResult) {
 
 /** From the events stream: request id → call id of its `delivered` event; failed events by reason. */
 async function deliveredCallIds(redisUrl: string, prefix: string): Promise<{ delivered: Map<string, string>; failed: Tally }> {
-  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+  const redis = new Redis(redisTarget(redisUrl), { maxRetriesPerRequest: 1 });
   const delivered = new Map<string, string>();
   const failed = new Tally();
   try {

@@ -27,6 +27,7 @@ import { redisPid, Stack } from './lib/stack.js';
 import { summarize } from './lib/stats.js';
 import { startSmsc, type TestSmsc } from '../test/helpers/smsc.js';
 import { Redis } from 'ioredis';
+import { redisTarget } from '../src/store/redis.js';
 import { Keys } from '../src/store/keys.js';
 
 const USAGE = `npm run bench -- sms [options]
@@ -136,7 +137,7 @@ async function main(): Promise<void> {
     line(`created: ${load.ok} of ${load.sent} (${(load.ok / (load.elapsedMs / 1000)).toFixed(0)}/s), failed: ${load.failures.toString()}`);
 
     // Wait (bounded) until every created verification is delivered (or ended otherwise).
-    const redis = new Redis(redisUrl);
+    const redis = new Redis(redisTarget(redisUrl));
     const keys = new Keys(stack.prefix);
     const ids = [...createdAt.keys()];
     const status = new Map<string, { status: string; deliveredAt: number; reason: string }>();

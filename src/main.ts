@@ -37,7 +37,7 @@ import { RangeHealth } from './numbers/range-health.js';
 import { RangeSelector } from './numbers/range-selector.js';
 import type { CallOriginator } from './sip/call-originator.js';
 import { Keys } from './store/keys.js';
-import { connectRedis } from './store/redis.js';
+import { connectRedis, redisTarget } from './store/redis.js';
 import { DELIVERABLE_METHODS, type Method } from './verification/types.js';
 import { ExpirySweeper } from './verification/expiry-sweeper.js';
 import { EnqueueReconciler } from './verification/enqueue-reconciler.js';
@@ -68,7 +68,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   const redis = connectRedis(config.redis.url, logger);
   // Delivery writes (events, record updates of calls in progress) wait for Redis to come back rather than fail mid-call.
   const durableRedis = connectRedis(config.redis.url, logger, { maxRetriesPerRequest: null });
-  const bullConnection: ConnectionOptions = new Redis(config.redis.url, { maxRetriesPerRequest: null });
+  const bullConnection: ConnectionOptions = new Redis(redisTarget(config.redis.url), { maxRetriesPerRequest: null });
   const events = new EventPublisher(durableRedis, keys, config.events.maxLen);
   const stops: (() => Promise<unknown>)[] = [];
   // Graceful stop of the delivery workers (see stop() below): closed first, with the calls they hold.

@@ -13,7 +13,7 @@ import { ConfigError } from './errors/app-error.js';
 import { ensureEventGroups } from './events/event-groups.js';
 import { EventPublisher } from './events/event-publisher.js';
 import { Keys } from './store/keys.js';
-import { connectRedis } from './store/redis.js';
+import { connectRedis, redisTarget } from './store/redis.js';
 import { ApiError } from './verification/errors.js';
 import { DELIVERABLE_METHODS, type CreatedBody, type Method } from './verification/types.js';
 import { FraudControls } from './verification/fraud-controls.js';
@@ -108,7 +108,7 @@ export class FlashVerifyProducer {
     const logger = options.logger ?? pino({ level: 'silent' });
     const keys = new Keys(config.redis.prefix);
     const redis = connectRedis(config.redis.url, logger);
-    const bullConnection = new Redis(config.redis.url, { maxRetriesPerRequest: null });
+    const bullConnection = new Redis(redisTarget(config.redis.url), { maxRetriesPerRequest: null });
     try {
       await redis.ping();
       // Before this producer writes its first event (see event-groups.ts).

@@ -22,6 +22,11 @@ export function clockTicks(): number {
 export interface ProcSample {
   /** utime + stime, seconds. */
   cpuSeconds: number;
+  /** stime alone (the kernel's share: socket writes, wake-ups), seconds. */
+  sysSeconds: number;
+  /** Write and read system calls so far (/proc/<pid>/io syscw, syscr; 0 where unreadable). */
+  writes: number;
+  reads: number;
   rssBytes: number;
   at: number;
 }
@@ -35,9 +40,20 @@ export function sampleProc(pid: number): ProcSample | undefined {
     const utime = Number(rest[11]);
     const stime = Number(rest[12]);
     const rssPages = Number(rest[21]);
-    return { cpuSeconds: (utime + stime) / clockTicks(), rssBytes: rssPages * 4096, at: performance.now() };
+    const io = readIo(pid);
+    return { cpuSeconds: (utime + stime) / clockTicks(), sysSeconds: stime / clockTicks(), writes: io.syscw, reads: io.syscr, rssBytes: rssPages * 4096, at: performance.now() };
   } catch {
     return undefined;
+  }
+}
+
+/** syscw / syscr of /proc/<pid>/io: write- and read-family system calls (send, sendmsg, writev ... count too). */
+function readIo(pid: number): { syscw: number; syscr: number } {
+  try {
+    const io = readFileSync(`/proc/${pid}/io`, 'utf8');
+    return { syscw: Number(/syscw:\s*(\d+)/.exec(io)?.[1] ?? 0), syscr: Number(/syscr:\s*(\d+)/.exec(io)?.[1] ?? 0) };
+  } catch {
+    return { syscw: 0, syscr: 0 };
   }
 }
 
@@ -51,6 +67,11 @@ export interface CpuReport {
   pid: number;
   /** % of one core over the window (200 % = both cores of a 2-core box). */
   cpuPercent: number;
+  /** The kernel's part of cpuPercent. */
+  sysPercent: number;
+  /** Write / read system calls per second over the window. */
+  writesPerSec: number;
+  readsPerSec: number;
   rssMb: number;
 }
 
@@ -84,7 +105,16 @@ export class CpuWindow {
       const b = sampleProc(p.pid) ?? this.last.get(p.pid);
       if (!a || !b) continue;
       const wall = (b.at - a.at) / 1000;
-      out.push({ name: p.name, pid: p.pid, cpuPercent: wall > 0 ? ((b.cpuSeconds - a.cpuSeconds) / wall) * 100 : 0, rssMb: b.rssBytes / 2 ** 20 });
+      const per = (d: number): number => (wall > 0 ? d / wall : 0);
+      out.push({
+        name: p.name,
+        pid: p.pid,
+        cpuPercent: per(b.cpuSeconds - a.cpuSeconds) * 100,
+        sysPercent: per(b.sysSeconds - a.sysSeconds) * 100,
+        writesPerSec: per(b.writes - a.writes),
+        readsPerSec: per(b.reads - a.reads),
+        rssMb: b.rssBytes / 2 ** 20,
+      });
     }
     const m = machineCpu();
     const total = m.total - this.machineStart.total;
@@ -115,7 +145,11 @@ export function machineDescription(): string {
 }
 
 export function formatCpu(r: { procs: CpuReport[]; machineBusyPercent: number }): string {
-  const rows = r.procs.map((p) => `  ${p.name.padEnd(22)} pid ${String(p.pid).padEnd(8)} cpu ${p.cpuPercent.toFixed(1).padStart(6)} %   rss ${p.rssMb.toFixed(0).padStart(5)} MB`);
+  const rows = r.procs.map(
+    (p) =>
+      `  ${p.name.padEnd(22)} pid ${String(p.pid).padEnd(8)} cpu ${p.cpuPercent.toFixed(1).padStart(6)} % (sys ${p.sysPercent.toFixed(1).padStart(5)})` +
+      `   writes ${p.writesPerSec.toFixed(0).padStart(6)}/s reads ${p.readsPerSec.toFixed(0).padStart(6)}/s   rss ${p.rssMb.toFixed(0).padStart(5)} MB`,
+  );
   return [...rows, `  machine busy (all cores): ${r.machineBusyPercent.toFixed(1)} % of ${machineCores()} cores`].join('\n');
 }
 

@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
+import { redisTarget } from '../../src/store/redis.js';
 import { stringify } from 'yaml';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -175,7 +176,7 @@ export class Stack {
 
 /** SCAN + UNLINK of every key under `prefix:`. */
 export async function deletePrefix(redisUrl: string, prefix: string): Promise<number> {
-  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1, lazyConnect: true });
+  const redis = new Redis(redisTarget(redisUrl), { maxRetriesPerRequest: 1, lazyConnect: true });
   await redis.connect();
   let n = 0;
   try {
@@ -237,7 +238,7 @@ export async function waitHttpOk(url: string, m: Managed, timeoutMs: number, tai
 
 /** Redis server's pid and its INFO, for the CPU table (Redis is shared: other users' load shows in it too). */
 export async function redisPid(redisUrl: string): Promise<number | undefined> {
-  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1, lazyConnect: true });
+  const redis = new Redis(redisTarget(redisUrl), { maxRetriesPerRequest: 1, lazyConnect: true });
   try {
     await redis.connect();
     const info = await redis.info('server');

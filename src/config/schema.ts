@@ -267,7 +267,9 @@ export const configSchema = z
       .strict(),
     redis: z
       .object({
-        url: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL'),
+        url: z
+          .string()
+          .regex(/^(rediss?:\/\/|unix:\/\/\/)/, 'must be a redis://, rediss:// or unix:///path/to/redis.sock URL'),
         prefix: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, "_", "-" and "." only'),
       })
       .strict(),

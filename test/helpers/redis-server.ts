@@ -12,6 +12,8 @@ import { findFreePort } from './sipp.js';
 
 export interface OwnRedis {
   readonly url: string;
+  /** The same server over its Unix socket: unix://<dir>/redis.sock. */
+  readonly socketUrl: string;
   readonly port: number;
   readonly dir: string;
   start(): Promise<void>;
@@ -28,12 +30,13 @@ export async function ownRedis(): Promise<OwnRedis> {
   const exitOf = (c: ChildProcess) => new Promise<void>((r) => (c.exitCode !== null || c.signalCode !== null ? r() : c.once('exit', () => r())));
   const self: OwnRedis = {
     url: `redis://127.0.0.1:${port}`,
+    socketUrl: `unix://${join(dir, 'redis.sock')}`,
     port,
     dir,
     async start() {
       child = spawn(
         'redis-server',
-        ['--bind', '127.0.0.1', '--port', String(port), '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'always', '--save', '', '--protected-mode', 'no'],
+        ['--bind', '127.0.0.1', '--port', String(port), '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'always', '--save', '', '--protected-mode', 'no', '--unixsocket', join(dir, 'redis.sock'), '--unixsocketperm', '700'],
         { stdio: 'ignore' },
       );
       const probe = new Redis(self.url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });

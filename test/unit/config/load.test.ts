@@ -35,6 +35,12 @@ describe('loadConfig', () => {
     expect(c.sip.listen.port).toBe(5999);
   });
 
+  it('takes a Redis on this host by its Unix socket (unix:///path), and names the forms it accepts', () => {
+    expect(loadConfig({ env: { REDIS_URL: 'unix:///run/redis/redis.sock?db=2' } }).redis.url).toBe('unix:///run/redis/redis.sock?db=2');
+    expect(() => loadConfig({ env: { REDIS_URL: 'unix://run/redis.sock' } })).toThrow(/redis\.url: must be a redis:\/\/, rediss:\/\/ or unix:\/\/\/path/);
+    expect(() => loadConfig({ env: { REDIS_URL: '/run/redis.sock' } })).toThrow(/redis\.url/);
+  });
+
   it('keeps the admin API off by default and takes its token from FLASHVERIFY_ADMIN_TOKEN', () => {
     expect(loadConfig({ env: {} }).admin.token).toBe('');
     expect(loadConfig({ env: { FLASHVERIFY_ADMIN_TOKEN: 'a'.repeat(32) } }).admin.token).toBe('a'.repeat(32));
