@@ -44,6 +44,7 @@ const USAGE = `npm run bench -- flash [options]
   --sipp-rates LIST  rates for that SIPp run (default: --rate), e.g. 2000,4000
   --sipp-only        only the SIPp ceiling runs (no engine)
   --profile ROLES    run api and/or worker under node --cpu-prof (profiles kept with the logs)
+  --node-args ARGS   node options for every engine process, space-separated (e.g. "--max-semi-space-size=64")
   --keep-logs        keep the temp directory (configs, logs, SIPp files)
   --use-dist         run ./dist as built (default: a tsc snapshot of src/ in the temp directory)
   --app DIR          run a snapshot kept by an earlier run (its temp directory's app/)
@@ -60,6 +61,7 @@ interface FlashOpts {
   cps: number;
   concurrency: number;
   logLevel: string;
+  nodeArgs: string[];
   sippCeiling: boolean;
   sippOnly: boolean;
   sippRates: number[];
@@ -82,6 +84,7 @@ async function main(): Promise<void> {
     cps: { type: 'string' },
     concurrency: { type: 'string' },
     'log-level': { type: 'string', default: 'warn' },
+    'node-args': { type: 'string', default: '' },
     'sipp-ceiling': { type: 'boolean' },
     'sipp-rates': { type: 'string' },
     'sipp-only': { type: 'boolean' },
@@ -110,6 +113,7 @@ async function main(): Promise<void> {
       ? a.num('concurrency', 1, 100_000)
       : Math.max(500, Math.ceil((rate / workers) * (ringMs / 1000 + 1) * 1.5)),
     logLevel: a.str('log-level'),
+    nodeArgs: a.str('node-args').split(' ').filter(Boolean),
     sippCeiling: a.bool('sipp-ceiling') || a.bool('sipp-only'),
     sippOnly: a.bool('sipp-only'),
     sippRates: a.list('sipp-rates').map(Number),
@@ -189,8 +193,9 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     ringMs: o.ringMs,
     logLevel: o.logLevel,
     profile: o.profile,
+    nodeArgs: o.nodeArgs,
   });
-  line(`engine: ${engine.apis.length} api (pids ${engine.apis.map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), cps ${o.cps}/worker, flashConcurrency ${o.concurrency}, log ${o.logLevel}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
+  line(`engine: ${engine.apis.length} api (pids ${engine.apis.map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), cps ${o.cps}/worker, flashConcurrency ${o.concurrency}, log ${o.logLevel}${o.nodeArgs.length ? `, node ${o.nodeArgs.join(' ')}` : ''}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
 
   const { fire, close } = await makeFirer(engine, o);
   const rpid = await redisPid(o.redisUrl);

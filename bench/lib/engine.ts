@@ -21,6 +21,8 @@ export interface EngineOptions {
   profile: readonly string[];
   /** Extra config laid over the generated one. */
   extra?: Record<string, unknown>;
+  /** node options for every engine process, e.g. ['--max-semi-space-size=64'] (A/B of V8 flags). */
+  nodeArgs?: readonly string[];
 }
 
 export interface RunningEngine {
@@ -60,8 +62,10 @@ export async function startFlashverify(stack: Stack, o: EngineOptions): Promise<
       over,
     );
   const profileDir = join(stack.dir, 'cpu-prof');
-  const prof = (role: string, name: string): string[] =>
-    o.profile.includes(role) ? ['--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `${name}.cpuprofile`] : [];
+  const prof = (role: string, name: string): string[] => [
+    ...(o.nodeArgs ?? []),
+    ...(o.profile.includes(role) ? ['--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `${name}.cpuprofile`] : []),
+  ];
 
   const configFile = stack.writeConfig('cli', base({}));
   const workers: RunningEngine['workers'] = [];

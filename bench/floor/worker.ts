@@ -1,0 +1,61 @@
+/**
+ * The floor's worker process (bench/floor.ts): a BullMQ Worker that holds
+ * each job for the ring time (a flash call is in flight about that long),
+ * writes the record and a `delivered` event, and an events consumer
+ * (XREADGROUP, one HSET per event, one XACK per batch) that applies every
+ * event to its record. No SIP: the signalling is on top of this floor.
+ */
+import { Worker } from 'bullmq';
+import { Redis } from 'ioredis';
+
+const [redisUrl, prefix, ringArg, concArg] = process.argv.slice(2);
+if (!redisUrl || !prefix || !ringArg || !concArg) throw new Error('usage: worker.ts REDIS_URL PREFIX RING_MS CONCURRENCY');
+const target = redisUrl.startsWith('unix://') ? redisUrl.slice('unix://'.length) : redisUrl;
+const redis = new Redis(target, { enableAutoPipelining: true });
+const events = `${prefix}:events`;
+let done = 0;
+
+const worker = new Worker<{ request_id: string }>(
+  'flash',
+  async (job) => {
+    const id = job.data.request_id;
+    await new Promise((r) => setTimeout(r, Number(ringArg)));
+    await Promise.all([
+      redis.hset(`${prefix}:vr:${id}`, 'rang_at', Date.now()),
+      redis.xadd(events, 'MAXLEN', '~', '100000', '*', 'event', 'verification.delivered', 'request_id', id),
+    ]);
+    done++;
+  },
+  { connection: new Redis(target, { maxRetriesPerRequest: null }), prefix: `${prefix}:bull`, concurrency: Number(concArg) },
+);
+
+// The events consumer: status from the stream.
+const reader = new Redis(target, { maxRetriesPerRequest: null });
+await redis.xgroup('CREATE', events, 'status', '0', 'MKSTREAM').catch(() => undefined);
+let stopping = false;
+let applied = 0;
+void (async () => {
+  while (!stopping) {
+    const r = (await reader.xreadgroup('GROUP', 'status', 'c1', 'COUNT', 200, 'BLOCK', 1000, 'STREAMS', events, '>')) as
+      | [string, [string, string[]][]][]
+      | null;
+    const entries = r?.[0]?.[1] ?? [];
+    if (!entries.length) continue;
+    await Promise.all(
+      entries.map(([, f]) => {
+        const id = f[f.indexOf('request_id') + 1];
+        const ev = f[f.indexOf('event') + 1] ?? '';
+        return redis.hset(`${prefix}:vr:${id}`, 'status', ev.replace('verification.', ''));
+      }),
+    );
+    await redis.xack(events, 'status', ...entries.map(([id]) => id));
+    applied += entries.length;
+  }
+})();
+setInterval(() => process.stdout.write(`floor worker: ${done} jobs done, ${applied} events applied\n`), 1000).unref();
+process.stdout.write('floor worker started\n');
+process.on('SIGTERM', () => {
+  stopping = true;
+  process.stdout.write(`floor worker: ${done} jobs done, ${applied} events applied\n`);
+  void worker.close().finally(() => process.exit(0));
+});
