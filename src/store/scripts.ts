@@ -37,7 +37,7 @@ export class LuaScript {
 
 /** All scripts, loaded once per process. */
 export const scripts = {
-  createVerification: LuaScript.load('createVerification-5'),
+  createVerification: LuaScript.load('createVerification-6'),
   expireVerification: LuaScript.load('expireVerification-3'),
   recordCheck: LuaScript.load('recordCheck-3'),
   applyEvent: LuaScript.load('applyEvent-3'),

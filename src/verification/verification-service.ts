@@ -6,6 +6,7 @@ import { fromMicro } from '../accounts/money.js';
 import type { Config } from '../config/schema.js';
 import { Sealer } from '../crypto/sealer.js';
 import type { Keys } from '../store/keys.js';
+import { BatchedZrem } from '../store/batched-zrem.js';
 import { scripts } from '../store/scripts.js';
 import { generateCode } from './codes.js';
 import { ApiError } from './errors.js';
@@ -77,7 +78,12 @@ export class VerificationService {
     private readonly fraud?: FraudControls,
     /** Step timeouts of workflows (workflow.ts); without it a workflow step only ends by failing. */
     private readonly stepTimer?: StepTimer,
-  ) {}
+  ) {
+    this.intents = new BatchedZrem(redis, keys.unqueued());
+  }
+
+  /** Clears enqueue intents (`<prefix>:unqueued`) of concurrent requests in one ZREM. */
+  private readonly intents: BatchedZrem;
 
   async create(account: Account, input: CreateInput): Promise<CreatedBody> {
     const unknown = Object.keys(input).filter((k) => !CREATE_FIELDS.has(k));
@@ -158,20 +164,13 @@ export class VerificationService {
     const now = Date.now();
     const expiresAt = now + expirySeconds * 1000;
     const cost = testNumber ? 0 : priceMicro(this.config.pricing, method, dest.country, account.currency);
-    // A test number never reaches the network: no steps. A workflow's fields go in with the record (createVerification-5).
+    // A test number never reaches the network: no steps. A workflow's fields go in with the record (createVerification-6).
     const steps = workflow && !testNumber ? workflow : undefined;
     const fields: Record<string, string> = {
       ...(locale !== undefined ? { locale } : {}),
       ...(testNumber ? { test_number: '1' } : {}),
       ...(steps ? initialFields(steps, cost, now) : {}),
     };
-    // Intent first: if this process dies between the create script and the queue, the reconciler finds the request here.
-    // Issued in the same turn as the create script, the ZADD goes out first in the same write (autopipelining) and
-    // Redis runs it first: intent before record, one round trip instead of two.
-    const intent = this.redis.zadd(this.keys.unqueued(), now, requestId).then(
-      () => true,
-      () => false,
-    );
     const creating = scripts.createVerification.run(
       this.redis,
       [
@@ -180,6 +179,9 @@ export class VerificationService {
         this.keys.events(),
         this.keys.usage(account.account_id, utcDay(now)),
         this.keys.expiries(),
+        // The intent to queue, filed by the script with the record: if this process dies before the job is queued,
+        // the enqueue reconciler finds the request there.
+        this.keys.unqueued(),
       ],
       [
         requestId,
@@ -199,19 +201,11 @@ export class VerificationService {
         Object.entries(fields).flat().join('\n'),
       ],
     );
-    const [intentFiled, result] = (await Promise.all([
-      intent,
-      creating.catch(async (err: unknown) => {
-        await releaseFraud();
-        throw err;
-      }),
-    ])) as [boolean, [string, string | number]];
-    if (result[0] === 'ok' && !intentFiled) {
-      // Rare (the ZADD failed, the script did not): file the intent now, before anything can strand the request.
-      await this.redis.zadd(this.keys.unqueued(), now, requestId);
-    }
+    const result = (await creating.catch(async (err: unknown) => {
+      await releaseFraud();
+      throw err;
+    })) as [string, string | number];
     if (result[0] !== 'ok') {
-      await this.redis.zrem(this.keys.unqueued(), requestId);
       await releaseFraud();
       throw createError(String(result[1]));
     }
@@ -227,7 +221,7 @@ export class VerificationService {
       });
     }
     if (testNumber && fraud) {
-      await this.redis.zrem(this.keys.unqueued(), requestId);
+      await this.intents.remove(requestId);
       await fraud.deliverTestNumber({ request_id: requestId, account_id: account.account_id, method });
       log.info({ method, test_number: true }, 'verification created for a test number; not sent');
       return created(requestId, dest.e164, method, storedLength, 0, account.currency, expiresAt);
@@ -250,10 +244,11 @@ export class VerificationService {
       log.error({ err, refunded }, refunded ? 'enqueue failed; verification failed and refunded' : 'enqueue failed; the reconciler will queue it');
       throw new ApiError('service_unavailable', refunded ? 'could not queue the verification; it was not charged' : undefined);
     }
-    // Handed over; a failure here only leaves work for the reconciler, whose queueing is idempotent (job id = request id).
-    // Independent: issued together, they leave in one write.
+    // Handed over. The intent is cleared with those of concurrent requests, in one ZREM, and the 201 does not wait
+    // for it: if it fails or this process dies first, the reconciler finds the request queued (job id = request id,
+    // or dial_started set) and only removes the intent.
+    if (!timerMissing) this.intents.remove(requestId).catch((err: Error) => log.warn({ err: err.message }, 'could not clear the enqueue intent; the reconciler will'));
     await Promise.all([
-      timerMissing ? undefined : this.redis.zrem(this.keys.unqueued(), requestId).catch(() => undefined),
       fraud?.trackSent(dest.country, method, now).catch((err: Error) => log.warn({ err: err.message }, 'could not count the send')),
     ]);
     log.info({ method, country: dest.country, code_length: codeLength }, 'verification created');

@@ -133,4 +133,33 @@ describe('a verification created but never queued', () => {
     expect(poor.status).toBe(402);
     expect(await engine.redis.zcard(engine.keys.unqueued())).toBe(0);
   });
+
+  it('clears the intents of concurrent requests together: fewer ZREMs than requests, none left', async () => {
+    engine = await startTestEngine(testConfig({ worker: { requeueAfterMs: 60_000 }, api: { defaultRateLimitPerSecond: 1000 } }), 'api');
+    const account = await engine.account({ balance: 100 });
+    const intentKey = engine.keys.unqueued();
+    const monitor = await engine.redis.duplicate().monitor();
+    const zrems: number[] = [];
+    monitor.on('monitor', (_time: string, args: string[]) => {
+      if (args[0]?.toLowerCase() === 'zrem' && args[1] === intentKey) zrems.push(args.length - 2);
+    });
+    try {
+      const answers = await Promise.all(
+        Array.from({ length: 40 }, (_, i) =>
+          fetch(`${engine!.url}/v1/verify`, {
+            method: 'POST',
+            headers: { authorization: account.auth, 'content-type': 'application/json' },
+            body: JSON.stringify({ phone_number: `+4477009006${String(i).padStart(2, '0')}` }),
+          }),
+        ),
+      );
+      expect(answers.map((r) => r.status)).toEqual(Array(40).fill(201));
+      await waitFor(async () => (await engine!.redis.zcard(intentKey)) === 0, 5_000);
+      await waitFor(async () => zrems.reduce((a, b) => a + b, 0) === 40, 5_000);
+      // Every intent removed exactly once, in fewer commands than requests.
+      expect(zrems.length).toBeLessThan(40);
+    } finally {
+      monitor.disconnect();
+    }
+  });
 });

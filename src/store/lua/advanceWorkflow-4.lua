@@ -3,7 +3,7 @@
   current step index (`wf_step`), so the same `failed` or `step_timeout`
   event processed twice (redelivered, reclaimed after a crash, or handled by
   two advancers) starts step n+1 at most once. Pays for the step with the
-  same debit as createVerification-5; a step that cannot be paid fails the
+  same debit as createVerification-6; a step that cannot be paid fails the
   verification (insufficient_balance), and so does one the caller refused
   (ARGV[11], e.g. rate_limited: the velocity windows are full). Swaps in the
   step's method and sealed code and clears every field the previous step's

@@ -6,6 +6,9 @@
   KEYS[3] events stream
   KEYS[4] usage hash of the account for today
   KEYS[5] expiries sorted set (request id by expires_at), read by the expiry sweeper
+  KEYS[6] unqueued sorted set (request id by created_at): the intent to queue, filed
+          with the record, atomically; the api removes it once the job is queued, and
+          the enqueue reconciler queues what stays there too long (api process died)
 
   ARGV[1]  request_id
   ARGV[2]  account_id
@@ -56,6 +59,7 @@ if ARGV[15] and ARGV[15] ~= '' then
 end
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[7]))
 redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
+redis.call('ZADD', KEYS[6], ARGV[5], ARGV[1])
 
 redis.call('HINCRBY', KEYS[4], ARGV[3] .. ':count', 1)
 redis.call('HINCRBY', KEYS[4], ARGV[3] .. ':cost', cost)
