@@ -2,9 +2,14 @@ import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
+import type { Config } from '../../src/config/schema.js';
+import type { Sealer } from '../../src/crypto/sealer.js';
+import { RangeHealth } from '../../src/numbers/range-health.js';
 import { CounterBatch } from '../../src/store/counter-batch.js';
 import { Keys } from '../../src/store/keys.js';
 import { connectRedis } from '../../src/store/redis.js';
+import { FraudControls, type DeliveredEventSink } from '../../src/verification/fraud-controls.js';
+import { utcDay } from '../../src/verification/types.js';
 import { deletePrefix, REDIS_URL, waitFor } from '../helpers/engine.js';
 
 /** The batched HINCRBY counters (conversion, range health) against the real Redis. */
@@ -136,5 +141,49 @@ describe('CounterBatch (real Redis)', () => {
     await batch.close();
     expect(await redis.hgetall(key)).toEqual({ a: '3', b: '2', c: '2' });
     expect(log.lines().find((l) => l.dropped_increments !== undefined)).toMatchObject({ dropped_increments: 4, max_pending: 3 });
+  });
+
+  it("range health judges and reads its window with this process's own pending outcomes; operator reads of conversion flush first", async () => {
+    const logger = pino({ level: 'silent' });
+    const counters = new CounterBatch(redis, logger, { flushMs: 60_000 });
+    const range = '+4419087399';
+    const health = new RangeHealth({
+      redis,
+      keys,
+      config: { enabled: true, minSample: 3, maxRejectRatio: 0.5, minConversionRatio: 0, windowSeconds: 600, conversionGraceSeconds: 60, quarantineSeconds: 60, judgeIntervalMs: 60_000 },
+      ranges: [range],
+      logger,
+      cacheMs: 0,
+      counters,
+    });
+    // Judged on the first outcome only (judgeIntervalMs): the others wait in the batch (the timer is a minute away).
+    expect(await health.recordDial(range, { sent: true, rejected: false })).toBeUndefined();
+    for (let i = 0; i < 3; i++) expect(await health.recordDial(range, { sent: false, rejected: true })).toBeUndefined();
+    expect(counters.pendingPairs).toBeGreaterThan(0);
+    expect(await health.stats(range)).toMatchObject({ attempts: 4, sent: 1, rejected: 3 });
+    expect(await health.evaluate(range)).toBe('rejected');
+
+    const fraud = new FraudControls({
+      redis,
+      keys,
+      sealer: {} as Sealer,
+      config: {} as Config,
+      events: {} as DeliveredEventSink,
+      rangeHealth: health,
+      logger,
+    });
+    expect(fraud.counters).toBe(counters); // one batch per process
+    const now = Date.now();
+    await fraud.trackSent('GB', 'flash_call', now);
+    await fraud.trackSent('GB', 'flash_call', now);
+    await fraud.trackVerified({ country: 'GB', method: 'flash_call', cliRange: range, sentAt: now }, now);
+    expect(await fraud.conversion(utcDay(now))).toMatchObject({
+      'country:GB:flash_call:sent': 2,
+      'country:GB:flash_call:verified': 1,
+      [`range:${range}:sent`]: 1,
+      [`range:${range}:rejected`]: 3,
+      [`range:${range}:verified`]: 1,
+    });
+    await counters.close();
   });
 });

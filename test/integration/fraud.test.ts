@@ -429,6 +429,7 @@ describe('DID range health and quarantine', () => {
     // Counters carry a TTL although they are no longer set in a MULTI with every increment.
     await health.release(A);
     await health.recordDial(A, { sent: true, rejected: false });
+    await health.flush(); // not judged yet (within judgeIntervalMs): still in the batch
     expect(await t.redis.pttl(t.keys.rangeBucket(A, now - (now % 50_000)))).toBeGreaterThan(0);
   });
 
