@@ -143,6 +143,22 @@ describe('CounterBatch (real Redis)', () => {
     expect(log.lines().find((l) => l.dropped_increments !== undefined)).toMatchObject({ dropped_increments: 4, max_pending: 3 });
   });
 
+  it('drops, with an error log, what Redis refuses inside the batch (a key of another type), and writes the rest', async () => {
+    const log = capture();
+    const batch = new CounterBatch(redis, log.logger, { flushMs: 60_000 });
+    const [str, ok] = [k('not-a-hash'), k('fine')];
+    await redis.set(str, 'x', 'EX', 60);
+    batch.hincrby(str, 'n', 1, 60_000);
+    batch.hincrby(ok, 'n', 2, 60_000);
+    await batch.flush(); // not a failure of the flush: the refused increment is not kept for ever
+    expect(batch.pendingPairs).toBe(0);
+    expect(await redis.hget(ok, 'n')).toBe('2');
+    expect(await redis.get(str)).toBe('x');
+    expect(log.lines().find((l) => l.level === 50)).toMatchObject({ msg: 'Redis refused counter commands; those increments are lost' });
+    await batch.close();
+    expect(await redis.hget(ok, 'n')).toBe('2');
+  });
+
   it("range health judges and reads its window with this process's own pending outcomes; operator reads of conversion flush first", async () => {
     const logger = pino({ level: 'silent' });
     const counters = new CounterBatch(redis, logger, { flushMs: 60_000 });
