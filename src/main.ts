@@ -36,6 +36,7 @@ import { Metrics } from './metrics/metrics.js';
 import { RangeHealth } from './numbers/range-health.js';
 import { RangeSelector } from './numbers/range-selector.js';
 import type { CallOriginator } from './sip/call-originator.js';
+import { CounterBatch } from './store/counter-batch.js';
 import { Keys } from './store/keys.js';
 import { connectRedis, redisTarget } from './store/redis.js';
 import { DELIVERABLE_METHODS, type Method } from './verification/types.js';
@@ -80,6 +81,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   let stopSip: (() => Promise<void>) | undefined;
   const methods = new Set<Method>(DELIVERABLE_METHODS);
   const metrics = new Metrics();
+  // Conversion and range-health counters of this process, written in one batch every 250 ms (closed, so written, last in stop()).
+  const counters = new CounterBatch(redis, logger.child({ module: 'counters' }));
   // Fraud controls (fraud.*): range health gets flash outcomes from the worker and conversions from the API.
   const rangeHealth = new RangeHealth({
     redis,
@@ -87,9 +90,10 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
     config: config.fraud.rangeHealth,
     ranges: config.numbers.ranges.map((r) => r.prefix),
     logger: logger.child({ module: 'range-health' }),
+    counters,
   });
   metrics.watchRangeQuarantine(rangeHealth);
-  const fraud = new FraudControls({ redis, keys, sealer, config, events, rangeHealth, metrics, logger: logger.child({ module: 'fraud' }) });
+  const fraud = new FraudControls({ redis, keys, sealer, config, events, rangeHealth, metrics, logger: logger.child({ module: 'fraud' }), counters });
   const redisProbe = async (): Promise<boolean> => (await redis.ping()) === 'PONG';
   // Readiness of what this process runs besides Redis (the API adds its own Redis probe).
   const readiness: ReadinessProbes = {};
@@ -468,6 +472,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       }
       await Promise.all(consumers.map((c) => c.drain(left()).catch(() => undefined)));
       for (const stop of stops) await stop().catch((err: Error) => logger.warn({ err: err.message }, 'stop step failed'));
+      // After every call and check has ended: their counters go out before the connection closes (a failure is logged by the batch).
+      await counters.close().catch(() => undefined);
       await redis.quit().catch(() => undefined);
       await durableRedis.quit().catch(() => undefined);
       await (bullConnection as Redis).quit().catch(() => undefined);

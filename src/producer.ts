@@ -12,6 +12,7 @@ import { BullDeliveryQueue } from './engine/queues.js';
 import { ConfigError } from './errors/app-error.js';
 import { ensureEventGroups } from './events/event-groups.js';
 import { EventPublisher } from './events/event-publisher.js';
+import { CounterBatch } from './store/counter-batch.js';
 import { Keys } from './store/keys.js';
 import { connectRedis, redisTarget } from './store/redis.js';
 import { ApiError } from './verification/errors.js';
@@ -81,6 +82,8 @@ export class FlashVerifyProducer {
     private readonly queue: BullDeliveryQueue,
     private readonly bullConnection: Redis,
     private readonly enforceRateLimit: boolean,
+    /** The conversion counters' batch: written by close(). */
+    private readonly counters: CounterBatch,
   ) {}
 
   static async connect(options: ProducerConnectOptions = {}): Promise<FlashVerifyProducer> {
@@ -120,6 +123,9 @@ export class FlashVerifyProducer {
     }
     const queue = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
     const accounts = new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate });
+    const fraudLogger = logger.child({ module: 'fraud' });
+    // Conversion counters (sends per country) are written in batches, every 250 ms; close() writes the last ones.
+    const counters = new CounterBatch(redis, fraudLogger);
     const verifications = new VerificationService(
       redis,
       keys,
@@ -135,10 +141,11 @@ export class FlashVerifyProducer {
         sealer,
         config,
         events: new EventPublisher(redis, keys, config.events.maxLen),
-        logger: logger.child({ module: 'fraud' }),
+        logger: fraudLogger,
+        counters,
       }),
     );
-    return new FlashVerifyProducer(config, redis, keys, accounts, verifications, queue, bullConnection, options.rateLimit ?? true);
+    return new FlashVerifyProducer(config, redis, keys, accounts, verifications, queue, bullConnection, options.rateLimit ?? true, counters);
   }
 
   /**
@@ -164,6 +171,8 @@ export class FlashVerifyProducer {
 
   async close(): Promise<void> {
     await this.queue.close();
+    // Logged by the batch when Redis is gone; the connection closes all the same.
+    await this.counters.close().catch(() => undefined);
     await this.redis.quit().catch(() => undefined);
     await this.bullConnection.quit().catch(() => undefined);
   }

@@ -108,8 +108,8 @@ export class FlashProcessor {
     this.deps.trunks.report(trunk, trunkVerdict(result.outcome));
     // Delivered = the caller ID was shown (rang, or answered without an 18x).
     if (result.rang || result.outcome === 'answered') this.deps.metrics.rangeSent(reserved.range.prefix);
-    // The range's counters and the call's own outcome (for operators; the status itself follows from events)
-    // are independent: issued together, they leave in one write (autopipelining).
+    // The range's counters (batched in memory, written every 250 ms; a judgement of the range reads Redis) and the
+    // call's own outcome (for operators; the status itself follows from events) are independent: issued together.
     await Promise.all([
       this.deps.health && !NOT_ON_NETWORK.has(result.outcome) && !ended
         ? this.deps.health

@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { FraudConfig } from '../config/schema.js';
+import { CounterBatch } from '../store/counter-batch.js';
 import type { Keys } from '../store/keys.js';
 
 export type RangeHealthConfig = FraudConfig['rangeHealth'];
@@ -37,6 +38,11 @@ export interface RangeUsability {
  * range selector skips it (terminating carriers that block a CLI range answer
  * 603/403, or let it ring with the caller ID hidden or rewritten, which shows
  * as sends nobody verifies).
+ *
+ * The counters are written in batches (store/counter-batch.ts, every 250 ms
+ * per process): recording is a tally in memory, and the judgement flushes this
+ * process's tally before it reads the window, so it always sees its own
+ * outcomes; other processes' outcomes reach it at most one flush late.
  */
 export class RangeHealth implements RangeUsability {
   private readonly bucketMs: number;
@@ -46,6 +52,8 @@ export class RangeHealth implements RangeUsability {
   private readonly judgeIntervalMs: number;
   /** When each range was last judged by this process, and the trailing judgement due for outcomes recorded since. */
   private readonly judged = new Map<string, { at: number; trailing?: NodeJS.Timeout }>();
+  /** Where this range health's counters wait for their write (shared with the fraud controls in the engine). */
+  readonly counters: CounterBatch;
 
   constructor(
     private readonly deps: {
@@ -59,8 +67,11 @@ export class RangeHealth implements RangeUsability {
       now?: () => number;
       /** How long the quarantine set read from Redis is reused (other processes see a quarantine this late). */
       cacheMs?: number;
+      /** The process's counter batch; left out, range health has one of its own (flushed every 250 ms). */
+      counters?: CounterBatch;
     },
   ) {
+    this.counters = deps.counters ?? new CounterBatch(deps.redis, deps.logger);
     this.bucketMs = Math.max(1000, Math.ceil((deps.config.windowSeconds * 1000) / 12));
     this.now = deps.now ?? Date.now;
     this.cacheMs = deps.cacheMs ?? 1000;
@@ -73,48 +84,45 @@ export class RangeHealth implements RangeUsability {
 
   /**
    * One flash call finished on `range`. Hot path (every call): counters only,
-   * one pipelined write and no reads; a TTL is set when a counter is created
-   * (its HINCRBY answered 1), not on every call. The range is judged (a read of
-   * its whole window) at most once per `judgeIntervalMs` per process: now when
-   * the last judgement is older, else once that interval has passed, so the
-   * last outcomes are judged too. Returns the quarantine reason when this call
-   * judged the range and quarantined it.
+   * added to this process's batch (no Redis command of its own: the batch
+   * writes one HINCRBY per counter and one PEXPIRE per key per flush). The
+   * range is judged (its batch flushed, then its whole window read) at most
+   * once per `judgeIntervalMs` per process: now when the last judgement is
+   * older, else once that interval has passed, so the last outcomes are judged
+   * too. Returns the quarantine reason when this call judged the range and
+   * quarantined it.
    */
   async recordDial(range: string, outcome: { sent: boolean; rejected: boolean }, at = this.now()): Promise<QuarantineReason | undefined> {
-    const { redis, keys } = this.deps;
-    const bucket = keys.rangeBucket(range, this.bucketOf(at));
-    const day = keys.conversion(utcDay(at));
+    const bucket = this.deps.keys.rangeBucket(range, this.bucketOf(at));
+    const ttlMs = this.bucketTtlMs();
+    this.counters.hincrby(bucket, 'attempts', 1, ttlMs);
+    if (outcome.sent) this.counters.hincrby(bucket, 'sent', 1, ttlMs);
+    if (outcome.rejected) this.counters.hincrby(bucket, 'rejected', 1, ttlMs);
     const dayField = outcome.sent ? `range:${range}:sent` : outcome.rejected ? `range:${range}:rejected` : undefined;
-    // Issued in one turn of the event loop: with autopipelining they share one write with other calls' commands.
-    const [attempts, , , dayCount] = await Promise.all([
-      redis.hincrby(bucket, 'attempts', 1),
-      outcome.sent ? redis.hincrby(bucket, 'sent', 1) : undefined,
-      outcome.rejected ? redis.hincrby(bucket, 'rejected', 1) : undefined,
-      dayField ? redis.hincrby(day, dayField, 1) : undefined,
-    ]);
-    await Promise.all([
-      attempts === 1 ? redis.pexpire(bucket, this.bucketTtlMs()) : undefined,
-      dayCount === 1 ? redis.expire(day, CONVERSION_TTL_SECONDS) : undefined,
-    ]);
+    if (dayField) this.counters.hincrby(this.deps.keys.conversion(utcDay(at)), dayField, 1, CONVERSION_TTL_MS);
     return this.judgeAtMostEvery(range, at);
   }
 
-  /** A request whose flash call went out on `range` at `sentAt` was verified. */
+  /** A request whose flash call went out on `range` at `sentAt` was verified (counted in the batch, like recordDial). */
   async recordVerified(range: string, sentAt: number, at = this.now()): Promise<void> {
-    const { redis, keys } = this.deps;
-    const p = redis.multi().hincrby(keys.conversion(utcDay(at)), `range:${range}:verified`, 1).expire(keys.conversion(utcDay(at)), CONVERSION_TTL_SECONDS);
+    this.counters.hincrby(this.deps.keys.conversion(utcDay(at)), `range:${range}:verified`, 1, CONVERSION_TTL_MS);
     if (sentAt > at - this.deps.config.windowSeconds * 1000) {
-      const bucket = keys.rangeBucket(range, this.bucketOf(sentAt));
-      p.hincrby(bucket, 'verified', 1).pexpire(bucket, this.bucketTtlMs());
+      this.counters.hincrby(this.deps.keys.rangeBucket(range, this.bucketOf(sentAt)), 'verified', 1, this.bucketTtlMs());
     }
-    await p.exec();
   }
 
+  /** Writes this process's pending counters now (stats() and quarantine() do it themselves). */
+  flush(): Promise<void> {
+    return this.counters.flush();
+  }
+
+  /** A range's window, this process's pending counters included (flushed first). */
   async stats(range: string, at = this.now()): Promise<RangeStats> {
     const { windowSeconds, conversionGraceSeconds } = this.deps.config;
     const first = this.bucketOf(at - windowSeconds * 1000 + 1);
     const starts: number[] = [];
     for (let b = first; b <= at; b += this.bucketMs) starts.push(b);
+    await this.counters.flush();
     const p = this.deps.redis.pipeline();
     for (const b of starts) p.hmget(this.deps.keys.rangeBucket(range, b), 'attempts', 'sent', 'rejected', 'verified');
     const rows = ((await p.exec()) ?? []).map(([, r]) => ((r ?? []) as (string | null)[]).map((v) => Number(v ?? 0)));
@@ -157,6 +165,8 @@ export class RangeHealth implements RangeUsability {
     if (ok !== 'OK') return false;
     const buckets: string[] = [];
     for (let b = this.bucketOf(at - config.windowSeconds * 1000); b <= at; b += this.bucketMs) buckets.push(keys.rangeBucket(range, b));
+    // Outcomes still in this process's batch belong to the window being cleared: written first, so that they go with it.
+    await this.counters.flush();
     await redis.del(...buckets);
     this.cache?.quarantined.add(range);
     this.deps.logger.warn(
@@ -216,7 +226,7 @@ export class RangeHealth implements RangeUsability {
 }
 
 /** Per-day conversion counters are kept for reporting this long. */
-export const CONVERSION_TTL_SECONDS = 400 * 24 * 3600;
+export const CONVERSION_TTL_MS = 400 * 24 * 3600 * 1000;
 
 function utcDay(ms: number): string {
   return new Date(ms).toISOString().slice(0, 10);

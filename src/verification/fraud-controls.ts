@@ -4,7 +4,8 @@ import type { Logger } from 'pino';
 import { AccountNotFoundError } from '../accounts/account-store.js';
 import type { Config } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
-import type { RangeHealth } from '../numbers/range-health.js';
+import { CONVERSION_TTL_MS, type RangeHealth } from '../numbers/range-health.js';
+import { CounterBatch } from '../store/counter-batch.js';
 import type { Keys } from '../store/keys.js';
 import { adoptPreviousNames, scripts } from '../store/scripts.js';
 import { ApiError } from './errors.js';
@@ -40,8 +41,6 @@ const VELOCITY_LABELS = [
   { name: 'per-IP', what: 'for this client IP' },
 ] as const;
 
-const CONVERSION_TTL_SECONDS = 400 * 24 * 3600;
-
 /**
  * The stateful fraud controls, in Redis: per-account overrides, sliding-window
  * velocity limits, the live-verification pointer of an (account, number),
@@ -50,6 +49,9 @@ const CONVERSION_TTL_SECONDS = 400 * 24 * 3600;
  * Keys hold HMACs of numbers, prefixes and IPs: never a number in clear.
  */
 export class FraudControls {
+  /** Where the conversion counters wait for their write (range health's batch when there is one: one write per flush). */
+  readonly counters: CounterBatch;
+
   constructor(
     private readonly deps: {
       redis: Redis;
@@ -62,8 +64,12 @@ export class FraudControls {
       /** `flashverify_conversion_sent_total` / `_verified_total{country,method}`. */
       metrics?: ConversionMetrics;
       logger: Logger;
+      /** The process's counter batch; left out: range health's, or one of its own (flushed every 250 ms). */
+      counters?: CounterBatch;
     },
-  ) {}
+  ) {
+    this.counters = deps.counters ?? deps.rangeHealth?.counters ?? new CounterBatch(deps.redis, deps.logger);
+  }
 
   // ------------------------------------------------------------------ policy
 
@@ -223,30 +229,31 @@ export class FraudControls {
    * A send to a destination country (per UTC day, per method): each request,
    * resend and workflow step, under the method it used, so that sent and
    * verified (counted under the method of the step that verified) compare.
+   * The Prometheus counter counts at once; the Redis counter goes into this
+   * process's batch (written every 250 ms with the others: see CounterBatch).
    */
   async trackSent(country: string, method: Method, now = Date.now()): Promise<void> {
-    const key = this.deps.keys.conversion(utcDay(now));
     this.deps.metrics?.conversionSent(country, method);
-    await this.deps.redis.multi().hincrby(key, `country:${country}:${method}:sent`, 1).expire(key, CONVERSION_TTL_SECONDS).exec();
+    this.counters.hincrby(this.deps.keys.conversion(utcDay(now)), `country:${country}:${method}:sent`, 1, CONVERSION_TTL_MS);
   }
 
-  /** A verified request: counted for its country and method, and for its DID range when it was a flash call. */
+  /** A verified request: counted for its country and method, and for its DID range when it was a flash call (batched like trackSent). */
   async trackVerified(
     record: { country?: string | null; method?: string | null; cliRange?: string | null; sentAt?: number },
     now = Date.now(),
   ): Promise<void> {
-    const key = this.deps.keys.conversion(utcDay(now));
     if (record.country && record.method) {
       this.deps.metrics?.conversionVerified(record.country, record.method as Method);
-      await this.deps.redis.multi().hincrby(key, `country:${record.country}:${record.method}:verified`, 1).expire(key, CONVERSION_TTL_SECONDS).exec();
+      this.counters.hincrby(this.deps.keys.conversion(utcDay(now)), `country:${record.country}:${record.method}:verified`, 1, CONVERSION_TTL_MS);
     }
     if (record.cliRange && this.deps.rangeHealth) {
       await this.deps.rangeHealth.recordVerified(record.cliRange, record.sentAt ?? now, now);
     }
   }
 
-  /** Conversion counters of one UTC day, as stored (`country:GB:flash_call:sent` → n ...). */
+  /** Conversion counters of one UTC day, as stored (`country:GB:flash_call:sent` → n ...), this process's pending ones written first. */
   async conversion(day: string): Promise<Record<string, number>> {
+    await Promise.all([this.counters.flush(), this.deps.rangeHealth?.flush()]);
     const h = await this.deps.redis.hgetall(this.deps.keys.conversion(day));
     return Object.fromEntries(Object.entries(h).map(([k, v]) => [k, Number(v)]));
   }

@@ -5,7 +5,7 @@ import type { DeepPartial } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
 import { QUEUE_NAMES } from '../../src/engine/queues.js';
 import { RangeHealth } from '../../src/numbers/range-health.js';
-import { http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+import { deletePrefix, http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 import { sipUriUser, startSippUas, type SippUas } from '../helpers/sipp.js';
 
 /**
@@ -361,6 +361,27 @@ describe('test numbers', () => {
   }, 30_000);
 });
 
+describe('conversion counters', () => {
+  it('are written in batches: a graceful stop writes the sends counted since the last batch', async () => {
+    const t = await start({});
+    const a = await t.account();
+    const day = t.keys.conversion(new Date().toISOString().slice(0, 10));
+    expect((await verify(t, a.auth, { phone_number: '+447700900401' })).status).toBe(201);
+    expect((await verify(t, a.auth, { phone_number: '+447700900402', method: 'voice' })).status).toBe(201);
+    // Counted at once in the metrics, in Redis with the next batch (or the stop).
+    expect(await (await fetch(`${t.url}/metrics`)).text()).toContain('flashverify_conversion_sent_total{country="GB",method="voice"} 1');
+    engine = undefined; // stopped here, not by afterEach
+    await t.engine.stop();
+    try {
+      expect(await t.redis.hgetall(day)).toEqual({ 'country:GB:flash_call:sent': '1', 'country:GB:voice:sent': '1' });
+      expect(await t.redis.ttl(day)).toBeGreaterThan(399 * 24 * 3600);
+    } finally {
+      await deletePrefix(t.redis, t.config.redis.prefix);
+      await t.redis.quit();
+    }
+  });
+});
+
 describe('DID range health and quarantine', () => {
   const logger = pino({ level: 'silent' });
 
@@ -429,6 +450,7 @@ describe('DID range health and quarantine', () => {
     // Counters carry a TTL although they are no longer set in a MULTI with every increment.
     await health.release(A);
     await health.recordDial(A, { sent: true, rejected: false });
+    await health.flush(); // not judged yet (within judgeIntervalMs): still in the batch
     expect(await t.redis.pttl(t.keys.rangeBucket(A, now - (now % 50_000)))).toBeGreaterThan(0);
   });
 

@@ -115,6 +115,18 @@ describe('FlashVerifyProducer', () => {
     expect([limited.code, limited.status]).toEqual(['rate_limited', 429]);
   });
 
+  it('counts its sends in the per-day conversion counters, written in batches: close() writes the last batch', async () => {
+    const own = await FlashVerifyProducer.connect({ redisUrl: t.config.redis.url, prefix: t.config.redis.prefix, masterKey: t.config.security.masterKey });
+    const a = await t.account({ balance: 1 });
+    const day = t.keys.conversion(new Date().toISOString().slice(0, 10));
+    await new Promise((r) => setTimeout(r, 400)); // the other producer's batch (250 ms) is written by now
+    const before = Number((await t.redis.hget(day, 'country:GB:flash_call:sent')) ?? 0);
+    await own.createVerification({ accountId: a.account_id }, { phone_number: '+447700900020' });
+    await own.createVerification({ accountId: a.account_id }, { phone_number: '+447700900021' });
+    await own.close(); // at once: well before its batch would be written by its timer
+    expect(Number(await t.redis.hget(day, 'country:GB:flash_call:sent'))).toBe(before + 2);
+  });
+
   it('refuses to start without the engine\'s master key rather than invent one', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'fv-producer-'));
     const keyFile = join(dir, 'master.key');

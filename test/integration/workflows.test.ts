@@ -161,8 +161,11 @@ describe('workflows', () => {
     expect(hooksOf(id)).toEqual(['verification.sent', 'verification.delivered', 'verification.verified']);
 
     // Conversion per country, each step under its own method (sent), the verified one under the step that verified,
-    // in Redis (per day) and in the metrics.
-    const conv = await engine.redis.hgetall(engine.keys.conversion(utcDay(Date.now())));
+    // in Redis (per day, written in batches every 250 ms) and in the metrics.
+    const conv = await waitFor(async () => {
+      const h = await engine!.redis.hgetall(engine!.keys.conversion(utcDay(Date.now())));
+      return h['country:GB:voice:verified'] ? h : undefined;
+    }, 2000);
     expect(conv).toMatchObject({ 'country:GB:flash_call:sent': '1', 'country:GB:voice:sent': '1', 'country:GB:voice:verified': '1' });
     expect(conv['country:GB:flash_call:verified']).toBeUndefined();
     const metrics = await (await fetch(`${engine.url}/metrics`)).text();
