@@ -5,6 +5,8 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { AccountFieldCache, AccountFieldEntries, accountFields } from '../../src/accounts/account-field-cache.js';
 import { AccountStore } from '../../src/accounts/account-store.js';
 import { Sealer } from '../../src/crypto/sealer.js';
+import { WebhookConsumer } from '../../src/events/webhook-consumer.js';
+import type { WebhookJobData } from '../../src/events/webhook-queue.js';
 import { Keys } from '../../src/store/keys.js';
 import { FraudControls } from '../../src/verification/fraud-controls.js';
 import { REDIS_URL, deletePrefix, testConfig } from '../helpers/engine.js';
@@ -73,15 +75,6 @@ describe('account field cache', () => {
 
   const cache = (ttlMs: number) => new AccountFieldCache(redis, keys, { ttlMs, entries, now: () => clock });
 
-  it('a second get within the TTL sends no command to Redis', async () => {
-    const id = await account({ webhook_url: 'https://example.com/a' });
-    const c = cache(1000);
-    expect(await c.get(id, 'webhook_url')).toBe('https://example.com/a');
-    clock += 999;
-    expect(await c.get(id, 'webhook_url')).toBe('https://example.com/a');
-    expect(await hgets(id, 'webhook_url')).toBe(1);
-  });
-
   it('a missing field is cached as null too; fields of one account are cached apart', async () => {
     const id = await account({ currency: 'EUR' });
     const c = cache(1000);
@@ -92,13 +85,14 @@ describe('account field cache', () => {
     expect([await hgets(id, 'webhook_url'), await hgets(id, 'currency')]).toEqual([1, 1]);
   });
 
-  it('a value changed in Redis is seen once the TTL has passed, not before', async () => {
+  it('a second get within the TTL sends no command to Redis; a value changed in Redis is seen once the TTL has passed', async () => {
     const id = await account({ webhook_url: 'https://example.com/old' });
     const c = cache(1000);
     expect(await c.get(id, 'webhook_url')).toBe('https://example.com/old');
     await redis.hset(keys.account(id), 'webhook_url', 'https://example.com/new');
     clock += 999;
     expect(await c.get(id, 'webhook_url')).toBe('https://example.com/old');
+    expect(await hgets(id, 'webhook_url')).toBe(1);
     clock += 1;
     expect(await c.get(id, 'webhook_url')).toBe('https://example.com/new');
     expect(await hgets(id, 'webhook_url')).toBe(2);
@@ -234,6 +228,22 @@ describe('account field cache', () => {
       } finally {
         accountFields.forget(keys.account(id), 'webhook_url');
         await other.quit();
+      }
+    });
+
+    it('WebhookConsumer: one HGET webhook_url for a burst of events of one account, every event still queued', async () => {
+      const id = await account({ webhook_url: 'http://127.0.0.1:9/hook' });
+      const queued: WebhookJobData[] = [];
+      const consumer = new WebhookConsumer(redis, keys, 'webhooks', 'c1', logger, { add: async (d) => void queued.push(d) }, { fieldCacheMs: 60_000 });
+      const handle = (consumer as unknown as { handle(e: { id: string; fields: Record<string, string> }): Promise<void> }).handle.bind(consumer);
+      try {
+        for (let i = 1; i <= 10; i++) {
+          await handle({ id: `1-${i}`, fields: { event: 'verification.sent', request_id: `r${i}`, account_id: id, method: 'flash_call', timestamp: '1' } });
+        }
+        expect(queued.map((q) => q.request_id)).toEqual(Array.from({ length: 10 }, (_, i) => `r${i + 1}`));
+        expect(await hgets(id, 'webhook_url')).toBe(1);
+      } finally {
+        accountFields.forget(keys.account(id), 'webhook_url');
       }
     });
   });
