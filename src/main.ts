@@ -307,7 +307,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         `${hostname()}-${process.pid}`,
         logger.child({ module: 'webhooks' }),
         webhookQueue,
-        { claimIdleMs: config.events.claimIdleMs },
+        { claimIdleMs: config.events.claimIdleMs, fieldCacheMs: config.accounts.fieldCacheMs },
       );
       consumers.push(webhookConsumer);
       await webhookConsumer.start();

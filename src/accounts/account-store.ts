@@ -5,6 +5,7 @@ import { AppError } from '../errors/app-error.js';
 import { assertWebhookTarget } from '../events/webhook-target.js';
 import { validateTemplate } from '../sms/text.js';
 import type { Keys } from '../store/keys.js';
+import { forgetAccountField } from './account-field-cache.js';
 import { authCache } from './auth-cache.js';
 import { fromMicro, toMicro, type Currency } from './money.js';
 
@@ -156,6 +157,8 @@ export class AccountStore {
       await this.redis.hset(this.keys.account(id), 'webhook_url', parsed.toString());
     }
     authCache.forgetAccount(id);
+    // This process's webhook consumer sees the new URL at once; other processes within `accounts.fieldCacheMs`.
+    forgetAccountField(this.keys, id, 'webhook_url');
     return this.get(id);
   }
 

@@ -9,7 +9,8 @@ import { ApiError } from '../verification/errors.js';
 
 /** Per-account fraud overrides (verification/fraud-controls.ts). */
 export interface FraudAdmin {
-  overrides(accountId: string): Promise<unknown>;
+  /** `fresh`: from Redis, not from the process's short-lived cache (an operator sees what is stored). */
+  overrides(accountId: string, options?: { fresh?: boolean }): Promise<unknown>;
   /** Validates (400 invalid_request) and stores; null removes them. */
   setOverrides(accountId: string, overrides: unknown): Promise<unknown>;
   /** The rules in force: server defaults + overrides. */
@@ -115,7 +116,8 @@ export function adminApi(options: AdminApiOptions): FastifyPluginAsync {
     };
     const fraudBody = async (id: string) => ({
       account_id: id,
-      overrides: (await fraudOf().overrides(id)) ?? null,
+      // Fresh: another api process may have changed them within the last `accounts.fieldCacheMs`.
+      overrides: (await fraudOf().overrides(id, { fresh: true })) ?? null,
       effective: await fraudOf().policy(id),
     });
     admin.put<Params>('/accounts/:account_id/fraud', async (req) => {

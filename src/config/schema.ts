@@ -329,6 +329,12 @@ export const configSchema = z
     accounts: z
       .object({
         defaultCurrency: z.enum(['GBP', 'USD', 'EUR']).default('GBP'),
+        /**
+         * Account fields read on every request or event (fraud overrides, `webhook_url`) are reused in this
+         * process for this long (0: off; accounts/account-field-cache.ts): a change made by another process
+         * takes effect here within it, one made by this process at once.
+         */
+        fieldCacheMs: z.number().int().nonnegative().max(60_000).default(1000),
       })
       .strict(),
     verification: z

@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
+import { AccountFieldCache } from '../accounts/account-field-cache.js';
 import type { Keys } from '../store/keys.js';
 import { GroupConsumer, type GroupConsumerOptions, type StreamEntry } from './group-consumer.js';
 import { WEBHOOK_EVENTS, orderMember, type WebhookJobData } from './webhook-queue.js';
@@ -22,6 +23,13 @@ const ORDER_TTL_SECONDS = 3 * 24 * 3600;
 export const WEBHOOK_GROUP_START = '$';
 
 export class WebhookConsumer extends GroupConsumer {
+  /**
+   * Whether an account has a `webhook_url`, reused for `fieldCacheMs` (account-field-cache.ts): a URL set by
+   * another process starts queueing jobs within it. A URL removed within it still queues a few jobs; the
+   * webhook processor reads the URL from Redis before each delivery, so those are dropped, never sent.
+   */
+  private readonly webhookUrls: AccountFieldCache;
+
   constructor(
     redis: Redis,
     keys: Keys,
@@ -29,11 +37,13 @@ export class WebhookConsumer extends GroupConsumer {
     consumer: string,
     logger: Logger,
     private readonly jobs: WebhookJobs,
-    options: GroupConsumerOptions = {},
+    options: GroupConsumerOptions & { fieldCacheMs?: number } = {},
   ) {
     // A new webhooks group starts at "$": turning webhooks on for an existing
     // deployment must not replay the stream's history to customers.
-    super(redis, keys, group, consumer, logger, { startId: WEBHOOK_GROUP_START, ...options });
+    const { fieldCacheMs, ...groupOptions } = options;
+    super(redis, keys, group, consumer, logger, { startId: WEBHOOK_GROUP_START, ...groupOptions });
+    this.webhookUrls = new AccountFieldCache(redis, keys, { ttlMs: fieldCacheMs });
   }
 
   protected async handle({ id, fields }: StreamEntry): Promise<void> {
@@ -41,7 +51,7 @@ export class WebhookConsumer extends GroupConsumer {
     if (!event || !WEBHOOK_EVENTS.has(event) || !requestId || !accountId) return;
     // A failed workflow step with steps left is not the request's failure: the next step starts instead.
     if (event === 'verification.failed' && fields.step !== undefined && Number(fields.step) < Number(fields.steps) - 1) return;
-    const url = await this.redis.hget(this.keys.account(accountId), 'webhook_url');
+    const url = await this.webhookUrls.get(accountId, 'webhook_url');
     if (!url) return;
     const order = this.keys.webhookOrder(requestId);
     // Order set first, then the job: a job never runs before its place in the order exists.

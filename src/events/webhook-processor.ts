@@ -71,6 +71,8 @@ export class WebhookProcessor {
 
   private async deliver(d: WebhookJobData, log: Logger): Promise<void> {
     const { redis, keys, sealer, accounts, config } = this.deps;
+    // Read from Redis before every delivery, never cached (account-field-cache.ts is for the consumer): a URL
+    // removed or changed by an operator gets no further delivery of this event, from any process.
     const url = await redis.hget(keys.account(d.account_id), 'webhook_url');
     if (!url) {
       log.info({ event: d.event }, 'webhook URL removed; event not sent');

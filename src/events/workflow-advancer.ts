@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
+import { AccountFieldCache } from '../accounts/account-field-cache.js';
 import type { Currency } from '../accounts/money.js';
 import type { Config } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
@@ -24,6 +25,8 @@ export interface StepJobs {
 export type StepFraudControls = Pick<FraudControls, 'policy' | 'admitSend' | 'releaseSend' | 'trackSent'>;
 
 const USAGE_TTL_SECONDS = 400 * 24 * 3600;
+/** An account's currency is set at creation and never changed (account-store.ts): it may be reused for long. */
+const CURRENCY_CACHE_MS = 10 * 60_000;
 
 /**
  * Starts the next step of a workflow (src/verification/workflow.ts), from the
@@ -45,6 +48,9 @@ const USAGE_TTL_SECONDS = 400 * 24 * 3600;
  * under its own method.
  */
 export class WorkflowAdvancer extends GroupConsumer {
+  /** Accounts' currencies (pricing of the next step), reused for CURRENCY_CACHE_MS. */
+  private readonly currencies: AccountFieldCache;
+
   constructor(
     redis: Redis,
     keys: Keys,
@@ -55,6 +61,7 @@ export class WorkflowAdvancer extends GroupConsumer {
     options: GroupConsumerOptions = {},
   ) {
     super(redis, keys, group, consumer, logger, options);
+    this.currencies = new AccountFieldCache(redis, keys, { ttlMs: CURRENCY_CACHE_MS });
   }
 
   protected async handle({ fields }: StreamEntry): Promise<void> {
@@ -77,7 +84,7 @@ export class WorkflowAdvancer extends GroupConsumer {
     if (!steps || !h.account_id) return undefined;
     const nextStep = steps[from + 1];
     if (!nextStep) return undefined;
-    const currency = ((await this.redis.hget(this.keys.account(h.account_id), 'currency')) ?? 'GBP') as Currency;
+    const currency = ((await this.currencies.get(h.account_id, 'currency')) ?? 'GBP') as Currency;
     const cost = priceMicro(config.pricing, nextStep.method, h.country ?? 'ZZ', currency);
     // The next step's code, generated here and kept only sealed and MACed; discarded when the CAS below loses.
     const code = generateCode(nextStep.code_length);

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
+import { AccountFieldCache } from '../accounts/account-field-cache.js';
 import { AccountNotFoundError } from '../accounts/account-store.js';
 import type { Config } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
@@ -51,6 +52,8 @@ const VELOCITY_LABELS = [
 export class FraudControls {
   /** Where the conversion counters wait for their write (range health's batch when there is one: one write per flush). */
   readonly counters: CounterBatch;
+  /** The `fraud` field of accounts, reused for `accounts.fieldCacheMs` (account-field-cache.ts). */
+  private readonly fields: AccountFieldCache;
 
   constructor(
     private readonly deps: {
@@ -69,25 +72,34 @@ export class FraudControls {
     },
   ) {
     this.counters = deps.counters ?? deps.rangeHealth?.counters ?? new CounterBatch(deps.redis, deps.logger);
+    this.fields = new AccountFieldCache(deps.redis, deps.keys, { ttlMs: deps.config.accounts.fieldCacheMs });
   }
 
   // ------------------------------------------------------------------ policy
 
-  /** The rules in force for an account: server defaults + its overrides. */
-  async policy(accountId: string): Promise<FraudPolicy> {
-    return fraudPolicy(this.deps.config.fraud, await this.overrides(accountId));
+  /**
+   * The rules in force for an account: server defaults + its overrides.
+   * `fresh`: read the overrides from Redis, not from this process's cache.
+   */
+  async policy(accountId: string, options: { fresh?: boolean } = {}): Promise<FraudPolicy> {
+    return fraudPolicy(this.deps.config.fraud, await this.overrides(accountId, options));
   }
 
-  /** An account's overrides, or undefined (a corrupt value counts as none, and is logged). */
-  async overrides(accountId: string): Promise<AccountFraudOverrides | undefined> {
-    const raw = await this.deps.redis.hget(this.deps.keys.account(accountId), 'fraud');
-    if (!raw) return undefined;
-    const parsed = accountFraudSchema.safeParse(safeJson(raw));
-    if (!parsed.success) {
+  /**
+   * An account's overrides, or undefined (a corrupt value counts as none, and
+   * is logged). Reused for `accounts.fieldCacheMs`, parsed once per read: a
+   * change made by another process applies here within it (setOverrides in
+   * this process: at once). `fresh`: read from Redis (the admin API's GET).
+   * The object returned is shared: not to be modified.
+   */
+  async overrides(accountId: string, options: { fresh?: boolean } = {}): Promise<AccountFraudOverrides | undefined> {
+    if (options.fresh) this.fields.invalidate(accountId, 'fraud');
+    const read = await this.fields.getParsed(accountId, 'fraud', parseOverrides);
+    if (read === UNREADABLE) {
       this.deps.logger.error({ account_id: accountId }, 'unreadable fraud overrides on the account; server defaults apply');
       return undefined;
     }
-    return parsed.data;
+    return read;
   }
 
   /** Replaces an account's overrides (null removes them). Validated: throws AppError on a bad value. */
@@ -96,6 +108,7 @@ export class FraudControls {
     if (!(await this.deps.redis.exists(key))) throw new AccountNotFoundError(accountId);
     if (overrides === null) {
       await this.deps.redis.hdel(key, 'fraud');
+      this.fields.invalidate(accountId, 'fraud');
       return null;
     }
     const parsed = accountFraudSchema.safeParse(overrides);
@@ -106,6 +119,7 @@ export class FraudControls {
       );
     }
     await this.deps.redis.hset(key, 'fraud', JSON.stringify(parsed.data));
+    this.fields.invalidate(accountId, 'fraud');
     return parsed.data;
   }
 
@@ -257,6 +271,15 @@ export class FraudControls {
     const h = await this.deps.redis.hgetall(this.deps.keys.conversion(day));
     return Object.fromEntries(Object.entries(h).map(([k, v]) => [k, Number(v)]));
   }
+}
+
+const UNREADABLE = Symbol('unreadable fraud overrides');
+
+/** The stored `fraud` field, validated (pure: its result is kept beside the cached field). */
+function parseOverrides(raw: string | null): AccountFraudOverrides | undefined | typeof UNREADABLE {
+  if (!raw) return undefined;
+  const parsed = accountFraudSchema.safeParse(safeJson(raw));
+  return parsed.success ? parsed.data : UNREADABLE;
 }
 
 function safeJson(s: string): unknown {
