@@ -183,7 +183,7 @@ describe('CounterBatch (real Redis)', () => {
       redis,
       keys,
       sealer: {} as Sealer,
-      config: {} as Config,
+      config: { accounts: { fieldCacheMs: 1000 } } as Config,
       events: {} as DeliveredEventSink,
       rangeHealth: health,
       logger,
