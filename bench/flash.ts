@@ -17,7 +17,6 @@
  * (sip-test/uac-load-flash.xml) at the same rate against the same UAS
  * scenario, for the hardware ceiling and the ratio.
  */
-import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { redisTarget } from '../src/store/redis.js';
@@ -26,8 +25,9 @@ import { scrape, startFlashverify, sumMetric, type RunningEngine } from './lib/e
 import { httpFirer, runOpenLoop, type FireResult, type LoadResult } from './lib/load.js';
 import { CpuWindow, formatCpu, loadAverages, machineDescription, udpReceiveBufferErrors, type WatchedProcess } from './lib/procstat.js';
 import { header, line, MemorySampler } from './lib/report.js';
-import { freeSipPort, readSippStats, redisPid, SIP_TEST, Stack, type Managed } from './lib/stack.js';
+import { freeSipPort, readSippStats, redisPid, SIP_TEST, Stack } from './lib/stack.js';
 import { formatMs, summarize, Tally } from './lib/stats.js';
+import { readInvites, startUas, waitUasUp } from './lib/uas.js';
 
 const USAGE = `npm run bench -- flash [options]
   --rate N           verifications per second, open loop (default 200, max 10000)
@@ -142,42 +142,6 @@ async function main(): Promise<void> {
   } finally {
     await stack.cleanup();
   }
-}
-
-function startUas(stack: Stack, name: string, port: number, timeoutS: number): { m: Managed; logFile: string; statFile: string } {
-  const logFile = join(stack.dir, `${name}-invites.log`);
-  const statFile = join(stack.dir, `${name}-stat.csv`);
-  // -t u1: one UDP socket for every call; a UAS takes every call that comes, so no -l.
-  const m = stack.spawnManaged(name, 'sipp', [
-    '-sf', join(SIP_TEST, 'uas-load-ring-cancel.xml'), '-t', 'u1', '-i', '127.0.0.1', '-p', String(port),
-    '-mi', '127.0.0.1', '-ci', '127.0.0.1', '-buff_size', '4194304', '-nostdin',
-    '-trace_logs', '-log_file', logFile, '-trace_stat', '-stf', statFile, '-fd', '1',
-    '-trace_err', '-error_file', join(stack.dir, `${name}-errors.log`),
-    '-timeout', `${timeoutS}s`,
-  ]);
-  return { m, logFile, statFile };
-}
-
-/** INVITE receipt times (epoch ms) by Call-ID, from the UAS's <log> lines. */
-function readInvites(file: string): Map<string, number> {
-  const out = new Map<string, number>();
-  if (!existsSync(file)) return out;
-  for (const l of readFileSync(file, 'utf8').split('\n')) {
-    const p = l.split(' ');
-    if (p[0] !== 'INVITE' || p.length < 4) continue;
-    if (!out.has(p[1]!)) out.set(p[1]!, Number(p[2]) * 1000 + Number(p[3]) / 1000);
-  }
-  return out;
-}
-
-async function waitUasUp(stack: Stack, m: Managed, statFile: string): Promise<void> {
-  const until = Date.now() + 10_000;
-  while (Date.now() < until) {
-    if (m.child.exitCode !== null) throw new Error(`SIPp exited at start:\n${stack.tail(m)}`);
-    if (existsSync(statFile)) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`SIPp did not start:\n${stack.tail(m)}`);
 }
 
 async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {

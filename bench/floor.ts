@@ -2,10 +2,13 @@
  * The platform floor: what the design's mandatory parts cost per
  * verification on this machine, with nothing of flashverify's own in them.
  * `bench/floor/api.ts` (Fastify, Basic auth, one HSET, one XADD, one BullMQ
- * add) and `bench/floor/worker.ts` (a BullMQ Worker holding each job for the
- * ring time, one HSET and one XADD per job, an events consumer applying
- * every event), driven by the same open-loop HTTP generator as the flash and
- * api benchmarks. No SIP, no validation, no crypto, no fraud controls.
+ * add) and `bench/floor/worker.ts` (a BullMQ Worker whose job is a flash
+ * call's least SIP against the same SIPp UAS as the flash bench, INVITE →
+ * 180 → CANCEL after the ring time → 487 → ACK, from raw strings
+ * (floor/sip-leg.ts); one HSET and one XADD per job; an events consumer
+ * applying every event), driven by the same open-loop HTTP generator as the
+ * flash and api benchmarks. No validation, crypto, fraud controls, SIP
+ * transactions or parser. `--without-sip`: the job waits out the ring time.
  *
  *   npm run bench -- floor [--rate 2000] [--duration 20] [--ring-ms 1000]
  *                          [--api-procs 1] [--workers 1] [--concurrency 3000]
@@ -21,7 +24,8 @@ import { parseBenchArgs, STACK_OPTIONS, STACK_USAGE } from './lib/args.js';
 import { httpFirer, runOpenLoop, type LoadResult } from './lib/load.js';
 import { CpuWindow, formatCpu, loadAverages, machineDescription } from './lib/procstat.js';
 import { header, line } from './lib/report.js';
-import { freeTcpPort, redisPid, ROOT, Stack, type Managed } from './lib/stack.js';
+import { freeSipPort, freeTcpPort, readSippStats, redisPid, ROOT, Stack, type Managed } from './lib/stack.js';
+import { startUas, waitUasUp } from './lib/uas.js';
 import { formatMs, summarize } from './lib/stats.js';
 
 const USAGE = `npm run bench -- floor [options]
@@ -31,6 +35,7 @@ const USAGE = `npm run bench -- floor [options]
   --api-procs N      floor api processes (default 1)
   --workers N        floor worker processes (default 1)
   --concurrency N    BullMQ concurrency per worker (default 3000)
+  --without-sip      no SIPp: each job waits out the ring time instead of calling
 ${STACK_USAGE}`;
 
 async function main(): Promise<void> {
@@ -41,6 +46,7 @@ async function main(): Promise<void> {
     'api-procs': { type: 'string', default: '1' },
     workers: { type: 'string', default: '1' },
     concurrency: { type: 'string', default: '3000' },
+    'without-sip': { type: 'boolean', default: false },
     ...STACK_OPTIONS,
   });
   if (a.help) return line(USAGE);
@@ -57,6 +63,10 @@ async function main(): Promise<void> {
     header(`floor: ${rate}/s for ${duration} s, ring ${ringMs} ms, ${apiProcs} api, ${workers} worker(s)`, `npm run bench -- floor ${process.argv.slice(2).join(' ')}`);
     line(`machine: ${machineDescription()}`);
     const tsx = ['--import', 'tsx'];
+    const withSip = !a.bool('without-sip');
+    const uasPort = withSip ? await freeSipPort() : 0;
+    const uas = withSip ? startUas(stack, 'uas', uasPort, duration + 200) : undefined;
+    if (uas) await waitUasUp(stack, uas.m, uas.statFile);
     const apis: { m: Managed; port: number }[] = [];
     for (let i = 0; i < apiProcs; i++) {
       const port = await freeTcpPort();
@@ -65,17 +75,19 @@ async function main(): Promise<void> {
     }
     const ws: Managed[] = [];
     for (let i = 0; i < workers; i++) {
-      ws.push(stack.spawnManaged(`floor-worker${i}`, process.execPath, [...tsx, join(ROOT, 'bench', 'floor', 'worker.ts'), redisUrl, stack.prefix, String(ringMs), String(concurrency)], { cwd: ROOT }));
+      ws.push(stack.spawnManaged(`floor-worker${i}`, process.execPath, [...tsx, join(ROOT, 'bench', 'floor', 'worker.ts'), redisUrl, stack.prefix, String(ringMs), String(concurrency), ...(withSip ? [String(uasPort)] : [])], { cwd: ROOT }));
     }
-    const progress = (): { done: number; applied: number } => {
+    const progress = (): { done: number; applied: number; failed: number } => {
       let done = 0;
       let applied = 0;
+      let failed = 0;
       for (const w of ws) {
-        const m = [...readFileSync(w.logFile, 'utf8').matchAll(/(\d+) jobs done, (\d+) events applied/g)].at(-1);
+        const m = [...readFileSync(w.logFile, 'utf8').matchAll(/(\d+) jobs done, (\d+) events applied, (\d+) calls failed/g)].at(-1);
         done += Number(m?.[1] ?? 0);
         applied += Number(m?.[2] ?? 0);
+        failed += Number(m?.[3] ?? 0);
       }
-      return { done, applied };
+      return { done, applied, failed };
     };
     const started = (m: Managed, text: string): boolean => {
       if (m.child.exitCode !== null) throw new Error(`${m.name} exited during start:\n${stack.tail(m)}`);
@@ -103,6 +115,7 @@ async function main(): Promise<void> {
       ...apis.map((x, i) => ({ name: `floor api${i}`, pid: x.m.pid })),
       ...ws.map((w, i) => ({ name: `floor worker${i}`, pid: w.pid })),
       ...(rpid ? [{ name: 'redis-server', pid: rpid }] : []),
+      ...(uas ? [{ name: 'sipp uas', pid: uas.m.pid }] : []),
       { name: 'bench (load generator)', pid: process.pid },
     ]);
     const load = await runOpenLoop({ rate, durationSeconds: duration, maxRequests: 1_000_000, maxInFlight: 20_000, drainMs: 15_000, fire: firer.fire });
@@ -119,12 +132,16 @@ async function main(): Promise<void> {
     line(`requests: ${load.sent} sent, ${load.ok} accepted (201), failed: ${load.failures.toString()}`);
     line(`  accepted/s over the schedule: ${(load.ok / duration).toFixed(0)}; last answer at ${(load.elapsedMs / 1000).toFixed(2)} s`);
     line(`  latency from due time: ${formatMs(latency(load))}`);
-    line(`jobs done: ${end.done - base.done}, events applied: ${end.applied - base.applied} (of ${2 * load.ok})`);
+    line(`jobs done: ${end.done - base.done}, events applied: ${end.applied - base.applied} (of ${2 * load.ok})${withSip ? `, calls failed: ${end.failed - base.failed}` : ''}`);
+    if (uas) {
+      const st = readSippStats(uas.statFile);
+      line(`SIPp UAS (warm-up included): ${st?.['IncomingCall(C)']} calls in, ${st?.['SuccessfulCall(C)']} successful, ${st?.['FailedCall(C)']} failed, ${st?.['Retransmissions(C)']} retransmissions`);
+    }
     line(`CPU over ${wall.toFixed(1)} s (load + drain), % of one core:`);
     line(formatCpu(usage));
     const ms = (names: (n: string) => boolean): string =>
       ((usage.procs.filter((p) => names(p.name)).reduce((s, p) => s + p.cpuPercent, 0) / 100) * wall * 1000 / Math.max(1, load.ok)).toFixed(3);
-    line(`CPU per verification: api ${ms((n) => n.includes('api'))} ms, worker ${ms((n) => n.includes('worker'))} ms, redis ${ms((n) => n === 'redis-server')} ms, generator ${ms((n) => n.startsWith('bench'))} ms`);
+    line(`CPU per verification: api ${ms((n) => n.includes('api'))} ms, worker ${ms((n) => n.includes('worker'))} ms, redis ${ms((n) => n === 'redis-server')} ms, generator ${ms((n) => n.startsWith('bench'))} ms${withSip ? `, SIPp ${ms((n) => n.startsWith('sipp'))} ms` : ''}`);
     line(`load average after: ${loadAverages()}`);
   } finally {
     await stack.cleanup();
