@@ -45,6 +45,7 @@ const USAGE = `npm run bench -- flash [options]
   --sipp-only        only the SIPp ceiling runs (no engine)
   --profile ROLES    run api and/or worker under node --cpu-prof (profiles kept with the logs)
   --node-args ARGS   node options for every engine process, space-separated (e.g. "--max-semi-space-size=64")
+  --config-json JSON engine config laid over the generated one, e.g. '{"fraud":{"rangeHealth":{"enabled":false}}}'
   --keep-logs        keep the temp directory (configs, logs, SIPp files)
   --use-dist         run ./dist as built (default: a tsc snapshot of src/ in the temp directory)
   --app DIR          run a snapshot kept by an earlier run (its temp directory's app/)
@@ -62,6 +63,7 @@ interface FlashOpts {
   concurrency: number;
   logLevel: string;
   nodeArgs: string[];
+  configJson: Record<string, unknown>;
   sippCeiling: boolean;
   sippOnly: boolean;
   sippRates: number[];
@@ -85,6 +87,7 @@ async function main(): Promise<void> {
     concurrency: { type: 'string' },
     'log-level': { type: 'string', default: 'warn' },
     'node-args': { type: 'string', default: '' },
+    'config-json': { type: 'string', default: '{}' },
     'sipp-ceiling': { type: 'boolean' },
     'sipp-rates': { type: 'string' },
     'sipp-only': { type: 'boolean' },
@@ -114,6 +117,7 @@ async function main(): Promise<void> {
       : Math.max(500, Math.ceil((rate / workers) * (ringMs / 1000 + 1) * 1.5)),
     logLevel: a.str('log-level'),
     nodeArgs: a.str('node-args').split(' ').filter(Boolean),
+    configJson: parseConfigJson(a.str('config-json')),
     sippCeiling: a.bool('sipp-ceiling') || a.bool('sipp-only'),
     sippOnly: a.bool('sipp-only'),
     sippRates: a.list('sipp-rates').map(Number),
@@ -144,6 +148,17 @@ async function main(): Promise<void> {
   }
 }
 
+function parseConfigJson(text: string): Record<string, unknown> {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`--config-json: not JSON: ${(err as Error).message}`);
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('--config-json must be a JSON object');
+  return v as Record<string, unknown>;
+}
+
 async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   const uasPort = await freeSipPort();
   const uas = startUas(stack, 'uas', uasPort, o.duration + 200);
@@ -158,8 +173,9 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     logLevel: o.logLevel,
     profile: o.profile,
     nodeArgs: o.nodeArgs,
+    extra: o.configJson,
   });
-  line(`engine: ${engine.apis.length} api (pids ${engine.apis.map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), cps ${o.cps}/worker, flashConcurrency ${o.concurrency}, log ${o.logLevel}${o.nodeArgs.length ? `, node ${o.nodeArgs.join(' ')}` : ''}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
+  line(`engine: ${engine.apis.length} api (pids ${engine.apis.map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), cps ${o.cps}/worker, flashConcurrency ${o.concurrency}, log ${o.logLevel}${o.nodeArgs.length ? `, node ${o.nodeArgs.join(' ')}` : ''}${Object.keys(o.configJson).length ? `, config ${JSON.stringify(o.configJson)}` : ''}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
 
   const { fire, close } = await makeFirer(engine, o);
   const rpid = await redisPid(o.redisUrl);

@@ -19,7 +19,7 @@ export interface EngineOptions {
   logLevel: string;
   /** Roles run under node --cpu-prof. */
   profile: readonly string[];
-  /** Extra config laid over the generated one. */
+  /** Extra config merged (deeply) over the generated one. */
   extra?: Record<string, unknown>;
   /** node options for every engine process, e.g. ['--max-semi-space-size=64'] (A/B of V8 flags). */
   nodeArgs?: readonly string[];
@@ -37,7 +37,7 @@ export interface RunningEngine {
 export async function startFlashverify(stack: Stack, o: EngineOptions): Promise<RunningEngine> {
   const base = (over: Record<string, unknown>): Record<string, unknown> =>
     deepMerge(
-      {
+      deepMerge({
         http: { host: '127.0.0.1', port: 0 },
         redis: { url: stack.redisUrl, prefix: stack.prefix },
         security: { masterKey: stack.masterKey },
@@ -57,8 +57,7 @@ export async function startFlashverify(stack: Stack, o: EngineOptions): Promise<
         // Nobody verifies a load test's calls: the conversion rule would quarantine every range after
         // its grace period (runs longer than ~7 min). The reject rule and its Redis work stay on.
         fraud: { rangeHealth: { minConversionRatio: 0 } },
-        ...(o.extra ?? {}),
-      },
+      }, o.extra ?? {}),
       over,
     );
   const profileDir = join(stack.dir, 'cpu-prof');
