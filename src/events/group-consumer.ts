@@ -113,7 +113,18 @@ export abstract class GroupConsumer {
         for (const [, entries] of res) await this.handleAll(entries.map(toEntry));
       } catch (err) {
         if (!this.running) return;
-        this.logger.warn({ err: (err as Error).message }, 'events consumer error; retrying');
+        const message = (err as Error).message;
+        if (message.includes('NOGROUP')) {
+          // The stream or the group is gone: Redis restarted without its data (no AOF/RDB), a FLUSHALL, or an operator
+          // deleted the group. Without the group this consumer would never read again (statuses, webhooks and workflow
+          // steps would stop for good): create it again, at the group's own start.
+          this.logger.warn({ group: this.group }, 'events consumer group missing (Redis lost its data?); creating it again');
+          await ensureGroup(this.redis, this.keys, this.group, this.options.startId ?? '0').catch((e: Error) =>
+            this.logger.warn({ err: e.message, group: this.group }, 'could not create the events consumer group; retrying'),
+          );
+        } else {
+          this.logger.warn({ err: message }, 'events consumer error; retrying');
+        }
         await new Promise((r) => setTimeout(r, 500));
       }
     }
