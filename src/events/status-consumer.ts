@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics/metrics.js';
+import { CONVERSION_TTL_MS } from '../numbers/range-health.js';
 import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
 import { utcDay } from '../verification/types.js';
@@ -50,7 +51,7 @@ export class StatusConsumer extends GroupConsumer {
       const v = detail[k];
       if (v !== undefined) patch.push(k === 'reason' ? 'failure_reason' : k, String(v).replace(/\n/g, ' '));
     }
-    // An event of a workflow step (field `step`): applyStepEvent-3 keeps a failed step with steps left from failing the request.
+    // An event of a workflow step (field `step`): applyStepEvent-4 keeps a failed step with steps left from failing the request.
     const stepped = fields.step !== undefined;
     const key = this.keys.verification(fields.request_id);
     const refund = detail.refund === true;
@@ -62,8 +63,14 @@ export class StatusConsumer extends GroupConsumer {
     }
     await (stepped ? scripts.applyStepEvent : scripts.applyEvent).run(
       this.redis,
-      [key, this.keys.account(fields.account_id ?? ''), this.keys.usage(fields.account_id ?? '', utcDay(sentAt))],
-      [status, fields.timestamp ?? String(Date.now()), patch.join('\n'), refund ? '1' : '0', ...(stepped ? [fields.step!] : [])],
+      [
+        key,
+        this.keys.account(fields.account_id ?? ''),
+        this.keys.usage(fields.account_id ?? '', utcDay(sentAt)),
+        // A refunded send leaves the day's per-country conversion `sent` too (it never reached the network).
+        this.keys.conversion(utcDay(sentAt)),
+      ],
+      [status, fields.timestamp ?? String(Date.now()), patch.join('\n'), refund ? '1' : '0', stepped ? fields.step! : '1', CONVERSION_TTL_MS],
     );
   }
 }

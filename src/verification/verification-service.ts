@@ -233,8 +233,14 @@ export class VerificationService {
       const refunded = await scripts.applyEvent
         .run(
           this.redis,
-          [this.keys.verification(requestId), this.keys.account(account.account_id), this.keys.usage(account.account_id, utcDay(now))],
-          ['failed', Date.now(), 'failure_reason\nenqueue_failed', '1'],
+          [
+            this.keys.verification(requestId),
+            this.keys.account(account.account_id),
+            this.keys.usage(account.account_id, utcDay(now)),
+            this.keys.conversion(utcDay(now)),
+          ],
+          // Never queued, so never counted as a send in the conversion hash (trackSent follows a successful enqueue): '0'.
+          ['failed', Date.now(), 'failure_reason\nenqueue_failed', '1', '0', 0],
         )
         .then(() => this.redis.zrem(this.keys.unqueued(), requestId))
         .then(

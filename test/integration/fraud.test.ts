@@ -6,7 +6,7 @@ import type { Config } from '../../src/config/schema.js';
 import { QUEUE_NAMES } from '../../src/engine/queues.js';
 import { RangeHealth } from '../../src/numbers/range-health.js';
 import { deletePrefix, http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
-import { sipUriUser, startSippUas, type SippUas } from '../helpers/sipp.js';
+import { findFreePort, sipUriUser, startSippUas, type SippUas } from '../helpers/sipp.js';
 
 /**
  * Fraud and abuse controls (issue 6) over real HTTP and real Redis: velocity
@@ -379,6 +379,28 @@ describe('conversion counters', () => {
       await deletePrefix(t.redis, t.config.redis.prefix);
       await t.redis.quit();
     }
+  });
+});
+
+describe('conversion counters and refunds', () => {
+  it('a send that never reached the network leaves the country\'s `sent` again (refunded attempt)', async () => {
+    const port = await findFreePort();
+    const t = await start({ sip: { timers: { t1Ms: 500 }, trunks: [{ name: 'dead', uri: `sip:127.0.0.1:${port}` }] } }, 'all');
+    const a = await t.account();
+    const day = t.keys.conversion(new Date().toISOString().slice(0, 10));
+    const created = await verify(t, a.auth, { phone_number: '+447700900403' });
+    expect(created.status).toBe(201);
+    const failed = await waitFor(async () => {
+      const r = await http(`${t.url}/v1/verify/${String(created.body.request_id)}`, { auth: a.auth });
+      return r.body.status === 'failed' ? r.body : undefined;
+    }, 10_000);
+    expect(failed.failure_reason).toBe('unreachable');
+    // Counted when it was created, taken out with the refund: sent 0 once the batch is written, whichever came first.
+    await waitFor(async () => (await t.redis.hget(day, 'country:GB:flash_call:sent')) === '0', 5_000);
+    // And it stays there: nothing counts it again (the refund is made once).
+    await new Promise((r) => setTimeout(r, 600));
+    expect(await t.redis.hget(day, 'country:GB:flash_call:sent')).toBe('0');
+    expect(await t.redis.ttl(day)).toBeGreaterThan(399 * 24 * 3600);
   });
 });
 

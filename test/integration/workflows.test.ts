@@ -477,6 +477,13 @@ describe('workflows', () => {
     const usage = (await http(`${engine.url}/v1/usage`, { auth: account.auth })).body;
     expect([usage.total_verifications, usage.total_cost]).toEqual([0, { amount: 0, currency: 'GBP' }]);
     expect(usage.by_method).toMatchObject({ flash_call: { count: 0, cost: 0 }, voice: { count: 0, cost: 0 } });
+    // Nor are they sends for the per-country conversion: counted when sent (create, next step), taken out with the refund.
+    const conv = engine.keys.conversion(utcDay(Date.now()));
+    const sent = await waitFor(async () => {
+      const h = await engine!.redis.hgetall(conv);
+      return h['country:GB:flash_call:sent'] === '0' && h['country:GB:voice:sent'] === '0' ? h : undefined;
+    }, 5_000).catch(async () => engine!.redis.hgetall(conv));
+    expect([sent['country:GB:flash_call:sent'], sent['country:GB:voice:sent']]).toEqual(['0', '0']);
   }, 40_000);
 
   it('an SMS step that times out while its submit_sm is in flight: its late acceptance and receipt never count for the next step', async () => {

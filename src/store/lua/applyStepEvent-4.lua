@@ -12,6 +12,8 @@
   KEYS[2] account hash (for refunds)
   KEYS[3] usage hash of the account for the day the attempt started: a refunded
           attempt is taken out of it (billing per attempt actually sent)
+  KEYS[4] conversion hash of that day: a refunded attempt leaves `country:<cc>:<method>:sent`
+          (every step's send was counted there, by the create or by the workflow advancer)
 
   ARGV[1] status: delivered | failed
   ARGV[2] timestamp (ms since epoch)
@@ -19,6 +21,7 @@
           record only when the step is current
   ARGV[4] refund: "1" when the attempt never reached the network
   ARGV[5] step index of the event
+  ARGV[6] TTL of the conversion hash (ms), set when this creates it
 
   Returns the request status after the event, or false when the record is gone.
 ]]
@@ -59,6 +62,12 @@ elseif st == 'failed' then
     if m and redis.call('EXISTS', KEYS[3]) == 1 then
       redis.call('HINCRBY', KEYS[3], m .. ':count', -1)
       if cost > 0 then redis.call('HINCRBY', KEYS[3], m .. ':cost', -cost) end
+    end
+    local country = redis.call('HGET', KEYS[1], 'country')
+    if m and country then
+      -- The send's +1 may still wait in a counter batch (250 ms): the hash may not exist yet.
+      redis.call('HINCRBY', KEYS[4], 'country:' .. country .. ':' .. m .. ':sent', -1)
+      if redis.call('TTL', KEYS[4]) < 0 then redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[6])) end
     end
   end
 end

@@ -9,11 +9,16 @@
   KEYS[2] account hash (for refunds)
   KEYS[3] usage hash of the account for the day of the send being refunded (last_send_at,
           else created_at): a refunded send is taken out of it and out of the record's cost
+  KEYS[4] conversion hash of that day (FraudControls.trackSent): a refunded send never reached
+          the network, so it leaves `country:<cc>:<method>:sent` too (when ARGV[5] is "1")
 
   ARGV[1] status: delivered | failed
   ARGV[2] timestamp (ms since epoch)
   ARGV[3] outcome detail fields as a flat list encoded "k1\nv1\nk2\nv2..." (may be empty)
   ARGV[4] refund: "1" when the attempt never reached the network
+  ARGV[5] "1" when the send was counted in the conversion hash (every send from the stream;
+          not a request whose job could not even be queued)
+  ARGV[6] TTL of the conversion hash (ms), set when this creates it
 
   Returns the status after the event, or false when the record is gone.
 ]]
@@ -49,6 +54,14 @@ if not terminal then
       if r[3] and redis.call('EXISTS', KEYS[3]) == 1 then
         redis.call('HINCRBY', KEYS[3], r[3] .. ':count', -1)
         if cost > 0 then redis.call('HINCRBY', KEYS[3], r[3] .. ':cost', -cost) end
+      end
+      if ARGV[5] == '1' and r[3] then
+        local country = redis.call('HGET', KEYS[1], 'country')
+        if country then
+          -- The send's +1 may still wait in the api's counter batch (250 ms): the hash may not exist yet.
+          redis.call('HINCRBY', KEYS[4], 'country:' .. country .. ':' .. r[3] .. ':sent', -1)
+          if redis.call('TTL', KEYS[4]) < 0 then redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[6])) end
+        end
       end
     end
   end
