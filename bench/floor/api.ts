@@ -9,10 +9,11 @@ import { randomUUID, timingSafeEqual } from 'node:crypto';
 import { Queue } from 'bullmq';
 import Fastify from 'fastify';
 import { Redis } from 'ioredis';
+import { redisTarget } from '../../src/store/redis.js';
 
 const [redisUrl, prefix, portArg] = process.argv.slice(2);
 if (!redisUrl || !prefix || !portArg) throw new Error('usage: api.ts REDIS_URL PREFIX PORT');
-const target = redisUrl.startsWith('unix://') ? redisUrl.slice('unix://'.length) : redisUrl;
+const target = redisTarget(redisUrl);
 const redis = new Redis(target, { enableAutoPipelining: true });
 const queue = new Queue('flash', { connection: new Redis(target, { maxRetriesPerRequest: null }), prefix: `${prefix}:bull` });
 const expected = Buffer.from(`Basic ${Buffer.from('floor:secret').toString('base64')}`);

@@ -8,6 +8,7 @@
  */
 import { Worker } from 'bullmq';
 import { Redis } from 'ioredis';
+import { redisTarget } from '../../src/store/redis.js';
 import { FloorSip } from './sip-leg.js';
 
 const [redisUrl, prefix, ringArg, concArg, uasPort] = process.argv.slice(2);
@@ -16,7 +17,7 @@ if (!redisUrl || !prefix || !ringArg || !concArg) throw new Error('usage: worker
 const sip = uasPort ? new FloorSip('127.0.0.1', Number(uasPort), Number(ringArg)) : undefined;
 await sip?.open();
 let failedCalls = 0;
-const target = redisUrl.startsWith('unix://') ? redisUrl.slice('unix://'.length) : redisUrl;
+const target = redisTarget(redisUrl);
 const redis = new Redis(target, { enableAutoPipelining: true });
 const events = `${prefix}:events`;
 let done = 0;

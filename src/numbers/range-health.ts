@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import type { FraudConfig } from '../config/schema.js';
 import { CounterBatch } from '../store/counter-batch.js';
 import type { Keys } from '../store/keys.js';
+import { utcDay } from '../verification/types.js';
 
 export type RangeHealthConfig = FraudConfig['rangeHealth'];
 
@@ -227,7 +228,3 @@ export class RangeHealth implements RangeUsability {
 
 /** Per-day conversion counters are kept for reporting this long. */
 export const CONVERSION_TTL_MS = 400 * 24 * 3600 * 1000;
-
-function utcDay(ms: number): string {
-  return new Date(ms).toISOString().slice(0, 10);
-}

@@ -39,8 +39,9 @@ export function connectRedis(url: string, logger: Logger, options: RedisOptions 
  * What ioredis is given for `redis.url`: redis:// and rediss:// URLs as they
  * are; `unix:///run/redis/redis.sock[?db=N&password=P]` as the socket path
  * with its query (ioredis reads a string that starts with "/" as a Unix socket
- * path). A Redis on the same host is cheaper over its Unix socket than over
- * loopback TCP: every command's write skips the TCP stack (BENCHMARKS.md).
+ * path), for a Redis on the same host. Its writes skip the TCP stack; on the
+ * benchmark machine that made no measurable difference to the engine's CPU
+ * (BENCHMARKS.md, "Measured and not kept").
  */
 export function redisTarget(url: string): string {
   if (!url.startsWith('unix://')) return url;

@@ -267,7 +267,9 @@ export class FraudControls {
 
   /** Conversion counters of one UTC day, as stored (`country:GB:flash_call:sent` → n ...), this process's pending ones written first. */
   async conversion(day: string): Promise<Record<string, number>> {
-    await Promise.all([this.counters.flush(), this.deps.rangeHealth?.flush()]);
+    const health = this.deps.rangeHealth;
+    // One flush when they share the process's batch (the engine's case).
+    await Promise.all([this.counters.flush(), health && health.counters !== this.counters ? health.flush() : undefined]);
     const h = await this.deps.redis.hgetall(this.deps.keys.conversion(day));
     return Object.fromEntries(Object.entries(h).map(([k, v]) => [k, Number(v)]));
   }
