@@ -7,7 +7,12 @@
  * and sending a DELIVRD receipt at once), match each receipt back to its
  * verification, and the status consumer turns it into `delivered`.
  *
- *   npm run bench -- sms [--rate 3000] [--duration 10] [--binds 4] [--tps 1000] [--window 10]
+ *   npm run bench -- sms [--rate 3000] [--duration 10] [--binds 4] [--tps 1000] [--window 10] [--prefill]
+ *
+ * `--prefill` measures the SMS worker alone ("straight into the queue"): the
+ * queue is paused while every verification is created and enqueued, then
+ * resumed, so the workers drain a full queue with the box to themselves and
+ * the submit rate is theirs, not the producer's.
  *
  * The issue's target is 3,000 submit_sm/s through 4 binds: that needs at least
  * 750 submit_sm/s per bind, so `--tps` (the per-bind token bucket,
@@ -24,7 +29,7 @@ import { runOpenLoop, type FireResult } from './lib/load.js';
 import { CpuWindow, formatCpu, loadAverages, machineDescription } from './lib/procstat.js';
 import { header, line } from './lib/report.js';
 import { redisPid, Stack } from './lib/stack.js';
-import { summarize } from './lib/stats.js';
+import { summarize, Tally } from './lib/stats.js';
 import { startSmsc, type TestSmsc } from '../test/helpers/smsc.js';
 import { Redis } from 'ioredis';
 import { redisTarget } from '../src/store/redis.js';
@@ -40,6 +45,9 @@ const USAGE = `npm run bench -- sms [options]
   --sms-concurrency N  worker.smsConcurrency per worker process (default 200)
   --drain S            seconds to wait for the last deliveries after the load (default 30)
   --log-level L        engine log level (default warn)
+  --prefill            create and enqueue everything with the queue paused, then resume it: measures the workers alone
+  --redis-stats        print Redis commands (INFO commandstats, whole server) per verification over the measured window
+  --profile worker     run the worker processes under node --cpu-prof (profiles kept with the logs)
 ${STACK_USAGE}`;
 
 async function main(): Promise<void> {
@@ -53,6 +61,9 @@ async function main(): Promise<void> {
     'sms-concurrency': { type: 'string', default: '200' },
     drain: { type: 'string', default: '30' },
     'log-level': { type: 'string', default: 'warn' },
+    prefill: { type: 'boolean' },
+    'redis-stats': { type: 'boolean' },
+    profile: { type: 'string' },
     ...STACK_OPTIONS,
   });
   if (a.help) return line(USAGE);
@@ -65,8 +76,10 @@ async function main(): Promise<void> {
   const smsConcurrency = a.num('sms-concurrency', 1, 10_000);
   const drainS = a.num('drain', 1, 300);
   const redisUrl = a.str('redis-url');
+  const prefill = a.bool('prefill');
+  const profile = a.list('profile');
 
-  const stack = new Stack(redisUrl, a.bool('keep-logs'));
+  const stack = new Stack(redisUrl, a.bool('keep-logs') || profile.length > 0);
   stack.hardCap(duration + drainS + 240);
   let smsc: TestSmsc | undefined;
   try {
@@ -84,7 +97,7 @@ async function main(): Promise<void> {
       flashConcurrency: 10,
       ringMs: 1000,
       logLevel: a.str('log-level'),
-      profile: [],
+      profile,
       extra: {
         sms: {
           enabled: true,
@@ -102,6 +115,11 @@ async function main(): Promise<void> {
 
     const { FlashVerifyProducer, ApiError } = await import('../src/producer.js');
     const producer = await FlashVerifyProducer.connect({ configFile: engine.configFile, methods: ['sms'], rateLimit: false });
+    // --prefill: the workers take nothing until every job is in.
+    const { Queue } = await import('bullmq');
+    const queueConnection = new Redis(redisTarget(redisUrl), { maxRetriesPerRequest: null });
+    const smsQueue = new Queue('sms', { connection: queueConnection, prefix: `${stack.prefix}:bull` });
+    if (prefill) await smsQueue.pause();
     const who = { accountId: engine.account.account_id };
     let seq = 0;
     const phone = (): string => `+4474${String((seq++ * 7919 + process.pid * 104_729) % 100_000_000).padStart(8, '0')}`;
@@ -117,13 +135,15 @@ async function main(): Promise<void> {
     };
 
     const rpid = await redisPid(redisUrl);
-    const cpu = new CpuWindow([
+    const cpuProcs = [
       ...engine.workers.map((w, i) => ({ name: `worker${i}`, pid: w.m.pid })),
       { name: 'test SMSC', pid: smsc.pid },
       ...(rpid ? [{ name: 'redis-server (shared)', pid: rpid }] : []),
       { name: 'bench (generator + producer)', pid: process.pid },
-    ]);
-    const load = await runOpenLoop({
+    ];
+    let cpu = new CpuWindow(cpuProcs);
+    let statsBefore = a.bool('redis-stats') ? await commandStats(queueConnection) : undefined;
+    const load = prefill ? await fillClosedLoop(rate * duration, 256, fire) : await runOpenLoop({
       rate,
       durationSeconds: duration,
       maxRequests: rate * duration,
@@ -135,6 +155,13 @@ async function main(): Promise<void> {
       },
     });
     line(`created: ${load.ok} of ${load.sent} (${(load.ok / (load.elapsedMs / 1000)).toFixed(0)}/s), failed: ${load.failures.toString()}`);
+    if (prefill) {
+      line(`queue paused: ${await smsQueue.count()} jobs waiting; resuming`);
+      cpu = new CpuWindow(cpuProcs);
+      statsBefore = a.bool('redis-stats') ? await commandStats(queueConnection) : undefined;
+      await smsQueue.resume();
+    }
+    await smsQueue.close();
 
     // Wait (bounded) until every created verification is delivered (or ended otherwise).
     const redis = new Redis(redisTarget(redisUrl));
@@ -142,6 +169,11 @@ async function main(): Promise<void> {
     const ids = [...createdAt.keys()];
     const status = new Map<string, { status: string; deliveredAt: number; reason: string }>();
     const drainEnd = Date.now() + drainS * 1000;
+    // Cheap wait first (the workers' receipt counters), so that reading 10^4 records every 250 ms does not
+    // compete with the workers for the CPU; then the records themselves.
+    const receiptsHandled = async (): Promise<number> =>
+      (await Promise.all(engine.workers.map((w) => scrape(`http://127.0.0.1:${w.metricsPort}/metrics`)))).reduce((n, m) => n + sumMetric(m, 'flashverify_sms_receipts_total'), 0);
+    while (Date.now() < drainEnd && (await receiptsHandled()) < load.ok) await new Promise((r) => setTimeout(r, 500));
     for (let pass = 0; pass < 10_000 && Date.now() < drainEnd; pass++) {
       const open = ids.filter((id) => !status.has(id));
       if (open.length === 0) break;
@@ -157,6 +189,14 @@ async function main(): Promise<void> {
       await new Promise((r) => setTimeout(r, 250));
     }
     const usage = cpu.finish();
+    if (statsBefore) {
+      const after = await commandStats(queueConnection);
+      const per = [...after].map(([cmd, [calls, usec]]) => [cmd, (calls - (statsBefore!.get(cmd)?.[0] ?? 0)) / load.ok, (usec - (statsBefore!.get(cmd)?.[1] ?? 0)) / load.ok] as const);
+      const used = per.filter(([, calls]) => calls > 0.001).sort((x, y) => y[1] - x[1]);
+      line(`Redis per verification (whole server, includes this bench's own polling): ${used.reduce((n, [, c]) => n + c, 0).toFixed(1)} commands, ${used.reduce((n, [, , u]) => n + u, 0).toFixed(0)} µs`);
+      line(`  ${used.map(([cmd, c, u]) => `${cmd} ${c.toFixed(2)} (${u.toFixed(0)} µs)`).join(', ')}`);
+    }
+    queueConnection.disconnect();
     await redis.quit();
     await producer.close();
 
@@ -189,11 +229,37 @@ async function main(): Promise<void> {
     line('CPU, % of one core:');
     line(formatCpu(usage));
     line(`load average after: ${loadAverages()}`);
+    if (profile.length) line(`cpu profiles: ${engine.profileDir} (written when the processes exit)`);
   } finally {
     // Workers first (they unbind), then the SMSC.
     await stack.cleanup();
     await smsc?.stop();
   }
+}
+
+/** INFO commandstats: command → [calls, usec]. */
+async function commandStats(redis: Redis): Promise<Map<string, [number, number]>> {
+  const out = new Map<string, [number, number]>();
+  for (const m of (await redis.info('commandstats')).matchAll(/^cmdstat_([^:]+):calls=(\d+),usec=(\d+)/gm)) out.set(m[1]!, [Number(m[2]), Number(m[3])]);
+  return out;
+}
+
+/** --prefill: `total` creations, `concurrency` at a time, as fast as the producer goes (bounded by count and 10 min). */
+async function fillClosedLoop(total: number, concurrency: number, fire: () => Promise<FireResult>) {
+  const started = Date.now();
+  const failures = new Tally();
+  let sent = 0;
+  let ok = 0;
+  const lane = async (): Promise<void> => {
+    while (sent < total && Date.now() - started < 600_000) {
+      sent++;
+      const r = await fire();
+      if (r.ok) ok++;
+      else failures.add(r.kind ?? 'error');
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, lane));
+  return { sent, ok, elapsedMs: Date.now() - started, failures };
 }
 
 await main();
