@@ -8,6 +8,7 @@ import type { FastifyInstance } from 'fastify';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { AccountStore } from './accounts/account-store.js';
+import { AccountFieldCache } from './accounts/account-field-cache.js';
 import { CURRENCIES, type Currency } from './accounts/money.js';
 import { buildApi } from './api/app.js';
 import { loadConfig } from './config/load.js';
@@ -259,6 +260,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         // SMS OTP: SMPP binds to every configured SMSC; receipts come back through the same binds.
         const { SmppGateway, resolveSmscs } = await import('./sms/gateway.js');
         const smsAccounts = new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate });
+        // An account's own templates are read for every SMS: reused for accounts.fieldCacheMs.
+        const templateFields = new AccountFieldCache(redis, keys, { ttlMs: config.accounts.fieldCacheMs });
         const gateway = new SmppGateway({ smscs: resolveSmscs(config.sms), logger: logger.child({ module: 'sms' }) });
         const sms = new SmsProcessor({
           redis,
@@ -269,7 +272,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           events,
           metrics,
           logger: logger.child({ module: 'sms' }),
-          accountTemplate: (accountId, locale) => smsAccounts.smsTemplate(accountId, locale),
+          accountTemplate: (accountId, locale) => smsAccounts.smsTemplate(accountId, locale, templateFields),
         });
         gateway.onReceipt((receipt) => sms.handleReceipt(receipt));
         gateway.onLateAccept((request, outcome) => {

@@ -5,7 +5,7 @@ import { AppError } from '../errors/app-error.js';
 import { assertWebhookTarget } from '../events/webhook-target.js';
 import { validateTemplate } from '../sms/text.js';
 import type { Keys } from '../store/keys.js';
-import { forgetAccountField } from './account-field-cache.js';
+import { forgetAccountField, type AccountFieldCache } from './account-field-cache.js';
 import { authCache } from './auth-cache.js';
 import { fromMicro, toMicro, type Currency } from './money.js';
 
@@ -191,12 +191,14 @@ export class AccountStore {
       await this.redis.hset(this.keys.account(id), `sms_tpl:${locale}`, template);
     }
     authCache.forgetAccount(id);
+    // This process's SMS worker sees the new text at once; other processes within `accounts.fieldCacheMs`.
+    forgetAccountField(this.keys, id, `sms_tpl:${locale}`);
     return this.get(id);
   }
 
-  /** The account's own SMS template for a locale, or null. */
-  async smsTemplate(id: string, locale: string): Promise<string | null> {
-    return this.redis.hget(this.keys.account(id), `sms_tpl:${locale}`);
+  /** The account's own SMS template for a locale, or null (read through `fields` when given: the SMS worker). */
+  async smsTemplate(id: string, locale: string, fields?: AccountFieldCache): Promise<string | null> {
+    return fields ? fields.get(id, `sms_tpl:${locale}`) : this.redis.hget(this.keys.account(id), `sms_tpl:${locale}`);
   }
 
   private async mustExist(id: string): Promise<void> {

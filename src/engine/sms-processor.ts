@@ -139,7 +139,8 @@ export class SmsProcessor {
       // Never sent again: the SMSC may have stored it. A late submit_sm_resp or a receipt (by number) resolves it.
       const until = Date.now() + config.sms.unconfirmedDeadlineMs;
       const ttl = Math.ceil(config.sms.unconfirmedDeadlineMs / 1000) + 60;
-      const marked = await scripts.markSmsWaiting.run(redis, [key, this.numberKey('unconfirmed', outcome.smsc, to), this.numberKey('parked', outcome.smsc, to)], [
+      const byNumber = this.numberKeys(outcome.smsc, to);
+      const marked = await scripts.markSmsWaiting.run(redis, [key, byNumber.unconfirmed, byNumber.parked], [
         'unconfirmed', requestId, ttl, 'sms_smsc', outcome.smsc, 'sms_unconfirmed_until', until,
       ]);
       if (marked === 0) {
@@ -253,14 +254,10 @@ export class SmsProcessor {
     this.deps.metrics.smsReceipt(receipt.smsc, receipt.state);
     const { handset, ...stored } = receipt;
     const final = receiptOutcome(receipt.state) !== 'pending';
+    const byNumber = this.numberKeys(receipt.smsc, handset ?? '');
     const match = (await scripts.matchSmsReceipt.run(
       redis,
-      [
-        keys.smsMessage(receipt.smsc, receipt.messageId),
-        keys.smsEarlyReceipt(receipt.smsc, receipt.messageId),
-        this.numberKey('unconfirmed', receipt.smsc, handset ?? ''),
-        this.numberKey('parked', receipt.smsc, handset ?? ''),
-      ],
+      [keys.smsMessage(receipt.smsc, receipt.messageId), keys.smsEarlyReceipt(receipt.smsc, receipt.messageId), byNumber.unconfirmed, byNumber.parked],
       // Parked without the number: numbers are never stored in clear.
       [
         JSON.stringify({ ...stored, final }),
@@ -274,13 +271,17 @@ export class SmsProcessor {
       this.deps.logger.info({ smsc: receipt.smsc, message_id: receipt.messageId, stat: receipt.state }, 'receipt before its submit_sm_resp (or unknown id); parked');
       return;
     }
-    const [requestId, how] = match;
+    const [value, how] = match;
     if (how === 'unconfirmed') {
       // The receipt proves the SMSC took the submit whose response never came: map its id, then settle it.
-      this.deps.logger.info({ request_id: requestId, smsc: receipt.smsc, message_id: receipt.messageId, stat: receipt.state }, 'receipt matched an unconfirmed submit by number');
-      await this.recordAccepted(requestId, handset ?? '', { kind: 'accepted', rawMessageId: receipt.messageId, messageId: receipt.messageId, smsc: receipt.smsc, bind: '' });
+      this.deps.logger.info({ request_id: value, smsc: receipt.smsc, message_id: receipt.messageId, stat: receipt.state }, 'receipt matched an unconfirmed submit by number');
+      await this.recordAccepted(value, handset ?? '', { kind: 'accepted', rawMessageId: receipt.messageId, messageId: receipt.messageId, smsc: receipt.smsc, bind: '' });
+      await this.applyReceipt(value, stored);
+      return;
     }
-    await this.applyReceipt(requestId, stored);
+    // "<request id> <account id> <step> <steps>" (mapSmsMessage-5); the request id alone from an older version.
+    const [requestId = '', accountId, step, steps] = value.split(' ');
+    await this.applyReceipt(requestId, stored, accountId === undefined ? undefined : { accountId, step: step ?? '', steps: steps ?? '' });
   }
 
   /**
@@ -291,14 +292,15 @@ export class SmsProcessor {
    */
   private async recordAccepted(requestId: string, to: string, outcome: Accepted, step?: number): Promise<DeliveryReceipt | undefined> {
     const { redis, keys, config } = this.deps;
+    const byNumber = this.numberKeys(outcome.smsc, to);
     const early = (await scripts.mapSmsMessage.run(
       redis,
       [
         keys.verification(requestId),
         keys.smsMessage(outcome.smsc, outcome.messageId),
         keys.smsEarlyReceipt(outcome.smsc, outcome.messageId),
-        this.numberKey('unconfirmed', outcome.smsc, to),
-        this.numberKey('parked', outcome.smsc, to),
+        byNumber.unconfirmed,
+        byNumber.parked,
       ],
       [requestId, config.sms.receiptTtlSeconds, outcome.smsc, outcome.messageId, step === undefined ? '' : String(step)],
     )) as string | null;
@@ -317,7 +319,11 @@ export class SmsProcessor {
     await this.applyReceipt(claim.base.request_id, JSON.parse(parked) as DeliveryReceipt);
   }
 
-  private async applyReceipt(requestId: string, receipt: DeliveryReceipt): Promise<void> {
+  /**
+   * `known`: the account and workflow step the message id was mapped with (mapSmsMessage-5), so the
+   * record is not read here; without it (a parked or by-number receipt, a map of an older version) it is.
+   */
+  private async applyReceipt(requestId: string, receipt: DeliveryReceipt, known?: { accountId: string; step: string; steps: string }): Promise<void> {
     const { redis, keys } = this.deps;
     const log = this.deps.logger.child({ request_id: requestId });
     const outcome = receiptOutcome(receipt.state);
@@ -328,7 +334,9 @@ export class SmsProcessor {
       ...(receipt.error !== undefined ? { err: receipt.error } : {}),
       ...(receipt.networkErrorCode ? { network_error_type: receipt.networkErrorCode.type, network_error_code: receipt.networkErrorCode.code } : {}),
     };
-    const [accountId, wfStep, wfSteps] = await redis.hmget(keys.verification(requestId), 'account_id', 'wf_step', 'wf_steps');
+    const [accountId, wfStep, wfSteps] = known
+      ? [known.accountId, known.step, known.steps]
+      : await redis.hmget(keys.verification(requestId), 'account_id', 'wf_step', 'wf_steps');
     const step = wfStep && wfSteps ? { step: Number(wfStep), steps: Number(wfSteps) } : {};
     const base = { request_id: requestId, account_id: accountId ?? '', method: 'sms' as const, ...step };
     const event =
@@ -363,10 +371,10 @@ export class SmsProcessor {
     )) as 'published' | 'pending' | 'duplicate' | 'gone' | 'other_step';
   }
 
-  /** Keys by SMSC and number (an HMAC of it, never the number): an unconfirmed submit, a receipt parked for it. */
-  private numberKey(kind: 'unconfirmed' | 'parked', smsc: string, number: string): string {
+  /** Keys by SMSC and number (one HMAC of it, never the number): an unconfirmed submit, a receipt parked for it. */
+  private numberKeys(smsc: string, number: string): { unconfirmed: string; parked: string } {
     const mac = this.deps.sealer.mac('sms-number', `${smsc}:${number.replace(/^\+/, '')}`);
-    return kind === 'unconfirmed' ? this.deps.keys.smsUnconfirmed(smsc, mac) : this.deps.keys.smsParkedByNumber(smsc, mac);
+    return { unconfirmed: this.deps.keys.smsUnconfirmed(smsc, mac), parked: this.deps.keys.smsParkedByNumber(smsc, mac) };
   }
 
   /** Account template for the locale, then the configured one, then by country, then English. */

@@ -137,6 +137,27 @@ describe('SMS OTP through SMPP', () => {
     expect(usSubmit).toMatchObject({ source: '12025550100', dataCoding: 0 });
   });
 
+  it('an account template changed by another process is used within accounts.fieldCacheMs; one changed in this process at once', async () => {
+    const t = await start({}, { accounts: { fieldCacheMs: 3_000 } } as TestOverrides);
+    const account = await t.account({ balance: 1 });
+    const textTo = async (phone: string): Promise<string> => {
+      expect(await finalStatus(t, account.auth, await sendSms(t, account.auth, phone))).toMatchObject({ status: 'delivered' });
+      return (await submitsTo(phone))[0]!.text.replace(/\d{6}$/, 'N');
+    };
+    await t.accounts.setSmsTemplate(account.account_id, 'en', 'First {code}');
+    expect(await textTo('+447700900131')).toBe('First N');
+    // Another api process changes it (its own cache is not this one): HSET straight into Redis.
+    await t.redis.hset(t.keys.account(account.account_id), 'sms_tpl:en', 'Second {code}');
+    const changedAt = Date.now();
+    const stale = await textTo('+447700900132');
+    if (Date.now() - changedAt < 2_500) expect(stale).toBe('First N');
+    await new Promise((r) => setTimeout(r, Math.max(0, changedAt + 3_100 - Date.now())));
+    expect(await textTo('+447700900133')).toBe('Second N');
+    // Changed through this process's AccountStore: its worker sees it at once.
+    await t.accounts.setSmsTemplate(account.account_id, 'en', 'Third {code}');
+    expect(await textTo('+447700900134')).toBe('Third N');
+  });
+
   it('maps UNDELIV, REJECTD, EXPIRED and an unknown stat to failed with the reason, billed', async () => {
     const t = await start();
     const account = await t.account({ balance: 1 });

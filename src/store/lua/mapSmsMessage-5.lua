@@ -10,7 +10,9 @@
   receipt for an earlier message of the same step still matches.
 
   KEYS[1] verification hash
-  KEYS[2] message-id map string    (<prefix>:smsid:<smsc>:<id>)
+  KEYS[2] message-id map string    (<prefix>:smsid:<smsc>:<id>): "<request id> <account id> <step> <steps>"
+                                   (step and steps empty outside a workflow; a value of an older
+                                   version is the request id alone)
   KEYS[3] early-receipt string     (<prefix>:smsdlr:<smsc>:<id>)
   KEYS[4] unconfirmed-submit string (<prefix>:smsunc:<smsc>:<hmac of number>), removed when it names this request
   KEYS[5] parked-by-number string   (<prefix>:smsdlrnum:<smsc>:<hmac of number>), removed when it names this message
@@ -28,8 +30,15 @@
 
   Returns the parked receipt (JSON) when one is waiting, else false.
 ]]
-redis.call('SET', KEYS[2], ARGV[1], 'EX', tonumber(ARGV[2]))
-local v = redis.call('HMGET', KEYS[1], 'account_id', 'wf_step', 'method')
+local v = redis.call('HMGET', KEYS[1], 'account_id', 'wf_step', 'method', 'wf_steps')
+-- The map names the request, its account and the workflow step of the submit: a receipt then needs
+-- no read of the record to write its event (matchSmsReceipt-4 hands these back).
+local mapped = ARGV[1]
+if v[1] then
+  local step = (ARGV[5] ~= nil and ARGV[5] ~= '') and ARGV[5] or (v[2] or '')
+  mapped = ARGV[1] .. ' ' .. v[1] .. ' ' .. step .. ' ' .. ((step ~= '' and v[4]) or '')
+end
+redis.call('SET', KEYS[2], mapped, 'EX', tonumber(ARGV[2]))
 if v[1] and v[3] == 'sms' and (not ARGV[5] or ARGV[5] == '' or v[2] == ARGV[5]) then
   redis.call('HSET', KEYS[1], 'sms_state', 'accepted', 'sms_smsc', ARGV[3], 'sms_message_id', ARGV[4])
   redis.call('HDEL', KEYS[1], 'sms_unconfirmed_until')

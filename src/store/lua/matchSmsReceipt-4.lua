@@ -19,7 +19,8 @@
   ARGV[4] message id, noted under KEYS[4] ("" = the receipt has no number)
   ARGV[5] TTL of KEYS[4], seconds
 
-  Returns {request id, "mapped" | "unconfirmed"}, or false when parked.
+  Returns {map value, "mapped"} (the map's "<request id> <account id> <step> <steps>", see
+  mapSmsMessage-5), {request id, "unconfirmed"}, or false when parked.
 ]]
 local requestId = redis.call('GET', KEYS[1])
 if requestId then return {requestId, 'mapped'} end

@@ -136,6 +136,28 @@ describe('receipt settlement', () => {
     expect((await smsc.state()).submits.filter((s) => s.destination === '447700900812')).toHaveLength(1);
   });
 
+  it('the message id is mapped with its request and account, never the number; a map written by an older version (request id alone) still settles', async () => {
+    const r = await rig();
+    const account = (await t!.redis.hget(t!.keys.verification(await r.newVerification('+447700900814')), 'account_id'))!;
+    for (const [phone, messageId, oldFormat] of [
+      ['+447700900815', '777000222', false],
+      ['+447700900816', '777000333', true],
+    ] as const) {
+      const id = await r.newVerification(phone);
+      const receipt = { smsc: 'default', messageId };
+      await r.processor.handleLateAccept({ requestId: id, to: phone }, { kind: 'accepted', rawMessageId: messageId, ...receipt, bind: 'default#0' });
+      const mapKey = r.keys.smsMessage('default', messageId);
+      const mapped = (await t!.redis.get(mapKey))!;
+      expect(mapped.split(' ').slice(0, 2)).toEqual([id, account]);
+      expect(mapped).not.toContain(phone.slice(1));
+      if (oldFormat) await t!.redis.set(mapKey, id, 'KEEPTTL');
+      await r.processor.handleReceipt({ ...receipt, state: 'DELIVRD' });
+      const events = await r.events(id);
+      expect(events.map((e) => [e.status, e.account_id, JSON.parse(e.detail!).stat])).toEqual([['delivered', account, 'DELIVRD']]);
+      expect(await t!.redis.hget(t!.keys.verification(id), 'sms_receipt')).toBe('DELIVRD');
+    }
+  });
+
   it('a parked ENROUTE does not replace a parked DELIVRD: the acceptance then settles delivered', async () => {
     const r = await rig();
     const id = await r.newVerification('+447700900813');
