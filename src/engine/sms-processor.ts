@@ -130,7 +130,7 @@ export class SmsProcessor {
       }
       if (early) {
         log.info({ message_id: outcome.messageId }, 'delivery receipt had arrived before the submit_sm_resp');
-        await this.applyReceipt(requestId, early);
+        await this.applyReceipt(requestId, early.receipt, early.known);
       }
       return outcome;
     }
@@ -151,7 +151,7 @@ export class SmsProcessor {
         // Its receipt came while it was in flight (and was parked): that proves the SMSC took it.
         log.info({ smsc: outcome.smsc, message_id: marked }, 'sms submit unconfirmed, but its receipt had already come; accepted');
         const parked = await this.recordAccepted(requestId, to, { kind: 'accepted', rawMessageId: marked, messageId: marked, smsc: outcome.smsc, bind: outcome.bind }, base.step);
-        if (parked) await this.applyReceipt(requestId, parked);
+        if (parked) await this.applyReceipt(requestId, parked.receipt, parked.known);
         return outcome;
       }
       log.warn(
@@ -240,7 +240,7 @@ export class SmsProcessor {
     const early = await this.recordAccepted(request.requestId, request.to, outcome);
     log.warn({ smsc: outcome.smsc, message_id: outcome.messageId }, 'sms accepted by the SMSC after its response timeout; never sent again');
     this.deps.metrics.smsSubmitted(outcome.smsc, 'accepted_late');
-    if (early) await this.applyReceipt(request.requestId, early);
+    if (early) await this.applyReceipt(request.requestId, early.receipt, early.known);
   }
 
   /**
@@ -279,21 +279,21 @@ export class SmsProcessor {
       await this.applyReceipt(value, stored);
       return;
     }
-    // "<request id> <account id> <step> <steps>" (mapSmsMessage-5); the request id alone from an older version.
-    const [requestId = '', accountId, step, steps] = value.split(' ');
-    await this.applyReceipt(requestId, stored, accountId === undefined ? undefined : { accountId, step: step ?? '', steps: steps ?? '' });
+    const { requestId, known } = parseMapped(value);
+    await this.applyReceipt(requestId, stored, known);
   }
 
   /**
-   * mapSmsMessage-5: the id mapped, the verification marked accepted; returns the receipt parked before it, if any.
+   * mapSmsMessage-5: the id mapped, the verification marked accepted; returns the receipt parked before it, if any,
+   * with the account and step the id was mapped with.
    * `step`: the workflow step of the submit (undefined: not a workflow request, or a late acceptance whose step is
    * not known): the record is only marked while that step is current, so a step that timed out during its submit
    * never lends its message or receipt to the next step.
    */
-  private async recordAccepted(requestId: string, to: string, outcome: Accepted, step?: number): Promise<DeliveryReceipt | undefined> {
+  private async recordAccepted(requestId: string, to: string, outcome: Accepted, step?: number): Promise<{ receipt: DeliveryReceipt; known?: Known } | undefined> {
     const { redis, keys, config } = this.deps;
     const byNumber = this.numberKeys(outcome.smsc, to);
-    const early = (await scripts.mapSmsMessage.run(
+    const parked = (await scripts.mapSmsMessage.run(
       redis,
       [
         keys.verification(requestId),
@@ -303,8 +303,8 @@ export class SmsProcessor {
         byNumber.parked,
       ],
       [requestId, config.sms.receiptTtlSeconds, outcome.smsc, outcome.messageId, step === undefined ? '' : String(step)],
-    )) as string | null;
-    return early ? (JSON.parse(early) as DeliveryReceipt) : undefined;
+    )) as [string, string] | null;
+    return parked ? { receipt: JSON.parse(parked[0]) as DeliveryReceipt, known: parseMapped(parked[1]).known } : undefined;
   }
 
   /** A receipt parked before the acceptance was recorded and not settled yet (crash in between). */
@@ -323,7 +323,7 @@ export class SmsProcessor {
    * `known`: the account and workflow step the message id was mapped with (mapSmsMessage-5), so the
    * record is not read here; without it (a parked or by-number receipt, a map of an older version) it is.
    */
-  private async applyReceipt(requestId: string, receipt: DeliveryReceipt, known?: { accountId: string; step: string; steps: string }): Promise<void> {
+  private async applyReceipt(requestId: string, receipt: DeliveryReceipt, known?: Known): Promise<void> {
     const { redis, keys } = this.deps;
     const log = this.deps.logger.child({ request_id: requestId });
     const outcome = receiptOutcome(receipt.state);
@@ -397,6 +397,20 @@ export class SmsProcessor {
     // An international number (TON 1) goes on the wire without its "+".
     return sender.ton === 1 ? { ...sender, addr: sender.addr.replace(/^\+/, '') } : sender;
   }
+}
+
+/** What a receipt's event needs of its verification, as the message id was mapped with it (mapSmsMessage-5). */
+interface Known {
+  accountId: string;
+  /** Workflow step of the submit and the workflow's steps; '' outside a workflow. */
+  step: string;
+  steps: string;
+}
+
+/** A message-id map's value: "<request id> <account id> <step> <steps>"; the request id alone (an older version's map, a gone record). */
+function parseMapped(value: string): { requestId: string; known?: Known } {
+  const [requestId = '', accountId, step, steps] = value.split(' ');
+  return { requestId, known: accountId === undefined ? undefined : { accountId, step: step ?? '', steps: steps ?? '' } };
 }
 
 /** Doubling delay with ±20 % jitter, from `first` up to `max`. */

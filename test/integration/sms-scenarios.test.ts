@@ -331,6 +331,9 @@ describe('SMS OTP through SMPP', () => {
     const ids = await Promise.all(phones.map((p) => sendSms(t, account.auth, p)));
     for (const id of ids) expect(await finalStatus(t, account.auth, id)).toMatchObject({ status: 'delivered' });
     for (const phone of phones) expect(accepted(await submitsTo(phone))).toHaveLength(1);
+    // The event carries its account (taken from the message-id map, whichever came first: receipt or response).
+    const delivered = (await readEvents(t.redis, t.keys)).filter((e) => ids.includes(e.request_id!) && e.status === 'delivered');
+    expect(delivered.map((e) => [e.account_id, e.method]).sort()).toEqual(ids.map(() => [account.account_id, 'sms']));
   });
 
   it('a response later than the response timeout: recorded as accepted, never sent twice', async () => {

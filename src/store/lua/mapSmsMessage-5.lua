@@ -28,7 +28,7 @@
           it (a late accept, whose step is not known), the record is left alone when its
           current method is not sms.
 
-  Returns the parked receipt (JSON) when one is waiting, else false.
+  Returns {the parked receipt (JSON), the map's value} when a receipt is waiting, else false.
 ]]
 local v = redis.call('HMGET', KEYS[1], 'account_id', 'wf_step', 'method', 'wf_steps')
 -- The map names the request, its account and the workflow step of the submit: a receipt then needs
@@ -50,5 +50,5 @@ end
 if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
 if redis.call('GET', KEYS[5]) == ARGV[4] then redis.call('DEL', KEYS[5]) end
 local early = redis.call('GET', KEYS[3])
-if early then return early end
+if early then return {early, mapped} end
 return false
