@@ -91,6 +91,8 @@ const CLOSE_WAIT_MS = 1_000;
 class SmppConnection {
   state: ConnectionState = 'idle';
   private socket: Socket | undefined;
+  /** The socket corked for the current turn (see `send`). */
+  private corked: Socket | undefined;
   private framer = new PduFramer();
   private sequence = 0;
   private readonly pending = new Map<number, PendingRequest>();
@@ -154,7 +156,7 @@ class SmppConnection {
       const timer = setTimeout(() => this.requestTimedOut(sequence), timeoutMs);
       this.pending.set(sequence, { command, timer, settle, ...(onLate ? { onLate } : {}) });
     });
-    socket.write(buffer);
+    this.send(socket, buffer);
     return { sequence, result };
   }
 
@@ -243,6 +245,9 @@ class SmppConnection {
     this.generation += 1;
     clearTimeout(this.connectTimer);
     this.stopEnquireLink();
+    // What this turn wrote (a generic_nack before giving up on the stream) leaves before the socket goes.
+    if (this.socket && this.corked === this.socket) this.socket.uncork();
+    this.corked = undefined;
     this.socket?.destroy();
     this.socket = undefined;
     const pending = [...this.pending.values()];
@@ -479,7 +484,25 @@ class SmppConnection {
 
   private write(buffer: Buffer): void {
     const socket = this.socket;
-    if (socket && !socket.destroyed) socket.write(buffer);
+    if (socket && !socket.destroyed) this.send(socket, buffer);
+  }
+
+  /**
+   * PDUs written in the same turn of the event loop (the submit_sm of several
+   * jobs, the deliver_sm_resp of a batch of receipts) leave in one write
+   * system call: the socket is corked at the first and uncorked once the
+   * turn's callbacks and promise reactions have run. Order is unchanged.
+   */
+  private send(socket: Socket, buffer: Buffer): void {
+    if (this.corked !== socket) {
+      this.corked = socket;
+      socket.cork();
+      process.nextTick(() => {
+        if (this.corked === socket) this.corked = undefined;
+        socket.uncork();
+      });
+    }
+    socket.write(buffer);
   }
 
   private nextSequence(): number {

@@ -125,12 +125,15 @@ describe('connection lost', () => {
     await gut.waitUp();
   });
 
-  it('a stream that cannot be framed (command_length 8) makes the bind reconnect', async () => {
+  it('a stream that cannot be framed (command_length 8) is answered generic_nack ESME_RINVCMDLEN, and the bind reconnects', async () => {
     gut = await startGateway([smscEntry(smsc)]);
     await gut.waitUp();
     const [first] = await boundSessionIds();
     await smsc.action('bad_length');
     await smsc.waitFor((s) => s.sessions.some((x) => x.id !== first && x.bound && x.closedAt === null) || undefined, 3_000, 'rebind');
+    // The nack left before the connection was dropped (SMPP 3.4 §4.3.1: no sequence number to carry).
+    const nack = (await smsc.state()).events.find((e) => e.type === 'generic_nack' && e.session === first);
+    expect(nack).toMatchObject({ seq: 0, status: 0x02 });
   });
 });
 
