@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import type { DeliveryEvent, EventPublisher } from '../events/event-publisher.js';
 import { scripts } from '../store/scripts.js';
 import { onAbort } from './abort-fanout.js';
 import type { ShutdownSignals } from './flash-call.js';
@@ -13,6 +14,24 @@ import type { ShutdownSignals } from './flash-call.js';
 export async function recordAttemptFields(redis: Redis, key: string, step: number | undefined, fields: Record<string, string>): Promise<boolean> {
   const flat = Object.entries(fields).flat();
   return (await scripts.recordAttemptFields.run(redis, [key], [step === undefined ? '' : String(step), ...flat])) === 1;
+}
+
+/**
+ * `event` written to the events stream, then `fields` as recordAttemptFields does, in one round trip
+ * (recordAttemptEvent-2): a flash call's `delivered` with its `rang_at`. Returns false when the request
+ * had moved on (the event is written all the same).
+ */
+export async function recordAttemptEvent(
+  redis: Redis,
+  key: string,
+  stream: string,
+  publisher: EventPublisher,
+  event: DeliveryEvent,
+  fields: Record<string, string>,
+): Promise<boolean> {
+  const flat = Object.entries(fields).flat();
+  const step = event.step === undefined ? '' : String(event.step);
+  return (await scripts.recordAttemptEvent.run(redis, [key, stream], [step, flat.length, ...flat, ...publisher.streamArgs(event)])) === 1;
 }
 
 /** How often a call in progress looks whether its request still wants it (canceled, verified, step timed out ...). */

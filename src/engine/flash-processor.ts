@@ -10,7 +10,7 @@ import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
 import { generateCode } from '../verification/codes.js';
 import { placeFlashCall, type FlashResult, type ShutdownSignals } from './flash-call.js';
-import { AttemptWatch, recordAttemptFields, WATCH_INTERVAL_MS } from './attempt-state.js';
+import { AttemptWatch, recordAttemptEvent, recordAttemptFields, WATCH_INTERVAL_MS } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import { trunkVerdict, type TrunkPacer } from './trunk-pacer.js';
 
@@ -85,11 +85,11 @@ export class FlashProcessor {
       logger: log,
       shutdown: watch.callSignals(this.deps.shutdown),
       onRinging: (callId, sipStatus) => {
-        void events
-          .publish({ ...base, status: 'delivered', detail: { sip_status: sipStatus, call_id: callId, trunk: trunk.name, range: reserved.range.prefix } })
-          // Marked after the event is in the stream: a re-run that finds it knows the delivery is done.
-          .then(() => recordAttemptFields(redis, key, base.step, { rang_at: String(Date.now()) }))
-          .catch((err: Error) => log.error({ err: err.message }, 'could not publish delivered event'));
+        // The event and the mark in one script, the event first: a re-run that finds the mark knows the delivery is done.
+        const delivered = { ...base, status: 'delivered' as const, detail: { sip_status: sipStatus, call_id: callId, trunk: trunk.name, range: reserved.range.prefix } };
+        recordAttemptEvent(redis, key, this.deps.keys.events(), events, delivered, { rang_at: String(Date.now()) }).catch((err: Error) =>
+          log.error({ err: err.message }, 'could not publish delivered event'),
+        );
       },
     })).finally(() => watch.stop());
     // CANCELled before it rang because the request (or its step) ended: no failure to report, nothing to refund.

@@ -55,6 +55,7 @@ export const scripts = {
   applyStepEvent: LuaScript.load('applyStepEvent-4'),
   cancelVerification: LuaScript.load('cancelVerification-4'),
   recordAttemptFields: LuaScript.load('recordAttemptFields-1'),
+  recordAttemptEvent: LuaScript.load('recordAttemptEvent-2'),
   adoptKey: LuaScript.load('adoptKey-2'),
 };
 

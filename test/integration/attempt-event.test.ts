@@ -1,0 +1,62 @@
+import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { afterAll, describe, expect, it } from 'vitest';
+import { recordAttemptEvent } from '../../src/engine/attempt-state.js';
+import { EventPublisher } from '../../src/events/event-publisher.js';
+import { Keys } from '../../src/store/keys.js';
+import { deletePrefix, REDIS_URL } from '../helpers/engine.js';
+
+/**
+ * A flash call's `delivered` event and its `rang_at` mark in one script
+ * (recordAttemptEvent-2), against the real Redis: the event is always
+ * written; the mark only on the request's current attempt, as
+ * recordAttemptFields-1 does.
+ */
+describe('recordAttemptEvent (real Redis)', () => {
+  const redis = new Redis(REDIS_URL);
+  const keys = new Keys(`fvattempt-${randomBytes(4).toString('hex')}`);
+  const publisher = new EventPublisher(redis, keys, 10_000);
+  afterAll(async () => {
+    await deletePrefix(redis, keys.prefix);
+    await redis.quit();
+  });
+  const eventsFor = async (id: string) =>
+    (await redis.xrange(keys.events(), '-', '+'))
+      .map(([, f]) => Object.fromEntries(f.flatMap((v, i) => (i % 2 === 0 ? [[v, f[i + 1]]] : []))) as Record<string, string>)
+      .filter((e) => e.request_id === id);
+  const delivered = (id: string, step?: number) => ({
+    request_id: id,
+    account_id: 'acct-1',
+    method: 'flash_call' as const,
+    status: 'delivered' as const,
+    ...(step === undefined ? {} : { step, steps: 2 }),
+    detail: { sip_status: 180, call_id: 'c-1', trunk: 't', range: '4470' },
+  });
+
+  it('writes the event, then the fields on the current attempt', async () => {
+    const key = keys.verification('r1');
+    await redis.hset(key, { account_id: 'acct-1', status: 'sent' });
+    expect(await recordAttemptEvent(redis, key, keys.events(), publisher, delivered('r1'), { rang_at: '1234' })).toBe(true);
+    expect(await redis.hget(key, 'rang_at')).toBe('1234');
+    const [e] = await eventsFor('r1');
+    expect(e).toMatchObject({ event: 'verification.delivered', status: 'delivered', account_id: 'acct-1', method: 'flash_call' });
+    expect(JSON.parse(e!.detail!)).toEqual({ sip_status: 180, call_id: 'c-1', trunk: 't', range: '4470' });
+  });
+
+  it('a call of a workflow step that is over: the event is written, the next step\'s fields are left alone', async () => {
+    const key = keys.verification('r2');
+    await redis.hset(key, { account_id: 'acct-1', wf_step: '1', wf_steps: '2' });
+    expect(await recordAttemptEvent(redis, key, keys.events(), publisher, delivered('r2', 0), { rang_at: '99' })).toBe(false);
+    expect(await redis.hget(key, 'rang_at')).toBeNull();
+    expect((await eventsFor('r2')).map((e) => [e.status, e.step, e.steps])).toEqual([['delivered', '0', '2']]);
+    // Its own step: written.
+    expect(await recordAttemptEvent(redis, key, keys.events(), publisher, delivered('r2', 1), { rang_at: '100' })).toBe(true);
+    expect(await redis.hget(key, 'rang_at')).toBe('100');
+  });
+
+  it('a record that is gone gets no fields (the event is written, as a plain publish would have been)', async () => {
+    expect(await recordAttemptEvent(redis, keys.verification('r3'), keys.events(), publisher, delivered('r3'), { rang_at: '5' })).toBe(false);
+    expect(await redis.exists(keys.verification('r3'))).toBe(0);
+    expect(await eventsFor('r3')).toHaveLength(1);
+  });
+});
