@@ -26,6 +26,7 @@ import { httpFirer, runOpenLoop, type FireResult, type LoadResult } from './lib/
 import { CpuWindow, formatCpu, loadAverages, machineDescription, udpReceiveBufferErrors, type WatchedProcess } from './lib/procstat.js';
 import { header, line, MemorySampler } from './lib/report.js';
 import { freeSipPort, readSippStats, redisPid, SIP_TEST, Stack } from './lib/stack.js';
+import { commandStats, formatPerUnit } from './lib/redis-stats.js';
 import { formatMs, summarize, Tally } from './lib/stats.js';
 import { readInvites, startUas, waitUasUp } from './lib/uas.js';
 
@@ -44,6 +45,7 @@ const USAGE = `npm run bench -- flash [options]
   --sipp-rates LIST  rates for that SIPp run (default: --rate), e.g. 2000,4000
   --sipp-only        only the SIPp ceiling runs (no engine)
   --profile ROLES    run api and/or worker under node --cpu-prof (profiles kept with the logs)
+  --redis-stats      print Redis commands per accepted request over the run (INFO commandstats, whole server)
   --node-args ARGS   node options for every engine process, space-separated (e.g. "--max-semi-space-size=64")
   --config-json JSON engine config laid over the generated one, e.g. '{"fraud":{"rangeHealth":{"enabled":false}}}'
   --keep-logs        keep the temp directory (configs, logs, SIPp files)
@@ -68,6 +70,7 @@ interface FlashOpts {
   sippOnly: boolean;
   sippRates: number[];
   profile: string[];
+  redisStats: boolean;
   keepLogs: boolean;
   useDist: boolean;
   app: string | undefined;
@@ -92,6 +95,7 @@ async function main(): Promise<void> {
     'sipp-rates': { type: 'string' },
     'sipp-only': { type: 'boolean' },
     profile: { type: 'string' },
+    'redis-stats': { type: 'boolean' },
     'keep-logs': { type: 'boolean' },
     'use-dist': { type: 'boolean' },
     app: { type: 'string' },
@@ -122,6 +126,7 @@ async function main(): Promise<void> {
     sippOnly: a.bool('sipp-only'),
     sippRates: a.list('sipp-rates').map(Number),
     profile: a.list('profile'),
+    redisStats: a.bool('redis-stats'),
     keepLogs: a.bool('keep-logs') || a.list('profile').length > 0,
     useDist: a.bool('use-dist'),
     app: a.str('app') || undefined,
@@ -204,6 +209,8 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   line(`load: ${o.rate}/s for ${o.duration} s = ${Math.floor(o.rate * o.duration)} requests`);
   const cpuT0 = performance.now();
   const udpDropsBefore = udpReceiveBufferErrors();
+  const statsRedis = o.redisStats ? new Redis(redisTarget(o.redisUrl), { maxRetriesPerRequest: 1 }) : undefined;
+  const statsBefore = statsRedis ? await commandStats(statsRedis) : undefined;
   const cpu = new CpuWindow(watched);
   mem.start();
   const load = await runOpenLoop({
@@ -228,6 +235,8 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   }
   const loadEndedMs = performance.now();
   const usage = cpu.finish();
+  const statsLines = statsRedis && statsBefore ? formatPerUnit(statsBefore, await commandStats(statsRedis), load.ok, 'accepted request', ' (whole server)') : [];
+  statsRedis?.disconnect();
   const udpDrops = udpReceiveBufferErrors() - udpDropsBefore;
   mem.stop();
   const metrics = await callsEnded();
@@ -301,6 +310,7 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     line(`  engine CPU per completed call: ${(ms / cancelled).toFixed(3)} ms (api + worker processes)`);
   }
   for (const l of mem.report('worker0 memory')) line(l);
+  for (const l of statsLines) line(l);
   if (o.profile.length) line(`cpu profiles: ${engine.profileDir} (written when the processes exit)`);
 }
 

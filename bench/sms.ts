@@ -29,6 +29,7 @@ import { runOpenLoop, type FireResult } from './lib/load.js';
 import { CpuWindow, formatCpu, loadAverages, machineDescription } from './lib/procstat.js';
 import { header, line } from './lib/report.js';
 import { redisPid, Stack } from './lib/stack.js';
+import { commandStats, formatPerUnit } from './lib/redis-stats.js';
 import { summarize, Tally } from './lib/stats.js';
 import { startSmsc, type TestSmsc } from '../test/helpers/smsc.js';
 import { Redis } from 'ioredis';
@@ -193,13 +194,7 @@ async function main(): Promise<void> {
       await new Promise((r) => setTimeout(r, 250));
     }
     const usage = cpu.finish();
-    if (statsBefore) {
-      const after = await commandStats(queueConnection);
-      const per = [...after].map(([cmd, [calls, usec]]) => [cmd, (calls - (statsBefore!.get(cmd)?.[0] ?? 0)) / load.ok, (usec - (statsBefore!.get(cmd)?.[1] ?? 0)) / load.ok] as const);
-      const used = per.filter(([, calls]) => calls > 0.001).sort((x, y) => y[1] - x[1]);
-      line(`Redis per verification (whole server, includes this bench's own polling): ${used.reduce((n, [, c]) => n + c, 0).toFixed(1)} commands, ${used.reduce((n, [, , u]) => n + u, 0).toFixed(0)} µs`);
-      line(`  ${used.map(([cmd, c, u]) => `${cmd} ${c.toFixed(2)} (${u.toFixed(0)} µs)`).join(', ')}`);
-    }
+    if (statsBefore) for (const l of formatPerUnit(statsBefore, await commandStats(queueConnection), load.ok, 'verification', " (whole server, this bench's own reads included)")) line(l);
     queueConnection.disconnect();
     await redis.quit();
     await producer.close();
@@ -239,13 +234,6 @@ async function main(): Promise<void> {
     await stack.cleanup();
     await smsc?.stop();
   }
-}
-
-/** INFO commandstats: command → [calls, usec]. */
-async function commandStats(redis: Redis): Promise<Map<string, [number, number]>> {
-  const out = new Map<string, [number, number]>();
-  for (const m of (await redis.info('commandstats')).matchAll(/^cmdstat_([^:]+):calls=(\d+),usec=(\d+)/gm)) out.set(m[1]!, [Number(m[2]), Number(m[3])]);
-  return out;
 }
 
 /** --prefill: `total` creations, `concurrency` at a time, as fast as the producer goes (bounded by count and 10 min). */
