@@ -321,7 +321,8 @@ export class SmsProcessor {
 
   /**
    * `known`: the account and workflow step the message id was mapped with (mapSmsMessage-5), so the
-   * record is not read here; without it (a parked or by-number receipt, a map of an older version) it is.
+   * record is not read here; without it (a receipt settled by a re-run after a crash, one matched by number,
+   * a map of an older version) it is.
    */
   private async applyReceipt(requestId: string, receipt: DeliveryReceipt, known?: Known): Promise<void> {
     const { redis, keys } = this.deps;
