@@ -41,7 +41,8 @@ export class MemorySampler {
       if (p && r) this.samples.push({ tSeconds: (performance.now() - this.t0) / 1000, rssBytes: p.rssBytes, ...r });
     };
     void take();
-    this.timer = setInterval(() => void take(), this.everyMs);
+    // Never what keeps the bench alive (a run that throws before stop() still exits).
+    this.timer = setInterval(() => void take(), this.everyMs).unref();
   }
 
   stop(): void {
