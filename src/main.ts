@@ -537,22 +537,27 @@ export async function runCli(argv: string[]): Promise<number> {
   if (command === 'start') {
     const role = values.role as Role;
     if (!['all', 'api', 'worker'].includes(role)) throw new AppError('usage', `--role must be all, api or worker, not "${role}"`);
-    const engine = await startEngine(config, role, logger);
-    await new Promise<void>((resolve) => {
+    // Listening for the signal before the engine starts: one that comes while it starts (a supervisor
+    // stopping it at once, or just after the start-up log line) is a graceful stop once it is up, not
+    // Node's default of dying on the spot.
+    const signalled = new Promise<void>((resolve) => {
       const onSignal = (signal: string) => {
         logger.info({ signal }, 'shutting down');
+        // Last resort: a stop step (or the rest of the start) that hangs (Redis gone ...) must not keep the
+        // process past its grace (worker.shutdownGraceMs, counted from the signal): exit 1 then. stop()
+        // plans to be done before.
+        const hard = setTimeout(() => {
+          logger.error({ grace_ms: config.worker.shutdownGraceMs }, 'shutdown grace exceeded; exiting');
+          process.exit(1);
+        }, config.worker.shutdownGraceMs);
+        hard.unref();
         resolve();
       };
       process.once('SIGTERM', () => onSignal('SIGTERM'));
       process.once('SIGINT', () => onSignal('SIGINT'));
     });
-    // Last resort: a stop step that hangs (Redis gone ...) must not keep the process past its grace
-    // (worker.shutdownGraceMs, counted from the signal): exit 1 then. stop() plans to be done before.
-    const hard = setTimeout(() => {
-      logger.error({ grace_ms: config.worker.shutdownGraceMs }, 'shutdown grace exceeded; exiting');
-      process.exit(1);
-    }, config.worker.shutdownGraceMs);
-    hard.unref();
+    const engine = await startEngine(config, role, logger);
+    await signalled;
     await engine.stop();
     return 0;
   }

@@ -38,8 +38,12 @@ export interface EngineCluster {
   readonly redis: Redis;
   readonly keys: Keys;
   readonly sealer: Sealer;
-  /** Starts one process of a role and waits until it is serving (api: /healthz; worker: "worker role started"). */
-  start(role: 'api' | 'worker' | 'all'): Promise<EngineProcess>;
+  /**
+   * Starts one process of a role and waits until it is serving (api: /healthz; worker: "worker role started").
+   * `signalOn`: send `signal` the moment the process writes `text` (from its output handler, without waiting),
+   * and return then: a signal during start-up.
+   */
+  start(role: 'api' | 'worker' | 'all', opts?: { signalOn?: { text: string; signal: NodeJS.Signals } }): Promise<EngineProcess>;
   account(balance?: number): Promise<{ account_id: string; auth: string }>;
   /** SIGKILLs whatever is still running, deletes the test's keys and files. */
   cleanup(): Promise<void>;
@@ -83,7 +87,7 @@ export async function engineCluster(overrides: Record<string, unknown>, opts: { 
     redis,
     keys,
     sealer,
-    async start(role) {
+    async start(role, opts = {}) {
       const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', 'start', '--role', role, '--config', configFile], {
         cwd: ROOT,
         env: { ...process.env, LOG_LEVEL: String((config.log as Record<string, unknown>).level) },
@@ -91,7 +95,15 @@ export async function engineCluster(overrides: Record<string, unknown>, opts: { 
       });
       procs.push(child);
       let out = '';
-      child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      let signalled = false;
+      const signalOn = opts.signalOn;
+      child.stdout!.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (signalOn && !signalled && out.includes(signalOn.text) && child.pid !== undefined) {
+          signalled = true;
+          process.kill(child.pid, signalOn.signal);
+        }
+      });
       child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
       const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
         child.once('exit', (code, signal) => r({ code, signal })),
@@ -111,6 +123,10 @@ export async function engineCluster(overrides: Record<string, unknown>, opts: { 
           if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) process.kill(child.pid, signal);
         },
       };
+      if (signalOn) {
+        await waitFor(async () => signalled || child.exitCode !== null || child.signalCode !== null, 20_000);
+        return p;
+      }
       await waitFor(
         async () => {
           if (child.exitCode !== null) throw new Error(`${role} process exited during start-up:\n${out}`);

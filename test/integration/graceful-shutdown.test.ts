@@ -112,6 +112,19 @@ describe('SIGTERM to a worker', { timeout: 60_000 }, () => {
     }
   });
 
+  it('a SIGTERM while the engine is still starting (`--role all`: the worker is up, the api not yet) is a graceful stop once it is up, not a kill', async () => {
+    cluster = await engineCluster(base('sip:127.0.0.1:9', {}));
+    const all = await cluster.start('all', { signalOn: { text: 'worker role started', signal: 'SIGTERM' } });
+    const exit = await all.waitExit(GRACE_MS + 4000);
+    expect(exit, all.output()).toMatchObject({ code: 0, signal: null, timedOut: false });
+    const out = all.output();
+    expect(out).toContain('"signal":"SIGTERM"');
+    expect(out).toContain('shutting down');
+    // The start ran to its end, then the engine stopped: nothing was left half-started.
+    expect(out.indexOf('api role listening')).toBeGreaterThan(-1);
+    expect(out).not.toContain('shutdown grace exceeded');
+  });
+
   it('exits at the grace deadline, with code 1, when a stop step hangs (Redis gone during the shutdown)', async () => {
     // A private Redis, killed before SIGTERM: closing the queues and the final QUITs then wait for a Redis that never returns.
     redisServer = await ownRedis();
