@@ -159,9 +159,12 @@ export interface EventRecord {
 export interface SmscState {
   settings: SmscSettings;
   sessions: SessionRecord[];
+  /** The first 100,000 submit_sm since the last reset (see `totals` for all of them). */
   submits: SubmitRecord[];
   receipts: ReceiptRecord[];
   events: EventRecord[];
+  /** Every submit_sm since the last reset, past the log's limit too: a soak's "nobody texted twice". */
+  totals: { submits: number; destinations: number; destinationsTwice: number };
 }
 
 export type SmscAction =

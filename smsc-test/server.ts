@@ -132,6 +132,9 @@ const t0 = performance.now();
 const now = (): number => Math.round((performance.now() - t0) * 10) / 10;
 const sessions = new Map<Session, SessionRecord>();
 let submits: SubmitRecord[] = [];
+/** submit_sm per destination, every one since the last reset (the log above stops at MAX_LOG). */
+let perDestination = new Map<string, number>();
+let submitTotal = 0;
 let receipts: ReceiptRecord[] = [];
 let events: EventRecord[] = [];
 let nextSessionId = 1;
@@ -376,6 +379,8 @@ function onSubmit(session: Session, rec: SessionRecord, pdu: PDU): void {
     status: null,
   };
   if (submits.length < MAX_LOG) submits.push(submit);
+  submitTotal += 1;
+  perDestination.set(submit.destination, (perDestination.get(submit.destination) ?? 0) + 1);
   if (settings.logSubmits) out({ event: 'submit', ...submit });
   // Bytes already buffered when the SMSC destroyed the socket: nobody can be answered, nothing is accepted.
   if (session.socket.destroyed) return;
@@ -559,7 +564,10 @@ function runAction(action: SmscAction, only: number | undefined): { session: num
 // --- control channel (loopback HTTP) ----------------------------------------------
 
 function state(): SmscState {
-  return { settings, sessions: [...sessions.values()], submits, receipts, events };
+  let destinationsTwice = 0;
+  for (const n of perDestination.values()) if (n > 1) destinationsTwice += 1;
+  const totals = { submits: submitTotal, destinations: perDestination.size, destinationsTwice };
+  return { settings, sessions: [...sessions.values()], submits, receipts, events, totals };
 }
 
 async function body(req: IncomingMessage): Promise<unknown> {
@@ -591,6 +599,8 @@ const control = createHttpServer((req, res) => {
         // Forget everything that is over: logs, closed sessions, receipts still being retried.
         for (const r of receipts) r.done = true;
         submits = [];
+        perDestination = new Map();
+        submitTotal = 0;
         receipts = [];
         events = [];
         for (const [s, rec] of sessions) if (rec.closedAt !== null) sessions.delete(s);
