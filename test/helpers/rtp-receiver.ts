@@ -34,8 +34,12 @@ export async function startRtpReceiver(): Promise<RtpReceiver> {
 }
 
 /** The decoded audio of a stream, packets in sequence order. */
-export function decodeStream(codec: G711Codec, packets: readonly RtpHeader[]): Int16Array {
-  const sorted = [...packets].sort((a, b) => a.sequence - b.sequence);
+export function decodeStream(codec: G711Codec, packets: readonly ReceivedPacket[]): Int16Array {
+  // In sequence order from the stream's first packet, across the 16-bit wrap (the first sequence number is
+  // random: a plain numeric sort put the packets after 65535 → 0 first, about once in a thousand runs).
+  const first = packets.reduce<ReceivedPacket | undefined>((f, p) => (f === undefined || p.at < f.at ? p : f), undefined);
+  const from = first?.sequence ?? 0;
+  const sorted = [...packets].sort((a, b) => ((a.sequence - from) & 0xffff) - ((b.sequence - from) & 0xffff));
   return decode(codec, Buffer.concat(sorted.map((p) => p.payload)));
 }
 
