@@ -24,14 +24,13 @@ export async function recordAttemptFields(redis: Redis, key: string, step: numbe
 export async function recordAttemptEvent(
   redis: Redis,
   key: string,
-  stream: string,
   publisher: EventPublisher,
   event: DeliveryEvent,
   fields: Record<string, string>,
 ): Promise<boolean> {
   const flat = Object.entries(fields).flat();
   const step = event.step === undefined ? '' : String(event.step);
-  return (await scripts.recordAttemptEvent.run(redis, [key, stream], [step, flat.length, ...flat, ...publisher.streamArgs(event)])) === 1;
+  return (await scripts.recordAttemptEvent.run(redis, [key, publisher.stream], [step, flat.length, ...flat, ...publisher.streamArgs(event)])) === 1;
 }
 
 /** How often a call in progress looks whether its request still wants it (canceled, verified, step timed out ...). */

@@ -87,7 +87,7 @@ export class FlashProcessor {
       onRinging: (callId, sipStatus) => {
         // The event and the mark in one script, the event first: a re-run that finds the mark knows the delivery is done.
         const delivered = { ...base, status: 'delivered' as const, detail: { sip_status: sipStatus, call_id: callId, trunk: trunk.name, range: reserved.range.prefix } };
-        recordAttemptEvent(redis, key, this.deps.keys.events(), events, delivered, { rang_at: String(Date.now()) }).catch((err: Error) =>
+        recordAttemptEvent(redis, key, events, delivered, { rang_at: String(Date.now()) }).catch((err: Error) =>
           log.error({ err: err.message }, 'could not publish delivered event'),
         );
       },

@@ -367,7 +367,7 @@ export class SmsProcessor {
     const { redis, keys, events } = this.deps;
     return (await scripts.settleSms.run(
       redis,
-      [keys.verification(requestId), keys.events(), earlyKey],
+      [keys.verification(requestId), events.stream, earlyKey],
       [messageId, state, step === undefined ? '' : String(step), ...events.streamArgs(event)],
     )) as 'published' | 'pending' | 'duplicate' | 'gone' | 'other_step';
   }

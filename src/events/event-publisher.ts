@@ -24,12 +24,17 @@ export class EventPublisher {
     private readonly maxLen: number,
   ) {}
 
+  /** The stream's key: for a Lua script that writes an event (with `streamArgs`) atomically with its record. */
+  get stream(): string {
+    return this.keys.events();
+  }
+
   async publish(e: DeliveryEvent): Promise<string> {
-    const id = await this.redis.xadd(this.keys.events(), ...(this.streamArgs(e) as ['MAXLEN', '~', number, '*', ...string[]]));
+    const id = await this.redis.xadd(this.stream, ...(this.streamArgs(e) as ['MAXLEN', '~', number, '*', ...string[]]));
     return id ?? '';
   }
 
-  /** XADD arguments after the stream key for `e`, for a Lua script that writes the event atomically with its record (settleSms-3). */
+  /** XADD arguments after the stream key for `e`, for a Lua script that writes the event atomically with its record (settleSms-3, recordAttemptEvent-2). */
   streamArgs(e: DeliveryEvent): (string | number)[] {
     return [
       'MAXLEN',

@@ -36,7 +36,7 @@ describe('recordAttemptEvent (real Redis)', () => {
   it('writes the event, then the fields on the current attempt', async () => {
     const key = keys.verification('r1');
     await redis.hset(key, { account_id: 'acct-1', status: 'sent' });
-    expect(await recordAttemptEvent(redis, key, keys.events(), publisher, delivered('r1'), { rang_at: '1234' })).toBe(true);
+    expect(await recordAttemptEvent(redis, key, publisher, delivered('r1'), { rang_at: '1234' })).toBe(true);
     expect(await redis.hget(key, 'rang_at')).toBe('1234');
     const [e] = await eventsFor('r1');
     expect(e).toMatchObject({ event: 'verification.delivered', status: 'delivered', account_id: 'acct-1', method: 'flash_call' });
@@ -46,16 +46,16 @@ describe('recordAttemptEvent (real Redis)', () => {
   it('a call of a workflow step that is over: the event is written, the next step\'s fields are left alone', async () => {
     const key = keys.verification('r2');
     await redis.hset(key, { account_id: 'acct-1', wf_step: '1', wf_steps: '2' });
-    expect(await recordAttemptEvent(redis, key, keys.events(), publisher, delivered('r2', 0), { rang_at: '99' })).toBe(false);
+    expect(await recordAttemptEvent(redis, key, publisher, delivered('r2', 0), { rang_at: '99' })).toBe(false);
     expect(await redis.hget(key, 'rang_at')).toBeNull();
     expect((await eventsFor('r2')).map((e) => [e.status, e.step, e.steps])).toEqual([['delivered', '0', '2']]);
     // Its own step: written.
-    expect(await recordAttemptEvent(redis, key, keys.events(), publisher, delivered('r2', 1), { rang_at: '100' })).toBe(true);
+    expect(await recordAttemptEvent(redis, key, publisher, delivered('r2', 1), { rang_at: '100' })).toBe(true);
     expect(await redis.hget(key, 'rang_at')).toBe('100');
   });
 
   it('a record that is gone gets no fields (the event is written, as a plain publish would have been)', async () => {
-    expect(await recordAttemptEvent(redis, keys.verification('r3'), keys.events(), publisher, delivered('r3'), { rang_at: '5' })).toBe(false);
+    expect(await recordAttemptEvent(redis, keys.verification('r3'), publisher, delivered('r3'), { rang_at: '5' })).toBe(false);
     expect(await redis.exists(keys.verification('r3'))).toBe(0);
     expect(await eventsFor('r3')).toHaveLength(1);
   });
