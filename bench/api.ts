@@ -12,7 +12,7 @@
  */
 import { parseBenchArgs, STACK_OPTIONS, STACK_USAGE } from './lib/args.js';
 import { startFlashverify } from './lib/engine.js';
-import { httpFirer, runOpenLoop, type FireResult, type LoadResult } from './lib/load.js';
+import { httpClientArg, httpFirer, runOpenLoop, type FireResult, type LoadResult } from './lib/load.js';
 import { CpuWindow, formatCpu, loadAverages, machineDescription } from './lib/procstat.js';
 import { header, line } from './lib/report.js';
 import { redisPid, Stack } from './lib/stack.js';
@@ -24,6 +24,7 @@ const USAGE = `npm run bench -- api [options]
   --api-procs N      --role api processes, requests spread round-robin (default 1)
   --connections N    keep-alive connections per api process (default 64)
   --via http|queue   HTTP (default), or the in-process producer straight into BullMQ
+  --client raw|node  the generator's HTTP client: raw (default, bench/lib/raw-http.ts) or node:http
   --log-level L      engine log level (default warn)
   --profile api      run the api processes under node --cpu-prof
 ${STACK_USAGE}`;
@@ -35,6 +36,7 @@ async function main(): Promise<void> {
     'api-procs': { type: 'string', default: '1' },
     connections: { type: 'string', default: '64' },
     via: { type: 'string', default: 'http' },
+    client: { type: 'string', default: 'raw' },
     'log-level': { type: 'string', default: 'warn' },
     profile: { type: 'string' },
     ...STACK_OPTIONS,
@@ -45,6 +47,7 @@ async function main(): Promise<void> {
   const apiProcs = a.num('api-procs', 1, 8);
   const via = a.str('via');
   if (via !== 'http' && via !== 'queue') throw new Error('--via must be http or queue');
+  const client = httpClientArg(a.str('client'));
   const profile = a.list('profile');
   const stack = new Stack(a.str('redis-url'), a.bool('keep-logs') || profile.length > 0);
   stack.hardCap(duration + 240);
@@ -76,6 +79,7 @@ async function main(): Promise<void> {
         connections: a.num('connections', 1, 1024),
         timeoutMs: 10_000,
         wantRequestId: false,
+        client,
       });
     } else {
       const { FlashVerifyProducer, ApiError } = await import('../src/producer.js');

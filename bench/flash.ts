@@ -22,7 +22,7 @@ import { Redis } from 'ioredis';
 import { redisTarget } from '../src/store/redis.js';
 import { parseBenchArgs } from './lib/args.js';
 import { scrape, startFlashverify, sumMetric, type RunningEngine } from './lib/engine.js';
-import { httpFirer, runOpenLoop, type FireResult, type LoadResult } from './lib/load.js';
+import { httpClientArg, httpFirer, runOpenLoop, type FireResult, type HttpClientKind, type LoadResult } from './lib/load.js';
 import { CpuWindow, formatCpu, loadAverages, machineDescription, udpReceiveBufferErrors, type WatchedProcess } from './lib/procstat.js';
 import { header, line, MemorySampler } from './lib/report.js';
 import { freeSipPort, readSippStats, redisPid, SIP_TEST, Stack } from './lib/stack.js';
@@ -38,6 +38,7 @@ const USAGE = `npm run bench -- flash [options]
   --api-procs N      --role api processes, requests spread round-robin (default 1)
   --via http|queue   HTTP API (default) or straight into BullMQ with the in-process producer
   --connections N    keep-alive connections per api process (default 64)
+  --client raw|node  the generator's HTTP client: raw (default, bench/lib/raw-http.ts) or node:http
   --cps N            sip.trunks[].cps per worker (default: 2 × rate / workers)
   --concurrency N    worker.flashConcurrency (default: enough for rate × (ring + 1 s) × 1.5 per worker)
   --log-level L      engine log level (default warn: one info line per request costs CPU at load)
@@ -61,6 +62,7 @@ interface FlashOpts {
   apiProcs: number;
   via: string;
   connections: number;
+  client: HttpClientKind;
   cps: number;
   concurrency: number;
   logLevel: string;
@@ -86,6 +88,7 @@ async function main(): Promise<void> {
     'api-procs': { type: 'string', default: '1' },
     via: { type: 'string', default: 'http' },
     connections: { type: 'string', default: '64' },
+    client: { type: 'string', default: 'raw' },
     cps: { type: 'string' },
     concurrency: { type: 'string' },
     'log-level': { type: 'string', default: 'warn' },
@@ -113,6 +116,7 @@ async function main(): Promise<void> {
     apiProcs: a.num('api-procs', 1, 8),
     via: a.str('via'),
     connections: a.num('connections', 1, 1024),
+    client: httpClientArg(a.str('client')),
     // Headroom over the offered rate: a token bucket paced at exactly the arrival rate never
     // drains a backlog (one start-up stall would delay every later call by the same amount).
     cps: a.str('cps') ? a.num('cps', 1, 100_000) : Math.ceil((2 * rate) / workers),
@@ -328,6 +332,7 @@ async function makeFirer(engine: RunningEngine, o: FlashOpts): Promise<{ fire(i:
       connections: o.connections,
       timeoutMs: 10_000,
       wantRequestId: true,
+      client: o.client,
     });
   }
   const { FlashVerifyProducer, ApiError } = await import('../src/producer.js');

@@ -2,9 +2,11 @@
  * Open-loop load: calls `fire(i)` for request i at its due time (see
  * OpenLoopSchedule), never waiting for earlier answers, and records for each
  * request its due time, when it actually left, when it finished and how.
- * HTTP requests go through keep-alive agents (`httpFirer`).
+ * HTTP requests go over keep-alive connections (`httpFirer`): the lean client
+ * of raw-http.ts by default, node:http's agent with `client: 'node'`.
  */
 import http from 'node:http';
+import { RawHttpPool } from './raw-http.js';
 import { OpenLoopSchedule } from './schedule.js';
 import { Tally } from './stats.js';
 
@@ -118,6 +120,14 @@ export async function runOpenLoop(o: LoadOptions): Promise<LoadResult> {
   return { total: n, sent, ok, failures, startEpochMs, due, sentAt, doneAt, okFlags, requestIds, elapsedMs: Math.max(lastDone, performance.now() - t0) };
 }
 
+export type HttpClientKind = 'raw' | 'node';
+
+/** `--client`'s value, checked. */
+export function httpClientArg(v: string): HttpClientKind {
+  if (v !== 'raw' && v !== 'node') throw new Error(`--client must be raw or node (got ${v})`);
+  return v;
+}
+
 export interface HttpTarget {
   host: string;
   port: number;
@@ -139,7 +149,32 @@ export function httpFirer(opts: {
   timeoutMs: number;
   /** Read `request_id` from the answer. */
   wantRequestId: boolean;
+  /** 'raw' (default): raw-http.ts, a fraction of node:http's CPU per request; 'node': node:http's agent. */
+  client?: HttpClientKind;
 }): { fire(i: number): Promise<FireResult>; close(): void } {
+  const answer = (status: number, text: string): FireResult => {
+    if (status === opts.expectStatus) {
+      if (!opts.wantRequestId) return { ok: true };
+      const m = /"request_id"\s*:\s*"([^"]+)"/.exec(text);
+      return { ok: true, requestId: m?.[1] };
+    }
+    const code = /"error"\s*:\s*"([^"]+)"/.exec(text)?.[1] ?? '';
+    return { ok: false, kind: `http_${status}${code ? ` ${code}` : ''}` };
+  };
+  if ((opts.client ?? 'raw') === 'raw') {
+    const pools = opts.targets.map((t) => new RawHttpPool(t.host, t.port, opts.connections, opts.timeoutMs));
+    const heads = opts.targets.map((t) => {
+      const extra = Object.entries(opts.headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+      return `POST ${opts.path} HTTP/1.1\r\nHost: ${t.host}:${t.port}\r\n${extra}Content-Type: application/json\r\nContent-Length: `;
+    });
+    const fire = async (i: number): Promise<FireResult> => {
+      const k = i % pools.length;
+      const body = opts.body(i);
+      const r = await pools[k]!.request(`${heads[k]!}${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      return 'error' in r ? { ok: false, kind: r.error } : answer(r.status, r.body);
+    };
+    return { fire, close: () => pools.forEach((p) => p.close()) };
+  }
   const agents = opts.targets.map(() => new http.Agent({ keepAlive: true, maxSockets: opts.connections, maxFreeSockets: opts.connections, scheduling: 'fifo' }));
   const fire = (i: number): Promise<FireResult> =>
     new Promise<FireResult>((resolve) => {
@@ -158,16 +193,7 @@ export function httpFirer(opts: {
         (res) => {
           const chunks: Buffer[] = [];
           res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('end', () => {
-            const text = Buffer.concat(chunks).toString('utf8');
-            if (res.statusCode === opts.expectStatus) {
-              if (!opts.wantRequestId) return resolve({ ok: true });
-              const m = /"request_id"\s*:\s*"([^"]+)"/.exec(text);
-              return resolve({ ok: true, requestId: m?.[1] });
-            }
-            const code = /"error"\s*:\s*"([^"]+)"/.exec(text)?.[1] ?? '';
-            resolve({ ok: false, kind: `http_${res.statusCode ?? 0}${code ? ` ${code}` : ''}` });
-          });
+          res.on('end', () => resolve(answer(res.statusCode ?? 0, Buffer.concat(chunks).toString('utf8'))));
           res.on('error', (err: NodeJS.ErrnoException) => resolve({ ok: false, kind: err.code ?? err.message }));
         },
       );
