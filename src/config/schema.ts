@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { getCountryCallingCode, isSupportedCountry, parsePhoneNumberFromString, type CountryCode } from 'libphonenumber-js';
 import { SmsTextError, validateTemplate } from '../sms/text.js';
 
 /**
@@ -9,7 +10,7 @@ import { SmsTextError, validateTemplate } from '../sms/text.js';
 
 const e164Prefix = z
   .string()
-  .regex(/^\+[1-9]\d{3,13}$/, 'must be E.164 digits with a leading + (e.g. "+4419087300")');
+  .regex(/^\+[1-9]\d{3,13}$/, 'must be E.164 digits with a leading + (e.g. "+44190873")');
 
 const sipUri = z
   .string()
@@ -51,7 +52,32 @@ export const rangeSchema = z
     /** ISO 3166-1 alpha-2 country of the range. */
     country: z.string().regex(/^[A-Z]{2}$/, 'must be an ISO 3166-1 alpha-2 code such as "GB"'),
   })
-  .strict();
+  .strict()
+  .superRefine((r, ctx) => {
+    const problem = cliRangeProblem(r.prefix, r.country);
+    if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['prefix'], message: problem });
+  });
+
+/**
+ * Why a DID range's caller IDs (prefix + 4-digit code) would not be numbers of its country, or undefined when they
+ * are: a caller ID of the wrong length is rewritten or refused by carriers, or shown to the user as garbage. Checked
+ * on the lowest and highest CLI of the range against libphonenumber-js's possible lengths (not its allocation data,
+ * which lags new ranges).
+ */
+export function cliRangeProblem(prefix: string, country: string): string | undefined {
+  if (!/^\+[1-9]\d{3,13}$/.test(prefix) || !/^[A-Z]{2}$/.test(country)) return undefined; // the field checks say so
+  if (!isSupportedCountry(country)) return `country ${country} is not a country libphonenumber-js knows`;
+  const cc = getCountryCallingCode(country as CountryCode);
+  if (!prefix.startsWith(`+${cc}`)) return `${prefix} is not a ${country} number: ${country} numbers start with +${cc}`;
+  for (const cli of [`${prefix}0000`, `${prefix}9999`]) {
+    const n = parsePhoneNumberFromString(cli);
+    if (!n || !n.isPossible()) {
+      const national = cli.length - 1 - cc.length;
+      return `caller IDs of this range (${prefix}0000-${prefix}9999, prefix + 4-digit code) have ${national} digits after +${cc}, which is not a possible ${country} number length: use a prefix with 4 digits fewer than a full ${country} number (e.g. "+44190873" gives +441908730000-+441908739999)`;
+    }
+  }
+  return undefined;
+}
 
 /** SMS sender address: alphanumeric (TON 5, NPI 0) or an international number (TON 1, NPI 1). */
 export const smsSenderSchema = z

@@ -82,7 +82,7 @@ describe('flash call verified end to end (engine process + SIPp)', () => {
     // What the handset shows: the caller ID of the INVITE that reached it.
     const invite = await uas.waitForMessage((m) => m.direction === 'received' && m.method === 'INVITE', 10_000);
     const callerId = sipUriUser(invite.header('from'))!;
-    expect(callerId).toMatch(/^\+4419087300\d{4}$/);
+    expect(callerId).toMatch(/^\+44190873\d{4}$/);
     expect((await uas.waitForExit(10_000)).code).toBe(0); // rang, got CANCEL, sent 487, got ACK
 
     const delivered = await waitFor(async () => {

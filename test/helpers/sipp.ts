@@ -12,7 +12,7 @@
  *   const exit = await uas.waitForExit(10_000);
  *   expect(exit.code).toBe(0);
  *   const invite = uas.requests('INVITE')[0];
- *   expect(sipUriUser(invite?.header('p-asserted-identity'))).toBe('+4419087300...');
+ *   expect(sipUriUser(invite?.header('p-asserted-identity'))).toBe('+44190873....');
  *   await uas.stop();
  *
  * Scenarios live in sip-test/ (see sip-test/README.md); `scenario` is the

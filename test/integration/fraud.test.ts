@@ -415,13 +415,13 @@ describe('DID range health and quarantine', () => {
       keys: t.keys,
       // Judged on every outcome (the engine judges a range at most once per judgeIntervalMs).
       config: { enabled: true, minSample: 4, maxRejectRatio: 0.5, minConversionRatio: 0.25, windowSeconds: 600, conversionGraceSeconds: 60, quarantineSeconds: 60, judgeIntervalMs: 0 },
-      ranges: ['+4419087300', '+4419087301'],
+      ranges: ['+44190873', '+44190874'],
       logger,
       now: () => now,
       cacheMs: 0,
     });
-    const A = '+4419087300';
-    const B = '+4419087301';
+    const A = '+44190873';
+    const B = '+44190874';
     // Rejected: 3 of 4 refused with 403/603 (> 0.5) once the sample is big enough.
     expect(await health.recordDial(A, { sent: false, rejected: true })).toBeUndefined();
     expect(await health.recordDial(A, { sent: true, rejected: false })).toBeUndefined();
@@ -477,8 +477,8 @@ describe('DID range health and quarantine', () => {
   });
 
   it('end to end: a range whose calls ring but are never verified is quarantined (unverified); a verified call counts for its range', async () => {
-    const A = '+4419087300';
-    const B = '+4419087301';
+    const A = '+44190873';
+    const B = '+44190874';
     const t = await startWithSipp('uas-ring-cancel', 16, {
       numbers: { ranges: [{ prefix: A, country: 'GB' }, { prefix: B, country: 'GB' }] },
       // One-second buckets judged as soon as they end: sends of a second ago are the cohort.
@@ -519,8 +519,8 @@ describe('DID range health and quarantine', () => {
   }, 90_000);
 
   it('end to end: a range rejected with 603 is quarantined, the next call uses the other range, the gauge shows it', async () => {
-    const A = '+4419087300';
-    const B = '+4419087301';
+    const A = '+44190873';
+    const B = '+44190874';
     const t = await startWithSipp('uas-decline-603', 6, {
       numbers: { ranges: [{ prefix: A, country: 'GB' }, { prefix: B, country: 'GB' }] },
       fraud: { rangeHealth: { minSample: 2, maxRejectRatio: 0.5, minConversionRatio: 0, quarantineSeconds: 600, judgeIntervalMs: 0 } },

@@ -59,7 +59,7 @@ describe('GET /metrics on the API listener', () => {
     expect(sample(text, 'flashverify_calls_total', { method: 'flash_call', trunk: 'sipp', outcome: 'cancelled' })).toBe(1);
     expect(sample(text, 'flashverify_post_dial_delay_seconds_count', { trunk: 'sipp' })).toBe(1);
     // A GB number: the CLI came from the GB range of config/default.yaml.
-    expect(sample(text, 'flashverify_range_sent_total', { range: '+4419087300' })).toBe(1);
+    expect(sample(text, 'flashverify_range_sent_total', { range: '+44190873' })).toBe(1);
     // Default process metrics ride along on the same registry.
     expect(sample(text, 'process_cpu_user_seconds_total')).toBeGreaterThanOrEqual(0);
     expect(sample(text, 'flashverify_active_calls')).toBeGreaterThanOrEqual(0);
@@ -68,10 +68,10 @@ describe('GET /metrics on the API listener', () => {
 
     // The user types the last digits of the caller ID: the range's verified counter follows.
     const cli = sipUriUser(uas!.requests('INVITE')[0]!.header('from')) ?? '';
-    expect(cli).toMatch(/^\+4419087300\d{4}$/);
+    expect(cli).toMatch(/^\+44190873\d{4}$/);
     const checked = await http(`${engine!.url}/v1/verify/check`, { auth, body: { request_id: requestId, code: cli.slice(-4) } });
     expect(checked.body.status).toBe('verified');
-    await waitFor(async () => sample(await scrape(engine!.url), 'flashverify_range_verified_total', { range: '+4419087300' }) === 1);
+    await waitFor(async () => sample(await scrape(engine!.url), 'flashverify_range_verified_total', { range: '+44190873' }) === 1);
   });
 
   it('counts a call the far end refused with 486 as outcome busy, without a post-dial delay', async () => {

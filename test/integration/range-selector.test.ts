@@ -16,9 +16,9 @@ describe('RangeSelector (real Redis)', () => {
   const sealer = new Sealer(randomBytes(32));
   const mac = (cli: string) => sealer.mac('cli', cli);
   const ranges = [
-    { prefix: '+4419087300', country: 'GB' },
-    { prefix: '+4420345600', country: 'GB' },
-    { prefix: '+3319087300', country: 'FR' },
+    { prefix: '+44190873', country: 'GB' },
+    { prefix: '+44203456', country: 'GB' },
+    { prefix: '+3319087', country: 'FR' },
   ];
 
   it('prefers ranges of the destination country, then any other', async () => {
@@ -42,7 +42,7 @@ describe('RangeSelector (real Redis)', () => {
     expect(await s.reserve('GB', '4321', 'dest-x')).toBeNull();
     // Another destination is not affected, and the cooldown expires.
     expect(await s.reserve('GB', '4321', 'dest-y')).not.toBeNull();
-    const ttl = await redis.ttl(keys.cliCooldown(mac('+44190873004321'), 'dest-x'));
+    const ttl = await redis.ttl(keys.cliCooldown(mac('+441908734321'), 'dest-x'));
     expect(ttl).toBeGreaterThan(0);
     expect(ttl).toBeLessThanOrEqual(60);
   });

@@ -177,7 +177,7 @@ describe('secrecy: nothing secret in logs, Redis, events or webhooks', () => {
     const flashInvite = await f.uas.waitForMessage((m) => m.method === 'INVITE', 10_000);
     // As a handset would: the code is the last 4 digits of the caller ID.
     const flashCli = sipUriUser(flashInvite.header('from'))!;
-    expect(flashCli).toMatch(/^\+4419087300\d{4}$/);
+    expect(flashCli).toMatch(/^\+44190873\d{4}$/);
     const flashCode = flashCli.slice(-4);
     await waitStatus(f.t, flashId, ['delivered'], 15_000);
     const wrongCode = String((Number(flashCode) + 1) % 10_000).padStart(4, '0');
@@ -209,7 +209,7 @@ describe('secrecy: nothing secret in logs, Redis, events or webhooks', () => {
     const busyId = String(busyCreated.body.request_id);
     const busyInvite = await b.uas.waitForMessage((m) => m.method === 'INVITE', 10_000);
     const busyCli = sipUriUser(busyInvite.header('from'))!;
-    expect(busyCli).toMatch(/^\+4419087300\d{4}$/);
+    expect(busyCli).toMatch(/^\+44190873\d{4}$/);
     const busyCode = busyCli.slice(-4);
     await waitStatus(b.t, busyId, ['failed'], 15_000);
     expect((await b.uas.waitForExit(10_000)).code).toBe(0);

@@ -27,7 +27,7 @@ import {
   type SippUacOptions,
 } from '../helpers/sipp.js';
 
-const CLI = '+44190873004321';
+const CLI = '+441908734321';
 
 const started: SippUas[] = [];
 async function uas(opts: SippUasOptions): Promise<SippUas> {

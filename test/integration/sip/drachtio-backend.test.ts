@@ -98,7 +98,7 @@ function flash(originator: DrachtioOriginator | EmbeddedSipOriginator, t: TrunkC
   let ringingStatus: number | undefined;
   return placeFlashCall(originator, {
     to: '+447700900123',
-    cli: '+44190873001234',
+    cli: '+441908731234',
     trunk: t,
     ringMs: RING_MS,
     ringingTimeoutMs: RINGING_TIMEOUT_MS,
@@ -173,8 +173,8 @@ describe.each(['embedded', 'drachtio'] as const)('flash-call outcome table on th
         checkDigest(fake!.wire('INVITE').filter((r) => r.callId === result.callId).map((r) => r.sip));
         expect(fake!.authorizations.filter((a) => a.callId === result.callId).map((a) => a.valid)).toEqual([true]);
       }
-      expect(sipUriUser(invite.sip.header('from'))).toBe('+44190873001234');
-      expect(sipUriUser(invite.sip.header('p-asserted-identity'))).toBe('+44190873001234');
+      expect(sipUriUser(invite.sip.header('from'))).toBe('+441908731234');
+      expect(sipUriUser(invite.sip.header('p-asserted-identity'))).toBe('+441908731234');
       expect(invite.uri).toBe('sip:+447700900123@192.0.2.10:5060;user=phone');
       expect(invite.sip.body).toBe('');
       expect(drachtio!.activeCalls).toBe(0);
@@ -199,7 +199,7 @@ describe.each(['embedded', 'drachtio'] as const)('flash-call outcome table on th
 function flashLong(originator: DrachtioOriginator): Promise<FlashResult> {
   return placeFlashCall(originator, {
     to: '+447700900123',
-    cli: '+44190873001234',
+    cli: '+441908731234',
     trunk: trunk('sip:192.0.2.10:5060'),
     ringMs: 20_000,
     ringingTimeoutMs: 5000,
@@ -297,7 +297,7 @@ describe('drachtio backend: connection to drachtio-server', () => {
     const result = await new Promise<FlashResult>((resolve) => {
       void placeFlashCall(drachtio!, {
         to: '+447700900123',
-        cli: '+44190873001234',
+        cli: '+441908731234',
         trunk: trunk('sip:192.0.2.10:5060'),
         ringMs: 5000,
         ringingTimeoutMs: 5000,
@@ -439,7 +439,7 @@ describe('drachtio backend: connection to drachtio-server', () => {
     const events: string[] = [];
     await new Promise<void>((resolve) => {
       drachtio!.originate(
-        { to: '+447700900123', from: '+44190873001234', trunk: trunk('sip:192.0.2.10:5060'), logger },
+        { to: '+447700900123', from: '+441908731234', trunk: trunk('sip:192.0.2.10:5060'), logger },
         {
           onAnswered: (_sdp, crossed) => events.push(`answered:${crossed}`),
           onRemoteHangup: () => events.push('remote_hangup'),
@@ -479,7 +479,7 @@ describe('drachtio backend: voice call smoke test', () => {
       const player: MediaPlayer = { createSession: async () => session, stop: async () => undefined };
       const result = await placeVoiceCall(drachtio, player, {
         to: '+447700900123',
-        from: '+44190873001234',
+        from: '+441908731234',
         trunk: trunk('sip:192.0.2.10:5060'),
         announcement: { language: 'en', items: [{ silenceMs: 300 }] },
         answerTimeoutMs: 2000,
@@ -552,7 +552,7 @@ describe('drachtio backend through the engine', () => {
     expect(events.map((e) => e.status)).toEqual(['sent', 'delivered']);
     expect(JSON.parse(events[1]!.detail!)).toMatchObject({ sip_status: 180, trunk: 'carrier' });
     expect(fake.wire().map((r) => r.method)).toEqual(['INVITE', 'CANCEL', 'ACK']);
-    expect(sipUriUser(fake.wire('INVITE')[0]!.sip.header('from'))).toMatch(/^\+4419087300\d{4}$/);
+    expect(sipUriUser(fake.wire('INVITE')[0]!.sip.header('from'))).toMatch(/^\+44190873\d{4}$/);
 
     // drachtio-server goes away: readiness reports it.
     await fake.pause();

@@ -99,6 +99,30 @@ describe('loadConfig', () => {
     }
   });
 
+  it('refuses a DID range whose caller IDs would not be numbers of its country, and says why', () => {
+    // The shipped GB range gives the contract's example caller ID for code 1234 (10 digits after +44).
+    expect(loadConfig({ env: {} }).numbers.ranges.find((r) => r.country === 'GB')!.prefix + '1234').toBe('+441908731234');
+    const errorOf = (ranges: string): string => {
+      try {
+        loadConfig({ file: yamlFile(`numbers:\n  ranges:\n${ranges}`), env: {} });
+      } catch (e) {
+        expect(e).toBeInstanceOf(ConfigError);
+        return (e as ConfigError).issues.join('\n');
+      }
+      return '';
+    };
+    // Two digits too many: +44190873000000-+44190873009999 are 12 digits after +44.
+    expect(errorOf('    - { prefix: "+4419087300", country: GB }\n')).toMatch(
+      /numbers\.ranges\.0\.prefix: caller IDs of this range \(\+44190873000000-\+44190873009999.*12 digits after \+44, which is not a possible GB number length/,
+    );
+    // Too short for a US number, and a prefix of another country's calling code.
+    expect(errorOf('    - { prefix: "+12125", country: US }\n')).toMatch(/8 digits after \+1/);
+    expect(errorOf('    - { prefix: "+44190873", country: FR }\n')).toMatch(/\+44190873 is not a FR number: FR numbers start with \+33/);
+    expect(errorOf('    - { prefix: "+44190873", country: XX }\n')).toMatch(/country XX is not a country libphonenumber-js knows/);
+    // Possible numbers load.
+    expect(errorOf('    - { prefix: "+44190873", country: GB }\n    - { prefix: "+1212555", country: US }\n    - { prefix: "+3319087", country: FR }\n')).toBe('');
+  });
+
   it('reports unreadable and invalid YAML files', () => {
     expect(() => loadConfig({ file: '/nonexistent/flashverify.yaml', env: {} })).toThrow(/cannot read/);
     expect(() => loadConfig({ file: yamlFile('http: [unclosed'), env: {} })).toThrow(/not valid YAML/);
