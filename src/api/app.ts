@@ -14,7 +14,7 @@ import { Idempotency, parseIdempotencyKey } from './idempotency.js';
 import { adminApi, type FraudAdmin } from './admin.js';
 import { openApiDocument } from './openapi.js';
 import { consumeRateLimit } from './rate-limit.js';
-import { AuthGuard } from './auth-guard.js';
+import { AuthGuard, rateLimitHeaders } from './auth-guard.js';
 
 export interface ApiDeps {
   config: Readonly<Config>;
@@ -102,6 +102,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
         await rateLimit(req.account, reply, redis, keys, config.api.defaultRateLimitPerSecond);
       });
       v1.addHook('preValidation', async (req) => {
+        if (req.routeOptions.url === undefined) return; // no such route: the 404 below, whatever the body
         // Cancel takes no body (an empty JSON object is fine too).
         const bodyless = req.routeOptions.url === '/v1/verify/:id/cancel' && (req.body === undefined || req.body === null);
         if (req.method === 'POST' && !bodyless && (typeof req.body !== 'object' || req.body === null || Array.isArray(req.body))) {
@@ -134,6 +135,11 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
       v1.get<{ Querystring: { from?: string; to?: string } }>('/usage', async (req) =>
         usage(redis, keys, req.account!, req.query.from, req.query.to),
       );
+      // An unknown /v1 route is answered after the hooks above, like every /v1 request: authenticated, counted,
+      // with the rate-limit headers.
+      v1.setNotFoundHandler((req, reply) => {
+        void reply.status(404).send({ error: 'not_found', message: `no route ${req.method} ${req.url.split('?')[0]}` });
+      });
     },
     { prefix: '/v1' },
   );
@@ -151,7 +157,9 @@ async function authenticate(req: FastifyRequest, reply: FastifyReply, accounts: 
   if (!account) {
     void reply.header('WWW-Authenticate', 'Basic realm="FlashVerify"');
     // Counted atomically per address and per key; slows down, then locks the address out (429 + Retry-After).
-    await guard.failed(req.ip, sep > 0 ? decoded.slice(0, sep) : undefined);
+    // No key's rate limit applies to a 401: its X-RateLimit-* headers give the address's failure budget.
+    const budget = await guard.failed(req.ip, sep > 0 ? decoded.slice(0, sep) : undefined);
+    for (const [name, value] of Object.entries(rateLimitHeaders(budget))) void reply.header(name, value);
     throw new ApiError('unauthorized');
   }
   // Pending and suspended accounts may still read; they may not start verifications.
@@ -182,7 +190,10 @@ async function usage(redis: Redis, keys: Keys, account: Account, from?: string, 
   };
   const today = Date.parse(`${utcDay(Date.now())}T00:00:00Z`);
   const toMs = parse(to, 'to', today);
-  const fromMs = parse(from, 'from', toMs - 30 * day);
+  // The contract: from defaults to 30 days ago. A `to` before that, with no `from`, gets the 30 days up to `to`
+  // (the letter would make the range end before it starts).
+  const monthAgo = today - 30 * day;
+  const fromMs = parse(from, 'from', toMs >= monthAgo ? monthAgo : toMs - 30 * day);
   if (fromMs > toMs) throw new ApiError('invalid_request', 'from must not be after to');
   if (toMs - fromMs > 366 * day) throw new ApiError('invalid_request', 'the range may span at most 366 days');
 

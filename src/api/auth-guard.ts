@@ -13,6 +13,23 @@ export interface AuthGuardOptions {
 }
 
 /**
+ * An address's failed-authentication budget: `lockAfter` failures per window, `remaining` of them left, the window
+ * ending at `reset` (Unix seconds). Answers that no API key's limit covers (401, the lock-out's 429) carry it in the
+ * X-RateLimit-* headers, so every /v1 response has them (the contract's "Rate Limiting").
+ */
+export interface FailureBudget {
+  limit: number;
+  remaining: number;
+  reset: number;
+}
+
+export function rateLimitHeaders(b: FailureBudget): Record<string, number> {
+  return { 'X-RateLimit-Limit': b.limit, 'X-RateLimit-Remaining': b.remaining, 'X-RateLimit-Reset': b.reset };
+}
+
+const epochSecondsIn = (seconds: number): number => Math.floor(Date.now() / 1000) + Math.max(0, seconds);
+
+/**
  * Brute-force brake on API authentication. Failures are counted atomically
  * (recordAuthFailure-2.lua) per client address and per API key over a window
  * that starts at the first failure:
@@ -42,8 +59,11 @@ export class AuthGuard {
     throw this.locked(ttl > 0 ? ttl : this.options.windowSeconds);
   }
 
-  /** Counts a failure; waits (slow-down) or throws 429 (lock-out) when the counts call for it. */
-  async failed(address: string, apiKey: string | undefined): Promise<void> {
+  /**
+   * Counts a failure; waits (slow-down) or throws 429 (lock-out) when the counts call for it. Returns what is
+   * left of the address's failure budget, for the X-RateLimit-* headers of the 401.
+   */
+  async failed(address: string, apiKey: string | undefined): Promise<FailureBudget> {
     const ipKey = this.keys.authFailures('ip', address);
     // Only well-formed keys get a counter: garbage must not create keys at will.
     const keyKey = apiKey !== undefined && /^[0-9a-f]{32}$/.test(apiKey) ? this.keys.authFailures('key', apiKey) : ipKey;
@@ -54,11 +74,13 @@ export class AuthGuard {
     ];
     if (byAddress >= this.options.lockAfter) throw this.locked(ttl);
     if (byAddress >= this.options.delayAfter || byKey >= this.options.delayAfter) await this.sleep(this.options.delayMs);
+    return { limit: this.options.lockAfter, remaining: Math.max(0, this.options.lockAfter - byAddress), reset: epochSecondsIn(ttl) };
   }
 
   private locked(retryAfter: number): ApiError {
     const err = new ApiError('rate_limited', `Too many failed authentication attempts from this address; retry after ${retryAfter} seconds`);
     err.headers['Retry-After'] = retryAfter;
+    Object.assign(err.headers, rateLimitHeaders({ limit: this.options.lockAfter, remaining: 0, reset: epochSecondsIn(retryAfter) }));
     return err;
   }
 }

@@ -200,7 +200,7 @@ export function openApiDocument(config: Readonly<Config>): Json {
           operationId: 'getUsage',
           summary: 'Usage summary by method for a date range (UTC days, at most 366)',
           parameters: [
-            { name: 'from', in: 'query', required: false, description: 'Default: 30 days before `to`', schema: { type: 'string', format: 'date' } },
+            { name: 'from', in: 'query', required: false, description: 'Default: 30 days ago (30 days before `to` when `to` is earlier than that)', schema: { type: 'string', format: 'date' } },
             { name: 'to', in: 'query', required: false, description: 'Default: today', schema: { type: 'string', format: 'date' } },
           ],
           responses: {

@@ -199,6 +199,45 @@ describe('FlashVerify v1 API', () => {
     expect((await http(`${t.url}/v1/usage?from=2026-13-01`, { auth: a.auth })).status).toBe(400);
   });
 
+  it('usage: from defaults to 30 days ago and to to today (UTC), whatever to is, unless to is earlier than that', async () => {
+    const a = await t.account();
+    const day = 24 * 3600 * 1000;
+    const today = Date.parse(`${new Date().toISOString().slice(0, 10)}T00:00:00Z`);
+    const iso = (ms: number) => new Date(ms).toISOString().slice(0, 10);
+    const range = async (q: string) => {
+      const r = await http(`${t.url}/v1/usage${q}`, { auth: a.auth });
+      expect(r.status).toBe(200);
+      return [r.body.from, r.body.to];
+    };
+    expect(await range('')).toEqual([iso(today - 30 * day), iso(today)]);
+    // A `to` within the last 30 days: from is still 30 days ago (the contract's default), not 30 days before `to`.
+    expect(await range(`?to=${iso(today - 5 * day)}`)).toEqual([iso(today - 30 * day), iso(today - 5 * day)]);
+    // A `to` before that: the 30 days up to it, not a range that ends before it starts.
+    expect(await range('?to=2025-01-31')).toEqual(['2025-01-01', '2025-01-31']);
+    expect(await range('?from=2025-01-01&to=2025-01-02')).toEqual(['2025-01-01', '2025-01-02']);
+  });
+
+  it('every /v1 answer carries rate-limit headers: a 401 and an unknown route too', async () => {
+    const a = await t.account();
+    // An unknown route is authenticated and counted like any other: 404 with the key's limit.
+    const unknown = await http(`${t.url}/v1/nothing-here`, { auth: a.auth, body: {} });
+    expect([unknown.status, unknown.body.error]).toEqual([404, 'not_found']);
+    expect(unknown.headers.get('x-ratelimit-limit')).toBe(String(t.config.api.defaultRateLimitPerSecond));
+    expect(Number(unknown.headers.get('x-ratelimit-remaining'))).toBeLessThan(t.config.api.defaultRateLimitPerSecond);
+    // Without credentials it is a 401 like every /v1 route.
+    expect((await http(`${t.url}/v1/nothing-here`)).status).toBe(401);
+    // A 401 belongs to no key: its headers give the address's budget of failed logins (api.authFailures).
+    const before = Number(await t.redis.get(t.keys.authFailures('ip', '127.0.0.1')));
+    const denied = await http(`${t.url}/v1/balance`, { auth: 'Basic ' + Buffer.from(`${a.api_key}:${'1'.repeat(64)}`).toString('base64') });
+    expect(denied.status).toBe(401);
+    const lockAfter = t.config.api.authFailures.lockAfter;
+    expect(denied.headers.get('x-ratelimit-limit')).toBe(String(lockAfter));
+    expect(denied.headers.get('x-ratelimit-remaining')).toBe(String(Math.max(0, lockAfter - before - 1)));
+    const reset = Number(denied.headers.get('x-ratelimit-reset'));
+    expect(reset).toBeGreaterThan(Date.now() / 1000);
+    expect(reset).toBeLessThanOrEqual(Math.ceil(Date.now() / 1000) + t.config.api.authFailures.windowSeconds);
+  });
+
   it('never debits below zero under concurrent requests', async () => {
     const a = await t.account({ balance: 0.02 }); // exactly 5 flash calls
     const results = await Promise.all(

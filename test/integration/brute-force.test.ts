@@ -28,10 +28,18 @@ describe('API secret brute force', { timeout: 30_000 }, () => {
     const timed = async (auth: string) => {
       const t0 = performance.now();
       const r = await http(`${engine!.url}/v1/balance`, { auth });
-      return { status: r.status, error: r.body.error, retryAfter: r.headers.get('retry-after'), ms: performance.now() - t0 };
+      return {
+        status: r.status,
+        error: r.body.error,
+        retryAfter: r.headers.get('retry-after'),
+        remaining: r.headers.get('x-ratelimit-remaining'),
+        ms: performance.now() - t0,
+      };
     };
 
     const first = [await timed(wrong), await timed(wrong)];
+    // The 401s count down the address's budget in the rate-limit headers.
+    expect(first.map((r) => r.remaining)).toEqual(['5', '4']);
     for (const r of first) expect(r).toMatchObject({ status: 401, error: 'unauthorized' });
     // Not slowed down (a loaded CI box can take a few hundred ms for any request; the brake is 1 s).
     expect(Math.max(...first.map((r) => r.ms))).toBeLessThan(800);
@@ -44,7 +52,7 @@ describe('API secret brute force', { timeout: 30_000 }, () => {
     // The 6th failure locks the address: 429 with Retry-After, for the right secret too.
     expect(await timed(wrong)).toMatchObject({ status: 429, error: 'rate_limited' });
     const locked = await timed(a.auth);
-    expect(locked).toMatchObject({ status: 429, error: 'rate_limited' });
+    expect(locked).toMatchObject({ status: 429, error: 'rate_limited', remaining: '0' });
     expect(Number(locked.retryAfter)).toBeGreaterThanOrEqual(1);
     expect(Number(locked.retryAfter)).toBeLessThanOrEqual(6);
     // Counted per address and per key, in Redis.
