@@ -129,7 +129,14 @@ export class VerificationService {
     let admitted: AdmittedSend | undefined;
     if (fraud && policy && !testNumber) {
       const liveKey = await fraud.liveKey(account.account_id, policy, dest.e164, workflow ? 'workflow' : method);
+      // Most numbers have no live verification: the pointer is claimed at once, in one round trip. Only a pointer
+      // that is there is read (a live request: 409 or a resend; a lapsed one: taken over by compare-and-set).
+      let claimedAtOnce = false;
       if (liveKey) {
+        claimedAtOnce = await fraud.claimLive(liveKey, '', requestId, expirySeconds * 1000);
+        if (claimedAtOnce) live = { key: liveKey, expected: '' };
+      }
+      if (liveKey && !claimedAtOnce) {
         const found = await fraud.live(liveKey, account.account_id);
         if (found.live && input.resend === true && found.live.workflow) throw workflowResend(found.live.requestId);
         if (found.live && input.resend === true && found.live.method === method) {
@@ -139,7 +146,7 @@ export class VerificationService {
         if (found.live) throw pending(found.live.requestId, found.live.method ?? method, method);
         live = { key: liveKey, expected: found.pointer };
       }
-      if (live && !(await fraud.claimLive(live.key, live.expected, requestId, expirySeconds * 1000))) {
+      if (live && !claimedAtOnce && !(await fraud.claimLive(live.key, live.expected, requestId, expirySeconds * 1000))) {
         // Another request for this number won the race: a duplicate, not a send (no velocity counted).
         const winner = await fraud.live(live.key, account.account_id);
         throw pending(winner.live?.requestId ?? winner.pointer, winner.live?.method ?? method, method);
