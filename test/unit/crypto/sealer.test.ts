@@ -13,6 +13,16 @@ describe('Sealer', () => {
     expect(s.seal('1234')).not.toBe(s.seal('1234')); // random IV
   });
 
+  it('never repeats an IV across pool refills, and every sealed value still opens (IVs come from a pool)', () => {
+    const s = new Sealer(key);
+    const sealed = Array.from({ length: 2000 }, (_, i) => s.seal(`v${i}`, `aad:${i}`));
+    const ivs = sealed.map((x) => x.split('.')[2]!);
+    expect(new Set(ivs).size).toBe(2000);
+    for (const iv of ivs) expect(Buffer.from(iv, 'base64url')).toHaveLength(12);
+    // Every value sealed across the refills opens.
+    sealed.forEach((x, i) => expect(s.open(x, `aad:${i}`)).toBe(`v${i}`));
+  });
+
   it('refuses tampered values and values bound to another record', () => {
     const s = new Sealer(key);
     const sealed = s.seal('1234', 'code:a');
