@@ -101,6 +101,13 @@ export function countryRefusal(policy: FraudPolicy, country: string): string | u
   return undefined;
 }
 
+/** A destination to screen: its type from parseDestination's parse when it has one, else parsed again (lineTypeOf). */
+export interface ScreenedNumber {
+  e164: string;
+  country: string;
+  lineType?: () => LineType | undefined;
+}
+
 /** The libphonenumber-js type of a number (max metadata), undefined when it cannot be told. */
 export function lineTypeOf(e164: string): LineType | undefined {
   return parsePhoneNumberFromString(e164)?.getType() as LineType | undefined;
@@ -143,10 +150,10 @@ function flashRefusal(policy: FraudPolicy, type: LineType | undefined): string |
  * clients already treat it as "ask the user for another number", which is
  * the right reaction; the message names the reason.
  */
-export function screenDestination(policy: FraudPolicy, dest: { e164: string; country: string }, method: Method): void {
+export function screenDestination(policy: FraudPolicy, dest: ScreenedNumber, method: Method): void {
   const country = countryRefusal(policy, dest.country);
   if (country) throw new ApiError('invalid_phone', `phone_number refused: ${country}`);
-  const type = lineTypeRefusal(policy, lineTypeOf(dest.e164), method);
+  const type = lineTypeRefusal(policy, dest.lineType ? dest.lineType() : lineTypeOf(dest.e164), method);
   if (type) throw new ApiError('invalid_phone', `phone_number refused: ${type}`);
 }
 
@@ -162,13 +169,13 @@ export function screenDestination(policy: FraudPolicy, dest: { e164: string; cou
  */
 export function screenWorkflow(
   policy: FraudPolicy,
-  dest: { e164: string; country: string },
+  dest: ScreenedNumber,
   methods: readonly Method[],
   flash: 'refuse' | 'leave_out',
 ): Set<Method> {
   const country = countryRefusal(policy, dest.country);
   if (country) throw new ApiError('invalid_phone', `phone_number refused: ${country}`);
-  const type = lineTypeOf(dest.e164);
+  const type = dest.lineType ? dest.lineType() : lineTypeOf(dest.e164);
   // The rules of every method (blocked types, unknown types): asked as for voice, which has no rule of its own.
   const blocked = lineTypeRefusal(policy, type, 'voice');
   if (blocked) throw new ApiError('invalid_phone', `phone_number refused: ${blocked}`);
