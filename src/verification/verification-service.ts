@@ -468,7 +468,11 @@ function pending(liveId: string, liveMethod: Method, method: Method): ApiError {
   const how =
     liveMethod === method
       ? 'send "resend": true to send it again, or wait for it to finish'
-      : `it uses method ${liveMethod}; wait for it to finish`;
+      : // The docs' scripted fallback (flash call, then voice, as separate requests) lands here under per_number: say how
+        // a fallback is done on this server.
+        `it uses method ${liveMethod}; wait for it to finish, or fall back within one request with "workflow" ` +
+        `(e.g. [{"method":"${liveMethod}","timeout_seconds":30},{"method":"${method}"}]); the operator can allow one live ` +
+        `request per method instead (fraud.liveVerification: per_method)`;
   return new ApiError('verification_pending', `A verification of this number is still pending (${liveId}); ${how}`, {
     request_id: liveId,
   });

@@ -212,6 +212,8 @@ describe('one live verification per number and account', () => {
     const voice = await verify(t, a.auth, { phone_number: '+447700900341', method: 'voice' });
     expect([voice.status, voice.body.request_id]).toEqual([409, id]);
     expect(String(voice.body.message)).toMatch(/uses method flash_call/);
+    // The docs' scripted fallback lands here: the answer says how to fall back on this server.
+    expect(String(voice.body.message)).toMatch(/"workflow" \(e\.g\. \[\{"method":"flash_call","timeout_seconds":30\},\{"method":"voice"\}\]\).*per_method/);
     expect((await verify(t, a.auth, { phone_number: '+447700900341', method: 'auto' })).status).toBe(409);
     // Another account is not affected.
     expect((await verify(t, (await t.account()).auth, { phone_number: '+447700900341' })).status).toBe(201);
