@@ -83,6 +83,8 @@ export class InviteClientTransaction extends ClientTransaction {
           this.stateTransition(TransactionState.Completed);
           this.sendAck();
           this.user.receiveResponse(response);
+          // Only the ACK is needed for the retransmissions Timer D absorbs.
+          this.letGo();
         }
         return;
       case TransactionState.Completed:

@@ -78,6 +78,8 @@ export class NonInviteClientTransaction extends ClientTransaction {
           this.stateTransition(TransactionState.Completed);
         }
         this.user.receiveResponse(response);
+        // Completed (Timer K, 5 s over UDP) only absorbs retransmissions of the final response.
+        if (response.status >= 200) this.letGo();
         return;
       default:
         // Completed: retransmissions of the final response are absorbed.

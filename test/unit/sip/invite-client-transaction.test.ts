@@ -1,8 +1,10 @@
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { parseMessage } from '../../../src/sip/parser.js';
 import { InviteClientTransaction } from '../../../src/sip/transactions/invite-client-transaction.js';
 import { TransactionState } from '../../../src/sip/transactions/transaction.js';
-import { BRANCH, harness, lastBytes, response, type Harness } from './tx-helpers.js';
+import { BRANCH, harness, lastBytes, request as request0, response, type Harness } from './tx-helpers.js';
 
 function setup(reliable: boolean): { h: Harness; tx: InviteClientTransaction } {
   const h = harness('INVITE', reliable);
@@ -212,5 +214,36 @@ describe('InviteClientTransaction (RFC 3261 17.1.1)', () => {
       expect(h.sent).toEqual([INVITE_LINE]);
       expect(h.events).toEqual([]);
     });
+  });
+});
+
+describe('memory of a finished INVITE transaction', () => {
+  it('lets go of its TU (the whole call) once Completed: the call can be collected while Timer D still runs', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const h = harness('INVITE', false);
+    let seen = 0;
+    // The TU and the request only reachable through the transaction (and the WeakRefs).
+    const make = (): { tx: InviteClientTransaction; user: WeakRef<object>; request: WeakRef<object> } => {
+      const user = { receiveResponse: () => seen++, onRequestTimeout: () => undefined, onTransportError: () => undefined, call: new Array(10_000).fill(0) };
+      const request = request0('INVITE');
+      const tx = new InviteClientTransaction({ ...h.options, user, request });
+      tx.start();
+      tx.receiveResponse(response(487, 'INVITE'));
+      return { tx, user: new WeakRef(user), request: new WeakRef(request) };
+    };
+    const { tx, user, request } = make();
+    expect(seen).toBe(1);
+    await new Promise((r) => setTimeout(r, 0));
+    gc();
+    expect(tx.state).toBe(TransactionState.Completed);
+    expect(user.deref()).toBeUndefined();
+    expect(request.deref()).toBeUndefined();
+    // It still absorbs a retransmitted 487 with its ACK, and passes nothing up.
+    const before = h.sent.length;
+    tx.receiveResponse(response(487, 'INVITE'));
+    expect(h.sent.slice(before)).toEqual([ACK_LINE]);
+    expect(seen).toBe(1);
+    tx.dispose();
   });
 });
