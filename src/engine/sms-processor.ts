@@ -332,6 +332,7 @@ export class SmsProcessor {
       smsc: receipt.smsc,
       smpp_message_id: receipt.messageId,
       stat: receipt.state,
+      ...(receipt.reportedState !== undefined ? { reported_stat: receipt.reportedState } : {}),
       ...(receipt.error !== undefined ? { err: receipt.error } : {}),
       ...(receipt.networkErrorCode ? { network_error_type: receipt.networkErrorCode.type, network_error_code: receipt.networkErrorCode.code } : {}),
     };
@@ -351,6 +352,7 @@ export class SmsProcessor {
       duplicate: 'final receipt after the outcome was settled (resent, or after the unconfirmed deadline); ignored',
       gone: 'receipt for a verification that no longer exists',
       other_step: 'receipt of an earlier workflow step; ignored',
+      superseded: 'failure receipt of a message sent before a resend; the resent message decides',
     };
     log[result === 'gone' ? 'warn' : 'info'](detail, message[result]);
   }
@@ -363,13 +365,13 @@ export class SmsProcessor {
     step: number | undefined,
     event: DeliveryEvent,
     earlyKey: string,
-  ): Promise<'published' | 'pending' | 'duplicate' | 'gone' | 'other_step'> {
+  ): Promise<'published' | 'pending' | 'duplicate' | 'gone' | 'other_step' | 'superseded'> {
     const { redis, keys, events } = this.deps;
     return (await scripts.settleSms.run(
       redis,
       [keys.verification(requestId), events.stream, earlyKey],
       [messageId, state, step === undefined ? '' : String(step), ...events.streamArgs(event)],
-    )) as 'published' | 'pending' | 'duplicate' | 'gone' | 'other_step';
+    )) as 'published' | 'pending' | 'duplicate' | 'gone' | 'other_step' | 'superseded';
   }
 
   /** Keys by SMSC and number (one HMAC of it, never the number): an unconfirmed submit, a receipt parked for it. */

@@ -75,7 +75,7 @@ export function toReceiptPdu(fields: Readonly<Record<string, unknown>>): Receipt
     data_coding: numberOr(fields['data_coding']),
     short_message: fields['short_message'],
     message_payload: fields['message_payload'],
-    receipted_message_id: typeof id === 'string' ? id : Buffer.isBuffer(id) ? cString(id) : undefined,
+    receipted_message_id: typeof id === 'string' ? printablePrefix(id) : Buffer.isBuffer(id) ? printablePrefix(cString(id)) : undefined,
     message_state: numberOr(fields['message_state']),
     network_error_code: Buffer.isBuffer(nec) ? nec : isNetworkErrorObject(nec) ? nec : undefined,
   };
@@ -109,14 +109,27 @@ export function parseReceipt(
   const messageId = resolveId(tlvId || undefined, text.id, format);
   if (messageId === undefined) return undefined;
 
-  const tlvState = pdu.message_state !== undefined ? MESSAGE_STATES[pdu.message_state] : undefined;
-  const state: ReceiptState | undefined =
-    tlvState ?? (text.stat !== undefined ? stateFromStat(text.stat) : intermediate ? 'ENROUTE' : undefined);
+  // What the SMSC wrote: message_state first, then stat:. A value outside SMPP's states (a message_state number
+  // past 9, a stat: such as SENT or SUBMITD) is kept as written and taken as pending: a code that did reach the
+  // phone must not be failed on a word this engine does not know (the request expires if nothing final follows).
+  const written: string | undefined =
+    pdu.message_state !== undefined ? String(pdu.message_state) : text.stat !== undefined ? text.stat.trim() : undefined;
+  const known: ReceiptState | undefined =
+    pdu.message_state !== undefined ? MESSAGE_STATES[pdu.message_state] : text.stat !== undefined ? stateFromStat(text.stat) : intermediate ? 'ENROUTE' : undefined;
   // No state anywhere says nothing about the delivery: ignored (the caller logs it), never taken as a failure.
-  if (state === undefined) return undefined;
+  if (written === undefined && known === undefined) return undefined;
+  let state: ReceiptState = known ?? 'ENROUTE';
+  let reported = known === undefined ? written : undefined;
+  // §5.2.12: an intermediate delivery notification reports the progress of an attempt, never the message's final
+  // outcome (an UNDELIV in one is a failed attempt, with retries to come): pending, whatever state it names.
+  if (intermediate && receiptOutcome(state) !== 'pending') {
+    reported = state;
+    state = 'ENROUTE';
+  }
 
   const nec = networkError(pdu.network_error_code);
   const receipt: DeliveryReceipt = { smsc, messageId, state };
+  if (reported !== undefined) receipt.reportedState = reported;
   const error = text.err ?? nec?.text;
   if (error !== undefined) receipt.error = error;
   if (nec?.code) receipt.networkErrorCode = nec.code;
@@ -195,7 +208,7 @@ const MESSAGE_STATES: Readonly<Record<number, ReceiptState>> = {
   9: 'UNDELIV',
 };
 
-/** `stat:` values, short (Appendix B) and long forms; anything else is UNKNOWN. */
+/** `stat:` values, short (Appendix B) and long forms, and progress words some SMSCs use; anything else is not known. */
 const STATS: Readonly<Record<string, ReceiptState>> = {
   DELIVRD: 'DELIVRD',
   DELIVERED: 'DELIVRD',
@@ -216,14 +229,29 @@ const STATS: Readonly<Record<string, ReceiptState>> = {
   BUFFERD: 'ENROUTE',
   BUFFERED: 'ENROUTE',
   SCHEDULED: 'ENROUTE',
+  SENT: 'ENROUTE',
+  SUBMITD: 'ENROUTE',
+  SUBMITTED: 'ENROUTE',
+  PENDING: 'ENROUTE',
   UNKNOWN: 'UNKNOWN',
 };
 
-/** Receipt state for a `stat:` value; a number is read as a message_state. */
-export function stateFromStat(stat: string): ReceiptState {
+/** Receipt state for a `stat:` value (a number is read as a message_state); undefined for a value not known. */
+export function stateFromStat(stat: string): ReceiptState | undefined {
   const s = stat.trim().toUpperCase();
-  if (/^\d+$/.test(s)) return MESSAGE_STATES[Number(s)] ?? 'UNKNOWN';
-  return STATS[s] ?? 'UNKNOWN';
+  if (/^\d+$/.test(s)) return MESSAGE_STATES[Number(s)];
+  return STATS[s];
+}
+
+/**
+ * A message id up to its first character that cannot be in one: an SMSC that sends receipted_message_id without
+ * its terminating NUL gets the next TLV's bytes glued to it by the decoder (which reads a C-string to the first
+ * NUL, not to the TLV's length), e.g. "12345\u0004'" for 12345 followed by message_state.
+ */
+function printablePrefix(id: string): string {
+  const trimmed = id.replace(/^\s+/, '');
+  const bad = trimmed.search(/[^\x21-\x7e]/);
+  return bad === -1 ? trimmed : trimmed.slice(0, bad);
 }
 
 function resolveId(

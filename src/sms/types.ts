@@ -99,6 +99,11 @@ export interface DeliveryReceipt {
   /** done date, as written by the SMSC (not parsed). */
   doneDate?: string;
   /**
+   * The state the SMSC wrote when `state` is not it: a final state in an intermediate notification (taken as
+   * ENROUTE), or a stat:/message_state value outside SMPP's list (taken as ENROUTE, pending). For logs.
+   */
+  reportedState?: string;
+  /**
    * The handset's number as the receipt reports it (deliver_sm source_addr,
    * digits), to match a receipt to a submit whose submit_sm_resp never came.
    * A number in clear: never logged, never stored.

@@ -158,7 +158,7 @@ describe('SMS OTP through SMPP', () => {
     expect(await textTo('+447700900134')).toBe('Third N');
   });
 
-  it('maps UNDELIV, REJECTD, EXPIRED and an unknown stat to failed with the reason, billed', async () => {
+  it('maps UNDELIV, REJECTD, EXPIRED to failed with the reason, billed; a stat it does not know fails nothing', async () => {
     const t = await start();
     const account = await t.account({ balance: 1 });
     const cases: [string, string][] = [
@@ -171,10 +171,16 @@ describe('SMS OTP through SMPP', () => {
       const status = await finalStatus(t, account.auth, ids[i]!);
       expect([status.status, status.failure_reason]).toEqual(['failed', reason]);
     }
+    // A stat this engine does not know (here "XYZ") is pending, not a failure: the code may well have reached the
+    // phone, and it still verifies.
     await smsc.set({ finalState: 'XYZ' });
     const unknown = await sendSms(t, account.auth, '+447700900094');
-    const status = await finalStatus(t, account.auth, unknown);
-    expect([status.status, status.failure_reason]).toEqual(['failed', 'sms_unknown']);
+    await waitFor(async () => (await smsc.state()).receipts.find((r) => r.destination === '447700900094' && r.done) ?? undefined, 10_000);
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await http(`${t.url}/v1/verify/${unknown}`, { auth: account.auth })).body.status).toBe('sent');
+    const [sub] = accepted(await submitsTo('+447700900094'));
+    const ok = await http(`${t.url}/v1/verify/check`, { auth: account.auth, body: { request_id: unknown, code: codeIn(sub!.text) } });
+    expect(ok.body).toMatchObject({ status: 'verified' });
     // Sent is sent: a negative receipt is not refunded (4 × 0.03).
     expect((await t.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 4 * 0.03, 6);
   });
@@ -414,6 +420,30 @@ describe('SMS OTP through SMPP', () => {
     const delivered = (await readEvents(t.redis, t.keys)).find((e) => e.request_id === id && e.status === 'delivered');
     expect(JSON.parse(delivered!.detail!)).toMatchObject({ smpp_message_id: first!.messageId, stat: 'DELIVRD' });
     expect(await t.redis.hget(t.keys.verification(id), 'sms_message_ids')).toBe(`${first!.messageId} ${second!.messageId}`);
+  });
+
+  it('an SMS request sent again: a failure receipt of the first message, arriving after the resend, does not fail it', async () => {
+    const t = await start();
+    const account = await t.account({ balance: 1 });
+    // The first message fails late (UNDELIV after 1.5 s); the resent one is delivered later still.
+    await smsc.set({ finalState: 'UNDELIV', receiptDelayMs: 1_500 });
+    const id = await sendSms(t, account.auth, '+447700900972');
+    await waitFor(async () => (await t.redis.hget(t.keys.verification(id), 'sms_state')) === 'accepted' || undefined, 5_000);
+    await smsc.set({ finalState: 'DELIVRD', receiptDelayMs: 3_000 });
+    const again = await http(`${t.url}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900972', method: 'sms', code_length: 6, resend: true } });
+    expect([again.status, (again.body as { request_id: string }).request_id]).toEqual([200, id]);
+    const [first] = accepted(await submitsTo('+447700900972'));
+    // The first message's UNDELIV comes and is answered: the request is still live, and its code still verifies later.
+    await waitFor(async () => (await smsc.state()).receipts.find((r) => r.respId === first!.messageId && r.done) ?? undefined, 5_000);
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await http(`${t.url}/v1/verify/${id}`, { auth: account.auth })).body.status).toBe('sent');
+    // Then the resent message's DELIVRD: delivered, and no failed event ever.
+    expect(await finalStatus(t, account.auth, id)).toMatchObject({ status: 'delivered' });
+    const events = (await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id);
+    expect(events.map((e) => e.status)).not.toContain('failed');
+    const [, second] = accepted(await submitsTo('+447700900972'));
+    const ok = await http(`${t.url}/v1/verify/check`, { auth: account.auth, body: { request_id: id, code: codeIn(second!.text) } });
+    expect(ok.body).toMatchObject({ status: 'verified' });
   });
 
   it('SMSC down when the request comes: the job waits without using its attempts, and delivers once the bind is up', async () => {

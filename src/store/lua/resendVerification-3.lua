@@ -57,6 +57,12 @@ if cost > 0 then balance = redis.call('HINCRBY', KEYS[1], 'balance', -cost) end
 sends = sends + 1
 redis.call('HSET', KEYS[2], 'sends', sends, 'last_send_at', ARGV[2], 'send_cost', cost)
 redis.call('HINCRBY', KEYS[2], 'cost', cost)
+-- An SMS sent again: the messages sent so far are superseded; a failure receipt for one of them arriving now
+-- must not fail the request while the new message is on its way (settleSms-3). A DELIVRD for any still counts.
+if v[4] == 'sms' then
+  local ids = redis.call('HGET', KEYS[2], 'sms_message_ids')
+  if ids then redis.call('HSET', KEYS[2], 'sms_superseded_ids', ids) end
+end
 redis.call('HDEL', KEYS[2], 'dial_started', 'rang_at', 'outcome', 'final_sip_status', 'sms_state', 'sms_attempts',
   'sms_unconfirmed_until', 'sms_nobind_since', 'sms_waits', 'refunded')
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'code_mac', ARGV[5], 'code_enc', ARGV[6]) end

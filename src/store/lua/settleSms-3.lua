@@ -16,11 +16,14 @@
   ARGV[3] workflow step the event is for ("" = not a workflow)
   ARGV[4..] XADD arguments after the key (EventPublisher.streamArgs)
 
-  Returns published | pending | duplicate | gone | other_step.
+  A failure receipt for a message an SMS resend has superseded (sms_superseded_ids, set by
+  resendVerification-3) settles nothing: the new message may well arrive. A DELIVRD for one still does.
+
+  Returns published | pending | duplicate | gone | other_step | superseded.
 ]]
 -- Writes come last, the event first: Redis does not roll a script back when a command fails,
 -- so an XADD error leaves the receipt unrecorded and still parked, for the SMSC's resend or the job's re-run.
-local v = redis.call('HMGET', KEYS[1], 'account_id', 'wf_step', 'wf_steps', 'sms_message_ids', 'sms_receipt')
+local v = redis.call('HMGET', KEYS[1], 'account_id', 'wf_step', 'wf_steps', 'sms_message_ids', 'sms_receipt', 'sms_superseded_ids')
 local verdict
 if not v[1] then
   verdict = 'gone'
@@ -30,6 +33,9 @@ elseif v[2] and v[3] and (ARGV[3] ~= v[2]
   verdict = 'other_step'
 elseif ARGV[2] == '' then
   verdict = 'pending'
+elseif v[6] and ARGV[2] ~= 'DELIVRD' and ARGV[1] ~= ''
+    and string.find(' ' .. v[6] .. ' ', ' ' .. ARGV[1] .. ' ', 1, true) then
+  verdict = 'superseded'
 elseif v[5] then
   verdict = 'duplicate'
 else

@@ -166,6 +166,26 @@ describe('parseReceipt', () => {
     expect(parseReceiptText('id:9 text:stat:DELIVRD id:1').text).toBe('stat:DELIVRD id:1');
   });
 
+  it('never takes a final state from an intermediate notification (§5.2.12): a failed attempt is not the outcome', () => {
+    for (const pdu of [
+      { esm_class: INTERMEDIATE, receipted_message_id: '9', message_state: 5 },
+      { esm_class: INTERMEDIATE, short_message: 'id:9 stat:UNDELIV err:001' },
+      { esm_class: INTERMEDIATE, short_message: 'id:9 stat:DELIVRD' },
+    ]) {
+      const r = parseReceipt(pdu, 'a', 'auto');
+      expect(r?.state).toBe('ENROUTE');
+      expect(['UNDELIV', 'DELIVRD']).toContain(r?.reportedState);
+    }
+  });
+
+  it('reads a receipted_message_id sent without its NUL up to the glued bytes of the next TLV', () => {
+    // node-smpp reads the C-string to the first NUL: "12345" + message_state TLV (0x0427, length 1, value 2) + NUL.
+    const glued = toReceiptPdu({ esm_class: RECEIPT, receipted_message_id: "12345\u0004'\u0000\u0001\u0002" });
+    expect(glued.receipted_message_id).toBe('12345');
+    expect(toReceiptPdu({ esm_class: RECEIPT, receipted_message_id: Buffer.from([0x41, 0x42, 0x04, 0x27, 0x00]) }).receipted_message_id).toBe('AB');
+    expect(parseReceipt({ ...glued, message_state: 2 }, 'a', 'auto')).toMatchObject({ messageId: '12345', state: 'DELIVRD' });
+  });
+
   it('treats an intermediate notification (esm_class 0x20) as a receipt, pending', () => {
     const withStat = parseReceipt({ esm_class: INTERMEDIATE, short_message: 'id:9 stat:ENROUTE' }, 'a', 'auto');
     expect(withStat?.state).toBe('ENROUTE');
@@ -304,14 +324,22 @@ describe('stateFromStat', () => {
     ['BUFFRED', 'ENROUTE'],
     ['UNKNOWN', 'UNKNOWN'],
     ['2', 'DELIVRD'],
-    ['WHATEVER', 'UNKNOWN'],
-    ['', 'UNKNOWN'],
+    ['SENT', 'ENROUTE'],
+    ['SUBMITD', 'ENROUTE'],
+    ['WHATEVER', undefined],
+    ['12', undefined],
+    ['', undefined],
   ] as const)('%s → %s', (stat, state) => {
     expect(stateFromStat(stat)).toBe(state);
   });
 
-  it('maps an unknown stat in a receipt to UNKNOWN', () => {
-    expect(parseReceipt({ esm_class: RECEIPT, short_message: 'id:1 stat:SOMETHNG' }, 'a', 'auto')?.state).toBe('UNKNOWN');
+  it('takes a stat or message_state it does not know as pending, keeping what was written (never a failure)', () => {
+    const r = parseReceipt({ esm_class: RECEIPT, short_message: 'id:1 stat:SOMETHNG' }, 'a', 'auto');
+    expect(r).toMatchObject({ messageId: '1', state: 'ENROUTE', reportedState: 'SOMETHNG' });
+    expect(receiptOutcome(r!.state)).toBe('pending');
+    expect(parseReceipt({ esm_class: RECEIPT, receipted_message_id: '1', message_state: 42 }, 'a', 'auto')).toMatchObject({ state: 'ENROUTE', reportedState: '42' });
+    // UNKNOWN itself is SMPP's final state 7: a failure, as before.
+    expect(parseReceipt({ esm_class: RECEIPT, short_message: 'id:1 stat:UNKNOWN' }, 'a', 'auto')?.state).toBe('UNKNOWN');
   });
 });
 
