@@ -29,6 +29,7 @@ import { InviteClientTransaction } from './transactions/invite-client-transactio
 import { NonInviteClientTransaction } from './transactions/non-invite-client-transaction.js';
 import {
   clientTransactionKey,
+  TransactionState,
   type ClientTransaction,
   type ClientTransactionUser,
   type TransactionTransport,
@@ -92,9 +93,9 @@ export class EmbeddedSipOriginator implements CallOriginator {
     return this.running;
   }
 
-  /** Calls still known to the stack (in progress or lingering for retransmissions). */
+  /** Calls in progress (not those that ended and linger 64*T1 for late or retransmitted 2xx). */
   get activeCalls(): number {
-    return this.calls.size;
+    return this.calls.size - this.lingering.size;
   }
 
   async start(): Promise<void> {
@@ -298,11 +299,14 @@ export class EmbeddedSipOriginator implements CallOriginator {
       if (message.kind === 'response') {
         const branch = message.via.branch;
         const tx = branch === undefined ? undefined : this.transactions.get(clientTransactionKey(branch, message.cseq.method));
-        if (tx !== undefined) {
+        const inviteOk = message.cseq.method === 'INVITE' && message.status >= 200 && message.status < 300;
+        // A 2xx to an INVITE whose transaction is Completed (a 487 or other final came first, e.g. from another
+        // forked branch) goes to the call, which ACKs and BYEs it: the transaction only absorbs its own final.
+        if (tx !== undefined && !(inviteOk && tx.state === TransactionState.Completed)) {
           tx.receiveResponse(message);
           return;
         }
-        if (message.cseq.method === 'INVITE' && message.status >= 200 && message.status < 300) {
+        if (inviteOk) {
           const call = this.calls.get(message.callId);
           if (call !== undefined && message.from.tag === call.localTag) {
             call.on2xx(message);

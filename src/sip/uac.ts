@@ -157,6 +157,27 @@ export function dummySdp(host: string): string {
   );
 }
 
+/**
+ * The SDP answer that declines every stream of `offer` (RFC 3264 §6: same m-lines, in order, port 0), for the ACK
+ * of a 2xx that carries an offer to an INVITE that had none (RFC 3261 §13.2.2.4: that ACK MUST carry an answer). A
+ * flash call never takes the media; a strict B2BUA otherwise tears the call down itself, racing our BYE.
+ */
+export function declineAllSdp(offer: string, host: string): string {
+  const ip = host.includes(':') ? 'IP6' : 'IP4';
+  const sess = Math.floor(Date.now() / 1000);
+  const mLines = offer
+    .split(/\r?\n/)
+    .filter((l) => l.startsWith('m='))
+    .map((l) => {
+      const [media = 'audio', , proto = 'RTP/AVP', fmt = '0'] = l.slice(2).trim().split(/\s+/);
+      return `m=${media} 0 ${proto} ${fmt}\r\n`;
+    });
+  return `v=0\r\no=flashverify ${sess} ${sess} IN ${ip} ${host}\r\ns=flashverify\r\nc=IN ${ip} ${host}\r\nt=0 0\r\n${mLines.join('')}`;
+}
+
+/** The delegate of a call that has ended: nothing is reported any more, and nothing of the caller is kept. */
+const ENDED_DELEGATE: CallDelegate = {};
+
 type CallState = 'inviting' | 'early' | 'confirmed' | 'terminated';
 
 interface Dialog {
@@ -191,7 +212,7 @@ export class UacCall implements OutboundCall {
   readonly callId: string;
   readonly localTag: string;
   private readonly host: UacHost;
-  private readonly delegate: CallDelegate;
+  private delegate: CallDelegate;
   private readonly log: Logger;
   private readonly trunk: TrunkConfig;
   private readonly trunkInfo: TrunkInfo;
@@ -223,6 +244,8 @@ export class UacCall implements OutboundCall {
   private byePromise: Promise<void> | undefined;
   private resolveBye: (() => void) | undefined;
   private dialog: Dialog | undefined;
+  /** Dialogs a 2xx made that the call does not keep (a forked extra 2xx, or one after the outcome), by remote tag: ACKed and BYEd once, their retransmissions only re-ACKed. */
+  private readonly otherDialogs = new Map<string, Dialog>();
   private readonly auth = new Map<string, AuthEntry>();
   private authRetries = 0;
   private ended = false;
@@ -476,25 +499,23 @@ export class UacCall implements OutboundCall {
     }
     const remoteTag = response.to.tag ?? '';
     const dialog = this.dialog;
-    if (dialog !== undefined) {
-      if (dialog.remoteTag === remoteTag) {
-        // 13.2.2.4: retransmitted 2xx: the ACK is sent again.
-        this.host.sendStateless(dialog.ackRequest, dialog.ackDestination, this.log);
-        return;
-      }
-      // A second dialog from a forking proxy: ACK it, then BYE it.
-      this.log.info({ remote_tag: remoteTag }, 'extra 2xx from a forked INVITE; ACK + BYE');
-      const extra = this.createDialog(response, remoteTag);
-      this.host.sendStateless(extra.ackRequest, extra.ackDestination, this.log);
-      this.sendByeOn(extra, () => undefined);
+    // 13.2.2.4: a retransmitted 2xx is ACKed again, nothing more.
+    const known = dialog?.remoteTag === remoteTag ? dialog : this.otherDialogs.get(remoteTag);
+    if (known !== undefined) {
+      this.host.sendStateless(known.ackRequest, known.ackDestination, this.log);
       return;
     }
-    if (this.outcome !== undefined) {
-      // A 2xx after we gave up on the INVITE (e.g. 64*T1 after CANCEL): ACK + BYE, nothing to report.
-      this.log.info('2xx after the call outcome was reported; ACK + BYE');
-      const late = this.createDialog(response, remoteTag);
-      this.host.sendStateless(late.ackRequest, late.ackDestination, this.log);
-      this.sendByeOn(late, () => undefined);
+    if (dialog !== undefined || this.outcome !== undefined) {
+      // A second dialog from a forking proxy, or a 2xx after we gave up on the INVITE (after its 487 on another
+      // branch, 64*T1 after CANCEL, Timer B): ACK it, then BYE it, once; nothing to report.
+      this.log.info(
+        { remote_tag: remoteTag },
+        dialog !== undefined ? 'extra 2xx from a forked INVITE; ACK + BYE' : '2xx after the call outcome was reported; ACK + BYE',
+      );
+      const other = this.createDialog(response, remoteTag);
+      this.otherDialogs.set(remoteTag, other);
+      this.host.sendStateless(other.ackRequest, other.ackDestination, this.log);
+      this.sendByeOn(other, () => undefined);
       return;
     }
     if (this.inviteOutstanding) {
@@ -542,7 +563,11 @@ export class UacCall implements OutboundCall {
       for (const h of invite.headers) if (h.key === 'authorization' || h.key === 'proxy-authorization') headers.push(h);
     }
     headers.push(hdr('User-Agent', this.host.userAgent));
-    const ackRequest: SipRequest = { kind: 'request', method: 'ACK', uri, headers, body: undefined };
+    // 13.2.2.4: a 2xx with an offer (our INVITE had none) is answered in the ACK: every stream declined.
+    const offer = this.localSdp === undefined && response.body && /^application\/sdp\b/i.test(getHeader(response, 'content-type') ?? '') ? response.body : undefined;
+    if (offer !== undefined) headers.push(hdr('Content-Type', 'application/sdp'));
+    const body = offer !== undefined ? declineAllSdp(offer, this.host.advertisedHost) : undefined;
+    const ackRequest: SipRequest = { kind: 'request', method: 'ACK', uri, headers, body };
     return {
       remoteTag,
       routeSet,
@@ -733,8 +758,12 @@ export class UacCall implements OutboundCall {
     this.state = 'terminated';
     this.log.info({ outcome: this.outcome, duration_ms: Date.now() - this.startedAt }, 'SIP call ended');
     this.safe('onEnded', () => this.delegate.onEnded?.());
-    // Keep answered calls reachable for 2xx / BYE retransmissions (64*T1).
-    this.host.callEnded(this, this.dialog !== undefined ? 64 * this.host.timers.t1Ms : 0);
+    // Nothing more is reported: the caller's delegate (and all it holds) is let go.
+    this.delegate = ENDED_DELEGATE;
+    // Every call stays reachable for 64*T1: a 2xx that comes late (a forked branch answering after the 487, one
+    // after the CANCEL guard or Timer B) is ACKed and BYEd, not left to ring into dead air (13.2.2.4); an
+    // answered one's 2xx and BYE retransmissions are answered.
+    this.host.callEnded(this, 64 * this.host.timers.t1Ms);
   }
 
   /** Shutdown: abandon every transaction; a call without outcome fails `unreachable`. */

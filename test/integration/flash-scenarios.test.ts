@@ -114,6 +114,22 @@ describe('flash call against SIPp', () => {
     expect(run.status).toBe('delivered');
     expect((await uas!.waitForExit(10_000)).code).toBe(0);
     expect(uas!.requests().map((m) => m.method)).toEqual(['INVITE', 'CANCEL', 'ACK', 'BYE']);
+    // The 2xx carried an offer (the INVITE had none): the ACK answers it, declining the stream (RFC 3261 13.2.2.4).
+    const ack = uas!.requests('ACK')[0]!;
+    expect(ack.header('content-type')).toBe('application/sdp');
+    expect(ack.body).toMatch(/^m=audio 0 RTP\/AVP 0\r?$/m);
+  });
+
+  it('a forked branch that answers after the 487 is ACKed and BYEd once; its retransmitted 2xx only ACKed again', async () => {
+    const run = await flashCall('uas-487-then-forked-200');
+    // The flash itself: rang, then cancelled (the late 2xx changes nothing reported).
+    expect(run.record.outcome).toBe('cancelled');
+    expect(run.status).toBe('delivered');
+    // The scenario fails on a missing ACK, a missing answer in it, or a second BYE.
+    expect((await uas!.waitForExit(15_000)).code).toBe(0);
+    expect(uas!.requests().map((m) => m.method)).toEqual(['INVITE', 'CANCEL', 'ACK', 'ACK', 'BYE', 'ACK']);
+    const bye = uas!.requests('BYE')[0]!;
+    expect(bye.header('to')).toMatch(/tag=\S*SIPpTag02/);
   });
 
   it('a 200 before any CANCEL is answered and hung up', async () => {
