@@ -66,8 +66,8 @@ function moduleOf(cf: Node['callFrame']): string {
 
 const isMain = import.meta.url === `file://${process.argv[1]}`;
 if (isMain) {
-  const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string', default: '30' } } });
-  if (positionals.length === 0) {
+  const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string', default: '30' }, help: { type: 'boolean', short: 'h' } } });
+  if (positionals.length === 0 || values.help) {
     process.stderr.write('usage: npm run bench -- profile FILE.cpuprofile... [--top 30]\n');
     process.exit(2);
   }

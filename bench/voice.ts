@@ -178,7 +178,20 @@ const BUSY_MS = Number(process.env.BUSY_MS ?? 0);
 const NICE = process.env.NICE === 'none' ? undefined : Number(process.env.NICE ?? -10);
 /** SCHED_FIFO priority of the RTP thread, as media.rtp.realtimePriority (default 10); RT=none: not asked. */
 const RT = process.env.RT === 'none' ? undefined : Number(process.env.RT ?? 10);
-const levels = (process.argv[2] ?? '100,300,500').split(',').map(Number);
+const USAGE = `npm run bench -- voice [LEVELS]
+  LEVELS             concurrent calls per row, comma-separated (default 100,300,500; each 1 to 2000)
+Environment: BUSY_MS=n (block the main thread n ms every 100 ms), NICE=n|none (RTP thread nice, default -10),
+RT=n|none (SCHED_FIFO priority, default 10). Results go to BENCHMARKS.md by hand.`;
+const arg = process.argv[2];
+if (arg === '--help' || arg === '-h') {
+  process.stdout.write(`${USAGE}\n`);
+  process.exit(0);
+}
+const levels = (arg ?? '100,300,500').split(',').map(Number);
+if (levels.some((n) => !Number.isInteger(n) || n < 1 || n > 2000)) {
+  process.stderr.write(`bench voice: LEVELS must be whole numbers from 1 to 2000, comma-separated (got ${JSON.stringify(arg)})\n${USAGE}\n`);
+  process.exit(2);
+}
 const sink = await startSink();
 const rows = [];
 for (const n of levels) {

@@ -133,6 +133,15 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           logger: logger.child({ module: 'sip' }),
         });
         await originator.start();
+        // Via and Contact name 127.0.0.1 when the stack listens on every address and no advertisedHost is set: a
+        // trunk elsewhere then has nowhere to send a 2xx retransmission or an in-dialog BYE.
+        const remote = config.sip.trunks.filter((t) => !/^sips?:(?:[^@;]*@)?(?:127\.|localhost\b|\[::1\])/i.test(t.uri));
+        if (!config.sip.listen.advertisedHost && ['0.0.0.0', '::'].includes(config.sip.listen.host) && remote.length) {
+          logger.warn(
+            { trunks: remote.map((t) => t.name), advertised: config.sip.listen.host === '::' ? '::1' : '127.0.0.1' },
+            'sip.listen.advertisedHost is not set: Via and Contact carry a loopback address, which these trunks cannot reach; set it to this host\'s address as the trunks see it',
+          );
+        }
         sipPort = originator.localPort;
         sip = originator;
         stops.push(() => originator.stop());
@@ -500,8 +509,8 @@ Usage:
   flashverify account set-fraud ACCOUNT_ID (--json '{"countries":{"allow":["GB"]}}' | --clear)
 
 Configuration: config/default.yaml, then --config FILE or FLASHVERIFY_CONFIG,
-then environment variables (REDIS_URL, PORT, SIP_TRUNK_URI, SIP_LISTEN_PORT,
-SMPP_URL, FLASHVERIFY_MASTER_KEY, LOG_LEVEL).`;
+then environment variables (REDIS_URL, REDIS_PREFIX, PORT, HOST, SIP_TRUNK_URI,
+SIP_LISTEN_PORT, SMPP_URL, FLASHVERIFY_MASTER_KEY, FLASHVERIFY_ADMIN_TOKEN, LOG_LEVEL).`;
 
 /** The CLI. Returns the exit code. */
 export async function runCli(argv: string[]): Promise<number> {

@@ -41,7 +41,7 @@ export interface ProducerConnectOptions {
   /** 32 bytes as 64 hex characters or base64: the engine's `security.masterKey`. */
   masterKey?: string;
   /**
-   * Methods whose workers run on the deployment (default: flash_call). A job
+   * Methods whose workers run on the deployment (default: all three). A job
    * for a method nobody works would sit in its queue until the code expires.
    */
   methods?: readonly Method[];

@@ -101,6 +101,9 @@ describe('docker/flashverify.yaml', () => {
     // The flash demo's trunk is the far end that rings and waits for the CANCEL.
     expect(config.sip.trunks[0]?.uri).toBe(`sip:${ip('sipp-ring-cancel')}:5060`);
     expect(config.media.freeswitch.promptDir).toBe('/usr/share/flashverify/prompts');
+    // No SMSC in the compose file: SMS is off, or the worker's /readyz would wait for SMPP binds for ever.
+    expect(Object.keys(compose.services).some((n) => /smsc|smpp/i.test(n))).toBe(false);
+    expect(config.sms.enabled).toBe(false);
     expect(compose.services.freeswitch?.volumes).toContain('../assets/prompts:/usr/share/flashverify/prompts:ro');
   });
 });
