@@ -125,6 +125,8 @@ export interface SubmitRecord {
   destNpi: number;
   dataCoding: number;
   registeredDelivery: number;
+  /** validity_period as this SMSC reads it (a relative one from the time it arrived): ISO time, '' when none. */
+  validityPeriod: string;
   /** short_message decoded by the SMSC (GSM 03.38 / IA5 / UCS-2). */
   text: string;
   hex: string;

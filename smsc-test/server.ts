@@ -373,6 +373,7 @@ function onSubmit(session: Session, rec: SessionRecord, pdu: PDU): void {
     destNpi: int(pdu, 'dest_addr_npi'),
     dataCoding,
     registeredDelivery: int(pdu, 'registered_delivery'),
+    validityPeriod: pdu.validity_period instanceof Date ? pdu.validity_period.toISOString() : str(pdu, 'validity_period'),
     text: decodeText(dataCoding, bytes),
     hex: bytes.toString('hex'),
     messageId: null,

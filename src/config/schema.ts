@@ -169,6 +169,12 @@ export const smsSchema = z
     /** Ask the SMSC for a delivery receipt (registered_delivery 1). */
     requestReceipts: z.boolean().default(true),
     /**
+     * submit_sm carries validity_period (relative) = the code's remaining life: the SMSC gives up on a message it
+     * could not deliver before the code expired, instead of delivering a dead code hours later (its own default
+     * validity is often 24-72 h). false: left to the SMSC's default.
+     */
+    validityFromExpiry: z.boolean().default(true),
+    /**
      * A submit_sm that left without a submit_sm_resp (timeout, connection lost)
      * is never sent again: a late response or a receipt (matched by number)
      * resolves it, else it fails `smsc_unconfirmed` (not refunded) this long

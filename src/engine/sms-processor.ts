@@ -38,7 +38,7 @@ const RECEIPT_REASON: Partial<Record<DeliveryReceipt['state'], string>> = {
  */
 export type SmsState = 'submitting' | 'retry' | 'unconfirmed' | 'accepted';
 
-const RECORD_FIELDS = ['locale', 'sms_state', 'sms_attempts', 'sms_smsc', 'sms_message_id', 'sms_unconfirmed_until', 'sms_nobind_since', 'sms_waits'];
+const RECORD_FIELDS = ['expires_at', 'locale', 'sms_state', 'sms_attempts', 'sms_smsc', 'sms_message_id', 'sms_unconfirmed_until', 'sms_nobind_since', 'sms_waits'];
 
 export interface SmsProcessorDeps {
   redis: Redis;
@@ -114,6 +114,7 @@ export class SmsProcessor {
       from: this.sender(country),
       message,
       requestReceipt: config.sms.requestReceipts,
+      ...(config.sms.validityFromExpiry && extra.expires_at ? { validForSeconds: (Number(extra.expires_at) - Date.now()) / 1000 } : {}),
       logger: log,
     });
     this.deps.metrics.smsSubmitted(outcome.smsc || 'none', outcome.kind === 'retry' || outcome.kind === 'unconfirmed' ? outcome.reason : outcome.kind);

@@ -639,6 +639,7 @@ export class SmppSession {
         destination_addr: request.to.replace(/^\+/, ''),
         esm_class: 0,
         registered_delivery: request.requestReceipt ? 1 : 0,
+        ...(request.validForSeconds !== undefined ? { validity_period: relativeValidity(request.validForSeconds) } : {}),
         data_coding: encoded.dataCoding,
         short_message: encoded.shortMessage,
       },
@@ -686,6 +687,12 @@ export class SmppSession {
         smsc,
       };
     }
+    if (status === CommandStatus.ESME_RSYSERR || status === CommandStatus.ESME_RX_T_APPN) {
+      // A fault of the SMSC's side, not of this message ("System Error", "Temporary App Error"): nothing was
+      // accepted, so it is tried again later like a throttle (as Kannel does), not failed for good.
+      log.warn({ command_status: statusName }, 'SMSC reports a temporary error; submit_sm to be retried');
+      return { kind: 'retry', reason: 'temporary_error', commandStatus: status, smsc };
+    }
     log.warn({ command_status: statusName, command: r.pdu.command }, 'submit_sm refused');
     return { kind: 'failed', reason: 'smsc_rejected', commandStatus: status, statusName, smsc };
   }
@@ -698,4 +705,16 @@ export class SmppSession {
     this.options.delegate.onAvailabilityChange(this);
     return ms;
   }
+}
+
+/**
+ * SMPP 3.4 §7.1.1 relative time "YYMMDDhhmmsstnnR" for `seconds` from now (at least 1 s; days up to 99, which
+ * no code lives anywhere near).
+ */
+export function relativeValidity(seconds: number): string {
+  let s = Math.max(1, Math.min(Math.ceil(seconds), 99 * 86_400));
+  const days = Math.floor(s / 86_400);
+  s -= days * 86_400;
+  const p2 = (n: number): string => String(n).padStart(2, '0');
+  return `0000${p2(days)}${p2(Math.floor(s / 3600))}${p2(Math.floor((s % 3600) / 60))}${p2(s % 60)}000R`;
 }

@@ -32,6 +32,8 @@ export interface SubmitRequest {
   message: EncodedText;
   /** registered_delivery = 1 */
   requestReceipt: boolean;
+  /** validity_period, relative, in seconds: the SMSC drops the message if it cannot deliver it by then. */
+  validForSeconds?: number;
   logger: Logger;
 }
 
@@ -49,7 +51,7 @@ export type SubmitOutcome =
   | {
       /** Nothing was accepted by the SMSC; try again later (BullMQ delay). `connection_lost`: the bind went down before submit_sm was written. */
       kind: 'retry';
-      reason: 'throttled' | 'queue_full' | 'no_bind' | 'connection_lost';
+      reason: 'throttled' | 'queue_full' | 'no_bind' | 'connection_lost' | 'temporary_error';
       /** SMPP command_status, when the SMSC answered. */
       commandStatus?: number;
       smsc?: string;

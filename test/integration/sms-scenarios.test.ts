@@ -446,6 +446,26 @@ describe('SMS OTP through SMPP', () => {
     expect(ok.body).toMatchObject({ status: 'verified' });
   });
 
+  it('submit_sm carries validity_period = the code\u2019s remaining life (relative), unless sms.validityFromExpiry is false', async () => {
+    const t = await start();
+    const account = await t.account({ balance: 1 });
+    const before = Date.now();
+    const id = await sendSms(t, account.auth, '+447700900973', { expiry_seconds: 120 });
+    await waitFor(async () => accepted(await submitsTo('+447700900973')).length === 1 || undefined, 5_000);
+    // The SMSC reads the relative period from the submit's arrival: it gives up when the code expires.
+    const until = Date.parse(accepted(await submitsTo('+447700900973'))[0]!.validityPeriod);
+    const expiresAt = Date.parse(String((await http(`${t.url}/v1/verify/${id}`, { auth: account.auth })).body.expires_at));
+    expect(until).toBeGreaterThan(before + 100_000);
+    expect(Math.abs(until - expiresAt)).toBeLessThanOrEqual(2_500);
+    await t.stop();
+    engine = undefined;
+    const off = await start({}, { sms: { validityFromExpiry: false } });
+    const a2 = await off.account({ balance: 1 });
+    await sendSms(off, a2.auth, '+447700900974', { expiry_seconds: 120 });
+    await waitFor(async () => accepted(await submitsTo('+447700900974')).length === 1 || undefined, 5_000);
+    expect(accepted(await submitsTo('+447700900974'))[0]!.validityPeriod).toBe('');
+  });
+
   it('SMSC down when the request comes: the job waits without using its attempts, and delivers once the bind is up', async () => {
     const t = await start({}, { sms: { retry: { firstDelayMs: 50, maxDelayMs: 100, maxAttempts: 2 } } });
     const account = await t.account({ balance: 1 });

@@ -169,6 +169,13 @@ describe('SMSC refusals', () => {
     });
   });
 
+  it('ESME_RSYSERR and ESME_RX_T_APPN (a fault on the SMSC side) come back as retry outcomes, not failures', async () => {
+    await smsc.set({ rejectPrefixes: { '888': 0x08, '887': 0x64 } });
+    const g = await gateway();
+    expect(await g.gateway.submit(submitRequest('+88812345678'))).toEqual({ kind: 'retry', reason: 'temporary_error', commandStatus: 0x08, smsc: 'default' });
+    expect(await g.gateway.submit(submitRequest('+88712345678'))).toEqual({ kind: 'retry', reason: 'temporary_error', commandStatus: 0x64, smsc: 'default' });
+  });
+
   it('ESME_RTHROTTLED and ESME_RMSGQFUL come back as retry outcomes, and the bind backs off', async () => {
     // Back-off: reconnectMinMs (200) doubling per consecutive answer, capped at reconnectMaxMs (400);
     // a back-off that fits in slotWaitMs (300) is waited out, a longer one bounces the submit.
