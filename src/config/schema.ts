@@ -84,10 +84,13 @@ export const smsSenderSchema = z
   .object({
     addr: z.string().min(1).max(20),
     ton: z.number().int().min(0).max(6).default(5),
-    npi: z.number().int().min(0).max(18).default(0),
+    /** Default: 1 (E.164) for an international number (ton 1), else 0; many SMSCs refuse TON 1 with NPI 0. */
+    npi: z.number().int().min(0).max(18).optional(),
   })
   .strict()
-  .refine((s) => s.ton !== 5 || s.addr.length <= 11, { message: 'an alphanumeric sender (ton 5) has at most 11 characters' });
+  .refine((s) => s.ton !== 5 || s.addr.length <= 11, { message: 'an alphanumeric sender (ton 5) has at most 11 characters' })
+  .refine((s) => s.ton !== 1 || /^\+?[1-9]\d{5,14}$/.test(s.addr), { message: 'an international sender (ton 1) is an E.164 number: digits, optionally after "+"' })
+  .transform((s) => ({ ...s, npi: s.npi ?? (s.ton === 1 ? 1 : 0) }));
 
 export const smscSchema = z
   .object({

@@ -123,6 +123,16 @@ describe('loadConfig', () => {
     expect(errorOf('    - { prefix: "+44190873", country: GB }\n    - { prefix: "+1212555", country: US }\n    - { prefix: "+3319087", country: FR }\n')).toBe('');
   });
 
+  it('an international SMS sender (ton 1) gets NPI 1 (E.164) unless told otherwise, and must be a number', () => {
+    const senders = (yaml: string) => loadConfig({ file: yamlFile(`sms:\n  senders:\n${yaml}`), env: {} }).sms.senders;
+    const s = senders('    default: { addr: "+447700900000", ton: 1 }\n    byCountry:\n      FR: { addr: "33612345678", ton: 1, npi: 0 }\n');
+    expect(s.default).toEqual({ addr: '+447700900000', ton: 1, npi: 1 });
+    expect(s.byCountry.FR).toEqual({ addr: '33612345678', ton: 1, npi: 0 });
+    // Alphanumeric: NPI 0 as before.
+    expect(senders('    default: { addr: "Acme" }\n').default).toEqual({ addr: 'Acme', ton: 5, npi: 0 });
+    expect(() => senders('    default: { addr: "Acme", ton: 1 }\n')).toThrow(/sms\.senders\.default: an international sender \(ton 1\) is an E\.164 number/);
+  });
+
   it('reports unreadable and invalid YAML files', () => {
     expect(() => loadConfig({ file: '/nonexistent/flashverify.yaml', env: {} })).toThrow(/cannot read/);
     expect(() => loadConfig({ file: yamlFile('http: [unclosed'), env: {} })).toThrow(/not valid YAML/);
