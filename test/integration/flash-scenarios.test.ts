@@ -125,11 +125,16 @@ describe('flash call against SIPp', () => {
     // The flash itself: rang, then cancelled (the late 2xx changes nothing reported).
     expect(run.record.outcome).toBe('cancelled');
     expect(run.status).toBe('delivered');
-    // The scenario fails on a missing ACK, a missing answer in it, or a second BYE.
+    // The scenario fails on a missing ACK or BYE, or an ACK without the answer.
     expect((await uas!.waitForExit(15_000)).code).toBe(0);
-    expect(uas!.requests().map((m) => m.method)).toEqual(['INVITE', 'CANCEL', 'ACK', 'ACK', 'BYE', 'ACK']);
-    const bye = uas!.requests('BYE')[0]!;
-    expect(bye.header('to')).toMatch(/tag=\S*SIPpTag02/);
+    // One BYE (retransmissions of it share its CSeq), on the late dialog; its 2xx ACKed twice, once per copy (the
+    // same ACK sent again).
+    const byes = uas!.requests('BYE');
+    expect(new Set(byes.map((m) => m.header('cseq'))).size).toBe(1);
+    expect(byes[0]!.header('to')).toMatch(/tag=\S*SIPpTag02/);
+    const acksOfLate = uas!.requests('ACK').filter((m) => /SIPpTag02/.test(m.header('to') ?? ''));
+    expect(acksOfLate).toHaveLength(2);
+    expect(acksOfLate.every((m) => /^m=audio 0 RTP\/AVP 0\r?$/m.test(m.body ?? ''))).toBe(true);
   });
 
   it('a 200 before any CANCEL is answered and hung up', async () => {
