@@ -425,16 +425,17 @@ describe('SMS OTP through SMPP', () => {
   it('an SMS request sent again: a failure receipt of the first message, arriving after the resend, does not fail it', async () => {
     const t = await start();
     const account = await t.account({ balance: 1 });
-    // The first message fails late (UNDELIV after 1.5 s); the resent one is delivered later still.
-    await smsc.set({ finalState: 'UNDELIV', receiptDelayMs: 1_500 });
+    // The first message fails late (UNDELIV after 3 s: after the resend, even on a loaded host); the resent one is
+    // delivered later still.
+    await smsc.set({ finalState: 'UNDELIV', receiptDelayMs: 3_000 });
     const id = await sendSms(t, account.auth, '+447700900972');
     await waitFor(async () => (await t.redis.hget(t.keys.verification(id), 'sms_state')) === 'accepted' || undefined, 5_000);
-    await smsc.set({ finalState: 'DELIVRD', receiptDelayMs: 3_000 });
+    await smsc.set({ finalState: 'DELIVRD', receiptDelayMs: 4_500 });
     const again = await http(`${t.url}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900972', method: 'sms', code_length: 6, resend: true } });
     expect([again.status, (again.body as { request_id: string }).request_id]).toEqual([200, id]);
     const [first] = accepted(await submitsTo('+447700900972'));
     // The first message's UNDELIV comes and is answered: the request is still live, and its code still verifies later.
-    await waitFor(async () => (await smsc.state()).receipts.find((r) => r.respId === first!.messageId && r.done) ?? undefined, 5_000);
+    await waitFor(async () => (await smsc.state()).receipts.find((r) => r.respId === first!.messageId && r.done) ?? undefined, 8_000);
     await new Promise((r) => setTimeout(r, 300));
     expect((await http(`${t.url}/v1/verify/${id}`, { auth: account.auth })).body.status).toBe('sent');
     // Then the resent message's DELIVRD: delivered, and no failed event ever.
