@@ -10,6 +10,7 @@ import type { WebhookJobData } from '../../src/events/webhook-queue.js';
 import { Keys } from '../../src/store/keys.js';
 import { FraudControls } from '../../src/verification/fraud-controls.js';
 import { REDIS_URL, deletePrefix, testConfig } from '../helpers/engine.js';
+import { monitorRedis, type RedisMonitor } from '../helpers/redis-monitor.js';
 
 /**
  * The per-process account field cache against the real Redis: commands are
@@ -21,8 +22,7 @@ describe('account field cache', () => {
   const keys = new Keys(config.redis.prefix);
   const sealer = new Sealer(Buffer.from(config.security.masterKey, 'hex'));
   let redis: Redis;
-  let monitored: Redis | undefined;
-  let monitor: Redis | undefined;
+  let monitor: RedisMonitor | undefined;
   /** Commands on this test's keys that Redis executed, as MONITOR reports them (name lower-cased, then arguments). */
   const seen: string[][] = [];
   let entries: AccountFieldEntries;
@@ -30,17 +30,14 @@ describe('account field cache', () => {
 
   beforeAll(async () => {
     redis = new Redis(REDIS_URL);
-    monitored = new Redis(REDIS_URL);
-    monitor = await monitored.monitor();
     // Only commands on this test's keys are kept (the shared Redis serves other tests and benchmarks too).
-    monitor.on('monitor', (_time: string, args: string[]) => {
-      if (args.slice(1).some((a) => String(a).startsWith(`${config.redis.prefix}:`))) seen.push([String(args[0]).toLowerCase(), ...args.slice(1)]);
+    monitor = await monitorRedis(REDIS_URL, (args) => {
+      if (args.slice(1).some((a) => a.startsWith(`${config.redis.prefix}:`))) seen.push(args);
     });
     await settled();
   });
   afterAll(async () => {
     monitor?.disconnect();
-    monitored?.disconnect();
     await deletePrefix(redis, config.redis.prefix);
     await redis.quit();
   });

@@ -11,6 +11,7 @@ import { connectRedis } from '../../src/store/redis.js';
 import { FraudControls, type DeliveredEventSink } from '../../src/verification/fraud-controls.js';
 import { utcDay } from '../../src/verification/types.js';
 import { deletePrefix, REDIS_URL, waitFor } from '../helpers/engine.js';
+import { monitorRedis } from '../helpers/redis-monitor.js';
 
 /** The batched HINCRBY counters (conversion, range health) against the real Redis. */
 /** The TTL of the per-day conversion counters. */
@@ -43,10 +44,9 @@ describe('CounterBatch (real Redis)', () => {
     expect(await redis.exists(a, b)).toBe(0); // nothing written before the flush
 
     // What the batch sends, seen by Redis itself (only the commands on this test's keys).
-    const monitor = await redis.monitor();
     const seen: string[][] = [];
-    monitor.on('monitor', (_time: string, args: string[]) => {
-      if (args.some((x) => x.startsWith(keys.prefix))) seen.push([args[0]!.toLowerCase(), ...args.slice(1)]);
+    const monitor = await monitorRedis(REDIS_URL, (args) => {
+      if (args.some((x) => x.startsWith(keys.prefix))) seen.push(args);
     });
     await batch.flush();
     await redis.ping();

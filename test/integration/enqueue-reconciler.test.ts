@@ -1,9 +1,10 @@
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { VerificationService, type DeliveryQueue } from '../../src/verification/verification-service.js';
-import { startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+import { REDIS_URL, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 import { invitesPerDestination } from '../helpers/engine-process.js';
 import { startSippUas, type SippUas } from '../helpers/sipp.js';
+import { monitorRedis } from '../helpers/redis-monitor.js';
 
 /**
  * An api process that dies between the create script (the request is stored
@@ -138,10 +139,9 @@ describe('a verification created but never queued', () => {
     engine = await startTestEngine(testConfig({ worker: { requeueAfterMs: 60_000 }, api: { defaultRateLimitPerSecond: 1000 } }), 'api');
     const account = await engine.account({ balance: 100 });
     const intentKey = engine.keys.unqueued();
-    const monitor = await engine.redis.duplicate().monitor();
     const zrems: number[] = [];
-    monitor.on('monitor', (_time: string, args: string[]) => {
-      if (args[0]?.toLowerCase() === 'zrem' && args[1] === intentKey) zrems.push(args.length - 2);
+    const monitor = await monitorRedis(REDIS_URL, (args) => {
+      if (args[0] === 'zrem' && args[1] === intentKey) zrems.push(args.length - 2);
     });
     try {
       const answers = await Promise.all(

@@ -126,7 +126,8 @@ describe('flash call against SIPp', () => {
     expect(run.record.outcome).toBe('cancelled');
     expect(run.status).toBe('delivered');
     // The scenario fails on a missing ACK or BYE, or an ACK without the answer.
-    expect((await uas!.waitForExit(15_000)).code).toBe(0);
+    const exit = await uas!.waitForExit(15_000);
+    expect(exit.code, exit.errors).toBe(0);
     // One BYE (retransmissions of it share its CSeq), on the late dialog; its 2xx ACKed twice, once per copy (the
     // same ACK sent again).
     const byes = uas!.requests('BYE');
