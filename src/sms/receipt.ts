@@ -112,10 +112,12 @@ export function parseReceipt(
   // What the SMSC wrote: message_state first, then stat:. A value outside SMPP's states (a message_state number
   // past 9, a stat: such as SENT or SUBMITD) is kept as written and taken as pending: a code that did reach the
   // phone must not be failed on a word this engine does not know (the request expires if nothing final follows).
+  // A message_state this engine does not know falls back to the text's stat:, as before.
+  const tlvState = pdu.message_state !== undefined ? MESSAGE_STATES[pdu.message_state] : undefined;
+  const textState = text.stat !== undefined ? stateFromStat(text.stat) : undefined;
   const written: string | undefined =
-    pdu.message_state !== undefined ? String(pdu.message_state) : text.stat !== undefined ? text.stat.trim() : undefined;
-  const known: ReceiptState | undefined =
-    pdu.message_state !== undefined ? MESSAGE_STATES[pdu.message_state] : text.stat !== undefined ? stateFromStat(text.stat) : intermediate ? 'ENROUTE' : undefined;
+    text.stat !== undefined ? text.stat.trim() : pdu.message_state !== undefined ? String(pdu.message_state) : undefined;
+  const known: ReceiptState | undefined = tlvState ?? textState ?? (intermediate && written === undefined ? 'ENROUTE' : undefined);
   // No state anywhere says nothing about the delivery: ignored (the caller logs it), never taken as a failure.
   if (written === undefined && known === undefined) return undefined;
   let state: ReceiptState = known ?? 'ENROUTE';

@@ -338,6 +338,8 @@ describe('stateFromStat', () => {
     expect(r).toMatchObject({ messageId: '1', state: 'ENROUTE', reportedState: 'SOMETHNG' });
     expect(receiptOutcome(r!.state)).toBe('pending');
     expect(parseReceipt({ esm_class: RECEIPT, receipted_message_id: '1', message_state: 42 }, 'a', 'auto')).toMatchObject({ state: 'ENROUTE', reportedState: '42' });
+    // A message_state it does not know still falls back to the text's stat:.
+    expect(parseReceipt({ esm_class: RECEIPT, short_message: 'id:1 stat:DELIVRD', message_state: 42 }, 'a', 'auto')?.state).toBe('DELIVRD');
     // UNKNOWN itself is SMPP's final state 7: a failure, as before.
     expect(parseReceipt({ esm_class: RECEIPT, short_message: 'id:1 stat:UNKNOWN' }, 'a', 'auto')?.state).toBe('UNKNOWN');
   });
