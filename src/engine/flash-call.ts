@@ -100,8 +100,13 @@ export function placeFlashCall(originator: CallOriginator, p: FlashCallParams): 
           if (!crossedCancel) void call?.hangup().catch(() => undefined);
           finish({ outcome: 'answered', sipStatus: 200 });
         },
-        onCancelled() {
-          finish({ outcome: rang ? 'cancelled' : stopping ? 'shutdown' : noRinging ? 'no_ringing' : 'cancelled', sipStatus: 487 });
+        onCancelled(finalStatus) {
+          // No final response after the CANCEL (64*T1): no SIP status to report, not a made-up 487.
+          finish({
+            outcome: rang ? 'cancelled' : stopping ? 'shutdown' : noRinging ? 'no_ringing' : 'cancelled',
+            sipStatus: finalStatus,
+            ...(finalStatus === undefined ? { phrase: 'no final response after CANCEL' } : {}),
+          });
         },
         onFailed(f) {
           // Once it rang the caller ID was shown: a busy/decline after ringing is still a delivery.

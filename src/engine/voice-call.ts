@@ -149,8 +149,8 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
             remoteHangup = true;
             session.stop();
           },
-          onCancelled() {
-            finish({ outcome: stopping ? 'shutdown' : 'no_answer', sipStatus: 487 });
+          onCancelled(finalStatus) {
+            finish({ outcome: stopping ? 'shutdown' : 'no_answer', sipStatus: finalStatus });
           },
           onFailed(f) {
             // After our no-answer CANCEL, a final response other than 487 (or none) still means nobody answered,

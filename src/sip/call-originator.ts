@@ -53,8 +53,11 @@ export interface CallDelegate {
   onAnswered?(sdp: string | undefined, crossedCancel: boolean): void;
   /** The INVITE ended with a non-2xx final response other than our CANCEL's 487, or with no response. */
   onFailed?(failure: CallFailure): void;
-  /** Our CANCEL succeeded: the INVITE got 487 Request Terminated. */
-  onCancelled?(): void;
+  /**
+   * Our CANCEL succeeded: `finalStatus` 487 when the INVITE got 487 Request Terminated, undefined when it got no
+   * final response at all within 64*T1 of the CANCEL (RFC 3261 9.1: considered cancelled; no status to report).
+   */
+  onCancelled?(finalStatus: number | undefined): void;
   /** The far end sent BYE on an established dialog (answered with 200 by the backend). */
   onRemoteHangup?(): void;
   /** The call is fully over (all transactions terminated or abandoned). */
@@ -96,10 +99,17 @@ export function callDelegate(log: Logger, name: string, fn: () => void): void {
 }
 
 /** The single non-answer outcome of a call, logged and reported the same way by every backend. */
-export function reportCallEnd(log: Logger, delegate: CallDelegate, outcome: 'failed' | 'cancelled', failure?: CallFailure): void {
+export function reportCallEnd(
+  log: Logger,
+  delegate: CallDelegate,
+  outcome: 'failed' | 'cancelled',
+  failure?: CallFailure,
+  /** Cancelled: the INVITE's final status (487), undefined when none came. */
+  cancelFinal?: number,
+): void {
   if (outcome === 'cancelled') {
-    log.info('SIP call cancelled');
-    callDelegate(log, 'onCancelled', () => delegate.onCancelled?.());
+    log.info({ final_status: cancelFinal ?? 'none' }, 'SIP call cancelled');
+    callDelegate(log, 'onCancelled', () => delegate.onCancelled?.(cancelFinal));
   } else {
     const f: CallFailure = failure ?? { reason: 'rejected' };
     log.info({ reason: f.reason, status: f.status, phrase: f.phrase }, 'SIP call failed');

@@ -365,7 +365,7 @@ export class UacCall implements OutboundCall {
     }
     if ((status === 401 || status === 407) && this.tryAuthRetry(response)) return;
     if (status === 487 && this.cancelRequested) {
-      this.finish('cancelled');
+      this.finish('cancelled', undefined, 487);
     } else {
       this.finish('failed', { reason: failureReasonFor(status), status, phrase: response.reason });
     }
@@ -737,12 +737,12 @@ export class UacCall implements OutboundCall {
 
   // ---------------------------------------------------------------- end of call
 
-  /** Report the single outcome (onAnswered is reported in on2xx). */
-  private finish(outcome: 'failed' | 'cancelled', failure?: CallFailure): void {
+  /** Report the single outcome (onAnswered is reported in on2xx). `cancelFinal`: 487, or undefined when the CANCEL guard gave up. */
+  private finish(outcome: 'failed' | 'cancelled', failure?: CallFailure, cancelFinal?: number): void {
     if (this.outcome !== undefined) return;
     this.outcome = outcome;
     if (this.state !== 'confirmed') this.state = 'terminated';
-    reportCallEnd(this.log, this.delegate, outcome, failure);
+    reportCallEnd(this.log, this.delegate, outcome, failure, cancelFinal);
   }
 
   /**

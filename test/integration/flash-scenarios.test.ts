@@ -120,6 +120,15 @@ describe('flash call against SIPp', () => {
     expect(ack.body).toMatch(/^m=audio 0 RTP\/AVP 0\r?$/m);
   });
 
+  it('rang, CANCEL answered, no 487 ever: cancelled after 64*T1, delivered, and no made-up final SIP status', async () => {
+    const run = await flashCall('uas-ring-cancel-no-487');
+    expect(run.record.outcome).toBe('cancelled');
+    expect(run.status).toBe('delivered');
+    expect(run.record.final_sip_status).toBeUndefined();
+    const exit = await uas!.waitForExit(15_000);
+    expect(exit.code, exit.errors).toBe(0);
+  });
+
   it('a forked branch that answers after the 487 is ACKed and BYEd once; its retransmitted 2xx only ACKed again', async () => {
     const run = await flashCall('uas-487-then-forked-200');
     // The flash itself: rang, then cancelled (the late 2xx changes nothing reported).

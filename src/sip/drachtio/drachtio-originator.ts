@@ -309,7 +309,7 @@ class DrachtioCall implements OutboundCall {
     this.clearTimer();
     if (isSipError(err)) {
       const status = err.status;
-      if (status === 487 && this.cancelRequested) this.finish('cancelled');
+      if (status === 487 && this.cancelRequested) this.finish('cancelled', undefined, 487);
       else this.finish('failed', drachtioFailure(status, err.reason ?? err.res?.reason, this.sawResponse));
     } else {
       this.finish('failed', { reason: 'unreachable', phrase: errorMessage(err) });
@@ -377,10 +377,11 @@ class DrachtioCall implements OutboundCall {
     this.maybeEnd();
   }
 
-  private finish(outcome: 'failed' | 'cancelled', failure?: CallFailure): void {
+  /** `cancelFinal`: 487, or undefined when no final response came after the CANCEL. */
+  private finish(outcome: 'failed' | 'cancelled', failure?: CallFailure, cancelFinal?: number): void {
     if (this.outcome !== undefined) return;
     this.outcome = outcome;
-    reportCallEnd(this.log, this.delegate, outcome, failure);
+    reportCallEnd(this.log, this.delegate, outcome, failure, cancelFinal);
   }
 
   private maybeEnd(): void {

@@ -74,7 +74,7 @@ class ScriptedOriginator implements CallOriginator {
       cancel: () => {
         cancelled = true;
         timers.forEach(clearTimeout);
-        setImmediate(() => d.onCancelled?.());
+        setImmediate(() => d.onCancelled?.(487));
       },
       hangup: async () => {
         this.hangups++;

@@ -54,8 +54,19 @@ describe('placeFlashCall (the flash policy)', () => {
     expect(sip.cancels).toBe(0);
     vi.advanceTimersByTime(1);
     expect(sip.cancels).toBe(1);
-    sip.delegate.onCancelled?.();
+    sip.delegate.onCancelled?.(487);
     await expect(result).resolves.toMatchObject({ outcome: 'cancelled', rang: true, sipStatus: 487 });
+  });
+
+  it('rang, CANCELled, and no final response ever came: cancelled without a made-up SIP status', async () => {
+    start();
+    sip.delegate.onProvisional?.(180, 'Ringing', undefined);
+    vi.advanceTimersByTime(2000);
+    expect(sip.cancels).toBe(1);
+    sip.delegate.onCancelled?.(undefined);
+    const r = await result;
+    expect(r).toMatchObject({ outcome: 'cancelled', rang: true });
+    expect(r.sipStatus).toBeUndefined();
   });
 
   it('183 does not ring unless the trunk says so', async () => {
@@ -74,7 +85,7 @@ describe('placeFlashCall (the flash policy)', () => {
     sip.delegate.onProvisional?.(100, 'Trying', undefined);
     vi.advanceTimersByTime(10_000);
     expect(sip.cancels).toBe(1);
-    sip.delegate.onCancelled?.();
+    sip.delegate.onCancelled?.(487);
     await expect(result).resolves.toMatchObject({ outcome: 'no_ringing', rang: false });
   });
 

@@ -96,7 +96,7 @@ describe('placeVoiceCall (the voice policy)', () => {
     expect(sip.cancels).toBe(0);
     await vi.advanceTimersByTimeAsync(1);
     expect(sip.cancels).toBe(1);
-    sip.delegate.onCancelled?.();
+    sip.delegate.onCancelled?.(487);
     await expect(result).resolves.toMatchObject({ outcome: 'no_answer', answered: false, sipStatus: 487 });
     expect(player.closes).toBe(1);
   });
