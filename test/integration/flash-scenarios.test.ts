@@ -129,22 +129,20 @@ describe('flash call against SIPp', () => {
     expect(exit.code, exit.errors).toBe(0);
   });
 
-  it('a forked branch that answers after the 487 is ACKed and BYEd once; its retransmitted 2xx only ACKed again', async () => {
+  it('a forked branch that answers after the 487 is ACKed (with an answer) and BYEd once', async () => {
     const run = await flashCall('uas-487-then-forked-200');
     // The flash itself: rang, then cancelled (the late 2xx changes nothing reported).
     expect(run.record.outcome).toBe('cancelled');
     expect(run.status).toBe('delivered');
-    // The scenario fails on a missing ACK or BYE, or an ACK without the answer.
+    // The scenario fails on a missing ACK or BYE, an ACK without the answer, or a second BYE.
     const exit = await uas!.waitForExit(15_000);
     expect(exit.code, exit.errors).toBe(0);
-    // One BYE (retransmissions of it share its CSeq), on the late dialog; its 2xx ACKed twice, once per copy (the
-    // same ACK sent again).
     const byes = uas!.requests('BYE');
     expect(new Set(byes.map((m) => m.header('cseq'))).size).toBe(1);
     expect(byes[0]!.header('to')).toMatch(/tag=\S*SIPpTag02/);
     const acksOfLate = uas!.requests('ACK').filter((m) => /SIPpTag02/.test(m.header('to') ?? ''));
-    expect(acksOfLate).toHaveLength(2);
-    expect(acksOfLate.every((m) => /^m=audio 0 RTP\/AVP 0\r?$/m.test(m.body ?? ''))).toBe(true);
+    expect(acksOfLate).toHaveLength(1);
+    expect(acksOfLate[0]!.body).toMatch(/^m=audio 0 RTP\/AVP 0\r?$/m);
   });
 
   it('a 200 before any CANCEL is answered and hung up', async () => {

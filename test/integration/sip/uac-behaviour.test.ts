@@ -225,6 +225,41 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     await expect(call.hangup()).resolves.toBeUndefined();
   });
 
+  it('a forked branch answering after the 487: ACK (with an answer declining the offer) and one BYE; its retransmitted 2xx only ACKed again', async () => {
+    const rec = recorder();
+    const call = sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
+    const invite = await peer.next('INVITE');
+    peer.reply(invite, 180, 'Ringing', [], 'branch-a');
+    await rec.waitFor('provisional');
+    call.cancel();
+    const cancel = await peer.next('CANCEL');
+    peer.reply(cancel, 200, 'OK', [], 'branch-a');
+    peer.reply(invite, 487, 'Request Terminated', [], 'branch-a');
+    const ack487 = await peer.next('ACK');
+    expect(ack487.req.to.tag).toBe('branch-a');
+    await rec.waitFor('cancelled');
+    // Another branch answers, with an offer (our INVITE had none): the INVITE transaction is Completed by now.
+    const offer = 'v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8 0\r\nm=video 4002 RTP/AVP 96\r\n';
+    const ok = [`Contact: <sip:127.0.0.1:${port}>`, 'Content-Type: application/sdp'];
+    peer.reply(invite, 200, 'OK', ok, 'branch-b', offer);
+    const ack = await peer.next('ACK', 1);
+    expect(ack.req.to.tag).toBe('branch-b');
+    expect(ack.req.via.branch).not.toBe(invite.req.via.branch);
+    expect(getHeader(ack.req, 'content-type')).toBe('application/sdp');
+    // The answer: the offer's m-lines in order, every one declined (port 0).
+    expect(ack.req.body?.split('\r\n').filter((l) => l.startsWith('m='))).toEqual(['m=audio 0 RTP/AVP 8', 'm=video 0 RTP/AVP 96']);
+    const bye = await peer.next('BYE');
+    expect(bye.req.to.tag).toBe('branch-b');
+    // The same 2xx again: ACKed again, no second BYE.
+    peer.reply(invite, 200, 'OK', ok, 'branch-b', offer);
+    await peer.next('ACK', 2);
+    await tick(200);
+    expect(peer.count('BYE')).toBe(1);
+    peer.reply(bye, 200, 'OK');
+    // Nothing reported for the late dialog: the call was cancelled.
+    expect(rec.events.map((e) => e.type)).not.toContain('answered');
+  });
+
   it('answered call: in-dialog OPTIONS 200, re-INVITE 200 with our SDP, unknown 501, unknown dialog 481, remote BYE', async () => {
     const rec = recorder();
     const sdp = 'v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n';
