@@ -13,8 +13,8 @@ import type { VerificationService } from '../verification/verification-service.j
 import { Idempotency, parseIdempotencyKey } from './idempotency.js';
 import { adminApi, type FraudAdmin } from './admin.js';
 import { openApiDocument } from './openapi.js';
-import { consumeRateLimit } from './rate-limit.js';
-import { AuthGuard, rateLimitHeaders } from './auth-guard.js';
+import { consumeRateLimit, rateLimitHeaders } from './rate-limit.js';
+import { AuthGuard } from './auth-guard.js';
 
 export interface ApiDeps {
   config: Readonly<Config>;
@@ -159,7 +159,7 @@ async function authenticate(req: FastifyRequest, reply: FastifyReply, accounts: 
     // Counted atomically per address and per key; slows down, then locks the address out (429 + Retry-After).
     // No key's rate limit applies to a 401: its X-RateLimit-* headers give the address's failure budget.
     const budget = await guard.failed(req.ip, sep > 0 ? decoded.slice(0, sep) : undefined);
-    for (const [name, value] of Object.entries(rateLimitHeaders(budget))) void reply.header(name, value);
+    void reply.headers(rateLimitHeaders(budget));
     throw new ApiError('unauthorized');
   }
   // Pending and suspended accounts may still read; they may not start verifications.
@@ -168,11 +168,7 @@ async function authenticate(req: FastifyRequest, reply: FastifyReply, accounts: 
 
 async function rateLimit(account: Account, reply: FastifyReply, redis: Redis, keys: Keys, defaultLimit: number): Promise<void> {
   try {
-    await consumeRateLimit(redis, keys, account, defaultLimit, (w) => {
-      void reply.header('X-RateLimit-Limit', w.limit);
-      void reply.header('X-RateLimit-Remaining', w.remaining);
-      void reply.header('X-RateLimit-Reset', w.reset);
-    });
+    await consumeRateLimit(redis, keys, account, defaultLimit, (w) => void reply.headers(rateLimitHeaders(w)));
   } catch (err) {
     if (err instanceof ApiError && err.code === 'rate_limited') void reply.header('Retry-After', 1);
     throw err;

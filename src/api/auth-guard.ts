@@ -2,6 +2,7 @@ import type { Redis } from 'ioredis';
 import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
 import { ApiError } from '../verification/errors.js';
+import { rateLimitHeaders, type RateLimitWindow } from './rate-limit.js';
 
 export interface AuthGuardOptions {
   /** From this many failures in the window on, each failed attempt is answered only after `delayMs`. */
@@ -13,20 +14,10 @@ export interface AuthGuardOptions {
 }
 
 /**
- * An address's failed-authentication budget: `lockAfter` failures per window, `remaining` of them left, the window
- * ending at `reset` (Unix seconds). Answers that no API key's limit covers (401, the lock-out's 429) carry it in the
- * X-RateLimit-* headers, so every /v1 response has them (the contract's "Rate Limiting").
+ * An address's failed-authentication budget, as a rate-limit window: `lockAfter` failures per window, `remaining`
+ * of them left, the window ending at `reset` (Unix seconds). Answers that no API key's limit covers (401, the
+ * lock-out's 429) carry it in the X-RateLimit-* headers, so every /v1 response has them (the contract's "Rate Limiting").
  */
-export interface FailureBudget {
-  limit: number;
-  remaining: number;
-  reset: number;
-}
-
-export function rateLimitHeaders(b: FailureBudget): Record<string, number> {
-  return { 'X-RateLimit-Limit': b.limit, 'X-RateLimit-Remaining': b.remaining, 'X-RateLimit-Reset': b.reset };
-}
-
 const epochSecondsIn = (seconds: number): number => Math.floor(Date.now() / 1000) + Math.max(0, seconds);
 
 /**
@@ -63,7 +54,7 @@ export class AuthGuard {
    * Counts a failure; waits (slow-down) or throws 429 (lock-out) when the counts call for it. Returns what is
    * left of the address's failure budget, for the X-RateLimit-* headers of the 401.
    */
-  async failed(address: string, apiKey: string | undefined): Promise<FailureBudget> {
+  async failed(address: string, apiKey: string | undefined): Promise<RateLimitWindow> {
     const ipKey = this.keys.authFailures('ip', address);
     // Only well-formed keys get a counter: garbage must not create keys at will.
     const keyKey = apiKey !== undefined && /^[0-9a-f]{32}$/.test(apiKey) ? this.keys.authFailures('key', apiKey) : ipKey;

@@ -12,6 +12,11 @@ export interface RateLimitWindow {
   reset: number;
 }
 
+/** The X-RateLimit-* headers of a window (an API key's, or an address's budget of failed logins: auth-guard.ts). */
+export function rateLimitHeaders(w: RateLimitWindow): Record<string, number> {
+  return { 'X-RateLimit-Limit': w.limit, 'X-RateLimit-Remaining': w.remaining, 'X-RateLimit-Reset': w.reset };
+}
+
 /**
  * Counts one request of an API key in a fixed one-second window shared by
  * every api process and every in-process producer; throws `rate_limited`

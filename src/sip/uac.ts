@@ -143,14 +143,8 @@ export function failureReasonFor(status: number): CallFailureReason {
 
 /** Minimal SDP offer for carriers that reject offer-less INVITEs: one PCMU audio stream. */
 export function dummySdp(host: string): string {
-  const ip = host.includes(':') ? 'IP6' : 'IP4';
-  const sess = Math.floor(Date.now() / 1000);
   return (
-    'v=0\r\n' +
-    `o=flashverify ${sess} ${sess} IN ${ip} ${host}\r\n` +
-    's=flashverify\r\n' +
-    `c=IN ${ip} ${host}\r\n` +
-    't=0 0\r\n' +
+    sdpSessionHead(host) +
     'm=audio 40000 RTP/AVP 0\r\n' +
     'a=rtpmap:0 PCMU/8000\r\n' +
     'a=sendrecv\r\n'
@@ -163,8 +157,6 @@ export function dummySdp(host: string): string {
  * flash call never takes the media; a strict B2BUA otherwise tears the call down itself, racing our BYE.
  */
 export function declineAllSdp(offer: string, host: string): string {
-  const ip = host.includes(':') ? 'IP6' : 'IP4';
-  const sess = Math.floor(Date.now() / 1000);
   const mLines = offer
     .split(/\r?\n/)
     .filter((l) => l.startsWith('m='))
@@ -172,7 +164,14 @@ export function declineAllSdp(offer: string, host: string): string {
       const [media = 'audio', , proto = 'RTP/AVP', fmt = '0'] = l.slice(2).trim().split(/\s+/);
       return `m=${media} 0 ${proto} ${fmt}\r\n`;
     });
-  return `v=0\r\no=flashverify ${sess} ${sess} IN ${ip} ${host}\r\ns=flashverify\r\nc=IN ${ip} ${host}\r\nt=0 0\r\n${mLines.join('')}`;
+  return sdpSessionHead(host) + mLines.join('');
+}
+
+/** v=, o=, s=, c= and t= of an SDP body of ours, for `host` (IPv4 or IPv6). */
+function sdpSessionHead(host: string): string {
+  const ip = host.includes(':') ? 'IP6' : 'IP4';
+  const sess = Math.floor(Date.now() / 1000);
+  return `v=0\r\no=flashverify ${sess} ${sess} IN ${ip} ${host}\r\ns=flashverify\r\nc=IN ${ip} ${host}\r\nt=0 0\r\n`;
 }
 
 /** The delegate of a call that has ended: nothing is reported any more, and nothing of the caller is kept. */
