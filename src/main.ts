@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Worker, type ConnectionOptions, type Job } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { AccountStore } from './accounts/account-store.js';
 import { AccountFieldCache } from './accounts/account-field-cache.js';
@@ -39,7 +39,7 @@ import { RangeSelector } from './numbers/range-selector.js';
 import type { CallOriginator } from './sip/call-originator.js';
 import { CounterBatch } from './store/counter-batch.js';
 import { Keys } from './store/keys.js';
-import { connectRedis, redisTarget } from './store/redis.js';
+import { connectBullRedis, connectRedis } from './store/redis.js';
 import { DELIVERABLE_METHODS, type Method } from './verification/types.js';
 import { ExpirySweeper } from './verification/expiry-sweeper.js';
 import { EnqueueReconciler } from './verification/enqueue-reconciler.js';
@@ -67,10 +67,10 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   }
   const sealer = new Sealer(keysMaterial.current, keysMaterial.previous);
   const keys = new Keys(config.redis.prefix);
-  const redis = connectRedis(config.redis.url, logger);
+  const redis = connectRedis(config.redis, logger);
   // Delivery writes (events, record updates of calls in progress) wait for Redis to come back rather than fail mid-call.
-  const durableRedis = connectRedis(config.redis.url, logger, { maxRetriesPerRequest: null });
-  const bullConnection: ConnectionOptions = new Redis(redisTarget(config.redis.url), { maxRetriesPerRequest: null });
+  const durableRedis = connectRedis(config.redis, logger, { maxRetriesPerRequest: null });
+  const bullConnection: ConnectionOptions = connectBullRedis(config.redis);
   const events = new EventPublisher(durableRedis, keys, config.events.maxLen);
   const stops: (() => Promise<unknown>)[] = [];
   // Graceful stop of the delivery workers (see stop() below): closed first, with the calls they hold.
@@ -296,7 +296,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       }
 
       const consumer = new StatusConsumer(
-        connectRedis(config.redis.url, logger),
+        connectRedis(config.redis, logger),
         keys,
         config.events.consumerGroup,
         `${hostname()}-${process.pid}`,
@@ -313,7 +313,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       stops.push(() => webhookQueue.close());
       metrics.watchQueue(WEBHOOK_QUEUE, webhookQueue.queue);
       const webhookConsumer = new WebhookConsumer(
-        connectRedis(config.redis.url, logger),
+        connectRedis(config.redis, logger),
         keys,
         config.events.webhookGroup,
         `${hostname()}-${process.pid}`,
@@ -331,7 +331,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         const stepTimer = new BullStepTimer(bullConnection, keys.bullPrefix());
         stops.push(() => Promise.all([stepQueue.close(), stepTimer.close()]));
         const advancer = new WorkflowAdvancer(
-          connectRedis(config.redis.url, logger),
+          connectRedis(config.redis, logger),
           keys,
           config.events.workflowGroup,
           `${hostname()}-${process.pid}`,
@@ -509,7 +509,7 @@ Usage:
   flashverify account set-fraud ACCOUNT_ID (--json '{"countries":{"allow":["GB"]}}' | --clear)
 
 Configuration: config/default.yaml, then --config FILE or FLASHVERIFY_CONFIG,
-then environment variables (REDIS_URL, REDIS_PREFIX, PORT, HOST, SIP_TRUNK_URI,
+then environment variables (REDIS_URL, REDIS_PREFIX, REDIS_CLUSTER, PORT, HOST, SIP_TRUNK_URI,
 SIP_LISTEN_PORT, SMPP_URL, FLASHVERIFY_MASTER_KEY, FLASHVERIFY_ADMIN_TOKEN, LOG_LEVEL).`;
 
 /** The CLI. Returns the exit code. */
@@ -573,7 +573,7 @@ export async function runCli(argv: string[]): Promise<number> {
 
   if (command === 'account') {
     const keysMaterial = resolveMasterKeys(config.security);
-    const redis = connectRedis(config.redis.url, logger, { maxRetriesPerRequest: 1 });
+    const redis = connectRedis(config.redis, logger, { maxRetriesPerRequest: 1 });
     try {
       const store = new AccountStore(redis, new Keys(config.redis.prefix), new Sealer(keysMaterial.current, keysMaterial.previous), {
         allowPrivateWebhooks: config.webhooks.allowPrivate,

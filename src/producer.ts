@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { pino, type Logger } from 'pino';
 import { AccountNotFoundError, AccountStore, type Account } from './accounts/account-store.js';
 import { consumeRateLimit } from './api/rate-limit.js';
@@ -14,7 +14,7 @@ import { ensureEventGroups } from './events/event-groups.js';
 import { EventPublisher } from './events/event-publisher.js';
 import { CounterBatch } from './store/counter-batch.js';
 import { Keys } from './store/keys.js';
-import { connectRedis, redisTarget } from './store/redis.js';
+import { connectBullRedis, connectRedis } from './store/redis.js';
 import { ApiError } from './verification/errors.js';
 import { DELIVERABLE_METHODS, type CreatedBody, type Method } from './verification/types.js';
 import { FraudControls } from './verification/fraud-controls.js';
@@ -38,6 +38,8 @@ export interface ProducerConnectOptions {
   env?: NodeJS.ProcessEnv;
   redisUrl?: string;
   prefix?: string;
+  /** The engine's `redis.cluster`: `redisUrl` then lists the cluster's seed nodes, and `prefix` carries a hash tag. */
+  redisCluster?: boolean;
   /** 32 bytes as 64 hex characters or base64: the engine's `security.masterKey`. */
   masterKey?: string;
   /**
@@ -93,8 +95,14 @@ export class FlashVerifyProducer {
         file: options.configFile,
         env: options.env ?? {},
         overrides: {
-          ...(options.redisUrl !== undefined || options.prefix !== undefined
-            ? { redis: { ...(options.redisUrl !== undefined && { url: options.redisUrl }), ...(options.prefix !== undefined && { prefix: options.prefix }) } }
+          ...(options.redisUrl !== undefined || options.prefix !== undefined || options.redisCluster !== undefined
+            ? {
+                redis: {
+                  ...(options.redisUrl !== undefined && { url: options.redisUrl }),
+                  ...(options.prefix !== undefined && { prefix: options.prefix }),
+                  ...(options.redisCluster !== undefined && { cluster: options.redisCluster }),
+                },
+              }
             : {}),
           ...(options.masterKey !== undefined && { security: { masterKey: options.masterKey } }),
         },
@@ -110,8 +118,8 @@ export class FlashVerifyProducer {
     const sealer = new Sealer(material.current, material.previous);
     const logger = options.logger ?? pino({ level: 'silent' });
     const keys = new Keys(config.redis.prefix);
-    const redis = connectRedis(config.redis.url, logger);
-    const bullConnection = new Redis(redisTarget(config.redis.url), { maxRetriesPerRequest: null });
+    const redis = connectRedis(config.redis, logger);
+    const bullConnection = connectBullRedis(config.redis);
     try {
       await redis.ping();
       // Before this producer writes its first event (see event-groups.ts).

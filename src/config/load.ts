@@ -79,6 +79,11 @@ function envOverrides(env: NodeJS.ProcessEnv, issues: string[]): Record<string, 
   };
   if (env.REDIS_URL) set('redis', 'url', env.REDIS_URL);
   if (env.REDIS_PREFIX) set('redis', 'prefix', env.REDIS_PREFIX);
+  if (env.REDIS_CLUSTER) {
+    if (/^(true|1|yes)$/i.test(env.REDIS_CLUSTER)) set('redis', 'cluster', true);
+    else if (/^(false|0|no)$/i.test(env.REDIS_CLUSTER)) set('redis', 'cluster', false);
+    else issues.push(`REDIS_CLUSTER: must be true or false, got "${env.REDIS_CLUSTER}"`);
+  }
   const port = int('PORT');
   if (port !== undefined) set('http', 'port', port);
   if (env.HOST) set('http', 'host', env.HOST);

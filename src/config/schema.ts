@@ -302,12 +302,41 @@ export const configSchema = z
       .strict(),
     redis: z
       .object({
-        url: z
+        /** One URL; with `cluster`, one or more seed nodes of the cluster, comma-separated. */
+        url: z.string(),
+        prefix: z
           .string()
-          .regex(/^(rediss?:\/\/|unix:\/\/\/)/, 'must be a redis://, rediss:// or unix:///path/to/redis.sock URL'),
-        prefix: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, "_", "-" and "." only'),
+          .regex(/^[A-Za-z0-9_.{}-]+$/, 'letters, digits, "_", "-", "." and one {hash tag} only')
+          .refine((p) => !/[{}]/.test(p) || /^[^{}]*\{[^{}]+\}[^{}]*$/.test(p), 'braces only around one non-empty hash tag, e.g. "{fv}"'),
+        /**
+         * Redis Cluster: every key is named under `prefix`, whose hash tag puts all of them (BullMQ's included) in one
+         * hash slot, as the Lua scripts touch several keys at once. The cluster gives failover, not more throughput.
+         */
+        cluster: z.boolean().default(false),
       })
-      .strict(),
+      .strict()
+      .superRefine((r, ctx) => {
+        const urls = r.url.split(',').map((u) => u.trim());
+        if (urls.length > 1 && !r.cluster) {
+          ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['url'], message: 'a list of URLs is only for redis.cluster: true (its seed nodes)' });
+        }
+        for (const u of urls) {
+          if (!/^(rediss?:\/\/|unix:\/\/\/)/.test(u)) {
+            ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['url'], message: `must be a redis://, rediss:// or unix:///path/to/redis.sock URL${urls.length > 1 ? ` (a seed node is "${u}")` : ''}` });
+          } else if (r.cluster && u.startsWith('unix://')) {
+            ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['url'], message: `${u}: a Redis Cluster is reached over TCP (redis:// or rediss://), not a Unix socket` });
+          } else if (r.cluster && !/^rediss?:\/\/[^/]*(\/0?)?$/.test(u)) {
+            ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['url'], message: `${u}: a Redis Cluster has only database 0 (no /<db> path)` });
+          }
+        }
+        if (r.cluster && !/\{[^{}]+\}/.test(r.prefix)) {
+          ctx.addIssue({
+            code: z.ZodIssueCode.custom,
+            path: ['prefix'],
+            message: `with redis.cluster, the prefix needs a hash tag so that every key is in one hash slot (the Lua scripts and BullMQ use several keys at once): e.g. "{${r.prefix.replace(/[{}]/g, '')}}"`,
+          });
+        }
+      }),
     security: z
       .object({
         /** 32 bytes as 64 hex chars or base64. Empty: read or create `masterKeyFile`. */

@@ -1,12 +1,60 @@
-import { Redis, type RedisOptions } from 'ioredis';
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from 'pino';
+
+/** Where Redis is: `redis.url` and `redis.cluster` of the config (a bare URL = one server). */
+export type RedisEndpoint = string | { readonly url: string; readonly cluster?: boolean };
 
 /**
  * A Redis connection for flashverify's own commands. BullMQ makes its own
  * connections (it needs maxRetriesPerRequest: null for blocking commands).
+ *
+ * With `redis.cluster`, an ioredis Cluster client over the seed nodes in `redis.url`. It is typed as Redis: every
+ * command flashverify sends names keys under `redis.prefix`, whose hash tag (required by the config) puts them in
+ * one slot, so scripts, MULTI and pipelines go to one node as they would to a single server.
  */
-export function connectRedis(url: string, logger: Logger, options: RedisOptions = {}): Redis {
-  const redis = new Redis(redisTarget(url), {
+export function connectRedis(endpoint: RedisEndpoint, logger: Logger, options: RedisOptions = {}): Redis {
+  const { url, cluster } = typeof endpoint === 'string' ? { url: endpoint, cluster: false } : endpoint;
+  const redis = cluster ? clusterClient(url, logger, options) : singleClient(url, options);
+  let lastError = '';
+  redis.on('error', (err: Error) => {
+    if (err.message !== lastError) logger.warn({ err: err.message }, 'redis connection error');
+    lastError = err.message;
+  });
+  redis.on('ready', () => {
+    if (lastError) logger.info('redis connection restored');
+    lastError = '';
+  });
+  return redis;
+}
+
+/**
+ * BullMQ's connection: blocking commands, so no per-command retry limit (BullMQ insists on maxRetriesPerRequest:
+ * null), and no auto-pipelining (BullMQ's own choice of round trips is kept).
+ */
+export function connectBullRedis(endpoint: RedisEndpoint): Redis {
+  const { url, cluster } = typeof endpoint === 'string' ? { url: endpoint, cluster: false } : endpoint;
+  if (!cluster) return new Redis(redisTarget(url), { maxRetriesPerRequest: null });
+  return new Cluster(seedNodes(url), { redisOptions: { ...nodeOptions(url), maxRetriesPerRequest: null } }) as unknown as Redis;
+}
+
+function clusterClient(url: string, logger: Logger, options: RedisOptions): Redis {
+  const { maxRetriesPerRequest = 1, ...rest } = options;
+  const cluster = new Cluster(seedNodes(url), {
+    // As singleClient: fail a command after about a second while the cluster is unreachable, unless the caller
+    // waits for Redis to return (maxRetriesPerRequest: null, the delivery writes).
+    clusterRetryStrategy: (times) => Math.min(times * 100, 500),
+    enableOfflineQueue: true,
+    enableAutoPipelining: true,
+    // A MOVED/ASK after a failover is followed; a node that is down is retried for at most this long.
+    retryDelayOnFailover: 200,
+    redisOptions: { ...nodeOptions(url), ...rest, maxRetriesPerRequest },
+  });
+  cluster.on('node error', (err: Error, node: string) => logger.warn({ err: err.message, node }, 'redis cluster node error'));
+  return cluster as unknown as Redis;
+}
+
+function singleClient(url: string, options: RedisOptions): Redis {
+  return new Redis(redisTarget(url), {
     // Fail commands quickly while Redis is down instead of queueing forever,
     // so the API answers 503 within about a second rather than hanging: a
     // command waits for at most one failed reconnection attempt, and attempts
@@ -23,16 +71,24 @@ export function connectRedis(url: string, logger: Logger, options: RedisOptions 
     enableAutoPipelining: true,
     ...options,
   });
-  let lastError = '';
-  redis.on('error', (err: Error) => {
-    if (err.message !== lastError) logger.warn({ err: err.message }, 'redis connection error');
-    lastError = err.message;
+}
+
+/** The cluster's seed nodes: `redis.url` split at commas (one node is enough; the client discovers the others). */
+function seedNodes(url: string): { host: string; port: number }[] {
+  return url.split(',').map((u) => {
+    const parsed = new URL(u.trim());
+    return { host: parsed.hostname, port: Number(parsed.port || 6379) };
   });
-  redis.on('ready', () => {
-    if (lastError) logger.info('redis connection restored');
-    lastError = '';
-  });
-  return redis;
+}
+
+/** What every node connection shares, from the first seed URL: password, user, TLS (rediss://). */
+function nodeOptions(url: string): RedisOptions {
+  const first = new URL(url.split(',')[0]!.trim());
+  return {
+    ...(first.username ? { username: decodeURIComponent(first.username) } : {}),
+    ...(first.password ? { password: decodeURIComponent(first.password) } : {}),
+    ...(first.protocol === 'rediss:' ? { tls: {} } : {}),
+  };
 }
 
 /**

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 import { pino, type Logger } from 'pino';
 import { AccountStore, type CreatedAccount } from '../../src/accounts/account-store.js';
 import { loadConfig, type DeepPartial } from '../../src/config/load.js';
@@ -7,6 +7,7 @@ import type { Config } from '../../src/config/schema.js';
 import { Sealer } from '../../src/crypto/sealer.js';
 import { startEngine, type Engine, type Role } from '../../src/main.js';
 import { Keys } from '../../src/store/keys.js';
+import { connectRedis } from '../../src/store/redis.js';
 
 export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 
@@ -58,7 +59,8 @@ export async function startTestEngine(config: Readonly<Config>, role: Role = 'al
     { write: (line: string) => void logs.push(line) },
   );
   const engine = await startEngine(config, role, logger);
-  const redis = new Redis(config.redis.url);
+  // A Redis Cluster (redis.cluster) gets a cluster client; a single server the plain one.
+  const redis = config.redis.cluster ? connectRedis(config.redis, pino({ level: 'silent' })) : new Redis(config.redis.url);
   const keys = new Keys(config.redis.prefix);
   const sealer = new Sealer(Buffer.from(config.security.masterKey, 'hex'));
   const accounts = new AccountStore(redis, keys, sealer);
@@ -88,8 +90,12 @@ export async function startTestEngine(config: Readonly<Config>, role: Role = 'al
   };
 }
 
-/** Removes every key of a test's prefix. */
+/** Removes every key of a test's prefix (on every master of a cluster). */
 export async function deletePrefix(redis: Redis, prefix: string): Promise<void> {
+  if ((redis as unknown) instanceof Cluster) {
+    for (const node of (redis as unknown as Cluster).nodes('master')) await deletePrefix(node, prefix);
+    return;
+  }
   let cursor = '0';
   do {
     const [next, found] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);

@@ -41,6 +41,21 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ env: { REDIS_URL: '/run/redis.sock' } })).toThrow(/redis\.url/);
   });
 
+  it('takes a Redis Cluster by its seed nodes, and insists on a hash tag in the prefix so every key shares one slot', () => {
+    const c = loadConfig({ env: { REDIS_URL: 'redis://10.0.0.1:7000, redis://10.0.0.2:7000', REDIS_CLUSTER: 'true', REDIS_PREFIX: '{fv}' } });
+    expect([c.redis.cluster, c.redis.prefix]).toEqual([true, '{fv}']);
+    expect(loadConfig({}).redis.cluster).toBe(false);
+    expect(() => loadConfig({ env: { REDIS_CLUSTER: 'true' } })).toThrow(/redis\.prefix: with redis\.cluster, the prefix needs a hash tag .* e\.g\. "\{fv\}"/);
+    expect(() => loadConfig({ env: { REDIS_URL: 'redis://a:1,redis://b:1' } })).toThrow(/redis\.url: a list of URLs is only for redis\.cluster: true/);
+    expect(() => loadConfig({ env: { REDIS_URL: 'unix:///run/redis.sock', REDIS_CLUSTER: '1', REDIS_PREFIX: '{fv}' } })).toThrow(/not a Unix socket/);
+    expect(() => loadConfig({ env: { REDIS_URL: 'redis://a:1,b:1', REDIS_CLUSTER: 'yes', REDIS_PREFIX: '{fv}' } })).toThrow(/must be a redis:\/\/.*a seed node is "b:1"/);
+    expect(() => loadConfig({ env: { REDIS_URL: 'redis://a:1/2', REDIS_CLUSTER: 'true', REDIS_PREFIX: '{fv}' } })).toThrow(/only database 0/);
+    expect(loadConfig({ env: { REDIS_URL: 'redis://:pw@a:1/0', REDIS_CLUSTER: 'true', REDIS_PREFIX: '{fv}' } }).redis.url).toBe('redis://:pw@a:1/0');
+    expect(() => loadConfig({ env: { REDIS_CLUSTER: 'maybe' } })).toThrow(/REDIS_CLUSTER: must be true or false/);
+    expect(() => loadConfig({ env: { REDIS_PREFIX: 'f{v' } })).toThrow(/braces only around one non-empty hash tag/);
+    expect(() => loadConfig({ env: { REDIS_PREFIX: '{}' } })).toThrow(/braces only around one non-empty hash tag/);
+  });
+
   it('keeps the admin API off by default and takes its token from FLASHVERIFY_ADMIN_TOKEN', () => {
     expect(loadConfig({ env: {} }).admin.token).toBe('');
     expect(loadConfig({ env: { FLASHVERIFY_ADMIN_TOKEN: 'a'.repeat(32) } }).admin.token).toBe('a'.repeat(32));
