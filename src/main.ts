@@ -70,7 +70,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   const redis = connectRedis(config.redis, logger);
   // Delivery writes (events, record updates of calls in progress) wait for Redis to come back rather than fail mid-call.
   const durableRedis = connectRedis(config.redis, logger, { maxRetriesPerRequest: null });
-  const bullConnection: ConnectionOptions = connectBullRedis(config.redis);
+  const bullConnection: ConnectionOptions = connectBullRedis(config.redis, logger);
   const events = new EventPublisher(durableRedis, keys, config.events.maxLen);
   const stops: (() => Promise<unknown>)[] = [];
   // Graceful stop of the delivery workers (see stop() below): closed first, with the calls they hold.

@@ -14,7 +14,7 @@ import { ensureEventGroups } from './events/event-groups.js';
 import { EventPublisher } from './events/event-publisher.js';
 import { CounterBatch } from './store/counter-batch.js';
 import { Keys } from './store/keys.js';
-import { connectBullRedis, connectRedis } from './store/redis.js';
+import { connectBullRedis, connectRedis, isRedisUnavailable } from './store/redis.js';
 import { ApiError } from './verification/errors.js';
 import { DELIVERABLE_METHODS, type CreatedBody, type Method } from './verification/types.js';
 import { FraudControls } from './verification/fraud-controls.js';
@@ -119,7 +119,7 @@ export class FlashVerifyProducer {
     const logger = options.logger ?? pino({ level: 'silent' });
     const keys = new Keys(config.redis.prefix);
     const redis = connectRedis(config.redis, logger);
-    const bullConnection = connectBullRedis(config.redis);
+    const bullConnection = connectBullRedis(config.redis, logger);
     try {
       await redis.ping();
       // Before this producer writes its first event (see event-groups.ts).
@@ -172,7 +172,7 @@ export class FlashVerifyProducer {
       return await this.verifications.create(account, { ...input });
     } catch (err) {
       // Redis unreachable is a 503 on HTTP; anything else unexpected is rethrown as is (more useful in-process than a bare 500).
-      if (!(err instanceof ApiError) && err instanceof Error && isUnavailable(err)) throw new ApiError('service_unavailable');
+      if (!(err instanceof ApiError) && err instanceof Error && isRedisUnavailable(err)) throw new ApiError('service_unavailable');
       throw err;
     }
   }
@@ -200,6 +200,3 @@ export class FlashVerifyProducer {
   }
 }
 
-function isUnavailable(err: Error): boolean {
-  return err.name === 'MaxRetriesPerRequestError' || /Connection is closed|ECONNREFUSED|Stream isn't writeable/.test(err.message);
-}

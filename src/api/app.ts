@@ -7,6 +7,7 @@ import type { Config } from '../config/schema.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { runReadiness } from '../metrics/metrics-server.js';
 import type { Keys } from '../store/keys.js';
+import { isRedisUnavailable } from '../store/redis.js';
 import { ApiError } from '../verification/errors.js';
 import { METHODS, utcDay } from '../verification/types.js';
 import type { VerificationService } from '../verification/verification-service.js';
@@ -239,7 +240,7 @@ function toApiError(err: Error & { code?: string; statusCode?: number }): ApiErr
   if (err instanceof SyntaxError || err.code === 'FST_ERR_CTP_INVALID_JSON_BODY') {
     return new ApiError('invalid_request', 'the body is not valid JSON');
   }
-  if (err.name === 'MaxRetriesPerRequestError' || /Connection is closed|ECONNREFUSED|Stream isn't writeable/.test(err.message)) {
+  if (isRedisUnavailable(err)) {
     return new ApiError('service_unavailable');
   }
   if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {

@@ -1,6 +1,7 @@
 import { Queue, type ConnectionOptions } from 'bullmq';
 import type { Method } from '../verification/types.js';
 import type { DeliveryQueue } from '../verification/verification-service.js';
+import { connectionErrorLoggedElsewhere } from '../store/redis.js';
 
 /**
  * BullMQ queue names, one per delivery method. Producers in any language add a
@@ -53,6 +54,7 @@ export class BullDeliveryQueue implements DeliveryQueue {
     let q = this.queues.get(method);
     if (!q) {
       q = new Queue<DeliveryJobData>(QUEUE_NAMES[method], { connection: this.connection, prefix: this.prefix });
+      q.on('error', connectionErrorLoggedElsewhere);
       this.queues.set(method, q);
     }
     return q;

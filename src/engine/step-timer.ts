@@ -1,4 +1,5 @@
 import { Queue, type ConnectionOptions } from 'bullmq';
+import { connectionErrorLoggedElsewhere } from '../store/redis.js';
 import type { Redis } from 'ioredis';
 import type { Keys } from '../store/keys.js';
 import { timeoutJobId, type StepTimer } from '../verification/workflow.js';
@@ -22,6 +23,7 @@ export class BullStepTimer implements StepTimer {
 
   constructor(connection: ConnectionOptions, prefix: string) {
     this.queue = new Queue<StepTimeoutJobData>(STEP_TIMEOUT_QUEUE, { connection, prefix });
+    this.queue.on('error', connectionErrorLoggedElsewhere);
   }
 
   async schedule(requestId: string, step: number, delayMs: number): Promise<void> {

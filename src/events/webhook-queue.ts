@@ -1,4 +1,5 @@
 import { Queue, type ConnectionOptions } from 'bullmq';
+import { connectionErrorLoggedElsewhere } from '../store/redis.js';
 
 /** BullMQ queue of webhook deliveries, under `<redis.prefix>:bull`. */
 export const WEBHOOK_QUEUE = 'webhook';
@@ -55,6 +56,7 @@ export class WebhookQueue {
     private readonly retry: WebhookRetryOptions,
   ) {
     this.queue = new Queue<WebhookJobData>(WEBHOOK_QUEUE, { connection, prefix });
+    this.queue.on('error', connectionErrorLoggedElsewhere);
   }
 
   /** Adds a delivery; adding the same event twice (a reclaimed stream entry) is a no-op. */

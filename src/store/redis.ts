@@ -15,6 +15,12 @@ export type RedisEndpoint = string | { readonly url: string; readonly cluster?: 
 export function connectRedis(endpoint: RedisEndpoint, logger: Logger, options: RedisOptions = {}): Redis {
   const { url, cluster } = typeof endpoint === 'string' ? { url: endpoint, cluster: false } : endpoint;
   const redis = cluster ? clusterClient(url, logger, options) : singleClient(url, options);
+  logConnectionErrors(redis, logger);
+  return redis;
+}
+
+/** One warning per distinct error while Redis is unreachable (not one per reconnection attempt), and one when it is back. */
+function logConnectionErrors(redis: Redis, logger: Logger): void {
   let lastError = '';
   redis.on('error', (err: Error) => {
     if (err.message !== lastError) logger.warn({ err: err.message }, 'redis connection error');
@@ -24,17 +30,38 @@ export function connectRedis(endpoint: RedisEndpoint, logger: Logger, options: R
     if (lastError) logger.info('redis connection restored');
     lastError = '';
   });
-  return redis;
 }
 
 /**
  * BullMQ's connection: blocking commands, so no per-command retry limit (BullMQ insists on maxRetriesPerRequest:
  * null), and no auto-pipelining (BullMQ's own choice of round trips is kept).
  */
-export function connectBullRedis(endpoint: RedisEndpoint): Redis {
+export function connectBullRedis(endpoint: RedisEndpoint, logger?: Logger): Redis {
   const { url, cluster } = typeof endpoint === 'string' ? { url: endpoint, cluster: false } : endpoint;
-  if (!cluster) return new Redis(redisTarget(url), { maxRetriesPerRequest: null });
-  return new Cluster(seedNodes(url), { redisOptions: { ...nodeOptions(url), maxRetriesPerRequest: null } }) as unknown as Redis;
+  const redis = cluster
+    ? (new Cluster(seedNodes(url), { redisOptions: { ...nodeOptions(url), maxRetriesPerRequest: null } }) as unknown as Redis)
+    : new Redis(redisTarget(url), { maxRetriesPerRequest: null });
+  if (logger) logConnectionErrors(redis, logger);
+  return redis;
+}
+
+/**
+ * For a BullMQ Queue's 'error' event. A Queue only re-emits its connection's errors, and the connection logs those
+ * itself, once per distinct error (connectBullRedis). Without a listener BullMQ prints every one of them to stderr,
+ * tens per second while Redis is unreachable.
+ */
+export const connectionErrorLoggedElsewhere = (): void => undefined;
+
+/**
+ * Whether a command failed because Redis (or the cluster) could not be reached, as opposed to a bug or bad data:
+ * the API's 503 service_unavailable.
+ */
+export function isRedisUnavailable(err: Error): boolean {
+  return (
+    err.name === 'MaxRetriesPerRequestError' ||
+    err.name === 'ClusterAllFailedError' ||
+    /Connection is closed|ECONNREFUSED|Stream isn't writeable|Cluster isn't ready|CLUSTERDOWN|Too many Cluster redirections|Failed to refresh slots cache/.test(err.message)
+  );
 }
 
 function clusterClient(url: string, logger: Logger, options: RedisOptions): Redis {
@@ -49,6 +76,13 @@ function clusterClient(url: string, logger: Logger, options: RedisOptions): Redi
     retryDelayOnFailover: 200,
     redisOptions: { ...nodeOptions(url), ...rest, maxRetriesPerRequest },
   });
+  if (maxRetriesPerRequest !== null) {
+    // Until the cluster is first reached, commands wait for it (start-up). After that, a command sent while it is
+    // unreachable fails at once (the API's 503) instead of waiting in the client's queue, which has no bound.
+    cluster.once('ready', () => {
+      cluster.options.enableOfflineQueue = false;
+    });
+  }
   cluster.on('node error', (err: Error, node: string) => logger.warn({ err: err.message, node }, 'redis cluster node error'));
   return cluster as unknown as Redis;
 }

@@ -20,12 +20,16 @@ export interface ClusterNode {
   readonly url: string;
   /** SIGKILL by pid (a crashed node). */
   kill(): Promise<void>;
+  /** Starts a killed node again, with its data (AOF) and its cluster config: it rejoins the cluster. */
+  start(): Promise<void>;
 }
 
 export interface OwnRedisCluster {
   /** The seed list for redis.url: every node, comma-separated. */
   readonly url: string;
   readonly nodes: readonly ClusterNode[];
+  /** Until every node sees every slot served and every replica attached (after nodes were started again). */
+  waitUntilOk(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -48,15 +52,13 @@ export async function ownRedisCluster(opts: { masters?: number; replicas?: 0 | 1
       while (busPort === port) busPort = await findFreePort();
       const nodeDir = join(dir, String(port));
       mkdirSync(nodeDir);
-      const child = spawn(
-        'redis-server',
-        [
-          '--bind', '127.0.0.1', '--port', String(port), '--cluster-enabled', 'yes', '--cluster-port', String(busPort),
-          '--cluster-config-file', join(nodeDir, 'nodes.conf'), '--cluster-node-timeout', '1000', '--dir', nodeDir,
-          '--save', '', '--appendonly', 'no', '--protected-mode', 'no',
-        ],
-        { stdio: 'ignore' },
-      );
+      // AOF with fsync always, as the README advises: a node killed and started again has every acknowledged write.
+      const args = [
+        '--bind', '127.0.0.1', '--port', String(port), '--cluster-enabled', 'yes', '--cluster-port', String(busPort),
+        '--cluster-config-file', join(nodeDir, 'nodes.conf'), '--cluster-node-timeout', '1000', '--dir', nodeDir,
+        '--save', '', '--appendonly', 'yes', '--appendfsync', 'always', '--protected-mode', 'no',
+      ];
+      let child = spawn('redis-server', args, { stdio: 'ignore' });
       children.push(child);
       nodes.push({
         port,
@@ -64,6 +66,12 @@ export async function ownRedisCluster(opts: { masters?: number; replicas?: 0 | 1
         async kill() {
           if (child.pid && child.exitCode === null && child.signalCode === null) process.kill(child.pid, 'SIGKILL');
           await exitOf(child);
+        },
+        async start() {
+          if (child.exitCode === null && child.signalCode === null) return;
+          child = spawn('redis-server', args, { stdio: 'ignore' });
+          children.push(child);
+          await waitForPing(port);
         },
       });
     }
@@ -73,7 +81,14 @@ export async function ownRedisCluster(opts: { masters?: number; replicas?: 0 | 1
     ]);
     // Every node must see every slot served before a client is let in.
     for (const n of nodes) await waitForClusterOk(n.port, replicas);
-    return { url: nodes.map((n) => n.url).join(','), nodes, stop };
+    return {
+      url: nodes.map((n) => n.url).join(','),
+      nodes,
+      stop,
+      async waitUntilOk() {
+        for (const n of nodes) await waitForClusterOk(n.port, replicas);
+      },
+    };
   } catch (err) {
     await stop();
     throw err;

@@ -55,12 +55,13 @@ describe('on a Redis Cluster (redis.cluster, hash-tagged prefix)', () => {
   }
 
   it('verifies a flash call end to end, every key of it (and BullMQ’s) in the hash tag’s one slot', async () => {
-    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 3, maxLifetimeMs: 90_000 });
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 4, maxLifetimeMs: 120_000 });
     engine = await startTestEngine(
       testConfig({
         // One seed node is enough; the client finds the others. The seed is a node that does NOT serve the tag's
         // slot, so a client that did not follow the cluster's map (MOVED) could not pass.
         redis: { url: (await nodesNotServing(cluster, tag))[0]!.url, prefix: `{${tag}}`, cluster: true },
+        api: { defaultRateLimitPerSecond: 100 },
         flash: { ringMs: 300 },
         sip: { timers: { t1Ms: 50, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] },
       }),
@@ -141,6 +142,23 @@ describe('on a Redis Cluster (redis.cluster, hash-tagged prefix)', () => {
     } finally {
       await producer.close();
     }
+  }, 60_000);
+
+  it('answers 503 at once while the whole cluster is down, and carries on when it is back (AOF: nothing lost)', async () => {
+    for (const n of cluster.nodes) await n.kill();
+    const t0 = Date.now();
+    const sent = await http(`${engine!.url}/v1/verify`, { auth, body: { phone_number: '+447700900123', method: 'flash_call' } });
+    expect([sent.status, sent.body.error]).toEqual([503, 'service_unavailable']);
+    const ready = await http(`${engine!.url}/readyz`);
+    expect([ready.status, ready.body.checks]).toMatchObject([503, { redis: false }]);
+    // "within about a second" (README, Operating it), with room for a loaded machine.
+    expect(Date.now() - t0).toBeLessThan(5000);
+
+    for (const n of cluster.nodes) await n.start();
+    await cluster.waitUntilOk();
+    await waitFor(async () => (await http(`${engine!.url}/readyz`)).status === 200, 20_000, 200);
+    expect((await http(`${engine!.url}/v1/verify/${firstId}`, { auth })).body.status).toBe('verified');
+    await verifyByFlashCall();
   }, 60_000);
 });
 
