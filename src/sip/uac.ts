@@ -321,7 +321,8 @@ export class UacCall implements OutboundCall {
       hdr('User-Agent', this.host.userAgent),
       hdr('Allow', ALLOW),
     );
-    headers.push(...this.authorizationHeaders('INVITE', this.requestUri));
+    // qop=auth-int hashes the entity body (RFC 2617 3.2.2.3, RFC 8760): the SDP this INVITE carries.
+    headers.push(...this.authorizationHeaders('INVITE', this.requestUri, this.localSdp));
     headers.push(...this.trunkInfo.extraHeaders);
     if (this.localSdp !== undefined) headers.push(hdr('Content-Type', 'application/sdp'));
     const request: SipRequest = { kind: 'request', method: 'INVITE', uri: this.requestUri, headers, body: this.localSdp };

@@ -3,6 +3,7 @@
  * request construction, RFC 3261 9.1 CANCEL rules, crossed CANCEL/2xx, 2xx
  * retransmissions, digest retry limits, in-dialog requests.
  */
+import { createHash } from 'node:crypto';
 import dgram from 'node:dgram';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
@@ -357,6 +358,27 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     peer.reply(third, 603, 'Decline');
     const failed = await rec.waitFor('failed');
     expect(failed).toMatchObject({ failure: { reason: 'declined', status: 603, phrase: 'Decline' } });
+  });
+
+  it.each(['MD5', 'SHA-256'])('digest qop=auth-int (%s): the response covers the INVITE\'s SDP body (RFC 2617 3.2.2.3, RFC 8760)', async (algorithm) => {
+    const h = (s: string): string => createHash(algorithm === 'MD5' ? 'md5' : 'sha256').update(s).digest('hex');
+    const rec = recorder();
+    const sdp = 'v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n';
+    const t = trunk(`sip:127.0.0.1:${port}`, { auth: { username: 'u1', password: 'p1' } });
+    sip.originate({ to: DEST, from: CLI, trunk: t, sdp, logger: testLogger }, rec.delegate);
+    const first = await peer.next('INVITE');
+    peer.reply(first, 401, 'Unauthorized', [`WWW-Authenticate: Digest realm="r1", nonce="n1", algorithm=${algorithm}, qop="auth-int"`]);
+    const second = await peer.next('INVITE', 1);
+    expect(second.req.body).toBe(sdp);
+    const auth = getHeader(second.req, 'authorization') ?? '';
+    const field = (name: string): string => new RegExp(`[ ,]${name}="?([^",]*)"?`).exec(auth)?.[1] ?? '';
+    expect(field('qop')).toBe('auth-int');
+    const ha1 = h('u1:r1:p1');
+    const ha2 = h(`INVITE:${second.req.uri}:${h(sdp)}`);
+    expect(field('uri')).toBe(second.req.uri);
+    expect(field('response')).toBe(h(`${ha1}:n1:${field('nc')}:${field('cnonce')}:auth-int:${ha2}`));
+    peer.reply(second, 603, 'Decline');
+    await rec.waitFor('ended');
   });
 
   it.each([
