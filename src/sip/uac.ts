@@ -452,6 +452,16 @@ export class UacCall implements OutboundCall {
     headers.push(hdr('User-Agent', this.host.userAgent));
     const request: SipRequest = { kind: 'request', method: 'CANCEL', uri: invite.uri, headers, body: undefined };
     this.log.debug('sending CANCEL');
+    this.startCancel(request, false);
+    // 9.1: if no final response for the INVITE within 64*T1 of the CANCEL, consider it cancelled.
+    this.cancelGuard = this.host.clock.setTimeout(() => this.cancelGuardExpired(), 64 * this.host.timers.t1Ms);
+  }
+
+  /**
+   * The CANCEL's client transaction. It goes where the INVITE went (9.1), over TCP on a new connection when the
+   * INVITE's is gone (18.1.1). A TCP connection lost before the CANCEL's final response: sent once more, on a new one.
+   */
+  private startCancel(request: SipRequest, resent: boolean): void {
     let tx: ClientTransaction | undefined;
     const done = (): void => {
       if (tx !== this.cancelTx) return;
@@ -463,12 +473,17 @@ export class UacCall implements OutboundCall {
         if (r.status >= 200) done();
       },
       onRequestTimeout: done,
-      onTransportError: done,
+      onTransportError: (err) => {
+        if (tx === this.cancelTx && !resent && this.protocol === 'tcp' && this.inviteOutstanding) {
+          this.log.info({ err: errorMessage(err) }, 'TCP connection lost before the CANCEL was answered; CANCEL sent again');
+          this.startCancel(request, true);
+          return;
+        }
+        done();
+      },
     };
     tx = this.host.startTransaction('non-invite', request, this.inviteBranch, this.trunkInfo.destination, user, this.log);
     this.cancelTx = tx;
-    // 9.1: if no final response for the INVITE within 64*T1 of the CANCEL, consider it cancelled.
-    this.cancelGuard = this.host.clock.setTimeout(() => this.cancelGuardExpired(), 64 * this.host.timers.t1Ms);
   }
 
   /** RFC 3261 9.1: no final response to the INVITE 64*T1 after CANCEL: destroy the INVITE transaction. */

@@ -9,7 +9,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
 import { getHeader, getHeaders, type ParsedRequest } from '../../../src/sip/message.js';
 import { parseMessage } from '../../../src/sip/parser.js';
-import { recorder, testLogger, trunk } from './helpers.js';
+import { recorder, responseTo, testLogger, trunk } from './helpers.js';
 
 interface Received {
   req: ParsedRequest;
@@ -55,20 +55,7 @@ class FakeTrunk {
 
   /** Send a response to `to` (reflecting its Via/From/To/Call-ID/CSeq). */
   reply(to: Received, status: number, reason: string, extra: string[] = [], toTag: string | undefined = 'peer-tag', body = ''): void {
-    const r = to.req;
-    const lines = [
-      `SIP/2.0 ${status} ${reason}`,
-      ...getHeaders(r, 'via').map((v) => `Via: ${v}`),
-      `From: ${getHeader(r, 'from')}`,
-      `To: ${getHeader(r, 'to')}${toTag !== undefined && r.to.tag === undefined ? `;tag=${toTag}` : ''}`,
-      `Call-ID: ${r.callId}`,
-      `CSeq: ${r.cseq.seq} ${r.cseq.method}`,
-      ...extra,
-      `Content-Length: ${Buffer.byteLength(body)}`,
-      '',
-      body,
-    ];
-    this.socket.send(lines.join('\r\n'), to.port, '127.0.0.1');
+    this.socket.send(responseTo(to.req, status, reason, extra, toTag, body), to.port, '127.0.0.1');
   }
 
   /** Send a raw request to the originator and collect the response. */
