@@ -27,6 +27,14 @@ import { errorMessage, hostForSocket, newBranch, newCallId, newTag } from './uti
 
 export const ALLOW = 'INVITE, ACK, CANCEL, BYE, OPTIONS';
 
+/** What a call answers in its dialog (ACK is absorbed by the stack; CANCEL gets 481). */
+const IN_DIALOG_METHODS = new Set(['BYE', 'OPTIONS', 'INVITE']);
+/**
+ * Methods of RFC 3261 and its common extensions that a call does not take in its dialog: 405 with Allow (RFC 3261
+ * 8.2.1). Any other method is not recognised: 501 (21.5.2).
+ */
+const KNOWN_UNHANDLED_METHODS = new Set(['REGISTER', 'PRACK', 'UPDATE', 'INFO', 'SUBSCRIBE', 'NOTIFY', 'REFER', 'MESSAGE', 'PUBLISH']);
+
 /** Services the stack offers to a call. */
 export interface UacHost {
   readonly userAgent: string;
@@ -184,6 +192,8 @@ interface Dialog {
   /** Route header values for in-dialog requests, in order (RFC 12.1.2: Record-Route reversed). */
   readonly routeSet: string[];
   remoteTarget: string;
+  /** CSeq number of the last request the far end sent in the dialog; undefined until the first (RFC 3261 12.1.2). */
+  remoteCseq: number | undefined;
   readonly ackRequest: SipRequest;
   readonly ackDestination: Destination;
 }
@@ -587,6 +597,7 @@ export class UacCall implements OutboundCall {
       remoteTag,
       routeSet,
       remoteTarget,
+      remoteCseq: undefined,
       ackRequest,
       ackDestination: destination,
     };
@@ -705,6 +716,26 @@ export class UacCall implements OutboundCall {
 
   /** In-dialog request from the far end (RFC 3261 12.2.2). ACK is absorbed by the stack. */
   handleInDialogRequest(request: ParsedRequest, source: InboundSource): void {
+    const dialog = this.dialog;
+    if (dialog === undefined) return; // matchesDialog() said yes: never
+    if (request.method === 'CANCEL') {
+      // 9.2: a CANCEL matching no server transaction gets 481. We keep none: a re-INVITE is answered at once.
+      this.host.respond(request, source, 481);
+      return;
+    }
+    if (!IN_DIALOG_METHODS.has(request.method)) {
+      // 8.2.1, before any dialog state is touched (12.2.2: a rejected request changes nothing).
+      this.host.respond(request, source, KNOWN_UNHANDLED_METHODS.has(request.method) ? 405 : 501, { headers: [hdr('Allow', ALLOW)] });
+      return;
+    }
+    // 12.2.2: a CSeq lower than the remote sequence number is out of order: 500. An equal one is a retransmission
+    // (no server transaction absorbs it here) and is answered again.
+    if (dialog.remoteCseq !== undefined && request.cseq.seq < dialog.remoteCseq) {
+      this.log.debug({ cseq: request.cseq.seq, remote_cseq: dialog.remoteCseq, method: request.method }, 'in-dialog request out of order');
+      this.host.respond(request, source, 500);
+      return;
+    }
+    dialog.remoteCseq = request.cseq.seq;
     switch (request.method) {
       case 'BYE': {
         this.host.respond(request, source, 200);
@@ -729,7 +760,7 @@ export class UacCall implements OutboundCall {
         // Target refresh (12.2.2).
         const contact = getHeader(request, 'contact');
         const addr = contact === undefined ? undefined : parseNameAddr(contact);
-        if (addr !== undefined && this.dialog !== undefined) this.dialog.remoteTarget = addr.uri;
+        if (addr !== undefined) dialog.remoteTarget = addr.uri;
         if (this.localSdp === undefined) {
           this.host.respond(request, source, 488);
           return;
@@ -744,9 +775,6 @@ export class UacCall implements OutboundCall {
         });
         return;
       }
-      default:
-        this.host.respond(request, source, 501);
-        return;
     }
   }
 

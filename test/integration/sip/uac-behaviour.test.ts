@@ -248,43 +248,75 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     expect(rec.events.map((e) => e.type)).not.toContain('answered');
   });
 
+  /** A request the far end sends in the dialog `invite` made (From tag peer-tag; To tag ours unless `toTag`). */
+  const inDialog = (invite: Received, method: string, seq: number, toTag = invite.req.from.tag ?? '', body = ''): string =>
+    [
+      `${method} sip:127.0.0.1:${sip.localPort} SIP/2.0`,
+      `Via: SIP/2.0/UDP 127.0.0.1:${port};branch=z9hG4bKpeer${seq}${method};rport`,
+      `From: <sip:${DEST}@127.0.0.1>;tag=peer-tag`,
+      `To: ${getHeader(invite.req, 'from')?.replace(/;tag=.*/, '')};tag=${toTag}`,
+      `Call-ID: ${invite.req.callId}`,
+      `CSeq: ${seq} ${method}`,
+      `Contact: <sip:127.0.0.1:${port}>`,
+      `Content-Length: ${Buffer.byteLength(body)}`,
+      '',
+      body,
+    ].join('\r\n');
+  const statusLine = async (text: string): Promise<string> => (await peer.request(text, sip.localPort)).split('\r\n')[0] ?? '';
+
+  /** An answered call (UAC with an SDP offer) and its INVITE as the peer saw it. */
+  async function answeredCall(rec: ReturnType<typeof recorder>, sdp: string): Promise<Received> {
+    sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), sdp, logger: testLogger }, rec.delegate);
+    const invite = await peer.next('INVITE');
+    peer.reply(invite, 200, 'OK', [`Contact: <sip:127.0.0.1:${port}>`], 'peer-tag');
+    await rec.waitFor('answered');
+    return invite;
+  }
+
   it('answered call: in-dialog OPTIONS 200, re-INVITE 200 with our SDP, unknown 501, unknown dialog 481, remote BYE', async () => {
     const rec = recorder();
     const sdp = 'v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n';
-    sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), sdp, logger: testLogger }, rec.delegate);
-    const invite = await peer.next('INVITE');
+    const invite = await answeredCall(rec, sdp);
     expect(invite.req.body).toBe(sdp);
-    peer.reply(invite, 200, 'OK', [`Contact: <sip:127.0.0.1:${port}>`], 'peer-tag');
-    await rec.waitFor('answered');
-    const ourTag = invite.req.from.tag ?? '';
-    const inDialog = (method: string, seq: number, toTag = ourTag, body = ''): string =>
-      [
-        `${method} sip:127.0.0.1:${sip.localPort} SIP/2.0`,
-        `Via: SIP/2.0/UDP 127.0.0.1:${port};branch=z9hG4bKpeer${seq};rport`,
-        `From: <sip:${DEST}@127.0.0.1>;tag=peer-tag`,
-        `To: ${getHeader(invite.req, 'from')?.replace(/;tag=.*/, '')};tag=${toTag}`,
-        `Call-ID: ${invite.req.callId}`,
-        `CSeq: ${seq} ${method}`,
-        `Contact: <sip:127.0.0.1:${port}>`,
-        `Content-Length: ${Buffer.byteLength(body)}`,
-        '',
-        body,
-      ].join('\r\n');
-    expect((await peer.request(inDialog('OPTIONS', 10), sip.localPort)).split('\r\n')[0]).toBe('SIP/2.0 200 OK');
-    const reinvite = await peer.request(inDialog('INVITE', 11, ourTag, 'v=0\r\n'), sip.localPort);
+    expect(await statusLine(inDialog(invite, 'OPTIONS', 10))).toBe('SIP/2.0 200 OK');
+    const reinvite = await peer.request(inDialog(invite, 'INVITE', 11, undefined, 'v=0\r\n'), sip.localPort);
     expect(reinvite.split('\r\n')[0]).toBe('SIP/2.0 200 OK');
     expect(reinvite.endsWith(sdp)).toBe(true);
-    expect((await peer.request(inDialog('INFO', 12), sip.localPort)).split('\r\n')[0]).toBe('SIP/2.0 501 Not Implemented');
-    expect((await peer.request(inDialog('BYE', 13, 'not-our-tag'), sip.localPort)).split('\r\n')[0]).toBe(
-      'SIP/2.0 481 Call/Transaction Does Not Exist',
-    );
+    expect(await statusLine(inDialog(invite, 'FROBNICATE', 12))).toBe('SIP/2.0 501 Not Implemented');
+    expect(await statusLine(inDialog(invite, 'BYE', 13, 'not-our-tag'))).toBe('SIP/2.0 481 Call/Transaction Does Not Exist');
     expect(rec.events.map((e) => e.type)).toEqual(['answered']);
-    expect((await peer.request(inDialog('BYE', 14), sip.localPort)).split('\r\n')[0]).toBe('SIP/2.0 200 OK');
+    expect(await statusLine(inDialog(invite, 'BYE', 14))).toBe('SIP/2.0 200 OK');
     await rec.waitFor('ended');
     expect(rec.events.map((e) => e.type)).toEqual(['answered', 'remoteHangup', 'ended']);
     // BYE retransmission while the call lingers: 200 again, no second callback.
-    expect((await peer.request(inDialog('BYE', 14), sip.localPort)).split('\r\n')[0]).toBe('SIP/2.0 200 OK');
+    expect(await statusLine(inDialog(invite, 'BYE', 14))).toBe('SIP/2.0 200 OK');
     expect(rec.events.filter((e) => e.type === 'remoteHangup')).toHaveLength(1);
+  });
+
+  it('in-dialog manners: known methods we do not take 405 + Allow, unknown 501, CANCEL 481, CSeq below the last seen 500 (RFC 3261 8.2.1, 9.2, 12.2.2)', async () => {
+    const rec = recorder();
+    const invite = await answeredCall(rec, 'v=0\r\n');
+    for (const method of ['INFO', 'SUBSCRIBE', 'REFER', 'MESSAGE', 'UPDATE', 'PRACK']) {
+      const response = await peer.request(inDialog(invite, method, 5), sip.localPort);
+      expect(response.split('\r\n')[0], method).toBe('SIP/2.0 405 Method Not Allowed');
+      expect(response).toContain('\r\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n');
+    }
+    const unknown = await peer.request(inDialog(invite, 'FROBNICATE', 5), sip.localPort);
+    expect(unknown.split('\r\n')[0]).toBe('SIP/2.0 501 Not Implemented');
+    expect(unknown).toContain('\r\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n');
+    // A CANCEL in the dialog (of a re-INVITE long answered): no transaction to cancel.
+    expect(await statusLine(inDialog(invite, 'CANCEL', 5))).toBe('SIP/2.0 481 Call/Transaction Does Not Exist');
+    // The rejected requests left the remote CSeq empty: 5 sets it; 3 is then out of order, 5 again a retransmission.
+    expect(await statusLine(inDialog(invite, 'OPTIONS', 5))).toBe('SIP/2.0 200 OK');
+    expect(await statusLine(inDialog(invite, 'OPTIONS', 3))).toBe('SIP/2.0 500 Server Internal Error');
+    // A stale BYE does not end the call.
+    expect(await statusLine(inDialog(invite, 'BYE', 4))).toBe('SIP/2.0 500 Server Internal Error');
+    await tick(100);
+    expect(rec.events.map((e) => e.type)).toEqual(['answered']);
+    expect(await statusLine(inDialog(invite, 'OPTIONS', 5))).toBe('SIP/2.0 200 OK');
+    expect(await statusLine(inDialog(invite, 'BYE', 6))).toBe('SIP/2.0 200 OK');
+    await rec.waitFor('ended');
+    expect(rec.events.map((e) => e.type)).toEqual(['answered', 'remoteHangup', 'ended']);
   });
 
   it('re-INVITE without any SDP of ours -> 488', async () => {
