@@ -133,6 +133,7 @@ const NUMBER_RE = /^\+?[0-9A-Za-z._*-]{1,32}$/;
 
 /** Map a non-2xx final response to a failure reason. */
 export function failureReasonFor(status: number): CallFailureReason {
+  if (status >= 300 && status < 400) return 'redirected';
   switch (status) {
     case 486:
     case 600:

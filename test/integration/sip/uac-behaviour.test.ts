@@ -407,7 +407,9 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     [404, 'not_found'],
     [604, 'not_found'],
     [480, 'unavailable'],
-    [302, 'rejected'],
+    [301, 'redirected'],
+    [302, 'redirected'],
+    [380, 'redirected'],
     [503, 'rejected'],
   ] as const)('final %i -> onFailed %s', async (status, reason) => {
     const rec = recorder();
@@ -417,6 +419,27 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     const failed = await rec.waitFor('failed');
     expect(failed).toEqual({ type: 'failed', failure: { reason, status, phrase: 'Some Phrase' } });
     await rec.waitFor('ended');
+  });
+
+  it('302 Moved Temporarily: failed `redirected` with its status, ACKed in the INVITE transaction, not followed', async () => {
+    const rec = recorder();
+    sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
+    const invite = await peer.next('INVITE');
+    peer.reply(invite, 100, 'Trying', [], undefined);
+    peer.reply(invite, 302, 'Moved Temporarily', [`Contact: <sip:${DEST}@127.0.0.1:${port + 1}>`], 'redir-tag');
+    const ack = await peer.next('ACK');
+    // 17.1.1.3: the ACK of a non-2xx final shares the INVITE's branch, Request-URI and CSeq number, with the 3xx's To.
+    expect(ack.req.via.branch).toBe(invite.req.via.branch);
+    expect(ack.req.uri).toBe(invite.req.uri);
+    expect(ack.req.cseq).toEqual({ seq: invite.req.cseq.seq, method: 'ACK' });
+    expect(ack.req.to.tag).toBe('redir-tag');
+    expect(await rec.waitFor('failed')).toEqual({
+      type: 'failed',
+      failure: { reason: 'redirected', status: 302, phrase: 'Moved Temporarily' },
+    });
+    await rec.waitFor('ended');
+    await tick(100);
+    expect(peer.count('INVITE')).toBe(1);
   });
 
   it('hangup() before answer is a no-op', async () => {
