@@ -67,9 +67,10 @@ class TcpPeer {
     this.conns[options.conn ?? to.conn]?.write(responseTo(to.req, status, reason, options.extra));
   }
 
-  /** The connection dies (the far end's process restarts, a NAT drops it). */
+  /** The connection dies (the far end's process restarts, a NAT drops it), once what was written has left. */
   drop(conn: number): void {
-    this.conns[conn]?.destroy();
+    const socket = this.conns[conn];
+    socket?.end(() => socket.destroy());
   }
 
   async close(): Promise<void> {
