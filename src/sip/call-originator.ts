@@ -12,6 +12,7 @@ export type CallFailureReason =
   | 'declined' // 603
   | 'not_found' // 404, 604
   | 'unavailable' // 480
+  | 'redirected' // 3xx: not followed (RFC 3261 8.1.3.4 leaves it to the UAC), the call fails with its status
   | 'rejected' // any other 4xx-6xx final response
   | 'timeout' // Timer B / Timer F fired, no final response
   | 'unreachable'; // transport error (ICMP unreachable, TCP refused/reset)

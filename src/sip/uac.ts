@@ -27,6 +27,14 @@ import { errorMessage, hostForSocket, newBranch, newCallId, newTag } from './uti
 
 export const ALLOW = 'INVITE, ACK, CANCEL, BYE, OPTIONS';
 
+/** What a call answers in its dialog (ACK is absorbed by the stack; CANCEL gets 481). */
+const IN_DIALOG_METHODS = new Set(['BYE', 'OPTIONS', 'INVITE']);
+/**
+ * Methods of RFC 3261 and its common extensions that a call does not take in its dialog: 405 with Allow (RFC 3261
+ * 8.2.1). Any other method is not recognised: 501 (21.5.2).
+ */
+const KNOWN_UNHANDLED_METHODS = new Set(['REGISTER', 'PRACK', 'UPDATE', 'INFO', 'SUBSCRIBE', 'NOTIFY', 'REFER', 'MESSAGE', 'PUBLISH']);
+
 /** Services the stack offers to a call. */
 export interface UacHost {
   readonly userAgent: string;
@@ -125,6 +133,7 @@ const NUMBER_RE = /^\+?[0-9A-Za-z._*-]{1,32}$/;
 
 /** Map a non-2xx final response to a failure reason. */
 export function failureReasonFor(status: number): CallFailureReason {
+  if (status >= 300 && status < 400) return 'redirected';
   switch (status) {
     case 486:
     case 600:
@@ -184,6 +193,8 @@ interface Dialog {
   /** Route header values for in-dialog requests, in order (RFC 12.1.2: Record-Route reversed). */
   readonly routeSet: string[];
   remoteTarget: string;
+  /** CSeq number of the last request the far end sent in the dialog; undefined until the first (RFC 3261 12.1.2). */
+  remoteCseq: number | undefined;
   readonly ackRequest: SipRequest;
   readonly ackDestination: Destination;
 }
@@ -321,7 +332,8 @@ export class UacCall implements OutboundCall {
       hdr('User-Agent', this.host.userAgent),
       hdr('Allow', ALLOW),
     );
-    headers.push(...this.authorizationHeaders('INVITE', this.requestUri));
+    // qop=auth-int hashes the entity body (RFC 2617 3.2.2.3, RFC 8760): the SDP this INVITE carries.
+    headers.push(...this.authorizationHeaders('INVITE', this.requestUri, this.localSdp));
     headers.push(...this.trunkInfo.extraHeaders);
     if (this.localSdp !== undefined) headers.push(hdr('Content-Type', 'application/sdp'));
     const request: SipRequest = { kind: 'request', method: 'INVITE', uri: this.requestUri, headers, body: this.localSdp };
@@ -451,6 +463,16 @@ export class UacCall implements OutboundCall {
     headers.push(hdr('User-Agent', this.host.userAgent));
     const request: SipRequest = { kind: 'request', method: 'CANCEL', uri: invite.uri, headers, body: undefined };
     this.log.debug('sending CANCEL');
+    this.startCancel(request, false);
+    // 9.1: if no final response for the INVITE within 64*T1 of the CANCEL, consider it cancelled.
+    this.cancelGuard = this.host.clock.setTimeout(() => this.cancelGuardExpired(), 64 * this.host.timers.t1Ms);
+  }
+
+  /**
+   * The CANCEL's client transaction. It goes where the INVITE went (9.1), over TCP on a new connection when the
+   * INVITE's is gone (18.1.1). A TCP connection lost before the CANCEL's final response: sent once more, on a new one.
+   */
+  private startCancel(request: SipRequest, resent: boolean): void {
     let tx: ClientTransaction | undefined;
     const done = (): void => {
       if (tx !== this.cancelTx) return;
@@ -462,12 +484,17 @@ export class UacCall implements OutboundCall {
         if (r.status >= 200) done();
       },
       onRequestTimeout: done,
-      onTransportError: done,
+      onTransportError: (err) => {
+        if (tx === this.cancelTx && !resent && this.protocol === 'tcp' && this.inviteOutstanding) {
+          this.log.info({ err: errorMessage(err) }, 'TCP connection lost before the CANCEL was answered; CANCEL sent again');
+          this.startCancel(request, true);
+          return;
+        }
+        done();
+      },
     };
     tx = this.host.startTransaction('non-invite', request, this.inviteBranch, this.trunkInfo.destination, user, this.log);
     this.cancelTx = tx;
-    // 9.1: if no final response for the INVITE within 64*T1 of the CANCEL, consider it cancelled.
-    this.cancelGuard = this.host.clock.setTimeout(() => this.cancelGuardExpired(), 64 * this.host.timers.t1Ms);
   }
 
   /** RFC 3261 9.1: no final response to the INVITE 64*T1 after CANCEL: destroy the INVITE transaction. */
@@ -571,6 +598,7 @@ export class UacCall implements OutboundCall {
       remoteTag,
       routeSet,
       remoteTarget,
+      remoteCseq: undefined,
       ackRequest,
       ackDestination: destination,
     };
@@ -689,6 +717,26 @@ export class UacCall implements OutboundCall {
 
   /** In-dialog request from the far end (RFC 3261 12.2.2). ACK is absorbed by the stack. */
   handleInDialogRequest(request: ParsedRequest, source: InboundSource): void {
+    const dialog = this.dialog;
+    if (dialog === undefined) return; // matchesDialog() said yes: never
+    if (request.method === 'CANCEL') {
+      // 9.2: a CANCEL matching no server transaction gets 481. We keep none: a re-INVITE is answered at once.
+      this.host.respond(request, source, 481);
+      return;
+    }
+    if (!IN_DIALOG_METHODS.has(request.method)) {
+      // 8.2.1, before any dialog state is touched (12.2.2: a rejected request changes nothing).
+      this.host.respond(request, source, KNOWN_UNHANDLED_METHODS.has(request.method) ? 405 : 501, { headers: [hdr('Allow', ALLOW)] });
+      return;
+    }
+    // 12.2.2: a CSeq lower than the remote sequence number is out of order: 500. An equal one is a retransmission
+    // (no server transaction absorbs it here) and is answered again.
+    if (dialog.remoteCseq !== undefined && request.cseq.seq < dialog.remoteCseq) {
+      this.log.debug({ cseq: request.cseq.seq, remote_cseq: dialog.remoteCseq, method: request.method }, 'in-dialog request out of order');
+      this.host.respond(request, source, 500);
+      return;
+    }
+    dialog.remoteCseq = request.cseq.seq;
     switch (request.method) {
       case 'BYE': {
         this.host.respond(request, source, 200);
@@ -713,7 +761,7 @@ export class UacCall implements OutboundCall {
         // Target refresh (12.2.2).
         const contact = getHeader(request, 'contact');
         const addr = contact === undefined ? undefined : parseNameAddr(contact);
-        if (addr !== undefined && this.dialog !== undefined) this.dialog.remoteTarget = addr.uri;
+        if (addr !== undefined) dialog.remoteTarget = addr.uri;
         if (this.localSdp === undefined) {
           this.host.respond(request, source, 488);
           return;
@@ -728,9 +776,6 @@ export class UacCall implements OutboundCall {
         });
         return;
       }
-      default:
-        this.host.respond(request, source, 501);
-        return;
     }
   }
 

@@ -104,11 +104,10 @@ export class InviteClientTransaction extends ClientTransaction {
         this.user.onTransportError(error);
         return;
       case TransactionState.Proceeding:
-        // Over UDP nothing is outstanding (no retransmissions once a 1xx arrived);
-        // over TCP the connection carrying the responses is gone.
-        if (!this.transport.reliable) return;
-        this.stateTransition(TransactionState.Terminated);
-        this.user.onTransportError(error);
+        // 17.1.1.2 has no transport-error transition out of Proceeding: nothing is outstanding (no retransmissions
+        // once a 1xx arrived). Over TCP a lost connection does not end the INVITE either: the UAS sends its final
+        // response on a connection it opens (18.2.2), and the TU's CANCEL goes on a new one (9.1, 18.1.1).
+        this.logger.debug({ err: error.message, branch: this.branch }, 'transport error in Proceeding; INVITE still pending');
         return;
       case TransactionState.Completed:
         // Only ACK retransmissions are at stake.

@@ -3,6 +3,7 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import pino, { type Logger } from 'pino';
 import type { CallDelegate, CallFailure } from '../../../src/sip/call-originator.js';
+import { getHeader, getHeaders, type ParsedRequest } from '../../../src/sip/message.js';
 import type { TrunkConfig } from '../../../src/config/schema.js';
 
 export const testLogger: Logger = pino({ level: process.env['SIP_TEST_LOG'] ?? 'silent' });
@@ -134,4 +135,27 @@ export function recorder(): {
     });
   };
   return { delegate, events, waitFor };
+}
+
+/** A scripted peer's response to `req`: its Via, From, To (with `toTag` added when it had none), Call-ID and CSeq. */
+export function responseTo(
+  req: ParsedRequest,
+  status: number,
+  reason: string,
+  extra: string[] = [],
+  toTag: string | undefined = 'peer-tag',
+  body = '',
+): string {
+  return [
+    `SIP/2.0 ${status} ${reason}`,
+    ...getHeaders(req, 'via').map((v) => `Via: ${v}`),
+    `From: ${getHeader(req, 'from')}`,
+    `To: ${getHeader(req, 'to')}${toTag !== undefined && req.to.tag === undefined ? `;tag=${toTag}` : ''}`,
+    `Call-ID: ${req.callId}`,
+    `CSeq: ${req.cseq.seq} ${req.cseq.method}`,
+    ...extra,
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    '',
+    body,
+  ].join('\r\n');
 }

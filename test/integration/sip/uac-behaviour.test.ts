@@ -3,12 +3,13 @@
  * request construction, RFC 3261 9.1 CANCEL rules, crossed CANCEL/2xx, 2xx
  * retransmissions, digest retry limits, in-dialog requests.
  */
+import { createHash } from 'node:crypto';
 import dgram from 'node:dgram';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
 import { getHeader, getHeaders, type ParsedRequest } from '../../../src/sip/message.js';
 import { parseMessage } from '../../../src/sip/parser.js';
-import { recorder, testLogger, trunk } from './helpers.js';
+import { recorder, responseTo, testLogger, trunk } from './helpers.js';
 
 interface Received {
   req: ParsedRequest;
@@ -54,20 +55,7 @@ class FakeTrunk {
 
   /** Send a response to `to` (reflecting its Via/From/To/Call-ID/CSeq). */
   reply(to: Received, status: number, reason: string, extra: string[] = [], toTag: string | undefined = 'peer-tag', body = ''): void {
-    const r = to.req;
-    const lines = [
-      `SIP/2.0 ${status} ${reason}`,
-      ...getHeaders(r, 'via').map((v) => `Via: ${v}`),
-      `From: ${getHeader(r, 'from')}`,
-      `To: ${getHeader(r, 'to')}${toTag !== undefined && r.to.tag === undefined ? `;tag=${toTag}` : ''}`,
-      `Call-ID: ${r.callId}`,
-      `CSeq: ${r.cseq.seq} ${r.cseq.method}`,
-      ...extra,
-      `Content-Length: ${Buffer.byteLength(body)}`,
-      '',
-      body,
-    ];
-    this.socket.send(lines.join('\r\n'), to.port, '127.0.0.1');
+    this.socket.send(responseTo(to.req, status, reason, extra, toTag, body), to.port, '127.0.0.1');
   }
 
   /** Send a raw request to the originator and collect the response. */
@@ -260,43 +248,75 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     expect(rec.events.map((e) => e.type)).not.toContain('answered');
   });
 
+  /** A request the far end sends in the dialog `invite` made (From tag peer-tag; To tag ours unless `toTag`). */
+  const inDialog = (invite: Received, method: string, seq: number, toTag = invite.req.from.tag ?? '', body = ''): string =>
+    [
+      `${method} sip:127.0.0.1:${sip.localPort} SIP/2.0`,
+      `Via: SIP/2.0/UDP 127.0.0.1:${port};branch=z9hG4bKpeer${seq}${method};rport`,
+      `From: <sip:${DEST}@127.0.0.1>;tag=peer-tag`,
+      `To: ${getHeader(invite.req, 'from')?.replace(/;tag=.*/, '')};tag=${toTag}`,
+      `Call-ID: ${invite.req.callId}`,
+      `CSeq: ${seq} ${method}`,
+      `Contact: <sip:127.0.0.1:${port}>`,
+      `Content-Length: ${Buffer.byteLength(body)}`,
+      '',
+      body,
+    ].join('\r\n');
+  const statusLine = async (text: string): Promise<string> => (await peer.request(text, sip.localPort)).split('\r\n')[0] ?? '';
+
+  /** An answered call (UAC with an SDP offer) and its INVITE as the peer saw it. */
+  async function answeredCall(rec: ReturnType<typeof recorder>, sdp: string): Promise<Received> {
+    sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), sdp, logger: testLogger }, rec.delegate);
+    const invite = await peer.next('INVITE');
+    peer.reply(invite, 200, 'OK', [`Contact: <sip:127.0.0.1:${port}>`], 'peer-tag');
+    await rec.waitFor('answered');
+    return invite;
+  }
+
   it('answered call: in-dialog OPTIONS 200, re-INVITE 200 with our SDP, unknown 501, unknown dialog 481, remote BYE', async () => {
     const rec = recorder();
     const sdp = 'v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n';
-    sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), sdp, logger: testLogger }, rec.delegate);
-    const invite = await peer.next('INVITE');
+    const invite = await answeredCall(rec, sdp);
     expect(invite.req.body).toBe(sdp);
-    peer.reply(invite, 200, 'OK', [`Contact: <sip:127.0.0.1:${port}>`], 'peer-tag');
-    await rec.waitFor('answered');
-    const ourTag = invite.req.from.tag ?? '';
-    const inDialog = (method: string, seq: number, toTag = ourTag, body = ''): string =>
-      [
-        `${method} sip:127.0.0.1:${sip.localPort} SIP/2.0`,
-        `Via: SIP/2.0/UDP 127.0.0.1:${port};branch=z9hG4bKpeer${seq};rport`,
-        `From: <sip:${DEST}@127.0.0.1>;tag=peer-tag`,
-        `To: ${getHeader(invite.req, 'from')?.replace(/;tag=.*/, '')};tag=${toTag}`,
-        `Call-ID: ${invite.req.callId}`,
-        `CSeq: ${seq} ${method}`,
-        `Contact: <sip:127.0.0.1:${port}>`,
-        `Content-Length: ${Buffer.byteLength(body)}`,
-        '',
-        body,
-      ].join('\r\n');
-    expect((await peer.request(inDialog('OPTIONS', 10), sip.localPort)).split('\r\n')[0]).toBe('SIP/2.0 200 OK');
-    const reinvite = await peer.request(inDialog('INVITE', 11, ourTag, 'v=0\r\n'), sip.localPort);
+    expect(await statusLine(inDialog(invite, 'OPTIONS', 10))).toBe('SIP/2.0 200 OK');
+    const reinvite = await peer.request(inDialog(invite, 'INVITE', 11, undefined, 'v=0\r\n'), sip.localPort);
     expect(reinvite.split('\r\n')[0]).toBe('SIP/2.0 200 OK');
     expect(reinvite.endsWith(sdp)).toBe(true);
-    expect((await peer.request(inDialog('INFO', 12), sip.localPort)).split('\r\n')[0]).toBe('SIP/2.0 501 Not Implemented');
-    expect((await peer.request(inDialog('BYE', 13, 'not-our-tag'), sip.localPort)).split('\r\n')[0]).toBe(
-      'SIP/2.0 481 Call/Transaction Does Not Exist',
-    );
+    expect(await statusLine(inDialog(invite, 'FROBNICATE', 12))).toBe('SIP/2.0 501 Not Implemented');
+    expect(await statusLine(inDialog(invite, 'BYE', 13, 'not-our-tag'))).toBe('SIP/2.0 481 Call/Transaction Does Not Exist');
     expect(rec.events.map((e) => e.type)).toEqual(['answered']);
-    expect((await peer.request(inDialog('BYE', 14), sip.localPort)).split('\r\n')[0]).toBe('SIP/2.0 200 OK');
+    expect(await statusLine(inDialog(invite, 'BYE', 14))).toBe('SIP/2.0 200 OK');
     await rec.waitFor('ended');
     expect(rec.events.map((e) => e.type)).toEqual(['answered', 'remoteHangup', 'ended']);
     // BYE retransmission while the call lingers: 200 again, no second callback.
-    expect((await peer.request(inDialog('BYE', 14), sip.localPort)).split('\r\n')[0]).toBe('SIP/2.0 200 OK');
+    expect(await statusLine(inDialog(invite, 'BYE', 14))).toBe('SIP/2.0 200 OK');
     expect(rec.events.filter((e) => e.type === 'remoteHangup')).toHaveLength(1);
+  });
+
+  it('in-dialog manners: known methods we do not take 405 + Allow, unknown 501, CANCEL 481, CSeq below the last seen 500 (RFC 3261 8.2.1, 9.2, 12.2.2)', async () => {
+    const rec = recorder();
+    const invite = await answeredCall(rec, 'v=0\r\n');
+    for (const method of ['INFO', 'SUBSCRIBE', 'REFER', 'MESSAGE', 'UPDATE', 'PRACK']) {
+      const response = await peer.request(inDialog(invite, method, 5), sip.localPort);
+      expect(response.split('\r\n')[0], method).toBe('SIP/2.0 405 Method Not Allowed');
+      expect(response).toContain('\r\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n');
+    }
+    const unknown = await peer.request(inDialog(invite, 'FROBNICATE', 5), sip.localPort);
+    expect(unknown.split('\r\n')[0]).toBe('SIP/2.0 501 Not Implemented');
+    expect(unknown).toContain('\r\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n');
+    // A CANCEL in the dialog (of a re-INVITE long answered): no transaction to cancel.
+    expect(await statusLine(inDialog(invite, 'CANCEL', 5))).toBe('SIP/2.0 481 Call/Transaction Does Not Exist');
+    // The rejected requests left the remote CSeq empty: 5 sets it; 3 is then out of order, 5 again a retransmission.
+    expect(await statusLine(inDialog(invite, 'OPTIONS', 5))).toBe('SIP/2.0 200 OK');
+    expect(await statusLine(inDialog(invite, 'OPTIONS', 3))).toBe('SIP/2.0 500 Server Internal Error');
+    // A stale BYE does not end the call.
+    expect(await statusLine(inDialog(invite, 'BYE', 4))).toBe('SIP/2.0 500 Server Internal Error');
+    await tick(100);
+    expect(rec.events.map((e) => e.type)).toEqual(['answered']);
+    expect(await statusLine(inDialog(invite, 'OPTIONS', 5))).toBe('SIP/2.0 200 OK');
+    expect(await statusLine(inDialog(invite, 'BYE', 6))).toBe('SIP/2.0 200 OK');
+    await rec.waitFor('ended');
+    expect(rec.events.map((e) => e.type)).toEqual(['answered', 'remoteHangup', 'ended']);
   });
 
   it('re-INVITE without any SDP of ours -> 488', async () => {
@@ -359,6 +379,27 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     expect(failed).toMatchObject({ failure: { reason: 'declined', status: 603, phrase: 'Decline' } });
   });
 
+  it.each(['MD5', 'SHA-256'])('digest qop=auth-int (%s): the response covers the INVITE\'s SDP body (RFC 2617 3.2.2.3, RFC 8760)', async (algorithm) => {
+    const h = (s: string): string => createHash(algorithm === 'MD5' ? 'md5' : 'sha256').update(s).digest('hex');
+    const rec = recorder();
+    const sdp = 'v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n';
+    const t = trunk(`sip:127.0.0.1:${port}`, { auth: { username: 'u1', password: 'p1' } });
+    sip.originate({ to: DEST, from: CLI, trunk: t, sdp, logger: testLogger }, rec.delegate);
+    const first = await peer.next('INVITE');
+    peer.reply(first, 401, 'Unauthorized', [`WWW-Authenticate: Digest realm="r1", nonce="n1", algorithm=${algorithm}, qop="auth-int"`]);
+    const second = await peer.next('INVITE', 1);
+    expect(second.req.body).toBe(sdp);
+    const auth = getHeader(second.req, 'authorization') ?? '';
+    const field = (name: string): string => new RegExp(`[ ,]${name}="?([^",]*)"?`).exec(auth)?.[1] ?? '';
+    expect(field('qop')).toBe('auth-int');
+    const ha1 = h('u1:r1:p1');
+    const ha2 = h(`INVITE:${second.req.uri}:${h(sdp)}`);
+    expect(field('uri')).toBe(second.req.uri);
+    expect(field('response')).toBe(h(`${ha1}:n1:${field('nc')}:${field('cnonce')}:auth-int:${ha2}`));
+    peer.reply(second, 603, 'Decline');
+    await rec.waitFor('ended');
+  });
+
   it.each([
     [486, 'busy'],
     [600, 'busy'],
@@ -366,7 +407,9 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     [404, 'not_found'],
     [604, 'not_found'],
     [480, 'unavailable'],
-    [302, 'rejected'],
+    [301, 'redirected'],
+    [302, 'redirected'],
+    [380, 'redirected'],
     [503, 'rejected'],
   ] as const)('final %i -> onFailed %s', async (status, reason) => {
     const rec = recorder();
@@ -376,6 +419,27 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     const failed = await rec.waitFor('failed');
     expect(failed).toEqual({ type: 'failed', failure: { reason, status, phrase: 'Some Phrase' } });
     await rec.waitFor('ended');
+  });
+
+  it('302 Moved Temporarily: failed `redirected` with its status, ACKed in the INVITE transaction, not followed', async () => {
+    const rec = recorder();
+    sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
+    const invite = await peer.next('INVITE');
+    peer.reply(invite, 100, 'Trying', [], undefined);
+    peer.reply(invite, 302, 'Moved Temporarily', [`Contact: <sip:${DEST}@127.0.0.1:${port + 1}>`], 'redir-tag');
+    const ack = await peer.next('ACK');
+    // 17.1.1.3: the ACK of a non-2xx final shares the INVITE's branch, Request-URI and CSeq number, with the 3xx's To.
+    expect(ack.req.via.branch).toBe(invite.req.via.branch);
+    expect(ack.req.uri).toBe(invite.req.uri);
+    expect(ack.req.cseq).toEqual({ seq: invite.req.cseq.seq, method: 'ACK' });
+    expect(ack.req.to.tag).toBe('redir-tag');
+    expect(await rec.waitFor('failed')).toEqual({
+      type: 'failed',
+      failure: { reason: 'redirected', status: 302, phrase: 'Moved Temporarily' },
+    });
+    await rec.waitFor('ended');
+    await tick(100);
+    expect(peer.count('INVITE')).toBe(1);
   });
 
   it('hangup() before answer is a no-op', async () => {

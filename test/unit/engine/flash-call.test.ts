@@ -119,6 +119,7 @@ describe('placeFlashCall (the flash policy)', () => {
     ['declined', 603],
     ['not_found', 404],
     ['unavailable', 480],
+    ['redirected', 302],
     ['rejected', 503],
   ] as const)('a %s final before ringing fails with that reason', async (reason, status) => {
     start();

@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { computeDigest, isSupportedChallenge, parseDigestChallenge } from '../../../src/sip/digest.js';
 
 const md5 = (s: string): string => createHash('md5').update(s).digest('hex');
+const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex');
 
 describe('digest authentication', () => {
   it('RFC 2617 section 3.5 example (Mufasa, qop=auth)', () => {
@@ -61,5 +62,31 @@ describe('digest authentication', () => {
     const ha1 = md5(`${md5('u:r:p')}:n:cn`);
     expect(d.response).toBe(md5(`${ha1}:n:0000001a:cn:auth:${md5('BYE:sip:x')}`));
     expect(d.header).toContain('nc=0000001a');
+  });
+
+  it.each([
+    ['MD5', md5],
+    ['SHA-256', sha256],
+  ] as const)('qop=auth-int (%s): HA2 = H(method:uri:H(entity-body)) over the body (RFC 2617 3.2.2.3, RFC 8760)', (algorithm, h) => {
+    const c = parseDigestChallenge(`Digest realm="r", nonce="n", algorithm=${algorithm}, qop="auth-int"`);
+    if (c === undefined) throw new Error('parse');
+    const body = 'v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n';
+    const uri = 'sip:+447700900000@sip.example.net;user=phone';
+    const d = computeDigest(c, { username: 'u', password: 'p' }, { method: 'INVITE', uri, body }, { cnonce: 'cn', nc: 1 });
+    const ha2 = h(`INVITE:${uri}:${h(body)}`);
+    expect(d.response).toBe(h(`${h('u:r:p')}:n:00000001:cn:auth-int:${ha2}`));
+    expect(d.header).toContain('qop=auth-int, nc=00000001, cnonce="cn"');
+    // A request without a body hashes the empty string, so the two differ.
+    const empty = computeDigest(c, { username: 'u', password: 'p' }, { method: 'INVITE', uri }, { cnonce: 'cn', nc: 1 });
+    expect(empty.response).toBe(h(`${h('u:r:p')}:n:00000001:cn:auth-int:${h(`INVITE:${uri}:${h('')}`)}`));
+    expect(empty.response).not.toBe(d.response);
+  });
+
+  it('"auth,auth-int" offered: auth is chosen, the body is not hashed', () => {
+    const c = parseDigestChallenge('Digest realm="r", nonce="n", qop="auth-int,auth"');
+    if (c === undefined) throw new Error('parse');
+    const d = computeDigest(c, { username: 'u', password: 'p' }, { method: 'INVITE', uri: 'sip:x', body: 'v=0\r\n' }, { cnonce: 'cn', nc: 1 });
+    expect(d.response).toBe(md5(`${md5('u:r:p')}:n:00000001:cn:auth:${md5('INVITE:sip:x')}`));
+    expect(d.header).toContain('qop=auth,');
   });
 });

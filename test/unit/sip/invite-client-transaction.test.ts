@@ -144,10 +144,14 @@ describe('InviteClientTransaction (RFC 3261 17.1.1)', () => {
       expect(tx.state).toBe(TransactionState.Proceeding);
     });
 
-    it('TCP transport error (connection lost) -> TU, Terminated', () => {
+    it('TCP connection lost: still Proceeding, TU not told; a final response that comes later completes it (18.2.2)', () => {
       const { h, tx } = proceeding(true);
       tx.onTransportError(new Error('ECONNRESET'));
-      expect(h.events).toEqual(['transport error ECONNRESET']);
+      expect(h.events).toEqual([]);
+      expect(tx.state).toBe(TransactionState.Proceeding);
+      tx.receiveResponse(response(487, 'INVITE'));
+      expect(h.events).toEqual(['response 487']);
+      expect(h.sent.at(-1)).toBe(ACK_LINE);
       expect(tx.state).toBe(TransactionState.Terminated);
     });
   });

@@ -11,6 +11,7 @@ describe('drachtioFailure: final status → failure reason', () => {
     [404, 'not_found'],
     [604, 'not_found'],
     [480, 'unavailable'],
+    [302, 'redirected'],
     [407, 'rejected'],
     [500, 'rejected'],
     [503, 'rejected'],

@@ -1,0 +1,220 @@
+/**
+ * A TCP trunk whose connection dies while a call is up, against a scripted TCP peer on loopback (RFC 3261 9.1,
+ * 18.1.1, 18.2.2): the INVITE stays pending, its CANCEL (and a BYE) go to the same destination on a new connection,
+ * and the call ends on the 487 the peer sends there or on a connection it opens itself.
+ */
+import net from 'node:net';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { placeFlashCall, type FlashCallParams } from '../../../src/engine/flash-call.js';
+import { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
+import type { ParsedRequest } from '../../../src/sip/message.js';
+import { StreamFramer } from '../../../src/sip/parser.js';
+import { recorder, responseTo, testLogger, trunk } from './helpers.js';
+
+interface Received {
+  req: ParsedRequest;
+  /** Index of the connection it came on (0 = the first one we opened). */
+  conn: number;
+}
+
+/** The far end: accepts connections, frames what arrives, answers on any connection it has. */
+class TcpPeer {
+  private readonly server = net.createServer((socket) => this.adopt(socket));
+  readonly conns: net.Socket[] = [];
+  readonly requests: Received[] = [];
+
+  async listen(): Promise<number> {
+    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', () => resolve()));
+    const addr = this.server.address();
+    if (addr === null || typeof addr === 'string') throw new Error('no address');
+    return addr.port;
+  }
+
+  private adopt(socket: net.Socket): number {
+    const index = this.conns.push(socket) - 1;
+    const framer = new StreamFramer();
+    socket.on('data', (chunk: Buffer) => {
+      const { messages, error } = framer.push(chunk);
+      if (error !== undefined) throw new Error('peer got malformed: ' + error);
+      for (const m of messages) if (m.kind === 'request') this.requests.push({ req: m, conn: index });
+    });
+    socket.on('error', () => undefined);
+    return index;
+  }
+
+  /** Open a connection to the engine's listening port (the UAS side of 18.2.2), as another connection of ours. */
+  async connectTo(port: number): Promise<number> {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+    return this.adopt(socket);
+  }
+
+  async next(method: string, index = 0, timeoutMs = 5000): Promise<Received> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = this.requests.filter((r) => r.req.method === method)[index];
+      if (found !== undefined) return found;
+      if (Date.now() > deadline) throw new Error(`no ${method}[${index}]; got ${this.requests.map((r) => r.req.method).join(',')}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  count(method: string): number {
+    return this.requests.filter((r) => r.req.method === method).length;
+  }
+
+  reply(to: Received, status: number, reason: string, options: { conn?: number; extra?: string[] } = {}): void {
+    this.conns[options.conn ?? to.conn]?.write(responseTo(to.req, status, reason, options.extra));
+  }
+
+  /** The connection dies (the far end's process restarts, a NAT drops it), once what was written has left. */
+  drop(conn: number): void {
+    const socket = this.conns[conn];
+    socket?.end(() => socket.destroy());
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.conns) c.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+const CLI = '+441234567890';
+const DEST = '+447700900123';
+/** A short T1: the 64*T1 CANCEL guard is 3.2 s. */
+const T1 = 50;
+
+describe('TCP connection lost during a call (scripted TCP peer)', () => {
+  let peer: TcpPeer;
+  let peerPort: number;
+  let sip: EmbeddedSipOriginator;
+
+  beforeEach(async () => {
+    peer = new TcpPeer();
+    peerPort = await peer.listen();
+    sip = new EmbeddedSipOriginator({
+      listen: { host: '127.0.0.1', port: 0, transports: ['udp', 'tcp'] },
+      timers: { t1Ms: T1, t2Ms: 4000, t4Ms: 5000 },
+      userAgent: 'fv-ua/1.0',
+      logger: testLogger,
+    });
+    await sip.start();
+  });
+
+  afterEach(async () => {
+    await sip.stop();
+    await peer.close();
+  });
+
+  const flash = (p: Partial<FlashCallParams> = {}): ReturnType<typeof placeFlashCall> =>
+    placeFlashCall(sip, {
+      to: DEST,
+      cli: CLI,
+      trunk: trunk(`sip:127.0.0.1:${peerPort};transport=tcp`),
+      ringMs: 200,
+      ringingTimeoutMs: 5000,
+      settleMs: 64 * T1 + 1000,
+      logger: testLogger,
+      ...p,
+    });
+
+  it.each(['the CANCEL connection', 'a connection the far end opens'] as const)(
+    'ringing, connection lost: CANCEL at ringMs on a new connection, 487 (sent on %s) ACKed, call cancelled',
+    async (via487) => {
+      const result = flash();
+      const invite = await peer.next('INVITE');
+      peer.reply(invite, 100, 'Trying');
+      peer.reply(invite, 180, 'Ringing');
+      peer.drop(invite.conn);
+      const cancel = await peer.next('CANCEL');
+      expect(cancel.conn).not.toBe(invite.conn);
+      expect(cancel.req.via.branch).toBe(invite.req.via.branch);
+      expect(cancel.req.cseq).toEqual({ seq: invite.req.cseq.seq, method: 'CANCEL' });
+      peer.reply(cancel, 200, 'OK');
+      const conn = via487 === 'the CANCEL connection' ? cancel.conn : await peer.connectTo(sip.localPort);
+      peer.reply(invite, 487, 'Request Terminated', { conn });
+      const ack = await peer.next('ACK');
+      // 17.1.1.3: the ACK goes where the INVITE went: the connection we now have to that destination.
+      expect(ack.conn).toBe(cancel.conn);
+      expect(ack.req.via.branch).toBe(invite.req.via.branch);
+      expect(ack.req.to.tag).toBe('peer-tag');
+      await expect(result).resolves.toMatchObject({ outcome: 'cancelled', rang: true, sipStatus: 487 });
+      expect(peer.count('CANCEL')).toBe(1);
+    },
+  );
+
+  it('only a 100, connection lost: CANCEL at the ringing timeout on a new connection; no_ringing on the 487', async () => {
+    const result = flash({ ringingTimeoutMs: 300 });
+    const invite = await peer.next('INVITE');
+    peer.reply(invite, 100, 'Trying');
+    peer.drop(invite.conn);
+    const cancel = await peer.next('CANCEL');
+    expect(cancel.conn).not.toBe(invite.conn);
+    peer.reply(cancel, 200, 'OK');
+    peer.reply(invite, 487, 'Request Terminated', { conn: cancel.conn });
+    await peer.next('ACK');
+    await expect(result).resolves.toMatchObject({ outcome: 'no_ringing', rang: false, sipStatus: 487 });
+  });
+
+  it('the CANCEL\'s own connection lost before its answer: the CANCEL is sent once more, on a new connection', async () => {
+    const result = flash();
+    const invite = await peer.next('INVITE');
+    peer.reply(invite, 180, 'Ringing');
+    const first = await peer.next('CANCEL');
+    expect(first.conn).toBe(invite.conn);
+    peer.drop(first.conn);
+    const again = await peer.next('CANCEL', 1);
+    expect(again.conn).not.toBe(first.conn);
+    expect(again.req.via.branch).toBe(invite.req.via.branch);
+    peer.reply(again, 200, 'OK');
+    peer.reply(invite, 487, 'Request Terminated', { conn: again.conn });
+    await peer.next('ACK');
+    await expect(result).resolves.toMatchObject({ outcome: 'cancelled', sipStatus: 487 });
+    expect(peer.count('CANCEL')).toBe(2);
+  });
+
+  it('no 487 after the CANCEL on the new connection: given up 64*T1 later, no final status reported', async () => {
+    const rec = recorder();
+    const call = sip.originate(
+      { to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${peerPort};transport=tcp`), logger: testLogger },
+      rec.delegate,
+    );
+    const invite = await peer.next('INVITE');
+    peer.reply(invite, 180, 'Ringing');
+    await rec.waitFor('provisional');
+    peer.drop(invite.conn);
+    // The drop reaches the engine before the CANCEL is asked for.
+    await new Promise((r) => setTimeout(r, 100));
+    expect(rec.events.map((e) => e.type)).toEqual(['provisional']);
+    call.cancel();
+    const cancel = await peer.next('CANCEL');
+    expect(cancel.conn).not.toBe(invite.conn);
+    peer.reply(cancel, 200, 'OK');
+    await rec.waitFor('ended', 64 * T1 + 3000);
+    expect(rec.events.map((e) => e.type)).toEqual(['provisional', 'cancelled', 'ended']);
+    expect(peer.count('ACK')).toBe(0);
+  });
+
+  it('answered call, connection lost: the BYE goes on a new connection', async () => {
+    const rec = recorder();
+    const call = sip.originate(
+      { to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${peerPort};transport=tcp`), sdp: 'v=0\r\n', logger: testLogger },
+      rec.delegate,
+    );
+    const invite = await peer.next('INVITE');
+    peer.reply(invite, 200, 'OK', { extra: [`Contact: <sip:127.0.0.1:${peerPort};transport=tcp>`] });
+    await rec.waitFor('answered');
+    const ack = await peer.next('ACK');
+    expect(ack.conn).toBe(invite.conn);
+    peer.drop(invite.conn);
+    await new Promise((r) => setTimeout(r, 100));
+    const hangup = call.hangup();
+    const bye = await peer.next('BYE');
+    expect(bye.conn).not.toBe(invite.conn);
+    expect(bye.req.to.tag).toBe('peer-tag');
+    peer.reply(bye, 200, 'OK');
+    await expect(hangup).resolves.toBeUndefined();
+    await rec.waitFor('ended');
+    expect(rec.events.map((e) => e.type)).toEqual(['answered', 'ended']);
+  });
+});
