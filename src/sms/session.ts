@@ -87,6 +87,8 @@ const INTERFACE_VERSION = 0x34;
 const RESPONSE_BIT = 0x80000000;
 /** Bound on waiting for the peer to close after unbind_resp / on stop. */
 const CLOSE_WAIT_MS = 1_000;
+/** Bound on waiting for unbind_resp when a bind that stopped answering is recycled (also at most responseTimeoutMs). */
+const RECYCLE_UNBIND_WAIT_MS = 5_000;
 
 class SmppConnection {
   state: ConnectionState = 'idle';
@@ -165,15 +167,39 @@ class SmppConnection {
     this.stopping = true;
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = undefined;
-    if (this.state === 'bound') {
-      this.stateTransition('unbinding');
-      const { sequence, result } = this.request('unbind', {}, Math.max(1, Math.min(timeoutMs, this.smsc.responseTimeoutMs)));
-      const r = await result;
-      this.log.info({ seq: sequence, result: r.kind === 'response' ? commandStatusName(r.pdu.command_status) : r.kind }, 'unbind done');
-      await this.closeSocket(CLOSE_WAIT_MS);
-    }
+    if (this.state === 'bound') await this.unbind(Math.max(1, Math.min(timeoutMs, this.smsc.responseTimeoutMs)));
     this.lost('stopped');
     this.stateTransition('closed');
+  }
+
+  /**
+   * SMPP 3.4 §4.2: unbind, wait for unbind_resp (bounded by `waitMs`), then close. Requests still in flight are
+   * answered meanwhile if the SMSC does; new submits see the bind down (`unbinding`).
+   */
+  private async unbind(waitMs: number): Promise<void> {
+    this.stateTransition('unbinding');
+    const { sequence, result } = this.request('unbind', {}, waitMs);
+    const r = await result;
+    this.log.info({ seq: sequence, result: r.kind === 'response' ? commandStatusName(r.pdu.command_status) : r.kind }, 'unbind done');
+    // No unbind_resp: the peer is not listening; waiting for its close would only delay the reconnect.
+    if (r.kind === 'response' || this.stopping) await this.closeSocket(CLOSE_WAIT_MS);
+  }
+
+  /**
+   * Gives up on a bound connection that stopped answering (enquire_link unanswered, nothing heard, a submit_sm
+   * never answered) and reconnects. It is unbound first, as §4.2 expects of a session that ends (the SMSC then
+   * knows the window is gone and can release what it holds for it), waiting for unbind_resp at most
+   * responseTimeoutMs (capped at RECYCLE_UNBIND_WAIT_MS); a socket already dead is dropped at once.
+   */
+  private recycle(reason: string, generation: number): void {
+    if (generation !== this.generation || this.state !== 'bound') return;
+    const socket = this.socket;
+    if (!socket || socket.destroyed || !socket.writable) {
+      this.lost(reason, generation);
+      return;
+    }
+    this.log.warn({ reason }, 'recycling the bind: unbind, then reconnect');
+    void this.unbind(Math.min(this.smsc.responseTimeoutMs, RECYCLE_UNBIND_WAIT_MS)).then(() => this.lost(reason, generation));
   }
 
   // --- connection life cycle -------------------------------------------------
@@ -317,7 +343,7 @@ class SmppConnection {
     if (this.state !== 'bound') return;
     const generation = this.generation;
     if (this.now() - this.lastReceived > this.smsc.enquireLinkMs + this.smsc.responseTimeoutMs) {
-      this.lost('no traffic from SMSC', generation);
+      this.recycle('no traffic from SMSC', generation);
       return;
     }
     if (this.enquireOutstanding) return;
@@ -328,7 +354,7 @@ class SmppConnection {
       this.enquireOutstanding = false;
       if (r.kind === 'timeout') {
         this.log.warn({ seq: sequence }, 'enquire_link unanswered');
-        this.lost('enquire_link timeout', generation);
+        this.recycle('enquire_link timeout', generation);
       }
     });
   }
@@ -471,14 +497,14 @@ class SmppConnection {
    * enquire_link: a submit still unanswered twice responseTimeoutMs after its
    * timeout (three times after it left: a generous margin for a late
    * submit_sm_resp, which still resolves it) means the bind is stuck; it is
-   * recycled (reconnected), so new submits go to binds that answer.
+   * recycled (unbound, then reconnected), so new submits go to binds that answer.
    */
   private watchUnanswered(sequence: number): void {
     const generation = this.generation;
     setTimeout(() => {
       if (generation !== this.generation || !this.late.has(sequence)) return;
-      this.log.warn({ seq: sequence }, 'submit_sm never answered; recycling the bind');
-      this.lost('submit_sm never answered', generation);
+      this.log.warn({ seq: sequence }, 'submit_sm never answered');
+      this.recycle('submit_sm never answered', generation);
     }, 2 * this.smsc.responseTimeoutMs).unref();
   }
 

@@ -4,7 +4,7 @@
  * Every submit promise must settle, and binds must come back by themselves.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { smscEntry, startGateway, startSmsc, submitRequest, type GatewayUnderTest, type TestSmsc } from '../../helpers/smsc.js';
+import { smscEntry, startGateway, startSmsc, submitRequest, type GatewayUnderTest, type SmscState, type TestSmsc } from '../../helpers/smsc.js';
 
 let smsc: TestSmsc;
 let gut: GatewayUnderTest | undefined;
@@ -51,6 +51,8 @@ describe('response timeout', () => {
     );
     const old = state.sessions.find((x) => x.id === silent)!;
     expect([old.closedBy, old.enquireLinks > 0]).toEqual(['client', true]);
+    // SMPP 3.4 §4.2: the stuck bind is unbound (and its unbind_resp awaited) before the connection closes.
+    expectUnboundBeforeClose(state, silent!);
     expect(state.events.some((e) => e.type === 'close' && e.session === live)).toBe(false);
     await gut.waitUp();
     for (let i = 0; i < 2; i += 1) expect((await gut.gateway.submit(submitRequest(`+44770090061${i}`))).kind).toBe('accepted');
@@ -111,6 +113,8 @@ describe('connection lost', () => {
     const old = state.sessions.find((s) => s.id === first);
     expect(old?.closedBy).toBe('client');
     expect(old?.enquireLinks).toBeGreaterThanOrEqual(1);
+    // An unbind is tried first even on a silent link (not answered here: closed after a bounded wait).
+    expectUnboundBeforeClose(state, first!);
     await gut.waitUp();
     expect((await gut.gateway.submit(submitRequest('+447700900630'))).kind).toBe('accepted');
   });
@@ -193,6 +197,15 @@ describe('stop', () => {
     gut = undefined;
   });
 });
+
+/** The SMSC saw an unbind on `session`, then the client closed it. */
+function expectUnboundBeforeClose(state: SmscState, session: number): void {
+  const unbind = state.events.find((e) => e.type === 'unbind' && e.session === session);
+  const close = state.events.find((e) => e.type === 'close' && e.session === session);
+  expect(unbind, 'unbind received before the close').toBeDefined();
+  expect(close).toMatchObject({ closedBy: 'client' });
+  expect(unbind!.at).toBeLessThanOrEqual(close!.at);
+}
 
 async function waitUntil(cond: () => boolean, timeoutMs: number): Promise<void> {
   const end = Date.now() + timeoutMs;
