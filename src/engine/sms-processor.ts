@@ -247,7 +247,7 @@ export class SmsProcessor {
   /**
    * A delivery receipt from the gateway. Resolves once it is safely recorded
    * (matched and settled with its event, or parked until its submit_sm_resp),
-   * so the gateway may then answer deliver_sm; rejects when Redis is
+   * so the gateway may then answer its deliver_sm / data_sm; rejects when Redis is
    * unavailable, so the SMSC sends it again.
    */
   async handleReceipt(receipt: DeliveryReceipt): Promise<void> {

@@ -82,7 +82,7 @@ export class SmppGateway implements SmsGateway {
     this.bindWaitMs = options.bindWaitMs ?? 1_000;
     this.stopTimeoutMs = options.stopTimeoutMs ?? 5_000;
     const delegate = {
-      onDeliverSm: (pdu: SmppPdu, session: SmppSession) => this.handleDeliverSm(pdu, session),
+      onMessage: (pdu: SmppPdu, session: SmppSession) => this.handleMessage(pdu, session),
       onAvailabilityChange: () => this.wakeWaiters(),
       onLateAccept: (request: SubmitRequest, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>) =>
         this.lateAcceptHandler?.(request, outcome),
@@ -251,20 +251,24 @@ export class SmppGateway implements SmsGateway {
     for (const w of [...this.waiters]) w();
   }
 
-  /** Receipts go to the handler; deliver_sm that is not a receipt (an MO message) is acknowledged and dropped. */
-  private async handleDeliverSm(pdu: SmppPdu, session: SmppSession): Promise<void> {
+  /**
+   * Receipts, whether deliver_sm or data_sm (SMPP 3.4 §4.7: esm_class 0x04 with receipted_message_id and
+   * message_state), go to the handler, matched and settled the same way; a message that is not a receipt (a
+   * mobile-originated one) is acknowledged and dropped.
+   */
+  private async handleMessage(pdu: SmppPdu, session: SmppSession): Promise<void> {
     const fields = toReceiptPdu(pdu);
     const receipt = parseReceipt(fields, session.smsc.name, session.smsc.messageIdFormat);
     if (!receipt) {
       this.log.info(
-        { smsc: session.smsc.name, bind: session.name, seq: pdu.sequence_number },
-        isReceiptPdu(fields) ? 'receipt without a message id or a state; ignored' : 'deliver_sm is not a receipt; dropped',
+        { smsc: session.smsc.name, bind: session.name, command: pdu.command, seq: pdu.sequence_number },
+        isReceiptPdu(fields) ? 'receipt without a message id or a state; ignored' : 'message from SMSC is not a receipt (mobile-originated?); dropped',
       );
       return;
     }
     const handset = pduString(pdu, 'source_addr');
     if (handset) receipt.handset = handset.replace(/^\+/, '');
-    this.log.debug({ smsc: receipt.smsc, bind: session.name, message_id: receipt.messageId, state: receipt.state }, 'delivery receipt');
+    this.log.debug({ smsc: receipt.smsc, bind: session.name, command: pdu.command, message_id: receipt.messageId, state: receipt.state }, 'delivery receipt');
     const handler = this.receiptHandler;
     if (!handler) throw new Error('no receipt handler registered');
     await handler(receipt);

@@ -40,10 +40,10 @@ export interface SmscSettings extends Omit<SmscConfig, 'url' | 'systemId' | 'pas
 
 export interface SmppSessionDelegate {
   /**
-   * A deliver_sm arrived on this bind. Resolve once it is handled (answered
-   * ESME_ROK); reject to answer ESME_RX_T_APPN so the SMSC sends it again.
+   * A deliver_sm or a data_sm (SMPP 3.4 §4.6, §4.7: a receipt may come as either) arrived on this bind. Resolve
+   * once it is handled (answered ESME_ROK); reject to answer ESME_RX_T_APPN so the SMSC sends it again.
    */
-  onDeliverSm(pdu: SmppPdu, session: SmppSession): Promise<void>;
+  onMessage(pdu: SmppPdu, session: SmppSession): Promise<void>;
   /** The bind went up or down, a window slot was freed, or a cool-down began. */
   onAvailabilityChange(session: SmppSession): void;
   /** A submit that was reported `timeout` got its ESME_ROK after all (same connection). */
@@ -123,7 +123,7 @@ class SmppConnection {
     private readonly events: {
       onBound(): void;
       onDown(): void;
-      onDeliverSm(pdu: SmppPdu): Promise<void>;
+      onMessage(pdu: SmppPdu): Promise<void>;
     },
   ) {}
 
@@ -432,7 +432,8 @@ class SmppConnection {
         this.write(encodePdu('enquire_link_resp', { sequence_number: seq }));
         return;
       case 'deliver_sm':
-        this.onDeliverSm(pdu);
+      case 'data_sm':
+        this.onMessage(pdu);
         return;
       case 'unbind':
         // SMPP 3.4 §4.2: answer, then the SMSC closes; reconnect after a back-off.
@@ -453,28 +454,32 @@ class SmppConnection {
     }
   }
 
-  /** deliver_sm_resp only once the receipt is handled; ESME_RX_T_APPN when handling fails, so the SMSC retries. */
-  private onDeliverSm(pdu: SmppPdu): void {
+  /**
+   * deliver_sm_resp / data_sm_resp only once the message is handled; ESME_RX_T_APPN when handling fails, so the
+   * SMSC sends it again. Every one is answered (§4.6.2, §4.7.2), whatever it carries.
+   */
+  private onMessage(pdu: SmppPdu): void {
     const generation = this.generation;
     const seq = pdu.sequence_number;
+    const command = pdu.command;
     let handled: Promise<void>;
     try {
-      handled = this.events.onDeliverSm(pdu);
+      handled = this.events.onMessage(pdu);
     } catch (err) {
       handled = Promise.reject(err);
     }
     void handled.then(
       () => CommandStatus.ESME_ROK,
       (err: unknown) => {
-        this.log.warn({ seq, err: err instanceof Error ? err.message : String(err) }, 'deliver_sm not handled; answering ESME_RX_T_APPN');
+        this.log.warn({ command, seq, err: err instanceof Error ? err.message : String(err) }, 'message from SMSC not handled; answering ESME_RX_T_APPN');
         return CommandStatus.ESME_RX_T_APPN;
       },
     ).then((status) => {
       if (generation !== this.generation) {
-        this.log.debug({ seq }, 'connection gone before deliver_sm_resp; the SMSC will send it again');
+        this.log.debug({ command, seq }, 'connection gone before the response; the SMSC will send it again');
         return;
       }
-      this.write(encodePdu('deliver_sm_resp', { sequence_number: seq, command_status: status, message_id: '' }));
+      this.write(encodePdu(`${command}_resp`, { sequence_number: seq, command_status: status, message_id: '' }));
     });
   }
 
@@ -562,7 +567,7 @@ export class SmppSession {
     const events = {
       onBound: () => options.delegate.onAvailabilityChange(this),
       onDown: () => options.delegate.onAvailabilityChange(this),
-      onDeliverSm: (pdu: SmppPdu) => options.delegate.onDeliverSm(pdu, this),
+      onMessage: (pdu: SmppPdu) => options.delegate.onMessage(pdu, this),
     };
     if (options.smsc.bindMode === 'transmitter_receiver') {
       this.tx = new SmppConnection('transmitter', options.smsc, this.log.child({ bind_type: 'tx' }), this.now, random, events);

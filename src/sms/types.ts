@@ -106,7 +106,7 @@ export interface DeliveryReceipt {
    */
   reportedState?: string;
   /**
-   * The handset's number as the receipt reports it (deliver_sm source_addr,
+   * The handset's number as the receipt reports it (deliver_sm / data_sm source_addr,
    * digits), to match a receipt to a submit whose submit_sm_resp never came.
    * A number in clear: never logged, never stored.
    */
@@ -130,9 +130,10 @@ export interface SmsGateway {
   /** Sends one message on a bind of the SMSC routed for `to`. Never throws for network or SMSC reasons. */
   submit(request: SubmitRequest): Promise<SubmitOutcome>;
   /**
-   * The handler for every delivery receipt. The gateway answers deliver_sm only
-   * after the handler's promise resolves (the receipt is persisted), and with a
-   * temporary error (ESME_RX_T_APPN) when it rejects, so the SMSC sends it again.
+   * The handler for every delivery receipt (deliver_sm or data_sm). The gateway
+   * answers the PDU only after the handler's promise resolves (the receipt is
+   * persisted), and with a temporary error (ESME_RX_T_APPN) when it rejects, so
+   * the SMSC sends it again.
    */
   onReceipt(handler: (receipt: DeliveryReceipt) => Promise<void>): void;
   /**

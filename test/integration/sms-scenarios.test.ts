@@ -329,6 +329,8 @@ describe('SMS OTP through SMPP', () => {
     ['hex ids on both sides', { idFormat: 'hex' }, { messageIdFormat: 'hex' }],
     ['receipts in TLVs only', { receiptMode: 'tlv' }, {}],
     ['receipts in text only', { receiptMode: 'text' }, {}],
+    ['receipts as data_sm (TLVs, text in message_payload)', { receiptPdu: 'data_sm' }, {}],
+    ['receipts as data_sm with TLVs only', { receiptPdu: 'data_sm', receiptMode: 'tlv' }, {}],
   ])('%s: still matched and delivered once', async (_name, settings, smscConfig) => {
     const t = await start(smscConfig);
     await smsc.set(settings);
