@@ -142,7 +142,7 @@ export class SmsProcessor {
       const ttl = Math.ceil(config.sms.unconfirmedDeadlineMs / 1000) + 60;
       const byNumber = this.numberKeys(outcome.smsc, to);
       const marked = await scripts.markSmsWaiting.run(redis, [key, byNumber.unconfirmed, byNumber.parked], [
-        'unconfirmed', requestId, ttl, 'sms_smsc', outcome.smsc, 'sms_unconfirmed_until', until,
+        'unconfirmed', requestId, ttl, Date.now(), 'sms_smsc', outcome.smsc, 'sms_unconfirmed_until', until,
       ]);
       if (marked === 0) {
         log.info({ attempt }, 'sms accepted late by the SMSC');
@@ -199,7 +199,7 @@ export class SmsProcessor {
     outcome: Extract<SubmitOutcome, { kind: 'retry' }>,
     fields: (string | number)[],
   ): Promise<never | void> {
-    if ((await scripts.markSmsWaiting.run(this.deps.redis, [claim.key, claim.key, claim.key], ['retry', claim.base.request_id, 0, ...fields])) === 0) {
+    if ((await scripts.markSmsWaiting.run(this.deps.redis, [claim.key, claim.key, claim.key], ['retry', claim.base.request_id, 0, Date.now(), ...fields])) === 0) {
       claim.log.info({ attempt }, 'sms accepted late by the SMSC; not retried');
       return;
     }
@@ -227,6 +227,8 @@ export class SmsProcessor {
     const smsc = claim.extra.sms_smsc ?? '';
     const detail = { reason: 'smsc_unconfirmed', ...(smsc ? { smsc } : {}), attempts: Number(claim.extra.sms_attempts ?? 1) };
     const result = await this.settle(claim.base.request_id, '', 'UNCONFIRMED', claim.base.step, { ...claim.base, status: 'failed', detail }, this.deps.keys.smsEarlyReceipt(smsc, ''));
+    // No longer waiting for a receipt by number: another submit to the number may now be matched alone.
+    await this.deps.redis.zrem(this.numberKeys(smsc, claim.to).unconfirmed, claim.base.request_id);
     if (result === 'published') claim.log.warn(detail, 'sms submit never confirmed nor receipted by its deadline; verification failed');
     else claim.log.info({ result }, 'unconfirmed sms already resolved by a receipt');
     return undefined;
@@ -266,13 +268,23 @@ export class SmsProcessor {
         final ? '1' : '0',
         handset ? receipt.messageId : '',
         Math.ceil(config.sms.unconfirmedDeadlineMs / 1000) + 60,
+        Date.now(),
       ],
-    )) as [string, 'mapped' | 'unconfirmed'] | null;
+    )) as [string, 'mapped' | 'unconfirmed' | 'ambiguous'] | null;
     if (!match) {
       this.deps.logger.info({ smsc: receipt.smsc, message_id: receipt.messageId, stat: receipt.state }, 'receipt before its submit_sm_resp (or unknown id); parked');
       return;
     }
     const [value, how] = match;
+    if (how === 'ambiguous') {
+      // Two or more submits to this number on this SMSC wait unconfirmed: the receipt could be any one's. Not
+      // guessed: each is settled by its own receipt once a late submit_sm_resp maps its id, or fails at its deadline.
+      this.deps.logger.warn(
+        { smsc: receipt.smsc, message_id: receipt.messageId, stat: receipt.state, request_ids: value.split(' ') },
+        'receipt matches several unconfirmed submits to its number; not matched by number, parked under its message id',
+      );
+      return;
+    }
     if (how === 'unconfirmed') {
       // The receipt proves the SMSC took the submit whose response never came: map its id, then settle it.
       this.deps.logger.info({ request_id: value, smsc: receipt.smsc, message_id: receipt.messageId, stat: receipt.state }, 'receipt matched an unconfirmed submit by number');

@@ -278,6 +278,46 @@ describe('SMS OTP through SMPP', () => {
     for (const id of ids) expect(hooks.received.filter((h) => h.request_id === id && h.status !== 'sent')).toHaveLength(1);
   });
 
+  it('two unconfirmed submits to one number on one SMSC (two accounts): a receipt is not guessed by number; both fail smsc_unconfirmed, a warning names them, never the number', async () => {
+    const t = await start({ window: 10 }, { sms: { unconfirmedDeadlineMs: 2_500 } });
+    const accounts = [await t.account({ balance: 1 }), await t.account({ balance: 1 })];
+    // Both stored by the SMSC and never answered; their receipts come on the new bind.
+    await smsc.set({ acceptThenDrop: 2, receiptDelayMs: 300 });
+    const phone = '+447700900981';
+    const ids = [await sendSms(t, accounts[0]!.auth, phone), await sendSms(t, accounts[1]!.auth, phone)];
+    for (const [i, id] of ids.entries()) {
+      const status = await finalStatus(t, accounts[i]!.auth, id, 15_000);
+      expect([status.status, status.failure_reason]).toEqual(['failed', 'smsc_unconfirmed']);
+    }
+    expect(accepted(await submitsTo(phone))).toHaveLength(2);
+    const events = (await readEvents(t.redis, t.keys)).filter((e) => ids.includes(e.request_id!));
+    expect(events.filter((e) => e.status === 'delivered')).toEqual([]);
+    const warnings = t.logs.filter((l) => l.includes('several unconfirmed submits to its number'));
+    expect(warnings.length).toBeGreaterThanOrEqual(1);
+    for (const w of warnings) expect([w.includes(ids[0]!), w.includes(ids[1]!), w.includes(phone.slice(1))]).toEqual([true, true, false]);
+    expect(t.logs.filter((l) => l.includes(phone.slice(1)))).toEqual([]);
+  });
+
+  it('two submits to one number time out after their receipts came: not guessed by number; each late submit_sm_resp maps its own receipt', async () => {
+    const t = await start({ responseTimeoutMs: 500 }, { sms: { unconfirmedDeadlineMs: 10_000 } });
+    const accounts = [await t.account({ balance: 1 }), await t.account({ balance: 1 })];
+    // Receipts at once, submit_sm_resp 950 ms later: both receipts are parked by number before either submit is unconfirmed.
+    await smsc.set({ receiptBeforeResp: true, respDelayMs: 900 });
+    const phone = '+447700900982';
+    const ids = [await sendSms(t, accounts[0]!.auth, phone), await sendSms(t, accounts[1]!.auth, phone)];
+    for (const [i, id] of ids.entries()) expect(await finalStatus(t, accounts[i]!.auth, id)).toMatchObject({ status: 'delivered' });
+    const subs = accepted(await submitsTo(phone));
+    expect(subs).toHaveLength(2);
+    expect(t.logs.filter((l) => l.includes('sms accepted by the SMSC after its response timeout'))).toHaveLength(2);
+    for (const [i, id] of ids.entries()) {
+      // Delivered by the receipt of the message that carried this request's own code.
+      const delivered = (await readEvents(t.redis, t.keys)).find((e) => e.request_id === id && e.status === 'delivered');
+      const mine = subs.find((s) => s.messageId === JSON.parse(delivered!.detail!).smpp_message_id);
+      const ok = await http(`${t.url}/v1/verify/check`, { auth: accounts[i]!.auth, body: { request_id: id, code: codeIn(mine!.text) } });
+      expect(ok.body).toMatchObject({ status: 'verified' });
+    }
+  });
+
   it('an unconfirmed submit whose receipt comes after the deadline: failed smsc_unconfirmed, not refunded, never also delivered', async () => {
     const t = await start({}, { sms: { unconfirmedDeadlineMs: 800 } });
     const account = await t.account({ balance: 1 });

@@ -9,27 +9,35 @@
     else it fails `smsc_unconfirmed` at its deadline (sms_unconfirmed_until).
 
   KEYS[1] verification hash
-  KEYS[2] unconfirmed-submit string (<prefix>:smsunc:<smsc>:<hmac of number>); only written for `unconfirmed`
-  KEYS[3] parked-by-number string   (<prefix>:smsdlrnum:<smsc>:<hmac of number>): a receipt for this
-          number that came while the submit was in flight (matchSmsReceipt-4) resolves it at once
+  KEYS[2] unconfirmed submits, zset (<prefix>:smsuncs:<smsc>:<hmac of number>); only written for `unconfirmed`
+  KEYS[3] receipts parked by number, zset (<prefix>:smsdlrnums:<smsc>:<hmac of number>): the one receipt parked
+          for this number while its submit was in flight (matchSmsReceipt-4) resolves it at once, if no other
+          unconfirmed submit waits for the number; two or more parked, or another one waiting: nothing is guessed
 
   ARGV[1] state: retry | unconfirmed
   ARGV[2] request id
-  ARGV[3] TTL of KEYS[2], seconds
-  ARGV[4..] field, value pairs to set on the verification
+  ARGV[3] how long it waits under KEYS[2] (its score: now + this; and the key's TTL), seconds
+  ARGV[4] now, ms
+  ARGV[5..] field, value pairs to set on the verification
 
   Returns 1 when marked, 0 when the state was no longer `submitting`, or (for
   `unconfirmed`) the message id of a receipt parked for this number: the
   caller records that id as accepted (mapSmsMessage-5) instead.
 ]]
 if redis.call('HGET', KEYS[1], 'sms_state') ~= 'submitting' then return 0 end
+local now = tonumber(ARGV[4])
 if ARGV[1] == 'unconfirmed' then
-  local parked = redis.call('GET', KEYS[3])
-  if parked then return parked end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  if redis.call('ZCARD', KEYS[2]) == 0 then
+    local parked = redis.call('ZRANGE', KEYS[3], 0, -1)
+    if #parked == 1 then return parked[1] end
+  end
 end
 redis.call('HSET', KEYS[1], 'sms_state', ARGV[1])
-for i = 4, #ARGV - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[1] == 'unconfirmed' then
-  redis.call('SET', KEYS[2], ARGV[2], 'EX', tonumber(ARGV[3]))
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]) * 1000, ARGV[2])
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
 end
 return 1
