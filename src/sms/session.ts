@@ -18,7 +18,7 @@ import {
 } from './pdu.js';
 import { SmppError } from './smpp-error.js';
 import { encodeShortMessage } from './text.js';
-import type { SubmitOutcome, SubmitRequest } from './types.js';
+import type { AnsweredOutcome, SubmitOutcome, SubmitRequest } from './types.js';
 
 /**
  * One SMPP bind: a bind_transceiver connection, or a bind_transmitter +
@@ -46,8 +46,11 @@ export interface SmppSessionDelegate {
   onMessage(pdu: SmppPdu, session: SmppSession): Promise<void>;
   /** The bind went up or down, a window slot was freed, or a cool-down began. */
   onAvailabilityChange(session: SmppSession): void;
-  /** A submit that was reported `timeout` got its ESME_ROK after all (same connection). */
-  onLateAccept?(request: SubmitRequest, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>): void;
+  /**
+   * A submit that was reported `unconfirmed` (timeout) got its submit_sm_resp after all (same connection), read as
+   * an in-time one: accepted, or refused (retry / failed).
+   */
+  onLateResponse?(request: SubmitRequest, outcome: AnsweredOutcome): void;
 }
 
 export interface SmppSessionOptions {
@@ -676,12 +679,14 @@ export class SmppSession {
       },
       this.smsc.responseTimeoutMs,
       (late) => {
-        if (late.command !== 'submit_sm_resp' || late.command_status !== CommandStatus.ESME_ROK) return;
-        const rawMessageId = pduString(late, 'message_id') ?? '';
-        if (rawMessageId === '') return;
-        const messageId = normaliseMessageId(rawMessageId, this.smsc.messageIdFormat, 'resp');
-        request.logger.warn({ smsc, bind: this.name, seq: sequence, message_id: messageId }, 'submit_sm accepted after its response timeout');
-        this.options.delegate.onLateAccept?.(request, { kind: 'accepted', rawMessageId, messageId, smsc, bind: this.name });
+        if (late.command !== 'submit_sm_resp' && late.command !== 'generic_nack') return;
+        const lateLog = request.logger.child({ smsc, bind: this.name, seq: sequence, late: true });
+        lateLog.warn({ command_status: commandStatusName(late.command_status) }, 'submit_sm answered after its response timeout');
+        // A late answer counts as an in-time one would: the SMSC accepted the message, or refused it (nothing sent).
+        const outcome = this.answered(late, lateLog);
+        // Accepted without an id: nothing to map it by; it stays unconfirmed (a receipt by number, or its deadline).
+        if (outcome.kind === 'accepted' && outcome.messageId === '') return;
+        this.options.delegate.onLateResponse?.(request, outcome);
       },
     );
     // Never log the text: it carries the code.
@@ -698,10 +703,16 @@ export class SmppSession {
       log.warn('connection lost with submit_sm in flight; unconfirmed');
       return { kind: 'unconfirmed', reason: 'connection_lost', smsc, bind: this.name };
     }
-    const status = r.pdu.command_status;
-    if (status === CommandStatus.ESME_ROK && r.pdu.command === 'submit_sm_resp') {
+    return this.answered(r.pdu, log);
+  }
+
+  /** What the submit_sm_resp (or generic_nack) to a submit says, in time or late; throttles start the back-off. */
+  private answered(pdu: SmppPdu, log: Logger): AnsweredOutcome {
+    const smsc = this.smsc.name;
+    const status = pdu.command_status;
+    if (status === CommandStatus.ESME_ROK && pdu.command === 'submit_sm_resp') {
       this.throttleStreak = 0;
-      const rawMessageId = pduString(r.pdu, 'message_id') ?? '';
+      const rawMessageId = pduString(pdu, 'message_id') ?? '';
       if (rawMessageId === '') log.warn('submit_sm_resp ESME_ROK without message_id: its receipt cannot be matched');
       const messageId = rawMessageId === '' ? '' : normaliseMessageId(rawMessageId, this.smsc.messageIdFormat, 'resp');
       log.info({ message_id: messageId }, 'submit_sm accepted');
@@ -724,7 +735,7 @@ export class SmppSession {
       log.warn({ command_status: statusName }, 'SMSC reports a temporary error; submit_sm to be retried');
       return { kind: 'retry', reason: 'temporary_error', commandStatus: status, smsc };
     }
-    log.warn({ command_status: statusName, command: r.pdu.command }, 'submit_sm refused');
+    log.warn({ command_status: statusName, command: pdu.command }, 'submit_sm refused');
     return { kind: 'failed', reason: 'smsc_rejected', commandStatus: status, statusName, smsc };
   }
 

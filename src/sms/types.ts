@@ -34,6 +34,8 @@ export interface SubmitRequest {
   requestReceipt: boolean;
   /** validity_period, relative, in seconds: the SMSC drops the message if it cannot deliver it by then. */
   validForSeconds?: number;
+  /** Workflow step the submit delivers (none outside a workflow): a late submit_sm_resp applies to that step only. */
+  step?: number;
   logger: Logger;
 }
 
@@ -76,6 +78,12 @@ export type SubmitOutcome =
       statusName: string;
       smsc: string;
     };
+
+/** What a submit_sm_resp (or a generic_nack in its place) says: every outcome but `unconfirmed`. */
+export type AnsweredOutcome = Exclude<SubmitOutcome, { kind: 'unconfirmed' }>;
+
+/** What of a SubmitRequest the handler of a late submit_sm_resp gets. */
+export type LateRequest = Pick<SubmitRequest, 'requestId' | 'to' | 'step'>;
 
 /** Final and intermediate message states of SMPP 3.4 / 5.2.28 and the text receipt `stat:` field. */
 export type ReceiptState =
@@ -137,10 +145,11 @@ export interface SmsGateway {
    */
   onReceipt(handler: (receipt: DeliveryReceipt) => Promise<void>): void;
   /**
-   * The handler for a submit that `submit` reported as `timeout` and whose
-   * ESME_ROK arrived later on the same connection: the message was accepted
-   * after all, and must not be sent again.
+   * The handler for a submit that `submit` reported `unconfirmed` (timeout)
+   * and whose submit_sm_resp arrived later on the same connection, read as an
+   * in-time one would be: `accepted` (taken after all: never sent again), or
+   * `retry` / `failed` (refused: nothing was sent, nothing will be delivered).
    */
-  onLateAccept(handler: (request: Pick<SubmitRequest, 'requestId' | 'to'>, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>) => void): void;
+  onLateResponse(handler: (request: LateRequest, outcome: AnsweredOutcome) => void): void;
   status(): SmscStatus[];
 }

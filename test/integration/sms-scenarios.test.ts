@@ -398,6 +398,53 @@ describe('SMS OTP through SMPP', () => {
     expect(t.logs.some((l) => l.includes('after its response timeout'))).toBe(true);
   });
 
+  it('a permanent error after the response timeout fails the verification at once with the SMPP status, refunded; its number no longer waits for a receipt', async () => {
+    // A deadline far past the test: only the late answer can end it.
+    const t = await start({ responseTimeoutMs: 500 }, { sms: { unconfirmedDeadlineMs: 60_000 } });
+    const account = await t.account({ balance: 1 });
+    await smsc.set({ respDelayMs: 900, rejectPrefixes: { '447700900721': 0x0b }, receiptDelayMs: 300 });
+    const phone = '+447700900721';
+    const id = await sendSms(t, account.auth, phone);
+    const status = await finalStatus(t, account.auth, id, 8_000);
+    expect([status.status, status.failure_reason]).toEqual(['failed', 'smsc_rejected']);
+    const failed = (await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id && e.status === 'failed');
+    expect(failed.map((e) => JSON.parse(e.detail!))).toEqual([
+      { reason: 'smsc_rejected', smsc: 'default', smpp_status: 0x0b, smpp_status_name: 'ESME_RINVDSTADR', attempts: 1, refund: true },
+    ]);
+    expect((await t.accounts.get(account.account_id)).balance).toBe(1);
+    expect(await submitsTo(phone)).toHaveLength(1);
+    expect(t.logs.some((l) => l.includes(id) && l.includes('refused by the SMSC after its response timeout'))).toBe(true);
+    // Another submit to the number, stored by the SMSC and never answered: the only one waiting, so its receipt
+    // is matched by number to it (the refused one no longer waits).
+    const other = await t.account({ balance: 1 });
+    await smsc.set({ acceptThenDrop: 1 });
+    const second = await sendSms(t, other.auth, phone);
+    expect(await finalStatus(t, other.auth, second, 8_000)).toMatchObject({ status: 'delivered' });
+    expect((await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id).map((e) => e.status)).not.toContain('delivered');
+  });
+
+  it('a temporary error after the response timeout is retried as an in-time one (delivered once); with no attempt left: failed smsc_throttled, refunded', async () => {
+    const t = await start({ responseTimeoutMs: 500 }, { sms: { unconfirmedDeadlineMs: 60_000, retry: { firstDelayMs: 100, maxDelayMs: 400, maxAttempts: 2 } } });
+    const account = await t.account({ balance: 1 });
+    await smsc.set({ respDelayMs: 900, throttleNext: 1 });
+    const retried = await sendSms(t, account.auth, '+447700900722');
+    await smsc.waitFor((s) => s.submits.some((x) => x.destination === '447700900722') || undefined, 5_000, 'the first submit');
+    // The retry is answered in time.
+    await smsc.set({ respDelayMs: 0 });
+    expect(await finalStatus(t, account.auth, retried, 8_000)).toMatchObject({ status: 'delivered' });
+    expect((await submitsTo('+447700900722')).map((s) => s.status)).toEqual([0x58, 0]);
+    expect(await t.redis.hget(t.keys.verification(retried), 'sms_attempts')).toBe('2');
+
+    await smsc.set({ respDelayMs: 900, throttleNext: 2 });
+    const exhausted = await sendSms(t, account.auth, '+447700900723');
+    const status = await finalStatus(t, account.auth, exhausted, 10_000);
+    expect([status.status, status.failure_reason]).toEqual(['failed', 'smsc_throttled']);
+    expect((await submitsTo('+447700900723')).map((s) => s.status)).toEqual([0x58, 0x58]);
+    const failed = (await readEvents(t.redis, t.keys)).filter((e) => e.request_id === exhausted && e.status === 'failed');
+    expect(failed.map((e) => JSON.parse(e.detail!))).toEqual([{ reason: 'smsc_throttled', attempts: 2, smsc: 'default', smpp_status: 0x58, refund: true }]);
+    expect((await t.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 0.03, 6);
+  });
+
   it('no submit_sm_resp within the response timeout: not resent, failed smsc_unconfirmed at the deadline, not refunded', async () => {
     const t = await start({ responseTimeoutMs: 300 }, { sms: { unconfirmedDeadlineMs: 1_500 } });
     const account = await t.account({ balance: 1 });

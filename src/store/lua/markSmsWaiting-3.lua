@@ -1,8 +1,10 @@
 --[[
   Mark an SMS delivery as waiting, unless the SMSC's (late) submit_sm_resp
-  already marked it accepted (mapSmsMessage-5) in the meantime:
+  already marked it accepted (mapSmsMessage-5) or refused (markSmsRefused-2)
+  in the meantime:
   - `retry`: nothing was accepted by the SMSC (throttled, queue full, no
-    bind); the job is retried from BullMQ's delayed set.
+    bind; also a refusal that came after the response timeout, `refused`,
+    see markSmsRefused-2); the job is retried from BullMQ's delayed set.
   - `unconfirmed`: the submit_sm left but its response never came (timeout,
     connection lost). It is never sent again: a late submit_sm_resp or a
     receipt matched by number (KEYS[2], see matchSmsReceipt-4) resolves it,
@@ -20,11 +22,14 @@
   ARGV[4] now, ms
   ARGV[5..] field, value pairs to set on the verification
 
-  Returns 1 when marked, 0 when the state was no longer `submitting`, or (for
-  `unconfirmed`) the message id of a receipt parked for this number: the
-  caller records that id as accepted (mapSmsMessage-5) instead.
+  Returns 1 when marked; 0 when the state was no longer `submitting` (nor,
+  for `retry`, `refused`): a late submit_sm_resp accepted or refused it
+  meanwhile; or (for `unconfirmed`) the message id of a receipt parked for
+  this number: the caller records that id as accepted (mapSmsMessage-5)
+  instead.
 ]]
-if redis.call('HGET', KEYS[1], 'sms_state') ~= 'submitting' then return 0 end
+local state = redis.call('HGET', KEYS[1], 'sms_state')
+if state ~= 'submitting' and not (ARGV[1] == 'retry' and state == 'refused') then return 0 end
 local now = tonumber(ARGV[4])
 if ARGV[1] == 'unconfirmed' then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
@@ -35,6 +40,7 @@ if ARGV[1] == 'unconfirmed' then
   end
 end
 redis.call('HSET', KEYS[1], 'sms_state', ARGV[1])
+redis.call('HDEL', KEYS[1], 'sms_refusal')
 for i = 5, #ARGV - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[1] == 'unconfirmed' then
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]) * 1000, ARGV[2])

@@ -18,7 +18,7 @@ afterAll(async () => {
 afterEach(async () => {
   await gut?.gateway.stop();
   gut = undefined;
-  await smsc.set({ respDelayMs: 0, noResponse: 'off', silentSessions: [], silentSubmitSessions: [], dropAfter: 0 });
+  await smsc.set({ respDelayMs: 0, noResponse: 'off', silentSessions: [], silentSubmitSessions: [], dropAfter: 0, rejectPrefixes: {} });
   await smsc.reset();
 });
 
@@ -61,7 +61,7 @@ describe('response timeout', () => {
   it('a submit_sm_resp that comes after the timeout is reported as a late acceptance', async () => {
     gut = await startGateway([smscEntry(smsc, { binds: 1, responseTimeoutMs: 300 })]);
     const late: { requestId: string; messageId: string }[] = [];
-    gut.gateway.onLateAccept(({ requestId }, outcome) => late.push({ requestId, messageId: outcome.messageId }));
+    gut.gateway.onLateResponse(({ requestId }, outcome) => outcome.kind === 'accepted' && late.push({ requestId, messageId: outcome.messageId }));
     await gut.waitUp();
     await smsc.set({ respDelayMs: 700 });
     const t = performance.now();
@@ -74,6 +74,25 @@ describe('response timeout', () => {
     expect(submits).toHaveLength(1);
     expect(late).toEqual([{ requestId: request.requestId, messageId: submits[0]!.messageId }]);
     expect(gut.gateway.status()[0]).toMatchObject({ inFlight: 0, bindsUp: 1 });
+  });
+
+  it('a late submit_sm_resp with an error is reported as the refusal an in-time one would be', async () => {
+    gut = await startGateway([smscEntry(smsc, { binds: 1, responseTimeoutMs: 300 })]);
+    const late: { requestId: string; outcome: unknown }[] = [];
+    gut.gateway.onLateResponse(({ requestId }, outcome) => late.push({ requestId, outcome }));
+    await gut.waitUp();
+    await smsc.set({ respDelayMs: 700, rejectPrefixes: { '44770090061': 0x0b, '44770090062': 0x58 } });
+    const refused = submitRequest('+447700900611');
+    const throttled = submitRequest('+447700900621');
+    const outcomes = await Promise.all([gut.gateway.submit(refused), gut.gateway.submit(throttled)]);
+    expect(outcomes.map((o) => o.kind)).toEqual(['unconfirmed', 'unconfirmed']);
+    await waitUntil(() => late.length === 2, 3_000);
+    expect(late).toEqual(
+      expect.arrayContaining([
+        { requestId: refused.requestId, outcome: { kind: 'failed', reason: 'smsc_rejected', commandStatus: 0x0b, statusName: 'ESME_RINVDSTADR', smsc: 'default' } },
+        { requestId: throttled.requestId, outcome: { kind: 'retry', reason: 'throttled', commandStatus: 0x58, smsc: 'default' } },
+      ]),
+    );
   });
 });
 
