@@ -6,6 +6,8 @@
 export type IdFormat = 'decimal' | 'hex' | 'hex_resp_decimal_dlr' | 'string';
 export type ReceiptMode = 'tlv' | 'text' | 'both';
 export type NoResponse = 'off' | 'submit' | 'all';
+/** The PDU a receipt travels in: deliver_sm (the usual), or data_sm (SMPP 3.4 §4.7). */
+export type ReceiptPdu = 'deliver_sm' | 'data_sm';
 
 /** Behaviour switches; every one can be set on the command line and changed at run time (POST /settings). */
 export interface SmscSettings {
@@ -50,6 +52,11 @@ export interface SmscSettings {
   idFormat: IdFormat;
   /** Where the receipt carries its data: TLVs only (empty text), text only, or both. */
   receiptMode: ReceiptMode;
+  /**
+   * The PDU receipts are sent in. data_sm: esm_class 0x04, the TLVs of `receiptMode`, its text (if any) in
+   * message_payload, answered by data_sm_resp.
+   */
+  receiptPdu: ReceiptPdu;
   /** Intermediate receipts (e.g. ["ACCEPTD", "ENROUTE"]) sent in order before the final one, receiptDelayMs apart. */
   intermediateStates: string[];
   /** Final state for every receipt (any text, e.g. "XYZ" for an unknown stat); null = by destination suffix, else DELIVRD. */
@@ -85,6 +92,7 @@ export const DEFAULT_SETTINGS: SmscSettings = {
   receiptBeforeResp: false,
   idFormat: 'decimal',
   receiptMode: 'both',
+  receiptPdu: 'deliver_sm',
   intermediateStates: [],
   finalState: null,
   stateBySuffix: { '0091': 'UNDELIV', '0092': 'REJECTD', '0093': 'EXPIRED' },
@@ -144,9 +152,10 @@ export interface ReceiptRecord {
   destination: string;
   state: string;
   mode: ReceiptMode;
+  pdu: ReceiptPdu;
   /** Sessions it was sent on, one per attempt. */
   sessions: number[];
-  /** deliver_sm_resp command_status per attempt (null: no answer before the connection closed). */
+  /** deliver_sm_resp / data_sm_resp command_status per attempt (null: no answer before the connection closed). */
   statuses: (number | null)[];
   done: boolean;
 }
@@ -180,6 +189,8 @@ export type SmscAction =
   | 'enquire_link'
   /** unbind from the SMSC. */
   | 'unbind'
+  /** A mobile-originated data_sm (esm_class 0, text in message_payload): not a receipt (expects data_sm_resp ESME_ROK). */
+  | 'data_sm_mo'
   /** Destroy the connection. */
   | 'drop';
 

@@ -19,6 +19,7 @@ import {
   type NoResponse,
   type ReadyLine,
   type ReceiptMode,
+  type ReceiptPdu,
   type ReceiptRecord,
   type SessionRecord,
   type SmscAction,
@@ -85,6 +86,7 @@ const { values: args } = parseArgs({
     'receipt-before-resp': { type: 'boolean' },
     'id-format': { type: 'string' },
     'receipt-mode': { type: 'string' },
+    'receipt-pdu': { type: 'string' },
     'final-state': { type: 'string' },
     'state-suffix': { type: 'string' },
     'reject-prefix': { type: 'string' },
@@ -117,6 +119,7 @@ const settings: SmscSettings = {
   receiptBeforeResp: args['receipt-before-resp'] ?? false,
   idFormat: (args['id-format'] ?? 'decimal') as IdFormat,
   receiptMode: (args['receipt-mode'] ?? 'both') as ReceiptMode,
+  receiptPdu: (args['receipt-pdu'] ?? 'deliver_sm') as ReceiptPdu,
   finalState: args['final-state'] ?? null,
   stateBySuffix: args['state-suffix'] ? parseMap(args['state-suffix'], (v) => v) as Record<string, string> : DEFAULT_SETTINGS.stateBySuffix,
   rejectPrefixes: parseMap(args['reject-prefix'], (v) => Number(v)) as Record<string, number>,
@@ -263,12 +266,14 @@ function sendReceipt(job: ReceiptJob, waits = 0): void {
     esm_class: 0x04,
     data_coding: 0,
   };
+  // data_sm has no short_message (§4.7.1): its text, if any, goes in message_payload.
+  const textField = record.pdu === 'data_sm' ? 'message_payload' : 'short_message';
   if (record.mode !== 'tlv') {
     const text =
       `id:${record.dlrId} sub:001 dlvrd:${delivered ? '001' : '000'} submit date:${smppDate(job.submitted)} ` +
       `done date:${smppDate(new Date())} stat:${state} err:${failing ? '001' : '000'} text:${job.text.slice(0, 20)}`;
-    fields.short_message = Buffer.from(text, 'latin1');
-  } else {
+    fields[textField] = Buffer.from(text, 'latin1');
+  } else if (record.pdu === 'deliver_sm') {
     fields.short_message = Buffer.alloc(0);
   }
   if (record.mode !== 'text') {
@@ -280,7 +285,7 @@ function sendReceipt(job: ReceiptJob, waits = 0): void {
   const attempt = record.statuses.length;
   record.sessions.push(rec?.id ?? 0);
   record.statuses.push(null);
-  const pdu = new smpp.PDU('deliver_sm', fields);
+  const pdu = new smpp.PDU(record.pdu, fields);
   const retry = (): void => {
     if (record.statuses.length <= settings.receiptRetries) setTimeout(() => sendReceipt(job), settings.receiptRetryMs);
     else record.done = true;
@@ -294,8 +299,8 @@ function sendReceipt(job: ReceiptJob, waits = 0): void {
     answered = true;
     target.socket.off('close', onClose);
     record.statuses[attempt] = resp.command_status;
-    event('deliver_sm_resp', rec, { seq: resp.sequence_number, status: resp.command_status, command: resp.command, dlrId: record.dlrId });
-    if (resp.command_status === ESME.ROK && resp.command === 'deliver_sm_resp') record.done = true;
+    event(`${record.pdu}_resp`, rec, { seq: resp.sequence_number, status: resp.command_status, command: resp.command, dlrId: record.dlrId });
+    if (resp.command_status === ESME.ROK && resp.command === `${record.pdu}_resp`) record.done = true;
     else retry();
   });
 }
@@ -310,6 +315,7 @@ function scheduleReceipt(session: Session, rec: SessionRecord, submit: SubmitRec
       destination: submit.destination,
       state,
       mode: settings.receiptMode,
+      pdu: settings.receiptPdu,
       sessions: [],
       statuses: [],
       done: false,
@@ -552,6 +558,22 @@ function runAction(action: SmscAction, only: number | undefined): { session: num
       case 'unbind':
         session.send(new smpp.PDU('unbind', { sequence_number: seq }));
         break;
+      case 'data_sm_mo': {
+        const mo = new smpp.PDU('data_sm', {
+          sequence_number: seq,
+          source_addr_ton: 1,
+          source_addr_npi: 1,
+          source_addr: '447700900999',
+          dest_addr_ton: 5,
+          dest_addr_npi: 0,
+          destination_addr: 'FlashVerify',
+          esm_class: 0,
+          data_coding: 0,
+          message_payload: Buffer.from('STOP', 'latin1'),
+        });
+        session.send(mo, (resp: PDU) => event('data_sm_resp', rec, { seq: resp.sequence_number, status: resp.command_status, command: resp.command }));
+        break;
+      }
       case 'drop':
         dropSession(session, 'action');
         break;

@@ -272,6 +272,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         // An account's own templates are read for every SMS: reused for accounts.fieldCacheMs.
         const templateFields = new AccountFieldCache(redis, keys, { ttlMs: config.accounts.fieldCacheMs });
         const gateway = new SmppGateway({ smscs: resolveSmscs(config.sms), logger: logger.child({ module: 'sms' }) });
+        // To wake a job waiting for its unconfirmed deadline when its submit is refused late.
+        const smsJobs = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
         const sms = new SmsProcessor({
           redis,
           keys,
@@ -282,10 +284,11 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           metrics,
           logger: logger.child({ module: 'sms' }),
           accountTemplate: (accountId, locale) => smsAccounts.smsTemplate(accountId, locale, templateFields),
+          wakeJob: (jobId) => smsJobs.promote('sms', jobId),
         });
         gateway.onReceipt((receipt) => sms.handleReceipt(receipt));
-        gateway.onLateAccept((request, outcome) => {
-          sms.handleLateAccept(request, outcome).catch((err: Error) => logger.error({ request_id: request.requestId, err: err.message }, 'could not record a late SMS acceptance'));
+        gateway.onLateResponse((request, outcome) => {
+          sms.handleLateResponse(request, outcome).catch((err: Error) => logger.error({ request_id: request.requestId, err: err.message }, 'could not record a late submit_sm_resp'));
         });
         await gateway.start();
         metrics.watchSmsc(gateway);
@@ -293,6 +296,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         deliveryWorker('sms', 'sms', (_id, job, token) => sms.process(job, token), config.worker.smsConcurrency);
         // Binds close after the SMS worker stopped taking jobs (stops run in order; workers are unshifted first).
         stops.push(() => gateway.stop());
+        // After the binds: a late submit_sm_resp may still come while they close.
+        stops.push(() => smsJobs.close());
       }
 
       const consumer = new StatusConsumer(

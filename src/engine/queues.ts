@@ -1,4 +1,4 @@
-import { Queue, type ConnectionOptions } from 'bullmq';
+import { Job, Queue, type ConnectionOptions } from 'bullmq';
 import type { Method } from '../verification/types.js';
 import type { DeliveryQueue } from '../verification/verification-service.js';
 import { connectionErrorLoggedElsewhere } from '../store/redis.js';
@@ -48,6 +48,14 @@ export class BullDeliveryQueue implements DeliveryQueue {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /** Runs a delayed job now (BullMQ promote); false when it is not in the delayed set (waiting, active, done, gone). */
+  async promote(method: Method, jobId: string): Promise<boolean> {
+    const job = await Job.fromId<DeliveryJobData>(this.queue(method), jobId);
+    if (!job || (await job.getState()) !== 'delayed') return false;
+    await job.promote();
+    return true;
   }
 
   queue(method: Method): Queue<DeliveryJobData> {

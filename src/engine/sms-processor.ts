@@ -7,7 +7,7 @@ import type { DeliveryEvent, EventPublisher } from '../events/event-publisher.js
 import type { Metrics } from '../metrics/metrics.js';
 import { receiptOutcome } from '../sms/receipt.js';
 import { renderSms, SmsTextError } from '../sms/text.js';
-import type { DeliveryReceipt, SmsGateway, SmsSender, SubmitOutcome } from '../sms/types.js';
+import type { AnsweredOutcome, DeliveryReceipt, LateRequest, SmsGateway, SmsSender, SubmitOutcome } from '../sms/types.js';
 import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
 import { recordAttemptFields } from './attempt-state.js';
@@ -35,10 +35,14 @@ const RECEIPT_REASON: Partial<Record<DeliveryReceipt['state'], string>> = {
  * Record field `sms_state`: where the delivery of one SMS verification stands.
  * `unconfirmed`: submit_sm left without a submit_sm_resp; never sent again,
  * resolved by a late response or receipt, else failed at `sms_unconfirmed_until`.
+ * `refused`: an unconfirmed submit's late submit_sm_resp refused it (`sms_refusal`): nothing was sent; its job
+ * settles it as an in-time refusal (retry or failed).
  */
-export type SmsState = 'submitting' | 'retry' | 'unconfirmed' | 'accepted';
+export type SmsState = 'submitting' | 'retry' | 'unconfirmed' | 'refused' | 'accepted';
 
-const RECORD_FIELDS = ['expires_at', 'locale', 'sms_state', 'sms_attempts', 'sms_smsc', 'sms_message_id', 'sms_unconfirmed_until', 'sms_nobind_since', 'sms_waits'];
+const RECORD_FIELDS = [
+  'expires_at', 'locale', 'sms_state', 'sms_attempts', 'sms_smsc', 'sms_message_id', 'sms_unconfirmed_until', 'sms_nobind_since', 'sms_waits', 'sms_refusal',
+];
 
 export interface SmsProcessorDeps {
   redis: Redis;
@@ -51,10 +55,17 @@ export interface SmsProcessorDeps {
   logger: Logger;
   /** An account's own template for a locale (null: none), read at send time. */
   accountTemplate(accountId: string, locale: string): Promise<string | null>;
+  /**
+   * Runs a delayed SMS delivery job now (false: it is not delayed), so a submit refused after its response
+   * timeout is settled at once, not at its unconfirmed deadline. Without it, it is settled at the deadline.
+   */
+  wakeJob?(jobId: string): Promise<boolean>;
 }
 
 type Claim = NonNullable<Awaited<ReturnType<typeof claimDelivery>>>;
 type Accepted = Extract<SubmitOutcome, { kind: 'accepted' }>;
+/** A submit the SMSC did not take: for now (retry) or for good (failed). */
+type Unsent = Extract<SubmitOutcome, { kind: 'retry' | 'failed' }>;
 
 /**
  * Delivers one SMS-OTP verification: renders the text, submits it through the
@@ -79,9 +90,9 @@ export class SmsProcessor {
       requestId,
       'sms',
       RECORD_FIELDS,
-      (extra) => (extra.sms_state === 'retry' || extra.sms_state === 'accepted' || extra.sms_state === 'unconfirmed' ? 'resume' : 'interrupted'),
-      // Expired meanwhile: refunded only when no submit_sm can have left (refused for now, or never tried).
-      (extra) => extra.sms_state === 'retry' || extra.sms_state === null,
+      (extra) => (RESUMED.has(extra.sms_state ?? '') ? 'resume' : 'interrupted'),
+      // Expired meanwhile: refunded only when no submit_sm can have left (refused, for now or late, or never tried).
+      (extra) => extra.sms_state === 'retry' || extra.sms_state === 'refused' || extra.sms_state === null,
     );
     if (!claim) return undefined;
     const { key, base, log, to, code, country, extra } = claim;
@@ -91,6 +102,7 @@ export class SmsProcessor {
       return undefined;
     }
     if (extra.sms_state === 'unconfirmed') return this.unconfirmedDeadline(job, token, claim);
+    if (extra.sms_state === 'refused') return this.settleRefusal(job, token, claim, extra.sms_refusal ?? null);
     const attempt = Number(extra.sms_attempts ?? 0) + 1;
 
     let message;
@@ -115,6 +127,7 @@ export class SmsProcessor {
       message,
       requestReceipt: config.sms.requestReceipts,
       ...(config.sms.validityFromExpiry && extra.expires_at ? { validForSeconds: (Number(extra.expires_at) - Date.now()) / 1000 } : {}),
+      ...(base.step !== undefined ? { step: base.step } : {}),
       logger: log,
     });
     this.deps.metrics.smsSubmitted(outcome.smsc || 'none', outcome.kind === 'retry' || outcome.kind === 'unconfirmed' ? outcome.reason : outcome.kind);
@@ -142,9 +155,12 @@ export class SmsProcessor {
       const ttl = Math.ceil(config.sms.unconfirmedDeadlineMs / 1000) + 60;
       const byNumber = this.numberKeys(outcome.smsc, to);
       const marked = await scripts.markSmsWaiting.run(redis, [key, byNumber.unconfirmed, byNumber.parked], [
-        'unconfirmed', requestId, ttl, 'sms_smsc', outcome.smsc, 'sms_unconfirmed_until', until,
+        'unconfirmed', requestId, ttl, Date.now(), 'sms_smsc', outcome.smsc, 'sms_unconfirmed_until', until, 'sms_job', job.id ?? '',
       ]);
       if (marked === 0) {
+        // Its late submit_sm_resp came first: accepted (mapSmsMessage-5), or refused (markSmsRefused-2).
+        const [state, refusal] = await redis.hmget(key, 'sms_state', 'sms_refusal');
+        if (state === 'refused') return this.settleRefusal(job, token, claim, refusal ?? null);
         log.info({ attempt }, 'sms accepted late by the SMSC');
         return outcome;
       }
@@ -161,9 +177,20 @@ export class SmsProcessor {
       );
       if (token === undefined) return outcome;
       await job.moveToDelayed(until, token);
+      // A late refusal recorded between the mark and the move found the job still active and could not wake it.
+      if ((await redis.hget(key, 'sms_state')) === 'refused') await job.promote().catch(() => undefined);
       throw new DelayedError();
     }
+    return this.settleUnsent(job, token, claim, attempt, outcome);
+  }
 
+  /**
+   * A submit the SMSC did not take (answered in time, or late: settleRefusal): retried later while it may be
+   * (a refusal for now within sms.retry.maxAttempts, no bind up within noBindMaxWaitMs), else failed, refunded.
+   */
+  private async settleUnsent(job: Job<DeliveryJobData>, token: string | undefined, claim: Claim, attempt: number, outcome: Unsent): Promise<Unsent> {
+    const { config, events } = this.deps;
+    const { base, log, extra } = claim;
     if (outcome.kind === 'retry' && outcome.reason === 'no_bind' && token !== undefined) {
       // No bind up: nothing left, and the attempt does not count; bounded by noBindMaxWaitMs in all.
       const since = Number(extra.sms_nobind_since ?? Date.now());
@@ -199,7 +226,7 @@ export class SmsProcessor {
     outcome: Extract<SubmitOutcome, { kind: 'retry' }>,
     fields: (string | number)[],
   ): Promise<never | void> {
-    if ((await scripts.markSmsWaiting.run(this.deps.redis, [claim.key, claim.key, claim.key], ['retry', claim.base.request_id, 0, ...fields])) === 0) {
+    if ((await scripts.markSmsWaiting.run(this.deps.redis, [claim.key, claim.key, claim.key], ['retry', claim.base.request_id, 0, Date.now(), ...fields])) === 0) {
       claim.log.info({ attempt }, 'sms accepted late by the SMSC; not retried');
       return;
     }
@@ -227,18 +254,63 @@ export class SmsProcessor {
     const smsc = claim.extra.sms_smsc ?? '';
     const detail = { reason: 'smsc_unconfirmed', ...(smsc ? { smsc } : {}), attempts: Number(claim.extra.sms_attempts ?? 1) };
     const result = await this.settle(claim.base.request_id, '', 'UNCONFIRMED', claim.base.step, { ...claim.base, status: 'failed', detail }, this.deps.keys.smsEarlyReceipt(smsc, ''));
+    // No longer waiting for a receipt by number: another submit to the number may now be matched alone.
+    await this.deps.redis.zrem(this.numberKeys(smsc, claim.to).unconfirmed, claim.base.request_id);
     if (result === 'published') claim.log.warn(detail, 'sms submit never confirmed nor receipted by its deadline; verification failed');
     else claim.log.info({ result }, 'unconfirmed sms already resolved by a receipt');
     return undefined;
   }
 
   /**
+   * The job of a submit refused after its response timeout (markSmsRefused-2), woken by handleLateResponse or at
+   * its deadline: nothing was sent, so the refusal is settled as it would have been in time.
+   */
+  private async settleRefusal(job: Job<DeliveryJobData>, token: string | undefined, claim: Claim, refusal: string | null): Promise<Unsent> {
+    const attempt = Number(claim.extra.sms_attempts ?? 1);
+    const outcome = parseRefusal(refusal, claim.extra.sms_smsc ?? '');
+    claim.log.warn({ kind: outcome.kind, reason: outcome.reason, smpp_status: outcome.commandStatus, attempt }, 'sms submit refused by the SMSC after its response timeout; nothing was sent');
+    return this.settleUnsent(job, token, claim, attempt, outcome);
+  }
+
+  /** A submit_sm_resp after its response timeout, for a submit this worker took as `unconfirmed`. */
+  async handleLateResponse(request: LateRequest, outcome: AnsweredOutcome): Promise<void> {
+    if (outcome.kind === 'accepted') await this.handleLateAccept(request, outcome);
+    else await this.handleLateRefusal(request, outcome);
+  }
+
+  /**
+   * The SMSC refused, after its response timeout, a submit this worker took as `unconfirmed`: it will never be
+   * delivered, and no receipt is to be matched to it by number. Recorded (markSmsRefused-2), and its job woken to
+   * settle it as an in-time refusal: retried while attempts are left, else failed, refunded.
+   */
+  private async handleLateRefusal(request: LateRequest, outcome: Unsent): Promise<void> {
+    const log = this.deps.logger.child({ request_id: request.requestId });
+    const smsc = outcome.smsc ?? '';
+    this.deps.metrics.smsSubmitted(smsc || 'none', 'refused_late');
+    const [was, jobOrState] = (await scripts.markSmsRefused.run(
+      this.deps.redis,
+      [this.deps.keys.verification(request.requestId), this.numberKeys(smsc, request.to).unconfirmed],
+      [request.requestId, request.step === undefined ? '' : String(request.step), JSON.stringify(outcome)],
+    )) as [string, string];
+    if (was === 'ignored') {
+      log.info({ smsc, smpp_status: outcome.commandStatus, sms_state: jobOrState }, 'submit refused after its response timeout, but its delivery has moved on; ignored');
+      return;
+    }
+    const jobId = jobOrState;
+    log.warn({ smsc, reason: outcome.reason, smpp_status: outcome.commandStatus }, 'sms submit refused by the SMSC after its response timeout');
+    if (was !== 'unconfirmed' || !jobId || !this.deps.wakeJob) return;
+    // Else its job waits for the unconfirmed deadline; when it cannot be woken (active just now), it finds the refusal itself.
+    const woken = await this.deps.wakeJob(jobId).catch((err: Error) => (log.warn({ err: err.message }, 'could not wake the delivery job'), false));
+    if (!woken) log.info({ job_id: jobId }, 'delivery job not delayed; it settles the refusal when it runs');
+  }
+
+  /**
    * The SMSC accepted, after its response timeout, a submit this worker took
    * as `unconfirmed`: record it as accepted (the deadline then finds it done).
    */
-  async handleLateAccept(request: { requestId: string; to: string }, outcome: Accepted): Promise<void> {
+  async handleLateAccept(request: LateRequest, outcome: Accepted): Promise<void> {
     const log = this.deps.logger.child({ request_id: request.requestId });
-    const early = await this.recordAccepted(request.requestId, request.to, outcome);
+    const early = await this.recordAccepted(request.requestId, request.to, outcome, request.step);
     log.warn({ smsc: outcome.smsc, message_id: outcome.messageId }, 'sms accepted by the SMSC after its response timeout; never sent again');
     this.deps.metrics.smsSubmitted(outcome.smsc, 'accepted_late');
     if (early) await this.applyReceipt(request.requestId, early.receipt, early.known);
@@ -247,7 +319,7 @@ export class SmsProcessor {
   /**
    * A delivery receipt from the gateway. Resolves once it is safely recorded
    * (matched and settled with its event, or parked until its submit_sm_resp),
-   * so the gateway may then answer deliver_sm; rejects when Redis is
+   * so the gateway may then answer its deliver_sm / data_sm; rejects when Redis is
    * unavailable, so the SMSC sends it again.
    */
   async handleReceipt(receipt: DeliveryReceipt): Promise<void> {
@@ -266,13 +338,23 @@ export class SmsProcessor {
         final ? '1' : '0',
         handset ? receipt.messageId : '',
         Math.ceil(config.sms.unconfirmedDeadlineMs / 1000) + 60,
+        Date.now(),
       ],
-    )) as [string, 'mapped' | 'unconfirmed'] | null;
+    )) as [string, 'mapped' | 'unconfirmed' | 'ambiguous'] | null;
     if (!match) {
       this.deps.logger.info({ smsc: receipt.smsc, message_id: receipt.messageId, stat: receipt.state }, 'receipt before its submit_sm_resp (or unknown id); parked');
       return;
     }
     const [value, how] = match;
+    if (how === 'ambiguous') {
+      // Two or more submits to this number on this SMSC wait unconfirmed: the receipt could be any one's. Not
+      // guessed: each is settled by its own receipt once a late submit_sm_resp maps its id, or fails at its deadline.
+      this.deps.logger.warn(
+        { smsc: receipt.smsc, message_id: receipt.messageId, stat: receipt.state, request_ids: value.split(' ') },
+        'receipt matches several unconfirmed submits to its number; not matched by number, parked under its message id',
+      );
+      return;
+    }
     if (how === 'unconfirmed') {
       // The receipt proves the SMSC took the submit whose response never came: map its id, then settle it.
       this.deps.logger.info({ request_id: value, smsc: receipt.smsc, message_id: receipt.messageId, stat: receipt.state }, 'receipt matched an unconfirmed submit by number');
@@ -415,6 +497,20 @@ interface Known {
 function parseMapped(value: string): { requestId: string; known?: Known } {
   const [requestId = '', accountId, step, steps] = value.split(' ');
   return { requestId, known: accountId === undefined ? undefined : { accountId, step: step ?? '', steps: steps ?? '' } };
+}
+
+/** States in which a delivery job run again picks up where the last run left (nothing can have left unknown). */
+const RESUMED: ReadonlySet<string> = new Set<SmsState>(['retry', 'accepted', 'unconfirmed', 'refused']);
+
+/** The refusal markSmsRefused-2 stored (sms_refusal); an unreadable one is taken as a refusal for good. */
+function parseRefusal(stored: string | null, smsc: string): Unsent {
+  try {
+    const outcome = JSON.parse(stored ?? '') as Unsent;
+    if (outcome.kind === 'retry' || outcome.kind === 'failed') return outcome;
+  } catch {
+    // fall through
+  }
+  return { kind: 'failed', reason: 'smsc_rejected', commandStatus: -1, statusName: 'unknown', smsc };
 }
 
 /** Doubling delay with ±20 % jitter, from `first` up to `max`. */

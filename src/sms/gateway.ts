@@ -3,7 +3,7 @@ import { smscSchema, type SmsConfig, type SmscConfig } from '../config/schema.js
 import { CommandStatus, pduString, type SmppPdu } from './pdu.js';
 import { isReceiptPdu, parseReceipt, toReceiptPdu } from './receipt.js';
 import { SmppSession, type SmscSettings } from './session.js';
-import type { DeliveryReceipt, SmsGateway, SmscStatus, SubmitOutcome, SubmitRequest } from './types.js';
+import type { AnsweredOutcome, DeliveryReceipt, LateRequest, SmsGateway, SmscStatus, SubmitOutcome, SubmitRequest } from './types.js';
 
 /**
  * The SMS gateway: every configured SMSC with its binds (SmppSession), routing
@@ -18,8 +18,9 @@ import type { DeliveryReceipt, SmsGateway, SmscStatus, SubmitOutcome, SubmitRequ
  *   worker. The SMSC may have stored it (an SMSC that accepts and then drops
  *   the connection before answering), and a second submit would text the
  *   handset twice. The bind keeps listening for a late submit_sm_resp for
- *   another responseTimeoutMs (reported through onLateAccept), then recycles
- *   the connection (session.ts); the worker waits for a late receipt until
+ *   another 2 × responseTimeoutMs (reported through onLateResponse: accepted,
+ *   or refused after all), then recycles the connection (session.ts); the
+ *   worker waits for a late response or receipt until
  *   `sms.unconfirmedDeadlineMs`, then fails it `smsc_unconfirmed`.
  */
 
@@ -71,7 +72,7 @@ export class SmppGateway implements SmsGateway {
   private readonly bindWaitMs: number;
   private readonly stopTimeoutMs: number;
   private receiptHandler: ((receipt: DeliveryReceipt) => Promise<void>) | undefined;
-  private lateAcceptHandler: ((request: Pick<SubmitRequest, 'requestId' | 'to'>, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>) => void) | undefined;
+  private lateResponseHandler: ((request: LateRequest, outcome: AnsweredOutcome) => void) | undefined;
   private readonly waiters = new Set<() => void>();
   private running = false;
   private roundRobin = 0;
@@ -82,10 +83,9 @@ export class SmppGateway implements SmsGateway {
     this.bindWaitMs = options.bindWaitMs ?? 1_000;
     this.stopTimeoutMs = options.stopTimeoutMs ?? 5_000;
     const delegate = {
-      onDeliverSm: (pdu: SmppPdu, session: SmppSession) => this.handleDeliverSm(pdu, session),
+      onMessage: (pdu: SmppPdu, session: SmppSession) => this.handleMessage(pdu, session),
       onAvailabilityChange: () => this.wakeWaiters(),
-      onLateAccept: (request: SubmitRequest, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>) =>
-        this.lateAcceptHandler?.(request, outcome),
+      onLateResponse: (request: SubmitRequest, outcome: AnsweredOutcome) => this.lateResponseHandler?.(request, outcome),
     };
     this.entries = options.smscs.map((settings) => ({
       settings,
@@ -120,8 +120,8 @@ export class SmppGateway implements SmsGateway {
     this.log.info('SMPP gateway stopped');
   }
 
-  onLateAccept(handler: (request: Pick<SubmitRequest, 'requestId' | 'to'>, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>) => void): void {
-    this.lateAcceptHandler = handler;
+  onLateResponse(handler: (request: LateRequest, outcome: AnsweredOutcome) => void): void {
+    this.lateResponseHandler = handler;
   }
 
   onReceipt(handler: (receipt: DeliveryReceipt) => Promise<void>): void {
@@ -251,20 +251,24 @@ export class SmppGateway implements SmsGateway {
     for (const w of [...this.waiters]) w();
   }
 
-  /** Receipts go to the handler; deliver_sm that is not a receipt (an MO message) is acknowledged and dropped. */
-  private async handleDeliverSm(pdu: SmppPdu, session: SmppSession): Promise<void> {
+  /**
+   * Receipts, whether deliver_sm or data_sm (SMPP 3.4 §4.7: esm_class 0x04 with receipted_message_id and
+   * message_state), go to the handler, matched and settled the same way; a message that is not a receipt (a
+   * mobile-originated one) is acknowledged and dropped.
+   */
+  private async handleMessage(pdu: SmppPdu, session: SmppSession): Promise<void> {
     const fields = toReceiptPdu(pdu);
     const receipt = parseReceipt(fields, session.smsc.name, session.smsc.messageIdFormat);
     if (!receipt) {
       this.log.info(
-        { smsc: session.smsc.name, bind: session.name, seq: pdu.sequence_number },
-        isReceiptPdu(fields) ? 'receipt without a message id or a state; ignored' : 'deliver_sm is not a receipt; dropped',
+        { smsc: session.smsc.name, bind: session.name, command: pdu.command, seq: pdu.sequence_number },
+        isReceiptPdu(fields) ? 'receipt without a message id or a state; ignored' : 'message from SMSC is not a receipt (mobile-originated?); dropped',
       );
       return;
     }
     const handset = pduString(pdu, 'source_addr');
     if (handset) receipt.handset = handset.replace(/^\+/, '');
-    this.log.debug({ smsc: receipt.smsc, bind: session.name, message_id: receipt.messageId, state: receipt.state }, 'delivery receipt');
+    this.log.debug({ smsc: receipt.smsc, bind: session.name, command: pdu.command, message_id: receipt.messageId, state: receipt.state }, 'delivery receipt');
     const handler = this.receiptHandler;
     if (!handler) throw new Error('no receipt handler registered');
     await handler(receipt);

@@ -6,7 +6,8 @@ import type { DeliveryReceipt, ReceiptState } from './types.js';
 
 /**
  * Delivery receipts (SMPP 3.4 §2.11, §5.2.12, Appendix B) out of a decoded
- * deliver_sm: TLVs first (receipted_message_id, message_state,
+ * deliver_sm or data_sm (§4.7: a receipt with TLVs, its text if any in
+ * message_payload): TLVs first (receipted_message_id, message_state,
  * network_error_code, §5.3.2.12/.35/.31), then the text
  *
  *   id:IIIIIIIIII sub:SSS dlvrd:DDD submit date:YYMMDDhhmm done date:YYMMDDhhmm stat:DDDDDDD err:E text:...
@@ -31,7 +32,7 @@ import type { DeliveryReceipt, ReceiptState } from './types.js';
  * - hex ids in the text: see src/sms/message-id.ts.
  */
 
-/** The fields of a node-smpp deliver_sm that make a receipt (see `toReceiptPdu`). */
+/** The fields of a node-smpp deliver_sm or data_sm that make a receipt (see `toReceiptPdu`). */
 export interface ReceiptPdu {
   esm_class: number;
   data_coding?: number;

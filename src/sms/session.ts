@@ -18,7 +18,7 @@ import {
 } from './pdu.js';
 import { SmppError } from './smpp-error.js';
 import { encodeShortMessage } from './text.js';
-import type { SubmitOutcome, SubmitRequest } from './types.js';
+import type { AnsweredOutcome, SubmitOutcome, SubmitRequest } from './types.js';
 
 /**
  * One SMPP bind: a bind_transceiver connection, or a bind_transmitter +
@@ -40,14 +40,17 @@ export interface SmscSettings extends Omit<SmscConfig, 'url' | 'systemId' | 'pas
 
 export interface SmppSessionDelegate {
   /**
-   * A deliver_sm arrived on this bind. Resolve once it is handled (answered
-   * ESME_ROK); reject to answer ESME_RX_T_APPN so the SMSC sends it again.
+   * A deliver_sm or a data_sm (SMPP 3.4 §4.6, §4.7: a receipt may come as either) arrived on this bind. Resolve
+   * once it is handled (answered ESME_ROK); reject to answer ESME_RX_T_APPN so the SMSC sends it again.
    */
-  onDeliverSm(pdu: SmppPdu, session: SmppSession): Promise<void>;
+  onMessage(pdu: SmppPdu, session: SmppSession): Promise<void>;
   /** The bind went up or down, a window slot was freed, or a cool-down began. */
   onAvailabilityChange(session: SmppSession): void;
-  /** A submit that was reported `timeout` got its ESME_ROK after all (same connection). */
-  onLateAccept?(request: SubmitRequest, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>): void;
+  /**
+   * A submit that was reported `unconfirmed` (timeout) got its submit_sm_resp after all (same connection), read as
+   * an in-time one: accepted, or refused (retry / failed).
+   */
+  onLateResponse?(request: SubmitRequest, outcome: AnsweredOutcome): void;
 }
 
 export interface SmppSessionOptions {
@@ -87,6 +90,8 @@ const INTERFACE_VERSION = 0x34;
 const RESPONSE_BIT = 0x80000000;
 /** Bound on waiting for the peer to close after unbind_resp / on stop. */
 const CLOSE_WAIT_MS = 1_000;
+/** Bound on waiting for unbind_resp when a bind that stopped answering is recycled (also at most responseTimeoutMs). */
+const RECYCLE_UNBIND_WAIT_MS = 5_000;
 
 class SmppConnection {
   state: ConnectionState = 'idle';
@@ -121,7 +126,7 @@ class SmppConnection {
     private readonly events: {
       onBound(): void;
       onDown(): void;
-      onDeliverSm(pdu: SmppPdu): Promise<void>;
+      onMessage(pdu: SmppPdu): Promise<void>;
     },
   ) {}
 
@@ -165,15 +170,39 @@ class SmppConnection {
     this.stopping = true;
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = undefined;
-    if (this.state === 'bound') {
-      this.stateTransition('unbinding');
-      const { sequence, result } = this.request('unbind', {}, Math.max(1, Math.min(timeoutMs, this.smsc.responseTimeoutMs)));
-      const r = await result;
-      this.log.info({ seq: sequence, result: r.kind === 'response' ? commandStatusName(r.pdu.command_status) : r.kind }, 'unbind done');
-      await this.closeSocket(CLOSE_WAIT_MS);
-    }
+    if (this.state === 'bound') await this.unbind(Math.max(1, Math.min(timeoutMs, this.smsc.responseTimeoutMs)));
     this.lost('stopped');
     this.stateTransition('closed');
+  }
+
+  /**
+   * SMPP 3.4 §4.2: unbind, wait for unbind_resp (bounded by `waitMs`), then close. Requests still in flight are
+   * answered meanwhile if the SMSC does; new submits see the bind down (`unbinding`).
+   */
+  private async unbind(waitMs: number): Promise<void> {
+    this.stateTransition('unbinding');
+    const { sequence, result } = this.request('unbind', {}, waitMs);
+    const r = await result;
+    this.log.info({ seq: sequence, result: r.kind === 'response' ? commandStatusName(r.pdu.command_status) : r.kind }, 'unbind done');
+    // No unbind_resp: the peer is not listening; waiting for its close would only delay the reconnect.
+    if (r.kind === 'response' || this.stopping) await this.closeSocket(CLOSE_WAIT_MS);
+  }
+
+  /**
+   * Gives up on a bound connection that stopped answering (enquire_link unanswered, nothing heard, a submit_sm
+   * never answered) and reconnects. It is unbound first, as §4.2 expects of a session that ends (the SMSC then
+   * knows the window is gone and can release what it holds for it), waiting for unbind_resp at most
+   * responseTimeoutMs (capped at RECYCLE_UNBIND_WAIT_MS); a socket already dead is dropped at once.
+   */
+  private recycle(reason: string, generation: number): void {
+    if (generation !== this.generation || this.state !== 'bound') return;
+    const socket = this.socket;
+    if (!socket || socket.destroyed || !socket.writable) {
+      this.lost(reason, generation);
+      return;
+    }
+    this.log.warn({ reason }, 'recycling the bind: unbind, then reconnect');
+    void this.unbind(Math.min(this.smsc.responseTimeoutMs, RECYCLE_UNBIND_WAIT_MS)).then(() => this.lost(reason, generation));
   }
 
   // --- connection life cycle -------------------------------------------------
@@ -317,7 +346,7 @@ class SmppConnection {
     if (this.state !== 'bound') return;
     const generation = this.generation;
     if (this.now() - this.lastReceived > this.smsc.enquireLinkMs + this.smsc.responseTimeoutMs) {
-      this.lost('no traffic from SMSC', generation);
+      this.recycle('no traffic from SMSC', generation);
       return;
     }
     if (this.enquireOutstanding) return;
@@ -328,7 +357,7 @@ class SmppConnection {
       this.enquireOutstanding = false;
       if (r.kind === 'timeout') {
         this.log.warn({ seq: sequence }, 'enquire_link unanswered');
-        this.lost('enquire_link timeout', generation);
+        this.recycle('enquire_link timeout', generation);
       }
     });
   }
@@ -406,7 +435,8 @@ class SmppConnection {
         this.write(encodePdu('enquire_link_resp', { sequence_number: seq }));
         return;
       case 'deliver_sm':
-        this.onDeliverSm(pdu);
+      case 'data_sm':
+        this.onMessage(pdu);
         return;
       case 'unbind':
         // SMPP 3.4 §4.2: answer, then the SMSC closes; reconnect after a back-off.
@@ -427,28 +457,32 @@ class SmppConnection {
     }
   }
 
-  /** deliver_sm_resp only once the receipt is handled; ESME_RX_T_APPN when handling fails, so the SMSC retries. */
-  private onDeliverSm(pdu: SmppPdu): void {
+  /**
+   * deliver_sm_resp / data_sm_resp only once the message is handled; ESME_RX_T_APPN when handling fails, so the
+   * SMSC sends it again. Every one is answered (§4.6.2, §4.7.2), whatever it carries.
+   */
+  private onMessage(pdu: SmppPdu): void {
     const generation = this.generation;
     const seq = pdu.sequence_number;
+    const command = pdu.command;
     let handled: Promise<void>;
     try {
-      handled = this.events.onDeliverSm(pdu);
+      handled = this.events.onMessage(pdu);
     } catch (err) {
       handled = Promise.reject(err);
     }
     void handled.then(
       () => CommandStatus.ESME_ROK,
       (err: unknown) => {
-        this.log.warn({ seq, err: err instanceof Error ? err.message : String(err) }, 'deliver_sm not handled; answering ESME_RX_T_APPN');
+        this.log.warn({ command, seq, err: err instanceof Error ? err.message : String(err) }, 'message from SMSC not handled; answering ESME_RX_T_APPN');
         return CommandStatus.ESME_RX_T_APPN;
       },
     ).then((status) => {
       if (generation !== this.generation) {
-        this.log.debug({ seq }, 'connection gone before deliver_sm_resp; the SMSC will send it again');
+        this.log.debug({ command, seq }, 'connection gone before the response; the SMSC will send it again');
         return;
       }
-      this.write(encodePdu('deliver_sm_resp', { sequence_number: seq, command_status: status, message_id: '' }));
+      this.write(encodePdu(`${command}_resp`, { sequence_number: seq, command_status: status, message_id: '' }));
     });
   }
 
@@ -471,14 +505,14 @@ class SmppConnection {
    * enquire_link: a submit still unanswered twice responseTimeoutMs after its
    * timeout (three times after it left: a generous margin for a late
    * submit_sm_resp, which still resolves it) means the bind is stuck; it is
-   * recycled (reconnected), so new submits go to binds that answer.
+   * recycled (unbound, then reconnected), so new submits go to binds that answer.
    */
   private watchUnanswered(sequence: number): void {
     const generation = this.generation;
     setTimeout(() => {
       if (generation !== this.generation || !this.late.has(sequence)) return;
-      this.log.warn({ seq: sequence }, 'submit_sm never answered; recycling the bind');
-      this.lost('submit_sm never answered', generation);
+      this.log.warn({ seq: sequence }, 'submit_sm never answered');
+      this.recycle('submit_sm never answered', generation);
     }, 2 * this.smsc.responseTimeoutMs).unref();
   }
 
@@ -536,7 +570,7 @@ export class SmppSession {
     const events = {
       onBound: () => options.delegate.onAvailabilityChange(this),
       onDown: () => options.delegate.onAvailabilityChange(this),
-      onDeliverSm: (pdu: SmppPdu) => options.delegate.onDeliverSm(pdu, this),
+      onMessage: (pdu: SmppPdu) => options.delegate.onMessage(pdu, this),
     };
     if (options.smsc.bindMode === 'transmitter_receiver') {
       this.tx = new SmppConnection('transmitter', options.smsc, this.log.child({ bind_type: 'tx' }), this.now, random, events);
@@ -645,12 +679,14 @@ export class SmppSession {
       },
       this.smsc.responseTimeoutMs,
       (late) => {
-        if (late.command !== 'submit_sm_resp' || late.command_status !== CommandStatus.ESME_ROK) return;
-        const rawMessageId = pduString(late, 'message_id') ?? '';
-        if (rawMessageId === '') return;
-        const messageId = normaliseMessageId(rawMessageId, this.smsc.messageIdFormat, 'resp');
-        request.logger.warn({ smsc, bind: this.name, seq: sequence, message_id: messageId }, 'submit_sm accepted after its response timeout');
-        this.options.delegate.onLateAccept?.(request, { kind: 'accepted', rawMessageId, messageId, smsc, bind: this.name });
+        if (late.command !== 'submit_sm_resp' && late.command !== 'generic_nack') return;
+        const lateLog = request.logger.child({ smsc, bind: this.name, seq: sequence, late: true });
+        lateLog.warn({ command_status: commandStatusName(late.command_status) }, 'submit_sm answered after its response timeout');
+        // A late answer counts as an in-time one would: the SMSC accepted the message, or refused it (nothing sent).
+        const outcome = this.answered(late, lateLog);
+        // Accepted without an id: nothing to map it by; it stays unconfirmed (a receipt by number, or its deadline).
+        if (outcome.kind === 'accepted' && outcome.messageId === '') return;
+        this.options.delegate.onLateResponse?.(request, outcome);
       },
     );
     // Never log the text: it carries the code.
@@ -667,10 +703,16 @@ export class SmppSession {
       log.warn('connection lost with submit_sm in flight; unconfirmed');
       return { kind: 'unconfirmed', reason: 'connection_lost', smsc, bind: this.name };
     }
-    const status = r.pdu.command_status;
-    if (status === CommandStatus.ESME_ROK && r.pdu.command === 'submit_sm_resp') {
+    return this.answered(r.pdu, log);
+  }
+
+  /** What the submit_sm_resp (or generic_nack) to a submit says, in time or late; throttles start the back-off. */
+  private answered(pdu: SmppPdu, log: Logger): AnsweredOutcome {
+    const smsc = this.smsc.name;
+    const status = pdu.command_status;
+    if (status === CommandStatus.ESME_ROK && pdu.command === 'submit_sm_resp') {
       this.throttleStreak = 0;
-      const rawMessageId = pduString(r.pdu, 'message_id') ?? '';
+      const rawMessageId = pduString(pdu, 'message_id') ?? '';
       if (rawMessageId === '') log.warn('submit_sm_resp ESME_ROK without message_id: its receipt cannot be matched');
       const messageId = rawMessageId === '' ? '' : normaliseMessageId(rawMessageId, this.smsc.messageIdFormat, 'resp');
       log.info({ message_id: messageId }, 'submit_sm accepted');
@@ -693,7 +735,7 @@ export class SmppSession {
       log.warn({ command_status: statusName }, 'SMSC reports a temporary error; submit_sm to be retried');
       return { kind: 'retry', reason: 'temporary_error', commandStatus: status, smsc };
     }
-    log.warn({ command_status: statusName, command: r.pdu.command }, 'submit_sm refused');
+    log.warn({ command_status: statusName, command: pdu.command }, 'submit_sm refused');
     return { kind: 'failed', reason: 'smsc_rejected', commandStatus: status, statusName, smsc };
   }
 

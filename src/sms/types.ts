@@ -34,6 +34,8 @@ export interface SubmitRequest {
   requestReceipt: boolean;
   /** validity_period, relative, in seconds: the SMSC drops the message if it cannot deliver it by then. */
   validForSeconds?: number;
+  /** Workflow step the submit delivers (none outside a workflow): a late submit_sm_resp applies to that step only. */
+  step?: number;
   logger: Logger;
 }
 
@@ -77,6 +79,12 @@ export type SubmitOutcome =
       smsc: string;
     };
 
+/** What a submit_sm_resp (or a generic_nack in its place) says: every outcome but `unconfirmed`. */
+export type AnsweredOutcome = Exclude<SubmitOutcome, { kind: 'unconfirmed' }>;
+
+/** What of a SubmitRequest the handler of a late submit_sm_resp gets. */
+export type LateRequest = Pick<SubmitRequest, 'requestId' | 'to' | 'step'>;
+
 /** Final and intermediate message states of SMPP 3.4 / 5.2.28 and the text receipt `stat:` field. */
 export type ReceiptState =
   | 'DELIVRD'
@@ -106,7 +114,7 @@ export interface DeliveryReceipt {
    */
   reportedState?: string;
   /**
-   * The handset's number as the receipt reports it (deliver_sm source_addr,
+   * The handset's number as the receipt reports it (deliver_sm / data_sm source_addr,
    * digits), to match a receipt to a submit whose submit_sm_resp never came.
    * A number in clear: never logged, never stored.
    */
@@ -130,16 +138,18 @@ export interface SmsGateway {
   /** Sends one message on a bind of the SMSC routed for `to`. Never throws for network or SMSC reasons. */
   submit(request: SubmitRequest): Promise<SubmitOutcome>;
   /**
-   * The handler for every delivery receipt. The gateway answers deliver_sm only
-   * after the handler's promise resolves (the receipt is persisted), and with a
-   * temporary error (ESME_RX_T_APPN) when it rejects, so the SMSC sends it again.
+   * The handler for every delivery receipt (deliver_sm or data_sm). The gateway
+   * answers the PDU only after the handler's promise resolves (the receipt is
+   * persisted), and with a temporary error (ESME_RX_T_APPN) when it rejects, so
+   * the SMSC sends it again.
    */
   onReceipt(handler: (receipt: DeliveryReceipt) => Promise<void>): void;
   /**
-   * The handler for a submit that `submit` reported as `timeout` and whose
-   * ESME_ROK arrived later on the same connection: the message was accepted
-   * after all, and must not be sent again.
+   * The handler for a submit that `submit` reported `unconfirmed` (timeout)
+   * and whose submit_sm_resp arrived later on the same connection, read as an
+   * in-time one would be: `accepted` (taken after all: never sent again), or
+   * `retry` / `failed` (refused: nothing was sent, nothing will be delivered).
    */
-  onLateAccept(handler: (request: Pick<SubmitRequest, 'requestId' | 'to'>, outcome: Extract<SubmitOutcome, { kind: 'accepted' }>) => void): void;
+  onLateResponse(handler: (request: LateRequest, outcome: AnsweredOutcome) => void): void;
   status(): SmscStatus[];
 }

@@ -82,16 +82,21 @@ export class Keys {
     return `${this.prefix}:smsdlr:${smsc}:${messageId}`;
   }
   /**
-   * String with TTL: the request whose submit_sm to this SMSC and number was
-   * never answered (`smsc_unconfirmed`), for a receipt to match it by number;
-   * `numberMac` is an HMAC of the number, never the number in clear.
+   * Sorted set with TTL: the requests whose submit_sm to this SMSC and number
+   * was never answered (`smsc_unconfirmed`), each scored by the time (ms) it
+   * stops waiting, for a receipt to match by number when exactly one waits;
+   * `numberMac` is an HMAC of the number, never the number in clear. (A string
+   * under `smsunc:` before; the name changed with the type.)
    */
   smsUnconfirmed(smsc: string, numberMac: string): string {
-    return `${this.prefix}:smsunc:${smsc}:${numberMac}`;
+    return `${this.prefix}:smsuncs:${smsc}:${numberMac}`;
   }
-  /** String with TTL: the message id of a receipt parked (unmatched) for this SMSC and number (HMAC), for a submit found unconfirmed just after. */
+  /**
+   * Sorted set with TTL: message ids of receipts parked (unmatched) for this SMSC and number (HMAC), scored by
+   * the time (ms) they are forgotten, for a submit found unconfirmed just after. (A string under `smsdlrnum:` before.)
+   */
   smsParkedByNumber(smsc: string, numberMac: string): string {
-    return `${this.prefix}:smsdlrnum:${smsc}:${numberMac}`;
+    return `${this.prefix}:smsdlrnums:${smsc}:${numberMac}`;
   }
   /**
    * Sorted set with TTL: sliding window of one account's sends (fraud velocity

@@ -278,6 +278,46 @@ describe('SMS OTP through SMPP', () => {
     for (const id of ids) expect(hooks.received.filter((h) => h.request_id === id && h.status !== 'sent')).toHaveLength(1);
   });
 
+  it('two unconfirmed submits to one number on one SMSC (two accounts): a receipt is not guessed by number; both fail smsc_unconfirmed, a warning names them, never the number', async () => {
+    const t = await start({ window: 10 }, { sms: { unconfirmedDeadlineMs: 2_500 } });
+    const accounts = [await t.account({ balance: 1 }), await t.account({ balance: 1 })];
+    // Both stored by the SMSC and never answered; their receipts come on the new bind.
+    await smsc.set({ acceptThenDrop: 2, receiptDelayMs: 300 });
+    const phone = '+447700900981';
+    const ids = [await sendSms(t, accounts[0]!.auth, phone), await sendSms(t, accounts[1]!.auth, phone)];
+    for (const [i, id] of ids.entries()) {
+      const status = await finalStatus(t, accounts[i]!.auth, id, 15_000);
+      expect([status.status, status.failure_reason]).toEqual(['failed', 'smsc_unconfirmed']);
+    }
+    expect(accepted(await submitsTo(phone))).toHaveLength(2);
+    const events = (await readEvents(t.redis, t.keys)).filter((e) => ids.includes(e.request_id!));
+    expect(events.filter((e) => e.status === 'delivered')).toEqual([]);
+    const warnings = t.logs.filter((l) => l.includes('several unconfirmed submits to its number'));
+    expect(warnings.length).toBeGreaterThanOrEqual(1);
+    for (const w of warnings) expect([w.includes(ids[0]!), w.includes(ids[1]!), w.includes(phone.slice(1))]).toEqual([true, true, false]);
+    expect(t.logs.filter((l) => l.includes(phone.slice(1)))).toEqual([]);
+  });
+
+  it('two submits to one number time out after their receipts came: not guessed by number; each late submit_sm_resp maps its own receipt', async () => {
+    const t = await start({ responseTimeoutMs: 500 }, { sms: { unconfirmedDeadlineMs: 10_000 } });
+    const accounts = [await t.account({ balance: 1 }), await t.account({ balance: 1 })];
+    // Receipts at once, submit_sm_resp 950 ms later: both receipts are parked by number before either submit is unconfirmed.
+    await smsc.set({ receiptBeforeResp: true, respDelayMs: 900 });
+    const phone = '+447700900982';
+    const ids = [await sendSms(t, accounts[0]!.auth, phone), await sendSms(t, accounts[1]!.auth, phone)];
+    for (const [i, id] of ids.entries()) expect(await finalStatus(t, accounts[i]!.auth, id)).toMatchObject({ status: 'delivered' });
+    const subs = accepted(await submitsTo(phone));
+    expect(subs).toHaveLength(2);
+    expect(t.logs.filter((l) => l.includes('sms accepted by the SMSC after its response timeout'))).toHaveLength(2);
+    for (const [i, id] of ids.entries()) {
+      // Delivered by the receipt of the message that carried this request's own code.
+      const delivered = (await readEvents(t.redis, t.keys)).find((e) => e.request_id === id && e.status === 'delivered');
+      const mine = subs.find((s) => s.messageId === JSON.parse(delivered!.detail!).smpp_message_id);
+      const ok = await http(`${t.url}/v1/verify/check`, { auth: accounts[i]!.auth, body: { request_id: id, code: codeIn(mine!.text) } });
+      expect(ok.body).toMatchObject({ status: 'verified' });
+    }
+  });
+
   it('an unconfirmed submit whose receipt comes after the deadline: failed smsc_unconfirmed, not refunded, never also delivered', async () => {
     const t = await start({}, { sms: { unconfirmedDeadlineMs: 800 } });
     const account = await t.account({ balance: 1 });
@@ -329,6 +369,8 @@ describe('SMS OTP through SMPP', () => {
     ['hex ids on both sides', { idFormat: 'hex' }, { messageIdFormat: 'hex' }],
     ['receipts in TLVs only', { receiptMode: 'tlv' }, {}],
     ['receipts in text only', { receiptMode: 'text' }, {}],
+    ['receipts as data_sm (TLVs, text in message_payload)', { receiptPdu: 'data_sm' }, {}],
+    ['receipts as data_sm with TLVs only', { receiptPdu: 'data_sm', receiptMode: 'tlv' }, {}],
   ])('%s: still matched and delivered once', async (_name, settings, smscConfig) => {
     const t = await start(smscConfig);
     await smsc.set(settings);
@@ -354,6 +396,53 @@ describe('SMS OTP through SMPP', () => {
     expect(subs.map((s) => s.status)).toEqual([0]);
     expect(await t.redis.hget(t.keys.verification(id), 'sms_state')).toBe('accepted');
     expect(t.logs.some((l) => l.includes('after its response timeout'))).toBe(true);
+  });
+
+  it('a permanent error after the response timeout fails the verification at once with the SMPP status, refunded; its number no longer waits for a receipt', async () => {
+    // A deadline far past the test: only the late answer can end it.
+    const t = await start({ responseTimeoutMs: 500 }, { sms: { unconfirmedDeadlineMs: 60_000 } });
+    const account = await t.account({ balance: 1 });
+    await smsc.set({ respDelayMs: 900, rejectPrefixes: { '447700900721': 0x0b }, receiptDelayMs: 300 });
+    const phone = '+447700900721';
+    const id = await sendSms(t, account.auth, phone);
+    const status = await finalStatus(t, account.auth, id, 8_000);
+    expect([status.status, status.failure_reason]).toEqual(['failed', 'smsc_rejected']);
+    const failed = (await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id && e.status === 'failed');
+    expect(failed.map((e) => JSON.parse(e.detail!))).toEqual([
+      { reason: 'smsc_rejected', smsc: 'default', smpp_status: 0x0b, smpp_status_name: 'ESME_RINVDSTADR', attempts: 1, refund: true },
+    ]);
+    expect((await t.accounts.get(account.account_id)).balance).toBe(1);
+    expect(await submitsTo(phone)).toHaveLength(1);
+    expect(t.logs.some((l) => l.includes(id) && l.includes('refused by the SMSC after its response timeout'))).toBe(true);
+    // Another submit to the number, stored by the SMSC and never answered: the only one waiting, so its receipt
+    // is matched by number to it (the refused one no longer waits).
+    const other = await t.account({ balance: 1 });
+    await smsc.set({ acceptThenDrop: 1 });
+    const second = await sendSms(t, other.auth, phone);
+    expect(await finalStatus(t, other.auth, second, 8_000)).toMatchObject({ status: 'delivered' });
+    expect((await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id).map((e) => e.status)).not.toContain('delivered');
+  });
+
+  it('a temporary error after the response timeout is retried as an in-time one (delivered once); with no attempt left: failed smsc_throttled, refunded', async () => {
+    const t = await start({ responseTimeoutMs: 500 }, { sms: { unconfirmedDeadlineMs: 60_000, retry: { firstDelayMs: 100, maxDelayMs: 400, maxAttempts: 2 } } });
+    const account = await t.account({ balance: 1 });
+    await smsc.set({ respDelayMs: 900, throttleNext: 1 });
+    const retried = await sendSms(t, account.auth, '+447700900722');
+    await smsc.waitFor((s) => s.submits.some((x) => x.destination === '447700900722') || undefined, 5_000, 'the first submit');
+    // The retry is answered in time.
+    await smsc.set({ respDelayMs: 0 });
+    expect(await finalStatus(t, account.auth, retried, 8_000)).toMatchObject({ status: 'delivered' });
+    expect((await submitsTo('+447700900722')).map((s) => s.status)).toEqual([0x58, 0]);
+    expect(await t.redis.hget(t.keys.verification(retried), 'sms_attempts')).toBe('2');
+
+    await smsc.set({ respDelayMs: 900, throttleNext: 2 });
+    const exhausted = await sendSms(t, account.auth, '+447700900723');
+    const status = await finalStatus(t, account.auth, exhausted, 10_000);
+    expect([status.status, status.failure_reason]).toEqual(['failed', 'smsc_throttled']);
+    expect((await submitsTo('+447700900723')).map((s) => s.status)).toEqual([0x58, 0x58]);
+    const failed = (await readEvents(t.redis, t.keys)).filter((e) => e.request_id === exhausted && e.status === 'failed');
+    expect(failed.map((e) => JSON.parse(e.detail!))).toEqual([{ reason: 'smsc_throttled', attempts: 2, smsc: 'default', smpp_status: 0x58, refund: true }]);
+    expect((await t.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 0.03, 6);
   });
 
   it('no submit_sm_resp within the response timeout: not resent, failed smsc_unconfirmed at the deadline, not refunded', async () => {

@@ -14,8 +14,8 @@
                                    (step and steps empty outside a workflow; a value of an older
                                    version is the request id alone)
   KEYS[3] early-receipt string     (<prefix>:smsdlr:<smsc>:<id>)
-  KEYS[4] unconfirmed-submit string (<prefix>:smsunc:<smsc>:<hmac of number>), removed when it names this request
-  KEYS[5] parked-by-number string   (<prefix>:smsdlrnum:<smsc>:<hmac of number>), removed when it names this message
+  KEYS[4] unconfirmed submits, zset (<prefix>:smsuncs:<smsc>:<hmac of number>): this request leaves it
+  KEYS[5] receipts parked by number, zset (<prefix>:smsdlrnums:<smsc>:<hmac of number>): this message leaves it
 
   ARGV[1] request id
   ARGV[2] TTL of the map, seconds
@@ -47,8 +47,8 @@ if v[1] and v[3] == 'sms' and (not ARGV[5] or ARGV[5] == '' or v[2] == ARGV[5]) 
     redis.call('HSET', KEYS[1], 'sms_message_ids', ids == '' and ARGV[4] or (ids .. ' ' .. ARGV[4]))
   end
 end
-if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
-if redis.call('GET', KEYS[5]) == ARGV[4] then redis.call('DEL', KEYS[5]) end
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[4])
 local early = redis.call('GET', KEYS[3])
 if early then return {early, mapped} end
 return false

@@ -1,35 +1,49 @@
 --[[
   Mark an SMS delivery as waiting, unless the SMSC's (late) submit_sm_resp
-  already marked it accepted (mapSmsMessage-5) in the meantime:
+  already marked it accepted (mapSmsMessage-5) or refused (markSmsRefused-2)
+  in the meantime:
   - `retry`: nothing was accepted by the SMSC (throttled, queue full, no
-    bind); the job is retried from BullMQ's delayed set.
+    bind; also a refusal that came after the response timeout, `refused`,
+    see markSmsRefused-2); the job is retried from BullMQ's delayed set.
   - `unconfirmed`: the submit_sm left but its response never came (timeout,
     connection lost). It is never sent again: a late submit_sm_resp or a
     receipt matched by number (KEYS[2], see matchSmsReceipt-4) resolves it,
     else it fails `smsc_unconfirmed` at its deadline (sms_unconfirmed_until).
 
   KEYS[1] verification hash
-  KEYS[2] unconfirmed-submit string (<prefix>:smsunc:<smsc>:<hmac of number>); only written for `unconfirmed`
-  KEYS[3] parked-by-number string   (<prefix>:smsdlrnum:<smsc>:<hmac of number>): a receipt for this
-          number that came while the submit was in flight (matchSmsReceipt-4) resolves it at once
+  KEYS[2] unconfirmed submits, zset (<prefix>:smsuncs:<smsc>:<hmac of number>); only written for `unconfirmed`
+  KEYS[3] receipts parked by number, zset (<prefix>:smsdlrnums:<smsc>:<hmac of number>): the one receipt parked
+          for this number while its submit was in flight (matchSmsReceipt-4) resolves it at once, if no other
+          unconfirmed submit waits for the number; two or more parked, or another one waiting: nothing is guessed
 
   ARGV[1] state: retry | unconfirmed
   ARGV[2] request id
-  ARGV[3] TTL of KEYS[2], seconds
-  ARGV[4..] field, value pairs to set on the verification
+  ARGV[3] how long it waits under KEYS[2] (its score: now + this; and the key's TTL), seconds
+  ARGV[4] now, ms
+  ARGV[5..] field, value pairs to set on the verification
 
-  Returns 1 when marked, 0 when the state was no longer `submitting`, or (for
-  `unconfirmed`) the message id of a receipt parked for this number: the
-  caller records that id as accepted (mapSmsMessage-5) instead.
+  Returns 1 when marked; 0 when the state was no longer `submitting` (nor,
+  for `retry`, `refused`): a late submit_sm_resp accepted or refused it
+  meanwhile; or (for `unconfirmed`) the message id of a receipt parked for
+  this number: the caller records that id as accepted (mapSmsMessage-5)
+  instead.
 ]]
-if redis.call('HGET', KEYS[1], 'sms_state') ~= 'submitting' then return 0 end
+local state = redis.call('HGET', KEYS[1], 'sms_state')
+if state ~= 'submitting' and not (ARGV[1] == 'retry' and state == 'refused') then return 0 end
+local now = tonumber(ARGV[4])
 if ARGV[1] == 'unconfirmed' then
-  local parked = redis.call('GET', KEYS[3])
-  if parked then return parked end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  if redis.call('ZCARD', KEYS[2]) == 0 then
+    local parked = redis.call('ZRANGE', KEYS[3], 0, -1)
+    if #parked == 1 then return parked[1] end
+  end
 end
 redis.call('HSET', KEYS[1], 'sms_state', ARGV[1])
-for i = 4, #ARGV - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HDEL', KEYS[1], 'sms_refusal')
+for i = 5, #ARGV - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[1] == 'unconfirmed' then
-  redis.call('SET', KEYS[2], ARGV[2], 'EX', tonumber(ARGV[3]))
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]) * 1000, ARGV[2])
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
 end
 return 1

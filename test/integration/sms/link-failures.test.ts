@@ -4,7 +4,7 @@
  * Every submit promise must settle, and binds must come back by themselves.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { smscEntry, startGateway, startSmsc, submitRequest, type GatewayUnderTest, type TestSmsc } from '../../helpers/smsc.js';
+import { smscEntry, startGateway, startSmsc, submitRequest, type GatewayUnderTest, type SmscState, type TestSmsc } from '../../helpers/smsc.js';
 
 let smsc: TestSmsc;
 let gut: GatewayUnderTest | undefined;
@@ -18,7 +18,7 @@ afterAll(async () => {
 afterEach(async () => {
   await gut?.gateway.stop();
   gut = undefined;
-  await smsc.set({ respDelayMs: 0, noResponse: 'off', silentSessions: [], silentSubmitSessions: [], dropAfter: 0 });
+  await smsc.set({ respDelayMs: 0, noResponse: 'off', silentSessions: [], silentSubmitSessions: [], dropAfter: 0, rejectPrefixes: {} });
   await smsc.reset();
 });
 
@@ -51,6 +51,8 @@ describe('response timeout', () => {
     );
     const old = state.sessions.find((x) => x.id === silent)!;
     expect([old.closedBy, old.enquireLinks > 0]).toEqual(['client', true]);
+    // SMPP 3.4 §4.2: the stuck bind is unbound (and its unbind_resp awaited) before the connection closes.
+    expectUnboundBeforeClose(state, silent!);
     expect(state.events.some((e) => e.type === 'close' && e.session === live)).toBe(false);
     await gut.waitUp();
     for (let i = 0; i < 2; i += 1) expect((await gut.gateway.submit(submitRequest(`+44770090061${i}`))).kind).toBe('accepted');
@@ -59,7 +61,7 @@ describe('response timeout', () => {
   it('a submit_sm_resp that comes after the timeout is reported as a late acceptance', async () => {
     gut = await startGateway([smscEntry(smsc, { binds: 1, responseTimeoutMs: 300 })]);
     const late: { requestId: string; messageId: string }[] = [];
-    gut.gateway.onLateAccept(({ requestId }, outcome) => late.push({ requestId, messageId: outcome.messageId }));
+    gut.gateway.onLateResponse(({ requestId }, outcome) => outcome.kind === 'accepted' && late.push({ requestId, messageId: outcome.messageId }));
     await gut.waitUp();
     await smsc.set({ respDelayMs: 700 });
     const t = performance.now();
@@ -72,6 +74,25 @@ describe('response timeout', () => {
     expect(submits).toHaveLength(1);
     expect(late).toEqual([{ requestId: request.requestId, messageId: submits[0]!.messageId }]);
     expect(gut.gateway.status()[0]).toMatchObject({ inFlight: 0, bindsUp: 1 });
+  });
+
+  it('a late submit_sm_resp with an error is reported as the refusal an in-time one would be', async () => {
+    gut = await startGateway([smscEntry(smsc, { binds: 1, responseTimeoutMs: 300 })]);
+    const late: { requestId: string; outcome: unknown }[] = [];
+    gut.gateway.onLateResponse(({ requestId }, outcome) => late.push({ requestId, outcome }));
+    await gut.waitUp();
+    await smsc.set({ respDelayMs: 700, rejectPrefixes: { '44770090061': 0x0b, '44770090062': 0x58 } });
+    const refused = submitRequest('+447700900611');
+    const throttled = submitRequest('+447700900621');
+    const outcomes = await Promise.all([gut.gateway.submit(refused), gut.gateway.submit(throttled)]);
+    expect(outcomes.map((o) => o.kind)).toEqual(['unconfirmed', 'unconfirmed']);
+    await waitUntil(() => late.length === 2, 3_000);
+    expect(late).toEqual(
+      expect.arrayContaining([
+        { requestId: refused.requestId, outcome: { kind: 'failed', reason: 'smsc_rejected', commandStatus: 0x0b, statusName: 'ESME_RINVDSTADR', smsc: 'default' } },
+        { requestId: throttled.requestId, outcome: { kind: 'retry', reason: 'throttled', commandStatus: 0x58, smsc: 'default' } },
+      ]),
+    );
   });
 });
 
@@ -111,6 +132,8 @@ describe('connection lost', () => {
     const old = state.sessions.find((s) => s.id === first);
     expect(old?.closedBy).toBe('client');
     expect(old?.enquireLinks).toBeGreaterThanOrEqual(1);
+    // An unbind is tried first even on a silent link (not answered here: closed after a bounded wait).
+    expectUnboundBeforeClose(state, first!);
     await gut.waitUp();
     expect((await gut.gateway.submit(submitRequest('+447700900630'))).kind).toBe('accepted');
   });
@@ -193,6 +216,15 @@ describe('stop', () => {
     gut = undefined;
   });
 });
+
+/** The SMSC saw an unbind on `session`, then the client closed it. */
+function expectUnboundBeforeClose(state: SmscState, session: number): void {
+  const unbind = state.events.find((e) => e.type === 'unbind' && e.session === session);
+  const close = state.events.find((e) => e.type === 'close' && e.session === session);
+  expect(unbind, 'unbind received before the close').toBeDefined();
+  expect(close).toMatchObject({ closedBy: 'client' });
+  expect(unbind!.at).toBeLessThanOrEqual(close!.at);
+}
 
 async function waitUntil(cond: () => boolean, timeoutMs: number): Promise<void> {
   const end = Date.now() + timeoutMs;

@@ -76,7 +76,7 @@ async function rig(): Promise<Rig> {
     accountTemplate: async () => null,
   });
   gateway.onReceipt((r) => processor.handleReceipt(r));
-  gateway.onLateAccept((request, outcome) => void processor.handleLateAccept(request, outcome));
+  gateway.onLateResponse((request, outcome) => void processor.handleLateResponse(request, outcome));
   await gateway.start();
   await waitFor(async () => gateway!.status().every((s) => s.bindsUp > 0) || undefined, 5_000);
   const account = await engine.account({ balance: 1 });

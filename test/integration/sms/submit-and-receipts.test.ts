@@ -21,6 +21,7 @@ afterEach(async () => {
   await smsc.set({
     idFormat: 'decimal',
     receiptMode: 'both',
+    receiptPdu: 'deliver_sm',
     receiptBeforeResp: false,
     finalState: null,
     rejectPrefixes: {},
@@ -141,7 +142,8 @@ describe('bind, submit, receipt', () => {
     expect(await g.receiptFor(unknown)).toMatchObject({ state: 'ENROUTE', reportedState: 'XYZ' });
   });
 
-  it('answers ESME_RX_T_APPN when the receipt handler fails, and the SMSC sends the receipt again', async () => {
+  it.each(['deliver_sm', 'data_sm'] as const)('answers ESME_RX_T_APPN to a %s receipt the handler fails on, and the SMSC sends it again', async (pdu) => {
+    await smsc.set({ receiptPdu: pdu });
     const g = await gateway();
     let calls = 0;
     g.gateway.onReceipt(async () => {
@@ -149,9 +151,42 @@ describe('bind, submit, receipt', () => {
       if (calls === 1) throw new Error('store unavailable');
     });
     await g.gateway.submit(submitRequest('+447700900128'));
-    const { receipts } = await smsc.waitFor((s) => (s.receipts[0]?.done ? s : undefined), 3_000, 'receipt done');
+    const { receipts, events } = await smsc.waitFor((s) => (s.receipts[0]?.done ? s : undefined), 3_000, 'receipt done');
     expect(receipts[0]?.statuses).toEqual([0x64, 0]);
+    expect(events.filter((e) => e.type === `${pdu}_resp`).map((e) => e.status)).toEqual([0x64, 0]);
     expect(calls).toBe(2);
+  });
+});
+
+describe('receipts as data_sm (SMPP 3.4 §4.7)', () => {
+  it.each(['both', 'tlv', 'text'] as const)('reads data_sm receipts (%s), the same as deliver_sm ones, and answers each with data_sm_resp ESME_ROK', async (mode) => {
+    await smsc.set({ receiptPdu: 'data_sm', receiptMode: mode });
+    const g = await gateway();
+    const [delivered, undeliverable] = await Promise.all(['+447700900133', '+447700900091'].map((to) => g.gateway.submit(submitRequest(to))));
+    expect(await g.receiptFor(delivered!)).toMatchObject({ smsc: 'default', state: 'DELIVRD' });
+    const failed = await g.receiptFor(undeliverable!);
+    expect(failed).toMatchObject({ state: 'UNDELIV' });
+    // network_error_code only travels in the TLVs; the text's err: otherwise.
+    if (mode === 'text') expect(failed.error).toBe('001');
+    else expect(failed.networkErrorCode).toEqual({ type: 3, code: 0x22 });
+    const state = await smsc.waitFor((s) => (s.receipts.length === 2 && s.receipts.every((r) => r.done) ? s : undefined), 3_000, 'receipts done');
+    expect(state.receipts.map((r) => [r.pdu, r.statuses])).toEqual([
+      ['data_sm', [0]],
+      ['data_sm', [0]],
+    ]);
+    expect(state.events.filter((e) => e.type === 'data_sm_resp').map((e) => [e.command, e.status])).toEqual([
+      ['data_sm_resp', 0],
+      ['data_sm_resp', 0],
+    ]);
+  });
+
+  it('answers a mobile-originated data_sm (not a receipt) with data_sm_resp ESME_ROK, and takes it for no receipt', async () => {
+    const g = await gateway();
+    const [sent] = await smsc.action('data_sm_mo');
+    const resp = await smsc.waitFor((s) => s.events.find((e) => e.type === 'data_sm_resp' && e.seq === sent?.seq), 2_000, 'data_sm_resp');
+    expect(resp).toMatchObject({ command: 'data_sm_resp', status: 0 });
+    expect(g.receipts).toEqual([]);
+    expect(g.gateway.status()[0]).toMatchObject({ bindsUp: 1 });
   });
 });
 
