@@ -10,6 +10,7 @@
  *   profile summarise .cpuprofile files (top self time)                     bench/profile-summary.ts
  *   sms     SMS verifications through the worker: queue → submit_sm → receipt → delivered  bench/sms.ts
  *   floor   the platform's own cost: HTTP + BullMQ + Redis stream, nothing of ours   bench/floor.ts
+ *   bullmq  BullMQ alone: Redis and process CPU per no-op job                 bench/bullmq.ts
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -23,6 +24,7 @@ const BENCHES: Record<string, string> = {
   profile: 'profile-summary.ts',
   sms: 'sms.ts',
   floor: 'floor.ts',
+  bullmq: 'bullmq.ts',
 };
 /** Named in the issue, not written yet: say so instead of "unknown". */
 const NOT_YET: Record<string, string> = {};
