@@ -436,7 +436,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       const stepTimer = new BullStepTimer(bullConnection, keys.bullPrefix());
       stops.push(() => stepTimer.close());
       const verifications = new VerificationService(redis, keys, sealer, config, queue, logger.child({ module: 'verify' }), methods, fraud, stepTimer);
-      const api = buildApi({ config, redis, keys, accounts, verifications, logger, metrics, readiness, fraud });
+      const api = buildApi({ config, redis, keys, sealer, accounts, verifications, logger, metrics, readiness, fraud });
       app = api;
       await api.listen({ host: config.http.host, port: config.http.port });
       stops.unshift(() => api.close());

@@ -6,6 +6,7 @@ import { fromMicro } from '../accounts/money.js';
 import type { Config } from '../config/schema.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { runReadiness } from '../metrics/metrics-server.js';
+import type { Sealer } from '../crypto/sealer.js';
 import type { Keys } from '../store/keys.js';
 import { isRedisUnavailable } from '../store/redis.js';
 import { ApiError } from '../verification/errors.js';
@@ -21,6 +22,8 @@ export interface ApiDeps {
   config: Readonly<Config>;
   redis: Redis;
   keys: Keys;
+  /** Seals what the API keeps of a response (Idempotency-Key replays hold the phone number). */
+  sealer: Sealer;
   accounts: AccountStore;
   verifications: VerificationService;
   logger: Logger;
@@ -41,7 +44,7 @@ declare module 'fastify' {
 /** The FlashVerify v1 HTTP API. */
 export function buildApi(deps: ApiDeps): FastifyInstance {
   const { config, redis, keys, accounts, verifications } = deps;
-  const idempotency = new Idempotency(redis, keys, {
+  const idempotency = new Idempotency(redis, keys, deps.sealer, {
     ttlSeconds: config.api.idempotencyTtlSeconds,
     waitMs: config.api.idempotencyWaitMs,
   });

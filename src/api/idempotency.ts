@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import type { Sealer } from '../crypto/sealer.js';
 import type { Keys } from '../store/keys.js';
+import { adoptPreviousNames } from '../store/scripts.js';
 import { ApiError } from '../verification/errors.js';
 
 export interface StoredResponse {
@@ -10,8 +12,11 @@ export interface StoredResponse {
 
 interface IdemRecord {
   state: 'pending' | 'done';
-  /** SHA-256 of the request body: a key reused for another request is refused. */
+  /** Keyed MAC of the request body (which holds a phone number): a key reused for another request is refused. */
   fp: string;
+  /** The response ({status, body}: it holds the phone number) as JSON, sealed (AES-256-GCM) to this record's name. */
+  sealed?: string;
+  /** Written before responses were sealed (a record lives `ttlSeconds`): read, never written. */
   status?: number;
   body?: unknown;
 }
@@ -49,6 +54,7 @@ export class Idempotency {
   constructor(
     private readonly redis: Redis,
     private readonly keys: Keys,
+    private readonly sealer: Sealer,
     private readonly options: IdempotencyOptions,
   ) {}
 
@@ -58,8 +64,14 @@ export class Idempotency {
     request: unknown,
     exec: () => Promise<StoredResponse>,
   ): Promise<StoredResponse & { replayed: boolean }> {
-    const redisKey = this.keys.idempotency(accountId, createHash('sha256').update(key).digest('hex'));
-    const fp = createHash('sha256').update(JSON.stringify(request ?? null)).digest('hex');
+    // The key and the body are the client's: either may hold a phone number, so neither goes to Redis in clear nor
+    // as a plain hash (a hash of a phone number is reversed by trying every number): keyed MACs, as for every key
+    // name made of a number. A record named by the plain SHA-256 of the key (before) is taken over.
+    const redisKey = this.keys.idempotency(accountId, this.sealer.mac('idempotency-key', key));
+    await adoptPreviousNames(this.redis, [this.keys.idempotency(accountId, createHash('sha256').update(key).digest('hex'))], redisKey);
+    const body = JSON.stringify(request ?? null);
+    const fp = this.sealer.mac('idempotency-request', body);
+    const legacyFp = createHash('sha256').update(body).digest('hex');
     const deadline = Date.now() + this.options.waitMs;
     for (;;) {
       const pending: IdemRecord = { state: 'pending', fp };
@@ -69,10 +81,14 @@ export class Idempotency {
       const raw = await this.redis.get(redisKey);
       if (raw !== null) {
         const stored = JSON.parse(raw) as IdemRecord;
-        if (stored.fp !== fp) {
+        if (stored.fp !== fp && stored.fp !== legacyFp) {
           throw new ApiError('invalid_request', 'this Idempotency-Key was already used with a different request body');
         }
-        if (stored.state === 'done') return { status: stored.status ?? 200, body: stored.body, replayed: true };
+        if (stored.state === 'done') {
+          if (stored.sealed === undefined) return { status: stored.status ?? 200, body: stored.body, replayed: true };
+          const response = JSON.parse(this.sealer.open(stored.sealed, redisKey)) as StoredResponse;
+          return { ...response, replayed: true };
+        }
         if (Date.now() >= deadline) {
           throw new ApiError('service_unavailable', 'a request with this Idempotency-Key is still in progress; retry shortly');
         }
@@ -94,7 +110,7 @@ export class Idempotency {
         throw err;
       }
     }
-    const done: IdemRecord = { state: 'done', fp, status: response.status, body: response.body };
+    const done: IdemRecord = { state: 'done', fp, sealed: this.sealer.seal(JSON.stringify({ status: response.status, body: response.body }), redisKey) };
     await this.redis.set(redisKey, JSON.stringify(done), 'EX', this.options.ttlSeconds);
     return response;
   }

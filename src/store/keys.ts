@@ -68,7 +68,8 @@ export class Keys {
   }
   /**
    * String with TTL: the first response to an `Idempotency-Key` of an account
-   * (keyed by a SHA-256 of the key, so any printable key is safe in a key name).
+   * (named by a keyed MAC of the key: any printable key is safe in a key name,
+   * and a key holding a phone number does not reveal it), sealed.
    */
   idempotency(accountId: string, keyHash: string): string {
     return `${this.prefix}:idem:${accountId}:${keyHash}`;

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { http, startTestEngine, testConfig, type TestEngine } from '../helpers/engine.js';
 
@@ -81,5 +82,19 @@ describe('Idempotency-Key', () => {
     expect((await verify(a.auth, 'x'.repeat(255), { phone_number: '+447700900205' })).status).toBe(201);
     expect((await verify(a.auth, ' ~!"#$%&()*+,-./:;<=>?@[\\]^_`{|}', { phone_number: '+447700900205' })).status).toBe(201);
     expect((await t.accounts.get(a.account_id)).balance).toBe(9.992);
+  });
+
+  it('still replays a response kept before responses were sealed (plain record under the SHA-256 name), once', async () => {
+    const a = await t.account({ balance: 1 });
+    const body = { phone_number: '+447700900206' };
+    const sha = (x: string) => createHash('sha256').update(x).digest('hex');
+    const old = { status: 201, body: { request_id: 'kept-from-before', phone_number: '+447700900206', status: 'sent' } };
+    await t.redis.set(t.keys.idempotency(a.account_id, sha('upgrade-1')), JSON.stringify({ state: 'done', fp: sha(JSON.stringify(body)), ...old }), 'EX', 60);
+    const replay = await verify(a.auth, 'upgrade-1', body);
+    expect([replay.status, replay.body, replay.headers.get('idempotent-replayed')]).toEqual([201, old.body, 'true']);
+    expect((await t.accounts.get(a.account_id)).balance).toBe(1); // nothing ran, nothing debited
+    // Taken over under the new (MAC) name: the plain name is gone.
+    expect(await t.redis.exists(t.keys.idempotency(a.account_id, sha('upgrade-1')))).toBe(0);
+    expect((await verify(a.auth, 'upgrade-1', body)).body).toEqual(old.body);
   });
 });

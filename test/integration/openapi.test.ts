@@ -61,6 +61,7 @@ describe('GET /v1/openapi.json', () => {
       config: t.config,
       redis,
       keys,
+      sealer,
       accounts: new AccountStore(redis, keys, sealer),
       verifications: new VerificationService(redis, keys, sealer, t.config, { enqueue: async () => undefined }, logger, new Set<Method>(['flash_call'])),
       logger,
