@@ -259,12 +259,19 @@ describe('one live verification per number and account', () => {
     await t.redis.hset(key, 'dial_started', String(Date.now()));
     const ringing = await verify(t, a.auth, { phone_number: '+447700900344', resend: true });
     expect(String(ringing.body.message)).toMatch(/still in progress/);
+    // A call that ended without ringing (its `failed` event not applied yet): no resend, its failure ends the
+    // request (a resend paid now would be dropped by the worker once the request has failed).
+    await t.redis.hset(key, { outcome: 'busy' });
+    const afterBusy = await verify(t, a.auth, { phone_number: '+447700900344', resend: true });
+    expect([afterBusy.status, afterBusy.body.error, afterBusy.body.request_id]).toEqual([409, 'verification_pending', id]);
+    expect(String(afterBusy.body.message)).toMatch(/finished meanwhile/);
+    expect((await t.accounts.get(a.account_id)).balance).toBeCloseTo(10 - 0.004, 6);
 
     const queue = new Queue(QUEUE_NAMES.flash_call, { connection: t.redis, prefix: t.keys.bullPrefix() });
     try {
       for (let send = 2; send <= 5; send++) {
-        // As a worker would: the previous call dialled and finished.
-        await t.redis.hset(key, { dial_started: String(Date.now()), outcome: 'cancelled', status: 'delivered' });
+        // As a worker would: the previous call dialled, rang and finished.
+        await t.redis.hset(key, { dial_started: String(Date.now()), rang_at: String(Date.now()), outcome: 'cancelled', status: 'delivered' });
         const encBefore = await t.redis.hget(key, 'code_enc');
         const r = await verify(t, a.auth, { phone_number: '+447700900344', resend: true });
         expect(r.status).toBe(200);
@@ -274,7 +281,7 @@ describe('one live verification per number and account', () => {
         expect(await t.redis.hget(key, 'dial_started')).toBeNull();
         expect(await t.redis.hget(key, 'code_enc')).not.toBe(encBefore);
       }
-      await t.redis.hset(key, { dial_started: String(Date.now()), outcome: 'cancelled' });
+      await t.redis.hset(key, { dial_started: String(Date.now()), rang_at: String(Date.now()), outcome: 'cancelled' });
       const sixth = await verify(t, a.auth, { phone_number: '+447700900344', resend: true });
       expect([sixth.status, sixth.body.error, sixth.body.request_id]).toEqual([429, 'rate_limited', id]);
       expect(String(sixth.body.message)).toMatch(/already sent 5 times/);
@@ -297,7 +304,7 @@ describe('one live verification per number and account', () => {
     const first = await verify(t, a.auth, { phone_number: '+447700900345', method: 'voice', code_length: 6 });
     const id = String(first.body.request_id);
     const code = await codeOf(t, id);
-    await t.redis.hset(t.keys.verification(id), { dial_started: String(Date.now()), outcome: 'played', status: 'delivered' });
+    await t.redis.hset(t.keys.verification(id), { dial_started: String(Date.now()), answered_at: String(Date.now()), outcome: 'played', status: 'delivered' });
     const r = await verify(t, a.auth, { phone_number: '+447700900345', method: 'voice', resend: true });
     expect([r.status, r.body.sends, r.body.code_length]).toEqual([200, 2, 6]);
     expect(await codeOf(t, id)).toBe(code);

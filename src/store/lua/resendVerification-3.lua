@@ -7,7 +7,11 @@
   worker claimed it (still queued), or while its call is still in progress
   (flash/voice: no `outcome` yet; SMS: not yet accepted by the SMSC). So at
   most one delivery job of a request can ever claim it, and one call's outcome
-  fields are never mixed with another's.
+  fields are never mixed with another's. A call that ended without reaching
+  the phone (no `rang_at` for a flash call, unless it was answered; no
+  `answered_at` for a voice call) is refused as `not_live`: its failure event
+  is on its way and ends the request, and a resend paid for now would be
+  dropped by the worker once it has (a request is not live after `failed`).
 
   The request's `cost` is the sum of its sends (GET /v1/verify/{id} shows it);
   `send_cost` is the price of the latest send, the amount a refund of that send
@@ -35,7 +39,8 @@ if not status then return {'err', 'account_missing'} end
 if status == 'pending' then return {'err', 'account_pending'} end
 if status ~= 'active' then return {'err', 'account_suspended'} end
 
-local v = redis.call('HMGET', KEYS[2], 'account_id', 'status', 'expires_at', 'method', 'dial_started', 'outcome', 'sms_state', 'sends', 'wf')
+local v = redis.call('HMGET', KEYS[2], 'account_id', 'status', 'expires_at', 'method', 'dial_started', 'outcome', 'sms_state', 'sends', 'wf',
+  'rang_at', 'answered_at')
 if not v[1] or v[1] ~= ARGV[1] then return {'err', 'not_found'} end
 local now = tonumber(ARGV[2])
 if (v[2] ~= 'sent' and v[2] ~= 'delivered') or now >= tonumber(v[3]) then return {'err', 'not_live'} end
@@ -45,6 +50,10 @@ if v[4] == 'sms' then
   if v[7] ~= 'accepted' and v[2] ~= 'delivered' then return {'err', 'in_progress'} end
 elseif not v[6] then
   return {'err', 'in_progress'}
+elseif v[4] == 'flash_call' and not v[10] and v[6] ~= 'answered' then
+  return {'err', 'not_live'}
+elseif v[4] == 'voice' and not v[11] then
+  return {'err', 'not_live'}
 end
 local sends = tonumber(v[8] or '1')
 if sends >= tonumber(ARGV[4]) then return {'err', 'max_sends'} end
@@ -63,7 +72,7 @@ if v[4] == 'sms' then
   local ids = redis.call('HGET', KEYS[2], 'sms_message_ids')
   if ids then redis.call('HSET', KEYS[2], 'sms_superseded_ids', ids) end
 end
-redis.call('HDEL', KEYS[2], 'dial_started', 'rang_at', 'outcome', 'final_sip_status', 'sms_state', 'sms_attempts',
+redis.call('HDEL', KEYS[2], 'dial_started', 'rang_at', 'answered_at', 'outcome', 'final_sip_status', 'sms_state', 'sms_attempts',
   'sms_unconfirmed_until', 'sms_nobind_since', 'sms_waits', 'refunded')
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'code_mac', ARGV[5], 'code_enc', ARGV[6]) end
 
