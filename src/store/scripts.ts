@@ -46,6 +46,7 @@ export const scripts = {
   checkVelocity: LuaScript.load('checkVelocity-3'),
   swapLive: LuaScript.load('swapLive-1'),
   resendVerification: LuaScript.load('resendVerification-3'),
+  undoResend: LuaScript.load('undoResend-3'),
   mapSmsMessage: LuaScript.load('mapSmsMessage-5'),
   matchSmsReceipt: LuaScript.load('matchSmsReceipt-4'),
   markSmsWaiting: LuaScript.load('markSmsWaiting-3'),

@@ -96,19 +96,20 @@ export async function resendLive(
   try {
     await deps.queue.enqueue(method, requestId, resendJobId(requestId, sends));
   } catch (err) {
-    // Not handed to a worker: give this send back (money and count); the request stays as it was.
-    log.error({ err }, 'enqueue of a resend failed; the resend was refunded');
-    const usage = keys.usage(account.account_id, utcDay(now));
-    await redis
-      .multi()
-      .hincrby(keys.account(account.account_id), 'balance', cost)
-      .hincrby(keys.verification(requestId), 'sends', -1)
-      .hincrby(keys.verification(requestId), 'cost', -cost)
-      .hincrby(usage, `${method}:count`, -1)
-      .hincrby(usage, `${method}:cost`, -cost)
-      .exec();
-    await fraud.releaseSend(admitted);
-    throw new ApiError('service_unavailable', 'could not queue the resend; it was not charged');
+    // Not handed to a worker: the request goes back to how it was before this resend (the previous send's fields
+    // and code) and the send is given back (money and count), unless a worker has claimed it meanwhile (the add
+    // timed out but landed): then it stands.
+    const undone = await scripts.undoResend.run(
+      redis,
+      [keys.account(account.account_id), keys.verification(requestId), keys.usage(account.account_id, utcDay(now))],
+      [sends, cost, method],
+    );
+    if (undone !== 'claimed') {
+      log.error({ err, undone }, 'enqueue of a resend failed; the resend was taken back and refunded');
+      await fraud.releaseSend(admitted);
+      throw new ApiError('service_unavailable', 'could not queue the resend; it was not charged');
+    }
+    log.warn({ err }, 'enqueue of a resend reported a failure, but its job was queued and claimed; the resend stands');
   }
   await fraud.trackSent(dest.country, method, now);
   log.info({ method, sends }, 'verification resent');

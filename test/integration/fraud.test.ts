@@ -5,6 +5,8 @@ import type { DeepPartial } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
 import { QUEUE_NAMES } from '../../src/engine/queues.js';
 import { RangeHealth } from '../../src/numbers/range-health.js';
+import { FraudControls } from '../../src/verification/fraud-controls.js';
+import { resendLive } from '../../src/verification/resend.js';
 import { deletePrefix, http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 import { findFreePort, sipUriUser, startSippUas, type SippUas } from '../helpers/sipp.js';
 
@@ -296,6 +298,34 @@ describe('one live verification per number and account', () => {
     expect(shown.body.cost).toEqual({ amount: 0.02, currency: 'GBP' });
     const usage = await http(`${t.url}/v1/usage`, { auth: a.auth });
     expect(usage.body).toMatchObject({ by_method: { flash_call: { count: 5, cost: 0.02 } } });
+  });
+
+  it('a resend whose job cannot be queued is taken back whole: money, count, the previous send and its code', async () => {
+    const t = await start({});
+    const a = await t.account();
+    const first = await verify(t, a.auth, { phone_number: '+447700900347' });
+    const id = String(first.body.request_id);
+    const key = t.keys.verification(id);
+    // As a worker would: the first call rang.
+    await t.redis.hset(key, { dial_started: '1700000000000', rang_at: '1700000000500', outcome: 'cancelled', status: 'delivered' });
+    const code = await codeOf(t, id);
+    const before = await t.redis.hgetall(key);
+    const fraud = new FraudControls({ redis: t.redis, keys: t.keys, sealer: t.sealer, config: t.config, events: { publish: async () => '0-0' }, logger: pino({ level: 'silent' }) });
+    const account = await t.accounts.get(a.account_id);
+    const failing = { enqueue: async () => Promise.reject(new Error('queue unavailable: Redis did not answer')) };
+    const deps = { redis: t.redis, keys: t.keys, sealer: t.sealer, config: t.config, queue: failing, fraud, logger: pino({ level: 'silent' }) };
+    await expect(resendLive(deps, account, { requestId: id, method: 'flash_call' }, { e164: '+447700900347', country: 'GB' }, await fraud.policy(a.account_id), undefined)).rejects.toMatchObject({
+      code: 'service_unavailable',
+    });
+    const after = await t.redis.hgetall(key);
+    // The record as it was: the previous send dialled and rang (a cancel would not refund it again), its code.
+    expect(after).toEqual(before);
+    expect(await codeOf(t, id)).toBe(code);
+    expect((await t.accounts.get(a.account_id)).balance).toBeCloseTo(10 - 0.004, 6);
+    const usage = await http(`${t.url}/v1/usage`, { auth: a.auth });
+    expect(usage.body).toMatchObject({ by_method: { flash_call: { count: 1, cost: 0.004 } } });
+    const checked = await http(`${t.url}/v1/verify/check`, { auth: a.auth, body: { request_id: id, code } });
+    expect([checked.status, checked.body.status]).toEqual([200, 'verified']);
   });
 
   it('a voice resend repeats the same code', async () => {

@@ -63,6 +63,17 @@ local balance = tonumber(redis.call('HGET', KEYS[1], 'balance') or '0')
 if balance < cost then return {'err', 'insufficient_balance'} end
 if cost > 0 then balance = redis.call('HINCRBY', KEYS[1], 'balance', -cost) end
 
+-- What this resend replaces, for undoResend-3 should its job not be queued: the previous send's fields as they were.
+local replaced = {'dial_started', 'rang_at', 'answered_at', 'outcome', 'final_sip_status', 'sms_state', 'sms_attempts',
+  'sms_unconfirmed_until', 'sms_nobind_since', 'sms_waits', 'refunded', 'code_mac', 'code_enc', 'send_cost',
+  'sms_superseded_ids', 'last_send_at', 'sends'}
+local was = redis.call('HMGET', KEYS[2], unpack(replaced))
+local undo = {}
+for i, name in ipairs(replaced) do
+  if was[i] then undo[name] = was[i] end
+end
+redis.call('HSET', KEYS[2], 'resend_undo', cjson.encode(undo))
+
 sends = sends + 1
 redis.call('HSET', KEYS[2], 'sends', sends, 'last_send_at', ARGV[2], 'send_cost', cost)
 redis.call('HINCRBY', KEYS[2], 'cost', cost)
