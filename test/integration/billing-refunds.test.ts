@@ -1,0 +1,50 @@
+import { Redis } from 'ioredis';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AccountStore, type CreatedAccount } from '../../src/accounts/account-store.js';
+import { Sealer } from '../../src/crypto/sealer.js';
+import { Keys } from '../../src/store/keys.js';
+import { utcDay, type Method } from '../../src/verification/types.js';
+import { VerificationService } from '../../src/verification/verification-service.js';
+import { REDIS_URL, deletePrefix, testConfig } from '../helpers/engine.js';
+
+/** Billing per attempt actually sent, on the paths where a request ends without its attempt having left. */
+describe('refunds of attempts that never left', () => {
+  const config = testConfig();
+  const keys = new Keys(config.redis.prefix);
+  const sealer = new Sealer(Buffer.from(config.security.masterKey, 'hex'));
+  const logger = pino({ level: 'silent' });
+  let redis: Redis;
+  let service: VerificationService;
+  let account: CreatedAccount;
+
+  beforeAll(async () => {
+    redis = new Redis(REDIS_URL);
+    service = new VerificationService(redis, keys, sealer, config, { enqueue: async () => undefined }, logger, new Set<Method>(['flash_call', 'voice', 'sms']));
+    account = await new AccountStore(redis, keys, sealer).create({ name: 'x', balance: 10, currency: 'GBP', active: true });
+  });
+  afterAll(async () => {
+    await deletePrefix(redis, config.redis.prefix);
+    await redis.quit();
+  });
+
+  const balance = async () => Number(await redis.hget(keys.account(account.account_id), 'balance'));
+  const usage = async (method: string) => Number((await redis.hget(keys.usage(account.account_id, utcDay(Date.now())), `${method}:count`)) ?? 0);
+  const cost = async (id: string) => Number(await redis.hget(keys.verification(id), 'cost'));
+
+  it('cancel refunds an SMS claimed but not submitted (waiting for a bind or throttled); one that may have left stays billed', async () => {
+    const before = { balance: await balance(), sms: await usage('sms') };
+    const noBind = await service.create(account, { phone_number: '+447700900401', method: 'sms' });
+    const throttled = await service.create(account, { phone_number: '+447700900402', method: 'sms' });
+    const submitted = await service.create(account, { phone_number: '+447700900403', method: 'sms' });
+    // The SMS job records dial_started at its first claim, before any submit_sm (sms-processor.ts).
+    await redis.hset(keys.verification(noBind.request_id), 'dial_started', '1');
+    await redis.hset(keys.verification(throttled.request_id), 'dial_started', '1', 'sms_state', 'retry');
+    await redis.hset(keys.verification(submitted.request_id), 'dial_started', '1', 'sms_state', 'unconfirmed');
+    const charged = await cost(submitted.request_id);
+    for (const c of [noBind, throttled, submitted]) expect((await service.cancel(account, c.request_id)).status).toBe('canceled');
+    expect(await balance()).toBe(before.balance - charged);
+    expect(await usage('sms')).toBe(before.sms + 1);
+    expect([await cost(noBind.request_id), await cost(throttled.request_id), await cost(submitted.request_id)]).toEqual([0, 0, charged]);
+  });
+});
