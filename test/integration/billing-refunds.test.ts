@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AccountStore, type CreatedAccount } from '../../src/accounts/account-store.js';
 import { Sealer } from '../../src/crypto/sealer.js';
 import { Keys } from '../../src/store/keys.js';
+import { scripts } from '../../src/store/scripts.js';
 import { utcDay, type Method } from '../../src/verification/types.js';
 import { VerificationService } from '../../src/verification/verification-service.js';
 import { REDIS_URL, deletePrefix, testConfig } from '../helpers/engine.js';
@@ -46,5 +47,30 @@ describe('refunds of attempts that never left', () => {
     expect(await balance()).toBe(before.balance - charged);
     expect(await usage('sms')).toBe(before.sms + 1);
     expect([await cost(noBind.request_id), await cost(throttled.request_id), await cost(submitted.request_id)]).toEqual([0, 0, charged]);
+  });
+
+  // advanceWorkflow-4 as the workflow advancer runs it for a `step_timeout` of step 0.
+  const timeOut = (id: string) =>
+    scripts.advanceWorkflow.run(
+      redis,
+      [keys.verification(id), keys.account(account.account_id), keys.usage(account.account_id, utcDay(Date.now())), keys.events()],
+      [0, Date.now(), 'sms', 30_000, 'mac', 'enc', 6, 'timeout', 1000, 3600, ''],
+    );
+
+  it('a workflow step that times out before it was dialled is refunded, once; a dialled one is billed', async () => {
+    const before = { balance: await balance(), flash: await usage('flash_call') };
+    const workflow = [{ method: 'flash_call', timeout_seconds: 20 }, { method: 'sms' }];
+    const backlog = await service.create(account, { phone_number: '+447700900411', workflow });
+    const dialled = await service.create(account, { phone_number: '+447700900412', workflow });
+    await redis.hset(keys.verification(dialled.request_id), 'dial_started', '1');
+    const flashCost = Number(await redis.hget(keys.verification(dialled.request_id), 'att0_cost'));
+    expect(await timeOut(backlog.request_id)).toEqual(['ok', 1]);
+    expect(await timeOut(dialled.request_id)).toEqual(['ok', 1]);
+    // The same timeout handled again (redelivered): the step has moved, nothing more refunded.
+    expect(await timeOut(backlog.request_id)).toEqual(['moved', 1]);
+    expect(await balance()).toBe(before.balance - flashCost - 2 * 30_000);
+    expect(await usage('flash_call')).toBe(before.flash + 1);
+    expect(await redis.hmget(keys.verification(backlog.request_id), 'att0_status', 'att0_cost', 'att0_refunded', 'cost')).toEqual(['timed_out', '0', '1', '30000']);
+    expect(await redis.hmget(keys.verification(dialled.request_id), 'att0_cost', 'att0_refunded')).toEqual([String(flashCost), null]);
   });
 });
