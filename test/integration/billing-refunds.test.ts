@@ -73,4 +73,33 @@ describe('refunds of attempts that never left', () => {
     expect(await redis.hmget(keys.verification(backlog.request_id), 'att0_status', 'att0_cost', 'att0_refunded', 'cost')).toEqual(['timed_out', '0', '1', '30000']);
     expect(await redis.hmget(keys.verification(dialled.request_id), 'att0_cost', 'att0_refunded')).toEqual([String(flashCost), null]);
   });
+
+  // applyEvent-4 / applyStepEvent-4 as the status consumer runs them for an event of the stream.
+  const apply = (id: string, status: 'delivered' | 'failed', refund: boolean, step?: number) =>
+    (step === undefined ? scripts.applyEvent : scripts.applyStepEvent).run(
+      redis,
+      [keys.verification(id), keys.account(account.account_id), keys.usage(account.account_id, utcDay(Date.now())), keys.conversion(utcDay(Date.now()))],
+      [status, Date.now(), 'failure_reason\ntimeout', refund ? '1' : '0', step ?? '1', 1000],
+    );
+  const history = async (id: string) => (await service.status(account, id)).status_history.map((h) => h.status);
+
+  it('an event after the request is final records nothing; a failure that never reached the network is refunded all the same, once', async () => {
+    const before = await balance();
+    // A flash call whose INVITE times out (Timer B) after the request expired: billed at create, then refunded.
+    const c = await service.create(account, { phone_number: '+447700900421', expiry_seconds: 60 });
+    await redis.hset(keys.verification(c.request_id), 'dial_started', '1', 'status', 'expired', 'at_expired', String(Date.now()));
+    expect(await apply(c.request_id, 'failed', true)).toBe('expired');
+    expect(await apply(c.request_id, 'failed', true)).toBe('expired');
+    expect(await apply(c.request_id, 'delivered', false)).toBe('expired');
+    expect(await history(c.request_id)).toEqual(['sent', 'expired']);
+    expect(await redis.hmget(keys.verification(c.request_id), 'failure_reason', 'cost', 'refunded')).toEqual([null, '0', '1']);
+    expect(await balance()).toBe(before);
+
+    // A workflow step's delivery after the request was canceled: no `delivered` in its history.
+    const w = await service.create(account, { phone_number: '+447700900422', workflow: [{ method: 'voice', timeout_seconds: 20 }, { method: 'sms' }] });
+    await redis.hset(keys.verification(w.request_id), 'dial_started', '1');
+    await service.cancel(account, w.request_id);
+    expect(await apply(w.request_id, 'delivered', false, 0)).toBe('canceled');
+    expect(await history(w.request_id)).toEqual(['sent', 'canceled']);
+  });
 });
