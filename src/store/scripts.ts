@@ -38,7 +38,7 @@ export class LuaScript {
 /** All scripts, loaded once per process. */
 export const scripts = {
   createVerification: LuaScript.load('createVerification-6'),
-  expireVerification: LuaScript.load('expireVerification-3'),
+  expireVerification: LuaScript.load('expireVerification-6'),
   recordCheck: LuaScript.load('recordCheck-3'),
   applyEvent: LuaScript.load('applyEvent-4'),
   rateLimit: LuaScript.load('rateLimit-1'),

@@ -2,7 +2,9 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Keys } from '../store/keys.js';
 import { PeriodicPass } from './periodic-pass.js';
+import { CONVERSION_TTL_MS } from '../numbers/range-health.js';
 import { scripts } from '../store/scripts.js';
+import { attemptDay } from './types.js';
 
 export interface ExpirySweeperOptions {
   /** Time between sweeps. */
@@ -17,7 +19,7 @@ export interface ExpirySweeperOptions {
  * Expires `sent` / `delivered` requests when their time is up even if nobody
  * polls them, so `verification.expired` reaches webhooks on time. The create
  * script files every request in a sorted set by expires_at; each sweep takes
- * the due ones and expires each atomically (expireVerification-3.lua). Any
+ * the due ones and expires each atomically (expireVerification-6.lua), refunding an attempt that never left. Any
  * number of worker processes may sweep at once: the script is idempotent, so
  * exactly one of them emits the event.
  */
@@ -51,12 +53,35 @@ export class ExpirySweeper {
       const due = await this.redis.zrangebyscore(this.keys.expiries(), '-inf', now, 'LIMIT', 0, batch);
       if (due.length === 0) return expired;
       let progressed = 0;
-      for (const requestId of due) {
-        const r = await scripts.expireVerification.run(
+      // What a refund of the current attempt needs (expireVerification-6): its account and the day it was counted on.
+      const records = await this.pipelined(due.map((id) => ['hmget', this.keys.verification(id), 'account_id', 'wf_step', 'last_send_at', 'created_at']));
+      const steps = await this.pipelined(
+        due.flatMap((id, i) => {
+          const step = records[i]?.[1];
+          return step == null ? [] : [['hget', this.keys.verification(id), `att${step}_started_at`]];
+        }),
+      );
+      let stepRead = 0;
+      for (const [i, requestId] of due.entries()) {
+        const [accountId, wfStep, lastSendAt, createdAt] = records[i] ?? [];
+        const h: Record<string, string | undefined> = { last_send_at: lastSendAt ?? undefined, created_at: createdAt ?? undefined };
+        if (wfStep != null) {
+          h.wf_step = wfStep;
+          h[`att${wfStep}_started_at`] = steps[stepRead++]?.[0] ?? undefined;
+        }
+        const day = attemptDay(h);
+        const [r] = (await scripts.expireVerification.run(
           this.redis,
-          [this.keys.verification(requestId), this.keys.expiries(), this.keys.events()],
-          [requestId, now, this.options.eventsMaxLen],
-        );
+          [
+            this.keys.verification(requestId),
+            this.keys.expiries(),
+            this.keys.events(),
+            this.keys.account(accountId ?? ''),
+            this.keys.usage(accountId ?? '', day),
+            this.keys.conversion(day),
+          ],
+          [requestId, now, this.options.eventsMaxLen, CONVERSION_TTL_MS],
+        )) as [string, number?];
         if (r === 'expired') {
           expired++;
           this.logger.info({ request_id: requestId }, 'verification expired');
@@ -65,5 +90,12 @@ export class ExpirySweeper {
       }
       if (due.length < batch || progressed === 0) return expired;
     }
+  }
+
+  /** One round trip for a batch of reads; each command's result (null on error). */
+  private async pipelined(commands: string[][]): Promise<(string | null)[][]> {
+    if (commands.length === 0) return [];
+    const results = (await this.redis.pipeline(commands).exec()) ?? [];
+    return results.map(([err, value]) => (err ? [] : ((Array.isArray(value) ? value : [value]) as (string | null)[])));
   }
 }

@@ -61,3 +61,12 @@ export function isoSeconds(ms: number): string {
 export function utcDay(ms: number): string {
   return new Date(ms).toISOString().slice(0, 10);
 }
+
+/**
+ * The UTC day whose usage counted the current attempt (a workflow's step n: `att<n>_started_at`) or send
+ * (`last_send_at`, else `created_at`): the day a refund of it is taken out of.
+ */
+export function attemptDay(h: Record<string, string | undefined>): string {
+  const startedAt = h.wf_step !== undefined ? h[`att${h.wf_step}_started_at`] : (h.last_send_at ?? h.created_at);
+  return utcDay(Number(startedAt ?? Date.now()) || Date.now());
+}

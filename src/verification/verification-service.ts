@@ -21,6 +21,7 @@ import {
   STATUSES,
   isoSeconds,
   utcDay,
+  attemptDay,
   type CreatedBody,
   type Method,
   type Status,
@@ -409,9 +410,7 @@ export class VerificationService {
   async cancel(account: Account, requestId: string): Promise<StatusBody> {
     const key = this.ownedKey(requestId);
     // The usage day of the attempt (or send) a refund would take back: the one it was counted on.
-    const h = await this.redis.hgetall(key);
-    const startedAt = h.wf_step !== undefined ? h[`att${h.wf_step}_started_at`] : (h.last_send_at ?? h.created_at);
-    const day = utcDay(Number(startedAt ?? Date.now()) || Date.now());
+    const day = attemptDay(await this.redis.hgetall(key));
     const [result, value] = (await scripts.cancelVerification.run(
       this.redis,
       [key, this.keys.account(account.account_id), this.keys.events(), this.keys.usage(account.account_id, day)],

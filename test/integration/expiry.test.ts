@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AccountStore, type CreatedAccount } from '../../src/accounts/account-store.js';
 import { Sealer } from '../../src/crypto/sealer.js';
 import { Keys } from '../../src/store/keys.js';
-import type { Method } from '../../src/verification/types.js';
+import { utcDay, type Method } from '../../src/verification/types.js';
 import { ExpirySweeper } from '../../src/verification/expiry-sweeper.js';
 import { VerificationService } from '../../src/verification/verification-service.js';
 import { REDIS_URL, deletePrefix, readEvents, testConfig } from '../helpers/engine.js';
@@ -22,7 +22,7 @@ describe('expiry sweeper', () => {
 
   beforeAll(async () => {
     redis = new Redis(REDIS_URL);
-    service = new VerificationService(redis, keys, sealer, config, { enqueue: async () => undefined }, logger, new Set<Method>(['flash_call']));
+    service = new VerificationService(redis, keys, sealer, config, { enqueue: async () => undefined }, logger, new Set<Method>(['flash_call', 'sms']));
     account = await new AccountStore(redis, keys, sealer).create({ name: 'x', balance: 10, currency: 'GBP', active: true });
   });
   afterAll(async () => {
@@ -81,5 +81,57 @@ describe('expiry sweeper', () => {
       await s.stop();
     }
     expect(await redis.hget(keys.verification(c.request_id), 'status')).toBe('expired');
+  });
+
+  // Billing per attempt actually sent: an attempt that never left is refunded when its request expires.
+  it('refunds an attempt that never left when its request expires, once; bills one that may have', async () => {
+    clock = Date.now();
+    const balance = async () => Number(await redis.hget(keys.account(account.account_id), 'balance'));
+    const usage = async (method: string) => Number((await redis.hget(keys.usage(account.account_id, utcDay(Date.now())), `${method}:count`)) ?? 0);
+    const before = { balance: await balance(), flash: await usage('flash_call'), sms: await usage('sms') };
+    // A flash call stuck in a backlog (never claimed); SMS jobs waiting for a bind or a throttle back-off
+    // (claimed, sms_state unset or retry); an SMS whose submit_sm may have left; a flash call claimed.
+    const backlog = await service.create(account, { phone_number: '+447700900320', expiry_seconds: 60 });
+    const noBind = await service.create(account, { phone_number: '+447700900321', method: 'sms', expiry_seconds: 60 });
+    const throttled = await service.create(account, { phone_number: '+447700900322', method: 'sms', expiry_seconds: 60 });
+    const submitted = await service.create(account, { phone_number: '+447700900323', method: 'sms', expiry_seconds: 60 });
+    const dialled = await service.create(account, { phone_number: '+447700900324', expiry_seconds: 60 });
+    await redis.hset(keys.verification(noBind.request_id), 'dial_started', String(clock));
+    await redis.hset(keys.verification(throttled.request_id), 'dial_started', String(clock), 'sms_state', 'retry');
+    await redis.hset(keys.verification(submitted.request_id), 'dial_started', String(clock), 'sms_state', 'submitting');
+    await redis.hset(keys.verification(dialled.request_id), 'dial_started', String(clock));
+    const cost = async (id: string) => Number(await redis.hget(keys.verification(id), 'cost'));
+    const charged = (await cost(submitted.request_id)) + (await cost(dialled.request_id));
+    expect(charged).toBeGreaterThan(0);
+
+    clock = Date.now() + 61_000;
+    expect(await sweeper().sweep()).toBe(5);
+    expect(await balance()).toBe(before.balance - charged);
+    expect(await usage('flash_call')).toBe(before.flash + 1);
+    expect(await usage('sms')).toBe(before.sms + 1);
+    for (const c of [backlog, noBind, throttled]) {
+      const status = await service.status(account, c.request_id);
+      expect(status.status).toBe('expired');
+      expect(await cost(c.request_id)).toBe(0);
+    }
+    expect((await service.status(account, submitted.request_id)).cost).toEqual(submitted.cost);
+
+    // Swept again (another worker, or the request put back in the set): no second refund.
+    for (const c of [backlog, noBind, throttled]) await redis.zadd(keys.expiries(), 0, c.request_id);
+    await redis.hset(keys.verification(backlog.request_id), 'status', 'sent');
+    await sweeper().sweep();
+    expect(await balance()).toBe(before.balance - charged);
+  });
+
+  it('refunds the current step of a workflow that never left when the request expires', async () => {
+    clock = Date.now();
+    const balance = async () => Number(await redis.hget(keys.account(account.account_id), 'balance'));
+    const before = await balance();
+    const c = await service.create(account, { phone_number: '+447700900330', expiry_seconds: 60, workflow: [{ method: 'flash_call', timeout_seconds: 20 }, { method: 'sms' }] });
+    expect(await balance()).toBeLessThan(before);
+    clock = Date.now() + 61_000;
+    expect(await sweeper().sweep()).toBe(1);
+    expect(await balance()).toBe(before);
+    expect(await redis.hmget(keys.verification(c.request_id), 'status', 'cost', 'att0_cost', 'att0_refunded')).toEqual(['expired', '0', '0', '1']);
   });
 });

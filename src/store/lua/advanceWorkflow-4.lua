@@ -10,6 +10,10 @@
   delivery wrote (call outcome, SIP status, call id, trunk, DID range, failure
   reason ...), so exactly one delivery job (<request_id>-s<n+1>) may claim it
   and a verification at step n+1 is never credited to step n's DID range.
+  A step that timed out before anything of it left (never claimed, or an SMS
+  not submitted: no bind, throttled) is refunded, once (`att<n>_refunded`),
+  and taken out of the usage (KEYS[3]: the step started at most the
+  request's expiry before, normally that same day).
 
   KEYS[1] verification hash
   KEYS[2] account hash
@@ -47,6 +51,24 @@ if ARGV[8] == 'timeout' then
   if ast == 'sent' or ast == 'delivered' then
     redis.call('HSET', KEYS[1], p .. 'status', 'timed_out')
     redis.call('HSETNX', KEYS[1], p .. 'ended_at', ARGV[2])
+  end
+  -- Nothing of the step left (the same rule in expireVerification-6 and cancelVerification-4): no job
+  -- claimed it, or an SMS whose submit_sm cannot have been taken: sms_state unset (claimed, not submitted:
+  -- `submitting` is written before submit_sm leaves), `retry` (refused for now, or no bind) or `refused`.
+  local d = redis.call('HMGET', KEYS[1], 'dial_started', 'sms_state', p .. 'method', p .. 'cost')
+  local nothingSent = not d[1] or (d[3] == 'sms' and (not d[2] or d[2] == 'retry' or d[2] == 'refused'))
+  if nothingSent and redis.call('HSETNX', KEYS[1], p .. 'refunded', '1') == 1 then
+    local refund = tonumber(d[4] or '0')
+    if refund > 0 then
+      if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'balance', refund) end
+      redis.call('HINCRBY', KEYS[1], 'cost', -refund)
+      v[6] = tostring(tonumber(v[6] or '0') - refund)
+      redis.call('HSET', KEYS[1], p .. 'cost', 0)
+    end
+    if d[3] and redis.call('EXISTS', KEYS[3]) == 1 then
+      redis.call('HINCRBY', KEYS[3], d[3] .. ':count', -1)
+      if refund > 0 then redis.call('HINCRBY', KEYS[3], d[3] .. ':cost', -refund) end
+    end
   end
 end
 

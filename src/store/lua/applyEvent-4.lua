@@ -2,8 +2,12 @@
   Apply one delivery event from the events stream to its verification record.
   Idempotent: a status is recorded once (at_<status>), so a redelivered
   stream entry changes nothing. Terminal statuses (verified, expired, failed, canceled)
-  are never left; a late `delivered` after `verified` is still recorded in the
-  history but does not change the status.
+  are never left, and an event arriving after one records nothing (no at_<status>,
+  no outcome fields: the history stays [sent, expired], not [sent, expired, failed]),
+  except a late `delivered` after `verified` (the stream lagged the check: it was
+  delivered). A refunded failure (an attempt that never reached the network) is
+  refunded whatever the status meanwhile, once (HSETNX `refunded`): a call timing
+  out (Timer B) after the request expired or was canceled is not billed.
 
   KEYS[1] verification hash
   KEYS[2] account hash (for refunds)
@@ -25,6 +29,34 @@
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 local st = ARGV[1]
+
+-- Only the send that never reached the network is refunded: a resend's own price (send_cost), else the request's.
+local function refund()
+  local r = redis.call('HMGET', KEYS[1], 'send_cost', 'cost', 'method')
+  local cost = tonumber(r[1] or r[2] or '0')
+  if cost > 0 then
+    if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'balance', cost) end
+    redis.call('HINCRBY', KEYS[1], 'cost', -cost)
+  end
+  if r[3] and redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('HINCRBY', KEYS[3], r[3] .. ':count', -1)
+    if cost > 0 then redis.call('HINCRBY', KEYS[3], r[3] .. ':cost', -cost) end
+  end
+  if ARGV[5] == '1' and r[3] then
+    local country = redis.call('HGET', KEYS[1], 'country')
+    if country then
+      -- The send's +1 may still wait in the api's counter batch (250 ms): the hash may not exist yet.
+      redis.call('HINCRBY', KEYS[4], 'country:' .. country .. ':' .. r[3] .. ':sent', -1)
+      if redis.call('TTL', KEYS[4]) < 0 then redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[6])) end
+    end
+  end
+end
+
+local terminal = (status == 'verified' or status == 'expired' or status == 'failed' or status == 'canceled')
+if terminal and not (st == 'delivered' and status == 'verified') then
+  if st == 'failed' and ARGV[4] == '1' and redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then refund() end
+  return status
+end
 if redis.call('HSETNX', KEYS[1], 'at_' .. st, ARGV[2]) == 0 then return status end
 
 if ARGV[3] ~= '' then
@@ -35,35 +67,13 @@ if ARGV[3] ~= '' then
   end
 end
 
-local terminal = (status == 'verified' or status == 'expired' or status == 'failed' or status == 'canceled')
-if not terminal then
-  if st == 'delivered' and status == 'sent' then
-    redis.call('HSET', KEYS[1], 'status', 'delivered')
-    status = 'delivered'
-  elseif st == 'failed' then
-    redis.call('HSET', KEYS[1], 'status', 'failed')
-    status = 'failed'
-    if ARGV[4] == '1' and redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then
-      -- Only the send that never reached the network: a resend's own price (send_cost), else the request's.
-      local r = redis.call('HMGET', KEYS[1], 'send_cost', 'cost', 'method')
-      local cost = tonumber(r[1] or r[2] or '0')
-      if cost > 0 then
-        if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'balance', cost) end
-        redis.call('HINCRBY', KEYS[1], 'cost', -cost)
-      end
-      if r[3] and redis.call('EXISTS', KEYS[3]) == 1 then
-        redis.call('HINCRBY', KEYS[3], r[3] .. ':count', -1)
-        if cost > 0 then redis.call('HINCRBY', KEYS[3], r[3] .. ':cost', -cost) end
-      end
-      if ARGV[5] == '1' and r[3] then
-        local country = redis.call('HGET', KEYS[1], 'country')
-        if country then
-          -- The send's +1 may still wait in the api's counter batch (250 ms): the hash may not exist yet.
-          redis.call('HINCRBY', KEYS[4], 'country:' .. country .. ':' .. r[3] .. ':sent', -1)
-          if redis.call('TTL', KEYS[4]) < 0 then redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[6])) end
-        end
-      end
-    end
-  end
+if terminal then return status end
+if st == 'delivered' and status == 'sent' then
+  redis.call('HSET', KEYS[1], 'status', 'delivered')
+  status = 'delivered'
+elseif st == 'failed' then
+  redis.call('HSET', KEYS[1], 'status', 'failed')
+  status = 'failed'
+  if ARGV[4] == '1' and redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then refund() end
 end
 return status

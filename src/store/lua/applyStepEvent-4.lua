@@ -5,8 +5,11 @@
   advancer starts the next one); only the last step's failure does. A
   `delivered` of any step makes the request delivered. Events of a step that
   is no longer current (it timed out and the next one started) only update
-  their attempt. Idempotent: attempt statuses only move forward, a refund is
-  made once per attempt, request statuses are recorded once (at_<status>).
+  their attempt, and so do events arriving once the request is final (the
+  refund of an attempt that never reached the network included: it is made
+  whatever the request's status). Idempotent: attempt statuses only move
+  forward, a refund is made once per attempt, request statuses are recorded
+  once (at_<status>).
 
   KEYS[1] verification hash
   KEYS[2] account hash (for refunds)
@@ -73,10 +76,13 @@ elseif st == 'failed' then
 end
 
 if step ~= cur then return status end
+local live = (status == 'sent' or status == 'delivered')
+-- A final request records nothing more (no at_<status>, no outcome fields), except a late `delivered` after
+-- `verified` (the stream lagged the check: it was delivered), as in applyEvent-4.
+if not live and not (st == 'delivered' and status == 'verified') then return status end
 for i = 1, #fields - 1, 2 do
   if fields[i] ~= '' then redis.call('HSET', KEYS[1], fields[i], fields[i + 1]) end
 end
-local live = (status == 'sent' or status == 'delivered')
 if st == 'delivered' then
   redis.call('HSETNX', KEYS[1], 'at_delivered', ts)
   if status == 'sent' then

@@ -3,7 +3,8 @@
   `canceled`, which delivery jobs, step timeouts and the workflow advancer
   all treat as final, so pending steps never start. The delivery claim is
   taken (`dial_started`) so a job that has not dialled yet never will; when
-  nothing had been dialled for the current attempt (or send), it is refunded
+  nothing of the current attempt (or send) left (no job claimed it, or an SMS
+  not submitted yet: waiting for a bind or a throttle back-off), it is refunded
   and taken out of the usage of its day (billing per attempt actually sent).
   A voice call in progress is ended by its worker, which watches the status;
   a flash call ringing is CANCELled by its worker too (engine/attempt-state.ts).
@@ -27,7 +28,14 @@ if (status ~= 'sent' and status ~= 'delivered') or tonumber(ARGV[2]) >= tonumber
 end
 redis.call('HSET', KEYS[1], 'status', 'canceled')
 redis.call('HSETNX', KEYS[1], 'at_canceled', ARGV[2])
+-- Nothing of the current attempt left (the same rule in expireVerification-6 and advanceWorkflow-4): no
+-- job claimed it, or an SMS whose submit_sm cannot have been taken: sms_state unset (claimed, not submitted:
+-- `submitting` is written before submit_sm leaves), `retry` (refused for now, or no bind) or `refused`.
 local undialled = redis.call('HSETNX', KEYS[1], 'dial_started', 'canceled') == 1
+if not undialled and v[5] == 'sms' then
+  local sms = redis.call('HGET', KEYS[1], 'sms_state')
+  undialled = not sms or sms == 'retry' or sms == 'refused'
+end
 
 local refund = 0
 local refunded = false

@@ -1,0 +1,105 @@
+import { Redis } from 'ioredis';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AccountStore, type CreatedAccount } from '../../src/accounts/account-store.js';
+import { Sealer } from '../../src/crypto/sealer.js';
+import { Keys } from '../../src/store/keys.js';
+import { scripts } from '../../src/store/scripts.js';
+import { utcDay, type Method } from '../../src/verification/types.js';
+import { VerificationService } from '../../src/verification/verification-service.js';
+import { REDIS_URL, deletePrefix, testConfig } from '../helpers/engine.js';
+
+/** Billing per attempt actually sent, on the paths where a request ends without its attempt having left. */
+describe('refunds of attempts that never left', () => {
+  const config = testConfig();
+  const keys = new Keys(config.redis.prefix);
+  const sealer = new Sealer(Buffer.from(config.security.masterKey, 'hex'));
+  const logger = pino({ level: 'silent' });
+  let redis: Redis;
+  let service: VerificationService;
+  let account: CreatedAccount;
+
+  beforeAll(async () => {
+    redis = new Redis(REDIS_URL);
+    service = new VerificationService(redis, keys, sealer, config, { enqueue: async () => undefined }, logger, new Set<Method>(['flash_call', 'voice', 'sms']));
+    account = await new AccountStore(redis, keys, sealer).create({ name: 'x', balance: 10, currency: 'GBP', active: true });
+  });
+  afterAll(async () => {
+    await deletePrefix(redis, config.redis.prefix);
+    await redis.quit();
+  });
+
+  const balance = async () => Number(await redis.hget(keys.account(account.account_id), 'balance'));
+  const usage = async (method: string) => Number((await redis.hget(keys.usage(account.account_id, utcDay(Date.now())), `${method}:count`)) ?? 0);
+  const cost = async (id: string) => Number(await redis.hget(keys.verification(id), 'cost'));
+
+  it('cancel refunds an SMS claimed but not submitted (waiting for a bind or throttled); one that may have left stays billed', async () => {
+    const before = { balance: await balance(), sms: await usage('sms') };
+    const noBind = await service.create(account, { phone_number: '+447700900401', method: 'sms' });
+    const throttled = await service.create(account, { phone_number: '+447700900402', method: 'sms' });
+    const submitted = await service.create(account, { phone_number: '+447700900403', method: 'sms' });
+    // The SMS job records dial_started at its first claim, before any submit_sm (sms-processor.ts).
+    await redis.hset(keys.verification(noBind.request_id), 'dial_started', '1');
+    await redis.hset(keys.verification(throttled.request_id), 'dial_started', '1', 'sms_state', 'retry');
+    await redis.hset(keys.verification(submitted.request_id), 'dial_started', '1', 'sms_state', 'unconfirmed');
+    const charged = await cost(submitted.request_id);
+    for (const c of [noBind, throttled, submitted]) expect((await service.cancel(account, c.request_id)).status).toBe('canceled');
+    expect(await balance()).toBe(before.balance - charged);
+    expect(await usage('sms')).toBe(before.sms + 1);
+    expect([await cost(noBind.request_id), await cost(throttled.request_id), await cost(submitted.request_id)]).toEqual([0, 0, charged]);
+  });
+
+  // advanceWorkflow-4 as the workflow advancer runs it for a `step_timeout` of step 0.
+  const timeOut = (id: string) =>
+    scripts.advanceWorkflow.run(
+      redis,
+      [keys.verification(id), keys.account(account.account_id), keys.usage(account.account_id, utcDay(Date.now())), keys.events()],
+      [0, Date.now(), 'sms', 30_000, 'mac', 'enc', 6, 'timeout', 1000, 3600, ''],
+    );
+
+  it('a workflow step that times out before it was dialled is refunded, once; a dialled one is billed', async () => {
+    const before = { balance: await balance(), flash: await usage('flash_call') };
+    const workflow = [{ method: 'flash_call', timeout_seconds: 20 }, { method: 'sms' }];
+    const backlog = await service.create(account, { phone_number: '+447700900411', workflow });
+    const dialled = await service.create(account, { phone_number: '+447700900412', workflow });
+    await redis.hset(keys.verification(dialled.request_id), 'dial_started', '1');
+    const flashCost = Number(await redis.hget(keys.verification(dialled.request_id), 'att0_cost'));
+    expect(await timeOut(backlog.request_id)).toEqual(['ok', 1]);
+    expect(await timeOut(dialled.request_id)).toEqual(['ok', 1]);
+    // The same timeout handled again (redelivered): the step has moved, nothing more refunded.
+    expect(await timeOut(backlog.request_id)).toEqual(['moved', 1]);
+    expect(await balance()).toBe(before.balance - flashCost - 2 * 30_000);
+    expect(await usage('flash_call')).toBe(before.flash + 1);
+    expect(await redis.hmget(keys.verification(backlog.request_id), 'att0_status', 'att0_cost', 'att0_refunded', 'cost')).toEqual(['timed_out', '0', '1', '30000']);
+    expect(await redis.hmget(keys.verification(dialled.request_id), 'att0_cost', 'att0_refunded')).toEqual([String(flashCost), null]);
+  });
+
+  // applyEvent-4 / applyStepEvent-4 as the status consumer runs them for an event of the stream.
+  const apply = (id: string, status: 'delivered' | 'failed', refund: boolean, step?: number) =>
+    (step === undefined ? scripts.applyEvent : scripts.applyStepEvent).run(
+      redis,
+      [keys.verification(id), keys.account(account.account_id), keys.usage(account.account_id, utcDay(Date.now())), keys.conversion(utcDay(Date.now()))],
+      [status, Date.now(), 'failure_reason\ntimeout', refund ? '1' : '0', step ?? '1', 1000],
+    );
+  const history = async (id: string) => (await service.status(account, id)).status_history.map((h) => h.status);
+
+  it('an event after the request is final records nothing; a failure that never reached the network is refunded all the same, once', async () => {
+    const before = await balance();
+    // A flash call whose INVITE times out (Timer B) after the request expired: billed at create, then refunded.
+    const c = await service.create(account, { phone_number: '+447700900421', expiry_seconds: 60 });
+    await redis.hset(keys.verification(c.request_id), 'dial_started', '1', 'status', 'expired', 'at_expired', String(Date.now()));
+    expect(await apply(c.request_id, 'failed', true)).toBe('expired');
+    expect(await apply(c.request_id, 'failed', true)).toBe('expired');
+    expect(await apply(c.request_id, 'delivered', false)).toBe('expired');
+    expect(await history(c.request_id)).toEqual(['sent', 'expired']);
+    expect(await redis.hmget(keys.verification(c.request_id), 'failure_reason', 'cost', 'refunded')).toEqual([null, '0', '1']);
+    expect(await balance()).toBe(before);
+
+    // A workflow step's delivery after the request was canceled: no `delivered` in its history.
+    const w = await service.create(account, { phone_number: '+447700900422', workflow: [{ method: 'voice', timeout_seconds: 20 }, { method: 'sms' }] });
+    await redis.hset(keys.verification(w.request_id), 'dial_started', '1');
+    await service.cancel(account, w.request_id);
+    expect(await apply(w.request_id, 'delivered', false, 0)).toBe('canceled');
+    expect(await history(w.request_id)).toEqual(['sent', 'canceled']);
+  });
+});
