@@ -6,6 +6,7 @@ import type { Config } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Keys } from '../store/keys.js';
+import { scripts } from '../store/scripts.js';
 import { isoSeconds } from '../verification/types.js';
 import { orderMember, type WebhookJobData } from './webhook-queue.js';
 import { WebhookDeliveryError, postWebhook, signWebhook } from './webhook-sender.js';
@@ -34,9 +35,17 @@ export interface WebhookProcessorDeps {
  * We chose this over one job per request draining a list because BullMQ's
  * jobId dedup cannot re-add a request's job while it is active, which would
  * lose a wake-up; per-event jobs keep each delivery's attempts and failures
- * visible on its own. An event that finally fails leaves the order set, so
- * it never blocks the later ones for longer than the retry window.
+ * visible on its own. An event delivered, dropped or finally failed is
+ * marked done in the order set (score 1), so it never blocks the later ones
+ * again, even when its stream entry is handled a second time.
  */
+/**
+ * How long a request's order set outlives its last pending event: longer than a stream entry stays unacknowledged
+ * in practice (claimIdleMs, a failed XACK retried at the next batch) and than BullMQ keeps the completed job (an
+ * hour, webhook-queue.ts), after which a redelivered entry would be a new job and delivered again anyway.
+ */
+const ORDER_DONE_TTL_SECONDS = 2 * 3600;
+
 export class WebhookProcessor {
   constructor(private readonly deps: WebhookProcessorDeps) {}
 
@@ -45,7 +54,7 @@ export class WebhookProcessor {
     const d = job.data;
     const order = keys.webhookOrder(d.request_id);
     const member = orderMember(d.event_id);
-    const [head] = await redis.zrange(order, '0', '0');
+    const [head] = await redis.zrangebyscore(order, 0, 0, 'LIMIT', 0, 1);
     if (head !== undefined && head < member) {
       const waits = d.waits ?? 0;
       await job.updateData({ ...d, waits: waits + 1 });
@@ -59,14 +68,19 @@ export class WebhookProcessor {
       const final = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
       this.deps.metrics.webhookFailed(final);
       if (final) {
-        await redis.zrem(order, member);
+        await this.markDone(order, member);
         log.error({ err: (err as Error).message, event: d.event }, 'webhook given up');
       } else {
         log.warn({ err: (err as Error).message, event: d.event }, 'webhook failed; will retry');
       }
       throw err;
     }
-    await redis.zrem(order, member);
+    await this.markDone(order, member);
+  }
+
+  /** The event leaves the pending ones for good: a redelivered stream entry cannot queue it again. */
+  private async markDone(order: string, member: string): Promise<void> {
+    await scripts.markWebhookDone.run(this.deps.redis, [order], [member, ORDER_DONE_TTL_SECONDS]);
   }
 
   private async deliver(d: WebhookJobData, log: Logger): Promise<void> {

@@ -58,6 +58,7 @@ export const scripts = {
   recordAttemptFields: LuaScript.load('recordAttemptFields-1'),
   recordAttemptEvent: LuaScript.load('recordAttemptEvent-2'),
   adoptKey: LuaScript.load('adoptKey-2'),
+  markWebhookDone: LuaScript.load('markWebhookDone-1'),
 };
 
 /**
