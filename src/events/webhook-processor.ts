@@ -109,9 +109,14 @@ export class WebhookProcessor {
       log.info({ event: d.event }, 'webhook URL removed; event not sent');
       return;
     }
-    const phoneEnc = await redis.hget(keys.verification(d.request_id), 'phone_enc');
+    const [phoneEnc, recordStatus, ...finalAt] = await redis.hmget(keys.verification(d.request_id), 'phone_enc', 'status', ...FINAL_STATUSES.map((f) => `at_${f}`));
     if (!phoneEnc) {
       log.warn({ event: d.event }, 'verification record gone; event not sent');
+      return;
+    }
+    if (contradictsFinal(d, recordStatus ?? null, finalAt)) {
+      this.deps.metrics.webhookSkipped();
+      log.debug({ event: d.event, record_status: recordStatus }, 'event contradicts the final status; not sent');
       return;
     }
     const target = await assertWebhookTarget(url, config.allowPrivate).catch((err: Error) => {
@@ -140,4 +145,21 @@ export class WebhookProcessor {
     if (status < 200 || status > 299) throw new WebhookDeliveryError(`receiver answered HTTP ${status}`);
     log.info({ event: d.event, http_status: status, host: target.host }, 'webhook delivered');
   }
+}
+
+/** The contract's final outcomes: verified, expired and failed are distinct, and canceled ends a request too. */
+const FINAL_STATUSES = ['verified', 'expired', 'failed', 'canceled'] as const;
+
+/**
+ * Whether sending `d` would contradict the final status the record already has: a final event other than that
+ * status (a late `failed` receipt after `expired`), or a non-final one that happened at or after it (a delivery
+ * receipt after `verified`). A `sent` or `delivered` from before the final status (its webhook in retry while the
+ * user verified) still goes out, ahead of the final event, which waits behind it.
+ */
+function contradictsFinal(d: WebhookJobData, status: string | null, finalAt: (string | null)[]): boolean {
+  const i = FINAL_STATUSES.indexOf(status as (typeof FINAL_STATUSES)[number]);
+  if (i < 0) return false;
+  if ((FINAL_STATUSES as readonly string[]).includes(d.status)) return d.status !== status;
+  const at = Number(finalAt[i] ?? 0);
+  return !at || d.timestamp >= at;
 }

@@ -68,6 +68,7 @@ describe('webhook order across redelivered and concurrently read stream entries'
   let consumerRedis: Redis;
   let workerRedis: Redis;
   let group: string;
+  const metrics = new Metrics({ defaultMetrics: false });
 
   beforeAll(async () => {
     t = await startTestEngine(
@@ -90,7 +91,7 @@ describe('webhook order across redelivered and concurrently read stream entries'
       accounts: new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }),
       config: t.config.webhooks,
       group,
-      metrics: new Metrics({ defaultMetrics: false }),
+      metrics,
       logger: silent,
     });
     worker = new Worker<WebhookJobData>(WEBHOOK_QUEUE, (job, token) => processor.process(job, token), {
@@ -164,5 +165,35 @@ describe('webhook order across redelivered and concurrently read stream entries'
     await ack(slow);
     await waitFor(async () => receiver.events(id).length === 2, 5000);
     expect(receiver.events(id)).toEqual(['verification.sent', 'verification.delivered']);
+  });
+
+  /** Reads, handles and acknowledges every new entry, as one consumer would. */
+  async function handleNew(): Promise<void> {
+    const entries = await read('c', 100);
+    for (const e of entries) await consumer.handleEntry(e);
+    if (entries.length) await ack(entries);
+  }
+
+  it('sends no delivery receipt after verified and no late failure after expired', async () => {
+    const verified = await service.create(account, { phone_number: '+447700900202' });
+    const enc = await t.redis.hget(t.keys.verification(verified.request_id), 'code_enc');
+    expect((await service.check(account, { request_id: verified.request_id, code: t.sealer.open(enc!, `code:${verified.request_id}`) })).status).toBe('verified');
+    const expired = await service.create(account, { phone_number: '+447700900203' });
+    // Maximum 3 attempts reached: the contract's "expired".
+    for (let i = 0; i < 3; i++) await service.check(account, { request_id: expired.request_id, code: '0000' }).catch(() => undefined);
+    expect(await t.redis.hget(t.keys.verification(expired.request_id), 'status')).toBe('expired');
+    await handleNew();
+    await waitFor(async () => receiver.events(verified.request_id).length === 2 && receiver.events(expired.request_id).length === 2);
+
+    // Late receipts: the SMS reached the handset after the user verified; a failure report after the expiry.
+    const late = [
+      await publisher.publish({ request_id: verified.request_id, account_id: account.account_id, method: 'flash_call', status: 'delivered', detail: {} }),
+      await publisher.publish({ request_id: expired.request_id, account_id: account.account_id, method: 'flash_call', status: 'failed', detail: { reason: 'unreachable' } }),
+    ];
+    await handleNew();
+    await waitFor(async () => (await Promise.all(late.map((id) => queue.queue.getJobState(id)))).every((s) => s === 'completed'));
+    expect(receiver.events(verified.request_id)).toEqual(['verification.sent', 'verification.verified']);
+    expect(receiver.events(expired.request_id)).toEqual(['verification.sent', 'verification.expired']);
+    expect(await metrics.registry.getSingleMetricAsString('flashverify_webhook_skipped_total')).toMatch(/ 2$/);
   });
 });
