@@ -54,8 +54,10 @@ export class WebhookConsumer extends GroupConsumer {
     const url = await this.webhookUrls.get(accountId, 'webhook_url');
     if (!url) return;
     const order = this.keys.webhookOrder(requestId);
-    // Order set first, then the job: a job never runs before its place in the order exists.
-    await this.redis.multi().zadd(order, 0, orderMember(id)).expire(order, ORDER_TTL_SECONDS).exec();
+    // Order set first, then the job: a job never runs before its place in the order exists. NX: an event already
+    // done (score 1, a redelivered stream entry whose job completed) must not become pending again, or it would hold
+    // the request's later events behind a job that never runs again (the re-add below is a no-op for BullMQ).
+    await this.redis.multi().zadd(order, 'NX', 0, orderMember(id)).expire(order, ORDER_TTL_SECONDS).exec();
     await this.jobs.add({
       event_id: id,
       event,

@@ -6,8 +6,9 @@ import type { Config } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Keys } from '../store/keys.js';
+import { scripts } from '../store/scripts.js';
 import { isoSeconds } from '../verification/types.js';
-import { orderMember, type WebhookJobData } from './webhook-queue.js';
+import { WEBHOOK_EVENTS, orderMember, type WebhookJobData } from './webhook-queue.js';
 import { WebhookDeliveryError, postWebhook, signWebhook } from './webhook-sender.js';
 import { assertWebhookTarget } from './webhook-target.js';
 
@@ -17,6 +18,8 @@ export interface WebhookProcessorDeps {
   sealer: Sealer;
   accounts: AccountStore;
   config: Readonly<Config['webhooks']>;
+  /** The webhooks consumer group (`events.webhookGroup`): its pending entries are events not yet in an order set. */
+  group: string;
   metrics: Metrics;
   logger: Logger;
 }
@@ -27,6 +30,10 @@ export interface WebhookProcessorDeps {
  *
  * Order per request: one job per event (jobId = stream id, so retries and
  * dedup are plain BullMQ), and a per-request order set of undelivered events.
+ * An event read from the stream but not handled yet (its consumer threw, died
+ * or is slower) is not in the order set: the webhooks group's pending entries
+ * are checked for those too (checkWebhookTurn-2.lua), so the order is the
+ * stream's whichever process wrote the event (scripts that XADD included).
  * A job whose event is not the oldest undelivered one of its request moves
  * itself back to delayed (not an attempt) and looks again later, with
  * doubling waits, so `sent` always reaches the receiver before `delivered`
@@ -34,9 +41,24 @@ export interface WebhookProcessorDeps {
  * We chose this over one job per request draining a list because BullMQ's
  * jobId dedup cannot re-add a request's job while it is active, which would
  * lose a wake-up; per-event jobs keep each delivery's attempts and failures
- * visible on its own. An event that finally fails leaves the order set, so
- * it never blocks the later ones for longer than the retry window.
+ * visible on its own. An event delivered, dropped or finally failed is
+ * marked done in the order set (score 1), so it never blocks the later ones
+ * again, even when its stream entry is handled a second time.
  */
+/**
+ * How long a request's order set outlives its last pending event: longer than a stream entry stays unacknowledged
+ * in practice (claimIdleMs, a failed XACK retried at the next batch) and than BullMQ keeps the completed job (an
+ * hour, webhook-queue.ts), after which a redelivered entry would be a new job and delivered again anyway.
+ */
+const ORDER_DONE_TTL_SECONDS = 2 * 3600;
+
+/**
+ * How many of the webhooks group's pending entries older than an event are checked for an earlier event of its
+ * request (checkWebhookTurn-2.lua). Normally a few batches in flight; beyond it (many entries left by dead
+ * consumers) an older event may be missed and the order is then the order set's alone.
+ */
+const PENDING_SCAN = 1000;
+
 export class WebhookProcessor {
   constructor(private readonly deps: WebhookProcessorDeps) {}
 
@@ -45,8 +67,12 @@ export class WebhookProcessor {
     const d = job.data;
     const order = keys.webhookOrder(d.request_id);
     const member = orderMember(d.event_id);
-    const [head] = await redis.zrange(order, '0', '0');
-    if (head !== undefined && head < member) {
+    const turn = await scripts.checkWebhookTurn.run(
+      redis,
+      [order, keys.events()],
+      [this.deps.group, member, d.event_id, d.request_id, PENDING_SCAN, ...WEBHOOK_EVENTS],
+    );
+    if (turn !== 1) {
       const waits = d.waits ?? 0;
       await job.updateData({ ...d, waits: waits + 1 });
       await job.moveToDelayed(Date.now() + Math.min(60_000, config.orderPollMs * 2 ** waits), token);
@@ -59,14 +85,19 @@ export class WebhookProcessor {
       const final = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
       this.deps.metrics.webhookFailed(final);
       if (final) {
-        await redis.zrem(order, member);
+        await this.markDone(order, member);
         log.error({ err: (err as Error).message, event: d.event }, 'webhook given up');
       } else {
         log.warn({ err: (err as Error).message, event: d.event }, 'webhook failed; will retry');
       }
       throw err;
     }
-    await redis.zrem(order, member);
+    await this.markDone(order, member);
+  }
+
+  /** The event leaves the pending ones for good: a redelivered stream entry cannot queue it again. */
+  private async markDone(order: string, member: string): Promise<void> {
+    await scripts.markWebhookDone.run(this.deps.redis, [order], [member, ORDER_DONE_TTL_SECONDS]);
   }
 
   private async deliver(d: WebhookJobData, log: Logger): Promise<void> {
@@ -78,9 +109,14 @@ export class WebhookProcessor {
       log.info({ event: d.event }, 'webhook URL removed; event not sent');
       return;
     }
-    const phoneEnc = await redis.hget(keys.verification(d.request_id), 'phone_enc');
+    const [phoneEnc, recordStatus, ...finalAt] = await redis.hmget(keys.verification(d.request_id), 'phone_enc', 'status', ...FINAL_STATUSES.map((f) => `at_${f}`));
     if (!phoneEnc) {
       log.warn({ event: d.event }, 'verification record gone; event not sent');
+      return;
+    }
+    if (contradictsFinal(d, recordStatus ?? null, finalAt)) {
+      this.deps.metrics.webhookSkipped();
+      log.debug({ event: d.event, record_status: recordStatus }, 'event contradicts the final status; not sent');
       return;
     }
     const target = await assertWebhookTarget(url, config.allowPrivate).catch((err: Error) => {
@@ -109,4 +145,21 @@ export class WebhookProcessor {
     if (status < 200 || status > 299) throw new WebhookDeliveryError(`receiver answered HTTP ${status}`);
     log.info({ event: d.event, http_status: status, host: target.host }, 'webhook delivered');
   }
+}
+
+/** The contract's final outcomes: verified, expired and failed are distinct, and canceled ends a request too. */
+const FINAL_STATUSES = ['verified', 'expired', 'failed', 'canceled'] as const;
+
+/**
+ * Whether sending `d` would contradict the final status the record already has: a final event other than that
+ * status (a late `failed` receipt after `expired`), or a non-final one that happened at or after it (a delivery
+ * receipt after `verified`). A `sent` or `delivered` from before the final status (its webhook in retry while the
+ * user verified) still goes out, ahead of the final event, which waits behind it.
+ */
+function contradictsFinal(d: WebhookJobData, status: string | null, finalAt: (string | null)[]): boolean {
+  const i = FINAL_STATUSES.indexOf(status as (typeof FINAL_STATUSES)[number]);
+  if (i < 0) return false;
+  if ((FINAL_STATUSES as readonly string[]).includes(d.status)) return d.status !== status;
+  const at = Number(finalAt[i] ?? 0);
+  return !at || d.timestamp >= at;
 }

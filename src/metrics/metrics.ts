@@ -53,6 +53,7 @@ export class Metrics {
   private readonly pdd: Histogram<'trunk'>;
   private readonly jobLatencyHist: Histogram<'queue'>;
   private readonly webhookFailures: Counter<'final'>;
+  private readonly webhookSkips: Counter;
   private readonly rangeSentCounter: Counter<'range'>;
   private readonly rangeVerifiedCounter: Counter<'range'>;
   private readonly conversionSentCounter: Counter<'country' | 'method'>;
@@ -99,6 +100,11 @@ export class Metrics {
       name: 'flashverify_webhook_failures_total',
       help: 'Failed webhook delivery attempts; final="true" when the event was given up',
       labelNames: ['final'],
+      registers,
+    });
+    this.webhookSkips = new Counter({
+      name: 'flashverify_webhook_skipped_total',
+      help: 'Webhook events not sent because they would contradict the final status the verification already has',
       registers,
     });
     this.rangeSentCounter = new Counter({
@@ -257,6 +263,10 @@ export class Metrics {
 
   webhookFailed(final: boolean): void {
     this.webhookFailures.inc({ final: final ? 'true' : 'false' });
+  }
+
+  webhookSkipped(): void {
+    this.webhookSkips.inc();
   }
 
   rangeSent(range: string): void {

@@ -60,8 +60,10 @@ export class Keys {
     return `${this.prefix}:unqueued`;
   }
   /**
-   * Sorted set (all scores 0, ordered by member): webhook events of one request
-   * not yet delivered, as sortable stream ids; the lowest goes first.
+   * Sorted set of one request's webhook events, members sortable stream ids:
+   * score 0 not yet delivered (the lowest goes first), score 1 done (delivered,
+   * dropped or given up; kept so that a redelivered stream entry cannot queue
+   * it again, markWebhookDone-1.lua).
    */
   webhookOrder(requestId: string): string {
     return `${this.prefix}:whq:${requestId}`;

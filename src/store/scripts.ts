@@ -59,6 +59,8 @@ export const scripts = {
   recordAttemptFields: LuaScript.load('recordAttemptFields-1'),
   recordAttemptEvent: LuaScript.load('recordAttemptEvent-2'),
   adoptKey: LuaScript.load('adoptKey-2'),
+  markWebhookDone: LuaScript.load('markWebhookDone-1'),
+  checkWebhookTurn: LuaScript.load('checkWebhookTurn-2'),
 };
 
 /**
