@@ -57,7 +57,7 @@ const ORDER_DONE_TTL_SECONDS = 2 * 3600;
  * request (checkWebhookTurn-2.lua). Normally a few batches in flight; beyond it (many entries left by dead
  * consumers) an older event may be missed and the order is then the order set's alone.
  */
-const PENDING_SCAN = 1000;
+const PENDING_SCAN = 200;
 
 export class WebhookProcessor {
   constructor(private readonly deps: WebhookProcessorDeps) {}
