@@ -24,10 +24,14 @@ describe('on a Redis Cluster (redis.cluster, hash-tagged prefix)', () => {
   }, 60_000);
 
   afterAll(async () => {
+    const t0 = Date.now();
     await uas?.stop();
+    const t1 = Date.now();
     await engine?.stop();
+    const t2 = Date.now();
     await cluster?.stop();
-  });
+    console.log('afterAll uas', t1 - t0, 'engine', t2 - t1, 'cluster', Date.now() - t2);
+  }, 90_000);
 
   let firstId = '';
   let auth = '';

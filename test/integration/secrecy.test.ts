@@ -252,8 +252,12 @@ describe('secrecy: nothing secret in logs, Redis, events or webhooks', () => {
     expect(receiver.events(voiceId)).toEqual(['verification.sent', 'verification.delivered']);
     expect(receiver.events(busyId)).toEqual(['verification.sent', 'verification.failed']);
     expect(receiver.events(smsId)).toEqual(['verification.sent', 'verification.delivered']);
-    // Let BullMQ record the completions (returnvalue) and the webhook order queues drain.
-    await waitFor(async () => (await st.redis.keys(`${base.redis.prefix}:whq:*`)).length === 0, 5000);
+    // Let BullMQ record the completions (returnvalue) and the webhook order queues drain: nothing pending (score 0)
+    // in any of them (a delivered event stays, marked done, for a while).
+    await waitFor(async () => {
+      for (const order of await st.redis.keys(`${base.redis.prefix}:whq:*`)) if ((await st.redis.zcount(order, 0, 0)) > 0) return false;
+      return true;
+    }, 5000);
     await new Promise((r) => setTimeout(r, 300));
 
     // ---------------------------------------------------------------- collect
