@@ -92,7 +92,7 @@ export class FlashProcessor {
         );
       },
     })).finally(() => watch.stop());
-    // CANCELled before it rang because the request (or its step) ended: no failure to report, nothing to refund.
+    // CANCELled before it rang because the request (or its step) ended: no failure to report.
     const ended = watch.ended && !result.rang && result.outcome !== 'answered';
     const outcome = ended ? 'request_ended' : result.outcome;
     const detail = {
@@ -123,7 +123,15 @@ export class FlashProcessor {
       // Not over the fields of a later workflow step, when this one timed out during the call.
       recordAttemptFields(redis, key, base.step, { outcome, ...(result.sipStatus !== undefined ? { final_sip_status: String(result.sipStatus) } : {}) }),
     ]);
-    if (ended) return result;
+    if (ended) {
+      // The request (or its step) ended while the INVITE went unanswered: nothing to report to it, but a call that
+      // never reached the network is refunded all the same. The status consumer refunds it once whatever the status
+      // is by now (canceled, expired, a later workflow step: that attempt's price) and records nothing else.
+      if (NOT_ON_NETWORK.has(result.outcome)) {
+        await events.publish({ ...base, status: 'failed', detail: { ...detail, reason: result.outcome, refund: true } });
+      }
+      return result;
+    }
     if (!result.rang && result.outcome !== 'answered' && result.outcome !== 'cancelled') {
       await events.publish({
         ...base,

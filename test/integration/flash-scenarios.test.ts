@@ -187,6 +187,32 @@ describe('flash call against SIPp', () => {
     expect((await uas!.waitForExit(10_000)).code).toBe(0);
   });
 
+  it('canceled while the INVITE goes unanswered: Timer B later still refunds the call that never reached the network', async () => {
+    uas = await startSippUas({ scenario: 'uas-no-response', vars: { hold_ms: 64 * T1 + 1500 }, maxLifetimeMs: 30_000 });
+    engine = await startTestEngine(
+      testConfig({
+        flash: { ringMs: RING_MS, ringingTimeoutMs: RINGING_TIMEOUT_MS },
+        sip: { timers: { t1Ms: T1, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] },
+      }),
+    );
+    const account = await engine.account({ balance: 1 });
+    const created = await http(`${engine.url}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900125', method: 'flash_call' } });
+    const id = String(created.body.request_id);
+    await uas.waitForMessage((m) => m.direction === 'received' && m.method === 'INVITE', 10_000);
+    // Dialled: the cancel itself refunds nothing (the call may have reached the network).
+    const canceled = await http(`${engine.url}/v1/verify/${id}/cancel`, { auth: account.auth, method: 'POST' });
+    expect(canceled.body.status).toBe('canceled');
+    expect((await engine.accounts.get(account.account_id)).balance).toBeCloseTo(0.996, 6);
+    // Timer B (64*T1): the INVITE never got any answer: refunded once, the request stays canceled.
+    await waitFor(async () => (await engine!.redis.hget(engine!.keys.verification(id), 'outcome')) === 'request_ended', 10_000);
+    await waitFor(async () => (await engine!.accounts.get(account.account_id)).balance > 0.999, 5000);
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await engine.accounts.get(account.account_id)).balance).toBeCloseTo(1, 6);
+    const shown = await http(`${engine.url}/v1/verify/${id}`, { auth: account.auth });
+    expect(shown.body.status).toBe('canceled');
+    expect((shown.body.status_history as { status: string }[]).map((h) => h.status)).toEqual(['sent', 'canceled']);
+  });
+
   it.each(['udp', 'tcp'] as const)('answers a 407 challenge with digest credentials (%s)', async (transport) => {
     const { username, password } = SIPP_TEST_CREDENTIALS;
     const run = await flashCall('uas-407-challenge', { transport, trunk: { auth: { username, password } } });
