@@ -90,8 +90,21 @@ export class AttemptWatch {
     return current;
   }
 
+  /**
+   * Before dialling: whether the attempt is still wanted after the wait for the trunk's CPS token, which can be
+   * long under a backlog. The claim checked the request `waitedSinceMs` ago; a wait shorter than
+   * RECHECK_AFTER_WAIT_MS is taken as no wait (no round trip on the hot path), a longer one reads the request.
+   */
+  async stillWantedAfterWait(waitedSinceMs: number, now = Date.now()): Promise<boolean> {
+    if (now - waitedSinceMs < RECHECK_AFTER_WAIT_MS) return !this.ended;
+    return this.check();
+  }
+
   stop(): void {
     clearInterval(this.timer);
     this.unlisten();
   }
 }
+
+/** A wait for a CPS token longer than this is followed by a read of the request before the call is placed. */
+export const RECHECK_AFTER_WAIT_MS = 200;

@@ -46,6 +46,7 @@ export class FlashProcessor {
     // Re-run after a crash: a call that already rang was delivered (its event is in the stream); any other may have left.
     const claim = await claimDelivery(this.deps, requestId, 'flash_call', ['rang_at'], (extra) => (extra.rang_at ? 'done' : 'interrupted'));
     if (!claim) return undefined;
+    const claimedAt = Date.now();
     const { key, base, log, to, country } = claim;
     const destMac = sealer.mac('destination', to);
     const previousDestMacs = sealer.previousMacs('destination', to);
@@ -74,6 +75,15 @@ export class FlashProcessor {
     // Canceled, verified, expired, or its workflow step timed out while the phone rings: CANCEL now rather than
     // at the end of ringMs (through the same path as a worker shutdown).
     const watch = new AttemptWatch(redis, key, base.step, WATCH_INTERVAL_MS, this.deps.shutdown?.expiring);
+    // Canceled, expired or its step over while it waited for the trunk's CPS token (a backlog): never dialled, refunded.
+    if (!(await watch.stillWantedAfterWait(claimedAt))) {
+      watch.stop();
+      this.deps.trunks.report(trunk, 'neutral'); // a probe of a down trunk that was not placed releases the trunk
+      log.info({ waited_ms: Date.now() - claimedAt }, 'request ended while the call waited for its trunk; not dialled');
+      await recordAttemptFields(redis, key, base.step, { outcome: 'request_ended' });
+      await events.publish({ ...base, status: 'failed', detail: { reason: 'request_ended', refund: true } });
+      return undefined;
+    }
     this.deps.metrics.callStarted('flash_call', trunk.name);
     const result = await this.deps.trunks.guarded(trunk, placeFlashCall(this.deps.originator, {
       to,

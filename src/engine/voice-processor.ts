@@ -48,6 +48,7 @@ export class VoiceProcessor {
       extra.answered_at ? 'done' : 'interrupted',
     );
     if (!claim) return undefined;
+    const claimedAt = Date.now();
     const { key, base, log, to, code, country } = claim;
     const locale = claim.extra.locale ?? undefined;
     const language = languageFor(locale, country);
@@ -58,6 +59,15 @@ export class VoiceProcessor {
     // Canceled, verified, expired, or its workflow step timed out while the phone rings or the prompt plays:
     // the call is CANCELled, or the prompt stopped and BYE sent, through the same path as a worker shutdown.
     const watch = new AttemptWatch(redis, key, step, WATCH_INTERVAL_MS, this.deps.shutdown?.expiring);
+    // Canceled, expired or its step over while it waited for the trunk's CPS token (a backlog): never dialled, refunded.
+    if (!(await watch.stillWantedAfterWait(claimedAt))) {
+      watch.stop();
+      this.deps.trunks.report(trunk, 'neutral'); // a probe of a down trunk that was not placed releases the trunk
+      log.info({ waited_ms: Date.now() - claimedAt }, 'request ended while the call waited for its trunk; not dialled');
+      await recordAttemptFields(redis, key, step, { outcome: 'request_ended' });
+      await events.publish({ ...base, status: 'failed', detail: { reason: 'request_ended', refund: true } });
+      return undefined;
+    }
     this.deps.metrics.callStarted('voice', trunk.name);
     // A call that throws before its report() must not keep a down trunk's probe slot (trunk-pacer.ts).
     const result = await this.deps.trunks.guarded(trunk, placeVoiceCall(this.deps.originator, this.deps.player, {

@@ -213,6 +213,30 @@ describe('flash call against SIPp', () => {
     expect((shown.body.status_history as { status: string }[]).map((h) => h.status)).toEqual(['sent', 'canceled']);
   });
 
+  it('canceled while its call waits for the trunk (CPS): never dialled, refunded', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', maxLifetimeMs: 30_000 });
+    engine = await startTestEngine(
+      testConfig({
+        flash: { ringMs: RING_MS, ringingTimeoutMs: RINGING_TIMEOUT_MS },
+        sip: { timers: { t1Ms: T1, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri, cps: 1 }] },
+      }),
+    );
+    const account = await engine.account({ balance: 1 });
+    const first = await http(`${engine.url}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900126', method: 'flash_call' } });
+    const second = await http(`${engine.url}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900127', method: 'flash_call' } });
+    const id = String(second.body.request_id);
+    // One call per second on this trunk: the second waits for its token; it is canceled meanwhile.
+    await waitFor(async () => (await engine!.redis.hget(engine!.keys.verification(id), 'dial_started')) !== null, 5000, 10);
+    expect((await http(`${engine.url}/v1/verify/${id}/cancel`, { auth: account.auth, method: 'POST' })).body.status).toBe('canceled');
+    await waitFor(async () => (await engine!.redis.hget(engine!.keys.verification(id), 'outcome')) === 'request_ended', 5000);
+    await waitFor(async () => (await engine!.accounts.get(account.account_id)).balance > 0.9959, 5000);
+    expect((await engine.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 0.004, 6); // the first call only
+    expect((await uas.waitForExit(10_000)).code).toBe(0);
+    const invited = new Set(uas.requests('INVITE').map((m) => sipUriUser(m.startLine.split(' ')[1] ?? '')));
+    expect([...invited]).toEqual(['+447700900126']);
+    expect(first.status).toBe(201);
+  });
+
   it.each(['udp', 'tcp'] as const)('answers a 407 challenge with digest credentials (%s)', async (transport) => {
     const { username, password } = SIPP_TEST_CREDENTIALS;
     const run = await flashCall('uas-407-challenge', { transport, trunk: { auth: { username, password } } });
