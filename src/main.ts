@@ -14,6 +14,7 @@ import { buildApi } from './api/app.js';
 import { loadConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { resolveMasterKeys } from './crypto/master-key.js';
+import { checkMasterKey } from './crypto/key-check.js';
 import { Sealer } from './crypto/sealer.js';
 import { failStrandedDelivery, strandedReason } from './engine/delivery-claim.js';
 import { FlashProcessor } from './engine/flash-processor.js';
@@ -106,6 +107,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
     // Every role writes events (the api: created, test numbers, checks; workers: call outcomes, possibly for jobs
     // another language's producer queued) and may do so before any consumer of a group ever started: the groups
     // exist first, so the webhooks group (which starts at "$") misses none of them.
+    await checkMasterKey(redis, keys.keyCheck(), sealer);
     await ensureEventGroups(redis, keys, config.events);
     if (role === 'all' || role === 'worker') {
       // Loaded only by the worker role: the api role never opens SIP sockets.
@@ -581,7 +583,9 @@ export async function runCli(argv: string[]): Promise<number> {
     const keysMaterial = resolveMasterKeys(config.security);
     const redis = connectRedis(config.redis, logger, { maxRetriesPerRequest: 1 });
     try {
-      const store = new AccountStore(redis, new Keys(config.redis.prefix), new Sealer(keysMaterial.current, keysMaterial.previous), {
+      const cliSealer = new Sealer(keysMaterial.current, keysMaterial.previous);
+      await checkMasterKey(redis, new Keys(config.redis.prefix).keyCheck(), cliSealer);
+      const store = new AccountStore(redis, new Keys(config.redis.prefix), cliSealer, {
         allowPrivateWebhooks: config.webhooks.allowPrivate,
       });
       const need = (v: string | undefined, what: string): string => {

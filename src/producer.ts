@@ -7,6 +7,7 @@ import { consumeRateLimit } from './api/rate-limit.js';
 import { loadConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { resolveMasterKeys } from './crypto/master-key.js';
+import { checkMasterKey } from './crypto/key-check.js';
 import { Sealer } from './crypto/sealer.js';
 import { BullDeliveryQueue } from './engine/queues.js';
 import { ConfigError } from './errors/app-error.js';
@@ -122,6 +123,7 @@ export class FlashVerifyProducer {
     const bullConnection = connectBullRedis(config.redis, logger);
     try {
       await redis.ping();
+      await checkMasterKey(redis, keys.keyCheck(), sealer);
       // Before this producer writes its first event (see event-groups.ts).
       await ensureEventGroups(redis, keys, config.events);
     } catch (err) {

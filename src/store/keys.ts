@@ -5,6 +5,10 @@
 export class Keys {
   constructor(readonly prefix: string) {}
 
+  /** String: a sentinel sealed with the deployment's master key; every process checks it opens (crypto/key-check.ts). */
+  keyCheck(): string {
+    return `${this.prefix}:keycheck`;
+  }
   /** Hash: one account (status, currency, balance in micro-units, key, sealed secret ...). */
   account(accountId: string): string {
     return `${this.prefix}:acct:${accountId}`;
