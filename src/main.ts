@@ -27,7 +27,7 @@ import type { MediaPlayer } from './media/media-player.js';
 import { EventPublisher } from './events/event-publisher.js';
 import { StatusConsumer } from './events/status-consumer.js';
 import { WebhookConsumer } from './events/webhook-consumer.js';
-import { ensureEventGroups } from './events/event-groups.js';
+import { ensureEventGroups, eventGroupStates } from './events/event-groups.js';
 import { WorkflowAdvancer } from './events/workflow-advancer.js';
 import { BullStepTimer, STEP_TIMEOUT_QUEUE, fireStepTimeout, type StepTimeoutJobData } from './engine/step-timer.js';
 import { WebhookProcessor } from './events/webhook-processor.js';
@@ -95,6 +95,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
     counters,
   });
   metrics.watchRangeQuarantine(rangeHealth);
+  metrics.watchEventGroups({ eventGroups: () => eventGroupStates(redis, keys) });
   const fraud = new FraudControls({ redis, keys, sealer, config, events, rangeHealth, metrics, logger: logger.child({ module: 'fraud' }), counters });
   const redisProbe = async (): Promise<boolean> => (await redis.ping()) === 'PONG';
   // Readiness of what this process runs besides Redis (the API adds its own Redis probe).

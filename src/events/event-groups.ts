@@ -17,3 +17,18 @@ export async function ensureEventGroups(redis: Redis, keys: Keys, events: Readon
   await ensureGroup(redis, keys, events.webhookGroup, WEBHOOK_GROUP_START);
   if (events.workflowGroup) await ensureGroup(redis, keys, events.workflowGroup, '0');
 }
+
+/**
+ * The events stream's consumer groups as XINFO GROUPS reports them: entries each has read but not acknowledged
+ * (`pending`) and, on Redis 7, entries not read yet (`lag`; absent when Redis cannot tell, e.g. after a trim of
+ * entries the group never read). For the metrics (`flashverify_events_group_*`).
+ */
+export async function eventGroupStates(redis: Redis, keys: Keys): Promise<{ name: string; pending: number; lag?: number }[]> {
+  const groups = (await redis.call('XINFO', 'GROUPS', keys.events())) as unknown[][];
+  return groups.map((g) => {
+    const f = new Map<string, unknown>();
+    for (let i = 0; i + 1 < g.length; i += 2) f.set(String(g[i]), g[i + 1]);
+    const lag = f.get('lag');
+    return { name: String(f.get('name')), pending: Number(f.get('pending') ?? 0), ...(typeof lag === 'number' ? { lag } : {}) };
+  });
+}

@@ -1,5 +1,10 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
+/** The events stream's consumer groups (XINFO GROUPS): entries pending (read, not acknowledged) and lag (not read). */
+export interface EventGroupsSource {
+  eventGroups(): Promise<{ name: string; pending: number; lag?: number }[]>;
+}
+
 /** What the concurrent-calls gauge reads at scrape time (the embedded originator has it). */
 export interface ActiveCallsSource {
   readonly activeCalls: number;
@@ -66,6 +71,7 @@ export class Metrics {
   private readonly rtpSources: RtpStatsSource[] = [];
   private readonly queues = new Map<string, JobCountsSource>();
   private rangeQuarantine: RangeQuarantineSource | undefined;
+  private eventGroups: EventGroupsSource | undefined;
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
@@ -226,6 +232,25 @@ export class Metrics {
         for (const range of source.ranges) this.set({ range }, q.has(range) ? 1 : 0);
       },
     });
+    const groupsSource = (): EventGroupsSource | undefined => this.eventGroups;
+    const groupGauge = (name: string, help: string, field: 'pending' | 'lag') =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['group'],
+        registers,
+        async collect() {
+          const groups = await groupsSource()?.eventGroups().catch(() => undefined);
+          if (!groups) return; // Redis slow or down: the last values stay
+          for (const g of groups) if (g[field] !== undefined) this.set({ group: g.name }, g[field]);
+        },
+      });
+    groupGauge('flashverify_events_group_pending', 'Events stream entries read by a consumer group and not yet acknowledged, by group, read at scrape time', 'pending');
+    groupGauge(
+      'flashverify_events_group_lag',
+      'Events stream entries a consumer group has not read yet, by group, read at scrape time (XINFO GROUPS lag); entries trimmed from the stream (events.maxLen) before a group read them are lost to it',
+      'lag',
+    );
     const queues = this.queues;
     new Gauge({
       name: 'flashverify_queue_jobs',
@@ -311,6 +336,11 @@ export class Metrics {
   /** Report trunk health in `flashverify_trunk_up{trunk}`. */
   watchTrunks(source: TrunkStatusSource): void {
     this.trunkSources.push(source);
+  }
+
+  /** Report the events stream's consumer groups in `flashverify_events_group_pending{group}` and `..._lag{group}`. */
+  watchEventGroups(source: EventGroupsSource): void {
+    this.eventGroups = source;
   }
 
   /** Report quarantined DID ranges in `flashverify_range_quarantined{range}`. */

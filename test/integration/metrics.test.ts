@@ -85,6 +85,21 @@ describe('GET /metrics on the API listener', () => {
     expect(sample(text, 'flashverify_range_sent_total')).toBeUndefined();
   });
 
+  it('shows how far behind the events stream each consumer group is (no consumer runs in an api-only process)', async () => {
+    engine = await startTestEngine(testConfig({ sip: { trunks: [{ name: 'none', uri: 'sip:127.0.0.1:9' }] } }), 'api');
+    const account = await engine.account({ balance: 1 });
+    for (const phone of ['+447700900131', '+447700900132']) {
+      expect((await http(`${engine.url}/v1/verify`, { auth: account.auth, body: { phone_number: phone, method: 'sms' } })).status).toBe(201);
+    }
+    const written = await engine.redis.xlen(engine.keys.events());
+    expect(written).toBeGreaterThanOrEqual(2);
+    const text = await scrape(engine.url);
+    for (const group of [engine.config.events.consumerGroup, engine.config.events.webhookGroup]) {
+      expect([group, sample(text, 'flashverify_events_group_lag', { group })]).toEqual([group, written]);
+      expect([group, sample(text, 'flashverify_events_group_pending', { group })]).toEqual([group, 0]);
+    }
+  });
+
   it('is absent with metrics.enabled false', async () => {
     engine = await startTestEngine(testConfig({ metrics: { enabled: false }, sip: { trunks: [{ name: 'none', uri: 'sip:127.0.0.1:9' }] } }), 'api');
     expect((await fetch(`${engine.url}/metrics`)).status).toBe(404);
