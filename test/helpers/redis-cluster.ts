@@ -71,11 +71,12 @@ export async function ownRedisCluster(opts: { masters?: number; replicas?: 0 | 1
           if (child.exitCode === null && child.signalCode === null) return;
           child = spawn('redis-server', args, { stdio: 'ignore' });
           children.push(child);
-          await waitForPing(port);
+          // The port was free while the node was down: what answers must be the node just started.
+          await waitForOwn(port, child.pid);
         },
       });
     }
-    for (const n of nodes) await waitForPing(n.port);
+    for (const [i, n] of nodes.entries()) await waitForOwn(n.port, children[i]!.pid);
     await run('redis-cli', [
       '--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', String(replicas), '--cluster-yes',
     ]);
@@ -109,6 +110,18 @@ async function waitForPing(port: number): Promise<void> {
     if (Date.now() > deadline) throw new Error(`redis-server on ${port} did not start`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** Until the redis-server with this pid answers on the port (not another test's process that took the port). */
+async function waitForOwn(port: number, pid: number | undefined): Promise<void> {
+  await waitForPing(port);
+  const probe = new Redis(port, '127.0.0.1', { maxRetriesPerRequest: 0 });
+  probe.on('error', () => undefined);
+  const answering = await probe
+    .info('server')
+    .then((i) => Number(/process_id:(\d+)/.exec(i)?.[1]))
+    .finally(() => probe.disconnect());
+  if (answering !== pid) throw new Error(`port ${port} is held by another process (pid ${answering}), not the cluster node (pid ${pid})`);
 }
 
 /** Until the node sees every slot served, and each slot range with its replicas attached. */

@@ -27,7 +27,10 @@ describe('on a Redis Cluster (redis.cluster, hash-tagged prefix)', () => {
     const t0 = Date.now();
     await uas?.stop();
     const t1 = Date.now();
-    await engine?.stop();
+    const stopped = engine?.stop();
+    const late = setTimeout(() => console.log('engine.stop() still running after 20 s; last log lines:\n' + (engine?.logs.slice(-40).join('') ?? '')), 20_000);
+    await stopped;
+    clearTimeout(late);
     const t2 = Date.now();
     await cluster?.stop();
     console.log('afterAll uas', t1 - t0, 'engine', t2 - t1, 'cluster', Date.now() - t2);
@@ -128,6 +131,10 @@ describe('on a Redis Cluster (redis.cluster, hash-tagged prefix)', () => {
     await waitFor(async () => (await http(`${engine!.url}/v1/verify/${firstId}`, { auth })).body.status === 'verified', 15_000, 200);
     await verifyByFlashCall();
     expect((await http(`${engine!.url}/v1/balance`, { auth })).body).toEqual({ balance: { amount: 0.992, currency: 'GBP' } });
+    // The dead master back at once (it rejoins as its successor's replica): its port must not stay free for another
+    // test's process to take while this file goes on.
+    await master!.start();
+    await cluster.waitUntilOk();
   }, 60_000);
 
   it('takes jobs from the in-process producer on the cluster (redisCluster: true)', async () => {
