@@ -136,7 +136,7 @@ export class WorkflowAdvancer extends GroupConsumer {
       }
       return from + 1;
     }
-    if (result === 'insufficient_balance' || result === 'rate_limited') {
+    if (result === 'insufficient_balance' || result === 'account_suspended' || result === 'rate_limited') {
       log.warn({ from_step: from, reason: result }, 'workflow: next step may not start; verification failed');
     } else {
       log.debug({ from_step: from, result, value }, 'workflow: nothing to advance');

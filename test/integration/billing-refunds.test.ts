@@ -74,6 +74,22 @@ describe('refunds of attempts that never left', () => {
     expect(await redis.hmget(keys.verification(dialled.request_id), 'att0_cost', 'att0_refunded')).toEqual([String(flashCost), null]);
   });
 
+  it('the next workflow step of an account suspended meanwhile does not start and is not charged', async () => {
+    const other = await new AccountStore(redis, keys, sealer).create({ name: 'suspended later', balance: 10, currency: 'GBP', active: true });
+    const w = await service.create(other, { phone_number: '+447700900413', workflow: [{ method: 'flash_call', timeout_seconds: 20 }, { method: 'sms' }] });
+    await redis.hset(keys.verification(w.request_id), 'dial_started', '1');
+    await redis.hset(keys.account(other.account_id), 'status', 'suspended');
+    const balanceBefore = Number(await redis.hget(keys.account(other.account_id), 'balance'));
+    const result = await scripts.advanceWorkflow.run(
+      redis,
+      [keys.verification(w.request_id), keys.account(other.account_id), keys.usage(other.account_id, utcDay(Date.now())), keys.events()],
+      [0, Date.now(), 'sms', 30_000, 'mac', 'enc', 6, 'timeout', 1000, 3600, ''],
+    );
+    expect(result).toEqual(['account_suspended', 1]);
+    expect(Number(await redis.hget(keys.account(other.account_id), 'balance'))).toBe(balanceBefore);
+    expect(await redis.hmget(keys.verification(w.request_id), 'status', 'failure_reason', 'att1_cost')).toEqual(['failed', 'account_suspended', '0']);
+  });
+
   // applyEvent-4 / applyStepEvent-4 as the status consumer runs them for an event of the stream.
   const apply = (id: string, status: 'delivered' | 'failed', refund: boolean, step?: number) =>
     (step === undefined ? scripts.applyEvent : scripts.applyStepEvent).run(

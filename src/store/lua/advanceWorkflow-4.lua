@@ -4,7 +4,8 @@
   event processed twice (redelivered, reclaimed after a crash, or handled by
   two advancers) starts step n+1 at most once. Pays for the step with the
   same debit as createVerification-6; a step that cannot be paid fails the
-  verification (insufficient_balance), and so does one the caller refused
+  verification (insufficient_balance; account_suspended when the account is
+  no longer active), and so does one the caller refused
   (ARGV[11], e.g. rate_limited: the velocity windows are full). Swaps in the
   step's method and sealed code and clears every field the previous step's
   delivery wrote (call outcome, SIP status, call id, trunk, DID range, failure
@@ -79,7 +80,14 @@ local balance = tonumber(redis.call('HGET', KEYS[2], 'balance') or '-1')
 local refused = ARGV[11]
 if not refused or refused == '' then
   refused = nil
-  if redis.call('EXISTS', KEYS[2]) == 0 or balance < cost then refused = 'insufficient_balance' end
+  local accountStatus = redis.call('HGET', KEYS[2], 'status')
+  if not accountStatus or balance < cost then
+    refused = 'insufficient_balance'
+  elseif accountStatus ~= 'active' then
+    -- Suspended (or pending) since the request was created: as createVerification-6 and resendVerification-3 refuse
+    -- to start a send for such an account, its later steps do not start either.
+    refused = 'account_suspended'
+  end
 end
 if refused then
   redis.call('HSET', KEYS[1], 'wf_step', nxt, 'status', 'failed', 'failure_reason', refused,
