@@ -10,7 +10,6 @@ import { renderSms, SmsTextError } from '../sms/text.js';
 import type { AnsweredOutcome, DeliveryReceipt, LateRequest, SmsGateway, SmsSender, SubmitOutcome } from '../sms/types.js';
 import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
-import { recordAttemptFields } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import type { DeliveryJobData } from './queues.js';
 
@@ -117,9 +116,14 @@ export class SmsProcessor {
       return undefined;
     }
 
-    // Written before submit_sm leaves: a crash from here on is "may have been sent".
-    // Only while this is the request's current step (a workflow step may time out meanwhile).
-    await recordAttemptFields(redis, key, base.step, { sms_state: 'submitting' satisfies SmsState, sms_attempts: String(attempt) });
+    // Written before submit_sm leaves: a crash from here on is "may have been sent". Only while the attempt is still
+    // wanted (markSmsSubmitting-1): expired, canceled, verified or its workflow step over since the claim, it was (or
+    // will be) refunded as not sent, and it is not sent.
+    const wanted = await scripts.markSmsSubmitting.run(redis, [key], [base.step === undefined ? '' : String(base.step), Date.now(), String(attempt)]);
+    if (wanted !== 1) {
+      log.info({ attempt }, 'verification ended (or its step moved on) before its SMS left; not sent');
+      return undefined;
+    }
     const outcome = await gateway.submit({
       requestId,
       to,

@@ -50,6 +50,7 @@ export const scripts = {
   mapSmsMessage: LuaScript.load('mapSmsMessage-5'),
   matchSmsReceipt: LuaScript.load('matchSmsReceipt-4'),
   markSmsWaiting: LuaScript.load('markSmsWaiting-3'),
+  markSmsSubmitting: LuaScript.load('markSmsSubmitting-1'),
   markSmsRefused: LuaScript.load('markSmsRefused-2'),
   settleSms: LuaScript.load('settleSms-3'),
   claimDelivery: LuaScript.load('claimDelivery-1'),

@@ -90,6 +90,28 @@ describe('refunds of attempts that never left', () => {
     expect(await redis.hmget(keys.verification(w.request_id), 'status', 'failure_reason', 'att1_cost')).toEqual(['failed', 'account_suspended', '0']);
   });
 
+  it('an SMS whose request ended after its claim is not sent: the submitting mark is only set while the attempt is wanted', async () => {
+    const mark = (id: string, step: number | undefined, now = Date.now()) =>
+      scripts.markSmsSubmitting.run(redis, [keys.verification(id)], [step === undefined ? '' : String(step), now, '1']);
+    const live = await service.create(account, { phone_number: '+447700900431', method: 'sms' });
+    const expired = await service.create(account, { phone_number: '+447700900432', method: 'sms' });
+    const canceled = await service.create(account, { phone_number: '+447700900433', method: 'sms' });
+    const moved = await service.create(account, { phone_number: '+447700900434', workflow: [{ method: 'sms', timeout_seconds: 20 }, { method: 'voice' }] });
+    for (const r of [live, expired, canceled, moved]) await redis.hset(keys.verification(r.request_id), 'dial_started', '1');
+    // The expiry sweeper ran after the claim (the SMS was not submitted yet: refunded); a cancel likewise.
+    await redis.hset(keys.verification(expired.request_id), 'status', 'expired');
+    await service.cancel(account, canceled.request_id);
+    await redis.hset(keys.verification(moved.request_id), 'wf_step', '1');
+    expect(await mark(live.request_id, undefined)).toBe(1);
+    expect(await redis.hget(keys.verification(live.request_id), 'sms_state')).toBe('submitting');
+    // Past expires_at, even before the sweeper ran.
+    expect(await mark(live.request_id, undefined, Date.now() + 3600_000)).toBe(0);
+    for (const [r, step] of [[expired, undefined], [canceled, undefined], [moved, 0]] as const) {
+      expect(await mark(r.request_id, step)).toBe(0);
+      expect(await redis.hget(keys.verification(r.request_id), 'sms_state')).toBeNull();
+    }
+  });
+
   // applyEvent-4 / applyStepEvent-4 as the status consumer runs them for an event of the stream.
   const apply = (id: string, status: 'delivered' | 'failed', refund: boolean, step?: number) =>
     (step === undefined ? scripts.applyEvent : scripts.applyStepEvent).run(
