@@ -6,6 +6,7 @@ import { Sealer } from '../../src/crypto/sealer.js';
 import { Keys } from '../../src/store/keys.js';
 import { scripts } from '../../src/store/scripts.js';
 import { utcDay, type Method } from '../../src/verification/types.js';
+import { ExpirySweeper } from '../../src/verification/expiry-sweeper.js';
 import { VerificationService } from '../../src/verification/verification-service.js';
 import { REDIS_URL, deletePrefix, testConfig } from '../helpers/engine.js';
 
@@ -110,6 +111,20 @@ describe('refunds of attempts that never left', () => {
       expect(await mark(r.request_id, step)).toBe(0);
       expect(await redis.hget(keys.verification(r.request_id), 'sms_state')).toBeNull();
     }
+  });
+
+  it('a check after the expiry, before the sweeper ran, answers expired and leaves the refund of an unsent SMS to the sweeper', async () => {
+    const before = await balance();
+    const r = await service.create(account, { phone_number: '+447700900441', method: 'sms' });
+    const key = keys.verification(r.request_id);
+    const past = Date.now() - 1000;
+    await redis.hset(key, 'dial_started', '1', 'expires_at', String(past)); // claimed, not submitted (no bind)
+    await redis.zadd(keys.expiries(), past, r.request_id);
+    await expect(service.check(account, { request_id: r.request_id, code: '0000' })).rejects.toMatchObject({ code: 'verification_expired' });
+    expect(await redis.hget(key, 'status')).toBe('sent');
+    expect(await new ExpirySweeper(redis, keys, { intervalMs: 50, eventsMaxLen: 1000, batch: 10 }, logger).sweep()).toBeGreaterThanOrEqual(1);
+    expect(await redis.hmget(key, 'status', 'refunded')).toEqual(['expired', '1']);
+    expect(await balance()).toBe(before);
   });
 
   // applyEvent-4 / applyStepEvent-4 as the status consumer runs them for an event of the stream.

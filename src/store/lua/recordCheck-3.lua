@@ -41,12 +41,10 @@ local function emit(st)
     'method', v[7], 'status', st, 'timestamp', ARGV[3], 'detail', '{}')
 end
 
-if now >= expires_at then
-  redis.call('HSET', KEYS[1], 'status', 'expired')
-  redis.call('HSETNX', KEYS[1], 'at_expired', ARGV[3])
-  emit('expired')
-  return {'expired', 0}
-end
+-- Past its time: the answer is `expired`, nothing counted. The record itself is left to the expiry sweeper
+-- (expireVerification-6, within expirySweepMs), which also refunds an attempt that never left: a check must not
+-- end the request on its own and skip that refund (GET already shows an overdue request as expired).
+if now >= expires_at then return {'expired', 0} end
 
 attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if ARGV[2] == '1' then
