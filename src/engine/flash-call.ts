@@ -111,8 +111,8 @@ export function placeFlashCall(originator: CallOriginator, p: FlashCallParams): 
         onFailed(f) {
           // Once it rang the caller ID was shown: a busy/decline after ringing is still a delivery.
           // A timeout here means not even a 100 came back (Timer B): `timeout`, not no_ringing.
+          // Unreachable stays unreachable while stopping too: the call never reached the network, whatever stopped it.
           if (rang) finish({ outcome: 'cancelled', sipStatus: f.status, phrase: f.phrase });
-          else if (stopping && f.reason === 'unreachable') finish({ outcome: 'shutdown', sipStatus: f.status, phrase: f.phrase });
           else finish({ outcome: f.reason, sipStatus: f.status, phrase: f.phrase });
         },
       },

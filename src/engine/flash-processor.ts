@@ -137,7 +137,7 @@ export class FlashProcessor {
       // The request (or its step) ended while the INVITE went unanswered: nothing to report to it, but a call that
       // never reached the network is refunded all the same. The status consumer refunds it once whatever the status
       // is by now (canceled, expired, a later workflow step: that attempt's price) and records nothing else.
-      if (NOT_ON_NETWORK.has(result.outcome)) {
+      if (result.outcome === 'timeout' || result.outcome === 'unreachable') {
         await events.publish({ ...base, status: 'failed', detail: { ...detail, reason: result.outcome, refund: true } });
       }
       return result;

@@ -155,11 +155,10 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
           onFailed(f) {
             // After our no-answer CANCEL, a final response other than 487 (or none) still means nobody answered,
             // unless nothing ever came back at all (Timer B: `timeout`) or the network failed.
-            const outcome = stopping
-              ? 'shutdown'
-              : noAnswer && f.reason !== 'timeout' && f.reason !== 'unreachable'
-                ? 'no_answer'
-                : f.reason;
+            // A call that never reached the network (Timer B, transport error) says so even while stopping: the
+            // request that ended meanwhile still gets its refund (voice-processor.ts).
+            const outcome =
+              f.reason === 'timeout' || f.reason === 'unreachable' ? f.reason : stopping ? 'shutdown' : noAnswer ? 'no_answer' : f.reason;
             finish({ outcome, sipStatus: f.status, phrase: f.phrase });
           },
         },

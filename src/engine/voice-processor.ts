@@ -91,7 +91,8 @@ export class VoiceProcessor {
           .catch((err: Error) => log.error({ err: err.message }, 'could not publish delivered event'));
       },
     })).finally(() => watch.stop());
-    // Ended because the request (or its step) did: no failure to report, nothing to refund.
+    // Ended because the request (or its step) did: no failure to report (a call that never reached the network is
+    // refunded below).
     const outcome = watch.ended ? 'request_ended' : result.outcome;
     const detail = {
       outcome,
@@ -113,6 +114,10 @@ export class VoiceProcessor {
         status: 'failed',
         detail: { ...detail, reason: result.outcome, ...(NOT_ON_NETWORK.has(result.outcome) ? { refund: true } : {}) },
       });
+    } else if (!result.answered && (result.outcome === 'timeout' || result.outcome === 'unreachable')) {
+      // The request (or its step) ended while the INVITE went unanswered, and the call never reached the network:
+      // refunded all the same (the status consumer refunds once, whatever the status is by now; as for flash calls).
+      await events.publish({ ...base, status: 'failed', detail: { ...detail, reason: result.outcome, refund: true } });
     }
     return result;
   }

@@ -102,6 +102,24 @@ function expectCleanStream(codec: G711Codec, minPackets = 50): void {
 }
 
 describe('voice OTP against SIPp', () => {
+  it('canceled while the INVITE goes unanswered: Timer B later still refunds the call that never reached the network', async () => {
+    uas = await startSippUas({ scenario: 'uas-no-response', vars: { hold_ms: 64 * T1 + 1500 }, maxLifetimeMs: 30_000 });
+    engine = await startTestEngine(
+      testConfig({ voice: { answerTimeoutMs: 20_000 }, sip: { timers: { t1Ms: T1, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] } }),
+    );
+    const account = await engine.account({ balance: 1 });
+    const created = await http(`${engine.url}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900128', method: 'voice' } });
+    const id = String(created.body.request_id);
+    await uas.waitForMessage((m) => m.direction === 'received' && m.method === 'INVITE', 10_000);
+    expect((await http(`${engine.url}/v1/verify/${id}/cancel`, { auth: account.auth, method: 'POST' })).body.status).toBe('canceled');
+    const charged = (await engine.accounts.get(account.account_id)).balance;
+    expect(charged).toBeLessThan(1);
+    await waitFor(async () => (await engine!.redis.hget(engine!.keys.verification(id), 'outcome')) === 'request_ended', 10_000);
+    await waitFor(async () => (await engine!.accounts.get(account.account_id)).balance > 0.9999, 5000);
+    const shown = await http(`${engine.url}/v1/verify/${id}`, { auth: account.auth });
+    expect((shown.body.status_history as { status: string }[]).map((h) => h.status)).toEqual(['sent', 'canceled']);
+  });
+
   it('answered: reads the code twice in English over PCMU, then BYE; the code verifies', async () => {
     const run = await voiceCall('uas-voice-answer');
     expect(run.record.outcome).toBe('played');
