@@ -55,10 +55,16 @@ export class FlashProcessor {
     // Every range's CLI with this code is cooling down towards this number: pick another code.
     for (let i = 0; !reserved && i < 5; i++) {
       code = generateCode(4);
-      await redis.hset(key, {
+      // Only while this is still the request's step: a workflow's next step has its own code, not to be overwritten.
+      const mine = await recordAttemptFields(redis, key, base.step, {
         code_mac: sealer.mac('code', `${requestId}:${code}`),
         code_enc: sealer.seal(code, `code:${requestId}`),
       });
+      if (!mine) {
+        log.info('workflow step over while its flash call looked for a free caller ID; not dialled');
+        await events.publish({ ...base, status: 'failed', detail: { reason: 'request_ended', refund: true } });
+        return undefined;
+      }
       reserved = await this.deps.ranges.reserve(country, code, destMac, previousDestMacs);
     }
     if (!reserved) {
@@ -70,7 +76,7 @@ export class FlashProcessor {
     // The range of this call's CLI, for the conversion of the range when the request is verified;
     // written while the trunk's CPS token is awaited, in place before the INVITE leaves.
     const trunk = this.deps.trunks.pick();
-    await this.deps.trunks.guarded(trunk, Promise.all([redis.hset(key, 'cli_range', reserved.range.prefix), this.deps.trunks.take(trunk)]));
+    await this.deps.trunks.guarded(trunk, Promise.all([recordAttemptFields(redis, key, base.step, { cli_range: reserved.range.prefix }), this.deps.trunks.take(trunk)]));
     const t1 = config.sip.timers.t1Ms;
     // Canceled, verified, expired, or its workflow step timed out while the phone rings: CANCEL now rather than
     // at the end of ringMs (through the same path as a worker shutdown).
