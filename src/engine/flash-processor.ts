@@ -76,7 +76,11 @@ export class FlashProcessor {
     // The range of this call's CLI, for the conversion of the range when the request is verified;
     // written while the trunk's CPS token is awaited, in place before the INVITE leaves.
     const trunk = this.deps.trunks.pick();
-    await this.deps.trunks.guarded(trunk, Promise.all([recordAttemptFields(redis, key, base.step, { cli_range: reserved.range.prefix }), this.deps.trunks.take(trunk)]));
+    // A workflow's step may be over by now: its next step's range is not overwritten (a plain request keeps the
+    // one-command write on the hot path).
+    const rangeWrite =
+      base.step === undefined ? redis.hset(key, 'cli_range', reserved.range.prefix) : recordAttemptFields(redis, key, base.step, { cli_range: reserved.range.prefix });
+    await this.deps.trunks.guarded(trunk, Promise.all([rangeWrite, this.deps.trunks.take(trunk)]));
     const t1 = config.sip.timers.t1Ms;
     // Canceled, verified, expired, or its workflow step timed out while the phone rings: CANCEL now rather than
     // at the end of ringMs (through the same path as a worker shutdown).
