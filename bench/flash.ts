@@ -17,6 +17,7 @@
  * (sip-test/uac-load-flash.xml) at the same rate against the same UAS
  * scenario, for the hardware ceiling and the ratio.
  */
+import { createServer } from 'node:http';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { redisTarget } from '../src/store/redis.js';
@@ -47,6 +48,8 @@ const USAGE = `npm run bench -- flash [options]
   --sipp-only        only the SIPp ceiling runs (no engine)
   --profile ROLES    run api and/or worker under node --cpu-prof (profiles kept with the logs)
   --redis-stats      print Redis commands per accepted request over the run (INFO commandstats, whole server)
+  --webhooks         the bench account gets a webhook URL (a receiver in this process, on loopback, answering 200):
+                     sent and delivered webhooks for every call; the drain also waits for them (at most 30 s)
   --node-args ARGS   node options for every engine process, space-separated (e.g. "--max-semi-space-size=64")
   --config-json JSON engine config laid over the generated one, e.g. '{"fraud":{"rangeHealth":{"enabled":false}}}'
   --keep-logs        keep the temp directory (configs, logs, SIPp files)
@@ -73,6 +76,7 @@ interface FlashOpts {
   sippRates: number[];
   profile: string[];
   redisStats: boolean;
+  webhooks: boolean;
   keepLogs: boolean;
   useDist: boolean;
   app: string | undefined;
@@ -99,6 +103,7 @@ async function main(): Promise<void> {
     'sipp-only': { type: 'boolean' },
     profile: { type: 'string' },
     'redis-stats': { type: 'boolean' },
+    webhooks: { type: 'boolean' },
     'keep-logs': { type: 'boolean' },
     'use-dist': { type: 'boolean' },
     app: { type: 'string' },
@@ -131,6 +136,7 @@ async function main(): Promise<void> {
     sippRates: a.list('sipp-rates').map(Number),
     profile: a.list('profile'),
     redisStats: a.bool('redis-stats'),
+    webhooks: a.bool('webhooks'),
     keepLogs: a.bool('keep-logs') || a.list('profile').length > 0,
     useDist: a.bool('use-dist'),
     app: a.str('app') || undefined,
@@ -172,6 +178,7 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   const uasPort = await freeSipPort();
   const uas = startUas(stack, 'uas', uasPort, o.duration + 200);
   await waitUasUp(stack, uas.m, uas.statFile);
+  const hooks = o.webhooks ? await startHookReceiver() : undefined;
   const engine = await startFlashverify(stack, {
     apiProcs: o.via === 'http' ? o.apiProcs : 0,
     workerProcs: o.workers,
@@ -182,8 +189,9 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     logLevel: o.logLevel,
     profile: o.profile,
     nodeArgs: o.nodeArgs,
-    extra: o.configJson,
+    extra: o.webhooks ? { ...o.configJson, webhooks: { ...((o.configJson.webhooks as object | undefined) ?? {}), allowPrivate: true } } : o.configJson,
   });
+  if (hooks) stack.cli(['account', 'set-webhook', engine.account.account_id, '--url', hooks.url], engine.configFile);
   line(`engine: ${engine.apis.length} api (pids ${engine.apis.map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), cps ${o.cps}/worker, flashConcurrency ${o.concurrency}, log ${o.logLevel}${o.nodeArgs.length ? `, node ${o.nodeArgs.join(' ')}` : ''}${Object.keys(o.configJson).length ? `, config ${JSON.stringify(o.configJson)}` : ''}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
 
   const { fire, close } = await makeFirer(engine, o);
@@ -235,6 +243,11 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   while (Date.now() < drainUntil) {
     ended = sumMetric(await callsEnded(), 'flashverify_calls_total');
     if (ended >= load.ok) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  // Webhooks: every accepted request's `sent`, and `delivered` for every call that rang (bounded wait).
+  const hooksUntil = Date.now() + 30_000;
+  while (hooks && Date.now() < hooksUntil && hooks.count('verification.sent') + hooks.count('verification.delivered') < load.ok + ended) {
     await new Promise((r) => setTimeout(r, 250));
   }
   const loadEndedMs = performance.now();
@@ -305,6 +318,10 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     line(`SIPp UAS: ${sippStats['IncomingCall(C)']} calls in, ${sippStats['SuccessfulCall(C)']} successful, ${sippStats['FailedCall(C)']} failed, ${sippStats['Retransmissions(C)']} retransmissions, ${sippStats['DeadCallMsgs(C)']} dead-call msgs, ${sippStats['OutOfCallMsgs(C)']} out-of-call msgs`);
   }
   const wall = (loadEndedMs - cpuT0) / 1000;
+  if (hooks) {
+    line(`webhooks received: ${[...hooks.byEvent].map(([e, n]) => `${e} ${n}`).join(', ') || 'none'} (${hooks.total} in all; receiver in the bench process)`);
+    hooks.close();
+  }
   line(`UDP datagrams dropped on full receive buffers during the run (whole machine): ${udpDrops}`);
   line(`CPU over the run (${wall.toFixed(1)} s of load + drain), % of one core:`);
   line(formatCpu(usage));
@@ -447,3 +464,36 @@ main().then(
     process.exit(1);
   },
 );
+
+/** A webhook endpoint on loopback that answers 200 at once and counts what it gets, by event. */
+async function startHookReceiver(): Promise<{ url: string; byEvent: Map<string, number>; total: number; count(event: string): number; close(): void }> {
+  const byEvent = new Map<string, number>();
+  let total = 0;
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      total++;
+      try {
+        const event = String((JSON.parse(Buffer.concat(chunks).toString()) as { event?: unknown }).event);
+        byEvent.set(event, (byEvent.get(event) ?? 0) + 1);
+      } catch {
+        byEvent.set('(unparsable)', (byEvent.get('(unparsable)') ?? 0) + 1);
+      }
+      res.writeHead(200).end();
+    });
+  });
+  server.keepAliveTimeout = 5000;
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const addr = server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : 0;
+  return {
+    url: `http://127.0.0.1:${port}/hooks`,
+    byEvent,
+    get total() {
+      return total;
+    },
+    count: (event) => byEvent.get(event) ?? 0,
+    close: () => server.close(),
+  };
+}

@@ -373,7 +373,6 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         sealer,
         accounts: new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate }),
         config: config.webhooks,
-        group: config.events.webhookGroup,
         metrics,
         logger: logger.child({ module: 'webhooks' }),
       });

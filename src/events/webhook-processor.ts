@@ -8,7 +8,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
 import { isoSeconds } from '../verification/types.js';
-import { WEBHOOK_EVENTS, orderMember, type WebhookJobData } from './webhook-queue.js';
+import { orderMember, type WebhookJobData } from './webhook-queue.js';
 import { WebhookDeliveryError, postWebhook, signWebhook } from './webhook-sender.js';
 import { assertWebhookTarget } from './webhook-target.js';
 
@@ -18,8 +18,6 @@ export interface WebhookProcessorDeps {
   sealer: Sealer;
   accounts: AccountStore;
   config: Readonly<Config['webhooks']>;
-  /** The webhooks consumer group (`events.webhookGroup`): its pending entries are events not yet in an order set. */
-  group: string;
   metrics: Metrics;
   logger: Logger;
 }
@@ -30,10 +28,12 @@ export interface WebhookProcessorDeps {
  *
  * Order per request: one job per event (jobId = stream id, so retries and
  * dedup are plain BullMQ), and a per-request order set of undelivered events.
- * An event read from the stream but not handled yet (its consumer threw, died
- * or is slower) is not in the order set: the webhooks group's pending entries
- * are checked for those too (checkWebhookTurn-2.lua), so the order is the
- * stream's whichever process wrote the event (scripts that XADD included).
+ * The order set only knows events a consumer has handled: an event read from
+ * the stream but not handled yet (its consumer threw, died, or is slower than
+ * another) does not hold back a later one of its request. Checking the
+ * group's pending entries for them (XPENDING + XRANGE per delivery) was tried
+ * and taken out: at 500 calls/s it tripled Redis's time per request and the
+ * webhooks fell behind (BENCHMARKS.md, 2026-12-06).
  * A job whose event is not the oldest undelivered one of its request moves
  * itself back to delayed (not an attempt) and looks again later, with
  * doubling waits, so `sent` always reaches the receiver before `delivered`
@@ -52,13 +52,6 @@ export interface WebhookProcessorDeps {
  */
 const ORDER_DONE_TTL_SECONDS = 2 * 3600;
 
-/**
- * How many of the webhooks group's pending entries older than an event are checked for an earlier event of its
- * request (checkWebhookTurn-2.lua). Normally a few batches in flight; beyond it (many entries left by dead
- * consumers) an older event may be missed and the order is then the order set's alone.
- */
-const PENDING_SCAN = 200;
-
 export class WebhookProcessor {
   constructor(private readonly deps: WebhookProcessorDeps) {}
 
@@ -67,12 +60,9 @@ export class WebhookProcessor {
     const d = job.data;
     const order = keys.webhookOrder(d.request_id);
     const member = orderMember(d.event_id);
-    const turn = await scripts.checkWebhookTurn.run(
-      redis,
-      [order, keys.events()],
-      [this.deps.group, member, d.event_id, d.request_id, PENDING_SCAN, ...WEBHOOK_EVENTS],
-    );
-    if (turn !== 1) {
+    // The oldest event of the request not delivered yet (score 0; a delivered one stays, marked done, at 1).
+    const [head] = await redis.zrangebyscore(order, 0, 0, 'LIMIT', 0, 1);
+    if (head !== undefined && head < member) {
       const waits = d.waits ?? 0;
       await job.updateData({ ...d, waits: waits + 1 });
       await job.moveToDelayed(Date.now() + Math.min(60_000, config.orderPollMs * 2 ** waits), token);

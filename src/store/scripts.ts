@@ -61,7 +61,6 @@ export const scripts = {
   recordAttemptEvent: LuaScript.load('recordAttemptEvent-2'),
   adoptKey: LuaScript.load('adoptKey-2'),
   markWebhookDone: LuaScript.load('markWebhookDone-1'),
-  checkWebhookTurn: LuaScript.load('checkWebhookTurn-2'),
 };
 
 /**
