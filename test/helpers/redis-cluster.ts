@@ -40,8 +40,18 @@ export async function ownRedisCluster(opts: { masters?: number; replicas?: 0 | 1
   const children: ChildProcess[] = [];
   const nodes: ClusterNode[] = [];
   const exitOf = (c: ChildProcess) => new Promise<void>((r) => (c.exitCode !== null || c.signalCode !== null ? r() : c.once('exit', () => r())));
-  const stop = async (): Promise<void> => {
+  const killAll = (): void => {
     for (const c of children) if (c.pid && c.exitCode === null && c.signalCode === null) process.kill(c.pid, 'SIGKILL');
+  };
+  // A test process that ends without its afterAll (a hook timeout) must not leave the nodes running.
+  const onExit = (): void => {
+    killAll();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  process.once('exit', onExit);
+  const stop = async (): Promise<void> => {
+    process.removeListener('exit', onExit);
+    killAll();
     await Promise.all(children.map(exitOf));
     rmSync(dir, { recursive: true, force: true });
   };
