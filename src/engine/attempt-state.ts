@@ -40,6 +40,21 @@ export const WATCH_INTERVAL_MS = 1000;
 const NEVER = new AbortController().signal;
 
 /**
+ * A call not placed because its request (or workflow step) ended while it waited for its trunk's CPS token: the
+ * attempt's outcome is `request_ended`, and a refunded failure event gives its price back (the status consumer
+ * refunds it once, whatever the status is by now). The caller stops its watch and releases the trunk.
+ */
+export async function recordNotDialled(
+  redis: Redis,
+  events: EventPublisher,
+  key: string,
+  base: Omit<DeliveryEvent, 'status' | 'detail'>,
+): Promise<void> {
+  await recordAttemptFields(redis, key, base.step, { outcome: 'request_ended' });
+  await events.publish({ ...base, status: 'failed', detail: { reason: 'request_ended', refund: true } });
+}
+
+/**
  * Watches, while a call is in progress, whether its attempt is still wanted:
  * the request still `sent` or `delivered` (not canceled, verified, expired,
  * failed) and, for a workflow, still at the call's step (not timed out). When

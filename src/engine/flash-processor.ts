@@ -10,7 +10,7 @@ import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
 import { generateCode } from '../verification/codes.js';
 import { placeFlashCall, type FlashResult, type ShutdownSignals } from './flash-call.js';
-import { AttemptWatch, recordAttemptEvent, recordAttemptFields, WATCH_INTERVAL_MS } from './attempt-state.js';
+import { AttemptWatch, recordAttemptEvent, recordAttemptFields, recordNotDialled, WATCH_INTERVAL_MS } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import { trunkVerdict, type TrunkPacer } from './trunk-pacer.js';
 
@@ -90,8 +90,7 @@ export class FlashProcessor {
       watch.stop();
       this.deps.trunks.report(trunk, 'neutral'); // a probe of a down trunk that was not placed releases the trunk
       log.info({ waited_ms: Date.now() - claimedAt }, 'request ended while the call waited for its trunk; not dialled');
-      await recordAttemptFields(redis, key, base.step, { outcome: 'request_ended' });
-      await events.publish({ ...base, status: 'failed', detail: { reason: 'request_ended', refund: true } });
+      await recordNotDialled(redis, events, key, base);
       return undefined;
     }
     this.deps.metrics.callStarted('flash_call', trunk.name);

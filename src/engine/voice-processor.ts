@@ -9,7 +9,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { RangeSelector } from '../numbers/range-selector.js';
 import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
-import { AttemptWatch, recordAttemptFields, WATCH_INTERVAL_MS } from './attempt-state.js';
+import { AttemptWatch, recordAttemptFields, recordNotDialled, WATCH_INTERVAL_MS } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import type { ShutdownSignals } from './flash-call.js';
 import { trunkVerdict, type TrunkPacer } from './trunk-pacer.js';
@@ -64,8 +64,7 @@ export class VoiceProcessor {
       watch.stop();
       this.deps.trunks.report(trunk, 'neutral'); // a probe of a down trunk that was not placed releases the trunk
       log.info({ waited_ms: Date.now() - claimedAt }, 'request ended while the call waited for its trunk; not dialled');
-      await recordAttemptFields(redis, key, step, { outcome: 'request_ended' });
-      await events.publish({ ...base, status: 'failed', detail: { reason: 'request_ended', refund: true } });
+      await recordNotDialled(redis, events, key, base);
       return undefined;
     }
     this.deps.metrics.callStarted('voice', trunk.name);
