@@ -58,6 +58,8 @@ export interface Engine {
   /** The operator listener (/metrics, /healthz, /readyz) of `--role worker`, when metrics.port is not 0. */
   readonly metricsUrl: string | undefined;
   stop(): Promise<void>;
+  /** While stop() runs: the shutdown phase it is in (named in the "shutdown grace exceeded" error). */
+  readonly shutdownPhase: string | undefined;
 }
 
 /** Wires every module for the given role and starts it. The only place modules meet. */
@@ -73,7 +75,9 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   const durableRedis = connectRedis(config.redis, logger, { maxRetriesPerRequest: null });
   const bullConnection: ConnectionOptions = connectBullRedis(config.redis, logger);
   const events = new EventPublisher(durableRedis, keys, config.events.maxLen);
-  const stops: (() => Promise<unknown>)[] = [];
+  /** Shutdown steps, in order, each named for the shutdown log. */
+  const stops: [string, () => Promise<unknown>][] = [];
+  let shutdownPhase: string | undefined;
   // Graceful stop of the delivery workers (see stop() below): closed first, with the calls they hold.
   const workerCloses: (() => Promise<unknown>)[] = [];
   const consumers: { drain(timeoutMs: number): Promise<void> }[] = [];
@@ -122,7 +126,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           userAgent: config.sip.userAgent,
           logger: logger.child({ module: 'sip' }),
         });
-        stops.push(() => drachtio.stop());
+        stops.push(['drachtio', () => drachtio.stop()]);
         await drachtio.start();
         sip = drachtio;
         metrics.watchActiveCalls(drachtio);
@@ -147,7 +151,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         }
         sipPort = originator.localPort;
         sip = originator;
-        stops.push(() => originator.stop());
+        stops.push(['sip stack', () => originator.stop()]);
         metrics.watchActiveCalls(originator);
         readiness.sip = () => originator.started;
       }
@@ -230,7 +234,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         }
         const { startFreeswitchMedia } = await import('./media/freeswitch/start-freeswitch-media.js');
         const media = await startFreeswitchMedia(config, logger.child({ module: 'media' }));
-        stops.push(() => media.stop());
+        stops.push(['freeswitch media', () => media.stop()]);
         readiness.freeswitch = () => media.ready;
         player = media.player;
       } else {
@@ -249,7 +253,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         });
         embedded.prompts.preload(); // a missing prompt file fails the boot, not a call
         metrics.watchRtp(embedded);
-        stops.push(() => embedded.stop());
+        stops.push(['rtp player', () => embedded.stop()]);
         player = embedded;
       }
       const voice = new VoiceProcessor({
@@ -298,9 +302,9 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         readiness.smpp = () => gateway.status().every((s) => s.bindsUp > 0);
         deliveryWorker('sms', 'sms', (_id, job, token) => sms.process(job, token), config.worker.smsConcurrency);
         // Binds close after the SMS worker stopped taking jobs (stops run in order; workers are unshifted first).
-        stops.push(() => gateway.stop());
+        stops.push(['smpp binds', () => gateway.stop()]);
         // After the binds: a late submit_sm_resp may still come while they close.
-        stops.push(() => smsJobs.close());
+        stops.push(['sms job queue', () => smsJobs.close()]);
       }
 
       const consumer = new StatusConsumer(
@@ -314,11 +318,11 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       );
       consumers.push(consumer);
       await consumer.start();
-      stops.push(() => consumer.stop());
+      stops.push(['status consumer', () => consumer.stop()]);
 
       // Webhooks run wherever workers run: a consumer group turns events into jobs, a worker sends them.
       const webhookQueue = new WebhookQueue(bullConnection, keys.bullPrefix(), config.webhooks);
-      stops.push(() => webhookQueue.close());
+      stops.push(['webhook queue', () => webhookQueue.close()]);
       metrics.watchQueue(WEBHOOK_QUEUE, webhookQueue.queue);
       const webhookConsumer = new WebhookConsumer(
         connectRedis(config.redis, logger),
@@ -331,13 +335,13 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       );
       consumers.push(webhookConsumer);
       await webhookConsumer.start();
-      stops.push(() => webhookConsumer.stop());
+      stops.push(['webhook consumer', () => webhookConsumer.stop()]);
 
       // Workflows (verification/workflow.ts): step timers write step_timeout events; the advancer starts the next step.
       if (config.events.workflowGroup) {
         const stepQueue = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
         const stepTimer = new BullStepTimer(bullConnection, keys.bullPrefix());
-        stops.push(() => Promise.all([stepQueue.close(), stepTimer.close()]));
+        stops.push(['workflow queues', () => Promise.all([stepQueue.close(), stepTimer.close()])]);
         const advancer = new WorkflowAdvancer(
           connectRedis(config.redis, logger),
           keys,
@@ -358,14 +362,14 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         );
         consumers.push(advancer);
         await advancer.start();
-        stops.push(() => advancer.stop());
+        stops.push(['workflow advancer', () => advancer.stop()]);
         const timeoutWorker = new Worker<StepTimeoutJobData>(
           STEP_TIMEOUT_QUEUE,
           async (job) => void (await fireStepTimeout(durableRedis, keys, config.events.maxLen, job.data)),
           { connection: bullConnection, prefix: keys.bullPrefix(), concurrency: 10 },
         );
         timeoutWorker.on('error', (err) => logger.warn({ err: err.message }, 'step timeout worker error'));
-        stops.unshift(() => timeoutWorker.close());
+        stops.unshift(['step timeout worker', () => timeoutWorker.close()]);
       }
       const webhooks = new WebhookProcessor({
         redis,
@@ -390,7 +394,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         },
       );
       webhookWorker.on('error', (err) => logger.warn({ err: err.message }, 'webhook worker error'));
-      stops.unshift(() => webhookWorker.close());
+      stops.unshift(['webhook worker', () => webhookWorker.close()]);
 
       const sweeper = new ExpirySweeper(
         redis,
@@ -399,7 +403,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         logger.child({ module: 'expiry' }),
       );
       sweeper.start();
-      stops.unshift(() => sweeper.stop());
+      stops.unshift(['expiry sweeper', () => sweeper.stop()]);
       // Requests whose api process died between create and queue: queued again (idempotent, job id = request id).
       const requeue = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
       // A workflow whose api died before its step-0 timer gets the timer here too (same job id).
@@ -414,7 +418,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         requeueTimer,
       );
       reconciler.start();
-      stops.unshift(() => reconciler.stop().then(() => Promise.all([requeue.close(), requeueTimer.close()])));
+      stops.unshift(['enqueue reconciler', () => reconciler.stop().then(() => Promise.all([requeue.close(), requeueTimer.close()]))]);
       if (role === 'worker' && config.metrics.port !== 0) {
         const server = new MetricsServer({
           host: config.metrics.host,
@@ -424,7 +428,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           logger: logger.child({ module: 'metrics' }),
         });
         await server.listen();
-        stops.unshift(() => server.close());
+        stops.unshift(['metrics server', () => server.close()]);
         metricsUrl = server.url;
         logger.info({ url: metricsUrl }, 'metrics and health listening');
       }
@@ -433,19 +437,19 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
 
     if (role === 'all' || role === 'api') {
       const queue = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
-      stops.push(() => queue.close());
+      stops.push(['api delivery queues', () => queue.close()]);
       for (const m of methods) metrics.watchQueue(QUEUE_NAMES[m], queue.queue(m));
       const accounts = new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate, authCacheMs: config.api.authCacheMs });
       const stepTimer = new BullStepTimer(bullConnection, keys.bullPrefix());
-      stops.push(() => stepTimer.close());
+      stops.push(['api step timer', () => stepTimer.close()]);
       const verifications = new VerificationService(redis, keys, sealer, config, queue, logger.child({ module: 'verify' }), methods, fraud, stepTimer);
       const api = buildApi({ config, redis, keys, sealer, accounts, verifications, logger, metrics, readiness, fraud });
       app = api;
       await api.listen({ host: config.http.host, port: config.http.port });
-      stops.unshift(() => api.close());
+      stops.unshift(['api', () => api.close()]);
     }
   } catch (err) {
-    for (const stop of stops) await stop().catch(() => undefined);
+    for (const [, stop] of stops) await stop().catch(() => undefined);
     redis.disconnect();
     durableRedis.disconnect();
     (bullConnection as Redis).disconnect();
@@ -468,8 +472,17 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       // nearly over (then BYE/CANCEL); the events of those calls are applied before the consumers stop.
       const started = Date.now();
       const grace = config.worker.shutdownGraceMs;
-      if (app) await app.close().catch(() => undefined);
+      /** One shutdown phase: logged (debug) with its time, named in `shutdownPhase` while it runs, never thrown. */
+      const phase = async (name: string, run: () => Promise<unknown>) => {
+        const t = Date.now();
+        shutdownPhase = name;
+        logger.debug({ phase: name }, 'shutdown phase started');
+        await run().catch((err: Error) => logger.warn({ phase: name, err: err.message }, 'shutdown phase failed'));
+        logger.debug({ phase: name, ms: Date.now() - t }, 'shutdown phase done');
+      };
+      if (app) await phase('api', () => app!.close());
       draining.abort();
+      shutdownPhase = 'delivery workers';
       // Room at the end for the CANCEL/BYE transactions and the event flush.
       const reserve = Math.min(3000, Math.floor(grace / 3));
       const expireTimer = setTimeout(() => expiring.abort(), grace - reserve);
@@ -481,22 +494,27 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       ]);
       clearTimeout(expireTimer);
       clearTimeout(graceTimer);
+      logger.debug({ phase: shutdownPhase, ms: Date.now() - started, in_time: inTime }, 'shutdown phase done');
       if (!inTime) logger.warn('calls still in progress at the end of the shutdown grace; ending them');
       const left = () => Math.max(100, grace - (Date.now() - started) - 200);
       if (!inTime && stopSip) {
         // Calls still waiting for a final response: stopping the stack ends them (`shutdown`), so the jobs finish.
-        await stopSip().catch(() => undefined);
-        let t: NodeJS.Timeout | undefined;
-        await Promise.race([closing, new Promise((r) => (t = setTimeout(r, Math.min(1000, left()))))]);
-        clearTimeout(t);
+        await phase('calls left at the grace', async () => {
+          await stopSip!();
+          let t: NodeJS.Timeout | undefined;
+          await Promise.race([closing, new Promise((r) => (t = setTimeout(r, Math.min(1000, left()))))]);
+          clearTimeout(t);
+        });
       }
-      await Promise.all(consumers.map((c) => c.drain(left()).catch(() => undefined)));
-      for (const stop of stops) await stop().catch((err: Error) => logger.warn({ err: err.message }, 'stop step failed'));
+      await phase('event consumers drain', () => Promise.all(consumers.map((c) => c.drain(left()).catch(() => undefined))));
+      for (const [name, stop] of stops) await phase(name, stop);
       // After every call and check has ended: their counters go out before the connection closes (a failure is logged by the batch).
-      await counters.close().catch(() => undefined);
-      await redis.quit().catch(() => undefined);
-      await durableRedis.quit().catch(() => undefined);
-      await (bullConnection as Redis).quit().catch(() => undefined);
+      await phase('counters', () => counters.close());
+      await phase('redis connections', () => Promise.all([redis, durableRedis, bullConnection as Redis].map((c) => c.quit().catch(() => undefined))));
+      shutdownPhase = undefined;
+    },
+    get shutdownPhase() {
+      return shutdownPhase;
     },
   };
 }
@@ -557,6 +575,7 @@ export async function runCli(argv: string[]): Promise<number> {
     // Listening for the signal before the engine starts: one that comes while it starts (a supervisor
     // stopping it at once, or just after the start-up log line) is a graceful stop once it is up, not
     // Node's default of dying on the spot.
+    let engine: Engine | undefined;
     const signalled = new Promise<void>((resolve) => {
       const onSignal = (signal: string) => {
         logger.info({ signal }, 'shutting down');
@@ -564,7 +583,7 @@ export async function runCli(argv: string[]): Promise<number> {
         // process past its grace (worker.shutdownGraceMs, counted from the signal): exit 1 then. stop()
         // plans to be done before.
         const hard = setTimeout(() => {
-          logger.error({ grace_ms: config.worker.shutdownGraceMs }, 'shutdown grace exceeded; exiting');
+          logger.error({ grace_ms: config.worker.shutdownGraceMs, phase: engine?.shutdownPhase ?? 'start-up' }, 'shutdown grace exceeded; exiting');
           process.exit(1);
         }, config.worker.shutdownGraceMs);
         hard.unref();
@@ -573,7 +592,7 @@ export async function runCli(argv: string[]): Promise<number> {
       process.once('SIGTERM', () => onSignal('SIGTERM'));
       process.once('SIGINT', () => onSignal('SIGINT'));
     });
-    const engine = await startEngine(config, role, logger);
+    engine = await startEngine(config, role, logger);
     await signalled;
     await engine.stop();
     return 0;
