@@ -21,7 +21,7 @@ import {
   STATUSES,
   isoSeconds,
   utcDay,
-  attemptDay,
+  chargeDay,
   type CreatedBody,
   type Method,
   type Status,
@@ -409,8 +409,8 @@ export class VerificationService {
    */
   async cancel(account: Account, requestId: string): Promise<StatusBody> {
     const key = this.ownedKey(requestId);
-    // The usage day of the attempt (or send) a refund would take back: the one it was counted on.
-    const day = attemptDay(await this.redis.hgetall(key));
+    // The usage day of the attempt (or send) a refund would take back: the one it was charged on.
+    const day = chargeDay(await this.redis.hgetall(key));
     const [result, value] = (await scripts.cancelVerification.run(
       this.redis,
       [key, this.keys.account(account.account_id), this.keys.events(), this.keys.usage(account.account_id, day)],
