@@ -31,6 +31,7 @@
   Returns {"expired", refunded_micro} when this call expired it, {"pending"} when
   not due yet, else {"skipped"} (already terminal or gone).
 ]]
+--- @include "refundCharge"
 local v = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'account_id', 'method',
   'dial_started', 'sms_state', 'wf_step', 'wf_steps', 'send_cost', 'cost', 'country')
 local status, expires_at = v[1], tonumber(v[2])
@@ -66,21 +67,7 @@ if nothingSent then
     refund = tonumber(v[9] or v[10] or '0')
   end
 end
-if refund > 0 then
-  if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('HINCRBY', KEYS[4], 'balance', refund) end
-  redis.call('HINCRBY', KEYS[1], 'cost', -refund)
-end
-if refunded and method then
-  if redis.call('EXISTS', KEYS[5]) == 1 then
-    redis.call('HINCRBY', KEYS[5], method .. ':count', -1)
-    if refund > 0 then redis.call('HINCRBY', KEYS[5], method .. ':cost', -refund) end
-  end
-  if v[11] then
-    -- The send's +1 may still wait in a counter batch (250 ms): the hash may not exist yet.
-    redis.call('HINCRBY', KEYS[6], 'country:' .. v[11] .. ':' .. method .. ':sent', -1)
-    if redis.call('TTL', KEYS[6]) < 0 then redis.call('PEXPIRE', KEYS[6], tonumber(ARGV[4])) end
-  end
-end
+if refunded then refundCharge(KEYS[4], KEYS[1], KEYS[5], KEYS[6], ARGV[4], method, refund, v[11]) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
   'event', 'verification.expired', 'request_id', ARGV[1], 'account_id', v[3],
   'method', v[4], 'status', 'expired', 'timestamp', v[2], 'detail', '{"reason":"expired"}')
