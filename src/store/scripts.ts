@@ -59,7 +59,7 @@ export const scripts = {
   markSmsRefused: LuaScript.load('markSmsRefused-2'),
   settleSms: LuaScript.load('settleSms-3'),
   claimDelivery: LuaScript.load('claimDelivery-1'),
-  advanceWorkflow: LuaScript.load('advanceWorkflow-4'),
+  advanceWorkflow: LuaScript.load('advanceWorkflow-6'),
   applyStepEvent: LuaScript.load('applyStepEvent-4'),
   cancelVerification: LuaScript.load('cancelVerification-4'),
   recordAttemptFields: LuaScript.load('recordAttemptFields-1'),

@@ -28,7 +28,7 @@ if (status ~= 'sent' and status ~= 'delivered') or tonumber(ARGV[2]) >= tonumber
 end
 redis.call('HSET', KEYS[1], 'status', 'canceled')
 redis.call('HSETNX', KEYS[1], 'at_canceled', ARGV[2])
--- Nothing of the current attempt left (the same rule in expireVerification-6 and advanceWorkflow-4): no
+-- Nothing of the current attempt left (the same rule in expireVerification-6 and advanceWorkflow-6): no
 -- job claimed it, or an SMS whose submit_sm cannot have been taken: sms_state unset (claimed, not submitted:
 -- `submitting` is written before submit_sm leaves), `retry` (refused for now, or no bind) or `refused`.
 local undialled = redis.call('HSETNX', KEYS[1], 'dial_started', 'canceled') == 1
