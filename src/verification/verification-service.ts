@@ -22,6 +22,7 @@ import {
   isoSeconds,
   utcDay,
   chargeDay,
+  chargedAt,
   type CreatedBody,
   type Method,
   type Status,
@@ -409,13 +410,20 @@ export class VerificationService {
    */
   async cancel(account: Account, requestId: string): Promise<StatusBody> {
     const key = this.ownedKey(requestId);
-    // The usage day of the attempt (or send) a refund would take back: the one it was charged on.
-    const day = chargeDay(await this.redis.hgetall(key));
-    const [result, value] = (await scripts.cancelVerification.run(
-      this.redis,
-      [key, this.keys.account(account.account_id), this.keys.events(), this.keys.usage(account.account_id, day)],
-      [account.account_id, Date.now(), this.config.events.maxLen],
-    )) as [string, string | number | undefined];
+    let result = 'moved';
+    let value: string | number | undefined;
+    // 'moved': a workflow step started or a resend was paid between the read and the script (maybe on another day);
+    // read again. Each retry follows a new charge, and a request has few of them.
+    for (let tries = 0; result === 'moved' && tries < 5; tries++) {
+      // The day of the attempt (or send) a refund would take back: the one it was charged on.
+      const h = await this.redis.hgetall(key);
+      [result, value] = (await scripts.cancelVerification.run(
+        this.redis,
+        [key, this.keys.account(account.account_id), this.keys.events(), this.keys.usage(account.account_id, chargeDay(h))],
+        [account.account_id, Date.now(), this.config.events.maxLen, chargedAt(h) ?? ''],
+      )) as [string, string | number | undefined];
+    }
+    if (result === 'moved') throw new ApiError('service_unavailable', 'the verification kept changing while it was being canceled; retry');
     if (result === 'not_found') throw notFound();
     if (result !== 'ok') throw new ApiError('verification_expired', `This verification has already finished (${String(value ?? 'expired')}); nothing to cancel`);
     this.logger.child({ request_id: requestId, account_id: account.account_id }).info({ refunded_micro: Number(value) }, 'verification canceled');

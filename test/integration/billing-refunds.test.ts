@@ -262,4 +262,32 @@ describe('refunds across midnight and the conversion `sent` they leave', () => {
     expect(await sent('2031-03-04', 'flash_call')).toBe(0);
     expect((await call('GET', '/v1/balance')).body.balance).toEqual({ amount: 9.97, currency: 'GBP' });
   });
+
+  it('a cancel racing a resend across midnight refunds the resend in the day it was charged, not the first send', async () => {
+    const beforeMidnight = Date.parse('2031-06-30T23:59:58Z');
+    at(beforeMidnight);
+    const first = await call('POST', '/v1/verify', { phone_number: '+447700900452' });
+    const id = String(first.body.request_id);
+    const key = keys.verification(id);
+    // As the flash worker would: the first call rang (shown: billed), so a resend may be paid.
+    await redis.hset(key, { dial_started: String(beforeMidnight), rang_at: String(beforeMidnight + 1000), outcome: 'cancelled', status: 'delivered' });
+    // The cancel reads the request; the resend lands, after midnight, before the cancel's script runs.
+    const read = redis.hgetall.bind(redis);
+    let raced = false;
+    vi.spyOn(redis, 'hgetall').mockImplementation((async (k: string) => {
+      const h = await read(k);
+      if (k === key && !raced) {
+        raced = true;
+        vi.setSystemTime(beforeMidnight + 3000);
+        expect((await call('POST', '/v1/verify', { phone_number: '+447700900452', resend: true })).status).toBe(200);
+      }
+      return h;
+    }) as never);
+    expect((await call('POST', `/v1/verify/${id}/cancel`)).body.status).toBe('canceled');
+    expect(raced).toBe(true);
+    // The resend was not dialled: refunded, out of the day it was charged; the first send stays billed on its day.
+    expect(await usageOn('2031-06-30')).toMatchObject({ flash_call: { count: 1, cost: 0.004 } });
+    expect(await usageOn('2031-07-01')).toMatchObject({ flash_call: { count: 0, cost: 0 } });
+    expect(await redis.hmget(key, 'sends', 'cost')).toEqual(['2', '4000']);
+  });
 });

@@ -9,23 +9,35 @@
   A voice call in progress is ended by its worker, which watches the status;
   a flash call ringing is CANCELled by its worker too (engine/attempt-state.ts).
 
+  The caller picks KEYS[4] from when the current attempt was charged
+  (`att<wf_step>_started_at`, else `last_send_at`, else `created_at`:
+  verification/types.ts chargedAt) and passes that time as ARGV[4]; if the
+  attempt changed since it read it (a workflow step started, a resend was
+  paid, maybe on the next day), this changes nothing and returns {"moved"}:
+  read again and retry.
+
   KEYS[1] verification hash
   KEYS[2] account hash
   KEYS[3] events stream
-  KEYS[4] usage hash of the account for the day the current attempt (or send) started
+  KEYS[4] usage hash of the account for the day the current attempt (or send) was charged
 
   ARGV[1] account_id of the caller
   ARGV[2] now (ms since epoch)
   ARGV[3] events stream MAXLEN (approximate)
+  ARGV[4] when the current attempt was charged, as the caller read it ("" when it read none)
 
-  Returns {"ok", refunded_micro} | {"not_found"} | {"not_live", status}
+  Returns {"ok", refunded_micro} | {"not_found"} | {"not_live", status} | {"moved"}
 ]]
-local v = redis.call('HMGET', KEYS[1], 'account_id', 'status', 'wf_step', 'wf_steps', 'method', 'cost', 'request_id')
+local v = redis.call('HMGET', KEYS[1], 'account_id', 'status', 'wf_step', 'wf_steps', 'method', 'cost', 'request_id',
+  'last_send_at', 'created_at')
 if not v[1] or v[1] ~= ARGV[1] then return {'not_found'} end
 local status = v[2]
 if (status ~= 'sent' and status ~= 'delivered') or tonumber(ARGV[2]) >= tonumber(redis.call('HGET', KEYS[1], 'expires_at') or '0') then
   return {'not_live', status}
 end
+local chargedAt = v[8] or v[9]
+if v[4] then chargedAt = redis.call('HGET', KEYS[1], 'att' .. v[3] .. '_started_at') end
+if (chargedAt or '') ~= ARGV[4] then return {'moved'} end
 redis.call('HSET', KEYS[1], 'status', 'canceled')
 redis.call('HSETNX', KEYS[1], 'at_canceled', ARGV[2])
 -- Nothing of the current attempt left (the same rule in expireVerification-6 and advanceWorkflow-6): no
