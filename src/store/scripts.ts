@@ -61,7 +61,7 @@ export const scripts = {
   claimDelivery: LuaScript.load('claimDelivery-1'),
   advanceWorkflow: LuaScript.load('advanceWorkflow-6'),
   applyStepEvent: LuaScript.load('applyStepEvent-4'),
-  cancelVerification: LuaScript.load('cancelVerification-4'),
+  cancelVerification: LuaScript.load('cancelVerification-5'),
   recordAttemptFields: LuaScript.load('recordAttemptFields-1'),
   recordAttemptEvent: LuaScript.load('recordAttemptEvent-2'),
   adoptKey: LuaScript.load('adoptKey-2'),

@@ -8,6 +8,7 @@ import { Sealer } from '../crypto/sealer.js';
 import type { Keys } from '../store/keys.js';
 import { BatchedZrem } from '../store/batched-zrem.js';
 import { scripts } from '../store/scripts.js';
+import { CONVERSION_TTL_MS } from '../numbers/range-health.js';
 import { generateCode } from './codes.js';
 import { ApiError } from './errors.js';
 import type { AdmittedSend, FraudControls } from './fraud-controls.js';
@@ -417,10 +418,11 @@ export class VerificationService {
     for (let tries = 0; result === 'moved' && tries < 5; tries++) {
       // The day of the attempt (or send) a refund would take back: the one it was charged on.
       const h = await this.redis.hgetall(key);
+      const day = chargeDay(h);
       [result, value] = (await scripts.cancelVerification.run(
         this.redis,
-        [key, this.keys.account(account.account_id), this.keys.events(), this.keys.usage(account.account_id, chargeDay(h))],
-        [account.account_id, Date.now(), this.config.events.maxLen, chargedAt(h) ?? ''],
+        [key, this.keys.account(account.account_id), this.keys.events(), this.keys.usage(account.account_id, day), this.keys.conversion(day)],
+        [account.account_id, Date.now(), this.config.events.maxLen, chargedAt(h) ?? '', CONVERSION_TTL_MS],
       )) as [string, string | number | undefined];
     }
     if (result === 'moved') throw new ApiError('service_unavailable', 'the verification kept changing while it was being canceled; retry');

@@ -288,6 +288,28 @@ describe('refunds across midnight and the conversion `sent` they leave', () => {
     // The resend was not dialled: refunded, out of the day it was charged; the first send stays billed on its day.
     expect(await usageOn('2031-06-30')).toMatchObject({ flash_call: { count: 1, cost: 0.004 } });
     expect(await usageOn('2031-07-01')).toMatchObject({ flash_call: { count: 0, cost: 0 } });
+    expect([await sent('2031-06-30', 'flash_call'), await sent('2031-07-01', 'flash_call')]).toEqual([1, 0]);
     expect(await redis.hmget(key, 'sends', 'cost')).toEqual(['2', '4000']);
+  });
+
+  it('a cancel takes an attempt that never left out of the conversion `sent`, once; one that may have left stays counted', async () => {
+    const day = utcDay(Date.now());
+    const before = { flash: await sent(day, 'flash_call'), voice: await sent(day, 'voice'), sms: await sent(day, 'sms') };
+    const flash = await call('POST', '/v1/verify', { phone_number: '+447700900461' });
+    const step = await call('POST', '/v1/verify', { phone_number: '+447700900462', workflow: [{ method: 'voice', timeout_seconds: 20 }, { method: 'sms' }] });
+    const submitted = await call('POST', '/v1/verify', { phone_number: '+447700900463', method: 'sms' });
+    await redis.hset(keys.verification(String(submitted.body.request_id)), 'dial_started', '1', 'sms_state', 'submitting');
+    for (const r of [flash, step, submitted]) {
+      expect((await call('POST', `/v1/verify/${String(r.body.request_id)}/cancel`)).body.status).toBe('canceled');
+    }
+    const expected = { flash: before.flash, voice: before.voice, sms: before.sms + 1 };
+    expect({ flash: await sent(day, 'flash_call'), voice: await sent(day, 'voice'), sms: await sent(day, 'sms') }).toEqual(expected);
+
+    // Canceled again, and refunded failures of the same attempts (stray or redelivered events): nothing is taken out twice.
+    for (const r of [flash, step]) expect((await call('POST', `/v1/verify/${String(r.body.request_id)}/cancel`)).body.error).toBe('verification_expired');
+    await refundedFailure(String(flash.body.request_id), 'flash_call');
+    await refundedFailure(String(step.body.request_id), 'voice', 0);
+    await applyEvents();
+    expect({ flash: await sent(day, 'flash_call'), voice: await sent(day, 'voice'), sms: await sent(day, 'sms') }).toEqual(expected);
   });
 });

@@ -60,7 +60,7 @@ if ARGV[8] == 'timeout' then
     redis.call('HSET', KEYS[1], p .. 'status', 'timed_out')
     redis.call('HSETNX', KEYS[1], p .. 'ended_at', ARGV[2])
   end
-  -- Nothing of the step left (the same rule in expireVerification-6 and cancelVerification-4): no job
+  -- Nothing of the step left (the same rule in expireVerification-6 and cancelVerification-5): no job
   -- claimed it, or an SMS whose submit_sm cannot have been taken: sms_state unset (claimed, not submitted:
   -- `submitting` is written before submit_sm leaves), `retry` (refused for now, or no bind) or `refused`.
   local d = redis.call('HMGET', KEYS[1], 'dial_started', 'sms_state', p .. 'method', p .. 'cost', 'country')

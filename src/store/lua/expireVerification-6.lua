@@ -10,7 +10,7 @@
   of its day, once (HSETNX `refunded`, or `att<n>_refunded` for a workflow
   step). Its delivery job, still waiting (no SMPP bind, a throttle back-off,
   a backlog), then finds the request past `sent` and drops it.
-  "Nothing left" (the same rule in cancelVerification-4 and advanceWorkflow-6):
+  "Nothing left" (the same rule in cancelVerification-5 and advanceWorkflow-6):
   no `dial_started` (no job claimed the attempt), or an SMS whose `sms_state`
   says no submit_sm can have been taken: unset (claimed, not submitted yet;
   `submitting` is written before submit_sm leaves), `retry` (refused for now,
