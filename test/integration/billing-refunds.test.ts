@@ -170,7 +170,7 @@ describe('refunds of attempts that never left', () => {
  * after midnight.
  */
 describe('refunds across midnight and the conversion `sent` they leave', () => {
-  const config = testConfig({ api: { defaultRateLimitPerSecond: 1000 } });
+  const config = testConfig({ api: { defaultRateLimitPerSecond: 1000 }, fraud: { testNumbers: [{ number: '+447700900555', code: '1234' }] } });
   const keys = new Keys(config.redis.prefix);
   const sealer = new Sealer(Buffer.from(config.security.masterKey, 'hex'));
   const logger = pino({ level: 'silent' });
@@ -311,5 +311,17 @@ describe('refunds across midnight and the conversion `sent` they leave', () => {
     await refundedFailure(String(step.body.request_id), 'voice', 0);
     await applyEvents();
     expect({ flash: await sent(day, 'flash_call'), voice: await sent(day, 'voice'), sms: await sent(day, 'sms') }).toEqual(expected);
+  });
+
+  it("a test number's expiry takes nothing out of the conversion `sent` (it was never counted there)", async () => {
+    const day = utcDay(Date.now());
+    const before = await sent(day, 'flash_call');
+    const r = await call('POST', '/v1/verify', { phone_number: '+447700900555', expiry_seconds: 60 });
+    expect(r.status).toBe(201);
+    expect(await sent(day, 'flash_call')).toBe(before);
+    const clock = Date.now() + 61_000;
+    await new ExpirySweeper(redis, keys, { intervalMs: 50, eventsMaxLen: 1000, batch: 10 }, logger, () => clock).sweep();
+    expect(await redis.hget(keys.verification(String(r.body.request_id)), 'status')).toBe('expired');
+    expect(await sent(day, 'flash_call')).toBe(before);
   });
 });

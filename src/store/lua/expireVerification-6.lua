@@ -7,7 +7,8 @@
 
   Billing per attempt actually sent: when nothing of the current attempt (or
   send) left, it is refunded and taken out of the usage and conversion `sent`
-  of its day, once (HSETNX `refunded`, or `att<n>_refunded` for a workflow
+  of the day it was charged (a test number's, never counted there, only of
+  the usage), once (HSETNX `refunded`, or `att<n>_refunded` for a workflow
   step). Its delivery job, still waiting (no SMPP bind, a throttle back-off,
   a backlog), then finds the request past `sent` and drops it.
   "Nothing left" (the same rule in cancelVerification-5 and advanceWorkflow-6):
@@ -20,7 +21,8 @@
   KEYS[2] expiries sorted set
   KEYS[3] events stream
   KEYS[4] account hash (for the refund)
-  KEYS[5] usage hash of the account for the day the current attempt (or send) started
+  KEYS[5] usage hash of the account for the day the current attempt (or send) was charged
+          (`att<wf_step>_started_at`, else `last_send_at`, else `created_at`: verification/types.ts chargedAt)
   KEYS[6] conversion hash of that day (FraudControls.trackSent)
 
   ARGV[1] request_id (member of the expiries set)
@@ -33,7 +35,7 @@
 ]]
 --- @include "refundCharge"
 local v = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'account_id', 'method',
-  'dial_started', 'sms_state', 'wf_step', 'wf_steps', 'send_cost', 'cost', 'country')
+  'dial_started', 'sms_state', 'wf_step', 'wf_steps', 'send_cost', 'cost', 'country', 'test_number')
 local status, expires_at = v[1], tonumber(v[2])
 if not status or not expires_at then
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -67,7 +69,8 @@ if nothingSent then
     refund = tonumber(v[9] or v[10] or '0')
   end
 end
-if refunded then refundCharge(KEYS[4], KEYS[1], KEYS[5], KEYS[6], ARGV[4], method, refund, v[11]) end
+-- A test number's send was never counted in the conversion hash (it never reaches the network): no country.
+if refunded then refundCharge(KEYS[4], KEYS[1], KEYS[5], KEYS[6], ARGV[4], method, refund, not v[12] and v[11] or nil) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
   'event', 'verification.expired', 'request_id', ARGV[1], 'account_id', v[3],
   'method', v[4], 'status', 'expired', 'timestamp', v[2], 'detail', '{"reason":"expired"}')
