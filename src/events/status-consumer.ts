@@ -4,7 +4,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import { CONVERSION_TTL_MS } from '../numbers/range-health.js';
 import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
-import { utcDay } from '../verification/types.js';
+import { chargeDay, chargeFields, utcDay } from '../verification/types.js';
 import { GroupConsumer, type GroupConsumerOptions, type StreamEntry } from './group-consumer.js';
 
 export type { StreamEntry } from './group-consumer.js';
@@ -55,20 +55,21 @@ export class StatusConsumer extends GroupConsumer {
     const stepped = fields.step !== undefined;
     const key = this.keys.verification(fields.request_id);
     const refund = detail.refund === true;
-    // A refunded attempt leaves the usage of the day it was counted on (read only then: refunds are rare).
-    let sentAt = Date.now();
+    // A refunded attempt leaves the usage of the day it was charged (read only then: refunds are rare).
+    let day = utcDay(Date.now());
     if (refund) {
-      const [att, last, created] = await this.redis.hmget(key, `att${fields.step ?? ''}_started_at`, 'last_send_at', 'created_at');
-      sentAt = Number((stepped ? att : last) ?? created) || sentAt;
+      const names = chargeFields(fields.step);
+      const read = await this.redis.hmget(key, ...names);
+      day = chargeDay(Object.fromEntries(names.map((n, i) => [n, read[i] ?? undefined])), fields.step);
     }
     await (stepped ? scripts.applyStepEvent : scripts.applyEvent).run(
       this.redis,
       [
         key,
         this.keys.account(fields.account_id ?? ''),
-        this.keys.usage(fields.account_id ?? '', utcDay(sentAt)),
+        this.keys.usage(fields.account_id ?? '', day),
         // A refunded send leaves the day's per-country conversion `sent` too (it never reached the network).
-        this.keys.conversion(utcDay(sentAt)),
+        this.keys.conversion(day),
       ],
       [status, fields.timestamp ?? String(Date.now()), patch.join('\n'), refund ? '1' : '0', stepped ? fields.step! : '1', CONVERSION_TTL_MS],
     );

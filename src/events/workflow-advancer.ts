@@ -4,13 +4,14 @@ import { AccountFieldCache } from '../accounts/account-field-cache.js';
 import type { Currency } from '../accounts/money.js';
 import type { Config } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
+import { CONVERSION_TTL_MS } from '../numbers/range-health.js';
 import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
 import { generateCode } from '../verification/codes.js';
 import { ApiError } from '../verification/errors.js';
 import type { AdmittedSend, FraudControls } from '../verification/fraud-controls.js';
 import { priceMicro } from '../verification/pricing.js';
-import { utcDay, type Method } from '../verification/types.js';
+import { chargeDay, utcDay, type Method } from '../verification/types.js';
 import { readSteps, stepJobId, type StepTimer, type WorkflowStep } from '../verification/workflow.js';
 import { GroupConsumer, type GroupConsumerOptions, type StreamEntry } from './group-consumer.js';
 
@@ -34,7 +35,7 @@ const CURRENCY_CACHE_MS = 10 * 60_000;
  * to two events of step n: `verification.failed` (a delivery event carrying
  * `step`) and `verification.step_timeout` (the step's timer). Why a crash
  * neither skips nor repeats a step:
- *  - advanceWorkflow-4.lua moves `wf_step` from n to n+1 only if it is still
+ *  - advanceWorkflow-6.lua moves `wf_step` from n to n+1 only if it is still
  *    n: the same event handled twice, or a timeout racing a failure, starts
  *    step n+1 once;
  *  - the stream entry is acknowledged only after step n+1's delivery job
@@ -93,10 +94,20 @@ export class WorkflowAdvancer extends GroupConsumer {
     // it does not start is taken back).
     const startable = Number(h.wf_step) === from && (h.status === 'sent' || h.status === 'delivered');
     const { admitted, refused } = startable ? await this.admit(requestId, h, now) : { admitted: undefined, refused: '' };
+    // A step that timed out unsent is refunded in the usage and conversion of the day it was charged (before midnight,
+    // maybe); the next one is charged today.
+    const ending = chargeDay(h, from);
     const [result, value] = (await scripts.advanceWorkflow
       .run(
         this.redis,
-        [key, this.keys.account(h.account_id), this.keys.usage(h.account_id, utcDay(now)), this.keys.events()],
+        [
+          key,
+          this.keys.account(h.account_id),
+          this.keys.usage(h.account_id, utcDay(now)),
+          this.keys.events(),
+          this.keys.usage(h.account_id, ending),
+          this.keys.conversion(ending),
+        ],
         [
           from,
           now,
@@ -109,6 +120,7 @@ export class WorkflowAdvancer extends GroupConsumer {
           config.events.maxLen,
           USAGE_TTL_SECONDS,
           refused,
+          CONVERSION_TTL_MS,
         ],
       )
       .catch(async (err: unknown) => {

@@ -18,9 +18,10 @@ export class LuaScript {
     this.numKeys = Number(m[1]);
   }
 
+  /** Reads src/store/lua/<name>.lua, each line `--- @include "<file>"` replaced by lua/includes/<file>.lua (as in BullMQ). */
   static load(name: string): LuaScript {
-    const path = fileURLToPath(new URL(`./lua/${name}.lua`, import.meta.url));
-    return new LuaScript(name, readFileSync(path, 'utf8'));
+    const source = readLua(name).replace(/^--- @include "([\w-]+)"$/gm, (_, file: string) => readLua(`includes/${file}`));
+    return new LuaScript(name, source);
   }
 
   /** EVALSHA, falling back to EVAL once when the server does not know the script yet. */
@@ -33,6 +34,10 @@ export class LuaScript {
       return await redis.eval(this.source, this.numKeys, ...keys, ...args);
     }
   }
+}
+
+function readLua(name: string): string {
+  return readFileSync(fileURLToPath(new URL(`./lua/${name}.lua`, import.meta.url)), 'utf8');
 }
 
 /** All scripts, loaded once per process. */
@@ -54,9 +59,9 @@ export const scripts = {
   markSmsRefused: LuaScript.load('markSmsRefused-2'),
   settleSms: LuaScript.load('settleSms-3'),
   claimDelivery: LuaScript.load('claimDelivery-1'),
-  advanceWorkflow: LuaScript.load('advanceWorkflow-4'),
+  advanceWorkflow: LuaScript.load('advanceWorkflow-6'),
   applyStepEvent: LuaScript.load('applyStepEvent-4'),
-  cancelVerification: LuaScript.load('cancelVerification-4'),
+  cancelVerification: LuaScript.load('cancelVerification-5'),
   recordAttemptFields: LuaScript.load('recordAttemptFields-1'),
   recordAttemptEvent: LuaScript.load('recordAttemptEvent-2'),
   adoptKey: LuaScript.load('adoptKey-2'),

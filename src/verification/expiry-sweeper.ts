@@ -4,7 +4,7 @@ import type { Keys } from '../store/keys.js';
 import { PeriodicPass } from './periodic-pass.js';
 import { CONVERSION_TTL_MS } from '../numbers/range-health.js';
 import { scripts } from '../store/scripts.js';
-import { attemptDay } from './types.js';
+import { chargeDay } from './types.js';
 
 export interface ExpirySweeperOptions {
   /** Time between sweeps. */
@@ -53,7 +53,7 @@ export class ExpirySweeper {
       const due = await this.redis.zrangebyscore(this.keys.expiries(), '-inf', now, 'LIMIT', 0, batch);
       if (due.length === 0) return expired;
       let progressed = 0;
-      // What a refund of the current attempt needs (expireVerification-6): its account and the day it was counted on.
+      // What a refund of the current attempt needs (expireVerification-6): its account and the day it was charged (chargedAt).
       const records = await this.pipelined(due.map((id) => ['hmget', this.keys.verification(id), 'account_id', 'wf_step', 'last_send_at', 'created_at']));
       const steps = await this.pipelined(
         due.flatMap((id, i) => {
@@ -69,7 +69,7 @@ export class ExpirySweeper {
           h.wf_step = wfStep;
           h[`att${wfStep}_started_at`] = steps[stepRead++]?.[0] ?? undefined;
         }
-        const day = attemptDay(h);
+        const day = chargeDay(h);
         const [r] = (await scripts.expireVerification.run(
           this.redis,
           [

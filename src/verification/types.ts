@@ -63,10 +63,22 @@ export function utcDay(ms: number): string {
 }
 
 /**
- * The UTC day whose usage counted the current attempt (a workflow's step n: `att<n>_started_at`) or send
- * (`last_send_at`, else `created_at`): the day a refund of it is taken out of.
+ * When an attempt was charged, as the script that charged it wrote it: a workflow's step n at `att<n>_started_at`
+ * (createVerification-6, advanceWorkflow-6), a request's latest send at `last_send_at` (resendVerification-3), else
+ * at `created_at`. Each of those scripts counts the charge in the usage (and the caller in the conversion `sent`) of
+ * that same instant's UTC day, so this is the one record of the day a refund of the attempt must be taken out of.
+ * `step` defaults to the current one (`wf_step`); `h` needs only the fields chargeFields() names.
  */
-export function attemptDay(h: Record<string, string | undefined>): string {
-  const startedAt = h.wf_step !== undefined ? h[`att${h.wf_step}_started_at`] : (h.last_send_at ?? h.created_at);
-  return utcDay(Number(startedAt ?? Date.now()) || Date.now());
+export function chargedAt(h: Record<string, string | undefined>, step: string | number | undefined = h.wf_step): string | undefined {
+  return step !== undefined ? h[`att${step}_started_at`] : (h.last_send_at ?? h.created_at);
+}
+
+/** The record fields chargedAt() reads for workflow step `step` (undefined: a request without steps). */
+export function chargeFields(step: string | number | undefined): string[] {
+  return step !== undefined ? [`att${step}_started_at`] : ['last_send_at', 'created_at'];
+}
+
+/** The UTC day whose usage and conversion counters the attempt was charged in (chargedAt), the day its refund leaves. */
+export function chargeDay(h: Record<string, string | undefined>, step: string | number | undefined = h.wf_step): string {
+  return utcDay(Number(chargedAt(h, step)) || Date.now());
 }

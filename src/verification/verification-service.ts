@@ -8,6 +8,7 @@ import { Sealer } from '../crypto/sealer.js';
 import type { Keys } from '../store/keys.js';
 import { BatchedZrem } from '../store/batched-zrem.js';
 import { scripts } from '../store/scripts.js';
+import { CONVERSION_TTL_MS } from '../numbers/range-health.js';
 import { generateCode } from './codes.js';
 import { ApiError } from './errors.js';
 import type { AdmittedSend, FraudControls } from './fraud-controls.js';
@@ -21,7 +22,8 @@ import {
   STATUSES,
   isoSeconds,
   utcDay,
-  attemptDay,
+  chargeDay,
+  chargedAt,
   type CreatedBody,
   type Method,
   type Status,
@@ -409,13 +411,21 @@ export class VerificationService {
    */
   async cancel(account: Account, requestId: string): Promise<StatusBody> {
     const key = this.ownedKey(requestId);
-    // The usage day of the attempt (or send) a refund would take back: the one it was counted on.
-    const day = attemptDay(await this.redis.hgetall(key));
-    const [result, value] = (await scripts.cancelVerification.run(
-      this.redis,
-      [key, this.keys.account(account.account_id), this.keys.events(), this.keys.usage(account.account_id, day)],
-      [account.account_id, Date.now(), this.config.events.maxLen],
-    )) as [string, string | number | undefined];
+    let result = 'moved';
+    let value: string | number | undefined;
+    // 'moved': a workflow step started or a resend was paid between the read and the script (maybe on another day);
+    // read again. Each retry follows a new charge, and a request has few of them.
+    for (let tries = 0; result === 'moved' && tries < 5; tries++) {
+      // The day of the attempt (or send) a refund would take back: the one it was charged on.
+      const h = await this.redis.hgetall(key);
+      const day = chargeDay(h);
+      [result, value] = (await scripts.cancelVerification.run(
+        this.redis,
+        [key, this.keys.account(account.account_id), this.keys.events(), this.keys.usage(account.account_id, day), this.keys.conversion(day)],
+        [account.account_id, Date.now(), this.config.events.maxLen, chargedAt(h) ?? '', CONVERSION_TTL_MS],
+      )) as [string, string | number | undefined];
+    }
+    if (result === 'moved') throw new ApiError('service_unavailable', 'the verification kept changing while it was being canceled; retry');
     if (result === 'not_found') throw notFound();
     if (result !== 'ok') throw new ApiError('verification_expired', `This verification has already finished (${String(value ?? 'expired')}); nothing to cancel`);
     this.logger.child({ request_id: requestId, account_id: account.account_id }).info({ refunded_micro: Number(value) }, 'verification canceled');

@@ -23,7 +23,7 @@ import { METHODS, isoSeconds, type AttemptBody, type Method } from './types.js';
  * event carries `step`; a failed step, or a `verification.step_timeout` event
  * written by the step's delayed timer job, is read by the workflow advancer's
  * consumer group (src/events/workflow-advancer.ts), which runs
- * advanceWorkflow-4.lua: a compare-and-set on `wf_step`. The stream entry is
+ * advanceWorkflow-6.lua: a compare-and-set on `wf_step`. The stream entry is
  * acknowledged only after the next step's jobs are queued under fixed ids.
  */
 

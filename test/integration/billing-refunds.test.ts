@@ -1,8 +1,15 @@
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { FastifyInstance } from 'fastify';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { AccountStore, type CreatedAccount } from '../../src/accounts/account-store.js';
+import { buildApi } from '../../src/api/app.js';
 import { Sealer } from '../../src/crypto/sealer.js';
+import { EventPublisher } from '../../src/events/event-publisher.js';
+import { StatusConsumer } from '../../src/events/status-consumer.js';
+import { WorkflowAdvancer } from '../../src/events/workflow-advancer.js';
+import { Metrics } from '../../src/metrics/metrics.js';
+import { FraudControls } from '../../src/verification/fraud-controls.js';
 import { Keys } from '../../src/store/keys.js';
 import { scripts } from '../../src/store/scripts.js';
 import { utcDay, type Method } from '../../src/verification/types.js';
@@ -50,13 +57,13 @@ describe('refunds of attempts that never left', () => {
     expect([await cost(noBind.request_id), await cost(throttled.request_id), await cost(submitted.request_id)]).toEqual([0, 0, charged]);
   });
 
-  // advanceWorkflow-4 as the workflow advancer runs it for a `step_timeout` of step 0.
+  // advanceWorkflow-6 as the workflow advancer runs it for a `step_timeout` of step 0 (charged today).
+  const advanceKeys = (id: string, accountId: string) => {
+    const today = utcDay(Date.now());
+    return [keys.verification(id), keys.account(accountId), keys.usage(accountId, today), keys.events(), keys.usage(accountId, today), keys.conversion(today)];
+  };
   const timeOut = (id: string) =>
-    scripts.advanceWorkflow.run(
-      redis,
-      [keys.verification(id), keys.account(account.account_id), keys.usage(account.account_id, utcDay(Date.now())), keys.events()],
-      [0, Date.now(), 'sms', 30_000, 'mac', 'enc', 6, 'timeout', 1000, 3600, ''],
-    );
+    scripts.advanceWorkflow.run(redis, advanceKeys(id, account.account_id), [0, Date.now(), 'sms', 30_000, 'mac', 'enc', 6, 'timeout', 1000, 3600, '', 1000]);
 
   it('a workflow step that times out before it was dialled is refunded, once; a dialled one is billed', async () => {
     const before = { balance: await balance(), flash: await usage('flash_call') };
@@ -83,8 +90,8 @@ describe('refunds of attempts that never left', () => {
     const balanceBefore = Number(await redis.hget(keys.account(other.account_id), 'balance'));
     const result = await scripts.advanceWorkflow.run(
       redis,
-      [keys.verification(w.request_id), keys.account(other.account_id), keys.usage(other.account_id, utcDay(Date.now())), keys.events()],
-      [0, Date.now(), 'sms', 30_000, 'mac', 'enc', 6, 'timeout', 1000, 3600, ''],
+      advanceKeys(w.request_id, other.account_id),
+      [0, Date.now(), 'sms', 30_000, 'mac', 'enc', 6, 'timeout', 1000, 3600, '', 1000],
     );
     expect(result).toEqual(['account_suspended', 1]);
     expect(Number(await redis.hget(keys.account(other.account_id), 'balance'))).toBe(balanceBefore);
@@ -154,5 +161,167 @@ describe('refunds of attempts that never left', () => {
     await service.cancel(account, w.request_id);
     expect(await apply(w.request_id, 'delivered', false, 0)).toBe('canceled');
     expect(await history(w.request_id)).toEqual(['sent', 'canceled']);
+  });
+});
+
+/**
+ * A refund leaves the usage (GET /v1/usage) and the per-country conversion `sent` of the day its attempt was charged,
+ * whichever path makes it, once. The clock is Date's, faked (timers stay real): a charge at 23:59:58 UTC, its refund
+ * after midnight.
+ */
+describe('refunds across midnight and the conversion `sent` they leave', () => {
+  const config = testConfig({ api: { defaultRateLimitPerSecond: 1000 }, fraud: { testNumbers: [{ number: '+447700900555', code: '1234' }] } });
+  const keys = new Keys(config.redis.prefix);
+  const sealer = new Sealer(Buffer.from(config.security.masterKey, 'hex'));
+  const logger = pino({ level: 'silent' });
+  const BEFORE_MIDNIGHT = Date.parse('2031-03-04T23:59:58Z');
+  let redis: Redis;
+  let fraud: FraudControls;
+  let service: VerificationService;
+  let advancer: WorkflowAdvancer;
+  let api: FastifyInstance;
+  let account: CreatedAccount;
+  let auth: string;
+
+  beforeAll(async () => {
+    redis = new Redis(REDIS_URL);
+    const accounts = new AccountStore(redis, keys, sealer);
+    fraud = new FraudControls({ redis, keys, sealer, config, events: { publish: async () => '0-0' }, logger });
+    service = new VerificationService(redis, keys, sealer, config, { enqueue: async () => undefined }, logger, new Set<Method>(['flash_call', 'voice', 'sms']), fraud);
+    const jobs = { enqueue: async () => undefined, discard: async () => undefined };
+    advancer = new WorkflowAdvancer(redis, keys, 'workflow', 'test', logger, { sealer, config, jobs, timer: { schedule: async () => undefined }, fraud });
+    api = buildApi({ config, redis, keys, sealer, accounts, verifications: service, logger });
+  });
+  // An account of its own per test: its usage days start empty.
+  beforeEach(async () => {
+    account = await new AccountStore(redis, keys, sealer).create({ name: 'x', balance: 10, currency: 'GBP', active: true });
+    auth = 'Basic ' + Buffer.from(`${account.api_key}:${account.api_secret}`).toString('base64');
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+    vi.restoreAllMocks();
+  });
+  afterAll(async () => {
+    await fraud.counters.close();
+    await api.close();
+    await deletePrefix(redis, config.redis.prefix);
+    await redis.quit();
+  });
+
+  const at = (ms: number) => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    vi.setSystemTime(ms);
+  };
+  const call = async (method: 'GET' | 'POST', url: string, payload?: object) => {
+    const r = await api.inject({ method, url, headers: { authorization: auth }, ...(payload ? { payload } : {}) });
+    return { status: r.statusCode, body: r.json() as Record<string, unknown> };
+  };
+  /** GET /v1/usage of one day: by_method. */
+  const usageOn = async (day: string) => (await call('GET', `/v1/usage?from=${day}&to=${day}`)).body.by_method;
+  const sent = async (day: string, method: Method) => (await fraud.conversion(day))[`country:GB:${method}:sent`] ?? 0;
+  /** The status consumer over everything in the stream so far (a refunded failure published by a worker included). */
+  const applyEvents = async () => {
+    const conn = new Redis(REDIS_URL);
+    const consumer = new StatusConsumer(conn, keys, 'status', 'test', logger, new Metrics({ defaultMetrics: false }), { blockMs: 50 });
+    await consumer.start();
+    await consumer.drain(5000);
+    await conn.quit();
+  };
+  /** A refunded failure of an attempt, as a flash or voice worker publishes it (Timer B: the INVITE never reached the network). */
+  const refundedFailure = (id: string, method: Method, step?: number) =>
+    new EventPublisher(redis, keys, 1000).publish({
+      request_id: id,
+      account_id: account.account_id,
+      method,
+      status: 'failed',
+      ...(step !== undefined ? { step } : {}),
+      detail: { reason: 'timeout', refund: true },
+    });
+
+  it('a workflow step charged before midnight that times out undialled after it is refunded in the day it was charged', async () => {
+    at(BEFORE_MIDNIGHT);
+    const created = await call('POST', '/v1/verify', { phone_number: '+447700900451', workflow: [{ method: 'flash_call', timeout_seconds: 20 }, { method: 'sms' }] });
+    expect(created.status).toBe(201);
+    const id = String(created.body.request_id);
+    expect(await usageOn('2031-03-04')).toMatchObject({ flash_call: { count: 1, cost: 0.004 } });
+    expect(await sent('2031-03-04', 'flash_call')).toBe(1);
+
+    // 22 s later, on the next day: step 0's timer fires, nothing of it was dialled (a backlog).
+    at(BEFORE_MIDNIGHT + 22_000);
+    expect(await advancer.advance(id, 0, 'timeout')).toBe(1);
+    expect(await usageOn('2031-03-04')).toMatchObject({ flash_call: { count: 0, cost: 0 }, sms: { count: 0, cost: 0 } });
+    expect(await usageOn('2031-03-05')).toMatchObject({ flash_call: { count: 0, cost: 0 }, sms: { count: 1, cost: 0.03 } });
+    expect([await sent('2031-03-04', 'flash_call'), await sent('2031-03-05', 'flash_call'), await sent('2031-03-05', 'sms')]).toEqual([0, 0, 1]);
+
+    // A refunded failure of step 0 reaching the status consumer afterwards (a stray or redelivered event): refunded
+    // already, nothing moves again.
+    await refundedFailure(id, 'flash_call', 0);
+    await applyEvents();
+    expect(await usageOn('2031-03-04')).toMatchObject({ flash_call: { count: 0, cost: 0 } });
+    expect(await usageOn('2031-03-05')).toMatchObject({ flash_call: { count: 0, cost: 0 }, sms: { count: 1, cost: 0.03 } });
+    expect(await sent('2031-03-04', 'flash_call')).toBe(0);
+    expect((await call('GET', '/v1/balance')).body.balance).toEqual({ amount: 9.97, currency: 'GBP' });
+  });
+
+  it('a cancel racing a resend across midnight refunds the resend in the day it was charged, not the first send', async () => {
+    const beforeMidnight = Date.parse('2031-06-30T23:59:58Z');
+    at(beforeMidnight);
+    const first = await call('POST', '/v1/verify', { phone_number: '+447700900452' });
+    const id = String(first.body.request_id);
+    const key = keys.verification(id);
+    // As the flash worker would: the first call rang (shown: billed), so a resend may be paid.
+    await redis.hset(key, { dial_started: String(beforeMidnight), rang_at: String(beforeMidnight + 1000), outcome: 'cancelled', status: 'delivered' });
+    // The cancel reads the request; the resend lands, after midnight, before the cancel's script runs.
+    const read = redis.hgetall.bind(redis);
+    let raced = false;
+    vi.spyOn(redis, 'hgetall').mockImplementation((async (k: string) => {
+      const h = await read(k);
+      if (k === key && !raced) {
+        raced = true;
+        vi.setSystemTime(beforeMidnight + 3000);
+        expect((await call('POST', '/v1/verify', { phone_number: '+447700900452', resend: true })).status).toBe(200);
+      }
+      return h;
+    }) as never);
+    expect((await call('POST', `/v1/verify/${id}/cancel`)).body.status).toBe('canceled');
+    expect(raced).toBe(true);
+    // The resend was not dialled: refunded, out of the day it was charged; the first send stays billed on its day.
+    expect(await usageOn('2031-06-30')).toMatchObject({ flash_call: { count: 1, cost: 0.004 } });
+    expect(await usageOn('2031-07-01')).toMatchObject({ flash_call: { count: 0, cost: 0 } });
+    expect([await sent('2031-06-30', 'flash_call'), await sent('2031-07-01', 'flash_call')]).toEqual([1, 0]);
+    expect(await redis.hmget(key, 'sends', 'cost')).toEqual(['2', '4000']);
+  });
+
+  it('a cancel takes an attempt that never left out of the conversion `sent`, once; one that may have left stays counted', async () => {
+    const day = utcDay(Date.now());
+    const before = { flash: await sent(day, 'flash_call'), voice: await sent(day, 'voice'), sms: await sent(day, 'sms') };
+    const flash = await call('POST', '/v1/verify', { phone_number: '+447700900461' });
+    const step = await call('POST', '/v1/verify', { phone_number: '+447700900462', workflow: [{ method: 'voice', timeout_seconds: 20 }, { method: 'sms' }] });
+    const submitted = await call('POST', '/v1/verify', { phone_number: '+447700900463', method: 'sms' });
+    await redis.hset(keys.verification(String(submitted.body.request_id)), 'dial_started', '1', 'sms_state', 'submitting');
+    for (const r of [flash, step, submitted]) {
+      expect((await call('POST', `/v1/verify/${String(r.body.request_id)}/cancel`)).body.status).toBe('canceled');
+    }
+    const expected = { flash: before.flash, voice: before.voice, sms: before.sms + 1 };
+    expect({ flash: await sent(day, 'flash_call'), voice: await sent(day, 'voice'), sms: await sent(day, 'sms') }).toEqual(expected);
+
+    // Canceled again, and refunded failures of the same attempts (stray or redelivered events): nothing is taken out twice.
+    for (const r of [flash, step]) expect((await call('POST', `/v1/verify/${String(r.body.request_id)}/cancel`)).body.error).toBe('verification_expired');
+    await refundedFailure(String(flash.body.request_id), 'flash_call');
+    await refundedFailure(String(step.body.request_id), 'voice', 0);
+    await applyEvents();
+    expect({ flash: await sent(day, 'flash_call'), voice: await sent(day, 'voice'), sms: await sent(day, 'sms') }).toEqual(expected);
+  });
+
+  it("a test number's expiry takes nothing out of the conversion `sent` (it was never counted there)", async () => {
+    const day = utcDay(Date.now());
+    const before = await sent(day, 'flash_call');
+    const r = await call('POST', '/v1/verify', { phone_number: '+447700900555', expiry_seconds: 60 });
+    expect(r.status).toBe(201);
+    expect(await sent(day, 'flash_call')).toBe(before);
+    const clock = Date.now() + 61_000;
+    await new ExpirySweeper(redis, keys, { intervalMs: 50, eventsMaxLen: 1000, batch: 10 }, logger, () => clock).sweep();
+    expect(await redis.hget(keys.verification(String(r.body.request_id)), 'status')).toBe('expired');
+    expect(await sent(day, 'flash_call')).toBe(before);
   });
 });

@@ -26,30 +26,15 @@
 
   Returns the status after the event, or false when the record is gone.
 ]]
+--- @include "refundCharge"
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 local st = ARGV[1]
 
 -- Only the send that never reached the network is refunded: a resend's own price (send_cost), else the request's.
 local function refund()
-  local r = redis.call('HMGET', KEYS[1], 'send_cost', 'cost', 'method')
-  local cost = tonumber(r[1] or r[2] or '0')
-  if cost > 0 then
-    if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'balance', cost) end
-    redis.call('HINCRBY', KEYS[1], 'cost', -cost)
-  end
-  if r[3] and redis.call('EXISTS', KEYS[3]) == 1 then
-    redis.call('HINCRBY', KEYS[3], r[3] .. ':count', -1)
-    if cost > 0 then redis.call('HINCRBY', KEYS[3], r[3] .. ':cost', -cost) end
-  end
-  if ARGV[5] == '1' and r[3] then
-    local country = redis.call('HGET', KEYS[1], 'country')
-    if country then
-      -- The send's +1 may still wait in the api's counter batch (250 ms): the hash may not exist yet.
-      redis.call('HINCRBY', KEYS[4], 'country:' .. country .. ':' .. r[3] .. ':sent', -1)
-      if redis.call('TTL', KEYS[4]) < 0 then redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[6])) end
-    end
-  end
+  local r = redis.call('HMGET', KEYS[1], 'send_cost', 'cost', 'method', 'country')
+  refundCharge(KEYS[2], KEYS[1], KEYS[3], KEYS[4], ARGV[6], r[3], tonumber(r[1] or r[2] or '0'), ARGV[5] == '1' and r[4] or nil)
 end
 
 local terminal = (status == 'verified' or status == 'expired' or status == 'failed' or status == 'canceled')

@@ -28,6 +28,7 @@
 
   Returns the request status after the event, or false when the record is gone.
 ]]
+--- @include "refundCharge"
 local v = redis.call('HMGET', KEYS[1], 'status', 'wf_step', 'wf_steps')
 local status = v[1]
 if not status then return false end
@@ -55,23 +56,10 @@ elseif st == 'failed' then
     if reason then redis.call('HSETNX', KEYS[1], p .. 'reason', reason) end
   end
   if ARGV[4] == '1' and ast and redis.call('HSETNX', KEYS[1], p .. 'refunded', '1') == 1 then
-    local cost = tonumber(redis.call('HGET', KEYS[1], p .. 'cost') or '0')
-    if cost > 0 then
-      if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'balance', cost) end
-      redis.call('HINCRBY', KEYS[1], 'cost', -cost)
-      redis.call('HSET', KEYS[1], p .. 'cost', 0)
-    end
-    local m = redis.call('HGET', KEYS[1], p .. 'method')
-    if m and redis.call('EXISTS', KEYS[3]) == 1 then
-      redis.call('HINCRBY', KEYS[3], m .. ':count', -1)
-      if cost > 0 then redis.call('HINCRBY', KEYS[3], m .. ':cost', -cost) end
-    end
-    local country = redis.call('HGET', KEYS[1], 'country')
-    if m and country then
-      -- The send's +1 may still wait in a counter batch (250 ms): the hash may not exist yet.
-      redis.call('HINCRBY', KEYS[4], 'country:' .. country .. ':' .. m .. ':sent', -1)
-      if redis.call('TTL', KEYS[4]) < 0 then redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[6])) end
-    end
+    local a = redis.call('HMGET', KEYS[1], p .. 'cost', p .. 'method', 'country')
+    local cost = tonumber(a[1] or '0')
+    refundCharge(KEYS[2], KEYS[1], KEYS[3], KEYS[4], ARGV[6], a[2], cost, a[3])
+    if cost > 0 then redis.call('HSET', KEYS[1], p .. 'cost', 0) end
   end
 end
 

@@ -7,10 +7,11 @@
 
   Billing per attempt actually sent: when nothing of the current attempt (or
   send) left, it is refunded and taken out of the usage and conversion `sent`
-  of its day, once (HSETNX `refunded`, or `att<n>_refunded` for a workflow
+  of the day it was charged (a test number's, never counted there, only of
+  the usage), once (HSETNX `refunded`, or `att<n>_refunded` for a workflow
   step). Its delivery job, still waiting (no SMPP bind, a throttle back-off,
   a backlog), then finds the request past `sent` and drops it.
-  "Nothing left" (the same rule in cancelVerification-4 and advanceWorkflow-4):
+  "Nothing left" (the same rule in cancelVerification-5 and advanceWorkflow-6):
   no `dial_started` (no job claimed the attempt), or an SMS whose `sms_state`
   says no submit_sm can have been taken: unset (claimed, not submitted yet;
   `submitting` is written before submit_sm leaves), `retry` (refused for now,
@@ -20,7 +21,8 @@
   KEYS[2] expiries sorted set
   KEYS[3] events stream
   KEYS[4] account hash (for the refund)
-  KEYS[5] usage hash of the account for the day the current attempt (or send) started
+  KEYS[5] usage hash of the account for the day the current attempt (or send) was charged
+          (`att<wf_step>_started_at`, else `last_send_at`, else `created_at`: verification/types.ts chargedAt)
   KEYS[6] conversion hash of that day (FraudControls.trackSent)
 
   ARGV[1] request_id (member of the expiries set)
@@ -31,8 +33,9 @@
   Returns {"expired", refunded_micro} when this call expired it, {"pending"} when
   not due yet, else {"skipped"} (already terminal or gone).
 ]]
+--- @include "refundCharge"
 local v = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'account_id', 'method',
-  'dial_started', 'sms_state', 'wf_step', 'wf_steps', 'send_cost', 'cost', 'country')
+  'dial_started', 'sms_state', 'wf_step', 'wf_steps', 'send_cost', 'cost', 'country', 'test_number')
 local status, expires_at = v[1], tonumber(v[2])
 if not status or not expires_at then
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -66,21 +69,8 @@ if nothingSent then
     refund = tonumber(v[9] or v[10] or '0')
   end
 end
-if refund > 0 then
-  if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('HINCRBY', KEYS[4], 'balance', refund) end
-  redis.call('HINCRBY', KEYS[1], 'cost', -refund)
-end
-if refunded and method then
-  if redis.call('EXISTS', KEYS[5]) == 1 then
-    redis.call('HINCRBY', KEYS[5], method .. ':count', -1)
-    if refund > 0 then redis.call('HINCRBY', KEYS[5], method .. ':cost', -refund) end
-  end
-  if v[11] then
-    -- The send's +1 may still wait in a counter batch (250 ms): the hash may not exist yet.
-    redis.call('HINCRBY', KEYS[6], 'country:' .. v[11] .. ':' .. method .. ':sent', -1)
-    if redis.call('TTL', KEYS[6]) < 0 then redis.call('PEXPIRE', KEYS[6], tonumber(ARGV[4])) end
-  end
-end
+-- A test number's send was never counted in the conversion hash (it never reaches the network): no country.
+if refunded then refundCharge(KEYS[4], KEYS[1], KEYS[5], KEYS[6], ARGV[4], method, refund, not v[12] and v[11] or nil) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
   'event', 'verification.expired', 'request_id', ARGV[1], 'account_id', v[3],
   'method', v[4], 'status', 'expired', 'timestamp', v[2], 'detail', '{"reason":"expired"}')

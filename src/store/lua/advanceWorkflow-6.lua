@@ -13,13 +13,18 @@
   and a verification at step n+1 is never credited to step n's DID range.
   A step that timed out before anything of it left (never claimed, or an SMS
   not submitted: no bind, throttled) is refunded, once (`att<n>_refunded`),
-  and taken out of the usage (KEYS[3]: the step started at most the
-  request's expiry before, normally that same day).
+  and taken out of the usage and the per-country conversion `sent` of the
+  day it was charged (KEYS[5], KEYS[6]: the UTC day of `att<n>_started_at`,
+  which may be yesterday when the step started before midnight), not of
+  today's, where the next step is charged (KEYS[3]).
 
   KEYS[1] verification hash
   KEYS[2] account hash
-  KEYS[3] usage hash of the account for today
+  KEYS[3] usage hash of the account for today (the day of ARGV[2]): the next step is counted there
   KEYS[4] events stream
+  KEYS[5] usage hash of the account for the day the ending step was charged (att<n>_started_at)
+  KEYS[6] conversion hash of that day (FraudControls.trackSent): a refunded step leaves its
+          `country:<cc>:<method>:sent`
 
   ARGV[1]  step the event is about (the expected current wf_step)
   ARGV[2]  now (ms since epoch)
@@ -32,10 +37,12 @@
   ARGV[9]  events stream MAXLEN (approximate)
   ARGV[10] usage TTL (seconds)
   ARGV[11] why the next step may not start ("" = it may): the verification fails with it
+  ARGV[12] TTL of the conversion hash (ms), set when this creates it
 
   Returns {"ok", next_step} | {"moved", current_step} | {"done", status} |
     {"last"} | {"expired"} | {"gone"} | {"insufficient_balance" | ARGV[11], next_step}
 ]]
+--- @include "refundCharge"
 local v = redis.call('HMGET', KEYS[1], 'status', 'wf_step', 'wf_steps', 'account_id', 'expires_at', 'cost')
 local status = v[1]
 if not status or not v[2] or not v[3] then return {'gone'} end
@@ -53,22 +60,17 @@ if ARGV[8] == 'timeout' then
     redis.call('HSET', KEYS[1], p .. 'status', 'timed_out')
     redis.call('HSETNX', KEYS[1], p .. 'ended_at', ARGV[2])
   end
-  -- Nothing of the step left (the same rule in expireVerification-6 and cancelVerification-4): no job
+  -- Nothing of the step left (the same rule in expireVerification-6 and cancelVerification-5): no job
   -- claimed it, or an SMS whose submit_sm cannot have been taken: sms_state unset (claimed, not submitted:
   -- `submitting` is written before submit_sm leaves), `retry` (refused for now, or no bind) or `refused`.
-  local d = redis.call('HMGET', KEYS[1], 'dial_started', 'sms_state', p .. 'method', p .. 'cost')
+  local d = redis.call('HMGET', KEYS[1], 'dial_started', 'sms_state', p .. 'method', p .. 'cost', 'country')
   local nothingSent = not d[1] or (d[3] == 'sms' and (not d[2] or d[2] == 'retry' or d[2] == 'refused'))
   if nothingSent and redis.call('HSETNX', KEYS[1], p .. 'refunded', '1') == 1 then
     local refund = tonumber(d[4] or '0')
+    refundCharge(KEYS[2], KEYS[1], KEYS[5], KEYS[6], ARGV[12], d[3], refund, d[5])
     if refund > 0 then
-      if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'balance', refund) end
-      redis.call('HINCRBY', KEYS[1], 'cost', -refund)
       v[6] = tostring(tonumber(v[6] or '0') - refund)
       redis.call('HSET', KEYS[1], p .. 'cost', 0)
-    end
-    if d[3] and redis.call('EXISTS', KEYS[3]) == 1 then
-      redis.call('HINCRBY', KEYS[3], d[3] .. ':count', -1)
-      if refund > 0 then redis.call('HINCRBY', KEYS[3], d[3] .. ':cost', -refund) end
     end
   end
 end

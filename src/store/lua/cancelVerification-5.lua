@@ -5,30 +5,46 @@
   taken (`dial_started`) so a job that has not dialled yet never will; when
   nothing of the current attempt (or send) left (no job claimed it, or an SMS
   not submitted yet: waiting for a bind or a throttle back-off), it is refunded
-  and taken out of the usage of its day (billing per attempt actually sent).
+  and taken out of the usage and the per-country conversion `sent` of the day
+  it was charged (billing per attempt actually sent), once.
   A voice call in progress is ended by its worker, which watches the status;
   a flash call ringing is CANCELled by its worker too (engine/attempt-state.ts).
+
+  The caller picks KEYS[4] and KEYS[5] from when the current attempt was
+  charged (`att<wf_step>_started_at`, else `last_send_at`, else `created_at`:
+  verification/types.ts chargedAt) and passes that time as ARGV[4]; if the
+  attempt changed since it read it (a workflow step started, a resend was
+  paid, maybe on the next day), this changes nothing and returns {"moved"}:
+  read again and retry.
 
   KEYS[1] verification hash
   KEYS[2] account hash
   KEYS[3] events stream
-  KEYS[4] usage hash of the account for the day the current attempt (or send) started
+  KEYS[4] usage hash of the account for the day the current attempt (or send) was charged
+  KEYS[5] conversion hash of that day (FraudControls.trackSent)
 
   ARGV[1] account_id of the caller
   ARGV[2] now (ms since epoch)
   ARGV[3] events stream MAXLEN (approximate)
+  ARGV[4] when the current attempt was charged, as the caller read it ("" when it read none)
+  ARGV[5] TTL of the conversion hash (ms), set when this creates it
 
-  Returns {"ok", refunded_micro} | {"not_found"} | {"not_live", status}
+  Returns {"ok", refunded_micro} | {"not_found"} | {"not_live", status} | {"moved"}
 ]]
-local v = redis.call('HMGET', KEYS[1], 'account_id', 'status', 'wf_step', 'wf_steps', 'method', 'cost', 'request_id')
+--- @include "refundCharge"
+local v = redis.call('HMGET', KEYS[1], 'account_id', 'status', 'wf_step', 'wf_steps', 'method', 'cost', 'request_id',
+  'last_send_at', 'created_at', 'country', 'test_number')
 if not v[1] or v[1] ~= ARGV[1] then return {'not_found'} end
 local status = v[2]
 if (status ~= 'sent' and status ~= 'delivered') or tonumber(ARGV[2]) >= tonumber(redis.call('HGET', KEYS[1], 'expires_at') or '0') then
   return {'not_live', status}
 end
+local chargedAt = v[8] or v[9]
+if v[4] then chargedAt = redis.call('HGET', KEYS[1], 'att' .. v[3] .. '_started_at') end
+if (chargedAt or '') ~= ARGV[4] then return {'moved'} end
 redis.call('HSET', KEYS[1], 'status', 'canceled')
 redis.call('HSETNX', KEYS[1], 'at_canceled', ARGV[2])
--- Nothing of the current attempt left (the same rule in expireVerification-6 and advanceWorkflow-4): no
+-- Nothing of the current attempt left (the same rule in expireVerification-6 and advanceWorkflow-6): no
 -- job claimed it, or an SMS whose submit_sm cannot have been taken: sms_state unset (claimed, not submitted:
 -- `submitting` is written before submit_sm leaves), `retry` (refused for now, or no bind) or `refused`.
 local undialled = redis.call('HSETNX', KEYS[1], 'dial_started', 'canceled') == 1
@@ -58,14 +74,8 @@ elseif undialled and redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then
   -- A resend not dialled yet: only its own price (send_cost); the earlier sends went out.
   refund = tonumber(redis.call('HGET', KEYS[1], 'send_cost') or v[6] or '0')
 end
-if refund > 0 then
-  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'balance', refund) end
-  redis.call('HINCRBY', KEYS[1], 'cost', -refund)
-end
-if refunded and method and redis.call('EXISTS', KEYS[4]) == 1 then
-  redis.call('HINCRBY', KEYS[4], method .. ':count', -1)
-  if refund > 0 then redis.call('HINCRBY', KEYS[4], method .. ':cost', -refund) end
-end
+-- A test number's send was never counted in the conversion hash (it never reaches the network): no country.
+if refunded then refundCharge(KEYS[2], KEYS[1], KEYS[4], KEYS[5], ARGV[5], method, refund, not v[11] and v[10] or nil) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
   'event', 'verification.canceled', 'request_id', v[7], 'account_id', v[1],
   'method', v[5], 'status', 'canceled', 'timestamp', ARGV[2], 'detail', '{}')
