@@ -625,7 +625,7 @@ export const configSchema = z
       .object({
         /** Allow webhook URLs that resolve to loopback/private/link-local addresses (tests, on-prem only). */
         allowPrivate: z.boolean().default(false),
-        /** The docs promise receivers 5 s to answer with a 2xx. */
+        /** The docs promise receivers 5 s to answer with a 2xx; the one deadline covers the DNS lookup and connect too. */
         timeoutMs: z.number().int().positive().default(5000),
         /** Delivery attempts; with `backoffMs` 5000 and 15 attempts the last retry is ~22 h after the first. */
         attempts: z.number().int().positive().default(15),

@@ -10,7 +10,7 @@ import { scripts } from '../store/scripts.js';
 import { isoSeconds } from '../verification/types.js';
 import { orderMember, type WebhookJobData } from './webhook-queue.js';
 import { WebhookDeliveryError, postWebhook, signWebhook } from './webhook-sender.js';
-import { assertWebhookTarget } from './webhook-target.js';
+import { assertWebhookTarget, type ResolveAll } from './webhook-target.js';
 
 export interface WebhookProcessorDeps {
   redis: Redis;
@@ -20,6 +20,8 @@ export interface WebhookProcessorDeps {
   config: Readonly<Config['webhooks']>;
   metrics: Metrics;
   logger: Logger;
+  /** Name resolution of webhook hosts (default: the system's); tests inject a resolver. */
+  resolveAll?: ResolveAll;
 }
 
 /**
@@ -109,9 +111,6 @@ export class WebhookProcessor {
       log.debug({ event: d.event, record_status: recordStatus }, 'event contradicts the final status; not sent');
       return;
     }
-    const target = await assertWebhookTarget(url, config.allowPrivate).catch((err: Error) => {
-      throw new WebhookDeliveryError(err.message);
-    });
     const body = JSON.stringify({
       event: d.event,
       request_id: d.request_id,
@@ -121,6 +120,13 @@ export class WebhookProcessor {
       timestamp: isoSeconds(d.timestamp),
     });
     const secret = await accounts.secretOf(d.account_id);
+    // One deadline for the network part, name resolution included: a resolver that hangs holds this delivery's
+    // slot no longer than a receiver that does not answer, and fails it the same way ("timeout", retried).
+    const signal = AbortSignal.timeout(config.timeoutMs);
+    const { resolveAll } = this.deps;
+    const target = await assertWebhookTarget(url, config.allowPrivate, resolveAll, signal).catch((err: Error) => {
+      throw new WebhookDeliveryError(err.message);
+    });
     const status = await postWebhook(
       target,
       body,
@@ -130,7 +136,7 @@ export class WebhookProcessor {
         'x-flashverify-timestamp': String(Math.floor(Date.now() / 1000)),
         'x-flashverify-event-id': d.event_id,
       },
-      { timeoutMs: config.timeoutMs, allowPrivate: config.allowPrivate },
+      { timeoutMs: config.timeoutMs, allowPrivate: config.allowPrivate, resolveAll, signal },
     );
     if (status < 200 || status > 299) throw new WebhookDeliveryError(`receiver answered HTTP ${status}`);
     log.info({ event: d.event, http_status: status, host: target.host }, 'webhook delivered');
