@@ -376,11 +376,12 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         metrics,
         logger: logger.child({ module: 'webhooks' }),
       });
+      metrics.watchWebhookBreakers(webhooks.breaker);
       const webhookWorker = new Worker<WebhookJobData>(
         WEBHOOK_QUEUE,
         (job, token) => {
-          // Only a first run measures queueing: retries and order waits are delayed on purpose.
-          if (job.attemptsMade === 0 && !job.data.waits) metrics.jobStarted(WEBHOOK_QUEUE, job.timestamp, job.processedOn);
+          // Only a first run measures queueing: retries, order waits and deferrals (breaker, per-account cap) are delayed on purpose.
+          if (!job.attemptsStarted || job.attemptsStarted <= 1) metrics.jobStarted(WEBHOOK_QUEUE, job.timestamp, job.processedOn);
           return webhooks.process(job, token);
         },
         {
