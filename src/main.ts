@@ -7,7 +7,7 @@ import { Worker, type ConnectionOptions, type Job } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import { AccountStore } from './accounts/account-store.js';
+import { AccountNotFoundError, AccountStore } from './accounts/account-store.js';
 import { AccountFieldCache } from './accounts/account-field-cache.js';
 import { CURRENCIES, type Currency } from './accounts/money.js';
 import { buildApi } from './api/app.js';
@@ -32,6 +32,7 @@ import { WorkflowAdvancer } from './events/workflow-advancer.js';
 import { BullStepTimer, STEP_TIMEOUT_QUEUE, fireStepTimeout, type StepTimeoutJobData } from './engine/step-timer.js';
 import { WebhookProcessor } from './events/webhook-processor.js';
 import { WEBHOOK_QUEUE, WebhookQueue, type WebhookJobData } from './events/webhook-queue.js';
+import { describeGivenUp, givenUpWebhooks, replayGivenUp } from './events/webhook-replay.js';
 import { createLogger } from './logging/logger.js';
 import { MetricsServer, type ReadinessProbes } from './metrics/metrics-server.js';
 import { Metrics } from './metrics/metrics.js';
@@ -380,11 +381,12 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         metrics,
         logger: logger.child({ module: 'webhooks' }),
       });
+      metrics.watchWebhookBreakers(webhooks.breaker);
       const webhookWorker = new Worker<WebhookJobData>(
         WEBHOOK_QUEUE,
         (job, token) => {
-          // Only a first run measures queueing: retries and order waits are delayed on purpose.
-          if (job.attemptsMade === 0 && !job.data.waits) metrics.jobStarted(WEBHOOK_QUEUE, job.timestamp, job.processedOn);
+          // Only a first run measures queueing: retries, order waits and deferrals (breaker, per-account cap) are delayed on purpose.
+          if (!job.attemptsStarted || job.attemptsStarted <= 1) metrics.jobStarted(WEBHOOK_QUEUE, job.timestamp, job.processedOn);
           return webhooks.process(job, token);
         },
         {
@@ -533,6 +535,8 @@ Usage:
   flashverify account set-rate-limit ACCOUNT_ID (--rps N | --clear)
   flashverify account set-sms-template ACCOUNT_ID --locale fr (--template 'Code : {code}' | --clear)
   flashverify account set-fraud ACCOUNT_ID (--json '{"countries":{"allow":["GB"]}}' | --clear)
+  flashverify webhook failed ACCOUNT_ID [--request-id ID] [--since 2026-03-04T15:00:00Z]
+  flashverify webhook replay ACCOUNT_ID [--request-id ID] [--since 2026-03-04T15:00:00Z]
 
 Configuration: config/default.yaml, then --config FILE or FLASHVERIFY_CONFIG,
 then environment variables (REDIS_URL, REDIS_PREFIX, REDIS_CLUSTER, PORT, HOST, SIP_TRUNK_URI,
@@ -558,6 +562,8 @@ export async function runCli(argv: string[]): Promise<number> {
       locale: { type: 'string' },
       template: { type: 'string' },
       json: { type: 'string' },
+      'request-id': { type: 'string' },
+      since: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -607,10 +613,7 @@ export async function runCli(argv: string[]): Promise<number> {
       const store = new AccountStore(redis, new Keys(config.redis.prefix), cliSealer, {
         allowPrivateWebhooks: config.webhooks.allowPrivate,
       });
-      const need = (v: string | undefined, what: string): string => {
-        if (!v) throw new AppError('usage', `account ${sub}: ${what} is required\n\n${USAGE}`);
-        return v;
-      };
+      const need = (v: string | undefined, what: string): string => required(`account ${sub}`, v, what);
       const amount = (v: string | undefined, what: string): number => {
         const n = Number(need(v, what));
         if (!Number.isFinite(n) || n < 0) throw new AppError('usage', `${what} must be a non-negative number`);
@@ -691,7 +694,43 @@ export async function runCli(argv: string[]): Promise<number> {
       redis.disconnect();
     }
   }
+  if (command === 'webhook') {
+    if (sub !== 'failed' && sub !== 'replay') throw new AppError('usage', `unknown webhook command "${sub ?? ''}"\n\n${USAGE}`);
+    const accountId = required(`webhook ${sub}`, id, 'ACCOUNT_ID');
+    let since: number | undefined;
+    if (values.since !== undefined) {
+      // ISO 8601 with a date and a time (a zone, or UTC): what `failed` prints as failed_at.
+      since = /^\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:?\d\d)?$/.test(values.since) ? Date.parse(values.since) : NaN;
+      if (Number.isNaN(since)) throw new AppError('usage', `--since must be an ISO 8601 date and time, e.g. 2026-03-04T15:00:00Z, not "${values.since}"`);
+    }
+    const keys = new Keys(config.redis.prefix);
+    const redis = connectRedis(config.redis, logger, { maxRetriesPerRequest: 1 });
+    const webhookQueue = new WebhookQueue(redis, keys.bullPrefix(), config.webhooks);
+    try {
+      if (!(await redis.exists(keys.account(accountId)))) throw new AccountNotFoundError(accountId);
+      if (sub === 'replay' && !(await redis.hget(keys.account(accountId), 'webhook_url'))) {
+        throw new AppError('usage', `account ${accountId} has no webhook URL: set one first (account set-webhook), or the replayed events would be dropped`);
+      }
+      const jobs = await givenUpWebhooks(webhookQueue.queue, { accountId, requestId: values['request-id'], since });
+      // One JSON line per webhook (stdout carries nothing else): the given-up ones, or those queued again.
+      for (const job of jobs) {
+        const line = describeGivenUp(job);
+        if (sub === 'replay') await replayGivenUp(job);
+        process.stdout.write(JSON.stringify(line) + '\n');
+      }
+      return 0;
+    } finally {
+      await webhookQueue.close();
+      redis.disconnect();
+    }
+  }
   throw new AppError('usage', `unknown command "${command}"\n\n${USAGE}`);
+}
+
+/** A positional or option a command cannot do without. */
+function required(command: string, v: string | undefined, what: string): string {
+  if (!v) throw new AppError('usage', `${command}: ${what} is required\n\n${USAGE}`);
+  return v;
 }
 
 function isMain(): boolean {

@@ -3,6 +3,7 @@ import type { Redis } from 'ioredis';
 import { Sealer } from '../crypto/sealer.js';
 import { AppError } from '../errors/app-error.js';
 import { assertWebhookTarget } from '../events/webhook-target.js';
+import { resetWebhookBreaker } from '../events/webhook-breaker.js';
 import { validateTemplate } from '../sms/text.js';
 import type { Keys } from '../store/keys.js';
 import { forgetAccountField, type AccountFieldCache } from './account-field-cache.js';
@@ -157,6 +158,8 @@ export class AccountStore {
       await this.redis.hset(this.keys.account(id), 'webhook_url', parsed.toString());
     }
     authCache.forgetAccount(id);
+    // A new (or the same, set again) URL gets a fresh start: its breaker closes and its failures are forgotten.
+    await resetWebhookBreaker(this.redis, this.keys, id);
     // This process's webhook consumer sees the new URL at once; other processes within `accounts.fieldCacheMs`.
     forgetAccountField(this.keys, id, 'webhook_url');
     return this.get(id);

@@ -625,7 +625,7 @@ export const configSchema = z
       .object({
         /** Allow webhook URLs that resolve to loopback/private/link-local addresses (tests, on-prem only). */
         allowPrivate: z.boolean().default(false),
-        /** The docs promise receivers 5 s to answer with a 2xx. */
+        /** The docs promise receivers 5 s to answer with a 2xx; the one deadline covers the DNS lookup and connect too. */
         timeoutMs: z.number().int().positive().default(5000),
         /** Delivery attempts; with `backoffMs` 5000 and 15 attempts the last retry is ~22 h after the first. */
         attempts: z.number().int().positive().default(15),
@@ -635,8 +635,36 @@ export const configSchema = z
         orderPollMs: z.number().int().positive().default(500),
         /** Webhook deliveries in flight per worker process. */
         concurrency: z.number().int().positive().default(50),
+        /**
+         * Deliveries in flight per account and worker process: an account whose receiver is slow or dead holds at
+         * most this many of the `concurrency` slots. null: a fifth of `concurrency` (at least 1).
+         */
+        accountConcurrency: z.number().int().positive().nullable().default(null),
+        /** Per-account circuit breaker (events/webhook-breaker.ts). */
+        breaker: z
+          .object({
+            /** Failed deliveries in a row (timeouts, refusals, non-2xx) that open an account's breaker; 0 = never. */
+            failures: z.number().int().min(0).default(5),
+            /** The account's deliveries are deferred (no attempt spent) this long, then one probe delivery decides. */
+            coolOffMs: z.number().int().positive().default(30_000),
+            /** A failed probe doubles the cool-off, up to this. */
+            maxCoolOffMs: z.number().int().positive().default(600_000),
+          })
+          .strict()
+          .refine((b) => b.maxCoolOffMs >= b.coolOffMs, { message: 'maxCoolOffMs must be >= coolOffMs', path: ['maxCoolOffMs'] })
+          .prefault({}),
       })
-      .strict(),
+      .strict()
+      .superRefine((w, ctx) => {
+        if (w.accountConcurrency !== null && w.accountConcurrency > w.concurrency) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['accountConcurrency'],
+            message: `must be at most webhooks.concurrency (${w.concurrency}): it is a share of those slots`,
+          });
+        }
+      })
+      .transform((w) => ({ ...w, accountConcurrency: w.accountConcurrency ?? Math.max(1, Math.floor(w.concurrency / 5)) })),
   })
   .strict();
 

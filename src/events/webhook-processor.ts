@@ -8,9 +8,10 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
 import { isoSeconds } from '../verification/types.js';
+import { WebhookBreaker } from './webhook-breaker.js';
 import { orderMember, type WebhookJobData } from './webhook-queue.js';
 import { WebhookDeliveryError, postWebhook, signWebhook } from './webhook-sender.js';
-import { assertWebhookTarget } from './webhook-target.js';
+import { assertWebhookTarget, type ResolveAll } from './webhook-target.js';
 
 export interface WebhookProcessorDeps {
   redis: Redis;
@@ -20,6 +21,8 @@ export interface WebhookProcessorDeps {
   config: Readonly<Config['webhooks']>;
   metrics: Metrics;
   logger: Logger;
+  /** Name resolution of webhook hosts (default: the system's); tests inject a resolver. */
+  resolveAll?: ResolveAll;
 }
 
 /**
@@ -53,7 +56,16 @@ export interface WebhookProcessorDeps {
 const ORDER_DONE_TTL_SECONDS = 2 * 3600;
 
 export class WebhookProcessor {
-  constructor(private readonly deps: WebhookProcessorDeps) {}
+  /** Deliveries in flight in this process, per account (`webhooks.accountConcurrency`). */
+  private readonly inFlight = new Map<string, number>();
+  /** The per-account circuit breakers (the gauge of open ones reads it). */
+  readonly breaker: WebhookBreaker;
+
+  constructor(private readonly deps: WebhookProcessorDeps) {
+    const { config } = deps;
+    // A probe that has not ended by then (its process died) lets another delivery probe.
+    this.breaker = new WebhookBreaker(deps.redis, deps.keys, config.breaker, 2 * config.timeoutMs + 1000, deps.logger);
+  }
 
   async process(job: Job<WebhookJobData>, token?: string): Promise<void> {
     const { redis, keys, config } = this.deps;
@@ -68,10 +80,52 @@ export class WebhookProcessor {
       await job.moveToDelayed(Date.now() + Math.min(60_000, config.orderPollMs * 2 ** waits), token);
       throw new DelayedError();
     }
-    const log = this.deps.logger.child({ request_id: d.request_id, event_id: d.event_id, attempt: job.attemptsMade + 1 });
+    // Per-account cap: an account whose receiver is slow or dead holds at most this many of the process's slots;
+    // its other events step aside (no attempt spent) and the slot goes to the next job, another account's.
+    const held = this.inFlight.get(d.account_id) ?? 0;
+    if (held >= config.accountConcurrency) {
+      return this.defer(job, token, Date.now() + Math.min(config.timeoutMs, 1000) * (0.5 + Math.random() / 2), 'account_limit');
+    }
+    this.inFlight.set(d.account_id, held + 1);
     try {
-      await this.deliver(d, log);
+      await this.attempt(job, token, order, member);
+    } finally {
+      const left = (this.inFlight.get(d.account_id) ?? 1) - 1;
+      if (left > 0) this.inFlight.set(d.account_id, left);
+      else this.inFlight.delete(d.account_id);
+    }
+  }
+
+  /** Moves the job back to delayed until `until` without spending an attempt (it has not been tried). */
+  private async defer(job: Job<WebhookJobData>, token: string | undefined, until: number, reason: 'account_limit' | 'breaker'): Promise<never> {
+    this.deps.metrics.webhookDeferred(reason);
+    await job.moveToDelayed(until, token);
+    throw new DelayedError();
+  }
+
+  private async attempt(job: Job<WebhookJobData>, token: string | undefined, order: string, member: string): Promise<void> {
+    const { config } = this.deps;
+    const d = job.data;
+    const log = this.deps.logger.child({ request_id: d.request_id, event_id: d.event_id, account_id: d.account_id, attempt: job.attemptsMade + 1 });
+    // Read from Redis before every delivery, never cached (account-field-cache.ts is for the consumer): a URL
+    // removed or changed by an operator gets no further delivery of this event, from any process.
+    const gate = await this.breaker.gate(d.account_id);
+    if (!gate.url) {
+      log.info({ event: d.event }, 'webhook URL removed; event not sent');
+      return this.markDone(order, member);
+    }
+    if (gate.state === 'open') {
+      // Spread over a quarter of the cool-off, so that the account's waiting events do not all wake at once.
+      log.debug({ event: d.event, until: gate.until }, 'webhook breaker open; delivery deferred');
+      return this.defer(job, token, gate.until + Math.random() * (config.breaker.coolOffMs / 4), 'breaker');
+    }
+    let sent: boolean;
+    try {
+      sent = await this.deliver(d, gate.url, log);
     } catch (err) {
+      if (err instanceof WebhookDeliveryError) {
+        await this.breaker.failed(d.account_id, gate.state === 'probe', err.message).catch((e: Error) => log.warn({ err: e.message }, 'could not record the failure in the webhook breaker'));
+      }
       const final = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
       this.deps.metrics.webhookFailed(final);
       if (final) {
@@ -82,6 +136,8 @@ export class WebhookProcessor {
       }
       throw err;
     }
+    if (sent) await this.breaker.succeeded(d.account_id, gate);
+    else if (gate.state === 'probe') await this.breaker.releaseProbe(d.account_id);
     await this.markDone(order, member);
   }
 
@@ -90,28 +146,19 @@ export class WebhookProcessor {
     await scripts.markWebhookDone.run(this.deps.redis, [order], [member, ORDER_DONE_TTL_SECONDS]);
   }
 
-  private async deliver(d: WebhookJobData, log: Logger): Promise<void> {
+  /** Sends the event to `url`; false when it was not sent on purpose (record gone, contradicts the final status). */
+  private async deliver(d: WebhookJobData, url: string, log: Logger): Promise<boolean> {
     const { redis, keys, sealer, accounts, config } = this.deps;
-    // Read from Redis before every delivery, never cached (account-field-cache.ts is for the consumer): a URL
-    // removed or changed by an operator gets no further delivery of this event, from any process.
-    const url = await redis.hget(keys.account(d.account_id), 'webhook_url');
-    if (!url) {
-      log.info({ event: d.event }, 'webhook URL removed; event not sent');
-      return;
-    }
     const [phoneEnc, recordStatus, ...finalAt] = await redis.hmget(keys.verification(d.request_id), 'phone_enc', 'status', ...FINAL_STATUSES.map((f) => `at_${f}`));
     if (!phoneEnc) {
       log.warn({ event: d.event }, 'verification record gone; event not sent');
-      return;
+      return false;
     }
     if (contradictsFinal(d, recordStatus ?? null, finalAt)) {
       this.deps.metrics.webhookSkipped();
       log.debug({ event: d.event, record_status: recordStatus }, 'event contradicts the final status; not sent');
-      return;
+      return false;
     }
-    const target = await assertWebhookTarget(url, config.allowPrivate).catch((err: Error) => {
-      throw new WebhookDeliveryError(err.message);
-    });
     const body = JSON.stringify({
       event: d.event,
       request_id: d.request_id,
@@ -121,6 +168,13 @@ export class WebhookProcessor {
       timestamp: isoSeconds(d.timestamp),
     });
     const secret = await accounts.secretOf(d.account_id);
+    // One deadline for the network part, name resolution included: a resolver that hangs holds this delivery's
+    // slot no longer than a receiver that does not answer, and fails it the same way ("timeout", retried).
+    const signal = AbortSignal.timeout(config.timeoutMs);
+    const { resolveAll } = this.deps;
+    const target = await assertWebhookTarget(url, config.allowPrivate, resolveAll, signal).catch((err: Error) => {
+      throw new WebhookDeliveryError(err.message);
+    });
     const status = await postWebhook(
       target,
       body,
@@ -130,10 +184,11 @@ export class WebhookProcessor {
         'x-flashverify-timestamp': String(Math.floor(Date.now() / 1000)),
         'x-flashverify-event-id': d.event_id,
       },
-      { timeoutMs: config.timeoutMs, allowPrivate: config.allowPrivate },
+      { timeoutMs: config.timeoutMs, allowPrivate: config.allowPrivate, resolveAll, signal },
     );
     if (status < 200 || status > 299) throw new WebhookDeliveryError(`receiver answered HTTP ${status}`);
     log.info({ event: d.event, http_status: status, host: target.host }, 'webhook delivered');
+    return true;
   }
 }
 

@@ -85,19 +85,48 @@ function lookupAll(host: string): Promise<LookupAddress[]> {
   );
 }
 
+/** A resolver that did not answer before the delivery's deadline (`webhooks.timeoutMs`, lookup included). */
+export class WebhookLookupTimeoutError extends AppError {
+  constructor(host: string) {
+    super('webhook_lookup_timeout', `timeout: no DNS answer for ${host} within the delivery timeout`);
+  }
+}
+
+/**
+ * `lookup`, given up when `signal` aborts. A system lookup cannot be cancelled (getaddrinfo runs on libuv's thread
+ * pool until the resolver gives up), but the delivery waiting for it is released at the deadline.
+ */
+function lookupBefore(lookup: Promise<LookupAddress[]>, host: string, signal: AbortSignal | undefined): Promise<LookupAddress[]> {
+  if (!signal) return lookup;
+  if (signal.aborted) return Promise.reject(new WebhookLookupTimeoutError(host));
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(new WebhookLookupTimeoutError(host));
+    signal.addEventListener('abort', onAbort, { once: true });
+    lookup.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}
+
 /**
  * Resolves the URL's host (every address) and refuses it when any address is
  * private, unless `allowPrivate`. Called when the URL is set and again before
  * each delivery; `guardedLookup` closes the window between check and connect.
+ * A delivery passes its deadline's `signal`: a resolver that does not answer
+ * by then fails it with `WebhookLookupTimeoutError`.
  */
-export async function assertWebhookTarget(url: string | URL, allowPrivate: boolean, resolveAll: ResolveAll = lookupAll): Promise<URL> {
+export async function assertWebhookTarget(
+  url: string | URL,
+  allowPrivate: boolean,
+  resolveAll: ResolveAll = lookupAll,
+  signal?: AbortSignal,
+): Promise<URL> {
   const parsed = typeof url === 'string' ? parseWebhookUrl(url) : url;
   if (allowPrivate) return parsed;
   const host = parsed.hostname.replace(/^\[(.*)\]$/, '$1');
   let addresses: LookupAddress[];
   try {
-    addresses = isIP(host) ? [{ address: host, family: isIP(host) }] : await resolveAll(host);
+    addresses = isIP(host) ? [{ address: host, family: isIP(host) }] : await lookupBefore(resolveAll(host), host, signal);
   } catch (err) {
+    if (err instanceof WebhookLookupTimeoutError) throw err;
     throw new WebhookTargetError(`cannot resolve ${host}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
   }
   if (addresses.length === 0) throw new WebhookTargetError(`cannot resolve ${host}`);

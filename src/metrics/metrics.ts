@@ -39,6 +39,11 @@ export interface RtpStatsSource {
   readonly activeSessions: number;
 }
 
+/** What the webhook breaker gauge reads at scrape time (events/webhook-breaker.ts). */
+export interface WebhookBreakersSource {
+  openCount(): Promise<number>;
+}
+
 /** Job states the queue-depth gauge reports; completed/failed are history, not depth. */
 const DEPTH_STATES = ['waiting', 'active', 'delayed'] as const;
 
@@ -59,6 +64,7 @@ export class Metrics {
   private readonly jobLatencyHist: Histogram<'queue'>;
   private readonly webhookFailures: Counter<'final'>;
   private readonly webhookSkips: Counter;
+  private readonly webhookDeferrals: Counter<'reason'>;
   private readonly rangeSentCounter: Counter<'range'>;
   private readonly rangeVerifiedCounter: Counter<'range'>;
   private readonly conversionSentCounter: Counter<'country' | 'method'>;
@@ -72,6 +78,7 @@ export class Metrics {
   private readonly queues = new Map<string, JobCountsSource>();
   private rangeQuarantine: RangeQuarantineSource | undefined;
   private eventGroups: EventGroupsSource | undefined;
+  private webhookBreakers: WebhookBreakersSource | undefined;
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
@@ -112,6 +119,24 @@ export class Metrics {
       name: 'flashverify_webhook_skipped_total',
       help: 'Webhook events not sent because they would contradict the final status the verification already has',
       registers,
+    });
+    this.webhookDeferrals = new Counter({
+      name: 'flashverify_webhook_deferred_total',
+      help:
+        'Webhook deliveries put back to wait without spending an attempt: reason="breaker" (the account\'s breaker is open), ' +
+        'reason="account_limit" (webhooks.accountConcurrency of the account in flight in this process)',
+      labelNames: ['reason'],
+      registers,
+    });
+    const breakersSource = (): WebhookBreakersSource | undefined => this.webhookBreakers;
+    new Gauge({
+      name: 'flashverify_webhook_breaker_open',
+      help: 'Accounts whose webhook circuit breaker is open (deliveries deferred), over the deployment, read at scrape time',
+      registers,
+      async collect() {
+        const open = await breakersSource()?.openCount().catch(() => undefined);
+        if (open !== undefined) this.set(open); // Redis slow or down: the last value stays
+      },
     });
     this.rangeSentCounter = new Counter({
       name: 'flashverify_range_sent_total',
@@ -292,6 +317,15 @@ export class Metrics {
 
   webhookSkipped(): void {
     this.webhookSkips.inc();
+  }
+
+  webhookDeferred(reason: 'breaker' | 'account_limit'): void {
+    this.webhookDeferrals.inc({ reason });
+  }
+
+  /** Report the accounts whose webhook breaker is open in `flashverify_webhook_breaker_open`. */
+  watchWebhookBreakers(source: WebhookBreakersSource): void {
+    this.webhookBreakers = source;
   }
 
   rangeSent(range: string): void {

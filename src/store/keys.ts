@@ -73,6 +73,18 @@ export class Keys {
     return `${this.prefix}:whq:${requestId}`;
   }
   /**
+   * Hash: one account's webhook circuit breaker (events/webhook-breaker.ts): `failures` in a row, and while open
+   * `open_until`, `cool_off_ms` and a probe's `probe_until` (ms). Expires a day after the last failure while
+   * closed; deleted by a successful delivery or a new webhook URL.
+   */
+  webhookBreaker(accountId: string): string {
+    return `${this.prefix}:whcb:${accountId}`;
+  }
+  /** Set: the accounts whose webhook breaker is open (the `flashverify_webhook_breaker_open` gauge). */
+  webhookBreakersOpen(): string {
+    return `${this.prefix}:whcbopen`;
+  }
+  /**
    * String with TTL: the first response to an `Idempotency-Key` of an account
    * (named by a keyed MAC of the key: any printable key is safe in a key name,
    * and a key holding a phone number does not reveal it), sealed.

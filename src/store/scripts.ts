@@ -66,6 +66,8 @@ export const scripts = {
   recordAttemptEvent: LuaScript.load('recordAttemptEvent-2'),
   adoptKey: LuaScript.load('adoptKey-2'),
   markWebhookDone: LuaScript.load('markWebhookDone-1'),
+  gateWebhook: LuaScript.load('gateWebhook-2'),
+  tripWebhookBreaker: LuaScript.load('tripWebhookBreaker-2'),
 };
 
 /**

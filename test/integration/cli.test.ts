@@ -1,11 +1,19 @@
 import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
-import { afterAll, describe, expect, it } from 'vitest';
-import { deletePrefix, REDIS_URL } from '../helpers/engine.js';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AccountStore } from '../../src/accounts/account-store.js';
+import { WEBHOOK_QUEUE, type WebhookJobData } from '../../src/events/webhook-queue.js';
+import type { Method } from '../../src/verification/types.js';
+import { VerificationService } from '../../src/verification/verification-service.js';
+import { deletePrefix, REDIS_URL, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
 
@@ -94,5 +102,140 @@ describe('flashverify CLI', { timeout: 90_000 }, () => {
     expect(r.stderr).toMatch(/http\.port/);
     expect(r.stderr).toMatch(/flash\.ringMs/);
     expect(r.stderr).toMatch(/sip\.trunks\.0\.uri: must be a SIP URI/);
+  });
+});
+
+/**
+ * Given-up webhooks (every attempt failed) listed and queued again from the command line: a real engine delivers
+ * (in this process), the CLI runs as its own process on the same Redis prefix, and a real receiver on loopback
+ * answers what the test scripts.
+ */
+describe('flashverify webhook failed / replay', { timeout: 90_000 }, () => {
+  let t: TestEngine;
+  let server: Server;
+  let url: string;
+  const dir = mkdtempSync(join(tmpdir(), 'fv-cli-webhooks-'));
+  const config = join(dir, 'c.yaml');
+  let env: Record<string, string>;
+  /** Statuses to answer, in order; then `otherwise`. */
+  const script: number[] = [];
+  let otherwise = 500;
+  let secret = '';
+  const received: { request_id: string; event_id: string; status: number; signatureValid: boolean }[] = [];
+  let queue: Queue<WebhookJobData>;
+  let service: VerificationService;
+  let store: AccountStore;
+
+  beforeAll(async () => {
+    // Two attempts, quick back-off; the breaker off (these failures are the point).
+    t = await startTestEngine(
+      testConfig({ webhooks: { allowPrivate: true, attempts: 2, backoffMs: 100, orderPollMs: 50, breaker: { failures: 0 } }, accounts: { fieldCacheMs: 0 } }),
+      'all',
+    );
+    env = { REDIS_URL, REDIS_PREFIX: t.config.redis.prefix, LOG_LEVEL: 'warn' };
+    writeFileSync(config, `security: { masterKeyFile: "${join(dir, 'master.key')}" }\nwebhooks: { allowPrivate: true }\n`);
+    server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const body = Buffer.concat(chunks);
+        const status = script.shift() ?? otherwise;
+        received.push({
+          request_id: String((JSON.parse(body.toString()) as Record<string, unknown>).request_id),
+          event_id: String(req.headers['x-flashverify-event-id']),
+          status,
+          signatureValid: req.headers['x-flashverify-signature'] === 'sha256=' + createHmac('sha256', secret).update(body).digest('hex'),
+        });
+        res.writeHead(status).end();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
+    queue = new Queue<WebhookJobData>(WEBHOOK_QUEUE, { connection: t.redis, prefix: t.keys.bullPrefix() });
+    service = new VerificationService(t.redis, t.keys, t.sealer, t.config, { enqueue: async () => undefined }, pino({ level: 'silent' }), new Set<Method>(['flash_call']));
+    store = new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true });
+  });
+  afterAll(async () => {
+    await queue?.close();
+    await t?.stop();
+    server?.closeAllConnections();
+    await new Promise((r) => server?.close(r));
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const lines = (stdout: string) => stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+  const failedCount = async () => (await queue.getFailed()).length;
+
+  async function cli(...args: string[]): Promise<Record<string, unknown>[]> {
+    const r = await flashverify(['webhook', ...args, '--config', config], env);
+    expect([r.code, r.stderr]).toEqual([0, '']);
+    return lines(r.stdout);
+  }
+
+  it('lists an account\'s given-up webhooks, and replays them with fresh attempts, signed with the current secret', async () => {
+    const a = await t.account();
+    const other = await t.account();
+    await store.setWebhook(a.account_id, url);
+    await store.setWebhook(other.account_id, url);
+    secret = a.api_secret;
+    // Every answer 500: each event is given up after its 2 attempts. R1 and R2 first, R3 (and the other account's) later.
+    const r1 = (await service.create(a, { phone_number: '+447700900501' })).request_id;
+    const r2 = (await service.create(a, { phone_number: '+447700900502' })).request_id;
+    await waitFor(async () => (await failedCount()) === 2);
+    const r3 = (await service.create(a, { phone_number: '+447700900503' })).request_id;
+    await service.create(other, { phone_number: '+447700900504' });
+    await waitFor(async () => (await failedCount()) === 4);
+
+    const failed = await cli('failed', a.account_id);
+    expect(failed.map((f) => f.request_id).sort()).toEqual([r1, r2, r3].sort());
+    for (const f of failed) {
+      expect(Object.keys(f).sort()).toEqual(['attempts', 'event', 'event_id', 'failed_at', 'last_error', 'request_id']);
+      expect(f).toMatchObject({ event: 'verification.sent', last_error: 'receiver answered HTTP 500', attempts: 2 });
+      expect(Date.parse(String(f.failed_at))).toBeGreaterThan(Date.now() - 60_000);
+      expect(String(f.failed_at)).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+    }
+    const first = Object.fromEntries(failed.map((f) => [String(f.request_id), f]));
+    expect(await cli('failed', a.account_id, '--request-id', r2)).toEqual([first[r2]]);
+
+    // The customer fixed the endpoint and rotated the secret; the replay is signed with the new one.
+    const regenerated = await store.regenerateSecret(a.account_id);
+    secret = regenerated.api_secret;
+    otherwise = 200;
+    const replayed = await cli('replay', a.account_id, '--request-id', r1);
+    expect(replayed).toEqual([first[r1]]);
+    await waitFor(async () => received.some((r) => r.request_id === r1 && r.status === 200));
+    const r1Hits = received.filter((r) => r.request_id === r1);
+    expect(r1Hits.map((h) => h.status)).toEqual([500, 500, 200]);
+    expect(new Set(r1Hits.map((h) => h.event_id))).toEqual(new Set([first[r1]!.event_id]));
+    expect(r1Hits[2]!.signatureValid).toBe(true);
+
+    // --since: only those given up at or after that time (R3 failed after R1 and R2).
+    expect(await cli('replay', a.account_id, '--since', String(first[r3]!.failed_at))).toEqual([first[r3]]);
+    await waitFor(async () => received.some((r) => r.request_id === r3 && r.status === 200));
+
+    // Fresh attempts: the replayed R2 fails once more and is still retried (its 2 attempts start again).
+    script.push(500);
+    expect(await cli('replay', a.account_id)).toEqual([first[r2]]);
+    await waitFor(async () => received.some((r) => r.request_id === r2 && r.status === 200));
+    expect(received.filter((r) => r.request_id === r2).map((h) => h.status)).toEqual([500, 500, 500, 200]);
+    expect(await cli('failed', a.account_id)).toEqual([]);
+    // The other account's given-up event was never touched.
+    expect((await cli('failed', other.account_id)).map((f) => f.event)).toEqual(['verification.sent']);
+  });
+
+  it('explains what it cannot do, with a non-zero exit', async () => {
+    const a = await t.account();
+    const noUrl = await flashverify(['webhook', 'replay', a.account_id, '--config', config], env);
+    expect(noUrl.code).not.toBe(0);
+    expect(noUrl.stderr).toMatch(/has no webhook URL: set one first/);
+    const since = await flashverify(['webhook', 'failed', a.account_id, '--since', 'yesterday', '--config', config], env);
+    expect(since.code).not.toBe(0);
+    expect(since.stderr).toMatch(/--since must be an ISO 8601 date and time/);
+    const unknown = await flashverify(['webhook', 'failed', randomBytes(4).toString('hex'), '--config', config], env);
+    expect(unknown.code).not.toBe(0);
+    expect(unknown.stderr).toMatch(/no account/);
+    const sub = await flashverify(['webhook', 'resend', a.account_id, '--config', config], env);
+    expect(sub.stderr).toMatch(/unknown webhook command "resend"/);
+    expect((await flashverify(['webhook', 'failed', '--config', config], env)).stderr).toMatch(/ACCOUNT_ID is required/);
   });
 });

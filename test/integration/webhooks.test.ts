@@ -1,12 +1,15 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Queue } from 'bullmq';
+import { Queue, Worker } from 'bullmq';
+import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AccountStore } from '../../src/accounts/account-store.js';
 import { EventPublisher } from '../../src/events/event-publisher.js';
-import { WEBHOOK_QUEUE } from '../../src/events/webhook-queue.js';
+import { WebhookProcessor } from '../../src/events/webhook-processor.js';
+import { WEBHOOK_QUEUE, WebhookQueue, type WebhookJobData } from '../../src/events/webhook-queue.js';
+import { Metrics } from '../../src/metrics/metrics.js';
 import { WebhookTargetError } from '../../src/events/webhook-target.js';
 import type { Account } from '../../src/accounts/account-store.js';
 import type { Method } from '../../src/verification/types.js';
@@ -231,6 +234,63 @@ describe('webhook SSRF protection', () => {
       await queue.close();
     }
     expect(receiver.received).toEqual([]);
+  });
+});
+
+describe('a webhook host whose resolver never answers', () => {
+  it('each attempt fails as a timeout at webhooks.timeoutMs, is retried like any timeout, and frees its slot', async () => {
+    const t = await startTestEngine(testConfig({ webhooks: { allowPrivate: false, timeoutMs: 400, attempts: 2, backoffMs: 100 } }), 'api');
+    const workerRedis = new Redis(t.config.redis.url, { maxRetriesPerRequest: null });
+    const queue = new WebhookQueue(workerRedis, t.keys.bullPrefix(), t.config.webhooks);
+    const asked: string[] = [];
+    const processor = new WebhookProcessor({
+      redis: t.redis,
+      keys: t.keys,
+      sealer: t.sealer,
+      accounts: t.accounts,
+      config: t.config.webhooks,
+      metrics: new Metrics({ defaultMetrics: false }),
+      logger: pino({ level: 'silent' }),
+      // A resolver that takes the question and never answers (a dead DNS server behind a firewall that drops).
+      resolveAll: (host) => {
+        asked.push(host);
+        return new Promise(() => undefined);
+      },
+    });
+    // One slot: a hung lookup holding it would stop every later delivery of this process.
+    const worker = new Worker<WebhookJobData>(WEBHOOK_QUEUE, (job, token) => processor.process(job, token), {
+      connection: workerRedis,
+      prefix: t.keys.bullPrefix(),
+      concurrency: 1,
+    });
+    try {
+      const a = await t.account();
+      // Set as if it had resolved publicly when it was set (the role has no webhook consumer: jobs are added by hand).
+      await t.redis.hset(t.keys.account(a.account_id), 'webhook_url', 'https://hooks.hang.test/flashverify');
+      const service = new VerificationService(t.redis, t.keys, t.sealer, t.config, noQueue, pino({ level: 'silent' }), new Set<Method>(['flash_call']));
+      const jobs: string[] = [];
+      for (const phone of ['+447700900110', '+447700900111']) {
+        const { request_id } = await service.create(a, { phone_number: phone });
+        const event_id = `${Date.now()}-${jobs.length}`;
+        await queue.add({ event_id, event: 'verification.sent', request_id, account_id: a.account_id, method: 'flash_call', status: 'sent', timestamp: Date.now() });
+        jobs.push(event_id);
+      }
+      // Both jobs, one after the other in the one slot, use up their 2 attempts and are given up.
+      const failed = await waitFor(async () => {
+        const f = await queue.queue.getFailed();
+        return f.length === 2 ? f : undefined;
+      }, 10_000);
+      for (const job of failed) {
+        expect(job.attemptsMade).toBe(2);
+        expect(job.failedReason).toBe('timeout: no DNS answer for hooks.hang.test within the delivery timeout');
+      }
+      expect(asked).toEqual(Array(4).fill('hooks.hang.test'));
+    } finally {
+      await worker.close(true);
+      await queue.close();
+      workerRedis.disconnect();
+      await t.stop();
+    }
   });
 });
 

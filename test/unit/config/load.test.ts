@@ -148,6 +148,24 @@ describe('loadConfig', () => {
     expect(() => senders('    default: { addr: "Acme", ton: 1 }\n')).toThrow(/sms\.senders\.default: an international sender \(ton 1\) is an E\.164 number/);
   });
 
+  it('sizes the per-account webhook share from webhooks.concurrency unless given, and refuses shares and cool-offs that make no sense', () => {
+    const c = loadConfig({ env: {} });
+    expect(c.webhooks.accountConcurrency).toBe(10);
+    expect(c.webhooks.breaker).toEqual({ failures: 5, coolOffMs: 30_000, maxCoolOffMs: 600_000 });
+    expect(loadConfig({ env: {}, overrides: { webhooks: { concurrency: 200 } } }).webhooks.accountConcurrency).toBe(40);
+    expect(loadConfig({ env: {}, overrides: { webhooks: { concurrency: 3 } } }).webhooks.accountConcurrency).toBe(1);
+    expect(loadConfig({ env: {}, overrides: { webhooks: { accountConcurrency: 50 } } }).webhooks.accountConcurrency).toBe(50);
+    const file = yamlFile('webhooks:\n  accountConcurrency: 60\n  breaker: { failures: -1, coolOffMs: 60000, maxCoolOffMs: 1000 }\n');
+    expect(() => loadConfig({ file, env: {} })).toThrow(/webhooks\.breaker\.failures: .*>=\s?0/);
+    expect(() => loadConfig({ env: {}, overrides: { webhooks: { accountConcurrency: 60 } } })).toThrow(
+      'webhooks.accountConcurrency: must be at most webhooks.concurrency (50): it is a share of those slots',
+    );
+    expect(() => loadConfig({ env: {}, overrides: { webhooks: { breaker: { coolOffMs: 60_000, maxCoolOffMs: 1000 } } } })).toThrow(
+      'webhooks.breaker.maxCoolOffMs: maxCoolOffMs must be >= coolOffMs',
+    );
+    expect(() => loadConfig({ env: {}, overrides: { webhooks: { accountConcurrency: 0 } } })).toThrow(/webhooks\.accountConcurrency/);
+  });
+
   it('reports unreadable and invalid YAML files', () => {
     expect(() => loadConfig({ file: '/nonexistent/flashverify.yaml', env: {} })).toThrow(/cannot read/);
     expect(() => loadConfig({ file: yamlFile('http: [unclosed'), env: {} })).toThrow(/not valid YAML/);

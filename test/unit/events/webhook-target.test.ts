@@ -94,6 +94,59 @@ describe('webhook targets: DNS rebinding at delivery time', () => {
   });
 });
 
+/**
+ * One deadline for the whole delivery: a resolver that never answers must not hold the delivery past
+ * `timeoutMs`, whether it hangs in the check before the request (assertWebhookTarget) or in the request's
+ * own lookup; and time spent resolving counts against the receiver's time to answer.
+ */
+describe('webhook delivery deadline: name resolution included', () => {
+  let server: Server | undefined;
+  afterEach(async () => {
+    server?.closeAllConnections();
+    await new Promise((r) => (server ? server.close(r) : r(undefined)));
+    server = undefined;
+  });
+
+  const hanging: ResolveAll = () => new Promise<LookupAddress[]>(() => undefined);
+
+  it('the check before the request gives up on a resolver that never answers when the deadline passes', async () => {
+    const started = Date.now();
+    const signal = AbortSignal.timeout(300);
+    await expect(assertWebhookTarget('https://hooks.hang.test/hook', false, hanging, signal)).rejects.toThrow(
+      'timeout: no DNS answer for hooks.hang.test within the delivery timeout',
+    );
+    expect(Date.now() - started).toBeLessThan(2000);
+  });
+
+  it('the request\'s own lookup that never answers fails as a timeout of the resolver, not of the receiver', async () => {
+    await expect(
+      postWebhook(new URL('http://hooks.hang.test:9/hook'), '{}', {}, { timeoutMs: 300, allowPrivate: true, resolveAll: hanging }),
+    ).rejects.toThrow('timeout: no DNS answer for hooks.hang.test within 300 ms');
+  });
+
+  it('a slow resolver and a slow receiver share one timeout: each alone in time, together too late', async () => {
+    // The receiver answers 250 ms after the request; the resolver answers 250 ms after being asked.
+    server = createServer((_req, res) => void setTimeout(() => res.end('ok'), 250));
+    await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    const slow: ResolveAll = () =>
+      new Promise((r) => setTimeout(() => r([{ address: '127.0.0.1', family: 4 }]), 250));
+    const url = new URL(`http://hooks.slow.test:${port}/hook`);
+    // The receiver alone fits in 400 ms; behind the slow lookup of the request itself, it does not.
+    await expect(postWebhook(new URL(`http://127.0.0.1:${port}/hook`), '{}', {}, { timeoutMs: 400, allowPrivate: true })).resolves.toBe(200);
+    await expect(postWebhook(url, '{}', {}, { timeoutMs: 400, allowPrivate: true, resolveAll: slow })).rejects.toThrow(/^timeout: no answer within 400 ms$/);
+    // The check before the request (as the processor does it) spends the same deadline as the request.
+    const signal = AbortSignal.timeout(400);
+    await assertWebhookTarget(url, false, async () => {
+      await new Promise((r) => setTimeout(r, 250));
+      return [{ address: '93.184.215.14', family: 4 }];
+    }, signal);
+    await expect(
+      postWebhook(new URL(`http://127.0.0.1:${port}/hook`), '{}', {}, { timeoutMs: 400, allowPrivate: true, signal }),
+    ).rejects.toThrow(/^timeout: no answer within 400 ms$/);
+  });
+});
+
 describe('webhook signature', () => {
   it('is sha256= + hex HMAC-SHA256 of the raw body with the API secret (the docs\' PHP check)', () => {
     const body = '{"event":"verification.delivered","request_id":"a1","phone_number":"+447700900000","method":"flash_call","status":"delivered","timestamp":"2026-03-04T15:00:02Z"}';

@@ -1,0 +1,101 @@
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { Keys } from '../store/keys.js';
+import { scripts } from '../store/scripts.js';
+
+export interface WebhookBreakerConfig {
+  /** Failed deliveries in a row that open an account's breaker; 0: never opens. */
+  failures: number;
+  /** How long an opened breaker defers the account's deliveries before one probe (ms). */
+  coolOffMs: number;
+  /** A failed probe doubles the cool-off, up to this (ms). */
+  maxCoolOffMs: number;
+}
+
+/** What `gate` decided for one delivery. */
+export interface WebhookGate {
+  /** The account's webhook URL now; null: removed (the event is dropped). */
+  url: string | null;
+  /** closed: deliver; probe: deliver, and the outcome closes or re-opens the breaker; open: wait until `until`. */
+  state: 'closed' | 'probe' | 'open';
+  /** open: ms since epoch before which this account gets no delivery. */
+  until: number;
+  /** The account has failures on record: a success must reset them (`succeeded`). */
+  failing: boolean;
+}
+
+/** How long a closed breaker remembers failures with no success between them. */
+const FAILURES_TTL_SECONDS = 24 * 3600;
+
+/**
+ * One circuit breaker per account, shared by every worker process (Redis:
+ * Keys.webhookBreaker). `failures` deliveries in a row that fail (timeout,
+ * refused, non-2xx ...) open it: the account's deliveries are then deferred,
+ * spending no attempt, until the cool-off is over; then one delivery, the
+ * probe, goes out: a success closes the breaker, a failure opens it again for
+ * twice as long (at most `maxCoolOffMs`). Any successful delivery closes it.
+ * Without it, an endpoint that never answers keeps `concurrency` slots busy
+ * for `timeoutMs` each, every retry of every event, and the other accounts'
+ * webhooks wait behind them.
+ */
+export class WebhookBreaker {
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+    private readonly config: WebhookBreakerConfig,
+    /** How long a probe may take before another delivery may probe instead (its process may have died). */
+    private readonly probeLeaseMs: number,
+    private readonly logger: Logger,
+  ) {}
+
+  /** The account's URL and whether a delivery may go now (one round trip; may make this delivery the probe). */
+  async gate(accountId: string, now = Date.now()): Promise<WebhookGate> {
+    const [url, state, until, failures] = (await scripts.gateWebhook.run(
+      this.redis,
+      [this.keys.account(accountId), this.keys.webhookBreaker(accountId)],
+      [now, this.probeLeaseMs],
+    )) as [string, WebhookGate['state'], number, number];
+    if (state === 'probe') this.logger.info({ account_id: accountId }, 'webhook breaker half-open: one probe delivery decides');
+    return { url: url || null, state, until: Number(until), failing: Number(failures) > 0 || state !== 'closed' };
+  }
+
+  /** A delivery failed (the receiver's fault, not ours): counted, and the breaker opens or re-opens. */
+  async failed(accountId: string, probe: boolean, reason: string, now = Date.now()): Promise<void> {
+    if (this.config.failures === 0) return;
+    const [transition, openUntil, failures, coolOffMs] = (await scripts.tripWebhookBreaker.run(
+      this.redis,
+      [this.keys.webhookBreaker(accountId), this.keys.webhookBreakersOpen()],
+      [accountId, now, this.config.failures, this.config.coolOffMs, this.config.maxCoolOffMs, probe ? 1 : 0, FAILURES_TTL_SECONDS],
+    )) as [string, number, number, number];
+    if (!transition) return;
+    const fields = { account_id: accountId, failures, cool_off_ms: coolOffMs, until: new Date(Number(openUntil)).toISOString(), err: reason };
+    if (transition === 'opened') this.logger.warn(fields, 'webhook breaker open: deliveries to this account deferred');
+    else this.logger.warn(fields, 'webhook breaker probe failed: open again');
+  }
+
+  /** A delivery succeeded: the account's failures are forgotten and an open breaker closes (only when `gate.failing`). */
+  async succeeded(accountId: string, gate: WebhookGate): Promise<void> {
+    if (gate.failing && await resetWebhookBreaker(this.redis, this.keys, accountId)) {
+      this.logger.info({ account_id: accountId }, 'webhook breaker closed: deliveries to this account resume');
+    }
+  }
+
+  /** The probe sent nothing (event dropped or skipped): another delivery may probe at once. */
+  async releaseProbe(accountId: string): Promise<void> {
+    await this.redis.hdel(this.keys.webhookBreaker(accountId), 'probe_until');
+  }
+
+  /** Accounts whose breaker is open, over the deployment (the `flashverify_webhook_breaker_open` gauge). */
+  async openCount(): Promise<number> {
+    return this.redis.scard(this.keys.webhookBreakersOpen());
+  }
+}
+
+/**
+ * Closes an account's breaker and forgets its failures (a successful delivery; a new webhook URL). Returns
+ * whether it was open.
+ */
+export async function resetWebhookBreaker(redis: Redis, keys: Keys, accountId: string): Promise<boolean> {
+  const res = await redis.multi().del(keys.webhookBreaker(accountId)).srem(keys.webhookBreakersOpen(), accountId).exec();
+  return Number(res?.[1]?.[1] ?? 0) > 0;
+}

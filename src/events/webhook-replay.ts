@@ -1,0 +1,70 @@
+import type { Job, Queue } from 'bullmq';
+import type { WebhookJobData } from './webhook-queue.js';
+
+/** One given-up webhook, as `flashverify webhook failed` prints it (one JSON line each). */
+export interface GivenUpWebhook {
+  request_id: string;
+  event: string;
+  /** The stream id: the job id and the `X-FlashVerify-Event-Id` the receiver gets again on a replay. */
+  event_id: string;
+  /** When the last attempt failed (ISO 8601). */
+  failed_at: string;
+  /** Why the last attempt failed (`timeout: no answer within 5000 ms`, `receiver answered HTTP 500` ...). */
+  last_error: string;
+  /** Attempts made before it was given up. */
+  attempts: number;
+}
+
+export interface GivenUpFilter {
+  accountId: string;
+  requestId?: string;
+  /** Only those given up at or after this time (ms since epoch). */
+  since?: number;
+}
+
+/** Failed jobs are read from BullMQ's failed set this many at a time. */
+const PAGE = 1000;
+
+/**
+ * The webhook jobs of an account that were given up (every attempt failed, or stalled beyond BullMQ's limit):
+ * BullMQ's failed set of the `webhook` queue, where each stays `removeOnFail` (7 days, webhook-queue.ts) and is
+ * removed at a later failure after that. Oldest first.
+ */
+export async function givenUpWebhooks(queue: Queue<WebhookJobData>, filter: GivenUpFilter): Promise<Job<WebhookJobData>[]> {
+  const found: Job<WebhookJobData>[] = [];
+  for (let start = 0; ; start += PAGE) {
+    const page = await queue.getFailed(start, start + PAGE - 1);
+    for (const job of page) {
+      // A job removed between the listing and its read comes back undefined.
+      if (!job?.data || job.data.account_id !== filter.accountId) continue;
+      if (filter.requestId !== undefined && job.data.request_id !== filter.requestId) continue;
+      if (filter.since !== undefined && (job.finishedOn ?? 0) < filter.since) continue;
+      found.push(job);
+    }
+    if (page.length < PAGE) break;
+  }
+  return found.sort((a, b) => (a.finishedOn ?? 0) - (b.finishedOn ?? 0));
+}
+
+export function describeGivenUp(job: Job<WebhookJobData>): GivenUpWebhook {
+  return {
+    request_id: job.data.request_id,
+    event: job.data.event,
+    event_id: job.data.event_id,
+    failed_at: new Date(job.finishedOn ?? 0).toISOString(),
+    last_error: job.failedReason ?? '',
+    attempts: job.attemptsMade,
+  };
+}
+
+/**
+ * Queues a given-up webhook again with all its attempts (`webhooks.attempts` as when it was first queued) and no
+ * order waits counted. It keeps its job and event id; its body is built and signed at send time, as every delivery
+ * is, with the account's current secret and URL. It still follows the order and final-status rules: it waits for
+ * an earlier event of its request still pending, and is not sent if it contradicts the final status.
+ */
+export async function replayGivenUp(job: Job<WebhookJobData>): Promise<void> {
+  const { waits: _waits, ...data } = job.data;
+  await job.updateData(data);
+  await job.retry('failed', { resetAttemptsMade: true, resetAttemptsStarted: true });
+}

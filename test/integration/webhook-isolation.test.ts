@@ -1,0 +1,239 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Queue } from 'bullmq';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AccountStore } from '../../src/accounts/account-store.js';
+import { WEBHOOK_QUEUE, type WebhookJobData } from '../../src/events/webhook-queue.js';
+import type { Method } from '../../src/verification/types.js';
+import { VerificationService } from '../../src/verification/verification-service.js';
+import { startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+
+interface Hit {
+  event_id: string;
+  request_id: string;
+  at: number;
+  answered: boolean;
+}
+
+/**
+ * A webhook receiver on loopback whose behaviour the test switches: `ok` answers 200 at once, `hang` accepts the
+ * connection and the request and never answers (a receiver stuck behind a dead backend). It records every request,
+ * how many are open at once, and how many the sender gave up on (closed unanswered).
+ */
+class Receiver {
+  readonly hits: Hit[] = [];
+  mode: 'ok' | 'hang' = 'ok';
+  open = 0;
+  maxOpen = 0;
+  abandoned = 0;
+  /** Called on each request as it arrives (to take a snapshot of another receiver). */
+  onHit: (() => void) | undefined;
+  private server: Server | undefined;
+
+  async start(port = 0): Promise<string> {
+    this.server = createServer((req, res) => this.handle(req, res));
+    await new Promise<void>((r) => this.server!.listen(port, '127.0.0.1', r));
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/hook`;
+  }
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, string>;
+      const hit: Hit = { event_id: String(req.headers['x-flashverify-event-id']), request_id: body.request_id ?? '', at: Date.now(), answered: false };
+      this.hits.push(hit);
+      this.onHit?.();
+      if (this.mode === 'ok') {
+        hit.answered = true;
+        res.writeHead(200).end('ok');
+        return;
+      }
+      this.open++;
+      this.maxOpen = Math.max(this.maxOpen, this.open);
+      res.on('close', () => {
+        this.open--;
+        this.abandoned++;
+      });
+    });
+  }
+
+  delivered(): Set<string> {
+    return new Set(this.hits.filter((h) => h.answered).map((h) => h.event_id));
+  }
+
+  async stop(): Promise<void> {
+    this.server?.closeAllConnections();
+    await new Promise((r) => (this.server ? this.server.close(r) : r(undefined)));
+    this.server = undefined;
+  }
+}
+
+/** A loopback port where nothing listens (connections refused) until a receiver is started on it. */
+async function closedPort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const { port } = s.address() as AddressInfo;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+const TIMEOUT_MS = 2000;
+const COOL_OFF_MS = 2000;
+
+describe('webhook isolation between accounts: per-account cap and circuit breaker', { timeout: 60_000 }, () => {
+  let t: TestEngine;
+  let service: VerificationService;
+  let store: AccountStore;
+  let queue: Queue<WebhookJobData>;
+  const receivers: Receiver[] = [];
+
+  beforeAll(async () => {
+    t = await startTestEngine(
+      testConfig({
+        webhooks: {
+          allowPrivate: true,
+          timeoutMs: TIMEOUT_MS,
+          attempts: 4,
+          backoffMs: 200,
+          orderPollMs: 50,
+          concurrency: 4,
+          accountConcurrency: 2,
+          breaker: { failures: 3, coolOffMs: COOL_OFF_MS, maxCoolOffMs: 4 * COOL_OFF_MS },
+        },
+        accounts: { fieldCacheMs: 0 },
+      }),
+      'all',
+    );
+    // Created through the domain service with no delivery queue: each create writes exactly one `sent` event.
+    service = new VerificationService(t.redis, t.keys, t.sealer, t.config, { enqueue: async () => undefined }, pino({ level: 'silent' }), new Set<Method>(['flash_call']));
+    store = new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true });
+    queue = new Queue<WebhookJobData>(WEBHOOK_QUEUE, { connection: t.redis, prefix: t.keys.bullPrefix() });
+  });
+  afterAll(async () => {
+    await queue?.close();
+    await t?.stop();
+    for (const r of receivers) await r.stop();
+  });
+
+  async function accountWith(url: string) {
+    const a = await t.account();
+    await store.setWebhook(a.account_id, url);
+    return a;
+  }
+
+  async function send(a: Awaited<ReturnType<typeof accountWith>>, n: number, first: number): Promise<string[]> {
+    const ids: string[] = [];
+    for (let i = 0; i < n; i++) ids.push((await service.create(a, { phone_number: `+4477009${String(first + i).padStart(5, '0')}` })).request_id);
+    return ids;
+  }
+
+  async function metric(name: string): Promise<number> {
+    const text = await (await fetch(`${t.url}/metrics`)).text();
+    const line = text.split('\n').find((l) => l.startsWith(name + ' ') || l.startsWith(name + '{'));
+    return line ? Number(line.split(' ').pop()) : 0;
+  }
+
+  function logged(msg: string, accountId: string): Record<string, unknown>[] {
+    return t.logs.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.msg === msg && l.account_id === accountId);
+  }
+
+  async function jobsOf(accountId: string) {
+    const jobs = await queue.getJobs(['completed', 'failed', 'delayed', 'waiting', 'active']);
+    return jobs.filter((j) => j?.data.account_id === accountId);
+  }
+
+  it('a receiver that never answers holds at most accountConcurrency slots; another account is served meanwhile; the breaker opens, defers without spending attempts, and closes on a good probe', async () => {
+    const dead = new Receiver();
+    const healthy = new Receiver();
+    receivers.push(dead, healthy);
+    dead.mode = 'hang';
+    const deadAccount = await accountWith(await dead.start());
+    const healthyAccount = await accountWith(await healthy.start());
+    let abandonedWhenHealthyServed = -1;
+    healthy.onHit = () => (abandonedWhenHealthyServed = dead.abandoned);
+
+    // 8 events of the dead account first: without a cap they would take all 4 slots for TIMEOUT_MS at a time.
+    const deadRequests = await send(deadAccount, 8, 100);
+    await waitFor(async () => dead.open === 2);
+    const [healthyRequest] = await send(healthyAccount, 1, 200);
+    await waitFor(async () => healthy.delivered().size === 1, TIMEOUT_MS);
+    expect(healthy.hits[0]!.request_id).toBe(healthyRequest);
+    // Served while the dead account's first deliveries were still hanging, none of them given up on yet.
+    expect(abandonedWhenHealthyServed).toBe(0);
+    expect(await metric('flashverify_webhook_deferred_total{reason="account_limit"}')).toBeGreaterThan(0);
+
+    // Timeouts in a row (3) open the breaker: the account's deliveries are deferred, the receiver gets nothing.
+    await waitFor(async () => (await metric('flashverify_webhook_breaker_open')) === 1, 4 * TIMEOUT_MS);
+    const opened = logged('webhook breaker open: deliveries to this account deferred', deadAccount.account_id);
+    expect(opened).toHaveLength(1);
+    expect(opened[0]).toMatchObject({ failures: 3, cool_off_ms: COOL_OFF_MS, err: `timeout: no answer within ${TIMEOUT_MS} ms` });
+    await waitFor(async () => dead.open === 0, TIMEOUT_MS + 500);
+    const triedBeforeOpen = dead.hits.length;
+    await waitFor(async () => (await metric('flashverify_webhook_deferred_total{reason="breaker"}')) > 0);
+    await new Promise((r) => setTimeout(r, COOL_OFF_MS / 2));
+    expect(dead.hits.length).toBe(triedBeforeOpen);
+    expect(dead.maxOpen).toBe(2);
+
+    // The receiver recovers: after the cool-off one probe goes, succeeds, and the breaker closes.
+    dead.mode = 'ok';
+    await waitFor(async () => dead.delivered().size === 8, 4 * COOL_OFF_MS);
+    await waitFor(async () => logged('webhook breaker closed: deliveries to this account resume', deadAccount.account_id).length === 1);
+    expect(logged('webhook breaker half-open: one probe delivery decides', deadAccount.account_id).length).toBeGreaterThanOrEqual(1);
+    expect(await metric('flashverify_webhook_breaker_open')).toBe(0);
+    expect(new Set(dead.hits.map((h) => h.request_id))).toEqual(new Set(deadRequests));
+
+    // Nothing lost, nothing given up: each attempt BullMQ counted is a request the receiver saw; deferrals spent none.
+    const jobs = await waitFor(async () => {
+      const j = await jobsOf(deadAccount.account_id);
+      return j.length === 8 && j.every((x) => x.finishedOn) ? j : undefined;
+    });
+    expect(await Promise.all(jobs.map((j) => j.getState()))).toEqual(Array(8).fill('completed'));
+    expect(jobs.reduce((n, j) => n + j.attemptsMade, 0)).toBe(dead.hits.length);
+    for (const line of t.logs.filter((l) => l.includes('webhook breaker'))) {
+      expect(line).not.toContain(deadAccount.api_secret);
+      expect(line).not.toMatch(/447700900\d\d\d/);
+    }
+  });
+
+  it('a refusing receiver: a failed probe re-opens the breaker for twice the cool-off; no event is given up while it waits; the receiver back, all arrive', async () => {
+    const port = await closedPort();
+    const a = await accountWith(`http://127.0.0.1:${port}/hook`);
+    const requests = await send(a, 5, 300);
+    await waitFor(async () => logged('webhook breaker open: deliveries to this account deferred', a.account_id).length === 1, 4 * TIMEOUT_MS);
+    expect(logged('webhook breaker open: deliveries to this account deferred', a.account_id)[0]!.err).toMatch(/ECONNREFUSED/);
+    // The first probe finds the port still closed.
+    const reopened = await waitFor(async () => logged('webhook breaker probe failed: open again', a.account_id)[0], 3 * COOL_OFF_MS);
+    expect(reopened.cool_off_ms).toBe(2 * COOL_OFF_MS);
+    // 5 events of 4 attempts each, waiting through two cool-offs: none given up, and the attempts BullMQ counted
+    // are exactly the failed deliveries (the breaker's count): the deferrals spent none.
+    const waiting = await jobsOf(a.account_id);
+    expect(waiting).toHaveLength(5);
+    expect(waiting.filter((j) => j.finishedOn)).toEqual([]);
+    const failures = Number(await t.redis.hget(t.keys.webhookBreaker(a.account_id), 'failures'));
+    expect(waiting.reduce((n, j) => n + j.attemptsMade, 0)).toBe(failures);
+    expect(failures).toBeLessThan(5 * 2);
+
+    const receiver = new Receiver();
+    receivers.push(receiver);
+    await receiver.start(port);
+    await waitFor(async () => receiver.delivered().size === 5, 6 * COOL_OFF_MS);
+    expect(new Set(receiver.hits.map((h) => h.request_id))).toEqual(new Set(requests));
+    await waitFor(async () => logged('webhook breaker closed: deliveries to this account resume', a.account_id).length === 1);
+    expect(await queue.getFailed()).toEqual([]);
+  });
+
+  it('setting the webhook URL again closes an open breaker at once', async () => {
+    const dead = new Receiver();
+    receivers.push(dead);
+    const port = await closedPort();
+    const a = await accountWith(`http://127.0.0.1:${port}/hook`);
+    await send(a, 3, 400);
+    await waitFor(async () => logged('webhook breaker open: deliveries to this account deferred', a.account_id).length === 1, 4 * TIMEOUT_MS);
+    expect(await t.redis.sismember(t.keys.webhookBreakersOpen(), a.account_id)).toBe(1);
+    await store.setWebhook(a.account_id, await dead.start());
+    expect(await t.redis.sismember(t.keys.webhookBreakersOpen(), a.account_id)).toBe(0);
+    expect(await t.redis.exists(t.keys.webhookBreaker(a.account_id))).toBe(0);
+  });
+});
