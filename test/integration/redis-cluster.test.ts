@@ -24,17 +24,14 @@ describe('on a Redis Cluster (redis.cluster, hash-tagged prefix)', () => {
   }, 60_000);
 
   afterAll(async () => {
-    // The engine first, while SIPp still answers its last call's CANCEL.
-    const stopped = engine?.stop();
-    // Known and open: after the whole-cluster outage and restart, this stop has hung in full-suite runs under load
-    // (never alone; the CLI's hard shutdown deadline bounds it in production). Bounded here, and reported with the
-    // engine's last log lines, so the hang is seen without failing the assertions above.
-    const hung = await Promise.race([stopped?.then(() => false), new Promise<boolean>((r) => setTimeout(() => r(true), 40_000))]);
-    if (hung) console.warn('engine.stop() did not finish within 40 s after the cluster outage; last log lines:\n' + (engine?.logs.slice(-40).join('') ?? ''));
+    // The engine first (when the last test did not stop it), while SIPp still answers its last call's CANCEL.
+    if (engine && !stopped) await Promise.race([engine.stop(), new Promise((r) => setTimeout(r, GRACE_MS + 10_000))]);
     await uas?.stop();
     await cluster?.stop();
   }, 90_000);
 
+  const GRACE_MS = 5000;
+  let stopped = false;
   let firstId = '';
   let auth = '';
   let accountId = '';
@@ -69,6 +66,7 @@ describe('on a Redis Cluster (redis.cluster, hash-tagged prefix)', () => {
         redis: { url: (await nodesNotServing(cluster, tag))[0]!.url, prefix: `{${tag}}`, cluster: true },
         api: { defaultRateLimitPerSecond: 100 },
         flash: { ringMs: 300 },
+        worker: { shutdownGraceMs: GRACE_MS },
         sip: { timers: { t1Ms: 50, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] },
       }),
     );
@@ -170,6 +168,23 @@ describe('on a Redis Cluster (redis.cluster, hash-tagged prefix)', () => {
     expect((await http(`${engine!.url}/v1/verify/${firstId}`, { auth })).body.status).toBe('verified');
     await verifyByFlashCall();
   }, 60_000);
+
+  it('stops within its shutdown grace after the outage', async () => {
+    // BullMQ's Worker.close() hangs now and then on a cluster that was wholly down (about one close in six): that
+    // phase is given up at the grace, with a warning naming it, and the rest of the stop still runs. It used to hang
+    // the stop for good.
+    const t0 = Date.now();
+    const done = await Promise.race([engine!.stop().then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), GRACE_MS + 8000))]);
+    const phases = engine!.logs.filter((l) => l.includes('shutdown phase'));
+    expect(done, `engine.stop() did not return; last phases:\n${phases.slice(-6).join('')}`).toBe(true);
+    stopped = true;
+    const gaveUp = phases.filter((l) => l.includes('going on without it'));
+    if (gaveUp.length) console.warn(`stop phases given up at the grace:\n${gaveUp.join('')}`);
+    // Not a performance figure: the grace is the documented bound, plus the half-second floor of the phases after a hung one.
+    expect(Date.now() - t0).toBeLessThan(GRACE_MS + 6000);
+    // The last phase, the Redis connections, was reached either way.
+    expect(phases.some((l) => l.includes('"phase":"redis connections"'))).toBe(true);
+  }, 30_000);
 });
 
 /** The shard serving the hash slot of `{tag}`, as a live node sees it (CLUSTER SLOTS: master first, then replicas). */
