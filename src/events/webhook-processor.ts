@@ -162,6 +162,17 @@ export class WebhookProcessor {
     await this.markDone(order, member);
   }
 
+  /**
+   * For the worker's 'failed' event. A job failed for good (`finishedOn`: not retried) leaves the pending events.
+   * The attempt path marks its own final failure done already; this is for a job BullMQ fails without running it
+   * (stalled beyond its limit: the workers running it died), which would otherwise hold its request's later events
+   * until the order set expires, as a job that is still queued.
+   */
+  async failed(job: Job<WebhookJobData> | undefined): Promise<void> {
+    if (!job?.finishedOn) return;
+    await this.markDone(this.deps.keys.webhookOrder(job.data.request_id), orderMember(job.data.event_id));
+  }
+
   /** The event leaves the pending ones for good: a redelivered stream entry cannot make it pending again (ZADD GT). */
   private async markDone(order: string, member: string): Promise<void> {
     await this.deps.redis.zadd(order, 'XX', ORDER_DONE, member);

@@ -68,6 +68,7 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
   let publisher: EventPublisher;
   let queue: WebhookQueue;
   let worker: Worker<WebhookJobData>;
+  let startWorker: () => void;
   let consumer: HandDrivenConsumer;
   let consumerRedis: Redis;
   let workerRedis: Redis;
@@ -102,11 +103,18 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
       metrics,
       logger: pino({ level: 'warn' }, { write: (line: string) => void warnings.push(line) }),
     });
-    worker = new Worker<WebhookJobData>(WEBHOOK_QUEUE, (job, token) => processor.process(job, token), {
-      connection: workerRedis,
-      prefix: t.keys.bullPrefix(),
-      concurrency: 5,
-    });
+    // Wired as main.ts wires it; a stalled job fails at once, looked for every 300 ms (the stalled-job test).
+    startWorker = () => {
+      worker = new Worker<WebhookJobData>(WEBHOOK_QUEUE, (job, token) => processor.process(job, token), {
+        connection: workerRedis,
+        prefix: t.keys.bullPrefix(),
+        concurrency: 5,
+        maxStalledCount: 0,
+        stalledInterval: 300,
+      });
+      worker.on('failed', (job) => void processor.failed(job));
+    };
+    startWorker();
     consumerRedis = new Redis(t.config.redis.url);
     consumer = new HandDrivenConsumer(consumerRedis, t.keys, group, 'test', silent, queue, { fieldCacheMs: 0 });
   });
@@ -254,6 +262,36 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
     expect(receiver.events(id)).toEqual(['verification.delivered']);
     expect(await queue.queue.getJobState(sentId!)).toBe('failed');
     expect(await orderOf(id)).toEqual({ [orderMember(sentId!)]: 1, [orderMember(deliveredId!)]: 1 });
+  });
+
+  it('a webhook job BullMQ fails as stalled (its worker died mid-delivery) is marked done, and the later events follow', async () => {
+    const { request_id: id } = await service.create(account, { phone_number: '+447700900221' });
+    // The test's worker stops; a worker takes `sent` and dies holding it: its lock lapses after 500 ms.
+    await worker.close();
+    const doomedRedis = new Redis(t.config.redis.url, { maxRetriesPerRequest: null });
+    const doomed = new Worker<WebhookJobData>(WEBHOOK_QUEUE, () => new Promise<void>(() => undefined), {
+      connection: doomedRedis,
+      prefix: t.keys.bullPrefix(),
+      lockDuration: 500,
+    });
+    try {
+      await handleNew();
+      const [sentId] = await eventIds(id);
+      await waitFor(async () => (await queue.queue.getJobState(sentId!)) === 'active', 3000);
+      await doomed.close(true);
+      await publisher.publish({ request_id: id, account_id: account.account_id, method: 'flash_call', status: 'delivered', detail: {} });
+      await handleNew();
+      startWorker();
+      // The stalled `sent` fails without being run (maxStalledCount 0); `delivered` waited for it (queued), then goes.
+      await waitFor(async () => receiver.events(id).length === 1, 5000);
+      expect(receiver.events(id)).toEqual(['verification.delivered']);
+      const sent = await queue.queue.getJob(sentId!);
+      expect([await sent!.getState(), sent!.failedReason]).toEqual(['failed', 'job stalled more than allowable limit']);
+      expect((await orderOf(id))[orderMember(sentId!)]).toBe(1);
+    } finally {
+      if (!worker.isRunning()) startWorker();
+      doomedRedis.disconnect();
+    }
   });
 
   it('an account without a webhook URL: its events are done at once, queue nothing, and their order set expires', async () => {
