@@ -395,6 +395,9 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           concurrency: config.webhooks.concurrency,
         },
       );
+      webhookWorker.on('failed', (job) => {
+        webhooks.failed(job).catch((err: Error) => logger.warn({ err: err.message, event_id: job?.id }, 'could not mark a failed webhook done'));
+      });
       webhookWorker.on('error', (err) => logger.warn({ err: err.message }, 'webhook worker error'));
       stops.unshift(['webhook worker', () => webhookWorker.close()]);
 

@@ -633,6 +633,13 @@ export const configSchema = z
         backoffMs: z.number().int().positive().default(5000),
         /** How often a later event of a request re-checks whether the earlier ones were delivered (doubles, max 60 s). */
         orderPollMs: z.number().int().positive().default(500),
+        /**
+         * How long after an event was written a later event of its request waits for it while no webhook consumer
+         * has handled it (its entry trimmed from the stream before anyone read it, or its consumer stuck); then the
+         * later one is sent without it (a warning). Keep it well above twice `events.claimIdleMs` (a dead consumer's
+         * entries are reclaimed after that). An event queued, or in retry, is waited for without this bound.
+         */
+        orderMaxWaitMs: z.number().int().positive().default(300_000),
         /** Webhook deliveries in flight per worker process. */
         concurrency: z.number().int().positive().default(50),
         /**

@@ -16,23 +16,6 @@ export async function recordAttemptFields(redis: Redis, key: string, step: numbe
   return (await scripts.recordAttemptFields.run(redis, [key], [step === undefined ? '' : String(step), ...flat])) === 1;
 }
 
-/**
- * `event` written to the events stream, then `fields` as recordAttemptFields does, in one round trip
- * (recordAttemptEvent-2): a flash call's `delivered` with its `rang_at`. Returns false when the request
- * had moved on (the event is written all the same).
- */
-export async function recordAttemptEvent(
-  redis: Redis,
-  key: string,
-  publisher: EventPublisher,
-  event: DeliveryEvent,
-  fields: Record<string, string>,
-): Promise<boolean> {
-  const flat = Object.entries(fields).flat();
-  const step = event.step === undefined ? '' : String(event.step);
-  return (await scripts.recordAttemptEvent.run(redis, [key, publisher.stream], [step, flat.length, ...flat, ...publisher.streamArgs(event)])) === 1;
-}
-
 /** How often a call in progress looks whether its request still wants it (canceled, verified, step timed out ...). */
 export const WATCH_INTERVAL_MS = 1000;
 

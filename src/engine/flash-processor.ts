@@ -10,7 +10,7 @@ import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
 import { generateCode } from '../verification/codes.js';
 import { placeFlashCall, type FlashResult, type ShutdownSignals } from './flash-call.js';
-import { AttemptWatch, recordAttemptEvent, recordAttemptFields, recordNotDialled, WATCH_INTERVAL_MS } from './attempt-state.js';
+import { AttemptWatch, recordAttemptFields, recordNotDialled, WATCH_INTERVAL_MS } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import { trunkVerdict, type TrunkPacer } from './trunk-pacer.js';
 
@@ -106,7 +106,7 @@ export class FlashProcessor {
       onRinging: (callId, sipStatus) => {
         // The event and the mark in one script, the event first: a re-run that finds the mark knows the delivery is done.
         const delivered = { ...base, status: 'delivered' as const, detail: { sip_status: sipStatus, call_id: callId, trunk: trunk.name, range: reserved.range.prefix } };
-        recordAttemptEvent(redis, key, events, delivered, { rang_at: String(Date.now()) }).catch((err: Error) =>
+        events.write(delivered, { rang_at: String(Date.now()) }).catch((err: Error) =>
           log.error({ err: err.message }, 'could not publish delivered event'),
         );
       },

@@ -75,7 +75,7 @@ type Unsent = Extract<SubmitOutcome, { kind: 'retry' | 'failed' }>;
  * connection lost with it in flight) is never sent again. Delivery receipts
  * arrive through `handleReceipt`, matched by message id even when they
  * overtake the submit_sm_resp, or by number for an unconfirmed submit; a final
- * receipt is recorded and its event written in one atomic step (settleSms-3).
+ * receipt is recorded and its event written in one atomic step (settleSms-4).
  */
 export class SmsProcessor {
   constructor(private readonly deps: SmsProcessorDeps) {}
@@ -246,7 +246,7 @@ export class SmsProcessor {
    * The job of an unconfirmed submit came back: before its deadline (a
    * re-run after a crash) it waits again; at the deadline, with no late
    * response or receipt, the verification fails `smsc_unconfirmed`, not
-   * refunded (the SMSC may have sent it). settleSms-3 makes that and a
+   * refunded (the SMSC may have sent it). settleSms-4 makes that and a
    * receipt exclusive: never both failed and delivered.
    */
   private async unconfirmedDeadline(job: Job<DeliveryJobData>, token: string | undefined, claim: Claim): Promise<undefined> {
@@ -444,7 +444,7 @@ export class SmsProcessor {
     log[result === 'gone' ? 'warn' : 'info'](detail, message[result]);
   }
 
-  /** settleSms-3: records `state` (unless '') and writes `event` in one step. */
+  /** settleSms-4: records `state` (unless '') and writes `event` in one step. */
   private async settle(
     requestId: string,
     messageId: string,
@@ -456,7 +456,7 @@ export class SmsProcessor {
     const { redis, keys, events } = this.deps;
     return (await scripts.settleSms.run(
       redis,
-      [keys.verification(requestId), events.stream, earlyKey],
+      [keys.verification(requestId), events.stream, earlyKey, events.orderKey(requestId)],
       [messageId, state, step === undefined ? '' : String(step), ...events.streamArgs(event)],
     )) as 'published' | 'pending' | 'duplicate' | 'gone' | 'other_step' | 'superseded';
   }

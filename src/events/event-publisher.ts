@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { Keys } from '../store/keys.js';
+import { scripts } from '../store/scripts.js';
 import type { Method, Status } from '../verification/types.js';
 
 export interface DeliveryEvent {
@@ -16,7 +17,11 @@ export interface DeliveryEvent {
   steps?: number;
 }
 
-/** Writes delivery events to `<prefix>:events` (design.md: one entry per event). */
+/**
+ * Writes delivery events to `<prefix>:events` (design.md: one entry per event), each filed in the same step in
+ * its request's webhook order set (recordAttemptEvent-3, lua/includes/writeEvent.lua), so that its webhook and
+ * the later ones of the request go out in stream order even when another consumer handles a later event first.
+ */
 export class EventPublisher {
   constructor(
     private readonly redis: Redis,
@@ -29,12 +34,32 @@ export class EventPublisher {
     return this.keys.events();
   }
 
-  async publish(e: DeliveryEvent): Promise<string> {
-    const id = await this.redis.xadd(this.stream, ...(this.streamArgs(e) as ['MAXLEN', '~', number, '*', ...string[]]));
-    return id ?? '';
+  /** The webhook order set of a request: for a Lua script that writes an event (writeEvent.lua). */
+  orderKey(requestId: string): string {
+    return this.keys.webhookOrder(requestId);
   }
 
-  /** XADD arguments after the stream key for `e`, for a Lua script that writes the event atomically with its record (settleSms-3, recordAttemptEvent-2). */
+  /** Writes `e`; its stream id. */
+  async publish(e: DeliveryEvent): Promise<string> {
+    return (await this.write(e)).id;
+  }
+
+  /**
+   * Writes `e`, then `fields` of the delivery attempt it is about (a flash call's `delivered` with its `rang_at`),
+   * in one script: the fields only while the attempt is still the request's current one (recordAttemptFields-1).
+   * `fieldsWritten` false: none given, the record is gone, or the request moved on (the event is written all the same).
+   */
+  async write(e: DeliveryEvent, fields: Record<string, string> = {}): Promise<{ id: string; fieldsWritten: boolean }> {
+    const flat = Object.entries(fields).flat();
+    const [written, id] = (await scripts.recordAttemptEvent.run(
+      this.redis,
+      [this.keys.verification(e.request_id), this.stream, this.orderKey(e.request_id)],
+      [e.step === undefined ? '' : String(e.step), flat.length, ...flat, ...this.streamArgs(e)],
+    )) as [number, string];
+    return { id, fieldsWritten: written === 1 };
+  }
+
+  /** XADD arguments after the stream key for `e`, for a Lua script that writes the event atomically with its record (settleSms-4, recordAttemptEvent-3). */
   streamArgs(e: DeliveryEvent): (string | number)[] {
     return [
       'MAXLEN',

@@ -3,25 +3,24 @@ import type { Logger } from 'pino';
 import { AccountFieldCache } from '../accounts/account-field-cache.js';
 import type { Keys } from '../store/keys.js';
 import { GroupConsumer, type GroupConsumerOptions, type StreamEntry } from './group-consumer.js';
-import { WEBHOOK_EVENTS, orderMember, type WebhookJobData } from './webhook-queue.js';
+import { ORDER_DONE, ORDER_QUEUED, WEBHOOK_EVENTS, orderMember, type WebhookJobData } from './webhook-queue.js';
 
 /** Where webhook deliveries go (a BullMQ queue in production). */
 export interface WebhookJobs {
   add(data: WebhookJobData): Promise<void>;
 }
 
-/** Longer than the whole retry window (~1 day), so a stuck request's order set cannot outlive its jobs by much. */
-const ORDER_TTL_SECONDS = 3 * 24 * 3600;
+/** Where a new webhooks group starts (see the constructor); ensureGroup() in every role uses it too. */
+export const WEBHOOK_GROUP_START = '$';
 
 /**
  * Turns events of the stream into webhook jobs, in its own consumer group
  * (`events.webhookGroup`), for accounts that have a `webhook_url`. Each event
- * is also filed in its request's order set, which the webhook processor uses
- * to deliver a request's events one at a time, oldest first.
+ * a webhook may carry was filed in its request's order set by the script that
+ * wrote it (`ORDER_WRITTEN`); this marks it queued before adding its job, or
+ * done when it gets no webhook (no URL, a workflow step's failure with steps
+ * left), so that it never holds back the request's later events.
  */
-/** Where a new webhooks group starts (see the constructor); ensureGroup() in every role uses it too. */
-export const WEBHOOK_GROUP_START = '$';
-
 export class WebhookConsumer extends GroupConsumer {
   /**
    * Whether an account has a `webhook_url`, reused for `fieldCacheMs` (account-field-cache.ts): a URL set by
@@ -48,16 +47,19 @@ export class WebhookConsumer extends GroupConsumer {
 
   protected async handle({ id, fields }: StreamEntry): Promise<void> {
     const { event, request_id: requestId, account_id: accountId } = fields;
+    // Not a webhook's event (step_started, step_timeout): never filed in an order set either.
     if (!event || !WEBHOOK_EVENTS.has(event) || !requestId || !accountId) return;
-    // A failed workflow step with steps left is not the request's failure: the next step starts instead.
-    if (event === 'verification.failed' && fields.step !== undefined && Number(fields.step) < Number(fields.steps) - 1) return;
-    const url = await this.webhookUrls.get(accountId, 'webhook_url');
-    if (!url) return;
     const order = this.keys.webhookOrder(requestId);
-    // Order set first, then the job: a job never runs before its place in the order exists. NX: an event already
-    // done (score 1, a redelivered stream entry whose job completed) must not become pending again, or it would hold
-    // the request's later events behind a job that never runs again (the re-add below is a no-op for BullMQ).
-    await this.redis.multi().zadd(order, 'NX', 0, orderMember(id)).expire(order, ORDER_TTL_SECONDS).exec();
+    const member = orderMember(id);
+    // A failed workflow step with steps left is not the request's failure: the next step starts instead.
+    if (event === 'verification.failed' && fields.step !== undefined && Number(fields.step) < Number(fields.steps) - 1) return this.skip(order, member);
+    const url = await this.webhookUrls.get(accountId, 'webhook_url');
+    if (!url) return this.skip(order, member);
+    // Queued before the job is added: a later event's job then waits for this one without a bound (it may be in
+    // retry for hours). GT: a done event (a redelivered stream entry whose job completed) stays done, or it would
+    // hold the request's later events behind a job that never runs again (the re-add below is a no-op for BullMQ).
+    // XX: the set is created, with its TTL, only by the script that writes the request's first event.
+    await this.redis.zadd(order, 'XX', 'GT', ORDER_QUEUED, member);
     await this.jobs.add({
       event_id: id,
       event,
@@ -68,5 +70,10 @@ export class WebhookConsumer extends GroupConsumer {
       timestamp: Number(fields.timestamp ?? Date.now()),
     });
     this.logger.debug({ request_id: requestId, event_id: id, event }, 'webhook queued');
+  }
+
+  /** An event that gets no webhook is done at once: the account may set a URL before the request's next event. */
+  private async skip(order: string, member: string): Promise<void> {
+    await this.redis.zadd(order, 'XX', ORDER_DONE, member);
   }
 }

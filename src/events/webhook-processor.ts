@@ -6,10 +6,9 @@ import type { Config } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Keys } from '../store/keys.js';
-import { scripts } from '../store/scripts.js';
 import { isoSeconds } from '../verification/types.js';
 import { WebhookBreaker } from './webhook-breaker.js';
-import { orderMember, type WebhookJobData } from './webhook-queue.js';
+import { ORDER_DONE, ORDER_QUEUED, ORDER_WRITTEN, orderMember, orderMemberTime, type WebhookJobData } from './webhook-queue.js';
 import { WebhookDeliveryError, postWebhook, signWebhook } from './webhook-sender.js';
 import { assertWebhookTarget, type ResolveAll } from './webhook-target.js';
 
@@ -30,31 +29,29 @@ export interface WebhookProcessorDeps {
  * current API secret, to the account's current webhook URL.
  *
  * Order per request: one job per event (jobId = stream id, so retries and
- * dedup are plain BullMQ), and a per-request order set of undelivered events.
- * The order set only knows events a consumer has handled: an event read from
- * the stream but not handled yet (its consumer threw, died, or is slower than
- * another) does not hold back a later one of its request. Checking the
- * group's pending entries for them (XPENDING + XRANGE per delivery) was tried
- * and taken out: at 500 calls/s it tripled Redis's time per request and the
- * webhooks fell behind (BENCHMARKS.md, 2026-12-06).
- * A job whose event is not the oldest undelivered one of its request moves
- * itself back to delayed (not an attempt) and looks again later, with
- * doubling waits, so `sent` always reaches the receiver before `delivered`
- * before `verified`, even while an earlier event is in its retry back-off.
- * We chose this over one job per request draining a list because BullMQ's
- * jobId dedup cannot re-add a request's job while it is active, which would
- * lose a wake-up; per-event jobs keep each delivery's attempts and failures
- * visible on its own. An event delivered, dropped or finally failed is
- * marked done in the order set (score 1), so it never blocks the later ones
- * again, even when its stream entry is handled a second time.
+ * dedup are plain BullMQ), and a per-request order set (Keys.webhookOrder) in
+ * which the script that writes an event to the stream files it, in the same
+ * step (writeEvent.lua). So the set knows every event of the request from
+ * the moment it exists, including one a consumer has read but not handled yet
+ * (slow, threw, or died until events.claimIdleMs reclaims it). A job whose
+ * request has an earlier event not done yet moves itself back to delayed (not
+ * an attempt) and looks again later, with doubling waits (orderPollMs, at
+ * most 60 s): behind an event queued or in its retry back-off for as long as
+ * that takes, so `sent` always reaches the receiver before `delivered` before
+ * `verified`; behind one written but not handled yet, until
+ * `webhooks.orderMaxWaitMs` after it was written, then the job is sent all
+ * the same (a warning), and those events are no longer waited for: their
+ * stream entries were trimmed (events.maxLen) before any consumer read them,
+ * or their consumer is stuck. An event delivered, dropped or finally failed
+ * is marked done, so it never blocks the later ones again, even when its
+ * stream entry is handled a second time. The check is one ZRANGEBYSCORE per
+ * delivery; scanning the consumer group's pending entries instead (XPENDING +
+ * XRANGE per delivery) tripled Redis's time per request (BENCHMARKS.md).
+ * We chose per-event jobs over one job per request draining a list because
+ * BullMQ's jobId dedup cannot re-add a request's job while it is active, which
+ * would lose a wake-up; per-event jobs keep each delivery's attempts and
+ * failures visible on its own.
  */
-/**
- * How long a request's order set outlives its last pending event: longer than a stream entry stays unacknowledged
- * in practice (claimIdleMs, a failed XACK retried at the next batch) and than BullMQ keeps the completed job (an
- * hour, webhook-queue.ts), after which a redelivered entry would be a new job and delivered again anyway.
- */
-const ORDER_DONE_TTL_SECONDS = 2 * 3600;
-
 export class WebhookProcessor {
   /** Deliveries in flight in this process, per account (`webhooks.accountConcurrency`). */
   private readonly inFlight = new Map<string, number>();
@@ -68,13 +65,11 @@ export class WebhookProcessor {
   }
 
   async process(job: Job<WebhookJobData>, token?: string): Promise<void> {
-    const { redis, keys, config } = this.deps;
+    const { keys, config } = this.deps;
     const d = job.data;
     const order = keys.webhookOrder(d.request_id);
     const member = orderMember(d.event_id);
-    // The oldest event of the request not delivered yet (score 0; a delivered one stays, marked done, at 1).
-    const [head] = await redis.zrangebyscore(order, 0, 0, 'LIMIT', 0, 1);
-    if (head !== undefined && head < member) {
+    if (await this.heldBack(job, order, member)) {
       const waits = d.waits ?? 0;
       await job.updateData({ ...d, waits: waits + 1 });
       await job.moveToDelayed(Date.now() + Math.min(60_000, config.orderPollMs * 2 ** waits), token);
@@ -94,6 +89,32 @@ export class WebhookProcessor {
       if (left > 0) this.inFlight.set(d.account_id, left);
       else this.inFlight.delete(d.account_id);
     }
+  }
+
+  /**
+   * Whether an earlier event of the request must go first: one queued (its webhook job exists, maybe in retry), or
+   * one written less than `orderMaxWaitMs` ago that no consumer has handled yet. Earlier events written longer ago
+   * and still not handled are given up waiting for (marked done), with a warning, and this one goes.
+   */
+  private async heldBack(job: Job<WebhookJobData>, order: string, member: string): Promise<boolean> {
+    const { redis, config } = this.deps;
+    // The request's events not done yet, with their scores: a few members at most.
+    const pending = await redis.zrangebyscore(order, ORDER_WRITTEN, ORDER_QUEUED, 'WITHSCORES');
+    const unhandled: string[] = [];
+    const now = Date.now();
+    for (let i = 0; i + 1 < pending.length; i += 2) {
+      const earlier = pending[i]!;
+      if (earlier >= member) continue;
+      if (Number(pending[i + 1]) !== ORDER_WRITTEN || now - orderMemberTime(earlier) < config.orderMaxWaitMs) return true;
+      unhandled.push(earlier);
+    }
+    if (!unhandled.length) return false;
+    this.deps.logger.warn(
+      { request_id: job.data.request_id, event_id: job.data.event_id, event: job.data.event, not_handled: unhandled, max_wait_ms: config.orderMaxWaitMs },
+      'earlier events of the request never handled by a webhook consumer (trimmed from the stream?); webhook sent without them',
+    );
+    await redis.zadd(order, 'XX', ...unhandled.flatMap((m) => [ORDER_DONE, m]));
+    return false;
   }
 
   /** Moves the job back to delayed until `until` without spending an attempt (it has not been tried). */
@@ -141,9 +162,20 @@ export class WebhookProcessor {
     await this.markDone(order, member);
   }
 
-  /** The event leaves the pending ones for good: a redelivered stream entry cannot queue it again. */
+  /**
+   * For the worker's 'failed' event. A job failed for good (`finishedOn`: not retried) leaves the pending events.
+   * The attempt path marks its own final failure done already; this is for a job BullMQ fails without running it
+   * (stalled beyond its limit: the workers running it died), which would otherwise hold its request's later events
+   * until the order set expires, as a job that is still queued.
+   */
+  async failed(job: Job<WebhookJobData> | undefined): Promise<void> {
+    if (!job?.finishedOn) return;
+    await this.markDone(this.deps.keys.webhookOrder(job.data.request_id), orderMember(job.data.event_id));
+  }
+
+  /** The event leaves the pending ones for good: a redelivered stream entry cannot make it pending again (ZADD GT). */
   private async markDone(order: string, member: string): Promise<void> {
-    await scripts.markWebhookDone.run(this.deps.redis, [order], [member, ORDER_DONE_TTL_SECONDS]);
+    await this.deps.redis.zadd(order, 'XX', ORDER_DONE, member);
   }
 
   /** Sends the event to `url`; false when it was not sent on purpose (record gone, contradicts the final status). */

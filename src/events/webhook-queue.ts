@@ -40,11 +40,41 @@ export interface WebhookRetryOptions {
 
 /**
  * A member of `Keys.webhookOrder`: the stream id padded so that lexical order
- * is stream order (ms then sequence).
+ * is stream order (ms then sequence). The Lua scripts that write events pad it
+ * the same way (lua/includes/writeEvent.lua).
  */
 export function orderMember(eventId: string): string {
   const [ms = '0', seq = '0'] = eventId.split('-');
   return `${ms.padStart(15, '0')}-${seq.padStart(10, '0')}`;
+}
+
+/** When (ms since epoch, Redis's clock) the event of an order member was written: its stream id's time. */
+export function orderMemberTime(member: string): number {
+  return Number(member.slice(0, 15));
+}
+
+/**
+ * Scores in `Keys.webhookOrder`. An event is filed WRITTEN by the script that writes it to the stream; the webhook
+ * consumer that handles it makes it QUEUED (its job exists) or DONE (no webhook for it); the processor makes it DONE
+ * once delivered, dropped or given up. Scores only go up (ZADD GT / XX), so a redelivered stream entry never puts
+ * a done event back among the pending ones.
+ */
+export const ORDER_WRITTEN = -1;
+export const ORDER_QUEUED = 0;
+export const ORDER_DONE = 1;
+
+/** Events written up to this long after their request expires are filed in its order set (a later one, rare, is not waited for). */
+const ORDER_FILED_AFTER_EXPIRY_MS = 3600_000;
+/** The order set outlives the last event it may file by this: the retries of that event's webhook (~22 h by default). */
+const ORDER_KEPT_AFTER_FILING_S = 24 * 3600;
+
+/**
+ * How long a request's webhook order set lives, from its creation with the request (createVerification-7):
+ * `recordUntil`, the record's `whq_until`, until when its events are filed (ms since epoch), and the set's TTL.
+ */
+export function webhookOrderLife(now: number, expiresAt: number): { recordUntil: number; ttlSeconds: number } {
+  const recordUntil = expiresAt + ORDER_FILED_AFTER_EXPIRY_MS;
+  return { recordUntil, ttlSeconds: Math.ceil((recordUntil - now) / 1000) + ORDER_KEPT_AFTER_FILING_S };
 }
 
 export class WebhookQueue {

@@ -35,7 +35,7 @@ const CURRENCY_CACHE_MS = 10 * 60_000;
  * to two events of step n: `verification.failed` (a delivery event carrying
  * `step`) and `verification.step_timeout` (the step's timer). Why a crash
  * neither skips nor repeats a step:
- *  - advanceWorkflow-6.lua moves `wf_step` from n to n+1 only if it is still
+ *  - advanceWorkflow-7.lua moves `wf_step` from n to n+1 only if it is still
  *    n: the same event handled twice, or a timeout racing a failure, starts
  *    step n+1 once;
  *  - the stream entry is acknowledged only after step n+1's delivery job
@@ -107,6 +107,7 @@ export class WorkflowAdvancer extends GroupConsumer {
           this.keys.events(),
           this.keys.usage(h.account_id, ending),
           this.keys.conversion(ending),
+          this.keys.webhookOrder(requestId),
         ],
         [
           from,

@@ -64,10 +64,14 @@ export class Keys {
     return `${this.prefix}:unqueued`;
   }
   /**
-   * Sorted set of one request's webhook events, members sortable stream ids:
-   * score 0 not yet delivered (the lowest goes first), score 1 done (delivered,
-   * dropped or given up; kept so that a redelivered stream entry cannot queue
-   * it again, markWebhookDone-1.lua).
+   * Sorted set of one request's webhook events, members sortable stream ids
+   * (webhook-queue.ts orderMember): score -1 written (filed by the script that
+   * wrote the event, lua/includes/writeEvent.lua), 0 queued by a
+   * webhook consumer, 1 done (delivered, dropped, given up, or no webhook for
+   * it; kept so that a redelivered stream entry cannot make it pending again).
+   * Created with the request and its TTL (createVerification-7): about a day
+   * beyond an hour after the request expires; the record's `whq_until` says
+   * until when events are filed in it.
    */
   webhookOrder(requestId: string): string {
     return `${this.prefix}:whq:${requestId}`;

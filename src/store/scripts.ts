@@ -42,9 +42,9 @@ function readLua(name: string): string {
 
 /** All scripts, loaded once per process. */
 export const scripts = {
-  createVerification: LuaScript.load('createVerification-6'),
-  expireVerification: LuaScript.load('expireVerification-6'),
-  recordCheck: LuaScript.load('recordCheck-3'),
+  createVerification: LuaScript.load('createVerification-7'),
+  expireVerification: LuaScript.load('expireVerification-7'),
+  recordCheck: LuaScript.load('recordCheck-4'),
   applyEvent: LuaScript.load('applyEvent-4'),
   rateLimit: LuaScript.load('rateLimit-1'),
   recordAuthFailure: LuaScript.load('recordAuthFailure-2'),
@@ -57,15 +57,14 @@ export const scripts = {
   markSmsWaiting: LuaScript.load('markSmsWaiting-3'),
   markSmsSubmitting: LuaScript.load('markSmsSubmitting-1'),
   markSmsRefused: LuaScript.load('markSmsRefused-2'),
-  settleSms: LuaScript.load('settleSms-3'),
+  settleSms: LuaScript.load('settleSms-4'),
   claimDelivery: LuaScript.load('claimDelivery-1'),
-  advanceWorkflow: LuaScript.load('advanceWorkflow-6'),
+  advanceWorkflow: LuaScript.load('advanceWorkflow-7'),
   applyStepEvent: LuaScript.load('applyStepEvent-4'),
-  cancelVerification: LuaScript.load('cancelVerification-5'),
+  cancelVerification: LuaScript.load('cancelVerification-6'),
   recordAttemptFields: LuaScript.load('recordAttemptFields-1'),
-  recordAttemptEvent: LuaScript.load('recordAttemptEvent-2'),
+  recordAttemptEvent: LuaScript.load('recordAttemptEvent-3'),
   adoptKey: LuaScript.load('adoptKey-2'),
-  markWebhookDone: LuaScript.load('markWebhookDone-1'),
   gateWebhook: LuaScript.load('gateWebhook-2'),
   tripWebhookBreaker: LuaScript.load('tripWebhookBreaker-2'),
 };

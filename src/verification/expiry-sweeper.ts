@@ -19,7 +19,7 @@ export interface ExpirySweeperOptions {
  * Expires `sent` / `delivered` requests when their time is up even if nobody
  * polls them, so `verification.expired` reaches webhooks on time. The create
  * script files every request in a sorted set by expires_at; each sweep takes
- * the due ones and expires each atomically (expireVerification-6.lua), refunding an attempt that never left. Any
+ * the due ones and expires each atomically (expireVerification-7.lua), refunding an attempt that never left. Any
  * number of worker processes may sweep at once: the script is idempotent, so
  * exactly one of them emits the event.
  */
@@ -53,7 +53,7 @@ export class ExpirySweeper {
       const due = await this.redis.zrangebyscore(this.keys.expiries(), '-inf', now, 'LIMIT', 0, batch);
       if (due.length === 0) return expired;
       let progressed = 0;
-      // What a refund of the current attempt needs (expireVerification-6): its account and the day it was charged (chargedAt).
+      // What a refund of the current attempt needs (expireVerification-7): its account and the day it was charged (chargedAt).
       const records = await this.pipelined(due.map((id) => ['hmget', this.keys.verification(id), 'account_id', 'wf_step', 'last_send_at', 'created_at']));
       const steps = await this.pipelined(
         due.flatMap((id, i) => {
@@ -79,6 +79,7 @@ export class ExpirySweeper {
             this.keys.account(accountId ?? ''),
             this.keys.usage(accountId ?? '', day),
             this.keys.conversion(day),
+            this.keys.webhookOrder(requestId),
           ],
           [requestId, now, this.options.eventsMaxLen, CONVERSION_TTL_MS],
         )) as [string, number?];

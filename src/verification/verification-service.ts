@@ -8,6 +8,7 @@ import { Sealer } from '../crypto/sealer.js';
 import type { Keys } from '../store/keys.js';
 import { BatchedZrem } from '../store/batched-zrem.js';
 import { scripts } from '../store/scripts.js';
+import { webhookOrderLife } from '../events/webhook-queue.js';
 import { CONVERSION_TTL_MS } from '../numbers/range-health.js';
 import { generateCode } from './codes.js';
 import { ApiError } from './errors.js';
@@ -174,13 +175,15 @@ export class VerificationService {
     const now = Date.now();
     const expiresAt = now + expirySeconds * 1000;
     const cost = testNumber ? 0 : priceMicro(this.config.pricing, method, dest.country, account.currency);
-    // A test number never reaches the network: no steps. A workflow's fields go in with the record (createVerification-6).
+    // A test number never reaches the network: no steps. A workflow's fields go in with the record (createVerification-7).
     const steps = workflow && !testNumber ? workflow : undefined;
     const fields: Record<string, string> = {
       ...(locale !== undefined ? { locale } : {}),
       ...(testNumber ? { test_number: '1' } : {}),
       ...(steps ? initialFields(steps, cost, now) : {}),
     };
+    // The webhook order set is created with the request, and its events are filed in it as they are written.
+    const order = webhookOrderLife(now, expiresAt);
     const creating = scripts.createVerification.run(
       this.redis,
       [
@@ -192,6 +195,7 @@ export class VerificationService {
         // The intent to queue, filed by the script with the record: if this process dies before the job is queued,
         // the enqueue reconciler finds the request there.
         this.keys.unqueued(),
+        this.keys.webhookOrder(requestId),
       ],
       [
         requestId,
@@ -209,6 +213,8 @@ export class VerificationService {
         this.config.events.maxLen,
         USAGE_TTL_SECONDS,
         Object.entries(fields).flat().join('\n'),
+        order.ttlSeconds,
+        order.recordUntil,
       ],
     );
     const result = (await creating.catch(async (err: unknown) => {
@@ -325,7 +331,7 @@ export class VerificationService {
       const now = Date.now();
       [result, remaining] = (await scripts.recordCheck.run(
         this.redis,
-        [key, this.keys.events(), this.keys.usage(account.account_id, utcDay(now))],
+        [key, this.keys.events(), this.keys.usage(account.account_id, utcDay(now)), this.keys.webhookOrder(requestId)],
         [mac, matched ? '1' : '0', now, this.config.verification.maxCheckAttempts, this.config.events.maxLen, USAGE_TTL_SECONDS],
       )) as [string, number];
     }
@@ -421,7 +427,14 @@ export class VerificationService {
       const day = chargeDay(h);
       [result, value] = (await scripts.cancelVerification.run(
         this.redis,
-        [key, this.keys.account(account.account_id), this.keys.events(), this.keys.usage(account.account_id, day), this.keys.conversion(day)],
+        [
+          key,
+          this.keys.account(account.account_id),
+          this.keys.events(),
+          this.keys.usage(account.account_id, day),
+          this.keys.conversion(day),
+          this.keys.webhookOrder(requestId),
+        ],
         [account.account_id, Date.now(), this.config.events.maxLen, chargedAt(h) ?? '', CONVERSION_TTL_MS],
       )) as [string, string | number | undefined];
     }

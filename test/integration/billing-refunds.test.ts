@@ -57,10 +57,10 @@ describe('refunds of attempts that never left', () => {
     expect([await cost(noBind.request_id), await cost(throttled.request_id), await cost(submitted.request_id)]).toEqual([0, 0, charged]);
   });
 
-  // advanceWorkflow-6 as the workflow advancer runs it for a `step_timeout` of step 0 (charged today).
+  // advanceWorkflow-7 as the workflow advancer runs it for a `step_timeout` of step 0 (charged today).
   const advanceKeys = (id: string, accountId: string) => {
     const today = utcDay(Date.now());
-    return [keys.verification(id), keys.account(accountId), keys.usage(accountId, today), keys.events(), keys.usage(accountId, today), keys.conversion(today)];
+    return [keys.verification(id), keys.account(accountId), keys.usage(accountId, today), keys.events(), keys.usage(accountId, today), keys.conversion(today), keys.webhookOrder(id)];
   };
   const timeOut = (id: string) =>
     scripts.advanceWorkflow.run(redis, advanceKeys(id, account.account_id), [0, Date.now(), 'sms', 30_000, 'mac', 'enc', 6, 'timeout', 1000, 3600, '', 1000]);

@@ -9,15 +9,17 @@ import { EventPublisher } from '../../src/events/event-publisher.js';
 import type { StreamEntry } from '../../src/events/group-consumer.js';
 import { WebhookConsumer } from '../../src/events/webhook-consumer.js';
 import { WebhookProcessor } from '../../src/events/webhook-processor.js';
-import { WEBHOOK_QUEUE, WebhookQueue, type WebhookJobData } from '../../src/events/webhook-queue.js';
+import { WEBHOOK_QUEUE, WebhookQueue, orderMember, type WebhookJobData } from '../../src/events/webhook-queue.js';
 import { Metrics } from '../../src/metrics/metrics.js';
-import type { Method } from '../../src/verification/types.js';
+import { scripts } from '../../src/store/scripts.js';
+import { utcDay, type Method } from '../../src/verification/types.js';
 import { VerificationService } from '../../src/verification/verification-service.js';
 import { startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 
-/** A loopback receiver that records the events it got, per request. */
+/** A loopback receiver that records the events it accepted, per request; it answers 500 to those `failing` matches. */
 class Receiver {
   readonly received: Record<string, unknown>[] = [];
+  failing: (body: Record<string, unknown>) => boolean = () => false;
   private server: Server | undefined;
 
   async start(): Promise<string> {
@@ -25,7 +27,9 @@ class Receiver {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
-        this.received.push(JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>);
+        const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>;
+        if (this.failing(body)) return void res.writeHead(500).end('no');
+        this.received.push(body);
         res.writeHead(200).end('ok');
       });
     });
@@ -56,7 +60,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * The webhook pipeline with its stream reads in the test's hands (api role: no consumer of its own), a real
  * BullMQ worker running the production processor, and a real HTTP receiver on loopback.
  */
-describe('webhook order across redelivered and concurrently read stream entries', () => {
+describe('webhook order across redelivered, concurrently read, unread and skipped stream entries', () => {
   let t: TestEngine;
   let receiver: Receiver;
   let account: Awaited<ReturnType<TestEngine['account']>>;
@@ -64,22 +68,28 @@ describe('webhook order across redelivered and concurrently read stream entries'
   let publisher: EventPublisher;
   let queue: WebhookQueue;
   let worker: Worker<WebhookJobData>;
+  let startWorker: () => void;
   let consumer: HandDrivenConsumer;
   let consumerRedis: Redis;
   let workerRedis: Redis;
   let group: string;
+  let hookUrl: string;
   const metrics = new Metrics({ defaultMetrics: false });
+  /** The processor's warnings (JSON lines). */
+  const warnings: string[] = [];
+  /** How long a later event waits for an earlier one no consumer has handled (webhooks.orderMaxWaitMs). */
+  const MAX_WAIT_MS = 1500;
 
   beforeAll(async () => {
     t = await startTestEngine(
-      testConfig({ webhooks: { allowPrivate: true, attempts: 3, backoffMs: 100, orderPollMs: 50 }, accounts: { fieldCacheMs: 0 } }),
+      testConfig({ webhooks: { allowPrivate: true, attempts: 3, backoffMs: 100, orderPollMs: 50, orderMaxWaitMs: MAX_WAIT_MS }, accounts: { fieldCacheMs: 0 } }),
       'api',
     );
     group = t.config.events.webhookGroup;
     receiver = new Receiver();
-    const url = await receiver.start();
+    hookUrl = await receiver.start();
     account = await t.account();
-    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, url);
+    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, hookUrl);
     service = new VerificationService(t.redis, t.keys, t.sealer, t.config, { enqueue: async () => undefined }, silent, new Set<Method>(['flash_call']));
     publisher = new EventPublisher(t.redis, t.keys, 1000);
     workerRedis = new Redis(t.config.redis.url, { maxRetriesPerRequest: null });
@@ -91,13 +101,20 @@ describe('webhook order across redelivered and concurrently read stream entries'
       accounts: new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }),
       config: t.config.webhooks,
       metrics,
-      logger: silent,
+      logger: pino({ level: 'warn' }, { write: (line: string) => void warnings.push(line) }),
     });
-    worker = new Worker<WebhookJobData>(WEBHOOK_QUEUE, (job, token) => processor.process(job, token), {
-      connection: workerRedis,
-      prefix: t.keys.bullPrefix(),
-      concurrency: 5,
-    });
+    // Wired as main.ts wires it; a stalled job fails at once, looked for every 300 ms (the stalled-job test).
+    startWorker = () => {
+      worker = new Worker<WebhookJobData>(WEBHOOK_QUEUE, (job, token) => processor.process(job, token), {
+        connection: workerRedis,
+        prefix: t.keys.bullPrefix(),
+        concurrency: 5,
+        maxStalledCount: 0,
+        stalledInterval: 300,
+      });
+      worker.on('failed', (job) => void processor.failed(job));
+    };
+    startWorker();
     consumerRedis = new Redis(t.config.redis.url);
     consumer = new HandDrivenConsumer(consumerRedis, t.keys, group, 'test', silent, queue, { fieldCacheMs: 0 });
   });
@@ -154,6 +171,27 @@ describe('webhook order across redelivered and concurrently read stream entries'
     if (entries.length) await ack(entries);
   }
 
+  it('a later event waits for an earlier one that another consumer has read but not handled yet', async () => {
+    const { request_id: id } = await service.create(account, { phone_number: '+447700900210' });
+    // Consumer "slow" reads `sent` and holds it, unhandled (a slow handler, or one that threw or died).
+    const sent = await read('slow', 10);
+    expect(sent.map((e) => e.fields.event)).toEqual(['verification.sent']);
+    await publisher.publish({ request_id: id, account_id: account.account_id, method: 'flash_call', status: 'delivered', detail: {} });
+    // Consumer "fast" reads and handles `delivered` meanwhile.
+    const delivered = await read('fast', 10);
+    expect(delivered.map((e) => e.fields.event)).toEqual(['verification.delivered']);
+    await consumer.handleEntry(delivered[0]!);
+    await ack(delivered);
+    // Its job has run (and, since this fix, stepped back to wait): before, `delivered` went out at once, first.
+    await waitFor(async () => ['delayed', 'completed'].includes(await queue.queue.getJobState(delivered[0]!.id)), 3000);
+    await sleep(300);
+    expect(receiver.events(id)).toEqual([]);
+    await consumer.handleEntry(sent[0]!);
+    await ack(sent);
+    await waitFor(async () => receiver.events(id).length === 2, 5000);
+    expect(receiver.events(id)).toEqual(['verification.sent', 'verification.delivered']);
+  });
+
   it('sends no delivery receipt after verified and no late failure after expired', async () => {
     const verified = await service.create(account, { phone_number: '+447700900202' });
     const enc = await t.redis.hget(t.keys.verification(verified.request_id), 'code_enc');
@@ -175,5 +213,175 @@ describe('webhook order across redelivered and concurrently read stream entries'
     expect(receiver.events(verified.request_id)).toEqual(['verification.sent', 'verification.verified']);
     expect(receiver.events(expired.request_id)).toEqual(['verification.sent', 'verification.expired']);
     expect(await metrics.registry.getSingleMetricAsString('flashverify_webhook_skipped_total')).toMatch(/ 2$/);
+  });
+
+  /** The request's order set: member → score. */
+  async function orderOf(requestId: string): Promise<Record<string, number>> {
+    const flat = await t.redis.zrangebyscore(t.keys.webhookOrder(requestId), '-inf', '+inf', 'WITHSCORES');
+    const out: Record<string, number> = {};
+    for (let i = 0; i + 1 < flat.length; i += 2) out[flat[i]!] = Number(flat[i + 1]);
+    return out;
+  }
+
+  /** The stream ids of a request's events, oldest first. */
+  async function eventIds(requestId: string): Promise<string[]> {
+    return (await t.redis.xrange(t.keys.events(), '-', '+')).filter(([, f]) => f[f.indexOf('request_id') + 1] === requestId).map(([id]) => id);
+  }
+
+  const warned = (requestId: string) => warnings.filter((w) => w.includes(requestId));
+
+  it('a later event waits for an earlier one whose consumer died, until another consumer reclaims it', async () => {
+    const { request_id: id } = await service.create(account, { phone_number: '+447700900211' });
+    // Consumer "dead" reads `sent` and dies before handling it: the entry stays pending on it.
+    expect((await read('dead', 10)).map((e) => e.fields.event)).toEqual(['verification.sent']);
+    await publisher.publish({ request_id: id, account_id: account.account_id, method: 'flash_call', status: 'delivered', detail: {} });
+    // A running consumer reads `delivered`, and takes `sent` over once it has been idle 300 ms (XAUTOCLAIM).
+    const live = new WebhookConsumer(new Redis(t.config.redis.url), t.keys, group, 'live', silent, queue, { fieldCacheMs: 0, claimIdleMs: 300, blockMs: 100 });
+    await live.start();
+    try {
+      await waitFor(async () => receiver.events(id).length === 2, 5000);
+    } finally {
+      await live.stop();
+    }
+    expect(receiver.events(id)).toEqual(['verification.sent', 'verification.delivered']);
+    expect(warned(id)).toEqual([]);
+  });
+
+  it('a given-up webhook is marked done, and the later events of its request follow', async () => {
+    const { request_id: id } = await service.create(account, { phone_number: '+447700900212' });
+    receiver.failing = (b) => b.request_id === id && b.event === 'verification.sent';
+    try {
+      await publisher.publish({ request_id: id, account_id: account.account_id, method: 'flash_call', status: 'delivered', detail: {} });
+      await handleNew();
+      // `sent` fails 3 times (webhooks.attempts) and is given up; `delivered` waited for it, then goes.
+      await waitFor(async () => receiver.events(id).length === 1, 5000);
+    } finally {
+      receiver.failing = () => false;
+    }
+    const [sentId, deliveredId] = await eventIds(id);
+    expect(receiver.events(id)).toEqual(['verification.delivered']);
+    expect(await queue.queue.getJobState(sentId!)).toBe('failed');
+    expect(await orderOf(id)).toEqual({ [orderMember(sentId!)]: 1, [orderMember(deliveredId!)]: 1 });
+  });
+
+  it('a webhook job BullMQ fails as stalled (its worker died mid-delivery) is marked done, and the later events follow', async () => {
+    const { request_id: id } = await service.create(account, { phone_number: '+447700900221' });
+    // The test's worker stops; a worker takes `sent` and dies holding it: its lock lapses after 500 ms.
+    await worker.close();
+    const doomedRedis = new Redis(t.config.redis.url, { maxRetriesPerRequest: null });
+    const doomed = new Worker<WebhookJobData>(WEBHOOK_QUEUE, () => new Promise<void>(() => undefined), {
+      connection: doomedRedis,
+      prefix: t.keys.bullPrefix(),
+      lockDuration: 500,
+    });
+    try {
+      await handleNew();
+      const [sentId] = await eventIds(id);
+      await waitFor(async () => (await queue.queue.getJobState(sentId!)) === 'active', 3000);
+      await doomed.close(true);
+      await publisher.publish({ request_id: id, account_id: account.account_id, method: 'flash_call', status: 'delivered', detail: {} });
+      await handleNew();
+      startWorker();
+      // The stalled `sent` fails without being run (maxStalledCount 0); `delivered` waited for it (queued), then goes.
+      await waitFor(async () => receiver.events(id).length === 1, 5000);
+      expect(receiver.events(id)).toEqual(['verification.delivered']);
+      const sent = await queue.queue.getJob(sentId!);
+      expect([await sent!.getState(), sent!.failedReason]).toEqual(['failed', 'job stalled more than allowable limit']);
+      expect((await orderOf(id))[orderMember(sentId!)]).toBe(1);
+    } finally {
+      if (!worker.isRunning()) startWorker();
+      doomedRedis.disconnect();
+    }
+  });
+
+  it('an account without a webhook URL: its events are done at once, queue nothing, and their order set expires', async () => {
+    const quiet = await t.account();
+    const { request_id: id } = await service.create(quiet, { phone_number: '+447700900213' });
+    await publisher.publish({ request_id: id, account_id: quiet.account_id, method: 'flash_call', status: 'delivered', detail: {} });
+    await service.cancel(quiet, id);
+    const ids = await eventIds(id);
+    // Filed by the scripts that wrote them, as written (-1): no consumer has seen them yet.
+    expect(Object.values(await orderOf(id))).toEqual([-1, -1, -1]);
+    await handleNew();
+    expect(await orderOf(id)).toEqual(Object.fromEntries(ids.map((e) => [orderMember(e), 1])));
+    expect(await Promise.all(ids.map((e) => queue.queue.getJob(e)))).toEqual([undefined, undefined, undefined]);
+    // Kept a day beyond an hour after the request's expiry (the default 600 s here), then gone.
+    const ttl = await t.redis.ttl(t.keys.webhookOrder(id));
+    expect(ttl).toBeGreaterThan(24 * 3600);
+    expect(ttl).toBeLessThanOrEqual(24 * 3600 + 3600 + 600);
+  });
+
+  it('an account that sets its URL mid-request gets the later events at once, not held by the earlier ones', async () => {
+    const late = await t.account();
+    const { request_id: id } = await service.create(late, { phone_number: '+447700900214' });
+    await handleNew();
+    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(late.account_id, hookUrl);
+    await publisher.publish({ request_id: id, account_id: late.account_id, method: 'flash_call', status: 'delivered', detail: {} });
+    await handleNew();
+    await waitFor(async () => receiver.events(id).length === 1, MAX_WAIT_MS - 500);
+    expect(receiver.events(id)).toEqual(['verification.delivered']);
+    expect(warned(id)).toEqual([]);
+  });
+
+  it('a failed workflow step with steps left (no webhook) does not hold back the next step\'s events', async () => {
+    const { request_id: id } = await service.create(account, { phone_number: '+447700900215' });
+    await publisher.publish({ request_id: id, account_id: account.account_id, method: 'flash_call', status: 'failed', step: 0, steps: 2, detail: { reason: 'busy' } });
+    await publisher.publish({ request_id: id, account_id: account.account_id, method: 'sms', status: 'delivered', step: 1, steps: 2, detail: {} });
+    await handleNew();
+    await waitFor(async () => receiver.events(id).length === 2, MAX_WAIT_MS - 500);
+    expect(receiver.events(id)).toEqual(['verification.sent', 'verification.delivered']);
+    expect(warned(id)).toEqual([]);
+  });
+
+  it('an event trimmed from the stream before any consumer read it holds the later ones at most orderMaxWaitMs, then is given up', async () => {
+    const { request_id: id } = await service.create(account, { phone_number: '+447700900216' });
+    // events.maxLen trims it before the webhooks group reads it: no consumer will ever handle `sent`.
+    await t.redis.xtrim(t.keys.events(), 'MAXLEN', 0);
+    await publisher.publish({ request_id: id, account_id: account.account_id, method: 'flash_call', status: 'delivered', detail: {} });
+    await handleNew();
+    await sleep(MAX_WAIT_MS / 2);
+    expect(receiver.events(id)).toEqual([]);
+    await waitFor(async () => receiver.events(id).length === 1, MAX_WAIT_MS + 3000);
+    expect(warned(id)).toHaveLength(1);
+    expect(JSON.parse(warned(id)[0]!)).toMatchObject({ event: 'verification.delivered', max_wait_ms: MAX_WAIT_MS, msg: expect.stringMatching(/never handled/) });
+    // Given up waiting for: the request's next event goes at once.
+    await publisher.publish({ request_id: id, account_id: account.account_id, method: 'flash_call', status: 'failed', detail: { reason: 'busy' } });
+    await handleNew();
+    await waitFor(async () => receiver.events(id).length === 2, MAX_WAIT_MS - 500);
+    expect(receiver.events(id)).toEqual(['verification.delivered', 'verification.failed']);
+    expect(warned(id)).toHaveLength(1);
+  });
+
+  it('every script that writes a webhook\'s event files it in the request\'s order set, in the same step', async () => {
+    const sms = new VerificationService(t.redis, t.keys, t.sealer, t.config, { enqueue: async () => undefined }, silent, new Set<Method>(['flash_call', 'sms']));
+    // createVerification-7 (sent), recordCheck-4 (verified), settleSms-4 (an SMS receipt), recordAttemptEvent-3 (publish).
+    const a = await sms.create(account, { phone_number: '+447700900217', method: 'sms' });
+    await sms.check(account, { request_id: a.request_id, code: t.sealer.open((await t.redis.hget(t.keys.verification(a.request_id), 'code_enc'))!, `code:${a.request_id}`) });
+    const receipt = { request_id: a.request_id, account_id: account.account_id, method: 'sms' as const, status: 'delivered' as const, detail: {} };
+    expect(await scripts.settleSms.run(t.redis, [t.keys.verification(a.request_id), t.keys.events(), t.keys.smsEarlyReceipt('s', 'm'), t.keys.webhookOrder(a.request_id)], ['', 'DELIVRD', '', ...publisher.streamArgs(receipt)])).toBe('published');
+    await publisher.publish({ ...receipt, status: 'failed', detail: { reason: 'late' } });
+    // cancelVerification-6 (canceled).
+    const b = await service.create(account, { phone_number: '+447700900218' });
+    await service.cancel(account, b.request_id);
+    // expireVerification-7 (expired), as the sweeper runs it once the request's time is up.
+    const c = await service.create(account, { phone_number: '+447700900219' });
+    const day = utcDay(Date.now());
+    const cKeys = [t.keys.verification(c.request_id), t.keys.expiries(), t.keys.events(), t.keys.account(account.account_id), t.keys.usage(account.account_id, day), t.keys.conversion(day), t.keys.webhookOrder(c.request_id)];
+    expect(((await scripts.expireVerification.run(t.redis, cKeys, [c.request_id, Date.now() + 3600_000, 1000, 1000])) as string[])[0]).toBe('expired');
+    // advanceWorkflow-7 (failed: the next step refused).
+    const d = await service.create(account, { phone_number: '+447700900220' });
+    await t.redis.hset(t.keys.verification(d.request_id), 'wf_step', '0', 'wf_steps', '2');
+    const dKeys = [t.keys.verification(d.request_id), t.keys.account(account.account_id), t.keys.usage(account.account_id, day), t.keys.events(), t.keys.usage(account.account_id, day), t.keys.conversion(day), t.keys.webhookOrder(d.request_id)];
+    expect(await scripts.advanceWorkflow.run(t.redis, dKeys, [0, Date.now(), 'sms', 0, 'mac', 'enc', 6, 'failed', 1000, 3600, 'rate_limited', 1000])).toEqual(['rate_limited', 1]);
+
+    const expected = { [a.request_id]: 4, [b.request_id]: 2, [c.request_id]: 2, [d.request_id]: 2 };
+    for (const [id, n] of Object.entries(expected)) {
+      const ids = await eventIds(id);
+      expect(ids).toHaveLength(n);
+      expect(await orderOf(id)).toEqual(Object.fromEntries(ids.map((e) => [orderMember(e), -1])));
+      expect(await t.redis.ttl(t.keys.webhookOrder(id))).toBeGreaterThan(24 * 3600);
+    }
+    // Read and acknowledged unhandled: no later test's consumer sends their webhooks.
+    await ack(await read('filing', 100));
   });
 });

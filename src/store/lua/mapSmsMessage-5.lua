@@ -3,7 +3,7 @@
   submit_sm_resp, a late one, or a receipt that matched an unconfirmed
   submit), and hand back a delivery receipt that arrived before it (some SMSCs
   send the receipt first). The parked receipt is NOT deleted here:
-  settleSms-3 deletes it in the same step that records it and writes its
+  settleSms-4 deletes it in the same step that records it and writes its
   event, so a crash in between leaves it parked for the job's re-run.
 
   Every message id of the verification stays mapped (sms_message_ids), so a

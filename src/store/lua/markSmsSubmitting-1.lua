@@ -3,7 +3,7 @@
   while the attempt is still wanted: the request `sent` or `delivered`, not
   past its expires_at, and (a workflow) still at this step. From this mark on
   the attempt counts as "may have been sent" and is billed; before it, expiry,
-  cancel and a step timeout refund it (expireVerification-6,
+  cancel and a step timeout refund it (expireVerification-7,
   cancelVerification-4, advanceWorkflow-4: sms_state unset, retry or refused).
   Checking and marking in one script closes the window in which the request
   was refunded after the job's claim and its SMS still went out.

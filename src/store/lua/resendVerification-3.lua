@@ -78,7 +78,7 @@ sends = sends + 1
 redis.call('HSET', KEYS[2], 'sends', sends, 'last_send_at', ARGV[2], 'send_cost', cost)
 redis.call('HINCRBY', KEYS[2], 'cost', cost)
 -- An SMS sent again: the messages sent so far are superseded; a failure receipt for one of them arriving now
--- must not fail the request while the new message is on its way (settleSms-3). A DELIVRD for any still counts.
+-- must not fail the request while the new message is on its way (settleSms-4). A DELIVRD for any still counts.
 if v[4] == 'sms' then
   local ids = redis.call('HGET', KEYS[2], 'sms_message_ids')
   if ids then redis.call('HSET', KEYS[2], 'sms_superseded_ids', ids) end

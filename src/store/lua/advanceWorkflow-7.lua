@@ -3,7 +3,7 @@
   current step index (`wf_step`), so the same `failed` or `step_timeout`
   event processed twice (redelivered, reclaimed after a crash, or handled by
   two advancers) starts step n+1 at most once. Pays for the step with the
-  same debit as createVerification-6; a step that cannot be paid fails the
+  same debit as createVerification-7; a step that cannot be paid fails the
   verification (insufficient_balance; account_suspended when the account is
   no longer active), and so does one the caller refused
   (ARGV[11], e.g. rate_limited: the velocity windows are full). Swaps in the
@@ -25,6 +25,8 @@
   KEYS[5] usage hash of the account for the day the ending step was charged (att<n>_started_at)
   KEYS[6] conversion hash of that day (FraudControls.trackSent): a refunded step leaves its
           `country:<cc>:<method>:sent`
+  KEYS[7] webhook order set of the request: a `failed` written here is filed in it
+          (writeEvent.lua); `step_started`, never a webhook, is not
 
   ARGV[1]  step the event is about (the expected current wf_step)
   ARGV[2]  now (ms since epoch)
@@ -43,7 +45,8 @@
     {"last"} | {"expired"} | {"gone"} | {"insufficient_balance" | ARGV[11], next_step}
 ]]
 --- @include "refundCharge"
-local v = redis.call('HMGET', KEYS[1], 'status', 'wf_step', 'wf_steps', 'account_id', 'expires_at', 'cost')
+--- @include "writeEvent"
+local v = redis.call('HMGET', KEYS[1], 'status', 'wf_step', 'wf_steps', 'account_id', 'expires_at', 'cost', 'whq_until')
 local status = v[1]
 if not status or not v[2] or not v[3] then return {'gone'} end
 local cur, steps, from = tonumber(v[2]), tonumber(v[3]), tonumber(ARGV[1])
@@ -60,7 +63,7 @@ if ARGV[8] == 'timeout' then
     redis.call('HSET', KEYS[1], p .. 'status', 'timed_out')
     redis.call('HSETNX', KEYS[1], p .. 'ended_at', ARGV[2])
   end
-  -- Nothing of the step left (the same rule in expireVerification-6 and cancelVerification-5): no job
+  -- Nothing of the step left (the same rule in expireVerification-7 and cancelVerification-6): no job
   -- claimed it, or an SMS whose submit_sm cannot have been taken: sms_state unset (claimed, not submitted:
   -- `submitting` is written before submit_sm leaves), `retry` (refused for now, or no bind) or `refused`.
   local d = redis.call('HMGET', KEYS[1], 'dial_started', 'sms_state', p .. 'method', p .. 'cost', 'country')
@@ -86,7 +89,7 @@ if not refused or refused == '' then
   if not accountStatus or balance < cost then
     refused = 'insufficient_balance'
   elseif accountStatus ~= 'active' then
-    -- Suspended (or pending) since the request was created: as createVerification-6 and resendVerification-3 refuse
+    -- Suspended (or pending) since the request was created: as createVerification-7 and resendVerification-3 refuse
     -- to start a send for such an account, its later steps do not start either.
     refused = 'account_suspended'
   end
@@ -96,9 +99,8 @@ if refused then
     q .. 'method', ARGV[3], q .. 'status', 'failed', q .. 'cost', 0, q .. 'started_at', ARGV[2],
     q .. 'ended_at', ARGV[2], q .. 'reason', refused)
   redis.call('HSETNX', KEYS[1], 'at_failed', ARGV[2])
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*',
-    'event', 'verification.failed', 'request_id', redis.call('HGET', KEYS[1], 'request_id'), 'account_id', v[4],
-    'method', ARGV[3], 'status', 'failed', 'timestamp', ARGV[2], 'detail', cjson.encode({reason = refused}))
+  writeEvent(KEYS[4], ARGV[9], KEYS[7], v[7], 'failed', redis.call('HGET', KEYS[1], 'request_id'), v[4], ARGV[3], ARGV[2],
+    cjson.encode({reason = refused}))
   return {refused, nxt}
 end
 if cost > 0 then redis.call('HINCRBY', KEYS[2], 'balance', -cost) end

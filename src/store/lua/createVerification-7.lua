@@ -9,6 +9,9 @@
   KEYS[6] unqueued sorted set (request id by created_at): the intent to queue, filed
           with the record, atomically; the api removes it once the job is queued, and
           the enqueue reconciler queues what stays there too long (api process died)
+  KEYS[7] webhook order set of the request (Keys.webhookOrder): created here with the
+          `sent` event and its TTL; later events are filed in it while the record's
+          `whq_until` (ARGV[17]) says so (writeEvent.lua)
 
   ARGV[1]  request_id
   ARGV[2]  account_id
@@ -29,10 +32,13 @@
            the same script as the record, so that an api process dying right after it can
            never leave a workflow request that looks like a one-method one (the enqueue
            reconciler queues what it finds).
+  ARGV[16] TTL of the webhook order set (seconds)
+  ARGV[17] whq_until: until when (ms since epoch) events of the request are filed in it
 
   Returns {"ok", balance_after} or {"err", code}:
     account_missing | account_pending | account_suspended | insufficient_balance | exists
 ]]
+--- @include "writeEvent"
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'err', 'account_missing'} end
 if status == 'pending' then return {'err', 'account_pending'} end
@@ -49,7 +55,7 @@ redis.call('HSET', KEYS[2],
   'request_id', ARGV[1], 'account_id', ARGV[2], 'method', ARGV[3],
   'status', 'sent', 'cost', ARGV[4], 'created_at', ARGV[5], 'expires_at', ARGV[6],
   'phone_enc', ARGV[8], 'code_mac', ARGV[9], 'code_enc', ARGV[10],
-  'code_length', ARGV[11], 'country', ARGV[12], 'attempts', '0', 'at_sent', ARGV[5])
+  'code_length', ARGV[11], 'country', ARGV[12], 'attempts', '0', 'at_sent', ARGV[5], 'whq_until', ARGV[17])
 if ARGV[15] and ARGV[15] ~= '' then
   local parts = {}
   for line in string.gmatch(ARGV[15], '([^\n]*)\n?') do table.insert(parts, line) end
@@ -65,7 +71,6 @@ redis.call('HINCRBY', KEYS[4], ARGV[3] .. ':count', 1)
 redis.call('HINCRBY', KEYS[4], ARGV[3] .. ':cost', cost)
 redis.call('EXPIRE', KEYS[4], tonumber(ARGV[14]))
 
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[13], '*',
-  'event', 'verification.sent', 'request_id', ARGV[1], 'account_id', ARGV[2],
-  'method', ARGV[3], 'status', 'sent', 'timestamp', ARGV[5], 'detail', '{}')
+writeEvent(KEYS[3], ARGV[13], KEYS[7], ARGV[17], 'sent', ARGV[1], ARGV[2], ARGV[3], ARGV[5], '{}')
+redis.call('EXPIRE', KEYS[7], tonumber(ARGV[16]))
 return {'ok', balance}

@@ -11,7 +11,7 @@
   the usage), once (HSETNX `refunded`, or `att<n>_refunded` for a workflow
   step). Its delivery job, still waiting (no SMPP bind, a throttle back-off,
   a backlog), then finds the request past `sent` and drops it.
-  "Nothing left" (the same rule in cancelVerification-5 and advanceWorkflow-6):
+  "Nothing left" (the same rule in cancelVerification-6 and advanceWorkflow-7):
   no `dial_started` (no job claimed the attempt), or an SMS whose `sms_state`
   says no submit_sm can have been taken: unset (claimed, not submitted yet;
   `submitting` is written before submit_sm leaves), `retry` (refused for now,
@@ -24,6 +24,7 @@
   KEYS[5] usage hash of the account for the day the current attempt (or send) was charged
           (`att<wf_step>_started_at`, else `last_send_at`, else `created_at`: verification/types.ts chargedAt)
   KEYS[6] conversion hash of that day (FraudControls.trackSent)
+  KEYS[7] webhook order set of the request (writeEvent.lua)
 
   ARGV[1] request_id (member of the expiries set)
   ARGV[2] now (ms since epoch)
@@ -34,8 +35,9 @@
   not due yet, else {"skipped"} (already terminal or gone).
 ]]
 --- @include "refundCharge"
+--- @include "writeEvent"
 local v = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'account_id', 'method',
-  'dial_started', 'sms_state', 'wf_step', 'wf_steps', 'send_cost', 'cost', 'country', 'test_number')
+  'dial_started', 'sms_state', 'wf_step', 'wf_steps', 'send_cost', 'cost', 'country', 'test_number', 'whq_until')
 local status, expires_at = v[1], tonumber(v[2])
 if not status or not expires_at then
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -71,7 +73,5 @@ if nothingSent then
 end
 -- A test number's send was never counted in the conversion hash (it never reaches the network): no country.
 if refunded then refundCharge(KEYS[4], KEYS[1], KEYS[5], KEYS[6], ARGV[4], method, refund, not v[12] and v[11] or nil) end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
-  'event', 'verification.expired', 'request_id', ARGV[1], 'account_id', v[3],
-  'method', v[4], 'status', 'expired', 'timestamp', v[2], 'detail', '{"reason":"expired"}')
+writeEvent(KEYS[3], ARGV[3], KEYS[7], v[13], 'expired', ARGV[1], v[3], v[4], v[2], '{"reason":"expired"}')
 return {'expired', refund}

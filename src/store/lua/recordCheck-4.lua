@@ -6,6 +6,7 @@
   KEYS[1] verification hash
   KEYS[2] events stream
   KEYS[3] usage hash of the account for today
+  KEYS[4] webhook order set of the request (writeEvent.lua)
 
   ARGV[1] code_mac the caller compared against
   ARGV[2] matched: "1" or "0"
@@ -17,8 +18,9 @@
   Returns {result, attempts_remaining}, result one of:
     verified | invalid_code | expired | already_verified | failed | canceled | not_found | stale
 ]]
+--- @include "writeEvent"
 local v = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'attempts', 'code_mac',
-  'request_id', 'account_id', 'method')
+  'request_id', 'account_id', 'method', 'whq_until')
 local status, expires_at, attempts, mac = v[1], tonumber(v[2]), tonumber(v[3]), v[4]
 if not status then return {'not_found', 0} end
 if status == 'verified' then return {'already_verified', 0} end
@@ -36,13 +38,11 @@ if mac ~= ARGV[1] then
 end
 
 local function emit(st)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
-    'event', 'verification.' .. st, 'request_id', v[5], 'account_id', v[6],
-    'method', v[7], 'status', st, 'timestamp', ARGV[3], 'detail', '{}')
+  writeEvent(KEYS[2], ARGV[5], KEYS[4], v[8], st, v[5], v[6], v[7], ARGV[3], '{}')
 end
 
 -- Past its time: the answer is `expired`, nothing counted. The record itself is left to the expiry sweeper
--- (expireVerification-6, within expirySweepMs), which also refunds an attempt that never left: a check must not
+-- (expireVerification-7, within expirySweepMs), which also refunds an attempt that never left: a check must not
 -- end the request on its own and skip that refund (GET already shows an overdue request as expired).
 if now >= expires_at then return {'expired', 0} end
 

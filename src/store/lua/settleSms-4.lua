@@ -10,6 +10,7 @@
   KEYS[1] verification hash
   KEYS[2] events stream
   KEYS[3] early-receipt string to delete (<prefix>:smsdlr:<smsc>:<id>)
+  KEYS[4] webhook order set of the request (writeEvent.lua)
 
   ARGV[1] message id ("" = not checked against the step's ids)
   ARGV[2] state to record in sms_receipt ("" = intermediate: record nothing)
@@ -21,9 +22,10 @@
 
   Returns published | pending | duplicate | gone | other_step | superseded.
 ]]
+--- @include "writeEvent"
 -- Writes come last, the event first: Redis does not roll a script back when a command fails,
 -- so an XADD error leaves the receipt unrecorded and still parked, for the SMSC's resend or the job's re-run.
-local v = redis.call('HMGET', KEYS[1], 'account_id', 'wf_step', 'wf_steps', 'sms_message_ids', 'sms_receipt', 'sms_superseded_ids')
+local v = redis.call('HMGET', KEYS[1], 'account_id', 'wf_step', 'wf_steps', 'sms_message_ids', 'sms_receipt', 'sms_superseded_ids', 'whq_until')
 local verdict
 if not v[1] then
   verdict = 'gone'
@@ -39,7 +41,7 @@ elseif v[6] and ARGV[2] ~= 'DELIVRD' and ARGV[1] ~= ''
 elseif v[5] then
   verdict = 'duplicate'
 else
-  redis.call('XADD', KEYS[2], unpack(ARGV, 4))
+  recordWebhookOrder(KEYS[4], redis.call('XADD', KEYS[2], unpack(ARGV, 4)), v[7])
   redis.call('HSET', KEYS[1], 'sms_receipt', ARGV[2])
   verdict = 'published'
 end

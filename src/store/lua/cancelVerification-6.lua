@@ -22,6 +22,7 @@
   KEYS[3] events stream
   KEYS[4] usage hash of the account for the day the current attempt (or send) was charged
   KEYS[5] conversion hash of that day (FraudControls.trackSent)
+  KEYS[6] webhook order set of the request (writeEvent.lua)
 
   ARGV[1] account_id of the caller
   ARGV[2] now (ms since epoch)
@@ -32,8 +33,9 @@
   Returns {"ok", refunded_micro} | {"not_found"} | {"not_live", status} | {"moved"}
 ]]
 --- @include "refundCharge"
+--- @include "writeEvent"
 local v = redis.call('HMGET', KEYS[1], 'account_id', 'status', 'wf_step', 'wf_steps', 'method', 'cost', 'request_id',
-  'last_send_at', 'created_at', 'country', 'test_number')
+  'last_send_at', 'created_at', 'country', 'test_number', 'whq_until')
 if not v[1] or v[1] ~= ARGV[1] then return {'not_found'} end
 local status = v[2]
 if (status ~= 'sent' and status ~= 'delivered') or tonumber(ARGV[2]) >= tonumber(redis.call('HGET', KEYS[1], 'expires_at') or '0') then
@@ -44,7 +46,7 @@ if v[4] then chargedAt = redis.call('HGET', KEYS[1], 'att' .. v[3] .. '_started_
 if (chargedAt or '') ~= ARGV[4] then return {'moved'} end
 redis.call('HSET', KEYS[1], 'status', 'canceled')
 redis.call('HSETNX', KEYS[1], 'at_canceled', ARGV[2])
--- Nothing of the current attempt left (the same rule in expireVerification-6 and advanceWorkflow-6): no
+-- Nothing of the current attempt left (the same rule in expireVerification-7 and advanceWorkflow-7): no
 -- job claimed it, or an SMS whose submit_sm cannot have been taken: sms_state unset (claimed, not submitted:
 -- `submitting` is written before submit_sm leaves), `retry` (refused for now, or no bind) or `refused`.
 local undialled = redis.call('HSETNX', KEYS[1], 'dial_started', 'canceled') == 1
@@ -76,7 +78,5 @@ elseif undialled and redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then
 end
 -- A test number's send was never counted in the conversion hash (it never reaches the network): no country.
 if refunded then refundCharge(KEYS[2], KEYS[1], KEYS[4], KEYS[5], ARGV[5], method, refund, not v[11] and v[10] or nil) end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
-  'event', 'verification.canceled', 'request_id', v[7], 'account_id', v[1],
-  'method', v[5], 'status', 'canceled', 'timestamp', ARGV[2], 'detail', '{}')
+writeEvent(KEYS[3], ARGV[3], KEYS[6], v[12], 'canceled', v[7], v[1], v[5], ARGV[2], '{}')
 return {'ok', refund}
