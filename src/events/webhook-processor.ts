@@ -8,6 +8,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
 import { isoSeconds } from '../verification/types.js';
+import { WebhookAgents } from './webhook-agents.js';
 import { WebhookBreaker } from './webhook-breaker.js';
 import { orderMember, type WebhookJobData } from './webhook-queue.js';
 import { WebhookDeliveryError, postWebhook, signWebhook } from './webhook-sender.js';
@@ -60,9 +61,12 @@ export class WebhookProcessor {
   private readonly inFlight = new Map<string, number>();
   /** The per-account circuit breakers (the gauge of open ones reads it). */
   readonly breaker: WebhookBreaker;
+  /** Keep-alive connections to the receivers, per origin (`webhooks.keepAliveMs`, `webhooks.maxSocketsPerHost`). */
+  private readonly agents: WebhookAgents;
 
   constructor(private readonly deps: WebhookProcessorDeps) {
     const { config } = deps;
+    this.agents = new WebhookAgents(config);
     // A probe that has not ended by then (its process died) lets another delivery probe.
     this.breaker = new WebhookBreaker(deps.redis, deps.keys, config.breaker, 2 * config.timeoutMs + 1000, deps.logger);
   }
@@ -94,6 +98,11 @@ export class WebhookProcessor {
       if (left > 0) this.inFlight.set(d.account_id, left);
       else this.inFlight.delete(d.account_id);
     }
+  }
+
+  /** Closes the pooled connections (after the worker stopped taking jobs). */
+  close(): void {
+    this.agents.destroy();
   }
 
   /** Moves the job back to delayed until `until` without spending an attempt (it has not been tried). */
@@ -184,7 +193,7 @@ export class WebhookProcessor {
         'x-flashverify-timestamp': String(Math.floor(Date.now() / 1000)),
         'x-flashverify-event-id': d.event_id,
       },
-      { timeoutMs: config.timeoutMs, allowPrivate: config.allowPrivate, resolveAll, signal },
+      { timeoutMs: config.timeoutMs, allowPrivate: config.allowPrivate, resolveAll, signal, agents: this.agents },
     );
     if (status < 200 || status > 299) throw new WebhookDeliveryError(`receiver answered HTTP ${status}`);
     log.info({ event: d.event, http_status: status, host: target.host }, 'webhook delivered');
