@@ -400,6 +400,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       });
       webhookWorker.on('error', (err) => logger.warn({ err: err.message }, 'webhook worker error'));
       stops.unshift(['webhook worker', () => webhookWorker.close()]);
+      // Stops run in order and the workers are unshifted: the pooled connections close once no delivery is in flight.
+      stops.push(['webhook connections', async () => webhooks.close()]);
 
       const sweeper = new ExpirySweeper(
         redis,

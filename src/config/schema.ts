@@ -290,6 +290,8 @@ export const fraudSchema = z
 
 const priceTable = z.record(z.string(), z.number().nonnegative());
 
+const SOCKETS_PER_HOST = 'must be a whole number of connections, at least 1';
+
 export const configSchema = z
   .object({
     http: z
@@ -642,6 +644,17 @@ export const configSchema = z
         orderMaxWaitMs: z.number().int().positive().default(300_000),
         /** Webhook deliveries in flight per worker process. */
         concurrency: z.number().int().positive().default(50),
+        /**
+         * Idle keep-alive connections to a receiver are closed after this (ms): shorter than common servers' own
+         * idle timeouts (Node's 5 s), so that they rarely close one as we reuse it. 0: no keep-alive, one connection
+         * per delivery.
+         */
+        keepAliveMs: z
+          .int({ message: 'must be a whole number of milliseconds (0: no keep-alive)' })
+          .min(0, { message: 'must be 0 (no keep-alive) or more milliseconds' })
+          .default(4000),
+        /** Connections per receiver origin (scheme, host, port) and worker process; more deliveries wait for one. */
+        maxSocketsPerHost: z.int({ message: SOCKETS_PER_HOST }).min(1, { message: SOCKETS_PER_HOST }).default(32),
         /**
          * Deliveries in flight per account and worker process: an account whose receiver is slow or dead holds at
          * most this many of the `concurrency` slots. null: a fifth of `concurrency` (at least 1).

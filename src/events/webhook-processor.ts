@@ -7,6 +7,7 @@ import type { Sealer } from '../crypto/sealer.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Keys } from '../store/keys.js';
 import { isoSeconds } from '../verification/types.js';
+import { WebhookAgents } from './webhook-agents.js';
 import { WebhookBreaker } from './webhook-breaker.js';
 import { ORDER_DONE, ORDER_QUEUED, ORDER_WRITTEN, orderMember, orderMemberTime, type WebhookJobData } from './webhook-queue.js';
 import { WebhookDeliveryError, postWebhook, signWebhook } from './webhook-sender.js';
@@ -57,9 +58,12 @@ export class WebhookProcessor {
   private readonly inFlight = new Map<string, number>();
   /** The per-account circuit breakers (the gauge of open ones reads it). */
   readonly breaker: WebhookBreaker;
+  /** Keep-alive connections to the receivers, per origin (`webhooks.keepAliveMs`, `webhooks.maxSocketsPerHost`). */
+  private readonly agents: WebhookAgents;
 
   constructor(private readonly deps: WebhookProcessorDeps) {
     const { config } = deps;
+    this.agents = new WebhookAgents(config);
     // A probe that has not ended by then (its process died) lets another delivery probe.
     this.breaker = new WebhookBreaker(deps.redis, deps.keys, config.breaker, 2 * config.timeoutMs + 1000, deps.logger);
   }
@@ -115,6 +119,11 @@ export class WebhookProcessor {
     );
     await redis.zadd(order, 'XX', ...unhandled.flatMap((m) => [ORDER_DONE, m]));
     return false;
+  }
+
+  /** Closes the pooled connections (after the worker stopped taking jobs). */
+  close(): void {
+    this.agents.destroy();
   }
 
   /** Moves the job back to delayed until `until` without spending an attempt (it has not been tried). */
@@ -216,7 +225,7 @@ export class WebhookProcessor {
         'x-flashverify-timestamp': String(Math.floor(Date.now() / 1000)),
         'x-flashverify-event-id': d.event_id,
       },
-      { timeoutMs: config.timeoutMs, allowPrivate: config.allowPrivate, resolveAll, signal },
+      { timeoutMs: config.timeoutMs, allowPrivate: config.allowPrivate, resolveAll, signal, agents: this.agents },
     );
     if (status < 200 || status > 299) throw new WebhookDeliveryError(`receiver answered HTTP ${status}`);
     log.info({ event: d.event, http_status: status, host: target.host }, 'webhook delivered');

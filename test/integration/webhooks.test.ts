@@ -1,6 +1,6 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
@@ -23,6 +23,8 @@ interface Received {
   /** The docs' PHP check: hash_equals('sha256=' . hash_hmac('sha256', $body, $secret), $header). */
   signatureValid: boolean;
   answered: number;
+  /** Which connection it came on (index in `Receiver.sockets`). */
+  socket: number;
 }
 
 /** A webhook receiver on loopback that checks signatures exactly as the docs tell customers to. */
@@ -32,12 +34,25 @@ class Receiver {
   /** Statuses to answer, in order; then 200. */
   script: number[] = [];
   secret = '';
+  /** Every connection accepted, in order. */
+  readonly sockets: Socket[] = [];
+  /** Reset a connection's second request unanswered (a server whose idle timeout fires as the request arrives). */
+  dropReused = false;
+  /** Requests so reset (not in `received`). */
+  dropped = 0;
+  private readonly served = new WeakSet<Socket>();
 
   async start(): Promise<string> {
     this.server = createServer((req, res) => {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
+        if (this.served.has(req.socket) && this.dropReused) {
+          this.dropped++;
+          req.socket.destroy();
+          return;
+        }
+        this.served.add(req.socket);
         const body = Buffer.concat(chunks);
         const expected = Buffer.from('sha256=' + createHmac('sha256', this.secret).update(body).digest('hex'));
         const given = Buffer.from(String(req.headers['x-flashverify-signature'] ?? ''));
@@ -48,10 +63,12 @@ class Receiver {
           headers: req.headers,
           signatureValid: expected.length === given.length && timingSafeEqual(expected, given),
           answered,
+          socket: this.sockets.indexOf(req.socket),
         });
         res.writeHead(answered, { 'content-type': 'text/plain' }).end('ok');
       });
     });
+    this.server.on('connection', (socket: Socket) => this.sockets.push(socket));
     await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', r));
     return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/hooks/flashverify`;
   }
@@ -61,6 +78,7 @@ class Receiver {
   }
 
   async stop(): Promise<void> {
+    this.server?.closeAllConnections();
     await new Promise((r) => this.server?.close(r));
   }
 }
@@ -101,7 +119,7 @@ describe('signed webhooks', () => {
     await receiver?.stop();
   });
 
-  it('sends sent, delivered and verified in order, signed with the API secret, with the documented payload', async () => {
+  it('sends sent, delivered and verified in order, signed with the API secret, with the documented payload, over one kept-alive connection', async () => {
     const created = await service.create(account, { phone_number: '+447700900100' });
     const id = created.request_id;
     await publisher.publish({ request_id: id, account_id: account.account_id, method: 'flash_call', status: 'delivered', detail: {}, timestamp: Date.parse('2026-03-04T15:00:02.345Z') });
@@ -113,6 +131,8 @@ describe('signed webhooks', () => {
     const got = await waitFor(async () => (receiver.forRequest(id).length >= 3 ? receiver.forRequest(id) : null));
 
     expect(got.map((r) => r.json.event)).toEqual(['verification.sent', 'verification.delivered', 'verification.verified']);
+    // One after another (each waits for the one before): the connection of the first serves the next two.
+    expect(new Set(got.map((r) => r.socket)).size).toBe(1);
     for (const r of got) {
       expect(r.signatureValid).toBe(true);
       expect(r.headers['content-type']).toBe('application/json');
@@ -180,6 +200,45 @@ describe('signed webhooks', () => {
     const created = await service.create(other, { phone_number: '+447700900103' });
     await service.create(account, { phone_number: '+447700900104' }).then(async (c) => waitFor(async () => receiver.forRequest(c.request_id).length > 0));
     expect(receiver.forRequest(created.request_id)).toEqual([]);
+  });
+});
+
+describe('a receiver that closes a kept-alive connection as it is reused', () => {
+  it('gets every webhook: the request goes again at once on a new connection, spending no attempt and no breaker failure', async () => {
+    // One failure would open the breaker; any failed attempt would be retried after 100 ms, counted by BullMQ.
+    const t = await startTestEngine(testConfig({ webhooks: { allowPrivate: true, attempts: 4, backoffMs: 100, orderPollMs: 50, breaker: { failures: 1 } } }), 'all');
+    const receiver = new Receiver();
+    receiver.dropReused = true;
+    const queue = new Queue<WebhookJobData>(WEBHOOK_QUEUE, { connection: t.redis, prefix: t.keys.bullPrefix() });
+    try {
+      const a = await t.account();
+      receiver.secret = a.api_secret;
+      await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(a.account_id, await receiver.start());
+      const service = new VerificationService(t.redis, t.keys, t.sealer, t.config, noQueue, pino({ level: 'silent' }), new Set<Method>(['flash_call']));
+      const { request_id: id } = await service.create(a, { phone_number: '+447700900120' });
+      await new EventPublisher(t.redis, t.keys, 1000).publish({ request_id: id, account_id: a.account_id, method: 'flash_call', status: 'delivered', detail: {} });
+      const jobs = await waitFor(async () => {
+        const done = await queue.getCompleted();
+        return done.length === 2 ? done : undefined;
+      });
+      // `sent` opened a connection; `delivered` went on it, was reset, and went again on a new one.
+      expect(receiver.dropped).toBe(1);
+      expect(receiver.forRequest(id).map((r) => [r.json.event, r.answered, r.socket])).toEqual([
+        ['verification.sent', 200, 0],
+        ['verification.delivered', 200, 1],
+      ]);
+      // One attempt each (the one that succeeded), no error on record, no breaker failure, nothing logged as failed.
+      for (const job of jobs) {
+        expect(job.attemptsMade).toBe(1);
+        expect(job.stacktrace).toEqual([]);
+      }
+      expect(await t.redis.exists(t.keys.webhookBreaker(a.account_id))).toBe(0);
+      expect(t.logs.filter((l) => l.includes('webhook failed'))).toEqual([]);
+    } finally {
+      await queue.close();
+      await t.stop();
+      await receiver.stop();
+    }
   });
 });
 

@@ -166,6 +166,17 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ env: {}, overrides: { webhooks: { accountConcurrency: 0 } } })).toThrow(/webhooks\.accountConcurrency/);
   });
 
+  it('keeps webhook connections alive 4 s idle, 32 per origin, unless told; 0 turns keep-alive off; refuses the rest by name', () => {
+    const c = loadConfig({ env: {} });
+    expect([c.webhooks.keepAliveMs, c.webhooks.maxSocketsPerHost]).toEqual([4000, 32]);
+    expect(loadConfig({ env: {}, overrides: { webhooks: { keepAliveMs: 0 } } }).webhooks.keepAliveMs).toBe(0);
+    const file = yamlFile('webhooks:\n  keepAliveMs: -1\n  maxSocketsPerHost: 0\n');
+    expect(() => loadConfig({ file, env: {} })).toThrow(
+      'webhooks.keepAliveMs: must be 0 (no keep-alive) or more milliseconds\n  - webhooks.maxSocketsPerHost: must be a whole number of connections, at least 1',
+    );
+    expect(() => loadConfig({ env: {}, overrides: { webhooks: { keepAliveMs: 1.5 } } })).toThrow('webhooks.keepAliveMs: must be a whole number of milliseconds (0: no keep-alive)');
+  });
+
   it('reports unreadable and invalid YAML files', () => {
     expect(() => loadConfig({ file: '/nonexistent/flashverify.yaml', env: {} })).toThrow(/cannot read/);
     expect(() => loadConfig({ file: yamlFile('http: [unclosed'), env: {} })).toThrow(/not valid YAML/);
