@@ -330,7 +330,8 @@ describe('a webhook host whose resolver never answers', () => {
       const jobs: string[] = [];
       for (const phone of ['+447700900110', '+447700900111']) {
         const { request_id } = await service.create(a, { phone_number: phone });
-        const event_id = `${Date.now()}-${jobs.length}`;
+        // The job a webhook consumer would make of the request's `sent` event: the stream entry's id (its order entry).
+        const event_id = (await t.redis.xrange(t.keys.events(), '-', '+')).find(([, f]) => f[f.indexOf('request_id') + 1] === request_id)![0];
         await queue.add({ event_id, event: 'verification.sent', request_id, account_id: a.account_id, method: 'flash_call', status: 'sent', timestamp: Date.now() });
         jobs.push(event_id);
       }
