@@ -642,6 +642,12 @@ export const configSchema = z
          * entries are reclaimed after that). An event queued, or in retry, is waited for without this bound.
          */
         orderMaxWaitMs: z.number().int().positive().default(300_000),
+        /**
+         * A webhook not delivered this long after it was queued (its retries, or an account's open breaker, which
+         * spends no attempt, kept it waiting) is given up: BullMQ's failed set, where `flashverify webhook replay`
+         * finds it. Bounds what a receiver that never comes back leaves waiting in Redis. Default 3 days.
+         */
+        maxAgeMs: z.number().int().positive().default(259_200_000),
         /** Webhook deliveries in flight per worker process. */
         concurrency: z.number().int().positive().default(50),
         /**

@@ -1,4 +1,4 @@
-import { DelayedError, type Job } from 'bullmq';
+import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { AccountStore } from '../accounts/account-store.js';
@@ -73,6 +73,15 @@ export class WebhookProcessor {
     const d = job.data;
     const order = keys.webhookOrder(d.request_id);
     const member = orderMember(d.event_id);
+    // Too old to be of use: given up for good (no retry), replayable by an operator.
+    const queuedAt = d.replayed_at ?? job.timestamp;
+    if (Date.now() - queuedAt > config.maxAgeMs) {
+      this.deps.metrics.webhookFailed(true);
+      await this.markDone(order, member);
+      const reason = `not delivered within webhooks.maxAgeMs (${config.maxAgeMs} ms) of being queued`;
+      this.deps.logger.error({ request_id: d.request_id, event_id: d.event_id, account_id: d.account_id, event: d.event, attempts: job.attemptsMade }, `webhook given up: ${reason}`);
+      throw new UnrecoverableError(reason);
+    }
     if (await this.heldBack(job, order, member)) {
       const waits = d.waits ?? 0;
       await job.updateData({ ...d, waits: waits + 1 });

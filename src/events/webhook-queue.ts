@@ -31,6 +31,8 @@ export interface WebhookJobData {
   timestamp: number;
   /** Times this job waited for an earlier event of its request (ordering back-off). */
   waits?: number;
+  /** When an operator replayed it after it was given up (ms since epoch): its age (webhooks.maxAgeMs) counts from then. */
+  replayed_at?: number;
 }
 
 export interface WebhookRetryOptions {

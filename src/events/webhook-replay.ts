@@ -65,6 +65,7 @@ export function describeGivenUp(job: Job<WebhookJobData>): GivenUpWebhook {
  */
 export async function replayGivenUp(job: Job<WebhookJobData>): Promise<void> {
   const { waits: _waits, ...data } = job.data;
-  await job.updateData(data);
+  // Its age (webhooks.maxAgeMs) counts from now: a webhook given up for its age would otherwise be given up again.
+  await job.updateData({ ...data, replayed_at: Date.now() });
   await job.retry('failed', { resetAttemptsMade: true, resetAttemptsStarted: true });
 }

@@ -4,6 +4,7 @@ import { Queue } from 'bullmq';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AccountStore } from '../../src/accounts/account-store.js';
+import { givenUpWebhooks, replayGivenUp } from '../../src/events/webhook-replay.js';
 import { WEBHOOK_QUEUE, type WebhookJobData } from '../../src/events/webhook-queue.js';
 import type { Method } from '../../src/verification/types.js';
 import { VerificationService } from '../../src/verification/verification-service.js';
@@ -235,5 +236,63 @@ describe('webhook isolation between accounts: per-account cap and circuit breake
     await store.setWebhook(a.account_id, await dead.start());
     expect(await t.redis.sismember(t.keys.webhookBreakersOpen(), a.account_id)).toBe(0);
     expect(await t.redis.exists(t.keys.webhookBreaker(a.account_id))).toBe(0);
+  });
+});
+
+describe('webhooks.maxAgeMs: a dead receiver does not keep its events waiting for ever', { timeout: 60_000 }, () => {
+  const MAX_AGE_MS = 3000;
+  let t: TestEngine;
+  let queue: Queue<WebhookJobData>;
+  let receiver: Receiver | undefined;
+
+  beforeAll(async () => {
+    t = await startTestEngine(
+      testConfig({
+        webhooks: {
+          allowPrivate: true,
+          timeoutMs: 1000,
+          attempts: 15,
+          backoffMs: 200,
+          maxAgeMs: MAX_AGE_MS,
+          breaker: { failures: 1, coolOffMs: 500, maxCoolOffMs: 500 },
+        },
+        accounts: { fieldCacheMs: 0 },
+      }),
+      'all',
+    );
+    queue = new Queue<WebhookJobData>(WEBHOOK_QUEUE, { connection: t.redis, prefix: t.keys.bullPrefix() });
+  });
+  afterAll(async () => {
+    await queue?.close();
+    await t?.stop();
+    await receiver?.stop();
+  });
+
+  it('an event held by an open breaker (no attempt spent) is given up at maxAgeMs, replayable, and a replay is not given up at once', async () => {
+    const port = await closedPort();
+    const a = await t.account();
+    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(a.account_id, `http://127.0.0.1:${port}/hook`);
+    const service = new VerificationService(t.redis, t.keys, t.sealer, t.config, { enqueue: async () => undefined }, pino({ level: 'silent' }), new Set<Method>(['flash_call']));
+    const { request_id } = await service.create(a, { phone_number: '+447700900500' });
+
+    // Refused, the breaker opens after one failure and defers it (500 ms at a time; only its probes spend attempts); at 3 s it is given up.
+    const failed = await waitFor(async () => (await queue.getFailed()).find((j) => j.data.request_id === request_id), 4 * MAX_AGE_MS);
+    expect(failed.failedReason).toBe(`not delivered within webhooks.maxAgeMs (${MAX_AGE_MS} ms) of being queued`);
+    expect(failed.finishedOn! - failed.timestamp).toBeGreaterThanOrEqual(MAX_AGE_MS);
+    // Attempts left of the 15 configured (only the breaker's probes spent any): the age ended it, not the attempts.
+    expect(failed.attemptsMade).toBeLessThan(15);
+    const givenUp = t.logs.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => String(l.msg).startsWith('webhook given up: not delivered within'));
+    expect(givenUp).toHaveLength(1);
+    expect(givenUp[0]).toMatchObject({ request_id, account_id: a.account_id, event: 'verification.sent' });
+
+    // The receiver back, the operator replays it: delivered, although its first queueing is older than maxAgeMs.
+    receiver = new Receiver();
+    await receiver.start(port);
+    await t.redis.del(t.keys.webhookBreaker(a.account_id));
+    const [job] = await givenUpWebhooks(queue, { accountId: a.account_id });
+    await replayGivenUp(job!);
+    await waitFor(async () => receiver!.delivered().size === 1, 4000);
+    expect(receiver.hits[0]!.request_id).toBe(request_id);
+    expect(await job!.getState()).toBe('completed');
   });
 });
