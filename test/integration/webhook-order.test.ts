@@ -188,7 +188,8 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
     expect(receiver.events(id)).toEqual([]);
     await consumer.handleEntry(sent[0]!);
     await ack(sent);
-    await waitFor(async () => receiver.events(id).length === 2, 5000);
+    // `delivered` re-checks at doubling intervals from orderPollMs: room for a loaded machine.
+    await waitFor(async () => receiver.events(id).length === 2, 15_000);
     expect(receiver.events(id)).toEqual(['verification.sent', 'verification.delivered']);
   });
 
@@ -239,7 +240,7 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
     const live = new WebhookConsumer(new Redis(t.config.redis.url), t.keys, group, 'live', silent, queue, { fieldCacheMs: 0, claimIdleMs: 300, blockMs: 100 });
     await live.start();
     try {
-      await waitFor(async () => receiver.events(id).length === 2, 5000);
+      await waitFor(async () => receiver.events(id).length === 2, 15_000);
     } finally {
       await live.stop();
     }
@@ -253,8 +254,9 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
     try {
       await publisher.publish({ request_id: id, account_id: account.account_id, method: 'flash_call', status: 'delivered', detail: {} });
       await handleNew();
-      // `sent` fails 3 times (webhooks.attempts) and is given up; `delivered` waited for it, then goes.
-      await waitFor(async () => receiver.events(id).length === 1, 5000);
+      // `sent` fails 3 times (webhooks.attempts) and is given up; `delivered` waited for it, then goes. Its re-checks
+      // double from orderPollMs (50 ms): on a loaded machine the one after the give-up can come several seconds later.
+      await waitFor(async () => receiver.events(id).length === 1, 15_000);
     } finally {
       receiver.failing = () => false;
     }
@@ -283,7 +285,8 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
       await handleNew();
       startWorker();
       // The stalled `sent` fails without being run (maxStalledCount 0); `delivered` waited for it (queued), then goes.
-      await waitFor(async () => receiver.events(id).length === 1, 5000);
+      // Its re-checks double from orderPollMs: under load the one after the stalled check can come seconds later.
+      await waitFor(async () => receiver.events(id).length === 1, 15_000);
       expect(receiver.events(id)).toEqual(['verification.delivered']);
       const sent = await queue.queue.getJob(sentId!);
       expect([await sent!.getState(), sent!.failedReason]).toEqual(['failed', 'job stalled more than allowable limit']);
