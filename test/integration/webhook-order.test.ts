@@ -297,21 +297,31 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
     }
   });
 
-  it('an account without a webhook URL: its events are done at once, queue nothing, and their order set expires', async () => {
+  it('an account without a webhook URL: none of its events is filed, queued or held, and no order set is made', async () => {
     const quiet = await t.account();
     const { request_id: id } = await service.create(quiet, { phone_number: '+447700900213' });
     await publisher.publish({ request_id: id, account_id: quiet.account_id, method: 'flash_call', status: 'delivered', detail: {} });
     await service.cancel(quiet, id);
     const ids = await eventIds(id);
-    // Filed by the scripts that wrote them, as written (-1): no consumer has seen them yet.
-    expect(Object.values(await orderOf(id))).toEqual([-1, -1, -1]);
+    expect(ids).toHaveLength(3);
+    // No webhook could wait on them: the request costs no order-set command and no memory.
+    expect(await t.redis.hget(t.keys.verification(id), 'whq_until')).toBeNull();
     await handleNew();
-    expect(await orderOf(id)).toEqual(Object.fromEntries(ids.map((e) => [orderMember(e), 1])));
+    expect(await t.redis.exists(t.keys.webhookOrder(id))).toBe(0);
     expect(await Promise.all(ids.map((e) => queue.queue.getJob(e)))).toEqual([undefined, undefined, undefined]);
+  });
+
+  it('an account with a webhook URL: its events are filed as written, and the set expires a day after the request', async () => {
+    const { request_id: id } = await service.create(account, { phone_number: '+447700900217' });
+    await publisher.publish({ request_id: id, account_id: account.account_id, method: 'flash_call', status: 'delivered', detail: {} });
+    // Filed by the scripts that wrote them, as written (-1): no consumer has seen them yet.
+    expect(Object.values(await orderOf(id))).toEqual([-1, -1]);
     // Kept a day beyond an hour after the request's expiry (the default 600 s here), then gone.
     const ttl = await t.redis.ttl(t.keys.webhookOrder(id));
     expect(ttl).toBeGreaterThan(24 * 3600);
     expect(ttl).toBeLessThanOrEqual(24 * 3600 + 3600 + 600);
+    await handleNew();
+    await waitFor(async () => receiver.events(id).length === 2, 15_000);
   });
 
   it('an account that sets its URL mid-request gets the later events at once, not held by the earlier ones', async () => {

@@ -10,8 +10,11 @@
           with the record, atomically; the api removes it once the job is queued, and
           the enqueue reconciler queues what stays there too long (api process died)
   KEYS[7] webhook order set of the request (Keys.webhookOrder): created here with the
-          `sent` event and its TTL; later events are filed in it while the record's
-          `whq_until` (ARGV[17]) says so (writeEvent.lua)
+          `sent` event and its TTL when the account has a webhook URL now; later events
+          are filed in it while the record's `whq_until` (ARGV[17]) says so
+          (writeEvent.lua). An account without one gets neither the set nor
+          `whq_until`: none of its events is filed (no webhook would wait on them), so
+          requests of accounts without webhooks pay no order-set commands or memory
 
   ARGV[1]  request_id
   ARGV[2]  account_id
@@ -55,7 +58,9 @@ redis.call('HSET', KEYS[2],
   'request_id', ARGV[1], 'account_id', ARGV[2], 'method', ARGV[3],
   'status', 'sent', 'cost', ARGV[4], 'created_at', ARGV[5], 'expires_at', ARGV[6],
   'phone_enc', ARGV[8], 'code_mac', ARGV[9], 'code_enc', ARGV[10],
-  'code_length', ARGV[11], 'country', ARGV[12], 'attempts', '0', 'at_sent', ARGV[5], 'whq_until', ARGV[17])
+  'code_length', ARGV[11], 'country', ARGV[12], 'attempts', '0', 'at_sent', ARGV[5])
+local filed = redis.call('HEXISTS', KEYS[1], 'webhook_url') == 1
+if filed then redis.call('HSET', KEYS[2], 'whq_until', ARGV[17]) end
 if ARGV[15] and ARGV[15] ~= '' then
   local parts = {}
   for line in string.gmatch(ARGV[15], '([^\n]*)\n?') do table.insert(parts, line) end
@@ -71,6 +76,6 @@ redis.call('HINCRBY', KEYS[4], ARGV[3] .. ':count', 1)
 redis.call('HINCRBY', KEYS[4], ARGV[3] .. ':cost', cost)
 redis.call('EXPIRE', KEYS[4], tonumber(ARGV[14]))
 
-writeEvent(KEYS[3], ARGV[13], KEYS[7], ARGV[17], 'sent', ARGV[1], ARGV[2], ARGV[3], ARGV[5], '{}')
-redis.call('EXPIRE', KEYS[7], tonumber(ARGV[16]))
+writeEvent(KEYS[3], ARGV[13], KEYS[7], filed and ARGV[17] or nil, 'sent', ARGV[1], ARGV[2], ARGV[3], ARGV[5], '{}')
+if filed then redis.call('EXPIRE', KEYS[7], tonumber(ARGV[16])) end
 return {'ok', balance}
