@@ -275,6 +275,9 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
       connection: doomedRedis,
       prefix: t.keys.bullPrefix(),
       lockDuration: 500,
+      // As the test's worker: a worker's stalled check holds the queue's `stalled-check` key for its stalledInterval,
+      // and BullMQ's default (30 s) kept the other worker from checking: the job stayed active (a flaky failure).
+      stalledInterval: 300,
     });
     try {
       await handleNew();
