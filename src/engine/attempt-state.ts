@@ -1,8 +1,11 @@
 import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { TrunkConfig } from '../config/schema.js';
 import type { DeliveryEvent, EventPublisher } from '../events/event-publisher.js';
 import { scripts } from '../store/scripts.js';
 import { onAbort } from './abort-fanout.js';
 import type { ShutdownSignals } from './flash-call.js';
+import type { TrunkPacer } from './trunk-pacer.js';
 
 /**
  * Writes fields of a delivery attempt (call outcome, final SIP status,
@@ -23,18 +26,28 @@ export const WATCH_INTERVAL_MS = 1000;
 const NEVER = new AbortController().signal;
 
 /**
- * A call not placed because its request (or workflow step) ended while it waited for its trunk's CPS token: the
- * attempt's outcome is `request_ended`, and a refunded failure event gives its price back (the status consumer
- * refunds it once, whatever the status is by now). The caller stops its watch and releases the trunk.
+ * After a call's wait for its trunk's CPS token, before it is dialled: the watch of its attempt (see AttemptWatch),
+ * or undefined when its request (or workflow step) ended during that wait (canceled, expired, step over). Such a
+ * call is not placed: the watch is stopped, the trunk released (a probe of a down trunk that was not placed), the
+ * attempt's outcome recorded `request_ended`, and a refunded failure event gives its price back (the status
+ * consumer refunds it once, whatever the status is by now). One piece for the flash and voice processors.
  */
-export async function recordNotDialled(
-  redis: Redis,
-  events: EventPublisher,
+export async function watchUnlessEnded(
+  deps: { redis: Redis; events: EventPublisher; trunks: Pick<TrunkPacer, 'report'>; shutdown?: ShutdownSignals },
   key: string,
   base: Omit<DeliveryEvent, 'status' | 'detail'>,
-): Promise<void> {
-  await recordAttemptFields(redis, key, base.step, { outcome: 'request_ended' });
-  await events.publish({ ...base, status: 'failed', detail: { reason: 'request_ended', refund: true } });
+  trunk: TrunkConfig,
+  claimedAt: number,
+  log: Logger,
+): Promise<AttemptWatch | undefined> {
+  const watch = new AttemptWatch(deps.redis, key, base.step, WATCH_INTERVAL_MS, deps.shutdown?.expiring);
+  if (await watch.stillWantedAfterWait(claimedAt)) return watch;
+  watch.stop();
+  deps.trunks.report(trunk, 'neutral');
+  log.info({ waited_ms: Date.now() - claimedAt }, 'request ended while the call waited for its trunk; not dialled');
+  await recordAttemptFields(deps.redis, key, base.step, { outcome: 'request_ended' });
+  await deps.events.publish({ ...base, status: 'failed', detail: { reason: 'request_ended', refund: true } });
+  return undefined;
 }
 
 /**

@@ -10,7 +10,7 @@ import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
 import { generateCode } from '../verification/codes.js';
 import { placeFlashCall, type FlashResult, type ShutdownSignals } from './flash-call.js';
-import { AttemptWatch, recordAttemptFields, recordNotDialled, WATCH_INTERVAL_MS } from './attempt-state.js';
+import { recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import { trunkVerdict, type TrunkPacer } from './trunk-pacer.js';
 
@@ -84,15 +84,9 @@ export class FlashProcessor {
     const t1 = config.sip.timers.t1Ms;
     // Canceled, verified, expired, or its workflow step timed out while the phone rings: CANCEL now rather than
     // at the end of ringMs (through the same path as a worker shutdown).
-    const watch = new AttemptWatch(redis, key, base.step, WATCH_INTERVAL_MS, this.deps.shutdown?.expiring);
     // Canceled, expired or its step over while it waited for the trunk's CPS token (a backlog): never dialled, refunded.
-    if (!(await watch.stillWantedAfterWait(claimedAt))) {
-      watch.stop();
-      this.deps.trunks.report(trunk, 'neutral'); // a probe of a down trunk that was not placed releases the trunk
-      log.info({ waited_ms: Date.now() - claimedAt }, 'request ended while the call waited for its trunk; not dialled');
-      await recordNotDialled(redis, events, key, base);
-      return undefined;
-    }
+    const watch = await watchUnlessEnded(this.deps, key, base, trunk, claimedAt, log);
+    if (!watch) return undefined;
     this.deps.metrics.callStarted('flash_call', trunk.name);
     const result = await this.deps.trunks.guarded(trunk, placeFlashCall(this.deps.originator, {
       to,

@@ -9,7 +9,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { RangeSelector } from '../numbers/range-selector.js';
 import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
-import { AttemptWatch, recordAttemptFields, recordNotDialled, WATCH_INTERVAL_MS } from './attempt-state.js';
+import { recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import type { ShutdownSignals } from './flash-call.js';
 import { trunkVerdict, type TrunkPacer } from './trunk-pacer.js';
@@ -58,15 +58,9 @@ export class VoiceProcessor {
     await this.deps.trunks.take(trunk);
     // Canceled, verified, expired, or its workflow step timed out while the phone rings or the prompt plays:
     // the call is CANCELled, or the prompt stopped and BYE sent, through the same path as a worker shutdown.
-    const watch = new AttemptWatch(redis, key, step, WATCH_INTERVAL_MS, this.deps.shutdown?.expiring);
     // Canceled, expired or its step over while it waited for the trunk's CPS token (a backlog): never dialled, refunded.
-    if (!(await watch.stillWantedAfterWait(claimedAt))) {
-      watch.stop();
-      this.deps.trunks.report(trunk, 'neutral'); // a probe of a down trunk that was not placed releases the trunk
-      log.info({ waited_ms: Date.now() - claimedAt }, 'request ended while the call waited for its trunk; not dialled');
-      await recordNotDialled(redis, events, key, base);
-      return undefined;
-    }
+    const watch = await watchUnlessEnded(this.deps, key, base, trunk, claimedAt, log);
+    if (!watch) return undefined;
     this.deps.metrics.callStarted('voice', trunk.name);
     // A call that throws before its report() must not keep a down trunk's probe slot (trunk-pacer.ts).
     const result = await this.deps.trunks.guarded(trunk, placeVoiceCall(this.deps.originator, this.deps.player, {
