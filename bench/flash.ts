@@ -50,6 +50,7 @@ const USAGE = `npm run bench -- flash [options]
   --redis-stats      print Redis commands per accepted request over the run (INFO commandstats, whole server)
   --webhooks         the bench account gets a webhook URL (a receiver in this process, on loopback, answering 200):
                      sent and delivered webhooks for every call; the drain also waits for them (at most 30 s)
+  --webhook-procs N  with --webhooks: N \`--role webhooks\` processes send them (webhooks.inWorkers false), not the workers
   --node-args ARGS   node options for every engine process, space-separated (e.g. "--max-semi-space-size=64")
   --config-json JSON engine config laid over the generated one, e.g. '{"fraud":{"rangeHealth":{"enabled":false}}}'
   --keep-logs        keep the temp directory (configs, logs, SIPp files)
@@ -77,6 +78,7 @@ interface FlashOpts {
   profile: string[];
   redisStats: boolean;
   webhooks: boolean;
+  webhookProcs: number;
   keepLogs: boolean;
   useDist: boolean;
   app: string | undefined;
@@ -104,6 +106,7 @@ async function main(): Promise<void> {
     profile: { type: 'string' },
     'redis-stats': { type: 'boolean' },
     webhooks: { type: 'boolean' },
+    'webhook-procs': { type: 'string', default: '0' },
     'keep-logs': { type: 'boolean' },
     'use-dist': { type: 'boolean' },
     app: { type: 'string' },
@@ -137,12 +140,14 @@ async function main(): Promise<void> {
     profile: a.list('profile'),
     redisStats: a.bool('redis-stats'),
     webhooks: a.bool('webhooks'),
+    webhookProcs: a.num('webhook-procs', 0, 4),
     keepLogs: a.bool('keep-logs') || a.list('profile').length > 0,
     useDist: a.bool('use-dist'),
     app: a.str('app') || undefined,
     redisUrl: a.str('redis-url'),
   };
   if (o.via !== 'http' && o.via !== 'queue') throw new Error('--via must be http or queue');
+  if (o.webhookProcs > 0 && !o.webhooks) throw new Error('--webhook-procs needs --webhooks');
   if (o.sippRates.length === 0) o.sippRates = [o.rate];
   if (o.sippRates.some((r) => !(r > 0 && r <= 20_000))) throw new Error('--sipp-rates: each from 1 to 20000');
 
@@ -182,6 +187,7 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   const engine = await startFlashverify(stack, {
     apiProcs: o.via === 'http' ? o.apiProcs : 0,
     workerProcs: o.workers,
+    webhookProcs: o.webhookProcs,
     trunkUri: `sip:127.0.0.1:${uasPort}`,
     cps: o.cps,
     flashConcurrency: o.concurrency,
@@ -192,13 +198,14 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     extra: o.webhooks ? { ...o.configJson, webhooks: { ...((o.configJson.webhooks as object | undefined) ?? {}), allowPrivate: true } } : o.configJson,
   });
   if (hooks) stack.cli(['account', 'set-webhook', engine.account.account_id, '--url', hooks.url], engine.configFile);
-  line(`engine: ${engine.apis.length} api (pids ${engine.apis.map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), cps ${o.cps}/worker, flashConcurrency ${o.concurrency}, log ${o.logLevel}${o.nodeArgs.length ? `, node ${o.nodeArgs.join(' ')}` : ''}${Object.keys(o.configJson).length ? `, config ${JSON.stringify(o.configJson)}` : ''}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
+  line(`engine: ${engine.apis.length} api (pids ${engine.apis.map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), ${engine.webhookSenders.length} webhooks (pids ${engine.webhookSenders.map((x) => x.m.pid).join(',') || '-'}), cps ${o.cps}/worker, flashConcurrency ${o.concurrency}, log ${o.logLevel}${o.nodeArgs.length ? `, node ${o.nodeArgs.join(' ')}` : ''}${Object.keys(o.configJson).length ? `, config ${JSON.stringify(o.configJson)}` : ''}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
 
   const { fire, close } = await makeFirer(engine, o);
   const rpid = await redisPid(o.redisUrl);
   const watched: WatchedProcess[] = [
     ...engine.apis.map((x, i) => ({ name: `api${i}`, pid: x.m.pid })),
     ...engine.workers.map((x, i) => ({ name: `worker${i}`, pid: x.m.pid })),
+    ...engine.webhookSenders.map((x, i) => ({ name: `webhooks${i}`, pid: x.m.pid })),
     { name: 'sipp uas', pid: uas.m.pid },
     ...(rpid ? [{ name: 'redis-server (shared)', pid: rpid }] : []),
     { name: 'bench (load generator)', pid: process.pid },
@@ -325,10 +332,10 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   line(`UDP datagrams dropped on full receive buffers during the run (whole machine): ${udpDrops}`);
   line(`CPU over the run (${wall.toFixed(1)} s of load + drain), % of one core:`);
   line(formatCpu(usage));
-  const engineCpu = usage.procs.filter((p) => p.name.startsWith('api') || p.name.startsWith('worker'));
+  const engineCpu = usage.procs.filter((p) => p.name.startsWith('api') || p.name.startsWith('worker') || p.name.startsWith('webhooks'));
   if (cancelled > 0) {
     const ms = engineCpu.reduce((s, p) => s + (p.cpuPercent / 100) * wall, 0) * 1000;
-    line(`  engine CPU per completed call: ${(ms / cancelled).toFixed(3)} ms (api + worker processes)`);
+    line(`  engine CPU per completed call: ${(ms / cancelled).toFixed(3)} ms (api + worker + webhooks processes)`);
   }
   for (const l of mem.report('worker0 memory')) line(l);
   for (const l of statsLines) line(l);

@@ -49,14 +49,14 @@ import type { ShutdownSignals } from './engine/flash-call.js';
 import { FraudControls } from './verification/fraud-controls.js';
 import { VerificationService } from './verification/verification-service.js';
 
-export type Role = 'all' | 'api' | 'worker';
+export type Role = 'all' | 'api' | 'worker' | 'webhooks';
 
 export interface Engine {
   /** HTTP address when the api role runs, e.g. http://127.0.0.1:8080. */
   readonly httpUrl: string | undefined;
   /** Bound SIP port when the worker role runs. */
   readonly sipPort: number | undefined;
-  /** The operator listener (/metrics, /healthz, /readyz) of `--role worker`, when metrics.port is not 0. */
+  /** The operator listener (/metrics, /healthz, /readyz) of `--role worker` or `--role webhooks`, when metrics.port is not 0. */
   readonly metricsUrl: string | undefined;
   stop(): Promise<void>;
   /** While stop() runs: the shutdown phase it is in (named in the "shutdown grace exceeded" error). */
@@ -321,23 +321,6 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       await consumer.start();
       stops.push(['status consumer', () => consumer.stop()]);
 
-      // Webhooks run wherever workers run: a consumer group turns events into jobs, a worker sends them.
-      const webhookQueue = new WebhookQueue(bullConnection, keys.bullPrefix(), config.webhooks);
-      stops.push(['webhook queue', () => webhookQueue.close()]);
-      metrics.watchQueue(WEBHOOK_QUEUE, webhookQueue.queue);
-      const webhookConsumer = new WebhookConsumer(
-        connectRedis(config.redis, logger),
-        keys,
-        config.events.webhookGroup,
-        `${hostname()}-${process.pid}`,
-        logger.child({ module: 'webhooks' }),
-        webhookQueue,
-        { claimIdleMs: config.events.claimIdleMs, fieldCacheMs: config.accounts.fieldCacheMs },
-      );
-      consumers.push(webhookConsumer);
-      await webhookConsumer.start();
-      stops.push(['webhook consumer', () => webhookConsumer.stop()]);
-
       // Workflows (verification/workflow.ts): step timers write step_timeout events; the advancer starts the next step.
       if (config.events.workflowGroup) {
         const stepQueue = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
@@ -372,36 +355,6 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         timeoutWorker.on('error', (err) => logger.warn({ err: err.message }, 'step timeout worker error'));
         stops.unshift(['step timeout worker', () => timeoutWorker.close()]);
       }
-      const webhooks = new WebhookProcessor({
-        redis,
-        keys,
-        sealer,
-        accounts: new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate }),
-        config: config.webhooks,
-        metrics,
-        logger: logger.child({ module: 'webhooks' }),
-      });
-      metrics.watchWebhookBreakers(webhooks.breaker);
-      const webhookWorker = new Worker<WebhookJobData>(
-        WEBHOOK_QUEUE,
-        (job, token) => {
-          // Only a first run measures queueing: retries, order waits and deferrals (breaker, per-account cap) are delayed on purpose.
-          if (!job.attemptsStarted || job.attemptsStarted <= 1) metrics.jobStarted(WEBHOOK_QUEUE, job.timestamp, job.processedOn);
-          return webhooks.process(job, token);
-        },
-        {
-        connection: bullConnection,
-        prefix: keys.bullPrefix(),
-          concurrency: config.webhooks.concurrency,
-        },
-      );
-      webhookWorker.on('failed', (job) => {
-        webhooks.failed(job).catch((err: Error) => logger.warn({ err: err.message, event_id: job?.id }, 'could not mark a failed webhook done'));
-      });
-      webhookWorker.on('error', (err) => logger.warn({ err: err.message }, 'webhook worker error'));
-      stops.unshift(['webhook worker', () => webhookWorker.close()]);
-      // Stops run in order and the workers are unshifted: the pooled connections close once no delivery is in flight.
-      stops.push(['webhook connections', async () => webhooks.close()]);
 
       const sweeper = new ExpirySweeper(
         redis,
@@ -426,21 +379,73 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       );
       reconciler.start();
       stops.unshift(['enqueue reconciler', () => reconciler.stop().then(() => Promise.all([requeue.close(), requeueTimer.close()]))]);
-      if (role === 'worker' && config.metrics.port !== 0) {
-        const server = new MetricsServer({
-          host: config.metrics.host,
-          port: config.metrics.port,
-          metrics: config.metrics.enabled ? metrics : undefined,
-          readiness: { redis: redisProbe, ...readiness },
-          logger: logger.child({ module: 'metrics' }),
-        });
-        await server.listen();
-        stops.unshift(['metrics server', () => server.close()]);
-        metricsUrl = server.url;
-        logger.info({ url: metricsUrl }, 'metrics and health listening');
-      }
-      logger.info({ sip_port: sipPort, trunks: config.sip.trunks.map((t) => t.name) }, 'worker role started');
     }
+
+    // Webhooks: a consumer group turns events into jobs, a BullMQ worker sends them. In worker processes by default;
+    // with webhooks.inWorkers: false only in `--role webhooks` processes, so that a receiver's HTTP work never shares
+    // the event loop that originates calls (BENCHMARKS.md: it raised the INVITE's p99 several times over).
+    if (role === 'webhooks' || ((role === 'all' || role === 'worker') && config.webhooks.inWorkers)) {
+      const webhookQueue = new WebhookQueue(bullConnection, keys.bullPrefix(), config.webhooks);
+      stops.push(['webhook queue', () => webhookQueue.close()]);
+      metrics.watchQueue(WEBHOOK_QUEUE, webhookQueue.queue);
+      const webhookConsumer = new WebhookConsumer(
+        connectRedis(config.redis, logger),
+        keys,
+        config.events.webhookGroup,
+        `${hostname()}-${process.pid}`,
+        logger.child({ module: 'webhooks' }),
+        webhookQueue,
+        { claimIdleMs: config.events.claimIdleMs, fieldCacheMs: config.accounts.fieldCacheMs },
+      );
+      consumers.push(webhookConsumer);
+      await webhookConsumer.start();
+      stops.push(['webhook consumer', () => webhookConsumer.stop()]);
+
+      const webhooks = new WebhookProcessor({
+        redis,
+        keys,
+        sealer,
+        accounts: new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate }),
+        config: config.webhooks,
+        metrics,
+        logger: logger.child({ module: 'webhooks' }),
+      });
+      metrics.watchWebhookBreakers(webhooks.breaker);
+      const webhookWorker = new Worker<WebhookJobData>(
+        WEBHOOK_QUEUE,
+        (job, token) => {
+          // Only a first run measures queueing: retries, order waits and deferrals (breaker, per-account cap) are delayed on purpose.
+          if (!job.attemptsStarted || job.attemptsStarted <= 1) metrics.jobStarted(WEBHOOK_QUEUE, job.timestamp, job.processedOn);
+          return webhooks.process(job, token);
+        },
+        { connection: bullConnection, prefix: keys.bullPrefix(), concurrency: config.webhooks.concurrency },
+      );
+      webhookWorker.on('failed', (job) => {
+        webhooks.failed(job).catch((err: Error) => logger.warn({ err: err.message, event_id: job?.id }, 'could not mark a failed webhook done'));
+      });
+      webhookWorker.on('error', (err) => logger.warn({ err: err.message }, 'webhook worker error'));
+      stops.unshift(['webhook worker', () => webhookWorker.close()]);
+      // Stops run in order and the workers are unshifted: the pooled connections close once no delivery is in flight.
+      stops.push(['webhook connections', async () => webhooks.close()]);
+    } else if (role !== 'api') {
+      logger.info('webhooks are sent by `--role webhooks` processes only (webhooks.inWorkers: false); run at least one');
+    }
+    if ((role === 'worker' || role === 'webhooks') && config.metrics.port !== 0) {
+      const server = new MetricsServer({
+        host: config.metrics.host,
+        port: config.metrics.port,
+        metrics: config.metrics.enabled ? metrics : undefined,
+        readiness: { redis: redisProbe, ...readiness },
+        logger: logger.child({ module: 'metrics' }),
+      });
+      await server.listen();
+      stops.unshift(['metrics server', () => server.close()]);
+      metricsUrl = server.url;
+      logger.info({ url: metricsUrl }, 'metrics and health listening');
+    }
+    // Last: tests and supervisors take these lines as "serving".
+    if (role === 'all' || role === 'worker') logger.info({ sip_port: sipPort, trunks: config.sip.trunks.map((t) => t.name) }, 'worker role started');
+    if (role === 'webhooks') logger.info({ concurrency: config.webhooks.concurrency }, 'webhooks role started');
 
     if (role === 'all' || role === 'api') {
       const queue = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
@@ -544,7 +549,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
 const USAGE = `flashverify — phone-number verification engine (flash call, voice OTP, SMS OTP)
 
 Usage:
-  flashverify start [--role all|api|worker] [--config FILE]
+  flashverify start [--role all|api|worker|webhooks] [--config FILE]
   flashverify account create --name NAME [--balance 10] [--currency GBP|USD|EUR] [--active]
   flashverify account show ACCOUNT_ID
   flashverify account approve ACCOUNT_ID
@@ -560,7 +565,7 @@ Usage:
 
 Configuration: config/default.yaml, then --config FILE or FLASHVERIFY_CONFIG,
 then environment variables (REDIS_URL, REDIS_PREFIX, REDIS_CLUSTER, PORT, HOST, SIP_TRUNK_URI,
-SIP_LISTEN_PORT, SMPP_URL, FLASHVERIFY_MASTER_KEY, FLASHVERIFY_ADMIN_TOKEN, LOG_LEVEL).`;
+SIP_LISTEN_PORT, METRICS_PORT, SMPP_URL, FLASHVERIFY_MASTER_KEY, FLASHVERIFY_ADMIN_TOKEN, LOG_LEVEL).`;
 
 /** The CLI. Returns the exit code. */
 export async function runCli(argv: string[]): Promise<number> {
@@ -597,7 +602,7 @@ export async function runCli(argv: string[]): Promise<number> {
 
   if (command === 'start') {
     const role = values.role as Role;
-    if (!['all', 'api', 'worker'].includes(role)) throw new AppError('usage', `--role must be all, api or worker, not "${role}"`);
+    if (!['all', 'api', 'worker', 'webhooks'].includes(role)) throw new AppError('usage', `--role must be all, api, worker or webhooks, not "${role}"`);
     // Listening for the signal before the engine starts: one that comes while it starts (a supervisor
     // stopping it at once, or just after the start-up log line) is a graceful stop once it is up, not
     // Node's default of dying on the spot.

@@ -1,6 +1,6 @@
 /**
- * Starts flashverify for a benchmark: N `--role api` and M `--role worker`
- * processes of the real CLI (`node dist/main.js`), sharing a generated config
+ * Starts flashverify for a benchmark: N `--role api`, M `--role worker` and
+ * K `--role webhooks` processes of the real CLI (`node dist/main.js`), sharing a generated config
  * (unique redis.prefix, random master key, loopback ports), plus one active
  * account created with the CLI. Optional `--cpu-prof` per role.
  */
@@ -10,6 +10,8 @@ import { freeSipPort, freeTcpPort, waitHttpOk, type Managed, type Stack } from '
 export interface EngineOptions {
   apiProcs: number;
   workerProcs: number;
+  /** `--role webhooks` processes; more than 0 sets webhooks.inWorkers false (workers send none). */
+  webhookProcs?: number;
   /** Trunk uri (the SIPp UAS); workers only. */
   trunkUri?: string;
   /** calls per second per worker process (sip.trunks[].cps). */
@@ -28,6 +30,7 @@ export interface EngineOptions {
 export interface RunningEngine {
   apis: { m: Managed; port: number }[];
   workers: { m: Managed; metricsPort: number; sipPort: number }[];
+  webhookSenders: { m: Managed; metricsPort: number }[];
   account: { account_id: string; api_key: string; api_secret: string };
   /** Config file the CLI (account commands) and an in-process producer use. */
   configFile: string;
@@ -57,6 +60,7 @@ export async function startFlashverify(stack: Stack, o: EngineOptions): Promise<
         // Nobody verifies a load test's calls: the conversion rule would quarantine every range after
         // its grace period (runs longer than ~7 min). The reject rule and its Redis work stay on.
         fraud: { rangeHealth: { minConversionRatio: 0 } },
+        ...(o.webhookProcs ? { webhooks: { inWorkers: false } } : {}),
       }, o.extra ?? {}),
       over,
     );
@@ -75,6 +79,12 @@ export async function startFlashverify(stack: Stack, o: EngineOptions): Promise<
     const m = stack.startEngine(`worker${i}`, 'worker', file, prof('worker', `worker${i}`));
     workers.push({ m, metricsPort, sipPort });
   }
+  const webhookSenders: RunningEngine['webhookSenders'] = [];
+  for (let i = 0; i < (o.webhookProcs ?? 0); i++) {
+    const metricsPort = await freeTcpPort();
+    const file = stack.writeConfig(`webhooks${i}`, base({ metrics: { host: '127.0.0.1', port: metricsPort } }));
+    webhookSenders.push({ m: stack.startEngine(`webhooks${i}`, 'webhooks', file, prof('webhooks', `webhooks${i}`)), metricsPort });
+  }
   const apis: RunningEngine['apis'] = [];
   for (let i = 0; i < o.apiProcs; i++) {
     const port = await freeTcpPort();
@@ -82,12 +92,12 @@ export async function startFlashverify(stack: Stack, o: EngineOptions): Promise<
     const m = stack.startEngine(`api${i}`, 'api', file, prof('api', `api${i}`));
     apis.push({ m, port });
   }
-  for (const w of workers) await waitHttpOk(`http://127.0.0.1:${w.metricsPort}/readyz`, w.m, 30_000, () => stack.tail(w.m));
+  for (const w of [...workers, ...webhookSenders]) await waitHttpOk(`http://127.0.0.1:${w.metricsPort}/readyz`, w.m, 30_000, () => stack.tail(w.m));
   for (const a of apis) await waitHttpOk(`http://127.0.0.1:${a.port}/healthz`, a.m, 30_000, () => stack.tail(a.m));
 
   const account = JSON.parse(stack.cli(['account', 'create', '--name', 'bench', '--active', '--balance', '1000000'], configFile)) as RunningEngine['account'];
   stack.cli(['account', 'set-rate-limit', account.account_id, '--rps', '100000'], configFile);
-  return { apis, workers, account, configFile, profileDir };
+  return { apis, workers, webhookSenders, account, configFile, profileDir };
 }
 
 /** Sums of Prometheus samples by metric name and label set, from a /metrics text. */

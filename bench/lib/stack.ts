@@ -122,7 +122,7 @@ export class Stack {
   }
 
   /** `node [nodeArgs] dist/main.js start --role ROLE --config FILE`, logs to a file. */
-  startEngine(name: string, role: 'api' | 'worker' | 'all', configFile: string, nodeArgs: string[] = []): Managed {
+  startEngine(name: string, role: 'api' | 'worker' | 'all' | 'webhooks', configFile: string, nodeArgs: string[] = []): Managed {
     return this.spawnManaged(name, process.execPath, [...nodeArgs, this.mainJs, 'start', '--role', role, '--config', configFile], {
       env: this.engineEnv(),
     });

@@ -90,6 +90,9 @@ function envOverrides(env: NodeJS.ProcessEnv, issues: string[]): Record<string, 
   if (env.FLASHVERIFY_MASTER_KEY) set('security', 'masterKey', env.FLASHVERIFY_MASTER_KEY);
   if (env.FLASHVERIFY_ADMIN_TOKEN !== undefined) set('admin', 'token', env.FLASHVERIFY_ADMIN_TOKEN);
   if (env.LOG_LEVEL) set('log', 'level', env.LOG_LEVEL);
+  // Two processes of one host (a worker and a `--role webhooks` one) need their own operator listener port.
+  const metricsPort = int('METRICS_PORT');
+  if (metricsPort !== undefined) set('metrics', 'port', metricsPort);
   const sipPort = int('SIP_LISTEN_PORT');
   if (sipPort !== undefined) out.sip = { ...(out.sip ?? {}), listen: { port: sipPort } };
   if (env.SIP_TRUNK_URI) out.sip = { ...(out.sip ?? {}), trunkUri: env.SIP_TRUNK_URI };

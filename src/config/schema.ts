@@ -648,7 +648,12 @@ export const configSchema = z
          * finds it. Bounds what a receiver that never comes back leaves waiting in Redis. Default 3 days.
          */
         maxAgeMs: z.number().int().positive().default(259_200_000),
-        /** Webhook deliveries in flight per worker process. */
+        /**
+         * Worker processes (`--role worker` and `all`) send webhooks too. false: only `--role webhooks` processes
+         * send them, and their HTTP work stays off the event loop that originates calls; run at least one.
+         */
+        inWorkers: z.boolean().default(true),
+        /** Webhook deliveries in flight per process that sends webhooks. */
         concurrency: z.number().int().positive().default(50),
         /**
          * Idle keep-alive connections to a receiver are closed after this (ms): shorter than common servers' own

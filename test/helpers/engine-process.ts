@@ -39,12 +39,13 @@ export interface EngineCluster {
   readonly keys: Keys;
   readonly sealer: Sealer;
   /**
-   * Starts one process of a role and waits until it is serving (api: /healthz; worker: "worker role started").
+   * Starts one process of a role and waits until it is serving (api, all: /healthz; worker, webhooks: its
+   * "… role started" log line).
    * `signalOn`: send `signal` the moment the process writes `text` (from its output handler, without waiting),
    * and return then: a signal during start-up.
    */
-  start(role: 'api' | 'worker' | 'all', opts?: { signalOn?: { text: string; signal: NodeJS.Signals } }): Promise<EngineProcess>;
-  account(balance?: number): Promise<{ account_id: string; auth: string }>;
+  start(role: 'api' | 'worker' | 'all' | 'webhooks', opts?: { signalOn?: { text: string; signal: NodeJS.Signals } }): Promise<EngineProcess>;
+  account(balance?: number): Promise<{ account_id: string; auth: string; api_secret: string }>;
   /** SIGKILLs whatever is still running, deletes the test's keys and files. */
   cleanup(): Promise<void>;
 }
@@ -130,7 +131,7 @@ export async function engineCluster(overrides: Record<string, unknown>, opts: { 
       await waitFor(
         async () => {
           if (child.exitCode !== null) throw new Error(`${role} process exited during start-up:\n${out}`);
-          if (role === 'worker') return out.includes('worker role started');
+          if (role === 'worker' || role === 'webhooks') return out.includes(`${role} role started`);
           return (await fetch(`${httpUrl}/healthz`).catch(() => undefined))?.ok;
         },
         20_000,
@@ -140,7 +141,7 @@ export async function engineCluster(overrides: Record<string, unknown>, opts: { 
     },
     async account(balance = 10) {
       const a = await new AccountStore(redis, keys, sealer).create({ name: 'proc', balance, currency: 'GBP', active: true });
-      return { account_id: a.account_id, auth: 'Basic ' + Buffer.from(`${a.api_key}:${a.api_secret}`).toString('base64') };
+      return { account_id: a.account_id, api_secret: a.api_secret, auth: 'Basic ' + Buffer.from(`${a.api_key}:${a.api_secret}`).toString('base64') };
     },
     async cleanup() {
       for (const c of procs) {

@@ -25,7 +25,7 @@ describe('loadConfig', () => {
     const file = yamlFile('http:\n  port: 9000\nflash:\n  ringMs: 100\n');
     const c = loadConfig({
       file,
-      env: { PORT: '9100', REDIS_URL: 'redis://10.0.0.1:6380', SIP_TRUNK_URI: 'sip:sbc.example:5080;transport=tcp', SIP_LISTEN_PORT: '5999' },
+      env: { PORT: '9100', REDIS_URL: 'redis://10.0.0.1:6380', SIP_TRUNK_URI: 'sip:sbc.example:5080;transport=tcp', SIP_LISTEN_PORT: '5999', METRICS_PORT: '9465' },
     });
     expect(c.http.port).toBe(9100);
     expect(c.flash.ringMs).toBe(100);
@@ -33,6 +33,9 @@ describe('loadConfig', () => {
     expect(c.sip.trunks[0]?.uri).toBe('sip:sbc.example:5080;transport=tcp');
     expect(c.sip.trunks[0]?.name).toBe('default');
     expect(c.sip.listen.port).toBe(5999);
+    // A worker and a `--role webhooks` process on one host each need their own operator port.
+    expect(c.metrics.port).toBe(9465);
+    expect(() => loadConfig({ env: { METRICS_PORT: '9465x' } })).toThrow(/METRICS_PORT: must be a whole number/);
   });
 
   it('takes a Redis on this host by its Unix socket (unix:///path), and names the forms it accepts', () => {

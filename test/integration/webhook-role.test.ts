@@ -1,0 +1,86 @@
+/**
+ * `flashverify start --role webhooks` with `webhooks.inWorkers: false`: webhooks go out from a process of their own,
+ * never from the processes that originate calls. Real processes through the CLI, real Redis, a real HTTP receiver.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { AccountStore } from '../../src/accounts/account-store.js';
+import { engineCluster, type EngineCluster } from '../helpers/engine-process.js';
+import { http, readEvents, waitFor } from '../helpers/engine.js';
+import { findFreePort } from '../helpers/sipp.js';
+import { Receiver } from '../helpers/webhook-receiver.js';
+
+const TEST_NUMBER = '+447700900555';
+
+describe('--role webhooks (webhooks.inWorkers: false)', () => {
+  let cluster: EngineCluster | undefined;
+  let receiver: Receiver | undefined;
+  afterEach(async () => {
+    await cluster?.cleanup();
+    await receiver?.stop();
+    cluster = undefined;
+    receiver = undefined;
+  });
+
+  /** An `all` process with `webhooks` config, an account whose webhook URL is the receiver, and one request to the test number. */
+  async function oneRequest(webhooks: Record<string, unknown>, extra: Record<string, unknown> = {}) {
+    const r = (receiver = new Receiver());
+    const url = await r.start();
+    const c = (cluster = await engineCluster({
+      ...extra,
+      webhooks: { allowPrivate: true, backoffMs: 100, orderPollMs: 50, ...webhooks },
+      fraud: { testNumbers: [{ number: TEST_NUMBER, code: '1234' }] },
+    }));
+    const all = await c.start('all');
+    const a = await c.account();
+    r.secret = a.api_secret;
+    await new AccountStore(c.redis, c.keys, c.sealer, { allowPrivateWebhooks: true }).setWebhook(a.account_id, url);
+    const created = await http(`${c.httpUrl}/v1/verify`, { auth: a.auth, body: { phone_number: TEST_NUMBER } });
+    expect(created.status).toBe(201);
+    return { c, r, all, a, id: String(created.body.request_id) };
+  }
+
+  it('the worker sends none; a webhooks process sends them all, signed and in order, serves its metrics, and stops on SIGTERM', async () => {
+    const metricsPort = await findFreePort();
+    // The `all` process opens no operator listener (it serves /metrics on the API port): this port is the webhooks process's.
+    const { c, r, all, a, id } = await oneRequest({ inWorkers: false }, { metrics: { port: metricsPort } });
+    expect(all.output()).toContain('webhooks are sent by `--role webhooks` processes only');
+    await waitFor(async () => (await readEvents(c.redis, c.keys)).some((e) => e.request_id === id && e.status === 'delivered'), 5000);
+    expect((await http(`${c.httpUrl}/v1/verify/check`, { auth: a.auth, body: { request_id: id, code: '1234' } })).status).toBe(200);
+    // The worker side applied every event (the status consumer runs there) ...
+    await waitFor(async () => (await http(`${c.httpUrl}/v1/verify/${id}`, { auth: a.auth, method: 'GET' })).body.status === 'verified', 5000);
+    // ... and, given time that in-worker delivery takes a few ms of, sent no webhook.
+    await new Promise((done) => setTimeout(done, 1500));
+    expect(r.received).toHaveLength(0);
+
+    const hooks = await c.start('webhooks');
+    const got = await waitFor(async () => {
+      const got = r.forRequest(id);
+      return got.some((x) => x.json.event === 'verification.verified') ? got : undefined;
+    }, 15_000);
+    expect(got.map((x) => x.json.event)).toEqual(['verification.sent', 'verification.delivered', 'verification.verified']);
+    expect(got.every((x) => x.signatureValid)).toBe(true);
+
+    // Its operator listener: ready (Redis), and its metrics show the deliveries it took from the queue.
+    expect((await fetch(`http://127.0.0.1:${metricsPort}/readyz`)).status).toBe(200);
+    const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    const taken = Number(/^flashverify_job_latency_seconds_count\{queue="webhook"\} (\d+)/m.exec(metrics)?.[1] ?? 0);
+    expect(taken).toBeGreaterThanOrEqual(3);
+    // It never opened a SIP socket or took delivery jobs.
+    expect(hooks.output()).not.toContain('worker role started');
+    expect(metrics).not.toMatch(/^flashverify_job_latency_seconds_count\{queue="flash"\} [1-9]/m);
+
+    hooks.kill('SIGTERM');
+    const exit = await hooks.waitExit(10_000);
+    expect(exit).toMatchObject({ code: 0, timedOut: false });
+  });
+
+  it('workers send webhooks themselves by default (inWorkers: true), so no webhooks process is needed', async () => {
+    const { r, all, id } = await oneRequest({});
+    expect(all.output()).not.toContain('webhooks are sent by `--role webhooks` processes only');
+    const got = await waitFor(async () => {
+      const got = r.forRequest(id);
+      return got.some((x) => x.json.event === 'verification.delivered') ? got : undefined;
+    }, 10_000);
+    expect(got.map((x) => x.json.event)).toEqual(['verification.sent', 'verification.delivered']);
+  });
+});
