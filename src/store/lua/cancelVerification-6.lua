@@ -21,7 +21,7 @@
   KEYS[2] account hash
   KEYS[3] events stream
   KEYS[4] usage hash of the account for the day the current attempt (or send) was charged
-  KEYS[5] conversion hash of that day (FraudControls.trackSent)
+  KEYS[5] conversion hash of that day (countSent.lua)
   KEYS[6] webhook order set of the request (writeEvent.lua)
 
   ARGV[1] account_id of the caller
@@ -46,7 +46,7 @@ if v[4] then chargedAt = redis.call('HGET', KEYS[1], 'att' .. v[3] .. '_started_
 if (chargedAt or '') ~= ARGV[4] then return {'moved'} end
 redis.call('HSET', KEYS[1], 'status', 'canceled')
 redis.call('HSETNX', KEYS[1], 'at_canceled', ARGV[2])
--- Nothing of the current attempt left (the same rule in expireVerification-7 and advanceWorkflow-7): no
+-- Nothing of the current attempt left (the same rule in expireVerification-7 and advanceWorkflow-8): no
 -- job claimed it, or an SMS whose submit_sm cannot have been taken: sms_state unset (claimed, not submitted:
 -- `submitting` is written before submit_sm leaves), `retry` (refused for now, or no bind) or `refused`.
 local undialled = redis.call('HSETNX', KEYS[1], 'dial_started', 'canceled') == 1

@@ -4,9 +4,9 @@
   `amount` to the account's balance (when the account still exists) and out of
   the record's `cost`; one `<method>:count` and `amount` of `<method>:cost` out
   of the account's usage (GET /v1/usage); and, given a `country`, one
-  `country:<cc>:<method>:sent` out of the per-country conversion hash
-  (FraudControls.trackSent; no country for a send never counted there: a test
-  number, a request never queued). The usage and conversion keys are those of
+  `country:<cc>:<method>:sent` out of the per-country conversion hash (counted
+  by the script that charged the send, countSent.lua; no country for a send
+  never counted there: a test number's). The usage and conversion keys are those of
   the day the attempt was charged (verification/types.ts chargeDay), which is
   not always today. Included (`--- @include "refundCharge"`) by every script
   that refunds an attempt, so that they all give back the same things.
