@@ -260,7 +260,7 @@ export class VerificationService {
             this.keys.conversion(utcDay(now)),
           ],
           // Counted in the conversion `sent` by the create script: the refund takes it out again ('1').
-          ['failed', Date.now(), 'failure_reason\nenqueue_failed', '1', '1', CONVERSION_TTL_MS],
+          ['failed', Date.now(), 'failure_reason\nenqueue_failed', '1', '1'],
         )
         .then(() => this.redis.zrem(this.keys.unqueued(), requestId))
         .then(
@@ -437,7 +437,7 @@ export class VerificationService {
           this.keys.conversion(day),
           this.keys.webhookOrder(requestId),
         ],
-        [account.account_id, Date.now(), this.config.events.maxLen, chargedAt(h) ?? '', CONVERSION_TTL_MS],
+        [account.account_id, Date.now(), this.config.events.maxLen, chargedAt(h) ?? ''],
       )) as [string, string | number | undefined];
     }
     if (result === 'moved') throw new ApiError('service_unavailable', 'the verification kept changing while it was being canceled; retry');

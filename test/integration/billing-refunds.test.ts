@@ -139,7 +139,7 @@ describe('refunds of attempts that never left', () => {
     (step === undefined ? scripts.applyEvent : scripts.applyStepEvent).run(
       redis,
       [keys.verification(id), keys.account(account.account_id), keys.usage(account.account_id, utcDay(Date.now())), keys.conversion(utcDay(Date.now()))],
-      [status, Date.now(), 'failure_reason\ntimeout', refund ? '1' : '0', step ?? '1', 1000],
+      [status, Date.now(), 'failure_reason\ntimeout', refund ? '1' : '0', step ?? '1'],
     );
   const history = async (id: string) => (await service.status(account, id)).status_history.map((h) => h.status);
 
@@ -350,6 +350,20 @@ describe('refunds across midnight and the conversion `sent` they leave', () => {
     expect(await redis.hget(keys.verification(created.request_id), 'sends')).toBeNull();
     expect(await usageOn('2031-08-02')).toMatchObject({ flash_call: { count: 1, cost: 0.004 } });
     expect(await sent('2031-08-02', 'flash_call')).toBe(1);
+  });
+
+  it('a refund of a send never counted (charged before sends were counted with their charge) leaves `sent` at 0, not below', async () => {
+    at(Date.parse('2031-08-03T12:00:00Z'));
+    const created = await service.create(account, { phone_number: '+447700900473' });
+    // As a request of the previous version whose api died before queueing it (the reconciler queued it, nobody counted
+    // it): charged, in the usage, not in the conversion hash.
+    const conv = keys.conversion('2031-08-03');
+    await redis.del(conv);
+    expect((await call('POST', `/v1/verify/${created.request_id}/cancel`)).body.status).toBe('canceled');
+    expect(await usageOn('2031-08-03')).toMatchObject({ flash_call: { count: 0, cost: 0 } });
+    expect(await sent('2031-08-03', 'flash_call')).toBe(0);
+    // Nor does the refund create the hash (without a TTL, or with one).
+    expect(await redis.exists(conv)).toBe(0);
   });
 
   it("a test number's expiry takes nothing out of the conversion `sent` (it was never counted there)", async () => {

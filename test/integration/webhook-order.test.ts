@@ -383,7 +383,7 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
     const c = await service.create(account, { phone_number: '+447700900219' });
     const day = utcDay(Date.now());
     const cKeys = [t.keys.verification(c.request_id), t.keys.expiries(), t.keys.events(), t.keys.account(account.account_id), t.keys.usage(account.account_id, day), t.keys.conversion(day), t.keys.webhookOrder(c.request_id)];
-    expect(((await scripts.expireVerification.run(t.redis, cKeys, [c.request_id, Date.now() + 3600_000, 1000, 1000])) as string[])[0]).toBe('expired');
+    expect(((await scripts.expireVerification.run(t.redis, cKeys, [c.request_id, Date.now() + 3600_000, 1000])) as string[])[0]).toBe('expired');
     // advanceWorkflow-8 (failed: the next step refused).
     const d = await service.create(account, { phone_number: '+447700900220' });
     await t.redis.hset(t.keys.verification(d.request_id), 'wf_step', '0', 'wf_steps', '2');

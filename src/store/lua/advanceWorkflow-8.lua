@@ -43,7 +43,7 @@
   ARGV[9]  events stream MAXLEN (approximate)
   ARGV[10] usage TTL (seconds)
   ARGV[11] why the next step may not start ("" = it may): the verification fails with it
-  ARGV[12] TTL of the conversion hashes (ms), set when this creates them
+  ARGV[12] TTL of the conversion hash of today (ms), set when the count creates its field
 
   Returns {"ok", next_step} | {"moved", current_step} | {"done", status} |
     {"last"} | {"expired"} | {"gone"} | {"insufficient_balance" | ARGV[11], next_step}
@@ -75,7 +75,7 @@ if ARGV[8] == 'timeout' then
   local nothingSent = not d[1] or (d[3] == 'sms' and (not d[2] or d[2] == 'retry' or d[2] == 'refused'))
   if nothingSent and redis.call('HSETNX', KEYS[1], p .. 'refunded', '1') == 1 then
     local refund = tonumber(d[4] or '0')
-    refundCharge(KEYS[2], KEYS[1], KEYS[5], KEYS[6], ARGV[12], d[3], refund, d[5])
+    refundCharge(KEYS[2], KEYS[1], KEYS[5], KEYS[6], d[3], refund, d[5])
     if refund > 0 then
       v[6] = tostring(tonumber(v[6] or '0') - refund)
       redis.call('HSET', KEYS[1], p .. 'cost', 0)

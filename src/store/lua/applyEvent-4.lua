@@ -22,7 +22,6 @@
   ARGV[4] refund: "1" when the attempt never reached the network
   ARGV[5] "1" when the send was counted in the conversion hash: every send, counted by the
           script that charged it (countSent.lua), a test number's excepted (the record says so)
-  ARGV[6] TTL of the conversion hash (ms), set when this creates it
 
   Returns the status after the event, or false when the record is gone.
 ]]
@@ -34,7 +33,7 @@ local st = ARGV[1]
 -- Only the send that never reached the network is refunded: a resend's own price (send_cost), else the request's.
 local function refund()
   local r = redis.call('HMGET', KEYS[1], 'send_cost', 'cost', 'method', 'country')
-  refundCharge(KEYS[2], KEYS[1], KEYS[3], KEYS[4], ARGV[6], r[3], tonumber(r[1] or r[2] or '0'), ARGV[5] == '1' and r[4] or nil)
+  refundCharge(KEYS[2], KEYS[1], KEYS[3], KEYS[4], r[3], tonumber(r[1] or r[2] or '0'), ARGV[5] == '1' and r[4] or nil)
 end
 
 local terminal = (status == 'verified' or status == 'expired' or status == 'failed' or status == 'canceled')

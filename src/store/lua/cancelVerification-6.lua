@@ -28,7 +28,6 @@
   ARGV[2] now (ms since epoch)
   ARGV[3] events stream MAXLEN (approximate)
   ARGV[4] when the current attempt was charged, as the caller read it ("" when it read none)
-  ARGV[5] TTL of the conversion hash (ms), set when this creates it
 
   Returns {"ok", refunded_micro} | {"not_found"} | {"not_live", status} | {"moved"}
 ]]
@@ -77,6 +76,6 @@ elseif undialled and redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then
   refund = tonumber(redis.call('HGET', KEYS[1], 'send_cost') or v[6] or '0')
 end
 -- A test number's send was never counted in the conversion hash (it never reaches the network): no country.
-if refunded then refundCharge(KEYS[2], KEYS[1], KEYS[4], KEYS[5], ARGV[5], method, refund, not v[11] and v[10] or nil) end
+if refunded then refundCharge(KEYS[2], KEYS[1], KEYS[4], KEYS[5], method, refund, not v[11] and v[10] or nil) end
 writeEvent(KEYS[3], ARGV[3], KEYS[6], v[12], 'canceled', v[7], v[1], v[5], ARGV[2], '{}')
 return {'ok', refund}

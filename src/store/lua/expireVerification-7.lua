@@ -29,7 +29,6 @@
   ARGV[1] request_id (member of the expiries set)
   ARGV[2] now (ms since epoch)
   ARGV[3] events stream MAXLEN (approximate)
-  ARGV[4] TTL of the conversion hash (ms), set when this creates it
 
   Returns {"expired", refunded_micro} when this call expired it, {"pending"} when
   not due yet, else {"skipped"} (already terminal or gone).
@@ -72,6 +71,6 @@ if nothingSent then
   end
 end
 -- A test number's send was never counted in the conversion hash (it never reaches the network): no country.
-if refunded then refundCharge(KEYS[4], KEYS[1], KEYS[5], KEYS[6], ARGV[4], method, refund, not v[12] and v[11] or nil) end
+if refunded then refundCharge(KEYS[4], KEYS[1], KEYS[5], KEYS[6], method, refund, not v[12] and v[11] or nil) end
 writeEvent(KEYS[3], ARGV[3], KEYS[7], v[13], 'expired', ARGV[1], v[3], v[4], v[2], '{"reason":"expired"}')
 return {'expired', refund}
