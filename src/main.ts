@@ -88,7 +88,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   let stopSip: (() => Promise<void>) | undefined;
   const methods = new Set<Method>(DELIVERABLE_METHODS);
   const metrics = new Metrics();
-  // Conversion and range-health counters of this process, written in one batch every 250 ms (closed, so written, last in stop()).
+  // Conversion (verified, per range) and range-health counters of this process, written in one batch every 250 ms (closed, so
+  // written, last in stop()). Sends are counted by the scripts that charge them (countSent.lua), not here.
   const counters = new CounterBatch(redis, logger.child({ module: 'counters' }));
   // Fraud controls (fraud.*): range health gets flash outcomes from the worker and conversions from the API.
   const rangeHealth = new RangeHealth({

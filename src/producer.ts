@@ -85,7 +85,7 @@ export class FlashVerifyProducer {
     private readonly queue: BullDeliveryQueue,
     private readonly bullConnection: Redis,
     private readonly enforceRateLimit: boolean,
-    /** The conversion counters' batch: written by close(). */
+    /** The fraud controls' counter batch: written by close(). */
     private readonly counters: CounterBatch,
   ) {}
 
@@ -134,7 +134,8 @@ export class FlashVerifyProducer {
     const queue = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
     const accounts = new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate });
     const fraudLogger = logger.child({ module: 'fraud' });
-    // Conversion counters (sends per country) are written in batches, every 250 ms; close() writes the last ones.
+    // The fraud controls' counter batch (written every 250 ms; close() writes the last ones). Sends are not in it: the
+    // create script counts them in the conversion hash itself.
     const counters = new CounterBatch(redis, fraudLogger);
     const verifications = new VerificationService(
       redis,

@@ -1,7 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics/metrics.js';
-import { CONVERSION_TTL_MS } from '../numbers/range-health.js';
 import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
 import { chargeDay, chargeFields, utcDay } from '../verification/types.js';
@@ -71,7 +70,7 @@ export class StatusConsumer extends GroupConsumer {
         // A refunded send leaves the day's per-country conversion `sent` too (it never reached the network).
         this.keys.conversion(day),
       ],
-      [status, fields.timestamp ?? String(Date.now()), patch.join('\n'), refund ? '1' : '0', stepped ? fields.step! : '1', CONVERSION_TTL_MS],
+      [status, fields.timestamp ?? String(Date.now()), patch.join('\n'), refund ? '1' : '0', stepped ? fields.step! : '1'],
     );
   }
 }

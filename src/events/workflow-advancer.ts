@@ -35,7 +35,7 @@ const CURRENCY_CACHE_MS = 10 * 60_000;
  * to two events of step n: `verification.failed` (a delivery event carrying
  * `step`) and `verification.step_timeout` (the step's timer). Why a crash
  * neither skips nor repeats a step:
- *  - advanceWorkflow-7.lua moves `wf_step` from n to n+1 only if it is still
+ *  - advanceWorkflow-8.lua moves `wf_step` from n to n+1 only if it is still
  *    n: the same event handled twice, or a timeout racing a failure, starts
  *    step n+1 once;
  *  - the stream entry is acknowledged only after step n+1's delivery job
@@ -108,6 +108,7 @@ export class WorkflowAdvancer extends GroupConsumer {
           this.keys.usage(h.account_id, ending),
           this.keys.conversion(ending),
           this.keys.webhookOrder(requestId),
+          this.keys.conversion(utcDay(now)),
         ],
         [
           from,
@@ -132,9 +133,8 @@ export class WorkflowAdvancer extends GroupConsumer {
     if (result === 'ok') {
       const step = Number(value);
       log.info({ from_step: from, step, method: nextStep.method, why }, 'workflow: next step started');
-      await this.deps.fraud
-        ?.trackSent(h.country ?? 'ZZ', nextStep.method, now)
-        .catch((err: Error) => log.warn({ err: err.message }, 'workflow: could not count the send'));
+      // Counted in the conversion `sent` by the script, with the step's charge; this is the Prometheus counter.
+      this.deps.fraud?.trackSent(h.country ?? 'ZZ', nextStep.method);
       if (why === 'timeout') await this.discardStep(requestId, from, steps[from]!);
       await this.queueStep(requestId, step, nextStep);
       return step;

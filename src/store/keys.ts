@@ -69,7 +69,7 @@ export class Keys {
    * wrote the event, lua/includes/writeEvent.lua), 0 queued by a
    * webhook consumer, 1 done (delivered, dropped, given up, or no webhook for
    * it; kept so that a redelivered stream entry cannot make it pending again).
-   * Created with the request and its TTL (createVerification-7): about a day
+   * Created with the request and its TTL (createVerification-8): about a day
    * beyond an hour after the request expires; the record's `whq_until` says
    * until when events are filed in it.
    */

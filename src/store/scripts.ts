@@ -42,7 +42,7 @@ function readLua(name: string): string {
 
 /** All scripts, loaded once per process. */
 export const scripts = {
-  createVerification: LuaScript.load('createVerification-7'),
+  createVerification: LuaScript.load('createVerification-8'),
   expireVerification: LuaScript.load('expireVerification-7'),
   recordCheck: LuaScript.load('recordCheck-4'),
   applyEvent: LuaScript.load('applyEvent-4'),
@@ -50,8 +50,8 @@ export const scripts = {
   recordAuthFailure: LuaScript.load('recordAuthFailure-2'),
   checkVelocity: LuaScript.load('checkVelocity-3'),
   swapLive: LuaScript.load('swapLive-1'),
-  resendVerification: LuaScript.load('resendVerification-3'),
-  undoResend: LuaScript.load('undoResend-3'),
+  resendVerification: LuaScript.load('resendVerification-4'),
+  undoResend: LuaScript.load('undoResend-4'),
   mapSmsMessage: LuaScript.load('mapSmsMessage-5'),
   matchSmsReceipt: LuaScript.load('matchSmsReceipt-4'),
   markSmsWaiting: LuaScript.load('markSmsWaiting-3'),
@@ -59,7 +59,7 @@ export const scripts = {
   markSmsRefused: LuaScript.load('markSmsRefused-2'),
   settleSms: LuaScript.load('settleSms-4'),
   claimDelivery: LuaScript.load('claimDelivery-1'),
-  advanceWorkflow: LuaScript.load('advanceWorkflow-7'),
+  advanceWorkflow: LuaScript.load('advanceWorkflow-8'),
   applyStepEvent: LuaScript.load('applyStepEvent-4'),
   cancelVerification: LuaScript.load('cancelVerification-6'),
   recordAttemptFields: LuaScript.load('recordAttemptFields-1'),

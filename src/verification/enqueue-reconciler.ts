@@ -30,6 +30,15 @@ export interface EnqueueReconcilerOptions {
  * is added whether or not the step was dialled: the api may have died after
  * queueing the job but before the timer, and without it the workflow would
  * never move on from a step that rang but was not verified.
+ *
+ * Queueing here counts nothing in the conversion `sent`: the create script
+ * counted the send already, with its charge (countSent.lua), so a request is
+ * counted once whether its job was added by the api, by this reconciler, or by
+ * both (an api that added it and died before clearing its intent; a job still
+ * waiting in a backlog is not dialled yet). Counting here instead could not
+ * tell those cases apart: BullMQ's add of an existing job id answers like a
+ * new add, a job already run may have been removed (removeOnComplete), and an
+ * api that added the job may have died before counting it.
  */
 export class EnqueueReconciler {
   private readonly loop: PeriodicPass;

@@ -2,7 +2,6 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Keys } from '../store/keys.js';
 import { PeriodicPass } from './periodic-pass.js';
-import { CONVERSION_TTL_MS } from '../numbers/range-health.js';
 import { scripts } from '../store/scripts.js';
 import { chargeDay } from './types.js';
 
@@ -81,7 +80,7 @@ export class ExpirySweeper {
             this.keys.conversion(day),
             this.keys.webhookOrder(requestId),
           ],
-          [requestId, now, this.options.eventsMaxLen, CONVERSION_TTL_MS],
+          [requestId, now, this.options.eventsMaxLen],
         )) as [string, number?];
         if (r === 'expired') {
           expired++;

@@ -50,7 +50,7 @@ const VELOCITY_LABELS = [
  * Keys hold HMACs of numbers, prefixes and IPs: never a number in clear.
  */
 export class FraudControls {
-  /** Where the conversion counters wait for their write (range health's batch when there is one: one write per flush). */
+  /** Where the conversion counters (verified) wait for their write (range health's batch when there is one: one write per flush). */
   readonly counters: CounterBatch;
   /** The `fraud` field of accounts, reused for `accounts.fieldCacheMs` (account-field-cache.ts). */
   private readonly fields: AccountFieldCache;
@@ -240,18 +240,22 @@ export class FraudControls {
   // ------------------------------------------------------------------ conversion
 
   /**
-   * A send to a destination country (per UTC day, per method): each request,
-   * resend and workflow step, under the method it used, so that sent and
-   * verified (counted under the method of the step that verified) compare.
-   * The Prometheus counter counts at once; the Redis counter goes into this
-   * process's batch (written every 250 ms with the others: see CounterBatch).
+   * A send to a destination country: each request, resend and workflow step,
+   * under the method it used, so that sent and verified (counted under the
+   * method of the step that verified) compare. This is the Prometheus counter
+   * only. The Redis counter (`country:<cc>:<method>:sent` of the UTC day) is
+   * written by the Lua script that charges the send, in the same step
+   * (countSent.lua, in createVerification-8, resendVerification-4 and
+   * advanceWorkflow-8), not here after the delivery job is queued: a request
+   * queued by the enqueue reconciler, its api process having died first, is
+   * then counted once like any other, and a refund always finds the count it
+   * takes back.
    */
-  async trackSent(country: string, method: Method, now = Date.now()): Promise<void> {
+  trackSent(country: string, method: Method): void {
     this.deps.metrics?.conversionSent(country, method);
-    this.counters.hincrby(this.deps.keys.conversion(utcDay(now)), `country:${country}:${method}:sent`, 1, CONVERSION_TTL_MS);
   }
 
-  /** A verified request: counted for its country and method, and for its DID range when it was a flash call (batched like trackSent). */
+  /** A verified request: counted for its country and method, and for its DID range when it was a flash call (in this process's counter batch). */
   async trackVerified(
     record: { country?: string | null; method?: string | null; cliRange?: string | null; sentAt?: number },
     now = Date.now(),

@@ -4,6 +4,7 @@ import type { Account } from '../accounts/account-store.js';
 import { fromMicro } from '../accounts/money.js';
 import type { Config } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
+import { CONVERSION_TTL_MS } from '../numbers/range-health.js';
 import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
 import { generateCode } from './codes.js';
@@ -41,7 +42,7 @@ export function resendJobId(requestId: string, send: number): string {
  * Sends a live verification again, on the same request: billed like a new
  * one (the request's `cost` is the sum of its sends), counted in the velocity
  * windows and in /v1/usage, at most `maxSends` sends in all. Never a
- * workflow request (resendVerification-3 refuses it).
+ * workflow request (resendVerification-4 refuses it).
  *
  * The code: a flash call gets a new one (the previous caller ID is in its
  * cooldown towards this number, and a new caller ID is the only way the user
@@ -72,7 +73,7 @@ export async function resendLive(
   try {
     result = (await scripts.resendVerification.run(
       redis,
-      [keys.account(account.account_id), keys.verification(requestId), keys.usage(account.account_id, utcDay(now))],
+      [keys.account(account.account_id), keys.verification(requestId), keys.usage(account.account_id, utcDay(now)), keys.conversion(utcDay(now))],
       [
         account.account_id,
         now,
@@ -81,6 +82,7 @@ export async function resendLive(
         code === undefined ? '' : sealer.mac('code', `${requestId}:${code}`),
         code === undefined ? '' : sealer.seal(code, `code:${requestId}`),
         USAGE_TTL_SECONDS,
+        CONVERSION_TTL_MS,
       ],
     )) as [string, string | number, number?];
   } catch (err) {
@@ -101,7 +103,7 @@ export async function resendLive(
     // timed out but landed): then it stands.
     const undone = await scripts.undoResend.run(
       redis,
-      [keys.account(account.account_id), keys.verification(requestId), keys.usage(account.account_id, utcDay(now))],
+      [keys.account(account.account_id), keys.verification(requestId), keys.usage(account.account_id, utcDay(now)), keys.conversion(utcDay(now))],
       [sends, cost, method],
     );
     if (undone !== 'claimed') {
@@ -111,7 +113,8 @@ export async function resendLive(
     }
     log.warn({ err }, 'enqueue of a resend reported a failure, but its job was queued and claimed; the resend stands');
   }
-  await fraud.trackSent(dest.country, method, now);
+  // Counted in the conversion `sent` by resendVerification-4; this is the Prometheus counter.
+  fraud.trackSent(dest.country, method);
   log.info({ method, sends }, 'verification resent');
   const [codeLength, expiresAt] = await redis.hmget(keys.verification(requestId), 'code_length', 'expires_at');
   return {

@@ -175,7 +175,7 @@ export class VerificationService {
     const now = Date.now();
     const expiresAt = now + expirySeconds * 1000;
     const cost = testNumber ? 0 : priceMicro(this.config.pricing, method, dest.country, account.currency);
-    // A test number never reaches the network: no steps. A workflow's fields go in with the record (createVerification-7).
+    // A test number never reaches the network: no steps. A workflow's fields go in with the record (createVerification-8).
     const steps = workflow && !testNumber ? workflow : undefined;
     const fields: Record<string, string> = {
       ...(locale !== undefined ? { locale } : {}),
@@ -196,6 +196,9 @@ export class VerificationService {
         // the enqueue reconciler finds the request there.
         this.keys.unqueued(),
         this.keys.webhookOrder(requestId),
+        // The send is counted in today's conversion `sent` by the script, with its charge: whichever process queues
+        // the job (this one, or the reconciler after it died), it is counted once (countSent.lua).
+        this.keys.conversion(utcDay(now)),
       ],
       [
         requestId,
@@ -215,6 +218,7 @@ export class VerificationService {
         Object.entries(fields).flat().join('\n'),
         order.ttlSeconds,
         order.recordUntil,
+        CONVERSION_TTL_MS,
       ],
     );
     const result = (await creating.catch(async (err: unknown) => {
@@ -255,8 +259,8 @@ export class VerificationService {
             this.keys.usage(account.account_id, utcDay(now)),
             this.keys.conversion(utcDay(now)),
           ],
-          // Never queued, so never counted as a send in the conversion hash (trackSent follows a successful enqueue): '0'.
-          ['failed', Date.now(), 'failure_reason\nenqueue_failed', '1', '0', 0],
+          // Counted in the conversion `sent` by the create script: the refund takes it out again ('1').
+          ['failed', Date.now(), 'failure_reason\nenqueue_failed', '1', '1'],
         )
         .then(() => this.redis.zrem(this.keys.unqueued(), requestId))
         .then(
@@ -270,9 +274,7 @@ export class VerificationService {
     // for it: if it fails or this process dies first, the reconciler finds the request queued (job id = request id,
     // or dial_started set) and only removes the intent.
     if (!timerMissing) this.intents.remove(requestId).catch((err: Error) => log.warn({ err: err.message }, 'could not clear the enqueue intent; the reconciler will'));
-    await Promise.all([
-      fraud?.trackSent(dest.country, method, now).catch((err: Error) => log.warn({ err: err.message }, 'could not count the send')),
-    ]);
+    fraud?.trackSent(dest.country, method);
     log.info({ method, country: dest.country, code_length: codeLength }, 'verification created');
     return {
       request_id: requestId,
@@ -435,7 +437,7 @@ export class VerificationService {
           this.keys.conversion(day),
           this.keys.webhookOrder(requestId),
         ],
-        [account.account_id, Date.now(), this.config.events.maxLen, chargedAt(h) ?? '', CONVERSION_TTL_MS],
+        [account.account_id, Date.now(), this.config.events.maxLen, chargedAt(h) ?? ''],
       )) as [string, string | number | undefined];
     }
     if (result === 'moved') throw new ApiError('service_unavailable', 'the verification kept changing while it was being canceled; retry');

@@ -23,7 +23,7 @@ import { METHODS, isoSeconds, type AttemptBody, type Method } from './types.js';
  * event carries `step`; a failed step, or a `verification.step_timeout` event
  * written by the step's delayed timer job, is read by the workflow advancer's
  * consumer group (src/events/workflow-advancer.ts), which runs
- * advanceWorkflow-7.lua: a compare-and-set on `wf_step`. The stream entry is
+ * advanceWorkflow-8.lua: a compare-and-set on `wf_step`. The stream entry is
  * acknowledged only after the next step's jobs are queued under fixed ids.
  */
 
@@ -112,7 +112,7 @@ export function withoutMethods(steps: readonly WorkflowStep[], drop: ReadonlySet
   return out;
 }
 
-/** The record fields that make a request a workflow at step 0 (written by createVerification-7 with the record). */
+/** The record fields that make a request a workflow at step 0 (written by createVerification-8 with the record). */
 export function initialFields(steps: readonly WorkflowStep[], cost: number, now: number): Record<string, string> {
   return {
     wf: JSON.stringify(steps),

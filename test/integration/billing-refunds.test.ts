@@ -57,10 +57,10 @@ describe('refunds of attempts that never left', () => {
     expect([await cost(noBind.request_id), await cost(throttled.request_id), await cost(submitted.request_id)]).toEqual([0, 0, charged]);
   });
 
-  // advanceWorkflow-7 as the workflow advancer runs it for a `step_timeout` of step 0 (charged today).
+  // advanceWorkflow-8 as the workflow advancer runs it for a `step_timeout` of step 0 (charged today).
   const advanceKeys = (id: string, accountId: string) => {
     const today = utcDay(Date.now());
-    return [keys.verification(id), keys.account(accountId), keys.usage(accountId, today), keys.events(), keys.usage(accountId, today), keys.conversion(today), keys.webhookOrder(id)];
+    return [keys.verification(id), keys.account(accountId), keys.usage(accountId, today), keys.events(), keys.usage(accountId, today), keys.conversion(today), keys.webhookOrder(id), keys.conversion(today)];
   };
   const timeOut = (id: string) =>
     scripts.advanceWorkflow.run(redis, advanceKeys(id, account.account_id), [0, Date.now(), 'sms', 30_000, 'mac', 'enc', 6, 'timeout', 1000, 3600, '', 1000]);
@@ -139,7 +139,7 @@ describe('refunds of attempts that never left', () => {
     (step === undefined ? scripts.applyEvent : scripts.applyStepEvent).run(
       redis,
       [keys.verification(id), keys.account(account.account_id), keys.usage(account.account_id, utcDay(Date.now())), keys.conversion(utcDay(Date.now()))],
-      [status, Date.now(), 'failure_reason\ntimeout', refund ? '1' : '0', step ?? '1', 1000],
+      [status, Date.now(), 'failure_reason\ntimeout', refund ? '1' : '0', step ?? '1'],
     );
   const history = async (id: string) => (await service.status(account, id)).status_history.map((h) => h.status);
 
@@ -311,6 +311,59 @@ describe('refunds across midnight and the conversion `sent` they leave', () => {
     await refundedFailure(String(step.body.request_id), 'voice', 0);
     await applyEvents();
     expect({ flash: await sent(day, 'flash_call'), voice: await sent(day, 'voice'), sms: await sent(day, 'sms') }).toEqual(expected);
+  });
+
+  /** A service of the same deployment whose queue refuses the jobs `refuse` picks (Redis unreachable for BullMQ). */
+  const refusing = (refuse: (jobId: string | undefined) => boolean) =>
+    new VerificationService(
+      redis,
+      keys,
+      sealer,
+      config,
+      {
+        enqueue: async (_method, _id, jobId) => {
+          if (refuse(jobId)) throw new Error('queue unavailable: Redis did not answer');
+        },
+      },
+      logger,
+      new Set<Method>(['flash_call', 'voice', 'sms']),
+      fraud,
+    );
+
+  it('a request whose job could not be queued is failed and refunded: counted with its charge, its count taken back', async () => {
+    at(Date.parse('2031-08-01T12:00:00Z'));
+    await expect(refusing(() => true).create(account, { phone_number: '+447700900471' })).rejects.toMatchObject({ code: 'service_unavailable' });
+    expect(await usageOn('2031-08-01')).toMatchObject({ flash_call: { count: 0, cost: 0 } });
+    expect(await sent('2031-08-01', 'flash_call')).toBe(0);
+  });
+
+  it('a resend whose job could not be queued is taken back, its count in the conversion `sent` with it', async () => {
+    const first = Date.parse('2031-08-02T12:00:00Z');
+    at(first);
+    const service = refusing((jobId) => jobId !== undefined); // the first send's job (id = request id) is queued
+    const created = await service.create(account, { phone_number: '+447700900472' });
+    // As the flash worker would: the first call rang (shown: billed), so a resend may be paid.
+    await redis.hset(keys.verification(created.request_id), { dial_started: String(first), rang_at: String(first + 1000), outcome: 'cancelled', status: 'delivered' });
+    expect(await sent('2031-08-02', 'flash_call')).toBe(1);
+    at(first + 5000);
+    await expect(service.create(account, { phone_number: '+447700900472', resend: true })).rejects.toMatchObject({ code: 'service_unavailable' });
+    expect(await redis.hget(keys.verification(created.request_id), 'sends')).toBeNull();
+    expect(await usageOn('2031-08-02')).toMatchObject({ flash_call: { count: 1, cost: 0.004 } });
+    expect(await sent('2031-08-02', 'flash_call')).toBe(1);
+  });
+
+  it('a refund of a send never counted (charged before sends were counted with their charge) leaves `sent` at 0, not below', async () => {
+    at(Date.parse('2031-08-03T12:00:00Z'));
+    const created = await service.create(account, { phone_number: '+447700900473' });
+    // As a request of the previous version whose api died before queueing it (the reconciler queued it, nobody counted
+    // it): charged, in the usage, not in the conversion hash.
+    const conv = keys.conversion('2031-08-03');
+    await redis.del(conv);
+    expect((await call('POST', `/v1/verify/${created.request_id}/cancel`)).body.status).toBe('canceled');
+    expect(await usageOn('2031-08-03')).toMatchObject({ flash_call: { count: 0, cost: 0 } });
+    expect(await sent('2031-08-03', 'flash_call')).toBe(0);
+    // Nor does the refund create the hash (without a TTL, or with one).
+    expect(await redis.exists(conv)).toBe(0);
   });
 
   it("a test number's expiry takes nothing out of the conversion `sent` (it was never counted there)", async () => {

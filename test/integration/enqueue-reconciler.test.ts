@@ -1,7 +1,17 @@
+import { Redis } from 'ioredis';
 import { pino } from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { AccountStore, type Account } from '../../src/accounts/account-store.js';
+import { Sealer } from '../../src/crypto/sealer.js';
+import { BullDeliveryQueue } from '../../src/engine/queues.js';
+import { Keys } from '../../src/store/keys.js';
+import { connectBullRedis } from '../../src/store/redis.js';
+import { EnqueueReconciler } from '../../src/verification/enqueue-reconciler.js';
+import { ExpirySweeper } from '../../src/verification/expiry-sweeper.js';
+import { FraudControls } from '../../src/verification/fraud-controls.js';
+import type { Method } from '../../src/verification/types.js';
 import { VerificationService, type DeliveryQueue } from '../../src/verification/verification-service.js';
-import { REDIS_URL, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+import { REDIS_URL, deletePrefix, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 import { invitesPerDestination } from '../helpers/engine-process.js';
 import { startSippUas, type SippUas } from '../helpers/sipp.js';
 import { monitorRedis } from '../helpers/redis-monitor.js';
@@ -161,5 +171,135 @@ describe('a verification created but never queued', () => {
     } finally {
       monitor.disconnect();
     }
+  });
+});
+
+/**
+ * The per-country conversion `sent` of a request the reconciler queued: counted once, in the day it was charged,
+ * under its country and method, whichever process added its job (the create script counts it with the charge:
+ * countSent.lua), and a refund afterwards takes back exactly that count. Real Redis and BullMQ; no worker runs, so a
+ * queued job stays waiting, undialled, as in a backlog. The clock is Date's, faked (timers stay real), to put the
+ * charge and the reconciler's pass on either side of midnight.
+ */
+describe('the conversion `sent` of a request the reconciler queued', () => {
+  const config = testConfig();
+  const keys = new Keys(config.redis.prefix);
+  const sealer = new Sealer(Buffer.from(config.security.masterKey, 'hex'));
+  const logger = pino({ level: 'silent' });
+  const REQUEUE_AFTER_MS = 1000;
+  let redis: Redis;
+  let bull: Redis;
+  let queue: BullDeliveryQueue;
+  let fraud: FraudControls;
+  let account: Account;
+
+  beforeAll(async () => {
+    redis = new Redis(REDIS_URL);
+    bull = connectBullRedis(REDIS_URL);
+    queue = new BullDeliveryQueue(bull, keys.bullPrefix());
+    fraud = new FraudControls({ redis, keys, sealer, config, events: { publish: async () => '0-0' }, logger });
+    account = await new AccountStore(redis, keys, sealer).create({ name: 'x', balance: 10, currency: 'GBP', active: true });
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+  afterAll(async () => {
+    await fraud.counters.close();
+    await queue.close();
+    await deletePrefix(redis, config.redis.prefix);
+    await Promise.all([redis.quit(), bull.quit()]);
+  });
+
+  const at = (ms: number) => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    vi.setSystemTime(ms);
+  };
+  const service = (q: DeliveryQueue) =>
+    new VerificationService(redis, keys, sealer, config, q, logger, new Set<Method>(['flash_call', 'voice', 'sms']), fraud);
+  /** One pass of a worker's reconciler, at the (faked) time of now. */
+  const reconcile = () => new EnqueueReconciler(redis, keys, queue, { requeueAfterMs: REQUEUE_AFTER_MS, intervalMs: 60_000 }, logger).reconcile();
+  const sent = async (day: string, country: string, method: Method) => (await fraud.conversion(day))[`country:${country}:${method}:sent`] ?? 0;
+  const jobsOf = async (method: Method, id: string) => {
+    const job = await queue.queue(method).getJob(id);
+    return job ? [job.data] : [];
+  };
+  /**
+   * POST /v1/verify on an api process that dies inside its queue call: before the add (`added: false`), or once the
+   * add has landed (`added: true`), never returning; nothing after it runs (no count, no intent cleared).
+   * Resolves with the request id once it has died.
+   */
+  const createOnDyingApi = async (phone: string, method: Method, added: boolean): Promise<string> => {
+    let died!: (id: string) => void;
+    const dead = new Promise<string>((resolve) => (died = resolve));
+    const dying: DeliveryQueue = {
+      enqueue: async (m, id, jobId) => {
+        if (added) await queue.enqueue(m, id, jobId);
+        died(id);
+        return new Promise<void>(() => undefined);
+      },
+    };
+    void service(dying).create(account, { phone_number: phone, method });
+    return dead;
+  };
+
+  it('is counted once, in the day it was charged (not the day it was queued), under its country and method', async () => {
+    at(Date.parse('2031-03-04T23:59:59Z'));
+    const id = await createOnDyingApi('+33612345678', 'voice', false);
+    expect(await jobsOf('voice', id)).toEqual([]);
+
+    // The reconciler's pass comes after midnight: it queues the request.
+    at(Date.parse('2031-03-05T00:00:05Z'));
+    expect(await reconcile()).toEqual([id]);
+    expect(await jobsOf('voice', id)).toEqual([{ request_id: id }]);
+    expect(await sent('2031-03-04', 'FR', 'voice')).toBe(1);
+    expect(await fraud.conversion('2031-03-05')).toEqual({});
+    // Its intent is gone: a later pass queues and counts nothing more.
+    expect(await reconcile()).toEqual([]);
+    expect(await sent('2031-03-04', 'FR', 'voice')).toBe(1);
+  });
+
+  it('an api that added the job and died before anything else: the reconciler adds it again (one job), counted once', async () => {
+    at(Date.parse('2031-04-01T12:00:00Z'));
+    const id = await createOnDyingApi('+447700900701', 'sms', true);
+    expect(await jobsOf('sms', id)).toEqual([{ request_id: id }]);
+    at(Date.parse('2031-04-01T12:00:05Z'));
+    expect(await reconcile()).toEqual([id]);
+    expect(await queue.queue('sms').getJobCounts('waiting')).toEqual({ waiting: 1 });
+    expect(await sent('2031-04-01', 'GB', 'sms')).toBe(1);
+  });
+
+  it('a request queued and counted by the api, its intent left behind: the reconciler adds the job again and counts nothing more', async () => {
+    at(Date.parse('2031-04-02T12:00:00Z'));
+    const created = await service(queue).create(account, { phone_number: '+447700900702', method: 'flash_call' });
+    const id = created.request_id;
+    await waitFor(async () => (await redis.zscore(keys.unqueued(), id)) === null, 5_000);
+    // The api's ZREM of the intent never happened (it died first): the intent is back as the create script filed it.
+    await redis.zadd(keys.unqueued(), Date.now(), id);
+    expect(await sent('2031-04-02', 'GB', 'flash_call')).toBe(1);
+
+    at(Date.parse('2031-04-02T12:00:05Z'));
+    // Still `sent` and undialled (its job waits in a backlog): the reconciler adds it, a no-op for BullMQ.
+    expect(await reconcile()).toEqual([id]);
+    expect(await jobsOf('flash_call', id)).toEqual([{ request_id: id }]);
+    expect(await queue.queue('flash_call').getJobCounts('waiting')).toEqual({ waiting: 1 });
+    expect(await sent('2031-04-02', 'GB', 'flash_call')).toBe(1);
+  });
+
+  it('a refund after the reconciler queued it (a cancel, an expiry) leaves `sent` at 0, not below', async () => {
+    const created = Date.parse('2031-05-01T12:00:00Z');
+    at(created);
+    const canceled = await createOnDyingApi('+447700900703', 'voice', false);
+    const expired = await createOnDyingApi('+447700900704', 'voice', false);
+    at(created + 5000);
+    expect((await reconcile()).sort()).toEqual([canceled, expired].sort());
+    expect(await sent('2031-05-01', 'GB', 'voice')).toBe(2);
+
+    // Neither was dialled (no worker took its job): each is refunded, and its count taken back.
+    expect((await service(queue).cancel(account, canceled)).status).toBe('canceled');
+    expect(await sent('2031-05-01', 'GB', 'voice')).toBe(1);
+    const past = created + (config.verification.defaultExpirySeconds + 1) * 1000;
+    await new ExpirySweeper(redis, keys, { intervalMs: 60_000, eventsMaxLen: 1000 }, logger, () => past).sweep();
+    expect(await redis.hmget(keys.verification(expired), 'status', 'refunded')).toEqual(['expired', '1']);
+    expect(await sent('2031-05-01', 'GB', 'voice')).toBe(0);
   });
 });

@@ -7,7 +7,7 @@ import { QUEUE_NAMES } from '../../src/engine/queues.js';
 import { RangeHealth } from '../../src/numbers/range-health.js';
 import { FraudControls } from '../../src/verification/fraud-controls.js';
 import { resendLive } from '../../src/verification/resend.js';
-import { deletePrefix, http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+import { http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 import { findFreePort, sipUriUser, startSippUas, type SippUas } from '../helpers/sipp.js';
 
 /**
@@ -401,23 +401,16 @@ describe('test numbers', () => {
 });
 
 describe('conversion counters', () => {
-  it('are written in batches: a graceful stop writes the sends counted since the last batch', async () => {
+  it('count each send in Redis with its charge, by the create script, at once and with the hash\'s TTL; in the metrics too', async () => {
     const t = await start({});
     const a = await t.account();
     const day = t.keys.conversion(new Date().toISOString().slice(0, 10));
     expect((await verify(t, a.auth, { phone_number: '+447700900401' })).status).toBe(201);
     expect((await verify(t, a.auth, { phone_number: '+447700900402', method: 'voice' })).status).toBe(201);
-    // Counted at once in the metrics, in Redis with the next batch (or the stop).
+    // In Redis as soon as the 201 is answered: no batch to wait for (countSent.lua).
+    expect(await t.redis.hgetall(day)).toEqual({ 'country:GB:flash_call:sent': '1', 'country:GB:voice:sent': '1' });
+    expect(await t.redis.ttl(day)).toBeGreaterThan(399 * 24 * 3600);
     expect(await (await fetch(`${t.url}/metrics`)).text()).toContain('flashverify_conversion_sent_total{country="GB",method="voice"} 1');
-    engine = undefined; // stopped here, not by afterEach
-    await t.engine.stop();
-    try {
-      expect(await t.redis.hgetall(day)).toEqual({ 'country:GB:flash_call:sent': '1', 'country:GB:voice:sent': '1' });
-      expect(await t.redis.ttl(day)).toBeGreaterThan(399 * 24 * 3600);
-    } finally {
-      await deletePrefix(t.redis, t.config.redis.prefix);
-      await t.redis.quit();
-    }
   });
 });
 
@@ -434,7 +427,7 @@ describe('conversion counters and refunds', () => {
       return r.body.status === 'failed' ? r.body : undefined;
     }, 10_000);
     expect(failed.failure_reason).toBe('unreachable');
-    // Counted when it was created, taken out with the refund: sent 0 once the batch is written, whichever came first.
+    // Counted when it was created (by the create script, with the charge), taken out with the refund: sent 0.
     await waitFor(async () => (await t.redis.hget(day, 'country:GB:flash_call:sent')) === '0', 5_000);
     // And it stays there: nothing counts it again (the refund is made once).
     await new Promise((r) => setTimeout(r, 600));

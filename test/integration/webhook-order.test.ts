@@ -370,7 +370,7 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
 
   it('every script that writes a webhook\'s event files it in the request\'s order set, in the same step', async () => {
     const sms = new VerificationService(t.redis, t.keys, t.sealer, t.config, { enqueue: async () => undefined }, silent, new Set<Method>(['flash_call', 'sms']));
-    // createVerification-7 (sent), recordCheck-4 (verified), settleSms-4 (an SMS receipt), recordAttemptEvent-3 (publish).
+    // createVerification-8 (sent), recordCheck-4 (verified), settleSms-4 (an SMS receipt), recordAttemptEvent-3 (publish).
     const a = await sms.create(account, { phone_number: '+447700900217', method: 'sms' });
     await sms.check(account, { request_id: a.request_id, code: t.sealer.open((await t.redis.hget(t.keys.verification(a.request_id), 'code_enc'))!, `code:${a.request_id}`) });
     const receipt = { request_id: a.request_id, account_id: account.account_id, method: 'sms' as const, status: 'delivered' as const, detail: {} };
@@ -383,11 +383,11 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
     const c = await service.create(account, { phone_number: '+447700900219' });
     const day = utcDay(Date.now());
     const cKeys = [t.keys.verification(c.request_id), t.keys.expiries(), t.keys.events(), t.keys.account(account.account_id), t.keys.usage(account.account_id, day), t.keys.conversion(day), t.keys.webhookOrder(c.request_id)];
-    expect(((await scripts.expireVerification.run(t.redis, cKeys, [c.request_id, Date.now() + 3600_000, 1000, 1000])) as string[])[0]).toBe('expired');
-    // advanceWorkflow-7 (failed: the next step refused).
+    expect(((await scripts.expireVerification.run(t.redis, cKeys, [c.request_id, Date.now() + 3600_000, 1000])) as string[])[0]).toBe('expired');
+    // advanceWorkflow-8 (failed: the next step refused).
     const d = await service.create(account, { phone_number: '+447700900220' });
     await t.redis.hset(t.keys.verification(d.request_id), 'wf_step', '0', 'wf_steps', '2');
-    const dKeys = [t.keys.verification(d.request_id), t.keys.account(account.account_id), t.keys.usage(account.account_id, day), t.keys.events(), t.keys.usage(account.account_id, day), t.keys.conversion(day), t.keys.webhookOrder(d.request_id)];
+    const dKeys = [t.keys.verification(d.request_id), t.keys.account(account.account_id), t.keys.usage(account.account_id, day), t.keys.events(), t.keys.usage(account.account_id, day), t.keys.conversion(day), t.keys.webhookOrder(d.request_id), t.keys.conversion(day)];
     expect(await scripts.advanceWorkflow.run(t.redis, dKeys, [0, Date.now(), 'sms', 0, 'mac', 'enc', 6, 'failed', 1000, 3600, 'rate_limited', 1000])).toEqual(['rate_limited', 1]);
 
     const expected = { [a.request_id]: 4, [b.request_id]: 2, [c.request_id]: 2, [d.request_id]: 2 };

@@ -13,16 +13,15 @@
   KEYS[2] account hash (for refunds)
   KEYS[3] usage hash of the account for the day of the send being refunded (last_send_at,
           else created_at): a refunded send is taken out of it and out of the record's cost
-  KEYS[4] conversion hash of that day (FraudControls.trackSent): a refunded send never reached
+  KEYS[4] conversion hash of that day (countSent.lua): a refunded send never reached
           the network, so it leaves `country:<cc>:<method>:sent` too (when ARGV[5] is "1")
 
   ARGV[1] status: delivered | failed
   ARGV[2] timestamp (ms since epoch)
   ARGV[3] outcome detail fields as a flat list encoded "k1\nv1\nk2\nv2..." (may be empty)
   ARGV[4] refund: "1" when the attempt never reached the network
-  ARGV[5] "1" when the send was counted in the conversion hash (every send from the stream;
-          not a request whose job could not even be queued)
-  ARGV[6] TTL of the conversion hash (ms), set when this creates it
+  ARGV[5] "1" when the send was counted in the conversion hash: every send, counted by the
+          script that charged it (countSent.lua), a test number's excepted (the record says so)
 
   Returns the status after the event, or false when the record is gone.
 ]]
@@ -34,7 +33,7 @@ local st = ARGV[1]
 -- Only the send that never reached the network is refunded: a resend's own price (send_cost), else the request's.
 local function refund()
   local r = redis.call('HMGET', KEYS[1], 'send_cost', 'cost', 'method', 'country')
-  refundCharge(KEYS[2], KEYS[1], KEYS[3], KEYS[4], ARGV[6], r[3], tonumber(r[1] or r[2] or '0'), ARGV[5] == '1' and r[4] or nil)
+  refundCharge(KEYS[2], KEYS[1], KEYS[3], KEYS[4], r[3], tonumber(r[1] or r[2] or '0'), ARGV[5] == '1' and r[4] or nil)
 end
 
 local terminal = (status == 'verified' or status == 'expired' or status == 'failed' or status == 'canceled')

@@ -16,7 +16,7 @@
   KEYS[3] usage hash of the account for the day the attempt started: a refunded
           attempt is taken out of it (billing per attempt actually sent)
   KEYS[4] conversion hash of that day: a refunded attempt leaves `country:<cc>:<method>:sent`
-          (every step's send was counted there, by the create or by the workflow advancer)
+          (every step's send was counted there, by createVerification-8 or advanceWorkflow-8)
 
   ARGV[1] status: delivered | failed
   ARGV[2] timestamp (ms since epoch)
@@ -24,7 +24,6 @@
           record only when the step is current
   ARGV[4] refund: "1" when the attempt never reached the network
   ARGV[5] step index of the event
-  ARGV[6] TTL of the conversion hash (ms), set when this creates it
 
   Returns the request status after the event, or false when the record is gone.
 ]]
@@ -58,7 +57,7 @@ elseif st == 'failed' then
   if ARGV[4] == '1' and ast and redis.call('HSETNX', KEYS[1], p .. 'refunded', '1') == 1 then
     local a = redis.call('HMGET', KEYS[1], p .. 'cost', p .. 'method', 'country')
     local cost = tonumber(a[1] or '0')
-    refundCharge(KEYS[2], KEYS[1], KEYS[3], KEYS[4], ARGV[6], a[2], cost, a[3])
+    refundCharge(KEYS[2], KEYS[1], KEYS[3], KEYS[4], a[2], cost, a[3])
     if cost > 0 then redis.call('HSET', KEYS[1], p .. 'cost', 0) end
   end
 end

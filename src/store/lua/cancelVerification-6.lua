@@ -21,14 +21,13 @@
   KEYS[2] account hash
   KEYS[3] events stream
   KEYS[4] usage hash of the account for the day the current attempt (or send) was charged
-  KEYS[5] conversion hash of that day (FraudControls.trackSent)
+  KEYS[5] conversion hash of that day (countSent.lua)
   KEYS[6] webhook order set of the request (writeEvent.lua)
 
   ARGV[1] account_id of the caller
   ARGV[2] now (ms since epoch)
   ARGV[3] events stream MAXLEN (approximate)
   ARGV[4] when the current attempt was charged, as the caller read it ("" when it read none)
-  ARGV[5] TTL of the conversion hash (ms), set when this creates it
 
   Returns {"ok", refunded_micro} | {"not_found"} | {"not_live", status} | {"moved"}
 ]]
@@ -46,7 +45,7 @@ if v[4] then chargedAt = redis.call('HGET', KEYS[1], 'att' .. v[3] .. '_started_
 if (chargedAt or '') ~= ARGV[4] then return {'moved'} end
 redis.call('HSET', KEYS[1], 'status', 'canceled')
 redis.call('HSETNX', KEYS[1], 'at_canceled', ARGV[2])
--- Nothing of the current attempt left (the same rule in expireVerification-7 and advanceWorkflow-7): no
+-- Nothing of the current attempt left (the same rule in expireVerification-7 and advanceWorkflow-8): no
 -- job claimed it, or an SMS whose submit_sm cannot have been taken: sms_state unset (claimed, not submitted:
 -- `submitting` is written before submit_sm leaves), `retry` (refused for now, or no bind) or `refused`.
 local undialled = redis.call('HSETNX', KEYS[1], 'dial_started', 'canceled') == 1
@@ -77,6 +76,6 @@ elseif undialled and redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then
   refund = tonumber(redis.call('HGET', KEYS[1], 'send_cost') or v[6] or '0')
 end
 -- A test number's send was never counted in the conversion hash (it never reaches the network): no country.
-if refunded then refundCharge(KEYS[2], KEYS[1], KEYS[4], KEYS[5], ARGV[5], method, refund, not v[11] and v[10] or nil) end
+if refunded then refundCharge(KEYS[2], KEYS[1], KEYS[4], KEYS[5], method, refund, not v[11] and v[10] or nil) end
 writeEvent(KEYS[3], ARGV[3], KEYS[6], v[12], 'canceled', v[7], v[1], v[5], ARGV[2], '{}')
 return {'ok', refund}

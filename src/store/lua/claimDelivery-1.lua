@@ -12,7 +12,7 @@
   Returns { verdict, values }, verdict one of:
     'gone'          no record (or one without account, phone or code)
     'other_method'  the record is of another method
-    'past_sent'     past `sent`, and not a resend re-opened by resendVerification-3
+    'past_sent'     past `sent`, and not a resend re-opened by resendVerification-4
     'expired'       expires_at has passed before this attempt started (not claimed)
     'expired_started' expires_at has passed and an earlier run already started this attempt
                     (it may have reached the handset: not refunded; the expiry sweeper ends it)

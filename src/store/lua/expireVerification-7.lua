@@ -11,7 +11,7 @@
   the usage), once (HSETNX `refunded`, or `att<n>_refunded` for a workflow
   step). Its delivery job, still waiting (no SMPP bind, a throttle back-off,
   a backlog), then finds the request past `sent` and drops it.
-  "Nothing left" (the same rule in cancelVerification-6 and advanceWorkflow-7):
+  "Nothing left" (the same rule in cancelVerification-6 and advanceWorkflow-8):
   no `dial_started` (no job claimed the attempt), or an SMS whose `sms_state`
   says no submit_sm can have been taken: unset (claimed, not submitted yet;
   `submitting` is written before submit_sm leaves), `retry` (refused for now,
@@ -23,13 +23,12 @@
   KEYS[4] account hash (for the refund)
   KEYS[5] usage hash of the account for the day the current attempt (or send) was charged
           (`att<wf_step>_started_at`, else `last_send_at`, else `created_at`: verification/types.ts chargedAt)
-  KEYS[6] conversion hash of that day (FraudControls.trackSent)
+  KEYS[6] conversion hash of that day (countSent.lua)
   KEYS[7] webhook order set of the request (writeEvent.lua)
 
   ARGV[1] request_id (member of the expiries set)
   ARGV[2] now (ms since epoch)
   ARGV[3] events stream MAXLEN (approximate)
-  ARGV[4] TTL of the conversion hash (ms), set when this creates it
 
   Returns {"expired", refunded_micro} when this call expired it, {"pending"} when
   not due yet, else {"skipped"} (already terminal or gone).
@@ -72,6 +71,6 @@ if nothingSent then
   end
 end
 -- A test number's send was never counted in the conversion hash (it never reaches the network): no country.
-if refunded then refundCharge(KEYS[4], KEYS[1], KEYS[5], KEYS[6], ARGV[4], method, refund, not v[12] and v[11] or nil) end
+if refunded then refundCharge(KEYS[4], KEYS[1], KEYS[5], KEYS[6], method, refund, not v[12] and v[11] or nil) end
 writeEvent(KEYS[3], ARGV[3], KEYS[7], v[13], 'expired', ARGV[1], v[3], v[4], v[2], '{"reason":"expired"}')
 return {'expired', refund}

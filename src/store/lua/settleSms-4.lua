@@ -18,7 +18,7 @@
   ARGV[4..] XADD arguments after the key (EventPublisher.streamArgs)
 
   A failure receipt for a message an SMS resend has superseded (sms_superseded_ids, set by
-  resendVerification-3) settles nothing: the new message may well arrive. A DELIVRD for one still does.
+  resendVerification-4) settles nothing: the new message may well arrive. A DELIVRD for one still does.
 
   Returns published | pending | duplicate | gone | other_step | superseded.
 ]]

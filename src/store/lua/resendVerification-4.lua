@@ -18,9 +18,15 @@
   gives back. A workflow request is never resent: it moves on to its next
   step by itself, and a resend would be a delivery outside its steps.
 
+  The send is counted with its charge: in the usage of today and in the
+  per-country conversion `sent` of today (countSent.lua; a test number's
+  never), so that a refund of it (refundCharge.lua) or undoResend-4 finds the
+  count it takes back, however the api process fares after this script.
+
   KEYS[1] account hash
   KEYS[2] verification hash
   KEYS[3] usage hash of the account for today
+  KEYS[4] conversion hash of today (Keys.conversion)
 
   ARGV[1] account_id
   ARGV[2] now (ms since epoch)
@@ -29,18 +35,20 @@
   ARGV[5] new code_mac ("" = keep the code: voice and SMS repeat the same code)
   ARGV[6] new code_enc
   ARGV[7] usage TTL (seconds)
+  ARGV[8] TTL of the conversion hash (ms), set when this count creates its field
 
   Returns {"ok", sends, balance_after} or {"err", code}:
     account_missing | account_pending | account_suspended | insufficient_balance |
     not_found | not_live | workflow | queued | in_progress | max_sends
 ]]
+--- @include "countSent"
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'err', 'account_missing'} end
 if status == 'pending' then return {'err', 'account_pending'} end
 if status ~= 'active' then return {'err', 'account_suspended'} end
 
 local v = redis.call('HMGET', KEYS[2], 'account_id', 'status', 'expires_at', 'method', 'dial_started', 'outcome', 'sms_state', 'sends', 'wf',
-  'rang_at', 'answered_at')
+  'rang_at', 'answered_at', 'country', 'test_number')
 if not v[1] or v[1] ~= ARGV[1] then return {'err', 'not_found'} end
 local now = tonumber(ARGV[2])
 if (v[2] ~= 'sent' and v[2] ~= 'delivered') or now >= tonumber(v[3]) then return {'err', 'not_live'} end
@@ -63,7 +71,7 @@ local balance = tonumber(redis.call('HGET', KEYS[1], 'balance') or '0')
 if balance < cost then return {'err', 'insufficient_balance'} end
 if cost > 0 then balance = redis.call('HINCRBY', KEYS[1], 'balance', -cost) end
 
--- What this resend replaces, for undoResend-3 should its job not be queued: the previous send's fields as they were.
+-- What this resend replaces, for undoResend-4 should its job not be queued: the previous send's fields as they were.
 local replaced = {'dial_started', 'rang_at', 'answered_at', 'outcome', 'final_sip_status', 'sms_state', 'sms_attempts',
   'sms_unconfirmed_until', 'sms_nobind_since', 'sms_waits', 'refunded', 'code_mac', 'code_enc', 'send_cost',
   'sms_superseded_ids', 'last_send_at', 'sends'}
@@ -90,4 +98,5 @@ if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'code_mac', ARGV[5], 'code_enc
 redis.call('HINCRBY', KEYS[3], v[4] .. ':count', 1)
 redis.call('HINCRBY', KEYS[3], v[4] .. ':cost', cost)
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[7]))
+if v[12] and not v[13] then countSent(KEYS[4], ARGV[8], v[12], v[4]) end
 return {'ok', sends, balance}

@@ -1,5 +1,12 @@
 --[[
-  Create a verification and pay for it, atomically.
+  Create a verification and pay for it, atomically, and count it: in the
+  account's usage of today and in the per-country conversion `sent` of today
+  (countSent.lua; not a test number's, which never reaches the network). The
+  count goes with the charge, not with the queueing of the delivery job: a
+  request whose api process dies before queueing it is queued later by the
+  enqueue reconciler and must be counted once all the same, and its refund
+  (an expiry, a cancel, a refunded failure: refundCharge.lua) takes it out of
+  this same day.
 
   KEYS[1] account hash
   KEYS[2] verification hash (must not exist)
@@ -15,6 +22,7 @@
           (writeEvent.lua). An account without one gets neither the set nor
           `whq_until`: none of its events is filed (no webhook would wait on them), so
           requests of accounts without webhooks pay no order-set commands or memory
+  KEYS[8] conversion hash of today (Keys.conversion): `country:<ARGV[12]>:<ARGV[3]>:sent`
 
   ARGV[1]  request_id
   ARGV[2]  account_id
@@ -34,13 +42,15 @@
            wf_steps and att0_* fields, the voice/SMS locale, test_number. Written here, in
            the same script as the record, so that an api process dying right after it can
            never leave a workflow request that looks like a one-method one (the enqueue
-           reconciler queues what it finds).
+           reconciler queues what it finds). A `test_number` field: not counted in KEYS[8]
   ARGV[16] TTL of the webhook order set (seconds)
   ARGV[17] whq_until: until when (ms since epoch) events of the request are filed in it
+  ARGV[18] TTL of the conversion hash (ms), set when this count creates its field
 
   Returns {"ok", balance_after} or {"err", code}:
     account_missing | account_pending | account_suspended | insufficient_balance | exists
 ]]
+--- @include "countSent"
 --- @include "writeEvent"
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'err', 'account_missing'} end
@@ -61,11 +71,13 @@ redis.call('HSET', KEYS[2],
   'code_length', ARGV[11], 'country', ARGV[12], 'attempts', '0', 'at_sent', ARGV[5])
 local filed = redis.call('HEXISTS', KEYS[1], 'webhook_url') == 1
 if filed then redis.call('HSET', KEYS[2], 'whq_until', ARGV[17]) end
+local testNumber = false
 if ARGV[15] and ARGV[15] ~= '' then
   local parts = {}
   for line in string.gmatch(ARGV[15], '([^\n]*)\n?') do table.insert(parts, line) end
   for i = 1, #parts - 1, 2 do
     if parts[i] ~= '' then redis.call('HSET', KEYS[2], parts[i], parts[i + 1]) end
+    if parts[i] == 'test_number' then testNumber = true end
   end
 end
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[7]))
@@ -75,6 +87,7 @@ redis.call('ZADD', KEYS[6], ARGV[5], ARGV[1])
 redis.call('HINCRBY', KEYS[4], ARGV[3] .. ':count', 1)
 redis.call('HINCRBY', KEYS[4], ARGV[3] .. ':cost', cost)
 redis.call('EXPIRE', KEYS[4], tonumber(ARGV[14]))
+if not testNumber then countSent(KEYS[8], ARGV[18], ARGV[12], ARGV[3]) end
 
 writeEvent(KEYS[3], ARGV[13], KEYS[7], filed and ARGV[17] or nil, 'sent', ARGV[1], ARGV[2], ARGV[3], ARGV[5], '{}')
 if filed then redis.call('EXPIRE', KEYS[7], tonumber(ARGV[16])) end

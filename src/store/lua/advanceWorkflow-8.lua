@@ -3,7 +3,7 @@
   current step index (`wf_step`), so the same `failed` or `step_timeout`
   event processed twice (redelivered, reclaimed after a crash, or handled by
   two advancers) starts step n+1 at most once. Pays for the step with the
-  same debit as createVerification-7; a step that cannot be paid fails the
+  same debit as createVerification-8; a step that cannot be paid fails the
   verification (insufficient_balance; account_suspended when the account is
   no longer active), and so does one the caller refused
   (ARGV[11], e.g. rate_limited: the velocity windows are full). Swaps in the
@@ -16,17 +16,21 @@
   and taken out of the usage and the per-country conversion `sent` of the
   day it was charged (KEYS[5], KEYS[6]: the UTC day of `att<n>_started_at`,
   which may be yesterday when the step started before midnight), not of
-  today's, where the next step is charged (KEYS[3]).
+  today's, where the next step is charged (KEYS[3]) and counted in the
+  conversion `sent` (KEYS[8], countSent.lua): in this same step, so a crash of
+  the advancer after it neither loses the count (the step is queued again by
+  whoever reclaims the event) nor makes it twice.
 
   KEYS[1] verification hash
   KEYS[2] account hash
   KEYS[3] usage hash of the account for today (the day of ARGV[2]): the next step is counted there
   KEYS[4] events stream
   KEYS[5] usage hash of the account for the day the ending step was charged (att<n>_started_at)
-  KEYS[6] conversion hash of that day (FraudControls.trackSent): a refunded step leaves its
+  KEYS[6] conversion hash of that day (countSent.lua): a refunded step leaves its
           `country:<cc>:<method>:sent`
   KEYS[7] webhook order set of the request: a `failed` written here is filed in it
           (writeEvent.lua); `step_started`, never a webhook, is not
+  KEYS[8] conversion hash of today (the day of ARGV[2]): the next step's send is counted there
 
   ARGV[1]  step the event is about (the expected current wf_step)
   ARGV[2]  now (ms since epoch)
@@ -39,14 +43,15 @@
   ARGV[9]  events stream MAXLEN (approximate)
   ARGV[10] usage TTL (seconds)
   ARGV[11] why the next step may not start ("" = it may): the verification fails with it
-  ARGV[12] TTL of the conversion hash (ms), set when this creates it
+  ARGV[12] TTL of the conversion hash of today (ms), set when the count creates its field
 
   Returns {"ok", next_step} | {"moved", current_step} | {"done", status} |
     {"last"} | {"expired"} | {"gone"} | {"insufficient_balance" | ARGV[11], next_step}
 ]]
+--- @include "countSent"
 --- @include "refundCharge"
 --- @include "writeEvent"
-local v = redis.call('HMGET', KEYS[1], 'status', 'wf_step', 'wf_steps', 'account_id', 'expires_at', 'cost', 'whq_until')
+local v = redis.call('HMGET', KEYS[1], 'status', 'wf_step', 'wf_steps', 'account_id', 'expires_at', 'cost', 'whq_until', 'country')
 local status = v[1]
 if not status or not v[2] or not v[3] then return {'gone'} end
 local cur, steps, from = tonumber(v[2]), tonumber(v[3]), tonumber(ARGV[1])
@@ -70,7 +75,7 @@ if ARGV[8] == 'timeout' then
   local nothingSent = not d[1] or (d[3] == 'sms' and (not d[2] or d[2] == 'retry' or d[2] == 'refused'))
   if nothingSent and redis.call('HSETNX', KEYS[1], p .. 'refunded', '1') == 1 then
     local refund = tonumber(d[4] or '0')
-    refundCharge(KEYS[2], KEYS[1], KEYS[5], KEYS[6], ARGV[12], d[3], refund, d[5])
+    refundCharge(KEYS[2], KEYS[1], KEYS[5], KEYS[6], d[3], refund, d[5])
     if refund > 0 then
       v[6] = tostring(tonumber(v[6] or '0') - refund)
       redis.call('HSET', KEYS[1], p .. 'cost', 0)
@@ -89,7 +94,7 @@ if not refused or refused == '' then
   if not accountStatus or balance < cost then
     refused = 'insufficient_balance'
   elseif accountStatus ~= 'active' then
-    -- Suspended (or pending) since the request was created: as createVerification-7 and resendVerification-3 refuse
+    -- Suspended (or pending) since the request was created: as createVerification-8 and resendVerification-4 refuse
     -- to start a send for such an account, its later steps do not start either.
     refused = 'account_suspended'
   end
@@ -120,6 +125,7 @@ redis.call('HSET', KEYS[1], 'wf_step', nxt, 'method', ARGV[3], 'code_mac', ARGV[
 redis.call('HINCRBY', KEYS[3], ARGV[3] .. ':count', 1)
 redis.call('HINCRBY', KEYS[3], ARGV[3] .. ':cost', cost)
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[10]))
+if v[8] then countSent(KEYS[8], ARGV[12], v[8], ARGV[3]) end
 
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*',
   'event', 'verification.step_started', 'request_id', redis.call('HGET', KEYS[1], 'request_id'), 'account_id', v[4],
