@@ -337,6 +337,11 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     const ms = engineCpu.reduce((s, p) => s + (p.cpuPercent / 100) * wall, 0) * 1000;
     line(`  engine CPU per completed call: ${(ms / cancelled).toFixed(3)} ms (api + worker + webhooks processes)`);
   }
+  const senders = usage.procs.filter((p) => p.name.startsWith('webhooks'));
+  if (hooks?.total && senders.length) {
+    const ms = senders.reduce((s, p) => s + (p.cpuPercent / 100) * wall, 0) * 1000;
+    line(`  webhooks processes' CPU per webhook received: ${(ms / hooks.total).toFixed(3)} ms`);
+  }
   for (const l of mem.report('worker0 memory')) line(l);
   for (const l of statsLines) line(l);
   if (o.profile.length) line(`cpu profiles: ${engine.profileDir} (written when the processes exit)`);

@@ -406,7 +406,6 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         redis,
         keys,
         sealer,
-        accounts: new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate }),
         config: config.webhooks,
         metrics,
         logger: logger.child({ module: 'webhooks' }),

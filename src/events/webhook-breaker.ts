@@ -12,7 +12,7 @@ export interface WebhookBreakerConfig {
   maxCoolOffMs: number;
 }
 
-/** What `gate` decided for one delivery. */
+/** What the breaker decided for one delivery (prepareWebhook-4.lua reads it with the rest of the delivery). */
 export interface WebhookGate {
   /** The account's webhook URL now; null: removed (the event is dropped). */
   url: string | null;
@@ -44,20 +44,9 @@ export class WebhookBreaker {
     private readonly keys: Keys,
     private readonly config: WebhookBreakerConfig,
     /** How long a probe may take before another delivery may probe instead (its process may have died). */
-    private readonly probeLeaseMs: number,
+    readonly probeLeaseMs: number,
     private readonly logger: Logger,
   ) {}
-
-  /** The account's URL and whether a delivery may go now (one round trip; may make this delivery the probe). */
-  async gate(accountId: string, now = Date.now()): Promise<WebhookGate> {
-    const [url, state, until, failures] = (await scripts.gateWebhook.run(
-      this.redis,
-      [this.keys.account(accountId), this.keys.webhookBreaker(accountId)],
-      [now, this.probeLeaseMs],
-    )) as [string, WebhookGate['state'], number, number];
-    if (state === 'probe') this.logger.info({ account_id: accountId }, 'webhook breaker half-open: one probe delivery decides');
-    return { url: url || null, state, until: Number(until), failing: Number(failures) > 0 || state !== 'closed' };
-  }
 
   /** A delivery failed (the receiver's fault, not ours): counted, and the breaker opens or re-opens. */
   async failed(accountId: string, probe: boolean, reason: string, now = Date.now()): Promise<void> {

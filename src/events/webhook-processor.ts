@@ -1,15 +1,16 @@
 import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import type { AccountStore } from '../accounts/account-store.js';
+import { AccountNotFoundError } from '../accounts/account-store.js';
 import type { Config } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Keys } from '../store/keys.js';
+import { scripts } from '../store/scripts.js';
 import { isoSeconds } from '../verification/types.js';
 import { WebhookAgents } from './webhook-agents.js';
-import { WebhookBreaker } from './webhook-breaker.js';
-import { ORDER_DONE, ORDER_QUEUED, ORDER_WRITTEN, orderMember, orderMemberTime, type WebhookJobData } from './webhook-queue.js';
+import { WebhookBreaker, type WebhookGate } from './webhook-breaker.js';
+import { ORDER_DONE, orderMember, type WebhookJobData } from './webhook-queue.js';
 import { WebhookDeliveryError, postWebhook, signWebhook } from './webhook-sender.js';
 import { assertWebhookTarget, type ResolveAll } from './webhook-target.js';
 
@@ -17,13 +18,27 @@ export interface WebhookProcessorDeps {
   redis: Redis;
   keys: Keys;
   sealer: Sealer;
-  accounts: AccountStore;
   config: Readonly<Config['webhooks']>;
   metrics: Metrics;
   logger: Logger;
   /** Name resolution of webhook hosts (default: the system's); tests inject a resolver. */
   resolveAll?: ResolveAll;
 }
+
+/** What one delivery needs, read in one round trip (prepareWebhook-4.lua). */
+interface Prepared {
+  gate: WebhookGate;
+  /** The record's sealed phone number; null: the record is gone. */
+  phoneEnc: string | null;
+  recordStatus: string | null;
+  /** at_<status> of FINAL_STATUSES, in that order. */
+  finalAt: (string | null)[];
+  /** The account's sealed API secret; null: the account is gone. */
+  secretEnc: string | null;
+}
+
+/** Unsealed API secrets kept, by account and ciphertext (a new secret is a new ciphertext): at most this many. */
+const SECRETS_KEPT = 1000;
 
 /**
  * Delivers one webhook job: the documented payload, signed with the account's
@@ -45,8 +60,9 @@ export interface WebhookProcessorDeps {
  * stream entries were trimmed (events.maxLen) before any consumer read them,
  * or their consumer is stuck. An event delivered, dropped or finally failed
  * is marked done, so it never blocks the later ones again, even when its
- * stream entry is handled a second time. The check is one ZRANGEBYSCORE per
- * delivery; scanning the consumer group's pending entries instead (XPENDING +
+ * stream entry is handled a second time. The check is part of the one script a
+ * delivery runs before it goes out (prepareWebhook-4.lua, with the breaker, the record and the secret);
+ * scanning the consumer group's pending entries instead (XPENDING +
  * XRANGE per delivery) tripled Redis's time per request (BENCHMARKS.md).
  * We chose per-event jobs over one job per request draining a list because
  * BullMQ's jobId dedup cannot re-add a request's job while it is active, which
@@ -60,6 +76,8 @@ export class WebhookProcessor {
   readonly breaker: WebhookBreaker;
   /** Keep-alive connections to the receivers, per origin (`webhooks.keepAliveMs`, `webhooks.maxSocketsPerHost`). */
   private readonly agents: WebhookAgents;
+  /** Unsealed API secrets, keyed by account and sealed value: one AES-GCM open per secret, not per delivery. */
+  private readonly secrets = new Map<string, string>();
 
   constructor(private readonly deps: WebhookProcessorDeps) {
     const { config } = deps;
@@ -82,12 +100,6 @@ export class WebhookProcessor {
       this.deps.logger.error({ request_id: d.request_id, event_id: d.event_id, account_id: d.account_id, event: d.event, attempts: job.attemptsMade }, `webhook given up: ${reason}`);
       throw new UnrecoverableError(reason);
     }
-    if (await this.heldBack(job, order, member)) {
-      const waits = d.waits ?? 0;
-      await job.updateData({ ...d, waits: waits + 1 });
-      await job.moveToDelayed(Date.now() + Math.min(60_000, config.orderPollMs * 2 ** waits), token);
-      throw new DelayedError();
-    }
     // Per-account cap: an account whose receiver is slow or dead holds at most this many of the process's slots;
     // its other events step aside (no attempt spent) and the slot goes to the next job, another account's.
     const held = this.inFlight.get(d.account_id) ?? 0;
@@ -96,7 +108,15 @@ export class WebhookProcessor {
     }
     this.inFlight.set(d.account_id, held + 1);
     try {
-      await this.attempt(job, token, order, member);
+      const prepared = await this.prepare(job, order, member);
+      if (!prepared) {
+        // An earlier event of the request goes first: back to delayed (not an attempt), looking again later.
+        const waits = d.waits ?? 0;
+        await job.updateData({ ...d, waits: waits + 1 });
+        await job.moveToDelayed(Date.now() + Math.min(60_000, config.orderPollMs * 2 ** waits), token);
+        throw new DelayedError();
+      }
+      await this.attempt(job, token, order, member, prepared);
     } finally {
       const left = (this.inFlight.get(d.account_id) ?? 1) - 1;
       if (left > 0) this.inFlight.set(d.account_id, left);
@@ -105,29 +125,52 @@ export class WebhookProcessor {
   }
 
   /**
-   * Whether an earlier event of the request must go first: one queued (its webhook job exists, maybe in retry), or
-   * one written less than `orderMaxWaitMs` ago that no consumer has handled yet. Earlier events written longer ago
-   * and still not handled are given up waiting for (marked done), with a warning, and this one goes.
+   * One round trip (prepareWebhook-4.lua): undefined when an earlier event of the request must go first (one
+   * queued, or one written less than `orderMaxWaitMs` ago that no consumer has handled yet); else the breaker's
+   * gate and what the payload and signature are made from. Earlier events written longer ago and still not
+   * handled are given up waiting for (marked done by the script), with a warning, and this one goes.
    */
-  private async heldBack(job: Job<WebhookJobData>, order: string, member: string): Promise<boolean> {
-    const { redis, config } = this.deps;
-    // The request's events not done yet, with their scores: a few members at most.
-    const pending = await redis.zrangebyscore(order, ORDER_WRITTEN, ORDER_QUEUED, 'WITHSCORES');
-    const unhandled: string[] = [];
+  private async prepare(job: Job<WebhookJobData>, order: string, member: string): Promise<Prepared | undefined> {
+    const { redis, keys, config } = this.deps;
+    const d = job.data;
     const now = Date.now();
-    for (let i = 0; i + 1 < pending.length; i += 2) {
-      const earlier = pending[i]!;
-      if (earlier >= member) continue;
-      if (Number(pending[i + 1]) !== ORDER_WRITTEN || now - orderMemberTime(earlier) < config.orderMaxWaitMs) return true;
-      unhandled.push(earlier);
+    const r = (await scripts.prepareWebhook.run(
+      redis,
+      [order, keys.account(d.account_id), keys.webhookBreaker(d.account_id), keys.verification(d.request_id)],
+      [member, now, this.breaker.probeLeaseMs, config.orderMaxWaitMs],
+    )) as (string | number | null)[];
+    if (r[0] === 'held') return undefined;
+    const [state, url, until, failures, phoneEnc, recordStatus] = r as [string, string | null, number, number, string | null, string | null];
+    const finalAt = r.slice(6, 6 + FINAL_STATUSES.length) as (string | null)[];
+    const secretEnc = (r[6 + FINAL_STATUSES.length] ?? null) as string | null;
+    const givenUp = r.slice(7 + FINAL_STATUSES.length) as string[];
+    if (givenUp.length) {
+      this.deps.logger.warn(
+        { request_id: d.request_id, event_id: d.event_id, event: d.event, not_handled: givenUp, max_wait_ms: config.orderMaxWaitMs },
+        'earlier events of the request never handled by a webhook consumer (trimmed from the stream?); webhook sent without them',
+      );
     }
-    if (!unhandled.length) return false;
-    this.deps.logger.warn(
-      { request_id: job.data.request_id, event_id: job.data.event_id, event: job.data.event, not_handled: unhandled, max_wait_ms: config.orderMaxWaitMs },
-      'earlier events of the request never handled by a webhook consumer (trimmed from the stream?); webhook sent without them',
-    );
-    await redis.zadd(order, 'XX', ...unhandled.flatMap((m) => [ORDER_DONE, m]));
-    return false;
+    if (state === 'probe') this.deps.logger.info({ account_id: d.account_id }, 'webhook breaker half-open: one probe delivery decides');
+    const gateState = state === 'nourl' ? 'closed' : (state as WebhookGate['state']);
+    return {
+      gate: { url: url || null, state: gateState, until: Number(until), failing: Number(failures) > 0 || gateState !== 'closed' },
+      phoneEnc,
+      recordStatus,
+      finalAt,
+      secretEnc,
+    };
+  }
+
+  /** The account's API secret from its sealed value (read with the delivery): unsealed once per value. */
+  private secret(accountId: string, sealed: string): string {
+    const key = `${accountId}\n${sealed}`;
+    let secret = this.secrets.get(key);
+    if (secret === undefined) {
+      if (this.secrets.size >= SECRETS_KEPT) this.secrets.clear();
+      secret = this.deps.sealer.open(sealed, `secret:${accountId}`);
+      this.secrets.set(key, secret);
+    }
+    return secret;
   }
 
   /** Closes the pooled connections (after the worker stopped taking jobs). */
@@ -142,13 +185,13 @@ export class WebhookProcessor {
     throw new DelayedError();
   }
 
-  private async attempt(job: Job<WebhookJobData>, token: string | undefined, order: string, member: string): Promise<void> {
+  private async attempt(job: Job<WebhookJobData>, token: string | undefined, order: string, member: string, prepared: Prepared): Promise<void> {
     const { config } = this.deps;
     const d = job.data;
     const log = this.deps.logger.child({ request_id: d.request_id, event_id: d.event_id, account_id: d.account_id, attempt: job.attemptsMade + 1 });
-    // Read from Redis before every delivery, never cached (account-field-cache.ts is for the consumer): a URL
-    // removed or changed by an operator gets no further delivery of this event, from any process.
-    const gate = await this.breaker.gate(d.account_id);
+    // Read from Redis before every delivery (prepare), never cached (account-field-cache.ts is for the consumer): a
+    // URL removed or changed by an operator gets no further delivery of this event, from any process.
+    const { gate } = prepared;
     if (!gate.url) {
       log.info({ event: d.event }, 'webhook URL removed; event not sent');
       return this.markDone(order, member);
@@ -160,7 +203,7 @@ export class WebhookProcessor {
     }
     let sent: boolean;
     try {
-      sent = await this.deliver(d, gate.url, log);
+      sent = await this.deliver(d, gate.url, prepared, log);
     } catch (err) {
       if (err instanceof WebhookDeliveryError) {
         await this.breaker.failed(d.account_id, gate.state === 'probe', err.message).catch((e: Error) => log.warn({ err: e.message }, 'could not record the failure in the webhook breaker'));
@@ -197,9 +240,9 @@ export class WebhookProcessor {
   }
 
   /** Sends the event to `url`; false when it was not sent on purpose (record gone, contradicts the final status). */
-  private async deliver(d: WebhookJobData, url: string, log: Logger): Promise<boolean> {
-    const { redis, keys, sealer, accounts, config } = this.deps;
-    const [phoneEnc, recordStatus, ...finalAt] = await redis.hmget(keys.verification(d.request_id), 'phone_enc', 'status', ...FINAL_STATUSES.map((f) => `at_${f}`));
+  private async deliver(d: WebhookJobData, url: string, prepared: Prepared, log: Logger): Promise<boolean> {
+    const { sealer, config } = this.deps;
+    const { phoneEnc, recordStatus, finalAt, secretEnc } = prepared;
     if (!phoneEnc) {
       log.warn({ event: d.event }, 'verification record gone; event not sent');
       return false;
@@ -209,6 +252,7 @@ export class WebhookProcessor {
       log.debug({ event: d.event, record_status: recordStatus }, 'event contradicts the final status; not sent');
       return false;
     }
+    if (!secretEnc) throw new AccountNotFoundError(d.account_id);
     const body = JSON.stringify({
       event: d.event,
       request_id: d.request_id,
@@ -217,7 +261,7 @@ export class WebhookProcessor {
       status: d.status,
       timestamp: isoSeconds(d.timestamp),
     });
-    const secret = await accounts.secretOf(d.account_id);
+    const secret = this.secret(d.account_id, secretEnc);
     // One deadline for the network part, name resolution included: a resolver that hangs holds this delivery's
     // slot no longer than a receiver that does not answer, and fails it the same way ("timeout", retried).
     const signal = AbortSignal.timeout(config.timeoutMs);

@@ -65,7 +65,7 @@ export const scripts = {
   recordAttemptFields: LuaScript.load('recordAttemptFields-1'),
   recordAttemptEvent: LuaScript.load('recordAttemptEvent-3'),
   adoptKey: LuaScript.load('adoptKey-2'),
-  gateWebhook: LuaScript.load('gateWebhook-2'),
+  prepareWebhook: LuaScript.load('prepareWebhook-4'),
   tripWebhookBreaker: LuaScript.load('tripWebhookBreaker-2'),
 };
 

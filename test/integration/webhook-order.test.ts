@@ -98,7 +98,6 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
       redis: t.redis,
       keys: t.keys,
       sealer: t.sealer,
-      accounts: new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }),
       config: t.config.webhooks,
       metrics,
       logger: pino({ level: 'warn' }, { write: (line: string) => void warnings.push(line) }),
@@ -366,6 +365,37 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
     await waitFor(async () => receiver.events(id).length === 2, MAX_WAIT_MS - 500);
     expect(receiver.events(id)).toEqual(['verification.delivered', 'verification.failed']);
     expect(warned(id)).toHaveLength(1);
+  });
+
+  it('the wait for an unhandled earlier event is measured on Redis\'s clock, the one its stream id was made on, whatever the worker\'s clock says', async () => {
+    const { request_id: id } = await service.create(account, { phone_number: '+447700900221' });
+    const order = t.keys.webhookOrder(id);
+    const [secs, micros] = await t.redis.time();
+    const redisNow = Number(secs) * 1000 + Math.floor(Number(micros) / 1000);
+    const member = (ms: number, seq = 0) => orderMember(`${ms}-${seq}`);
+    const prepare = (later: string, workerNow: number) =>
+      scripts.prepareWebhook.run(
+        t.redis,
+        [order, t.keys.account(account.account_id), t.keys.webhookBreaker(account.account_id), t.keys.verification(id)],
+        [later, workerNow, 10_000, MAX_WAIT_MS],
+      ) as Promise<(string | null)[]>;
+    await t.redis.del(order);
+    // An earlier event written just now (Redis's clock), not handled: held, even by a worker an hour ahead.
+    await t.redis.zadd(order, -1, member(redisNow - 10));
+    expect(await prepare(member(redisNow, 1), Date.now() + 3600_000)).toEqual(['held']);
+    // Written longer ago than orderMaxWaitMs (Redis's clock): given up waiting for, even by a worker an hour behind.
+    await t.redis.del(order);
+    const old = member(redisNow - MAX_WAIT_MS - 1000);
+    await t.redis.zadd(order, -1, old);
+    const r = await prepare(member(redisNow, 1), Date.now() - 3600_000);
+    expect(r[0]).toBe('closed');
+    expect(r[1]).toBe(hookUrl);
+    expect(r.slice(-1)).toEqual([old]);
+    expect(await t.redis.zscore(order, old)).toBe('1');
+    // Queued (its job exists): held however old.
+    await t.redis.zadd(order, 0, old);
+    expect(await prepare(member(redisNow, 1), Date.now())).toEqual(['held']);
+    await t.redis.del(order);
   });
 
   it('every script that writes a webhook\'s event files it in the request\'s order set, in the same step', async () => {

@@ -132,6 +132,16 @@ describe('signed webhooks', () => {
     await service.create(account, { phone_number: '+447700900104' }).then(async (c) => waitFor(async () => receiver.forRequest(c.request_id).length > 0));
     expect(receiver.forRequest(created.request_id)).toEqual([]);
   });
+
+  it('signs with the new API secret from the first webhook after it is regenerated (last: the account keeps it)', async () => {
+    const before = await service.create(account, { phone_number: '+447700900105' });
+    await waitFor(async () => receiver.forRequest(before.request_id).length > 0);
+    const regenerated = await t.accounts.regenerateSecret(account.account_id);
+    receiver.secret = regenerated.api_secret;
+    const after = await service.create(account, { phone_number: '+447700900106' });
+    const got = await waitFor(async () => receiver.forRequest(after.request_id)[0]);
+    expect(got.signatureValid).toBe(true);
+  });
 });
 
 describe('a receiver that closes a kept-alive connection as it is reused', () => {
@@ -237,7 +247,6 @@ describe('a webhook host whose resolver never answers', () => {
       redis: t.redis,
       keys: t.keys,
       sealer: t.sealer,
-      accounts: t.accounts,
       config: t.config.webhooks,
       metrics: new Metrics({ defaultMetrics: false }),
       logger: pino({ level: 'silent' }),
