@@ -51,6 +51,7 @@ const USAGE = `npm run bench -- flash [options]
   --webhooks         the bench account gets a webhook URL (a receiver in this process, on loopback, answering 200):
                      sent and delivered webhooks for every call; the drain also waits for them (at most 30 s)
   --webhook-procs N  with --webhooks: N \`--role webhooks\` processes send them (webhooks.inWorkers false), not the workers
+  --webhook-nice N   niceness of those processes (0-19, default 0), as \`nice -n N\` or systemd's Nice= would set it
   --node-args ARGS   node options for every engine process, space-separated (e.g. "--max-semi-space-size=64")
   --config-json JSON engine config laid over the generated one, e.g. '{"fraud":{"rangeHealth":{"enabled":false}}}'
   --keep-logs        keep the temp directory (configs, logs, SIPp files)
@@ -79,6 +80,7 @@ interface FlashOpts {
   redisStats: boolean;
   webhooks: boolean;
   webhookProcs: number;
+  webhookNice: number;
   keepLogs: boolean;
   useDist: boolean;
   app: string | undefined;
@@ -107,6 +109,7 @@ async function main(): Promise<void> {
     'redis-stats': { type: 'boolean' },
     webhooks: { type: 'boolean' },
     'webhook-procs': { type: 'string', default: '0' },
+    'webhook-nice': { type: 'string', default: '0' },
     'keep-logs': { type: 'boolean' },
     'use-dist': { type: 'boolean' },
     app: { type: 'string' },
@@ -141,6 +144,7 @@ async function main(): Promise<void> {
     redisStats: a.bool('redis-stats'),
     webhooks: a.bool('webhooks'),
     webhookProcs: a.num('webhook-procs', 0, 4),
+    webhookNice: a.num('webhook-nice', 0, 19),
     keepLogs: a.bool('keep-logs') || a.list('profile').length > 0,
     useDist: a.bool('use-dist'),
     app: a.str('app') || undefined,
@@ -148,6 +152,7 @@ async function main(): Promise<void> {
   };
   if (o.via !== 'http' && o.via !== 'queue') throw new Error('--via must be http or queue');
   if (o.webhookProcs > 0 && !o.webhooks) throw new Error('--webhook-procs needs --webhooks');
+  if (o.webhookNice > 0 && !o.webhookProcs) throw new Error('--webhook-nice needs --webhook-procs');
   if (o.sippRates.length === 0) o.sippRates = [o.rate];
   if (o.sippRates.some((r) => !(r > 0 && r <= 20_000))) throw new Error('--sipp-rates: each from 1 to 20000');
 
@@ -188,6 +193,7 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     apiProcs: o.via === 'http' ? o.apiProcs : 0,
     workerProcs: o.workers,
     webhookProcs: o.webhookProcs,
+    webhookNice: o.webhookNice,
     trunkUri: `sip:127.0.0.1:${uasPort}`,
     cps: o.cps,
     flashConcurrency: o.concurrency,
@@ -198,7 +204,7 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     extra: o.webhooks ? { ...o.configJson, webhooks: { ...((o.configJson.webhooks as object | undefined) ?? {}), allowPrivate: true } } : o.configJson,
   });
   if (hooks) stack.cli(['account', 'set-webhook', engine.account.account_id, '--url', hooks.url], engine.configFile);
-  line(`engine: ${engine.apis.length} api (pids ${engine.apis.map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), ${engine.webhookSenders.length} webhooks (pids ${engine.webhookSenders.map((x) => x.m.pid).join(',') || '-'}), cps ${o.cps}/worker, flashConcurrency ${o.concurrency}, log ${o.logLevel}${o.nodeArgs.length ? `, node ${o.nodeArgs.join(' ')}` : ''}${Object.keys(o.configJson).length ? `, config ${JSON.stringify(o.configJson)}` : ''}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
+  line(`engine: ${engine.apis.length} api (pids ${engine.apis.map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), ${engine.webhookSenders.length} webhooks (pids ${engine.webhookSenders.map((x) => x.m.pid).join(',') || '-'}${o.webhookNice ? `, nice ${o.webhookNice}` : ''}), cps ${o.cps}/worker, flashConcurrency ${o.concurrency}, log ${o.logLevel}${o.nodeArgs.length ? `, node ${o.nodeArgs.join(' ')}` : ''}${Object.keys(o.configJson).length ? `, config ${JSON.stringify(o.configJson)}` : ''}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
 
   const { fire, close } = await makeFirer(engine, o);
   const rpid = await redisPid(o.redisUrl);

@@ -12,6 +12,8 @@ export interface EngineOptions {
   workerProcs: number;
   /** `--role webhooks` processes; more than 0 sets webhooks.inWorkers false (workers send none). */
   webhookProcs?: number;
+  /** Niceness of the `--role webhooks` processes (`nice -n`), e.g. 10: calls get the CPU first. */
+  webhookNice?: number;
   /** Trunk uri (the SIPp UAS); workers only. */
   trunkUri?: string;
   /** calls per second per worker process (sip.trunks[].cps). */
@@ -83,7 +85,7 @@ export async function startFlashverify(stack: Stack, o: EngineOptions): Promise<
   for (let i = 0; i < (o.webhookProcs ?? 0); i++) {
     const metricsPort = await freeTcpPort();
     const file = stack.writeConfig(`webhooks${i}`, base({ metrics: { host: '127.0.0.1', port: metricsPort } }));
-    webhookSenders.push({ m: stack.startEngine(`webhooks${i}`, 'webhooks', file, prof('webhooks', `webhooks${i}`)), metricsPort });
+    webhookSenders.push({ m: stack.startEngine(`webhooks${i}`, 'webhooks', file, prof('webhooks', `webhooks${i}`), o.webhookNice ?? 0), metricsPort });
   }
   const apis: RunningEngine['apis'] = [];
   for (let i = 0; i < o.apiProcs; i++) {

@@ -121,11 +121,12 @@ export class Stack {
     return r.stdout;
   }
 
-  /** `node [nodeArgs] dist/main.js start --role ROLE --config FILE`, logs to a file. */
-  startEngine(name: string, role: 'api' | 'worker' | 'all' | 'webhooks', configFile: string, nodeArgs: string[] = []): Managed {
-    return this.spawnManaged(name, process.execPath, [...nodeArgs, this.mainJs, 'start', '--role', role, '--config', configFile], {
-      env: this.engineEnv(),
-    });
+  /** `[nice -n N] node [nodeArgs] dist/main.js start --role ROLE --config FILE`, logs to a file (nice execs node: same pid). */
+  startEngine(name: string, role: 'api' | 'worker' | 'all' | 'webhooks', configFile: string, nodeArgs: string[] = [], nice = 0): Managed {
+    const args = [...nodeArgs, this.mainJs, 'start', '--role', role, '--config', configFile];
+    return nice
+      ? this.spawnManaged(name, 'nice', ['-n', String(nice), process.execPath, ...args], { env: this.engineEnv() })
+      : this.spawnManaged(name, process.execPath, args, { env: this.engineEnv() });
   }
 
   spawnManaged(name: string, cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string } = {}): Managed {

@@ -37,7 +37,7 @@ import {
 import { splitCommaList } from './parser.js';
 import { TcpTransport } from './tcp-transport.js';
 import { destinationKey, type Destination, type InboundSource, type Transport, type TransportProtocol } from './transport.js';
-import { ALLOW, UacCall, type UacHost } from './uac.js';
+import { ALLOW, KNOWN_UNHANDLED_METHODS, UacCall, type UacHost } from './uac.js';
 import { UdpTransport } from './udp-transport.js';
 import { errorMessage, hostForUri, newTag } from './util.js';
 
@@ -336,16 +336,15 @@ export class EmbeddedSipOriginator implements CallOriginator {
     }
     // RFC 3261 8.2: the method first (8.2.1: 405, 501), then the header fields (8.2.2: 416, 420),
     // then the request itself. Max-Forwards is a proxy's check (16.3), not a UAS's.
+    // A method we know and do not take here (an INVITE: we place calls, we take none; REGISTER, MESSAGE ...) is 405,
+    // as in a dialog (uac.ts); one we do not know is 501. Both carry Allow.
     switch (request.method) {
-      case 'INVITE':
-        this.respond(request, source, 405, [hdr('Allow', ALLOW)]);
-        return;
       case 'OPTIONS':
       case 'BYE':
       case 'CANCEL':
         break;
       default:
-        this.respond(request, source, 501, [hdr('Allow', ALLOW)]);
+        this.respond(request, source, request.method === 'INVITE' || KNOWN_UNHANDLED_METHODS.has(request.method) ? 405 : 501, [hdr('Allow', ALLOW)]);
         return;
     }
     if (!/^sips?:/i.test(request.uri)) {

@@ -30,10 +30,10 @@ export const ALLOW = 'INVITE, ACK, CANCEL, BYE, OPTIONS';
 /** What a call answers in its dialog (ACK is absorbed by the stack; CANCEL gets 481). */
 const IN_DIALOG_METHODS = new Set(['BYE', 'OPTIONS', 'INVITE']);
 /**
- * Methods of RFC 3261 and its common extensions that a call does not take in its dialog: 405 with Allow (RFC 3261
- * 8.2.1). Any other method is not recognised: 501 (21.5.2).
+ * Methods of RFC 3261 and its common extensions that a call does not take in its dialog, nor the stack out of one:
+ * 405 with Allow (RFC 3261 8.2.1). Any other method is not recognised: 501 (21.5.2).
  */
-const KNOWN_UNHANDLED_METHODS = new Set(['REGISTER', 'PRACK', 'UPDATE', 'INFO', 'SUBSCRIBE', 'NOTIFY', 'REFER', 'MESSAGE', 'PUBLISH']);
+export const KNOWN_UNHANDLED_METHODS: ReadonlySet<string> = new Set(['REGISTER', 'PRACK', 'UPDATE', 'INFO', 'SUBSCRIBE', 'NOTIFY', 'REFER', 'MESSAGE', 'PUBLISH']);
 
 /** Services the stack offers to a call. */
 export interface UacHost {

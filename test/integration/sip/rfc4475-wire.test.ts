@@ -6,7 +6,8 @@
  *
  *  - a request with a To tag matching no dialog of ours: 481 (RFC 3261 12.2.2);
  *  - an out-of-dialog INVITE that parses: 405 with Allow (RFC 3261 8.2.1);
- *  - another method we do not implement (REGISTER, MESSAGE, unknown): 501 with Allow;
+ *  - another method we know and do not take (REGISTER, MESSAGE): 405 with Allow, as in a dialog;
+ *  - a method we do not know (intmeth, esc02's RE%47IST%45R): 501 with Allow (21.5.2);
  *  - OPTIONS: 200, unless the Request-URI scheme is not sip/sips (416, 8.2.2.1)
  *    or Require names an option tag (420 with Unsupported, 8.2.2.3);
  *  - a response matching no transaction (unreason, noreason, bcast): dropped;
@@ -47,14 +48,14 @@ const EXPECTED: Record<string, number | null> = {
   wsinv: 481, // it has a To tag: a request in a dialog we do not have (12.2.2), whatever the method
   intmeth: 501,
   esc01: 405,
-  escnull: 501,
+  escnull: 405,
   esc02: 501, // the method is RE%47IST%45R, not REGISTER
   lwsdisp: 200,
   longreq: 405,
-  dblreq: 501, // one response: the second request in the datagram is ignored
+  dblreq: 405, // one response: the second request in the datagram is ignored
   semiuri: 200,
   transports: 200,
-  mpart01: 501,
+  mpart01: 405,
   unreason: null, // responses matching no transaction
   noreason: null,
   badbranch: 200,
@@ -62,7 +63,7 @@ const EXPECTED: Record<string, number | null> = {
   badinv01: null,
   clerr: null,
   ncl: null,
-  scalar02: 501,
+  scalar02: 405,
   scalarlg: null,
   quotbal: null,
   ltgtruri: null,
@@ -71,7 +72,7 @@ const EXPECTED: Record<string, number | null> = {
   trws: null,
   escruri: 405,
   baddate: 405,
-  regbadct: 501,
+  regbadct: 405,
   badaspec: 200,
   baddn: null,
   badvers: null,
@@ -82,17 +83,17 @@ const EXPECTED: Record<string, number | null> = {
   insuf: null,
   unkscm: 416,
   novelsc: 416,
-  unksm2: 501,
+  unksm2: 405,
   bext01: 420,
   invut: 405, // 405 comes before 415 (8.2.1 before 8.2.3)
-  regaut01: 501,
+  regaut01: 405,
   multi01: null,
   mcl01: null,
   bcast: null, // 200 OK matching no transaction: dropped, never forwarded to the broadcast Via
   zeromf: 200, // see the header comment
-  cparam01: 501,
-  cparam02: 501,
-  regescrt: 501,
+  cparam01: 405,
+  cparam02: 405,
+  regescrt: 405,
   sdp01: 405,
   inv2543: 405,
 };

@@ -225,7 +225,7 @@ describe('EmbeddedSipOriginator transport errors', () => {
     expect(rec.events[0]).toMatchObject({ failure: { reason: 'unreachable' } });
   });
 
-  it('answers out-of-dialog OPTIONS with 200 and INVITE with 405', async () => {
+  it('answers out-of-dialog OPTIONS with 200; INVITE, REGISTER and MESSAGE (known, not taken) with 405, an unknown method with 501, as in a dialog', async () => {
     const sock = dgram.createSocket('udp4');
     await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
     const myPort = sock.address().port;
@@ -239,15 +239,22 @@ describe('EmbeddedSipOriginator transport errors', () => {
     sock.send(req('OPTIONS', 1), originator.localPort, '127.0.0.1');
     sock.send(req('INVITE', 2), originator.localPort, '127.0.0.1');
     sock.send(req('BYE', 3), originator.localPort, '127.0.0.1');
+    sock.send(req('REGISTER', 4), originator.localPort, '127.0.0.1');
+    sock.send(req('MESSAGE', 5), originator.localPort, '127.0.0.1');
+    sock.send(req('FROBNICATE', 6), originator.localPort, '127.0.0.1');
     sock.send('garbage\r\n\r\n', originator.localPort, '127.0.0.1');
     const deadline = Date.now() + 2000;
-    while (replies.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    while (replies.length < 6 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     sock.close();
     const status = (callId: string): string | undefined =>
       replies.find((r) => r.includes(`Call-ID: ${callId}`))?.split('\r\n')[0];
     expect(status('probe-1')).toBe('SIP/2.0 200 OK');
     expect(status('probe-2')).toBe('SIP/2.0 405 Method Not Allowed');
     expect(status('probe-3')).toBe('SIP/2.0 481 Call/Transaction Does Not Exist');
+    expect(status('probe-4')).toBe('SIP/2.0 405 Method Not Allowed');
+    expect(status('probe-5')).toBe('SIP/2.0 405 Method Not Allowed');
+    expect(status('probe-6')).toBe('SIP/2.0 501 Not Implemented');
+    for (const n of [4, 5, 6]) expect(replies.find((r) => r.includes(`probe-${n}\r\n`))).toMatch(/\r\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n/);
     expect(replies.find((r) => r.includes('probe-2'))).toMatch(/\r\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n/);
     expect(replies.find((r) => r.includes('probe-1'))).toMatch(/;rport=\d+/);
   });
