@@ -265,6 +265,7 @@ export class WebhookProcessor {
     // One deadline for the network part, name resolution included: a resolver that hangs holds this delivery's
     // slot no longer than a receiver that does not answer, and fails it the same way ("timeout", retried).
     const signal = AbortSignal.timeout(config.timeoutMs);
+    const started = performance.now();
     const { resolveAll } = this.deps;
     const target = await assertWebhookTarget(url, config.allowPrivate, resolveAll, signal).catch((err: Error) => {
       throw new WebhookDeliveryError(err.message);
@@ -281,6 +282,7 @@ export class WebhookProcessor {
       { timeoutMs: config.timeoutMs, allowPrivate: config.allowPrivate, resolveAll, signal, agents: this.agents },
     );
     if (status < 200 || status > 299) throw new WebhookDeliveryError(`receiver answered HTTP ${status}`);
+    this.deps.metrics.webhookDelivered((performance.now() - started) / 1000);
     log.info({ event: d.event, http_status: status, host: target.host }, 'webhook delivered');
     return true;
   }

@@ -63,6 +63,7 @@ export class Metrics {
   private readonly pdd: Histogram<'trunk'>;
   private readonly jobLatencyHist: Histogram<'queue'>;
   private readonly webhookFailures: Counter<'final'>;
+  private readonly webhookDelivery: Histogram;
   private readonly webhookSkips: Counter;
   private readonly webhookDeferrals: Counter<'reason'>;
   private readonly rangeSentCounter: Counter<'range'>;
@@ -113,6 +114,12 @@ export class Metrics {
       name: 'flashverify_webhook_failures_total',
       help: 'Failed webhook delivery attempts; final="true" when the event was given up',
       labelNames: ['final'],
+      registers,
+    });
+    this.webhookDelivery = new Histogram({
+      name: 'flashverify_webhook_delivery_seconds',
+      help: 'Webhooks delivered (the receiver answered 2xx): time from resolving its host to its status line; the count is the webhooks delivered',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers,
     });
     this.webhookSkips = new Counter({
@@ -313,6 +320,11 @@ export class Metrics {
 
   webhookFailed(final: boolean): void {
     this.webhookFailures.inc({ final: final ? 'true' : 'false' });
+  }
+
+  /** A webhook delivered (2xx) in `seconds`, from resolving the receiver's host to its status line. */
+  webhookDelivered(seconds: number): void {
+    this.webhookDelivery.observe(seconds);
   }
 
   webhookSkipped(): void {

@@ -65,6 +65,9 @@ describe('--role webhooks (webhooks.inWorkers: false)', () => {
     const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
     const taken = Number(/^flashverify_job_latency_seconds_count\{queue="webhook"\} (\d+)/m.exec(metrics)?.[1] ?? 0);
     expect(taken).toBeGreaterThanOrEqual(3);
+    // The three delivered (2xx), each timed to the receiver's status line.
+    expect(metrics).toMatch(/^flashverify_webhook_delivery_seconds_count 3$/m);
+    expect(Number(/^flashverify_webhook_delivery_seconds_sum (\S+)$/m.exec(metrics)?.[1])).toBeGreaterThan(0);
     // It never opened a SIP socket or took delivery jobs.
     expect(hooks.output()).not.toContain('worker role started');
     expect(metrics).not.toMatch(/^flashverify_job_latency_seconds_count\{queue="flash"\} [1-9]/m);
