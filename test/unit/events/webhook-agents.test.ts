@@ -1,6 +1,7 @@
 import type { LookupAddress } from 'node:dns';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebhookAgents } from '../../../src/events/webhook-agents.js';
 import { postWebhook } from '../../../src/events/webhook-sender.js';
@@ -13,8 +14,8 @@ import type { ResolveAll } from '../../../src/events/webhook-target.js';
 class Receiver {
   /** Every connection the receiver accepted, in order. */
   readonly sockets: Socket[] = [];
-  /** Per request: the index of its connection in `sockets`, and its Host and Connection headers. */
-  readonly requests: { socket: number; host: string; connection: string }[] = [];
+  /** Per request: the index of its connection in `sockets`, its Host and Connection headers, and the test's X-N. */
+  readonly requests: { socket: number; host: string; connection: string; n: string }[] = [];
   onRequest: (req: IncomingMessage, res: ServerResponse, nth: number) => void = (_req, res) => void res.end('ok');
   private readonly served = new WeakMap<Socket, number>();
   private server: Server | undefined;
@@ -23,7 +24,12 @@ class Receiver {
     this.server = createServer((req, res) => {
       const nth = (this.served.get(req.socket) ?? 0) + 1;
       this.served.set(req.socket, nth);
-      this.requests.push({ socket: this.sockets.indexOf(req.socket), host: String(req.headers.host), connection: String(req.headers.connection) });
+      this.requests.push({
+        socket: this.sockets.indexOf(req.socket),
+        host: String(req.headers.host),
+        connection: String(req.headers.connection),
+        n: String(req.headers['x-n']),
+      });
       req.resume();
       req.on('end', () => this.onRequest(req, res, nth));
     });
@@ -46,6 +52,11 @@ function loopbackResolver(): { resolveAll: ResolveAll; asked: string[] } {
     return [{ address: '127.0.0.1', family: 4 } satisfies LookupAddress];
   };
   return { resolveAll, asked };
+}
+
+/** Resolves once `cond` holds (polled every 5 ms). */
+async function waitUntil(cond: () => boolean): Promise<void> {
+  while (!cond()) await sleep(5);
 }
 
 const POOLED = { keepAliveMs: 4000, maxSocketsPerHost: 32 };
@@ -189,23 +200,113 @@ describe('webhook deliveries over keep-alive connections', () => {
     expect(r.requests.map((q) => [q.socket, q.connection])).toEqual([[0, 'close'], [1, 'close'], [2, 'close']]);
   });
 
-  it('all connections to a receiver busy: a delivery waiting for one fails at its deadline, and is never sent afterwards', async () => {
+  /**
+   * A receiver that holds every request unanswered (in `held`) until `answerFromNowOn()`, and a pool with
+   * `maxSocketsPerHost` connections to it; `post(n)` sends delivery n (header X-N, in `r.requests`).
+   */
+  async function busyReceiver(maxSocketsPerHost: number) {
     const [r, port] = await receiver();
     const held: ServerResponse[] = [];
     r.onRequest = (_req, res) => void held.push(res);
-    const pool = agents({ keepAliveMs: 4000, maxSocketsPerHost: 1 });
+    const pool = agents({ keepAliveMs: 4000, maxSocketsPerHost });
     const url = new URL(`http://127.0.0.1:${port}/hook`);
-    const first = postWebhook(url, '{"n":1}', {}, { timeoutMs: 5000, allowPrivate: true, agents: pool });
-    await expect(postWebhook(url, '{"n":2}', {}, { timeoutMs: 300, allowPrivate: true, agents: pool })).rejects.toThrow(
-      `timeout: no free connection to 127.0.0.1:${port} within 300 ms`,
-    );
-    expect(r.requests).toHaveLength(1);
-    // The first one answered: its connection is free again; the timed-out delivery does not go out on it.
-    r.onRequest = (_req, res) => void res.end('ok');
+    const post = (n: number, timeoutMs = 5000) => postWebhook(url, '{}', { 'x-n': String(n) }, { timeoutMs, allowPrivate: true, agents: pool });
+    const answerFromNowOn = (): void => {
+      r.onRequest = (_req, res) => void res.end('ok');
+    };
+    return { r, port, held, pool, post, answerFromNowOn };
+  }
+
+  it.each([
+    ['keeps its connection', {}, 1],
+    ['closes its connection', { connection: 'close' }, 2],
+  ] as const)(
+    'all connections to a receiver busy: a delivery waiting for one fails at its deadline, and no connection is ever opened for it (the answer to the first %s)',
+    async (_, answer, socketsAfter) => {
+      const { r, port, held, post, answerFromNowOn } = await busyReceiver(1);
+      const first = post(1);
+      await expect(post(2, 300)).rejects.toThrow(`timeout: no free connection to 127.0.0.1:${port} within 300 ms`);
+      expect(r.requests).toHaveLength(1);
+      // The first one answered: its connection is free again (or closed). Node's Agent, holding the timed-out
+      // delivery in its own queue, opened a connection for it when the first one's closed, and closed it unused.
+      answerFromNowOn();
+      held[0]!.writeHead(200, answer).end('ok');
+      expect(await first).toBe(200);
+      await sleep(300);
+      expect(r.sockets).toHaveLength(1);
+      expect(r.requests).toHaveLength(1);
+      // The next delivery goes at once: on the first one's connection, or on a new one if it was closed.
+      expect(await post(3, 2000)).toBe(200);
+      expect(r.requests.map((q) => q.n)).toEqual(['1', '3']);
+      expect(r.sockets).toHaveLength(socketsAfter);
+    },
+  );
+
+  it('deliveries waiting for a connection go in the order they came, each on the connection the one before gave back', async () => {
+    const { r, held, post, answerFromNowOn } = await busyReceiver(1);
+    const first = post(1);
+    await waitUntil(() => held.length === 1);
+    const waiting = [2, 3, 4, 5].map((n) => post(n));
+    answerFromNowOn();
+    held[0]!.end('ok');
+    expect(await Promise.all([first, ...waiting])).toEqual([200, 200, 200, 200, 200]);
+    expect(r.requests.map((q) => q.n)).toEqual(['1', '2', '3', '4', '5']);
+    expect(r.sockets).toHaveLength(1);
+  });
+
+  it('a delivery that gave up waiting leaves the queue: the next one takes its turn, and it is never sent', async () => {
+    const { r, port, held, post, answerFromNowOn } = await busyReceiver(1);
+    const first = post(1);
+    await waitUntil(() => held.length === 1);
+    const gaveUp = post(2, 200);
+    const third = post(3);
+    await expect(gaveUp).rejects.toThrow(`timeout: no free connection to 127.0.0.1:${port} within 200 ms`);
+    answerFromNowOn();
     held[0]!.end('ok');
     expect(await first).toBe(200);
-    expect(await postWebhook(url, '{"n":3}', {}, { timeoutMs: 2000, allowPrivate: true, agents: pool })).toBe(200);
-    expect(r.requests).toHaveLength(2);
+    expect(await third).toBe(200);
+    expect(r.requests.map((q) => q.n)).toEqual(['1', '3']);
     expect(r.sockets).toHaveLength(1);
+  });
+
+  it('a connection reset, or a deadline, gives the slot back: the delivery waiting goes at once', async () => {
+    const { r, held, post } = await busyReceiver(1);
+    // Reset by the receiver: the first fails, the second (waiting) is sent.
+    const reset = post(1);
+    await waitUntil(() => held.length === 1);
+    const second = post(2, 500);
+    held[0]!.socket!.destroy();
+    await expect(reset).rejects.toThrow('socket hang up');
+    await waitUntil(() => held.length === 2);
+    // Held past its own deadline: it fails, and the third (waiting, with a longer one) is sent.
+    const third = post(3);
+    await expect(second).rejects.toThrow('timeout: no answer within 500 ms');
+    await waitUntil(() => held.length === 3);
+    held[2]!.end('ok');
+    expect(await third).toBe(200);
+    expect(r.requests.map((q) => q.n)).toEqual(['1', '2', '3']);
+  });
+
+  it('a delivery that waited, sent on a kept-alive connection as the receiver drops it, goes again on a new one, holding its slot until that ends', async () => {
+    const { r, post } = await busyReceiver(1);
+    r.onRequest = (req, res, nth) => (nth === 1 ? void res.end('ok') : req.socket.destroy());
+    expect(await Promise.all([1, 2, 3].map((n) => post(n, 2000)))).toEqual([200, 200, 200]);
+    // 1 on a new connection; 2 on it, dropped, sent again on a new one of its own; 3 on a new pooled one.
+    expect(r.requests.map((q) => q.n)).toEqual(['1', '2', '2', '3']);
+    expect(r.requests.map((q) => q.socket)).toEqual([0, 0, 1, 2]);
+  });
+
+  it('at most maxSocketsPerHost connections to an origin, busy and idle; another origin is not held up by it', async () => {
+    const { r, held, pool, post, answerFromNowOn } = await busyReceiver(2);
+    const [other, otherPort] = await receiver();
+    const deliveries = [1, 2, 3, 4, 5].map((n) => post(n));
+    await waitUntil(() => held.length === 2);
+    expect(await postWebhook(new URL(`http://127.0.0.1:${otherPort}/hook`), '{}', {}, { timeoutMs: 2000, allowPrivate: true, agents: pool })).toBe(200);
+    expect(other.requests).toHaveLength(1);
+    answerFromNowOn();
+    for (const res of held) res.end('ok');
+    expect(await Promise.all(deliveries)).toEqual([200, 200, 200, 200, 200]);
+    expect(r.requests.map((q) => q.n)).toEqual(['1', '2', '3', '4', '5']);
+    expect(r.sockets).toHaveLength(2);
   });
 });

@@ -1,0 +1,78 @@
+/** Gives a slot back; only the first call counts. */
+export type ReleaseSlot = () => void;
+
+interface Origin {
+  /** Slots held: deliveries admitted and not yet ended. */
+  held: number;
+  /** Deliveries waiting for a slot, oldest first (a Set: one that gives up leaves it in O(1)). */
+  waiting: Set<(release: ReleaseSlot) => void>;
+}
+
+/**
+ * At most `limit` webhook deliveries in flight per receiver origin; the others wait their turn, first come first
+ * served. It stands in front of the connection pool (webhook-agents.ts), whose Agent is given room for every
+ * delivery admitted here and so never queues a request itself: a request waiting in Node's Agent queue cannot be
+ * taken out of it when its deadline fires (`agent.requests` is the Agent's own), and when a busy connection of its
+ * origin closed the Agent opened a new one for it anyway, then closed it unused: a stray connection to the
+ * customer's receiver. A delivery waiting here leaves the queue the moment its signal aborts.
+ */
+export class WebhookSlots {
+  private readonly origins = new Map<string, Origin>();
+
+  constructor(private readonly limit: number) {}
+
+  /**
+   * Resolves with the release of a slot of `origin` once one is free (at once when one is); rejects with the
+   * signal's reason if it aborts first, and the delivery is no longer queued.
+   */
+  acquire(origin: string, signal: AbortSignal): Promise<ReleaseSlot> {
+    if (signal.aborted) return Promise.reject(signal.reason);
+    let o = this.origins.get(origin);
+    if (!o) {
+      o = { held: 0, waiting: new Set() };
+      this.origins.set(origin, o);
+    }
+    const entry = o;
+    if (entry.held < this.limit) {
+      entry.held++;
+      return Promise.resolve(this.releaser(origin, entry));
+    }
+    return new Promise<ReleaseSlot>((resolve, reject) => {
+      const admit = (release: ReleaseSlot): void => {
+        signal.removeEventListener('abort', giveUp);
+        resolve(release);
+      };
+      const giveUp = (): void => {
+        entry.waiting.delete(admit);
+        reject(signal.reason);
+      };
+      signal.addEventListener('abort', giveUp, { once: true });
+      entry.waiting.add(admit);
+    });
+  }
+
+  /** Slots held and deliveries waiting for `origin` (for tests and logs). */
+  stats(origin: string): { held: number; waiting: number } {
+    const o = this.origins.get(origin);
+    return { held: o?.held ?? 0, waiting: o?.waiting.size ?? 0 };
+  }
+
+  private releaser(origin: string, entry: Origin): ReleaseSlot {
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = entry.waiting.values().next();
+      if (!next.done) {
+        // The slot passes to the oldest waiter, `held` unchanged. It runs on a later microtask (a promise), after
+        // the Agent has put the connection just given back in its free list, so it is reused, not one more opened.
+        entry.waiting.delete(next.value);
+        next.value(this.releaser(origin, entry));
+        return;
+      }
+      entry.held--;
+      // An origin no delivery holds or waits for is forgotten: the map does not grow with every receiver ever seen.
+      if (entry.held === 0) this.origins.delete(origin);
+    };
+  }
+}
