@@ -16,149 +16,137 @@ import { utcDay, type Method } from '../../src/verification/types.js';
 import { ExpirySweeper } from '../../src/verification/expiry-sweeper.js';
 import { VerificationService } from '../../src/verification/verification-service.js';
 import { REDIS_URL, deletePrefix, testConfig } from '../helpers/engine.js';
+import { startServiceOnRedis, type ServiceOnRedis } from '../helpers/service-on-redis.js';
 
 /** Billing per attempt actually sent, on the paths where a request ends without its attempt having left. */
 describe('refunds of attempts that never left', () => {
-  const config = testConfig();
-  const keys = new Keys(config.redis.prefix);
-  const sealer = new Sealer(Buffer.from(config.security.masterKey, 'hex'));
-  const logger = pino({ level: 'silent' });
-  let redis: Redis;
-  let service: VerificationService;
-  let account: CreatedAccount;
+  let s: ServiceOnRedis;
 
   beforeAll(async () => {
-    redis = new Redis(REDIS_URL);
-    service = new VerificationService(redis, keys, sealer, config, { enqueue: async () => undefined }, logger, new Set<Method>(['flash_call', 'voice', 'sms']));
-    account = await new AccountStore(redis, keys, sealer).create({ name: 'x', balance: 10, currency: 'GBP', active: true });
+    s = await startServiceOnRedis(['flash_call', 'voice', 'sms']);
   });
   afterAll(async () => {
-    await deletePrefix(redis, config.redis.prefix);
-    await redis.quit();
+    await s?.stop();
   });
 
-  const balance = async () => Number(await redis.hget(keys.account(account.account_id), 'balance'));
-  const usage = async (method: string) => Number((await redis.hget(keys.usage(account.account_id, utcDay(Date.now())), `${method}:count`)) ?? 0);
-  const cost = async (id: string) => Number(await redis.hget(keys.verification(id), 'cost'));
-
   it('cancel refunds an SMS claimed but not submitted (waiting for a bind or throttled); one that may have left stays billed', async () => {
-    const before = { balance: await balance(), sms: await usage('sms') };
-    const noBind = await service.create(account, { phone_number: '+447700900401', method: 'sms' });
-    const throttled = await service.create(account, { phone_number: '+447700900402', method: 'sms' });
-    const submitted = await service.create(account, { phone_number: '+447700900403', method: 'sms' });
+    const before = { balance: await s.balance(), sms: await s.usage('sms') };
+    const noBind = await s.service.create(s.account, { phone_number: '+447700900401', method: 'sms' });
+    const throttled = await s.service.create(s.account, { phone_number: '+447700900402', method: 'sms' });
+    const submitted = await s.service.create(s.account, { phone_number: '+447700900403', method: 'sms' });
     // The SMS job records dial_started at its first claim, before any submit_sm (sms-processor.ts).
-    await redis.hset(keys.verification(noBind.request_id), 'dial_started', '1');
-    await redis.hset(keys.verification(throttled.request_id), 'dial_started', '1', 'sms_state', 'retry');
-    await redis.hset(keys.verification(submitted.request_id), 'dial_started', '1', 'sms_state', 'unconfirmed');
-    const charged = await cost(submitted.request_id);
-    for (const c of [noBind, throttled, submitted]) expect((await service.cancel(account, c.request_id)).status).toBe('canceled');
-    expect(await balance()).toBe(before.balance - charged);
-    expect(await usage('sms')).toBe(before.sms + 1);
-    expect([await cost(noBind.request_id), await cost(throttled.request_id), await cost(submitted.request_id)]).toEqual([0, 0, charged]);
+    await s.redis.hset(s.keys.verification(noBind.request_id), 'dial_started', '1');
+    await s.redis.hset(s.keys.verification(throttled.request_id), 'dial_started', '1', 'sms_state', 'retry');
+    await s.redis.hset(s.keys.verification(submitted.request_id), 'dial_started', '1', 'sms_state', 'unconfirmed');
+    const charged = await s.cost(submitted.request_id);
+    for (const c of [noBind, throttled, submitted]) expect((await s.service.cancel(s.account, c.request_id)).status).toBe('canceled');
+    expect(await s.balance()).toBe(before.balance - charged);
+    expect(await s.usage('sms')).toBe(before.sms + 1);
+    expect([await s.cost(noBind.request_id), await s.cost(throttled.request_id), await s.cost(submitted.request_id)]).toEqual([0, 0, charged]);
   });
 
   // advanceWorkflow-8 as the workflow advancer runs it for a `step_timeout` of step 0 (charged today).
   const advanceKeys = (id: string, accountId: string) => {
     const today = utcDay(Date.now());
-    return [keys.verification(id), keys.account(accountId), keys.usage(accountId, today), keys.events(), keys.usage(accountId, today), keys.conversion(today), keys.webhookOrder(id), keys.conversion(today)];
+    return [s.keys.verification(id), s.keys.account(accountId), s.keys.usage(accountId, today), s.keys.events(), s.keys.usage(accountId, today), s.keys.conversion(today), s.keys.webhookOrder(id), s.keys.conversion(today)];
   };
   const timeOut = (id: string) =>
-    scripts.advanceWorkflow.run(redis, advanceKeys(id, account.account_id), [0, Date.now(), 'sms', 30_000, 'mac', 'enc', 6, 'timeout', 1000, 3600, '', 1000]);
+    scripts.advanceWorkflow.run(s.redis, advanceKeys(id, s.account.account_id), [0, Date.now(), 'sms', 30_000, 'mac', 'enc', 6, 'timeout', 1000, 3600, '', 1000]);
 
   it('a workflow step that times out before it was dialled is refunded, once; a dialled one is billed', async () => {
-    const before = { balance: await balance(), flash: await usage('flash_call') };
+    const before = { balance: await s.balance(), flash: await s.usage('flash_call') };
     const workflow = [{ method: 'flash_call', timeout_seconds: 20 }, { method: 'sms' }];
-    const backlog = await service.create(account, { phone_number: '+447700900411', workflow });
-    const dialled = await service.create(account, { phone_number: '+447700900412', workflow });
-    await redis.hset(keys.verification(dialled.request_id), 'dial_started', '1');
-    const flashCost = Number(await redis.hget(keys.verification(dialled.request_id), 'att0_cost'));
+    const backlog = await s.service.create(s.account, { phone_number: '+447700900411', workflow });
+    const dialled = await s.service.create(s.account, { phone_number: '+447700900412', workflow });
+    await s.redis.hset(s.keys.verification(dialled.request_id), 'dial_started', '1');
+    const flashCost = Number(await s.redis.hget(s.keys.verification(dialled.request_id), 'att0_cost'));
     expect(await timeOut(backlog.request_id)).toEqual(['ok', 1]);
     expect(await timeOut(dialled.request_id)).toEqual(['ok', 1]);
     // The same timeout handled again (redelivered): the step has moved, nothing more refunded.
     expect(await timeOut(backlog.request_id)).toEqual(['moved', 1]);
-    expect(await balance()).toBe(before.balance - flashCost - 2 * 30_000);
-    expect(await usage('flash_call')).toBe(before.flash + 1);
-    expect(await redis.hmget(keys.verification(backlog.request_id), 'att0_status', 'att0_cost', 'att0_refunded', 'cost')).toEqual(['timed_out', '0', '1', '30000']);
-    expect(await redis.hmget(keys.verification(dialled.request_id), 'att0_cost', 'att0_refunded')).toEqual([String(flashCost), null]);
+    expect(await s.balance()).toBe(before.balance - flashCost - 2 * 30_000);
+    expect(await s.usage('flash_call')).toBe(before.flash + 1);
+    expect(await s.redis.hmget(s.keys.verification(backlog.request_id), 'att0_status', 'att0_cost', 'att0_refunded', 'cost')).toEqual(['timed_out', '0', '1', '30000']);
+    expect(await s.redis.hmget(s.keys.verification(dialled.request_id), 'att0_cost', 'att0_refunded')).toEqual([String(flashCost), null]);
   });
 
   it('the next workflow step of an account suspended meanwhile does not start and is not charged', async () => {
-    const other = await new AccountStore(redis, keys, sealer).create({ name: 'suspended later', balance: 10, currency: 'GBP', active: true });
-    const w = await service.create(other, { phone_number: '+447700900413', workflow: [{ method: 'flash_call', timeout_seconds: 20 }, { method: 'sms' }] });
-    await redis.hset(keys.verification(w.request_id), 'dial_started', '1');
-    await redis.hset(keys.account(other.account_id), 'status', 'suspended');
-    const balanceBefore = Number(await redis.hget(keys.account(other.account_id), 'balance'));
+    const other = await new AccountStore(s.redis, s.keys, s.sealer).create({ name: 'suspended later', balance: 10, currency: 'GBP', active: true });
+    const w = await s.service.create(other, { phone_number: '+447700900413', workflow: [{ method: 'flash_call', timeout_seconds: 20 }, { method: 'sms' }] });
+    await s.redis.hset(s.keys.verification(w.request_id), 'dial_started', '1');
+    await s.redis.hset(s.keys.account(other.account_id), 'status', 'suspended');
+    const balanceBefore = Number(await s.redis.hget(s.keys.account(other.account_id), 'balance'));
     const result = await scripts.advanceWorkflow.run(
-      redis,
+      s.redis,
       advanceKeys(w.request_id, other.account_id),
       [0, Date.now(), 'sms', 30_000, 'mac', 'enc', 6, 'timeout', 1000, 3600, '', 1000],
     );
     expect(result).toEqual(['account_suspended', 1]);
-    expect(Number(await redis.hget(keys.account(other.account_id), 'balance'))).toBe(balanceBefore);
-    expect(await redis.hmget(keys.verification(w.request_id), 'status', 'failure_reason', 'att1_cost')).toEqual(['failed', 'account_suspended', '0']);
+    expect(Number(await s.redis.hget(s.keys.account(other.account_id), 'balance'))).toBe(balanceBefore);
+    expect(await s.redis.hmget(s.keys.verification(w.request_id), 'status', 'failure_reason', 'att1_cost')).toEqual(['failed', 'account_suspended', '0']);
   });
 
   it('an SMS whose request ended after its claim is not sent: the submitting mark is only set while the attempt is wanted', async () => {
     const mark = (id: string, step: number | undefined, now = Date.now()) =>
-      scripts.markSmsSubmitting.run(redis, [keys.verification(id)], [step === undefined ? '' : String(step), now, '1']);
-    const live = await service.create(account, { phone_number: '+447700900431', method: 'sms' });
-    const expired = await service.create(account, { phone_number: '+447700900432', method: 'sms' });
-    const canceled = await service.create(account, { phone_number: '+447700900433', method: 'sms' });
-    const moved = await service.create(account, { phone_number: '+447700900434', workflow: [{ method: 'sms', timeout_seconds: 20 }, { method: 'voice' }] });
-    for (const r of [live, expired, canceled, moved]) await redis.hset(keys.verification(r.request_id), 'dial_started', '1');
+      scripts.markSmsSubmitting.run(s.redis, [s.keys.verification(id)], [step === undefined ? '' : String(step), now, '1']);
+    const live = await s.service.create(s.account, { phone_number: '+447700900431', method: 'sms' });
+    const expired = await s.service.create(s.account, { phone_number: '+447700900432', method: 'sms' });
+    const canceled = await s.service.create(s.account, { phone_number: '+447700900433', method: 'sms' });
+    const moved = await s.service.create(s.account, { phone_number: '+447700900434', workflow: [{ method: 'sms', timeout_seconds: 20 }, { method: 'voice' }] });
+    for (const r of [live, expired, canceled, moved]) await s.redis.hset(s.keys.verification(r.request_id), 'dial_started', '1');
     // The expiry sweeper ran after the claim (the SMS was not submitted yet: refunded); a cancel likewise.
-    await redis.hset(keys.verification(expired.request_id), 'status', 'expired');
-    await service.cancel(account, canceled.request_id);
-    await redis.hset(keys.verification(moved.request_id), 'wf_step', '1');
+    await s.redis.hset(s.keys.verification(expired.request_id), 'status', 'expired');
+    await s.service.cancel(s.account, canceled.request_id);
+    await s.redis.hset(s.keys.verification(moved.request_id), 'wf_step', '1');
     expect(await mark(live.request_id, undefined)).toBe(1);
-    expect(await redis.hget(keys.verification(live.request_id), 'sms_state')).toBe('submitting');
+    expect(await s.redis.hget(s.keys.verification(live.request_id), 'sms_state')).toBe('submitting');
     // Past expires_at, even before the sweeper ran.
     expect(await mark(live.request_id, undefined, Date.now() + 3600_000)).toBe(0);
     for (const [r, step] of [[expired, undefined], [canceled, undefined], [moved, 0]] as const) {
       expect(await mark(r.request_id, step)).toBe(0);
-      expect(await redis.hget(keys.verification(r.request_id), 'sms_state')).toBeNull();
+      expect(await s.redis.hget(s.keys.verification(r.request_id), 'sms_state')).toBeNull();
     }
   });
 
   it('a check after the expiry, before the sweeper ran, answers expired and leaves the refund of an unsent SMS to the sweeper', async () => {
-    const before = await balance();
-    const r = await service.create(account, { phone_number: '+447700900441', method: 'sms' });
-    const key = keys.verification(r.request_id);
+    const before = await s.balance();
+    const r = await s.service.create(s.account, { phone_number: '+447700900441', method: 'sms' });
+    const key = s.keys.verification(r.request_id);
     const past = Date.now() - 1000;
-    await redis.hset(key, 'dial_started', '1', 'expires_at', String(past)); // claimed, not submitted (no bind)
-    await redis.zadd(keys.expiries(), past, r.request_id);
-    await expect(service.check(account, { request_id: r.request_id, code: '0000' })).rejects.toMatchObject({ code: 'verification_expired' });
-    expect(await redis.hget(key, 'status')).toBe('sent');
-    expect(await new ExpirySweeper(redis, keys, { intervalMs: 50, eventsMaxLen: 1000, batch: 10 }, logger).sweep()).toBeGreaterThanOrEqual(1);
-    expect(await redis.hmget(key, 'status', 'refunded')).toEqual(['expired', '1']);
-    expect(await balance()).toBe(before);
+    await s.redis.hset(key, 'dial_started', '1', 'expires_at', String(past)); // claimed, not submitted (no bind)
+    await s.redis.zadd(s.keys.expiries(), past, r.request_id);
+    await expect(s.service.check(s.account, { request_id: r.request_id, code: '0000' })).rejects.toMatchObject({ code: 'verification_expired' });
+    expect(await s.redis.hget(key, 'status')).toBe('sent');
+    expect(await new ExpirySweeper(s.redis, s.keys, { intervalMs: 50, eventsMaxLen: 1000, batch: 10 }, s.logger).sweep()).toBeGreaterThanOrEqual(1);
+    expect(await s.redis.hmget(key, 'status', 'refunded')).toEqual(['expired', '1']);
+    expect(await s.balance()).toBe(before);
   });
 
   // applyEvent-4 / applyStepEvent-4 as the status consumer runs them for an event of the stream.
   const apply = (id: string, status: 'delivered' | 'failed', refund: boolean, step?: number) =>
     (step === undefined ? scripts.applyEvent : scripts.applyStepEvent).run(
-      redis,
-      [keys.verification(id), keys.account(account.account_id), keys.usage(account.account_id, utcDay(Date.now())), keys.conversion(utcDay(Date.now()))],
+      s.redis,
+      [s.keys.verification(id), s.keys.account(s.account.account_id), s.keys.usage(s.account.account_id, utcDay(Date.now())), s.keys.conversion(utcDay(Date.now()))],
       [status, Date.now(), 'failure_reason\ntimeout', refund ? '1' : '0', step ?? '1'],
     );
-  const history = async (id: string) => (await service.status(account, id)).status_history.map((h) => h.status);
+  const history = async (id: string) => (await s.service.status(s.account, id)).status_history.map((h) => h.status);
 
   it('an event after the request is final records nothing; a failure that never reached the network is refunded all the same, once', async () => {
-    const before = await balance();
+    const before = await s.balance();
     // A flash call whose INVITE times out (Timer B) after the request expired: billed at create, then refunded.
-    const c = await service.create(account, { phone_number: '+447700900421', expiry_seconds: 60 });
-    await redis.hset(keys.verification(c.request_id), 'dial_started', '1', 'status', 'expired', 'at_expired', String(Date.now()));
+    const c = await s.service.create(s.account, { phone_number: '+447700900421', expiry_seconds: 60 });
+    await s.redis.hset(s.keys.verification(c.request_id), 'dial_started', '1', 'status', 'expired', 'at_expired', String(Date.now()));
     expect(await apply(c.request_id, 'failed', true)).toBe('expired');
     expect(await apply(c.request_id, 'failed', true)).toBe('expired');
     expect(await apply(c.request_id, 'delivered', false)).toBe('expired');
     expect(await history(c.request_id)).toEqual(['sent', 'expired']);
-    expect(await redis.hmget(keys.verification(c.request_id), 'failure_reason', 'cost', 'refunded')).toEqual([null, '0', '1']);
-    expect(await balance()).toBe(before);
+    expect(await s.redis.hmget(s.keys.verification(c.request_id), 'failure_reason', 'cost', 'refunded')).toEqual([null, '0', '1']);
+    expect(await s.balance()).toBe(before);
 
     // A workflow step's delivery after the request was canceled: no `delivered` in its history.
-    const w = await service.create(account, { phone_number: '+447700900422', workflow: [{ method: 'voice', timeout_seconds: 20 }, { method: 'sms' }] });
-    await redis.hset(keys.verification(w.request_id), 'dial_started', '1');
-    await service.cancel(account, w.request_id);
+    const w = await s.service.create(s.account, { phone_number: '+447700900422', workflow: [{ method: 'voice', timeout_seconds: 20 }, { method: 'sms' }] });
+    await s.redis.hset(s.keys.verification(w.request_id), 'dial_started', '1');
+    await s.service.cancel(s.account, w.request_id);
     expect(await apply(w.request_id, 'delivered', false, 0)).toBe('canceled');
     expect(await history(w.request_id)).toEqual(['sent', 'canceled']);
   });

@@ -1,8 +1,6 @@
 import { execFile } from 'node:child_process';
-import { createHmac, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Queue } from 'bullmq';
@@ -14,6 +12,7 @@ import { WEBHOOK_QUEUE, type WebhookJobData } from '../../src/events/webhook-que
 import type { Method } from '../../src/verification/types.js';
 import { VerificationService } from '../../src/verification/verification-service.js';
 import { deletePrefix, REDIS_URL, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+import { Receiver } from '../helpers/webhook-receiver.js';
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
 
@@ -112,16 +111,13 @@ describe('flashverify CLI', { timeout: 90_000 }, () => {
  */
 describe('flashverify webhook failed / replay', { timeout: 90_000 }, () => {
   let t: TestEngine;
-  let server: Server;
   let url: string;
   const dir = mkdtempSync(join(tmpdir(), 'fv-cli-webhooks-'));
   const config = join(dir, 'c.yaml');
   let env: Record<string, string>;
-  /** Statuses to answer, in order; then `otherwise`. */
-  const script: number[] = [];
-  let otherwise = 500;
-  let secret = '';
-  const received: { request_id: string; event_id: string; status: number; signatureValid: boolean }[] = [];
+  // Every answer 500 (each attempt fails) until the test sets `otherwise` to 200.
+  const receiver = new Receiver();
+  receiver.otherwise = 500;
   let queue: Queue<WebhookJobData>;
   let service: VerificationService;
   let store: AccountStore;
@@ -134,23 +130,7 @@ describe('flashverify webhook failed / replay', { timeout: 90_000 }, () => {
     );
     env = { REDIS_URL, REDIS_PREFIX: t.config.redis.prefix, LOG_LEVEL: 'warn' };
     writeFileSync(config, `security: { masterKeyFile: "${join(dir, 'master.key')}" }\nwebhooks: { allowPrivate: true }\n`);
-    server = createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        const body = Buffer.concat(chunks);
-        const status = script.shift() ?? otherwise;
-        received.push({
-          request_id: String((JSON.parse(body.toString()) as Record<string, unknown>).request_id),
-          event_id: String(req.headers['x-flashverify-event-id']),
-          status,
-          signatureValid: req.headers['x-flashverify-signature'] === 'sha256=' + createHmac('sha256', secret).update(body).digest('hex'),
-        });
-        res.writeHead(status).end();
-      });
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
+    url = await receiver.start();
     queue = new Queue<WebhookJobData>(WEBHOOK_QUEUE, { connection: t.redis, prefix: t.keys.bullPrefix() });
     service = new VerificationService(t.redis, t.keys, t.sealer, t.config, { enqueue: async () => undefined }, pino({ level: 'silent' }), new Set<Method>(['flash_call']));
     store = new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true });
@@ -158,8 +138,7 @@ describe('flashverify webhook failed / replay', { timeout: 90_000 }, () => {
   afterAll(async () => {
     await queue?.close();
     await t?.stop();
-    server?.closeAllConnections();
-    await new Promise((r) => server?.close(r));
+    await receiver.stop();
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -177,7 +156,7 @@ describe('flashverify webhook failed / replay', { timeout: 90_000 }, () => {
     const other = await t.account();
     await store.setWebhook(a.account_id, url);
     await store.setWebhook(other.account_id, url);
-    secret = a.api_secret;
+    receiver.secret = a.api_secret;
     // Every answer 500: each event is given up after its 2 attempts. R1 and R2 first, R3 (and the other account's) later.
     const r1 = (await service.create(a, { phone_number: '+447700900501' })).request_id;
     const r2 = (await service.create(a, { phone_number: '+447700900502' })).request_id;
@@ -199,25 +178,25 @@ describe('flashverify webhook failed / replay', { timeout: 90_000 }, () => {
 
     // The customer fixed the endpoint and rotated the secret; the replay is signed with the new one.
     const regenerated = await store.regenerateSecret(a.account_id);
-    secret = regenerated.api_secret;
-    otherwise = 200;
+    receiver.secret = regenerated.api_secret;
+    receiver.otherwise = 200;
     const replayed = await cli('replay', a.account_id, '--request-id', r1);
     expect(replayed).toEqual([first[r1]]);
-    await waitFor(async () => received.some((r) => r.request_id === r1 && r.status === 200));
-    const r1Hits = received.filter((r) => r.request_id === r1);
-    expect(r1Hits.map((h) => h.status)).toEqual([500, 500, 200]);
-    expect(new Set(r1Hits.map((h) => h.event_id))).toEqual(new Set([first[r1]!.event_id]));
+    await waitFor(async () => receiver.forRequest(r1).some((r) => r.answered === 200));
+    const r1Hits = receiver.forRequest(r1);
+    expect(r1Hits.map((h) => h.answered)).toEqual([500, 500, 200]);
+    expect(new Set(r1Hits.map((h) => h.headers['x-flashverify-event-id']))).toEqual(new Set([first[r1]!.event_id]));
     expect(r1Hits[2]!.signatureValid).toBe(true);
 
     // --since: only those given up at or after that time (R3 failed after R1 and R2).
     expect(await cli('replay', a.account_id, '--since', String(first[r3]!.failed_at))).toEqual([first[r3]]);
-    await waitFor(async () => received.some((r) => r.request_id === r3 && r.status === 200));
+    await waitFor(async () => receiver.forRequest(r3).some((r) => r.answered === 200));
 
     // Fresh attempts: the replayed R2 fails once more and is still retried (its 2 attempts start again).
-    script.push(500);
+    receiver.script.push(500);
     expect(await cli('replay', a.account_id)).toEqual([first[r2]]);
-    await waitFor(async () => received.some((r) => r.request_id === r2 && r.status === 200));
-    expect(received.filter((r) => r.request_id === r2).map((h) => h.status)).toEqual([500, 500, 500, 200]);
+    await waitFor(async () => receiver.forRequest(r2).some((r) => r.answered === 200));
+    expect(receiver.forRequest(r2).map((h) => h.answered)).toEqual([500, 500, 500, 200]);
     expect(await cli('failed', a.account_id)).toEqual([]);
     // The other account's given-up event was never touched.
     expect((await cli('failed', other.account_id)).map((f) => f.event)).toEqual(['verification.sent']);

@@ -1,10 +1,9 @@
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { http, waitFor } from '../helpers/engine.js';
 import { engineCluster, invitesPerDestination, type EngineCluster } from '../helpers/engine-process.js';
 import { startRtpReceiver, type RtpReceiver } from '../helpers/rtp-receiver.js';
 import { startSippUas, type SippUas } from '../helpers/sipp.js';
+import { Receiver } from '../helpers/webhook-receiver.js';
 
 /**
  * Issue 8, "nothing lost": the api and the worker run as separate
@@ -202,16 +201,8 @@ describe('worker SIGKILLed after the dial is recorded, before any answer', { tim
 describe('a delivery job that fails for good', { timeout: 60_000 }, () => {
   it('fails its verification `job_failed` instead of leaving it `sent` until it expires; status and webhook follow', async () => {
     // The account's webhook receiver, on loopback (webhooks.allowPrivate).
-    const hooks: Record<string, unknown>[] = [];
-    const receiver = createServer((req, res) => {
-      let body = '';
-      req.on('data', (d: Buffer) => (body += d.toString()));
-      req.on('end', () => {
-        hooks.push(JSON.parse(body) as Record<string, unknown>);
-        res.end();
-      });
-    });
-    await new Promise<void>((r) => receiver.listen(0, '127.0.0.1', r));
+    const receiver = new Receiver();
+    const hookUrl = await receiver.start();
     try {
       uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 30_000 });
       cluster = await engineCluster({ ...FAST_RECOVERY, webhooks: { allowPrivate: true }, sip: { trunks: [{ name: 'sipp', uri: uas.uri }] } });
@@ -221,7 +212,7 @@ describe('a delivery job that fails for good', { timeout: 60_000 }, () => {
       first.kill('SIGTERM');
       expect((await first.waitExit(10_000)).code).toBe(0);
       const account = await cluster.account(10);
-      await cluster.redis.hset(cluster.keys.account(account.account_id), 'webhook_url', `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hook`);
+      await cluster.redis.hset(cluster.keys.account(account.account_id), 'webhook_url', hookUrl);
       const r = await http(`${cluster.httpUrl}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900500', method: 'flash_call' } });
       expect(r.status).toBe(201);
       const id = String(r.body.request_id);
@@ -238,12 +229,13 @@ describe('a delivery job that fails for good', { timeout: 60_000 }, () => {
       expect(status).toMatchObject({ status: 'failed', failure_reason: 'job_failed' });
       expect(worker.output()).toContain('flash job failed');
       expect(uas.messages()).toHaveLength(0);
-      const hook = await waitFor(async () => hooks.find((h) => h.event === 'verification.failed'), 15_000, 100).catch((err: Error) => {
-        throw new Error(`${err.message}; received ${JSON.stringify(hooks)}; worker log:\n${worker.output().split('\n').filter((l) => /webhook/i.test(l)).join('\n')}`);
+      const hooks = () => receiver.received.map((r) => r.json);
+      const hook = await waitFor(async () => hooks().find((h) => h.event === 'verification.failed'), 15_000, 100).catch((err: Error) => {
+        throw new Error(`${err.message}; received ${JSON.stringify(hooks())}; worker log:\n${worker.output().split('\n').filter((l) => /webhook/i.test(l)).join('\n')}`);
       });
       expect(hook).toMatchObject({ request_id: id, status: 'failed', method: 'flash_call' });
     } finally {
-      await new Promise((r) => receiver.close(r));
+      await receiver.stop();
     }
   });
 });

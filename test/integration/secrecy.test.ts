@@ -1,5 +1,3 @@
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterAll, describe, expect, it } from 'vitest';
 import { AccountStore } from '../../src/accounts/account-store.js';
 import type { Config } from '../../src/config/schema.js';
@@ -7,6 +5,7 @@ import { deletePrefix, http, readEvents, startTestEngine, testConfig, waitFor, t
 import { smscEntry, startSmsc, type TestSmsc } from '../helpers/smsc.js';
 import { startRtpReceiver, type RtpReceiver } from '../helpers/rtp-receiver.js';
 import { sipUriUser, startSippUas, type SippUas } from '../helpers/sipp.js';
+import { Receiver } from '../helpers/webhook-receiver.js';
 
 /**
  * Secrecy end to end: one full run of the engine (role 'all', LOG_LEVEL debug)
@@ -23,37 +22,6 @@ import { sipUriUser, startSippUas, type SippUas } from '../helpers/sipp.js';
  */
 const T1 = 50;
 const PHONES = { flash: '+447700900201', voice: '+447700900202', busy: '+447700900203', sms: '+447700900204' } as const;
-
-interface Hook {
-  body: string;
-  headers: string;
-}
-
-class Receiver {
-  readonly received: Hook[] = [];
-  private server: Server | undefined;
-  async start(): Promise<string> {
-    this.server = createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        this.received.push({ body: Buffer.concat(chunks).toString('utf8'), headers: JSON.stringify(req.headers) });
-        res.writeHead(200, { 'content-type': 'text/plain' }).end('ok');
-      });
-    });
-    await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', r));
-    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/hooks/flashverify`;
-  }
-  events(id: string): string[] {
-    return this.received
-      .map((h) => JSON.parse(h.body) as Record<string, unknown>)
-      .filter((j) => j.request_id === id)
-      .map((j) => String(j.event));
-  }
-  async stop(): Promise<void> {
-    await new Promise((r) => this.server?.close(r));
-  }
-}
 
 /** One searchable item: where it came from and its text. */
 interface Item {
@@ -268,7 +236,7 @@ describe('secrecy: nothing secret in logs, Redis, events or webhooks', () => {
     const logItems: Item[] = engines.flatMap((e, n) =>
       e.logs.map((line, i) => ({ where: `log engine${n} #${i}: ${line.slice(0, 300)}`, text: line, values: [] })),
     );
-    const hookItems: Item[] = receiver.received.map((h, i) => ({ where: `webhook #${i}`, text: `${h.headers}\n${h.body}`, values: [] }));
+    const hookItems: Item[] = receiver.received.map((h, i) => ({ where: `webhook #${i}`, text: `${JSON.stringify(h.headers)}\n${h.body.toString('utf8')}`, values: [] }));
     const apiItems: Item[] = apiResponses.map((r, i) => ({ where: `api response #${i}`, text: r, values: [] }));
 
     // The collection is not empty: the run really left all of this behind.

@@ -1,10 +1,9 @@
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AccountStore } from '../../src/accounts/account-store.js';
 import { http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 import { DEFAULT_SETTINGS } from '../../smsc-test/protocol.js';
 import { smscEntry, startSmsc, type SmscSettings, type SubmitRecord, type TestSmsc } from '../helpers/smsc.js';
+import { Receiver } from '../helpers/webhook-receiver.js';
 
 /**
  * SMS OTP end to end (issue 4): HTTP API → BullMQ → SMS worker → SMPP bind →
@@ -18,26 +17,19 @@ type TestOverrides = Parameters<typeof testConfig>[0];
 
 let smsc: TestSmsc;
 let engine: TestEngine | undefined;
-let hooks: { server: Server; url: string; received: Record<string, unknown>[] };
+const hooks = new Receiver();
+let hookUrl: string;
+/** The bodies of the webhooks received for a request, in order. */
+const hooksOf = (id: string) => hooks.forRequest(id).map((r) => r.json);
 
 beforeAll(async () => {
   smsc = await startSmsc({ maxLifetimeMs: 170_000 });
-  const received: Record<string, unknown>[] = [];
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      received.push(JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>);
-      res.writeHead(200).end('ok');
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  hooks = { server, received, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook` };
+  hookUrl = await hooks.start();
 });
 
 afterAll(async () => {
   await smsc?.stop();
-  await new Promise((r) => hooks?.server.close(r));
+  await hooks.stop();
 });
 
 afterEach(async () => {
@@ -89,7 +81,7 @@ describe('SMS OTP through SMPP', () => {
   it('delivers the code as GSM-7 text, turns DELIVRD into delivered, verifies, and sends the signed webhook', async () => {
     const t = await start();
     const account = await t.account({ balance: 1 });
-    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, hooks.url);
+    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, hookUrl);
     const id = await sendSms(t, account.auth, '+447700900123');
 
     const status = await finalStatus(t, account.auth, id);
@@ -108,7 +100,7 @@ describe('SMS OTP through SMPP', () => {
     const events = (await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id);
     const delivered = events.find((e) => e.status === 'delivered');
     expect(JSON.parse(delivered!.detail!)).toMatchObject({ smsc: 'default', stat: 'DELIVRD', smpp_message_id: submit!.messageId });
-    const hook = await waitFor(async () => hooks.received.find((h) => h.request_id === id && h.status === 'delivered'), 5000);
+    const hook = await waitFor(async () => hooksOf(id).find((h) => h.status === 'delivered'), 5000);
     expect(hook).toMatchObject({ event: 'verification.delivered', method: 'sms', phone_number: '+447700900123' });
 
     const ready = await http(`${t.url}/readyz`);
@@ -257,7 +249,7 @@ describe('SMS OTP through SMPP', () => {
   it('an SMSC that accepts then drops before answering: never a second message, each delivered by its receipt (matched by number), one webhook each', async () => {
     const t = await start({ window: 10 });
     const account = await t.account({ balance: 1 });
-    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, hooks.url);
+    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, hookUrl);
     // Receipts come on the new bind after the reconnect, well after the worker marked the submits unconfirmed.
     await smsc.set({ acceptThenDrop: 3, receiptDelayMs: 300 });
     // Three in flight on the one bind: the SMSC stores all three, then drops the connection before answering any.
@@ -274,8 +266,8 @@ describe('SMS OTP through SMPP', () => {
     }
     const events = (await readEvents(t.redis, t.keys)).filter((e) => ids.includes(e.request_id!));
     expect(events.filter((e) => e.status === 'failed')).toEqual([]);
-    await waitFor(async () => ids.every((id) => hooks.received.some((h) => h.request_id === id && h.status === 'delivered')) || undefined, 10_000);
-    for (const id of ids) expect(hooks.received.filter((h) => h.request_id === id && h.status !== 'sent')).toHaveLength(1);
+    await waitFor(async () => ids.every((id) => hooksOf(id).some((h) => h.status === 'delivered')) || undefined, 10_000);
+    for (const id of ids) expect(hooksOf(id).filter((h) => h.status !== 'sent')).toHaveLength(1);
   });
 
   it('two unconfirmed submits to one number on one SMSC (two accounts): a receipt is not guessed by number; both fail smsc_unconfirmed, a warning names them, never the number', async () => {
@@ -321,7 +313,7 @@ describe('SMS OTP through SMPP', () => {
   it('an unconfirmed submit whose receipt comes after the deadline: failed smsc_unconfirmed, not refunded, never also delivered', async () => {
     const t = await start({}, { sms: { unconfirmedDeadlineMs: 800 } });
     const account = await t.account({ balance: 1 });
-    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, hooks.url);
+    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, hookUrl);
     await smsc.set({ acceptThenDrop: 1, receiptDelayMs: 2_000 });
     const id = await sendSms(t, account.auth, '+447700900951');
     const status = await finalStatus(t, account.auth, id);
@@ -334,14 +326,14 @@ describe('SMS OTP through SMPP', () => {
     expect((await http(`${t.url}/v1/verify/${id}`, { auth: account.auth })).body).toMatchObject({ status: 'failed', failure_reason: 'smsc_unconfirmed' });
     expect((await t.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 0.03, 6);
     expect(await submitsTo('+447700900951')).toHaveLength(1);
-    await waitFor(async () => hooks.received.find((h) => h.request_id === id), 5_000);
-    expect(hooks.received.filter((h) => h.request_id === id && h.status !== 'sent').map((h) => h.status)).toEqual(['failed']);
+    await waitFor(async () => hooksOf(id)[0], 5_000);
+    expect(hooksOf(id).filter((h) => h.status !== 'sent').map((h) => h.status)).toEqual(['failed']);
   });
 
   it('intermediate receipts (ACCEPTD, ENROUTE) change nothing; the DELIVRD after them: delivered through the API and one webhook', async () => {
     const t = await start();
     const account = await t.account({ balance: 1 });
-    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, hooks.url);
+    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, hookUrl);
     await smsc.set({ intermediateStates: ['ACCEPTD', 'ENROUTE'], receiptDelayMs: 1_000 });
     const id = await sendSms(t, account.auth, '+447700900961');
     const answered = (state: string) => (s: { receipts: { destination: string; state: string; statuses: (number | null)[] }[] }) =>
@@ -355,9 +347,9 @@ describe('SMS OTP through SMPP', () => {
     expect(await finalStatus(t, account.auth, id)).toMatchObject({ status: 'delivered' });
     const events = (await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id && e.status !== 'sent');
     expect(events.map((e) => [e.status, JSON.parse(e.detail!).stat])).toEqual([['delivered', 'DELIVRD']]);
-    await waitFor(async () => hooks.received.find((h) => h.request_id === id), 5_000);
+    await waitFor(async () => hooksOf(id)[0], 5_000);
     await new Promise((r) => setTimeout(r, 200));
-    expect(hooks.received.filter((h) => h.request_id === id && h.status !== 'sent').map((h) => h.event)).toEqual(['verification.delivered']);
+    expect(hooksOf(id).filter((h) => h.status !== 'sent').map((h) => h.event)).toEqual(['verification.delivered']);
     const metrics = await fetch(`${t.url}/metrics`).then((r) => r.text());
     expect(metrics).toMatch(/flashverify_sms_receipts_total\{smsc="default",state="ENROUTE"\} 1/);
   });

@@ -1,4 +1,4 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Queue } from 'bullmq';
 import { pino } from 'pino';
@@ -9,67 +9,7 @@ import { WEBHOOK_QUEUE, type WebhookJobData } from '../../src/events/webhook-que
 import type { Method } from '../../src/verification/types.js';
 import { VerificationService } from '../../src/verification/verification-service.js';
 import { startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
-
-interface Hit {
-  event_id: string;
-  request_id: string;
-  at: number;
-  answered: boolean;
-}
-
-/**
- * A webhook receiver on loopback whose behaviour the test switches: `ok` answers 200 at once, `hang` accepts the
- * connection and the request and never answers (a receiver stuck behind a dead backend). It records every request,
- * how many are open at once, and how many the sender gave up on (closed unanswered).
- */
-class Receiver {
-  readonly hits: Hit[] = [];
-  mode: 'ok' | 'hang' = 'ok';
-  open = 0;
-  maxOpen = 0;
-  abandoned = 0;
-  /** Called on each request as it arrives (to take a snapshot of another receiver). */
-  onHit: (() => void) | undefined;
-  private server: Server | undefined;
-
-  async start(port = 0): Promise<string> {
-    this.server = createServer((req, res) => this.handle(req, res));
-    await new Promise<void>((r) => this.server!.listen(port, '127.0.0.1', r));
-    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/hook`;
-  }
-
-  private handle(req: IncomingMessage, res: ServerResponse): void {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, string>;
-      const hit: Hit = { event_id: String(req.headers['x-flashverify-event-id']), request_id: body.request_id ?? '', at: Date.now(), answered: false };
-      this.hits.push(hit);
-      this.onHit?.();
-      if (this.mode === 'ok') {
-        hit.answered = true;
-        res.writeHead(200).end('ok');
-        return;
-      }
-      this.open++;
-      this.maxOpen = Math.max(this.maxOpen, this.open);
-      res.on('close', () => {
-        this.open--;
-        this.abandoned++;
-      });
-    });
-  }
-
-  delivered(): Set<string> {
-    return new Set(this.hits.filter((h) => h.answered).map((h) => h.event_id));
-  }
-
-  async stop(): Promise<void> {
-    this.server?.closeAllConnections();
-    await new Promise((r) => (this.server ? this.server.close(r) : r(undefined)));
-    this.server = undefined;
-  }
-}
+import { Receiver } from '../helpers/webhook-receiver.js';
 
 /** A loopback port where nothing listens (connections refused) until a receiver is started on it. */
 async function closedPort(): Promise<number> {
@@ -149,18 +89,18 @@ describe('webhook isolation between accounts: per-account cap and circuit breake
     const dead = new Receiver();
     const healthy = new Receiver();
     receivers.push(dead, healthy);
-    dead.mode = 'hang';
+    dead.hang = true;
     const deadAccount = await accountWith(await dead.start());
     const healthyAccount = await accountWith(await healthy.start());
     let abandonedWhenHealthyServed = -1;
-    healthy.onHit = () => (abandonedWhenHealthyServed = dead.abandoned);
+    healthy.onRequest = () => (abandonedWhenHealthyServed = dead.abandoned);
 
     // 8 events of the dead account first: without a cap they would take all 4 slots for TIMEOUT_MS at a time.
     const deadRequests = await send(deadAccount, 8, 100);
     await waitFor(async () => dead.open === 2);
     const [healthyRequest] = await send(healthyAccount, 1, 200);
     await waitFor(async () => healthy.delivered().size === 1, TIMEOUT_MS);
-    expect(healthy.hits[0]!.request_id).toBe(healthyRequest);
+    expect(healthy.received[0]!.json.request_id).toBe(healthyRequest);
     // Served while the dead account's first deliveries were still hanging, none of them given up on yet.
     expect(abandonedWhenHealthyServed).toBe(0);
     expect(await metric('flashverify_webhook_deferred_total{reason="account_limit"}')).toBeGreaterThan(0);
@@ -171,19 +111,19 @@ describe('webhook isolation between accounts: per-account cap and circuit breake
     expect(opened).toHaveLength(1);
     expect(opened[0]).toMatchObject({ failures: 3, cool_off_ms: COOL_OFF_MS, err: `timeout: no answer within ${TIMEOUT_MS} ms` });
     await waitFor(async () => dead.open === 0, TIMEOUT_MS + 500);
-    const triedBeforeOpen = dead.hits.length;
+    const triedBeforeOpen = dead.received.length;
     await waitFor(async () => (await metric('flashverify_webhook_deferred_total{reason="breaker"}')) > 0);
     await new Promise((r) => setTimeout(r, COOL_OFF_MS / 2));
-    expect(dead.hits.length).toBe(triedBeforeOpen);
+    expect(dead.received.length).toBe(triedBeforeOpen);
     expect(dead.maxOpen).toBe(2);
 
     // The receiver recovers: after the cool-off one probe goes, succeeds, and the breaker closes.
-    dead.mode = 'ok';
+    dead.hang = false;
     await waitFor(async () => dead.delivered().size === 8, 4 * COOL_OFF_MS);
     await waitFor(async () => logged('webhook breaker closed: deliveries to this account resume', deadAccount.account_id).length === 1);
     expect(logged('webhook breaker half-open: one probe delivery decides', deadAccount.account_id).length).toBeGreaterThanOrEqual(1);
     expect(await metric('flashverify_webhook_breaker_open')).toBe(0);
-    expect(new Set(dead.hits.map((h) => h.request_id))).toEqual(new Set(deadRequests));
+    expect(new Set(dead.received.map((r) => r.json.request_id))).toEqual(new Set(deadRequests));
 
     // Nothing lost, nothing given up: each attempt BullMQ counted is a request the receiver saw; deferrals spent none.
     const jobs = await waitFor(async () => {
@@ -191,7 +131,7 @@ describe('webhook isolation between accounts: per-account cap and circuit breake
       return j.length === 8 && j.every((x) => x.finishedOn) ? j : undefined;
     });
     expect(await Promise.all(jobs.map((j) => j.getState()))).toEqual(Array(8).fill('completed'));
-    expect(jobs.reduce((n, j) => n + j.attemptsMade, 0)).toBe(dead.hits.length);
+    expect(jobs.reduce((n, j) => n + j.attemptsMade, 0)).toBe(dead.received.length);
     for (const line of t.logs.filter((l) => l.includes('webhook breaker'))) {
       expect(line).not.toContain(deadAccount.api_secret);
       expect(line).not.toMatch(/447700900\d\d\d/);
@@ -220,7 +160,7 @@ describe('webhook isolation between accounts: per-account cap and circuit breake
     receivers.push(receiver);
     await receiver.start(port);
     await waitFor(async () => receiver.delivered().size === 5, 6 * COOL_OFF_MS);
-    expect(new Set(receiver.hits.map((h) => h.request_id))).toEqual(new Set(requests));
+    expect(new Set(receiver.received.map((r) => r.json.request_id))).toEqual(new Set(requests));
     await waitFor(async () => logged('webhook breaker closed: deliveries to this account resume', a.account_id).length === 1);
     expect(await queue.getFailed()).toEqual([]);
   });
@@ -292,7 +232,7 @@ describe('webhooks.maxAgeMs: a dead receiver does not keep its events waiting fo
     const [job] = await givenUpWebhooks(queue, { accountId: a.account_id });
     await replayGivenUp(job!);
     await waitFor(async () => receiver!.delivered().size === 1, 4000);
-    expect(receiver.hits[0]!.request_id).toBe(request_id);
+    expect(receiver.received[0]!.json.request_id).toBe(request_id);
     expect(await job!.getState()).toBe('completed');
   });
 });

@@ -1,5 +1,3 @@
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
@@ -15,36 +13,7 @@ import { scripts } from '../../src/store/scripts.js';
 import { utcDay, type Method } from '../../src/verification/types.js';
 import { VerificationService } from '../../src/verification/verification-service.js';
 import { startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
-
-/** A loopback receiver that records the events it accepted, per request; it answers 500 to those `failing` matches. */
-class Receiver {
-  readonly received: Record<string, unknown>[] = [];
-  failing: (body: Record<string, unknown>) => boolean = () => false;
-  private server: Server | undefined;
-
-  async start(): Promise<string> {
-    this.server = createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>;
-        if (this.failing(body)) return void res.writeHead(500).end('no');
-        this.received.push(body);
-        res.writeHead(200).end('ok');
-      });
-    });
-    await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', r));
-    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/hook`;
-  }
-
-  events(requestId: string): unknown[] {
-    return this.received.filter((r) => r.request_id === requestId).map((r) => r.event);
-  }
-
-  async stop(): Promise<void> {
-    await new Promise((r) => this.server?.close(r));
-  }
-}
+import { Receiver } from '../helpers/webhook-receiver.js';
 
 /** The production consumer, driven by hand: the test decides which consumer reads and handles which entry, when. */
 class HandDrivenConsumer extends WebhookConsumer {
@@ -249,7 +218,7 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
 
   it('a given-up webhook is marked done, and the later events of its request follow', async () => {
     const { request_id: id } = await service.create(account, { phone_number: '+447700900212' });
-    receiver.failing = (b) => b.request_id === id && b.event === 'verification.sent';
+    receiver.answer = (b) => (b.request_id === id && b.event === 'verification.sent' ? 500 : undefined);
     try {
       await publisher.publish({ request_id: id, account_id: account.account_id, method: 'flash_call', status: 'delivered', detail: {} });
       await handleNew();
@@ -257,7 +226,7 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
       // double from orderPollMs (50 ms): on a loaded machine the one after the give-up can come several seconds later.
       await waitFor(async () => receiver.events(id).length === 1, 15_000);
     } finally {
-      receiver.failing = () => false;
+      receiver.answer = undefined;
     }
     const [sentId, deliveredId] = await eventIds(id);
     expect(receiver.events(id)).toEqual(['verification.delivered']);

@@ -1,5 +1,3 @@
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { DeepPartial } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
@@ -11,6 +9,7 @@ import { engineCluster, type EngineCluster } from '../helpers/engine-process.js'
 import { startRtpReceiver, type RtpReceiver } from '../helpers/rtp-receiver.js';
 import { findFreePort, startSippUas, type SippUas } from '../helpers/sipp.js';
 import { smscEntry, startSmsc, type TestSmsc } from '../helpers/smsc.js';
+import { Receiver } from '../helpers/webhook-receiver.js';
 
 /**
  * Fallback workflows (issue 6, "Workflows"): one request, steps tried in
@@ -24,7 +23,8 @@ const PHONE = '+447700900123';
 const PRICE = { flash_call: 0.004, voice: 0.02, sms: 0.03 };
 
 let smsc: TestSmsc;
-let hooks: { server: Server; url: string; received: Record<string, unknown>[] };
+const hooks = new Receiver();
+let hookUrl: string;
 let engine: TestEngine | undefined;
 let uas: SippUas | undefined;
 let rtp: RtpReceiver | undefined;
@@ -32,21 +32,11 @@ let cluster: EngineCluster | undefined;
 
 beforeAll(async () => {
   smsc = await startSmsc({ maxLifetimeMs: 90_000 });
-  const received: Record<string, unknown>[] = [];
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      received.push(JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>);
-      res.writeHead(200).end('ok');
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  hooks = { server, received, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook` };
+  hookUrl = await hooks.start();
 });
 afterAll(async () => {
   await smsc?.stop();
-  await new Promise((r) => hooks?.server.close(r));
+  await hooks.stop();
 });
 afterEach(async () => {
   await uas?.stop();
@@ -89,9 +79,8 @@ async function waitStep(t: TestEngine, id: string, step: number, timeoutMs = 15_
 const check = (t: TestEngine, auth: string, id: string, code: string) => http(`${t.url}/v1/verify/check`, { auth, body: { request_id: id, code } });
 const status = async (t: TestEngine, auth: string, id: string) => (await http(`${t.url}/v1/verify/${id}`, { auth })).body;
 const calls = (u: SippUas): number => new Set(u.requests('INVITE').map((m) => m.header('call-id'))).size;
-const hooksOf = (id: string): string[] => hooks.received.filter((h) => h.request_id === id).map((h) => String(h.event));
 const withWebhook = async (t: TestEngine, accountId: string): Promise<void> => {
-  await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(accountId, hooks.url);
+  await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(accountId, hookUrl);
 };
 const balance = async (t: TestEngine, accountId: string): Promise<number> => (await t.accounts.get(accountId)).balance;
 
@@ -157,8 +146,8 @@ describe('workflows', () => {
     // The codes never travel in events.
     for (const e of events) expect(JSON.stringify(e)).not.toContain(voiceCode);
     // The flash step's failure is no webhook: the customer sees sent, delivered, verified.
-    await waitFor(async () => hooksOf(id).includes('verification.verified'), 10_000);
-    expect(hooksOf(id)).toEqual(['verification.sent', 'verification.delivered', 'verification.verified']);
+    await waitFor(async () => hooks.events(id).includes('verification.verified'), 10_000);
+    expect(hooks.events(id)).toEqual(['verification.sent', 'verification.delivered', 'verification.verified']);
 
     // Conversion per country, each step under its own method (sent), the verified one under the step that verified,
     // in Redis (per day, written in batches every 250 ms) and in the metrics.
@@ -361,8 +350,8 @@ describe('workflows', () => {
     const events = (await readEvents(engine.redis, engine.keys)).filter((e) => e.request_id === id);
     expect(events.map((e) => e.event)).toContain('verification.canceled');
     expect(events.map((e) => e.event)).not.toContain('verification.step_started');
-    await waitFor(async () => hooksOf(id).includes('verification.canceled'), 10_000);
-    expect(hooksOf(id)).toEqual(['verification.sent', 'verification.delivered', 'verification.canceled']);
+    await waitFor(async () => hooks.events(id).includes('verification.canceled'), 10_000);
+    expect(hooks.events(id)).toEqual(['verification.sent', 'verification.delivered', 'verification.canceled']);
   }, 20_000);
 
   it('a step timeout CANCELs its ringing flash call, cancel CANCELs the ringing voice call; the late flash outcome leaves the voice step alone', async () => {

@@ -3,6 +3,7 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import pino, { type Logger } from 'pino';
 import type { CallDelegate, CallFailure } from '../../../src/sip/call-originator.js';
+import { EmbeddedSipOriginator, type EmbeddedSipOriginatorOptions } from '../../../src/sip/embedded-originator.js';
 import { getHeader, getHeaders, type ParsedRequest } from '../../../src/sip/message.js';
 import type { TrunkConfig } from '../../../src/config/schema.js';
 
@@ -158,4 +159,49 @@ export function responseTo(
     '',
     body,
   ].join('\r\n');
+}
+
+/** The embedded UAC under test on an ephemeral loopback port, started, as a scripted peer's tests set it up. */
+export async function startLoopbackUac({ transports, t1Ms }: { transports: ('udp' | 'tcp')[]; t1Ms: number }): Promise<EmbeddedSipOriginator> {
+  const options: EmbeddedSipOriginatorOptions = {
+    listen: { host: '127.0.0.1', port: 0, transports },
+    timers: { t1Ms, t2Ms: 4000, t4Ms: 5000 },
+    userAgent: 'fv-ua/1.0',
+    logger: testLogger,
+  };
+  const sip = new EmbeddedSipOriginator(options);
+  await sip.start();
+  return sip;
+}
+
+/** The requests a scripted peer (a fake trunk over UDP or TCP) got, in order, awaited and counted by method. */
+export class ScriptedPeer<R extends { req: ParsedRequest }> {
+  readonly requests: R[] = [];
+  private waiters: (() => void)[] = [];
+
+  constructor(private readonly timeoutMs: number) {}
+
+  /** Records a request, and wakes whoever waits in next(). */
+  protected received(r: R): void {
+    this.requests.push(r);
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  /** The `index`th request of `method` (0: the first), once it has come. */
+  async next(method: string, index = 0, timeoutMs = this.timeoutMs): Promise<R> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = this.requests.filter((r) => r.req.method === method)[index];
+      if (found !== undefined) return found;
+      if (Date.now() > deadline) throw new Error(`no ${method}[${index}]; got ${this.requests.map((r) => r.req.method).join(',')}`);
+      await new Promise<void>((resolve) => {
+        this.waiters.push(resolve);
+        setTimeout(resolve, 50);
+      });
+    }
+  }
+
+  count(method: string): number {
+    return this.requests.filter((r) => r.req.method === method).length;
+  }
 }

@@ -6,10 +6,10 @@
 import { createHash } from 'node:crypto';
 import dgram from 'node:dgram';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
+import type { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
 import { getHeader, getHeaders, type ParsedRequest } from '../../../src/sip/message.js';
 import { parseMessage } from '../../../src/sip/parser.js';
-import { recorder, responseTo, testLogger, trunk } from './helpers.js';
+import { recorder, responseTo, ScriptedPeer, startLoopbackUac, testLogger, trunk } from './helpers.js';
 
 interface Received {
   req: ParsedRequest;
@@ -17,40 +17,24 @@ interface Received {
   port: number;
 }
 
-class FakeTrunk {
+class FakeTrunk extends ScriptedPeer<Received> {
   readonly socket = dgram.createSocket('udp4');
-  readonly requests: Received[] = [];
   readonly responses: string[] = [];
-  private waiters: (() => void)[] = [];
+
+  constructor() {
+    super(3000);
+  }
 
   async bind(): Promise<number> {
     this.socket.on('message', (m, rinfo) => {
       const raw = m.toString('utf8');
       const r = parseMessage(m);
       if (!r.ok) throw new Error('fake trunk got malformed: ' + r.reason);
-      if (r.message.kind === 'request') this.requests.push({ req: r.message, raw, port: rinfo.port });
+      if (r.message.kind === 'request') this.received({ req: r.message, raw, port: rinfo.port });
       else this.responses.push(raw);
-      for (const w of this.waiters.splice(0)) w();
     });
     await new Promise<void>((r) => this.socket.bind(0, '127.0.0.1', () => r()));
     return this.socket.address().port;
-  }
-
-  async next(method: string, index = 0, timeoutMs = 3000): Promise<Received> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const found = this.requests.filter((r) => r.req.method === method)[index];
-      if (found !== undefined) return found;
-      if (Date.now() > deadline) throw new Error(`no ${method}[${index}]; got ${this.requests.map((r) => r.req.method).join(',')}`);
-      await new Promise<void>((resolve) => {
-        this.waiters.push(resolve);
-        setTimeout(resolve, 50);
-      });
-    }
-  }
-
-  count(method: string): number {
-    return this.requests.filter((r) => r.req.method === method).length;
   }
 
   /** Send a response to `to` (reflecting its Via/From/To/Call-ID/CSeq). */
@@ -87,13 +71,7 @@ describe('UAC behaviour (scripted UDP peer)', () => {
   beforeEach(async () => {
     peer = new FakeTrunk();
     port = await peer.bind();
-    sip = new EmbeddedSipOriginator({
-      listen: { host: '127.0.0.1', port: 0, transports: ['udp'] },
-      timers: { t1Ms: 500, t2Ms: 4000, t4Ms: 5000 },
-      userAgent: 'fv-ua/1.0',
-      logger: testLogger,
-    });
-    await sip.start();
+    sip = await startLoopbackUac({ transports: ['udp'], t1Ms: 500 });
   });
 
   afterEach(async () => {

@@ -6,10 +6,10 @@
 import net from 'node:net';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { placeFlashCall, type FlashCallParams } from '../../../src/engine/flash-call.js';
-import { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
+import type { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
 import type { ParsedRequest } from '../../../src/sip/message.js';
 import { StreamFramer } from '../../../src/sip/parser.js';
-import { recorder, responseTo, testLogger, trunk } from './helpers.js';
+import { recorder, responseTo, ScriptedPeer, startLoopbackUac, testLogger, trunk } from './helpers.js';
 
 interface Received {
   req: ParsedRequest;
@@ -18,10 +18,13 @@ interface Received {
 }
 
 /** The far end: accepts connections, frames what arrives, answers on any connection it has. */
-class TcpPeer {
+class TcpPeer extends ScriptedPeer<Received> {
   private readonly server = net.createServer((socket) => this.adopt(socket));
   readonly conns: net.Socket[] = [];
-  readonly requests: Received[] = [];
+
+  constructor() {
+    super(5000);
+  }
 
   async listen(): Promise<number> {
     await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', () => resolve()));
@@ -36,7 +39,7 @@ class TcpPeer {
     socket.on('data', (chunk: Buffer) => {
       const { messages, error } = framer.push(chunk);
       if (error !== undefined) throw new Error('peer got malformed: ' + error);
-      for (const m of messages) if (m.kind === 'request') this.requests.push({ req: m, conn: index });
+      for (const m of messages) if (m.kind === 'request') this.received({ req: m, conn: index });
     });
     socket.on('error', () => undefined);
     return index;
@@ -47,20 +50,6 @@ class TcpPeer {
     const socket = net.connect({ host: '127.0.0.1', port });
     await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
     return this.adopt(socket);
-  }
-
-  async next(method: string, index = 0, timeoutMs = 5000): Promise<Received> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const found = this.requests.filter((r) => r.req.method === method)[index];
-      if (found !== undefined) return found;
-      if (Date.now() > deadline) throw new Error(`no ${method}[${index}]; got ${this.requests.map((r) => r.req.method).join(',')}`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
-  }
-
-  count(method: string): number {
-    return this.requests.filter((r) => r.req.method === method).length;
   }
 
   reply(to: Received, status: number, reason: string, options: { conn?: number; extra?: string[] } = {}): void {
@@ -92,13 +81,7 @@ describe('TCP connection lost during a call (scripted TCP peer)', () => {
   beforeEach(async () => {
     peer = new TcpPeer();
     peerPort = await peer.listen();
-    sip = new EmbeddedSipOriginator({
-      listen: { host: '127.0.0.1', port: 0, transports: ['udp', 'tcp'] },
-      timers: { t1Ms: T1, t2Ms: 4000, t4Ms: 5000 },
-      userAgent: 'fv-ua/1.0',
-      logger: testLogger,
-    });
-    await sip.start();
+    sip = await startLoopbackUac({ transports: ['udp', 'tcp'], t1Ms: T1 });
   });
 
   afterEach(async () => {
