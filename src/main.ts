@@ -383,8 +383,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
     }
 
     // Webhooks: a consumer group turns events into jobs, a BullMQ worker sends them. In worker processes by default;
-    // with webhooks.inWorkers: false only in `--role webhooks` processes, so that a receiver's HTTP work never shares
-    // the event loop that originates calls (BENCHMARKS.md: it raised the INVITE's p99 several times over).
+    // with webhooks.inWorkers: false only in `--role webhooks` processes, which can run on cores or hosts of their own:
+    // then a receiver's HTTP work never shares the event loop, or the CPU, that originates calls (BENCHMARKS.md).
     if (role === 'webhooks' || ((role === 'all' || role === 'worker') && config.webhooks.inWorkers)) {
       const webhookQueue = new WebhookQueue(bullConnection, keys.bullPrefix(), config.webhooks);
       stops.push(['webhook queue', () => webhookQueue.close()]);
