@@ -77,13 +77,27 @@ describe('--role webhooks (webhooks.inWorkers: false)', () => {
     expect(exit).toMatchObject({ code: 0, timedOut: false });
   });
 
-  it('workers send webhooks themselves by default (inWorkers: true), so no webhooks process is needed', async () => {
-    const { r, all, id } = await oneRequest({});
+  it('workers send webhooks themselves by default (inWorkers: true); a webhooks process started beside them is one more sender, and each webhook still goes once', async () => {
+    const { c, r, all, a, id } = await oneRequest({});
     expect(all.output()).not.toContain('webhooks are sent by `--role webhooks` processes only');
     const got = await waitFor(async () => {
       const got = r.forRequest(id);
       return got.some((x) => x.json.event === 'verification.delivered') ? got : undefined;
     }, 10_000);
     expect(got.map((x) => x.json.event)).toEqual(['verification.sent', 'verification.delivered']);
+
+    // One consumer group and one queue for both senders: an event goes to one of them, never to both.
+    await c.start('webhooks');
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const created = await http(`${c.httpUrl}/v1/verify`, { auth: a.auth, body: { phone_number: TEST_NUMBER } });
+      expect(created.status).toBe(201);
+      ids.push(String(created.body.request_id));
+      // Checked: a third webhook (verified) per request.
+      expect((await http(`${c.httpUrl}/v1/verify/check`, { auth: a.auth, body: { request_id: ids[i], code: '1234' } })).status).toBe(200);
+    }
+    await waitFor(async () => ids.every((x) => r.forRequest(x).some((h) => h.json.event === 'verification.verified')), 15_000);
+    await new Promise((done) => setTimeout(done, 1000));
+    for (const x of ids) expect(r.forRequest(x).map((h) => h.json.event)).toEqual(['verification.sent', 'verification.delivered', 'verification.verified']);
   });
 });
