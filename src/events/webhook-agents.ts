@@ -69,8 +69,12 @@ export class WebhookAgents {
     return { agent: url.protocol === 'https:' ? this.pools.https : this.pools.http, release };
   }
 
-  /** Closes every pooled socket, idle or busy (a delivery still in flight fails and is retried by BullMQ). */
+  /**
+   * Closes every pooled socket, idle or busy (a delivery still in flight fails and is retried by BullMQ), and fails
+   * every delivery still waiting for a slot (SlotsClosedError: retried too, not a failure of the receiver).
+   */
   destroy(): void {
+    this.pools?.slots.close();
     this.pools?.http.destroy();
     this.pools?.https.destroy();
   }

@@ -3,6 +3,7 @@ import { request as httpRequest, type Agent, type ClientRequest } from 'node:htt
 import { request as httpsRequest } from 'node:https';
 import { AppError } from '../errors/app-error.js';
 import type { WebhookAgents, WebhookConnection } from './webhook-agents.js';
+import { SlotsClosedError } from './webhook-slots.js';
 import { guardedLookup, type ResolveAll } from './webhook-target.js';
 
 /** A delivery that did not get a 2xx in time; BullMQ retries it with back-off. */
@@ -65,7 +66,9 @@ export async function postWebhook(url: URL, body: string, headers: Record<string
   if (signal.aborted) throw timeout('no answer', options.timeoutMs); // spent before it got here (the target's check)
   // The wait for a free connection (webhook-slots.ts): only the deadline ends it early, and the delivery leaves the queue.
   const connection = options.agents
-    ? await options.agents.connection(url, signal).catch(() => {
+    ? await options.agents.connection(url, signal).catch((err: unknown) => {
+        // Stopping: not the receiver's failure (no breaker count); BullMQ retries it, from another process if need be.
+        if (err instanceof SlotsClosedError) throw err;
         throw timeout(`no free connection to ${url.host}`, options.timeoutMs);
       })
     : { agent: false as const, release: () => undefined };

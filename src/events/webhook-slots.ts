@@ -1,11 +1,24 @@
 /** Gives a slot back; only the first call counts. */
 export type ReleaseSlot = () => void;
 
+/** A delivery waiting for a slot: admitted with a release, or failed when the slots are closed. */
+interface Waiter {
+  admit(release: ReleaseSlot): void;
+  fail(err: Error): void;
+}
+
 interface Origin {
   /** Slots held: deliveries admitted and not yet ended. */
   held: number;
   /** Deliveries waiting for a slot, oldest first (a Set: one that gives up leaves it in O(1)). */
-  waiting: Set<(release: ReleaseSlot) => void>;
+  waiting: Set<Waiter>;
+}
+
+/** What a delivery waiting for a slot, or asking for one, gets once the process is stopping (WebhookSlots.close). */
+export class SlotsClosedError extends Error {
+  constructor() {
+    super('webhook connections closed: the process is stopping');
+  }
 }
 
 /**
@@ -18,6 +31,7 @@ interface Origin {
  */
 export class WebhookSlots {
   private readonly origins = new Map<string, Origin>();
+  private closed = false;
 
   constructor(private readonly limit: number) {}
 
@@ -26,6 +40,7 @@ export class WebhookSlots {
    * signal's reason if it aborts first, and the delivery is no longer queued.
    */
   acquire(origin: string, signal: AbortSignal): Promise<ReleaseSlot> {
+    if (this.closed) return Promise.reject(new SlotsClosedError());
     if (signal.aborted) return Promise.reject(signal.reason);
     let o = this.origins.get(origin);
     if (!o) {
@@ -38,17 +53,37 @@ export class WebhookSlots {
       return Promise.resolve(this.releaser(origin, entry));
     }
     return new Promise<ReleaseSlot>((resolve, reject) => {
-      const admit = (release: ReleaseSlot): void => {
-        signal.removeEventListener('abort', giveUp);
-        resolve(release);
+      const waiter: Waiter = {
+        admit: (release) => {
+          signal.removeEventListener('abort', giveUp);
+          resolve(release);
+        },
+        fail: (err) => {
+          signal.removeEventListener('abort', giveUp);
+          reject(err);
+        },
       };
       const giveUp = (): void => {
-        entry.waiting.delete(admit);
+        entry.waiting.delete(waiter);
         reject(signal.reason);
       };
       signal.addEventListener('abort', giveUp, { once: true });
-      entry.waiting.add(admit);
+      entry.waiting.add(waiter);
     });
+  }
+
+  /**
+   * The process is stopping (its connections are being closed): every delivery still waiting for a slot fails at
+   * once with SlotsClosedError, and so does any that asks later, instead of opening a connection after the pools
+   * were closed. Slots held are still given back by their deliveries.
+   */
+  close(): void {
+    this.closed = true;
+    for (const entry of this.origins.values()) {
+      const waiting = [...entry.waiting];
+      entry.waiting.clear();
+      for (const w of waiting) w.fail(new SlotsClosedError());
+    }
   }
 
   /** Slots held and deliveries waiting for `origin` (for tests and logs). */
@@ -67,7 +102,7 @@ export class WebhookSlots {
         // The slot passes to the oldest waiter, `held` unchanged. It runs on a later microtask (a promise), after
         // the Agent has put the connection just given back in its free list, so it is reused, not one more opened.
         entry.waiting.delete(next.value);
-        next.value(this.releaser(origin, entry));
+        next.value.admit(this.releaser(origin, entry));
         return;
       }
       entry.held--;

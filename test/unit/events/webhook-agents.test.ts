@@ -4,7 +4,8 @@ import type { AddressInfo, Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebhookAgents } from '../../../src/events/webhook-agents.js';
-import { postWebhook } from '../../../src/events/webhook-sender.js';
+import { WebhookDeliveryError, postWebhook } from '../../../src/events/webhook-sender.js';
+import { SlotsClosedError } from '../../../src/events/webhook-slots.js';
 import type { ResolveAll } from '../../../src/events/webhook-target.js';
 
 /**
@@ -252,6 +253,24 @@ describe('webhook deliveries over keep-alive connections', () => {
     expect(await Promise.all([first, ...waiting])).toEqual([200, 200, 200, 200, 200]);
     expect(r.requests.map((q) => q.n)).toEqual(['1', '2', '3', '4', '5']);
     expect(r.sockets).toHaveLength(1);
+  });
+
+  it('closing the pools (the process stopping) fails the deliveries still waiting for a connection at once, not as the receiver\'s fault, and opens none for them', async () => {
+    const { r, held, pool, post } = await busyReceiver(1);
+    const first = post(1);
+    await waitUntil(() => held.length === 1);
+    const waiting = post(2);
+    const t0 = Date.now();
+    pool.destroy();
+    // Not a WebhookDeliveryError (that would count against the account's breaker): BullMQ retries it.
+    await expect(waiting).rejects.toThrow(SlotsClosedError);
+    expect(Date.now() - t0).toBeLessThan(1000);
+    await expect(post(3)).rejects.toThrow(SlotsClosedError);
+    // The one in flight had its connection closed under it.
+    await expect(first).rejects.toThrow(WebhookDeliveryError);
+    await sleep(200);
+    expect(r.sockets).toHaveLength(1);
+    expect(r.requests.map((q) => q.n)).toEqual(['1']);
   });
 
   it('a delivery that gave up waiting leaves the queue: the next one takes its turn, and it is never sent', async () => {

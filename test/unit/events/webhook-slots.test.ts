@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { WebhookSlots, type ReleaseSlot } from '../../../src/events/webhook-slots.js';
+import { SlotsClosedError, WebhookSlots, type ReleaseSlot } from '../../../src/events/webhook-slots.js';
 
 /** Lets pending promise callbacks run. */
 const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
@@ -63,6 +63,20 @@ describe('webhook slots per receiver origin', () => {
     (await after)();
     expect(slots.stats(o)).toEqual({ held: 0, waiting: 0 });
     await expect(slots.acquire(o, deadline.signal)).rejects.toThrow('deadline');
+    expect(slots.stats(o)).toEqual({ held: 0, waiting: 0 });
+  });
+
+  it('close(): every waiter fails at once with SlotsClosedError, later ones too; held slots are still given back', async () => {
+    const slots = new WebhookSlots(1);
+    const o = 'http://a.test';
+    const release = await slots.acquire(o, never);
+    const waiting = [slots.acquire(o, never), slots.acquire('http://b.test', never).then(() => 'admitted')];
+    slots.close();
+    await expect(waiting[0]).rejects.toThrow(SlotsClosedError);
+    // Another origin had a free slot: it was admitted before the close.
+    await expect(waiting[1]).resolves.toBe('admitted');
+    await expect(slots.acquire(o, never)).rejects.toThrow(SlotsClosedError);
+    release();
     expect(slots.stats(o)).toEqual({ held: 0, waiting: 0 });
   });
 
