@@ -62,7 +62,11 @@ describe('--role webhooks (webhooks.inWorkers: false)', () => {
 
     // Its operator listener: ready (Redis), and its metrics show the deliveries it took from the queue.
     expect((await fetch(`http://127.0.0.1:${metricsPort}/readyz`)).status).toBe(200);
-    const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    // The receiver records a request before it answers; the sender counts the delivery once the answer is in.
+    const metrics = await waitFor(async () => {
+      const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      return /^flashverify_webhook_delivery_seconds_count 3$/m.test(text) ? text : undefined;
+    }, 5000);
     const taken = Number(/^flashverify_job_latency_seconds_count\{queue="webhook"\} (\d+)/m.exec(metrics)?.[1] ?? 0);
     expect(taken).toBeGreaterThanOrEqual(3);
     // The three delivered (2xx), each timed to the receiver's status line.
