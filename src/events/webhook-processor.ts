@@ -137,13 +137,13 @@ export class WebhookProcessor {
     const r = (await scripts.prepareWebhook.run(
       redis,
       [order, keys.account(d.account_id), keys.webhookBreaker(d.account_id), keys.verification(d.request_id)],
-      [member, now, this.breaker.probeLeaseMs, config.orderMaxWaitMs],
+      [member, now, this.breaker.probeLeaseMs, config.orderMaxWaitMs, ...RECORD_FIELDS],
     )) as (string | number | null)[];
     if (r[0] === 'held') return undefined;
     const [state, url, until, failures, phoneEnc, recordStatus] = r as [string, string | null, number, number, string | null, string | null];
-    const finalAt = r.slice(6, 6 + FINAL_STATUSES.length) as (string | null)[];
-    const secretEnc = (r[6 + FINAL_STATUSES.length] ?? null) as string | null;
-    const givenUp = r.slice(7 + FINAL_STATUSES.length) as string[];
+    const finalAt = r.slice(6, 4 + RECORD_FIELDS.length) as (string | null)[];
+    const secretEnc = (r[4 + RECORD_FIELDS.length] ?? null) as string | null;
+    const givenUp = r.slice(5 + RECORD_FIELDS.length) as string[];
     if (givenUp.length) {
       this.deps.logger.warn(
         { request_id: d.request_id, event_id: d.event_id, event: d.event, not_handled: givenUp, max_wait_ms: config.orderMaxWaitMs },
@@ -290,6 +290,8 @@ export class WebhookProcessor {
 
 /** The contract's final outcomes: verified, expired and failed are distinct, and canceled ends a request too. */
 const FINAL_STATUSES = ['verified', 'expired', 'failed', 'canceled'] as const;
+/** What a delivery reads of the record (prepareWebhook-4.lua), in this order: the number, the status, when each final status came. */
+const RECORD_FIELDS = ['phone_enc', 'status', ...FINAL_STATUSES.map((f) => `at_${f}`)];
 
 /**
  * Whether sending `d` would contradict the final status the record already has: a final event other than that

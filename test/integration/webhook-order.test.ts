@@ -349,7 +349,7 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
       scripts.prepareWebhook.run(
         t.redis,
         [order, t.keys.account(account.account_id), t.keys.webhookBreaker(account.account_id), t.keys.verification(id)],
-        [later, workerNow, 10_000, MAX_WAIT_MS],
+        [later, workerNow, 10_000, MAX_WAIT_MS, 'phone_enc', 'status'],
       ) as Promise<(string | null)[]>;
     await t.redis.del(order);
     // An earlier event written just now (Redis's clock), not handled: held, even by a worker an hour ahead.

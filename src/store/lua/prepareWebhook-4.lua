@@ -19,16 +19,16 @@
   KEYS[1] webhook order set of the request (Keys.webhookOrder)
   KEYS[2] account hash (Keys.account): webhook_url, secret_enc
   KEYS[3] breaker hash (Keys.webhookBreaker)
-  KEYS[4] verification hash: phone_enc, status, at_verified, at_expired, at_failed, at_canceled
+  KEYS[4] verification hash: the fields ARGV[5..] name
 
   ARGV[1] this event's order member (webhook-queue.ts orderMember)
   ARGV[2] now, ms since epoch (the breaker's clock: tripWebhookBreaker-2 writes it with the same)
   ARGV[3] probe lease, ms (longer than a delivery may take)
   ARGV[4] webhooks.orderMaxWaitMs
+  ARGV[5..] the record's fields to read (the processor's list: phone_enc, status, at_<final status> ...)
 
   Returns {'held'}, or
-    { state, url, until, failures, phone_enc, status, at_verified, at_expired, at_failed, at_canceled,
-      secret_enc, given_up_1, given_up_2 ... }
+    { state, url, until, failures, <each field of ARGV[5..]>, secret_enc, given_up_1, given_up_2 ... }
   with state one of:
     'nourl'   the account has no webhook URL (any more): drop the event
     'open'    do not deliver before `until` (ms since epoch): cooling off, or another delivery is the probe
@@ -55,9 +55,11 @@ if #pending > 0 then
   for _, m in ipairs(givenUp) do redis.call('ZADD', KEYS[1], 'XX', 1, m) end
 end
 
+-- The record's fields and the secret: one slot each, false when not read or missing.
+local slots = #ARGV - 4 + 1
 local function reply(state, url, untilMs, failures, fields)
   local out = { state, url or false, untilMs, failures }
-  for i = 1, 7 do out[4 + i] = fields and fields[i] or false end
+  for i = 1, slots do out[4 + i] = fields and fields[i] or false end
   for _, m in ipairs(givenUp) do out[#out + 1] = m end
   return out
 end
@@ -76,6 +78,6 @@ if openUntil then
   redis.call('HSET', KEYS[3], 'probe_until', now + tonumber(ARGV[3]))
   state = 'probe'
 end
-local fields = redis.call('HMGET', KEYS[4], 'phone_enc', 'status', 'at_verified', 'at_expired', 'at_failed', 'at_canceled')
-fields[7] = redis.call('HGET', KEYS[2], 'secret_enc')
+local fields = redis.call('HMGET', KEYS[4], unpack(ARGV, 5))
+fields[slots] = redis.call('HGET', KEYS[2], 'secret_enc')
 return reply(state, url, 0, failures, fields)
