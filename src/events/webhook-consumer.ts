@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { AccountFieldCache } from '../accounts/account-field-cache.js';
 import type { Keys } from '../store/keys.js';
 import { GroupConsumer, type GroupConsumerOptions, type StreamEntry } from './group-consumer.js';
-import { ORDER_DONE, ORDER_QUEUED, WEBHOOK_EVENTS, orderMember, type WebhookJobData } from './webhook-queue.js';
+import { ORDER_QUEUED, WEBHOOK_EVENTS, markOrderDone, orderMember, type WebhookJobData } from './webhook-queue.js';
 
 /** Where webhook deliveries go (a BullMQ queue in production). */
 export interface WebhookJobs {
@@ -73,7 +73,7 @@ export class WebhookConsumer extends GroupConsumer {
   }
 
   /** An event that gets no webhook is done at once: the account may set a URL before the request's next event. */
-  private async skip(order: string, member: string): Promise<void> {
-    await this.redis.zadd(order, 'XX', ORDER_DONE, member);
+  private skip(order: string, member: string): Promise<void> {
+    return markOrderDone(this.redis, order, member);
   }
 }

@@ -10,7 +10,7 @@ import { scripts } from '../store/scripts.js';
 import { isoSeconds } from '../verification/types.js';
 import { WebhookAgents } from './webhook-agents.js';
 import { WebhookBreaker, type WebhookGate } from './webhook-breaker.js';
-import { ORDER_DONE, orderMember, type WebhookJobData } from './webhook-queue.js';
+import { markOrderDone, orderMember, type WebhookJobData } from './webhook-queue.js';
 import { WebhookDeliveryError, postWebhook, signWebhook } from './webhook-sender.js';
 import { assertWebhookTarget, type ResolveAll } from './webhook-target.js';
 
@@ -234,9 +234,8 @@ export class WebhookProcessor {
     await this.markDone(this.deps.keys.webhookOrder(job.data.request_id), orderMember(job.data.event_id));
   }
 
-  /** The event leaves the pending ones for good: a redelivered stream entry cannot make it pending again (ZADD GT). */
-  private async markDone(order: string, member: string): Promise<void> {
-    await this.deps.redis.zadd(order, 'XX', ORDER_DONE, member);
+  private markDone(order: string, member: string): Promise<void> {
+    return markOrderDone(this.deps.redis, order, member);
   }
 
   /** Sends the event to `url`; false when it was not sent on purpose (record gone, contradicts the final status). */

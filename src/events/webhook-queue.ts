@@ -1,4 +1,5 @@
 import { Queue, type ConnectionOptions } from 'bullmq';
+import type { Redis } from 'ioredis';
 import { connectionErrorLoggedElsewhere } from '../store/redis.js';
 
 /** BullMQ queue of webhook deliveries, under `<redis.prefix>:bull`. */
@@ -64,6 +65,15 @@ export function orderMemberTime(member: string): number {
 export const ORDER_WRITTEN = -1;
 export const ORDER_QUEUED = 0;
 export const ORDER_DONE = 1;
+
+/**
+ * Marks an event of the order set done: it no longer holds back its request's later events, and a redelivered
+ * stream entry cannot make it pending again (its QUEUED is ZADD GT). XX: never creates the set, whose TTL the
+ * script that writes the request's first event sets.
+ */
+export async function markOrderDone(redis: Pick<Redis, 'zadd'>, order: string, member: string): Promise<void> {
+  await redis.zadd(order, 'XX', ORDER_DONE, member);
+}
 
 /** Events written up to this long after their request expires are filed in its order set (a later one, rare, is not waited for). */
 const ORDER_FILED_AFTER_EXPIRY_MS = 3600_000;
