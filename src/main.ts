@@ -411,6 +411,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         logger: logger.child({ module: 'webhooks' }),
       });
       metrics.watchWebhookBreakers(webhooks.breaker);
+      metrics.watchWebhookConnections(webhooks.agents);
       const webhookWorker = new Worker<WebhookJobData>(
         WEBHOOK_QUEUE,
         (job, token) => {

@@ -69,6 +69,16 @@ export class WebhookAgents {
     return { agent: url.protocol === 'https:' ? this.pools.https : this.pools.http, release };
   }
 
+  /** Deliveries holding a connection slot and waiting for one, over every origin (zeros with keep-alive off: no limit, no wait). */
+  usage(): { held: number; waiting: number } {
+    return this.pools?.slots.totals() ?? { held: 0, waiting: 0 };
+  }
+
+  /** Slots held and deliveries waiting for the URL's origin, for the message of a delivery that waited in vain. */
+  originUsage(url: URL): { held: number; waiting: number } {
+    return this.pools?.slots.stats(url.origin) ?? { held: 0, waiting: 0 };
+  }
+
   /**
    * Closes every pooled socket, idle or busy (a delivery still in flight fails and is retried by BullMQ), and fails
    * every delivery still waiting for a slot (SlotsClosedError: retried too, not a failure of the receiver).

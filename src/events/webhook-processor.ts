@@ -74,8 +74,8 @@ export class WebhookProcessor {
   private readonly inFlight = new Map<string, number>();
   /** The per-account circuit breakers (the gauge of open ones reads it). */
   readonly breaker: WebhookBreaker;
-  /** Keep-alive connections to the receivers, per origin (`webhooks.keepAliveMs`, `webhooks.maxSocketsPerHost`). */
-  private readonly agents: WebhookAgents;
+  /** Keep-alive connections to the receivers, per origin (`webhooks.keepAliveMs`, `webhooks.maxSocketsPerHost`); the connection gauges read it. */
+  readonly agents: WebhookAgents;
   /** Unsealed API secrets, keyed by account and sealed value: one AES-GCM open per secret, not per delivery. */
   private readonly secrets = new Map<string, string>();
 

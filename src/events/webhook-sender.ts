@@ -65,11 +65,14 @@ export async function postWebhook(url: URL, body: string, headers: Record<string
   const signal = options.signal ?? AbortSignal.timeout(options.timeoutMs);
   if (signal.aborted) throw timeout('no answer', options.timeoutMs); // spent before it got here (the target's check)
   // The wait for a free connection (webhook-slots.ts): only the deadline ends it early, and the delivery leaves the queue.
-  const connection = options.agents
-    ? await options.agents.connection(url, signal).catch((err: unknown) => {
+  const agents = options.agents;
+  const connection = agents
+    ? await agents.connection(url, signal).catch((err: unknown) => {
         // Stopping: not the receiver's failure (no breaker count); BullMQ retries it, from another process if need be.
         if (err instanceof SlotsClosedError) throw err;
-        throw timeout(`no free connection to ${url.host}`, options.timeoutMs);
+        // How full the origin is, so an operator sees a receiver too slow for webhooks.maxSocketsPerHost at once.
+        const { held, waiting } = agents.originUsage(url);
+        throw timeout(`no free connection to ${url.host} (${held} busy, ${waiting} more waiting)`, options.timeoutMs);
       })
     : { agent: false as const, release: () => undefined };
   return send(url, body, headers, options, signal, connection);

@@ -86,10 +86,24 @@ export class WebhookSlots {
     }
   }
 
-  /** Slots held and deliveries waiting for `origin` (for tests and logs). */
+  /** Slots held and deliveries waiting for `origin` (the timeout message of a delivery that waited in vain). */
   stats(origin: string): { held: number; waiting: number } {
     const o = this.origins.get(origin);
     return { held: o?.held ?? 0, waiting: o?.waiting.size ?? 0 };
+  }
+
+  /**
+   * Slots held and deliveries waiting, over every origin of this process (the `/metrics` gauges, at scrape time).
+   * Only origins with a delivery holding or waiting are in the map, so this walks the receivers busy now.
+   */
+  totals(): { held: number; waiting: number } {
+    let held = 0;
+    let waiting = 0;
+    for (const o of this.origins.values()) {
+      held += o.held;
+      waiting += o.waiting.size;
+    }
+    return { held, waiting };
   }
 
   private releaser(origin: string, entry: Origin): ReleaseSlot {

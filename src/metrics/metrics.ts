@@ -44,6 +44,11 @@ export interface WebhookBreakersSource {
   openCount(): Promise<number>;
 }
 
+/** What the webhook connection gauges read at scrape time (events/webhook-agents.ts). */
+export interface WebhookConnectionsSource {
+  usage(): { held: number; waiting: number };
+}
+
 /** Job states the queue-depth gauge reports; completed/failed are history, not depth. */
 const DEPTH_STATES = ['waiting', 'active', 'delayed'] as const;
 
@@ -80,6 +85,7 @@ export class Metrics {
   private rangeQuarantine: RangeQuarantineSource | undefined;
   private eventGroups: EventGroupsSource | undefined;
   private webhookBreakers: WebhookBreakersSource | undefined;
+  private webhookConnections: WebhookConnectionsSource | undefined;
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
@@ -145,6 +151,28 @@ export class Metrics {
         if (open !== undefined) this.set(open); // Redis slow or down: the last value stays
       },
     });
+    const connectionsGauge = (name: string, help: string, field: 'held' | 'waiting'): void => {
+      const read = (): WebhookConnectionsSource | undefined => this.webhookConnections;
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          const source = read();
+          if (source) this.set(source.usage()[field]);
+        },
+      });
+    };
+    connectionsGauge(
+      'flashverify_webhook_connections_busy',
+      'Webhook deliveries holding one of their receiver\'s connections (webhooks.maxSocketsPerHost per receiver), in this process',
+      'held',
+    );
+    connectionsGauge(
+      'flashverify_webhook_connections_waiting',
+      'Webhook deliveries waiting for a free connection to their receiver (all busy), in this process; they fail at their deadline (webhooks.timeoutMs)',
+      'waiting',
+    );
     this.rangeSentCounter = new Counter({
       name: 'flashverify_range_sent_total',
       help: 'Flash calls delivered (rang or answered), by DID range prefix of the CLI',
@@ -338,6 +366,11 @@ export class Metrics {
   /** Report the accounts whose webhook breaker is open in `flashverify_webhook_breaker_open`. */
   watchWebhookBreakers(source: WebhookBreakersSource): void {
     this.webhookBreakers = source;
+  }
+
+  /** Report this process's webhook connections in `flashverify_webhook_connections_busy` / `_waiting`. */
+  watchWebhookConnections(source: WebhookConnectionsSource): void {
+    this.webhookConnections = source;
   }
 
   rangeSent(range: string): void {

@@ -98,6 +98,8 @@ describe('webhook isolation between accounts: per-account cap and circuit breake
     // 8 events of the dead account first: without a cap they would take all 4 slots for TIMEOUT_MS at a time.
     const deadRequests = await send(deadAccount, 8, 100);
     await waitFor(async () => dead.open === 2);
+    // /metrics shows the two deliveries holding the dead receiver's connections.
+    expect(await metric('flashverify_webhook_connections_busy')).toBe(2);
     const [healthyRequest] = await send(healthyAccount, 1, 200);
     await waitFor(async () => healthy.delivered().size === 1, TIMEOUT_MS);
     expect(healthy.received[0]!.json.request_id).toBe(healthyRequest);
@@ -123,6 +125,8 @@ describe('webhook isolation between accounts: per-account cap and circuit breake
     await waitFor(async () => logged('webhook breaker closed: deliveries to this account resume', deadAccount.account_id).length === 1);
     expect(logged('webhook breaker half-open: one probe delivery decides', deadAccount.account_id).length).toBeGreaterThanOrEqual(1);
     expect(await metric('flashverify_webhook_breaker_open')).toBe(0);
+    await waitFor(async () => (await metric('flashverify_webhook_connections_busy')) === 0);
+    expect(await metric('flashverify_webhook_connections_waiting')).toBe(0);
     expect(new Set(dead.received.map((r) => r.json.request_id))).toEqual(new Set(deadRequests));
 
     // Nothing lost, nothing given up: each attempt BullMQ counted is a request the receiver saw; deferrals spent none.

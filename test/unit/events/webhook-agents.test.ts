@@ -226,7 +226,7 @@ describe('webhook deliveries over keep-alive connections', () => {
     async (_, answer, socketsAfter) => {
       const { r, port, held, post, answerFromNowOn } = await busyReceiver(1);
       const first = post(1);
-      await expect(post(2, 300)).rejects.toThrow(`timeout: no free connection to 127.0.0.1:${port} within 300 ms`);
+      await expect(post(2, 300)).rejects.toThrow(`timeout: no free connection to 127.0.0.1:${port} (1 busy, 0 more waiting) within 300 ms`);
       expect(r.requests).toHaveLength(1);
       // The first one answered: its connection is free again (or closed). Node's Agent, holding the timed-out
       // delivery in its own queue, opened a connection for it when the first one's closed, and closed it unused.
@@ -244,15 +244,20 @@ describe('webhook deliveries over keep-alive connections', () => {
   );
 
   it('deliveries waiting for a connection go in the order they came, each on the connection the one before gave back', async () => {
-    const { r, held, post, answerFromNowOn } = await busyReceiver(1);
+    const { r, held, pool, post, answerFromNowOn } = await busyReceiver(1);
     const first = post(1);
     await waitUntil(() => held.length === 1);
     const waiting = [2, 3, 4, 5].map((n) => post(n));
+    // What /metrics shows of this process's webhook connections: one busy, four deliveries waiting for it.
+    await waitUntil(() => pool.usage().waiting === 4);
+    expect(pool.usage()).toEqual({ held: 1, waiting: 4 });
     answerFromNowOn();
     held[0]!.end('ok');
     expect(await Promise.all([first, ...waiting])).toEqual([200, 200, 200, 200, 200]);
     expect(r.requests.map((q) => q.n)).toEqual(['1', '2', '3', '4', '5']);
     expect(r.sockets).toHaveLength(1);
+    await waitUntil(() => pool.usage().held === 0);
+    expect(pool.usage()).toEqual({ held: 0, waiting: 0 });
   });
 
   it('closing the pools (the process stopping) fails the deliveries still waiting for a connection at once, not as the receiver\'s fault, and opens none for them', async () => {
@@ -279,7 +284,7 @@ describe('webhook deliveries over keep-alive connections', () => {
     await waitUntil(() => held.length === 1);
     const gaveUp = post(2, 200);
     const third = post(3);
-    await expect(gaveUp).rejects.toThrow(`timeout: no free connection to 127.0.0.1:${port} within 200 ms`);
+    await expect(gaveUp).rejects.toThrow(`timeout: no free connection to 127.0.0.1:${port} (1 busy, 1 more waiting) within 200 ms`);
     answerFromNowOn();
     held[0]!.end('ok');
     expect(await first).toBe(200);

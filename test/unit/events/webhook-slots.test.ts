@@ -31,6 +31,24 @@ describe('webhook slots per receiver origin', () => {
     expect(slots.stats(o)).toEqual({ held: 0, waiting: 0 });
   });
 
+  it('totals() adds up every origin: slots held and deliveries waiting (the /metrics gauges); nothing once all ended', async () => {
+    const slots = new WebhookSlots(1);
+    const [a, b] = ['http://a.test', 'https://b.test'];
+    const ra = await slots.acquire(a, never);
+    const rb = await slots.acquire(b, never);
+    const waiting = [slots.acquire(a, never), slots.acquire(a, never), slots.acquire(b, never)];
+    await settle();
+    expect(slots.totals()).toEqual({ held: 2, waiting: 3 });
+    ra();
+    await settle();
+    // The slot passed to a's first waiter: still held, one waiter fewer.
+    expect(slots.totals()).toEqual({ held: 2, waiting: 2 });
+    rb();
+    for (const release of await Promise.all(waiting.slice(0, 1).concat(waiting.slice(2)))) release();
+    (await waiting[1]!)();
+    expect(slots.totals()).toEqual({ held: 0, waiting: 0 });
+  });
+
   it('a slot is given back once: a second release of it frees nothing more', async () => {
     const slots = new WebhookSlots(1);
     const o = 'http://a.test';
