@@ -16,20 +16,28 @@
  * `--sipp-ceiling`, SIPp then runs the same call flow as the caller
  * (sip-test/uac-load-flash.xml) at the same rate against the same UAS
  * scenario, for the hardware ceiling and the ratio.
+ *
+ * `--kill-worker S`: a worker crash under load. worker0 is SIGKILLed S seconds
+ * into the load and started again (same config: same SIP port, same metrics
+ * port) `--restart-after` seconds later. The drain then waits for every
+ * accepted request's record to be final, and the report says how each ended,
+ * how many never did (lost), and how many numbers got more than one INVITE
+ * (dialled twice) at the UAS.
  */
 import { createServer } from 'node:http';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { redisTarget } from '../src/store/redis.js';
 import { parseBenchArgs } from './lib/args.js';
-import { scrape, startFlashverify, sumMetric, type RunningEngine } from './lib/engine.js';
+import { Keys } from '../src/store/keys.js';
+import { deepMerge, scrape, startFlashverify, sumMetric, type RunningEngine } from './lib/engine.js';
 import { httpClientArg, httpFirer, runOpenLoop, type FireResult, type HttpClientKind, type LoadResult } from './lib/load.js';
 import { CpuWindow, formatCpu, loadAverages, machineDescription, udpReceiveBufferErrors, type WatchedProcess } from './lib/procstat.js';
 import { header, line, MemorySampler } from './lib/report.js';
-import { freeSipPort, readSippStats, redisPid, SIP_TEST, Stack } from './lib/stack.js';
+import { freeSipPort, readSippStats, redisPid, SIP_TEST, Stack, waitHttpOk, type Managed } from './lib/stack.js';
 import { commandStats, formatPerUnit } from './lib/redis-stats.js';
 import { formatMs, summarize, Tally } from './lib/stats.js';
-import { readInvites, startUas, waitUasUp } from './lib/uas.js';
+import { readInvites, readInvitesPerNumber, startUas, waitUasUp } from './lib/uas.js';
 
 const USAGE = `npm run bench -- flash [options]
   --rate N           verifications per second, open loop (default 200, max 10000)
@@ -52,6 +60,11 @@ const USAGE = `npm run bench -- flash [options]
                      sent and delivered webhooks for every call; the drain also waits for them (at most 30 s)
   --webhook-procs N  with --webhooks: N \`--role webhooks\` processes send them (webhooks.inWorkers false), not the workers
   --webhook-nice N   niceness of those processes (0-19, default 0), as \`nice -n N\` or systemd's Nice= would set it
+  --kill-worker S    SIGKILL worker0 S seconds into the load, start it again --restart-after seconds later (default 2);
+                     the report says how every accepted request ended, how many never did, and numbers dialled twice.
+                     Lock and stall timings are shortened (worker.lockDurationMs 10 s, stalledIntervalMs 5 s,
+                     events.claimIdleMs 10 s) so the dead worker's jobs and events are taken over within the drain
+  --restart-after S  with --kill-worker: seconds from the kill to the new worker0 (default 2)
   --node-args ARGS   node options for every engine process, space-separated (e.g. "--max-semi-space-size=64")
   --config-json JSON engine config laid over the generated one, e.g. '{"fraud":{"rangeHealth":{"enabled":false}}}'
   --keep-logs        keep the temp directory (configs, logs, SIPp files)
@@ -81,6 +94,9 @@ interface FlashOpts {
   webhooks: boolean;
   webhookProcs: number;
   webhookNice: number;
+  /** Seconds into the load at which worker0 is SIGKILLed; undefined: no crash. */
+  killWorker: number | undefined;
+  restartAfter: number;
   keepLogs: boolean;
   useDist: boolean;
   app: string | undefined;
@@ -110,6 +126,8 @@ async function main(): Promise<void> {
     webhooks: { type: 'boolean' },
     'webhook-procs': { type: 'string', default: '0' },
     'webhook-nice': { type: 'string', default: '0' },
+    'kill-worker': { type: 'string' },
+    'restart-after': { type: 'string', default: '2' },
     'keep-logs': { type: 'boolean' },
     'use-dist': { type: 'boolean' },
     app: { type: 'string' },
@@ -145,6 +163,8 @@ async function main(): Promise<void> {
     webhooks: a.bool('webhooks'),
     webhookProcs: a.num('webhook-procs', 0, 4),
     webhookNice: a.num('webhook-nice', 0, 19),
+    killWorker: a.str('kill-worker') ? a.num('kill-worker', 0, 900) : undefined,
+    restartAfter: a.num('restart-after', 0, 60),
     keepLogs: a.bool('keep-logs') || a.list('profile').length > 0,
     useDist: a.bool('use-dist'),
     app: a.str('app') || undefined,
@@ -153,6 +173,7 @@ async function main(): Promise<void> {
   if (o.via !== 'http' && o.via !== 'queue') throw new Error('--via must be http or queue');
   if (o.webhookProcs > 0 && !o.webhooks) throw new Error('--webhook-procs needs --webhooks');
   if (o.webhookNice > 0 && !o.webhookProcs) throw new Error('--webhook-nice needs --webhook-procs');
+  if (o.killWorker !== undefined && o.killWorker >= o.duration) throw new Error('--kill-worker must be less than --duration (seconds into the load)');
   if (o.sippRates.length === 0) o.sippRates = [o.rate];
   if (o.sippRates.some((r) => !(r > 0 && r <= 20_000))) throw new Error('--sipp-rates: each from 1 to 20000');
 
@@ -184,7 +205,16 @@ function parseConfigJson(text: string): Record<string, unknown> {
   return v as Record<string, unknown>;
 }
 
+/**
+ * With --kill-worker: a dead worker's jobs are re-run once their lock lapses and found by the next stalled check,
+ * and its unacknowledged events are taken over after claimIdleMs; shortened from the 30 s defaults so that all of it
+ * happens within the drain. --config-json still wins.
+ */
+const CRASH_TIMINGS = { worker: { lockDurationMs: 10_000, stalledIntervalMs: 5_000 }, events: { claimIdleMs: 10_000 } };
+
 async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
+  const crash = o.killWorker !== undefined;
+  const configJson = crash ? deepMerge(CRASH_TIMINGS, o.configJson) : o.configJson;
   const uasPort = await freeSipPort();
   const uas = startUas(stack, 'uas', uasPort, o.duration + 200);
   await waitUasUp(stack, uas.m, uas.statFile);
@@ -201,10 +231,10 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     logLevel: o.logLevel,
     profile: o.profile,
     nodeArgs: o.nodeArgs,
-    extra: o.webhooks ? { ...o.configJson, webhooks: { ...((o.configJson.webhooks as object | undefined) ?? {}), allowPrivate: true } } : o.configJson,
+    extra: o.webhooks ? { ...configJson, webhooks: { ...((configJson.webhooks as object | undefined) ?? {}), allowPrivate: true } } : configJson,
   });
   if (hooks) stack.cli(['account', 'set-webhook', engine.account.account_id, '--url', hooks.url], engine.configFile);
-  line(`engine: ${engine.apis.length} api (pids ${engine.apis.map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), ${engine.webhookSenders.length} webhooks (pids ${engine.webhookSenders.map((x) => x.m.pid).join(',') || '-'}${o.webhookNice ? `, nice ${o.webhookNice}` : ''}), cps ${o.cps}/worker, flashConcurrency ${o.concurrency}, log ${o.logLevel}${o.nodeArgs.length ? `, node ${o.nodeArgs.join(' ')}` : ''}${Object.keys(o.configJson).length ? `, config ${JSON.stringify(o.configJson)}` : ''}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
+  line(`engine: ${engine.apis.length} api (pids ${engine.apis.map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), ${engine.webhookSenders.length} webhooks (pids ${engine.webhookSenders.map((x) => x.m.pid).join(',') || '-'}${o.webhookNice ? `, nice ${o.webhookNice}` : ''}), cps ${o.cps}/worker, flashConcurrency ${o.concurrency}, log ${o.logLevel}${o.nodeArgs.length ? `, node ${o.nodeArgs.join(' ')}` : ''}${Object.keys(configJson).length ? `, config ${JSON.stringify(configJson)}` : ''}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
 
   const { fire, close } = await makeFirer(engine, o);
   const rpid = await redisPid(o.redisUrl);
@@ -219,13 +249,19 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   const metricsUrls = engine.workers.map((w) => `http://127.0.0.1:${w.metricsPort}/metrics`);
   const callsEnded = async (): Promise<Map<string, number>> => {
     const all = new Map<string, number>();
-    for (const u of metricsUrls) for (const [k, v] of await scrape(u)) all.set(k, (all.get(k) ?? 0) + v);
+    for (const u of metricsUrls) {
+      // A worker killed on purpose (--kill-worker) answers nothing until it is started again; its counts died with it.
+      const m = await scrape(u).catch((err: Error) => (crash ? new Map<string, number>() : Promise.reject(err)));
+      for (const [k, v] of m) all.set(k, (all.get(k) ?? 0) + v);
+    }
     return all;
   };
+  // The worker that is not killed (the last one): one sampled across a crash would show a restart, not a trend.
+  const sampled = crash ? engine.workers.length - 1 : 0;
   const mem = new MemorySampler(
-    engine.workers[0]!.m.pid,
+    engine.workers[sampled]!.m.pid,
     async () => {
-      const m = await scrape(metricsUrls[0]!);
+      const m = await scrape(metricsUrls[sampled]!);
       return { heapBytes: sumMetric(m, 'nodejs_heap_size_used_bytes'), calls: sumMetric(m, 'flashverify_calls_total') };
     },
     10_000,
@@ -238,6 +274,7 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   const statsBefore = statsRedis ? await commandStats(statsRedis) : undefined;
   const cpu = new CpuWindow(watched);
   mem.start();
+  const crashed = crash ? scheduleCrash(stack, engine, o.killWorker!, o.restartAfter) : undefined;
   const load = await runOpenLoop({
     rate: o.rate,
     durationSeconds: o.duration,
@@ -250,8 +287,11 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     },
   });
   close();
+  // With a crash: until every accepted request's record is final (the dead worker's jobs re-run after their lock
+  // lapsed), bounded. The metrics drain below then finds the killed worker's counts gone and ends at its deadline.
+  const outcome = crashed ? await waitFinal(o.redisUrl, stack.prefix, load.requestIds, o.ringMs + 90_000) : undefined;
   // Calls still ringing: wait until every accepted request's call has ended (ring + 64·T1 for a lost 487, bounded).
-  const drainUntil = Date.now() + o.ringMs + 40_000;
+  const drainUntil = Date.now() + (crashed ? 0 : o.ringMs + 40_000);
   let ended = 0;
   while (Date.now() < drainUntil) {
     ended = sumMetric(await callsEnded(), 'flashverify_calls_total');
@@ -296,7 +336,7 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     return c ? `${((sumMetric(metrics, `${name}_sum`, frag) / c) * 1000).toFixed(1)} ms` : '-';
   };
   line(`  worker means: job latency (queued → processing) ${mean('flashverify_job_latency_seconds', 'queue="flash"')}, post-dial delay (INVITE → 180) ${mean('flashverify_post_dial_delay_seconds', '')}`);
-  line(`  accepted but no call ended by the drain deadline: ${Math.max(0, load.ok - outcomes.total)}`);
+  line(`  accepted but no call ended by the drain deadline: ${crashed ? "- (the killed worker's counts died with it: see the crash lines below)" : Math.max(0, load.ok - outcomes.total)}`);
   line(`  completed (487 after CANCEL) ${cancelled}: ${(cancelled / o.duration).toFixed(0)} calls/s over the ${o.duration} s schedule; failed calls: ${failedCalls}`);
 
   // Join: request → delivered event (call id) → INVITE receipt at the UAS.
@@ -335,11 +375,23 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     line(`webhooks received: ${[...hooks.byEvent].map(([e, n]) => `${e} ${n}`).join(', ') || 'none'} (${hooks.total} in all; receiver in the bench process)`);
     hooks.close();
   }
+  if (crashed && outcome) {
+    const c = await crashed;
+    line(`worker crash: worker0 (pid ${c.killedPid}) SIGKILLed at t=${c.killedAtS.toFixed(1)} s; started again (pid ${c.restarted?.pid ?? '-'}) at t=${c.restartedAtS?.toFixed(1) ?? '-'} s, ready at t=${c.readyAtS?.toFixed(1) ?? 'never'} s`);
+    line(`  accepted requests by status after the drain (${(outcome.waitedMs / 1000).toFixed(1)} s after the load): ${outcome.byStatus.toString()}`);
+    line(`  failed, by reason: ${outcome.failedBy.toString()}`);
+    line(`  **never final (lost): ${outcome.notFinal}**${outcome.notFinal ? ` e.g. ${outcome.notFinalIds.slice(0, 5).join(', ')}` : ''}`);
+    const perNumber = readInvitesPerNumber(uas.logFile);
+    const twice = [...perNumber.values()].filter((n) => n > 1).length;
+    line(`  numbers dialled more than once (INVITEs with distinct Call-IDs at the UAS): **${twice}** of ${perNumber.size} numbers called`);
+    line('  (calls ringing in the killed worker got no CANCEL: SIPp was still waiting for it, up to 60 s, when the bench stopped it: calls in, not successful)');
+    line(`  CPU: worker0's line is the killed process's; the new one's (pid ${c.restarted?.pid ?? '-'}) is not counted`);
+  }
   line(`UDP datagrams dropped on full receive buffers during the run (whole machine): ${udpDrops}`);
   line(`CPU over the run (${wall.toFixed(1)} s of load + drain), % of one core:`);
   line(formatCpu(usage));
   const engineCpu = usage.procs.filter((p) => p.name.startsWith('api') || p.name.startsWith('worker') || p.name.startsWith('webhooks'));
-  if (cancelled > 0) {
+  if (cancelled > 0 && !crashed) {
     const ms = engineCpu.reduce((s, p) => s + (p.cpuPercent / 100) * wall, 0) * 1000;
     line(`  engine CPU per completed call: ${(ms / cancelled).toFixed(3)} ms (api + worker + webhooks processes)`);
   }
@@ -348,9 +400,83 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     const ms = senders.reduce((s, p) => s + (p.cpuPercent / 100) * wall, 0) * 1000;
     line(`  webhooks processes' CPU per webhook received: ${(ms / hooks.total).toFixed(3)} ms`);
   }
-  for (const l of mem.report('worker0 memory')) line(l);
+  for (const l of mem.report(`worker${sampled} memory`)) line(l);
   for (const l of statsLines) line(l);
   if (o.profile.length) line(`cpu profiles: ${engine.profileDir} (written when the processes exit)`);
+}
+
+interface Crash {
+  killedPid: number;
+  killedAtS: number;
+  restarted?: Managed;
+  restartedAtS?: number;
+  readyAtS?: number;
+}
+
+/** SIGKILLs worker0 `atS` seconds from now, starts it again `restartAfterS` later; resolves once it is ready (or never was, 60 s). */
+function scheduleCrash(stack: Stack, engine: RunningEngine, atS: number, restartAfterS: number): Promise<Crash> {
+  const t0 = performance.now();
+  const since = (): number => (performance.now() - t0) / 1000;
+  const w = engine.workers[0]!;
+  return new Promise<Crash>((resolve) => {
+    setTimeout(() => {
+      w.m.child.kill('SIGKILL');
+      const c: Crash = { killedPid: w.m.pid, killedAtS: since() };
+      line(`  t=${c.killedAtS.toFixed(1)} s worker0 pid ${c.killedPid} SIGKILLed`);
+      setTimeout(() => {
+        // Same config file: the same SIP and metrics ports, free since the kill.
+        c.restarted = stack.startEngine('worker0-restarted', 'worker', w.configFile, w.nodeArgs.filter((x) => !x.startsWith('--cpu-prof')));
+        c.restartedAtS = since();
+        waitHttpOk(`http://127.0.0.1:${w.metricsPort}/readyz`, c.restarted, 60_000, () => stack.tail(c.restarted!))
+          .then(() => {
+            c.readyAtS = since();
+            line(`  t=${c.readyAtS.toFixed(1)} s worker0 started again, pid ${c.restarted!.pid}, ready`);
+          })
+          .catch((err: Error) => line(`  worker0 did not come back: ${err.message}`))
+          .finally(() => resolve(c));
+      }, restartAfterS * 1000);
+    }, atS * 1000);
+  });
+}
+
+/** A flash request that has not ended yet: not called, or called with no outcome written. */
+const NOT_FINAL = new Set(['sent']);
+
+/** Reads every accepted request's status until none is `sent`, or `boundMs`; how they ended. */
+async function waitFinal(
+  redisUrl: string,
+  prefix: string,
+  requestIds: readonly (string | undefined)[],
+  boundMs: number,
+): Promise<{ byStatus: Tally; failedBy: Tally; notFinal: number; notFinalIds: string[]; waitedMs: number }> {
+  const keys = new Keys(prefix);
+  const ids = requestIds.filter((x): x is string => !!x);
+  const redis = new Redis(redisTarget(redisUrl), { maxRetriesPerRequest: 1 });
+  const t0 = Date.now();
+  try {
+    for (;;) {
+      const byStatus = new Tally();
+      const failedBy = new Tally();
+      const notFinalIds: string[] = [];
+      for (let i = 0; i < ids.length; i += 5000) {
+        const chunk = ids.slice(i, i + 5000);
+        const p = redis.pipeline();
+        for (const id of chunk) p.hmget(keys.verification(id), 'status', 'failure_reason');
+        const rows = (await p.exec()) ?? [];
+        rows.forEach(([err, v], j) => {
+          const [status, reason] = (err ? [] : (v as (string | null)[])) as (string | null)[];
+          byStatus.add(status ?? '(no record)');
+          if (status === 'failed') failedBy.add(reason ?? '?');
+          if (!status || NOT_FINAL.has(status)) notFinalIds.push(chunk[j]!);
+        });
+      }
+      const waitedMs = Date.now() - t0;
+      if (notFinalIds.length === 0 || waitedMs > boundMs) return { byStatus, failedBy, notFinal: notFinalIds.length, notFinalIds, waitedMs };
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+  } finally {
+    redis.disconnect();
+  }
 }
 
 async function makeFirer(engine: RunningEngine, o: FlashOpts): Promise<{ fire(i: number): Promise<FireResult>; close(): void }> {

@@ -31,7 +31,8 @@ export interface EngineOptions {
 
 export interface RunningEngine {
   apis: { m: Managed; port: number }[];
-  workers: { m: Managed; metricsPort: number; sipPort: number }[];
+  /** `configFile` and `nodeArgs`: what starts it again (bench flash --kill-worker). */
+  workers: { m: Managed; metricsPort: number; sipPort: number; configFile: string; nodeArgs: string[] }[];
   webhookSenders: { m: Managed; metricsPort: number }[];
   account: { account_id: string; api_key: string; api_secret: string };
   /** Config file the CLI (account commands) and an in-process producer use. */
@@ -78,8 +79,9 @@ export async function startFlashverify(stack: Stack, o: EngineOptions): Promise<
     const metricsPort = await freeTcpPort();
     const sipPort = await freeSipPort();
     const file = stack.writeConfig(`worker${i}`, base({ sip: { listen: { host: '127.0.0.1', port: sipPort, transports: ['udp'] } }, metrics: { host: '127.0.0.1', port: metricsPort } }));
-    const m = stack.startEngine(`worker${i}`, 'worker', file, prof('worker', `worker${i}`));
-    workers.push({ m, metricsPort, sipPort });
+    const nodeArgs = prof('worker', `worker${i}`);
+    const m = stack.startEngine(`worker${i}`, 'worker', file, nodeArgs);
+    workers.push({ m, metricsPort, sipPort, configFile: file, nodeArgs });
   }
   const webhookSenders: RunningEngine['webhookSenders'] = [];
   for (let i = 0; i < (o.webhookProcs ?? 0); i++) {
@@ -123,7 +125,7 @@ export function sumMetric(m: Map<string, number>, name: string, labelFragment = 
   return s;
 }
 
-function deepMerge(a: Record<string, unknown>, b: Record<string, unknown>): Record<string, unknown> {
+export function deepMerge(a: Record<string, unknown>, b: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = { ...a };
   for (const [k, v] of Object.entries(b)) {
     const av = out[k];

@@ -21,8 +21,8 @@ export function startUas(stack: Stack, name: string, port: number, timeoutS: num
   return { m, logFile, statFile };
 }
 
-export /** INVITE receipt times (epoch ms) by Call-ID, from the UAS's <log> lines. */
-function readInvites(file: string): Map<string, number> {
+/** INVITE receipt times (epoch ms) by Call-ID, from the UAS's <log> lines. */
+export function readInvites(file: string): Map<string, number> {
   const out = new Map<string, number>();
   if (!existsSync(file)) return out;
   for (const l of readFileSync(file, 'utf8').split('\n')) {
@@ -30,6 +30,20 @@ function readInvites(file: string): Map<string, number> {
     if (p[0] !== 'INVITE' || p.length < 4) continue;
     if (!out.has(p[1]!)) out.set(p[1]!, Number(p[2]) * 1000 + Number(p[3]) / 1000);
   }
+  return out;
+}
+
+/** INVITEs (distinct Call-IDs) per destination user part, from the UAS's <log> lines: more than one is a number dialled twice. */
+export function readInvitesPerNumber(file: string): Map<string, number> {
+  const calls = new Map<string, string>();
+  if (existsSync(file)) {
+    for (const l of readFileSync(file, 'utf8').split('\n')) {
+      const p = l.split(' ');
+      if (p[0] === 'INVITE' && p.length >= 5 && p[4]) calls.set(p[1]!, p[4]);
+    }
+  }
+  const out = new Map<string, number>();
+  for (const user of calls.values()) out.set(user, (out.get(user) ?? 0) + 1);
   return out;
 }
 
