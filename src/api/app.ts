@@ -99,9 +99,22 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     prefix: '/admin/v1',
   });
 
+  // /v1 requests in progress (api.maxInFlight): counted from their first hook until their response has gone out or
+  // their connection closed, whichever comes first.
+  let inFlight = 0;
+  const maxInFlight = config.api.maxInFlight;
+  metrics?.watchApiInFlight(() => inFlight);
   app.register(
     async (v1) => {
       v1.addHook('onRequest', async (req, reply) => {
+        if (maxInFlight > 0 && inFlight >= maxInFlight) {
+          metrics?.apiRequestShed();
+          void reply.header('Retry-After', 1);
+          throw new ApiError('service_unavailable', `too many requests in progress in this server (api.maxInFlight ${maxInFlight}); retry shortly`);
+        }
+        inFlight++;
+        // A response emits 'close' once: after it has been sent, or when its connection closed first.
+        reply.raw.once('close', () => inFlight--);
         req.account = await authenticate(req, reply, accounts, authGuard);
         await rateLimit(req.account, reply, redis, keys, config.api.defaultRateLimitPerSecond);
       });

@@ -43,7 +43,10 @@ export function openApiDocument(config: Readonly<Config>): Json {
       headers: { ...rl, 'Retry-After': { description: 'Seconds to wait', schema: { type: 'integer' } } },
     },
     '500': err('Server error', 'internal_error'),
-    '503': err('Temporarily unavailable', 'service_unavailable'),
+    '503': {
+      ...err('Temporarily unavailable: Redis unreachable, or this server at its limit of requests in progress (api.maxInFlight)', 'service_unavailable'),
+      headers: { ...rl, 'Retry-After': { description: 'Seconds to wait (when the server is at its limit)', schema: { type: 'integer' } } },
+    },
   };
 
   // Admin routes: bearer token, no rate limit, 404 for every route while admin.token is empty.

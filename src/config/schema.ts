@@ -367,6 +367,12 @@ export const configSchema = z
          * hash of key and secret: a suspended account or a regenerated secret takes effect within it.
          */
         authCacheMs: z.number().int().nonnegative().max(60_000).default(1000),
+        /**
+         * `/v1` requests in progress at once in this process (0: no limit). One more is answered at once with 503
+         * `service_unavailable` and Retry-After, before any work: an overloaded process sheds load instead of
+         * letting every request wait until the clients time out (work done for nobody).
+         */
+        maxInFlight: z.number().int().nonnegative().default(1000),
         /** Wrong API secrets, counted per client address and per API key over `windowSeconds`. */
         authFailures: z
           .object({

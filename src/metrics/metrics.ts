@@ -86,6 +86,8 @@ export class Metrics {
   private eventGroups: EventGroupsSource | undefined;
   private webhookBreakers: WebhookBreakersSource | undefined;
   private webhookConnections: WebhookConnectionsSource | undefined;
+  private readonly apiShed: Counter;
+  private apiInFlight: (() => number) | undefined;
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
@@ -149,6 +151,21 @@ export class Metrics {
       async collect() {
         const open = await breakersSource()?.openCount().catch(() => undefined);
         if (open !== undefined) this.set(open); // Redis slow or down: the last value stays
+      },
+    });
+    this.apiShed = new Counter({
+      name: 'flashverify_api_shed_total',
+      help: '/v1 requests answered 503 at once, without any work, because api.maxInFlight requests were in progress in this process',
+      registers,
+    });
+    const inFlight = (): (() => number) | undefined => this.apiInFlight;
+    new Gauge({
+      name: 'flashverify_api_requests_in_flight',
+      help: '/v1 requests in progress in this process (limit: api.maxInFlight)',
+      registers,
+      collect() {
+        const read = inFlight();
+        if (read) this.set(read());
       },
     });
     const connectionsGauge = (name: string, help: string, field: 'held' | 'waiting'): void => {
@@ -366,6 +383,16 @@ export class Metrics {
   /** Report the accounts whose webhook breaker is open in `flashverify_webhook_breaker_open`. */
   watchWebhookBreakers(source: WebhookBreakersSource): void {
     this.webhookBreakers = source;
+  }
+
+  /** A /v1 request shed (503) because api.maxInFlight were in progress. */
+  apiRequestShed(): void {
+    this.apiShed.inc();
+  }
+
+  /** Report the /v1 requests in progress in `flashverify_api_requests_in_flight`. */
+  watchApiInFlight(read: () => number): void {
+    this.apiInFlight = read;
   }
 
   /** Report this process's webhook connections in `flashverify_webhook_connections_busy` / `_waiting`. */
