@@ -372,6 +372,29 @@ describe('refunds across midnight and the conversion `sent` they leave', () => {
     expect(await sent('2031-08-04', 'flash_call')).toBe(sentBefore);
   });
 
+  it.each(endings)(
+    'a resend whose job could not be queued, the request $status meanwhile, is refunded once (not again by its take-back) and answers 503',
+    async ({ status, end }) => {
+      const first = Date.parse('2031-08-05T12:00:00Z');
+      at(first);
+      const sentBefore = await sent('2031-08-05', 'flash_call');
+      // The first send's job (id = request id) is queued; the resend's is not, and the request ends while its add waits.
+      const ending = refusing((jobId) => jobId !== undefined, end);
+      const created = await ending.create(account, { phone_number: '+447700900475', expiry_seconds: 60 });
+      const key = keys.verification(created.request_id);
+      // As the flash worker would: the first call rang (shown: billed), so a resend may be paid.
+      await redis.hset(key, { dial_started: String(first), rang_at: String(first + 1000), outcome: 'cancelled', status: 'delivered' });
+      at(first + 5000);
+      await expect(ending.create(account, { phone_number: '+447700900475', resend: true })).rejects.toMatchObject({ code: 'service_unavailable' });
+      // The resend's charge came back once (by the expiry or the cancel, which found it undialled); the first send
+      // stays billed, and the record shows it as the request's only send.
+      expect(await redis.hmget(key, 'status', 'sends', 'cost', 'dial_started')).toEqual([status, null, '4000', String(first)]);
+      expect((await call('GET', '/v1/balance')).body.balance).toEqual({ amount: 9.996, currency: 'GBP' });
+      expect(await usageOn('2031-08-05')).toMatchObject({ flash_call: { count: 1, cost: 0.004 } });
+      expect(await sent('2031-08-05', 'flash_call')).toBe(sentBefore + 1);
+    },
+  );
+
   it('a refund of a send never counted (charged before sends were counted with their charge) leaves `sent` at 0, not below', async () => {
     at(Date.parse('2031-08-03T12:00:00Z'));
     const created = await service.create(account, { phone_number: '+447700900473' });
