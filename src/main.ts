@@ -377,6 +377,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         logger.child({ module: 'reconcile' }),
         Date.now,
         requeueTimer,
+        // A request it queues that no api did is counted in this process's flashverify_conversion_sent_total.
+        fraud,
       );
       reconciler.start();
       stops.unshift(['enqueue reconciler', () => reconciler.stop().then(() => Promise.all([requeue.close(), requeueTimer.close()]))]);

@@ -50,6 +50,11 @@ export class BullDeliveryQueue implements DeliveryQueue {
     }
   }
 
+  /** Whether the job is in its queue, in any state (BullMQ keeps a finished one until removeOnComplete/removeOnFail). */
+  async has(method: Method, jobId: string): Promise<boolean> {
+    return (await Job.fromId(this.queue(method), jobId)) !== undefined;
+  }
+
   /** Runs a delayed job now (BullMQ promote); false when it is not in the delayed set (waiting, active, done, gone). */
   async promote(method: Method, jobId: string): Promise<boolean> {
     const job = await Job.fromId<DeliveryJobData>(this.queue(method), jobId);

@@ -6,6 +6,16 @@ import type { Method } from './types.js';
 import type { DeliveryQueue } from './verification-service.js';
 import { readSteps, type StepTimer } from './workflow.js';
 
+/** The delivery queue as the reconciler uses it: it must know whether a job was added before it adds it. */
+export interface RequeueQueue extends DeliveryQueue {
+  has(method: Method, jobId: string): Promise<boolean>;
+}
+
+/** Where a send the reconciler queued is counted (FraudControls.trackSent: the Prometheus counter). */
+export interface SentTracker {
+  trackSent(country: string, method: Method): void;
+}
+
 export interface EnqueueReconcilerOptions {
   /** An intent older than this whose request is still `sent` and undialled is queued again. */
   requeueAfterMs: number;
@@ -31,14 +41,26 @@ export interface EnqueueReconcilerOptions {
  * queueing the job but before the timer, and without it the workflow would
  * never move on from a step that rang but was not verified.
  *
- * Queueing here counts nothing in the conversion `sent`: the create script
- * counted the send already, with its charge (countSent.lua), so a request is
- * counted once whether its job was added by the api, by this reconciler, or by
- * both (an api that added it and died before clearing its intent; a job still
- * waiting in a backlog is not dialled yet). Counting here instead could not
- * tell those cases apart: BullMQ's add of an existing job id answers like a
- * new add, a job already run may have been removed (removeOnComplete), and an
- * api that added the job may have died before counting it.
+ * Queueing here counts nothing in the conversion `sent` in Redis: the create
+ * script counted the send already, with its charge (countSent.lua), so a
+ * request is counted once whether its job was added by the api, by this
+ * reconciler, or by both (an api that added it and died before clearing its
+ * intent; a job still waiting in a backlog is not dialled yet).
+ *
+ * The Prometheus counter (`flashverify_conversion_sent_total`, per process)
+ * counts a send in the process that queued it: the api counts what it queued,
+ * and this reconciler what it queued and nobody had. BullMQ's add of an
+ * existing job id answers like a new add, so the job is looked for first: one
+ * that is there was added by the api (which counted it once its add
+ * returned) or by another reconciler. Two reconcilers that both found none
+ * both add it (one job); the record's `requeued_at` (HSETNX, after the add)
+ * lets one of them count it. Counted nowhere: a request whose adder died
+ * between its add and its count (that process's counter is gone anyway), and
+ * one whose api add timed out but landed while the api could not fail it
+ * either (its refund's Redis call failed too). Counted twice: one whose job
+ * already ran and was removed (removeOnComplete) while the record still reads
+ * `sent` (the job found it expired; its `failed` not applied yet) and its
+ * intent was left behind.
  */
 export class EnqueueReconciler {
   private readonly loop: PeriodicPass;
@@ -46,12 +68,14 @@ export class EnqueueReconciler {
   constructor(
     private readonly redis: Redis,
     private readonly keys: Keys,
-    private readonly queue: DeliveryQueue,
+    private readonly queue: RequeueQueue,
     private readonly options: EnqueueReconcilerOptions,
     private readonly logger: Logger,
     private readonly now: () => number = Date.now,
     /** Step timeouts of workflows; without it a workflow found here only gets its job. */
     private readonly stepTimer?: StepTimer,
+    /** Counts the sends queued here; without it none is. */
+    private readonly sends?: SentTracker,
   ) {
     this.loop = new PeriodicPass(() => this.reconcile(), options.intervalMs, logger, 'enqueue reconciliation failed; retrying');
   }
@@ -69,14 +93,17 @@ export class EnqueueReconciler {
     const due = await this.redis.zrangebyscore(this.keys.unqueued(), '-inf', this.now() - this.options.requeueAfterMs, 'LIMIT', 0, this.options.batch ?? 200);
     const queued: string[] = [];
     for (const requestId of due) {
-      const [status, method, dialStarted, wf, wfStep, createdAt] = await this.redis.hmget(
-        this.keys.verification(requestId),
+      const key = this.keys.verification(requestId);
+      const [status, method, dialStarted, wf, wfStep, createdAt, country, testNumber] = await this.redis.hmget(
+        key,
         'status',
         'method',
         'dial_started',
         'wf',
         'wf_step',
         'created_at',
+        'country',
+        'test_number',
       );
       const atStep0 = !wf || wfStep === '0';
       const t0 = wf && wfStep === '0' ? readSteps({ wf })?.[0]?.timeout_seconds : undefined;
@@ -85,8 +112,13 @@ export class EnqueueReconciler {
         await this.stepTimer.schedule(requestId, 0, (Number(createdAt) || this.now()) + t0 * 1000 - this.now());
       }
       if (status === 'sent' && method && !dialStarted && atStep0) {
+        const addedBefore = await this.queue.has(method as Method, requestId);
         await this.queue.enqueue(method as Method, requestId);
         queued.push(requestId);
+        // A test number's send is never counted (the api does not count it either).
+        if (!addedBefore && this.sends && country && !testNumber && (await this.redis.hsetnx(key, 'requeued_at', this.now())) === 1) {
+          this.sends.trackSent(country, method as Method);
+        }
         this.logger.warn({ request_id: requestId, method }, 'verification was never queued (api process died?); queued now');
       }
       // Gone (the create script never ran or refused), already past `sent`, dialled, or queued just now.

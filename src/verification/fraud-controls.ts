@@ -243,7 +243,9 @@ export class FraudControls {
    * A send to a destination country: each request, resend and workflow step,
    * under the method it used, so that sent and verified (counted under the
    * method of the step that verified) compare. This is the Prometheus counter
-   * only. The Redis counter (`country:<cc>:<method>:sent` of the UTC day) is
+   * only, counted by the process that queued the send (the api, the workflow
+   * advancer, or the enqueue reconciler for a request no api queued). The
+   * Redis counter (`country:<cc>:<method>:sent` of the UTC day) is
    * written by the Lua script that charges the send, in the same step
    * (countSent.lua, in createVerification-8, resendVerification-4 and
    * advanceWorkflow-8), not here after the delivery job is queued: a request

@@ -99,8 +99,9 @@ export async function resendLive(
     await deps.queue.enqueue(method, requestId, resendJobId(requestId, sends));
   } catch (err) {
     // Not handed to a worker: the request goes back to how it was before this resend (the previous send's fields
-    // and code) and the send is given back (money and count), unless a worker has claimed it meanwhile (the add
-    // timed out but landed): then it stands.
+    // and code) and the send is given back (money and count), once: if the request expired or was canceled while the
+    // add waited, that refunded the resend already ('ended'). Unless a worker has claimed it meanwhile (the add timed
+    // out but landed): then it stands.
     const undone = await scripts.undoResend.run(
       redis,
       [keys.account(account.account_id), keys.verification(requestId), keys.usage(account.account_id, utcDay(now)), keys.conversion(utcDay(now))],

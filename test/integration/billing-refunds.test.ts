@@ -301,16 +301,21 @@ describe('refunds across midnight and the conversion `sent` they leave', () => {
     expect({ flash: await sent(day, 'flash_call'), voice: await sent(day, 'voice'), sms: await sent(day, 'sms') }).toEqual(expected);
   });
 
-  /** A service of the same deployment whose queue refuses the jobs `refuse` picks (Redis unreachable for BullMQ). */
-  const refusing = (refuse: (jobId: string | undefined) => boolean) =>
+  /**
+   * A service of the same deployment whose queue refuses the jobs `refuse` picks (Redis unreachable for BullMQ), after
+   * `meanwhile` (what another process does to the request while the add waits for Redis).
+   */
+  const refusing = (refuse: (jobId: string | undefined) => boolean, meanwhile: (requestId: string) => Promise<unknown> = async () => undefined) =>
     new VerificationService(
       redis,
       keys,
       sealer,
       config,
       {
-        enqueue: async (_method, _id, jobId) => {
-          if (refuse(jobId)) throw new Error('queue unavailable: Redis did not answer');
+        enqueue: async (_method, id, jobId) => {
+          if (!refuse(jobId)) return;
+          await meanwhile(id);
+          throw new Error('queue unavailable: Redis did not answer');
         },
       },
       logger,
@@ -339,6 +344,56 @@ describe('refunds across midnight and the conversion `sent` they leave', () => {
     expect(await usageOn('2031-08-02')).toMatchObject({ flash_call: { count: 1, cost: 0.004 } });
     expect(await sent('2031-08-02', 'flash_call')).toBe(1);
   });
+
+  /** What ends a request while the add of its job waits for Redis: the expiry sweeper past its expiry, or a cancel. */
+  const endings: { status: string; end(requestId: string): Promise<unknown> }[] = [
+    { status: 'expired', end: () => new ExpirySweeper(redis, keys, { intervalMs: 60_000, eventsMaxLen: 1000 }, logger, () => Date.now() + 61_000).sweep() },
+    { status: 'canceled', end: (requestId) => service.cancel(account, requestId) },
+  ];
+
+  it.each(endings)('a request whose job could not be queued, $status meanwhile, is refunded once', async ({ status, end }) => {
+    at(Date.parse('2031-08-04T12:00:00Z'));
+    // The conversion hash is the deployment's, shared by this test's cases.
+    const sentBefore = await sent('2031-08-04', 'flash_call');
+    let id = '';
+    const ending = refusing(
+      () => true,
+      (requestId) => {
+        id = requestId;
+        return end(requestId);
+      },
+    );
+    await expect(ending.create(account, { phone_number: '+447700900474', expiry_seconds: 60 })).rejects.toMatchObject({ code: 'service_unavailable' });
+    // The failure's refund (applyEvent-4) and the expiry's or the cancel's take the same guard, `refunded`: the
+    // second one gives nothing back.
+    expect(await redis.hmget(keys.verification(id), 'status', 'cost', 'refunded')).toEqual([status, '0', '1']);
+    expect((await call('GET', '/v1/balance')).body.balance).toEqual({ amount: 10, currency: 'GBP' });
+    expect(await usageOn('2031-08-04')).toMatchObject({ flash_call: { count: 0, cost: 0 } });
+    expect(await sent('2031-08-04', 'flash_call')).toBe(sentBefore);
+  });
+
+  it.each(endings)(
+    'a resend whose job could not be queued, the request $status meanwhile, is refunded once (not again by its take-back) and answers 503',
+    async ({ status, end }) => {
+      const first = Date.parse('2031-08-05T12:00:00Z');
+      at(first);
+      const sentBefore = await sent('2031-08-05', 'flash_call');
+      // The first send's job (id = request id) is queued; the resend's is not, and the request ends while its add waits.
+      const ending = refusing((jobId) => jobId !== undefined, end);
+      const created = await ending.create(account, { phone_number: '+447700900475', expiry_seconds: 60 });
+      const key = keys.verification(created.request_id);
+      // As the flash worker would: the first call rang (shown: billed), so a resend may be paid.
+      await redis.hset(key, { dial_started: String(first), rang_at: String(first + 1000), outcome: 'cancelled', status: 'delivered' });
+      at(first + 5000);
+      await expect(ending.create(account, { phone_number: '+447700900475', resend: true })).rejects.toMatchObject({ code: 'service_unavailable' });
+      // The resend's charge came back once (by the expiry or the cancel, which found it undialled); the first send
+      // stays billed, and the record shows it as the request's only send.
+      expect(await redis.hmget(key, 'status', 'sends', 'cost', 'dial_started')).toEqual([status, null, '4000', String(first)]);
+      expect((await call('GET', '/v1/balance')).body.balance).toEqual({ amount: 9.996, currency: 'GBP' });
+      expect(await usageOn('2031-08-05')).toMatchObject({ flash_call: { count: 1, cost: 0.004 } });
+      expect(await sent('2031-08-05', 'flash_call')).toBe(sentBefore + 1);
+    },
+  );
 
   it('a refund of a send never counted (charged before sends were counted with their charge) leaves `sent` at 0, not below', async () => {
     at(Date.parse('2031-08-03T12:00:00Z'));

@@ -4,6 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { AccountStore, type Account } from '../../src/accounts/account-store.js';
 import { Sealer } from '../../src/crypto/sealer.js';
 import { BullDeliveryQueue } from '../../src/engine/queues.js';
+import { Metrics } from '../../src/metrics/metrics.js';
 import { Keys } from '../../src/store/keys.js';
 import { connectBullRedis } from '../../src/store/redis.js';
 import { EnqueueReconciler } from '../../src/verification/enqueue-reconciler.js';
@@ -177,9 +178,11 @@ describe('a verification created but never queued', () => {
 /**
  * The per-country conversion `sent` of a request the reconciler queued: counted once, in the day it was charged,
  * under its country and method, whichever process added its job (the create script counts it with the charge:
- * countSent.lua), and a refund afterwards takes back exactly that count. Real Redis and BullMQ; no worker runs, so a
- * queued job stays waiting, undialled, as in a backlog. The clock is Date's, faked (timers stay real), to put the
- * charge and the reconciler's pass on either side of midnight.
+ * countSent.lua), and a refund afterwards takes back exactly that count. In Prometheus
+ * (`flashverify_conversion_sent_total`, per process) it is counted once too, by the process whose add queued it: the
+ * api, or the reconciler that found no job. Real Redis and BullMQ; no worker runs, so a queued job stays waiting,
+ * undialled, as in a backlog. The clock is Date's, faked (timers stay real), to put the charge and the reconciler's
+ * pass on either side of midnight.
  */
 describe('the conversion `sent` of a request the reconciler queued', () => {
   const config = testConfig();
@@ -191,13 +194,16 @@ describe('the conversion `sent` of a request the reconciler queued', () => {
   let bull: Redis;
   let queue: BullDeliveryQueue;
   let fraud: FraudControls;
+  /** The api process's Prometheus counters (its FraudControls, `fraud`, counts there). */
+  let apiMetrics: Metrics;
   let account: Account;
 
   beforeAll(async () => {
     redis = new Redis(REDIS_URL);
     bull = connectBullRedis(REDIS_URL);
     queue = new BullDeliveryQueue(bull, keys.bullPrefix());
-    fraud = new FraudControls({ redis, keys, sealer, config, events: { publish: async () => '0-0' }, logger });
+    apiMetrics = new Metrics({ defaultMetrics: false });
+    fraud = new FraudControls({ redis, keys, sealer, config, events: { publish: async () => '0-0' }, logger, metrics: apiMetrics });
     account = await new AccountStore(redis, keys, sealer).create({ name: 'x', balance: 10, currency: 'GBP', active: true });
   });
   afterEach(() => {
@@ -216,8 +222,19 @@ describe('the conversion `sent` of a request the reconciler queued', () => {
   };
   const service = (q: DeliveryQueue) =>
     new VerificationService(redis, keys, sealer, config, q, logger, new Set<Method>(['flash_call', 'voice', 'sms']), fraud);
-  /** One pass of a worker's reconciler, at the (faked) time of now. */
-  const reconcile = () => new EnqueueReconciler(redis, keys, queue, { requeueAfterMs: REQUEUE_AFTER_MS, intervalMs: 60_000 }, logger).reconcile();
+  /** A worker process: its own Prometheus counters, and its FraudControls counting there (as main.ts wires them). */
+  const worker = () => {
+    const metrics = new Metrics({ defaultMetrics: false });
+    return { metrics, fraud: new FraudControls({ redis, keys, sealer, config, events: { publish: async () => '0-0' }, logger, metrics, counters: fraud.counters }) };
+  };
+  /** One pass of a worker's reconciler, at the (faked) time of now; `w` the worker it runs in (a new one by default). */
+  const reconcile = (w = worker()) =>
+    new EnqueueReconciler(redis, keys, queue, { requeueAfterMs: REQUEUE_AFTER_MS, intervalMs: 60_000 }, logger, Date.now, undefined, w.fraud).reconcile();
+  /** A process's flashverify_conversion_sent_total{country, method}. */
+  const sentTotal = async (metrics: Metrics, country: string, method: Method) => {
+    const text = await metrics.registry.getSingleMetricAsString('flashverify_conversion_sent_total');
+    return Number(new RegExp(`^flashverify_conversion_sent_total\\{country="${country}",method="${method}"\\} (\\d+)$`, 'm').exec(text)?.[1] ?? 0);
+  };
   const sent = async (day: string, country: string, method: Method) => (await fraud.conversion(day))[`country:${country}:${method}:sent`] ?? 0;
   const jobsOf = async (method: Method, id: string) => {
     const job = await queue.queue(method).getJob(id);
@@ -249,13 +266,17 @@ describe('the conversion `sent` of a request the reconciler queued', () => {
 
     // The reconciler's pass comes after midnight: it queues the request.
     at(Date.parse('2031-03-05T00:00:05Z'));
-    expect(await reconcile()).toEqual([id]);
+    const w = worker();
+    expect(await reconcile(w)).toEqual([id]);
     expect(await jobsOf('voice', id)).toEqual([{ request_id: id }]);
     expect(await sent('2031-03-04', 'FR', 'voice')).toBe(1);
     expect(await fraud.conversion('2031-03-05')).toEqual({});
+    // In Prometheus, by the worker that queued it; the api died before queueing it, uncounted.
+    expect([await sentTotal(w.metrics, 'FR', 'voice'), await sentTotal(apiMetrics, 'FR', 'voice')]).toEqual([1, 0]);
     // Its intent is gone: a later pass queues and counts nothing more.
-    expect(await reconcile()).toEqual([]);
+    expect(await reconcile(w)).toEqual([]);
     expect(await sent('2031-03-04', 'FR', 'voice')).toBe(1);
+    expect(await sentTotal(w.metrics, 'FR', 'voice')).toBe(1);
   });
 
   it('an api that added the job and died before anything else: the reconciler adds it again (one job), counted once', async () => {
@@ -263,9 +284,13 @@ describe('the conversion `sent` of a request the reconciler queued', () => {
     const id = await createOnDyingApi('+447700900701', 'sms', true);
     expect(await jobsOf('sms', id)).toEqual([{ request_id: id }]);
     at(Date.parse('2031-04-01T12:00:05Z'));
-    expect(await reconcile()).toEqual([id]);
+    const w = worker();
+    expect(await reconcile(w)).toEqual([id]);
     expect(await queue.queue('sms').getJobCounts('waiting')).toEqual({ waiting: 1 });
     expect(await sent('2031-04-01', 'GB', 'sms')).toBe(1);
+    // The api's add queued it (the reconciler found the job): not the reconciler's to count in Prometheus. The api
+    // died before counting it, and its counters with it.
+    expect(await sentTotal(w.metrics, 'GB', 'sms')).toBe(0);
   });
 
   it('a request queued and counted by the api, its intent left behind: the reconciler adds the job again and counts nothing more', async () => {
@@ -279,10 +304,25 @@ describe('the conversion `sent` of a request the reconciler queued', () => {
 
     at(Date.parse('2031-04-02T12:00:05Z'));
     // Still `sent` and undialled (its job waits in a backlog): the reconciler adds it, a no-op for BullMQ.
-    expect(await reconcile()).toEqual([id]);
+    const w = worker();
+    expect(await reconcile(w)).toEqual([id]);
     expect(await jobsOf('flash_call', id)).toEqual([{ request_id: id }]);
     expect(await queue.queue('flash_call').getJobCounts('waiting')).toEqual({ waiting: 1 });
     expect(await sent('2031-04-02', 'GB', 'flash_call')).toBe(1);
+    // In Prometheus by the api, which queued it; not again by the worker.
+    expect([await sentTotal(apiMetrics, 'GB', 'flash_call'), await sentTotal(w.metrics, 'GB', 'flash_call')]).toEqual([1, 0]);
+  });
+
+  it('two reconcilers queueing the same request at once: one job, counted in Prometheus by one of them', async () => {
+    at(Date.parse('2031-04-03T12:00:00Z'));
+    const id = await createOnDyingApi('+447700900705', 'voice', false);
+    at(Date.parse('2031-04-03T12:00:05Z'));
+    const [a, b] = [worker(), worker()];
+    const passes = await Promise.all([reconcile(a), reconcile(b)]);
+    expect(passes.flat()).toContain(id);
+    expect(await jobsOf('voice', id)).toEqual([{ request_id: id }]);
+    expect((await sentTotal(a.metrics, 'GB', 'voice')) + (await sentTotal(b.metrics, 'GB', 'voice'))).toBe(1);
+    expect(await sent('2031-04-03', 'GB', 'voice')).toBe(1);
   });
 
   it('a refund after the reconciler queued it (a cancel, an expiry) leaves `sent` at 0, not below', async () => {

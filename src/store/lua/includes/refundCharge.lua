@@ -1,6 +1,7 @@
 --[[
   Gives one attempt's charge back, the caller having found that nothing of it
-  left (and taken its `refunded` / `att<n>_refunded` guard: once per attempt):
+  left (and taken its `refunded` / `att<n>_refunded` guard, or, undoResend-4,
+  found it not taken and put the resend away: once per attempt):
   `amount` to the account's balance (when the account still exists) and out of
   the record's `cost`; one `<method>:count` and `amount` of `<method>:cost` out
   of the account's usage (GET /v1/usage); and, given a `country`, one
