@@ -11,9 +11,13 @@ export interface RequeueQueue extends DeliveryQueue {
   has(method: Method, jobId: string): Promise<boolean>;
 }
 
-/** Where a send the reconciler queued is counted (FraudControls.trackSent: the Prometheus counter). */
-export interface SentTracker {
+/**
+ * FraudControls as the reconciler uses it: where a send it queued is counted (trackSent: the Prometheus counter),
+ * and what a test number gets instead of a job (its simulated delivery).
+ */
+export interface ReconcilerFraud {
   trackSent(country: string, method: Method): void;
+  deliverTestNumber(base: { request_id: string; account_id: string; method: Method }): Promise<void>;
 }
 
 export interface EnqueueReconcilerOptions {
@@ -74,8 +78,8 @@ export class EnqueueReconciler {
     private readonly now: () => number = Date.now,
     /** Step timeouts of workflows; without it a workflow found here only gets its job. */
     private readonly stepTimer?: StepTimer,
-    /** Counts the sends queued here; without it none is. */
-    private readonly sends?: SentTracker,
+    /** Counts the sends queued here and delivers test numbers; without it neither is done. */
+    private readonly sends?: ReconcilerFraud,
   ) {
     this.loop = new PeriodicPass(() => this.reconcile(), options.intervalMs, logger, 'enqueue reconciliation failed; retrying');
   }
@@ -94,7 +98,7 @@ export class EnqueueReconciler {
     const queued: string[] = [];
     for (const requestId of due) {
       const key = this.keys.verification(requestId);
-      const [status, method, dialStarted, wf, wfStep, createdAt, country, testNumber] = await this.redis.hmget(
+      const [status, method, dialStarted, wf, wfStep, createdAt, country, testNumber, accountId] = await this.redis.hmget(
         key,
         'status',
         'method',
@@ -104,6 +108,7 @@ export class EnqueueReconciler {
         'created_at',
         'country',
         'test_number',
+        'account_id',
       );
       const atStep0 = !wf || wfStep === '0';
       const t0 = wf && wfStep === '0' ? readSteps({ wf })?.[0]?.timeout_seconds : undefined;
@@ -111,15 +116,22 @@ export class EnqueueReconciler {
         // Due when it would have been, had the api lived: created_at + timeout.
         await this.stepTimer.schedule(requestId, 0, (Number(createdAt) || this.now()) + t0 * 1000 - this.now());
       }
-      if (status === 'sent' && method && !dialStarted && atStep0) {
+      if (status === 'sent' && method && testNumber) {
+        // A test number is never dialled: its api died before publishing its simulated delivery. Published here
+        // instead (twice, harmlessly, if that api was only slow: the status is `delivered` either way).
+        if (this.sends && accountId) {
+          await this.sends.deliverTestNumber({ request_id: requestId, account_id: accountId, method: method as Method });
+          this.logger.warn({ request_id: requestId, method, test_number: true }, 'test-number verification left undelivered (api process died?); delivered now');
+        }
+      } else if (status === 'sent' && method && !dialStarted && atStep0) {
         const addedBefore = await this.queue.has(method as Method, requestId);
         await this.queue.enqueue(method as Method, requestId);
         queued.push(requestId);
-        // A test number's send is never counted (the api does not count it either).
-        if (!addedBefore && this.sends && country && !testNumber && (await this.redis.hsetnx(key, 'requeued_at', this.now())) === 1) {
+        if (!addedBefore && this.sends && country && (await this.redis.hsetnx(key, 'requeued_at', this.now())) === 1) {
           this.sends.trackSent(country, method as Method);
         }
-        this.logger.warn({ request_id: requestId, method }, 'verification was never queued (api process died?); queued now');
+        if (addedBefore) this.logger.info({ request_id: requestId, method }, 'verification queued by its api, which left its intent behind (died?); intent cleared');
+        else this.logger.warn({ request_id: requestId, method }, 'verification was never queued (api process died?); queued now');
       }
       // Gone (the create script never ran or refused), already past `sent`, dialled, or queued just now.
       await this.redis.zrem(this.keys.unqueued(), requestId);

@@ -241,8 +241,10 @@ export class VerificationService {
       });
     }
     if (testNumber && fraud) {
-      await this.intents.remove(requestId);
+      // Its simulated delivery, then the intent: a process dying in between leaves the intent, and the reconciler
+      // simulates the delivery (never a job: a test number is never dialled); the other way round it would stay `sent`.
       await fraud.deliverTestNumber({ request_id: requestId, account_id: account.account_id, method });
+      await this.intents.remove(requestId);
       log.info({ method, test_number: true }, 'verification created for a test number; not sent');
       return created(requestId, dest.e164, method, storedLength, 0, account.currency, expiresAt);
     }

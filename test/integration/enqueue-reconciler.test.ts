@@ -185,7 +185,8 @@ describe('a verification created but never queued', () => {
  * pass on either side of midnight.
  */
 describe('the conversion `sent` of a request the reconciler queued', () => {
-  const config = testConfig();
+  const TEST_NUMBER = '+447700900777';
+  const config = testConfig({ fraud: { testNumbers: [{ number: TEST_NUMBER, code: '1234' }] } });
   const keys = new Keys(config.redis.prefix);
   const sealer = new Sealer(Buffer.from(config.security.masterKey, 'hex'));
   const logger = pino({ level: 'silent' });
@@ -223,9 +224,9 @@ describe('the conversion `sent` of a request the reconciler queued', () => {
   const service = (q: DeliveryQueue) =>
     new VerificationService(redis, keys, sealer, config, q, logger, new Set<Method>(['flash_call', 'voice', 'sms']), fraud);
   /** A worker process: its own Prometheus counters, and its FraudControls counting there (as main.ts wires them). */
-  const worker = () => {
+  const worker = (publish: ConstructorParameters<typeof FraudControls>[0]['events']['publish'] = async () => '0-0') => {
     const metrics = new Metrics({ defaultMetrics: false });
-    return { metrics, fraud: new FraudControls({ redis, keys, sealer, config, events: { publish: async () => '0-0' }, logger, metrics, counters: fraud.counters }) };
+    return { metrics, fraud: new FraudControls({ redis, keys, sealer, config, events: { publish }, logger, metrics, counters: fraud.counters }) };
   };
   /** One pass of a worker's reconciler, at the (faked) time of now; `w` the worker it runs in (a new one by default). */
   const reconcile = (w = worker()) =>
@@ -311,6 +312,31 @@ describe('the conversion `sent` of a request the reconciler queued', () => {
     expect(await sent('2031-04-02', 'GB', 'flash_call')).toBe(1);
     // In Prometheus by the api, which queued it; not again by the worker.
     expect([await sentTotal(apiMetrics, 'GB', 'flash_call'), await sentTotal(w.metrics, 'GB', 'flash_call')]).toEqual([1, 0]);
+  });
+
+  it('a test number whose api died before its simulated delivery: the reconciler delivers it, never queues a job (it would be dialled), counts nothing', async () => {
+    at(Date.parse('2031-04-04T12:00:00Z'));
+    let died!: (id: string) => void;
+    const dead = new Promise<string>((resolve) => (died = resolve));
+    // The api's events publisher: the process dies as it publishes the test number's delivery.
+    const dying = worker(async (e) => {
+      died(e.request_id);
+      return new Promise<string>(() => undefined);
+    });
+    void new VerificationService(redis, keys, sealer, config, queue, logger, new Set<Method>(['flash_call']), dying.fraud).create(account, { phone_number: TEST_NUMBER, method: 'flash_call' });
+    const id = await dead;
+
+    at(Date.parse('2031-04-04T12:00:05Z'));
+    const published: unknown[] = [];
+    const w = worker(async (e) => {
+      published.push(e);
+      return '0-0';
+    });
+    expect(await reconcile(w)).toEqual([]);
+    expect(published).toEqual([{ request_id: id, account_id: account.account_id, method: 'flash_call', status: 'delivered', detail: { test_number: true } }]);
+    expect(await jobsOf('flash_call', id)).toEqual([]);
+    expect(await redis.zscore(keys.unqueued(), id)).toBeNull();
+    expect(await sentTotal(w.metrics, 'GB', 'flash_call')).toBe(0);
   });
 
   it('two reconcilers queueing the same request at once: one job, counted in Prometheus by one of them', async () => {
