@@ -76,8 +76,11 @@ export function parseWebhookUrl(url: string): URL {
   return parsed;
 }
 
-/** Resolves a host name to every address it has (system DNS by default; tests inject their own). */
-export type ResolveAll = (host: string) => Promise<LookupAddress[]>;
+/**
+ * Resolves a host name to every address it has (system DNS by default; tests inject their own). `signal`: the
+ * delivery's deadline, for a resolver that can stop waiting (webhook-host-cache.ts); others may ignore it.
+ */
+export type ResolveAll = (host: string, signal?: AbortSignal) => Promise<LookupAddress[]>;
 
 function lookupAll(host: string): Promise<LookupAddress[]> {
   return new Promise((resolve, reject) =>
