@@ -414,6 +414,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       });
       metrics.watchWebhookBreakers(webhooks.breaker);
       metrics.watchWebhookConnections(webhooks.agents);
+      metrics.watchWebhookDns(webhooks.hosts);
       const webhookWorker = new Worker<WebhookJobData>(
         WEBHOOK_QUEUE,
         (job, token) => {

@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { ConfigError } from '../errors/app-error.js';
-import { configSchema, type Config } from './schema.js';
+import { configSchema, DEFAULT_THREAD_POOL_SIZE, webhooksSchema, type Config } from './schema.js';
 
 /** `config/default.yaml` of the installed package (works from src/ and dist/). */
 export const DEFAULT_CONFIG_FILE = fileURLToPath(new URL('../../config/default.yaml', import.meta.url));
@@ -36,9 +36,12 @@ export function loadConfig(options: LoadOptions = {}): Readonly<Config> {
   if (file) merged = deepMerge(merged, readYaml(resolve(file), issues));
   merged = deepMerge(merged, envOverrides(env, issues));
   if (options.overrides) merged = deepMerge(merged, options.overrides);
+  const threadPool = threadPoolSize(env, issues);
   if (issues.length > 0) throw new ConfigError(issues);
 
-  const result = configSchema.safeParse(merged);
+  // webhooks.maxLookups is bounded by the thread pool this process will have.
+  const schema = threadPool === DEFAULT_THREAD_POOL_SIZE ? configSchema : configSchema.extend({ webhooks: webhooksSchema(threadPool) });
+  const result = schema.safeParse(merged);
   if (!result.success) {
     throw new ConfigError(
       result.error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`),
@@ -61,6 +64,21 @@ function readYaml(path: string, issues: string[]): unknown {
     issues.push(`${path}: not valid YAML (${(err as Error).message.split('\n')[0]})`);
     return {};
   }
+}
+
+/**
+ * libuv's thread pool size as this process will have it: UV_THREADPOOL_SIZE, read by libuv when the pool is first
+ * used, else 4; libuv takes at most 1024, and anything that is not a number from 1 (an empty value too) as 1, which
+ * would leave a hung DNS lookup the only thread: refused here instead.
+ */
+function threadPoolSize(env: NodeJS.ProcessEnv, issues: string[]): number {
+  const raw = env.UV_THREADPOOL_SIZE;
+  if (raw === undefined) return DEFAULT_THREAD_POOL_SIZE;
+  if (!/^\d+$/.test(raw) || Number(raw) < 1) {
+    issues.push(`UV_THREADPOOL_SIZE: must be a whole number of threads, at least 1 (libuv runs one thread otherwise), got "${raw}"`);
+    return DEFAULT_THREAD_POOL_SIZE;
+  }
+  return Math.min(1024, Number(raw));
 }
 
 function envOverrides(env: NodeJS.ProcessEnv, issues: string[]): Record<string, unknown> {

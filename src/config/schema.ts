@@ -291,6 +291,122 @@ export const fraudSchema = z
 const priceTable = z.record(z.string(), z.number().nonnegative());
 
 const SOCKETS_PER_HOST = 'must be a whole number of connections, at least 1';
+const DNS_MS = 'must be a whole number of milliseconds, 0 or more';
+const MAX_LOOKUPS = 'must be a whole number of lookups, at least 1 (or null: the default)';
+
+/** libuv's thread pool when UV_THREADPOOL_SIZE is not set: it runs getaddrinfo (dns.lookup), fs, async crypto and zlib. */
+export const DEFAULT_THREAD_POOL_SIZE = 4;
+
+/**
+ * `webhooks`. `threadPoolSize` is libuv's thread pool as this process will have it (config/load.ts reads
+ * UV_THREADPOOL_SIZE): `maxLookups` must stay below it.
+ */
+export function webhooksSchema(threadPoolSize: number = DEFAULT_THREAD_POOL_SIZE) {
+  return z
+    .object({
+      /** Allow webhook URLs that resolve to loopback/private/link-local addresses (tests, on-prem only). */
+      allowPrivate: z.boolean().default(false),
+      /** The docs promise receivers 5 s to answer with a 2xx; the one deadline covers the DNS lookup and connect too. */
+      timeoutMs: z.number().int().positive().default(5000),
+      /** Delivery attempts; with `backoffMs` 5000 and 15 attempts the last retry is ~22 h after the first. */
+      attempts: z.number().int().positive().default(15),
+      /** First retry delay; doubles at each attempt (BullMQ exponential back-off). */
+      backoffMs: z.number().int().positive().default(5000),
+      /** How often a later event of a request re-checks whether the earlier ones were delivered (doubles, max 60 s). */
+      orderPollMs: z.number().int().positive().default(500),
+      /**
+       * How long after an event was written a later event of its request waits for it while no webhook consumer
+       * has handled it (its entry trimmed from the stream before anyone read it, or its consumer stuck); then the
+       * later one is sent without it (a warning). Keep it well above twice `events.claimIdleMs` (a dead consumer's
+       * entries are reclaimed after that). An event queued, or in retry, is waited for without this bound.
+       */
+      orderMaxWaitMs: z.number().int().positive().default(300_000),
+      /**
+       * A webhook not delivered this long after it was queued (its retries, or an account's open breaker, which
+       * spends no attempt, kept it waiting) is given up: BullMQ's failed set, where `flashverify webhook replay`
+       * finds it. Bounds what a receiver that never comes back leaves waiting in Redis. Default 3 days.
+       */
+      maxAgeMs: z.number().int().positive().default(259_200_000),
+      /**
+       * Worker processes (`--role worker` and `all`) send webhooks too. false: only `--role webhooks` processes
+       * send them, and their HTTP work stays off the event loop that originates calls; run at least one.
+       */
+      inWorkers: z.boolean().default(true),
+      /** Webhook deliveries in flight per process that sends webhooks. */
+      concurrency: z.number().int().positive().default(50),
+      /**
+       * Idle keep-alive connections to a receiver are closed after this (ms): shorter than common servers' own
+       * idle timeouts (Node's 5 s), so that they rarely close one as we reuse it. 0: no keep-alive, one connection
+       * per delivery.
+       */
+      keepAliveMs: z
+        .int({ message: 'must be a whole number of milliseconds (0: no keep-alive)' })
+        .min(0, { message: 'must be 0 (no keep-alive) or more milliseconds' })
+        .default(4000),
+      /** Connections per receiver origin (scheme, host, port) and worker process; more deliveries wait for one. */
+      maxSocketsPerHost: z.int({ message: SOCKETS_PER_HOST }).min(1, { message: SOCKETS_PER_HOST }).default(32),
+      /**
+       * Answers for webhook hosts (every address of the name) are kept this long per process, shared by the SSRF
+       * check before a delivery and the connect. 0: none kept, no failure and no stale answer either (lookups in
+       * flight are still shared, and capped by `maxLookups`).
+       */
+      dnsCacheMs: z.int({ message: DNS_MS }).min(0, { message: DNS_MS }).default(30_000),
+      /** A host the resolver failed on (no such name, or an error) is not asked again for this long; its deliveries fail at once. */
+      dnsNegativeCacheMs: z.int({ message: DNS_MS }).min(0, { message: DNS_MS }).default(5_000),
+      /** After `dnsCacheMs`, an answer is still used this long while a new lookup fails (not "no such name") or is slow. 0: never. */
+      dnsStaleMs: z.int({ message: DNS_MS }).min(0, { message: DNS_MS }).default(300_000),
+      /**
+       * System name lookups in flight at once per process: each holds a libuv thread until the resolver answers or
+       * gives up, so they must leave threads for file, crypto and zlib work: at most the pool's size - 1 (1 for a
+       * pool of 1). null: 2, or that maximum when it is smaller.
+       */
+      maxLookups: z.int({ message: MAX_LOOKUPS }).min(1, { message: MAX_LOOKUPS }).nullable().default(null),
+      /**
+       * Deliveries in flight per account and worker process: an account whose receiver is slow or dead holds at
+       * most this many of the `concurrency` slots. null: a fifth of `concurrency` (at least 1).
+       */
+      accountConcurrency: z.number().int().positive().nullable().default(null),
+      /** Per-account circuit breaker (events/webhook-breaker.ts). */
+      breaker: z
+        .object({
+          /** Failed deliveries in a row (timeouts, refusals, non-2xx) that open an account's breaker; 0 = never. */
+          failures: z.number().int().min(0).default(5),
+          /** The account's deliveries are deferred (no attempt spent) this long, then one probe delivery decides. */
+          coolOffMs: z.number().int().positive().default(30_000),
+          /** A failed probe doubles the cool-off, up to this. */
+          maxCoolOffMs: z.number().int().positive().default(600_000),
+        })
+        .strict()
+        .refine((b) => b.maxCoolOffMs >= b.coolOffMs, { message: 'maxCoolOffMs must be >= coolOffMs', path: ['maxCoolOffMs'] })
+        .prefault({}),
+    })
+    .strict()
+    .superRefine((w, ctx) => {
+      if (w.accountConcurrency !== null && w.accountConcurrency > w.concurrency) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['accountConcurrency'],
+          message: `must be at most webhooks.concurrency (${w.concurrency}): it is a share of those slots`,
+        });
+      }
+      // A pool of one thread cannot be spared one; there the cap is 1, and the cache alone keeps lookups rare.
+      const lookupsAllowed = Math.max(1, threadPoolSize - 1);
+      if (w.maxLookups !== null && w.maxLookups > lookupsAllowed) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['maxLookups'],
+          message:
+            `must be at most ${lookupsAllowed}, below libuv's thread pool of ${threadPoolSize} (UV_THREADPOOL_SIZE, else 4), ` +
+            'so that lookups the resolver never answers leave threads for file, crypto and zlib work',
+        });
+      }
+    })
+    .transform((w) => ({
+      ...w,
+      accountConcurrency: w.accountConcurrency ?? Math.max(1, Math.floor(w.concurrency / 5)),
+      maxLookups: w.maxLookups ?? Math.max(1, Math.min(2, threadPoolSize - 1)),
+    }));
+}
 
 export const configSchema = z
   .object({
@@ -629,79 +745,7 @@ export const configSchema = z
         claimIdleMs: z.number().int().positive().default(30_000),
       })
       .strict(),
-    webhooks: z
-      .object({
-        /** Allow webhook URLs that resolve to loopback/private/link-local addresses (tests, on-prem only). */
-        allowPrivate: z.boolean().default(false),
-        /** The docs promise receivers 5 s to answer with a 2xx; the one deadline covers the DNS lookup and connect too. */
-        timeoutMs: z.number().int().positive().default(5000),
-        /** Delivery attempts; with `backoffMs` 5000 and 15 attempts the last retry is ~22 h after the first. */
-        attempts: z.number().int().positive().default(15),
-        /** First retry delay; doubles at each attempt (BullMQ exponential back-off). */
-        backoffMs: z.number().int().positive().default(5000),
-        /** How often a later event of a request re-checks whether the earlier ones were delivered (doubles, max 60 s). */
-        orderPollMs: z.number().int().positive().default(500),
-        /**
-         * How long after an event was written a later event of its request waits for it while no webhook consumer
-         * has handled it (its entry trimmed from the stream before anyone read it, or its consumer stuck); then the
-         * later one is sent without it (a warning). Keep it well above twice `events.claimIdleMs` (a dead consumer's
-         * entries are reclaimed after that). An event queued, or in retry, is waited for without this bound.
-         */
-        orderMaxWaitMs: z.number().int().positive().default(300_000),
-        /**
-         * A webhook not delivered this long after it was queued (its retries, or an account's open breaker, which
-         * spends no attempt, kept it waiting) is given up: BullMQ's failed set, where `flashverify webhook replay`
-         * finds it. Bounds what a receiver that never comes back leaves waiting in Redis. Default 3 days.
-         */
-        maxAgeMs: z.number().int().positive().default(259_200_000),
-        /**
-         * Worker processes (`--role worker` and `all`) send webhooks too. false: only `--role webhooks` processes
-         * send them, and their HTTP work stays off the event loop that originates calls; run at least one.
-         */
-        inWorkers: z.boolean().default(true),
-        /** Webhook deliveries in flight per process that sends webhooks. */
-        concurrency: z.number().int().positive().default(50),
-        /**
-         * Idle keep-alive connections to a receiver are closed after this (ms): shorter than common servers' own
-         * idle timeouts (Node's 5 s), so that they rarely close one as we reuse it. 0: no keep-alive, one connection
-         * per delivery.
-         */
-        keepAliveMs: z
-          .int({ message: 'must be a whole number of milliseconds (0: no keep-alive)' })
-          .min(0, { message: 'must be 0 (no keep-alive) or more milliseconds' })
-          .default(4000),
-        /** Connections per receiver origin (scheme, host, port) and worker process; more deliveries wait for one. */
-        maxSocketsPerHost: z.int({ message: SOCKETS_PER_HOST }).min(1, { message: SOCKETS_PER_HOST }).default(32),
-        /**
-         * Deliveries in flight per account and worker process: an account whose receiver is slow or dead holds at
-         * most this many of the `concurrency` slots. null: a fifth of `concurrency` (at least 1).
-         */
-        accountConcurrency: z.number().int().positive().nullable().default(null),
-        /** Per-account circuit breaker (events/webhook-breaker.ts). */
-        breaker: z
-          .object({
-            /** Failed deliveries in a row (timeouts, refusals, non-2xx) that open an account's breaker; 0 = never. */
-            failures: z.number().int().min(0).default(5),
-            /** The account's deliveries are deferred (no attempt spent) this long, then one probe delivery decides. */
-            coolOffMs: z.number().int().positive().default(30_000),
-            /** A failed probe doubles the cool-off, up to this. */
-            maxCoolOffMs: z.number().int().positive().default(600_000),
-          })
-          .strict()
-          .refine((b) => b.maxCoolOffMs >= b.coolOffMs, { message: 'maxCoolOffMs must be >= coolOffMs', path: ['maxCoolOffMs'] })
-          .prefault({}),
-      })
-      .strict()
-      .superRefine((w, ctx) => {
-        if (w.accountConcurrency !== null && w.accountConcurrency > w.concurrency) {
-          ctx.addIssue({
-            code: 'custom',
-            path: ['accountConcurrency'],
-            message: `must be at most webhooks.concurrency (${w.concurrency}): it is a share of those slots`,
-          });
-        }
-      })
-      .transform((w) => ({ ...w, accountConcurrency: w.accountConcurrency ?? Math.max(1, Math.floor(w.concurrency / 5)) })),
+    webhooks: webhooksSchema(),
   })
   .strict();
 

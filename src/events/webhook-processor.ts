@@ -12,7 +12,8 @@ import { WebhookAgents } from './webhook-agents.js';
 import { WebhookBreaker, type WebhookGate } from './webhook-breaker.js';
 import { markOrderDone, orderMember, type WebhookJobData } from './webhook-queue.js';
 import { WebhookDeliveryError, postWebhook, signWebhook } from './webhook-sender.js';
-import { assertWebhookTarget, type ResolveAll } from './webhook-target.js';
+import { WebhookHostCache } from './webhook-host-cache.js';
+import { assertWebhookTarget, lookupAll, type ResolveAll } from './webhook-target.js';
 
 export interface WebhookProcessorDeps {
   redis: Redis;
@@ -21,7 +22,7 @@ export interface WebhookProcessorDeps {
   config: Readonly<Config['webhooks']>;
   metrics: Metrics;
   logger: Logger;
-  /** Name resolution of webhook hosts (default: the system's); tests inject a resolver. */
+  /** Name resolution of webhook hosts (default: the system's), behind the process's cache; tests inject a resolver. */
   resolveAll?: ResolveAll;
 }
 
@@ -78,10 +79,26 @@ export class WebhookProcessor {
   readonly agents: WebhookAgents;
   /** Unsealed API secrets, keyed by account and sealed value: one AES-GCM open per secret, not per delivery. */
   private readonly secrets = new Map<string, string>();
+  /**
+   * The answers of receivers' hosts (one processor per process: the process's), used by the SSRF check before a
+   * delivery and by its connect, and the cap on lookups in flight (`webhooks.dnsCacheMs`, `webhooks.maxLookups` ...).
+   */
+  readonly hosts: WebhookHostCache;
 
   constructor(private readonly deps: WebhookProcessorDeps) {
     const { config } = deps;
     this.agents = new WebhookAgents(config);
+    this.hosts = new WebhookHostCache({
+      resolveAll: deps.resolveAll ?? lookupAll,
+      cacheMs: config.dnsCacheMs,
+      negativeCacheMs: config.dnsNegativeCacheMs,
+      staleMs: config.dnsStaleMs,
+      // RFC 8767's client response timer, within the delivery's deadline: most of it is left for the receiver.
+      staleWaitMs: Math.min(1000, Math.floor(config.timeoutMs / 4)),
+      maxLookups: config.maxLookups,
+      metrics: deps.metrics,
+      logger: deps.logger,
+    });
     // A probe that has not ended by then (its process died) lets another delivery probe.
     this.breaker = new WebhookBreaker(deps.redis, deps.keys, config.breaker, 2 * config.timeoutMs + 1000, deps.logger);
   }
@@ -265,7 +282,7 @@ export class WebhookProcessor {
     // slot no longer than a receiver that does not answer, and fails it the same way ("timeout", retried).
     const signal = AbortSignal.timeout(config.timeoutMs);
     const started = performance.now();
-    const { resolveAll } = this.deps;
+    const resolveAll = this.hosts.resolve;
     const target = await assertWebhookTarget(url, config.allowPrivate, resolveAll, signal).catch((err: Error) => {
       throw new WebhookDeliveryError(err.message);
     });

@@ -82,7 +82,7 @@ export async function postWebhook(url: URL, body: string, headers: Record<string
 function send(url: URL, body: string, headers: Record<string, string>, options: PostOptions, signal: AbortSignal, connection: WebhookConnection): Promise<number> {
   const request = url.protocol === 'https:' ? httpsRequest : httpRequest;
   const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
-  const guarded = guardedLookup(options.allowPrivate, options.resolveAll);
+  const guarded = guardedLookup(options.allowPrivate, options.resolveAll, signal);
   // Where the request is, for the timeout's message: resolving the host, or waiting for the answer.
   let resolving = false;
   const lookup: typeof guarded = (hostname, lookupOptions, callback) => {

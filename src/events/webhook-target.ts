@@ -76,10 +76,14 @@ export function parseWebhookUrl(url: string): URL {
   return parsed;
 }
 
-/** Resolves a host name to every address it has (system DNS by default; tests inject their own). */
-export type ResolveAll = (host: string) => Promise<LookupAddress[]>;
+/**
+ * Resolves a host name to every address it has (system DNS by default; tests inject their own). `signal`: the
+ * delivery's deadline, for a resolver that can stop waiting (webhook-host-cache.ts); others may ignore it.
+ */
+export type ResolveAll = (host: string, signal?: AbortSignal) => Promise<LookupAddress[]>;
 
-function lookupAll(host: string): Promise<LookupAddress[]> {
+/** The system resolver (getaddrinfo, on libuv's thread pool), every address in the order it gives them. */
+export function lookupAll(host: string): Promise<LookupAddress[]> {
   return new Promise((resolve, reject) =>
     dnsLookup(host, { all: true, verbatim: true }, (err, addresses) => (err ? reject(err) : resolve(addresses))),
   );
@@ -124,7 +128,7 @@ export async function assertWebhookTarget(
   const host = parsed.hostname.replace(/^\[(.*)\]$/, '$1');
   let addresses: LookupAddress[];
   try {
-    addresses = isIP(host) ? [{ address: host, family: isIP(host) }] : await lookupBefore(resolveAll(host), host, signal);
+    addresses = isIP(host) ? [{ address: host, family: isIP(host) }] : await lookupBefore(resolveAll(host, signal), host, signal);
   } catch (err) {
     if (err instanceof WebhookLookupTimeoutError) throw err;
     throw new WebhookTargetError(`cannot resolve ${host}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
@@ -141,12 +145,14 @@ type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | Look
  * A `lookup` for http(s).request that refuses private addresses at connect
  * time, so a DNS answer that changed since `assertWebhookTarget` (rebinding)
  * cannot reach inside. Handles both the single and the `all` form Node uses.
+ * With a resolver that shares answers (webhook-host-cache.ts), the connect
+ * uses the answer the check saw, checked again here.
  */
-export function guardedLookup(allowPrivate: boolean, resolveAll?: ResolveAll) {
+export function guardedLookup(allowPrivate: boolean, resolveAll?: ResolveAll, signal?: AbortSignal) {
   return (hostname: string, options: { all?: boolean; family?: number | string }, callback: LookupCallback): void => {
     const resolved = (then: (err: NodeJS.ErrnoException | null, addresses: LookupAddress[]) => void): void => {
       if (!resolveAll) return dnsLookup(hostname, { ...options, all: true, verbatim: true } as { all: true }, then);
-      resolveAll(hostname).then((list) => then(null, list), (err: NodeJS.ErrnoException) => then(err, []));
+      resolveAll(hostname, signal).then((list) => then(null, list), (err: NodeJS.ErrnoException) => then(err, []));
     };
     resolved((err, addresses) => {
       if (err) return callback(err, '');

@@ -49,6 +49,11 @@ export interface WebhookConnectionsSource {
   usage(): { held: number; waiting: number };
 }
 
+/** What the webhook DNS gauge reads at scrape time (events/webhook-host-cache.ts). */
+export interface WebhookDnsSource {
+  stats(): { running: number; waiting: number };
+}
+
 /** Job states the queue-depth gauge reports; completed/failed are history, not depth. */
 const DEPTH_STATES = ['waiting', 'active', 'delayed'] as const;
 
@@ -71,6 +76,10 @@ export class Metrics {
   private readonly webhookDelivery: Histogram;
   private readonly webhookSkips: Counter;
   private readonly webhookDeferrals: Counter<'reason'>;
+  private readonly webhookDnsLookups: Counter;
+  private readonly webhookDnsCache: Counter<'answer'>;
+  private readonly webhookDnsFailures: Counter<'reason'>;
+  private readonly webhookDnsTimeouts: Counter;
   private readonly rangeSentCounter: Counter<'range'>;
   private readonly rangeVerifiedCounter: Counter<'range'>;
   private readonly conversionSentCounter: Counter<'country' | 'method'>;
@@ -88,6 +97,7 @@ export class Metrics {
   private webhookConnections: WebhookConnectionsSource | undefined;
   private readonly apiShed: Counter;
   private apiInFlight: (() => number) | undefined;
+  private webhookDns: WebhookDnsSource | undefined;
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
@@ -143,6 +153,30 @@ export class Metrics {
       labelNames: ['reason'],
       registers,
     });
+    this.webhookDnsLookups = new Counter({
+      name: 'flashverify_webhook_dns_lookups_total',
+      help: 'Webhook host lookups handed to the resolver (the system one: getaddrinfo on a libuv thread), cache misses and refreshes',
+      registers,
+    });
+    this.webhookDnsCache = new Counter({
+      name: 'flashverify_webhook_dns_cache_hits_total',
+      help:
+        'Webhook host answers taken from the cache without a lookup: answer="fresh" (within webhooks.dnsCacheMs), ' +
+        'answer="stale" (expired, used while a new lookup failed or was slow), answer="failure" (a failed lookup kept webhooks.dnsNegativeCacheMs)',
+      labelNames: ['answer'],
+      registers,
+    });
+    this.webhookDnsFailures = new Counter({
+      name: 'flashverify_webhook_dns_failures_total',
+      help: 'Webhook host lookups that failed: reason="not_found" (no such name, or no address), reason="error" (any other: the resolver failed)',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.webhookDnsTimeouts = new Counter({
+      name: 'flashverify_webhook_dns_timeouts_total',
+      help: 'Webhook deliveries that gave up waiting for their host\'s lookup (or a free lookup slot, webhooks.maxLookups) at their deadline',
+      registers,
+    });
     const breakersSource = (): WebhookBreakersSource | undefined => this.webhookBreakers;
     new Gauge({
       name: 'flashverify_webhook_breaker_open',
@@ -168,27 +202,37 @@ export class Metrics {
         if (read) this.set(read());
       },
     });
-    const connectionsGauge = (name: string, help: string, field: 'held' | 'waiting'): void => {
-      const read = (): WebhookConnectionsSource | undefined => this.webhookConnections;
+    /** A gauge read at scrape time from a source given later (watch...); none yet: no value. */
+    const usageGauge = (name: string, help: string, read: () => number | undefined): void => {
       new Gauge({
         name,
         help,
         registers,
         collect() {
-          const source = read();
-          if (source) this.set(source.usage()[field]);
+          const value = read();
+          if (value !== undefined) this.set(value);
         },
       });
     };
-    connectionsGauge(
+    usageGauge(
       'flashverify_webhook_connections_busy',
       'Webhook deliveries holding one of their receiver\'s connections (webhooks.maxSocketsPerHost per receiver), in this process',
-      'held',
+      () => this.webhookConnections?.usage().held,
     );
-    connectionsGauge(
+    usageGauge(
       'flashverify_webhook_connections_waiting',
       'Webhook deliveries waiting for a free connection to their receiver (all busy), in this process; they fail at their deadline (webhooks.timeoutMs)',
-      'waiting',
+      () => this.webhookConnections?.usage().waiting,
+    );
+    usageGauge(
+      'flashverify_webhook_dns_lookups_running',
+      'Webhook host lookups handed to the resolver and not ended, in this process (at most webhooks.maxLookups; each holds a thread of libuv\'s pool for the system resolver)',
+      () => this.webhookDns?.stats().running,
+    );
+    usageGauge(
+      'flashverify_webhook_dns_lookups_waiting',
+      'Webhook host lookups waiting for one of those to end, in this process; their deliveries give up at their deadline (webhooks.timeoutMs)',
+      () => this.webhookDns?.stats().waiting,
     );
     this.rangeSentCounter = new Counter({
       name: 'flashverify_range_sent_total',
@@ -378,6 +422,30 @@ export class Metrics {
 
   webhookDeferred(reason: 'breaker' | 'account_limit'): void {
     this.webhookDeferrals.inc({ reason });
+  }
+
+  /** A webhook host lookup was handed to the resolver. */
+  webhookDnsLookup(): void {
+    this.webhookDnsLookups.inc();
+  }
+
+  /** A webhook host's answer (or its failure) came from the cache. */
+  webhookDnsCached(answer: 'fresh' | 'stale' | 'failure'): void {
+    this.webhookDnsCache.inc({ answer });
+  }
+
+  webhookDnsFailed(reason: 'not_found' | 'error'): void {
+    this.webhookDnsFailures.inc({ reason });
+  }
+
+  /** A delivery gave up waiting for its host's lookup at its deadline. */
+  webhookDnsTimeout(): void {
+    this.webhookDnsTimeouts.inc();
+  }
+
+  /** Report the webhook host lookups running and waiting in `flashverify_webhook_dns_lookups_running` / `_waiting`. */
+  watchWebhookDns(source: WebhookDnsSource): void {
+    this.webhookDns = source;
   }
 
   /** Report the accounts whose webhook breaker is open in `flashverify_webhook_breaker_open`. */

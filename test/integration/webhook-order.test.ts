@@ -6,7 +6,6 @@ import { AccountStore } from '../../src/accounts/account-store.js';
 import { EventPublisher } from '../../src/events/event-publisher.js';
 import type { StreamEntry } from '../../src/events/group-consumer.js';
 import { WebhookConsumer } from '../../src/events/webhook-consumer.js';
-import { WebhookProcessor } from '../../src/events/webhook-processor.js';
 import { WEBHOOK_QUEUE, WebhookQueue, orderMember, type WebhookJobData } from '../../src/events/webhook-queue.js';
 import { Metrics } from '../../src/metrics/metrics.js';
 import { scripts } from '../../src/store/scripts.js';
@@ -14,6 +13,7 @@ import { utcDay, type Method } from '../../src/verification/types.js';
 import { VerificationService } from '../../src/verification/verification-service.js';
 import { startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 import { Receiver } from '../helpers/webhook-receiver.js';
+import { webhookProcessor } from '../helpers/webhook-worker.js';
 
 /** The production consumer, driven by hand: the test decides which consumer reads and handles which entry, when. */
 class HandDrivenConsumer extends WebhookConsumer {
@@ -63,14 +63,7 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
     publisher = new EventPublisher(t.redis, t.keys, 1000);
     workerRedis = new Redis(t.config.redis.url, { maxRetriesPerRequest: null });
     queue = new WebhookQueue(workerRedis, t.keys.bullPrefix(), t.config.webhooks);
-    const processor = new WebhookProcessor({
-      redis: t.redis,
-      keys: t.keys,
-      sealer: t.sealer,
-      config: t.config.webhooks,
-      metrics,
-      logger: pino({ level: 'warn' }, { write: (line: string) => void warnings.push(line) }),
-    });
+    const processor = webhookProcessor(t, { metrics, logger: pino({ level: 'warn' }, { write: (line: string) => void warnings.push(line) }) });
     // Wired as main.ts wires it; a stalled job fails at once, looked for every 300 ms (the stalled-job test).
     startWorker = () => {
       worker = new Worker<WebhookJobData>(WEBHOOK_QUEUE, (job, token) => processor.process(job, token), {

@@ -1,18 +1,16 @@
-import { Queue, Worker } from 'bullmq';
-import { Redis } from 'ioredis';
+import { Queue } from 'bullmq';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AccountStore } from '../../src/accounts/account-store.js';
 import { EventPublisher } from '../../src/events/event-publisher.js';
-import { WebhookProcessor } from '../../src/events/webhook-processor.js';
-import { WEBHOOK_QUEUE, WebhookQueue, type WebhookJobData } from '../../src/events/webhook-queue.js';
-import { Metrics } from '../../src/metrics/metrics.js';
+import { WEBHOOK_QUEUE, type WebhookJobData } from '../../src/events/webhook-queue.js';
 import { WebhookTargetError } from '../../src/events/webhook-target.js';
 import type { Account } from '../../src/accounts/account-store.js';
 import type { Method } from '../../src/verification/types.js';
 import { VerificationService } from '../../src/verification/verification-service.js';
 import { http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 import { Receiver } from '../helpers/webhook-receiver.js';
+import { startWebhookWorker } from '../helpers/webhook-worker.js';
 
 const noQueue = { enqueue: async () => undefined };
 
@@ -240,55 +238,31 @@ describe('webhook SSRF protection', () => {
 describe('a webhook host whose resolver never answers', () => {
   it('each attempt fails as a timeout at webhooks.timeoutMs, is retried like any timeout, and frees its slot', async () => {
     const t = await startTestEngine(testConfig({ webhooks: { allowPrivate: false, timeoutMs: 400, attempts: 2, backoffMs: 100 } }), 'api');
-    const workerRedis = new Redis(t.config.redis.url, { maxRetriesPerRequest: null });
-    const queue = new WebhookQueue(workerRedis, t.keys.bullPrefix(), t.config.webhooks);
     const asked: string[] = [];
-    const processor = new WebhookProcessor({
-      redis: t.redis,
-      keys: t.keys,
-      sealer: t.sealer,
-      config: t.config.webhooks,
-      metrics: new Metrics({ defaultMetrics: false }),
-      logger: pino({ level: 'silent' }),
+    // One slot: a hung lookup holding it would stop every later delivery of this process.
+    const w = startWebhookWorker(t, {
+      concurrency: 1,
       // A resolver that takes the question and never answers (a dead DNS server behind a firewall that drops).
       resolveAll: (host) => {
         asked.push(host);
         return new Promise(() => undefined);
       },
     });
-    // One slot: a hung lookup holding it would stop every later delivery of this process.
-    const worker = new Worker<WebhookJobData>(WEBHOOK_QUEUE, (job, token) => processor.process(job, token), {
-      connection: workerRedis,
-      prefix: t.keys.bullPrefix(),
-      concurrency: 1,
-    });
     try {
       const a = await t.account();
       // Set as if it had resolved publicly when it was set (the role has no webhook consumer: jobs are added by hand).
       await t.redis.hset(t.keys.account(a.account_id), 'webhook_url', 'https://hooks.hang.test/flashverify');
-      const service = new VerificationService(t.redis, t.keys, t.sealer, t.config, noQueue, pino({ level: 'silent' }), new Set<Method>(['flash_call']));
-      const jobs: string[] = [];
-      for (const phone of ['+447700900110', '+447700900111']) {
-        const { request_id } = await service.create(a, { phone_number: phone });
-        // The job a webhook consumer would make of the request's `sent` event: the stream entry's id (its order entry).
-        const event_id = (await t.redis.xrange(t.keys.events(), '-', '+')).find(([, f]) => f[f.indexOf('request_id') + 1] === request_id)![0];
-        await queue.add({ event_id, event: 'verification.sent', request_id, account_id: a.account_id, method: 'flash_call', status: 'sent', timestamp: Date.now() });
-        jobs.push(event_id);
-      }
+      for (const phone of ['+447700900110', '+447700900111']) await w.queueSent(a, phone);
       // Both jobs, one after the other in the one slot, use up their 2 attempts and are given up.
-      const failed = await waitFor(async () => {
-        const f = await queue.queue.getFailed();
-        return f.length === 2 ? f : undefined;
-      }, 10_000);
-      for (const job of failed) {
+      for (const job of await w.failed(2)) {
         expect(job.attemptsMade).toBe(2);
         expect(job.failedReason).toBe('timeout: no DNS answer for hooks.hang.test within the delivery timeout');
       }
-      expect(asked).toEqual(Array(4).fill('hooks.hang.test'));
+      // One lookup, still hung, waited for by all four attempts (single flight: webhook-host-cache.ts), each until its deadline.
+      expect(asked).toEqual(['hooks.hang.test']);
+      expect(await w.metric('flashverify_webhook_dns_timeouts_total')).toBe(4);
     } finally {
-      await worker.close(true);
-      await queue.close();
-      workerRedis.disconnect();
+      await w.stop();
       await t.stop();
     }
   });

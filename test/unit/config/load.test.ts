@@ -180,6 +180,40 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ env: {}, overrides: { webhooks: { keepAliveMs: 1.5 } } })).toThrow('webhooks.keepAliveMs: must be a whole number of milliseconds (0: no keep-alive)');
   });
 
+  it('keeps webhook host answers 30 s, failures 5 s, stale ones 5 min, 2 lookups at once; refuses bad values by name', () => {
+    const c = loadConfig({ env: {} });
+    expect([c.webhooks.dnsCacheMs, c.webhooks.dnsNegativeCacheMs, c.webhooks.dnsStaleMs, c.webhooks.maxLookups]).toEqual([30_000, 5_000, 300_000, 2]);
+    expect(loadConfig({ env: {}, overrides: { webhooks: { dnsCacheMs: 0, dnsStaleMs: 0, dnsNegativeCacheMs: 0, maxLookups: 3 } } }).webhooks).toMatchObject({
+      dnsCacheMs: 0,
+      dnsStaleMs: 0,
+      dnsNegativeCacheMs: 0,
+      maxLookups: 3,
+    });
+    const file = yamlFile('webhooks:\n  dnsCacheMs: -1\n  dnsNegativeCacheMs: 1.5\n  dnsStaleMs: "5m"\n  maxLookups: 0\n');
+    expect(() => loadConfig({ file, env: {} })).toThrow(
+      'webhooks.dnsCacheMs: must be a whole number of milliseconds, 0 or more\n' +
+        '  - webhooks.dnsNegativeCacheMs: must be a whole number of milliseconds, 0 or more\n' +
+        '  - webhooks.dnsStaleMs: must be a whole number of milliseconds, 0 or more\n' +
+        '  - webhooks.maxLookups: must be a whole number of lookups, at least 1 (or null: the default)',
+    );
+  });
+
+  it('keeps webhooks.maxLookups below libuv\'s thread pool (UV_THREADPOOL_SIZE, else 4), so hung lookups leave it threads', () => {
+    expect(() => loadConfig({ env: {}, overrides: { webhooks: { maxLookups: 4 } } })).toThrow(
+      "webhooks.maxLookups: must be at most 3, below libuv's thread pool of 4 (UV_THREADPOOL_SIZE, else 4), so that lookups the resolver never answers leave threads for file, crypto and zlib work",
+    );
+    expect(loadConfig({ env: { UV_THREADPOOL_SIZE: '16' }, overrides: { webhooks: { maxLookups: 8 } } }).webhooks.maxLookups).toBe(8);
+    expect(() => loadConfig({ env: { UV_THREADPOOL_SIZE: '8' }, overrides: { webhooks: { maxLookups: 8 } } })).toThrow(/webhooks\.maxLookups: must be at most 7, below libuv's thread pool of 8/);
+    // The default follows a smaller pool: one thread left for the rest; a pool of one cannot spare any.
+    expect(loadConfig({ env: { UV_THREADPOOL_SIZE: '2' } }).webhooks.maxLookups).toBe(1);
+    expect(loadConfig({ env: { UV_THREADPOOL_SIZE: '1' } }).webhooks.maxLookups).toBe(1);
+    expect(loadConfig({ env: { UV_THREADPOOL_SIZE: '64' } }).webhooks.maxLookups).toBe(2);
+    // libuv would run one thread for these: refused, with the other problems.
+    for (const bad of ['0', '', 'four']) {
+      expect(() => loadConfig({ env: { UV_THREADPOOL_SIZE: bad } }), bad).toThrow(`UV_THREADPOOL_SIZE: must be a whole number of threads, at least 1 (libuv runs one thread otherwise), got "${bad}"`);
+    }
+  });
+
   it('reports unreadable and invalid YAML files', () => {
     expect(() => loadConfig({ file: '/nonexistent/flashverify.yaml', env: {} })).toThrow(/cannot read/);
     expect(() => loadConfig({ file: yamlFile('http: [unclosed'), env: {} })).toThrow(/not valid YAML/);

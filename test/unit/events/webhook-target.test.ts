@@ -2,9 +2,10 @@ import { createHmac } from 'node:crypto';
 import type { LookupAddress } from 'node:dns';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { postWebhook, signWebhook } from '../../../src/events/webhook-sender.js';
-import { assertWebhookTarget, isPrivateAddress, WebhookTargetError, type ResolveAll } from '../../../src/events/webhook-target.js';
+import { WebhookHostCache } from '../../../src/events/webhook-host-cache.js';
+import { assertWebhookTarget, guardedLookup, isPrivateAddress, WebhookTargetError, type ResolveAll } from '../../../src/events/webhook-target.js';
 import { orderMember } from '../../../src/events/webhook-queue.js';
 
 describe('webhook targets (SSRF)', () => {
@@ -83,6 +84,51 @@ describe('webhook targets: DNS rebinding at delivery time', () => {
     await expect(assertWebhookTarget(url, false, dns.resolveAll)).rejects.toThrow(/private address \(10\.0\.0\.7\)/);
     await expect(postWebhook(url, '{}', {}, { timeoutMs: 2000, allowPrivate: false, resolveAll: dns.resolveAll })).rejects.toThrow(/private address \(10\.0\.0\.7\)/);
     expect(hits).toEqual([]);
+  });
+
+  /** The process's cache of host answers over `resolveAll`, as the webhook processor makes it. */
+  const cacheOver = (resolveAll: ResolveAll, cacheMs = 30_000): WebhookHostCache =>
+    new WebhookHostCache({ resolveAll, cacheMs, negativeCacheMs: 5_000, staleMs: 300_000, staleWaitMs: 500, maxLookups: 2 });
+
+  it('with the host cache, the connect is given the answer the check saw (one lookup), checked again', async () => {
+    const dns = rebinding(['93.184.215.14'], ['127.0.0.1']);
+    const cache = cacheOver(dns.resolveAll);
+    await assertWebhookTarget('http://hooks.rebind.test:8080/hook', false, cache.resolve);
+    const connect = guardedLookup(false, cache.resolve);
+    const given = await new Promise<unknown>((resolve) => connect('hooks.rebind.test', { all: true }, (err, list) => resolve(err ?? list)));
+    expect(given).toEqual([{ address: '93.184.215.14', family: 4 }]);
+    expect(dns.asked).toEqual(['hooks.rebind.test']);
+  });
+
+  it('with the host cache, an answer that turns private when the cached one expires between check and connect is refused; nothing reaches the receiver', async () => {
+    const { port, hits } = await receiver();
+    // 192.0.2.1 (TEST-NET-1) counts as public and leads nowhere, should the connect ever be given it.
+    const dns = rebinding(['192.0.2.1'], ['127.0.0.1']);
+    const cache = cacheOver(dns.resolveAll, 1000);
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      const checked = await assertWebhookTarget(`http://hooks.rebind.test:${port}/hook`, false, cache.resolve);
+      vi.setSystemTime(Date.now() + 1000);
+      await expect(postWebhook(checked, '{}', {}, { timeoutMs: 2000, allowPrivate: false, resolveAll: cache.resolve })).rejects.toThrow(
+        'webhook host hooks.rebind.test resolves to a private address (127.0.0.1)',
+      );
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(dns.asked).toEqual(['hooks.rebind.test', 'hooks.rebind.test']);
+    expect(hits).toEqual([]);
+  });
+
+  it('the host cache keeps answers, not verdicts: loopback cached for a delivery that may reach it is refused where private addresses are not allowed', async () => {
+    const { port, hits } = await receiver();
+    const dns = rebinding(['127.0.0.1']);
+    const cache = cacheOver(dns.resolveAll);
+    const url = new URL(`http://hooks.rebind.test:${port}/hook`);
+    expect(await postWebhook(url, '{}', {}, { timeoutMs: 2000, allowPrivate: true, resolveAll: cache.resolve })).toBe(200);
+    await expect(assertWebhookTarget(url, false, cache.resolve)).rejects.toThrow('webhook host hooks.rebind.test resolves to a private address (127.0.0.1)');
+    await expect(postWebhook(url, '{}', {}, { timeoutMs: 2000, allowPrivate: false, resolveAll: cache.resolve })).rejects.toThrow(/private address \(127\.0\.0\.1\)/);
+    expect(dns.asked).toEqual(['hooks.rebind.test']);
+    expect(hits).toEqual(['POST /hook']);
   });
 
   it('the same injected resolution is what the request connects to (allowPrivate: the receiver is reached)', async () => {
