@@ -2,7 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { Sealer } from '../crypto/sealer.js';
 import { AppError } from '../errors/app-error.js';
-import { assertWebhookTarget } from '../events/webhook-target.js';
+import { assertWebhookTarget, WebhookLookupTimeoutError, WebhookTargetError, type ResolveAll } from '../events/webhook-target.js';
 import { resetWebhookBreaker } from '../events/webhook-breaker.js';
 import { validateTemplate } from '../sms/text.js';
 import type { Keys } from '../store/keys.js';
@@ -50,6 +50,10 @@ export class AccountStore {
       allowPrivateWebhooks?: boolean;
       /** Reuse a successful `authenticate` this long (auth-cache.ts); 0 or unset: every call reads Redis. */
       authCacheMs?: number;
+      /** Resolver of a webhook URL's host when it is set (default: the system's); tests inject one. */
+      resolveAll?: ResolveAll;
+      /** How long a webhook URL's host may take to resolve when it is set (default 10 s). */
+      webhookLookupTimeoutMs?: number;
     } = {},
   ) {}
 
@@ -153,8 +157,16 @@ export class AccountStore {
     await this.mustExist(id);
     if (url === null) await this.redis.hdel(this.keys.account(id), 'webhook_url');
     else {
-      // SSRF: refuse hosts that resolve inside our network (checked again at every delivery).
-      const parsed = await assertWebhookTarget(url, this.options.allowPrivateWebhooks ?? false);
+      // SSRF: refuse hosts that resolve inside our network (checked again at every delivery). A resolver that does
+      // not answer gets a clear refusal in bounded time, not a request (admin API, CLI) hanging until getaddrinfo
+      // gives up.
+      const timeoutMs = this.options.webhookLookupTimeoutMs ?? 10_000;
+      const parsed = await assertWebhookTarget(url, this.options.allowPrivateWebhooks ?? false, this.options.resolveAll, AbortSignal.timeout(timeoutMs)).catch(
+        (err: unknown) => {
+          if (err instanceof WebhookLookupTimeoutError) throw new WebhookTargetError(`no DNS answer for the webhook host within ${timeoutMs} ms; try again`);
+          throw err;
+        },
+      );
       await this.redis.hset(this.keys.account(id), 'webhook_url', parsed.toString());
     }
     authCache.forgetAccount(id);

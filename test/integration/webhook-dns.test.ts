@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { DeepPartial } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
+import { AccountStore } from '../../src/accounts/account-store.js';
 import type { ResolveAll } from '../../src/events/webhook-target.js';
 import { startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 import { Receiver } from '../helpers/webhook-receiver.js';
@@ -152,5 +153,24 @@ describe('webhook host lookups: cache, single flight, cap', () => {
     expect(await w.queue.queue.getFailedCount()).toBe(0);
     expect(await w.metric('flashverify_webhook_dns_failures_total{reason="error"}')).toBe(1);
     expect(await w.metric('flashverify_webhook_dns_cache_hits_total{answer="stale"}')).toBe(3);
+  });
+});
+
+describe('setting a webhook URL (admin API, CLI) while the resolver does not answer', () => {
+  it('is refused as invalid_webhook_url at the bound, not left hanging, and nothing is stored', async () => {
+    const t = await startTestEngine(testConfig(), 'api');
+    try {
+      const a = await t.account();
+      const store = new AccountStore(t.redis, t.keys, t.sealer, { resolveAll: () => new Promise<LookupAddress[]>(() => undefined), webhookLookupTimeoutMs: 300 });
+      const t0 = Date.now();
+      await expect(store.setWebhook(a.account_id, 'https://hooks.hang.test/x')).rejects.toMatchObject({
+        code: 'invalid_webhook_url',
+        message: 'no DNS answer for the webhook host within 300 ms; try again',
+      });
+      expect(Date.now() - t0).toBeLessThan(2000);
+      expect(await t.redis.hget(t.keys.account(a.account_id), 'webhook_url')).toBeNull();
+    } finally {
+      await t.stop();
+    }
   });
 });
