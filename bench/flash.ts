@@ -29,6 +29,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { redisTarget } from '../src/store/redis.js';
 import { parseBenchArgs } from './lib/args.js';
+import { WEBHOOK_QUEUE } from '../src/events/webhook-queue.js';
 import { Keys } from '../src/store/keys.js';
 import { deepMerge, scrape, startFlashverify, sumMetric, type RunningEngine } from './lib/engine.js';
 import { httpClientArg, httpFirer, runOpenLoop, type FireResult, type HttpClientKind, type LoadResult } from './lib/load.js';
@@ -298,9 +299,13 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     if (ended >= load.ok) break;
     await new Promise((r) => setTimeout(r, 250));
   }
-  // Webhooks: every accepted request's `sent`, and `delivered` for every call that rang (bounded wait).
-  const hooksUntil = Date.now() + 30_000;
-  while (hooks && Date.now() < hooksUntil && hooks.count('verification.sent') + hooks.count('verification.delivered') < load.ok + ended) {
+  // Webhooks: every accepted request's `sent`, and `delivered` for every call that rang (bounded wait). After a crash
+  // the killed worker's call counts are gone: the records say how many rang.
+  const rang = outcome ? (outcome.byStatus.entries().find(([k]) => k === 'delivered')?.[1] ?? 0) : ended;
+  // After a crash, later webhooks of a request wait for earlier ones the dead worker held (reclaimed after claimIdleMs,
+  // then order polls that back off): up to 120 s, while they still arrive.
+  const hooksUntil = Date.now() + (crashed ? 120_000 : 30_000);
+  while (hooks && Date.now() < hooksUntil && hooks.count('verification.sent') + hooks.count('verification.delivered') < load.ok + rang) {
     await new Promise((r) => setTimeout(r, 250));
   }
   const loadEndedMs = performance.now();
@@ -373,6 +378,13 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   const wall = (loadEndedMs - cpuT0) / 1000;
   if (hooks) {
     line(`webhooks received: ${[...hooks.byEvent].map(([e, n]) => `${e} ${n}`).join(', ') || 'none'} (${hooks.total} in all; receiver in the bench process)`);
+    // Per request: every accepted one's `sent`, and `delivered` for each with a delivered event in the stream.
+    const accepted = load.requestIds.filter((x): x is string => !!x);
+    const missingSent = accepted.filter((id) => !hooks.received('verification.sent', id)).length;
+    const missingDelivered = [...byCall.delivered.keys()].filter((id) => !hooks.received('verification.delivered', id)).length;
+    const left = await webhookJobsLeft(o.redisUrl, stack.prefix);
+    line(`  webhook jobs left in the queue: ${left}`);
+    line(`  per request: **${missingSent} accepted without a \`sent\` webhook, ${missingDelivered} delivered without a \`delivered\` one**; ${hooks.duplicates} received more than once (at-least-once: a delivery retried after its answer was lost or its sender died)`);
     hooks.close();
   }
   if (crashed && outcome) {
@@ -403,6 +415,20 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   for (const l of mem.report(`worker${sampled} memory`)) line(l);
   for (const l of statsLines) line(l);
   if (o.profile.length) line(`cpu profiles: ${engine.profileDir} (written when the processes exit)`);
+}
+
+/** The webhook queue's jobs not completed (waiting, active, delayed, failed), as one line. */
+async function webhookJobsLeft(redisUrl: string, prefix: string): Promise<string> {
+  const { Queue } = await import('bullmq');
+  const connection = new Redis(redisTarget(redisUrl), { maxRetriesPerRequest: null });
+  const queue = new Queue(WEBHOOK_QUEUE, { connection, prefix: new Keys(prefix).bullPrefix() });
+  try {
+    const c = await queue.getJobCounts('waiting', 'active', 'delayed', 'failed');
+    return Object.entries(c).map(([k, v]) => `${k} ${v}`).join(', ');
+  } finally {
+    await queue.close();
+    connection.disconnect();
+  }
 }
 
 interface Crash {
@@ -609,9 +635,21 @@ main().then(
   },
 );
 
-/** A webhook endpoint on loopback that answers 200 at once and counts what it gets, by event. */
-async function startHookReceiver(): Promise<{ url: string; byEvent: Map<string, number>; total: number; count(event: string): number; close(): void }> {
+/** A webhook endpoint on loopback that answers 200 at once and counts what it gets, by event and by request. */
+async function startHookReceiver(): Promise<{
+  url: string;
+  byEvent: Map<string, number>;
+  total: number;
+  /** Webhooks of one event and request received more than once, beyond the first. */
+  duplicates: number;
+  count(event: string): number;
+  received(event: string, requestId: string): boolean;
+  close(): void;
+}> {
   const byEvent = new Map<string, number>();
+  /** `<event> <request_id>` of every webhook received. */
+  const seen = new Set<string>();
+  let duplicates = 0;
   let total = 0;
   const server = createServer((req, res) => {
     const chunks: Buffer[] = [];
@@ -619,8 +657,12 @@ async function startHookReceiver(): Promise<{ url: string; byEvent: Map<string, 
     req.on('end', () => {
       total++;
       try {
-        const event = String((JSON.parse(Buffer.concat(chunks).toString()) as { event?: unknown }).event);
+        const body = JSON.parse(Buffer.concat(chunks).toString()) as { event?: unknown; request_id?: unknown };
+        const event = String(body.event);
         byEvent.set(event, (byEvent.get(event) ?? 0) + 1);
+        const key = `${event} ${String(body.request_id)}`;
+        if (seen.has(key)) duplicates++;
+        else seen.add(key);
       } catch {
         byEvent.set('(unparsable)', (byEvent.get('(unparsable)') ?? 0) + 1);
       }
@@ -637,7 +679,11 @@ async function startHookReceiver(): Promise<{ url: string; byEvent: Map<string, 
     get total() {
       return total;
     },
+    get duplicates() {
+      return duplicates;
+    },
     count: (event) => byEvent.get(event) ?? 0,
+    received: (event, requestId) => seen.has(`${event} ${requestId}`),
     close: () => server.close(),
   };
 }
