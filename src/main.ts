@@ -226,7 +226,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         w.on('error', (err) => logger.warn({ err: err.message }, `${name} worker error`));
         workerCloses.push(() => w.close());
       };
-      deliveryWorker('flash_call', 'flash', (id) => flash.process(id), config.worker.flashConcurrency);
+      deliveryWorker('flash_call', 'flash', (id, job) => flash.process(id, job.id), config.worker.flashConcurrency);
 
       let player: MediaPlayer;
       if (config.media.backend === 'freeswitch') {
@@ -272,7 +272,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         logger: logger.child({ module: 'voice' }),
         shutdown,
       });
-      deliveryWorker('voice', 'voice', (id) => voice.process(id), config.worker.voiceConcurrency);
+      deliveryWorker('voice', 'voice', (id, job) => voice.process(id, job.id), config.worker.voiceConcurrency);
 
       if (config.sms.enabled) {
         // SMS OTP: SMPP binds to every configured SMSC; receipts come back through the same binds.
