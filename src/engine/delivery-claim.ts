@@ -170,11 +170,12 @@ export function strandedReason(err: Error | undefined): StrandedReason {
  */
 export async function failStrandedDelivery(
   deps: Pick<ClaimDeps, 'redis' | 'keys' | 'events'>,
-  requestId: string,
+  job: DeliveryJobRef,
   method: Method,
   reason: StrandedReason,
 ): Promise<boolean> {
-  const [status, accountId, storedMethod, dialStarted, wfStep, wfSteps] = await deps.redis.hmget(
+  const requestId = job.requestId;
+  const [status, accountId, storedMethod, dialStarted, wfStep, wfSteps, sends] = await deps.redis.hmget(
     deps.keys.verification(requestId),
     'status',
     'account_id',
@@ -182,9 +183,13 @@ export async function failStrandedDelivery(
     'dial_started',
     'wf_step',
     'wf_steps',
+    'sends',
   );
-  // Past `sent` (delivered, or already ended) or gone: nothing is stranded.
+  // Past `sent` (delivered, or already ended) or gone: nothing is stranded. A job of another send than the record's
+  // (claimDelivery: 'other_send') stranded nothing either: the record's send is another job's.
   if (status !== 'sent' || !accountId || storedMethod !== method) return false;
+  const send = sendOfJob(requestId, job.jobId);
+  if (send !== undefined && send !== Number(sends ?? 1)) return false;
   await deps.events.publish({
     request_id: requestId,
     account_id: accountId,

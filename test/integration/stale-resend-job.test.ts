@@ -5,7 +5,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { AccountStore, type CreatedAccount } from '../../src/accounts/account-store.js';
 import type { Config } from '../../src/config/schema.js';
 import { Sealer } from '../../src/crypto/sealer.js';
+import { failStrandedDelivery } from '../../src/engine/delivery-claim.js';
 import { BullDeliveryQueue } from '../../src/engine/queues.js';
+import { EventPublisher } from '../../src/events/event-publisher.js';
 import { Keys } from '../../src/store/keys.js';
 import { connectBullRedis } from '../../src/store/redis.js';
 import { FraudControls } from '../../src/verification/fraud-controls.js';
@@ -13,6 +15,7 @@ import { resendJobId } from '../../src/verification/resend.js';
 import { utcDay, type Method } from '../../src/verification/types.js';
 import { VerificationService, type DeliveryQueue } from '../../src/verification/verification-service.js';
 import { REDIS_URL, deletePrefix, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+import { startServiceOnRedis } from '../helpers/service-on-redis.js';
 import { startSippUas, type SippUas } from '../helpers/sipp.js';
 
 /**
@@ -211,5 +214,23 @@ describe('the first send job run once a resend is under way', { timeout: 60_000 
     expect(await r.finished('flash_call', resendJobId(id, 2))).toBe('completed');
     await waitFor(async () => (await r.redis.hget(key, 'outcome')) === 'cancelled', 10_000);
     expect(r.uas.requests('INVITE')).toHaveLength(1);
+  });
+});
+
+describe('a delivery job of another send that fails for good (it threw, or stalled too often)', () => {
+  it('fails nothing: the record is at another job\'s send; a job of the current send still fails its request', async () => {
+    const s = await startServiceOnRedis(['flash_call']);
+    try {
+      const { request_id: id } = await s.service.create(s.account, { phone_number: '+447700900612' });
+      await s.redis.hset(s.keys.verification(id), 'dial_started', String(Date.now()));
+      const deps = { redis: s.redis, keys: s.keys, events: new EventPublisher(s.redis, s.keys, 1000) };
+      expect(await failStrandedDelivery(deps, { requestId: id, jobId: resendJobId(id, 2) }, 'flash_call', 'job_stalled')).toBe(false);
+      expect((await readEvents(s.redis, s.keys)).filter((e) => e.request_id === id && e.status === 'failed')).toEqual([]);
+      expect(await failStrandedDelivery(deps, { requestId: id, jobId: id }, 'flash_call', 'job_stalled')).toBe(true);
+      const failed = (await readEvents(s.redis, s.keys)).filter((e) => e.request_id === id && e.status === 'failed');
+      expect(failed.map((e) => JSON.parse(e.detail!) as unknown)).toEqual([{ reason: 'job_stalled', refund: false }]);
+    } finally {
+      await s.stop();
+    }
   });
 });
