@@ -215,10 +215,10 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         w.on('failed', (job, err) => {
           const requestId = job?.data.request_id;
           const reason = strandedReason(err);
-          logger.error({ request_id: requestId, err: err.message, reason }, `${name} job failed`);
+          logger.error({ request_id: requestId, job_id: job?.id, err: err.message, reason }, `${name} job failed`);
           if (!requestId) return;
           // Its attempt is over for good (attempts: 1, or stalled beyond maxStalledCount): the verification must not wait forever.
-          failStrandedDelivery({ redis: durableRedis, keys, events }, requestId, method, reason).then(
+          failStrandedDelivery({ redis: durableRedis, keys, events }, { requestId, jobId: job?.id }, method, reason).then(
             (published) => published && logger.warn({ request_id: requestId, reason }, 'verification failed: its delivery job ended without an outcome'),
             (e: Error) => logger.error({ request_id: requestId, err: e.message }, 'could not fail the verification of a failed job'),
           );
@@ -226,7 +226,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         w.on('error', (err) => logger.warn({ err: err.message }, `${name} worker error`));
         workerCloses.push(() => w.close());
       };
-      deliveryWorker('flash_call', 'flash', (id) => flash.process(id), config.worker.flashConcurrency);
+      deliveryWorker('flash_call', 'flash', (id, job) => flash.process(id, job.id), config.worker.flashConcurrency);
 
       let player: MediaPlayer;
       if (config.media.backend === 'freeswitch') {
@@ -272,7 +272,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         logger: logger.child({ module: 'voice' }),
         shutdown,
       });
-      deliveryWorker('voice', 'voice', (id) => voice.process(id), config.worker.voiceConcurrency);
+      deliveryWorker('voice', 'voice', (id, job) => voice.process(id, job.id), config.worker.voiceConcurrency);
 
       if (config.sms.enabled) {
         // SMS OTP: SMPP binds to every configured SMSC; receipts come back through the same binds.

@@ -4,10 +4,18 @@ import type { Sealer } from '../crypto/sealer.js';
 import type { EventPublisher } from '../events/event-publisher.js';
 import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
+import { sendOfJob } from '../verification/resend.js';
 import type { Method } from '../verification/types.js';
 
 /** claimDelivery-1.lua's answer. */
-type ClaimVerdict = 'gone' | 'other_method' | 'past_sent' | 'expired' | 'expired_started' | 'claimed' | 'started';
+type ClaimVerdict = 'gone' | 'other_method' | 'other_send' | 'past_sent' | 'expired' | 'expired_started' | 'claimed' | 'started';
+
+/** The delivery job being run: its request and its BullMQ job id (which names the send it is for). */
+export interface DeliveryJobRef {
+  requestId: string;
+  /** Undefined (not known): the job is not checked against the record's send. */
+  jobId?: string | undefined;
+}
 
 /** A verification this worker may now deliver, with its sealed fields opened. */
 export interface DeliveryClaim {
@@ -34,14 +42,14 @@ export interface ClaimDeps {
 
 /**
  * The common first step of every delivery job: load the record, drop jobs that
- * no longer apply (gone, other method, past `sent`), fail expired ones with a
- * refund, and record the dial before anything leaves, so that a job re-run
- * after a worker crash never calls or texts the destination twice for one
- * attempt. Returns undefined when the job has nothing (more) to do.
+ * no longer apply (gone, other method, another send, past `sent`), fail
+ * expired ones with a refund, and record the dial before anything leaves, so
+ * that a job re-run after a worker crash never calls or texts the destination
+ * twice for one attempt. Returns undefined when the job has nothing (more) to do.
  */
 export async function claimDelivery(
   deps: ClaimDeps,
-  requestId: string,
+  job: DeliveryJobRef,
   method: Method,
   extraFields: readonly string[] = [],
   /**
@@ -60,11 +68,14 @@ export async function claimDelivery(
   nothingLeft: (extra: Record<string, string | null>) => boolean = () => true,
 ): Promise<DeliveryClaim | undefined> {
   const { redis, keys, sealer, events } = deps;
+  const requestId = job.requestId;
   const key = keys.verification(requestId);
+  const send = sendOfJob(requestId, job.jobId);
   // One round trip (claimDelivery-1.lua): the checks below and the dial mark (HSETNX dial_started) are made there.
   const [verdict, values] = (await scripts.claimDelivery.run(redis, [key], [
     method,
     Date.now(),
+    send ?? '',
     'status',
     'account_id',
     'phone_enc',
@@ -74,9 +85,10 @@ export async function claimDelivery(
     'method',
     'wf_step',
     'wf_steps',
+    'sends',
     ...extraFields,
   ])) as [ClaimVerdict, (string | null)[]];
-  const [status, accountId, , , country, , storedMethod, wfStep, wfSteps, ...extraValues] = values;
+  const [status, accountId, , , country, , storedMethod, wfStep, wfSteps, sends, ...extraValues] = values;
   const [phoneEnc, codeEnc] = [values[2] ?? '', values[3] ?? ''];
   const log = deps.logger.child({ request_id: requestId });
   if (verdict === 'gone' || !accountId) {
@@ -85,6 +97,15 @@ export async function claimDelivery(
   }
   if (verdict === 'other_method') {
     log.error({ method, stored_method: storedMethod }, 'delivery job for a verification of another method; dropped');
+    return undefined;
+  }
+  if (verdict === 'other_send') {
+    // Its resend was taken back (its add timed out but landed: undoResend-4) or replaced by a later one: the record
+    // holds another send, which this job must neither dial again nor fail nor refund.
+    log.info(
+      { job_id: job.jobId, job_send: send, current_send: Number(sends ?? 1), method },
+      'delivery job of a send the verification is no longer at (resend taken back or replaced); dropped',
+    );
     return undefined;
   }
   // A resend (POST /v1/verify with resend: true) re-opens the claim of a live request, maybe already delivered,
@@ -149,11 +170,12 @@ export function strandedReason(err: Error | undefined): StrandedReason {
  */
 export async function failStrandedDelivery(
   deps: Pick<ClaimDeps, 'redis' | 'keys' | 'events'>,
-  requestId: string,
+  job: DeliveryJobRef,
   method: Method,
   reason: StrandedReason,
 ): Promise<boolean> {
-  const [status, accountId, storedMethod, dialStarted, wfStep, wfSteps] = await deps.redis.hmget(
+  const requestId = job.requestId;
+  const [status, accountId, storedMethod, dialStarted, wfStep, wfSteps, sends] = await deps.redis.hmget(
     deps.keys.verification(requestId),
     'status',
     'account_id',
@@ -161,9 +183,13 @@ export async function failStrandedDelivery(
     'dial_started',
     'wf_step',
     'wf_steps',
+    'sends',
   );
-  // Past `sent` (delivered, or already ended) or gone: nothing is stranded.
+  // Past `sent` (delivered, or already ended) or gone: nothing is stranded. A job of another send than the record's
+  // (claimDelivery: 'other_send') stranded nothing either: the record's send is another job's.
   if (status !== 'sent' || !accountId || storedMethod !== method) return false;
+  const send = sendOfJob(requestId, job.jobId);
+  if (send !== undefined && send !== Number(sends ?? 1)) return false;
   await deps.events.publish({
     request_id: requestId,
     account_id: accountId,

@@ -41,10 +41,11 @@ export class FlashProcessor {
     },
   ) {}
 
-  async process(requestId: string): Promise<FlashResult | undefined> {
+  /** `jobId`: the delivery job's id, which names the send it is for (claimDelivery drops a job of another send). */
+  async process(requestId: string, jobId?: string): Promise<FlashResult | undefined> {
     const { redis, sealer, config, events } = this.deps;
     // Re-run after a crash: a call that already rang was delivered (its event is in the stream); any other may have left.
-    const claim = await claimDelivery(this.deps, requestId, 'flash_call', ['rang_at'], (extra) => (extra.rang_at ? 'done' : 'interrupted'));
+    const claim = await claimDelivery(this.deps, { requestId, jobId }, 'flash_call', ['rang_at'], (extra) => (extra.rang_at ? 'done' : 'interrupted'));
     if (!claim) return undefined;
     const claimedAt = Date.now();
     const { key, base, log, to, country } = claim;

@@ -35,7 +35,10 @@ export class BullDeliveryQueue implements DeliveryQueue {
     private readonly enqueueTimeoutMs = 2000,
   ) {}
 
-  /** `jobId` defaults to the request id; a resend's job is `<request_id>-r<n>` (same data). */
+  /**
+   * `jobId` defaults to the request id; a resend's job is `<request_id>-r<n>` (same data): the job id names the send
+   * a job delivers, and the claim drops a job of another send than the record's (claimDelivery-1.lua).
+   */
   async enqueue(method: Method, requestId: string, jobId: string = requestId): Promise<void> {
     // BullMQ's connection waits for Redis forever; a caller (an HTTP request) must not.
     let timer: NodeJS.Timeout | undefined;

@@ -86,7 +86,7 @@ export class SmsProcessor {
     // A previous run that reached the SMSC (or knows nothing left) is resumed; one that may have sent without knowing is not.
     const claim = await claimDelivery(
       this.deps,
-      requestId,
+      { requestId, jobId: job.id },
       'sms',
       RECORD_FIELDS,
       (extra) => (RESUMED.has(extra.sms_state ?? '') ? 'resume' : 'interrupted'),

@@ -41,10 +41,11 @@ export class VoiceProcessor {
     },
   ) {}
 
-  async process(requestId: string): Promise<VoiceResult | undefined> {
+  /** `jobId`: the delivery job's id, which names the send it is for (claimDelivery drops a job of another send). */
+  async process(requestId: string, jobId?: string): Promise<VoiceResult | undefined> {
     const { redis, config, events } = this.deps;
     // Re-run after a crash: a call that was answered was delivered (its event is in the stream); any other may have left.
-    const claim = await claimDelivery(this.deps, requestId, 'voice', ['locale', 'answered_at'], (extra) =>
+    const claim = await claimDelivery(this.deps, { requestId, jobId }, 'voice', ['locale', 'answered_at'], (extra) =>
       extra.answered_at ? 'done' : 'interrupted',
     );
     if (!claim) return undefined;

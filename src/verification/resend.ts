@@ -39,6 +39,21 @@ export function resendJobId(requestId: string, send: number): string {
 }
 
 /**
+ * The send a delivery job was queued for, read back from its job id (the
+ * inverse of resendJobId): 1 for the request id itself (the create, the enqueue
+ * reconciler, a workflow's step 0), n for `<request_id>-r<n>`. Undefined for
+ * any other id (a workflow step's `-s<n>`, a job added by hand without a job
+ * id, none known): such a job is not bound to a send.
+ */
+export function sendOfJob(requestId: string, jobId: string | undefined): number | undefined {
+  if (jobId === requestId) return 1;
+  const prefix = `${requestId}-r`;
+  if (!jobId?.startsWith(prefix)) return undefined;
+  const n = jobId.slice(prefix.length);
+  return /^[1-9]\d{0,8}$/.test(n) ? Number(n) : undefined;
+}
+
+/**
  * Sends a live verification again, on the same request: billed like a new
  * one (the request's `cost` is the sum of its sends), counted in the velocity
  * windows and in /v1/usage, at most `maxSends` sends in all. Never a

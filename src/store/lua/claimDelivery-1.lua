@@ -4,14 +4,25 @@
   now, record the dial (HSETNX dial_started) before anything leaves, so that a
   job re-run after a crash never calls or texts twice for one attempt.
 
+  A job belongs to one send of its request (resend.ts, sendOfJob: job id
+  <request_id> is send 1, <request_id>-r<n> send n). A job whose send is not
+  the record's current one (`sends`, absent = 1) claims nothing and changes
+  nothing: its resend was taken back by undoResend-4 after its add timed out
+  but landed, or a later resend has replaced it (a stalled job run again). The
+  record then holds another send's state (the previous send, dialled and
+  billed once): whatever the job did with it (dial, a refunded failure, an
+  `interrupted` one) would be about a send it is not for.
+
   KEYS[1] verification hash
   ARGV[1] the job's method
   ARGV[2] now, ms since epoch (also the value of dial_started)
-  ARGV[3..] fields whose values are returned, in this order
+  ARGV[3] the job's send ("" = not bound to a send: not checked)
+  ARGV[4..] fields whose values are returned, in this order
 
   Returns { verdict, values }, verdict one of:
     'gone'          no record (or one without account, phone or code)
     'other_method'  the record is of another method
+    'other_send'    the record is at another send than the job's (nothing claimed)
     'past_sent'     past `sent`, and not a resend re-opened by resendVerification-4
     'expired'       expires_at has passed before this attempt started (not claimed)
     'expired_started' expires_at has passed and an earlier run already started this attempt
@@ -19,11 +30,12 @@
     'claimed'       dial_started was set now
     'started'       dial_started was already set (an earlier run of this attempt)
 ]]
-local values = redis.call('HMGET', KEYS[1], unpack(ARGV, 3))
-local h = redis.call('HMGET', KEYS[1], 'status', 'account_id', 'phone_enc', 'code_enc', 'expires_at', 'method')
+local values = redis.call('HMGET', KEYS[1], unpack(ARGV, 4))
+local h = redis.call('HMGET', KEYS[1], 'status', 'account_id', 'phone_enc', 'code_enc', 'expires_at', 'method', 'sends')
 local status = h[1]
 if not status or not h[2] or not h[3] or not h[4] then return { 'gone', values } end
 if h[6] ~= ARGV[1] then return { 'other_method', values } end
+if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= tonumber(h[7] or '1') then return { 'other_send', values } end
 -- A resend (POST /v1/verify with resend: true) re-opens the claim of a live request by clearing dial_started.
 local resend = status == 'delivered' and redis.call('HEXISTS', KEYS[1], 'dial_started') == 0
 if status ~= 'sent' and not resend then return { 'past_sent', values } end
