@@ -305,7 +305,8 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   // After a crash, later webhooks of a request wait for earlier ones the dead worker held (reclaimed after claimIdleMs,
   // then order polls that back off): up to 120 s, while they still arrive.
   const hooksUntil = Date.now() + (crashed ? 120_000 : 30_000);
-  while (hooks && Date.now() < hooksUntil && hooks.count('verification.sent') + hooks.count('verification.delivered') < load.ok + rang) {
+  // Requests heard of, not webhooks received: a duplicate must not end the wait before a late one arrives.
+  while (hooks && Date.now() < hooksUntil && hooks.requests('verification.sent') + hooks.requests('verification.delivered') < load.ok + rang) {
     await new Promise((r) => setTimeout(r, 250));
   }
   const loadEndedMs = performance.now();
@@ -643,12 +644,15 @@ async function startHookReceiver(): Promise<{
   /** Webhooks of one event and request received more than once, beyond the first. */
   duplicates: number;
   count(event: string): number;
+  /** Distinct requests that got a webhook of `event`. */
+  requests(event: string): number;
   received(event: string, requestId: string): boolean;
   close(): void;
 }> {
   const byEvent = new Map<string, number>();
   /** `<event> <request_id>` of every webhook received. */
   const seen = new Set<string>();
+  const distinct = new Map<string, number>();
   let duplicates = 0;
   let total = 0;
   const server = createServer((req, res) => {
@@ -662,7 +666,10 @@ async function startHookReceiver(): Promise<{
         byEvent.set(event, (byEvent.get(event) ?? 0) + 1);
         const key = `${event} ${String(body.request_id)}`;
         if (seen.has(key)) duplicates++;
-        else seen.add(key);
+        else {
+          seen.add(key);
+          distinct.set(event, (distinct.get(event) ?? 0) + 1);
+        }
       } catch {
         byEvent.set('(unparsable)', (byEvent.get('(unparsable)') ?? 0) + 1);
       }
@@ -683,6 +690,7 @@ async function startHookReceiver(): Promise<{
       return duplicates;
     },
     count: (event) => byEvent.get(event) ?? 0,
+    requests: (event) => distinct.get(event) ?? 0,
     received: (event, requestId) => seen.has(`${event} ${requestId}`),
     close: () => server.close(),
   };
