@@ -6,9 +6,10 @@ import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
 import { sendOfJob } from '../verification/resend.js';
 import type { Method } from '../verification/types.js';
+import { stepOfJob } from '../verification/workflow.js';
 
 /** claimDelivery-1.lua's answer. */
-type ClaimVerdict = 'gone' | 'other_method' | 'other_send' | 'past_sent' | 'expired' | 'expired_started' | 'claimed' | 'started';
+type ClaimVerdict = 'gone' | 'other_method' | 'other_send' | 'other_step' | 'past_sent' | 'expired' | 'expired_started' | 'claimed' | 'started';
 
 /** The delivery job being run: its request and its BullMQ job id (which names the send it is for). */
 export interface DeliveryJobRef {
@@ -42,7 +43,7 @@ export interface ClaimDeps {
 
 /**
  * The common first step of every delivery job: load the record, drop jobs that
- * no longer apply (gone, other method, another send, past `sent`), fail
+ * no longer apply (gone, other method, another send or workflow step, past `sent`), fail
  * expired ones with a refund, and record the dial before anything leaves, so
  * that a job re-run after a worker crash never calls or texts the destination
  * twice for one attempt. Returns undefined when the job has nothing (more) to do.
@@ -71,11 +72,13 @@ export async function claimDelivery(
   const requestId = job.requestId;
   const key = keys.verification(requestId);
   const send = sendOfJob(requestId, job.jobId);
+  const step = stepOfJob(requestId, job.jobId);
   // One round trip (claimDelivery-1.lua): the checks below and the dial mark (HSETNX dial_started) are made there.
   const [verdict, values] = (await scripts.claimDelivery.run(redis, [key], [
     method,
     Date.now(),
     send ?? '',
+    step ?? '',
     'status',
     'account_id',
     'phone_enc',
@@ -106,6 +109,12 @@ export async function claimDelivery(
       { job_id: job.jobId, job_send: send, current_send: Number(sends ?? 1), method },
       'delivery job of a send the verification is no longer at (resend taken back or replaced); dropped',
     );
+    return undefined;
+  }
+  if (verdict === 'other_step') {
+    // A workflow step's job run again after the workflow moved on (it stalled, or was added by hand): the record is
+    // at another step, whose own job delivers it.
+    log.info({ job_id: job.jobId, job_step: step, current_step: Number(wfStep ?? 0), method }, 'delivery job of a workflow step the verification is no longer at; dropped');
     return undefined;
   }
   // A resend (POST /v1/verify with resend: true) re-opens the claim of a live request, maybe already delivered,
@@ -190,6 +199,8 @@ export async function failStrandedDelivery(
   if (status !== 'sent' || !accountId || storedMethod !== method) return false;
   const send = sendOfJob(requestId, job.jobId);
   if (send !== undefined && send !== Number(sends ?? 1)) return false;
+  const step = stepOfJob(requestId, job.jobId);
+  if (step !== undefined && step !== Number(wfStep ?? 0)) return false;
   await deps.events.publish({
     request_id: requestId,
     account_id: accountId,

@@ -144,6 +144,19 @@ export function stepJobId(requestId: string, step: number): string {
   return step === 0 ? requestId : `${requestId}-s${step}`;
 }
 
+/**
+ * The workflow step a delivery job was queued for, read back from its job id (the inverse of stepJobId): 0 for the
+ * request id itself, n for `<request_id>-s<n>`. Undefined for any other id (a resend's `-r<n>`, none known): such a
+ * job is not bound to a step.
+ */
+export function stepOfJob(requestId: string, jobId: string | undefined): number | undefined {
+  if (jobId === requestId) return 0;
+  const prefix = `${requestId}-s`;
+  if (!jobId?.startsWith(prefix)) return undefined;
+  const n = jobId.slice(prefix.length);
+  return /^[1-9]\d{0,3}$/.test(n) ? Number(n) : undefined;
+}
+
 export function timeoutJobId(requestId: string, step: number): string {
   return `${requestId}-t${step}`;
 }

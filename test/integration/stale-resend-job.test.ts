@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { AccountStore, type CreatedAccount } from '../../src/accounts/account-store.js';
 import type { Config } from '../../src/config/schema.js';
 import { Sealer } from '../../src/crypto/sealer.js';
-import { failStrandedDelivery } from '../../src/engine/delivery-claim.js';
+import { claimDelivery, failStrandedDelivery } from '../../src/engine/delivery-claim.js';
 import { BullDeliveryQueue } from '../../src/engine/queues.js';
 import { EventPublisher } from '../../src/events/event-publisher.js';
 import { Keys } from '../../src/store/keys.js';
@@ -13,6 +13,7 @@ import { connectBullRedis } from '../../src/store/redis.js';
 import { FraudControls } from '../../src/verification/fraud-controls.js';
 import { resendJobId } from '../../src/verification/resend.js';
 import { utcDay, type Method } from '../../src/verification/types.js';
+import { stepJobId } from '../../src/verification/workflow.js';
 import { VerificationService, type DeliveryQueue } from '../../src/verification/verification-service.js';
 import { REDIS_URL, deletePrefix, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 import { startServiceOnRedis } from '../helpers/service-on-redis.js';
@@ -229,6 +230,32 @@ describe('a delivery job of another send that fails for good (it threw, or stall
       expect(await failStrandedDelivery(deps, { requestId: id, jobId: id }, 'flash_call', 'job_stalled')).toBe(true);
       const failed = (await readEvents(s.redis, s.keys)).filter((e) => e.request_id === id && e.status === 'failed');
       expect(failed.map((e) => JSON.parse(e.detail!) as unknown)).toEqual([{ reason: 'job_stalled', refund: false }]);
+    } finally {
+      await s.stop();
+    }
+  });
+});
+
+describe('a workflow step\'s job run again after the workflow moved on (it stalled, or was added by hand)', () => {
+  it('claims nothing at a later step of the same method, and fails nothing; the later step\'s own job claims it', async () => {
+    const s = await startServiceOnRedis(['sms', 'voice']);
+    try {
+      const workflow = [{ method: 'sms', timeout_seconds: 20 }, { method: 'voice', timeout_seconds: 20 }, { method: 'sms' }];
+      const { request_id: id } = await s.service.create(s.account, { phone_number: '+447700900613', workflow });
+      const key = s.keys.verification(id);
+      // As advanceWorkflow-8 leaves it at step 2: the step's method, no dial yet.
+      await s.redis.hset(key, { wf_step: '2', method: 'sms' });
+      await s.redis.hdel(key, 'dial_started');
+      const deps = { redis: s.redis, keys: s.keys, sealer: s.sealer, events: new EventPublisher(s.redis, s.keys, 1000), logger: s.logger };
+
+      // Step 0's job (job id = request id): same method, but not its step.
+      expect(await claimDelivery(deps, { requestId: id, jobId: id }, 'sms')).toBeUndefined();
+      expect(await s.redis.hget(key, 'dial_started')).toBeNull();
+      expect(await failStrandedDelivery(deps, { requestId: id, jobId: id }, 'sms', 'job_stalled')).toBe(false);
+      expect((await readEvents(s.redis, s.keys)).filter((e) => e.request_id === id && e.status === 'failed')).toEqual([]);
+      // Step 2's own job.
+      expect((await claimDelivery(deps, { requestId: id, jobId: stepJobId(id, 2) }, 'sms'))?.base).toMatchObject({ request_id: id, method: 'sms', step: 2 });
+      expect(await s.redis.hget(key, 'dial_started')).not.toBeNull();
     } finally {
       await s.stop();
     }
