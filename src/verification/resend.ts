@@ -12,7 +12,7 @@ import { ApiError } from './errors.js';
 import type { FraudControls } from './fraud-controls.js';
 import type { FraudPolicy } from './fraud-rules.js';
 import { priceMicro } from './pricing.js';
-import { isoSeconds, utcDay, type CreatedBody, type Method } from './types.js';
+import { isoSeconds, jobOrdinal, utcDay, type CreatedBody, type Method } from './types.js';
 
 /** Queues one more delivery job of a request under its own job id. */
 export interface ResendQueue {
@@ -46,11 +46,7 @@ export function resendJobId(requestId: string, send: number): string {
  * id, none known): such a job is not bound to a send.
  */
 export function sendOfJob(requestId: string, jobId: string | undefined): number | undefined {
-  if (jobId === requestId) return 1;
-  const prefix = `${requestId}-r`;
-  if (!jobId?.startsWith(prefix)) return undefined;
-  const n = jobId.slice(prefix.length);
-  return /^[1-9]\d{0,8}$/.test(n) ? Number(n) : undefined;
+  return jobId === requestId ? 1 : jobOrdinal(requestId, jobId, 'r');
 }
 
 /**

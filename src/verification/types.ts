@@ -82,3 +82,14 @@ export function chargeFields(step: string | number | undefined): string[] {
 export function chargeDay(h: Record<string, string | undefined>, step: string | number | undefined = h.wf_step): string {
   return utcDay(Number(chargedAt(h, step)) || Date.now());
 }
+
+/**
+ * n of a job id `<request_id>-<kind><n>` (n from 1, no leading zero): a resend's send (`r`, resend.ts resendJobId) or a
+ * workflow step (`s`, workflow.ts stepJobId); undefined for any other id.
+ */
+export function jobOrdinal(requestId: string, jobId: string | undefined, kind: 'r' | 's'): number | undefined {
+  const prefix = `${requestId}-${kind}`;
+  if (!jobId?.startsWith(prefix)) return undefined;
+  const n = jobId.slice(prefix.length);
+  return /^[1-9]\d{0,8}$/.test(n) ? Number(n) : undefined;
+}

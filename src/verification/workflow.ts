@@ -1,7 +1,7 @@
 import { fromMicro } from '../accounts/money.js';
 import type { Config } from '../config/schema.js';
 import { ApiError } from './errors.js';
-import { METHODS, isoSeconds, type AttemptBody, type Method } from './types.js';
+import { METHODS, isoSeconds, jobOrdinal, type AttemptBody, type Method } from './types.js';
 
 /**
  * Fallback workflows (issue 6): one request, several delivery steps tried in
@@ -150,11 +150,7 @@ export function stepJobId(requestId: string, step: number): string {
  * job is not bound to a step.
  */
 export function stepOfJob(requestId: string, jobId: string | undefined): number | undefined {
-  if (jobId === requestId) return 0;
-  const prefix = `${requestId}-s`;
-  if (!jobId?.startsWith(prefix)) return undefined;
-  const n = jobId.slice(prefix.length);
-  return /^[1-9]\d{0,3}$/.test(n) ? Number(n) : undefined;
+  return jobId === requestId ? 0 : jobOrdinal(requestId, jobId, 's');
 }
 
 export function timeoutJobId(requestId: string, step: number): string {
