@@ -1,5 +1,5 @@
 import { Job, Queue, type ConnectionOptions } from 'bullmq';
-import type { Method } from '../verification/types.js';
+import { jobOrdinal, type Method } from '../verification/types.js';
 import type { DeliveryQueue } from '../verification/verification-service.js';
 import { connectionErrorLoggedElsewhere } from '../store/redis.js';
 
@@ -42,7 +42,10 @@ export class BullDeliveryQueue implements DeliveryQueue {
   async enqueue(method: Method, requestId: string, jobId: string = requestId): Promise<void> {
     // BullMQ's connection waits for Redis forever; a caller (an HTTP request) must not.
     let timer: NodeJS.Timeout | undefined;
-    const add = this.queue(method).add(QUEUE_NAMES[method], { request_id: requestId }, { ...JOB_OPTIONS, jobId });
+    // Only a resend's: a workflow step's job (-s<n>) found finished has run, and must not run again.
+    const add = (jobOrdinal(requestId, jobId, 'r') === undefined ? Promise.resolve() : this.removeFinished(method, jobId)).then(() =>
+      this.queue(method).add(QUEUE_NAMES[method], { request_id: requestId }, { ...JOB_OPTIONS, jobId }),
+    );
     try {
       await Promise.race([
         add,
@@ -51,6 +54,18 @@ export class BullDeliveryQueue implements DeliveryQueue {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /**
+   * A resend's job id (`<request_id>-r<n>`) is used once, unless a resend was taken back (undoResend-4: `sends`
+   * goes back, so the next resend gets the same id) after its add had landed: that job then ran and was dropped
+   * (claimDelivery: another send), and BullMQ would take the new add for a duplicate of it, so the resend charged
+   * would never go out. Such a finished job is removed first; one still waiting delivers the new resend itself (its
+   * data is only the request id, and its send is the record's again).
+   */
+  private async removeFinished(method: Method, jobId: string): Promise<void> {
+    const job = await Job.fromId(this.queue(method), jobId);
+    if (job?.finishedOn) await job.remove(); // completed or failed; a waiting, delayed or active one is left
   }
 
   /** Whether the job is in its queue, in any state (BullMQ keeps a finished one until removeOnComplete/removeOnFail). */

@@ -261,3 +261,25 @@ describe('a workflow step\'s job run again after the workflow moved on (it stall
     }
   });
 });
+
+describe('a resend after one taken back whose job had landed and ran', { timeout: 60_000 }, () => {
+  it('goes out: the new resend has the taken-back one\'s job id, and that finished job does not swallow its add', async () => {
+    rig = await startRig();
+    const r = rig;
+    const created = await r.service(r.queue).create(r.account, { phone_number: '+447700900614' });
+    const id = created.request_id;
+    const key = r.keys.verification(id);
+    await r.redis.hset(key, { dial_started: String(Date.now()), rang_at: String(Date.now() + 500), outcome: 'cancelled', status: 'delivered' });
+
+    // Taken back after its add landed; its job runs and is dropped.
+    await expect(r.service(landedThenTimedOut(r.queue)).create(r.account, { phone_number: '+447700900614', resend: true })).rejects.toMatchObject({ code: 'service_unavailable' });
+    await r.startWorker();
+    expect(await r.finished('flash_call', resendJobId(id, 2))).toBe('completed');
+    expect(r.uas.requests('INVITE')).toHaveLength(0);
+
+    // The next resend is send 2 again, with the same job id: it is delivered.
+    expect(await r.service(r.queue).create(r.account, { phone_number: '+447700900614', resend: true })).toMatchObject({ request_id: id, sends: 2 });
+    await waitFor(async () => r.uas.requests('INVITE').length === 1, 15_000);
+    await waitFor(async () => (await r.redis.hget(key, 'dial_started')) !== null && (await r.redis.hget(key, 'outcome')) === 'cancelled', 15_000);
+  });
+});
