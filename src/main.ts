@@ -19,6 +19,7 @@ import { Sealer } from './crypto/sealer.js';
 import { failStrandedDelivery, strandedReason } from './engine/delivery-claim.js';
 import { FlashProcessor } from './engine/flash-processor.js';
 import { TrunkPacer } from './engine/trunk-pacer.js';
+import { TrunkPinger } from './engine/trunk-pinger.js';
 import { VoiceProcessor } from './engine/voice-processor.js';
 import { SmsProcessor } from './engine/sms-processor.js';
 import { BullDeliveryQueue, QUEUE_NAMES, type DeliveryJobData } from './engine/queues.js';
@@ -162,9 +163,25 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       // Shared by every channel: one CPS budget per trunk, one cooldown table per process.
       const trunkLog = logger.child({ module: 'trunks' });
       const trunks = new TrunkPacer(config.sip.trunks, config.sip.trunkHealth, (trunk, up, detail) =>
-        up ? trunkLog.info({ trunk }, 'trunk answers again; back in service') : trunkLog.warn({ trunk, ...detail }, 'trunk down; retried after back-off'),
+        up
+          ? trunkLog.info({ trunk }, 'trunk answers again; back in service')
+          : trunkLog.warn({ trunk, ...detail }, detail.pinged ? 'trunk down; back once it answers an OPTIONS ping' : 'trunk down; retried after back-off'),
       );
       metrics.watchTrunks(trunks);
+      // OPTIONS keep-alives to the trunks that have them on (sip.trunkHealth.optionsPingMs, sip.trunks[].optionsPingMs).
+      const pinger = new TrunkPinger({
+        originator: sip,
+        pacer: trunks,
+        trunks: config.sip.trunks,
+        defaultIntervalMs: config.sip.trunkHealth.optionsPingMs,
+        maxTimeoutMs: 64 * config.sip.timers.t1Ms,
+        onResult: (trunk, result) => metrics.trunkPing(trunk, result),
+        logger: trunkLog,
+      });
+      pinger.start();
+      // A process going away pings no more from the start of its shutdown (and the phase stops them on a failed start).
+      draining.signal.addEventListener('abort', () => pinger.stop(), { once: true });
+      stops.unshift(['trunk pings', async () => pinger.stop()]);
       const ranges = new RangeSelector(
         config.numbers.ranges,
         durableRedis,

@@ -16,6 +16,10 @@ const sipUri = z
   .string()
   .regex(/^sips?:[^\s]+$/i, 'must be a SIP URI such as "sip:trunk.example.net:5060;transport=udp"');
 
+const OPTIONS_PING = 'must be 0 (no OPTIONS pings) or a whole number of milliseconds from 100 to 3600000';
+/** Interval of OPTIONS keep-alive pings to a trunk (RFC 3261 11); 0 = none. */
+const optionsPingMs = z.int({ message: OPTIONS_PING }).refine((ms) => ms === 0 || (ms >= 100 && ms <= 3_600_000), { message: OPTIONS_PING });
+
 export const trunkSchema = z
   .object({
     name: z.string().min(1),
@@ -42,6 +46,8 @@ export const trunkSchema = z
     priority: z.number().int().min(0).optional(),
     /** Share of calls among live trunks of the same priority (default 1). */
     weight: z.number().int().positive().optional(),
+    /** OPTIONS ping interval for this trunk, overriding sip.trunkHealth.optionsPingMs; 0 = no pings to it. */
+    optionsPingMs: optionsPingMs.optional(),
   })
   .strict();
 
@@ -696,6 +702,12 @@ export const configSchema = z
             failuresToMarkDown: z.number().int().positive().default(3),
             retryAfterMs: z.number().int().positive().default(5000),
             maxRetryAfterMs: z.number().int().positive().default(60_000),
+            /**
+             * Every worker process sends each trunk an OPTIONS ping this often (ms; 0 = off, the default: some SBCs
+             * refuse or ignore OPTIONS). Unanswered pings count as failures with the calls'; an answered one brings
+             * a down trunk back at once. `sip.trunks[].optionsPingMs` overrides it per trunk.
+             */
+            optionsPingMs: optionsPingMs.default(0),
           })
           .strict()
           .prefault({}),

@@ -2,7 +2,7 @@ import type { TrunkConfig } from '../config/schema.js';
 import { TokenBucket } from './token-bucket.js';
 
 export interface TrunkHealthOptions {
-  /** Calls in a row ending `unreachable`/`timeout` before the trunk is marked down. */
+  /** Calls (and OPTIONS pings) in a row ending `unreachable`/`timeout` before the trunk is marked down. */
   failuresToMarkDown: number;
   /** First wait before a down trunk gets a call again (the probe); doubles at each failed probe. */
   retryAfterMs: number;
@@ -14,11 +14,11 @@ export interface TrunkHealthOptions {
   probeTimeoutMs?: number;
 }
 
-/** What a finished call says about its trunk. */
+/** What a finished call (or OPTIONS ping) says about its trunk. */
 export type TrunkVerdict =
   /** The trunk answered (any SIP response): it is alive. */
   | 'up'
-  /** Transport error or Timer B: nothing came back. */
+  /** Transport error, Timer B, or a ping's timeout: nothing came back. */
   | 'failed'
   /** Says nothing about the trunk (no CLI, no media port, no 18x in time ...). */
   | 'neutral';
@@ -35,6 +35,9 @@ export interface TrunkState {
   up: boolean;
 }
 
+/** Told when a trunk goes down or comes back (logs). `pinged`: OPTIONS pings, not a probe call, bring it back. */
+export type TrunkChangeListener = (name: string, up: boolean, detail: { failures: number; retryInMs: number; pinged: boolean }) => void;
+
 interface Health {
   trunk: TrunkConfig;
   up: boolean;
@@ -48,6 +51,8 @@ interface Health {
   probeAt: number;
   /** Smooth weighted round-robin state (nginx's algorithm). */
   current: number;
+  /** OPTIONS pings watch it: a down trunk gets no probe call, an answered ping brings it back. */
+  pinged: boolean;
 }
 
 const DEFAULT_HEALTH: TrunkHealthOptions = { failuresToMarkDown: 3, retryAfterMs: 5000, maxRetryAfterMs: 60_000 };
@@ -64,6 +69,11 @@ const DEFAULT_HEALTH: TrunkHealthOptions = { failuresToMarkDown: 3, retryAfterMs
  * trunks of the lowest `priority`, shared by `weight`; when every trunk is
  * down, the one due first is tried anyway (failing fast is better than not
  * calling at all).
+ *
+ * A trunk watched by OPTIONS pings (`setPinged`, engine/trunk-pinger.ts) has its pings reported here like
+ * calls: unanswered ones count with failed calls towards `failuresToMarkDown`, an answered one brings it back at
+ * once. Down, it gets no probe call (no customer call is spent to learn it is back), except when every trunk is
+ * down.
  */
 export class TrunkPacer {
   private readonly buckets = new Map<string, TokenBucket>();
@@ -72,8 +82,7 @@ export class TrunkPacer {
   constructor(
     trunks: readonly TrunkConfig[],
     private readonly options: TrunkHealthOptions = DEFAULT_HEALTH,
-    /** Told when a trunk goes down or comes back (logs). */
-    private readonly onChange: (name: string, up: boolean, detail: { failures: number; retryInMs: number }) => void = () => undefined,
+    private readonly onChange: TrunkChangeListener = () => undefined,
     private readonly now: () => number = Date.now,
   ) {
     if (trunks.length === 0) throw new Error('TrunkPacer needs at least one trunk');
@@ -86,6 +95,7 @@ export class TrunkPacer {
       probing: false,
       probeAt: 0,
       current: 0,
+      pinged: false,
     }));
   }
 
@@ -95,7 +105,7 @@ export class TrunkPacer {
     // A down trunk whose back-off is over gets the next call: the probe. A probe never reported
     // (its job died before report()) lapses, so the trunk cannot stay unprobed for good.
     const probeTimeout = this.options.probeTimeoutMs ?? this.options.maxRetryAfterMs;
-    const due = this.health.find((h) => !h.up && (!h.probing || now - h.probeAt >= probeTimeout) && h.retryAt <= now);
+    const due = this.health.find((h) => !h.up && !h.pinged && (!h.probing || now - h.probeAt >= probeTimeout) && h.retryAt <= now);
     if (due) {
       due.probing = true;
       due.probeAt = now;
@@ -122,7 +132,13 @@ export class TrunkPacer {
     return chosen!.trunk;
   }
 
-  /** How a call to `trunk` ended, for its health. */
+  /** OPTIONS pings watch `trunk` (or no longer do): see the class comment. */
+  setPinged(trunk: TrunkConfig, pinged: boolean): void {
+    const h = this.health.find((x) => x.trunk.name === trunk.name);
+    if (h) h.pinged = pinged;
+  }
+
+  /** How a call (or OPTIONS ping) to `trunk` ended, for its health. */
   report(trunk: TrunkConfig, verdict: TrunkVerdict): void {
     const h = this.health.find((x) => x.trunk.name === trunk.name);
     if (!h) return;
@@ -137,7 +153,7 @@ export class TrunkPacer {
       if (!h.up) {
         h.up = true;
         h.backoffMs = this.options.retryAfterMs;
-        this.onChange(h.trunk.name, true, { failures: 0, retryInMs: 0 });
+        this.onChange(h.trunk.name, true, { failures: 0, retryInMs: 0, pinged: h.pinged });
       }
       return;
     }
@@ -146,12 +162,12 @@ export class TrunkPacer {
       h.up = false;
       h.backoffMs = this.options.retryAfterMs;
       h.retryAt = now + h.backoffMs;
-      this.onChange(h.trunk.name, false, { failures: h.failures, retryInMs: h.backoffMs });
+      this.onChange(h.trunk.name, false, { failures: h.failures, retryInMs: h.pinged ? 0 : h.backoffMs, pinged: h.pinged });
     } else if (!h.up && h.probing) {
       // The probe failed too: wait twice as long before the next one.
       h.backoffMs = Math.min(h.backoffMs * 2, this.options.maxRetryAfterMs);
       h.retryAt = now + h.backoffMs;
-      this.onChange(h.trunk.name, false, { failures: h.failures, retryInMs: h.backoffMs });
+      this.onChange(h.trunk.name, false, { failures: h.failures, retryInMs: h.backoffMs, pinged: h.pinged });
     }
     h.probing = false;
   }

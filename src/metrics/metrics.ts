@@ -71,6 +71,7 @@ export class Metrics {
   private readonly callsStarted: Counter<'method' | 'trunk'>;
   private readonly calls: Counter<'method' | 'trunk' | 'outcome'>;
   private readonly pdd: Histogram<'trunk'>;
+  private readonly trunkPings: Counter<'trunk' | 'result'>;
   private readonly jobLatencyHist: Histogram<'queue'>;
   private readonly webhookFailures: Counter<'final'>;
   private readonly webhookDelivery: Histogram;
@@ -119,6 +120,12 @@ export class Metrics {
       help: 'Post-dial delay: INVITE sent to first ringing 18x, by trunk',
       labelNames: ['trunk'],
       buckets: [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10],
+      registers,
+    });
+    this.trunkPings = new Counter({
+      name: 'flashverify_trunk_pings_total',
+      help: 'OPTIONS keep-alive pings to trunks by result: answered (any final response), timeout, unreachable',
+      labelNames: ['trunk', 'result'],
       registers,
     });
     this.jobLatencyHist = new Histogram({
@@ -400,6 +407,11 @@ export class Metrics {
   callEnded(method: string, trunk: string, outcome: string, postDialDelayMs?: number): void {
     this.calls.inc({ method, trunk, outcome });
     if (postDialDelayMs !== undefined) this.pdd.observe({ trunk }, postDialDelayMs / 1000);
+  }
+
+  /** An OPTIONS ping to `trunk` ended (pings the backend could not send are not counted). */
+  trunkPing(trunk: string, result: 'answered' | 'timeout' | 'unreachable'): void {
+    this.trunkPings.inc({ trunk, result });
   }
 
   /** A job moved to processing; `createdAt`/`startedAt` are epoch ms (BullMQ job.timestamp / processedOn). */

@@ -78,13 +78,48 @@ export interface OutboundCall {
   hangup(): Promise<void>;
 }
 
+/** How an OPTIONS keep-alive ping to a trunk ended. */
+export type PingOutcome =
+  /** A final response came, whatever its status (200, 403, 405, 401/407 not answered, 5xx ...): something answers at the trunk's address. */
+  | 'answered'
+  /** No final response within the ping's timeout (or Timer F). */
+  | 'timeout'
+  /** Transport error: ICMP unreachable, TCP refused/reset (or the backend could not put it on the wire). */
+  | 'unreachable'
+  /** The backend did not send it (stack stopped, drachtio-server not connected, trunk URI invalid): says nothing about the trunk. */
+  | 'not_sent';
+
+export interface PingRequest {
+  trunk: TrunkConfig;
+  /** No final response within this → `timeout`. The embedded stack never waits past Timer F (64*T1). */
+  timeoutMs: number;
+  /** Child logger (bound to the trunk); the backend adds call_id. */
+  logger: Logger;
+}
+
+export interface PingResult {
+  outcome: PingOutcome;
+  /** Call-ID of the OPTIONS ('' when none was sent). */
+  callId: string;
+  /** Status of the final response, when one came. */
+  status?: number;
+  /** Its reason phrase, or why there was none. */
+  phrase?: string;
+}
+
 export interface CallOriginator {
   /** Bind transports. */
   start(): Promise<void>;
-  /** Close transports; calls in flight are reported as failed `unreachable`. */
+  /** Close transports; calls in flight are reported as failed `unreachable`, pings in flight as `not_sent`. */
   stop(): Promise<void>;
   /** Send an INVITE; the delegate hears everything that follows. Never throws for network reasons. */
   originate(request: OriginateRequest, delegate: CallDelegate): OutboundCall;
+  /**
+   * Send one out-of-dialog OPTIONS to the trunk (RFC 3261 11), a keep-alive ping: Request-URI the trunk URI,
+   * `Accept: application/sdp`, the trunk's fromDomain and extra headers as on its INVITEs; a 401/407 is not
+   * answered with credentials (it is an answer already). Not a call: no call metric, no CPS token. Never rejects.
+   */
+  ping(request: PingRequest): Promise<PingResult>;
 }
 
 /**

@@ -12,7 +12,7 @@
  *   const call = sip.originate({ to, from, trunk, logger }, delegate);
  */
 import type { Logger } from 'pino';
-import type { CallDelegate, CallOriginator, OriginateRequest, OutboundCall } from './call-originator.js';
+import type { CallDelegate, CallOriginator, OriginateRequest, OutboundCall, PingRequest, PingResult } from './call-originator.js';
 import { systemClock, type Clock, type SipTimerConfig, type TimerHandle } from './clock.js';
 import {
   getHeaders,
@@ -34,6 +34,7 @@ import {
   type ClientTransactionUser,
   type TransactionTransport,
 } from './transactions/transaction.js';
+import { OptionsPing } from './options-ping.js';
 import { splitCommaList } from './parser.js';
 import { TcpTransport } from './tcp-transport.js';
 import { destinationKey, type Destination, type InboundSource, type Transport, type TransportProtocol } from './transport.js';
@@ -71,6 +72,8 @@ export class EmbeddedSipOriginator implements CallOriginator {
   private readonly byDestination = new Map<string, Set<ClientTransaction>>();
   private readonly calls = new Map<string, UacCall>();
   private readonly lingering = new Map<string, TimerHandle>();
+  /** OPTIONS pings in flight (not calls: never in `calls`, never in activeCalls). */
+  private readonly pings = new Set<OptionsPing>();
   private readonly host: UacHost;
 
   constructor(options: EmbeddedSipOriginatorOptions) {
@@ -136,6 +139,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
     if (!this.running) return;
     this.running = false;
     for (const call of [...this.calls.values()]) call.abort('SIP stack stopped');
+    for (const ping of [...this.pings]) ping.abort('SIP stack stopped');
     for (const tx of [...this.transactions.values()]) tx.dispose();
     this.transactions.clear();
     this.byDestination.clear();
@@ -169,6 +173,19 @@ export class EmbeddedSipOriginator implements CallOriginator {
       call.start();
     }
     return call;
+  }
+
+  ping(request: PingRequest): Promise<PingResult> {
+    if (!this.running) return Promise.resolve({ outcome: 'not_sent', callId: '', phrase: 'SIP stack not running' });
+    let ping: OptionsPing;
+    try {
+      ping = new OptionsPing({ host: this.host, trunk: request.trunk, timeoutMs: request.timeoutMs, logger: request.logger });
+    } catch (err) {
+      return Promise.resolve({ outcome: 'not_sent', callId: '', phrase: errorMessage(err) });
+    }
+    this.pings.add(ping);
+    ping.start();
+    return ping.result.finally(() => this.pings.delete(ping));
   }
 
   // ------------------------------------------------------------------ host services for UacCall

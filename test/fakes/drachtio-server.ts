@@ -6,6 +6,7 @@
  *   const fake = await FakeDrachtioServer.start({ secret: 'cymru' });
  *   fake.scenario = SCENARIOS.ringCancel;           // what the trunk does with INVITEs
  *   fake.respondTo('10.0.0.5', answerWithSdp(sdp)); // requests to another Request-URI host (e.g. FreeSWITCH)
+ *   fake.answerOptions('192.0.2.10:5060', { status: 405 }); // OPTIONS outside a dialog to that host (default: 200)
  *   // connect the app to 127.0.0.1:fake.port, place calls ...
  *   fake.wire();                                    // SIP requests put on the wire: INVITE, CANCEL, ACK, BYE ...
  *   await fake.waitForRequest('BYE', 2000);
@@ -37,6 +38,10 @@
  *    (Via, Call-ID, From tag, CSeq filled in by the server; `localhost` in From/Contact replaced by its address).
  *  - server → app, from the network: `<uuid>|sip|network|<bytes>|<proto>|<addr>|<port>|<time>|<txn id>|<dialog id>|\r\n<SIP>`
  *    (client.cpp sendSipMessageToClient with a dialog id: nothing after its trailing `|`; dialog ids are `<Call-ID>;uac`).
+ *  - a request outside a dialog other than INVITE (OPTIONS) is sent like one (`OK|...|<txn id>|Msg sent:|`); its
+ *    responses go up with the txn id and no dialog id (client.cpp sendSipMessageToClient(txnId, msg, meta):
+ *    `|<txn id>||`); when nothing answers, sofia-sip's transaction layer does: 408 on Timer F, 503 on a
+ *    transport error, both with the request's untagged To.
  *  - the 200 to a CANCEL is not passed up; non-2xx final responses are ACKed
  *    by the server's transaction layer (recorded here as a wire ACK); the ACK
  *    for a 2xx comes from the app (`sip||<dialog id>`).
@@ -233,6 +238,13 @@ export function answerWithSdp(sdp: string): InviteResponder {
   return () => ({ name: 'answer with sdp', sipp: '', invite: [{ status: 100 }, { status: 200, sdp: true }], sdpBody: sdp });
 }
 
+/**
+ * How an OPTIONS sent outside a dialog is answered: by the far end (`status`, To tagged), by drachtio-server's
+ * transaction layer because nothing did (`local`: 408 Timer F / 503 transport error, To untagged), not at all
+ * (`silent`: a hung drachtio-server), or not sent (`refuse`: NOK with that reason).
+ */
+export type OptionsAnswer = { status: number; delayMs?: number } | { local: 408 | 503; delayMs?: number } | { refuse: string } | 'silent';
+
 export interface FakeDrachtioOptions {
   secret?: string;
   /** Default 0 (ephemeral). */
@@ -294,6 +306,7 @@ export class FakeDrachtioServer {
   readonly reinvites: { callId: string; sdp: string }[] = [];
   private readonly wireLog: WireRequest[] = [];
   private readonly responders = new Map<string, InviteResponder>();
+  private readonly optionsAnswers = new Map<string, OptionsAnswer>();
   private readonly sockets = new Set<Socket>();
   private readonly authenticated = new Set<Socket>();
   private readonly txns = new Map<string, InviteTxn>();
@@ -330,6 +343,11 @@ export class FakeDrachtioServer {
   /** Route INVITEs whose Request-URI host (or host:port) is `host` (e.g. a media server's address) to `responder`. */
   respondTo(host: string, responder: InviteResponder): void {
     this.responders.set(host, responder);
+  }
+
+  /** Answer OPTIONS outside a dialog to Request-URI `host` (or host:port) this way (default: 200 from the far end). */
+  answerOptions(host: string, answer: OptionsAnswer): void {
+    this.optionsAnswers.set(host, answer);
   }
 
   /** SIP requests put on the wire, oldest first; optionally one method only. */
@@ -504,6 +522,7 @@ export class FakeDrachtioServer {
     const method = msg.method ?? '';
     if (dialogId !== '') return this.inDialogFromApp(socket, frame, msg, dialogId);
     if (txnId !== '' && method === 'CANCEL') return this.cancelFromApp(socket, frame, msg, txnId);
+    if (method === 'OPTIONS') return this.optionsFromApp(socket, frame, msg);
     if (method !== 'INVITE') {
       this.refuse(socket, frame.msgId, `fake drachtio-server: ${method} outside a dialog not supported`);
       return;
@@ -520,6 +539,26 @@ export class FakeDrachtioServer {
       this.refuse(socket, frame.msgId, this.scenario.rejectInvite);
       return;
     }
+    const { sent, callId } = this.stampOutsideDialog(msg);
+    const invite = parseSip(sent);
+    const txnId = randomUUID();
+    this.record(invite, sent, true);
+    this.sent(socket, frame.msgId, sent, txnId);
+
+    if (responder === undefined) return this.startInviteTxn(socket, invite, txnId, callId, this.scenario);
+    void Promise.resolve(responder(invite)).then(
+      (scenario) => this.startInviteTxn(socket, invite, txnId, callId, scenario),
+      () => this.startInviteTxn(socket, invite, txnId, callId, { name: 'responder failed', sipp: '', invite: [{ status: 500 }] }),
+    );
+  }
+
+  /**
+   * A request outside a dialog as drachtio-server puts it on the wire (doSendRequestOutsideDialog): its Via,
+   * Max-Forwards and CSeq, the app's Call-ID or a new one, a From tag, `localhost` in From/Contact replaced.
+   */
+  private stampOutsideDialog(msg: ParsedSip): { sent: string; callId: string } {
+    const method = msg.method ?? '';
+    const uri = msg.uri ?? '';
     const headers = msg.headers.filter((h) => !['via', 'max-forwards', 'cseq', 'content-length'].includes(canonical(h.name)));
     const fix = (v: string): string => v.replace(/@localhost(?=[>;:\s]|$)/gi, `@${SIP_ADDR}:${SIP_PORT}`);
     let callId = msg.header('call-id');
@@ -540,26 +579,44 @@ export class FakeDrachtioServer {
     if (!headers.some((h) => canonical(h.name) === 'to')) headers.push({ name: 'To', value: `<${uri}>` });
     if (!headers.some((h) => canonical(h.name) === 'contact')) headers.push({ name: 'Contact', value: `<sip:${SIP_ADDR}:${SIP_PORT}>` });
     const sent = serializeSip(
-      `INVITE ${uri} SIP/2.0`,
+      `${method} ${uri} SIP/2.0`,
       [
         { name: 'Via', value: `SIP/2.0/UDP ${SIP_ADDR}:${SIP_PORT};branch=z9hG4bK${randomBytes(6).toString('hex')};rport` },
         { name: 'Max-Forwards', value: '70' },
         // The app's CSeq when it gives one (drachtio-srf's digest client re-sends the INVITE with CSeq + 1).
-        { name: 'CSeq', value: msg.header('cseq') ?? '1 INVITE' },
+        { name: 'CSeq', value: msg.header('cseq') ?? `1 ${method}` },
         ...headers,
       ],
       msg.body,
     );
-    const invite = parseSip(sent);
-    const txnId = randomUUID();
-    this.record(invite, sent, true);
-    this.sent(socket, frame.msgId, sent, txnId);
+    return { sent, callId };
+  }
 
-    if (responder === undefined) return this.startInviteTxn(socket, invite, txnId, callId, this.scenario);
-    void Promise.resolve(responder(invite)).then(
-      (scenario) => this.startInviteTxn(socket, invite, txnId, callId, scenario),
-      () => this.startInviteTxn(socket, invite, txnId, callId, { name: 'responder failed', sipp: '', invite: [{ status: 500 }] }),
-    );
+  /** An OPTIONS outside a dialog (a keep-alive ping): sent, then answered as `answerOptions` says for its host. */
+  private optionsFromApp(socket: Socket, frame: Frame, msg: ParsedSip): void {
+    const target = hostOfUri(msg.uri ?? '');
+    const answer = this.optionsAnswers.get(target.hostPort) ?? this.optionsAnswers.get(target.host) ?? { status: 200 };
+    if (answer !== 'silent' && 'refuse' in answer) return this.refuse(socket, frame.msgId, answer.refuse);
+    const { sent } = this.stampOutsideDialog(msg);
+    const options = parseSip(sent);
+    const txnId = randomUUID();
+    this.record(options, sent, true);
+    this.sent(socket, frame.msgId, sent, txnId);
+    if (answer === 'silent') return;
+    const status = 'local' in answer ? answer.local : answer.status;
+    const to = options.header('to') ?? '';
+    const headers: SipHeaderLine[] = [
+      { name: 'Via', value: options.header('via') ?? '' },
+      { name: 'From', value: options.header('from') ?? '' },
+      // RFC 3261 8.2.6.2: the far end tags To; sofia-sip's own response keeps the request's.
+      { name: 'To', value: 'local' in answer ? to : `${to};tag=${randomBytes(5).toString('hex')}` },
+      { name: 'Call-ID', value: options.header('call-id') ?? '' },
+      { name: 'CSeq', value: options.header('cseq') ?? '1 OPTIONS' },
+    ];
+    const raw = serializeSip(`SIP/2.0 ${status} ${REASONS[status] ?? 'Unknown'}`, headers);
+    this.later(answer.delayMs ?? 10, () => {
+      this.send(socket, `${serverLeader('sip-from-network-outside-dialog', { uuid: randomUUID(), ...msgMeta(raw), txnId })}\r\n${raw}`);
+    });
   }
 
   private startInviteTxn(socket: Socket, invite: ParsedSip, txnId: string, callId: string, given: DrachtioScenario | undefined): void {

@@ -24,13 +24,27 @@
  *    as a 408 after its own 32 s; a 408 that is the first response, or
  *    `callTimeoutMs` without any response, is `timeout`;
  *  - defer CANCEL until a provisional response arrived (RFC 3261 9.1), as the
- *    embedded stack does, and BYE a 2xx that crossed the CANCEL.
+ *    embedded stack does, and BYE a 2xx that crossed the CANCEL;
+ *  - OPTIONS keep-alive pings (srf.request): a ping timeout of our own, and
+ *    drachtio-server's own responses told from the trunk's (drachtioPingOutcome).
  */
 import type { Logger } from 'pino';
 import { AppError } from '../../errors/app-error.js';
-import { callDelegate, reportCallEnd, type CallDelegate, type CallFailure, type CallOriginator, type OriginateRequest, type OutboundCall } from '../call-originator.js';
+import {
+  callDelegate,
+  reportCallEnd,
+  type CallDelegate,
+  type CallFailure,
+  type CallOriginator,
+  type OriginateRequest,
+  type OutboundCall,
+  type PingOutcome,
+  type PingRequest,
+  type PingResult,
+} from '../call-originator.js';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import { maskUser } from '../embedded-originator.js';
+import { pingAddressing } from '../options-ping.js';
 import { dummySdp, failureReasonFor, resolveTrunk } from '../uac.js';
 import { errorMessage, newCallId } from '../util.js';
 import { DrachtioConnection, type DrachtioConnectionOptions } from './drachtio-connection.js';
@@ -38,6 +52,7 @@ import {
   isSipError,
   type SrfClient,
   type SrfDialog,
+  type SrfOutgoingRequest,
   type SrfResponse,
   type SrfUacOptions,
   type SrfUacRequest,
@@ -66,6 +81,22 @@ export function drachtioFailure(status: number, phrase: string | undefined, sawR
   return phrase === undefined ? { reason, status } : { reason, status, phrase };
 }
 
+/**
+ * What a final response to a ping says, as drachtio-srf hands it up. drachtio-server's transaction layer
+ * (sofia-sip) answers some pings itself, and those say nothing of the trunk being alive:
+ *  - 408: sofia-sip's reply when Timer F fires. No SIP element sends a 408 to a non-INVITE request
+ *    (RFC 4320 4.1), so every 408 to an OPTIONS is that one: `timeout`;
+ *  - any other final response without a To tag: a UAS (and a proxy answering for itself) tags To in every
+ *    response but 100 (RFC 3261 8.2.6.2, 16.7); sofia-sip's own reply to a transport error (a 503) carries the
+ *    request's untagged To: `unreachable`.
+ * Every other final response came from the far end: `answered`, whatever its status.
+ */
+export function drachtioPingOutcome(status: number, to: string | undefined): PingOutcome {
+  if (status === 408) return 'timeout';
+  if (!/;\s*tag=/i.test(to ?? '')) return 'unreachable';
+  return 'answered';
+}
+
 const NUMBER_RE = /^\+?[0-9A-Za-z._*-]{1,32}$/;
 
 /** What a call needs from the originator. */
@@ -81,6 +112,8 @@ export class DrachtioOriginator implements CallOriginator {
   private readonly connection: DrachtioConnection;
   private running = false;
   private readonly calls = new Set<DrachtioCall>();
+  /** OPTIONS pings in flight (not calls: never in activeCalls). */
+  private readonly pings = new Set<DrachtioPing>();
   private readonly host: CallHost;
 
   constructor(options: DrachtioOriginatorOptions) {
@@ -99,6 +132,8 @@ export class DrachtioOriginator implements CallOriginator {
           if (!wasUp) return;
           this.logger.error({ host: options.host, port: options.port, calls: this.calls.size }, CONNECTION_LOST);
           for (const call of [...this.calls]) call.abort(CONNECTION_LOST);
+          // drachtio-srf never settles them either; the trunk is not to blame.
+          for (const ping of [...this.pings]) ping.abort(CONNECTION_LOST);
         },
       },
     );
@@ -130,6 +165,7 @@ export class DrachtioOriginator implements CallOriginator {
     if (!this.running) return;
     this.running = false;
     for (const call of [...this.calls]) call.abort('SIP stack stopped');
+    for (const ping of [...this.pings]) ping.abort('SIP stack stopped');
     this.connection.stop();
     this.logger.info('drachtio backend stopped');
   }
@@ -145,6 +181,89 @@ export class DrachtioOriginator implements CallOriginator {
       call.start(srf);
     }
     return call;
+  }
+
+  ping(request: PingRequest): Promise<PingResult> {
+    const srf = this.connection.srf;
+    if (!this.running || srf === undefined) {
+      return Promise.resolve({ outcome: 'not_sent', callId: '', phrase: this.running ? 'drachtio not connected' : 'SIP stack not running' });
+    }
+    let ping: DrachtioPing;
+    try {
+      ping = new DrachtioPing(this.host.clock, request, this.options.userAgent);
+    } catch (err) {
+      return Promise.resolve({ outcome: 'not_sent', callId: '', phrase: errorMessage(err) });
+    }
+    this.pings.add(ping);
+    ping.start(srf);
+    return ping.result.finally(() => this.pings.delete(ping));
+  }
+}
+
+/**
+ * One OPTIONS keep-alive ping through drachtio-server (srf.request). drachtio-server runs the non-INVITE
+ * transaction (retransmissions, Timer F); the ping's timeout is ours, so a lost connection or a silent
+ * drachtio-server cannot hold it.
+ */
+class DrachtioPing {
+  readonly callId = newCallId();
+  readonly result: Promise<PingResult>;
+  private readonly log: Logger;
+  private readonly uri: string;
+  private readonly headers: Record<string, string>;
+  private timer: TimerHandle | undefined;
+  private settle: ((result: PingResult) => void) | undefined;
+
+  constructor(
+    private readonly clock: Clock,
+    private readonly request: PingRequest,
+    userAgent: string,
+  ) {
+    const info = resolveTrunk(request.trunk);
+    const to = pingAddressing(info);
+    this.log = request.logger.child({ call_id: this.callId });
+    this.uri = to.requestUri;
+    // drachtio-server adds Via, CSeq, Max-Forwards and the From tag (and keeps the Call-ID we give).
+    this.headers = { 'Call-ID': this.callId, From: to.from, To: to.to, Accept: 'application/sdp', 'User-Agent': userAgent };
+    for (const h of info.extraHeaders) this.headers[h.name] = h.value;
+    this.result = new Promise((resolve) => {
+      this.settle = resolve;
+    });
+  }
+
+  start(srf: SrfClient): void {
+    const { timeoutMs } = this.request;
+    this.log.debug({ uri: this.uri }, 'OPTIONS ping sent (drachtio)');
+    this.timer = this.clock.setTimeout(() => {
+      this.timer = undefined;
+      this.finish({ outcome: 'timeout', phrase: `no final response within ${timeoutMs} ms` });
+    }, timeoutMs);
+    try {
+      srf.request(this.uri, { method: 'OPTIONS', headers: this.headers }, (err, req?: SrfOutgoingRequest) => {
+        // drachtio-server could not send it (NOK|<reason>: no transport for it, bad URI ...).
+        if (err || req === undefined) return this.finish({ outcome: 'unreachable', phrase: errorMessage(err ?? 'not sent') });
+        req.on('response', (res) => {
+          if (res.status < 200) return;
+          this.finish({ outcome: drachtioPingOutcome(res.status, res.get('To')), status: res.status, phrase: res.reason });
+        });
+      });
+    } catch (err) {
+      // drachtio-srf throws synchronously when it has no socket.
+      this.finish({ outcome: 'not_sent', phrase: errorMessage(err) });
+    }
+  }
+
+  abort(reason: string): void {
+    this.finish({ outcome: 'not_sent', phrase: reason });
+  }
+
+  private finish(result: Omit<PingResult, 'callId'>): void {
+    const settle = this.settle;
+    if (settle === undefined) return;
+    this.settle = undefined;
+    if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
+    this.timer = undefined;
+    settle({ ...result, callId: this.callId });
   }
 }
 

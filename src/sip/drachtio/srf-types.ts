@@ -14,6 +14,8 @@
  *  - `Dialog` lacks `id` and `connected`; `remote.sdp` / `local.sdp` may be
  *    undefined (no SDP); 'destroy' passes `(req, reason)`.
  *  - `Srf.SipError` (thrown with `status`, `reason`, `res`) is not declared.
+ *  - `request(uri, opts, callback)` (a request outside a dialog, e.g. OPTIONS) calls back `(err, req)` once
+ *    drachtio-server sent it; the responses come as `req.on('response', (res, ack))`, every 1xx included.
  *  - the events are 'connect' `(err, hostport, serverVersion, localHostports)`,
  *    'close', 'reconnecting', 'error'; there is no 'disconnect' event.
  *
@@ -110,6 +112,20 @@ export interface SrfUacCallbacks {
   cbProvisional?: (res: SrfResponse) => void;
 }
 
+/** A request outside a dialog (srf.request), as drachtio-server sent it. */
+export interface SrfOutgoingRequest extends SrfSipMessage {
+  readonly method: string;
+  /** Each response from the network (drachtio-server's own 408 on Timer F too), 1xx included. */
+  on(event: 'response', listener: (res: SrfResponse) => void): this;
+}
+
+/** Options of `srf.request()`. */
+export interface SrfRequestOptions {
+  method: string;
+  headers?: Record<string, string>;
+  body?: string;
+}
+
 /** One drachtio-srf instance, connected to one drachtio-server. */
 export interface SrfClient {
   connect(opts: SrfConnectOptions): void;
@@ -117,6 +133,8 @@ export interface SrfClient {
   disconnect(): void;
   /** Resolves with the dialog on a 2xx; rejects with a SipError (non-2xx) or an Error (not sent). */
   createUAC(uri: string, opts: SrfUacOptions, callbacks: SrfUacCallbacks): Promise<SrfDialog>;
+  /** Sends a request outside a dialog; `callback` once it was sent (req) or refused (err: drachtio-server's NOK reason). Throws without a socket. */
+  request(uri: string, opts: SrfRequestOptions, callback: (err: Error | null | undefined, req?: SrfOutgoingRequest) => void): this;
   on(event: 'connect', listener: (err: Error | null | undefined, hostport?: string, serverVersion?: string | null) => void): this;
   on(event: 'close' | 'reconnecting', listener: () => void): this;
   on(event: 'error', listener: (err: Error) => void): this;

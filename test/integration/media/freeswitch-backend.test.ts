@@ -5,7 +5,7 @@ import type { TrunkConfig } from '../../../src/config/schema.js';
 import { placeVoiceCall, type VoiceResult } from '../../../src/engine/voice-call.js';
 import { FreeswitchMediaPlayer, type FreeswitchMediaPlayerOptions } from '../../../src/media/freeswitch/freeswitch-media-player.js';
 import { DEFAULT_PROMPTS_DIR, codeAnnouncement } from '../../../src/media/prompts.js';
-import type { CallDelegate, CallOriginator, OriginateRequest, OutboundCall } from '../../../src/sip/call-originator.js';
+import type { CallDelegate, CallOriginator, OriginateRequest, OutboundCall, PingResult } from '../../../src/sip/call-originator.js';
 import { DrachtioLink } from '../../../src/media/freeswitch/drachtio-link.js';
 import { startFreeswitchMedia } from '../../../src/media/freeswitch/start-freeswitch-media.js';
 import { testConfig } from '../../helpers/engine.js';
@@ -56,6 +56,10 @@ class ScriptedOriginator implements CallOriginator {
   constructor(private readonly script: Script) {}
   async start(): Promise<void> {}
   async stop(): Promise<void> {}
+  /** Not used by the call policies. */
+  async ping(): Promise<PingResult> {
+    return { outcome: 'not_sent', callId: '' };
+  }
   originate(req: OriginateRequest, d: CallDelegate): OutboundCall {
     this.offers.push(req.sdp ?? '');
     const timers: NodeJS.Timeout[] = [];

@@ -503,6 +503,84 @@ describe('drachtio backend: voice call smoke test', () => {
   });
 });
 
+describe('drachtio backend: OPTIONS keep-alive pings (srf.request)', () => {
+  let fake: FakeDrachtioServer;
+  let drachtio: DrachtioOriginator;
+  beforeAll(async () => {
+    fake = await FakeDrachtioServer.start({ secret: SECRET });
+    drachtio = newDrachtio(fake.port, { enablePing: false });
+    await drachtio.start();
+  });
+  afterAll(async () => {
+    await drachtio.stop();
+    await fake.stop();
+  });
+  let hosts = 0;
+  const ping = (uri: string, extra: Partial<TrunkConfig> = {}, timeoutMs = 1000) => drachtio.ping({ trunk: trunk(uri, extra), timeoutMs, logger });
+  /** The frame that carried the response to this ping's OPTIONS up to the app. */
+  const responseFrame = (callId: string) =>
+    fake.exchange.find((f) => f.direction === '<' && f.payload.includes('|sip|network|') && f.payload.includes(`Call-ID: ${callId}\r\n`));
+
+  it('sends an out-of-dialog OPTIONS with the headers of the trunk and takes its 200 as answered', async () => {
+    const result = await ping('sip:192.0.2.10:5060', { fromDomain: 'cli.example.net', headers: { 'X-Account': 'acme' }, auth: { username: 'u', password: 'p' } });
+    expect(result).toMatchObject({ outcome: 'answered', status: 200, phrase: 'OK' });
+    const sent = fake.wire('OPTIONS').find((r) => r.callId === result.callId)!;
+    expect(sent.uri).toBe('sip:192.0.2.10:5060');
+    expect(sent.sip.header('to')).toBe('<sip:192.0.2.10:5060>');
+    expect(sent.sip.header('from')).toMatch(/^<sip:flashverify@cli\.example\.net>;tag=\w+$/);
+    expect(sent.sip.header('accept')).toBe('application/sdp');
+    expect(sent.sip.header('user-agent')).toBe('flashverify-test');
+    expect(sent.sip.header('x-account')).toBe('acme');
+    expect(sent.sip.header('cseq')).toBe('1 OPTIONS');
+    expect(sent.sip.header('authorization')).toBeUndefined();
+    // drachtio-server's response frame of a request outside a dialog: the transaction id, no dialog id.
+    expect(responseFrame(result.callId)!.payload.split('\r\n', 1)[0]).toMatch(/\|[0-9a-f-]{36}\|\|$/);
+    expect(fake.unexpectedFrames).toEqual([]);
+    expect(drachtio.activeCalls).toBe(0);
+    expect(fake.wire('INVITE')).toHaveLength(0);
+  });
+
+  it.each([
+    { name: 'the far end answers 405', answer: { status: 405 }, outcome: 'answered', status: 405 },
+    { name: 'the far end answers 403', answer: { status: 403 }, outcome: 'answered', status: 403 },
+    { name: 'the far end answers 503', answer: { status: 503 }, outcome: 'answered', status: 503 },
+    // Nothing answered: drachtio-server's own responses (untagged To), not the trunk's.
+    { name: "drachtio-server's Timer F 408", answer: { local: 408 }, outcome: 'timeout', status: 408 },
+    { name: "drachtio-server's 503 for a transport error", answer: { local: 503 }, outcome: 'unreachable', status: 503 },
+    { name: 'drachtio-server cannot send it (NOK)', answer: { refuse: 'requested protocol/transport not available' }, outcome: 'unreachable', phrase: 'requested protocol/transport not available' },
+    { name: 'no response at all', answer: 'silent', outcome: 'timeout', phrase: 'no final response within 300 ms' },
+  ] as const)('$name → $outcome', async ({ answer, outcome, name: _name, ...rest }) => {
+    const host = `192.0.2.${20 + hosts++}:5060`;
+    fake.answerOptions(host, answer);
+    const started = Date.now();
+    const result = await ping(`sip:${host}`, {}, 300);
+    expect(result).toMatchObject({ outcome, ...rest });
+    expect(Date.now() - started).toBeLessThan(1000);
+    expect(fake.unexpectedFrames).toEqual([]);
+  });
+
+  it('not connected, or the connection lost while a ping waits: not_sent (says nothing of the trunk)', async () => {
+    const other = await FakeDrachtioServer.start({ secret: SECRET });
+    const d = newDrachtio(other.port, { enablePing: false });
+    try {
+      expect(await d.ping({ trunk: trunk('sip:192.0.2.10:5060'), timeoutMs: 500, logger })).toMatchObject({ outcome: 'not_sent', phrase: 'SIP stack not running' });
+      await d.start();
+      other.answerOptions('192.0.2.10', 'silent');
+      const waiting = d.ping({ trunk: trunk('sip:192.0.2.10:5060'), timeoutMs: 5000, logger });
+      await other.waitForRequest('OPTIONS', 2000);
+      const t0 = Date.now();
+      other.dropConnections();
+      expect(await waiting).toMatchObject({ outcome: 'not_sent', phrase: CONNECTION_LOST });
+      expect(Date.now() - t0).toBeLessThan(1000);
+      await other.pause();
+      expect(await d.ping({ trunk: trunk('sip:192.0.2.10:5060'), timeoutMs: 500, logger })).toMatchObject({ outcome: 'not_sent', phrase: 'drachtio not connected' });
+    } finally {
+      await d.stop();
+      await other.stop();
+    }
+  });
+});
+
 describe('drachtio backend through the engine', () => {
   let engine: TestEngine | undefined;
   let fake: FakeDrachtioServer | undefined;

@@ -214,6 +214,26 @@ describe('loadConfig', () => {
     }
   });
 
+  it('takes OPTIONS pings off by default, an interval per trunk over the global one, and refuses intervals that make no sense by name', () => {
+    const c = loadConfig({ env: {} });
+    expect(c.sip.trunkHealth.optionsPingMs).toBe(0);
+    expect(c.sip.trunks[0]?.optionsPingMs).toBeUndefined();
+    const file = yamlFile(
+      'sip:\n  trunkHealth: { optionsPingMs: 30000 }\n  trunks:\n    - { name: a, uri: "sip:10.0.0.1" }\n    - { name: b, uri: "sip:10.0.0.2", optionsPingMs: 0 }\n    - { name: c, uri: "sip:10.0.0.3", optionsPingMs: 5000 }\n',
+    );
+    const set = loadConfig({ file, env: {} }).sip;
+    expect(set.trunkHealth.optionsPingMs).toBe(30_000);
+    expect(set.trunks.map((t) => t.optionsPingMs)).toEqual([undefined, 0, 5000]);
+    const bad = yamlFile(
+      'sip:\n  trunkHealth: { optionsPingMs: 50 }\n  trunks:\n    - { name: a, uri: "sip:10.0.0.1", optionsPingMs: -1 }\n    - { name: b, uri: "sip:10.0.0.2", optionsPingMs: 1.5 }\n    - { name: c, uri: "sip:10.0.0.3", optionsPingMs: "30s" }\n',
+    );
+    const message = 'must be 0 (no OPTIONS pings) or a whole number of milliseconds from 100 to 3600000';
+    expect(() => loadConfig({ file: bad, env: {} })).toThrow(
+      [0, 1, 2].map((i) => `sip.trunks.${i}.optionsPingMs: ${message}`).join('\n  - ') + `\n  - sip.trunkHealth.optionsPingMs: ${message}`,
+    );
+    expect(() => loadConfig({ env: {}, overrides: { sip: { trunkHealth: { optionsPingMs: 3_600_001 } } } })).toThrow(`sip.trunkHealth.optionsPingMs: ${message}`);
+  });
+
   it('reports unreadable and invalid YAML files', () => {
     expect(() => loadConfig({ file: '/nonexistent/flashverify.yaml', env: {} })).toThrow(/cannot read/);
     expect(() => loadConfig({ file: yamlFile('http: [unclosed'), env: {} })).toThrow(/not valid YAML/);

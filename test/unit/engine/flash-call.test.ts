@@ -2,7 +2,7 @@ import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { TrunkConfig } from '../../../src/config/schema.js';
 import { placeFlashCall, type FlashResult } from '../../../src/engine/flash-call.js';
-import type { CallDelegate, CallOriginator, OutboundCall } from '../../../src/sip/call-originator.js';
+import type { CallDelegate, CallOriginator, OutboundCall, PingResult } from '../../../src/sip/call-originator.js';
 
 /** A scripted originator: the test plays the far end through the captured delegate. */
 class ScriptedOriginator implements CallOriginator {
@@ -11,6 +11,10 @@ class ScriptedOriginator implements CallOriginator {
   hangups = 0;
   async start() {}
   async stop() {}
+  /** Not used by the call policies. */
+  async ping(): Promise<PingResult> {
+    return { outcome: 'not_sent', callId: '' };
+  }
   originate(_req: unknown, delegate: CallDelegate): OutboundCall {
     this.delegate = delegate;
     return {

@@ -91,6 +91,29 @@ describe('TrunkPacer health and failover', () => {
     expect(p.status()[0]).toEqual({ name: 'a', up: true });
   });
 
+  it('a trunk watched by OPTIONS pings: pings and calls fail together, down it gets no probe call, an answered ping brings it back at once', () => {
+    const { p, changes, advance } = pacer([trunk('a'), trunk('b', { priority: 1 })]);
+    const a = trunk('a');
+    p.setPinged(a, true);
+    p.report(a, 'failed'); // a call: unreachable
+    p.report(a, 'failed'); // a ping: timeout
+    p.report(a, 'up'); // a ping answered (a 405 as well as a 200)
+    p.report(a, 'failed');
+    p.report(a, 'failed');
+    expect(p.status()[0]!.up).toBe(true);
+    p.report(a, 'failed'); // the third in a row, pings and calls together
+    expect(p.status()[0]!.up).toBe(false);
+    // However long it stays down, no customer call probes it: its pings do.
+    advance(60_000);
+    expect(picks(p, 3)).toEqual(['b', 'b', 'b']);
+    p.report(a, 'failed'); // more failed pings change nothing, and log nothing
+    expect(changes).toEqual(['a:down']);
+    p.report(a, 'up');
+    expect(p.status()[0]!.up).toBe(true);
+    expect(picks(p, 2)).toEqual(['a', 'a']);
+    expect(changes).toEqual(['a:down', 'a:up']);
+  });
+
   it('guarded(): a step that throws reports the call neutral, releasing the probe at once', async () => {
     let now = 0;
     const p = new TrunkPacer([trunk('a'), trunk('b', { priority: 1 })], health, () => undefined, () => now);

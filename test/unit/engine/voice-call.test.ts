@@ -5,7 +5,7 @@ import { placeVoiceCall, type VoiceResult } from '../../../src/engine/voice-call
 import type { Announcement, MediaPlayer, MediaSession, PlayResult } from '../../../src/media/media-player.js';
 import { codeAnnouncement } from '../../../src/media/prompts.js';
 import { parseAnswer } from '../../../src/media/sdp.js';
-import type { CallDelegate, CallOriginator, OriginateRequest, OutboundCall } from '../../../src/sip/call-originator.js';
+import type { CallDelegate, CallOriginator, OriginateRequest, OutboundCall, PingResult } from '../../../src/sip/call-originator.js';
 
 class ScriptedOriginator implements CallOriginator {
   delegate!: CallDelegate;
@@ -14,6 +14,10 @@ class ScriptedOriginator implements CallOriginator {
   hangups = 0;
   async start() {}
   async stop() {}
+  /** Not used by the call policies. */
+  async ping(): Promise<PingResult> {
+    return { outcome: 'not_sent', callId: '' };
+  }
   originate(req: OriginateRequest, delegate: CallDelegate): OutboundCall {
     this.request = req;
     this.delegate = delegate;

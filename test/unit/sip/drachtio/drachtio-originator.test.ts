@@ -1,7 +1,24 @@
 import { describe, expect, it } from 'vitest';
 import { reconnectDelay } from '../../../../src/sip/drachtio/drachtio-connection.js';
-import { drachtioFailure } from '../../../../src/sip/drachtio/drachtio-originator.js';
+import { drachtioFailure, drachtioPingOutcome } from '../../../../src/sip/drachtio/drachtio-originator.js';
 import { failureReasonFor } from '../../../../src/sip/uac.js';
+
+describe('drachtioPingOutcome: a final response to an OPTIONS ping', () => {
+  it.each([200, 401, 403, 404, 405, 407, 480, 500, 503, 604])("%i from the far end (To tagged) is an answer", (status) => {
+    expect(drachtioPingOutcome(status, '<sip:192.0.2.10:5060>;tag=a8f3')).toBe('answered');
+    expect(drachtioPingOutcome(status, '<sip:192.0.2.10:5060> ; TAG=a8f3')).toBe('answered');
+  });
+
+  it("a 408 is drachtio-server's Timer F (RFC 4320: no SIP element sends one to a non-INVITE): timeout", () => {
+    expect(drachtioPingOutcome(408, '<sip:192.0.2.10:5060>')).toBe('timeout');
+    expect(drachtioPingOutcome(408, '<sip:192.0.2.10:5060>;tag=x')).toBe('timeout');
+  });
+
+  it("another final response with an untagged To is drachtio-server's own (a transport error), not the trunk's: unreachable", () => {
+    expect(drachtioPingOutcome(503, '<sip:192.0.2.10:5060>')).toBe('unreachable');
+    expect(drachtioPingOutcome(500, undefined)).toBe('unreachable');
+  });
+});
 
 describe('drachtioFailure: final status → failure reason', () => {
   it.each([
