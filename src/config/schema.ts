@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { getCountryCallingCode, isSupportedCountry, parsePhoneNumberFromString, type CountryCode } from 'libphonenumber-js';
 import { SmsTextError, validateTemplate } from '../sms/text.js';
+import { EMBEDDED_TRANSPORTS, trunkUriTransportOf } from '../sip/trunk-transport.js';
 
 /**
  * The whole configuration of flashverify. `config/default.yaml` holds every
@@ -50,6 +51,25 @@ export const trunkSchema = z
     optionsPingMs: optionsPingMs.optional(),
   })
   .strict();
+
+/**
+ * Why a trunk's URI cannot be dialled on this backend, or undefined. Checked at boot: a `sips:` or `;transport=tls`
+ * trunk must never go out in clear over UDP or TCP (RFC 3261 26.2.1: sips means TLS on every hop), nor fail only
+ * when its first call is placed. drachtio-server does TLS itself: the URI is handed to it as it is.
+ */
+export function trunkTransportProblem(trunk: { name: string; uri: string }, backend: 'embedded' | 'drachtio'): string | undefined {
+  const t = trunkUriTransportOf(trunk.uri);
+  if (t === undefined) return undefined; // the URI's own check says so
+  if (typeof t === 'string') return `trunk "${trunk.name}" (${trunk.uri}): ${t}`;
+  if (backend === 'embedded' && !EMBEDDED_TRANSPORTS.includes(t.transport)) {
+    return (
+      `trunk "${trunk.name}" (${trunk.uri}) needs SIP over ${t.transport.toUpperCase()}, which the embedded SIP stack ` +
+      `(sip.backend: embedded) does not have; it is refused rather than sent in clear. Use sip.backend: drachtio ` +
+      `(drachtio-server does TLS itself) or a sip: URI with transport=udp or tcp`
+    );
+  }
+  return undefined;
+}
 
 export const rangeSchema = z
   .object({
@@ -712,7 +732,13 @@ export const configSchema = z
           .strict()
           .prefault({}),
       })
-      .strict(),
+      .strict()
+      .superRefine((sip, ctx) => {
+        sip.trunks.forEach((trunk, i) => {
+          const problem = trunkTransportProblem(trunk, sip.backend);
+          if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['trunks', i, 'uri'], message: problem });
+        });
+      }),
     worker: z
       .object({
         flashConcurrency: z.number().int().positive().default(500),

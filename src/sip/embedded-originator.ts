@@ -37,6 +37,7 @@ import {
 import { OptionsPing } from './options-ping.js';
 import { splitCommaList } from './parser.js';
 import { TcpTransport } from './tcp-transport.js';
+import { EMBEDDED_TRANSPORTS } from './trunk-transport.js';
 import { destinationKey, type Destination, type InboundSource, type Transport, type TransportProtocol } from './transport.js';
 import { ALLOW, KNOWN_UNHANDLED_METHODS, UacCall, type UacHost } from './uac.js';
 import { UdpTransport } from './udp-transport.js';
@@ -200,6 +201,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
         `SIP/2.0/${protocol === 'tcp' ? 'TCP' : 'UDP'} ${hostForUri(this.advertisedHost)}:${this.port};branch=${branch};rport`,
       contact: (protocol) =>
         `<sip:${hostForUri(this.advertisedHost)}:${this.port}${protocol === 'tcp' ? ';transport=tcp' : ''}>`,
+      canSend: (protocol) => EMBEDDED_TRANSPORTS.includes(protocol),
       startTransaction: (kind, request, branch, destination, user, logger) =>
         this.startTransaction(kind, request, branch, destination, user, logger),
       sendStateless: (request, destination, logger) => {
@@ -215,7 +217,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
   }
 
   private transportFor(protocol: TransportProtocol): Transport | undefined {
-    return protocol === 'tcp' ? this.tcp : this.udp;
+    return protocol === 'tcp' ? this.tcp : protocol === 'udp' ? this.udp : undefined;
   }
 
   private startTransaction(

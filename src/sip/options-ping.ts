@@ -13,7 +13,7 @@ import type { PingResult } from './call-originator.js';
 import type { TimerHandle } from './clock.js';
 import { hdr, type ParsedResponse, type SipHeader, type SipRequest } from './message.js';
 import type { ClientTransaction, ClientTransactionUser } from './transactions/transaction.js';
-import { ALLOW, resolveTrunk, type TrunkInfo, type UacHost } from './uac.js';
+import { ALLOW, requireTransport, type TrunkInfo, type UacHost } from './uac.js';
 import { errorMessage, newBranch, newCallId, newTag } from './util.js';
 
 /** User part of the From of a ping (a call's From is its caller ID; a ping has none). */
@@ -21,24 +21,24 @@ const PING_USER = 'flashverify';
 
 /** Request-URI, From (without tag) and To of a ping to a trunk, shared by both backends. */
 export interface PingAddressing {
-  /** The trunk URI: `sip:host[:port][;transport=...]` (trunk URIs have no user part). */
+  /** The trunk URI: `sip[s]:host[:port][;transport=...]` (trunk URIs have no user part). */
   readonly requestUri: string;
   /** `<sip:flashverify@fromDomain>`: the trunk's fromDomain, as on its INVITEs. */
   readonly from: string;
-  /** `<sip:host[:port]>` (RFC 3261 11.1: the To of an OPTIONS is the Request-URI). */
+  /** `<sip[s]:host[:port]>` (RFC 3261 11.1: the To of an OPTIONS is the Request-URI). */
   readonly to: string;
 }
 
 export function pingAddressing(info: TrunkInfo): PingAddressing {
   return {
-    requestUri: `sip:${info.hostPort}${info.transportParam}`,
+    requestUri: `${info.scheme}:${info.hostPort}${info.transportParam}`,
     from: `<sip:${PING_USER}@${info.fromDomain}>`,
-    to: `<sip:${info.hostPort}>`,
+    to: `<${info.scheme}:${info.hostPort}>`,
   };
 }
 
 export interface OptionsPingOptions {
-  host: Pick<UacHost, 'userAgent' | 'clock' | 'timers' | 'via' | 'contact' | 'startTransaction'>;
+  host: Pick<UacHost, 'userAgent' | 'clock' | 'timers' | 'via' | 'contact' | 'canSend' | 'startTransaction'>;
   trunk: TrunkConfig;
   timeoutMs: number;
   logger: Logger;
@@ -59,7 +59,7 @@ export class OptionsPing {
 
   constructor(options: OptionsPingOptions) {
     this.options = options;
-    this.info = resolveTrunk(options.trunk);
+    this.info = requireTransport(options.host, options.trunk);
     this.log = options.logger.child({ call_id: this.callId });
     this.result = new Promise((resolve) => {
       this.settle = resolve;

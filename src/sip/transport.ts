@@ -6,7 +6,8 @@
 import type { Logger } from 'pino';
 import type { ParsedMessage, Via } from './message.js';
 
-export type TransportProtocol = 'udp' | 'tcp';
+/** `tls`: TLS over TCP (RFC 3261 26.2, Via transport `TLS`). */
+export type TransportProtocol = 'udp' | 'tcp' | 'tls';
 
 /** Where a request goes: resolved from a SIP URI (no DNS SRV/NAPTR; A/AAAA via the OS resolver). */
 export interface Destination {

@@ -21,6 +21,7 @@ import {
   type SipRequest,
 } from './message.js';
 import { isToken, parseNameAddr, parseSipUri } from './parser.js';
+import { trunkUriTransport } from './trunk-transport.js';
 import type { ClientTransaction, ClientTransactionUser } from './transactions/transaction.js';
 import type { Destination, InboundSource, TransportProtocol } from './transport.js';
 import { errorMessage, hostForSocket, newBranch, newCallId, newTag } from './util.js';
@@ -46,6 +47,8 @@ export interface UacHost {
   via(protocol: TransportProtocol, branch: string): string;
   /** `<sip:host:port[;transport=tcp]>` */
   contact(protocol: TransportProtocol): string;
+  /** Whether a transport for `protocol` is open to send requests on. */
+  canSend(protocol: TransportProtocol): boolean;
   /** Create, register and start a client transaction. */
   startTransaction(
     kind: 'invite' | 'non-invite',
@@ -70,7 +73,11 @@ export interface UacHost {
 
 /** A trunk's URI and headers, checked and pre-computed once per TrunkConfig object. */
 export interface TrunkInfo {
+  /** `sips` asks for TLS on every hop (RFC 3261 26.2): Request-URI and To keep it. */
+  readonly scheme: 'sip' | 'sips';
   readonly destination: Destination;
+  /** The URI's host as written (IPv6 in brackets): the TLS server name the certificate must match (RFC 5922). */
+  readonly serverName: string;
   /** `host[:port]` as in the trunk URI (IPv6 in brackets). */
   readonly hostPort: string;
   /** `;transport=tcp` etc. when the trunk URI carried one, else ''. */
@@ -100,12 +107,10 @@ export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
   if (cached !== undefined) return cached;
   const uri = parseSipUri(trunk.uri);
   if (uri === undefined || uri.user !== undefined) {
-    throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: uri must look like sip:host[:port][;transport=udp|tcp]`);
+    throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: uri must look like sip:host[:port][;transport=udp|tcp|tls] or sips:host[:port]`);
   }
-  const transport = (uri.params['transport'] ?? 'udp').toLowerCase();
-  if (transport !== 'udp' && transport !== 'tcp') {
-    throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: unsupported transport ${transport}`);
-  }
+  const transport = trunkUriTransport(uri.scheme, uri.params['transport'] ?? undefined);
+  if (typeof transport === 'string') throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: ${transport}`);
   const extraHeaders: SipHeader[] = [];
   for (const [name, value] of Object.entries(trunk.headers ?? {})) {
     if (!isToken(name)) throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: bad header name ${JSON.stringify(name)}`);
@@ -118,14 +123,30 @@ export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
   }
   const fromDomain = trunk.fromDomain ?? uri.host;
   if (/[\s<>;@"]/.test(fromDomain)) throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: bad fromDomain`);
+  const param = uri.params['transport'];
   const info: TrunkInfo = {
-    destination: { protocol: transport, host: hostForSocket(uri.host), port: uri.port ?? 5060 },
+    scheme: transport.scheme,
+    destination: { protocol: transport.transport, host: hostForSocket(uri.host), port: uri.port ?? transport.defaultPort },
+    serverName: uri.host,
     hostPort: uri.port === undefined ? uri.host : `${uri.host}:${uri.port}`,
-    transportParam: uri.params['transport'] !== undefined ? `;transport=${transport}` : '',
+    transportParam: typeof param === 'string' ? `;transport=${param.toLowerCase()}` : '',
     fromDomain,
     extraHeaders,
   };
   trunkCache.set(trunk, info);
+  return info;
+}
+
+/**
+ * resolveTrunk(), and the refusal of a trunk whose transport this stack has not: a `sips:` / `transport=tls` trunk is
+ * never sent over UDP or TCP in clear (the config check refuses it at boot already; this guards direct use).
+ */
+export function requireTransport(host: Pick<UacHost, 'canSend'>, trunk: TrunkConfig): TrunkInfo {
+  const info = resolveTrunk(trunk);
+  const protocol = info.destination.protocol;
+  if (!host.canSend(protocol)) {
+    throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: ${trunk.uri} needs SIP over ${protocol.toUpperCase()}, which this SIP stack does not have`);
+  }
   return info;
 }
 
@@ -267,17 +288,17 @@ export class UacCall implements OutboundCall {
     this.host = options.host;
     this.delegate = options.delegate;
     this.trunk = options.trunk;
-    this.trunkInfo = resolveTrunk(options.trunk);
+    this.trunkInfo = requireTransport(options.host, options.trunk);
     this.protocol = this.trunkInfo.destination.protocol;
     this.callId = newCallId();
     this.localTag = newTag();
     this.log = options.logger.child({ call_id: this.callId });
     const info = this.trunkInfo;
-    this.requestUri = `sip:${options.to}@${info.hostPort};user=phone${info.transportParam}`;
+    this.requestUri = `${info.scheme}:${options.to}@${info.hostPort};user=phone${info.transportParam}`;
     const cliUri = `<sip:${options.from}@${info.fromDomain};user=phone>`;
     this.fromValue = `${cliUri};tag=${this.localTag}`;
     this.pai = cliUri;
-    this.toValue = `<sip:${options.to}@${info.hostPort};user=phone>`;
+    this.toValue = `<${info.scheme}:${options.to}@${info.hostPort};user=phone>`;
     this.localSdp = options.sdp ?? (options.trunk.dummySdp ? dummySdp(options.host.advertisedHost) : undefined);
   }
 

@@ -298,13 +298,13 @@ class DrachtioCall implements OutboundCall {
     // drachtio-server keeps a Call-ID the app supplies; the echoed INVITE's Call-ID wins if it did not.
     this.ownCallId = newCallId();
     this.log = request.logger.child({ call_id: this.ownCallId });
-    this.uri = `sip:${request.to}@${trunk.hostPort};user=phone${trunk.transportParam}`;
+    this.uri = `${trunk.scheme}:${request.to}@${trunk.hostPort};user=phone${trunk.transportParam}`;
     const cli = `<sip:${request.from}@${trunk.fromDomain};user=phone>`;
     this.localSdp = request.sdp ?? (request.trunk.dummySdp ? dummySdp(options.sdpHost ?? '127.0.0.1') : undefined);
     const headers: Record<string, string> = {
       'Call-ID': this.ownCallId,
       From: cli,
-      To: `<sip:${request.to}@${trunk.hostPort};user=phone>`,
+      To: `<${trunk.scheme}:${request.to}@${trunk.hostPort};user=phone>`,
       'P-Asserted-Identity': cli,
       'User-Agent': options.userAgent,
     };

@@ -2,7 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadConfig } from '../../../src/config/load.js';
+import { loadConfig, type LoadOptions } from '../../../src/config/load.js';
 import { ConfigError } from '../../../src/errors/app-error.js';
 
 function yamlFile(text: string): string {
@@ -232,6 +232,29 @@ describe('loadConfig', () => {
       [0, 1, 2].map((i) => `sip.trunks.${i}.optionsPingMs: ${message}`).join('\n  - ') + `\n  - sip.trunkHealth.optionsPingMs: ${message}`,
     );
     expect(() => loadConfig({ env: {}, overrides: { sip: { trunkHealth: { optionsPingMs: 3_600_001 } } } })).toThrow(`sip.trunkHealth.optionsPingMs: ${message}`);
+  });
+
+  it('refuses at boot a trunk that asks for TLS the embedded SIP stack has not, naming the trunk and the key', () => {
+    const issues = (env: NodeJS.ProcessEnv, overrides?: LoadOptions['overrides']): string => {
+      try {
+        loadConfig({ env, overrides });
+        return '';
+      } catch (e) {
+        expect(e).toBeInstanceOf(ConfigError);
+        return (e as ConfigError).issues.join('\n');
+      }
+    };
+    for (const uri of ['sips:sbc.example.net', 'sip:sbc.example.net:5061;transport=tls', 'sips:sbc.example.net;transport=tcp']) {
+      expect(issues({ SIP_TRUNK_URI: uri })).toMatch(
+        /^sip\.trunks\.0\.uri: trunk "default" \(.+\) needs SIP over TLS, which the embedded SIP stack \(sip\.backend: embedded\) does not have; it is refused rather than sent in clear/,
+      );
+    }
+    // sips: over UDP would be DTLS; an unknown transport is refused at boot, not at the first call.
+    expect(issues({ SIP_TRUNK_URI: 'sips:sbc.example.net;transport=udp' })).toMatch(/sip\.trunks\.0\.uri: trunk "default" .*a sips: URI needs TLS over TCP/);
+    expect(issues({ SIP_TRUNK_URI: 'sip:sbc.example.net;transport=sctp' })).toMatch(/sip\.trunks\.0\.uri: trunk "default" .*unsupported transport sctp/);
+    // drachtio-server does TLS itself: the URI is handed to it as it is.
+    expect(issues({ SIP_TRUNK_URI: 'sips:sbc.example.net' }, { sip: { backend: 'drachtio' } })).toBe('');
+    expect(issues({ SIP_TRUNK_URI: 'sip:sbc.example.net;transport=tcp' })).toBe('');
   });
 
   it('reports unreadable and invalid YAML files', () => {
