@@ -40,6 +40,7 @@ import { Metrics } from './metrics/metrics.js';
 import { RangeHealth } from './numbers/range-health.js';
 import { RangeSelector } from './numbers/range-selector.js';
 import type { CallOriginator } from './sip/call-originator.js';
+import { trunkNeedsTls } from './sip/trunk-transport.js';
 import { CounterBatch } from './store/counter-batch.js';
 import { Keys } from './store/keys.js';
 import { connectBullRedis, connectRedis } from './store/redis.js';
@@ -141,6 +142,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           timers: config.sip.timers,
           userAgent: config.sip.userAgent,
           logger: logger.child({ module: 'sip' }),
+          tls: config.sip.tls,
         });
         await originator.start();
         // Via and Contact name 127.0.0.1 when the stack listens on every address and no advertisedHost is set: a
@@ -157,6 +159,11 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         stops.push(['sip stack', () => originator.stop()]);
         metrics.watchActiveCalls(originator);
         readiness.sip = () => originator.started;
+        // A TLS trunk whose certificate does not verify (or whose handshake times out) fails every call: not ready
+        // until a handshake to it succeeds again (the warn log names the trunk and the reason).
+        if (config.sip.trunks.some((t) => trunkNeedsTls(t.uri))) {
+          readiness.sip_tls = () => Object.keys(originator.tlsFailures).length === 0;
+        }
       }
       const stopCalls = sip;
       stopSip = () => stopCalls.stop();

@@ -1,3 +1,4 @@
+import { accessSync, constants as fsConstants } from 'node:fs';
 import { z } from 'zod';
 import { getCountryCallingCode, isSupportedCountry, parsePhoneNumberFromString, type CountryCode } from 'libphonenumber-js';
 import { SmsTextError, validateTemplate } from '../sms/text.js';
@@ -706,6 +707,40 @@ export const configSchema = z
             transports: z.array(z.enum(['udp', 'tcp'])).min(1).default(['udp', 'tcp']),
           })
           .strict(),
+        /**
+         * SIP over TLS to `sips:` / `;transport=tls` trunks (embedded backend; drachtio-server has its own TLS
+         * settings). Client side only: the certificate of every trunk is verified unless insecureSkipVerify.
+         */
+        tls: z
+          .object({
+            /** PEM CA bundle the trunks' certificates must chain to (replaces Node's trust store). */
+            caFile: z.string().min(1).optional(),
+            /** PEM client certificate and key, for trunks that ask for one (mutual TLS): both or neither. */
+            certFile: z.string().min(1).optional(),
+            keyFile: z.string().min(1).optional(),
+            /** Labs only: accept any certificate from any host. Loud warning at start. */
+            insecureSkipVerify: z.boolean().default(false),
+            /** A TLS handshake not finished by then fails its calls `unreachable`. */
+            handshakeTimeoutMs: z.number().int().min(100).max(60_000).default(5000),
+            /** A connection to a trunk idle this long, with no call on it, is closed; 0: kept open. */
+            idleTimeoutMs: z.number().int().min(0).default(60_000),
+          })
+          .strict()
+          .superRefine((t, ctx) => {
+            if ((t.certFile === undefined) !== (t.keyFile === undefined)) {
+              ctx.addIssue({ code: z.ZodIssueCode.custom, path: [t.certFile === undefined ? 'certFile' : 'keyFile'], message: 'certFile and keyFile go together (mutual TLS): give both or neither' });
+            }
+            for (const key of ['caFile', 'certFile', 'keyFile'] as const) {
+              const file = t[key];
+              if (file === undefined) continue;
+              try {
+                accessSync(file, fsConstants.R_OK);
+              } catch (err) {
+                ctx.addIssue({ code: z.ZodIssueCode.custom, path: [key], message: `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? String(err)})` });
+              }
+            }
+          })
+          .prefault({}),
         /** RFC 3261 17.1.1.1 timer values. */
         timers: z
           .object({

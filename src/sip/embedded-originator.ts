@@ -39,7 +39,9 @@ import { splitCommaList } from './parser.js';
 import { TcpTransport } from './tcp-transport.js';
 import { EMBEDDED_TRANSPORTS } from './trunk-transport.js';
 import { destinationKey, type Destination, type InboundSource, type Transport, type TransportProtocol } from './transport.js';
-import { ALLOW, KNOWN_UNHANDLED_METHODS, UacCall, type UacHost } from './uac.js';
+import { ALLOW, KNOWN_UNHANDLED_METHODS, resolveTrunk, UacCall, type UacHost } from './uac.js';
+import { TlsTransport, type TlsClientOptions } from './tls-transport.js';
+import type { TrunkConfig } from '../config/schema.js';
 import { UdpTransport } from './udp-transport.js';
 import { errorMessage, hostForUri, newTag } from './util.js';
 
@@ -53,12 +55,16 @@ export interface EmbeddedSipOriginatorOptions {
     advertisedHost?: string;
     transports: ('udp' | 'tcp')[];
   };
+  /** The TLS client transport (`sips:` / `;transport=tls` trunks); verification on, 5 s handshake, 60 s idle unless told. */
+  tls?: TlsClientOptions;
   timers: SipTimerConfig;
   userAgent: string;
   logger: Logger;
   /** Timer source for every SIP timer; defaults to the global timers. */
   clock?: Clock;
 }
+
+const DEFAULT_TLS: TlsClientOptions = { insecureSkipVerify: false, handshakeTimeoutMs: 5000, idleTimeoutMs: 60_000 };
 
 export class EmbeddedSipOriginator implements CallOriginator {
   private readonly options: EmbeddedSipOriginatorOptions;
@@ -67,6 +73,9 @@ export class EmbeddedSipOriginator implements CallOriginator {
   private readonly advertisedHost: string;
   private udp: UdpTransport | undefined;
   private tcp: TcpTransport | undefined;
+  private tls: TlsTransport | undefined;
+  /** Trunk names by destination key, for the log line of a transport error. */
+  private readonly trunkNames = new Map<string, string>();
   private port = 0;
   private running = false;
   private readonly transactions = new Map<string, ClientTransaction>();
@@ -110,6 +119,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
     const events = {
       onMessage: (m: ParsedMessage, s: InboundSource) => this.onMessage(m, s),
       onDestinationError: (d: Destination, e: Error) => this.onDestinationError(d, e),
+      destinationInUse: (d: Destination) => this.byDestination.has(destinationKey(d)) || [...this.calls.values()].some((c) => !c.isEnded && c.uses(d)),
     };
     for (let attempt = 0; ; attempt++) {
       const udp = new UdpTransport({ host, port, logger: this.logger, events });
@@ -129,6 +139,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
       }
       this.udp = udp;
       this.tcp = tcp;
+      this.tls = new TlsTransport({ host, port: 0, logger: this.logger, events }, this.options.tls ?? DEFAULT_TLS);
       this.port = wantUdp ? udp.localPort : tcp.localPort;
       break;
     }
@@ -147,9 +158,10 @@ export class EmbeddedSipOriginator implements CallOriginator {
     for (const handle of this.lingering.values()) this.clock.clearTimeout(handle);
     this.lingering.clear();
     this.calls.clear();
-    await Promise.all([this.udp?.close(), this.tcp?.close()]);
+    await Promise.all([this.udp?.close(), this.tcp?.close(), this.tls?.close()]);
     this.udp = undefined;
     this.tcp = undefined;
+    this.tls = undefined;
     this.logger.info('SIP stack stopped');
   }
 
@@ -158,6 +170,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
    * trunk URI or header); network problems are reported through the delegate.
    */
   originate(request: OriginateRequest, delegate: CallDelegate): OutboundCall {
+    this.nameTrunk(request.trunk);
     const call = new UacCall({
       host: this.host,
       to: request.to,
@@ -180,6 +193,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
     if (!this.running) return Promise.resolve({ outcome: 'not_sent', callId: '', phrase: 'SIP stack not running' });
     let ping: OptionsPing;
     try {
+      this.nameTrunk(request.trunk);
       ping = new OptionsPing({ host: this.host, trunk: request.trunk, timeoutMs: request.timeoutMs, logger: request.logger });
     } catch (err) {
       return Promise.resolve({ outcome: 'not_sent', callId: '', phrase: errorMessage(err) });
@@ -187,6 +201,21 @@ export class EmbeddedSipOriginator implements CallOriginator {
     this.pings.add(ping);
     ping.start();
     return ping.result.finally(() => this.pings.delete(ping));
+  }
+
+  /**
+   * TLS trunks whose last connection failed its handshake (certificate invalid, handshake timeout), with the reason;
+   * empty when all are fine (readiness `sip_tls`).
+   */
+  get tlsFailures(): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (const [remote, reason] of this.tls?.failing ?? []) out[this.trunkNames.get(`tls:${remote}`) ?? remote] = reason;
+    return out;
+  }
+
+  private nameTrunk(trunk: TrunkConfig): void {
+    const d = resolveTrunk(trunk).destination;
+    this.trunkNames.set(destinationKey(d), trunk.name);
   }
 
   // ------------------------------------------------------------------ host services for UacCall
@@ -197,10 +226,12 @@ export class EmbeddedSipOriginator implements CallOriginator {
       clock: this.clock,
       timers: this.options.timers,
       advertisedHost: this.advertisedHost,
+      // RFC 5923 `alias` on a TLS Via: the trunk may send its requests to us over this connection (we open no TLS listener).
       via: (protocol, branch) =>
-        `SIP/2.0/${protocol === 'tcp' ? 'TCP' : 'UDP'} ${hostForUri(this.advertisedHost)}:${this.port};branch=${branch};rport`,
-      contact: (protocol) =>
-        `<sip:${hostForUri(this.advertisedHost)}:${this.port}${protocol === 'tcp' ? ';transport=tcp' : ''}>`,
+        `SIP/2.0/${protocol.toUpperCase()} ${hostForUri(this.advertisedHost)}:${this.port};branch=${branch};rport${protocol === 'tls' ? ';alias' : ''}`,
+      // RFC 3261 8.1.1.8: a sips Request-URI takes a sips Contact; a sip: one over TLS says transport=tls.
+      contact: (protocol, scheme = 'sip') =>
+        `<${scheme}:${hostForUri(this.advertisedHost)}:${this.port}${protocol === 'udp' || scheme === 'sips' ? '' : `;transport=${protocol}`}>`,
       canSend: (protocol) => EMBEDDED_TRANSPORTS.includes(protocol),
       startTransaction: (kind, request, branch, destination, user, logger) =>
         this.startTransaction(kind, request, branch, destination, user, logger),
@@ -217,7 +248,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
   }
 
   private transportFor(protocol: TransportProtocol): Transport | undefined {
-    return protocol === 'tcp' ? this.tcp : protocol === 'udp' ? this.udp : undefined;
+    return protocol === 'tcp' ? this.tcp : protocol === 'udp' ? this.udp : this.tls;
   }
 
   private startTransaction(
@@ -231,7 +262,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
     const transport = this.transportFor(destination.protocol);
     const destKey = destinationKey(destination);
     const txTransport: TransactionTransport = {
-      reliable: destination.protocol === 'tcp',
+      reliable: destination.protocol !== 'udp',
       send: (data) => {
         logOut(logger, data, destination);
         if (transport === undefined) {
@@ -289,8 +320,12 @@ export class EmbeddedSipOriginator implements CallOriginator {
   // ------------------------------------------------------------------ inbound
 
   private onDestinationError(destination: Destination, error: Error): void {
-    const set = this.byDestination.get(destinationKey(destination));
-    this.logger.debug({ destination: destinationKey(destination), err: error.message, transactions: set?.size ?? 0 }, 'transport error');
+    const key = destinationKey(destination);
+    const set = this.byDestination.get(key);
+    const fields = { destination: key, trunk: this.trunkNames.get(key), err: error.message, transactions: set?.size ?? 0 };
+    // TLS failures are a trunk's configuration or certificate problem: an operator must see them without debug logs.
+    if (destination.protocol === 'tls') this.logger.warn(fields, 'SIP TLS transport error; calls on it fail unreachable');
+    else this.logger.debug(fields, 'transport error');
     if (set === undefined) return;
     for (const tx of [...set]) {
       try {

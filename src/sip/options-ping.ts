@@ -74,7 +74,7 @@ export class OptionsPing {
       hdr('To', to.to),
       hdr('Call-ID', this.callId),
       hdr('CSeq', '1 OPTIONS'),
-      hdr('Contact', host.contact(protocol)),
+      hdr('Contact', host.contact(protocol, this.info.scheme)),
       // RFC 3261 11.1: Accept SHOULD be included, naming what the UAC would take in the response body.
       hdr('Accept', 'application/sdp'),
       hdr('User-Agent', host.userAgent),

@@ -3,6 +3,7 @@
  * use and reused. Incoming: a server on the listen port accepts connections
  * the far end opens (e.g. in-dialog BYE to our Contact). Every connection is
  * framed by Content-Length; a bad frame closes that connection.
+ * TlsTransport (tls-transport.ts) is this with TLS sockets and no server.
  */
 import net from 'node:net';
 import type { Logger } from 'pino';
@@ -19,7 +20,7 @@ import {
   type TransportOptions,
 } from './transport.js';
 
-interface Connection {
+export interface Connection {
   readonly socket: net.Socket;
   readonly framer: StreamFramer;
   /** Set for connections we opened. */
@@ -28,12 +29,12 @@ interface Connection {
 }
 
 export class TcpTransport implements Transport {
-  readonly protocol = 'tcp' as const;
+  readonly protocol: 'tcp' | 'tls' = 'tcp';
   readonly reliable = true;
-  private readonly host: string;
+  protected readonly host: string;
   private requestedPort: number;
-  private readonly logger: Logger;
-  private readonly events: TransportEvents;
+  protected readonly logger: Logger;
+  protected readonly events: TransportEvents;
   private server: net.Server | undefined;
   private port = 0;
   private readonly outgoing = new Map<string, Connection>();
@@ -79,10 +80,11 @@ export class TcpTransport implements Transport {
     const key = destinationKey(destination);
     let conn = this.outgoing.get(key);
     if (conn === undefined || conn.socket.destroyed) {
-      const socket = net.connect({ host: destination.host, port: destination.port });
+      const socket = this.dial(destination);
       socket.setNoDelay(true);
       conn = this.adopt(socket, destination);
       this.outgoing.set(key, conn);
+      this.opened(conn, destination);
     }
     conn.socket.write(data);
   }
@@ -97,16 +99,40 @@ export class TcpTransport implements Transport {
     if (server !== undefined) await new Promise<void>((resolve) => server.close(() => resolve()));
   }
 
+  /** Open a connection to `destination` (TLS: tls-transport.ts). */
+  protected dial(destination: Destination): net.Socket {
+    return net.connect({ host: destination.host, port: destination.port });
+  }
+
+  /** A connection of ours was just opened (TLS arms its handshake and idle timers). */
+  protected opened(_conn: Connection, _destination: Destination): void {}
+
+  /** Close a connection of ours that nothing needs, without reporting it as a transport error. */
+  protected retire(conn: Connection): void {
+    conn.errored = true;
+    if (conn.destination !== undefined) {
+      const key = destinationKey(conn.destination);
+      if (this.outgoing.get(key) === conn) this.outgoing.delete(key);
+    }
+    conn.socket.end();
+    conn.socket.destroySoon();
+  }
+
+  /** A connection of ours failed or was reset; TLS logs its handshake failures louder. */
+  protected connectionError(conn: Connection, err: Error): void {
+    this.logger.debug({ err: err.message, remote: remoteOf(conn) }, `${this.protocol.toUpperCase()} connection error`);
+  }
+
   private adopt(socket: net.Socket, destination: Destination | undefined): Connection {
     const conn: Connection = { socket, framer: new StreamFramer(), destination, errored: false };
     this.all.add(conn);
     socket.on('data', (chunk: Buffer) => this.receive(conn, chunk));
     socket.on('error', (err) => {
-      this.logger.debug({ err: err.message, remote: remoteOf(conn) }, 'TCP connection error');
+      this.connectionError(conn, err);
       this.lost(conn, err);
     });
     socket.on('close', () => {
-      this.lost(conn, transportError('ECONNRESET', 'TCP connection closed'));
+      this.lost(conn, transportError('ECONNRESET', `${this.protocol.toUpperCase()} connection closed`));
       this.all.delete(conn);
       if (destination !== undefined) {
         const key = destinationKey(destination);
@@ -117,7 +143,7 @@ export class TcpTransport implements Transport {
   }
 
   /** Report a dead outgoing connection once, so transactions waiting on it fail fast. */
-  private lost(conn: Connection, err: Error): void {
+  protected lost(conn: Connection, err: Error): void {
     if (conn.errored) return;
     conn.errored = true;
     if (conn.destination !== undefined) {
@@ -134,7 +160,7 @@ export class TcpTransport implements Transport {
       const remotePort = conn.socket.remotePort ?? 0;
       for (const message of messages) {
         const source: InboundSource = {
-          protocol: 'tcp',
+          protocol: this.protocol,
           remoteAddress,
           remotePort,
           respond: (data: Buffer, _via: Via) => {
@@ -144,15 +170,15 @@ export class TcpTransport implements Transport {
         this.events.onMessage(message, source);
       }
       if (error !== undefined) {
-        logMalformed(this.logger, error, remoteAddress, remotePort, 'tcp');
+        logMalformed(this.logger, error, remoteAddress, remotePort, this.protocol);
         conn.socket.destroy();
       }
     } catch (err) {
-      this.logger.error({ err: err instanceof Error ? err.message : String(err) }, 'error handling TCP data');
+      this.logger.error({ err: err instanceof Error ? err.message : String(err) }, `error handling ${this.protocol.toUpperCase()} data`);
     }
   }
 }
 
-function remoteOf(conn: Connection): string {
+export function remoteOf(conn: Connection): string {
   return `${conn.socket.remoteAddress ?? '?'}:${conn.socket.remotePort ?? '?'}`;
 }

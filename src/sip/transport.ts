@@ -38,6 +38,8 @@ export interface TransportEvents {
    * (ECONNREFUSED), TCP connection refused / reset / closed, DNS failure.
    */
   onDestinationError(destination: Destination, error: Error): void;
+  /** Does a call or transaction still need the connection to `destination`? (Asked before an idle one is closed.) */
+  destinationInUse?(destination: Destination): boolean;
 }
 
 export interface Transport {

@@ -43,4 +43,10 @@ export function trunkUriTransportOf(uri: string): TrunkUriTransport | string | u
 }
 
 /** Transports the embedded stack (src/sip/embedded-originator.ts) can send a call on. */
-export const EMBEDDED_TRANSPORTS: readonly TrunkTransport[] = ['udp', 'tcp'];
+export const EMBEDDED_TRANSPORTS: readonly TrunkTransport[] = ['udp', 'tcp', 'tls'];
+
+/** Does this trunk URI ask for TLS (`sips:`, `;transport=tls`)? */
+export function trunkNeedsTls(uri: string): boolean {
+  const t = trunkUriTransportOf(uri);
+  return typeof t === 'object' && t.transport === 'tls';
+}

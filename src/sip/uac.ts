@@ -23,7 +23,7 @@ import {
 import { isToken, parseNameAddr, parseSipUri } from './parser.js';
 import { trunkUriTransport } from './trunk-transport.js';
 import type { ClientTransaction, ClientTransactionUser } from './transactions/transaction.js';
-import type { Destination, InboundSource, TransportProtocol } from './transport.js';
+import { destinationKey, type Destination, type InboundSource, type TransportProtocol } from './transport.js';
 import { errorMessage, hostForSocket, newBranch, newCallId, newTag } from './util.js';
 
 export const ALLOW = 'INVITE, ACK, CANCEL, BYE, OPTIONS';
@@ -45,8 +45,8 @@ export interface UacHost {
   readonly advertisedHost: string;
   /** `SIP/2.0/UDP host:port;branch=...;rport` */
   via(protocol: TransportProtocol, branch: string): string;
-  /** `<sip:host:port[;transport=tcp]>` */
-  contact(protocol: TransportProtocol): string;
+  /** `<sip:host:port[;transport=tcp|tls]>`, or `<sips:host:port>` for the `sips` scheme. */
+  contact(protocol: TransportProtocol, scheme?: 'sip' | 'sips'): string;
   /** Whether a transport for `protocol` is open to send requests on. */
   canSend(protocol: TransportProtocol): boolean;
   /** Create, register and start a client transaction. */
@@ -76,8 +76,6 @@ export interface TrunkInfo {
   /** `sips` asks for TLS on every hop (RFC 3261 26.2): Request-URI and To keep it. */
   readonly scheme: 'sip' | 'sips';
   readonly destination: Destination;
-  /** The URI's host as written (IPv6 in brackets): the TLS server name the certificate must match (RFC 5922). */
-  readonly serverName: string;
   /** `host[:port]` as in the trunk URI (IPv6 in brackets). */
   readonly hostPort: string;
   /** `;transport=tcp` etc. when the trunk URI carried one, else ''. */
@@ -127,7 +125,6 @@ export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
   const info: TrunkInfo = {
     scheme: transport.scheme,
     destination: { protocol: transport.transport, host: hostForSocket(uri.host), port: uri.port ?? transport.defaultPort },
-    serverName: uri.host,
     hostPort: uri.port === undefined ? uri.host : `${uri.host}:${uri.port}`,
     transportParam: typeof param === 'string' ? `;transport=${param.toLowerCase()}` : '',
     fromDomain,
@@ -348,7 +345,7 @@ export class UacCall implements OutboundCall {
     this.lastCseq = Math.max(this.lastCseq, this.inviteCseq);
     const headers = this.baseHeaders(branch, 'INVITE', this.inviteCseq);
     headers.push(
-      hdr('Contact', this.host.contact(this.protocol)),
+      hdr('Contact', this.host.contact(this.protocol, this.trunkInfo.scheme)),
       hdr('P-Asserted-Identity', this.pai),
       hdr('User-Agent', this.host.userAgent),
       hdr('Allow', ALLOW),
@@ -506,7 +503,7 @@ export class UacCall implements OutboundCall {
       },
       onRequestTimeout: done,
       onTransportError: (err) => {
-        if (tx === this.cancelTx && !resent && this.protocol === 'tcp' && this.inviteOutstanding) {
+        if (tx === this.cancelTx && !resent && this.protocol !== 'udp' && this.inviteOutstanding) {
           this.log.info({ err: errorMessage(err) }, 'TCP connection lost before the CANCEL was answered; CANCEL sent again');
           this.startCancel(request, true);
           return;
@@ -656,8 +653,10 @@ export class UacCall implements OutboundCall {
     const parsed = parseSipUri(uri);
     if (parsed === undefined) return this.trunkInfo.destination;
     const t = (parsed.params['transport'] ?? '').toLowerCase();
-    const protocol: TransportProtocol = t === 'tcp' ? 'tcp' : t === 'udp' ? 'udp' : this.protocol;
-    return { protocol, host: hostForSocket(parsed.host), port: parsed.port ?? 5060 };
+    // RFC 3261 26.2.2: a sips target is reached over TLS whatever its transport parameter says (tcp: TLS over TCP).
+    const protocol: TransportProtocol =
+      parsed.scheme === 'sips' || t === 'tls' ? 'tls' : t === 'tcp' ? 'tcp' : t === 'udp' ? 'udp' : this.protocol;
+    return { protocol, host: hostForSocket(parsed.host), port: parsed.port ?? (protocol === 'tls' ? 5061 : 5060) };
   }
 
   // ---------------------------------------------------------------- BYE
@@ -789,7 +788,7 @@ export class UacCall implements OutboundCall {
         }
         this.host.respond(request, source, 200, {
           headers: [
-            hdr('Contact', this.host.contact(this.protocol)),
+            hdr('Contact', this.host.contact(this.protocol, this.trunkInfo.scheme)),
             hdr('Allow', ALLOW),
             hdr('Content-Type', 'application/sdp'),
           ],
@@ -845,6 +844,13 @@ export class UacCall implements OutboundCall {
     this.finish('failed', { reason: 'unreachable', phrase: reason });
     this.state = 'terminated';
     this.maybeEnd();
+  }
+
+  /** Is `destination` where this call's requests go (the trunk, or the dialog's next hop)? */
+  uses(destination: Destination): boolean {
+    const key = destinationKey(destination);
+    if (destinationKey(this.trunkInfo.destination) === key) return true;
+    return this.dialog !== undefined && destinationKey(this.dialog.ackDestination) === key;
   }
 
   get isEnded(): boolean {

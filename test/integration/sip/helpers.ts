@@ -162,12 +162,23 @@ export function responseTo(
 }
 
 /** The embedded UAC under test on an ephemeral loopback port, started, as a scripted peer's tests set it up. */
-export async function startLoopbackUac({ transports, t1Ms }: { transports: ('udp' | 'tcp')[]; t1Ms: number }): Promise<EmbeddedSipOriginator> {
+export async function startLoopbackUac({
+  transports,
+  t1Ms,
+  tls,
+  logger = testLogger,
+}: {
+  transports: ('udp' | 'tcp')[];
+  t1Ms: number;
+  tls?: EmbeddedSipOriginatorOptions['tls'];
+  logger?: Logger;
+}): Promise<EmbeddedSipOriginator> {
   const options: EmbeddedSipOriginatorOptions = {
     listen: { host: '127.0.0.1', port: 0, transports },
     timers: { t1Ms, t2Ms: 4000, t4Ms: 5000 },
     userAgent: 'fv-ua/1.0',
-    logger: testLogger,
+    logger,
+    tls,
   };
   const sip = new EmbeddedSipOriginator(options);
   await sip.start();

@@ -234,7 +234,7 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ env: {}, overrides: { sip: { trunkHealth: { optionsPingMs: 3_600_001 } } } })).toThrow(`sip.trunkHealth.optionsPingMs: ${message}`);
   });
 
-  it('refuses at boot a trunk that asks for TLS the embedded SIP stack has not, naming the trunk and the key', () => {
+  it('takes sips: and transport=tls trunks (SIP over TLS); refuses at boot the URIs no transport here can carry, naming trunk and key', () => {
     const issues = (env: NodeJS.ProcessEnv, overrides?: LoadOptions['overrides']): string => {
       try {
         loadConfig({ env, overrides });
@@ -245,16 +245,19 @@ describe('loadConfig', () => {
       }
     };
     for (const uri of ['sips:sbc.example.net', 'sip:sbc.example.net:5061;transport=tls', 'sips:sbc.example.net;transport=tcp']) {
-      expect(issues({ SIP_TRUNK_URI: uri })).toMatch(
-        /^sip\.trunks\.0\.uri: trunk "default" \(.+\) needs SIP over TLS, which the embedded SIP stack \(sip\.backend: embedded\) does not have; it is refused rather than sent in clear/,
-      );
+      expect(issues({ SIP_TRUNK_URI: uri })).toBe('');
+      expect(issues({ SIP_TRUNK_URI: uri }, { sip: { backend: 'drachtio' } })).toBe('');
     }
     // sips: over UDP would be DTLS; an unknown transport is refused at boot, not at the first call.
-    expect(issues({ SIP_TRUNK_URI: 'sips:sbc.example.net;transport=udp' })).toMatch(/sip\.trunks\.0\.uri: trunk "default" .*a sips: URI needs TLS over TCP/);
-    expect(issues({ SIP_TRUNK_URI: 'sip:sbc.example.net;transport=sctp' })).toMatch(/sip\.trunks\.0\.uri: trunk "default" .*unsupported transport sctp/);
-    // drachtio-server does TLS itself: the URI is handed to it as it is.
-    expect(issues({ SIP_TRUNK_URI: 'sips:sbc.example.net' }, { sip: { backend: 'drachtio' } })).toBe('');
-    expect(issues({ SIP_TRUNK_URI: 'sip:sbc.example.net;transport=tcp' })).toBe('');
+    expect(issues({ SIP_TRUNK_URI: 'sips:sbc.example.net;transport=udp' })).toMatch(/^sip\.trunks\.0\.uri: trunk "default" .*a sips: URI needs TLS over TCP/);
+    expect(issues({ SIP_TRUNK_URI: 'sip:sbc.example.net;transport=sctp' })).toMatch(/^sip\.trunks\.0\.uri: trunk "default" .*unsupported transport sctp/);
+    // sip.tls: verification on by default; files checked at boot; a client certificate needs its key.
+    expect(loadConfig({ env: {} }).sip.tls).toEqual({ insecureSkipVerify: false, handshakeTimeoutMs: 5000, idleTimeoutMs: 60_000 });
+    const pem = yamlFile('not read here');
+    expect(issues({}, { sip: { tls: { caFile: pem, certFile: pem, keyFile: pem } } })).toBe('');
+    expect(issues({}, { sip: { tls: { caFile: '/nonexistent/ca.pem' } } })).toMatch(/^sip\.tls\.caFile: cannot read \/nonexistent\/ca\.pem \(ENOENT\)/);
+    expect(issues({}, { sip: { tls: { certFile: pem } } })).toMatch(/^sip\.tls\.keyFile: certFile and keyFile go together/);
+    expect(issues({}, { sip: { tls: { handshakeTimeoutMs: 0 } } })).toMatch(/^sip\.tls\.handshakeTimeoutMs/);
   });
 
   it('reports unreadable and invalid YAML files', () => {
