@@ -5,6 +5,7 @@
 import net from 'node:net';
 import pino, { type Logger } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { CallDelegate, OutboundCall } from '../../../src/sip/call-originator.js';
 import type { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
 import type { TlsClientOptions } from '../../../src/sip/tls-transport.js';
 import { startSippUas, type SippUas } from '../../helpers/sipp.js';
@@ -68,8 +69,15 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
   /** A flash call: CANCEL at the first 180; resolves with the recorded events. */
   const flash = async (sip: EmbeddedSipOriginator, uri: string): Promise<string[]> => {
     const rec = recorder();
-    const call = sip.originate({ to: DEST, from: CLI, trunk: trunk(uri), logger: pino({ level: 'silent' }) }, rec.delegate);
-    await Promise.race([rec.waitFor('provisional', 10_000).then(() => call.cancel()), rec.waitFor('failed', 10_000)]);
+    let call: OutboundCall | undefined;
+    const delegate: CallDelegate = {
+      ...rec.delegate,
+      onProvisional: (status, reason, body) => {
+        rec.delegate.onProvisional?.(status, reason, body);
+        call?.cancel();
+      },
+    };
+    call = sip.originate({ to: DEST, from: CLI, trunk: trunk(uri), logger: pino({ level: 'silent' }) }, delegate);
     await rec.waitFor('ended', 10_000);
     return rec.events.map((e) => (e.type === 'provisional' ? `${e.type} ${e.status}` : e.type === 'failed' ? `failed ${e.failure.reason}: ${e.failure.phrase ?? ''}` : e.type));
   };

@@ -1,0 +1,46 @@
+/**
+ * An engine whose TLS trunk cannot be reached over TLS says so: /readyz `sip_tls` false, a warn line naming the trunk.
+ */
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startTestEngine, testConfig, http, waitFor, type TestEngine } from '../helpers/engine.js';
+
+describe('readiness of a TLS trunk', () => {
+  let engine: TestEngine | undefined;
+  const sockets: net.Socket[] = [];
+  let silent: net.Server | undefined;
+
+  afterEach(async () => {
+    await engine?.stop();
+    engine = undefined;
+    for (const s of sockets) s.destroy();
+    silent?.close();
+    silent = undefined;
+  });
+
+  it('a TLS trunk whose handshake never finishes: /readyz sip_tls false (503), warn lines name the trunk', async () => {
+    // Accepts TCP, never answers the ClientHello: the OPTIONS ping's TLS handshake times out.
+    const server = net.createServer((s) => sockets.push(s));
+    silent = server;
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+    const port = (server.address() as net.AddressInfo).port;
+    engine = await startTestEngine(
+      testConfig({
+        sip: {
+          trunks: [{ name: 'carrier-tls', uri: `sips:127.0.0.1:${port}`, optionsPingMs: 1000 }],
+          tls: { handshakeTimeoutMs: 200 },
+        },
+      }),
+    );
+    const url = engine.url;
+    const ready = await waitFor(async () => {
+      const r = await http(`${url}/readyz`);
+      return r.body['checks'] !== undefined && (r.body['checks'] as Record<string, boolean>)['sip_tls'] === false ? r : undefined;
+    }, 5000);
+    expect(ready.status).toBe(503);
+    expect(ready.body['checks']).toMatchObject({ sip: true, sip_tls: false });
+    const logs = engine.logs.join('');
+    expect(logs).toMatch(/"remote":"127\.0\.0\.1:\d+".*"reason":"handshake timeout".*"msg":"SIP TLS handshake timeout"/);
+    expect(logs).toMatch(/"trunk":"carrier-tls".*"msg":"SIP TLS transport error; calls on it fail unreachable"/);
+  });
+});
