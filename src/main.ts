@@ -159,10 +159,16 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         stops.push(['sip stack', () => originator.stop()]);
         metrics.watchActiveCalls(originator);
         readiness.sip = () => originator.started;
-        // A TLS trunk whose certificate does not verify (or whose handshake times out) fails every call: not ready
-        // until a handshake to it succeeds again (the warn log names the trunk and the reason).
-        if (config.sip.trunks.some((t) => trunkNeedsTls(t.uri))) {
-          readiness.sip_tls = () => Object.keys(originator.tlsFailures).length === 0;
+        // A TLS trunk whose certificate does not verify (or whose handshake times out) fails every call to it. Not
+        // ready once every TLS trunk fails so (a CA bundle or client certificate wrong for all: a deployment error);
+        // one carrier's bad certificate leaves the others to carry the calls, as trunk health does, and is told by
+        // the warn log (trunk and reason) and flashverify_trunk_up, not by taking every process out of service.
+        const tlsTrunks = config.sip.trunks.filter((t) => trunkNeedsTls(t.uri)).map((t) => t.name);
+        if (tlsTrunks.length > 0) {
+          readiness.sip_tls = () => {
+            const failing = originator.tlsFailures;
+            return tlsTrunks.some((name) => !(name in failing));
+          };
         }
       }
       const stopCalls = sip;

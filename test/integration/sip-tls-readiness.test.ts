@@ -43,4 +43,26 @@ describe('readiness of a TLS trunk', () => {
     expect(logs).toMatch(/"remote":"127\.0\.0\.1:\d+".*"reason":"handshake timeout".*"msg":"SIP TLS handshake timeout"/);
     expect(logs).toMatch(/"trunk":"carrier-tls".*"msg":"SIP TLS transport error; calls on it fail unreachable"/);
   });
+
+  it('one TLS trunk failing among others: still ready (the others carry the calls); the failure is in the log', async () => {
+    const server = net.createServer((s) => sockets.push(s));
+    silent = server;
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+    const port = (server.address() as net.AddressInfo).port;
+    engine = await startTestEngine(
+      testConfig({
+        sip: {
+          trunks: [
+            { name: 'carrier-tls', uri: `sips:127.0.0.1:${port}`, optionsPingMs: 1000 },
+            { name: 'other-tls', uri: 'sips:127.0.0.1:9' },
+          ],
+          tls: { handshakeTimeoutMs: 200 },
+        },
+      }),
+    );
+    const e = engine;
+    await waitFor(async () => e.logs.some((l) => l.includes('"msg":"SIP TLS handshake timeout"')), 5000);
+    const r = await http(`${e.url}/readyz`);
+    expect(r.body['checks']).toMatchObject({ sip: true, sip_tls: true });
+  });
 });
