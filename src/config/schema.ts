@@ -2,6 +2,7 @@ import { accessSync, constants as fsConstants } from 'node:fs';
 import { z } from 'zod';
 import { getCountryCallingCode, isSupportedCountry, parsePhoneNumberFromString, type CountryCode } from 'libphonenumber-js';
 import { SmsTextError, validateTemplate } from '../sms/text.js';
+import { isIP } from 'node:net';
 import { EMBEDDED_TRANSPORTS, trunkUriTransportOf } from '../sip/trunk-transport.js';
 
 /**
@@ -741,6 +742,24 @@ export const configSchema = z
             }
           })
           .prefault({}),
+        /**
+         * RFC 3263 DNS SRV for trunk host names without a port (embedded backend; drachtio-server resolves itself).
+         * Node's SRV lookup returns no TTL: answers are kept `cacheMs`.
+         */
+        dns: z
+          .object({
+            /** DNS servers as `ip` or `ip:port` (`[ipv6]:port`); none: the system's /etc/resolv.conf. */
+            servers: z
+              .array(z.string().refine(isDnsServer, { message: 'must be ip, ip:port or [ipv6]:port (an address, not a name)' }))
+              .min(1, { message: 'give at least one server, or leave sip.dns.servers out for the system resolver' })
+              .optional(),
+            /** SRV (and, with servers, address) answers kept this long; 0: asked for every call. */
+            cacheMs: z.number().int().min(0).max(86_400_000).default(60_000),
+            /** One DNS query gets this long per server; a lookup that fails fails its call `unreachable`. */
+            timeoutMs: z.number().int().min(100).max(30_000).default(2000),
+          })
+          .strict()
+          .prefault({}),
         /** RFC 3261 17.1.1.1 timer values. */
         timers: z
           .object({
@@ -832,3 +851,10 @@ export type SipConfig = Config['sip'];
 export type FraudConfig = Config['fraud'];
 export type LineType = (typeof LINE_TYPES)[number];
 export type TestNumber = z.infer<typeof testNumberSchema>;
+
+/** A `sip.dns.servers` entry: `ip`, `ip:port` or `[ipv6]:port`, as Resolver.setServers takes them (no names). */
+function isDnsServer(value: string): boolean {
+  if (isIP(value) !== 0) return true;
+  const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(value) ?? /^([^:[\]]+):(\d{1,5})$/.exec(value);
+  return m !== null && isIP(m[1] ?? '') !== 0 && Number(m[2]) >= 1 && Number(m[2]) <= 65535;
+}

@@ -36,6 +36,7 @@ import {
 } from './transactions/transaction.js';
 import { OptionsPing } from './options-ping.js';
 import { splitCommaList } from './parser.js';
+import { SipLocator, type SipDnsOptions } from './sip-locator.js';
 import { TcpTransport } from './tcp-transport.js';
 import { EMBEDDED_TRANSPORTS } from './trunk-transport.js';
 import { destinationKey, type Destination, type InboundSource, type Transport, type TransportProtocol } from './transport.js';
@@ -60,11 +61,14 @@ export interface EmbeddedSipOriginatorOptions {
   timers: SipTimerConfig;
   userAgent: string;
   logger: Logger;
+  /** RFC 3263 SRV lookups for trunk host names without a port (sip-locator.ts); the system resolver, 60 s, 2 s unless told. */
+  dns?: SipDnsOptions;
   /** Timer source for every SIP timer; defaults to the global timers. */
   clock?: Clock;
 }
 
 const DEFAULT_TLS: TlsClientOptions = { insecureSkipVerify: false, handshakeTimeoutMs: 5000, idleTimeoutMs: 60_000 };
+const DEFAULT_DNS: SipDnsOptions = { cacheMs: 60_000, timeoutMs: 2000 };
 
 export class EmbeddedSipOriginator implements CallOriginator {
   private readonly options: EmbeddedSipOriginatorOptions;
@@ -85,6 +89,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
   /** OPTIONS pings in flight (not calls: never in `calls`, never in activeCalls). */
   private readonly pings = new Set<OptionsPing>();
   private readonly host: UacHost;
+  private readonly locator: SipLocator;
 
   constructor(options: EmbeddedSipOriginatorOptions) {
     this.options = options;
@@ -94,6 +99,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
     this.advertisedHost =
       options.listen.advertisedHost ?? (listenHost === '0.0.0.0' ? '127.0.0.1' : listenHost === '::' ? '::1' : listenHost);
     this.host = this.createHost();
+    this.locator = new SipLocator(options.dns ?? DEFAULT_DNS, this.logger);
   }
 
   /** The bound SIP port (UDP and TCP share it); 0 before start(). */
@@ -183,24 +189,51 @@ export class EmbeddedSipOriginator implements CallOriginator {
     this.calls.set(call.callId, call);
     if (!this.running) {
       process.nextTick(() => call.abort('SIP stack not running'));
-    } else {
+    } else if (resolveTrunk(request.trunk).srvName === undefined) {
       call.start();
+    } else {
+      this.locate(request.trunk).then(
+        (destination) => {
+          if (this.running && !call.isEnded) call.start(destination);
+        },
+        (err: unknown) => call.abort(errorMessage(err)),
+      );
     }
     return call;
   }
 
-  ping(request: PingRequest): Promise<PingResult> {
-    if (!this.running) return Promise.resolve({ outcome: 'not_sent', callId: '', phrase: 'SIP stack not running' });
+  async ping(request: PingRequest): Promise<PingResult> {
+    if (!this.running) return { outcome: 'not_sent', callId: '', phrase: 'SIP stack not running' };
     let ping: OptionsPing;
     try {
       this.nameTrunk(request.trunk);
       ping = new OptionsPing({ host: this.host, trunk: request.trunk, timeoutMs: request.timeoutMs, logger: request.logger });
     } catch (err) {
-      return Promise.resolve({ outcome: 'not_sent', callId: '', phrase: errorMessage(err) });
+      return { outcome: 'not_sent', callId: '', phrase: errorMessage(err) };
     }
+    let destination: Destination;
+    try {
+      destination = await this.locate(request.trunk);
+    } catch (err) {
+      return { outcome: 'unreachable', callId: '', phrase: errorMessage(err) };
+    }
+    if (!this.running) return { outcome: 'not_sent', callId: '', phrase: 'SIP stack not running' };
     this.pings.add(ping);
-    ping.start();
+    ping.start(destination);
     return ping.result.finally(() => this.pings.delete(ping));
+  }
+
+  /** Where a trunk's requests go now (DNS SRV for a host name without a port); a DNS failure is logged and thrown. */
+  private async locate(trunk: TrunkConfig): Promise<Destination> {
+    const info = resolveTrunk(trunk);
+    try {
+      const { destination } = await this.locator.locate(info.destination, info.srvName);
+      this.trunkNames.set(destinationKey(destination), trunk.name);
+      return destination;
+    } catch (err) {
+      this.logger.warn({ trunk: trunk.name, srv: info.srvName, err: errorMessage(err) }, 'SIP DNS lookup failed: the call (or ping) to this trunk fails unreachable');
+      throw err;
+    }
   }
 
   /**
@@ -244,6 +277,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
       },
       respond: (request, source, status, opts) => this.respond(request, source, status, opts?.headers, opts?.body),
       callEnded: (call, lingerMs) => this.callEnded(call, lingerMs),
+      destinationFailed: (destination) => this.locator.failed(destination),
     };
   }
 

@@ -13,6 +13,7 @@ import type { PingResult } from './call-originator.js';
 import type { TimerHandle } from './clock.js';
 import { hdr, type ParsedResponse, type SipHeader, type SipRequest } from './message.js';
 import type { ClientTransaction, ClientTransactionUser } from './transactions/transaction.js';
+import type { Destination } from './transport.js';
 import { ALLOW, requireTransport, type TrunkInfo, type UacHost } from './uac.js';
 import { errorMessage, newBranch, newCallId, newTag } from './util.js';
 
@@ -84,16 +85,19 @@ export class OptionsPing {
     this.request = { kind: 'request', method: 'OPTIONS', uri: to.requestUri, headers, body: undefined };
   }
 
-  /** Send it. Resolves `result` once: final response, timeout, transport error or abort(). */
-  start(): void {
+  /**
+   * Send it, to `destination` when DNS SRV chose one, else to the trunk URI's. Resolves `result` once: final
+   * response, timeout, transport error or abort().
+   */
+  start(destination: Destination = this.info.destination): void {
     const { host } = this.options;
     const user: ClientTransactionUser = {
       receiveResponse: (r) => this.onResponse(r),
       onRequestTimeout: () => this.finish({ outcome: 'timeout', phrase: 'Timer F expired' }),
       onTransportError: (err) => this.finish({ outcome: 'unreachable', phrase: errorMessage(err) }),
     };
-    this.log.debug({ destination: `${this.info.destination.host}:${this.info.destination.port}` }, 'OPTIONS ping sent');
-    this.tx = host.startTransaction('non-invite', this.request, this.branch, this.info.destination, user, this.log);
+    this.log.debug({ destination: `${destination.host}:${destination.port}` }, 'OPTIONS ping sent');
+    this.tx = host.startTransaction('non-invite', this.request, this.branch, destination, user, this.log);
     // Timer F (64*T1, RFC 3261 17.1.2.2) ends the transaction anyway; a shorter ping timeout is the TU giving up
     // on it first (the transaction is dropped, a late response then matches nothing and is ignored).
     const timeoutMs = this.options.timeoutMs;

@@ -9,12 +9,14 @@ import type { ParsedMessage, Via } from './message.js';
 /** `tls`: TLS over TCP (RFC 3261 26.2, Via transport `TLS`). */
 export type TransportProtocol = 'udp' | 'tcp' | 'tls';
 
-/** Where a request goes: resolved from a SIP URI (no DNS SRV/NAPTR; A/AAAA via the OS resolver). */
+/** Where a request goes: from a SIP URI, or its SRV target (sip-locator.ts); a host name is looked up by the transport. */
 export interface Destination {
   readonly protocol: TransportProtocol;
   /** IP address or host name; IPv6 without brackets. */
   readonly host: string;
   readonly port: number;
+  /** Set when DNS SRV chose `host`: the trunk's own host name, which TLS verifies and sends as SNI (RFC 5922 4.1). */
+  readonly serverName?: string | undefined;
 }
 
 export function destinationKey(d: Destination): string {

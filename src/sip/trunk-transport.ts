@@ -4,8 +4,9 @@
  * RFC 3261 19.1.1 / 26.2 and RFC 5630 3.1: a `sips:` URI means TLS on every hop, whatever its transport
  * parameter names (`transport=tcp` is TLS over TCP; `transport=tls` is the deprecated spelling of the same);
  * `sips:` over UDP would be DTLS, which no backend here speaks. A `sip:` URI with `transport=tls` asks for TLS
- * to the next hop only (scheme `sip`). No parameter: UDP for `sip:`, TLS over TCP for `sips:`. No DNS NAPTR/SRV
- * (RFC 3263): a trunk names its port, or gets 5060 (5061 for TLS).
+ * to the next hop only (scheme `sip`). No parameter: UDP for `sip:`, TLS over TCP for `sips:`. A trunk names its
+ * port, or gets 5060 (5061 for TLS); the embedded stack first asks DNS SRV for a host name without a port
+ * (RFC 3263 4.2, sip-locator.ts), under the service name `srvService` gives.
  */
 export type TrunkTransport = 'udp' | 'tcp' | 'tls';
 
@@ -40,6 +41,11 @@ export function trunkUriTransportOf(uri: string): TrunkUriTransport | string | u
   if (m === null) return undefined;
   const param = /;\s*transport\s*=\s*([^;\s]*)/i.exec(m[2] ?? '');
   return trunkUriTransport(m[1] ?? '', param?.[1]);
+}
+
+/** RFC 3263 4.2 SRV prefix for a transport: TLS is `_sips._tcp` for a `sip:` URI with transport=tls too. */
+export function srvService(transport: TrunkTransport): string {
+  return transport === 'tls' ? '_sips._tcp' : transport === 'tcp' ? '_sip._tcp' : '_sip._udp';
 }
 
 /** Transports the embedded stack (src/sip/embedded-originator.ts) can send a call on. */

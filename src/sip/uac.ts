@@ -21,6 +21,7 @@ import {
   type SipRequest,
 } from './message.js';
 import { isToken, parseNameAddr, parseSipUri } from './parser.js';
+import { srvNameFor } from './sip-locator.js';
 import { trunkUriTransport } from './trunk-transport.js';
 import type { ClientTransaction, ClientTransactionUser } from './transactions/transaction.js';
 import { destinationKey, type Destination, type InboundSource, type TransportProtocol } from './transport.js';
@@ -67,6 +68,8 @@ export interface UacHost {
     status: number,
     options?: { headers?: SipHeader[]; body?: string },
   ): void;
+  /** The INVITE to `destination` ended with a transport error or no response at all (the next calls may go elsewhere). */
+  destinationFailed?(destination: Destination): void;
   /** The call reported onEnded; `lingerMs` > 0 keeps it reachable for retransmissions (2xx, BYE). */
   callEnded(call: UacCall, lingerMs: number): void;
 }
@@ -75,7 +78,10 @@ export interface UacHost {
 export interface TrunkInfo {
   /** `sips` asks for TLS on every hop (RFC 3261 26.2): Request-URI and To keep it. */
   readonly scheme: 'sip' | 'sips';
+  /** As the URI reads (the default port when it names none); sip-locator.ts may send the calls elsewhere. */
   readonly destination: Destination;
+  /** The DNS SRV name to look up first (RFC 3263 4.2), undefined for an IP address or an explicit port. */
+  readonly srvName: string | undefined;
   /** `host[:port]` as in the trunk URI (IPv6 in brackets). */
   readonly hostPort: string;
   /** `;transport=tcp` etc. when the trunk URI carried one, else ''. */
@@ -122,9 +128,11 @@ export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
   const fromDomain = trunk.fromDomain ?? uri.host;
   if (/[\s<>;@"]/.test(fromDomain)) throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: bad fromDomain`);
   const param = uri.params['transport'];
+  const host = hostForSocket(uri.host);
   const info: TrunkInfo = {
     scheme: transport.scheme,
-    destination: { protocol: transport.transport, host: hostForSocket(uri.host), port: uri.port ?? transport.defaultPort },
+    destination: { protocol: transport.transport, host, port: uri.port ?? transport.defaultPort },
+    srvName: srvNameFor(transport.transport, host, uri.port !== undefined),
     hostPort: uri.port === undefined ? uri.host : `${uri.host}:${uri.port}`,
     transportParam: typeof param === 'string' ? `;transport=${param.toLowerCase()}` : '',
     fromDomain,
@@ -244,6 +252,8 @@ export class UacCall implements OutboundCall {
   private readonly log: Logger;
   private readonly trunk: TrunkConfig;
   private readonly trunkInfo: TrunkInfo;
+  /** The trunk's destination, or the one DNS SRV chose for it (set by start()). */
+  private destination: Destination;
   private readonly protocol: TransportProtocol;
   private readonly requestUri: string;
   private readonly fromValue: string;
@@ -286,6 +296,7 @@ export class UacCall implements OutboundCall {
     this.delegate = options.delegate;
     this.trunk = options.trunk;
     this.trunkInfo = requireTransport(options.host, options.trunk);
+    this.destination = this.trunkInfo.destination;
     this.protocol = this.trunkInfo.destination.protocol;
     this.callId = newCallId();
     this.localTag = newTag();
@@ -299,10 +310,14 @@ export class UacCall implements OutboundCall {
     this.localSdp = options.sdp ?? (options.trunk.dummySdp ? dummySdp(options.host.advertisedHost) : undefined);
   }
 
-  /** Send the first INVITE. Called once by the stack, after registering the call. */
-  start(): void {
+  /**
+   * Send the first INVITE, to `destination` when DNS SRV chose one (same transport), else to the trunk URI's.
+   * Called once by the stack, after registering the call.
+   */
+  start(destination: Destination = this.trunkInfo.destination): void {
+    this.destination = destination;
     this.log.info(
-      { trunk: this.trunk.name, transport: this.protocol, destination: `${this.trunkInfo.destination.host}:${this.trunkInfo.destination.port}` },
+      { trunk: this.trunk.name, transport: this.protocol, destination: `${destination.host}:${destination.port}`, server_name: destination.serverName },
       'SIP call started',
     );
     this.sendInvite();
@@ -372,7 +387,7 @@ export class UacCall implements OutboundCall {
         if (tx === this.inviteTx) this.onInviteEndedWithoutResponse({ reason: 'unreachable', phrase: errorMessage(err) });
       },
     };
-    tx = this.host.startTransaction('invite', request, branch, this.trunkInfo.destination, user, this.log);
+    tx = this.host.startTransaction('invite', request, branch, this.destination, user, this.log);
     this.inviteTx = tx;
   }
 
@@ -405,6 +420,7 @@ export class UacCall implements OutboundCall {
     this.inviteOutstanding = false;
     this.cancelGuard = this.clearGuard();
     this.log.debug({ reason: failure.reason, detail: failure.phrase }, 'INVITE ended without final response');
+    this.host.destinationFailed?.(this.destination);
     this.finish('failed', failure);
     this.maybeEnd();
   }
@@ -511,7 +527,7 @@ export class UacCall implements OutboundCall {
         done();
       },
     };
-    tx = this.host.startTransaction('non-invite', request, this.inviteBranch, this.trunkInfo.destination, user, this.log);
+    tx = this.host.startTransaction('non-invite', request, this.inviteBranch, this.destination, user, this.log);
     this.cancelTx = tx;
   }
 
@@ -651,7 +667,7 @@ export class UacCall implements OutboundCall {
   /** Next hop for a URI; transport from its parameter, else the one the INVITE used. */
   private destinationFor(uri: string): Destination {
     const parsed = parseSipUri(uri);
-    if (parsed === undefined) return this.trunkInfo.destination;
+    if (parsed === undefined) return this.destination;
     const t = (parsed.params['transport'] ?? '').toLowerCase();
     // RFC 3261 26.2.2: a sips target is reached over TLS whatever its transport parameter says (tcp: TLS over TCP).
     const protocol: TransportProtocol =
@@ -849,7 +865,7 @@ export class UacCall implements OutboundCall {
   /** Is `destination` where this call's requests go (the trunk, or the dialog's next hop)? */
   uses(destination: Destination): boolean {
     const key = destinationKey(destination);
-    if (destinationKey(this.trunkInfo.destination) === key) return true;
+    if (destinationKey(this.destination) === key) return true;
     return this.dialog !== undefined && destinationKey(this.dialog.ackDestination) === key;
   }
 

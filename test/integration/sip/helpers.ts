@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
 import net from 'node:net';
 import pino, { type Logger } from 'pino';
-import type { CallDelegate, CallFailure } from '../../../src/sip/call-originator.js';
+import type { CallDelegate, CallFailure, OutboundCall } from '../../../src/sip/call-originator.js';
 import { EmbeddedSipOriginator, type EmbeddedSipOriginatorOptions } from '../../../src/sip/embedded-originator.js';
 import { getHeader, getHeaders, type ParsedRequest } from '../../../src/sip/message.js';
 import type { TrunkConfig } from '../../../src/config/schema.js';
@@ -162,15 +162,36 @@ export function responseTo(
 }
 
 /** The embedded UAC under test on an ephemeral loopback port, started, as a scripted peer's tests set it up. */
+/**
+ * A flash call from +441234567890 to +447700900123: CANCEL at the first provisional. Resolves with its events as
+ * text (`provisional 180`, `failed <reason>: <phrase>`, `cancelled`, `ended`) once it has ended.
+ */
+export async function flashCall(sip: EmbeddedSipOriginator, trunkConfig: TrunkConfig, logger: Logger = testLogger): Promise<string[]> {
+  const rec = recorder();
+  let call: OutboundCall | undefined;
+  const delegate: CallDelegate = {
+    ...rec.delegate,
+    onProvisional: (status, reason, body) => {
+      rec.delegate.onProvisional?.(status, reason, body);
+      call?.cancel();
+    },
+  };
+  call = sip.originate({ to: '+447700900123', from: '+441234567890', trunk: trunkConfig, logger }, delegate);
+  await rec.waitFor('ended', 10_000);
+  return rec.events.map((e) => (e.type === 'provisional' ? `${e.type} ${e.status}` : e.type === 'failed' ? `failed ${e.failure.reason}: ${e.failure.phrase ?? ''}` : e.type));
+}
+
 export async function startLoopbackUac({
   transports,
   t1Ms,
   tls,
+  dns,
   logger = testLogger,
 }: {
   transports: ('udp' | 'tcp')[];
   t1Ms: number;
   tls?: EmbeddedSipOriginatorOptions['tls'];
+  dns?: EmbeddedSipOriginatorOptions['dns'];
   logger?: Logger;
 }): Promise<EmbeddedSipOriginator> {
   const options: EmbeddedSipOriginatorOptions = {
@@ -179,6 +200,7 @@ export async function startLoopbackUac({
     userAgent: 'fv-ua/1.0',
     logger,
     tls,
+    dns,
   };
   const sip = new EmbeddedSipOriginator(options);
   await sip.start();

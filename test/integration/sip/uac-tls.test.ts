@@ -5,15 +5,11 @@
 import net from 'node:net';
 import pino, { type Logger } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { CallDelegate, OutboundCall } from '../../../src/sip/call-originator.js';
 import type { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
 import type { TlsClientOptions } from '../../../src/sip/tls-transport.js';
 import { startSippUas, type SippUas } from '../../helpers/sipp.js';
 import { startStunnel, TestPki, type Stunnel } from '../../helpers/stunnel.js';
-import { freePort, recorder, startLoopbackUac, trunk } from './helpers.js';
-
-const CLI = '+441234567890';
-const DEST = '+447700900123';
+import { flashCall, freePort, startLoopbackUac, trunk } from './helpers.js';
 
 describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
   const pki = new TestPki();
@@ -66,21 +62,7 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
     return tlsPort;
   };
 
-  /** A flash call: CANCEL at the first 180; resolves with the recorded events. */
-  const flash = async (sip: EmbeddedSipOriginator, uri: string): Promise<string[]> => {
-    const rec = recorder();
-    let call: OutboundCall | undefined;
-    const delegate: CallDelegate = {
-      ...rec.delegate,
-      onProvisional: (status, reason, body) => {
-        rec.delegate.onProvisional?.(status, reason, body);
-        call?.cancel();
-      },
-    };
-    call = sip.originate({ to: DEST, from: CLI, trunk: trunk(uri), logger: pino({ level: 'silent' }) }, delegate);
-    await rec.waitFor('ended', 10_000);
-    return rec.events.map((e) => (e.type === 'provisional' ? `${e.type} ${e.status}` : e.type === 'failed' ? `failed ${e.failure.reason}: ${e.failure.phrase ?? ''}` : e.type));
-  };
+  const flash = (sip: EmbeddedSipOriginator, uri: string): Promise<string[]> => flashCall(sip, trunk(uri));
 
   it('a flash call to sips:localhost: INVITE, 180, CANCEL, 487, ACK on one verified TLS connection, Via TLS, sips Contact', async () => {
     const port = await farEnd(trustedServer);

@@ -260,6 +260,25 @@ describe('loadConfig', () => {
     expect(issues({}, { sip: { tls: { handshakeTimeoutMs: 0 } } })).toMatch(/^sip\.tls\.handshakeTimeoutMs/);
   });
 
+  it('sip.dns: the system resolver, answers kept 60 s, 2 s per query unless told; refuses server names and bad ports by name', () => {
+    expect(loadConfig({ env: {} }).sip.dns).toEqual({ cacheMs: 60_000, timeoutMs: 2000 });
+    const servers = ['10.0.0.2', '127.0.0.1:5353', '::1', '[2001:db8::1]:53'];
+    expect(loadConfig({ env: {}, overrides: { sip: { dns: { servers, cacheMs: 0 } } } }).sip.dns).toEqual({ servers, cacheMs: 0, timeoutMs: 2000 });
+    const file = yamlFile('sip:\n  dns:\n    servers: [ns1.example.net, "10.0.0.2:0", "10.0.0.2:53"]\n    cacheMs: -1\n    timeoutMs: 10\n');
+    let issues: string[] = [];
+    try {
+      loadConfig({ file, env: {} });
+    } catch (e) {
+      issues = (e as ConfigError).issues;
+    }
+    expect(issues).toEqual([
+      'sip.dns.servers.0: must be ip, ip:port or [ipv6]:port (an address, not a name)',
+      'sip.dns.servers.1: must be ip, ip:port or [ipv6]:port (an address, not a name)',
+      expect.stringMatching(/^sip\.dns\.cacheMs: /),
+      expect.stringMatching(/^sip\.dns\.timeoutMs: /),
+    ]);
+  });
+
   it('reports unreadable and invalid YAML files', () => {
     expect(() => loadConfig({ file: '/nonexistent/flashverify.yaml', env: {} })).toThrow(/cannot read/);
     expect(() => loadConfig({ file: yamlFile('http: [unclosed'), env: {} })).toThrow(/not valid YAML/);

@@ -1,0 +1,219 @@
+/**
+ * RFC 3263 server location for trunk host names, embedded stack only (drachtio-server does its own).
+ *
+ * A trunk URI whose host is a name and that names no port (RFC 3263 4.2: an explicit port or an IP address means
+ * A/AAAA only) is looked up as SRV `_sip._udp.` / `_sip._tcp.` / `_sips._tcp.` + host, by the trunk's transport
+ * (trunk-transport.ts). NAPTR (RFC 3263 4.1) is skipped: the trunk URI fixes the transport already, and that is the
+ * case in which RFC 3263 4.1 goes straight to SRV. Targets are ordered by priority, then weighted random within a
+ * priority (RFC 2782), per call, so that calls share the load by weight. A call goes to the first target not marked
+ * failed; a target whose INVITE ended with a transport error or no response at all (Timer B) is marked failed for
+ * FAILED_TARGET_MS, so the following calls go to the next one (the failed call itself is not retried: a flash call
+ * is short, and its retry belongs to the engine). When every target is marked, the first in order is used again.
+ * No SRV record (NXDOMAIN, no data): the host itself on the default port, as before this existed.
+ *
+ * Answers are kept `cacheMs`: Node's resolveSrv does not return the record TTLs. Failures other than "no such
+ * record" (timeout, refused, SERVFAIL) are not kept: the call fails `unreachable` and the next call asks again.
+ *
+ * Addresses of the SRV targets (and of the fallback host): with `servers` configured, A then AAAA from those servers
+ * (the names may exist only there); without, the name is left to the transports' system lookup (getaddrinfo, as for
+ * every trunk before: /etc/hosts included, which c-ares would skip). TLS verifies the certificate against the trunk's
+ * host name, not the SRV target (RFC 5922 4.1), so a located destination carries that name as `serverName`.
+ */
+import { Resolver } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import type { Logger } from 'pino';
+import { destinationKey, type Destination } from './transport.js';
+import { srvService, type TrunkTransport } from './trunk-transport.js';
+import { errorMessage } from './util.js';
+
+export interface SipDnsOptions {
+  /** `ip`, `ip:port` or `[ipv6]:port`; none: the system's resolv.conf (c-ares). */
+  servers?: readonly string[] | undefined;
+  /** How long an SRV (or address) answer is kept. */
+  cacheMs: number;
+  /** One query gets this long per server before it fails (c-ares timeout, one try). */
+  timeoutMs: number;
+}
+
+/** A target whose call failed on the transport or got no response is skipped this long. */
+export const FAILED_TARGET_MS = 30_000;
+
+export interface SrvTarget {
+  readonly name: string;
+  readonly port: number;
+  readonly priority: number;
+  readonly weight: number;
+}
+
+/** Where a trunk's calls go and what was looked up to find it (for log lines). */
+export interface Located {
+  readonly destination: Destination;
+  /** The SRV name asked; undefined when the trunk needs no lookup. */
+  readonly srvName: string | undefined;
+}
+
+/** A lookup failed for another reason than "no such record": the call fails `unreachable`. */
+export class SipDnsError extends Error {
+  readonly code = 'sip_dns_failed';
+  constructor(
+    readonly query: string,
+    readonly reason: string,
+  ) {
+    super(`DNS lookup of ${query} failed: ${reason}`);
+  }
+}
+
+/** c-ares codes for an answer that says the record does not exist (RFC 3263 4.2: then use the host's A/AAAA). */
+const NO_RECORD = new Set(['ENOTFOUND', 'ENODATA']);
+
+interface Cached<T> {
+  readonly until: number;
+  readonly value: Promise<T>;
+}
+
+/** RFC 2782 order: ascending priority; within one, weighted random (weight-0 records first in the running sum). */
+export function orderSrv(records: readonly SrvTarget[], random: () => number = Math.random): SrvTarget[] {
+  const byPriority = new Map<number, SrvTarget[]>();
+  for (const r of records) {
+    const list = byPriority.get(r.priority) ?? [];
+    list.push(r);
+    byPriority.set(r.priority, list);
+  }
+  const out: SrvTarget[] = [];
+  for (const priority of [...byPriority.keys()].sort((a, b) => a - b)) {
+    const left = [...(byPriority.get(priority) ?? [])].sort((a, b) => a.weight - b.weight);
+    while (left.length > 0) {
+      const total = left.reduce((sum, r) => sum + r.weight, 0);
+      const pick = random() * (total + 1);
+      let running = 0;
+      let index = left.findIndex((r) => (running += r.weight) >= pick);
+      if (index < 0) index = left.length - 1;
+      out.push(...left.splice(index, 1));
+    }
+  }
+  return out;
+}
+
+export class SipLocator {
+  private readonly resolver: Resolver;
+  private readonly options: SipDnsOptions;
+  private readonly logger: Logger;
+  private readonly now: () => number;
+  private readonly srvCache = new Map<string, Cached<SrvTarget[]>>();
+  private readonly addressCache = new Map<string, Cached<string>>();
+  /** Destination keys marked failed, until when. */
+  private readonly failedUntil = new Map<string, number>();
+
+  constructor(options: SipDnsOptions, logger: Logger, now: () => number = Date.now) {
+    this.options = options;
+    this.logger = logger;
+    this.now = now;
+    this.resolver = new Resolver({ timeout: options.timeoutMs, tries: 1 });
+    if (options.servers !== undefined && options.servers.length > 0) this.resolver.setServers([...options.servers]);
+  }
+
+  /**
+   * Where a call to this trunk goes. `base` is the trunk's destination as its URI reads (the default port when
+   * none); `srvName` what to ask (srvNameFor), undefined when nothing. Throws SipDnsError when DNS fails.
+   */
+  async locate(base: Destination, srvName: string | undefined): Promise<Located> {
+    if (srvName === undefined) return { destination: base, srvName };
+    const records = await this.srv(srvName);
+    const serverName = base.host;
+    if (records.length === 0) {
+      return { destination: { ...base, host: await this.address(base.host), serverName }, srvName };
+    }
+    let fallback: Destination | undefined;
+    let lastError: unknown;
+    for (const target of orderSrv(records)) {
+      let host: string;
+      try {
+        host = await this.address(target.name);
+      } catch (err) {
+        lastError = err;
+        this.logger.warn({ srv: srvName, target: `${target.name}:${target.port}`, err: errorMessage(err) }, 'SIP SRV target has no address; next target');
+        continue;
+      }
+      const destination: Destination = { protocol: base.protocol, host, port: target.port, serverName };
+      if ((this.failedUntil.get(destinationKey(destination)) ?? 0) <= this.now()) return { destination, srvName };
+      fallback ??= destination;
+    }
+    if (fallback !== undefined) return { destination: fallback, srvName };
+    throw lastError instanceof SipDnsError ? lastError : new SipDnsError(srvName, errorMessage(lastError));
+  }
+
+  /** A call to `destination` ended with a transport error or no response: the next calls try the next target. */
+  failed(destination: Destination): void {
+    const key = destinationKey(destination);
+    if (!this.knows(destination)) return;
+    const now = this.now();
+    for (const [k, until] of this.failedUntil) if (until <= now) this.failedUntil.delete(k);
+    this.failedUntil.set(key, now + FAILED_TARGET_MS);
+    this.logger.warn({ destination: key, for_ms: FAILED_TARGET_MS }, 'SIP SRV target failed; the next calls try the next target');
+  }
+
+  /** Only destinations this locator handed out are marked (a trunk with an address or a port is never skipped). */
+  private knows(destination: Destination): boolean {
+    return destination.serverName !== undefined;
+  }
+
+  private srv(name: string): Promise<SrvTarget[]> {
+    return this.cached(this.srvCache, name, async () => {
+      try {
+        const records = await this.resolver.resolveSrv(name);
+        // RFC 2782: a single record with target "." says the service is not offered here.
+        const usable = records.filter((r) => r.name !== '' && r.name !== '.');
+        this.logger.info({ srv: name, targets: usable.map((r) => `${r.name}:${r.port} p${r.priority} w${r.weight}`) }, 'SIP SRV records loaded');
+        return usable;
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code ?? '';
+        if (NO_RECORD.has(code)) {
+          this.logger.info({ srv: name }, 'no SIP SRV record; using the host on the default port');
+          return [];
+        }
+        throw new SipDnsError(name, code || errorMessage(err));
+      }
+    });
+  }
+
+  /** A then AAAA from the configured servers; without servers, the name itself (the transports look it up). */
+  private address(host: string): Promise<string> {
+    if (isIP(host) !== 0 || this.options.servers === undefined || this.options.servers.length === 0) return Promise.resolve(host);
+    return this.cached(this.addressCache, host, async () => {
+      for (const family of ['resolve4', 'resolve6'] as const) {
+        try {
+          const [address] = await this.resolver[family](host);
+          if (address !== undefined) return address;
+        } catch (err) {
+          const code = (err as NodeJS.ErrnoException).code ?? '';
+          if (!NO_RECORD.has(code)) throw new SipDnsError(host, code || errorMessage(err));
+        }
+      }
+      throw new SipDnsError(host, 'no A or AAAA record');
+    });
+  }
+
+  /** One lookup in flight per name; answers kept `cacheMs`, failures not kept. */
+  private cached<T>(cache: Map<string, Cached<T>>, key: string, lookup: () => Promise<T>): Promise<T> {
+    const hit = cache.get(key);
+    if (hit !== undefined && hit.until > this.now()) return hit.value;
+    const value = lookup();
+    const entry = { until: this.now() + this.options.cacheMs, value };
+    cache.set(key, entry);
+    value.catch(() => {
+      if (cache.get(key) === entry) cache.delete(key);
+    });
+    return value;
+  }
+}
+
+/**
+ * The SRV name for a trunk host, or undefined when RFC 3263 4.2 asks for none: an explicit port, an IP address.
+ * RFC 6761 6.3: `localhost` never goes to DNS.
+ */
+export function srvNameFor(transport: TrunkTransport, host: string, explicitPort: boolean): string | undefined {
+  if (explicitPort || isIP(host) !== 0) return undefined;
+  const h = host.toLowerCase().replace(/\.$/, '');
+  if (h === 'localhost' || h.endsWith('.localhost')) return undefined;
+  return `${srvService(transport)}.${host}`;
+}

@@ -1,0 +1,105 @@
+/**
+ * RFC 3263 server location from the embedded stack against a real DNS server on loopback (dnsmasq): a trunk
+ * `sip:trunk.test` (a name, no port) is looked up as SRV `_sip._udp.trunk.test`, and the call goes where it says.
+ */
+import dgram from 'node:dgram';
+import pino, { type Logger } from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
+import { startDnsmasq, type Dnsmasq } from '../../helpers/dnsmasq.js';
+import { startSippUas, type SippUas } from '../../helpers/sipp.js';
+import { flashCall, freePort, startLoopbackUac, trunk } from './helpers.js';
+
+const RINGING = ['provisional 180', 'cancelled', 'ended'];
+
+describe('embedded SIP stack: DNS SRV for a trunk host name (RFC 3263, dnsmasq on loopback)', () => {
+  let dns: Dnsmasq | undefined;
+  let sipp: SippUas | undefined;
+  let originator: EmbeddedSipOriginator | undefined;
+  let logLines: string[] = [];
+
+  afterEach(async () => {
+    await originator?.stop();
+    originator = undefined;
+    dns?.stop();
+    dns = undefined;
+    await sipp?.stop();
+    sipp = undefined;
+    logLines = [];
+  });
+
+  const logger = (): Logger => pino({ level: 'info' }, { write: (line: string) => void logLines.push(line) });
+  const logged = (msg: string): Record<string, unknown>[] =>
+    logLines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l['msg'] === msg);
+
+  const uac = async (servers: string[]): Promise<EmbeddedSipOriginator> => {
+    originator = await startLoopbackUac({ transports: ['udp', 'tcp'], t1Ms: 500, logger: logger(), dns: { servers, cacheMs: 60_000, timeoutMs: 1000 } });
+    return originator;
+  };
+
+  it('sip:trunk.test reaches the SIPp UAS on the port its SRV record names (not 5060); TCP the same under _sip._tcp', async () => {
+    for (const transport of ['udp', 'tcp'] as const) {
+      sipp = await startSippUas({ scenario: 'uas-ring-cancel', transport });
+      dns = await startDnsmasq({
+        srv: [`_sip._${transport}.trunk.test,sip1.trunk.test,${sipp.port},10,50`],
+        hosts: ['sip1.trunk.test,127.0.0.1'],
+      });
+      const sip = await uac([dns.server]);
+      const uri = transport === 'udp' ? 'sip:trunk.test' : 'sip:trunk.test;transport=tcp';
+      expect(await flashCall(sip, trunk(uri), logger())).toEqual(RINGING);
+      expect((await sipp.waitForExit(10_000)).code).toBe(0);
+      // The Request-URI keeps the trunk's name (RFC 3263 only picks the next hop).
+      expect(sipp.received()[0]?.startLine).toMatch(/^INVITE sip:\+447700900123@trunk\.test;user=phone/);
+      expect(logged('SIP call started')[0]).toMatchObject({ destination: `127.0.0.1:${sipp.port}`, server_name: 'trunk.test' });
+      expect(dns.log()).toContain(`query[SRV] _sip._${transport}.trunk.test`);
+      await originator?.stop();
+      dns.stop();
+      await sipp.stop();
+      logLines = [];
+    }
+  });
+
+  it('two targets, the first (priority 10) a dead port: that call fails unreachable, the next goes to the second', async () => {
+    sipp = await startSippUas({ scenario: 'uas-ring-cancel', transport: 'udp' });
+    const dead = await freePort();
+    dns = await startDnsmasq({
+      srv: [`_sip._udp.trunk.test,dead.trunk.test,${dead},10,0`, `_sip._udp.trunk.test,live.trunk.test,${sipp.port},20,0`],
+      hosts: ['dead.trunk.test,127.0.0.1', 'live.trunk.test,127.0.0.1'],
+    });
+    const sip = await uac([dns.server]);
+    const srvTrunk = trunk('sip:trunk.test');
+    expect(await flashCall(sip, srvTrunk)).toEqual([expect.stringMatching(/^failed unreachable: /), 'ended']);
+    expect(logged('SIP SRV target failed; the next calls try the next target')[0]).toMatchObject({ destination: `udp:127.0.0.1:${dead}` });
+    expect(await flashCall(sip, srvTrunk)).toEqual(RINGING);
+    expect((await sipp.waitForExit(10_000)).code).toBe(0);
+    // One SRV query for both calls: the answer is cached.
+    expect(dns.log().match(/query\[SRV\]/g)).toHaveLength(1);
+  });
+
+  it('no SRV record: the A record of the host, on port 5060', async () => {
+    const free5060 = await udpPortFree(5060);
+    if (free5060) sipp = await startSippUas({ scenario: 'uas-ring-cancel', transport: 'udp', port: 5060 });
+    dns = await startDnsmasq({ hosts: ['trunk.test,127.0.0.1'] });
+    const sip = await uac([dns.server]);
+    const events = await flashCall(sip, trunk('sip:trunk.test'), logger());
+    expect(logged('SIP call started')[0]).toMatchObject({ destination: '127.0.0.1:5060', server_name: 'trunk.test' });
+    expect(logged('no SIP SRV record; using the host on the default port')[0]).toMatchObject({ srv: '_sip._udp.trunk.test' });
+    if (free5060) expect(events).toEqual(RINGING);
+  });
+
+  it('DNS server down: the call fails unreachable within the lookup timeout, with a log line naming the trunk and the SRV name', async () => {
+    const sip = await uac([`127.0.0.1:${await freePort()}`]);
+    const started = Date.now();
+    expect(await flashCall(sip, trunk('sip:trunk.test'))).toEqual([expect.stringMatching(/^failed unreachable: DNS lookup of _sip\._udp\.trunk\.test failed/), 'ended']);
+    expect(Date.now() - started).toBeLessThan(3000);
+    expect(logged('SIP DNS lookup failed: the call (or ping) to this trunk fails unreachable')[0]).toMatchObject({ trunk: 'test', srv: '_sip._udp.trunk.test' });
+  });
+});
+
+async function udpPortFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = dgram.createSocket('udp4');
+    s.once('error', () => resolve(false));
+    s.bind(port, '127.0.0.1', () => s.close(() => resolve(true)));
+  });
+}
