@@ -227,7 +227,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
   private async locate(trunk: TrunkConfig): Promise<Destination> {
     const info = resolveTrunk(trunk);
     try {
-      const { destination } = await this.locator.locate(info.destination, info.srvName);
+      const destination = await this.locator.locate(info.destination, info.srvName);
       this.trunkNames.set(destinationKey(destination), trunk.name);
       return destination;
     } catch (err) {

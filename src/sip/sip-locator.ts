@@ -45,13 +45,6 @@ export interface SrvTarget {
   readonly weight: number;
 }
 
-/** Where a trunk's calls go and what was looked up to find it (for log lines). */
-export interface Located {
-  readonly destination: Destination;
-  /** The SRV name asked; undefined when the trunk needs no lookup. */
-  readonly srvName: string | undefined;
-}
-
 /** A lookup failed for another reason than "no such record": the call fails `unreachable`. */
 export class SipDnsError extends Error {
   readonly code = 'sip_dns_failed';
@@ -116,40 +109,48 @@ export class SipLocator {
    * Where a call to this trunk goes. `base` is the trunk's destination as its URI reads (the default port when
    * none); `srvName` what to ask (srvNameFor), undefined when nothing. Throws SipDnsError when DNS fails.
    */
-  async locate(base: Destination, srvName: string | undefined): Promise<Located> {
-    if (srvName === undefined) return { destination: base, srvName };
+  async locate(base: Destination, srvName: string | undefined): Promise<Destination> {
+    if (srvName === undefined) return base;
     const records = await this.srv(srvName);
     const serverName = base.host;
     if (records.length === 0) {
-      return { destination: { ...base, host: await this.address(base.host), serverName }, srvName };
+      const host = await this.address(base.host);
+      if (host === undefined) throw new SipDnsError(base.host, 'no SRV, A or AAAA record');
+      return { ...base, host, serverName };
     }
     let fallback: Destination | undefined;
     let lastError: unknown;
     for (const target of orderSrv(records)) {
-      let host: string;
+      let host: string | undefined;
+      let why: unknown;
       try {
         host = await this.address(target.name);
       } catch (err) {
-        lastError = err;
-        this.logger.warn({ srv: srvName, target: `${target.name}:${target.port}`, err: errorMessage(err) }, 'SIP SRV target has no address; next target');
+        why = err;
+      }
+      if (host === undefined) {
+        lastError = why ?? new SipDnsError(target.name, 'no A or AAAA record');
+        this.logger.warn({ srv: srvName, target: `${target.name}:${target.port}`, err: errorMessage(lastError) }, 'SIP SRV target has no address; next target');
         continue;
       }
       const destination: Destination = { protocol: base.protocol, host, port: target.port, serverName };
-      if ((this.failedUntil.get(destinationKey(destination)) ?? 0) <= this.now()) return { destination, srvName };
+      if ((this.failedUntil.get(destinationKey(destination)) ?? 0) <= this.now()) return destination;
       fallback ??= destination;
     }
-    if (fallback !== undefined) return { destination: fallback, srvName };
+    if (fallback !== undefined) return fallback;
     throw lastError instanceof SipDnsError ? lastError : new SipDnsError(srvName, errorMessage(lastError));
   }
 
   /** A call to `destination` ended with a transport error or no response: the next calls try the next target. */
   failed(destination: Destination): void {
-    const key = destinationKey(destination);
     if (!this.knows(destination)) return;
+    const key = destinationKey(destination);
     const now = this.now();
+    const marked = (this.failedUntil.get(key) ?? 0) > now;
     for (const [k, until] of this.failedUntil) if (until <= now) this.failedUntil.delete(k);
     this.failedUntil.set(key, now + FAILED_TARGET_MS);
-    this.logger.warn({ destination: key, for_ms: FAILED_TARGET_MS }, 'SIP SRV target failed; the next calls try the next target');
+    // Once per marking: a dead target fails every call waiting on it at once.
+    if (!marked) this.logger.warn({ destination: key, for_ms: FAILED_TARGET_MS }, 'SIP SRV target failed; the next calls try the next target');
   }
 
   /** Only destinations this locator handed out are marked (a trunk with an address or a port is never skipped). */
@@ -176,8 +177,11 @@ export class SipLocator {
     });
   }
 
-  /** A then AAAA from the configured servers; without servers, the name itself (the transports look it up). */
-  private address(host: string): Promise<string> {
+  /**
+   * A then AAAA from the configured servers (undefined: neither exists, kept like an answer); without servers, the
+   * name itself (the transports look it up).
+   */
+  private address(host: string): Promise<string | undefined> {
     if (isIP(host) !== 0 || this.options.servers === undefined || this.options.servers.length === 0) return Promise.resolve(host);
     return this.cached(this.addressCache, host, async () => {
       for (const family of ['resolve4', 'resolve6'] as const) {
@@ -189,7 +193,7 @@ export class SipLocator {
           if (!NO_RECORD.has(code)) throw new SipDnsError(host, code || errorMessage(err));
         }
       }
-      throw new SipDnsError(host, 'no A or AAAA record');
+      return undefined;
     });
   }
 

@@ -62,15 +62,14 @@ export class TlsTransport extends TcpTransport {
   }
 
   protected override dial(destination: Destination): net.Socket {
-    // An SRV target's certificate must name the trunk's domain (RFC 5922 4.1), not the target or its address.
-    const name = destination.serverName;
     return tls.connect({
       host: destination.host,
       port: destination.port,
-      servername: name ?? (net.isIP(destination.host) === 0 ? destination.host : undefined),
+      // Node checks the certificate against `servername` when set: for an SRV target that is the trunk's domain
+      // (RFC 5922 4.1), not the target or its address.
+      servername: destination.serverName ?? (net.isIP(destination.host) === 0 ? destination.host : undefined),
       secureContext: this.context,
       rejectUnauthorized: !this.options.insecureSkipVerify,
-      ...(name === undefined ? {} : { checkServerIdentity: (_host: string, cert: tls.PeerCertificate) => tls.checkServerIdentity(name, cert) }),
     });
   }
 

@@ -8,6 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
 import { startDnsmasq, type Dnsmasq } from '../../helpers/dnsmasq.js';
 import { startSippUas, type SippUas } from '../../helpers/sipp.js';
+import { startStunnel, TestPki } from '../../helpers/stunnel.js';
 import { flashCall, freePort, startLoopbackUac, trunk } from './helpers.js';
 
 const RINGING = ['provisional 180', 'cancelled', 'ended'];
@@ -76,6 +77,18 @@ describe('embedded SIP stack: DNS SRV for a trunk host name (RFC 3263, dnsmasq o
     expect(dns.log().match(/query\[SRV\]/g)).toHaveLength(1);
   });
 
+  it('a target with no address is passed over for the next; an OPTIONS ping is located the same way', async () => {
+    sipp = await startSippUas({ scenario: 'uas-options', transport: 'udp' });
+    dns = await startDnsmasq({
+      srv: ['_sip._udp.trunk.test,gone.trunk.test,5090,10,0', `_sip._udp.trunk.test,live.trunk.test,${sipp.port},20,0`],
+      hosts: ['live.trunk.test,127.0.0.1'],
+    });
+    const sip = await uac([dns.server]);
+    const result = await sip.ping({ trunk: trunk('sip:trunk.test'), timeoutMs: 2000, logger: pino({ level: 'silent' }) });
+    expect(result).toMatchObject({ outcome: 'answered', status: 200 });
+    expect(logged('SIP SRV target has no address; next target')[0]).toMatchObject({ target: 'gone.trunk.test:5090' });
+  });
+
   it('no SRV record: the A record of the host, on port 5060', async () => {
     const free5060 = await udpPortFree(5060);
     if (free5060) sipp = await startSippUas({ scenario: 'uas-ring-cancel', transport: 'udp', port: 5060 });
@@ -85,6 +98,31 @@ describe('embedded SIP stack: DNS SRV for a trunk host name (RFC 3263, dnsmasq o
     expect(logged('SIP call started')[0]).toMatchObject({ destination: '127.0.0.1:5060', server_name: 'trunk.test' });
     expect(logged('no SIP SRV record; using the host on the default port')[0]).toMatchObject({ srv: '_sip._udp.trunk.test' });
     if (free5060) expect(events).toEqual(RINGING);
+  });
+
+  it('sips:trunk.test: SRV _sips._tcp, TLS to the target, the certificate checked against trunk.test (RFC 5922 4.1), not the target', async () => {
+    const pki = new TestPki();
+    pki.ca('ca');
+    // Names neither the SRV target nor its address: only the trunk's domain.
+    const cert = pki.leaf('trunk', 'ca', 'DNS:trunk.test');
+    sipp = await startSippUas({ scenario: 'uas-ring-cancel', transport: 'tcp' });
+    const tlsPort = await freePort();
+    const stunnel = await startStunnel({ dir: pki.dir, acceptPort: tlsPort, connectPort: sipp.port, cert });
+    try {
+      dns = await startDnsmasq({ srv: [`_sips._tcp.trunk.test,tls1.trunk.test,${tlsPort},10,0`], hosts: ['tls1.trunk.test,127.0.0.1'] });
+      originator = await startLoopbackUac({
+        transports: ['udp', 'tcp'],
+        t1Ms: 500,
+        logger: logger(),
+        dns: { servers: [dns.server], cacheMs: 60_000, timeoutMs: 1000 },
+        tls: { caFile: `${pki.dir}/ca.pem`, insecureSkipVerify: false, handshakeTimeoutMs: 2000, idleTimeoutMs: 60_000 },
+      });
+      expect(await flashCall(originator, trunk('sips:trunk.test'))).toEqual(RINGING);
+      expect(logged('SIP TLS connection up')[0]).toMatchObject({ remote: `127.0.0.1:${tlsPort}`, verified: true });
+    } finally {
+      stunnel.stop();
+      pki.remove();
+    }
   });
 
   it('DNS server down: the call fails unreachable within the lookup timeout, with a log line naming the trunk and the SRV name', async () => {
