@@ -1,12 +1,19 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { loadConfig, type LoadOptions } from '../../../src/config/load.js';
 import { ConfigError } from '../../../src/errors/app-error.js';
 
+/** Temp directories of yamlFile(), removed after the file's tests. */
+const dirs: string[] = [];
+afterAll(() => {
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+});
+
 function yamlFile(text: string): string {
   const dir = mkdtempSync(join(tmpdir(), 'fv-config-'));
+  dirs.push(dir);
   const file = join(dir, 'config.yaml');
   writeFileSync(file, text);
   return file;
