@@ -199,16 +199,6 @@ export class Metrics {
       help: '/v1 requests answered 503 at once, without any work, because api.maxInFlight requests were in progress in this process',
       registers,
     });
-    const inFlight = (): (() => number) | undefined => this.apiInFlight;
-    new Gauge({
-      name: 'flashverify_api_requests_in_flight',
-      help: '/v1 requests in progress in this process (limit: api.maxInFlight)',
-      registers,
-      collect() {
-        const read = inFlight();
-        if (read) this.set(read());
-      },
-    });
     /** A gauge read at scrape time from a source given later (watch...); none yet: no value. */
     const usageGauge = (name: string, help: string, read: () => number | undefined): void => {
       new Gauge({
@@ -221,6 +211,7 @@ export class Metrics {
         },
       });
     };
+    usageGauge('flashverify_api_requests_in_flight', '/v1 requests in progress in this process (limit: api.maxInFlight)', () => this.apiInFlight?.());
     usageGauge(
       'flashverify_webhook_connections_busy',
       'Webhook deliveries holding one of their receiver\'s connections (webhooks.maxSocketsPerHost per receiver), in this process',
