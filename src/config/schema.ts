@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { getCountryCallingCode, isSupportedCountry, parsePhoneNumberFromString, type CountryCode } from 'libphonenumber-js';
 import { SmsTextError, validateTemplate } from '../sms/text.js';
 import { isIP } from 'node:net';
-import { EMBEDDED_TRANSPORTS, trunkUriTransportOf } from '../sip/trunk-transport.js';
+import { trunkUriTransportOf } from '../sip/trunk-transport.js';
 
 /**
  * The whole configuration of flashverify. `config/default.yaml` holds every
@@ -55,22 +55,13 @@ export const trunkSchema = z
   .strict();
 
 /**
- * Why a trunk's URI cannot be dialled on this backend, or undefined. Checked at boot: a `sips:` or `;transport=tls`
- * trunk must never go out in clear over UDP or TCP (RFC 3261 26.2.1: sips means TLS on every hop), nor fail only
- * when its first call is placed. drachtio-server does TLS itself: the URI is handed to it as it is.
+ * Why a trunk's URI names no transport a backend can use (`sips:` over UDP, an unknown transport), or undefined.
+ * Checked at boot, not when its first call is placed. Both backends speak UDP, TCP and TLS (drachtio-server does
+ * TLS itself), so a `sips:` / `;transport=tls` trunk never goes out in clear.
  */
-export function trunkTransportProblem(trunk: { name: string; uri: string }, backend: 'embedded' | 'drachtio'): string | undefined {
+export function trunkTransportProblem(trunk: { name: string; uri: string }): string | undefined {
   const t = trunkUriTransportOf(trunk.uri);
-  if (t === undefined) return undefined; // the URI's own check says so
-  if (typeof t === 'string') return `trunk "${trunk.name}" (${trunk.uri}): ${t}`;
-  if (backend === 'embedded' && !EMBEDDED_TRANSPORTS.includes(t.transport)) {
-    return (
-      `trunk "${trunk.name}" (${trunk.uri}) needs SIP over ${t.transport.toUpperCase()}, which the embedded SIP stack ` +
-      `(sip.backend: embedded) does not have; it is refused rather than sent in clear. Use sip.backend: drachtio ` +
-      `(drachtio-server does TLS itself) or a sip: URI with transport=udp or tcp`
-    );
-  }
-  return undefined;
+  return typeof t === 'string' ? `trunk "${trunk.name}" (${trunk.uri}): ${t}` : undefined; // undefined t: the URI's own check says so
 }
 
 export const rangeSchema = z
@@ -789,7 +780,7 @@ export const configSchema = z
       .strict()
       .superRefine((sip, ctx) => {
         sip.trunks.forEach((trunk, i) => {
-          const problem = trunkTransportProblem(trunk, sip.backend);
+          const problem = trunkTransportProblem(trunk);
           if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['trunks', i, 'uri'], message: problem });
         });
       }),

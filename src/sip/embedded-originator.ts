@@ -38,7 +38,6 @@ import { OptionsPing } from './options-ping.js';
 import { splitCommaList } from './parser.js';
 import { SipLocator, type SipDnsOptions } from './sip-locator.js';
 import { TcpTransport } from './tcp-transport.js';
-import { EMBEDDED_TRANSPORTS } from './trunk-transport.js';
 import { destinationKey, type Destination, type InboundSource, type Transport, type TransportProtocol } from './transport.js';
 import { ALLOW, KNOWN_UNHANDLED_METHODS, resolveTrunk, UacCall, type UacHost } from './uac.js';
 import { TlsTransport, type TlsClientOptions } from './tls-transport.js';
@@ -265,7 +264,6 @@ export class EmbeddedSipOriginator implements CallOriginator {
       // RFC 3261 8.1.1.8: a sips Request-URI takes a sips Contact; a sip: one over TLS says transport=tls.
       contact: (protocol, scheme = 'sip') =>
         `<${scheme}:${hostForUri(this.advertisedHost)}:${this.port}${protocol === 'udp' || scheme === 'sips' ? '' : `;transport=${protocol}`}>`,
-      canSend: (protocol) => EMBEDDED_TRANSPORTS.includes(protocol),
       startTransaction: (kind, request, branch, destination, user, logger) =>
         this.startTransaction(kind, request, branch, destination, user, logger),
       sendStateless: (request, destination, logger) => {

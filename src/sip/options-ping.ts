@@ -14,7 +14,7 @@ import type { TimerHandle } from './clock.js';
 import { hdr, type ParsedResponse, type SipHeader, type SipRequest } from './message.js';
 import type { ClientTransaction, ClientTransactionUser } from './transactions/transaction.js';
 import type { Destination } from './transport.js';
-import { ALLOW, requireTransport, type TrunkInfo, type UacHost } from './uac.js';
+import { ALLOW, resolveTrunk, type TrunkInfo, type UacHost } from './uac.js';
 import { errorMessage, newBranch, newCallId, newTag } from './util.js';
 
 /** User part of the From of a ping (a call's From is its caller ID; a ping has none). */
@@ -39,7 +39,7 @@ export function pingAddressing(info: TrunkInfo): PingAddressing {
 }
 
 export interface OptionsPingOptions {
-  host: Pick<UacHost, 'userAgent' | 'clock' | 'timers' | 'via' | 'contact' | 'canSend' | 'startTransaction'>;
+  host: Pick<UacHost, 'userAgent' | 'clock' | 'timers' | 'via' | 'contact' | 'startTransaction'>;
   trunk: TrunkConfig;
   timeoutMs: number;
   logger: Logger;
@@ -60,7 +60,7 @@ export class OptionsPing {
 
   constructor(options: OptionsPingOptions) {
     this.options = options;
-    this.info = requireTransport(options.host, options.trunk);
+    this.info = resolveTrunk(options.trunk);
     this.log = options.logger.child({ call_id: this.callId });
     this.result = new Promise((resolve) => {
       this.settle = resolve;

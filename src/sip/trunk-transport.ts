@@ -48,9 +48,6 @@ export function srvService(transport: TrunkTransport): string {
   return transport === 'tls' ? '_sips._tcp' : transport === 'tcp' ? '_sip._tcp' : '_sip._udp';
 }
 
-/** Transports the embedded stack (src/sip/embedded-originator.ts) can send a call on. */
-export const EMBEDDED_TRANSPORTS: readonly TrunkTransport[] = ['udp', 'tcp', 'tls'];
-
 /** Does this trunk URI ask for TLS (`sips:`, `;transport=tls`)? */
 export function trunkNeedsTls(uri: string): boolean {
   const t = trunkUriTransportOf(uri);

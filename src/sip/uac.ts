@@ -48,8 +48,6 @@ export interface UacHost {
   via(protocol: TransportProtocol, branch: string): string;
   /** `<sip:host:port[;transport=tcp|tls]>`, or `<sips:host:port>` for the `sips` scheme. */
   contact(protocol: TransportProtocol, scheme?: 'sip' | 'sips'): string;
-  /** Whether a transport for `protocol` is open to send requests on. */
-  canSend(protocol: TransportProtocol): boolean;
   /** Create, register and start a client transaction. */
   startTransaction(
     kind: 'invite' | 'non-invite',
@@ -139,19 +137,6 @@ export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
     extraHeaders,
   };
   trunkCache.set(trunk, info);
-  return info;
-}
-
-/**
- * resolveTrunk(), and the refusal of a trunk whose transport this stack has not: a `sips:` / `transport=tls` trunk is
- * never sent over UDP or TCP in clear (the config check refuses it at boot already; this guards direct use).
- */
-export function requireTransport(host: Pick<UacHost, 'canSend'>, trunk: TrunkConfig): TrunkInfo {
-  const info = resolveTrunk(trunk);
-  const protocol = info.destination.protocol;
-  if (!host.canSend(protocol)) {
-    throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: ${trunk.uri} needs SIP over ${protocol.toUpperCase()}, which this SIP stack does not have`);
-  }
   return info;
 }
 
@@ -295,7 +280,7 @@ export class UacCall implements OutboundCall {
     this.host = options.host;
     this.delegate = options.delegate;
     this.trunk = options.trunk;
-    this.trunkInfo = requireTransport(options.host, options.trunk);
+    this.trunkInfo = resolveTrunk(options.trunk);
     this.destination = this.trunkInfo.destination;
     this.protocol = this.trunkInfo.destination.protocol;
     this.callId = newCallId();
