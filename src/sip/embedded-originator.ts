@@ -175,7 +175,6 @@ export class EmbeddedSipOriginator implements CallOriginator {
    * trunk URI or header); network problems are reported through the delegate.
    */
   originate(request: OriginateRequest, delegate: CallDelegate): OutboundCall {
-    this.nameTrunk(request.trunk);
     const call = new UacCall({
       host: this.host,
       to: request.to,
@@ -188,7 +187,11 @@ export class EmbeddedSipOriginator implements CallOriginator {
     this.calls.set(call.callId, call);
     if (!this.running) {
       process.nextTick(() => call.abort('SIP stack not running'));
-    } else if (resolveTrunk(request.trunk).srvName === undefined) {
+      return call;
+    }
+    const info = resolveTrunk(request.trunk);
+    if (info.srvName === undefined) {
+      this.nameTrunk(request.trunk, info.destination);
       call.start();
     } else {
       this.locate(request.trunk).then(
@@ -205,7 +208,6 @@ export class EmbeddedSipOriginator implements CallOriginator {
     if (!this.running) return { outcome: 'not_sent', callId: '', phrase: 'SIP stack not running' };
     let ping: OptionsPing;
     try {
-      this.nameTrunk(request.trunk);
       ping = new OptionsPing({ host: this.host, trunk: request.trunk, timeoutMs: request.timeoutMs, logger: request.logger });
     } catch (err) {
       return { outcome: 'not_sent', callId: '', phrase: errorMessage(err) };
@@ -227,7 +229,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
     const info = resolveTrunk(trunk);
     try {
       const destination = await this.locator.locate(info.destination, info.srvName);
-      this.trunkNames.set(destinationKey(destination), trunk.name);
+      this.nameTrunk(trunk, destination);
       return destination;
     } catch (err) {
       this.logger.warn({ trunk: trunk.name, srv: info.srvName, err: errorMessage(err) }, 'SIP DNS lookup failed: the call (or ping) to this trunk fails unreachable');
@@ -245,9 +247,9 @@ export class EmbeddedSipOriginator implements CallOriginator {
     return out;
   }
 
-  private nameTrunk(trunk: TrunkConfig): void {
-    const d = resolveTrunk(trunk).destination;
-    this.trunkNames.set(destinationKey(d), trunk.name);
+  /** `destination` is where `trunk`'s requests go now: its transport errors and TLS failures name the trunk. */
+  private nameTrunk(trunk: TrunkConfig, destination: Destination): void {
+    this.trunkNames.set(destinationKey(destination), trunk.name);
   }
 
   // ------------------------------------------------------------------ host services for UacCall
