@@ -10,7 +10,7 @@
 import type { Logger } from 'pino';
 import type { TrunkConfig } from '../config/schema.js';
 import type { PingResult } from './call-originator.js';
-import type { TimerHandle } from './clock.js';
+import type { Clock, TimerHandle } from './clock.js';
 import { hdr, type ParsedResponse, type SipHeader, type SipRequest } from './message.js';
 import type { ClientTransaction, ClientTransactionUser } from './transactions/transaction.js';
 import type { Destination } from './transport.js';
@@ -45,26 +45,64 @@ export interface OptionsPingOptions {
   logger: Logger;
 }
 
-/** The ping's client transaction and its outcome. Throws AppError('sip_trunk_invalid') for a bad trunk URI or header. */
-export class OptionsPing {
+/**
+ * What every ping has, on either backend: its Call-ID, and `result`, settled once (the first of its final response,
+ * its timeout, a transport error, abort()), with the ping's own timeout cleared then.
+ */
+export abstract class PingAttempt {
   readonly callId = newCallId();
   readonly result: Promise<PingResult>;
+  private settle: ((result: PingResult) => void) | undefined;
+  private timer: TimerHandle | undefined;
+
+  constructor(private readonly clock: Clock) {
+    this.result = new Promise((resolve) => {
+      this.settle = resolve;
+    });
+  }
+
+  /** The stack stops (or its connection is gone): the ping is dropped, `not_sent`. */
+  abort(reason: string): void {
+    this.abandon();
+    this.finish({ outcome: 'not_sent', phrase: reason });
+  }
+
+  /** Gives up on the ping after `timeoutMs` with no final response: `timeout`. */
+  protected armTimeout(timeoutMs: number): void {
+    this.timer = this.clock.setTimeout(() => {
+      this.timer = undefined;
+      this.abandon();
+      this.finish({ outcome: 'timeout', phrase: `no final response within ${timeoutMs} ms` });
+    }, timeoutMs);
+  }
+
+  /** What the backend lets go of when the ping is given up (a transaction); nothing by default. */
+  protected abandon(): void {}
+
+  protected finish(result: Omit<PingResult, 'callId'>): void {
+    const settle = this.settle;
+    if (settle === undefined) return;
+    this.settle = undefined;
+    if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
+    this.timer = undefined;
+    settle({ ...result, callId: this.callId });
+  }
+}
+
+/** The ping's client transaction and its outcome. Throws AppError('sip_trunk_invalid') for a bad trunk URI or header. */
+export class OptionsPing extends PingAttempt {
   private readonly options: OptionsPingOptions;
   private readonly info: TrunkInfo;
   private readonly log: Logger;
   private readonly request: SipRequest;
   private readonly branch = newBranch();
   private tx: ClientTransaction | undefined;
-  private timer: TimerHandle | undefined;
-  private settle: ((result: PingResult) => void) | undefined;
 
   constructor(options: OptionsPingOptions) {
+    super(options.host.clock);
     this.options = options;
     this.info = resolveTrunk(options.trunk);
     this.log = options.logger.child({ call_id: this.callId });
-    this.result = new Promise((resolve) => {
-      this.settle = resolve;
-    });
     const { host } = options;
     const protocol = this.info.destination.protocol;
     const to = pingAddressing(this.info);
@@ -100,33 +138,15 @@ export class OptionsPing {
     this.tx = host.startTransaction('non-invite', this.request, this.branch, destination, user, this.log);
     // Timer F (64*T1, RFC 3261 17.1.2.2) ends the transaction anyway; a shorter ping timeout is the TU giving up
     // on it first (the transaction is dropped, a late response then matches nothing and is ignored).
-    const timeoutMs = this.options.timeoutMs;
-    if (timeoutMs < 64 * host.timers.t1Ms) {
-      this.timer = host.clock.setTimeout(() => {
-        this.timer = undefined;
-        this.tx?.dispose();
-        this.finish({ outcome: 'timeout', phrase: `no final response within ${timeoutMs} ms` });
-      }, timeoutMs);
-    }
+    if (this.options.timeoutMs < 64 * host.timers.t1Ms) this.armTimeout(this.options.timeoutMs);
   }
 
-  /** The stack stops: the ping is dropped, `not_sent`. */
-  abort(reason: string): void {
+  protected override abandon(): void {
     this.tx?.dispose();
-    this.finish({ outcome: 'not_sent', phrase: reason });
   }
 
   private onResponse(response: ParsedResponse): void {
     if (response.status < 200) return;
     this.finish({ outcome: 'answered', status: response.status, phrase: response.reason });
-  }
-
-  private finish(result: Omit<PingResult, 'callId'>): void {
-    const settle = this.settle;
-    if (settle === undefined) return;
-    this.settle = undefined;
-    if (this.timer !== undefined) this.options.host.clock.clearTimeout(this.timer);
-    this.timer = undefined;
-    settle({ ...result, callId: this.callId });
   }
 }

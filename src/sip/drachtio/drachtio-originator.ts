@@ -44,7 +44,7 @@ import {
 } from '../call-originator.js';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import { maskUser } from '../embedded-originator.js';
-import { pingAddressing } from '../options-ping.js';
+import { PingAttempt, pingAddressing } from '../options-ping.js';
 import { dummySdp, failureReasonFor, resolveTrunk } from '../uac.js';
 import { errorMessage, newCallId } from '../util.js';
 import { DrachtioConnection, type DrachtioConnectionOptions } from './drachtio-connection.js';
@@ -205,20 +205,17 @@ export class DrachtioOriginator implements CallOriginator {
  * transaction (retransmissions, Timer F); the ping's timeout is ours, so a lost connection or a silent
  * drachtio-server cannot hold it.
  */
-class DrachtioPing {
-  readonly callId = newCallId();
-  readonly result: Promise<PingResult>;
+class DrachtioPing extends PingAttempt {
   private readonly log: Logger;
   private readonly uri: string;
   private readonly headers: Record<string, string>;
-  private timer: TimerHandle | undefined;
-  private settle: ((result: PingResult) => void) | undefined;
 
   constructor(
-    private readonly clock: Clock,
+    clock: Clock,
     private readonly request: PingRequest,
     userAgent: string,
   ) {
+    super(clock);
     const info = resolveTrunk(request.trunk);
     const to = pingAddressing(info);
     this.log = request.logger.child({ call_id: this.callId });
@@ -226,18 +223,12 @@ class DrachtioPing {
     // drachtio-server adds Via, CSeq, Max-Forwards and the From tag (and keeps the Call-ID we give).
     this.headers = { 'Call-ID': this.callId, From: to.from, To: to.to, Accept: 'application/sdp', 'User-Agent': userAgent };
     for (const h of info.extraHeaders) this.headers[h.name] = h.value;
-    this.result = new Promise((resolve) => {
-      this.settle = resolve;
-    });
   }
 
   start(srf: SrfClient): void {
     const { timeoutMs } = this.request;
     this.log.debug({ uri: this.uri }, 'OPTIONS ping sent (drachtio)');
-    this.timer = this.clock.setTimeout(() => {
-      this.timer = undefined;
-      this.finish({ outcome: 'timeout', phrase: `no final response within ${timeoutMs} ms` });
-    }, timeoutMs);
+    this.armTimeout(timeoutMs);
     try {
       srf.request(this.uri, { method: 'OPTIONS', headers: this.headers }, (err, req?: SrfOutgoingRequest) => {
         // drachtio-server could not send it (NOK|<reason>: no transport for it, bad URI ...).
@@ -253,18 +244,6 @@ class DrachtioPing {
     }
   }
 
-  abort(reason: string): void {
-    this.finish({ outcome: 'not_sent', phrase: reason });
-  }
-
-  private finish(result: Omit<PingResult, 'callId'>): void {
-    const settle = this.settle;
-    if (settle === undefined) return;
-    this.settle = undefined;
-    if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
-    this.timer = undefined;
-    settle({ ...result, callId: this.callId });
-  }
 }
 
 /** One outbound call through drachtio: the INVITE, its CANCEL, the dialog and its BYE. */
