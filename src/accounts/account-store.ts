@@ -119,13 +119,6 @@ export class AccountStore {
     return toAccount(h);
   }
 
-  /** The API secret in clear, for signing webhooks. */
-  async secretOf(id: string): Promise<string> {
-    const enc = await this.redis.hget(this.keys.account(id), 'secret_enc');
-    if (!enc) throw new AccountNotFoundError(id);
-    return this.sealer.open(enc, `secret:${id}`);
-  }
-
   async setStatus(id: string, status: AccountStatus): Promise<Account> {
     await this.mustExist(id);
     await this.redis.hset(this.keys.account(id), 'status', status);
