@@ -415,26 +415,14 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       stops.unshift(['enqueue reconciler', () => reconciler.stop().then(() => Promise.all([requeue.close(), requeueTimer.close()]))]);
     }
 
-    // Webhooks: a consumer group turns events into jobs, a BullMQ worker sends them. In worker processes by default;
+    // Webhooks: a consumer group reads the events and sends their webhooks at once (webhooks.direct); a BullMQ worker
+    // sends those that must wait or be retried (and every one when webhooks.direct is false). In worker processes by default;
     // with webhooks.inWorkers: false only in `--role webhooks` processes, which can run on cores or hosts of their own:
     // then a receiver's HTTP work never shares the event loop, or the CPU, that originates calls (BENCHMARKS.md).
     if (role === 'webhooks' || ((role === 'all' || role === 'worker') && config.webhooks.inWorkers)) {
       const webhookQueue = new WebhookQueue(bullConnection, keys.bullPrefix(), config.webhooks);
       stops.push(['webhook queue', () => webhookQueue.close()]);
       metrics.watchQueue(WEBHOOK_QUEUE, webhookQueue.queue);
-      const webhookConsumer = new WebhookConsumer(
-        connectRedis(config.redis, logger),
-        keys,
-        config.events.webhookGroup,
-        `${hostname()}-${process.pid}`,
-        logger.child({ module: 'webhooks' }),
-        webhookQueue,
-        { claimIdleMs: config.events.claimIdleMs, fieldCacheMs: config.accounts.fieldCacheMs },
-      );
-      consumers.push(webhookConsumer);
-      await webhookConsumer.start();
-      stops.push(['webhook consumer', () => webhookConsumer.stop()]);
-
       const webhooks = new WebhookProcessor({
         redis,
         keys,
@@ -446,6 +434,35 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       metrics.watchWebhookBreakers(webhooks.breaker);
       metrics.watchWebhookConnections(webhooks.agents);
       metrics.watchWebhookDns(webhooks.hosts);
+      // A webhook in flight past events.claimIdleMs would be reclaimed by another process and sent twice.
+      const direct = config.webhooks.direct && config.webhooks.timeoutMs + 1000 <= config.events.claimIdleMs;
+      if (config.webhooks.direct && !direct) {
+        logger.warn(
+          { timeout_ms: config.webhooks.timeoutMs, claim_idle_ms: config.events.claimIdleMs },
+          'webhooks.direct is off: webhooks.timeoutMs must be at least 1000 ms below events.claimIdleMs; every webhook goes through the queue',
+        );
+      }
+      const webhookConsumer = new WebhookConsumer(
+        connectRedis(config.redis, logger),
+        keys,
+        config.events.webhookGroup,
+        `${hostname()}-${process.pid}`,
+        logger.child({ module: 'webhooks' }),
+        webhookQueue,
+        {
+          claimIdleMs: config.events.claimIdleMs,
+          fieldCacheMs: config.accounts.fieldCacheMs,
+          // Direct sends: acknowledged on the shared connection; at stop, waited for as long as one may take.
+          ackRedis: redis,
+          settleTimeoutMs: config.webhooks.timeoutMs + 2000,
+        },
+        // webhooks.direct: an event's webhook goes out from here at once; a job only for one that must wait or retry.
+        direct ? webhooks : undefined,
+      );
+      consumers.push(webhookConsumer);
+      await webhookConsumer.start();
+      stops.push(['webhook consumer', () => webhookConsumer.stop()]);
+
       const webhookWorker = new Worker<WebhookJobData>(
         WEBHOOK_QUEUE,
         (job, token) => {

@@ -351,6 +351,13 @@ export function webhooksSchema(threadPoolSize: number = DEFAULT_THREAD_POOL_SIZE
        * send them, and their HTTP work stays off the event loop that originates calls; run at least one.
        */
       inWorkers: z.boolean().default(true),
+      /**
+       * The process that reads an event sends its webhook at once, with no BullMQ job; a job only for one that must
+       * wait (order, breaker, caps) or be retried. false: every webhook is a job (each delivery visible in BullMQ).
+       * Off, with a warning at start, unless `timeoutMs` is at least 1 s below `events.claimIdleMs` (an event whose
+       * webhook is in flight longer would be reclaimed by another process and sent twice).
+       */
+      direct: z.boolean().default(true),
       /** Webhook deliveries in flight per process that sends webhooks. */
       concurrency: z.number().int().positive().default(50),
       /**

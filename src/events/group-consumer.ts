@@ -7,6 +7,15 @@ export interface StreamEntry {
   fields: Record<string, string>;
 }
 
+/**
+ * What `handle` returns for an entry it has started on but not finished: the entry is acknowledged when `settled`
+ * resolves (with others settled by then, in one XACK on `GroupConsumerOptions.ackRedis`), and left pending when it
+ * rejects (handled again when reclaimed). The loop reads on meanwhile.
+ */
+export interface Unsettled {
+  settled: Promise<void>;
+}
+
 export interface GroupConsumerOptions {
   blockMs?: number;
   /** Entries pending this long on a dead consumer are reclaimed (XAUTOCLAIM); also the reclaim period. */
@@ -14,6 +23,13 @@ export interface GroupConsumerOptions {
   batch?: number;
   /** Where a newly created group starts: "0" (the whole stream) or "$" (only new entries). */
   startId?: '0' | '$';
+  /**
+   * A shared connection for the acknowledgements of entries `handle` leaves unsettled (the dedicated one is held by
+   * XREADGROUP BLOCK, and closed at stop). Required by a consumer whose `handle` returns `Unsettled`.
+   */
+  ackRedis?: Redis;
+  /** At stop, unsettled entries are waited for this long at most; those not settled by then stay pending (reclaimed). */
+  settleTimeoutMs?: number;
 }
 
 /**
@@ -43,6 +59,10 @@ export abstract class GroupConsumer {
   /** Set by drain(): the loop ends at its first read that finds nothing new. */
   private draining = false;
   private loop: Promise<void> | undefined;
+  /** Entries `handle` left unsettled, by id. */
+  private readonly unsettled = new Map<string, Promise<void>>();
+  /** Settled entries not acknowledged yet: one XACK for those settled in the same turn of the event loop. */
+  private settledIds: string[] = [];
 
   constructor(
     /** A dedicated connection: XREADGROUP BLOCK holds it. */
@@ -54,8 +74,13 @@ export abstract class GroupConsumer {
     private readonly options: GroupConsumerOptions = {},
   ) {}
 
-  /** Applies one entry; throwing leaves it pending for a later retry. */
-  protected abstract handle(entry: StreamEntry): Promise<void>;
+  /** The connection for work an unsettled entry does after `handle` returned (the dedicated one may be blocked in a read). */
+  protected get sharedRedis(): Redis {
+    return this.options.ackRedis ?? this.redis;
+  }
+
+  /** Applies one entry; throwing leaves it pending for a later retry. `Unsettled`: acknowledged when it settles. */
+  protected abstract handle(entry: StreamEntry): Promise<void | Unsettled>;
 
   async start(): Promise<void> {
     await ensureGroup(this.redis, this.keys, this.group, this.options.startId ?? '0');
@@ -81,6 +106,42 @@ export abstract class GroupConsumer {
     // Unblock XREADGROUP BLOCK by closing the dedicated connection.
     this.redis.disconnect();
     await this.loop?.catch(() => undefined);
+    await this.settle();
+  }
+
+  /** Waits for the unsettled entries (at most `settleTimeoutMs`) and acknowledges those that settled. */
+  private async settle(): Promise<void> {
+    if (this.unsettled.size) {
+      let timer: NodeJS.Timeout | undefined;
+      const all = Promise.allSettled([...this.unsettled.values()]);
+      await Promise.race([all, new Promise((r) => (timer = setTimeout(r, this.options.settleTimeoutMs ?? 10_000)))]);
+      clearTimeout(timer);
+      if (this.unsettled.size) this.logger.warn({ group: this.group, count: this.unsettled.size }, 'events still in hand at stop; left pending for another consumer to reclaim');
+    }
+    await this.flushAcks();
+  }
+
+  private settleLater(id: string, settled: Promise<void>): void {
+    const tracked = settled.then(
+      () => {
+        this.unsettled.delete(id);
+        if (this.settledIds.push(id) === 1) setImmediate(() => void this.flushAcks());
+      },
+      (err: Error) => {
+        this.unsettled.delete(id);
+        this.logger.warn({ err: err.message, group: this.group, event_id: id }, 'event not handled; left pending, to be handled again when reclaimed');
+      },
+    );
+    this.unsettled.set(id, tracked);
+  }
+
+  private async flushAcks(): Promise<void> {
+    if (!this.settledIds.length) return;
+    const ids = this.settledIds;
+    this.settledIds = [];
+    await this.sharedRedis
+      .xack(this.keys.events(), this.group, ...ids)
+      .catch((err: Error) => this.logger.warn({ err: err.message, group: this.group, count: ids.length }, 'could not acknowledge handled events; they will be handled again when reclaimed'));
   }
 
   private async run(): Promise<void> {
@@ -163,8 +224,11 @@ export abstract class GroupConsumer {
     const done: string[] = [];
     try {
       for (const entry of entries) {
-        await this.handle(entry);
-        done.push(entry.id);
+        // Reclaimed while still in hand here (it outlasted claimIdleMs): its own handling acknowledges it.
+        if (this.unsettled.has(entry.id)) continue;
+        const unsettled = await this.handle(entry);
+        if (unsettled) this.settleLater(entry.id, unsettled.settled);
+        else done.push(entry.id);
       }
     } finally {
       if (done.length) await this.redis.xack(this.keys.events(), this.group, ...done);

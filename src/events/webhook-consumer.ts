@@ -2,12 +2,18 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { AccountFieldCache } from '../accounts/account-field-cache.js';
 import type { Keys } from '../store/keys.js';
-import { GroupConsumer, type GroupConsumerOptions, type StreamEntry } from './group-consumer.js';
+import { GroupConsumer, type GroupConsumerOptions, type StreamEntry, type Unsettled } from './group-consumer.js';
 import { ORDER_QUEUED, WEBHOOK_EVENTS, markOrderDone, orderMember, type WebhookJobData } from './webhook-queue.js';
 
 /** Where webhook deliveries go (a BullMQ queue in production). */
 export interface WebhookJobs {
-  add(data: WebhookJobData): Promise<void>;
+  /** `afterFailedTry`: a direct send's first try, begun then, failed; the job makes the other attempts (webhook-queue.ts). */
+  add(data: WebhookJobData, afterFailedTry?: { triedAt: number }): Promise<void>;
+}
+
+/** Sends a webhook at once, without a job, when it can (WebhookProcessor.sendNow). */
+export interface DirectSender {
+  sendNow(data: WebhookJobData): Promise<'done' | 'queue' | 'retry'>;
 }
 
 /** Where a new webhooks group starts (see the constructor); ensureGroup() in every role uses it too. */
@@ -20,6 +26,13 @@ export const WEBHOOK_GROUP_START = '$';
  * wrote it (`ORDER_WRITTEN`); this marks it queued before adding its job, or
  * done when it gets no webhook (no URL, a workflow step's failure with steps
  * left), so that it never holds back the request's later events.
+ *
+ * With a `direct` sender (`webhooks.direct`, the default: the process that reads the events also sends webhooks),
+ * an event is first sent at once, with no job; only one that cannot go at once (held back by an earlier event, an
+ * open breaker, a full cap) or whose first try failed gets a job. Its stream entry is acknowledged only when that
+ * is settled, and the loop reads on meanwhile: a process that dies mid-send leaves the entry pending, and another
+ * consumer reclaims it (events.claimIdleMs) and sends it, or finds it done. Until then the event is still WRITTEN
+ * in the order set, so the request's later events wait for it (webhooks.orderMaxWaitMs).
  */
 export class WebhookConsumer extends GroupConsumer {
   /**
@@ -37,6 +50,7 @@ export class WebhookConsumer extends GroupConsumer {
     logger: Logger,
     private readonly jobs: WebhookJobs,
     options: GroupConsumerOptions & { fieldCacheMs?: number } = {},
+    private readonly direct?: DirectSender,
   ) {
     // A new webhooks group starts at "$": turning webhooks on for an existing
     // deployment must not replay the stream's history to customers.
@@ -45,7 +59,7 @@ export class WebhookConsumer extends GroupConsumer {
     this.webhookUrls = new AccountFieldCache(redis, keys, { ttlMs: fieldCacheMs });
   }
 
-  protected async handle({ id, fields }: StreamEntry): Promise<void> {
+  protected async handle({ id, fields }: StreamEntry): Promise<void | Unsettled> {
     const { event, request_id: requestId, account_id: accountId } = fields;
     // Not a webhook's event (step_started, step_timeout): never filed in an order set either.
     if (!event || !WEBHOOK_EVENTS.has(event) || !requestId || !accountId) return;
@@ -55,12 +69,7 @@ export class WebhookConsumer extends GroupConsumer {
     if (event === 'verification.failed' && fields.step !== undefined && Number(fields.step) < Number(fields.steps) - 1) return this.skip(order, member);
     const url = await this.webhookUrls.get(accountId, 'webhook_url');
     if (!url) return this.skip(order, member);
-    // Queued before the job is added: a later event's job then waits for this one without a bound (it may be in
-    // retry for hours). GT: a done event (a redelivered stream entry whose job completed) stays done, or it would
-    // hold the request's later events behind a job that never runs again (the re-add below is a no-op for BullMQ).
-    // XX: the set is created, with its TTL, only by the script that writes the request's first event.
-    await this.redis.zadd(order, 'XX', 'GT', ORDER_QUEUED, member);
-    await this.jobs.add({
+    const data: WebhookJobData = {
       event_id: id,
       event,
       request_id: requestId,
@@ -68,8 +77,22 @@ export class WebhookConsumer extends GroupConsumer {
       method: fields.method ?? '',
       status: fields.status ?? event.replace(/^verification\./, ''),
       timestamp: Number(fields.timestamp ?? Date.now()),
-    });
-    this.logger.debug({ request_id: requestId, event_id: id, event }, 'webhook queued');
+    };
+    if (!this.direct) return this.queue(this.redis, order, member, data);
+    // Settled after handle returned, while the loop may be blocked in its next read: on the shared connection.
+    const triedAt = Date.now();
+    const settled = this.direct.sendNow(data).then((r) => (r === 'done' ? undefined : this.queue(this.sharedRedis, order, member, data, r === 'retry' ? { triedAt } : undefined)));
+    return { settled };
+  }
+
+  private async queue(redis: Redis, order: string, member: string, data: WebhookJobData, afterFailedTry?: { triedAt: number }): Promise<void> {
+    // Queued before the job is added: a later event's job then waits for this one without a bound (it may be in
+    // retry for hours). GT: a done event (a redelivered stream entry whose job completed) stays done, or it would
+    // hold the request's later events behind a job that never runs again (the re-add below is a no-op for BullMQ).
+    // XX: the set is created, with its TTL, only by the script that writes the request's first event.
+    await redis.zadd(order, 'XX', 'GT', ORDER_QUEUED, member);
+    await this.jobs.add(data, afterFailedTry);
+    this.logger.debug({ request_id: data.request_id, event_id: data.event_id, event: data.event, retry: !!afterFailedTry }, 'webhook queued');
   }
 
   /** An event that gets no webhook is done at once: the account may set a URL before the request's next event. */

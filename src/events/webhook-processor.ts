@@ -42,8 +42,10 @@ interface Prepared {
 const SECRETS_KEPT = 1000;
 
 /**
- * Delivers one webhook job: the documented payload, signed with the account's
- * current API secret, to the account's current webhook URL.
+ * Delivers webhooks: the documented payload, signed with the account's
+ * current API secret, to the account's current webhook URL. Most go out at
+ * once for the webhook consumer that read their event (sendNow); a BullMQ job
+ * carries one that must wait or be retried (process).
  *
  * Order per request: one job per event (jobId = stream id, so retries and
  * dedup are plain BullMQ), and a per-request order set (Keys.webhookOrder) in
@@ -73,6 +75,8 @@ const SECRETS_KEPT = 1000;
 export class WebhookProcessor {
   /** Deliveries in flight in this process, per account (`webhooks.accountConcurrency`). */
   private readonly inFlight = new Map<string, number>();
+  /** Deliveries sent at once by this process's webhook consumer (sendNow), in flight: at most `webhooks.concurrency`. */
+  private directInFlight = 0;
   /** The per-account circuit breakers (the gauge of open ones reads it). */
   readonly breaker: WebhookBreaker;
   /** Keep-alive connections to the receivers, per origin (`webhooks.keepAliveMs`, `webhooks.maxSocketsPerHost`); the connection gauges read it. */
@@ -109,7 +113,7 @@ export class WebhookProcessor {
     const order = keys.webhookOrder(d.request_id);
     const member = orderMember(d.event_id);
     // Too old to be of use: given up for good (no retry), replayable by an operator.
-    const queuedAt = d.replayed_at ?? job.timestamp;
+    const queuedAt = d.replayed_at ?? d.tried_at ?? job.timestamp;
     if (Date.now() - queuedAt > config.maxAgeMs) {
       this.deps.metrics.webhookFailed(true);
       await this.markDone(order, member);
@@ -125,7 +129,9 @@ export class WebhookProcessor {
     }
     this.inFlight.set(d.account_id, held + 1);
     try {
-      const prepared = await this.prepare(job, order, member);
+      const prepared = await this.prepare(d, order, member);
+      // Delivered (or dropped, or given up) already: a job run again after its worker died, or one whose event was sent directly.
+      if (prepared === 'done') return;
       if (!prepared) {
         // An earlier event of the request goes first: back to delayed (not an attempt), looking again later.
         const waits = d.waits ?? 0;
@@ -135,28 +141,27 @@ export class WebhookProcessor {
       }
       await this.attempt(job, token, order, member, prepared);
     } finally {
-      const left = (this.inFlight.get(d.account_id) ?? 1) - 1;
-      if (left > 0) this.inFlight.set(d.account_id, left);
-      else this.inFlight.delete(d.account_id);
+      this.release(d.account_id);
     }
   }
 
   /**
-   * One round trip (prepareWebhook-4.lua): undefined when an earlier event of the request must go first (one
+   * One round trip (prepareWebhook-4.lua): 'done' when the event itself is done already (delivered, dropped or given
+   * up); undefined when an earlier event of the request must go first (one
    * queued, or one written less than `orderMaxWaitMs` ago that no consumer has handled yet); else the breaker's
    * gate and what the payload and signature are made from. Earlier events written longer ago and still not
    * handled are given up waiting for (marked done by the script), with a warning, and this one goes.
    */
-  private async prepare(job: Job<WebhookJobData>, order: string, member: string): Promise<Prepared | undefined> {
+  private async prepare(d: WebhookJobData, order: string, member: string): Promise<Prepared | 'done' | undefined> {
     const { redis, keys, config } = this.deps;
-    const d = job.data;
     const now = Date.now();
     const r = (await scripts.prepareWebhook.run(
       redis,
       [order, keys.account(d.account_id), keys.webhookBreaker(d.account_id), keys.verification(d.request_id)],
-      [member, now, this.breaker.probeLeaseMs, config.orderMaxWaitMs, ...RECORD_FIELDS],
+      [member, now, this.breaker.probeLeaseMs, config.orderMaxWaitMs, d.replayed_at === undefined ? '1' : '0', ...RECORD_FIELDS],
     )) as (string | number | null)[];
     if (r[0] === 'held') return undefined;
+    if (r[0] === 'done') return 'done';
     const [state, url, until, failures, phoneEnc, recordStatus] = r as [string, string | null, number, number, string | null, string | null];
     const finalAt = r.slice(6, 4 + RECORD_FIELDS.length) as (string | null)[];
     const secretEnc = (r[4 + RECORD_FIELDS.length] ?? null) as string | null;
@@ -205,27 +210,99 @@ export class WebhookProcessor {
   private async attempt(job: Job<WebhookJobData>, token: string | undefined, order: string, member: string, prepared: Prepared): Promise<void> {
     const { config } = this.deps;
     const d = job.data;
-    const log = this.deps.logger.child({ request_id: d.request_id, event_id: d.event_id, account_id: d.account_id, attempt: job.attemptsMade + 1 });
+    const log = this.deps.logger.child({ request_id: d.request_id, event_id: d.event_id, account_id: d.account_id, attempt: job.attemptsMade + 1 + (d.attempts_before ?? 0) });
     // Read from Redis before every delivery (prepare), never cached (account-field-cache.ts is for the consumer): a
     // URL removed or changed by an operator gets no further delivery of this event, from any process.
     const { gate } = prepared;
-    if (!gate.url) {
-      log.info({ event: d.event }, 'webhook URL removed; event not sent');
-      return this.markDone(order, member);
-    }
+    if (!gate.url) return this.dropNoUrl(d, order, member, log);
     if (gate.state === 'open') {
       // Spread over a quarter of the cool-off, so that the account's waiting events do not all wake at once.
       log.debug({ event: d.event, until: gate.until }, 'webhook breaker open; delivery deferred');
       return this.defer(job, token, gate.until + Math.random() * (config.breaker.coolOffMs / 4), 'breaker');
     }
+    const final = job.attemptsMade + 1 + (d.attempts_before ?? 0) >= (job.opts.attempts ?? 1);
+    try {
+      await this.attemptOnce(d, gate.url, prepared, order, member, final, log);
+    } catch (err) {
+      // BullMQ counts only the job's own attempts: after the consumer's failed first try, the last is one sooner.
+      if (final && d.attempts_before) throw new UnrecoverableError((err as Error).message);
+      throw err;
+    }
+  }
+
+  /**
+   * Sends an event's webhook at once, from the webhook consumer that read its stream entry: no BullMQ job for a
+   * webhook that goes out at the first try, which is nearly every one (a job's add, fetch and finish cost about a
+   * quarter of a webhook's CPU, BENCHMARKS.md). Same rules as a job's run: the order, the breaker, the per-account
+   * cap and the record's final status (one prepareWebhook-4 round trip), then the first attempt. What cannot go at
+   * once is handed back, and the consumer queues a job for it: 'queue' (an earlier event of the request first, the
+   * account's breaker open, the account's cap or this process's `webhooks.concurrency` direct slots taken; or
+   * `webhooks.attempts` is 1, so that a failure lands in the failed set, where it can be replayed), 'retry'
+   * (the first attempt failed, the breaker counted it: a job makes the other `webhooks.attempts` - 1, from
+   * `webhooks.backoffMs` on). 'done': delivered, dropped or given up, its order entry done. Throws only when Redis
+   * failed; the consumer then leaves the stream entry pending, to be handled again when reclaimed.
+   */
+  async sendNow(d: WebhookJobData): Promise<'done' | 'queue' | 'retry'> {
+    const result = await this.tryNow(d);
+    this.deps.metrics.webhookDirect(result === 'queue' ? 'queued' : result);
+    return result;
+  }
+
+  private async tryNow(d: WebhookJobData): Promise<'done' | 'queue' | 'retry'> {
+    const { keys, config } = this.deps;
+    const held = this.inFlight.get(d.account_id) ?? 0;
+    // A single attempt goes as a job: given up, it must be in BullMQ's failed set, where an operator replays it.
+    if (config.attempts <= 1 || this.directInFlight >= config.concurrency || held >= config.accountConcurrency) return 'queue';
+    this.directInFlight++;
+    this.inFlight.set(d.account_id, held + 1);
+    try {
+      const order = keys.webhookOrder(d.request_id);
+      const member = orderMember(d.event_id);
+      const prepared = await this.prepare(d, order, member);
+      if (prepared === 'done') return 'done';
+      if (!prepared || prepared.gate.state === 'open') return 'queue';
+      const log = this.deps.logger.child({ request_id: d.request_id, event_id: d.event_id, account_id: d.account_id, attempt: 1 });
+      if (!prepared.gate.url) {
+        await this.dropNoUrl(d, order, member, log);
+        return 'done';
+      }
+      try {
+        await this.attemptOnce(d, prepared.gate.url, prepared, order, member, false, log);
+      } catch {
+        return 'retry';
+      }
+      return 'done';
+    } finally {
+      this.directInFlight--;
+      this.release(d.account_id);
+    }
+  }
+
+  private release(accountId: string): void {
+    const left = (this.inFlight.get(accountId) ?? 1) - 1;
+    if (left > 0) this.inFlight.set(accountId, left);
+    else this.inFlight.delete(accountId);
+  }
+
+  private dropNoUrl(d: WebhookJobData, order: string, member: string, log: Logger): Promise<void> {
+    log.info({ event: d.event }, 'webhook URL removed; event not sent');
+    return this.markDone(order, member);
+  }
+
+  /**
+   * One delivery attempt of an event the breaker lets go (closed, or this is the probe). Resolves once the event is
+   * done with (delivered, or not sent on purpose). A failure is counted (breaker, metrics), marked done when `final`
+   * (given up), and thrown.
+   */
+  private async attemptOnce(d: WebhookJobData, url: string, prepared: Prepared, order: string, member: string, final: boolean, log: Logger): Promise<void> {
+    const { gate } = prepared;
     let sent: boolean;
     try {
-      sent = await this.deliver(d, gate.url, prepared, log);
+      sent = await this.deliver(d, url, prepared, log);
     } catch (err) {
       if (err instanceof WebhookDeliveryError) {
         await this.breaker.failed(d.account_id, gate.state === 'probe', err.message).catch((e: Error) => log.warn({ err: e.message }, 'could not record the failure in the webhook breaker'));
       }
-      const final = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
       this.deps.metrics.webhookFailed(final);
       if (final) {
         await this.markDone(order, member);

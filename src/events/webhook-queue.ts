@@ -32,6 +32,10 @@ export interface WebhookJobData {
   timestamp: number;
   /** Times this job waited for an earlier event of its request (ordering back-off). */
   waits?: number;
+  /** Attempts made before this job existed: the webhook consumer's own first try (WebhookProcessor.sendNow) failed. */
+  attempts_before?: number;
+  /** When that first try began (ms since epoch): the event's age (webhooks.maxAgeMs) counts from then. */
+  tried_at?: number;
   /** When an operator replayed it after it was given up (ms since epoch): its age (webhooks.maxAgeMs) counts from then. */
   replayed_at?: number;
 }
@@ -101,12 +105,21 @@ export class WebhookQueue {
     this.queue.on('error', connectionErrorLoggedElsewhere);
   }
 
-  /** Adds a delivery; adding the same event twice (a reclaimed stream entry) is a no-op. */
-  async add(data: WebhookJobData): Promise<void> {
-    await this.queue.add(WEBHOOK_QUEUE, data, {
+  /**
+   * Adds a delivery; adding the same event twice (a reclaimed stream entry) is a no-op. `afterFailedTry`: the
+   * consumer's own first try, begun at `triedAt`, failed; the job makes the other attempts, the first after
+   * `backoffMs`, each wait then twice the one before, as if the first try had been the job's.
+   */
+  async add(data: WebhookJobData, afterFailedTry?: { triedAt: number }): Promise<void> {
+    const { attempts, backoffMs } = this.retry;
+    await this.queue.add(WEBHOOK_QUEUE, afterFailedTry ? { ...data, attempts_before: 1, tried_at: afterFailedTry.triedAt } : data, {
       jobId: data.event_id,
-      attempts: this.retry.attempts,
-      backoff: { type: 'exponential', delay: this.retry.backoffMs },
+      // All of them: the processor counts the first try (attempts_before) and fails the job for good after the last,
+      // and a replay (which resets the job's own count and drops attempts_before) gets them all again.
+      attempts,
+      // (A replay keeps these options: its waits are then twice as long, from 2 × backoffMs.)
+      backoff: { type: 'exponential', delay: afterFailedTry ? 2 * backoffMs : backoffMs },
+      ...(afterFailedTry ? { delay: backoffMs } : {}),
       // Kept an hour so a re-handled stream entry still finds it (dedup), failures a week for inspection.
       removeOnComplete: { age: 3600, count: 10_000 },
       removeOnFail: { age: 7 * 24 * 3600 },

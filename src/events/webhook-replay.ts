@@ -53,7 +53,8 @@ export function describeGivenUp(job: Job<WebhookJobData>): GivenUpWebhook {
     event_id: job.data.event_id,
     failed_at: new Date(job.finishedOn ?? 0).toISOString(),
     last_error: job.failedReason ?? '',
-    attempts: job.attemptsMade,
+    // With the webhook consumer's own first try, when it sent the event at once and that failed.
+    attempts: job.attemptsMade + (job.data.attempts_before ?? 0),
   };
 }
 
@@ -64,7 +65,7 @@ export function describeGivenUp(job: Job<WebhookJobData>): GivenUpWebhook {
  * an earlier event of its request still pending, and is not sent if it contradicts the final status.
  */
 export async function replayGivenUp(job: Job<WebhookJobData>): Promise<void> {
-  const { waits: _waits, ...data } = job.data;
+  const { waits: _waits, attempts_before: _tried, tried_at: _triedAt, ...data } = job.data;
   // Its age (webhooks.maxAgeMs) counts from now: a webhook given up for its age would otherwise be given up again.
   await job.updateData({ ...data, replayed_at: Date.now() });
   await job.retry('failed', { resetAttemptsMade: true, resetAttemptsStarted: true });

@@ -77,6 +77,7 @@ export class Metrics {
   private readonly webhookDelivery: Histogram;
   private readonly webhookSkips: Counter;
   private readonly webhookDeferrals: Counter<'reason'>;
+  private readonly webhookDirects: Counter<'result'>;
   private readonly webhookDnsLookups: Counter;
   private readonly webhookDnsCache: Counter<'answer'>;
   private readonly webhookDnsFailures: Counter<'reason'>;
@@ -158,6 +159,15 @@ export class Metrics {
         'Webhook deliveries put back to wait without spending an attempt: reason="breaker" (the account\'s breaker is open), ' +
         'reason="account_limit" (webhooks.accountConcurrency of the account in flight in this process)',
       labelNames: ['reason'],
+      registers,
+    });
+    this.webhookDirects = new Counter({
+      name: 'flashverify_webhook_direct_total',
+      help:
+        'Webhooks the consumer that read their event tried to send at once (webhooks.direct), by what came of it: ' +
+        'result="done" (delivered, or not sent on purpose), result="queued" (a job waits: an earlier event, the breaker, ' +
+        'a cap), result="retry" (the first try failed; a job retries)',
+      labelNames: ['result'],
       registers,
     });
     this.webhookDnsLookups = new Counter({
@@ -425,6 +435,10 @@ export class Metrics {
 
   webhookDeferred(reason: 'breaker' | 'account_limit'): void {
     this.webhookDeferrals.inc({ reason });
+  }
+
+  webhookDirect(result: 'done' | 'queued' | 'retry'): void {
+    this.webhookDirects.inc({ result });
   }
 
   /** A webhook host lookup was handed to the resolver. */

@@ -37,6 +37,8 @@ export class Receiver {
   dropped = 0;
   /** Record requests and never answer them (a receiver stuck behind a dead backend). */
   hang = false;
+  /** Answer each request this long after it came (a slow receiver). */
+  delayMs = 0;
   /** Requests left unanswered and still open; the most open at once; those the sender closed unanswered. */
   open = 0;
   maxOpen = 0;
@@ -72,7 +74,9 @@ export class Receiver {
         };
         this.received.push(received);
         this.onRequest?.(received);
-        if (answered) return void res.writeHead(answered, { 'content-type': 'text/plain' }).end('ok');
+        const reply = () => void res.writeHead(answered, { 'content-type': 'text/plain' }).end('ok');
+        if (answered && this.delayMs) return void setTimeout(reply, this.delayMs);
+        if (answered) return reply();
         this.open++;
         this.maxOpen = Math.max(this.maxOpen, this.open);
         res.on('close', () => {

@@ -17,8 +17,9 @@ import { webhookProcessor } from '../helpers/webhook-worker.js';
 
 /** The production consumer, driven by hand: the test decides which consumer reads and handles which entry, when. */
 class HandDrivenConsumer extends WebhookConsumer {
-  handleEntry(entry: StreamEntry): Promise<void> {
-    return this.handle(entry);
+  async handleEntry(entry: StreamEntry): Promise<void> {
+    const unsettled = await this.handle(entry);
+    await unsettled?.settled;
   }
 }
 

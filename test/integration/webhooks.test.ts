@@ -76,13 +76,10 @@ describe('signed webhooks', () => {
     expect(got[1]!.json).toMatchObject({ event: 'verification.delivered', status: 'delivered', timestamp: '2026-03-04T15:00:02Z' });
     expect(got[2]!.json.status).toBe('verified');
 
-    // Job data carries neither the number nor the code.
+    // The first went out from the consumer that read its event, at once: no job was made for it.
     const queue = new Queue(WEBHOOK_QUEUE, { connection: t.redis, prefix: t.keys.bullPrefix() });
-    const job = await queue.getJob(String(got[0]!.headers['x-flashverify-event-id']));
+    expect(await queue.getJob(String(got[0]!.headers['x-flashverify-event-id']))).toBeUndefined();
     await queue.close();
-    expect(job?.data).toBeDefined();
-    expect(JSON.stringify(job!.data)).not.toContain('447700900100');
-    expect(Object.keys(job!.data).sort()).toEqual(['account_id', 'event', 'event_id', 'method', 'request_id', 'status', 'timestamp']);
     for (const line of t.logs) expect(line).not.toContain(account.api_secret);
   });
 
@@ -104,6 +101,14 @@ describe('signed webhooks', () => {
     // The same event each time: same id, same body, valid signature.
     expect(new Set(got.slice(0, 3).map((r) => r.headers['x-flashverify-event-id'])).size).toBe(1);
     expect(got.every((r) => r.signatureValid)).toBe(true);
+    // Tried at once by the consumer, then by a job: 3 attempts in all. The job's data carries neither the number nor the code.
+    const queue = new Queue(WEBHOOK_QUEUE, { connection: t.redis, prefix: t.keys.bullPrefix() });
+    const job = await queue.getJob(String(got[0]!.headers['x-flashverify-event-id']));
+    await queue.close();
+    expect(job?.data).toBeDefined();
+    expect(job!.attemptsMade + (job!.data.attempts_before ?? 0)).toBe(3);
+    expect(JSON.stringify(job!.data)).not.toContain('447700900101');
+    expect(Object.keys(job!.data).sort()).toEqual(['account_id', 'attempts_before', 'event', 'event_id', 'method', 'request_id', 'status', 'timestamp', 'tried_at']);
   });
 
   it('treats a redirect as a failure: it is not followed, the event is retried', async () => {
@@ -156,19 +161,18 @@ describe('a receiver that closes a kept-alive connection as it is reused', () =>
       const service = new VerificationService(t.redis, t.keys, t.sealer, t.config, noQueue, pino({ level: 'silent' }), new Set<Method>(['flash_call']));
       const { request_id: id } = await service.create(a, { phone_number: '+447700900120' });
       await new EventPublisher(t.redis, t.keys, 1000).publish({ request_id: id, account_id: a.account_id, method: 'flash_call', status: 'delivered', detail: {} });
-      const jobs = await waitFor(async () => {
-        const done = await queue.getCompleted();
-        return done.length === 2 ? done : undefined;
-      });
+      await waitFor(async () => receiver.forRequest(id).length === 2);
       // `sent` opened a connection; `delivered` went on it, was reset, and went again on a new one.
       expect(receiver.dropped).toBe(1);
       expect(receiver.forRequest(id).map((r) => [r.json.event, r.answered, r.socket])).toEqual([
         ['verification.sent', 200, 0],
         ['verification.delivered', 200, 1],
       ]);
-      // One attempt each (the one that succeeded), no error on record, no breaker failure, nothing logged as failed.
-      for (const job of jobs) {
+      // One attempt each (the one that succeeded): no retry job, and a job made for one that waited for `sent`
+      // has no error on record; no breaker failure, nothing logged as failed.
+      for (const job of await queue.getJobs(['completed', 'failed', 'delayed', 'waiting', 'active'])) {
         expect(job.attemptsMade).toBe(1);
+        expect(job.data.attempts_before).toBeUndefined();
         expect(job.stacktrace).toEqual([]);
       }
       expect(await t.redis.exists(t.keys.webhookBreaker(a.account_id))).toBe(0);

@@ -19,16 +19,17 @@
   KEYS[1] webhook order set of the request (Keys.webhookOrder)
   KEYS[2] account hash (Keys.account): webhook_url, secret_enc
   KEYS[3] breaker hash (Keys.webhookBreaker)
-  KEYS[4] verification hash: the fields ARGV[5..] name
+  KEYS[4] verification hash: the fields ARGV[6..] name
 
   ARGV[1] this event's order member (webhook-queue.ts orderMember)
   ARGV[2] now, ms since epoch (the breaker's clock: tripWebhookBreaker-2 writes it with the same)
   ARGV[3] probe lease, ms (longer than a delivery may take)
   ARGV[4] webhooks.orderMaxWaitMs
-  ARGV[5..] the record's fields to read (the processor's list: phone_enc, status, at_<final status> ...)
+  ARGV[5] '1': return {'done'} when this event is done already (ORDER_DONE); '0' (a replay): send it all the same
+  ARGV[6..] the record's fields to read (the processor's list: phone_enc, status, at_<final status> ...)
 
-  Returns {'held'}, or
-    { state, url, until, failures, <each field of ARGV[5..]>, secret_enc, given_up_1, given_up_2 ... }
+  Returns {'done'} (this event is done already: ORDER_DONE), {'held'}, or
+    { state, url, until, failures, <each field of ARGV[6..]>, secret_enc, given_up_1, given_up_2 ... }
   with state one of:
     'nourl'   the account has no webhook URL (any more): drop the event
     'open'    do not deliver before `until` (ms since epoch): cooling off, or another delivery is the probe
@@ -39,6 +40,10 @@
   members marked done here.
 ]]
 local member = ARGV[1]
+-- Delivered, dropped or given up already (a job run again after its worker died; an event the
+-- consumer sent at once whose stream entry is handled again): nothing to send. Not asked for a
+-- replay, which sends a given-up event again on purpose.
+if ARGV[5] == '1' and tonumber(redis.call('ZSCORE', KEYS[1], member)) == 1 then return { 'done' } end
 local pending = redis.call('ZRANGEBYSCORE', KEYS[1], -1, 0, 'WITHSCORES')
 local givenUp = {}
 if #pending > 0 then
@@ -56,7 +61,7 @@ if #pending > 0 then
 end
 
 -- The record's fields and the secret: one slot each, false when not read or missing.
-local slots = #ARGV - 4 + 1
+local slots = #ARGV - 5 + 1
 local function reply(state, url, untilMs, failures, fields)
   local out = { state, url or false, untilMs, failures }
   for i = 1, slots do out[4 + i] = fields and fields[i] or false end
@@ -78,6 +83,6 @@ if openUntil then
   redis.call('HSET', KEYS[3], 'probe_until', now + tonumber(ARGV[3]))
   state = 'probe'
 end
-local fields = redis.call('HMGET', KEYS[4], unpack(ARGV, 5))
+local fields = redis.call('HMGET', KEYS[4], unpack(ARGV, 6))
 fields[slots] = redis.call('HGET', KEYS[2], 'secret_enc')
 return reply(state, url, 0, failures, fields)
