@@ -8,6 +8,7 @@
  */
 import net from 'node:net';
 import tls from 'node:tls';
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { ConfigError } from '../errors/app-error.js';
 import { remoteOf, TcpTransport, type Connection } from './tcp-transport.js';
@@ -42,7 +43,7 @@ export class TlsTransport extends TcpTransport {
     this.options = tlsOptions;
     try {
       this.context = tls.createSecureContext({
-        ca: tlsOptions.caFile === undefined ? undefined : readFileSync(tlsOptions.caFile),
+        ca: tlsOptions.caFile === undefined ? undefined : caBundle(tlsOptions.caFile),
         cert: tlsOptions.certFile === undefined ? undefined : readFileSync(tlsOptions.certFile),
         key: tlsOptions.keyFile === undefined ? undefined : readFileSync(tlsOptions.keyFile),
       });
@@ -120,4 +121,21 @@ export class TlsTransport extends TcpTransport {
     this.failing.set(remote, `${reason}: ${err.message}`);
     this.logger.warn({ remote, code, reason, err: err.message }, `SIP TLS ${reason}`);
   }
+}
+
+/**
+ * The certificates of a PEM CA bundle. Node skips what is not a certificate in `ca` without a word, which would leave
+ * a trunk with no CA at all (every handshake failing): a file with none, or with one that does not parse, is refused.
+ */
+function caBundle(file: string): string[] {
+  const blocks = readFileSync(file, 'latin1').match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) throw new Error('no PEM certificate (-----BEGIN CERTIFICATE-----) in it');
+  for (const block of blocks) {
+    try {
+      new X509Certificate(block);
+    } catch (err) {
+      throw new Error(`a certificate in it does not parse (${err instanceof Error ? err.message : String(err)})`);
+    }
+  }
+  return blocks;
 }

@@ -2,6 +2,7 @@
  * SIP over TLS (RFC 3261 26.2) from the embedded stack to a real far end: SIPp speaks TCP only, so stunnel
  * terminates TLS in front of it, with throwaway certificates made by openssl for this file.
  */
+import { writeFileSync } from 'node:fs';
 import net from 'node:net';
 import pino, { type Logger } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -113,6 +114,12 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
     const withCert = await uac({ caFile: `${pki.dir}/trunk-ca.pem`, certFile: client.cert, keyFile: client.key });
     expect(await flash(withCert, uri)).toEqual(['provisional 180', 'cancelled', 'ended']);
     expect((await sipp!.waitForExit(10_000)).code).toBe(0);
+  });
+
+  it('a CA bundle with no certificate in it stops the start with a config error (Node would skip it without a word)', async () => {
+    const garbage = `${pki.dir}/garbage-ca.pem`;
+    writeFileSync(garbage, 'not a certificate\n');
+    await expect(uac({ caFile: garbage })).rejects.toThrow(/sip\.tls: cannot load the CA bundle.*no PEM certificate/);
   });
 
   it('a connection no call needs is closed after idleTimeoutMs; the next call opens a new one', async () => {
