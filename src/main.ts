@@ -143,6 +143,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           userAgent: config.sip.userAgent,
           logger: logger.child({ module: 'sip' }),
           tls: config.sip.tls,
+          trunks: config.sip.trunks,
           dns: config.sip.dns,
         });
         await originator.start();

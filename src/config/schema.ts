@@ -23,6 +23,54 @@ const OPTIONS_PING = 'must be 0 (no OPTIONS pings) or a whole number of millisec
 /** Interval of OPTIONS keep-alive pings to a trunk (RFC 3261 11); 0 = none. */
 const optionsPingMs = z.int({ message: OPTIONS_PING }).refine((ms) => ms === 0 || (ms >= 100 && ms <= 3_600_000), { message: OPTIONS_PING });
 
+/** A DNS host name (no IP address: SNI carries names only, RFC 6066 3). */
+const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+
+/** The PEM files of `sip.tls` and of a trunk's `tls`; checked at boot (files readable, certificate and key as a pair). */
+const tlsFiles = {
+  /** PEM CA bundle the certificates must chain to (replaces Node's trust store). */
+  caFile: z.string().min(1).optional(),
+  /** PEM client certificate and key, for trunks that ask for one (mutual TLS): both or neither. */
+  certFile: z.string().min(1).optional(),
+  keyFile: z.string().min(1).optional(),
+};
+
+/** What is wrong with the files of a TLS settings object, by key: unreadable, or a certificate without its key. */
+function tlsFileProblems(t: { caFile?: string | undefined; certFile?: string | undefined; keyFile?: string | undefined }): { key: string; message: string }[] {
+  const out: { key: string; message: string }[] = [];
+  if ((t.certFile === undefined) !== (t.keyFile === undefined)) {
+    out.push({ key: t.certFile === undefined ? 'certFile' : 'keyFile', message: 'certFile and keyFile go together (mutual TLS): give both or neither' });
+  }
+  for (const key of ['caFile', 'certFile', 'keyFile'] as const) {
+    const file = t[key];
+    if (file === undefined) continue;
+    try {
+      accessSync(file, fsConstants.R_OK);
+    } catch (err) {
+      out.push({ key, message: `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? String(err)})` });
+    }
+  }
+  return out;
+}
+
+/**
+ * A TLS trunk's own settings (embedded stack): each one given replaces `sip.tls`'s for this trunk's connections, which
+ * are never shared with trunks of other settings; the ones left out are `sip.tls`'s. Checked in the `sip` refinement
+ * below, which knows the trunk's name and URI.
+ */
+const trunkTlsSchema = z
+  .object({
+    ...tlsFiles,
+    /** Labs only: accept any certificate from this trunk (`false` verifies it when sip.tls.insecureSkipVerify is true). */
+    insecureSkipVerify: z.boolean().optional(),
+    /** The name sent as SNI and checked against the certificate, instead of the URI's host (or SRV domain). */
+    serverName: z
+      .string()
+      .refine((name) => HOST_NAME.test(name) && isIP(name) === 0, { message: 'must be a DNS host name (SNI carries no IP address, RFC 6066 3)' })
+      .optional(),
+  })
+  .strict();
+
 export const trunkSchema = z
   .object({
     name: z.string().min(1),
@@ -51,8 +99,29 @@ export const trunkSchema = z
     weight: z.number().int().positive().optional(),
     /** OPTIONS ping interval for this trunk, overriding sip.trunkHealth.optionsPingMs; 0 = no pings to it. */
     optionsPingMs: optionsPingMs.optional(),
+    /** TLS trunks: its own CA bundle, client certificate, verification or server name, over sip.tls. */
+    tls: trunkTlsSchema.optional(),
   })
   .strict();
+
+/**
+ * Why a trunk's `tls` cannot be used, one sentence per problem naming the trunk, by key under `tls` ('' for the
+ * object itself): on a trunk that is not TLS, on the drachtio backend (drachtio-server makes the TLS connections,
+ * with its own settings for every destination), unreadable files, a certificate without its key.
+ */
+function trunkTlsProblems(trunk: { name: string; uri: string; tls?: z.infer<typeof trunkTlsSchema> | undefined }, backend: 'embedded' | 'drachtio'): { key: string; message: string }[] {
+  if (trunk.tls === undefined) return [];
+  const named = (message: string): string => `trunk "${trunk.name}": ${message}`;
+  const transport = trunkUriTransportOf(trunk.uri);
+  if (typeof transport !== 'object') return []; // the URI's own checks say what is wrong
+  if (transport.transport !== 'tls') {
+    return [{ key: '', message: named(`tls settings are for a TLS trunk (sips: or ;transport=tls), and ${trunk.uri} is ${transport.transport.toUpperCase()}`) }];
+  }
+  if (backend === 'drachtio') {
+    return [{ key: '', message: named('per-trunk tls settings need sip.backend embedded: with drachtio, drachtio-server makes the TLS connections with its own settings, the same for every trunk; remove this trunk\'s tls and set them in drachtio-server') }];
+  }
+  return tlsFileProblems(trunk.tls).map((p) => ({ key: p.key, message: named(p.message) }));
+}
 
 /**
  * Why a trunk's URI names no transport a backend can use (`sips:` over UDP, an unknown transport), or undefined.
@@ -712,11 +781,7 @@ export const configSchema = z
          */
         tls: z
           .object({
-            /** PEM CA bundle the trunks' certificates must chain to (replaces Node's trust store). */
-            caFile: z.string().min(1).optional(),
-            /** PEM client certificate and key, for trunks that ask for one (mutual TLS): both or neither. */
-            certFile: z.string().min(1).optional(),
-            keyFile: z.string().min(1).optional(),
+            ...tlsFiles,
             /** Labs only: accept any certificate from any host. Loud warning at start. */
             insecureSkipVerify: z.boolean().default(false),
             /** A TLS handshake not finished by then fails its calls `unreachable`. */
@@ -726,18 +791,7 @@ export const configSchema = z
           })
           .strict()
           .superRefine((t, ctx) => {
-            if ((t.certFile === undefined) !== (t.keyFile === undefined)) {
-              ctx.addIssue({ code: z.ZodIssueCode.custom, path: [t.certFile === undefined ? 'certFile' : 'keyFile'], message: 'certFile and keyFile go together (mutual TLS): give both or neither' });
-            }
-            for (const key of ['caFile', 'certFile', 'keyFile'] as const) {
-              const file = t[key];
-              if (file === undefined) continue;
-              try {
-                accessSync(file, fsConstants.R_OK);
-              } catch (err) {
-                ctx.addIssue({ code: z.ZodIssueCode.custom, path: [key], message: `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? String(err)})` });
-              }
-            }
+            for (const { key, message } of tlsFileProblems(t)) ctx.addIssue({ code: z.ZodIssueCode.custom, path: [key], message });
           })
           .prefault({}),
         /**
@@ -789,6 +843,9 @@ export const configSchema = z
         sip.trunks.forEach((trunk, i) => {
           const problem = trunkTransportProblem(trunk);
           if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['trunks', i, 'uri'], message: problem });
+          for (const { key, message } of trunkTlsProblems(trunk, sip.backend)) {
+            ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['trunks', i, 'tls', ...(key === '' ? [] : [key])], message });
+          }
         });
       }),
     worker: z

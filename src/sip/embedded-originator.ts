@@ -42,6 +42,7 @@ import { destinationKey, type Destination, type InboundSource, type Transport, t
 import { ALLOW, KNOWN_UNHANDLED_METHODS, resolveTrunk, UacCall, type UacHost } from './uac.js';
 import { TlsTransport, type TlsClientOptions } from './tls-transport.js';
 import type { TrunkConfig } from '../config/schema.js';
+import { trunkNeedsTls } from './trunk-transport.js';
 import { UdpTransport } from './udp-transport.js';
 import { errorMessage, hostForUri, newTag } from './util.js';
 
@@ -57,6 +58,11 @@ export interface EmbeddedSipOriginatorOptions {
   };
   /** The TLS client transport (`sips:` / `;transport=tls` trunks); verification on, 5 s handshake, 60 s idle unless told. */
   tls?: TlsClientOptions;
+  /**
+   * The configured trunks: the own TLS settings of those that have some (`tls`) are loaded at start, so that a bad
+   * PEM stops the start naming the trunk. A trunk not given here has its settings loaded at its first call.
+   */
+  trunks?: readonly TrunkConfig[];
   timers: SipTimerConfig;
   userAgent: string;
   logger: Logger;
@@ -125,7 +131,11 @@ export class EmbeddedSipOriginator implements CallOriginator {
       onMessage: (m: ParsedMessage, s: InboundSource) => this.onMessage(m, s),
       onDestinationError: (d: Destination, e: Error) => this.onDestinationError(d, e),
       destinationInUse: (d: Destination) => this.byDestination.has(destinationKey(d)) || [...this.calls.values()].some((c) => !c.isEnded && c.uses(d)),
+      trunkOf: (d: Destination) => this.trunkNames.get(destinationKey(d)),
     };
+    // First, as it reads the certificate files: a bad one stops the start before any socket is bound.
+    const tls = new TlsTransport({ host, port: 0, logger: this.logger, events }, this.options.tls ?? DEFAULT_TLS);
+    for (const trunk of this.options.trunks ?? []) prepareTls(tls, trunk);
     for (let attempt = 0; ; attempt++) {
       const udp = new UdpTransport({ host, port, logger: this.logger, events });
       const tcp = new TcpTransport({ host, port, logger: this.logger, events });
@@ -144,7 +154,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
       }
       this.udp = udp;
       this.tcp = tcp;
-      this.tls = new TlsTransport({ host, port: 0, logger: this.logger, events }, this.options.tls ?? DEFAULT_TLS);
+      this.tls = tls;
       this.port = wantUdp ? udp.localPort : tcp.localPort;
       break;
     }
@@ -175,6 +185,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
    * trunk URI or header); network problems are reported through the delegate.
    */
   originate(request: OriginateRequest, delegate: CallDelegate): OutboundCall {
+    if (this.tls !== undefined) prepareTls(this.tls, request.trunk);
     const call = new UacCall({
       host: this.host,
       to: request.to,
@@ -208,6 +219,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
     if (!this.running) return { outcome: 'not_sent', callId: '', phrase: 'SIP stack not running' };
     let ping: OptionsPing;
     try {
+      if (this.tls !== undefined) prepareTls(this.tls, request.trunk);
       ping = new OptionsPing({ host: this.host, trunk: request.trunk, timeoutMs: request.timeoutMs, logger: request.logger });
     } catch (err) {
       return { outcome: 'not_sent', callId: '', phrase: errorMessage(err) };
@@ -243,7 +255,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
    */
   get tlsFailures(): Record<string, string> {
     const out: Record<string, string> = {};
-    for (const [remote, reason] of this.tls?.failing ?? []) out[this.trunkNames.get(`tls:${remote}`) ?? remote] = reason;
+    for (const [key, reason] of this.tls?.failing ?? []) out[this.trunkNames.get(key) ?? key] = reason;
     return out;
   }
 
@@ -494,6 +506,12 @@ export class EmbeddedSipOriginator implements CallOriginator {
     }
     source.respond(data, request.via);
   }
+}
+
+/** Loads a TLS trunk's own settings, if it has some (a ConfigError naming it when a file is no usable PEM). */
+function prepareTls(tls: TlsTransport, trunk: TrunkConfig): void {
+  // The object resolveTrunk puts in the trunk's destinations, which the transport finds the settings by.
+  if (trunk.tls !== undefined && trunkNeedsTls(trunk.uri)) tls.prepare(trunk.name, trunk.tls);
 }
 
 /** RFC 3261 18.2.1 `received` and RFC 3581 `rport` on the top Via of a UDP request. */

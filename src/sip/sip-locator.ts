@@ -133,7 +133,7 @@ export class SipLocator {
         this.logger.warn({ srv: srvName, target: `${target.name}:${target.port}`, err: errorMessage(lastError) }, 'SIP SRV target has no address; next target');
         continue;
       }
-      const destination: Destination = { protocol: base.protocol, host, port: target.port, serverName };
+      const destination: Destination = { ...base, host, port: target.port, serverName };
       if ((this.failedUntil.get(destinationKey(destination)) ?? 0) <= this.now()) return destination;
       fallback ??= destination;
     }

@@ -2,16 +2,20 @@
  * SIP over TLS, client side (RFC 3261 26.2, 18): the TCP transport's framing, one connection per destination reused
  * by every call to it, with TLS sockets. The server certificate is verified against the CA bundle (`caFile`, else
  * Node's trust store) and the trunk's host name, sent as SNI when it is a name (RFC 6066 3: never an IP address);
- * a client certificate is presented when configured (mutual TLS). No TLS server: the stack only originates, and the
- * trunk's responses and in-dialog requests come back on the connection we opened (RFC 3261 18.2.2, RFC 5923 `alias`
- * in our Via). A connection idle for `idleTimeoutMs` that no call needs any more is closed.
+ * a client certificate is presented when configured (mutual TLS). A trunk may have its own CA bundle, client
+ * certificate, verification switch and server name (`sip.trunks[].tls`, carried by its destinations): each given one
+ * replaces the stack's for that trunk's connections, which are pooled apart from those made with other settings
+ * (destinationKey). No TLS server: the stack only originates, and the trunk's responses and in-dialog requests come
+ * back on the connection we opened (RFC 3261 18.2.2, RFC 5923 `alias` in our Via). A connection idle for
+ * `idleTimeoutMs` that no call needs any more is closed.
  */
 import net from 'node:net';
 import tls from 'node:tls';
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { ConfigError } from '../errors/app-error.js';
 import { remoteOf, TcpTransport, type Connection } from './tcp-transport.js';
-import { transportError, type Destination, type TransportOptions } from './transport.js';
+import { destinationKey, transportError, type Destination, type TlsOverrides, type TransportOptions } from './transport.js';
 
 export interface TlsClientOptions {
   /** PEM CA bundle the trunks' certificates must chain to; none: Node's trust store. */
@@ -30,28 +34,85 @@ export interface TlsClientOptions {
 /** Node's codes for a certificate that did not verify (the TLS handshake reached the certificate and refused it). */
 const CERT_ERROR = /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|ALTNAME|ISSUER/;
 
+/** What connections are made with: the stack's settings, with a trunk's own over them. */
+interface TlsProfile {
+  readonly context: tls.SecureContext;
+  readonly insecureSkipVerify: boolean;
+  readonly serverName: string | undefined;
+  /** The CA bundle certificates are verified against (undefined: Node's trust store), for the log lines. */
+  readonly caFile: string | undefined;
+}
+
+const INSECURE = 'trunk TLS certificates are NOT verified; anyone on the path can read and change the calls. Labs only';
+
 export class TlsTransport extends TcpTransport {
   override readonly protocol = 'tls' as const;
   private readonly options: TlsClientOptions;
-  private readonly context: tls.SecureContext;
-  /** Destinations whose last connection failed its handshake (certificate, timeout), with the reason: readiness. */
+  /** The stack's settings (`sip.tls`), for trunks without their own. */
+  private readonly shared: TlsProfile;
+  /** Trunks' own settings, loaded once each (a trunk's `tls` object is its config's, frozen). */
+  private readonly profiles = new WeakMap<TlsOverrides, TlsProfile>();
+  /** Destination keys whose last connection failed its handshake (certificate, timeout), with the reason: readiness. */
   readonly failing = new Map<string, string>();
 
   constructor(options: TransportOptions, tlsOptions: TlsClientOptions) {
     super(options);
     this.options = tlsOptions;
+    this.shared = this.load(tlsOptions, 'sip.tls');
+    if (tlsOptions.insecureSkipVerify) this.logger.warn(`sip.tls.insecureSkipVerify is true: ${INSECURE}`);
+  }
+
+  /**
+   * Loads a trunk's own settings (its CA bundle, client certificate and key read now): a file that is no usable PEM
+   * is a ConfigError naming the trunk. Called at start for the configured trunks, and before a trunk's first call.
+   */
+  prepare(trunkName: string, overrides: TlsOverrides): void {
+    if (this.profiles.has(overrides)) return;
+    const o = this.options;
+    const profile = this.load(
+      {
+        caFile: overrides.caFile ?? o.caFile,
+        // A trunk gives its client certificate and key together or not at all (config check): a pair is never mixed.
+        certFile: overrides.certFile ?? o.certFile,
+        keyFile: overrides.keyFile ?? o.keyFile,
+        insecureSkipVerify: overrides.insecureSkipVerify ?? o.insecureSkipVerify,
+        serverName: overrides.serverName,
+      },
+      `trunk "${trunkName}" (sip.trunks[].tls)`,
+    );
+    this.profiles.set(overrides, profile);
+    if (overrides.insecureSkipVerify === true) this.logger.warn({ trunk: trunkName }, `tls.insecureSkipVerify is true for this trunk: ${INSECURE}`);
+  }
+
+  /** Reads the files of `settings` into a secure context; a file that is not what it should be is a ConfigError. */
+  private load(settings: Omit<TlsOverrides, 'insecureSkipVerify'> & { insecureSkipVerify: boolean }, what: string): TlsProfile {
+    const { caFile, certFile, keyFile } = settings;
+    const refused = (problem: string, err: unknown): ConfigError =>
+      new ConfigError([`${what}: ${problem}: ${err instanceof Error ? err.message : String(err)}`]);
+    let ca: string[] | undefined;
     try {
-      this.context = tls.createSecureContext({
-        ca: tlsOptions.caFile === undefined ? undefined : readFileSync(tlsOptions.caFile),
-        cert: tlsOptions.certFile === undefined ? undefined : readFileSync(tlsOptions.certFile),
-        key: tlsOptions.keyFile === undefined ? undefined : readFileSync(tlsOptions.keyFile),
-      });
+      ca = caFile === undefined ? undefined : caBundle(caFile);
     } catch (err) {
-      throw new ConfigError([`sip.tls: cannot load the CA bundle / client certificate and key: ${err instanceof Error ? err.message : String(err)}`]);
+      throw refused(`cannot load the CA bundle ${caFile}`, err);
     }
-    if (tlsOptions.insecureSkipVerify) {
-      this.logger.warn('sip.tls.insecureSkipVerify is true: trunk TLS certificates are NOT verified; anyone on the path can read and change the calls. Labs only');
+    try {
+      const context = tls.createSecureContext({
+        ca,
+        cert: certFile === undefined ? undefined : readFileSync(certFile),
+        key: keyFile === undefined ? undefined : readFileSync(keyFile),
+      });
+      return { context, insecureSkipVerify: settings.insecureSkipVerify, serverName: settings.serverName, caFile };
+    } catch (err) {
+      throw refused(`cannot load the client certificate ${certFile} and its key ${keyFile}`, err);
     }
+  }
+
+  private profileOf(destination: Destination): TlsProfile {
+    if (destination.tls === undefined) return this.shared;
+    const profile = this.profiles.get(destination.tls);
+    // The stack prepares every trunk's settings before its first request; never fall back to the stack's here.
+    if (profile === undefined) throw new Error(`TLS settings for ${destinationKey(destination)} not loaded`);
+    return profile;
   }
 
   /** No listener: see the file comment. */
@@ -62,30 +123,39 @@ export class TlsTransport extends TcpTransport {
   }
 
   protected override dial(destination: Destination): net.Socket {
+    const profile = this.profileOf(destination);
     return tls.connect({
       host: destination.host,
       port: destination.port,
-      // Node checks the certificate against `servername` when set: for an SRV target that is the trunk's domain
-      // (RFC 5922 4.1), not the target or its address.
-      servername: destination.serverName ?? (net.isIP(destination.host) === 0 ? destination.host : undefined),
-      secureContext: this.context,
-      rejectUnauthorized: !this.options.insecureSkipVerify,
+      // Node checks the certificate against `servername` when set: the trunk's `serverName` when it has one; for an
+      // SRV target the trunk's domain (RFC 5922 4.1), not the target or its address.
+      servername: profile.serverName ?? destination.serverName ?? (net.isIP(destination.host) === 0 ? destination.host : undefined),
+      secureContext: profile.context,
+      rejectUnauthorized: !profile.insecureSkipVerify,
     });
   }
 
   protected override opened(conn: Connection, destination: Destination): void {
     const socket = conn.socket as tls.TLSSocket;
-    const key = `${destination.host}:${destination.port}`;
+    const remote = `${destination.host}:${destination.port}`;
     const handshake = setTimeout(() => {
-      socket.destroy(transportError('ETLSHANDSHAKETIMEOUT', `TLS handshake with ${key} not finished within ${this.options.handshakeTimeoutMs} ms`));
+      socket.destroy(transportError('ETLSHANDSHAKETIMEOUT', `TLS handshake with ${remote} not finished within ${this.options.handshakeTimeoutMs} ms`));
     }, this.options.handshakeTimeoutMs);
     socket.once('close', () => clearTimeout(handshake));
     socket.once('secureConnect', () => {
       clearTimeout(handshake);
-      this.failing.delete(key);
+      this.failing.delete(destinationKey(destination));
       const cert = socket.getPeerCertificate();
       this.logger.info(
-        { remote: key, protocol: socket.getProtocol(), cipher: socket.getCipher().name, subject: cert.subject?.CN, issuer: cert.issuer?.CN, verified: socket.authorized },
+        {
+          remote,
+          trunk: this.events.trunkOf?.(destination),
+          protocol: socket.getProtocol(),
+          cipher: socket.getCipher().name,
+          subject: cert.subject?.CN,
+          issuer: cert.issuer?.CN,
+          verified: socket.authorized,
+        },
         'SIP TLS connection up',
       );
       if (this.options.idleTimeoutMs > 0) socket.setTimeout(this.options.idleTimeoutMs);
@@ -95,14 +165,15 @@ export class TlsTransport extends TcpTransport {
         socket.setTimeout(this.options.idleTimeoutMs);
         return;
       }
-      this.logger.debug({ remote: key }, 'idle SIP TLS connection closed');
+      this.logger.debug({ remote, trunk: this.events.trunkOf?.(destination) }, 'idle SIP TLS connection closed');
       this.retire(conn);
     });
   }
 
   protected override connectionError(conn: Connection, err: Error): void {
     const code = (err as Error & { code?: string }).code ?? '';
-    const remote = conn.destination === undefined ? remoteOf(conn) : `${conn.destination.host}:${conn.destination.port}`;
+    const destination = conn.destination;
+    const remote = destination === undefined ? remoteOf(conn) : `${destination.host}:${destination.port}`;
     // An alert is the trunk refusing us (TLS 1.3 sends "certificate required" after our side saw the handshake end).
     const reason = /ALERT/.test(code)
       ? 'handshake failed'
@@ -113,11 +184,31 @@ export class TlsTransport extends TcpTransport {
           : /SSL|TLS/.test(code)
             ? 'handshake failed'
             : undefined;
+    const trunk = destination === undefined ? undefined : this.events.trunkOf?.(destination);
     if (reason === undefined) {
-      this.logger.warn({ remote, code, err: err.message }, 'SIP TLS connection error');
+      this.logger.warn({ remote, trunk, code, err: err.message }, 'SIP TLS connection error');
       return;
     }
-    this.failing.set(remote, `${reason}: ${err.message}`);
-    this.logger.warn({ remote, code, reason, err: err.message }, `SIP TLS ${reason}`);
+    if (destination !== undefined) this.failing.set(destinationKey(destination), `${reason}: ${err.message}`);
+    // Which CA bundle refused the certificate: with per-trunk bundles, the first thing to check.
+    const ca = reason === 'certificate invalid' && destination !== undefined ? { ca_file: this.profileOf(destination).caFile ?? "Node's trust store" } : {};
+    this.logger.warn({ remote, trunk, code, reason, ...ca, err: err.message }, `SIP TLS ${reason}`);
   }
+}
+
+/**
+ * The certificates of a PEM CA bundle. Node skips what is not a certificate in `ca` without a word, which would leave
+ * a trunk with no CA at all (every handshake failing): a file with none, or with one that does not parse, is refused.
+ */
+function caBundle(file: string): string[] {
+  const blocks = readFileSync(file, 'latin1').match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) throw new Error('no PEM certificate (-----BEGIN CERTIFICATE-----) in it');
+  for (const block of blocks) {
+    try {
+      new X509Certificate(block);
+    } catch (err) {
+      throw new Error(`a certificate in it does not parse (${err instanceof Error ? err.message : String(err)})`);
+    }
+  }
+  return blocks;
 }

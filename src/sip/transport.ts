@@ -17,10 +17,42 @@ export interface Destination {
   readonly port: number;
   /** Set when DNS SRV chose `host`: the trunk's own host name, which TLS verifies and sends as SNI (RFC 5922 4.1). */
   readonly serverName?: string | undefined;
+  /** TLS only: the trunk's own settings (`sip.trunks[].tls`), over the stack's; undefined: the stack's. */
+  readonly tls?: TlsOverrides | undefined;
 }
 
+/** A trunk's own TLS settings; each one given replaces the stack's (`sip.tls`) for connections made for that trunk. */
+export interface TlsOverrides {
+  readonly caFile?: string | undefined;
+  readonly certFile?: string | undefined;
+  readonly keyFile?: string | undefined;
+  readonly insecureSkipVerify?: boolean | undefined;
+  /** The name sent as SNI and checked against the certificate, instead of the trunk's host. */
+  readonly serverName?: string | undefined;
+}
+
+/**
+ * Identifies a destination in connection pools and transaction tables. Destinations with different TLS settings get
+ * different keys, so a connection verified (or authenticated) for one trunk's settings is never used for another's.
+ */
 export function destinationKey(d: Destination): string {
-  return d.protocol + ':' + d.host + ':' + d.port;
+  const key = d.protocol + ':' + d.host + ':' + d.port;
+  return d.tls === undefined ? key : key + '#' + tlsSettingsId(d.tls);
+}
+
+/** Short ids of the distinct TLS settings seen (`#1`, `#2` in destination keys), by their values, then by object. */
+const settingsIds = new Map<string, number>();
+const idOf = new WeakMap<TlsOverrides, number>();
+
+function tlsSettingsId(tls: TlsOverrides): number {
+  let id = idOf.get(tls);
+  if (id === undefined) {
+    const values = JSON.stringify([tls.caFile, tls.certFile, tls.keyFile, tls.insecureSkipVerify, tls.serverName]);
+    id = settingsIds.get(values) ?? settingsIds.size + 1;
+    settingsIds.set(values, id);
+    idOf.set(tls, id);
+  }
+  return id;
 }
 
 /** Where an inbound message came from, and how to answer it (RFC 3261 18.2.2). */
@@ -42,6 +74,8 @@ export interface TransportEvents {
   onDestinationError(destination: Destination, error: Error): void;
   /** Does a call or transaction still need the connection to `destination`? (Asked before an idle one is closed.) */
   destinationInUse?(destination: Destination): boolean;
+  /** The trunk whose requests go to `destination`, for log lines. */
+  trunkOf?(destination: Destination): string | undefined;
 }
 
 export interface Transport {

@@ -129,7 +129,12 @@ export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
   const host = hostForSocket(uri.host);
   const info: TrunkInfo = {
     scheme: transport.scheme,
-    destination: { protocol: transport.transport, host, port: uri.port ?? transport.defaultPort },
+    destination: {
+      protocol: transport.transport,
+      host,
+      port: uri.port ?? transport.defaultPort,
+      ...(transport.transport === 'tls' && trunk.tls !== undefined ? { tls: trunk.tls } : {}),
+    },
     srvName: srvNameFor(transport.transport, host, uri.port !== undefined),
     hostPort: uri.port === undefined ? uri.host : `${uri.host}:${uri.port}`,
     transportParam: typeof param === 'string' ? `;transport=${param.toLowerCase()}` : '',
@@ -657,7 +662,10 @@ export class UacCall implements OutboundCall {
     // RFC 3261 26.2.2: a sips target is reached over TLS whatever its transport parameter says (tcp: TLS over TCP).
     const protocol: TransportProtocol =
       parsed.scheme === 'sips' || t === 'tls' ? 'tls' : t === 'tcp' ? 'tcp' : t === 'udp' ? 'udp' : this.protocol;
-    return { protocol, host: hostForSocket(parsed.host), port: parsed.port ?? (protocol === 'tls' ? 5061 : 5060) };
+    // The trunk's own TLS settings go with its dialog: an ACK or BYE to its Contact is verified as the INVITE was (and
+    // to the same address, goes on the same connection).
+    const tls = protocol === 'tls' ? this.destination.tls : undefined;
+    return { protocol, host: hostForSocket(parsed.host), port: parsed.port ?? (protocol === 'tls' ? 5061 : 5060), ...(tls !== undefined ? { tls } : {}) };
   }
 
   // ---------------------------------------------------------------- BYE

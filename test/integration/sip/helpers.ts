@@ -185,12 +185,14 @@ export async function startLoopbackUac({
   transports,
   t1Ms,
   tls,
+  trunks,
   dns,
   logger = testLogger,
 }: {
   transports: ('udp' | 'tcp')[];
   t1Ms: number;
   tls?: EmbeddedSipOriginatorOptions['tls'];
+  trunks?: EmbeddedSipOriginatorOptions['trunks'];
   dns?: EmbeddedSipOriginatorOptions['dns'];
   logger?: Logger;
 }): Promise<EmbeddedSipOriginator> {
@@ -200,6 +202,7 @@ export async function startLoopbackUac({
     userAgent: 'fv-ua/1.0',
     logger,
     tls,
+    trunks,
     dns,
   };
   const sip = new EmbeddedSipOriginator(options);

@@ -2,23 +2,28 @@
  * SIP over TLS (RFC 3261 26.2) from the embedded stack to a real far end: SIPp speaks TCP only, so stunnel
  * terminates TLS in front of it, with throwaway certificates made by openssl for this file.
  */
+import { writeFileSync } from 'node:fs';
 import net from 'node:net';
+import { fileURLToPath } from 'node:url';
 import pino, { type Logger } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
 import type { TlsClientOptions } from '../../../src/sip/tls-transport.js';
+import type { TrunkConfig } from '../../../src/config/schema.js';
 import { startSippUas, type SippUas } from '../../helpers/sipp.js';
 import { startStunnel, TestPki, type Stunnel } from '../../helpers/stunnel.js';
-import { flashCall, freePort, startLoopbackUac, trunk } from './helpers.js';
+import { flashCall, freePort, recorder, startLoopbackUac, testLogger, trunk } from './helpers.js';
 
 describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
   const pki = new TestPki();
   let trustedServer: { cert: string; key: string };
   let impostor: { cert: string; key: string };
   let client: { cert: string; key: string };
+  /** Signed by trunk-ca for the SBC's host name only: a trunk given by address verifies it with tls.serverName. */
+  let sbcByName: { cert: string; key: string };
   let originator: EmbeddedSipOriginator | undefined;
-  let sipp: SippUas | undefined;
-  let stunnel: Stunnel | undefined;
+  /** The far ends a test started, stopped after it. */
+  let ends: FarEnd[] = [];
   let logLines: string[] = [];
 
   beforeAll(() => {
@@ -28,6 +33,7 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
     impostor = pki.leaf('impostor', 'other-ca', 'DNS:localhost,IP:127.0.0.1');
     pki.ca('client-ca');
     client = pki.leaf('flashverify', 'client-ca', 'DNS:flashverify.test');
+    sbcByName = pki.leaf('sbc', 'trunk-ca', 'DNS:sbc.carrier.test');
   });
 
   afterAll(() => pki.remove());
@@ -35,54 +41,79 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
   afterEach(async () => {
     await originator?.stop();
     originator = undefined;
-    stunnel?.stop();
-    stunnel = undefined;
-    await sipp?.stop();
-    sipp = undefined;
+    for (const end of ends) {
+      end.stunnel.stop();
+      await end.sipp.stop();
+    }
+    ends = [];
     logLines = [];
   });
 
   const logger = (): Logger => pino({ level: 'info' }, { write: (line: string) => void logLines.push(line) });
 
-  const uac = async (tls: Partial<TlsClientOptions>): Promise<EmbeddedSipOriginator> => {
+  /** The stack with `tls` over verification on, 2 s handshakes, 60 s idle; `trunks`' own TLS settings loaded at start. */
+  const uac = async (tls: Partial<TlsClientOptions>, trunks?: TrunkConfig[]): Promise<EmbeddedSipOriginator> => {
     originator = await startLoopbackUac({
       transports: ['udp', 'tcp'],
       t1Ms: 500,
       logger: logger(),
       tls: { insecureSkipVerify: false, handshakeTimeoutMs: 2000, idleTimeoutMs: 60_000, ...tls },
+      trunks,
     });
     return originator;
   };
 
-  /** SIPp uas-ring-cancel over TCP behind stunnel; returns the TLS port. */
-  const farEnd = async (server: { cert: string; key: string }, clientCa?: string, calls = 1): Promise<number> => {
-    sipp = await startSippUas({ scenario: 'uas-ring-cancel', transport: 'tcp', calls });
-    const tlsPort = await freePort();
-    stunnel = await startStunnel({ dir: pki.dir, acceptPort: tlsPort, connectPort: sipp.port, cert: server, clientCa });
-    return tlsPort;
+  interface FarEnd {
+    /** stunnel's TLS port. */
+    port: number;
+    sipp: SippUas;
+    stunnel: Stunnel;
+  }
+
+  /**
+   * SIPp (uas-ring-cancel unless told) over TCP behind stunnel with `server`'s certificate, asking for a client
+   * certificate chaining to `clientCa` when given. The scenario gets the stunnel port as `[tls_port]` (SIPp -key).
+   */
+  const farEnd = async (
+    server: { cert: string; key: string },
+    options: { clientCa?: string; calls?: number; scenario?: string } = {},
+  ): Promise<FarEnd> => {
+    const port = await freePort();
+    const sipp = await startSippUas({
+      scenario: options.scenario ?? 'uas-ring-cancel',
+      transport: 'tcp',
+      calls: options.calls ?? 1,
+      extraArgs: ['-key', 'tls_port', String(port)],
+    });
+    const end = { port, sipp, stunnel: await startStunnel({ dir: pki.dir, acceptPort: port, connectPort: sipp.port, cert: server, clientCa: options.clientCa }) };
+    ends.push(end);
+    return end;
   };
+
+  /** TLS connections stunnel accepted. */
+  const accepted = (stunnel: Stunnel): number => stunnel.log().match(/accepted connection/g)?.length ?? 0;
 
   const flash = (sip: EmbeddedSipOriginator, uri: string): Promise<string[]> => flashCall(sip, trunk(uri));
 
   it('a flash call to sips:localhost: INVITE, 180, CANCEL, 487, ACK on one verified TLS connection, Via TLS, sips Contact', async () => {
-    const port = await farEnd(trustedServer);
+    const { port, sipp, stunnel } = await farEnd(trustedServer);
     const sip = await uac({ caFile: `${pki.dir}/trunk-ca.pem` });
     expect(await flash(sip, `sips:localhost:${port}`)).toEqual(['provisional 180', 'cancelled', 'ended']);
-    expect((await sipp!.waitForExit(10_000)).code).toBe(0);
-    const received = sipp!.received().filter((m) => m.method !== undefined);
+    expect((await sipp.waitForExit(10_000)).code).toBe(0);
+    const received = sipp.received().filter((m) => m.method !== undefined);
     expect(received.map((m) => m.method)).toEqual(['INVITE', 'CANCEL', 'ACK']);
     for (const m of received) expect(m.headers['via']?.[0]).toMatch(/^SIP\/2\.0\/TLS 127\.0\.0\.1:\d+;branch=z9hG4bK\w+;rport;alias$/);
     expect(received[0]?.startLine).toMatch(/^INVITE sips:\+447700900123@localhost:\d+;user=phone SIP\/2\.0$/);
     expect(received[0]?.headers['contact']?.[0]).toMatch(/^<sips:127\.0\.0\.1:\d+>$/);
     expect(received[0]?.headers['to']?.[0]).toMatch(/^<sips:/);
     // SIPp sent 100, 180, 200 (CANCEL) and 487 back over it; stunnel saw one TLS connection for all of it.
-    expect(sipp!.sent().map((m) => m.status)).toEqual([100, 180, 200, 487]);
-    expect(stunnel!.log().match(/accepted connection/g)).toHaveLength(1);
+    expect(sipp.sent().map((m) => m.status)).toEqual([100, 180, 200, 487]);
+    expect(accepted(stunnel)).toBe(1);
     expect(logLines.join('')).toMatch(/"verified":true.*"msg":"SIP TLS connection up"/);
   });
 
   it('a certificate from an unknown CA fails the call unreachable with a clear log line; works once that CA is configured', async () => {
-    const port = await farEnd(impostor);
+    const { port, sipp } = await farEnd(impostor);
     const uri = `sip:localhost:${port};transport=tls`;
     const strict = await uac({ caFile: `${pki.dir}/trunk-ca.pem` });
     const events = await flash(strict, uri);
@@ -91,18 +122,18 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
     expect(warn).toMatch(/"remote":"localhost:\d+".*"reason":"certificate invalid"/);
     expect(logLines.some((l) => /"trunk":"test".*SIP TLS transport error/.test(l))).toBe(true);
     expect(Object.keys(strict.tlsFailures)).toEqual(['test']);
-    expect(sipp!.received()).toEqual([]);
+    expect(sipp.received()).toEqual([]);
     await strict.stop();
 
     const trusting = await uac({ caFile: `${pki.dir}/other-ca.pem` });
     expect(await flash(trusting, uri)).toEqual(['provisional 180', 'cancelled', 'ended']);
-    expect(sipp!.received()[0]?.startLine).toMatch(/^INVITE sip:.*;transport=tls SIP\/2\.0$/);
-    expect(sipp!.received()[0]?.headers['contact']?.[0]).toMatch(/^<sip:127\.0\.0\.1:\d+;transport=tls>$/);
+    expect(sipp.received()[0]?.startLine).toMatch(/^INVITE sip:.*;transport=tls SIP\/2\.0$/);
+    expect(sipp.received()[0]?.headers['contact']?.[0]).toMatch(/^<sip:127\.0\.0\.1:\d+;transport=tls>$/);
     expect(trusting.tlsFailures).toEqual({});
   });
 
   it('mutual TLS: a trunk that asks for a client certificate refuses us without one, takes the call with it', async () => {
-    const port = await farEnd(trustedServer, `${pki.dir}/client-ca.pem`);
+    const { port, sipp } = await farEnd(trustedServer, { clientCa: `${pki.dir}/client-ca.pem` });
     const uri = `sips:localhost:${port}`;
     const anonymous = await uac({ caFile: `${pki.dir}/trunk-ca.pem` });
     expect(await flash(anonymous, uri)).toEqual([expect.stringMatching(/^failed unreachable: /), 'ended']);
@@ -112,19 +143,25 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
 
     const withCert = await uac({ caFile: `${pki.dir}/trunk-ca.pem`, certFile: client.cert, keyFile: client.key });
     expect(await flash(withCert, uri)).toEqual(['provisional 180', 'cancelled', 'ended']);
-    expect((await sipp!.waitForExit(10_000)).code).toBe(0);
+    expect((await sipp.waitForExit(10_000)).code).toBe(0);
+  });
+
+  it('a CA bundle with no certificate in it stops the start with a config error (Node would skip it without a word)', async () => {
+    const garbage = `${pki.dir}/garbage-ca.pem`;
+    writeFileSync(garbage, 'not a certificate\n');
+    await expect(uac({ caFile: garbage })).rejects.toThrow(/sip\.tls: cannot load the CA bundle.*no PEM certificate/);
   });
 
   it('a connection no call needs is closed after idleTimeoutMs; the next call opens a new one', async () => {
-    const port = await farEnd(trustedServer, undefined, 2);
+    const { port, sipp, stunnel } = await farEnd(trustedServer, { calls: 2 });
     const sip = await uac({ caFile: `${pki.dir}/trunk-ca.pem`, idleTimeoutMs: 300 });
     expect(await flash(sip, `sips:localhost:${port}`)).toEqual(['provisional 180', 'cancelled', 'ended']);
-    expect(stunnel!.log()).not.toMatch(/Connection closed/);
+    expect(stunnel.log()).not.toMatch(/Connection closed/);
     await new Promise((r) => setTimeout(r, 900));
-    expect(stunnel!.log()).toMatch(/Connection closed/);
+    expect(stunnel.log()).toMatch(/Connection closed/);
     expect(await flash(sip, `sips:localhost:${port}`)).toEqual(['provisional 180', 'cancelled', 'ended']);
-    expect((await sipp!.waitForExit(10_000)).code).toBe(0);
-    expect(stunnel!.log().match(/accepted connection/g)).toHaveLength(2);
+    expect((await sipp.waitForExit(10_000)).code).toBe(0);
+    expect(accepted(stunnel)).toBe(2);
   });
 
   it('a peer that never finishes the handshake: unreachable after handshakeTimeoutMs, logged as a handshake timeout', async () => {
@@ -140,5 +177,99 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
       for (const s of sockets) s.destroy();
       silent.close();
     }
+  });
+
+  describe('per-trunk settings (sip.trunks[].tls over sip.tls)', () => {
+    const rings = ['provisional 180', 'cancelled', 'ended'];
+
+    it('two carriers with their own private CAs: each verified against its own; a trunk whose CA does not match fails unreachable on a connection of its own, the others carry on', async () => {
+      // carrier-a's SBC has a certificate from trunk-ca, carrier-b's from other-ca; the stack's own store knows neither.
+      const a = await farEnd(trustedServer);
+      const b = await farEnd(impostor, { calls: 2 });
+      const carrierA = trunk(`sips:localhost:${a.port}`, { name: 'carrier-a', tls: { caFile: `${pki.dir}/trunk-ca.pem` } });
+      const carrierB = trunk(`sips:localhost:${b.port}`, { name: 'carrier-b', tls: { caFile: `${pki.dir}/other-ca.pem` } });
+      // The same SBC as carrier-b, with carrier-a's CA: its connection must not be carrier-b's verified one.
+      const wrongCa = trunk(`sips:localhost:${b.port}`, { name: 'carrier-b-wrong-ca', tls: { caFile: `${pki.dir}/trunk-ca.pem` } });
+      const sip = await uac({}, [carrierA, carrierB, wrongCa]);
+
+      expect(await flashCall(sip, carrierB)).toEqual(rings);
+      expect(await flashCall(sip, wrongCa)).toEqual([expect.stringMatching(/^failed unreachable: .*certificate/i), 'ended']);
+      expect(await flashCall(sip, carrierB)).toEqual(rings);
+      expect(await flashCall(sip, carrierA)).toEqual(rings);
+      expect((await b.sipp.waitForExit(10_000)).code).toBe(0);
+      expect((await a.sipp.waitForExit(10_000)).code).toBe(0);
+      // carrier-b's two calls on its one connection, and the refused one of carrier-b-wrong-ca.
+      expect(accepted(b.stunnel)).toBe(2);
+      expect(accepted(a.stunnel)).toBe(1);
+      expect(Object.keys(sip.tlsFailures)).toEqual(['carrier-b-wrong-ca']);
+      const logs = logLines.join('');
+      expect(logs).toMatch(/"trunk":"carrier-b-wrong-ca".*"reason":"certificate invalid","ca_file":"[^"]*\/trunk-ca\.pem".*"msg":"SIP TLS certificate invalid"/);
+      expect(logs).toMatch(/"trunk":"carrier-b-wrong-ca".*"msg":"SIP TLS transport error; calls on it fail unreachable"/);
+      expect(logs).toMatch(/"trunk":"carrier-a".*"issuer":"trunk-ca","verified":true,"msg":"SIP TLS connection up"/);
+      expect(logs).toMatch(/"trunk":"carrier-b".*"issuer":"other-ca","verified":true,"msg":"SIP TLS connection up"/);
+    });
+
+    it('mutual TLS for one trunk: its own client certificate is presented (CA from sip.tls); a trunk to the same SBC without one is refused on its own connection', async () => {
+      const end = await farEnd(trustedServer, { clientCa: `${pki.dir}/client-ca.pem`, calls: 2 });
+      const mtls = trunk(`sips:localhost:${end.port}`, { name: 'carrier-mtls', tls: { certFile: client.cert, keyFile: client.key } });
+      const plain = trunk(`sips:localhost:${end.port}`, { name: 'carrier-plain' });
+      const sip = await uac({ caFile: `${pki.dir}/trunk-ca.pem` }, [mtls, plain]);
+
+      expect(await flashCall(sip, mtls)).toEqual(rings);
+      expect(await flashCall(sip, plain)).toEqual([expect.stringMatching(/^failed unreachable: /), 'ended']);
+      expect(await flashCall(sip, mtls)).toEqual(rings);
+      expect((await end.sipp.waitForExit(10_000)).code).toBe(0);
+      expect(accepted(end.stunnel)).toBe(2);
+      expect(logLines.find((l) => l.includes('SIP TLS handshake failed'))).toMatch(/"trunk":"carrier-plain".*"code":"ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED"/);
+      expect(Object.keys(sip.tlsFailures)).toEqual(['carrier-plain']);
+    });
+
+    it('a trunk given by address whose SBC certificate names only its host name: verified against tls.serverName', async () => {
+      const end = await farEnd(sbcByName);
+      const byAddress = trunk(`sips:127.0.0.1:${end.port}`, { name: 'by-address' });
+      const named = trunk(`sips:127.0.0.1:${end.port}`, { name: 'by-address-named', tls: { serverName: 'sbc.carrier.test' } });
+      const sip = await uac({ caFile: `${pki.dir}/trunk-ca.pem` }, [byAddress, named]);
+
+      expect(await flashCall(sip, byAddress)).toEqual([expect.stringMatching(/^failed unreachable: .*127\.0\.0\.1/), 'ended']);
+      expect(logLines.find((l) => l.includes('SIP TLS certificate invalid'))).toMatch(/"trunk":"by-address".*"code":"ERR_TLS_CERT_ALTNAME_INVALID"/);
+      expect(await flashCall(sip, named)).toEqual(rings);
+      expect((await end.sipp.waitForExit(10_000)).code).toBe(0);
+      expect(logLines.join('')).toMatch(/"trunk":"by-address-named".*"subject":"sbc".*"verified":true,"msg":"SIP TLS connection up"/);
+    });
+
+    it('an answered call: the ACK and BYE to the trunk\'s sips: Contact go with the trunk\'s own settings, on its connection', async () => {
+      const end = await farEnd(trustedServer, { scenario: fileURLToPath(new URL('./scenarios/uas-answer-sips-contact.xml', import.meta.url)) });
+      const carrier = trunk(`sips:localhost:${end.port}`, { name: 'carrier', tls: { caFile: `${pki.dir}/trunk-ca.pem` } });
+      const sip = await uac({}, [carrier]);
+      const rec = recorder();
+      const call = sip.originate(
+        { to: '+447700900123', from: '+441234567890', trunk: carrier, logger: testLogger },
+        {
+          ...rec.delegate,
+          onAnswered: (sdp, crossedCancel) => {
+            rec.delegate.onAnswered?.(sdp, crossedCancel);
+            void call.hangup();
+          },
+        },
+      );
+      await rec.waitFor('ended');
+      expect(rec.events.map((e) => e.type)).toEqual(['answered', 'ended']);
+      expect((await end.sipp.waitForExit(10_000)).code).toBe(0);
+      expect(end.sipp.received().map((m) => m.method)).toEqual(['INVITE', 'ACK', 'BYE']);
+      expect(accepted(end.stunnel)).toBe(1);
+    });
+
+    it('a trunk whose own CA bundle or client certificate is no PEM stops the start, naming the trunk', async () => {
+      const garbage = `${pki.dir}/garbage.pem`;
+      writeFileSync(garbage, 'not a certificate\n');
+      const bad = (name: string, tls: TrunkConfig['tls']): TrunkConfig[] => [trunk('sips:localhost:5061', { name: 'fine' }), trunk('sips:localhost:5061', { name, tls })];
+      await expect(uac({}, bad('carrier-ca', { caFile: garbage }))).rejects.toThrow(
+        /trunk "carrier-ca" \(sip\.trunks\[\]\.tls\): cannot load the CA bundle .*garbage\.pem: no PEM certificate/,
+      );
+      await expect(uac({}, bad('carrier-cert', { certFile: garbage, keyFile: client.key }))).rejects.toThrow(
+        /trunk "carrier-cert" \(sip\.trunks\[\]\.tls\): cannot load the client certificate .*garbage\.pem and its key .*flashverify\.key: .*PEM/,
+      );
+      expect(originator).toBeUndefined();
+    });
   });
 });

@@ -11,6 +11,17 @@ afterAll(() => {
   for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
 });
 
+/** The problems loadConfig reports, one a line; '' when the configuration is valid. */
+function issues(env: NodeJS.ProcessEnv, overrides?: LoadOptions['overrides'], file?: string): string {
+  try {
+    loadConfig({ env, overrides, ...(file === undefined ? {} : { file }) });
+    return '';
+  } catch (e) {
+    expect(e).toBeInstanceOf(ConfigError);
+    return (e as ConfigError).issues.join('\n');
+  }
+}
+
 function yamlFile(text: string): string {
   const dir = mkdtempSync(join(tmpdir(), 'fv-config-'));
   dirs.push(dir);
@@ -242,15 +253,6 @@ describe('loadConfig', () => {
   });
 
   it('takes sips: and transport=tls trunks (SIP over TLS); refuses at boot the URIs no transport here can carry, naming trunk and key', () => {
-    const issues = (env: NodeJS.ProcessEnv, overrides?: LoadOptions['overrides']): string => {
-      try {
-        loadConfig({ env, overrides });
-        return '';
-      } catch (e) {
-        expect(e).toBeInstanceOf(ConfigError);
-        return (e as ConfigError).issues.join('\n');
-      }
-    };
     for (const uri of ['sips:sbc.example.net', 'sip:sbc.example.net:5061;transport=tls', 'sips:sbc.example.net;transport=tcp']) {
       expect(issues({ SIP_TRUNK_URI: uri })).toBe('');
       expect(issues({ SIP_TRUNK_URI: uri }, { sip: { backend: 'drachtio' } })).toBe('');
@@ -265,6 +267,42 @@ describe('loadConfig', () => {
     expect(issues({}, { sip: { tls: { caFile: '/nonexistent/ca.pem' } } })).toMatch(/^sip\.tls\.caFile: cannot read \/nonexistent\/ca\.pem \(ENOENT\)/);
     expect(issues({}, { sip: { tls: { certFile: pem } } })).toMatch(/^sip\.tls\.keyFile: certFile and keyFile go together/);
     expect(issues({}, { sip: { tls: { handshakeTimeoutMs: 0 } } })).toMatch(/^sip\.tls\.handshakeTimeoutMs/);
+  });
+
+  it('sip.trunks[].tls: a TLS trunk\'s own CA, client certificate, verification and server name; refused at boot naming the trunk', () => {
+    const pem = yamlFile('not read here');
+    const trunks = (...lines: string[]): string => yamlFile(`sip:\n  trunks:\n${lines.map((l) => `    - ${l}\n`).join('')}`);
+    const ok = trunks(
+      `{ name: a, uri: "sips:sbc-a.example.net", tls: { caFile: "${pem}", certFile: "${pem}", keyFile: "${pem}", serverName: sbc.carrier-a.net } }`,
+      '{ name: b, uri: "sip:sbc-b.example.net:5061;transport=tls", tls: { insecureSkipVerify: true } }',
+      '{ name: c, uri: "sips:sbc-c.example.net" }',
+    );
+    const sip = loadConfig({ file: ok, env: {} }).sip;
+    // Only what the trunk gives: the rest is sip.tls's, applied by the stack.
+    expect(sip.trunks.map((t) => t.tls)).toEqual([{ caFile: pem, certFile: pem, keyFile: pem, serverName: 'sbc.carrier-a.net' }, { insecureSkipVerify: true }, undefined]);
+    expect(sip.tls).toEqual({ insecureSkipVerify: false, handshakeTimeoutMs: 5000, idleTimeoutMs: 60_000 });
+
+    const bad = trunks(
+      '{ name: missing-ca, uri: "sips:a.example.net", tls: { caFile: /nonexistent/ca-a.pem } }',
+      `{ name: half-pair, uri: "sips:b.example.net", tls: { certFile: "${pem}" } }`,
+      `{ name: plain-udp, uri: "sip:c.example.net", tls: { caFile: "${pem}" } }`,
+      `{ name: plain-tcp, uri: "sip:d.example.net;transport=tcp", tls: {} }`,
+      '{ name: by-ip, uri: "sips:e.example.net", tls: { serverName: "192.0.2.1" } }',
+      '{ name: timeouts, uri: "sips:f.example.net", tls: { handshakeTimeoutMs: 1000 } }',
+    );
+    expect(issues({}, undefined, bad).split('\n')).toEqual([
+      'sip.trunks.4.tls.serverName: must be a DNS host name (SNI carries no IP address, RFC 6066 3)',
+      expect.stringMatching(/^sip\.trunks\.5\.tls: Unrecognized key: "handshakeTimeoutMs"/),
+      'sip.trunks.0.tls.caFile: trunk "missing-ca": cannot read /nonexistent/ca-a.pem (ENOENT)',
+      'sip.trunks.1.tls.keyFile: trunk "half-pair": certFile and keyFile go together (mutual TLS): give both or neither',
+      'sip.trunks.2.tls: trunk "plain-udp": tls settings are for a TLS trunk (sips: or ;transport=tls), and sip:c.example.net is UDP',
+      'sip.trunks.3.tls: trunk "plain-tcp": tls settings are for a TLS trunk (sips: or ;transport=tls), and sip:d.example.net;transport=tcp is TCP',
+    ]);
+    // drachtio-server makes the TLS connections itself: a trunk's own settings could not apply, so they are refused.
+    expect(issues({}, { sip: { backend: 'drachtio' } }, ok).split('\n')).toEqual([
+      expect.stringMatching(/^sip\.trunks\.0\.tls: trunk "a": per-trunk tls settings need sip\.backend embedded: with drachtio, drachtio-server makes the TLS connections/),
+      expect.stringMatching(/^sip\.trunks\.1\.tls: trunk "b": per-trunk tls settings need sip\.backend embedded/),
+    ]);
   });
 
   it('sip.dns: the system resolver, answers kept 60 s, 2 s per query unless told; refuses server names and bad ports by name', () => {
