@@ -111,13 +111,16 @@ describe('webhooks sent directly by the consumer', () => {
   });
 
   it('a stop that cannot wait long enough leaves the entry pending (reclaimed later), not acknowledged', async () => {
-    const { r, account, consumer, service, pending } = await setUp({ settleTimeoutMs: 200 });
+    const { r, account, consumer, service, metrics, pending, jobs } = await setUp({ settleTimeoutMs: 200 });
     await consumer.start();
     r.hang = true;
     const { request_id } = await service.create(account, { phone_number: '+447700900702' });
     await waitFor(async () => r.forRequest(request_id).length === 1);
     await consumer.stop();
     expect(await pending()).toBe(1);
+    // The receiver goes away: the send fails and is handed to a retry job (before the test's keys are deleted).
+    await r.stop();
+    await waitFor(async () => /^flashverify_webhook_direct_total\{result="retry"\} 1$/m.test(await metrics.render()) && (await jobs()) === 1);
   });
 
   it('a webhooks process killed mid-send: its entry is reclaimed and the webhook sent by the next process, nothing lost', { timeout: 60_000 }, async () => {
