@@ -58,7 +58,12 @@ export async function startTestEngine(config: Readonly<Config>, role: Role = 'al
     { level: process.env.TEST_LOG_LEVEL ?? 'debug' },
     { write: (line: string) => void logs.push(line) },
   );
-  const engine = await startEngine(config, role, logger);
+  const engine = await startEngine(config, role, logger).catch(async (err: unknown) => {
+    // A start that failed part-way may have written its start-up keys (key check, stream groups, queue meta) first.
+    const cleanup = config.redis.cluster ? connectRedis(config.redis, pino({ level: 'silent' })) : new Redis(config.redis.url);
+    await deletePrefix(cleanup, config.redis.prefix).finally(() => cleanup.quit());
+    throw err;
+  });
   // A Redis Cluster (redis.cluster) gets a cluster client; a single server the plain one.
   const redis = config.redis.cluster ? connectRedis(config.redis, pino({ level: 'silent' })) : new Redis(config.redis.url);
   const keys = new Keys(config.redis.prefix);
