@@ -311,6 +311,7 @@ const priceTable = z.record(z.string(), z.number().nonnegative());
 
 const SOCKETS_PER_HOST = 'must be a whole number of connections, at least 1';
 const DNS_MS = 'must be a whole number of milliseconds, 0 or more';
+const FAILED_TARGET_MS = 'must be a whole number of milliseconds from 0 (never skipped) to 3600000 (1 h)';
 const MAX_LOOKUPS = 'must be a whole number of lookups, at least 1 (or null: the default)';
 
 /** libuv's thread pool when UV_THREADPOOL_SIZE is not set: it runs getaddrinfo (dns.lookup), fs, async crypto and zlib. */
@@ -748,6 +749,13 @@ export const configSchema = z
             cacheMs: z.number().int().min(0).max(86_400_000).default(60_000),
             /** One DNS query gets this long per server; a lookup that fails fails its call `unreachable`. */
             timeoutMs: z.number().int().min(100).max(30_000).default(2000),
+            /** A target whose call failed on the transport or got no response is skipped by the following calls this long; 0: never. */
+            failedTargetMs: z
+              .number({ message: FAILED_TARGET_MS })
+              .int({ message: FAILED_TARGET_MS })
+              .min(0, { message: FAILED_TARGET_MS })
+              .max(3_600_000, { message: FAILED_TARGET_MS })
+              .default(30_000),
           })
           .strict()
           .prefault({}),

@@ -60,7 +60,7 @@ export interface EmbeddedSipOriginatorOptions {
   timers: SipTimerConfig;
   userAgent: string;
   logger: Logger;
-  /** RFC 3263 SRV lookups for trunk host names without a port (sip-locator.ts); the system resolver, 60 s, 2 s unless told. */
+  /** RFC 3263 SRV lookups for trunk host names without a port (sip-locator.ts); the system resolver, 60 s, 2 s, failed targets skipped 30 s unless told. */
   dns?: SipDnsOptions;
   /** Timer source for every SIP timer; defaults to the global timers. */
   clock?: Clock;

@@ -7,7 +7,7 @@
  * case in which RFC 3263 4.1 goes straight to SRV. Targets are ordered by priority, then weighted random within a
  * priority (RFC 2782), per call, so that calls share the load by weight. A call goes to the first target not marked
  * failed; a target whose INVITE ended with a transport error or no response at all (Timer B) is marked failed for
- * FAILED_TARGET_MS, so the following calls go to the next one (the failed call itself is not retried: a flash call
+ * `failedTargetMs`, so the following calls go to the next one (the failed call itself is not retried: a flash call
  * is short, and its retry belongs to the engine). When every target is marked, the first in order is used again.
  * No SRV record (NXDOMAIN, no data): the host itself on the default port, as before this existed.
  *
@@ -33,10 +33,11 @@ export interface SipDnsOptions {
   cacheMs: number;
   /** One query gets this long per server before it fails (c-ares timeout, one try). */
   timeoutMs: number;
+  /** A target whose call failed on the transport or got no response is skipped this long; 0: never. Default 30 s. */
+  failedTargetMs?: number | undefined;
 }
 
-/** A target whose call failed on the transport or got no response is skipped this long. */
-export const FAILED_TARGET_MS = 30_000;
+export const DEFAULT_FAILED_TARGET_MS = 30_000;
 
 export interface SrvTarget {
   readonly name: string;
@@ -92,6 +93,7 @@ export class SipLocator {
   private readonly options: SipDnsOptions;
   private readonly logger: Logger;
   private readonly now: () => number;
+  private readonly failedTargetMs: number;
   private readonly srvCache = new Map<string, Cached<SrvTarget[]>>();
   private readonly addressCache = new Map<string, Cached<string>>();
   /** Destination keys marked failed, until when. */
@@ -101,6 +103,7 @@ export class SipLocator {
     this.options = options;
     this.logger = logger;
     this.now = now;
+    this.failedTargetMs = options.failedTargetMs ?? DEFAULT_FAILED_TARGET_MS;
     this.resolver = new Resolver({ timeout: options.timeoutMs, tries: 1 });
     if (options.servers !== undefined && options.servers.length > 0) this.resolver.setServers([...options.servers]);
   }
@@ -143,14 +146,14 @@ export class SipLocator {
 
   /** A call to `destination` ended with a transport error or no response: the next calls try the next target. */
   failed(destination: Destination): void {
-    if (!this.knows(destination)) return;
+    if (!this.knows(destination) || this.failedTargetMs <= 0) return;
     const key = destinationKey(destination);
     const now = this.now();
     const marked = (this.failedUntil.get(key) ?? 0) > now;
     for (const [k, until] of this.failedUntil) if (until <= now) this.failedUntil.delete(k);
-    this.failedUntil.set(key, now + FAILED_TARGET_MS);
+    this.failedUntil.set(key, now + this.failedTargetMs);
     // Once per marking: a dead target fails every call waiting on it at once.
-    if (!marked) this.logger.warn({ destination: key, for_ms: FAILED_TARGET_MS }, 'SIP SRV target failed; the next calls try the next target');
+    if (!marked) this.logger.warn({ destination: key, for_ms: this.failedTargetMs }, 'SIP SRV target failed; the next calls try the next target');
   }
 
   /** Only destinations this locator handed out are marked (a trunk with an address or a port is never skipped). */

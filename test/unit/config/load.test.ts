@@ -268,9 +268,9 @@ describe('loadConfig', () => {
   });
 
   it('sip.dns: the system resolver, answers kept 60 s, 2 s per query unless told; refuses server names and bad ports by name', () => {
-    expect(loadConfig({ env: {} }).sip.dns).toEqual({ cacheMs: 60_000, timeoutMs: 2000 });
+    expect(loadConfig({ env: {} }).sip.dns).toEqual({ cacheMs: 60_000, timeoutMs: 2000, failedTargetMs: 30_000 });
     const servers = ['10.0.0.2', '127.0.0.1:5353', '::1', '[2001:db8::1]:53'];
-    expect(loadConfig({ env: {}, overrides: { sip: { dns: { servers, cacheMs: 0 } } } }).sip.dns).toEqual({ servers, cacheMs: 0, timeoutMs: 2000 });
+    expect(loadConfig({ env: {}, overrides: { sip: { dns: { servers, cacheMs: 0 } } } }).sip.dns).toEqual({ servers, cacheMs: 0, timeoutMs: 2000, failedTargetMs: 30_000 });
     const file = yamlFile('sip:\n  dns:\n    servers: [ns1.example.net, "10.0.0.2:0", "10.0.0.2:53"]\n    cacheMs: -1\n    timeoutMs: 10\n');
     let issues: string[] = [];
     try {
@@ -284,6 +284,22 @@ describe('loadConfig', () => {
       expect.stringMatching(/^sip\.dns\.cacheMs: /),
       expect.stringMatching(/^sip\.dns\.timeoutMs: /),
     ]);
+  });
+
+  it('sip.dns.failedTargetMs: failed SRV targets skipped 30 s unless told; 0 turns it off; refuses the rest by name', () => {
+    const dns = (overrides: Record<string, unknown>) => loadConfig({ env: {}, overrides: { sip: { dns: overrides } } }).sip.dns;
+    expect(dns({ failedTargetMs: 0 })).toMatchObject({ failedTargetMs: 0 });
+    expect(dns({ failedTargetMs: 3_600_000 })).toMatchObject({ failedTargetMs: 3_600_000 });
+    const issues = (file: string): string[] => {
+      try {
+        loadConfig({ file, env: {} });
+      } catch (e) {
+        return (e as ConfigError).issues;
+      }
+      return [];
+    };
+    const message = 'sip.dns.failedTargetMs: must be a whole number of milliseconds from 0 (never skipped) to 3600000 (1 h)';
+    for (const value of ['-1', '1.5', '3600001', '"30s"']) expect(issues(yamlFile(`sip:\n  dns:\n    failedTargetMs: ${value}\n`))).toEqual([message]);
   });
 
   it('reports unreadable and invalid YAML files', () => {
