@@ -749,13 +749,22 @@ export const configSchema = z
             cacheMs: z.number().int().min(0).max(86_400_000).default(60_000),
             /** One DNS query gets this long per server; a lookup that fails fails its call `unreachable`. */
             timeoutMs: z.number().int().min(100).max(30_000).default(2000),
-            /** A target whose call failed on the transport or got no response is skipped by the following calls this long; 0: never. */
+            /**
+             * A target a request failed at (transport error, no response, 503 without Retry-After) is tried last by
+             * the following requests this long; 0: never (every request starts at the first target in order).
+             */
             failedTargetMs: z
               .number({ message: FAILED_TARGET_MS })
               .int({ message: FAILED_TARGET_MS })
               .min(0, { message: FAILED_TARGET_MS })
               .max(3_600_000, { message: FAILED_TARGET_MS })
               .default(30_000),
+            /**
+             * With another SRV target left, a request that has heard nothing at all (not even 100 Trying) from its
+             * target this long goes to the next one, instead of waiting for Timer B/F (32 s); 0: Timer B/F only.
+             * Checked against sip.timers.t1Ms below.
+             */
+            targetTimeoutMs: z.number({ message: DNS_MS }).int({ message: DNS_MS }).min(0, { message: DNS_MS }).default(4000),
           })
           .strict()
           .prefault({}),
@@ -791,6 +800,17 @@ export const configSchema = z
           const problem = trunkTransportProblem(trunk);
           if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['trunks', i, 'uri'], message: problem });
         });
+        // Below T1 a healthy target could not even get its 100 Trying back over one retransmission interval; from
+        // Timer B (64*T1) on, the transaction has ended first and the setting does nothing.
+        const { t1Ms } = sip.timers;
+        const target = sip.dns.targetTimeoutMs;
+        if (Number.isInteger(target) && target > 0 && (target < t1Ms || target >= 64 * t1Ms)) {
+          ctx.addIssue({
+            code: z.ZodIssueCode.custom,
+            path: ['dns', 'targetTimeoutMs'],
+            message: `must be 0 (Timer B/F only) or from sip.timers.t1Ms (${t1Ms}) to below Timer B (64 × t1Ms = ${64 * t1Ms})`,
+          });
+        }
       }),
     worker: z
       .object({

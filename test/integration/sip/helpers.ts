@@ -186,12 +186,14 @@ export async function startLoopbackUac({
   t1Ms,
   tls,
   dns,
+  onFailover,
   logger = testLogger,
 }: {
   transports: ('udp' | 'tcp')[];
   t1Ms: number;
   tls?: EmbeddedSipOriginatorOptions['tls'];
   dns?: EmbeddedSipOriginatorOptions['dns'];
+  onFailover?: EmbeddedSipOriginatorOptions['onFailover'];
   logger?: Logger;
 }): Promise<EmbeddedSipOriginator> {
   const options: EmbeddedSipOriginatorOptions = {
@@ -201,6 +203,7 @@ export async function startLoopbackUac({
     logger,
     tls,
     dns,
+    onFailover,
   };
   const sip = new EmbeddedSipOriginator(options);
   await sip.start();
