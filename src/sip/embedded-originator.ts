@@ -66,7 +66,7 @@ export interface EmbeddedSipOriginatorOptions {
    * (srv-failover.ts); the system resolver, 60 s, 2 s, targets failed skipped 30 s, 4 s per target unless told.
    */
   dns?: SipDnsOptions;
-  /** A request moved from a failed SRV target to the next one (for a metric). */
+  /** A request moved from a failed SRV target to the next one (`flashverify_srv_failovers_total`). */
   onFailover?: (event: FailoverEvent) => void;
   /** Timer source for every SIP timer; defaults to the global timers. */
   clock?: Clock;

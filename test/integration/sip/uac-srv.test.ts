@@ -6,9 +6,9 @@
 import dgram from 'node:dgram';
 import pino, { type Logger } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
+import { Metrics } from '../../../src/metrics/metrics.js';
 import type { EmbeddedSipOriginator, EmbeddedSipOriginatorOptions } from '../../../src/sip/embedded-originator.js';
 import type { SipDnsOptions } from '../../../src/sip/sip-locator.js';
-import type { FailoverEvent } from '../../../src/sip/srv-failover.js';
 import { startDnsmasq, type Dnsmasq } from '../../helpers/dnsmasq.js';
 import { distinctTransactions, startSippUas, type SippUas } from '../../helpers/sipp.js';
 import { startStunnel, TestPki } from '../../helpers/stunnel.js';
@@ -86,8 +86,8 @@ describe('embedded SIP stack: DNS SRV for a trunk host name (RFC 3263, dnsmasq o
     sipp = await startSippUas({ scenario: 'uas-ring-cancel', transport: 'udp', calls: 2 });
     const dead = await freePort();
     dns = await startDnsmasq(targets('_sip._udp', [dead, sipp.port]));
-    const events: FailoverEvent[] = [];
-    const sip = await uac([dns.server], {}, (event) => events.push(event));
+    const metrics = new Metrics({ defaultMetrics: false });
+    const sip = await uac([dns.server], {}, (event) => metrics.srvFailover(event));
     const srvTrunk = trunk('sip:trunk.test');
     expect(await flashCall(sip, srvTrunk, logger())).toEqual(RINGING);
     const [first] = callIds();
@@ -95,7 +95,7 @@ describe('embedded SIP stack: DNS SRV for a trunk host name (RFC 3263, dnsmasq o
       expect.objectContaining({ trunk: 'test', call_id: first, method: 'INVITE', from: `udp:127.0.0.1:${dead}`, to: `udp:127.0.0.1:${sipp.port}`, reason: 'unreachable' }),
     ]);
     expect(logged('SIP SRV target failed; the next calls try the next target')[0]).toMatchObject({ destination: `udp:127.0.0.1:${dead}`, for_ms: 30_000 });
-    expect(events).toEqual([{ trunk: 'test', method: 'INVITE', reason: 'unreachable' }]);
+    expect(await metrics.render()).toContain('flashverify_srv_failovers_total{trunk="test",method="INVITE",reason="unreachable"} 1');
     // The dead target is marked: the next call goes straight to the second.
     expect(await flashCall(sip, srvTrunk, logger())).toEqual(RINGING);
     expect(logged(FAILED_OVER)).toHaveLength(1);
