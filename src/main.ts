@@ -145,6 +145,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           tls: config.sip.tls,
           trunks: config.sip.trunks,
           dns: config.sip.dns,
+          onFailover: (event) => metrics.srvFailover(event),
         });
         await originator.start();
         // Via and Contact name 127.0.0.1 when the stack listens on every address and no advertisedHost is set: a

@@ -380,6 +380,7 @@ const priceTable = z.record(z.string(), z.number().nonnegative());
 
 const SOCKETS_PER_HOST = 'must be a whole number of connections, at least 1';
 const DNS_MS = 'must be a whole number of milliseconds, 0 or more';
+const FAILED_TARGET_MS = 'must be a whole number of milliseconds from 0 (never skipped) to 3600000 (1 h)';
 const MAX_LOOKUPS = 'must be a whole number of lookups, at least 1 (or null: the default)';
 
 /** libuv's thread pool when UV_THREADPOOL_SIZE is not set: it runs getaddrinfo (dns.lookup), fs, async crypto and zlib. */
@@ -809,6 +810,22 @@ export const configSchema = z
             cacheMs: z.number().int().min(0).max(86_400_000).default(60_000),
             /** One DNS query gets this long per server; a lookup that fails fails its call `unreachable`. */
             timeoutMs: z.number().int().min(100).max(30_000).default(2000),
+            /**
+             * A target a request failed at (transport error, no response, 503 without Retry-After) is tried last by
+             * the following requests this long; 0: never (every request starts at the first target in order).
+             */
+            failedTargetMs: z
+              .number({ message: FAILED_TARGET_MS })
+              .int({ message: FAILED_TARGET_MS })
+              .min(0, { message: FAILED_TARGET_MS })
+              .max(3_600_000, { message: FAILED_TARGET_MS })
+              .default(30_000),
+            /**
+             * With another SRV target left, a request that has heard nothing at all (not even 100 Trying) from its
+             * target this long goes to the next one, instead of waiting for Timer B/F (32 s); 0: Timer B/F only.
+             * Checked against sip.timers.t1Ms below.
+             */
+            targetTimeoutMs: z.number({ message: DNS_MS }).int({ message: DNS_MS }).min(0, { message: DNS_MS }).default(4000),
           })
           .strict()
           .prefault({}),
@@ -847,6 +864,17 @@ export const configSchema = z
             ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['trunks', i, 'tls', ...(key === '' ? [] : [key])], message });
           }
         });
+        // Below T1 a healthy target could not even get its 100 Trying back over one retransmission interval; from
+        // Timer B (64*T1) on, the transaction has ended first and the setting does nothing.
+        const { t1Ms } = sip.timers;
+        const target = sip.dns.targetTimeoutMs;
+        if (Number.isInteger(target) && target > 0 && (target < t1Ms || target >= 64 * t1Ms)) {
+          ctx.addIssue({
+            code: z.ZodIssueCode.custom,
+            path: ['dns', 'targetTimeoutMs'],
+            message: `must be 0 (Timer B/F only) or from sip.timers.t1Ms (${t1Ms}) to below Timer B (64 × t1Ms = ${64 * t1Ms})`,
+          });
+        }
       }),
     worker: z
       .object({

@@ -72,6 +72,7 @@ export class Metrics {
   private readonly calls: Counter<'method' | 'trunk' | 'outcome'>;
   private readonly pdd: Histogram<'trunk'>;
   private readonly trunkPings: Counter<'trunk' | 'result'>;
+  private readonly srvFailovers: Counter<'trunk' | 'method' | 'reason'>;
   private readonly jobLatencyHist: Histogram<'queue'>;
   private readonly webhookFailures: Counter<'final'>;
   private readonly webhookDelivery: Histogram;
@@ -127,6 +128,14 @@ export class Metrics {
       name: 'flashverify_trunk_pings_total',
       help: 'OPTIONS keep-alive pings to trunks by result: answered (any final response), timeout, unreachable',
       labelNames: ['trunk', 'result'],
+      registers,
+    });
+    this.srvFailovers = new Counter({
+      name: 'flashverify_srv_failovers_total',
+      help:
+        'Requests (method INVITE or OPTIONS) sent again to the next DNS SRV target of a trunk after failing at one (RFC 3263 4.3), ' +
+        'by why they left it: unreachable (transport error), timeout (no response at all), service_unavailable (503)',
+      labelNames: ['trunk', 'method', 'reason'],
       registers,
     });
     this.jobLatencyHist = new Histogram({
@@ -413,6 +422,11 @@ export class Metrics {
   /** An OPTIONS ping to `trunk` ended (pings the backend could not send are not counted). */
   trunkPing(trunk: string, result: 'answered' | 'timeout' | 'unreachable'): void {
     this.trunkPings.inc({ trunk, result });
+  }
+
+  /** A request to `trunk` failed at one of its SRV targets and went to the next (embedded stack). */
+  srvFailover(event: { trunk: string; method: string; reason: string }): void {
+    this.srvFailovers.inc({ trunk: event.trunk, method: event.method, reason: event.reason });
   }
 
   /** A job moved to processing; `createdAt`/`startedAt` are epoch ms (BullMQ job.timestamp / processedOn). */

@@ -36,7 +36,8 @@ import {
 } from './transactions/transaction.js';
 import { OptionsPing } from './options-ping.js';
 import { splitCommaList } from './parser.js';
-import { SipLocator, type SipDnsOptions } from './sip-locator.js';
+import { DEFAULT_TARGET_TIMEOUT_MS, SipLocator, type Located, type SipDnsOptions } from './sip-locator.js';
+import type { FailoverEvent } from './srv-failover.js';
 import { TcpTransport } from './tcp-transport.js';
 import { destinationKey, type Destination, type InboundSource, type Transport, type TransportProtocol } from './transport.js';
 import { ALLOW, KNOWN_UNHANDLED_METHODS, resolveTrunk, UacCall, type UacHost } from './uac.js';
@@ -66,8 +67,13 @@ export interface EmbeddedSipOriginatorOptions {
   timers: SipTimerConfig;
   userAgent: string;
   logger: Logger;
-  /** RFC 3263 SRV lookups for trunk host names without a port (sip-locator.ts); the system resolver, 60 s, 2 s unless told. */
+  /**
+   * RFC 3263 SRV lookups for trunk host names without a port (sip-locator.ts) and failover between their targets
+   * (srv-failover.ts); the system resolver, 60 s, 2 s, targets failed skipped 30 s, 4 s per target unless told.
+   */
   dns?: SipDnsOptions;
+  /** A request moved from a failed SRV target to the next one (`flashverify_srv_failovers_total`). */
+  onFailover?: (event: FailoverEvent) => void;
   /** Timer source for every SIP timer; defaults to the global timers. */
   clock?: Clock;
 }
@@ -206,8 +212,8 @@ export class EmbeddedSipOriginator implements CallOriginator {
       call.start();
     } else {
       this.locate(request.trunk).then(
-        (destination) => {
-          if (this.running && !call.isEnded) call.start(destination);
+        (located) => {
+          if (this.running && !call.isEnded) call.start(located);
         },
         (err: unknown) => call.abort(errorMessage(err)),
       );
@@ -224,25 +230,28 @@ export class EmbeddedSipOriginator implements CallOriginator {
     } catch (err) {
       return { outcome: 'not_sent', callId: '', phrase: errorMessage(err) };
     }
-    let destination: Destination;
+    let located: Located;
     try {
-      destination = await this.locate(request.trunk);
+      located = await this.locate(request.trunk);
     } catch (err) {
       return { outcome: 'unreachable', callId: '', phrase: errorMessage(err) };
     }
     if (!this.running) return { outcome: 'not_sent', callId: '', phrase: 'SIP stack not running' };
     this.pings.add(ping);
-    ping.start(destination);
+    ping.start(located);
     return ping.result.finally(() => this.pings.delete(ping));
   }
 
-  /** Where a trunk's requests go now (DNS SRV for a host name without a port); a DNS failure is logged and thrown. */
-  private async locate(trunk: TrunkConfig): Promise<Destination> {
+  /**
+   * Where a trunk's request goes first, and the SRV targets left after it (DNS SRV for a host name without a port);
+   * a DNS failure is logged and thrown.
+   */
+  private async locate(trunk: TrunkConfig): Promise<Located> {
     const info = resolveTrunk(trunk);
     try {
-      const destination = await this.locator.locate(info.destination, info.srvName);
-      this.nameTrunk(trunk, destination);
-      return destination;
+      const located = await this.locator.locate(info.destination, info.srvName);
+      this.nameTrunk(trunk, located.destination);
+      return located;
     } catch (err) {
       this.logger.warn({ trunk: trunk.name, srv: info.srvName, err: errorMessage(err) }, 'SIP DNS lookup failed: the call (or ping) to this trunk fails unreachable');
       throw err;
@@ -289,7 +298,12 @@ export class EmbeddedSipOriginator implements CallOriginator {
       },
       respond: (request, source, status, opts) => this.respond(request, source, status, opts?.headers, opts?.body),
       callEnded: (call, lingerMs) => this.callEnded(call, lingerMs),
-      destinationFailed: (destination) => this.locator.failed(destination),
+      targetTimeoutMs: this.options.dns?.targetTimeoutMs ?? DEFAULT_TARGET_TIMEOUT_MS,
+      destinationFailed: (destination, forMs) => this.locator.failed(destination, forMs),
+      failedOver: (trunk, to, event) => {
+        this.nameTrunk(trunk, to);
+        this.options.onFailover?.(event);
+      },
     };
   }
 

@@ -6,16 +6,22 @@
  * Any final response means the trunk answered, whatever its status: a 405 or 403 from an SBC that refuses
  * OPTIONS, a 401/407 (not answered with credentials: the challenge is the answer), a 5xx. Only silence
  * (the ping's timeout, or Timer F) and transport errors count against the trunk.
+ *
+ * To a trunk located by DNS SRV, a ping that fails at its target (transport error, no response, 503) is sent to the
+ * next target, as a call's INVITE is (RFC 3263 4.3, srv-failover.ts), within the ping's own timeout: it answers for
+ * the trunk, not for one of its servers. A 503 from the last target is an answer, as above.
  */
 import type { Logger } from 'pino';
 import type { TrunkConfig } from '../config/schema.js';
 import type { PingResult } from './call-originator.js';
 import type { Clock, TimerHandle } from './clock.js';
 import { hdr, type ParsedResponse, type SipHeader, type SipRequest } from './message.js';
-import type { ClientTransaction, ClientTransactionUser } from './transactions/transaction.js';
-import type { Destination } from './transport.js';
+import type { Located } from './sip-locator.js';
+import { onNewBranch, retryAfterMs, TargetFailover, targetUser, type FailoverReason } from './srv-failover.js';
+import { TransactionState, type ClientTransaction } from './transactions/transaction.js';
+import type { TransportProtocol } from './transport.js';
 import { ALLOW, resolveTrunk, type TrunkInfo, type UacHost } from './uac.js';
-import { errorMessage, newBranch, newCallId, newTag } from './util.js';
+import { newBranch, newCallId, newTag } from './util.js';
 
 /** User part of the From of a ping (a call's From is its caller ID; a ping has none). */
 const PING_USER = 'flashverify';
@@ -39,7 +45,7 @@ export function pingAddressing(info: TrunkInfo): PingAddressing {
 }
 
 export interface OptionsPingOptions {
-  host: Pick<UacHost, 'userAgent' | 'clock' | 'timers' | 'via' | 'contact' | 'startTransaction'>;
+  host: Pick<UacHost, 'userAgent' | 'clock' | 'timers' | 'via' | 'contact' | 'startTransaction' | 'targetTimeoutMs' | 'destinationFailed' | 'failedOver'>;
   trunk: TrunkConfig;
   timeoutMs: number;
   logger: Logger;
@@ -59,6 +65,11 @@ export abstract class PingAttempt {
     this.result = new Promise((resolve) => {
       this.settle = resolve;
     });
+  }
+
+  /** No result yet. */
+  protected get pending(): boolean {
+    return this.settle !== undefined;
   }
 
   /** The stack stops (or its connection is gone): the ping is dropped, `not_sent`. */
@@ -94,9 +105,13 @@ export class OptionsPing extends PingAttempt {
   private readonly options: OptionsPingOptions;
   private readonly info: TrunkInfo;
   private readonly log: Logger;
-  private readonly request: SipRequest;
-  private readonly branch = newBranch();
+  private readonly protocol: TransportProtocol;
+  private request: SipRequest;
+  private branch = newBranch();
   private tx: ClientTransaction | undefined;
+  private failover: TargetFailover | undefined;
+  /** How it failed at its last target: the result when no target is left. */
+  private failure: Omit<PingResult, 'callId'> = { outcome: 'unreachable' };
 
   constructor(options: OptionsPingOptions) {
     super(options.host.clock);
@@ -105,6 +120,7 @@ export class OptionsPing extends PingAttempt {
     this.log = options.logger.child({ call_id: this.callId });
     const { host } = options;
     const protocol = this.info.destination.protocol;
+    this.protocol = protocol;
     const to = pingAddressing(this.info);
     const headers: SipHeader[] = [
       hdr('Via', host.via(protocol, this.branch)),
@@ -124,29 +140,56 @@ export class OptionsPing extends PingAttempt {
   }
 
   /**
-   * Send it, to `destination` when DNS SRV chose one, else to the trunk URI's. Resolves `result` once: final
-   * response, timeout, transport error or abort().
+   * Send it, to the target DNS SRV chose when there is one, else to the trunk URI's destination; on a failure there,
+   * to the SRV targets left. Resolves `result` once: final response, timeout, transport error or abort().
    */
-  start(destination: Destination = this.info.destination): void {
+  start(located: Located = { destination: this.info.destination }): void {
     const { host } = this.options;
-    const user: ClientTransactionUser = {
-      receiveResponse: (r) => this.onResponse(r),
-      onRequestTimeout: () => this.finish({ outcome: 'timeout', phrase: 'Timer F expired' }),
-      onTransportError: (err) => this.finish({ outcome: 'unreachable', phrase: errorMessage(err) }),
-    };
-    this.log.debug({ destination: `${destination.host}:${destination.port}` }, 'OPTIONS ping sent');
-    this.tx = host.startTransaction('non-invite', this.request, this.branch, destination, user, this.log);
+    this.failover = new TargetFailover(located, host, this.options.trunk, 'OPTIONS', this.log, {
+      canMove: () => this.pending,
+      resend: () => {
+        // A target left while silent: its transaction stops retransmitting.
+        if (this.tx?.state === TransactionState.Trying) this.tx.dispose();
+        ({ request: this.request, branch: this.branch } = onNewBranch(this.request, (b) => host.via(this.protocol, b)));
+        this.send();
+      },
+      giveUp: () => this.finish(this.failure),
+    });
+    this.send();
     // Timer F (64*T1, RFC 3261 17.1.2.2) ends the transaction anyway; a shorter ping timeout is the TU giving up
     // on it first (the transaction is dropped, a late response then matches nothing and is ignored).
     if (this.options.timeoutMs < 64 * host.timers.t1Ms) this.armTimeout(this.options.timeoutMs);
   }
 
+  private send(): void {
+    const destination = this.failover?.destination ?? this.info.destination;
+    let tx: ClientTransaction | undefined;
+    const user = targetUser(() => tx === this.tx, 'Timer F', {
+      response: (r) => this.onResponse(r),
+      failed: (reason, phrase) => this.failed({ outcome: reason, phrase }, reason),
+    });
+    this.log.debug({ destination: `${destination.host}:${destination.port}` }, 'OPTIONS ping sent');
+    tx = this.options.host.startTransaction('non-invite', this.request, this.branch, destination, user, this.log);
+    this.tx = tx;
+    this.failover?.sent();
+  }
+
   protected override abandon(): void {
+    this.failover?.dispose();
     this.tx?.dispose();
   }
 
   private onResponse(response: ParsedResponse): void {
+    this.failover?.heard();
     if (response.status < 200) return;
-    this.finish({ outcome: 'answered', status: response.status, phrase: response.reason });
+    const answer = { outcome: 'answered', status: response.status, phrase: response.reason } as const;
+    if (response.status === 503) this.failed(answer, 'service_unavailable', retryAfterMs(response));
+    else this.finish(answer);
+  }
+
+  /** It failed at its target: on to the next SRV target if one is left, else `failure` is the result. */
+  private failed(failure: Omit<PingResult, 'callId'>, reason: FailoverReason, forMs?: number): void {
+    this.failure = failure;
+    this.failover?.failed(reason, failure.phrase ?? '', forMs);
   }
 }

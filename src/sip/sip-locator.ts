@@ -5,19 +5,22 @@
  * A/AAAA only) is looked up as SRV `_sip._udp.` / `_sip._tcp.` / `_sips._tcp.` + host, by the trunk's transport
  * (trunk-transport.ts). NAPTR (RFC 3263 4.1) is skipped: the trunk URI fixes the transport already, and that is the
  * case in which RFC 3263 4.1 goes straight to SRV. Targets are ordered by priority, then weighted random within a
- * priority (RFC 2782), per call, so that calls share the load by weight. A call goes to the first target not marked
- * failed; a target whose INVITE ended with a transport error or no response at all (Timer B) is marked failed for
- * FAILED_TARGET_MS, so the following calls go to the next one (the failed call itself is not retried: a flash call
- * is short, and its retry belongs to the engine). When every target is marked, the first in order is used again.
+ * priority (RFC 2782), per request, so that calls share the load by weight.
+ *
+ * A request goes to the first target not marked failed; when it fails there (RFC 3263 4.3: transport error, no
+ * response at all, 503), the same request goes to the next target (srv-failover.ts walks `SrvTargets`), and the
+ * target is marked failed for `failedTargetMs` (a 503's Retry-After instead, RFC 3261 21.5.4), so that the following
+ * requests try it last. Each target is tried once per request, the marked ones after the others.
  * No SRV record (NXDOMAIN, no data): the host itself on the default port, as before this existed.
  *
  * Answers are kept `cacheMs`: Node's resolveSrv does not return the record TTLs. Failures other than "no such
  * record" (timeout, refused, SERVFAIL) are not kept: the call fails `unreachable` and the next call asks again.
  *
  * Addresses of the SRV targets (and of the fallback host): with `servers` configured, A then AAAA from those servers
- * (the names may exist only there); without, the name is left to the transports' system lookup (getaddrinfo, as for
- * every trunk before: /etc/hosts included, which c-ares would skip). TLS verifies the certificate against the trunk's
- * host name, not the SRV target (RFC 5922 4.1), so a located destination carries that name as `serverName`.
+ * (the names may exist only there), looked up as a request gets to each target; without, the name is left to the
+ * transports' system lookup (getaddrinfo, as for every trunk before: /etc/hosts included, which c-ares would skip).
+ * TLS verifies the certificate against the trunk's host name, not the SRV target (RFC 5922 4.1), so a located
+ * destination carries that name as `serverName`.
  */
 import { Resolver } from 'node:dns/promises';
 import { isIP } from 'node:net';
@@ -33,10 +36,17 @@ export interface SipDnsOptions {
   cacheMs: number;
   /** One query gets this long per server before it fails (c-ares timeout, one try). */
   timeoutMs: number;
+  /** A target a request failed at is tried last by the following requests this long; 0: never. Default 30 s. */
+  failedTargetMs?: number | undefined;
+  /**
+   * With another target left, a request that has heard nothing at all from its target this long moves on to the
+   * next (srv-failover.ts); 0: only Timer B/F, a transport error or a 503 move it. Default 4 s.
+   */
+  targetTimeoutMs?: number | undefined;
 }
 
-/** A target whose call failed on the transport or got no response is skipped this long. */
-export const FAILED_TARGET_MS = 30_000;
+export const DEFAULT_FAILED_TARGET_MS = 30_000;
+export const DEFAULT_TARGET_TIMEOUT_MS = 4000;
 
 export interface SrvTarget {
   readonly name: string;
@@ -87,11 +97,56 @@ export function orderSrv(records: readonly SrvTarget[], random: () => number = M
   return out;
 }
 
+/** Where a request goes first, and, for a trunk located by DNS SRV, the targets left after it. */
+export interface Located {
+  readonly destination: Destination;
+  /** None for a trunk with an address or a port, or without SRV record: there is nowhere else to go. */
+  readonly rest?: SrvTargets | undefined;
+}
+
+/**
+ * The SRV targets of one request in the order RFC 3263 4.3 tries them: RFC 2782 order, the targets marked failed
+ * after the others, each address once. Each target's address is looked up when the request gets to it; a target
+ * without one is passed over (logged by the locator).
+ */
+export class SrvTargets {
+  private index = 0;
+  private readonly marked: Destination[] = [];
+  private readonly seen = new Set<string>();
+
+  constructor(
+    private readonly order: readonly SrvTarget[],
+    private readonly destinationOf: (target: SrvTarget) => Promise<Destination | undefined>,
+    private readonly isMarked: (destination: Destination) => boolean,
+  ) {}
+
+  /** Is a target left? (Its address is not looked up yet: it may turn out to have none.) */
+  get more(): boolean {
+    return this.index < this.order.length || this.marked.length > 0;
+  }
+
+  /** The next destination, undefined once every target was handed out; a DNS failure passes its target over. */
+  async next(): Promise<Destination | undefined> {
+    for (let target = this.order[this.index]; target !== undefined; target = this.order[this.index]) {
+      this.index++;
+      const destination = await this.destinationOf(target);
+      if (destination === undefined) continue;
+      const key = destinationKey(destination);
+      if (this.seen.has(key)) continue;
+      this.seen.add(key);
+      if (!this.isMarked(destination)) return destination;
+      this.marked.push(destination);
+    }
+    return this.marked.shift();
+  }
+}
+
 export class SipLocator {
   private readonly resolver: Resolver;
   private readonly options: SipDnsOptions;
   private readonly logger: Logger;
   private readonly now: () => number;
+  private readonly failedTargetMs: number;
   private readonly srvCache = new Map<string, Cached<SrvTarget[]>>();
   private readonly addressCache = new Map<string, Cached<string>>();
   /** Destination keys marked failed, until when. */
@@ -101,56 +156,62 @@ export class SipLocator {
     this.options = options;
     this.logger = logger;
     this.now = now;
+    this.failedTargetMs = options.failedTargetMs ?? DEFAULT_FAILED_TARGET_MS;
     this.resolver = new Resolver({ timeout: options.timeoutMs, tries: 1 });
     if (options.servers !== undefined && options.servers.length > 0) this.resolver.setServers([...options.servers]);
   }
 
   /**
-   * Where a call to this trunk goes. `base` is the trunk's destination as its URI reads (the default port when
-   * none); `srvName` what to ask (srvNameFor), undefined when nothing. Throws SipDnsError when DNS fails.
+   * Where a request to this trunk goes first, and the SRV targets left after it. `base` is the trunk's destination
+   * as its URI reads (the default port when none); `srvName` what to ask (srvNameFor), undefined when nothing.
+   * Throws SipDnsError when DNS fails, or when no target has an address.
    */
-  async locate(base: Destination, srvName: string | undefined): Promise<Destination> {
-    if (srvName === undefined) return base;
+  async locate(base: Destination, srvName: string | undefined): Promise<Located> {
+    if (srvName === undefined) return { destination: base };
     const records = await this.srv(srvName);
     const serverName = base.host;
     if (records.length === 0) {
       const host = await this.address(base.host);
       if (host === undefined) throw new SipDnsError(base.host, 'no SRV, A or AAAA record');
-      return { ...base, host, serverName };
+      return { destination: { ...base, host, serverName } };
     }
-    let fallback: Destination | undefined;
     let lastError: unknown;
-    for (const target of orderSrv(records)) {
-      let host: string | undefined;
-      let why: unknown;
-      try {
-        host = await this.address(target.name);
-      } catch (err) {
-        why = err;
-      }
-      if (host === undefined) {
+    const rest = new SrvTargets(
+      orderSrv(records),
+      async (target) => {
+        let host: string | undefined;
+        let why: unknown;
+        try {
+          host = await this.address(target.name);
+        } catch (err) {
+          why = err;
+        }
+        // The trunk's own TLS settings (base.tls) go with every target.
+        if (host !== undefined) return { ...base, host, port: target.port, serverName };
         lastError = why ?? new SipDnsError(target.name, 'no A or AAAA record');
         this.logger.warn({ srv: srvName, target: `${target.name}:${target.port}`, err: errorMessage(lastError) }, 'SIP SRV target has no address; next target');
-        continue;
-      }
-      const destination: Destination = { ...base, host, port: target.port, serverName };
-      if ((this.failedUntil.get(destinationKey(destination)) ?? 0) <= this.now()) return destination;
-      fallback ??= destination;
-    }
-    if (fallback !== undefined) return fallback;
-    throw lastError instanceof SipDnsError ? lastError : new SipDnsError(srvName, errorMessage(lastError));
+        return undefined;
+      },
+      (destination) => (this.failedUntil.get(destinationKey(destination)) ?? 0) > this.now(),
+    );
+    const destination = await rest.next();
+    if (destination === undefined) throw lastError instanceof SipDnsError ? lastError : new SipDnsError(srvName, errorMessage(lastError));
+    return { destination, rest };
   }
 
-  /** A call to `destination` ended with a transport error or no response: the next calls try the next target. */
-  failed(destination: Destination): void {
-    if (!this.knows(destination)) return;
+  /**
+   * A request failed at `destination` (transport error, no response, 503): the following requests try it last, for
+   * `forMs` (a 503's Retry-After) or `failedTargetMs`.
+   */
+  failed(destination: Destination, forMs: number = this.failedTargetMs): void {
+    if (!this.knows(destination) || forMs <= 0) return;
     const key = destinationKey(destination);
     const now = this.now();
     const marked = (this.failedUntil.get(key) ?? 0) > now;
     for (const [k, until] of this.failedUntil) if (until <= now) this.failedUntil.delete(k);
-    this.failedUntil.set(key, now + FAILED_TARGET_MS);
+    this.failedUntil.set(key, Math.max(this.failedUntil.get(key) ?? 0, now + forMs));
     // Once per marking: a dead target fails every call waiting on it at once.
-    if (!marked) this.logger.warn({ destination: key, for_ms: FAILED_TARGET_MS }, 'SIP SRV target failed; the next calls try the next target');
+    if (!marked) this.logger.warn({ destination: key, for_ms: forMs }, 'SIP SRV target failed; the next calls try the next target');
   }
 
   /** Only destinations this locator handed out are marked (a trunk with an address or a port is never skipped). */

@@ -21,9 +21,10 @@ import {
   type SipRequest,
 } from './message.js';
 import { isToken, parseNameAddr, parseSipUri } from './parser.js';
-import { srvNameFor } from './sip-locator.js';
+import { srvNameFor, type Located } from './sip-locator.js';
+import { onNewBranch, retryAfterMs, TargetFailover, targetUser, type FailoverHost, type FailoverReason } from './srv-failover.js';
 import { trunkUriTransport } from './trunk-transport.js';
-import type { ClientTransaction, ClientTransactionUser } from './transactions/transaction.js';
+import { TransactionState, type ClientTransaction, type ClientTransactionUser } from './transactions/transaction.js';
 import { destinationKey, type Destination, type InboundSource, type TransportProtocol } from './transport.js';
 import { errorMessage, hostForSocket, newBranch, newCallId, newTag } from './util.js';
 
@@ -37,8 +38,8 @@ const IN_DIALOG_METHODS = new Set(['BYE', 'OPTIONS', 'INVITE']);
  */
 export const KNOWN_UNHANDLED_METHODS: ReadonlySet<string> = new Set(['REGISTER', 'PRACK', 'UPDATE', 'INFO', 'SUBSCRIBE', 'NOTIFY', 'REFER', 'MESSAGE', 'PUBLISH']);
 
-/** Services the stack offers to a call. */
-export interface UacHost {
+/** Services the stack offers to a call (and, for RFC 3263 failover, to its INVITE and to OPTIONS pings). */
+export interface UacHost extends FailoverHost {
   readonly userAgent: string;
   readonly clock: Clock;
   readonly timers: SipTimerConfig;
@@ -66,8 +67,6 @@ export interface UacHost {
     status: number,
     options?: { headers?: SipHeader[]; body?: string },
   ): void;
-  /** The INVITE to `destination` ended with a transport error or no response at all (the next calls may go elsewhere). */
-  destinationFailed?(destination: Destination): void;
   /** The call reported onEnded; `lingerMs` > 0 keeps it reachable for retransmissions (2xx, BYE). */
   callEnded(call: UacCall, lingerMs: number): void;
 }
@@ -242,8 +241,8 @@ export class UacCall implements OutboundCall {
   private readonly log: Logger;
   private readonly trunk: TrunkConfig;
   private readonly trunkInfo: TrunkInfo;
-  /** The trunk's destination, or the one DNS SRV chose for it (set by start()). */
-  private destination: Destination;
+  /** Where the INVITE goes (the trunk's destination, or the SRV target DNS chose), and goes next when it fails there. */
+  private failover: TargetFailover | undefined;
   private readonly protocol: TransportProtocol;
   private readonly requestUri: string;
   private readonly fromValue: string;
@@ -261,7 +260,11 @@ export class UacCall implements OutboundCall {
   private inviteRequest: SipRequest | undefined;
   private inviteBranch = '';
   private inviteTx: ClientTransaction | undefined;
+  /** Branches of INVITEs sent to SRV targets the call moved away from: a late 2xx from one is ACKed and BYEd, not taken. */
+  private readonly abandonedBranches = new Set<string>();
   private inviteOutstanding = false;
+  /** Why the INVITE failed at its last target (reported when no target is left). */
+  private inviteFailure: CallFailure | undefined;
   private cancelRequested = false;
   private cancelSent = false;
   private cancelOutstanding = false;
@@ -286,7 +289,6 @@ export class UacCall implements OutboundCall {
     this.delegate = options.delegate;
     this.trunk = options.trunk;
     this.trunkInfo = resolveTrunk(options.trunk);
-    this.destination = this.trunkInfo.destination;
     this.protocol = this.trunkInfo.destination.protocol;
     this.callId = newCallId();
     this.localTag = newTag();
@@ -301,16 +303,27 @@ export class UacCall implements OutboundCall {
   }
 
   /**
-   * Send the first INVITE, to `destination` when DNS SRV chose one (same transport), else to the trunk URI's.
-   * Called once by the stack, after registering the call.
+   * Send the first INVITE, to the target DNS SRV chose when there is one (same transport), else to the trunk URI's
+   * destination; on a failure there, to the SRV targets left (RFC 3263 4.3, srv-failover.ts). Called once by the
+   * stack, after registering the call.
    */
-  start(destination: Destination = this.trunkInfo.destination): void {
-    this.destination = destination;
+  start(located: Located = { destination: this.trunkInfo.destination }): void {
+    const destination = located.destination;
+    this.failover = new TargetFailover(located, this.host, this.trunk, 'INVITE', this.log, {
+      canMove: () => this.inviteOutstanding && this.outcome === undefined && !this.cancelRequested,
+      resend: () => this.resendInvite(),
+      giveUp: () => this.endInvite(),
+    });
     this.log.info(
       { trunk: this.trunk.name, transport: this.protocol, destination: `${destination.host}:${destination.port}`, server_name: destination.serverName },
       'SIP call started',
     );
     this.sendInvite();
+  }
+
+  /** Where the INVITE goes now: the trunk's destination, or the SRV target the call is at. */
+  private get destination(): Destination {
+    return this.failover?.destination ?? this.trunkInfo.destination;
   }
 
   // ---------------------------------------------------------------- OutboundCall
@@ -360,29 +373,45 @@ export class UacCall implements OutboundCall {
     headers.push(...this.trunkInfo.extraHeaders);
     if (this.localSdp !== undefined) headers.push(hdr('Content-Type', 'application/sdp'));
     const request: SipRequest = { kind: 'request', method: 'INVITE', uri: this.requestUri, headers, body: this.localSdp };
+    this.startInvite(request, branch);
+  }
+
+  /** RFC 3263 4.3: the same INVITE (Call-ID, From tag, CSeq, credentials) on a new branch, to the next SRV target. */
+  private resendInvite(): void {
+    const invite = this.inviteRequest;
+    if (invite === undefined) return;
+    const old = this.inviteTx;
+    // A target left while silent: its transaction stops retransmitting, and a late 2xx from it is not the call's.
+    if (old?.state === TransactionState.Calling) old.dispose();
+    this.abandonedBranches.add(this.inviteBranch);
+    const { request, branch } = onNewBranch(invite, (b) => this.host.via(this.protocol, b));
+    this.startInvite(request, branch);
+  }
+
+  private startInvite(request: SipRequest, branch: string): void {
     this.inviteRequest = request;
     this.inviteBranch = branch;
     this.state = 'inviting';
     this.cancelSent = false;
     this.inviteOutstanding = true;
     let tx: ClientTransaction | undefined;
-    const user: ClientTransactionUser = {
-      receiveResponse: (r) => {
-        if (tx === this.inviteTx) this.onInviteResponse(r);
-      },
-      onRequestTimeout: () => {
-        if (tx === this.inviteTx) this.onInviteEndedWithoutResponse({ reason: 'timeout', phrase: 'Timer B expired' });
-      },
-      onTransportError: (err) => {
-        if (tx === this.inviteTx) this.onInviteEndedWithoutResponse({ reason: 'unreachable', phrase: errorMessage(err) });
-      },
-    };
+    const user = targetUser(() => tx === this.inviteTx, 'Timer B', {
+      response: (r) => this.onInviteResponse(r),
+      failed: (reason, phrase) => this.inviteFailed({ reason, phrase }, reason),
+    });
     tx = this.host.startTransaction('invite', request, branch, this.destination, user, this.log);
     this.inviteTx = tx;
+    this.failover?.sent();
   }
 
   private onInviteResponse(response: ParsedResponse): void {
     const status = response.status;
+    this.failover?.heard();
+    if (status === 503) {
+      // RFC 3263 4.3: a 503 is a failure of this target, like no response at all (RFC 3261 21.5.4: try another).
+      this.inviteFailed({ reason: failureReasonFor(status), status, phrase: response.reason }, 'service_unavailable', retryAfterMs(response));
+      return;
+    }
     if (status < 200) {
       if (this.state === 'inviting') this.state = 'early';
       if (status > 100) this.safe('onProvisional', () => this.delegate.onProvisional?.(status, response.reason, response.body));
@@ -406,12 +435,24 @@ export class UacCall implements OutboundCall {
     this.maybeEnd();
   }
 
-  private onInviteEndedWithoutResponse(failure: CallFailure): void {
+  /**
+   * The INVITE failed at its target: a transport error, Timer B, a 503 (`forMs`: its Retry-After). It goes to the
+   * next SRV target if one is left (the call is still outstanding meanwhile), else the call fails with `failure`.
+   */
+  private inviteFailed(failure: CallFailure, reason: FailoverReason, forMs?: number): void {
+    this.log.debug({ reason: failure.reason, status: failure.status, detail: failure.phrase }, 'INVITE failed at its target');
+    this.inviteFailure = failure;
+    // Until it has gone again, the INVITE has no provisional response: a CANCEL asked for meanwhile waits (9.1).
+    this.state = 'inviting';
+    this.failover?.failed(reason, failure.phrase ?? '', forMs);
+  }
+
+  /** No target left for the INVITE (or its CANCEL was asked for): the call fails with the last target's failure. */
+  private endInvite(): void {
+    if (this.outcome !== undefined) return;
     this.inviteOutstanding = false;
     this.cancelGuard = this.clearGuard();
-    this.log.debug({ reason: failure.reason, detail: failure.phrase }, 'INVITE ended without final response');
-    this.host.destinationFailed?.(this.destination);
-    this.finish('failed', failure);
+    this.finish('failed', this.inviteFailure);
     this.maybeEnd();
   }
 
@@ -555,12 +596,17 @@ export class UacCall implements OutboundCall {
       this.host.sendStateless(known.ackRequest, known.ackDestination, this.log);
       return;
     }
-    if (dialog !== undefined || this.outcome !== undefined) {
+    const abandoned = response.via.branch !== undefined && this.abandonedBranches.has(response.via.branch);
+    if (dialog !== undefined || this.outcome !== undefined || abandoned) {
       // A second dialog from a forking proxy, or a 2xx after we gave up on the INVITE (after its 487 on another
-      // branch, 64*T1 after CANCEL, Timer B): ACK it, then BYE it, once; nothing to report.
+      // branch, 64*T1 after CANCEL, Timer B), or on the SRV target it left: ACK it, then BYE it, once; nothing to report.
       this.log.info(
         { remote_tag: remoteTag },
-        dialog !== undefined ? 'extra 2xx from a forked INVITE; ACK + BYE' : '2xx after the call outcome was reported; ACK + BYE',
+        dialog !== undefined
+          ? 'extra 2xx from a forked INVITE; ACK + BYE'
+          : this.outcome !== undefined
+            ? '2xx after the call outcome was reported; ACK + BYE'
+            : '2xx from an SRV target the INVITE moved away from; ACK + BYE',
       );
       const other = this.createDialog(response, remoteTag);
       this.otherDialogs.set(remoteTag, other);
@@ -843,6 +889,7 @@ export class UacCall implements OutboundCall {
   abort(reason: string): void {
     if (this.ended) return;
     this.cancelGuard = this.clearGuard();
+    this.failover?.dispose();
     for (const tx of [this.inviteTx, this.cancelTx, this.byeTx]) tx?.dispose();
     this.inviteOutstanding = false;
     this.cancelOutstanding = false;

@@ -187,6 +187,7 @@ export async function startLoopbackUac({
   tls,
   trunks,
   dns,
+  onFailover,
   logger = testLogger,
 }: {
   transports: ('udp' | 'tcp')[];
@@ -194,6 +195,7 @@ export async function startLoopbackUac({
   tls?: EmbeddedSipOriginatorOptions['tls'];
   trunks?: EmbeddedSipOriginatorOptions['trunks'];
   dns?: EmbeddedSipOriginatorOptions['dns'];
+  onFailover?: EmbeddedSipOriginatorOptions['onFailover'];
   logger?: Logger;
 }): Promise<EmbeddedSipOriginator> {
   const options: EmbeddedSipOriginatorOptions = {
@@ -204,6 +206,7 @@ export async function startLoopbackUac({
     tls,
     trunks,
     dns,
+    onFailover,
   };
   const sip = new EmbeddedSipOriginator(options);
   await sip.start();

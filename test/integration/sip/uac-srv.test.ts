@@ -1,17 +1,28 @@
 /**
  * RFC 3263 server location from the embedded stack against a real DNS server on loopback (dnsmasq): a trunk
- * `sip:trunk.test` (a name, no port) is looked up as SRV `_sip._udp.trunk.test`, and the call goes where it says.
+ * `sip:trunk.test` (a name, no port) is looked up as SRV `_sip._udp.trunk.test`, and the call goes where it says;
+ * a request that fails at one target goes to the next (RFC 3263 4.3), SIPp being the live one.
  */
 import dgram from 'node:dgram';
 import pino, { type Logger } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
+import { Metrics } from '../../../src/metrics/metrics.js';
+import type { EmbeddedSipOriginator, EmbeddedSipOriginatorOptions } from '../../../src/sip/embedded-originator.js';
+import type { SipDnsOptions } from '../../../src/sip/sip-locator.js';
 import { startDnsmasq, type Dnsmasq } from '../../helpers/dnsmasq.js';
-import { startSippUas, type SippUas } from '../../helpers/sipp.js';
+import { distinctTransactions, startSippUas, type SippUas } from '../../helpers/sipp.js';
 import { startStunnel, TestPki } from '../../helpers/stunnel.js';
 import { flashCall, freePort, startLoopbackUac, trunk } from './helpers.js';
 
 const RINGING = ['provisional 180', 'cancelled', 'ended'];
+const FAILED_OVER = 'SIP request failed at an SRV target; sent again to the next one';
+
+/** SRV records of trunk.test under `service`, a target per port, in priority order, all on 127.0.0.1. */
+const targets = (service: string, ports: number[]): { srv: string[]; hosts: string[] } => ({
+  srv: ports.map((port, i) => `${service}.trunk.test,t${i}.trunk.test,${port},${10 * (i + 1)},0`),
+  hosts: ports.map((_, i) => `t${i}.trunk.test,127.0.0.1`),
+});
+const branchOf = (via: string | undefined): string | undefined => /;branch=([^;\s]+)/.exec(via ?? '')?.[1];
 
 describe('embedded SIP stack: DNS SRV for a trunk host name (RFC 3263, dnsmasq on loopback)', () => {
   let dns: Dnsmasq | undefined;
@@ -33,10 +44,21 @@ describe('embedded SIP stack: DNS SRV for a trunk host name (RFC 3263, dnsmasq o
   const logged = (msg: string): Record<string, unknown>[] =>
     logLines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l['msg'] === msg);
 
-  const uac = async (servers: string[]): Promise<EmbeddedSipOriginator> => {
-    originator = await startLoopbackUac({ transports: ['udp', 'tcp'], t1Ms: 500, logger: logger(), dns: { servers, cacheMs: 60_000, timeoutMs: 1000 } });
+  const uac = async (
+    servers: string[],
+    dns: Partial<SipDnsOptions> = {},
+    onFailover?: EmbeddedSipOriginatorOptions['onFailover'],
+  ): Promise<EmbeddedSipOriginator> => {
+    originator = await startLoopbackUac({
+      transports: ['udp', 'tcp'],
+      t1Ms: 500,
+      logger: logger(),
+      dns: { servers, cacheMs: 60_000, timeoutMs: 1000, ...dns },
+      onFailover,
+    });
     return originator;
   };
+  const callIds = (): unknown[] => logged('SIP call started').map((l) => l['call_id']);
 
   it('sip:trunk.test reaches the SIPp UAS on the port its SRV record names (not 5060); TCP the same under _sip._tcp', async () => {
     for (const transport of ['udp', 'tcp'] as const) {
@@ -60,21 +82,106 @@ describe('embedded SIP stack: DNS SRV for a trunk host name (RFC 3263, dnsmasq o
     }
   });
 
-  it('two targets, the first (priority 10) a dead port: that call fails unreachable, the next goes to the second', async () => {
-    sipp = await startSippUas({ scenario: 'uas-ring-cancel', transport: 'udp' });
+  it('RFC 3263 4.3: the first target a dead UDP port (ICMP unreachable): the same INVITE rings at the second in the same call; the next call starts there', async () => {
+    sipp = await startSippUas({ scenario: 'uas-ring-cancel', transport: 'udp', calls: 2 });
     const dead = await freePort();
-    dns = await startDnsmasq({
-      srv: [`_sip._udp.trunk.test,dead.trunk.test,${dead},10,0`, `_sip._udp.trunk.test,live.trunk.test,${sipp.port},20,0`],
-      hosts: ['dead.trunk.test,127.0.0.1', 'live.trunk.test,127.0.0.1'],
-    });
-    const sip = await uac([dns.server]);
+    dns = await startDnsmasq(targets('_sip._udp', [dead, sipp.port]));
+    const metrics = new Metrics({ defaultMetrics: false });
+    const sip = await uac([dns.server], {}, (event) => metrics.srvFailover(event));
     const srvTrunk = trunk('sip:trunk.test');
-    expect(await flashCall(sip, srvTrunk)).toEqual([expect.stringMatching(/^failed unreachable: /), 'ended']);
-    expect(logged('SIP SRV target failed; the next calls try the next target')[0]).toMatchObject({ destination: `udp:127.0.0.1:${dead}` });
-    expect(await flashCall(sip, srvTrunk)).toEqual(RINGING);
+    expect(await flashCall(sip, srvTrunk, logger())).toEqual(RINGING);
+    const [first] = callIds();
+    expect(logged(FAILED_OVER)).toEqual([
+      expect.objectContaining({ trunk: 'test', call_id: first, method: 'INVITE', from: `udp:127.0.0.1:${dead}`, to: `udp:127.0.0.1:${sipp.port}`, reason: 'unreachable' }),
+    ]);
+    expect(logged('SIP SRV target failed; the next calls try the next target')[0]).toMatchObject({ destination: `udp:127.0.0.1:${dead}`, for_ms: 30_000 });
+    expect(await metrics.render()).toContain('flashverify_srv_failovers_total{trunk="test",method="INVITE",reason="unreachable"} 1');
+    // The dead target is marked: the next call goes straight to the second.
+    expect(await flashCall(sip, srvTrunk, logger())).toEqual(RINGING);
+    expect(logged(FAILED_OVER)).toHaveLength(1);
     expect((await sipp.waitForExit(10_000)).code).toBe(0);
+    // SIPp saw one INVITE per call, each the call's own.
+    expect(distinctTransactions(sipp.requests('INVITE')).map((m) => m.header('call-id'))).toEqual(callIds());
     // One SRV query for both calls: the answer is cached.
     expect(dns.log().match(/query\[SRV\]/g)).toHaveLength(1);
+  });
+
+  it('the first target refuses TCP: the INVITE rings at the second over TCP, in the same call', async () => {
+    sipp = await startSippUas({ scenario: 'uas-ring-cancel', transport: 'tcp' });
+    const dead = await freePort();
+    dns = await startDnsmasq(targets('_sip._tcp', [dead, sipp.port]));
+    const sip = await uac([dns.server]);
+    expect(await flashCall(sip, trunk('sip:trunk.test;transport=tcp'), logger())).toEqual(RINGING);
+    expect((await sipp.waitForExit(10_000)).code).toBe(0);
+    expect(logged(FAILED_OVER)).toEqual([
+      expect.objectContaining({ trunk: 'test', call_id: callIds()[0], from: `tcp:127.0.0.1:${dead}`, to: `tcp:127.0.0.1:${sipp.port}`, reason: 'unreachable' }),
+    ]);
+    expect(distinctTransactions(sipp.requests('INVITE')).map((m) => m.header('call-id'))).toEqual(callIds());
+  });
+
+  it('a 503 from the first target (after its 100 Trying) sends the same INVITE (Call-ID, From tag, CSeq; a new branch) to the second', async () => {
+    const unavailable = await startSippUas({ scenario: 'uas-service-unavailable-503', transport: 'udp' });
+    try {
+      sipp = await startSippUas({ scenario: 'uas-ring-cancel', transport: 'udp' });
+      dns = await startDnsmasq(targets('_sip._udp', [unavailable.port, sipp.port]));
+      const sip = await uac([dns.server]);
+      expect(await flashCall(sip, trunk('sip:trunk.test'), logger())).toEqual(RINGING);
+      // The 503 was ACKed (the scenario waits for it), the second target rang.
+      expect((await unavailable.waitForExit(10_000)).code).toBe(0);
+      expect((await sipp.waitForExit(10_000)).code).toBe(0);
+      const [before] = distinctTransactions(unavailable.requests('INVITE'));
+      const after = distinctTransactions(sipp.requests('INVITE'));
+      expect(after).toHaveLength(1);
+      for (const name of ['call-id', 'from', 'to', 'cseq']) expect(after[0]?.header(name)).toBe(before?.header(name));
+      expect(branchOf(after[0]?.header('via'))).toMatch(/^z9hG4bK/);
+      expect(branchOf(after[0]?.header('via'))).not.toBe(branchOf(before?.header('via')));
+      expect(logged(FAILED_OVER)).toEqual([
+        expect.objectContaining({ trunk: 'test', call_id: callIds()[0], from: `udp:127.0.0.1:${unavailable.port}`, reason: 'service_unavailable' }),
+      ]);
+    } finally {
+      await unavailable.stop();
+    }
+  });
+
+  it('a silent first target (not even 100 Trying) is left after sip.dns.targetTimeoutMs, not Timer B; its INVITE is no longer retransmitted', async () => {
+    // A black hole: a bound UDP socket that answers nothing (no ICMP either).
+    const hole = dgram.createSocket('udp4');
+    const arrivals: number[] = [];
+    hole.on('message', () => arrivals.push(Date.now()));
+    await new Promise<void>((resolve) => hole.bind(0, '127.0.0.1', resolve));
+    try {
+      sipp = await startSippUas({ scenario: 'uas-ring-cancel', transport: 'udp' });
+      dns = await startDnsmasq(targets('_sip._udp', [hole.address().port, sipp.port]));
+      const sip = await uac([dns.server], { targetTimeoutMs: 1000 });
+      const started = Date.now();
+      // flashCall gives up after 10 s: Timer B (32 s) would not do.
+      expect(await flashCall(sip, trunk('sip:trunk.test'), logger())).toEqual(RINGING);
+      const [moved] = logged(FAILED_OVER);
+      expect(moved).toMatchObject({ from: `udp:127.0.0.1:${hole.address().port}`, reason: 'timeout', detail: 'no response within 1000 ms' });
+      // Timer A would resend at 1.5 s: wait past it; nothing more reached the hole after the move.
+      await new Promise((r) => setTimeout(r, Math.max(0, started + 2000 - Date.now())));
+      expect(arrivals.length).toBeGreaterThan(0);
+      expect(arrivals.every((t) => t <= Number(moved?.['time']))).toBe(true);
+      expect((await sipp.waitForExit(10_000)).code).toBe(0);
+    } finally {
+      hole.close();
+    }
+  });
+
+  it('an OPTIONS ping fails over too; with sip.dns.failedTargetMs 0 the dead target is not skipped by the next ping', async () => {
+    sipp = await startSippUas({ scenario: 'uas-options', transport: 'udp', calls: 2 });
+    const dead = await freePort();
+    dns = await startDnsmasq(targets('_sip._udp', [dead, sipp.port]));
+    const sip = await uac([dns.server], { failedTargetMs: 0 });
+    const results = [];
+    for (let i = 0; i < 2; i++) results.push(await sip.ping({ trunk: trunk('sip:trunk.test'), timeoutMs: 2000, logger: logger() }));
+    expect(results).toEqual([expect.objectContaining({ outcome: 'answered', status: 200 }), expect.objectContaining({ outcome: 'answered', status: 200 })]);
+    expect(logged(FAILED_OVER)).toEqual(
+      results.map((r) => expect.objectContaining({ trunk: 'test', call_id: r.callId, method: 'OPTIONS', from: `udp:127.0.0.1:${dead}`, reason: 'unreachable' })),
+    );
+    expect(logged('SIP SRV target failed; the next calls try the next target')).toHaveLength(0);
+    expect((await sipp.waitForExit(10_000)).code).toBe(0);
+    expect(distinctTransactions(sipp.requests('OPTIONS')).map((m) => m.header('call-id'))).toEqual(results.map((r) => r.callId));
   });
 
   it('a target with no address is passed over for the next; an OPTIONS ping is located the same way', async () => {

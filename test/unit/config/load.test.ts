@@ -30,6 +30,21 @@ function yamlFile(text: string): string {
   return file;
 }
 
+/** The issues a config file is refused with (none: accepted). */
+function issuesIn(file: string): string[] {
+  try {
+    loadConfig({ file, env: {} });
+  } catch (e) {
+    return (e as ConfigError).issues;
+  }
+  return [];
+}
+
+/** `sip.dns` as loaded with these overrides (and `sip.timers`). */
+function sipDns(dns: Record<string, unknown>, timers?: Record<string, unknown>) {
+  return loadConfig({ env: {}, overrides: { sip: { dns, ...(timers ? { timers } : {}) } } }).sip.dns;
+}
+
 describe('loadConfig', () => {
   it('loads the shipped defaults as valid and frozen', () => {
     const c = loadConfig({ env: {} });
@@ -306,9 +321,10 @@ describe('loadConfig', () => {
   });
 
   it('sip.dns: the system resolver, answers kept 60 s, 2 s per query unless told; refuses server names and bad ports by name', () => {
-    expect(loadConfig({ env: {} }).sip.dns).toEqual({ cacheMs: 60_000, timeoutMs: 2000 });
+    const failover = { failedTargetMs: 30_000, targetTimeoutMs: 4000 };
+    expect(loadConfig({ env: {} }).sip.dns).toEqual({ cacheMs: 60_000, timeoutMs: 2000, ...failover });
     const servers = ['10.0.0.2', '127.0.0.1:5353', '::1', '[2001:db8::1]:53'];
-    expect(loadConfig({ env: {}, overrides: { sip: { dns: { servers, cacheMs: 0 } } } }).sip.dns).toEqual({ servers, cacheMs: 0, timeoutMs: 2000 });
+    expect(loadConfig({ env: {}, overrides: { sip: { dns: { servers, cacheMs: 0 } } } }).sip.dns).toEqual({ servers, cacheMs: 0, timeoutMs: 2000, ...failover });
     const file = yamlFile('sip:\n  dns:\n    servers: [ns1.example.net, "10.0.0.2:0", "10.0.0.2:53"]\n    cacheMs: -1\n    timeoutMs: 10\n');
     let issues: string[] = [];
     try {
@@ -322,6 +338,23 @@ describe('loadConfig', () => {
       expect.stringMatching(/^sip\.dns\.cacheMs: /),
       expect.stringMatching(/^sip\.dns\.timeoutMs: /),
     ]);
+  });
+
+  it('sip.dns.failedTargetMs: failed SRV targets skipped 30 s unless told; 0 turns it off; refuses the rest by name', () => {
+    expect(sipDns({ failedTargetMs: 0 })).toMatchObject({ failedTargetMs: 0 });
+    expect(sipDns({ failedTargetMs: 3_600_000 })).toMatchObject({ failedTargetMs: 3_600_000 });
+    const message = 'sip.dns.failedTargetMs: must be a whole number of milliseconds from 0 (never skipped) to 3600000 (1 h)';
+    for (const value of ['-1', '1.5', '3600001', '"30s"']) expect(issuesIn(yamlFile(`sip:\n  dns:\n    failedTargetMs: ${value}\n`))).toEqual([message]);
+  });
+
+  it('sip.dns.targetTimeoutMs: a silent SRV target left after 4 s unless told; 0 leaves it to Timer B/F; else from T1 to below Timer B', () => {
+    for (const ms of [0, 500, 31_999]) expect(sipDns({ targetTimeoutMs: ms })).toMatchObject({ targetTimeoutMs: ms });
+    expect(sipDns({ targetTimeoutMs: 200 }, { t1Ms: 200 })).toMatchObject({ targetTimeoutMs: 200 });
+    for (const value of ['1.5', '-1', '"4s"']) {
+      expect(issuesIn(yamlFile(`sip:\n  dns:\n    targetTimeoutMs: ${value}\n`))).toEqual(['sip.dns.targetTimeoutMs: must be a whole number of milliseconds, 0 or more']);
+    }
+    const range = 'sip.dns.targetTimeoutMs: must be 0 (Timer B/F only) or from sip.timers.t1Ms (500) to below Timer B (64 × t1Ms = 32000)';
+    for (const value of [499, 32_000]) expect(issuesIn(yamlFile(`sip:\n  dns:\n    targetTimeoutMs: ${value}\n`))).toEqual([range]);
   });
 
   it('reports unreadable and invalid YAML files', () => {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { orderSrv, srvNameFor, type SrvTarget } from '../../../src/sip/sip-locator.js';
+import { orderSrv, srvNameFor, SrvTargets, type SrvTarget } from '../../../src/sip/sip-locator.js';
+import type { Destination } from '../../../src/sip/transport.js';
 
 const t = (name: string, priority: number, weight: number): SrvTarget => ({ name, port: 5060, priority, weight });
 
@@ -28,5 +29,26 @@ describe('RFC 3263 / RFC 2782 server location', () => {
     // Every record appears once; the random draw decides only the order.
     expect(orderSrv(records, () => 0).map((r) => r.name)).toEqual(['light', 'heavy']);
     expect(orderSrv(records, () => 0.99).map((r) => r.name)).toEqual(['heavy', 'light']);
+  });
+
+  it('hands a request every target once (RFC 3263 4.3): the unmarked in order, then the marked; no address or the same address again: passed over', async () => {
+    const addresses: Record<string, string | undefined> = { a: '10.0.0.1', b: '10.0.0.2', gone: undefined, c: '10.0.0.3', again: '10.0.0.1' };
+    const looked: string[] = [];
+    const targets = new SrvTargets(
+      ['a', 'b', 'gone', 'c', 'again'].map((name, i) => t(name, 10 * (i + 1), 0)),
+      async (target) => {
+        looked.push(target.name);
+        const host = addresses[target.name];
+        return host === undefined ? undefined : { protocol: 'udp', host, port: target.port };
+      },
+      (d: Destination) => d.host === '10.0.0.2',
+    );
+    const handed: (string | undefined)[] = [];
+    expect(targets.more).toBe(true);
+    for (let d = await targets.next(); d !== undefined; d = await targets.next()) handed.push(d.host);
+    expect(handed).toEqual(['10.0.0.1', '10.0.0.3', '10.0.0.2']);
+    expect(targets.more).toBe(false);
+    // Addresses are looked up as the request gets to each target, not all at once.
+    expect(looked).toEqual(['a', 'b', 'gone', 'c', 'again']);
   });
 });
