@@ -823,9 +823,9 @@ export const configSchema = z
             /**
              * With another SRV target left, a request that has heard nothing at all (not even 100 Trying) from its
              * target this long goes to the next one, instead of waiting for Timer B/F (32 s); 0: Timer B/F only.
-             * Checked against sip.timers.t1Ms below.
+             * null: 8 × sip.timers.t1Ms (4 s by default: four UDP sends). Checked against sip.timers.t1Ms below.
              */
-            targetTimeoutMs: z.number({ message: DNS_MS }).int({ message: DNS_MS }).min(0, { message: DNS_MS }).default(4000),
+            targetTimeoutMs: z.number({ message: DNS_MS }).int({ message: DNS_MS }).min(0, { message: DNS_MS }).nullable().default(null),
           })
           .strict()
           .prefault({}),
@@ -868,14 +868,16 @@ export const configSchema = z
         // Timer B (64*T1) on, the transaction has ended first and the setting does nothing.
         const { t1Ms } = sip.timers;
         const target = sip.dns.targetTimeoutMs;
-        if (Number.isInteger(target) && target > 0 && (target < t1Ms || target >= 64 * t1Ms)) {
+        if (target !== null && Number.isInteger(target) && target > 0 && (target < t1Ms || target >= 64 * t1Ms)) {
           ctx.addIssue({
             code: z.ZodIssueCode.custom,
             path: ['dns', 'targetTimeoutMs'],
             message: `must be 0 (Timer B/F only) or from sip.timers.t1Ms (${t1Ms}) to below Timer B (64 × t1Ms = ${64 * t1Ms})`,
           });
         }
-      }),
+      })
+      // The default follows T1, so that a deployment with shorter timers gets a valid one.
+      .transform((sip) => ({ ...sip, dns: { ...sip.dns, targetTimeoutMs: sip.dns.targetTimeoutMs ?? 8 * sip.timers.t1Ms } })),
     worker: z
       .object({
         flashConcurrency: z.number().int().positive().default(500),

@@ -347,7 +347,9 @@ describe('loadConfig', () => {
     for (const value of ['-1', '1.5', '3600001', '"30s"']) expect(issuesIn(yamlFile(`sip:\n  dns:\n    failedTargetMs: ${value}\n`))).toEqual([message]);
   });
 
-  it('sip.dns.targetTimeoutMs: a silent SRV target left after 4 s unless told; 0 leaves it to Timer B/F; else from T1 to below Timer B', () => {
+  it('sip.dns.targetTimeoutMs: a silent SRV target left after 8 × T1 (4 s) unless told; 0 leaves it to Timer B/F; else from T1 to below Timer B', () => {
+    // The default follows T1: valid with short timers too (64 × 50 ms = 3.2 s is below the 4 s of the default T1).
+    expect(sipDns({}, { t1Ms: 50 })).toMatchObject({ targetTimeoutMs: 400 });
     for (const ms of [0, 500, 31_999]) expect(sipDns({ targetTimeoutMs: ms })).toMatchObject({ targetTimeoutMs: ms });
     expect(sipDns({ targetTimeoutMs: 200 }, { t1Ms: 200 })).toMatchObject({ targetTimeoutMs: 200 });
     for (const value of ['1.5', '-1', '"4s"']) {
