@@ -425,6 +425,10 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       const webhookQueue = new WebhookQueue(bullConnection, keys.bullPrefix(), config.webhooks);
       stops.push(['webhook queue', () => webhookQueue.close()]);
       metrics.watchQueue(WEBHOOK_QUEUE, webhookQueue.queue);
+      // A webhook in flight past events.claimIdleMs would be reclaimed by another process and sent twice: a direct
+      // send's wait for a slot and the send itself end well before (half the margin left, at most 10 s of wait).
+      const directMarginMs = config.events.claimIdleMs - config.webhooks.timeoutMs - 1000;
+      const direct = config.webhooks.direct && directMarginMs >= 0;
       const webhooks = new WebhookProcessor({
         redis,
         keys,
@@ -432,12 +436,11 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         config: config.webhooks,
         metrics,
         logger: logger.child({ module: 'webhooks' }),
+        directWaitMs: Math.min(10_000, Math.floor(directMarginMs / 2)),
       });
       metrics.watchWebhookBreakers(webhooks.breaker);
       metrics.watchWebhookConnections(webhooks.agents);
       metrics.watchWebhookDns(webhooks.hosts);
-      // A webhook in flight past events.claimIdleMs would be reclaimed by another process and sent twice.
-      const direct = config.webhooks.direct && config.webhooks.timeoutMs + 1000 <= config.events.claimIdleMs;
       if (config.webhooks.direct && !direct) {
         logger.warn(
           { timeout_ms: config.webhooks.timeoutMs, claim_idle_ms: config.events.claimIdleMs },

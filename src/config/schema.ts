@@ -422,12 +422,13 @@ export function webhooksSchema(threadPoolSize: number = DEFAULT_THREAD_POOL_SIZE
        */
       inWorkers: z.boolean().default(true),
       /**
-       * The process that reads an event sends its webhook at once, with no BullMQ job; a job only for one that must
-       * wait (order, breaker, caps) or be retried. false: every webhook is a job (each delivery visible in BullMQ).
-       * Off, with a warning at start, unless `timeoutMs` is at least 1 s below `events.claimIdleMs` (an event whose
-       * webhook is in flight longer would be reclaimed by another process and sent twice).
+       * true: the process that reads an event sends its webhook at once, with no BullMQ job; a job only for one that
+       * must wait (order, breaker, caps) or be retried. Pays in `--role webhooks` processes whose accountConcurrency
+       * the rate never fills; under full call load in workers, or with the per-account cap binding, it does worse
+       * than jobs (README, BENCHMARKS.md). Off, with a warning at start, unless `timeoutMs` is at least 1 s below
+       * `events.claimIdleMs` (an event whose webhook is in flight longer would be reclaimed and sent twice).
        */
-      direct: z.boolean().default(true),
+      direct: z.boolean().default(false),
       /** Webhook deliveries in flight per process that sends webhooks. */
       concurrency: z.number().int().positive().default(50),
       /**

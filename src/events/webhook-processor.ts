@@ -24,6 +24,11 @@ export interface WebhookProcessorDeps {
   logger: Logger;
   /** Name resolution of webhook hosts (default: the system's), behind the process's cache; tests inject a resolver. */
   resolveAll?: ResolveAll;
+  /**
+   * How long a direct send (sendNow) may wait in memory for a slot before it goes as a job instead (its stream entry
+   * stays unacknowledged meanwhile: main.ts keeps the wait and the send well within events.claimIdleMs). Default 0.
+   */
+  directWaitMs?: number;
 }
 
 /** What one delivery needs, read in one round trip (prepareWebhook-4.lua). */
@@ -37,6 +42,41 @@ interface Prepared {
   /** The account's sealed API secret; null: the account is gone. */
   secretEnc: string | null;
 }
+
+/** Adds `by` to `key`'s count, deleting it at 0. */
+function count(counts: Map<string, number>, key: string, by: 1 | -1): void {
+  const n = (counts.get(key) ?? 0) + by;
+  if (n > 0) counts.set(key, n);
+  else counts.delete(key);
+}
+
+/** A direct send waiting for a slot (WebhookProcessor.startOrWait). */
+interface WaitingSend {
+  d: WebhookJobData;
+  since: number;
+  resolve: (r: 'done' | 'queue' | 'retry') => void;
+  reject: (err: unknown) => void;
+}
+
+/** How far into an account's waiting sends pump() looks for one whose request is not sending an earlier event. */
+const STARTABLE_SCAN = 64;
+
+/**
+ * The first of an account's waiting sends that may start: its request is not sending an earlier event, and no
+ * earlier waiting send of its request is passed over (a request's events go in order). -1: none within the scan.
+ */
+function startable(queue: readonly WaitingSend[], sending: ReadonlySet<string>): number {
+  let passed: Set<string> | undefined;
+  for (let i = 0; i < queue.length && i < STARTABLE_SCAN; i++) {
+    const id = queue[i]!.d.request_id;
+    if (!sending.has(id) && !passed?.has(id)) return i;
+    (passed ??= new Set()).add(id);
+  }
+  return -1;
+}
+
+/** Direct sends waiting for a slot in one process, at most; more go as jobs. */
+const DIRECT_WAITING_MAX = 5000;
 
 /** Unsealed API secrets kept, by account and ciphertext (a new secret is a new ciphertext): at most this many. */
 const SECRETS_KEPT = 1000;
@@ -73,10 +113,23 @@ const SECRETS_KEPT = 1000;
  * failures visible on its own.
  */
 export class WebhookProcessor {
-  /** Deliveries in flight in this process, per account (`webhooks.accountConcurrency`). */
+  /** Job deliveries in flight in this process, per account (`webhooks.accountConcurrency`). */
   private readonly inFlight = new Map<string, number>();
+  /**
+   * Direct sends in flight in this process, per account: a cap of `webhooks.accountConcurrency` of their own. Shared
+   * with the jobs', every webhook that waited for a slot and then became a job took a slot from the direct sends in
+   * turn, and under a steady load of one account the two fell behind together (BENCHMARKS.md).
+   */
+  private readonly directByAccount = new Map<string, number>();
   /** Deliveries sent at once by this process's webhook consumer (sendNow), in flight: at most `webhooks.concurrency`. */
   private directInFlight = 0;
+  /** Direct sends waiting for a slot, per account, in order (startOrWait). */
+  private readonly waiting = new Map<string, WaitingSend[]>();
+  private waitingCount = 0;
+  private sweeper: NodeJS.Timeout | undefined;
+  /** Requests with a direct send in hand here (sending or waiting), and those sending: a request's events go one at a time, in order. */
+  private readonly requestsInHand = new Map<string, number>();
+  private readonly requestsSending = new Set<string>();
   /** The per-account circuit breakers (the gauge of open ones reads it). */
   readonly breaker: WebhookBreaker;
   /** Keep-alive connections to the receivers, per origin (`webhooks.keepAliveMs`, `webhooks.maxSocketsPerHost`); the connection gauges read it. */
@@ -243,45 +296,135 @@ export class WebhookProcessor {
    * failed; the consumer then leaves the stream entry pending, to be handled again when reclaimed.
    */
   async sendNow(d: WebhookJobData): Promise<'done' | 'queue' | 'retry'> {
-    const result = await this.tryNow(d);
+    const result = await this.startOrWait(d);
     this.deps.metrics.webhookDirect(result === 'queue' ? 'queued' : result);
     return result;
   }
 
-  private async tryNow(d: WebhookJobData): Promise<'done' | 'queue' | 'retry'> {
-    const { keys, config } = this.deps;
-    const held = this.inFlight.get(d.account_id) ?? 0;
+  /**
+   * At once when a direct slot and one of the account's are free; else in the account's turn, in this process's
+   * memory, for at most `directWaitMs`. A job would wait for the same per-account slots, and at a rate the account's
+   * slots cannot carry, webhooks turned into jobs (each deferred and re-polled, BENCHMARKS.md) cost more than they
+   * carry and fall behind. After that wait, or with too many waiting, it goes as a job ('queue').
+   */
+  private startOrWait(d: WebhookJobData): Promise<'done' | 'queue' | 'retry'> {
     // A single attempt goes as a job: given up, it must be in BullMQ's failed set, where an operator replays it.
-    if (config.attempts <= 1 || this.directInFlight >= config.concurrency || held >= config.accountConcurrency) return 'queue';
+    if (this.deps.config.attempts <= 1) return Promise.resolve('queue');
+    // An earlier event of the request in hand here (sending, or waiting): this one goes after it, not into a job
+    // that would wait for it by polling Redis.
+    const behind = this.requestsInHand.has(d.request_id);
+    if (!behind && this.canStart(d.account_id)) return this.inHand(d, this.runNow(d));
+    const waitMs = this.deps.directWaitMs ?? 0;
+    if (waitMs <= 0 || this.waitingCount >= DIRECT_WAITING_MAX) return Promise.resolve('queue');
+    return this.inHand(
+      d,
+      new Promise((resolve, reject) => {
+        let queue = this.waiting.get(d.account_id);
+        if (queue === undefined) this.waiting.set(d.account_id, (queue = []));
+        queue.push({ d, since: Date.now(), resolve, reject });
+        this.waitingCount++;
+        if (this.sweeper === undefined) {
+          this.sweeper = setInterval(() => this.sweep(), Math.max(20, Math.min(1000, waitMs / 10)));
+          this.sweeper.unref();
+        }
+      }),
+    );
+  }
+
+  /** Counts `d`'s request as in hand here until `sending` settles. */
+  private inHand<T>(d: WebhookJobData, sending: Promise<T>): Promise<T> {
+    this.requestsInHand.set(d.request_id, (this.requestsInHand.get(d.request_id) ?? 0) + 1);
+    const done = (): void => {
+      const left = (this.requestsInHand.get(d.request_id) ?? 1) - 1;
+      if (left > 0) this.requestsInHand.set(d.request_id, left);
+      else this.requestsInHand.delete(d.request_id);
+    };
+    sending.then(done, done);
+    return sending;
+  }
+
+  private canStart(accountId: string): boolean {
+    const { config } = this.deps;
+    return this.directInFlight < config.concurrency && (this.directByAccount.get(accountId) ?? 0) < config.accountConcurrency;
+  }
+
+  private async runNow(d: WebhookJobData): Promise<'done' | 'queue' | 'retry'> {
     this.directInFlight++;
-    this.inFlight.set(d.account_id, held + 1);
+    count(this.directByAccount, d.account_id, 1);
+    this.requestsSending.add(d.request_id);
     try {
-      const order = keys.webhookOrder(d.request_id);
-      const member = orderMember(d.event_id);
-      const prepared = await this.prepare(d, order, member);
-      if (prepared === 'done') return 'done';
-      if (!prepared || prepared.gate.state === 'open') return 'queue';
-      const log = this.deps.logger.child({ request_id: d.request_id, event_id: d.event_id, account_id: d.account_id, attempt: 1 });
-      if (!prepared.gate.url) {
-        await this.dropNoUrl(d, order, member, log);
-        return 'done';
-      }
-      try {
-        await this.attemptOnce(d, prepared.gate.url, prepared, order, member, false, log);
-      } catch {
-        return 'retry';
-      }
-      return 'done';
+      return await this.tryNow(d);
     } finally {
+      this.requestsSending.delete(d.request_id);
       this.directInFlight--;
-      this.release(d.account_id);
+      count(this.directByAccount, d.account_id, -1);
+      if (this.waitingCount > 0) this.pump();
     }
   }
 
+  /**
+   * Starts waiting sends whose account and this process have a slot free: accounts in turn, each one's in order. An
+   * account whose next send's request is still sending an earlier event waits for that one.
+   */
+  private pump(): void {
+    for (const [accountId, queue] of this.waiting) {
+      if (this.directInFlight >= this.deps.config.concurrency) return;
+      if (!this.canStart(accountId)) continue;
+      const at = startable(queue, this.requestsSending);
+      if (at < 0) continue;
+      const [next] = queue.splice(at, 1) as [WaitingSend];
+      this.waitingCount--;
+      // To the back of the line of accounts (Map order), so that one account's burst does not starve the others.
+      this.waiting.delete(accountId);
+      if (queue.length) this.waiting.set(accountId, queue);
+      this.runNow(next.d).then(next.resolve, next.reject);
+    }
+    this.stopSweeper();
+  }
+
+  /** Waiting sends older than `directWaitMs` go as jobs. */
+  private sweep(): void {
+    const before = Date.now() - (this.deps.directWaitMs ?? 0);
+    for (const [accountId, queue] of this.waiting) {
+      while (queue.length && queue[0]!.since <= before) {
+        queue.shift()!.resolve('queue');
+        this.waitingCount--;
+      }
+      if (!queue.length) this.waiting.delete(accountId);
+    }
+    this.stopSweeper();
+  }
+
+  private stopSweeper(): void {
+    if (this.waitingCount > 0 || this.sweeper === undefined) return;
+    clearInterval(this.sweeper);
+    this.sweeper = undefined;
+  }
+
+  /** One direct send in its slots: prepare, then the first attempt. */
+  private async tryNow(d: WebhookJobData): Promise<'done' | 'queue' | 'retry'> {
+    const { keys } = this.deps;
+    const order = keys.webhookOrder(d.request_id);
+    const member = orderMember(d.event_id);
+    const prepared = await this.prepare(d, order, member);
+    if (prepared === 'done') return 'done';
+    if (!prepared || prepared.gate.state === 'open') return 'queue';
+    const log = this.deps.logger.child({ request_id: d.request_id, event_id: d.event_id, account_id: d.account_id, attempt: 1 });
+    if (!prepared.gate.url) {
+      await this.dropNoUrl(d, order, member, log);
+      return 'done';
+    }
+    try {
+      await this.attemptOnce(d, prepared.gate.url, prepared, order, member, false, log);
+    } catch {
+      return 'retry';
+    }
+    return 'done';
+  }
+
+  /** A job's slot of its account freed. */
   private release(accountId: string): void {
-    const left = (this.inFlight.get(accountId) ?? 1) - 1;
-    if (left > 0) this.inFlight.set(accountId, left);
-    else this.inFlight.delete(accountId);
+    count(this.inFlight, accountId, -1);
   }
 
   private dropNoUrl(d: WebhookJobData, order: string, member: string, log: Logger): Promise<void> {

@@ -30,7 +30,7 @@ export interface WebhookWorker {
 }
 
 /** The production webhook processor on the test engine's Redis, keys, sealer and `webhooks` config. */
-export function webhookProcessor(t: TestEngine, deps: Pick<WebhookProcessorDeps, 'metrics' | 'logger' | 'resolveAll'>): WebhookProcessor {
+export function webhookProcessor(t: TestEngine, deps: Pick<WebhookProcessorDeps, 'metrics' | 'logger' | 'resolveAll' | 'directWaitMs'>): WebhookProcessor {
   return new WebhookProcessor({ redis: t.redis, keys: t.keys, sealer: t.sealer, config: t.config.webhooks, ...deps });
 }
 

@@ -44,15 +44,15 @@ describe('webhooks sent directly by the consumer', () => {
   });
 
   /** An api-role engine (no consumer of its own), an account whose URL is a receiver, and a consumer sending directly. */
-  async function setUp(consumerOptions: { settleTimeoutMs?: number } = {}) {
-    const engine = (t = await startTestEngine(testConfig({ webhooks: { allowPrivate: true, backoffMs: 100, orderPollMs: 50 }, accounts: { fieldCacheMs: 0 } }), 'api'));
+  async function setUp(consumerOptions: { settleTimeoutMs?: number } = {}, webhooks: { concurrency?: number; accountConcurrency?: number } = {}) {
+    const engine = (t = await startTestEngine(testConfig({ webhooks: { allowPrivate: true, backoffMs: 100, orderPollMs: 50, ...webhooks }, accounts: { fieldCacheMs: 0 } }), 'api'));
     const r = (receiver = new Receiver());
     const url = await r.start();
     const account = await engine.account();
     r.secret = account.api_secret;
     await new AccountStore(engine.redis, engine.keys, engine.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, url);
     const metrics = new Metrics({ defaultMetrics: false });
-    const processor = webhookProcessor(engine, { metrics, logger: silent });
+    const processor = webhookProcessor(engine, { metrics, logger: silent, directWaitMs: 2000 });
     const queueRedis = new Redis(engine.config.redis.url, { maxRetriesPerRequest: null });
     const queue = new WebhookQueue(queueRedis, engine.keys.bullPrefix(), engine.config.webhooks);
     const consumerRedis = new Redis(engine.config.redis.url);
@@ -95,6 +95,27 @@ describe('webhooks sent directly by the consumer', () => {
     expect(await jobs()).toBe(0);
   });
 
+  it('a burst of one account\'s events beyond its slots waits its turn and goes out directly, not as jobs', async () => {
+    const { r, account, consumer, service, metrics, pending, jobs } = await setUp({}, { concurrency: 4, accountConcurrency: 2 });
+    r.delayMs = 30;
+    let open = 0;
+    let maxOpen = 0;
+    r.onRequest = () => {
+      maxOpen = Math.max(maxOpen, ++open);
+      setTimeout(() => open--, 30);
+    };
+    const ids: string[] = [];
+    for (let i = 0; i < 10; i++) ids.push((await service.create(account, { phone_number: `+4477009007${10 + i}` })).request_id);
+    await consumer.start();
+    await waitFor(async () => ids.every((id) => r.events(id).length === 1));
+    // Two at a time (the account's slots), all ten sent by the consumer itself, in the order they were written.
+    expect(maxOpen).toBe(2);
+    expect(r.accepted().map((x) => x.json.request_id)).toEqual(ids);
+    expect(await jobs()).toBe(0);
+    await waitFor(async () => (await pending()) === 0);
+    expect(await metrics.render()).toMatch(/^flashverify_webhook_direct_total\{result="done"\} 10$/m);
+  });
+
   it('a stop waits for a webhook in flight and acknowledges its entry', async () => {
     const { r, account, consumer, service, metrics, pending, jobs } = await setUp({ settleTimeoutMs: 3000 });
     await consumer.start();
@@ -127,7 +148,7 @@ describe('webhooks sent directly by the consumer', () => {
     const r = (receiver = new Receiver());
     const url = await r.start();
     const c = (cluster = await engineCluster({
-      webhooks: { allowPrivate: true, inWorkers: false, backoffMs: 100, orderPollMs: 50, timeoutMs: 2000 },
+      webhooks: { allowPrivate: true, inWorkers: false, backoffMs: 100, orderPollMs: 50, timeoutMs: 2000, direct: true },
       events: { claimIdleMs: 3000 },
       fraud: { testNumbers: [{ number: '+447700900555', code: '1234' }] },
     }));
@@ -163,7 +184,7 @@ describe('webhooks sent directly by the consumer', () => {
   });
 
   it('is off, with a warning, when a webhook could outlast events.claimIdleMs; every webhook then goes through the queue', async () => {
-    const engine = (t = await startTestEngine(testConfig({ webhooks: { allowPrivate: true, timeoutMs: 5000 }, events: { claimIdleMs: 5500 }, accounts: { fieldCacheMs: 0 } }), 'all'));
+    const engine = (t = await startTestEngine(testConfig({ webhooks: { allowPrivate: true, timeoutMs: 5000, direct: true }, events: { claimIdleMs: 5500 }, accounts: { fieldCacheMs: 0 } }), 'all'));
     expect(engine.logs.some((l) => l.includes('webhooks.direct is off: webhooks.timeoutMs must be at least 1000 ms below events.claimIdleMs'))).toBe(true);
     const r = (receiver = new Receiver());
     const url = await r.start();

@@ -26,7 +26,8 @@ describe('signed webhooks', () => {
     t = await startTestEngine(
       testConfig({
         api: { defaultRateLimitPerSecond: 1000 },
-        webhooks: { allowPrivate: true, attempts: 4, backoffMs: 100, orderPollMs: 50 },
+        // Sent by the consumer that reads each event (webhooks.direct); a job only to wait or retry.
+        webhooks: { allowPrivate: true, attempts: 4, backoffMs: 100, orderPollMs: 50, direct: true },
         verification: { expirySweepMs: 100 },
       }),
       'all',
