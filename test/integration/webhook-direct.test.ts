@@ -9,6 +9,7 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AccountStore } from '../../src/accounts/account-store.js';
+import { EventPublisher } from '../../src/events/event-publisher.js';
 import type { StreamEntry } from '../../src/events/group-consumer.js';
 import { WebhookConsumer } from '../../src/events/webhook-consumer.js';
 import { WEBHOOK_QUEUE, WebhookQueue, type WebhookJobData } from '../../src/events/webhook-queue.js';
@@ -114,6 +115,17 @@ describe('webhooks sent directly by the consumer', () => {
     expect(await jobs()).toBe(0);
     await waitFor(async () => (await pending()) === 0);
     expect(await metrics.render()).toMatch(/^flashverify_webhook_direct_total\{result="done"\} 10$/m);
+  });
+
+  it('a request\'s later event read while its earlier one is being sent goes right after it, not as a job', async () => {
+    const { engine, r, account, consumer, service, jobs } = await setUp();
+    r.delayMs = 150;
+    const { request_id } = await service.create(account, { phone_number: '+447700900730' });
+    await new EventPublisher(engine.redis, engine.keys, 1000).publish({ request_id, account_id: account.account_id, method: 'flash_call', status: 'delivered', detail: {} });
+    await consumer.start();
+    await waitFor(async () => r.events(request_id).length === 2);
+    expect(r.events(request_id)).toEqual(['verification.sent', 'verification.delivered']);
+    expect(await jobs()).toBe(0);
   });
 
   it('a stop waits for a webhook in flight and acknowledges its entry', async () => {
