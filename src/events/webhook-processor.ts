@@ -284,13 +284,13 @@ export class WebhookProcessor {
   }
 
   /**
-   * Sends an event's webhook at once, from the webhook consumer that read its stream entry: no BullMQ job for a
-   * webhook that goes out at the first try, which is nearly every one (a job's add, fetch and finish cost about a
-   * quarter of a webhook's CPU, BENCHMARKS.md). Same rules as a job's run: the order, the breaker, the per-account
-   * cap and the record's final status (one prepareWebhook-4 round trip), then the first attempt. What cannot go at
-   * once is handed back, and the consumer queues a job for it: 'queue' (an earlier event of the request first, the
-   * account's breaker open, the account's cap or this process's `webhooks.concurrency` direct slots taken; or
-   * `webhooks.attempts` is 1, so that a failure lands in the failed set, where it can be replayed), 'retry'
+   * Sends an event's webhook at once (`webhooks.direct`), from the webhook consumer that read its stream entry: no
+   * BullMQ job for a webhook that goes out at the first try (in a webhooks process whose per-account cap the rate
+   * never fills, a third of a job's CPU per webhook, BENCHMARKS.md). Same rules as a job's run: the order, the
+   * breaker, the per-account cap and the record's final status (one prepareWebhook-4 round trip), then the first
+   * attempt. What cannot go at once is handed back, and the consumer queues a job for it: 'queue' (an earlier event
+   * of the request first, the account's breaker open, the account's or this process's direct slots still taken after
+   * `directWaitMs`; or `webhooks.attempts` is 1, so that a failure lands in the failed set, where it can be replayed), 'retry'
    * (the first attempt failed, the breaker counted it: a job makes the other `webhooks.attempts` - 1, from
    * `webhooks.backoffMs` on). 'done': delivered, dropped or given up, its order entry done. Throws only when Redis
    * failed; the consumer then leaves the stream entry pending, to be handled again when reclaimed.
