@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { getCountryCallingCode, isSupportedCountry, parsePhoneNumberFromString, type CountryCode } from 'libphonenumber-js';
 import { SmsTextError, validateTemplate } from '../sms/text.js';
 import { isIP } from 'node:net';
+import { defaultTargetTimeoutMs } from '../sip/sip-locator.js';
 import { trunkUriTransportOf } from '../sip/trunk-transport.js';
 
 /**
@@ -878,7 +879,7 @@ export const configSchema = z
         }
       })
       // The default follows T1, so that a deployment with shorter timers gets a valid one.
-      .transform((sip) => ({ ...sip, dns: { ...sip.dns, targetTimeoutMs: sip.dns.targetTimeoutMs ?? 8 * sip.timers.t1Ms } })),
+      .transform((sip) => ({ ...sip, dns: { ...sip.dns, targetTimeoutMs: sip.dns.targetTimeoutMs ?? defaultTargetTimeoutMs(sip.timers.t1Ms) } })),
     worker: z
       .object({
         flashConcurrency: z.number().int().positive().default(500),

@@ -36,7 +36,7 @@ import {
 } from './transactions/transaction.js';
 import { OptionsPing } from './options-ping.js';
 import { splitCommaList } from './parser.js';
-import { DEFAULT_TARGET_TIMEOUT_MS, SipLocator, type Located, type SipDnsOptions } from './sip-locator.js';
+import { defaultTargetTimeoutMs, SipLocator, type Located, type SipDnsOptions } from './sip-locator.js';
 import type { FailoverEvent } from './srv-failover.js';
 import { TcpTransport } from './tcp-transport.js';
 import { destinationKey, type Destination, type InboundSource, type Transport, type TransportProtocol } from './transport.js';
@@ -298,7 +298,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
       },
       respond: (request, source, status, opts) => this.respond(request, source, status, opts?.headers, opts?.body),
       callEnded: (call, lingerMs) => this.callEnded(call, lingerMs),
-      targetTimeoutMs: this.options.dns?.targetTimeoutMs ?? DEFAULT_TARGET_TIMEOUT_MS,
+      targetTimeoutMs: this.options.dns?.targetTimeoutMs ?? defaultTargetTimeoutMs(this.options.timers.t1Ms),
       destinationFailed: (destination, forMs) => this.locator.failed(destination, forMs),
       failedOver: (trunk, to, event) => {
         this.nameTrunk(trunk, to);

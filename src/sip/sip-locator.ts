@@ -40,13 +40,16 @@ export interface SipDnsOptions {
   failedTargetMs?: number | undefined;
   /**
    * With another target left, a request that has heard nothing at all from its target this long moves on to the
-   * next (srv-failover.ts); 0: only Timer B/F, a transport error or a 503 move it. Default 4 s.
+   * next (srv-failover.ts); 0: only Timer B/F, a transport error or a 503 move it. Default: defaultTargetTimeoutMs.
    */
   targetTimeoutMs?: number | undefined;
 }
 
 export const DEFAULT_FAILED_TARGET_MS = 30_000;
-export const DEFAULT_TARGET_TIMEOUT_MS = 4000;
+/** `sip.dns.targetTimeoutMs` unless set: 8 × T1, four UDP sends of a request (4 s with the default T1 of 500 ms). */
+export function defaultTargetTimeoutMs(t1Ms: number): number {
+  return 8 * t1Ms;
+}
 
 export interface SrvTarget {
   readonly name: string;
