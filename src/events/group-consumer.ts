@@ -95,9 +95,7 @@ export abstract class GroupConsumer {
    */
   async drain(timeoutMs: number): Promise<void> {
     this.draining = true;
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([this.loop?.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
-    clearTimeout(timer);
+    await waitAtMost(this.loop?.catch(() => undefined), timeoutMs);
     await this.stop();
   }
 
@@ -112,10 +110,7 @@ export abstract class GroupConsumer {
   /** Waits for the unsettled entries (at most `settleTimeoutMs`) and acknowledges those that settled. */
   private async settle(): Promise<void> {
     if (this.unsettled.size) {
-      let timer: NodeJS.Timeout | undefined;
-      const all = Promise.allSettled([...this.unsettled.values()]);
-      await Promise.race([all, new Promise((r) => (timer = setTimeout(r, this.options.settleTimeoutMs ?? 10_000)))]);
-      clearTimeout(timer);
+      await waitAtMost(Promise.allSettled([...this.unsettled.values()]), this.options.settleTimeoutMs ?? 10_000);
       if (this.unsettled.size) this.logger.warn({ group: this.group, count: this.unsettled.size }, 'events still in hand at stop; left pending for another consumer to reclaim');
     }
     await this.flushAcks();
@@ -234,6 +229,13 @@ export abstract class GroupConsumer {
       if (done.length) await this.redis.xack(this.keys.events(), this.group, ...done);
     }
   }
+}
+
+/** Resolves when `work` settles or after `ms`, whichever comes first. */
+async function waitAtMost(work: Promise<unknown> | undefined, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([work, new Promise((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
 }
 
 function toEntry([id, flat]: [string, string[]]): StreamEntry {

@@ -180,7 +180,7 @@ export class WebhookProcessor {
     if (held >= config.accountConcurrency) {
       return this.defer(job, token, Date.now() + Math.min(config.timeoutMs, 1000) * (0.5 + Math.random() / 2), 'account_limit');
     }
-    this.inFlight.set(d.account_id, held + 1);
+    count(this.inFlight, d.account_id, 1);
     try {
       const prepared = await this.prepare(d, order, member);
       // Delivered (or dropped, or given up) already: a job run again after its worker died, or one whose event was sent directly.
@@ -194,7 +194,7 @@ export class WebhookProcessor {
       }
       await this.attempt(job, token, order, member, prepared);
     } finally {
-      this.release(d.account_id);
+      count(this.inFlight, d.account_id, -1);
     }
   }
 
@@ -333,12 +333,8 @@ export class WebhookProcessor {
 
   /** Counts `d`'s request as in hand here until `sending` settles. */
   private inHand<T>(d: WebhookJobData, sending: Promise<T>): Promise<T> {
-    this.requestsInHand.set(d.request_id, (this.requestsInHand.get(d.request_id) ?? 0) + 1);
-    const done = (): void => {
-      const left = (this.requestsInHand.get(d.request_id) ?? 1) - 1;
-      if (left > 0) this.requestsInHand.set(d.request_id, left);
-      else this.requestsInHand.delete(d.request_id);
-    };
+    count(this.requestsInHand, d.request_id, 1);
+    const done = (): void => count(this.requestsInHand, d.request_id, -1);
     sending.then(done, done);
     return sending;
   }
@@ -420,11 +416,6 @@ export class WebhookProcessor {
       return 'retry';
     }
     return 'done';
-  }
-
-  /** A job's slot of its account freed. */
-  private release(accountId: string): void {
-    count(this.inFlight, accountId, -1);
   }
 
   private dropNoUrl(d: WebhookJobData, order: string, member: string, log: Logger): Promise<void> {
