@@ -270,6 +270,7 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
 
   line(`load: ${o.rate}/s for ${o.duration} s = ${Math.floor(o.rate * o.duration)} requests`);
   const cpuT0 = performance.now();
+  const loadStartEpochMs = Date.now();
   const udpDropsBefore = udpReceiveBufferErrors();
   const statsRedis = o.redisStats ? new Redis(redisTarget(o.redisUrl), { maxRetriesPerRequest: 1 }) : undefined;
   const statsBefore = statsRedis ? await commandStats(statsRedis) : undefined;
@@ -385,6 +386,13 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     const missingDelivered = [...byCall.delivered.keys()].filter((id) => !hooks.received('verification.delivered', id)).length;
     const left = await webhookJobsLeft(o.redisUrl, stack.prefix);
     line(`  webhook jobs left in the queue: ${left}`);
+    if (hooks.total) {
+      // The stream entry id's first part is the time the event was written: lag from there to the receiver.
+      line(`  from the event written to the webhook received: ${formatMs(summarize(hooks.lagsMs))}`);
+      const first = (hooks.firstAtMs - loadStartEpochMs) / 1000;
+      const last = (hooks.lastAtMs - loadStartEpochMs) / 1000;
+      line(`  received from t=${first.toFixed(2)} s to t=${last.toFixed(2)} s (schedule ${o.duration} s): ${(hooks.total / Math.max(0.001, last - first)).toFixed(0)} webhooks/s over that span`);
+    }
     line(`  per request: **${missingSent} accepted without a \`sent\` webhook, ${missingDelivered} delivered without a \`delivered\` one**; ${hooks.duplicates} received more than once (at-least-once: a delivery retried after its answer was lost or its sender died)`);
     hooks.close();
   }
@@ -648,7 +656,14 @@ async function startHookReceiver(): Promise<{
   requests(event: string): number;
   received(event: string, requestId: string): boolean;
   close(): void;
+  /** Per webhook: ms from its event's stream entry (X-FlashVerify-Event-Id) to its arrival here. */
+  lagsMs: number[];
+  firstAtMs: number;
+  lastAtMs: number;
 }> {
+  const lagsMs: number[] = [];
+  let firstAtMs = 0;
+  let lastAtMs = 0;
   const byEvent = new Map<string, number>();
   /** `<event> <request_id>` of every webhook received. */
   const seen = new Set<string>();
@@ -660,6 +675,11 @@ async function startHookReceiver(): Promise<{
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       total++;
+      const now = Date.now();
+      if (!firstAtMs) firstAtMs = now;
+      lastAtMs = now;
+      const written = Number(String(req.headers['x-flashverify-event-id'] ?? '').split('-')[0]);
+      if (written > 0) lagsMs.push(now - written);
       try {
         const body = JSON.parse(Buffer.concat(chunks).toString()) as { event?: unknown; request_id?: unknown };
         const event = String(body.event);
@@ -693,5 +713,12 @@ async function startHookReceiver(): Promise<{
     requests: (event) => distinct.get(event) ?? 0,
     received: (event, requestId) => seen.has(`${event} ${requestId}`),
     close: () => server.close(),
+    lagsMs,
+    get firstAtMs() {
+      return firstAtMs;
+    },
+    get lastAtMs() {
+      return lastAtMs;
+    },
   };
 }
