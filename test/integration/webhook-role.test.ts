@@ -104,4 +104,26 @@ describe('--role webhooks (webhooks.inWorkers: false)', () => {
     await new Promise((done) => setTimeout(done, 1000));
     for (const x of ids) expect(r.forRequest(x).map((h) => h.json.event)).toEqual(['verification.sent', 'verification.delivered', 'verification.verified']);
   });
+
+  it('a webhooks process killed mid-delivery: the next one runs its job again after worker.lockDurationMs (not BullMQ\'s 30 s), answered 200 once', async () => {
+    const { c, r, id } = await oneRequest({ inWorkers: false }, { worker: { lockDurationMs: 2000, stalledIntervalMs: 1000 } });
+    r.hang = true;
+    const first = await c.start('webhooks');
+    // Its `sent` job is in flight (webhooks.direct is off: every webhook is a job) and the receiver holds it unanswered.
+    const hung = await waitFor(async () => r.forRequest(id)[0]);
+    expect(hung.json.event).toBe('verification.sent');
+    first.kill('SIGKILL');
+    await first.waitExit(5000);
+    r.hang = false;
+    await c.start('webhooks');
+    // The dead process's lock lapses within 2 s and the new one looks for stalled jobs every second: BullMQ's defaults
+    // (30 s each) would leave the job active for half a minute.
+    await waitFor(async () => r.events(id).includes('verification.sent'), 10_000);
+    await new Promise((done) => setTimeout(done, 500));
+    const sent = r.forRequest(id).filter((x) => x.json.event === 'verification.sent');
+    expect(sent.map((x) => [x.headers['x-flashverify-event-id'], x.answered])).toEqual([
+      [hung.headers['x-flashverify-event-id'], 0],
+      [hung.headers['x-flashverify-event-id'], 200],
+    ]);
+  });
 });
