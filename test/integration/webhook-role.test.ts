@@ -4,7 +4,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { AccountStore } from '../../src/accounts/account-store.js';
-import { engineCluster, type EngineCluster } from '../helpers/engine-process.js';
+import { engineCluster, sentAfterWebhooksKill, type EngineCluster } from '../helpers/engine-process.js';
 import { http, readEvents, waitFor } from '../helpers/engine.js';
 import { findFreePort } from '../helpers/sipp.js';
 import { Receiver } from '../helpers/webhook-receiver.js';
@@ -112,15 +112,9 @@ describe('--role webhooks (webhooks.inWorkers: false)', () => {
     // Its `sent` job is in flight (webhooks.direct is off: every webhook is a job) and the receiver holds it unanswered.
     const hung = await waitFor(async () => r.forRequest(id)[0]);
     expect(hung.json.event).toBe('verification.sent');
-    first.kill('SIGKILL');
-    await first.waitExit(5000);
-    r.hang = false;
-    await c.start('webhooks');
-    // The dead process's lock lapses within 2 s and the new one looks for stalled jobs every second: BullMQ's defaults
-    // (30 s each) would leave the job active for half a minute.
-    await waitFor(async () => r.events(id).includes('verification.sent'), 10_000);
-    await new Promise((done) => setTimeout(done, 500));
-    const sent = r.forRequest(id).filter((x) => x.json.event === 'verification.sent');
+    // Run again by the next process within 10 s of its start: the dead process's lock lapses within 2 s and the new one
+    // looks for stalled jobs every second. BullMQ's defaults (30 s each) would leave the job active for half a minute.
+    const sent = await sentAfterWebhooksKill(c, first, r, id, 10_000);
     expect(sent.map((x) => [x.headers['x-flashverify-event-id'], x.answered])).toEqual([
       [hung.headers['x-flashverify-event-id'], 0],
       [hung.headers['x-flashverify-event-id'], 200],
