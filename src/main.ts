@@ -77,6 +77,13 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   // Delivery writes (events, record updates of calls in progress) wait for Redis to come back rather than fail mid-call.
   const durableRedis = connectRedis(config.redis, logger, { maxRetriesPerRequest: null });
   const bullConnection: ConnectionOptions = connectBullRedis(config.redis, logger);
+  // The BullMQ workers whose jobs another process takes over when this one dies (delivery and webhook jobs): a dead
+  // process's job counts as stalled once its lock lapses, and runs again elsewhere at most maxStalledCount times.
+  const stallOptions = {
+    maxStalledCount: config.worker.maxStalledCount,
+    lockDuration: config.worker.lockDurationMs,
+    stalledInterval: config.worker.stalledIntervalMs,
+  };
   const events = new EventPublisher(durableRedis, keys, config.events.maxLen);
   /** Shutdown steps, in order, each named for the shutdown log. */
   const stops: [string, () => Promise<unknown>][] = [];
@@ -240,9 +247,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
             connection: bullConnection,
             prefix: keys.bullPrefix(),
             concurrency,
-            maxStalledCount: config.worker.maxStalledCount,
-            lockDuration: config.worker.lockDurationMs,
-            stalledInterval: config.worker.stalledIntervalMs,
+            ...stallOptions,
           },
         );
         w.on('failed', (job, err) => {
@@ -475,7 +480,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           if (!job.attemptsStarted || job.attemptsStarted <= 1) metrics.jobStarted(WEBHOOK_QUEUE, job.timestamp, job.processedOn);
           return webhooks.process(job, token);
         },
-        { connection: bullConnection, prefix: keys.bullPrefix(), concurrency: config.webhooks.concurrency },
+        { connection: bullConnection, prefix: keys.bullPrefix(), concurrency: config.webhooks.concurrency, ...stallOptions },
       );
       webhookWorker.on('failed', (job) => {
         webhooks.failed(job).catch((err: Error) => logger.warn({ err: err.message, event_id: job?.id }, 'could not mark a failed webhook done'));

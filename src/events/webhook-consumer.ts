@@ -96,7 +96,7 @@ export class WebhookConsumer extends GroupConsumer {
   }
 
   /** An event that gets no webhook is done at once: the account may set a URL before the request's next event. */
-  private skip(order: string, member: string): Promise<void> {
-    return markOrderDone(this.redis, order, member);
+  private async skip(order: string, member: string): Promise<void> {
+    await markOrderDone(this.redis, order, member);
   }
 }

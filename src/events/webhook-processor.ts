@@ -453,17 +453,25 @@ export class WebhookProcessor {
 
   /**
    * For the worker's 'failed' event. A job failed for good (`finishedOn`: not retried) leaves the pending events.
-   * The attempt path marks its own final failure done already; this is for a job BullMQ fails without running it
-   * (stalled beyond its limit: the workers running it died), which would otherwise hold its request's later events
-   * until the order set expires, as a job that is still queued.
+   * The attempt path marks its own final failure done (logged and counted) already; this is for a job BullMQ fails
+   * without running it (stalled more than `worker.maxStalledCount` times: the processes running it died), which
+   * would otherwise hold its request's later events until the order set expires, as a job that is still queued. One
+   * still pending here was given up by nobody yet: it is logged and counted as the attempt path's are. (A request
+   * whose account had no URL when it was created has no order set: such a job is not logged here.)
    */
   async failed(job: Job<WebhookJobData> | undefined): Promise<void> {
     if (!job?.finishedOn) return;
-    await this.markDone(this.deps.keys.webhookOrder(job.data.request_id), orderMember(job.data.event_id));
+    const d = job.data;
+    if (!(await markOrderDone(this.deps.redis, this.deps.keys.webhookOrder(d.request_id), orderMember(d.event_id)))) return;
+    this.deps.metrics.webhookFailed(true);
+    this.deps.logger.error(
+      { request_id: d.request_id, event_id: d.event_id, account_id: d.account_id, event: d.event, attempts: job.attemptsMade, err: job.failedReason },
+      'webhook given up',
+    );
   }
 
-  private markDone(order: string, member: string): Promise<void> {
-    return markOrderDone(this.deps.redis, order, member);
+  private async markDone(order: string, member: string): Promise<void> {
+    await markOrderDone(this.deps.redis, order, member);
   }
 
   /** Sends the event to `url`; false when it was not sent on purpose (record gone, contradicts the final status). */

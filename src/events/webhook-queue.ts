@@ -73,10 +73,10 @@ export const ORDER_DONE = 1;
 /**
  * Marks an event of the order set done: it no longer holds back its request's later events, and a redelivered
  * stream entry cannot make it pending again (its QUEUED is ZADD GT). XX: never creates the set, whose TTL the
- * script that writes the request's first event sets.
+ * script that writes the request's first event sets. True when the event was filed and not done yet.
  */
-export async function markOrderDone(redis: Pick<Redis, 'zadd'>, order: string, member: string): Promise<void> {
-  await redis.zadd(order, 'XX', ORDER_DONE, member);
+export async function markOrderDone(redis: Pick<Redis, 'zadd'>, order: string, member: string): Promise<boolean> {
+  return Number(await redis.zadd(order, 'XX', 'CH', ORDER_DONE, member)) > 0;
 }
 
 /** Events written up to this long after their request expires are filed in its order set (a later one, rare, is not waited for). */

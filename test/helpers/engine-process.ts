@@ -17,6 +17,7 @@ import { Keys } from '../../src/store/keys.js';
 import { redisTarget } from '../../src/store/redis.js';
 import { deletePrefix, REDIS_URL, waitFor } from './engine.js';
 import { findFreePort } from './sipp.js';
+import type { Receiver, Received } from './webhook-receiver.js';
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
 
@@ -155,6 +156,22 @@ export async function engineCluster(overrides: Record<string, unknown>, opts: { 
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * A webhooks process killed while `r` holds a request's `sent` webhook unanswered (`Receiver.hang`): SIGKILLs it,
+ * lets the receiver answer again and starts the next webhooks process; waits until that `sent` is delivered, within
+ * `withinMs` of the start, and half a second more (a second delivery would have come by then). Gives every
+ * `verification.sent` request of `requestId` the receiver got, the hung one first.
+ */
+export async function sentAfterWebhooksKill(c: EngineCluster, dead: EngineProcess, r: Receiver, requestId: string, withinMs: number): Promise<Received[]> {
+  dead.kill('SIGKILL');
+  await dead.waitExit(5000);
+  r.hang = false;
+  await c.start('webhooks');
+  await waitFor(async () => r.events(requestId).includes('verification.sent'), withinMs);
+  await new Promise((done) => setTimeout(done, 500));
+  return r.forRequest(requestId).filter((x) => x.json.event === 'verification.sent');
 }
 
 function merge(a: Record<string, unknown>, b: Record<string, unknown>): Record<string, unknown> {

@@ -16,7 +16,7 @@ import { WEBHOOK_QUEUE, WebhookQueue, type WebhookJobData } from '../../src/even
 import { Metrics } from '../../src/metrics/metrics.js';
 import type { Method } from '../../src/verification/types.js';
 import { VerificationService } from '../../src/verification/verification-service.js';
-import { engineCluster, type EngineCluster } from '../helpers/engine-process.js';
+import { engineCluster, sentAfterWebhooksKill, type EngineCluster } from '../helpers/engine-process.js';
 import { http, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 import { Receiver } from '../helpers/webhook-receiver.js';
 import { webhookProcessor } from '../helpers/webhook-worker.js';
@@ -180,16 +180,11 @@ describe('webhooks sent directly by the consumer', () => {
     closers.push(() => queue.close());
     expect(await queue.getJob(String(hung.headers['x-flashverify-event-id']))).toBeUndefined();
 
-    first.kill('SIGKILL');
-    await first.waitExit(5000);
-    r.hang = false;
-    await c.start('webhooks');
     // Reclaimed after events.claimIdleMs and sent by the new process, answered 200 once. (Its `delivered`, queued
     // behind it by the dead process, is a job like any other: BullMQ takes it back after the dead worker's lock.)
-    await waitFor(async () => r.events(id).includes('verification.sent'), 15_000);
-    await new Promise((done) => setTimeout(done, 500));
-    expect(r.accepted().filter((x) => x.json.request_id === id && x.json.event === 'verification.sent')).toHaveLength(1);
-    expect(r.forRequest(id).filter((x) => x.json.event === 'verification.sent').map((x) => x.headers['x-flashverify-event-id'])).toEqual([
+    const sent = await sentAfterWebhooksKill(c, first, r, id, 15_000);
+    expect(sent.filter((x) => x.answered === 200)).toHaveLength(1);
+    expect(sent.map((x) => x.headers['x-flashverify-event-id'])).toEqual([
       hung.headers['x-flashverify-event-id'],
       hung.headers['x-flashverify-event-id'],
     ]);

@@ -7,6 +7,7 @@ import { EventPublisher } from '../../src/events/event-publisher.js';
 import type { StreamEntry } from '../../src/events/group-consumer.js';
 import { WebhookConsumer } from '../../src/events/webhook-consumer.js';
 import { WEBHOOK_QUEUE, WebhookQueue, orderMember, type WebhookJobData } from '../../src/events/webhook-queue.js';
+import { describeGivenUp, givenUpWebhooks } from '../../src/events/webhook-replay.js';
 import { Metrics } from '../../src/metrics/metrics.js';
 import { scripts } from '../../src/store/scripts.js';
 import { utcDay, type Method } from '../../src/verification/types.js';
@@ -192,6 +193,12 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
   }
 
   const warned = (requestId: string) => warnings.filter((w) => w.includes(requestId));
+  /** The processor's `webhook given up` errors of a request: which event, and why. */
+  const givenUp = (requestId: string) =>
+    warned(requestId)
+      .map((w) => JSON.parse(w) as Record<string, unknown>)
+      .filter((l) => l.msg === 'webhook given up')
+      .map((l) => [l.event_id, l.err]);
 
   it('a later event waits for an earlier one whose consumer died, until another consumer reclaims it', async () => {
     const { request_id: id } = await service.create(account, { phone_number: '+447700900211' });
@@ -229,6 +236,8 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
     // in: a moment later.
     await waitFor(async () => (await orderOf(id))[orderMember(deliveredId!)] === 1, 5000);
     expect(await orderOf(id)).toEqual({ [orderMember(sentId!)]: 1, [orderMember(deliveredId!)]: 1 });
+    // Logged once, by the attempt that gave it up (the worker's `failed` listener finds it done already).
+    expect(givenUp(id)).toEqual([[sentId, 'receiver answered HTTP 500']]);
   });
 
   it('a webhook job BullMQ fails as stalled (its worker died mid-delivery) is marked done, and the later events follow', async () => {
@@ -259,6 +268,10 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
       const sent = await queue.queue.getJob(sentId!);
       expect([await sent!.getState(), sent!.failedReason]).toEqual(['failed', 'job stalled more than allowable limit']);
       expect((await orderOf(id))[orderMember(sentId!)]).toBe(1);
+      // Given up like one whose attempts failed: logged at error, and listed for a replay (`flashverify webhook failed`).
+      expect(givenUp(id)).toEqual([[sentId, 'job stalled more than allowable limit']]);
+      const listed = await givenUpWebhooks(queue.queue, { accountId: account.account_id, requestId: id });
+      expect(listed.map((j) => describeGivenUp(j))).toMatchObject([{ event: 'verification.sent', event_id: sentId, last_error: 'job stalled more than allowable limit' }]);
     } finally {
       if (!worker.isRunning()) startWorker();
       doomedRedis.disconnect();

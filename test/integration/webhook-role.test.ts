@@ -4,7 +4,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { AccountStore } from '../../src/accounts/account-store.js';
-import { engineCluster, type EngineCluster } from '../helpers/engine-process.js';
+import { engineCluster, sentAfterWebhooksKill, type EngineCluster } from '../helpers/engine-process.js';
 import { http, readEvents, waitFor } from '../helpers/engine.js';
 import { findFreePort } from '../helpers/sipp.js';
 import { Receiver } from '../helpers/webhook-receiver.js';
@@ -103,5 +103,21 @@ describe('--role webhooks (webhooks.inWorkers: false)', () => {
     await waitFor(async () => ids.every((x) => r.forRequest(x).some((h) => h.json.event === 'verification.verified')), 15_000);
     await new Promise((done) => setTimeout(done, 1000));
     for (const x of ids) expect(r.forRequest(x).map((h) => h.json.event)).toEqual(['verification.sent', 'verification.delivered', 'verification.verified']);
+  });
+
+  it('a webhooks process killed mid-delivery: the next one runs its job again after worker.lockDurationMs (not BullMQ\'s 30 s), answered 200 once', async () => {
+    const { c, r, id } = await oneRequest({ inWorkers: false }, { worker: { lockDurationMs: 2000, stalledIntervalMs: 1000 } });
+    r.hang = true;
+    const first = await c.start('webhooks');
+    // Its `sent` job is in flight (webhooks.direct is off: every webhook is a job) and the receiver holds it unanswered.
+    const hung = await waitFor(async () => r.forRequest(id)[0]);
+    expect(hung.json.event).toBe('verification.sent');
+    // Run again by the next process within 10 s of its start: the dead process's lock lapses within 2 s and the new one
+    // looks for stalled jobs every second. BullMQ's defaults (30 s each) would leave the job active for half a minute.
+    const sent = await sentAfterWebhooksKill(c, first, r, id, 10_000);
+    expect(sent.map((x) => [x.headers['x-flashverify-event-id'], x.answered])).toEqual([
+      [hung.headers['x-flashverify-event-id'], 0],
+      [hung.headers['x-flashverify-event-id'], 200],
+    ]);
   });
 });
