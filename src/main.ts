@@ -77,7 +77,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   // Delivery writes (events, record updates of calls in progress) wait for Redis to come back rather than fail mid-call.
   const durableRedis = connectRedis(config.redis, logger, { maxRetriesPerRequest: null });
   const bullConnection: ConnectionOptions = connectBullRedis(config.redis, logger);
-  // The BullMQ workers whose jobs another process takes over when this one dies (delivery and webhook jobs): a dead
+  // The BullMQ workers whose jobs another process takes over when this one dies (delivery, webhook and step-timer jobs): a dead
   // process's job counts as stalled once its lock lapses, and runs again elsewhere at most maxStalledCount times.
   const stallOptions = {
     maxStalledCount: config.worker.maxStalledCount,
@@ -389,7 +389,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         const timeoutWorker = new Worker<StepTimeoutJobData>(
           STEP_TIMEOUT_QUEUE,
           async (job) => void (await fireStepTimeout(durableRedis, keys, config.events.maxLen, job.data)),
-          { connection: bullConnection, prefix: keys.bullPrefix(), concurrency: 10 },
+          // A step's timer held by a process that died fires elsewhere once its lock lapses, as a delivery job would.
+          { connection: bullConnection, prefix: keys.bullPrefix(), concurrency: 10, ...stallOptions },
         );
         timeoutWorker.on('error', (err) => logger.warn({ err: err.message }, 'step timeout worker error'));
         stops.unshift(['step timeout worker', () => timeoutWorker.close()]);
