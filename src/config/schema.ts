@@ -62,6 +62,11 @@ function tlsFileProblems(t: { caFile?: string | undefined; certFile?: string | u
 const trunkTlsSchema = z
   .object({
     ...tlsFiles,
+    /**
+     * `true`: verify this trunk against Node's trust store (the public roots), not sip.tls.caFile, which replaces that
+     * store; for a carrier with a public certificate beside one whose private CA is sip.tls.caFile.
+     */
+    systemCa: z.boolean().optional(),
     /** Labs only: accept any certificate from this trunk (`false` verifies it when sip.tls.insecureSkipVerify is true). */
     insecureSkipVerify: z.boolean().optional(),
     /** The name sent as SNI and checked against the certificate, instead of the URI's host (or SRV domain). */
@@ -108,7 +113,8 @@ export const trunkSchema = z
 /**
  * Why a trunk's `tls` cannot be used, one sentence per problem naming the trunk, by key under `tls` ('' for the
  * object itself): on a trunk that is not TLS, on the drachtio backend (drachtio-server makes the TLS connections,
- * with its own settings for every destination), unreadable files, a certificate without its key.
+ * with its own settings for every destination), unreadable files, a certificate without its key, `systemCa` with a
+ * `caFile` or with `insecureSkipVerify: true`.
  */
 function trunkTlsProblems(trunk: { name: string; uri: string; tls?: z.infer<typeof trunkTlsSchema> | undefined }, backend: 'embedded' | 'drachtio'): { key: string; message: string }[] {
   if (trunk.tls === undefined) return [];
@@ -121,7 +127,15 @@ function trunkTlsProblems(trunk: { name: string; uri: string; tls?: z.infer<type
   if (backend === 'drachtio') {
     return [{ key: '', message: named('per-trunk tls settings need sip.backend embedded: with drachtio, drachtio-server makes the TLS connections with its own settings, the same for every trunk; remove this trunk\'s tls and set them in drachtio-server') }];
   }
-  return tlsFileProblems(trunk.tls).map((p) => ({ key: p.key, message: named(p.message) }));
+  const problems = tlsFileProblems(trunk.tls);
+  // Both name what certificates are checked against: one of them would be ignored, so neither is guessed at.
+  if (trunk.tls.systemCa === true && trunk.tls.caFile !== undefined) {
+    problems.push({ key: 'systemCa', message: 'tls.systemCa: true (Node\'s trust store) and tls.caFile (this CA bundle only) contradict each other: keep one' });
+  }
+  if (trunk.tls.systemCa === true && trunk.tls.insecureSkipVerify === true) {
+    problems.push({ key: 'systemCa', message: 'tls.systemCa: true verifies against Node\'s trust store, and tls.insecureSkipVerify: true verifies nothing: keep one' });
+  }
+  return problems.map((p) => ({ key: p.key, message: named(p.message) }));
 }
 
 /**

@@ -2,12 +2,13 @@
  * SIP over TLS, client side (RFC 3261 26.2, 18): the TCP transport's framing, one connection per destination reused
  * by every call to it, with TLS sockets. The server certificate is verified against the CA bundle (`caFile`, else
  * Node's trust store) and the trunk's host name, sent as SNI when it is a name (RFC 6066 3: never an IP address);
- * a client certificate is presented when configured (mutual TLS). A trunk may have its own CA bundle, client
- * certificate, verification switch and server name (`sip.trunks[].tls`, carried by its destinations): each given one
- * replaces the stack's for that trunk's connections, which are pooled apart from those made with other settings
- * (destinationKey). No TLS server: the stack only originates, and the trunk's responses and in-dialog requests come
- * back on the connection we opened (RFC 3261 18.2.2, RFC 5923 `alias` in our Via). A connection idle for
- * `idleTimeoutMs` that no call needs any more is closed.
+ * a client certificate is presented when configured (mutual TLS). A trunk may have its own CA bundle (or Node's
+ * trust store in place of the stack's bundle: `systemCa`), client certificate, verification switch and server name
+ * (`sip.trunks[].tls`, carried by its destinations): each given one replaces the stack's for that trunk's
+ * connections, which are pooled apart from those made with other settings (destinationKey). No TLS server: the
+ * stack only originates, and the trunk's responses and in-dialog requests come back on the connection we opened
+ * (RFC 3261 18.2.2, RFC 5923 `alias` in our Via). A connection idle for `idleTimeoutMs` that no call needs any more
+ * is closed.
  */
 import net from 'node:net';
 import tls from 'node:tls';
@@ -71,7 +72,8 @@ export class TlsTransport extends TcpTransport {
     const o = this.options;
     const profile = this.load(
       {
-        caFile: overrides.caFile ?? o.caFile,
+        // systemCa: no CA bundle at all, as when sip.tls.caFile is unset (Node's trust store; a `ca` would replace it).
+        caFile: overrides.systemCa === true ? undefined : (overrides.caFile ?? o.caFile),
         // A trunk gives its client certificate and key together or not at all (config check): a pair is never mixed.
         certFile: overrides.certFile ?? o.certFile,
         keyFile: overrides.keyFile ?? o.keyFile,

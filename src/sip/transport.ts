@@ -24,6 +24,8 @@ export interface Destination {
 /** A trunk's own TLS settings; each one given replaces the stack's (`sip.tls`) for connections made for that trunk. */
 export interface TlsOverrides {
   readonly caFile?: string | undefined;
+  /** True: Node's trust store (the public roots) instead of the stack's `caFile`; never given with `caFile` (config). */
+  readonly systemCa?: boolean | undefined;
   readonly certFile?: string | undefined;
   readonly keyFile?: string | undefined;
   readonly insecureSkipVerify?: boolean | undefined;
@@ -47,7 +49,7 @@ const idOf = new WeakMap<TlsOverrides, number>();
 function tlsSettingsId(tls: TlsOverrides): number {
   let id = idOf.get(tls);
   if (id === undefined) {
-    const values = JSON.stringify([tls.caFile, tls.certFile, tls.keyFile, tls.insecureSkipVerify, tls.serverName]);
+    const values = JSON.stringify([tls.caFile, tls.systemCa, tls.certFile, tls.keyFile, tls.insecureSkipVerify, tls.serverName]);
     id = settingsIds.get(values) ?? settingsIds.size + 1;
     settingsIds.set(values, id);
     idOf.set(tls, id);

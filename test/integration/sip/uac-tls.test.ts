@@ -237,6 +237,22 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
       expect(logLines.join('')).toMatch(/"trunk":"by-address-named".*"subject":"sbc".*"verified":true,"msg":"SIP TLS connection up"/);
     });
 
+    it('tls.systemCa: the trunk is verified against Node\'s trust store, not sip.tls.caFile: a certificate only that private CA vouches for is refused for it alone, on its own connection', async () => {
+      // Both trunks to one SBC whose certificate is from trunk-ca, the stack's private CA: carrier-public is meant for
+      // a carrier with a public certificate (sip-tls-system-ca.test.ts has it ring), so trunk-ca must not vouch for it.
+      const end = await farEnd(trustedServer);
+      const privateCa = trunk(`sips:localhost:${end.port}`, { name: 'carrier-private' });
+      const publicCa = trunk(`sips:localhost:${end.port}`, { name: 'carrier-public', tls: { systemCa: true } });
+      const sip = await uac({ caFile: `${pki.dir}/trunk-ca.pem` }, [privateCa, publicCa]);
+
+      expect(await flashCall(sip, publicCa)).toEqual([expect.stringMatching(/^failed unreachable: .*certificate/i), 'ended']);
+      expect(await flashCall(sip, privateCa)).toEqual(rings);
+      expect((await end.sipp.waitForExit(10_000)).code).toBe(0);
+      expect(accepted(end.stunnel)).toBe(2);
+      expect(Object.keys(sip.tlsFailures)).toEqual(['carrier-public']);
+      expect(logLines.find((l) => l.includes('SIP TLS certificate invalid'))).toMatch(/"trunk":"carrier-public".*"ca_file":"Node's trust store"/);
+    });
+
     it('an answered call: the ACK and BYE to the trunk\'s sips: Contact go with the trunk\'s own settings, on its connection', async () => {
       const end = await farEnd(trustedServer, { scenario: fileURLToPath(new URL('./scenarios/uas-answer-sips-contact.xml', import.meta.url)) });
       const carrier = trunk(`sips:localhost:${end.port}`, { name: 'carrier', tls: { caFile: `${pki.dir}/trunk-ca.pem` } });

@@ -40,6 +40,11 @@ function issuesIn(file: string): string[] {
   return [];
 }
 
+/** A config file with these `sip.trunks` (YAML flow mappings, one a trunk). */
+function trunks(...lines: string[]): string {
+  return yamlFile(`sip:\n  trunks:\n${lines.map((l) => `    - ${l}\n`).join('')}`);
+}
+
 /** `sip.dns` as loaded with these overrides (and `sip.timers`). */
 function sipDns(dns: Record<string, unknown>, timers?: Record<string, unknown>) {
   return loadConfig({ env: {}, overrides: { sip: { dns, ...(timers ? { timers } : {}) } } }).sip.dns;
@@ -286,7 +291,6 @@ describe('loadConfig', () => {
 
   it('sip.trunks[].tls: a TLS trunk\'s own CA, client certificate, verification and server name; refused at boot naming the trunk', () => {
     const pem = yamlFile('not read here');
-    const trunks = (...lines: string[]): string => yamlFile(`sip:\n  trunks:\n${lines.map((l) => `    - ${l}\n`).join('')}`);
     const ok = trunks(
       `{ name: a, uri: "sips:sbc-a.example.net", tls: { caFile: "${pem}", certFile: "${pem}", keyFile: "${pem}", serverName: sbc.carrier-a.net } }`,
       '{ name: b, uri: "sip:sbc-b.example.net:5061;transport=tls", tls: { insecureSkipVerify: true } }',
@@ -317,6 +321,29 @@ describe('loadConfig', () => {
     expect(issues({}, { sip: { backend: 'drachtio' } }, ok).split('\n')).toEqual([
       expect.stringMatching(/^sip\.trunks\.0\.tls: trunk "a": per-trunk tls settings need sip\.backend embedded: with drachtio, drachtio-server makes the TLS connections/),
       expect.stringMatching(/^sip\.trunks\.1\.tls: trunk "b": per-trunk tls settings need sip\.backend embedded/),
+    ]);
+  });
+
+  it('sip.trunks[].tls.systemCa: a trunk verified against Node\'s trust store beside sip.tls.caFile; with its own caFile or no verification it is refused, naming the trunk', () => {
+    const pem = yamlFile('not read here');
+    const file = yamlFile(
+      `sip:\n  tls: { caFile: "${pem}" }\n  trunks:\n` +
+        '    - { name: carrier-a, uri: "sips:sbc.carrier-a.net" }\n' +
+        '    - { name: carrier-b, uri: "sips:sbc.carrier-b.net", tls: { systemCa: true } }\n',
+    );
+    const sip = loadConfig({ file, env: {} }).sip;
+    expect(sip.tls.caFile).toBe(pem);
+    expect(sip.trunks.map((t) => t.tls)).toEqual([undefined, { systemCa: true }]);
+
+    const bad = trunks(
+      `{ name: both, uri: "sips:a.example.net", tls: { systemCa: true, caFile: "${pem}" } }`,
+      '{ name: unverified, uri: "sips:b.example.net", tls: { systemCa: true, insecureSkipVerify: true } }',
+      // false is what a trunk gets without it: sip.tls.caFile, or Node's store when that is unset.
+      `{ name: fine, uri: "sips:c.example.net", tls: { systemCa: false, caFile: "${pem}" } }`,
+    );
+    expect(issues({}, undefined, bad).split('\n')).toEqual([
+      'sip.trunks.0.tls.systemCa: trunk "both": tls.systemCa: true (Node\'s trust store) and tls.caFile (this CA bundle only) contradict each other: keep one',
+      'sip.trunks.1.tls.systemCa: trunk "unverified": tls.systemCa: true verifies against Node\'s trust store, and tls.insecureSkipVerify: true verifies nothing: keep one',
     ]);
   });
 
