@@ -36,6 +36,16 @@ const tlsFiles = {
   keyFile: z.string().min(1).optional(),
 };
 
+const HANDSHAKE_MS = 'must be a whole number of milliseconds from 100 to 60000';
+const IDLE_MS = 'must be 0 (kept open) or a whole number of milliseconds';
+/** The TLS timeouts of `sip.tls` (with their defaults) and of a trunk's `tls` (over them). */
+const tlsTimeouts = {
+  /** A TLS handshake not finished by then fails its calls `unreachable`. */
+  handshakeTimeoutMs: z.int({ message: HANDSHAKE_MS }).min(100, { message: HANDSHAKE_MS }).max(60_000, { message: HANDSHAKE_MS }),
+  /** A connection to a trunk idle this long, with no call on it, is closed; 0: kept open. */
+  idleTimeoutMs: z.int({ message: IDLE_MS }).min(0, { message: IDLE_MS }),
+};
+
 /** What is wrong with the files of a TLS settings object, by key: unreadable, or a certificate without its key. */
 function tlsFileProblems(t: { caFile?: string | undefined; certFile?: string | undefined; keyFile?: string | undefined }): { key: string; message: string }[] {
   const out: { key: string; message: string }[] = [];
@@ -62,6 +72,11 @@ function tlsFileProblems(t: { caFile?: string | undefined; certFile?: string | u
 const trunkTlsSchema = z
   .object({
     ...tlsFiles,
+    /**
+     * `true`: verify this trunk against Node's trust store (the public roots), not sip.tls.caFile, which replaces that
+     * store; for a carrier with a public certificate beside one whose private CA is sip.tls.caFile.
+     */
+    systemCa: z.boolean().optional(),
     /** Labs only: accept any certificate from this trunk (`false` verifies it when sip.tls.insecureSkipVerify is true). */
     insecureSkipVerify: z.boolean().optional(),
     /** The name sent as SNI and checked against the certificate, instead of the URI's host (or SRV domain). */
@@ -69,6 +84,9 @@ const trunkTlsSchema = z
       .string()
       .refine((name) => HOST_NAME.test(name) && isIP(name) === 0, { message: 'must be a DNS host name (SNI carries no IP address, RFC 6066 3)' })
       .optional(),
+    /** This trunk's own, over sip.tls's: its connections are never shared with a trunk of other timeouts. */
+    handshakeTimeoutMs: tlsTimeouts.handshakeTimeoutMs.optional(),
+    idleTimeoutMs: tlsTimeouts.idleTimeoutMs.optional(),
   })
   .strict();
 
@@ -100,7 +118,7 @@ export const trunkSchema = z
     weight: z.number().int().positive().optional(),
     /** OPTIONS ping interval for this trunk, overriding sip.trunkHealth.optionsPingMs; 0 = no pings to it. */
     optionsPingMs: optionsPingMs.optional(),
-    /** TLS trunks: its own CA bundle, client certificate, verification or server name, over sip.tls. */
+    /** TLS trunks: its own CA bundle, client certificate, verification, server name or timeouts, over sip.tls. */
     tls: trunkTlsSchema.optional(),
   })
   .strict();
@@ -108,7 +126,8 @@ export const trunkSchema = z
 /**
  * Why a trunk's `tls` cannot be used, one sentence per problem naming the trunk, by key under `tls` ('' for the
  * object itself): on a trunk that is not TLS, on the drachtio backend (drachtio-server makes the TLS connections,
- * with its own settings for every destination), unreadable files, a certificate without its key.
+ * with its own settings for every destination), unreadable files, a certificate without its key, `systemCa` with a
+ * `caFile` or with `insecureSkipVerify: true`.
  */
 function trunkTlsProblems(trunk: { name: string; uri: string; tls?: z.infer<typeof trunkTlsSchema> | undefined }, backend: 'embedded' | 'drachtio'): { key: string; message: string }[] {
   if (trunk.tls === undefined) return [];
@@ -121,7 +140,15 @@ function trunkTlsProblems(trunk: { name: string; uri: string; tls?: z.infer<type
   if (backend === 'drachtio') {
     return [{ key: '', message: named('per-trunk tls settings need sip.backend embedded: with drachtio, drachtio-server makes the TLS connections with its own settings, the same for every trunk; remove this trunk\'s tls and set them in drachtio-server') }];
   }
-  return tlsFileProblems(trunk.tls).map((p) => ({ key: p.key, message: named(p.message) }));
+  const problems = tlsFileProblems(trunk.tls);
+  // Both name what certificates are checked against: one of them would be ignored, so neither is guessed at.
+  if (trunk.tls.systemCa === true && trunk.tls.caFile !== undefined) {
+    problems.push({ key: 'systemCa', message: 'tls.systemCa: true (Node\'s trust store) and tls.caFile (this CA bundle only) contradict each other: keep one' });
+  }
+  if (trunk.tls.systemCa === true && trunk.tls.insecureSkipVerify === true) {
+    problems.push({ key: 'systemCa', message: 'tls.systemCa: true verifies against Node\'s trust store, and tls.insecureSkipVerify: true verifies nothing: keep one' });
+  }
+  return problems.map((p) => ({ key: p.key, message: named(p.message) }));
 }
 
 /**
@@ -787,10 +814,8 @@ export const configSchema = z
             ...tlsFiles,
             /** Labs only: accept any certificate from any host. Loud warning at start. */
             insecureSkipVerify: z.boolean().default(false),
-            /** A TLS handshake not finished by then fails its calls `unreachable`. */
-            handshakeTimeoutMs: z.number().int().min(100).max(60_000).default(5000),
-            /** A connection to a trunk idle this long, with no call on it, is closed; 0: kept open. */
-            idleTimeoutMs: z.number().int().min(0).default(60_000),
+            handshakeTimeoutMs: tlsTimeouts.handshakeTimeoutMs.default(5000),
+            idleTimeoutMs: tlsTimeouts.idleTimeoutMs.default(60_000),
           })
           .strict()
           .superRefine((t, ctx) => {

@@ -2,12 +2,13 @@
  * SIP over TLS, client side (RFC 3261 26.2, 18): the TCP transport's framing, one connection per destination reused
  * by every call to it, with TLS sockets. The server certificate is verified against the CA bundle (`caFile`, else
  * Node's trust store) and the trunk's host name, sent as SNI when it is a name (RFC 6066 3: never an IP address);
- * a client certificate is presented when configured (mutual TLS). A trunk may have its own CA bundle, client
- * certificate, verification switch and server name (`sip.trunks[].tls`, carried by its destinations): each given one
- * replaces the stack's for that trunk's connections, which are pooled apart from those made with other settings
- * (destinationKey). No TLS server: the stack only originates, and the trunk's responses and in-dialog requests come
- * back on the connection we opened (RFC 3261 18.2.2, RFC 5923 `alias` in our Via). A connection idle for
- * `idleTimeoutMs` that no call needs any more is closed.
+ * a client certificate is presented when configured (mutual TLS). A trunk may have its own CA bundle (or Node's
+ * trust store in place of the stack's bundle: `systemCa`), client certificate, verification switch, server name and
+ * handshake and idle timeouts (`sip.trunks[].tls`, carried by its destinations): each given one replaces the stack's
+ * for that trunk's connections, which are pooled apart from those made with other settings (destinationKey). No
+ * TLS server: the stack only originates, and the trunk's responses and in-dialog requests come back on the connection
+ * we opened (RFC 3261 18.2.2, RFC 5923 `alias` in our Via). A connection idle for `idleTimeoutMs` that no call needs
+ * any more is closed.
  */
 import net from 'node:net';
 import tls from 'node:tls';
@@ -34,13 +35,12 @@ export interface TlsClientOptions {
 /** Node's codes for a certificate that did not verify (the TLS handshake reached the certificate and refused it). */
 const CERT_ERROR = /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|ALTNAME|ISSUER/;
 
-/** What connections are made with: the stack's settings, with a trunk's own over them. */
-interface TlsProfile {
+/** The settings connections are made with: the stack's, or a trunk's own over them. */
+type TlsSettings = TlsClientOptions & { readonly serverName?: string | undefined };
+
+/** Those settings with their files loaded; `caFile` undefined: Node's trust store (for the log lines). */
+interface TlsProfile extends Readonly<TlsSettings> {
   readonly context: tls.SecureContext;
-  readonly insecureSkipVerify: boolean;
-  readonly serverName: string | undefined;
-  /** The CA bundle certificates are verified against (undefined: Node's trust store), for the log lines. */
-  readonly caFile: string | undefined;
 }
 
 const INSECURE = 'trunk TLS certificates are NOT verified; anyone on the path can read and change the calls. Labs only';
@@ -71,12 +71,15 @@ export class TlsTransport extends TcpTransport {
     const o = this.options;
     const profile = this.load(
       {
-        caFile: overrides.caFile ?? o.caFile,
+        // systemCa: no CA bundle at all, as when sip.tls.caFile is unset (Node's trust store; a `ca` would replace it).
+        caFile: overrides.systemCa === true ? undefined : (overrides.caFile ?? o.caFile),
         // A trunk gives its client certificate and key together or not at all (config check): a pair is never mixed.
         certFile: overrides.certFile ?? o.certFile,
         keyFile: overrides.keyFile ?? o.keyFile,
         insecureSkipVerify: overrides.insecureSkipVerify ?? o.insecureSkipVerify,
         serverName: overrides.serverName,
+        handshakeTimeoutMs: overrides.handshakeTimeoutMs ?? o.handshakeTimeoutMs,
+        idleTimeoutMs: overrides.idleTimeoutMs ?? o.idleTimeoutMs,
       },
       `trunk "${trunkName}" (sip.trunks[].tls)`,
     );
@@ -85,7 +88,7 @@ export class TlsTransport extends TcpTransport {
   }
 
   /** Reads the files of `settings` into a secure context; a file that is not what it should be is a ConfigError. */
-  private load(settings: Omit<TlsOverrides, 'insecureSkipVerify'> & { insecureSkipVerify: boolean }, what: string): TlsProfile {
+  private load(settings: TlsSettings, what: string): TlsProfile {
     const { caFile, certFile, keyFile } = settings;
     const refused = (problem: string, err: unknown): ConfigError =>
       new ConfigError([`${what}: ${problem}: ${err instanceof Error ? err.message : String(err)}`]);
@@ -101,7 +104,7 @@ export class TlsTransport extends TcpTransport {
         cert: certFile === undefined ? undefined : readFileSync(certFile),
         key: keyFile === undefined ? undefined : readFileSync(keyFile),
       });
-      return { context, insecureSkipVerify: settings.insecureSkipVerify, serverName: settings.serverName, caFile };
+      return { ...settings, context };
     } catch (err) {
       throw refused(`cannot load the client certificate ${certFile} and its key ${keyFile}`, err);
     }
@@ -138,9 +141,11 @@ export class TlsTransport extends TcpTransport {
   protected override opened(conn: Connection, destination: Destination): void {
     const socket = conn.socket as tls.TLSSocket;
     const remote = `${destination.host}:${destination.port}`;
+    // The trunk's own timeouts: the connection is its alone (destinationKey).
+    const { handshakeTimeoutMs, idleTimeoutMs } = this.profileOf(destination);
     const handshake = setTimeout(() => {
-      socket.destroy(transportError('ETLSHANDSHAKETIMEOUT', `TLS handshake with ${remote} not finished within ${this.options.handshakeTimeoutMs} ms`));
-    }, this.options.handshakeTimeoutMs);
+      socket.destroy(transportError('ETLSHANDSHAKETIMEOUT', `TLS handshake with ${remote} not finished within ${handshakeTimeoutMs} ms`));
+    }, handshakeTimeoutMs);
     socket.once('close', () => clearTimeout(handshake));
     socket.once('secureConnect', () => {
       clearTimeout(handshake);
@@ -158,11 +163,11 @@ export class TlsTransport extends TcpTransport {
         },
         'SIP TLS connection up',
       );
-      if (this.options.idleTimeoutMs > 0) socket.setTimeout(this.options.idleTimeoutMs);
+      if (idleTimeoutMs > 0) socket.setTimeout(idleTimeoutMs);
     });
     socket.on('timeout', () => {
       if (this.events.destinationInUse?.(destination) === true) {
-        socket.setTimeout(this.options.idleTimeoutMs);
+        socket.setTimeout(idleTimeoutMs);
         return;
       }
       this.logger.debug({ remote, trunk: this.events.trunkOf?.(destination) }, 'idle SIP TLS connection closed');

@@ -24,16 +24,22 @@ export interface Destination {
 /** A trunk's own TLS settings; each one given replaces the stack's (`sip.tls`) for connections made for that trunk. */
 export interface TlsOverrides {
   readonly caFile?: string | undefined;
+  /** True: Node's trust store (the public roots) instead of the stack's `caFile`; never given with `caFile` (config). */
+  readonly systemCa?: boolean | undefined;
   readonly certFile?: string | undefined;
   readonly keyFile?: string | undefined;
   readonly insecureSkipVerify?: boolean | undefined;
   /** The name sent as SNI and checked against the certificate, instead of the trunk's host. */
   readonly serverName?: string | undefined;
+  readonly handshakeTimeoutMs?: number | undefined;
+  readonly idleTimeoutMs?: number | undefined;
 }
 
 /**
  * Identifies a destination in connection pools and transaction tables. Destinations with different TLS settings get
- * different keys, so a connection verified (or authenticated) for one trunk's settings is never used for another's.
+ * different keys, so a connection verified (or authenticated) for one trunk's settings is never used for another's;
+ * nor one made with other timeouts: the handshake timer is the dialling trunk's, and would fail another trunk's call
+ * waiting on the connection at the wrong time, and one idle timer closes it.
  */
 export function destinationKey(d: Destination): string {
   const key = d.protocol + ':' + d.host + ':' + d.port;
@@ -47,7 +53,8 @@ const idOf = new WeakMap<TlsOverrides, number>();
 function tlsSettingsId(tls: TlsOverrides): number {
   let id = idOf.get(tls);
   if (id === undefined) {
-    const values = JSON.stringify([tls.caFile, tls.certFile, tls.keyFile, tls.insecureSkipVerify, tls.serverName]);
+    // Every setting given, in one order: a field added to TlsOverrides is never left out.
+    const values = JSON.stringify(Object.entries(tls).filter(([, v]) => v !== undefined).sort(([a], [b]) => (a < b ? -1 : 1)));
     id = settingsIds.get(values) ?? settingsIds.size + 1;
     settingsIds.set(values, id);
     idOf.set(tls, id);

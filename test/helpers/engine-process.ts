@@ -51,11 +51,15 @@ export interface EngineCluster {
   cleanup(): Promise<void>;
 }
 
-/** Config overrides are merged into a per-test config file (own Redis prefix, loopback, ephemeral SIP port). */
-export async function engineCluster(overrides: Record<string, unknown>, opts: { redisUrl?: string } = {}): Promise<EngineCluster> {
+/**
+ * Config overrides are merged into a per-test config file (own Redis prefix, loopback, ephemeral SIP port). `env`: more
+ * environment for the processes (e.g. NODE_EXTRA_CA_CERTS, which Node reads only at process start).
+ */
+export async function engineCluster(overrides: Record<string, unknown>, opts: { redisUrl?: string; env?: NodeJS.ProcessEnv } = {}): Promise<EngineCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'fv-proc-'));
   const prefix = `fvproc-${randomBytes(4).toString('hex')}`;
   const redisUrl = opts.redisUrl ?? REDIS_URL;
+  const env = { ...process.env, ...opts.env };
   const masterKey = randomBytes(32).toString('hex');
   const httpPort = await findFreePort();
   const config = merge(
@@ -92,7 +96,7 @@ export async function engineCluster(overrides: Record<string, unknown>, opts: { 
     async start(role, opts = {}) {
       const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', 'start', '--role', role, '--config', configFile], {
         cwd: ROOT,
-        env: { ...process.env, LOG_LEVEL: String((config.log as Record<string, unknown>).level) },
+        env: { ...env, LOG_LEVEL: String((config.log as Record<string, unknown>).level) },
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       procs.push(child);

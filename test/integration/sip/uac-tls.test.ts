@@ -25,6 +25,7 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
   /** The far ends a test started, stopped after it. */
   let ends: FarEnd[] = [];
   let logLines: string[] = [];
+  let silentPeers: { server: net.Server; sockets: net.Socket[] }[] = [];
 
   beforeAll(() => {
     pki.ca('trunk-ca');
@@ -46,6 +47,11 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
       await end.sipp.stop();
     }
     ends = [];
+    for (const { server, sockets } of silentPeers) {
+      for (const socket of sockets) socket.destroy();
+      server.close();
+    }
+    silentPeers = [];
     logLines = [];
   });
 
@@ -94,6 +100,18 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
   const accepted = (stunnel: Stunnel): number => stunnel.log().match(/accepted connection/g)?.length ?? 0;
 
   const flash = (sip: EmbeddedSipOriginator, uri: string): Promise<string[]> => flashCall(sip, trunk(uri));
+
+  /** A TCP listener on loopback that accepts and never answers the ClientHello; closed after the test. */
+  const silentPeer = async (): Promise<{ port: number; sockets: net.Socket[] }> => {
+    const sockets: net.Socket[] = [];
+    const server = net.createServer((socket) => sockets.push(socket));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+    silentPeers.push({ server, sockets });
+    return { port: (server.address() as net.AddressInfo).port, sockets };
+  };
+
+  /** Stunnel's "Connection closed" lines: TLS connections that ended. */
+  const closed = (stunnel: Stunnel): number => stunnel.log().match(/Connection closed/g)?.length ?? 0;
 
   it('a flash call to sips:localhost: INVITE, 180, CANCEL, 487, ACK on one verified TLS connection, Via TLS, sips Contact', async () => {
     const { port, sipp, stunnel } = await farEnd(trustedServer);
@@ -165,18 +183,10 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
   });
 
   it('a peer that never finishes the handshake: unreachable after handshakeTimeoutMs, logged as a handshake timeout', async () => {
-    const sockets: net.Socket[] = [];
-    const silent = net.createServer((s) => sockets.push(s));
-    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', () => resolve()));
-    try {
-      const port = (silent.address() as net.AddressInfo).port;
-      const sip = await uac({ handshakeTimeoutMs: 300 });
-      expect(await flash(sip, `sips:127.0.0.1:${port}`)).toEqual([expect.stringMatching(/^failed unreachable: TLS handshake with 127\.0\.0\.1:\d+ not finished within 300 ms/), 'ended']);
-      expect(logLines.some((l) => /"reason":"handshake timeout"/.test(l))).toBe(true);
-    } finally {
-      for (const s of sockets) s.destroy();
-      silent.close();
-    }
+    const { port } = await silentPeer();
+    const sip = await uac({ handshakeTimeoutMs: 300 });
+    expect(await flash(sip, `sips:127.0.0.1:${port}`)).toEqual([expect.stringMatching(/^failed unreachable: TLS handshake with 127\.0\.0\.1:\d+ not finished within 300 ms/), 'ended']);
+    expect(logLines.some((l) => /"reason":"handshake timeout"/.test(l))).toBe(true);
   });
 
   describe('per-trunk settings (sip.trunks[].tls over sip.tls)', () => {
@@ -237,6 +247,22 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
       expect(logLines.join('')).toMatch(/"trunk":"by-address-named".*"subject":"sbc".*"verified":true,"msg":"SIP TLS connection up"/);
     });
 
+    it('tls.systemCa: the trunk is verified against Node\'s trust store, not sip.tls.caFile: a certificate only that private CA vouches for is refused for it alone, on its own connection', async () => {
+      // Both trunks to one SBC whose certificate is from trunk-ca, the stack's private CA: carrier-public is meant for
+      // a carrier with a public certificate (sip-tls-system-ca.test.ts has it ring), so trunk-ca must not vouch for it.
+      const end = await farEnd(trustedServer);
+      const privateCa = trunk(`sips:localhost:${end.port}`, { name: 'carrier-private' });
+      const publicCa = trunk(`sips:localhost:${end.port}`, { name: 'carrier-public', tls: { systemCa: true } });
+      const sip = await uac({ caFile: `${pki.dir}/trunk-ca.pem` }, [privateCa, publicCa]);
+
+      expect(await flashCall(sip, publicCa)).toEqual([expect.stringMatching(/^failed unreachable: .*certificate/i), 'ended']);
+      expect(await flashCall(sip, privateCa)).toEqual(rings);
+      expect((await end.sipp.waitForExit(10_000)).code).toBe(0);
+      expect(accepted(end.stunnel)).toBe(2);
+      expect(Object.keys(sip.tlsFailures)).toEqual(['carrier-public']);
+      expect(logLines.find((l) => l.includes('SIP TLS certificate invalid'))).toMatch(/"trunk":"carrier-public".*"ca_file":"Node's trust store"/);
+    });
+
     it('an answered call: the ACK and BYE to the trunk\'s sips: Contact go with the trunk\'s own settings, on its connection', async () => {
       const end = await farEnd(trustedServer, { scenario: fileURLToPath(new URL('./scenarios/uas-answer-sips-contact.xml', import.meta.url)) });
       const carrier = trunk(`sips:localhost:${end.port}`, { name: 'carrier', tls: { caFile: `${pki.dir}/trunk-ca.pem` } });
@@ -257,6 +283,48 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
       expect((await end.sipp.waitForExit(10_000)).code).toBe(0);
       expect(end.sipp.received().map((m) => m.method)).toEqual(['INVITE', 'ACK', 'BYE']);
       expect(accepted(end.stunnel)).toBe(1);
+    });
+
+    it('a trunk\'s own handshakeTimeoutMs: two trunks to one silent peer each give up after their own (not sip.tls\'s 2 s), on connections of their own', async () => {
+      const peer = await silentPeer();
+      const fast = trunk(`sips:127.0.0.1:${peer.port}`, { name: 'carrier-fast', tls: { handshakeTimeoutMs: 300 } });
+      const slow = trunk(`sips:127.0.0.1:${peer.port}`, { name: 'carrier-slow', tls: { handshakeTimeoutMs: 900 } });
+      const sip = await uac({}, [fast, slow]);
+      const endedFirst: string[] = [];
+      const call = async (t: TrunkConfig): Promise<string[]> => {
+        const events = await flashCall(sip, t);
+        endedFirst.push(t.name);
+        return events;
+      };
+
+      const [fastEvents, slowEvents] = await Promise.all([call(fast), call(slow)]);
+      expect(fastEvents).toEqual([expect.stringMatching(/^failed unreachable: TLS handshake with 127\.0\.0\.1:\d+ not finished within 300 ms/), 'ended']);
+      // Had it shared carrier-fast's connection, carrier-slow's call would have failed with it, after 300 ms.
+      expect(slowEvents).toEqual([expect.stringMatching(/^failed unreachable: TLS handshake with 127\.0\.0\.1:\d+ not finished within 900 ms/), 'ended']);
+      expect(endedFirst).toEqual(['carrier-fast', 'carrier-slow']);
+      expect(peer.sockets).toHaveLength(2);
+      const logs = logLines.join('');
+      expect(logs).toMatch(/"trunk":"carrier-fast".*"reason":"handshake timeout".*within 300 ms/);
+      expect(logs).toMatch(/"trunk":"carrier-slow".*"reason":"handshake timeout".*within 900 ms/);
+    });
+
+    it('a trunk\'s own idleTimeoutMs: its idle connection is closed after it, while another trunk to the same SBC (idleTimeoutMs 0) keeps its own open', async () => {
+      const end = await farEnd(trustedServer, { calls: 4 });
+      const brief = trunk(`sips:localhost:${end.port}`, { name: 'carrier-brief', tls: { idleTimeoutMs: 300 } });
+      const kept = trunk(`sips:localhost:${end.port}`, { name: 'carrier-kept', tls: { idleTimeoutMs: 0 } });
+      const sip = await uac({ caFile: `${pki.dir}/trunk-ca.pem` }, [brief, kept]);
+
+      expect(await flashCall(sip, brief)).toEqual(rings);
+      expect(await flashCall(sip, kept)).toEqual(rings);
+      expect(accepted(end.stunnel)).toBe(2);
+      await new Promise((r) => setTimeout(r, 900));
+      // sip.tls.idleTimeoutMs is 60 s here: only carrier-brief's own 300 ms closes a connection this soon.
+      expect(closed(end.stunnel)).toBe(1);
+      expect(await flashCall(sip, kept)).toEqual(rings);
+      expect(accepted(end.stunnel)).toBe(2);
+      expect(await flashCall(sip, brief)).toEqual(rings);
+      expect(accepted(end.stunnel)).toBe(3);
+      expect((await end.sipp.waitForExit(10_000)).code).toBe(0);
     });
 
     it('a trunk whose own CA bundle or client certificate is no PEM stops the start, naming the trunk', async () => {

@@ -40,6 +40,11 @@ function issuesIn(file: string): string[] {
   return [];
 }
 
+/** A config file with these `sip.trunks` (YAML flow mappings, one a trunk). */
+function trunks(...lines: string[]): string {
+  return yamlFile(`sip:\n  trunks:\n${lines.map((l) => `    - ${l}\n`).join('')}`);
+}
+
 /** `sip.dns` as loaded with these overrides (and `sip.timers`). */
 function sipDns(dns: Record<string, unknown>, timers?: Record<string, unknown>) {
   return loadConfig({ env: {}, overrides: { sip: { dns, ...(timers ? { timers } : {}) } } }).sip.dns;
@@ -284,17 +289,16 @@ describe('loadConfig', () => {
     expect(issues({}, { sip: { tls: { handshakeTimeoutMs: 0 } } })).toMatch(/^sip\.tls\.handshakeTimeoutMs/);
   });
 
-  it('sip.trunks[].tls: a TLS trunk\'s own CA, client certificate, verification and server name; refused at boot naming the trunk', () => {
+  it('sip.trunks[].tls: a TLS trunk\'s own CA, client certificate, verification, server name and timeouts; refused at boot naming the trunk', () => {
     const pem = yamlFile('not read here');
-    const trunks = (...lines: string[]): string => yamlFile(`sip:\n  trunks:\n${lines.map((l) => `    - ${l}\n`).join('')}`);
     const ok = trunks(
       `{ name: a, uri: "sips:sbc-a.example.net", tls: { caFile: "${pem}", certFile: "${pem}", keyFile: "${pem}", serverName: sbc.carrier-a.net } }`,
-      '{ name: b, uri: "sip:sbc-b.example.net:5061;transport=tls", tls: { insecureSkipVerify: true } }',
+      '{ name: b, uri: "sip:sbc-b.example.net:5061;transport=tls", tls: { insecureSkipVerify: true, handshakeTimeoutMs: 1500, idleTimeoutMs: 0 } }',
       '{ name: c, uri: "sips:sbc-c.example.net" }',
     );
     const sip = loadConfig({ file: ok, env: {} }).sip;
     // Only what the trunk gives: the rest is sip.tls's, applied by the stack.
-    expect(sip.trunks.map((t) => t.tls)).toEqual([{ caFile: pem, certFile: pem, keyFile: pem, serverName: 'sbc.carrier-a.net' }, { insecureSkipVerify: true }, undefined]);
+    expect(sip.trunks.map((t) => t.tls)).toEqual([{ caFile: pem, certFile: pem, keyFile: pem, serverName: 'sbc.carrier-a.net' }, { insecureSkipVerify: true, handshakeTimeoutMs: 1500, idleTimeoutMs: 0 }, undefined]);
     expect(sip.tls).toEqual({ insecureSkipVerify: false, handshakeTimeoutMs: 5000, idleTimeoutMs: 60_000 });
 
     const bad = trunks(
@@ -303,11 +307,12 @@ describe('loadConfig', () => {
       `{ name: plain-udp, uri: "sip:c.example.net", tls: { caFile: "${pem}" } }`,
       `{ name: plain-tcp, uri: "sip:d.example.net;transport=tcp", tls: {} }`,
       '{ name: by-ip, uri: "sips:e.example.net", tls: { serverName: "192.0.2.1" } }',
-      '{ name: timeouts, uri: "sips:f.example.net", tls: { handshakeTimeoutMs: 1000 } }',
+      '{ name: timeouts, uri: "sips:f.example.net", tls: { handshakeTimeoutMs: 50, idleTimeoutMs: -1 } }',
     );
     expect(issues({}, undefined, bad).split('\n')).toEqual([
       'sip.trunks.4.tls.serverName: must be a DNS host name (SNI carries no IP address, RFC 6066 3)',
-      expect.stringMatching(/^sip\.trunks\.5\.tls: Unrecognized key: "handshakeTimeoutMs"/),
+      'sip.trunks.5.tls.handshakeTimeoutMs: must be a whole number of milliseconds from 100 to 60000',
+      'sip.trunks.5.tls.idleTimeoutMs: must be 0 (kept open) or a whole number of milliseconds',
       'sip.trunks.0.tls.caFile: trunk "missing-ca": cannot read /nonexistent/ca-a.pem (ENOENT)',
       'sip.trunks.1.tls.keyFile: trunk "half-pair": certFile and keyFile go together (mutual TLS): give both or neither',
       'sip.trunks.2.tls: trunk "plain-udp": tls settings are for a TLS trunk (sips: or ;transport=tls), and sip:c.example.net is UDP',
@@ -317,6 +322,29 @@ describe('loadConfig', () => {
     expect(issues({}, { sip: { backend: 'drachtio' } }, ok).split('\n')).toEqual([
       expect.stringMatching(/^sip\.trunks\.0\.tls: trunk "a": per-trunk tls settings need sip\.backend embedded: with drachtio, drachtio-server makes the TLS connections/),
       expect.stringMatching(/^sip\.trunks\.1\.tls: trunk "b": per-trunk tls settings need sip\.backend embedded/),
+    ]);
+  });
+
+  it('sip.trunks[].tls.systemCa: a trunk verified against Node\'s trust store beside sip.tls.caFile; with its own caFile or no verification it is refused, naming the trunk', () => {
+    const pem = yamlFile('not read here');
+    const file = yamlFile(
+      `sip:\n  tls: { caFile: "${pem}" }\n  trunks:\n` +
+        '    - { name: carrier-a, uri: "sips:sbc.carrier-a.net" }\n' +
+        '    - { name: carrier-b, uri: "sips:sbc.carrier-b.net", tls: { systemCa: true } }\n',
+    );
+    const sip = loadConfig({ file, env: {} }).sip;
+    expect(sip.tls.caFile).toBe(pem);
+    expect(sip.trunks.map((t) => t.tls)).toEqual([undefined, { systemCa: true }]);
+
+    const bad = trunks(
+      `{ name: both, uri: "sips:a.example.net", tls: { systemCa: true, caFile: "${pem}" } }`,
+      '{ name: unverified, uri: "sips:b.example.net", tls: { systemCa: true, insecureSkipVerify: true } }',
+      // false is what a trunk gets without it: sip.tls.caFile, or Node's store when that is unset.
+      `{ name: fine, uri: "sips:c.example.net", tls: { systemCa: false, caFile: "${pem}" } }`,
+    );
+    expect(issues({}, undefined, bad).split('\n')).toEqual([
+      'sip.trunks.0.tls.systemCa: trunk "both": tls.systemCa: true (Node\'s trust store) and tls.caFile (this CA bundle only) contradict each other: keep one',
+      'sip.trunks.1.tls.systemCa: trunk "unverified": tls.systemCa: true verifies against Node\'s trust store, and tls.insecureSkipVerify: true verifies nothing: keep one',
     ]);
   });
 
