@@ -23,6 +23,7 @@ import { TrunkPinger } from './engine/trunk-pinger.js';
 import { VoiceProcessor } from './engine/voice-processor.js';
 import { SmsProcessor } from './engine/sms-processor.js';
 import { BullDeliveryQueue, QUEUE_NAMES, type DeliveryJobData } from './engine/queues.js';
+import { waitAtMost } from './async/time-limit.js';
 import { AppError, ConfigError } from './errors/app-error.js';
 import type { MediaPlayer } from './media/media-player.js';
 import { EventPublisher } from './events/event-publisher.js';
@@ -559,15 +560,10 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         const t = Date.now();
         shutdownPhase = name;
         logger.debug({ phase: name }, 'shutdown phase started');
-        let timer: NodeJS.Timeout | undefined;
-        const finished = await Promise.race([
-          run().then(
-            () => true,
-            (err: Error) => (logger.warn({ phase: name, err: err.message }, 'shutdown phase failed'), true),
-          ),
-          new Promise<false>((r) => (timer = setTimeout(() => r(false), Math.max(500, left())))),
-        ]);
-        clearTimeout(timer);
+        const finished = await waitAtMost(
+          run().catch((err: Error) => logger.warn({ phase: name, err: err.message }, 'shutdown phase failed')),
+          Math.max(500, left()),
+        );
         if (finished) logger.debug({ phase: name, ms: Date.now() - t }, 'shutdown phase done');
         else logger.warn({ phase: name, ms: Date.now() - t }, 'shutdown phase did not finish within the grace; going on without it');
       };
@@ -578,22 +574,15 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       const reserve = Math.min(3000, Math.floor(grace / 3));
       const expireTimer = setTimeout(() => expiring.abort(), grace - reserve);
       const closing = Promise.all(workerCloses.map((close) => close().catch((err: Error) => logger.warn({ err: err.message }, 'worker close failed'))));
-      let graceTimer: NodeJS.Timeout | undefined;
-      const inTime = await Promise.race([
-        closing.then(() => true),
-        new Promise<boolean>((r) => (graceTimer = setTimeout(() => r(false), grace - Math.floor(reserve / 3)))),
-      ]);
+      const inTime = await waitAtMost(closing, grace - Math.floor(reserve / 3));
       clearTimeout(expireTimer);
-      clearTimeout(graceTimer);
       logger.debug({ phase: shutdownPhase, ms: Date.now() - started, in_time: inTime }, 'shutdown phase done');
       if (!inTime) logger.warn('calls still in progress at the end of the shutdown grace; ending them');
       if (!inTime && stopSip) {
         // Calls still waiting for a final response: stopping the stack ends them (`shutdown`), so the jobs finish.
         await phase('calls left at the grace', async () => {
           await stopSip!();
-          let t: NodeJS.Timeout | undefined;
-          await Promise.race([closing, new Promise((r) => (t = setTimeout(r, Math.min(1000, left()))))]);
-          clearTimeout(t);
+          await waitAtMost(closing, Math.min(1000, left()));
         });
       }
       await phase('event consumers drain', () => Promise.all(consumers.map((c) => c.drain(left()).catch(() => undefined))));

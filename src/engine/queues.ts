@@ -2,6 +2,7 @@ import { Job, Queue, type ConnectionOptions } from 'bullmq';
 import { jobOrdinal, type Method } from '../verification/types.js';
 import type { DeliveryQueue } from '../verification/verification-service.js';
 import { connectionErrorLoggedElsewhere } from '../store/redis.js';
+import { withDeadline } from '../async/time-limit.js';
 
 /**
  * BullMQ queue names, one per delivery method. Producers in any language add a
@@ -40,20 +41,12 @@ export class BullDeliveryQueue implements DeliveryQueue {
    * a job delivers, and the claim drops a job of another send than the record's (claimDelivery-1.lua).
    */
   async enqueue(method: Method, requestId: string, jobId: string = requestId): Promise<void> {
-    // BullMQ's connection waits for Redis forever; a caller (an HTTP request) must not.
-    let timer: NodeJS.Timeout | undefined;
     // Only a resend's: a workflow step's job (-s<n>) found finished has run, and must not run again.
     const add = (jobOrdinal(requestId, jobId, 'r') === undefined ? Promise.resolve() : this.removeFinished(method, jobId)).then(() =>
       this.queue(method).add(QUEUE_NAMES[method], { request_id: requestId }, { ...JOB_OPTIONS, jobId }),
     );
-    try {
-      await Promise.race([
-        add,
-        new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('queue unavailable: Redis did not answer')), this.enqueueTimeoutMs))),
-      ]);
-    } finally {
-      clearTimeout(timer);
-    }
+    // BullMQ's connection waits for Redis forever; a caller (an HTTP request) must not.
+    await withDeadline(add, this.enqueueTimeoutMs, () => new Error('queue unavailable: Redis did not answer'));
   }
 
   /**

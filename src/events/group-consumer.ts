@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Keys } from '../store/keys.js';
+import { waitAtMost } from '../async/time-limit.js';
 
 export interface StreamEntry {
   id: string;
@@ -229,13 +230,6 @@ export abstract class GroupConsumer {
       if (done.length) await this.redis.xack(this.keys.events(), this.group, ...done);
     }
   }
-}
-
-/** Resolves when `work` settles or after `ms`, whichever comes first. */
-async function waitAtMost(work: Promise<unknown> | undefined, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([work, new Promise((r) => (timer = setTimeout(r, ms)))]);
-  clearTimeout(timer);
 }
 
 function toEntry([id, flat]: [string, string[]]): StreamEntry {

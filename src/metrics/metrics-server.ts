@@ -2,6 +2,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { Metrics } from './metrics.js';
+import { withDeadline } from '../async/time-limit.js';
 
 export type ReadinessProbes = Record<string, () => boolean | Promise<boolean>>;
 
@@ -88,15 +89,8 @@ export async function runReadiness(
   const checks: Record<string, boolean> = {};
   await Promise.all(
     Object.entries(probes).map(async ([name, probe]) => {
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)));
-      try {
-        checks[name] = await Promise.race([Promise.resolve().then(probe), late]);
-      } catch {
-        checks[name] = false;
-      } finally {
-        clearTimeout(timer);
-      }
+      const answer = withDeadline(Promise.resolve().then(probe), timeoutMs, () => new Error(`no answer within ${timeoutMs} ms`));
+      checks[name] = await answer.catch(() => false);
     }),
   );
   return { ready: Object.values(checks).every(Boolean), checks };

@@ -4,6 +4,7 @@ import type { Announcement, MediaPlayer, MediaSession, PlayResult, PromptLanguag
 import { DEFAULT_PROMPTS_DIR } from '../prompts.js';
 import { MediaError, parseAnswer, type NegotiatedMedia } from '../sdp.js';
 import { connectMediaServer, createMrf, type FsEndpoint, type FsMediaServer, type FsmrfSrf } from './fsmrf-types.js';
+import { waitAtMost, withDeadline } from '../../async/time-limit.js';
 
 /**
  * The production media backend (design.md): drachtio-fsmrf drives
@@ -305,16 +306,6 @@ export class FreeswitchMediaPlayer implements MediaPlayer {
   }
 }
 
-/** `work`, or a rejection after `ms` (the timer does not keep the process alive). */
-function deadline<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new MediaError(`${what} within ${ms} ms`)), ms);
-    timer.unref();
-  });
-  return Promise.race([work, late]).finally(() => clearTimeout(timer));
-}
-
 /** The announcement as one TTS sentence: "Your verification code is: 4. 8. 2. 9. Again: 4. 8. 2. 9." */
 export function ttsText(announcement: Announcement): string {
   const words = TTS_WORDS[announcement.language];
@@ -365,7 +356,11 @@ class FreeswitchMediaSession implements MediaSession {
     // The re-INVITE to FreeSWITCH carries the callee's answer; play() waits for it, but not forever:
     // drachtio-srf's modify() settles only on a final response, and a FreeSWITCH (or a drachtio
     // connection) that never sends one would otherwise hang the call with the callee on the line.
-    this.modified = deadline(this.p.endpoint.modify(answerSdp), this.p.modifyTimeoutMs, 'no answer to the re-INVITE').then(() => undefined);
+    // The deadline alone does not keep the process alive.
+    const ms = this.p.modifyTimeoutMs;
+    this.modified = withDeadline(this.p.endpoint.modify(answerSdp), ms, () => new MediaError(`no answer to the re-INVITE within ${ms} ms`), {
+      unref: true,
+    }).then(() => undefined);
     this.modified.catch(() => undefined);
     return media;
   }
@@ -439,20 +434,16 @@ class FreeswitchMediaSession implements MediaSession {
   private async release(): Promise<void> {
     const ep = this.p.endpoint;
     const dialog = ep.dialog;
-    let timer: NodeJS.Timeout | undefined;
     try {
-      await Promise.race([
+      await waitAtMost(
         ep.destroy().catch((err: Error) => this.p.logger.debug({ err: err.message }, 'endpoint destroy failed')),
-        new Promise<void>((resolve) => {
-          timer = setTimeout(resolve, this.p.destroyTimeoutMs);
-        }),
-      ]);
+        this.p.destroyTimeoutMs,
+      );
       if (dialog?.connected) {
         this.p.logger.debug('FreeSWITCH did not hang up; sending BYE');
         await dialog.destroy().catch(() => undefined);
       }
     } finally {
-      clearTimeout(timer);
       ep.removeListener('destroy', this.onDestroy);
       for (const w of this.waiters) w();
       this.p.closed();
