@@ -451,12 +451,12 @@ export function webhooksSchema(threadPoolSize: number = DEFAULT_THREAD_POOL_SIZE
       inWorkers: z.boolean().default(true),
       /**
        * true: the process that reads an event sends its webhook at once, with no BullMQ job; a job only for one that
-       * must wait (order, breaker, caps) or be retried. Pays in `--role webhooks` processes whose accountConcurrency
-       * the rate never fills; under full call load in workers, or with the per-account cap binding, it does worse
-       * than jobs (README, BENCHMARKS.md). Off, with a warning at start, unless `timeoutMs` is at least 1 s below
-       * `events.claimIdleMs` (an event whose webhook is in flight longer would be reclaimed and sent twice).
+       * must wait (order, breaker, caps) or be retried. A third of a job's CPU per webhook, and webhooks that keep
+       * pace where jobs fall seconds behind (README, BENCHMARKS.md). false: a job for every webhook. Off, with a
+       * warning at start, unless `timeoutMs` is at least 1 s below `events.claimIdleMs` (an event whose webhook is in
+       * flight longer would be reclaimed and sent twice).
        */
-      direct: z.boolean().default(false),
+      direct: z.boolean().default(true),
       /** Webhook deliveries in flight per process that sends webhooks. */
       concurrency: z.number().int().positive().default(50),
       /**

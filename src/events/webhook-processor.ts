@@ -113,14 +113,12 @@ const SECRETS_KEPT = 1000;
  * failures visible on its own.
  */
 export class WebhookProcessor {
-  /** Job deliveries in flight in this process, per account (`webhooks.accountConcurrency`). */
-  private readonly inFlight = new Map<string, number>();
   /**
-   * Direct sends in flight in this process, per account: a cap of `webhooks.accountConcurrency` of their own. Shared
-   * with the jobs', every webhook that waited for a slot and then became a job took a slot from the direct sends in
-   * turn, and under a steady load of one account the two fell behind together (BENCHMARKS.md).
+   * Deliveries in flight in this process, per account, jobs' and direct sends' together: at most
+   * `webhooks.accountConcurrency`, so that a dead receiver holds no more of the process's connections whichever way
+   * its webhooks go. (Counted apart, a dead receiver held twice the cap: its direct sends and the jobs retrying them.)
    */
-  private readonly directByAccount = new Map<string, number>();
+  private readonly inFlight = new Map<string, number>();
   /** Deliveries sent at once by this process's webhook consumer (sendNow), in flight: at most `webhooks.concurrency`. */
   private directInFlight = 0;
   /** Direct sends waiting for a slot, per account, in order (startOrWait). */
@@ -195,6 +193,8 @@ export class WebhookProcessor {
       await this.attempt(job, token, order, member, prepared);
     } finally {
       count(this.inFlight, d.account_id, -1);
+      // The slot may be what a direct send of the account waits for.
+      if (this.waitingCount > 0) this.pump();
     }
   }
 
@@ -341,19 +341,19 @@ export class WebhookProcessor {
 
   private canStart(accountId: string): boolean {
     const { config } = this.deps;
-    return this.directInFlight < config.concurrency && (this.directByAccount.get(accountId) ?? 0) < config.accountConcurrency;
+    return this.directInFlight < config.concurrency && (this.inFlight.get(accountId) ?? 0) < config.accountConcurrency;
   }
 
   private async runNow(d: WebhookJobData): Promise<'done' | 'queue' | 'retry'> {
     this.directInFlight++;
-    count(this.directByAccount, d.account_id, 1);
+    count(this.inFlight, d.account_id, 1);
     this.requestsSending.add(d.request_id);
     try {
       return await this.tryNow(d);
     } finally {
       this.requestsSending.delete(d.request_id);
       this.directInFlight--;
-      count(this.directByAccount, d.account_id, -1);
+      count(this.inFlight, d.account_id, -1);
       if (this.waitingCount > 0) this.pump();
     }
   }
@@ -517,7 +517,10 @@ export class WebhookProcessor {
       { timeoutMs: config.timeoutMs, allowPrivate: config.allowPrivate, resolveAll, signal, agents: this.agents },
     );
     if (status < 200 || status > 299) throw new WebhookDeliveryError(`receiver answered HTTP ${status}`);
-    this.deps.metrics.webhookDelivered((performance.now() - started) / 1000);
+    // The stream id's first part is when the event was written; a replay is an operator's, not a lag of the engine's.
+    const writtenAt = Number(d.event_id.slice(0, d.event_id.indexOf('-')));
+    const lag = d.replayed_at === undefined && writtenAt > 0 ? Math.max(0, Date.now() - writtenAt) / 1000 : undefined;
+    this.deps.metrics.webhookDelivered((performance.now() - started) / 1000, lag);
     log.info({ event: d.event, http_status: status, host: target.host }, 'webhook delivered');
     return true;
   }

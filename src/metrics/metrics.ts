@@ -76,6 +76,7 @@ export class Metrics {
   private readonly jobLatencyHist: Histogram<'queue'>;
   private readonly webhookFailures: Counter<'final'>;
   private readonly webhookDelivery: Histogram;
+  private readonly webhookLag: Histogram;
   private readonly webhookSkips: Counter;
   private readonly webhookDeferrals: Counter<'reason'>;
   private readonly webhookDirects: Counter<'result'>;
@@ -155,6 +156,12 @@ export class Metrics {
       name: 'flashverify_webhook_delivery_seconds',
       help: 'Webhooks delivered (the receiver answered 2xx): time from resolving its host to its status line; the count is the webhooks delivered',
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    this.webhookLag = new Histogram({
+      name: 'flashverify_webhook_lag_seconds',
+      help: 'Webhooks delivered: time from their event written to the stream to the receiver\'s 2xx, waits for order, caps, breaker and retries included',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600],
       registers,
     });
     this.webhookSkips = new Counter({
@@ -439,8 +446,10 @@ export class Metrics {
   }
 
   /** A webhook delivered (2xx) in `seconds`, from resolving the receiver's host to its status line. */
-  webhookDelivered(seconds: number): void {
+  /** `lagSeconds`: from the event's stream entry to the 2xx (undefined: not known, a replayed event). */
+  webhookDelivered(seconds: number, lagSeconds?: number): void {
     this.webhookDelivery.observe(seconds);
+    if (lagSeconds !== undefined) this.webhookLag.observe(lagSeconds);
   }
 
   webhookSkipped(): void {

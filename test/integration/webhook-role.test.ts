@@ -67,11 +67,16 @@ describe('--role webhooks (webhooks.inWorkers: false)', () => {
       const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
       return /^flashverify_webhook_delivery_seconds_count 3$/m.test(text) ? text : undefined;
     }, 5000);
-    const taken = Number(/^flashverify_job_latency_seconds_count\{queue="webhook"\} (\d+)/m.exec(metrics)?.[1] ?? 0);
-    expect(taken).toBeGreaterThanOrEqual(3);
+    // Sent by its webhook consumer at once (webhooks.direct, the default), none through a job.
+    expect(metrics).toMatch(/^flashverify_webhook_direct_total\{result="done"\} 3$/m);
+    expect(metrics).not.toMatch(/^flashverify_job_latency_seconds_count\{queue="webhook"\} [1-9]/m);
     // The three delivered (2xx), each timed to the receiver's status line.
     expect(metrics).toMatch(/^flashverify_webhook_delivery_seconds_count 3$/m);
     expect(Number(/^flashverify_webhook_delivery_seconds_sum (\S+)$/m.exec(metrics)?.[1])).toBeGreaterThan(0);
+    // And each from its event written to the stream: the events waited for this process, over 1.5 s, all of it counted.
+    expect(metrics).toMatch(/^flashverify_webhook_lag_seconds_count 3$/m);
+    expect(metrics).toMatch(/^flashverify_webhook_lag_seconds_bucket\{le="1"\} 0$/m);
+    expect(Number(/^flashverify_webhook_lag_seconds_sum (\S+)$/m.exec(metrics)?.[1])).toBeGreaterThan(3 * 1.5);
     // It never opened a SIP socket or took delivery jobs.
     expect(hooks.output()).not.toContain('worker role started');
     expect(metrics).not.toMatch(/^flashverify_job_latency_seconds_count\{queue="flash"\} [1-9]/m);
@@ -106,10 +111,11 @@ describe('--role webhooks (webhooks.inWorkers: false)', () => {
   });
 
   it('a webhooks process killed mid-delivery: the next one runs its job again after worker.lockDurationMs (not BullMQ\'s 30 s), answered 200 once', async () => {
-    const { c, r, id } = await oneRequest({ inWorkers: false }, { worker: { lockDurationMs: 2000, stalledIntervalMs: 1000 } });
+    // webhooks.direct off: every webhook is a job (a direct send's crash is webhook-direct.test.ts's).
+    const { c, r, id } = await oneRequest({ inWorkers: false, direct: false }, { worker: { lockDurationMs: 2000, stalledIntervalMs: 1000 } });
     r.hang = true;
     const first = await c.start('webhooks');
-    // Its `sent` job is in flight (webhooks.direct is off: every webhook is a job) and the receiver holds it unanswered.
+    // Its `sent` job is in flight and the receiver holds it unanswered.
     const hung = await waitFor(async () => r.forRequest(id)[0]);
     expect(hung.json.event).toBe('verification.sent');
     // Run again by the next process within 10 s of its start: the dead process's lock lapses within 2 s and the new one
