@@ -467,6 +467,11 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           // Direct sends: acknowledged on the shared connection; at stop, waited for as long as one may take.
           ackRedis: redis,
           settleTimeoutMs: config.webhooks.timeoutMs + 2000,
+          // Direct sends in hand (sending, or waiting for their account's slots) at most 20 × webhooks.concurrency: under
+          // a rate the slots cannot carry, later events wait in the stream, unread, instead of in memory until
+          // directWaitMs turned them into jobs, whose deferrals cost three times a direct send's CPU and fell further
+          // behind. (4 × carried 880 webhooks/s where 20 × carried 930-990/s: BENCHMARKS.md.)
+          maxUnsettled: direct ? 20 * config.webhooks.concurrency : undefined,
         },
         // webhooks.direct: an event's webhook goes out from here at once; a job only for one that must wait or retry.
         direct ? webhooks : undefined,

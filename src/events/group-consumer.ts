@@ -31,6 +31,11 @@ export interface GroupConsumerOptions {
   ackRedis?: Redis;
   /** At stop, unsettled entries are waited for this long at most; those not settled by then stay pending (reclaimed). */
   settleTimeoutMs?: number;
+  /**
+   * At most this many unsettled entries in hand: the loop reads no more until some settle (the rest wait in the
+   * stream, unread, not pending: no reclaim, nothing held in memory). Unbounded when not given.
+   */
+  maxUnsettled?: number;
 }
 
 /**
@@ -64,6 +69,8 @@ export abstract class GroupConsumer {
   private readonly unsettled = new Map<string, Promise<void>>();
   /** Settled entries not acknowledged yet: one XACK for those settled in the same turn of the event loop. */
   private settledIds: string[] = [];
+  /** The loop, waiting for room under `maxUnsettled` (woken when an entry settles, or at stop). */
+  private roomWaiter: (() => void) | undefined;
 
   constructor(
     /** A dedicated connection: XREADGROUP BLOCK holds it. */
@@ -102,6 +109,7 @@ export abstract class GroupConsumer {
 
   async stop(): Promise<void> {
     this.running = false;
+    this.wakeLoop();
     // Unblock XREADGROUP BLOCK by closing the dedicated connection.
     this.redis.disconnect();
     await this.loop?.catch(() => undefined);
@@ -121,14 +129,40 @@ export abstract class GroupConsumer {
     const tracked = settled.then(
       () => {
         this.unsettled.delete(id);
+        this.wakeLoop();
         if (this.settledIds.push(id) === 1) setImmediate(() => void this.flushAcks());
       },
       (err: Error) => {
         this.unsettled.delete(id);
+        this.wakeLoop();
         this.logger.warn({ err: err.message, group: this.group, event_id: id }, 'event not handled; left pending, to be handled again when reclaimed');
       },
     );
     this.unsettled.set(id, tracked);
+  }
+
+  /** How many entries the next read may take: `batch`, within what `maxUnsettled` leaves room for. */
+  private room(): number {
+    const batch = this.options.batch ?? 200;
+    const max = this.options.maxUnsettled;
+    return max === undefined ? batch : Math.min(batch, max - this.unsettled.size);
+  }
+
+  /**
+   * Whether the loop may read: under `maxUnsettled`, once a quarter of it (or a batch) is free again, so that a
+   * backlog is read in batches, not one entry per settled one.
+   */
+  private mayRead(): boolean {
+    const max = this.options.maxUnsettled;
+    if (max === undefined) return true;
+    return this.room() >= Math.max(1, Math.min(this.options.batch ?? 200, Math.floor(max / 4)));
+  }
+
+  private wakeLoop(): void {
+    const wake = this.roomWaiter;
+    if (wake === undefined || (this.running && !this.mayRead())) return;
+    this.roomWaiter = undefined;
+    wake();
   }
 
   private async flushAcks(): Promise<void> {
@@ -151,12 +185,17 @@ export abstract class GroupConsumer {
           lastClaim = Date.now();
           await this.reclaim(claimEvery);
         }
+        if (!this.mayRead()) {
+          // In hand up to maxUnsettled: later entries wait in the stream until some of these settle.
+          await new Promise<void>((resolve) => (this.roomWaiter = resolve));
+          continue;
+        }
         const res = (await this.redis.xreadgroup(
           'GROUP',
           this.group,
           this.consumer,
           'COUNT',
-          this.options.batch ?? 200,
+          this.room(),
           'BLOCK',
           draining ? 50 : blockMs,
           'STREAMS',

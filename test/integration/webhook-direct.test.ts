@@ -45,7 +45,7 @@ describe('webhooks sent directly by the consumer', () => {
   });
 
   /** An api-role engine (no consumer of its own), an account whose URL is a receiver, and a consumer sending directly. */
-  async function setUp(consumerOptions: { settleTimeoutMs?: number } = {}, webhooks: { concurrency?: number; accountConcurrency?: number } = {}) {
+  async function setUp(consumerOptions: { settleTimeoutMs?: number; maxUnsettled?: number } = {}, webhooks: { concurrency?: number; accountConcurrency?: number } = {}) {
     const engine = (t = await startTestEngine(testConfig({ webhooks: { allowPrivate: true, backoffMs: 100, orderPollMs: 50, ...webhooks }, accounts: { fieldCacheMs: 0 } }), 'api'));
     const r = (receiver = new Receiver());
     const url = await r.start();
@@ -115,6 +115,47 @@ describe('webhooks sent directly by the consumer', () => {
     expect(await jobs()).toBe(0);
     await waitFor(async () => (await pending()) === 0);
     expect(await metrics.render()).toMatch(/^flashverify_webhook_direct_total\{result="done"\} 10$/m);
+  });
+
+  it('a rate the account\'s slots cannot carry: later events wait unread in the stream (maxUnsettled), not in memory until they become jobs', async () => {
+    // One slot, 150 ms a webhook: 20 events take 3 s, beyond the 2 s a send may wait in memory (directWaitMs).
+    const { r, account, consumer, service, metrics, pending, jobs } = await setUp({ maxUnsettled: 3 }, { concurrency: 1, accountConcurrency: 1 });
+    r.delayMs = 150;
+    const ids: string[] = [];
+    for (let i = 0; i < 20; i++) ids.push((await service.create(account, { phone_number: `+4477009008${10 + i}` })).request_id);
+    await consumer.start();
+    let mostPending = 0;
+    await waitFor(async () => {
+      mostPending = Math.max(mostPending, await pending());
+      return ids.every((id) => r.events(id).length === 1);
+    }, 10_000, 20);
+    // Never more than 3 read and unsettled; all 20 sent by the consumer itself, in order, none turned into a job.
+    expect(mostPending).toBeGreaterThan(0);
+    expect(mostPending).toBeLessThanOrEqual(3);
+    expect(r.accepted().map((x) => x.json.request_id)).toEqual(ids);
+    expect(await jobs()).toBe(0);
+    // Counted once its answer is in (the receiver records a request before it answers).
+    await waitFor(async () => /^flashverify_webhook_direct_total\{result="done"\} 20$/m.test(await metrics.render()));
+    expect(await metrics.render()).not.toMatch(/^flashverify_webhook_direct_total\{result="queued"\} [1-9]/m);
+  });
+
+  it('a stop while the read is held back by maxUnsettled ends at once; the unread events stay in the stream for the group', async () => {
+    const { engine, r, account, consumer, service, pending } = await setUp({ maxUnsettled: 1, settleTimeoutMs: 200 });
+    r.hang = true;
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) ids.push((await service.create(account, { phone_number: `+4477009008${40 + i}` })).request_id);
+    await consumer.start();
+    await waitFor(async () => r.received.length === 1);
+    expect(await pending()).toBe(1);
+    const t0 = Date.now();
+    await consumer.stop();
+    expect(Date.now() - t0).toBeLessThan(1500);
+    // The one in hand stays pending (reclaimed later); the other two were never read: still ahead of the group.
+    expect(await pending()).toBe(1);
+    const info = (await engine.redis.xinfo('GROUPS', engine.keys.events())) as unknown[][];
+    const group = info.find((g) => g[g.indexOf('name') + 1] === engine.config.events.webhookGroup)!;
+    expect(Number(group[group.indexOf('lag') + 1])).toBe(2);
+    await r.stop();
   });
 
   it('a request\'s later event read while its earlier one is being sent goes right after it, not as a job', async () => {
