@@ -470,7 +470,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           // Direct sends in hand (sending, or waiting for their account's slots) at most 20 × webhooks.concurrency: under
           // a rate the slots cannot carry, later events wait in the stream, unread, instead of in memory until
           // directWaitMs turned them into jobs, whose deferrals cost three times a direct send's CPU and fell further
-          // behind. (4 × carried 880 webhooks/s where 20 × carried 930-990/s: BENCHMARKS.md.)
+          // behind. (At 500 calls/s, 4 × carried 804-878 webhooks/s and 20 × 899-986/s; the runs overlap: BENCHMARKS.md.)
           maxUnsettled: direct ? 20 * config.webhooks.concurrency : undefined,
         },
         // webhooks.direct: an event's webhook goes out from here at once; a job only for one that must wait or retry.
