@@ -444,6 +444,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         metrics,
         logger: logger.child({ module: 'webhooks' }),
         directWaitMs: Math.min(10_000, Math.floor(directMarginMs / 2)),
+        heldJobs: webhookQueue,
       });
       metrics.watchWebhookBreakers(webhooks.breaker);
       metrics.watchWebhookConnections(webhooks.agents);

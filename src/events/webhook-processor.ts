@@ -10,7 +10,7 @@ import { scripts } from '../store/scripts.js';
 import { isoSeconds } from '../verification/types.js';
 import { WebhookAgents } from './webhook-agents.js';
 import { WebhookBreaker, type WebhookGate } from './webhook-breaker.js';
-import { markOrderDone, orderMember, type WebhookJobData } from './webhook-queue.js';
+import { ORDER_QUEUED, markOrderDone, orderMember, orderMemberEventId, type WebhookJobData } from './webhook-queue.js';
 import { WebhookDeliveryError, postWebhook, signWebhook } from './webhook-sender.js';
 import { WebhookHostCache } from './webhook-host-cache.js';
 import { assertWebhookTarget, lookupAll, type ResolveAll } from './webhook-target.js';
@@ -29,6 +29,11 @@ export interface WebhookProcessorDeps {
    * stays unacknowledged meanwhile: main.ts keeps the wait and the send well within events.claimIdleMs). Default 0.
    */
   directWaitMs?: number;
+  /**
+   * The webhook queue: when an event is done, the jobs of its request's later events that wait for it run at once
+   * (promoteHeld) instead of at their next look. Without it they wait for that look (`webhooks.orderPollMs`, doubling).
+   */
+  heldJobs?: { promoteHeld(eventIds: readonly string[]): Promise<number> };
 }
 
 /** What one delivery needs, read in one round trip (prepareWebhook-4.lua). */
@@ -418,9 +423,9 @@ export class WebhookProcessor {
     return 'done';
   }
 
-  private dropNoUrl(d: WebhookJobData, order: string, member: string, log: Logger): Promise<void> {
+  private async dropNoUrl(d: WebhookJobData, order: string, member: string, log: Logger): Promise<void> {
     log.info({ event: d.event }, 'webhook URL removed; event not sent');
-    return this.markDone(order, member);
+    await this.markDone(order, member);
   }
 
   /**
@@ -462,7 +467,7 @@ export class WebhookProcessor {
   async failed(job: Job<WebhookJobData> | undefined): Promise<void> {
     if (!job?.finishedOn) return;
     const d = job.data;
-    if (!(await markOrderDone(this.deps.redis, this.deps.keys.webhookOrder(d.request_id), orderMember(d.event_id)))) return;
+    if (!(await this.markDone(this.deps.keys.webhookOrder(d.request_id), orderMember(d.event_id)))) return;
     this.deps.metrics.webhookFailed(true);
     this.deps.logger.error(
       { request_id: d.request_id, event_id: d.event_id, account_id: d.account_id, event: d.event, attempts: job.attemptsMade, err: job.failedReason },
@@ -470,8 +475,23 @@ export class WebhookProcessor {
     );
   }
 
-  private async markDone(order: string, member: string): Promise<void> {
-    await markOrderDone(this.deps.redis, order, member);
+  /**
+   * Marks the event done (true when it was pending) and wakes the jobs of its request's later events that wait for
+   * it. The queued ones are read in the same round trip as the mark (one write, autopipelined).
+   */
+  private async markDone(order: string, member: string): Promise<boolean> {
+    const { redis, heldJobs } = this.deps;
+    const [changed, queued] = await Promise.all([
+      markOrderDone(redis, order, member),
+      heldJobs ? redis.zrangebyscore(order, ORDER_QUEUED, ORDER_QUEUED) : undefined,
+    ]);
+    const later = queued?.filter((m) => m > member) ?? [];
+    if (later.length) {
+      await heldJobs!.promoteHeld(later.map(orderMemberEventId)).catch((err: Error) =>
+        this.deps.logger.warn({ err: err.message }, 'could not wake the webhooks waiting for this one; they look again at their own time'),
+      );
+    }
+    return changed;
   }
 
   /** Sends the event to `url`; false when it was not sent on purpose (record gone, contradicts the final status). */

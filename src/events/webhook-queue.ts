@@ -1,4 +1,4 @@
-import { Queue, type ConnectionOptions } from 'bullmq';
+import { Job, Queue, type ConnectionOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { connectionErrorLoggedElsewhere } from '../store/redis.js';
 
@@ -53,6 +53,12 @@ export interface WebhookRetryOptions {
 export function orderMember(eventId: string): string {
   const [ms = '0', seq = '0'] = eventId.split('-');
   return `${ms.padStart(15, '0')}-${seq.padStart(10, '0')}`;
+}
+
+/** The stream id (the event's id, its webhook job's id) of an order member. */
+export function orderMemberEventId(member: string): string {
+  const [ms = '0', seq = '0'] = member.split('-');
+  return `${Number(ms)}-${Number(seq)}`;
 }
 
 /** When (ms since epoch, Redis's clock) the event of an order member was written: its stream id's time. */
@@ -124,6 +130,26 @@ export class WebhookQueue {
       removeOnComplete: { age: 3600, count: 10_000 },
       removeOnFail: { age: 7 * 24 * 3600 },
     });
+  }
+
+  /**
+   * Runs now the jobs of `eventIds` that are delayed only because an earlier event of their request was not done
+   * (never attempted, `waits` > 0): called when that earlier one is done, so that the later one goes at once instead
+   * of at its next look (`webhooks.orderPollMs`, doubling). A job in retry back-off, deferred by the breaker or the
+   * account's cap, or not delayed at all, is left as it is. The number promoted.
+   */
+  async promoteHeld(eventIds: readonly string[]): Promise<number> {
+    let promoted = 0;
+    for (const id of eventIds) {
+      const job = await Job.fromId<WebhookJobData>(this.queue, id);
+      if (!job || job.attemptsMade > 0 || !(job.data.waits ?? 0)) continue;
+      // Not delayed (waiting, active, done): BullMQ refuses; nothing to do.
+      await job.promote().then(
+        () => promoted++,
+        () => undefined,
+      );
+    }
+    return promoted;
   }
 
   async close(): Promise<void> {

@@ -7,6 +7,7 @@ import { EventPublisher } from '../../src/events/event-publisher.js';
 import type { StreamEntry } from '../../src/events/group-consumer.js';
 import { WebhookConsumer } from '../../src/events/webhook-consumer.js';
 import { WEBHOOK_QUEUE, WebhookQueue, orderMember, type WebhookJobData } from '../../src/events/webhook-queue.js';
+import { WebhookProcessor } from '../../src/events/webhook-processor.js';
 import { describeGivenUp, givenUpWebhooks } from '../../src/events/webhook-replay.js';
 import { Metrics } from '../../src/metrics/metrics.js';
 import { scripts } from '../../src/store/scripts.js';
@@ -408,5 +409,61 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
     }
     // Read and acknowledged unhandled: no later test's consumer sends their webhooks.
     await ack(await read('filing', 100));
+  });
+});
+
+describe('a webhook job held behind an earlier event of its request', () => {
+  let t: TestEngine | undefined;
+  let receiver: Receiver | undefined;
+  let worker: Worker<WebhookJobData> | undefined;
+  let queue: WebhookQueue | undefined;
+  const redises: Redis[] = [];
+  afterAll(async () => {
+    await worker?.close();
+    await queue?.close();
+    for (const r of redises) r.disconnect();
+    await t?.stop();
+    await receiver?.stop();
+  });
+
+  it('runs as soon as the earlier one is done, not at its next look (webhooks.orderPollMs)', async () => {
+    // A look every 8 s: the held job would wait that long without the wake-up.
+    t = await startTestEngine(testConfig({ webhooks: { allowPrivate: true, orderPollMs: 8000 }, accounts: { fieldCacheMs: 0 } }), 'api');
+    const group = t.config.events.webhookGroup;
+    receiver = new Receiver();
+    const url = await receiver.start();
+    const account = await t.account();
+    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, url);
+    const workerRedis = new Redis(t.config.redis.url, { maxRetriesPerRequest: null });
+    const consumerRedis = new Redis(t.config.redis.url);
+    redises.push(workerRedis, consumerRedis);
+    const q = (queue = new WebhookQueue(workerRedis, t.keys.bullPrefix(), t.config.webhooks));
+    // Wired as main.ts wires it: the processor wakes held jobs through the queue.
+    const processor = new WebhookProcessor({ redis: t.redis, keys: t.keys, sealer: t.sealer, config: t.config.webhooks, metrics: new Metrics({ defaultMetrics: false }), logger: silent, heldJobs: q });
+    worker = new Worker<WebhookJobData>(WEBHOOK_QUEUE, (job, token) => processor.process(job, token), { connection: workerRedis, prefix: t.keys.bullPrefix(), concurrency: 5 });
+    const consumer = new HandDrivenConsumer(consumerRedis, t.keys, group, 'test', silent, q, { fieldCacheMs: 0 });
+    const service = new VerificationService(t.redis, t.keys, t.sealer, t.config, { enqueue: async () => undefined }, silent, new Set<Method>(['flash_call']));
+    const read = async (name: string): Promise<StreamEntry[]> => {
+      const res = (await t!.redis.xreadgroup('GROUP', group, name, 'COUNT', 10, 'STREAMS', t!.keys.events(), '>')) as [string, [string, string[]][]][] | null;
+      return (res?.[0]?.[1] ?? []).map(([id, flat]) => {
+        const fields: Record<string, string> = {};
+        for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!;
+        return { id, fields };
+      });
+    };
+
+    const { request_id: id } = await service.create(account, { phone_number: '+447700900230' });
+    // `sent` read by one consumer and not handled yet; `delivered` handled by another meanwhile: its job steps back.
+    const [sent] = await read('slow');
+    await new EventPublisher(t.redis, t.keys, 1000).publish({ request_id: id, account_id: account.account_id, method: 'flash_call', status: 'delivered', detail: {} });
+    const [delivered] = await read('fast');
+    await consumer.handleEntry(delivered!);
+    await waitFor(async () => (await q.queue.getJobState(delivered!.id)) === 'delayed', 3000);
+    // Now `sent` is handled: once delivered, `delivered` goes at once.
+    await consumer.handleEntry(sent!);
+    // Within 4 s of it (a loaded machine's room), where its next look would be 8 s after it stepped back.
+    await waitFor(async () => receiver!.events(id).length === 2, 4000);
+    expect(receiver.events(id)).toEqual(['verification.sent', 'verification.delivered']);
+    await t.redis.xack(t.keys.events(), group, sent!.id, delivered!.id);
   });
 });
