@@ -10,7 +10,7 @@ import { scripts } from '../store/scripts.js';
 import { isoSeconds } from '../verification/types.js';
 import { WebhookAgents } from './webhook-agents.js';
 import { WebhookBreaker, type WebhookGate } from './webhook-breaker.js';
-import { ORDER_QUEUED, markOrderDone, orderMember, orderMemberEventId, type WebhookJobData } from './webhook-queue.js';
+import { ORDER_HELD, markOrderDone, orderMember, orderMemberEventId, type WebhookJobData } from './webhook-queue.js';
 import { WebhookDeliveryError, postWebhook, signWebhook } from './webhook-sender.js';
 import { WebhookHostCache } from './webhook-host-cache.js';
 import { assertWebhookTarget, lookupAll, type ResolveAll } from './webhook-target.js';
@@ -476,14 +476,14 @@ export class WebhookProcessor {
   }
 
   /**
-   * Marks the event done (true when it was pending) and wakes the jobs of its request's later events that wait for
-   * it. The queued ones are read in the same round trip as the mark (one write, autopipelined).
+   * Marks the event done (true when it was pending) and wakes the jobs of its request's later events that stepped back
+   * for it (ORDER_HELD), read in the same round trip as the mark (one write, autopipelined).
    */
   private async markDone(order: string, member: string): Promise<boolean> {
     const { redis, heldJobs } = this.deps;
     const [changed, queued] = await Promise.all([
       markOrderDone(redis, order, member),
-      heldJobs ? redis.zrangebyscore(order, ORDER_QUEUED, ORDER_QUEUED) : undefined,
+      heldJobs ? redis.zrangebyscore(order, ORDER_HELD, ORDER_HELD) : undefined,
     ]);
     const later = queued?.filter((m) => m > member) ?? [];
     if (later.length) {

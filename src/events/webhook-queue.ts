@@ -68,12 +68,15 @@ export function orderMemberTime(member: string): number {
 
 /**
  * Scores in `Keys.webhookOrder`. An event is filed WRITTEN by the script that writes it to the stream; the webhook
- * consumer that handles it makes it QUEUED (its job exists) or DONE (no webhook for it); the processor makes it DONE
+ * consumer that handles it makes it QUEUED (its job exists) or DONE (no webhook for it); a delivery that finds an
+ * earlier event of its request pending makes it HELD (woken when that one is done); the processor makes it DONE
  * once delivered, dropped or given up. Scores only go up (ZADD GT / XX), so a redelivered stream entry never puts
  * a done event back among the pending ones.
  */
 export const ORDER_WRITTEN = -1;
 export const ORDER_QUEUED = 0;
+/** Its delivery found an earlier event pending and stepped back (prepareWebhook-4): woken when that one is done. */
+export const ORDER_HELD = 0.5;
 export const ORDER_DONE = 1;
 
 /**

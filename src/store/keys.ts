@@ -67,7 +67,8 @@ export class Keys {
    * Sorted set of one request's webhook events, members sortable stream ids
    * (webhook-queue.ts orderMember): score -1 written (filed by the script that
    * wrote the event, lua/includes/writeEvent.lua), 0 queued by a
-   * webhook consumer, 1 done (delivered, dropped, given up, or no webhook for
+   * webhook consumer, 0.5 held behind an earlier event (its job is woken when
+   * that one is done), 1 done (delivered, dropped, given up, or no webhook for
    * it; kept so that a redelivered stream entry cannot make it pending again).
    * Created with the request and its TTL (createVerification-8): about a day
    * beyond an hour after the request expires; the record's `whq_until` says

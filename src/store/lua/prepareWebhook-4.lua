@@ -4,9 +4,11 @@
   account's current URL and whether its circuit breaker lets the delivery go, and the record and
   secret the payload and signature are made from. Four round trips before this script.
 
-  Order (Keys.webhookOrder, scores ORDER_WRITTEN -1, ORDER_QUEUED 0, ORDER_DONE 1): an earlier
-  member queued (its job exists, maybe in retry) holds this delivery back, as does one written but
-  not handled by any webhook consumer yet, for up to ARGV[4] ms after it was written. Earlier ones
+  Order (Keys.webhookOrder, scores ORDER_WRITTEN -1, ORDER_QUEUED 0, ORDER_HELD 0.5, ORDER_DONE 1):
+  an earlier member queued or held (its job exists, maybe in retry or itself waiting) holds this
+  delivery back, as does one written but not handled by any webhook consumer yet, for up to ARGV[4]
+  ms after it was written. A delivery held back marks itself HELD: the process that marks the
+  earlier one done wakes its job (WebhookQueue.promoteHeld). Earlier ones
   written longer ago and still not handled are given up waiting for: marked done here, and returned
   so the caller can warn. Their age is taken on Redis's clock (TIME), the clock their stream ids
   were made on, so a worker whose clock is off neither waits for ever nor gives up at once.
@@ -44,7 +46,7 @@ local member = ARGV[1]
 -- consumer sent at once whose stream entry is handled again): nothing to send. Not asked for a
 -- replay, which sends a given-up event again on purpose.
 if ARGV[5] == '1' and tonumber(redis.call('ZSCORE', KEYS[1], member)) == 1 then return { 'done' } end
-local pending = redis.call('ZRANGEBYSCORE', KEYS[1], -1, 0, 'WITHSCORES')
+local pending = redis.call('ZRANGEBYSCORE', KEYS[1], -1, '(1', 'WITHSCORES')
 local givenUp = {}
 if #pending > 0 then
   local t = redis.call('TIME')
@@ -53,7 +55,10 @@ if #pending > 0 then
   for i = 1, #pending, 2 do
     local earlier = pending[i]
     if earlier < member then
-      if tonumber(pending[i + 1]) ~= -1 or nowRedis - tonumber(string.sub(earlier, 1, 15)) < maxWait then return { 'held' } end
+      if tonumber(pending[i + 1]) ~= -1 or nowRedis - tonumber(string.sub(earlier, 1, 15)) < maxWait then
+        redis.call('ZADD', KEYS[1], 'XX', 'GT', 0.5, member)
+        return { 'held' }
+      end
       givenUp[#givenUp + 1] = earlier
     end
   end
