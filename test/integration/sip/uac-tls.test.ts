@@ -282,7 +282,9 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
       expect(rec.events.map((e) => e.type)).toEqual(['answered', 'ended']);
       expect((await end.sipp.waitForExit(10_000)).code).toBe(0);
       expect(end.sipp.received().map((m) => m.method)).toEqual(['INVITE', 'ACK', 'BYE']);
-      expect(accepted(end.stunnel)).toBe(1);
+      // One connection of ours to it, the INVITE's, counted on our side. stunnel's own count once said 3 in a full
+      // suite run (not seen alone, nor with the CPU loaded): a connection from elsewhere to a reused port would do that.
+      expect(logLines.filter((l) => l.includes('"msg":"SIP TLS connection up"') && l.includes(`:${end.port}"`))).toHaveLength(1);
     });
 
     it('a trunk\'s own handshakeTimeoutMs: two trunks to one silent peer each give up after their own (not sip.tls\'s 2 s), on connections of their own', async () => {
