@@ -912,9 +912,9 @@ export const configSchema = z
         voiceConcurrency: z.number().int().positive().default(200),
         /** SMS jobs in flight per worker process (bounded in turn by the SMPP windows). */
         smsConcurrency: z.number().int().positive().default(100),
-        /** Runs again of a delivery or webhook job whose process died (stalled) before the job fails. */
+        /** Runs again of a delivery, webhook or workflow step-timer job whose process died (stalled) before the job fails. */
         maxStalledCount: z.number().int().nonnegative().default(1),
-        /** BullMQ job lock of delivery and webhook jobs; a dead process's jobs are seen as stalled once it lapses. */
+        /** BullMQ job lock of delivery, webhook and step-timer jobs; a dead process's jobs are seen as stalled once it lapses. */
         lockDurationMs: z.number().int().positive().default(30_000),
         /** How often BullMQ looks for stalled jobs (of dead workers). */
         stalledIntervalMs: z.number().int().positive().default(30_000),

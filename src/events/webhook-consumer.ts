@@ -3,10 +3,10 @@ import type { Logger } from 'pino';
 import { AccountFieldCache } from '../accounts/account-field-cache.js';
 import type { Keys } from '../store/keys.js';
 import { GroupConsumer, type GroupConsumerOptions, type StreamEntry, type Unsettled } from './group-consumer.js';
-import { ORDER_QUEUED, WEBHOOK_EVENTS, markOrderDone, orderMember, type WebhookJobData } from './webhook-queue.js';
+import { ORDER_QUEUED, WEBHOOK_EVENTS, markOrderDone, orderMember, type HeldJobs, type WebhookJobData } from './webhook-queue.js';
 
-/** Where webhook deliveries go (a BullMQ queue in production). */
-export interface WebhookJobs {
+/** Where webhook deliveries go (a BullMQ queue in production), and what wakes the ones held for an earlier event. */
+export interface WebhookJobs extends HeldJobs {
   /** `afterFailedTry`: a direct send's first try, begun then, failed; the job makes the other attempts (webhook-queue.ts). */
   add(data: WebhookJobData, afterFailedTry?: { triedAt: number }): Promise<void>;
 }
@@ -66,9 +66,10 @@ export class WebhookConsumer extends GroupConsumer {
     const order = this.keys.webhookOrder(requestId);
     const member = orderMember(id);
     // A failed workflow step with steps left is not the request's failure: the next step starts instead.
-    if (event === 'verification.failed' && fields.step !== undefined && Number(fields.step) < Number(fields.steps) - 1) return this.skip(order, member);
+    if (event === 'verification.failed' && fields.step !== undefined && Number(fields.step) < Number(fields.steps) - 1) return this.skip(order, member, true);
     const url = await this.webhookUrls.get(accountId, 'webhook_url');
-    if (!url) return this.skip(order, member);
+    // No URL: the request has no order set (or nothing of it goes out any more), so no job is held for this event.
+    if (!url) return this.skip(order, member, false);
     const data: WebhookJobData = {
       event_id: id,
       event,
@@ -95,8 +96,11 @@ export class WebhookConsumer extends GroupConsumer {
     this.logger.debug({ request_id: data.request_id, event_id: data.event_id, event: data.event, retry: !!afterFailedTry }, 'webhook queued');
   }
 
-  /** An event that gets no webhook is done at once: the account may set a URL before the request's next event. */
-  private async skip(order: string, member: string): Promise<void> {
-    await markOrderDone(this.redis, order, member);
+  /**
+   * An event that gets no webhook is done at once: the account may set a URL before the request's next event.
+   * `wakeHeld`: a later event's job held for it runs at once, as after a delivery.
+   */
+  private async skip(order: string, member: string, wakeHeld: boolean): Promise<void> {
+    await markOrderDone(this.redis, order, member, wakeHeld ? { jobs: this.jobs, logger: this.logger } : undefined);
   }
 }

@@ -10,7 +10,7 @@ import { scripts } from '../store/scripts.js';
 import { isoSeconds } from '../verification/types.js';
 import { WebhookAgents } from './webhook-agents.js';
 import { WebhookBreaker, type WebhookGate } from './webhook-breaker.js';
-import { ORDER_HELD, markOrderDone, orderMember, orderMemberEventId, type WebhookJobData } from './webhook-queue.js';
+import { markOrderDone, orderMember, orderMemberTime, type HeldJobs, type WebhookJobData } from './webhook-queue.js';
 import { WebhookDeliveryError, postWebhook, signWebhook } from './webhook-sender.js';
 import { WebhookHostCache } from './webhook-host-cache.js';
 import { assertWebhookTarget, lookupAll, type ResolveAll } from './webhook-target.js';
@@ -33,7 +33,7 @@ export interface WebhookProcessorDeps {
    * The webhook queue: when an event is done, the jobs of its request's later events that wait for it run at once
    * (promoteHeld) instead of at their next look. Without it they wait for that look (`webhooks.orderPollMs`, doubling).
    */
-  heldJobs?: { promoteHeld(eventIds: readonly string[]): Promise<number> };
+  heldJobs?: HeldJobs;
 }
 
 /** What one delivery needs, read in one round trip (prepareWebhook-4.lua). */
@@ -475,23 +475,10 @@ export class WebhookProcessor {
     );
   }
 
-  /**
-   * Marks the event done (true when it was pending) and wakes the jobs of its request's later events that stepped back
-   * for it (ORDER_HELD), read in the same round trip as the mark (one write, autopipelined).
-   */
-  private async markDone(order: string, member: string): Promise<boolean> {
-    const { redis, heldJobs } = this.deps;
-    const [changed, queued] = await Promise.all([
-      markOrderDone(redis, order, member),
-      heldJobs ? redis.zrangebyscore(order, ORDER_HELD, ORDER_HELD) : undefined,
-    ]);
-    const later = queued?.filter((m) => m > member) ?? [];
-    if (later.length) {
-      await heldJobs!.promoteHeld(later.map(orderMemberEventId)).catch((err: Error) =>
-        this.deps.logger.warn({ err: err.message }, 'could not wake the webhooks waiting for this one; they look again at their own time'),
-      );
-    }
-    return changed;
+  /** Marks the event done (true when it was pending), waking the later events' jobs held for it. */
+  private markDone(order: string, member: string): Promise<boolean> {
+    const { redis, heldJobs, logger } = this.deps;
+    return markOrderDone(redis, order, member, heldJobs && { jobs: heldJobs, logger });
   }
 
   /** Sends the event to `url`; false when it was not sent on purpose (record gone, contradicts the final status). */
@@ -537,8 +524,8 @@ export class WebhookProcessor {
       { timeoutMs: config.timeoutMs, allowPrivate: config.allowPrivate, resolveAll, signal, agents: this.agents },
     );
     if (status < 200 || status > 299) throw new WebhookDeliveryError(`receiver answered HTTP ${status}`);
-    // The stream id's first part is when the event was written; a replay is an operator's, not a lag of the engine's.
-    const writtenAt = Number(d.event_id.slice(0, d.event_id.indexOf('-')));
+    // Its stream id's time is when the event was written; a replay is an operator's, not a lag of the engine's.
+    const writtenAt = orderMemberTime(orderMember(d.event_id));
     const lag = d.replayed_at === undefined && writtenAt > 0 ? Math.max(0, Date.now() - writtenAt) / 1000 : undefined;
     this.deps.metrics.webhookDelivered((performance.now() - started) / 1000, lag);
     log.info({ event: d.event, http_status: status, host: target.host }, 'webhook delivered');

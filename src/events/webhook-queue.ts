@@ -1,5 +1,6 @@
 import { Job, Queue, type ConnectionOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
 import { connectionErrorLoggedElsewhere } from '../store/redis.js';
 
 /** BullMQ queue of webhook deliveries, under `<redis.prefix>:bull`. */
@@ -79,13 +80,37 @@ export const ORDER_QUEUED = 0;
 export const ORDER_HELD = 0.5;
 export const ORDER_DONE = 1;
 
+/** What runs held webhook jobs at once (WebhookQueue.promoteHeld). */
+export interface HeldJobs {
+  promoteHeld(eventIds: readonly string[]): Promise<number>;
+}
+
 /**
  * Marks an event of the order set done: it no longer holds back its request's later events, and a redelivered
  * stream entry cannot make it pending again (its QUEUED is ZADD GT). XX: never creates the set, whose TTL the
  * script that writes the request's first event sets. True when the event was filed and not done yet.
+ *
+ * With `wake`, the jobs of the request's later events that stepped back for it (ORDER_HELD) run at once instead of at
+ * their next look (`webhooks.orderPollMs`, doubling); they are read in the same round trip as the mark (one write,
+ * autopipelined). A wake-up that fails is logged: they then look again at their own time.
  */
-export async function markOrderDone(redis: Pick<Redis, 'zadd'>, order: string, member: string): Promise<boolean> {
-  return Number(await redis.zadd(order, 'XX', 'CH', ORDER_DONE, member)) > 0;
+export async function markOrderDone(
+  redis: Pick<Redis, 'zadd' | 'zrangebyscore'>,
+  order: string,
+  member: string,
+  wake?: { jobs: HeldJobs; logger: Logger },
+): Promise<boolean> {
+  const [changed, held] = await Promise.all([
+    redis.zadd(order, 'XX', 'CH', ORDER_DONE, member),
+    wake ? redis.zrangebyscore(order, ORDER_HELD, ORDER_HELD) : undefined,
+  ]);
+  const later = held?.filter((m) => m > member) ?? [];
+  if (wake && later.length) {
+    await wake.jobs.promoteHeld(later.map(orderMemberEventId)).catch((err: Error) =>
+      wake.logger.warn({ err: err.message }, 'could not wake the webhooks waiting for this one; they look again at their own time'),
+    );
+  }
+  return Number(changed) > 0;
 }
 
 /** Events written up to this long after their request expires are filed in its order set (a later one, rare, is not waited for). */
@@ -102,7 +127,7 @@ export function webhookOrderLife(now: number, expiresAt: number): { recordUntil:
   return { recordUntil, ttlSeconds: Math.ceil((recordUntil - now) / 1000) + ORDER_KEPT_AFTER_FILING_S };
 }
 
-export class WebhookQueue {
+export class WebhookQueue implements HeldJobs {
   readonly queue: Queue<WebhookJobData>;
 
   constructor(

@@ -231,7 +231,7 @@ describe('account field cache', () => {
     it('WebhookConsumer: one HGET webhook_url for a burst of events of one account, every event still queued', async () => {
       const id = await account({ webhook_url: 'http://127.0.0.1:9/hook' });
       const queued: WebhookJobData[] = [];
-      const consumer = new WebhookConsumer(redis, keys, 'webhooks', 'c1', logger, { add: async (d) => void queued.push(d) }, { fieldCacheMs: 60_000 });
+      const consumer = new WebhookConsumer(redis, keys, 'webhooks', 'c1', logger, { add: async (d) => void queued.push(d), promoteHeld: async () => 0 }, { fieldCacheMs: 60_000 });
       const handle = (consumer as unknown as { handle(e: { id: string; fields: Record<string, string> }): Promise<void> }).handle.bind(consumer);
       try {
         for (let i = 1; i <= 10; i++) {
