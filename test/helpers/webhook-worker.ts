@@ -30,7 +30,7 @@ export interface WebhookWorker {
 }
 
 /** The production webhook processor on the test engine's Redis, keys, sealer and `webhooks` config. */
-export function webhookProcessor(t: TestEngine, deps: Pick<WebhookProcessorDeps, 'metrics' | 'logger' | 'resolveAll' | 'directWaitMs'>): WebhookProcessor {
+export function webhookProcessor(t: TestEngine, deps: Pick<WebhookProcessorDeps, 'metrics' | 'logger' | 'resolveAll' | 'directWaitMs' | 'heldJobs'>): WebhookProcessor {
   return new WebhookProcessor({ redis: t.redis, keys: t.keys, sealer: t.sealer, config: t.config.webhooks, ...deps });
 }
 
@@ -40,7 +40,7 @@ export function startWebhookWorker(t: TestEngine, options: { concurrency: number
   const metrics = new Metrics({ defaultMetrics: false });
   const warnings: string[] = [];
   const logger = pino({ level: 'warn' }, { write: (line: string) => void warnings.push(line) });
-  const processor = new WebhookProcessor({ redis: t.redis, keys: t.keys, sealer: t.sealer, config: t.config.webhooks, metrics, logger, resolveAll: options.resolveAll, heldJobs: queue });
+  const processor = webhookProcessor(t, { metrics, logger, resolveAll: options.resolveAll, heldJobs: queue });
   metrics.watchWebhookDns(processor.hosts);
   const worker = new Worker<WebhookJobData>(WEBHOOK_QUEUE, (job, token) => processor.process(job, token), {
     connection: workerRedis,

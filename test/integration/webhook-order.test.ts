@@ -7,7 +7,6 @@ import { EventPublisher } from '../../src/events/event-publisher.js';
 import type { StreamEntry } from '../../src/events/group-consumer.js';
 import { WebhookConsumer } from '../../src/events/webhook-consumer.js';
 import { WEBHOOK_QUEUE, WebhookQueue, orderMember, type WebhookJobData } from '../../src/events/webhook-queue.js';
-import { WebhookProcessor } from '../../src/events/webhook-processor.js';
 import { describeGivenUp, givenUpWebhooks } from '../../src/events/webhook-replay.js';
 import { Metrics } from '../../src/metrics/metrics.js';
 import { scripts } from '../../src/store/scripts.js';
@@ -26,6 +25,18 @@ class HandDrivenConsumer extends WebhookConsumer {
 }
 
 const silent = pino({ level: 'silent' });
+
+/** XREADGROUP as consumer `name` of `group`: what that consumer would get next. */
+async function readAs(t: TestEngine, group: string, name: string, count: number): Promise<StreamEntry[]> {
+  const res = (await t.redis.xreadgroup('GROUP', group, name, 'COUNT', count, 'STREAMS', t.keys.events(), '>')) as
+    | [string, [string, string[]][]][]
+    | null;
+  return (res?.[0]?.[1] ?? []).map(([id, flat]) => {
+    const fields: Record<string, string> = {};
+    for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!;
+    return { id, fields };
+  });
+}
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
@@ -92,16 +103,7 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
   });
 
   /** XREADGROUP as `name` in the webhooks group: what that consumer would get next. */
-  async function read(name: string, count: number): Promise<StreamEntry[]> {
-    const res = (await t.redis.xreadgroup('GROUP', group, name, 'COUNT', count, 'STREAMS', t.keys.events(), '>')) as
-      | [string, [string, string[]][]][]
-      | null;
-    return (res?.[0]?.[1] ?? []).map(([id, flat]) => {
-      const fields: Record<string, string> = {};
-      for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!;
-      return { id, fields };
-    });
-  }
+  const read = (name: string, count: number): Promise<StreamEntry[]> => readAs(t, group, name, count);
 
   async function ack(entries: StreamEntry[]): Promise<void> {
     await t.redis.xack(t.keys.events(), group, ...entries.map((e) => e.id));
@@ -439,18 +441,12 @@ describe('a webhook job held behind an earlier event of its request', () => {
     redises.push(workerRedis, consumerRedis);
     const q = (queue = new WebhookQueue(workerRedis, t.keys.bullPrefix(), t.config.webhooks));
     // Wired as main.ts wires it: the processor wakes held jobs through the queue.
-    const processor = new WebhookProcessor({ redis: t.redis, keys: t.keys, sealer: t.sealer, config: t.config.webhooks, metrics: new Metrics({ defaultMetrics: false }), logger: silent, heldJobs: q });
+    const processor = webhookProcessor(t, { metrics: new Metrics({ defaultMetrics: false }), logger: silent, heldJobs: q });
     worker = new Worker<WebhookJobData>(WEBHOOK_QUEUE, (job, token) => processor.process(job, token), { connection: workerRedis, prefix: t.keys.bullPrefix(), concurrency: 5 });
     const consumer = new HandDrivenConsumer(consumerRedis, t.keys, group, 'test', silent, q, { fieldCacheMs: 0 });
     const service = new VerificationService(t.redis, t.keys, t.sealer, t.config, { enqueue: async () => undefined }, silent, new Set<Method>(['flash_call']));
-    const read = async (name: string): Promise<StreamEntry[]> => {
-      const res = (await t!.redis.xreadgroup('GROUP', group, name, 'COUNT', 10, 'STREAMS', t!.keys.events(), '>')) as [string, [string, string[]][]][] | null;
-      return (res?.[0]?.[1] ?? []).map(([id, flat]) => {
-        const fields: Record<string, string> = {};
-        for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!;
-        return { id, fields };
-      });
-    };
+    const engine = t;
+    const read = (name: string): Promise<StreamEntry[]> => readAs(engine, group, name, 10);
 
     const { request_id: id } = await service.create(account, { phone_number: '+447700900230' });
     // `sent` read by one consumer and not handled yet; `delivered` handled by another meanwhile: its job steps back.
