@@ -29,7 +29,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { redisTarget } from '../src/store/redis.js';
 import { parseBenchArgs } from './lib/args.js';
-import { WEBHOOK_QUEUE } from '../src/events/webhook-queue.js';
+import { WEBHOOK_QUEUE, orderMember, orderMemberTime } from '../src/events/webhook-queue.js';
 import { Keys } from '../src/store/keys.js';
 import { deepMerge, scrape, startFlashverify, sumMetric, type RunningEngine } from './lib/engine.js';
 import { httpClientArg, httpFirer, runOpenLoop, type FireResult, type HttpClientKind, type LoadResult } from './lib/load.js';
@@ -678,7 +678,7 @@ async function startHookReceiver(): Promise<{
       const now = Date.now();
       if (!firstAtMs) firstAtMs = now;
       lastAtMs = now;
-      const written = Number(String(req.headers['x-flashverify-event-id'] ?? '').split('-')[0]);
+      const written = orderMemberTime(orderMember(String(req.headers['x-flashverify-event-id'] ?? '')));
       if (written > 0) lagsMs.push(now - written);
       try {
         const body = JSON.parse(Buffer.concat(chunks).toString()) as { event?: unknown; request_id?: unknown };
