@@ -18,9 +18,17 @@ export class LuaScript {
     this.numKeys = Number(m[1]);
   }
 
-  /** Reads src/store/lua/<name>.lua, each line `--- @include "<file>"` replaced by lua/includes/<file>.lua (as in BullMQ). */
+  /**
+   * Reads src/store/lua/<name>.lua, each line `--- @include "<file>"` replaced by lua/includes/<file>.lua (as in
+   * BullMQ), and each line `--- @function "<script>" as <fn>` by that whole script (with its includes) as a local
+   * function `<fn>(KEYS, ARGV)`: a script that runs others in one step calls them as they are, not a copy of them.
+   */
   static load(name: string): LuaScript {
-    const source = readLua(name).replace(/^--- @include "([\w-]+)"$/gm, (_, file: string) => readLua(`includes/${file}`));
+    const source = readLua(name)
+      .replace(/^--- @include "([\w-]+)"$/gm, (_, file: string) => readLua(`includes/${file}`))
+      .replace(/^--- @function "([\w-]+)" as (\w+)$/gm, (_, script: string, fn: string) => {
+        return `local function ${fn}(KEYS, ARGV)\n${LuaScript.load(script).source}\nend`;
+      });
     return new LuaScript(name, source);
   }
 
@@ -43,6 +51,7 @@ function readLua(name: string): string {
 /** All scripts, loaded once per process. */
 export const scripts = {
   createVerification: LuaScript.load('createVerification-8'),
+  createAdmitted: LuaScript.load('createAdmitted-12'),
   expireVerification: LuaScript.load('expireVerification-7'),
   recordCheck: LuaScript.load('recordCheck-4'),
   applyEvent: LuaScript.load('applyEvent-4'),

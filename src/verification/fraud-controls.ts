@@ -36,6 +36,31 @@ export interface AdmittedSend {
   keys: string[];
 }
 
+/** A send ready for checkVelocity-3 (FraudControls.planSend). */
+export interface PlannedSend extends AdmittedSend {
+  windows: readonly { limit: number; windowSeconds: number }[];
+  /** checkVelocity-3's ARGV. */
+  args: (string | number)[];
+}
+
+/** checkVelocity-3's answer: {"ok"} or {"limited", index of the full window (1..3), ms until a slot frees}. */
+export type VelocityResult = [string, number?, number?];
+
+/** The 429 of a send refused by a velocity window (checkVelocity-3 answered "limited"), with Retry-After. */
+export function velocityRefusal(send: Pick<PlannedSend, 'windows'>, result: VelocityResult): ApiError {
+  const i = Number(result[1]) - 1;
+  const label = VELOCITY_LABELS[i]!;
+  const w = send.windows[i]!;
+  const retryAfter = Math.max(1, Math.ceil(Number(result[2]) / 1000));
+  const err = new ApiError(
+    'rate_limited',
+    `Too many verifications ${label.what}: the ${label.name} limit is ${w.limit} per ${w.windowSeconds} s; retry in ${retryAfter} s`,
+    { limit: label.name },
+  );
+  err.headers['Retry-After'] = retryAfter;
+  return err;
+}
+
 const VELOCITY_LABELS = [
   { name: 'per-number', what: 'to this number' },
   { name: 'per-prefix', what: 'to numbers of this prefix' },
@@ -133,6 +158,22 @@ export class FraudControls {
    * the requests an address makes, not the steps they go through).
    */
   async admitSend(accountId: string, policy: FraudPolicy, e164: string, clientIp: string | undefined, now = Date.now()): Promise<AdmittedSend> {
+    return this.admitPlanned(await this.planSend(accountId, policy, e164, clientIp, now));
+  }
+
+  /** admitSend of a send already planned (planSend). */
+  async admitPlanned(send: PlannedSend): Promise<AdmittedSend> {
+    const result = (await scripts.checkVelocity.run(this.deps.redis, send.keys, send.args)) as VelocityResult;
+    if (result[0] === 'limited') throw velocityRefusal(send, result);
+    return { member: send.member, keys: send.keys };
+  }
+
+  /**
+   * The velocity windows a send to `e164` counts in, and checkVelocity-3's arguments for it, with the windows
+   * counted under the previous master key's names moved first: for admitSend, or for the api's one-step create
+   * (createAdmitted-12), which checks and records them with the record.
+   */
+  async planSend(accountId: string, policy: FraudPolicy, e164: string, clientIp: string | undefined, now = Date.now()): Promise<PlannedSend> {
     const { keys, sealer } = this.deps;
     const v = policy.velocity;
     const subjects = [
@@ -147,23 +188,7 @@ export class FraudControls {
     }
     const windows = [v.perNumber, v.perPrefix, clientIp === undefined ? { limit: 0, windowSeconds: 1 } : v.perIp];
     const member = `${now}:${randomUUID()}`;
-    const result = (await scripts.checkVelocity.run(this.deps.redis, windowKeys, [
-      now,
-      member,
-      ...windows.flatMap((w) => [w.limit, w.windowSeconds * 1000]),
-    ])) as [string, number?, number?];
-    if (result[0] !== 'limited') return { member, keys: windowKeys };
-    const i = Number(result[1]) - 1;
-    const label = VELOCITY_LABELS[i]!;
-    const w = windows[i]!;
-    const retryAfter = Math.max(1, Math.ceil(Number(result[2]) / 1000));
-    const err = new ApiError(
-      'rate_limited',
-      `Too many verifications ${label.what}: the ${label.name} limit is ${w.limit} per ${w.windowSeconds} s; retry in ${retryAfter} s`,
-      { limit: label.name },
-    );
-    err.headers['Retry-After'] = retryAfter;
-    throw err;
+    return { member, keys: windowKeys, windows, args: [now, member, ...windows.flatMap((w) => [w.limit, w.windowSeconds * 1000])] };
   }
 
   /** Takes back an admitted send whose request failed afterwards (402, 403 ...). */

@@ -12,7 +12,7 @@ import { webhookOrderLife } from '../events/webhook-queue.js';
 import { CONVERSION_TTL_MS } from '../numbers/range-health.js';
 import { generateCode } from './codes.js';
 import { ApiError } from './errors.js';
-import type { AdmittedSend, FraudControls } from './fraud-controls.js';
+import { velocityRefusal, type AdmittedSend, type FraudControls, type VelocityResult } from './fraud-controls.js';
 import { findTestNumber, parseClientIp, screenDestination, screenWorkflow } from './fraud-rules.js';
 import { parseDestination } from './phone.js';
 import { priceMicro } from './pricing.js';
@@ -129,45 +129,9 @@ export class VerificationService {
     // A workflow request is created at its first step (workflow.ts): that step's method, code length and price.
     const method: Method = workflow ? workflow[0]!.method : single!;
     const codeLength = workflow ? workflow[0]!.code_length : singleCodeLength;
-    let live: { key: string; expected: string } | undefined;
-    let admitted: AdmittedSend | undefined;
-    if (fraud && policy && !testNumber) {
-      const liveKey = await fraud.liveKey(account.account_id, policy, dest.e164, workflow ? 'workflow' : method);
-      // Most numbers have no live verification: the pointer is claimed at once, in one round trip. Only a pointer
-      // that is there is read (a live request: 409 or a resend; a lapsed one: taken over by compare-and-set).
-      let claimedAtOnce = false;
-      if (liveKey) {
-        claimedAtOnce = await fraud.claimLive(liveKey, '', requestId, expirySeconds * 1000);
-        if (claimedAtOnce) live = { key: liveKey, expected: '' };
-      }
-      if (liveKey && !claimedAtOnce) {
-        const found = await fraud.live(liveKey, account.account_id);
-        if (found.live && input.resend === true && found.live.workflow) throw workflowResend(found.live.requestId);
-        if (found.live && input.resend === true && found.live.method === method) {
-          const deps = { redis: this.redis, keys: this.keys, sealer: this.sealer, config: this.config, queue: this.queue, fraud, logger: this.logger };
-          return resendLive(deps, account, { requestId: found.live.requestId, method }, dest, policy, clientIp);
-        }
-        if (found.live) throw pending(found.live.requestId, found.live.method ?? method, method);
-        live = { key: liveKey, expected: found.pointer };
-      }
-      if (live && !claimedAtOnce && !(await fraud.claimLive(live.key, live.expected, requestId, expirySeconds * 1000))) {
-        // Another request for this number won the race: a duplicate, not a send (no velocity counted).
-        const winner = await fraud.live(live.key, account.account_id);
-        throw pending(winner.live?.requestId ?? winner.pointer, winner.live?.method ?? method, method);
-      }
-      const claimed = live;
-      admitted = await fraud.admitSend(account.account_id, policy, dest.e164, clientIp).catch(async (err: unknown) => {
-        if (claimed) await fraud.releaseLive(claimed.key, requestId);
-        throw err;
-      });
-    }
     if (testNumber && testNumber.code.length !== codeLength && (method === 'flash_call' || input.code_length !== undefined)) {
       throw new ApiError('invalid_request', `the code of test number ${dest.e164} has ${testNumber.code.length} digits; code_length must match`);
     }
-    const releaseFraud = async (): Promise<void> => {
-      if (admitted) await fraud?.releaseSend(admitted);
-      if (live) await fraud?.releaseLive(live.key, requestId);
-    };
 
     // A test number accepts its configured code, costs nothing and never reaches the network.
     const code = testNumber ? testNumber.code : generateCode(codeLength);
@@ -184,51 +148,94 @@ export class VerificationService {
     };
     // The webhook order set is created with the request, and its events are filed in it as they are written.
     const order = webhookOrderLife(now, expiresAt);
-    const creating = scripts.createVerification.run(
-      this.redis,
-      [
-        this.keys.account(account.account_id),
-        this.keys.verification(requestId),
-        this.keys.events(),
-        this.keys.usage(account.account_id, utcDay(now)),
-        this.keys.expiries(),
-        // The intent to queue, filed by the script with the record: if this process dies before the job is queued,
-        // the enqueue reconciler finds the request there.
-        this.keys.unqueued(),
-        this.keys.webhookOrder(requestId),
-        // The send is counted in today's conversion `sent` by the script, with its charge: whichever process queues
-        // the job (this one, or the reconciler after it died), it is counted once (countSent.lua).
-        this.keys.conversion(utcDay(now)),
-      ],
-      [
-        requestId,
-        account.account_id,
-        method,
-        cost,
-        now,
-        expiresAt,
-        expirySeconds + vcfg.retentionSeconds,
-        this.sealer.seal(dest.e164, `phone:${requestId}`),
-        this.codeMac(requestId, code),
-        this.sealer.seal(code, `code:${requestId}`),
-        storedLength,
-        dest.country,
-        this.config.events.maxLen,
-        USAGE_TTL_SECONDS,
-        Object.entries(fields).flat().join('\n'),
-        order.ttlSeconds,
-        order.recordUntil,
-        CONVERSION_TTL_MS,
-      ],
-    );
-    const result = (await creating.catch(async (err: unknown) => {
-      await releaseFraud();
-      throw err;
-    })) as [string, string | number];
-    if (result[0] !== 'ok') {
-      await releaseFraud();
-      throw createError(String(result[1]));
+    const createKeys = [
+      this.keys.account(account.account_id),
+      this.keys.verification(requestId),
+      this.keys.events(),
+      this.keys.usage(account.account_id, utcDay(now)),
+      this.keys.expiries(),
+      // The intent to queue, filed by the script with the record: if this process dies before the job is queued,
+      // the enqueue reconciler finds the request there.
+      this.keys.unqueued(),
+      this.keys.webhookOrder(requestId),
+      // The send is counted in today's conversion `sent` by the script, with its charge: whichever process queues
+      // the job (this one, or the reconciler after it died), it is counted once (countSent.lua).
+      this.keys.conversion(utcDay(now)),
+    ];
+    const createArgs = [
+      requestId,
+      account.account_id,
+      method,
+      cost,
+      now,
+      expiresAt,
+      expirySeconds + vcfg.retentionSeconds,
+      this.sealer.seal(dest.e164, `phone:${requestId}`),
+      this.codeMac(requestId, code),
+      this.sealer.seal(code, `code:${requestId}`),
+      storedLength,
+      dest.country,
+      this.config.events.maxLen,
+      USAGE_TTL_SECONDS,
+      Object.entries(fields).flat().join('\n'),
+      order.ttlSeconds,
+      order.recordUntil,
+      CONVERSION_TTL_MS,
+    ];
+
+    let live: { key: string; expected: string } | undefined;
+    let admitted: AdmittedSend | undefined;
+    /** The create script's answer, when the one-step create below gave it. */
+    let result: [string, string | number] | undefined;
+    if (fraud && policy && !testNumber) {
+      const liveKey = await fraud.liveKey(account.account_id, policy, dest.e164, workflow ? 'workflow' : method);
+      const send = await fraud.planSend(account.account_id, policy, dest.e164, clientIp);
+      // Most numbers have no live verification: one script claims the pointer, admits the send in the velocity
+      // windows and creates the record (createAdmitted-12), and lets go of what it did when a later part refuses.
+      // Only a pointer that is there is read (a live request: 409 or a resend; a lapsed one: taken over by
+      // compare-and-set), on the path below.
+      const first = (await scripts.createAdmitted.run(
+        this.redis,
+        [...createKeys, liveKey ?? createKeys[1]!, ...send.keys],
+        [...createArgs, liveKey ? expirySeconds * 1000 : '', ...send.args],
+      )) as [string, string | number, number?];
+      if (first[0] === 'limited') throw velocityRefusal(send, first as VelocityResult);
+      if (first[0] !== 'live') result = [first[0], first[1]];
+      else {
+        const liveKeyThere = liveKey!;
+        const found = await fraud.live(liveKeyThere, account.account_id);
+        if (found.live && input.resend === true && found.live.workflow) throw workflowResend(found.live.requestId);
+        if (found.live && input.resend === true && found.live.method === method) {
+          const deps = { redis: this.redis, keys: this.keys, sealer: this.sealer, config: this.config, queue: this.queue, fraud, logger: this.logger };
+          return resendLive(deps, account, { requestId: found.live.requestId, method }, dest, policy, clientIp);
+        }
+        if (found.live) throw pending(found.live.requestId, found.live.method ?? method, method);
+        live = { key: liveKeyThere, expected: found.pointer };
+        if (!(await fraud.claimLive(live.key, live.expected, requestId, expirySeconds * 1000))) {
+          // Another request for this number won the race: a duplicate, not a send (no velocity counted).
+          const winner = await fraud.live(live.key, account.account_id);
+          throw pending(winner.live?.requestId ?? winner.pointer, winner.live?.method ?? method, method);
+        }
+        const claimed = live;
+        admitted = await fraud.admitPlanned(send).catch(async (err: unknown) => {
+          await fraud.releaseLive(claimed.key, requestId);
+          throw err;
+        });
+      }
     }
+    if (result === undefined) {
+      const releaseFraud = async (): Promise<void> => {
+        if (admitted) await fraud?.releaseSend(admitted);
+        if (live) await fraud?.releaseLive(live.key, requestId);
+      };
+      result = (await scripts.createVerification.run(this.redis, createKeys, createArgs).catch(async (err: unknown) => {
+        await releaseFraud();
+        throw err;
+      })) as [string, string | number];
+      if (result[0] !== 'ok') await releaseFraud();
+    }
+    // A refusal of the one-step create let go of its pointer and send itself.
+    if (result[0] !== 'ok') throw createError(String(result[1]));
     const log = this.logger.child({ request_id: requestId, account_id: account.account_id });
     // The step-0 timer goes before the job (workflow.ts). If this process dies before either, or the timer cannot be
     // added now, the intent stays filed and the reconciler adds them (same job ids).

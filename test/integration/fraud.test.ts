@@ -237,6 +237,34 @@ describe('one live verification per number and account', () => {
     for (const k of await t.redis.keys(`${t.config.redis.prefix}:live:*`)) expect(k).not.toMatch(/447700|\+44/);
   });
 
+  it('a request refused by a velocity window, or for its balance, leaves neither its live pointer nor its send behind', async () => {
+    const t = await start({ fraud: { velocity: { perIp: { limit: 1, windowSeconds: 60 }, perNumber: { limit: 1, windowSeconds: 60 } } } });
+    const a = await t.account({ balance: 0.005 });
+    const liveOf = async (): Promise<string[]> => {
+      const names = await t.redis.keys(`${t.config.redis.prefix}:live:*`);
+      return Promise.all(names.map(async (k) => (await t.redis.get(k)) ?? ''));
+    };
+    const ip = '198.51.100.9';
+    const first = await verify(t, a.auth, { phone_number: '+447700900351', client_ip: ip });
+    expect(first.status).toBe(201);
+    // Refused by the per-IP window after its pointer was claimed: the pointer goes with the refusal.
+    const limited = await verify(t, a.auth, { phone_number: '+447700900352', client_ip: ip });
+    expect([limited.status, limited.body.limit]).toEqual([429, 'per-IP']);
+    expect(await liveOf()).toEqual([first.body.request_id]);
+    // Refused by the create (402: 0.001 GBP left, a flash call costs 0.004) after the pointer and the send: both go.
+    const broke = await verify(t, a.auth, { phone_number: '+447700900352' });
+    expect([broke.status, broke.body.error]).toEqual([402, 'insufficient_balance']);
+    expect(await liveOf()).toEqual([first.body.request_id]);
+    expect(await t.redis.exists(t.keys.verification(String(broke.body.request_id ?? 'none')))).toBe(0);
+    // Topped up, the number goes out: not a 409 naming a refused request, nor a 429 of its per-number window (limit 1).
+    await t.accounts.topUp(a.account_id, 1);
+    const after = await verify(t, a.auth, { phone_number: '+447700900352' });
+    expect(after.status).toBe(201);
+    expect((await liveOf()).sort()).toEqual([first.body.request_id, after.body.request_id].sort());
+    expect((await verify(t, a.auth, { phone_number: '+447700900352' })).status).toBe(409);
+    expect((await t.accounts.get(a.account_id)).balance).toBeCloseTo(0.005 + 1 - 2 * 0.004, 6);
+  });
+
   it('concurrent requests for one number: exactly one is created, the others get its id', async () => {
     const t = await start({});
     const a = await t.account();
