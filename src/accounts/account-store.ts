@@ -88,6 +88,17 @@ export class AccountStore {
     return toAccount(h);
   }
 
+  /**
+   * The account of a Basic-auth pair that succeeded within `authCacheMs` in this process (auth-cache.ts), without
+   * Redis; undefined when it did not (or it is not cached): `authenticate` then tells.
+   */
+  authenticatedRecently(apiKey: string, secret: string): (Account & { secretOk: true }) | undefined {
+    const cacheMs = this.options.authCacheMs ?? 0;
+    if (cacheMs <= 0 || !/^[0-9a-f]{32}$/.test(apiKey)) return undefined;
+    const cached = authCache.get(authCache.slot(this.keys.account(''), apiKey, secret));
+    return cached ? { ...cached, secretOk: true } : undefined;
+  }
+
   /** The account a Basic-auth pair belongs to, or null; the secret is compared in constant time. */
   async authenticate(apiKey: string, secret: string): Promise<(Account & { secretOk: true }) | null> {
     if (!/^[0-9a-f]{32}$/.test(apiKey)) return null;

@@ -9,13 +9,14 @@ import { runReadiness } from '../metrics/metrics-server.js';
 import type { Sealer } from '../crypto/sealer.js';
 import type { Keys } from '../store/keys.js';
 import { isRedisUnavailable } from '../store/redis.js';
+import { scripts } from '../store/scripts.js';
 import { ApiError } from '../verification/errors.js';
 import { METHODS, utcDay } from '../verification/types.js';
 import type { VerificationService } from '../verification/verification-service.js';
 import { Idempotency, parseIdempotencyKey } from './idempotency.js';
 import { adminApi, type FraudAdmin } from './admin.js';
 import { openApiDocument } from './openapi.js';
-import { consumeRateLimit, rateLimitHeaders } from './rate-limit.js';
+import { consumeRateLimit, RATE_WINDOW_TTL_MS, rateLimitHeaders, rateLimitVerdict } from './rate-limit.js';
 import { AuthGuard } from './auth-guard.js';
 
 export interface ApiDeps {
@@ -115,8 +116,16 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
         inFlight++;
         // A response emits 'close' once: after it has been sent, or when its connection closed first.
         reply.raw.once('close', () => inFlight--);
-        req.account = await authenticate(req, reply, accounts, authGuard);
-        await rateLimit(req.account, reply, redis, keys, config.api.defaultRateLimitPerSecond);
+        const pair = basicPair(req.headers.authorization);
+        const known = pair && accounts.authenticatedRecently(pair.apiKey, pair.secret);
+        if (known) {
+          // A pair this process authenticated lately: the address's lock-out and the key's rate limit in one round trip.
+          req.account = known;
+          await admitKnown(req, reply, known, redis, keys, authGuard, config.api.defaultRateLimitPerSecond);
+        } else {
+          req.account = await authenticate(req, reply, accounts, authGuard, pair);
+          await rateLimit(req.account, reply, redis, keys, config.api.defaultRateLimitPerSecond);
+        }
       });
       v1.addHook('preValidation', async (req) => {
         if (req.routeOptions.url === undefined) return; // no such route: the 404 below, whatever the body
@@ -163,24 +172,62 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   return app;
 }
 
-async function authenticate(req: FastifyRequest, reply: FastifyReply, accounts: AccountStore, guard: AuthGuard): Promise<Account> {
-  // An address locked out for brute force gets 429 before its credentials are looked at (auth-guard.ts).
-  await guard.checkAddress(req.ip);
-  const header = req.headers.authorization ?? '';
-  const m = /^Basic ([A-Za-z0-9+/=]+)$/i.exec(header.trim());
+/** The API key and secret of a Basic Authorization header, or undefined when it is not one. */
+function basicPair(header: string | undefined): { apiKey: string; secret: string } | undefined {
+  const m = /^Basic ([A-Za-z0-9+/=]+)$/i.exec((header ?? '').trim());
   const decoded = m ? Buffer.from(m[1]!, 'base64').toString('utf8') : '';
   const sep = decoded.indexOf(':');
-  const account = sep > 0 ? await accounts.authenticate(decoded.slice(0, sep), decoded.slice(sep + 1)) : null;
+  return sep > 0 ? { apiKey: decoded.slice(0, sep), secret: decoded.slice(sep + 1) } : undefined;
+}
+
+async function authenticate(
+  req: FastifyRequest,
+  reply: FastifyReply,
+  accounts: AccountStore,
+  guard: AuthGuard,
+  pair: { apiKey: string; secret: string } | undefined,
+): Promise<Account> {
+  // An address locked out for brute force gets 429 before its credentials are looked at (auth-guard.ts).
+  await guard.checkAddress(req.ip);
+  const account = pair ? await accounts.authenticate(pair.apiKey, pair.secret) : null;
   if (!account) {
     void reply.header('WWW-Authenticate', 'Basic realm="FlashVerify"');
     // Counted atomically per address and per key; slows down, then locks the address out (429 + Retry-After).
     // No key's rate limit applies to a 401: its X-RateLimit-* headers give the address's failure budget.
-    const budget = await guard.failed(req.ip, sep > 0 ? decoded.slice(0, sep) : undefined);
+    const budget = await guard.failed(req.ip, pair?.apiKey);
     void reply.headers(rateLimitHeaders(budget));
     throw new ApiError('unauthorized');
   }
   // Pending and suspended accounts may still read; they may not start verifications.
   return account;
+}
+
+/**
+ * An account known from the auth cache: the address's lock-out (429 as AuthGuard.checkAddress: such a pair is still
+ * refused from a locked-out address) and then the key's one-second window, in one script (admitRequest-2).
+ */
+async function admitKnown(
+  req: FastifyRequest,
+  reply: FastifyReply,
+  account: Account,
+  redis: Redis,
+  keys: Keys,
+  guard: AuthGuard,
+  defaultLimit: number,
+): Promise<void> {
+  const second = Math.floor(Date.now() / 1000);
+  const [verdict, n] = (await scripts.admitRequest.run(
+    redis,
+    [keys.authFailures('ip', req.ip), keys.rateLimit(account.api_key, second)],
+    [guard.lockAfter, RATE_WINDOW_TTL_MS],
+  )) as [string, number];
+  if (verdict === 'locked') throw guard.lockedFor(n);
+  try {
+    rateLimitVerdict(account, defaultLimit, second, n, (w) => void reply.headers(rateLimitHeaders(w)));
+  } catch (err) {
+    if (err instanceof ApiError && err.code === 'rate_limited') void reply.header('Retry-After', 1);
+    throw err;
+  }
 }
 
 async function rateLimit(account: Account, reply: FastifyReply, redis: Redis, keys: Keys, defaultLimit: number): Promise<void> {

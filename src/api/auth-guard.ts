@@ -41,13 +41,22 @@ export class AuthGuard {
     private readonly sleep: (ms: number) => Promise<void> = (ms) => new Promise((r) => setTimeout(r, ms)),
   ) {}
 
+  /** From this many failures an address is locked out (admitRequest-2 checks it with the rate limit). */
+  get lockAfter(): number {
+    return this.options.lockAfter;
+  }
+
+  /** The lock-out's 429 for a TTL read with the count (admitRequest-2): a TTL of 0 or less counts as a whole window. */
+  lockedFor(ttl: number): ApiError {
+    return this.locked(ttl > 0 ? ttl : this.options.windowSeconds);
+  }
+
   /** Throws 429 when the address is locked out. */
   async checkAddress(address: string): Promise<void> {
     const key = this.keys.authFailures('ip', address);
     // Every request pays this check: one read, and the TTL only for an address that is locked out.
     if (Number((await this.redis.get(key)) ?? 0) < this.options.lockAfter) return;
-    const ttl = await this.redis.ttl(key);
-    throw this.locked(ttl > 0 ? ttl : this.options.windowSeconds);
+    throw this.lockedFor(await this.redis.ttl(key));
   }
 
   /**
@@ -68,7 +77,8 @@ export class AuthGuard {
     return { limit: this.options.lockAfter, remaining: Math.max(0, this.options.lockAfter - byAddress), reset: epochSecondsIn(ttl) };
   }
 
-  private locked(retryAfter: number): ApiError {
+  /** The 429 of a locked-out address, `retryAfter` seconds before its window ends. */
+  locked(retryAfter: number): ApiError {
     const err = new ApiError('rate_limited', `Too many failed authentication attempts from this address; retry after ${retryAfter} seconds`);
     err.headers['Retry-After'] = retryAfter;
     Object.assign(err.headers, rateLimitHeaders({ limit: this.options.lockAfter, remaining: 0, reset: epochSecondsIn(retryAfter) }));

@@ -30,9 +30,26 @@ export async function consumeRateLimit(
   defaultLimit: number,
   onWindow: (w: RateLimitWindow) => void = () => undefined,
 ): Promise<RateLimitWindow> {
-  const limit = account.rate_limit ?? defaultLimit;
   const second = Math.floor(Date.now() / 1000);
-  const count = Number(await scripts.rateLimit.run(redis, [keys.rateLimit(account.api_key, second)], [2000]));
+  const count = Number(await scripts.rateLimit.run(redis, [keys.rateLimit(account.api_key, second)], [RATE_WINDOW_TTL_MS]));
+  return rateLimitVerdict(account, defaultLimit, second, count, onWindow);
+}
+
+/** TTL of a one-second window's counter (rateLimit-1's ARGV[1]). */
+export const RATE_WINDOW_TTL_MS = 2000;
+
+/**
+ * The window of an API key's request counted as the `count`th of `second` (by rateLimit-1, or by admitRequest-2 with
+ * the address check): `onWindow` sees it, then `rate_limited` is thrown when the count is over the key's limit.
+ */
+export function rateLimitVerdict(
+  account: Pick<Account, 'rate_limit'>,
+  defaultLimit: number,
+  second: number,
+  count: number,
+  onWindow: (w: RateLimitWindow) => void = () => undefined,
+): RateLimitWindow {
+  const limit = account.rate_limit ?? defaultLimit;
   const window = { limit, remaining: Math.max(0, limit - count), reset: second + 1 };
   onWindow(window);
   if (count > limit) {

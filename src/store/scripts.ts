@@ -56,6 +56,7 @@ export const scripts = {
   recordCheck: LuaScript.load('recordCheck-4'),
   applyEvent: LuaScript.load('applyEvent-4'),
   rateLimit: LuaScript.load('rateLimit-1'),
+  admitRequest: LuaScript.load('admitRequest-2'),
   recordAuthFailure: LuaScript.load('recordAuthFailure-2'),
   checkVelocity: LuaScript.load('checkVelocity-3'),
   swapLive: LuaScript.load('swapLive-1'),

@@ -24,6 +24,7 @@ describe('API secret brute force', { timeout: 30_000 }, () => {
       'api',
     );
     const a = await engine.account();
+    const b = await engine.account();
     const wrong = basic(a.api_key, 'f'.repeat(64));
     const timed = async (auth: string) => {
       const t0 = performance.now();
@@ -49,12 +50,27 @@ describe('API secret brute force', { timeout: 30_000 }, () => {
       expect(r).toMatchObject({ status: 401, error: 'unauthorized' });
       expect(r.ms).toBeGreaterThanOrEqual(990);
     }
+    // Another account, authenticated just before the lock-out: this process knows its pair (auth cache, 1 s), and
+    // the lock-out is checked with its rate limit in one script (admitRequest-2).
+    expect((await http(`${engine.url}/v1/balance`, { auth: b.auth })).status).toBe(200);
     // The 6th failure locks the address: 429 with Retry-After, for the right secret too.
     expect(await timed(wrong)).toMatchObject({ status: 429, error: 'rate_limited' });
     const locked = await timed(a.auth);
     expect(locked).toMatchObject({ status: 429, error: 'rate_limited', remaining: '0' });
     expect(Number(locked.retryAfter)).toBeGreaterThanOrEqual(1);
     expect(Number(locked.retryAfter)).toBeLessThanOrEqual(6);
+    // A locked-out request is not counted in its key's one-second window (its counters live 2 s: the warm-up's is there).
+    const counted = async () => {
+      const names = await engine!.redis.keys(`${engine!.config.redis.prefix}:rl:${b.api_key}:*`);
+      return (await Promise.all(names.map(async (k) => Number(await engine!.redis.get(k))))).reduce((x, y) => x + y, 0);
+    };
+    const before = await counted();
+    expect(before).toBeGreaterThanOrEqual(1);
+    const lockedKnown = await timed(b.auth);
+    expect(await counted()).toBe(before);
+    expect(lockedKnown).toMatchObject({ status: 429, error: 'rate_limited', remaining: '0' });
+    expect(Number(lockedKnown.retryAfter)).toBeGreaterThanOrEqual(1);
+    expect(Number(lockedKnown.retryAfter)).toBeLessThanOrEqual(6);
     // Counted per address and per key, in Redis.
     expect(await engine.redis.get(engine.keys.authFailures('ip', '127.0.0.1'))).toBe('6');
     expect(await engine.redis.get(engine.keys.authFailures('key', a.api_key))).toBe('6');
