@@ -93,23 +93,30 @@ export class AccountStore {
    * Redis; undefined when it did not (or it is not cached): `authenticate` then tells.
    */
   authenticatedRecently(apiKey: string, secret: string): (Account & { secretOk: true }) | undefined {
-    const cacheMs = this.options.authCacheMs ?? 0;
-    if (cacheMs <= 0 || !/^[0-9a-f]{32}$/.test(apiKey)) return undefined;
-    const cached = authCache.get(authCache.slot(this.keys.account(''), apiKey, secret));
+    const slot = this.cacheSlot(apiKey, secret);
+    const cached = slot !== undefined ? authCache.get(slot) : undefined;
     return cached ? { ...cached, secretOk: true } : undefined;
+  }
+
+  /** The pair's entry in the auth cache, when the cache is on and the key well formed. */
+  private cacheSlot(apiKey: string, secret: string): string | undefined {
+    if ((this.options.authCacheMs ?? 0) <= 0 || !/^[0-9a-f]{32}$/.test(apiKey)) return undefined;
+    return authCache.slot(this.keys.account(''), apiKey, secret);
   }
 
   /** The account a Basic-auth pair belongs to, or null; the secret is compared in constant time. */
   async authenticate(apiKey: string, secret: string): Promise<(Account & { secretOk: true }) | null> {
     if (!/^[0-9a-f]{32}$/.test(apiKey)) return null;
-    const cacheMs = this.options.authCacheMs ?? 0;
-    const slot = cacheMs > 0 ? authCache.slot(this.keys.account(''), apiKey, secret) : undefined;
-    const cached = slot !== undefined ? authCache.get(slot) : undefined;
-    if (cached) return { ...cached, secretOk: true };
+    const recent = this.authenticatedRecently(apiKey, secret);
+    if (recent) return recent;
     const account = await this.authenticateInRedis(apiKey, secret);
-    if (!account) authCache.forgetKey(apiKey);
-    else if (slot !== undefined) authCache.set(slot, account, cacheMs);
-    return account ? { ...account, secretOk: true } : null;
+    if (!account) {
+      authCache.forgetKey(apiKey);
+      return null;
+    }
+    const slot = this.cacheSlot(apiKey, secret);
+    if (slot !== undefined) authCache.set(slot, account, this.options.authCacheMs ?? 0);
+    return { ...account, secretOk: true };
   }
 
   private async authenticateInRedis(apiKey: string, secret: string): Promise<Account | null> {

@@ -78,7 +78,7 @@ export class AuthGuard {
   }
 
   /** The 429 of a locked-out address, `retryAfter` seconds before its window ends. */
-  locked(retryAfter: number): ApiError {
+  private locked(retryAfter: number): ApiError {
     const err = new ApiError('rate_limited', `Too many failed authentication attempts from this address; retry after ${retryAfter} seconds`);
     err.headers['Retry-After'] = retryAfter;
     Object.assign(err.headers, rateLimitHeaders({ limit: this.options.lockAfter, remaining: 0, reset: epochSecondsIn(retryAfter) }));

@@ -202,15 +202,15 @@ export class VerificationService {
       if (first[0] === 'limited') throw velocityRefusal(send, first as VelocityResult);
       if (first[0] !== 'live') result = [first[0], first[1]];
       else {
-        const liveKeyThere = liveKey!;
-        const found = await fraud.live(liveKeyThere, account.account_id);
+        const pointerKey = liveKey!; // "live" is only answered with a pointer key
+        const found = await fraud.live(pointerKey, account.account_id);
         if (found.live && input.resend === true && found.live.workflow) throw workflowResend(found.live.requestId);
         if (found.live && input.resend === true && found.live.method === method) {
           const deps = { redis: this.redis, keys: this.keys, sealer: this.sealer, config: this.config, queue: this.queue, fraud, logger: this.logger };
           return resendLive(deps, account, { requestId: found.live.requestId, method }, dest, policy, clientIp);
         }
         if (found.live) throw pending(found.live.requestId, found.live.method ?? method, method);
-        live = { key: liveKeyThere, expected: found.pointer };
+        live = { key: pointerKey, expected: found.pointer };
         if (!(await fraud.claimLive(live.key, live.expected, requestId, expirySeconds * 1000))) {
           // Another request for this number won the race: a duplicate, not a send (no velocity counted).
           const winner = await fraud.live(live.key, account.account_id);
