@@ -124,7 +124,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
           await admitKnown(req, reply, known, redis, keys, authGuard, config.api.defaultRateLimitPerSecond);
         } else {
           req.account = await authenticate(req, reply, accounts, authGuard, pair);
-          await rateLimit(req.account, reply, redis, keys, config.api.defaultRateLimitPerSecond);
+          await consumeRateLimit(redis, keys, req.account, config.api.defaultRateLimitPerSecond, (w) => void reply.headers(rateLimitHeaders(w)));
         }
       });
       v1.addHook('preValidation', async (req) => {
@@ -222,21 +222,7 @@ async function admitKnown(
     [guard.lockAfter, RATE_WINDOW_TTL_MS],
   )) as [string, number];
   if (verdict === 'locked') throw guard.lockedFor(n);
-  try {
-    rateLimitVerdict(account, defaultLimit, second, n, (w) => void reply.headers(rateLimitHeaders(w)));
-  } catch (err) {
-    if (err instanceof ApiError && err.code === 'rate_limited') void reply.header('Retry-After', 1);
-    throw err;
-  }
-}
-
-async function rateLimit(account: Account, reply: FastifyReply, redis: Redis, keys: Keys, defaultLimit: number): Promise<void> {
-  try {
-    await consumeRateLimit(redis, keys, account, defaultLimit, (w) => void reply.headers(rateLimitHeaders(w)));
-  } catch (err) {
-    if (err instanceof ApiError && err.code === 'rate_limited') void reply.header('Retry-After', 1);
-    throw err;
-  }
+  rateLimitVerdict(account, defaultLimit, second, n, (w) => void reply.headers(rateLimitHeaders(w)));
 }
 
 async function usage(redis: Redis, keys: Keys, account: Account, from?: string, to?: string) {

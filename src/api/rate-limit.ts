@@ -40,7 +40,8 @@ export const RATE_WINDOW_TTL_MS = 2000;
 
 /**
  * The window of an API key's request counted as the `count`th of `second` (by rateLimit-1, or by admitRequest-2 with
- * the address check): `onWindow` sees it, then `rate_limited` is thrown when the count is over the key's limit.
+ * the address check): `onWindow` sees it, then `rate_limited` (with Retry-After) is thrown when the count is over the
+ * key's limit.
  */
 export function rateLimitVerdict(
   account: Pick<Account, 'rate_limit'>,
@@ -53,7 +54,10 @@ export function rateLimitVerdict(
   const window = { limit, remaining: Math.max(0, limit - count), reset: second + 1 };
   onWindow(window);
   if (count > limit) {
-    throw new ApiError('rate_limited', `Too many requests: the limit is ${limit} requests per second for this API key`);
+    const err = new ApiError('rate_limited', `Too many requests: the limit is ${limit} requests per second for this API key`);
+    // The window ends within the second.
+    err.headers['Retry-After'] = 1;
+    throw err;
   }
   return window;
 }

@@ -180,6 +180,7 @@ describe('FlashVerify v1 API', () => {
     expect(statuses).toEqual([200, 200, 200, 429]);
     expect(last!.body.error).toBe('rate_limited');
     expect(last!.headers.get('x-ratelimit-remaining')).toBe('0');
+    expect(last!.headers.get('retry-after')).toBe('1');
   });
 
   it('reports balance and usage', async () => {
