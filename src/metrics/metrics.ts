@@ -445,8 +445,10 @@ export class Metrics {
     this.webhookFailures.inc({ final: final ? 'true' : 'false' });
   }
 
-  /** A webhook delivered (2xx) in `seconds`, from resolving the receiver's host to its status line. */
-  /** `lagSeconds`: from the event's stream entry to the 2xx (undefined: not known, a replayed event). */
+  /**
+   * A webhook delivered (2xx) in `seconds`, from resolving the receiver's host to its status line; `lagSeconds`: from
+   * the event's stream entry to the 2xx (undefined: not known, a replayed event).
+   */
   webhookDelivered(seconds: number, lagSeconds?: number): void {
     this.webhookDelivery.observe(seconds);
     if (lagSeconds !== undefined) this.webhookLag.observe(lagSeconds);
