@@ -46,6 +46,8 @@ const USAGE = `npm run bench -- flash [options]
   --ring-ms MS       flash.ringMs: ring time before CANCEL (default 1000)
   --workers N        --role worker processes (default 1)
   --api-procs N      --role api processes, requests spread round-robin (default 1)
+  --combined         the --workers processes run --role all (api and worker in one, as npm start does) and take
+                     the requests themselves, round-robin; no --role api process
   --via http|queue   HTTP API (default) or straight into BullMQ with the in-process producer
   --connections N    keep-alive connections per api process (default 64)
   --client raw|node  the generator's HTTP client: raw (default, bench/lib/raw-http.ts) or node:http
@@ -79,6 +81,7 @@ interface FlashOpts {
   ringMs: number;
   workers: number;
   apiProcs: number;
+  combined: boolean;
   via: string;
   connections: number;
   client: HttpClientKind;
@@ -111,6 +114,7 @@ async function main(): Promise<void> {
     'ring-ms': { type: 'string', default: '1000' },
     workers: { type: 'string', default: '1' },
     'api-procs': { type: 'string', default: '1' },
+    combined: { type: 'boolean' },
     via: { type: 'string', default: 'http' },
     connections: { type: 'string', default: '64' },
     client: { type: 'string', default: 'raw' },
@@ -144,6 +148,7 @@ async function main(): Promise<void> {
     ringMs,
     workers,
     apiProcs: a.num('api-procs', 1, 8),
+    combined: a.bool('combined'),
     via: a.str('via'),
     connections: a.num('connections', 1, 1024),
     client: httpClientArg(a.str('client')),
@@ -175,6 +180,8 @@ async function main(): Promise<void> {
   if (o.webhookProcs > 0 && !o.webhooks) throw new Error('--webhook-procs needs --webhooks');
   if (o.webhookNice > 0 && !o.webhookProcs) throw new Error('--webhook-nice needs --webhook-procs');
   if (o.killWorker !== undefined && o.killWorker >= o.duration) throw new Error('--kill-worker must be less than --duration (seconds into the load)');
+  if (o.combined && o.via !== 'http') throw new Error('--combined takes its requests over HTTP (--via http)');
+  if (o.combined && o.killWorker !== undefined) throw new Error('--kill-worker restarts a --role worker process; not with --combined');
   if (o.sippRates.length === 0) o.sippRates = [o.rate];
   if (o.sippRates.some((r) => !(r > 0 && r <= 20_000))) throw new Error('--sipp-rates: each from 1 to 20000');
 
@@ -182,7 +189,7 @@ async function main(): Promise<void> {
   // Start-up + load + drain + SIPp ceiling runs + teardown, with room to spare.
   stack.hardCap(o.duration * (1 + (o.sippCeiling ? o.sippRates.length : 0)) + 300);
   try {
-    header(`flash: ${o.rate} calls/s for ${o.duration} s, ring ${o.ringMs} ms, ${o.workers} worker(s), ${o.apiProcs} api, via ${o.via}`, `npm run bench -- flash ${process.argv.slice(2).join(' ')}`);
+    header(`flash: ${o.rate} calls/s for ${o.duration} s, ring ${o.ringMs} ms, ${o.combined ? `${o.workers} combined (--role all)` : `${o.workers} worker(s), ${o.apiProcs} api`}, via ${o.via}`, `npm run bench -- flash ${process.argv.slice(2).join(' ')}`);
     line(`machine: ${machineDescription()}`);
     if (!o.sippOnly) {
       stack.build(o.useDist, o.app);
@@ -221,8 +228,9 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   await waitUasUp(stack, uas.m, uas.statFile);
   const hooks = o.webhooks ? await startHookReceiver() : undefined;
   const engine = await startFlashverify(stack, {
-    apiProcs: o.via === 'http' ? o.apiProcs : 0,
+    apiProcs: o.via === 'http' && !o.combined ? o.apiProcs : 0,
     workerProcs: o.workers,
+    combined: o.combined,
     webhookProcs: o.webhookProcs,
     webhookNice: o.webhookNice,
     trunkUri: `sip:127.0.0.1:${uasPort}`,
@@ -235,13 +243,14 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     extra: o.webhooks ? { ...configJson, webhooks: { ...((configJson.webhooks as object | undefined) ?? {}), allowPrivate: true } } : configJson,
   });
   if (hooks) stack.cli(['account', 'set-webhook', engine.account.account_id, '--url', hooks.url], engine.configFile);
-  line(`engine: ${engine.apis.length} api (pids ${engine.apis.map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), ${engine.webhookSenders.length} webhooks (pids ${engine.webhookSenders.map((x) => x.m.pid).join(',') || '-'}${o.webhookNice ? `, nice ${o.webhookNice}` : ''}), cps ${o.cps}/worker, flashConcurrency ${o.concurrency}, log ${o.logLevel}${o.nodeArgs.length ? `, node ${o.nodeArgs.join(' ')}` : ''}${Object.keys(configJson).length ? `, config ${JSON.stringify(configJson)}` : ''}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
+  line(`engine: ${o.combined ? 0 : engine.apis.length} api (pids ${(o.combined ? [] : engine.apis).map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), ${engine.webhookSenders.length} webhooks (pids ${engine.webhookSenders.map((x) => x.m.pid).join(',') || '-'}${o.webhookNice ? `, nice ${o.webhookNice}` : ''}), cps ${o.cps}/worker, flashConcurrency ${o.concurrency}, log ${o.logLevel}${o.nodeArgs.length ? `, node ${o.nodeArgs.join(' ')}` : ''}${Object.keys(configJson).length ? `, config ${JSON.stringify(configJson)}` : ''}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
 
   const { fire, close } = await makeFirer(engine, o);
   const rpid = await redisPid(o.redisUrl);
   const watched: WatchedProcess[] = [
-    ...engine.apis.map((x, i) => ({ name: `api${i}`, pid: x.m.pid })),
-    ...engine.workers.map((x, i) => ({ name: `worker${i}`, pid: x.m.pid })),
+    // A combined process is watched once, under its worker name.
+    ...(o.combined ? [] : engine.apis.map((x, i) => ({ name: `api${i}`, pid: x.m.pid }))),
+    ...engine.workers.map((x, i) => ({ name: o.combined ? `worker${i} (all)` : `worker${i}`, pid: x.m.pid })),
     ...engine.webhookSenders.map((x, i) => ({ name: `webhooks${i}`, pid: x.m.pid })),
     { name: 'sipp uas', pid: uas.m.pid },
     ...(rpid ? [{ name: 'redis-server (shared)', pid: rpid }] : []),

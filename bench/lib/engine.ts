@@ -1,5 +1,5 @@
 /**
- * Starts flashverify for a benchmark: N `--role api`, M `--role worker` and
+ * Starts flashverify for a benchmark: N `--role api`, M `--role worker` (or M `--role all`, `combined`) and
  * K `--role webhooks` processes of the real CLI (`node dist/main.js`), sharing a generated config
  * (unique redis.prefix, random master key, loopback ports), plus one active
  * account created with the CLI. Optional `--cpu-prof` per role.
@@ -27,6 +27,11 @@ export interface EngineOptions {
   extra?: Record<string, unknown>;
   /** node options for every engine process, e.g. ['--max-semi-space-size=64'] (A/B of V8 flags). */
   nodeArgs?: readonly string[];
+  /**
+   * Each of the `workerProcs` processes runs `--role all` (api and worker in one process, as `npm start` does) and
+   * takes requests on its own HTTP port; `apiProcs` must then be 0.
+   */
+  combined?: boolean;
 }
 
 export interface RunningEngine {
@@ -74,14 +79,22 @@ export async function startFlashverify(stack: Stack, o: EngineOptions): Promise<
   ];
 
   const configFile = stack.writeConfig('cli', base({}));
+  if (o.combined && o.apiProcs > 0) throw new Error('combined processes take the requests themselves: apiProcs must be 0');
   const workers: RunningEngine['workers'] = [];
+  const apis: RunningEngine['apis'] = [];
   for (let i = 0; i < o.workerProcs; i++) {
+    // A combined process serves /metrics and /readyz on its HTTP port (the separate listener is for worker roles).
     const metricsPort = await freeTcpPort();
     const sipPort = await freeSipPort();
-    const file = stack.writeConfig(`worker${i}`, base({ sip: { listen: { host: '127.0.0.1', port: sipPort, transports: ['udp'] } }, metrics: { host: '127.0.0.1', port: metricsPort } }));
-    const nodeArgs = prof('worker', `worker${i}`);
-    const m = stack.startEngine(`worker${i}`, 'worker', file, nodeArgs);
+    const sip = { listen: { host: '127.0.0.1', port: sipPort, transports: ['udp'] } };
+    const file = stack.writeConfig(
+      `worker${i}`,
+      base(o.combined ? { sip, http: { host: '127.0.0.1', port: metricsPort } } : { sip, metrics: { host: '127.0.0.1', port: metricsPort } }),
+    );
+    const nodeArgs = o.combined ? [...new Set([...prof('worker', `worker${i}`), ...prof('api', `worker${i}`)])] : prof('worker', `worker${i}`);
+    const m = stack.startEngine(`worker${i}`, o.combined ? 'all' : 'worker', file, nodeArgs);
     workers.push({ m, metricsPort, sipPort, configFile: file, nodeArgs });
+    if (o.combined) apis.push({ m, port: metricsPort });
   }
   const webhookSenders: RunningEngine['webhookSenders'] = [];
   for (let i = 0; i < (o.webhookProcs ?? 0); i++) {
@@ -89,7 +102,6 @@ export async function startFlashverify(stack: Stack, o: EngineOptions): Promise<
     const file = stack.writeConfig(`webhooks${i}`, base({ metrics: { host: '127.0.0.1', port: metricsPort } }));
     webhookSenders.push({ m: stack.startEngine(`webhooks${i}`, 'webhooks', file, prof('webhooks', `webhooks${i}`), o.webhookNice ?? 0), metricsPort });
   }
-  const apis: RunningEngine['apis'] = [];
   for (let i = 0; i < o.apiProcs; i++) {
     const port = await freeTcpPort();
     const file = stack.writeConfig(`api${i}`, base({ http: { host: '127.0.0.1', port } }));
