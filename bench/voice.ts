@@ -19,7 +19,9 @@
  * Beside each row, the host's floor from the same seconds (startFloorProbe,
  * cyclictest): how often a thread that does nothing but sleep woke more than
  * 5 ms late. `late_on_wake` counts the packets that were already more than
- * 5 ms late when the RTP thread woke: the host had not run it.
+ * 5 ms late when the RTP thread began its turn: the host had not run it, or
+ * the thread's own event loop took that long between two turns (a socket bind
+ * that grew the descriptor table did, before fd-table.ts).
  */
 import { spawn } from 'node:child_process';
 import { cpus } from 'node:os';

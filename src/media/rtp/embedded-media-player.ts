@@ -19,7 +19,7 @@ export interface RtpStats {
   packets: number;
   /** Packets that left more than 5 ms after their due time. */
   lateOver5ms: number;
-  /** Of lateOver5ms: already late when the RTP thread woke, i.e. the host did not run it in time. */
+  /** Of lateOver5ms: already late when the RTP thread's turn began: the host did not run it, or its event loop's round between turns was long. */
   lateOnWake: number;
   maxLateMs: number;
 }
@@ -112,6 +112,7 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
     worker.unref();
     worker.on('message', (m: FromWorker) => {
       if (m.t === 'priority') return this.reportPriority(m);
+      if (m.t === 'fdTable') return this.reportFdTable(m);
       const h = this.handlers.get(m.id);
       if (!h) return;
       switch (m.t) {
@@ -153,6 +154,19 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
   threadPriority: Extract<FromWorker, { t: 'priority' }> | undefined;
   /** What asking for SCHED_FIFO gave (see rtp-worker.ts applyRealtime). */
   threadRealtime: Extract<FromWorker, { t: 'priority' }> | undefined;
+
+  /** The descriptor table the RTP thread grew at its start (rtp-worker.ts, fd-table.ts); undefined before. */
+  fdTable: Extract<FromWorker, { t: 'fdTable' }> | undefined;
+
+  private reportFdTable(m: Extract<FromWorker, { t: 'fdTable' }>): void {
+    this.fdTable = m;
+    const log = this.opts.logger;
+    if (m.error !== undefined) {
+      log?.warn({ sockets: m.sockets, err: m.error }, `could not make room for ${m.sockets} RTP sockets in the descriptor table (${m.error}); a bind that grows it stalls every stream for a few ms`);
+    } else if (m.tableSize !== undefined) {
+      log?.info({ sockets: m.sockets, fd_table_size: m.tableSize, opened: m.opened, ms: Math.round(m.ms ?? 0) }, `descriptor table sized for the RTP port range (${m.tableSize} slots)`);
+    }
+  }
 
   private reportPriority(m: Extract<FromWorker, { t: 'priority' }>): void {
     const log = this.opts.logger;

@@ -58,13 +58,18 @@ export type FromWorker =
       completed: boolean;
       packets: number;
       lateOver5ms: number;
-      /** Of lateOver5ms: already late when the RTP thread woke (the host did not run it in time). */
+      /** Of lateOver5ms: already late when the RTP thread's turn began (the host did not run it, or its event loop's round was long). */
       lateOnWake: number;
       maxLateMs: number;
     }
   | { t: 'closed'; id: number }
   /** A socket error (ICMP unreachable and the like): logged, never fatal. */
   | { t: 'socketError'; id: number; message: string }
+  /**
+   * Sent at start: the process's descriptor table grown to hold a socket for every port of the range
+   * (fd-table.ts), so that no bind has to grow it while streams play; or why it could not be.
+   */
+  | { t: 'fdTable'; id: 0; sockets: number; opened?: number; tableSize?: number; ms?: number; error?: string }
   /**
    * Sent at start for what was asked: a nice value (policy undefined), or
    * SCHED_FIFO (policy 'fifo'; on failure a nice message may follow).

@@ -16,6 +16,7 @@ import { readFileSync, readlinkSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { dueTime, dueUpTo } from './pacing.js';
+import { reserveFdTable } from './fd-table.js';
 import { RtpPortPool } from './port-pool.js';
 import { RTP_HEADER_BYTES } from './rtp-packetizer.js';
 import { nothingPlayed, type FromWorker, type RtpWorkerData, type ToWorker } from './rtp-worker-protocol.js';
@@ -32,7 +33,7 @@ interface Stream {
   packets: Buffer;
   sent: number;
   late: number;
-  /** Of `late`: packets already more than 5 ms late when the thread woke (the host did not run it). */
+  /** Of `late`: packets already more than 5 ms late when the turn began (the host did not run the thread, or its event loop's round between turns was long). */
   lateOnWake: number;
   maxLate: number;
 }
@@ -113,6 +114,17 @@ function applyRealtime(asked: number, fallback: () => void): void {
       fallback();
     }
   });
+}
+
+/*
+ * Before any socket is bound: room in the descriptor table for one socket per port of the range, so that no
+ * bind waits for the table to grow while streams play (fd-table.ts: each doubling stalled this thread 5-14 ms).
+ */
+try {
+  const r = reserveFdTable(pool.capacity);
+  post({ t: 'fdTable', id: 0, sockets: pool.capacity, ...(r ? { opened: r.opened, tableSize: r.tableSize, ms: r.ms } : {}) });
+} catch (err) {
+  post({ t: 'fdTable', id: 0, sockets: pool.capacity, error: (err as Error).message });
 }
 
 const applyNice = (): void => {
@@ -220,7 +232,8 @@ function sendDue(): number {
       st.sent++;
       if (lateMs > LATE_MS) {
         st.late++;
-        // Already late when the thread got the CPU back: the host's scheduling, not this loop's work.
+        // Already late when the turn began: the host did not run the thread, or the event loop's round before it
+        // (commands, socket events) was long; not this turn's own sending.
         if (woke - due > LATE_MS) st.lateOnWake++;
       }
       if (lateMs > st.maxLate) st.maxLate = lateMs;

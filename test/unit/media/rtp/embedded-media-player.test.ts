@@ -6,6 +6,7 @@ import { decode, encode } from '../../../../src/media/g711.js';
 import type { Announcement } from '../../../../src/media/media-player.js';
 import { PromptLibrary } from '../../../../src/media/prompts.js';
 import { EmbeddedMediaPlayer } from '../../../../src/media/rtp/embedded-media-player.js';
+import { fdTableSize } from '../../../../src/media/rtp/fd-table.js';
 import { MediaError } from '../../../../src/media/sdp.js';
 import { decodeStream, findAll, startRtpReceiver, type RtpReceiver } from '../../../helpers/rtp-receiver.js';
 
@@ -95,6 +96,24 @@ describe('EmbeddedMediaPlayer (RTP worker thread)', () => {
     await first.close();
     const again = await player.createSession(logger);
     expect(again.offer).toContain(`m=audio ${port} `);
+  });
+});
+
+describe.runIf(process.platform === 'linux')('EmbeddedMediaPlayer: the descriptor table (fd-table.ts)', () => {
+  it("grows the process's descriptor table at the RTP thread's start to hold a socket per port of the range, and logs it", async () => {
+    const infos: string[] = [];
+    const log = pino({ level: 'info' }, { write: (line: string) => void infos.push(line) });
+    // 8,000 ports: 4,000 sockets (even ports only), more than this test process's table holds before.
+    player = new EmbeddedMediaPlayer({ bindHost: '127.0.0.1', advertisedHost: '127.0.0.1', portMin: 44000, portMax: 51999, logger: log });
+    expect(fdTableSize()).toBeLessThan(4000);
+    // The report is posted before any command is handled: it is in by the time the first session is open.
+    await (await player.createSession(logger)).close();
+    const t = player.fdTable!;
+    expect(t.error).toBeUndefined();
+    expect(t.sockets).toBe(4000);
+    expect(t.tableSize).toBeGreaterThanOrEqual(4000);
+    expect(fdTableSize()).toBe(t.tableSize);
+    expect(infos.join('')).toContain('descriptor table sized for the RTP port range');
   });
 });
 
