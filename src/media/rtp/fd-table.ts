@@ -9,8 +9,8 @@ import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
  * waits for an RCU grace period (`expand_fdtable` calls `synchronize_rcu`). On the 2-vCPU VM of BENCHMARKS.md
  * the `open()` that crossed descriptor 256 took 9.7 ms, 512 6.8 ms, 1024 14.2 ms and 2048 4.9 ms; every
  * other one took microseconds. The RTP thread binds each call's socket, and while one of those binds waited,
- * no stream of the thread sent anything. At 500 concurrent calls that was every late packet of a run: 40-500
- * packets more than 5 ms late, at the same session counts every time (about 216 and 472 sockets).
+ * no stream of the thread sent anything. At 500 concurrent calls that made most of a run's late packets (3 to
+ * 512 packets more than 5 ms late per run), at the same socket counts every time (about 216 and 472).
  *
  * The table never shrinks, so opening placeholders (/dev/null) up to the size needed and closing them at once
  * pays for every doubling at start, before any stream plays.
