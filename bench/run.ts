@@ -7,6 +7,7 @@
  *   api     POST /v1/verify only (enqueue; no worker delivers)               bench/api.ts
  *   drive   POST /v1/verify at a rate against a running engine (starts nothing) bench/drive.ts
  *   voice   RTP pacing of the embedded media player                          bench/voice.ts
+ *   voice-calls voice OTP calls end to end through one worker (API → SIPp → RTP)  bench/voice-calls.ts
  *   profile summarise .cpuprofile files (top self time)                     bench/profile-summary.ts
  *   sms     SMS verifications through the worker: queue → submit_sm → receipt → delivered  bench/sms.ts
  *   floor   the platform's own cost: HTTP + BullMQ + Redis stream, nothing of ours   bench/floor.ts
@@ -21,6 +22,7 @@ const BENCHES: Record<string, string> = {
   api: 'api.ts',
   drive: 'drive.ts',
   voice: 'voice.ts',
+  'voice-calls': 'voice-calls.ts',
   profile: 'profile-summary.ts',
   sms: 'sms.ts',
   floor: 'floor.ts',

@@ -336,7 +336,7 @@ export class Metrics {
       name: 'flashverify_rtp_packets_late_total',
       help:
         'RTP packets sent more than 5 ms after their due time, counted when each playback ends; ' +
-        'when="on_wake": already that late when the RTP thread woke (the host did not run it), when="in_turn": the rest',
+        'when="on_wake": already that late when the RTP thread began its turn (the host did not run it, or its event loop was held), when="in_turn": the rest',
       labelNames: ['when'],
       registers,
       collect() {
