@@ -33,6 +33,7 @@ const USAGE = `npm run bench -- voice-calls [options]
   --rate N           voice verifications per second, open loop (default 55: about 500 calls at once; max 200)
   --duration S       seconds of requests (default 30, max 600); calls then play out
   --answer-ms MS     SIPp answers this long after its 180 (default 200)
+  --node-args "..."  node options for the engine processes (A/B of V8 flags, --trace-gc with --keep-logs)
 ${STACK_USAGE}`;
 
 /** An announcement (the code read twice) is about 9 s; a call still not ended this long after the last request is counted as such. */
@@ -43,6 +44,7 @@ async function main(): Promise<void> {
     rate: { type: 'string', default: '55' },
     duration: { type: 'string', default: '30' },
     'answer-ms': { type: 'string', default: '200' },
+    'node-args': { type: 'string', default: '' },
     ...STACK_OPTIONS,
   });
   if (a.help) return line(USAGE);
@@ -84,6 +86,7 @@ async function main(): Promise<void> {
       ringMs: 1000,
       logLevel: 'warn',
       profile: [],
+      nodeArgs: a.str('node-args').split(' ').filter(Boolean),
       extra: {
         worker: { voiceConcurrency: maxCalls },
         media: { rtp: { portMin: 40000, portMax: 40000 + 2 * maxCalls + 1 } },
