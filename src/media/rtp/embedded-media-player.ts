@@ -41,18 +41,6 @@ export interface EmbeddedMediaPlayerOptions {
 }
 
 /**
- * The RTP thread's young generation (two semi-spaces and the large-object space: three times the semi-space). At
- * 500 calls the thread sends about 25,000 packets a second, and each send allocates (dgram's request and the
- * packet's view). With V8's default sizes a busy worker's RTP thread scavenged every ~55 ms, and about one
- * scavenge in thirty paused it 1.6-4.4 ms (node --trace-gc): with a late wake-up, enough to send packets more
- * than 5 ms late. 16 MB semi-spaces from the start made the scavenges about three times rarer (563 against 172
- * over 40 s of 500 calls); each costs about the same, the thread's live data being small (BENCHMARKS.md,
- * voice-calls). Set with the worker's resourceLimits (the most) and a V8 flag read when its heap is set up (the
- * least), as --no-memory-reducer is below.
- */
-const RTP_YOUNG_GENERATION_MB = 48;
-
-/**
  * Starts the RTP worker thread. Built (dist/), this module is .js and so is
  * the worker next to it. Under tsx or vitest it is .ts: Node 20 does not
  * apply `--import tsx` to a worker's entry file, so a tiny bootstrap
@@ -65,9 +53,7 @@ function startRtpWorker(data: RtpWorkerData): Worker {
   // when an isolate's heap is set up, so it applies to the worker started next (and any later
   // one), not to this thread's existing heap.
   setFlagsFromString('--no-memory-reducer');
-  // A young generation that starts at its full size (V8 otherwise starts it small and grows it only slowly).
-  setFlagsFromString(`--min-semi-space-size=${RTP_YOUNG_GENERATION_MB / 3}`);
-  const opts = { workerData: data, name: 'rtp', resourceLimits: { maxYoungGenerationSizeMb: RTP_YOUNG_GENERATION_MB } };
+  const opts = { workerData: data, name: 'rtp' };
   if (!import.meta.url.endsWith('.ts')) {
     return new Worker(new URL('./rtp-worker.js', import.meta.url), opts);
   }
