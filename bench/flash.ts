@@ -243,13 +243,12 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     extra: o.webhooks ? { ...configJson, webhooks: { ...((configJson.webhooks as object | undefined) ?? {}), allowPrivate: true } } : configJson,
   });
   if (hooks) stack.cli(['account', 'set-webhook', engine.account.account_id, '--url', hooks.url], engine.configFile);
-  line(`engine: ${o.combined ? 0 : engine.apis.length} api (pids ${(o.combined ? [] : engine.apis).map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), ${engine.webhookSenders.length} webhooks (pids ${engine.webhookSenders.map((x) => x.m.pid).join(',') || '-'}${o.webhookNice ? `, nice ${o.webhookNice}` : ''}), cps ${o.cps}/worker, flashConcurrency ${o.concurrency}, log ${o.logLevel}${o.nodeArgs.length ? `, node ${o.nodeArgs.join(' ')}` : ''}${Object.keys(configJson).length ? `, config ${JSON.stringify(configJson)}` : ''}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
+  line(`engine: ${engine.apis.length} api (pids ${engine.apis.map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), ${engine.webhookSenders.length} webhooks (pids ${engine.webhookSenders.map((x) => x.m.pid).join(',') || '-'}${o.webhookNice ? `, nice ${o.webhookNice}` : ''}), cps ${o.cps}/worker, flashConcurrency ${o.concurrency}, log ${o.logLevel}${o.nodeArgs.length ? `, node ${o.nodeArgs.join(' ')}` : ''}${Object.keys(configJson).length ? `, config ${JSON.stringify(configJson)}` : ''}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
 
   const { fire, close } = await makeFirer(engine, o);
   const rpid = await redisPid(o.redisUrl);
   const watched: WatchedProcess[] = [
-    // A combined process is watched once, under its worker name.
-    ...(o.combined ? [] : engine.apis.map((x, i) => ({ name: `api${i}`, pid: x.m.pid }))),
+    ...engine.apis.map((x, i) => ({ name: `api${i}`, pid: x.m.pid })),
     ...engine.workers.map((x, i) => ({ name: o.combined ? `worker${i} (all)` : `worker${i}`, pid: x.m.pid })),
     ...engine.webhookSenders.map((x, i) => ({ name: `webhooks${i}`, pid: x.m.pid })),
     { name: 'sipp uas', pid: uas.m.pid },
@@ -529,7 +528,7 @@ async function makeFirer(engine: RunningEngine, o: FlashOpts): Promise<{ fire(i:
   const phone = (_i: number): string => `+4474${String((seq++ * 7919 + process.pid * 104_729) % 100_000_000).padStart(8, '0')}`;
   if (o.via === 'http') {
     return httpFirer({
-      targets: engine.apis.map((x) => ({ host: '127.0.0.1', port: x.port })),
+      targets: engine.httpPorts.map((port) => ({ host: '127.0.0.1', port })),
       path: '/v1/verify',
       headers: { authorization: `Basic ${Buffer.from(`${engine.account.api_key}:${engine.account.api_secret}`).toString('base64')}` },
       body: (i) => `{"phone_number":"${phone(i)}","method":"flash_call"}`,

@@ -129,9 +129,9 @@ async function main(): Promise<void> {
     firer.close();
 
     // Every accepted call ended (its outcome counted by the worker), or the bound.
-    const ended = async (): Promise<number> => sumMetric(await scrape(metricsUrl), 'flashverify_calls_total', 'method="voice"');
+    const ended = (metrics: Map<string, number>): number => sumMetric(metrics, 'flashverify_calls_total', 'method="voice"');
     const until = Date.now() + CALL_BOUND_S * 1000;
-    while ((await ended()) < load.ok && Date.now() < until) await new Promise((r) => setTimeout(r, 500));
+    while (ended(await scrape(metricsUrl)) < load.ok && Date.now() < until) await new Promise((r) => setTimeout(r, 500));
     await new Promise((r) => setTimeout(r, 500));
     clearInterval(sampler);
     const usage = cpu.finish();
@@ -146,7 +146,7 @@ async function main(): Promise<void> {
 
     line();
     line(`requests: ${load.sent} sent, ${load.ok} accepted (201), failed: ${load.failures.toString()}; last answer at ${(load.elapsedMs / 1000).toFixed(2)} s`);
-    line(`voice calls ended (worker): ${outcomes.join(', ') || 'none'}; not ended within ${CALL_BOUND_S} s of the last request: ${Math.max(0, load.ok - (await ended()))}`);
+    line(`voice calls ended (worker): ${outcomes.join(', ') || 'none'}; not ended within ${CALL_BOUND_S} s of the last request: ${Math.max(0, load.ok - ended(m))}`);
     line(`RTP sessions at once (worker, sampled every 250 ms): at most ${peakSessions}`);
     line(`RTP packets sent (worker): ${sent}; received by the sink: ${received}`);
     line(`RTP packets more than 5 ms late (worker): ${onWake + inTurn} (${sent ? (((onWake + inTurn) / sent) * 100).toFixed(3) : '0'} %): on_wake ${onWake}, in_turn ${inTurn}`);

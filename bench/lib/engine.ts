@@ -35,7 +35,10 @@ export interface EngineOptions {
 }
 
 export interface RunningEngine {
+  /** The `--role api` processes. */
   apis: { m: Managed; port: number }[];
+  /** Where requests go: the api processes' HTTP ports, or the combined processes' (`combined`). */
+  httpPorts: number[];
   /** `configFile` and `nodeArgs`: what starts it again (bench flash --kill-worker). */
   workers: { m: Managed; metricsPort: number; sipPort: number; configFile: string; nodeArgs: string[] }[];
   webhookSenders: { m: Managed; metricsPort: number }[];
@@ -82,6 +85,7 @@ export async function startFlashverify(stack: Stack, o: EngineOptions): Promise<
   if (o.combined && o.apiProcs > 0) throw new Error('combined processes take the requests themselves: apiProcs must be 0');
   const workers: RunningEngine['workers'] = [];
   const apis: RunningEngine['apis'] = [];
+  const httpPorts: number[] = [];
   for (let i = 0; i < o.workerProcs; i++) {
     // A combined process serves /metrics and /readyz on its HTTP port (the separate listener is for worker roles).
     const metricsPort = await freeTcpPort();
@@ -91,10 +95,11 @@ export async function startFlashverify(stack: Stack, o: EngineOptions): Promise<
       `worker${i}`,
       base(o.combined ? { sip, http: { host: '127.0.0.1', port: metricsPort } } : { sip, metrics: { host: '127.0.0.1', port: metricsPort } }),
     );
-    const nodeArgs = o.combined ? [...new Set([...prof('worker', `worker${i}`), ...prof('api', `worker${i}`)])] : prof('worker', `worker${i}`);
+    // A combined process is profiled when either of its roles is asked for.
+    const nodeArgs = prof(o.combined && o.profile.includes('api') ? 'api' : 'worker', `worker${i}`);
     const m = stack.startEngine(`worker${i}`, o.combined ? 'all' : 'worker', file, nodeArgs);
     workers.push({ m, metricsPort, sipPort, configFile: file, nodeArgs });
-    if (o.combined) apis.push({ m, port: metricsPort });
+    if (o.combined) httpPorts.push(metricsPort);
   }
   const webhookSenders: RunningEngine['webhookSenders'] = [];
   for (let i = 0; i < (o.webhookProcs ?? 0); i++) {
@@ -107,13 +112,14 @@ export async function startFlashverify(stack: Stack, o: EngineOptions): Promise<
     const file = stack.writeConfig(`api${i}`, base({ http: { host: '127.0.0.1', port } }));
     const m = stack.startEngine(`api${i}`, 'api', file, prof('api', `api${i}`));
     apis.push({ m, port });
+    httpPorts.push(port);
   }
   for (const w of [...workers, ...webhookSenders]) await waitHttpOk(`http://127.0.0.1:${w.metricsPort}/readyz`, w.m, 30_000, () => stack.tail(w.m));
   for (const a of apis) await waitHttpOk(`http://127.0.0.1:${a.port}/healthz`, a.m, 30_000, () => stack.tail(a.m));
 
   const account = JSON.parse(stack.cli(['account', 'create', '--name', 'bench', '--active', '--balance', '1000000'], configFile)) as RunningEngine['account'];
   stack.cli(['account', 'set-rate-limit', account.account_id, '--rps', '100000'], configFile);
-  return { apis, workers, webhookSenders, account, configFile, profileDir };
+  return { apis, httpPorts, workers, webhookSenders, account, configFile, profileDir };
 }
 
 /** Sums of Prometheus samples by metric name and label set, from a /metrics text. */

@@ -33,11 +33,11 @@ export interface FdTableReservation {
  * placeholders are open. Linux only (elsewhere: undefined, nothing done). Throws when a placeholder cannot be
  * opened; the ones opened are closed first.
  */
-export function reserveFdTable(extra: number, procDir = '/proc/self'): FdTableReservation | undefined {
+export function reserveFdTable(extra: number): FdTableReservation | undefined {
   if (process.platform !== 'linux') return undefined;
   const started = performance.now();
-  const limit = openFilesLimit(readFileSync(`${procDir}/limits`, 'utf8'));
-  const inUse = readdirSync(`${procDir}/fd`).length;
+  const limit = openFilesLimit(readFileSync('/proc/self/limits', 'utf8'));
+  const inUse = readdirSync('/proc/self/fd').length;
   const headroom = Math.max(64, Math.floor(limit / 10));
   const target = Math.min(inUse + Math.max(0, extra), limit - headroom);
   const fds: number[] = [];
@@ -46,7 +46,7 @@ export function reserveFdTable(extra: number, procDir = '/proc/self'): FdTableRe
   } finally {
     for (const fd of fds) closeSync(fd);
   }
-  return { inUse, opened: fds.length, tableSize: fdTableSize(procDir), limit, ms: performance.now() - started };
+  return { inUse, opened: fds.length, tableSize: fdTableSize(), limit, ms: performance.now() - started };
 }
 
 /** The soft "Max open files" of a /proc/<pid>/limits text; Infinity for "unlimited". */
@@ -59,8 +59,8 @@ export function openFilesLimit(limits: string): number {
   return n;
 }
 
-/** The descriptor table's current size (FDSize in /proc/<pid>/status). */
-export function fdTableSize(procDir = '/proc/self'): number | undefined {
-  const m = /^FDSize:\s*(\d+)$/m.exec(readFileSync(`${procDir}/status`, 'utf8'));
+/** The process's descriptor table's current size (FDSize in /proc/self/status). */
+export function fdTableSize(): number | undefined {
+  const m = /^FDSize:\s*(\d+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
   return m ? Number(m[1]) : undefined;
 }
