@@ -21,10 +21,13 @@
  */
 import { createSocket } from 'node:dgram';
 import { join } from 'node:path';
+import { loadConfig } from '../src/config/load.js';
 import { parseBenchArgs, STACK_OPTIONS, STACK_USAGE } from './lib/args.js';
 import { scrape, startFlashverify, sumMetric } from './lib/engine.js';
 import { httpFirer, runOpenLoop } from './lib/load.js';
 import { CpuWindow, formatCpu, loadAverages, machineDescription } from './lib/procstat.js';
+import { formatFloor, startFloorProbe } from './lib/host-floor.js';
+import { startQuietSink, type QuietSink } from './lib/quiet-sink.js';
 import { header, line } from './lib/report.js';
 import { freeSipPort, readSippStats, redisPid, SIP_TEST, Stack } from './lib/stack.js';
 import { waitUasUp } from './lib/uas.js';
@@ -34,6 +37,8 @@ const USAGE = `npm run bench -- voice-calls [options]
   --duration S       seconds of requests (default 30, max 600); calls then play out
   --answer-ms MS     SIPp answers this long after its 180 (default 200)
   --node-args "..."  node options for the engine processes (A/B of V8 flags, --trace-gc with --keep-logs)
+  --sink wake|quiet  wake (default): the RTP sink reads every packet (in this process); quiet: a process that never
+                     reads, so no reader is woken inside the RTP thread's sendmsg (lib/quiet-sink.ts)
 ${STACK_USAGE}`;
 
 /** An announcement (the code read twice) is about 9 s; a call still not ended this long after the last request is counted as such. */
@@ -45,6 +50,7 @@ async function main(): Promise<void> {
     duration: { type: 'string', default: '30' },
     'answer-ms': { type: 'string', default: '200' },
     'node-args': { type: 'string', default: '' },
+    sink: { type: 'string', default: 'wake' },
     ...STACK_OPTIONS,
   });
   if (a.help) return line(USAGE);
@@ -55,7 +61,10 @@ async function main(): Promise<void> {
   const maxCalls = Math.ceil(rate * (CALL_BOUND_S / 2) * 2);
   const stack = new Stack(a.str('redis-url'), a.bool('keep-logs'));
   stack.hardCap(duration + CALL_BOUND_S + 240);
+  const sinkKind = a.str('sink');
+  if (sinkKind !== 'wake' && sinkKind !== 'quiet') throw new Error(`--sink must be wake or quiet, not "${sinkKind}"`);
   const sink = createSocket('udp4');
+  let quiet: QuietSink | undefined;
   try {
     header(`voice-calls: ${rate}/s for ${duration} s, answer after ${answerMs} ms, 1 api, 1 worker`, `npm run bench -- voice-calls ${process.argv.slice(2).join(' ')}`);
     line(`machine: ${machineDescription()}`);
@@ -65,7 +74,8 @@ async function main(): Promise<void> {
     sink.on('message', () => void received++);
     await new Promise<void>((r) => sink.bind(0, '127.0.0.1', () => r()));
     sink.setRecvBufferSize(8 * 1024 * 1024);
-    const sinkPort = sink.address().port;
+    if (sinkKind === 'quiet') quiet = await startQuietSink();
+    const sinkPort = quiet ? quiet.port : sink.address().port;
 
     const uasPort = await freeSipPort();
     const statFile = join(stack.dir, 'uas-stat.csv');
@@ -94,7 +104,7 @@ async function main(): Promise<void> {
     });
     const worker = engine.workers[0]!;
     const api = engine.apis[0]!;
-    line(`engine: api pid ${api.m.pid}, worker pid ${worker.m.pid} (voiceConcurrency ${maxCalls}); UAS SIPp pid ${uas.pid} on ${uasPort}; RTP sink 127.0.0.1:${sinkPort}; prefix ${stack.prefix}`);
+    line(`engine: api pid ${api.m.pid}, worker pid ${worker.m.pid} (voiceConcurrency ${maxCalls}); UAS SIPp pid ${uas.pid} on ${uasPort}; RTP sink (${sinkKind}) 127.0.0.1:${sinkPort}${quiet ? `, pid ${quiet.pid}` : ''}; prefix ${stack.prefix}`);
 
     const metricsUrl = `http://127.0.0.1:${worker.metricsPort}/metrics`;
     let peakSessions = 0;
@@ -122,8 +132,11 @@ async function main(): Promise<void> {
       { name: 'worker0', pid: worker.m.pid },
       { name: 'sipp uas', pid: uas.pid },
       ...(rpid ? [{ name: 'redis-server (shared)', pid: rpid }] : []),
-      { name: 'bench (generator + RTP sink)', pid: process.pid },
+      { name: quiet ? 'bench (generator)' : 'bench (generator + RTP sink)', pid: process.pid },
     ]);
+    // The host's floor in the same seconds, at the RTP thread's own priority (the worker runs the default media.rtp).
+    const rtp = loadConfig({ env: {} }).media.rtp;
+    const floor = startFloorProbe({ fifoPriority: rtp.realtimePriority ?? undefined, nice: rtp.threadNice ?? undefined, maxSeconds: duration + CALL_BOUND_S + 60 });
     const t0 = performance.now();
     const load = await runOpenLoop({ rate, durationSeconds: duration, maxRequests: 200_000, maxInFlight: 2_000, drainMs: 15_000, fire: firer.fire });
     firer.close();
@@ -135,6 +148,11 @@ async function main(): Promise<void> {
     await new Promise((r) => setTimeout(r, 500));
     clearInterval(sampler);
     const usage = cpu.finish();
+    const host = await floor.stop();
+    if (quiet) {
+      received = await quiet.stop();
+      quiet = undefined;
+    }
     const wall = (performance.now() - t0) / 1000;
     const m = await scrape(metricsUrl);
 
@@ -150,11 +168,13 @@ async function main(): Promise<void> {
     line(`RTP sessions at once (worker, sampled every 250 ms): at most ${peakSessions}`);
     line(`RTP packets sent (worker): ${sent}; received by the sink: ${received}`);
     line(`RTP packets more than 5 ms late (worker): ${onWake + inTurn} (${sent ? (((onWake + inTurn) / sent) * 100).toFixed(3) : '0'} %): on_wake ${onWake}, in_turn ${inTurn}`);
+    line(`host floor (cyclictest, ${rtp.realtimePriority !== null ? `SCHED_FIFO ${rtp.realtimePriority}` : `nice ${rtp.threadNice ?? 0}`}, same seconds): ${formatFloor(host)}`);
     line(`SIPp UAS: ${st?.['IncomingCall(C)']} calls in, ${st?.['SuccessfulCall(C)']} successful, ${st?.['FailedCall(C)']} failed, ${st?.['Retransmissions(C)']} retransmissions`);
     line(`CPU over ${wall.toFixed(1)} s (load + calls playing out), % of one core:`);
     line(formatCpu(usage));
     line(`load average after: ${loadAverages()}`);
   } finally {
+    await quiet?.stop();
     sink.close();
     await stack.cleanup();
   }

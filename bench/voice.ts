@@ -16,7 +16,7 @@
  * calls of 1 s of silence warm the RTP thread's code (not counted), as in a
  * worker that has served calls. Results go to BENCHMARKS.md by hand.
  *
- * Beside each row, the host's floor from the same seconds (startFloorProbe,
+ * Beside each row, the host's floor from the same seconds (lib/host-floor.ts,
  * cyclictest): how often a thread that does nothing but sleep woke more than
  * 5 ms late. `late_on_wake` counts the packets that were already more than
  * 5 ms late when the RTP thread began its turn: the host had not run it, or
@@ -28,6 +28,7 @@ import { cpus } from 'node:os';
 import { pino } from 'pino';
 import { EmbeddedMediaPlayer } from '../src/media/rtp/embedded-media-player.js';
 import { codeAnnouncement } from '../src/media/prompts.js';
+import { startFloorProbe } from './lib/host-floor.js';
 
 const SINK = `
 const s = require('node:dgram').createSocket('udp4');
@@ -80,7 +81,7 @@ async function run(concurrency: number, sink: Sink): Promise<Record<string, stri
   );
   Object.assign(player.stats, { packets: 0, lateOver5ms: 0, lateOnWake: 0, maxLateMs: 0 });
   const before = await sink.count();
-  const floor = startFloorProbe();
+  const floor = startFloorProbe({ fifoPriority: RT, nice: NICE });
   const cpu0 = process.cpuUsage();
   const started = performance.now();
   let lagMax = 0;
@@ -132,45 +133,6 @@ async function run(concurrency: number, sink: Sink): Promise<Record<string, stri
     process_cpu_pct: Number(((100 * (cpu.user + cpu.system)) / 1000 / wallMs).toFixed(1)),
     ...host,
     wall_s: Number((wallMs / 1000).toFixed(1)),
-  };
-}
-
-/**
- * The host's own floor, measured at the same time: cyclictest (Debian rt-tests), the standard
- * probe of scheduling latency, runs one thread that sleeps 1 ms and records how late each
- * wake-up was, at the RTP thread's priority (SCHED_OTHER, same nice). A wake-up it sees more
- * than 5 ms late is one no program on this host could have made on time.
- */
-function startFloorProbe(): { stop(): Promise<Record<string, number | string>> } {
-  const args = ['-q', '-m', '-i', '1000', '-t', '1', '-h', '30000'];
-  const child = NICE === undefined ? spawn('cyclictest', args) : spawn('nice', ['-n', String(NICE), 'cyclictest', ...args]);
-  let out = '';
-  let failed: string | undefined;
-  child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
-  child.on('error', (err) => (failed = err.message));
-  const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
-  return {
-    async stop(): Promise<Record<string, number | string>> {
-      if (failed === undefined) child.kill('SIGINT');
-      await Promise.race([exited, new Promise((r) => setTimeout(r, 3000))]);
-      if (failed !== undefined || !/# Total:/.test(out)) return { host_floor: `cyclictest not run (${failed ?? 'no output'}; apt install rt-tests)` };
-      let wakes = 0;
-      let over5 = 0;
-      for (const line of out.split('\n')) {
-        const m = /^(\d+)\s+(\d+)/.exec(line);
-        if (!m) continue;
-        const n = Number(m[2]);
-        wakes += n;
-        if (Number(m[1]) > 5000) over5 += n;
-      }
-      const overflow = Number(/# Histogram Overflows:\s*(\d+)/.exec(out)?.[1] ?? 0);
-      const max = Number(/# Max Latencies:\s*(\d+)/.exec(out)?.[1] ?? NaN) / 1000;
-      return {
-        host_wakes: wakes + overflow,
-        host_wakes_over_5ms: over5 + overflow,
-        host_max_wake_late_ms: Number(max.toFixed(1)),
-      };
-    },
   };
 }
 
