@@ -44,7 +44,7 @@ import type { CallOriginator } from './sip/call-originator.js';
 import { trunkNeedsTls } from './sip/trunk-transport.js';
 import { CounterBatch } from './store/counter-batch.js';
 import { Keys } from './store/keys.js';
-import { connectBullRedis, connectRedis } from './store/redis.js';
+import { connectBullRedis, connectRedis, RedisUnreachableError, waitForRedis } from './store/redis.js';
 import { DELIVERABLE_METHODS, type Method } from './verification/types.js';
 import { ExpirySweeper } from './verification/expiry-sweeper.js';
 import { EnqueueReconciler } from './verification/enqueue-reconciler.js';
@@ -124,6 +124,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
     // Every role writes events (the api: created, test numbers, checks; workers: call outcomes, possibly for jobs
     // another language's producer queued) and may do so before any consumer of a group ever started: the groups
     // exist first, so the webhooks group (which starts at "$") misses none of them.
+    // Redis first, with a clear error when it is not there (ioredis would say only "max retries per request").
+    await waitForRedis(redis, config.redis.url, config.redis.startupWaitMs);
     await checkMasterKey(redis, keys.keyCheck(), sealer);
     await ensureEventGroups(redis, keys, config.events);
     if (role === 'all' || role === 'worker') {
@@ -691,6 +693,7 @@ export async function runCli(argv: string[]): Promise<number> {
     const keysMaterial = resolveMasterKeys(config.security);
     const redis = connectRedis(config.redis, logger, { maxRetriesPerRequest: 1 });
     try {
+      await waitForRedis(redis, config.redis.url, 0);
       const cliSealer = new Sealer(keysMaterial.current, keysMaterial.previous);
       await checkMasterKey(redis, new Keys(config.redis.prefix).keyCheck(), cliSealer);
       const store = new AccountStore(redis, new Keys(config.redis.prefix), cliSealer, {
@@ -790,6 +793,7 @@ export async function runCli(argv: string[]): Promise<number> {
     const redis = connectRedis(config.redis, logger, { maxRetriesPerRequest: 1 });
     const webhookQueue = new WebhookQueue(redis, keys.bullPrefix(), config.webhooks);
     try {
+      await waitForRedis(redis, config.redis.url, 0);
       if (!(await redis.exists(keys.account(accountId)))) throw new AccountNotFoundError(accountId);
       if (sub === 'replay' && !(await redis.hget(keys.account(accountId), 'webhook_url'))) {
         throw new AppError('usage', `account ${accountId} has no webhook URL: set one first (account set-webhook), or the replayed events would be dropped`);
@@ -835,7 +839,8 @@ if (isMain()) {
         process.stderr.write(`flashverify: ${err.message}\n\n${USAGE}\n`);
         return process.exit(2);
       } else process.stderr.write(`flashverify: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-      process.exit(err instanceof ConfigError ? 78 : 1);
+      // sysexits(3): EX_CONFIG for a bad configuration, EX_UNAVAILABLE for a Redis that is not there.
+      process.exit(err instanceof ConfigError ? 78 : err instanceof RedisUnreachableError ? 69 : 1);
     },
   );
 }

@@ -556,6 +556,11 @@ export const configSchema = z
          * hash slot, as the Lua scripts touch several keys at once. The cluster gives failover, not more throughput.
          */
         cluster: z.boolean().default(false),
+        /**
+         * At start-up, how long to wait for Redis to answer before exiting with an error that names it (exit code 69): a
+         * Redis started beside the engine may come up a moment later. 0: one try.
+         */
+        startupWaitMs: z.number().int().min(0).max(600_000).default(10_000),
       })
       .strict()
       .superRefine((r, ctx) => {

@@ -1,5 +1,7 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from 'pino';
+import { AppError } from '../errors/app-error.js';
 
 /** Where Redis is: `redis.url` and `redis.cluster` of the config (a bare URL = one server). */
 export type RedisEndpoint = string | { readonly url: string; readonly cluster?: boolean };
@@ -62,6 +64,81 @@ export function isRedisUnavailable(err: Error): boolean {
     err.name === 'ClusterAllFailedError' ||
     /Connection is closed|ECONNREFUSED|Stream isn't writeable|Cluster isn't ready|CLUSTERDOWN|Too many Cluster redirections|Failed to refresh slots cache/.test(err.message)
   );
+}
+
+/** `redis.url` for a message: passwords (in the URL's user part, or a unix:// URL's `password=`) replaced by `***`. */
+export function redactRedisUrl(url: string): string {
+  return url
+    .split(',')
+    .map((u) => {
+      const t = u.trim();
+      if (t.startsWith('unix://')) return t.replace(/([?&]password=)[^&]*/, '$1***');
+      try {
+        const parsed = new URL(t);
+        if (parsed.password) parsed.password = '***';
+        return parsed.toString();
+      } catch {
+        return t.replace(/\/\/([^:/@]*):[^@/]*@/, '//$1:***@');
+      }
+    })
+    .join(',');
+}
+
+/** Redis did not answer at start-up, or answered PING with an error (a password it refused, ...). */
+export class RedisUnreachableError extends AppError {
+  constructor(message: string) {
+    super('redis_unreachable', message);
+  }
+}
+
+/**
+ * At start-up, before anything else touches Redis: waits until Redis answers PING, for at most `waitMs`
+ * (`redis.startupWaitMs`: a Redis started beside the engine may come up a moment later), retrying every 500 ms.
+ * Then, or at once for an error Redis itself answered (NOAUTH, WRONGPASS, LOADING left aside), a RedisUnreachableError
+ * that names the URL (password hidden) and the last connection error, instead of ioredis's "max retries per request".
+ */
+export async function waitForRedis(redis: Redis, url: string, waitMs: number): Promise<void> {
+  const started = Date.now();
+  let cause = '';
+  const onError = (err: Error): void => void (cause = err.message);
+  // A single server's client emits 'error'; a cluster client 'node error' for each seed node it could not reach.
+  redis.on('error', onError);
+  redis.on('node error', onError);
+  try {
+    for (;;) {
+      const left = waitMs - (Date.now() - started);
+      // A server that takes the connection and never answers (another service on the port, a proxy with nothing
+      // behind it) would hold PING for ever: each try is bounded, at least a second.
+      const tryMs = Math.max(1000, left);
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        const silent = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(Object.assign(new Error(`no answer to PING within ${tryMs / 1000} s`), { silent: true })), tryMs);
+        });
+        await Promise.race([redis.ping(), silent]);
+        return;
+      } catch (err) {
+        if (!(err instanceof Error)) throw err;
+        const loading = /^LOADING/.test(err.message);
+        const isSilent = 'silent' in err;
+        if (!isSilent && !loading && !isRedisUnavailable(err)) {
+          throw new RedisUnreachableError(`Redis at ${redactRedisUrl(url)} answered PING with an error: ${err.message} (redis.url, REDIS_URL)`);
+        }
+        if (isSilent || loading || !cause) cause = err.message;
+        const leftNow = waitMs - (Date.now() - started);
+        if (leftNow <= 0) {
+          const waited = waitMs > 0 ? ` within ${waitMs / 1000} s (redis.startupWaitMs)` : '';
+          throw new RedisUnreachableError(`cannot reach Redis at ${redactRedisUrl(url)}${waited}: ${cause}. Is redis-server running there? Set redis.url or REDIS_URL`);
+        }
+        await sleep(Math.min(500, leftNow));
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+  } finally {
+    redis.off('error', onError);
+    redis.off('node error', onError);
+  }
 }
 
 function clusterClient(url: string, logger: Logger, options: RedisOptions): Redis {

@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Queue } from 'bullmq';
@@ -12,6 +13,9 @@ import { WEBHOOK_QUEUE, type WebhookJobData } from '../../src/events/webhook-que
 import type { Method } from '../../src/verification/types.js';
 import { VerificationService } from '../../src/verification/verification-service.js';
 import { deletePrefix, REDIS_URL, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+import { engineCluster } from '../helpers/engine-process.js';
+import { ownRedis, type OwnRedis } from '../helpers/redis-server.js';
+import { findFreePort } from '../helpers/sipp.js';
 import { Receiver } from '../helpers/webhook-receiver.js';
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
@@ -101,6 +105,97 @@ describe('flashverify CLI', { timeout: 90_000 }, () => {
     expect(r.stderr).toMatch(/http\.port/);
     expect(r.stderr).toMatch(/flash\.ringMs/);
     expect(r.stderr).toMatch(/sip\.trunks\.0\.uri: must be a SIP URI/);
+  });
+});
+
+/**
+ * Redis not there when the engine starts: a clear error that names it (password hidden) and exit 69 (EX_UNAVAILABLE)
+ * after `redis.startupWaitMs`; a Redis that comes up within that wait is simply used.
+ */
+describe('flashverify without Redis at start-up', { timeout: 90_000 }, () => {
+  const dir = mkdtempSync(join(tmpdir(), 'fv-cli-noredis-'));
+  const config = join(dir, 'c.yaml');
+  writeFileSync(config, `security: { masterKeyFile: "${join(dir, 'master.key')}" }\nredis: { startupWaitMs: 1500 }\nsms: { enabled: false }\nhttp: { host: 127.0.0.1, port: 0 }\nsip: { listen: { host: 127.0.0.1, port: 0 } }\nmetrics: { port: 0 }\n`);
+  const prefix = `fvnoredis-${randomBytes(4).toString('hex')}`;
+  /** A port nothing listens on. */
+  let nobody: number;
+  let own: OwnRedis;
+  beforeAll(async () => {
+    nobody = await findFreePort();
+    own = await ownRedis();
+  });
+  afterAll(async () => {
+    await own?.cleanup();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('start exits 69 after the wait, naming the URL without its password and the connection error', async () => {
+    const t0 = Date.now();
+    const r = await flashverify(['start', '--config', config], { REDIS_URL: `redis://:s3cret-pw@127.0.0.1:${nobody}`, REDIS_PREFIX: prefix, LOG_LEVEL: 'warn' });
+    expect(r.code).toBe(69);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1500);
+    expect(r.stderr).toContain(`cannot reach Redis at redis://:***@127.0.0.1:${nobody} within 1.5 s (redis.startupWaitMs): connect ECONNREFUSED 127.0.0.1:${nobody}`);
+    expect(r.stderr).not.toMatch(/MaxRetriesPerRequest|\n\s+at /);
+    expect(r.stdout + r.stderr).not.toContain('s3cret-pw');
+  });
+
+  it('account and webhook commands try once and say the same', async () => {
+    const env = { REDIS_URL: `redis://127.0.0.1:${nobody}`, REDIS_PREFIX: prefix, LOG_LEVEL: 'error' };
+    const t0 = Date.now();
+    const created = await flashverify(['account', 'create', '--name', 'x', '--config', config], env);
+    expect(created.code).toBe(69);
+    expect(created.stderr).toMatch(/^flashverify: cannot reach Redis at redis:\/\/127\.0\.0\.1:\d+: connect ECONNREFUSED/m);
+    const failed = await flashverify(['webhook', 'failed', 'acct', '--config', config], env);
+    expect(failed.code).toBe(69);
+    expect(failed.stderr).toMatch(/cannot reach Redis/);
+    // Two CLI processes (about 1.5 s each with tsx), with no wait for Redis in either.
+    expect(Date.now() - t0).toBeLessThan(15_000);
+  });
+
+  it('a Redis that answers PING with an error (a password required) is named at once, without waiting', async () => {
+    const admin = new Redis(own.url);
+    await admin.config('SET', 'requirepass', 'needed-pw');
+    try {
+      const t0 = Date.now();
+      const r = await flashverify(['start', '--config', config], { REDIS_URL: own.url, REDIS_PREFIX: prefix, LOG_LEVEL: 'error' });
+      expect(r.code).toBe(69);
+      expect(r.stderr).toMatch(/Redis at redis:\/\/127\.0\.0\.1:\d+ answered PING with an error: NOAUTH/);
+      // Not the 1.5 s wait: Redis is there and has answered.
+      expect(Date.now() - t0).toBeLessThan(1500 + 5000);
+    } finally {
+      await admin.config('SET', 'requirepass', '');
+      admin.disconnect();
+    }
+  });
+
+  it('a server that takes the connection and never answers is named after the wait, not waited for for ever', async () => {
+    const silent = createServer(() => undefined);
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
+    const port = (silent.address() as AddressInfo).port;
+    try {
+      const r = await flashverify(['start', '--config', config], { REDIS_URL: `redis://127.0.0.1:${port}`, REDIS_PREFIX: prefix, LOG_LEVEL: 'error' });
+      expect(r.code).toBe(69);
+      expect(r.stderr).toContain(`cannot reach Redis at redis://127.0.0.1:${port} within 1.5 s (redis.startupWaitMs): no answer to PING within 1.5 s`);
+    } finally {
+      silent.close();
+    }
+  });
+
+  it('an engine started before its Redis serves once Redis comes up within the wait', async () => {
+    await own.kill();
+    const c = await engineCluster({ redis: { startupWaitMs: 30_000 } }, { redisUrl: own.url });
+    try {
+      const starting = c.start('api');
+      // The engine is up and waiting for Redis when it starts.
+      await new Promise((r) => setTimeout(r, 2500));
+      await own.start();
+      const api = await starting;
+      expect(api.output()).toContain('redis connection error');
+      const ready = await fetch(`${c.httpUrl}/readyz`);
+      expect(ready.status).toBe(200);
+    } finally {
+      await c.cleanup();
+    }
   });
 });
 
