@@ -25,6 +25,7 @@ import { SmsProcessor } from './engine/sms-processor.js';
 import { BullDeliveryQueue, QUEUE_NAMES, type DeliveryJobData } from './engine/queues.js';
 import { waitAtMost } from './async/time-limit.js';
 import { AppError, ConfigError } from './errors/app-error.js';
+import { listening } from './errors/listen-error.js';
 import type { MediaPlayer } from './media/media-player.js';
 import { EventPublisher } from './events/event-publisher.js';
 import { StatusConsumer } from './events/status-consumer.js';
@@ -157,7 +158,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           dns: config.sip.dns,
           onFailover: (event) => metrics.srvFailover(event),
         });
-        await originator.start();
+        await listening('SIP', config.sip.listen.host, config.sip.listen.port, 'sip.listen.host / sip.listen.port (SIP_LISTEN_PORT)', () => originator.start());
         // Via and Contact name 127.0.0.1 when the stack listens on every address and no advertisedHost is set: a
         // trunk elsewhere then has nowhere to send a 2xx retransmission or an in-dialog BYE.
         const remote = config.sip.trunks.filter((t) => !/^sips?:(?:[^@;]*@)?(?:127\.|localhost\b|\[::1\])/i.test(t.uri));
@@ -510,7 +511,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         readiness: { redis: redisProbe, ...readiness },
         logger: logger.child({ module: 'metrics' }),
       });
-      await server.listen();
+      await listening('/metrics and health', config.metrics.host, config.metrics.port, 'metrics.host / metrics.port', () => server.listen());
       stops.unshift(['metrics server', () => server.close()]);
       metricsUrl = server.url;
       logger.info({ url: metricsUrl }, 'metrics and health listening');
@@ -529,7 +530,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       const verifications = new VerificationService(redis, keys, sealer, config, queue, logger.child({ module: 'verify' }), methods, fraud, stepTimer);
       const api = buildApi({ config, redis, keys, sealer, accounts, verifications, logger, metrics, readiness, fraud });
       app = api;
-      await api.listen({ host: config.http.host, port: config.http.port });
+      await listening('the HTTP API', config.http.host, config.http.port, 'http.host / http.port (PORT)', () => api.listen({ host: config.http.host, port: config.http.port }));
       stops.unshift(['api', () => api.close()]);
     }
   } catch (err) {

@@ -70,6 +70,11 @@ export class UdpTransport implements Transport {
   }
 
   async listen(): Promise<void> {
+    // The listener needs SO_REUSEADDR (the destination sockets bind its port too), and with it Linux lets a second
+    // process bind the same UDP port without an error, then gives each datagram to only one of them: two workers
+    // configured with one port would each lose the other's responses. A socket without it is refused while anyone
+    // holds the port, so that is asked first (an ephemeral port, 0, is nobody else's).
+    if (this.requestedPort !== 0) await this.assertPortFree();
     const socket = dgram.createSocket({ type: this.family, reuseAddr: true, recvBufferSize: SOCKET_BUFFER_BYTES, sendBufferSize: SOCKET_BUFFER_BYTES });
     socket.on('message', (msg, rinfo) => this.receive(msg, rinfo.address, rinfo.port));
     socket.on('error', (err) => this.logger.warn({ err: err.message }, 'UDP listener error'));
@@ -84,6 +89,25 @@ export class UdpTransport implements Transport {
     this.port = socket.address().port;
     this.sweep = setInterval(() => this.sweepIdle(), SWEEP_MS);
     this.sweep.unref();
+  }
+
+  /** Binds the configured port without SO_REUSEADDR and lets it go: EADDRINUSE when another socket holds it. */
+  private async assertPortFree(): Promise<void> {
+    const probe = dgram.createSocket({ type: this.family, reuseAddr: false });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        probe.once('error', reject);
+        probe.bind({ port: this.requestedPort, address: this.host, exclusive: true }, () => resolve());
+      });
+    } finally {
+      await new Promise<void>((resolve) => {
+        try {
+          probe.close(() => resolve());
+        } catch {
+          resolve(); // never bound
+        }
+      });
+    }
   }
 
   send(destination: Destination, data: Buffer): void {

@@ -1,7 +1,8 @@
 import { execFile } from 'node:child_process';
+import { createSocket } from 'node:dgram';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Queue } from 'bullmq';
@@ -26,6 +27,24 @@ function flashverify(args: string[], env: Record<string, string> = {}): Promise<
       done({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr }),
     );
   });
+}
+
+/** A TCP server on an ephemeral loopback port that takes connections and never writes. */
+async function silentTcpServer(): Promise<{ port: number; close(): Promise<void> }> {
+  const held = new Set<Socket>();
+  const server = createServer((socket) => {
+    held.add(socket);
+    socket.on('close', () => held.delete(socket));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () =>
+      new Promise<void>((r) => {
+        server.close(() => r());
+        for (const socket of held) socket.destroy();
+      }),
+  };
 }
 
 // Each CLI run is its own Node process (about 1.5 s with tsx); give the multi-step tests room.
@@ -169,15 +188,14 @@ describe('flashverify without Redis at start-up', { timeout: 90_000 }, () => {
   });
 
   it('a server that takes the connection and never answers is named after the wait, not waited for for ever', async () => {
-    const silent = createServer(() => undefined);
-    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
-    const port = (silent.address() as AddressInfo).port;
+    const silent = await silentTcpServer();
+    const port = silent.port;
     try {
       const r = await flashverify(['start', '--config', config], { REDIS_URL: `redis://127.0.0.1:${port}`, REDIS_PREFIX: prefix, LOG_LEVEL: 'error' });
       expect(r.code).toBe(69);
       expect(r.stderr).toContain(`cannot reach Redis at redis://127.0.0.1:${port} within 1.5 s (redis.startupWaitMs): no answer to PING within 1.5 s`);
     } finally {
-      silent.close();
+      await silent.close();
     }
   });
 
@@ -195,6 +213,64 @@ describe('flashverify without Redis at start-up', { timeout: 90_000 }, () => {
       expect(ready.status).toBe(200);
     } finally {
       await c.cleanup();
+    }
+  });
+});
+
+/** A port the configuration names is taken: which listener, where, why and the setting, with no stack trace. */
+describe('flashverify start with a port taken', { timeout: 90_000 }, () => {
+  const prefix = `fvport-${randomBytes(4).toString('hex')}`;
+  const dir = mkdtempSync(join(tmpdir(), 'fv-cli-port-'));
+  const env = { REDIS_URL, REDIS_PREFIX: prefix, LOG_LEVEL: 'error' };
+  const config = (yaml: string): string => {
+    const file = join(dir, `${randomBytes(4).toString('hex')}.yaml`);
+    writeFileSync(file, `security: { masterKeyFile: "${join(dir, 'master.key')}" }\nsms: { enabled: false }\n${yaml}`);
+    return file;
+  };
+  afterAll(async () => {
+    const redis = new Redis(REDIS_URL);
+    await deletePrefix(redis, prefix);
+    await redis.quit();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('the HTTP API port', async () => {
+    const taken = await silentTcpServer();
+    const port = taken.port;
+    try {
+      const r = await flashverify(['start', '--role', 'api', '--config', config(`http: { host: 127.0.0.1, port: ${port} }\n`)], env);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toBe(
+        `flashverify: cannot listen for the HTTP API on 127.0.0.1:${port} (tcp): the address is already in use (another flashverify process, or another program, holds it). Set http.host / http.port (PORT)\n`,
+      );
+    } finally {
+      await taken.close();
+    }
+  });
+
+  it('the SIP port over UDP only, held by another process\'s SIP listener', async () => {
+    const port = await findFreePort();
+    const other = createSocket({ type: 'udp4', reuseAddr: true });
+    await new Promise<void>((r) => other.bind(port, '127.0.0.1', () => r()));
+    try {
+      const r = await flashverify(['start', '--role', 'worker', '--config', config(`metrics: { port: 0 }\nsip: { listen: { host: 127.0.0.1, port: ${port}, transports: [udp] } }\n`)], env);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(new RegExp(`^flashverify: cannot listen for SIP on 127\\.0\\.0\\.1:${port} \\(udp\\): the address is already in use .*Set sip\\.listen\\.host / sip\\.listen\\.port \\(SIP_LISTEN_PORT\\)\\n$`));
+    } finally {
+      other.close();
+    }
+  });
+
+  it('the metrics port of a worker', async () => {
+    const taken = await silentTcpServer();
+    const port = taken.port;
+    try {
+      const r = await flashverify(['start', '--role', 'worker', '--config', config(`metrics: { host: 127.0.0.1, port: ${port} }\nsip: { listen: { host: 127.0.0.1, port: 0 } }\n`)], env);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(new RegExp(`^flashverify: cannot listen for /metrics and health on 127\\.0\\.0\\.1:${port} \\(tcp\\): the address is already in use`));
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+    } finally {
+      await taken.close();
     }
   });
 });
