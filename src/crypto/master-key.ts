@@ -1,4 +1,4 @@
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { dirname, resolve } from 'node:path';
 import { ConfigError } from '../errors/app-error.js';
@@ -34,12 +34,47 @@ export function resolveMasterKeys(src: MasterKeySource): ResolvedKeys {
   const previous = src.previousMasterKeys.map((k, i) => parseKey(k, `security.previousMasterKeys[${i}]`));
   if (src.masterKey) return { current: parseKey(src.masterKey, 'security.masterKey'), previous, created: false };
   const file = resolve(src.masterKeyFile);
+  // A file that cannot be read or made (a directory, no permission, a read-only disk) is named with the way out.
+  const cannot = (what: string, err: unknown): ConfigError =>
+    new ConfigError([
+      `security.masterKeyFile: cannot ${what} ${file}: ${(err as Error).message}; make it ${what === 'read' ? 'readable' : 'writable'}, or set security.masterKey (FLASHVERIFY_MASTER_KEY)`,
+    ]);
   if (existsSync(file)) {
-    return { current: parseKey(readFileSync(file, 'utf8'), file), previous, created: false };
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw cannot('read', err);
+    }
+    return { current: parseKey(text, file), previous, created: false };
   }
-  mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
   const key = randomBytes(32);
-  writeFileSync(file, key.toString('hex') + '\n', { mode: 0o600, flag: 'wx' });
-  chmodSync(file, 0o600);
+  // Written whole under another name, then linked into place: a process starting at the same moment (api and
+  // workers of one host) either finds no file or a complete one, and the one that loses the race uses the winner's.
+  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  let lostRace = false;
+  try {
+    mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+    writeFileSync(tmp, key.toString('hex') + '\n', { mode: 0o600, flag: 'wx' });
+    chmodSync(tmp, 0o600);
+    try {
+      linkSync(tmp, file);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? '';
+      if (code === 'EEXIST') lostRace = true;
+      // A file system without hard links: created in place, still exclusively.
+      else if (['EPERM', 'ENOTSUP', 'ENOSYS', 'EOPNOTSUPP'].includes(code)) writeFileSync(file, key.toString('hex') + '\n', { mode: 0o600, flag: 'wx' });
+      else throw err;
+    }
+  } catch (err) {
+    throw cannot('create', err);
+  } finally {
+    try {
+      rmSync(tmp, { force: true });
+    } catch {
+      // never made (its directory could not be)
+    }
+  }
+  if (lostRace) return { current: parseKey(readFileSync(file, 'utf8'), file), previous, created: false };
   return { current: key, previous, created: true };
 }
