@@ -45,7 +45,7 @@ import type { CallOriginator } from './sip/call-originator.js';
 import { trunkNeedsTls } from './sip/trunk-transport.js';
 import { CounterBatch } from './store/counter-batch.js';
 import { Keys } from './store/keys.js';
-import { connectBullRedis, connectRedis, RedisUnreachableError, waitForRedis } from './store/redis.js';
+import { connectBullRedis, connectRedis, RedisUnreachableError, StartAborted, waitForRedis } from './store/redis.js';
 import { DELIVERABLE_METHODS, type Method } from './verification/types.js';
 import { ExpirySweeper } from './verification/expiry-sweeper.js';
 import { EnqueueReconciler } from './verification/enqueue-reconciler.js';
@@ -68,7 +68,7 @@ export interface Engine {
 }
 
 /** Wires every module for the given role and starts it. The only place modules meet. */
-export async function startEngine(config: Readonly<Config>, role: Role, logger: Logger): Promise<Engine> {
+export async function startEngine(config: Readonly<Config>, role: Role, logger: Logger, start: { abort?: AbortSignal } = {}): Promise<Engine> {
   const keysMaterial = resolveMasterKeys(config.security);
   if (keysMaterial.created) {
     logger.warn({ file: config.security.masterKeyFile }, 'no master key configured: generated one into this file; back it up');
@@ -126,7 +126,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
     // another language's producer queued) and may do so before any consumer of a group ever started: the groups
     // exist first, so the webhooks group (which starts at "$") misses none of them.
     // Redis first, with a clear error when it is not there (ioredis would say only "max retries per request").
-    await waitForRedis(redis, config.redis.url, config.redis.startupWaitMs);
+    await waitForRedis(redis, config.redis.url, config.redis.startupWaitMs, start.abort);
     await checkMasterKey(redis, keys.keyCheck(), sealer);
     await ensureEventGroups(redis, keys, config.events);
     if (role === 'all' || role === 'worker') {
@@ -668,9 +668,12 @@ export async function runCli(argv: string[]): Promise<number> {
     // stopping it at once, or just after the start-up log line) is a graceful stop once it is up, not
     // Node's default of dying on the spot.
     let engine: Engine | undefined;
+    // A signal while the start still waits for Redis ends that wait: nothing is running yet.
+    const starting = new AbortController();
     const signalled = new Promise<void>((resolve) => {
       const onSignal = (signal: string) => {
         logger.info({ signal }, 'shutting down');
+        starting.abort();
         // Last resort: a stop step (or the rest of the start) that hangs (Redis gone ...) must not keep the
         // process past its grace (worker.shutdownGraceMs, counted from the signal): exit 1 then. stop()
         // plans to be done before.
@@ -684,7 +687,13 @@ export async function runCli(argv: string[]): Promise<number> {
       process.once('SIGTERM', () => onSignal('SIGTERM'));
       process.once('SIGINT', () => onSignal('SIGINT'));
     });
-    engine = await startEngine(config, role, logger);
+    try {
+      engine = await startEngine(config, role, logger, { abort: starting.signal });
+    } catch (err) {
+      if (!(err instanceof StartAborted)) throw err;
+      logger.info(err.message);
+      return 0;
+    }
     await signalled;
     await engine.stop();
     return 0;

@@ -91,19 +91,36 @@ export class RedisUnreachableError extends AppError {
   }
 }
 
+/** A stop signal came while the start waited for Redis: nothing was started, nothing to stop. */
+export class StartAborted extends AppError {
+  constructor(message: string) {
+    super('start_aborted', message);
+  }
+}
+
 /**
  * At start-up, before anything else touches Redis: waits until Redis answers PING, for at most `waitMs`
  * (`redis.startupWaitMs`: a Redis started beside the engine may come up a moment later), retrying every 500 ms.
  * Then, or at once for an error Redis itself answered (NOAUTH, WRONGPASS, LOADING left aside), a RedisUnreachableError
  * that names the URL (password hidden) and the last connection error, instead of ioredis's "max retries per request".
+ * `abort` (a stop signal during the start) ends the wait at once with StartAborted.
  */
-export async function waitForRedis(redis: Redis, url: string, waitMs: number): Promise<void> {
+export async function waitForRedis(redis: Redis, url: string, waitMs: number, abort?: AbortSignal): Promise<void> {
   const started = Date.now();
+  const aborted = (): StartAborted => new StartAborted(`stopped while waiting for Redis at ${redactRedisUrl(url)}`);
   let cause = '';
   const onError = (err: Error): void => void (cause = err.message);
   // A single server's client emits 'error'; a cluster client 'node error' for each seed node it could not reach.
   redis.on('error', onError);
   redis.on('node error', onError);
+  let onAbort: (() => void) | undefined;
+  const stopped = new Promise<never>((_, reject) => {
+    onAbort = () => reject(aborted());
+    if (abort?.aborted) onAbort();
+    else abort?.addEventListener('abort', onAbort, { once: true });
+  });
+  // Rejected at a stop that comes while nothing races it (during the pause between tries): handled there.
+  stopped.catch(() => undefined);
   try {
     for (;;) {
       const left = waitMs - (Date.now() - started);
@@ -115,10 +132,10 @@ export async function waitForRedis(redis: Redis, url: string, waitMs: number): P
         const silent = new Promise<never>((_, reject) => {
           timer = setTimeout(() => reject(Object.assign(new Error(`no answer to PING within ${tryMs / 1000} s`), { silent: true })), tryMs);
         });
-        await Promise.race([redis.ping(), silent]);
+        await Promise.race([redis.ping(), silent, stopped]);
         return;
       } catch (err) {
-        if (!(err instanceof Error)) throw err;
+        if (!(err instanceof Error) || err instanceof StartAborted) throw err;
         const loading = /^LOADING/.test(err.message);
         const isSilent = 'silent' in err;
         if (!isSilent && !loading && !isRedisUnavailable(err)) {
@@ -130,7 +147,9 @@ export async function waitForRedis(redis: Redis, url: string, waitMs: number): P
           const waited = waitMs > 0 ? ` within ${waitMs / 1000} s (redis.startupWaitMs)` : '';
           throw new RedisUnreachableError(`cannot reach Redis at ${redactRedisUrl(url)}${waited}: ${cause}. Is redis-server running there? Set redis.url or REDIS_URL`);
         }
-        await sleep(Math.min(500, leftNow));
+        await sleep(Math.min(500, leftNow), undefined, { signal: abort }).catch(() => {
+          throw aborted();
+        });
       } finally {
         clearTimeout(timer);
       }
@@ -138,6 +157,7 @@ export async function waitForRedis(redis: Redis, url: string, waitMs: number): P
   } finally {
     redis.off('error', onError);
     redis.off('node error', onError);
+    if (onAbort) abort?.removeEventListener('abort', onAbort);
   }
 }
 

@@ -199,6 +199,21 @@ describe('flashverify without Redis at start-up', { timeout: 90_000 }, () => {
     }
   });
 
+  it('a SIGTERM while the start waits for Redis stops it at once, exit 0', async () => {
+    const c = await engineCluster({ redis: { startupWaitMs: 60_000 } }, { redisUrl: `redis://127.0.0.1:${nobody}` });
+    try {
+      // Sent the moment it says it cannot connect: it is waiting then.
+      const p = await c.start('api', { signalOn: { text: 'redis connection error', signal: 'SIGTERM' } });
+      const exit = await p.waitExit(10_000);
+      expect(exit).toMatchObject({ code: 0, timedOut: false });
+      expect(exit.ms).toBeLessThan(3000);
+      expect(p.output()).toContain(`stopped while waiting for Redis at redis://127.0.0.1:${nobody}`);
+      expect(p.output()).not.toContain('shutdown grace exceeded');
+    } finally {
+      await c.cleanup();
+    }
+  });
+
   it('an engine started before its Redis serves once Redis comes up within the wait', async () => {
     await own.kill();
     const c = await engineCluster({ redis: { startupWaitMs: 30_000 } }, { redisUrl: own.url });
