@@ -670,8 +670,12 @@ export async function runCli(argv: string[]): Promise<number> {
     let engine: Engine | undefined;
     // A signal while the start still waits for Redis ends that wait: nothing is running yet.
     const starting = new AbortController();
+    let stopping = false;
     const signalled = new Promise<void>((resolve) => {
       const onSignal = (signal: string) => {
+        // One stop, whichever signals come (a supervisor's SIGTERM after a terminal's SIGHUP ...).
+        if (stopping) return;
+        stopping = true;
         logger.info({ signal }, 'shutting down');
         starting.abort();
         // Last resort: a stop step (or the rest of the start) that hangs (Redis gone ...) must not keep the
@@ -686,6 +690,9 @@ export async function runCli(argv: string[]): Promise<number> {
       };
       process.once('SIGTERM', () => onSignal('SIGTERM'));
       process.once('SIGINT', () => onSignal('SIGINT'));
+      // The terminal it ran in went away (an SSH session dropped under `npm start`): Node's default is to die on the
+      // spot, dropping the calls in progress; a graceful stop ends them as SIGTERM does.
+      process.once('SIGHUP', () => onSignal('SIGHUP'));
     });
     try {
       engine = await startEngine(config, role, logger, { abort: starting.signal });

@@ -83,6 +83,25 @@ describe('SIGTERM to a worker', { timeout: 60_000 }, () => {
     expect(invitesPerDestination(uas.messages()).size).toBe(6);
   });
 
+  it('a SIGHUP (the terminal went away) stops it the same way: the ringing call CANCELled and delivered, exit 0', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 50_000 });
+    cluster = await engineCluster({ ...base(uas.uri, {}), flash: { ringMs: 8000 } });
+    await cluster.start('api');
+    const worker = await cluster.start('worker');
+    const { auth } = await cluster.account();
+    const id = await create(cluster, auth, 'flash_call', '+447700900310');
+    await waitFor(async () => uas!.sent().some((m) => m.status === 180), 15_000, 25);
+
+    worker.kill('SIGHUP');
+    const exit = await worker.waitExit(GRACE_MS + 3000);
+    // Not killed by the signal (Node's default for SIGHUP): a clean exit, long before the 8 s ring would end.
+    expect(exit).toMatchObject({ code: 0, signal: null, timedOut: false });
+    expect(exit.ms).toBeLessThan(5000);
+    expect(worker.output()).toMatch(/"signal":"SIGHUP".*"msg":"shutting down"/);
+    expect(uas.requests('CANCEL')).toHaveLength(1);
+    expect(await cluster.redis.hget(cluster.keys.verification(id), 'status')).toBe('delivered');
+  });
+
   it('lets voice prompts play, then hangs up with BYE when the grace runs out, and exits 0', async () => {
     rtp = await startRtpReceiver();
     uas = await startSippUas({ scenario: 'uas-voice-answer', calls: 2, maxLifetimeMs: 50_000, vars: { rtp_ip: '127.0.0.1', rtp_port: rtp.port } });
