@@ -44,7 +44,7 @@ export function openApiDocument(config: Readonly<Config>): Json {
     },
     '500': err('Server error', 'internal_error'),
     '503': {
-      ...err('Temporarily unavailable: Redis unreachable, or this server at its limit of requests in progress (api.maxInFlight)', 'service_unavailable'),
+      ...err('Temporarily unavailable: Redis unreachable or refusing writes (full, a replica), or this server at its limit of requests in progress (api.maxInFlight)', 'service_unavailable'),
       headers: { ...rl, 'Retry-After': { description: 'Seconds to wait (when the server is at its limit)', schema: { type: 'integer' } } },
     },
   };

@@ -59,7 +59,6 @@ export class TcpTransport implements Transport {
 
   async listen(): Promise<void> {
     const server = net.createServer((socket) => this.adopt(socket, undefined));
-    server.on('error', (err) => this.logger.warn({ err: err.message }, 'TCP server error'));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen({ port: this.requestedPort, host: this.host, exclusive: true }, () => {
@@ -67,6 +66,8 @@ export class TcpTransport implements Transport {
         resolve();
       });
     });
+    // Once listening: a failed listen is the caller's to report (with port 0, the stack tries another port), not a warning.
+    server.on('error', (err) => this.logger.warn({ err: err.message }, 'TCP server error'));
     this.server = server;
     const addr = server.address();
     this.port = typeof addr === 'object' && addr !== null ? addr.port : this.requestedPort;

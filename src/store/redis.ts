@@ -18,7 +18,45 @@ export function connectRedis(endpoint: RedisEndpoint, logger: Logger, options: R
   const { url, cluster } = typeof endpoint === 'string' ? { url: endpoint, cluster: false } : endpoint;
   const redis = cluster ? clusterClient(url, logger, options) : singleClient(url, options);
   logConnectionErrors(redis, logger);
+  if (options.maxRetriesPerRequest === null) waitingConnections.set(redis, refusalLog(logger));
   return redis;
+}
+
+/**
+ * Connections made to wait for Redis (maxRetriesPerRequest: null: the delivery writes), each with its log of
+ * refusals. ioredis waits through a lost connection by itself; a script on such a connection also waits through a
+ * refusal that passes (LuaScript.run), so that a call's outcome is not dropped because Redis was full for a while.
+ */
+const waitingConnections = new WeakMap<object, { refused(err: Error): void; accepted(): void }>();
+
+/** The refusal log of a waiting connection; undefined for one whose commands fail at once. */
+export function waitsThroughRefusals(redis: Redis): { refused(err: Error): void; accepted(): void } | undefined {
+  return waitingConnections.get(redis);
+}
+
+/** One warning per distinct refusal while they last, and one line when writes are taken again. */
+function refusalLog(logger: Logger): { refused(err: Error): void; accepted(): void } {
+  let last = '';
+  return {
+    refused(err) {
+      const kind = err.message.split(' ')[0]!;
+      if (kind !== last) logger.warn({ err: err.message }, 'redis refuses writes for now; delivery writes wait and retry');
+      last = kind;
+    },
+    accepted() {
+      if (last) logger.info('redis takes writes again');
+      last = '';
+    },
+  };
+}
+
+/**
+ * A refusal Redis makes before a script has written anything, and that passes: full (maxmemory under noeviction:
+ * a script without flags is refused at its first write only, so nothing of it was applied), a replica after a
+ * failover (READONLY), loading its data, another script running too long (BUSY), no quorum of replicas.
+ */
+export function isPassingRefusal(err: Error): boolean {
+  return /^(OOM|READONLY|MASTERDOWN|LOADING|BUSY|TRYAGAIN|NOREPLICAS) /.test(err.message);
 }
 
 /** One warning per distinct error while Redis is unreachable (not one per reconnection attempt), and one when it is back. */
@@ -61,6 +99,8 @@ export const connectionErrorLoggedElsewhere = (): void => undefined;
 export function isRedisUnavailable(err: Error): boolean {
   return (
     err.name === 'MaxRetriesPerRequestError' ||
+    // Reachable but refusing for now (full, a replica, loading ...).
+    isPassingRefusal(err) ||
     err.name === 'ClusterAllFailedError' ||
     /Connection is closed|ECONNREFUSED|Stream isn't writeable|Cluster isn't ready|CLUSTERDOWN|Too many Cluster redirections|Failed to refresh slots cache/.test(err.message)
   );

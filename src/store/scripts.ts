@@ -1,7 +1,9 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
+import { isPassingRefusal, waitsThroughRefusals } from './redis.js';
 
 /** A Lua script from src/store/lua, named `verbNoun-<numKeys>.lua` as in BullMQ. */
 export class LuaScript {
@@ -32,9 +34,29 @@ export class LuaScript {
     return new LuaScript(name, source);
   }
 
-  /** EVALSHA, falling back to EVAL once when the server does not know the script yet. */
+  /**
+   * EVALSHA, falling back to EVAL once when the server does not know the script yet. On a connection that waits for
+   * Redis (the delivery writes), a refusal that passes (Redis full, a replica, loading) is waited out: tried again
+   * after 100 ms, then twice as long each time up to 2 s, until Redis takes it. Redis refuses such a script before
+   * its first write, so trying again applies it once.
+   */
   async run(redis: Redis, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
     if (keys.length !== this.numKeys) throw new Error(`${this.name}: expected ${this.numKeys} keys`);
+    const waiting = waitsThroughRefusals(redis);
+    for (let pause = 100; ; pause = Math.min(2000, pause * 2)) {
+      try {
+        const result = await this.once(redis, keys, args);
+        if (waiting && pause > 100) waiting.accepted();
+        return result;
+      } catch (err) {
+        if (!waiting || !(err instanceof Error) || !isPassingRefusal(err)) throw err;
+        waiting.refused(err);
+        await sleep(pause);
+      }
+    }
+  }
+
+  private async once(redis: Redis, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
     try {
       return await redis.evalsha(this.sha, this.numKeys, ...keys, ...args);
     } catch (err) {

@@ -106,3 +106,58 @@ describe('Redis restarted under load', { timeout: 60_000 }, () => {
     }
   });
 });
+
+/**
+ * Redis full: `maxmemory` reached under `noeviction`, so it refuses every write with an OOM error while reads and
+ * PING still work. The api answers 503 `service_unavailable` (retry later), not 500, and writes nothing; the outcome
+ * of a call that ends while Redis is full is written once Redis has room again (delivery writes wait it out).
+ */
+describe('Redis full (maxmemory, noeviction)', { timeout: 60_000 }, () => {
+  it('503 for new requests, nothing written; a call ringing meanwhile is recorded once Redis has room', async () => {
+    redis = await ownRedis();
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 10, maxLifetimeMs: 55_000 });
+    cluster = await engineCluster(
+      {
+        flash: { ringMs: 3000 },
+        worker: { lockDurationMs: 3000, stalledIntervalMs: 1000 },
+        events: { claimIdleMs: 1000 },
+        sip: { timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] },
+      },
+      { redisUrl: redis.url },
+    );
+    const processes = [await cluster.start('api'), await cluster.start('worker')];
+    const { auth, account_id } = await cluster.account(100);
+    const before = await http(`${cluster.httpUrl}/v1/verify`, { auth, body: { phone_number: '+447700900401' } });
+    expect(before.status).toBe(201);
+    const ringing = String(before.body.request_id);
+    await waitFor(async () => uas!.sent().some((m) => m.status === 180), 10_000, 25);
+
+    // Full now: below what it already uses.
+    const used = Number(/used_memory:(\d+)/.exec(await cluster.redis.info('memory'))![1]);
+    await cluster.redis.config('SET', 'maxmemory-policy', 'noeviction');
+    await cluster.redis.config('SET', 'maxmemory', String(Math.floor(used / 2)));
+    const balance = await cluster.redis.hget(cluster.keys.account(account_id), 'balance');
+    try {
+      const refused = await http(`${cluster.httpUrl}/v1/verify`, { auth, body: { phone_number: '+447700900402' } });
+      expect(refused.status).toBe(503);
+      expect(refused.body.error).toBe('service_unavailable');
+      // Nothing charged, no job.
+      expect(await cluster.redis.hget(cluster.keys.account(account_id), 'balance')).toBe(balance);
+      // The ringing call is CANCELled after its 3 s ring while Redis is still full.
+      await waitFor(async () => uas!.requests('CANCEL').length === 1, 10_000, 50);
+      await new Promise((r) => setTimeout(r, 1500));
+    } finally {
+      await cluster.redis.config('SET', 'maxmemory', '0');
+    }
+    // Room again: the call's outcome, refused while Redis was full, reaches its record; it was dialled once.
+    await waitFor(async () => (await cluster!.redis.hget(cluster!.keys.verification(ringing), 'outcome')) === 'cancelled', 20_000, 100);
+    expect(await cluster.redis.hmget(cluster.keys.verification(ringing), 'status', 'final_sip_status')).toEqual(['delivered', '487']);
+    const worker = processes[1]!.output();
+    expect(worker).toMatch(/"err":"OOM command not allowed[^"]*","msg":"redis refuses writes for now; delivery writes wait and retry"/);
+    expect(worker).toContain('redis takes writes again');
+    const after = await http(`${cluster.httpUrl}/v1/verify`, { auth, body: { phone_number: '+447700900403' } });
+    expect(after.status).toBe(201);
+    for (const [, calls] of invitesPerDestination(uas.messages())) expect(calls.size).toBe(1);
+    for (const p of processes) expect(p.child.exitCode).toBeNull();
+  });
+});
