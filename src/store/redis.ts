@@ -80,7 +80,7 @@ export function connectBullRedis(endpoint: RedisEndpoint, logger?: Logger): Redi
   const { url, cluster } = typeof endpoint === 'string' ? { url: endpoint, cluster: false } : endpoint;
   const redis = cluster
     ? (new Cluster(seedNodes(url), { redisOptions: { ...nodeOptions(url), maxRetriesPerRequest: null } }) as unknown as Redis)
-    : new Redis(redisTarget(url), { maxRetriesPerRequest: null });
+    : new Redis(redisTarget(url), { maxRetriesPerRequest: null, reconnectOnError: reconnectOnReadonly });
   if (logger) logConnectionErrors(redis, logger);
   return redis;
 }
@@ -224,8 +224,19 @@ function clusterClient(url: string, logger: Logger, options: RedisOptions): Redi
   return cluster as unknown as Redis;
 }
 
+/**
+ * A server that answers READONLY has become a replica: the address in `redis.url` (a virtual IP, a DNS name such as
+ * a managed Redis's primary endpoint) now leads to the new primary, but this connection is still open to the old
+ * one and would be refused for ever. Reconnect, and send the refused command again (Redis refuses it before it
+ * writes anything).
+ */
+export function reconnectOnReadonly(err: Error): 2 | false {
+  return err.message.startsWith('READONLY') ? 2 : false;
+}
+
 function singleClient(url: string, options: RedisOptions): Redis {
   return new Redis(redisTarget(url), {
+    reconnectOnError: reconnectOnReadonly,
     // Fail commands quickly while Redis is down instead of queueing forever,
     // so the API answers 503 within about a second rather than hanging: a
     // command waits for at most one failed reconnection attempt, and attempts

@@ -1,3 +1,5 @@
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
+import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { http, waitFor } from '../helpers/engine.js';
 import { engineCluster, invitesPerDestination, type EngineCluster } from '../helpers/engine-process.js';
@@ -159,5 +161,60 @@ describe('Redis full (maxmemory, noeviction)', { timeout: 60_000 }, () => {
     expect(after.status).toBe(201);
     for (const [, calls] of invitesPerDestination(uas.messages())) expect(calls.size).toBe(1);
     for (const p of processes) expect(p.child.exitCode).toBeNull();
+  });
+});
+
+/**
+ * A primary/replica failover behind one address (a virtual IP, or a managed Redis's primary endpoint): the old
+ * primary becomes a replica and stays up, so the engine's open connections to it are refused with READONLY, while
+ * new connections to the address reach the new primary. Here a TCP proxy on loopback is "the address".
+ */
+describe('Redis failover behind one address', { timeout: 60_000 }, () => {
+  it('the api reconnects on READONLY and takes requests again on the new primary', async () => {
+    redis = await ownRedis();
+    const second = await ownRedis();
+    let target = redis.port;
+    const held = new Set<Socket>();
+    const proxy = createServer((client) => {
+      const upstream = connect(target, '127.0.0.1');
+      for (const s of [client, upstream]) {
+        held.add(s);
+        s.on('close', () => held.delete(s));
+        s.on('error', () => undefined);
+      }
+      client.pipe(upstream).pipe(client);
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', () => r()));
+    const oldPrimary = new Redis(redis.url);
+    const newPrimary = new Redis(second.url);
+    try {
+      cluster = await engineCluster({}, { redisUrl: `redis://127.0.0.1:${(proxy.address() as AddressInfo).port}` });
+      await cluster.start('api');
+      const { auth } = await cluster.account(100);
+      expect((await http(`${cluster.httpUrl}/v1/verify`, { auth, body: { phone_number: '+447700900501' } })).status).toBe(201);
+
+      // The failover: the second server copies the first, is promoted, the first follows it, and the address moves.
+      await newPrimary.replicaof('127.0.0.1', String(redis.port));
+      await waitFor(async () => /master_link_status:up/.test(await newPrimary.info('replication')), 10_000, 50);
+      await waitFor(async () => (await newPrimary.dbsize()) === (await oldPrimary.dbsize()), 10_000, 50);
+      await newPrimary.replicaof('NO', 'ONE');
+      await oldPrimary.replicaof('127.0.0.1', String(second.port));
+      target = second.port;
+
+      // The api's connections still lead to the old primary, now a replica: the first write is refused with READONLY.
+      const after = await http(`${cluster.httpUrl}/v1/verify`, { auth, body: { phone_number: '+447700900502' } });
+      expect(after.status).toBe(201);
+      expect(await newPrimary.exists(cluster.keys.verification(String(after.body.request_id)))).toBe(1);
+    } finally {
+      oldPrimary.disconnect();
+      newPrimary.disconnect();
+      proxy.close();
+      for (const s of held) s.destroy();
+      await cluster?.cleanup();
+      cluster = undefined;
+      await second.cleanup();
+    }
   });
 });
