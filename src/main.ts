@@ -122,12 +122,12 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   let sipPort: number | undefined;
   let metricsUrl: string | undefined;
   try {
-    // Every role writes events (the api: created, test numbers, checks; workers: call outcomes, possibly for jobs
-    // another language's producer queued) and may do so before any consumer of a group ever started: the groups
-    // exist first, so the webhooks group (which starts at "$") misses none of them.
     // Redis first, with a clear error when it is not there (ioredis would say only "max retries per request").
     await waitForRedis(redis, config.redis.url, config.redis.startupWaitMs, start.abort);
     await checkMasterKey(redis, keys.keyCheck(), sealer);
+    // Every role writes events (the api: created, test numbers, checks; workers: call outcomes, possibly for jobs
+    // another language's producer queued) and may do so before any consumer of a group ever started: the groups
+    // exist first, so the webhooks group (which starts at "$") misses none of them.
     await ensureEventGroups(redis, keys, config.events);
     if (role === 'all' || role === 'worker') {
       // Loaded only by the worker role: the api role never opens SIP sockets.

@@ -39,7 +39,7 @@ export function resolveMasterKeys(src: MasterKeySource): ResolvedKeys {
     new ConfigError([
       `security.masterKeyFile: cannot ${what} ${file}: ${(err as Error).message}; make it ${what === 'read' ? 'readable' : 'writable'}, or set security.masterKey (FLASHVERIFY_MASTER_KEY)`,
     ]);
-  if (existsSync(file)) {
+  const existing = (): ResolvedKeys => {
     let text: string;
     try {
       text = readFileSync(file, 'utf8');
@@ -47,7 +47,8 @@ export function resolveMasterKeys(src: MasterKeySource): ResolvedKeys {
       throw cannot('read', err);
     }
     return { current: parseKey(text, file), previous, created: false };
-  }
+  };
+  if (existsSync(file)) return existing();
   const key = randomBytes(32);
   // Written whole under another name, then linked into place: a process starting at the same moment (api and
   // workers of one host) either finds no file or a complete one, and the one that loses the race uses the winner's.
@@ -75,6 +76,6 @@ export function resolveMasterKeys(src: MasterKeySource): ResolvedKeys {
       // never made (its directory could not be)
     }
   }
-  if (lostRace) return { current: parseKey(readFileSync(file, 'utf8'), file), previous, created: false };
+  if (lostRace) return existing();
   return { current: key, previous, created: true };
 }
