@@ -26,6 +26,7 @@ import { BullDeliveryQueue, QUEUE_NAMES, type DeliveryJobData } from './engine/q
 import { waitAtMost } from './async/time-limit.js';
 import { AppError, ConfigError } from './errors/app-error.js';
 import { listening } from './errors/listen-error.js';
+import { VERSION } from './version.js';
 import type { MediaPlayer } from './media/media-player.js';
 import { EventPublisher } from './events/event-publisher.js';
 import { StatusConsumer } from './events/status-consumer.js';
@@ -611,6 +612,7 @@ const USAGE = `flashverify — phone-number verification engine (flash call, voi
 
 Usage:
   flashverify start [--role all|api|worker|webhooks] [--config FILE]
+  flashverify --version
   flashverify account create --name NAME [--balance 10] [--currency GBP|USD|EUR] [--active]
   flashverify account show ACCOUNT_ID
   flashverify account approve ACCOUNT_ID
@@ -651,9 +653,14 @@ export async function runCli(argv: string[]): Promise<number> {
       'request-id': { type: 'string' },
       since: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
+      version: { type: 'boolean', short: 'v', default: false },
     },
   });
   const [command, sub, id] = positionals;
+  if (values.version) {
+    process.stdout.write(`flashverify ${VERSION} (Node.js ${process.version})\n`);
+    return 0;
+  }
   if (values.help || !command) {
     process.stdout.write(USAGE + '\n');
     return command || values.help ? 0 : 2;
@@ -664,6 +671,7 @@ export async function runCli(argv: string[]): Promise<number> {
   if (command === 'start') {
     const role = values.role as Role;
     if (!['all', 'api', 'worker', 'webhooks'].includes(role)) throw new AppError('usage', `--role must be all, api, worker or webhooks, not "${role}"`);
+    logger.info({ version: VERSION, node: process.version, role }, 'flashverify starting');
     // Listening for the signal before the engine starts: one that comes while it starts (a supervisor
     // stopping it at once, or just after the start-up log line) is a graceful stop once it is up, not
     // Node's default of dying on the spot.

@@ -1,4 +1,5 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { VERSION } from '../version.js';
 
 /** The events stream's consumer groups (XINFO GROUPS): entries pending (read, not acknowledged) and lag (not read). */
 export interface EventGroupsSource {
@@ -106,6 +107,11 @@ export class Metrics {
   constructor(options: { defaultMetrics?: boolean } = {}) {
     if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
     const registers = [this.registry];
+    // What runs where (a mixed fleet during an upgrade): always 1, the version in its labels.
+    new Gauge({ name: 'flashverify_build_info', help: 'Always 1; labels: the flashverify and Node.js versions of this process', labelNames: ['version', 'node'], registers }).set(
+      { version: VERSION, node: process.version },
+      1,
+    );
     this.callsStarted = new Counter({
       name: 'flashverify_calls_started_total',
       help: 'Calls whose INVITE was sent, by method and trunk',

@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -114,6 +114,14 @@ describe('flashverify CLI', { timeout: 90_000 }, () => {
     const rps = await flashverify(['account', 'set-rate-limit', randomBytes(4).toString('hex'), '--rps', '0', '--config', config], env);
     expect(rps.code).not.toBe(0);
     expect(rps.stderr).toMatch(/--rps must be a positive whole number/);
+  });
+
+  it('says its version', async () => {
+    const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+    for (const flag of ['--version', '-v']) {
+      const r = await flashverify([flag], env);
+      expect([r.code, r.stdout, r.stderr]).toEqual([0, `flashverify ${pkg.version} (Node.js ${process.version})\n`, '']);
+    }
   });
 
   it('refuses an invalid configuration listing every error, exit 78', async () => {

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { findFreePort, sipUriUser, startSippUas, type SippUas } from '../helpers/sipp.js';
 import { http, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
@@ -119,6 +120,9 @@ describe('the worker role operator listener', () => {
     const text = await scrape(url!);
     expect(sample(text, 'flashverify_active_calls')).toBe(0);
     expect(sample(text, 'flashverify_queue_jobs', { queue: 'webhook', state: 'waiting' })).toBe(0);
+    // Which version runs where: package.json's, and this Node.js.
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+    expect(sample(text, 'flashverify_build_info', { version: pkg.version, node: process.version })).toBe(1);
     expect((await http(`${url}/healthz`)).body).toEqual({ status: 'ok' });
     const ready = await http(`${url}/readyz`);
     expect(ready.status).toBe(200);
