@@ -46,7 +46,7 @@ import type { CallOriginator } from './sip/call-originator.js';
 import { trunkNeedsTls } from './sip/trunk-transport.js';
 import { CounterBatch } from './store/counter-batch.js';
 import { Keys } from './store/keys.js';
-import { connectBullRedis, connectRedis, RedisUnreachableError, StartAborted, waitForRedis } from './store/redis.js';
+import { connectBullRedis, connectRedis, isRedisUnavailable, RedisUnreachableError, StartAborted, waitForRedis } from './store/redis.js';
 import { DELIVERABLE_METHODS, type Method } from './verification/types.js';
 import { ExpirySweeper } from './verification/expiry-sweeper.js';
 import { EnqueueReconciler } from './verification/enqueue-reconciler.js';
@@ -863,6 +863,10 @@ if (isMain()) {
       else if (err instanceof Error && 'code' in err && err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
         process.stderr.write(`flashverify: ${err.message}\n\n${USAGE}\n`);
         return process.exit(2);
+      } else if (err instanceof Error && isRedisUnavailable(err)) {
+        // Lost, or refusing writes (full, a replica) while a command ran: not a bug, no stack.
+        process.stderr.write(`flashverify: Redis is unavailable: ${err.message}\n`);
+        return process.exit(69);
       } else process.stderr.write(`flashverify: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
       // sysexits(3): EX_CONFIG for a bad configuration, EX_UNAVAILABLE for a Redis that is not there.
       process.exit(err instanceof ConfigError ? 78 : err instanceof RedisUnreachableError ? 69 : 1);

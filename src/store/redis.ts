@@ -170,7 +170,7 @@ export async function waitForRedis(redis: Redis, url: string, waitMs: number, ab
       let timer: NodeJS.Timeout | undefined;
       try {
         const silent = new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(Object.assign(new Error(`no answer to PING within ${tryMs / 1000} s`), { silent: true })), tryMs);
+          timer = setTimeout(() => reject(Object.assign(new Error(`no answer to PING within ${(tryMs / 1000).toFixed(1)} s`), { silent: true })), tryMs);
         });
         await Promise.race([redis.ping(), silent, stopped]);
         return;
