@@ -27,14 +27,17 @@ describe('master key file', () => {
   it('processes that start at the same moment all end up with the one key', async () => {
     const file = join(dir, 'race', 'master.key');
     // Each process waits (spinning) for the same instant, so that they all look for the file within a millisecond.
-    const at = Date.now() + 4000;
+    const at = Date.now() + 3000;
     const script = `import { resolveMasterKeys } from './src/crypto/master-key.ts';
 while (Date.now() < ${at});
 const k = resolveMasterKeys({ masterKey: '', masterKeyFile: ${JSON.stringify(file)}, previousMasterKeys: [] });
 process.stdout.write(k.current.toString('hex') + ' ' + k.created);`;
     const run = () =>
       new Promise<string>((done, fail) =>
-        execFile(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT }, (err, out, stderr) => (err ? fail(new Error(stderr || err.message)) : done(out))),
+        // At the lowest priority: their spinning must not slow the tests that run beside this one.
+        execFile('nice', ['-n', '19', process.execPath, '--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT }, (err, out, stderr) =>
+          err ? fail(new Error(stderr || err.message)) : done(out),
+        ),
       );
     const outs = await Promise.all(Array.from({ length: 8 }, run));
     const keys = new Set(outs.map((o) => o.split(' ')[0]));
