@@ -564,13 +564,18 @@ export const configSchema = z
       })
       .strict()
       .superRefine((r, ctx) => {
-        const urls = r.url.split(',').map((u) => u.trim());
+        // A Sentinel URL lists its Sentinels with commas itself: one URL.
+        const urls = r.url.trim().startsWith('sentinel://') ? [r.url.trim()] : r.url.split(',').map((u) => u.trim());
         if (urls.length > 1 && !r.cluster) {
           ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['url'], message: 'a list of URLs is only for redis.cluster: true (its seed nodes)' });
         }
         for (const u of urls) {
-          if (!/^(rediss?:\/\/|unix:\/\/\/)/.test(u)) {
-            ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['url'], message: `must be a redis://, rediss:// or unix:///path/to/redis.sock URL${urls.length > 1 ? ` (a seed node is "${u}")` : ''}` });
+          if (!r.cluster && u.startsWith('sentinel://')) {
+            if (!/^sentinel:\/\/(?:[^@/]*@)?[^/?]+\/[^/?]+(?:\/\d+)?\/?(?:\?.*)?$/.test(u)) {
+              ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['url'], message: 'a Sentinel URL is sentinel://host:port[,host:port...]/<master name>[/<db>]' });
+            }
+          } else if (!/^(rediss?:\/\/|unix:\/\/\/)/.test(u)) {
+            ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['url'], message: `must be a redis://, rediss://, unix:///path/to/redis.sock or sentinel://host:port/<master name> URL${urls.length > 1 ? ` (a seed node is "${u}")` : ''}` });
           } else if (r.cluster && u.startsWith('unix://')) {
             ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['url'], message: `${u}: a Redis Cluster is reached over TCP (redis:// or rediss://), not a Unix socket` });
           } else if (r.cluster && !/^rediss?:\/\/[^/]*(\/0?)?$/.test(u)) {

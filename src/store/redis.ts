@@ -80,7 +80,7 @@ export function connectBullRedis(endpoint: RedisEndpoint, logger?: Logger): Redi
   const { url, cluster } = typeof endpoint === 'string' ? { url: endpoint, cluster: false } : endpoint;
   const redis = cluster
     ? (new Cluster(seedNodes(url), { redisOptions: { ...nodeOptions(url), maxRetriesPerRequest: null } }) as unknown as Redis)
-    : new Redis(redisTarget(url), { maxRetriesPerRequest: null, reconnectOnError: reconnectOnReadonly });
+    : redisClient(url, { maxRetriesPerRequest: null, reconnectOnError: reconnectOnReadonly });
   if (logger) logConnectionErrors(redis, logger);
   return redis;
 }
@@ -108,6 +108,8 @@ export function isRedisUnavailable(err: Error): boolean {
 
 /** `redis.url` for a message: passwords (in the URL's user part, or a unix:// URL's `password=`) replaced by `***`. */
 export function redactRedisUrl(url: string): string {
+  // One URL, its Sentinels listed with commas.
+  if (url.trim().startsWith('sentinel://')) return url.trim().replace(/\/\/([^:/@]*):[^@/]*@/, '//$1:***@').replace(/([?&]sentinelPassword=)[^&]*/, '$1***');
   return url
     .split(',')
     .map((u) => {
@@ -148,8 +150,9 @@ export class StartAborted extends AppError {
 export async function waitForRedis(redis: Redis, url: string, waitMs: number, abort?: AbortSignal): Promise<void> {
   const started = Date.now();
   const aborted = (): StartAborted => new StartAborted(`stopped while waiting for Redis at ${redactRedisUrl(url)}`);
-  let cause = '';
-  const onError = (err: Error): void => void (cause = err.message);
+  /** The client's own last connection error (refused, no Sentinel answering ...): the best reason to give, else PING's. */
+  let connectionError = '';
+  const onError = (err: Error): void => void (connectionError = err.message);
   // A single server's client emits 'error'; a cluster client 'node error' for each seed node it could not reach.
   redis.on('error', onError);
   redis.on('node error', onError);
@@ -181,7 +184,7 @@ export async function waitForRedis(redis: Redis, url: string, waitMs: number, ab
         if (!isSilent && !loading && !isRedisUnavailable(err)) {
           throw new RedisUnreachableError(`Redis at ${redactRedisUrl(url)} answered PING with an error: ${err.message} (redis.url, REDIS_URL)`);
         }
-        if (isSilent || loading || !cause) cause = err.message;
+        const cause = loading ? err.message : connectionError || err.message;
         const leftNow = waitMs - (Date.now() - started);
         if (leftNow <= 0) {
           const waited = waitMs > 0 ? ` within ${waitMs / 1000} s (redis.startupWaitMs)` : '';
@@ -235,7 +238,7 @@ export function reconnectOnReadonly(err: Error): 2 | false {
 }
 
 function singleClient(url: string, options: RedisOptions): Redis {
-  return new Redis(redisTarget(url), {
+  return redisClient(url, {
     reconnectOnError: reconnectOnReadonly,
     // Fail commands quickly while Redis is down instead of queueing forever,
     // so the API answers 503 within about a second rather than hanging: a
@@ -282,10 +285,44 @@ function nodeOptions(url: string): RedisOptions {
  * (BENCHMARKS.md, "Measured and not kept").
  */
 export function redisTarget(url: string): string {
+  if (url.startsWith('sentinel://')) throw new Error(`redis.url ${redactRedisUrl(url)} names Sentinels, not one server: use redisClient()`);
   if (!url.startsWith('unix://')) return url;
   const path = url.slice('unix://'.length);
   if (!path.startsWith('/')) throw new Error(`redis.url ${url}: a unix:// URL needs an absolute socket path (unix:///path/to/redis.sock)`);
   return path;
+}
+
+/**
+ * `sentinel://[user:password@]host:port[,host:port...]/<master name>[/<db>][?sentinelPassword=P]`: Redis Sentinel.
+ * The client asks the Sentinels which server is the master of that name, connects to it, and after a failover
+ * (Sentinel's +switch-master, or the old master's READONLY) to the new one. The password is the data servers'.
+ */
+export function sentinelOptions(url: string): RedisOptions {
+  const m = /^sentinel:\/\/(?:([^:@/]*)(?::([^@/]*))?@)?([^/?]+)\/([^/?]+)(?:\/(\d+))?\/?(?:\?(.*))?$/.exec(url);
+  if (!m) throw new Error(`redis.url ${redactRedisUrl(url)}: a Sentinel URL is sentinel://host:port[,host:port...]/<master name>[/<db>]`);
+  const [, user, password, hosts, name, db, query] = m;
+  const params = new URLSearchParams(query ?? '');
+  const sentinelPassword = params.get('sentinelPassword');
+  return {
+    sentinels: hosts!.split(',').map((h) => {
+      const at = h.trim().lastIndexOf(':');
+      const host = at > 0 ? h.trim().slice(0, at) : h.trim();
+      return { host: host.replace(/^\[|\]$/g, ''), port: at > 0 ? Number(h.trim().slice(at + 1)) : 26379 };
+    }),
+    name: decodeURIComponent(name!),
+    role: 'master',
+    // Told of a failover by the Sentinels themselves, not only when the old master goes away.
+    failoverDetector: true,
+    ...(user ? { username: decodeURIComponent(user) } : {}),
+    ...(password ? { password: decodeURIComponent(password) } : {}),
+    ...(db ? { db: Number(db) } : {}),
+    ...(sentinelPassword ? { sentinelPassword } : {}),
+  };
+}
+
+/** A client for one server (`redis://`, `rediss://`, `unix://`) or a Sentinel-watched master (`sentinel://`). */
+export function redisClient(url: string, options: RedisOptions): Redis {
+  return url.startsWith('sentinel://') ? new Redis({ ...sentinelOptions(url), ...options }) : new Redis(redisTarget(url), options);
 }
 
 export type { Redis };

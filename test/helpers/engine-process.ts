@@ -14,7 +14,7 @@ import { stringify } from 'yaml';
 import { AccountStore } from '../../src/accounts/account-store.js';
 import { Sealer } from '../../src/crypto/sealer.js';
 import { Keys } from '../../src/store/keys.js';
-import { redisTarget } from '../../src/store/redis.js';
+import { redisClient } from '../../src/store/redis.js';
 import { deletePrefix, REDIS_URL, waitFor } from './engine.js';
 import { findFreePort } from './sipp.js';
 import type { Receiver, Received } from './webhook-receiver.js';
@@ -77,7 +77,7 @@ export async function engineCluster(overrides: Record<string, unknown>, opts: { 
   );
   const configFile = join(dir, 'config.yaml');
   writeFileSync(configFile, stringify(config));
-  const redis = new Redis(redisTarget(redisUrl), { maxRetriesPerRequest: 1 });
+  const redis = redisClient(redisUrl, { maxRetriesPerRequest: 1 });
   // Keep the test's own connection quiet while a test has its Redis down on purpose.
   redis.on('error', () => undefined);
   const keys = new Keys(prefix);

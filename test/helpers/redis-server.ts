@@ -4,7 +4,7 @@
  * its own directory and a free port; kill() and start() reuse both.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
@@ -70,4 +70,50 @@ export async function ownRedis(): Promise<OwnRedis> {
   };
   await self.start();
   return self;
+}
+
+export interface OwnSentinel {
+  readonly port: number;
+  /** sentinel://127.0.0.1:<port>/<master name> */
+  readonly url: string;
+  cleanup(): Promise<void>;
+}
+
+/**
+ * A Redis Sentinel (redis-server --sentinel) watching `masterPort` as `name`, quorum 1, quick to act (down after
+ * 1 s): for tests of a failover. Waits until it knows the master and at least `replicas` replicas of it.
+ */
+export async function ownSentinel(name: string, masterPort: number, replicas: number): Promise<OwnSentinel> {
+  const port = await findFreePort();
+  const dir = mkdtempSync(join(tmpdir(), 'fv-sentinel-'));
+  const conf = join(dir, 'sentinel.conf');
+  writeFileSync(
+    conf,
+    [`port ${port}`, 'bind 127.0.0.1', `dir ${dir}`, `sentinel monitor ${name} 127.0.0.1 ${masterPort} 1`, `sentinel down-after-milliseconds ${name} 1000`, `sentinel failover-timeout ${name} 5000`].join('\n') + '\n',
+  );
+  const child = spawn('redis-server', [conf, '--sentinel'], { stdio: 'ignore' });
+  const probe = new Redis({ host: '127.0.0.1', port, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => 100 });
+  probe.on('error', () => undefined);
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  try {
+    await probe.connect().catch(() => undefined);
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      const known = (await probe.call('SENTINEL', 'REPLICAS', name).catch(() => [])) as unknown[];
+      if (Array.isArray(known) && known.length >= replicas) break;
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error('redis-server --sentinel did not start or find the replicas');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } finally {
+    probe.disconnect();
+  }
+  return {
+    port,
+    url: `sentinel://127.0.0.1:${port}/${name}`,
+    async cleanup() {
+      if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
+      await exited;
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }

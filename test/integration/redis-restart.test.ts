@@ -3,7 +3,7 @@ import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { http, waitFor } from '../helpers/engine.js';
 import { engineCluster, invitesPerDestination, type EngineCluster } from '../helpers/engine-process.js';
-import { ownRedis, type OwnRedis } from '../helpers/redis-server.js';
+import { ownRedis, ownSentinel, type OwnRedis, type OwnSentinel } from '../helpers/redis-server.js';
 import { startSippUas, type SippUas } from '../helpers/sipp.js';
 
 /**
@@ -215,6 +215,81 @@ describe('Redis failover behind one address', { timeout: 60_000 }, () => {
       await cluster?.cleanup();
       cluster = undefined;
       await second.cleanup();
+    }
+  });
+});
+
+/** The test's own clients: the Sentinel's failover resets their connections now and then; nothing to report. */
+function quiet(c: Redis): Redis {
+  c.on('error', () => undefined);
+  return c;
+}
+
+/** Redis Sentinel (`redis.url: sentinel://…/<master name>`): a failover the Sentinel runs is followed by the engine. */
+describe('Redis Sentinel failover', { timeout: 60_000 }, () => {
+  it('the api and the worker find the master through the Sentinel, and the new master after a failover', async () => {
+    redis = await ownRedis();
+    const replica = await ownRedis();
+    const toReplica = quiet(new Redis(replica.url));
+    let sentinel: OwnSentinel | undefined;
+    try {
+      await toReplica.replicaof('127.0.0.1', String(redis.port));
+      await waitFor(async () => /master_link_status:up/.test(await toReplica.info('replication')), 10_000, 50);
+      sentinel = await ownSentinel('fvmaster', redis.port, 1);
+      uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 10, maxLifetimeMs: 55_000 });
+      cluster = await engineCluster(
+        { flash: { ringMs: 200 }, sip: { timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] } },
+        { redisUrl: sentinel.url },
+      );
+      await cluster.start('api');
+      await cluster.start('worker');
+      const { auth } = await cluster.account(100);
+      const before = await http(`${cluster.httpUrl}/v1/verify`, { auth, body: { phone_number: '+447700900601' } });
+      expect(before.status).toBe(201);
+      // The worker takes its job through the Sentinel's master too, and the call's events reach the record.
+      const status = async (conn: Redis, id: unknown) => conn.hget(cluster!.keys.verification(String(id)), 'status');
+      const toMaster0 = quiet(new Redis(redis.url));
+      await waitFor(async () => (await status(toMaster0, before.body.request_id)) === 'delivered', 15_000, 100);
+      toMaster0.disconnect();
+
+      // Replicated before the failover (Redis replicates asynchronously: what a master takes after that is the
+      // failover's to lose, as with any client).
+      const toMaster = quiet(new Redis(redis.url));
+      expect(await toMaster.wait(1, 5000)).toBe(1);
+      toMaster.disconnect();
+      const watcher = quiet(new Redis({ host: '127.0.0.1', port: sentinel.port }));
+      const control = quiet(new Redis({ host: '127.0.0.1', port: sentinel.port }));
+      try {
+        const switched = new Promise<void>((r) => watcher.on('message', () => r()));
+        await watcher.subscribe('+switch-master');
+        await control.call('SENTINEL', 'FAILOVER', 'fvmaster');
+        // Sentinel announces the new master; the engine's connections hear it too (and reconnect).
+        await switched;
+      } finally {
+        watcher.disconnect();
+        control.disconnect();
+      }
+      // And turns the old one into a replica of it (within its 10 s INFO period): from then on a write that would
+      // still reach the old one is refused (READONLY), never taken and lost.
+      const toOld = quiet(new Redis(redis.url));
+      try {
+        await waitFor(async () => (await toOld.role())[0] === 'slave', 20_000, 100);
+      } finally {
+        toOld.disconnect();
+      }
+      // The api follows: a request or two may meet the switch (503), then they are taken on the new master.
+      let after: Awaited<ReturnType<typeof http>> | undefined;
+      await waitFor(async () => (after = await http(`${cluster!.httpUrl}/v1/verify`, { auth, body: { phone_number: '+447700900602' } })).status === 201, 15_000, 200);
+      expect(await toReplica.exists(cluster.keys.verification(String(before.body.request_id)))).toBe(1);
+      // Its call placed by the worker, whose connections (BullMQ's blocking one too) followed the failover.
+      await waitFor(async () => (await status(toReplica, after!.body.request_id)) === 'delivered', 20_000, 100);
+      for (const [, calls] of invitesPerDestination(uas.messages())) expect(calls.size).toBe(1);
+    } finally {
+      toReplica.disconnect();
+      await cluster?.cleanup();
+      cluster = undefined;
+      await sentinel?.cleanup();
+      await replica.cleanup();
     }
   });
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { redactRedisUrl } from '../../../src/store/redis.js';
+import { redactRedisUrl, sentinelOptions } from '../../../src/store/redis.js';
 
 describe('redis.url in messages', () => {
   it('hides the password of a URL, of each seed node, and of a Unix socket URL', () => {
@@ -14,5 +14,29 @@ describe('redis.url in messages', () => {
   it('leaves a URL without a password as it is', () => {
     expect(redactRedisUrl('redis://127.0.0.1:6379')).toBe('redis://127.0.0.1:6379');
     expect(redactRedisUrl('unix:///run/redis/redis.sock')).toBe('unix:///run/redis/redis.sock');
+  });
+});
+
+describe('redis.url for Redis Sentinel', () => {
+  it('names the Sentinels, the master, the data password and db', () => {
+    expect(sentinelOptions('sentinel://:pw@10.0.0.1:26379,10.0.0.2,[::1]:26380/mymaster/2?sentinelPassword=sp')).toEqual({
+      sentinels: [
+        { host: '10.0.0.1', port: 26379 },
+        { host: '10.0.0.2', port: 26379 },
+        { host: '::1', port: 26380 },
+      ],
+      name: 'mymaster',
+      role: 'master',
+      failoverDetector: true,
+      password: 'pw',
+      db: 2,
+      sentinelPassword: 'sp',
+    });
+    expect(sentinelOptions('sentinel://127.0.0.1:26379/fv')).toMatchObject({ sentinels: [{ host: '127.0.0.1', port: 26379 }], name: 'fv' });
+    expect(() => sentinelOptions('sentinel://127.0.0.1:26379')).toThrow(/sentinel:\/\/host:port\[,host:port\.\.\.\]\/<master name>/);
+  });
+
+  it('hides both passwords in messages', () => {
+    expect(redactRedisUrl('sentinel://:pw@h1:26379,h2:26379/m?sentinelPassword=sp')).toBe('sentinel://:***@h1:26379,h2:26379/m?sentinelPassword=***');
   });
 });
