@@ -78,7 +78,10 @@ describe('loadConfig', () => {
 
   it('takes a Redis on this host by its Unix socket (unix:///path), and names the forms it accepts', () => {
     expect(loadConfig({ env: { REDIS_URL: 'unix:///run/redis/redis.sock?db=2' } }).redis.url).toBe('unix:///run/redis/redis.sock?db=2');
-    expect(() => loadConfig({ env: { REDIS_URL: 'unix://run/redis.sock' } })).toThrow(/redis\.url: must be a redis:\/\/, rediss:\/\/ or unix:\/\/\/path/);
+    expect(() => loadConfig({ env: { REDIS_URL: 'unix://run/redis.sock' } })).toThrow(/redis\.url: must be a redis:\/\/, rediss:\/\/, unix:\/\/\/path\/to\/redis\.sock or sentinel:\/\/host:port\/<master name> URL/);
+    // Redis Sentinel: one URL listing its Sentinels, then the master's name.
+    expect(loadConfig({ env: { REDIS_URL: 'sentinel://10.0.0.1:26379,10.0.0.2:26379/fvmaster/1' } }).redis.url).toBe('sentinel://10.0.0.1:26379,10.0.0.2:26379/fvmaster/1');
+    expect(() => loadConfig({ env: { REDIS_URL: 'sentinel://10.0.0.1:26379' } })).toThrow(/redis\.url: a Sentinel URL is sentinel:\/\/host:port\[,host:port\.\.\.\]\/<master name>/);
     expect(() => loadConfig({ env: { REDIS_URL: '/run/redis.sock' } })).toThrow(/redis\.url/);
   });
 
