@@ -3,8 +3,9 @@
  * benchmark: cyclictest (Debian rt-tests), the standard probe of scheduling
  * latency, runs one thread per CPU, pinned (-S), that sleeps 1 ms and records
  * how late each wake-up was: a CPU the host did not run for a while shows, on
- * whichever CPU the RTP thread was. It runs as the RTP thread does: SCHED_FIFO at `media.rtp.realtimePriority`,
- * or, when that is not asked, SCHED_OTHER at the thread's nice value. A wake-up
+ * whichever CPU the RTP thread was. It runs as the RTP thread does: SCHED_FIFO
+ * at `media.rtp.realtimePriority`, or, when that is not asked, SCHED_OTHER at
+ * the thread's nice value. A wake-up
  * it sees more than 5 ms late is one no program of that priority on this host
  * could have made on time.
  */

@@ -19,16 +19,16 @@ export interface QuietSink {
 export async function startQuietSink(): Promise<QuietSink> {
   const child = spawn('python3', [SCRIPT], { stdio: ['pipe', 'pipe', 'inherit'] });
   let out = '';
-  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
+  // Its first line is the port it bound; the second, at the end, the packets it got.
   const port = await new Promise<number>((resolve, reject) => {
     const t = setTimeout(() => reject(new Error('quiet sink: no port within 5 s')), 5000);
     child.on('error', (err) => reject(new Error(`quiet sink: ${err.message} (needs python3)`)));
-    child.stdout.on('data', () => {
-      const first = out.split('\n');
-      if (first.length > 1) {
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\n')) {
         clearTimeout(t);
-        resolve(Number(first[0]));
+        resolve(Number(out.split('\n')[0]));
       }
     });
   });

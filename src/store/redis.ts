@@ -179,12 +179,13 @@ export async function waitForRedis(redis: Redis, url: string, waitMs: number, ab
         return;
       } catch (err) {
         if (!(err instanceof Error) || err instanceof StartAborted) throw err;
-        const loading = /^LOADING/.test(err.message);
         const isSilent = 'silent' in err;
-        if (!isSilent && !loading && !isRedisUnavailable(err)) {
+        // Unreachable, or refusing for now (LOADING included): try again; any other answer is final.
+        if (!isSilent && !isRedisUnavailable(err)) {
           throw new RedisUnreachableError(`Redis at ${redactRedisUrl(url)} answered PING with an error: ${err.message} (redis.url, REDIS_URL)`);
         }
-        const cause = loading ? err.message : connectionError || err.message;
+        // A server that answers (LOADING ...) says more than the connection's last error.
+        const cause = isPassingRefusal(err) ? err.message : connectionError || err.message;
         const leftNow = waitMs - (Date.now() - started);
         if (leftNow <= 0) {
           const waited = waitMs > 0 ? ` within ${waitMs / 1000} s (redis.startupWaitMs)` : '';
