@@ -37,6 +37,7 @@ import { CpuWindow, formatCpu, loadAverages, machineDescription, udpReceiveBuffe
 import { header, line, MemorySampler } from './lib/report.js';
 import { freeSipPort, readSippStats, redisPid, SIP_TEST, Stack, waitHttpOk, type Managed } from './lib/stack.js';
 import { commandStats, formatPerUnit } from './lib/redis-stats.js';
+import { applyPins, parsePinSpec } from './lib/pin.js';
 import { formatMs, summarize, Tally } from './lib/stats.js';
 import { readInvites, readInvitesPerNumber, startUas, waitUasUp } from './lib/uas.js';
 
@@ -68,6 +69,9 @@ const USAGE = `npm run bench -- flash [options]
                      Lock and stall timings are shortened (worker.lockDurationMs 10 s, stalledIntervalMs 5 s,
                      events.claimIdleMs 10 s) so the dead worker's jobs and events are taken over within the drain
   --restart-after S  with --kill-worker: seconds from the kill to the new worker0 (default 2)
+  --pin SPEC         CPU affinity once the processes are up (taskset -a -cp), space-separated name=cpus, e.g.
+                     "api0=0 worker0=0 worker1=1 sipp=1 redis=1 bench=0"; names: api<i>, worker<i>, webhooks<i>,
+                     sipp, redis (the shared one: its affinity is given back at the end), bench (the generator)
   --node-args ARGS   node options for every engine process, space-separated (e.g. "--max-semi-space-size=64")
   --config-json JSON engine config laid over the generated one, e.g. '{"fraud":{"rangeHealth":{"enabled":false}}}'
   --keep-logs        keep the temp directory (configs, logs, SIPp files)
@@ -105,6 +109,7 @@ interface FlashOpts {
   useDist: boolean;
   app: string | undefined;
   redisUrl: string;
+  pin: Map<string, string>;
 }
 
 async function main(): Promise<void> {
@@ -137,6 +142,7 @@ async function main(): Promise<void> {
     'use-dist': { type: 'boolean' },
     app: { type: 'string' },
     'redis-url': { type: 'string', default: 'redis://127.0.0.1:6379' },
+    pin: { type: 'string', default: '' },
   });
   if (a.help) return line(USAGE);
   const rate = a.num('rate', 1, 10_000);
@@ -175,6 +181,7 @@ async function main(): Promise<void> {
     useDist: a.bool('use-dist'),
     app: a.str('app') || undefined,
     redisUrl: a.str('redis-url'),
+    pin: parsePinSpec(a.str('pin')),
   };
   if (o.via !== 'http' && o.via !== 'queue') throw new Error('--via must be http or queue');
   if (o.webhookProcs > 0 && !o.webhooks) throw new Error('--webhook-procs needs --webhooks');
@@ -255,6 +262,12 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     ...(rpid ? [{ name: 'redis-server (shared)', pid: rpid }] : []),
     { name: 'bench (load generator)', pid: process.pid },
   ];
+  if (o.pin.size) {
+    const keyOf = (name: string): string => (name.startsWith('sipp') ? 'sipp' : name.startsWith('redis') ? 'redis' : name.startsWith('bench') ? 'bench' : name.split(' ')[0]!);
+    const pinned = applyPins(o.pin, watched.map((w) => ({ key: keyOf(w.name), pid: w.pid })));
+    stack.atCleanup(pinned.restore);
+    line(`pinned (taskset -a -cp): ${pinned.summary}`);
+  }
   const metricsUrls = engine.workers.map((w) => `http://127.0.0.1:${w.metricsPort}/metrics`);
   const callsEnded = async (): Promise<Map<string, number>> => {
     const all = new Map<string, number>();
@@ -362,17 +375,24 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   load.requestIds.forEach((id, i) => id && idx.set(id, i));
   const fromDue: number[] = [];
   const from201: number[] = [];
+  // From the 201, by the second of the schedule the request was due in: a steady tail or bursts.
+  const from201BySecond: number[][] = [];
   for (const [rid, callId] of byCall.delivered) {
     const i = idx.get(rid);
     const at = invites.get(callId);
     if (i === undefined || at === undefined) continue;
     fromDue.push(at - (load.startEpochMs + load.due[i]!));
     from201.push(at - (load.startEpochMs + load.doneAt[i]!));
+    (from201BySecond[Math.floor(load.due[i]! / 1000)] ??= []).push(at - (load.startEpochMs + load.doneAt[i]!));
   }
   line(`  failure events: ${failedEvents.toString()}`);
   line(`accept → INVITE at the UAS (${fromDue.length} calls joined of ${load.ok}):`);
   line(`  from the request's due time: ${formatMs(summarize(fromDue))}`);
   line(`  from the 201 at the client:  ${formatMs(summarize(from201))}  (negative: the INVITE left before the 201 arrived)`);
+  if (from201BySecond.length > 1) {
+    const p99s = [...from201BySecond].map((xs) => (xs?.length ? summarize(xs).p99.toFixed(0) : '-'));
+    line(`  from the 201, p99 in each second of the schedule (ms): ${p99s.join(' ')}`);
+  }
   const perSecond = new Map<number, number>();
   for (const at of invites.values()) {
     const s = Math.floor((at - load.startEpochMs) / 1000);

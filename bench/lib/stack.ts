@@ -40,6 +40,7 @@ export class Stack {
   readonly masterKey = randomBytes(32).toString('hex');
   readonly dir = mkdtempSync(join(tmpdir(), 'flashverify-bench-'));
   readonly procs: Managed[] = [];
+  private readonly atCleanupFns: Array<() => void> = [];
   private cleaned = false;
   private readonly onSignal = (sig: NodeJS.Signals): void => {
     process.stderr.write(`\nbench: ${sig}: cleaning up\n`);
@@ -159,9 +160,21 @@ export class Stack {
     clearTimeout(t);
   }
 
+  /** `fn` runs first in cleanup(): undoes what the run did to something it did not start (the shared Redis's affinity). */
+  atCleanup(fn: () => void): void {
+    this.atCleanupFns.push(fn);
+  }
+
   async cleanup(): Promise<void> {
     if (this.cleaned) return;
     this.cleaned = true;
+    for (const fn of this.atCleanupFns) {
+      try {
+        fn();
+      } catch (err) {
+        process.stderr.write(`bench: cleanup: ${(err as Error).message}\n`);
+      }
+    }
     process.removeListener('SIGINT', this.onSignal);
     process.removeListener('SIGTERM', this.onSignal);
     await Promise.all([...this.procs].reverse().map((m) => this.stop(m)));
