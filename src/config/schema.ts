@@ -863,6 +863,12 @@ export const configSchema = z
              * null: 8 × sip.timers.t1Ms (4 s by default: four UDP sends). Checked against sip.timers.t1Ms below.
              */
             targetTimeoutMs: z.number({ message: DNS_MS }).int({ message: DNS_MS }).min(0, { message: DNS_MS }).nullable().default(null),
+            /**
+             * RFC 3263 4.1 for a trunk URI with a host name, no port and no `transport` parameter: NAPTR of the host
+             * chooses UDP or TCP (TLS for sips:) and the SRV name; without NAPTR records, SRV of UDP, then TCP.
+             * false: SRV of the URI's own transport only (UDP for sip:, TLS for sips:).
+             */
+            naptr: z.boolean().default(true),
           })
           .strict()
           .prefault({}),

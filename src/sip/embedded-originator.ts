@@ -36,7 +36,7 @@ import {
 } from './transactions/transaction.js';
 import { OptionsPing } from './options-ping.js';
 import { splitCommaList } from './parser.js';
-import { defaultTargetTimeoutMs, SipLocator, type Located, type SipDnsOptions } from './sip-locator.js';
+import { defaultTargetTimeoutMs, SipDnsError, SipLocator, type Located, type SipDnsOptions } from './sip-locator.js';
 import type { FailoverEvent } from './srv-failover.js';
 import { TcpTransport } from './tcp-transport.js';
 import { destinationKey, type Destination, type InboundSource, type Transport, type TransportProtocol } from './transport.js';
@@ -249,11 +249,12 @@ export class EmbeddedSipOriginator implements CallOriginator {
   private async locate(trunk: TrunkConfig): Promise<Located> {
     const info = resolveTrunk(trunk);
     try {
-      const located = await this.locator.locate(info.destination, info.srvName);
+      const located = await this.locator.locate(info.destination, info.srvName, info.transportFromDns ? { scheme: info.scheme } : undefined);
       this.nameTrunk(trunk, located.destination);
       return located;
     } catch (err) {
-      this.logger.warn({ trunk: trunk.name, srv: info.srvName, err: errorMessage(err) }, 'SIP DNS lookup failed: the call (or ping) to this trunk fails unreachable');
+      const query = err instanceof SipDnsError ? err.query : undefined;
+      this.logger.warn({ trunk: trunk.name, srv: info.srvName, query, err: errorMessage(err) }, 'SIP DNS lookup failed: the call (or ping) to this trunk fails unreachable');
       throw err;
     }
   }

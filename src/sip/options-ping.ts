@@ -105,7 +105,8 @@ export class OptionsPing extends PingAttempt {
   private readonly options: OptionsPingOptions;
   private readonly info: TrunkInfo;
   private readonly log: Logger;
-  private readonly protocol: TransportProtocol;
+  private protocol: TransportProtocol;
+  private readonly fromTag = newTag();
   private request: SipRequest;
   private branch = newBranch();
   private tx: ClientTransaction | undefined;
@@ -118,14 +119,19 @@ export class OptionsPing extends PingAttempt {
     this.options = options;
     this.info = resolveTrunk(options.trunk);
     this.log = options.logger.child({ call_id: this.callId });
-    const { host } = options;
-    const protocol = this.info.destination.protocol;
-    this.protocol = protocol;
+    this.protocol = this.info.destination.protocol;
+    this.request = this.build();
+  }
+
+  /** The OPTIONS over `this.protocol` (Via and Contact name it). */
+  private build(): SipRequest {
+    const { host } = this.options;
+    const protocol = this.protocol;
     const to = pingAddressing(this.info);
     const headers: SipHeader[] = [
       hdr('Via', host.via(protocol, this.branch)),
       hdr('Max-Forwards', '70'),
-      hdr('From', `${to.from};tag=${newTag()}`),
+      hdr('From', `${to.from};tag=${this.fromTag}`),
       hdr('To', to.to),
       hdr('Call-ID', this.callId),
       hdr('CSeq', '1 OPTIONS'),
@@ -136,7 +142,7 @@ export class OptionsPing extends PingAttempt {
       hdr('Allow', ALLOW),
       ...this.info.extraHeaders,
     ];
-    this.request = { kind: 'request', method: 'OPTIONS', uri: to.requestUri, headers, body: undefined };
+    return { kind: 'request', method: 'OPTIONS', uri: to.requestUri, headers, body: undefined };
   }
 
   /**
@@ -145,6 +151,11 @@ export class OptionsPing extends PingAttempt {
    */
   start(located: Located = { destination: this.info.destination }): void {
     const { host } = this.options;
+    // DNS chose another transport than the URI's default (NAPTR, or SRV of each transport: RFC 3263 4.1).
+    if (located.destination.protocol !== this.protocol) {
+      this.protocol = located.destination.protocol;
+      this.request = this.build();
+    }
     this.failover = new TargetFailover(located, host, this.options.trunk, 'OPTIONS', this.log, {
       canMove: () => this.pending,
       resend: () => {

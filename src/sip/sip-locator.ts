@@ -2,19 +2,30 @@
  * RFC 3263 server location for trunk host names, embedded stack only (drachtio-server does its own).
  *
  * A trunk URI whose host is a name and that names no port (RFC 3263 4.2: an explicit port or an IP address means
- * A/AAAA only) is looked up as SRV `_sip._udp.` / `_sip._tcp.` / `_sips._tcp.` + host, by the trunk's transport
- * (trunk-transport.ts). NAPTR (RFC 3263 4.1) is skipped: the trunk URI fixes the transport already, and that is the
- * case in which RFC 3263 4.1 goes straight to SRV. Targets are ordered by priority, then weighted random within a
- * priority (RFC 2782), per request, so that calls share the load by weight.
+ * A/AAAA only) is looked up in DNS. The transport (RFC 3263 4.1):
+ *  - the URI's `transport` parameter fixes it: SRV `_sip._udp.` / `_sip._tcp.` / `_sips._tcp.` + host at once
+ *    (trunk-transport.ts);
+ *  - no parameter: NAPTR of the host first (`sip.dns.naptr`, default on). Its records with flag `s` and a service
+ *    this client takes, in order then preference, name the transport and the SRV name to ask (the replacement):
+ *    `SIP+D2U` (UDP) and `SIP+D2T` (TCP) for a `sip:` URI, `SIPS+D2T` (TLS) for a `sips:` one. A `sip:` trunk is never
+ *    moved to TLS by DNS (its certificate settings come with a `sips:` / `;transport=tls` URI), and SCTP and
+ *    WebSocket are not spoken here, so their records are passed over (RFC 3263 4.1: a client discards the records
+ *    it does not support). A record whose SRV name has no record gives way to the next. No NAPTR record: SRV of
+ *    each transport, in this client's order of preference (UDP, then TCP; TLS for `sips:`), the first that has
+ *    records is used (RFC 3263 4.1: "a particular transport is supported if the query is successful").
+ * Targets are ordered by priority, then weighted random within a priority (RFC 2782), per request, so that calls
+ * share the load by weight.
  *
  * A request goes to the first target not marked failed; when it fails there (RFC 3263 4.3: transport error, no
  * response at all, 503), the same request goes to the next target (srv-failover.ts walks `SrvTargets`), and the
  * target is marked failed for `failedTargetMs` (a 503's Retry-After instead, RFC 3261 21.5.4), so that the following
  * requests try it last. Each target is tried once per request, the marked ones after the others.
- * No SRV record (NXDOMAIN, no data): the host itself on the default port, as before this existed.
+ * No SRV record (NXDOMAIN, no data): the host itself on the default port and transport of its URI (UDP 5060 for
+ * `sip:`, TLS 5061 for `sips:`).
  *
- * Answers are kept `cacheMs`: Node's resolveSrv does not return the record TTLs. Failures other than "no such
- * record" (timeout, refused, SERVFAIL) are not kept: the call fails `unreachable` and the next call asks again.
+ * Answers are kept `cacheMs`: Node's resolveSrv and resolveNaptr do not return the record TTLs. Failures other than
+ * "no such record" (timeout, refused, SERVFAIL) are not kept: the call fails `unreachable` and the next call asks
+ * again.
  *
  * Addresses of the SRV targets (and of the fallback host): with `servers` configured, A then AAAA from those servers
  * (the names may exist only there), looked up as a request gets to each target; without, the name is left to the
@@ -25,7 +36,7 @@
 import { Resolver } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import type { Logger } from 'pino';
-import { destinationKey, type Destination } from './transport.js';
+import { destinationKey, type Destination, type TransportProtocol } from './transport.js';
 import { srvService, type TrunkTransport } from './trunk-transport.js';
 import { errorMessage } from './util.js';
 
@@ -43,6 +54,8 @@ export interface SipDnsOptions {
    * next (srv-failover.ts); 0: only Timer B/F, a transport error or a 503 move it. Default: defaultTargetTimeoutMs.
    */
   targetTimeoutMs?: number | undefined;
+  /** RFC 3263 4.1 NAPTR for a trunk URI without a transport parameter (then SRV of each transport); false: SRV of the URI's own transport only. Default true. */
+  naptr?: boolean | undefined;
 }
 
 export const DEFAULT_FAILED_TARGET_MS = 30_000;
@@ -100,6 +113,47 @@ export function orderSrv(records: readonly SrvTarget[], random: () => number = M
   return out;
 }
 
+/** A NAPTR record as Node's resolveNaptr gives it. */
+export interface NaptrRecord {
+  readonly flags: string;
+  readonly service: string;
+  readonly regexp: string;
+  readonly replacement: string;
+  readonly order: number;
+  readonly preference: number;
+}
+
+/** One way to reach a trunk: this transport, its targets under this SRV name. */
+export interface SrvCandidate {
+  readonly protocol: TransportProtocol;
+  readonly srvName: string;
+}
+
+/** NAPTR services this client takes (RFC 3263 4.1, IANA's SIP table), by URI scheme. */
+const NAPTR_SERVICES: Record<'sip' | 'sips', Record<string, TransportProtocol>> = {
+  sip: { 'SIP+D2U': 'udp', 'SIP+D2T': 'tcp' },
+  sips: { 'SIPS+D2T': 'tls' },
+};
+
+/**
+ * The candidates NAPTR records give for a URI of `scheme` (RFC 3263 4.1, RFC 3403): only flag `s` (the replacement is
+ * an SRV name) with a service this client takes for the scheme, ascending order, then preference; a replacement of
+ * "." (none) or a record that rewrites by regexp is passed over. Empty: use srvCandidates.
+ */
+export function naptrCandidates(records: readonly NaptrRecord[], scheme: 'sip' | 'sips'): SrvCandidate[] {
+  const services = NAPTR_SERVICES[scheme];
+  return records
+    .filter((r) => r.flags.toLowerCase() === 's' && r.regexp === '' && r.replacement !== '' && r.replacement !== '.' && services[r.service.toUpperCase()] !== undefined)
+    .sort((a, b) => a.order - b.order || a.preference - b.preference)
+    .map((r) => ({ protocol: services[r.service.toUpperCase()]!, srvName: r.replacement.replace(/\.$/, '') }));
+}
+
+/** Without NAPTR records (RFC 3263 4.1): SRV of each transport this client takes for the scheme, in its order of preference. */
+export function srvCandidates(host: string, scheme: 'sip' | 'sips'): SrvCandidate[] {
+  const transports: TrunkTransport[] = scheme === 'sips' ? ['tls'] : ['udp', 'tcp'];
+  return transports.map((protocol) => ({ protocol, srvName: `${srvService(protocol)}.${host}` }));
+}
+
 /** Where a request goes first, and, for a trunk located by DNS SRV, the targets left after it. */
 export interface Located {
   readonly destination: Destination;
@@ -151,6 +205,7 @@ export class SipLocator {
   private readonly now: () => number;
   private readonly failedTargetMs: number;
   private readonly srvCache = new Map<string, Cached<SrvTarget[]>>();
+  private readonly naptrCache = new Map<string, Cached<NaptrRecord[]>>();
   private readonly addressCache = new Map<string, Cached<string>>();
   /** Destination keys marked failed, until when. */
   private readonly failedUntil = new Map<string, number>();
@@ -166,13 +221,22 @@ export class SipLocator {
 
   /**
    * Where a request to this trunk goes first, and the SRV targets left after it. `base` is the trunk's destination
-   * as its URI reads (the default port when none); `srvName` what to ask (srvNameFor), undefined when nothing.
+   * as its URI reads (the default port when none); `srvName` what to ask (srvNameFor), undefined when nothing;
+   * `naptr`: the URI names no transport, so NAPTR of its host decides it (RFC 3263 4.1), unless `naptr: false`.
    * Throws SipDnsError when DNS fails, or when no target has an address.
    */
-  async locate(base: Destination, srvName: string | undefined): Promise<Located> {
+  async locate(base: Destination, srvName: string | undefined, naptr?: { scheme: 'sip' | 'sips' }): Promise<Located> {
     if (srvName === undefined) return { destination: base };
-    const records = await this.srv(srvName);
+    let protocol = base.protocol;
+    let records: SrvTarget[];
+    if (naptr !== undefined && this.options.naptr !== false) {
+      ({ protocol, srvName, records } = await this.chooseTransport(base.host, naptr.scheme, base.protocol, srvName));
+    } else {
+      records = await this.srv(srvName);
+    }
     const serverName = base.host;
+    // Another transport than the URI's default (UDP → TCP; never to or from TLS): no TLS settings to carry.
+    if (protocol !== base.protocol) base = { protocol, host: base.host, port: base.port };
     if (records.length === 0) {
       const host = await this.address(base.host);
       if (host === undefined) throw new SipDnsError(base.host, 'no SRV, A or AAAA record');
@@ -200,6 +264,41 @@ export class SipLocator {
     const destination = await rest.next();
     if (destination === undefined) throw lastError instanceof SipDnsError ? lastError : new SipDnsError(srvName, errorMessage(lastError));
     return { destination, rest };
+  }
+
+  /**
+   * RFC 3263 4.1 for a URI without a transport: the NAPTR candidates, else SRV of each transport; the first with SRV
+   * records wins. None: the URI's own transport and SRV name, with no records (the host on its default port).
+   */
+  private async chooseTransport(
+    host: string,
+    scheme: 'sip' | 'sips',
+    uriProtocol: TransportProtocol,
+    uriSrvName: string,
+  ): Promise<{ protocol: TransportProtocol; srvName: string; records: SrvTarget[] }> {
+    const fromNaptr = naptrCandidates(await this.naptr(host), scheme);
+    for (const candidate of fromNaptr.length > 0 ? fromNaptr : srvCandidates(host, scheme)) {
+      const records = await this.srv(candidate.srvName);
+      if (records.length > 0) return { ...candidate, records };
+    }
+    return { protocol: uriProtocol, srvName: uriSrvName, records: [] };
+  }
+
+  private naptr(host: string): Promise<NaptrRecord[]> {
+    return this.cached(this.naptrCache, host, async () => {
+      try {
+        const records = await this.resolver.resolveNaptr(host);
+        this.logger.info(
+          { naptr: host, records: records.map((r) => `${r.order} ${r.preference} "${r.flags}" "${r.service}" ${r.replacement || `"${r.regexp}"`}`) },
+          'SIP NAPTR records loaded',
+        );
+        return records;
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code ?? '';
+        if (NO_RECORD.has(code)) return [];
+        throw new SipDnsError(`NAPTR ${host}`, code || errorMessage(err));
+      }
+    });
   }
 
   /**
@@ -233,7 +332,8 @@ export class SipLocator {
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code ?? '';
         if (NO_RECORD.has(code)) {
-          this.logger.info({ srv: name }, 'no SIP SRV record; using the host on the default port');
+          // Then the next transport's name (RFC 3263 4.1), or the host on its URI's default port and transport.
+          this.logger.info({ srv: name }, 'no SIP SRV record under this name');
           return [];
         }
         throw new SipDnsError(name, code || errorMessage(err));

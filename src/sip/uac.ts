@@ -79,6 +79,8 @@ export interface TrunkInfo {
   readonly destination: Destination;
   /** The DNS SRV name to look up first (RFC 3263 4.2), undefined for an IP address or an explicit port. */
   readonly srvName: string | undefined;
+  /** The URI names no transport: NAPTR, then SRV of each transport, choose it (RFC 3263 4.1; sip-locator.ts). */
+  readonly transportFromDns: boolean;
   /** `host[:port]` as in the trunk URI (IPv6 in brackets). */
   readonly hostPort: string;
   /** `;transport=tcp` etc. when the trunk URI carried one, else ''. */
@@ -135,6 +137,7 @@ export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
       ...(transport.transport === 'tls' && trunk.tls !== undefined ? { tls: trunk.tls } : {}),
     },
     srvName: srvNameFor(transport.transport, host, uri.port !== undefined),
+    transportFromDns: uri.params['transport'] === undefined,
     hostPort: uri.port === undefined ? uri.host : `${uri.host}:${uri.port}`,
     transportParam: typeof param === 'string' ? `;transport=${param.toLowerCase()}` : '',
     fromDomain,
@@ -243,7 +246,8 @@ export class UacCall implements OutboundCall {
   private readonly trunkInfo: TrunkInfo;
   /** Where the INVITE goes (the trunk's destination, or the SRV target DNS chose), and goes next when it fails there. */
   private failover: TargetFailover | undefined;
-  private readonly protocol: TransportProtocol;
+  /** The trunk URI's transport until start(): then the one DNS chose (RFC 3263 4.1), which every request of the call uses. */
+  private protocol: TransportProtocol;
   private readonly requestUri: string;
   private readonly fromValue: string;
   private readonly toValue: string;
@@ -309,6 +313,7 @@ export class UacCall implements OutboundCall {
    */
   start(located: Located = { destination: this.trunkInfo.destination }): void {
     const destination = located.destination;
+    this.protocol = destination.protocol;
     this.failover = new TargetFailover(located, this.host, this.trunk, 'INVITE', this.log, {
       canMove: () => this.inviteOutstanding && this.outcome === undefined && !this.cancelRequested,
       resend: () => this.resendInvite(),

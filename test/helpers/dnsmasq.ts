@@ -17,15 +17,17 @@ export interface Dnsmasq {
 
 /**
  * `srv`: `_sip._udp.trunk.test,target,port,priority,weight` (dnsmasq --srv-host); `hosts`: `name,address`
- * (--host-record). Names under `domain` that are not given answer NXDOMAIN.
+ * (--host-record); `naptr`: `name,order,preference,flags,service,regexp,replacement` (--naptr-record). Names under
+ * `domain` that are not given answer NXDOMAIN.
  */
-export async function startDnsmasq(options: { srv?: string[]; hosts?: string[]; domain?: string }): Promise<Dnsmasq> {
+export async function startDnsmasq(options: { srv?: string[]; hosts?: string[]; naptr?: string[]; domain?: string }): Promise<Dnsmasq> {
   const port = await findFreePort();
   const args = [
     '--keep-in-foreground', '--no-resolv', '--no-hosts', '--bind-interfaces', '--listen-address=127.0.0.1', `--port=${port}`,
     '--pid-file=', '--log-queries', '--log-facility=-', `--local=/${options.domain ?? 'test'}/`,
     ...(options.srv ?? []).map((s) => `--srv-host=${s}`),
     ...(options.hosts ?? []).map((h) => `--host-record=${h}`),
+    ...(options.naptr ?? []).map((n) => `--naptr-record=${n}`),
   ];
   const child: ChildProcess = spawn('/usr/sbin/dnsmasq', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';

@@ -203,7 +203,8 @@ describe('embedded SIP stack: DNS SRV for a trunk host name (RFC 3263, dnsmasq o
     const sip = await uac([dns.server]);
     const events = await flashCall(sip, trunk('sip:trunk.test'), logger());
     expect(logged('SIP call started')[0]).toMatchObject({ destination: '127.0.0.1:5060', server_name: 'trunk.test' });
-    expect(logged('no SIP SRV record; using the host on the default port')[0]).toMatchObject({ srv: '_sip._udp.trunk.test' });
+    // RFC 3263 4.1: no NAPTR record, so SRV of each transport (UDP, then TCP); neither exists.
+    expect(logged('no SIP SRV record under this name').map((l) => l['srv'])).toEqual(['_sip._udp.trunk.test', '_sip._tcp.trunk.test']);
     if (free5060) expect(events).toEqual(RINGING);
   });
 
@@ -233,12 +234,80 @@ describe('embedded SIP stack: DNS SRV for a trunk host name (RFC 3263, dnsmasq o
     }
   });
 
-  it('DNS server down: the call fails unreachable within the lookup timeout, with a log line naming the trunk and the SRV name', async () => {
+  it('DNS server down: the call fails unreachable within the lookup timeout, with a log line naming the trunk and the question that failed', async () => {
     const sip = await uac([`127.0.0.1:${await freePort()}`]);
     const started = Date.now();
-    expect(await flashCall(sip, trunk('sip:trunk.test'))).toEqual([expect.stringMatching(/^failed unreachable: DNS lookup of _sip\._udp\.trunk\.test failed/), 'ended']);
-    expect(Date.now() - started).toBeLessThan(3000);
-    expect(logged('SIP DNS lookup failed: the call (or ping) to this trunk fails unreachable')[0]).toMatchObject({ trunk: 'test', srv: '_sip._udp.trunk.test' });
+    // No transport in the URI: NAPTR is the first question (RFC 3263 4.1).
+    expect(await flashCall(sip, trunk('sip:trunk.test'))).toEqual([expect.stringMatching(/^failed unreachable: DNS lookup of NAPTR trunk\.test failed/), 'ended']);
+    // A transport in the URI: SRV of that transport is.
+    expect(await flashCall(sip, trunk('sip:trunk.test;transport=udp'))).toEqual([expect.stringMatching(/^failed unreachable: DNS lookup of _sip\._udp\.trunk\.test failed/), 'ended']);
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(logged('SIP DNS lookup failed: the call (or ping) to this trunk fails unreachable')).toEqual([
+      expect.objectContaining({ trunk: 'test', query: 'NAPTR trunk.test' }),
+      expect.objectContaining({ trunk: 'test', query: '_sip._udp.trunk.test' }),
+    ]);
+  });
+
+  it('RFC 3263 4.1, no transport in the URI: NAPTR picks TCP and the SRV name to ask; a record whose SRV name has none gives way to the next', async () => {
+    sipp = await startSippUas({ scenario: 'uas-ring-cancel', transport: 'tcp' });
+    const deadUdp = await freePort();
+    dns = await startDnsmasq({
+      naptr: [
+        // Most preferred, but nothing under its SRV name: passed over.
+        'trunk.test,5,10,s,SIP+D2U,,_sip._udp.gone.trunk.test',
+        'trunk.test,10,10,s,SIP+D2T,,_sip._tcp.edge.trunk.test',
+        // Less preferred, and a dead UDP port: never used.
+        'trunk.test,20,10,s,SIP+D2U,,_sip._udp.trunk.test',
+        // TLS is not taken for a sip: trunk, SCTP not spoken.
+        'trunk.test,1,10,s,SIPS+D2T,,_sips._tcp.trunk.test',
+        'trunk.test,1,10,s,SIP+D2S,,_sip._sctp.trunk.test',
+      ],
+      srv: [`_sip._tcp.edge.trunk.test,edge.trunk.test,${sipp.port},10,0`, `_sip._udp.trunk.test,udp.trunk.test,${deadUdp},10,0`],
+      hosts: ['edge.trunk.test,127.0.0.1', 'udp.trunk.test,127.0.0.1'],
+    });
+    const sip = await uac([dns.server]);
+    expect(await flashCall(sip, trunk('sip:trunk.test'), logger())).toEqual(RINGING);
+    expect((await sipp.waitForExit(10_000)).code).toBe(0);
+    expect(logged('SIP call started')[0]).toMatchObject({ transport: 'tcp', destination: `127.0.0.1:${sipp.port}`, server_name: 'trunk.test' });
+    const [invite] = distinctTransactions(sipp.requests('INVITE'));
+    expect(invite?.header('via')).toMatch(/^SIP\/2\.0\/TCP /);
+    expect(invite?.header('contact')).toMatch(/;transport=tcp/);
+    // The Request-URI is the trunk's, without a transport parameter DNS did not put there.
+    expect(invite?.startLine).toBe('INVITE sip:+447700900123@trunk.test;user=phone SIP/2.0');
+    const queries = dns.log().match(/query\[(NAPTR|SRV)\] \S+/g);
+    expect(queries).toEqual(['query[NAPTR] trunk.test', 'query[SRV] _sip._udp.gone.trunk.test', 'query[SRV] _sip._tcp.edge.trunk.test']);
+    expect(logged('SIP NAPTR records loaded')[0]).toMatchObject({ naptr: 'trunk.test' });
+  });
+
+  it('RFC 3263 4.1: an OPTIONS ping goes where NAPTR says, over TCP, Via and Contact naming TCP', async () => {
+    sipp = await startSippUas({ scenario: 'uas-options', transport: 'tcp' });
+    dns = await startDnsmasq({
+      naptr: ['trunk.test,10,10,S,SIP+D2T,,_sip._tcp.trunk.test', 'trunk.test,20,10,S,SIP+D2U,,_sip._udp.trunk.test'],
+      srv: [`_sip._tcp.trunk.test,t0.trunk.test,${sipp.port},10,0`],
+      hosts: ['t0.trunk.test,127.0.0.1'],
+    });
+    const sip = await uac([dns.server]);
+    expect(await sip.ping({ trunk: trunk('sip:trunk.test'), timeoutMs: 2000, logger: logger() })).toMatchObject({ outcome: 'answered', status: 200 });
+    expect((await sipp.waitForExit(10_000)).code).toBe(0);
+    const [options] = distinctTransactions(sipp.requests('OPTIONS'));
+    expect(options?.header('via')).toMatch(/^SIP\/2\.0\/TCP /);
+    expect(options?.header('contact')).toMatch(/;transport=tcp/);
+  });
+
+  it('RFC 3263 4.1, no NAPTR record: SRV of UDP, then of TCP; only _sip._tcp exists, so the call goes over TCP. sip.dns.naptr false: UDP only, and it fails', async () => {
+    sipp = await startSippUas({ scenario: 'uas-ring-cancel', transport: 'tcp' });
+    dns = await startDnsmasq(targets('_sip._tcp', [sipp.port]));
+    let sip = await uac([dns.server]);
+    expect(await flashCall(sip, trunk('sip:trunk.test'), logger())).toEqual(RINGING);
+    expect((await sipp.waitForExit(10_000)).code).toBe(0);
+    expect(logged('SIP call started')[0]).toMatchObject({ transport: 'tcp', destination: `127.0.0.1:${sipp.port}` });
+    expect(dns.log().match(/query\[(NAPTR|SRV)\] \S+/g)).toEqual(['query[NAPTR] trunk.test', 'query[SRV] _sip._udp.trunk.test', 'query[SRV] _sip._tcp.trunk.test']);
+    await originator?.stop();
+    // Off: the URI's own transport only (UDP), no SRV under it and no address for trunk.test: unreachable, no NAPTR asked.
+    const asked = dns.log().match(/query\[NAPTR\]/g)?.length;
+    sip = await uac([dns.server], { naptr: false });
+    expect(await flashCall(sip, trunk('sip:trunk.test'))).toEqual([expect.stringMatching(/^failed unreachable: DNS lookup of trunk\.test failed: no SRV, A or AAAA record/), 'ended']);
+    expect(dns.log().match(/query\[NAPTR\]/g)?.length).toBe(asked);
   });
 });
 

@@ -351,8 +351,9 @@ describe('loadConfig', () => {
     ]);
   });
 
-  it('sip.dns: the system resolver, answers kept 60 s, 2 s per query unless told; refuses server names and bad ports by name', () => {
-    const failover = { failedTargetMs: 30_000, targetTimeoutMs: 4000 };
+  it('sip.dns: the system resolver, answers kept 60 s, 2 s per query, NAPTR on unless told; refuses server names and bad ports by name', () => {
+    const failover = { failedTargetMs: 30_000, targetTimeoutMs: 4000, naptr: true };
+    expect(loadConfig({ env: {}, overrides: { sip: { dns: { naptr: false } } } }).sip.dns.naptr).toBe(false);
     expect(loadConfig({ env: {} }).sip.dns).toEqual({ cacheMs: 60_000, timeoutMs: 2000, ...failover });
     const servers = ['10.0.0.2', '127.0.0.1:5353', '::1', '[2001:db8::1]:53'];
     expect(loadConfig({ env: {}, overrides: { sip: { dns: { servers, cacheMs: 0 } } } }).sip.dns).toEqual({ servers, cacheMs: 0, timeoutMs: 2000, ...failover });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { orderSrv, srvNameFor, SrvTargets, type SrvTarget } from '../../../src/sip/sip-locator.js';
+import { naptrCandidates, orderSrv, srvCandidates, srvNameFor, SrvTargets, type NaptrRecord, type SrvTarget } from '../../../src/sip/sip-locator.js';
 import type { Destination } from '../../../src/sip/transport.js';
 
 const t = (name: string, priority: number, weight: number): SrvTarget => ({ name, port: 5060, priority, weight });
@@ -50,5 +50,38 @@ describe('RFC 3263 / RFC 2782 server location', () => {
     expect(targets.more).toBe(false);
     // Addresses are looked up as the request gets to each target, not all at once.
     expect(looked).toEqual(['a', 'b', 'gone', 'c', 'again']);
+  });
+
+  it('NAPTR (RFC 3263 4.1): flag s and a service the scheme allows, by order then preference; the rest passed over', () => {
+    const n = (order: number, preference: number, service: string, replacement: string, flags = 's', regexp = ''): NaptrRecord => ({ order, preference, service, replacement, flags, regexp });
+    const records = [
+      n(30, 10, 'SIP+D2U', '_sip._udp.carrier.test'),
+      n(10, 20, 'SIP+D2T', '_sip._tcp.b.carrier.test.'),
+      n(10, 10, 'sip+d2t', '_sip._tcp.a.carrier.test', 'S'),
+      n(5, 10, 'SIPS+D2T', '_sips._tcp.carrier.test'),
+      n(1, 10, 'SIP+D2S', '_sip._sctp.carrier.test'),
+      n(1, 10, 'SIP+D2W', '_sip._ws.carrier.test'),
+      n(1, 10, 'SIP+D2U', 'carrier.test', 'a'),
+      n(1, 10, 'SIP+D2U', '', 'u', '!^.*$!sip:x@carrier.test!'),
+      n(1, 10, 'SIP+D2U', '.'),
+      n(1, 10, 'E2U+sip', '_sip._udp.other.test'),
+    ];
+    // A sip: URI: UDP and TCP only (never moved to TLS by DNS, SCTP and WebSocket not spoken); the trailing dot dropped.
+    expect(naptrCandidates(records, 'sip')).toEqual([
+      { protocol: 'tcp', srvName: '_sip._tcp.a.carrier.test' },
+      { protocol: 'tcp', srvName: '_sip._tcp.b.carrier.test' },
+      { protocol: 'udp', srvName: '_sip._udp.carrier.test' },
+    ]);
+    // A sips: URI: TLS only (RFC 3263 4.1: a SIPS URI discards the SIP+D2X services).
+    expect(naptrCandidates(records, 'sips')).toEqual([{ protocol: 'tls', srvName: '_sips._tcp.carrier.test' }]);
+    expect(naptrCandidates([], 'sip')).toEqual([]);
+  });
+
+  it('no NAPTR record: SRV of each transport in this client\'s order, UDP then TCP for sip:, TLS for sips:', () => {
+    expect(srvCandidates('carrier.test', 'sip')).toEqual([
+      { protocol: 'udp', srvName: '_sip._udp.carrier.test' },
+      { protocol: 'tcp', srvName: '_sip._tcp.carrier.test' },
+    ]);
+    expect(srvCandidates('carrier.test', 'sips')).toEqual([{ protocol: 'tls', srvName: '_sips._tcp.carrier.test' }]);
   });
 });
