@@ -110,6 +110,12 @@ export const trunkSchema = z
     ringOn183: z.boolean().default(false),
     /** Send a minimal SDP offer in flash-call INVITEs for carriers that reject offer-less INVITEs. */
     dummySdp: z.boolean().default(false),
+    /**
+     * RFC 3262 reliable provisional responses (embedded backend): `off` says nothing of 100rel, `supported` sends
+     * `Supported: 100rel`, `required` sends `Require: 100rel` (a far end without it answers 420). A reliable 18x is
+     * PRACKed in every case. Default `off`.
+     */
+    rel100: z.enum(['off', 'supported', 'required']).optional(),
     /** Extra headers added to every INVITE to this trunk. */
     headers: z.record(z.string(), z.string()).default({}),
     /** Lower goes first (default 0): calls go to the live trunks of the lowest priority; higher ones are failover. */

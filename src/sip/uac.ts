@@ -85,6 +85,8 @@ export interface TrunkInfo {
   readonly hostPort: string;
   /** `;transport=tcp` etc. when the trunk URI carried one, else ''. */
   readonly transportParam: string;
+  /** RFC 3262 reliable provisional responses: what the INVITE says of 100rel (`sip.trunks[].rel100`). */
+  readonly rel100: 'off' | 'supported' | 'required';
   readonly fromDomain: string;
   readonly extraHeaders: readonly SipHeader[];
 }
@@ -140,6 +142,7 @@ export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
     transportFromDns: uri.params['transport'] === undefined,
     hostPort: uri.port === undefined ? uri.host : `${uri.host}:${uri.port}`,
     transportParam: typeof param === 'string' ? `;transport=${param.toLowerCase()}` : '',
+    rel100: trunk.rel100 ?? 'off',
     fromDomain,
     extraHeaders,
   };
@@ -281,6 +284,12 @@ export class UacCall implements OutboundCall {
   private dialog: Dialog | undefined;
   /** Dialogs a 2xx made that the call does not keep (a forked extra 2xx, or one after the outcome), by remote tag: ACKed and BYEd once, their retransmissions only re-ACKed. */
   private readonly otherDialogs = new Map<string, Dialog>();
+  /** RFC 3262: the RSeq of the last reliable provisional response PRACKed, per early dialog (remote tag). */
+  private readonly rseqByTag = new Map<string, number>();
+  /** Early dialogs whose offer (a reliable 1xx's SDP, our INVITE having none) was answered in a PRACK: their 2xx is no offer. */
+  private readonly answeredInPrack = new Set<string>();
+  /** PRACK transactions not finished yet (disposed by abort()). */
+  private readonly prackTxs = new Set<ClientTransaction>();
   private readonly auth = new Map<string, AuthEntry>();
   private authRetries = 0;
   private ended = false;
@@ -373,6 +382,9 @@ export class UacCall implements OutboundCall {
       hdr('User-Agent', this.host.userAgent),
       hdr('Allow', ALLOW),
     );
+    // RFC 3262 3: a UAC that may take reliable provisional responses says so; one that insists, requires it.
+    if (this.trunkInfo.rel100 === 'supported') headers.push(hdr('Supported', '100rel'));
+    else if (this.trunkInfo.rel100 === 'required') headers.push(hdr('Require', '100rel'));
     // qop=auth-int hashes the entity body (RFC 2617 3.2.2.3, RFC 8760): the SDP this INVITE carries.
     headers.push(...this.authorizationHeaders('INVITE', this.requestUri, this.localSdp));
     headers.push(...this.trunkInfo.extraHeaders);
@@ -419,7 +431,7 @@ export class UacCall implements OutboundCall {
     }
     if (status < 200) {
       if (this.state === 'inviting') this.state = 'early';
-      if (status > 100) this.safe('onProvisional', () => this.delegate.onProvisional?.(status, response.reason, response.body));
+      if (status > 100 && this.takeProvisional(response)) this.safe('onProvisional', () => this.delegate.onProvisional?.(status, response.reason, response.body));
       if (this.cancelRequested && !this.cancelSent && this.inviteOutstanding) this.sendCancel();
       return;
     }
@@ -432,6 +444,7 @@ export class UacCall implements OutboundCall {
       return;
     }
     if ((status === 401 || status === 407) && this.tryAuthRetry(response)) return;
+    if (status === 420 || status === 421) this.warnExtension(response);
     if (status === 487 && this.cancelRequested) {
       this.finish('cancelled', undefined, 487);
     } else {
@@ -499,6 +512,103 @@ export class UacCall implements OutboundCall {
       out.push(hdr(entry.header, digest.header));
     }
     return out;
+  }
+
+  // ---------------------------------------------------------------- reliable provisional responses (RFC 3262)
+
+  /**
+   * Is this 1xx (101-199) one to act on? An unreliable one always is. A reliable one (`Require: 100rel`, an RSeq) is
+   * PRACKed and acted on when it is the first of its early dialog or its RSeq is one more than the last; any other
+   * (a retransmission, one out of order) is neither PRACKed nor processed further (RFC 3262 4). Reliable ones are
+   * taken whatever the trunk's `rel100` says: a far end that sends one anyway still gets its PRACK.
+   */
+  private takeProvisional(response: ParsedResponse): boolean {
+    const rseqText = getHeader(response, 'rseq');
+    if (rseqText === undefined || !hasOptionTag(getHeaders(response, 'require'), '100rel')) return true;
+    const rseq = /^\s*(\d{1,10})\s*$/.exec(rseqText) ? Number(rseqText) : NaN;
+    const tag = response.to.tag;
+    // RFC 3262 7.1: RSeq 1 to 2**31-1; a reliable 1xx makes an early dialog, so it carries a To tag.
+    if (!(rseq >= 1 && rseq <= 2 ** 31 - 1) || tag === undefined) {
+      this.log.debug({ status: response.status, rseq: rseqText, to_tag: tag }, 'reliable provisional response without a usable RSeq or To tag; taken as unreliable');
+      return true;
+    }
+    const last = this.rseqByTag.get(tag);
+    if (last !== undefined && rseq !== last + 1) {
+      this.log.debug({ status: response.status, rseq, last_rseq: last }, 'reliable provisional response retransmitted or out of order; not PRACKed again');
+      return false;
+    }
+    this.rseqByTag.set(tag, rseq);
+    this.sendPrack(response, tag, rseq);
+    return true;
+  }
+
+  /**
+   * PRACK (RFC 3262 7.2) in the early dialog of `response`: to its Contact, along its Record-Route, CSeq the call's
+   * next, RAck naming the response. When the response carries an offer (our INVITE had none), the PRACK carries the
+   * answer, every stream declined (RFC 3262 5), as the ACK of a 2xx would.
+   */
+  private sendPrack(response: ParsedResponse, tag: string, rseq: number): void {
+    const routeSet = getHeaders(response, 'record-route').reverse();
+    const contact = getHeader(response, 'contact');
+    const remoteTarget = (contact === undefined ? undefined : parseNameAddr(contact)?.uri) ?? this.requestUri;
+    const { uri, routes, destination } = this.inDialogRouting(routeSet, remoteTarget);
+    const branch = newBranch();
+    const cseq = ++this.lastCseq;
+    const headers: SipHeader[] = [
+      hdr('Via', this.host.via(destination.protocol, branch)),
+      hdr('Max-Forwards', '70'),
+      hdr('From', this.fromValue),
+      hdr('To', getHeader(response, 'to') ?? this.toValue),
+      hdr('Call-ID', this.callId),
+      hdr('CSeq', `${cseq} PRACK`),
+      hdr('RAck', `${rseq} ${response.cseq.seq} INVITE`),
+    ];
+    for (const r of routes) headers.push(hdr('Route', r));
+    headers.push(hdr('User-Agent', this.host.userAgent));
+    const offer = this.localSdp === undefined && !this.answeredInPrack.has(tag) ? sdpOf(response) : undefined;
+    if (offer !== undefined) {
+      this.answeredInPrack.add(tag);
+      headers.push(hdr('Content-Type', 'application/sdp'));
+    }
+    const body = offer !== undefined ? declineAllSdp(offer, this.host.advertisedHost) : undefined;
+    const request: SipRequest = { kind: 'request', method: 'PRACK', uri, headers, body };
+    this.log.debug({ status: response.status, rseq, cseq, answer: body !== undefined }, 'sending PRACK');
+    let tx: ClientTransaction | undefined;
+    const done = (how: string, status?: number): void => {
+      if (tx === undefined || !this.prackTxs.delete(tx)) return;
+      if (how !== 'answered' || (status ?? 0) >= 300) this.log.debug({ rseq, how, status }, 'PRACK not accepted; the call goes on');
+    };
+    tx = this.host.startTransaction(
+      'non-invite',
+      request,
+      branch,
+      destination,
+      {
+        receiveResponse: (r) => {
+          if (r.status >= 200) done('answered', r.status);
+        },
+        onRequestTimeout: () => done('timeout'),
+        onTransportError: () => done('transport error'),
+      },
+      this.log,
+    );
+    this.prackTxs.add(tx);
+  }
+
+  /** 420 (our Require not supported) or 421 (the far end requires an extension): say which, and what to set. */
+  private warnExtension(response: ParsedResponse): void {
+    const tags = getHeaders(response, response.status === 420 ? 'unsupported' : 'require').join(', ');
+    const rel100 = /\b100rel\b/i.test(tags);
+    this.log.warn(
+      { trunk: this.trunk.name, status: response.status, option_tags: tags || undefined },
+      response.status === 421
+        ? rel100
+          ? 'the trunk requires reliable provisional responses (100rel): set sip.trunks[].rel100 to supported'
+          : 'the trunk requires a SIP extension this engine does not offer'
+        : rel100
+          ? 'the trunk does not support 100rel, which sip.trunks[].rel100 required: set it to supported or off'
+          : 'the trunk does not support an extension the INVITE required',
+    );
   }
 
   // ---------------------------------------------------------------- CANCEL (RFC 3261 9.1)
@@ -664,8 +774,9 @@ export class UacCall implements OutboundCall {
       for (const h of invite.headers) if (h.key === 'authorization' || h.key === 'proxy-authorization') headers.push(h);
     }
     headers.push(hdr('User-Agent', this.host.userAgent));
-    // 13.2.2.4: a 2xx with an offer (our INVITE had none) is answered in the ACK: every stream declined.
-    const offer = this.localSdp === undefined && response.body && /^application\/sdp\b/i.test(getHeader(response, 'content-type') ?? '') ? response.body : undefined;
+    // 13.2.2.4: a 2xx with an offer (our INVITE had none) is answered in the ACK: every stream declined. Not when a
+    // reliable 1xx of this dialog made the offer and its PRACK answered it (RFC 3262 5): the 2xx's SDP is no offer.
+    const offer = this.localSdp === undefined && !this.answeredInPrack.has(remoteTag) ? sdpOf(response) : undefined;
     if (offer !== undefined) headers.push(hdr('Content-Type', 'application/sdp'));
     const body = offer !== undefined ? declineAllSdp(offer, this.host.advertisedHost) : undefined;
     const ackRequest: SipRequest = { kind: 'request', method: 'ACK', uri, headers, body };
@@ -895,7 +1006,8 @@ export class UacCall implements OutboundCall {
     if (this.ended) return;
     this.cancelGuard = this.clearGuard();
     this.failover?.dispose();
-    for (const tx of [this.inviteTx, this.cancelTx, this.byeTx]) tx?.dispose();
+    for (const tx of [this.inviteTx, this.cancelTx, this.byeTx, ...this.prackTxs]) tx?.dispose();
+    this.prackTxs.clear();
     this.inviteOutstanding = false;
     this.cancelOutstanding = false;
     this.byeOutstanding = false;
@@ -923,3 +1035,12 @@ export class UacCall implements OutboundCall {
   }
 }
 
+/** The SDP body of a message, if it has one. */
+function sdpOf(message: ParsedResponse): string | undefined {
+  return message.body && /^application\/sdp\b/i.test(getHeader(message, 'content-type') ?? '') ? message.body : undefined;
+}
+
+/** Does any of these `Require` / `Supported` values list `tag` (option tags are case-insensitive, RFC 3261 19.2)? */
+function hasOptionTag(values: readonly string[], tag: string): boolean {
+  return values.some((v) => v.split(',').some((t) => t.trim().toLowerCase() === tag));
+}

@@ -5,6 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import dgram from 'node:dgram';
+import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
 import { getHeader, getHeaders, type ParsedRequest } from '../../../src/sip/message.js';
@@ -426,5 +427,57 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     await peer.next('INVITE');
     await expect(call.hangup()).resolves.toBeUndefined();
     expect(peer.count('BYE')).toBe(0);
+  });
+
+  it('RFC 3262: a reliable 1xx is PRACKed (RAck = its RSeq and the INVITE CSeq), one with a gap in RSeq neither PRACKed nor reported, the next in order is; a far end may send them without being asked', async () => {
+    const rec = recorder();
+    // rel100 off: the INVITE does not offer 100rel, and a far end that sends a reliable 1xx anyway still gets its PRACK.
+    sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
+    const invite = await peer.next('INVITE');
+    expect(getHeader(invite.req, 'supported')).toBeUndefined();
+    const contact = `Contact: <sip:127.0.0.1:${peer.socket.address().port}>`;
+    peer.reply(invite, 183, 'Session Progress', [contact, 'Require: 100rel', 'RSeq: 5']);
+    const first = await peer.next('PRACK');
+    expect(getHeader(first.req, 'rack')).toBe('5 1 INVITE');
+    expect(first.req.cseq).toEqual({ seq: 2, method: 'PRACK' });
+    expect(first.req.to.tag).toBe('peer-tag');
+    expect(first.req.uri).toBe(`sip:127.0.0.1:${peer.socket.address().port}`);
+    peer.reply(first, 200, 'OK');
+    // RSeq 7 after 5: 6 is missing. Not PRACKed, not acted on (RFC 3262 4).
+    peer.reply(invite, 180, 'Ringing', [contact, 'Require: 100rel', 'RSeq: 7']);
+    await tick(300);
+    expect(peer.count('PRACK')).toBe(1);
+    // An unreliable 1xx (no Require: 100rel) is taken as before, without a PRACK.
+    peer.reply(invite, 180, 'Ringing', [contact]);
+    await tick(100);
+    peer.reply(invite, 180, 'Ringing', [contact, 'Require: 100rel', 'RSeq: 6']);
+    const second = await peer.next('PRACK', 1);
+    expect(getHeader(second.req, 'rack')).toBe('6 1 INVITE');
+    expect(second.req.cseq).toEqual({ seq: 3, method: 'PRACK' });
+    peer.reply(second, 200, 'OK');
+    expect(rec.events).toEqual([
+      { type: 'provisional', status: 183 },
+      { type: 'provisional', status: 180 },
+      { type: 'provisional', status: 180 },
+    ]);
+    peer.reply(invite, 486, 'Busy Here');
+    await rec.waitFor('ended');
+    expect(peer.count('PRACK')).toBe(2);
+  });
+
+  it('421 Extension Required (100rel) fails the call and says which setting lets it through', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) });
+    const rec = recorder();
+    sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger }, rec.delegate);
+    const invite = await peer.next('INVITE');
+    peer.reply(invite, 421, 'Extension Required', ['Require: 100rel']);
+    expect(await rec.waitFor('failed')).toMatchObject({ failure: { status: 421 } });
+    expect(lines.find((l) => l['level'] === 40)).toMatchObject({
+      trunk: 'test',
+      status: 421,
+      option_tags: '100rel',
+      msg: 'the trunk requires reliable provisional responses (100rel): set sip.trunks[].rel100 to supported',
+    });
   });
 });
