@@ -4,6 +4,7 @@ import { getCountryCallingCode, isSupportedCountry, parsePhoneNumberFromString, 
 import { SmsTextError, validateTemplate } from '../sms/text.js';
 import { isIP } from 'node:net';
 import { defaultTargetTimeoutMs } from '../sip/sip-locator.js';
+import { TECH_PREFIX_RE } from '../sip/number-format.js';
 import { trunkUriTransportOf } from '../sip/trunk-transport.js';
 
 /**
@@ -116,6 +117,15 @@ export const trunkSchema = z
      * PRACKed in every case. Default `off`.
      */
     rel100: z.enum(['off', 'supported', 'required']).optional(),
+    /**
+     * How the called number (Request-URI, To) and the calling number (From, P-Asserted-Identity: the CLI) are written
+     * for this trunk (sip/number-format.ts): `e164` (default, `+447700900123;user=phone`), `e164_no_plus`
+     * (`447700900123`) or `national` (`07700900123`).
+     */
+    calledNumberFormat: z.enum(['e164', 'e164_no_plus', 'national']).optional(),
+    callingNumberFormat: z.enum(['e164', 'e164_no_plus', 'national']).optional(),
+    /** A carrier's routing prefix put before the called number (`1234#`: `sip:1234%23447700900123@...`). */
+    techPrefix: z.string().regex(TECH_PREFIX_RE, 'must be 1-16 of 0-9 A-Z a-z * # + . - (a carrier routing prefix such as "1234#")').optional(),
     /** Extra headers added to every INVITE to this trunk. */
     headers: z.record(z.string(), z.string()).default({}),
     /** Lower goes first (default 0): calls go to the live trunks of the lowest priority; higher ones are failover. */

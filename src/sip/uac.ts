@@ -21,6 +21,7 @@ import {
   type SipRequest,
 } from './message.js';
 import { isToken, parseNameAddr, parseSipUri } from './parser.js';
+import { numberUser, type NumberFormat } from './number-format.js';
 import { srvNameFor, type Located } from './sip-locator.js';
 import { onNewBranch, retryAfterMs, TargetFailover, targetUser, type FailoverHost, type FailoverReason } from './srv-failover.js';
 import { trunkUriTransport } from './trunk-transport.js';
@@ -87,6 +88,10 @@ export interface TrunkInfo {
   readonly transportParam: string;
   /** RFC 3262 reliable provisional responses: what the INVITE says of 100rel (`sip.trunks[].rel100`). */
   readonly rel100: 'off' | 'supported' | 'required';
+  /** How the numbers are written (number-format.ts). */
+  readonly calledFormat: NumberFormat;
+  readonly callingFormat: NumberFormat;
+  readonly techPrefix: string;
   readonly fromDomain: string;
   readonly extraHeaders: readonly SipHeader[];
 }
@@ -143,6 +148,9 @@ export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
     hostPort: uri.port === undefined ? uri.host : `${uri.host}:${uri.port}`,
     transportParam: typeof param === 'string' ? `;transport=${param.toLowerCase()}` : '',
     rel100: trunk.rel100 ?? 'off',
+    calledFormat: trunk.calledNumberFormat ?? 'e164',
+    callingFormat: trunk.callingNumberFormat ?? 'e164',
+    techPrefix: trunk.techPrefix ?? '',
     fromDomain,
     extraHeaders,
   };
@@ -151,6 +159,21 @@ export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
 }
 
 const NUMBER_RE = /^\+?[0-9A-Za-z._*-]{1,32}$/;
+
+/**
+ * A call's Request-URI, To and caller URI (From, P-Asserted-Identity) for `to` and `from` (E.164), written as the
+ * trunk wants its numbers (number-format.ts). Both backends build their INVITEs from these.
+ */
+export function callAddresses(info: TrunkInfo, to: string, from: string): { requestUri: string; to: string; cli: string } {
+  const called = numberUser(to, info.calledFormat, info.techPrefix);
+  const calling = numberUser(from, info.callingFormat);
+  const calledUri = `${info.scheme}:${called.user}@${info.hostPort}${called.phone ? ';user=phone' : ''}`;
+  return {
+    requestUri: calledUri + info.transportParam,
+    to: `<${calledUri}>`,
+    cli: `<sip:${calling.user}@${info.fromDomain}${calling.phone ? ';user=phone' : ''}>`,
+  };
+}
 
 /** Map a non-2xx final response to a failure reason. */
 export function failureReasonFor(status: number): CallFailureReason {
@@ -306,12 +329,11 @@ export class UacCall implements OutboundCall {
     this.callId = newCallId();
     this.localTag = newTag();
     this.log = options.logger.child({ call_id: this.callId });
-    const info = this.trunkInfo;
-    this.requestUri = `${info.scheme}:${options.to}@${info.hostPort};user=phone${info.transportParam}`;
-    const cliUri = `<sip:${options.from}@${info.fromDomain};user=phone>`;
-    this.fromValue = `${cliUri};tag=${this.localTag}`;
-    this.pai = cliUri;
-    this.toValue = `<${info.scheme}:${options.to}@${info.hostPort};user=phone>`;
+    const addresses = callAddresses(this.trunkInfo, options.to, options.from);
+    this.requestUri = addresses.requestUri;
+    this.fromValue = `${addresses.cli};tag=${this.localTag}`;
+    this.pai = addresses.cli;
+    this.toValue = addresses.to;
     this.localSdp = options.sdp ?? (options.trunk.dummySdp ? dummySdp(options.host.advertisedHost) : undefined);
   }
 

@@ -45,7 +45,8 @@ import {
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import { maskUser } from '../embedded-originator.js';
 import { PingAttempt, pingAddressing } from '../options-ping.js';
-import { dummySdp, failureReasonFor, resolveTrunk } from '../uac.js';
+import { numberUser } from '../number-format.js';
+import { callAddresses, dummySdp, failureReasonFor, resolveTrunk } from '../uac.js';
 import { errorMessage, newCallId } from '../util.js';
 import { DrachtioConnection, type DrachtioConnectionOptions } from './drachtio-connection.js';
 import {
@@ -277,13 +278,14 @@ class DrachtioCall implements OutboundCall {
     // drachtio-server keeps a Call-ID the app supplies; the echoed INVITE's Call-ID wins if it did not.
     this.ownCallId = newCallId();
     this.log = request.logger.child({ call_id: this.ownCallId });
-    this.uri = `${trunk.scheme}:${request.to}@${trunk.hostPort};user=phone${trunk.transportParam}`;
-    const cli = `<sip:${request.from}@${trunk.fromDomain};user=phone>`;
+    const addresses = callAddresses(trunk, request.to, request.from);
+    this.uri = addresses.requestUri;
+    const cli = addresses.cli;
     this.localSdp = request.sdp ?? (request.trunk.dummySdp ? dummySdp(options.sdpHost ?? '127.0.0.1') : undefined);
     const headers: Record<string, string> = {
       'Call-ID': this.ownCallId,
       From: cli,
-      To: `<${trunk.scheme}:${request.to}@${trunk.hostPort};user=phone>`,
+      To: addresses.to,
       'P-Asserted-Identity': cli,
       'User-Agent': options.userAgent,
     };
@@ -291,7 +293,7 @@ class DrachtioCall implements OutboundCall {
     if (this.localSdp !== undefined) headers['Content-Type'] = 'application/sdp';
     this.uacOptions = {
       headers,
-      callingNumber: request.from,
+      callingNumber: numberUser(request.from, trunk.callingFormat).user,
       ...(this.localSdp !== undefined ? { localSdp: this.localSdp } : {}),
       ...(request.trunk.auth !== undefined ? { auth: { username: request.trunk.auth.username, password: request.trunk.auth.password } } : {}),
     };

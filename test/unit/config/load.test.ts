@@ -275,6 +275,23 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ env: {}, overrides: { sip: { trunkHealth: { optionsPingMs: 3_600_001 } } } })).toThrow(`sip.trunkHealth.optionsPingMs: ${message}`);
   });
 
+  it('sip.trunks[]: rel100, number formats and a tech prefix as a carrier wants them; anything else refused by name', () => {
+    const ok = trunks('{ name: a, uri: "sip:10.0.0.1", rel100: supported, calledNumberFormat: national, callingNumberFormat: e164_no_plus, techPrefix: "1234#" }');
+    expect(loadConfig({ file: ok, env: {} }).sip.trunks[0]).toMatchObject({ rel100: 'supported', calledNumberFormat: 'national', callingNumberFormat: 'e164_no_plus', techPrefix: '1234#' });
+    const bad = trunks('{ name: a, uri: "sip:10.0.0.1", rel100: yes, calledNumberFormat: local, techPrefix: "12 34" }');
+    let issues: string[] = [];
+    try {
+      loadConfig({ file: bad, env: {} });
+    } catch (e) {
+      issues = (e as ConfigError).issues;
+    }
+    expect(issues).toEqual([
+      expect.stringMatching(/^sip\.trunks\.0\.rel100: .*"off".*"supported".*"required"/),
+      expect.stringMatching(/^sip\.trunks\.0\.calledNumberFormat: .*"e164".*"e164_no_plus".*"national"/),
+      'sip.trunks.0.techPrefix: must be 1-16 of 0-9 A-Z a-z * # + . - (a carrier routing prefix such as "1234#")',
+    ]);
+  });
+
   it('takes sips: and transport=tls trunks (SIP over TLS); refuses at boot the URIs no transport here can carry, naming trunk and key', () => {
     for (const uri of ['sips:sbc.example.net', 'sip:sbc.example.net:5061;transport=tls', 'sips:sbc.example.net;transport=tcp']) {
       expect(issues({ SIP_TRUNK_URI: uri })).toBe('');
