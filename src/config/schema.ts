@@ -107,6 +107,11 @@ export const trunkSchema = z
     fromDomain: z.string().optional(),
     /** Calls per second this trunk accepts. */
     cps: z.number().int().positive().default(200),
+    /**
+     * Concurrent calls this trunk carries at most (a carrier's channel limit), per worker process as `cps`; calls
+     * beyond it go to another trunk with a free slot, or wait for one (engine/trunk-pacer.ts). None: no cap.
+     */
+    maxCalls: z.number().int().positive().optional(),
     /** Treat 183 Session Progress as "ringing" for flash calls (some carriers never send 180). */
     ringOn183: z.boolean().default(false),
     /** Send a minimal SDP offer in flash-call INVITEs for carriers that reject offer-less INVITEs. */

@@ -33,6 +33,12 @@ export function trunkVerdict(outcome: string): TrunkVerdict {
 export interface TrunkState {
   name: string;
   up: boolean;
+  /** Calls holding one of the trunk's `maxCalls` slots now (every call when it has no cap). */
+  calls: number;
+  /** Calls waiting for one of its slots. */
+  waiting: number;
+  /** `maxCalls`, or undefined: no cap. */
+  maxCalls: number | undefined;
 }
 
 /** Told when a trunk goes down or comes back (logs). `pinged`: OPTIONS pings, not a probe call, bring it back. */
@@ -53,6 +59,10 @@ interface Health {
   current: number;
   /** OPTIONS pings watch it: a down trunk gets no probe call, an answered ping brings it back. */
   pinged: boolean;
+  /** Calls holding a slot (acquire() to release()). */
+  calls: number;
+  /** Calls waiting for a slot, first come first served. */
+  readonly waiters: (() => void)[];
 }
 
 const DEFAULT_HEALTH: TrunkHealthOptions = { failuresToMarkDown: 3, retryAfterMs: 5000, maxRetryAfterMs: 60_000 };
@@ -69,6 +79,12 @@ const DEFAULT_HEALTH: TrunkHealthOptions = { failuresToMarkDown: 3, retryAfterMs
  * trunks of the lowest `priority`, shared by `weight`; when every trunk is
  * down, the one due first is tried anyway (failing fast is better than not
  * calling at all).
+ *
+ * Channels: a trunk with `maxCalls` (a carrier's limit of concurrent calls on the interconnect, per process as
+ * `cps` is) carries at most that many calls at once, from `acquire()` to `release()`. `pick()` passes a full trunk
+ * over for another of the same priority with a free slot, then for one of the next priorities; when every live trunk
+ * is full, the best one is picked and its calls wait for a slot there, first come first served (`acquire()`, before
+ * the CPS token, so that the calls a freed slot lets go still leave at the trunk's CPS).
  *
  * A trunk watched by OPTIONS pings (`setPinged`, engine/trunk-pinger.ts) has its pings reported here like
  * calls: unanswered ones count with failed calls towards `failuresToMarkDown`, an answered one brings it back at
@@ -96,6 +112,8 @@ export class TrunkPacer {
       probeAt: 0,
       current: 0,
       pinged: false,
+      calls: 0,
+      waiters: [],
     }));
   }
 
@@ -105,7 +123,7 @@ export class TrunkPacer {
     // A down trunk whose back-off is over gets the next call: the probe. A probe never reported
     // (its job died before report()) lapses, so the trunk cannot stay unprobed for good.
     const probeTimeout = this.options.probeTimeoutMs ?? this.options.maxRetryAfterMs;
-    const due = this.health.find((h) => !h.up && !h.pinged && (!h.probing || now - h.probeAt >= probeTimeout) && h.retryAt <= now);
+    const due = this.health.find((h) => !h.up && !h.pinged && (!h.probing || now - h.probeAt >= probeTimeout) && h.retryAt <= now && !full(h));
     if (due) {
       due.probing = true;
       due.probeAt = now;
@@ -117,8 +135,11 @@ export class TrunkPacer {
       const first = [...this.health].sort((a, b) => a.retryAt - b.retryAt)[0]!;
       return first.trunk;
     }
-    const best = Math.min(...live.map((h) => h.trunk.priority ?? 0));
-    const group = live.filter((h) => (h.trunk.priority ?? 0) === best);
+    // The lowest priority with a free slot; every live trunk full: the lowest priority (its calls wait for a slot).
+    const free = live.filter((h) => !full(h));
+    const from = free.length > 0 ? free : live;
+    const best = Math.min(...from.map((h) => h.trunk.priority ?? 0));
+    const group = from.filter((h) => (h.trunk.priority ?? 0) === best);
     if (group.length === 1) return group[0]!.trunk;
     let total = 0;
     let chosen: Health | undefined;
@@ -185,9 +206,30 @@ export class TrunkPacer {
     }
   }
 
-  /** Up/down of every trunk (the `flashverify_trunk_up` gauge). */
+  /** Every trunk's health and calls (the `flashverify_trunk_up` and `flashverify_trunk_calls*` gauges). */
   status(): TrunkState[] {
-    return this.health.map((h) => ({ name: h.trunk.name, up: h.up }));
+    return this.health.map((h) => ({ name: h.trunk.name, up: h.up, calls: h.calls, waiting: h.waiters.length, maxCalls: h.trunk.maxCalls }));
+  }
+
+  /**
+   * Takes one of the trunk's call slots (`maxCalls`), waiting for one when all are held; resolves with the function
+   * that gives it back (once; later calls do nothing). Give it back when the call has ended, whatever happened.
+   */
+  async acquire(trunk: TrunkConfig): Promise<() => void> {
+    const h = this.health.find((x) => x.trunk.name === trunk.name);
+    if (!h) return () => undefined;
+    // A waiter is handed the slot of the call that gives one back: `calls` counts it already.
+    if (full(h) || h.waiters.length > 0) await new Promise<void>((resolve) => h.waiters.push(resolve));
+    else h.calls++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      // The slot goes to the call that waited longest, at once: nobody arriving meanwhile can take it.
+      const next = h.waiters.shift();
+      if (next) next();
+      else h.calls--;
+    };
   }
 
   /** Resolves when the trunk may take one more call. */
@@ -199,4 +241,9 @@ export class TrunkPacer {
     }
     return b.take();
   }
+}
+
+/** All of the trunk's slots are held (never for a trunk without `maxCalls`). */
+function full(h: Health): boolean {
+  return h.trunk.maxCalls !== undefined && h.calls >= h.trunk.maxCalls;
 }

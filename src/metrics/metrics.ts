@@ -18,7 +18,7 @@ export interface JobCountsSource {
 
 /** What the trunk gauge reads at scrape time (the worker's trunk pacer). */
 export interface TrunkStatusSource {
-  status(): { name: string; up: boolean }[];
+  status(): { name: string; up: boolean; calls: number; waiting: number }[];
 }
 
 /** What the SMPP gauges read at scrape time (the SMS gateway has it). */
@@ -325,6 +325,24 @@ export class Metrics {
       registers,
       collect() {
         for (const source of trunkSources) for (const t of source.status()) this.set({ trunk: t.name }, t.up ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'flashverify_trunk_calls',
+      help: 'Calls this process has on the trunk now (each holds one of its sip.trunks[].maxCalls channels when it has a cap)',
+      labelNames: ['trunk'],
+      registers,
+      collect() {
+        for (const source of trunkSources) for (const t of source.status()) this.set({ trunk: t.name }, t.calls);
+      },
+    });
+    new Gauge({
+      name: 'flashverify_trunk_calls_waiting',
+      help: 'Calls of this process waiting for a channel of the trunk: every live trunk of their choice is at its sip.trunks[].maxCalls',
+      labelNames: ['trunk'],
+      registers,
+      collect() {
+        for (const source of trunkSources) for (const t of source.status()) this.set({ trunk: t.name }, t.waiting);
       },
     });
     const rtpSources = this.rtpSources;

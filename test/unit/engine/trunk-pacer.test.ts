@@ -24,4 +24,64 @@ describe('TrunkPacer', () => {
     expect(done).toBe(4);
     vi.useRealTimers();
   });
+
+  it('maxCalls: a full trunk hands its next call to a free one of the same priority, then of the next; all full, calls wait on the best', async () => {
+    const a = { ...trunk('a', 100), maxCalls: 1 };
+    const b = { ...trunk('b', 100), maxCalls: 1 };
+    const c = { ...trunk('c', 100), maxCalls: 1, priority: 1 };
+    const pacer = new TrunkPacer([a, b, c]);
+    const releases: (() => void)[] = [];
+    for (const expected of [a, b, c]) {
+      const t = pacer.pick();
+      expect(t).toBe(expected);
+      releases.push(await pacer.acquire(t));
+    }
+    // Every trunk full: the lowest priority is picked (a and b share it by weight: b's turn), and its call waits there.
+    const fourth = pacer.pick();
+    expect(fourth).toBe(b);
+    let got = false;
+    const waiting = pacer.acquire(fourth).then((r) => ((got = true), r));
+    await Promise.resolve();
+    expect(got).toBe(false);
+    expect(pacer.status().find((s) => s.name === 'b')).toMatchObject({ calls: 1, waiting: 1, maxCalls: 1 });
+    // b's channel frees up: it goes to the waiting call.
+    releases[1]!();
+    expect(await waiting).toBeTypeOf('function');
+    expect(got).toBe(true);
+    // a's frees up: the next call goes to a, not to the full b.
+    releases[0]!();
+    expect(pacer.pick()).toBe(a);
+  });
+
+  it('maxCalls: a freed channel goes to the call that waited longest, and one arriving meanwhile cannot take it; releasing twice frees one', async () => {
+    const a = { ...trunk('a', 100), maxCalls: 2 };
+    const pacer = new TrunkPacer([a]);
+    const first = await pacer.acquire(a);
+    await pacer.acquire(a);
+    const order: string[] = [];
+    const w1 = pacer.acquire(a).then((r) => (order.push('w1'), r));
+    const w2 = pacer.acquire(a).then((r) => (order.push('w2'), r));
+    expect(pacer.status()[0]).toMatchObject({ calls: 2, waiting: 2 });
+    first();
+    first(); // a second release of the same call changes nothing
+    // Arriving right after the release, before w1 has resumed: it queues behind w2.
+    const late = pacer.acquire(a).then((r) => (order.push('late'), r));
+    const r1 = await w1;
+    expect(order).toEqual(['w1']);
+    expect(pacer.status()[0]).toMatchObject({ calls: 2, waiting: 2 });
+    r1();
+    (await w2)();
+    await late;
+    expect(order).toEqual(['w1', 'w2', 'late']);
+    expect(pacer.status()[0]).toMatchObject({ calls: 2, waiting: 0 });
+  });
+
+  it('without maxCalls a trunk is never full: every acquire resolves at once, and its calls are counted', async () => {
+    const a = trunk('a', 100);
+    const pacer = new TrunkPacer([a]);
+    const releases = await Promise.all(Array.from({ length: 50 }, () => pacer.acquire(a)));
+    expect(pacer.status()[0]).toMatchObject({ calls: 50, waiting: 0, maxCalls: undefined });
+    for (const r of releases) r();
+    expect(pacer.status()[0]).toMatchObject({ calls: 0, waiting: 0 });
+  });
 });
