@@ -903,7 +903,7 @@ export const configSchema = z
           .strict(),
         userAgent: z.string().default('flashverify'),
         trunks: z.array(trunkSchema).min(1, 'at least one SIP trunk is needed'),
-        /** A trunk whose calls end `unreachable`/`timeout` this many times in a row is marked down, then retried with back-off. */
+        /** A trunk whose calls end `unreachable`/`timeout` (or a `failureStatuses` response) this many times in a row is marked down, then retried with back-off. */
         trunkHealth: z
           .object({
             failuresToMarkDown: z.number().int().positive().default(3),
@@ -915,6 +915,12 @@ export const configSchema = z
              * a down trunk back at once. `sip.trunks[].optionsPingMs` overrides it per trunk.
              */
             optionsPingMs: optionsPingMs.default(0),
+            /**
+             * Final responses that say the trunk itself failed, counted with `unreachable`/`timeout` (and for OPTIONS
+             * pings): 503 Service Unavailable (RFC 3261 21.5.4: overload or maintenance) by default. Any other
+             * response is an answer of a live trunk. [] : only transport errors and timeouts count.
+             */
+            failureStatuses: z.array(z.number().int().min(400).max(699, { message: 'must be SIP final statuses from 400 to 699' })).default([503]),
           })
           .strict()
           .prefault({}),

@@ -12,7 +12,7 @@ import { generateCode } from '../verification/codes.js';
 import { placeFlashCall, type FlashResult, type ShutdownSignals } from './flash-call.js';
 import { recordAttemptFields, watchUnlessEnded, type AttemptWatch } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
-import { trunkVerdict, type TrunkPacer } from './trunk-pacer.js';
+import type { TrunkPacer } from './trunk-pacer.js';
 
 /** Outcomes that never reached the far end: the attempt is refunded. */
 const NOT_ON_NETWORK = new Set(['unreachable', 'timeout', 'no_cli', 'shutdown']);
@@ -128,7 +128,7 @@ export class FlashProcessor {
     };
     log.info({ ...detail }, 'flash call finished');
     this.deps.metrics.callEnded('flash_call', trunk.name, outcome, result.postDialDelayMs);
-    this.deps.trunks.report(trunk, trunkVerdict(result.outcome));
+    this.deps.trunks.report(trunk, this.deps.trunks.verdictOf(result.outcome, result.sipStatus));
     // Delivered = the caller ID was shown (rang, or answered without an 18x).
     if (result.rang || result.outcome === 'answered') this.deps.metrics.rangeSent(reserved.range.prefix);
     // The range's counters (batched in memory, written every 250 ms; a judgement of the range reads Redis) and the

@@ -12,6 +12,8 @@ export interface TrunkHealthOptions {
    * the trunk: the next call after it may probe again. Default `maxRetryAfterMs`.
    */
   probeTimeoutMs?: number;
+  /** Final SIP statuses that count as the trunk failing, as unreachable/timeout do (sip.trunkHealth.failureStatuses; default [503]). */
+  failureStatuses?: readonly number[];
 }
 
 /** What a finished call (or OPTIONS ping) says about its trunk. */
@@ -23,9 +25,13 @@ export type TrunkVerdict =
   /** Says nothing about the trunk (no CLI, no media port, no 18x in time ...). */
   | 'neutral';
 
-/** The trunk verdict of a call outcome. */
-export function trunkVerdict(outcome: string): TrunkVerdict {
+/** 503 Service Unavailable: the server's own overload or maintenance (RFC 3261 21.5.4), not the callee's answer. */
+export const DEFAULT_FAILURE_STATUSES: readonly number[] = [503];
+
+/** The trunk verdict of a call outcome; `sipStatus` in `failureStatuses` (default 503) is the trunk's failure too. */
+export function trunkVerdict(outcome: string, sipStatus?: number, failureStatuses: readonly number[] = DEFAULT_FAILURE_STATUSES): TrunkVerdict {
   if (outcome === 'unreachable' || outcome === 'timeout') return 'failed';
+  if (sipStatus !== undefined && failureStatuses.includes(sipStatus)) return 'failed';
   if (outcome === 'no_ringing' || outcome === 'no_answer' || outcome === 'no_media_resources' || outcome === 'no_cli' || outcome === 'shutdown') return 'neutral';
   return 'up';
 }
@@ -157,6 +163,11 @@ export class TrunkPacer {
   setPinged(trunk: TrunkConfig, pinged: boolean): void {
     const h = this.health.find((x) => x.trunk.name === trunk.name);
     if (h) h.pinged = pinged;
+  }
+
+  /** The verdict of a call's outcome and final status, with this pacer's `failureStatuses` (trunkVerdict). */
+  verdictOf(outcome: string, sipStatus?: number): TrunkVerdict {
+    return trunkVerdict(outcome, sipStatus, this.options.failureStatuses);
   }
 
   /** How a call (or OPTIONS ping) to `trunk` ended, for its health. */

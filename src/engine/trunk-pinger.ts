@@ -5,7 +5,7 @@ import type { TrunkPacer } from './trunk-pacer.js';
 
 export interface TrunkPingerOptions {
   originator: Pick<CallOriginator, 'ping'>;
-  pacer: Pick<TrunkPacer, 'report' | 'setPinged'>;
+  pacer: Pick<TrunkPacer, 'report' | 'setPinged' | 'verdictOf'>;
   trunks: readonly TrunkConfig[];
   /** `sip.trunkHealth.optionsPingMs`: the interval of trunks without their own `optionsPingMs`; 0 = off. */
   defaultIntervalMs: number;
@@ -113,6 +113,7 @@ export class TrunkPinger {
     slot.log.debug({ call_id: callId || undefined, outcome, status, phrase, ms }, PING_LOG[outcome]);
     if (outcome === 'not_sent') return;
     this.options.onResult?.(slot.trunk.name, outcome);
-    this.options.pacer.report(slot.trunk, outcome === 'answered' ? 'up' : 'failed');
+    // A ping answered with a failure status (503 by default: an SBC in maintenance) fails like no answer.
+    this.options.pacer.report(slot.trunk, outcome === 'answered' && this.options.pacer.verdictOf('answered', status) === 'up' ? 'up' : 'failed');
   }
 }

@@ -12,7 +12,7 @@ import type { Keys } from '../store/keys.js';
 import { recordAttemptFields, watchUnlessEnded, type AttemptWatch } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import type { ShutdownSignals } from './flash-call.js';
-import { trunkVerdict, type TrunkPacer } from './trunk-pacer.js';
+import type { TrunkPacer } from './trunk-pacer.js';
 import { placeVoiceCall, type VoiceResult } from './voice-call.js';
 
 /** Outcomes that never reached the far end: the attempt is refunded. */
@@ -110,7 +110,7 @@ export class VoiceProcessor {
     };
     log.info({ ...detail }, 'voice call finished');
     this.deps.metrics.callEnded('voice', trunk.name, outcome);
-    this.deps.trunks.report(trunk, trunkVerdict(result.outcome));
+    this.deps.trunks.report(trunk, this.deps.trunks.verdictOf(result.outcome, result.sipStatus));
     await recordAttemptFields(redis, key, step, { outcome, ...(result.sipStatus !== undefined ? { final_sip_status: String(result.sipStatus) } : {}) });
     if (!result.answered && !watch.ended) {
       await events.publish({

@@ -119,4 +119,20 @@ describe('trunk down, failover and back', { timeout: 45_000 }, () => {
     if (silent) expect(new Set(silent.requests('INVITE').map((m) => m.header('call-id'))).size).toBe(2);
     expect(e.logs.join('\n')).toMatch(/trunk down; retried after back-off/);
   });
+
+  it('a trunk answering 503 to every call (out of capacity, in maintenance: sip.trunkHealth.failureStatuses) is marked down; traffic moves to the live trunk', async () => {
+    const unavailable = await startSippUas({ scenario: 'uas-service-unavailable-503', calls: 2, maxLifetimeMs: 40_000 });
+    sipps.push(unavailable);
+    const { e, backup } = await twoTrunks(unavailable.uri, 100);
+    engine = e;
+    const account = await e.account();
+    const verify = verifier(e, account.auth);
+    for (let i = 0; i < 2; i++) expect(await verify()).toMatchObject({ status: 'failed', reason: 'rejected', trunk: 'primary' });
+    expect(await trunkGauge(e, 'primary')).toBe('0');
+    for (let i = 0; i < 2; i++) expect(await verify()).toMatchObject({ status: 'delivered', trunk: 'backup' });
+    // The 503 trunk got exactly the two calls it refused.
+    expect(new Set(unavailable.requests('INVITE').map((m) => m.header('call-id'))).size).toBe(2);
+    expect(backup.requests('INVITE').length).toBe(2);
+    expect(e.logs.join('\n')).toMatch(/trunk down; retried after back-off/);
+  });
 });

@@ -15,10 +15,27 @@ function pacer(trunks: TrunkConfig[]) {
 const picks = (p: TrunkPacer, n: number) => Array.from({ length: n }, () => p.pick().name);
 
 describe('TrunkPacer health and failover', () => {
-  it('maps call outcomes to trunk verdicts', () => {
-    expect(['unreachable', 'timeout'].map(trunkVerdict)).toEqual(['failed', 'failed']);
-    expect(['cancelled', 'answered', 'busy', 'rejected', 'played'].map(trunkVerdict)).toEqual(['up', 'up', 'up', 'up', 'up']);
-    expect(['no_ringing', 'no_cli', 'no_media_resources', 'shutdown'].map(trunkVerdict)).toEqual(['neutral', 'neutral', 'neutral', 'neutral']);
+  it('maps call outcomes to trunk verdicts; a 503 (sip.trunkHealth.failureStatuses) is the trunk failing, any other answer a live trunk', () => {
+    const v = (outcome: string): string => trunkVerdict(outcome);
+    expect(['unreachable', 'timeout'].map(v)).toEqual(['failed', 'failed']);
+    expect(['cancelled', 'answered', 'busy', 'rejected', 'played'].map(v)).toEqual(['up', 'up', 'up', 'up', 'up']);
+    expect(['no_ringing', 'no_cli', 'no_media_resources', 'shutdown'].map(v)).toEqual(['neutral', 'neutral', 'neutral', 'neutral']);
+    expect(trunkVerdict('rejected', 503)).toBe('failed');
+    expect(trunkVerdict('rejected', 500)).toBe('up');
+    expect(trunkVerdict('busy', 486)).toBe('up');
+    expect(trunkVerdict('rejected', 503, [])).toBe('up');
+    expect(trunkVerdict('rejected', 502, [502, 503])).toBe('failed');
+  });
+
+  it('a trunk answering 503 to every call is marked down like a dead one, and its calls go to the backup', () => {
+    const { p, changes } = pacer([trunk('a'), trunk('b', { priority: 1 })]);
+    for (let i = 0; i < 3; i++) {
+      const t = p.pick();
+      expect(t.name).toBe('a');
+      p.report(t, p.verdictOf('rejected', 503));
+    }
+    expect(changes).toEqual(['a:down']);
+    expect(p.pick().name).toBe('b');
   });
 
   it('shares calls among trunks of one priority by weight, and keeps higher priorities for failover', () => {

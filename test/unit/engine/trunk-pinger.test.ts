@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { pino } from 'pino';
 import type { TrunkConfig } from '../../../src/config/schema.js';
-import type { TrunkVerdict } from '../../../src/engine/trunk-pacer.js';
+import { trunkVerdict, type TrunkVerdict } from '../../../src/engine/trunk-pacer.js';
 import { pingIntervalMs, TrunkPinger } from '../../../src/engine/trunk-pinger.js';
 import type { PingRequest, PingResult } from '../../../src/sip/call-originator.js';
 
@@ -42,6 +42,7 @@ describe('TrunkPinger', () => {
       pacer: {
         report: (t: TrunkConfig, v: TrunkVerdict) => void verdicts.push(`${t.name}:${v}`),
         setPinged: (t: TrunkConfig, on: boolean) => void (on && pinged.push(t.name)),
+        verdictOf: (outcome: string, status?: number) => trunkVerdict(outcome, status),
       },
       trunks,
       defaultIntervalMs,
@@ -83,7 +84,7 @@ describe('TrunkPinger', () => {
     await vi.advanceTimersByTimeAsync(0);
     expect(sip.sent.map((r) => r.trunk.name)).toEqual(['a', 'slow', 'a']);
     sip.end('timeout'); // slow's
-    sip.end('answered', 405); // a's second, right away: its next is due 1 s after it left
+    sip.end('answered', 405); // a's second, right away: its next is due 1 s after it left (a 405 is an answer: up)
     await vi.advanceTimersByTimeAsync(999);
     expect(sip.sent).toHaveLength(3);
     await vi.advanceTimersByTimeAsync(1);
@@ -91,6 +92,19 @@ describe('TrunkPinger', () => {
     expect(sip.maxInFlight).toBe(2); // one per trunk
     expect(verdicts).toEqual(['a:failed', 'slow:failed', 'a:up']);
     expect(results).toEqual(['a:timeout', 'slow:timeout', 'a:answered']);
+    p.stop();
+  });
+
+  it('a ping answered 503 (an SBC in maintenance: sip.trunkHealth.failureStatuses) fails like no answer', async () => {
+    const p = pinger([trunk('a')], 1000);
+    p.start();
+    await vi.advanceTimersByTimeAsync(0);
+    sip.end('answered', 503);
+    await vi.advanceTimersByTimeAsync(1000);
+    sip.end('answered', 200);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(verdicts).toEqual(['a:failed', 'a:up']);
+    expect(results).toEqual(['a:answered', 'a:answered']);
     p.stop();
   });
 
