@@ -903,6 +903,12 @@ export const configSchema = z
           .strict(),
         userAgent: z.string().default('flashverify'),
         trunks: z.array(trunkSchema).min(1, 'at least one SIP trunk is needed'),
+        /**
+         * Route advance: a flash or voice call that its trunk refused before it rang (unreachable, or answered with a
+         * `trunkHealth.failureStatuses` status such as 503) is placed again at once on another live trunk, each trunk
+         * once, within the same verification (engine/route-advance.ts). false: the call fails there.
+         */
+        routeAdvance: z.boolean().default(true),
         /** A trunk whose calls end `unreachable`/`timeout` (or a `failureStatuses` response) this many times in a row is marked down, then retried with back-off. */
         trunkHealth: z
           .object({

@@ -20,6 +20,8 @@ export interface FlashResult {
   callId: string;
   /** True once the first ringing 18x arrived (the `delivered` moment). */
   rang: boolean;
+  /** True once any provisional response above 100 arrived (a 183 without ringOn183 too): the far end took the call. */
+  early: boolean;
   /** Final SIP status, when one arrived. */
   sipStatus?: number;
   phrase?: string;
@@ -63,6 +65,7 @@ export function placeFlashCall(originator: CallOriginator, p: FlashCallParams): 
   return new Promise<FlashResult>((resolve) => {
     const started = performance.now();
     let rang = false;
+    let early = false;
     let noRinging = false;
     let stopping = false;
     let settled = false;
@@ -73,18 +76,19 @@ export function placeFlashCall(originator: CallOriginator, p: FlashCallParams): 
     let call: OutboundCall | undefined;
 
     const unlisten: (() => void)[] = [];
-    const finish = (r: Omit<FlashResult, 'callId' | 'rang' | 'postDialDelayMs'>): void => {
+    const finish = (r: Omit<FlashResult, 'callId' | 'rang' | 'early' | 'postDialDelayMs'>): void => {
       if (settled) return;
       settled = true;
       clear();
       unlisten.forEach((f) => f());
-      resolve({ ...r, callId: call?.callId ?? '', rang, postDialDelayMs });
+      resolve({ ...r, callId: call?.callId ?? '', rang, early, postDialDelayMs });
     };
 
     call = originator.originate(
       { to: p.to, from: p.cli, trunk: p.trunk, logger: p.logger },
       {
         onProvisional(status) {
+          early = true;
           const ringing = status === 180 || (status === 183 && p.trunk.ringOn183);
           if (!ringing || rang || noRinging || settled) return;
           rang = true;

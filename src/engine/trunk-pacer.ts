@@ -141,6 +141,21 @@ export class TrunkPacer {
       const first = [...this.health].sort((a, b) => a.retryAt - b.retryAt)[0]!;
       return first.trunk;
     }
+    return this.choose(live);
+  }
+
+  /**
+   * Route advance (sip.routeAdvance): a live trunk other than those of `tried` for a call refused before it rang,
+   * chosen as pick() chooses (a free channel first, the lowest priority, by weight); none left: undefined. A down trunk
+   * is never taken here (its probe is for a new call).
+   */
+  pickAnother(tried: ReadonlySet<string>): TrunkConfig | undefined {
+    const live = this.health.filter((h) => h.up && !tried.has(h.trunk.name));
+    return live.length === 0 ? undefined : this.choose(live);
+  }
+
+  /** Among live trunks: those with a free slot, else all; the lowest priority; shared by weight (smooth round-robin). */
+  private choose(live: Health[]): TrunkConfig {
     // The lowest priority with a free slot; every live trunk full: the lowest priority (its calls wait for a slot).
     const free = live.filter((h) => !full(h));
     const from = free.length > 0 ? free : live;

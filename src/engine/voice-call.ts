@@ -31,6 +31,8 @@ export interface VoiceResult {
   callId: string;
   /** True once the call was answered with usable media (the `delivered` moment). */
   answered: boolean;
+  /** True once any provisional response above 100 arrived (the far end took the call; route-advance.ts). */
+  early: boolean;
   sipStatus?: number;
   phrase?: string;
   /** Negotiated codec, once answered. */
@@ -70,12 +72,13 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
     session = await player.createSession(p.logger);
   } catch (err) {
     p.logger.error({ err: (err as Error).message }, 'no media session for the voice call');
-    return { outcome: 'no_media_resources', callId: '', answered: false, phrase: (err as Error).message };
+    return { outcome: 'no_media_resources', callId: '', answered: false, early: false, phrase: (err as Error).message };
   }
   try {
     return await new Promise<VoiceResult>((resolve) => {
       const started = performance.now();
       let answered = false;
+      let early = false;
       let noAnswer = false;
       let remoteHangup = false;
       let stopping = false;
@@ -86,7 +89,7 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
       let call: OutboundCall | undefined;
       let unlistenExpiring = (): void => undefined;
 
-      const finish = (r: Omit<VoiceResult, 'callId' | 'answered' | 'codec' | 'answerDelayMs'>): void => {
+      const finish = (r: Omit<VoiceResult, 'callId' | 'answered' | 'early' | 'codec' | 'answerDelayMs'>): void => {
         if (settled) return;
         settled = true;
         timers.forEach(clearTimeout);
@@ -95,6 +98,7 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
           ...r,
           callId: call?.callId ?? '',
           answered,
+          early,
           ...(codec !== undefined ? { codec } : {}),
           ...(answerDelayMs !== undefined ? { answerDelayMs } : {}),
         });
@@ -120,7 +124,10 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
       call = originator.originate(
         { to: p.to, from: p.from, trunk: p.trunk, sdp: session.offer, logger: p.logger },
         {
-          // 18x (with or without early media) changes nothing: we wait for the 200.
+          // 18x (with or without early media) changes nothing but this: we wait for the 200.
+          onProvisional() {
+            early = true;
+          },
           onAnswered(sdp, crossedCancel) {
             if (crossedCancel || noAnswer) {
               // The 200 lost the race with our no-answer CANCEL: nothing was heard. With crossedCancel the backend BYEs.

@@ -74,6 +74,7 @@ export class Metrics {
   private readonly pdd: Histogram<'trunk'>;
   private readonly trunkPings: Counter<'trunk' | 'result'>;
   private readonly srvFailovers: Counter<'trunk' | 'method' | 'reason'>;
+  private readonly routeAdvances: Counter<'method' | 'trunk' | 'reason'>;
   private readonly jobLatencyHist: Histogram<'queue'>;
   private readonly webhookFailures: Counter<'final'>;
   private readonly webhookDelivery: Histogram;
@@ -143,6 +144,14 @@ export class Metrics {
         'Requests (method INVITE or OPTIONS) sent again to the next DNS SRV target of a trunk after failing at one (RFC 3263 4.3), ' +
         'by why they left it: unreachable (transport error), timeout (no response at all), service_unavailable (503)',
       labelNames: ['trunk', 'method', 'reason'],
+      registers,
+    });
+    this.routeAdvances = new Counter({
+      name: 'flashverify_route_advances_total',
+      help:
+        'Calls a trunk refused before they rang (unreachable, or a sip.trunkHealth.failureStatuses response) that were placed again on ' +
+        'another live trunk (sip.routeAdvance), by method, the trunk that refused and why (unreachable, or sip_<status>)',
+      labelNames: ['method', 'trunk', 'reason'],
       registers,
     });
     this.jobLatencyHist = new Histogram({
@@ -458,6 +467,11 @@ export class Metrics {
   /** A request to `trunk` failed at one of its SRV targets and went to the next (embedded stack). */
   srvFailover(event: { trunk: string; method: string; reason: string }): void {
     this.srvFailovers.inc({ trunk: event.trunk, method: event.method, reason: event.reason });
+  }
+
+  /** A call refused by `trunk` before it rang was placed again on another trunk (sip.routeAdvance). */
+  routeAdvanced(method: string, trunk: string, reason: string): void {
+    this.routeAdvances.inc({ method, trunk, reason });
   }
 
   /** A job moved to processing; `createdAt`/`startedAt` are epoch ms (BullMQ job.timestamp / processedOn). */

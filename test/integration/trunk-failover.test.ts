@@ -40,8 +40,11 @@ async function trunkGauge(e: TestEngine, name: string): Promise<string | undefin
   return new RegExp(`^flashverify_trunk_up\\{trunk="${name}"\\} (\\d)`, 'm').exec(text)?.[1];
 }
 
-/** primary (priority 0) at `primaryUri`, backup (priority 1) a SIPp far end; marked down after 2 failures. */
-async function twoTrunks(primaryUri: string, t1Ms: number): Promise<{ e: TestEngine; backup: SippUas }> {
+/**
+ * primary (priority 0) at `primaryUri`, backup (priority 1) a SIPp far end; marked down after `failuresToMarkDown` (2)
+ * failures. Route advance off unless asked: these tests watch a trunk's health through the calls that fail on it.
+ */
+async function twoTrunks(primaryUri: string, t1Ms: number, opts: { routeAdvance?: boolean; failuresToMarkDown?: number } = {}): Promise<{ e: TestEngine; backup: SippUas }> {
   const backup = await startSippUas({ scenario: 'uas-ring-cancel', calls: 10, maxLifetimeMs: 40_000 });
   sipps.push(backup);
   const e = await startTestEngine(
@@ -49,12 +52,13 @@ async function twoTrunks(primaryUri: string, t1Ms: number): Promise<{ e: TestEng
       flash: { ringMs: 100 },
       numbers: { cliCooldownSeconds: 0 },
       sip: {
+        routeAdvance: opts.routeAdvance ?? false,
         timers: { t1Ms, t2Ms: 4 * t1Ms, t4Ms: 5 * t1Ms },
         trunks: [
           { name: 'primary', uri: primaryUri, priority: 0 },
           { name: 'backup', uri: backup.uri, priority: 1 },
         ],
-        trunkHealth: { failuresToMarkDown: 2, retryAfterMs: 1500, maxRetryAfterMs: 5000 },
+        trunkHealth: { failuresToMarkDown: opts.failuresToMarkDown ?? 2, retryAfterMs: 1500, maxRetryAfterMs: 5000 },
       },
     }),
   );
@@ -134,5 +138,37 @@ describe('trunk down, failover and back', { timeout: 45_000 }, () => {
     expect(new Set(unavailable.requests('INVITE').map((m) => m.header('call-id'))).size).toBe(2);
     expect(backup.requests('INVITE').length).toBe(2);
     expect(e.logs.join('\n')).toMatch(/trunk down; retried after back-off/);
+  });
+
+  it.each([
+    { title: 'answers 503', reason: 'sip_503' },
+    { title: 'is unreachable (ICMP port unreachable)', reason: 'unreachable' },
+  ])('route advance: a call its trunk refused before it rang ($title) is placed again on the next trunk and delivered there, in the same verification', async ({ reason }) => {
+    let primaryUri: string;
+    let refusing: SippUas | undefined;
+    if (reason === 'sip_503') {
+      refusing = await startSippUas({ scenario: 'uas-service-unavailable-503', calls: 2, maxLifetimeMs: 40_000 });
+      sipps.push(refusing);
+      primaryUri = refusing.uri;
+    } else primaryUri = `sip:127.0.0.1:${await findFreePort()}`;
+    // Not marked down after one or two failures: each verification meets the refusing trunk first.
+    const { e, backup } = await twoTrunks(primaryUri, 100, { routeAdvance: true, failuresToMarkDown: 5 });
+    engine = e;
+    const account = await e.account();
+    const verify = verifier(e, account.auth);
+    for (let i = 0; i < 2; i++) {
+      const r = await verify();
+      expect(r).toMatchObject({ status: 'delivered', trunk: 'backup' });
+      expect(r.ms).toBeLessThan(3000);
+    }
+    if (refusing) expect(new Set(refusing.requests('INVITE').map((m) => m.header('call-id'))).size).toBe(2);
+    expect(backup.requests('INVITE').length).toBe(2);
+    const lines = e.logs.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l['msg'] === 'trunk refused the call before it rang; placed again on the next trunk');
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toMatchObject({ trunk: 'primary', next_trunk: 'backup', reason });
+    const metrics = await (await fetch(`${e.url}/metrics`)).text();
+    expect(metrics).toContain(`flashverify_route_advances_total{method="flash_call",trunk="primary",reason="${reason}"} 2`);
+    // The refusing trunk's calls still count for its health: two failures of five.
+    expect(await trunkGauge(e, 'primary')).toBe('1');
   });
 });

@@ -4,7 +4,7 @@ import { PromptLibrary } from '../../src/media/prompts.js';
 import type { PromptLanguage } from '../../src/media/media-player.js';
 import { http, readEvents, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 import { decodeStream, findAll, startRtpReceiver, throughCodec, type RtpReceiver } from '../helpers/rtp-receiver.js';
-import { startSippUas, type SippUas } from '../helpers/sipp.js';
+import { findFreePort, startSippUas, type SippUas } from '../helpers/sipp.js';
 
 /**
  * Voice OTP end to end (design.md "Voice OTP, precisely"): the engine (api +
@@ -39,7 +39,7 @@ interface Run {
 
 async function voiceCall(
   scenario: string,
-  opts: { codec?: G711Codec; phone?: string; locale?: string; vars?: Record<string, number>; answers?: boolean } = {},
+  opts: { codec?: G711Codec; phone?: string; locale?: string; vars?: Record<string, number>; answers?: boolean; deadPrimary?: number } = {},
 ): Promise<Run> {
   rtp = await startRtpReceiver();
   const codec = opts.codec ?? 'PCMU';
@@ -55,7 +55,11 @@ async function voiceCall(
   engine = await startTestEngine(
     testConfig({
       voice: { answerTimeoutMs: ANSWER_TIMEOUT_MS },
-      sip: { timers: { t1Ms: T1, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] },
+      sip: {
+        timers: { t1Ms: T1, t2Ms: 400, t4Ms: 500 },
+        // deadPrimary: a first trunk at a port nobody listens on (ICMP unreachable), SIPp the second.
+        trunks: [...(opts.deadPrimary ? [{ name: 'dead', uri: `sip:127.0.0.1:${opts.deadPrimary}`, priority: 0 }] : []), { name: 'sipp', uri: uas.uri, priority: 1 }],
+      },
     }),
   );
   const account = await engine.account({ balance: 1 });
@@ -133,6 +137,16 @@ describe('voice OTP against SIPp', () => {
     expect(wordsHeard('PCMU', 'en')).toEqual(['intro', ...run.code, 'again', ...run.code]);
     const check = await http(`${engine!.url}/v1/verify/check`, { auth: run.auth, body: { request_id: run.id, code: run.code } });
     expect(check.body.status).toBe('verified');
+  }, 45_000);
+
+  it('route advance: the first trunk unreachable, the call is placed again on the second and the code is read there', async () => {
+    const run = await voiceCall('uas-voice-answer', { deadPrimary: await findFreePort() });
+    expect(run.record.outcome).toBe('played');
+    expect(run.events.map((e) => e.status)).toEqual(['sent', 'delivered']);
+    expect(JSON.parse(run.events[1]!.detail!)).toMatchObject({ trunk: 'sipp' });
+    expect(wordsHeard('PCMU', 'en')).toEqual(['intro', ...run.code, 'again', ...run.code]);
+    const advanced = engine!.logs.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l['msg'] === 'trunk refused the call before it rang; placed again on the next trunk');
+    expect(advanced).toEqual([expect.objectContaining({ trunk: 'dead', next_trunk: 'sipp', reason: 'unreachable' })]);
   }, 45_000);
 
   it('answered with PCMA, locale fr: the French prompts in A-law', async () => {
