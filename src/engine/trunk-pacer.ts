@@ -28,11 +28,14 @@ export type TrunkVerdict =
 /** 503 Service Unavailable: the server's own overload or maintenance (RFC 3261 21.5.4), not the callee's answer. */
 export const DEFAULT_FAILURE_STATUSES: readonly number[] = [503];
 
-/** The trunk verdict of a call outcome; `sipStatus` in `failureStatuses` (default 503) is the trunk's failure too. */
+/**
+ * The trunk verdict of a call outcome. A final `sipStatus` in `failureStatuses` (default 503) is the trunk's failure
+ * too, unless the call had rung first (a flash call's `cancelled`: the trunk delivered it) or says nothing of the trunk.
+ */
 export function trunkVerdict(outcome: string, sipStatus?: number, failureStatuses: readonly number[] = DEFAULT_FAILURE_STATUSES): TrunkVerdict {
   if (outcome === 'unreachable' || outcome === 'timeout') return 'failed';
-  if (sipStatus !== undefined && failureStatuses.includes(sipStatus)) return 'failed';
   if (outcome === 'no_ringing' || outcome === 'no_answer' || outcome === 'no_media_resources' || outcome === 'no_cli' || outcome === 'shutdown') return 'neutral';
+  if (sipStatus !== undefined && outcome !== 'cancelled' && failureStatuses.includes(sipStatus)) return 'failed';
   return 'up';
 }
 

@@ -25,6 +25,9 @@ describe('TrunkPacer health and failover', () => {
     expect(trunkVerdict('busy', 486)).toBe('up');
     expect(trunkVerdict('rejected', 503, [])).toBe('up');
     expect(trunkVerdict('rejected', 502, [502, 503])).toBe('failed');
+    // A flash call that rang, then got a 503 (the trunk delivered the ring), and outcomes that say nothing of the trunk.
+    expect(trunkVerdict('cancelled', 503)).toBe('up');
+    expect(trunkVerdict('no_ringing', 503)).toBe('neutral');
   });
 
   it('a trunk answering 503 to every call is marked down like a dead one, and its calls go to the backup', () => {
