@@ -196,6 +196,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           : trunkLog.warn({ trunk, ...detail }, detail.pinged ? 'trunk down; back once it answers an OPTIONS ping' : 'trunk down; retried after back-off'),
       );
       metrics.watchTrunks(trunks);
+      // A stopping worker no longer holds its claimed calls back for a trunk's channel (TrunkPacer.drain).
+      draining.signal.addEventListener('abort', () => trunks.drain(), { once: true });
       // OPTIONS keep-alives to the trunks that have them on (sip.trunkHealth.optionsPingMs, sip.trunks[].optionsPingMs).
       const pinger = new TrunkPinger({
         originator: sip,

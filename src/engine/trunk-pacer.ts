@@ -103,6 +103,8 @@ const DEFAULT_HEALTH: TrunkHealthOptions = { failuresToMarkDown: 3, retryAfterMs
 export class TrunkPacer {
   private readonly buckets = new Map<string, TokenBucket>();
   private readonly health: Health[];
+  /** The worker is stopping (drain()): channels are no longer waited for. */
+  private draining = false;
 
   constructor(
     trunks: readonly TrunkConfig[],
@@ -235,6 +237,23 @@ export class TrunkPacer {
     }
   }
 
+  /**
+   * The worker is stopping: the calls waiting for a channel go at once, over `maxCalls`, and no call waits for one
+   * from now on. Their jobs have claimed their deliveries (the dial is recorded), so a call that never left by the
+   * end of the grace would fail `interrupted` rather than be placed by another worker; during the drain it is placed,
+   * and CANCELled at its first ring as every ringing call is.
+   */
+  drain(): void {
+    this.draining = true;
+    for (const h of this.health) {
+      // Each waiter was counted in `calls` when handed its slot: counted here as it leaves over the cap.
+      for (const wake of h.waiters.splice(0)) {
+        h.calls++;
+        wake();
+      }
+    }
+  }
+
   /** Every trunk's health and calls (the `flashverify_trunk_up` and `flashverify_trunk_calls*` gauges). */
   status(): TrunkState[] {
     return this.health.map((h) => ({ name: h.trunk.name, up: h.up, calls: h.calls, waiting: h.waiters.length, maxCalls: h.trunk.maxCalls }));
@@ -248,7 +267,7 @@ export class TrunkPacer {
     const h = this.health.find((x) => x.trunk.name === trunk.name);
     if (!h) return () => undefined;
     // A waiter is handed the slot of the call that gives one back: `calls` counts it already.
-    if (full(h) || h.waiters.length > 0) await new Promise<void>((resolve) => h.waiters.push(resolve));
+    if (!this.draining && (full(h) || h.waiters.length > 0)) await new Promise<void>((resolve) => h.waiters.push(resolve));
     else h.calls++;
     let released = false;
     return () => {

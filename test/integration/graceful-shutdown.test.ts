@@ -41,6 +41,32 @@ async function create(c: EngineCluster, auth: string, method: string, phone: str
 }
 
 describe('SIGTERM to a worker', { timeout: 60_000 }, () => {
+  it('calls waiting for a channel of a full trunk (maxCalls) are placed during the drain, not left to fail as interrupted', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 3, maxLifetimeMs: 50_000 });
+    const config = base(uas.uri, { flashConcurrency: 4 });
+    cluster = await engineCluster({ ...config, sip: { ...config.sip, trunks: [{ name: 'sipp', uri: uas.uri, maxCalls: 1 }] }, flash: { ringMs: 8000 } });
+    await cluster.start('api');
+    const worker = await cluster.start('worker');
+    const { auth } = await cluster.account();
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) ids.push(await create(cluster, auth, 'flash_call', `+44770090031${i}`));
+    // One call rings (for 8 s); the two other jobs have claimed their deliveries and wait for the trunk's one channel.
+    await waitFor(async () => uas!.sent().filter((m) => m.status === 180).length >= 1, 15_000, 25);
+    await waitFor(async () => (await Promise.all(ids.map((id) => cluster!.redis.hget(cluster!.keys.verification(id), 'dial_started')))).every((d) => d), 10_000, 25);
+    expect(new Set(uas.requests('INVITE').map((m) => m.header('call-id'))).size).toBe(1);
+
+    worker.kill('SIGTERM');
+    const exit = await worker.waitExit(GRACE_MS + 3000);
+    expect(exit).toMatchObject({ code: 0, timedOut: false });
+    // All three were placed and rang (the two waiting ones during the drain, CANCELled at their first ring): delivered.
+    // (Here the ringing call frees its channel as the drain starts; TrunkPacer.drain, unit-tested, also lets them go
+    // when the calls holding the channels would not end before the grace does.)
+    const statuses = await Promise.all(ids.map((id) => cluster!.redis.hget(cluster!.keys.verification(id), 'status')));
+    expect(statuses).toEqual(['delivered', 'delivered', 'delivered']);
+    for (const [, calls] of invitesPerDestination(uas.messages())) expect(calls.size).toBe(1);
+    expect(invitesPerDestination(uas.messages()).size).toBe(3);
+  });
+
   it('CANCELs ringing flash calls at once, leaves queued jobs queued, exits 0 within the grace', async () => {
     uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 6, maxLifetimeMs: 50_000 });
     cluster = await engineCluster({ ...base(uas.uri, { flashConcurrency: 4 }), flash: { ringMs: 8000 } });

@@ -84,4 +84,18 @@ describe('TrunkPacer', () => {
     for (const r of releases) r();
     expect(pacer.status()[0]).toMatchObject({ calls: 0, waiting: 0 });
   });
+
+  it('drain(): a stopping worker lets the calls waiting for a channel go at once, over the cap, and waits for none after; the counts come back to 0', async () => {
+    const a = { ...trunk('a', 100), maxCalls: 1 };
+    const pacer = new TrunkPacer([a]);
+    const held = await pacer.acquire(a);
+    const waiting = [pacer.acquire(a), pacer.acquire(a)];
+    expect(pacer.status()[0]).toMatchObject({ calls: 1, waiting: 2 });
+    pacer.drain();
+    const woken = await Promise.all(waiting);
+    const late = await pacer.acquire(a);
+    expect(pacer.status()[0]).toMatchObject({ calls: 4, waiting: 0 });
+    for (const r of [held, ...woken, late]) r();
+    expect(pacer.status()[0]).toMatchObject({ calls: 0, waiting: 0 });
+  });
 });
