@@ -96,6 +96,11 @@ export const trunkSchema = z
     name: z.string().min(1),
     /** Request-URI host part of every INVITE: sip:host[:port][;transport=udp|tcp] */
     uri: sipUri,
+    /**
+     * Outbound proxy (an SBC in front of the carrier; embedded backend): requests go to this URI's address (DNS as for
+     * a trunk host, its transport), with `Route: <proxy;lr>`, while the Request-URI stays the trunk's (RFC 3261 8.1.2).
+     */
+    proxy: sipUri.optional(),
     /** Digest credentials for trunks that challenge with 401/407 (RFC 3261 22.2). */
     auth: z
       .object({
@@ -936,6 +941,13 @@ export const configSchema = z
         sip.trunks.forEach((trunk, i) => {
           const problem = trunkTransportProblem(trunk);
           if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['trunks', i, 'uri'], message: problem });
+          if (trunk.proxy !== undefined) {
+            const proxyProblem =
+              sip.backend === 'drachtio'
+                ? `trunk "${trunk.name}": proxy needs sip.backend embedded; drachtio-server has its own outbound proxy settings`
+                : trunkTransportProblem({ name: trunk.name, uri: trunk.proxy });
+            if (proxyProblem) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['trunks', i, 'proxy'], message: proxyProblem });
+          }
           for (const { key, message } of trunkTlsProblems(trunk, sip.backend)) {
             ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['trunks', i, 'tls', ...(key === '' ? [] : [key])], message });
           }

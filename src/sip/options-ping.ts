@@ -131,6 +131,7 @@ export class OptionsPing extends PingAttempt {
     const headers: SipHeader[] = [
       hdr('Via', host.via(protocol, this.branch)),
       hdr('Max-Forwards', '70'),
+      ...(this.info.route !== undefined ? [hdr('Route', this.info.route)] : []),
       hdr('From', `${to.from};tag=${this.fromTag}`),
       hdr('To', to.to),
       hdr('Call-ID', this.callId),

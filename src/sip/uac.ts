@@ -24,7 +24,7 @@ import { isToken, parseNameAddr, parseSipUri } from './parser.js';
 import { numberUser, type NumberFormat } from './number-format.js';
 import { srvNameFor, type Located } from './sip-locator.js';
 import { onNewBranch, retryAfterMs, TargetFailover, targetUser, type FailoverHost, type FailoverReason } from './srv-failover.js';
-import { trunkUriTransport } from './trunk-transport.js';
+import { trunkUriTransport, type TrunkUriTransport } from './trunk-transport.js';
 import { TransactionState, type ClientTransaction, type ClientTransactionUser } from './transactions/transaction.js';
 import { destinationKey, type Destination, type InboundSource, type TransportProtocol } from './transport.js';
 import { errorMessage, hostForSocket, newBranch, newCallId, newTag } from './util.js';
@@ -82,6 +82,11 @@ export interface TrunkInfo {
   readonly srvName: string | undefined;
   /** The URI names no transport: NAPTR, then SRV of each transport, choose it (RFC 3263 4.1; sip-locator.ts). */
   readonly transportFromDns: boolean;
+  /**
+   * `<proxy;lr>` for a trunk with an outbound proxy (`sip.trunks[].proxy`): the Route of its out-of-dialog requests.
+   * `destination`, `srvName` and `transportFromDns` are then the proxy's: requests go there.
+   */
+  readonly route: string | undefined;
   /** `host[:port]` as in the trunk URI (IPv6 in brackets). */
   readonly hostPort: string;
   /** `;transport=tcp` etc. when the trunk URI carried one, else ''. */
@@ -134,17 +139,20 @@ export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
   const fromDomain = trunk.fromDomain ?? uri.host;
   if (/[\s<>;@"]/.test(fromDomain)) throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: bad fromDomain`);
   const param = uri.params['transport'];
-  const host = hostForSocket(uri.host);
+  // The next hop: the outbound proxy when there is one (RFC 3261 8.1.2: the Route set's first URI), else the trunk.
+  const hop = trunk.proxy === undefined ? { uri, transport } : nextHop(trunk.name, trunk.proxy);
+  const host = hostForSocket(hop.uri.host);
   const info: TrunkInfo = {
     scheme: transport.scheme,
     destination: {
-      protocol: transport.transport,
+      protocol: hop.transport.transport,
       host,
-      port: uri.port ?? transport.defaultPort,
-      ...(transport.transport === 'tls' && trunk.tls !== undefined ? { tls: trunk.tls } : {}),
+      port: hop.uri.port ?? hop.transport.defaultPort,
+      ...(hop.transport.transport === 'tls' && trunk.tls !== undefined ? { tls: trunk.tls } : {}),
     },
-    srvName: srvNameFor(transport.transport, host, uri.port !== undefined),
-    transportFromDns: uri.params['transport'] === undefined,
+    srvName: srvNameFor(hop.transport.transport, host, hop.uri.port !== undefined),
+    transportFromDns: hop.uri.params['transport'] === undefined,
+    route: trunk.proxy === undefined ? undefined : `<${loose(trunk.proxy)}>`,
     hostPort: uri.port === undefined ? uri.host : `${uri.host}:${uri.port}`,
     transportParam: typeof param === 'string' ? `;transport=${param.toLowerCase()}` : '',
     rel100: trunk.rel100 ?? 'off',
@@ -159,6 +167,22 @@ export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
 }
 
 const NUMBER_RE = /^\+?[0-9A-Za-z._*-]{1,32}$/;
+
+/** An outbound proxy's URI and transport, checked as a trunk URI is. */
+function nextHop(trunkName: string, proxy: string): { uri: NonNullable<ReturnType<typeof parseSipUri>>; transport: TrunkUriTransport } {
+  const uri = parseSipUri(proxy);
+  if (uri === undefined || uri.user !== undefined) {
+    throw new AppError('sip_trunk_invalid', `trunk ${trunkName}: proxy must look like sip:host[:port][;transport=udp|tcp|tls] or sips:host[:port]`);
+  }
+  const transport = trunkUriTransport(uri.scheme, uri.params['transport'] ?? undefined);
+  if (typeof transport === 'string') throw new AppError('sip_trunk_invalid', `trunk ${trunkName}: proxy: ${transport}`);
+  return { uri, transport };
+}
+
+/** The proxy URI with `;lr` (RFC 3261 16.12: a loose router; our requests keep their Request-URI). */
+function loose(proxy: string): string {
+  return /;lr(?=[;?]|$)/i.test(proxy) ? proxy : `${proxy};lr`;
+}
 
 /**
  * A call's Request-URI, To and caller URI (From, P-Asserted-Identity) for `to` and `from` (E.164), written as the
@@ -398,6 +422,8 @@ export class UacCall implements OutboundCall {
     const branch = newBranch();
     this.lastCseq = Math.max(this.lastCseq, this.inviteCseq);
     const headers = this.baseHeaders(branch, 'INVITE', this.inviteCseq);
+    // An outbound proxy: the Route the CANCEL and the non-2xx ACK copy (RFC 3261 9.1, 17.1.1.3).
+    if (this.trunkInfo.route !== undefined) headers.push(hdr('Route', this.trunkInfo.route));
     headers.push(
       hdr('Contact', this.host.contact(this.protocol, this.trunkInfo.scheme)),
       hdr('P-Asserted-Identity', this.pai),

@@ -292,6 +292,16 @@ describe('loadConfig', () => {
     ]);
   });
 
+  it('sip.trunks[].proxy: an outbound proxy URI, checked as a trunk URI is; refused on the drachtio backend, naming the trunk', () => {
+    const ok = trunks('{ name: a, uri: "sip:carrier.example.net", proxy: "sip:sbc.internal:5060;transport=tcp" }');
+    expect(loadConfig({ file: ok, env: {} }).sip.trunks[0]?.proxy).toBe('sip:sbc.internal:5060;transport=tcp');
+    expect(() => loadConfig({ file: trunks('{ name: a, uri: "sip:carrier.example.net", proxy: "sip:sbc.internal;transport=sctp" }'), env: {} })).toThrow(
+      'sip.trunks.0.proxy: trunk "a" (sip:sbc.internal;transport=sctp): unsupported transport sctp (udp, tcp or tls)',
+    );
+    const drachtio = yamlFile('sip:\n  backend: drachtio\n  trunks:\n    - { name: a, uri: "sip:carrier.example.net", proxy: "sip:sbc.internal" }\n');
+    expect(() => loadConfig({ file: drachtio, env: {} })).toThrow('sip.trunks.0.proxy: trunk "a": proxy needs sip.backend embedded; drachtio-server has its own outbound proxy settings');
+  });
+
   it('takes sips: and transport=tls trunks (SIP over TLS); refuses at boot the URIs no transport here can carry, naming trunk and key', () => {
     for (const uri of ['sips:sbc.example.net', 'sip:sbc.example.net:5061;transport=tls', 'sips:sbc.example.net;transport=tcp']) {
       expect(issues({ SIP_TRUNK_URI: uri })).toBe('');
