@@ -75,8 +75,6 @@ export class FlashProcessor {
       return undefined;
     }
 
-    // The range of this call's CLI, for the conversion of the range when the request is verified;
-    // written while the trunk's CPS token is awaited, in place before the INVITE leaves.
     let trunk = this.deps.trunks.pick();
     // Trunks that refused this call before it rang (route advance: sip.routeAdvance).
     const tried = new Set<string>();
@@ -87,8 +85,9 @@ export class FlashProcessor {
       // One of the trunk's channels (sip.trunks[].maxCalls), held until the call has ended, then its CPS token.
       const release = await this.deps.trunks.guarded(trunk, this.deps.trunks.acquire(trunk));
       try {
-        // A workflow's step may be over by now: its next step's range is not overwritten (a plain request keeps the
-        // one-command write on the hot path).
+        // The range of this call's CLI, for the conversion of the range when the request is verified; written while
+        // the trunk's CPS token is awaited, in place before the INVITE leaves. A workflow's step may be over by now:
+        // its next step's range is not overwritten (a plain request keeps the one-command write on the hot path).
         const rangeWrite =
           base.step === undefined ? redis.hset(key, 'cli_range', reserved.range.prefix) : recordAttemptFields(redis, key, base.step, { cli_range: reserved.range.prefix });
         await this.deps.trunks.guarded(trunk, Promise.all([rangeWrite, this.deps.trunks.take(trunk)]));
@@ -122,7 +121,7 @@ export class FlashProcessor {
       }
       // Refused by its trunk before the far end took it (unreachable, a 503): placed again on another live trunk, each
       // once (route-advance.ts). The handset saw nothing; the same caller ID (and code) goes out again.
-      const next = advanceRoute(this.deps, { method: 'flash_call', trunk, tried, requestEnded: watch.ended, result: result, log });
+      const next = advanceRoute(this.deps, { method: 'flash_call', trunk, tried, requestEnded: watch.ended, result, log });
       if (next === undefined) break;
       trunk = next;
     }
