@@ -53,6 +53,8 @@ const USAGE = `npm run bench -- flash [options]
   --connections N    keep-alive connections per api process (default 64)
   --client raw|node  the generator's HTTP client: raw (default, bench/lib/raw-http.ts) or node:http
   --cps N            sip.trunks[].cps per worker (default: 2 × rate / workers)
+  --max-calls N      sip.trunks[].maxCalls per worker: the trunk's channel limit (default: none); the report then
+                     shows the most calls held and waiting at once (flashverify_trunk_calls, _waiting), sampled
   --concurrency N    worker.flashConcurrency (default: enough for rate × (ring + 1 s) × 1.5 per worker)
   --log-level L      engine log level (default warn: one info line per request costs CPU at load)
   --sipp-ceiling     afterwards, SIPp as the caller with the same flow and rate (uac-load-flash.xml)
@@ -90,6 +92,7 @@ interface FlashOpts {
   connections: number;
   client: HttpClientKind;
   cps: number;
+  maxCalls: number | undefined;
   concurrency: number;
   logLevel: string;
   nodeArgs: string[];
@@ -124,6 +127,7 @@ async function main(): Promise<void> {
     connections: { type: 'string', default: '64' },
     client: { type: 'string', default: 'raw' },
     cps: { type: 'string' },
+    'max-calls': { type: 'string' },
     concurrency: { type: 'string' },
     'log-level': { type: 'string', default: 'warn' },
     'node-args': { type: 'string', default: '' },
@@ -161,6 +165,7 @@ async function main(): Promise<void> {
     // Headroom over the offered rate: a token bucket paced at exactly the arrival rate never
     // drains a backlog (one start-up stall would delay every later call by the same amount).
     cps: a.str('cps') ? a.num('cps', 1, 100_000) : Math.ceil((2 * rate) / workers),
+    maxCalls: a.str('max-calls') ? a.num('max-calls', 1, 100_000) : undefined,
     concurrency: a.str('concurrency')
       ? a.num('concurrency', 1, 100_000)
       : Math.max(500, Math.ceil((rate / workers) * (ringMs / 1000 + 1) * 1.5)),
@@ -242,6 +247,7 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     webhookNice: o.webhookNice,
     trunkUri: `sip:127.0.0.1:${uasPort}`,
     cps: o.cps,
+    maxCalls: o.maxCalls,
     flashConcurrency: o.concurrency,
     ringMs: o.ringMs,
     logLevel: o.logLevel,
@@ -290,6 +296,19 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   );
 
   line(`load: ${o.rate}/s for ${o.duration} s = ${Math.floor(o.rate * o.duration)} requests`);
+  // --max-calls: the channels in use and the calls waiting for one, per worker, every 500 ms.
+  const channels = { held: 0, waiting: 0 };
+  const channelTimer =
+    o.maxCalls === undefined
+      ? undefined
+      : setInterval(() => {
+          void Promise.all(metricsUrls.map((u) => scrape(u).catch(() => new Map<string, number>()))).then((all) => {
+            for (const m of all) {
+              channels.held = Math.max(channels.held, sumMetric(m, 'flashverify_trunk_calls', 'trunk="bench"'));
+              channels.waiting = Math.max(channels.waiting, sumMetric(m, 'flashverify_trunk_calls_waiting', 'trunk="bench"'));
+            }
+          });
+        }, 500);
   const cpuT0 = performance.now();
   const loadStartEpochMs = Date.now();
   const udpDropsBefore = udpReceiveBufferErrors();
@@ -338,6 +357,7 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   const udpDrops = udpReceiveBufferErrors() - udpDropsBefore;
   mem.stop();
   const metrics = await callsEnded();
+  if (channelTimer) clearInterval(channelTimer);
   await new Promise((r) => setTimeout(r, 300));
   await stack.stop(uas.m);
   const sippStats = readSippStats(uas.statFile);
@@ -366,6 +386,10 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   line(`  worker means: job latency (queued → processing) ${mean('flashverify_job_latency_seconds', 'queue="flash"')}, post-dial delay (INVITE → 180) ${mean('flashverify_post_dial_delay_seconds', '')}`);
   line(`  accepted but no call ended by the drain deadline: ${crashed ? "- (the killed worker's counts died with it: see the crash lines below)" : Math.max(0, load.ok - outcomes.total)}`);
   line(`  completed (487 after CANCEL) ${cancelled}: ${(cancelled / o.duration).toFixed(0)} calls/s over the ${o.duration} s schedule; failed calls: ${failedCalls}`);
+  if (o.maxCalls !== undefined) {
+    const left = { held: sumMetric(metrics, 'flashverify_trunk_calls', 'trunk="bench"'), waiting: sumMetric(metrics, 'flashverify_trunk_calls_waiting', 'trunk="bench"') };
+    line(`  channels (maxCalls ${o.maxCalls} per worker): at most ${channels.held} held and ${channels.waiting} waiting in one worker (sampled every 500 ms); after the drain ${left.held} held, ${left.waiting} waiting`);
+  }
 
   // Join: request → delivered event (call id) → INVITE receipt at the UAS.
   const invites = readInvites(uas.logFile);

@@ -18,6 +18,8 @@ export interface EngineOptions {
   trunkUri?: string;
   /** calls per second per worker process (sip.trunks[].cps). */
   cps: number;
+  /** Concurrent calls per worker process (sip.trunks[].maxCalls); undefined: no cap. */
+  maxCalls?: number | undefined;
   flashConcurrency: number;
   ringMs: number;
   logLevel: string;
@@ -61,7 +63,7 @@ export async function startFlashverify(stack: Stack, o: EngineOptions): Promise<
         flash: { ringMs: o.ringMs },
         sip: {
           listen: { host: '127.0.0.1', port: 0, transports: ['udp'] },
-          trunks: [{ name: 'bench', uri: o.trunkUri ?? 'sip:127.0.0.1:9', cps: o.cps }],
+          trunks: [{ name: 'bench', uri: o.trunkUri ?? 'sip:127.0.0.1:9', cps: o.cps, ...(o.maxCalls !== undefined ? { maxCalls: o.maxCalls } : {}) }],
         },
         worker: { flashConcurrency: o.flashConcurrency },
         metrics: { host: '127.0.0.1', port: 0 },
