@@ -10,9 +10,9 @@ import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
 import { generateCode } from '../verification/codes.js';
 import { placeFlashCall, type FlashResult, type ShutdownSignals } from './flash-call.js';
-import { recordAttemptFields, watchUnlessEnded, type AttemptWatch } from './attempt-state.js';
+import { recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
-import { advanceRoute } from './route-advance.js';
+import { placeOnTrunks } from './route-advance.js';
 import type { TrunkPacer } from './trunk-pacer.js';
 
 /** Outcomes that never reached the far end: the attempt is refunded. */
@@ -75,56 +75,42 @@ export class FlashProcessor {
       return undefined;
     }
 
-    let trunk = this.deps.trunks.pick();
-    // Trunks that refused this call before it rang (route advance: sip.routeAdvance).
-    const tried = new Set<string>();
-    let result: FlashResult;
-    let watch: AttemptWatch | undefined;
-    for (;;) {
-      const onTrunk = trunk;
-      // One of the trunk's channels (sip.trunks[].maxCalls), held until the call has ended, then its CPS token.
-      const release = await this.deps.trunks.guarded(trunk, this.deps.trunks.acquire(trunk));
-      try {
-        // The range of this call's CLI, for the conversion of the range when the request is verified; written while
-        // the trunk's CPS token is awaited, in place before the INVITE leaves. A workflow's step may be over by now:
-        // its next step's range is not overwritten (a plain request keeps the one-command write on the hot path).
-        const rangeWrite =
-          base.step === undefined ? redis.hset(key, 'cli_range', reserved.range.prefix) : recordAttemptFields(redis, key, base.step, { cli_range: reserved.range.prefix });
-        await this.deps.trunks.guarded(trunk, Promise.all([rangeWrite, this.deps.trunks.take(trunk)]));
-        // Canceled, verified, expired, or its workflow step timed out while the phone rings: CANCEL now rather than
-        // at the end of ringMs (through the same path as a worker shutdown).
-        // Canceled, expired or its step over while it waited for a channel or the trunk's CPS token (a backlog): never
-        // dialled, refunded.
-        watch = await watchUnlessEnded(this.deps, key, base, trunk, claimedAt, log);
-        if (!watch) return undefined;
-        this.deps.metrics.callStarted('flash_call', trunk.name);
-        const attempt = watch;
-        result = await this.deps.trunks.guarded(trunk, placeFlashCall(this.deps.originator, {
-          to,
-          cli: reserved.cli,
-          trunk,
-          ringMs: config.flash.ringMs,
-          ringingTimeoutMs: config.flash.ringingTimeoutMs,
-          settleMs: 64 * config.sip.timers.t1Ms + 1000,
-          logger: log,
-          shutdown: attempt.callSignals(this.deps.shutdown),
-          onRinging: (callId, sipStatus) => {
-            // The event and the mark in one script, the event first: a re-run that finds the mark knows the delivery is done.
-            const delivered = { ...base, status: 'delivered' as const, detail: { sip_status: sipStatus, call_id: callId, trunk: onTrunk.name, range: reserved.range.prefix } };
-            events.write(delivered, { rang_at: String(Date.now()) }).catch((err: Error) =>
-              log.error({ err: err.message }, 'could not publish delivered event'),
-            );
-          },
-        })).finally(() => attempt.stop());
-      } finally {
-        release();
-      }
-      // Refused by its trunk before the far end took it (unreachable, a 503): placed again on another live trunk, each
-      // once (route-advance.ts). The handset saw nothing; the same caller ID (and code) goes out again.
-      const next = advanceRoute(this.deps, { method: 'flash_call', trunk, tried, requestEnded: watch.ended, result, log });
-      if (next === undefined) break;
-      trunk = next;
-    }
+    // On the trunk's channel, under its CPS; placed again on the next trunk when one refuses it before it rang.
+    const placed = await placeOnTrunks(this.deps, 'flash_call', log, async (trunk) => {
+      // The range of this call's CLI, for the conversion of the range when the request is verified; written while the
+      // trunk's CPS token is awaited, in place before the INVITE leaves. A workflow's step may be over by now: its next
+      // step's range is not overwritten (a plain request keeps the one-command write on the hot path).
+      const rangeWrite =
+        base.step === undefined ? redis.hset(key, 'cli_range', reserved.range.prefix) : recordAttemptFields(redis, key, base.step, { cli_range: reserved.range.prefix });
+      await this.deps.trunks.guarded(trunk, Promise.all([rangeWrite, this.deps.trunks.take(trunk)]));
+      // Canceled, verified, expired, or its workflow step timed out while the phone rings: CANCEL now rather than
+      // at the end of ringMs (through the same path as a worker shutdown).
+      // Canceled, expired or its step over while it waited for a channel or the trunk's CPS token (a backlog): never
+      // dialled, refunded.
+      const watch = await watchUnlessEnded(this.deps, key, base, trunk, claimedAt, log);
+      if (!watch) return undefined;
+      this.deps.metrics.callStarted('flash_call', trunk.name);
+      const result = await this.deps.trunks.guarded(trunk, placeFlashCall(this.deps.originator, {
+        to,
+        cli: reserved.cli,
+        trunk,
+        ringMs: config.flash.ringMs,
+        ringingTimeoutMs: config.flash.ringingTimeoutMs,
+        settleMs: 64 * config.sip.timers.t1Ms + 1000,
+        logger: log,
+        shutdown: watch.callSignals(this.deps.shutdown),
+        onRinging: (callId, sipStatus) => {
+          // The event and the mark in one script, the event first: a re-run that finds the mark knows the delivery is done.
+          const delivered = { ...base, status: 'delivered' as const, detail: { sip_status: sipStatus, call_id: callId, trunk: trunk.name, range: reserved.range.prefix } };
+          events.write(delivered, { rang_at: String(Date.now()) }).catch((err: Error) =>
+            log.error({ err: err.message }, 'could not publish delivered event'),
+          );
+        },
+      })).finally(() => watch.stop());
+      return { result, watch };
+    });
+    if (!placed) return undefined;
+    const { trunk, result, watch } = placed;
     // CANCELled before it rang because the request (or its step) ended: no failure to report.
     const ended = watch.ended && !result.rang && result.outcome !== 'answered';
     const outcome = ended ? 'request_ended' : result.outcome;

@@ -11,50 +11,75 @@
 import type { Logger } from 'pino';
 import type { Config, TrunkConfig } from '../config/schema.js';
 import type { Metrics } from '../metrics/metrics.js';
+import type { AttemptWatch } from './attempt-state.js';
 import type { TrunkPacer } from './trunk-pacer.js';
 
+/** What route advance reads of a finished call (flash and voice results both have it). */
+export interface CallEnd {
+  outcome: string;
+  callId: string;
+  /** A provisional response above 100 came: the far end took the call (a ringing 18x, or an answer, comes after one or is the outcome). */
+  early: boolean;
+  sipStatus?: number | undefined;
+  postDialDelayMs?: number | undefined;
+}
+
 /** Why the trunk refused the call before it rang (`unreachable`, `sip_503` ...), or undefined: not one to place again. */
-export function refusedBeforeRinging(
-  result: { outcome: string; rang: boolean; early: boolean; sipStatus?: number | undefined },
-  failureStatuses: readonly number[],
-): string | undefined {
-  if (result.rang || result.early || result.outcome === 'answered') return undefined;
+export function refusedBeforeRinging(result: Pick<CallEnd, 'outcome' | 'early' | 'sipStatus'>, failureStatuses: readonly number[]): string | undefined {
+  if (result.early || result.outcome === 'answered') return undefined;
   if (result.outcome === 'unreachable') return 'unreachable';
   if (result.sipStatus !== undefined && failureStatuses.includes(result.sipStatus)) return `sip_${result.sipStatus}`;
   return undefined;
 }
 
+/** One attempt of a call on a trunk: its result, and the watch of its request (ended: the request ended meanwhile). */
+export interface Placed<R extends CallEnd> {
+  result: R;
+  watch: AttemptWatch;
+}
+
 /**
- * After a call on `trunk` ended: the trunk to place it on next, or undefined (the call's outcome is final). A refused
- * call (refusedBeforeRinging) with another live trunk not yet tried is logged, counted (its outcome on this trunk, the
- * advance) and reported to the trunk's health here; the caller places it again on the trunk returned.
+ * Places a call on its trunks: picks the trunk, holds one of its channels (`sip.trunks[].maxCalls`) while `attempt`
+ * places the call there, and while the trunk refused it before it rang (refusedBeforeRinging, `sip.routeAdvance`) and
+ * another live trunk is left, logs and counts the refusal (its outcome on that trunk, the advance), reports it to the
+ * trunk's health and places the call again there, each trunk once. Undefined: an attempt placed nothing (the request
+ * ended while it waited). Otherwise the last attempt and its trunk, whose outcome and health the caller reports.
  */
-export function advanceRoute(
-  deps: { config: Readonly<Config>; trunks: Pick<TrunkPacer, 'pickAnother' | 'report' | 'verdictOf'>; metrics: Pick<Metrics, 'callEnded' | 'routeAdvanced'> },
-  call: {
-    method: 'flash_call' | 'voice';
-    trunk: TrunkConfig;
-    /** Trunks already tried for this call (this one is added). */
-    tried: Set<string>;
-    /** The request (or its step) ended meanwhile: never advanced. */
-    requestEnded: boolean;
-    result: { outcome: string; callId: string; rang: boolean; early: boolean; sipStatus?: number | undefined; postDialDelayMs?: number | undefined };
-    log: Logger;
+export async function placeOnTrunks<R extends CallEnd>(
+  deps: {
+    config: Readonly<Config>;
+    trunks: Pick<TrunkPacer, 'pick' | 'pickAnother' | 'acquire' | 'guarded' | 'report' | 'verdictOf'>;
+    metrics: Pick<Metrics, 'callEnded' | 'routeAdvanced'>;
   },
-): TrunkConfig | undefined {
+  method: 'flash_call' | 'voice',
+  log: Logger,
+  attempt: (trunk: TrunkConfig) => Promise<Placed<R> | undefined>,
+): Promise<(Placed<R> & { trunk: TrunkConfig }) | undefined> {
   const { config, trunks, metrics } = deps;
-  const { trunk, result } = call;
-  const refused = config.sip.routeAdvance && !call.requestEnded ? refusedBeforeRinging(result, config.sip.trunkHealth.failureStatuses) : undefined;
-  if (refused === undefined) return undefined;
-  call.tried.add(trunk.name);
-  const next = trunks.pickAnother(call.tried);
-  if (next === undefined) return undefined;
-  call.log.warn(
-    { trunk: trunk.name, next_trunk: next.name, reason: refused, call_id: result.callId, sip_status: result.sipStatus },
-    'trunk refused the call before it rang; placed again on the next trunk',
-  );
-  metrics.callEnded(call.method, trunk.name, result.outcome, result.postDialDelayMs);
-  metrics.routeAdvanced(call.method, trunk.name, refused);
-  trunks.report(trunk, trunks.verdictOf(result.outcome, result.sipStatus));
-  return next;
+  const tried = new Set<string>();
+  for (let trunk = trunks.pick(); ; ) {
+    // Held from before the CPS token until the call has ended.
+    const release = await trunks.guarded(trunk, trunks.acquire(trunk));
+    let placed: Placed<R> | undefined;
+    try {
+      placed = await attempt(trunk);
+    } finally {
+      release();
+    }
+    if (placed === undefined) return undefined;
+    const { result } = placed;
+    const refused = config.sip.routeAdvance && !placed.watch.ended ? refusedBeforeRinging(result, config.sip.trunkHealth.failureStatuses) : undefined;
+    if (refused === undefined) return { ...placed, trunk };
+    tried.add(trunk.name);
+    const next = trunks.pickAnother(tried);
+    if (next === undefined) return { ...placed, trunk };
+    log.warn(
+      { trunk: trunk.name, next_trunk: next.name, reason: refused, call_id: result.callId, sip_status: result.sipStatus },
+      'trunk refused the call before it rang; placed again on the next trunk',
+    );
+    metrics.callEnded(method, trunk.name, result.outcome, result.postDialDelayMs);
+    metrics.routeAdvanced(method, trunk.name, refused);
+    trunks.report(trunk, trunks.verdictOf(result.outcome, result.sipStatus));
+    trunk = next;
+  }
 }

@@ -9,10 +9,10 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { RangeSelector } from '../numbers/range-selector.js';
 import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
-import { recordAttemptFields, watchUnlessEnded, type AttemptWatch } from './attempt-state.js';
+import { recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import type { ShutdownSignals } from './flash-call.js';
-import { advanceRoute } from './route-advance.js';
+import { placeOnTrunks } from './route-advance.js';
 import type { TrunkPacer } from './trunk-pacer.js';
 import { placeVoiceCall, type VoiceResult } from './voice-call.js';
 
@@ -56,57 +56,42 @@ export class VoiceProcessor {
     const language = languageFor(locale, country);
     const from = this.callerId(country);
     const step = claim.base.step;
-    let trunk = this.deps.trunks.pick();
-    // Trunks that refused this call before it rang (route advance: sip.routeAdvance).
-    const tried = new Set<string>();
-    let result: VoiceResult;
-    let watch: AttemptWatch | undefined;
-    for (;;) {
-      const onTrunk = trunk;
-      // One of the trunk's channels (sip.trunks[].maxCalls), held until the call has ended, then its CPS token.
-      const release = await this.deps.trunks.guarded(trunk, this.deps.trunks.acquire(trunk));
-      try {
-        await this.deps.trunks.take(trunk);
-        // Canceled, verified, expired, or its workflow step timed out while the phone rings or the prompt plays:
-        // the call is CANCELled, or the prompt stopped and BYE sent, through the same path as a worker shutdown.
-        // Canceled, expired or its step over while it waited for a channel or the trunk's CPS token (a backlog): never
-        // dialled, refunded.
-        watch = await watchUnlessEnded(this.deps, key, base, trunk, claimedAt, log);
-        if (!watch) return undefined;
-        const attempt = watch;
-        this.deps.metrics.callStarted('voice', trunk.name);
-        // A call that throws before its report() must not keep a down trunk's probe slot (trunk-pacer.ts).
-        result = await this.deps.trunks.guarded(trunk, placeVoiceCall(this.deps.originator, this.deps.player, {
-          to,
-          from,
-          trunk,
-          announcement: codeAnnouncement(code, language),
-          answerTimeoutMs: config.voice.answerTimeoutMs,
-          settleMs: 64 * config.sip.timers.t1Ms + 1000,
-          logger: log,
-          shutdown: attempt.callSignals(this.deps.shutdown),
-          onAnswered: (callId, media) => {
-            // Looked at once more on answer: the prompt is stopped before the code if the request ended meanwhile.
-            void attempt
-              .check()
-              .then(async (current) => {
-                if (!current) return;
-                await events.publish({ ...base, status: 'delivered', detail: { sip_status: 200, call_id: callId, trunk: onTrunk.name, codec: media.codec, language } });
-                await recordAttemptFields(redis, key, step, { answered_at: String(Date.now()) });
-              })
-              .catch((err: Error) => log.error({ err: err.message }, 'could not publish delivered event'));
-          },
-        })).finally(() => attempt.stop());
-
-      } finally {
-        release();
-      }
-      // Refused by its trunk before the far end took it (unreachable, a 503): placed again on another live trunk, each
-      // once (route-advance.ts). The handset saw nothing; the same caller ID (and code) goes out again.
-      const next = advanceRoute(this.deps, { method: 'voice', trunk, tried, requestEnded: watch.ended, result: { ...result, rang: result.answered }, log });
-      if (next === undefined) break;
-      trunk = next;
-    }
+    // On the trunk's channel, under its CPS; placed again on the next trunk when one refuses it before it rang.
+    const placed = await placeOnTrunks(this.deps, 'voice', log, async (trunk) => {
+      await this.deps.trunks.take(trunk);
+      // Canceled, verified, expired, or its workflow step timed out while the phone rings or the prompt plays:
+      // the call is CANCELled, or the prompt stopped and BYE sent, through the same path as a worker shutdown.
+      // Canceled, expired or its step over while it waited for a channel or the trunk's CPS token (a backlog): never
+      // dialled, refunded.
+      const watch = await watchUnlessEnded(this.deps, key, base, trunk, claimedAt, log);
+      if (!watch) return undefined;
+      this.deps.metrics.callStarted('voice', trunk.name);
+      // A call that throws before its report() must not keep a down trunk's probe slot (trunk-pacer.ts).
+      const result = await this.deps.trunks.guarded(trunk, placeVoiceCall(this.deps.originator, this.deps.player, {
+        to,
+        from,
+        trunk,
+        announcement: codeAnnouncement(code, language),
+        answerTimeoutMs: config.voice.answerTimeoutMs,
+        settleMs: 64 * config.sip.timers.t1Ms + 1000,
+        logger: log,
+        shutdown: watch.callSignals(this.deps.shutdown),
+        onAnswered: (callId, media) => {
+          // Looked at once more on answer: the prompt is stopped before the code if the request ended meanwhile.
+          void watch
+            .check()
+            .then(async (current) => {
+              if (!current) return;
+              await events.publish({ ...base, status: 'delivered', detail: { sip_status: 200, call_id: callId, trunk: trunk.name, codec: media.codec, language } });
+              await recordAttemptFields(redis, key, step, { answered_at: String(Date.now()) });
+            })
+            .catch((err: Error) => log.error({ err: err.message }, 'could not publish delivered event'));
+        },
+      })).finally(() => watch.stop());
+      return { result, watch };
+    });
+    if (!placed) return undefined;
+    const { trunk, result, watch } = placed;
     // Ended because the request (or its step) did: no failure to report (a call that never reached the network is
     // refunded below).
     const outcome = watch.ended ? 'request_ended' : result.outcome;
