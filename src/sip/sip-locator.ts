@@ -85,6 +85,17 @@ export class SipDnsError extends Error {
 /** c-ares codes for an answer that says the record does not exist (RFC 3263 4.2: then use the host's A/AAAA). */
 const NO_RECORD = new Set(['ENOTFOUND', 'ENODATA']);
 
+/** `ask`'s answer; undefined when DNS says no such record exists; any other failure a SipDnsError naming `query`. */
+async function answer<T>(query: string, ask: () => Promise<T>): Promise<T | undefined> {
+  try {
+    return await ask();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? '';
+    if (NO_RECORD.has(code)) return undefined;
+    throw new SipDnsError(query, code || errorMessage(err));
+  }
+}
+
 interface Cached<T> {
   readonly until: number;
   readonly value: Promise<T>;
@@ -286,18 +297,13 @@ export class SipLocator {
 
   private naptr(host: string): Promise<NaptrRecord[]> {
     return this.cached(this.naptrCache, host, async () => {
-      try {
-        const records = await this.resolver.resolveNaptr(host);
-        this.logger.info(
-          { naptr: host, records: records.map((r) => `${r.order} ${r.preference} "${r.flags}" "${r.service}" ${r.replacement || `"${r.regexp}"`}`) },
-          'SIP NAPTR records loaded',
-        );
-        return records;
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code ?? '';
-        if (NO_RECORD.has(code)) return [];
-        throw new SipDnsError(`NAPTR ${host}`, code || errorMessage(err));
-      }
+      const records = await answer(`NAPTR ${host}`, () => this.resolver.resolveNaptr(host));
+      if (records === undefined) return [];
+      this.logger.info(
+        { naptr: host, records: records.map((r) => `${r.order} ${r.preference} "${r.flags}" "${r.service}" ${r.replacement || `"${r.regexp}"`}`) },
+        'SIP NAPTR records loaded',
+      );
+      return records;
     });
   }
 
@@ -323,21 +329,16 @@ export class SipLocator {
 
   private srv(name: string): Promise<SrvTarget[]> {
     return this.cached(this.srvCache, name, async () => {
-      try {
-        const records = await this.resolver.resolveSrv(name);
-        // RFC 2782: a single record with target "." says the service is not offered here.
-        const usable = records.filter((r) => r.name !== '' && r.name !== '.');
-        this.logger.info({ srv: name, targets: usable.map((r) => `${r.name}:${r.port} p${r.priority} w${r.weight}`) }, 'SIP SRV records loaded');
-        return usable;
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code ?? '';
-        if (NO_RECORD.has(code)) {
-          // Then the next transport's name (RFC 3263 4.1), or the host on its URI's default port and transport.
-          this.logger.info({ srv: name }, 'no SIP SRV record under this name');
-          return [];
-        }
-        throw new SipDnsError(name, code || errorMessage(err));
+      const records = await answer(name, () => this.resolver.resolveSrv(name));
+      if (records === undefined) {
+        // Then the next transport's name (RFC 3263 4.1), or the host on its URI's default port and transport.
+        this.logger.info({ srv: name }, 'no SIP SRV record under this name');
+        return [];
       }
+      // RFC 2782: a single record with target "." says the service is not offered here.
+      const usable = records.filter((r) => r.name !== '' && r.name !== '.');
+      this.logger.info({ srv: name, targets: usable.map((r) => `${r.name}:${r.port} p${r.priority} w${r.weight}`) }, 'SIP SRV records loaded');
+      return usable;
     });
   }
 
@@ -349,13 +350,8 @@ export class SipLocator {
     if (isIP(host) !== 0 || this.options.servers === undefined || this.options.servers.length === 0) return Promise.resolve(host);
     return this.cached(this.addressCache, host, async () => {
       for (const family of ['resolve4', 'resolve6'] as const) {
-        try {
-          const [address] = await this.resolver[family](host);
-          if (address !== undefined) return address;
-        } catch (err) {
-          const code = (err as NodeJS.ErrnoException).code ?? '';
-          if (!NO_RECORD.has(code)) throw new SipDnsError(host, code || errorMessage(err));
-        }
+        const [address] = (await answer(host, () => this.resolver[family](host))) ?? [];
+        if (address !== undefined) return address;
       }
       return undefined;
     });

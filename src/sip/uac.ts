@@ -20,7 +20,7 @@ import {
   type SipHeader,
   type SipRequest,
 } from './message.js';
-import { isToken, parseNameAddr, parseSipUri } from './parser.js';
+import { isToken, parseNameAddr, parseSipUri, splitCommaList } from './parser.js';
 import { numberUser, type NumberFormat } from './number-format.js';
 import { srvNameFor, type Located } from './sip-locator.js';
 import { onNewBranch, retryAfterMs, TargetFailover, targetUser, type FailoverHost, type FailoverReason } from './srv-failover.js';
@@ -120,12 +120,7 @@ const trunkCache = new WeakMap<TrunkConfig, TrunkInfo>();
 export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
   const cached = trunkCache.get(trunk);
   if (cached !== undefined) return cached;
-  const uri = parseSipUri(trunk.uri);
-  if (uri === undefined || uri.user !== undefined) {
-    throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: uri must look like sip:host[:port][;transport=udp|tcp|tls] or sips:host[:port]`);
-  }
-  const transport = trunkUriTransport(uri.scheme, uri.params['transport'] ?? undefined);
-  if (typeof transport === 'string') throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: ${transport}`);
+  const { uri, transport } = hopUri(trunk.name, 'uri', trunk.uri);
   const extraHeaders: SipHeader[] = [];
   for (const [name, value] of Object.entries(trunk.headers ?? {})) {
     if (!isToken(name)) throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: bad header name ${JSON.stringify(name)}`);
@@ -140,7 +135,7 @@ export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
   if (/[\s<>;@"]/.test(fromDomain)) throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: bad fromDomain`);
   const param = uri.params['transport'];
   // The next hop: the outbound proxy when there is one (RFC 3261 8.1.2: the Route set's first URI), else the trunk.
-  const hop = trunk.proxy === undefined ? { uri, transport } : nextHop(trunk.name, trunk.proxy);
+  const hop = trunk.proxy === undefined ? { uri, transport } : hopUri(trunk.name, 'proxy', trunk.proxy);
   const host = hostForSocket(hop.uri.host);
   const info: TrunkInfo = {
     scheme: transport.scheme,
@@ -168,14 +163,14 @@ export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
 
 const NUMBER_RE = /^\+?[0-9A-Za-z._*-]{1,32}$/;
 
-/** An outbound proxy's URI and transport, checked as a trunk URI is. */
-function nextHop(trunkName: string, proxy: string): { uri: NonNullable<ReturnType<typeof parseSipUri>>; transport: TrunkUriTransport } {
-  const uri = parseSipUri(proxy);
+/** A trunk's `uri` or `proxy`, parsed, with its transport; AppError('sip_trunk_invalid') naming the key when unusable. */
+function hopUri(trunkName: string, key: 'uri' | 'proxy', text: string): { uri: NonNullable<ReturnType<typeof parseSipUri>>; transport: TrunkUriTransport } {
+  const uri = parseSipUri(text);
   if (uri === undefined || uri.user !== undefined) {
-    throw new AppError('sip_trunk_invalid', `trunk ${trunkName}: proxy must look like sip:host[:port][;transport=udp|tcp|tls] or sips:host[:port]`);
+    throw new AppError('sip_trunk_invalid', `trunk ${trunkName}: ${key} must look like sip:host[:port][;transport=udp|tcp|tls] or sips:host[:port]`);
   }
   const transport = trunkUriTransport(uri.scheme, uri.params['transport'] ?? undefined);
-  if (typeof transport === 'string') throw new AppError('sip_trunk_invalid', `trunk ${trunkName}: proxy: ${transport}`);
+  if (typeof transport === 'string') throw new AppError('sip_trunk_invalid', `trunk ${trunkName}: ${key === 'uri' ? '' : 'proxy: '}${transport}`);
   return { uri, transport };
 }
 
@@ -188,7 +183,7 @@ function loose(proxy: string): string {
  * A call's Request-URI, To and caller URI (From, P-Asserted-Identity) for `to` and `from` (E.164), written as the
  * trunk wants its numbers (number-format.ts). Both backends build their INVITEs from these.
  */
-export function callAddresses(info: TrunkInfo, to: string, from: string): { requestUri: string; to: string; cli: string } {
+export function callAddresses(info: TrunkInfo, to: string, from: string): { requestUri: string; to: string; cli: string; callingUser: string } {
   const called = numberUser(to, info.calledFormat, info.techPrefix);
   const calling = numberUser(from, info.callingFormat);
   const calledUri = `${info.scheme}:${called.user}@${info.hostPort}${called.phone ? ';user=phone' : ''}`;
@@ -196,6 +191,8 @@ export function callAddresses(info: TrunkInfo, to: string, from: string): { requ
     requestUri: calledUri + info.transportParam,
     to: `<${calledUri}>`,
     cli: `<sip:${calling.user}@${info.fromDomain}${calling.phone ? ';user=phone' : ''}>`,
+    /** The caller ID as the trunk wants it written (the user part of `cli`). */
+    callingUser: calling.user,
   };
 }
 
@@ -1090,5 +1087,5 @@ function sdpOf(message: ParsedResponse): string | undefined {
 
 /** Does any of these `Require` / `Supported` values list `tag` (option tags are case-insensitive, RFC 3261 19.2)? */
 function hasOptionTag(values: readonly string[], tag: string): boolean {
-  return values.some((v) => v.split(',').some((t) => t.trim().toLowerCase() === tag));
+  return values.some((v) => splitCommaList(v).some((t) => t.toLowerCase() === tag));
 }

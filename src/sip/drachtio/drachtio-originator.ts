@@ -45,7 +45,6 @@ import {
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import { maskUser } from '../embedded-originator.js';
 import { PingAttempt, pingAddressing } from '../options-ping.js';
-import { numberUser } from '../number-format.js';
 import { callAddresses, dummySdp, failureReasonFor, resolveTrunk } from '../uac.js';
 import { errorMessage, newCallId } from '../util.js';
 import { DrachtioConnection, type DrachtioConnectionOptions } from './drachtio-connection.js';
@@ -293,7 +292,7 @@ class DrachtioCall implements OutboundCall {
     if (this.localSdp !== undefined) headers['Content-Type'] = 'application/sdp';
     this.uacOptions = {
       headers,
-      callingNumber: numberUser(request.from, trunk.callingFormat).user,
+      callingNumber: addresses.callingUser,
       ...(this.localSdp !== undefined ? { localSdp: this.localSdp } : {}),
       ...(request.trunk.auth !== undefined ? { auth: { username: request.trunk.auth.username, password: request.trunk.auth.password } } : {}),
     };

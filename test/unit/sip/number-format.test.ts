@@ -34,12 +34,14 @@ describe('how a trunk wants its numbers written (sip.trunks[].calledNumberFormat
       requestUri: 'sip:1234%2307700900123@sbc.carrier.test;transport=tcp',
       to: '<sip:1234%2307700900123@sbc.carrier.test>',
       cli: '<sip:441908733610@sbc.carrier.test>',
+      callingUser: '441908733610',
     });
     const plain = resolveTrunk({ name: 'plain', uri: 'sip:192.0.2.1:5060', cps: 10, ringOn183: false, dummySdp: false, headers: {} });
     expect(callAddresses(plain, '+447700900123', '+441908733610')).toEqual({
       requestUri: 'sip:+447700900123@192.0.2.1:5060;user=phone',
       to: '<sip:+447700900123@192.0.2.1:5060;user=phone>',
       cli: '<sip:+441908733610@192.0.2.1;user=phone>',
+      callingUser: '+441908733610',
     });
   });
 });
