@@ -406,8 +406,9 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     const at = invites.get(callId);
     if (i === undefined || at === undefined) continue;
     fromDue.push(at - (load.startEpochMs + load.due[i]!));
-    from201.push(at - (load.startEpochMs + load.doneAt[i]!));
-    (from201BySecond[Math.floor(load.due[i]! / 1000)] ??= []).push(at - (load.startEpochMs + load.doneAt[i]!));
+    const after201 = at - (load.startEpochMs + load.doneAt[i]!);
+    from201.push(after201);
+    (from201BySecond[Math.floor(load.due[i]! / 1000)] ??= []).push(after201);
   }
   line(`  failure events: ${failedEvents.toString()}`);
   line(`accept → INVITE at the UAS (${fromDue.length} calls joined of ${load.ok}):`);
