@@ -52,9 +52,12 @@ const USAGE = `npm run bench -- flash [options]
   --via http|queue   HTTP API (default) or straight into BullMQ with the in-process producer
   --connections N    keep-alive connections per api process (default 64)
   --client raw|node  the generator's HTTP client: raw (default, bench/lib/raw-http.ts) or node:http
-  --cps N            sip.trunks[].cps per worker (default: 2 × rate / workers)
-  --max-calls N      sip.trunks[].maxCalls per worker: the trunk's channel limit (default: none); the report then
-                     shows the most calls held and waiting at once (flashverify_trunk_calls, _waiting), sampled
+  --trunk-limits cluster|process
+                     sip.trunkLimits (default cluster, the engine's default): cps and max-calls are the trunk's
+                     across the workers (counted in Redis), or each worker's own
+  --cps N            sip.trunks[].cps (default: 2 × rate; with --trunk-limits process, 2 × rate / workers)
+  --max-calls N      sip.trunks[].maxCalls, the trunk's channel limit (default: none); the report then shows the
+                     most calls held and waiting at once over the workers (flashverify_trunk_calls, _waiting), sampled
   --concurrency N    worker.flashConcurrency (default: enough for rate × (ring + 1 s) × 1.5 per worker)
   --log-level L      engine log level (default warn: one info line per request costs CPU at load)
   --sipp-ceiling     afterwards, SIPp as the caller with the same flow and rate (uac-load-flash.xml)
@@ -93,6 +96,7 @@ interface FlashOpts {
   client: HttpClientKind;
   cps: number;
   maxCalls: number | undefined;
+  trunkLimits: 'cluster' | 'process';
   concurrency: number;
   logLevel: string;
   nodeArgs: string[];
@@ -128,6 +132,7 @@ async function main(): Promise<void> {
     client: { type: 'string', default: 'raw' },
     cps: { type: 'string' },
     'max-calls': { type: 'string' },
+    'trunk-limits': { type: 'string', default: 'cluster' },
     concurrency: { type: 'string' },
     'log-level': { type: 'string', default: 'warn' },
     'node-args': { type: 'string', default: '' },
@@ -152,6 +157,10 @@ async function main(): Promise<void> {
   const rate = a.num('rate', 1, 10_000);
   const workers = a.num('workers', 1, 8);
   const ringMs = a.num('ring-ms', 0, 10_000);
+  const trunkLimits = a.str('trunk-limits');
+  if (trunkLimits !== 'cluster' && trunkLimits !== 'process') throw new Error(`--trunk-limits: cluster or process, not ${trunkLimits}`);
+  const configJson = parseConfigJson(a.str('config-json'));
+  configJson.sip = { ...((configJson.sip as object | undefined) ?? {}), trunkLimits };
   const o: FlashOpts = {
     rate,
     duration: a.num('duration', 1, 900),
@@ -164,14 +173,15 @@ async function main(): Promise<void> {
     client: httpClientArg(a.str('client')),
     // Headroom over the offered rate: a token bucket paced at exactly the arrival rate never
     // drains a backlog (one start-up stall would delay every later call by the same amount).
-    cps: a.str('cps') ? a.num('cps', 1, 100_000) : Math.ceil((2 * rate) / workers),
+    cps: a.str('cps') ? a.num('cps', 1, 100_000) : Math.ceil((2 * rate) / (trunkLimits === 'process' ? workers : 1)),
+    trunkLimits,
     maxCalls: a.str('max-calls') ? a.num('max-calls', 1, 100_000) : undefined,
     concurrency: a.str('concurrency')
       ? a.num('concurrency', 1, 100_000)
       : Math.max(500, Math.ceil((rate / workers) * (ringMs / 1000 + 1) * 1.5)),
     logLevel: a.str('log-level'),
     nodeArgs: a.str('node-args').split(' ').filter(Boolean),
-    configJson: parseConfigJson(a.str('config-json')),
+    configJson,
     sippCeiling: a.bool('sipp-ceiling') || a.bool('sipp-only'),
     sippOnly: a.bool('sipp-only'),
     sippRates: a.list('sipp-rates').map(Number),
@@ -256,7 +266,7 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
     extra: o.webhooks ? { ...configJson, webhooks: { ...((configJson.webhooks as object | undefined) ?? {}), allowPrivate: true } } : configJson,
   });
   if (hooks) stack.cli(['account', 'set-webhook', engine.account.account_id, '--url', hooks.url], engine.configFile);
-  line(`engine: ${engine.apis.length} api (pids ${engine.apis.map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), ${engine.webhookSenders.length} webhooks (pids ${engine.webhookSenders.map((x) => x.m.pid).join(',') || '-'}${o.webhookNice ? `, nice ${o.webhookNice}` : ''}), cps ${o.cps}/worker, flashConcurrency ${o.concurrency}, log ${o.logLevel}${o.nodeArgs.length ? `, node ${o.nodeArgs.join(' ')}` : ''}${Object.keys(configJson).length ? `, config ${JSON.stringify(configJson)}` : ''}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
+  line(`engine: ${engine.apis.length} api (pids ${engine.apis.map((x) => x.m.pid).join(',') || '-'}), ${engine.workers.length} worker (pids ${engine.workers.map((x) => x.m.pid).join(',')}), ${engine.webhookSenders.length} webhooks (pids ${engine.webhookSenders.map((x) => x.m.pid).join(',') || '-'}${o.webhookNice ? `, nice ${o.webhookNice}` : ''}), cps ${o.cps}${o.trunkLimits === 'process' ? '/worker' : ' for the trunk'}, flashConcurrency ${o.concurrency}, log ${o.logLevel}${o.nodeArgs.length ? `, node ${o.nodeArgs.join(' ')}` : ''}${Object.keys(configJson).length ? `, config ${JSON.stringify(configJson)}` : ''}; UAS SIPp pid ${uas.m.pid} on ${uasPort}; prefix ${stack.prefix}`);
 
   const { fire, close } = await makeFirer(engine, o);
   const rpid = await redisPid(o.redisUrl);
@@ -296,17 +306,17 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   );
 
   line(`load: ${o.rate}/s for ${o.duration} s = ${Math.floor(o.rate * o.duration)} requests`);
-  // --max-calls: the channels in use and the calls waiting for one, per worker, every 500 ms.
-  const channels = { held: 0, waiting: 0 };
+  // --max-calls: the channels in use and the calls waiting for one, over the workers and in one, every 500 ms.
+  const channels = { held: 0, waiting: 0, heldInOne: 0 };
   const channelTimer =
     o.maxCalls === undefined
       ? undefined
       : setInterval(() => {
           void Promise.all(metricsUrls.map((u) => scrape(u).catch(() => new Map<string, number>()))).then((all) => {
-            for (const m of all) {
-              channels.held = Math.max(channels.held, sumMetric(m, 'flashverify_trunk_calls', 'trunk="bench"'));
-              channels.waiting = Math.max(channels.waiting, sumMetric(m, 'flashverify_trunk_calls_waiting', 'trunk="bench"'));
-            }
+            const held = all.map((m) => sumMetric(m, 'flashverify_trunk_calls', 'trunk="bench"'));
+            channels.held = Math.max(channels.held, held.reduce((x, y) => x + y, 0));
+            channels.heldInOne = Math.max(channels.heldInOne, ...held);
+            channels.waiting = Math.max(channels.waiting, all.reduce((x, m) => x + sumMetric(m, 'flashverify_trunk_calls_waiting', 'trunk="bench"'), 0));
           });
         }, 500);
   const cpuT0 = performance.now();
@@ -388,7 +398,9 @@ async function runFlash(stack: Stack, o: FlashOpts): Promise<void> {
   line(`  completed (487 after CANCEL) ${cancelled}: ${(cancelled / o.duration).toFixed(0)} calls/s over the ${o.duration} s schedule; failed calls: ${failedCalls}`);
   if (o.maxCalls !== undefined) {
     const left = { held: sumMetric(metrics, 'flashverify_trunk_calls', 'trunk="bench"'), waiting: sumMetric(metrics, 'flashverify_trunk_calls_waiting', 'trunk="bench"') };
-    line(`  channels (maxCalls ${o.maxCalls} per worker): at most ${channels.held} held and ${channels.waiting} waiting in one worker (sampled every 500 ms); after the drain ${left.held} held, ${left.waiting} waiting`);
+    line(
+      `  channels (maxCalls ${o.maxCalls}, ${o.trunkLimits === 'cluster' ? 'for the trunk across the workers' : 'per worker'}): at most ${channels.held} held over the workers (${channels.heldInOne} in one) and ${channels.waiting} waiting (sampled every 500 ms); after the drain ${left.held} held, ${left.waiting} waiting`,
+    );
   }
 
   // Join: request → delivered event (call id) → INVITE receipt at the UAS.

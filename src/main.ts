@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -19,6 +20,7 @@ import { Sealer } from './crypto/sealer.js';
 import { failStrandedDelivery, strandedReason } from './engine/delivery-claim.js';
 import { FlashProcessor } from './engine/flash-processor.js';
 import { TrunkPacer } from './engine/trunk-pacer.js';
+import { ClusterLimits } from './engine/cluster-limits.js';
 import { TrunkPinger } from './engine/trunk-pinger.js';
 import { VoiceProcessor } from './engine/voice-processor.js';
 import { SmsProcessor } from './engine/sms-processor.js';
@@ -190,11 +192,27 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       stopSip = () => stopCalls.stop();
       // Shared by every channel: one CPS budget per trunk, one cooldown table per process.
       const trunkLog = logger.child({ module: 'trunks' });
-      const trunks = new TrunkPacer(config.sip.trunks, config.sip.trunkHealth, (trunk, up, detail) =>
-        up
-          ? trunkLog.info({ trunk }, 'trunk answers again; back in service')
-          : trunkLog.warn({ trunk, ...detail }, detail.pinged ? 'trunk down; back once it answers an OPTIONS ping' : 'trunk down; retried after back-off'),
+      // sip.trunkLimits cluster (the default): each trunk's cps and maxCalls counted in Redis across worker processes.
+      const clusterLimits =
+        config.sip.trunkLimits === 'cluster'
+          ? new ClusterLimits(redis, keys, `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`, {
+              logger: trunkLog,
+              onFallback: (trunk, limit) => metrics.trunkLimitFellBack(trunk, limit),
+            })
+          : undefined;
+      const trunks = new TrunkPacer(
+        config.sip.trunks,
+        config.sip.trunkHealth,
+        (trunk, up, detail) =>
+          up
+            ? trunkLog.info({ trunk }, 'trunk answers again; back in service')
+            : trunkLog.warn({ trunk, ...detail }, detail.pinged ? 'trunk down; back once it answers an OPTIONS ping' : 'trunk down; retried after back-off'),
+        Date.now,
+        clusterLimits,
       );
+      trunks.start();
+      // After the delivery workers: their calls have ended, and this worker's channels no longer count in Redis.
+      stops.push(['trunk channels', () => trunks.close()]);
       metrics.watchTrunks(trunks);
       // A stopping worker no longer holds its claimed calls back for a trunk's channel (TrunkPacer.drain).
       draining.signal.addEventListener('abort', () => trunks.drain(), { once: true });

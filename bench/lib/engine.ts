@@ -16,7 +16,7 @@ export interface EngineOptions {
   webhookNice?: number;
   /** Trunk uri (the SIPp UAS); workers only. */
   trunkUri?: string;
-  /** calls per second per worker process (sip.trunks[].cps). */
+  /** sip.trunks[].cps: for the trunk (sip.trunkLimits cluster, the default) or per worker process (process). */
   cps: number;
   /** Concurrent calls per worker process (sip.trunks[].maxCalls); undefined: no cap. */
   maxCalls?: number | undefined;

@@ -110,11 +110,12 @@ export const trunkSchema = z
       .optional(),
     /** Host placed in From/P-Asserted-Identity; defaults to the trunk host. */
     fromDomain: z.string().optional(),
-    /** Calls per second this trunk accepts. */
+    /** Calls per second this trunk accepts, across every worker process (sip.trunkLimits: cluster) or in each (process). */
     cps: z.number().int().positive().default(200),
     /**
-     * Concurrent calls this trunk carries at most (a carrier's channel limit), per worker process as `cps`; calls
-     * beyond it go to another trunk with a free slot, or wait for one (engine/trunk-pacer.ts). None: no cap.
+     * Concurrent calls this trunk carries at most (a carrier's channel limit), across worker processes as `cps`
+     * (sip.trunkLimits); calls beyond it go to another trunk with a free slot, or wait for one (engine/trunk-pacer.ts).
+     * None: no cap.
      */
     maxCalls: z.number().int().positive().optional(),
     /** Treat 183 Session Progress as "ringing" for flash calls (some carriers never send 180). */
@@ -914,6 +915,12 @@ export const configSchema = z
          * once, within the same verification (engine/route-advance.ts). false: the call fails there.
          */
         routeAdvance: z.boolean().default(true),
+        /**
+         * Whose `cps` and `maxCalls` a trunk's are: `cluster` (default), the trunk's across every worker process on
+         * this Redis and prefix (engine/cluster-limits.ts: CPS slots and channels counted in Redis); `process`, each
+         * worker process's own (divide a carrier's limits by the worker processes; no Redis round trip per call).
+         */
+        trunkLimits: z.enum(['cluster', 'process']).default('cluster'),
         /** A trunk whose calls end `unreachable`/`timeout` (or a `failureStatuses` response) this many times in a row is marked down, then retried with back-off. */
         trunkHealth: z
           .object({

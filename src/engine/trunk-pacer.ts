@@ -1,4 +1,5 @@
 import type { TrunkConfig } from '../config/schema.js';
+import type { ClusterLimits } from './cluster-limits.js';
 import { TokenBucket } from './token-bucket.js';
 
 export interface TrunkHealthOptions {
@@ -68,10 +69,16 @@ interface Health {
   current: number;
   /** OPTIONS pings watch it: a down trunk gets no probe call, an answered ping brings it back. */
   pinged: boolean;
-  /** Calls holding a slot (acquire() to release()). */
+  /** Calls holding a slot (acquire() to release()), in this process. */
   calls: number;
   /** Calls waiting for a slot, first come first served. */
   readonly waiters: (() => void)[];
+  /** sip.trunkLimits cluster: the trunk's calls in every worker process, as Redis last said (with this one's since). */
+  clusterCalls: number;
+  /** sip.trunkLimits cluster: channels are being asked for in Redis. */
+  asking: boolean;
+  /** sip.trunkLimits cluster: the next ask while calls wait for a channel another worker holds. */
+  retry: NodeJS.Timeout | undefined;
 }
 
 const DEFAULT_HEALTH: TrunkHealthOptions = { failuresToMarkDown: 3, retryAfterMs: 5000, maxRetryAfterMs: 60_000 };
@@ -95,6 +102,12 @@ const DEFAULT_HEALTH: TrunkHealthOptions = { failuresToMarkDown: 3, retryAfterMs
  * is full, the best one is picked and its calls wait for a slot there, first come first served (`acquire()`, before
  * the CPS token, so that the calls a freed slot lets go still leave at the trunk's CPS).
  *
+ * With `cluster` (sip.trunkLimits: cluster, engine/cluster-limits.ts), `cps` and `maxCalls` are the trunk's across
+ * every worker process: CPS slots are reserved in Redis, and channels are counted there. A channel freed here goes to
+ * this worker's next waiter at once; calls waiting for a channel another worker holds ask again every `pollMs`
+ * (first come first served within a worker, not across workers). `start()` renews this worker's lease on its
+ * channels; `close()` gives them up.
+ *
  * A trunk watched by OPTIONS pings (`setPinged`, engine/trunk-pinger.ts) has its pings reported here like
  * calls: unanswered ones count with failed calls towards `failuresToMarkDown`, an answered one brings it back at
  * once. Down, it gets no probe call (no customer call is spent to learn it is back), except when every trunk is
@@ -105,12 +118,15 @@ export class TrunkPacer {
   private readonly health: Health[];
   /** The worker is stopping (drain()): channels are no longer waited for. */
   private draining = false;
+  private heartbeat: NodeJS.Timeout | undefined;
 
   constructor(
     trunks: readonly TrunkConfig[],
     private readonly options: TrunkHealthOptions = DEFAULT_HEALTH,
     private readonly onChange: TrunkChangeListener = () => undefined,
     private readonly now: () => number = Date.now,
+    /** sip.trunkLimits: cluster: `cps` and `maxCalls` counted in Redis across worker processes. */
+    private readonly cluster?: ClusterLimits,
   ) {
     if (trunks.length === 0) throw new Error('TrunkPacer needs at least one trunk');
     this.health = trunks.map((trunk) => ({
@@ -125,6 +141,9 @@ export class TrunkPacer {
       pinged: false,
       calls: 0,
       waiters: [],
+      clusterCalls: 0,
+      asking: false,
+      retry: undefined,
     }));
   }
 
@@ -134,7 +153,7 @@ export class TrunkPacer {
     // A down trunk whose back-off is over gets the next call: the probe. A probe never reported
     // (its job died before report()) lapses, so the trunk cannot stay unprobed for good.
     const probeTimeout = this.options.probeTimeoutMs ?? this.options.maxRetryAfterMs;
-    const due = this.health.find((h) => !h.up && !h.pinged && (!h.probing || now - h.probeAt >= probeTimeout) && h.retryAt <= now && !full(h));
+    const due = this.health.find((h) => !h.up && !h.pinged && (!h.probing || now - h.probeAt >= probeTimeout) && h.retryAt <= now && !this.full(h));
     if (due) {
       due.probing = true;
       due.probeAt = now;
@@ -162,7 +181,7 @@ export class TrunkPacer {
   /** Among live trunks: those with a free slot, else all; the lowest priority; shared by weight (smooth round-robin). */
   private choose(live: Health[]): TrunkConfig {
     // The lowest priority with a free slot; every live trunk full: the lowest priority (its calls wait for a slot).
-    const free = live.filter((h) => !full(h));
+    const free = live.filter((h) => !this.full(h));
     const from = free.length > 0 ? free : live;
     const best = Math.min(...from.map((h) => h.trunk.priority ?? 0));
     const group = from.filter((h) => (h.trunk.priority ?? 0) === best);
@@ -247,9 +266,15 @@ export class TrunkPacer {
     this.draining = true;
     for (const h of this.health) {
       // Each waiter was counted in `calls` when handed its slot: counted here as it leaves over the cap.
-      for (const wake of h.waiters.splice(0)) {
+      const waiters = h.waiters.splice(0);
+      for (const wake of waiters) {
         h.calls++;
         wake();
+      }
+      if (h.retry) clearTimeout(h.retry);
+      if (this.cluster && waiters.length > 0) {
+        h.clusterCalls += waiters.length;
+        this.cluster.giveChannels(h.trunk, waiters.length);
       }
     }
   }
@@ -266,8 +291,9 @@ export class TrunkPacer {
   async acquire(trunk: TrunkConfig): Promise<() => void> {
     const h = this.health.find((x) => x.trunk.name === trunk.name);
     if (!h) return () => undefined;
+    if (this.cluster && h.trunk.maxCalls !== undefined) return this.acquireShared(h, this.cluster);
     // A waiter is handed the slot of the call that gives one back: `calls` counts it already.
-    if (!this.draining && (full(h) || h.waiters.length > 0)) await new Promise<void>((resolve) => h.waiters.push(resolve));
+    if (!this.draining && (this.full(h) || h.waiters.length > 0)) await new Promise<void>((resolve) => h.waiters.push(resolve));
     else h.calls++;
     let released = false;
     return () => {
@@ -280,8 +306,113 @@ export class TrunkPacer {
     };
   }
 
+  /** acquire() of a capped trunk under sip.trunkLimits: cluster. */
+  private async acquireShared(h: Health, cluster: ClusterLimits): Promise<() => void> {
+    if (this.draining) {
+      h.calls++;
+      h.clusterCalls++;
+      cluster.giveChannels(h.trunk, 1);
+    } else {
+      await new Promise<void>((resolve) => {
+        h.waiters.push(resolve);
+        if (h.waiters.length === 1) this.ask(h, cluster);
+      });
+    }
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      // To this worker's call that waited longest, at once; else back to the cluster.
+      const next = h.waiters.shift();
+      if (next) return next();
+      h.calls--;
+      h.clusterCalls = Math.max(0, h.clusterCalls - 1);
+      cluster.giveChannels(h.trunk, -1);
+    };
+  }
+
+  /** Asks Redis for channels for the calls waiting for one; asks again every pollMs while some still wait. */
+  private ask(h: Health, cluster: ClusterLimits): void {
+    if (h.asking || this.draining) return;
+    if (h.retry) clearTimeout(h.retry);
+    h.retry = undefined;
+    h.asking = true;
+    const max = h.trunk.maxCalls ?? 0;
+    // The calls of this turn together.
+    queueMicrotask(() => {
+      const wanted = h.waiters.length;
+      cluster.takeChannels(h.trunk, wanted, h.calls).then(
+        ({ granted, total }) => {
+          h.clusterCalls = total;
+          let given = 0;
+          while (given < granted && h.waiters.length > 0) {
+            given++;
+            h.calls++;
+            h.waiters.shift()!();
+          }
+          // Drained meanwhile: the waiters went over the cap, counted there.
+          if (given < granted) cluster.giveChannels(h.trunk, given - granted);
+          this.asked(h, cluster, granted === wanted);
+        },
+        (err: Error) => {
+          cluster.fellBack(h.trunk.name, 'channels', err, 'could not take trunk channels in Redis');
+          while (h.calls < max && h.waiters.length > 0) {
+            h.calls++;
+            h.waiters.shift()!();
+          }
+          this.asked(h, cluster, false);
+        },
+      );
+    });
+  }
+
+  private asked(h: Health, cluster: ClusterLimits, all: boolean): void {
+    h.asking = false;
+    if (h.waiters.length === 0 || this.draining) return;
+    // Calls that came meanwhile ask now; those the trunk had no channel for, after pollMs.
+    if (all) this.ask(h, cluster);
+    else h.retry = setTimeout(() => this.ask(h, cluster), cluster.pollMs);
+  }
+
+  /**
+   * sip.trunkLimits cluster: renews this worker's lease on the channels of its capped trunks, and reads their use
+   * across the cluster for pick() (which also learns it from every call's ask), every second (or third of the lease).
+   */
+  start(): void {
+    const cluster = this.cluster;
+    if (!cluster || this.heartbeat) return;
+    const capped = this.health.filter((h) => h.trunk.maxCalls !== undefined);
+    if (capped.length === 0) return;
+    const renew = () => {
+      for (const h of capped) {
+        cluster.takeChannels(h.trunk, 0, h.calls).then(
+          ({ total }) => void (h.clusterCalls = total),
+          (err: Error) => cluster.fellBack(h.trunk.name, 'channels', err, 'could not renew this worker\'s trunk channels in Redis'),
+        );
+      }
+    };
+    renew();
+    this.heartbeat = setInterval(renew, Math.max(1, Math.min(1000, Math.floor(cluster.leaseMs / 3))));
+    this.heartbeat.unref();
+  }
+
+  /** Stops the lease's renewal and gives up this worker's channels in Redis (after its calls have ended). */
+  async close(): Promise<void> {
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat = undefined;
+    for (const h of this.health) if (h.retry) clearTimeout(h.retry);
+    if (this.cluster) await this.cluster.leave(this.health.filter((h) => h.trunk.maxCalls !== undefined).map((h) => h.trunk));
+  }
+
+  /** All of the trunk's slots are held (never for a trunk without `maxCalls`): across the cluster with `cluster`. */
+  private full(h: Health): boolean {
+    if (h.trunk.maxCalls === undefined) return false;
+    return (this.cluster ? h.clusterCalls : h.calls) >= h.trunk.maxCalls;
+  }
+
   /** Resolves when the trunk may take one more call. */
   take(trunk: TrunkConfig): Promise<void> {
+    if (this.cluster) return this.cluster.take(trunk);
     let b = this.buckets.get(trunk.name);
     if (!b) {
       b = new TokenBucket(trunk.cps);
@@ -289,9 +420,4 @@ export class TrunkPacer {
     }
     return b.take();
   }
-}
-
-/** All of the trunk's slots are held (never for a trunk without `maxCalls`). */
-function full(h: Health): boolean {
-  return h.trunk.maxCalls !== undefined && h.calls >= h.trunk.maxCalls;
 }

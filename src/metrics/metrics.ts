@@ -75,6 +75,7 @@ export class Metrics {
   private readonly trunkPings: Counter<'trunk' | 'result'>;
   private readonly srvFailovers: Counter<'trunk' | 'method' | 'reason'>;
   private readonly routeAdvances: Counter<'method' | 'trunk' | 'reason'>;
+  private readonly trunkLimitFallbacks: Counter<'trunk' | 'limit'>;
   private readonly jobLatencyHist: Histogram<'queue'>;
   private readonly webhookFailures: Counter<'final'>;
   private readonly webhookDelivery: Histogram;
@@ -152,6 +153,14 @@ export class Metrics {
         'Calls a trunk refused before they rang (unreachable, or a sip.trunkHealth.failureStatuses response) that were placed again on ' +
         'another live trunk (sip.routeAdvance), by method, the trunk that refused and why (unreachable, or sip_<status>)',
       labelNames: ['method', 'trunk', 'reason'],
+      registers,
+    });
+    this.trunkLimitFallbacks = new Counter({
+      name: 'flashverify_trunk_limit_fallbacks_total',
+      help:
+        'Times a worker kept to a trunk\'s limit (cps, or channels: maxCalls) on its own because Redis failed to count it across ' +
+        'the worker processes (sip.trunkLimits: cluster); calls went on at this worker\'s own limits',
+      labelNames: ['trunk', 'limit'],
       registers,
     });
     this.jobLatencyHist = new Histogram({
@@ -472,6 +481,11 @@ export class Metrics {
   /** A call refused by `trunk` before it rang was placed again on another trunk (sip.routeAdvance). */
   routeAdvanced(method: string, trunk: string, reason: string): void {
     this.routeAdvances.inc({ method, trunk, reason });
+  }
+
+  /** Redis failed to count a trunk's `limit` across worker processes: this worker kept to it alone (sip.trunkLimits). */
+  trunkLimitFellBack(trunk: string, limit: 'cps' | 'channels'): void {
+    this.trunkLimitFallbacks.inc({ trunk, limit });
   }
 
   /** A job moved to processing; `createdAt`/`startedAt` are epoch ms (BullMQ job.timestamp / processedOn). */

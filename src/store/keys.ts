@@ -149,6 +149,21 @@ export class Keys {
   conversion(day: string): string {
     return `${this.prefix}:conv:${day}`;
   }
+  /**
+   * String with TTL: a SIP trunk's theoretical arrival time (ms, Redis's clock) under `sip.trunkLimits: cluster`, the
+   * CPS every worker process shares (reserveTrunkCps-1.lua). The trunk's name is URI-encoded in every trunk key.
+   */
+  trunkCps(trunk: string): string {
+    return `${this.prefix}:tcps:${encodeURIComponent(trunk)}`;
+  }
+  /** Hash with TTL: worker id -> channels of the trunk (`maxCalls`) it holds, under `sip.trunkLimits: cluster`. */
+  trunkChannels(trunk: string): string {
+    return `${this.prefix}:tch:${encodeURIComponent(trunk)}`;
+  }
+  /** Sorted set with TTL: worker id -> when its hold on the trunk's channels lapses (ms), with trunkChannels. */
+  trunkChannelLeases(trunk: string): string {
+    return `${this.prefix}:tchl:${encodeURIComponent(trunk)}`;
+  }
   /** BullMQ prefix: queues live under `<prefix>:bull:<queue>:*`. */
   bullPrefix(): string {
     return `${this.prefix}:bull`;

@@ -73,3 +73,61 @@ describe('sip.trunks[].maxCalls: a carrier\'s channel limit', () => {
     expect(outcomes).toEqual(Array(6).fill('cancelled'));
   });
 });
+
+/**
+ * Two worker processes' worth of engines on one Redis prefix (an api + worker, and a worker), each taking at most three
+ * flash jobs at once, so both place calls: the trunk's limits hold for the two together (sip.trunkLimits: cluster,
+ * the default), as the carrier counts them.
+ */
+describe('sip.trunkLimits: cluster — a trunk\'s limits across worker processes', () => {
+  let second: TestEngine | undefined;
+  afterEach(async () => {
+    await second?.stop();
+    second = undefined;
+  });
+
+  async function placeOnTwo(calls: number, trunk: { maxCalls?: number; cps: number }): Promise<{ invites: SipMessage[]; outcomes: string[] }> {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', transport: 'udp', calls, maxLifetimeMs: 30_000 });
+    const config = testConfig({
+      flash: { ringMs: 400, ringingTimeoutMs: 3000 },
+      worker: { flashConcurrency: 3 },
+      sip: { timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri, ...trunk }] },
+    });
+    engine = await startTestEngine(config);
+    second = await startTestEngine(config, 'worker');
+    const account = await engine.account({ balance: 5 });
+    const created = await Promise.all(
+      Array.from({ length: calls }, (_, i) =>
+        http(`${engine!.url}/v1/verify`, { auth: account.auth, body: { phone_number: `+4477009002${String(i).padStart(2, '0')}`, method: 'flash_call' } }),
+      ),
+    );
+    expect(created.every((c) => c.status === 201)).toBe(true);
+    const outcomes = await waitFor(async () => {
+      const records = await Promise.all(created.map((c) => engine!.redis.hget(engine!.keys.verification(String(c.body.request_id)), 'outcome')));
+      return records.every((o) => o) ? (records as string[]) : undefined;
+    }, 30_000);
+    expect((await uas.waitForExit(10_000)).code).toBe(0);
+    const seen = new Set<string>();
+    const invites = uas.messages().filter((m) => m.direction === 'received' && m.method === 'INVITE' && !seen.has(m.header('call-id')!) && seen.add(m.header('call-id')!));
+    // Both workers placed calls: their INVITEs come from two SIP ports (Via sent-by).
+    expect(new Set(invites.map((m) => /:(\d+)/.exec(m.header('via')!)?.[1])).size).toBe(2);
+    return { invites, outcomes };
+  }
+
+  it('maxCalls 2: eight calls from two workers, never more than two open at the far end', async () => {
+    const { outcomes } = await placeOnTwo(8, { maxCalls: 2, cps: 100 });
+    expect(mostOpen(uas!.messages())).toBe(2);
+    expect(outcomes).toEqual(Array(8).fill('cancelled'));
+    // Both workers gave their channels back in Redis.
+    await waitFor(async () => ((await engine!.redis.hlen(engine!.keys.trunkChannels('sipp'))) === 0 ? true : undefined), 5000);
+  });
+
+  it('cps 3: nine calls from two workers reach the far end at the trunk\'s rate, three at once then one every 333 ms', async () => {
+    const { invites, outcomes } = await placeOnTwo(9, { cps: 3 });
+    expect(outcomes).toEqual(Array(9).fill('cancelled'));
+    const at = invites.map((m) => Date.parse(m.timestamp.replace(' ', 'T') + 'Z')).sort((a, b) => a - b);
+    // Six after the burst of three, at 333 ms each: two seconds at least (each worker alone would have sent its share
+    // in under 0.7 s).
+    expect(at[8]! - at[0]!).toBeGreaterThanOrEqual(1900);
+  });
+});

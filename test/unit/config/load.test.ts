@@ -418,6 +418,12 @@ describe('loadConfig', () => {
     for (const value of [499, 32_000]) expect(issuesIn(yamlFile(`sip:\n  dns:\n    targetTimeoutMs: ${value}\n`))).toEqual([range]);
   });
 
+  it('sip.trunkLimits: the trunk\'s limits across worker processes unless told; process is accepted; anything else refused by name', () => {
+    expect(loadConfig({ env: {} }).sip.trunkLimits).toBe('cluster');
+    expect(loadConfig({ env: {}, overrides: { sip: { trunkLimits: 'process' } } }).sip.trunkLimits).toBe('process');
+    expect(() => loadConfig({ env: {}, overrides: { sip: { trunkLimits: 'global' as 'cluster' } } })).toThrow(/sip\.trunkLimits: Invalid option: expected one of "cluster"\|"process"/);
+  });
+
   it('reports unreadable and invalid YAML files', () => {
     expect(() => loadConfig({ file: '/nonexistent/flashverify.yaml', env: {} })).toThrow(/cannot read/);
     expect(() => loadConfig({ file: yamlFile('http: [unclosed'), env: {} })).toThrow(/not valid YAML/);

@@ -1,0 +1,189 @@
+/**
+ * A trunk's CPS and channel limit for every worker process together (`sip.trunkLimits: cluster`, the default): a
+ * carrier's limits are the interconnect's, whatever the number of worker processes that place calls on it.
+ *
+ * - CPS: each worker reserves its calls' send slots in Redis (reserveTrunkCps-1.lua, GCRA on Redis's clock), the calls
+ *   of one event-loop turn in one script, and lets each call go at its slot. An idle trunk lets `cps` calls go at once,
+ *   as a process's own token bucket of one second does; after that, one call every 1000 / cps ms, cluster-wide.
+ * - Channels (`maxCalls`): each worker's count of the channels it holds is one field of a hash
+ *   (takeTrunkChannels-2.lua, giveTrunkChannels-2.lua), under a lease renewed while the worker runs: a worker that
+ *   died, or stalled longer than the lease, no longer counts once its lease lapses. TrunkPacer asks for channels,
+ *   hands a channel freed in this worker to its own next waiter directly, and asks again every `pollMs` while calls
+ *   wait for one another worker may free.
+ *
+ * Redis failing (a script refused or timed out): the worker falls back to its own limits, as with
+ * `sip.trunkLimits: process`, with a warn line once a minute, until Redis answers again: a call is never held back
+ * because its limit could not be counted.
+ */
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { TrunkConfig } from '../config/schema.js';
+import type { Keys } from '../store/keys.js';
+import { scripts } from '../store/scripts.js';
+import { TokenBucket } from './token-bucket.js';
+
+export interface ClusterLimitsOptions {
+  /** A worker's hold on its channels lapses this long after its last word to Redis (ms; renewed every third of it). */
+  leaseMs?: number;
+  /** While calls wait for a channel held by another worker, asked again this often (ms). */
+  pollMs?: number;
+  logger?: Logger;
+  /** Each time a worker keeps to its own limit because Redis failed (flashverify_trunk_limit_fallbacks_total). */
+  onFallback?: (trunk: string, limit: 'cps' | 'channels') => void;
+}
+
+export const DEFAULT_LEASE_MS = 15_000;
+export const DEFAULT_POLL_MS = 25;
+
+export class ClusterLimits {
+  readonly leaseMs: number;
+  readonly pollMs: number;
+  private readonly gates = new Map<string, ClusterCps>();
+  /** Channel counts given back in this event-loop turn, by trunk: one script per trunk and turn. */
+  private readonly giving = new Map<string, number>();
+  private lastWarnAt = -Infinity;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+    /** This worker process, unique in the cluster (host and pid). */
+    readonly worker: string,
+    private readonly options: ClusterLimitsOptions = {},
+  ) {
+    this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
+    this.pollMs = options.pollMs ?? DEFAULT_POLL_MS;
+  }
+
+  /** Resolves at the trunk's next cluster-wide CPS slot. */
+  take(trunk: TrunkConfig): Promise<void> {
+    let gate = this.gates.get(trunk.name);
+    if (!gate) {
+      gate = new ClusterCps(this, this.redis, trunk.name, this.keys.trunkCps(trunk.name), trunk.cps);
+      this.gates.set(trunk.name, gate);
+    }
+    return gate.take();
+  }
+
+  /**
+   * Takes up to `n` of the trunk's channels for this worker (0: renews its lease only); `held`: the channels it holds
+   * by its own count. Resolves with those granted and the trunk's total in use across the cluster after it.
+   */
+  async takeChannels(trunk: TrunkConfig, n: number, held: number): Promise<{ granted: number; total: number }> {
+    const [granted, total] = (await scripts.takeTrunkChannels.run(
+      this.redis,
+      [this.keys.trunkChannels(trunk.name), this.keys.trunkChannelLeases(trunk.name)],
+      [this.worker, n, trunk.maxCalls ?? 0, this.leaseMs, held],
+    )) as [number, number];
+    return { granted, total };
+  }
+
+  /** Changes this worker's count of the trunk's channels by `delta` (the changes of one turn in one script). */
+  giveChannels(trunk: TrunkConfig, delta: number): void {
+    const pending = this.giving.get(trunk.name);
+    this.giving.set(trunk.name, (pending ?? 0) + delta);
+    if (pending !== undefined) return;
+    queueMicrotask(() => {
+      const d = this.giving.get(trunk.name) ?? 0;
+      this.giving.delete(trunk.name);
+      if (d === 0) return;
+      scripts.giveTrunkChannels
+        .run(this.redis, [this.keys.trunkChannels(trunk.name), this.keys.trunkChannelLeases(trunk.name)], [this.worker, d, this.leaseMs])
+        // Not counted back: the count is this worker's until its lease lapses (15 s after its last word to Redis).
+        .catch((err: Error) => this.fellBack(trunk.name, 'channels', err, 'could not give back trunk channels in Redis'));
+    });
+  }
+
+  /** The worker stops: its channels of these trunks no longer count. */
+  async leave(trunks: readonly TrunkConfig[]): Promise<void> {
+    await Promise.all(
+      trunks.map((t) =>
+        Promise.all([this.redis.hdel(this.keys.trunkChannels(t.name), this.worker), this.redis.zrem(this.keys.trunkChannelLeases(t.name), this.worker)]),
+      ),
+    ).catch((err: Error) => this.options.logger?.warn({ err: err.message }, 'could not remove this worker\'s trunk channels from Redis; they count until its lease lapses'));
+  }
+
+  /**
+   * A limit of `trunk` counted by this worker alone because Redis failed: counted in the metric each time, told in a
+   * warn line at most once a minute (Redis failing fails every call's script).
+   */
+  fellBack(trunk: string, limit: 'cps' | 'channels', err: Error, msg: string): void {
+    this.options.onFallback?.(trunk, limit);
+    const now = performance.now();
+    if (now - this.lastWarnAt < 60_000) return;
+    this.lastWarnAt = now;
+    this.options.logger?.warn(
+      { trunk, limit, err: err.message },
+      `${msg}; this worker keeps to the trunk's limits alone (as sip.trunkLimits: process) until Redis answers`,
+    );
+  }
+}
+
+/** One trunk's cluster-wide CPS: slots reserved in Redis, the takes of one turn together; each let go at its slot. */
+class ClusterCps {
+  private pending: (() => void)[] = [];
+  /** Reserved slots not yet due, in order: when (performance.now()) and whom to let go. */
+  private readonly due: { at: number; go: () => void }[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private readonly interval: number;
+  /** This worker's own bucket, when Redis fails. */
+  private local: TokenBucket | undefined;
+
+  constructor(
+    private readonly limits: ClusterLimits,
+    private readonly redis: Redis,
+    private readonly trunk: string,
+    private readonly key: string,
+    private readonly cps: number,
+  ) {
+    this.interval = 1000 / cps;
+  }
+
+  take(): Promise<void> {
+    return new Promise((go) => {
+      this.pending.push(go);
+      if (this.pending.length === 1) queueMicrotask(() => this.reserve());
+    });
+  }
+
+  private reserve(): void {
+    const batch = this.pending;
+    this.pending = [];
+    scripts.reserveTrunkCps.run(this.redis, [this.key], [batch.length, this.interval, 1000 - this.interval]).then(
+      (first) => {
+        // Slot times on this worker's clock, from the answer's arrival: later by the reply's way back, never earlier.
+        const at = performance.now() + Number(first);
+        for (let i = 0; i < batch.length; i++) {
+          const slot = at + i * this.interval;
+          if (slot <= performance.now()) batch[i]!();
+          else this.enqueue(slot, batch[i]!);
+        }
+      },
+      (err: Error) => {
+        this.limits.fellBack(this.trunk, 'cps', err, 'could not reserve the trunk\'s CPS slots in Redis');
+        this.local ??= new TokenBucket(this.cps);
+        for (const go of batch) void this.local.take().then(go);
+      },
+    );
+  }
+
+  private enqueue(at: number, go: () => void): void {
+    // Nearly always after the last one (slots only move on): an insertion from the end.
+    let i = this.due.length;
+    while (i > 0 && this.due[i - 1]!.at > at) i--;
+    this.due.splice(i, 0, { at, go });
+    if (i === 0) this.arm();
+  }
+
+  private arm(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    const head = this.due[0];
+    if (!head) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      const now = performance.now();
+      while (this.due.length > 0 && this.due[0]!.at <= now + 0.5) this.due.shift()!.go();
+      this.arm();
+    }, Math.max(0, head.at - performance.now()));
+  }
+}
