@@ -211,6 +211,12 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         clusterLimits,
       );
       trunks.start();
+      if (config.sip.trunks.every((t) => (t.prefixes ?? []).length > 0)) {
+        trunkLog.info(
+          { prefixes: [...new Set(config.sip.trunks.flatMap((t) => t.prefixes ?? []))] },
+          'every SIP trunk has prefixes (no default route): calls to numbers none of them matches fail no_route',
+        );
+      }
       // After the delivery workers: their calls have ended, and this worker's channels no longer count in Redis.
       stops.push(['trunk channels', () => trunks.close()]);
       metrics.watchTrunks(trunks);

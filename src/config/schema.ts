@@ -118,6 +118,12 @@ export const trunkSchema = z
      * None: no cap.
      */
     maxCalls: z.number().int().positive().optional(),
+    /**
+     * Destination prefixes (E.164, with +) this trunk carries: a number goes to the trunks of the longest prefix it
+     * starts with, else to the trunks without prefixes (the default route); priority and weight choose among those.
+     * None or empty (the default): the default route.
+     */
+    prefixes: z.array(z.string().regex(/^\+\d{1,14}$/, 'must be an E.164 prefix such as "+44"')).optional(),
     /** Treat 183 Session Progress as "ringing" for flash calls (some carriers never send 180). */
     ringOn183: z.boolean().default(false),
     /** Send a minimal SDP offer in flash-call INVITEs for carriers that reject offer-less INVITEs. */

@@ -12,7 +12,7 @@ import { generateCode } from '../verification/codes.js';
 import { placeFlashCall, type FlashResult, type ShutdownSignals } from './flash-call.js';
 import { recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
-import { placeOnTrunks } from './route-advance.js';
+import { failNoRoute, placeOnTrunks } from './route-advance.js';
 import type { TrunkPacer } from './trunk-pacer.js';
 
 /** Outcomes that never reached the far end: the attempt is refunded. */
@@ -50,6 +50,8 @@ export class FlashProcessor {
     if (!claim) return undefined;
     const claimedAt = Date.now();
     const { key, base, log, to, country } = claim;
+    // No trunk carries this number (sip.trunks[].prefixes, no default route): failed before a caller ID is taken.
+    if (!this.deps.trunks.routes(to)) return failNoRoute(this.deps, base, log);
     const destMac = sealer.mac('destination', to);
     const previousDestMacs = sealer.previousMacs('destination', to);
     let code = claim.code;
@@ -76,7 +78,7 @@ export class FlashProcessor {
     }
 
     // On the trunk's channel, under its CPS; placed again on the next trunk when one refuses it before it rang.
-    const placed = await placeOnTrunks(this.deps, 'flash_call', log, async (trunk) => {
+    const placed = await placeOnTrunks(this.deps, 'flash_call', to, log, async (trunk) => {
       // The range of this call's CLI, for the conversion of the range when the request is verified; written while the
       // trunk's CPS token is awaited, in place before the INVITE leaves. A workflow's step may be over by now: its next
       // step's range is not overwritten (a plain request keeps the one-command write on the hot path).

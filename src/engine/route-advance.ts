@@ -10,8 +10,10 @@
 
 import type { Logger } from 'pino';
 import type { Config, TrunkConfig } from '../config/schema.js';
+import type { EventPublisher } from '../events/event-publisher.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { AttemptWatch } from './attempt-state.js';
+import type { DeliveryClaim } from './delivery-claim.js';
 import type { TrunkPacer } from './trunk-pacer.js';
 
 /** What route advance reads of a finished call (flash and voice results both have it). */
@@ -52,12 +54,14 @@ export async function placeOnTrunks<R extends CallEnd>(
     metrics: Pick<Metrics, 'callEnded' | 'routeAdvanced'>;
   },
   method: 'flash_call' | 'voice',
+  /** The called number (E.164): the trunks that route it (sip.trunks[].prefixes; TrunkPacer.routes() is true). */
+  to: string,
   log: Logger,
   attempt: (trunk: TrunkConfig) => Promise<Placed<R> | undefined>,
 ): Promise<(Placed<R> & { trunk: TrunkConfig }) | undefined> {
   const { config, trunks, metrics } = deps;
   const tried = new Set<string>();
-  for (let trunk = trunks.pick(); ; ) {
+  for (let trunk = trunks.pick(to); ; ) {
     // Held from before the CPS token until the call has ended.
     const release = await trunks.guarded(trunk, trunks.acquire(trunk));
     let placed: Placed<R> | undefined;
@@ -71,7 +75,7 @@ export async function placeOnTrunks<R extends CallEnd>(
     const refused = config.sip.routeAdvance && !placed.watch.ended ? refusedBeforeRinging(result, config.sip.trunkHealth.failureStatuses) : undefined;
     if (refused === undefined) return { ...placed, trunk };
     tried.add(trunk.name);
-    const next = trunks.pickAnother(tried);
+    const next = trunks.pickAnother(tried, to);
     if (next === undefined) return { ...placed, trunk };
     log.warn(
       { trunk: trunk.name, next_trunk: next.name, reason: refused, call_id: result.callId, sip_status: result.sipStatus },
@@ -82,4 +86,14 @@ export async function placeOnTrunks<R extends CallEnd>(
     trunks.report(trunk, trunks.verdictOf(result.outcome, result.sipStatus));
     trunk = next;
   }
+}
+
+/**
+ * No trunk routes the called number (sip.trunks[].prefixes, and no trunk without prefixes): the attempt fails
+ * `no_route` before a caller ID is taken or anything dialled, and is refunded.
+ */
+export async function failNoRoute(deps: { events: Pick<EventPublisher, 'publish'> }, base: DeliveryClaim['base'], log: Logger): Promise<undefined> {
+  log.error('no SIP trunk routes this destination (no trunk prefix matches it and every trunk has prefixes); not dialled');
+  await deps.events.publish({ ...base, status: 'failed', detail: { reason: 'no_route', refund: true } });
+  return undefined;
 }

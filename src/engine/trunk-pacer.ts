@@ -96,6 +96,10 @@ const DEFAULT_HEALTH: TrunkHealthOptions = { failuresToMarkDown: 3, retryAfterMs
  * down, the one due first is tried anyway (failing fast is better than not
  * calling at all).
  *
+ * Routes: a trunk with `prefixes` takes the calls to numbers starting with one of them; a number goes to the trunks of
+ * the longest prefix it starts with, else to the trunks without prefixes (the default route), and priority, weight,
+ * health and channels choose among those only, as SMSCs are chosen (sms/gateway.ts).
+ *
  * Channels: a trunk with `maxCalls` (a carrier's limit of concurrent calls on the interconnect, per process as
  * `cps` is) carries at most that many calls at once, from `acquire()` to `release()`. `pick()` passes a full trunk
  * over for another of the same priority with a free slot, then for one of the next priorities; when every live trunk
@@ -119,6 +123,8 @@ export class TrunkPacer {
   /** The worker is stopping (drain()): channels are no longer waited for. */
   private draining = false;
   private heartbeat: NodeJS.Timeout | undefined;
+  /** Some trunk has `prefixes`: calls are routed by destination (route()). */
+  private readonly prefixed: boolean;
 
   constructor(
     trunks: readonly TrunkConfig[],
@@ -145,24 +151,56 @@ export class TrunkPacer {
       asking: false,
       retry: undefined,
     }));
+    this.prefixed = trunks.some((t) => (t.prefixes ?? []).length > 0);
   }
 
-  /** The trunk for the next call. Report how the call ended with `report()`. */
-  pick(): TrunkConfig {
+  /**
+   * The trunks that route `to` (sip.trunks[].prefixes): those with the longest prefix it starts with, else those
+   * without prefixes (the default route); every trunk when none has prefixes, or `to` is not given. Empty: no route.
+   */
+  private route(to: string | undefined): Health[] {
+    if (to === undefined || !this.prefixed) return this.health;
+    let bestLength = 0;
+    let best: Health[] = [];
+    for (const h of this.health) {
+      let length = 0;
+      for (const p of h.trunk.prefixes ?? []) if (p.length > length && to.startsWith(p)) length = p.length;
+      if (length > bestLength) {
+        bestLength = length;
+        best = [h];
+      } else if (length > 0 && length === bestLength) {
+        best.push(h);
+      }
+    }
+    return best.length > 0 ? best : this.health.filter((h) => (h.trunk.prefixes ?? []).length === 0);
+  }
+
+  /** Some trunk routes `to` (sip.trunks[].prefixes): see route(). */
+  routes(to: string): boolean {
+    return this.route(to).length > 0;
+  }
+
+  /**
+   * The trunk for the next call, to `to` when given (among the trunks that route it: routes() must be true). Report
+   * how the call ended with `report()`.
+   */
+  pick(to?: string): TrunkConfig {
+    const candidates = this.route(to);
+    if (candidates.length === 0) throw new Error('no trunk routes this destination');
     const now = this.now();
     // A down trunk whose back-off is over gets the next call: the probe. A probe never reported
     // (its job died before report()) lapses, so the trunk cannot stay unprobed for good.
     const probeTimeout = this.options.probeTimeoutMs ?? this.options.maxRetryAfterMs;
-    const due = this.health.find((h) => !h.up && !h.pinged && (!h.probing || now - h.probeAt >= probeTimeout) && h.retryAt <= now && !this.full(h));
+    const due = candidates.find((h) => !h.up && !h.pinged && (!h.probing || now - h.probeAt >= probeTimeout) && h.retryAt <= now && !this.full(h));
     if (due) {
       due.probing = true;
       due.probeAt = now;
       return due.trunk;
     }
-    const live = this.health.filter((h) => h.up);
+    const live = candidates.filter((h) => h.up);
     if (live.length === 0) {
       // Everything is down: try the one whose retry comes first.
-      const first = [...this.health].sort((a, b) => a.retryAt - b.retryAt)[0]!;
+      const first = [...candidates].sort((a, b) => a.retryAt - b.retryAt)[0]!;
       return first.trunk;
     }
     return this.choose(live);
@@ -170,11 +208,11 @@ export class TrunkPacer {
 
   /**
    * Route advance (sip.routeAdvance): a live trunk other than those of `tried` for a call refused before it rang,
-   * chosen as pick() chooses (a free channel first, the lowest priority, by weight); none left: undefined. A down trunk
-   * is never taken here (its probe is for a new call).
+   * among those that route `to`, chosen as pick() chooses (a free channel first, the lowest priority, by weight); none
+   * left: undefined. A down trunk is never taken here (its probe is for a new call).
    */
-  pickAnother(tried: ReadonlySet<string>): TrunkConfig | undefined {
-    const live = this.health.filter((h) => h.up && !tried.has(h.trunk.name));
+  pickAnother(tried: ReadonlySet<string>, to?: string): TrunkConfig | undefined {
+    const live = this.route(to).filter((h) => h.up && !tried.has(h.trunk.name));
     return live.length === 0 ? undefined : this.choose(live);
   }
 

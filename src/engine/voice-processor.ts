@@ -12,7 +12,7 @@ import type { Keys } from '../store/keys.js';
 import { recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import type { ShutdownSignals } from './flash-call.js';
-import { placeOnTrunks } from './route-advance.js';
+import { failNoRoute, placeOnTrunks } from './route-advance.js';
 import type { TrunkPacer } from './trunk-pacer.js';
 import { placeVoiceCall, type VoiceResult } from './voice-call.js';
 
@@ -52,12 +52,14 @@ export class VoiceProcessor {
     if (!claim) return undefined;
     const claimedAt = Date.now();
     const { key, base, log, to, code, country } = claim;
+    // No trunk carries this number (sip.trunks[].prefixes, no default route).
+    if (!this.deps.trunks.routes(to)) return failNoRoute(this.deps, base, log);
     const locale = claim.extra.locale ?? undefined;
     const language = languageFor(locale, country);
     const from = this.callerId(country);
     const step = claim.base.step;
     // On the trunk's channel, under its CPS; placed again on the next trunk when one refuses it before it rang.
-    const placed = await placeOnTrunks(this.deps, 'voice', log, async (trunk) => {
+    const placed = await placeOnTrunks(this.deps, 'voice', to, log, async (trunk) => {
       await this.deps.trunks.take(trunk);
       // Canceled, verified, expired, or its workflow step timed out while the phone rings or the prompt plays:
       // the call is CANCELled, or the prompt stopped and BYE sent, through the same path as a worker shutdown.

@@ -98,4 +98,29 @@ describe('TrunkPacer', () => {
     for (const r of [held, ...woken, late]) r();
     expect(pacer.status()[0]).toMatchObject({ calls: 0, waiting: 0 });
   });
+
+  it('prefixes: a number goes to the trunks of the longest prefix it starts with, else to the default route; failover and route advance stay within its route', () => {
+    const uk = { ...trunk('uk', 100), prefixes: ['+44'] };
+    const ukMobile = { ...trunk('uk-mobile', 100), prefixes: ['+447', '+4490'] };
+    const ukBackup = { ...trunk('uk-backup', 100), prefixes: ['+44'], priority: 1 };
+    const rest = trunk('rest', 100);
+    const pacer = new TrunkPacer([rest, uk, ukMobile, ukBackup], { failuresToMarkDown: 1, retryAfterMs: 60_000, maxRetryAfterMs: 60_000 });
+    expect(pacer.pick('+447700900123')).toBe(ukMobile);
+    expect(pacer.pick('+441908736205')).toBe(uk);
+    expect(pacer.pick('+33612345678')).toBe(rest);
+    expect(pacer.pick()).toBe(rest); // no number: every trunk, as before routes
+    // uk down: +441... fails over to uk-backup (same route, next priority), never to the default trunk.
+    pacer.report(uk, 'failed');
+    expect(pacer.pick('+441908736205')).toBe(ukBackup);
+    expect(pacer.pickAnother(new Set(['uk-backup']), '+441908736205')).toBeUndefined();
+    expect(pacer.pickAnother(new Set(['uk-mobile']), '+447700900123')).toBeUndefined();
+    expect(pacer.routes('+33612345678')).toBe(true);
+  });
+
+  it('prefixes with no default route: routes() is false for a number no prefix matches, and pick() refuses it', () => {
+    const pacer = new TrunkPacer([{ ...trunk('uk', 100), prefixes: ['+44'] }]);
+    expect(pacer.routes('+447700900123')).toBe(true);
+    expect(pacer.routes('+33612345678')).toBe(false);
+    expect(() => pacer.pick('+33612345678')).toThrow(/no trunk routes this destination/);
+  });
 });

@@ -1,0 +1,86 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { http, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
+import { startSippUas, type SippUas } from '../helpers/sipp.js';
+
+/**
+ * Routing by destination (`sip.trunks[].prefixes`): a UK carrier takes the +44 numbers, a default trunk everything
+ * else, each a SIPp far end; what each far end receives is what the routes say. Without a default route, a number no
+ * prefix matches is never dialled: the verification fails `no_route`, refunded.
+ */
+let engine: TestEngine | undefined;
+const sipps: SippUas[] = [];
+afterEach(async () => {
+  for (const s of sipps.splice(0)) await s.stop();
+  await engine?.stop();
+  engine = undefined;
+});
+
+async function verify(e: TestEngine, auth: string, phone: string, method: 'flash_call' | 'voice' = 'flash_call'): Promise<Record<string, string>> {
+  const r = await http(`${e.url}/v1/verify`, { auth, body: { phone_number: phone, method } });
+  expect(r.status).toBe(201);
+  const id = String(r.body.request_id);
+  return waitFor(async () => {
+    const h = await e.redis.hgetall(e.keys.verification(id));
+    return h.status === 'delivered' || h.status === 'failed' ? h : undefined;
+  }, 15_000);
+}
+
+function invitedNumbers(uas: SippUas): string[] {
+  return uas
+    .messages()
+    .filter((m) => m.direction === 'received' && m.method === 'INVITE')
+    .map((m) => /^INVITE sip:(\+\d+)@/.exec(m.startLine)?.[1] ?? m.startLine);
+}
+
+describe('sip.trunks[].prefixes: calls routed by destination', () => {
+  it('a +44 number goes to the UK trunk, a +33 number to the default trunk', async () => {
+    const uk = await startSippUas({ scenario: 'uas-ring-cancel', calls: 2, maxLifetimeMs: 30_000 });
+    const rest = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 30_000 });
+    sipps.push(uk, rest);
+    engine = await startTestEngine(
+      testConfig({
+        flash: { ringMs: 100 },
+        sip: {
+          timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 },
+          // The default trunk first and of a better priority: only the route keeps +44 numbers off it.
+          trunks: [
+            { name: 'rest', uri: rest.uri, priority: 0 },
+            { name: 'uk', uri: uk.uri, priority: 1, prefixes: ['+44'] },
+          ],
+        },
+      }),
+    );
+    const account = await engine.account();
+    expect(await verify(engine, account.auth, '+447700900301')).toMatchObject({ status: 'delivered', trunk: 'uk' });
+    expect(await verify(engine, account.auth, '+33612345678')).toMatchObject({ status: 'delivered', trunk: 'rest' });
+    expect(await verify(engine, account.auth, '+447700900302')).toMatchObject({ status: 'delivered', trunk: 'uk' });
+    await waitFor(async () => (invitedNumbers(uk).length >= 2 && invitedNumbers(rest).length >= 1 ? true : undefined), 5000);
+    expect(invitedNumbers(uk)).toEqual(['+447700900301', '+447700900302']);
+    expect(invitedNumbers(rest)).toEqual(['+33612345678']);
+  });
+
+  it('no default route: a number no prefix matches fails no_route, is refunded, and nothing is dialled (flash and voice)', async () => {
+    const uk = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 30_000 });
+    sipps.push(uk);
+    engine = await startTestEngine(
+      testConfig({
+        sip: { timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'uk', uri: uk.uri, prefixes: ['+44'] }] },
+      }),
+    );
+    const account = await engine.account({ balance: 5 });
+    const balance = async () => ((await http(`${engine!.url}/v1/balance`, { auth: account.auth, method: 'GET' })).body.balance as { amount: number }).amount;
+    const before = await balance();
+    for (const method of ['flash_call', 'voice'] as const) {
+      const rec = await verify(engine, account.auth, '+33612345678', method);
+      expect(rec).toMatchObject({ status: 'failed', failure_reason: 'no_route' });
+      expect(rec.trunk).toBeUndefined();
+      // Refunded: the status consumer gives the attempt back.
+      await waitFor(async () => ((await balance()) === before ? true : undefined), 5000);
+    }
+    // No caller ID was taken for it, and the far end saw nothing.
+    expect(await engine.redis.keys(`${engine.keys.prefix}:cli:*`)).toEqual([]);
+    expect(invitedNumbers(uk)).toEqual([]);
+    // The error line says why.
+    expect(engine.logs.some((l) => l.includes('no SIP trunk routes this destination'))).toBe(true);
+  });
+});
