@@ -1,4 +1,5 @@
 import type { TrunkConfig } from '../config/schema.js';
+import { routeByPrefix } from '../numbers/prefix-route.js';
 import type { ClusterLimits } from './cluster-limits.js';
 import { TokenBucket } from './token-bucket.js';
 
@@ -160,19 +161,7 @@ export class TrunkPacer {
    */
   private route(to: string | undefined): Health[] {
     if (to === undefined || !this.prefixed) return this.health;
-    let bestLength = 0;
-    let best: Health[] = [];
-    for (const h of this.health) {
-      let length = 0;
-      for (const p of h.trunk.prefixes ?? []) if (p.length > length && to.startsWith(p)) length = p.length;
-      if (length > bestLength) {
-        bestLength = length;
-        best = [h];
-      } else if (length > 0 && length === bestLength) {
-        best.push(h);
-      }
-    }
-    return best.length > 0 ? best : this.health.filter((h) => (h.trunk.prefixes ?? []).length === 0);
+    return routeByPrefix(this.health, to, (h) => h.trunk.prefixes);
   }
 
   /** Some trunk routes `to` (sip.trunks[].prefixes): see route(). */

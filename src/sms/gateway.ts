@@ -4,6 +4,7 @@ import { CommandStatus, pduString, type SmppPdu } from './pdu.js';
 import { isReceiptPdu, parseReceipt, toReceiptPdu } from './receipt.js';
 import { SmppSession, type SmscSettings } from './session.js';
 import type { AnsweredOutcome, DeliveryReceipt, LateRequest, SmsGateway, SmscStatus, SubmitOutcome, SubmitRequest } from './types.js';
+import { routeByPrefix } from '../numbers/prefix-route.js';
 
 /**
  * The SMS gateway: every configured SMSC with its binds (SmppSession), routing
@@ -168,19 +169,9 @@ export class SmppGateway implements SmsGateway {
 
   /** SMSCs for `to`: those with the longest matching prefix, else those without prefixes (the default route). */
   private route(to: string): SmscEntry[] {
-    let bestLength = 0;
-    let best: SmscEntry[] = [];
-    for (const e of this.entries) {
-      const length = Math.max(0, ...e.settings.prefixes.filter((p) => to.startsWith(p)).map((p) => p.length));
-      if (length > bestLength) {
-        bestLength = length;
-        best = [e];
-      } else if (length > 0 && length === bestLength) {
-        best.push(e);
-      }
-    }
-    return best.length > 0 ? best : this.entries.filter((e) => e.settings.prefixes.length === 0);
+    return routeByPrefix(this.entries, to, (e) => e.settings.prefixes);
   }
+
 
   /**
    * The least-loaded bind with a free window slot (ties rotate), its slot
