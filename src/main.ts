@@ -20,7 +20,7 @@ import { Sealer } from './crypto/sealer.js';
 import { failStrandedDelivery, strandedReason } from './engine/delivery-claim.js';
 import { FlashProcessor } from './engine/flash-processor.js';
 import { TrunkPacer } from './engine/trunk-pacer.js';
-import { ClusterLimits } from './engine/cluster-limits.js';
+import { ClusterLimits, oncePer, SharedRate } from './engine/cluster-limits.js';
 import { TrunkPinger } from './engine/trunk-pinger.js';
 import { VoiceProcessor } from './engine/voice-processor.js';
 import { SmsProcessor } from './engine/sms-processor.js';
@@ -349,7 +349,23 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         const smsAccounts = new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate });
         // An account's own templates are read for every SMS: reused for accounts.fieldCacheMs.
         const templateFields = new AccountFieldCache(redis, keys, { ttlMs: config.accounts.fieldCacheMs });
-        const gateway = new SmppGateway({ smscs: resolveSmscs(config.sms), logger: logger.child({ module: 'sms' }) });
+        const smsLog = logger.child({ module: 'sms' });
+        const warnNow = oncePer(60_000);
+        const gateway = new SmppGateway({
+          smscs: resolveSmscs(config.sms),
+          logger: smsLog,
+          // sms.smscs[].accountTps: the SMSC account's rate, shared in Redis by every bind of every worker process.
+          accountRate: (smsc) =>
+            new SharedRate(redis, keys.smscRate(smsc.name), smsc.accountTps!, (err) => {
+              metrics.smscRateFellBack(smsc.name);
+              if (warnNow()) {
+                smsLog.warn(
+                  { smsc: smsc.name, err: err.message },
+                  'could not reserve the SMSC account\'s submit slots in Redis; this worker keeps to accountTps alone until Redis answers',
+                );
+              }
+            }),
+        });
         // To wake a job waiting for its unconfirmed deadline when its submit is refused late.
         const smsJobs = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
         const sms = new SmsProcessor({

@@ -258,6 +258,11 @@ export const smscSchema = z
     window: z.number().int().positive().max(1000).default(10),
     /** submit_sm per second per bind (token bucket). */
     tps: z.number().positive().default(50),
+    /**
+     * submit_sm per second over every bind of every worker process (the SMSC account's throughput), counted in Redis
+     * (engine/cluster-limits.ts). None: only each bind's `tps`.
+     */
+    accountTps: z.number().positive().optional(),
     /** A PDU without a response after this is given up; a submit_sm is then `unconfirmed` (never resent), and its bind is recycled if still silent after as long again. */
     responseTimeoutMs: z.number().int().positive().default(30_000),
     enquireLinkMs: z.number().int().positive().default(30_000),

@@ -2,7 +2,7 @@
  * A trunk's CPS and channel limit for every worker process together (`sip.trunkLimits: cluster`, the default): a
  * carrier's limits are the interconnect's, whatever the number of worker processes that place calls on it.
  *
- * - CPS: each worker reserves its calls' send slots in Redis (reserveTrunkCps-1.lua, GCRA on Redis's clock), the calls
+ * - CPS: each worker reserves its calls' send slots in Redis (reserveRateSlots-1.lua, GCRA on Redis's clock), the calls
  *   of one event-loop turn in one script, and lets each call go at its slot. An idle trunk lets `cps` calls go at once,
  *   as a process's own token bucket of one second does; after that, one call every 1000 / cps ms, cluster-wide.
  * - Channels (`maxCalls`): each worker's count of the channels it holds is one field of a hash
@@ -38,10 +38,10 @@ export const DEFAULT_POLL_MS = 25;
 export class ClusterLimits {
   readonly leaseMs: number;
   readonly pollMs: number;
-  private readonly gates = new Map<string, ClusterCps>();
+  private readonly gates = new Map<string, SharedRate>();
   /** Channel counts given back in this event-loop turn, by trunk: one script per trunk and turn. */
   private readonly giving = new Map<string, number>();
-  private lastWarnAt = -Infinity;
+  private readonly warnNow = oncePer(60_000);
 
   constructor(
     private readonly redis: Redis,
@@ -58,7 +58,9 @@ export class ClusterLimits {
   take(trunk: TrunkConfig): Promise<void> {
     let gate = this.gates.get(trunk.name);
     if (!gate) {
-      gate = new ClusterCps(this, this.redis, trunk.name, this.keys.trunkCps(trunk.name), trunk.cps);
+      gate = new SharedRate(this.redis, this.keys.trunkCps(trunk.name), trunk.cps, (err) =>
+        this.fellBack(trunk.name, 'cps', err, 'could not reserve the trunk\'s CPS slots in Redis'),
+      );
       this.gates.set(trunk.name, gate);
     }
     return gate.take();
@@ -108,9 +110,7 @@ export class ClusterLimits {
    */
   fellBack(trunk: string, limit: 'cps' | 'channels', err: Error, msg: string): void {
     this.options.onFallback?.(trunk, limit);
-    const now = performance.now();
-    if (now - this.lastWarnAt < 60_000) return;
-    this.lastWarnAt = now;
+    if (!this.warnNow()) return;
     this.options.logger?.warn(
       { trunk, limit, err: err.message },
       `${msg}; this worker keeps to the trunk's limits alone (as sip.trunkLimits: process) until Redis answers`,
@@ -118,8 +118,24 @@ export class ClusterLimits {
   }
 }
 
-/** One trunk's cluster-wide CPS: slots reserved in Redis, the takes of one turn together; each let go at its slot. */
-class ClusterCps {
+/** True at the first call, then at most once per `ms` (a warn line for a failure that repeats with every call). */
+export function oncePer(ms: number): () => boolean {
+  let last = -Infinity;
+  return () => {
+    const now = performance.now();
+    if (now - last < ms) return false;
+    last = now;
+    return true;
+  };
+}
+
+/**
+ * A rate shared by every worker process (a trunk's CPS, an SMSC account's TPS): slots reserved in Redis
+ * (reserveRateSlots-1.lua), the takes of one event-loop turn together, each let go at its slot. An idle limit lets
+ * `ratePerSecond` go at once, then one every 1000 / rate ms. Redis failing: `onFailure`, and this process's own bucket
+ * at the same rate.
+ */
+export class SharedRate {
   private pending: (() => void)[] = [];
   /** Reserved slots not yet due, in order: when (performance.now()) and whom to let go. */
   private readonly due: { at: number; go: () => void }[] = [];
@@ -129,13 +145,12 @@ class ClusterCps {
   private local: TokenBucket | undefined;
 
   constructor(
-    private readonly limits: ClusterLimits,
     private readonly redis: Redis,
-    private readonly trunk: string,
     private readonly key: string,
-    private readonly cps: number,
+    private readonly ratePerSecond: number,
+    private readonly onFailure: (err: Error) => void,
   ) {
-    this.interval = 1000 / cps;
+    this.interval = 1000 / ratePerSecond;
   }
 
   take(): Promise<void> {
@@ -148,7 +163,7 @@ class ClusterCps {
   private reserve(): void {
     const batch = this.pending;
     this.pending = [];
-    scripts.reserveTrunkCps.run(this.redis, [this.key], [batch.length, this.interval, 1000 - this.interval]).then(
+    scripts.reserveRateSlots.run(this.redis, [this.key], [batch.length, this.interval, 1000 - this.interval]).then(
       (first) => {
         // Slot times on this worker's clock, from the answer's arrival: later by the reply's way back, never earlier.
         const at = performance.now() + Number(first);
@@ -159,8 +174,8 @@ class ClusterCps {
         }
       },
       (err: Error) => {
-        this.limits.fellBack(this.trunk, 'cps', err, 'could not reserve the trunk\'s CPS slots in Redis');
-        this.local ??= new TokenBucket(this.cps);
+        this.onFailure(err);
+        this.local ??= new TokenBucket(this.ratePerSecond);
         for (const go of batch) void this.local.take().then(go);
       },
     );

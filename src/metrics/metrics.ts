@@ -76,6 +76,7 @@ export class Metrics {
   private readonly srvFailovers: Counter<'trunk' | 'method' | 'reason'>;
   private readonly routeAdvances: Counter<'method' | 'trunk' | 'reason'>;
   private readonly trunkLimitFallbacks: Counter<'trunk' | 'limit'>;
+  private readonly smscRateFallbacks: Counter<'smsc'>;
   private readonly jobLatencyHist: Histogram<'queue'>;
   private readonly webhookFailures: Counter<'final'>;
   private readonly webhookDelivery: Histogram;
@@ -161,6 +162,14 @@ export class Metrics {
         'Times a worker kept to a trunk\'s limit (cps, or channels: maxCalls) on its own because Redis failed to count it across ' +
         'the worker processes (sip.trunkLimits: cluster); calls went on at this worker\'s own limits',
       labelNames: ['trunk', 'limit'],
+      registers,
+    });
+    this.smscRateFallbacks = new Counter({
+      name: 'flashverify_smsc_rate_fallbacks_total',
+      help:
+        'Times a worker kept to an SMSC account\'s sms.smscs[].accountTps on its own because Redis failed to count it across the ' +
+        'worker processes; submits went on at this worker\'s own rate',
+      labelNames: ['smsc'],
       registers,
     });
     this.jobLatencyHist = new Histogram({
@@ -486,6 +495,11 @@ export class Metrics {
   /** Redis failed to count a trunk's `limit` across worker processes: this worker kept to it alone (sip.trunkLimits). */
   trunkLimitFellBack(trunk: string, limit: 'cps' | 'channels'): void {
     this.trunkLimitFallbacks.inc({ trunk, limit });
+  }
+
+  /** Redis failed to count an SMSC account's accountTps across worker processes: this worker kept to it alone. */
+  smscRateFellBack(smsc: string): void {
+    this.smscRateFallbacks.inc({ smsc });
   }
 
   /** A job moved to processing; `createdAt`/`startedAt` are epoch ms (BullMQ job.timestamp / processedOn). */

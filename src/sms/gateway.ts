@@ -34,6 +34,8 @@ export interface SmppGatewayOptions {
   bindWaitMs?: number;
   /** Bound on stop(): in-flight submits drain, then unbind. Default 5000 ms. */
   stopTimeoutMs?: number;
+  /** The rate shared by every bind of every worker process for an SMSC with `accountTps` (engine/cluster-limits.ts SharedRate). */
+  accountRate?: (smsc: SmscSettings) => { take(): Promise<void> };
 }
 
 interface SmscEntry {
@@ -88,13 +90,17 @@ export class SmppGateway implements SmsGateway {
       onAvailabilityChange: () => this.wakeWaiters(),
       onLateResponse: (request: SubmitRequest, outcome: AnsweredOutcome) => this.lateResponseHandler?.(request, outcome),
     };
-    this.entries = options.smscs.map((settings) => ({
-      settings,
-      sessions: Array.from(
-        { length: settings.binds },
-        (_, i) => new SmppSession({ smsc: settings, name: `${settings.name}#${i}`, logger: this.log, delegate }),
-      ),
-    }));
+    this.entries = options.smscs.map((settings) => {
+      // One per SMSC, shared by its binds (and, through Redis, by the other worker processes' binds).
+      const accountRate = settings.accountTps !== undefined ? options.accountRate?.(settings) : undefined;
+      return {
+        settings,
+        sessions: Array.from(
+          { length: settings.binds },
+          (_, i) => new SmppSession({ smsc: settings, name: `${settings.name}#${i}`, logger: this.log, delegate, accountRate }),
+        ),
+      };
+    });
   }
 
   static fromConfig(sms: SmsConfig, logger: Logger, options: Omit<SmppGatewayOptions, 'smscs' | 'logger'> = {}): SmppGateway {

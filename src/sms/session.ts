@@ -62,6 +62,8 @@ export interface SmppSessionOptions {
   /** Monotonic clock in ms (injectable for tests). */
   now?: () => number;
   random?: () => number;
+  /** The SMSC account's rate over every bind of every worker process (sms.smscs[].accountTps), taken after the bind's own. */
+  accountRate?: { take(): Promise<void> } | undefined;
 }
 
 type BindType = 'transceiver' | 'transmitter' | 'receiver';
@@ -660,6 +662,7 @@ export class SmppSession {
     const smsc = this.smsc.name;
     const encoded = encodeShortMessage(request.message, { gsm7DataCoding: this.smsc.gsm7DataCoding, gsm7Packed: this.smsc.gsm7Packed });
     await this.bucket.take();
+    if (this.options.accountRate) await this.options.accountRate.take();
     if (!this.tx.isBound) return { kind: 'retry', reason: 'connection_lost', smsc };
     const { sequence, result } = this.tx.request(
       'submit_sm',

@@ -151,10 +151,14 @@ export class Keys {
   }
   /**
    * String with TTL: a SIP trunk's theoretical arrival time (ms, Redis's clock) under `sip.trunkLimits: cluster`, the
-   * CPS every worker process shares (reserveTrunkCps-1.lua). The trunk's name is URI-encoded in every trunk key.
+   * CPS every worker process shares (reserveRateSlots-1.lua). The trunk's name is URI-encoded in every trunk key.
    */
   trunkCps(trunk: string): string {
     return `${this.prefix}:tcps:${encodeURIComponent(trunk)}`;
+  }
+  /** String with TTL: an SMSC account's theoretical arrival time (ms), the `accountTps` every bind shares (reserveRateSlots-1.lua). */
+  smscRate(smsc: string): string {
+    return `${this.prefix}:srate:${encodeURIComponent(smsc)}`;
   }
   /** Hash with TTL: worker id -> channels of the trunk (`maxCalls`) it holds, under `sip.trunkLimits: cluster`. */
   trunkChannels(trunk: string): string {

@@ -99,7 +99,7 @@ export const scripts = {
   adoptKey: LuaScript.load('adoptKey-2'),
   prepareWebhook: LuaScript.load('prepareWebhook-4'),
   tripWebhookBreaker: LuaScript.load('tripWebhookBreaker-2'),
-  reserveTrunkCps: LuaScript.load('reserveTrunkCps-1'),
+  reserveRateSlots: LuaScript.load('reserveRateSlots-1'),
   takeTrunkChannels: LuaScript.load('takeTrunkChannels-2'),
   giveTrunkChannels: LuaScript.load('giveTrunkChannels-2'),
 };

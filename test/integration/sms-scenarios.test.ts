@@ -548,6 +548,18 @@ describe('SMS OTP through SMPP', () => {
     expect(accepted(await submitsTo('+447700900974'))[0]!.validityPeriod).toBe('');
   });
 
+  it('sms.smscs[].accountTps: six SMS through a bind of 1000/s leave at the account\'s 2/s after its first second', async () => {
+    const t = await start({ accountTps: 2 });
+    const account = await t.account({ balance: 5 });
+    const phones = Array.from({ length: 6 }, (_, i) => `+44770090071${i}`);
+    const ids = await Promise.all(phones.map((p) => sendSms(t, account.auth, p)));
+    for (const id of ids) expect((await finalStatus(t, account.auth, id)).status).toBe('delivered');
+    const at = (await smsc.state()).submits.map((x) => x.at).sort((a, b) => a - b);
+    expect(at).toHaveLength(6);
+    // Two at once, the other four at 2/s: about 2 s from the first to the last.
+    expect(at[5]! - at[0]!).toBeGreaterThanOrEqual(1800);
+  });
+
   it('SMSC down when the request comes: the job waits without using its attempts, and delivers once the bind is up', async () => {
     const t = await start({}, { sms: { retry: { firstDelayMs: 50, maxDelayMs: 100, maxAttempts: 2 } } });
     const account = await t.account({ balance: 1 });

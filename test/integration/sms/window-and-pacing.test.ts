@@ -2,7 +2,12 @@
  * Flow control seen from the SMSC: the window of unanswered submit_sm per bind,
  * the TPS bucket per bind, and load spread over binds.
  */
+import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { SharedRate } from '../../../src/engine/cluster-limits.js';
+import { Keys } from '../../../src/store/keys.js';
+import { REDIS_URL } from '../../helpers/engine.js';
 import { smscEntry, startGateway, startSmsc, submitRequest, type GatewayUnderTest, type TestSmsc } from '../../helpers/smsc.js';
 
 let smsc: TestSmsc;
@@ -89,5 +94,37 @@ describe('binds', () => {
       expect(s.submits).toBeGreaterThanOrEqual(6);
     }
     expect(sessions.reduce((n, s) => n + s.submits, 0)).toBe(40);
+  });
+});
+
+describe('accountTps: the SMSC account\'s rate over every bind of every worker process', () => {
+  it('two workers\' gateways of two binds each (50/s per bind) keep together to accountTps 10, counted in Redis', async () => {
+    const redis = new Redis(REDIS_URL);
+    const keys = new Keys(`fvtest-${randomBytes(4).toString('hex')}`);
+    const failures: Error[] = [];
+    const accountRate = (smscSettings: { name: string; accountTps?: number | undefined }) =>
+      new SharedRate(redis, keys.smscRate(smscSettings.name), smscSettings.accountTps!, (err) => void failures.push(err));
+    const entry = smscEntry(smsc, { binds: 2, tps: 50, window: 20, accountTps: 10 });
+    const workers = [await startGateway([entry], { accountRate }), await startGateway([entry], { accountRate })];
+    try {
+      await Promise.all(workers.map((w) => w.waitUp()));
+      const n = 30;
+      const outcomes = await Promise.all(
+        Array.from({ length: n }, (_, i) => workers[i % 2]!.gateway.submit(submitRequest(`+4477009006${String(i).padStart(2, '0')}`))),
+      );
+      expect(outcomes.every((o) => o.kind === 'accepted')).toBe(true);
+      expect(failures).toEqual([]);
+      const at = (await smsc.state()).submits.map((x) => x.at).sort((a, b) => a - b);
+      expect(at).toHaveLength(n);
+      // Ten at once (an idle account's second), the other twenty at 10/s across the four binds: about 2 s. The binds'
+      // own rate (4 × 50/s) would have sent all thirty at once.
+      expect(at[n - 1]! - at[0]!).toBeGreaterThanOrEqual(1800);
+      const afterBurst = at.slice(10);
+      for (const start of afterBurst) expect(afterBurst.filter((t) => t >= start && t < start + 1000).length).toBeLessThanOrEqual(12);
+    } finally {
+      for (const w of workers) await w.gateway.stop();
+      await redis.del(keys.smscRate('default'));
+      redis.disconnect();
+    }
   });
 });

@@ -1,14 +1,16 @@
 --[[
-  Reserve n call slots of a trunk's CPS for every worker process together
-  (sip.trunkLimits: cluster; engine/cluster-limits.ts). GCRA (the generic
-  cell rate algorithm): the key holds the trunk's theoretical arrival time
-  (TAT, ms on Redis's clock); each slot moves it one interval (1000 / cps)
-  on. A slot may leave `burst` ms before the TAT, so that an idle trunk lets
-  cps calls go at once, as a process's own token bucket of one second does.
+  Reserve n slots of a rate shared by every worker process: a trunk's CPS
+  (sip.trunkLimits: cluster), an SMSC account's submit_sm per second
+  (sms.smscs[].accountTps); engine/cluster-limits.ts, SharedRate. GCRA (the
+  generic cell rate algorithm): the key holds the limit's theoretical arrival
+  time (TAT, ms on Redis's clock); each slot moves it one interval
+  (1000 / rate) on. A slot may leave `burst` ms before the TAT, so that an
+  idle limit lets `rate` go at once, as a process's own token bucket of one
+  second does.
 
-  KEYS[1] the trunk's TAT (string, ms; expires once the trunk has been idle a second)
+  KEYS[1] the limit's TAT (string, ms; expires once the limit has been idle a second)
   ARGV[1] n, the slots wanted (>= 1)
-  ARGV[2] interval, ms per call (1000 / cps)
+  ARGV[2] interval, ms per slot (1000 / rate)
   ARGV[3] burst, ms (1000 - interval)
 
   Returns, as a string, the delay in ms (<= 0: now) of the first slot, on
