@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { ConfigError } from '../errors/app-error.js';
-import { configSchema, DEFAULT_THREAD_POOL_SIZE, webhooksSchema, type Config } from './schema.js';
+import { configObjectSchema, configSchema, DEFAULT_THREAD_POOL_SIZE, webhooksSchema, withCrossChecks, type Config } from './schema.js';
 
 /** `config/default.yaml` of the installed package (works from src/ and dist/). */
 export const DEFAULT_CONFIG_FILE = fileURLToPath(new URL('../../config/default.yaml', import.meta.url));
@@ -40,7 +40,7 @@ export function loadConfig(options: LoadOptions = {}): Readonly<Config> {
   if (issues.length > 0) throw new ConfigError(issues);
 
   // webhooks.maxLookups is bounded by the thread pool this process will have.
-  const schema = threadPool === DEFAULT_THREAD_POOL_SIZE ? configSchema : configSchema.extend({ webhooks: webhooksSchema(threadPool) });
+  const schema = threadPool === DEFAULT_THREAD_POOL_SIZE ? configSchema : withCrossChecks(configObjectSchema.extend({ webhooks: webhooksSchema(threadPool) }));
   const result = schema.safeParse(merged);
   if (!result.success) {
     throw new ConfigError(

@@ -200,6 +200,11 @@ export const rangeSchema = z
     prefix: e164Prefix,
     /** ISO 3166-1 alpha-2 country of the range. */
     country: z.string().regex(/^[A-Z]{2}$/, 'must be an ISO 3166-1 alpha-2 code such as "GB"'),
+    /**
+     * The SIP trunks (names) this range's caller IDs may be sent on: carriers that screen caller IDs pass only numbers
+     * they allocated or were told of. None: any trunk.
+     */
+    trunks: z.array(z.string().min(1)).min(1, 'at least one trunk name; leave the key out for any trunk').optional(),
   })
   .strict()
   .superRefine((r, ctx) => {
@@ -571,7 +576,8 @@ export function webhooksSchema(threadPoolSize: number = DEFAULT_THREAD_POOL_SIZE
     }));
 }
 
-export const configSchema = z
+/** The configuration's sections, without the checks across them (withCrossChecks). */
+export const configObjectSchema = z
   .object({
     http: z
       .object({
@@ -1031,6 +1037,23 @@ export const configSchema = z
     webhooks: webhooksSchema(),
   })
   .strict();
+
+/** The checks across sections of a configuration schema (configObjectSchema, or an extension of it). */
+export function withCrossChecks<T extends typeof configObjectSchema>(schema: T) {
+  return schema.superRefine((c, ctx) => {
+    // A range may only name trunks that exist: a misspelt name would leave the range unusable without a word.
+    const names = new Set(c.sip.trunks.map((t) => t.name));
+    c.numbers.ranges.forEach((r, i) =>
+      (r.trunks ?? []).forEach((name, j) => {
+        if (!names.has(name)) {
+          ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['numbers', 'ranges', i, 'trunks', j], message: `no SIP trunk is named "${name}" (sip.trunks[].name: ${[...names].join(', ')})` });
+        }
+      }),
+    );
+  });
+}
+
+export const configSchema = withCrossChecks(configObjectSchema);
 
 export type Config = z.infer<typeof configSchema>;
 export type TrunkConfig = z.infer<typeof trunkSchema>;

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import type { Config } from '../config/schema.js';
+import type { Config, RangeConfig } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
 import type { EventPublisher } from '../events/event-publisher.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -55,7 +55,15 @@ export class FlashProcessor {
     const destMac = sealer.mac('destination', to);
     const previousDestMacs = sealer.previousMacs('destination', to);
     let code = claim.code;
-    let reserved = await this.deps.ranges.reserve(country, code, destMac, previousDestMacs);
+    // A range whose caller IDs may only go on some trunks (numbers.ranges[].trunks) serves the numbers those trunks route.
+    const { trunks } = this.deps;
+    const presentable = (range: RangeConfig) => range.trunks === undefined || trunks.routes(to, range.trunks);
+    if (!this.deps.ranges.has(presentable)) {
+      log.error('no DID range may be presented on a trunk that routes this destination (numbers.ranges[].trunks); not dialled');
+      await events.publish({ ...base, status: 'failed', detail: { reason: 'no_cli', refund: true } });
+      return undefined;
+    }
+    let reserved = await this.deps.ranges.reserve(country, code, destMac, previousDestMacs, presentable);
     // Every range's CLI with this code is cooling down towards this number: pick another code.
     for (let i = 0; !reserved && i < 5; i++) {
       code = generateCode(4);
@@ -69,7 +77,7 @@ export class FlashProcessor {
         await events.publish({ ...base, status: 'failed', detail: { reason: 'request_ended', refund: true } });
         return undefined;
       }
-      reserved = await this.deps.ranges.reserve(country, code, destMac, previousDestMacs);
+      reserved = await this.deps.ranges.reserve(country, code, destMac, previousDestMacs, presentable);
     }
     if (!reserved) {
       log.error('no DID range has a free CLI for this destination');
@@ -78,7 +86,7 @@ export class FlashProcessor {
     }
 
     // On the trunk's channel, under its CPS; placed again on the next trunk when one refuses it before it rang.
-    const placed = await placeOnTrunks(this.deps, 'flash_call', to, log, async (trunk) => {
+    const placed = await placeOnTrunks(this.deps, 'flash_call', { to, allowed: reserved.range.trunks }, log, async (trunk) => {
       // The range of this call's CLI, for the conversion of the range when the request is verified; written while the
       // trunk's CPS token is awaited, in place before the INVITE leaves. A workflow's step may be over by now: its next
       // step's range is not overwritten (a plain request keeps the one-command write on the hot path).

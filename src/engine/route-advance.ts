@@ -54,14 +54,18 @@ export async function placeOnTrunks<R extends CallEnd>(
     metrics: Pick<Metrics, 'callEnded' | 'routeAdvanced'>;
   },
   method: 'flash_call' | 'voice',
-  /** The called number (E.164): the trunks that route it (sip.trunks[].prefixes; TrunkPacer.routes() is true). */
-  to: string,
+  /**
+   * The called number (E.164) and the trunks it may go on (a DID range's `trunks`; undefined: any): placed on those of
+   * them that route it (sip.trunks[].prefixes; TrunkPacer.routes(to, allowed) is true).
+   */
+  destination: { to: string; allowed?: readonly string[] | undefined },
   log: Logger,
   attempt: (trunk: TrunkConfig) => Promise<Placed<R> | undefined>,
 ): Promise<(Placed<R> & { trunk: TrunkConfig }) | undefined> {
   const { config, trunks, metrics } = deps;
   const tried = new Set<string>();
-  for (let trunk = trunks.pick(to); ; ) {
+  const { to, allowed } = destination;
+  for (let trunk = trunks.pick(to, allowed); ; ) {
     // Held from before the CPS token until the call has ended.
     const release = await trunks.guarded(trunk, trunks.acquire(trunk));
     let placed: Placed<R> | undefined;
@@ -75,7 +79,7 @@ export async function placeOnTrunks<R extends CallEnd>(
     const refused = config.sip.routeAdvance && !placed.watch.ended ? refusedBeforeRinging(result, config.sip.trunkHealth.failureStatuses) : undefined;
     if (refused === undefined) return { ...placed, trunk };
     tried.add(trunk.name);
-    const next = trunks.pickAnother(tried, to);
+    const next = trunks.pickAnother(tried, to, allowed);
     if (next === undefined) return { ...placed, trunk };
     log.warn(
       { trunk: trunk.name, next_trunk: next.name, reason: refused, call_id: result.callId, sip_status: result.sipStatus },

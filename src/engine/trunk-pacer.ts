@@ -159,22 +159,26 @@ export class TrunkPacer {
    * The trunks that route `to` (sip.trunks[].prefixes): those with the longest prefix it starts with, else those
    * without prefixes (the default route); every trunk when none has prefixes, or `to` is not given. Empty: no route.
    */
-  private route(to: string | undefined): Health[] {
-    if (to === undefined || !this.prefixed) return this.health;
-    return routeByPrefix(this.health, to, (h) => h.trunk.prefixes);
-  }
-
-  /** Some trunk routes `to` (sip.trunks[].prefixes): see route(). */
-  routes(to: string): boolean {
-    return this.route(to).length > 0;
+  private route(to: string | undefined, allowed: readonly string[] | undefined): Health[] {
+    const pool = allowed === undefined ? this.health : this.health.filter((h) => allowed.includes(h.trunk.name));
+    if (to === undefined || !this.prefixed) return pool;
+    return routeByPrefix(pool, to, (h) => h.trunk.prefixes);
   }
 
   /**
-   * The trunk for the next call, to `to` when given (among the trunks that route it: routes() must be true). Report
-   * how the call ended with `report()`.
+   * Some trunk routes `to` (sip.trunks[].prefixes): see route(). `allowed`: among these trunks only (a DID range's
+   * `trunks`), routed by prefix among themselves.
    */
-  pick(to?: string): TrunkConfig {
-    const candidates = this.route(to);
+  routes(to: string, allowed?: readonly string[]): boolean {
+    return this.route(to, allowed).length > 0;
+  }
+
+  /**
+   * The trunk for the next call, to `to` when given (among the trunks that route it, of `allowed` when given:
+   * routes(to, allowed) must be true). Report how the call ended with `report()`.
+   */
+  pick(to?: string, allowed?: readonly string[]): TrunkConfig {
+    const candidates = this.route(to, allowed);
     if (candidates.length === 0) throw new Error('no trunk routes this destination');
     const now = this.now();
     // A down trunk whose back-off is over gets the next call: the probe. A probe never reported
@@ -200,8 +204,8 @@ export class TrunkPacer {
    * among those that route `to`, chosen as pick() chooses (a free channel first, the lowest priority, by weight); none
    * left: undefined. A down trunk is never taken here (its probe is for a new call).
    */
-  pickAnother(tried: ReadonlySet<string>, to?: string): TrunkConfig | undefined {
-    const live = this.route(to).filter((h) => h.up && !tried.has(h.trunk.name));
+  pickAnother(tried: ReadonlySet<string>, to?: string, allowed?: readonly string[]): TrunkConfig | undefined {
+    const live = this.route(to, allowed).filter((h) => h.up && !tried.has(h.trunk.name));
     return live.length === 0 ? undefined : this.choose(live);
   }
 

@@ -59,7 +59,7 @@ export class VoiceProcessor {
     const from = this.callerId(country);
     const step = claim.base.step;
     // On the trunk's channel, under its CPS; placed again on the next trunk when one refuses it before it rang.
-    const placed = await placeOnTrunks(this.deps, 'voice', to, log, async (trunk) => {
+    const placed = await placeOnTrunks(this.deps, 'voice', { to }, log, async (trunk) => {
       await this.deps.trunks.take(trunk);
       // Canceled, verified, expired, or its workflow step timed out while the phone rings or the prompt plays:
       // the call is CANCELled, or the prompt stopped and BYE sent, through the same path as a worker shutdown.

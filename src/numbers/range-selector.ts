@@ -53,12 +53,23 @@ export class RangeSelector {
     return [...local, ...other];
   }
 
+  /** Some range is `accept`ed (numbers.ranges[].trunks: its caller IDs may go on a trunk that routes the number). */
+  has(accept: (range: RangeConfig) => boolean): boolean {
+    return this.ranges.some(accept);
+  }
+
   /**
-   * Reserves the first candidate whose CLI (prefix + code) is not cooling down
+   * Reserves the first candidate (of those `accept`ed) whose CLI (prefix + code) is not cooling down
    * towards this destination; null when every range is.
    */
-  async reserve(country: string, code: string, destinationMac: string, previousDestinationMacs: readonly string[] = []): Promise<ReservedCli | null> {
-    for (const range of await this.usable(this.candidates(country))) {
+  async reserve(
+    country: string,
+    code: string,
+    destinationMac: string,
+    previousDestinationMacs: readonly string[] = [],
+    accept: (range: RangeConfig) => boolean = () => true,
+  ): Promise<ReservedCli | null> {
+    for (const range of await this.usable(this.candidates(country).filter(accept))) {
       const cli = range.prefix + code;
       if (this.cooldownSeconds === 0) return { range, cli };
       const name = this.keys.cliCooldown(this.cliKey(cli), destinationMac);

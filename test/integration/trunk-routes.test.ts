@@ -83,4 +83,62 @@ describe('sip.trunks[].prefixes: calls routed by destination', () => {
     // The error line says why.
     expect(engine.logs.some((l) => l.includes('no SIP trunk routes this destination'))).toBe(true);
   });
+
+  it('numbers.ranges[].trunks: each caller ID goes out only on a trunk its range is allowed on', async () => {
+    const screening = await startSippUas({ scenario: 'uas-ring-cancel', calls: 3, maxLifetimeMs: 30_000 });
+    const open = await startSippUas({ scenario: 'uas-ring-cancel', calls: 3, maxLifetimeMs: 30_000 });
+    sipps.push(screening, open);
+    engine = await startTestEngine(
+      testConfig({
+        flash: { ringMs: 100 },
+        numbers: {
+          ranges: [
+            { prefix: '+44190873', country: 'GB', trunks: ['screening'] },
+            { prefix: '+44190874', country: 'GB', trunks: ['open'] },
+          ],
+        },
+        sip: {
+          timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 },
+          trunks: [
+            { name: 'screening', uri: screening.uri },
+            { name: 'open', uri: open.uri },
+          ],
+        },
+      }),
+    );
+    const account = await engine.account();
+    for (let i = 0; i < 6; i++) expect(await verify(engine, account.auth, `+44770090040${i}`)).toMatchObject({ status: 'delivered' });
+    const clis = (uas: SippUas) =>
+      uas
+        .messages()
+        .filter((m) => m.direction === 'received' && m.method === 'INVITE')
+        .map((m) => /<sip:(\+\d+)@/.exec(m.header('from') ?? '')?.[1] ?? '');
+    await waitFor(async () => (clis(screening).length + clis(open).length >= 6 ? true : undefined), 5000);
+    // The ranges take turns, so both carriers get calls, each only its own range's caller IDs.
+    expect(clis(screening).length).toBeGreaterThan(0);
+    expect(clis(open).length).toBeGreaterThan(0);
+    expect(clis(screening).every((cli) => cli.startsWith('+44190873'))).toBe(true);
+    expect(clis(open).every((cli) => cli.startsWith('+44190874'))).toBe(true);
+  });
+
+  it('a range whose trunks route none of the number\'s trunks is not used: no_cli, refunded, nothing dialled', async () => {
+    const uk = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 30_000 });
+    sipps.push(uk);
+    engine = await startTestEngine(
+      testConfig({
+        numbers: { ranges: [{ prefix: '+3319087', country: 'FR', trunks: ['uk'] }] },
+        sip: {
+          timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 },
+          trunks: [
+            { name: 'uk', uri: uk.uri, prefixes: ['+44'] },
+            { name: 'fr', uri: 'sip:127.0.0.1:9', prefixes: ['+33'] },
+          ],
+        },
+      }),
+    );
+    const account = await engine.account();
+    expect(await verify(engine, account.auth, '+33612345678')).toMatchObject({ status: 'failed', failure_reason: 'no_cli' });
+    expect(engine.logs.some((l) => l.includes('no DID range may be presented on a trunk that routes this destination'))).toBe(true);
+    expect(invitedNumbers(uk)).toEqual([]);
+  });
 });

@@ -424,6 +424,15 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ env: {}, overrides: { sip: { trunkLimits: 'global' as 'cluster' } } })).toThrow(/sip\.trunkLimits: Invalid option: expected one of "cluster"\|"process"/);
   });
 
+  it('numbers.ranges[].trunks: names only trunks that exist, refused by name otherwise', () => {
+    const trunks = [{ name: 'bt', uri: 'sip:127.0.0.1:5060' }];
+    const ok = loadConfig({ env: {}, overrides: { sip: { trunks }, numbers: { ranges: [{ prefix: '+44190873', country: 'GB', trunks: ['bt'] }] } } });
+    expect(ok.numbers.ranges[0]!.trunks).toEqual(['bt']);
+    expect(() => loadConfig({ env: {}, overrides: { sip: { trunks }, numbers: { ranges: [{ prefix: '+44190873', country: 'GB', trunks: ['tb'] }] } } })).toThrow(
+      /numbers\.ranges\.0\.trunks\.0: no SIP trunk is named "tb" \(sip\.trunks\[\]\.name: bt\)/,
+    );
+  });
+
   it('reports unreadable and invalid YAML files', () => {
     expect(() => loadConfig({ file: '/nonexistent/flashverify.yaml', env: {} })).toThrow(/cannot read/);
     expect(() => loadConfig({ file: yamlFile('http: [unclosed'), env: {} })).toThrow(/not valid YAML/);

@@ -117,6 +117,19 @@ describe('TrunkPacer', () => {
     expect(pacer.routes('+33612345678')).toBe(true);
   });
 
+  it('allowed trunks (a DID range\'s): the number is routed by prefix among them only', () => {
+    const uk = { ...trunk('uk', 100), prefixes: ['+44'] };
+    const ukCli = { ...trunk('uk-cli', 100), prefixes: ['+447'] };
+    const rest = trunk('rest', 100);
+    const pacer = new TrunkPacer([uk, ukCli, rest]);
+    expect(pacer.pick('+447700900123')).toBe(ukCli);
+    // The range may not go on uk-cli: among uk and rest, +44 is uk's.
+    expect(pacer.pick('+447700900123', ['uk', 'rest'])).toBe(uk);
+    expect(pacer.pick('+33612345678', ['uk', 'rest'])).toBe(rest);
+    expect(pacer.routes('+33612345678', ['uk', 'uk-cli'])).toBe(false);
+    expect(pacer.pickAnother(new Set(['uk']), '+447700900123', ['uk', 'rest'])).toBeUndefined();
+  });
+
   it('prefixes with no default route: routes() is false for a number no prefix matches, and pick() refuses it', () => {
     const pacer = new TrunkPacer([{ ...trunk('uk', 100), prefixes: ['+44'] }]);
     expect(pacer.routes('+447700900123')).toBe(true);
