@@ -126,7 +126,7 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
     expect(received[0]?.headers['to']?.[0]).toMatch(/^<sips:/);
     // SIPp sent 100, 180, 200 (CANCEL) and 487 back over it; stunnel saw one TLS connection for all of it.
     expect(sipp.sent().map((m) => m.status)).toEqual([100, 180, 200, 487]);
-    expect(accepted(stunnel)).toBe(1);
+    expect(accepted(stunnel), stunnel.log()).toBe(1);
     expect(logLines.join('')).toMatch(/"verified":true.*"msg":"SIP TLS connection up"/);
   });
 
@@ -179,7 +179,7 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
     expect(stunnel.log()).toMatch(/Connection closed/);
     expect(await flash(sip, `sips:localhost:${port}`)).toEqual(['provisional 180', 'cancelled', 'ended']);
     expect((await sipp.waitForExit(10_000)).code).toBe(0);
-    expect(accepted(stunnel)).toBe(2);
+    expect(accepted(stunnel), stunnel.log()).toBe(2);
   });
 
   it('a peer that never finishes the handshake: unreachable after handshakeTimeoutMs, logged as a handshake timeout', async () => {
@@ -209,8 +209,8 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
       expect((await b.sipp.waitForExit(10_000)).code).toBe(0);
       expect((await a.sipp.waitForExit(10_000)).code).toBe(0);
       // carrier-b's two calls on its one connection, and the refused one of carrier-b-wrong-ca.
-      expect(accepted(b.stunnel)).toBe(2);
-      expect(accepted(a.stunnel)).toBe(1);
+      expect(accepted(b.stunnel), b.stunnel.log()).toBe(2);
+      expect(accepted(a.stunnel), a.stunnel.log()).toBe(1);
       expect(Object.keys(sip.tlsFailures)).toEqual(['carrier-b-wrong-ca']);
       const logs = logLines.join('');
       expect(logs).toMatch(/"trunk":"carrier-b-wrong-ca".*"reason":"certificate invalid","ca_file":"[^"]*\/trunk-ca\.pem".*"msg":"SIP TLS certificate invalid"/);
@@ -229,7 +229,7 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
       expect(await flashCall(sip, plain)).toEqual([expect.stringMatching(/^failed unreachable: /), 'ended']);
       expect(await flashCall(sip, mtls)).toEqual(rings);
       expect((await end.sipp.waitForExit(10_000)).code).toBe(0);
-      expect(accepted(end.stunnel)).toBe(2);
+      expect(accepted(end.stunnel), end.stunnel.log()).toBe(2);
       expect(logLines.find((l) => l.includes('SIP TLS handshake failed'))).toMatch(/"trunk":"carrier-plain".*"code":"ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED"/);
       expect(Object.keys(sip.tlsFailures)).toEqual(['carrier-plain']);
     });
@@ -258,7 +258,7 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
       expect(await flashCall(sip, publicCa)).toEqual([expect.stringMatching(/^failed unreachable: .*certificate/i), 'ended']);
       expect(await flashCall(sip, privateCa)).toEqual(rings);
       expect((await end.sipp.waitForExit(10_000)).code).toBe(0);
-      expect(accepted(end.stunnel)).toBe(2);
+      expect(accepted(end.stunnel), end.stunnel.log()).toBe(2);
       expect(Object.keys(sip.tlsFailures)).toEqual(['carrier-public']);
       expect(logLines.find((l) => l.includes('SIP TLS certificate invalid'))).toMatch(/"trunk":"carrier-public".*"ca_file":"Node's trust store"/);
     });
@@ -318,14 +318,14 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
 
       expect(await flashCall(sip, brief)).toEqual(rings);
       expect(await flashCall(sip, kept)).toEqual(rings);
-      expect(accepted(end.stunnel)).toBe(2);
+      expect(accepted(end.stunnel), end.stunnel.log()).toBe(2);
       await new Promise((r) => setTimeout(r, 900));
       // sip.tls.idleTimeoutMs is 60 s here: only carrier-brief's own 300 ms closes a connection this soon.
       expect(closed(end.stunnel)).toBe(1);
       expect(await flashCall(sip, kept)).toEqual(rings);
-      expect(accepted(end.stunnel)).toBe(2);
+      expect(accepted(end.stunnel), end.stunnel.log()).toBe(2);
       expect(await flashCall(sip, brief)).toEqual(rings);
-      expect(accepted(end.stunnel)).toBe(3);
+      expect(accepted(end.stunnel), end.stunnel.log()).toBe(3);
       expect((await end.sipp.waitForExit(10_000)).code).toBe(0);
     });
 
