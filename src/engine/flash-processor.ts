@@ -130,6 +130,7 @@ export class FlashProcessor {
       trunk: trunk.name,
       range: reserved.range.prefix,
       ...(result.sipStatus !== undefined ? { sip_status: result.sipStatus } : {}),
+      ...(result.q850Cause !== undefined ? { q850_cause: result.q850Cause } : {}),
       ...(result.postDialDelayMs !== undefined ? { pdd_ms: result.postDialDelayMs } : {}),
     };
     log.info({ ...detail }, 'flash call finished');

@@ -23,6 +23,7 @@ export interface CallEnd {
   /** A provisional response above 100 came: the far end took the call (a ringing 18x, or an answer, comes after one or is the outcome). */
   early: boolean;
   sipStatus?: number | undefined;
+  q850Cause?: number | undefined;
   postDialDelayMs?: number | undefined;
 }
 
@@ -82,7 +83,7 @@ export async function placeOnTrunks<R extends CallEnd>(
     const next = trunks.pickAnother(tried, to, allowed);
     if (next === undefined) return { ...placed, trunk };
     log.warn(
-      { trunk: trunk.name, next_trunk: next.name, reason: refused, call_id: result.callId, sip_status: result.sipStatus },
+      { trunk: trunk.name, next_trunk: next.name, reason: refused, call_id: result.callId, sip_status: result.sipStatus, q850_cause: result.q850Cause },
       'trunk refused the call before it rang; placed again on the next trunk',
     );
     metrics.callEnded(method, trunk.name, result.outcome, result.postDialDelayMs);

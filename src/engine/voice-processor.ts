@@ -103,6 +103,7 @@ export class VoiceProcessor {
       trunk: trunk.name,
       language,
       ...(result.sipStatus !== undefined ? { sip_status: result.sipStatus } : {}),
+      ...(result.q850Cause !== undefined ? { q850_cause: result.q850Cause } : {}),
       ...(result.codec !== undefined ? { codec: result.codec } : {}),
       ...(result.packets !== undefined ? { rtp_packets: result.packets } : {}),
       ...(result.answerDelayMs !== undefined ? { answer_ms: result.answerDelayMs } : {}),

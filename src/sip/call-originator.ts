@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type { TrunkConfig } from '../config/schema.js';
+import type { Q850Cause } from './reason.js';
 
 /**
  * The one interface every signalling backend implements (embedded UAC today,
@@ -36,6 +37,8 @@ export interface CallFailure {
   status?: number;
   /** Reason phrase of the final response, or a transport error text. */
   phrase?: string;
+  /** The Q.850 cause in the final response's Reason header (RFC 3326), when it had one (sip/reason.ts). */
+  q850?: Q850Cause;
 }
 
 /**
@@ -148,7 +151,7 @@ export function reportCallEnd(
     callDelegate(log, 'onCancelled', () => delegate.onCancelled?.(cancelFinal));
   } else {
     const f: CallFailure = failure ?? { reason: 'rejected' };
-    log.info({ reason: f.reason, status: f.status, phrase: f.phrase }, 'SIP call failed');
+    log.info({ reason: f.reason, status: f.status, phrase: f.phrase, q850_cause: f.q850?.cause, q850_text: f.q850?.text }, 'SIP call failed');
     callDelegate(log, 'onFailed', () => delegate.onFailed?.(f));
   }
 }

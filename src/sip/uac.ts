@@ -21,6 +21,7 @@ import {
   type SipRequest,
 } from './message.js';
 import { isToken, parseNameAddr, parseSipUri, splitCommaList } from './parser.js';
+import { q850Cause } from './reason.js';
 import { numberUser, type NumberFormat } from './number-format.js';
 import { srvNameFor, type Located } from './sip-locator.js';
 import { onNewBranch, retryAfterMs, TargetFailover, targetUser, type FailoverHost, type FailoverReason } from './srv-failover.js';
@@ -493,7 +494,8 @@ export class UacCall implements OutboundCall {
     if (status === 487 && this.cancelRequested) {
       this.finish('cancelled', undefined, 487);
     } else {
-      this.finish('failed', { reason: failureReasonFor(status), status, phrase: response.reason });
+      const q850 = q850Cause(getHeaders(response, 'reason'));
+      this.finish('failed', { reason: failureReasonFor(status), status, phrase: response.reason, ...(q850 ? { q850 } : {}) });
     }
     this.maybeEnd();
   }

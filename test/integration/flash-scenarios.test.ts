@@ -154,18 +154,20 @@ describe('flash call against SIPp', () => {
   });
 
   it.each([
-    ['uas-busy-486', 'busy', 486],
-    ['uas-busy-everywhere-600', 'busy', 600],
-    ['uas-decline-603', 'declined', 603],
-    ['uas-not-found-404', 'not_found', 404],
-    ['uas-unavailable-480', 'unavailable', 480],
-  ] as const)('%s → failed %s with the SIP status, still billed', async (scenario, reason, sipStatus) => {
+    ['uas-busy-486', 'busy', 486, 17],
+    ['uas-busy-everywhere-600', 'busy', 600, undefined],
+    ['uas-decline-603', 'declined', 603, undefined],
+    ['uas-not-found-404', 'not_found', 404, 1],
+    ['uas-unavailable-480', 'unavailable', 480, undefined],
+  ] as const)('%s → failed %s with the SIP status (and the Q.850 cause of its Reason header), still billed', async (scenario, reason, sipStatus, q850) => {
     const run = await flashCall(scenario);
     expect(run.status).toBe('failed');
     expect(run.body.failure_reason).toBe(reason);
     expect(run.record.sip_status).toBe(String(sipStatus));
     expect(run.events.map((e) => e.status)).toEqual(['sent', 'failed']);
     expect(JSON.parse(run.events[1]!.detail!)).toMatchObject({ reason, sip_status: sipStatus });
+    // The release cause a carrier's gateway gave (RFC 3326 Reason, Q.850), when it gave one; the SIP one of 486's is not it.
+    expect(JSON.parse(run.events[1]!.detail!).q850_cause).toBe(q850);
     expect(run.balanceAfter).toBe(run.balanceBefore);
     expect((await uas!.waitForExit(10_000)).code).toBe(0);
   });

@@ -46,6 +46,7 @@ import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import { maskUser } from '../embedded-originator.js';
 import { PingAttempt, pingAddressing } from '../options-ping.js';
 import { callAddresses, dummySdp, failureReasonFor, resolveTrunk } from '../uac.js';
+import { q850Cause } from '../reason.js';
 import { errorMessage, newCallId } from '../util.js';
 import { DrachtioConnection, type DrachtioConnectionOptions } from './drachtio-connection.js';
 import {
@@ -76,9 +77,10 @@ export const CONNECTION_LOST = 'drachtio connection lost';
  * first response to the INVITE: that is drachtio-server's own Timer B
  * (RFC 3261 17.1.1.2), i.e. no response from the far end at all.
  */
-export function drachtioFailure(status: number, phrase: string | undefined, sawResponse: boolean): CallFailure {
+export function drachtioFailure(status: number, phrase: string | undefined, sawResponse: boolean, reasonHeader?: string): CallFailure {
   const reason = status === 408 && !sawResponse ? 'timeout' : failureReasonFor(status);
-  return phrase === undefined ? { reason, status } : { reason, status, phrase };
+  const q850 = reasonHeader === undefined ? undefined : q850Cause([reasonHeader]);
+  return { reason, status, ...(phrase === undefined ? {} : { phrase }), ...(q850 ? { q850 } : {}) };
 }
 
 /**
@@ -409,7 +411,7 @@ class DrachtioCall implements OutboundCall {
     if (isSipError(err)) {
       const status = err.status;
       if (status === 487 && this.cancelRequested) this.finish('cancelled', undefined, 487);
-      else this.finish('failed', drachtioFailure(status, err.reason ?? err.res?.reason, this.sawResponse));
+      else this.finish('failed', drachtioFailure(status, err.reason ?? err.res?.reason, this.sawResponse, err.res?.get('Reason')));
     } else {
       this.finish('failed', { reason: 'unreachable', phrase: errorMessage(err) });
     }
