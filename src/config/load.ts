@@ -33,7 +33,7 @@ export function loadConfig(options: LoadOptions = {}): Readonly<Config> {
   const issues: string[] = [];
   let merged: unknown = readYaml(DEFAULT_CONFIG_FILE, issues);
   const file = options.file ?? env.FLASHVERIFY_CONFIG;
-  if (file) merged = deepMerge(merged, readYaml(resolve(file), issues));
+  if (file) merged = deepMerge(merged, expandEnv(readYaml(resolve(file), issues), env, issues, []));
   merged = deepMerge(merged, envOverrides(env, issues));
   if (options.overrides) merged = deepMerge(merged, options.overrides);
   const threadPool = threadPoolSize(env, issues);
@@ -48,6 +48,36 @@ export function loadConfig(options: LoadOptions = {}): Readonly<Config> {
     );
   }
   return deepFreeze(result.data);
+}
+
+/**
+ * `${NAME}` in a string of the config file is the environment variable NAME (so secrets such as a trunk's or an
+ * SMSC's password can come from the environment, e.g. a Kubernetes secret, while the file stays in version control);
+ * `${NAME:-default}` uses `default` when NAME is unset or empty; `$${` is a literal `${`. A variable that is not set
+ * (without a default) is an issue naming the key and the variable, never an empty value. Keys are not expanded.
+ */
+export function expandEnv(value: unknown, env: NodeJS.ProcessEnv, issues: string[], path: (string | number)[]): unknown {
+  if (typeof value === 'string') {
+    if (!value.includes('${')) return value;
+    return value.replace(/\$(\$?)\{([^}]*)\}/g, (whole: string, escaped: string, inner: string) => {
+      if (escaped) return whole.slice(1);
+      const m = /^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$/s.exec(inner);
+      const key = path.join('.') || '(root)';
+      if (!m) {
+        issues.push(`${key}: "\${${inner}}" is not an environment variable reference (\${NAME} or \${NAME:-default}; $\${ for a literal \${)`);
+        return whole;
+      }
+      const [, name, fallback] = m as unknown as [string, string, string | undefined];
+      const v = env[name];
+      if (v !== undefined && (v !== '' || fallback === undefined)) return v;
+      if (fallback !== undefined) return fallback;
+      issues.push(`${key}: environment variable ${name} is not set (the config file says \${${name}})`);
+      return whole;
+    });
+  }
+  if (Array.isArray(value)) return value.map((v, i) => expandEnv(v, env, issues, [...path, i]));
+  if (isPlainObject(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, expandEnv(v, env, issues, [...path, k])]));
+  return value;
 }
 
 function readYaml(path: string, issues: string[]): unknown {

@@ -433,6 +433,31 @@ describe('loadConfig', () => {
     );
   });
 
+  it('${NAME} in the config file is read from the environment (secrets out of the file); unset is refused by key and name, never made empty', () => {
+    const file = yamlFile(
+      [
+        'sip:',
+        '  trunks:',
+        '    - { name: carrier, uri: "sip:${TRUNK_HOST}:5060", auth: { username: fv, password: "${TRUNK_PASSWORD}" } }',
+        'sms:',
+        '  smscs:',
+        '    - { name: smsc, url: "smpp://fv:${SMPP_PASSWORD:-secret}@127.0.0.1:2775", systemType: "$${literal}" }',
+      ].join('\n'),
+    );
+    const c = loadConfig({ file, env: { TRUNK_HOST: '10.0.0.7', TRUNK_PASSWORD: 'p$ss${x' } });
+    expect(c.sip.trunks[0]).toMatchObject({ uri: 'sip:10.0.0.7:5060', auth: { password: 'p$ss${x' } });
+    expect(c.sms.smscs[0]).toMatchObject({ url: 'smpp://fv:secret@127.0.0.1:2775', systemType: '${literal}' });
+    const missing = (() => {
+      try {
+        loadConfig({ file, env: { TRUNK_HOST: '10.0.0.7' } });
+      } catch (e) {
+        return (e as ConfigError).issues;
+      }
+      return [];
+    })();
+    expect(missing).toEqual(['sip.trunks.0.auth.password: environment variable TRUNK_PASSWORD is not set (the config file says ${TRUNK_PASSWORD})']);
+  });
+
   it('reports unreadable and invalid YAML files', () => {
     expect(() => loadConfig({ file: '/nonexistent/flashverify.yaml', env: {} })).toThrow(/cannot read/);
     expect(() => loadConfig({ file: yamlFile('http: [unclosed'), env: {} })).toThrow(/not valid YAML/);
