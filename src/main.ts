@@ -21,6 +21,7 @@ import { failStrandedDelivery, strandedReason } from './engine/delivery-claim.js
 import { FlashProcessor } from './engine/flash-processor.js';
 import { TrunkPacer } from './engine/trunk-pacer.js';
 import { ClusterLimits, oncePer, SharedRate } from './engine/cluster-limits.js';
+import { TrunkAdmin, TrunkAdminWatcher } from './engine/trunk-admin.js';
 import { TrunkPinger } from './engine/trunk-pinger.js';
 import { VoiceProcessor } from './engine/voice-processor.js';
 import { SmsProcessor } from './engine/sms-processor.js';
@@ -219,6 +220,10 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       }
       // After the delivery workers: their calls have ended, and this worker's channels no longer count in Redis.
       stops.push(['trunk channels', () => trunks.close()]);
+      // Trunks an operator took out of service (flashverify trunk disable): read at start, then every second.
+      const trunkAdmin = new TrunkAdminWatcher(redis, keys, config.sip.trunks, (disabled) => trunks.setDisabled(disabled), trunkLog);
+      await trunkAdmin.start();
+      stops.unshift(['trunk admin', async () => trunkAdmin.stop()]);
       metrics.watchTrunks(trunks);
       // A stopping worker no longer holds its claimed calls back for a trunk's channel (TrunkPacer.drain).
       draining.signal.addEventListener('abort', () => trunks.drain(), { once: true });
@@ -665,6 +670,9 @@ Usage:
   flashverify account set-rate-limit ACCOUNT_ID (--rps N | --clear)
   flashverify account set-sms-template ACCOUNT_ID --locale fr (--template 'Code : {code}' | --clear)
   flashverify account set-fraud ACCOUNT_ID (--json '{"countries":{"allow":["GB"]}}' | --clear)
+  flashverify trunk list
+  flashverify trunk disable NAME [--reason 'carrier maintenance until 02:00']
+  flashverify trunk enable NAME
   flashverify webhook failed ACCOUNT_ID [--request-id ID] [--since 2026-03-04T15:00:00Z]
   flashverify webhook replay ACCOUNT_ID [--request-id ID] [--since 2026-03-04T15:00:00Z]
 
@@ -693,6 +701,7 @@ export async function runCli(argv: string[]): Promise<number> {
       template: { type: 'string' },
       json: { type: 'string' },
       'request-id': { type: 'string' },
+      reason: { type: 'string' },
       since: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
       version: { type: 'boolean', short: 'v', default: false },
@@ -841,6 +850,24 @@ export async function runCli(argv: string[]): Promise<number> {
         default:
           throw new AppError('usage', `unknown account command "${sub ?? ''}"\n\n${USAGE}`);
       }
+      process.stdout.write(JSON.stringify(out, null, 2) + '\n');
+      return 0;
+    } finally {
+      redis.disconnect();
+    }
+  }
+  if (command === 'trunk') {
+    if (sub !== 'list' && sub !== 'disable' && sub !== 'enable') throw new AppError('usage', `unknown trunk command "${sub ?? ''}"\n\n${USAGE}`);
+    const redis = connectRedis(config.redis, logger, { maxRetriesPerRequest: 1 });
+    try {
+      await waitForRedis(redis, config.redis.url, 0);
+      const admin = new TrunkAdmin(redis, new Keys(config.redis.prefix), config.sip.trunks);
+      const out =
+        sub === 'list'
+          ? await admin.list()
+          : sub === 'disable'
+            ? await admin.disable(required('trunk disable', id, 'NAME'), values.reason)
+            : await admin.enable(required('trunk enable', id, 'NAME'));
       process.stdout.write(JSON.stringify(out, null, 2) + '\n');
       return 0;
     } finally {

@@ -4,6 +4,7 @@ import { AccountNotFoundError, MAX_RATE_LIMIT, type AccountStore } from '../acco
 import { CURRENCIES, type Currency } from '../accounts/money.js';
 import { Sealer } from '../crypto/sealer.js';
 import { AppError } from '../errors/app-error.js';
+import { TrunkNotFoundError, type TrunkAdmin } from '../engine/trunk-admin.js';
 import type { AuthGuard } from './auth-guard.js';
 import { ApiError } from '../verification/errors.js';
 
@@ -25,6 +26,8 @@ export interface AdminApiOptions {
   fraud?: FraudAdmin;
   /** The API's brute-force brake (auth-guard.ts): wrong admin tokens count per address, slow down, then lock out. */
   guard: AuthGuard;
+  /** SIP trunks taken out of service and back (engine/trunk-admin.ts). */
+  trunks?: TrunkAdmin;
 }
 
 const createBody = z
@@ -38,6 +41,8 @@ const createBody = z
 const topUpBody = z.object({ amount: z.number().positive() }).strict();
 const webhookBody = z.object({ url: z.string().min(1).max(2048).nullable() }).strict();
 const smsTemplateBody = z.object({ template: z.string().min(1).max(1000).nullable() }).strict();
+const disableTrunkBody = z.object({ reason: z.string().max(200).optional() }).strict();
+type TrunkParams = { Params: { trunk: string } };
 type LocaleParams = { account_id: string; locale: string };
 
 const rateLimitBody = z
@@ -135,6 +140,23 @@ export function adminApi(options: AdminApiOptions): FastifyPluginAsync {
       const body = parse(smsTemplateBody, req.body);
       return run(() => accounts.setSmsTemplate(req.params.account_id, req.params.locale, body.template));
     });
+    const trunksOf = (): TrunkAdmin => {
+      if (!options.trunks) throw new ApiError('not_found', 'trunk administration is not wired in this process');
+      return options.trunks;
+    };
+    admin.get('/trunks', async () => ({ trunks: await trunksOf().list() }));
+    admin.post<TrunkParams>('/trunks/:trunk/disable', async (req) => {
+      // No body, or {"reason": "..."}.
+      const body = req.body === undefined || req.body === null ? {} : parse(disableTrunkBody, req.body);
+      const state = await run(() => trunksOf().disable(req.params.trunk, body.reason));
+      req.log.warn({ trunk: state.name, reason: state.reason }, 'admin: trunk disabled');
+      return state;
+    });
+    admin.post<TrunkParams>('/trunks/:trunk/enable', async (req) => {
+      const state = await run(() => trunksOf().enable(req.params.trunk));
+      req.log.info({ trunk: state.name }, 'admin: trunk enabled');
+      return state;
+    });
   };
 }
 
@@ -162,6 +184,7 @@ async function run<T>(op: () => Promise<T>): Promise<T> {
     return await op();
   } catch (err) {
     if (err instanceof AccountNotFoundError) throw new ApiError('not_found', 'Account not found');
+    if (err instanceof TrunkNotFoundError) throw new ApiError('not_found', err.message);
     if (err instanceof AppError && !(err instanceof ApiError)) throw new ApiError('invalid_request', err.message);
     throw err;
   }

@@ -15,6 +15,7 @@ import { METHODS, utcDay } from '../verification/types.js';
 import type { VerificationService } from '../verification/verification-service.js';
 import { Idempotency, parseIdempotencyKey } from './idempotency.js';
 import { adminApi, type FraudAdmin } from './admin.js';
+import { TrunkAdmin } from '../engine/trunk-admin.js';
 import { openApiDocument } from './openapi.js';
 import { consumeRateLimit, RATE_WINDOW_TTL_MS, rateLimitHeaders, rateLimitVerdict } from './rate-limit.js';
 import { AuthGuard } from './auth-guard.js';
@@ -96,9 +97,17 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   app.get('/v1/openapi.json', async () => openapi);
 
   // Operators' account management behind its own bearer token; every route answers 404 while admin.token is empty.
-  app.register(adminApi({ token: config.admin.token, accounts, defaultCurrency: config.accounts.defaultCurrency, fraud: deps.fraud, guard: authGuard }), {
-    prefix: '/admin/v1',
-  });
+  app.register(
+    adminApi({
+      token: config.admin.token,
+      accounts,
+      defaultCurrency: config.accounts.defaultCurrency,
+      fraud: deps.fraud,
+      guard: authGuard,
+      trunks: new TrunkAdmin(deps.redis, deps.keys, config.sip.trunks),
+    }),
+    { prefix: '/admin/v1' },
+  );
 
   // /v1 requests in progress (api.maxInFlight): counted from their first hook until their response has gone out or
   // their connection closed, whichever comes first.

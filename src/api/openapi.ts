@@ -69,6 +69,7 @@ export function openApiDocument(config: Readonly<Config>): Json {
       ...extra,
     },
   });
+  const trunkName = { name: 'trunk', in: 'path', required: true, schema: { type: 'string' }, description: 'sip.trunks[].name' };
   const accountOk = (description: string): Json => ({ '200': { description, content: json(ref('Account')) } });
   const adminAccountOp = (operationId: string, summary: string, ok: Json, body?: Json): Json => ({
     ...adminOp(operationId, summary, ok, body),
@@ -297,6 +298,30 @@ export function openApiDocument(config: Readonly<Config>): Json {
             },
           ),
           parameters: [accountId, { name: 'locale', in: 'path', required: true, schema: { type: 'string', pattern: '^[a-z]{2,3}(-[A-Z]{2})?$' } }],
+        },
+      },
+      '/admin/v1/trunks': {
+        get: adminOp('adminListTrunks', 'Every SIP trunk (sip.trunks) and whether an operator took it out of service', {
+          '200': { description: 'The trunks', content: json({ type: 'object', required: ['trunks'], properties: { trunks: { type: 'array', items: ref('TrunkState') } } }) },
+        }),
+      },
+      '/admin/v1/trunks/{trunk}/disable': {
+        post: {
+          ...adminOp(
+            'adminDisableTrunk',
+            'Take a trunk out of service: every worker gives it no new call within a second (calls on it go on); a number only disabled trunks route fails no_route. The body (a reason) may be left out',
+            { '200': { description: 'The trunk\'s state', content: json(ref('TrunkState')) } },
+            undefined,
+            { '400': adminErr('Invalid body', 'invalid_request') },
+          ),
+          requestBody: { required: false, content: json({ type: 'object', additionalProperties: false, properties: { reason: { type: 'string', maxLength: 200 } } }) },
+          parameters: [trunkName],
+        },
+      },
+      '/admin/v1/trunks/{trunk}/enable': {
+        post: {
+          ...adminOp('adminEnableTrunk', 'Put a trunk back in service', { '200': { description: 'The trunk\'s state', content: json(ref('TrunkState')) } }),
+          parameters: [trunkName],
         },
       },
       '/healthz': {
@@ -529,6 +554,16 @@ export function openApiDocument(config: Readonly<Config>): Json {
           },
         },
         WebhookPayload: payload,
+        TrunkState: {
+          type: 'object',
+          required: ['name', 'enabled'],
+          properties: {
+            name: { type: 'string' },
+            enabled: { type: 'boolean', description: 'false: taken out of service by an operator (no new calls)' },
+            disabled_at: { type: 'string', format: 'date-time' },
+            reason: { type: 'string', maxLength: 200 },
+          },
+        },
         Account: {
           type: 'object',
           required: ['account_id', 'name', 'status', 'currency', 'balance', 'api_key', 'webhook_url', 'rate_limit', 'sms_templates', 'created_at'],

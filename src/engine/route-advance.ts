@@ -98,7 +98,7 @@ export async function placeOnTrunks<R extends CallEnd>(
  * `no_route` before a caller ID is taken or anything dialled, and is refunded.
  */
 export async function failNoRoute(deps: { events: Pick<EventPublisher, 'publish'> }, base: DeliveryClaim['base'], log: Logger): Promise<undefined> {
-  log.error('no SIP trunk routes this destination (no trunk prefix matches it and every trunk has prefixes); not dialled');
+  log.error('no SIP trunk routes this destination (no trunk prefix matches it and every trunk has prefixes, or every trunk that does is disabled); not dialled');
   await deps.events.publish({ ...base, status: 'failed', detail: { reason: 'no_route', refund: true } });
   return undefined;
 }

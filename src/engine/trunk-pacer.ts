@@ -44,6 +44,8 @@ export function trunkVerdict(outcome: string, sipStatus?: number, failureStatuse
 export interface TrunkState {
   name: string;
   up: boolean;
+  /** Not taken out of service by an operator (engine/trunk-admin.ts). */
+  enabled: boolean;
   /** Calls holding one of the trunk's `maxCalls` slots now (every call when it has no cap). */
   calls: number;
   /** Calls waiting for one of its slots. */
@@ -74,6 +76,8 @@ interface Health {
   calls: number;
   /** Calls waiting for a slot, first come first served. */
   readonly waiters: (() => void)[];
+  /** An operator took it out of service (engine/trunk-admin.ts): no new call. */
+  disabled: boolean;
   /** sip.trunkLimits cluster: the trunk's calls in every worker process, as Redis last said (with this one's since). */
   clusterCalls: number;
   /** sip.trunkLimits cluster: channels are being asked for in Redis. */
@@ -126,6 +130,8 @@ export class TrunkPacer {
   private heartbeat: NodeJS.Timeout | undefined;
   /** Some trunk has `prefixes`: calls are routed by destination (route()). */
   private readonly prefixed: boolean;
+  /** Some trunk is disabled (setDisabled). */
+  private someDisabled = false;
 
   constructor(
     trunks: readonly TrunkConfig[],
@@ -148,6 +154,7 @@ export class TrunkPacer {
       pinged: false,
       calls: 0,
       waiters: [],
+      disabled: false,
       clusterCalls: 0,
       asking: false,
       retry: undefined,
@@ -160,7 +167,7 @@ export class TrunkPacer {
    * without prefixes (the default route); every trunk when none has prefixes, or `to` is not given. Empty: no route.
    */
   private route(to: string | undefined, allowed: readonly string[] | undefined): Health[] {
-    const pool = allowed === undefined ? this.health : this.health.filter((h) => allowed.includes(h.trunk.name));
+    const pool = allowed === undefined && !this.someDisabled ? this.health : this.health.filter((h) => !h.disabled && (allowed === undefined || allowed.includes(h.trunk.name)));
     if (to === undefined || !this.prefixed) return pool;
     return routeByPrefix(pool, to, (h) => h.trunk.prefixes);
   }
@@ -227,6 +234,15 @@ export class TrunkPacer {
     }
     chosen!.current -= total;
     return chosen!.trunk;
+  }
+
+  /**
+   * The trunks an operator took out of service (engine/trunk-admin.ts): they get no new call, as if they routed no
+   * number (route advance included); calls on them go on to their end.
+   */
+  setDisabled(names: ReadonlySet<string>): void {
+    for (const h of this.health) h.disabled = names.has(h.trunk.name);
+    this.someDisabled = this.health.some((h) => h.disabled);
   }
 
   /** OPTIONS pings watch `trunk` (or no longer do): see the class comment. */
@@ -312,7 +328,7 @@ export class TrunkPacer {
 
   /** Every trunk's health and calls (the `flashverify_trunk_up` and `flashverify_trunk_calls*` gauges). */
   status(): TrunkState[] {
-    return this.health.map((h) => ({ name: h.trunk.name, up: h.up, calls: h.calls, waiting: h.waiters.length, maxCalls: h.trunk.maxCalls }));
+    return this.health.map((h) => ({ name: h.trunk.name, up: h.up, enabled: !h.disabled, calls: h.calls, waiting: h.waiters.length, maxCalls: h.trunk.maxCalls }));
   }
 
   /**

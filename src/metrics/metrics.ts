@@ -18,7 +18,7 @@ export interface JobCountsSource {
 
 /** What the trunk gauge reads at scrape time (the worker's trunk pacer). */
 export interface TrunkStatusSource {
-  status(): { name: string; up: boolean; calls: number; waiting: number }[];
+  status(): { name: string; up: boolean; enabled: boolean; calls: number; waiting: number }[];
 }
 
 /** What the SMPP gauges read at scrape time (the SMS gateway has it). */
@@ -352,6 +352,15 @@ export class Metrics {
       registers,
       collect() {
         for (const source of trunkSources) for (const t of source.status()) this.set({ trunk: t.name }, t.up ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'flashverify_trunk_enabled',
+      help: 'SIP trunk in service as this process last read it: 1, or 0 taken out by an operator (flashverify trunk disable, POST /admin/v1/trunks/{name}/disable)',
+      labelNames: ['trunk'],
+      registers,
+      collect() {
+        for (const source of trunkSources) for (const t of source.status()) this.set({ trunk: t.name }, t.enabled ? 1 : 0);
       },
     });
     new Gauge({

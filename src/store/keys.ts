@@ -156,6 +156,10 @@ export class Keys {
   trunkCps(trunk: string): string {
     return `${this.prefix}:tcps:${encodeURIComponent(trunk)}`;
   }
+  /** Hash: SIP trunks an operator took out of service (name -> JSON {at, reason}); engine/trunk-admin.ts. */
+  trunksDisabled(): string {
+    return `${this.prefix}:trunkoff`;
+  }
   /** String with TTL: an SMSC account's theoretical arrival time (ms), the `accountTps` every bind shares (reserveRateSlots-1.lua). */
   smscRate(smsc: string): string {
     return `${this.prefix}:srate:${encodeURIComponent(smsc)}`;

@@ -130,6 +130,20 @@ describe('TrunkPacer', () => {
     expect(pacer.pickAnother(new Set(['uk']), '+447700900123', ['uk', 'rest'])).toBeUndefined();
   });
 
+  it('setDisabled: a trunk taken out of service gets no new call, nor a route advance; none left for a number: routes() is false', () => {
+    const a = trunk('a', 100);
+    const b = { ...trunk('b', 100), priority: 1 };
+    const pacer = new TrunkPacer([a, b]);
+    pacer.setDisabled(new Set(['a']));
+    expect(pacer.pick('+447700900123')).toBe(b);
+    expect(pacer.pickAnother(new Set(['b']), '+447700900123')).toBeUndefined();
+    expect(pacer.status().map((s) => [s.name, s.enabled])).toEqual([['a', false], ['b', true]]);
+    pacer.setDisabled(new Set(['a', 'b']));
+    expect(pacer.routes('+447700900123')).toBe(false);
+    pacer.setDisabled(new Set());
+    expect(pacer.pick('+447700900123')).toBe(a);
+  });
+
   it('prefixes with no default route: routes() is false for a number no prefix matches, and pick() refuses it', () => {
     const pacer = new TrunkPacer([{ ...trunk('uk', 100), prefixes: ['+44'] }]);
     expect(pacer.routes('+447700900123')).toBe(true);

@@ -1,0 +1,148 @@
+/**
+ * Taking a SIP trunk out of service by hand, and back (a carrier's maintenance window, an incident on its side):
+ * `flashverify trunk disable NAME`, `POST /admin/v1/trunks/{name}/disable`. The state lives in Redis (one hash,
+ * Keys.trunksDisabled), so every worker process follows it: each reads it every `pollMs` (one HGETALL) and its
+ * TrunkPacer gives a disabled trunk no new call (as if it routed nothing); calls on it already go on to their end.
+ * Route advance and every other choice skip it too. A number only disabled trunks route fails `no_route` (refunded).
+ */
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { TrunkConfig } from '../config/schema.js';
+import { AppError } from '../errors/app-error.js';
+import type { Keys } from '../store/keys.js';
+
+export class TrunkNotFoundError extends AppError {
+  constructor(name: string, known: readonly string[]) {
+    super('trunk_not_found', `no SIP trunk named "${name}" (sip.trunks[].name: ${known.join(', ')})`);
+  }
+}
+
+export interface TrunkAdminState {
+  name: string;
+  /** Takes new calls (unless its health has it down). */
+  enabled: boolean;
+  /** Disabled: when (ISO 8601) and why (the operator's words, if any). */
+  disabled_at?: string;
+  reason?: string;
+}
+
+interface Stored {
+  at: number;
+  reason?: string;
+}
+
+/** The operators' side: list, disable, enable (the CLI and the admin API). */
+export class TrunkAdmin {
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+    private readonly trunks: readonly TrunkConfig[],
+  ) {}
+
+  /** Every configured trunk, with its state. */
+  async list(): Promise<TrunkAdminState[]> {
+    const off = await readDisabled(this.redis, this.keys);
+    return this.trunks.map((t) => stateOf(t.name, off.get(t.name)));
+  }
+
+  /** Takes `name` out of service (again: keeps the first time, updates the reason when one is given). */
+  async disable(name: string, reason?: string): Promise<TrunkAdminState> {
+    this.known(name);
+    const clean = reason === undefined ? undefined : cleanReason(reason);
+    const previous = (await readDisabled(this.redis, this.keys)).get(name);
+    const stored: Stored = { at: previous?.at ?? Date.now(), ...(clean ? { reason: clean } : previous?.reason ? { reason: previous.reason } : {}) };
+    await this.redis.hset(this.keys.trunksDisabled(), name, JSON.stringify(stored));
+    return stateOf(name, stored);
+  }
+
+  /** Puts `name` back in service. */
+  async enable(name: string): Promise<TrunkAdminState> {
+    this.known(name);
+    await this.redis.hdel(this.keys.trunksDisabled(), name);
+    return stateOf(name, undefined);
+  }
+
+  private known(name: string): void {
+    if (!this.trunks.some((t) => t.name === name)) throw new TrunkNotFoundError(name, this.trunks.map((t) => t.name));
+  }
+}
+
+/**
+ * A worker's side: reads the disabled trunks every `pollMs` and hands them to `apply` (TrunkPacer.setDisabled),
+ * logging each change. Redis failing: the last state read stays (warn once a minute).
+ */
+export class TrunkAdminWatcher {
+  private timer: NodeJS.Timeout | undefined;
+  private current = new Map<string, Stored>();
+  private lastWarnAt = -Infinity;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+    private readonly trunks: readonly TrunkConfig[],
+    private readonly apply: (disabled: ReadonlySet<string>) => void,
+    private readonly logger: Logger,
+    private readonly pollMs = 1000,
+  ) {}
+
+  /** Reads the state once now (a worker starts with it), then every pollMs. */
+  async start(): Promise<void> {
+    await this.poll();
+    this.timer = setInterval(() => void this.poll(), this.pollMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  private async poll(): Promise<void> {
+    let next: Map<string, Stored>;
+    try {
+      next = await readDisabled(this.redis, this.keys);
+    } catch (err) {
+      const now = performance.now();
+      if (now - this.lastWarnAt >= 60_000) {
+        this.lastWarnAt = now;
+        this.logger.warn({ err: (err as Error).message }, 'could not read the disabled trunks from Redis; keeping the last state read');
+      }
+      return;
+    }
+    const names = new Set(this.trunks.map((t) => t.name));
+    for (const [name, s] of next) {
+      if (names.has(name) && !this.current.has(name)) this.logger.warn({ trunk: name, reason: s.reason, since: new Date(s.at).toISOString() }, 'trunk disabled by an operator: no new calls on it');
+    }
+    for (const name of this.current.keys()) {
+      if (names.has(name) && !next.has(name)) this.logger.info({ trunk: name }, 'trunk enabled by an operator: back in service');
+    }
+    this.current = next;
+    this.apply(new Set([...next.keys()].filter((n) => names.has(n))));
+  }
+}
+
+async function readDisabled(redis: Redis, keys: Keys): Promise<Map<string, Stored>> {
+  const raw = await redis.hgetall(keys.trunksDisabled());
+  const out = new Map<string, Stored>();
+  for (const [name, value] of Object.entries(raw)) {
+    try {
+      const v = JSON.parse(value) as Partial<Stored>;
+      out.set(name, { at: typeof v.at === 'number' ? v.at : 0, ...(typeof v.reason === 'string' ? { reason: v.reason } : {}) });
+    } catch {
+      // Written by hand (HSET ... 1): disabled all the same.
+      out.set(name, { at: 0 });
+    }
+  }
+  return out;
+}
+
+function stateOf(name: string, s: Stored | undefined): TrunkAdminState {
+  if (!s) return { name, enabled: true };
+  return { name, enabled: false, ...(s.at > 0 ? { disabled_at: new Date(s.at).toISOString() } : {}), ...(s.reason ? { reason: s.reason } : {}) };
+}
+
+/** Logged and shown: printable, one line, bounded. */
+function cleanReason(reason: string): string | undefined {
+  const clean = reason.replace(/[^\x20-\x7e\u00a0-\uffff]/g, ' ').trim().slice(0, 200);
+  return clean === '' ? undefined : clean;
+}
