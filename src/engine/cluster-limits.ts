@@ -163,7 +163,7 @@ export class SharedRate {
   private reserve(): void {
     const batch = this.pending;
     this.pending = [];
-    scripts.reserveRateSlots.run(this.redis, [this.key], [batch.length, this.interval, 1000 - this.interval]).then(
+    scripts.reserveRateSlots.run(this.redis, [this.key], [batch.length, this.interval, Math.max(0, 1000 - this.interval)]).then(
       (first) => {
         // Slot times on this worker's clock, from the answer's arrival: later by the reply's way back, never earlier.
         const at = performance.now() + Number(first);

@@ -1,10 +1,13 @@
 /**
  * Paces call attempts to a trunk's CPS: `take()` resolves when a token is
- * available. Capacity is one second's worth, so bursts never exceed the CPS.
+ * available. Capacity is one second's worth, so bursts never exceed the CPS;
+ * at least one token, so that a rate below one a second (an SMSC's `tps` 0.5)
+ * still lets one through every 1 / rate seconds.
  */
 export class TokenBucket {
   private tokens: number;
   private last: number;
+  private readonly capacity: number;
   private readonly waiters: (() => void)[] = [];
   private timer: NodeJS.Timeout | undefined;
 
@@ -12,7 +15,8 @@ export class TokenBucket {
     private readonly ratePerSecond: number,
     private readonly now: () => number = () => performance.now(),
   ) {
-    this.tokens = ratePerSecond;
+    this.capacity = Math.max(1, ratePerSecond);
+    this.tokens = this.capacity;
     this.last = this.now();
   }
 
@@ -30,7 +34,7 @@ export class TokenBucket {
 
   private refill(): void {
     const t = this.now();
-    this.tokens = Math.min(this.ratePerSecond, this.tokens + ((t - this.last) / 1000) * this.ratePerSecond);
+    this.tokens = Math.min(this.capacity, this.tokens + ((t - this.last) / 1000) * this.ratePerSecond);
     this.last = t;
   }
 

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import type { TrunkConfig } from '../../src/config/schema.js';
-import { ClusterLimits } from '../../src/engine/cluster-limits.js';
+import { ClusterLimits, SharedRate } from '../../src/engine/cluster-limits.js';
 import { TrunkPacer } from '../../src/engine/trunk-pacer.js';
 import { Keys } from '../../src/store/keys.js';
 import { REDIS_URL } from '../helpers/engine.js';
@@ -135,6 +135,18 @@ describe('sip.trunkLimits: cluster (Redis)', () => {
     await new Promise((r) => setTimeout(r, 200));
     expect(b.status().map((s) => s.name)).toEqual(['first', 'second']);
     for (let i = 0; i < 3; i++) expect(b.pick()).toBe(other);
+  });
+
+  it('a rate below one a second (an SMSC account\'s accountTps 0.5): the first goes at once, the next two seconds later', async () => {
+    keys = new Keys(`fvtest-${randomBytes(4).toString('hex')}`);
+    const rate = new SharedRate(redis, keys.smscRate('slow'), 0.5, (err) => {
+      throw err;
+    });
+    const start = performance.now();
+    await rate.take();
+    expect(performance.now() - start).toBeLessThan(300);
+    await rate.take();
+    expect(performance.now() - start).toBeGreaterThanOrEqual(1900);
   });
 
   it('Redis failing: the worker keeps to its own limits and lets its calls go', async () => {
