@@ -82,6 +82,8 @@ interface Health {
   clusterCalls: number;
   /** sip.trunkLimits cluster: channels are being asked for in Redis. */
   asking: boolean;
+  /** sip.trunkLimits cluster: the last ask got fewer channels than it wanted (its waiters wait for a channel, not for Redis). */
+  refused: boolean;
   /** sip.trunkLimits cluster: the next ask while calls wait for a channel another worker holds. */
   retry: NodeJS.Timeout | undefined;
 }
@@ -157,6 +159,7 @@ export class TrunkPacer {
       disabled: false,
       clusterCalls: 0,
       asking: false,
+      refused: false,
       retry: undefined,
     }));
     this.prefixed = trunks.some((t) => (t.prefixes ?? []).length > 0);
@@ -328,7 +331,15 @@ export class TrunkPacer {
 
   /** Every trunk's health and calls (the `flashverify_trunk_up` and `flashverify_trunk_calls*` gauges). */
   status(): TrunkState[] {
-    return this.health.map((h) => ({ name: h.trunk.name, up: h.up, enabled: !h.disabled, calls: h.calls, waiting: h.waiters.length, maxCalls: h.trunk.maxCalls }));
+    return this.health.map((h) => ({
+      name: h.trunk.name,
+      up: h.up,
+      enabled: !h.disabled,
+      calls: h.calls,
+      // Under sip.trunkLimits cluster, calls waiting for Redis's answer to an ask are not waiting for a channel.
+      waiting: this.cluster && h.trunk.maxCalls !== undefined && !h.refused ? 0 : h.waiters.length,
+      maxCalls: h.trunk.maxCalls,
+    }));
   }
 
   /**
@@ -399,6 +410,7 @@ export class TrunkPacer {
           }
           // Drained meanwhile: the waiters went over the cap, counted there.
           if (given < granted) cluster.giveChannels(h.trunk, given - granted);
+          h.refused = granted < wanted;
           this.asked(h, cluster, granted === wanted);
         },
         (err: Error) => {
@@ -407,6 +419,7 @@ export class TrunkPacer {
             h.calls++;
             h.waiters.shift()!();
           }
+          h.refused = h.waiters.length > 0;
           this.asked(h, cluster, false);
         },
       );
