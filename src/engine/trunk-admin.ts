@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import type { TrunkConfig } from '../config/schema.js';
 import { AppError } from '../errors/app-error.js';
 import type { Keys } from '../store/keys.js';
+import { oncePer } from './cluster-limits.js';
 
 export class TrunkNotFoundError extends AppError {
   constructor(name: string, known: readonly string[]) {
@@ -74,7 +75,7 @@ export class TrunkAdmin {
 export class TrunkAdminWatcher {
   private timer: NodeJS.Timeout | undefined;
   private current = new Map<string, Stored>();
-  private lastWarnAt = -Infinity;
+  private readonly warnNow = oncePer(60_000);
 
   constructor(
     private readonly redis: Redis,
@@ -102,9 +103,7 @@ export class TrunkAdminWatcher {
     try {
       next = await readDisabled(this.redis, this.keys);
     } catch (err) {
-      const now = performance.now();
-      if (now - this.lastWarnAt >= 60_000) {
-        this.lastWarnAt = now;
+      if (this.warnNow()) {
         this.logger.warn({ err: (err as Error).message }, 'could not read the disabled trunks from Redis; keeping the last state read');
       }
       return;

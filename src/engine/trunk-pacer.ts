@@ -107,8 +107,8 @@ const DEFAULT_HEALTH: TrunkHealthOptions = { failuresToMarkDown: 3, retryAfterMs
  * the longest prefix it starts with, else to the trunks without prefixes (the default route), and priority, weight,
  * health and channels choose among those only, as SMSCs are chosen (sms/gateway.ts).
  *
- * Channels: a trunk with `maxCalls` (a carrier's limit of concurrent calls on the interconnect, per process as
- * `cps` is) carries at most that many calls at once, from `acquire()` to `release()`. `pick()` passes a full trunk
+ * Channels: a trunk with `maxCalls` (a carrier's limit of concurrent calls on the interconnect; this process's own
+ * without `cluster`, as `cps` then is) carries at most that many calls at once, from `acquire()` to `release()`. `pick()` passes a full trunk
  * over for another of the same priority with a free slot, then for one of the next priorities; when every live trunk
  * is full, the best one is picked and its calls wait for a slot there, first come first served (`acquire()`, before
  * the CPS token, so that the calls a freed slot lets go still leave at the trunk's CPS).
@@ -408,7 +408,8 @@ export class TrunkPacer {
             h.calls++;
             h.waiters.shift()!();
           }
-          // Drained meanwhile: the waiters went over the cap, counted there.
+          // Fewer waiters than asked for: some were handed a channel freed here meanwhile, or drained (over the cap,
+          // counted there). The channels granted for them go back.
           if (given < granted) cluster.giveChannels(h.trunk, given - granted);
           h.refused = granted < wanted;
           this.asked(h, cluster, granted === wanted);
