@@ -6,7 +6,7 @@
  *   of one event-loop turn in one script, and lets each call go at its slot. An idle trunk lets `cps` calls go at once,
  *   as a process's own token bucket of one second does; after that, one call every 1000 / cps ms, cluster-wide.
  * - Channels (`maxCalls`): each worker's count of the channels it holds is one field of a hash
- *   (takeTrunkChannels-2.lua, giveTrunkChannels-2.lua), under a lease renewed while the worker runs: a worker that
+ *   (takeSharedCount-2.lua, giveSharedCount-2.lua), under a lease renewed while the worker runs: a worker that
  *   died, or stalled longer than the lease, no longer counts once its lease lapses. TrunkPacer asks for channels,
  *   hands a channel freed in this worker to its own next waiter directly, and asks again every `pollMs` while calls
  *   wait for one another worker may free.
@@ -39,8 +39,7 @@ export class ClusterLimits {
   readonly leaseMs: number;
   readonly pollMs: number;
   private readonly gates = new Map<string, SharedRate>();
-  /** Channel counts given back in this event-loop turn, by trunk: one script per trunk and turn. */
-  private readonly giving = new Map<string, number>();
+  private readonly channels = new Map<string, SharedCount>();
   private readonly warnNow = oncePer(60_000);
 
   constructor(
@@ -70,38 +69,33 @@ export class ClusterLimits {
    * Takes up to `n` of the trunk's channels for this worker (0: renews its lease only); `held`: the channels it holds
    * by its own count. Resolves with those granted and the trunk's total in use across the cluster after it.
    */
-  async takeChannels(trunk: TrunkConfig, n: number, held: number): Promise<{ granted: number; total: number }> {
-    const [granted, total] = (await scripts.takeTrunkChannels.run(
-      this.redis,
-      [this.keys.trunkChannels(trunk.name), this.keys.trunkChannelLeases(trunk.name)],
-      [this.worker, n, trunk.maxCalls ?? 0, this.leaseMs, held],
-    )) as [number, number];
-    return { granted, total };
+  takeChannels(trunk: TrunkConfig, n: number, held: number): Promise<{ granted: number; total: number }> {
+    return this.channelsOf(trunk).take(n, held);
   }
 
   /** Changes this worker's count of the trunk's channels by `delta` (the changes of one turn in one script). */
   giveChannels(trunk: TrunkConfig, delta: number): void {
-    const pending = this.giving.get(trunk.name);
-    this.giving.set(trunk.name, (pending ?? 0) + delta);
-    if (pending !== undefined) return;
-    queueMicrotask(() => {
-      const d = this.giving.get(trunk.name) ?? 0;
-      this.giving.delete(trunk.name);
-      if (d === 0) return;
-      scripts.giveTrunkChannels
-        .run(this.redis, [this.keys.trunkChannels(trunk.name), this.keys.trunkChannelLeases(trunk.name)], [this.worker, d, this.leaseMs])
-        // Not counted back: the count is this worker's until its lease lapses (15 s after its last word to Redis).
-        .catch((err: Error) => this.fellBack(trunk.name, 'channels', err, 'could not give back trunk channels in Redis'));
-    });
+    this.channelsOf(trunk).give(delta);
   }
 
   /** The worker stops: its channels of these trunks no longer count. */
   async leave(trunks: readonly TrunkConfig[]): Promise<void> {
-    await Promise.all(
-      trunks.map((t) =>
-        Promise.all([this.redis.hdel(this.keys.trunkChannels(t.name), this.worker), this.redis.zrem(this.keys.trunkChannelLeases(t.name), this.worker)]),
-      ),
-    ).catch((err: Error) => this.options.logger?.warn({ err: err.message }, 'could not remove this worker\'s trunk channels from Redis; they count until its lease lapses'));
+    await Promise.all(trunks.map((t) => this.channelsOf(t).leave()));
+  }
+
+  private channelsOf(trunk: TrunkConfig): SharedCount {
+    let count = this.channels.get(trunk.name);
+    if (!count) {
+      count = new SharedCount(this.redis, this.keys.trunkChannels(trunk.name), this.keys.trunkChannelLeases(trunk.name), this.worker, trunk.maxCalls ?? 0, {
+        leaseMs: this.leaseMs,
+        // Not counted back: the count is this worker's until its lease lapses (15 s after its last word to Redis).
+        onGiveFailed: (err) => this.fellBack(trunk.name, 'channels', err, 'could not give back trunk channels in Redis'),
+        onLeaveFailed: (err) =>
+          this.options.logger?.warn({ trunk: trunk.name, err: err.message }, 'could not remove this worker\'s trunk channels from Redis; they count until its lease lapses'),
+      });
+      this.channels.set(trunk.name, count);
+    }
+    return count;
   }
 
   /**
@@ -115,6 +109,57 @@ export class ClusterLimits {
       { trunk, limit, err: err.message },
       `${msg}; this worker keeps to the trunk's limits alone (as sip.trunkLimits: process) until Redis answers`,
     );
+  }
+}
+
+/**
+ * A count capped over every worker process (a trunk's channels, an SMSC account's binds): each worker's share is a
+ * field of `countKey` under a lease in `leaseKey` that every take and give renews (takeSharedCount-2.lua,
+ * giveSharedCount-2.lua); a worker whose lease lapsed no longer counts. The gives of one event-loop turn go in one
+ * script.
+ */
+export class SharedCount {
+  private giving = 0;
+  private givingQueued = false;
+  readonly leaseMs: number;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly countKey: string,
+    private readonly leaseKey: string,
+    readonly worker: string,
+    private readonly max: number,
+    private readonly options: { leaseMs?: number; onGiveFailed?: (err: Error) => void; onLeaveFailed?: (err: Error) => void } = {},
+  ) {
+    this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
+  }
+
+  /** Takes up to `n` for this worker (0: renews its lease only); `held`: its share by its own count. */
+  async take(n: number, held: number): Promise<{ granted: number; total: number }> {
+    const [granted, total] = (await scripts.takeSharedCount.run(this.redis, [this.countKey, this.leaseKey], [this.worker, n, this.max, this.leaseMs, held])) as [
+      number,
+      number,
+    ];
+    return { granted, total };
+  }
+
+  /** Changes this worker's share by `delta`. */
+  give(delta: number): void {
+    this.giving += delta;
+    if (this.givingQueued) return;
+    this.givingQueued = true;
+    queueMicrotask(() => {
+      const d = this.giving;
+      this.giving = 0;
+      this.givingQueued = false;
+      if (d === 0) return;
+      scripts.giveSharedCount.run(this.redis, [this.countKey, this.leaseKey], [this.worker, d, this.leaseMs]).catch((err: Error) => this.options.onGiveFailed?.(err));
+    });
+  }
+
+  /** This worker's share no longer counts (it stops). */
+  async leave(): Promise<void> {
+    await Promise.all([this.redis.hdel(this.countKey, this.worker), this.redis.zrem(this.leaseKey, this.worker)]).catch((err: Error) => this.options.onLeaveFailed?.(err));
   }
 }
 

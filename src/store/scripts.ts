@@ -100,8 +100,8 @@ export const scripts = {
   prepareWebhook: LuaScript.load('prepareWebhook-4'),
   tripWebhookBreaker: LuaScript.load('tripWebhookBreaker-2'),
   reserveRateSlots: LuaScript.load('reserveRateSlots-1'),
-  takeTrunkChannels: LuaScript.load('takeTrunkChannels-2'),
-  giveTrunkChannels: LuaScript.load('giveTrunkChannels-2'),
+  takeSharedCount: LuaScript.load('takeSharedCount-2'),
+  giveSharedCount: LuaScript.load('giveSharedCount-2'),
 };
 
 /**

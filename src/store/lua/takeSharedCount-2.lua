@@ -1,19 +1,20 @@
 --[[
-  Take up to n of a trunk's channels (sip.trunks[].maxCalls) for one worker
-  process, counted over every worker process (sip.trunkLimits: cluster;
-  engine/cluster-limits.ts). Each worker's channels in use are one field of
-  a hash; each worker holds a lease, renewed by every call of this script
-  (n = 0 is the heartbeat). A worker whose lease lapsed (it died, or stalled
-  longer than the lease) no longer counts: its field is removed, and its
-  channels are free for the others.
+  Take up to n of a count capped over every worker process, for one worker
+  (engine/cluster-limits.ts SharedCount): a trunk's channels
+  (sip.trunks[].maxCalls, sip.trunkLimits: cluster), an SMSC account's binds
+  (sms.smscs[].maxBinds). Each worker's share in use is one field of a hash;
+  each worker holds a lease, renewed by every call of this script (n = 0 is
+  the heartbeat). A worker whose lease lapsed (it died, or stalled longer
+  than the lease) no longer counts: its field is removed, and its share is
+  free for the others.
 
-  KEYS[1] hash: worker -> channels it holds
+  KEYS[1] hash: worker -> its share (channels, binds)
   KEYS[2] sorted set: worker -> when its lease lapses (ms, Redis's clock)
   ARGV[1] worker id
-  ARGV[2] n, channels wanted (0: only renew the lease and read the total)
-  ARGV[3] maxCalls of the trunk
+  ARGV[2] n, wanted (0: only renew the lease and read the total)
+  ARGV[3] the cap over every worker
   ARGV[4] lease, ms
-  ARGV[5] channels this worker holds by its own count: written back when its
+  ARGV[5] this worker's share by its own count: written back when its
           field is missing (its lease had lapsed), so that it counts again
 
   Returns { granted, total in use after it }.

@@ -1,10 +1,11 @@
 --[[
-  Change one worker's count of a trunk's channels by delta (sip.trunkLimits:
-  cluster; engine/cluster-limits.ts): negative when its calls have ended,
-  positive when a stopping worker lets its waiting calls go over the cap. A
-  count that reaches 0 is removed. Renews the worker's lease.
+  Change one worker's share of a count capped over every worker process
+  (takeSharedCount-2.lua: a trunk's channels, an SMSC account's binds) by
+  delta: negative when its calls have ended (binds closed), positive when a
+  stopping worker lets its waiting calls go over the cap. A share that
+  reaches 0 is removed. Renews the worker's lease.
 
-  KEYS[1] hash: worker -> channels it holds
+  KEYS[1] hash: worker -> its share
   KEYS[2] sorted set: worker -> when its lease lapses (ms, Redis's clock)
   ARGV[1] worker id
   ARGV[2] delta
