@@ -20,7 +20,7 @@ import { Sealer } from './crypto/sealer.js';
 import { failStrandedDelivery, strandedReason } from './engine/delivery-claim.js';
 import { FlashProcessor } from './engine/flash-processor.js';
 import { TrunkPacer } from './engine/trunk-pacer.js';
-import { ClusterLimits, oncePer, SharedRate } from './engine/cluster-limits.js';
+import { ClusterLimits, oncePer, SharedCount, SharedRate } from './engine/cluster-limits.js';
 import { TrunkAdmin, TrunkAdminWatcher } from './engine/trunk-admin.js';
 import { TrunkPinger } from './engine/trunk-pinger.js';
 import { VoiceProcessor } from './engine/voice-processor.js';
@@ -79,6 +79,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   }
   const sealer = new Sealer(keysMaterial.current, keysMaterial.previous);
   const keys = new Keys(config.redis.prefix);
+  // This process among the workers sharing trunk limits and SMSC binds in Redis (host, pid, and a random part: tests run several in one).
+  const workerId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
   const redis = connectRedis(config.redis, logger);
   // Delivery writes (events, record updates of calls in progress) wait for Redis to come back rather than fail mid-call.
   const durableRedis = connectRedis(config.redis, logger, { maxRetriesPerRequest: null });
@@ -196,7 +198,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       // sip.trunkLimits cluster (the default): each trunk's cps and maxCalls counted in Redis across worker processes.
       const clusterLimits =
         config.sip.trunkLimits === 'cluster'
-          ? new ClusterLimits(redis, keys, `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`, {
+          ? new ClusterLimits(redis, keys, workerId, {
               logger: trunkLog,
               onFallback: (trunk, limit) => metrics.trunkLimitFellBack(trunk, limit),
             })
@@ -360,6 +362,11 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           smscs: resolveSmscs(config.sms),
           logger: smsLog,
           // sms.smscs[].accountTps: the SMSC account's rate, shared in Redis by every bind of every worker process.
+          // sms.smscs[].maxBinds: the SMSC account's binds, shared in Redis by every worker process.
+          bindSlots: (smsc) =>
+            new SharedCount(redis, keys.smscBinds(smsc.name), keys.smscBindLeases(smsc.name), workerId, smsc.maxBinds!, {
+              onLeaveFailed: (err) => smsLog.warn({ smsc: smsc.name, err: err.message }, 'could not give back this worker\'s SMSC binds in Redis; they count until its lease lapses'),
+            }),
           accountRate: (smsc) =>
             new SharedRate(redis, keys.smscRate(smsc.name), smsc.accountTps!, (err) => {
               metrics.smscRateFellBack(smsc.name);
@@ -391,7 +398,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         });
         await gateway.start();
         metrics.watchSmsc(gateway);
-        readiness.smpp = () => gateway.status().every((s) => s.bindsUp > 0);
+        // An SMSC whose account binds are all held by other workers (maxBinds) is theirs to carry.
+        readiness.smpp = () => gateway.status().every((s) => s.bindsUp > 0 || s.bindsStarted === 0);
         deliveryWorker('sms', 'sms', (_id, job, token) => sms.process(job, token), config.worker.smsConcurrency);
         // Binds close after the SMS worker stopped taking jobs (stops run in order; workers are unshifted first).
         stops.push(['smpp binds', () => gateway.stop()]);

@@ -257,8 +257,14 @@ export const smscSchema = z
     systemType: z.string().max(12).default(''),
     /** One bind_transceiver per bind, or a transmitter + a receiver. */
     bindMode: z.enum(['transceiver', 'transmitter_receiver']).default('transceiver'),
-    /** Binds (connections) opened to this SMSC; submits are spread over them. */
+    /** Binds (connections) opened to this SMSC by each worker process; submits are spread over them. */
     binds: z.number().int().positive().max(64).default(1),
+    /**
+     * Binds to this SMSC over every worker process (the SMSC account's limit), counted in Redis under a lease: each
+     * worker opens at most `binds` of them, the first workers to start taking theirs; one whose binds were refused asks
+     * again every 5 s. None: each worker opens `binds`.
+     */
+    maxBinds: z.number().int().positive().max(1024).optional(),
     /** submit_sm in flight per bind, awaiting submit_sm_resp. */
     window: z.number().int().positive().max(1000).default(10),
     /** submit_sm per second per bind (token bucket). */

@@ -23,7 +23,7 @@ export interface TrunkStatusSource {
 
 /** What the SMPP gauges read at scrape time (the SMS gateway has it). */
 export interface SmscStatusSource {
-  status(): { name: string; bindsUp: number; bindsConfigured: number; inFlight: number; window: number }[];
+  status(): { name: string; bindsUp: number; bindsConfigured: number; bindsStarted: number; inFlight: number; window: number }[];
 }
 
 /** What the range-quarantine gauge reads at scrape time (numbers/range-health.ts has it). */
@@ -342,6 +342,11 @@ export class Metrics {
     };
     smscGauge('flashverify_smpp_binds_up', 'SMPP binds currently bound, by SMSC', (s) => s.bindsUp);
     smscGauge('flashverify_smpp_binds_configured', 'SMPP binds configured, by SMSC', (s) => s.bindsConfigured);
+    smscGauge(
+      'flashverify_smpp_binds_started',
+      'SMPP binds this process opens, by SMSC: all those configured, or its share of sms.smscs[].maxBinds (the account\'s binds over every worker)',
+      (s) => s.bindsStarted,
+    );
     smscGauge('flashverify_smpp_window_in_flight', 'submit_sm awaiting their response, by SMSC (window use)', (s) => s.inFlight);
     smscGauge('flashverify_smpp_window_size', 'Total window (in-flight submits allowed) over the binds that are up, by SMSC', (s) => s.window);
     const trunkSources = this.trunkSources;

@@ -36,12 +36,33 @@ export interface SmppGatewayOptions {
   stopTimeoutMs?: number;
   /** The rate shared by every bind of every worker process for an SMSC with `accountTps` (engine/cluster-limits.ts SharedRate). */
   accountRate?: (smsc: SmscSettings) => { take(): Promise<void> };
+  /** The binds shared by every worker process for an SMSC with `maxBinds` (engine/cluster-limits.ts SharedCount). */
+  bindSlots?: (smsc: SmscSettings) => BindSlots;
+  /** How often bind slots are renewed and asked for (default BIND_SLOT_POLL_MS). */
+  bindSlotPollMs?: number;
 }
 
 interface SmscEntry {
   settings: SmscSettings;
   sessions: SmppSession[];
+  /** sms.smscs[].maxBinds: this worker's share of the account's binds, counted over every worker process. */
+  slots?: BindSlots | undefined;
+  /** Sessions started (all of them without `slots`; as many as the slots granted with them). */
+  started: number;
+  /** The warning that every bind is held elsewhere was logged (again once some were granted). */
+  refusedLogged?: boolean;
 }
+
+/** A cap on an SMSC account's binds shared by worker processes (engine/cluster-limits.ts SharedCount). */
+export interface BindSlots {
+  /** Takes up to `n` more for this worker (0: renews its lease); `held`: those it holds. */
+  take(n: number, held: number): Promise<{ granted: number; total: number }>;
+  /** This worker's binds no longer count (it stops). */
+  leave(): Promise<void>;
+}
+
+/** How often a worker renews its share of an SMSC's binds and asks for the binds it was refused. */
+export const BIND_SLOT_POLL_MS = 5000;
 
 type Acquired = { session: SmppSession } | { reason: 'no_bind' | 'throttled' };
 
@@ -79,12 +100,15 @@ export class SmppGateway implements SmsGateway {
   private readonly waiters = new Set<() => void>();
   private running = false;
   private roundRobin = 0;
+  private slotTimer: NodeJS.Timeout | undefined;
+  private readonly bindSlotPollMs: number;
 
   constructor(options: SmppGatewayOptions) {
     this.log = options.logger.child({ component: 'smpp' });
     this.slotWaitMs = options.slotWaitMs ?? 5_000;
     this.bindWaitMs = options.bindWaitMs ?? 1_000;
     this.stopTimeoutMs = options.stopTimeoutMs ?? 5_000;
+    this.bindSlotPollMs = options.bindSlotPollMs ?? BIND_SLOT_POLL_MS;
     const delegate = {
       onMessage: (pdu: SmppPdu, session: SmppSession) => this.handleMessage(pdu, session),
       onAvailabilityChange: () => this.wakeWaiters(),
@@ -99,6 +123,8 @@ export class SmppGateway implements SmsGateway {
           { length: settings.binds },
           (_, i) => new SmppSession({ smsc: settings, name: `${settings.name}#${i}`, logger: this.log, delegate, accountRate }),
         ),
+        slots: settings.maxBinds !== undefined ? options.bindSlots?.(settings) : undefined,
+        started: 0,
       };
     });
   }
@@ -115,15 +141,57 @@ export class SmppGateway implements SmsGateway {
         { smsc: e.settings.name, host: e.settings.host, port: e.settings.port, binds: e.settings.binds, bind_mode: e.settings.bindMode },
         'connecting to SMSC',
       );
+      if (e.slots) continue;
       for (const s of e.sessions) s.start();
+      e.started = e.sessions.length;
     }
+    const shared = this.entries.filter((e) => e.slots);
+    if (shared.length === 0) return;
+    await Promise.all(shared.map((e) => this.claimBinds(e)));
+    this.slotTimer = setInterval(() => void Promise.all(shared.map((e) => this.claimBinds(e))), this.bindSlotPollMs);
+    this.slotTimer.unref();
+  }
+
+  /**
+   * sms.smscs[].maxBinds: renews this worker's share of the SMSC's binds and asks for those it has not started yet;
+   * starts the binds granted. Redis failing: the binds already started stay (their count lapses in Redis after the
+   * lease, so others may take them: warned), none is started.
+   */
+  private async claimBinds(e: SmscEntry): Promise<void> {
+    const slots = e.slots!;
+    const wanted = e.sessions.length - e.started;
+    let granted: number;
+    let total: number;
+    try {
+      ({ granted, total } = await slots.take(wanted, e.started));
+    } catch (err) {
+      this.log.warn({ smsc: e.settings.name, err: (err as Error).message }, 'could not count this worker\'s binds of the SMSC in Redis (sms.smscs[].maxBinds)');
+      return;
+    }
+    if (!this.running) return;
+    const from = e.started;
+    for (let i = 0; i < granted && e.started < e.sessions.length; i++) e.sessions[e.started++]!.start();
+    if (granted > 0) {
+      this.log.info({ smsc: e.settings.name, binds: e.started, of_account: total, max_binds: e.settings.maxBinds, started_now: e.started - from }, 'SMSC binds granted for this worker');
+    } else if (wanted > 0 && !e.refusedLogged) {
+      e.refusedLogged = true;
+      this.log.warn(
+        { smsc: e.settings.name, binds: e.started, wanted: e.sessions.length, of_account: total, max_binds: e.settings.maxBinds },
+        'the SMSC account\'s binds are all held by other workers (sms.smscs[].maxBinds); asking again every few seconds',
+      );
+    }
+    if (e.started === e.sessions.length) e.refusedLogged = false;
   }
 
   async stop(): Promise<void> {
     if (!this.running) return;
     this.running = false;
+    if (this.slotTimer) clearInterval(this.slotTimer);
+    this.slotTimer = undefined;
     this.wakeWaiters();
     await Promise.all(this.entries.flatMap((e) => e.sessions.map((s) => s.stop(this.stopTimeoutMs))));
+    // Unbound: this worker's share of the accounts' binds goes back.
+    await Promise.all(this.entries.map((e) => e.slots?.leave()));
     this.log.info('SMPP gateway stopped');
   }
 
@@ -140,6 +208,7 @@ export class SmppGateway implements SmsGateway {
       name: e.settings.name,
       bindsUp: e.sessions.filter((s) => s.isUp).length,
       bindsConfigured: e.sessions.length,
+      bindsStarted: e.started,
       inFlight: e.sessions.reduce((n, s) => n + s.inFlight, 0),
       window: e.settings.window * e.sessions.length,
     }));

@@ -126,6 +126,8 @@ export interface SmscStatus {
   name: string;
   bindsUp: number;
   bindsConfigured: number;
+  /** Binds this worker opens (fewer than configured while sms.smscs[].maxBinds has the others held by other workers). */
+  bindsStarted: number;
   inFlight: number;
   window: number;
 }

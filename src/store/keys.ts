@@ -156,6 +156,14 @@ export class Keys {
   trunkCps(trunk: string): string {
     return `${this.prefix}:tcps:${encodeURIComponent(trunk)}`;
   }
+  /** Hash with TTL: worker id -> binds it holds to the SMSC, under `sms.smscs[].maxBinds` (SharedCount). */
+  smscBinds(smsc: string): string {
+    return `${this.prefix}:sbind:${encodeURIComponent(smsc)}`;
+  }
+  /** Sorted set with TTL: worker id -> when its hold on the SMSC's binds lapses (ms), with smscBinds. */
+  smscBindLeases(smsc: string): string {
+    return `${this.prefix}:sbindl:${encodeURIComponent(smsc)}`;
+  }
   /** Hash: SIP trunks an operator took out of service (name -> JSON {at, reason}); engine/trunk-admin.ts. */
   trunksDisabled(): string {
     return `${this.prefix}:trunkoff`;

@@ -560,6 +560,18 @@ describe('SMS OTP through SMPP', () => {
     expect(at[5]! - at[0]!).toBeGreaterThanOrEqual(1800);
   });
 
+  it('sms.smscs[].maxBinds: a worker configured for two binds opens the one the account allows, is ready, and sends through it', async () => {
+    const t = await start({ binds: 2, maxBinds: 1 });
+    const account = await t.account({ balance: 1 });
+    await new Promise((r) => setTimeout(r, 500));
+    expect((await smsc.state()).sessions.filter((x) => x.bound && x.closedAt === null)).toHaveLength(1);
+    expect((await http(`${t.url}/readyz`)).body).toMatchObject({ checks: { smpp: true } });
+    const id = await sendSms(t, account.auth, '+447700900720');
+    expect((await finalStatus(t, account.auth, id)).status).toBe('delivered');
+    // The account's one bind, counted in Redis as this worker's.
+    expect(Object.values(await t.redis.hgetall(t.keys.smscBinds('default')))).toEqual(['1']);
+  });
+
   it('SMSC down when the request comes: the job waits without using its attempts, and delivers once the bind is up', async () => {
     const t = await start({}, { sms: { retry: { firstDelayMs: 50, maxDelayMs: 100, maxAttempts: 2 } } });
     const account = await t.account({ balance: 1 });

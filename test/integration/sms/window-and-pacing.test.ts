@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { SharedRate } from '../../../src/engine/cluster-limits.js';
+import { SharedCount, SharedRate } from '../../../src/engine/cluster-limits.js';
 import { Keys } from '../../../src/store/keys.js';
 import { REDIS_URL } from '../../helpers/engine.js';
 import { smscEntry, startGateway, startSmsc, submitRequest, type GatewayUnderTest, type TestSmsc } from '../../helpers/smsc.js';
@@ -82,7 +82,7 @@ describe('binds', () => {
     await smsc.set({ respDelayMs: 50 });
     gut = await startGateway([smscEntry(smsc, { binds: 4, window: 2 })]);
     await gut.waitUp();
-    expect(gut.gateway.status()).toEqual([{ name: 'default', bindsUp: 4, bindsConfigured: 4, inFlight: 0, window: 8 }]);
+    expect(gut.gateway.status()).toEqual([{ name: 'default', bindsUp: 4, bindsConfigured: 4, bindsStarted: 4, inFlight: 0, window: 8 }]);
     const outcomes = await Promise.all(Array.from({ length: 40 }, (_, i) => gut!.gateway.submit(submitRequest(`+4477009005${String(i).padStart(2, '0')}`))));
     expect(outcomes.every((o) => o.kind === 'accepted')).toBe(true);
     const usedBinds = new Set(outcomes.map((o) => (o.kind === 'accepted' ? o.bind : '')));
@@ -128,3 +128,43 @@ describe('accountTps: the SMSC account\'s rate over every bind of every worker p
     }
   });
 });
+
+describe('maxBinds: the SMSC account\'s binds over every worker process', () => {
+  it('two workers of two binds each and maxBinds 3: three binds at the SMSC; when the first stops, the second opens its other one', async () => {
+    const redis = new Redis(REDIS_URL);
+    const keys = new Keys(`fvtest-${randomBytes(4).toString('hex')}`);
+    const bindSlots = (worker: string) => (settings: { name: string; maxBinds?: number | undefined }) =>
+      new SharedCount(redis, keys.smscBinds(settings.name), keys.smscBindLeases(settings.name), worker, settings.maxBinds!);
+    const entry = smscEntry(smsc, { binds: 2, maxBinds: 3 });
+    const bound = async () => (await smsc.state()).sessions.filter((x) => x.bound && x.closedAt === null).length;
+    const first = await startGateway([entry], { bindSlots: bindSlots('w1'), bindSlotPollMs: 200 });
+    let second: Awaited<ReturnType<typeof startGateway>> | undefined;
+    try {
+      await first.waitUp();
+      second = await startGateway([entry], { bindSlots: bindSlots('w2'), bindSlotPollMs: 200 });
+      await waitUntil(async () => (await bound()) === 3);
+      expect(first.gateway.status()[0]).toMatchObject({ bindsStarted: 2, bindsUp: 2, bindsConfigured: 2 });
+      expect(second.gateway.status()[0]).toMatchObject({ bindsStarted: 1, bindsConfigured: 2 });
+      // Held over a few polls: never a fourth.
+      await new Promise((r) => setTimeout(r, 600));
+      expect(await bound()).toBe(3);
+      expect(await redis.hgetall(keys.smscBinds('default'))).toEqual({ w1: '2', w2: '1' });
+      await first.gateway.stop();
+      await waitUntil(async () => second!.gateway.status()[0]!.bindsUp === 2);
+      expect(await redis.hgetall(keys.smscBinds('default'))).toEqual({ w2: '2' });
+    } finally {
+      await first.gateway.stop();
+      await second?.gateway.stop();
+      await redis.del(keys.smscBinds('default'), keys.smscBindLeases('default'));
+      redis.disconnect();
+    }
+  });
+});
+
+async function waitUntil(check: () => Promise<boolean>, timeoutMs = 5000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error('condition not met');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
