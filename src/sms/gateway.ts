@@ -258,7 +258,8 @@ export class SmppGateway implements SmsGateway {
    * without anything sent.
    */
   private async acquire(entries: SmscEntry[], exclude: SmppSession | undefined): Promise<Acquired> {
-    const sessions = entries.flatMap((e) => e.sessions).filter((s) => s !== exclude);
+    // Only the binds this worker opens (its share of maxBinds): none, and the job goes back at once for a worker that has.
+    const sessions = entries.flatMap((e) => e.sessions.slice(0, e.started)).filter((s) => s !== exclude);
     const started = performance.now();
     // Each pass either returns or waits for a change; the waits end by the deadlines.
     for (let pass = 0; pass < 10_000; pass += 1) {

@@ -149,6 +149,16 @@ describe('maxBinds: the SMSC account\'s binds over every worker process', () => 
       await new Promise((r) => setTimeout(r, 600));
       expect(await bound()).toBe(3);
       expect(await redis.hgetall(keys.smscBinds('default'))).toEqual({ w1: '2', w2: '1' });
+      // A third worker gets none: its submits go back at once (no_bind, the job retried where a bind is), no bind wait.
+      const third = await startGateway([entry], { bindSlots: bindSlots('w3'), bindSlotPollMs: 200, bindWaitMs: 2000 });
+      try {
+        expect(third.gateway.status()[0]).toMatchObject({ bindsStarted: 0, bindsUp: 0 });
+        const t0 = performance.now();
+        expect(await third.gateway.submit(submitRequest('+447700900777'))).toMatchObject({ kind: 'retry', reason: 'no_bind' });
+        expect(performance.now() - t0).toBeLessThan(500);
+      } finally {
+        await third.gateway.stop();
+      }
       await first.gateway.stop();
       await waitUntil(async () => second!.gateway.status()[0]!.bindsUp === 2);
       expect(await redis.hgetall(keys.smscBinds('default'))).toEqual({ w2: '2' });
