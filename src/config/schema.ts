@@ -126,6 +126,13 @@ export const trunkSchema = z
     prefixes: z.array(z.string().regex(/^\+\d{1,14}$/, 'must be an E.164 prefix such as "+44"')).optional(),
     /** Treat 183 Session Progress as "ringing" for flash calls (some carriers never send 180). */
     ringOn183: z.boolean().default(false),
+    /**
+     * This trunk's flash.ringMs and flash.ringingTimeoutMs, and voice.answerTimeoutMs, for its calls (a route whose
+     * handsets need a longer ring to show the caller ID, or whose post-dial delay is longer). None: the global ones.
+     */
+    ringMs: z.number().int().nonnegative().max(60_000).optional(),
+    ringingTimeoutMs: z.number().int().positive().max(120_000).optional(),
+    answerTimeoutMs: z.number().int().positive().max(300_000).optional(),
     /** Send a minimal SDP offer in flash-call INVITEs for carriers that reject offer-less INVITEs. */
     dummySdp: z.boolean().default(false),
     /**

@@ -74,7 +74,7 @@ export class VoiceProcessor {
         from,
         trunk,
         announcement: codeAnnouncement(code, language),
-        answerTimeoutMs: config.voice.answerTimeoutMs,
+        answerTimeoutMs: trunk.answerTimeoutMs ?? config.voice.answerTimeoutMs,
         settleMs: 64 * config.sip.timers.t1Ms + 1000,
         logger: log,
         shutdown: watch.callSignals(this.deps.shutdown),

@@ -141,4 +141,34 @@ describe('sip.trunks[].prefixes: calls routed by destination', () => {
     expect(engine.logs.some((l) => l.includes('no DID range may be presented on a trunk that routes this destination'))).toBe(true);
     expect(invitedNumbers(uk)).toEqual([]);
   });
+
+  it('sip.trunks[].ringMs: each trunk\'s calls ring as long as its own setting says before the CANCEL', async () => {
+    const quick = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 30_000 });
+    const long = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 30_000 });
+    sipps.push(quick, long);
+    engine = await startTestEngine(
+      testConfig({
+        flash: { ringMs: 100 },
+        sip: {
+          timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 },
+          trunks: [
+            { name: 'quick', uri: quick.uri, prefixes: ['+44'] },
+            { name: 'long', uri: long.uri, prefixes: ['+33'], ringMs: 1200 },
+          ],
+        },
+      }),
+    );
+    const account = await engine.account();
+    expect(await verify(engine, account.auth, '+447700900601')).toMatchObject({ status: 'delivered', trunk: 'quick' });
+    expect(await verify(engine, account.auth, '+33612345601')).toMatchObject({ status: 'delivered', trunk: 'long' });
+    await quick.waitForExit(10_000);
+    await long.waitForExit(10_000);
+    // From the 180 SIPp sent to the CANCEL it received.
+    const ringing = (uas: SippUas) => {
+      const at = (pred: (m: ReturnType<SippUas['messages']>[number]) => boolean) => Date.parse(uas.messages().find(pred)!.timestamp.replace(' ', 'T') + 'Z');
+      return at((m) => m.direction === 'received' && m.method === 'CANCEL') - at((m) => m.direction === 'sent' && m.status === 180);
+    };
+    expect(ringing(quick)).toBeLessThan(900);
+    expect(ringing(long)).toBeGreaterThanOrEqual(1150);
+  });
 });
