@@ -869,7 +869,7 @@ export async function runCli(argv: string[]): Promise<number> {
     const redis = connectRedis(config.redis, logger, { maxRetriesPerRequest: 1 });
     try {
       await waitForRedis(redis, config.redis.url, 0);
-      const admin = new TrunkAdmin(redis, new Keys(config.redis.prefix), config.sip.trunks);
+      const admin = new TrunkAdmin(redis, new Keys(config.redis.prefix), config.sip.trunks, config.sip.trunkLimits === 'cluster');
       const out =
         sub === 'list'
           ? await admin.list()

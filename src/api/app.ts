@@ -104,7 +104,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
       defaultCurrency: config.accounts.defaultCurrency,
       fraud: deps.fraud,
       guard: authGuard,
-      trunks: new TrunkAdmin(deps.redis, deps.keys, config.sip.trunks),
+      trunks: new TrunkAdmin(deps.redis, deps.keys, config.sip.trunks, config.sip.trunkLimits === 'cluster'),
     }),
     { prefix: '/admin/v1' },
   );

@@ -562,6 +562,9 @@ export function openApiDocument(config: Readonly<Config>): Json {
             enabled: { type: 'boolean', description: 'false: taken out of service by an operator (no new calls)' },
             disabled_at: { type: 'string', format: 'date-time' },
             reason: { type: 'string', maxLength: 200 },
+            cps: { type: 'number' },
+            max_calls: { type: 'integer' },
+            calls_in_use: { type: 'integer', description: 'Channels held over every worker (maxCalls under sip.trunkLimits cluster)' },
           },
         },
         Account: {

@@ -25,6 +25,10 @@ export interface TrunkAdminState {
   /** Disabled: when (ISO 8601) and why (the operator's words, if any). */
   disabled_at?: string;
   reason?: string;
+  /** Its `cps` and `maxCalls` as configured, and (with `maxCalls` under sip.trunkLimits cluster) the channels in use over every worker. */
+  cps?: number;
+  max_calls?: number;
+  calls_in_use?: number;
 }
 
 interface Stored {
@@ -38,12 +42,19 @@ export class TrunkAdmin {
     private readonly redis: Redis,
     private readonly keys: Keys,
     private readonly trunks: readonly TrunkConfig[],
+    /** sip.trunkLimits is cluster: the channels in use are counted in Redis (list() reads them). */
+    private readonly clusterLimits = true,
   ) {}
 
-  /** Every configured trunk, with its state. */
+  /** Every configured trunk, with its state, its limits and (capped, cluster limits) the channels in use. */
   async list(): Promise<TrunkAdminState[]> {
     const off = await readDisabled(this.redis, this.keys);
-    return this.trunks.map((t) => stateOf(t.name, off.get(t.name)));
+    return Promise.all(
+      this.trunks.map(async (t) => {
+        const inUse = t.maxCalls !== undefined && this.clusterLimits ? await channelsInUse(this.redis, this.keys, t.name) : undefined;
+        return { ...stateOf(t.name, off.get(t.name)), cps: t.cps, ...(t.maxCalls !== undefined ? { max_calls: t.maxCalls } : {}), ...(inUse !== undefined ? { calls_in_use: inUse } : {}) };
+      }),
+    );
   }
 
   /** Takes `name` out of service (again: keeps the first time, updates the reason when one is given). */
@@ -133,6 +144,11 @@ async function readDisabled(redis: Redis, keys: Keys): Promise<Map<string, Store
     }
   }
   return out;
+}
+
+/** The trunk's channels held over every worker (takeSharedCount-2.lua's hash; lapsed workers may still be in it). */
+async function channelsInUse(redis: Redis, keys: Keys, trunk: string): Promise<number> {
+  return (await redis.hvals(keys.trunkChannels(trunk))).reduce((n, v) => n + Math.max(0, Number(v) || 0), 0);
 }
 
 function stateOf(name: string, s: Stored | undefined): TrunkAdminState {

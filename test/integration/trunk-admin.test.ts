@@ -32,7 +32,7 @@ async function start(calls: { primary: number; backup: number }): Promise<{ auth
       sip: {
         timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 },
         trunks: [
-          { name: 'primary', uri: primary.uri, priority: 0 },
+          { name: 'primary', uri: primary.uri, priority: 0, maxCalls: 5 },
           { name: 'backup', uri: backup.uri, priority: 1 },
         ],
       },
@@ -65,8 +65,9 @@ describe('trunks taken out of service by an operator', { timeout: 45_000 }, () =
     expect(disabled.body).toMatchObject({ name: 'primary', enabled: false, reason: 'carrier maintenance until 02:00' });
     expect((await admin('/trunks')).body).toMatchObject({
       trunks: [
-        { name: 'primary', enabled: false, reason: 'carrier maintenance until 02:00', disabled_at: expect.stringMatching(/^\d{4}-/) },
-        { name: 'backup', enabled: true },
+        // With its limits, and the channels in use over every worker (its call has ended).
+        { name: 'primary', enabled: false, reason: 'carrier maintenance until 02:00', disabled_at: expect.stringMatching(/^\d{4}-/), cps: 200, max_calls: 5, calls_in_use: 0 },
+        { name: 'backup', enabled: true, cps: 200 },
       ],
     });
     // The worker reads it within a second.
