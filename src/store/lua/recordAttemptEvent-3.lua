@@ -23,7 +23,7 @@
 --- @include "writeEvent"
 local n = tonumber(ARGV[2])
 local v = redis.call('HMGET', KEYS[1], 'account_id', 'wf_step', 'whq_until')
-local id = redis.call('XADD', KEYS[2], unpack(ARGV, 3 + n))
+local id = xaddEvent(KEYS[2], ARGV, 3 + n, v[3])
 recordWebhookOrder(KEYS[3], id, v[3])
 if n == 0 or not v[1] then return {0, id} end
 if ARGV[1] ~= '' and v[2] ~= ARGV[1] then return {0, id} end

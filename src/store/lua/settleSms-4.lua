@@ -41,7 +41,7 @@ elseif v[6] and ARGV[2] ~= 'DELIVRD' and ARGV[1] ~= ''
 elseif v[5] then
   verdict = 'duplicate'
 else
-  recordWebhookOrder(KEYS[4], redis.call('XADD', KEYS[2], unpack(ARGV, 4)), v[7])
+  recordWebhookOrder(KEYS[4], xaddEvent(KEYS[2], ARGV, 4, v[7]), v[7])
   redis.call('HSET', KEYS[1], 'sms_receipt', ARGV[2])
   verdict = 'published'
 end

@@ -16,9 +16,15 @@
   the id padded as webhook-queue.ts orderMember pads it, so that lexical order
   is stream order.
 
+  xaddEvent(streamKey, args, from, recordUntil): XADD of args[from..] (the
+  fields of EventPublisher.streamArgs), with `nowq 1` added when the request
+  has no order set at all (no `whq_until`: its account had no webhook URL
+  when it was created), so that a webhook consumer need not mark such an
+  event done in a set that does not exist (one command fewer per event).
+
   writeEvent(...): XADD of `verification.<status>` with the stream's usual
-  fields (EventPublisher.streamArgs without a workflow step), then
-  recordWebhookOrder. Returns the stream id.
+  fields (EventPublisher.streamArgs without a workflow step), `nowq` as
+  above, then recordWebhookOrder. Returns the stream id.
 ]]
 local function recordWebhookOrder(orderKey, id, recordUntil)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -26,10 +32,18 @@ local function recordWebhookOrder(orderKey, id, recordUntil)
   redis.call('ZADD', orderKey, -1, string.rep('0', 15 - #ms) .. ms .. '-' .. string.rep('0', 10 - #seq) .. seq)
 end
 
+local function xaddEvent(streamKey, args, from, recordUntil)
+  if recordUntil then return redis.call('XADD', streamKey, unpack(args, from)) end
+  local a = { unpack(args, from) }
+  a[#a + 1] = 'nowq'
+  a[#a + 1] = '1'
+  return redis.call('XADD', streamKey, unpack(a))
+end
+
 local function writeEvent(streamKey, maxLen, orderKey, recordUntil, status, requestId, accountId, method, timestamp, detail)
-  local id = redis.call('XADD', streamKey, 'MAXLEN', '~', maxLen, '*',
+  local id = xaddEvent(streamKey, { 'MAXLEN', '~', maxLen, '*',
     'event', 'verification.' .. status, 'request_id', requestId, 'account_id', accountId,
-    'method', method, 'status', status, 'timestamp', timestamp, 'detail', detail)
+    'method', method, 'status', status, 'timestamp', timestamp, 'detail', detail }, 1, recordUntil)
   recordWebhookOrder(orderKey, id, recordUntil)
   return id
 end
