@@ -121,7 +121,7 @@ export class TrunkAdminWatcher {
     }
     const names = new Set(this.trunks.map((t) => t.name));
     for (const [name, s] of next) {
-      if (names.has(name) && !this.current.has(name)) this.logger.warn({ trunk: name, reason: s.reason, since: new Date(s.at).toISOString() }, 'trunk disabled by an operator: no new calls on it');
+      if (names.has(name) && !this.current.has(name)) this.logger.warn({ trunk: name, reason: s.reason, since: s.at > 0 ? new Date(s.at).toISOString() : undefined }, 'trunk disabled by an operator: no new calls on it');
     }
     for (const name of this.current.keys()) {
       if (names.has(name) && !next.has(name)) this.logger.info({ trunk: name }, 'trunk enabled by an operator: back in service');
