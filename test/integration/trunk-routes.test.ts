@@ -1,4 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import type { DeepPartial } from '../../src/config/load.js';
+import type { Config } from '../../src/config/schema.js';
 import { http, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 import { startSippUas, type SippUas } from '../helpers/sipp.js';
 
@@ -25,6 +27,19 @@ async function verify(e: TestEngine, auth: string, phone: string, method: 'flash
   }, 15_000);
 }
 
+/** A SIPp far end that rings and takes the CANCEL, for `calls` calls; stopped after the test. */
+async function farEnd(calls: number): Promise<SippUas> {
+  const uas = await startSippUas({ scenario: 'uas-ring-cancel', calls, maxLifetimeMs: 30_000 });
+  sipps.push(uas);
+  return uas;
+}
+
+/** The engine on these trunks (fast SIP timers), with `extra` config. */
+async function engineOn(trunks: NonNullable<DeepPartial<Config>['sip']>['trunks'], extra: DeepPartial<Config> = {}): Promise<TestEngine> {
+  engine = await startTestEngine(testConfig({ ...extra, sip: { timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 }, trunks } }));
+  return engine;
+}
+
 function invitedNumbers(uas: SippUas): string[] {
   return uas
     .messages()
@@ -34,21 +49,15 @@ function invitedNumbers(uas: SippUas): string[] {
 
 describe('sip.trunks[].prefixes: calls routed by destination', () => {
   it('a +44 number goes to the UK trunk, a +33 number to the default trunk', async () => {
-    const uk = await startSippUas({ scenario: 'uas-ring-cancel', calls: 2, maxLifetimeMs: 30_000 });
-    const rest = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 30_000 });
-    sipps.push(uk, rest);
-    engine = await startTestEngine(
-      testConfig({
-        flash: { ringMs: 100 },
-        sip: {
-          timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 },
-          // The default trunk first and of a better priority: only the route keeps +44 numbers off it.
-          trunks: [
-            { name: 'rest', uri: rest.uri, priority: 0 },
-            { name: 'uk', uri: uk.uri, priority: 1, prefixes: ['+44'] },
-          ],
-        },
-      }),
+    const uk = await farEnd(2);
+    const rest = await farEnd(1);
+    // The default trunk first and of a better priority: only the route keeps +44 numbers off it.
+    engine = await engineOn(
+      [
+        { name: 'rest', uri: rest.uri, priority: 0 },
+        { name: 'uk', uri: uk.uri, priority: 1, prefixes: ['+44'] },
+      ],
+      { flash: { ringMs: 100 } },
     );
     const account = await engine.account();
     expect(await verify(engine, account.auth, '+447700900301')).toMatchObject({ status: 'delivered', trunk: 'uk' });
@@ -60,13 +69,8 @@ describe('sip.trunks[].prefixes: calls routed by destination', () => {
   });
 
   it('no default route: a number no prefix matches fails no_route, is refunded, and nothing is dialled (flash and voice)', async () => {
-    const uk = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 30_000 });
-    sipps.push(uk);
-    engine = await startTestEngine(
-      testConfig({
-        sip: { timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'uk', uri: uk.uri, prefixes: ['+44'] }] },
-      }),
-    );
+    const uk = await farEnd(1);
+    engine = await engineOn([{ name: 'uk', uri: uk.uri, prefixes: ['+44'] }]);
     const account = await engine.account({ balance: 5 });
     const balance = async () => ((await http(`${engine!.url}/v1/balance`, { auth: account.auth, method: 'GET' })).body.balance as { amount: number }).amount;
     const before = await balance();
@@ -85,11 +89,14 @@ describe('sip.trunks[].prefixes: calls routed by destination', () => {
   });
 
   it('numbers.ranges[].trunks: each caller ID goes out only on a trunk its range is allowed on', async () => {
-    const screening = await startSippUas({ scenario: 'uas-ring-cancel', calls: 3, maxLifetimeMs: 30_000 });
-    const open = await startSippUas({ scenario: 'uas-ring-cancel', calls: 3, maxLifetimeMs: 30_000 });
-    sipps.push(screening, open);
-    engine = await startTestEngine(
-      testConfig({
+    const screening = await farEnd(3);
+    const open = await farEnd(3);
+    engine = await engineOn(
+      [
+        { name: 'screening', uri: screening.uri },
+        { name: 'open', uri: open.uri },
+      ],
+      {
         flash: { ringMs: 100 },
         numbers: {
           ranges: [
@@ -97,14 +104,7 @@ describe('sip.trunks[].prefixes: calls routed by destination', () => {
             { prefix: '+44190874', country: 'GB', trunks: ['open'] },
           ],
         },
-        sip: {
-          timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 },
-          trunks: [
-            { name: 'screening', uri: screening.uri },
-            { name: 'open', uri: open.uri },
-          ],
-        },
-      }),
+      },
     );
     const account = await engine.account();
     for (let i = 0; i < 6; i++) expect(await verify(engine, account.auth, `+44770090040${i}`)).toMatchObject({ status: 'delivered' });
@@ -122,19 +122,13 @@ describe('sip.trunks[].prefixes: calls routed by destination', () => {
   });
 
   it('a range whose trunks route none of the number\'s trunks is not used: no_cli, refunded, nothing dialled', async () => {
-    const uk = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 30_000 });
-    sipps.push(uk);
-    engine = await startTestEngine(
-      testConfig({
-        numbers: { ranges: [{ prefix: '+3319087', country: 'FR', trunks: ['uk'] }] },
-        sip: {
-          timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 },
-          trunks: [
-            { name: 'uk', uri: uk.uri, prefixes: ['+44'] },
-            { name: 'fr', uri: 'sip:127.0.0.1:9', prefixes: ['+33'] },
-          ],
-        },
-      }),
+    const uk = await farEnd(1);
+    engine = await engineOn(
+      [
+        { name: 'uk', uri: uk.uri, prefixes: ['+44'] },
+        { name: 'fr', uri: 'sip:127.0.0.1:9', prefixes: ['+33'] },
+      ],
+      { numbers: { ranges: [{ prefix: '+3319087', country: 'FR', trunks: ['uk'] }] } },
     );
     const account = await engine.account();
     expect(await verify(engine, account.auth, '+33612345678')).toMatchObject({ status: 'failed', failure_reason: 'no_cli' });
@@ -143,20 +137,14 @@ describe('sip.trunks[].prefixes: calls routed by destination', () => {
   });
 
   it('sip.trunks[].ringMs: each trunk\'s calls ring as long as its own setting says before the CANCEL', async () => {
-    const quick = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 30_000 });
-    const long = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 30_000 });
-    sipps.push(quick, long);
-    engine = await startTestEngine(
-      testConfig({
-        flash: { ringMs: 100 },
-        sip: {
-          timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 },
-          trunks: [
-            { name: 'quick', uri: quick.uri, prefixes: ['+44'] },
-            { name: 'long', uri: long.uri, prefixes: ['+33'], ringMs: 1200 },
-          ],
-        },
-      }),
+    const quick = await farEnd(1);
+    const long = await farEnd(1);
+    engine = await engineOn(
+      [
+        { name: 'quick', uri: quick.uri, prefixes: ['+44'] },
+        { name: 'long', uri: long.uri, prefixes: ['+33'], ringMs: 1200 },
+      ],
+      { flash: { ringMs: 100 } },
     );
     const account = await engine.account();
     expect(await verify(engine, account.auth, '+447700900601')).toMatchObject({ status: 'delivered', trunk: 'quick' });
