@@ -20,14 +20,14 @@ const TOKEN = 'admin-token-for-trunk-tests-0123456789';
 const admin = (path: string, body?: unknown) =>
   http(`${engine!.url}/admin/v1${path}`, { method: body === undefined && !path.endsWith('able') ? 'GET' : 'POST', headers: { authorization: `Bearer ${TOKEN}` }, body });
 
-async function start(calls: { primary: number; backup: number }): Promise<{ auth: string; verify: (phone: string) => Promise<Record<string, string>> }> {
+async function start(calls: { primary: number; backup: number }, flash: { ringMs?: number } = {}): Promise<{ auth: string; verify: (phone: string) => Promise<Record<string, string>> }> {
   const primary = await startSippUas({ scenario: 'uas-ring-cancel', calls: calls.primary, maxLifetimeMs: 40_000 });
   const backup = await startSippUas({ scenario: 'uas-ring-cancel', calls: calls.backup, maxLifetimeMs: 40_000 });
   sipps.push(primary, backup);
   engine = await startTestEngine(
     testConfig({
       admin: { token: TOKEN },
-      flash: { ringMs: 100 },
+      flash: { ringMs: flash.ringMs ?? 100 },
       numbers: { cliCooldownSeconds: 0 },
       sip: {
         timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 },
@@ -78,6 +78,21 @@ describe('trunks taken out of service by an operator', { timeout: 45_000 }, () =
     expect((await admin('/trunks/primary/enable')).body).toEqual({ name: 'primary', enabled: true });
     await waitFor(async () => ((await enabledGauge('primary')) === '1' ? true : undefined), 3000);
     expect((await verify('+447700900503')).trunk).toBe('primary');
+  });
+
+  it('a call ringing on a trunk when it is disabled goes on to its end (CANCEL at the end of its ring), delivered', async () => {
+    const { auth } = await start({ primary: 1, backup: 1 }, { ringMs: 2500 });
+    const created = await http(`${engine!.url}/v1/verify`, { auth, body: { phone_number: '+447700900505' } });
+    const key = engine!.keys.verification(String(created.body.request_id));
+    await waitFor(async () => ((await engine!.redis.hget(key, 'status')) === 'delivered' ? true : undefined), 5000);
+    expect((await admin('/trunks/primary/disable')).status).toBe(200);
+    await waitFor(async () => ((await enabledGauge('primary')) === '0' ? true : undefined), 3000);
+    // Still ringing: not torn down by the disable.
+    expect(await engine!.redis.hget(key, 'outcome')).toBeNull();
+    const outcome = await waitFor(async () => (await engine!.redis.hget(key, 'outcome')) ?? undefined, 10_000);
+    expect(outcome).toBe('cancelled');
+    expect(await engine!.redis.hget(key, 'trunk')).toBe('primary');
+    expect((await sipps[0]!.waitForExit(10_000)).code).toBe(0);
   });
 
   it('every trunk disabled: calls fail no_route, refunded, nothing dialled; unknown trunks and bad bodies are refused', async () => {
