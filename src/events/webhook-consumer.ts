@@ -65,16 +65,11 @@ export class WebhookConsumer extends GroupConsumer {
     if (!event || !WEBHOOK_EVENTS.has(event) || !requestId || !accountId) return;
     const order = this.keys.webhookOrder(requestId);
     const member = orderMember(id);
-    // `nowq`: the request has no order set (its account had no webhook URL when it was created; writeEvent.lua), so an
-    // event that gets no webhook has nothing to be marked done in, and nothing can be held behind it.
-    const noOrder = fields.nowq === '1';
     // A failed workflow step with steps left is not the request's failure: the next step starts instead.
-    if (event === 'verification.failed' && fields.step !== undefined && Number(fields.step) < Number(fields.steps) - 1) {
-      return noOrder ? undefined : this.skip(order, member, true);
-    }
+    if (event === 'verification.failed' && fields.step !== undefined && Number(fields.step) < Number(fields.steps) - 1) return this.skip(fields, order, member, true);
     const url = await this.webhookUrls.get(accountId, 'webhook_url');
     // No URL: the request has no order set (or nothing of it goes out any more), so no job is held for this event.
-    if (!url) return noOrder ? undefined : this.skip(order, member, false);
+    if (!url) return this.skip(fields, order, member, false);
     const data: WebhookJobData = {
       event_id: id,
       event,
@@ -105,7 +100,10 @@ export class WebhookConsumer extends GroupConsumer {
    * An event that gets no webhook is done at once: the account may set a URL before the request's next event.
    * `wakeHeld`: a later event's job held for it runs at once, as after a delivery.
    */
-  private async skip(order: string, member: string, wakeHeld: boolean): Promise<void> {
+  private async skip(fields: StreamEntry['fields'], order: string, member: string, wakeHeld: boolean): Promise<void> {
+    // `nowq`: the request has no order set (its account had no webhook URL when it was created; writeEvent.lua):
+    // nothing to mark done in, and nothing can be held behind the event.
+    if (fields.nowq === '1') return;
     await markOrderDone(this.redis, order, member, wakeHeld ? { jobs: this.jobs, logger: this.logger } : undefined);
   }
 }
