@@ -61,7 +61,8 @@ export class TrunkAdmin {
   async disable(name: string, reason?: string): Promise<TrunkAdminState> {
     this.known(name);
     const clean = reason === undefined ? undefined : cleanReason(reason);
-    const previous = (await readDisabled(this.redis, this.keys)).get(name);
+    const raw = await this.redis.hget(this.keys.trunksDisabled(), name);
+    const previous = raw === null ? undefined : parseStored(raw);
     const stored: Stored = { at: previous?.at ?? Date.now(), ...(clean ? { reason: clean } : previous?.reason ? { reason: previous.reason } : {}) };
     await this.redis.hset(this.keys.trunksDisabled(), name, JSON.stringify(stored));
     return stateOf(name, stored);
@@ -134,16 +135,18 @@ export class TrunkAdminWatcher {
 async function readDisabled(redis: Redis, keys: Keys): Promise<Map<string, Stored>> {
   const raw = await redis.hgetall(keys.trunksDisabled());
   const out = new Map<string, Stored>();
-  for (const [name, value] of Object.entries(raw)) {
-    try {
-      const v = JSON.parse(value) as Partial<Stored>;
-      out.set(name, { at: typeof v.at === 'number' ? v.at : 0, ...(typeof v.reason === 'string' ? { reason: v.reason } : {}) });
-    } catch {
-      // Written by hand (HSET ... 1): disabled all the same.
-      out.set(name, { at: 0 });
-    }
-  }
+  for (const [name, value] of Object.entries(raw)) out.set(name, parseStored(value));
   return out;
+}
+
+/** One field of the hash; written by hand (HSET ... 1, not JSON): disabled all the same, since unknown. */
+function parseStored(value: string): Stored {
+  try {
+    const v = JSON.parse(value) as Partial<Stored> | null;
+    return { at: typeof v?.at === 'number' ? v.at : 0, ...(typeof v?.reason === 'string' ? { reason: v.reason } : {}) };
+  } catch {
+    return { at: 0 };
+  }
 }
 
 /** The trunk's channels held over every worker (takeSharedCount-2.lua's hash; lapsed workers may still be in it). */
