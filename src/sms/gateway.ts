@@ -247,7 +247,6 @@ export class SmppGateway implements SmsGateway {
     return routeByPrefix(this.entries, to, (e) => e.settings.prefixes);
   }
 
-
   /**
    * The least-loaded bind with a free window slot (ties rotate), its slot
    * already reserved: the caller must hand it to `submitReserved`. Waits,
