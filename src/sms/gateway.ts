@@ -204,14 +204,19 @@ export class SmppGateway implements SmsGateway {
   }
 
   status(): SmscStatus[] {
-    return this.entries.map((e) => ({
-      name: e.settings.name,
-      bindsUp: e.sessions.filter((s) => s.isUp).length,
-      bindsConfigured: e.sessions.length,
-      bindsStarted: e.started,
-      inFlight: e.sessions.reduce((n, s) => n + s.inFlight, 0),
-      window: e.settings.window * e.sessions.length,
-    }));
+    return this.entries.map((e) => {
+      const up = e.sessions.filter((s) => s.isUp);
+      return {
+        name: e.settings.name,
+        bindsUp: up.length,
+        bindsConfigured: e.sessions.length,
+        bindsStarted: e.started,
+        inFlight: e.sessions.reduce((n, s) => n + s.inFlight, 0),
+        // What this worker can have in flight now: the binds it has up (not those down, nor those left to other
+        // workers under maxBinds).
+        window: e.settings.window * up.length,
+      };
+    });
   }
 
   async submit(request: SubmitRequest): Promise<SubmitOutcome> {
