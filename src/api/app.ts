@@ -238,10 +238,12 @@ async function usage(redis: Redis, keys: Keys, account: Account, from?: string, 
   const day = 24 * 3600 * 1000;
   const parse = (s: string | undefined, name: string, def: number): number => {
     if (s === undefined) return def;
-    if (!/^\d{4}-\d{2}-\d{2}$/.test(s) || Number.isNaN(Date.parse(`${s}T00:00:00Z`))) {
+    const ms = /^\d{4}-\d{2}-\d{2}$/.test(s) ? Date.parse(`${s}T00:00:00Z`) : NaN;
+    // A day that does not exist (2026-02-30) parses, rolled over into the next month: refused, not read as another.
+    if (Number.isNaN(ms) || utcDay(ms) !== s) {
       throw new ApiError('invalid_request', `${name} must be a date in YYYY-MM-DD format`);
     }
-    return Date.parse(`${s}T00:00:00Z`);
+    return ms;
   };
   const today = Date.parse(`${utcDay(Date.now())}T00:00:00Z`);
   const toMs = parse(to, 'to', today);

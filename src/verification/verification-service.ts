@@ -318,9 +318,9 @@ export class VerificationService {
       stored = await this.redis.hmget(
         key,
         ...['account_id', 'code_mac', 'phone_enc', 'country', 'method', 'cli_range', 'dial_started', 'test_number'],
-        ...['status', 'wf_step', 'attempts'],
+        ...['status', 'wf_step', 'attempts', 'last_send_at', 'created_at'],
       );
-      const [owner, mac, phoneEnc, , current, , , , status, wfStep, attempts] = stored;
+      const [owner, mac, phoneEnc, , current, , , , status, wfStep, attempts, lastSendAt, createdAt] = stored;
       if (!owner || owner !== account.account_id || !mac || !phoneEnc) throw notFound();
       // Constant-time comparison of MACs; a code of the wrong shape still costs an attempt.
       // (a code issued before a master key rotation is MACed with the previous key: `matches` accepts both)
@@ -340,9 +340,14 @@ export class VerificationService {
         }
       }
       const now = Date.now();
+      // `successful` in /v1/usage goes on the day the attempt was charged (and counted), as its refund would: a
+      // check after midnight must not count a success on a day without its verification. A new step or send between
+      // this read and the script changes the code's MAC too: 'stale', read again.
+      const charged: Record<string, string | undefined> = { wf_step: wfStep ?? undefined, last_send_at: lastSendAt ?? undefined, created_at: createdAt ?? undefined };
+      if (wfStep !== null) charged[`att${wfStep}_started_at`] = (await this.redis.hget(key, `att${wfStep}_started_at`)) ?? undefined;
       [result, remaining] = (await scripts.recordCheck.run(
         this.redis,
-        [key, this.keys.events(), this.keys.usage(account.account_id, utcDay(now)), this.keys.webhookOrder(requestId)],
+        [key, this.keys.events(), this.keys.usage(account.account_id, chargeDay(charged)), this.keys.webhookOrder(requestId)],
         [mac, matched ? '1' : '0', now, this.config.verification.maxCheckAttempts, this.config.events.maxLen, USAGE_TTL_SECONDS],
       )) as [string, number];
     }

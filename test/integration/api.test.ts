@@ -198,6 +198,31 @@ describe('FlashVerify v1 API', () => {
       by_method: { flash_call: { count: 2, cost: 0.008 }, voice: { count: 0, cost: 0 }, sms: { count: 0, cost: 0 } },
     });
     expect((await http(`${t.url}/v1/usage?from=2026-13-01`, { auth: a.auth })).status).toBe(400);
+    // A day that does not exist is refused, not rolled over into the next month.
+    for (const q of ['from=2026-02-30', 'to=2025-02-29', 'from=2026-04-31&to=2026-05-02']) {
+      const r = await http(`${t.url}/v1/usage?${q}`, { auth: a.auth });
+      expect([r.status, r.body.error, r.body.message]).toEqual([400, 'invalid_request', expect.stringMatching(/YYYY-MM-DD/)]);
+    }
+    expect((await http(`${t.url}/v1/usage?from=2024-02-29&to=2024-03-01`, { auth: a.auth })).status).toBe(200);
+  });
+
+  it('usage: a success counts on the day its verification was charged, so a day never shows more successes than verifications', async () => {
+    const a = await t.account({ balance: 1 });
+    const created = await http(`${t.url}/v1/verify`, { auth: a.auth, body: { phone_number: '+447700900012' } });
+    expect(created.status).toBe(201);
+    const id = String(created.body.request_id);
+    // As if it was charged just before midnight and checked after it: its charge time is yesterday's.
+    const yesterday = Date.now() - 24 * 3600 * 1000;
+    const rec = t.keys.verification(id);
+    for (const f of ['created_at', 'last_send_at']) if (await t.redis.hexists(rec, f)) await t.redis.hset(rec, f, String(yesterday));
+    const ok = await http(`${t.url}/v1/verify/check`, { auth: a.auth, body: { request_id: id, code: await code(id) } });
+    expect([ok.status, ok.body.status]).toEqual([200, 'verified']);
+    const day = (ms: number) => new Date(ms).toISOString().slice(0, 10);
+    const usageOf = async (ms: number) => (await http(`${t.url}/v1/usage?from=${day(ms)}&to=${day(ms)}`, { auth: a.auth })).body;
+    // Today holds the (real) charge and no success; the success is on the charge's day.
+    expect(await usageOf(Date.now())).toMatchObject({ total_verifications: 1, successful: 0 });
+    expect(await usageOf(yesterday)).toMatchObject({ successful: 1 });
+    await t.redis.del(t.keys.usage(a.account_id, day(yesterday)));
   });
 
   it('usage: from defaults to 30 days ago and to to today (UTC), whatever to is, unless to is earlier than that', async () => {

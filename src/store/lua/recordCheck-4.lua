@@ -5,7 +5,7 @@
 
   KEYS[1] verification hash
   KEYS[2] events stream
-  KEYS[3] usage hash of the account for today
+  KEYS[3] usage hash of the account for the day the attempt was charged (its `verified` count)
   KEYS[4] webhook order set of the request (writeEvent.lua)
 
   ARGV[1] code_mac the caller compared against
