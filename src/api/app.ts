@@ -60,14 +60,24 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     // Our ids are UUIDs; anything longer is rejected before routing.
     routerOptions: { maxParamLength: 100 },
     // Errors found while routing (bad percent-encoding, an overlong id) answer from our catalogue too, without echoing the URL.
-    frameworkErrors: (err, _req, reply) => {
+    // A /v1 URL is admitted first, as every /v1 request is (All endpoints require authentication; every response
+    // carries the rate-limit headers): no credentials answer 401, not what the URL is.
+    frameworkErrors: (err, req, reply) => {
       const apiErr =
         (err as { code?: string }).code === 'FST_ERR_MAX_PARAM_LENGTH'
           ? new ApiError('not_found', 'no such resource (ids are at most 100 characters)')
           : (err as { code?: string }).code === 'FST_ERR_BAD_URL'
             ? new ApiError('invalid_request', 'the URL is not valid (bad percent-encoding)')
             : toApiError(err);
-      void (reply as FastifyReply).status(apiErr.status).send(apiErr.toBody());
+      const send = (e: ApiError): void => {
+        for (const [name, value] of Object.entries(e.headers)) void reply.header(name, value);
+        void (reply as FastifyReply).status(e.status).send(e.toBody());
+      };
+      if (!req.url.startsWith('/v1/')) return send(apiErr);
+      admitV1(req as FastifyRequest, reply as FastifyReply).then(
+        () => send(apiErr),
+        (e: Error) => send(toApiError(e)),
+      );
     },
   });
 
@@ -114,28 +124,30 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   let inFlight = 0;
   const maxInFlight = config.api.maxInFlight;
   metrics?.watchApiInFlight(() => inFlight);
+  /** Every /v1 request, first: the in-flight cap, Basic auth, the key's rate limit (its headers set on `reply`). */
+  async function admitV1(req: FastifyRequest, reply: FastifyReply): Promise<void> {
+    if (maxInFlight > 0 && inFlight >= maxInFlight) {
+      metrics?.apiRequestShed();
+      void reply.header('Retry-After', 1);
+      throw new ApiError('service_unavailable', `too many requests in progress in this server (api.maxInFlight ${maxInFlight}); retry shortly`);
+    }
+    inFlight++;
+    // A response emits 'close' once: after it has been sent, or when its connection closed first.
+    reply.raw.once('close', () => inFlight--);
+    const pair = basicPair(req.headers.authorization);
+    const known = pair && accounts.authenticatedRecently(pair.apiKey, pair.secret);
+    if (known) {
+      // A pair this process authenticated lately: the address's lock-out and the key's rate limit in one round trip.
+      req.account = known;
+      await admitKnown(req, reply, known, redis, keys, authGuard, config.api.defaultRateLimitPerSecond);
+    } else {
+      req.account = await authenticate(req, reply, accounts, authGuard, pair);
+      await consumeRateLimit(redis, keys, req.account, config.api.defaultRateLimitPerSecond, (w) => void reply.headers(rateLimitHeaders(w)));
+    }
+  }
   app.register(
     async (v1) => {
-      v1.addHook('onRequest', async (req, reply) => {
-        if (maxInFlight > 0 && inFlight >= maxInFlight) {
-          metrics?.apiRequestShed();
-          void reply.header('Retry-After', 1);
-          throw new ApiError('service_unavailable', `too many requests in progress in this server (api.maxInFlight ${maxInFlight}); retry shortly`);
-        }
-        inFlight++;
-        // A response emits 'close' once: after it has been sent, or when its connection closed first.
-        reply.raw.once('close', () => inFlight--);
-        const pair = basicPair(req.headers.authorization);
-        const known = pair && accounts.authenticatedRecently(pair.apiKey, pair.secret);
-        if (known) {
-          // A pair this process authenticated lately: the address's lock-out and the key's rate limit in one round trip.
-          req.account = known;
-          await admitKnown(req, reply, known, redis, keys, authGuard, config.api.defaultRateLimitPerSecond);
-        } else {
-          req.account = await authenticate(req, reply, accounts, authGuard, pair);
-          await consumeRateLimit(redis, keys, req.account, config.api.defaultRateLimitPerSecond, (w) => void reply.headers(rateLimitHeaders(w)));
-        }
-      });
+      v1.addHook('onRequest', admitV1);
       v1.addHook('preValidation', async (req) => {
         if (req.routeOptions.url === undefined) return; // no such route: the 404 below, whatever the body
         // Cancel takes no body (an empty JSON object is fine too).

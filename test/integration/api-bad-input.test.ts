@@ -142,6 +142,20 @@ describe('HTTP bad input: the documented 4xx, never a 500 or a stack trace', () 
     }
   });
 
+  it('a URL refused before routing (bad percent-encoding, an overlong id) is still authenticated first and carries the rate-limit headers', async () => {
+    for (const path of ['/v1/verify/%zz', `/v1/verify/${'a'.repeat(500)}`]) {
+      const anonymous = await raw(t.url, request('GET', path).replace(`Authorization: ${auth}\r\n`, ''));
+      expect([anonymous.status, JSON.parse(anonymous.body).error]).toEqual([401, 'unauthorized']);
+      expect(anonymous.headers).toMatch(/\r\nwww-authenticate: Basic/i);
+      const mine = await raw(t.url, request('GET', path));
+      expect(mine.status).toBe(path.includes('%zz') ? 400 : 404);
+      expect(mine.headers).toMatch(/\r\nx-ratelimit-limit: 1000\r\n/i);
+      expect(mine.headers).toMatch(/\r\nx-ratelimit-remaining: \d+\r\n/i);
+    }
+    // Outside /v1 nothing is authenticated: the same refusal, no credentials asked for.
+    expect((await raw(t.url, request('GET', '/admin/v1/%zz').replace(`Authorization: ${auth}\r\n`, ''))).status).toBe(400);
+  });
+
   it('logged no 500 (no "request failed") through all of it, and still serves', async () => {
     expect(t.logs.filter((l) => l.includes('"request failed"'))).toEqual([]);
     const ok = await raw(t.url, request('GET', '/v1/balance'));
