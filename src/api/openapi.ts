@@ -155,9 +155,9 @@ export function openApiDocument(config: Readonly<Config>): Json {
           summary: `Check the code the user entered (at most ${config.verification.maxCheckAttempts} attempts)`,
           requestBody: { required: true, content: json(ref('CheckRequest')) },
           responses: {
-            '200': withRl('Verified', ref('CheckResponse')),
+            '200': withRl('Verified (also when the request was verified before with this code: a retried check gets the same answer, nothing counted)', ref('CheckResponse')),
             '400': {
-              description: 'Wrong code (invalid_code, with attempts_remaining), expired or finished (verification_expired), bad input (invalid_request)',
+              description: 'Wrong code (invalid_code, with attempts_remaining), expired or finished, or another code for a verified request (verification_expired), bad input (invalid_request)',
               headers: rl,
               content: json({ oneOf: [ref('InvalidCodeError'), ref('Error')] }),
             },

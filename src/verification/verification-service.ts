@@ -312,6 +312,7 @@ export class VerificationService {
     let stored: (string | null)[] = [];
     let result = 'stale';
     let remaining = 0;
+    let matched = false;
     // 'stale': the code changed between our read and the script (a workflow step started, a flash call picked a
     // new code): compare again with the new one, a couple of times at most; nothing was counted meanwhile.
     for (let tries = 0; result === 'stale' && tries < 3; tries++) {
@@ -324,7 +325,7 @@ export class VerificationService {
       if (!owner || owner !== account.account_id || !mac || !phoneEnc) throw notFound();
       // Constant-time comparison of MACs; a code of the wrong shape still costs an attempt.
       // (a code issued before a master key rotation is MACed with the previous key: `matches` accepts both)
-      const matched = this.sealer.matches('code', `${requestId}:${input.code}`, mac) !== false;
+      matched = this.sealer.matches('code', `${requestId}:${input.code}`, mac) !== false;
       if (!matched && Number(wfStep) > 0 && (status === 'sent' || status === 'delivered')) {
         // The right code of a step that has ended: say so (the user has the new step's code coming), and do not
         // spend an attempt on it.
@@ -367,6 +368,8 @@ export class VerificationService {
       case 'expired':
         throw new ApiError('verification_expired');
       case 'already_verified':
+        // The right code again (a client retrying a check whose answer it lost): the same answer, nothing counted.
+        if (matched) return { request_id: requestId, status: 'verified', phone_number: this.sealer.open(phoneEnc!, `phone:${requestId}`) };
         throw new ApiError('verification_expired', 'This verification has already been completed');
       case 'failed':
         throw new ApiError('verification_expired', 'Delivery of this verification failed; start a new one');

@@ -108,7 +108,7 @@ describe('FlashVerify v1 API', () => {
     expect([s403.status, s403.body.error]).toEqual([403, 'account_suspended']);
   });
 
-  it('checks codes: wrong code counts down, three wrong attempts expire it, the right code verifies once', async () => {
+  it('checks codes: wrong code counts down, three wrong attempts expire it, the right code verifies (once: a retry gets the same answer)', async () => {
     const created = await http(`${t.url}/v1/verify`, { auth, body: { phone_number: '+447700900002' } });
     const id = String(created.body.request_id);
     const right = await code(id);
@@ -117,8 +117,14 @@ describe('FlashVerify v1 API', () => {
     expect([w1.status, w1.body]).toEqual([400, { error: 'invalid_code', message: 'Incorrect code', attempts_remaining: 2 }]);
     const ok = await http(`${t.url}/v1/verify/check`, { auth, body: { request_id: id, code: right } });
     expect([ok.status, ok.body]).toEqual([200, { request_id: id, status: 'verified', phone_number: '+447700900002' }]);
+    // A client that lost the answer checks again: the same 200, nothing counted again (attempts, events).
     const twice = await http(`${t.url}/v1/verify/check`, { auth, body: { request_id: id, code: right } });
-    expect([twice.status, twice.body.error]).toEqual([400, 'verification_expired']);
+    expect([twice.status, twice.body]).toEqual([200, ok.body]);
+    expect(await t.redis.hget(t.keys.verification(id), 'attempts')).toBe('2');
+    expect((await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id && e.status === 'verified')).toHaveLength(1);
+    // Any other code on a verified request: it is over.
+    const after = await http(`${t.url}/v1/verify/check`, { auth, body: { request_id: id, code: wrongCode } });
+    expect([after.status, after.body]).toEqual([400, { error: 'verification_expired', message: 'This verification has already been completed' }]);
 
     const other = String((await http(`${t.url}/v1/verify`, { auth, body: { phone_number: '+447700900003' } })).body.request_id);
     const otherCode = await code(other);
