@@ -72,6 +72,20 @@ export function isSupportedChallenge(challenge: DigestChallenge): boolean {
   return SUPPORTED_ALGORITHMS.has(challenge.algorithm);
 }
 
+/**
+ * The challenges of a 401/407 to answer: per realm, the topmost one whose algorithm is supported (RFC 8760 2.4: a
+ * server offering several, say SHA-256 then MD5, lists them in its order of preference). Header order is kept.
+ */
+export function usableChallenges(values: readonly string[]): DigestChallenge[] {
+  const byRealm = new Map<string, DigestChallenge>();
+  for (const value of values) {
+    const challenge = parseDigestChallenge(value);
+    if (challenge === undefined || !isSupportedChallenge(challenge) || byRealm.has(challenge.realm)) continue;
+    byRealm.set(challenge.realm, challenge);
+  }
+  return [...byRealm.values()];
+}
+
 function hash(algorithm: string, data: string): string {
   const alg = algorithm.startsWith('SHA-256') ? 'sha256' : 'md5';
   return createHash(alg).update(data, 'utf8').digest('hex');

@@ -10,7 +10,7 @@ import type { TrunkConfig } from '../config/schema.js';
 import { AppError } from '../errors/app-error.js';
 import { callDelegate, reportCallEnd, type CallDelegate, type CallFailure, type CallFailureReason, type OutboundCall } from './call-originator.js';
 import type { Clock, SipTimerConfig, TimerHandle } from './clock.js';
-import { computeDigest, isSupportedChallenge, parseDigestChallenge, type DigestChallenge } from './digest.js';
+import { computeDigest, usableChallenges, type DigestChallenge } from './digest.js';
 import {
   getHeader,
   getHeaders,
@@ -526,11 +526,8 @@ export class UacCall implements OutboundCall {
     const credentials = this.trunk.auth;
     if (credentials === undefined || this.cancelRequested || this.authRetries >= MAX_AUTH_RETRIES) return false;
     const proxy = response.status === 407;
-    const values = getHeaders(response, proxy ? 'proxy-authenticate' : 'www-authenticate');
     let usable = 0;
-    for (const value of values) {
-      const challenge = parseDigestChallenge(value);
-      if (challenge === undefined || !isSupportedChallenge(challenge)) continue;
+    for (const challenge of usableChallenges(getHeaders(response, proxy ? 'proxy-authenticate' : 'www-authenticate'))) {
       const key = (proxy ? 'p:' : 'w:') + challenge.realm;
       const previous = this.auth.get(key);
       // One answer per challenge; a repeated challenge is a rejection unless the nonce was merely stale.
@@ -925,9 +922,7 @@ export class UacCall implements OutboundCall {
       receiveResponse: (r) => {
         if (r.status < 200) return;
         if ((r.status === 401 || r.status === 407) && !retried && this.trunk.auth !== undefined) {
-          for (const value of getHeaders(r, r.status === 407 ? 'proxy-authenticate' : 'www-authenticate')) {
-            const challenge = parseDigestChallenge(value);
-            if (challenge === undefined || !isSupportedChallenge(challenge)) continue;
+          for (const challenge of usableChallenges(getHeaders(r, r.status === 407 ? 'proxy-authenticate' : 'www-authenticate'))) {
             const proxy = r.status === 407;
             this.auth.set((proxy ? 'p:' : 'w:') + challenge.realm, {
               header: proxy ? 'Proxy-Authorization' : 'Authorization',

@@ -358,6 +358,29 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     expect(failed).toMatchObject({ failure: { reason: 'declined', status: 603, phrase: 'Decline' } });
   });
 
+  it('digest: a challenge offering SHA-256 then MD5 for one realm (RFC 8760 2.4) is answered once, with the topmost (SHA-256)', async () => {
+    const h = (s: string): string => createHash('sha256').update(s).digest('hex');
+    const rec = recorder();
+    const t = trunk(`sip:127.0.0.1:${port}`, { auth: { username: 'u1', password: 'p1' } });
+    sip.originate({ to: DEST, from: CLI, trunk: t, logger: testLogger }, rec.delegate);
+    const first = await peer.next('INVITE');
+    peer.reply(first, 401, 'Unauthorized', [
+      'WWW-Authenticate: Digest realm="carrier", nonce="n1", algorithm=SHA-256, qop="auth"',
+      'WWW-Authenticate: Digest realm="carrier", nonce="n1", algorithm=MD5, qop="auth"',
+    ]);
+    const second = await peer.next('INVITE', 1);
+    const auth = getHeaders(second.req, 'authorization');
+    expect(auth).toHaveLength(1);
+    const field = (name: string): string => new RegExp(`[ ,]${name}="?([^",]*)"?`).exec(auth[0]!)?.[1] ?? '';
+    expect(field('algorithm')).toBe('SHA-256');
+    const ha1 = h('u1:carrier:p1');
+    const ha2 = h(`INVITE:${second.req.uri}`);
+    expect(field('response')).toBe(h(`${ha1}:n1:${field('nc')}:${field('cnonce')}:auth:${ha2}`));
+    peer.reply(second, 603, 'Decline');
+    expect(await rec.waitFor('failed')).toMatchObject({ failure: { reason: 'declined', status: 603 } });
+    await rec.waitFor('ended');
+  });
+
   it.each(['MD5', 'SHA-256'])('digest qop=auth-int (%s): the response covers the INVITE\'s SDP body (RFC 2617 3.2.2.3, RFC 8760)', async (algorithm) => {
     const h = (s: string): string => createHash(algorithm === 'MD5' ? 'md5' : 'sha256').update(s).digest('hex');
     const rec = recorder();
