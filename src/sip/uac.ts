@@ -472,7 +472,9 @@ export class UacCall implements OutboundCall {
     this.failover?.heard();
     if (status === 503) {
       // RFC 3263 4.3: a 503 is a failure of this target, like no response at all (RFC 3261 21.5.4: try another).
-      this.inviteFailed({ reason: failureReasonFor(status), status, phrase: response.reason }, 'service_unavailable', retryAfterMs(response));
+      // Its Reason (Q.850 34, 38, 41: no circuit, network out of order, temporary failure) is the carrier's cause.
+      const q850 = q850Cause(getHeaders(response, 'reason'));
+      this.inviteFailed({ reason: failureReasonFor(status), status, phrase: response.reason, ...(q850 ? { q850 } : {}) }, 'service_unavailable', retryAfterMs(response));
       return;
     }
     if (status < 200) {

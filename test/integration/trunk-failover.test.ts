@@ -134,8 +134,13 @@ describe('trunk down, failover and back', { timeout: 45_000 }, () => {
     for (let i = 0; i < 2; i++) expect(await verify()).toMatchObject({ status: 'failed', reason: 'rejected', trunk: 'primary' });
     expect(await trunkGauge(e, 'primary')).toBe('0');
     for (let i = 0; i < 2; i++) expect(await verify()).toMatchObject({ status: 'delivered', trunk: 'backup' });
-    // The 503 trunk got exactly the two calls it refused.
+    // The 503 trunk got exactly the two calls it refused; its release cause (Reason: Q.850;cause=34) is in each.
     expect(new Set(unavailable.requests('INVITE').map((m) => m.header('call-id'))).size).toBe(2);
+    const failed = e.logs.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l['msg'] === 'SIP call failed');
+    expect(failed.map((l) => [l['status'], l['q850_cause'], l['q850_text']])).toEqual([
+      [503, 34, 'No circuit/channel available'],
+      [503, 34, 'No circuit/channel available'],
+    ]);
     expect(backup.requests('INVITE').length).toBe(2);
     expect(e.logs.join('\n')).toMatch(/trunk down; retried after back-off/);
   });
