@@ -484,12 +484,15 @@ function parseUnsafe(data: Buffer, datagram: boolean): ParseResult {
 
 /** Content-Length value from a raw head, `undefined` if absent, `null` if malformed. */
 function headContentLength(head: string): number | undefined | null {
+  // Folded lines (a line starting with SP or HT continues the one before, RFC 3261 7.3.1) are unfolded first, as
+  // parseMessage does: a folded Content-Length value counts, and a continuation line is never a header of its own.
+  const unfolded = /\r?\n[ \t]/.test(head) ? head.replace(/\r?\n[ \t]+/g, ' ') : head;
   let pos = 0;
   let found: number | undefined;
-  while (pos < head.length) {
-    let nl = head.indexOf('\n', pos);
-    if (nl === -1) nl = head.length;
-    const line = head.slice(pos, nl);
+  while (pos < unfolded.length) {
+    let nl = unfolded.indexOf('\n', pos);
+    if (nl === -1) nl = unfolded.length;
+    const line = unfolded.slice(pos, nl);
     pos = nl + 1;
     const colon = line.indexOf(':');
     if (colon <= 0) continue;
@@ -502,12 +505,18 @@ function headContentLength(head: string): number | undefined | null {
   return found;
 }
 
-export type FramerResult = { messages: ParsedMessage[]; error?: string };
+/**
+ * `messages`: those framed and parsed. `dropped`: why each message framed but not parsed was dropped (a bad header in
+ * it: the stream is still in step, the next message is read). `error`: the stream cannot be framed any further.
+ */
+export type FramerResult = { messages: ParsedMessage[]; dropped?: string[]; error?: string };
 
 /**
  * Frames a byte stream (TCP) into SIP messages using Content-Length
- * (RFC 3261 18.3). After an error the connection must be closed: the framer
- * cannot resynchronise.
+ * (RFC 3261 18.3). After an `error` (no usable Content-Length, a head or body
+ * too large) the connection must be closed: the framer cannot resynchronise.
+ * A message whose length is known but which does not parse is dropped alone,
+ * as a malformed datagram is: the connection, shared by other calls, stays.
  */
 export class StreamFramer {
   private buffer: Buffer = Buffer.alloc(0);
@@ -515,28 +524,30 @@ export class StreamFramer {
   push(chunk: Buffer): FramerResult {
     this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
     const messages: ParsedMessage[] = [];
+    let dropped: string[] | undefined;
+    const out = (error?: string): FramerResult => ({ messages, ...(dropped ? { dropped } : {}), ...(error !== undefined ? { error } : {}) });
     for (;;) {
       const start = skipLeadingCrlf(this.buffer, 0);
       if (start > 0) this.buffer = this.buffer.subarray(start);
-      if (this.buffer.length === 0) return { messages };
+      if (this.buffer.length === 0) return out();
       const ends = findHeadEnd(this.buffer, 0);
       if (ends === undefined) {
-        if (this.buffer.length > MAX_HEAD_BYTES) return { messages, error: 'headers too large' };
-        return { messages };
+        if (this.buffer.length > MAX_HEAD_BYTES) return out('headers too large');
+        return out();
       }
       const [headEnd, bodyStart] = ends;
-      if (headEnd > MAX_HEAD_BYTES) return { messages, error: 'headers too large' };
+      if (headEnd > MAX_HEAD_BYTES) return out('headers too large');
       const cl = headContentLength(this.buffer.toString('latin1', 0, headEnd));
-      if (cl === null) return { messages, error: 'bad Content-Length' };
-      if (cl === undefined) return { messages, error: 'missing Content-Length on stream transport' };
-      if (cl > MAX_BODY_BYTES) return { messages, error: 'Content-Length too large' };
+      if (cl === null) return out('bad Content-Length');
+      if (cl === undefined) return out('missing Content-Length on stream transport');
+      if (cl > MAX_BODY_BYTES) return out('Content-Length too large');
       const total = bodyStart + cl;
-      if (this.buffer.length < total) return { messages };
+      if (this.buffer.length < total) return out();
       const frame = this.buffer.subarray(0, total);
       this.buffer = this.buffer.subarray(total);
       const result = parseMessage(frame, { datagram: false });
-      if (!result.ok) return { messages, error: result.reason };
-      messages.push(result.message);
+      if (result.ok) messages.push(result.message);
+      else (dropped ??= []).push(result.reason);
     }
   }
 }

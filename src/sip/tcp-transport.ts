@@ -156,9 +156,11 @@ export class TcpTransport implements Transport {
 
   private receive(conn: Connection, chunk: Buffer): void {
     try {
-      const { messages, error } = conn.framer.push(chunk);
+      const { messages, dropped, error } = conn.framer.push(chunk);
       const remoteAddress = conn.socket.remoteAddress ?? '';
       const remotePort = conn.socket.remotePort ?? 0;
+      // A message that framed but did not parse is dropped alone, as over UDP: the connection carries other calls.
+      for (const reason of dropped ?? []) logMalformed(this.logger, reason, remoteAddress, remotePort, this.protocol);
       for (const message of messages) {
         const source: InboundSource = {
           protocol: this.protocol,

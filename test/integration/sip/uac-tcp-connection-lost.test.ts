@@ -126,6 +126,30 @@ describe('TCP connection lost during a call (scripted TCP peer)', () => {
     },
   );
 
+  it('a response that frames but does not parse is dropped alone: the connection, and the other calls on it, go on', async () => {
+    const first = flash();
+    const second = flash({ to: '+447700900124' });
+    const a = await peer.next('INVITE');
+    const b = await peer.next('INVITE', 1);
+    expect(b.conn).toBe(a.conn);
+    // A's 180 with a header name no parser takes (a bracket is not a token character, RFC 3261 25.1); its length is right.
+    peer.conns[a.conn]!.write(responseTo(a.req, 180, 'Ringing', ['X-Vendor[1]: foo']));
+    peer.reply(b, 180, 'Ringing');
+    const cancelB = await peer.next('CANCEL');
+    expect([cancelB.req.callId, cancelB.conn]).toEqual([b.req.callId, a.conn]);
+    peer.reply(cancelB, 200, 'OK');
+    peer.reply(b, 487, 'Request Terminated');
+    await expect(second).resolves.toMatchObject({ outcome: 'cancelled', rang: true, sipStatus: 487 });
+    // A's bad 180 was not taken; a good one, on the same connection, is.
+    peer.reply(a, 180, 'Ringing');
+    const cancelA = await peer.next('CANCEL', 1);
+    expect([cancelA.req.callId, cancelA.conn]).toEqual([a.req.callId, a.conn]);
+    peer.reply(cancelA, 200, 'OK');
+    peer.reply(a, 487, 'Request Terminated');
+    await expect(first).resolves.toMatchObject({ outcome: 'cancelled', rang: true, sipStatus: 487 });
+    expect(peer.conns).toHaveLength(1);
+  });
+
   it('only a 100, connection lost: CANCEL at the ringing timeout on a new connection; no_ringing on the 487', async () => {
     const result = flash({ ringingTimeoutMs: 300 });
     const invite = await peer.next('INVITE');

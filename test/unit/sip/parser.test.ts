@@ -320,6 +320,23 @@ describe('StreamFramer (TCP)', () => {
     }
   });
 
+  it('drops a message that frames but does not parse, and reads the next one (the stream is still in step)', () => {
+    const bad = Buffer.from(msg('b').toString().replace('CSeq: 1 INVITE', 'CSeq: 1 INVITE\r\nX-Vendor[1]: foo'));
+    const r = new StreamFramer().push(Buffer.concat([msg('a'), bad, msg('c', 'xyz')]));
+    expect(r.error).toBeUndefined();
+    expect(r.messages.map((m) => m.callId)).toEqual(['a', 'c']);
+    expect(r.dropped).toHaveLength(1);
+  });
+
+  it('reads a folded Content-Length (RFC 3261 7.3.1), and a continuation line is not a header of its own', () => {
+    const folded = Buffer.from(msg('a', 'xyz').toString().replace('Content-Length: 3', 'Content-Length:\r\n 3'));
+    const r = new StreamFramer().push(Buffer.concat([folded, msg('b')]));
+    expect([r.error, r.messages.map((m) => `${m.callId}:${m.body ?? ''}`)]).toEqual([undefined, ['a:xyz', 'b:']]);
+    const subject = Buffer.from(msg('c').toString().replace('CSeq: 1 INVITE', 'CSeq: 1 INVITE\r\nSubject: hello\r\n l: 99'));
+    const s = new StreamFramer().push(subject);
+    expect([s.error, s.messages.map((m) => m.callId)]).toEqual([undefined, ['c']]);
+  });
+
   it('reports a bad frame (missing / bad / oversized Content-Length, garbage)', () => {
     const noCl = Buffer.from(msg('a').toString().replace('Content-Length: 0\r\n', ''));
     expect(new StreamFramer().push(noCl).error).toMatch(/Content-Length/);
