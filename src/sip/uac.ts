@@ -333,6 +333,11 @@ export class UacCall implements OutboundCall {
   private readonly rseqByTag = new Map<string, number>();
   /** Early dialogs whose offer (a reliable 1xx's SDP, our INVITE having none) was answered in a PRACK: their 2xx is no offer. */
   private readonly answeredInPrack = new Set<string>();
+  /**
+   * Early dialogs whose reliable 1xx answered our INVITE's offer (RFC 3262 5, RFC 3261 13.2.1: the answer is in the
+   * first reliable non-failure message), by remote tag: their 2xx may come without SDP, and this is the answer.
+   */
+  private readonly earlyAnswers = new Map<string, string>();
   /** PRACK transactions not finished yet (disposed by abort()). */
   private readonly prackTxs = new Set<ClientTransaction>();
   private readonly auth = new Map<string, AuthEntry>();
@@ -584,6 +589,8 @@ export class UacCall implements OutboundCall {
       return false;
     }
     this.rseqByTag.set(tag, rseq);
+    const answer = this.localSdp !== undefined && !this.earlyAnswers.has(tag) ? sdpOf(response) : undefined;
+    if (answer !== undefined) this.earlyAnswers.set(tag, answer);
     this.sendPrack(response, tag, rseq);
     return true;
   }
@@ -791,7 +798,9 @@ export class UacCall implements OutboundCall {
     const crossed = this.cancelRequested;
     this.outcome = 'answered';
     this.log.info({ status: response.status, crossed_cancel: crossed }, 'SIP call answered');
-    this.safe('onAnswered', () => this.delegate.onAnswered?.(response.body, crossed));
+    // The answer to our offer: the 2xx's SDP, else the one its early dialog's reliable 1xx carried (RFC 3262 5).
+    const answer = response.body ? response.body : this.earlyAnswers.get(remoteTag);
+    this.safe('onAnswered', () => this.delegate.onAnswered?.(answer, crossed));
     // 9.1 / 15: the 2xx crossed our CANCEL: end the call at once.
     if (crossed && this.byePromise === undefined && this.state === 'confirmed') void this.sendBye();
     this.maybeEnd();

@@ -39,7 +39,7 @@ interface Run {
 
 async function voiceCall(
   scenario: string,
-  opts: { codec?: G711Codec; phone?: string; locale?: string; vars?: Record<string, number>; answers?: boolean; deadPrimary?: number } = {},
+  opts: { codec?: G711Codec; phone?: string; locale?: string; vars?: Record<string, number>; answers?: boolean; deadPrimary?: number; rel100?: 'supported' | 'required' } = {},
 ): Promise<Run> {
   rtp = await startRtpReceiver();
   const codec = opts.codec ?? 'PCMU';
@@ -58,7 +58,7 @@ async function voiceCall(
       sip: {
         timers: { t1Ms: T1, t2Ms: 400, t4Ms: 500 },
         // deadPrimary: a first trunk at a port nobody listens on (ICMP unreachable), SIPp the second.
-        trunks: [...(opts.deadPrimary ? [{ name: 'dead', uri: `sip:127.0.0.1:${opts.deadPrimary}`, priority: 0 }] : []), { name: 'sipp', uri: uas.uri, priority: 1 }],
+        trunks: [...(opts.deadPrimary ? [{ name: 'dead', uri: `sip:127.0.0.1:${opts.deadPrimary}`, priority: 0 }] : []), { name: 'sipp', uri: uas.uri, priority: 1, ...(opts.rel100 ? { rel100: opts.rel100 } : {}) }],
       },
     }),
   );
@@ -79,6 +79,9 @@ async function voiceCall(
   const events = (await readEvents(engine.redis, engine.keys)).filter((e) => e.request_id === id);
   return { id, code, status: String(body.status), record, events, body, auth: account.auth };
 }
+
+/** Methods in order, repeats (retransmissions) once. */
+const distinct = (methods: string[]): string[] => methods.filter((m, i) => m !== methods[i - 1]);
 
 /** The words heard, in order, found by exact match of each prompt (through the codec) in the decoded stream. */
 function wordsHeard(codec: G711Codec, language: PromptLanguage): string[] {
@@ -171,6 +174,17 @@ describe('voice OTP against SIPp', () => {
     expect(firstAt - sent).toBeGreaterThan(1000);
     expect(JSON.parse(run.events[1]!.detail!)).toMatchObject({ language: 'de' });
     expect(wordsHeard('PCMU', 'de')).toEqual(['intro', ...run.code, 'again', ...run.code]);
+  }, 45_000);
+
+  it('rel100: the answer in a reliable 183 and a 200 without SDP (RFC 3262 5): plays to the 183\'s address, then BYE', async () => {
+    const run = await voiceCall('uas-voice-100rel-early-answer', { rel100: 'supported' });
+    expect(run.record.outcome).toBe('played');
+    expect(run.status).toBe('delivered');
+    expect((await uas!.waitForExit(10_000)).code).toBe(0);
+    expect(uas!.sent().find((m) => m.status === 200 && m.header('cseq')?.endsWith('INVITE'))!.body).toBe('');
+    expect(distinct(uas!.requests().map((m) => m.method ?? ""))).toEqual(['INVITE', 'PRACK', 'ACK', 'BYE']);
+    expectCleanStream('PCMU');
+    expect(wordsHeard('PCMU', 'en')).toEqual(['intro', ...run.code, 'again', ...run.code]);
   }, 45_000);
 
   it('far end hangs up mid-prompt: playback stops at once, 200 to the BYE, still delivered', async () => {
