@@ -182,7 +182,7 @@ describe('voice OTP against SIPp', () => {
     expect(run.status).toBe('delivered');
     expect((await uas!.waitForExit(10_000)).code).toBe(0);
     expect(uas!.sent().find((m) => m.status === 200 && m.header('cseq')?.endsWith('INVITE'))!.body).toBe('');
-    expect(distinct(uas!.requests().map((m) => m.method ?? ""))).toEqual(['INVITE', 'PRACK', 'ACK', 'BYE']);
+    expect(distinct(uas!.requests().map((m) => m.method ?? ''))).toEqual(['INVITE', 'PRACK', 'ACK', 'BYE']);
     expectCleanStream('PCMU');
     expect(wordsHeard('PCMU', 'en')).toEqual(['intro', ...run.code, 'again', ...run.code]);
   }, 45_000);
