@@ -492,7 +492,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
     let top = true;
     for (const h of request.headers) {
       if (h.key !== 'via') continue;
-      headers.push(top && source.protocol === 'udp' ? hdr('Via', stampVia(h.value, request.via, source)) : h);
+      headers.push(top ? hdr('Via', stampVia(h.value, request.via, source)) : h);
       top = false;
     }
     for (const h of request.headers) {
@@ -529,13 +529,16 @@ function prepareTls(tls: TlsTransport, trunk: TrunkConfig): void {
   if (trunk.tls !== undefined && trunkNeedsTls(trunk.uri)) tls.prepare(trunk.name, trunk.tls);
 }
 
-/** RFC 3261 18.2.1 `received` and RFC 3581 `rport` on the top Via of a UDP request. */
+/**
+ * The top Via of a request as its response carries it, over any transport: RFC 3261 18.2.1 `received` when the
+ * sent-by host is not the source address; RFC 3581 4: an `rport` without a value gets the source port, and then
+ * `received` always, even when it is the sent-by host.
+ */
 function stampVia(value: string, via: Via, source: InboundSource): string {
   let v = value;
-  if ('rport' in via.params && via.params['rport'] === null) {
-    v = v.replace(/;\s*rport(?=\s*(;|$))/i, `;rport=${source.remotePort}`);
-  }
-  if (via.host !== source.remoteAddress && via.params['received'] === undefined) v += `;received=${source.remoteAddress}`;
+  const rport = 'rport' in via.params && via.params['rport'] === null;
+  if (rport) v = v.replace(/;\s*rport(?=\s*(;|$))/i, `;rport=${source.remotePort}`);
+  if ((rport || via.host !== source.remoteAddress) && via.params['received'] === undefined) v += `;received=${source.remoteAddress}`;
   return v;
 }
 
