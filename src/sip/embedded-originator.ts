@@ -412,6 +412,11 @@ export class EmbeddedSipOriginator implements CallOriginator {
         );
       }
       if (message.kind === 'response') {
+        // RFC 3261 8.1.3.3: a response with more than one Via was meant for a proxy before us, not for this UAC.
+        if (viaCount(message) > 1) {
+          this.logger.debug({ call_id: message.callId, status: message.status }, 'response with more than one Via (RFC 3261 8.1.3.3); dropped');
+          return;
+        }
         const branch = message.via.branch;
         const tx = branch === undefined ? undefined : this.transactions.get(clientTransactionKey(branch, message.cseq.method));
         const inviteOk = message.cseq.method === 'INVITE' && message.status >= 200 && message.status < 300;
@@ -527,6 +532,13 @@ export class EmbeddedSipOriginator implements CallOriginator {
 function prepareTls(tls: TlsTransport, trunk: TrunkConfig): void {
   // The object resolveTrunk puts in the trunk's destinations, which the transport finds the settings by.
   if (trunk.tls !== undefined && trunkNeedsTls(trunk.uri)) tls.prepare(trunk.name, trunk.tls);
+}
+
+/** The Via values of a message (the parser gives each value of a comma-separated line its own header). */
+function viaCount(message: ParsedMessage): number {
+  let n = 0;
+  for (const h of message.headers) if (h.key === 'via') n++;
+  return n;
 }
 
 /**

@@ -358,6 +358,19 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     expect(failed).toMatchObject({ failure: { reason: 'declined', status: 603, phrase: 'Decline' } });
   });
 
+  it('a response with a second Via (meant for a proxy before us, RFC 3261 8.1.3.3) is dropped; the right one is taken', async () => {
+    const rec = recorder();
+    sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
+    const invite = await peer.next('INVITE');
+    peer.reply(invite, 486, 'Busy Here', ['Via: SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bKproxy1']);
+    await tick(200);
+    expect(rec.events).toEqual([]);
+    expect(peer.count('ACK')).toBe(0);
+    peer.reply(invite, 603, 'Decline');
+    expect(await rec.waitFor('failed')).toMatchObject({ failure: { reason: 'declined', status: 603 } });
+    await rec.waitFor('ended');
+  });
+
   it('digest: a challenge offering SHA-256 then MD5 for one realm (RFC 8760 2.4) is answered once, with the topmost (SHA-256)', async () => {
     const h = (s: string): string => createHash('sha256').update(s).digest('hex');
     const rec = recorder();
