@@ -154,6 +154,20 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
             p.onAnswered?.(call?.callId ?? '', media);
             void playThenHangup();
           },
+          // A re-INVITE's offer (media moved, hold): the media session answers it and follows it; one that has no
+          // way to (FreeSWITCH's answers its own re-INVITEs) leaves the backend to answer with our SDP.
+          ...(session.reoffer
+            ? {
+                onOffer(sdp: string): string | undefined {
+                  try {
+                    return session.reoffer!(sdp);
+                  } catch (err) {
+                    p.logger.warn({ err: (err as Error).message }, 're-INVITE offer not taken; the call keeps its media');
+                    return undefined;
+                  }
+                },
+              }
+            : {}),
           onRemoteHangup() {
             remoteHangup = true;
             session.stop();

@@ -31,6 +31,12 @@ export interface MediaSession {
   readonly offer: string;
   /** Applies the far end's SDP answer; throws MediaError when nothing usable is in it. */
   accept(answerSdp: string): NegotiatedMedia;
+  /**
+   * The far end's new SDP offer in the established call (a re-INVITE: its media moved, hold, a refresh): applied to
+   * the stream (playing or not) and answered. Throws MediaError when it cannot be taken (the call keeps its media:
+   * 488). Absent: the backend answers re-INVITEs itself.
+   */
+  reoffer?(offerSdp: string): string;
   /** Plays the announcement to the far end; resolves when it ends or is stopped. */
   play(announcement: Announcement): Promise<PlayResult>;
   /** Stops playback at once (the far end hung up); idempotent. */

@@ -112,3 +112,88 @@ export function parseAnswer(sdp: string): NegotiatedMedia {
     sendAllowed: direction === 'sendrecv' || direction === 'recvonly',
   };
 }
+
+export type Direction = 'sendrecv' | 'sendonly' | 'recvonly' | 'inactive';
+
+/** The answer's direction for an offer's (RFC 3264 6.1): what the offerer sends, we receive, and the other way round. */
+const ANSWER_DIRECTION: Record<Direction, Direction> = { sendrecv: 'sendrecv', sendonly: 'recvonly', recvonly: 'sendonly', inactive: 'inactive' };
+
+export interface ReofferParams {
+  /** Address placed in o= and c= (the advertised media host). */
+  host: string;
+  /** Our RTP port (unchanged for the call). */
+  port: number;
+  /** o= session id and version of the SDP we send (the version goes up with each change, RFC 3264 8). */
+  sessionId: number;
+  sessionVersion: number;
+  /** The codec the call plays in: the answer keeps it (a stream cannot change codec mid-announcement). */
+  codec: G711Codec;
+}
+
+/**
+ * A new offer from the far end in an established call (a re-INVITE: media moved to another address, hold, a
+ * refresh): the answer (RFC 3264 6, 8) and what it means for our stream. The first audio stream that lists `codec`
+ * is taken, with its telephone-event if offered; every other m= line is declined (port 0), in order. Direction
+ * complements the offer's; a sendonly or inactive offer, or a connection address of 0.0.0.0 (RFC 2543 hold), lets
+ * us send nothing. Throws MediaError when no audio stream of the offer takes `codec` (the call keeps its media: 488).
+ */
+export function answerReoffer(offerSdp: string, p: ReofferParams): { media: NegotiatedMedia; answer: string } {
+  let offer: SessionDescription;
+  try {
+    offer = parse(offerSdp);
+  } catch (err) {
+    throw new MediaError(`unparsable SDP offer: ${(err as Error).message}`);
+  }
+  const ptsOf = (m: MediaDescription): number[] =>
+    String(m.payloads ?? '')
+      .split(/\s+/)
+      .filter((x) => x !== '')
+      .map(Number);
+  const nameOf = (m: MediaDescription, pt: number): string | undefined => m.rtp.find((r) => r.payload === pt)?.codec.toUpperCase() ?? STATIC_CODECS[pt];
+  let chosen: { index: number; pt: number; te: number | undefined } | undefined;
+  offer.media.forEach((m, index) => {
+    if (chosen || m.type !== 'audio' || m.port === 0) return;
+    const pts = ptsOf(m);
+    const pt = pts.find((x) => nameOf(m, x) === p.codec && (m.rtp.find((r) => r.payload === x)?.rate ?? 8000) === 8000);
+    if (pt !== undefined) chosen = { index, pt, te: pts.find((x) => nameOf(m, x) === 'TELEPHONE-EVENT') };
+  });
+  if (!chosen) throw new MediaError(`SDP offer has no active audio stream with ${p.codec}, the codec the call plays in`);
+  const { index, pt, te } = chosen;
+  const audio = offer.media[index]!;
+  const address = audio.connection?.ip ?? offer.connection?.ip;
+  if (!address) throw new MediaError('SDP offer has no connection address');
+  const offered = (audio.direction ?? offer.direction ?? 'sendrecv') as Direction;
+  const ipVer = p.host.includes(':') ? 6 : 4;
+  const answer: SessionDescription = {
+    version: 0,
+    origin: { username: 'flashverify', sessionId: p.sessionId, sessionVersion: p.sessionVersion, netType: 'IN', ipVer, address: p.host },
+    name: 'flashverify',
+    connection: { version: ipVer, ip: p.host },
+    timing: { start: 0, stop: 0 },
+    media: offer.media.map((m, i): MediaDescription => {
+      if (i !== index) return { type: m.type, port: 0, protocol: m.protocol, payloads: String(ptsOf(m)[0] ?? 0), rtp: [], fmtp: [] } as MediaDescription;
+      return {
+        type: 'audio',
+        port: p.port,
+        protocol: m.protocol,
+        payloads: te === undefined ? String(pt) : `${pt} ${te}`,
+        rtp: [{ payload: pt, codec: p.codec, rate: 8000 }, ...(te === undefined ? [] : [{ payload: te, codec: 'telephone-event', rate: 8000 }])],
+        ...(te === undefined ? {} : { fmtp: [{ payload: te, config: '0-16' }] }),
+        ptime: 20,
+        direction: ANSWER_DIRECTION[offered] ?? 'sendrecv',
+      } as MediaDescription;
+    }),
+  };
+  const hold = address === '0.0.0.0' || address === '::';
+  return {
+    media: {
+      codec: p.codec,
+      payloadType: pt,
+      address,
+      port: audio.port,
+      ...(te !== undefined ? { telephoneEventPt: te } : {}),
+      sendAllowed: !hold && (offered === 'sendrecv' || offered === 'recvonly'),
+    },
+    answer: write(answer),
+  };
+}

@@ -62,6 +62,11 @@ export interface CallDelegate {
    * final response at all within 64*T1 of the CANCEL (RFC 3261 9.1: considered cancelled; no status to report).
    */
   onCancelled?(finalStatus: number | undefined): void;
+  /**
+   * A re-INVITE's SDP offer on the established call (the far end's media moved, hold, a refresh): return the answer,
+   * or undefined to refuse it (488: the call keeps its media). Absent: the backend answers with the call's own SDP.
+   */
+  onOffer?(sdp: string): string | undefined;
   /** The far end sent BYE on an established dialog (answered with 200 by the backend). */
   onRemoteHangup?(): void;
   /** The call is fully over (all transactions terminated or abandoned). */

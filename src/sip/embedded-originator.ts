@@ -443,7 +443,12 @@ export class EmbeddedSipOriginator implements CallOriginator {
   }
 
   private onRequest(request: ParsedRequest, source: InboundSource): void {
-    if (request.method === 'ACK') return; // ACK for our 2xx to a re-INVITE, or stray: never answered.
+    if (request.method === 'ACK') {
+      // ACK for our 2xx to a re-INVITE (it ends that 2xx's retransmissions), or stray: never answered.
+      const call = request.to.tag === undefined ? undefined : this.calls.get(request.callId);
+      if (call !== undefined && call.matchesDialog(request.from.tag, request.to.tag!)) call.handleAck(request);
+      return;
+    }
     const toTag = request.to.tag;
     if (toTag !== undefined) {
       const call = this.calls.get(request.callId);
@@ -492,7 +497,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
     status: number,
     extra: SipHeader[] = [],
     body?: string,
-  ): void {
+  ): Buffer {
     const headers: SipHeader[] = [];
     let top = true;
     for (const h of request.headers) {
@@ -525,6 +530,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
       );
     }
     source.respond(data, request.via);
+    return data;
   }
 }
 

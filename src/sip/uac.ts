@@ -19,6 +19,7 @@ import {
   type ParsedResponse,
   type SipHeader,
   type SipRequest,
+  type Via,
 } from './message.js';
 import { isToken, parseNameAddr, parseSipUri, splitCommaList } from './parser.js';
 import { q850Cause } from './reason.js';
@@ -62,13 +63,13 @@ export interface UacHost extends FailoverHost {
   ): ClientTransaction;
   /** Send a request outside any transaction (ACK for 2xx). */
   sendStateless(request: SipRequest, destination: Destination, logger: Logger): void;
-  /** Answer an inbound request (RFC 3261 8.2.6). */
+  /** Answer an inbound request (RFC 3261 8.2.6); returns the response as sent. */
   respond(
     request: ParsedRequest,
     source: InboundSource,
     status: number,
     options?: { headers?: SipHeader[]; body?: string },
-  ): void;
+  ): Buffer;
   /** The call reported onEnded; `lingerMs` > 0 keeps it reachable for retransmissions (2xx, BYE). */
   callEnded(call: UacCall, lingerMs: number): void;
 }
@@ -338,6 +339,10 @@ export class UacCall implements OutboundCall {
    * first reliable non-failure message), by remote tag: their 2xx may come without SDP, and this is the answer.
    */
   private readonly earlyAnswers = new Map<string, string>();
+  /** The SDP we last answered a re-INVITE's offer with (undefined: none yet, ours is the INVITE's). */
+  private currentSdp: string | undefined;
+  /** The re-INVITE last answered with a 2xx: its CSeq, the response as sent, retransmitted until its ACK (13.3.1.4). */
+  private reinvite: { cseq: number; data: Buffer; source: InboundSource; via: Via; timer: TimerHandle | undefined } | undefined;
   /** PRACK transactions not finished yet (disposed by abort()). */
   private readonly prackTxs = new Set<ClientTransaction>();
   private readonly auth = new Map<string, AuthEntry>();
@@ -1002,25 +1007,82 @@ export class UacCall implements OutboundCall {
           this.host.respond(request, source, 481);
           return;
         }
+        // A retransmission of the re-INVITE we answered: the same answer again, not a new offer.
+        if (this.reinvite?.cseq === request.cseq.seq) {
+          this.reinvite.source.respond(this.reinvite.data, request.via);
+          return;
+        }
         // Target refresh (12.2.2).
         const contact = getHeader(request, 'contact');
         const addr = contact === undefined ? undefined : parseNameAddr(contact);
         if (addr !== undefined) dialog.remoteTarget = addr.uri;
-        if (this.localSdp === undefined) {
+        // An offer: the media side answers it (RFC 3264 8: the far end's media moved, hold, a refresh); without a
+        // media side, the call's own SDP. No offer: ours, as the offer (the ACK brings the answer).
+        const offer = sdpOf(request);
+        let sdp: string | undefined;
+        if (offer !== undefined && this.delegate.onOffer !== undefined) {
+          try {
+            sdp = this.delegate.onOffer(offer);
+          } catch (err) {
+            this.log.warn({ err: (err as Error).message }, 'answering the re-INVITE\'s offer failed');
+          }
+        } else sdp = this.currentSdp ?? this.localSdp;
+        if (sdp === undefined) {
+          this.log.info({ offer: offer !== undefined }, 're-INVITE refused (488): its offer cannot be taken; the call keeps its media');
           this.host.respond(request, source, 488);
           return;
         }
-        this.host.respond(request, source, 200, {
+        if (offer !== undefined) this.currentSdp = sdp;
+        const data = this.host.respond(request, source, 200, {
           headers: [
             hdr('Contact', this.host.contact(this.protocol, this.trunkInfo.scheme)),
             hdr('Allow', ALLOW),
             hdr('Content-Type', 'application/sdp'),
           ],
-          body: this.localSdp,
+          body: sdp,
         });
+        this.answeredReinvite(request, data, source);
         return;
       }
     }
+  }
+
+  /**
+   * RFC 3261 13.3.1.4: our 2xx to a re-INVITE is sent again at T1, doubling up to T2, until its ACK (handleAck) or
+   * 64*T1 over UDP; a reliable transport carries it once.
+   */
+  private answeredReinvite(request: ParsedRequest, data: Buffer, source: InboundSource): void {
+    this.stopReinviteRetransmits();
+    const cseq = request.cseq.seq;
+    const reinvite: NonNullable<typeof this.reinvite> = { cseq, data, source, via: request.via, timer: undefined };
+    this.reinvite = reinvite;
+    if (source.protocol !== 'udp') return;
+    const { t1Ms, t2Ms } = this.host.timers;
+    let waited = 0;
+    const again = (interval: number): void => {
+      reinvite.timer = this.host.clock.setTimeout(() => {
+        if (this.reinvite !== reinvite) return;
+        waited += interval;
+        if (waited >= 64 * t1Ms) {
+          reinvite.timer = undefined;
+          this.log.warn({ cseq }, 'no ACK for our 2xx to the re-INVITE within 64*T1; no longer sent');
+          return;
+        }
+        source.respond(data, reinvite.via);
+        again(Math.min(interval * 2, t2Ms));
+      }, interval);
+    };
+    again(t1Ms);
+  }
+
+  private stopReinviteRetransmits(): void {
+    if (this.reinvite?.timer !== undefined) this.host.clock.clearTimeout(this.reinvite.timer);
+    if (this.reinvite) this.reinvite.timer = undefined;
+  }
+
+  /** An ACK in the dialog (the stack passes it on, unanswered): it ends the 2xx retransmissions of its re-INVITE. */
+  handleAck(request: ParsedRequest): void {
+    if (this.reinvite?.cseq === request.cseq.seq) this.stopReinviteRetransmits();
   }
 
   // ---------------------------------------------------------------- end of call
@@ -1044,6 +1106,7 @@ export class UacCall implements OutboundCall {
     if (this.state === 'confirmed') return;
     this.ended = true;
     this.state = 'terminated';
+    this.stopReinviteRetransmits();
     this.log.info({ outcome: this.outcome, duration_ms: Date.now() - this.startedAt }, 'SIP call ended');
     this.safe('onEnded', () => this.delegate.onEnded?.());
     // Nothing more is reported: the caller's delegate (and all it holds) is let go.
@@ -1089,7 +1152,7 @@ export class UacCall implements OutboundCall {
 }
 
 /** The SDP body of a message, if it has one. */
-function sdpOf(message: ParsedResponse): string | undefined {
+function sdpOf(message: ParsedResponse | ParsedRequest): string | undefined {
   return message.body && /^application\/sdp\b/i.test(getHeader(message, 'content-type') ?? '') ? message.body : undefined;
 }
 

@@ -258,14 +258,56 @@ describe('voice OTP against SIPp', () => {
     expect((await t.accounts.get(account.account_id)).balance).toBeLessThan(1);
   }, 45_000);
 
-  it('in-dialog OPTIONS and re-INVITE mid-prompt are answered (200, our SDP) and playback goes on', async () => {
+  it('in-dialog OPTIONS and re-INVITE mid-prompt are answered (200, the answer to its offer) and playback goes on', async () => {
     const run = await voiceCall('uas-voice-reinvite-mid-prompt');
     expect(run.record.outcome).toBe('played');
     expect((await uas!.waitForExit(10_000)).code).toBe(0);
     expect(uas!.requests().map((m) => m.method)).toEqual(['INVITE', 'ACK', 'BYE']);
-    expect(uas!.received().filter((m) => m.status === 200).map((m) => m.header('cseq'))).toEqual(['1 OPTIONS', '2 INVITE']);
+    const oks = uas!.received().filter((m) => m.status === 200);
+    expect(oks.map((m) => m.header('cseq'))).toEqual(['1 OPTIONS', '2 INVITE']);
+    // The re-INVITE's answer is an answer to its offer: the call's one codec with telephone-event (not our first offer).
+    expect(oks[1]!.body).toMatch(/^m=audio \d+ RTP\/AVP 0 101\r?$/m);
     expectCleanStream('PCMU');
     expect(wordsHeard('PCMU', 'en')).toEqual(['intro', ...run.code, 'again', ...run.code]);
+  }, 45_000);
+
+  it('re-INVITEs mid-prompt move the media, hold it and resume it: each answered (RFC 3264 8), the one stream follows', async () => {
+    const moved = await startRtpReceiver();
+    try {
+      const run = await voiceCall('uas-voice-reinvite-move-hold', { vars: { rtp2_port: moved.port, mid_ms: 1500 } });
+      expect(run.record.outcome).toBe('played');
+      expect((await uas!.waitForExit(10_000)).code).toBe(0);
+      // The answers: the call's codec and telephone-event only; recvonly to the hold; o= version up with each change.
+      const answers = uas!.received().filter((m) => m.status === 200 && / INVITE$/.test(m.header('cseq') ?? ''));
+      expect(answers.map((m) => m.header('cseq'))).toEqual(['2 INVITE', '3 INVITE', '4 INVITE']);
+      for (const a of answers) expect(a.body).toMatch(/^m=audio \d+ RTP\/AVP 0 101\r?$/m);
+      expect(answers.map((a) => /a=(sendrecv|recvonly|sendonly|inactive)/.exec(a.body)?.[1])).toEqual(['sendrecv', 'recvonly', 'sendrecv']);
+      const versions = [uas!.requests('INVITE')[0]!, ...answers].map((m) => m === uas!.requests('INVITE')[0] ? 1 : Number(/^o=\S+ \d+ (\d+)/m.exec(m.body)?.[1]));
+      expect(versions).toEqual([1, 2, 3, 4]);
+      // Before the move to the first receiver, after it to the second: one stream, numbered on without a gap.
+      const before = [...rtp!.packets].sort((a, b) => a.at - b.at);
+      const after = [...moved.packets].sort((a, b) => a.at - b.at);
+      expect(before.length).toBeGreaterThan(50);
+      expect(after.length).toBeGreaterThan(100);
+      expect(before.at(-1)!.at).toBeLessThan(after[0]!.at);
+      const all = [...before, ...after];
+      all.forEach((p, i) => {
+        expect(p.ssrc).toBe(before[0]!.ssrc);
+        if (i > 0) expect(p.sequence).toBe((all[i - 1]!.sequence + 1) & 0xffff);
+      });
+      // On hold about a second: nothing sent; the time gone by is in the timestamp, and the first packet after is marked.
+      const gaps = after.slice(1).map((p, i) => ({ ms: p.at - after[i]!.at, ts: (p.timestamp - after[i]!.timestamp) >>> 0, marker: p.marker }));
+      const hold = gaps.reduce((a, b) => (b.ms > a.ms ? b : a));
+      expect(hold.ms).toBeGreaterThan(800);
+      expect(hold.ts).toBeGreaterThan(8 * 800);
+      expect(hold.marker).toBe(true);
+      expect(gaps.filter((g) => g.ms > 200)).toHaveLength(1);
+      const lines = engine!.logs.map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(lines.filter((l) => l['msg'] === 'far end put the call on hold (re-INVITE): no audio sent until it resumes')).toHaveLength(1);
+      expect(lines.find((l) => l['msg'] === 'new SDP offer from the far end taken (re-INVITE)')).toMatchObject({ rtp_to: `127.0.0.1:${moved.port}`, moved: true });
+    } finally {
+      await moved.close();
+    }
   }, 45_000);
 
   it('no answer within voice.answerTimeoutMs → CANCEL → failed no_answer, no RTP', async () => {

@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { encode, silenceCode, type G711Codec } from '../g711.js';
 import type { Announcement, MediaPlayer, MediaSession, PlayResult } from '../media-player.js';
 import { PromptLibrary, SAMPLE_RATE } from '../prompts.js';
-import { buildOffer, MediaError, parseAnswer, type NegotiatedMedia } from '../sdp.js';
+import { answerReoffer, buildOffer, MediaError, parseAnswer, type NegotiatedMedia } from '../sdp.js';
 import { nothingPlayed, type FromWorker, type RtpWorkerData, type ToWorker } from './rtp-worker-protocol.js';
 
 /** 20 ms of 8 kHz audio: one packet (RFC 3551 4.5: G.711 default packetization). */
@@ -231,8 +231,11 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
       this.unregister(id);
       throw err;
     });
+    const sessionId = randomInt(1, 2 ** 47);
     const session: EmbeddedMediaSession = new EmbeddedMediaSession({
-      offer: buildOffer({ host: this.opts.advertisedHost, port, sessionId: randomInt(1, 2 ** 47) }),
+      offer: buildOffer({ host: this.opts.advertisedHost, port, sessionId }),
+      local: { host: this.opts.advertisedHost, port, sessionId },
+      retarget: (m) => this.post(m),
       encoded: (a, codec) => this.encode(a, codec),
       logger,
       play: (m) => {
@@ -316,6 +319,9 @@ class EmbeddedMediaSession implements MediaSession {
     private readonly p: {
       id: number;
       offer: string;
+      /** Our side of the SDP: the o= line's session id (version 1 is the offer's), the media address and port. */
+      local: { host: string; port: number; sessionId: number };
+      retarget(m: Extract<ToWorker, { t: 'retarget' }>): void;
       /** The announcement in `codec`, padded with silence to whole packets (a fresh buffer: it is transferred). */
       encoded(announcement: Announcement, codec: G711Codec): Uint8Array;
       logger: Logger;
@@ -326,11 +332,35 @@ class EmbeddedMediaSession implements MediaSession {
     },
   ) {
     this.offer = p.offer;
+    this.lastSdp = p.offer.replace(/^o=.*$/m, '');
   }
 
   accept(answerSdp: string): NegotiatedMedia {
     this.remote = parseAnswer(answerSdp);
     return this.remote;
+  }
+
+  /** The o= version of the SDP we last sent (the offer is 1), and that SDP without its o= line. */
+  private sdpVersion = 1;
+  private lastSdp: string;
+
+  reoffer(offerSdp: string): string {
+    const remote = this.remote;
+    if (!remote) throw new MediaError('a new offer before the call was answered');
+    const build = (version: number) => answerReoffer(offerSdp, { ...this.p.local, sessionVersion: version, codec: remote.codec });
+    let { media, answer } = build(this.sdpVersion);
+    // RFC 3264 8: the version goes up when what we send changes, and only then (a refresh keeps it).
+    const body = answer.replace(/^o=.*$/m, '');
+    if (body !== this.lastSdp) ({ media, answer } = build(++this.sdpVersion));
+    this.lastSdp = body;
+    const moved = media.address !== remote.address || media.port !== remote.port;
+    this.p.logger.info(
+      { rtp_to: `${media.address}:${media.port}`, moved, send: media.sendAllowed, payload_type: media.payloadType },
+      media.sendAllowed ? 'new SDP offer from the far end taken (re-INVITE)' : 'far end put the call on hold (re-INVITE): no audio sent until it resumes',
+    );
+    this.remote = media;
+    this.p.retarget({ t: 'retarget', id: this.p.id, address: media.address, port: media.port, payloadType: media.payloadType, send: media.sendAllowed });
+    return answer;
   }
 
   async play(announcement: Announcement): Promise<PlayResult> {

@@ -43,6 +43,11 @@ export type ToWorker =
       address: string;
       port: number;
     }
+  /**
+   * The far end's new offer (a re-INVITE) in the middle of playback: the stream goes on, from its next packet, to
+   * address:port with `payloadType`; `send` false (hold): its packets fall due and are not sent until a new one.
+   */
+  | { t: 'retarget'; id: number; address: string; port: number; payloadType: number; send: boolean }
   /** Stop the session's playback at once (answered by its `ended`). */
   | { t: 'stop'; id: number }
   /** Stop, close the socket and free the port (answered by `closed`). */

@@ -36,6 +36,8 @@ interface Stream {
   /** Of `late`: packets already more than 5 ms late when the turn began (the host did not run the thread, or its event loop's round between turns was long). */
   lateOnWake: number;
   maxLate: number;
+  /** Packets fallen due and not sent (hold, a move) since the stream last sent: the next ones are renumbered. */
+  dropped: number;
 }
 
 interface WorkerSession {
@@ -45,6 +47,10 @@ interface WorkerSession {
   /** stop() came, possibly before the stream started (connect pending): it never starts. */
   stopped: boolean;
   reportedError: boolean;
+  /** The far end's offer lets us send nothing (hold): packets fall due and are dropped (retarget). */
+  held: boolean;
+  /** The socket connects to the far end's new address (retarget): packets falling due meanwhile are dropped. */
+  moving: boolean;
 }
 
 const port = parentPort;
@@ -224,6 +230,11 @@ function sendDue(): number {
     if (!st) continue;
     const now = performance.now();
     const upTo = dueUpTo(st.start, PTIME_MS, st.next, st.count, now);
+    // On hold, or moving to a new address: the announcement's time goes on, its packets are not sent.
+    if (s.held || s.moving) {
+      st.dropped += upTo - st.next;
+      st.next = upTo;
+    } else if (st.dropped > 0) renumber(st);
     for (; st.next < upTo; st.next++) {
       // Connected socket: no address lookup per packet; the view is the only allocation.
       s.socket.send(st.packets, st.next * PACKET_BYTES, PACKET_BYTES);
@@ -254,7 +265,7 @@ function end(id: number, s: WorkerSession, completed: boolean): void {
 async function open(id: number): Promise<void> {
   try {
     const { socket, release } = await pool.bind();
-    const session: WorkerSession = { socket, release, stream: undefined, stopped: false, reportedError: false };
+    const session: WorkerSession = { socket, release, stream: undefined, stopped: false, reportedError: false, held: false, moving: false };
     // On a connected socket an ICMP unreachable fails the following sends: report it once per session.
     socket.on('error', (err) => {
       if (session.reportedError) return;
@@ -290,6 +301,7 @@ function play(m: Extract<ToWorker, { t: 'play' }>): void {
       late: 0,
       lateOnWake: 0,
       maxLate: 0,
+      dropped: 0,
     };
     startPacing(s.stream.start);
   };
@@ -305,6 +317,57 @@ function play(m: Extract<ToWorker, { t: 'play' }>): void {
   s.socket.connect(m.port, m.address, () => {
     s.socket.off('error', failed);
     start();
+  });
+}
+
+/**
+ * After packets fell due unsent (hold, a move): the rest are numbered on from the last one sent (RFC 3550 5.1: the
+ * sequence number counts packets sent; the timestamp keeps the time gone by), the first of them marked as the start
+ * of a talkspurt (RFC 3551 4.1).
+ */
+function renumber(st: Stream): void {
+  for (let i = st.next; i < st.count; i++) {
+    const at = i * PACKET_BYTES;
+    st.packets.writeUInt16BE((st.packets.readUInt16BE(at + 2) - st.dropped) & 0xffff, at + 2);
+  }
+  if (st.next < st.count) st.packets[st.next * PACKET_BYTES + 1]! |= 0x80;
+  st.dropped = 0;
+}
+
+function retarget(m: Extract<ToWorker, { t: 'retarget' }>): void {
+  const s = sessions.get(m.id);
+  if (!s) return;
+  s.held = !m.send;
+  const st = s.stream;
+  // Not playing: play() connects to the address of the call's latest answer.
+  if (!st) return;
+  for (let i = st.next; i < st.count; i++) {
+    const at = i * PACKET_BYTES + 1;
+    st.packets[at] = (st.packets[at]! & 0x80) | (m.payloadType & 0x7f);
+  }
+  let now: { address: string; port: number } | undefined;
+  try {
+    now = s.socket.remoteAddress();
+  } catch {
+    // not connected
+  }
+  if (now?.address === m.address && now.port === m.port) return;
+  s.moving = true;
+  try {
+    s.socket.disconnect();
+  } catch {
+    // not connected
+  }
+  // An address we cannot connect to: nothing more is sent (as on hold); the call's BYE ends it.
+  const failed = (err: Error): void => {
+    s.moving = false;
+    s.held = true;
+    post({ t: 'socketError', id: m.id, message: `cannot send RTP to ${m.address}:${m.port}: ${err.message}` });
+  };
+  s.socket.once('error', failed);
+  s.socket.connect(m.port, m.address, () => {
+    s.socket.off('error', failed);
+    s.moving = false;
   });
 }
 
@@ -332,6 +395,8 @@ function run(m: ToWorker): void {
       return void open(m.id);
     case 'play':
       return play(m);
+    case 'retarget':
+      return retarget(m);
     case 'stop':
       return stop(m.id);
     case 'close':

@@ -272,6 +272,27 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     expect(rec.events.filter((e) => e.type === 'remoteHangup')).toHaveLength(1);
   });
 
+  it('our 2xx to a re-INVITE is sent again at T1, 2T1 ... until its ACK (RFC 3261 13.3.1.4); the re-INVITE retransmitted gets it too', async () => {
+    const rec = recorder();
+    const invite = await answeredCall(rec, 'v=0\r\n');
+    const count = (): number => peer.responses.filter((r) => r.startsWith('SIP/2.0 200') && r.includes('\r\nCSeq: 20 INVITE\r\n')).length;
+    const t0 = Date.now();
+    peer.socket.send(inDialog(invite, 'INVITE', 20), sip.localPort, '127.0.0.1');
+    // T1 500 ms: sent at 0, 500, 1500 ms.
+    while (count() < 3 && Date.now() - t0 < 3000) await tick(20);
+    expect(count()).toBe(3);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1400);
+    // The re-INVITE again (its retransmission): the same 200, no new answer.
+    peer.socket.send(inDialog(invite, 'INVITE', 20), sip.localPort, '127.0.0.1');
+    await tick(100);
+    expect(count()).toBe(4);
+    expect(new Set(peer.responses.filter((r) => r.includes('\r\nCSeq: 20 INVITE\r\n'))).size).toBe(1);
+    // Its ACK: no more.
+    peer.socket.send(inDialog(invite, 'ACK', 20), sip.localPort, '127.0.0.1');
+    await tick(2500);
+    expect(count()).toBe(4);
+  });
+
   it('in-dialog manners: known methods we do not take 405 + Allow, unknown 501, CANCEL 481, CSeq below the last seen 500 (RFC 3261 8.2.1, 9.2, 12.2.2)', async () => {
     const rec = recorder();
     const invite = await answeredCall(rec, 'v=0\r\n');

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { buildOffer, MediaError, parseAnswer } from '../../../src/media/sdp.js';
+import { answerReoffer, buildOffer, MediaError, parseAnswer } from '../../../src/media/sdp.js';
 
 describe('SDP offer', () => {
   it('offers PCMU, PCMA and telephone-event/8000 on our advertised host and RTP port', () => {
@@ -42,5 +42,42 @@ describe('SDP answer', () => {
     expect(() => parseAnswer(answer('m=audio 0 RTP/AVP 0'))).toThrow(/no active audio/);
     expect(() => parseAnswer(answer('m=audio 40000 RTP/AVP 0', '', 's=x'))).toThrow(/no connection address/);
     expect(() => parseAnswer('')).toThrow(MediaError);
+  });
+});
+
+describe('SDP re-offer (a re-INVITE in an established call, RFC 3264 8)', () => {
+  const local = { host: '127.0.0.1', port: 30000, sessionId: 5, sessionVersion: 2, codec: 'PCMU' as const };
+  const offer = (audio: string, extra = ''): string =>
+    `v=0\r\no=sbc 1 2 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n${extra}${audio}`;
+
+  it('media moved: the new address and port, our codec kept, the answer sendrecv with its telephone-event', () => {
+    const { media, answer } = answerReoffer(offer('m=audio 41000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n'), local);
+    expect(media).toEqual({ codec: 'PCMU', payloadType: 0, address: '192.0.2.9', port: 41000, telephoneEventPt: 101, sendAllowed: true });
+    expect(answer).toContain('o=flashverify 5 2 IN IP4 127.0.0.1\r\n');
+    expect(answer).toMatch(/\r\nm=audio 30000 RTP\/AVP 0 101\r\n/);
+    expect(answer).toContain('a=sendrecv');
+    expect(answer).not.toMatch(/PCMA/);
+  });
+
+  it('hold (sendonly, or c=0.0.0.0): recvonly answered, nothing to send; inactive answered inactive', () => {
+    const held = answerReoffer(offer('m=audio 41000 RTP/AVP 0\r\na=sendonly\r\n'), local);
+    expect([held.media.sendAllowed, /a=recvonly/.test(held.answer)]).toEqual([false, true]);
+    const old = answerReoffer(offer('m=audio 41000 RTP/AVP 0\r\n').replace('c=IN IP4 192.0.2.9', 'c=IN IP4 0.0.0.0'), local);
+    expect(old.media.sendAllowed).toBe(false);
+    const inactive = answerReoffer(offer('m=audio 41000 RTP/AVP 0\r\na=inactive\r\n'), local);
+    expect([inactive.media.sendAllowed, /a=inactive/.test(inactive.answer)]).toEqual([false, true]);
+    // They receive only: we may send.
+    expect(answerReoffer(offer('m=audio 41000 RTP/AVP 0\r\na=recvonly\r\n'), local).answer).toContain('a=sendonly');
+  });
+
+  it('as many m= lines as the offer, in order: the others declined (port 0)', () => {
+    const { answer, media } = answerReoffer(offer('m=video 5000 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 41000 RTP/AVP 0\r\n'), local);
+    expect(answer.match(/^m=.*$/gm)).toEqual(['m=video 0 RTP/AVP 96', 'm=audio 30000 RTP/AVP 0']);
+    expect(media.port).toBe(41000);
+  });
+
+  it('no stream with the codec the call plays in (a stream cannot change codec mid-announcement): MediaError', () => {
+    expect(() => answerReoffer(offer('m=audio 41000 RTP/AVP 8\r\n'), local)).toThrow(MediaError);
+    expect(() => answerReoffer('garbage', local)).toThrow(MediaError);
   });
 });
