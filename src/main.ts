@@ -364,7 +364,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           // sms.smscs[].accountTps: the SMSC account's rate, shared in Redis by every bind of every worker process.
           // sms.smscs[].maxBinds: the SMSC account's binds, shared in Redis by every worker process.
           bindSlots: (smsc) =>
-            new SharedCount(redis, keys.smscBinds(smsc.name), keys.smscBindLeases(smsc.name), workerId, smsc.maxBinds!, {
+            new SharedCount(redis, { count: keys.smscBinds(smsc.name), leases: keys.smscBindLeases(smsc.name), wants: keys.smscBindWants(smsc.name) }, workerId, smsc.maxBinds!, {
               onLeaveFailed: (err) => smsLog.warn({ smsc: smsc.name, err: err.message }, 'could not give back this worker\'s SMSC binds in Redis; they count until its lease lapses'),
             }),
           accountRate: (smsc) =>

@@ -6,7 +6,7 @@
  *   of one event-loop turn in one script, and lets each call go at its slot. An idle trunk lets `cps` calls go at once,
  *   as a process's own token bucket of one second does; after that, one call every 1000 / cps ms, cluster-wide.
  * - Channels (`maxCalls`): each worker's count of the channels it holds is one field of a hash
- *   (takeSharedCount-2.lua, giveSharedCount-2.lua), under a lease renewed while the worker runs: a worker that
+ *   (takeSharedCount-3.lua, giveSharedCount-2.lua), under a lease renewed while the worker runs: a worker that
  *   died, or stalled longer than the lease, no longer counts once its lease lapses. TrunkPacer asks for channels,
  *   hands a channel freed in this worker to its own next waiter directly, and asks again every `pollMs` while calls
  *   wait for one another worker may free.
@@ -69,7 +69,7 @@ export class ClusterLimits {
    * Takes up to `n` of the trunk's channels for this worker (0: renews its lease only); `held`: the channels it holds
    * by its own count. Resolves with those granted and the trunk's total in use across the cluster after it.
    */
-  takeChannels(trunk: TrunkConfig, n: number, held: number): Promise<{ granted: number; total: number }> {
+  takeChannels(trunk: TrunkConfig, n: number, held: number): Promise<{ granted: number; total: number; others: number }> {
     return this.channelsOf(trunk).take(n, held);
   }
 
@@ -86,8 +86,10 @@ export class ClusterLimits {
   private channelsOf(trunk: TrunkConfig): SharedCount {
     let count = this.channels.get(trunk.name);
     if (!count) {
-      count = new SharedCount(this.redis, this.keys.trunkChannels(trunk.name), this.keys.trunkChannelLeases(trunk.name), this.worker, trunk.maxCalls ?? 0, {
+      const keys = { count: this.keys.trunkChannels(trunk.name), leases: this.keys.trunkChannelLeases(trunk.name), wants: this.keys.trunkChannelWants(trunk.name) };
+      count = new SharedCount(this.redis, keys, this.worker, trunk.maxCalls ?? 0, {
         leaseMs: this.leaseMs,
+        wantFreshMs: 4 * this.pollMs,
         // Not counted back: the count is this worker's until its lease lapses (15 s after its last word to Redis).
         onGiveFailed: (err) => this.fellBack(trunk.name, 'channels', err, 'could not give back trunk channels in Redis'),
         onLeaveFailed: (err) =>
@@ -112,35 +114,53 @@ export class ClusterLimits {
   }
 }
 
+/** The Redis keys of a SharedCount (store/keys.ts): the shares, the leases, the notes of workers asking in vain. */
+export interface SharedCountKeys {
+  count: string;
+  leases: string;
+  wants: string;
+}
+
 /**
  * A count capped over every worker process (a trunk's channels, an SMSC account's binds): each worker's share is a
- * field of `countKey` under a lease in `leaseKey` that every take and give renews (takeSharedCount-2.lua,
+ * field of `keys.count` under a lease in `keys.leases` that every take and give renews (takeSharedCount-3.lua,
  * giveSharedCount-2.lua); a worker whose lease lapsed no longer counts. The gives of one event-loop turn go in one
- * script.
+ * script. Each take also says how many other workers asked in vain lately (`keys.wants`), for a fair share.
  */
 export class SharedCount {
   private giving = 0;
   private givingQueued = false;
   readonly leaseMs: number;
+  private readonly wantFreshMs: number;
 
   constructor(
     private readonly redis: Redis,
-    private readonly countKey: string,
-    private readonly leaseKey: string,
+    private readonly keys: SharedCountKeys,
     readonly worker: string,
     private readonly max: number,
-    private readonly options: { leaseMs?: number; onGiveFailed?: (err: Error) => void; onLeaveFailed?: (err: Error) => void } = {},
+    private readonly options: {
+      leaseMs?: number;
+      /** How long a worker's asking in vain counts for the others (ms; default 4 × DEFAULT_POLL_MS). */
+      wantFreshMs?: number;
+      onGiveFailed?: (err: Error) => void;
+      onLeaveFailed?: (err: Error) => void;
+    } = {},
   ) {
     this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
+    this.wantFreshMs = options.wantFreshMs ?? 4 * DEFAULT_POLL_MS;
   }
 
-  /** Takes up to `n` for this worker (0: renews its lease only); `held`: its share by its own count. */
-  async take(n: number, held: number): Promise<{ granted: number; total: number }> {
-    const [granted, total] = (await scripts.takeSharedCount.run(this.redis, [this.countKey, this.leaseKey], [this.worker, n, this.max, this.leaseMs, held])) as [
-      number,
-      number,
-    ];
-    return { granted, total };
+  /**
+   * Takes up to `n` for this worker (0: renews its lease only); `held`: its share by its own count. `others`: the
+   * other workers that asked in vain lately.
+   */
+  async take(n: number, held: number): Promise<{ granted: number; total: number; others: number }> {
+    const [granted, total, others] = (await scripts.takeSharedCount.run(
+      this.redis,
+      [this.keys.count, this.keys.leases, this.keys.wants],
+      [this.worker, n, this.max, this.leaseMs, held, this.wantFreshMs],
+    )) as [number, number, number];
+    return { granted, total, others };
   }
 
   /** Changes this worker's share by `delta`. */
@@ -153,13 +173,17 @@ export class SharedCount {
       this.giving = 0;
       this.givingQueued = false;
       if (d === 0) return;
-      scripts.giveSharedCount.run(this.redis, [this.countKey, this.leaseKey], [this.worker, d, this.leaseMs]).catch((err: Error) => this.options.onGiveFailed?.(err));
+      scripts.giveSharedCount.run(this.redis, [this.keys.count, this.keys.leases], [this.worker, d, this.leaseMs]).catch((err: Error) => this.options.onGiveFailed?.(err));
     });
   }
 
   /** This worker's share no longer counts (it stops). */
   async leave(): Promise<void> {
-    await Promise.all([this.redis.hdel(this.countKey, this.worker), this.redis.zrem(this.leaseKey, this.worker)]).catch((err: Error) => this.options.onLeaveFailed?.(err));
+    await Promise.all([
+      this.redis.hdel(this.keys.count, this.worker),
+      this.redis.zrem(this.keys.leases, this.worker),
+      this.redis.zrem(this.keys.wants, this.worker),
+    ]).catch((err: Error) => this.options.onLeaveFailed?.(err));
   }
 }
 

@@ -149,7 +149,7 @@ function parseStored(value: string): Stored {
   }
 }
 
-/** The trunk's channels held over every worker (takeSharedCount-2.lua's hash; lapsed workers may still be in it). */
+/** The trunk's channels held over every worker (takeSharedCount-3.lua's hash; lapsed workers may still be in it). */
 async function channelsInUse(redis: Redis, keys: Keys, trunk: string): Promise<number> {
   return (await redis.hvals(keys.trunkChannels(trunk))).reduce((n, v) => n + Math.max(0, Number(v) || 0), 0);
 }

@@ -86,6 +86,10 @@ interface Health {
   refused: boolean;
   /** sip.trunkLimits cluster: the next ask while calls wait for a channel another worker holds. */
   retry: NodeJS.Timeout | undefined;
+  /** sip.trunkLimits cluster: other workers whose calls asked for a channel in vain lately, as Redis last said. */
+  othersWaiting: number;
+  /** sip.trunkLimits cluster: this worker gave a channel back for a fair share; its calls ask again from then. */
+  yieldUntil: number;
 }
 
 const DEFAULT_HEALTH: TrunkHealthOptions = { failuresToMarkDown: 3, retryAfterMs: 5000, maxRetryAfterMs: 60_000 };
@@ -115,9 +119,11 @@ const DEFAULT_HEALTH: TrunkHealthOptions = { failuresToMarkDown: 3, retryAfterMs
  *
  * With `cluster` (sip.trunkLimits: cluster, engine/cluster-limits.ts), `cps` and `maxCalls` are the trunk's across
  * every worker process: CPS slots are reserved in Redis, and channels are counted there. A channel freed here goes to
- * this worker's next waiter at once; calls waiting for a channel another worker holds ask again every `pollMs`
- * (first come first served within a worker, not across workers). `start()` renews this worker's lease on its
- * channels; `close()` gives them up.
+ * this worker's next waiter at once; calls waiting for a channel another worker holds ask again every `pollMs`.
+ * Each ask notes in Redis that this worker's calls wait; while another worker's calls wait too, a worker holding
+ * more than its fair share (the cap over the workers waiting) gives a freed channel back to the cluster instead of to
+ * its own next call (`overShare()`), so that no worker's calls wait while another's keep every channel. `start()`
+ * renews this worker's lease on its channels; `close()` gives them up.
  *
  * A trunk watched by OPTIONS pings (`setPinged`, engine/trunk-pinger.ts) has its pings reported here like
  * calls: unanswered ones count with failed calls towards `failuresToMarkDown`, an answered one brings it back at
@@ -158,6 +164,8 @@ export class TrunkPacer {
       waiters: [],
       disabled: false,
       clusterCalls: 0,
+      othersWaiting: 0,
+      yieldUntil: 0,
       asking: false,
       refused: false,
       retry: undefined,
@@ -380,13 +388,29 @@ export class TrunkPacer {
     return () => {
       if (released) return;
       released = true;
-      // To this worker's call that waited longest, at once; else back to the cluster.
-      const next = h.waiters.shift();
-      if (next) return next();
+      // To this worker's call that waited longest, at once, unless other workers' calls wait too and this worker
+      // holds more than its fair share: then back to the cluster, for theirs.
+      if (h.waiters.length > 0 && !this.overShare(h)) return h.waiters.shift()!();
       h.calls--;
       h.clusterCalls = Math.max(0, h.clusterCalls - 1);
       cluster.giveChannels(h.trunk, -1);
+      if (h.waiters.length > 0) {
+        // This worker's calls ask again after the others have had two asks' time to take it.
+        h.yieldUntil = performance.now() + 2 * cluster.pollMs;
+        if (!h.asking) this.ask(h, cluster);
+      }
     };
+  }
+
+  /**
+   * sip.trunkLimits cluster: other workers' calls wait for a channel of the trunk, and this worker holds more than
+   * its share (the cap over the workers waiting, this one included, rounded up): a channel it frees goes back to the
+   * cluster rather than to its own next call. Without it, a worker with calls always waiting would keep every channel
+   * it held, and another worker's calls would wait until their verifications expired.
+   */
+  private overShare(h: Health): boolean {
+    if (h.othersWaiting === 0) return false;
+    return h.calls > Math.ceil((h.trunk.maxCalls ?? 0) / (h.othersWaiting + 1));
   }
 
   /** Asks Redis for channels for the calls waiting for one; asks again every pollMs while some still wait. */
@@ -394,14 +418,21 @@ export class TrunkPacer {
     if (h.asking || this.draining) return;
     if (h.retry) clearTimeout(h.retry);
     h.retry = undefined;
+    // It gave a channel back for a fair share: not before the others have had their turn to take it.
+    const wait = h.yieldUntil - performance.now();
+    if (wait > 0) {
+      h.retry = setTimeout(() => this.ask(h, cluster), Math.ceil(wait));
+      return;
+    }
     h.asking = true;
     const max = h.trunk.maxCalls ?? 0;
     // The calls of this turn together.
     queueMicrotask(() => {
       const wanted = h.waiters.length;
       cluster.takeChannels(h.trunk, wanted, h.calls).then(
-        ({ granted, total }) => {
+        ({ granted, total, others }) => {
           h.clusterCalls = total;
+          h.othersWaiting = others;
           let given = 0;
           while (given < granted && h.waiters.length > 0) {
             given++;
@@ -447,7 +478,10 @@ export class TrunkPacer {
     const renew = () => {
       for (const h of capped) {
         cluster.takeChannels(h.trunk, 0, h.calls).then(
-          ({ total }) => void (h.clusterCalls = total),
+          ({ total, others }) => {
+            h.clusterCalls = total;
+            h.othersWaiting = others;
+          },
           (err: Error) => cluster.fellBack(h.trunk.name, 'channels', err, 'could not renew this worker\'s trunk channels in Redis'),
         );
       }

@@ -164,6 +164,10 @@ export class Keys {
   smscBindLeases(smsc: string): string {
     return `${this.prefix}:sbindl:${encodeURIComponent(smsc)}`;
   }
+  /** Sorted set with TTL: worker id -> when it last asked for an SMSC bind in vain (ms), with smscBinds. */
+  smscBindWants(smsc: string): string {
+    return `${this.prefix}:sbindw:${encodeURIComponent(smsc)}`;
+  }
   /** Hash: SIP trunks an operator took out of service (name -> JSON {at, reason}); engine/trunk-admin.ts. */
   trunksDisabled(): string {
     return `${this.prefix}:trunkoff`;
@@ -179,6 +183,13 @@ export class Keys {
   /** Sorted set with TTL: worker id -> when its hold on the trunk's channels lapses (ms), with trunkChannels. */
   trunkChannelLeases(trunk: string): string {
     return `${this.prefix}:tchl:${encodeURIComponent(trunk)}`;
+  }
+  /**
+   * Sorted set with TTL: worker id -> when its calls last asked for a channel of the trunk in vain (ms), with
+   * trunkChannels: the workers waiting for one, for a fair share (takeSharedCount-3.lua).
+   */
+  trunkChannelWants(trunk: string): string {
+    return `${this.prefix}:tchw:${encodeURIComponent(trunk)}`;
   }
   /** BullMQ prefix: queues live under `<prefix>:bull:<queue>:*`. */
   bullPrefix(): string {

@@ -100,7 +100,7 @@ export const scripts = {
   prepareWebhook: LuaScript.load('prepareWebhook-4'),
   tripWebhookBreaker: LuaScript.load('tripWebhookBreaker-2'),
   reserveRateSlots: LuaScript.load('reserveRateSlots-1'),
-  takeSharedCount: LuaScript.load('takeSharedCount-2'),
+  takeSharedCount: LuaScript.load('takeSharedCount-3'),
   giveSharedCount: LuaScript.load('giveSharedCount-2'),
 };
 

@@ -99,6 +99,36 @@ describe('sip.trunkLimits: cluster (Redis)', () => {
     expect(await redis.hgetall(keys.trunkChannels('carrier'))).toEqual({});
   });
 
+  it('maxCalls 2 shared under contention: a worker whose calls keep waiting does not keep both channels; the other worker\'s calls get their share', async () => {
+    const t = trunk('carrier', { maxCalls: 2 });
+    const [a, b] = twoWorkers([t], true, { pollMs: 20 });
+    const order: string[] = [];
+    let inUse = 0;
+    let most = 0;
+    const calls = (p: TrunkPacer, who: string, n: number) =>
+      Promise.all(
+        Array.from({ length: n }, async () => {
+          const release = await p.acquire(t);
+          order.push(who);
+          most = Math.max(most, ++inUse);
+          await new Promise((r) => setTimeout(r, 60));
+          inUse--;
+          release();
+        }),
+      );
+    // The first worker's twelve calls: two hold the channels, ten wait (and keep waiting as each ends).
+    const first = calls(a, 'a', 12);
+    while (order.length < 2) await new Promise((r) => setTimeout(r, 5));
+    const second = calls(b, 'b', 6);
+    await Promise.all([first, second]);
+    expect(most).toBeLessThanOrEqual(2);
+    // The second worker's calls went while the first still had calls waiting: one channel each, near enough.
+    const lastOfFirst = order.lastIndexOf('a');
+    expect(order.slice(0, lastOfFirst).filter((w) => w === 'b').length).toBeGreaterThanOrEqual(4);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(await redis.hgetall(keys.trunkChannels('carrier'))).toEqual({});
+  });
+
   it('a worker that died holding channels no longer counts once its lease lapses', async () => {
     const t = trunk('carrier', { maxCalls: 1 });
     const [a, b] = twoWorkers([t], true, { leaseMs: 400, pollMs: 20 });

@@ -1,6 +1,6 @@
 --[[
   Change one worker's share of a count capped over every worker process
-  (takeSharedCount-2.lua: a trunk's channels, an SMSC account's binds) by
+  (takeSharedCount-3.lua: a trunk's channels, an SMSC account's binds) by
   delta: negative when its calls have ended (binds closed), positive when a
   stopping worker lets its waiting calls go over the cap. A share that
   reaches 0 is removed. Renews the worker's lease.

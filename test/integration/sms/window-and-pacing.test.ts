@@ -134,7 +134,7 @@ describe('maxBinds: the SMSC account\'s binds over every worker process', () => 
     const redis = new Redis(REDIS_URL);
     const keys = new Keys(`fvtest-${randomBytes(4).toString('hex')}`);
     const bindSlots = (worker: string) => (settings: { name: string; maxBinds?: number | undefined }) =>
-      new SharedCount(redis, keys.smscBinds(settings.name), keys.smscBindLeases(settings.name), worker, settings.maxBinds!);
+      new SharedCount(redis, { count: keys.smscBinds(settings.name), leases: keys.smscBindLeases(settings.name), wants: keys.smscBindWants(settings.name) }, worker, settings.maxBinds!);
     const entry = smscEntry(smsc, { binds: 2, maxBinds: 3 });
     const bound = async () => (await smsc.state()).sessions.filter((x) => x.bound && x.closedAt === null).length;
     const first = await startGateway([entry], { bindSlots: bindSlots('w1'), bindSlotPollMs: 200 });
@@ -167,7 +167,7 @@ describe('maxBinds: the SMSC account\'s binds over every worker process', () => 
     } finally {
       await first.gateway.stop();
       await second?.gateway.stop();
-      await redis.del(keys.smscBinds('default'), keys.smscBindLeases('default'));
+      await redis.del(keys.smscBinds('default'), keys.smscBindLeases('default'), keys.smscBindWants('default'));
       redis.disconnect();
     }
   });
