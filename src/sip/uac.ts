@@ -338,7 +338,7 @@ export class UacCall implements OutboundCall {
    * Early dialogs whose reliable 1xx answered our INVITE's offer (RFC 3262 5, RFC 3261 13.2.1: the answer is in the
    * first reliable non-failure message), by remote tag: their 2xx may come without SDP, and this is the answer.
    */
-  private readonly earlyAnswers = new Map<string, string>();
+  private earlyAnswers: Map<string, string> | undefined;
   /** The SDP we last answered a re-INVITE's offer with (undefined: none yet, ours is the INVITE's). */
   private currentSdp: string | undefined;
   /** The re-INVITE last answered with a 2xx: its CSeq, the response as sent, retransmitted until its ACK (13.3.1.4). */
@@ -594,8 +594,8 @@ export class UacCall implements OutboundCall {
       return false;
     }
     this.rseqByTag.set(tag, rseq);
-    const answer = this.localSdp !== undefined && !this.earlyAnswers.has(tag) ? sdpOf(response) : undefined;
-    if (answer !== undefined) this.earlyAnswers.set(tag, answer);
+    const answer = this.localSdp !== undefined && !this.earlyAnswers?.has(tag) ? sdpOf(response) : undefined;
+    if (answer !== undefined) (this.earlyAnswers ??= new Map()).set(tag, answer);
     this.sendPrack(response, tag, rseq);
     return true;
   }
@@ -804,7 +804,7 @@ export class UacCall implements OutboundCall {
     this.outcome = 'answered';
     this.log.info({ status: response.status, crossed_cancel: crossed }, 'SIP call answered');
     // The answer to our offer: the 2xx's SDP, else the one its early dialog's reliable 1xx carried (RFC 3262 5).
-    const answer = response.body ? response.body : this.earlyAnswers.get(remoteTag);
+    const answer = response.body ? response.body : this.earlyAnswers?.get(remoteTag);
     this.safe('onAnswered', () => this.delegate.onAnswered?.(answer, crossed));
     // 9.1 / 15: the 2xx crossed our CANCEL: end the call at once.
     if (crossed && this.byePromise === undefined && this.state === 'confirmed') void this.sendBye();
