@@ -158,12 +158,16 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
           // way to (FreeSWITCH's answers its own re-INVITEs) leaves the backend to answer with our SDP.
           ...(session.reoffer
             ? {
-                onOffer(sdp: string): string | undefined {
-                  try {
-                    return session.reoffer!(sdp);
-                  } catch (err) {
-                    p.logger.warn({ err: (err as Error).message }, 're-INVITE offer not taken; the call keeps its media');
+                onOffer(sdp: string): string | undefined | Promise<string | undefined> {
+                  const refused = (err: Error): undefined => {
+                    p.logger.warn({ err: err.message }, 're-INVITE offer not taken; the call keeps its media');
                     return undefined;
+                  };
+                  try {
+                    const answer = session.reoffer!(sdp);
+                    return typeof answer === 'string' ? answer : answer.catch(refused);
+                  } catch (err) {
+                    return refused(err as Error);
                   }
                 },
               }

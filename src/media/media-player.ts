@@ -33,10 +33,11 @@ export interface MediaSession {
   accept(answerSdp: string): NegotiatedMedia;
   /**
    * The far end's new SDP offer in the established call (a re-INVITE: its media moved, hold, a refresh): applied to
-   * the stream (playing or not) and answered. Throws MediaError when it cannot be taken (the call keeps its media:
-   * 488). Absent: the backend answers re-INVITEs itself.
+   * the stream (playing or not) and answered (at once by the embedded player; by FreeSWITCH, after its own
+   * re-INVITE). Throws (or rejects) with a MediaError when it cannot be taken (the call keeps its media: 488).
+   * Absent: the backend answers re-INVITEs itself.
    */
-  reoffer?(offerSdp: string): string;
+  reoffer?(offerSdp: string): string | Promise<string>;
   /** Plays the announcement to the far end; resolves when it ends or is stopped. */
   play(announcement: Announcement): Promise<PlayResult>;
   /** Stops playback at once (the far end hung up); idempotent. */

@@ -64,9 +64,10 @@ export interface CallDelegate {
   onCancelled?(finalStatus: number | undefined): void;
   /**
    * A re-INVITE's SDP offer on the established call (the far end's media moved, hold, a refresh): return the answer,
-   * or undefined to refuse it (488: the call keeps its media). Absent: the backend answers with the call's own SDP.
+   * or undefined to refuse it (488: the call keeps its media), at once or later (a media server asked first).
+   * Absent: the backend answers with the call's own SDP.
    */
-  onOffer?(sdp: string): string | undefined;
+  onOffer?(sdp: string): string | undefined | Promise<string | undefined>;
   /** The far end sent BYE on an established dialog (answered with 200 by the backend). */
   onRemoteHangup?(): void;
   /** The call is fully over (all transactions terminated or abandoned). */

@@ -341,6 +341,8 @@ export class UacCall implements OutboundCall {
   private earlyAnswers: Map<string, string> | undefined;
   /** The SDP we last answered a re-INVITE's offer with (undefined: none yet, ours is the INVITE's). */
   private currentSdp: string | undefined;
+  /** The CSeq of a re-INVITE whose answer the media side is still making (a media server asked first). */
+  private reinviteAnswering: number | undefined;
   /** The re-INVITE last answered with a 2xx: its CSeq, the response as sent, retransmitted until its ACK (13.3.1.4). */
   private reinvite: { cseq: number; data: Buffer; source: InboundSource; via: Via; timer: TimerHandle | undefined } | undefined;
   /** PRACK transactions not finished yet (disposed by abort()). */
@@ -1007,11 +1009,13 @@ export class UacCall implements OutboundCall {
           this.host.respond(request, source, 481);
           return;
         }
-        // A retransmission of the re-INVITE we answered: the same answer again, not a new offer.
+        // A retransmission of the re-INVITE we answered: the same answer again, not a new offer; of one whose answer
+        // the media side is still making: it comes when made.
         if (this.reinvite?.cseq === request.cseq.seq) {
           this.reinvite.source.respond(this.reinvite.data, request.via);
           return;
         }
+        if (this.reinviteAnswering === request.cseq.seq) return;
         // Target refresh (12.2.2).
         const contact = getHeader(request, 'contact');
         const addr = contact === undefined ? undefined : parseNameAddr(contact);
@@ -1019,32 +1023,45 @@ export class UacCall implements OutboundCall {
         // An offer: the media side answers it (RFC 3264 8: the far end's media moved, hold, a refresh); without a
         // media side, the call's own SDP. No offer: ours, as the offer (the ACK brings the answer).
         const offer = sdpOf(request);
-        let sdp: string | undefined;
-        if (offer !== undefined && this.delegate.onOffer !== undefined) {
-          try {
-            sdp = this.delegate.onOffer(offer);
-          } catch (err) {
-            this.log.warn({ err: (err as Error).message }, 'answering the re-INVITE\'s offer failed');
-          }
-        } else sdp = this.currentSdp ?? this.localSdp;
-        if (sdp === undefined) {
-          this.log.info({ offer: offer !== undefined }, 're-INVITE refused (488): its offer cannot be taken; the call keeps its media');
-          this.host.respond(request, source, 488);
+        if (offer === undefined || this.delegate.onOffer === undefined) return this.answerReinvite(request, source, this.currentSdp ?? this.localSdp, false);
+        let answer: string | undefined | Promise<string | undefined>;
+        try {
+          answer = this.delegate.onOffer(offer);
+        } catch (err) {
+          this.log.warn({ err: (err as Error).message }, 'answering the re-INVITE\'s offer failed');
+        }
+        if (typeof answer === 'object') {
+          const cseq = request.cseq.seq;
+          this.reinviteAnswering = cseq;
+          void answer.then(
+            (sdp) => {
+              if (this.reinviteAnswering !== cseq) return;
+              this.reinviteAnswering = undefined;
+              if (this.state === 'confirmed') this.answerReinvite(request, source, sdp, true);
+            },
+            () => undefined,
+          );
           return;
         }
-        if (offer !== undefined) this.currentSdp = sdp;
-        const data = this.host.respond(request, source, 200, {
-          headers: [
-            hdr('Contact', this.host.contact(this.protocol, this.trunkInfo.scheme)),
-            hdr('Allow', ALLOW),
-            hdr('Content-Type', 'application/sdp'),
-          ],
-          body: sdp,
-        });
-        this.answeredReinvite(request, data, source);
+        this.answerReinvite(request, source, answer, true);
         return;
       }
     }
+  }
+
+  /** 200 with `sdp` (retransmitted until its ACK), or 488 without one: the call keeps its media. */
+  private answerReinvite(request: ParsedRequest, source: InboundSource, sdp: string | undefined, offered: boolean): void {
+    if (sdp === undefined) {
+      this.log.info({ offer: offered }, 're-INVITE refused (488): its offer cannot be taken; the call keeps its media');
+      this.host.respond(request, source, 488);
+      return;
+    }
+    if (offered) this.currentSdp = sdp;
+    const data = this.host.respond(request, source, 200, {
+      headers: [hdr('Contact', this.host.contact(this.protocol, this.trunkInfo.scheme)), hdr('Allow', ALLOW), hdr('Content-Type', 'application/sdp')],
+      body: sdp,
+    });
+    this.answeredReinvite(request, data, source);
   }
 
   /**

@@ -66,7 +66,7 @@ export interface DrachtioScenario {
    */
   rejectInvite?: string;
   /** What the far end answers to a re-INVITE from the app (default 200 with its SDP); 'ignore': no response ever. */
-  onReinvite?: NetworkResponse | 'ignore';
+  onReinvite?: NetworkResponse | 'ignore' | ((nth: number) => NetworkResponse | 'ignore' | undefined);
 }
 
 export const SCENARIOS = {

@@ -727,7 +727,9 @@ export class FakeDrachtioServer {
     if (method === 'INVITE') {
       // A re-INVITE from the app (e.g. drachtio-fsmrf's endpoint.modify): by default the far end answers 200 with its SDP.
       this.reinvites.push({ callId: inv.header('call-id') ?? '', sdp: msg.body });
-      const answer = dialog.txn.scenario.onReinvite ?? { status: 200 };
+      const how = dialog.txn.scenario.onReinvite;
+      const nth = this.reinvites.filter((r) => r.callId === (inv.header('call-id') ?? '')).length;
+      const answer = (typeof how === 'function' ? how(nth) : how) ?? { status: 200 };
       if (answer === 'ignore') return;
       const sdp = answer.status === 200 ? (dialog.txn.sdpBody ?? farEndSdp(40_000, dialog.cseq)) : '';
       this.later(answer.delayMs ?? 10, () => this.sendResponseFor(socket, parsed, answer.status, txnId, dialogId, sdp));

@@ -335,8 +335,11 @@ export class FakeFreeswitch {
   onHangup: ((channel: FakeChannel) => void) | undefined;
   /** behindDrachtio(): answer fsmrf's INVITE with this status instead of a channel. */
   failInvite: number | undefined;
-  /** behindDrachtio(): the answer to endpoint.modify's re-INVITE (default 200 with the SDP; 'ignore': none ever). */
-  reinvite: NetworkResponse | 'ignore' | undefined;
+  /**
+   * behindDrachtio(): the answer to endpoint.modify's re-INVITE (default 200 with the SDP; 'ignore': none ever); a
+   * function: the answer to the nth re-INVITE of the channel (from 1; undefined: the default).
+   */
+  reinvite: NetworkResponse | 'ignore' | ((nth: number) => NetworkResponse | 'ignore' | undefined) | undefined;
   readonly outboundSockets = new Set<Socket>();
   private readonly inbound = new Set<EslSocket>();
   private server: Server | undefined;

@@ -365,6 +365,25 @@ class FreeswitchMediaSession implements MediaSession {
     return media;
   }
 
+  /**
+   * The callee's new offer (its re-INVITE mid-call: media moved, hold): given to FreeSWITCH in a re-INVITE of the
+   * endpoint, as its answer was; FreeSWITCH's answer is the callee's. Within modifyTimeoutMs, else a MediaError (488
+   * to the callee; the call keeps its media).
+   */
+  async reoffer(offerSdp: string): Promise<string> {
+    if (!this.modified || this.gone) throw new MediaError('a new offer before the call was answered, or after its media ended');
+    await this.modified.catch(() => undefined);
+    const ms = this.p.modifyTimeoutMs;
+    const answer = await withDeadline(this.p.endpoint.modify(offerSdp), ms, () => new MediaError(`no answer to the re-INVITE within ${ms} ms`), { unref: true }).catch(
+      (err: Error) => {
+        throw err instanceof MediaError ? err : new MediaError(`FreeSWITCH refused the new offer: ${err.message}`);
+      },
+    );
+    if (typeof answer !== 'string' || answer === '') throw new MediaError('FreeSWITCH answered the new offer without SDP');
+    this.p.logger.info('new SDP offer from the far end given to FreeSWITCH (re-INVITE)');
+    return answer;
+  }
+
   /** Resolves `work`, or undefined as soon as the endpoint is gone (an ESL reply that never comes must not hang the call). */
   private untilGone<T>(work: Promise<T>): Promise<T | undefined> {
     if (this.gone) return Promise.resolve(undefined);

@@ -382,13 +382,27 @@ class DrachtioCall implements OutboundCall {
     this.dialog = dialog;
     this.dialogUp = true;
     dialog.on('destroy', () => this.onRemoteBye());
-    // Re-INVITE with an SDP that is not a plain refresh: answer with the same offer (our media does not change).
-    dialog.on('modify', (_req, res) => {
-      if (this.localSdp === undefined) {
-        res.send(488);
-        return;
+    // A re-INVITE whose SDP is not a plain refresh (drachtio-srf answers those itself): the media side answers its
+    // offer (FreeSWITCH, after its own re-INVITE: the far end's media moved, hold); without one, our SDP as it was.
+    dialog.on('modify', (req, res) => {
+      const reply = (sdp: string | undefined): void => {
+        if (sdp === undefined) {
+          this.log.info('re-INVITE refused (488): its offer cannot be taken; the call keeps its media');
+          res.send(488);
+          return;
+        }
+        res.send(200, { body: sdp, headers: { 'Content-Type': 'application/sdp' } });
+      };
+      const onOffer = this.delegate.onOffer;
+      if (!req.body || onOffer === undefined) return reply(this.localSdp);
+      let answer: string | undefined | Promise<string | undefined>;
+      try {
+        answer = onOffer(req.body);
+      } catch (err) {
+        this.log.warn({ err: (err as Error).message }, 'answering the re-INVITE\'s offer failed');
       }
-      res.send(200, { body: this.localSdp, headers: { 'Content-Type': 'application/sdp' } });
+      if (typeof answer === 'object') void answer.then(reply, () => reply(undefined));
+      else reply(answer);
     });
     if (this.outcome !== undefined || this.ended) {
       // A 2xx after we gave up (timeout, connection loss, cancel guard): ACKed by drachtio-srf, BYE it.

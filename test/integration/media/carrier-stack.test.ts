@@ -9,7 +9,7 @@ import { DrachtioLink } from '../../../src/media/freeswitch/drachtio-link.js';
 import { FreeswitchMediaPlayer } from '../../../src/media/freeswitch/freeswitch-media-player.js';
 import { codeAnnouncement } from '../../../src/media/prompts.js';
 import { DrachtioOriginator } from '../../../src/sip/drachtio/drachtio-originator.js';
-import { SCENARIOS, type DrachtioScenario } from '../../fakes/drachtio-scenarios.js';
+import { farEndSdp, SCENARIOS, type DrachtioScenario } from '../../fakes/drachtio-scenarios.js';
 import { behindDrachtio, FakeFreeswitch } from '../../fakes/freeswitch-esl.js';
 import { http, startTestEngine, testConfig, waitFor, type TestEngine } from '../../helpers/engine.js';
 
@@ -193,6 +193,35 @@ describe('voice OTP on the carrier stack: failure paths', () => {
     expect(st.sip.reinvites).toEqual([]);
     expect(st.media.playbackFiles()).toEqual([]);
     await freeswitchLegEnded(st);
+  });
+
+  it('the callee re-INVITEs mid-prompt: its offer goes to FreeSWITCH in a re-INVITE, FreeSWITCH\'s answer back to the callee; playback goes on', async () => {
+    const st = await stack(SCENARIOS.voiceReinvite, { playbackMs: 600 });
+    const r = await st.call();
+    expect(r.outcome).toBe('played');
+    const [callee] = st.calleeInvites();
+    const [fsCall] = st.fsInvites();
+    // To FreeSWITCH: first the callee's answer (as ever), then the callee's new offer (its o= version 2).
+    const toFs = st.sip.reinvites.filter((x) => x.callId === fsCall).map((x) => x.sdp);
+    expect(toFs).toHaveLength(2);
+    expect(toFs[1]).toBe(farEndSdp(40_000, 2));
+    // To the callee: FreeSWITCH's answer, not the offer our INVITE carried.
+    const answer = st.sip.appResponses.find((x) => x.header('call-id') === callee && /INVITE$/.test(x.header('cseq') ?? ''));
+    expect(answer?.status).toBe(200);
+    expect(answer?.header('content-type')).toBe('application/sdp');
+    expect(answer?.body).toContain('o=FreeSWITCH');
+    await freeswitchLegEnded(st);
+  });
+
+  it('the callee re-INVITEs and FreeSWITCH never answers its re-INVITE: 488 to the callee after modifyTimeoutMs; the call goes on', async () => {
+    const st = await stack(SCENARIOS.voiceReinvite, { playbackMs: 1200 }, { modifyTimeoutMs: 400 });
+    // The first re-INVITE (the callee's answer) is answered; the second (its new offer) never.
+    st.media.reinvite = (nth) => (nth === 2 ? 'ignore' : undefined);
+    const r = await st.call();
+    expect(r.outcome).toBe('played');
+    const [callee] = st.calleeInvites();
+    const answer = st.sip.appResponses.find((x) => x.header('call-id') === callee && /INVITE$/.test(x.header('cseq') ?? ''));
+    expect(answer?.status).toBe(488);
   });
 
   it('far-end BYE mid-prompt: playback broken at once, no BYE of ours to the callee, the endpoint hung up', async () => {

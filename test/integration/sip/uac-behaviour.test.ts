@@ -293,6 +293,37 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     expect(count()).toBe(4);
   });
 
+  it('a re-INVITE\'s offer answered later by the media side (a media server asked first): 200 with that answer then, nothing before; refused: 488', async () => {
+    const rec = recorder();
+    const offers: string[] = [];
+    let answerNow: (sdp: string | undefined) => void = () => undefined;
+    rec.delegate.onOffer = (sdp) => {
+      offers.push(sdp);
+      return new Promise<string | undefined>((resolve) => (answerNow = resolve));
+    };
+    const invite = await answeredCall(rec, 'v=0\r\n');
+    const offer = 'v=0\r\no=sbc 1 2 IN IP4 127.0.0.9\r\ns=-\r\nc=IN IP4 127.0.0.9\r\nt=0 0\r\nm=audio 41000 RTP/AVP 0\r\n';
+    const reinvite = (seq: number): string => inDialog(invite, 'INVITE', seq, undefined, offer).replace('Content-Length', 'Content-Type: application/sdp\r\nContent-Length');
+    const answers = (seq: number): string[] => peer.responses.filter((r) => r.includes(`\r\nCSeq: ${seq} INVITE\r\n`));
+    peer.socket.send(reinvite(30), sip.localPort, '127.0.0.1');
+    await tick(150);
+    // Its retransmission while the answer is being made: not asked again, nothing sent yet.
+    peer.socket.send(reinvite(30), sip.localPort, '127.0.0.1');
+    await tick(150);
+    expect([offers, answers(30)]).toEqual([[offer], []]);
+    answerNow('v=0\r\no=fs 1 3 IN IP4 127.0.0.1\r\n');
+    await tick(100);
+    expect(answers(30)[0]).toMatch(/^SIP\/2\.0 200 OK\r\n[\s\S]*\r\n\r\nv=0\r\no=fs 1 3 IN IP4 127\.0\.0\.1\r\n$/);
+    peer.socket.send(inDialog(invite, 'ACK', 30), sip.localPort, '127.0.0.1');
+    // The next one refused by the media side: 488, the call goes on.
+    peer.socket.send(reinvite(31), sip.localPort, '127.0.0.1');
+    await tick(50);
+    answerNow(undefined);
+    await tick(100);
+    expect(answers(31).map((r) => r.split('\r\n')[0])).toEqual(['SIP/2.0 488 Not Acceptable Here']);
+    expect(rec.events.map((e) => e.type)).toEqual(['answered']);
+  });
+
   it('in-dialog manners: known methods we do not take 405 + Allow, unknown 501, CANCEL 481, CSeq below the last seen 500 (RFC 3261 8.2.1, 9.2, 12.2.2)', async () => {
     const rec = recorder();
     const invite = await answeredCall(rec, 'v=0\r\n');
