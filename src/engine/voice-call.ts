@@ -154,24 +154,9 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
             p.onAnswered?.(call?.callId ?? '', media);
             void playThenHangup();
           },
-          // A re-INVITE's offer (media moved, hold): the media session answers it and follows it; one that has no
-          // way to (FreeSWITCH's answers its own re-INVITEs) leaves the backend to answer with our SDP.
-          ...(session.reoffer
-            ? {
-                onOffer(sdp: string): string | undefined | Promise<string | undefined> {
-                  const refused = (err: Error): undefined => {
-                    p.logger.warn({ err: err.message }, 're-INVITE offer not taken; the call keeps its media');
-                    return undefined;
-                  };
-                  try {
-                    const answer = session.reoffer!(sdp);
-                    return typeof answer === 'string' ? answer : answer.catch(refused);
-                  } catch (err) {
-                    return refused(err as Error);
-                  }
-                },
-              }
-            : {}),
+          // A re-INVITE's offer (media moved, hold): the media session answers it and follows it (a throw or a
+          // rejection: 488, the backend's answerToOffer); a session without reoffer leaves the backend our SDP.
+          ...(session.reoffer ? { onOffer: (sdp: string) => session.reoffer!(sdp) } : {}),
           onRemoteHangup() {
             remoteHangup = true;
             session.stop();

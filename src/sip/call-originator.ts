@@ -161,3 +161,20 @@ export function reportCallEnd(
     callDelegate(log, 'onFailed', () => delegate.onFailed?.(f));
   }
 }
+
+/**
+ * A delegate's answer to a re-INVITE's offer (onOffer), at once or as a promise that never rejects: undefined (the
+ * backend answers 488, the call keeps its media) when it refused, threw or rejected; warned with the call's log.
+ */
+export function answerToOffer(onOffer: NonNullable<CallDelegate['onOffer']>, offer: string, log: Logger): string | undefined | Promise<string | undefined> {
+  const failed = (err: unknown): undefined => {
+    log.warn({ err: err instanceof Error ? err.message : String(err) }, 're-INVITE offer not taken; the call keeps its media');
+    return undefined;
+  };
+  try {
+    const answer = onOffer(offer);
+    return typeof answer === 'object' ? answer.catch(failed) : answer;
+  } catch (err) {
+    return failed(err);
+  }
+}

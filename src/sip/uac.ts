@@ -8,7 +8,7 @@
 import type { Logger } from 'pino';
 import type { TrunkConfig } from '../config/schema.js';
 import { AppError } from '../errors/app-error.js';
-import { callDelegate, reportCallEnd, type CallDelegate, type CallFailure, type CallFailureReason, type OutboundCall } from './call-originator.js';
+import { answerToOffer, callDelegate, reportCallEnd, type CallDelegate, type CallFailure, type CallFailureReason, type OutboundCall } from './call-originator.js';
 import type { Clock, SipTimerConfig, TimerHandle } from './clock.js';
 import { computeDigest, usableChallenges, type DigestChallenge } from './digest.js';
 import {
@@ -1024,23 +1024,15 @@ export class UacCall implements OutboundCall {
         // media side, the call's own SDP. No offer: ours, as the offer (the ACK brings the answer).
         const offer = sdpOf(request);
         if (offer === undefined || this.delegate.onOffer === undefined) return this.answerReinvite(request, source, this.currentSdp ?? this.localSdp, false);
-        let answer: string | undefined | Promise<string | undefined>;
-        try {
-          answer = this.delegate.onOffer(offer);
-        } catch (err) {
-          this.log.warn({ err: (err as Error).message }, 'answering the re-INVITE\'s offer failed');
-        }
+        const answer = answerToOffer(this.delegate.onOffer, offer, this.log);
         if (typeof answer === 'object') {
           const cseq = request.cseq.seq;
           this.reinviteAnswering = cseq;
-          void answer.then(
-            (sdp) => {
-              if (this.reinviteAnswering !== cseq) return;
-              this.reinviteAnswering = undefined;
-              if (this.state === 'confirmed') this.answerReinvite(request, source, sdp, true);
-            },
-            () => undefined,
-          );
+          void answer.then((sdp) => {
+            if (this.reinviteAnswering !== cseq) return;
+            this.reinviteAnswering = undefined;
+            if (this.state === 'confirmed') this.answerReinvite(request, source, sdp, true);
+          });
           return;
         }
         this.answerReinvite(request, source, answer, true);
@@ -1061,14 +1053,14 @@ export class UacCall implements OutboundCall {
       headers: [hdr('Contact', this.host.contact(this.protocol, this.trunkInfo.scheme)), hdr('Allow', ALLOW), hdr('Content-Type', 'application/sdp')],
       body: sdp,
     });
-    this.answeredReinvite(request, data, source);
+    this.retransmitUntilAck(request, data, source);
   }
 
   /**
    * RFC 3261 13.3.1.4: our 2xx to a re-INVITE is sent again at T1, doubling up to T2, until its ACK (handleAck) or
    * 64*T1 over UDP; a reliable transport carries it once.
    */
-  private answeredReinvite(request: ParsedRequest, data: Buffer, source: InboundSource): void {
+  private retransmitUntilAck(request: ParsedRequest, data: Buffer, source: InboundSource): void {
     this.stopReinviteRetransmits();
     const cseq = request.cseq.seq;
     const reinvite: NonNullable<typeof this.reinvite> = { cseq, data, source, via: request.via, timer: undefined };

@@ -31,6 +31,7 @@
 import type { Logger } from 'pino';
 import { AppError } from '../../errors/app-error.js';
 import {
+  answerToOffer,
   callDelegate,
   reportCallEnd,
   type CallDelegate,
@@ -395,13 +396,8 @@ class DrachtioCall implements OutboundCall {
       };
       const onOffer = this.delegate.onOffer;
       if (!req.body || onOffer === undefined) return reply(this.localSdp);
-      let answer: string | undefined | Promise<string | undefined>;
-      try {
-        answer = onOffer(req.body);
-      } catch (err) {
-        this.log.warn({ err: (err as Error).message }, 'answering the re-INVITE\'s offer failed');
-      }
-      if (typeof answer === 'object') void answer.then(reply, () => reply(undefined));
+      const answer = answerToOffer(onOffer, req.body, this.log);
+      if (typeof answer === 'object') void answer.then(reply);
       else reply(answer);
     });
     if (this.outcome !== undefined || this.ended) {
