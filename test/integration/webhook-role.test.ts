@@ -26,6 +26,8 @@ describe('--role webhooks (webhooks.inWorkers: false)', () => {
     const r = (receiver = new Receiver());
     const url = await r.start();
     const c = (cluster = await engineCluster({
+      // Not a test of the per-key rate limit (10/s): a burst of creates and checks must not meet it.
+      api: { defaultRateLimitPerSecond: 1000 },
       ...extra,
       webhooks: { allowPrivate: true, backoffMs: 100, orderPollMs: 50, ...webhooks },
       fraud: { testNumbers: [{ number: TEST_NUMBER, code: '1234' }] },
