@@ -69,6 +69,25 @@ export interface NegotiatedMedia {
 
 const STATIC_CODECS: Record<number, G711Codec> = { 0: 'PCMU', 8: 'PCMA' };
 
+/** The payload types an m= line lists, in its order (the answerer's preference). */
+function payloadsOf(m: MediaDescription): number[] {
+  return String(m.payloads ?? '')
+    .split(/\s+/)
+    .filter((x) => x !== '')
+    .map(Number);
+}
+
+/**
+ * The upper-case encoding name of payload type `pt` in an m= line (its rtpmap, else the static one), or undefined;
+ * G.711 only at 8000 Hz (a PCMU/16000 rtpmap is not ours).
+ */
+function codecOf(m: MediaDescription, pt: number): string | undefined {
+  const rtpmap = m.rtp.find((r) => r.payload === pt);
+  const name = rtpmap?.codec.toUpperCase() ?? STATIC_CODECS[pt];
+  if ((name === 'PCMU' || name === 'PCMA') && (rtpmap?.rate ?? 8000) !== 8000) return undefined;
+  return name;
+}
+
 /**
  * Reads the SDP answer: the first audio m= line with a non-zero port, its
  * connection address (media-level c= overrides session-level, RFC 4566 5.7),
@@ -86,20 +105,16 @@ export function parseAnswer(sdp: string): NegotiatedMedia {
   if (!audio) throw new MediaError('SDP answer has no active audio stream');
   const address = audio.connection?.ip ?? session.connection?.ip;
   if (!address) throw new MediaError('SDP answer has no connection address');
-  const payloads = String(audio.payloads ?? '')
-    .split(/\s+/)
-    .filter((s) => s !== '')
-    .map(Number);
+  const payloads = payloadsOf(audio);
   let chosen: { codec: G711Codec; pt: number } | undefined;
   let telephoneEventPt: number | undefined;
   for (const pt of payloads) {
-    const rtpmap = audio.rtp.find((r) => r.payload === pt);
-    const name = rtpmap?.codec.toUpperCase() ?? STATIC_CODECS[pt];
+    const name = codecOf(audio, pt);
     if (name === 'TELEPHONE-EVENT') {
       telephoneEventPt ??= pt;
       continue;
     }
-    if (!chosen && (name === 'PCMU' || name === 'PCMA') && (rtpmap?.rate ?? 8000) === 8000) chosen = { codec: name, pt };
+    if (!chosen && (name === 'PCMU' || name === 'PCMA')) chosen = { codec: name, pt };
   }
   if (!chosen) throw new MediaError(`SDP answer offers no codec we sent (payloads: ${payloads.join(' ') || 'none'})`);
   const direction = audio.direction ?? session.direction ?? 'sendrecv';
@@ -144,18 +159,12 @@ export function answerReoffer(offerSdp: string, p: ReofferParams): { media: Nego
   } catch (err) {
     throw new MediaError(`unparsable SDP offer: ${(err as Error).message}`);
   }
-  const ptsOf = (m: MediaDescription): number[] =>
-    String(m.payloads ?? '')
-      .split(/\s+/)
-      .filter((x) => x !== '')
-      .map(Number);
-  const nameOf = (m: MediaDescription, pt: number): string | undefined => m.rtp.find((r) => r.payload === pt)?.codec.toUpperCase() ?? STATIC_CODECS[pt];
   let chosen: { index: number; pt: number; te: number | undefined } | undefined;
   offer.media.forEach((m, index) => {
     if (chosen || m.type !== 'audio' || m.port === 0) return;
-    const pts = ptsOf(m);
-    const pt = pts.find((x) => nameOf(m, x) === p.codec && (m.rtp.find((r) => r.payload === x)?.rate ?? 8000) === 8000);
-    if (pt !== undefined) chosen = { index, pt, te: pts.find((x) => nameOf(m, x) === 'TELEPHONE-EVENT') };
+    const pts = payloadsOf(m);
+    const pt = pts.find((x) => codecOf(m, x) === p.codec);
+    if (pt !== undefined) chosen = { index, pt, te: pts.find((x) => codecOf(m, x) === 'TELEPHONE-EVENT') };
   });
   if (!chosen) throw new MediaError(`SDP offer has no active audio stream with ${p.codec}, the codec the call plays in`);
   const { index, pt, te } = chosen;
@@ -171,7 +180,7 @@ export function answerReoffer(offerSdp: string, p: ReofferParams): { media: Nego
     connection: { version: ipVer, ip: p.host },
     timing: { start: 0, stop: 0 },
     media: offer.media.map((m, i): MediaDescription => {
-      if (i !== index) return { type: m.type, port: 0, protocol: m.protocol, payloads: String(ptsOf(m)[0] ?? 0), rtp: [], fmtp: [] } as MediaDescription;
+      if (i !== index) return { type: m.type, port: 0, protocol: m.protocol, payloads: String(payloadsOf(m)[0] ?? 0), rtp: [], fmtp: [] } as MediaDescription;
       return {
         type: 'audio',
         port: p.port,
