@@ -57,6 +57,12 @@ export interface SmscSettings {
    * message_payload, answered by data_sm_resp.
    */
   receiptPdu: ReceiptPdu;
+  /**
+   * esm_class and data_coding of the receipts (0x04, 0): SMSCs that set the UDHI bit on a receipt without a header
+   * (0x44), or copy the submit's data_coding (8) over its ASCII text, are copied with these.
+   */
+  receiptEsmClass: number;
+  receiptDataCoding: number;
   /** Intermediate receipts (e.g. ["ACCEPTD", "ENROUTE"]) sent in order before the final one, receiptDelayMs apart. */
   intermediateStates: string[];
   /** Final state for every receipt (any text, e.g. "XYZ" for an unknown stat); null = by destination suffix, else DELIVRD. */
@@ -93,6 +99,8 @@ export const DEFAULT_SETTINGS: SmscSettings = {
   idFormat: 'decimal',
   receiptMode: 'both',
   receiptPdu: 'deliver_sm',
+  receiptEsmClass: 0x04,
+  receiptDataCoding: 0,
   intermediateStates: [],
   finalState: null,
   stateBySuffix: { '0091': 'UNDELIV', '0092': 'REJECTD', '0093': 'EXPIRED' },

@@ -263,8 +263,8 @@ function sendReceipt(job: ReceiptJob, waits = 0): void {
     dest_addr_ton: 5,
     dest_addr_npi: 0,
     destination_addr: job.source,
-    esm_class: 0x04,
-    data_coding: 0,
+    esm_class: settings.receiptEsmClass,
+    data_coding: settings.receiptDataCoding,
   };
   // data_sm has no short_message (§4.7.1): its text, if any, goes in message_payload.
   const textField = record.pdu === 'data_sm' ? 'message_payload' : 'short_message';

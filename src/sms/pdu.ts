@@ -105,9 +105,64 @@ export class PduFramer {
   }
 }
 
+const DELIVER_SM = 0x00000005;
+const DATA_SM = 0x00000103;
+const MESSAGE_PAYLOAD_TLV = 0x0424;
+
+/**
+ * The message octets of a deliver_sm (short_message, else its message_payload TLV) or a data_sm (message_payload), as
+ * they came, before node-smpp decodes them by data_coding and esm_class (SMPP 3.4 §4.6.1, §4.7.1, §5.3.2.32):
+ * receipt.ts reads a receipt's text from them when the decoded form says nothing (a text receipt sent with the
+ * UDHI bit set, or with the submit's data_coding 8 over ASCII text). Undefined when the body does not parse.
+ */
+export function rawMessageOctets(raw: Buffer): Buffer | undefined {
+  const commandId = raw.readUInt32BE(4);
+  if (commandId !== DELIVER_SM && commandId !== DATA_SM) return undefined;
+  let at = 16;
+  const cstring = (): boolean => {
+    const nul = raw.indexOf(0, at);
+    if (nul < 0) return false;
+    at = nul + 1;
+    return true;
+  };
+  // service_type, source (ton, npi, addr), destination (ton, npi, addr), esm_class
+  if (!cstring()) return undefined;
+  at += 2;
+  if (!cstring()) return undefined;
+  at += 2;
+  if (!cstring()) return undefined;
+  let message: Buffer | undefined;
+  if (commandId === DELIVER_SM) {
+    // esm_class, protocol_id, priority_flag, schedule_delivery_time, validity_period, registered_delivery,
+    // replace_if_present_flag, data_coding, sm_default_msg_id, sm_length, short_message
+    at += 3;
+    if (!cstring() || !cstring()) return undefined;
+    at += 4;
+    const length = raw[at];
+    if (length === undefined || at + 1 + length > raw.length) return undefined;
+    if (length > 0) message = raw.subarray(at + 1, at + 1 + length);
+    at += 1 + length;
+  } else {
+    at += 3; // esm_class, registered_delivery, data_coding
+  }
+  // TLVs: message_payload when there was no short_message.
+  while (message === undefined && at + 4 <= raw.length) {
+    const tag = raw.readUInt16BE(at);
+    const length = raw.readUInt16BE(at + 2);
+    if (at + 4 + length > raw.length) return undefined;
+    if (tag === MESSAGE_PAYLOAD_TLV) message = raw.subarray(at + 4, at + 4 + length);
+    at += 4 + length;
+  }
+  return message;
+}
+
 function decodeFrame(raw: Buffer): Frame {
   try {
-    return { kind: 'pdu', pdu: new smpp.PDU(raw) };
+    const pdu = new smpp.PDU(raw);
+    const octets = rawMessageOctets(raw);
+    // Not enumerable: nothing that walks a PDU's fields (logs, responses) sees it.
+    if (octets !== undefined) Object.defineProperty(pdu, 'raw_message', { value: Buffer.from(octets), enumerable: false });
+    return { kind: 'pdu', pdu };
   } catch (err) {
     return {
       kind: 'undecodable',

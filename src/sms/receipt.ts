@@ -44,6 +44,8 @@ export interface ReceiptPdu {
   short_message?: unknown;
   /** TLV 0x0424, decoded by node-smpp like short_message. */
   message_payload?: unknown;
+  /** The message octets as they came (pdu.ts `rawMessageOctets`), for a text the decoding above garbled. */
+  raw_message?: Buffer;
   /** TLV 0x001E: the message id of submit_sm_resp (§5.3.2.12). */
   receipted_message_id?: string;
   /** TLV 0x0427 (§5.3.2.35). */
@@ -76,6 +78,7 @@ export function toReceiptPdu(fields: Readonly<Record<string, unknown>>): Receipt
     data_coding: numberOr(fields['data_coding']),
     short_message: fields['short_message'],
     message_payload: fields['message_payload'],
+    raw_message: Buffer.isBuffer(fields['raw_message']) ? fields['raw_message'] : undefined,
     receipted_message_id: typeof id === 'string' ? printablePrefix(id) : Buffer.isBuffer(id) ? printablePrefix(cString(id)) : undefined,
     message_state: numberOr(fields['message_state']),
     network_error_code: Buffer.isBuffer(nec) ? nec : isNetworkErrorObject(nec) ? nec : undefined,
@@ -104,7 +107,15 @@ export function parseReceipt(
 
   const raw =
     receiptText(pdu.short_message, pdu.data_coding) || receiptText(pdu.message_payload, pdu.data_coding) || '';
-  const text = parseReceiptText(raw);
+  let text = parseReceiptText(raw);
+  // Neither id nor stat in the decoded text: read the octets as they came, as ASCII (Kannel and Jasmin read a
+  // receipt's bytes whatever data_coding says). Some SMSCs copy the submit's data_coding 8 into the receipt over ASCII
+  // text (decoded as UTF-16 it is garbage), or set the UDHI bit (0x44) on a receipt without a header (the decoder
+  // takes its first bytes for one).
+  if (text.id === undefined && text.stat === undefined && pdu.raw_message !== undefined) {
+    const fromOctets = parseReceiptText(pdu.raw_message.toString('latin1'));
+    if (fromOctets.id !== undefined || fromOctets.stat !== undefined) text = fromOctets;
+  }
 
   const tlvId = typeof pdu.receipted_message_id === 'string' ? pdu.receipted_message_id.trim() : '';
   const messageId = resolveId(tlvId || undefined, text.id, format);
@@ -188,7 +199,8 @@ export function parseReceiptText(raw: string): ReceiptTextFields {
 }
 
 const FIELD_PATTERNS: ReadonlyArray<readonly [Exclude<keyof ReceiptTextFields, 'text'>, RegExp]> = [
-  ['id', /(?:^|\s)id\s*:\s*(\S+)/i],
+  // Horizontal space only after the colon: an empty `id:` must not take the next field ("sub:001") for the id.
+  ['id', /(?:^|\s)id\s*:[ \t]*([^\s:]+)(?=\s|$)/i],
   ['sub', /(?:^|\s)sub\s*:\s*(\d+)/i],
   ['dlvrd', /(?:^|\s)dlvrd\s*:\s*(\d+)/i],
   ['submitDate', /(?:^|\s)submit[\s_-]?date\s*:\s*(\d+)/i],

@@ -117,6 +117,17 @@ describe('bind, submit, receipt', () => {
     expect(receipts[0]?.mode).toBe(mode);
   });
 
+  it.each([
+    ['the UDHI bit set and no header (esm_class 0x44)', { receiptEsmClass: 0x44 }],
+    ['the submit\'s data_coding 8 over ASCII text', { receiptDataCoding: 8 }],
+  ] as const)('reads a text-only receipt sent with %s (decoded, it says nothing; its octets are ASCII)', async (_name, quirk) => {
+    await smsc.set({ receiptMode: 'text', idFormat: 'string', ...quirk });
+    const g = await gateway({ messageIdFormat: 'string' });
+    const outcome = await g.gateway.submit(submitRequest('+447700900094'));
+    const receipt = await g.receiptFor(outcome);
+    expect(receipt).toMatchObject({ state: 'DELIVRD', messageId: outcome.kind === 'accepted' ? outcome.messageId : 'none' });
+  });
+
   it('matches a receipt that arrives before its submit_sm_resp', async () => {
     await smsc.set({ receiptBeforeResp: true, respDelayMs: 100 });
     const g = await gateway();

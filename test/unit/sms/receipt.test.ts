@@ -10,6 +10,7 @@ import {
   type ReceiptPdu,
 } from '../../../src/sms/receipt.js';
 import type { ReceiptState } from '../../../src/sms/types.js';
+import { PduFramer, type SmppPdu } from '../../../src/sms/pdu.js';
 
 const RECEIPT = 0x04;
 const INTERMEDIATE = 0x20;
@@ -303,6 +304,30 @@ describe('parseReceipt', () => {
       'auto',
     );
     expect(r).toMatchObject({ error: '001', networkErrorCode: { type: 3, code: 1 } });
+  });
+});
+
+describe('receipt text quirks', () => {
+  it('an empty id: is no id (the next field is not taken for it)', () => {
+    expect(parseReceiptText('id: sub:001 dlvrd:001 stat:DELIVRD err:000').id).toBeUndefined();
+    expect(parseReceiptText('id:\tsub:001 stat:DELIVRD').id).toBeUndefined();
+    expect(parseReceiptText('id: 0042 sub:001 stat:DELIVRD').id).toBe('0042');
+    expect(parseReceiptText('sub:001 id:AB-7 stat:DELIVRD').id).toBe('AB-7');
+  });
+
+  it('a receipt node-smpp decodes to nothing (UDHI set, or data_coding 8 over ASCII) is read from its octets, framed by PduFramer', () => {
+    const text = 'id:77 sub:001 dlvrd:001 submit date:2612071200 done date:2612071200 stat:DELIVRD err:000 text:';
+    for (const [esm, dc] of [
+      [0x44, 0],
+      [0x04, 8],
+    ] as const) {
+      const bytes = new smpp.PDU('deliver_sm', { sequence_number: 9, source_addr: '447700900001', destination_addr: 'FV', esm_class: esm, data_coding: dc, short_message: Buffer.from(text, 'latin1') }).toBuffer();
+      const [frame] = new PduFramer().push(bytes);
+      expect(frame?.kind).toBe('pdu');
+      const pdu = (frame as { pdu: SmppPdu }).pdu;
+      expect(Object.keys(pdu)).not.toContain('raw_message');
+      expect(parseReceipt(toReceiptPdu(pdu as unknown as Record<string, unknown>), 'a', 'string')).toMatchObject({ messageId: '77', state: 'DELIVRD' });
+    }
   });
 });
 
