@@ -63,6 +63,10 @@ export interface SmscSettings {
    */
   receiptEsmClass: number;
   receiptDataCoding: number;
+  /** Before each submit_sm_resp, an enquire_link_resp carrying the submit's sequence number (an SMSC's bug). */
+  wrongResponseFirst: boolean;
+  /** After each accepted bind, unbind this many ms later (0: never): a bind limit checked after the bind. */
+  unbindAfterBindMs: number;
   /** Intermediate receipts (e.g. ["ACCEPTD", "ENROUTE"]) sent in order before the final one, receiptDelayMs apart. */
   intermediateStates: string[];
   /** Final state for every receipt (any text, e.g. "XYZ" for an unknown stat); null = by destination suffix, else DELIVRD. */
@@ -101,6 +105,8 @@ export const DEFAULT_SETTINGS: SmscSettings = {
   receiptPdu: 'deliver_sm',
   receiptEsmClass: 0x04,
   receiptDataCoding: 0,
+  wrongResponseFirst: false,
+  unbindAfterBindMs: 0,
   intermediateStates: [],
   finalState: null,
   stateBySuffix: { '0091': 'UNDELIV', '0092': 'REJECTD', '0093': 'EXPIRED' },

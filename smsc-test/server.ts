@@ -433,6 +433,7 @@ function onSubmit(session: Session, rec: SessionRecord, pdu: PDU): void {
     rec.inFlight -= 1;
     submit.status = status;
     submit.messageId = ids?.resp ?? null;
+    if (settings.wrongResponseFirst) session.send(new smpp.PDU('enquire_link_resp', { sequence_number: pdu.sequence_number }));
     session.send(pdu.response(ids ? { message_id: ids.resp } : { command_status: status }));
     if (wantsReceipt && ids && !settings.receiptBeforeResp) scheduleReceipt(session, rec, submit, ids, settings.receiptDelayMs);
   };
@@ -461,6 +462,11 @@ function onBind(session: Session, rec: SessionRecord, pdu: PDU, bindType: 'trans
     rec.systemId = systemId;
     rec.bindType = bindType;
     session.send(pdu.response({ system_id: 'smsc-test' }));
+    if (settings.unbindAfterBindMs > 0) {
+      setTimeout(() => {
+        if (rec.closedAt === null && !session.socket.destroyed) session.send(new smpp.PDU('unbind', { sequence_number: 0x7ffffff0 }));
+      }, settings.unbindAfterBindMs);
+    }
   } else {
     session.send(pdu.response({ command_status: status }));
   }

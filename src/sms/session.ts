@@ -91,6 +91,8 @@ const BIND_COMMAND: Record<BindType, string> = {
 const INTERFACE_VERSION = 0x34;
 const RESPONSE_BIT = 0x80000000;
 /** Bound on waiting for the peer to close after unbind_resp / on stop. */
+/** A bind that held this long before it went resets the reconnect back-off (reconnectMinMs again). */
+const STABLE_BIND_MS = 10_000;
 const CLOSE_WAIT_MS = 1_000;
 /** Bound on waiting for unbind_resp when a bind that stopped answering is recycled (also at most responseTimeoutMs). */
 const RECYCLE_UNBIND_WAIT_MS = 5_000;
@@ -112,6 +114,8 @@ class SmppConnection {
   /** Bumped on every new socket and on loss: events of an older socket are ignored. */
   private generation = 0;
   private reconnectAttempt = 0;
+  /** When the last bind succeeded (this.now()). */
+  private boundAt = -Infinity;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private connectTimer: NodeJS.Timeout | undefined;
   private enquireTimer: NodeJS.Timeout | undefined;
@@ -247,7 +251,10 @@ class SmppConnection {
     const r = await result;
     if (generation !== this.generation) return;
     if (r.kind === 'response' && r.pdu.command_status === CommandStatus.ESME_ROK && r.pdu.command !== 'generic_nack') {
-      this.reconnectAttempt = 0;
+      // The back-off starts again only once the bind has held (lost()): an SMSC that accepts the bind and then
+      // unbinds or closes at once (a bind limit checked after the bind, an account disabled) is not rebound every
+      // reconnectMinMs for ever.
+      this.boundAt = this.now();
       this.lastReceived = this.now();
       this.stateTransition('bound');
       this.log.info({ seq: sequence, smsc_system_id: pduString(r.pdu, 'system_id') }, 'bound');
@@ -273,6 +280,7 @@ class SmppConnection {
     if (generation !== this.generation) return;
     if (this.state === 'down' || this.state === 'closed' || this.state === 'idle') return;
     const wasBound = this.state === 'bound' || this.state === 'unbinding';
+    if (wasBound && this.now() - this.boundAt >= STABLE_BIND_MS) this.reconnectAttempt = 0;
     this.generation += 1;
     clearTimeout(this.connectTimer);
     this.stopEnquireLink();
@@ -414,6 +422,12 @@ class SmppConnection {
 
   private onResponse(pdu: SmppPdu): void {
     const pending = this.pending.get(pdu.sequence_number);
+    // A response must be the one to its request (or a generic_nack): another command's response carrying the
+    // sequence number (an SMSC's bug) says nothing of the request, which keeps waiting for its own.
+    if (pending && pdu.command !== `${pending.command}_resp` && pdu.command !== 'generic_nack') {
+      this.log.warn({ command: pdu.command, seq: pdu.sequence_number, expected: `${pending.command}_resp` }, 'response of another command for a request in flight; ignored');
+      return;
+    }
     if (!pending) {
       const late = this.late.get(pdu.sequence_number);
       if (late) {
@@ -742,11 +756,17 @@ export class SmppSession {
     return { kind: 'failed', reason: 'smsc_rejected', commandStatus: status, statusName, smsc };
   }
 
-  /** Back-off after ESME_RTHROTTLED / ESME_RMSGQFUL: reconnectMinMs doubling per consecutive one, capped at reconnectMaxMs. */
+  /**
+   * Back-off after ESME_RTHROTTLED / ESME_RMSGQFUL: reconnectMinMs doubling per throttling episode, capped at
+   * reconnectMaxMs. The submits in flight when the SMSC began to refuse come back refused together, during the
+   * back-off they started: one episode, one step (a window of 10 refused at once was 9 doublings, 30 s parked).
+   */
   private coolDown(): number {
+    const now = this.now();
+    if (now < this.coolUntil) return this.coolUntil - now;
     const ms = Math.min(this.smsc.reconnectMaxMs, this.smsc.reconnectMinMs * 2 ** Math.min(this.throttleStreak, 30));
     this.throttleStreak += 1;
-    this.coolUntil = Math.max(this.coolUntil, this.now() + ms);
+    this.coolUntil = now + ms;
     this.options.delegate.onAvailabilityChange(this);
     return ms;
   }

@@ -18,7 +18,7 @@ afterAll(async () => {
 afterEach(async () => {
   await gut?.gateway.stop();
   gut = undefined;
-  await smsc.set({ respDelayMs: 0, noResponse: 'off', silentSessions: [], silentSubmitSessions: [], dropAfter: 0, rejectPrefixes: {} });
+  await smsc.set({ respDelayMs: 0, noResponse: 'off', silentSessions: [], silentSubmitSessions: [], dropAfter: 0, rejectPrefixes: {}, wrongResponseFirst: false, unbindAfterBindMs: 0 });
   await smsc.reset();
 });
 
@@ -157,6 +157,25 @@ describe('connection lost', () => {
     // The nack left before the connection was dropped (SMPP 3.4 §4.3.1: no sequence number to carry).
     const nack = (await smsc.state()).events.find((e) => e.type === 'generic_nack' && e.session === first);
     expect(nack).toMatchObject({ seq: 0, status: 0x02 });
+  });
+});
+
+describe('an SMSC that misbehaves after the bind', () => {
+  it('unbinds every bind at once: the rebinds back off (reconnectMinMs doubling), not one every reconnectMinMs for ever', async () => {
+    await smsc.set({ unbindAfterBindMs: 20 });
+    gut = await startGateway([smscEntry(smsc, { reconnectMinMs: 100, reconnectMaxMs: 2000 })]);
+    await new Promise((r) => setTimeout(r, 3000));
+    const binds = (await smsc.state()).events.filter((e) => e.type === 'bind').length;
+    // Back-off 50-100, 100-200, 200-400, 400-800, 800-1600 ms: at most 6 binds in 3 s (about 25 without it).
+    expect(binds).toBeGreaterThanOrEqual(3);
+    expect(binds).toBeLessThanOrEqual(6);
+  });
+
+  it('a response of another command carrying a submit\'s sequence number is ignored: the submit takes its own submit_sm_resp', async () => {
+    await smsc.set({ wrongResponseFirst: true });
+    gut = await startGateway([smscEntry(smsc)]);
+    await gut.waitUp();
+    expect(await gut.gateway.submit(submitRequest('+447700900650'))).toMatchObject({ kind: 'accepted' });
   });
 });
 

@@ -222,6 +222,16 @@ describe('SMSC refusals', () => {
     expect(await g.gateway.submit(submitRequest('+88712345678'))).toEqual({ kind: 'retry', reason: 'temporary_error', commandStatus: 0x64, smsc: 'default' });
   });
 
+  it('a whole window refused ESME_RTHROTTLED at once is one throttling episode: one back-off step, not ten', async () => {
+    const g = await gateway({ reconnectMinMs: 200, reconnectMaxMs: 5000, window: 10 }, { slotWaitMs: 300 });
+    await smsc.set({ throttleNext: 10 });
+    const refused = await Promise.all(Array.from({ length: 10 }, (_, i) => g.gateway.submit(submitRequest(`+4477009002${String(i).padStart(2, '0')}`))));
+    expect(refused.map((r) => r.kind === 'retry' && r.reason)).toEqual(Array(10).fill('throttled'));
+    // 200 ms later the bind takes submits again (ten doublings would have parked it for the 5 s cap).
+    await new Promise((r) => setTimeout(r, 250));
+    expect(await g.gateway.submit(submitRequest('+447700900299'))).toMatchObject({ kind: 'accepted' });
+  });
+
   it('ESME_RTHROTTLED and ESME_RMSGQFUL come back as retry outcomes, and the bind backs off', async () => {
     // Back-off: reconnectMinMs (200) doubling per consecutive answer, capped at reconnectMaxMs (400);
     // a back-off that fits in slotWaitMs (300) is waited out, a longer one bounces the submit.
