@@ -203,6 +203,8 @@ export type SmscAction =
   | 'enquire_link'
   /** unbind from the SMSC. */
   | 'unbind'
+  /** The SMSC loses the session's bind (a failover, a restart of its state): submits answered ESME_RINVBNDSTS. */
+  | 'forget_bind'
   /** A mobile-originated data_sm (esm_class 0, text in message_payload): not a receipt (expects data_sm_resp ESME_ROK). */
   | 'data_sm_mo'
   /** Destroy the connection. */

@@ -564,6 +564,10 @@ function runAction(action: SmscAction, only: number | undefined): { session: num
       case 'unbind':
         session.send(new smpp.PDU('unbind', { sequence_number: seq }));
         break;
+      case 'forget_bind':
+        rec.bound = false;
+        event('forget_bind', rec, {});
+        break;
       case 'data_sm_mo': {
         const mo = new smpp.PDU('data_sm', {
           sequence_number: seq,

@@ -140,6 +140,11 @@ class SmppConnection {
     return this.state === 'bound';
   }
 
+  /** The SMSC said this session is not bound (ESME_RINVBNDSTS to a request): unbind and bind again. */
+  rebind(reason: string): void {
+    this.recycle(reason, this.generation);
+  }
+
   start(): void {
     this.stopping = false;
     this.connect();
@@ -368,6 +373,11 @@ class SmppConnection {
       if (r.kind === 'timeout') {
         this.log.warn({ seq: sequence }, 'enquire_link unanswered');
         this.recycle('enquire_link timeout', generation);
+      } else if (r.kind === 'response' && r.pdu.command_status === CommandStatus.ESME_RINVBNDSTS) {
+        // §5.1.3 "Incorrect BIND Status": the SMSC no longer holds this session as bound (it answers, so the
+        // watchdog would never see it): bind again.
+        this.log.warn({ seq: sequence, command: r.pdu.command }, 'SMSC says this session is not bound (ESME_RINVBNDSTS)');
+        this.recycle('ESME_RINVBNDSTS', generation);
       }
     });
   }
@@ -745,6 +755,13 @@ export class SmppSession {
         commandStatus: status,
         smsc,
       };
+    }
+    if (status === CommandStatus.ESME_RINVBNDSTS) {
+      // §5.1.3 "Incorrect BIND Status": a fault of the session, not of the message (nothing was accepted): the bind
+      // is made again, and the submit goes on another bind (as one whose connection was lost before it left).
+      log.warn({ command_status: statusName }, 'SMSC says this session is not bound; submit_sm to be sent on another bind, this one bound again');
+      this.tx.rebind('ESME_RINVBNDSTS to submit_sm');
+      return { kind: 'retry', reason: 'connection_lost', commandStatus: status, smsc };
     }
     if (status === CommandStatus.ESME_RSYSERR || status === CommandStatus.ESME_RX_T_APPN) {
       // A fault of the SMSC's side, not of this message ("System Error", "Temporary App Error"): nothing was

@@ -171,6 +171,17 @@ describe('an SMSC that misbehaves after the bind', () => {
     expect(binds).toBeLessThanOrEqual(6);
   });
 
+  it('the SMSC lost the bind (ESME_RINVBNDSTS to a submit): the submit goes back unsent (another bind\'s), the bind is made again', async () => {
+    gut = await startGateway([smscEntry(smsc)]);
+    await gut.waitUp();
+    const [first] = await boundSessionIds();
+    await smsc.action('forget_bind');
+    expect(await gut.gateway.submit(submitRequest('+447700900651'))).toMatchObject({ kind: 'retry', reason: 'connection_lost', commandStatus: 0x04 });
+    await smsc.waitFor((s) => s.sessions.some((x) => x.id !== first && x.bound && x.closedAt === null) || undefined, 3_000, 'rebind');
+    await gut.waitUp();
+    expect(await gut.gateway.submit(submitRequest('+447700900651'))).toMatchObject({ kind: 'accepted' });
+  });
+
   it('a response of another command carrying a submit\'s sequence number is ignored: the submit takes its own submit_sm_resp', async () => {
     await smsc.set({ wrongResponseFirst: true });
     gut = await startGateway([smscEntry(smsc)]);
