@@ -77,8 +77,11 @@ interface PendingRequest {
   command: string;
   timer: NodeJS.Timeout;
   settle: (result: RequestResult) => void;
-  /** Called with the response if it arrives after the timeout, on the same connection. */
-  onLate?: (pdu: SmppPdu) => void;
+  /**
+   * Called with the response if it arrives after the timeout, on the same connection; with undefined when none
+   * will any more (the connection went, or the entry was let go).
+   */
+  onLate?: (pdu: SmppPdu | undefined) => void;
 }
 
 const BIND_COMMAND: Record<BindType, string> = {
@@ -110,7 +113,7 @@ class SmppConnection {
    * connection (a slow SMSC): a late submit_sm_resp still tells us the SMSC
    * accepted the message. Cleared when the connection goes.
    */
-  private readonly late = new Map<number, (pdu: SmppPdu) => void>();
+  private readonly late = new Map<number, (pdu: SmppPdu | undefined) => void>();
   /** Bumped on every new socket and on loss: events of an older socket are ignored. */
   private generation = 0;
   private reconnectAttempt = 0;
@@ -155,7 +158,7 @@ class SmppConnection {
     command: string,
     fields: Record<string, unknown>,
     timeoutMs: number,
-    onLate?: (pdu: SmppPdu) => void,
+    onLate?: (pdu: SmppPdu | undefined) => void,
   ): { sequence: number; result: Promise<RequestResult> } {
     const socket = this.socket;
     if (!socket || socket.destroyed) return { sequence: 0, result: Promise.resolve({ kind: 'lost' }) };
@@ -296,7 +299,9 @@ class SmppConnection {
     this.socket = undefined;
     const pending = [...this.pending.values()];
     this.pending.clear();
+    const late = [...this.late.values()];
     this.late.clear();
+    for (const l of late) l(undefined);
     for (const p of pending) {
       clearTimeout(p.timer);
       p.settle({ kind: 'lost' });
@@ -519,7 +524,11 @@ class SmppConnection {
     this.log.debug({ command: pending.command, seq: sequence }, 'response timeout');
     if (pending.onLate) {
       // Bounded: the map is emptied with the connection, and the sequence space is 2^31.
-      if (this.late.size >= 10_000) this.late.delete(this.late.keys().next().value!);
+      if (this.late.size >= 10_000) {
+        const [oldest, evicted] = this.late.entries().next().value!;
+        this.late.delete(oldest);
+        evicted(undefined);
+      }
       this.late.set(sequence, pending.onLate);
     }
     pending.settle({ kind: 'timeout' });
@@ -667,22 +676,36 @@ export class SmppSession {
     return this.submitReserved(request);
   }
 
-  /** Sends one submit_sm in a slot taken with `reserve()`, and frees the slot. Never throws. */
+  /**
+   * Sends one submit_sm in a slot taken with `reserve()`, and frees the slot: when it is answered, or, one that timed
+   * out, when its late answer comes or its connection goes (the SMSC still holds it unanswered: it counts in the
+   * window until then). Never throws.
+   */
   async submitReserved(request: SubmitRequest): Promise<SubmitOutcome> {
     const smsc = this.smsc.name;
+    let kept = false;
+    let freed = false;
+    const slot = {
+      keep: (): void => void (kept = true),
+      free: (): void => {
+        if (freed) return;
+        freed = true;
+        this.inFlightCount -= 1;
+        this.options.delegate.onAvailabilityChange(this);
+      },
+    };
     try {
-      return await this.submitInSlot(request);
+      return await this.submitInSlot(request, slot);
     } catch (err) {
       // Only an encoding bug can land here (text.ts checks texts fit); don't lose the job over it.
       request.logger.error({ smsc, bind: this.name, err: err instanceof Error ? err.message : String(err) }, 'submit failed locally');
       return { kind: 'failed', reason: 'encoding', commandStatus: CommandStatus.ESME_RSYSERR, statusName: 'ESME_RSYSERR', smsc };
     } finally {
-      this.inFlightCount -= 1;
-      this.options.delegate.onAvailabilityChange(this);
+      if (!kept) slot.free();
     }
   }
 
-  private async submitInSlot(request: SubmitRequest): Promise<SubmitOutcome> {
+  private async submitInSlot(request: SubmitRequest, slot: { keep(): void; free(): void }): Promise<SubmitOutcome> {
     const smsc = this.smsc.name;
     const encoded = encodeShortMessage(request.message, { gsm7DataCoding: this.smsc.gsm7DataCoding, gsm7Packed: this.smsc.gsm7Packed });
     await this.bucket.take();
@@ -706,6 +729,9 @@ export class SmppSession {
       },
       this.smsc.responseTimeoutMs,
       (late) => {
+        // Answered at last, or never will be on this connection: its window slot is free.
+        slot.free();
+        if (late === undefined) return;
         if (late.command !== 'submit_sm_resp' && late.command !== 'generic_nack') return;
         const lateLog = request.logger.child({ smsc, bind: this.name, seq: sequence, late: true });
         lateLog.warn({ command_status: commandStatusName(late.command_status) }, 'submit_sm answered after its response timeout');
@@ -723,6 +749,8 @@ export class SmppSession {
     // Sequence 0: nothing was written (the connection went just now).
     if (r.kind === 'lost' && sequence === 0) return { kind: 'retry', reason: 'connection_lost', smsc };
     if (r.kind === 'timeout') {
+      // The SMSC holds it unanswered: its slot stays taken until the late answer or the connection's end (onLate).
+      slot.keep();
       log.warn({ timeout_ms: this.smsc.responseTimeoutMs }, 'submit_sm_resp timed out; unconfirmed');
       return { kind: 'unconfirmed', reason: 'timeout', smsc, bind: this.name };
     }

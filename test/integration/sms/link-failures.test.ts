@@ -58,6 +58,28 @@ describe('response timeout', () => {
     for (let i = 0; i < 2; i += 1) expect((await gut.gateway.submit(submitRequest(`+44770090061${i}`))).kind).toBe('accepted');
   });
 
+  it('submits that timed out still count in the window until answered or the bind is recycled: the SMSC never holds more than the window unanswered', async () => {
+    gut = await startGateway([smscEntry(smsc, { binds: 1, window: 2, responseTimeoutMs: 300, enquireLinkMs: 100 })], { slotWaitMs: 100, bindWaitMs: 100 });
+    await gut.waitUp();
+    const [silent] = await boundSessionIds();
+    await smsc.set({ silentSubmitSessions: [silent ?? -1] });
+    const outcomes = [];
+    for (let i = 0; i < 6; i += 1) outcomes.push(await gut.gateway.submit(submitRequest(`+44770090066${i}`)));
+    const state = await smsc.state();
+    const session = state.sessions.find((x) => x.id === silent)!;
+    // Two went and timed out; the next found the window full (the SMSC still held those two), and went back unsent
+    // (or, once the stuck bind was recycled, went on the new one): never a third unanswered on the silent bind.
+    expect(state.submits.filter((x) => x.session === silent)).toHaveLength(2);
+    expect(session.maxInFlight).toBe(2);
+    expect(outcomes.filter((o) => o.kind === 'unconfirmed')).toHaveLength(2);
+    expect(outcomes.slice(2, 5).map((o) => o.kind === 'retry' && o.reason)).toEqual(['no_bind', 'no_bind', 'no_bind']);
+    // The stuck bind is recycled; on the new one the window is free again.
+    await smsc.set({ silentSubmitSessions: [] });
+    await smsc.waitFor((s) => s.sessions.some((x) => x.id !== silent && x.bound && x.closedAt === null) || undefined, 5_000, 'rebind');
+    await gut.waitUp();
+    expect(await gut.gateway.submit(submitRequest('+447700900669'))).toMatchObject({ kind: 'accepted' });
+  });
+
   it('a submit_sm_resp that comes after the timeout is reported as a late acceptance', async () => {
     gut = await startGateway([smscEntry(smsc, { binds: 1, responseTimeoutMs: 300 })]);
     const late: { requestId: string; messageId: string }[] = [];
