@@ -63,6 +63,8 @@ export interface SmscSettings {
    */
   receiptEsmClass: number;
   receiptDataCoding: number;
+  /** submit_sm_resp ESME_ROK with an empty message_id (the receipt still carries the real one). */
+  emptyMessageId: boolean;
   /** Before each submit_sm_resp, an enquire_link_resp carrying the submit's sequence number (an SMSC's bug). */
   wrongResponseFirst: boolean;
   /** After each accepted bind, unbind this many ms later (0: never): a bind limit checked after the bind. */
@@ -105,6 +107,7 @@ export const DEFAULT_SETTINGS: SmscSettings = {
   receiptPdu: 'deliver_sm',
   receiptEsmClass: 0x04,
   receiptDataCoding: 0,
+  emptyMessageId: false,
   wrongResponseFirst: false,
   unbindAfterBindMs: 0,
   intermediateStates: [],

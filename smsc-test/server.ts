@@ -434,7 +434,7 @@ function onSubmit(session: Session, rec: SessionRecord, pdu: PDU): void {
     submit.status = status;
     submit.messageId = ids?.resp ?? null;
     if (settings.wrongResponseFirst) session.send(new smpp.PDU('enquire_link_resp', { sequence_number: pdu.sequence_number }));
-    session.send(pdu.response(ids ? { message_id: ids.resp } : { command_status: status }));
+    session.send(pdu.response(ids ? { message_id: settings.emptyMessageId ? '' : ids.resp } : { command_status: status }));
     if (wantsReceipt && ids && !settings.receiptBeforeResp) scheduleReceipt(session, rec, submit, ids, settings.receiptDelayMs);
   };
   if (respDelay > 0) setTimeout(respond, respDelay);

@@ -758,7 +758,11 @@ export class SmppSession {
       log.warn('connection lost with submit_sm in flight; unconfirmed');
       return { kind: 'unconfirmed', reason: 'connection_lost', smsc, bind: this.name };
     }
-    return this.answered(r.pdu, log);
+    const outcome = this.answered(r.pdu, log);
+    // Taken, but without an id nothing maps its receipt: it waits as an unanswered one does, for a receipt matched by
+    // SMSC and number (or its deadline), never under an empty id shared by every such submit.
+    if (outcome.kind === 'accepted' && outcome.messageId === '') return { kind: 'unconfirmed', reason: 'no_message_id', smsc, bind: this.name };
+    return outcome;
   }
 
   /** What the submit_sm_resp (or generic_nack) to a submit says, in time or late; throttles start the back-off. */

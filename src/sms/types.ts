@@ -65,7 +65,8 @@ export type SubmitOutcome =
        * Never sent again (sms-processor: `smsc_unconfirmed`).
        */
       kind: 'unconfirmed';
-      reason: 'timeout' | 'connection_lost';
+      /** no_message_id: an ESME_ROK without a message_id (the SMSC took it, its receipt cannot be matched by id). */
+      reason: 'timeout' | 'connection_lost' | 'no_message_id';
       smsc: string;
       bind: string;
     }

@@ -437,6 +437,17 @@ describe('SMS OTP through SMPP', () => {
     expect((await t.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 0.03, 6);
   });
 
+  it('an ESME_ROK without a message_id: waits as an unanswered submit does, and is delivered by its receipt matched by number (not under an empty id)', async () => {
+    const t = await start({});
+    const account = await t.account({ balance: 1 });
+    await smsc.set({ emptyMessageId: true, receiptDelayMs: 200 });
+    const id = await sendSms(t, account.auth, '+447700900712');
+    expect(await finalStatus(t, account.auth, id, 10_000)).toMatchObject({ status: 'delivered' });
+    expect(t.logs.filter((l) => l.includes('receipt matched an unconfirmed submit by number'))).toHaveLength(1);
+    expect(await t.redis.keys(`${t.config.redis.prefix}:smsid:default:`)).toEqual([]);
+    expect(await submitsTo('+447700900712')).toHaveLength(1);
+  });
+
   it('no submit_sm_resp within the response timeout: not resent, failed smsc_unconfirmed at the deadline, not refunded', async () => {
     const t = await start({ responseTimeoutMs: 300 }, { sms: { unconfirmedDeadlineMs: 1_500 } });
     const account = await t.account({ balance: 1 });
