@@ -237,8 +237,13 @@ class SmppConnection {
       if (generation === this.generation) void this.bind(generation);
     });
     socket.on('data', (chunk: Buffer) => this.onData(generation, chunk));
-    socket.on('error', (err) => this.log.debug({ err: err.message }, 'socket error'));
-    socket.on('close', () => this.lost('connection closed', generation));
+    // The error that closes the socket (refused, reset, a TLS certificate not trusted) names the `connection down`.
+    let failure: string | undefined;
+    socket.on('error', (err) => {
+      failure = err.message;
+      this.log.debug({ err: err.message }, 'socket error');
+    });
+    socket.on('close', () => this.lost(failure === undefined ? 'connection closed' : `connection closed: ${failure}`, generation));
   }
 
   private async bind(generation: number): Promise<void> {

@@ -4,6 +4,11 @@
  * Every submit promise must settle, and binds must come back by themselves.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { pino } from 'pino';
+import { smsSchema } from '../../../src/config/schema.js';
+import { SmppGateway } from '../../../src/sms/gateway.js';
+import { findFreePort } from '../../helpers/sipp.js';
+import { startStunnel, TestPki, type Stunnel } from '../../helpers/stunnel.js';
 import { smscEntry, startGateway, startSmsc, submitRequest, type GatewayUnderTest, type SmscState, type TestSmsc } from '../../helpers/smsc.js';
 
 let smsc: TestSmsc;
@@ -179,6 +184,33 @@ describe('connection lost', () => {
     // The nack left before the connection was dropped (SMPP 3.4 §4.3.1: no sequence number to carry).
     const nack = (await smsc.state()).events.find((e) => e.type === 'generic_nack' && e.session === first);
     expect(nack).toMatchObject({ seq: 0, status: 0x02 });
+  });
+});
+
+describe('why a connection went, at warn', () => {
+  it('smpps:// to an SMSC (stunnel in front of the test SMSC) whose certificate is not trusted: the connection down line names the certificate failure', async () => {
+    const pki = new TestPki();
+    let tunnel: Stunnel | undefined;
+    let gateway: SmppGateway | undefined;
+    try {
+      pki.ca('smsc-ca');
+      const port = await findFreePort();
+      tunnel = await startStunnel({ dir: pki.dir, acceptPort: port, connectPort: Number(new URL(smsc.url).port), cert: pki.leaf('smsc', 'smsc-ca', 'IP:127.0.0.1') });
+      const lines: Record<string, unknown>[] = [];
+      const logger = pino({ level: 'warn' }, { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) });
+      const sms = smsSchema.parse({ smscs: [smscEntry(smsc, { url: `smpps://flashverify:secret@127.0.0.1:${port}` })] });
+      gateway = SmppGateway.fromConfig(sms, logger, { slotWaitMs: 100, bindWaitMs: 100, stopTimeoutMs: 500 });
+      await gateway.start();
+      const deadline = Date.now() + 3000;
+      while (!lines.some((l) => l['msg'] === 'connection down') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      const down = lines.find((l) => l['msg'] === 'connection down');
+      // Before: "connection closed" alone (the certificate's refusal was a debug line).
+      expect(String(down?.['reason'])).toMatch(/^connection closed: .*certificate/);
+    } finally {
+      await gateway?.stop();
+      tunnel?.stop();
+      pki.remove();
+    }
   });
 });
 
