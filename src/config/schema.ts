@@ -295,9 +295,33 @@ export const smscSchema = z
     gsm7Packed: z.boolean().default(false),
     /** Destination prefixes (E.164, with +) routed to this SMSC; empty = default route. */
     prefixes: z.array(z.string().regex(/^\+\d{1,14}$/, 'must be an E.164 prefix such as "+44"')).default([]),
+    /**
+     * smpps:// only: the CA bundle the SMSC's certificate must chain to (replaces Node's trust store: an SMSC with a
+     * private CA), a client certificate and key (mutual TLS), the name checked and sent as SNI instead of the URL's
+     * host, or (labs only) no verification.
+     */
+    tls: z
+      .object({
+        ...tlsFiles,
+        insecureSkipVerify: z.boolean().default(false),
+        serverName: z
+          .string()
+          .refine((name) => HOST_NAME.test(name) && isIP(name) === 0, { message: 'must be a DNS host name (SNI carries no IP address, RFC 6066 3)' })
+          .optional(),
+      })
+      .strict()
+      .optional(),
   })
   .strict()
-  .refine((s) => s.reconnectMaxMs >= s.reconnectMinMs, { message: 'reconnectMaxMs must be >= reconnectMinMs' });
+  .refine((s) => s.reconnectMaxMs >= s.reconnectMinMs, { message: 'reconnectMaxMs must be >= reconnectMinMs' })
+  .superRefine((s, ctx) => {
+    if (s.tls === undefined) return;
+    if (!s.url.startsWith('smpps://')) {
+      ctx.addIssue({ code: 'custom', path: ['tls'], message: `tls settings are for an smpps:// SMSC, and ${s.url.replace(/\/\/[^@/]*@/, '//')} is smpp://` });
+      return;
+    }
+    for (const p of tlsFileProblems(s.tls)) ctx.addIssue({ code: 'custom', path: ['tls', ...(p.key ? [p.key] : [])], message: p.message });
+  });
 
 export const smsSchema = z
   .object({

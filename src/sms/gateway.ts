@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { smscSchema, type SmsConfig, type SmscConfig } from '../config/schema.js';
 import { CommandStatus, pduString, type SmppPdu } from './pdu.js';
@@ -78,12 +79,23 @@ export function resolveSmscs(sms: SmsConfig): SmscSettings[] {
 function resolveSmsc(config: SmscConfig): SmscSettings {
   const url = new URL(config.url);
   const tls = url.protocol === 'smpps:';
-  const { url: _url, systemId, password, ...rest } = config;
+  const { url: _url, systemId, password, tls: tlsConfig, ...rest } = config;
   return {
     ...rest,
     host: url.hostname.replace(/^\[|\]$/g, ''),
     port: url.port ? Number(url.port) : tls ? DEFAULT_PORT.smpps : DEFAULT_PORT.smpp,
     tls,
+    ...(tls && tlsConfig
+      ? {
+          tlsOptions: {
+            ...(tlsConfig.caFile !== undefined ? { ca: readFileSync(tlsConfig.caFile) } : {}),
+            ...(tlsConfig.certFile !== undefined ? { cert: readFileSync(tlsConfig.certFile) } : {}),
+            ...(tlsConfig.keyFile !== undefined ? { key: readFileSync(tlsConfig.keyFile) } : {}),
+            rejectUnauthorized: !tlsConfig.insecureSkipVerify,
+            ...(tlsConfig.serverName !== undefined ? { servername: tlsConfig.serverName } : {}),
+          },
+        }
+      : {}),
     systemId: systemId ?? decodeURIComponent(url.username),
     password: password ?? decodeURIComponent(url.password),
   };

@@ -30,10 +30,12 @@ import type { AnsweredOutcome, SubmitOutcome, SubmitRequest } from './types.js';
  */
 
 /** An SMSC entry with its URL resolved (see `resolveSmscs` in gateway.ts). */
-export interface SmscSettings extends Omit<SmscConfig, 'url' | 'systemId' | 'password'> {
+export interface SmscSettings extends Omit<SmscConfig, 'url' | 'systemId' | 'password' | 'tls'> {
   host: string;
   port: number;
   tls: boolean;
+  /** smpps://: the TLS connection's own settings (sms.smscs[].tls, files read at start). */
+  tlsOptions?: { ca?: Buffer; cert?: Buffer; key?: Buffer; rejectUnauthorized: boolean; servername?: string };
   systemId: string;
   password: string;
 }
@@ -228,7 +230,10 @@ class SmppConnection {
     this.framer = new PduFramer();
     this.stateTransition('connecting');
     const options = { host: this.smsc.host, port: this.smsc.port };
-    const socket = this.smsc.tls ? tlsConnect(isIP(this.smsc.host) ? options : { ...options, servername: this.smsc.host }) : netConnect(options);
+    const sni = this.smsc.tlsOptions?.servername ?? (isIP(this.smsc.host) ? undefined : this.smsc.host);
+    const socket = this.smsc.tls
+      ? tlsConnect({ ...options, ...this.smsc.tlsOptions, ...(sni !== undefined ? { servername: sni } : {}) })
+      : netConnect(options);
     this.socket = socket;
     socket.setNoDelay(true);
     this.connectTimer = setTimeout(() => this.lost('connect timeout', generation), this.smsc.responseTimeoutMs);

@@ -187,7 +187,29 @@ describe('connection lost', () => {
   });
 });
 
-describe('why a connection went, at warn', () => {
+describe('SMPP over TLS (smpps://, stunnel in front of the test SMSC)', () => {
+  it('sms.smscs[].tls.caFile: an SMSC with a private CA is verified against it, binds and takes submits; tls on an smpp:// SMSC is a config error', async () => {
+    const pki = new TestPki();
+    let tunnel: Stunnel | undefined;
+    try {
+      const ca = pki.ca('smsc-ca');
+      const port = await findFreePort();
+      tunnel = await startStunnel({ dir: pki.dir, acceptPort: port, connectPort: Number(new URL(smsc.url).port), cert: pki.leaf('smsc', 'smsc-ca', 'IP:127.0.0.1') });
+      gut = await startGateway([smscEntry(smsc, { url: `smpps://flashverify:secret@127.0.0.1:${port}`, tls: { caFile: ca } } as Record<string, unknown>)]);
+      await gut.waitUp();
+      expect(await gut.gateway.submit(submitRequest('+447700900670'))).toMatchObject({ kind: 'accepted' });
+      expect(tunnel.log()).toMatch(/accepted connection/);
+      const plain = smsSchema.safeParse({ smscs: [smscEntry(smsc, { tls: { caFile: ca } } as Record<string, unknown>)] });
+      expect(plain.success).toBe(false);
+      expect(plain.error?.issues.map((i) => i.message).join('; ')).toMatch(/tls settings are for an smpps:\/\/ SMSC/);
+    } finally {
+      await gut?.gateway.stop();
+      gut = undefined;
+      tunnel?.stop();
+      pki.remove();
+    }
+  });
+
   it('smpps:// to an SMSC (stunnel in front of the test SMSC) whose certificate is not trusted: the connection down line names the certificate failure', async () => {
     const pki = new TestPki();
     let tunnel: Stunnel | undefined;
