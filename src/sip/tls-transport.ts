@@ -12,9 +12,7 @@
  */
 import net from 'node:net';
 import tls from 'node:tls';
-import { X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { ConfigError } from '../errors/app-error.js';
+import { secureContextOf } from '../crypto/tls-context.js';
 import { remoteOf, TcpTransport, type Connection } from './tcp-transport.js';
 import { destinationKey, transportError, type Destination, type TlsOverrides, type TransportOptions } from './transport.js';
 
@@ -89,25 +87,7 @@ export class TlsTransport extends TcpTransport {
 
   /** Reads the files of `settings` into a secure context; a file that is not what it should be is a ConfigError. */
   private load(settings: TlsSettings, what: string): TlsProfile {
-    const { caFile, certFile, keyFile } = settings;
-    const refused = (problem: string, err: unknown): ConfigError =>
-      new ConfigError([`${what}: ${problem}: ${err instanceof Error ? err.message : String(err)}`]);
-    let ca: string[] | undefined;
-    try {
-      ca = caFile === undefined ? undefined : caBundle(caFile);
-    } catch (err) {
-      throw refused(`cannot load the CA bundle ${caFile}`, err);
-    }
-    try {
-      const context = tls.createSecureContext({
-        ca,
-        cert: certFile === undefined ? undefined : readFileSync(certFile),
-        key: keyFile === undefined ? undefined : readFileSync(keyFile),
-      });
-      return { ...settings, context };
-    } catch (err) {
-      throw refused(`cannot load the client certificate ${certFile} and its key ${keyFile}`, err);
-    }
+    return { ...settings, context: secureContextOf(settings, what) };
   }
 
   private profileOf(destination: Destination): TlsProfile {
@@ -201,19 +181,3 @@ export class TlsTransport extends TcpTransport {
   }
 }
 
-/**
- * The certificates of a PEM CA bundle. Node skips what is not a certificate in `ca` without a word, which would leave
- * a trunk with no CA at all (every handshake failing): a file with none, or with one that does not parse, is refused.
- */
-function caBundle(file: string): string[] {
-  const blocks = readFileSync(file, 'latin1').match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? [];
-  if (blocks.length === 0) throw new Error('no PEM certificate (-----BEGIN CERTIFICATE-----) in it');
-  for (const block of blocks) {
-    try {
-      new X509Certificate(block);
-    } catch (err) {
-      throw new Error(`a certificate in it does not parse (${err instanceof Error ? err.message : String(err)})`);
-    }
-  }
-  return blocks;
-}

@@ -1,6 +1,6 @@
-import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { smscSchema, type SmsConfig, type SmscConfig } from '../config/schema.js';
+import { secureContextOf } from '../crypto/tls-context.js';
 import { CommandStatus, pduString, type SmppPdu } from './pdu.js';
 import { isReceiptPdu, parseReceipt, toReceiptPdu } from './receipt.js';
 import { SmppSession, type SmscSettings } from './session.js';
@@ -88,9 +88,8 @@ function resolveSmsc(config: SmscConfig): SmscSettings {
     ...(tls && tlsConfig
       ? {
           tlsOptions: {
-            ...(tlsConfig.caFile !== undefined ? { ca: readFileSync(tlsConfig.caFile) } : {}),
-            ...(tlsConfig.certFile !== undefined ? { cert: readFileSync(tlsConfig.certFile) } : {}),
-            ...(tlsConfig.keyFile !== undefined ? { key: readFileSync(tlsConfig.keyFile) } : {}),
+            // Read and checked here, at start, as a TLS trunk's are: a bad file is a ConfigError naming the SMSC.
+            secureContext: secureContextOf(tlsConfig, `sms.smscs[${config.name}].tls`),
             rejectUnauthorized: !tlsConfig.insecureSkipVerify,
             ...(tlsConfig.serverName !== undefined ? { servername: tlsConfig.serverName } : {}),
           },

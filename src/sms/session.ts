@@ -1,5 +1,5 @@
 import { isIP, connect as netConnect, type Socket } from 'node:net';
-import { connect as tlsConnect } from 'node:tls';
+import { connect as tlsConnect, type SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
 import type { SmscConfig } from '../config/schema.js';
 import { TokenBucket } from '../engine/token-bucket.js';
@@ -35,7 +35,7 @@ export interface SmscSettings extends Omit<SmscConfig, 'url' | 'systemId' | 'pas
   port: number;
   tls: boolean;
   /** smpps://: the TLS connection's own settings (sms.smscs[].tls, files read at start). */
-  tlsOptions?: { ca?: Buffer; cert?: Buffer; key?: Buffer; rejectUnauthorized: boolean; servername?: string };
+  tlsOptions?: { secureContext: SecureContext; rejectUnauthorized: boolean; servername?: string };
   systemId: string;
   password: string;
 }

@@ -4,6 +4,8 @@
  * Every submit promise must settle, and binds must come back by themselves.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { pino } from 'pino';
 import { smsSchema } from '../../../src/config/schema.js';
 import { SmppGateway } from '../../../src/sms/gateway.js';
@@ -199,6 +201,11 @@ describe('SMPP over TLS (smpps://, stunnel in front of the test SMSC)', () => {
       await gut.waitUp();
       expect(await gut.gateway.submit(submitRequest('+447700900670'))).toMatchObject({ kind: 'accepted' });
       expect(tunnel.log()).toMatch(/accepted connection/);
+      // A CA file that is no PEM bundle: refused at start, naming the SMSC (as a TLS trunk's is), not at the first connection.
+      const notPem = join(pki.dir, 'not-a-ca.pem');
+      writeFileSync(notPem, 'hello\n');
+      const bad = smsSchema.parse({ smscs: [smscEntry(smsc, { url: `smpps://flashverify:secret@127.0.0.1:${port}`, tls: { caFile: notPem } } as Record<string, unknown>)] });
+      expect(() => SmppGateway.fromConfig(bad, pino({ level: 'silent' }))).toThrow(/sms\.smscs\[default\]\.tls: cannot load the CA bundle .*no PEM certificate/);
       const plain = smsSchema.safeParse({ smscs: [smscEntry(smsc, { tls: { caFile: ca } } as Record<string, unknown>)] });
       expect(plain.success).toBe(false);
       expect(plain.error?.issues.map((i) => i.message).join('; ')).toMatch(/tls settings are for an smpps:\/\/ SMSC/);
