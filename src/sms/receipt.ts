@@ -199,8 +199,9 @@ export function parseReceiptText(raw: string): ReceiptTextFields {
 }
 
 const FIELD_PATTERNS: ReadonlyArray<readonly [Exclude<keyof ReceiptTextFields, 'text'>, RegExp]> = [
-  // Horizontal space only after the colon: an empty `id:` must not take the next field ("sub:001") for the id.
-  ['id', /(?:^|\s)id\s*:[ \t]*([^\s:]+)(?=\s|$)/i],
+  // An empty `id:` must not take the next field ("sub:001") for the id: a value that is a `key:` is none. An id may
+  // itself hold a colon ("12:34").
+  ['id', /(?:^|\s)id\s*:[ \t]*(?![A-Za-z_]+[ \t]*:)(\S+)/i],
   ['sub', /(?:^|\s)sub\s*:\s*(\d+)/i],
   ['dlvrd', /(?:^|\s)dlvrd\s*:\s*(\d+)/i],
   ['submitDate', /(?:^|\s)submit[\s_-]?date\s*:\s*(\d+)/i],

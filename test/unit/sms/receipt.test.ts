@@ -313,6 +313,8 @@ describe('receipt text quirks', () => {
     expect(parseReceiptText('id:\tsub:001 stat:DELIVRD').id).toBeUndefined();
     expect(parseReceiptText('id: 0042 sub:001 stat:DELIVRD').id).toBe('0042');
     expect(parseReceiptText('sub:001 id:AB-7 stat:DELIVRD').id).toBe('AB-7');
+    expect(parseReceiptText('id:12:34 sub:001 stat:DELIVRD').id).toBe('12:34');
+    expect(parseReceiptText('id:ABC123 sub:001 stat:DELIVRD').id).toBe('ABC123');
   });
 
   it('a receipt node-smpp decodes to nothing (UDHI set, or data_coding 8 over ASCII) is read from its octets, framed by PduFramer', () => {
