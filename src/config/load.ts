@@ -34,19 +34,26 @@ export function loadConfig(options: LoadOptions = {}): Readonly<Config> {
   let merged: unknown = readYaml(DEFAULT_CONFIG_FILE, issues);
   const file = options.file ?? env.FLASHVERIFY_CONFIG;
   if (file) merged = deepMerge(merged, expandEnv(readYaml(resolve(file), issues), env, issues, []));
-  merged = deepMerge(merged, envOverrides(env, issues));
+  const fromEnv = new Map<string, string>();
+  merged = deepMerge(merged, envOverrides(env, issues, fromEnv));
   if (options.overrides) merged = deepMerge(merged, options.overrides);
   const threadPool = threadPoolSize(env, issues);
-  if (issues.length > 0) throw new ConfigError(issues);
 
   // webhooks.maxLookups is bounded by the thread pool this process will have.
   const schema = threadPool === DEFAULT_THREAD_POOL_SIZE ? configSchema : withCrossChecks(configObjectSchema.extend({ webhooks: webhooksSchema(threadPool) }));
   const result = schema.safeParse(merged);
+  // Every problem at once: those of the file and the environment, then the schema's, but for a key already named (an
+  // unset ${VAR} left in a value the schema would refuse again).
+  const named = new Set(issues.map((i) => i.slice(0, i.indexOf(': '))));
   if (!result.success) {
-    throw new ConfigError(
-      result.error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`),
-    );
+    for (const i of result.error.issues) {
+      const key = i.path.length ? i.path.join('.') : '(root)';
+      if (named.has(key)) continue;
+      const source = fromEnv.get(key);
+      issues.push(`${key}: ${i.message}${source === undefined ? '' : ` (set by ${source})`}`);
+    }
   }
+  if (issues.length > 0 || !result.success) throw new ConfigError(issues);
   return deepFreeze(result.data);
 }
 
@@ -111,10 +118,12 @@ function threadPoolSize(env: NodeJS.ProcessEnv, issues: string[]): number {
   return Math.min(1024, Number(raw));
 }
 
-function envOverrides(env: NodeJS.ProcessEnv, issues: string[]): Record<string, unknown> {
+/** Overrides from the environment; `fromEnv` gets each config key set, with the variable it came from. */
+function envOverrides(env: NodeJS.ProcessEnv, issues: string[], fromEnv: Map<string, string>): Record<string, unknown> {
   const out: Record<string, Record<string, unknown>> = {};
-  const set = (section: string, key: string, value: unknown): void => {
+  const set = (section: string, key: string, value: unknown, variable: string): void => {
     out[section] = { ...(out[section] ?? {}), [key]: value };
+    fromEnv.set(`${section}.${key}`, variable);
   };
   const int = (name: string): number | undefined => {
     const raw = env[name];
@@ -125,26 +134,32 @@ function envOverrides(env: NodeJS.ProcessEnv, issues: string[]): Record<string, 
     }
     return Number(raw);
   };
-  if (env.REDIS_URL) set('redis', 'url', env.REDIS_URL);
-  if (env.REDIS_PREFIX) set('redis', 'prefix', env.REDIS_PREFIX);
+  if (env.REDIS_URL) set('redis', 'url', env.REDIS_URL, 'REDIS_URL');
+  if (env.REDIS_PREFIX) set('redis', 'prefix', env.REDIS_PREFIX, 'REDIS_PREFIX');
   if (env.REDIS_CLUSTER) {
-    if (/^(true|1|yes)$/i.test(env.REDIS_CLUSTER)) set('redis', 'cluster', true);
-    else if (/^(false|0|no)$/i.test(env.REDIS_CLUSTER)) set('redis', 'cluster', false);
+    if (/^(true|1|yes)$/i.test(env.REDIS_CLUSTER)) set('redis', 'cluster', true, 'REDIS_CLUSTER');
+    else if (/^(false|0|no)$/i.test(env.REDIS_CLUSTER)) set('redis', 'cluster', false, 'REDIS_CLUSTER');
     else issues.push(`REDIS_CLUSTER: must be true or false, got "${env.REDIS_CLUSTER}"`);
   }
   const port = int('PORT');
-  if (port !== undefined) set('http', 'port', port);
-  if (env.HOST) set('http', 'host', env.HOST);
-  if (env.FLASHVERIFY_MASTER_KEY) set('security', 'masterKey', env.FLASHVERIFY_MASTER_KEY);
-  if (env.FLASHVERIFY_ADMIN_TOKEN !== undefined) set('admin', 'token', env.FLASHVERIFY_ADMIN_TOKEN);
-  if (env.LOG_LEVEL) set('log', 'level', env.LOG_LEVEL);
+  if (port !== undefined) set('http', 'port', port, 'PORT');
+  if (env.HOST) set('http', 'host', env.HOST, 'HOST');
+  if (env.FLASHVERIFY_MASTER_KEY) set('security', 'masterKey', env.FLASHVERIFY_MASTER_KEY, 'FLASHVERIFY_MASTER_KEY');
+  if (env.FLASHVERIFY_ADMIN_TOKEN !== undefined) set('admin', 'token', env.FLASHVERIFY_ADMIN_TOKEN, 'FLASHVERIFY_ADMIN_TOKEN');
+  if (env.LOG_LEVEL) set('log', 'level', env.LOG_LEVEL, 'LOG_LEVEL');
   // Two processes of one host (a worker and a `--role webhooks` one) need their own operator listener port.
   const metricsPort = int('METRICS_PORT');
-  if (metricsPort !== undefined) set('metrics', 'port', metricsPort);
+  if (metricsPort !== undefined) set('metrics', 'port', metricsPort, 'METRICS_PORT');
   const sipPort = int('SIP_LISTEN_PORT');
-  if (sipPort !== undefined) out.sip = { ...(out.sip ?? {}), listen: { port: sipPort } };
-  if (env.SIP_TRUNK_URI) out.sip = { ...(out.sip ?? {}), trunkUri: env.SIP_TRUNK_URI };
-  if (env.SMPP_URL) set('sms', 'url', env.SMPP_URL);
+  if (sipPort !== undefined) {
+    out.sip = { ...(out.sip ?? {}), listen: { port: sipPort } };
+    fromEnv.set('sip.listen.port', 'SIP_LISTEN_PORT');
+  }
+  if (env.SIP_TRUNK_URI) {
+    out.sip = { ...(out.sip ?? {}), trunkUri: env.SIP_TRUNK_URI };
+    fromEnv.set('sip.trunks.0.uri', 'SIP_TRUNK_URI');
+  }
+  if (env.SMPP_URL) set('sms', 'url', env.SMPP_URL, 'SMPP_URL');
   return out;
 }
 

@@ -6,6 +6,8 @@ import { isIP } from 'node:net';
 import { defaultTargetTimeoutMs } from '../sip/sip-locator.js';
 import { TECH_PREFIX_RE } from '../sip/number-format.js';
 import { trunkUriTransportOf } from '../sip/trunk-transport.js';
+import { trunkProblem } from '../sip/uac.js';
+import { KEY_FORM, keyBytes } from '../crypto/master-key.js';
 
 /**
  * The whole configuration of flashverify. `config/default.yaml` holds every
@@ -253,11 +255,33 @@ export const smsSenderSchema = z
   .refine((s) => s.ton !== 1 || /^\+?[1-9]\d{5,14}$/.test(s.addr), { message: 'an international sender (ton 1) is an E.164 number: digits, optionally after "+"' })
   .transform((s) => ({ ...s, npi: s.npi ?? (s.ton === 1 ? 1 : 0) }));
 
+/**
+ * Why an SMSC URL cannot be used, or undefined: smpp[s]://[system_id[:password]@]host[:port], the port 1-65535 (default
+ * 2775, 3550 for smpps), system_id at most 15 and password at most 8 characters (SMPP 3.4 5.2.1) unless given apart.
+ */
+function smppUrlProblem(text: string, apart: { systemId?: string | undefined; password?: string | undefined } = {}): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    return 'is not a URL smpp[s]://[system_id[:password]@]host[:port] (is the port a number from 1 to 65535?)';
+  }
+  if (url.hostname === '') return 'names no host: smpp[s]://[system_id[:password]@]host[:port]';
+  if (url.port === '0') return 'port 0: give the SMSC\'s port (1-65535; none: 2775, or 3550 for smpps://)';
+  const systemId = apart.systemId ?? decodeURIComponent(url.username);
+  const password = apart.password ?? decodeURIComponent(url.password);
+  if (systemId.length > 15) return 'system_id (the URL\'s user) is longer than SMPP\'s 15 characters';
+  if (password.length > 8) return 'password (the URL\'s) is longer than SMPP\'s 8 characters';
+  return undefined;
+}
+
+const smppUrl = z.string().regex(/^smpps?:\/\/[^\s]+$/, 'must be an smpp:// URL');
+
 export const smscSchema = z
   .object({
     name: z.string().regex(/^[A-Za-z0-9_.-]{1,32}$/, 'letters, digits, "_", "." and "-" only (used in Redis keys and metrics)'),
     /** smpp://[system_id[:password]@]host:port (smpps:// for TLS). */
-    url: z.string().regex(/^smpps?:\/\/[^\s]+$/, 'must be an smpp:// URL'),
+    url: smppUrl,
     /** Overrides the user part of the URL. */
     systemId: z.string().max(15).optional(),
     password: z.string().max(8).optional(),
@@ -315,6 +339,8 @@ export const smscSchema = z
   .strict()
   .refine((s) => s.reconnectMaxMs >= s.reconnectMinMs, { message: 'reconnectMaxMs must be >= reconnectMinMs' })
   .superRefine((s, ctx) => {
+    const urlProblem = smppUrlProblem(s.url, s);
+    if (urlProblem) ctx.addIssue({ code: 'custom', path: ['url'], message: `SMSC "${s.name}": the URL ${urlProblem}` });
     if (s.tls === undefined) return;
     if (!s.url.startsWith('smpps://')) {
       ctx.addIssue({ code: 'custom', path: ['tls'], message: `tls settings are for an smpps:// SMSC, and ${s.url.replace(/\/\/[^@/]*@/, '//')} is smpp://` });
@@ -328,7 +354,12 @@ export const smsSchema = z
     /** Run the SMS worker (SMPP binds) in worker processes; false when there is no SMSC (SMS jobs then wait for a worker that has one). */
     enabled: z.boolean().default(true),
     /** Shorthand for one SMSC named "default" (env SMPP_URL); ignored when `smscs` is set. */
-    url: z.string().regex(/^smpps?:\/\/[^\s]+$/, 'must be an smpp:// URL').default('smpp://flashverify:secret@127.0.0.1:2775'),
+    url: smppUrl
+      .superRefine((u, ctx) => {
+        const problem = smppUrlProblem(u);
+        if (problem) ctx.addIssue({ code: 'custom', message: `the URL ${problem}` });
+      })
+      .default('smpp://flashverify:secret@127.0.0.1:2775'),
     smscs: z.array(smscSchema).default([]),
     /** Sender per destination country (ISO alpha-2), else `default`. */
     senders: z
@@ -362,6 +393,7 @@ export const smsSchema = z
         maxAttempts: z.number().int().positive().default(8),
       })
       .strict()
+      .refine((r) => r.firstDelayMs <= r.maxDelayMs, { path: ['firstDelayMs'], message: 'must not be over maxDelayMs (the delay starts here and doubles up to it)' })
       .prefault({}),
     /** How long message id → request mappings (and early receipts) are kept in Redis. */
     receiptTtlSeconds: z.number().int().positive().default(72 * 3600),
@@ -400,7 +432,13 @@ export const LINE_TYPES = [
   'VOICEMAIL',
 ] as const;
 export const lineTypeSchema = z.enum(LINE_TYPES);
-export const countryCodeSchema = z.string().regex(/^[A-Z]{2}$/, 'must be an ISO 3166-1 alpha-2 code such as "GB"');
+export const countryCodeSchema = z
+  .string()
+  .regex(/^[A-Z]{2}$/, 'must be an ISO 3166-1 alpha-2 code such as "GB"')
+  // A code no number belongs to ("XX", "UK" for GB) would allow or deny nothing, without a word.
+  .superRefine((c, ctx) => {
+    if (/^[A-Z]{2}$/.test(c) && !isSupportedCountry(c)) ctx.addIssue({ code: 'custom', message: `"${c}" is not a country with telephone numbers (ISO 3166-1 alpha-2, e.g. "GB", not "UK")` });
+  });
 
 /** A sliding window: at most `limit` sends in any `windowSeconds`; limit 0 turns it off. */
 export const velocityWindowSchema = z
@@ -657,6 +695,8 @@ export const configObjectSchema = z
             }
           } else if (!/^(rediss?:\/\/|unix:\/\/\/)/.test(u)) {
             ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['url'], message: `must be a redis://, rediss://, unix:///path/to/redis.sock or sentinel://host:port/<master name> URL${urls.length > 1 ? ` (a seed node is "${u}")` : ''}` });
+          } else if (!u.startsWith('unix://') && !canParseUrl(u)) {
+            ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['url'], message: `${maskUrl(u)} is not a URL redis[s]://[[user]:password@]host[:port][/db] (is the port a number?)` });
           } else if (r.cluster && u.startsWith('unix://')) {
             ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['url'], message: `${u}: a Redis Cluster is reached over TCP (redis:// or rediss://), not a Unix socket` });
           } else if (r.cluster && !/^rediss?:\/\/[^/]*(\/0?)?$/.test(u)) {
@@ -674,10 +714,13 @@ export const configObjectSchema = z
     security: z
       .object({
         /** 32 bytes as 64 hex chars or base64. Empty: read or create `masterKeyFile`. */
-        masterKey: z.string().default(''),
+        masterKey: z
+          .string()
+          .refine((k) => k === '' || keyBytes(k) !== undefined, KEY_FORM)
+          .default(''),
         masterKeyFile: z.string().default('.flashverify/master.key'),
         /** Older keys, still accepted for decryption after a rotation. */
-        previousMasterKeys: z.array(z.string()).default([]),
+        previousMasterKeys: z.array(z.string().refine((k) => keyBytes(k) !== undefined, KEY_FORM)).default([]),
       })
       .strict(),
     log: z
@@ -960,7 +1003,8 @@ export const configObjectSchema = z
             t2Ms: z.number().int().positive().default(4000),
             t4Ms: z.number().int().positive().default(5000),
           })
-          .strict(),
+          .strict()
+          .refine((t) => t.t1Ms <= t.t2Ms, { path: ['t1Ms'], message: 'T1 must not be over T2 (RFC 3261 17.1.2.2: retransmissions double from T1 up to T2)' }),
         userAgent: z.string().default('flashverify'),
         trunks: z.array(trunkSchema).min(1, 'at least one SIP trunk is needed'),
         /**
@@ -995,13 +1039,22 @@ export const configObjectSchema = z
             failureStatuses: z.array(z.number().int().min(400).max(699, { message: 'must be SIP final statuses from 400 to 699' })).default([503]),
           })
           .strict()
+          .refine((h) => h.retryAfterMs <= h.maxRetryAfterMs, { path: ['retryAfterMs'], message: 'must not be over maxRetryAfterMs (the back-off starts here and doubles up to it)' })
           .prefault({}),
       })
       .strict()
       .superRefine((sip, ctx) => {
+        // Health, channels, CPS, route advance and metrics are all per trunk name: two trunks of one name would share
+        // them, and a call refused on one would never advance to the other.
+        duplicates(sip.trunks.map((t) => t.name)).forEach(([i, first]) =>
+          ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['trunks', i, 'name'], message: `trunk name "${sip.trunks[i]!.name}" is also sip.trunks[${first}]'s: each trunk needs a name of its own` }),
+        );
         sip.trunks.forEach((trunk, i) => {
           const problem = trunkTransportProblem(trunk);
           if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['trunks', i, 'uri'], message: problem });
+          // The rest of what a call needs of the trunk (URI form, port, headers, fromDomain), as its first call would.
+          const unusable = problem === undefined && trunkTransportProblem({ name: trunk.name, uri: trunk.proxy ?? trunk.uri }) === undefined ? trunkProblem(trunk) : undefined;
+          if (unusable) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['trunks', i], message: unusable });
           if (trunk.proxy !== undefined) {
             const proxyProblem =
               sip.backend === 'drachtio'
@@ -1062,9 +1115,9 @@ export const configObjectSchema = z
       .object({
         /** Approximate cap on the events stream length (XADD MAXLEN ~). */
         maxLen: z.number().int().positive().default(1_000_000),
-        consumerGroup: z.string().default('status'),
+        consumerGroup: z.string().min(1).default('status'),
         /** Consumer group that turns events into webhook jobs. */
-        webhookGroup: z.string().default('webhooks'),
+        webhookGroup: z.string().min(1).default('webhooks'),
         /** Consumer group that starts the next step of a workflow (src/events/workflow-advancer.ts); "" = not in this process. */
         workflowGroup: z.string().default('workflow'),
         /** Events left unacknowledged this long by a dead consumer are taken over (XAUTOCLAIM); also how often that is checked. */
@@ -1087,6 +1140,31 @@ export function withCrossChecks<T extends typeof configObjectSchema>(schema: T) 
         }
       }),
     );
+    // A range's counters, quarantine and metrics are per prefix, an SMSC's receipts, binds and metrics per name.
+    duplicates(c.numbers.ranges.map((r) => r.prefix)).forEach(([i, first]) =>
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['numbers', 'ranges', i, 'prefix'], message: `range ${c.numbers.ranges[i]!.prefix} is also numbers.ranges[${first}]: list each range once` }),
+    );
+    duplicates(c.sms.smscs.map((x) => x.name)).forEach(([i, first]) =>
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['sms', 'smscs', i, 'name'], message: `SMSC name "${c.sms.smscs[i]!.name}" is also sms.smscs[${first}]'s: each SMSC needs a name of its own (its receipts and binds are kept under it)` }),
+    );
+    const v = c.verification;
+    if (v.defaultExpirySeconds > v.maxExpirySeconds) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['verification', 'defaultExpirySeconds'], message: `${v.defaultExpirySeconds} is over verification.maxExpirySeconds (${v.maxExpirySeconds})` });
+    }
+    // "method": "auto" takes this workflow with the request's expiry (the default unless the request sets one): a
+    // workflow no request could use would be every such request's 400, not a config error.
+    v.defaultWorkflow.forEach((step, i) => {
+      const last = i === v.defaultWorkflow.length - 1;
+      if (step.timeout_seconds === undefined && !last) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['verification', 'defaultWorkflow', i, 'timeout_seconds'], message: 'required on every step but the last (when the next step starts)' });
+      } else if (step.timeout_seconds !== undefined && (step.timeout_seconds < v.minStepTimeoutSeconds || step.timeout_seconds > v.defaultExpirySeconds)) {
+        ctx.addIssue({
+          code: z.ZodIssueCode.custom,
+          path: ['verification', 'defaultWorkflow', i, 'timeout_seconds'],
+          message: `must be from verification.minStepTimeoutSeconds (${v.minStepTimeoutSeconds}) to verification.defaultExpirySeconds (${v.defaultExpirySeconds})`,
+        });
+      }
+    });
   });
 }
 
@@ -1102,6 +1180,31 @@ export type SipConfig = Config['sip'];
 export type FraudConfig = Config['fraud'];
 export type LineType = (typeof LINE_TYPES)[number];
 export type TestNumber = z.infer<typeof testNumberSchema>;
+
+function canParseUrl(text: string): boolean {
+  try {
+    return new URL(text).hostname !== '';
+  } catch {
+    return false;
+  }
+}
+
+/** A URL with its password, if any, as `***` (for error messages). */
+function maskUrl(text: string): string {
+  return text.replace(/^([a-z]+:\/\/[^:@/]*:)[^@/]*@/i, '$1***@');
+}
+
+/** [index, index of its first occurrence] of each value listed before. */
+function duplicates(values: readonly string[]): [number, number][] {
+  const first = new Map<string, number>();
+  const out: [number, number][] = [];
+  values.forEach((v, i) => {
+    const f = first.get(v);
+    if (f === undefined) first.set(v, i);
+    else out.push([i, f]);
+  });
+  return out;
+}
 
 /** A `sip.dns.servers` entry: `ip`, `ip:port` or `[ipv6]:port`, as Resolver.setServers takes them (no names). */
 function isDnsServer(value: string): boolean {

@@ -18,11 +18,20 @@ export interface ResolvedKeys {
 
 /** A 32-byte key given as 64 hex characters or as base64. */
 export function parseKey(text: string, name: string): Buffer {
+  const key = keyBytes(text);
+  if (key === undefined) throw new ConfigError([`${name}: ${KEY_FORM}`]);
+  return key;
+}
+
+export const KEY_FORM = 'must be 32 bytes as 64 hex characters or base64';
+
+/** The 32 bytes of a key written as 64 hex characters or as base64, or undefined. */
+export function keyBytes(text: string): Buffer | undefined {
   const t = text.trim();
   if (/^[0-9a-fA-F]{64}$/.test(t)) return Buffer.from(t, 'hex');
   const b = Buffer.from(t, 'base64');
   if (b.length === 32 && /^[A-Za-z0-9+/=_-]+$/.test(t)) return b;
-  throw new ConfigError([`${name}: must be 32 bytes as 64 hex characters or base64`]);
+  return undefined;
 }
 
 /**

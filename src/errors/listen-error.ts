@@ -9,20 +9,25 @@ function reason(err: NodeJS.ErrnoException): string {
       return 'permission denied (a port below 1024 needs root or CAP_NET_BIND_SERVICE)';
     case 'EADDRNOTAVAIL':
       return 'this host has no such address';
+    case 'ENOTFOUND':
+      return 'the host name does not resolve to an address (give an IP address, or a name this host resolves)';
+    case 'EAI_AGAIN':
+      return 'the host name could not be resolved now (DNS did not answer)';
     default:
       return err.message;
   }
 }
 
-const LISTEN_CODES = new Set(['EADDRINUSE', 'EACCES', 'EADDRNOTAVAIL']);
+const LISTEN_CODES = new Set(['EADDRINUSE', 'EACCES', 'EADDRNOTAVAIL', 'ENOTFOUND', 'EAI_AGAIN']);
 
 /** A port or address the configuration names could not be listened on: which listener, where, why, and the setting. */
 export class ListenError extends AppError {
   constructor(what: string, host: string, port: number, setting: string, cause: NodeJS.ErrnoException) {
     // dgram's bind fails with syscall "bind"; a TCP server's with "listen".
-    const proto = cause.syscall === 'bind' ? 'udp' : 'tcp';
+    // A host name that does not resolve fails in getaddrinfo, before any socket: no protocol to name.
+    const proto = cause.syscall === 'getaddrinfo' ? '' : cause.syscall === 'bind' ? ' (udp)' : ' (tcp)';
     const address = `${host.includes(':') ? `[${host}]` : host}:${port}`;
-    super('listen_failed', `cannot listen for ${what} on ${address} (${proto}): ${reason(cause)}. Set ${setting}`);
+    super('listen_failed', `cannot listen for ${what} on ${address}${proto}: ${reason(cause)}. Set ${setting}`);
   }
 }
 

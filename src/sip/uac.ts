@@ -163,12 +163,29 @@ export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
   return info;
 }
 
+/** Why a trunk cannot be used (resolveTrunk's refusal), or undefined: checked at boot, not at its first call. */
+export function trunkProblem(trunk: TrunkConfig): string | undefined {
+  try {
+    resolveTrunk(trunk);
+    return undefined;
+  } catch (err) {
+    if (err instanceof AppError && err.code === 'sip_trunk_invalid') return err.message;
+    throw err;
+  }
+}
+
 const NUMBER_RE = /^\+?[0-9A-Za-z._*-]{1,32}$/;
 
 /** A trunk's `uri` or `proxy`, parsed, with its transport; AppError('sip_trunk_invalid') naming the key when unusable. */
 function hopUri(trunkName: string, key: 'uri' | 'proxy', text: string): { uri: NonNullable<ReturnType<typeof parseSipUri>>; transport: TrunkUriTransport } {
   const uri = parseSipUri(text);
-  if (uri === undefined || uri.user !== undefined) {
+  if (uri !== undefined && uri.user !== undefined) {
+    throw new AppError(
+      'sip_trunk_invalid',
+      `trunk ${trunkName}: ${key} has a user part ("${uri.user}@"); the user part of each INVITE's Request-URI is the number called, so give sip:host[:port] (a digest username goes in auth.username, a carrier's routing prefix in techPrefix)`,
+    );
+  }
+  if (uri === undefined) {
     throw new AppError('sip_trunk_invalid', `trunk ${trunkName}: ${key} must look like sip:host[:port][;transport=udp|tcp|tls] or sips:host[:port]`);
   }
   const transport = trunkUriTransport(uri.scheme, uri.params['transport'] ?? undefined);

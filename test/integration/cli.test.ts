@@ -300,6 +300,13 @@ describe('flashverify start with a port taken', { timeout: 90_000 }, () => {
     }
   });
 
+  it('an HTTP host that does not resolve: the listener and the setting named, no stack', async () => {
+    const r = await flashverify(['start', '--role', 'api', '--config', config(`http: { host: "not a host!", port: 0 }\n`)], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^flashverify: cannot listen for the HTTP API on not a host!:0: the host name (does not resolve to an address|could not be resolved now).*Set http\.host \/ http\.port \(PORT\)\n$/);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+  });
+
   it('the metrics port of a worker', async () => {
     const taken = await silentTcpServer();
     const port = taken.port;

@@ -462,4 +462,66 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ file: '/nonexistent/flashverify.yaml', env: {} })).toThrow(/cannot read/);
     expect(() => loadConfig({ file: yamlFile('http: [unclosed'), env: {} })).toThrow(/not valid YAML/);
   });
+  it('lists every problem at once: those of the file and the environment with the schema\'s, naming the variable a value came from', () => {
+    const file = yamlFile(['http:', '  port: "abc"', 'sip:', '  trunks:', '    - name: default', '      uri: sip:127.0.0.1:5060', '      auth: { username: u, password: "${FV_TEST_UNSET_PW}" }', ''].join('\n'));
+    const got = issues({ SIP_LISTEN_PORT: 'x', REDIS_URL: 'http://x', SIP_TRUNK_URI: 'tel:123', SMPP_URL: 'foo', FLASHVERIFY_MASTER_KEY: 'AAAA' }, undefined, file);
+    expect(got).toMatch(/environment variable FV_TEST_UNSET_PW is not set/);
+    expect(got).toMatch(/^SIP_LISTEN_PORT: must be a whole number/m);
+    expect(got).toMatch(/^http\.port: .*number/m);
+    expect(got).toMatch(/^redis\.url: must be a redis:\/\/.* \(set by REDIS_URL\)$/m);
+    expect(got).toMatch(/^sip\.trunks\.0\.uri: must be a SIP URI.* \(set by SIP_TRUNK_URI\)$/m);
+    expect(got).toMatch(/^sms\.url: must be an smpp:\/\/ URL \(set by SMPP_URL\)$/m);
+    expect(got).toMatch(/^security\.masterKey: must be 32 bytes as 64 hex characters or base64 \(set by FLASHVERIFY_MASTER_KEY\)$/m);
+    expect(got).not.toContain('AAAA');
+    // The unset variable's key is named once, not again by the schema.
+    expect(got.split('\n').filter((l) => l.startsWith('sip.trunks.0.auth.password')).length).toBe(1);
+  });
+
+  it('refuses at boot a trunk its first call would refuse: a user part, a port out of range, a reserved or broken header, a bad fromDomain', () => {
+    const trunk = (t: Record<string, unknown>) => ({ sip: { trunks: [{ name: 'carrier', ...t }] } }) as LoadOptions['overrides'];
+    expect(issues({}, trunk({ uri: 'sip:gw@sbc.example.net' }))).toMatch(/^sip\.trunks\.0: trunk carrier: uri has a user part \("gw@"\).*auth\.username/m);
+    expect(issues({}, trunk({ uri: 'sip:127.0.0.1:99999' }))).toMatch(/^sip\.trunks\.0: trunk carrier: uri must look like sip:host/m);
+    expect(issues({}, trunk({ uri: 'sip:127.0.0.1', headers: { Via: 'x' } }))).toMatch(/header Via is reserved/);
+    expect(issues({}, trunk({ uri: 'sip:127.0.0.1', headers: { 'X-A': 'a\r\nB: c' } }))).toMatch(/header X-A contains CR\/LF/);
+    expect(issues({}, trunk({ uri: 'sip:127.0.0.1', headers: { 'X A': 'a' } }))).toMatch(/bad header name "X A"/);
+    expect(issues({}, trunk({ uri: 'sip:127.0.0.1', fromDomain: 'a b' }))).toMatch(/trunk carrier: bad fromDomain/);
+    expect(issues({}, trunk({ uri: 'sip:127.0.0.1:5080', headers: { 'X-Account': '42' }, fromDomain: 'cli.example.net' }))).toBe('');
+  });
+
+  it('refuses two trunks, SMSCs or DID ranges of one name or prefix: their health, limits, receipts and counters are kept under it', () => {
+    const got = issues({}, {
+      sip: { trunks: [{ name: 'carrier', uri: 'sip:127.0.0.1:5060' }, { name: 'carrier', uri: 'sip:127.0.0.1:5070' }] },
+      sms: { smscs: [{ name: 'smsc', url: 'smpp://a:b@127.0.0.1:2775' }, { name: 'smsc', url: 'smpp://a:b@127.0.0.1:2776' }] },
+      numbers: { ranges: [{ prefix: '+44190873', country: 'GB' }, { prefix: '+44190873', country: 'GB' }] },
+    } as LoadOptions['overrides']);
+    expect(got).toMatch(/^sip\.trunks\.1\.name: trunk name "carrier" is also sip\.trunks\[0\]'s/m);
+    expect(got).toMatch(/^sms\.smscs\.1\.name: SMSC name "smsc" is also sms\.smscs\[0\]'s/m);
+    expect(got).toMatch(/^numbers\.ranges\.1\.prefix: range \+44190873 is also numbers\.ranges\[0\]/m);
+  });
+
+  it('refuses settings that contradict each other, a default workflow no request could use, and SMSC and Redis URLs that do not parse', () => {
+    const got = issues({}, {
+      verification: { defaultExpirySeconds: 900, maxExpirySeconds: 600, defaultWorkflow: [{ method: 'flash_call' }, { method: 'voice', timeout_seconds: 2 }, { method: 'sms' }] },
+      sip: { timers: { t1Ms: 5000, t2Ms: 4000 }, trunkHealth: { retryAfterMs: 120_000, maxRetryAfterMs: 60_000 } },
+      sms: { retry: { firstDelayMs: 90_000, maxDelayMs: 60_000 }, smscs: [{ name: 'a', url: 'smpp://a:b@127.0.0.1:99999' }, { name: 'b', url: 'smpp://sixteen_chars_id:b@127.0.0.1' }, { name: 'c', url: 'smpp://a:ninechars@127.0.0.1' }] },
+      fraud: { countries: { allow: ['XX', 'UK'] } },
+      events: { consumerGroup: '' },
+      redis: { url: 'redis://127.0.0.1:abc' },
+    } as LoadOptions['overrides']);
+    expect(got).toMatch(/^verification\.defaultExpirySeconds: 900 is over verification\.maxExpirySeconds \(600\)/m);
+    expect(got).toMatch(/^verification\.defaultWorkflow\.0\.timeout_seconds: required on every step but the last/m);
+    expect(got).toMatch(/^verification\.defaultWorkflow\.1\.timeout_seconds: must be from verification\.minStepTimeoutSeconds \(5\)/m);
+    expect(got).toMatch(/^sip\.timers\.t1Ms: T1 must not be over T2/m);
+    expect(got).toMatch(/^sip\.trunkHealth\.retryAfterMs: must not be over maxRetryAfterMs/m);
+    expect(got).toMatch(/^sms\.retry\.firstDelayMs: must not be over maxDelayMs/m);
+    expect(got).toMatch(/^sms\.smscs\.0\.url: SMSC "a": the URL is not a URL/m);
+    expect(got).toMatch(/^sms\.smscs\.1\.url: SMSC "b": the URL system_id .* 15 characters/m);
+    expect(got).toMatch(/^sms\.smscs\.2\.url: SMSC "c": the URL password .* 8 characters/m);
+    expect(got).toMatch(/^fraud\.countries\.allow\.0: "XX" is not a country/m);
+    expect(got).toMatch(/^fraud\.countries\.allow\.1: "UK" is not a country.*not "UK"/m);
+    expect(got).toMatch(/^events\.consumerGroup: /m);
+    expect(got).toMatch(/^redis\.url: redis:\/\/127\.0\.0\.1:abc is not a URL/m);
+    expect(issues({ SMPP_URL: 'smpp://u:p@127.0.0.1:99999' })).toMatch(/^sms\.url: the URL is not a URL.* \(set by SMPP_URL\)$/m);
+    expect(issues({ SMPP_URL: 'smpp://u:p@127.0.0.1' })).toBe('');
+  });
 });
