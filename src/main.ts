@@ -642,7 +642,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       const inTime = await waitAtMost(closing, grace - Math.floor(reserve / 3));
       clearTimeout(expireTimer);
       logger.debug({ phase: shutdownPhase, ms: Date.now() - started, in_time: inTime }, 'shutdown phase done');
-      if (!inTime) logger.warn('calls still in progress at the end of the shutdown grace; ending them');
+      if (!inTime) logger.warn('the delivery workers did not stop within the shutdown grace (calls still in progress, or Redis not answering); ending what is left');
       if (!inTime && stopSip) {
         // Calls still waiting for a final response: stopping the stack ends them (`shutdown`), so the jobs finish.
         await phase('calls left at the grace', async () => {
@@ -651,7 +651,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         });
       }
       await phase('event consumers drain', () => Promise.all(consumers.map((c) => c.drain(left()).catch(() => undefined))));
-      for (const [name, stop] of stops) await phase(name, stop);
+      // The api's own entry (for a failed start) has been closed first, above.
+      for (const [name, stop] of stops) if (name !== 'api') await phase(name, stop);
       // After every call and check has ended: their counters go out before the connection closes (a failure is logged by the batch).
       await phase('counters', () => counters.close());
       await phase('redis connections', () => Promise.all([redis, durableRedis, bullConnection as Redis].map((c) => c.quit().catch(() => undefined))));
@@ -740,8 +741,12 @@ export async function runCli(argv: string[]): Promise<number> {
     let stopping = false;
     const signalled = new Promise<void>((resolve) => {
       const onSignal = (signal: string) => {
-        // One stop, whichever signals come (a supervisor's SIGTERM after a terminal's SIGHUP ...).
-        if (stopping) return;
+        // One stop, whichever signals come (a supervisor's SIGTERM after a terminal's SIGHUP, a second Ctrl-C ...):
+        // the handlers stay (process.on), since without one Node's default would kill the process mid-stop.
+        if (stopping) {
+          logger.info({ signal, grace_ms: config.worker.shutdownGraceMs }, 'already shutting down; the stop ends within the grace');
+          return;
+        }
         stopping = true;
         logger.info({ signal }, 'shutting down');
         starting.abort();
@@ -755,11 +760,11 @@ export async function runCli(argv: string[]): Promise<number> {
         hard.unref();
         resolve();
       };
-      process.once('SIGTERM', () => onSignal('SIGTERM'));
-      process.once('SIGINT', () => onSignal('SIGINT'));
+      process.on('SIGTERM', () => onSignal('SIGTERM'));
+      process.on('SIGINT', () => onSignal('SIGINT'));
       // The terminal it ran in went away (an SSH session dropped under `npm start`): Node's default is to die on the
       // spot, dropping the calls in progress; a graceful stop ends them as SIGTERM does.
-      process.once('SIGHUP', () => onSignal('SIGHUP'));
+      process.on('SIGHUP', () => onSignal('SIGHUP'));
     });
     try {
       engine = await startEngine(config, role, logger, { abort: starting.signal });
@@ -769,7 +774,9 @@ export async function runCli(argv: string[]): Promise<number> {
       return 0;
     }
     await signalled;
+    const stopStarted = Date.now();
     await engine.stop();
+    logger.info({ ms: Date.now() - stopStarted }, 'stopped');
     return 0;
   }
 

@@ -109,7 +109,7 @@ describe('SIGTERM to a worker', { timeout: 60_000 }, () => {
     expect(invitesPerDestination(uas.messages()).size).toBe(6);
   });
 
-  it('a SIGHUP (the terminal went away) stops it the same way: the ringing call CANCELled and delivered, exit 0', async () => {
+  it('a SIGHUP (the terminal went away) stops it the same way, and a second SIGHUP or a SIGTERM after it changes nothing: the ringing call CANCELled and delivered, exit 0', async () => {
     uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 1, maxLifetimeMs: 50_000 });
     cluster = await engineCluster({ ...base(uas.uri, {}), flash: { ringMs: 8000 } });
     await cluster.start('api');
@@ -119,11 +119,19 @@ describe('SIGTERM to a worker', { timeout: 60_000 }, () => {
     await waitFor(async () => uas!.sent().some((m) => m.status === 180), 15_000, 25);
 
     worker.kill('SIGHUP');
+    await waitFor(async () => /"msg":"shutting down"/.test(worker.output()), 5000, 10);
+    // The same signal again (a second Ctrl-C, a second hang-up) and a supervisor's SIGTERM during the stop: not
+    // Node's default death.
+    worker.kill('SIGHUP');
+    worker.kill('SIGTERM');
     const exit = await worker.waitExit(GRACE_MS + 3000);
     // Not killed by the signal (Node's default for SIGHUP): a clean exit, long before the 8 s ring would end.
     expect(exit).toMatchObject({ code: 0, signal: null, timedOut: false });
     expect(exit.ms).toBeLessThan(5000);
     expect(worker.output()).toMatch(/"signal":"SIGHUP".*"msg":"shutting down"/);
+    expect(worker.output()).toMatch(/"signal":"SIGHUP".*"msg":"already shutting down; the stop ends within the grace"/);
+    expect(worker.output()).toMatch(/"signal":"SIGTERM".*"msg":"already shutting down; the stop ends within the grace"/);
+    expect(worker.output()).toMatch(/"msg":"SIP stack stopped"[^]*"msg":"stopped"/);
     expect(uas.requests('CANCEL')).toHaveLength(1);
     expect(await cluster.redis.hget(cluster.keys.verification(id), 'status')).toBe('delivered');
   });
