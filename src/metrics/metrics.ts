@@ -1,5 +1,19 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { VERSION } from '../version.js';
+import { withDeadline } from '../async/time-limit.js';
+
+/**
+ * How long a scrape waits for a gauge read from Redis. A read that fails or takes longer leaves the gauge's last
+ * values: a scrape must not fail, nor hang, because Redis is slow or down (a BullMQ connection queues its commands
+ * until Redis is back, with no limit of its own).
+ */
+export const SCRAPE_REDIS_MS = 1000;
+
+/** `read`'s value, or undefined when it fails or takes over SCRAPE_REDIS_MS. */
+function fromRedis<T>(read: Promise<T> | undefined): Promise<T | undefined> {
+  if (read === undefined) return Promise.resolve(undefined);
+  return withDeadline(read, SCRAPE_REDIS_MS, () => new Error('scrape read timed out')).catch(() => undefined);
+}
 
 /** The events stream's consumer groups (XINFO GROUPS): entries pending (read, not acknowledged) and lag (not read). */
 export interface EventGroupsSource {
@@ -131,7 +145,8 @@ export class Metrics {
       name: 'flashverify_post_dial_delay_seconds',
       help: 'Post-dial delay: INVITE sent to first ringing 18x, by trunk',
       labelNames: ['trunk'],
-      buckets: [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10],
+      // Up to the longest ringing timeout a trunk may have (sip.trunks[].ringingTimeoutMs, 120 s); the default is 15 s.
+      buckets: [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120],
       registers,
     });
     this.trunkPings = new Counter({
@@ -249,7 +264,7 @@ export class Metrics {
       help: 'Accounts whose webhook circuit breaker is open (deliveries deferred), over the deployment, read at scrape time',
       registers,
       async collect() {
-        const open = await breakersSource()?.openCount().catch(() => undefined);
+        const open = await fromRedis(breakersSource()?.openCount());
         if (open !== undefined) this.set(open); // Redis slow or down: the last value stays
       },
     });
@@ -437,7 +452,7 @@ export class Metrics {
       async collect() {
         const source = quarantineSource();
         // Redis slow or down: keep the last values rather than fail the scrape.
-        const q = await source?.quarantined().catch(() => undefined);
+        const q = await fromRedis(source?.quarantined());
         if (!source || !q) return;
         for (const range of source.ranges) this.set({ range }, q.has(range) ? 1 : 0);
       },
@@ -450,7 +465,7 @@ export class Metrics {
         labelNames: ['group'],
         registers,
         async collect() {
-          const groups = await groupsSource()?.eventGroups().catch(() => undefined);
+          const groups = await fromRedis(groupsSource()?.eventGroups());
           if (!groups) return; // Redis slow or down: the last values stay
           for (const g of groups) if (g[field] !== undefined) this.set({ group: g.name }, g[field]);
         },
@@ -468,10 +483,10 @@ export class Metrics {
       labelNames: ['queue', 'state'],
       registers,
       async collect() {
-        // A scrape must not fail because Redis is slow or down: the gauge keeps its last values.
+        // Redis slow or down: the gauge keeps its last values (fromRedis).
         await Promise.all(
           [...queues].map(async ([name, q]) => {
-            const counts = await q.getJobCounts(...DEPTH_STATES).catch(() => undefined);
+            const counts = await fromRedis(q.getJobCounts(...DEPTH_STATES));
             if (!counts) return;
             for (const state of DEPTH_STATES) this.set({ queue: name, state }, counts[state] ?? 0);
           }),

@@ -58,6 +58,8 @@ describe('Redis restarted under load', { timeout: 60_000 }, () => {
 
     // Load before the crash.
     for (let i = 0; i < 30; i++) expect((await send()).status).toBe(201);
+    const queueDepth = /^flashverify_queue_jobs\{queue="flash",state="waiting"\} \d+$/m;
+    expect(await (await fetch(`${cluster.httpUrl}/metrics`)).text()).toMatch(queueDepth);
 
     await redis.kill();
     // Down: every request answered 503 service_unavailable, promptly.
@@ -68,6 +70,21 @@ describe('Redis restarted under load', { timeout: 60_000 }, () => {
     }
     for (const d of down) expect(d).toMatchObject({ status: 503, error: 'service_unavailable' });
     expect(Math.max(...down.map((d) => d.ms))).toBeLessThan(2000);
+    // Prometheus still gets the process's series while Redis is down (the queue depths keep their last values),
+    // within the scrape's wait for Redis, not never; /readyz says Redis is down.
+    for (const url of [`${cluster.httpUrl}/metrics`, `${cluster.httpUrl}/readyz`]) {
+      const t0 = performance.now();
+      const r = await fetch(url, { signal: AbortSignal.timeout(10_000) });
+      const text = await r.text();
+      expect(performance.now() - t0).toBeLessThan(3000);
+      if (url.endsWith('/metrics')) {
+        expect(r.status).toBe(200);
+        expect(text).toMatch(queueDepth);
+        expect(text).toMatch(/^flashverify_api_shed_total \d+$/m);
+      } else {
+        expect([r.status, JSON.parse(text).checks.redis]).toEqual([503, false]);
+      }
+    }
 
     await redis.start();
     // Back: the engine reconnects by itself and accepts again.
