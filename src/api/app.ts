@@ -54,6 +54,15 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   const app = Fastify({
     loggerInstance: deps.logger as unknown as FastifyBaseLogger,
     bodyLimit: config.http.bodyLimitBytes,
+    // Fastify's default is none: a stalled body would hold its api.maxInFlight slot for ever.
+    requestTimeout: config.http.requestTimeoutMs,
+    // Node checks that timeout (and headersTimeout) on a timer, every 30 s unless told: a stalled request would be
+    // let go up to 30 s late; a quarter of the timeout, 0.1 to 1 s. Given at creation too, so that Node also lowers
+    // headersTimeout (60 s) to it: set only afterwards (as Fastify does), a timeout under headersTimeout never fires.
+    http:
+      config.http.requestTimeoutMs > 0
+        ? { requestTimeout: config.http.requestTimeoutMs, connectionsCheckingInterval: Math.min(1000, Math.max(100, Math.floor(config.http.requestTimeoutMs / 4))) }
+        : null,
     trustProxy: config.http.trustProxy,
     // One line per request is too much at thousands of requests/s; errors are logged by the handler.
     logController: new LogController({ disableRequestLogging: true }),

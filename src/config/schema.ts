@@ -659,6 +659,12 @@ export const configObjectSchema = z
         host: z.string().default('0.0.0.0'),
         port: z.number().int().min(0).max(65535).default(8080),
         bodyLimitBytes: z.number().int().positive().default(16 * 1024),
+        /**
+         * A request not received whole (headers and body) within this is answered 408 and its connection closed: a
+         * client that sends its headers and then stalls (a body never finished) holds a slot of api.maxInFlight no
+         * longer than this. 0: no limit.
+         */
+        requestTimeoutMs: z.number().int().min(0).max(600_000).default(10_000),
         trustProxy: z.boolean().default(false),
       })
       .strict(),

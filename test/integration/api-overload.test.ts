@@ -1,4 +1,5 @@
 import { request } from 'node:http';
+import { connect } from 'node:net';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { http, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
@@ -16,7 +17,7 @@ describe('api: /v1 requests in progress are capped (api.maxInFlight)', { timeout
 
   beforeAll(async () => {
     own = await ownRedis();
-    t = await startTestEngine(testConfig({ redis: { url: own.url }, api: { maxInFlight: 2, authCacheMs: 0 } }), 'api');
+    t = await startTestEngine(testConfig({ redis: { url: own.url }, api: { maxInFlight: 2, authCacheMs: 0 }, http: { requestTimeoutMs: 1500 } }), 'api');
     admin = new Redis(own.url);
   });
   afterAll(async () => {
@@ -67,6 +68,29 @@ describe('api: /v1 requests in progress are capped (api.maxInFlight)', { timeout
     expect(await metric('flashverify_api_shed_total')).toBe(1);
     await waitFor(async () => (await metric('flashverify_api_requests_in_flight')) === 0);
     // Both places free again: two at once go through.
+    const after = await Promise.all([1, 2].map(() => http(`${t.url}/v1/balance`, { auth: a.auth })));
+    expect(after.map((r) => r.status)).toEqual([200, 200]);
+  });
+  it('a client that sends its headers and stalls mid-body holds its place no longer than http.requestTimeoutMs: 408, its connection closed, the place free again', async () => {
+    const a = await t.account();
+    const { port } = new URL(t.url);
+    // Two stalled uploads (complete headers with valid credentials, Content-Length 100, no body) take both places.
+    const stalled = [1, 2].map(() => {
+      const socket = connect(Number(port), '127.0.0.1');
+      let got = '';
+      socket.on('data', (d) => (got += d.toString()));
+      const closed = new Promise<string>((resolve) => socket.on('close', () => resolve(got)));
+      socket.write(`POST /v1/verify HTTP/1.1\r\nHost: x\r\nAuthorization: ${a.auth}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"phone_`);
+      return closed;
+    });
+    const stalledAt = Date.now();
+    await waitFor(async () => (await metric('flashverify_api_requests_in_flight')) === 2, 2000, 20);
+    expect((await http(`${t.url}/v1/balance`, { auth: a.auth })).status).toBe(503);
+    // The server gives up on them, answers 408 and closes: the places are free again.
+    const answers = await Promise.all(stalled);
+    expect(Date.now() - stalledAt).toBeLessThan(5000);
+    for (const text of answers) expect(text).toMatch(/^HTTP\/1\.1 408 /);
+    await waitFor(async () => (await metric('flashverify_api_requests_in_flight')) === 0, 2000, 20);
     const after = await Promise.all([1, 2].map(() => http(`${t.url}/v1/balance`, { auth: a.auth })));
     expect(after.map((r) => r.status)).toEqual([200, 200]);
   });
