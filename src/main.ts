@@ -909,11 +909,9 @@ export async function runCli(argv: string[]): Promise<number> {
       }
       const jobs = await givenUpWebhooks(webhookQueue.queue, { accountId, requestId: values['request-id'], since });
       // One JSON line per webhook (stdout carries nothing else): the given-up ones, or those queued again.
-      for (const job of jobs) {
-        const line = describeGivenUp(job);
-        if (sub === 'replay') await replayGivenUp(job);
-        process.stdout.write(JSON.stringify(line) + '\n');
-      }
+      const lines = jobs.map(describeGivenUp);
+      if (sub === 'replay') await replayGivenUp(redis, keys, jobs);
+      for (const line of lines) process.stdout.write(JSON.stringify(line) + '\n');
       return 0;
     } finally {
       await webhookQueue.close();

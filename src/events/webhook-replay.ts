@@ -1,5 +1,7 @@
 import type { Job, Queue } from 'bullmq';
-import type { WebhookJobData } from './webhook-queue.js';
+import type { Redis } from 'ioredis';
+import type { Keys } from '../store/keys.js';
+import { ORDER_QUEUED, orderMember, type WebhookJobData } from './webhook-queue.js';
 
 /** One given-up webhook, as `flashverify webhook failed` prints it (one JSON line each). */
 export interface GivenUpWebhook {
@@ -58,15 +60,37 @@ export function describeGivenUp(job: Job<WebhookJobData>): GivenUpWebhook {
   };
 }
 
+/** A replayed event's order set lives at least this long (its retries' span), even when it had expired. */
+const REPLAY_ORDER_TTL_S = 24 * 3600;
+
 /**
- * Queues a given-up webhook again with all its attempts (`webhooks.attempts` as when it was first queued) and no
- * order waits counted. It keeps its job and event id; its body is built and signed at send time, as every delivery
- * is, with the account's current secret and URL. It still follows the order and final-status rules: it waits for
- * an earlier event of its request still pending, and is not sent if it contradicts the final status.
+ * Queues given-up webhooks again, each with all its attempts (`webhooks.attempts` as when it was first queued) and
+ * no order waits counted. Each keeps its job and event id; its body is built and signed at send time, as every
+ * delivery is, with the account's current secret and URL. They still follow the order and final-status rules: each
+ * waits for an earlier event of its request still pending, and is not sent if it contradicts the final status.
+ *
+ * First every one of them is made pending again (ORDER_QUEUED) in its request's order set, which was left DONE when
+ * it was given up, then their jobs run: otherwise two replayed events of one request (a `sent` and a `failed` given
+ * up together) would not wait for each other, and a `failed` could reach the receiver before its `sent`. An order
+ * set that has expired meanwhile is made again with the replayed events alone.
  */
-export async function replayGivenUp(job: Job<WebhookJobData>): Promise<void> {
-  const { waits: _waits, attempts_before: _tried, tried_at: _triedAt, ...data } = job.data;
-  // Its age (webhooks.maxAgeMs) counts from now: a webhook given up for its age would otherwise be given up again.
-  await job.updateData({ ...data, replayed_at: Date.now() });
-  await job.retry('failed', { resetAttemptsMade: true, resetAttemptsStarted: true });
+export async function replayGivenUp(redis: Pick<Redis, 'pipeline'>, keys: Keys, jobs: readonly Job<WebhookJobData>[]): Promise<void> {
+  const pending = redis.pipeline();
+  for (const job of jobs) pending.zadd(keys.webhookOrder(job.data.request_id), ORDER_QUEUED, orderMember(job.data.event_id));
+  for (const order of new Set(jobs.map((j) => keys.webhookOrder(j.data.request_id)))) pending.ttl(order);
+  const results = (await pending.exec()) ?? [];
+  const orders = [...new Set(jobs.map((j) => keys.webhookOrder(j.data.request_id)))];
+  const expiring = redis.pipeline();
+  orders.forEach((order, i) => {
+    const ttl = Number(results[jobs.length + i]?.[1]);
+    // -1: made just now, without a TTL (the set had expired); or one shorter than the replays' retries.
+    if (!(ttl >= REPLAY_ORDER_TTL_S)) expiring.expire(order, REPLAY_ORDER_TTL_S);
+  });
+  if (expiring.length > 0) await expiring.exec();
+  for (const job of jobs) {
+    const { waits: _waits, attempts_before: _tried, tried_at: _triedAt, ...data } = job.data;
+    // Its age (webhooks.maxAgeMs) counts from now: a webhook given up for its age would otherwise be given up again.
+    await job.updateData({ ...data, replayed_at: Date.now() });
+    await job.retry('failed', { resetAttemptsMade: true, resetAttemptsStarted: true });
+  }
 }

@@ -242,7 +242,7 @@ describe('webhooks.maxAgeMs: a dead receiver does not keep its events waiting fo
     await receiver.start(port);
     await t.redis.del(t.keys.webhookBreaker(a.account_id));
     const [job] = await givenUpWebhooks(queue, { accountId: a.account_id });
-    await replayGivenUp(job!);
+    await replayGivenUp(t.redis, t.keys, [job!]);
     await waitFor(async () => receiver!.delivered().size === 1, 4000);
     expect(receiver.received[0]!.json.request_id).toBe(request_id);
     expect(await job!.getState()).toBe('completed');

@@ -7,7 +7,7 @@ import { EventPublisher } from '../../src/events/event-publisher.js';
 import type { StreamEntry } from '../../src/events/group-consumer.js';
 import { WebhookConsumer } from '../../src/events/webhook-consumer.js';
 import { WEBHOOK_QUEUE, WebhookQueue, orderMember, type WebhookJobData } from '../../src/events/webhook-queue.js';
-import { describeGivenUp, givenUpWebhooks } from '../../src/events/webhook-replay.js';
+import { describeGivenUp, givenUpWebhooks, replayGivenUp } from '../../src/events/webhook-replay.js';
 import { Metrics } from '../../src/metrics/metrics.js';
 import { scripts } from '../../src/store/scripts.js';
 import { utcDay, type Method } from '../../src/verification/types.js';
@@ -278,6 +278,44 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
     } finally {
       if (!worker.isRunning()) startWorker();
       doomedRedis.disconnect();
+    }
+  });
+
+  it('two given-up events of one request replayed together arrive in their order, even when the later one is replayed first and the order set had expired', async () => {
+    for (const expired of [false, true]) {
+      // An account of its own: its failures here must not open the others' breaker, nor theirs this one's.
+      const own = await t.account();
+      await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(own.account_id, hookUrl);
+      const { request_id: id } = await service.create(own, { phone_number: expired ? '+447700900223' : '+447700900222' });
+      receiver.answer = (b) => (b.request_id === id ? 500 : undefined);
+      try {
+        // Each given up in turn (the later one not held by the earlier one meanwhile).
+        await handleNew();
+        const [sentId] = await eventIds(id);
+        await waitFor(async () => (await queue.queue.getJobState(sentId!)) === 'failed', 15_000);
+        // Its failures in a row would open the account's breaker: the next deliveries would wait out its cool-off.
+        await t.redis.del(t.keys.webhookBreaker(own.account_id));
+        await publisher.publish({ request_id: id, account_id: own.account_id, method: 'flash_call', status: 'delivered', detail: {} });
+        await handleNew();
+        const [, deliveredId] = await eventIds(id);
+        await waitFor(async () => (await queue.queue.getJobState(deliveredId!)) === 'failed', 15_000);
+      } finally {
+        receiver.answer = undefined;
+      }
+      const [sentId, deliveredId] = await eventIds(id);
+      await waitFor(async () => Object.values(await orderOf(id)).every((score) => score === 1), 5000);
+      if (expired) await t.redis.del(t.keys.webhookOrder(id));
+      await t.redis.del(t.keys.webhookBreaker(own.account_id));
+      const given = await givenUpWebhooks(queue.queue, { accountId: own.account_id, requestId: id });
+      expect(given.map((j) => j.data.event)).toEqual(['verification.sent', 'verification.delivered']);
+      const before = receiver.events(id).length;
+      // The later one first: it must wait for the earlier one, made pending again with it.
+      await replayGivenUp(t.redis, t.keys, [...given].reverse());
+      await waitFor(async () => receiver.events(id).length === before + 2, 15_000);
+      await waitFor(async () => (await Promise.all([sentId!, deliveredId!].map((e) => queue.queue.getJobState(e)))).every((s) => s === 'completed'), 5000);
+      expect(receiver.events(id).slice(before)).toEqual(['verification.sent', 'verification.delivered']);
+      expect(await orderOf(id)).toEqual({ [orderMember(sentId!)]: 1, [orderMember(deliveredId!)]: 1 });
+      expect(await t.redis.ttl(t.keys.webhookOrder(id))).toBeGreaterThanOrEqual(expired ? 24 * 3600 - 60 : 24 * 3600);
     }
   });
 
