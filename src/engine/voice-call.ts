@@ -141,7 +141,7 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
             try {
               media = session.accept(sdp ?? '');
             } catch (err) {
-              p.logger.warn({ err: (err as Error).message }, 'unusable SDP answer; hanging up');
+              p.logger.warn({ call_id: call?.callId, err: (err as Error).message }, 'unusable SDP answer; hanging up');
               void call
                 ?.hangup()
                 .catch(() => undefined)

@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { parse, write, type MediaDescription, type SessionDescription } from 'sdp-transform';
 import { AppError } from '../errors/app-error.js';
 import { G711_PAYLOAD_TYPE, type G711Codec } from './g711.js';
@@ -88,13 +89,41 @@ function codecOf(m: MediaDescription, pt: number): string | undefined {
   return name;
 }
 
+/** What our RTP sender can send to: plain RTP (RTP/AVP, what we offer), over IPv4 or IPv6 as its socket is bound. */
+export interface MediaReach {
+  /** The address family of our RTP socket (media.rtp.bindHost): 4 or 6. */
+  family: 4 | 6;
+}
+
+/** An address that means "send nothing" (RFC 2543 hold, RFC 3264 8.4): 0.0.0.0 or the unspecified IPv6 address. */
+function isHoldAddress(address: string): boolean {
+  return address === '0.0.0.0' || (isIP(address) === 6 && /^[0:]+$/.test(address));
+}
+
+/**
+ * Why our sender cannot send to an m= line's stream, or undefined: a transport other than plain RTP (RTP/SAVP is
+ * SRTP, which we neither offer nor speak: the far end would hear noise), or an address of the other IP family than
+ * our socket's (an IPv4 socket cannot reach ::1).
+ */
+function unreachable(m: MediaDescription, session: SessionDescription, reach: MediaReach | undefined): string | undefined {
+  if (m.protocol.toUpperCase() !== 'RTP/AVP') return `its audio is ${m.protocol}, and we send plain RTP (RTP/AVP) only`;
+  const version = m.connection?.version ?? session.connection?.version;
+  if (reach !== undefined && version !== undefined && Number(version) !== reach.family) {
+    return `its media address is IPv${version} and our RTP socket is IPv${reach.family} (media.rtp.bindHost)`;
+  }
+  return undefined;
+}
+
 /**
  * Reads the SDP answer: the first audio m= line with a non-zero port, its
  * connection address (media-level c= overrides session-level, RFC 4566 5.7),
  * and the first payload of ours it lists (RFC 3264 6.1: the answerer's order
- * is its preference). Throws MediaError when nothing usable is there.
+ * is its preference). Throws MediaError when nothing usable is there, and when
+ * the announcement could not reach the far end: an answer that takes no audio
+ * (a=sendonly or a=inactive, c=0.0.0.0), one in SRTP (RTP/SAVP), one whose
+ * address our socket cannot send to (`reach`).
  */
-export function parseAnswer(sdp: string): NegotiatedMedia {
+export function parseAnswer(sdp: string, reach?: MediaReach): NegotiatedMedia {
   let session: SessionDescription;
   try {
     session = parse(sdp);
@@ -105,6 +134,13 @@ export function parseAnswer(sdp: string): NegotiatedMedia {
   if (!audio) throw new MediaError('SDP answer has no active audio stream');
   const address = audio.connection?.ip ?? session.connection?.ip;
   if (!address) throw new MediaError('SDP answer has no connection address');
+  const why = unreachable(audio, session, reach);
+  if (why) throw new MediaError(`SDP answer cannot be sent to: ${why}`);
+  const answered = audio.direction ?? session.direction ?? 'sendrecv';
+  if (answered === 'sendonly' || answered === 'inactive') {
+    throw new MediaError(`SDP answer is a=${answered}: the far end takes no audio, so the code cannot be read to it`);
+  }
+  if (isHoldAddress(address)) throw new MediaError(`SDP answer's address is ${address} (send nothing): the code cannot be read to it`);
   const payloads = payloadsOf(audio);
   let chosen: { codec: G711Codec; pt: number } | undefined;
   let telephoneEventPt: number | undefined;
@@ -117,14 +153,13 @@ export function parseAnswer(sdp: string): NegotiatedMedia {
     if (!chosen && (name === 'PCMU' || name === 'PCMA')) chosen = { codec: name, pt };
   }
   if (!chosen) throw new MediaError(`SDP answer offers no codec we sent (payloads: ${payloads.join(' ') || 'none'})`);
-  const direction = audio.direction ?? session.direction ?? 'sendrecv';
   return {
     codec: chosen.codec,
     payloadType: chosen.pt,
     address,
     port: audio.port,
     ...(telephoneEventPt !== undefined ? { telephoneEventPt } : {}),
-    sendAllowed: direction === 'sendrecv' || direction === 'recvonly',
+    sendAllowed: true,
   };
 }
 
@@ -152,7 +187,7 @@ export interface ReofferParams {
  * complements the offer's; a sendonly or inactive offer, or a connection address of 0.0.0.0 (RFC 2543 hold), lets
  * us send nothing. Throws MediaError when no audio stream of the offer takes `codec` (the call keeps its media: 488).
  */
-export function answerReoffer(offerSdp: string, p: ReofferParams): { media: NegotiatedMedia; answer: string } {
+export function answerReoffer(offerSdp: string, p: ReofferParams, reach?: MediaReach): { media: NegotiatedMedia; answer: string } {
   let offer: SessionDescription;
   try {
     offer = parse(offerSdp);
@@ -160,13 +195,17 @@ export function answerReoffer(offerSdp: string, p: ReofferParams): { media: Nego
     throw new MediaError(`unparsable SDP offer: ${(err as Error).message}`);
   }
   let chosen: { index: number; pt: number; te: number | undefined } | undefined;
+  let why: string | undefined;
   offer.media.forEach((m, index) => {
     if (chosen || m.type !== 'audio' || m.port === 0) return;
     const pts = payloadsOf(m);
     const pt = pts.find((x) => codecOf(m, x) === p.codec);
-    if (pt !== undefined) chosen = { index, pt, te: pts.find((x) => codecOf(m, x) === 'TELEPHONE-EVENT') };
+    if (pt === undefined) return;
+    const cannot = unreachable(m, offer, reach);
+    if (cannot === undefined) chosen = { index, pt, te: pts.find((x) => codecOf(m, x) === 'TELEPHONE-EVENT') };
+    else why ??= cannot;
   });
-  if (!chosen) throw new MediaError(`SDP offer has no active audio stream with ${p.codec}, the codec the call plays in`);
+  if (!chosen) throw new MediaError(why ? `SDP offer cannot be taken: ${why}` : `SDP offer has no active audio stream with ${p.codec}, the codec the call plays in`);
   const { index, pt, te } = chosen;
   const audio = offer.media[index]!;
   const address = audio.connection?.ip ?? offer.connection?.ip;
@@ -193,7 +232,7 @@ export function answerReoffer(offerSdp: string, p: ReofferParams): { media: Nego
       } as MediaDescription;
     }),
   };
-  const hold = address === '0.0.0.0' || address === '::';
+  const hold = isHoldAddress(address);
   return {
     media: {
       codec: p.codec,

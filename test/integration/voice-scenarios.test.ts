@@ -39,7 +39,7 @@ interface Run {
 
 async function voiceCall(
   scenario: string,
-  opts: { codec?: G711Codec; phone?: string; locale?: string; vars?: Record<string, number>; answers?: boolean; deadPrimary?: number; rel100?: 'supported' | 'required' } = {},
+  opts: { codec?: G711Codec; phone?: string; locale?: string; vars?: Record<string, string | number>; answers?: boolean; deadPrimary?: number; rel100?: 'supported' | 'required' } = {},
 ): Promise<Run> {
   rtp = await startRtpReceiver();
   const codec = opts.codec ?? 'PCMU';
@@ -140,6 +140,28 @@ describe('voice OTP against SIPp', () => {
     expect(wordsHeard('PCMU', 'en')).toEqual(['intro', ...run.code, 'again', ...run.code]);
     const check = await http(`${engine!.url}/v1/verify/check`, { auth: run.auth, body: { request_id: run.id, code: run.code } });
     expect(check.body.status).toBe('verified');
+  }, 45_000);
+
+  it.each([
+    ['a=inactive', { rtp_dir: 'inactive' }, /a=inactive: the far end takes no audio/],
+    ['a=sendonly', { rtp_dir: 'sendonly' }, /a=sendonly: the far end takes no audio/],
+    ['c=0.0.0.0', { rtp_ip: '0.0.0.0' }, /address is 0\.0\.0\.0/],
+    ['RTP/SAVP (SRTP)', { rtp_proto: 'RTP/SAVP' }, /RTP\/SAVP, and we send plain RTP/],
+    ['an IPv6 address to our IPv4 RTP socket', { rtp_ipver: 6, rtp_ip: '::1' }, /IPv6 and our RTP socket is IPv4/],
+  ])('answered with %s: nothing could be heard, so BYE at once, media_failed, failed (not delivered)', async (_name, vars, why) => {
+    const t0 = Date.now();
+    const run = await voiceCall('uas-voice-answer', { vars });
+    expect(run.record.outcome).toBe('media_failed');
+    expect(run.status).toBe('failed');
+    expect(run.events.map((e) => e.status)).toEqual(['sent', 'failed']);
+    expect(JSON.parse(run.events[1]!.detail!)).toMatchObject({ reason: 'media_failed' });
+    // The log says why, with the call id.
+    expect(engine!.logs.find((l) => why.test(l))).toMatch(/"call_id":"[^"]+".*"msg":"unusable SDP answer; hanging up"/);
+    expect((await uas!.waitForExit(10_000)).code).toBe(0);
+    expect(uas!.requests().map((m) => m.method)).toEqual(['INVITE', 'ACK', 'BYE']);
+    // Well before an announcement would have ended (about 10 s).
+    expect(Date.now() - t0).toBeLessThan(8000);
+    expect(rtp!.packets).toHaveLength(0);
   }, 45_000);
 
   it('route advance: the first trunk unreachable, the call is placed again on the second and the code is read there', async () => {

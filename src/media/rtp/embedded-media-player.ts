@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { encode, silenceCode, type G711Codec } from '../g711.js';
 import type { Announcement, MediaPlayer, MediaSession, PlayResult } from '../media-player.js';
 import { PromptLibrary, SAMPLE_RATE } from '../prompts.js';
-import { answerReoffer, buildOffer, MediaError, parseAnswer, type NegotiatedMedia } from '../sdp.js';
+import { answerReoffer, buildOffer, MediaError, parseAnswer, type MediaReach, type NegotiatedMedia } from '../sdp.js';
 import { nothingPlayed, type FromWorker, type RtpWorkerData, type ToWorker } from './rtp-worker-protocol.js';
 
 /** 20 ms of 8 kHz audio: one packet (RFC 3551 4.5: G.711 default packetization). */
@@ -96,10 +96,16 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
     this.prompts = opts.prompts ?? new PromptLibrary();
   }
 
-  /** The worker, started on first use; it keeps the process alive only while sessions are open. */
+  /**
+   * The worker, started on first use; it keeps the process alive only while sessions are open. One that failed (its
+   * calls then ended `media_failed`) is started again for the next call, not left failed until a restart.
+   */
   private rtpWorker(): Worker {
-    if (this.workerFailure) throw new MediaError(`RTP worker failed: ${this.workerFailure}`);
     if (this.worker) return this.worker;
+    if (this.workerFailure !== undefined) {
+      this.opts.logger?.warn({ err: this.workerFailure }, 'starting the RTP thread again after it failed');
+      this.workerFailure = undefined;
+    }
     this.wake = new Int32Array(new SharedArrayBuffer(4));
     const worker = startRtpWorker({
       wake: this.wake.buffer as SharedArrayBuffer,
@@ -132,6 +138,7 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
       if (this.worker !== worker) return;
       this.worker = undefined;
       this.workerFailure = reason;
+      this.opts.logger?.error({ err: reason, sessions: this.handlers.size }, 'RTP thread failed: its calls end media_failed; the next call starts it again');
       // Every pending open/play/close settles: nothing will answer them any more.
       for (const h of [...this.handlers.values()]) {
         h.openFailed(reason);
@@ -223,8 +230,10 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
         openFailed: (message) => reject(new MediaError(message)),
         ended: (m) => onEnded?.(m),
         closed: () => onClosed?.(),
-        // ICMP port unreachable and the like surface here; a lost packet is no reason to stop.
-        socketError: (message) => logger.debug({ err: message }, 'RTP socket error'),
+        // ICMP port unreachable and the like surface here; a lost packet is no reason to stop. A far end the socket
+        // cannot send to at all (its connect failed, a send threw) ends the playback: said at warn.
+        socketError: (message) =>
+          /^(cannot send RTP|RTP send failed)/.test(message) ? logger.warn({ err: message }, 'RTP cannot reach the far end') : logger.debug({ err: message }, 'RTP socket error'),
       });
       this.post({ t: 'open', id });
     }).catch((err: unknown) => {
@@ -235,6 +244,8 @@ export class EmbeddedMediaPlayer implements MediaPlayer {
     const session: EmbeddedMediaSession = new EmbeddedMediaSession({
       offer: buildOffer({ host: this.opts.advertisedHost, port, sessionId }),
       local: { host: this.opts.advertisedHost, port, sessionId },
+      // The socket's family (port-pool.ts binds udp6 for an IPv6 bindHost): an answer at the other family's address is refused.
+      reach: { family: this.opts.bindHost.includes(':') ? 6 : 4 },
       retarget: (m) => this.post(m),
       encoded: (a, codec) => this.encode(a, codec),
       logger,
@@ -321,6 +332,8 @@ class EmbeddedMediaSession implements MediaSession {
       offer: string;
       /** Our side of the SDP: the o= line's session id (version 1 is the offer's), the media address and port. */
       local: { host: string; port: number; sessionId: number };
+      /** What our RTP socket can send to (sdp.ts MediaReach). */
+      reach: MediaReach;
       retarget(m: Extract<ToWorker, { t: 'retarget' }>): void;
       /** The announcement in `codec`, padded with silence to whole packets (a fresh buffer: it is transferred). */
       encoded(announcement: Announcement, codec: G711Codec): Uint8Array;
@@ -336,7 +349,7 @@ class EmbeddedMediaSession implements MediaSession {
   }
 
   accept(answerSdp: string): NegotiatedMedia {
-    this.remote = parseAnswer(answerSdp);
+    this.remote = parseAnswer(answerSdp, this.p.reach);
     return this.remote;
   }
 
@@ -347,7 +360,7 @@ class EmbeddedMediaSession implements MediaSession {
   reoffer(offerSdp: string): string {
     const remote = this.remote;
     if (!remote) throw new MediaError('a new offer before the call was answered');
-    const build = (version: number) => answerReoffer(offerSdp, { ...this.p.local, sessionVersion: version, codec: remote.codec });
+    const build = (version: number) => answerReoffer(offerSdp, { ...this.p.local, sessionVersion: version, codec: remote.codec }, this.p.reach);
     let { media, answer } = build(this.sdpVersion);
     // RFC 3264 8: the version goes up when what we send changes, and only then (a refresh keeps it).
     const body = answer.replace(/^o=.*$/m, '');
@@ -367,10 +380,8 @@ class EmbeddedMediaSession implements MediaSession {
     const remote = this.remote;
     if (!remote) throw new MediaError('play() before the SDP answer was accepted');
     if (this.stopped || this.closing) return { completed: false, packets: 0 };
-    if (!remote.sendAllowed) {
-      this.p.logger.warn('far end answered a=sendonly/inactive: no audio sent');
-      return { completed: false, packets: 0 };
-    }
+    // A hold taken from a re-INVITE before this (remote.sendAllowed false) holds the stream in the worker from its
+    // start, as one during it: the announcement's time goes on, its packets are not sent until the call resumes.
     if (this.playing) throw new MediaError('play() while already playing');
     this.playing = true;
     try {

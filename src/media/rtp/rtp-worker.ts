@@ -236,8 +236,14 @@ function sendDue(): number {
       st.next = upTo;
     } else if (st.dropped > 0) renumber(st);
     for (; st.next < upTo; st.next++) {
-      // Connected socket: no address lookup per packet; the view is the only allocation.
-      s.socket.send(st.packets, st.next * PACKET_BYTES, PACKET_BYTES);
+      // Connected socket: no address lookup per packet; the view is the only allocation. A send that throws (the
+      // socket not connected after all) ends this stream, never the thread and every other call's stream with it.
+      try {
+        s.socket.send(st.packets, st.next * PACKET_BYTES, PACKET_BYTES);
+      } catch (err) {
+        post({ t: 'socketError', id, message: `RTP send failed: ${(err as Error).message}` });
+        break;
+      }
       const due = dueTime(st.start, PTIME_MS, st.next);
       const lateMs = now - due;
       st.sent++;
@@ -250,6 +256,7 @@ function sendDue(): number {
       if (lateMs > st.maxLate) st.maxLate = lateMs;
     }
     if (st.next >= st.count) end(id, s, true);
+    else if (st.next < upTo) end(id, s, false); // a send threw
     else soonest = Math.min(soonest, dueTime(st.start, PTIME_MS, st.next));
   }
   return soonest;
@@ -311,10 +318,17 @@ function play(m: Extract<ToWorker, { t: 'play' }>): void {
   } catch {
     // not connected yet
   }
-  // A far end we cannot connect to (bad address, wrong family) ends the playback instead of leaving it pending.
-  const failed = (): void => notPlayed(m.id);
+  // A far end we cannot connect to (bad address, wrong family, a name that does not resolve) ends the playback
+  // instead of leaving it pending. Node gives a failed connect's error to its callback, not as an 'error' event: a
+  // stream started on the unconnected socket would throw at its first send and take the thread with every call on it.
+  const failed = (err: Error): void => {
+    s.socket.off('error', failed);
+    post({ t: 'socketError', id: m.id, message: `cannot send RTP to ${m.address}:${m.port}: ${err.message}` });
+    notPlayed(m.id);
+  };
   s.socket.once('error', failed);
-  s.socket.connect(m.port, m.address, () => {
+  s.socket.connect(m.port, m.address, (err?: Error) => {
+    if (err) return failed(err);
     s.socket.off('error', failed);
     start();
   });
@@ -360,12 +374,15 @@ function retarget(m: Extract<ToWorker, { t: 'retarget' }>): void {
   }
   // An address we cannot connect to: nothing more is sent (as on hold); the call's BYE ends it.
   const failed = (err: Error): void => {
+    s.socket.off('error', failed);
     s.moving = false;
     s.held = true;
     post({ t: 'socketError', id: m.id, message: `cannot send RTP to ${m.address}:${m.port}: ${err.message}` });
   };
   s.socket.once('error', failed);
-  s.socket.connect(m.port, m.address, () => {
+  // As in play(): a failed connect reports to this callback.
+  s.socket.connect(m.port, m.address, (err?: Error) => {
+    if (err) return failed(err);
     s.socket.off('error', failed);
     s.moving = false;
   });

@@ -32,9 +32,17 @@ describe('SDP answer', () => {
     expect(n).toMatchObject({ codec: 'PCMU', payloadType: 0, address: '203.0.113.5', port: 40002 });
   });
 
-  it('does not send to an answer that is sendonly or inactive', () => {
-    expect(parseAnswer(answer('m=audio 40000 RTP/AVP 0', 'a=sendonly')).sendAllowed).toBe(false);
-    expect(parseAnswer(answer('m=audio 40000 RTP/AVP 0', 'a=recvonly')).sendAllowed).toBe(true);
+  it('refuses an answer the announcement could not reach: sendonly or inactive, c=0.0.0.0, SRTP, the other IP family than our socket', () => {
+    expect(() => parseAnswer(answer('m=audio 40000 RTP/AVP 0', 'a=sendonly'))).toThrow(/a=sendonly: the far end takes no audio/);
+    expect(() => parseAnswer(answer('m=audio 40000 RTP/AVP 0', 'a=inactive'))).toThrow(/a=inactive/);
+    expect(() => parseAnswer(answer('m=audio 40000 RTP/AVP 0', '', 'c=IN IP4 0.0.0.0'))).toThrow(/address is 0\.0\.0\.0/);
+    expect(() => parseAnswer(answer('m=audio 40000 RTP/AVP 0', '', 'c=IN IP6 ::'))).toThrow(/address is ::/);
+    expect(() => parseAnswer(answer('m=audio 40000 RTP/SAVP 0', 'a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz'))).toThrow(/RTP\/SAVP, and we send plain RTP/);
+    expect(() => parseAnswer(answer('m=audio 40000 RTP/AVP 0', '', 'c=IN IP6 ::1'), { family: 4 })).toThrow(/IPv6 and our RTP socket is IPv4/);
+    expect(() => parseAnswer(answer('m=audio 40000 RTP/AVP 0'), { family: 6 })).toThrow(/IPv4 and our RTP socket is IPv6/);
+    // They receive only, or both: we may send.
+    expect(parseAnswer(answer('m=audio 40000 RTP/AVP 0', 'a=recvonly'), { family: 4 }).sendAllowed).toBe(true);
+    expect(parseAnswer(answer('m=audio 40000 RTP/AVP 0', '', 'c=IN IP6 2001:db8::7'), { family: 6 }).address).toBe('2001:db8::7');
   });
 
   it('rejects answers with no common codec, a rejected stream or no address', () => {
@@ -74,6 +82,13 @@ describe('SDP re-offer (a re-INVITE in an established call, RFC 3264 8)', () => 
     const { answer, media } = answerReoffer(offer('m=video 5000 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 41000 RTP/AVP 0\r\n'), local);
     expect(answer.match(/^m=.*$/gm)).toEqual(['m=video 0 RTP/AVP 96', 'm=audio 30000 RTP/AVP 0']);
     expect(media.port).toBe(41000);
+  });
+
+  it('an SRTP stream, or one at an address of the other family than our socket: MediaError (488), naming why', () => {
+    expect(() => answerReoffer(offer('m=audio 41000 RTP/SAVP 0\r\n'), local)).toThrow(/cannot be taken: its audio is RTP\/SAVP/);
+    expect(() => answerReoffer(offer('m=audio 41000 RTP/AVP 0\r\n').replace('c=IN IP4 192.0.2.9', 'c=IN IP6 ::1'), local, { family: 4 })).toThrow(/IPv6 and our RTP socket is IPv4/);
+    // A plain stream after an SRTP one is taken.
+    expect(answerReoffer(offer('m=audio 41000 RTP/SAVP 0\r\nm=audio 41002 RTP/AVP 0\r\n'), local, { family: 4 }).media.port).toBe(41002);
   });
 
   it('no stream with the codec the call plays in (a stream cannot change codec mid-announcement): MediaError', () => {

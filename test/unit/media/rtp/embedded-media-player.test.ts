@@ -87,6 +87,39 @@ describe('EmbeddedMediaPlayer (RTP worker thread)', () => {
     expect(await session.play({ language: 'en', items: [{ silenceMs: 100 }] })).toEqual({ completed: false, packets: 0 });
   });
 
+  it('a far end it cannot connect to (a host name that does not resolve, in the answer or in a re-INVITE) ends that playback or holds that stream; the thread and the other calls play on', async () => {
+    rtp = await startRtpReceiver();
+    const lines: string[] = [];
+    player = new EmbeddedMediaPlayer({ bindHost: '127.0.0.1', advertisedHost: '127.0.0.1', portMin: 43500, portMax: 43599 });
+    const log = pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) });
+    // Another call playing meanwhile, to the receiver.
+    const other = await player.createSession(logger);
+    other.accept(answer(rtp.port));
+    const otherPlaying = other.play({ language: 'en', items: [{ silenceMs: 1500 }] });
+    // c= a host name (RFC 4566 allows one) that does not resolve: dgram's connect fails, to its callback.
+    const lost = await player.createSession(log);
+    lost.accept(answer(rtp.port).replace('c=IN IP4 127.0.0.1', 'c=IN IP4 no-such-host.invalid'));
+    expect(await lost.play({ language: 'en', items: [{ silenceMs: 500 }] })).toEqual({ completed: false, packets: 0 });
+    expect(lines.join('')).toMatch(/"err":"cannot send RTP to no-such-host\.invalid:\d+: .*"msg":"RTP cannot reach the far end"/);
+    await lost.close();
+    // A re-INVITE moving a playing stream to a name that does not resolve: the stream holds, nothing thrown.
+    const moved = await player.createSession(log);
+    moved.accept(answer(rtp.port));
+    const movedPlaying = moved.play({ language: 'en', items: [{ silenceMs: 600 }] });
+    await sleep(100);
+    moved.reoffer!(answer(rtp.port + 2).replace('c=IN IP4 127.0.0.1', 'c=IN IP4 no-such-host.invalid'));
+    expect((await movedPlaying).completed).toBe(true);
+    await moved.close();
+    // The thread lived through both: the other call played to its end, and a new one plays.
+    const otherResult = await otherPlaying;
+    expect(otherResult).toMatchObject({ completed: true, packets: 75 });
+    const next = await player.createSession(logger);
+    next.accept(answer(rtp.port));
+    expect(await next.play({ language: 'en', items: [{ silenceMs: 100 }] })).toMatchObject({ completed: true, packets: 5 });
+    await other.close();
+    await next.close();
+  });
+
   it('reserves ports in the worker: a full range is a MediaError, a closed session frees its port', async () => {
     player = new EmbeddedMediaPlayer({ bindHost: '127.0.0.1', advertisedHost: '127.0.0.1', portMin: 43200, portMax: 43201 });
     const first = await player.createSession(logger);
