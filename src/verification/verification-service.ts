@@ -8,6 +8,7 @@ import { Sealer } from '../crypto/sealer.js';
 import type { Keys } from '../store/keys.js';
 import { BatchedZrem } from '../store/batched-zrem.js';
 import { scripts } from '../store/scripts.js';
+import { EventPublisher } from '../events/event-publisher.js';
 import { webhookOrderLife } from '../events/webhook-queue.js';
 import { CONVERSION_TTL_MS } from '../numbers/range-health.js';
 import { generateCode } from './codes.js';
@@ -255,6 +256,16 @@ export class VerificationService {
       log.info({ method, test_number: true }, 'verification created for a test number; not sent');
       return created(requestId, dest.e164, method, storedLength, 0, account.currency, expiresAt);
     }
+    const createdBody = (): CreatedBody => ({
+      request_id: requestId,
+      phone_number: dest.e164,
+      method,
+      status: 'sent',
+      code_length: codeLength,
+      cost: { amount: fromMicro(cost), currency: account.currency },
+      expires_at: isoSeconds(expiresAt),
+      ...(steps ? { workflow: stepsBody(steps) } : {}),
+    });
     try {
       await this.queue.enqueue(method, requestId);
     } catch (err) {
@@ -276,8 +287,21 @@ export class VerificationService {
           () => true,
           () => false,
         );
-      log.error({ err, refunded }, refunded ? 'enqueue failed; verification failed and refunded' : 'enqueue failed; the reconciler will queue it');
-      throw new ApiError('service_unavailable', refunded ? 'could not queue the verification; it was not charged' : undefined);
+      if (refunded) {
+        log.error({ err, refunded }, 'enqueue failed; verification failed and refunded');
+        // Its `sent` event is in the stream (a webhook may have carried it): the end goes there too, so that webhooks
+        // and stream readers see the request end rather than stay `sent`. The status consumer finds it failed already.
+        await new EventPublisher(this.redis, this.keys, this.config.events.maxLen)
+          .publish({ request_id: requestId, account_id: account.account_id, method, status: 'failed', detail: { reason: 'enqueue_failed' } })
+          .catch((e: Error) => log.warn({ err: e.message }, 'could not write the failed event of a verification not queued'));
+        throw new ApiError('service_unavailable', 'could not queue the verification; it was not charged');
+      }
+      // Created and charged, and neither queued nor failed: its enqueue intent stays, so the reconciler queues it
+      // (worker.requeueAfterMs). It exists and will be sent: a 503 would have the client send another (and be
+      // charged twice) for a request that goes ahead all the same.
+      log.error({ err }, 'enqueue failed; the reconciler will queue it');
+      fraud?.trackSent(dest.country, method);
+      return createdBody();
     }
     // Handed over. The intent is cleared with those of concurrent requests, in one ZREM, and the 201 does not wait
     // for it: if it fails or this process dies first, the reconciler finds the request queued (job id = request id,
@@ -285,16 +309,7 @@ export class VerificationService {
     if (!timerMissing) this.intents.remove(requestId).catch((err: Error) => log.warn({ err: err.message }, 'could not clear the enqueue intent; the reconciler will'));
     fraud?.trackSent(dest.country, method);
     log.info({ method, country: dest.country, code_length: codeLength }, 'verification created');
-    return {
-      request_id: requestId,
-      phone_number: dest.e164,
-      method,
-      status: 'sent',
-      code_length: codeLength,
-      cost: { amount: fromMicro(cost), currency: account.currency },
-      expires_at: isoSeconds(expiresAt),
-      ...(steps ? { workflow: stepsBody(steps) } : {}),
-    };
+    return createdBody();
   }
 
   async check(account: Account, input: { request_id?: unknown; code?: unknown }): Promise<CheckResult> {
