@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
@@ -54,7 +55,8 @@ export class EventPublisher {
     const [written, id] = (await scripts.recordAttemptEvent.run(
       this.redis,
       [this.keys.verification(e.request_id), this.stream, this.orderKey(e.request_id)],
-      [e.step === undefined ? '' : String(e.step), flat.length, ...flat, ...this.streamArgs(e)],
+      // The token makes the write once only, even when the script runs again (recordAttemptEvent-3).
+      [randomBytes(6).toString('base64url'), e.step === undefined ? '' : String(e.step), flat.length, ...flat, ...this.streamArgs(e)],
     )) as [number, string];
     return { id, fieldsWritten: written === 1 };
   }

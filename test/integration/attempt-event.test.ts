@@ -44,6 +44,32 @@ describe('EventPublisher.write (real Redis)', () => {
     expect(JSON.parse(e!.detail!)).toEqual({ sip_status: 180, call_id: 'c-1', trunk: 't', range: '4470' });
   });
 
+  it('written once when the script runs twice (ioredis sends it again after a reconnect lost its reply): one entry, one id, one order member', async () => {
+    const key = keys.verification('r9');
+    await redis.hset(key, { account_id: 'acct-1', status: 'sent', whq_until: String(Date.now() + 60_000) });
+    // The script's reply lost and the very same command sent again, as ioredis does with autoResendUnfulfilledCommands.
+    const resent = new Proxy(redis, {
+      get(target, prop, receiver) {
+        if (prop === 'evalsha') {
+          return async (...args: unknown[]) => {
+            await (target.evalsha as (...a: unknown[]) => Promise<unknown>)(...args);
+            return (target.evalsha as (...a: unknown[]) => Promise<unknown>)(...args);
+          };
+        }
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+    const { id } = await new EventPublisher(resent, keys, 10_000).write(delivered('r9'), { rang_at: '7' });
+    const entries = (await redis.xrange(keys.events(), '-', '+')).filter(([, f]) => f.includes('r9'));
+    expect(entries.map(([entryId]) => entryId)).toEqual([id]);
+    expect(await redis.zrange(keys.webhookOrder('r9'), 0, -1)).toEqual([orderMember(id)]);
+    expect(await redis.hget(key, 'rang_at')).toBe('7');
+    // The next event of the request is written as usual.
+    await publisher.write(delivered('r9'));
+    expect((await eventsFor('r9')).length).toBe(2);
+  });
+
   it('a call of a workflow step that is over: the event is written, the next step\'s fields are left alone', async () => {
     const key = keys.verification('r2');
     await redis.hset(key, { account_id: 'acct-1', wf_step: '1', wf_steps: '2' });

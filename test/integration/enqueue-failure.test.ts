@@ -47,7 +47,7 @@ describe('create: the enqueue fails', () => {
     const events = (await readEvents(t.redis, t.keys)).filter((e) => e.account_id === account.account_id);
     expect(events.map((e) => e.status)).toEqual(['sent', 'failed']);
     expect(JSON.parse(events[1]!.detail!)).toMatchObject({ reason: 'enqueue_failed' });
-    const id = events[0]!.request_id;
+    const id = events[0]!.request_id!;
     expect(await t.redis.hmget(t.keys.verification(id), 'status', 'failure_reason')).toEqual(['failed', 'enqueue_failed']);
     expect(await t.redis.zscore(t.keys.unqueued(), id)).toBeNull();
   });
