@@ -65,8 +65,7 @@ function parseMap(text: string | undefined, value: (v: string) => string | numbe
   return out;
 }
 
-const { values: args } = parseArgs({
-  options: {
+const OPTIONS = {
     host: { type: 'string', default: '127.0.0.1' },
     port: { type: 'string', default: '0' },
     'control-port': { type: 'string', default: '0' },
@@ -96,9 +95,16 @@ const { values: args } = parseArgs({
     quiet: { type: 'boolean' },
     'max-lifetime-ms': { type: 'string', default: '600000' },
     standalone: { type: 'boolean', default: false },
-  },
-  strict: true,
-});
+    help: { type: 'boolean', short: 'h', default: false },
+} as const;
+const { values: args } = parseArgs({ options: OPTIONS, strict: true });
+
+if (args.help) {
+  // What each switch does: smsc-test/README.md, "Settings".
+  const flags = Object.entries(OPTIONS).map(([name, o]) => `--${name}${o.type === 'string' ? ' V' : ''}`);
+  process.stdout.write(`test SMSC (see smsc-test/README.md, "Settings"): node --import tsx smsc-test/server.ts ${flags.map((f) => `[${f}]`).join(' ')}\n`);
+  process.exit(0);
+}
 
 const num = (v: string | undefined, d: number): number => (v === undefined ? d : Number(v));
 const settings: SmscSettings = {

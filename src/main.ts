@@ -941,8 +941,12 @@ if (isMain()) {
     (code) => process.exit(code),
     (err: unknown) => {
       if (err instanceof ConfigError) process.stderr.write(`flashverify: ${err.message}\n`);
-      else if (err instanceof AppError) process.stderr.write(`flashverify: ${err.message}\n`);
-      else if (err instanceof Error && 'code' in err && err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+      else if (err instanceof AppError) {
+        process.stderr.write(`flashverify: ${err.message}\n`);
+        // A command line that is wrong (missing argument, unknown subcommand, a bad value): 2, as for an unknown option.
+        if (err.code === 'usage' || err.code === 'invalid_amount') return process.exit(2);
+      } else if (err instanceof Error && 'code' in err && typeof err.code === 'string' && err.code.startsWith('ERR_PARSE_ARGS_')) {
+        // An unknown option, a value that looks like an option (--balance -1: give --balance=-1), a stray argument.
         process.stderr.write(`flashverify: ${err.message}\n\n${USAGE}\n`);
         return process.exit(2);
       } else if (err instanceof Error && isRedisUnavailable(err)) {

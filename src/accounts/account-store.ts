@@ -11,6 +11,14 @@ import { authCache } from './auth-cache.js';
 import { fromMicro, toMicro, type Currency } from './money.js';
 
 /** Upper bound of a per-account rate limit (requests per second), far above what one Redis counter key should take. */
+
+/**
+ * The largest balance an account may hold, in its currency: its micro-units (money.ts) stay integers that a JS number
+ * holds exactly (2^53 is about 9e15 micro-units) and that HINCRBY takes; a larger one was stored as "1e+21" and broke
+ * every later top-up.
+ */
+export const MAX_BALANCE = 1_000_000_000;
+
 export const MAX_RATE_LIMIT = 100_000;
 
 export type AccountStatus = 'pending' | 'active' | 'suspended';
@@ -58,6 +66,8 @@ export class AccountStore {
   ) {}
 
   async create(input: { name: string; balance?: number; currency: Currency; active?: boolean }): Promise<CreatedAccount> {
+    const balance = input.balance ?? 0;
+    if (!(balance >= 0 && balance <= MAX_BALANCE)) throw new AppError('invalid_amount', `the balance must be a number from 0 to ${MAX_BALANCE}`);
     const id = randomUUID();
     const apiKey = randomBytes(16).toString('hex');
     const secret = randomBytes(32).toString('hex');
@@ -70,7 +80,7 @@ export class AccountStore {
         name: input.name,
         status,
         currency: input.currency,
-        balance: String(toMicro(input.balance ?? 0)),
+        balance: String(toMicro(balance)),
         api_key: apiKey,
         secret_mac: this.secretMac(apiKey, secret),
         secret_enc: this.sealer.seal(secret, `secret:${id}`),
@@ -145,9 +155,13 @@ export class AccountStore {
   }
 
   async topUp(id: string, amount: number): Promise<Account> {
-    if (!(amount > 0)) throw new AppError('invalid_amount', 'top-up amount must be a positive number');
+    if (!(amount > 0 && amount <= MAX_BALANCE)) throw new AppError('invalid_amount', `top-up amount must be a positive number up to ${MAX_BALANCE}`);
     await this.mustExist(id);
-    await this.redis.hincrby(this.keys.account(id), 'balance', toMicro(amount));
+    const after = await this.redis.hincrby(this.keys.account(id), 'balance', toMicro(amount));
+    if (after > toMicro(MAX_BALANCE)) {
+      await this.redis.hincrby(this.keys.account(id), 'balance', -toMicro(amount));
+      throw new AppError('invalid_amount', `the balance would be over ${MAX_BALANCE}`);
+    }
     authCache.forgetAccount(id);
     return this.get(id);
   }

@@ -116,6 +116,27 @@ describe('flashverify CLI', { timeout: 90_000 }, () => {
     expect(rps.stderr).toMatch(/--rps must be a positive whole number/);
   });
 
+  it('a wrong command line exits 2 with a message and no stack; amounts it cannot keep exactly are refused', async () => {
+    // A value that looks like an option.
+    const negative = await flashverify(['account', 'create', '--name', 'x', '--balance', '-1', '--config', config], env);
+    expect(negative.code).toBe(2);
+    expect(negative.stderr).toMatch(/^flashverify: Option '--balance' argument is ambiguous/);
+    expect(negative.stderr).not.toMatch(/\n\s+at /);
+    const minus = await flashverify(['account', 'create', '--name', 'x', '--balance=-1', '--config', config], env);
+    expect([minus.code, minus.stderr]).toEqual([2, 'flashverify: --balance must be a non-negative number\n']);
+    const huge = await flashverify(['account', 'create', '--name', 'x', '--balance', '1e15', '--config', config], env);
+    expect([huge.code, huge.stderr]).toEqual([2, 'flashverify: the balance must be a number from 0 to 1000000000\n']);
+    const created = await flashverify(['account', 'create', '--name', 'rich', '--balance', '999999999', '--active', '--config', config], env);
+    const id = String((JSON.parse(created.stdout) as Record<string, unknown>).account_id);
+    const over = await flashverify(['account', 'topup', id, '--amount', '2', '--config', config], env);
+    expect([over.code, over.stderr]).toEqual([2, 'flashverify: the balance would be over 1000000000\n']);
+    // Left as it was, and still topped up within the bound.
+    const ok = await flashverify(['account', 'topup', id, '--amount', '1', '--config', config], env);
+    expect([ok.code, (JSON.parse(ok.stdout) as Record<string, unknown>).balance]).toEqual([0, 1_000_000_000]);
+    const missing = await flashverify(['account', 'topup', 'nope', '--config', config], env);
+    expect(missing.code).toBe(2);
+  });
+
   it('says its version', async () => {
     const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
     for (const flag of ['--version', '-v']) {
