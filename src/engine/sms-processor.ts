@@ -77,6 +77,13 @@ type Unsent = Extract<SubmitOutcome, { kind: 'retry' | 'failed' }>;
  * overtake the submit_sm_resp, or by number for an unconfirmed submit; a final
  * receipt is recorded and its event written in one atomic step (settleSms-4).
  */
+/**
+ * How long a final receipt whose message id names an already settled verification stays parked under that id: long
+ * enough for the submit_sm_resp of a new message given the same id (an SMSC restarted) to be mapped, short enough
+ * that a receipt merely sent again is not taken for a message that gets the id much later.
+ */
+const REUSED_ID_PARK_S = 60;
+
 export class SmsProcessor {
   constructor(private readonly deps: SmsProcessorDeps) {}
 
@@ -367,7 +374,14 @@ export class SmsProcessor {
       return;
     }
     const { requestId, known } = parseMapped(value);
-    await this.applyReceipt(requestId, stored, known);
+    const result = await this.applyReceipt(requestId, stored, known);
+    if (result === 'duplicate' && final) {
+      // Its message id names a verification already settled. Either the SMSC sent the receipt again, or it gave the
+      // id to a new message (an SMSC restarted with its id counter from the start) whose submit_sm_resp this worker
+      // has not mapped yet: the receipt is parked under its id for a while, so that mapping picks it up for the new
+      // message (mapSmsMessage-5); a receipt sent again is forgotten then. NX: a receipt parked already stays.
+      await redis.set(keys.smsEarlyReceipt(receipt.smsc, receipt.messageId), JSON.stringify({ ...stored, final }), 'EX', REUSED_ID_PARK_S, 'NX');
+    }
   }
 
   /**
@@ -411,7 +425,7 @@ export class SmsProcessor {
    * record is not read here; without it (a receipt settled by a re-run after a crash, one matched by number,
    * a map of an older version) it is.
    */
-  private async applyReceipt(requestId: string, receipt: DeliveryReceipt, known?: Known): Promise<void> {
+  private async applyReceipt(requestId: string, receipt: DeliveryReceipt, known?: Known): Promise<'published' | 'pending' | 'duplicate' | 'gone' | 'other_step' | 'superseded'> {
     const { redis, keys } = this.deps;
     const log = this.deps.logger.child({ request_id: requestId });
     const outcome = receiptOutcome(receipt.state);
@@ -436,12 +450,13 @@ export class SmsProcessor {
     const message: Record<typeof result, string> = {
       published: outcome === 'delivered' ? 'sms delivered' : 'sms not delivered',
       pending: 'intermediate receipt; status unchanged',
-      duplicate: 'final receipt after the outcome was settled (resent, or after the unconfirmed deadline); ignored',
+      duplicate: `final receipt after the outcome was settled (resent, or after the unconfirmed deadline, or its id given again by the SMSC to a new message); parked ${REUSED_ID_PARK_S} s for a new message of that id`,
       gone: 'receipt for a verification that no longer exists',
       other_step: 'receipt of an earlier workflow step; ignored',
       superseded: 'failure receipt of a message sent before a resend; the resent message decides',
     };
     log[result === 'gone' ? 'warn' : 'info'](detail, message[result]);
+    return result;
   }
 
   /** settleSms-4: records `state` (unless '') and writes `event` in one step. */

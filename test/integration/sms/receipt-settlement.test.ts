@@ -158,6 +158,25 @@ describe('receipt settlement', () => {
     }
   });
 
+  it('an SMSC that gives an id again (restarted, its counter from the start): the new message\'s receipt, come before its submit_sm_resp is mapped, goes to the new verification, not the settled one', async () => {
+    const r = await rig();
+    const receipt = { smsc: 'default', messageId: '100000031' };
+    const old = await r.newVerification('+447700900817');
+    await r.processor.handleLateAccept({ requestId: old, to: '+447700900817' }, { kind: 'accepted', rawMessageId: receipt.messageId, ...receipt, bind: 'default#0' });
+    await r.processor.handleReceipt({ ...receipt, state: 'DELIVRD' });
+    expect((await r.events(old)).map((e) => e.status)).toEqual(['delivered']);
+    // The restarted SMSC takes a new message under the same id and sends its receipt before this worker maps the id.
+    const fresh = await r.newVerification('+447700900818');
+    await r.processor.handleReceipt({ ...receipt, state: 'DELIVRD' });
+    expect((await r.events(old)).map((e) => e.status)).toEqual(['delivered']);
+    expect(await t!.redis.ttl(r.keys.smsEarlyReceipt('default', receipt.messageId))).toBeGreaterThan(0);
+    await r.processor.handleLateAccept({ requestId: fresh, to: '+447700900818' }, { kind: 'accepted', rawMessageId: receipt.messageId, ...receipt, bind: 'default#0' });
+    expect((await r.events(fresh)).map((e) => [e.status, JSON.parse(e.detail!).stat])).toEqual([['delivered', 'DELIVRD']]);
+    expect(await t!.redis.hget(t!.keys.verification(fresh), 'sms_receipt')).toBe('DELIVRD');
+    // Taken: not parked any more.
+    expect(await t!.redis.exists(r.keys.smsEarlyReceipt('default', receipt.messageId))).toBe(0);
+  });
+
   it('a parked ENROUTE does not replace a parked DELIVRD: the acceptance then settles delivered', async () => {
     const r = await rig();
     const id = await r.newVerification('+447700900813');
