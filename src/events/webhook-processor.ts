@@ -547,7 +547,15 @@ const RECORD_FIELDS = ['phone_enc', 'status', ...FINAL_STATUSES.map((f) => `at_$
 function contradictsFinal(d: WebhookJobData, status: string | null, finalAt: (string | null)[]): boolean {
   const i = FINAL_STATUSES.indexOf(status as (typeof FINAL_STATUSES)[number]);
   if (i < 0) return false;
-  if ((FINAL_STATUSES as readonly string[]).includes(d.status)) return d.status !== status;
   const at = Number(finalAt[i] ?? 0);
+  if ((FINAL_STATUSES as readonly string[]).includes(d.status)) {
+    if (d.status !== status) return true;
+    // A second `failed` of a request that has failed: the record's at_failed is the time of the event that failed it
+    // (every script that fails a request writes both with one time), and this one came later: a worker that was
+    // stopped past its job's lock (SIGSTOP, a long GC) reporting the call the next worker had already failed
+    // (`interrupted`). Its receiver would get the end twice, under two event ids. Failed is the one final status
+    // more than one writer reports; the others have one each.
+    return d.status === 'failed' && at > 0 && d.timestamp > at;
+  }
   return !at || d.timestamp >= at;
 }

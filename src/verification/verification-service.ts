@@ -269,7 +269,9 @@ export class VerificationService {
     try {
       await this.queue.enqueue(method, requestId);
     } catch (err) {
-      // Not handed to a worker: fail it (with a refund) rather than leave it hanging.
+      // Not handed to a worker: fail it (with a refund) rather than leave it hanging. Its event below carries the same
+      // time as the record's at_failed: a later `failed` of the request is a second report of its end (webhook-processor.ts).
+      const failedAt = Date.now();
       const refunded = await scripts.applyEvent
         .run(
           this.redis,
@@ -280,7 +282,7 @@ export class VerificationService {
             this.keys.conversion(utcDay(now)),
           ],
           // Counted in the conversion `sent` by the create script: the refund takes it out again ('1').
-          ['failed', Date.now(), 'failure_reason\nenqueue_failed', '1', '1'],
+          ['failed', failedAt, 'failure_reason\nenqueue_failed', '1', '1'],
         )
         .then(() => this.redis.zrem(this.keys.unqueued(), requestId))
         .then(
@@ -292,7 +294,7 @@ export class VerificationService {
         // Its `sent` event is in the stream (a webhook may have carried it): the end goes there too, so that webhooks
         // and stream readers see the request end rather than stay `sent`. The status consumer finds it failed already.
         await new EventPublisher(this.redis, this.keys, this.config.events.maxLen)
-          .publish({ request_id: requestId, account_id: account.account_id, method, status: 'failed', detail: { reason: 'enqueue_failed' } })
+          .publish({ request_id: requestId, account_id: account.account_id, method, status: 'failed', timestamp: failedAt, detail: { reason: 'enqueue_failed' } })
           .catch((e: Error) => log.warn({ err: e.message }, 'could not write the failed event of a verification not queued'));
         throw new ApiError('service_unavailable', 'could not queue the verification; it was not charged');
       }
