@@ -111,9 +111,9 @@ export const SCENARIOS = {
   },
   /**
    * sip-test/uas-trying-only.xml: 100 Trying, never an 18x; CANCEL → 487.
-   * Deviation on the drachtio backend: drachtio-server's sofia agent is created without
-   * NTATAG_PASS_100, so a real drachtio-server most likely does not pass this 100 up and the
-   * app sees no response at all (test/fixtures/drachtio/flash-ring-cancel.txt).
+   * drachtio-server's sofia agent is created without NTATAG_PASS_100: the app never sees the 100
+   * (the fake drops it too, test/fixtures/drachtio/flash-ring-cancel.txt), sofia's transaction
+   * does, and sends the app's CANCEL (held until a provisional, nta.c) at once.
    */
   tryingOnly: { name: '100 only', sipp: 'uas-trying-only', invite: [{ status: 100 }], onCancel: { status: 487 } },
   /** sip-test/uas-no-response.xml: a black hole, not even 100 Trying. */

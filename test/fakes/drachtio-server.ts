@@ -42,6 +42,9 @@
  *    responses go up with the txn id and no dialog id (client.cpp sendSipMessageToClient(txnId, msg, meta):
  *    `|<txn id>||`); when nothing answers, sofia-sip's transaction layer does: 408 on Timer F, 503 on a
  *    transport error, both with the request's untagged To.
+ *  - a 100 Trying is not passed up (no NTATAG_PASS_100 in controller.cpp); the app's CANCEL is held until the
+ *    INVITE has had a response below 200, 100 included (nta.c nta_outgoing_tcancel), then sent with the INVITE's
+ *    CSeq number (RFC 3261 9.1);
  *  - the 200 to a CANCEL is not passed up; non-2xx final responses are ACKed
  *    by the server's transaction layer (recorded here as a wire ACK); the ACK
  *    for a 2xx comes from the app (`sip||<dialog id>`).
@@ -264,6 +267,10 @@ interface InviteTxn {
   final: boolean;
   cancelled: boolean;
   timers: NodeJS.Timeout[];
+  /** A response below 200 (100 Trying included) came from the network: sofia sends a CANCEL only after one. */
+  provisional: boolean;
+  /** The app's CANCEL, held until the first provisional response (nta.c nta_outgoing_tcancel: delay_sending). */
+  heldCancel: (() => void) | undefined;
 }
 
 interface DialogState {
@@ -633,6 +640,8 @@ export class FakeDrachtioServer {
       dialogId: `${callId};uac`,
       final: false,
       cancelled: false,
+      provisional: false,
+      heldCancel: undefined,
       timers: [],
     };
     this.txns.set(txnId, txn);
@@ -672,19 +681,26 @@ export class FakeDrachtioServer {
       { name: 'From', value: inv.header('from') ?? '' },
       { name: 'To', value: inv.header('to') ?? '' },
       { name: 'Call-ID', value: inv.header('call-id') ?? '' },
-      { name: 'CSeq', value: '1 CANCEL' },
+      // RFC 3261 9.1: the INVITE's CSeq number (2 after a digest retry), method CANCEL.
+      { name: 'CSeq', value: `${cseqNumber(inv)} CANCEL` },
       ...msg.headers.filter((h) => !['via', 'max-forwards', 'from', 'to', 'call-id', 'cseq', 'content-length'].includes(canonical(h.name))),
     ]);
-    this.record(parseSip(sent), sent, true);
     this.sent(socket, frame.msgId, sent, randomUUID());
-    if (txn.final || txn.cancelled) return;
-    txn.cancelled = true;
-    const onCancel = txn.scenario.onCancel ?? { status: 487 };
-    if (onCancel === 'ignore') return;
-    // The far end stops its scripted responses; it answers the INVITE as the scenario says.
-    for (const t of txn.timers) clearTimeout(t);
-    txn.timers = [];
-    this.playResponses(txn, [onCancel]);
+    const onWire = (): void => {
+      this.record(parseSip(sent), sent, true);
+      if (txn.final || txn.cancelled) return;
+      txn.cancelled = true;
+      const onCancel = txn.scenario.onCancel ?? { status: 487 };
+      if (onCancel === 'ignore') return;
+      // The far end stops its scripted responses; it answers the INVITE as the scenario says.
+      for (const t of txn.timers) clearTimeout(t);
+      txn.timers = [];
+      this.playResponses(txn, [onCancel]);
+    };
+    // nta.c nta_outgoing_tcancel: "CANCEL may be sent only after a provisional response has been received" (RFC 3261
+    // 9.1); sofia holds it and sends it on the first response below 200, a 100 Trying included (outgoing_recv).
+    if (txn.provisional || txn.final) onWire();
+    else txn.heldCancel = onWire;
   }
 
   private inDialogFromApp(socket: Socket, frame: Frame, msg: ParsedSip, dialogId: string): void {
@@ -762,9 +778,18 @@ export class FakeDrachtioServer {
     for (const [name, value] of Object.entries(step.headers ?? {})) headers.push({ name, value });
     if (body !== '') headers.push({ name: 'Content-Type', value: 'application/sdp' });
     const raw = serializeSip(`SIP/2.0 ${status} ${step.reason ?? REASONS[status] ?? 'Unknown'}`, headers, body);
+    if (status < 200) {
+      txn.provisional = true;
+      // drachtio-server's agent is made without NTATAG_PASS_100 (controller.cpp nta_agent_create), so sofia's
+      // outgoing_recv drops a 100 Trying before the app: the app never sees one (sofia's transaction does).
+      if (status !== 100) this.sendFromNetwork(txn.socket, raw, txn.txnId, txn.dialogId);
+      const held = txn.heldCancel;
+      txn.heldCancel = undefined;
+      held?.();
+      return;
+    }
     // Every response to an INVITE carries the dialog id (processResponseOutsideDialog: the IIP's dialog).
     this.sendFromNetwork(txn.socket, raw, txn.txnId, txn.dialogId);
-    if (status < 200) return;
     txn.final = true;
     this.clearTxn(txn.txnId);
     if (status >= 300) {
@@ -775,7 +800,7 @@ export class FakeDrachtioServer {
         { name: 'From', value: inv.header('from') ?? '' },
         { name: 'To', value: `${inv.header('to') ?? ''};tag=${txn.toTag}` },
         { name: 'Call-ID', value: inv.header('call-id') ?? '' },
-        { name: 'CSeq', value: '1 ACK' },
+        { name: 'CSeq', value: `${cseqNumber(inv)} ACK` },
       ]);
       this.record(parseSip(ack), ack, false);
       return;
@@ -883,4 +908,9 @@ export class FakeDrachtioServer {
     }
     this.txns.delete(txnId);
   }
+}
+
+/** The CSeq number of a request (RFC 3261 8.1.1.5): a CANCEL and the ACK of a non-2xx carry the INVITE's. */
+function cseqNumber(m: ParsedSip): string {
+  return /^\s*(\d+)/.exec(m.header('cseq') ?? '')?.[1] ?? '1';
 }

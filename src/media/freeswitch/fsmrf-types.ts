@@ -1,3 +1,4 @@
+import { createServer } from 'node:net';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { MediaError } from '../sdp.js';
@@ -194,14 +195,25 @@ export function connectMediaServer(mrf: MrfInstance, o: ConnectMediaServerOption
         if (settled) return;
         const profileLine = new RegExp(`^\\s*${o.profile}\\s.*sip:mod_sofia@`, 'm');
         if (!profileLine.test(res.getBody())) return fail(new Error(`no "${o.profile}" sofia profile (see docker/freeswitch)`));
-        ms = new MediaServer(conn, mrf, o.listenAddress, o.listenPort, undefined, undefined, o.profile);
-        ms.once('ready', () => {
-          if (settled) return;
-          settled = true;
-          clearTimeout(timer);
-          resolve(ms!);
+        // fsmrf's MediaServer listens for FreeSWITCH's outbound connections with no 'error' listener: a port in use
+        // (or an address not on this host) would be an uncaught exception that ends the process. Tried here first.
+        const probe = createServer();
+        probe.once('error', (err: NodeJS.ErrnoException) =>
+          fail(new MediaError(`cannot listen for FreeSWITCH's outbound connections on ${o.listenAddress}:${o.listenPort} (${err.code ?? err.message}); set media.freeswitch.listenAddress / listenPort`)),
+        );
+        probe.listen(o.listenPort, o.listenAddress, () => {
+          probe.close(() => {
+            if (settled) return;
+            ms = new MediaServer(conn, mrf, o.listenAddress, o.listenPort, undefined, undefined, o.profile);
+            ms.once('ready', () => {
+              if (settled) return;
+              settled = true;
+              clearTimeout(timer);
+              resolve(ms!);
+            });
+            ms.once('error', (err: Error) => fail(err));
+          });
         });
-        ms.once('error', (err: Error) => fail(err));
       });
     });
     // modesl's own reconnect loop off (see above): attempts start at 1, so maxAttempts 1 stops it at once.

@@ -38,9 +38,16 @@ export interface DrachtioConnectionOptions {
   pingTimeoutMs?: number;
   reconnectMinMs: number;
   reconnectMaxMs: number;
+  /**
+   * An attempt not authenticated within this (a server that takes the TCP connection and never answers
+   * `authenticate`, a wedged one) is dropped and retried with the back-off; start() settles then. Default 10 s.
+   */
+  connectTimeoutMs?: number;
   logger: Logger;
   clock?: Clock;
 }
+
+const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 
 export interface DrachtioConnectionEvents {
   /** Authenticated to drachtio-server. */
@@ -72,6 +79,7 @@ export class DrachtioConnection {
   private running = false;
   private attempt = 0;
   private reconnectTimer: TimerHandle | undefined;
+  private connectTimer: TimerHandle | undefined;
   private keepalive: Keepalive | undefined;
   /** Settles start(): the first attempt succeeded, failed, or was refused authentication. */
   private firstAttempt: { resolve: () => void; reject: (err: Error) => void } | undefined;
@@ -114,6 +122,7 @@ export class DrachtioConnection {
     this.running = false;
     if (this.reconnectTimer !== undefined) this.clock.clearTimeout(this.reconnectTimer);
     this.reconnectTimer = undefined;
+    this.clearConnectTimer();
     this.keepalive?.stop();
     this.keepalive = undefined;
     const srf = this.current;
@@ -146,6 +155,7 @@ export class DrachtioConnection {
         first?.reject(new AppError('drachtio_auth_failed', `drachtio-server ${host}:${port}: ${err.message}`));
         return; // the server closes the socket: 'close' schedules a retry
       }
+      this.clearConnectTimer();
       this.up = true;
       this.attempt = 0;
       this.logger.info({ host, port, hostport, server_version: serverVersion }, 'connected to drachtio-server');
@@ -158,6 +168,18 @@ export class DrachtioConnection {
       this.logger.debug({ err: err.message, host, port }, 'drachtio socket error');
     });
     srf.on('close', () => this.onClose(srf));
+    // Without an answer to `authenticate` neither 'connect' nor 'close' would ever come: start() would wait for ever,
+    // and a reconnect that met a wedged server would stay stuck on it.
+    const timeoutMs = this.options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    this.connectTimer = this.clock.setTimeout(() => {
+      this.connectTimer = undefined;
+      if (srf !== this.current || this.up) return;
+      this.logger.error({ host, port, timeout_ms: timeoutMs }, 'drachtio-server did not authenticate the connection in time; dropping it');
+      srfWire(srf)?.destroy();
+      safeDisconnect(srf, this.logger);
+      // 'close' may not follow a socket that never opened: the retry is scheduled here, once (onClose checks current).
+      this.onClose(srf);
+    }, timeoutMs);
     srf.connect({
       host,
       port,
@@ -190,8 +212,14 @@ export class DrachtioConnection {
     });
   }
 
+  private clearConnectTimer(): void {
+    if (this.connectTimer !== undefined) this.clock.clearTimeout(this.connectTimer);
+    this.connectTimer = undefined;
+  }
+
   private onClose(srf: SrfClient): void {
     if (srf !== this.current) return;
+    this.clearConnectTimer();
     const wasUp = this.up;
     this.up = false;
     this.keepalive?.stop();

@@ -312,7 +312,9 @@ class DrachtioCall implements OutboundCall {
       if (this.sawResponse || this.outcome !== undefined) return;
       this.log.debug('no response to the INVITE; giving up');
       this.finish('failed', { reason: 'timeout', phrase: 'no response from drachtio-server / far end' });
-      // Too late for CANCEL without a provisional (RFC 3261 9.1): whatever comes now is BYEd (onDialog) or ignored.
+      // The far end may still ring (its 100 Trying, if any, never reaches the app): CANCEL it. sofia sends the CANCEL
+      // once the INVITE has had a provisional response, or never (RFC 3261 9.1); a 2xx now is BYEd (onDialog).
+      this.sendCancel();
       this.maybeEnd();
     });
     let promise: Promise<SrfDialog>;
@@ -323,6 +325,8 @@ class DrachtioCall implements OutboundCall {
           this.req = req;
           const sent = req.get('Call-ID');
           if (sent !== undefined && sent !== this.ownCallId) this.ownCallId = sent;
+          // A cancel asked for before the INVITE was even on its way.
+          if (this.cancelRequested && this.outcome === undefined) this.sendCancel();
         },
         cbProvisional: (res) => this.onProvisional(res),
       });
@@ -342,8 +346,12 @@ class DrachtioCall implements OutboundCall {
     if (this.cancelRequested) return;
     this.cancelRequested = true;
     if (this.outcome !== undefined || this.ended) return;
-    if (this.sawResponse && this.req !== undefined) this.sendCancel();
-    else this.log.debug('cancel requested before any provisional response; deferred (RFC 3261 9.1)');
+    // At once, provisional response or not: drachtio-server never passes a 100 Trying up to the app (its sofia agent
+    // has no NTATAG_PASS_100), and sofia itself holds a CANCEL until the INVITE has had a response below 200, 100
+    // included (nta.c nta_outgoing_tcancel), as RFC 3261 9.1 asks. Waiting here for an 18x meant no CANCEL at all for
+    // a far end that had sent only 100: its phone rang on after the call was reported ended.
+    if (this.req !== undefined) this.sendCancel();
+    else this.log.debug('cancel requested before the INVITE was sent; sent with it');
   }
 
   hangup(): Promise<void> {
@@ -452,7 +460,10 @@ class DrachtioCall implements OutboundCall {
     } catch (err) {
       this.log.debug({ err: errorMessage(err) }, 'CANCEL not sent');
     }
-    // RFC 3261 9.1: no final response to the INVITE long after the CANCEL: consider it cancelled.
+    // Nothing heard yet: sofia holds the CANCEL until a provisional comes (maybe never), and the INVITE's own timer
+    // (callTimeoutMs, the Timer B equivalent) stays armed: no response at all is still a timeout, as on the embedded
+    // stack. Else, RFC 3261 9.1: no final response to the INVITE long after the CANCEL: consider it cancelled.
+    if (!this.sawResponse) return;
     this.arm(() => {
       if (this.outcome !== undefined) return;
       this.log.debug('no final response after CANCEL; abandoning INVITE');

@@ -1,3 +1,4 @@
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -390,6 +391,16 @@ describe('FreeSWITCH media backend (drachtio-fsmrf over a fake event socket)', (
     const wrong = await startFreeswitch(5080, { password: 'other' });
     const noProfile = await startFreeswitch(5090, { noMrfProfile: true });
     const { player } = await startPlayer([wrong, noProfile]);
+    expect(player.ready).toBe(false);
+    await expect(player.createSession(logger)).rejects.toThrow(/no FreeSWITCH media server available/);
+  });
+
+  it('listenPort taken by another program: not ready, no session, and the process does not crash (fsmrf listens without an error listener)', async () => {
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => new Promise<void>((resolve) => taken.close(() => resolve())));
+    const fs = await startFreeswitch(5080);
+    const { player } = await startPlayer([fs], { listenPort: (taken.address() as AddressInfo).port });
     expect(player.ready).toBe(false);
     await expect(player.createSession(logger)).rejects.toThrow(/no FreeSWITCH media server available/);
   });

@@ -1,3 +1,4 @@
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import type { TrunkConfig } from '../../../src/config/schema.js';
@@ -346,6 +347,32 @@ describe('drachtio backend: connection to drachtio-server', () => {
     drachtio = newDrachtio(fake.port, { secret: 'wrong' });
     await expect(drachtio.start()).rejects.toMatchObject({ code: 'drachtio_auth_failed' });
     expect(drachtio.isConnected()).toBe(false);
+  });
+
+  it('a server that takes the connection and never answers authenticate: the attempt is dropped after connectTimeoutMs, start() resolves, and it is tried again', async () => {
+    const sockets: Socket[] = [];
+    const closed = new Set<Socket>();
+    const silent = createServer((socket) => {
+      socket.resume(); // read (and drop) the authenticate frame, so that the client's close is seen
+      socket.on('error', () => undefined).on('close', () => closed.add(socket));
+      sockets.push(socket);
+    });
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    try {
+      drachtio = newDrachtio((silent.address() as AddressInfo).port, { connectTimeoutMs: 300 });
+      const t0 = Date.now();
+      await drachtio.start();
+      expect(Date.now() - t0).toBeLessThan(2000);
+      expect(drachtio.isConnected()).toBe(false);
+      // Dropped and tried again with the back-off (100-400 ms), not left hanging on the first socket.
+      await waitFor(async () => sockets.length >= 2, 3000);
+      await waitFor(async () => closed.has(sockets[0]!), 2000);
+    } finally {
+      drachtio?.stop();
+      drachtio = undefined;
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => silent.close(() => resolve()));
+    }
   });
 
   it('drachtio-server down at boot: start() resolves, readiness false, connects once it is up', async () => {
