@@ -19,6 +19,14 @@ const e164Prefix = z
   .string()
   .regex(/^\+[1-9]\d{3,13}$/, 'must be E.164 digits with a leading + (e.g. "+44190873")');
 
+export const countryCodeSchema = z
+  .string()
+  .regex(/^[A-Z]{2}$/, 'must be an ISO 3166-1 alpha-2 code such as "GB"')
+  // A code no number belongs to ("XX", "UK" for GB) would allow or deny nothing, without a word.
+  .superRefine((c, ctx) => {
+    if (/^[A-Z]{2}$/.test(c) && !isSupportedCountry(c)) ctx.addIssue({ code: 'custom', message: `"${c}" is not a country with telephone numbers (ISO 3166-1 alpha-2, e.g. "GB", not "UK")` });
+  });
+
 const sipUri = z
   .string()
   .regex(/^sips?:[^\s]+$/i, 'must be a SIP URI such as "sip:trunk.example.net:5060;transport=udp"');
@@ -106,8 +114,9 @@ export const trunkSchema = z
     /** Digest credentials for trunks that challenge with 401/407 (RFC 3261 22.2). */
     auth: z
       .object({
-        username: z.string().min(1),
-        password: z.string(),
+        // Written into the Authorization header (RFC 3261 22.4): a line break would end it there.
+        username: z.string().min(1).regex(/^[^\r\n\0]*$/, 'must not contain CR, LF or NUL'),
+        password: z.string().regex(/^[^\r\n\0]*$/, 'must not contain CR, LF or NUL'),
       })
       .optional(),
     /** Host placed in From/P-Asserted-Identity; defaults to the trunk host. */
@@ -268,11 +277,21 @@ function smppUrlProblem(text: string, apart: { systemId?: string | undefined; pa
   }
   if (url.hostname === '') return 'names no host: smpp[s]://[system_id[:password]@]host[:port]';
   if (url.port === '0') return 'port 0: give the SMSC\'s port (1-65535; none: 2775, or 3550 for smpps://)';
-  const systemId = apart.systemId ?? decodeURIComponent(url.username);
-  const password = apart.password ?? decodeURIComponent(url.password);
+  const systemId = apart.systemId ?? decodedOrUndefined(url.username);
+  const password = apart.password ?? decodedOrUndefined(url.password);
+  if (systemId === undefined || password === undefined) return 'has a bad percent-encoding in its system_id or password (a literal % is %25)';
   if (systemId.length > 15) return 'system_id (the URL\'s user) is longer than SMPP\'s 15 characters';
   if (password.length > 8) return 'password (the URL\'s) is longer than SMPP\'s 8 characters';
   return undefined;
+}
+
+/** decodeURIComponent, or undefined for a bad percent-encoding ("%ZZ", or bytes that are not UTF-8). */
+export function decodedOrUndefined(text: string): string | undefined {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return undefined;
+  }
 }
 
 const smppUrl = z.string().regex(/^smpps?:\/\/[^\s]+$/, 'must be an smpp:// URL');
@@ -365,7 +384,7 @@ export const smsSchema = z
     senders: z
       .object({
         default: smsSenderSchema.default({ addr: 'FlashVerify', ton: 5, npi: 0 }),
-        byCountry: z.record(z.string().regex(/^[A-Z]{2}$/), smsSenderSchema).default({}),
+        byCountry: z.record(countryCodeSchema, smsSenderSchema).default({}),
       })
       .strict()
       .prefault({}),
@@ -432,13 +451,6 @@ export const LINE_TYPES = [
   'VOICEMAIL',
 ] as const;
 export const lineTypeSchema = z.enum(LINE_TYPES);
-export const countryCodeSchema = z
-  .string()
-  .regex(/^[A-Z]{2}$/, 'must be an ISO 3166-1 alpha-2 code such as "GB"')
-  // A code no number belongs to ("XX", "UK" for GB) would allow or deny nothing, without a word.
-  .superRefine((c, ctx) => {
-    if (/^[A-Z]{2}$/.test(c) && !isSupportedCountry(c)) ctx.addIssue({ code: 'custom', message: `"${c}" is not a country with telephone numbers (ISO 3166-1 alpha-2, e.g. "GB", not "UK")` });
-  });
 
 /** A sliding window: at most `limit` sends in any `windowSeconds`; limit 0 turns it off. */
 export const velocityWindowSchema = z
@@ -522,7 +534,8 @@ export const fraudSchema = z
   })
   .strict();
 
-const priceTable = z.record(z.string(), z.number().nonnegative());
+/** Per destination country (ISO alpha-2 with telephone numbers) or "default": "UK" would never match a GB number. */
+const priceTable = z.record(z.union([z.literal('default'), countryCodeSchema], { message: 'must be "default" or an ISO 3166-1 alpha-2 country such as "GB"' }), z.number().nonnegative());
 
 const SOCKETS_PER_HOST = 'must be a whole number of connections, at least 1';
 const DNS_MS = 'must be a whole number of milliseconds, 0 or more';
@@ -696,13 +709,13 @@ export const configObjectSchema = z
         }
         for (const u of urls) {
           if (!r.cluster && u.startsWith('sentinel://')) {
-            if (!/^sentinel:\/\/(?:[^@/]*@)?[^/?]+\/[^/?]+(?:\/\d+)?\/?(?:\?.*)?$/.test(u)) {
+            if (!/^sentinel:\/\/(?:[^@/]*@)?[^/?]+\/[^/?]+(?:\/\d+)?\/?(?:\?.*)?$/.test(u) || !sentinelHostsOk(u)) {
               ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['url'], message: 'a Sentinel URL is sentinel://host:port[,host:port...]/<master name>[/<db>]' });
             }
           } else if (!/^(rediss?:\/\/|unix:\/\/\/)/.test(u)) {
             ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['url'], message: `must be a redis://, rediss://, unix:///path/to/redis.sock or sentinel://host:port/<master name> URL${urls.length > 1 ? ` (a seed node is "${u}")` : ''}` });
           } else if (!u.startsWith('unix://') && !canParseUrl(u)) {
-            ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['url'], message: `${maskUrl(u)} is not a URL redis[s]://[[user]:password@]host[:port][/db] (is the port a number?)` });
+            ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['url'], message: `${maskUrl(u)} is not a URL redis[s]://[[user]:password@]host[:port][/db] (is the port a number from 1 to 65535?)` });
           } else if (r.cluster && u.startsWith('unix://')) {
             ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['url'], message: `${u}: a Redis Cluster is reached over TCP (redis:// or rediss://), not a Unix socket` });
           } else if (r.cluster && !/^rediss?:\/\/[^/]*(\/0?)?$/.test(u)) {
@@ -1059,8 +1072,14 @@ export const configObjectSchema = z
           const problem = trunkTransportProblem(trunk);
           if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['trunks', i, 'uri'], message: problem });
           // The rest of what a call needs of the trunk (URI form, port, headers, fromDomain), as its first call would.
-          const unusable = problem === undefined && trunkTransportProblem({ name: trunk.name, uri: trunk.proxy ?? trunk.uri }) === undefined ? trunkProblem(trunk) : undefined;
-          if (unusable) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['trunks', i], message: unusable });
+          // Only for URIs the pattern above took (else that issue says it, once).
+          const formed = [trunk.uri, trunk.proxy ?? trunk.uri].every((u) => /^sips?:\S+$/i.test(u));
+          const unusable = formed && problem === undefined && trunkTransportProblem({ name: trunk.name, uri: trunk.proxy ?? trunk.uri }) === undefined ? trunkProblem(trunk) : undefined;
+          if (unusable) {
+            // Named by the key it is about, so that a value from SIP_TRUNK_URI says so.
+            const key = /: uri /.test(unusable) ? ['uri'] : /: proxy/.test(unusable) ? ['proxy'] : /header/.test(unusable) ? ['headers'] : /fromDomain/.test(unusable) ? ['fromDomain'] : [];
+            ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['trunks', i, ...key], message: unusable });
+          }
           if (trunk.proxy !== undefined) {
             const proxyProblem =
               sip.backend === 'drachtio'
@@ -1189,10 +1208,20 @@ export type TestNumber = z.infer<typeof testNumberSchema>;
 
 function canParseUrl(text: string): boolean {
   try {
-    return new URL(text).hostname !== '';
+    const url = new URL(text);
+    return url.hostname !== '' && url.port !== '0';
   } catch {
     return false;
   }
+}
+
+/** Every host:port of a sentinel:// URL has a port from 1 to 65535, if any. */
+function sentinelHostsOk(url: string): boolean {
+  const hosts = url.replace(/^sentinel:\/\/(?:[^@/]*@)?/, '').split('/')[0] ?? '';
+  return hosts.split(',').every((h) => {
+    const port = /^(?:\[[^\]]+\]|[^:]+)(?::(.*))?$/.exec(h.trim())?.[1];
+    return port === undefined || (/^\d{1,5}$/.test(port) && Number(port) >= 1 && Number(port) <= 65535);
+  });
 }
 
 /** A URL with its password, if any, as `***` (for error messages). */

@@ -185,8 +185,8 @@ function hopUri(trunkName: string, key: 'uri' | 'proxy', text: string): { uri: N
       `trunk ${trunkName}: ${key} has a user part ("${uri.user}@"); the user part of each INVITE's Request-URI is the number called, so give sip:host[:port] (a digest username goes in auth.username, a carrier's routing prefix in techPrefix)`,
     );
   }
-  if (uri === undefined) {
-    throw new AppError('sip_trunk_invalid', `trunk ${trunkName}: ${key} must look like sip:host[:port][;transport=udp|tcp|tls] or sips:host[:port]`);
+  if (uri === undefined || uri.port === 0) {
+    throw new AppError('sip_trunk_invalid', `trunk ${trunkName}: ${key} must look like sip:host[:port][;transport=udp|tcp|tls] or sips:host[:port], the port from 1 to 65535`);
   }
   const transport = trunkUriTransport(uri.scheme, uri.params['transport'] ?? undefined);
   if (typeof transport === 'string') throw new AppError('sip_trunk_invalid', `trunk ${trunkName}: ${key === 'uri' ? '' : 'proxy: '}${transport}`);

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { smscSchema, type SmsConfig, type SmscConfig } from '../config/schema.js';
+import { decodedOrUndefined, smscSchema, type SmsConfig, type SmscConfig } from '../config/schema.js';
 import { secureContextOf } from '../crypto/tls-context.js';
 import { CommandStatus, pduString, type SmppPdu } from './pdu.js';
 import { isReceiptPdu, parseReceipt, toReceiptPdu } from './receipt.js';
@@ -95,8 +95,9 @@ function resolveSmsc(config: SmscConfig): SmscSettings {
           },
         }
       : {}),
-    systemId: systemId ?? decodeURIComponent(url.username),
-    password: password ?? decodeURIComponent(url.password),
+    // Checked at boot (config/schema.ts smppUrlProblem): a bad percent-encoding never gets here.
+    systemId: systemId ?? decodedOrUndefined(url.username) ?? url.username,
+    password: password ?? decodedOrUndefined(url.password) ?? url.password,
   };
 }
 

@@ -479,13 +479,19 @@ describe('loadConfig', () => {
 
   it('refuses at boot a trunk its first call would refuse: a user part, a port out of range, a reserved or broken header, a bad fromDomain', () => {
     const trunk = (t: Record<string, unknown>) => ({ sip: { trunks: [{ name: 'carrier', ...t }] } }) as LoadOptions['overrides'];
-    expect(issues({}, trunk({ uri: 'sip:gw@sbc.example.net' }))).toMatch(/^sip\.trunks\.0: trunk carrier: uri has a user part \("gw@"\).*auth\.username/m);
-    expect(issues({}, trunk({ uri: 'sip:127.0.0.1:99999' }))).toMatch(/^sip\.trunks\.0: trunk carrier: uri must look like sip:host/m);
+    expect(issues({}, trunk({ uri: 'sip:gw@sbc.example.net' }))).toMatch(/^sip\.trunks\.0\.uri: trunk carrier: uri has a user part \("gw@"\).*auth\.username/m);
+    expect(issues({}, trunk({ uri: 'sip:127.0.0.1:99999' }))).toMatch(/^sip\.trunks\.0\.uri: trunk carrier: uri must look like sip:host/m);
     expect(issues({}, trunk({ uri: 'sip:127.0.0.1', headers: { Via: 'x' } }))).toMatch(/header Via is reserved/);
     expect(issues({}, trunk({ uri: 'sip:127.0.0.1', headers: { 'X-A': 'a\r\nB: c' } }))).toMatch(/header X-A contains CR\/LF/);
     expect(issues({}, trunk({ uri: 'sip:127.0.0.1', headers: { 'X A': 'a' } }))).toMatch(/bad header name "X A"/);
     expect(issues({}, trunk({ uri: 'sip:127.0.0.1', fromDomain: 'a b' }))).toMatch(/trunk carrier: bad fromDomain/);
+    expect(issues({}, trunk({ uri: 'sip:127.0.0.1:0' }))).toMatch(/^sip\.trunks\.0\.uri: .*the port from 1 to 65535/m);
+    expect(issues({}, trunk({ uri: 'sip:127.0.0.1', auth: { username: 'u\r\nX-Evil: 1', password: 'p' } }))).toMatch(/^sip\.trunks\.0\.auth\.username: must not contain CR, LF or NUL/m);
+    // From the environment: the variable named; a URI the pattern refuses is said once.
+    expect(issues({ SIP_TRUNK_URI: 'sip:bob@127.0.0.1' })).toMatch(/^sip\.trunks\.0\.uri: trunk default: uri has a user part .*\(set by SIP_TRUNK_URI\)$/m);
+    expect(issues({ SIP_TRUNK_URI: 'http://x' }).split('\n')).toHaveLength(1);
     expect(issues({}, trunk({ uri: 'sip:127.0.0.1:5080', headers: { 'X-Account': '42' }, fromDomain: 'cli.example.net' }))).toBe('');
+    expect(issues({}, trunk({ uri: 'sip:[::1]:5060;transport=tcp', proxy: 'sip:[::1]:5070;lr' }))).toBe('');
   });
 
   it('refuses two trunks, SMSCs or DID ranges of one name or prefix: their health, limits, receipts and counters are kept under it', () => {
@@ -523,5 +529,14 @@ describe('loadConfig', () => {
     expect(got).toMatch(/^redis\.url: redis:\/\/127\.0\.0\.1:abc is not a URL/m);
     expect(issues({ SMPP_URL: 'smpp://u:p@127.0.0.1:99999' })).toMatch(/^sms\.url: the URL is not a URL.* \(set by SMPP_URL\)$/m);
     expect(issues({ SMPP_URL: 'smpp://u:p@127.0.0.1' })).toBe('');
+    // A bad percent-encoding is a config error, not a URIError at start; a good one is taken.
+    expect(issues({ SMPP_URL: 'smpp://u%ZZ:p@127.0.0.1:2775' })).toMatch(/^sms\.url: the URL has a bad percent-encoding .* \(set by SMPP_URL\)$/m);
+    expect(issues({ SMPP_URL: 'smpp://u:50%25off@127.0.0.1:2775' })).toBe('');
+    expect(issues({ REDIS_URL: 'redis://127.0.0.1:0' })).toMatch(/^redis\.url: .*is not a URL/m);
+    expect(issues({ REDIS_URL: 'sentinel://127.0.0.1:abc/mymaster' })).toMatch(/^redis\.url: a Sentinel URL is/m);
+    expect(issues({ REDIS_URL: 'sentinel://127.0.0.1:26379,[::1]:26380/mymaster' })).toBe('');
+    const countries = issues({}, { pricing: { sms: { UK: 0.03 } }, sms: { senders: { byCountry: { XX: { addr: 'Acme' } } } } } as LoadOptions['overrides']);
+    expect(countries).toMatch(/^pricing\.sms\.UK: /m);
+    expect(countries).toMatch(/^sms\.senders\.byCountry\.XX: /m);
   });
 });
