@@ -792,9 +792,12 @@ export async function runCli(argv: string[]): Promise<number> {
       });
       const need = (v: string | undefined, what: string): string => required(`account ${sub}`, v, what);
       const amount = (v: string | undefined, what: string): number => {
-        const n = Number(need(v, what));
-        if (!Number.isFinite(n) || n < 0) throw new AppError('usage', `${what} must be a non-negative number`);
-        return n;
+        const text = need(v, what).trim();
+        // Decimal, at most 6 places (money is kept in micro-units): no " " (0), 0x10 (16), 1e-7 (stored as 0).
+        if (!/^\d+(\.\d{1,6})?$/.test(text)) {
+          throw new AppError('usage', `${what} must be a non-negative decimal number with at most 6 decimal places, such as 10 or 0.25`);
+        }
+        return Number(text);
       };
       let out: unknown;
       switch (sub) {

@@ -106,8 +106,13 @@ function isHoldAddress(address: string): boolean {
  * our socket's (an IPv4 socket cannot reach ::1).
  */
 function unreachable(m: MediaDescription, session: SessionDescription, reach: MediaReach | undefined): string | undefined {
-  if (m.protocol.toUpperCase() !== 'RTP/AVP') return `its audio is ${m.protocol}, and we send plain RTP (RTP/AVP) only`;
-  const version = m.connection?.version ?? session.connection?.version;
+  // RTP/AVPF (RFC 4585) is plain RTP on the wire, with feedback we neither send nor need: taken, though the answer
+  // should have kept our RTP/AVP (RFC 3264 6). SRTP (RTP/SAVP, RTP/SAVPF, UDP/TLS/RTP/SAVP...) is not.
+  if (!/^RTP\/AVPF?$/i.test(m.protocol)) return `its audio is ${m.protocol}, and we send plain RTP (RTP/AVP) only`;
+  // The address itself when it is a literal (c=IN IP4 ::1 is an IPv6 address, whatever the line says), else the line.
+  const address = m.connection?.ip ?? session.connection?.ip ?? '';
+  const literal = isIP(address);
+  const version = literal !== 0 ? literal : (m.connection?.version ?? session.connection?.version);
   if (reach !== undefined && version !== undefined && Number(version) !== reach.family) {
     return `its media address is IPv${version} and our RTP socket is IPv${reach.family} (media.rtp.bindHost)`;
   }

@@ -123,7 +123,10 @@ describe('flashverify CLI', { timeout: 90_000 }, () => {
     expect(negative.stderr).toMatch(/^flashverify: Option '--balance' argument is ambiguous/);
     expect(negative.stderr).not.toMatch(/\n\s+at /);
     const minus = await flashverify(['account', 'create', '--name', 'x', '--balance=-1', '--config', config], env);
-    expect([minus.code, minus.stderr]).toEqual([2, 'flashverify: --balance must be a non-negative number\n']);
+    expect([minus.code, minus.stderr]).toEqual([2, 'flashverify: --balance must be a non-negative decimal number with at most 6 decimal places, such as 10 or 0.25\n']);
+    for (const odd of [' ', '0x10', '1e-7', '1e3']) {
+      expect((await flashverify(['account', 'create', '--name', 'x', `--balance=${odd}`, '--config', config], env)).code).toBe(2);
+    }
     const huge = await flashverify(['account', 'create', '--name', 'x', '--balance', '1e15', '--config', config], env);
     expect([huge.code, huge.stderr]).toEqual([2, 'flashverify: the balance must be a number from 0 to 1000000000\n']);
     const created = await flashverify(['account', 'create', '--name', 'rich', '--balance', '999999999', '--active', '--config', config], env);

@@ -40,6 +40,11 @@ describe('SDP answer', () => {
     expect(() => parseAnswer(answer('m=audio 40000 RTP/SAVP 0', 'a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz'))).toThrow(/RTP\/SAVP, and we send plain RTP/);
     expect(() => parseAnswer(answer('m=audio 40000 RTP/AVP 0', '', 'c=IN IP6 ::1'), { family: 4 })).toThrow(/IPv6 and our RTP socket is IPv4/);
     expect(() => parseAnswer(answer('m=audio 40000 RTP/AVP 0'), { family: 6 })).toThrow(/IPv4 and our RTP socket is IPv6/);
+    // The literal decides, whatever its line says.
+    expect(() => parseAnswer(answer('m=audio 40000 RTP/AVP 0', '', 'c=IN IP4 ::1'), { family: 4 })).toThrow(/IPv6 and our RTP socket is IPv4/);
+    // RTP/AVPF is plain RTP on the wire: taken; SAVPF is not.
+    expect(parseAnswer(answer('m=audio 40000 RTP/AVPF 0'), { family: 4 }).codec).toBe('PCMU');
+    expect(() => parseAnswer(answer('m=audio 40000 RTP/SAVPF 0'))).toThrow(/RTP\/SAVPF, and we send plain RTP/);
     // They receive only, or both: we may send.
     expect(parseAnswer(answer('m=audio 40000 RTP/AVP 0', 'a=recvonly'), { family: 4 }).sendAllowed).toBe(true);
     expect(parseAnswer(answer('m=audio 40000 RTP/AVP 0', '', 'c=IN IP6 2001:db8::7'), { family: 6 }).address).toBe('2001:db8::7');
