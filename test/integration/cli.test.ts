@@ -127,7 +127,7 @@ describe('flashverify CLI', { timeout: 90_000 }, () => {
     for (const odd of [' ', '0x10', '1e-7', '1e3']) {
       expect((await flashverify(['account', 'create', '--name', 'x', `--balance=${odd}`, '--config', config], env)).code).toBe(2);
     }
-    const huge = await flashverify(['account', 'create', '--name', 'x', '--balance', '1e15', '--config', config], env);
+    const huge = await flashverify(['account', 'create', '--name', 'x', '--balance', '1000000000000000', '--config', config], env);
     expect([huge.code, huge.stderr]).toEqual([2, 'flashverify: the balance must be a number from 0 to 1000000000\n']);
     const created = await flashverify(['account', 'create', '--name', 'rich', '--balance', '999999999', '--active', '--config', config], env);
     const id = String((JSON.parse(created.stdout) as Record<string, unknown>).account_id);
