@@ -44,6 +44,9 @@ declare module 'fastify' {
 }
 
 /** The FlashVerify v1 HTTP API. */
+/** A Redis that is down is said at most this often by one api process (with the count of requests it failed meanwhile). */
+const REDIS_DOWN_LOG_MS = 5000;
+
 export function buildApi(deps: ApiDeps): FastifyInstance {
   const { config, redis, keys, accounts, verifications } = deps;
   const idempotency = new Idempotency(redis, keys, deps.sealer, {
@@ -90,9 +93,18 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     },
   });
 
+  // While Redis is down every request fails the same way: one line (no stack) per REDIS_DOWN_LOG_MS with how many
+  // more failed, not an error line with a stack trace per request (thousands a second under load).
+  let redisDown = { loggedAt: 0, more: 0 };
   app.setErrorHandler((err: Error & { code?: string; statusCode?: number }, req, reply) => {
     const apiErr = toApiError(err);
-    if (apiErr.status >= 500) req.log.error({ err, url: req.url }, 'request failed');
+    if (apiErr.status >= 500 && isRedisUnavailable(err)) {
+      const now = Date.now();
+      if (now - redisDown.loggedAt >= REDIS_DOWN_LOG_MS) {
+        req.log.warn({ err: err.message, url: req.url, more_since_last_line: redisDown.more }, 'request failed: Redis unavailable (503 service_unavailable)');
+        redisDown = { loggedAt: now, more: 0 };
+      } else redisDown.more++;
+    } else if (apiErr.status >= 500) req.log.error({ err, url: req.url }, 'request failed');
     for (const [name, value] of Object.entries(apiErr.headers)) void reply.header(name, value);
     void reply.status(apiErr.status).send(apiErr.toBody());
   });

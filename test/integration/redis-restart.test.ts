@@ -70,6 +70,12 @@ describe('Redis restarted under load', { timeout: 60_000 }, () => {
     }
     for (const d of down) expect(d).toMatchObject({ status: 503, error: 'service_unavailable' });
     expect(Math.max(...down.map((d) => d.ms))).toBeLessThan(2000);
+    // Said at most once per 5 s, with the count, at warn and without a stack: not an error line per request.
+    const failedLines = processes[0]!.output().split('\n').filter((l) => l.includes('"msg":"request failed'));
+    expect(failedLines.length).toBeGreaterThan(0);
+    expect(failedLines.length).toBeLessThan(down.length);
+    for (const l of failedLines) expect(l).toMatch(/"level":40,.*"more_since_last_line":\d+.*"msg":"request failed: Redis unavailable \(503 service_unavailable\)"/);
+    expect(failedLines.join('')).not.toMatch(/"stack"/);
     // Prometheus still gets the process's series while Redis is down (the queue depths keep their last values),
     // within the scrape's wait for Redis, not never; /readyz says Redis is down.
     for (const url of [`${cluster.httpUrl}/metrics`, `${cluster.httpUrl}/readyz`]) {
