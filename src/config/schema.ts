@@ -1075,11 +1075,8 @@ export const configObjectSchema = z
           // Only for URIs the pattern above took (else that issue says it, once).
           const formed = [trunk.uri, trunk.proxy ?? trunk.uri].every((u) => /^sips?:\S+$/i.test(u));
           const unusable = formed && problem === undefined && trunkTransportProblem({ name: trunk.name, uri: trunk.proxy ?? trunk.uri }) === undefined ? trunkProblem(trunk) : undefined;
-          if (unusable) {
-            // Named by the key it is about, so that a value from SIP_TRUNK_URI says so.
-            const key = /: uri /.test(unusable) ? ['uri'] : /: proxy/.test(unusable) ? ['proxy'] : /header/.test(unusable) ? ['headers'] : /fromDomain/.test(unusable) ? ['fromDomain'] : [];
-            ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['trunks', i, ...key], message: unusable });
-          }
+          // Named by the key it is about, so that a value from SIP_TRUNK_URI says so.
+          if (unusable) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['trunks', i, unusable.key], message: unusable.message });
           if (trunk.proxy !== undefined) {
             const proxyProblem =
               sip.backend === 'drachtio'

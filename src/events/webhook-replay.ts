@@ -75,11 +75,11 @@ const REPLAY_ORDER_TTL_S = 24 * 3600;
  * set that has expired meanwhile is made again with the replayed events alone.
  */
 export async function replayGivenUp(redis: Pick<Redis, 'pipeline'>, keys: Keys, jobs: readonly Job<WebhookJobData>[]): Promise<void> {
+  const orders = [...new Set(jobs.map((j) => keys.webhookOrder(j.data.request_id)))];
   const pending = redis.pipeline();
   for (const job of jobs) pending.zadd(keys.webhookOrder(job.data.request_id), ORDER_QUEUED, orderMember(job.data.event_id));
-  for (const order of new Set(jobs.map((j) => keys.webhookOrder(j.data.request_id)))) pending.ttl(order);
+  for (const order of orders) pending.ttl(order);
   const results = (await pending.exec()) ?? [];
-  const orders = [...new Set(jobs.map((j) => keys.webhookOrder(j.data.request_id)))];
   const expiring = redis.pipeline();
   orders.forEach((order, i) => {
     const ttl = Number(results[jobs.length + i]?.[1]);

@@ -118,23 +118,33 @@ const RESERVED_HEADERS = new Set([
 
 const trunkCache = new WeakMap<TrunkConfig, TrunkInfo>();
 
-/** Validate and pre-compute a trunk. Throws AppError('sip_trunk_invalid') on a bad URI or header. */
+/** A trunk setting that no call could use (AppError 'sip_trunk_invalid'), with the key under `sip.trunks[]` it is about. */
+export class TrunkInvalidError extends AppError {
+  constructor(
+    readonly key: 'uri' | 'proxy' | 'headers' | 'fromDomain',
+    message: string,
+  ) {
+    super('sip_trunk_invalid', message);
+  }
+}
+
+/** Validate and pre-compute a trunk. Throws TrunkInvalidError on a bad URI or header. */
 export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
   const cached = trunkCache.get(trunk);
   if (cached !== undefined) return cached;
   const { uri, transport } = hopUri(trunk.name, 'uri', trunk.uri);
   const extraHeaders: SipHeader[] = [];
   for (const [name, value] of Object.entries(trunk.headers ?? {})) {
-    if (!isToken(name)) throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: bad header name ${JSON.stringify(name)}`);
+    if (!isToken(name)) throw new TrunkInvalidError('headers', `trunk ${trunk.name}: bad header name ${JSON.stringify(name)}`);
     if (/[\r\n\0]/.test(value)) {
-      throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: header ${name} contains CR/LF`);
+      throw new TrunkInvalidError('headers', `trunk ${trunk.name}: header ${name} contains CR/LF`);
     }
     const h = hdr(name, value);
-    if (RESERVED_HEADERS.has(h.key)) throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: header ${name} is reserved`);
+    if (RESERVED_HEADERS.has(h.key)) throw new TrunkInvalidError('headers', `trunk ${trunk.name}: header ${name} is reserved`);
     extraHeaders.push({ key: h.key, name, value });
   }
   const fromDomain = trunk.fromDomain ?? uri.host;
-  if (/[\s<>;@"]/.test(fromDomain)) throw new AppError('sip_trunk_invalid', `trunk ${trunk.name}: bad fromDomain`);
+  if (/[\s<>;@"]/.test(fromDomain)) throw new TrunkInvalidError('fromDomain', `trunk ${trunk.name}: bad fromDomain`);
   const param = uri.params['transport'];
   // The next hop: the outbound proxy when there is one (RFC 3261 8.1.2: the Route set's first URI), else the trunk.
   const hop = trunk.proxy === undefined ? { uri, transport } : hopUri(trunk.name, 'proxy', trunk.proxy);
@@ -163,33 +173,33 @@ export function resolveTrunk(trunk: TrunkConfig): TrunkInfo {
   return info;
 }
 
-/** Why a trunk cannot be used (resolveTrunk's refusal), or undefined: checked at boot, not at its first call. */
-export function trunkProblem(trunk: TrunkConfig): string | undefined {
+/** Why a trunk cannot be used (resolveTrunk's refusal) and the key it is about, or undefined: checked at boot, not at its first call. */
+export function trunkProblem(trunk: TrunkConfig): TrunkInvalidError | undefined {
   try {
     resolveTrunk(trunk);
     return undefined;
   } catch (err) {
-    if (err instanceof AppError && err.code === 'sip_trunk_invalid') return err.message;
+    if (err instanceof TrunkInvalidError) return err;
     throw err;
   }
 }
 
 const NUMBER_RE = /^\+?[0-9A-Za-z._*-]{1,32}$/;
 
-/** A trunk's `uri` or `proxy`, parsed, with its transport; AppError('sip_trunk_invalid') naming the key when unusable. */
+/** A trunk's `uri` or `proxy`, parsed, with its transport; TrunkInvalidError naming the key when unusable. */
 function hopUri(trunkName: string, key: 'uri' | 'proxy', text: string): { uri: NonNullable<ReturnType<typeof parseSipUri>>; transport: TrunkUriTransport } {
   const uri = parseSipUri(text);
   if (uri !== undefined && uri.user !== undefined) {
-    throw new AppError(
-      'sip_trunk_invalid',
+    throw new TrunkInvalidError(
+      key,
       `trunk ${trunkName}: ${key} has a user part ("${uri.user}@"); the user part of each INVITE's Request-URI is the number called, so give sip:host[:port] (a digest username goes in auth.username, a carrier's routing prefix in techPrefix)`,
     );
   }
   if (uri === undefined || uri.port === 0) {
-    throw new AppError('sip_trunk_invalid', `trunk ${trunkName}: ${key} must look like sip:host[:port][;transport=udp|tcp|tls] or sips:host[:port], the port from 1 to 65535`);
+    throw new TrunkInvalidError(key, `trunk ${trunkName}: ${key} must look like sip:host[:port][;transport=udp|tcp|tls] or sips:host[:port], the port from 1 to 65535`);
   }
   const transport = trunkUriTransport(uri.scheme, uri.params['transport'] ?? undefined);
-  if (typeof transport === 'string') throw new AppError('sip_trunk_invalid', `trunk ${trunkName}: ${key === 'uri' ? '' : 'proxy: '}${transport}`);
+  if (typeof transport === 'string') throw new TrunkInvalidError(key, `trunk ${trunkName}: ${key === 'uri' ? '' : 'proxy: '}${transport}`);
   return { uri, transport };
 }
 
