@@ -1,5 +1,6 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
+import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Account, AccountStore } from '../accounts/account-store.js';
 import { fromMicro } from '../accounts/money.js';
@@ -43,6 +44,32 @@ declare module 'fastify' {
   }
 }
 
+/**
+ * Answers an error Node's HTTP server raises on a connection ('clientError'), then closes it: 408 for a request not
+ * received in full within http.requestTimeoutMs, 431 for headers over Node's limit, 400 for anything else that is
+ * not HTTP. The body is the catalogue's invalid_request (the status says which); nothing from the request is echoed.
+ */
+function clientErrorAnswer(requestTimeoutMs: number) {
+  return function (this: FastifyInstance, err: Error & { code?: string }, socket: Duplex): void {
+    // A reset connection has nobody to answer (Node's own handler does the same).
+    if (err.code === 'ECONNRESET' || socket.destroyed) return;
+    const [status, reason, message] =
+      err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? [408, 'Request Timeout', `the request was not received in full within ${requestTimeoutMs} ms`]
+        : err.code === 'HPE_HEADER_OVERFLOW'
+          ? [431, 'Request Header Fields Too Large', 'the request headers are too large']
+          : [400, 'Bad Request', 'the request is not valid HTTP/1.1'];
+    this.log.debug({ err: err.message, code: err.code, status }, 'client error: connection answered and closed');
+    const body = JSON.stringify(new ApiError('invalid_request', message).toBody());
+    if (socket.writable) {
+      socket.write(
+        `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      );
+    }
+    socket.destroy(err);
+  };
+}
+
 /** The FlashVerify v1 HTTP API. */
 /** A Redis that is down is said at most this often by one api process (with the count of requests it failed meanwhile). */
 const REDIS_DOWN_LOG_MS = 5000;
@@ -66,6 +93,9 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
       config.http.requestTimeoutMs > 0
         ? { requestTimeout: config.http.requestTimeoutMs, connectionsCheckingInterval: Math.min(1000, Math.max(100, Math.floor(config.http.requestTimeoutMs / 4))) }
         : null,
+    // What Node's HTTP parser refuses before Fastify sees a request (a stalled body, oversized headers, bytes that
+    // are not HTTP) is answered in the catalogue's {"error", "message"} shape too, not Fastify's own.
+    clientErrorHandler: clientErrorAnswer(config.http.requestTimeoutMs),
     trustProxy: config.http.trustProxy,
     // One line per request is too much at thousands of requests/s; errors are logged by the handler.
     logController: new LogController({ disableRequestLogging: true }),

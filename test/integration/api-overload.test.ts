@@ -89,9 +89,40 @@ describe('api: /v1 requests in progress are capped (api.maxInFlight)', { timeout
     // The server gives up on them, answers 408 and closes: the places are free again.
     const answers = await Promise.all(stalled);
     expect(Date.now() - stalledAt).toBeLessThan(5000);
-    for (const text of answers) expect(text).toMatch(/^HTTP\/1\.1 408 /);
+    for (const text of answers) {
+      expect(text).toMatch(/^HTTP\/1\.1 408 /);
+      // The catalogue's error shape, as every other error (not Fastify's {"error","message","statusCode"}).
+      expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toEqual({
+        error: 'invalid_request',
+        message: 'the request was not received in full within 1500 ms',
+      });
+    }
     await waitFor(async () => (await metric('flashverify_api_requests_in_flight')) === 0, 2000, 20);
     const after = await Promise.all([1, 2].map(() => http(`${t.url}/v1/balance`, { auth: a.auth })));
     expect(after.map((r) => r.status)).toEqual([200, 200]);
+  });
+  it('bytes that are not HTTP, and headers over the limit, are answered 400 / 431 in the catalogue shape and the connection closed; the api goes on serving', async () => {
+    const a = await t.account();
+    const { port } = new URL(t.url);
+    const raw = (text: string): Promise<string> =>
+      new Promise((resolve) => {
+        const socket = connect(Number(port), '127.0.0.1');
+        let got = '';
+        socket.on('data', (d) => (got += d.toString()));
+        socket.on('error', () => undefined);
+        socket.on('close', () => resolve(got));
+        socket.write(text);
+      });
+    const body = (text: string): unknown => JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4));
+
+    const garbage = await raw('HELLO THERE\r\n\r\n');
+    expect(garbage).toMatch(/^HTTP\/1\.1 400 /);
+    expect(body(garbage)).toEqual({ error: 'invalid_request', message: 'the request is not valid HTTP/1.1' });
+
+    const huge = await raw(`GET /v1/balance HTTP/1.1\r\nHost: x\r\nX-Pad: ${'a'.repeat(20_000)}\r\n\r\n`);
+    expect(huge).toMatch(/^HTTP\/1\.1 431 /);
+    expect(body(huge)).toEqual({ error: 'invalid_request', message: 'the request headers are too large' });
+
+    expect((await http(`${t.url}/v1/balance`, { auth: a.auth })).status).toBe(200);
   });
 });
