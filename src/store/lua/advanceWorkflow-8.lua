@@ -104,6 +104,7 @@ if refused then
     q .. 'method', ARGV[3], q .. 'status', 'failed', q .. 'cost', 0, q .. 'started_at', ARGV[2],
     q .. 'ended_at', ARGV[2], q .. 'reason', refused)
   redis.call('HSETNX', KEYS[1], 'at_failed', ARGV[2])
+  redis.call('HDEL', KEYS[1], 'code_enc')
   writeEvent(KEYS[4], ARGV[9], KEYS[7], v[7], 'failed', redis.call('HGET', KEYS[1], 'request_id'), v[4], ARGV[3], ARGV[2],
     cjson.encode({reason = refused}))
   return {refused, nxt}

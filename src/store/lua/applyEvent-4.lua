@@ -58,6 +58,7 @@ if st == 'delivered' and status == 'sent' then
   status = 'delivered'
 elseif st == 'failed' then
   redis.call('HSET', KEYS[1], 'status', 'failed')
+  redis.call('HDEL', KEYS[1], 'code_enc')
   status = 'failed'
   if ARGV[4] == '1' and redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then refund() end
 end

@@ -79,6 +79,7 @@ if st == 'delivered' then
 elseif st == 'failed' and live and step >= steps - 1 then
   redis.call('HSETNX', KEYS[1], 'at_failed', ts)
   redis.call('HSET', KEYS[1], 'status', 'failed')
+  redis.call('HDEL', KEYS[1], 'code_enc')
   status = 'failed'
 end
 return status

@@ -28,7 +28,7 @@
   ARGV[5..] fields whose values are returned, in this order
 
   Returns { verdict, values }, verdict one of:
-    'gone'          no record (or one without account, phone or code)
+    'gone'          no record (or one without account or phone, or a live one without its code)
     'other_method'  the record is of another method
     'other_send'    the record is at another send than the job's (nothing claimed)
     'other_step'    the record is at another workflow step than the job's (nothing claimed)
@@ -42,13 +42,15 @@
 local values = redis.call('HMGET', KEYS[1], unpack(ARGV, 5))
 local h = redis.call('HMGET', KEYS[1], 'status', 'account_id', 'phone_enc', 'code_enc', 'expires_at', 'method', 'sends', 'wf_step')
 local status = h[1]
-if not status or not h[2] or not h[3] or not h[4] then return { 'gone', values } end
+if not status or not h[2] or not h[3] then return { 'gone', values } end
 if h[6] ~= ARGV[1] then return { 'other_method', values } end
 if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= tonumber(h[7] or '1') then return { 'other_send', values } end
 if ARGV[4] ~= '' and tonumber(ARGV[4]) ~= tonumber(h[8] or '0') then return { 'other_step', values } end
 -- A resend (POST /v1/verify with resend: true) re-opens the claim of a live request by clearing dial_started.
 local resend = status == 'delivered' and redis.call('HEXISTS', KEYS[1], 'dial_started') == 0
 if status ~= 'sent' and not resend then return { 'past_sent', values } end
+-- A live record always holds its sealed code (a final one no longer does: it is deleted when the request ends).
+if not h[4] then return { 'gone', values } end
 if tonumber(ARGV[2]) >= (tonumber(h[5]) or 0) then
   if redis.call('HEXISTS', KEYS[1], 'dial_started') == 1 then return { 'expired_started', values } end
   return { 'expired', values }

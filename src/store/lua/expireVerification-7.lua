@@ -49,6 +49,7 @@ end
 if tonumber(ARGV[2]) < expires_at then return {'pending'} end
 
 redis.call('HSET', KEYS[1], 'status', 'expired')
+redis.call('HDEL', KEYS[1], 'code_enc')
 redis.call('HSETNX', KEYS[1], 'at_expired', v[2])
 redis.call('ZREM', KEYS[2], ARGV[1])
 

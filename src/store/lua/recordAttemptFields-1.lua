@@ -13,10 +13,12 @@
 
   Returns 1 when written, 0 when the record is gone or has moved on to another step.
 ]]
-local v = redis.call('HMGET', KEYS[1], 'account_id', 'wf_step')
+local v = redis.call('HMGET', KEYS[1], 'account_id', 'wf_step', 'status')
 if not v[1] then return 0 end
 if ARGV[1] ~= '' and v[2] ~= ARGV[1] then return 0 end
+-- An ended request no longer holds its sealed code (deleted when it ended): a new code is not written back.
+local ended = v[3] == 'verified' or v[3] == 'expired' or v[3] == 'failed' or v[3] == 'canceled'
 for i = 2, #ARGV - 1, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  if not (ended and ARGV[i] == 'code_enc') then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
 return 1

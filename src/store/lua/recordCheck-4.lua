@@ -49,6 +49,7 @@ if now >= expires_at then return {'expired', 0} end
 attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], 'status', 'verified', 'verified_at', ARGV[3])
+  redis.call('HDEL', KEYS[1], 'code_enc')
   redis.call('HSETNX', KEYS[1], 'at_verified', ARGV[3])
   redis.call('HINCRBY', KEYS[3], 'verified', 1)
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
@@ -57,6 +58,7 @@ if ARGV[2] == '1' then
 end
 if attempts >= max then
   redis.call('HSET', KEYS[1], 'status', 'expired')
+  redis.call('HDEL', KEYS[1], 'code_enc')
   redis.call('HSETNX', KEYS[1], 'at_expired', ARGV[3])
   emit('expired')
 end
