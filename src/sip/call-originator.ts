@@ -68,7 +68,10 @@ export interface CallDelegate {
    * Absent: the backend answers with the call's own SDP.
    */
   onOffer?(sdp: string): string | undefined | Promise<string | undefined>;
-  /** The far end sent BYE on an established dialog (answered with 200 by the backend). */
+  /**
+   * The far end ended the established dialog: it sent BYE (answered with 200 by the backend), or (embedded backend)
+   * it never ACKed our 2xx to its re-INVITE within 64*T1, and the backend sent the BYE (RFC 3261 13.3.1.4).
+   */
   onRemoteHangup?(): void;
   /** The call is fully over (all transactions terminated or abandoned). */
   onEnded?(): void;

@@ -1084,6 +1084,18 @@ export class UacCall implements OutboundCall {
   }
 
   /**
+   * RFC 3261 13.3.1.4: no ACK for our 2xx to a re-INVITE within 64*T1 (UDP): "the dialog is confirmed, but the session
+   * SHOULD be terminated ... with a BYE". The far end's media state is unknown: the call ends as a far-end hangup would
+   * (the delegate's onRemoteHangup: playback stops), and we send the BYE.
+   */
+  private reinviteUnacknowledged(cseq: number): void {
+    if (this.state !== 'confirmed' || this.byeOutstanding || this.byePromise !== undefined) return;
+    this.log.warn({ cseq }, 'no ACK for our 2xx to the re-INVITE within 64*T1; ending the call with BYE (RFC 3261 13.3.1.4)');
+    void this.sendBye();
+    this.safe('onRemoteHangup', () => this.delegate.onRemoteHangup?.());
+  }
+
+  /**
    * RFC 3261 13.3.1.4: our 2xx to a re-INVITE is sent again at T1, doubling up to T2, until its ACK (handleAck) or
    * 64*T1 over UDP; a reliable transport carries it once.
    */
@@ -1101,7 +1113,7 @@ export class UacCall implements OutboundCall {
         waited += interval;
         if (waited >= 64 * t1Ms) {
           reinvite.timer = undefined;
-          this.log.warn({ cseq }, 'no ACK for our 2xx to the re-INVITE within 64*T1; no longer sent');
+          this.reinviteUnacknowledged(cseq);
           return;
         }
         source.respond(data, reinvite.via);

@@ -293,6 +293,25 @@ describe('voice OTP against SIPp', () => {
     expect(wordsHeard('PCMU', 'en')).toEqual(['intro', ...run.code, 'again', ...run.code]);
   }, 45_000);
 
+  it('a re-INVITE whose 200 is never ACKed: the 200 is sent again until 64*T1, then the call is ended with BYE (RFC 3261 13.3.1.4), playback stopped', async () => {
+    const run = await voiceCall('uas-voice-reinvite-no-ack', { vars: { mid_ms: 1000 } });
+    expect(run.record.outcome).toBe('remote_hangup');
+    expect(run.status).toBe('delivered');
+    expect((await uas!.waitForExit(10_000)).code).toBe(0);
+    expect(uas!.requests().map((m) => m.method)).toEqual(['INVITE', 'ACK', 'BYE']);
+    // Our answer, sent again (UDP) at T1, 2*T1 ... capped at T2, until 64*T1 without its ACK.
+    const answers = uas!.received().filter((m) => m.status === 200 && m.header('cseq') === '2 INVITE');
+    expect(answers.length).toBeGreaterThanOrEqual(5);
+    const count = rtp!.packets.length;
+    await new Promise((r) => setTimeout(r, 500));
+    expect(rtp!.packets.length).toBe(count);
+    // About mid_ms + 64*T1 (3.2 s) of audio, cut short of the ~12 s announcement.
+    const ats = rtp!.packets.map((p) => p.at);
+    const span = Math.max(...ats) - Math.min(...ats);
+    expect(span).toBeGreaterThan(3500);
+    expect(span).toBeLessThan(6000);
+  }, 45_000);
+
   it('re-INVITEs mid-prompt move the media, hold it and resume it: each answered (RFC 3264 8), the one stream follows', async () => {
     const moved = await startRtpReceiver();
     try {
