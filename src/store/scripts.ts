@@ -75,7 +75,7 @@ export const scripts = {
   createVerification: LuaScript.load('createVerification-8'),
   createAdmitted: LuaScript.load('createAdmitted-12'),
   expireVerification: LuaScript.load('expireVerification-7'),
-  recordCheck: LuaScript.load('recordCheck-4'),
+  recordCheck: LuaScript.load('recordCheck-6'),
   applyEvent: LuaScript.load('applyEvent-4'),
   rateLimit: LuaScript.load('rateLimit-1'),
   admitRequest: LuaScript.load('admitRequest-2'),

@@ -365,7 +365,14 @@ export class VerificationService {
       if (wfStep !== null) charged[`att${wfStep}_started_at`] = (await this.redis.hget(key, `att${wfStep}_started_at`)) ?? undefined;
       [result, remaining] = (await scripts.recordCheck.run(
         this.redis,
-        [key, this.keys.events(), this.keys.usage(account.account_id, chargeDay(charged)), this.keys.webhookOrder(requestId)],
+        [
+          key,
+          this.keys.events(),
+          this.keys.usage(account.account_id, chargeDay(charged)),
+          this.keys.webhookOrder(requestId),
+          this.keys.account(account.account_id),
+          this.keys.conversion(chargeDay(charged)),
+        ],
         [mac, matched ? '1' : '0', now, this.config.verification.maxCheckAttempts, this.config.events.maxLen, USAGE_TTL_SECONDS],
       )) as [string, number];
     }

@@ -45,6 +45,34 @@ describe('refunds of attempts that never left', () => {
     expect([await s.cost(noBind.request_id), await s.cost(throttled.request_id), await s.cost(submitted.request_id)]).toEqual([0, 0, charged]);
   });
 
+  it('the last wrong code ends the request and refunds an attempt that never left (an SMS throttled, a call in a backlog), once; one that may have left stays billed', async () => {
+    const before = { balance: await s.balance(), sms: await s.usage('sms'), flash: await s.usage('flash_call') };
+    const throttled = await s.service.create(s.account, { phone_number: '+447700900404', method: 'sms' });
+    const backlog = await s.service.create(s.account, { phone_number: '+447700900405', method: 'flash_call' });
+    const workflowStep = await s.service.create(s.account, { phone_number: '+447700900407', workflow: [{ method: 'sms', timeout_seconds: 20 }, { method: 'flash_call' }] });
+    const accepted = await s.service.create(s.account, { phone_number: '+447700900406', method: 'sms' });
+    await s.redis.hset(s.keys.verification(throttled.request_id), 'dial_started', '1', 'sms_state', 'retry');
+    await s.redis.hset(s.keys.verification(workflowStep.request_id), 'dial_started', '1', 'sms_state', 'retry');
+    await s.redis.hset(s.keys.verification(accepted.request_id), 'dial_started', '1', 'sms_state', 'accepted');
+    const charged = await s.cost(accepted.request_id);
+    for (const c of [throttled, backlog, workflowStep, accepted]) {
+      const code = s.sealer.open((await s.redis.hget(s.keys.verification(c.request_id), 'code_enc'))!, `code:${c.request_id}`);
+      const wrong = code.replace(/\d$/, (d) => String((Number(d) + 1) % 10));
+      const answers: unknown[] = [];
+      for (let i = 0; i < 4; i++) answers.push(await s.service.check(s.account, { request_id: c.request_id, code: wrong }).catch((e: { code: string }) => e.code));
+      expect(answers).toEqual(['invalid_code', 'invalid_code', 'invalid_code', 'verification_expired']);
+      expect(await s.redis.hget(s.keys.verification(c.request_id), 'status')).toBe('expired');
+    }
+    expect(await s.balance()).toBe(before.balance - charged);
+    expect(await s.usage('sms')).toBe(before.sms + 1);
+    expect(await s.usage('flash_call')).toBe(before.flash);
+    expect([await s.cost(throttled.request_id), await s.cost(backlog.request_id), await s.cost(workflowStep.request_id), await s.cost(accepted.request_id)]).toEqual([0, 0, 0, charged]);
+    expect(await s.redis.hmget(s.keys.verification(workflowStep.request_id), 'att0_cost', 'att0_refunded')).toEqual(['0', '1']);
+    // The sweeper later finds them ended: nothing refunded twice.
+    await new ExpirySweeper(s.redis, s.keys, { intervalMs: 50, eventsMaxLen: 1000, batch: 10 }, s.logger, () => Date.now() + 3_600_000).sweep();
+    expect(await s.balance()).toBe(before.balance - charged);
+  });
+
   // advanceWorkflow-8 as the workflow advancer runs it for a `step_timeout` of step 0 (charged today).
   const advanceKeys = (id: string, accountId: string) => {
     const today = utcDay(Date.now());

@@ -123,7 +123,14 @@ describe('workflows', () => {
     // reports the attempts actually left, never 0.
     const [stale, left] = (await scripts.recordCheck.run(
       engine.redis,
-      [engine.keys.verification(id), engine.keys.events(), engine.keys.usage(account.account_id, utcDay(Date.now())), engine.keys.webhookOrder(id)],
+      [
+        engine.keys.verification(id),
+        engine.keys.events(),
+        engine.keys.usage(account.account_id, utcDay(Date.now())),
+        engine.keys.webhookOrder(id),
+        engine.keys.account(account.account_id),
+        engine.keys.conversion(utcDay(Date.now())),
+      ],
       ['mac-of-a-code-that-changed', '1', Date.now(), 3, 1000, 60],
     )) as [string, number];
     expect([stale, left]).toEqual(['stale', 2]);

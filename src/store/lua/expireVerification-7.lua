@@ -7,15 +7,8 @@
 
   Billing per attempt actually sent: when nothing of the current attempt (or
   send) left, it is refunded and taken out of the usage and conversion `sent`
-  of the day it was charged (a test number's, never counted there, only of
-  the usage), once (HSETNX `refunded`, or `att<n>_refunded` for a workflow
-  step). Its delivery job, still waiting (no SMPP bind, a throttle back-off,
-  a backlog), then finds the request past `sent` and drops it.
-  "Nothing left" (the same rule in cancelVerification-6 and advanceWorkflow-8):
-  no `dial_started` (no job claimed the attempt), or an SMS whose `sms_state`
-  says no submit_sm can have been taken: unset (claimed, not submitted yet;
-  `submitting` is written before submit_sm leaves), `retry` (refused for now,
-  or no bind) or `refused` (refused late). See engine/sms-processor.ts.
+  of the day it was charged (refundUnsent.lua: the rule, shared with
+  recordCheck-7).
 
   KEYS[1] verification hash
   KEYS[2] expiries sorted set
@@ -34,6 +27,7 @@
   not due yet, else {"skipped"} (already terminal or gone).
 ]]
 --- @include "refundCharge"
+--- @include "refundUnsent"
 --- @include "writeEvent"
 local v = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'account_id', 'method',
   'dial_started', 'sms_state', 'wf_step', 'wf_steps', 'send_cost', 'cost', 'country', 'test_number', 'whq_until')
@@ -53,25 +47,8 @@ redis.call('HDEL', KEYS[1], 'code_enc')
 redis.call('HSETNX', KEYS[1], 'at_expired', v[2])
 redis.call('ZREM', KEYS[2], ARGV[1])
 
-local sms = v[6]
-local nothingSent = not v[5] or (v[4] == 'sms' and (not sms or sms == 'retry' or sms == 'refused'))
-local refund, method, refunded = 0, v[4], false
-if nothingSent then
-  if v[7] and v[8] then
-    local p = 'att' .. v[7] .. '_'
-    if redis.call('HSETNX', KEYS[1], p .. 'refunded', '1') == 1 then
-      refunded = true
-      local a = redis.call('HMGET', KEYS[1], p .. 'cost', p .. 'method')
-      refund, method = tonumber(a[1] or '0'), a[2] or method
-      redis.call('HSET', KEYS[1], p .. 'cost', 0)
-    end
-  elseif redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then
-    refunded = true
-    -- A resend not sent yet: only its own price (send_cost); the earlier sends went out.
-    refund = tonumber(v[9] or v[10] or '0')
-  end
-end
--- A test number's send was never counted in the conversion hash (it never reaches the network): no country.
-if refunded then refundCharge(KEYS[4], KEYS[1], KEYS[5], KEYS[6], method, refund, not v[12] and v[11] or nil) end
+local refund = refundUnsent(KEYS[1], KEYS[4], KEYS[5], KEYS[6], {
+  method = v[4], dial_started = v[5], sms_state = v[6], wf_step = v[7], wf_steps = v[8],
+  send_cost = v[9], cost = v[10], country = v[11], test_number = v[12] })
 writeEvent(KEYS[3], ARGV[3], KEYS[7], v[13], 'expired', ARGV[1], v[3], v[4], v[2], '{"reason":"expired"}')
 return {'expired', refund}

@@ -7,6 +7,8 @@
   KEYS[2] events stream
   KEYS[3] usage hash of the account for the day the attempt was charged (its `verified` count)
   KEYS[4] webhook order set of the request (writeEvent.lua)
+  KEYS[5] account hash (the refund of an attempt that never left, when the last wrong code ends the request)
+  KEYS[6] conversion hash of the day the attempt was charged (refundCharge.lua)
 
   ARGV[1] code_mac the caller compared against
   ARGV[2] matched: "1" or "0"
@@ -18,6 +20,8 @@
   Returns {result, attempts_remaining}, result one of:
     verified | invalid_code | expired | already_verified | failed | canceled | not_found | stale
 ]]
+--- @include "refundCharge"
+--- @include "refundUnsent"
 --- @include "writeEvent"
 local v = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'attempts', 'code_mac',
   'request_id', 'account_id', 'method', 'whq_until')
@@ -60,6 +64,12 @@ if attempts >= max then
   redis.call('HSET', KEYS[1], 'status', 'expired')
   redis.call('HDEL', KEYS[1], 'code_enc')
   redis.call('HSETNX', KEYS[1], 'at_expired', ARGV[3])
+  -- Ended as an expiry does: an attempt that never left (an SMS still throttled, a call in a backlog) is refunded.
+  local r = redis.call('HMGET', KEYS[1], 'method', 'dial_started', 'sms_state', 'wf_step', 'wf_steps', 'send_cost', 'cost',
+    'country', 'test_number')
+  refundUnsent(KEYS[1], KEYS[5], KEYS[3], KEYS[6], {
+    method = r[1], dial_started = r[2], sms_state = r[3], wf_step = r[4], wf_steps = r[5],
+    send_cost = r[6], cost = r[7], country = r[8], test_number = r[9] })
   emit('expired')
 end
 local remaining = max - attempts
