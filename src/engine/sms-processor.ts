@@ -84,6 +84,9 @@ type Unsent = Extract<SubmitOutcome, { kind: 'retry' | 'failed' }>;
  */
 const REUSED_ID_PARK_S = 60;
 
+/** A submit that waited this long for its window slot and tokens reads its request again before it leaves (beforeSend). */
+const RECHECK_AFTER_MS = 200;
+
 export class SmsProcessor {
   constructor(private readonly deps: SmsProcessorDeps) {}
 
@@ -126,12 +129,18 @@ export class SmsProcessor {
     // Written before submit_sm leaves: a crash from here on is "may have been sent". Only while the attempt is still
     // wanted (markSmsSubmitting-1): expired, canceled, verified or its workflow step over since the claim, it was (or
     // will be) refunded as not sent, and it is not sent.
-    const wanted = await scripts.markSmsSubmitting.run(redis, [key], [base.step === undefined ? '' : String(base.step), Date.now(), String(attempt)]);
-    if (wanted !== 1) {
+    const mark = async (): Promise<boolean> =>
+      (await scripts.markSmsSubmitting.run(redis, [key], [base.step === undefined ? '' : String(base.step), Date.now(), String(attempt)])) === 1;
+    const markedAt = Date.now();
+    if (!(await mark())) {
       log.info({ attempt }, 'verification ended (or its step moved on) before its SMS left; not sent');
       return undefined;
     }
     const outcome = await gateway.submit({
+      // The wait for a window slot, the bind's TPS token and a shared rate can be long under a backlog: a request
+      // that ended meanwhile (its expiry and cancel saw `submitting`, "may have left", and billed it) is not sent,
+      // and refunded below. A short wait is not read again (one round trip per SMS saved), as a flash call's.
+      beforeSend: async () => Date.now() - markedAt < RECHECK_AFTER_MS || (await mark()),
       requestId,
       to,
       from: this.sender(country),
@@ -141,6 +150,15 @@ export class SmsProcessor {
       ...(base.step !== undefined ? { step: base.step } : {}),
       logger: log,
     });
+    if (outcome.kind === 'withdrawn') {
+      // Past its expiry, not yet swept: marked `retry`, the sweeper's expiry refunds it. Ended (its expiry, cancel or
+      // step timeout found it `submitting`, "may have left", and billed it): a refunded failure gives the charge back,
+      // once, and records nothing else on a request that has ended (applyEvent-4, applyStepEvent-4).
+      const state = await scripts.markSmsWithdrawn.run(redis, [key], [base.step === undefined ? '' : String(base.step)]);
+      if (state === 'ended') await events.publish({ ...base, status: 'failed', detail: { reason: 'request_ended', refund: true } });
+      log.info({ attempt, smsc: outcome.smsc, refund: state === 'ended' ? 'now' : 'by_expiry' }, 'verification ended (or its step moved on) while its SMS waited for its turn; not sent, refunded');
+      return undefined;
+    }
     this.deps.metrics.smsSubmitted(outcome.smsc || 'none', outcome.kind === 'retry' || outcome.kind === 'unconfirmed' ? outcome.reason : outcome.kind);
 
     if (outcome.kind === 'accepted') {

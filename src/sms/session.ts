@@ -689,7 +689,7 @@ export class SmppSession {
   /**
    * Sends one submit_sm in a slot taken with `reserve()`, and frees the slot: when it is answered, or, one that timed
    * out, when its late answer comes or its connection goes (the SMSC still holds it unanswered: it counts in the
-   * window until then). Never throws.
+   * window until then). Throws only what the request's beforeSend throws.
    */
   async submitReserved(request: SubmitRequest): Promise<SubmitOutcome> {
     const smsc = this.smsc.name;
@@ -707,6 +707,8 @@ export class SmppSession {
     try {
       return await this.submitInSlot(request, slot);
     } catch (err) {
+      // The request's own check failed (Redis): the caller's to handle, as if it had failed before the submit.
+      if (err instanceof BeforeSendError) throw err.cause;
       // Only an encoding bug can land here (text.ts checks texts fit); don't lose the job over it.
       request.logger.error({ smsc, bind: this.name, err: err instanceof Error ? err.message : String(err) }, 'submit failed locally');
       return { kind: 'failed', reason: 'encoding', commandStatus: CommandStatus.ESME_RSYSERR, statusName: 'ESME_RSYSERR', smsc };
@@ -720,6 +722,12 @@ export class SmppSession {
     const encoded = encodeShortMessage(request.message, { gsm7DataCoding: this.smsc.gsm7DataCoding, gsm7Packed: this.smsc.gsm7Packed });
     await this.bucket.take();
     if (this.options.accountRate) await this.options.accountRate.take();
+    if (request.beforeSend !== undefined) {
+      const wanted = await request.beforeSend().catch((err: unknown) => {
+        throw new BeforeSendError(err);
+      });
+      if (!wanted) return { kind: 'withdrawn', smsc };
+    }
     if (!this.tx.isBound) return { kind: 'retry', reason: 'connection_lost', smsc };
     const { sequence, result } = this.tx.request(
       'submit_sm',
@@ -841,4 +849,11 @@ export function relativeValidity(seconds: number): string {
   s -= days * 86_400;
   const p2 = (n: number): string => String(n).padStart(2, '0');
   return `0000${p2(days)}${p2(Math.floor(s / 3600))}${p2(Math.floor((s % 3600) / 60))}${p2(s % 60)}000R`;
+}
+
+/** What a request's beforeSend threw, carried past submitReserved's catch-all for encoding bugs. */
+class BeforeSendError extends Error {
+  constructor(override readonly cause: unknown) {
+    super('beforeSend failed');
+  }
 }

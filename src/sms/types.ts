@@ -36,6 +36,12 @@ export interface SubmitRequest {
   validForSeconds?: number;
   /** Workflow step the submit delivers (none outside a workflow): a late submit_sm_resp applies to that step only. */
   step?: number;
+  /**
+   * Asked once a window slot, the bind's TPS token and the SMSC's shared rate are held, just before submit_sm is
+   * written (those waits can last seconds under a backlog): false, and nothing is sent (outcome `withdrawn`). What it
+   * throws, submit throws.
+   */
+  beforeSend?: () => Promise<boolean>;
   logger: Logger;
 }
 
@@ -71,6 +77,11 @@ export type SubmitOutcome =
       bind: string;
     }
   | {
+      /** Not sent: the request's beforeSend said it is no longer wanted (it ended while the submit waited its turn). */
+      kind: 'withdrawn';
+      smsc: string;
+    }
+  | {
       /** The SMSC refused the message for good. */
       kind: 'failed';
       reason: string;
@@ -81,7 +92,7 @@ export type SubmitOutcome =
     };
 
 /** What a submit_sm_resp (or a generic_nack in its place) says: every outcome but `unconfirmed`. */
-export type AnsweredOutcome = Exclude<SubmitOutcome, { kind: 'unconfirmed' }>;
+export type AnsweredOutcome = Exclude<SubmitOutcome, { kind: 'unconfirmed' | 'withdrawn' }>;
 
 /** What of a SubmitRequest the handler of a late submit_sm_resp gets. */
 export type LateRequest = Pick<SubmitRequest, 'requestId' | 'to' | 'step'>;

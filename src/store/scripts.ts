@@ -88,6 +88,7 @@ export const scripts = {
   matchSmsReceipt: LuaScript.load('matchSmsReceipt-4'),
   markSmsWaiting: LuaScript.load('markSmsWaiting-3'),
   markSmsSubmitting: LuaScript.load('markSmsSubmitting-1'),
+  markSmsWithdrawn: LuaScript.load('markSmsWithdrawn-1'),
   markSmsRefused: LuaScript.load('markSmsRefused-2'),
   settleSms: LuaScript.load('settleSms-4'),
   claimDelivery: LuaScript.load('claimDelivery-1'),

@@ -477,6 +477,33 @@ describe('SMS OTP through SMPP', () => {
     expect(await submitsTo('+447700900712')).toHaveLength(1);
   });
 
+  it('an SMS waiting for a window slot when its request is canceled or expires is not sent, and is refunded', async () => {
+    // One slot, held 2.5 s by the first submit: the next two wait in the gateway (marked `submitting`) meanwhile.
+    const t = await start({ window: 1, responseTimeoutMs: 5_000 });
+    const account = await t.account({ balance: 1 });
+    await smsc.set({ respDelayMs: 2_500 });
+    const first = await sendSms(t, account.auth, '+447700900721');
+    await waitFor(async () => (await submitsTo('+447700900721')).length === 1 || undefined, 5_000);
+    const canceled = await sendSms(t, account.auth, '+447700900722');
+    const expired = await sendSms(t, account.auth, '+447700900723');
+    for (const id of [canceled, expired]) await waitFor(async () => (await t.redis.hget(t.keys.verification(id), 'sms_state')) === 'submitting' || undefined, 5_000);
+    expect((await http(`${t.url}/v1/verify/${canceled}/cancel`, { auth: account.auth, body: {} })).body).toMatchObject({ status: 'canceled' });
+    // Its time is up while it waits (as with a short expiry_seconds).
+    const now = Date.now() - 1;
+    await t.redis.hset(t.keys.verification(expired), 'expires_at', String(now));
+    await t.redis.zadd(t.keys.expiries(), now, expired);
+
+    expect((await finalStatus(t, account.auth, first)).status).toBe('delivered');
+    await waitFor(async () => t.logs.filter((l) => l.includes('while its SMS waited for its turn')).length === 2 || undefined, 10_000);
+    await waitFor(async () => ((await http(`${t.url}/v1/verify/${expired}`, { auth: account.auth })).body as { status: string }).status === 'expired' || undefined, 10_000);
+    // Neither left; each is refunded once: only the first SMS is billed.
+    expect(await submitsTo('+447700900722')).toEqual([]);
+    expect(await submitsTo('+447700900723')).toEqual([]);
+    await waitFor(async () => Math.abs((await t.accounts.get(account.account_id)).balance - (1 - 0.03)) < 1e-9 || undefined, 5_000);
+    expect([await t.redis.hget(t.keys.verification(canceled), 'cost'), await t.redis.hget(t.keys.verification(expired), 'cost')]).toEqual(['0', '0']);
+    expect(((await http(`${t.url}/v1/verify/${canceled}`, { auth: account.auth })).body as { status: string }).status).toBe('canceled');
+  });
+
   it('resend: true sends the same code again on the same request, billed per send', async () => {
     const t = await start();
     const account = await t.account({ balance: 1 });

@@ -4,9 +4,11 @@
   past its expires_at, and (a workflow) still at this step. From this mark on
   the attempt counts as "may have been sent" and is billed; before it, expiry,
   cancel and a step timeout refund it (expireVerification-7,
-  cancelVerification-4, advanceWorkflow-4: sms_state unset, retry or refused).
+  cancelVerification-6, advanceWorkflow-8: sms_state unset, retry or refused).
   Checking and marking in one script closes the window in which the request
-  was refunded after the job's claim and its SMS still went out.
+  was refunded after the job's claim and its SMS still went out. Run again,
+  through the gateway's beforeSend, when the submit waited over 200 ms for its
+  window slot and tokens; a 0 then withdraws it (markSmsWithdrawn-1).
 
   KEYS[1] verification hash
 
