@@ -12,6 +12,7 @@ import type { Keys } from '../store/keys.js';
 import { scripts } from '../store/scripts.js';
 import { claimDelivery } from './delivery-claim.js';
 import type { DeliveryJobData } from './queues.js';
+import { utcDay } from '../verification/types.js';
 
 /** Languages by country for SMS templates, when the request has no locale. */
 const COUNTRY_LANGUAGE: Record<string, string> = {
@@ -41,6 +42,7 @@ export type SmsState = 'submitting' | 'retry' | 'unconfirmed' | 'refused' | 'acc
 
 const RECORD_FIELDS = [
   'expires_at', 'locale', 'sms_state', 'sms_attempts', 'sms_smsc', 'sms_message_id', 'sms_unconfirmed_until', 'sms_nobind_since', 'sms_waits', 'sms_refusal',
+  'sends', 'last_send_at',
 ];
 
 export interface SmsProcessorDeps {
@@ -239,6 +241,23 @@ export class SmsProcessor {
       outcome.kind === 'retry'
         ? { reason: `smsc_${outcome.reason}`, attempts: attempt, ...(outcome.smsc ? { smsc: outcome.smsc } : {}), ...smppStatus(outcome.commandStatus) }
         : { reason: 'smsc_rejected', smsc: outcome.smsc, smpp_status: outcome.commandStatus, smpp_status_name: outcome.statusName, attempts: attempt };
+    // A resend not taken, on a request whose earlier message was accepted or delivered: that message stands (the
+    // code the user has still verifies); the resend is refunded, no event (settleRefusedResend-4).
+    const sends = Number(extra.sends ?? 1);
+    if (sends > 1 && base.step === undefined) {
+      const { redis, keys } = this.deps;
+      const day = utcDay(Number(extra.last_send_at ?? Date.now()));
+      const kept = await scripts.settleRefusedResend.run(
+        redis,
+        [claim.key, keys.account(base.account_id), keys.usage(base.account_id, day), keys.conversion(day)],
+        [sends, 'sms'],
+      );
+      if (kept === 'kept') {
+        log.warn({ ...detail, send: sends }, 'sms resend not sent (refunded); the request keeps its earlier message');
+        return outcome;
+      }
+      if (kept === 'gone') return outcome;
+    }
     log.warn({ ...detail }, 'sms not sent; verification failed');
     // Never accepted by any SMSC: nothing was sent, the attempt is refunded.
     await events.publish({ ...base, status: 'failed', detail: { ...detail, refund: true } });

@@ -89,6 +89,7 @@ export const scripts = {
   markSmsWaiting: LuaScript.load('markSmsWaiting-3'),
   markSmsSubmitting: LuaScript.load('markSmsSubmitting-1'),
   markSmsWithdrawn: LuaScript.load('markSmsWithdrawn-1'),
+  settleRefusedResend: LuaScript.load('settleRefusedResend-4'),
   markSmsRefused: LuaScript.load('markSmsRefused-2'),
   settleSms: LuaScript.load('settleSms-4'),
   claimDelivery: LuaScript.load('claimDelivery-1'),

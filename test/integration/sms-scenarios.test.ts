@@ -521,6 +521,37 @@ describe('SMS OTP through SMPP', () => {
     expect((await smsc.state()).totals).toEqual({ submits: 2, destinations: 1, destinationsTwice: 1 });
   });
 
+  it('a resend the SMSC refuses (nothing sent) is refunded and leaves the request with its earlier message: delivered stays delivered, accepted still delivers, the code verifies', async () => {
+    const t = await start();
+    const account = await t.account({ balance: 1 });
+    await new AccountStore(t.redis, t.keys, t.sealer, { allowPrivateWebhooks: true }).setWebhook(account.account_id, hookUrl);
+    // Delivered, then a resend refused for good (ESME_RINVDSTADR for this number from now on).
+    const delivered = await sendSms(t, account.auth, '+447700900731');
+    expect(await finalStatus(t, account.auth, delivered)).toMatchObject({ status: 'delivered' });
+    // Accepted with its receipt late, then a resend throttled past sms.retry.maxAttempts.
+    await smsc.set({ receiptDelayMs: 4_000 });
+    const accepted_ = await sendSms(t, account.auth, '+447700900732');
+    await waitFor(async () => (await t.redis.hget(t.keys.verification(accepted_), 'sms_state')) === 'accepted' || undefined, 5_000);
+    await smsc.set({ rejectPrefixes: { '447700900731': 0x0b, '447700900732': 0x58 } });
+    for (const phone of ['+447700900731', '+447700900732']) {
+      const again = await http(`${t.url}/v1/verify`, { auth: account.auth, body: { phone_number: phone, method: 'sms', code_length: 6, resend: true } });
+      expect(again.status).toBe(200);
+    }
+    await waitFor(async () => t.logs.filter((l) => l.includes('the request keeps its earlier message')).length === 2 || undefined, 10_000);
+    // The late receipt of the accepted one's first message still delivers it.
+    expect(await finalStatus(t, account.auth, accepted_)).toMatchObject({ status: 'delivered' });
+    for (const [id, phone] of [[delivered, '+447700900731'], [accepted_, '+447700900732']] as const) {
+      const [first] = accepted(await submitsTo(phone));
+      const ok = await http(`${t.url}/v1/verify/check`, { auth: account.auth, body: { request_id: id, code: codeIn(first!.text) } });
+      expect([ok.status, (ok.body as { status: string }).status]).toEqual([200, 'verified']);
+      expect((await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id && e.status === 'failed')).toEqual([]);
+      await waitFor(async () => hooksOf(id).some((h) => h.status === 'verified') || undefined, 5_000);
+      expect(hooksOf(id).map((h) => h.status)).toEqual(['sent', 'delivered', 'verified']);
+    }
+    // Two sends billed, the two resends refunded.
+    expect((await t.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 2 * 0.03, 6);
+  });
+
   // (A workflow request is not resent: resend: true on a live workflow is 409, workflows.test.ts.)
   it('an SMS request sent again (resend): the receipt of its first message still counts, every message id stays mapped', async () => {
     const t = await start();

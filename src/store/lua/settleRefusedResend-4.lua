@@ -1,0 +1,47 @@
+--[[
+  An SMS resend (resendVerification-4) that the SMSC did not take (refused for
+  good, throttled past sms.retry.maxAttempts, no bind within noBindMaxWaitMs:
+  nothing of it was sent), on a request whose earlier message was accepted
+  (its id is among `sms_superseded_ids`) or delivered: the request keeps that
+  message, as a failure receipt of the resent one would leave it (settleSms-4),
+  instead of failing with a code the user may already have. The resend is
+  refunded once and the request put back as it was before it (the previous
+  send's fields, from `resend_undo`), except `sends`: a later resend gets a new
+  job id.
+
+  KEYS[1] verification hash
+  KEYS[2] account hash
+  KEYS[3] usage hash of the account for the resend's day (its last_send_at)
+  KEYS[4] conversion hash of that day
+
+  ARGV[1] the resend's send number (the job's; `sends` on the record)
+  ARGV[2] method (the usage field prefix)
+
+  Returns 'kept' (refunded, the request keeps its earlier message; also when
+  done already by an earlier run of the job), 'alone' (no earlier message was
+  accepted: the caller fails the request, refunded, as for a first send),
+  'ended' (the request is over: the caller's refunded failure gives the charge
+  back) or 'gone' (another send, or no record: nothing to do).
+]]
+--- @include "refundCharge"
+local v = redis.call('HMGET', KEYS[1], 'status', 'sends', 'resend_undo', 'send_cost', 'country', 'test_number',
+  'sms_superseded_ids', 'resend_refused')
+if not v[1] then return 'gone' end
+if v[8] == ARGV[1] then return 'kept' end
+if tonumber(v[2] or '1') ~= tonumber(ARGV[1]) then return 'gone' end
+if v[1] ~= 'sent' and v[1] ~= 'delivered' then return 'ended' end
+if not v[3] or (not v[7] and v[1] ~= 'delivered') then return 'alone' end
+local undo = cjson.decode(v[3])
+-- A test number's send was never counted in the conversion hash: no country.
+if redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then
+  refundCharge(KEYS[2], KEYS[1], KEYS[3], KEYS[4], ARGV[2], tonumber(v[4] or '0'), not v[6] and v[5] or nil)
+end
+local fields = {'dial_started', 'rang_at', 'answered_at', 'outcome', 'final_sip_status', 'sms_state', 'sms_attempts',
+  'sms_unconfirmed_until', 'sms_nobind_since', 'sms_waits', 'refunded', 'code_mac', 'code_enc', 'send_cost',
+  'sms_superseded_ids', 'last_send_at'}
+for _, name in ipairs(fields) do
+  if undo[name] then redis.call('HSET', KEYS[1], name, undo[name]) else redis.call('HDEL', KEYS[1], name) end
+end
+redis.call('HDEL', KEYS[1], 'resend_undo', 'sms_refusal')
+redis.call('HSET', KEYS[1], 'resend_refused', ARGV[1])
+return 'kept'
