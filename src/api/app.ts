@@ -260,13 +260,21 @@ async function authenticate(
   pair: { apiKey: string; secret: string } | undefined,
 ): Promise<Account> {
   // An address locked out for brute force gets 429 before its credentials are looked at (auth-guard.ts).
-  await guard.checkAddress(req.ip);
-  const account = pair ? await accounts.authenticate(pair.apiKey, pair.secret) : null;
+  const failures = await guard.checkAddress(req.ip);
+  if (pair === undefined) {
+    // No Basic credentials at all: nothing guessed, so not counted. Many HTTP clients send a request without them
+    // first and only answer the challenge (RFC 7617 2); counted, every such request would bring their address
+    // (or a proxy's, every client behind it) nearer the lock-out.
+    void reply.header('WWW-Authenticate', 'Basic realm="FlashVerify"');
+    void reply.headers(rateLimitHeaders(guard.budget(failures)));
+    throw new ApiError('unauthorized');
+  }
+  const account = await accounts.authenticate(pair.apiKey, pair.secret);
   if (!account) {
     void reply.header('WWW-Authenticate', 'Basic realm="FlashVerify"');
     // Counted atomically per address and per key; slows down, then locks the address out (429 + Retry-After).
     // No key's rate limit applies to a 401: its X-RateLimit-* headers give the address's failure budget.
-    const budget = await guard.failed(req.ip, pair?.apiKey);
+    const budget = await guard.failed(req.ip, pair.apiKey);
     void reply.headers(rateLimitHeaders(budget));
     throw new ApiError('unauthorized');
   }

@@ -51,12 +51,18 @@ export class AuthGuard {
     return this.locked(ttl > 0 ? ttl : this.options.windowSeconds);
   }
 
-  /** Throws 429 when the address is locked out. */
-  async checkAddress(address: string): Promise<void> {
+  /** Throws 429 when the address is locked out; else returns its count of failures in the window. */
+  async checkAddress(address: string): Promise<number> {
     const key = this.keys.authFailures('ip', address);
     // Every request pays this check: one read, and the TTL only for an address that is locked out.
-    if (Number((await this.redis.get(key)) ?? 0) < this.options.lockAfter) return;
+    const failures = Number((await this.redis.get(key)) ?? 0);
+    if (failures < this.options.lockAfter) return failures;
     throw this.lockedFor(await this.redis.ttl(key));
+  }
+
+  /** What is left of an address's failure budget with `failures` counted, for the headers of a 401 not counted. */
+  budget(failures: number): RateLimitWindow {
+    return { limit: this.options.lockAfter, remaining: Math.max(0, this.options.lockAfter - failures), reset: epochSecondsIn(this.options.windowSeconds) };
   }
 
   /**

@@ -678,7 +678,20 @@ export const configObjectSchema = z
          * longer than this. 0: no limit.
          */
         requestTimeoutMs: z.number().int().min(0).max(600_000).default(10_000),
-        trustProxy: z.boolean().default(false),
+        /**
+         * Which peers' X-Forwarded-For is believed for the client address (the per-address auth lock-out, logs):
+         * false (none: the peer is the client) or the proxies' addresses (IPs, CIDRs, or proxy-addr's `loopback` /
+         * `linklocal` / `uniquelocal`): the client is the last entry not one of them. true believes every entry, the
+         * client's own first one included: anyone could then pick the address a failure is counted against.
+         */
+        trustProxy: z
+          .union([
+            z.boolean(),
+            z
+              .array(z.string().refine(trustedProxyForm, 'an IP address, a CIDR (e.g. 10.0.0.0/8), loopback, linklocal or uniquelocal'))
+              .min(1),
+          ])
+          .default(false),
       })
       .strict(),
     redis: z
@@ -1243,4 +1256,15 @@ function isDnsServer(value: string): boolean {
   if (isIP(value) !== 0) return true;
   const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(value) ?? /^([^:[\]]+):(\d{1,5})$/.exec(value);
   return m !== null && isIP(m[1] ?? '') !== 0 && Number(m[2]) >= 1 && Number(m[2]) <= 65535;
+}
+
+/** An entry of http.trustProxy's list, as proxy-addr (Fastify's) takes it: an IP, a CIDR, or a named range. */
+function trustedProxyForm(entry: string): boolean {
+  if (entry === 'loopback' || entry === 'linklocal' || entry === 'uniquelocal') return true;
+  const [address, bits, ...rest] = entry.split('/');
+  const family = isIP(address ?? '');
+  if (family === 0 || rest.length > 0) return false;
+  if (bits === undefined) return true;
+  if (!/^\d{1,3}$/.test(bits)) return false;
+  return Number(bits) <= (family === 4 ? 32 : 128);
 }

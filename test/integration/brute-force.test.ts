@@ -80,6 +80,39 @@ describe('API secret brute force', { timeout: 30_000 }, () => {
     expect((await timed(a.auth)).status).toBe(200);
   });
 
+  it('a request without credentials (a client waiting for the challenge first) is answered 401 and not counted: it never locks its address out', async () => {
+    engine = await startTestEngine(testConfig({ api: { authFailures: { delayAfter: 3, delayMs: 1000, lockAfter: 4, windowSeconds: 60 } } }), 'api');
+    const a = await engine.account();
+    // As .NET HttpClient or Apache HttpClient do: the request without Authorization, the 401 challenge, then the right pair.
+    for (let i = 0; i < 8; i++) {
+      const challenge = await http(`${engine.url}/v1/balance`, {});
+      expect([challenge.status, challenge.headers.get('www-authenticate'), challenge.headers.get('x-ratelimit-remaining')]).toEqual([401, 'Basic realm="FlashVerify"', '4']);
+      expect((await http(`${engine.url}/v1/balance`, { auth: a.auth })).status).toBe(200);
+    }
+    // Wrong secrets still count, and lock the address out at lockAfter.
+    const wrong = basic(a.api_key, 'f'.repeat(64));
+    expect((await http(`${engine.url}/v1/balance`, { auth: wrong })).headers.get('x-ratelimit-remaining')).toBe('3');
+    expect((await http(`${engine.url}/v1/balance`, {})).headers.get('x-ratelimit-remaining')).toBe('3');
+  });
+
+  it('behind a proxy named in http.trustProxy, failures count against the client the proxy saw, not an address the client wrote into X-Forwarded-For', async () => {
+    engine = await startTestEngine(
+      testConfig({ http: { trustProxy: ['127.0.0.1'] }, api: { authFailures: { delayAfter: 10, delayMs: 1000, lockAfter: 3, windowSeconds: 60 } } }),
+      'api',
+    );
+    const a = await engine.account();
+    const wrong = basic(a.api_key, 'f'.repeat(64));
+    // The proxy (this test, at 127.0.0.1) appends the address it saw; the client's own entries come first, each different.
+    const via = (client: string, spoofed: string) => ({ 'x-forwarded-for': `${spoofed}, ${client}` });
+    for (let i = 1; i <= 3; i++) {
+      const r = await http(`${engine.url}/v1/balance`, { auth: wrong, headers: via('198.51.100.8', `10.0.0.${i}`) });
+      expect(r.status).toBe(i < 3 ? 401 : 429);
+    }
+    // That client is locked out whatever it writes first; another client behind the same proxy is not.
+    expect((await http(`${engine.url}/v1/balance`, { auth: a.auth, headers: via('198.51.100.8', '10.0.0.99') })).status).toBe(429);
+    expect((await http(`${engine.url}/v1/balance`, { auth: a.auth, headers: via('198.51.100.9', '198.51.100.8') })).status).toBe(200);
+  });
+
   it('counts concurrent failures exactly (atomic), and never stores the secrets tried', async () => {
     engine = await startTestEngine(
       testConfig({ api: { authFailures: { delayAfter: 1000, delayMs: 0, lockAfter: 1000, windowSeconds: 60 } } }),

@@ -100,6 +100,15 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ env: { REDIS_PREFIX: '{}' } })).toThrow(/braces only around one non-empty hash tag/);
   });
 
+  it('http.trustProxy: false, true, or the proxies\' addresses (IPs, CIDRs, named ranges); anything else is named', () => {
+    expect(issues({}, { http: { trustProxy: ['10.0.0.0/8', '192.0.2.7', '2001:db8::/32', 'loopback'] } })).toBe('');
+    expect(issues({}, { http: { trustProxy: true } })).toBe('');
+    const bad = issues({}, { http: { trustProxy: ['10.0.0.0/33', 'proxy.example.com'] } as never });
+    expect(bad).toMatch(/http\.trustProxy\.0: an IP address, a CIDR/);
+    expect(bad).toMatch(/http\.trustProxy\.1: an IP address, a CIDR/);
+    expect(issues({}, { http: { trustProxy: 2 } as never })).toMatch(/http\.trustProxy/);
+  });
+
   it('keeps the admin API off by default and takes its token from FLASHVERIFY_ADMIN_TOKEN', () => {
     expect(loadConfig({ env: {} }).admin.token).toBe('');
     expect(loadConfig({ env: { FLASHVERIFY_ADMIN_TOKEN: 'a'.repeat(32) } }).admin.token).toBe('a'.repeat(32));
