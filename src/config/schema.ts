@@ -19,12 +19,21 @@ const e164Prefix = z
   .string()
   .regex(/^\+[1-9]\d{3,13}$/, 'must be E.164 digits with a leading + (e.g. "+44190873")');
 
+/**
+ * The destination "country" of numbers that have none (verification/phone.ts): the international calling codes of
+ * satellite and international networks (+870 Inmarsat, +881 satellite, +882 / +883 international networks, +878,
+ * +888, and +800 / +808 / +979), where international revenue-share fraud lives.
+ */
+export const NO_COUNTRY = 'ZZ';
+
 export const countryCodeSchema = z
   .string()
-  .regex(/^[A-Z]{2}$/, 'must be an ISO 3166-1 alpha-2 code such as "GB"')
+  .regex(/^[A-Z]{2}$/, 'must be an ISO 3166-1 alpha-2 code such as "GB" (or "ZZ": numbers of no country)')
   // A code no number belongs to ("XX", "UK" for GB) would allow or deny nothing, without a word.
   .superRefine((c, ctx) => {
-    if (/^[A-Z]{2}$/.test(c) && !isSupportedCountry(c)) ctx.addIssue({ code: 'custom', message: `"${c}" is not a country with telephone numbers (ISO 3166-1 alpha-2, e.g. "GB", not "UK")` });
+    if (/^[A-Z]{2}$/.test(c) && c !== NO_COUNTRY && !isSupportedCountry(c)) {
+      ctx.addIssue({ code: 'custom', message: `"${c}" is not a country with telephone numbers (ISO 3166-1 alpha-2, e.g. "GB", not "UK"; "ZZ": numbers of no country)` });
+    }
   });
 
 const sipUri = z
@@ -487,11 +496,11 @@ export const fraudSchema = z
       })
       .strict()
       .prefault({}),
-    /** Destination countries; empty allow = every country not denied. */
+    /** Destination countries; empty allow = every country not denied. ZZ (no country: satellite, international networks) denied unless allowed. */
     countries: z
       .object({
         allow: z.array(countryCodeSchema).default([]),
-        deny: z.array(countryCodeSchema).default([]),
+        deny: z.array(countryCodeSchema).default([NO_COUNTRY]),
       })
       .strict()
       .prefault({}),
@@ -535,7 +544,7 @@ export const fraudSchema = z
   .strict();
 
 /** Per destination country (ISO alpha-2 with telephone numbers) or "default": "UK" would never match a GB number. */
-const priceTable = z.record(z.union([z.literal('default'), countryCodeSchema], { message: 'must be "default" or an ISO 3166-1 alpha-2 country such as "GB"' }), z.number().nonnegative());
+const priceTable = z.record(z.union([z.literal('default'), countryCodeSchema], { message: 'must be "default" or an ISO 3166-1 alpha-2 country such as "GB" ("ZZ": numbers of no country)' }), z.number().nonnegative());
 
 const SOCKETS_PER_HOST = 'must be a whole number of connections, at least 1';
 const DNS_MS = 'must be a whole number of milliseconds, 0 or more';

@@ -5,6 +5,7 @@ import {
   countryCodeSchema,
   LIVE_SCOPES,
   lineTypeSchema,
+  NO_COUNTRY,
   testNumberSchema,
   velocityWindowSchema,
   type FraudConfig,
@@ -96,8 +97,12 @@ export function fraudPolicy(server: Readonly<FraudConfig>, account: AccountFraud
  */
 export function countryRefusal(policy: FraudPolicy, country: string): string | undefined {
   const refused = (lists: CountryLists): boolean => lists.deny.includes(country) || (lists.allow.length > 0 && !lists.allow.includes(country));
-  if (refused(policy.server)) return `destination country ${country} is not allowed on this service`;
-  if (policy.account && refused(policy.account)) return `destination country ${country} is not allowed for this account`;
+  const what =
+    country === NO_COUNTRY
+      ? 'a number of no country (ZZ: a satellite or international network code such as +881, +882, +883, +870)'
+      : `destination country ${country}`;
+  if (refused(policy.server)) return `${what} is not allowed on this service`;
+  if (policy.account && refused(policy.account)) return `${what} is not allowed for this account`;
   return undefined;
 }
 

@@ -1,6 +1,6 @@
 import { parsePhoneNumberFromString } from 'libphonenumber-js/max';
 import metadata from 'libphonenumber-js/metadata.min.json';
-import type { LineType } from '../config/schema.js';
+import { NO_COUNTRY, type LineType } from '../config/schema.js';
 import { ApiError } from './errors.js';
 
 export interface Destination {
@@ -29,10 +29,15 @@ export function parseDestination(input: unknown): Destination {
   if (!parsed || !parsed.isPossible()) {
     throw new ApiError('invalid_phone', `phone_number ${input} is not a possible number for its country code`);
   }
+  // A national trunk prefix after the country code (+33 0612..., +44 07700...) is not E.164: dialled as given it
+  // may not route, and as another spelling of one handset it would get round the per-number controls.
+  if (parsed.number !== input) {
+    throw new ApiError('invalid_phone', `phone_number ${input} carries a national trunk prefix; in E.164 it is ${parsed.number}`);
+  }
   // A number outside every allocated block (e.g. Ofcom's drama range) has no
   // exact country; use the main country of its calling code.
   const main = (metadata.country_calling_codes as Record<string, string[]>)[parsed.countryCallingCode]?.[0];
   let type: LineType | undefined | null = null;
   const lineType = (): LineType | undefined => (type === null ? (type = parsed.getType() as LineType | undefined) : type);
-  return { e164: input, country: parsed.country ?? main ?? 'ZZ', lineType };
+  return { e164: input, country: parsed.country ?? main ?? NO_COUNTRY, lineType };
 }

@@ -118,6 +118,24 @@ describe('velocity limits (sliding windows per account)', () => {
 });
 
 describe('country lists and number types', () => {
+  it('numbers of no country (ZZ: +881 satellite, +882/+883 networks, +870 Inmarsat) are denied by default; an operator allows and prices them by ZZ', async () => {
+    const closed = await start({});
+    const a = await closed.account();
+    for (const phone of ['+881612345678', '+8821612345678', '+870773123456']) {
+      const r = await verify(closed, a.auth, { phone_number: phone, method: 'voice' });
+      expect([r.status, r.body.error]).toEqual([400, 'invalid_phone']);
+      expect(String(r.body.message)).toMatch(/a number of no country \(ZZ: a satellite or international network code/);
+    }
+    await closed.stop();
+    const open = await start({ fraud: { countries: { deny: [] } }, pricing: { voice: { default: 0.02, ZZ: 1.5 } } });
+    const b = await open.account({ balance: 10 });
+    const r = await verify(open, b.auth, { phone_number: '+881612345678', method: 'voice' });
+    expect([r.status, r.body.cost]).toEqual([201, { amount: 1.5, currency: 'GBP' }]);
+    // An account may still deny them itself.
+    await setFraud(open, b.account_id, { countries: { deny: ['ZZ'] } });
+    expect((await verify(open, b.auth, { phone_number: '+881612345679', method: 'voice' })).status).toBe(400);
+  });
+
   it('server deny list always applies; an account\'s lists only narrow the server\'s', async () => {
     const t = await start({ fraud: { countries: { deny: ['FR'] } } });
     const a = await t.account();

@@ -30,4 +30,17 @@ describe('parseDestination', () => {
     }
     expect(() => parseDestination('+4412345')).toThrow(/not a possible number for its country code/);
   });
+
+  it('refuses a national trunk prefix after the country code, naming the E.164 form (one handset, one spelling)', () => {
+    for (const [given, e164] of [['+330612345678', '+33612345678'], ['+4407700900123', '+447700900123'], ['+49030123456', '+4930123456']]) {
+      expect(() => parseDestination(given)).toThrow(`phone_number ${given} carries a national trunk prefix; in E.164 it is ${e164}`);
+      expect(parseDestination(e164).e164).toBe(e164);
+    }
+    // A leading 0 that is part of the number (Italy, Côte d'Ivoire) is E.164.
+    for (const e164 of ['+390612345678', '+2250701234567']) expect(parseDestination(e164).e164).toBe(e164);
+  });
+
+  it('numbers of no country (satellite, international networks) are ZZ', () => {
+    for (const e164 of ['+881612345678', '+8821612345678', '+870773123456']) expect(parseDestination(e164).country).toBe('ZZ');
+  });
 });
