@@ -220,13 +220,14 @@ export function parseHostPort(s: string): { host: string; port: number | undefin
     if (rest.length === 0) return { host, port: undefined };
     if (rest[0] !== ':') return undefined;
     const port = parseUint(rest.slice(1), 65535);
-    return port === undefined ? undefined : { host, port };
+    // Port 0 is no port to send to (a Contact, Record-Route or Via naming it is malformed).
+    return port === undefined || port === 0 ? undefined : { host, port };
   }
   const colon = t.indexOf(':');
   if (colon === -1) return /[\s;,<>"]/.test(t) ? undefined : { host: t, port: undefined };
   const port = parseUint(t.slice(colon + 1), 65535);
   const host = t.slice(0, colon);
-  if (port === undefined || host.length === 0) return undefined;
+  if (port === undefined || port === 0 || host.length === 0) return undefined;
   return { host, port };
 }
 

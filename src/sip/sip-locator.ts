@@ -336,7 +336,8 @@ export class SipLocator {
         return [];
       }
       // RFC 2782: a single record with target "." says the service is not offered here.
-      const usable = records.filter((r) => r.name !== '' && r.name !== '.');
+      // A port of 0 is no port: such a record is left out as malformed.
+      const usable = records.filter((r) => r.name !== '' && r.name !== '.' && r.port > 0);
       this.logger.info({ srv: name, targets: usable.map((r) => `${r.name}:${r.port} p${r.priority} w${r.weight}`) }, 'SIP SRV records loaded');
       return usable;
     });

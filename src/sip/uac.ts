@@ -635,9 +635,7 @@ export class UacCall implements OutboundCall {
    * answer, every stream declined (RFC 3262 5), as the ACK of a 2xx would.
    */
   private sendPrack(response: ParsedResponse, tag: string, rseq: number): void {
-    const routeSet = getHeaders(response, 'record-route').reverse();
-    const contact = getHeader(response, 'contact');
-    const remoteTarget = (contact === undefined ? undefined : parseNameAddr(contact)?.uri) ?? this.requestUri;
+    const { routeSet, remoteTarget } = this.dialogRouting(response);
     const { uri, routes, destination } = this.inDialogRouting(routeSet, remoteTarget);
     const branch = newBranch();
     const cseq = ++this.lastCseq;
@@ -841,10 +839,7 @@ export class UacCall implements OutboundCall {
   }
 
   private createDialog(response: ParsedResponse, remoteTag: string): Dialog {
-    const routeSet = getHeaders(response, 'record-route').reverse();
-    const contact = getHeader(response, 'contact');
-    const contactAddr = contact === undefined ? undefined : parseNameAddr(contact);
-    const remoteTarget = contactAddr?.uri ?? this.requestUri;
+    const { routeSet, remoteTarget } = this.dialogRouting(response);
     const ackBranch = newBranch();
     const toValue = getHeader(response, 'to') ?? this.toValue;
     const { uri, routes, destination } = this.inDialogRouting(routeSet, remoteTarget);
@@ -903,6 +898,26 @@ export class UacCall implements OutboundCall {
       routes: [...routeSet.slice(1), `<${remoteTarget}>`],
       destination: this.destinationFor(firstUri),
     };
+  }
+
+  /**
+   * The remote target and route set of a dialog from its response (RFC 3261 12.1.2). A Contact or Record-Route URI
+   * that cannot be sent to (not a SIP URI, port 0) is left out with a warning rather than followed: the in-dialog
+   * requests then go to the trunk (the Request-URI of our INVITE), never to a port Node refuses.
+   */
+  private dialogRouting(response: ParsedResponse): { routeSet: string[]; remoteTarget: string } {
+    const usable = (value: string): string | undefined => {
+      const uri = parseNameAddr(value)?.uri;
+      return uri !== undefined && parseSipUri(uri) !== undefined ? uri : undefined;
+    };
+    const routes = getHeaders(response, 'record-route').reverse();
+    const routeSet = routes.filter((r) => usable(r) !== undefined);
+    const contact = getHeader(response, 'contact');
+    const target = contact === undefined ? undefined : usable(contact);
+    if (routeSet.length < routes.length || (contact !== undefined && target === undefined)) {
+      this.log.warn({ status: response.status, contact, record_route: routes }, 'unusable Contact or Record-Route URI in a response (left out; in-dialog requests go to the trunk)');
+    }
+    return { routeSet, remoteTarget: target ?? this.requestUri };
   }
 
   /** Next hop for a URI; transport from its parameter, else the one the INVITE used. */
@@ -1046,7 +1061,7 @@ export class UacCall implements OutboundCall {
         // Target refresh (12.2.2).
         const contact = getHeader(request, 'contact');
         const addr = contact === undefined ? undefined : parseNameAddr(contact);
-        if (addr !== undefined) dialog.remoteTarget = addr.uri;
+        if (addr !== undefined && parseSipUri(addr.uri) !== undefined) dialog.remoteTarget = addr.uri;
         // An offer: the media side answers it (RFC 3264 8: the far end's media moved, hold, a refresh); without a
         // media side, the call's own SDP. No offer: ours, as the offer (the ACK brings the answer).
         const offer = sdpOf(request);

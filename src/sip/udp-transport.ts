@@ -169,13 +169,23 @@ export class UdpTransport implements Transport {
     const bindHost = family === this.family ? this.host : undefined;
     socket.bind({ port: bindPort, address: bindHost, exclusive: false }, () => {
       if (entry.closed) return;
-      socket.connect(dest.port, address, () => {
+      // A destination Node refuses to connect to (a bad port from the wire) fails its transactions, never the process.
+      const connected = (err?: Error): void => {
         if (entry.closed) return;
+        if (err) {
+          this.failDestination(entry, err);
+          return;
+        }
         entry.connected = true;
         const queued = entry.queue;
         entry.queue = [];
         for (const data of queued) this.sendOn(entry, data);
-      });
+      };
+      try {
+        socket.connect(dest.port, address, connected);
+      } catch (err) {
+        connected(err instanceof Error ? err : new Error(String(err)));
+      }
     });
   }
 

@@ -192,6 +192,24 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     await expect(call.hangup()).resolves.toBeUndefined();
   });
 
+  it('a 2xx whose Contact and Record-Route name port 0 (a broken or hostile far end): left out, ACK and BYE go to the trunk; the process lives on, the next call is placed', async () => {
+    const rec = recorder();
+    const call = sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
+    const invite = await peer.next('INVITE');
+    peer.reply(invite, 180, 'Ringing');
+    await rec.waitFor('provisional');
+    peer.reply(invite, 200, 'OK', ['Contact: <sip:127.0.0.1:0>', 'Record-Route: <sip:127.0.0.1:0;lr>'], 'peer-tag', '');
+    const ack = await peer.next('ACK');
+    expect([ack.req.uri, getHeader(ack.req, 'route')]).toEqual([`sip:${DEST}@127.0.0.1:${port};user=phone`, undefined]);
+    void call.hangup();
+    const bye = await peer.next('BYE');
+    expect(bye.req.uri).toBe(`sip:${DEST}@127.0.0.1:${port};user=phone`);
+    peer.reply(bye, 200, 'OK');
+    await rec.waitFor('ended');
+    sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, recorder().delegate);
+    expect((await peer.next('INVITE')).req.cseq.method).toBe('INVITE');
+  });
+
   it('a forked branch answering after the 487: ACK (with an answer declining the offer) and one BYE; its retransmitted 2xx only ACKed again', async () => {
     const rec = recorder();
     const call = sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
