@@ -91,7 +91,7 @@ function codecOf(m: MediaDescription, pt: number): string | undefined {
 
 /** What our RTP sender can send to: plain RTP (RTP/AVP, what we offer), over IPv4 or IPv6 as its socket is bound. */
 export interface MediaReach {
-  /** The address family of our RTP socket (media.rtp.bindHost): 4 or 6. */
+  /** The address family of our RTP socket (it binds on sip.listen.host): 4 or 6. */
   family: 4 | 6;
 }
 
@@ -109,12 +109,13 @@ function unreachable(m: MediaDescription, session: SessionDescription, reach: Me
   // RTP/AVPF (RFC 4585) is plain RTP on the wire, with feedback we neither send nor need: taken, though the answer
   // should have kept our RTP/AVP (RFC 3264 6). SRTP (RTP/SAVP, RTP/SAVPF, UDP/TLS/RTP/SAVP...) is not.
   if (!/^RTP\/AVPF?$/i.test(m.protocol)) return `its audio is ${m.protocol}, and we send plain RTP (RTP/AVP) only`;
+  if (!Number.isInteger(m.port) || m.port < 1 || m.port > 65535) return `its audio port ${m.port} is not a UDP port (1 to 65535)`;
   // The address itself when it is a literal (c=IN IP4 ::1 is an IPv6 address, whatever the line says), else the line.
   const address = m.connection?.ip ?? session.connection?.ip ?? '';
   const literal = isIP(address);
   const version = literal !== 0 ? literal : (m.connection?.version ?? session.connection?.version);
   if (reach !== undefined && version !== undefined && Number(version) !== reach.family) {
-    return `its media address is IPv${version} and our RTP socket is IPv${reach.family} (media.rtp.bindHost)`;
+    return `its media address is IPv${version} and our RTP socket is IPv${reach.family} (it binds on sip.listen.host)`;
   }
   return undefined;
 }

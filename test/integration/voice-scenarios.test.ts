@@ -148,6 +148,8 @@ describe('voice OTP against SIPp', () => {
     ['c=0.0.0.0', { rtp_ip: '0.0.0.0' }, /address is 0\.0\.0\.0/],
     ['RTP/SAVP (SRTP)', { rtp_proto: 'RTP/SAVP' }, /RTP\/SAVP, and we send plain RTP/],
     ['an IPv6 address to our IPv4 RTP socket', { rtp_ipver: 6, rtp_ip: '::1' }, /IPv6 and our RTP socket is IPv4/],
+    // Taken to the RTP thread, a port out of range threw there and ended every call it was playing.
+    ['an audio port over 65535', { rtp_port: 70000 }, /audio port 70000 is not a UDP port/],
   ])('answered with %s: nothing could be heard, so BYE at once, media_failed, failed (not delivered)', async (_name, vars, why) => {
     const t0 = Date.now();
     const run = await voiceCall('uas-voice-answer', { vars });

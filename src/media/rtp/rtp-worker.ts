@@ -327,11 +327,16 @@ function play(m: Extract<ToWorker, { t: 'play' }>): void {
     notPlayed(m.id);
   };
   s.socket.once('error', failed);
-  s.socket.connect(m.port, m.address, (err?: Error) => {
-    if (err) return failed(err);
-    s.socket.off('error', failed);
-    start();
-  });
+  // connect throws at once on what it refuses (a port out of range): this call fails, not the thread and its calls.
+  try {
+    s.socket.connect(m.port, m.address, (err?: Error) => {
+      if (err) return failed(err);
+      s.socket.off('error', failed);
+      start();
+    });
+  } catch (err) {
+    failed(err instanceof Error ? err : new Error(String(err)));
+  }
 }
 
 /**
@@ -380,12 +385,16 @@ function retarget(m: Extract<ToWorker, { t: 'retarget' }>): void {
     post({ t: 'socketError', id: m.id, message: `cannot send RTP to ${m.address}:${m.port}: ${err.message}` });
   };
   s.socket.once('error', failed);
-  // As in play(): a failed connect reports to this callback.
-  s.socket.connect(m.port, m.address, (err?: Error) => {
-    if (err) return failed(err);
-    s.socket.off('error', failed);
-    s.moving = false;
-  });
+  // As in play(): a failed connect reports to this callback, or throws at once.
+  try {
+    s.socket.connect(m.port, m.address, (err?: Error) => {
+      if (err) return failed(err);
+      s.socket.off('error', failed);
+      s.moving = false;
+    });
+  } catch (err) {
+    failed(err instanceof Error ? err : new Error(String(err)));
+  }
 }
 
 function stop(id: number): void {

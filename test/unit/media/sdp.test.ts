@@ -45,6 +45,8 @@ describe('SDP answer', () => {
     // RTP/AVPF is plain RTP on the wire: taken; SAVPF is not.
     expect(parseAnswer(answer('m=audio 40000 RTP/AVPF 0'), { family: 4 }).codec).toBe('PCMU');
     expect(() => parseAnswer(answer('m=audio 40000 RTP/SAVPF 0'))).toThrow(/RTP\/SAVPF, and we send plain RTP/);
+    // A port no socket can send to: refused here, not thrown by the RTP thread's connect (which ended its other calls).
+    expect(() => parseAnswer(answer('m=audio 70000 RTP/AVP 0'))).toThrow(/audio port 70000 is not a UDP port \(1 to 65535\)/);
     // They receive only, or both: we may send.
     expect(parseAnswer(answer('m=audio 40000 RTP/AVP 0', 'a=recvonly'), { family: 4 }).sendAllowed).toBe(true);
     expect(parseAnswer(answer('m=audio 40000 RTP/AVP 0', '', 'c=IN IP6 2001:db8::7'), { family: 6 }).address).toBe('2001:db8::7');
@@ -92,6 +94,7 @@ describe('SDP re-offer (a re-INVITE in an established call, RFC 3264 8)', () => 
   it('an SRTP stream, or one at an address of the other family than our socket: MediaError (488), naming why', () => {
     expect(() => answerReoffer(offer('m=audio 41000 RTP/SAVP 0\r\n'), local)).toThrow(/cannot be taken: its audio is RTP\/SAVP/);
     expect(() => answerReoffer(offer('m=audio 41000 RTP/AVP 0\r\n').replace('c=IN IP4 192.0.2.9', 'c=IN IP6 ::1'), local, { family: 4 })).toThrow(/IPv6 and our RTP socket is IPv4/);
+    expect(() => answerReoffer(offer('m=audio 70000 RTP/AVP 0\r\n'), local)).toThrow(/cannot be taken: its audio port 70000 is not a UDP port/);
     // A plain stream after an SRTP one is taken.
     expect(answerReoffer(offer('m=audio 41000 RTP/SAVP 0\r\nm=audio 41002 RTP/AVP 0\r\n'), local, { family: 4 }).media.port).toBe(41002);
   });
