@@ -31,6 +31,8 @@ export interface IdempotencyOptions {
 /** A claim outlives no crashed request by more than this; then a retry may run it anew. */
 const PENDING_TTL_SECONDS = 60;
 const POLL_MS = 25;
+/** A response whose store failed (Redis away) is stored again this often while its claim holds. */
+const STORE_RETRY_MS = 250;
 
 /** `Idempotency-Key`: 1 to 255 printable ASCII characters. */
 export function parseIdempotencyKey(header: string | string[] | undefined): string | undefined {
@@ -47,8 +49,12 @@ export function parseIdempotencyKey(header: string | string[] | undefined): stri
  * its status and body; a repeat gets that response without running again
  * (no second verification, no second debit). A duplicate that arrives while
  * the first is still running waits for its response (up to `waitMs`, then
- * 503 to retry). 4xx answers are stored like successes (the same request
- * would fail the same way); a 5xx releases the key so a retry can run.
+ * 503 to retry). A 400 is stored like a success (the same request would fail
+ * the same way); a refusal of the moment (402 balance, 403 account, 409 a live
+ * verification, 429 a limit) and a 5xx release the key, so a retry runs once
+ * the moment has passed, and keep their headers (Retry-After). A response made
+ * is answered even when storing it fails (Redis went away just then): the
+ * store is tried again meanwhile, so a retry is replayed, not run twice.
  */
 export class Idempotency {
   constructor(
@@ -69,9 +75,12 @@ export class Idempotency {
     // name made of a number. A record named by the plain SHA-256 of the key (before) is taken over.
     const redisKey = this.keys.idempotency(accountId, this.sealer.mac('idempotency-key', key));
     await adoptPreviousNames(this.redis, [this.keys.idempotency(accountId, createHash('sha256').update(key).digest('hex'))], redisKey);
-    const body = JSON.stringify(request ?? null);
+    // The same JSON with its members in another order is the same request.
+    const body = canonicalJson(request ?? null);
     const fp = this.sealer.mac('idempotency-request', body);
-    const legacyFp = createHash('sha256').update(body).digest('hex');
+    // Before members were put in order: the body as sent, under the key's MAC, or (earlier) its SHA-256.
+    const asSent = JSON.stringify(request ?? null);
+    const earlierFps = [this.sealer.mac('idempotency-request', asSent), createHash('sha256').update(asSent).digest('hex')];
     const deadline = Date.now() + this.options.waitMs;
     for (;;) {
       const pending: IdemRecord = { state: 'pending', fp };
@@ -81,7 +90,7 @@ export class Idempotency {
       const raw = await this.redis.get(redisKey);
       if (raw !== null) {
         const stored = JSON.parse(raw) as IdemRecord;
-        if (stored.fp !== fp && stored.fp !== legacyFp) {
+        if (stored.fp !== fp && !earlierFps.includes(stored.fp)) {
           throw new ApiError('invalid_request', 'this Idempotency-Key was already used with a different request body');
         }
         if (stored.state === 'done') {
@@ -103,7 +112,7 @@ export class Idempotency {
     try {
       response = await exec();
     } catch (err) {
-      if (err instanceof ApiError && err.status < 500) {
+      if (err instanceof ApiError && err.status === 400) {
         response = { status: err.status, body: err.toBody() };
       } else {
         await this.redis.del(redisKey).catch(() => undefined);
@@ -111,7 +120,34 @@ export class Idempotency {
       }
     }
     const done: IdemRecord = { state: 'done', fp, sealed: this.sealer.seal(JSON.stringify({ status: response.status, body: response.body }), redisKey) };
-    await this.redis.set(redisKey, JSON.stringify(done), 'EX', this.options.ttlSeconds);
+    const store = (): Promise<unknown> => this.redis.set(redisKey, JSON.stringify(done), 'EX', this.options.ttlSeconds);
+    // The verification exists (created, charged, queued): its answer goes back whatever happens to the store. Until
+    // the store lands, a retry waits on the claim (503 "in progress"), never runs the create again.
+    await store().catch(() => this.storeLater(store));
     return response;
   }
+
+  /**
+   * Tries the store again every STORE_RETRY_MS, in the background, for as long as a claim lives (PENDING_TTL_SECONDS).
+   * An api process that dies first leaves the claim to lapse: a retry after that runs the create again (with the
+   * default liveVerification it then gets 409 naming the live request).
+   */
+  private storeLater(store: () => Promise<unknown>): void {
+    const until = Date.now() + PENDING_TTL_SECONDS * 1000;
+    void (async () => {
+      while (Date.now() < until) {
+        await new Promise((r) => setTimeout(r, STORE_RETRY_MS));
+        if (await store().then(() => true, () => false)) return;
+      }
+    })();
+  }
+}
+
+/** JSON with every object's members in sorted order: one text for one request, however its members were ordered. */
+function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) =>
+    v !== null && typeof v === 'object' && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : v,
+  );
 }

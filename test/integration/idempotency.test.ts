@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { http, startTestEngine, testConfig, type TestEngine } from '../helpers/engine.js';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { Idempotency } from '../../src/api/idempotency.js';
+import { http, REDIS_URL, startTestEngine, testConfig, type TestEngine } from '../helpers/engine.js';
 
 /** Idempotency-Key on POST /v1/verify, over real HTTP and Redis (api role). */
 describe('Idempotency-Key', () => {
@@ -71,6 +73,38 @@ describe('Idempotency-Key', () => {
     const reused = await verify(a.auth, 'k-body', { phone_number: '+447700900204' });
     expect([reused.status, reused.body.error]).toEqual([400, 'invalid_request']);
     expect(reused.body.message).toMatch(/different request body/);
+  });
+
+  it('a refusal of the moment (402) is not kept: after a top-up the same key runs and creates; the same members in another order are the same request', async () => {
+    const a = await t.account({ balance: 0.001 });
+    const poor = await verify(a.auth, 'k-402', { phone_number: '+447700900211', method: 'flash_call' });
+    expect([poor.status, poor.body.error]).toEqual([402, 'insufficient_balance']);
+    await t.accounts.topUp(a.account_id, 1);
+    const paid = await verify(a.auth, 'k-402', { method: 'flash_call', phone_number: '+447700900211' });
+    expect([paid.status, paid.headers.get('idempotent-replayed')]).toEqual([201, null]);
+    // Another order of the same members: replayed, not refused as another body.
+    const again = await verify(a.auth, 'k-402', { phone_number: '+447700900211', method: 'flash_call' });
+    expect([again.status, again.body.request_id, again.headers.get('idempotent-replayed')]).toEqual([201, paid.body.request_id, 'true']);
+  });
+
+  it('a response made while Redis fails its store is still answered, and stored when Redis lets it: a retry is replayed, never run twice', async () => {
+    const redis = new Redis(REDIS_URL);
+    try {
+      const idem = new Idempotency(redis, t.keys, t.sealer, { ttlSeconds: 60, waitMs: 2000 });
+      const realSet = redis.set.bind(redis) as (...args: unknown[]) => Promise<unknown>;
+      let failed = 0;
+      vi.spyOn(redis, 'set').mockImplementation(((...args: unknown[]) =>
+        String(args[1]).includes('"done"') && failed++ < 2 ? Promise.reject(new Error('Connection is closed.')) : realSet(...args)) as never);
+      let runs = 0;
+      const exec = async () => ({ status: 201, body: { request_id: `r-${++runs}` } });
+      expect(await idem.run('acct-store', 'k-store', { a: 1 }, exec)).toEqual({ status: 201, body: { request_id: 'r-1' }, replayed: false });
+      // The retry waits on the claim until the store lands (tried again in the background), then gets the one response.
+      expect(await idem.run('acct-store', 'k-store', { a: 1 }, exec)).toEqual({ status: 201, body: { request_id: 'r-1' }, replayed: true });
+      expect([runs, failed]).toEqual([1, 3]);
+    } finally {
+      vi.restoreAllMocks();
+      redis.disconnect();
+    }
   });
 
   it('answers 400 invalid_request for a key that is empty, too long or not printable ASCII', async () => {
