@@ -85,6 +85,9 @@ const DIRECT_WAITING_MAX = 5000;
 
 /** Unsealed API secrets kept, by account and ciphertext (a new secret is a new ciphertext): at most this many. */
 const SECRETS_KEPT = 1000;
+/** After a delivery, its bookkeeping (breaker, order set) is tried again after 100, 200 ... 1600 ms (about 3 s in all). */
+const BOOKKEEPING_FIRST_WAIT_MS = 100;
+const BOOKKEEPING_LAST_WAIT_MS = 1600;
 
 /**
  * Delivers webhooks: the documented payload, signed with the account's
@@ -451,9 +454,25 @@ export class WebhookProcessor {
       }
       throw err;
     }
-    if (sent) await this.breaker.succeeded(d.account_id, gate);
-    else if (gate.state === 'probe') await this.breaker.releaseProbe(d.account_id);
-    await this.markDone(order, member);
+    // Delivered (or not sent on purpose): from here nothing may send it again. A Redis that fails the bookkeeping just
+    // now is waited for a little; past that the event stays delivered, and a warning says what was not written.
+    const bookkeeping = async (): Promise<void> => {
+      if (sent) await this.breaker.succeeded(d.account_id, gate);
+      else if (gate.state === 'probe') await this.breaker.releaseProbe(d.account_id);
+      await this.markDone(order, member);
+    };
+    for (let wait = BOOKKEEPING_FIRST_WAIT_MS; ; wait *= 2) {
+      try {
+        await bookkeeping();
+        return;
+      } catch (err) {
+        if (wait > BOOKKEEPING_LAST_WAIT_MS) {
+          log.warn({ err: (err as Error).message, event: d.event, sent }, 'webhook done, but its breaker and order state could not be written (Redis); not sent again');
+          return;
+        }
+        await new Promise((r) => setTimeout(r, wait));
+      }
+    }
   }
 
   /**

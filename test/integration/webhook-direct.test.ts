@@ -7,7 +7,7 @@
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { AccountStore } from '../../src/accounts/account-store.js';
 import { EventPublisher } from '../../src/events/event-publisher.js';
 import type { StreamEntry } from '../../src/events/group-consumer.js';
@@ -76,7 +76,7 @@ describe('webhooks sent directly by the consumer', () => {
     const service = new VerificationService(engine.redis, engine.keys, engine.sealer, engine.config, { enqueue: async () => undefined }, silent, new Set<Method>(['flash_call']));
     const pending = async () => ((await engine.redis.xpending(engine.keys.events(), engine.config.events.webhookGroup)) as [number])[0];
     const jobs = async () => (await queue.queue.getJobs(['completed', 'failed', 'delayed', 'waiting', 'active'])).length;
-    return { engine, r, account, consumer, service, metrics, pending, jobs };
+    return { engine, r, account, consumer, service, metrics, pending, jobs, processor };
   }
 
   it('an entry handled again after its webhook was sent (a crash before its XACK) does not send it twice', async () => {
@@ -94,6 +94,30 @@ describe('webhooks sent directly by the consumer', () => {
     await new Promise((done) => setTimeout(done, 200));
     expect(r.forRequest(request_id)).toHaveLength(1);
     expect(await jobs()).toBe(0);
+  });
+
+  it('a webhook answered 2xx whose bookkeeping then fails (Redis went away just then) is not sent again: the bookkeeping is retried', async () => {
+    const { engine, r, account, consumer, service, jobs, processor } = await setUp();
+    const { request_id } = await service.create(account, { phone_number: '+447700900701' });
+    const res = (await engine.redis.xreadgroup('GROUP', engine.config.events.webhookGroup, 'c1', 'COUNT', 10, 'STREAMS', engine.keys.events(), '>')) as [string, [string, string[]][]][];
+    const [id, flat] = res[0]![1][0]!;
+    const fields: Record<string, string> = {};
+    for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!;
+    const target = processor as unknown as { markDone: (...args: unknown[]) => Promise<unknown> };
+    const markDone = target.markDone.bind(processor);
+    let refused = 0;
+    vi.spyOn(target, 'markDone').mockImplementation(async (...args: unknown[]) => {
+      if (refused++ < 2) throw new Error('Connection is closed.');
+      return markDone(...args);
+    });
+    await consumer.handleEntry({ id, fields });
+    await new Promise((done) => setTimeout(done, 500));
+    expect(r.forRequest(request_id).map((x) => [x.json.event, x.answered])).toEqual([['verification.sent', 200]]);
+    expect([refused, await jobs()]).toEqual([3, 0]);
+    // Marked done in the end: handled again (a reclaim), it is not sent again.
+    await consumer.handleEntry({ id, fields });
+    expect(r.forRequest(request_id)).toHaveLength(1);
+    vi.restoreAllMocks();
   });
 
   it('a burst of one account\'s events beyond its slots waits its turn and goes out directly, not as jobs', async () => {
