@@ -939,6 +939,12 @@ function isMain(): boolean {
   }
 }
 
+/**
+ * Errors that say a value on the command line is wrong (exit 2): usage, an amount, a webhook URL, a locale or an SMS
+ * template, a rate limit, fraud overrides (the admin API's 400 invalid_request), a trunk name not in sip.trunks.
+ */
+const BAD_VALUE_CODES: ReadonlySet<string> = new Set(['usage', 'invalid_amount', 'invalid_webhook_url', 'invalid_locale', 'sms_text', 'invalid_rate_limit', 'invalid_request', 'trunk_not_found']);
+
 if (isMain()) {
   runCli(process.argv.slice(2)).then(
     (code) => process.exit(code),
@@ -947,7 +953,7 @@ if (isMain()) {
       else if (err instanceof AppError) {
         process.stderr.write(`flashverify: ${err.message}\n`);
         // A command line that is wrong (missing argument, unknown subcommand, a bad value): 2, as for an unknown option.
-        if (err.code === 'usage' || err.code === 'invalid_amount') return process.exit(2);
+        if (BAD_VALUE_CODES.has(err.code)) return process.exit(2);
       } else if (err instanceof Error && 'code' in err && typeof err.code === 'string' && err.code.startsWith('ERR_PARSE_ARGS_')) {
         // An unknown option, a value that looks like an option (--balance -1: give --balance=-1), a stray argument.
         process.stderr.write(`flashverify: ${err.message}\n\n${USAGE}\n`);

@@ -138,6 +138,17 @@ describe('flashverify CLI', { timeout: 90_000 }, () => {
     expect([ok.code, (JSON.parse(ok.stdout) as Record<string, unknown>).balance]).toEqual([0, 1_000_000_000]);
     const missing = await flashverify(['account', 'topup', 'nope', '--config', config], env);
     expect(missing.code).toBe(2);
+    // Bad values of other commands: 2 too, with the message and no stack.
+    for (const [args, message] of [
+      [['account', 'set-webhook', id, '--url', 'ftp://example.com/hook'], /webhook URL must be http:\/\/ or https:\/\//],
+      [['account', 'set-fraud', id, '--json', '{"bogus":1}'], /bogus/],
+      [['account', 'set-sms-template', id, '--locale', 'fr', '--template', 'no placeholder'], /\{code\}/],
+      [['trunk', 'disable', 'nope'], /no SIP trunk named "nope"/],
+    ] as const) {
+      const r = await flashverify([...args, '--config', config], env);
+      expect([r.code, r.stderr], args.join(' ')).toEqual([2, expect.stringMatching(message)]);
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+    }
   });
 
   it('says its version', async () => {
