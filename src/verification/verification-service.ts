@@ -323,7 +323,11 @@ export class VerificationService {
     if (typeof input.code !== 'string' || input.code === '') {
       throw new ApiError('invalid_request', 'code is required and must be a string of digits');
     }
-    const requestId = input.request_id;
+    // As users copy it: "482 916", " 4829 ", "482-916" are 482916. Anything else but digits can never be a code:
+    // refused without spending one of the request's attempts.
+    const code = input.code.replace(/[\s-]/g, '');
+    if (!/^\d{1,10}$/.test(code)) throw new ApiError('invalid_request', 'code must be a string of digits');
+    const requestId = canonicalRequestId(input.request_id);
     const key = this.ownedKey(requestId);
     const log = this.logger.child({ request_id: requestId, account_id: account.account_id });
     let stored: (string | null)[] = [];
@@ -342,11 +346,11 @@ export class VerificationService {
       if (!owner || owner !== account.account_id || !mac || !phoneEnc) throw notFound();
       // Constant-time comparison of MACs; a code of the wrong shape still costs an attempt.
       // (a code issued before a master key rotation is MACed with the previous key: `matches` accepts both)
-      matched = this.sealer.matches('code', `${requestId}:${input.code}`, mac) !== false;
+      matched = this.sealer.matches('code', `${requestId}:${code}`, mac) !== false;
       if (!matched && Number(wfStep) > 0 && (status === 'sent' || status === 'delivered')) {
         // The right code of a step that has ended: say so (the user has the new step's code coming), and do not
         // spend an attempt on it.
-        const earlier = await this.earlierStepOf(key, requestId, input.code, Number(wfStep));
+        const earlier = await this.earlierStepOf(key, requestId, code, Number(wfStep));
         if (earlier) {
           const left = Math.max(0, this.config.verification.maxCheckAttempts - Number(attempts ?? 0));
           log.info({ step: earlier.step, attempts_remaining: left }, 'code of an earlier workflow step checked');
@@ -407,7 +411,8 @@ export class VerificationService {
     }
   }
 
-  async status(account: Account, requestId: string): Promise<StatusBody> {
+  async status(account: Account, id: string): Promise<StatusBody> {
+    const requestId = canonicalRequestId(id);
     const h = await this.redis.hgetall(this.ownedKey(requestId));
     if (!h.account_id || h.account_id !== account.account_id) throw notFound();
     const now = Date.now();
@@ -458,7 +463,8 @@ export class VerificationService {
    * call in progress is ended by its worker (CANCEL, or BYE before the code
    * is read); a flash call ringing is CANCELled (its caller ID was shown: billed).
    */
-  async cancel(account: Account, requestId: string): Promise<StatusBody> {
+  async cancel(account: Account, id: string): Promise<StatusBody> {
+    const requestId = canonicalRequestId(id);
     const key = this.ownedKey(requestId);
     let result = 'moved';
     let value: string | number | undefined;
@@ -497,6 +503,11 @@ export class VerificationService {
     if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(requestId)) throw notFound();
     return this.keys.verification(requestId);
   }
+}
+
+/** Request ids are UUIDs, which RFC 4122 reads in either case (Swift's uuidString is upper case): ours are lower case. */
+function canonicalRequestId(id: string): string {
+  return /^[0-9A-Fa-f-]{36}$/.test(id) ? id.toLowerCase() : id;
 }
 
 function created(

@@ -139,6 +139,20 @@ describe('FlashVerify v1 API', () => {
     expect(status.body.status).toBe('expired');
   });
 
+  it('a code as users copy it (spaces, a dash) is the code; one with other characters is refused without spending an attempt', async () => {
+    const id = String((await http(`${t.url}/v1/verify`, { auth, body: { phone_number: '+447700900006', method: 'sms', code_length: 6 } })).body.request_id);
+    const right = await code(id);
+    for (const odd of ['12ab56', '١٢٣٤٥٦', '123456;']) {
+      const r = await http(`${t.url}/v1/verify/check`, { auth, body: { request_id: id, code: odd } });
+      expect([r.status, r.body]).toEqual([400, { error: 'invalid_request', message: 'code must be a string of digits' }]);
+    }
+    expect(await t.redis.hget(t.keys.verification(id), 'attempts')).toBe('0');
+    const spaced = ` ${right.slice(0, 3)} ${right.slice(3)} `;
+    const ok = await http(`${t.url}/v1/verify/check`, { auth, body: { request_id: id, code: spaced } });
+    expect([ok.status, ok.body.status]).toEqual([200, 'verified']);
+    expect(await t.redis.hget(t.keys.verification(id), 'attempts')).toBe('1');
+  });
+
   it('expired codes are rejected', async () => {
     const created = await http(`${t.url}/v1/verify`, { auth, body: { phone_number: '+447700900004', expiry_seconds: 1 } });
     const id = String(created.body.request_id);
@@ -168,6 +182,12 @@ describe('FlashVerify v1 API', () => {
       expires_at: created.body.expires_at,
     });
     expect((mine.body.status_history as { status: string }[]).map((h) => h.status)).toEqual(['sent']);
+    // A UUID in upper case (as Swift's uuidString writes it) names the same request, for GET and check alike.
+    const upper = String(created.body.request_id).toUpperCase();
+    expect((await http(`${t.url}/v1/verify/${upper}`, { auth })).body).toMatchObject({ request_id: created.body.request_id, status: 'sent' });
+    const right = await code(String(created.body.request_id));
+    const checked = await http(`${t.url}/v1/verify/check`, { auth, body: { request_id: upper, code: right } });
+    expect([checked.status, checked.body.request_id, checked.body.status]).toEqual([200, created.body.request_id, 'verified']);
   });
 
   it('carries rate-limit headers and answers 429 past the limit', async () => {
