@@ -208,8 +208,39 @@ export function parseClientIp(value: unknown): string | undefined {
   if (typeof value !== 'string' || isIP(value) === 0) {
     throw new ApiError('invalid_request', 'client_ip must be an IPv4 or IPv6 address');
   }
-  // One address, one counter: IPv6 in lower case.
-  return value.toLowerCase();
+  return canonicalIp(value);
+}
+
+/**
+ * One client, one counter, whatever the spelling: IPv4 as is; an IPv4-mapped IPv6 address (::ffff:192.0.2.1) as its
+ * IPv4; any other IPv6 address by its /64 (RFC 4291: one subnet, which a single client holds whole; counting each of
+ * its 2^64 addresses apart would let it step round the limit), written in its one compressed form (RFC 5952).
+ */
+export function canonicalIp(ip: string): string {
+  if (isIP(ip) === 4) return ip;
+  const words = ipv6Words(ip);
+  if (words.slice(0, 5).every((w) => w === 0) && words[5] === 0xffff) {
+    return [words[6]! >> 8, words[6]! & 0xff, words[7]! >> 8, words[7]! & 0xff].join('.');
+  }
+  // The /64: the first four words, the rest zero, compressed by the URL parser (RFC 5952 form).
+  const subnet = [...words.slice(0, 4), 0, 0, 0, 0].map((w) => w.toString(16)).join(':');
+  return `${new URL(`http://[${subnet}]/`).hostname.slice(1, -1)}/64`;
+}
+
+/** The eight 16-bit words of an IPv6 address (isIP said 6), an embedded dotted IPv4 tail included. */
+function ipv6Words(ip: string): number[] {
+  let text = ip.toLowerCase().replace(/%.*$/, '');
+  const dotted = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
+  if (dotted) {
+    const [a, b, c, d] = dotted.slice(1).map(Number) as [number, number, number, number];
+    text = text.slice(0, dotted.index) + `${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const [head, tail] = text.split('::') as [string, string | undefined];
+  const part = (s: string | undefined): number[] => (s ? s.split(':').map((w) => parseInt(w, 16)) : []);
+  const left = part(head);
+  const right = part(tail);
+  const fill = tail === undefined ? [] : new Array<number>(8 - left.length - right.length).fill(0);
+  return [...left, ...fill, ...right];
 }
 
 /** Drops keys whose value is undefined, so that spreading the result never erases a default. */

@@ -98,8 +98,19 @@ describe('fraud rules (pure)', () => {
     expect(findTestNumber(p, '+447700900999')?.code).toBe('1234');
     expect(findTestNumber(p, '+447700900997')).toBeUndefined();
     expect(numberPrefix('+447700900123')).toBe('+44770090');
-    expect(parseClientIp('2001:DB8::1')).toBe('2001:db8::1');
+    expect(parseClientIp('2001:DB8::1')).toBe('2001:db8::/64');
     expect(parseClientIp(undefined)).toBeUndefined();
     expect(() => parseClientIp('300.1.1.1')).toThrow(/IPv4 or IPv6/);
+  });
+});
+
+describe('client_ip: one client, one counter', () => {
+  it('every spelling of an address counts as one: IPv4-mapped as IPv4, IPv6 by its /64 in RFC 5952 form', () => {
+    for (const ip of ['192.0.2.1', '::ffff:192.0.2.1', '::ffff:c000:201', '::FFFF:192.0.2.1']) expect(parseClientIp(ip)).toBe('192.0.2.1');
+    for (const ip of ['2001:db8::1', '2001:DB8::1', '2001:0db8:0000:0000:0000:0000:0000:0001', '2001:db8:0:0::1', '2001:db8::abcd:1']) {
+      expect(parseClientIp(ip)).toBe('2001:db8::/64');
+    }
+    expect(parseClientIp('2001:db8:1:2:3:4:5:6')).toBe('2001:db8:1:2::/64');
+    expect(() => parseClientIp('2001:db8::/64')).toThrow(/client_ip must be an IPv4 or IPv6 address/);
   });
 });
