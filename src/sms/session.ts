@@ -2,7 +2,7 @@ import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
 import type { SmscConfig } from '../config/schema.js';
-import { TokenBucket } from '../engine/token-bucket.js';
+import { TpsWindow } from './tps-window.js';
 import { normaliseMessageId } from './message-id.js';
 import {
   CommandStatus,
@@ -23,7 +23,7 @@ import type { AnsweredOutcome, SubmitOutcome, SubmitRequest } from './types.js';
 /**
  * One SMPP bind: a bind_transceiver connection, or a bind_transmitter +
  * bind_receiver pair (bindMode transmitter_receiver). It owns the window of
- * submit_sm in flight, the per-PDU response timer, the TPS token bucket, the
+ * submit_sm in flight, the per-PDU response timer, the TPS window (tps-window.ts), the
  * enquire_link watchdog and the jittered reconnect. node-smpp is used only as
  * the PDU codec (src/sms/pdu.ts): requests in flight are tracked here by
  * sequence number, so a dead connection settles every one of them at once.
@@ -596,7 +596,7 @@ export class SmppSession {
   readonly smsc: SmscSettings;
   private readonly tx: SmppConnection;
   private readonly rx: SmppConnection | undefined;
-  private readonly bucket: TokenBucket;
+  private readonly bucket: TpsWindow;
   private readonly log: Logger;
   private readonly now: () => number;
   private inFlightCount = 0;
@@ -611,7 +611,7 @@ export class SmppSession {
     this.now = options.now ?? (() => performance.now());
     const random = options.random ?? Math.random;
     this.log = options.logger.child({ smsc: options.smsc.name, bind: options.name });
-    this.bucket = new TokenBucket(options.smsc.tps, this.now);
+    this.bucket = new TpsWindow(options.smsc.tps, this.now);
     const events = {
       onBound: () => options.delegate.onAvailabilityChange(this),
       onDown: () => options.delegate.onAvailabilityChange(this),

@@ -55,7 +55,7 @@ describe('window', () => {
 });
 
 describe('TPS', () => {
-  it('sends at most `tps` submit_sm per second per bind after the initial one-second burst', async () => {
+  it('sends at most `tps` submit_sm in any one second per bind, the first second after idle included', async () => {
     const tps = 20;
     gut = await startGateway([smscEntry(smsc, { tps, window: 50 })]);
     await gut.waitUp();
@@ -64,15 +64,13 @@ describe('TPS', () => {
     expect(outcomes.every((o) => o.kind === 'accepted')).toBe(true);
     const at = (await smsc.state()).submits.map((s) => s.at).sort((a, b) => a - b);
     expect(at).toHaveLength(n);
-    // The bucket holds one second's worth: the first `tps` go at once, the other 40 at 20/s.
+    // tps at once, then tps more as the first of them is a second old: 60 take two seconds.
     const span = (at[n - 1] ?? 0) - (at[0] ?? 0);
     expect(span).toBeGreaterThanOrEqual(((n - tps) / tps) * 1000 * 0.9);
-    // After the burst, no one-second window holds more than tps (+2 for timer and network jitter).
-    const afterBurst = at.slice(tps);
-    for (let i = 0; i < afterBurst.length; i += 1) {
-      const start = afterBurst[i] ?? 0;
-      const inWindow = afterBurst.filter((t) => t >= start && t < start + 1000).length;
-      expect(inWindow).toBeLessThanOrEqual(tps + 2);
+    // No one-second window holds more than tps, the first included (a window is measured on the SMSC's clock as the
+    // submits arrive: 50 ms of network jitter allowed for).
+    for (const start of at) {
+      expect(at.filter((t) => t >= start && t < start + 950).length).toBeLessThanOrEqual(tps);
     }
   });
 });
