@@ -30,15 +30,19 @@ export interface AdminApiOptions {
   trunks?: TrunkAdmin;
 }
 
+/** Money as the store keeps it: whole micro-units (at most 6 decimals, as the CLI takes them); nothing rounded away. */
+const sixDecimals = (n: number): boolean => Math.abs(n * 1_000_000 - Math.round(n * 1_000_000)) < 1e-6;
+const money = z.number().refine(sixDecimals, 'at most 6 decimal places (money is kept in millionths)');
+
 const createBody = z
   .object({
     name: z.string().trim().min(1).max(200),
-    balance: z.number().nonnegative().optional(),
+    balance: money.pipe(z.number().nonnegative()).optional(),
     currency: z.enum(CURRENCIES as [Currency, ...Currency[]]).optional(),
     active: z.boolean().optional(),
   })
   .strict();
-const topUpBody = z.object({ amount: z.number().positive() }).strict();
+const topUpBody = z.object({ amount: money.pipe(z.number().positive()) }).strict();
 const webhookBody = z.object({ url: z.string().min(1).max(2048).nullable() }).strict();
 const smsTemplateBody = z.object({ template: z.string().min(1).max(1000).nullable() }).strict();
 const disableTrunkBody = z.object({ reason: z.string().max(200).optional() }).strict();

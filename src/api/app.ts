@@ -123,6 +123,10 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     },
   });
 
+  // Fastify reads text/plain bodies as strings: JSON sent as text/plain would be told "the body must be a JSON object"
+  // rather than what is wrong, its Content-Type.
+  app.removeContentTypeParser('text/plain');
+
   // While Redis is down every request fails the same way: one line (no stack) per REDIS_DOWN_LOG_MS with how many
   // more failed, not an error line with a stack trace per request (thousands a second under load).
   let redisDown = { loggedAt: 0, more: 0 };

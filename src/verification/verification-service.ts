@@ -210,12 +210,12 @@ export class VerificationService {
           const deps = { redis: this.redis, keys: this.keys, sealer: this.sealer, config: this.config, queue: this.queue, fraud, logger: this.logger };
           return resendLive(deps, account, { requestId: found.live.requestId, method }, dest, policy, clientIp);
         }
-        if (found.live) throw pending(found.live.requestId, found.live.method ?? method, method);
+        if (found.live) throw pending(found.live.requestId, found.live.method ?? method, method, found.live.workflow);
         live = { key: pointerKey, expected: found.pointer };
         if (!(await fraud.claimLive(live.key, live.expected, requestId, expirySeconds * 1000))) {
           // Another request for this number won the race: a duplicate, not a send (no velocity counted).
           const winner = await fraud.live(live.key, account.account_id);
-          throw pending(winner.live?.requestId ?? winner.pointer, winner.live?.method ?? method, method);
+          throw pending(winner.live?.requestId ?? winner.pointer, winner.live?.method ?? method, method, winner.live?.workflow ?? false);
         }
         const claimed = live;
         admitted = await fraud.admitPlanned(send).catch(async (err: unknown) => {
@@ -540,9 +540,10 @@ function workflowResend(liveId: string): ApiError {
 }
 
 /** 409: one live verification per number (or per number and method: fraud.liveVerification) and account. */
-function pending(liveId: string, liveMethod: Method, method: Method): ApiError {
-  const how =
-    liveMethod === method
+function pending(liveId: string, liveMethod: Method, method: Method, workflow = false): ApiError {
+  const how = workflow
+    ? 'it is a workflow and starts its next step by itself: wait for it to finish'
+    : liveMethod === method
       ? 'send "resend": true to send it again, or wait for it to finish'
       : // The docs' scripted fallback (flash call, then voice, as separate requests) lands here under per_number: say how
         // a fallback is done on this server.

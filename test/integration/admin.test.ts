@@ -121,6 +121,11 @@ describe('admin API (/admin/v1)', () => {
     await bad('POST', '/accounts', '{"name": ');
     await bad('POST', `/accounts/${a.account_id}/topup`, { amount: 0 });
     await bad('POST', `/accounts/${a.account_id}/topup`, { amount: '5' });
+    // Less than a millionth would be rounded away (0 added, or a millionth that was not asked for): refused.
+    for (const amount of [1e-7, 5e-7, 1.0000001]) {
+      expect((await bad('POST', `/accounts/${a.account_id}/topup`, { amount })).body.message).toMatch(/at most 6 decimal places/);
+    }
+    await bad('POST', '/accounts', { name: 'x', balance: 0.0000001 });
     await bad('PUT', `/accounts/${a.account_id}/webhook`, { url: 'ftp://example.com/' });
     await bad('PUT', `/accounts/${a.account_id}/webhook`, {});
     await bad('PUT', `/accounts/${a.account_id}/rate-limit`, { requests_per_second: 0 });

@@ -89,6 +89,7 @@ describe('HTTP bad input: the documented 4xx, never a 500 or a stack trace', () 
     ['a body over http.bodyLimitBytes', 400, 'invalid_request', () => verify(`{"phone_number":"${phone}","pad":"${'x'.repeat(100_000)}"}`), /too large/],
     ['Content-Length of 1 GB (body never sent)', 400, 'invalid_request', () => ({ head: request('POST', '/v1/verify', { headers: ['Content-Type: application/json'], length: 1_000_000_000 }) }), /too large/],
     ['wrong Content-Type', 400, 'invalid_request', () => verify(`phone_number=${phone}`, ['Content-Type: application/x-www-form-urlencoded']), /Content-Type/],
+    ['JSON sent as text/plain', 400, 'invalid_request', () => verify(`{"phone_number":"${phone}"}`, ['Content-Type: text/plain']), /Content-Type must be application\/json/],
     // Wrong types.
     ['phone_number as a number', 400, 'invalid_phone', () => verify('{"phone_number":447700900000}')],
     ['phone_number null', 400, 'invalid_phone', () => verify('{"phone_number":null}')],

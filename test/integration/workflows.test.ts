@@ -531,6 +531,10 @@ describe('workflows', () => {
       expect([again.status, again.body.error, again.body.request_id], JSON.stringify(body)).toEqual([409, 'verification_pending', id]);
       expect(String(again.body.message)).toMatch(/it is a workflow and starts its next step by itself, so it cannot be resent/);
     }
+    // Without resend, the 409 does not suggest one (which would be refused as above).
+    const plain = await create(engine, account.auth, { method: 'voice' });
+    expect([plain.status, plain.body.request_id]).toEqual([409, id]);
+    expect(String(plain.body.message)).toMatch(/it is a workflow and starts its next step by itself: wait for it to finish$/);
     // Nothing more was sent nor charged.
     expect(await balance(engine, account.account_id)).toBeCloseTo(1 - PRICE.voice, 6);
     expect(Number(await engine.redis.hget(engine.keys.verification(id), 'sends') ?? 1)).toBe(1);
