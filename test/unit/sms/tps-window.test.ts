@@ -27,20 +27,15 @@ describe('TpsWindow', () => {
   it('a rate below one a second: one in any 1 / rate seconds (never starved)', async () => {
     vi.useFakeTimers();
     let now = 0;
-    const w = new TpsWindow(0.5, () => now);
-    let done = 0;
-    for (let i = 0; i < 3; i++) void w.take().then(() => done++);
-    await vi.advanceTimersByTimeAsync(0);
-    expect(done).toBe(1);
-    now = 1999;
-    await vi.advanceTimersByTimeAsync(1999);
-    expect(done).toBe(1);
-    now = 2000;
-    await vi.advanceTimersByTimeAsync(1);
-    expect(done).toBe(2);
-    now = 4000;
-    await vi.advanceTimersByTimeAsync(2000);
-    expect(done).toBe(3);
+    const w = new TpsWindow(0.25, () => now);
+    const at: number[] = [];
+    for (let i = 0; i < 3; i++) void w.take().then(() => at.push(now));
+    // Step through 12 s a second at a time: one now, one at 4 s, one at 8 s.
+    for (let s = 0; s <= 12; s++) {
+      now = s * 1000;
+      await vi.advanceTimersByTimeAsync(s === 0 ? 0 : 1000);
+    }
+    expect(at).toEqual([0, 4000, 8000]);
     vi.useRealTimers();
   });
 });
