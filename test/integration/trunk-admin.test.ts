@@ -125,7 +125,7 @@ describe('trunks taken out of service by an operator', { timeout: 45_000 }, () =
       );
     // The CLI's config has the default trunk list (one trunk, `default`): the engine's names are not in it.
     const refused = await cli(['trunk', 'disable', 'primary']);
-    expect(refused.code).toBe(1);
+    expect(refused.code).toBe(2);
     expect(refused.stderr).toContain('no SIP trunk named "primary" (sip.trunks[].name: default)');
     const off = await cli(['trunk', 'disable', 'default', '--reason', 'incident 4411']);
     expect(off.code).toBe(0);
