@@ -552,6 +552,21 @@ describe('SMS OTP through SMPP', () => {
     expect((await t.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 2 * 0.03, 6);
   });
 
+  it('a resend the SMSC refuses after the earlier message\'s failure receipt came meanwhile: the request fails (the resend refunded), not left waiting for a receipt that has come', async () => {
+    const t = await start();
+    const account = await t.account({ balance: 1 });
+    // The test SMSC answers numbers ending 0091 with UNDELIV; 1 s late, so that it comes while the resend is pending.
+    await smsc.set({ receiptDelayMs: 1_000 });
+    const id = await sendSms(t, account.auth, '+447700900091');
+    await waitFor(async () => (await t.redis.hget(t.keys.verification(id), 'sms_state')) === 'accepted' || undefined, 5_000);
+    await smsc.set({ rejectPrefixes: { '447700900091': 0x58 } });
+    const again = await http(`${t.url}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900091', method: 'sms', code_length: 6, resend: true } });
+    expect(again.status).toBe(200);
+    expect(await finalStatus(t, account.auth, id, 15_000)).toMatchObject({ status: 'failed' });
+    // The first message was sent (billed); the resend never was (refunded).
+    await waitFor(async () => Math.abs((await t.accounts.get(account.account_id)).balance - (1 - 0.03)) < 1e-9 || undefined, 5_000);
+  });
+
   // (A workflow request is not resent: resend: true on a live workflow is 409, workflows.test.ts.)
   it('an SMS request sent again (resend): the receipt of its first message still counts, every message id stays mapped', async () => {
     const t = await start();

@@ -19,18 +19,29 @@
 
   Returns 'kept' (refunded, the request keeps its earlier message; also when
   done already by an earlier run of the job), 'alone' (no earlier message was
-  accepted: the caller fails the request, refunded, as for a first send),
+  accepted, or every one's failure receipt has come meanwhile: the caller
+  fails the request, the resend refunded, as for a first send),
   'ended' (the request is over: the caller's refunded failure gives the charge
   back) or 'gone' (another send, or no record: nothing to do).
 ]]
 --- @include "refundCharge"
 local v = redis.call('HMGET', KEYS[1], 'status', 'sends', 'resend_undo', 'send_cost', 'country', 'test_number',
-  'sms_superseded_ids', 'resend_refused')
+  'sms_superseded_ids', 'resend_refused', 'sms_superseded_failed')
 if not v[1] then return 'gone' end
 if v[8] == ARGV[1] then return 'kept' end
 if tonumber(v[2] or '1') ~= tonumber(ARGV[1]) then return 'gone' end
 if v[1] ~= 'sent' and v[1] ~= 'delivered' then return 'ended' end
 if not v[3] or (not v[7] and v[1] ~= 'delivered') then return 'alone' end
+-- Not delivered, and every earlier message's failure receipt has come meanwhile (settleSms-4 noted it): nothing is
+-- on its way any more.
+if v[1] ~= 'delivered' then
+  local failed = ' ' .. (v[9] or '') .. ' '
+  local waiting = false
+  for id in string.gmatch(v[7], '%S+') do
+    if not string.find(failed, ' ' .. id .. ' ', 1, true) then waiting = true end
+  end
+  if not waiting then return 'alone' end
+end
 local undo = cjson.decode(v[3])
 -- A test number's send was never counted in the conversion hash: no country.
 if redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then
@@ -42,6 +53,6 @@ local fields = {'dial_started', 'rang_at', 'answered_at', 'outcome', 'final_sip_
 for _, name in ipairs(fields) do
   if undo[name] then redis.call('HSET', KEYS[1], name, undo[name]) else redis.call('HDEL', KEYS[1], name) end
 end
-redis.call('HDEL', KEYS[1], 'resend_undo', 'sms_refusal')
+redis.call('HDEL', KEYS[1], 'resend_undo', 'sms_refusal', 'sms_superseded_failed')
 redis.call('HSET', KEYS[1], 'resend_refused', ARGV[1])
 return 'kept'

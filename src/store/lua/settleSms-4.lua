@@ -19,6 +19,8 @@
 
   A failure receipt for a message an SMS resend has superseded (sms_superseded_ids, set by
   resendVerification-4) settles nothing: the new message may well arrive. A DELIVRD for one still does.
+  The failure is noted (sms_superseded_failed, its message id): should the resend not be sent at all
+  (settleRefusedResend-4), the request is not left waiting for a receipt that has come.
 
   Returns published | pending | duplicate | gone | other_step | superseded.
 ]]
@@ -38,6 +40,8 @@ elseif ARGV[2] == '' then
 elseif v[6] and ARGV[2] ~= 'DELIVRD' and ARGV[1] ~= ''
     and string.find(' ' .. v[6] .. ' ', ' ' .. ARGV[1] .. ' ', 1, true) then
   verdict = 'superseded'
+  local failed = redis.call('HGET', KEYS[1], 'sms_superseded_failed')
+  redis.call('HSET', KEYS[1], 'sms_superseded_failed', failed and (failed .. ' ' .. ARGV[1]) or ARGV[1])
 elseif v[5] then
   verdict = 'duplicate'
 else
