@@ -915,7 +915,10 @@ export class UacCall implements OutboundCall {
     const contact = getHeader(response, 'contact');
     const target = contact === undefined ? undefined : usable(contact);
     if (routeSet.length < routes.length || (contact !== undefined && target === undefined)) {
-      this.log.warn({ status: response.status, contact, record_route: routes }, 'unusable Contact or Record-Route URI in a response (left out; in-dialog requests go to the trunk)');
+      this.log.warn(
+        { status: response.status, contact, record_route: routes, remote_target: target ?? this.requestUri },
+        'unusable Contact or Record-Route URI in a response: left out (an unusable Contact: in-dialog requests go to the trunk)',
+      );
     }
     return { routeSet, remoteTarget: target ?? this.requestUri };
   }

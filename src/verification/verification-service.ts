@@ -344,7 +344,7 @@ export class VerificationService {
       );
       const [owner, mac, phoneEnc, , current, , , , status, wfStep, attempts, lastSendAt, createdAt] = stored;
       if (!owner || owner !== account.account_id || !mac || !phoneEnc) throw notFound();
-      // Constant-time comparison of MACs; a code of the wrong shape still costs an attempt.
+      // Constant-time comparison of MACs (digits only by now: other characters were refused above, no attempt spent).
       // (a code issued before a master key rotation is MACed with the previous key: `matches` accepts both)
       matched = this.sealer.matches('code', `${requestId}:${code}`, mac) !== false;
       if (!matched && Number(wfStep) > 0 && (status === 'sent' || status === 'delivered')) {

@@ -567,6 +567,28 @@ describe('SMS OTP through SMPP', () => {
     await waitFor(async () => Math.abs((await t.accounts.get(account.account_id)).balance - (1 - 0.03)) < 1e-9 || undefined, 5_000);
   });
 
+  it('verified with the earlier code while the resend waits (throttled): the resend never left and is refunded; no copy of the sealed code outlives the request', async () => {
+    const t = await start();
+    const account = await t.account({ balance: 1 });
+    const id = await sendSms(t, account.auth, '+447700900741');
+    expect(await finalStatus(t, account.auth, id)).toMatchObject({ status: 'delivered' });
+    await smsc.set({ rejectPrefixes: { '447700900741': 0x58 } });
+    const again = await http(`${t.url}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900741', method: 'sms', code_length: 6, resend: true } });
+    expect(again.status).toBe(200);
+    const key = t.keys.verification(id);
+    await waitFor(async () => (await t.redis.hget(key, 'sms_state')) === 'retry' || undefined, 5_000);
+    // What resendVerification-4 keeps to take the resend back holds the code's ciphertext while the request lives.
+    expect(JSON.parse((await t.redis.hget(key, 'resend_undo'))!)).toHaveProperty('code_enc');
+    const [first] = accepted(await submitsTo('+447700900741'));
+    const ok = await http(`${t.url}/v1/verify/check`, { auth: account.auth, body: { request_id: id, code: codeIn(first!.text) } });
+    expect(ok.body).toMatchObject({ status: 'verified' });
+    // One SMS sent, one billed.
+    expect((await t.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 0.03, 6);
+    expect(await t.redis.hget(key, 'cost')).toBe('30000');
+    expect(await t.redis.hget(key, 'code_enc')).toBeNull();
+    expect(JSON.parse((await t.redis.hget(key, 'resend_undo'))!)).not.toHaveProperty('code_enc');
+  });
+
   // (A workflow request is not resent: resend: true on a live workflow is 409, workflows.test.ts.)
   it('an SMS request sent again (resend): the receipt of its first message still counts, every message id stays mapped', async () => {
     const t = await start();

@@ -48,6 +48,7 @@
   Returns {"ok", next_step} | {"moved", current_step} | {"done", status} |
     {"last"} | {"expired"} | {"gone"} | {"insufficient_balance" | ARGV[11], next_step}
 ]]
+--- @include "dropSealedCode"
 --- @include "countSent"
 --- @include "refundCharge"
 --- @include "writeEvent"
@@ -104,7 +105,7 @@ if refused then
     q .. 'method', ARGV[3], q .. 'status', 'failed', q .. 'cost', 0, q .. 'started_at', ARGV[2],
     q .. 'ended_at', ARGV[2], q .. 'reason', refused)
   redis.call('HSETNX', KEYS[1], 'at_failed', ARGV[2])
-  redis.call('HDEL', KEYS[1], 'code_enc')
+  dropSealedCode(KEYS[1])
   writeEvent(KEYS[4], ARGV[9], KEYS[7], v[7], 'failed', redis.call('HGET', KEYS[1], 'request_id'), v[4], ARGV[3], ARGV[2],
     cjson.encode({reason = refused}))
   return {refused, nxt}

@@ -25,6 +25,7 @@
 
   Returns the status after the event, or false when the record is gone.
 ]]
+--- @include "dropSealedCode"
 --- @include "refundCharge"
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
@@ -58,7 +59,7 @@ if st == 'delivered' and status == 'sent' then
   status = 'delivered'
 elseif st == 'failed' then
   redis.call('HSET', KEYS[1], 'status', 'failed')
-  redis.call('HDEL', KEYS[1], 'code_enc')
+  dropSealedCode(KEYS[1])
   status = 'failed'
   if ARGV[4] == '1' and redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then refund() end
 end

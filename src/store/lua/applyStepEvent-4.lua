@@ -27,6 +27,7 @@
 
   Returns the request status after the event, or false when the record is gone.
 ]]
+--- @include "dropSealedCode"
 --- @include "refundCharge"
 local v = redis.call('HMGET', KEYS[1], 'status', 'wf_step', 'wf_steps')
 local status = v[1]
@@ -79,7 +80,7 @@ if st == 'delivered' then
 elseif st == 'failed' and live and step >= steps - 1 then
   redis.call('HSETNX', KEYS[1], 'at_failed', ts)
   redis.call('HSET', KEYS[1], 'status', 'failed')
-  redis.call('HDEL', KEYS[1], 'code_enc')
+  dropSealedCode(KEYS[1])
   status = 'failed'
 end
 return status

@@ -31,6 +31,7 @@
 
   Returns {"ok", refunded_micro} | {"not_found"} | {"not_live", status} | {"moved"}
 ]]
+--- @include "dropSealedCode"
 --- @include "refundCharge"
 --- @include "writeEvent"
 local v = redis.call('HMGET', KEYS[1], 'account_id', 'status', 'wf_step', 'wf_steps', 'method', 'cost', 'request_id',
@@ -44,7 +45,7 @@ local chargedAt = v[8] or v[9]
 if v[4] then chargedAt = redis.call('HGET', KEYS[1], 'att' .. v[3] .. '_started_at') end
 if (chargedAt or '') ~= ARGV[4] then return {'moved'} end
 redis.call('HSET', KEYS[1], 'status', 'canceled')
-redis.call('HDEL', KEYS[1], 'code_enc')
+dropSealedCode(KEYS[1])
 redis.call('HSETNX', KEYS[1], 'at_canceled', ARGV[2])
 -- Nothing of the current attempt left (the same rule in expireVerification-7 and advanceWorkflow-8): no
 -- job claimed it, or an SMS whose submit_sm cannot have been taken: sms_state unset (claimed, not submitted:

@@ -8,7 +8,7 @@
   Billing per attempt actually sent: when nothing of the current attempt (or
   send) left, it is refunded and taken out of the usage and conversion `sent`
   of the day it was charged (refundUnsent.lua: the rule, shared with
-  recordCheck-7).
+  recordCheck-6).
 
   KEYS[1] verification hash
   KEYS[2] expiries sorted set
@@ -26,6 +26,7 @@
   Returns {"expired", refunded_micro} when this call expired it, {"pending"} when
   not due yet, else {"skipped"} (already terminal or gone).
 ]]
+--- @include "dropSealedCode"
 --- @include "refundCharge"
 --- @include "refundUnsent"
 --- @include "writeEvent"
@@ -43,7 +44,7 @@ end
 if tonumber(ARGV[2]) < expires_at then return {'pending'} end
 
 redis.call('HSET', KEYS[1], 'status', 'expired')
-redis.call('HDEL', KEYS[1], 'code_enc')
+dropSealedCode(KEYS[1])
 redis.call('HSETNX', KEYS[1], 'at_expired', v[2])
 redis.call('ZREM', KEYS[2], ARGV[1])
 

@@ -7,7 +7,7 @@
   KEYS[2] events stream
   KEYS[3] usage hash of the account for the day the attempt was charged (its `verified` count)
   KEYS[4] webhook order set of the request (writeEvent.lua)
-  KEYS[5] account hash (the refund of an attempt that never left, when the last wrong code ends the request)
+  KEYS[5] account hash (the refund of an attempt that never left, when the check ends the request)
   KEYS[6] conversion hash of the day the attempt was charged (refundCharge.lua)
 
   ARGV[1] code_mac the caller compared against
@@ -20,6 +20,7 @@
   Returns {result, attempts_remaining}, result one of:
     verified | invalid_code | expired | already_verified | failed | canceled | not_found | stale
 ]]
+--- @include "dropSealedCode"
 --- @include "refundCharge"
 --- @include "refundUnsent"
 --- @include "writeEvent"
@@ -45,6 +46,18 @@ local function emit(st)
   writeEvent(KEYS[2], ARGV[5], KEYS[4], v[8], st, v[5], v[6], v[7], ARGV[3], '{}')
 end
 
+-- The request ends: its current attempt (or send) is refunded if it never left, as an expiry does (a resend still
+-- throttled when the code of the earlier send verifies, an SMS waiting when the last wrong code is spent).
+local function refundIfUnsent()
+  local r = redis.call('HMGET', KEYS[1], 'method', 'dial_started', 'sms_state', 'wf_step', 'wf_steps', 'send_cost', 'cost',
+    'country', 'test_number')
+  -- A test number is never dialled: nothing left behind to give back.
+  if r[9] then return end
+  refundUnsent(KEYS[1], KEYS[5], KEYS[3], KEYS[6], {
+    method = r[1], dial_started = r[2], sms_state = r[3], wf_step = r[4], wf_steps = r[5],
+    send_cost = r[6], cost = r[7], country = r[8], test_number = r[9] })
+end
+
 -- Past its time: the answer is `expired`, nothing counted. The record itself is left to the expiry sweeper
 -- (expireVerification-7, within expirySweepMs), which also refunds an attempt that never left: a check must not
 -- end the request on its own and skip that refund (GET already shows an overdue request as expired).
@@ -53,23 +66,19 @@ if now >= expires_at then return {'expired', 0} end
 attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], 'status', 'verified', 'verified_at', ARGV[3])
-  redis.call('HDEL', KEYS[1], 'code_enc')
+  dropSealedCode(KEYS[1])
   redis.call('HSETNX', KEYS[1], 'at_verified', ARGV[3])
   redis.call('HINCRBY', KEYS[3], 'verified', 1)
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
+  refundIfUnsent()
   emit('verified')
   return {'verified', max - attempts}
 end
 if attempts >= max then
   redis.call('HSET', KEYS[1], 'status', 'expired')
-  redis.call('HDEL', KEYS[1], 'code_enc')
+  dropSealedCode(KEYS[1])
   redis.call('HSETNX', KEYS[1], 'at_expired', ARGV[3])
-  -- Ended as an expiry does: an attempt that never left (an SMS still throttled, a call in a backlog) is refunded.
-  local r = redis.call('HMGET', KEYS[1], 'method', 'dial_started', 'sms_state', 'wf_step', 'wf_steps', 'send_cost', 'cost',
-    'country', 'test_number')
-  refundUnsent(KEYS[1], KEYS[5], KEYS[3], KEYS[6], {
-    method = r[1], dial_started = r[2], sms_state = r[3], wf_step = r[4], wf_steps = r[5],
-    send_cost = r[6], cost = r[7], country = r[8], test_number = r[9] })
+  refundIfUnsent()
   emit('expired')
 end
 local remaining = max - attempts

@@ -1,7 +1,7 @@
 --[[
   Refunds the current attempt (or send) of a request that is ending, when
   nothing of it left: the rule of expireVerification-7, shared with
-  recordCheck-7 (the last wrong code ends the request the same way). Needs
+  recordCheck-6 (the last wrong code ends the request the same way). Needs
   refundCharge included before it.
 
   "Nothing left" (the same rule in cancelVerification-6 and advanceWorkflow-8):
