@@ -12,8 +12,13 @@ export interface StoredResponse {
 
 interface IdemRecord {
   state: 'pending' | 'done';
-  /** Keyed MAC of the request body (which holds a phone number): a key reused for another request is refused. */
+  /**
+   * Keyed MAC of the request body as sent (which holds a phone number): a key reused for another request is refused.
+   * (As sent: what a process of the version before `fpc` compares, during a rolling upgrade.)
+   */
   fp: string;
+  /** Keyed MAC of the body with its members in sorted order: the same request, its members written in another order. */
+  fpc?: string;
   /** The response ({status, body}: it holds the phone number) as JSON, sealed (AES-256-GCM) to this record's name. */
   sealed?: string;
   /** Written before responses were sealed (a record lives `ttlSeconds`): read, never written. */
@@ -75,22 +80,22 @@ export class Idempotency {
     // name made of a number. A record named by the plain SHA-256 of the key (before) is taken over.
     const redisKey = this.keys.idempotency(accountId, this.sealer.mac('idempotency-key', key));
     await adoptPreviousNames(this.redis, [this.keys.idempotency(accountId, createHash('sha256').update(key).digest('hex'))], redisKey);
-    // The same JSON with its members in another order is the same request.
-    const body = canonicalJson(request ?? null);
-    const fp = this.sealer.mac('idempotency-request', body);
-    // Before members were put in order: the body as sent, under the key's MAC, or (earlier) its SHA-256.
+    // The body as sent, and with its members in sorted order (the same request, its members in another order).
     const asSent = JSON.stringify(request ?? null);
-    const earlierFps = [this.sealer.mac('idempotency-request', asSent), createHash('sha256').update(asSent).digest('hex')];
+    const fp = this.sealer.mac('idempotency-request', asSent);
+    const fpc = this.sealer.mac('idempotency-request', canonicalJson(request ?? null));
+    // A record of the version before the keyed MAC: the SHA-256 of the body as sent.
+    const legacyFp = createHash('sha256').update(asSent).digest('hex');
     const deadline = Date.now() + this.options.waitMs;
     for (;;) {
-      const pending: IdemRecord = { state: 'pending', fp };
+      const pending: IdemRecord = { state: 'pending', fp, fpc };
       if ((await this.redis.set(redisKey, JSON.stringify(pending), 'EX', PENDING_TTL_SECONDS, 'NX')) === 'OK') {
-        return { ...(await this.execute(redisKey, fp, exec)), replayed: false };
+        return { ...(await this.execute(redisKey, fp, fpc, exec)), replayed: false };
       }
       const raw = await this.redis.get(redisKey);
       if (raw !== null) {
         const stored = JSON.parse(raw) as IdemRecord;
-        if (stored.fp !== fp && !earlierFps.includes(stored.fp)) {
+        if (stored.fp !== fp && stored.fp !== legacyFp && (stored.fpc === undefined || stored.fpc !== fpc)) {
           throw new ApiError('invalid_request', 'this Idempotency-Key was already used with a different request body');
         }
         if (stored.state === 'done') {
@@ -107,7 +112,7 @@ export class Idempotency {
     }
   }
 
-  private async execute(redisKey: string, fp: string, exec: () => Promise<StoredResponse>): Promise<StoredResponse> {
+  private async execute(redisKey: string, fp: string, fpc: string, exec: () => Promise<StoredResponse>): Promise<StoredResponse> {
     let response: StoredResponse;
     try {
       response = await exec();
@@ -119,7 +124,7 @@ export class Idempotency {
         throw err;
       }
     }
-    const done: IdemRecord = { state: 'done', fp, sealed: this.sealer.seal(JSON.stringify({ status: response.status, body: response.body }), redisKey) };
+    const done: IdemRecord = { state: 'done', fp, fpc, sealed: this.sealer.seal(JSON.stringify({ status: response.status, body: response.body }), redisKey) };
     const store = (): Promise<unknown> => this.redis.set(redisKey, JSON.stringify(done), 'EX', this.options.ttlSeconds);
     // The verification exists (created, charged, queued): its answer goes back whatever happens to the store. Until
     // the store lands, a retry waits on the claim (503 "in progress"), never runs the create again.

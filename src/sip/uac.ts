@@ -1115,15 +1115,23 @@ export class UacCall implements OutboundCall {
 
   /**
    * RFC 3261 13.3.1.4: our 2xx to a re-INVITE is sent again at T1, doubling up to T2, until its ACK (handleAck) or
-   * 64*T1 over UDP; a reliable transport carries it once.
+   * 64*T1 over UDP; a reliable transport carries it once, and its ACK is awaited as long.
    */
   private retransmitUntilAck(request: ParsedRequest, data: Buffer, source: InboundSource): void {
     this.stopReinviteRetransmits();
     const cseq = request.cseq.seq;
     const reinvite: NonNullable<typeof this.reinvite> = { cseq, data, source, via: request.via, timer: undefined };
     this.reinvite = reinvite;
-    if (source.protocol !== 'udp') return;
     const { t1Ms, t2Ms } = this.host.timers;
+    if (source.protocol !== 'udp') {
+      // Sent once, but the ACK is awaited all the same: 13.3.1.4 holds whatever the transport.
+      reinvite.timer = this.host.clock.setTimeout(() => {
+        if (this.reinvite !== reinvite) return;
+        reinvite.timer = undefined;
+        this.reinviteUnacknowledged(cseq);
+      }, 64 * t1Ms);
+      return;
+    }
     let waited = 0;
     const again = (interval: number): void => {
       reinvite.timer = this.host.clock.setTimeout(() => {

@@ -1,6 +1,6 @@
 /**
- * An SMSC's TPS per bind, as SMSCs count it: at most `tps` submit_sm in any one second (a rate below one a second,
- * 0.5: one in any 2 s). `take()` resolves when the next may go. Unlike a token bucket holding a second's worth (what
+ * An SMSC's TPS per bind, as SMSCs count it: at most `tps` submit_sm in any one second (a fraction above one rounds
+ * down; a rate below one a second, 0.5: one in any 2 s). `take()` resolves when the next may go. Unlike a token bucket holding a second's worth (what
  * a trunk's CPS uses), an idle bind does not let a full second's worth go and then as many again within the same
  * second: SMSCs answer such a second with ESME_RTHROTTLED.
  */
@@ -19,8 +19,10 @@ export class TpsWindow {
     tps: number,
     private readonly now: () => number = () => performance.now(),
   ) {
+    // At least one a second: floor(tps) in any one second (2.5 holds to 2, never 3 in some second); below one a second,
+    // one in any 1 / tps seconds.
     this.permits = Math.max(1, Math.floor(tps));
-    this.windowMs = (this.permits / tps) * 1000;
+    this.windowMs = tps >= 1 ? 1000 : 1000 / tps;
     this.sent = new Array<number>(this.permits).fill(0);
   }
 

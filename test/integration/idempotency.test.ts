@@ -85,6 +85,10 @@ describe('Idempotency-Key', () => {
     // Another order of the same members: replayed, not refused as another body.
     const again = await verify(a.auth, 'k-402', { phone_number: '+447700900211', method: 'flash_call' });
     expect([again.status, again.body.request_id, again.headers.get('idempotent-replayed')]).toEqual([201, paid.body.request_id, 'true']);
+    // The record still carries the MAC of the body as sent, which a process of the version before compares (a rolling
+    // upgrade): the same retry there is replayed too, not refused as another body.
+    const stored = JSON.parse((await t.redis.get(t.keys.idempotency(a.account_id, t.sealer.mac('idempotency-key', 'k-402'))))!) as { fp: string };
+    expect(stored.fp).toBe(t.sealer.mac('idempotency-request', JSON.stringify({ method: 'flash_call', phone_number: '+447700900211' })));
   });
 
   it('a response made while Redis fails its store is still answered, and stored when Redis lets it: a retry is replayed, never run twice', async () => {

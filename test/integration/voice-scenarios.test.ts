@@ -39,7 +39,16 @@ interface Run {
 
 async function voiceCall(
   scenario: string,
-  opts: { codec?: G711Codec; phone?: string; locale?: string; vars?: Record<string, string | number>; answers?: boolean; deadPrimary?: number; rel100?: 'supported' | 'required' } = {},
+  opts: {
+    codec?: G711Codec;
+    phone?: string;
+    locale?: string;
+    vars?: Record<string, string | number>;
+    answers?: boolean;
+    deadPrimary?: number;
+    rel100?: 'supported' | 'required';
+    transport?: 'udp' | 'tcp';
+  } = {},
 ): Promise<Run> {
   rtp = await startRtpReceiver();
   const codec = opts.codec ?? 'PCMU';
@@ -51,6 +60,7 @@ async function voiceCall(
         ? opts.vars
         : { rtp_ip: '127.0.0.1', rtp_port: rtp.port, rtp_pt: codec === 'PCMU' ? 0 : 8, rtp_codec: codec, ...(opts.vars ?? {}) },
     maxLifetimeMs: 40_000,
+    ...(opts.transport ? { transport: opts.transport } : {}),
   });
   engine = await startTestEngine(
     testConfig({
@@ -293,6 +303,14 @@ describe('voice OTP against SIPp', () => {
     expect(oks[1]!.body).toMatch(/^m=audio \d+ RTP\/AVP 0 101\r?$/m);
     expectCleanStream('PCMU');
     expect(wordsHeard('PCMU', 'en')).toEqual(['intro', ...run.code, 'again', ...run.code]);
+  }, 45_000);
+
+  it('over TCP too: a re-INVITE whose 200 (sent once) is never ACKed ends the call with BYE 64*T1 later', async () => {
+    const run = await voiceCall('uas-voice-reinvite-no-ack', { vars: { mid_ms: 1000 }, transport: 'tcp' });
+    expect(run.record.outcome).toBe('remote_hangup');
+    expect((await uas!.waitForExit(10_000)).code).toBe(0);
+    expect(uas!.requests().map((m) => m.method)).toEqual(['INVITE', 'ACK', 'BYE']);
+    expect(uas!.received().filter((m) => m.status === 200 && m.header('cseq') === '2 INVITE')).toHaveLength(1);
   }, 45_000);
 
   it('a re-INVITE whose 200 is never ACKed: the 200 is sent again until 64*T1, then the call is ended with BYE (RFC 3261 13.3.1.4), playback stopped', async () => {

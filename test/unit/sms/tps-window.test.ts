@@ -24,6 +24,20 @@ describe('TpsWindow', () => {
     vi.useRealTimers();
   });
 
+  it('a fractional tps above one holds to its whole part in every second (2.5: never 3)', async () => {
+    vi.useFakeTimers();
+    let now = 0;
+    const w = new TpsWindow(2.5, () => now);
+    const at: number[] = [];
+    for (let i = 0; i < 7; i++) void w.take().then(() => at.push(now));
+    for (let ms = 0; ms <= 4000; ms += 100) {
+      now = ms;
+      await vi.advanceTimersByTimeAsync(ms === 0 ? 0 : 100);
+    }
+    expect(at).toEqual([0, 0, 1000, 1000, 2000, 2000, 3000]);
+    vi.useRealTimers();
+  });
+
   it('a rate below one a second: one in any 1 / rate seconds (never starved)', async () => {
     vi.useFakeTimers();
     let now = 0;

@@ -38,6 +38,9 @@ describe('parseDestination', () => {
     }
     // A leading 0 that is part of the number (Italy, Côte d'Ivoire) is E.164.
     for (const e164 of ['+390612345678', '+2250701234567']) expect(parseDestination(e164).e164).toBe(e164);
+    // Digits the parser takes for a prefix in a number valid as written (Belarus's 810 premium range) are kept.
+    const by = parseDestination('+3758101234567');
+    expect([by.e164, by.country, by.lineType?.()]).toEqual(['+3758101234567', 'BY', 'PREMIUM_RATE']);
   });
 
   it('numbers of no country (satellite, international networks) are ZZ', () => {
