@@ -31,7 +31,11 @@ export interface AdminApiOptions {
 }
 
 /** Money as the store keeps it: whole micro-units (at most 6 decimals, as the CLI takes them); nothing rounded away. */
-const sixDecimals = (n: number): boolean => Math.abs(n * 1_000_000 - Math.round(n * 1_000_000)) < 1e-6;
+const sixDecimals = (n: number): boolean => {
+  // Round trip, not a tolerance on n * 1e6: its float error passes any fixed bound from 16384 up.
+  const micro = Math.round(n * 1_000_000);
+  return Number.isSafeInteger(micro) && micro / 1_000_000 === n;
+};
 const money = z.number().refine(sixDecimals, 'at most 6 decimal places (money is kept in millionths)');
 
 const createBody = z

@@ -124,8 +124,13 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   });
 
   // Fastify reads text/plain bodies as strings: JSON sent as text/plain would be told "the body must be a JSON object"
-  // rather than what is wrong, its Content-Type.
+  // rather than what is wrong, its Content-Type. An empty one is no body (fetch sends `body: ''` as text/plain; the
+  // admin API's bodyless POSTs take it).
   app.removeContentTypeParser('text/plain');
+  app.addContentTypeParser('text/plain', { parseAs: 'string' }, (_req, body, done) => {
+    if (body === '') done(null, undefined);
+    else done(new ApiError('invalid_request', 'Content-Type must be application/json'), undefined);
+  });
 
   // While Redis is down every request fails the same way: one line (no stack) per REDIS_DOWN_LOG_MS with how many
   // more failed, not an error line with a stack trace per request (thousands a second under load).

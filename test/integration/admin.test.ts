@@ -53,11 +53,16 @@ describe('admin API (/admin/v1)', () => {
     expect((await http(`${t.url}/v1/balance`, { auth: v1 })).body).toEqual({ balance: { amount: 2, currency: 'EUR' } });
     expect((await http(`${t.url}/v1/verify`, { auth: v1, body: { phone_number: '+447700900000' } })).body.error).toBe('account_pending');
 
-    expect((await http(`${admin}/accounts/${id}/approve`, { auth, method: 'POST' })).body.status).toBe('active');
+    // A bodyless POST as fetch sends it with `body: ''` (Content-Type text/plain, empty) is taken as no body.
+    const approved = await http(`${admin}/accounts/${id}/approve`, { auth, method: 'POST', body: '', headers: { 'content-type': 'text/plain;charset=UTF-8' } });
+    expect([approved.status, approved.body.status]).toEqual([200, 'active']);
     expect((await http(`${t.url}/v1/verify`, { auth: v1, body: { phone_number: '+447700900000' } })).status).toBe(201);
 
     const topped = await http(`${admin}/accounts/${id}/topup`, { auth, body: { amount: 3.5 } });
     expect([topped.status, topped.body.balance]).toEqual([200, 5.5 - 0.00468]);
+    // Amounts whose float times a million is not a whole number (16384.01 * 1e6) are still money with 2 decimals.
+    const more = await http(`${admin}/accounts/${id}/topup`, { auth, body: { amount: 16384.01 } });
+    expect([more.status, more.body.balance]).toEqual([200, 16389.51 - 0.00468]);
 
     const hook = await http(`${admin}/accounts/${id}/webhook`, { auth, method: 'PUT', body: { url: 'http://127.0.0.1:9/hook' } });
     expect([hook.status, hook.body.webhook_url]).toEqual([200, 'http://127.0.0.1:9/hook']);

@@ -73,6 +73,42 @@ describe('refunds of attempts that never left', () => {
     expect(await s.balance()).toBe(before.balance - charged);
   });
 
+  it('resends refused after their earlier messages failed one by one: once every message sent has failed, the request is failed, never put back on one', async () => {
+    const phone = '+447700900481';
+    const { request_id: id } = await s.service.create(s.account, { phone_number: phone, method: 'sms' });
+    const key = s.keys.verification(id);
+    const day = utcDay(Date.now());
+    const publisher = new EventPublisher(s.redis, s.keys, 1000);
+    const accepted = (ids: string) => s.redis.hset(key, 'dial_started', String(Date.now()), 'sms_state', 'accepted', 'sms_message_ids', ids);
+    // As resend.ts runs it (the fraud screen aside): the same code, a send of 0.03.
+    const resend = async () => {
+      const [ok, sends] = (await scripts.resendVerification.run(
+        s.redis,
+        [s.keys.account(s.account.account_id), key, s.keys.usage(s.account.account_id, day), s.keys.conversion(day)],
+        [s.account.account_id, Date.now(), 30_000, 5, '', '', 3600, 3_600_000],
+      )) as [string, number];
+      expect(ok).toBe('ok');
+      return sends;
+    };
+    const undelivered = (messageId: string) =>
+      scripts.settleSms.run(s.redis, [key, publisher.stream, s.keys.smsEarlyReceipt('default', messageId), publisher.orderKey(id)], [
+        messageId, 'UNDELIV', '', ...publisher.streamArgs({ request_id: id, account_id: s.account.account_id, method: 'sms', status: 'failed', detail: { reason: 'sms_undeliverable' } }),
+      ]);
+    const refused = (sends: number) =>
+      scripts.settleRefusedResend.run(s.redis, [key, s.keys.account(s.account.account_id), s.keys.usage(s.account.account_id, day), s.keys.conversion(day)], [sends, 'sms']);
+
+    await accepted('m1');
+    await resend();
+    await accepted('m1 m2');
+    expect(await undelivered('m1')).toBe('superseded');
+    // m2 may still arrive: the request keeps it.
+    expect(await refused(await resend())).toBe('kept');
+    const fourth = await resend();
+    expect(await undelivered('m2')).toBe('superseded');
+    // m1 and m2 have both failed: nothing is on its way.
+    expect(await refused(fourth)).toBe('alone');
+  });
+
   // advanceWorkflow-8 as the workflow advancer runs it for a `step_timeout` of step 0 (charged today).
   const advanceKeys = (id: string, accountId: string) => {
     const today = utcDay(Date.now());

@@ -48,11 +48,12 @@ end
 
 -- The request ends: its current attempt (or send) is refunded if it never left, as an expiry does (a resend still
 -- throttled when the code of the earlier send verifies, an SMS waiting when the last wrong code is spent).
-local function refundIfUnsent()
+local function refundIfUnsent(verified)
   local r = redis.call('HMGET', KEYS[1], 'method', 'dial_started', 'sms_state', 'wf_step', 'wf_steps', 'send_cost', 'cost',
     'country', 'test_number')
-  -- A test number is never dialled: nothing left behind to give back.
-  if r[9] then return end
+  -- A test number is never dialled: verified, it has nothing left behind to give back (expired, it is as the
+  -- sweeper's expiry leaves it).
+  if verified and r[9] then return end
   refundUnsent(KEYS[1], KEYS[5], KEYS[3], KEYS[6], {
     method = r[1], dial_started = r[2], sms_state = r[3], wf_step = r[4], wf_steps = r[5],
     send_cost = r[6], cost = r[7], country = r[8], test_number = r[9] })
@@ -70,7 +71,7 @@ if ARGV[2] == '1' then
   redis.call('HSETNX', KEYS[1], 'at_verified', ARGV[3])
   redis.call('HINCRBY', KEYS[3], 'verified', 1)
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
-  refundIfUnsent()
+  refundIfUnsent(true)
   emit('verified')
   return {'verified', max - attempts}
 end
@@ -78,7 +79,7 @@ if attempts >= max then
   redis.call('HSET', KEYS[1], 'status', 'expired')
   dropSealedCode(KEYS[1])
   redis.call('HSETNX', KEYS[1], 'at_expired', ARGV[3])
-  refundIfUnsent()
+  refundIfUnsent(false)
   emit('expired')
 end
 local remaining = max - attempts

@@ -53,6 +53,7 @@ local fields = {'dial_started', 'rang_at', 'answered_at', 'outcome', 'final_sip_
 for _, name in ipairs(fields) do
   if undo[name] then redis.call('HSET', KEYS[1], name, undo[name]) else redis.call('HDEL', KEYS[1], name) end
 end
-redis.call('HDEL', KEYS[1], 'resend_undo', 'sms_refusal', 'sms_superseded_failed')
+-- sms_superseded_failed stays: a message that failed stays failed, and a later resend supersedes it again.
+redis.call('HDEL', KEYS[1], 'resend_undo', 'sms_refusal')
 redis.call('HSET', KEYS[1], 'resend_refused', ARGV[1])
 return 'kept'
