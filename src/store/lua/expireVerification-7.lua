@@ -30,8 +30,7 @@
 --- @include "refundCharge"
 --- @include "refundUnsent"
 --- @include "writeEvent"
-local v = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'account_id', 'method',
-  'dial_started', 'sms_state', 'wf_step', 'wf_steps', 'send_cost', 'cost', 'country', 'test_number', 'whq_until')
+local v = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'account_id', 'method', 'whq_until')
 local status, expires_at = v[1], tonumber(v[2])
 if not status or not expires_at then
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -48,8 +47,6 @@ dropSealedCode(KEYS[1])
 redis.call('HSETNX', KEYS[1], 'at_expired', v[2])
 redis.call('ZREM', KEYS[2], ARGV[1])
 
-local refund = refundUnsent(KEYS[1], KEYS[4], KEYS[5], KEYS[6], {
-  method = v[4], dial_started = v[5], sms_state = v[6], wf_step = v[7], wf_steps = v[8],
-  send_cost = v[9], cost = v[10], country = v[11], test_number = v[12] })
-writeEvent(KEYS[3], ARGV[3], KEYS[7], v[13], 'expired', ARGV[1], v[3], v[4], v[2], '{"reason":"expired"}')
+local refund = refundUnsent(KEYS[1], KEYS[4], KEYS[5], KEYS[6], false)
+writeEvent(KEYS[3], ARGV[3], KEYS[7], v[5], 'expired', ARGV[1], v[3], v[4], v[2], '{"reason":"expired"}')
 return {'expired', refund}

@@ -46,19 +46,6 @@ local function emit(st)
   writeEvent(KEYS[2], ARGV[5], KEYS[4], v[8], st, v[5], v[6], v[7], ARGV[3], '{}')
 end
 
--- The request ends: its current attempt (or send) is refunded if it never left, as an expiry does (a resend still
--- throttled when the code of the earlier send verifies, an SMS waiting when the last wrong code is spent).
-local function refundIfUnsent(verified)
-  local r = redis.call('HMGET', KEYS[1], 'method', 'dial_started', 'sms_state', 'wf_step', 'wf_steps', 'send_cost', 'cost',
-    'country', 'test_number')
-  -- A test number is never dialled: verified, it has nothing left behind to give back (expired, it is as the
-  -- sweeper's expiry leaves it).
-  if verified and r[9] then return end
-  refundUnsent(KEYS[1], KEYS[5], KEYS[3], KEYS[6], {
-    method = r[1], dial_started = r[2], sms_state = r[3], wf_step = r[4], wf_steps = r[5],
-    send_cost = r[6], cost = r[7], country = r[8], test_number = r[9] })
-end
-
 -- Past its time: the answer is `expired`, nothing counted. The record itself is left to the expiry sweeper
 -- (expireVerification-7, within expirySweepMs), which also refunds an attempt that never left: a check must not
 -- end the request on its own and skip that refund (GET already shows an overdue request as expired).
@@ -71,7 +58,8 @@ if ARGV[2] == '1' then
   redis.call('HSETNX', KEYS[1], 'at_verified', ARGV[3])
   redis.call('HINCRBY', KEYS[3], 'verified', 1)
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
-  refundIfUnsent(true)
+  -- Its current attempt (or send) refunded if it never left: a resend still throttled when the earlier code verifies.
+  refundUnsent(KEYS[1], KEYS[5], KEYS[3], KEYS[6], true)
   emit('verified')
   return {'verified', max - attempts}
 end
@@ -79,7 +67,8 @@ if attempts >= max then
   redis.call('HSET', KEYS[1], 'status', 'expired')
   dropSealedCode(KEYS[1])
   redis.call('HSETNX', KEYS[1], 'at_expired', ARGV[3])
-  refundIfUnsent(false)
+  -- Ended as an expiry does: an attempt that never left (an SMS still throttled, a call in a backlog) is refunded.
+  refundUnsent(KEYS[1], KEYS[5], KEYS[3], KEYS[6], false)
   emit('expired')
 end
 local remaining = max - attempts

@@ -41,6 +41,7 @@
     account_missing | account_pending | account_suspended | insufficient_balance |
     not_found | not_live | workflow | queued | in_progress | max_sends
 ]]
+--- @include "resendUndo"
 --- @include "countSent"
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'err', 'account_missing'} end
@@ -72,12 +73,9 @@ if balance < cost then return {'err', 'insufficient_balance'} end
 if cost > 0 then balance = redis.call('HINCRBY', KEYS[1], 'balance', -cost) end
 
 -- What this resend replaces, for undoResend-4 should its job not be queued: the previous send's fields as they were.
-local replaced = {'dial_started', 'rang_at', 'answered_at', 'outcome', 'final_sip_status', 'sms_state', 'sms_attempts',
-  'sms_unconfirmed_until', 'sms_nobind_since', 'sms_waits', 'refunded', 'code_mac', 'code_enc', 'send_cost',
-  'sms_superseded_ids', 'last_send_at', 'sends'}
-local was = redis.call('HMGET', KEYS[2], unpack(replaced))
+local was = redis.call('HMGET', KEYS[2], unpack(RESEND_REPLACED))
 local undo = {}
-for i, name in ipairs(replaced) do
+for i, name in ipairs(RESEND_REPLACED) do
   if was[i] then undo[name] = was[i] end
 end
 redis.call('HSET', KEYS[2], 'resend_undo', cjson.encode(undo))

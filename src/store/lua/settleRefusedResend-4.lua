@@ -24,6 +24,7 @@
   'ended' (the request is over: the caller's refunded failure gives the charge
   back) or 'gone' (another send, or no record: nothing to do).
 ]]
+--- @include "resendUndo"
 --- @include "refundCharge"
 local v = redis.call('HMGET', KEYS[1], 'status', 'sends', 'resend_undo', 'send_cost', 'country', 'test_number',
   'sms_superseded_ids', 'resend_refused', 'sms_superseded_failed')
@@ -47,12 +48,7 @@ local undo = cjson.decode(v[3])
 if redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then
   refundCharge(KEYS[2], KEYS[1], KEYS[3], KEYS[4], ARGV[2], tonumber(v[4] or '0'), not v[6] and v[5] or nil)
 end
-local fields = {'dial_started', 'rang_at', 'answered_at', 'outcome', 'final_sip_status', 'sms_state', 'sms_attempts',
-  'sms_unconfirmed_until', 'sms_nobind_since', 'sms_waits', 'refunded', 'code_mac', 'code_enc', 'send_cost',
-  'sms_superseded_ids', 'last_send_at'}
-for _, name in ipairs(fields) do
-  if undo[name] then redis.call('HSET', KEYS[1], name, undo[name]) else redis.call('HDEL', KEYS[1], name) end
-end
+putBackSend(KEYS[1], undo, true)
 -- sms_superseded_failed stays: a message that failed stays failed, and a later resend supersedes it again.
 redis.call('HDEL', KEYS[1], 'resend_undo', 'sms_refusal')
 redis.call('HSET', KEYS[1], 'resend_refused', ARGV[1])

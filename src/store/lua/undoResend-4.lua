@@ -35,17 +35,13 @@
   cancel), 'claimed' (the resend stands) or 'gone' (no such resend to undo: a
   later one, or no record).
 ]]
+--- @include "resendUndo"
 --- @include "refundCharge"
 local v = redis.call('HMGET', KEYS[2], 'sends', 'resend_undo', 'dial_started', 'country', 'test_number', 'refunded')
 if not v[1] or not v[2] or tonumber(v[1]) ~= tonumber(ARGV[1]) then return 'gone' end
 if v[3] and v[3] ~= 'canceled' then return 'claimed' end
 local undo = cjson.decode(v[2])
-local fields = {'dial_started', 'rang_at', 'answered_at', 'outcome', 'final_sip_status', 'sms_state', 'sms_attempts',
-  'sms_unconfirmed_until', 'sms_nobind_since', 'sms_waits', 'refunded', 'code_mac', 'code_enc', 'send_cost',
-  'sms_superseded_ids', 'last_send_at', 'sends'}
-for _, name in ipairs(fields) do
-  if undo[name] then redis.call('HSET', KEYS[2], name, undo[name]) else redis.call('HDEL', KEYS[2], name) end
-end
+putBackSend(KEYS[2], undo, false)
 redis.call('HDEL', KEYS[2], 'resend_undo')
 if v[6] then return 'ended' end
 -- A test number's send was never counted in the conversion hash: no country.

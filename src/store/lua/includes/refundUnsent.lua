@@ -13,11 +13,16 @@
   Its delivery job, still waiting (no SMPP bind, a throttle back-off, a
   backlog), then finds the request past `sent` and drops it.
 
-  r: the record's fields method, dial_started, sms_state, wf_step, wf_steps,
-  send_cost, cost, country, test_number (as read by the caller).
+  exceptTestNumber: true to refund nothing for a test number (never dialled:
+  verified, it has nothing left behind to give back).
   Returns the amount refunded (micro-units; 0 when nothing was).
 ]]
-local function refundUnsent(recordKey, accountKey, usageKey, conversionKey, r)
+local function refundUnsent(recordKey, accountKey, usageKey, conversionKey, exceptTestNumber)
+  local f = redis.call('HMGET', recordKey, 'method', 'dial_started', 'sms_state', 'wf_step', 'wf_steps', 'send_cost',
+    'cost', 'country', 'test_number')
+  local r = { method = f[1], dial_started = f[2], sms_state = f[3], wf_step = f[4], wf_steps = f[5],
+    send_cost = f[6], cost = f[7], country = f[8], test_number = f[9] }
+  if exceptTestNumber and r.test_number then return 0 end
   local sms = r.sms_state
   local nothingSent = not r.dial_started or (r.method == 'sms' and (not sms or sms == 'retry' or sms == 'refused'))
   if not nothingSent then return 0 end
