@@ -10,8 +10,6 @@ import { forgetAccountField, type AccountFieldCache } from './account-field-cach
 import { authCache } from './auth-cache.js';
 import { fromMicro, toMicro, type Currency } from './money.js';
 
-/** Upper bound of a per-account rate limit (requests per second), far above what one Redis counter key should take. */
-
 /**
  * The largest balance an account may hold, in its currency: its micro-units (money.ts) stay integers that a JS number
  * holds exactly (2^53 is about 9e15 micro-units) and that HINCRBY takes; a larger one was stored as "1e+21" and broke
@@ -19,6 +17,7 @@ import { fromMicro, toMicro, type Currency } from './money.js';
  */
 export const MAX_BALANCE = 1_000_000_000;
 
+/** Upper bound of a per-account rate limit (requests per second), far above what one Redis counter key should take. */
 export const MAX_RATE_LIMIT = 100_000;
 
 export type AccountStatus = 'pending' | 'active' | 'suspended';

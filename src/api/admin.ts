@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { AccountNotFoundError, MAX_RATE_LIMIT, type AccountStore } from '../accounts/account-store.js';
-import { CURRENCIES, type Currency } from '../accounts/money.js';
+import { CURRENCIES, isWholeMicro, type Currency } from '../accounts/money.js';
 import { Sealer } from '../crypto/sealer.js';
 import { AppError } from '../errors/app-error.js';
 import { TrunkNotFoundError, type TrunkAdmin } from '../engine/trunk-admin.js';
@@ -31,12 +31,7 @@ export interface AdminApiOptions {
 }
 
 /** Money as the store keeps it: whole micro-units (at most 6 decimals, as the CLI takes them); nothing rounded away. */
-const sixDecimals = (n: number): boolean => {
-  // Round trip, not a tolerance on n * 1e6: its float error passes any fixed bound from 16384 up.
-  const micro = Math.round(n * 1_000_000);
-  return Number.isSafeInteger(micro) && micro / 1_000_000 === n;
-};
-const money = z.number().refine(sixDecimals, 'at most 6 decimal places (money is kept in millionths)');
+const money = z.number().refine(isWholeMicro, 'at most 6 decimal places (money is kept in millionths)');
 
 const createBody = z
   .object({

@@ -70,10 +70,10 @@ function clientErrorAnswer(requestTimeoutMs: number) {
   };
 }
 
-/** The FlashVerify v1 HTTP API. */
 /** A Redis that is down is said at most this often by one api process (with the count of requests it failed meanwhile). */
 const REDIS_DOWN_LOG_MS = 5000;
 
+/** The FlashVerify v1 HTTP API. */
 export function buildApi(deps: ApiDeps): FastifyInstance {
   const { config, redis, keys, accounts, verifications } = deps;
   const idempotency = new Idempotency(redis, keys, deps.sealer, {

@@ -1239,7 +1239,7 @@ function sentinelHostsOk(url: string): boolean {
   const hosts = url.replace(/^sentinel:\/\/(?:[^@/]*@)?/, '').split('/')[0] ?? '';
   return hosts.split(',').every((h) => {
     const port = /^(?:\[[^\]]+\]|[^:]+)(?::(.*))?$/.exec(h.trim())?.[1];
-    return port === undefined || (/^\d{1,5}$/.test(port) && Number(port) >= 1 && Number(port) <= 65535);
+    return port === undefined || isPortText(port);
   });
 }
 
@@ -1264,7 +1264,12 @@ function duplicates(values: readonly string[]): [number, number][] {
 function isDnsServer(value: string): boolean {
   if (isIP(value) !== 0) return true;
   const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(value) ?? /^([^:[\]]+):(\d{1,5})$/.exec(value);
-  return m !== null && isIP(m[1] ?? '') !== 0 && Number(m[2]) >= 1 && Number(m[2]) <= 65535;
+  return m !== null && isIP(m[1] ?? '') !== 0 && isPortText(m[2] ?? '');
+}
+
+/** A port written in a URL or host:port: 1 to 5 digits, 1 to 65535. */
+function isPortText(text: string): boolean {
+  return /^\d{1,5}$/.test(text) && Number(text) >= 1 && Number(text) <= 65535;
 }
 
 /** An entry of http.trustProxy's list, as proxy-addr (Fastify's) takes it: an IP, a CIDR, or a named range. */

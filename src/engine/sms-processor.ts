@@ -69,6 +69,16 @@ type Accepted = Extract<SubmitOutcome, { kind: 'accepted' }>;
 type Unsent = Extract<SubmitOutcome, { kind: 'retry' | 'failed' }>;
 
 /**
+ * How long a final receipt whose message id names an already settled verification stays parked under that id: long
+ * enough for the submit_sm_resp of a new message given the same id (an SMSC restarted) to be mapped, short enough
+ * that a receipt merely sent again is not taken for a message that gets the id much later.
+ */
+const REUSED_ID_PARK_S = 60;
+
+/** A submit that waited this long for its window slot and tokens reads its request again before it leaves (beforeSend). */
+const RECHECK_AFTER_MS = 200;
+
+/**
  * Delivers one SMS-OTP verification: renders the text, submits it through the
  * SMPP gateway, and maps what follows to events. A submit the SMSC refused for
  * now (throttled, queue full) or that found no bind up waits in BullMQ's
@@ -79,16 +89,6 @@ type Unsent = Extract<SubmitOutcome, { kind: 'retry' | 'failed' }>;
  * overtake the submit_sm_resp, or by number for an unconfirmed submit; a final
  * receipt is recorded and its event written in one atomic step (settleSms-4).
  */
-/**
- * How long a final receipt whose message id names an already settled verification stays parked under that id: long
- * enough for the submit_sm_resp of a new message given the same id (an SMSC restarted) to be mapped, short enough
- * that a receipt merely sent again is not taken for a message that gets the id much later.
- */
-const REUSED_ID_PARK_S = 60;
-
-/** A submit that waited this long for its window slot and tokens reads its request again before it leaves (beforeSend). */
-const RECHECK_AFTER_MS = 200;
-
 export class SmsProcessor {
   constructor(private readonly deps: SmsProcessorDeps) {}
 
@@ -131,8 +131,8 @@ export class SmsProcessor {
     // Written before submit_sm leaves: a crash from here on is "may have been sent". Only while the attempt is still
     // wanted (markSmsSubmitting-1): expired, canceled, verified or its workflow step over since the claim, it was (or
     // will be) refunded as not sent, and it is not sent.
-    const mark = async (): Promise<boolean> =>
-      (await scripts.markSmsSubmitting.run(redis, [key], [base.step === undefined ? '' : String(base.step), Date.now(), String(attempt)])) === 1;
+    const stepArg = base.step === undefined ? '' : String(base.step);
+    const mark = async (): Promise<boolean> => (await scripts.markSmsSubmitting.run(redis, [key], [stepArg, Date.now(), String(attempt)])) === 1;
     const markedAt = Date.now();
     if (!(await mark())) {
       log.info({ attempt }, 'verification ended (or its step moved on) before its SMS left; not sent');
@@ -156,7 +156,7 @@ export class SmsProcessor {
       // Past its expiry, not yet swept: marked `retry`, the sweeper's expiry refunds it. Ended (its expiry, cancel or
       // step timeout found it `submitting`, "may have left", and billed it): a refunded failure gives the charge back,
       // once, and records nothing else on a request that has ended (applyEvent-4, applyStepEvent-4).
-      const state = await scripts.markSmsWithdrawn.run(redis, [key], [base.step === undefined ? '' : String(base.step)]);
+      const state = await scripts.markSmsWithdrawn.run(redis, [key], [stepArg]);
       if (state === 'ended') await events.publish({ ...base, status: 'failed', detail: { reason: 'request_ended', refund: true } });
       log.info({ attempt, smsc: outcome.smsc, refund: state === 'ended' ? 'now' : 'by_expiry' }, 'verification ended (or its step moved on) while its SMS waited for its turn; not sent, refunded');
       return undefined;

@@ -184,6 +184,12 @@ export function trunkProblem(trunk: TrunkConfig): TrunkInvalidError | undefined 
   }
 }
 
+/** The URI of a Contact or Record-Route value when in-dialog requests can be sent to it (a SIP URI, a port not 0). */
+function usable(value: string): string | undefined {
+  const uri = parseNameAddr(value)?.uri;
+  return uri !== undefined && parseSipUri(uri) !== undefined ? uri : undefined;
+}
+
 const NUMBER_RE = /^\+?[0-9A-Za-z._*-]{1,32}$/;
 
 /** A trunk's `uri` or `proxy`, parsed, with its transport; TrunkInvalidError naming the key when unusable. */
@@ -906,10 +912,6 @@ export class UacCall implements OutboundCall {
    * requests then go to the trunk (the Request-URI of our INVITE), never to a port Node refuses.
    */
   private dialogRouting(response: ParsedResponse): { routeSet: string[]; remoteTarget: string } {
-    const usable = (value: string): string | undefined => {
-      const uri = parseNameAddr(value)?.uri;
-      return uri !== undefined && parseSipUri(uri) !== undefined ? uri : undefined;
-    };
     const routes = getHeaders(response, 'record-route').reverse();
     const routeSet = routes.filter((r) => usable(r) !== undefined);
     const contact = getHeader(response, 'contact');
@@ -1063,8 +1065,8 @@ export class UacCall implements OutboundCall {
         if (this.reinviteAnswering === request.cseq.seq) return;
         // Target refresh (12.2.2).
         const contact = getHeader(request, 'contact');
-        const addr = contact === undefined ? undefined : parseNameAddr(contact);
-        if (addr !== undefined && parseSipUri(addr.uri) !== undefined) dialog.remoteTarget = addr.uri;
+        const target = contact === undefined ? undefined : usable(contact);
+        if (target !== undefined) dialog.remoteTarget = target;
         // An offer: the media side answers it (RFC 3264 8: the far end's media moved, hold, a refresh); without a
         // media side, the call's own SDP. No offer: ours, as the offer (the ACK brings the answer).
         const offer = sdpOf(request);

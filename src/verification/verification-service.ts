@@ -257,13 +257,7 @@ export class VerificationService {
       return created(requestId, dest.e164, method, storedLength, 0, account.currency, expiresAt);
     }
     const createdBody = (): CreatedBody => ({
-      request_id: requestId,
-      phone_number: dest.e164,
-      method,
-      status: 'sent',
-      code_length: codeLength,
-      cost: { amount: fromMicro(cost), currency: account.currency },
-      expires_at: isoSeconds(expiresAt),
+      ...created(requestId, dest.e164, method, codeLength, cost, account.currency, expiresAt),
       ...(steps ? { workflow: stepsBody(steps) } : {}),
     });
     try {
@@ -367,15 +361,16 @@ export class VerificationService {
       // this read and the script changes the code's MAC too: 'stale', read again.
       const charged: Record<string, string | undefined> = { wf_step: wfStep ?? undefined, last_send_at: lastSendAt ?? undefined, created_at: createdAt ?? undefined };
       if (wfStep !== null) charged[`att${wfStep}_started_at`] = (await this.redis.hget(key, `att${wfStep}_started_at`)) ?? undefined;
+      const day = chargeDay(charged);
       [result, remaining] = (await scripts.recordCheck.run(
         this.redis,
         [
           key,
           this.keys.events(),
-          this.keys.usage(account.account_id, chargeDay(charged)),
+          this.keys.usage(account.account_id, day),
           this.keys.webhookOrder(requestId),
           this.keys.account(account.account_id),
-          this.keys.conversion(chargeDay(charged)),
+          this.keys.conversion(day),
         ],
         [mac, matched ? '1' : '0', now, this.config.verification.maxCheckAttempts, this.config.events.maxLen, USAGE_TTL_SECONDS],
       )) as [string, number];

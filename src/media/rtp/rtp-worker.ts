@@ -326,17 +326,7 @@ function play(m: Extract<ToWorker, { t: 'play' }>): void {
     post({ t: 'socketError', id: m.id, message: `cannot send RTP to ${m.address}:${m.port}: ${err.message}` });
     notPlayed(m.id);
   };
-  s.socket.once('error', failed);
-  // connect throws at once on what it refuses (a port out of range): this call fails, not the thread and its calls.
-  try {
-    s.socket.connect(m.port, m.address, (err?: Error) => {
-      if (err) return failed(err);
-      s.socket.off('error', failed);
-      start();
-    });
-  } catch (err) {
-    failed(err instanceof Error ? err : new Error(String(err)));
-  }
+  connectOrFail(s.socket, m.port, m.address, failed, start);
 }
 
 /**
@@ -384,13 +374,21 @@ function retarget(m: Extract<ToWorker, { t: 'retarget' }>): void {
     s.held = true;
     post({ t: 'socketError', id: m.id, message: `cannot send RTP to ${m.address}:${m.port}: ${err.message}` });
   };
-  s.socket.once('error', failed);
-  // As in play(): a failed connect reports to this callback, or throws at once.
+  connectOrFail(s.socket, m.port, m.address, failed, () => (s.moving = false));
+}
+
+/**
+ * Connects a call's socket to the far end. A failed connect goes to `failed` whether the socket emits it, Node
+ * reports it to the callback, or connect throws at once (a port out of range): that call fails, never the thread and
+ * every call on it. On success the `failed` error listener is taken off, then `connected`.
+ */
+function connectOrFail(socket: Socket, port: number, address: string, failed: (err: Error) => void, connected: () => void): void {
+  socket.once('error', failed);
   try {
-    s.socket.connect(m.port, m.address, (err?: Error) => {
+    socket.connect(port, address, (err?: Error) => {
       if (err) return failed(err);
-      s.socket.off('error', failed);
-      s.moving = false;
+      socket.off('error', failed);
+      connected();
     });
   } catch (err) {
     failed(err instanceof Error ? err : new Error(String(err)));
