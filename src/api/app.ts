@@ -14,7 +14,7 @@ import { scripts } from '../store/scripts.js';
 import { ApiError } from '../verification/errors.js';
 import { METHODS, utcDay } from '../verification/types.js';
 import type { VerificationService } from '../verification/verification-service.js';
-import { Idempotency, parseIdempotencyKey } from './idempotency.js';
+import { Idempotency, parseIdempotencyKey, type IdempotencyClaim } from './idempotency.js';
 import { adminApi, type FraudAdmin } from './admin.js';
 import { TrunkAdmin } from '../engine/trunk-admin.js';
 import { openApiDocument } from './openapi.js';
@@ -218,8 +218,8 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
       });
 
       v1.post('/verify', async (req, reply) => {
-        const create = async () => {
-          const body = await verifications.create(req.account!, req.body as Record<string, unknown>);
+        const create = async (claim?: IdempotencyClaim) => {
+          const body = await verifications.create(req.account!, req.body as Record<string, unknown>, claim);
           // A resend (`resend: true` on a live request) creates nothing: 200 with the live request and its `sends`.
           return { status: 'sends' in body ? 200 : 201, body };
         };

@@ -26,6 +26,19 @@ interface IdemRecord {
   body?: unknown;
 }
 
+/**
+ * What a create stores with the request it makes, in the same step (createVerification-9), when the request has an
+ * `Idempotency-Key`: the record that replays its 201. An api process that dies between the create and its own store
+ * then leaves a retry that record, never a second create.
+ */
+export interface IdempotencyClaim {
+  /** The record's Redis key. */
+  key: string;
+  ttlSeconds: number;
+  /** The record (JSON, its response sealed) that replays `response`. */
+  record(response: StoredResponse): string;
+}
+
 export interface IdempotencyOptions {
   /** How long the first response is replayed (the docs' peers use 24 h). */
   ttlSeconds: number;
@@ -73,7 +86,7 @@ export class Idempotency {
     accountId: string,
     key: string,
     request: unknown,
-    exec: () => Promise<StoredResponse>,
+    exec: (claim: IdempotencyClaim) => Promise<StoredResponse>,
   ): Promise<StoredResponse & { replayed: boolean }> {
     // The key and the body are the client's: either may hold a phone number, so neither goes to Redis in clear nor
     // as a plain hash (a hash of a phone number is reversed by trying every number): keyed MACs, as for every key
@@ -112,10 +125,14 @@ export class Idempotency {
     }
   }
 
-  private async execute(redisKey: string, fp: string, fpc: string, exec: () => Promise<StoredResponse>): Promise<StoredResponse> {
+  private async execute(redisKey: string, fp: string, fpc: string, exec: (claim: IdempotencyClaim) => Promise<StoredResponse>): Promise<StoredResponse> {
+    const record = (response: StoredResponse): string => {
+      const done: IdemRecord = { state: 'done', fp, fpc, sealed: this.sealer.seal(JSON.stringify({ status: response.status, body: response.body }), redisKey) };
+      return JSON.stringify(done);
+    };
     let response: StoredResponse;
     try {
-      response = await exec();
+      response = await exec({ key: redisKey, ttlSeconds: this.options.ttlSeconds, record });
     } catch (err) {
       if (err instanceof ApiError && err.status === 400) {
         response = { status: err.status, body: err.toBody() };
@@ -124,18 +141,19 @@ export class Idempotency {
         throw err;
       }
     }
-    const done: IdemRecord = { state: 'done', fp, fpc, sealed: this.sealer.seal(JSON.stringify({ status: response.status, body: response.body }), redisKey) };
-    const store = (): Promise<unknown> => this.redis.set(redisKey, JSON.stringify(done), 'EX', this.options.ttlSeconds);
-    // The verification exists (created, charged, queued): its answer goes back whatever happens to the store. Until
-    // the store lands, a retry waits on the claim (503 "in progress"), never runs the create again.
+    const done = record(response);
+    const store = (): Promise<unknown> => this.redis.set(redisKey, done, 'EX', this.options.ttlSeconds);
+    // The verification exists (created, charged, queued): its answer goes back whatever happens to the store. A create
+    // stored its 201 with the request already (IdempotencyClaim); any other answer: until the store lands, a retry
+    // waits on the claim (503 "in progress"), never runs the request again.
     await store().catch(() => this.storeLater(store));
     return response;
   }
 
   /**
    * Tries the store again every STORE_RETRY_MS, in the background, for as long as a claim lives (PENDING_TTL_SECONDS).
-   * An api process that dies first leaves the claim to lapse: a retry after that runs the create again (with the
-   * default liveVerification it then gets 409 naming the live request).
+   * An api process that dies first leaves the claim to lapse: a create's 201 is in Redis already (stored with the
+   * request), while a resend of a live request (200) runs again on a retry after that.
    */
   private storeLater(store: () => Promise<unknown>): void {
     const until = Date.now() + PENDING_TTL_SECONDS * 1000;

@@ -119,7 +119,7 @@ const ORDER_FILED_AFTER_EXPIRY_MS = 3600_000;
 const ORDER_KEPT_AFTER_FILING_S = 24 * 3600;
 
 /**
- * How long a request's webhook order set lives, from its creation with the request (createVerification-8):
+ * How long a request's webhook order set lives, from its creation with the request (createVerification-9):
  * `recordUntil`, the record's `whq_until`, until when its events are filed (ms since epoch), and the set's TTL.
  */
 export function webhookOrderLife(now: number, expiresAt: number): { recordUntil: number; ttlSeconds: number } {

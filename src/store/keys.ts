@@ -70,7 +70,7 @@ export class Keys {
    * webhook consumer, 0.5 held behind an earlier event (its job is woken when
    * that one is done), 1 done (delivered, dropped, given up, or no webhook for
    * it; kept so that a redelivered stream entry cannot make it pending again).
-   * Created with the request and its TTL (createVerification-8): about a day
+   * Created with the request and its TTL (createVerification-9): about a day
    * beyond an hour after the request expires; the record's `whq_until` says
    * until when events are filed in it.
    */

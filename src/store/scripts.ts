@@ -72,8 +72,8 @@ function readLua(name: string): string {
 
 /** All scripts, loaded once per process. */
 export const scripts = {
-  createVerification: LuaScript.load('createVerification-8'),
-  createAdmitted: LuaScript.load('createAdmitted-12'),
+  createVerification: LuaScript.load('createVerification-9'),
+  createAdmitted: LuaScript.load('createAdmitted-13'),
   expireVerification: LuaScript.load('expireVerification-7'),
   recordCheck: LuaScript.load('recordCheck-6'),
   applyEvent: LuaScript.load('applyEvent-4'),

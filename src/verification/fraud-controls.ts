@@ -171,7 +171,7 @@ export class FraudControls {
   /**
    * The velocity windows a send to `e164` counts in, and checkVelocity-3's arguments for it, with the windows
    * counted under the previous master key's names moved first: for admitSend, or for the api's one-step create
-   * (createAdmitted-12), which checks and records them with the record.
+   * (createAdmitted-13), which checks and records them with the record.
    */
   async planSend(accountId: string, policy: FraudPolicy, e164: string, clientIp: string | undefined, now = Date.now()): Promise<PlannedSend> {
     const { keys, sealer } = this.deps;
@@ -272,7 +272,7 @@ export class FraudControls {
    * advancer, or the enqueue reconciler for a request no api queued). The
    * Redis counter (`country:<cc>:<method>:sent` of the UTC day) is
    * written by the Lua script that charges the send, in the same step
-   * (countSent.lua, in createVerification-8, resendVerification-4 and
+   * (countSent.lua, in createVerification-9, resendVerification-4 and
    * advanceWorkflow-8), not here after the delivery job is queued: a request
    * queued by the enqueue reconciler, its api process having died first, is
    * then counted once like any other, and a refund always finds the count it

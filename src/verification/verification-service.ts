@@ -5,6 +5,7 @@ import type { Account } from '../accounts/account-store.js';
 import { fromMicro } from '../accounts/money.js';
 import type { Config } from '../config/schema.js';
 import { Sealer } from '../crypto/sealer.js';
+import type { IdempotencyClaim } from '../api/idempotency.js';
 import type { Keys } from '../store/keys.js';
 import { BatchedZrem } from '../store/batched-zrem.js';
 import { scripts } from '../store/scripts.js';
@@ -90,7 +91,8 @@ export class VerificationService {
   /** Clears enqueue intents (`<prefix>:unqueued`) of concurrent requests in one ZREM. */
   private readonly intents: BatchedZrem;
 
-  async create(account: Account, input: CreateInput): Promise<CreatedBody> {
+  /** `idempotency`: the request's Idempotency-Key claim; its 201 is stored by the create script with the request. */
+  async create(account: Account, input: CreateInput, idempotency?: IdempotencyClaim): Promise<CreatedBody> {
     const unknown = Object.keys(input).filter((k) => !CREATE_FIELDS.has(k));
     if (unknown.length) {
       throw new ApiError('invalid_request', `unknown field(s): ${unknown.join(', ')}`);
@@ -140,7 +142,7 @@ export class VerificationService {
     const now = Date.now();
     const expiresAt = now + expirySeconds * 1000;
     const cost = testNumber ? 0 : priceMicro(this.config.pricing, method, dest.country, account.currency);
-    // A test number never reaches the network: no steps. A workflow's fields go in with the record (createVerification-8).
+    // A test number never reaches the network: no steps. A workflow's fields go in with the record (createVerification-9).
     const steps = workflow && !testNumber ? workflow : undefined;
     const fields: Record<string, string> = {
       ...(locale !== undefined ? { locale } : {}),
@@ -149,6 +151,11 @@ export class VerificationService {
     };
     // The webhook order set is created with the request, and its events are filed in it as they are written.
     const order = webhookOrderLife(now, expiresAt);
+    // The 201, known before the create: with an Idempotency-Key, the create script stores it with the request.
+    const body: CreatedBody = {
+      ...created(requestId, dest.e164, method, storedLength, cost, account.currency, expiresAt),
+      ...(steps ? { workflow: stepsBody(steps) } : {}),
+    };
     const createKeys = [
       this.keys.account(account.account_id),
       this.keys.verification(requestId),
@@ -162,6 +169,7 @@ export class VerificationService {
       // The send is counted in today's conversion `sent` by the script, with its charge: whichever process queues
       // the job (this one, or the reconciler after it died), it is counted once (countSent.lua).
       this.keys.conversion(utcDay(now)),
+      idempotency?.key ?? this.keys.verification(requestId),
     ];
     const createArgs = [
       requestId,
@@ -182,6 +190,8 @@ export class VerificationService {
       order.ttlSeconds,
       order.recordUntil,
       CONVERSION_TTL_MS,
+      idempotency ? idempotency.record({ status: 201, body }) : '',
+      idempotency?.ttlSeconds ?? 0,
     ];
 
     let live: { key: string; expected: string } | undefined;
@@ -192,7 +202,7 @@ export class VerificationService {
       const liveKey = await fraud.liveKey(account.account_id, policy, dest.e164, workflow ? 'workflow' : method);
       const send = await fraud.planSend(account.account_id, policy, dest.e164, clientIp);
       // Most numbers have no live verification: one script claims the pointer, admits the send in the velocity
-      // windows and creates the record (createAdmitted-12), and lets go of what it did when a later part refuses.
+      // windows and creates the record (createAdmitted-13), and lets go of what it did when a later part refuses.
       // Only a pointer that is there is read (a live request: 409 or a resend; a lapsed one: taken over by
       // compare-and-set), on the path below.
       const first = (await scripts.createAdmitted.run(
@@ -254,12 +264,8 @@ export class VerificationService {
       await fraud.deliverTestNumber({ request_id: requestId, account_id: account.account_id, method });
       await this.intents.remove(requestId);
       log.info({ method, test_number: true }, 'verification created for a test number; not sent');
-      return created(requestId, dest.e164, method, storedLength, 0, account.currency, expiresAt);
+      return body;
     }
-    const createdBody = (): CreatedBody => ({
-      ...created(requestId, dest.e164, method, codeLength, cost, account.currency, expiresAt),
-      ...(steps ? { workflow: stepsBody(steps) } : {}),
-    });
     try {
       await this.queue.enqueue(method, requestId);
     } catch (err) {
@@ -297,7 +303,7 @@ export class VerificationService {
       // charged twice) for a request that goes ahead all the same.
       log.error({ err }, 'enqueue failed; the reconciler will queue it');
       fraud?.trackSent(dest.country, method);
-      return createdBody();
+      return body;
     }
     // Handed over. The intent is cleared with those of concurrent requests, in one ZREM, and the 201 does not wait
     // for it: if it fails or this process dies first, the reconciler finds the request queued (job id = request id,
@@ -305,7 +311,7 @@ export class VerificationService {
     if (!timerMissing) this.intents.remove(requestId).catch((err: Error) => log.warn({ err: err.message }, 'could not clear the enqueue intent; the reconciler will'));
     fraud?.trackSent(dest.country, method);
     log.info({ method, country: dest.country, code_length: codeLength }, 'verification created');
-    return createdBody();
+    return body;
   }
 
   async check(account: Account, input: { request_id?: unknown; code?: unknown }): Promise<CheckResult> {

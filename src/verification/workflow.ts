@@ -112,7 +112,7 @@ export function withoutMethods(steps: readonly WorkflowStep[], drop: ReadonlySet
   return out;
 }
 
-/** The record fields that make a request a workflow at step 0 (written by createVerification-8 with the record). */
+/** The record fields that make a request a workflow at step 0 (written by createVerification-9 with the record). */
 export function initialFields(steps: readonly WorkflowStep[], cost: number, now: number): Record<string, string> {
   return {
     wf: JSON.stringify(steps),

@@ -1,8 +1,10 @@
 import { createHash } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { AccountStore } from '../../src/accounts/account-store.js';
 import { Idempotency } from '../../src/api/idempotency.js';
 import { http, REDIS_URL, startTestEngine, testConfig, type TestEngine } from '../helpers/engine.js';
+import { startServiceOnRedis } from '../helpers/service-on-redis.js';
 
 /** Idempotency-Key on POST /v1/verify, over real HTTP and Redis (api role). */
 describe('Idempotency-Key', () => {
@@ -108,6 +110,52 @@ describe('Idempotency-Key', () => {
     } finally {
       vi.restoreAllMocks();
       redis.disconnect();
+    }
+  });
+
+  it('an api process that never stores its 201 (it died just after the create) leaves the retry that 201 to replay, not a second verification', async () => {
+    const a = await t.account({ balance: 1 });
+    // Every api store of an Idempotency-Key response fails from here on, as when the process is gone: only what the
+    // create itself wrote is there for the retry.
+    const realSet = Redis.prototype.set as (...args: unknown[]) => Promise<unknown>;
+    const spy = vi.spyOn(Redis.prototype, 'set').mockImplementation(function (this: Redis, ...args: unknown[]) {
+      return String(args[1]).includes('"done"') ? Promise.reject(new Error('Connection is closed.')) : realSet.apply(this, args);
+    } as never);
+    try {
+      const body = { phone_number: '+447700900212', method: 'flash_call' };
+      const first = await verify(a.auth, 'k-crash', body);
+      expect(first.status).toBe(201);
+      const retry = await verify(a.auth, 'k-crash', body);
+      expect([retry.status, retry.body, retry.headers.get('idempotent-replayed')]).toEqual([201, first.body, 'true']);
+    } finally {
+      spy.mockRestore();
+    }
+    expect((await t.accounts.get(a.account_id)).balance).toBe(0.996);
+    expect((await http(`${t.url}/v1/usage`, { auth: a.auth })).body.total_verifications).toBe(1);
+  });
+
+  it('the create without fraud controls (createVerification-9) stores the 201 with the request too: another api process replays it', async () => {
+    const s = await startServiceOnRedis(['sms']);
+    const broken = new Redis(REDIS_URL);
+    try {
+      const account = await new AccountStore(s.redis, s.keys, s.sealer).get(s.account.account_id);
+      vi.spyOn(broken, 'set').mockImplementation(((...args: unknown[]) =>
+        String(args[1]).includes('"done"') ? Promise.reject(new Error('Connection is closed.')) : (s.redis.set as (...a: unknown[]) => Promise<unknown>)(...args)) as never);
+      const dying = new Idempotency(broken, s.keys, s.sealer, { ttlSeconds: 60, waitMs: 200 });
+      const other = new Idempotency(s.redis, s.keys, s.sealer, { ttlSeconds: 60, waitMs: 200 });
+      const body = { phone_number: '+447700900213', method: 'sms' };
+      const first = await dying.run(s.account.account_id, 'k-plain', body, async (claim) => ({ status: 201, body: await s.service.create(account, { ...body }, claim) }));
+      let ranAgain = false;
+      const replay = await other.run(s.account.account_id, 'k-plain', body, async () => {
+        ranAgain = true;
+        return { status: 201, body: {} };
+      });
+      expect([replay.status, replay.body, replay.replayed, ranAgain]).toEqual([201, first.body, true, false]);
+      expect(await s.usage('sms')).toBe(1);
+    } finally {
+      vi.restoreAllMocks();
+      broken.disconnect();
+      await s.stop();
     }
   });
 

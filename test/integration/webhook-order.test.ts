@@ -436,7 +436,7 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
 
   it('every script that writes a webhook\'s event files it in the request\'s order set, in the same step', async () => {
     const sms = new VerificationService(t.redis, t.keys, t.sealer, t.config, { enqueue: async () => undefined }, silent, new Set<Method>(['flash_call', 'sms']));
-    // createVerification-8 (sent), recordCheck-6 (verified), settleSms-4 (an SMS receipt), recordAttemptEvent-3 (publish).
+    // createVerification-9 (sent), recordCheck-6 (verified), settleSms-4 (an SMS receipt), recordAttemptEvent-3 (publish).
     const a = await sms.create(account, { phone_number: '+447700900217', method: 'sms' });
     await sms.check(account, { request_id: a.request_id, code: t.sealer.open((await t.redis.hget(t.keys.verification(a.request_id), 'code_enc'))!, `code:${a.request_id}`) });
     const receipt = { request_id: a.request_id, account_id: account.account_id, method: 'sms' as const, status: 'delivered' as const, detail: {} };

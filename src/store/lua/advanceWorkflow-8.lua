@@ -3,7 +3,7 @@
   current step index (`wf_step`), so the same `failed` or `step_timeout`
   event processed twice (redelivered, reclaimed after a crash, or handled by
   two advancers) starts step n+1 at most once. Pays for the step with the
-  same debit as createVerification-8; a step that cannot be paid fails the
+  same debit as createVerification-9; a step that cannot be paid fails the
   verification (insufficient_balance; account_suspended when the account is
   no longer active), and so does one the caller refused
   (ARGV[11], e.g. rate_limited: the velocity windows are full). Swaps in the
@@ -95,7 +95,7 @@ if not refused or refused == '' then
   if not accountStatus or balance < cost then
     refused = 'insufficient_balance'
   elseif accountStatus ~= 'active' then
-    -- Suspended (or pending) since the request was created: as createVerification-8 and resendVerification-4 refuse
+    -- Suspended (or pending) since the request was created: as createVerification-9 and resendVerification-4 refuse
     -- to start a send for such an account, its later steps do not start either.
     refused = 'account_suspended'
   end

@@ -34,7 +34,7 @@ local st = ARGV[1]
 -- Only the send that never reached the network is refunded: a resend's own price (send_cost), else the request's.
 local function refund()
   local r = redis.call('HMGET', KEYS[1], 'send_cost', 'cost', 'method', 'country', 'test_number')
-  -- A test number's send was never counted (createVerification-8): no country, as cancel and expiry do.
+  -- A test number's send was never counted (createVerification-9): no country, as cancel and expiry do.
   refundCharge(KEYS[2], KEYS[1], KEYS[3], KEYS[4], r[3], tonumber(r[1] or r[2] or '0'), ARGV[5] == '1' and not r[5] and r[4] or nil)
 end
 

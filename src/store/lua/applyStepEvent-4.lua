@@ -16,7 +16,7 @@
   KEYS[3] usage hash of the account for the day the attempt started: a refunded
           attempt is taken out of it (billing per attempt actually sent)
   KEYS[4] conversion hash of that day: a refunded attempt leaves `country:<cc>:<method>:sent`
-          (every step's send was counted there, by createVerification-8 or advanceWorkflow-8)
+          (every step's send was counted there, by createVerification-9 or advanceWorkflow-8)
 
   ARGV[1] status: delivered | failed
   ARGV[2] timestamp (ms since epoch)

@@ -10,7 +10,7 @@
   earlier one is at -1 (or 0, queued), so an event that a consumer has read
   but not handled yet is not overtaken. Only while the record's `whq_until`
   (`recordUntil`, ms since epoch; written with the set and its TTL by
-  createVerification-8) is after the id's time (Redis's clock): a request
+  createVerification-9) is after the id's time (Redis's clock): a request
   created before order sets existed, or an event long after its expiry, is not
   filed, so this never creates a set without a TTL. One ZADD. The member is
   the id padded as webhook-queue.ts orderMember pads it, so that lexical order

@@ -23,6 +23,8 @@
           `whq_until`: none of its events is filed (no webhook would wait on them), so
           requests of accounts without webhooks pay no order-set commands or memory
   KEYS[8] conversion hash of today (Keys.conversion): `country:<ARGV[12]>:<ARGV[3]>:sent`
+  KEYS[9] the request's Idempotency-Key record (Keys.idempotency); not touched when
+          ARGV[19] is "" (then any key of the slot, e.g. KEYS[2])
 
   ARGV[1]  request_id
   ARGV[2]  account_id
@@ -46,6 +48,11 @@
   ARGV[16] TTL of the webhook order set (seconds)
   ARGV[17] whq_until: until when (ms since epoch) events of the request are filed in it
   ARGV[18] TTL of the conversion hash (ms), set when this count creates its field
+  ARGV[19] the Idempotency-Key record of the 201 ("" = the request has no key): stored
+           over the api's claim with the request it answers, in the same step, so that
+           an api process dying before it stores the response itself leaves a retry
+           the 201 to replay, never a second create (idempotency.ts)
+  ARGV[20] TTL of that record (seconds)
 
   Returns {"ok", balance_after} or {"err", code}:
     account_missing | account_pending | account_suspended | insufficient_balance | exists
@@ -91,4 +98,5 @@ if not testNumber then countSent(KEYS[8], ARGV[18], ARGV[12], ARGV[3]) end
 
 writeEvent(KEYS[3], ARGV[13], KEYS[7], filed and ARGV[17] or nil, 'sent', ARGV[1], ARGV[2], ARGV[3], ARGV[5], '{}')
 if filed then redis.call('EXPIRE', KEYS[7], tonumber(ARGV[16])) end
+if ARGV[19] ~= '' then redis.call('SET', KEYS[9], ARGV[19], 'EX', tonumber(ARGV[20])) end
 return {'ok', balance}
