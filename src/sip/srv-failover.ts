@@ -176,9 +176,22 @@ export class TargetFailover {
 export function targetUser(
   isCurrent: () => boolean,
   timer: 'Timer B' | 'Timer F',
-  on: { response(response: ParsedResponse): void; failed(reason: 'timeout' | 'unreachable', phrase: string): void },
+  on: {
+    response(response: ParsedResponse): void;
+    failed(reason: 'timeout' | 'unreachable', phrase: string): void;
+    /** The INVITE's connection closed on an unreadable answer (ClientTransactionUser.onUnreadableResponse). */
+    unreadable?(phrase: string): void;
+  },
 ): ClientTransactionUser {
+  const unreadable = on.unreadable;
   return {
+    ...(unreadable
+      ? {
+          onUnreadableResponse: (err: Error) => {
+            if (isCurrent()) unreadable(errorMessage(err));
+          },
+        }
+      : {}),
     receiveResponse: (r) => {
       if (isCurrent()) on.response(r);
     },

@@ -2,7 +2,8 @@
  * TCP transport. Outgoing: one connection per destination, opened on first
  * use and reused. Incoming: a server on the listen port accepts connections
  * the far end opens (e.g. in-dialog BYE to our Contact). Every connection is
- * framed by Content-Length; a bad frame closes that connection.
+ * framed by Content-Length; a bad frame closes that connection (reported to the
+ * transactions on it as UNREADABLE_STREAM: the far end has their requests).
  * TlsTransport (tls-transport.ts) is this with TLS sockets and no server.
  */
 import net from 'node:net';
@@ -13,6 +14,7 @@ import {
   destinationKey,
   logMalformed,
   transportError,
+  UNREADABLE_STREAM,
   type Destination,
   type InboundSource,
   type Transport,
@@ -174,6 +176,8 @@ export class TcpTransport implements Transport {
       }
       if (error !== undefined) {
         logMalformed(this.logger, error, remoteAddress, remotePort, this.protocol);
+        // Reported before the close does: the requests written on it reached the far end (UNREADABLE_STREAM).
+        this.lost(conn, transportError(UNREADABLE_STREAM, `unreadable SIP on the ${this.protocol.toUpperCase()} connection (${error}); connection closed`));
         conn.socket.destroy();
       }
     } catch (err) {

@@ -105,6 +105,18 @@ export interface TransportOptions {
   events: TransportEvents;
 }
 
+/**
+ * The code of the error a stream connection (TCP, TLS) reports when the far end sent bytes that cannot be framed as
+ * SIP (no usable Content-Length, a head over the limit) and the connection was closed for it: unlike a refused or reset
+ * connection, what was written on it reached the far end, which is answering it.
+ */
+export const UNREADABLE_STREAM = 'ESIPFRAMING';
+
+/** True for the error of a connection closed because what came on it could not be framed (UNREADABLE_STREAM). */
+export function isUnreadableStream(err: Error): boolean {
+  return (err as Error & { code?: string }).code === UNREADABLE_STREAM;
+}
+
 /** Error carrying a Node errno-like code. */
 export function transportError(code: string, message: string): Error {
   const err = new Error(message) as Error & { code: string };

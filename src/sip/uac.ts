@@ -351,6 +351,8 @@ export class UacCall implements OutboundCall {
   private inviteOutstanding = false;
   /** Why the INVITE failed at its last target (reported when no target is left). */
   private inviteFailure: CallFailure | undefined;
+  /** The INVITE's connection closed on an unreadable answer; the INVITE was cancelled for it (onUnreadableInvite). */
+  private unreadable = false;
   private cancelRequested = false;
   private cancelSent = false;
   private cancelOutstanding = false;
@@ -413,7 +415,7 @@ export class UacCall implements OutboundCall {
     const destination = located.destination;
     this.protocol = destination.protocol;
     this.failover = new TargetFailover(located, this.host, this.trunk, 'INVITE', this.log, {
-      canMove: () => this.inviteOutstanding && this.outcome === undefined && !this.cancelRequested,
+      canMove: () => this.inviteOutstanding && this.outcome === undefined && !this.cancelRequested && !this.unreadable,
       resend: () => this.resendInvite(),
       giveUp: () => this.endInvite(),
     });
@@ -506,6 +508,7 @@ export class UacCall implements OutboundCall {
     const user = targetUser(() => tx === this.inviteTx, 'Timer B', {
       response: (r) => this.onInviteResponse(r),
       failed: (reason, phrase) => this.inviteFailed({ reason, phrase }, reason),
+      unreadable: (phrase) => this.onUnreadableInvite(phrase),
     });
     tx = this.host.startTransaction('invite', request, branch, this.destination, user, this.log);
     this.inviteTx = tx;
@@ -515,7 +518,7 @@ export class UacCall implements OutboundCall {
   private onInviteResponse(response: ParsedResponse): void {
     const status = response.status;
     this.failover?.heard();
-    if (status === 503) {
+    if (status === 503 && !this.unreadable) {
       // RFC 3263 4.3: a 503 is a failure of this target, like no response at all (RFC 3261 21.5.4: try another).
       // Its Reason (Q.850 34, 38, 41: no circuit, network out of order, temporary failure) is the carrier's cause.
       const q850 = q850Cause(getHeaders(response, 'reason'));
@@ -540,6 +543,9 @@ export class UacCall implements OutboundCall {
     if (status === 420 || status === 421) this.warnExtension(response);
     if (status === 487 && this.cancelRequested) {
       this.finish('cancelled', undefined, 487);
+    } else if (status === 487 && this.unreadable) {
+      // Our own CANCEL's 487, not a refusal of the far end's: the call failed on what could not be read.
+      this.finish('failed', { ...this.inviteFailure!, status });
     } else {
       const q850 = q850Cause(getHeaders(response, 'reason'));
       this.finish('failed', { reason: failureReasonFor(status), status, phrase: response.reason, ...(q850 ? { q850 } : {}) });
@@ -559,6 +565,24 @@ export class UacCall implements OutboundCall {
     this.failover?.failed(reason, failure.phrase ?? '', forMs);
   }
 
+  /**
+   * Over TCP or TLS, the far end answered the INVITE with something that could not be framed (no usable
+   * Content-Length, a head over the limit) before any response was read, and the connection was closed for it. The
+   * far end has the INVITE and may be ringing the phone: rather than fail it unreachable and leave it ringing (or send
+   * it to another target), it is CANCELled at once, on a new connection (RFC 3261 9.1, 18.1.1), and the call fails
+   * `unreachable` unless what is read later (on a connection either end opens, 18.2.2) says otherwise: a ringing 1xx
+   * that makes it a delivery, a 2xx that answers it.
+   */
+  private onUnreadableInvite(phrase: string): void {
+    if (this.outcome !== undefined) return;
+    this.failover?.heard();
+    this.unreadable = true;
+    this.inviteFailure = { reason: 'unreachable', phrase: `${phrase}; INVITE cancelled` };
+    this.state = 'early';
+    this.log.warn({ trunk: this.trunk.name, err: phrase }, 'the far end answered the INVITE with unreadable SIP; CANCEL sent on a new connection');
+    this.sendCancel();
+  }
+
   /** No target left for the INVITE (or its CANCEL was asked for): the call fails with the last target's failure. */
   private endInvite(): void {
     if (this.outcome !== undefined) return;
@@ -571,7 +595,7 @@ export class UacCall implements OutboundCall {
   /** 401/407: answer the challenge with a new INVITE (RFC 3261 22.2), same Call-ID and From tag, CSeq+1. */
   private tryAuthRetry(response: ParsedResponse): boolean {
     const credentials = this.trunk.auth;
-    if (credentials === undefined || this.cancelRequested || this.authRetries >= MAX_AUTH_RETRIES) return false;
+    if (credentials === undefined || this.cancelRequested || this.unreadable || this.authRetries >= MAX_AUTH_RETRIES) return false;
     const proxy = response.status === 407;
     let usable = 0;
     for (const challenge of usableChallenges(getHeaders(response, proxy ? 'proxy-authenticate' : 'www-authenticate'))) {
@@ -777,7 +801,8 @@ export class UacCall implements OutboundCall {
     const tx = this.inviteTx;
     this.inviteTx = undefined;
     tx?.dispose();
-    this.finish('cancelled');
+    if (this.unreadable && !this.cancelRequested) this.finish('failed', this.inviteFailure);
+    else this.finish('cancelled');
     this.maybeEnd();
   }
 

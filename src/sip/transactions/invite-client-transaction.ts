@@ -40,6 +40,7 @@
  */
 import { TIMER_D_UNRELIABLE_MS, type TimerHandle } from '../clock.js';
 import { getHeaders, hdr, serializeMessage, type ParsedResponse, type SipHeader, type SipRequest } from '../message.js';
+import { isUnreadableStream } from '../transport.js';
 import { ClientTransaction, TransactionState, type ClientTransactionOptions } from './transaction.js';
 
 export class InviteClientTransaction extends ClientTransaction {
@@ -99,6 +100,14 @@ export class InviteClientTransaction extends ClientTransaction {
   onTransportError(error: Error): void {
     switch (this._state) {
       case TransactionState.Calling:
+        if (isUnreadableStream(error) && this.user.onUnreadableResponse !== undefined) {
+          // The far end has the INVITE and answered something unreadable (most likely its 1xx): as in Proceeding,
+          // nothing is retransmitted and its final response may come on a connection it opens (18.2.2).
+          this.logger.debug({ err: error.message, branch: this.branch }, 'unreadable answer to the INVITE in Calling');
+          this.stateTransition(TransactionState.Proceeding);
+          this.user.onUnreadableResponse(error);
+          return;
+        }
         this.logger.debug({ err: error.message, branch: this.branch }, 'INVITE transport error in Calling');
         this.stateTransition(TransactionState.Terminated);
         this.user.onTransportError(error);

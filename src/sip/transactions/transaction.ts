@@ -31,6 +31,12 @@ export interface ClientTransactionUser {
   onRequestTimeout(): void;
   /** A fatal transport error while the request was outstanding. */
   onTransportError(error: Error): void;
+  /**
+   * INVITE only: its connection (TCP, TLS) was closed because the far end sent something that could not be framed
+   * before any response was read. The INVITE reached the far end, which may be ringing the phone: the transaction
+   * waits as in Proceeding, and this TU decides (a CANCEL). Absent: a transport error like any other.
+   */
+  onUnreadableResponse?(error: Error): void;
 }
 
 export interface ClientTransactionOptions {

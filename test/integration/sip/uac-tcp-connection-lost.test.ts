@@ -150,6 +150,44 @@ describe('TCP connection lost during a call (scripted TCP peer)', () => {
     expect(peer.conns).toHaveLength(1);
   });
 
+  it('an answer that cannot be framed closes the connection: every INVITE written on it is CANCELled on a new one, none goes out again, the calls fail unreachable', async () => {
+    const first = flash();
+    const second = flash({ to: '+447700900124' });
+    const a = await peer.next('INVITE');
+    const b = await peer.next('INVITE', 1);
+    expect(b.conn).toBe(a.conn);
+    // A's 180 with a Content-Length no framer can use: the engine cannot tell where the next message starts.
+    peer.conns[a.conn]!.write(responseTo(a.req, 180, 'Ringing').replace(/Content-Length: \d+/, 'Content-Length: many'));
+    const cancels = [await peer.next('CANCEL'), await peer.next('CANCEL', 1)];
+    for (const [cancel, invite] of [[cancels.find((c) => c.req.callId === a.req.callId)!, a], [cancels.find((c) => c.req.callId === b.req.callId)!, b]] as const) {
+      expect(cancel.conn).not.toBe(a.conn);
+      expect(cancel.req.via.branch).toBe(invite.req.via.branch);
+      peer.reply(cancel, 200, 'OK');
+      peer.reply(invite, 487, 'Request Terminated', { conn: cancel.conn });
+    }
+    await peer.next('ACK');
+    await peer.next('ACK', 1);
+    await expect(first).resolves.toMatchObject({ outcome: 'unreachable', rang: false, sipStatus: 487 });
+    await expect(second).resolves.toMatchObject({ outcome: 'unreachable', rang: false, sipStatus: 487 });
+    expect((await first).phrase).toMatch(/unreadable SIP.*INVITE cancelled/);
+    expect([peer.count('INVITE'), peer.count('CANCEL')]).toEqual([2, 2]);
+  });
+
+  it('an unreadable answer, then a ringing 180 on a connection the far end opens: the call rang (a delivery), ended by the CANCEL already sent', async () => {
+    const result = flash();
+    const invite = await peer.next('INVITE');
+    peer.conns[invite.conn]!.write(responseTo(invite.req, 100, 'Trying').replace(/Content-Length: \d+/, 'Content-Length: -1'));
+    const cancel = await peer.next('CANCEL');
+    expect(cancel.conn).not.toBe(invite.conn);
+    const back = await peer.connectTo(sip.localPort);
+    peer.reply(invite, 180, 'Ringing', { conn: back });
+    peer.reply(cancel, 200, 'OK');
+    peer.reply(invite, 487, 'Request Terminated', { conn: back });
+    await peer.next('ACK');
+    await expect(result).resolves.toMatchObject({ outcome: 'cancelled', rang: true, sipStatus: 487 });
+    expect(peer.count('CANCEL')).toBe(1);
+  });
+
   it('only a 100, connection lost: CANCEL at the ringing timeout on a new connection; no_ringing on the 487', async () => {
     const result = flash({ ringingTimeoutMs: 300 });
     const invite = await peer.next('INVITE');
