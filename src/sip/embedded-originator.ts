@@ -45,7 +45,7 @@ import { TlsTransport, type TlsClientOptions } from './tls-transport.js';
 import type { TrunkConfig } from '../config/schema.js';
 import { trunkNeedsTls } from './trunk-transport.js';
 import { UdpTransport } from './udp-transport.js';
-import { errorMessage, hostForUri, newTag } from './util.js';
+import { errorMessage, hostForUri, maskUser, newTag } from './util.js';
 
 export interface EmbeddedSipOriginatorOptions {
   listen: {
@@ -560,16 +560,6 @@ function stampVia(value: string, via: Via, source: InboundSource): string {
   return v;
 }
 
-/**
- * The user part of a Request-URI is the destination phone number: logs keep
- * its first 5 characters (country and range, enough to debug routing) only.
- */
-export function maskUser(startLine: string): string {
-  const mask = (_m: string, scheme: string, head: string) => `${scheme}${head}***`;
-  return startLine
-    .replace(/(sips?:)([^@;>\s]{0,5})[^@;>\s]*(?=@)/gi, mask)
-    .replace(/(tel:)([^;>\s]{0,5})[^;>\s]*/gi, mask);
-}
 
 function logOut(logger: Logger, data: Buffer, destination: Destination): void {
   if (!logger.isLevelEnabled('debug')) return;

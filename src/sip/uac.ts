@@ -29,7 +29,7 @@ import { onNewBranch, retryAfterMs, TargetFailover, targetUser, type FailoverHos
 import { trunkUriTransport, type TrunkUriTransport } from './trunk-transport.js';
 import { TransactionState, type ClientTransaction, type ClientTransactionUser } from './transactions/transaction.js';
 import { destinationKey, type Destination, type InboundSource, type TransportProtocol } from './transport.js';
-import { errorMessage, hostForSocket, newBranch, newCallId, newTag } from './util.js';
+import { errorMessage, hostForSocket, maskUser, newBranch, newCallId, newTag } from './util.js';
 
 export const ALLOW = 'INVITE, ACK, CANCEL, BYE, OPTIONS';
 
@@ -943,7 +943,13 @@ export class UacCall implements OutboundCall {
     const target = contact === undefined ? undefined : usable(contact);
     if (routeSet.length < routes.length || (contact !== undefined && target === undefined)) {
       this.log.warn(
-        { status: response.status, contact, record_route: routes, remote_target: target ?? this.requestUri },
+        // Masked: a Contact or Record-Route may carry the called number, as the Request-URI does.
+        {
+          status: response.status,
+          contact: contact === undefined ? undefined : maskUser(contact),
+          record_route: routes.map(maskUser),
+          remote_target: maskUser(target ?? this.requestUri),
+        },
         'unusable Contact or Record-Route URI in a response: left out (an unusable Contact: in-dialog requests go to the trunk)',
       );
     }

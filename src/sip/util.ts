@@ -41,3 +41,14 @@ export function hostForSocket(host: string): string {
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
+
+/**
+ * The user part of a Request-URI is the destination phone number: logs keep
+ * its first 5 characters (country and range, enough to debug routing) only.
+ */
+export function maskUser(startLine: string): string {
+  const mask = (_m: string, scheme: string, head: string) => `${scheme}${head}***`;
+  return startLine
+    .replace(/(sips?:)([^@;>\s]{0,5})[^@;>\s]*(?=@)/gi, mask)
+    .replace(/(tel:)([^;>\s]{0,5})[^;>\s]*/gi, mask);
+}

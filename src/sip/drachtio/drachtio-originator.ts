@@ -44,7 +44,7 @@ import {
   type PingResult,
 } from '../call-originator.js';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
-import { maskUser } from '../embedded-originator.js';
+import { maskUser } from '../util.js';
 import { PingAttempt, pingAddressing } from '../options-ping.js';
 import { callAddresses, dummySdp, failureReasonFor, resolveTrunk } from '../uac.js';
 import { q850Cause } from '../reason.js';

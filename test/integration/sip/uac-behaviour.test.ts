@@ -192,13 +192,16 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     await expect(call.hangup()).resolves.toBeUndefined();
   });
 
-  it('a 2xx whose Contact and Record-Route name port 0 (a broken or hostile far end): left out, ACK and BYE go to the trunk; the process lives on, the next call is placed', async () => {
+  it('a 2xx whose Contact and Record-Route name port 0 (a broken or hostile far end): left out, ACK and BYE go to the trunk; the process lives on, the next call is placed; the warning masks the number', async () => {
     const rec = recorder();
-    const call = sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, rec.delegate);
+    const lines: string[] = [];
+    const logger = pino({ level: 'warn' }, { write: (line: string) => void lines.push(line) });
+    const call = sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger }, rec.delegate);
     const invite = await peer.next('INVITE');
     peer.reply(invite, 180, 'Ringing');
     await rec.waitFor('provisional');
-    peer.reply(invite, 200, 'OK', ['Contact: <sip:127.0.0.1:0>', 'Record-Route: <sip:127.0.0.1:0;lr>'], 'peer-tag', '');
+    // An SBC's Contact carrying the called number.
+    peer.reply(invite, 200, 'OK', [`Contact: <sip:${DEST}@127.0.0.1:0>`, `Record-Route: <sip:${DEST}@127.0.0.1:0;lr>`], 'peer-tag', '');
     const ack = await peer.next('ACK');
     expect([ack.req.uri, getHeader(ack.req, 'route')]).toEqual([`sip:${DEST}@127.0.0.1:${port};user=phone`, undefined]);
     void call.hangup();
@@ -206,6 +209,9 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     expect(bye.req.uri).toBe(`sip:${DEST}@127.0.0.1:${port};user=phone`);
     peer.reply(bye, 200, 'OK');
     await rec.waitFor('ended');
+    const warning = lines.find((l) => l.includes('unusable Contact or Record-Route'));
+    expect(warning).toContain('+4477***@127.0.0.1:0');
+    expect(lines.join('\n')).not.toContain(DEST.slice(1));
     sip.originate({ to: DEST, from: CLI, trunk: trunk(`sip:127.0.0.1:${port}`), logger: testLogger }, recorder().delegate);
     expect((await peer.next('INVITE')).req.cseq.method).toBe('INVITE');
   });
