@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import type { Announcement, MediaPlayer, MediaSession, PlayResult, PromptLanguage } from '../media-player.js';
 import { DEFAULT_PROMPTS_DIR } from '../prompts.js';
 import { MediaError, parseAnswer, type NegotiatedMedia } from '../sdp.js';
-import { connectMediaServer, createMrf, type FsEndpoint, type FsMediaServer, type FsmrfSrf } from './fsmrf-types.js';
+import { connectMediaServer, createMrf, type FsEndpoint, type FsMediaServer, type FsmrfSrf, type FsPlayResult } from './fsmrf-types.js';
 import { waitAtMost, withDeadline } from '../../async/time-limit.js';
 
 /**
@@ -408,7 +408,7 @@ class FreeswitchMediaSession implements MediaSession {
       const result = await this.untilGone<{ playbackMilliseconds?: string } | void>(
         this.p.tts
           ? ep.speak({ ttsEngine: this.p.tts.engine, voice: this.p.tts.voice, text: ttsText(announcement) })
-          : ep.play(this.playbackArg(announcement)),
+          : playback(ep, this.playbackArg(announcement)),
       ).catch((err: Error) => {
         throw new MediaError(`FreeSWITCH playback failed: ${err.message}`);
       });
@@ -420,7 +420,7 @@ class FreeswitchMediaSession implements MediaSession {
   }
 
   /**
-   * One `playback` of a file_string:// list. fsmrf's play([...]) would first
+   * The argument of one `playback`: a file_string:// list. fsmrf's play([...]) would first
    * execute `set playback_delimiter=!` and only then `playback`: a stop()
    * landing between the two could not break a playback not yet sent.
    */
@@ -468,4 +468,17 @@ class FreeswitchMediaSession implements MediaSession {
       this.p.closed();
     }
   }
+}
+
+/**
+ * mod_dptools `playback`, executed on the endpoint, and its Application-Response read: `FILE PLAYED` (also when a
+ * uuid_break cut it short), `FILE NOT FOUND`, or `PLAYBACK ERROR` for any other failure (a file it cannot decode, a
+ * codec it cannot transcode to). fsmrf's play() rejects only the second, and would report a prompt that never played
+ * as played. Rejects with the response, as play() does with "File Not Found".
+ */
+async function playback(ep: FsEndpoint, arg: string): Promise<FsPlayResult> {
+  const event = await ep.execute('playback', arg);
+  const response = event.getHeader('Application-Response');
+  if (response !== undefined && response !== 'FILE PLAYED') throw new Error(response === 'FILE NOT FOUND' ? 'File Not Found' : response);
+  return { playbackMilliseconds: event.getHeader('variable_playback_ms') };
 }

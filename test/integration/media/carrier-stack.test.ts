@@ -238,9 +238,9 @@ describe('voice OTP on the carrier stack: failure paths', () => {
     await freeswitchLegEnded(st);
   });
 
-  it('FreeSWITCH cannot play the prompts: media_failed, our BYE to the callee, the endpoint hung up', async () => {
+  it.each(['FILE NOT FOUND', 'PLAYBACK ERROR'])('FreeSWITCH cannot play the prompts (%s): media_failed, our BYE to the callee, the endpoint hung up', async (response) => {
     const st = await stack(SCENARIOS.voiceAnswer);
-    st.media.failPlayback = 'FILE NOT FOUND';
+    st.media.failPlayback = response;
     const r = await st.call();
     expect(r.answered).toBe(true);
     expect(r.outcome).toBe('media_failed');

@@ -248,15 +248,18 @@ describe('FreeSWITCH media backend (drachtio-fsmrf over a fake event socket)', (
     expect(originator.hangups).toBe(0); // the callee already hung up: no BYE of ours
   });
 
-  it('hangs up when FreeSWITCH cannot play the prompts', async () => {
+  it.each([
+    ['FILE NOT FOUND', /playback failed: File Not Found/],
+    ['PLAYBACK ERROR', /playback failed: PLAYBACK ERROR/],
+  ] as const)('hangs up when FreeSWITCH cannot play the prompts (%s)', async (response, reason) => {
     const fs = await startFreeswitch(5080);
-    fs.failPlayback = 'FILE NOT FOUND';
+    fs.failPlayback = response;
     const { player, sip } = await startPlayer([fs]);
 
     // Through the MediaPlayer interface: play() rejects with the reason.
     const session = await player.createSession(logger);
     session.accept(ANSWER_SDP);
-    await expect(session.play(codeAnnouncement('4829', 'en'))).rejects.toThrow(/playback failed: File Not Found/);
+    await expect(session.play(codeAnnouncement('4829', 'en'))).rejects.toThrow(reason);
     await session.close();
     expect(fs.hangups).toHaveLength(1);
     expect(await sip.ended(sip.invites[0]!)).toBe('freeswitch');
@@ -265,7 +268,7 @@ describe('FreeSWITCH media backend (drachtio-fsmrf over a fake event socket)', (
     const { originator, result } = call(player, { answerAfterMs: 20 });
     const r = await result;
     expect(r).toMatchObject({ outcome: 'media_failed', answered: true });
-    expect(r.phrase).toMatch(/File Not Found/);
+    expect(r.phrase).toMatch(reason);
     expect(originator.hangups).toBe(1);
     expect(fs.hangups).toHaveLength(2);
     expect(player.status()[0]!.active).toBe(0);
