@@ -27,6 +27,8 @@ export interface FlashResult {
   phrase?: string;
   /** The Q.850 cause of a failed call's final response (Reason header), when it had one. */
   q850Cause?: number;
+  /** The call failed on this side (CallFailure.local): nothing to say of the trunk. */
+  local?: true;
   /** INVITE → first ringing 18x, ms. */
   postDialDelayMs?: number;
 }
@@ -119,7 +121,7 @@ export function placeFlashCall(originator: CallOriginator, p: FlashCallParams): 
           // A timeout here means not even a 100 came back (Timer B): `timeout`, not no_ringing.
           // Unreachable stays unreachable while stopping too: the call never reached the network, whatever stopped it.
           if (rang) finish({ outcome: 'cancelled', sipStatus: f.status, phrase: f.phrase });
-          else finish({ outcome: f.reason, sipStatus: f.status, phrase: f.phrase, ...(f.q850 ? { q850Cause: f.q850.cause } : {}) });
+          else finish({ outcome: f.reason, sipStatus: f.status, phrase: f.phrase, ...(f.q850 ? { q850Cause: f.q850.cause } : {}), ...(f.local ? { local: true } : {}) });
         },
       },
     );

@@ -135,7 +135,7 @@ export class FlashProcessor {
     };
     log.info({ ...detail }, 'flash call finished');
     this.deps.metrics.callEnded('flash_call', trunk.name, outcome, result.postDialDelayMs);
-    this.deps.trunks.report(trunk, this.deps.trunks.verdictOf(result.outcome, result.sipStatus));
+    this.deps.trunks.report(trunk, this.deps.trunks.verdictOf(result.outcome, result.sipStatus, result.local));
     // Delivered = the caller ID was shown (rang, or answered without an 18x).
     if (result.rang || result.outcome === 'answered') this.deps.metrics.rangeSent(reserved.range.prefix);
     // The range's counters (batched in memory, written every 250 ms; a judgement of the range reads Redis) and the

@@ -25,11 +25,13 @@ export interface CallEnd {
   sipStatus?: number | undefined;
   q850Cause?: number | undefined;
   postDialDelayMs?: number | undefined;
+  /** Failed on this side (CallFailure.local): not the trunk's failure, and another trunk would fail alike. */
+  local?: true | undefined;
 }
 
 /** Why the trunk refused the call before it rang (`unreachable`, `sip_503` ...), or undefined: not one to place again. */
-export function refusedBeforeRinging(result: Pick<CallEnd, 'outcome' | 'early' | 'sipStatus'>, failureStatuses: readonly number[]): string | undefined {
-  if (result.early || result.outcome === 'answered') return undefined;
+export function refusedBeforeRinging(result: Pick<CallEnd, 'outcome' | 'early' | 'sipStatus' | 'local'>, failureStatuses: readonly number[]): string | undefined {
+  if (result.early || result.outcome === 'answered' || result.local) return undefined;
   if (result.outcome === 'unreachable') return 'unreachable';
   if (result.sipStatus !== undefined && failureStatuses.includes(result.sipStatus)) return `sip_${result.sipStatus}`;
   return undefined;
@@ -88,7 +90,7 @@ export async function placeOnTrunks<R extends CallEnd>(
     );
     metrics.callEnded(method, trunk.name, result.outcome, result.postDialDelayMs);
     metrics.routeAdvanced(method, trunk.name, refused);
-    trunks.report(trunk, trunks.verdictOf(result.outcome, result.sipStatus));
+    trunks.report(trunk, trunks.verdictOf(result.outcome, result.sipStatus, result.local));
     trunk = next;
   }
 }

@@ -262,8 +262,12 @@ export class TrunkPacer {
     if (h) h.pinged = pinged;
   }
 
-  /** The verdict of a call's outcome and final status, with this pacer's `failureStatuses` (trunkVerdict). */
-  verdictOf(outcome: string, sipStatus?: number): TrunkVerdict {
+  /**
+   * The verdict of a call's outcome and final status, with this pacer's `failureStatuses` (trunkVerdict); `local`: the
+   * call failed on this side (drachtio-server not connected, the stack stopping), which says nothing of the trunk.
+   */
+  verdictOf(outcome: string, sipStatus?: number, local?: boolean): TrunkVerdict {
+    if (local) return 'neutral';
     return trunkVerdict(outcome, sipStatus, this.options.failureStatuses);
   }
 

@@ -37,6 +37,8 @@ export interface VoiceResult {
   phrase?: string;
   /** The Q.850 cause of a failed call's final response (Reason header), when it had one. */
   q850Cause?: number;
+  /** The call failed on this side (CallFailure.local): nothing to say of the trunk. */
+  local?: true;
   /** Negotiated codec, once answered. */
   codec?: string;
   /** RTP packets sent. */
@@ -171,7 +173,7 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
             // request that ended meanwhile still gets its refund (voice-processor.ts).
             const outcome =
               f.reason === 'timeout' || f.reason === 'unreachable' ? f.reason : stopping ? 'shutdown' : noAnswer ? 'no_answer' : f.reason;
-            finish({ outcome, sipStatus: f.status, phrase: f.phrase, ...(f.q850 ? { q850Cause: f.q850.cause } : {}) });
+            finish({ outcome, sipStatus: f.status, phrase: f.phrase, ...(f.q850 ? { q850Cause: f.q850.cause } : {}), ...(f.local ? { local: true } : {}) });
           },
         },
       );

@@ -110,7 +110,7 @@ export class VoiceProcessor {
     };
     log.info({ ...detail }, 'voice call finished');
     this.deps.metrics.callEnded('voice', trunk.name, outcome);
-    this.deps.trunks.report(trunk, this.deps.trunks.verdictOf(result.outcome, result.sipStatus));
+    this.deps.trunks.report(trunk, this.deps.trunks.verdictOf(result.outcome, result.sipStatus, result.local));
     await recordAttemptFields(redis, key, step, { outcome, ...(result.sipStatus !== undefined ? { final_sip_status: String(result.sipStatus) } : {}) });
     if (!result.answered && !watch.ended) {
       await events.publish({

@@ -39,6 +39,12 @@ export interface CallFailure {
   phrase?: string;
   /** The Q.850 cause in the final response's Reason header (RFC 3326), when it had one (sip/reason.ts). */
   q850?: Q850Cause;
+  /**
+   * The failure is this side's, not the trunk's: drachtio-server not connected (or its connection lost), the SIP stack
+   * stopping. Such a call is `unreachable` (refunded) but says nothing of the trunk's health, and is not placed again
+   * on another trunk (every trunk goes through the same stack).
+   */
+  local?: true;
 }
 
 /**

@@ -1237,7 +1237,7 @@ export class UacCall implements OutboundCall {
     const resolve = this.resolveBye;
     this.resolveBye = undefined;
     resolve?.();
-    this.finish('failed', { reason: 'unreachable', phrase: reason });
+    this.finish('failed', { reason: 'unreachable', phrase: reason, local: true });
     this.state = 'terminated';
     this.maybeEnd();
   }

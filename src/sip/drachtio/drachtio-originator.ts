@@ -478,7 +478,7 @@ class DrachtioCall implements OutboundCall {
   abort(reason: string): void {
     if (this.ended) return;
     this.clearTimer();
-    this.finish('failed', { reason: 'unreachable', phrase: reason });
+    this.finish('failed', { reason: 'unreachable', phrase: reason, local: true });
     const lostDialog = this.dialogUp && this.outcome === 'answered' && this.byePromise === undefined;
     this.dialogUp = false;
     if (lostDialog) {

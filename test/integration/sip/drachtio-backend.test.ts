@@ -623,6 +623,7 @@ describe('drachtio backend through the engine', () => {
     fake.scenario = SCENARIOS.ringCancel;
     engine = await startTestEngine(
       testConfig({
+        api: { defaultRateLimitPerSecond: 1000 },
         flash: { ringMs: RING_MS, ringingTimeoutMs: RINGING_TIMEOUT_MS },
         sip: {
           backend: 'drachtio',
@@ -662,5 +663,20 @@ describe('drachtio backend through the engine', () => {
     // drachtio-server goes away: readiness reports it.
     await fake.pause();
     await waitFor(async () => (await http(`${engine!.url}/readyz`)).status === 503, 5000);
+
+    // Calls meanwhile fail unreachable (refunded), but the trunk was never asked: they do not take it out of service
+    // (sip.trunkHealth.failuresToMarkDown is 3).
+    for (let i = 0; i < 4; i++) {
+      const r = await http(`${engine.url}/v1/verify`, { auth: account.auth, body: { phone_number: `+44770090013${i}`, method: 'flash_call' } });
+      expect([r.status, r.body.error]).toEqual([201, undefined]);
+      const ended = await waitFor(async () => {
+        const s = await http(`${engine!.url}/v1/verify/${String(r.body.request_id)}`, { auth: account.auth });
+        return s.body.status === 'failed' ? s.body : undefined;
+      }, 10_000);
+      expect(ended.status).toBe('failed');
+    }
+    const metrics = await fetch(`${engine.url}/metrics`).then((r) => r.text());
+    expect(metrics).toMatch(/flashverify_trunk_up\{trunk="carrier"\} 1/);
+    expect(engine.logs.some((l) => l.includes('trunk down'))).toBe(false);
   });
 });
