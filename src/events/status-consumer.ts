@@ -70,7 +70,8 @@ export class StatusConsumer extends GroupConsumer {
         // A refunded send leaves the day's per-country conversion `sent` too (it never reached the network).
         this.keys.conversion(day),
       ],
-      [status, fields.timestamp ?? String(Date.now()), patch.join('\n'), refund ? '1' : '0', stepped ? fields.step! : '1'],
+      // The entry's id: the stream order of a `failed` that ends the request (webhook-processor.ts contradictsFinal).
+      [status, fields.timestamp ?? String(Date.now()), patch.join('\n'), refund ? '1' : '0', stepped ? fields.step! : '1', id],
     );
   }
 }

@@ -44,6 +44,8 @@ interface Prepared {
   recordStatus: string | null;
   /** at_<status> of FINAL_STATUSES, in that order. */
   finalAt: (string | null)[];
+  /** The stream id of the event that gave the record its final status (none before it had one, or in records from before). */
+  finalEvent: string | null;
   /** The account's sealed API secret; null: the account is gone. */
   secretEnc: string | null;
 }
@@ -224,7 +226,8 @@ export class WebhookProcessor {
     if (r[0] === 'held') return undefined;
     if (r[0] === 'done') return 'done';
     const [state, url, until, failures, phoneEnc, recordStatus] = r as [string, string | null, number, number, string | null, string | null];
-    const finalAt = r.slice(6, 4 + RECORD_FIELDS.length) as (string | null)[];
+    const finalAt = r.slice(6, 6 + FINAL_STATUSES.length) as (string | null)[];
+    const finalEvent = (r[6 + FINAL_STATUSES.length] ?? null) as string | null;
     const secretEnc = (r[4 + RECORD_FIELDS.length] ?? null) as string | null;
     const givenUp = r.slice(5 + RECORD_FIELDS.length) as string[];
     if (givenUp.length) {
@@ -240,6 +243,7 @@ export class WebhookProcessor {
       phoneEnc,
       recordStatus,
       finalAt,
+      finalEvent,
       secretEnc,
     };
   }
@@ -503,12 +507,12 @@ export class WebhookProcessor {
   /** Sends the event to `url`; false when it was not sent on purpose (record gone, contradicts the final status). */
   private async deliver(d: WebhookJobData, url: string, prepared: Prepared, log: Logger): Promise<boolean> {
     const { sealer, config } = this.deps;
-    const { phoneEnc, recordStatus, finalAt, secretEnc } = prepared;
+    const { phoneEnc, recordStatus, finalAt, finalEvent, secretEnc } = prepared;
     if (!phoneEnc) {
       log.warn({ event: d.event }, 'verification record gone; event not sent');
       return false;
     }
-    if (contradictsFinal(d, recordStatus ?? null, finalAt)) {
+    if (contradictsFinal(d, recordStatus ?? null, finalAt, finalEvent)) {
       this.deps.metrics.webhookSkipped();
       log.debug({ event: d.event, record_status: recordStatus }, 'event contradicts the final status; not sent');
       return false;
@@ -554,18 +558,33 @@ export class WebhookProcessor {
 
 /** The contract's final outcomes: verified, expired and failed are distinct, and canceled ends a request too. */
 const FINAL_STATUSES = ['verified', 'expired', 'failed', 'canceled'] as const;
-/** What a delivery reads of the record (prepareWebhook-4.lua), in this order: the number, the status, when each final status came. */
-const RECORD_FIELDS = ['phone_enc', 'status', ...FINAL_STATUSES.map((f) => `at_${f}`)];
+/**
+ * What a delivery reads of the record (prepareWebhook-4.lua), in this order: the number, the status, when each final
+ * status came, and the stream id of the event that gave it (`final_event`).
+ */
+const RECORD_FIELDS = ['phone_enc', 'status', ...FINAL_STATUSES.map((f) => `at_${f}`), 'final_event'];
 
 /**
  * Whether sending `d` would contradict the final status the record already has: a final event other than that
  * status (a late `failed` receipt after `expired`), or a non-final one that happened at or after it (a delivery
  * receipt after `verified`). A `sent` or `delivered` from before the final status (its webhook in retry while the
  * user verified) still goes out, ahead of the final event, which waits behind it.
+ *
+ * "Before" is stream order when the record names its final event (`final_event`): Redis's one clock, on which the
+ * api's `sent` and a worker's `failed` compare whatever the processes' clocks say. The events' own timestamps come
+ * from the clocks of the processes that wrote them: a worker 300 ms behind the api would put a fast failure (busy,
+ * unreachable) before its `sent`, and that `sent`, in retry, would never go out. Records from before `final_event`
+ * (and a request failed by the api when it could not queue it) compare those timestamps.
  */
-function contradictsFinal(d: WebhookJobData, status: string | null, finalAt: (string | null)[]): boolean {
+function contradictsFinal(d: WebhookJobData, status: string | null, finalAt: (string | null)[], finalEvent: string | null): boolean {
   const i = FINAL_STATUSES.indexOf(status as (typeof FINAL_STATUSES)[number]);
   if (i < 0) return false;
+  if (finalEvent) {
+    const self = orderMember(d.event_id);
+    const final = orderMember(finalEvent);
+    if ((FINAL_STATUSES as readonly string[]).includes(d.status)) return d.status !== status || (d.status === 'failed' && self > final);
+    return self >= final;
+  }
   const at = Number(finalAt[i] ?? 0);
   if ((FINAL_STATUSES as readonly string[]).includes(d.status)) {
     if (d.status !== status) return true;

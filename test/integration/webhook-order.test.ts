@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AccountStore } from '../../src/accounts/account-store.js';
 import { EventPublisher } from '../../src/events/event-publisher.js';
 import type { StreamEntry } from '../../src/events/group-consumer.js';
+import { StatusConsumer } from '../../src/events/status-consumer.js';
 import { WebhookConsumer } from '../../src/events/webhook-consumer.js';
 import { WEBHOOK_QUEUE, WebhookQueue, orderMember, type WebhookJobData } from '../../src/events/webhook-queue.js';
 import { describeGivenUp, givenUpWebhooks, replayGivenUp } from '../../src/events/webhook-replay.js';
@@ -21,6 +22,13 @@ class HandDrivenConsumer extends WebhookConsumer {
   async handleEntry(entry: StreamEntry): Promise<void> {
     const unsettled = await this.handle(entry);
     await unsettled?.settled;
+  }
+}
+
+/** The production status consumer, one entry at a time. */
+class HandDrivenStatus extends StatusConsumer {
+  apply(entry: StreamEntry): Promise<void> {
+    return this.handle(entry);
   }
 }
 
@@ -172,6 +180,32 @@ describe('webhook order across redelivered, concurrently read, unread and skippe
     await waitFor(async () => receiver.events(id).length === 2, 10_000);
     await sleep(200);
     expect(receiver.events(id)).toEqual(['verification.sent', 'verification.failed']);
+  });
+
+  it('a `sent` in retry still goes out before a fast `failed` stamped by a worker whose clock is behind the api\'s: stream order, not the processes\' clocks', async () => {
+    const { request_id: id } = await service.create(account, { phone_number: '+447700900215' });
+    let refused = false;
+    receiver.answer = (json) => (json.request_id === id && json.event === 'verification.sent' && !refused ? ((refused = true), 500) : undefined);
+    try {
+      await handleNew();
+      await waitFor(async () => refused);
+      const createdAt = Number(await t.redis.hget(t.keys.verification(id), 'created_at'));
+      // A busy 40 ms after the create, reported by a worker 300 ms behind: its timestamp is before the `sent`'s.
+      const failedId = await publisher.publish({ request_id: id, account_id: account.account_id, method: 'flash_call', status: 'failed', timestamp: createdAt - 260, detail: { reason: 'busy' } });
+      // The status consumer (production code) applies it: the request is failed.
+      const entry = (await t.redis.xrange(t.keys.events(), failedId, failedId)).map(([eid, flat]) => {
+        const fields: Record<string, string> = {};
+        for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!;
+        return { id: eid, fields };
+      })[0]!;
+      await new HandDrivenStatus(t.redis, t.keys, 'status', 'test', silent, metrics).apply(entry);
+      expect(await t.redis.hget(t.keys.verification(id), 'status')).toBe('failed');
+      await handleNew();
+      await waitFor(async () => receiver.events(id).length === 2, 10_000);
+      expect(receiver.events(id)).toEqual(['verification.sent', 'verification.failed']);
+    } finally {
+      receiver.answer = undefined;
+    }
   });
 
   it('sends no delivery receipt after verified and no late failure after expired', async () => {

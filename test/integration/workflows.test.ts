@@ -238,6 +238,25 @@ describe('workflows', () => {
     expect((await status(engine, account.auth, id)).attempts).toMatchObject([{ method: 'flash_call', status: 'verified' }]);
   }, 20_000);
 
+  it('a next step the balance cannot pay: the request fails at that step, and GET, its history and its failed event name that step\'s method', async () => {
+    uas = await startSippUas({ scenario: 'uas-busy-486', calls: 1, maxLifetimeMs: 30_000 });
+    engine = await startTestEngine(config());
+    const account = await engine.account({ balance: PRICE.flash_call });
+    const res = await create(engine, account.auth, { workflow: [{ method: 'flash_call', timeout_seconds: 20 }, { method: 'voice' }] });
+    expect(res.status, JSON.stringify(res.body)).toBe(201);
+    const id = String(res.body.request_id);
+    const body = await waitFor(async () => {
+      const b = await status(engine!, account.auth, id);
+      return b.status === 'failed' ? b : undefined;
+    }, 15_000);
+    expect(body).toMatchObject({ method: 'voice', failure_reason: 'insufficient_balance' });
+    expect(body.attempts).toMatchObject([{ method: 'flash_call', status: 'failed', failure_reason: 'busy' }, { method: 'voice', status: 'failed', failure_reason: 'insufficient_balance' }]);
+    // The request's own failed event (a step's has its `step`).
+    const failed = (await readEvents(engine.redis, engine.keys)).filter((e) => e.request_id === id && e.status === 'failed' && e.step === undefined);
+    expect(failed.map((e) => e.method)).toEqual(['voice']);
+    expect(await balance(engine, account.account_id)).toBeCloseTo(0, 6);
+  }, 20_000);
+
   it('no advancer when a step fails: its event waits in the stream; the next step starts exactly once after restart, a redelivery changes nothing', async () => {
     uas = await voiceFarEnd('uas-busy-flash-answer-voice', 2);
     // First run without an advancer: the flash step fails, its event waits in the stream.

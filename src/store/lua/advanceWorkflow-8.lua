@@ -101,13 +101,14 @@ if not refused or refused == '' then
   end
 end
 if refused then
-  redis.call('HSET', KEYS[1], 'wf_step', nxt, 'status', 'failed', 'failure_reason', refused,
+  -- The step refused is the current one: its method is the record's (as the event below and GET say).
+  redis.call('HSET', KEYS[1], 'wf_step', nxt, 'method', ARGV[3], 'status', 'failed', 'failure_reason', refused,
     q .. 'method', ARGV[3], q .. 'status', 'failed', q .. 'cost', 0, q .. 'started_at', ARGV[2],
     q .. 'ended_at', ARGV[2], q .. 'reason', refused)
   redis.call('HSETNX', KEYS[1], 'at_failed', ARGV[2])
   dropSealedCode(KEYS[1])
-  writeEvent(KEYS[4], ARGV[9], KEYS[7], v[7], 'failed', redis.call('HGET', KEYS[1], 'request_id'), v[4], ARGV[3], ARGV[2],
-    cjson.encode({reason = refused}))
+  redis.call('HSETNX', KEYS[1], 'final_event', writeEvent(KEYS[4], ARGV[9], KEYS[7], v[7], 'failed', redis.call('HGET', KEYS[1], 'request_id'), v[4], ARGV[3], ARGV[2],
+    cjson.encode({reason = refused})))
   return {refused, nxt}
 end
 if cost > 0 then redis.call('HINCRBY', KEYS[2], 'balance', -cost) end

@@ -22,6 +22,8 @@
   ARGV[4] refund: "1" when the attempt never reached the network
   ARGV[5] "1" when the send was counted in the conversion hash: every send, counted by the
           script that charged it (countSent.lua), a test number's excepted (the record says so)
+  ARGV[6] the event's stream id, when it is in the stream already (the status consumer): a
+          `failed` that fails the request records it as `final_event` ("" or absent: not known)
 
   Returns the status after the event, or false when the record is gone.
 ]]
@@ -59,6 +61,7 @@ if st == 'delivered' and status == 'sent' then
   status = 'delivered'
 elseif st == 'failed' then
   redis.call('HSET', KEYS[1], 'status', 'failed')
+  if ARGV[6] and ARGV[6] ~= '' then redis.call('HSETNX', KEYS[1], 'final_event', ARGV[6]) end
   dropSealedCode(KEYS[1])
   status = 'failed'
   if ARGV[4] == '1' and redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then refund() end

@@ -24,6 +24,7 @@
           record only when the step is current
   ARGV[4] refund: "1" when the attempt never reached the network
   ARGV[5] step index of the event
+  ARGV[6] the event's stream id: the last step's `failed` records it as `final_event`
 
   Returns the request status after the event, or false when the record is gone.
 ]]
@@ -80,6 +81,7 @@ if st == 'delivered' then
 elseif st == 'failed' and live and step >= steps - 1 then
   redis.call('HSETNX', KEYS[1], 'at_failed', ts)
   redis.call('HSET', KEYS[1], 'status', 'failed')
+  if ARGV[6] and ARGV[6] ~= '' then redis.call('HSETNX', KEYS[1], 'final_event', ARGV[6]) end
   dropSealedCode(KEYS[1])
   status = 'failed'
 end

@@ -79,5 +79,5 @@ elseif undialled and redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then
 end
 -- A test number's send was never counted in the conversion hash (it never reaches the network): no country.
 if refunded then refundCharge(KEYS[2], KEYS[1], KEYS[4], KEYS[5], method, refund, not v[11] and v[10] or nil) end
-writeEvent(KEYS[3], ARGV[3], KEYS[6], v[12], 'canceled', v[7], v[1], v[5], ARGV[2], '{}')
+redis.call('HSETNX', KEYS[1], 'final_event', writeEvent(KEYS[3], ARGV[3], KEYS[6], v[12], 'canceled', v[7], v[1], v[5], ARGV[2], '{}'))
 return {'ok', refund}

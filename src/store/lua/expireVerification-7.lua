@@ -48,5 +48,5 @@ redis.call('HSETNX', KEYS[1], 'at_expired', v[2])
 redis.call('ZREM', KEYS[2], ARGV[1])
 
 local refund = refundUnsent(KEYS[1], KEYS[4], KEYS[5], KEYS[6], false)
-writeEvent(KEYS[3], ARGV[3], KEYS[7], v[5], 'expired', ARGV[1], v[3], v[4], v[2], '{"reason":"expired"}')
+redis.call('HSETNX', KEYS[1], 'final_event', writeEvent(KEYS[3], ARGV[3], KEYS[7], v[5], 'expired', ARGV[1], v[3], v[4], v[2], '{"reason":"expired"}'))
 return {'expired', refund}

@@ -42,8 +42,9 @@ if mac ~= ARGV[1] then
   return {'stale', left}
 end
 
+-- The final event: its stream id is the record's `final_event` (webhook-processor.ts orders deliveries by it).
 local function emit(st)
-  writeEvent(KEYS[2], ARGV[5], KEYS[4], v[8], st, v[5], v[6], v[7], ARGV[3], '{}')
+  redis.call('HSETNX', KEYS[1], 'final_event', writeEvent(KEYS[2], ARGV[5], KEYS[4], v[8], st, v[5], v[6], v[7], ARGV[3], '{}'))
 end
 
 -- Past its time: the answer is `expired`, nothing counted. The record itself is left to the expiry sweeper
