@@ -22,10 +22,14 @@ export interface WebhookGate {
   until: number;
   /** The account has failures on record: a success must reset them (`succeeded`). */
   failing: boolean;
+  /** When the gate was read (performance.now()): a failure this process records after it must be reset too. */
+  readAt: number;
 }
 
 /** How long a closed breaker remembers failures with no success between them. */
 const FAILURES_TTL_SECONDS = 24 * 3600;
+/** Accounts whose last failure this process remembers (for successes read before it); beyond this, forgotten. */
+const MAX_REMEMBERED_FAILURES = 10_000;
 
 /**
  * One circuit breaker per account, shared by every worker process (Redis:
@@ -39,6 +43,9 @@ const FAILURES_TTL_SECONDS = 24 * 3600;
  * webhooks wait behind them.
  */
 export class WebhookBreaker {
+  /** When this process last recorded a failure of each account (performance.now()), until a success resets it. */
+  private readonly lastFailure = new Map<string, number>();
+
   constructor(
     private readonly redis: Redis,
     private readonly keys: Keys,
@@ -51,6 +58,8 @@ export class WebhookBreaker {
   /** A delivery failed (the receiver's fault, not ours): counted, and the breaker opens or re-opens. */
   async failed(accountId: string, probe: boolean, reason: string, now = Date.now()): Promise<void> {
     if (this.config.failures === 0) return;
+    if (this.lastFailure.size >= MAX_REMEMBERED_FAILURES) this.lastFailure.clear();
+    this.lastFailure.set(accountId, performance.now());
     const [transition, openUntil, failures, coolOffMs] = (await scripts.tripWebhookBreaker.run(
       this.redis,
       [this.keys.webhookBreaker(accountId), this.keys.webhookBreakersOpen()],
@@ -62,9 +71,18 @@ export class WebhookBreaker {
     else this.logger.warn(fields, 'webhook breaker probe failed: open again');
   }
 
-  /** A delivery succeeded: the account's failures are forgotten and an open breaker closes (only when `gate.failing`). */
+  /**
+   * A delivery succeeded: the account's failures are forgotten and an open breaker closes. Only when there is
+   * something to forget (no round trip per success otherwise): failures on record when the gate was read
+   * (`gate.failing`), or failures this process recorded since, by deliveries running beside this one (a receiver
+   * behind a balancer with one bad backend: 500, 200, 500, 200 ... is never "in a row"). One process's success read
+   * before another process's failure does not see it; the next delivery read after it does.
+   */
   async succeeded(accountId: string, gate: WebhookGate): Promise<void> {
-    if (gate.failing && await resetWebhookBreaker(this.redis, this.keys, accountId)) {
+    const failedSince = (this.lastFailure.get(accountId) ?? -Infinity) >= gate.readAt;
+    if (!gate.failing && !failedSince) return;
+    this.lastFailure.delete(accountId);
+    if (await resetWebhookBreaker(this.redis, this.keys, accountId)) {
       this.logger.info({ account_id: accountId }, 'webhook breaker closed: deliveries to this account resume');
     }
   }

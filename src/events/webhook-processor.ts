@@ -218,6 +218,7 @@ export class WebhookProcessor {
   private async prepare(d: WebhookJobData, order: string, member: string): Promise<Prepared | 'done' | undefined> {
     const { redis, keys, config } = this.deps;
     const now = Date.now();
+    const readAt = performance.now();
     const r = (await scripts.prepareWebhook.run(
       redis,
       [order, keys.account(d.account_id), keys.webhookBreaker(d.account_id), keys.verification(d.request_id)],
@@ -239,7 +240,7 @@ export class WebhookProcessor {
     if (state === 'probe') this.deps.logger.info({ account_id: d.account_id }, 'webhook breaker half-open: one probe delivery decides');
     const gateState = state === 'nourl' ? 'closed' : (state as WebhookGate['state']);
     return {
-      gate: { url: url || null, state: gateState, until: Number(until), failing: Number(failures) > 0 || gateState !== 'closed' },
+      gate: { url: url || null, state: gateState, until: Number(until), failing: Number(failures) > 0 || gateState !== 'closed', readAt },
       phoneEnc,
       recordStatus,
       finalAt,
