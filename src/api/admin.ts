@@ -5,6 +5,7 @@ import { CURRENCIES, isWholeMicro, type Currency } from '../accounts/money.js';
 import { Sealer } from '../crypto/sealer.js';
 import { AppError } from '../errors/app-error.js';
 import { TrunkNotFoundError, type TrunkAdmin } from '../engine/trunk-admin.js';
+import { MAX_WEBHOOK_URL_LENGTH } from '../events/webhook-target.js';
 import type { AuthGuard } from './auth-guard.js';
 import { ApiError } from '../verification/errors.js';
 
@@ -42,7 +43,7 @@ const createBody = z
   })
   .strict();
 const topUpBody = z.object({ amount: money.pipe(z.number().positive()) }).strict();
-const webhookBody = z.object({ url: z.string().min(1).max(2048).nullable() }).strict();
+const webhookBody = z.object({ url: z.string().min(1).max(MAX_WEBHOOK_URL_LENGTH).nullable() }).strict();
 const smsTemplateBody = z.object({ template: z.string().min(1).max(1000).nullable() }).strict();
 const disableTrunkBody = z.object({ reason: z.string().max(200).optional() }).strict();
 type TrunkParams = { Params: { trunk: string } };

@@ -61,8 +61,12 @@ export function isPrivateAddress(address: string): boolean {
   return BLOCKED.check(lower, 'ipv6');
 }
 
-/** Parses and checks a webhook URL's scheme; the host is checked by `assertWebhookTarget`. */
+/** The longest webhook URL taken (admin API and CLI alike): receivers commonly refuse longer request lines. */
+export const MAX_WEBHOOK_URL_LENGTH = 2048;
+
+/** Parses and checks a webhook URL's scheme, length and port; the host is checked by `assertWebhookTarget`. */
 export function parseWebhookUrl(url: string): URL {
+  if (url.length > MAX_WEBHOOK_URL_LENGTH) throw new WebhookTargetError(`webhook URL is ${url.length} characters long; at most ${MAX_WEBHOOK_URL_LENGTH}`);
   let parsed: URL;
   try {
     parsed = new URL(url);
@@ -73,6 +77,8 @@ export function parseWebhookUrl(url: string): URL {
     throw new WebhookTargetError('webhook URL must be http:// or https://');
   }
   if (parsed.username || parsed.password) throw new WebhookTargetError('webhook URL must not carry credentials');
+  // WHATWG URL takes port 0, to which no delivery can ever connect.
+  if (parsed.port === '0') throw new WebhookTargetError('webhook URL port must be 1-65535');
   return parsed;
 }
 
