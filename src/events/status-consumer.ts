@@ -30,11 +30,13 @@ export class StatusConsumer extends GroupConsumer {
   protected async handle({ id, fields }: StreamEntry): Promise<void> {
     const status = fields.status;
     if (status === 'verified' && fields.request_id) {
-      // Per-range conversion: the range was copied onto the record from the `delivered` event,
-      // which precedes `verified` in the stream. Each event is handled by one consumer of the
-      // group, so the counters summed over processes count each verification once (a reclaim
-      // after a crash may count one twice).
-      const range = await this.redis.hget(this.keys.verification(fields.request_id), 'range');
+      // Per-range conversion: the range of the caller ID whose code verified: `cli_range`, written when
+      // its call was placed (the latest send's, after a resend: only its code verifies), else the range
+      // copied onto the record from the `delivered` event (a workflow's flash step), which precedes
+      // `verified` in the stream. Each event is handled by one consumer of the group, so the counters
+      // summed over processes count each verification once (a reclaim after a crash may count one twice).
+      const [cliRange, delivered] = await this.redis.hmget(this.keys.verification(fields.request_id), 'cli_range', 'range');
+      const range = cliRange ?? delivered;
       if (range) this.metrics.rangeVerified(range);
       return;
     }

@@ -77,6 +77,34 @@ describe('GET /metrics on the API listener', () => {
     await waitFor(async () => sample(await scrape(engine!.url), 'flashverify_range_verified_total', { range: '+44190873' }) === 1);
   });
 
+  it('after a resend from another range, the verification counts for the range whose caller ID verified, and the record names the resend\'s call', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 2, maxLifetimeMs: 30_000 });
+    engine = await startTestEngine(
+      testConfig({
+        flash: { ringMs: 300, ringingTimeoutMs: 1500 },
+        numbers: { ranges: [{ prefix: '+44190873', country: 'GB' }, { prefix: '+44190874', country: 'GB' }] },
+        sip: { timers: SIP_TIMERS, trunks: [{ name: 'sipp', uri: uas.uri }] },
+      }),
+    );
+    const account = await engine.account({ balance: 1 });
+    const body = { phone_number: '+447700900133', method: 'flash_call' };
+    const created = await http(`${engine.url}/v1/verify`, { auth: account.auth, body });
+    const id = String(created.body.request_id);
+    const key = engine.keys.verification(id);
+    await waitFor(async () => (await engine!.redis.hget(key, 'outcome')) ?? undefined, 15_000);
+    expect((await http(`${engine.url}/v1/verify`, { auth: account.auth, body: { ...body, resend: true } })).status).toBe(200);
+    await waitFor(async () => uas!.requests('INVITE').length === 2 && ((await engine!.redis.hget(key, 'outcome')) ?? undefined), 15_000);
+    const [first, second] = uas.requests('INVITE').map((r) => ({ cli: sipUriUser(r.header('from')) ?? '', callId: r.header('call-id') }));
+    // The two sends took turns between the ranges.
+    expect(new Set([first!.cli.slice(0, 9), second!.cli.slice(0, 9)])).toEqual(new Set(['+44190873', '+44190874']));
+    await waitFor(async () => ((await engine!.redis.hget(key, 'call_id')) === second!.callId ? true : undefined), 5000);
+    const checked = await http(`${engine.url}/v1/verify/check`, { auth: account.auth, body: { request_id: id, code: second!.cli.slice(-4) } });
+    expect(checked.body.status).toBe('verified');
+    await waitFor(async () => sample(await scrape(engine!.url), 'flashverify_range_verified_total', { range: second!.cli.slice(0, 9) }) === 1);
+    expect(sample(await scrape(engine.url), 'flashverify_range_verified_total', { range: first!.cli.slice(0, 9) })).toBeUndefined();
+    expect(await engine.redis.hget(key, 'range')).toBe(second!.cli.slice(0, 9));
+  });
+
   it('counts a call the far end refused with 486 as outcome busy, without a post-dial delay', async () => {
     await flashCallAgainst('uas-busy-486', '+447700900132');
     const text = await scrape(engine!.url);

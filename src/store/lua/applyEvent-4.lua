@@ -45,7 +45,11 @@ if terminal and not (st == 'delivered' and status == 'verified') then
   if st == 'failed' and ARGV[4] == '1' and redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then refund() end
   return status
 end
-if redis.call('HSETNX', KEYS[1], 'at_' .. st, ARGV[2]) == 0 then return status end
+if redis.call('HSETNX', KEYS[1], 'at_' .. st, ARGV[2]) == 0 then
+  -- Delivered already, by an earlier send: a resend's call (or message) that got through is now the request's, and its
+  -- fields (range, call_id, trunk ...) replace the earlier send's. The first delivery's time stays the history's.
+  if not (st == 'delivered' and not terminal) then return status end
+end
 
 if ARGV[3] ~= '' then
   local parts = {}
