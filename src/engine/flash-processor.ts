@@ -141,7 +141,8 @@ export class FlashProcessor {
     // The range's counters (batched in memory, written every 250 ms; a judgement of the range reads Redis) and the
     // call's own outcome (for operators; the status itself follows from events) are independent: issued together.
     await Promise.all([
-      this.deps.health && !NOT_ON_NETWORK.has(result.outcome) && !ended
+      // A quarantined range used because every range was: its outcome does not count in the window it is judged on.
+      this.deps.health && !NOT_ON_NETWORK.has(result.outcome) && !ended && !reserved.quarantined
         ? this.deps.health
             // A final 403/603 before any ringing: the far network refused this caller ID (range health judges the ratio).
             .recordDial(reserved.range.prefix, {

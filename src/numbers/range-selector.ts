@@ -8,6 +8,11 @@ export interface ReservedCli {
   range: RangeConfig;
   /** prefix + code, E.164. Contains the code: never log it, never store it in clear. */
   cli: string;
+  /**
+   * The range is quarantined (range health), used because every range that may carry the call is: its outcome does
+   * not count in the window it is judged on when it is back.
+   */
+  quarantined?: true;
 }
 
 /**
@@ -18,7 +23,8 @@ export interface ReservedCli {
  */
 export class RangeSelector {
   private readonly byCountry = new Map<string, RangeConfig[]>();
-  private turn = 0;
+  /** Each destination country's turn in the rotation (one entry per country seen). */
+  private readonly turns = new Map<string, number>();
 
   constructor(
     private readonly ranges: readonly RangeConfig[],
@@ -42,14 +48,19 @@ export class RangeSelector {
     }
   }
 
-  /** Candidate ranges in order of preference for a destination country. */
-  candidates(country: string): RangeConfig[] {
-    const local = rotate(this.byCountry.get(country) ?? [], this.turn);
+  /**
+   * Candidate ranges (those `accept`ed) in order of preference for a destination country: its own ranges, then the
+   * others, each list rotating by a turn of that country's own (one turn for all countries would give a country
+   * whose requests alternate with another's the same first range every time), rotated after `accept` filtered it.
+   */
+  candidates(country: string, accept: (range: RangeConfig) => boolean = () => true): RangeConfig[] {
+    const turn = this.turns.get(country) ?? 0;
+    this.turns.set(country, (turn + 1) % 1_000_000);
+    const local = rotate((this.byCountry.get(country) ?? []).filter(accept), turn);
     const other = rotate(
-      this.ranges.filter((r) => r.country !== country),
-      this.turn,
+      this.ranges.filter((r) => r.country !== country && accept(r)),
+      turn,
     );
-    this.turn = (this.turn + 1) % 1_000_000;
     return [...local, ...other];
   }
 
@@ -69,26 +80,28 @@ export class RangeSelector {
     previousDestinationMacs: readonly string[] = [],
     accept: (range: RangeConfig) => boolean = () => true,
   ): Promise<ReservedCli | null> {
-    for (const range of await this.usable(this.candidates(country).filter(accept))) {
+    const { list, quarantined } = await this.usable(this.candidates(country, accept));
+    for (const range of list) {
       const cli = range.prefix + code;
-      if (this.cooldownSeconds === 0) return { range, cli };
+      const reserved: ReservedCli = quarantined ? { range, cli, quarantined } : { range, cli };
+      if (this.cooldownSeconds === 0) return reserved;
       const name = this.keys.cliCooldown(this.cliKey(cli), destinationMac);
       // Both parts of an old name come from the same previous key (same index).
       const old = this.previousCliKeys(cli).flatMap((c, i) => (previousDestinationMacs[i] ? [this.keys.cliCooldown(c, previousDestinationMacs[i])] : []));
       await adoptPreviousNames(this.redis, old, name);
       const ok = await this.redis.set(name, '1', 'EX', this.cooldownSeconds, 'NX');
-      if (ok === 'OK') return { range, cli };
+      if (ok === 'OK') return reserved;
     }
     return null;
   }
 
   /** Candidates without the quarantined ranges; all of them when every one is quarantined (better a doubtful CLI than none). */
-  private async usable(list: RangeConfig[]): Promise<RangeConfig[]> {
+  private async usable(list: RangeConfig[]): Promise<{ list: RangeConfig[]; quarantined?: true }> {
     const health = this.health;
-    if (!health) return list;
+    if (!health) return { list };
     const ok = (await Promise.all(list.map((r) => health.usable(r.prefix)))).map((u, i) => (u ? list[i] : undefined));
     const usable = ok.filter((r): r is RangeConfig => r !== undefined);
-    return usable.length ? usable : list;
+    return usable.length || !list.length ? { list: usable } : { list, quarantined: true };
   }
 }
 

@@ -46,4 +46,27 @@ describe('RangeSelector (real Redis)', () => {
     expect(ttl).toBeGreaterThan(0);
     expect(ttl).toBeLessThanOrEqual(60);
   });
+
+  it('shares a country\'s calls between its ranges whatever other countries\' requests come between them, after trunk restrictions', async () => {
+    const s = new RangeSelector([...ranges, { prefix: '+44207946', country: 'GB', trunks: ['bt'] }], redis, keys, 0, mac);
+    const used = new Map<string, number>();
+    for (let i = 0; i < 12; i++) {
+      // GB and FR requests alternate; the +44207946 range may not be presented on the trunk that carries these.
+      const gb = await s.reserve('GB', '1111', `dest-gb-${i}`, [], (r) => r.prefix !== '+44207946');
+      used.set(gb!.range.prefix, (used.get(gb!.range.prefix) ?? 0) + 1);
+      expect((await s.reserve('FR', '1111', `dest-fr-${i}`))?.range.country).toBe('FR');
+    }
+    expect(Object.fromEntries(used)).toEqual({ '+44190873': 6, '+44203456': 6 });
+  });
+
+  it('every range quarantined: one is used all the same, marked so its outcome is not judged; one usable range: only it', async () => {
+    const quarantined = new Set(['+44190873', '+44203456', '+3319087']);
+    const s = new RangeSelector(ranges, redis, keys, 0, mac, { usable: async (prefix) => !quarantined.has(prefix) });
+    const doubtful = await s.reserve('GB', '2222', 'dest-q');
+    expect(doubtful).toMatchObject({ quarantined: true });
+    quarantined.delete('+3319087');
+    const fine = await s.reserve('GB', '2222', 'dest-q');
+    expect(fine?.range.prefix).toBe('+3319087');
+    expect(fine?.quarantined).toBeUndefined();
+  });
 });
