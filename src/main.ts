@@ -156,6 +156,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         const { EmbeddedSipOriginator } = await import('./sip/embedded-originator.js');
         const originator = new EmbeddedSipOriginator({
           listen: config.sip.listen,
+          udpMaxRequestBytes: config.sip.udpMaxRequestBytes,
           timers: config.sip.timers,
           userAgent: config.sip.userAgent,
           logger: logger.child({ module: 'sip' }),

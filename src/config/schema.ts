@@ -981,6 +981,12 @@ export const configObjectSchema = z
           })
           .strict(),
         /**
+         * RFC 3261 18.1.1: an INVITE to a UDP destination larger than this (bytes) goes over TCP to the same host
+         * and port, and over UDP again when TCP is refused there; 0: always UDP. Embedded backend, with `tcp` in
+         * `listen.transports` (the far end answers on a connection it opens to the Via's address).
+         */
+        udpMaxRequestBytes: z.number().int().min(0).max(65_000).default(1300),
+        /**
          * SIP over TLS to `sips:` / `;transport=tls` trunks (embedded backend; drachtio-server has its own TLS
          * settings). Client side only: the certificate of every trunk is verified unless insecureSkipVerify.
          */

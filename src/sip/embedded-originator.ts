@@ -57,6 +57,11 @@ export interface EmbeddedSipOriginatorOptions {
     advertisedHost?: string;
     transports: ('udp' | 'tcp')[];
   };
+  /**
+   * An INVITE to a UDP destination larger than this (bytes) goes over TCP (RFC 3261 18.1.1), when `listen.transports`
+   * has `tcp`; 0: never. Default 1300.
+   */
+  udpMaxRequestBytes?: number;
   /** The TLS client transport (`sips:` / `;transport=tls` trunks); verification on, 5 s handshake, 60 s idle unless told. */
   tls?: TlsClientOptions;
   /**
@@ -144,7 +149,8 @@ export class EmbeddedSipOriginator implements CallOriginator {
     for (const trunk of this.options.trunks ?? []) prepareTls(tls, trunk);
     for (let attempt = 0; ; attempt++) {
       const udp = new UdpTransport({ host, port, logger: this.logger, events });
-      const tcp = new TcpTransport({ host, port, logger: this.logger, events });
+      // 8*T1 (4 s): a trunk that drops the SYN fails unreachable then (and a large INVITE goes over UDP), not at Timer B.
+      const tcp = new TcpTransport({ host, port, logger: this.logger, events, connectTimeoutMs: 8 * this.options.timers.t1Ms });
       if (wantUdp) await udp.listen();
       const shared = wantUdp ? udp.localPort : port;
       if (wantTcp) {
@@ -282,6 +288,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
       clock: this.clock,
       timers: this.options.timers,
       advertisedHost: this.advertisedHost,
+      udpMaxRequestBytes: this.options.listen.transports.includes('tcp') ? (this.options.udpMaxRequestBytes ?? 1300) : 0,
       // RFC 5923 `alias` on a TLS Via: the trunk may send its requests to us over this connection (we open no TLS listener).
       via: (protocol, branch) =>
         `SIP/2.0/${protocol.toUpperCase()} ${hostForUri(this.advertisedHost)}:${this.port};branch=${branch};rport${protocol === 'tls' ? ';alias' : ''}`,

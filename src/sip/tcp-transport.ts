@@ -42,12 +42,14 @@ export class TcpTransport implements Transport {
   private readonly outgoing = new Map<string, Connection>();
   private readonly all = new Set<Connection>();
   private closing = false;
+  private readonly connectTimeoutMs: number;
 
   constructor(options: TransportOptions) {
     this.host = options.host;
     this.requestedPort = options.port;
     this.logger = options.logger;
     this.events = options.events;
+    this.connectTimeoutMs = options.connectTimeoutMs ?? 0;
   }
 
   get localPort(): number {
@@ -88,6 +90,8 @@ export class TcpTransport implements Transport {
       conn = this.adopt(socket, destination);
       this.outgoing.set(key, conn);
       this.opened(conn, destination);
+      // TLS bounds its connect and handshake together (tls-transport.ts).
+      if (this.protocol === 'tcp' && this.connectTimeoutMs > 0) this.boundConnect(socket, destination);
     }
     conn.socket.write(data);
   }
@@ -100,6 +104,18 @@ export class TcpTransport implements Transport {
     const server = this.server;
     this.server = undefined;
     if (server !== undefined) await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+
+  /** A connection not established within connectTimeoutMs fails its destination, as a refused one does. */
+  private boundConnect(socket: net.Socket, destination: Destination): void {
+    const ms = this.connectTimeoutMs;
+    const timer = setTimeout(() => {
+      if (socket.connecting) socket.destroy(transportError('ETIMEDOUT', `TCP connect to ${destination.host}:${destination.port} not established within ${ms} ms`));
+    }, ms);
+    timer.unref();
+    const clear = (): void => clearTimeout(timer);
+    socket.once('connect', clear);
+    socket.once('close', clear);
   }
 
   /** Open a connection to `destination` (TLS: tls-transport.ts). */

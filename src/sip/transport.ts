@@ -103,6 +103,11 @@ export interface TransportOptions {
   port: number;
   logger: Logger;
   events: TransportEvents;
+  /**
+   * TCP: a connection of ours not established within this (ms) fails its destination (ETIMEDOUT), as a refused one
+   * does, rather than leave its requests to their transaction timers (a firewall that drops the SYN). 0: no limit.
+   */
+  connectTimeoutMs?: number;
 }
 
 /**

@@ -48,6 +48,8 @@ export interface UacHost extends FailoverHost {
   readonly timers: SipTimerConfig;
   /** Host placed in Via, Contact and the dummy SDP (IPv6 without brackets). */
   readonly advertisedHost: string;
+  /** An INVITE to a UDP destination larger than this (bytes) goes over TCP (RFC 3261 18.1.1); 0: never. */
+  readonly udpMaxRequestBytes: number;
   /** `SIP/2.0/UDP host:port;branch=...;rport` */
   via(protocol: TransportProtocol, branch: string): string;
   /** `<sip:host:port[;transport=tcp|tls]>`, or `<sips:host:port>` for the `sips` scheme. */
@@ -353,6 +355,10 @@ export class UacCall implements OutboundCall {
   private inviteFailure: CallFailure | undefined;
   /** The INVITE's connection closed on an unreadable answer; the INVITE was cancelled for it (onUnreadableInvite). */
   private unreadable = false;
+  /** The INVITE now outstanding went over TCP to its UDP destination's host and port: too large for UDP (18.1.1). */
+  private inviteOverTcp = false;
+  /** TCP was refused there: this call's INVITEs go over UDP, whatever their size. */
+  private tcpRefused = false;
   private cancelRequested = false;
   private cancelSent = false;
   private cancelOutstanding = false;
@@ -431,6 +437,12 @@ export class UacCall implements OutboundCall {
     return this.failover?.destination ?? this.trunkInfo.destination;
   }
 
+  /** Where the INVITE outstanding went, and its CANCEL goes (9.1): `destination`, over TCP when it was too large for UDP. */
+  private get inviteDestination(): Destination {
+    const d = this.destination;
+    return this.inviteOverTcp ? { protocol: 'tcp', host: d.host, port: d.port, ...(d.serverName !== undefined ? { serverName: d.serverName } : {}) } : d;
+  }
+
   // ---------------------------------------------------------------- OutboundCall
 
   cancel(): void {
@@ -486,6 +498,17 @@ export class UacCall implements OutboundCall {
     this.startInvite(request, branch);
   }
 
+  /** The INVITE sent over TCP for its size could not go there (refused, reset, not connected in time): the same INVITE over UDP. */
+  private inviteOverUdp(phrase: string): void {
+    const invite = this.inviteRequest;
+    if (invite === undefined) return;
+    this.log.info({ trunk: this.trunk.name, err: phrase }, 'TCP not taken for the large INVITE: sent over UDP (RFC 3261 18.1.1)');
+    this.tcpRefused = true;
+    this.abandonedBranches.add(this.inviteBranch);
+    const { request, branch } = onNewBranch(invite, (b) => this.host.via('udp', b));
+    this.startInvite(request, branch);
+  }
+
   /** RFC 3263 4.3: the same INVITE (Call-ID, From tag, CSeq, credentials) on a new branch, to the next SRV target. */
   private resendInvite(): void {
     const invite = this.inviteRequest;
@@ -499,6 +522,14 @@ export class UacCall implements OutboundCall {
   }
 
   private startInvite(request: SipRequest, branch: string): void {
+    // RFC 3261 18.1.1: a request over 1300 bytes (the path MTU unknown) goes over a congestion-controlled transport,
+    // its top Via saying so; only the Via changes (the Contact keeps UDP for the dialog's requests).
+    const max = this.host.udpMaxRequestBytes;
+    this.inviteOverTcp = max > 0 && !this.tcpRefused && this.destination.protocol === 'udp' && requestSize(request) > max;
+    if (this.inviteOverTcp) {
+      request = withTopVia(request, this.host.via('tcp', branch));
+      this.log.info({ trunk: this.trunk.name, bytes: requestSize(request), max_udp_bytes: max }, 'INVITE too large for UDP: sent over TCP (RFC 3261 18.1.1)');
+    }
     this.inviteRequest = request;
     this.inviteBranch = branch;
     this.state = 'inviting';
@@ -507,10 +538,14 @@ export class UacCall implements OutboundCall {
     let tx: ClientTransaction | undefined;
     const user = targetUser(() => tx === this.inviteTx, 'Timer B', {
       response: (r) => this.onInviteResponse(r),
-      failed: (reason, phrase) => this.inviteFailed({ reason, phrase }, reason),
+      failed: (reason, phrase) => {
+        // 18.1.1: TCP refused (or reset before any answer) where the INVITE went only for its size: UDP after all.
+        if (this.inviteOverTcp && reason === 'unreachable' && this.outcome === undefined && !this.cancelRequested) this.inviteOverUdp(phrase);
+        else this.inviteFailed({ reason, phrase }, reason);
+      },
       unreadable: (phrase) => this.onUnreadableInvite(phrase),
     });
-    tx = this.host.startTransaction('invite', request, branch, this.destination, user, this.log);
+    tx = this.host.startTransaction('invite', request, branch, this.inviteDestination, user, this.log);
     this.inviteTx = tx;
     this.failover?.sent();
   }
@@ -780,7 +815,7 @@ export class UacCall implements OutboundCall {
       },
       onRequestTimeout: done,
       onTransportError: (err) => {
-        if (tx === this.cancelTx && !resent && this.protocol !== 'udp' && this.inviteOutstanding) {
+        if (tx === this.cancelTx && !resent && this.inviteDestination.protocol !== 'udp' && this.inviteOutstanding) {
           this.log.info({ err: errorMessage(err) }, 'TCP connection lost before the CANCEL was answered; CANCEL sent again');
           this.startCancel(request, true);
           return;
@@ -788,7 +823,7 @@ export class UacCall implements OutboundCall {
         done();
       },
     };
-    tx = this.host.startTransaction('non-invite', request, this.inviteBranch, this.destination, user, this.log);
+    tx = this.host.startTransaction('non-invite', request, this.inviteBranch, this.inviteDestination, user, this.log);
     this.cancelTx = tx;
   }
 
@@ -1245,7 +1280,7 @@ export class UacCall implements OutboundCall {
   /** Is `destination` where this call's requests go (the trunk, or the dialog's next hop)? */
   uses(destination: Destination): boolean {
     const key = destinationKey(destination);
-    if (destinationKey(this.destination) === key) return true;
+    if (destinationKey(this.destination) === key || destinationKey(this.inviteDestination) === key) return true;
     return this.dialog !== undefined && destinationKey(this.dialog.ackDestination) === key;
   }
 
@@ -1266,4 +1301,26 @@ function sdpOf(message: ParsedResponse | ParsedRequest): string | undefined {
 /** Does any of these `Require` / `Supported` values list `tag` (option tags are case-insensitive, RFC 3261 19.2)? */
 function hasOptionTag(values: readonly string[], tag: string): boolean {
   return values.some((v) => splitCommaList(v).some((t) => t.toLowerCase() === tag));
+}
+
+/**
+ * The size of `request` on the wire, as serializeMessage writes it (start line, each header as `Name: value`, the
+ * Content-Length it adds, the body), without writing it: checked for every INVITE to a UDP destination.
+ */
+function requestSize(request: SipRequest): number {
+  const body = request.body === undefined ? 0 : Buffer.byteLength(request.body);
+  let size = request.method.length + 1 + Buffer.byteLength(request.uri) + ' SIP/2.0\r\n'.length;
+  for (const h of request.headers) if (h.key !== 'content-length') size += h.name.length + 2 + Buffer.byteLength(h.value) + 2;
+  return size + 'Content-Length: \r\n\r\n'.length + String(body).length + body;
+}
+
+/** `request` with its top Via replaced by `via`. */
+function withTopVia(request: SipRequest, via: string): SipRequest {
+  let top = true;
+  const headers = request.headers.map((h) => {
+    if (!top || h.key !== 'via') return h;
+    top = false;
+    return hdr('Via', via);
+  });
+  return { ...request, headers };
 }

@@ -1,7 +1,9 @@
 /**
  * The embedded UAC against a real SIPp (3.6.x) over loopback.
  */
+import { spawn } from 'node:child_process';
 import dgram from 'node:dgram';
+import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
@@ -85,6 +87,87 @@ describe('EmbeddedSipOriginator against SIPp', () => {
     await rec.waitFor('ended');
     expect(rec.events.map((e) => e.type)).toEqual(['provisional', 'cancelled', 'ended']);
     expect(await sipp.exit).toBe(0);
+  });
+
+  /** A flash call (CANCEL at the 180) to `trunkUri` whose INVITE is over 1300 bytes: a carrier's long header. */
+  async function largeInviteCall(sip: EmbeddedSipOriginator, trunkUri: string): Promise<string[]> {
+    const rec = recorder();
+    const call = sip.originate(
+      { to: DEST, from: CLI, trunk: trunk(trunkUri, { headers: { 'X-Carrier-Route': 'r'.repeat(1000) } }), logger: testLogger },
+      {
+        ...rec.delegate,
+        onProvisional: (s, p, sdp) => {
+          rec.delegate.onProvisional?.(s, p, sdp);
+          call.cancel();
+        },
+      },
+    );
+    await rec.waitFor('ended');
+    return rec.events.map((e) => e.type);
+  }
+
+  it('a UDP trunk, an INVITE over 1300 bytes: it goes over TCP to the same port (RFC 3261 18.1.1), its CANCEL and ACK too; SIPp listening on TCP only sees the whole call', async () => {
+    const port = await freePort();
+    sipp = await startSipp(['-sf', scenario('uas-cancel.xml'), '-m', '1', '-t', 't1'], port, 'tcp');
+    expect(await largeInviteCall(originator, `sip:127.0.0.1:${port}`)).toEqual(['provisional', 'cancelled', 'ended']);
+    expect(await sipp.exit).toBe(0);
+  });
+
+  it('the same INVITE where TCP is refused: sent over UDP after all; a small one never tries TCP', async () => {
+    const port = await freePort();
+    sipp = await startSipp(['-sf', scenario('uas-cancel.xml'), '-m', '1'], port, 'udp');
+    expect(await largeInviteCall(originator, `sip:127.0.0.1:${port}`)).toEqual(['provisional', 'cancelled', 'ended']);
+    expect(await sipp.exit).toBe(0);
+  });
+
+  it('TCP that never answers the SYN there (a firewall): after 8*T1 the large INVITE goes over UDP', async () => {
+    const port = await freePort();
+    // A listener whose accept queue is full (backlog 0, one connection waiting, never accepted): the kernel drops
+    // every further SYN, as a firewall would.
+    const holder = spawn('python3', ['-c', `import socket,time\ns=socket.socket();s.bind(('127.0.0.1',${port}));s.listen(0);print('ok',flush=True);time.sleep(60)`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const filler = new net.Socket();
+    try {
+      await new Promise<void>((r) => holder.stdout!.once('data', () => r()));
+      await new Promise<void>((r, j) => filler.connect(port, '127.0.0.1', () => r()).once('error', j));
+      sipp = await startSipp(['-sf', scenario('uas-cancel.xml'), '-m', '1'], port, 'udp');
+      const started = Date.now();
+      expect(await largeInviteCall(originator, `sip:127.0.0.1:${port}`)).toEqual(['provisional', 'cancelled', 'ended']);
+      // 8*T1 = 4 s, not Timer B (32 s).
+      expect(Date.now() - started).toBeGreaterThanOrEqual(3900);
+      expect(Date.now() - started).toBeLessThan(10_000);
+      expect(await sipp.exit).toBe(0);
+    } finally {
+      filler.destroy();
+      holder.kill('SIGKILL');
+    }
+  }, 20_000);
+
+  it('sip.udpMaxRequestBytes 0: a large INVITE stays on UDP, TCP never tried', async () => {
+    const udpOnly = new EmbeddedSipOriginator({
+      listen: { host: '127.0.0.1', port: 0, transports: ['udp', 'tcp'] },
+      udpMaxRequestBytes: 0,
+      timers: { t1Ms: 500, t2Ms: 4000, t4Ms: 5000 },
+      userAgent: 'flashverify-test',
+      logger: testLogger,
+    });
+    await udpOnly.start();
+    const port = await freePort();
+    // A TCP listener on SIPp's UDP port: it counts the connections made to it.
+    let connections = 0;
+    const tcp = net.createServer((s) => {
+      connections++;
+      s.destroy();
+    });
+    await new Promise<void>((r) => tcp.listen(port, '127.0.0.1', () => r()));
+    try {
+      sipp = await startSipp(['-sf', scenario('uas-cancel.xml'), '-m', '1'], port, 'udp');
+      expect(await largeInviteCall(udpOnly, `sip:127.0.0.1:${port}`)).toEqual(['provisional', 'cancelled', 'ended']);
+      expect(await sipp.exit).toBe(0);
+      expect(connections).toBe(0);
+    } finally {
+      await udpOnly.stop();
+      await new Promise<void>((r) => tcp.close(() => r()));
+    }
   });
 
   it('udp: 486 -> onFailed busy, ACKed by the transaction', async () => {
