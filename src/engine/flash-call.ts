@@ -117,6 +117,7 @@ export function placeFlashCall(originator: CallOriginator, p: FlashCallParams): 
           });
         },
         onFailed(f) {
+          if (f.early) early = true;
           // Once it rang the caller ID was shown: a busy/decline after ringing is still a delivery.
           // A timeout here means not even a 100 came back (Timer B): `timeout`, not no_ringing.
           // Unreachable stays unreachable while stopping too: the call never reached the network, whatever stopped it.

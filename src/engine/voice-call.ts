@@ -167,6 +167,7 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
             finish({ outcome: stopping ? 'shutdown' : 'no_answer', sipStatus: finalStatus });
           },
           onFailed(f) {
+            if (f.early) early = true;
             // After our no-answer CANCEL, a final response other than 487 (or none) still means nobody answered,
             // unless nothing ever came back at all (Timer B: `timeout`) or the network failed.
             // A call that never reached the network (Timer B, transport error) says so even while stopping: the

@@ -45,6 +45,11 @@ export interface CallFailure {
    * on another trunk (every trunk goes through the same stack).
    */
   local?: true;
+  /**
+   * The far end took the INVITE although no provisional response was read (it answered something that could not be
+   * read): as after one, the call is not placed again on another trunk, where the phone would ring a second time.
+   */
+  early?: true;
 }
 
 /**

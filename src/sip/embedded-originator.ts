@@ -177,7 +177,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
   async stop(): Promise<void> {
     if (!this.running) return;
     this.running = false;
-    for (const call of [...this.calls.values()]) call.abort('SIP stack stopped');
+    for (const call of [...this.calls.values()]) call.abort('SIP stack stopped', true);
     for (const ping of [...this.pings]) ping.abort('SIP stack stopped');
     for (const tx of [...this.transactions.values()]) tx.dispose();
     this.transactions.clear();
@@ -209,7 +209,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
     });
     this.calls.set(call.callId, call);
     if (!this.running) {
-      process.nextTick(() => call.abort('SIP stack not running'));
+      process.nextTick(() => call.abort('SIP stack not running', true));
       return call;
     }
     const info = resolveTrunk(request.trunk);

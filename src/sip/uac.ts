@@ -583,7 +583,7 @@ export class UacCall implements OutboundCall {
       this.finish('failed', { ...this.inviteFailure!, status });
     } else {
       const q850 = q850Cause(getHeaders(response, 'reason'));
-      this.finish('failed', { reason: failureReasonFor(status), status, phrase: response.reason, ...(q850 ? { q850 } : {}) });
+      this.finish('failed', { reason: failureReasonFor(status), status, phrase: response.reason, ...(q850 ? { q850 } : {}), ...(this.unreadable ? { early: true as const } : {}) });
     }
     this.maybeEnd();
   }
@@ -612,7 +612,7 @@ export class UacCall implements OutboundCall {
     if (this.outcome !== undefined) return;
     this.failover?.heard();
     this.unreadable = true;
-    this.inviteFailure = { reason: 'unreachable', phrase: `${phrase}; INVITE cancelled` };
+    this.inviteFailure = { reason: 'unreachable', phrase: `${phrase}; INVITE cancelled`, early: true };
     this.state = 'early';
     this.log.warn({ trunk: this.trunk.name, err: phrase }, 'the far end answered the INVITE with unreadable SIP; CANCEL sent on a new connection');
     this.sendCancel();
@@ -1259,8 +1259,11 @@ export class UacCall implements OutboundCall {
     this.host.callEnded(this, 64 * this.host.timers.t1Ms);
   }
 
-  /** Shutdown: abandon every transaction; a call without outcome fails `unreachable`. */
-  abort(reason: string): void {
+  /**
+   * Abandon every transaction; a call without outcome fails `unreachable`. `local`: the reason is this side's (the
+   * stack stopping or not running), not the trunk's (its DNS lookup failed): CallFailure.local.
+   */
+  abort(reason: string, local = false): void {
     if (this.ended) return;
     this.cancelGuard = this.clearGuard();
     this.failover?.dispose();
@@ -1272,7 +1275,7 @@ export class UacCall implements OutboundCall {
     const resolve = this.resolveBye;
     this.resolveBye = undefined;
     resolve?.();
-    this.finish('failed', { reason: 'unreachable', phrase: reason, local: true });
+    this.finish('failed', { reason: 'unreachable', phrase: reason, ...(local ? { local: true as const } : {}) });
     this.state = 'terminated';
     this.maybeEnd();
   }

@@ -12,7 +12,7 @@ import type { SipDnsOptions } from '../../../src/sip/sip-locator.js';
 import { startDnsmasq, type Dnsmasq } from '../../helpers/dnsmasq.js';
 import { distinctTransactions, startSippUas, type SippUas } from '../../helpers/sipp.js';
 import { startStunnel, TestPki } from '../../helpers/stunnel.js';
-import { flashCall, freePort, startLoopbackUac, trunk } from './helpers.js';
+import { flashCall, freePort, recorder, startLoopbackUac, testLogger, trunk } from './helpers.js';
 
 const RINGING = ['provisional 180', 'cancelled', 'ended'];
 const FAILED_OVER = 'SIP request failed at an SRV target; sent again to the next one';
@@ -246,6 +246,17 @@ describe('embedded SIP stack: DNS SRV for a trunk host name (RFC 3263, dnsmasq o
       expect.objectContaining({ trunk: 'test', query: 'NAPTR trunk.test' }),
       expect.objectContaining({ trunk: 'test', query: '_sip._udp.trunk.test' }),
     ]);
+    // The trunk's failure, not this side's (CallFailure.local): it counts for the trunk's health and route advance.
+    const rec = recorder();
+    sip.originate({ to: '+447700900123', from: '+441234567890', trunk: trunk('sip:trunk.test'), logger: testLogger }, rec.delegate);
+    const failed = await rec.waitFor('failed');
+    expect(failed.type === 'failed' && failed.failure).toMatchObject({ reason: 'unreachable' });
+    expect(failed.type === 'failed' && failed.failure.local).toBeUndefined();
+    // A stack that is not running fails its calls on this side.
+    await sip.stop();
+    const stopped = recorder();
+    sip.originate({ to: '+447700900123', from: '+441234567890', trunk: trunk('sip:127.0.0.1:5060'), logger: testLogger }, stopped.delegate);
+    expect(await stopped.waitFor('failed')).toMatchObject({ failure: { reason: 'unreachable', phrase: 'SIP stack not running', local: true } });
   });
 
   it('RFC 3263 4.1, no transport in the URI: NAPTR picks TCP and the SRV name to ask; a record whose SRV name has none gives way to the next', async () => {
