@@ -45,10 +45,13 @@ export function errorMessage(err: unknown): string {
 /**
  * The user part of a Request-URI is the destination phone number: logs keep
  * its first 5 characters (country and range, enough to debug routing) only.
+ * So does any other run of 6 or more digits (a display name, a header
+ * parameter carrying the number); addresses and ports have shorter ones.
  */
 export function maskUser(startLine: string): string {
   const mask = (_m: string, scheme: string, head: string) => `${scheme}${head}***`;
   return startLine
     .replace(/(sips?:)([^@;>\s]{0,5})[^@;>\s]*(?=@)/gi, mask)
-    .replace(/(tel:)([^;>\s]{0,5})[^;>\s]*/gi, mask);
+    .replace(/(tel:)([^;>\s]{0,5})[^;>\s]*/gi, mask)
+    .replace(/(\+?\d{4})\d{2,}/g, '$1***');
 }

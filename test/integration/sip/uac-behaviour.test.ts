@@ -201,7 +201,7 @@ describe('UAC behaviour (scripted UDP peer)', () => {
     peer.reply(invite, 180, 'Ringing');
     await rec.waitFor('provisional');
     // An SBC's Contact carrying the called number.
-    peer.reply(invite, 200, 'OK', [`Contact: <sip:${DEST}@127.0.0.1:0>`, `Record-Route: <sip:${DEST}@127.0.0.1:0;lr>`], 'peer-tag', '');
+    peer.reply(invite, 200, 'OK', [`Contact: "${DEST}" <sip:${DEST}@127.0.0.1:0>`, `Record-Route: <sip:${DEST}@127.0.0.1:0;lr>`], 'peer-tag', '');
     const ack = await peer.next('ACK');
     expect([ack.req.uri, getHeader(ack.req, 'route')]).toEqual([`sip:${DEST}@127.0.0.1:${port};user=phone`, undefined]);
     void call.hangup();
