@@ -2,7 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { Sealer } from '../crypto/sealer.js';
 import { AppError } from '../errors/app-error.js';
-import { assertWebhookTarget, WebhookLookupTimeoutError, WebhookTargetError, type ResolveAll } from '../events/webhook-target.js';
+import { assertWebhookTarget, checkWebhookUrlLength, WebhookLookupTimeoutError, WebhookTargetError, type ResolveAll } from '../events/webhook-target.js';
 import { resetWebhookBreaker } from '../events/webhook-breaker.js';
 import { validateTemplate } from '../sms/text.js';
 import type { Keys } from '../store/keys.js';
@@ -185,12 +185,14 @@ export class AccountStore {
       // not answer gets a clear refusal in bounded time, not a request (admin API, CLI) hanging until getaddrinfo
       // gives up.
       const timeoutMs = this.options.webhookLookupTimeoutMs ?? 10_000;
+      checkWebhookUrlLength(url);
       const parsed = await assertWebhookTarget(url, this.options.allowPrivateWebhooks ?? false, this.options.resolveAll, AbortSignal.timeout(timeoutMs)).catch(
         (err: unknown) => {
           if (err instanceof WebhookLookupTimeoutError) throw new WebhookTargetError(`no DNS answer for the webhook host within ${timeoutMs} ms; try again`);
           throw err;
         },
       );
+      checkWebhookUrlLength(parsed.toString());
       await this.redis.hset(this.keys.account(id), 'webhook_url', parsed.toString());
     }
     authCache.forgetAccount(id);

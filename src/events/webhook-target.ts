@@ -61,12 +61,19 @@ export function isPrivateAddress(address: string): boolean {
   return BLOCKED.check(lower, 'ipv6');
 }
 
-/** The longest webhook URL taken (admin API and CLI alike): receivers commonly refuse longer request lines. */
+/**
+ * The longest webhook URL set (admin API and CLI alike), as given and as kept (percent-encoded): receivers commonly
+ * refuse longer request lines. Checked when a URL is set, not at delivery: a URL kept before the limit still goes.
+ */
 export const MAX_WEBHOOK_URL_LENGTH = 2048;
 
-/** Parses and checks a webhook URL's scheme, length and port; the host is checked by `assertWebhookTarget`. */
+/** Refuses a webhook URL longer than MAX_WEBHOOK_URL_LENGTH (`url`: as given, or as it would be kept). */
+export function checkWebhookUrlLength(url: string): void {
+  if (url.length > MAX_WEBHOOK_URL_LENGTH) throw new WebhookTargetError(`webhook URL is ${url.length} characters long (percent-encoded); at most ${MAX_WEBHOOK_URL_LENGTH}`);
+}
+
+/** Parses and checks a webhook URL's scheme and port; the host is checked by `assertWebhookTarget`. */
 export function parseWebhookUrl(url: string): URL {
-  if (url.length > MAX_WEBHOOK_URL_LENGTH) throw new WebhookTargetError(`webhook URL is ${url.length} characters long; at most ${MAX_WEBHOOK_URL_LENGTH}`);
   let parsed: URL;
   try {
     parsed = new URL(url);

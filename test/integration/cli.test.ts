@@ -142,8 +142,10 @@ describe('flashverify CLI', { timeout: 90_000 }, () => {
     for (const [args, message] of [
       [['account', 'set-webhook', id, '--url', 'ftp://example.com/hook'], /webhook URL must be http:\/\/ or https:\/\//],
       // As the admin API: at most 2,048 characters, and a port something can listen on.
-      [['account', 'set-webhook', id, '--url', `http://127.0.0.1:9/${'a'.repeat(60_000)}`], /webhook URL is 60019 characters long; at most 2048/],
+      [['account', 'set-webhook', id, '--url', `http://127.0.0.1:9/${'a'.repeat(60_000)}`], /webhook URL is 60019 characters long \(percent-encoded\); at most 2048/],
       [['account', 'set-webhook', id, '--url', 'http://8.8.8.8:0/hook'], /webhook URL port must be 1-65535/],
+      // Short as given, 9,019 characters as kept (each é percent-encoded to 6).
+      [['account', 'set-webhook', id, '--url', `http://127.0.0.1:9/${'\u00e9'.repeat(1500)}`], /webhook URL is 9019 characters long \(percent-encoded\); at most 2048/],
       [['account', 'set-fraud', id, '--json', '{"bogus":1}'], /bogus/],
       [['account', 'set-sms-template', id, '--locale', 'fr', '--template', 'no placeholder'], /\{code\}/],
       [['trunk', 'disable', 'nope'], /no SIP trunk named "nope"/],
