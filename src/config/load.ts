@@ -156,24 +156,28 @@ function envOverrides(env: NodeJS.ProcessEnv, issues: string[], fromEnv: Map<str
     fromEnv.set('sip.listen.port', 'SIP_LISTEN_PORT');
   }
   if (env.SIP_TRUNK_URI) {
-    out.sip = { ...(out.sip ?? {}), trunkUri: env.SIP_TRUNK_URI };
+    out.sip = { ...(out.sip ?? {}), [TRUNK_URI]: env.SIP_TRUNK_URI };
     fromEnv.set('sip.trunks.0.uri', 'SIP_TRUNK_URI');
   }
   if (env.SMPP_URL) set('sms', 'url', env.SMPP_URL, 'SMPP_URL');
   return out;
 }
 
-/** Objects merge key by key; arrays and scalars replace. `sip.trunkUri` (env) patches the first trunk. */
+/**
+ * The key under `sip` of SIP_TRUNK_URI's patch of the first trunk: a symbol, which no config file can write (a file's
+ * `sip.trunkUri` is an unknown key like any other).
+ */
+const TRUNK_URI = Symbol('SIP_TRUNK_URI');
+
+/** Objects merge key by key; arrays and scalars replace. SIP_TRUNK_URI's patch (TRUNK_URI) sets the first trunk's URI. */
 function deepMerge(base: unknown, over: unknown): unknown {
   if (!isPlainObject(base) || !isPlainObject(over)) return over === undefined ? base : over;
   const result: Record<string, unknown> = { ...base };
-  for (const [key, value] of Object.entries(over)) {
-    if (key === 'trunkUri' && Array.isArray(result.trunks)) {
-      const [first, ...rest] = result.trunks as unknown[];
-      result.trunks = [{ ...(isPlainObject(first) ? first : {}), uri: value }, ...rest];
-      continue;
-    }
-    result[key] = deepMerge(result[key], value);
+  for (const [key, value] of Object.entries(over)) result[key] = deepMerge(result[key], value);
+  const trunkUri = (over as Record<symbol, unknown>)[TRUNK_URI];
+  if (trunkUri !== undefined && Array.isArray(result.trunks)) {
+    const [first, ...rest] = result.trunks as unknown[];
+    result.trunks = [{ ...(isPlainObject(first) ? first : {}), uri: trunkUri }, ...rest];
   }
   return result;
 }

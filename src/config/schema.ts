@@ -1173,7 +1173,22 @@ export const configObjectSchema = z
         /** Events left unacknowledged this long by a dead consumer are taken over (XAUTOCLAIM); also how often that is checked. */
         claimIdleMs: z.number().int().positive().default(30_000),
       })
-      .strict(),
+      .strict()
+      // Each group gets every event: two readers under one name would split the events between them.
+      .superRefine((e, ctx) => {
+        const named: [string, string][] = [['consumerGroup', e.consumerGroup], ['webhookGroup', e.webhookGroup]];
+        if (e.workflowGroup !== '') named.push(['workflowGroup', e.workflowGroup]);
+        for (let i = 1; i < named.length; i++) {
+          const same = named.slice(0, i).find(([, g]) => g === named[i]![1]);
+          if (same) {
+            ctx.addIssue({
+              code: z.ZodIssueCode.custom,
+              path: [named[i]![0]],
+              message: `must differ from events.${same[0]} ("${same[1]}"): each consumer group gets every event, and two readers under one name would each get only part of them`,
+            });
+          }
+        }
+      }),
     webhooks: webhooksSchema(),
   })
   .strict();

@@ -437,7 +437,7 @@ export class Metrics {
     const callSources = this.callSources;
     new Gauge({
       name: 'flashverify_active_calls',
-      help: 'Calls known to the SIP stack of this process (in progress or lingering for retransmissions)',
+      help: 'Calls in progress in the SIP stack of this process (not those ended and lingering for retransmissions)',
       registers,
       collect() {
         this.set(callSources.reduce((n, s) => n + s.activeCalls, 0));

@@ -76,6 +76,16 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ env: { METRICS_PORT: '9465x' } })).toThrow(/METRICS_PORT: must be a whole number/);
   });
 
+  it('SIP_TRUNK_URI patches the first trunk; a config file cannot: its sip.trunkUri is an unknown key', () => {
+    expect(issuesIn(yamlFile('sip:\n  trunkUri: "sip:10.9.9.9:5060"\n'))).toEqual([expect.stringMatching(/^sip: Unrecognized key.*trunkUri/)]);
+  });
+
+  it('refuses two event consumer groups of one name: they would split the events between them', () => {
+    expect(issues({}, { events: { webhookGroup: 'status' } })).toMatch(/events\.webhookGroup: must differ from events\.consumerGroup \("status"\)/);
+    expect(issues({}, { events: { workflowGroup: 'webhooks' } })).toMatch(/events\.workflowGroup: must differ from events\.webhookGroup \("webhooks"\)/);
+    expect(issues({}, { events: { workflowGroup: '' } })).toBe('');
+  });
+
   it('takes a Redis on this host by its Unix socket (unix:///path), and names the forms it accepts', () => {
     expect(loadConfig({ env: { REDIS_URL: 'unix:///run/redis/redis.sock?db=2' } }).redis.url).toBe('unix:///run/redis/redis.sock?db=2');
     expect(() => loadConfig({ env: { REDIS_URL: 'unix://run/redis.sock' } })).toThrow(/redis\.url: must be a redis:\/\/, rediss:\/\/, unix:\/\/\/path\/to\/redis\.sock or sentinel:\/\/host:port\/<master name> URL/);
