@@ -33,7 +33,9 @@ export function loadConfig(options: LoadOptions = {}): Readonly<Config> {
   const issues: string[] = [];
   let merged: unknown = readYaml(DEFAULT_CONFIG_FILE, issues);
   const file = options.file ?? env.FLASHVERIFY_CONFIG;
-  if (file) merged = deepMerge(merged, expandEnv(readYaml(resolve(file), issues), env, issues, []));
+  /** Paths of the file's values that were one `${NAME}` and nothing else: typed as the schema wants (typedReferences). */
+  const references = new Set<string>();
+  if (file) merged = deepMerge(merged, expandEnv(readYaml(resolve(file), issues), env, issues, [], references));
   const fromEnv = new Map<string, string>();
   merged = deepMerge(merged, envOverrides(env, issues, fromEnv));
   if (options.overrides) merged = deepMerge(merged, options.overrides);
@@ -41,7 +43,8 @@ export function loadConfig(options: LoadOptions = {}): Readonly<Config> {
 
   // webhooks.maxLookups is bounded by the thread pool this process will have.
   const schema = threadPool === DEFAULT_THREAD_POOL_SIZE ? configSchema : withCrossChecks(configObjectSchema.extend({ webhooks: webhooksSchema(threadPool) }));
-  const result = schema.safeParse(merged);
+  let result = schema.safeParse(merged);
+  if (!result.success && typedReferences(merged, result.error.issues, references)) result = schema.safeParse(merged);
   // Every problem at once: those of the file and the environment, then the schema's, but for a key already named (an
   // unset ${VAR} left in a value the schema would refuse again).
   const named = new Set(issues.map((i) => i.slice(0, i.indexOf(': '))));
@@ -63,9 +66,16 @@ export function loadConfig(options: LoadOptions = {}): Readonly<Config> {
  * `${NAME:-default}` uses `default` when NAME is unset or empty; `$${` is a literal `${`. A variable that is not set
  * (without a default) is an issue naming the key and the variable, never an empty value. Keys are not expanded.
  */
-export function expandEnv(value: unknown, env: NodeJS.ProcessEnv, issues: string[], path: (string | number)[]): unknown {
+export function expandEnv(
+  value: unknown,
+  env: NodeJS.ProcessEnv,
+  issues: string[],
+  path: (string | number)[],
+  references?: Set<string>,
+): unknown {
   if (typeof value === 'string') {
     if (!value.includes('${')) return value;
+    if (/^\$\{[^}]*\}$/.test(value)) references?.add(path.join('.'));
     return value.replace(/\$(\$?)\{([^}]*)\}/g, (whole: string, escaped: string, inner: string) => {
       if (escaped) return whole.slice(1);
       const m = /^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$/s.exec(inner);
@@ -82,9 +92,33 @@ export function expandEnv(value: unknown, env: NodeJS.ProcessEnv, issues: string
       return whole;
     });
   }
-  if (Array.isArray(value)) return value.map((v, i) => expandEnv(v, env, issues, [...path, i]));
-  if (isPlainObject(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, expandEnv(v, env, issues, [...path, k])]));
+  if (Array.isArray(value)) return value.map((v, i) => expandEnv(v, env, issues, [...path, i], references));
+  if (isPlainObject(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, expandEnv(v, env, issues, [...path, k], references)]));
   return value;
+}
+
+/**
+ * A value that was one `${NAME}` (`cps: ${CPS}`) is the variable's text; where the schema wants a number or a boolean
+ * and the text is one (`50`, `true`), it is taken as that, in `merged`, as YAML would have read it written there.
+ * Elsewhere (a password of digits) it stays text. True when something was changed (validate again).
+ */
+function typedReferences(merged: unknown, problems: readonly { code: string; path: PropertyKey[]; expected?: unknown }[], references: ReadonlySet<string>): boolean {
+  let changed = false;
+  for (const p of problems) {
+    if (p.code !== 'invalid_type' || (p.expected !== 'number' && p.expected !== 'boolean') || !references.has(p.path.join('.'))) continue;
+    let parent: unknown = merged;
+    for (const k of p.path.slice(0, -1)) parent = isPlainObject(parent) || Array.isArray(parent) ? (parent as Record<PropertyKey, unknown>)[k as string] : undefined;
+    const last = p.path[p.path.length - 1] as string;
+    if (!isPlainObject(parent) && !Array.isArray(parent)) continue;
+    const text = (parent as Record<string, unknown>)[last];
+    if (typeof text !== 'string') continue;
+    const t = text.trim();
+    const typed = p.expected === 'number' ? (/^-?\d+(\.\d+)?$/.test(t) ? Number(t) : undefined) : t === 'true' ? true : t === 'false' ? false : undefined;
+    if (typed === undefined) continue;
+    (parent as Record<string, unknown>)[last] = typed;
+    changed = true;
+  }
+  return changed;
 }
 
 function readYaml(path: string, issues: string[]): unknown {

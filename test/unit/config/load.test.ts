@@ -477,6 +477,17 @@ describe('loadConfig', () => {
     expect(missing).toEqual(['sip.trunks.0.auth.password: environment variable TRUNK_PASSWORD is not set (the config file says ${TRUNK_PASSWORD})']);
   });
 
+  it('a value that is one ${NAME} is a number or a boolean where the schema wants one, as YAML would read it; elsewhere it stays text', () => {
+    const file = yamlFile(
+      'http:\n  port: "${P}"\nsip:\n  trunks:\n    - { name: a, uri: "sip:192.0.2.1", cps: "${CPS}" }\nmetrics:\n  enabled: "${METRICS}"\nadmin:\n  token: "${TOKEN}"\n',
+    );
+    const c = loadConfig({ file, env: { P: '9001', CPS: '50', METRICS: 'false', TOKEN: '1234567890123456' } });
+    expect([c.http.port, c.sip.trunks[0]!.cps, c.metrics.enabled, c.admin.token]).toEqual([9001, 50, false, '1234567890123456']);
+    // Not a number: named as before; a reference inside other text stays text.
+    expect(() => loadConfig({ file, env: { P: '9001', CPS: 'fifty', METRICS: 'false', TOKEN: '1234567890123456' } })).toThrow(/sip\.trunks\.0\.cps: .*expected number/);
+    expect(() => loadConfig({ file: yamlFile('http:\n  port: "90${P}"\n'), env: { P: '01' } })).toThrow(/http\.port: .*expected number/);
+  });
+
   it('reports unreadable and invalid YAML files', () => {
     expect(() => loadConfig({ file: '/nonexistent/flashverify.yaml', env: {} })).toThrow(/cannot read/);
     expect(() => loadConfig({ file: yamlFile('http: [unclosed'), env: {} })).toThrow(/not valid YAML/);
