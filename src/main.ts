@@ -692,10 +692,11 @@ SIP_LISTEN_PORT, METRICS_PORT, SMPP_URL, FLASHVERIFY_MASTER_KEY, FLASHVERIFY_ADM
 
 /** The CLI. Returns the exit code. */
 export async function runCli(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals, tokens } = parseArgs({
     args: argv,
     allowPositionals: true,
     strict: true,
+    tokens: true,
     options: {
       role: { type: 'string', default: 'all' },
       config: { type: 'string' },
@@ -718,6 +719,7 @@ export async function runCli(argv: string[]): Promise<number> {
     },
   });
   const [command, sub, id] = positionals;
+  checkShape(positionals, tokens.flatMap((t) => (t.kind === 'option' ? [t.name] : [])));
   if (values.version) {
     process.stdout.write(`flashverify ${VERSION} (Node.js ${process.version})\n`);
     return 0;
@@ -923,6 +925,42 @@ export async function runCli(argv: string[]): Promise<number> {
     }
   }
   throw new AppError('usage', `unknown command "${command}"\n\n${USAGE}`);
+}
+
+/** What each command takes after its name: how many arguments, which options (besides --config, --help, --version). */
+const SHAPES: Record<string, { args: number; options: readonly string[] }> = {
+  start: { args: 0, options: ['role'] },
+  'account create': { args: 0, options: ['name', 'balance', 'currency', 'active'] },
+  'account show': { args: 1, options: [] },
+  'account approve': { args: 1, options: [] },
+  'account suspend': { args: 1, options: [] },
+  'account regenerate-secret': { args: 1, options: [] },
+  'account topup': { args: 1, options: ['amount'] },
+  'account set-webhook': { args: 1, options: ['url', 'clear'] },
+  'account set-rate-limit': { args: 1, options: ['rps', 'clear'] },
+  'account set-sms-template': { args: 1, options: ['locale', 'template', 'clear'] },
+  'account set-fraud': { args: 1, options: ['json', 'clear'] },
+  'trunk list': { args: 0, options: [] },
+  'trunk disable': { args: 1, options: ['reason'] },
+  'trunk enable': { args: 1, options: [] },
+  'webhook failed': { args: 1, options: ['request-id', 'since'] },
+  'webhook replay': { args: 1, options: ['request-id', 'since'] },
+};
+const GLOBAL_OPTIONS = new Set(['config', 'help', 'version']);
+
+/**
+ * A command given more arguments than it takes (`account suspend A B` would suspend A alone), or an option of another
+ * command (`account show A --amount 5`): a usage error (exit 2), never ignored. Unknown commands are left to runCli.
+ */
+function checkShape(positionals: readonly string[], options: readonly string[]): void {
+  const [command, sub] = positionals;
+  const name = command === 'start' ? 'start' : `${command ?? ''} ${sub ?? ''}`;
+  const shape = SHAPES[name];
+  if (shape === undefined) return;
+  const extra = positionals.slice((command === 'start' ? 1 : 2) + shape.args);
+  if (extra.length) throw new AppError('usage', `${name}: unexpected argument${extra.length > 1 ? 's' : ''} ${extra.map((a) => JSON.stringify(a)).join(' ')}\n\n${USAGE}`);
+  const foreign = [...new Set(options.filter((o) => !GLOBAL_OPTIONS.has(o) && !shape.options.includes(o)))];
+  if (foreign.length) throw new AppError('usage', `${name} does not take ${foreign.map((o) => `--${o}`).join(', ')}\n\n${USAGE}`);
 }
 
 /** A positional or option a command cannot do without. */

@@ -149,11 +149,17 @@ describe('flashverify CLI', { timeout: 90_000 }, () => {
       [['account', 'set-fraud', id, '--json', '{"bogus":1}'], /bogus/],
       [['account', 'set-sms-template', id, '--locale', 'fr', '--template', 'no placeholder'], /\{code\}/],
       [['trunk', 'disable', 'nope'], /no SIP trunk named "nope"/],
+      // More arguments than the command takes, or another command's option: refused, nothing done.
+      [['account', 'suspend', id, 'second-account'], /account suspend: unexpected argument "second-account"/],
+      [['account', 'show', id, '--amount', '5'], /account show does not take --amount/],
+      [['account', 'create', '--name', 'c1', '25'], /account create: unexpected argument "25"/],
     ] as const) {
       const r = await flashverify([...args, '--config', config], env);
       expect([r.code, r.stderr], args.join(' ')).toEqual([2, expect.stringMatching(message)]);
       expect(r.stderr).not.toMatch(/\n\s+at /);
     }
+    // The account the refused suspend named is as it was (created active: --active).
+    expect((JSON.parse((await flashverify(['account', 'show', id, '--config', config], env)).stdout) as Record<string, unknown>).status).toBe('active');
   });
 
   it('says its version', async () => {
