@@ -10,20 +10,23 @@ import { resolveMasterKeys } from './crypto/master-key.js';
 import { checkMasterKey } from './crypto/key-check.js';
 import { Sealer } from './crypto/sealer.js';
 import { BullDeliveryQueue } from './engine/queues.js';
+import { BullStepTimer } from './engine/step-timer.js';
 import { ConfigError } from './errors/app-error.js';
 import { ensureEventGroups } from './events/event-groups.js';
 import { EventPublisher } from './events/event-publisher.js';
 import { CounterBatch } from './store/counter-batch.js';
 import { Keys } from './store/keys.js';
-import { connectBullRedis, connectRedis, isRedisUnavailable } from './store/redis.js';
+import { connectBullRedis, connectRedis, isRedisUnavailable, waitForRedis } from './store/redis.js';
 import { ApiError } from './verification/errors.js';
 import { DELIVERABLE_METHODS, type CreatedBody, type Method } from './verification/types.js';
 import { FraudControls } from './verification/fraud-controls.js';
+import type { ResentBody } from './verification/resend.js';
 import { VerificationService } from './verification/verification-service.js';
 
 export { ApiError } from './verification/errors.js';
 export type { ApiErrorCode } from './verification/errors.js';
 export type { CreatedBody, Method } from './verification/types.js';
+export type { ResentBody } from './verification/resend.js';
 
 export interface ProducerConnectOptions {
   /**
@@ -56,11 +59,21 @@ export interface ProducerConnectOptions {
 /** Who asks: API credentials (checked as Basic auth is), or an account id the calling service already trusts. */
 export type ProducerCredentials = { apiKey: string; apiSecret: string } | { accountId: string };
 
+/** The body of POST /v1/verify, as the producer takes it (the README's API reference says what each field does). */
 export interface CreateVerificationInput {
   phone_number: string;
-  method?: Method;
+  /** One method, or `auto`: the server's default workflow. */
+  method?: Method | 'auto';
   code_length?: number;
   expiry_seconds?: number;
+  /** Language of the voice announcement or SMS text (en, fr, es, de ...); default by destination country. */
+  locale?: string;
+  /** The end user's IP address, for the per-IP velocity limit (`fraud.velocity.perIp`). */
+  client_ip?: string;
+  /** true: a live verification of this number is sent again (a ResentBody) instead of 409. */
+  resend?: boolean;
+  /** Fallback steps, in order (exclusive with `method`). */
+  workflow?: { method: Method; timeout_seconds?: number; code_length?: number }[];
 }
 
 /**
@@ -87,6 +100,8 @@ export class FlashVerifyProducer {
     private readonly enforceRateLimit: boolean,
     /** The fraud controls' counter batch: written by close(). */
     private readonly counters: CounterBatch,
+    /** A workflow's step timers (the step-0 timer is added with the request, as the api does). */
+    private readonly stepTimer: BullStepTimer,
   ) {}
 
   static async connect(options: ProducerConnectOptions = {}): Promise<FlashVerifyProducer> {
@@ -122,7 +137,9 @@ export class FlashVerifyProducer {
     const redis = connectRedis(config.redis, logger);
     const bullConnection = connectBullRedis(config.redis, logger);
     try {
-      await redis.ping();
+      // As the engine starts: Redis given redis.startupWaitMs to answer, then an error naming it (not ioredis's
+      // "max retries per request").
+      await waitForRedis(redis, config.redis.url, config.redis.startupWaitMs);
       await checkMasterKey(redis, keys.keyCheck(), sealer);
       // Before this producer writes its first event (see event-groups.ts).
       await ensureEventGroups(redis, keys, config.events);
@@ -132,6 +149,7 @@ export class FlashVerifyProducer {
       throw err;
     }
     const queue = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
+    const stepTimer = new BullStepTimer(bullConnection, keys.bullPrefix());
     const accounts = new AccountStore(redis, keys, sealer, { allowPrivateWebhooks: config.webhooks.allowPrivate });
     const fraudLogger = logger.child({ module: 'fraud' });
     // The fraud controls' counter batch (written every 250 ms; close() writes the last ones). Sends are not in it: the
@@ -155,17 +173,18 @@ export class FlashVerifyProducer {
         logger: fraudLogger,
         counters,
       }),
+      // Without it, a workflow's first step would never time out into the next.
+      stepTimer,
     );
-    return new FlashVerifyProducer(config, redis, keys, accounts, verifications, queue, bullConnection, options.rateLimit ?? true, counters);
+    return new FlashVerifyProducer(config, redis, keys, accounts, verifications, queue, bullConnection, options.rateLimit ?? true, counters, stepTimer);
   }
 
   /**
-   * Starts a verification; resolves to exactly the 201 body of POST /v1/verify.
-   * Throws ApiError: unauthorized, invalid_phone, invalid_request,
-   * insufficient_balance, account_pending, account_suspended, rate_limited,
-   * service_unavailable.
+   * Starts a verification; resolves to exactly the 201 body of POST /v1/verify (the 200 body, with `sends`, of a
+   * resend). Throws ApiError: unauthorized, invalid_phone, invalid_request, insufficient_balance, account_pending,
+   * account_suspended, rate_limited, verification_pending, service_unavailable.
    */
-  async createVerification(who: ProducerCredentials, input: CreateVerificationInput): Promise<CreatedBody> {
+  async createVerification(who: ProducerCredentials, input: CreateVerificationInput): Promise<CreatedBody | ResentBody> {
     try {
       const account = await this.account(who);
       if (this.enforceRateLimit) {
@@ -181,7 +200,10 @@ export class FlashVerifyProducer {
   }
 
   async close(): Promise<void> {
+    // The enqueue intents the last creates cleared (else the reconciler finds them and logs an api that died).
+    await this.verifications.flush().catch(() => undefined);
     await this.queue.close();
+    await this.stepTimer.close().catch(() => undefined);
     // Logged by the batch when Redis is gone; the connection closes all the same.
     await this.counters.close().catch(() => undefined);
     await this.redis.quit().catch(() => undefined);

@@ -91,6 +91,11 @@ export class VerificationService {
   /** Clears enqueue intents (`<prefix>:unqueued`) of concurrent requests in one ZREM. */
   private readonly intents: BatchedZrem;
 
+  /** Writes what is still pending (the enqueue intents cleared by the last creates): before the connection closes. */
+  async flush(): Promise<void> {
+    await this.intents.flush();
+  }
+
   /** `idempotency`: the request's Idempotency-Key claim; its 201 is stored by the create script with the request. */
   async create(account: Account, input: CreateInput, idempotency?: IdempotencyClaim): Promise<CreatedBody> {
     const unknown = Object.keys(input).filter((k) => !CREATE_FIELDS.has(k));

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QUEUE_NAMES } from '../../src/engine/queues.js';
+import { STEP_TIMEOUT_QUEUE } from '../../src/engine/step-timer.js';
 import { ApiError, FlashVerifyProducer } from '../../src/producer.js';
 import { http, readEvents, startTestEngine, testConfig, type TestEngine } from '../helpers/engine.js';
 
@@ -124,6 +125,26 @@ describe('FlashVerifyProducer', () => {
     await own.createVerification({ accountId: a.account_id }, { phone_number: '+447700900021' });
     expect(Number(await t.redis.hget(day, 'country:GB:flash_call:sent'))).toBe(before + 2);
     await own.close();
+  });
+
+  it('a workflow gets its step-0 timer as over HTTP (so it falls back); close() right after a create leaves no enqueue intent behind', async () => {
+    const own = await FlashVerifyProducer.connect({ redisUrl: t.config.redis.url, prefix: t.config.redis.prefix, masterKey: t.config.security.masterKey });
+    const a = await t.account({ balance: 1 });
+    const created = await own.createVerification({ accountId: a.account_id }, { phone_number: '+447700900010', workflow: [{ method: 'flash_call', timeout_seconds: 5 }, { method: 'voice' }] });
+    await own.close();
+    const timers = new Queue(STEP_TIMEOUT_QUEUE, { connection: t.redis, prefix: t.keys.bullPrefix() });
+    const timer = await timers.getJob(`${created.request_id}-t0`);
+    await timers.close();
+    expect(timer?.data).toEqual({ request_id: created.request_id, step: 0 });
+    expect(timer?.opts.delay).toBe(5000);
+    expect(await t.redis.zscore(t.keys.unqueued(), created.request_id)).toBeNull();
+  });
+
+  it('a Redis that does not answer: connect waits redis.startupWaitMs, then fails naming it', async () => {
+    const config = testConfig({ redis: { url: 'redis://127.0.0.1:9', startupWaitMs: 400 } });
+    const started = Date.now();
+    await expect(FlashVerifyProducer.connect({ config })).rejects.toThrow(/cannot reach Redis at redis:\/\/127\.0\.0\.1:9 .*Is redis-server running there/);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(350);
   });
 
   it('refuses to start without the engine\'s master key rather than invent one', async () => {
