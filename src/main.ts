@@ -585,6 +585,8 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       const stepTimer = new BullStepTimer(bullConnection, keys.bullPrefix());
       stops.push(['api step timer', () => stepTimer.close()]);
       const verifications = new VerificationService(redis, keys, sealer, config, queue, logger.child({ module: 'verify' }), methods, fraud, stepTimer);
+      // After the api closed (stops run in order, the api's first): the intents its last creates cleared.
+      stops.push(['api enqueue intents', () => verifications.flush()]);
       const api = buildApi({ config, redis, keys, sealer, accounts, verifications, logger, metrics, readiness, fraud });
       app = api;
       await listening('the HTTP API', config.http.host, config.http.port, 'http.host / http.port (PORT)', () => api.listen({ host: config.http.host, port: config.http.port }));
