@@ -130,7 +130,7 @@ export class VoiceProcessor {
   private callerId(country: string): string {
     const configured = this.deps.config.voice.callerId;
     if (configured) return configured;
-    const range = this.deps.ranges.candidates(country)[0] ?? this.deps.config.numbers.ranges[0]!;
+    const range = this.deps.ranges.candidates(country, undefined, 'voice')[0] ?? this.deps.config.numbers.ranges[0]!;
     return `${range.prefix}0000`;
   }
 }

@@ -53,9 +53,11 @@ export class RangeSelector {
    * others, each list rotating by a turn of that country's own (one turn for all countries would give a country
    * whose requests alternate with another's the same first range every time), rotated after `accept` filtered it.
    */
-  candidates(country: string, accept: (range: RangeConfig) => boolean = () => true): RangeConfig[] {
-    const turn = this.turns.get(country) ?? 0;
-    this.turns.set(country, (turn + 1) % 1_000_000);
+  candidates(country: string, accept: (range: RangeConfig) => boolean = () => true, use: 'flash' | 'voice' = 'flash'): RangeConfig[] {
+    // Voice caller IDs turn on their own: a voice call between two flash calls must not take the flash calls' turn.
+    const key = use === 'flash' ? country : `voice:${country}`;
+    const turn = this.turns.get(key) ?? 0;
+    this.turns.set(key, (turn + 1) % 1_000_000);
     const local = rotate((this.byCountry.get(country) ?? []).filter(accept), turn);
     const other = rotate(
       this.ranges.filter((r) => r.country !== country && accept(r)),

@@ -57,6 +57,14 @@ describe('RangeSelector (real Redis)', () => {
       expect((await s.reserve('FR', '1111', `dest-fr-${i}`))?.range.country).toBe('FR');
     }
     expect(Object.fromEntries(used)).toEqual({ '+44190873': 6, '+44203456': 6 });
+    // Voice caller IDs (voice-processor.ts) between the flash calls take turns of their own.
+    used.clear();
+    for (let i = 0; i < 10; i++) {
+      const gb = await s.reserve('GB', '3333', `dest-gbv-${i}`, [], (r) => r.prefix !== '+44207946');
+      used.set(gb!.range.prefix, (used.get(gb!.range.prefix) ?? 0) + 1);
+      s.candidates('GB', undefined, 'voice');
+    }
+    expect(Object.fromEntries(used)).toEqual({ '+44190873': 5, '+44203456': 5 });
   });
 
   it('every range quarantined: one is used all the same, marked so its outcome is not judged; one usable range: only it', async () => {
