@@ -91,7 +91,10 @@ export class FlashProcessor {
       // trunk's CPS token is awaited, in place before the INVITE leaves. A workflow's step may be over by now: its next
       // step's range is not overwritten (a plain request keeps the one-command write on the hot path).
       const rangeWrite =
-        base.step === undefined ? redis.hset(key, 'cli_range', reserved.range.prefix) : recordAttemptFields(redis, key, base.step, { cli_range: reserved.range.prefix });
+        base.step === undefined
+          ? // `cli_quarantined`: the range was used while quarantined; its verification is not judged either (fraud-controls.ts).
+            redis.hset(key, 'cli_range', reserved.range.prefix, 'cli_quarantined', reserved.quarantined ? '1' : '0')
+          : recordAttemptFields(redis, key, base.step, { cli_range: reserved.range.prefix });
       await this.deps.trunks.guarded(trunk, Promise.all([rangeWrite, this.deps.trunks.take(trunk)]));
       // Canceled, verified, expired, or its workflow step timed out while the phone rings: CANCEL now rather than
       // at the end of ringMs (through the same path as a worker shutdown).
@@ -141,14 +144,16 @@ export class FlashProcessor {
     // The range's counters (batched in memory, written every 250 ms; a judgement of the range reads Redis) and the
     // call's own outcome (for operators; the status itself follows from events) are independent: issued together.
     await Promise.all([
-      // A quarantined range used because every range was: its outcome does not count in the window it is judged on.
-      this.deps.health && !NOT_ON_NETWORK.has(result.outcome) && !ended && !reserved.quarantined
+      this.deps.health && !NOT_ON_NETWORK.has(result.outcome) && !ended
         ? this.deps.health
             // A final 403/603 before any ringing: the far network refused this caller ID (range health judges the ratio).
-            .recordDial(reserved.range.prefix, {
-              sent: result.rang || result.outcome === 'answered',
-              rejected: !result.rang && (result.sipStatus === 403 || result.sipStatus === 603),
-            })
+            // A quarantined range used because every range was: the day's counters, not the window it is judged on.
+            .recordDial(
+              reserved.range.prefix,
+              { sent: result.rang || result.outcome === 'answered', rejected: !result.rang && (result.sipStatus === 403 || result.sipStatus === 603) },
+              undefined,
+              !reserved.quarantined,
+            )
             .catch((err: Error) => log.warn({ err: err.message }, 'could not record the range outcome'))
         : undefined,
       // Not over the fields of a later workflow step, when this one timed out during the call.

@@ -93,21 +93,31 @@ export class RangeHealth implements RangeUsability {
    * too. Returns the quarantine reason when this call judged the range and
    * quarantined it.
    */
-  async recordDial(range: string, outcome: { sent: boolean; rejected: boolean }, at = this.now()): Promise<QuarantineReason | undefined> {
+  async recordDial(
+    range: string,
+    outcome: { sent: boolean; rejected: boolean },
+    at = this.now(),
+    /** false: the call went out while the range was quarantined (every range was): the day's counters only, not the window it is judged on. */
+    judged = true,
+  ): Promise<QuarantineReason | undefined> {
+    const dayField = outcome.sent ? `range:${range}:sent` : outcome.rejected ? `range:${range}:rejected` : undefined;
+    if (dayField) this.counters.hincrby(this.deps.keys.conversion(utcDay(at)), dayField, 1, CONVERSION_TTL_MS);
+    if (!judged) return undefined;
     const bucket = this.deps.keys.rangeBucket(range, this.bucketOf(at));
     const ttlMs = this.bucketTtlMs();
     this.counters.hincrby(bucket, 'attempts', 1, ttlMs);
     if (outcome.sent) this.counters.hincrby(bucket, 'sent', 1, ttlMs);
     if (outcome.rejected) this.counters.hincrby(bucket, 'rejected', 1, ttlMs);
-    const dayField = outcome.sent ? `range:${range}:sent` : outcome.rejected ? `range:${range}:rejected` : undefined;
-    if (dayField) this.counters.hincrby(this.deps.keys.conversion(utcDay(at)), dayField, 1, CONVERSION_TTL_MS);
     return this.judgeAtMostEvery(range, at);
   }
 
-  /** A request whose flash call went out on `range` at `sentAt` was verified (counted in the batch, like recordDial). */
-  async recordVerified(range: string, sentAt: number, at = this.now()): Promise<void> {
+  /**
+   * A request whose flash call went out on `range` at `sentAt` was verified (counted in the batch, like recordDial).
+   * `judged` false: that call went out while the range was quarantined: the day's counter only, as recordDial.
+   */
+  async recordVerified(range: string, sentAt: number, at = this.now(), judged = true): Promise<void> {
     this.counters.hincrby(this.deps.keys.conversion(utcDay(at)), `range:${range}:verified`, 1, CONVERSION_TTL_MS);
-    if (sentAt > at - this.deps.config.windowSeconds * 1000) {
+    if (judged && sentAt > at - this.deps.config.windowSeconds * 1000) {
       this.counters.hincrby(this.deps.keys.rangeBucket(range, this.bucketOf(sentAt)), 'verified', 1, this.bucketTtlMs());
     }
   }

@@ -284,7 +284,7 @@ export class FraudControls {
 
   /** A verified request: counted for its country and method, and for its DID range when it was a flash call (in this process's counter batch). */
   async trackVerified(
-    record: { country?: string | null; method?: string | null; cliRange?: string | null; sentAt?: number },
+    record: { country?: string | null; method?: string | null; cliRange?: string | null; sentAt?: number; cliQuarantined?: boolean },
     now = Date.now(),
   ): Promise<void> {
     if (record.country && record.method) {
@@ -292,7 +292,7 @@ export class FraudControls {
       this.counters.hincrby(this.deps.keys.conversion(utcDay(now)), `country:${record.country}:${record.method}:verified`, 1, CONVERSION_TTL_MS);
     }
     if (record.cliRange && this.deps.rangeHealth) {
-      await this.deps.rangeHealth.recordVerified(record.cliRange, record.sentAt ?? now, now);
+      await this.deps.rangeHealth.recordVerified(record.cliRange, record.sentAt ?? now, now, !record.cliQuarantined);
     }
   }
 

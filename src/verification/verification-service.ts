@@ -345,7 +345,7 @@ export class VerificationService {
       stored = await this.redis.hmget(
         key,
         ...['account_id', 'code_mac', 'phone_enc', 'country', 'method', 'cli_range', 'dial_started', 'test_number'],
-        ...['status', 'wf_step', 'attempts', 'last_send_at', 'created_at'],
+        ...['status', 'wf_step', 'attempts', 'last_send_at', 'created_at', 'cli_quarantined'],
       );
       const [owner, mac, phoneEnc, , current, , , , status, wfStep, attempts, lastSendAt, createdAt] = stored;
       if (!owner || owner !== account.account_id || !mac || !phoneEnc) throw notFound();
@@ -393,7 +393,7 @@ export class VerificationService {
         // Conversion per country and DID range (a test number was never sent: not counted); a failure here must not fail a verified check.
         if (!testNumber) {
           await this.fraud
-            ?.trackVerified({ country, method, cliRange, sentAt: dialStarted ? Number(dialStarted) : undefined })
+            ?.trackVerified({ country, method, cliRange, sentAt: dialStarted ? Number(dialStarted) : undefined, cliQuarantined: stored[13] === '1' })
             .catch((err: Error) => log.warn({ err: err.message }, 'could not record the conversion'));
         }
         return { request_id: requestId, status: 'verified', phone_number: this.sealer.open(phoneEnc!, `phone:${requestId}`) };

@@ -525,6 +525,18 @@ describe('DID range health and quarantine', () => {
     expect(await health.usable(B)).toBe(false);
     // The quarantine lapses by itself.
     expect(await t.redis.ttl(t.keys.rangeQuarantine(B))).toBeGreaterThan(50);
+
+    // Calls made while A was quarantined (every range was) and their verifications: in the day's counters, not in
+    // the window A is judged on once back (the fraud controls pass judged=false for them).
+    await health.release(A);
+    const day = t.keys.conversion(new Date(now).toISOString().slice(0, 10));
+    const dayBefore = Number((await t.redis.hget(day, `range:${A}:sent`)) ?? 0);
+    for (let i = 0; i < 5; i++) expect(await health.recordDial(A, { sent: true, rejected: false }, now, false)).toBeUndefined();
+    await health.recordVerified(A, now, now, false);
+    await health.flush();
+    expect(await health.stats(A)).toMatchObject({ attempts: 0, sent: 0, verified: 0 });
+    expect(Number(await t.redis.hget(day, `range:${A}:sent`))).toBe(dayBefore + 5);
+    expect(Number(await t.redis.hget(day, `range:${A}:verified`))).toBe(1);
   });
 
   it('judges a range at most once per judgeIntervalMs: outcomes in between are counted, and judged at the next judgement', async () => {
@@ -594,6 +606,8 @@ describe('DID range health and quarantine', () => {
     const next = await verify(t, a.auth, { phone_number: '+447700900499' });
     await waitFor(async () => (await t.redis.hget(t.keys.verification(String(next.body.request_id)), 'cli_range')) !== null, 10_000);
     expect(await t.redis.hget(t.keys.verification(String(next.body.request_id)), 'cli_range')).toBe(B);
+    // B is not quarantined: the call's outcome and its verification count for B's judgement.
+    expect(await t.redis.hget(t.keys.verification(String(next.body.request_id)), 'cli_quarantined')).toBe('0');
   }, 90_000);
 
   it('end to end: a range rejected with 603 is quarantined, the next call uses the other range, the gauge shows it', async () => {
