@@ -11,7 +11,14 @@ export interface StoredResponse {
 }
 
 interface IdemRecord {
-  state: 'pending' | 'done';
+  /**
+   * pending: claimed, running. created: the create script stored the 201 with the request (IdempotencyClaim), and
+   * the api has not answered yet: a duplicate waits as for `pending` (the api may still answer otherwise: 503 when the
+   * job could not be queued), and replays it once `at` is PENDING_TTL_SECONDS old (that api died). done: answered.
+   */
+  state: 'pending' | 'created' | 'done';
+  /** `created`: when (ms since epoch). */
+  at?: number;
   /**
    * Keyed MAC of the request body as sent (which holds a phone number): a key reused for another request is refused.
    * (As sent: what a process of the version before `fpc` compares, during a rolling upgrade.)
@@ -35,7 +42,7 @@ export interface IdempotencyClaim {
   /** The record's Redis key. */
   key: string;
   ttlSeconds: number;
-  /** The record (JSON, its response sealed) that replays `response`. */
+  /** The record (JSON, its response sealed, state `created`) that replays `response` should this api process die. */
   record(response: StoredResponse): string;
 }
 
@@ -111,7 +118,7 @@ export class Idempotency {
         if (stored.fp !== fp && stored.fp !== legacyFp && (stored.fpc === undefined || stored.fpc !== fpc)) {
           throw new ApiError('invalid_request', 'this Idempotency-Key was already used with a different request body');
         }
-        if (stored.state === 'done') {
+        if (stored.state === 'done' || (stored.state === 'created' && Date.now() - (stored.at ?? 0) >= PENDING_TTL_SECONDS * 1000)) {
           if (stored.sealed === undefined) return { status: stored.status ?? 200, body: stored.body, replayed: true };
           const response = JSON.parse(this.sealer.open(stored.sealed, redisKey)) as StoredResponse;
           return { ...response, replayed: true };
@@ -126,13 +133,14 @@ export class Idempotency {
   }
 
   private async execute(redisKey: string, fp: string, fpc: string, exec: (claim: IdempotencyClaim) => Promise<StoredResponse>): Promise<StoredResponse> {
-    const record = (response: StoredResponse): string => {
-      const done: IdemRecord = { state: 'done', fp, fpc, sealed: this.sealer.seal(JSON.stringify({ status: response.status, body: response.body }), redisKey) };
-      return JSON.stringify(done);
+    const record = (response: StoredResponse, state: 'created' | 'done'): string => {
+      const sealed = this.sealer.seal(JSON.stringify({ status: response.status, body: response.body }), redisKey);
+      const r: IdemRecord = state === 'created' ? { state, at: Date.now(), fp, fpc, sealed } : { state, fp, fpc, sealed };
+      return JSON.stringify(r);
     };
     let response: StoredResponse;
     try {
-      response = await exec({ key: redisKey, ttlSeconds: this.options.ttlSeconds, record });
+      response = await exec({ key: redisKey, ttlSeconds: this.options.ttlSeconds, record: (r) => record(r, 'created') });
     } catch (err) {
       if (err instanceof ApiError && err.status === 400) {
         response = { status: err.status, body: err.toBody() };
@@ -141,7 +149,7 @@ export class Idempotency {
         throw err;
       }
     }
-    const done = record(response);
+    const done = record(response, 'done');
     const store = (): Promise<unknown> => this.redis.set(redisKey, done, 'EX', this.options.ttlSeconds);
     // The verification exists (created, charged, queued): its answer goes back whatever happens to the store. A create
     // stored its 201 with the request already (IdempotencyClaim); any other answer: until the store lands, a retry
@@ -153,7 +161,7 @@ export class Idempotency {
   /**
    * Tries the store again every STORE_RETRY_MS, in the background, for as long as a claim lives (PENDING_TTL_SECONDS).
    * An api process that dies first leaves the claim to lapse: a create's 201 is in Redis already (stored with the
-   * request), while a resend of a live request (200) runs again on a retry after that.
+   * request, `created`: replayed once 60 s old), while a resend of a live request (200) runs again on a retry after that.
    */
   private storeLater(store: () => Promise<unknown>): void {
     const until = Date.now() + PENDING_TTL_SECONDS * 1000;

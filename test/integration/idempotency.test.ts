@@ -5,6 +5,15 @@ import { AccountStore } from '../../src/accounts/account-store.js';
 import { Idempotency } from '../../src/api/idempotency.js';
 import { http, REDIS_URL, startTestEngine, testConfig, type TestEngine } from '../helpers/engine.js';
 import { startServiceOnRedis } from '../helpers/service-on-redis.js';
+import type { Method } from '../../src/verification/types.js';
+import { VerificationService } from '../../src/verification/verification-service.js';
+
+/** Makes a record the create script stored (`created`) 61 s old: as when the api that made it died before answering. */
+async function agePendingCreate(redis: Redis, key: string): Promise<void> {
+  const record = JSON.parse((await redis.get(key))!) as { state: string; at: number };
+  expect(record.state).toBe('created');
+  await redis.set(key, JSON.stringify({ ...record, at: record.at - 61_000 }), 'KEEPTTL');
+}
 
 /** Idempotency-Key on POST /v1/verify, over real HTTP and Redis (api role). */
 describe('Idempotency-Key', () => {
@@ -125,6 +134,8 @@ describe('Idempotency-Key', () => {
       const body = { phone_number: '+447700900212', method: 'flash_call' };
       const first = await verify(a.auth, 'k-crash', body);
       expect(first.status).toBe(201);
+      // A live api would have answered by now: 60 s after the create, the record is the answer.
+      await agePendingCreate(t.redis, t.keys.idempotency(a.account_id, t.sealer.mac('idempotency-key', 'k-crash')));
       const retry = await verify(a.auth, 'k-crash', body);
       expect([retry.status, retry.body, retry.headers.get('idempotent-replayed')]).toEqual([201, first.body, 'true']);
     } finally {
@@ -146,15 +157,44 @@ describe('Idempotency-Key', () => {
       const body = { phone_number: '+447700900213', method: 'sms' };
       const first = await dying.run(s.account.account_id, 'k-plain', body, async (claim) => ({ status: 201, body: await s.service.create(account, { ...body }, claim) }));
       let ranAgain = false;
-      const replay = await other.run(s.account.account_id, 'k-plain', body, async () => {
-        ranAgain = true;
-        return { status: 201, body: {} };
-      });
+      const again = async () =>
+        other.run(s.account.account_id, 'k-plain', body, async () => {
+          ranAgain = true;
+          return { status: 201, body: {} };
+        });
+      // Within 60 s the first api may still be answering (a 503 if its job could not be queued): wait, then "in progress".
+      await expect(again()).rejects.toMatchObject({ status: 503, message: expect.stringMatching(/still in progress/) });
+      await agePendingCreate(s.redis, s.keys.idempotency(s.account.account_id, s.sealer.mac('idempotency-key', 'k-plain')));
+      const replay = await again();
       expect([replay.status, replay.body, replay.replayed, ranAgain]).toEqual([201, first.body, true, false]);
       expect(await s.usage('sms')).toBe(1);
     } finally {
       vi.restoreAllMocks();
       broken.disconnect();
+      await s.stop();
+    }
+  });
+
+  it('a duplicate arriving while the create runs never replays a 201 its api then takes back (503: the job could not be queued)', async () => {
+    const s = await startServiceOnRedis(['sms']);
+    try {
+      const account = await new AccountStore(s.redis, s.keys, s.sealer).get(s.account.account_id);
+      let fail = true;
+      const slowQueue = { enqueue: async () => (await new Promise((r) => setTimeout(r, 300)), fail ? Promise.reject(new Error('queue down')) : undefined) };
+      const service = new VerificationService(s.redis, s.keys, s.sealer, s.config, slowQueue, s.logger, new Set<Method>(['sms']));
+      const idem = new Idempotency(s.redis, s.keys, s.sealer, { ttlSeconds: 60, waitMs: 2000 });
+      const body = { phone_number: '+447700900214', method: 'sms' };
+      const run = () => idem.run(s.account.account_id, 'k-race', body, async (claim) => ({ status: 201, body: await service.create(account, { ...body }, claim) }));
+      const first = run();
+      await new Promise((r) => setTimeout(r, 100));
+      const second = run();
+      await expect(first).rejects.toMatchObject({ status: 503 });
+      // It waited for the first, which answered 503 and let the key go; it ran the create itself, and the queue failed it too.
+      await expect(second).rejects.toMatchObject({ status: 503 });
+      fail = false;
+      const third = await run();
+      expect([third.status, third.replayed]).toEqual([201, false]);
+    } finally {
       await s.stop();
     }
   });
