@@ -24,7 +24,8 @@ const USAGE = `npm run bench -- drive --url URL --key API_KEY --secret API_SECRE
   --timeout MS      per request (default 10000)
 Credentials may also come from FV_API_KEY / FV_API_SECRET.`;
 
-async function main(): Promise<void> {
+/** True when every request was accepted. */
+async function main(): Promise<boolean> {
   const a = parseBenchArgs(process.argv.slice(2), {
     url: { type: 'string' },
     key: { type: 'string', default: process.env.FV_API_KEY ?? '' },
@@ -36,7 +37,10 @@ async function main(): Promise<void> {
     prefix: { type: 'string', default: '+4474' },
     timeout: { type: 'string', default: '10000' },
   });
-  if (a.help || !a.str('url') || !a.str('key') || !a.str('secret')) return line(USAGE);
+  if (a.help || !a.str('url') || !a.str('key') || !a.str('secret')) {
+    line(USAGE);
+    return a.help;
+  }
   const url = new URL(a.str('url'));
   if (url.protocol !== 'http:') throw new Error('--url must be http:// (put the generator next to the engine, not through TLS)');
   const rate = a.num('rate', 1, 20_000);
@@ -73,10 +77,12 @@ async function main(): Promise<void> {
   line(`  throughput: ${(load.ok / (load.elapsedMs / 1000)).toFixed(0)} accepted/s (offered ${rate}/s)`);
   line(`  latency from due time: ${formatMs(summarize(fromDue))}`);
   line(`load average after: ${loadAverages()}`);
+  return load.ok === load.sent && load.sent > 0;
 }
 
 main().then(
-  () => process.exit(0),
+  // A request refused or not answered is a failed run: scripts see it in the exit status.
+  (ok) => process.exit(ok ? 0 : 1),
   (err: unknown) => {
     process.stderr.write(`bench drive: ${err instanceof Error ? err.message : String(err)}\n`);
     process.exit(1);

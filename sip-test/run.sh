@@ -107,9 +107,10 @@ rc=$?
 set -e
 case $rc in
   0) what="all calls succeeded" ;;
-  1) what="at least one call failed (see errors.log)" ;;
+  1) what="at least one call failed, or sipp refused an argument before any call (see errors.log and the lines above)" ;;
   97) what="stopped by an internal command" ;;
   99) what="no call processed" ;;
+  254) what="the SIP port is in use" ;;
   *) what="fatal error or timeout (see errors.log)" ;;
 esac
 echo "run.sh: sipp exit $rc: $what"
