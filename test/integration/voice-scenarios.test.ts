@@ -48,6 +48,8 @@ async function voiceCall(
     deadPrimary?: number;
     rel100?: 'supported' | 'required';
     transport?: 'udp' | 'tcp';
+    /** Leave rtp_pt / rtp_codec to the scenario's defaults (PCMU), as an operator running it by hand does. */
+    scenarioCodec?: boolean;
   } = {},
 ): Promise<Run> {
   rtp = await startRtpReceiver();
@@ -58,7 +60,12 @@ async function voiceCall(
     vars:
       opts.answers === false
         ? opts.vars
-        : { rtp_ip: '127.0.0.1', rtp_port: rtp.port, rtp_pt: codec === 'PCMU' ? 0 : 8, rtp_codec: codec, ...(opts.vars ?? {}) },
+        : {
+            rtp_ip: '127.0.0.1',
+            rtp_port: rtp.port,
+            ...(opts.scenarioCodec ? {} : { rtp_pt: codec === 'PCMU' ? 0 : 8, rtp_codec: codec }),
+            ...(opts.vars ?? {}),
+          },
     maxLifetimeMs: 40_000,
     ...(opts.transport ? { transport: opts.transport } : {}),
   });
@@ -211,7 +218,7 @@ describe('voice OTP against SIPp', () => {
   }, 45_000);
 
   it('rel100: the answer in a reliable 183 and a 200 without SDP (RFC 3262 5): plays to the 183\'s address, then BYE', async () => {
-    const run = await voiceCall('uas-voice-100rel-early-answer', { rel100: 'supported' });
+    const run = await voiceCall('uas-voice-100rel-early-answer', { rel100: 'supported', scenarioCodec: true });
     expect(run.record.outcome).toBe('played');
     expect(run.status).toBe('delivered');
     expect((await uas!.waitForExit(10_000)).code).toBe(0);
