@@ -159,6 +159,9 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
           // A re-INVITE's offer (media moved, hold): the media session answers it and follows it (a throw or a
           // rejection: 488, the backend's answerToOffer); a session without reoffer leaves the backend our SDP.
           ...(session.reoffer ? { onOffer: (sdp: string) => session.reoffer!(sdp) } : {}),
+          ...(session.offerAgain && session.acceptAgain
+            ? { onOfferWanted: () => session.offerAgain!(), onAnswer: (sdp: string) => session.acceptAgain!(sdp) }
+            : {}),
           onRemoteHangup() {
             remoteHangup = true;
             session.stop();

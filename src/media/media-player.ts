@@ -38,6 +38,16 @@ export interface MediaSession {
    * Absent: the backend answers re-INVITEs itself.
    */
   reoffer?(offerSdp: string): string | Promise<string>;
+  /**
+   * Our offer for a re-INVITE that brought none (RFC 3261 14.2): the call's media as it is, in the codec it plays in.
+   * Absent: the backend offers the call's last SDP and keeps its media whatever the answer.
+   */
+  offerAgain?(): string;
+  /**
+   * The far end's answer (in its ACK) to offerAgain()'s offer: applied to the stream as a new offer's would be (moved,
+   * held, resumed). Throws MediaError when it cannot be taken.
+   */
+  acceptAgain?(answerSdp: string): void;
   /** Plays the announcement to the far end; resolves when it ends or is stopped. */
   play(announcement: Announcement): Promise<PlayResult>;
   /** Stops playback at once (the far end hung up); idempotent. */

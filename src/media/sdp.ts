@@ -22,6 +22,8 @@ export interface OfferParams {
   port: number;
   /** o= session id; any number unique per call. */
   sessionId: number;
+  /** o= version: 1 for the INVITE's; higher for an offer later in the call (RFC 3264 8). */
+  sessionVersion?: number;
   /** Codecs in order of preference. Default PCMU, PCMA. */
   codecs?: readonly G711Codec[];
 }
@@ -33,7 +35,7 @@ export function buildOffer(p: OfferParams): string {
   const payloads = [...codecs.map((c) => G711_PAYLOAD_TYPE[c]), TELEPHONE_EVENT_PT];
   const session: SessionDescription = {
     version: 0,
-    origin: { username: 'flashverify', sessionId: p.sessionId, sessionVersion: 1, netType: 'IN', ipVer, address: p.host },
+    origin: { username: 'flashverify', sessionId: p.sessionId, sessionVersion: p.sessionVersion ?? 1, netType: 'IN', ipVer, address: p.host },
     name: 'flashverify',
     connection: { version: ipVer, ip: p.host },
     timing: { start: 0, stop: 0 },
@@ -249,5 +251,39 @@ export function answerReoffer(offerSdp: string, p: ReofferParams, reach?: MediaR
       sendAllowed: !hold && (offered === 'sendrecv' || offered === 'recvonly'),
     },
     answer: write(answer),
+  };
+}
+
+/**
+ * The far end's answer to an offer of ours later in the call (a re-INVITE that brought none: our 200 offered, its
+ * ACK answers, RFC 3261 14.2, RFC 3264 8): what it means for our stream. The first audio stream with a port must
+ * list `codec`, the one we offered (the call plays in it); its direction and address may hold the stream (sendonly,
+ * inactive, 0.0.0.0), as a new offer's may. Throws MediaError when it cannot be taken.
+ */
+export function parseReanswer(answerSdp: string, codec: G711Codec, reach?: MediaReach): NegotiatedMedia {
+  let session: SessionDescription;
+  try {
+    session = parse(answerSdp);
+  } catch (err) {
+    throw new MediaError(`unparsable SDP answer: ${(err as Error).message}`);
+  }
+  const audio = session.media.find((m: MediaDescription) => m.type === 'audio' && m.port > 0);
+  if (!audio) throw new MediaError('SDP answer has no active audio stream');
+  const address = audio.connection?.ip ?? session.connection?.ip;
+  if (!address) throw new MediaError('SDP answer has no connection address');
+  const why = unreachable(audio, session, reach);
+  if (why) throw new MediaError(`SDP answer cannot be sent to: ${why}`);
+  const pts = payloadsOf(audio);
+  const pt = pts.find((x) => codecOf(audio, x) === codec);
+  if (pt === undefined) throw new MediaError(`SDP answer does not take ${codec}, the codec offered (payloads: ${pts.join(' ') || 'none'})`);
+  const te = pts.find((x) => codecOf(audio, x) === 'TELEPHONE-EVENT');
+  const answered = (audio.direction ?? session.direction ?? 'sendrecv') as Direction;
+  return {
+    codec,
+    payloadType: pt,
+    address,
+    port: audio.port,
+    ...(te !== undefined ? { telephoneEventPt: te } : {}),
+    sendAllowed: !isHoldAddress(address) && (answered === 'sendrecv' || answered === 'recvonly'),
   };
 }

@@ -80,6 +80,13 @@ export interface CallDelegate {
    */
   onOffer?(sdp: string): string | undefined | Promise<string | undefined>;
   /**
+   * A re-INVITE without an offer on the established call (RFC 3261 14.2): our offer, in the 200 (embedded backend).
+   * Absent: the call's own SDP is offered, and the ACK's answer is not applied.
+   */
+  onOfferWanted?(): string;
+  /** The ACK's answer to that offer: applied to the media; throws when it cannot be taken (the call then ends with BYE). */
+  onAnswer?(sdp: string): void;
+  /**
    * The far end ended the established dialog: it sent BYE (answered with 200 by the backend), or (embedded backend)
    * it never ACKed our 2xx to its re-INVITE within 64*T1, and the backend sent the BYE (RFC 3261 13.3.1.4).
    */

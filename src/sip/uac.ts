@@ -386,6 +386,8 @@ export class UacCall implements OutboundCall {
   private reinviteAnswering: number | undefined;
   /** The re-INVITE last answered with a 2xx: its CSeq, the response as sent, retransmitted until its ACK (13.3.1.4). */
   private reinvite: { cseq: number; data: Buffer; source: InboundSource; via: Via; timer: TimerHandle | undefined } | undefined;
+  /** The re-INVITE (CSeq) whose 200 carried our offer: its ACK brings the answer. */
+  private awaitingAnswer: number | undefined;
   /** PRACK transactions not finished yet (disposed by abort()). */
   private readonly prackTxs = new Set<ClientTransaction>();
   private readonly auth = new Map<string, AuthEntry>();
@@ -1136,7 +1138,8 @@ export class UacCall implements OutboundCall {
         // An offer: the media side answers it (RFC 3264 8: the far end's media moved, hold, a refresh); without a
         // media side, the call's own SDP. No offer: ours, as the offer (the ACK brings the answer).
         const offer = sdpOf(request);
-        if (offer === undefined || this.delegate.onOffer === undefined) return this.answerReinvite(request, source, this.currentSdp ?? this.localSdp, false);
+        if (offer === undefined) return this.offerInReinvite(request, source);
+        if (this.delegate.onOffer === undefined) return this.answerReinvite(request, source, this.currentSdp ?? this.localSdp, false);
         const answer = answerToOffer(this.delegate.onOffer, offer, this.log);
         if (typeof answer === 'object') {
           const cseq = request.cseq.seq;
@@ -1152,6 +1155,24 @@ export class UacCall implements OutboundCall {
         return;
       }
     }
+  }
+
+  /**
+   * A re-INVITE without an offer (RFC 3261 14.2): our 200 carries one, the media side's (the call's media in the codec
+   * it plays in), and its ACK the answer (handleAck). Without a media side that makes one: the call's last SDP, whose
+   * answer is not applied.
+   */
+  private offerInReinvite(request: ParsedRequest, source: InboundSource): void {
+    let offer: string | undefined;
+    if (this.delegate.onOfferWanted !== undefined && this.delegate.onAnswer !== undefined) {
+      try {
+        offer = this.delegate.onOfferWanted();
+      } catch (err) {
+        this.log.warn({ err: errorMessage(err) }, 'no offer of the media side for a re-INVITE without one; the call\'s last SDP offered');
+      }
+    }
+    this.awaitingAnswer = offer === undefined ? undefined : request.cseq.seq;
+    this.answerReinvite(request, source, offer ?? this.currentSdp ?? this.localSdp, offer !== undefined);
   }
 
   /** 200 with `sdp` (retransmitted until its ACK), or 488 without one: the call keeps its media. */
@@ -1222,9 +1243,28 @@ export class UacCall implements OutboundCall {
     if (this.reinvite) this.reinvite.timer = undefined;
   }
 
-  /** An ACK in the dialog (the stack passes it on, unanswered): it ends the 2xx retransmissions of its re-INVITE. */
+  /**
+   * An ACK in the dialog (the stack passes it on, unanswered): it ends the 2xx retransmissions of its re-INVITE, and
+   * carries the answer when our 200 offered (offerInReinvite). An answer the media side cannot take ends the call
+   * with BYE, as a far-end hangup would (RFC 3261 13.2.2.4 asks the same of a UAC given an offer it cannot take).
+   */
   handleAck(request: ParsedRequest): void {
     if (this.reinvite?.cseq === request.cseq.seq) this.stopReinviteRetransmits();
+    if (this.awaitingAnswer !== request.cseq.seq) return;
+    this.awaitingAnswer = undefined;
+    const answer = sdpOf(request);
+    if (answer === undefined) {
+      this.log.warn({ cseq: request.cseq.seq }, 'ACK without the answer to our offer (re-INVITE without SDP); the call keeps its media');
+      return;
+    }
+    try {
+      this.delegate.onAnswer?.(answer);
+    } catch (err) {
+      if (this.state !== 'confirmed' || this.byePromise !== undefined) return;
+      this.log.warn({ err: errorMessage(err) }, 'the answer in the ACK cannot be taken; ending the call with BYE');
+      void this.sendBye();
+      this.safe('onRemoteHangup', () => this.delegate.onRemoteHangup?.());
+    }
   }
 
   // ---------------------------------------------------------------- end of call

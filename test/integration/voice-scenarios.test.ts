@@ -339,6 +339,32 @@ describe('voice OTP against SIPp', () => {
     expect(span).toBeLessThan(6000);
   }, 45_000);
 
+  it('a re-INVITE without SDP mid-prompt: our 200 offers the call\'s codec, the answer in its ACK moves the stream (RFC 3261 14.2)', async () => {
+    const moved = await startRtpReceiver();
+    try {
+      const run = await voiceCall('uas-voice-reinvite-no-offer', { vars: { rtp2_port: moved.port, mid_ms: 1500 } });
+      expect(run.record.outcome).toBe('played');
+      expect((await uas!.waitForExit(10_000)).code).toBe(0);
+      const offer = uas!.received().find((m) => m.status === 200 && m.header('cseq') === '2 INVITE')!;
+      expect(offer.body).toMatch(/^m=audio \d+ RTP\/AVP 0 101\r?$/m);
+      expect(Number(/^o=\S+ \d+ (\d+)/m.exec(offer.body)?.[1])).toBe(2);
+      const before = [...rtp!.packets].sort((a, b) => a.at - b.at);
+      const after = [...moved.packets].sort((a, b) => a.at - b.at);
+      expect(before.length).toBeGreaterThan(50);
+      expect(after.length).toBeGreaterThan(100);
+      expect(before.at(-1)!.at).toBeLessThan(after[0]!.at);
+      const all = [...before, ...after];
+      all.forEach((p, i) => {
+        expect(p.ssrc).toBe(before[0]!.ssrc);
+        if (i > 0) expect(p.sequence).toBe((all[i - 1]!.sequence + 1) & 0xffff);
+      });
+      const lines = engine!.logs.map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(lines.find((l) => l['msg'] === 'SDP answer in the ACK taken (re-INVITE without offer)')).toMatchObject({ rtp_to: `127.0.0.1:${moved.port}`, moved: true });
+    } finally {
+      await moved.close();
+    }
+  }, 45_000);
+
   it('re-INVITEs mid-prompt move the media, hold it and resume it: each answered (RFC 3264 8), the one stream follows', async () => {
     const moved = await startRtpReceiver();
     try {

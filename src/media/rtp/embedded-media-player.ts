@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { encode, silenceCode, type G711Codec } from '../g711.js';
 import type { Announcement, MediaPlayer, MediaSession, PlayResult } from '../media-player.js';
 import { PromptLibrary, SAMPLE_RATE } from '../prompts.js';
-import { answerReoffer, buildOffer, MediaError, parseAnswer, type MediaReach, type NegotiatedMedia } from '../sdp.js';
+import { answerReoffer, buildOffer, MediaError, parseAnswer, parseReanswer, type MediaReach, type NegotiatedMedia } from '../sdp.js';
 import { nothingPlayed, type FromWorker, type RtpWorkerData, type ToWorker } from './rtp-worker-protocol.js';
 
 /** 20 ms of 8 kHz audio: one packet (RFC 3551 4.5: G.711 default packetization). */
@@ -374,6 +374,32 @@ class EmbeddedMediaSession implements MediaSession {
     this.remote = media;
     this.p.retarget({ t: 'retarget', id: this.p.id, address: media.address, port: media.port, payloadType: media.payloadType, send: media.sendAllowed });
     return answer;
+  }
+
+  offerAgain(): string {
+    const remote = this.remote;
+    if (!remote) throw new MediaError('an offer asked for before the call was answered');
+    const { host, port, sessionId } = this.p.local;
+    const build = (version: number) => buildOffer({ host, port, sessionId, sessionVersion: version, codecs: [remote.codec] });
+    let offer = build(this.sdpVersion);
+    // RFC 3264 8: the version goes up when what we send changes, and only then.
+    const body = offer.replace(/^o=.*$/m, '');
+    if (body !== this.lastSdp) offer = build(++this.sdpVersion);
+    this.lastSdp = body;
+    return offer;
+  }
+
+  acceptAgain(answerSdp: string): void {
+    const remote = this.remote;
+    if (!remote) throw new MediaError('an answer before the call was answered');
+    const media = parseReanswer(answerSdp, remote.codec, this.p.reach);
+    const moved = media.address !== remote.address || media.port !== remote.port;
+    this.p.logger.info(
+      { rtp_to: `${media.address}:${media.port}`, moved, send: media.sendAllowed, payload_type: media.payloadType },
+      media.sendAllowed ? 'SDP answer in the ACK taken (re-INVITE without offer)' : 'far end put the call on hold (answer in the ACK): no audio sent until it resumes',
+    );
+    this.remote = media;
+    this.p.retarget({ t: 'retarget', id: this.p.id, address: media.address, port: media.port, payloadType: media.payloadType, send: media.sendAllowed });
   }
 
   async play(announcement: Announcement): Promise<PlayResult> {
