@@ -51,6 +51,9 @@ interface WorkerSession {
   held: boolean;
   /** The socket connects to the far end's new address (retarget): packets falling due meanwhile are dropped. */
   moving: boolean;
+  /** A play is connecting (a host name being looked up): a retarget meanwhile waits here, applied once it started. */
+  starting?: boolean;
+  pendingRetarget?: Extract<ToWorker, { t: 'retarget' }> | undefined;
 }
 
 const port = parentPort;
@@ -311,6 +314,10 @@ function play(m: Extract<ToWorker, { t: 'play' }>): void {
       dropped: 0,
     };
     startPacing(s.stream.start);
+    // The far end moved while the stream connected to its old address: it follows now.
+    const moved = s.pendingRetarget;
+    s.pendingRetarget = undefined;
+    if (moved) retarget(moved);
   };
   try {
     s.socket.remoteAddress();
@@ -323,10 +330,16 @@ function play(m: Extract<ToWorker, { t: 'play' }>): void {
   // stream started on the unconnected socket would throw at its first send and take the thread with every call on it.
   const failed = (err: Error): void => {
     s.socket.off('error', failed);
+    s.starting = false;
+    s.pendingRetarget = undefined;
     post({ t: 'socketError', id: m.id, message: `cannot send RTP to ${m.address}:${m.port}: ${err.message}` });
     notPlayed(m.id);
   };
-  connectOrFail(s.socket, m.port, m.address, failed, start);
+  s.starting = true;
+  connectOrFail(s.socket, m.port, m.address, failed, () => {
+    s.starting = false;
+    start();
+  });
 }
 
 /**
@@ -348,8 +361,12 @@ function retarget(m: Extract<ToWorker, { t: 'retarget' }>): void {
   if (!s) return;
   s.held = !m.send;
   const st = s.stream;
-  // Not playing: play() connects to the address of the call's latest answer.
-  if (!st) return;
+  // Connecting to the address the play named: this one is applied once the stream started. Not playing at all:
+  // play() connects to the address of the call's latest answer.
+  if (!st) {
+    if (s.starting) s.pendingRetarget = m;
+    return;
+  }
   for (let i = st.next; i < st.count; i++) {
     const at = i * PACKET_BYTES + 1;
     st.packets[at] = (st.packets[at]! & 0x80) | (m.payloadType & 0x7f);

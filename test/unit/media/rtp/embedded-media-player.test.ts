@@ -120,6 +120,28 @@ describe('EmbeddedMediaPlayer (RTP worker thread)', () => {
     await next.close();
   });
 
+  it('a move that comes while the stream still connects to the answer\'s host name: the whole stream goes to the new address', async () => {
+    rtp = await startRtpReceiver();
+    const moved = await startRtpReceiver();
+    try {
+      player = new EmbeddedMediaPlayer({ bindHost: '127.0.0.1', advertisedHost: '127.0.0.1', portMin: 43600, portMax: 43699 });
+      const session = await player.createSession(logger);
+      // c= a host name: the worker looks it up before its first packet.
+      session.accept(answer(rtp.port).replace('c=IN IP4 127.0.0.1', 'c=IN IP4 localhost'));
+      const playing = session.play({ language: 'en', items: [{ silenceMs: 400 }] });
+      // A re-INVITE moving the media, taken before the lookup ended.
+      session.reoffer!(answer(moved.port));
+      const result = await playing;
+      await sleep(100);
+      expect(result).toMatchObject({ completed: true, packets: 20 });
+      expect(rtp.packets).toHaveLength(0);
+      expectSequenced(moved, 20, 0);
+      await session.close();
+    } finally {
+      await moved.close();
+    }
+  });
+
   it('reserves ports in the worker: a full range is a MediaError, a closed session frees its port', async () => {
     player = new EmbeddedMediaPlayer({ bindHost: '127.0.0.1', advertisedHost: '127.0.0.1', portMin: 43200, portMax: 43201 });
     const first = await player.createSession(logger);
