@@ -132,18 +132,7 @@ function unreachable(m: MediaDescription, session: SessionDescription, reach: Me
  * address our socket cannot send to (`reach`).
  */
 export function parseAnswer(sdp: string, reach?: MediaReach): NegotiatedMedia {
-  let session: SessionDescription;
-  try {
-    session = parse(sdp);
-  } catch (err) {
-    throw new MediaError(`unparsable SDP answer: ${(err as Error).message}`);
-  }
-  const audio = session.media.find((m: MediaDescription) => m.type === 'audio' && m.port > 0);
-  if (!audio) throw new MediaError('SDP answer has no active audio stream');
-  const address = audio.connection?.ip ?? session.connection?.ip;
-  if (!address) throw new MediaError('SDP answer has no connection address');
-  const why = unreachable(audio, session, reach);
-  if (why) throw new MediaError(`SDP answer cannot be sent to: ${why}`);
+  const { session, audio, address } = answeredStream(sdp, reach);
   const answered = audio.direction ?? session.direction ?? 'sendrecv';
   if (answered === 'sendonly' || answered === 'inactive') {
     throw new MediaError(`SDP answer is a=${answered}: the far end takes no audio, so the code cannot be read to it`);
@@ -261,18 +250,7 @@ export function answerReoffer(offerSdp: string, p: ReofferParams, reach?: MediaR
  * inactive, 0.0.0.0), as a new offer's may. Throws MediaError when it cannot be taken.
  */
 export function parseReanswer(answerSdp: string, codec: G711Codec, reach?: MediaReach): NegotiatedMedia {
-  let session: SessionDescription;
-  try {
-    session = parse(answerSdp);
-  } catch (err) {
-    throw new MediaError(`unparsable SDP answer: ${(err as Error).message}`);
-  }
-  const audio = session.media.find((m: MediaDescription) => m.type === 'audio' && m.port > 0);
-  if (!audio) throw new MediaError('SDP answer has no active audio stream');
-  const address = audio.connection?.ip ?? session.connection?.ip;
-  if (!address) throw new MediaError('SDP answer has no connection address');
-  const why = unreachable(audio, session, reach);
-  if (why) throw new MediaError(`SDP answer cannot be sent to: ${why}`);
+  const { session, audio, address } = answeredStream(answerSdp, reach);
   const pts = payloadsOf(audio);
   const pt = pts.find((x) => codecOf(audio, x) === codec);
   if (pt === undefined) throw new MediaError(`SDP answer does not take ${codec}, the codec offered (payloads: ${pts.join(' ') || 'none'})`);
@@ -286,4 +264,24 @@ export function parseReanswer(answerSdp: string, codec: G711Codec, reach?: Media
     ...(te !== undefined ? { telephoneEventPt: te } : {}),
     sendAllowed: !isHoldAddress(address) && (answered === 'sendrecv' || answered === 'recvonly'),
   };
+}
+
+/**
+ * An SDP answer's stream: the first audio m= line with a non-zero port and its connection address (media-level c=
+ * overrides session-level, RFC 4566 5.7). Throws MediaError when it does not parse, has none, or cannot be sent to.
+ */
+function answeredStream(sdp: string, reach: MediaReach | undefined): { session: SessionDescription; audio: MediaDescription; address: string } {
+  let session: SessionDescription;
+  try {
+    session = parse(sdp);
+  } catch (err) {
+    throw new MediaError(`unparsable SDP answer: ${(err as Error).message}`);
+  }
+  const audio = session.media.find((m: MediaDescription) => m.type === 'audio' && m.port > 0);
+  if (!audio) throw new MediaError('SDP answer has no active audio stream');
+  const address = audio.connection?.ip ?? session.connection?.ip;
+  if (!address) throw new MediaError('SDP answer has no connection address');
+  const why = unreachable(audio, session, reach);
+  if (why) throw new MediaError(`SDP answer cannot be sent to: ${why}`);
+  return { session, audio, address };
 }

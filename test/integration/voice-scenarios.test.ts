@@ -125,6 +125,24 @@ function expectCleanStream(codec: G711Codec, minPackets = 50): void {
   });
 }
 
+/**
+ * The stream went first to `first`, then (after a move) to `second`: one SSRC, numbered on without a gap, enough of
+ * it on each side. Returns the packets that reached `second`, in order.
+ */
+function expectOneStreamMoved(first: RtpReceiver, second: RtpReceiver): RtpReceiver['packets'] {
+  const before = [...first.packets].sort((a, b) => a.at - b.at);
+  const after = [...second.packets].sort((a, b) => a.at - b.at);
+  expect(before.length).toBeGreaterThan(50);
+  expect(after.length).toBeGreaterThan(100);
+  expect(before.at(-1)!.at).toBeLessThan(after[0]!.at);
+  const all = [...before, ...after];
+  all.forEach((p, i) => {
+    expect(p.ssrc).toBe(before[0]!.ssrc);
+    if (i > 0) expect(p.sequence).toBe((all[i - 1]!.sequence + 1) & 0xffff);
+  });
+  return after;
+}
+
 describe('voice OTP against SIPp', () => {
   it('canceled while the INVITE goes unanswered: Timer B later still refunds the call that never reached the network', async () => {
     uas = await startSippUas({ scenario: 'uas-no-response', vars: { hold_ms: 64 * T1 + 1500 }, maxLifetimeMs: 30_000 });
@@ -348,16 +366,7 @@ describe('voice OTP against SIPp', () => {
       const offer = uas!.received().find((m) => m.status === 200 && m.header('cseq') === '2 INVITE')!;
       expect(offer.body).toMatch(/^m=audio \d+ RTP\/AVP 0 101\r?$/m);
       expect(Number(/^o=\S+ \d+ (\d+)/m.exec(offer.body)?.[1])).toBe(2);
-      const before = [...rtp!.packets].sort((a, b) => a.at - b.at);
-      const after = [...moved.packets].sort((a, b) => a.at - b.at);
-      expect(before.length).toBeGreaterThan(50);
-      expect(after.length).toBeGreaterThan(100);
-      expect(before.at(-1)!.at).toBeLessThan(after[0]!.at);
-      const all = [...before, ...after];
-      all.forEach((p, i) => {
-        expect(p.ssrc).toBe(before[0]!.ssrc);
-        if (i > 0) expect(p.sequence).toBe((all[i - 1]!.sequence + 1) & 0xffff);
-      });
+      expectOneStreamMoved(rtp!, moved);
       const lines = engine!.logs.map((l) => JSON.parse(l) as Record<string, unknown>);
       expect(lines.find((l) => l['msg'] === 'SDP answer in the ACK taken (re-INVITE without offer)')).toMatchObject({ rtp_to: `127.0.0.1:${moved.port}`, moved: true });
     } finally {
@@ -379,16 +388,7 @@ describe('voice OTP against SIPp', () => {
       const versions = [uas!.requests('INVITE')[0]!, ...answers].map((m) => m === uas!.requests('INVITE')[0] ? 1 : Number(/^o=\S+ \d+ (\d+)/m.exec(m.body)?.[1]));
       expect(versions).toEqual([1, 2, 3, 4]);
       // Before the move to the first receiver, after it to the second: one stream, numbered on without a gap.
-      const before = [...rtp!.packets].sort((a, b) => a.at - b.at);
-      const after = [...moved.packets].sort((a, b) => a.at - b.at);
-      expect(before.length).toBeGreaterThan(50);
-      expect(after.length).toBeGreaterThan(100);
-      expect(before.at(-1)!.at).toBeLessThan(after[0]!.at);
-      const all = [...before, ...after];
-      all.forEach((p, i) => {
-        expect(p.ssrc).toBe(before[0]!.ssrc);
-        if (i > 0) expect(p.sequence).toBe((all[i - 1]!.sequence + 1) & 0xffff);
-      });
+      const after = expectOneStreamMoved(rtp!, moved);
       // On hold about a second: nothing sent; the time gone by is in the timestamp, and the first packet after is marked.
       const gaps = after.slice(1).map((p, i) => ({ ms: p.at - after[i]!.at, ts: (p.timestamp - after[i]!.timestamp) >>> 0, marker: p.marker }));
       const hold = gaps.reduce((a, b) => (b.ms > a.ms ? b : a));

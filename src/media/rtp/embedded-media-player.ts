@@ -366,14 +366,17 @@ class EmbeddedMediaSession implements MediaSession {
     const body = answer.replace(/^o=.*$/m, '');
     if (body !== this.lastSdp) ({ media, answer } = build(++this.sdpVersion));
     this.lastSdp = body;
+    this.follow(media, media.sendAllowed ? 'new SDP offer from the far end taken (re-INVITE)' : 'far end put the call on hold (re-INVITE): no audio sent until it resumes');
+    return answer;
+  }
+
+  /** The stream follows the far end's new media (moved, held, resumed), logged with `message`. */
+  private follow(media: NegotiatedMedia, message: string): void {
+    const remote = this.remote!;
     const moved = media.address !== remote.address || media.port !== remote.port;
-    this.p.logger.info(
-      { rtp_to: `${media.address}:${media.port}`, moved, send: media.sendAllowed, payload_type: media.payloadType },
-      media.sendAllowed ? 'new SDP offer from the far end taken (re-INVITE)' : 'far end put the call on hold (re-INVITE): no audio sent until it resumes',
-    );
+    this.p.logger.info({ rtp_to: `${media.address}:${media.port}`, moved, send: media.sendAllowed, payload_type: media.payloadType }, message);
     this.remote = media;
     this.p.retarget({ t: 'retarget', id: this.p.id, address: media.address, port: media.port, payloadType: media.payloadType, send: media.sendAllowed });
-    return answer;
   }
 
   offerAgain(): string {
@@ -393,13 +396,7 @@ class EmbeddedMediaSession implements MediaSession {
     const remote = this.remote;
     if (!remote) throw new MediaError('an answer before the call was answered');
     const media = parseReanswer(answerSdp, remote.codec, this.p.reach);
-    const moved = media.address !== remote.address || media.port !== remote.port;
-    this.p.logger.info(
-      { rtp_to: `${media.address}:${media.port}`, moved, send: media.sendAllowed, payload_type: media.payloadType },
-      media.sendAllowed ? 'SDP answer in the ACK taken (re-INVITE without offer)' : 'far end put the call on hold (answer in the ACK): no audio sent until it resumes',
-    );
-    this.remote = media;
-    this.p.retarget({ t: 'retarget', id: this.p.id, address: media.address, port: media.port, payloadType: media.payloadType, send: media.sendAllowed });
+    this.follow(media, media.sendAllowed ? 'SDP answer in the ACK taken (re-INVITE without offer)' : 'far end put the call on hold (answer in the ACK): no audio sent until it resumes');
   }
 
   async play(announcement: Announcement): Promise<PlayResult> {
