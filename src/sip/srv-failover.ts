@@ -207,13 +207,18 @@ export function targetUser(
 /** The same request as a new transaction (RFC 3263 4.3): its top Via on a new branch, all else identical. */
 export function onNewBranch(request: SipRequest, via: (branch: string) => string): { request: SipRequest; branch: string } {
   const branch = newBranch();
+  return { request: withTopVia(request, via(branch)), branch };
+}
+
+/** `request` with its top Via replaced by `via` (another branch, another transport). */
+export function withTopVia(request: SipRequest, via: string): SipRequest {
   let top = true;
   const headers = request.headers.map((h) => {
     if (!top || h.key !== 'via') return h;
     top = false;
-    return hdr('Via', via(branch));
+    return hdr('Via', via);
   });
-  return { request: { ...request, headers }, branch };
+  return { ...request, headers };
 }
 
 /** A 503's Retry-After in ms (RFC 3261 20.33: delta-seconds, then an optional comment and parameters), at most an hour. */

@@ -25,7 +25,7 @@ import { isToken, parseNameAddr, parseSipUri, splitCommaList } from './parser.js
 import { q850Cause } from './reason.js';
 import { numberUser, type NumberFormat } from './number-format.js';
 import { srvNameFor, type Located } from './sip-locator.js';
-import { onNewBranch, retryAfterMs, TargetFailover, targetUser, type FailoverHost, type FailoverReason } from './srv-failover.js';
+import { onNewBranch, retryAfterMs, TargetFailover, targetUser, withTopVia, type FailoverHost, type FailoverReason } from './srv-failover.js';
 import { trunkUriTransport, type TrunkUriTransport } from './trunk-transport.js';
 import { TransactionState, type ClientTransaction, type ClientTransactionUser } from './transactions/transaction.js';
 import { destinationKey, type Destination, type InboundSource, type TransportProtocol } from './transport.js';
@@ -1355,15 +1355,4 @@ function requestSize(request: SipRequest): number {
   let size = request.method.length + 1 + Buffer.byteLength(request.uri) + ' SIP/2.0\r\n'.length;
   for (const h of request.headers) if (h.key !== 'content-length') size += h.name.length + 2 + Buffer.byteLength(h.value) + 2;
   return size + 'Content-Length: \r\n\r\n'.length + String(body).length + body;
-}
-
-/** `request` with its top Via replaced by `via`. */
-function withTopVia(request: SipRequest, via: string): SipRequest {
-  let top = true;
-  const headers = request.headers.map((h) => {
-    if (!top || h.key !== 'via') return h;
-    top = false;
-    return hdr('Via', via);
-  });
-  return { ...request, headers };
 }
