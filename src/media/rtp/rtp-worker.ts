@@ -51,8 +51,9 @@ interface WorkerSession {
   held: boolean;
   /** The socket connects to the far end's new address (retarget): packets falling due meanwhile are dropped. */
   moving: boolean;
-  /** A play is connecting (a host name being looked up): a retarget meanwhile waits here, applied once it started. */
+  /** A play is connecting (a host name being looked up): a retarget meanwhile waits (pendingRetarget), applied once it started. */
   starting?: boolean;
+  /** The latest retarget that came while the play or a move connected: applied once that is done. */
   pendingRetarget?: Extract<ToWorker, { t: 'retarget' }> | undefined;
 }
 
@@ -326,20 +327,26 @@ function play(m: Extract<ToWorker, { t: 'play' }>): void {
     // not connected yet
   }
   // A far end we cannot connect to (bad address, wrong family, a name that does not resolve) ends the playback
-  // instead of leaving it pending. Node gives a failed connect's error to its callback, not as an 'error' event: a
-  // stream started on the unconnected socket would throw at its first send and take the thread with every call on it.
-  const failed = (err: Error): void => {
-    s.socket.off('error', failed);
-    s.starting = false;
-    s.pendingRetarget = undefined;
-    post({ t: 'socketError', id: m.id, message: `cannot send RTP to ${m.address}:${m.port}: ${err.message}` });
-    notPlayed(m.id);
+  // instead of leaving it pending, unless it moved meanwhile: then the stream goes to where it moved. Node gives a
+  // failed connect's error to its callback, not as an 'error' event: a stream started on the unconnected socket
+  // would throw at its first send and take the thread with every call on it.
+  const begin = (address: string, port: number, tried?: Extract<ToWorker, { t: 'retarget' }>): void => {
+    const failed = (err: Error): void => {
+      s.socket.off('error', failed);
+      s.starting = false;
+      const moved = s.pendingRetarget;
+      // Kept: once started there, the stream takes its payload type and hold (start() applies it).
+      if (moved && moved !== tried && !s.stopped) return begin(moved.address, moved.port, moved);
+      post({ t: 'socketError', id: m.id, message: `cannot send RTP to ${address}:${port}: ${err.message}` });
+      notPlayed(m.id);
+    };
+    s.starting = true;
+    connectOrFail(s.socket, port, address, failed, () => {
+      s.starting = false;
+      start();
+    });
   };
-  s.starting = true;
-  connectOrFail(s.socket, m.port, m.address, failed, () => {
-    s.starting = false;
-    start();
-  });
+  begin(m.address, m.port);
 }
 
 /**
@@ -367,6 +374,11 @@ function retarget(m: Extract<ToWorker, { t: 'retarget' }>): void {
     if (s.starting) s.pendingRetarget = m;
     return;
   }
+  // A move still connecting (a host name being looked up): this one follows once it is done.
+  if (s.moving) {
+    s.pendingRetarget = m;
+    return;
+  }
   for (let i = st.next; i < st.count; i++) {
     const at = i * PACKET_BYTES + 1;
     st.packets[at] = (st.packets[at]! & 0x80) | (m.payloadType & 0x7f);
@@ -384,14 +396,25 @@ function retarget(m: Extract<ToWorker, { t: 'retarget' }>): void {
   } catch {
     // not connected
   }
+  // A later move that came meanwhile goes next (the address the far end names now).
+  const next = (): boolean => {
+    const later = s.pendingRetarget;
+    s.pendingRetarget = undefined;
+    if (later && sessions.get(m.id) === s && !s.stopped) retarget(later);
+    return later !== undefined;
+  };
   // An address we cannot connect to: nothing more is sent (as on hold); the call's BYE ends it.
   const failed = (err: Error): void => {
     s.socket.off('error', failed);
     s.moving = false;
+    if (next()) return;
     s.held = true;
     post({ t: 'socketError', id: m.id, message: `cannot send RTP to ${m.address}:${m.port}: ${err.message}` });
   };
-  connectOrFail(s.socket, m.port, m.address, failed, () => (s.moving = false));
+  connectOrFail(s.socket, m.port, m.address, failed, () => {
+    s.moving = false;
+    next();
+  });
 }
 
 /**

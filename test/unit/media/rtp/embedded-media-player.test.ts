@@ -142,6 +142,39 @@ describe('EmbeddedMediaPlayer (RTP worker thread)', () => {
     }
   });
 
+  it('moves that come while a move still connects follow it, the last one wins; a move during a failing lookup saves the stream', async () => {
+    rtp = await startRtpReceiver();
+    const second = await startRtpReceiver();
+    const third = await startRtpReceiver();
+    try {
+      player = new EmbeddedMediaPlayer({ bindHost: '127.0.0.1', advertisedHost: '127.0.0.1', portMin: 43700, portMax: 43799 });
+      const session = await player.createSession(logger);
+      session.accept(answer(rtp.port));
+      const playing = session.play({ language: 'en', items: [{ silenceMs: 1000 }] });
+      await sleep(200);
+      // A move to a host name (looked up), then at once another to an address: the stream ends up at the last one.
+      session.reoffer!(answer(second.port).replace('c=IN IP4 127.0.0.1', 'c=IN IP4 localhost'));
+      session.reoffer!(answer(third.port));
+      const result = await playing;
+      await sleep(100);
+      expect(result.completed).toBe(true);
+      expect(third.packets.length).toBeGreaterThan(20);
+      expect(rtp.packets.length + second.packets.length + third.packets.length).toBeLessThanOrEqual(50);
+      await session.close();
+
+      // The answer names a host that does not resolve; a re-INVITE moves the media to a good address during the lookup.
+      const saved = await player.createSession(logger);
+      saved.accept(answer(rtp.port).replace('c=IN IP4 127.0.0.1', 'c=IN IP4 no-such-host.invalid'));
+      const savedPlaying = saved.play({ language: 'en', items: [{ silenceMs: 200 }] });
+      saved.reoffer!(answer(second.port));
+      expect(await savedPlaying).toMatchObject({ completed: true, packets: 10 });
+      await saved.close();
+    } finally {
+      await second.close();
+      await third.close();
+    }
+  });
+
   it('reserves ports in the worker: a full range is a MediaError, a closed session frees its port', async () => {
     player = new EmbeddedMediaPlayer({ bindHost: '127.0.0.1', advertisedHost: '127.0.0.1', portMin: 43200, portMax: 43201 });
     const first = await player.createSession(logger);
