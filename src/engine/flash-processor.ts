@@ -90,11 +90,12 @@ export class FlashProcessor {
       // The range of this call's CLI, for the conversion of the range when the request is verified; written while the
       // trunk's CPS token is awaited, in place before the INVITE leaves. A workflow's step may be over by now: its next
       // step's range is not overwritten (a plain request keeps the one-command write on the hot path).
+      // `cli_quarantined`: the range was used while quarantined; its verification is not judged either (fraud-controls.ts).
+      const quarantined = reserved.quarantined ? '1' : '0';
       const rangeWrite =
         base.step === undefined
-          ? // `cli_quarantined`: the range was used while quarantined; its verification is not judged either (fraud-controls.ts).
-            redis.hset(key, 'cli_range', reserved.range.prefix, 'cli_quarantined', reserved.quarantined ? '1' : '0')
-          : recordAttemptFields(redis, key, base.step, { cli_range: reserved.range.prefix });
+          ? redis.hset(key, 'cli_range', reserved.range.prefix, 'cli_quarantined', quarantined)
+          : recordAttemptFields(redis, key, base.step, { cli_range: reserved.range.prefix, cli_quarantined: quarantined });
       await this.deps.trunks.guarded(trunk, Promise.all([rangeWrite, this.deps.trunks.take(trunk)]));
       // Canceled, verified, expired, or its workflow step timed out while the phone rings: CANCEL now rather than
       // at the end of ringMs (through the same path as a worker shutdown).

@@ -610,6 +610,29 @@ describe('DID range health and quarantine', () => {
     expect(await t.redis.hget(t.keys.verification(String(next.body.request_id)), 'cli_quarantined')).toBe('0');
   }, 90_000);
 
+  it('every range quarantined: a plain flash call and a workflow\'s flash step use one all the same, marked so that neither their outcome nor their verification is judged', async () => {
+    const A = '+44190873';
+    const t = await startWithSipp('uas-ring-cancel', 2, { numbers: { ranges: [{ prefix: A, country: 'GB' }] } });
+    await t.redis.set(t.keys.rangeQuarantine(A), 'unverified', 'EX', 600);
+    await sleep(1100); // the selector's view of the quarantine is at most 1 s old
+    const a = await t.account();
+    const plain = await verify(t, a.auth, { phone_number: '+447700900481', method: 'flash_call' });
+    const workflow = await verify(t, a.auth, { phone_number: '+447700900482', workflow: [{ method: 'flash_call', timeout_seconds: 30 }, { method: 'sms' }] });
+    for (const r of [plain, workflow]) {
+      expect(r.status, JSON.stringify(r.body)).toBe(201);
+      const key = t.keys.verification(String(r.body.request_id));
+      await waitFor(async () => (await t.redis.hget(key, 'rang_at')) ?? undefined, 10_000);
+      expect(await t.redis.hmget(key, 'cli_range', 'cli_quarantined')).toEqual([A, '1']);
+      expect((await http(`${t.url}/v1/verify/check`, { auth: a.auth, body: { request_id: r.body.request_id, code: await codeOf(t, String(r.body.request_id)) } })).body.status).toBe('verified');
+    }
+    // The day counts both verifications for A; its judged window none of them.
+    const health = new RangeHealth({ redis: t.redis, keys: t.keys, config: t.config.fraud.rangeHealth, ranges: [A], logger });
+    await sleep(300); // the engine's counter batch (250 ms)
+    expect(await health.stats(A)).toMatchObject({ attempts: 0, sent: 0, verified: 0 });
+    const day = new Date().toISOString().slice(0, 10);
+    expect((await t.redis.hgetall(t.keys.conversion(day)))[`range:${A}:verified`]).toBe('2');
+  }, 30_000);
+
   it('end to end: a range rejected with 603 is quarantined, the next call uses the other range, the gauge shows it', async () => {
     const A = '+44190873';
     const B = '+44190874';

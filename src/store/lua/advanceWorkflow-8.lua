@@ -114,7 +114,7 @@ end
 if cost > 0 then redis.call('HINCRBY', KEYS[2], 'balance', -cost) end
 
 -- Everything the previous step's delivery (claimDelivery, the processors, status-consumer's event patch) wrote.
-redis.call('HDEL', KEYS[1], 'dial_started', 'rang_at', 'answered_at', 'outcome', 'final_sip_status', 'cli_range',
+redis.call('HDEL', KEYS[1], 'dial_started', 'rang_at', 'answered_at', 'outcome', 'final_sip_status', 'cli_range', 'cli_quarantined',
   'sms_state', 'sms_attempts', 'sms_receipt', 'sms_smsc', 'sms_message_id', 'sms_message_ids', 'sms_superseded_ids',
   'sms_unconfirmed_until', 'sms_nobind_since', 'sms_waits', 'refunded',
   'range', 'sip_status', 'call_id', 'trunk', 'failure_reason')
