@@ -24,8 +24,10 @@
 #   --timeout SECONDS   stop SIPp after this long (exit 255), default none
 #   --logs DIR          log directory (default $TMPDIR/flashverify-sipp/<scenario>-<time>)
 #
-# Exit code is SIPp's: 0 all calls succeeded, 1 some failed, 97 stopped by
-# an internal command, 99 no call processed, 255 fatal or --timeout hit.
+# Exit code is SIPp's (3.6.1): 0 all calls succeeded, 1 some failed (or a
+# --set SIPp refused, before any call), 97 stopped by an internal command,
+# 99 no call processed, 254 the SIP port in use, 255 other fatal errors or
+# --timeout hit.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -105,7 +105,9 @@ export function expandEnv(
 function typedReferences(merged: unknown, problems: readonly { code: string; path: PropertyKey[]; expected?: unknown }[], references: ReadonlySet<string>): boolean {
   let changed = false;
   for (const p of problems) {
-    if (p.code !== 'invalid_type' || (p.expected !== 'number' && p.expected !== 'boolean') || !references.has(p.path.join('.'))) continue;
+    // A number or boolean setting (invalid_type), or one of several forms (invalid_union: 0 or 1, false or a list).
+    const wanted = p.code === 'invalid_union' ? 'either' : p.code === 'invalid_type' && (p.expected === 'number' || p.expected === 'boolean') ? p.expected : undefined;
+    if (wanted === undefined || !references.has(p.path.join('.'))) continue;
     let parent: unknown = merged;
     for (const k of p.path.slice(0, -1)) parent = isPlainObject(parent) || Array.isArray(parent) ? (parent as Record<PropertyKey, unknown>)[k as string] : undefined;
     const last = p.path[p.path.length - 1] as string;
@@ -113,7 +115,9 @@ function typedReferences(merged: unknown, problems: readonly { code: string; pat
     const text = (parent as Record<string, unknown>)[last];
     if (typeof text !== 'string') continue;
     const t = text.trim();
-    const typed = p.expected === 'number' ? (/^-?\d+(\.\d+)?$/.test(t) ? Number(t) : undefined) : t === 'true' ? true : t === 'false' ? false : undefined;
+    const number = /^-?\d+(\.\d+)?$/.test(t) ? Number(t) : undefined;
+    const boolean = t === 'true' ? true : t === 'false' ? false : undefined;
+    const typed = wanted === 'number' ? number : wanted === 'boolean' ? boolean : (number ?? boolean);
     if (typed === undefined) continue;
     (parent as Record<string, unknown>)[last] = typed;
     changed = true;

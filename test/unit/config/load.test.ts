@@ -483,6 +483,8 @@ describe('loadConfig', () => {
     );
     const c = loadConfig({ file, env: { P: '9001', CPS: '50', METRICS: 'false', TOKEN: '1234567890123456' } });
     expect([c.http.port, c.sip.trunks[0]!.cps, c.metrics.enabled, c.admin.token]).toEqual([9001, 50, false, '1234567890123456']);
+    // A setting of several forms: http.trustProxy (false, true or addresses).
+    expect(loadConfig({ file: yamlFile('http:\n  trustProxy: "${TRUST}"\n'), env: { TRUST: 'true' } }).http.trustProxy).toBe(true);
     // Not a number: named as before; a reference inside other text stays text.
     expect(() => loadConfig({ file, env: { P: '9001', CPS: 'fifty', METRICS: 'false', TOKEN: '1234567890123456' } })).toThrow(/sip\.trunks\.0\.cps: .*expected number/);
     expect(() => loadConfig({ file: yamlFile('http:\n  port: "90${P}"\n'), env: { P: '01' } })).toThrow(/http\.port: .*expected number/);
