@@ -54,6 +54,11 @@ export interface DrachtioScenario {
   remoteByeAfterMs?: number;
   /** The far end sends a re-INVITE (same SDP, new version) this long after its 2xx. */
   reinviteAfterMs?: number;
+  /**
+   * That re-INVITE carries no SDP (RFC 3261 14.2): the app's 200 must offer, and the far end's ACK answers with this
+   * SDP (drachtio-server passes the ACK up in the dialog).
+   */
+  reinviteWithoutSdp?: { ackSdp: string };
   /** The TCP connection between app and drachtio-server breaks this long after the INVITE. */
   dropConnectionAfterMs?: number;
   /** The SDP of responses with `sdp: true` (default farEndSdp()). */

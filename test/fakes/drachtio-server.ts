@@ -524,6 +524,8 @@ export class FakeDrachtioServer {
       // The app's response to a request from the network.
       this.appResponses.push(msg);
       this.sent(socket, frame.msgId, frame.body, txnId);
+      // A 2xx to the far end's re-INVITE: the far end ACKs it, the answer in the ACK when the 200 offered.
+      if (msg.status >= 200 && msg.status < 300 && msg.header('cseq')?.endsWith('INVITE')) this.ackFromNetwork(msg);
       return;
     }
     const method = msg.method ?? '';
@@ -808,7 +810,9 @@ export class FakeDrachtioServer {
     const dialog: DialogState = { id: txn.dialogId, txn, socket: txn.socket, ok: parseSip(raw), cseq: 1, ackBye: txn.cancelled };
     this.dialogs.set(dialog.id, dialog);
     const { remoteByeAfterMs, reinviteAfterMs } = txn.scenario;
-    if (reinviteAfterMs !== undefined) this.later(reinviteAfterMs, () => this.requestFromNetwork(dialog, 'INVITE', farEndSdp(40_000, 2)));
+    if (reinviteAfterMs !== undefined) {
+      this.later(reinviteAfterMs, () => this.requestFromNetwork(dialog, 'INVITE', txn.scenario.reinviteWithoutSdp ? '' : farEndSdp(40_000, 2)));
+    }
     if (remoteByeAfterMs !== undefined) {
       this.later(remoteByeAfterMs, () => {
         if (this.dialogs.delete(dialog.id)) this.requestFromNetwork(dialog, 'BYE');
@@ -839,8 +843,18 @@ export class FakeDrachtioServer {
     this.send(dialog.socket, `${serverLeader('unsolicited-request', { uuid: randomUUID(), ...msgMeta(bye), dialogId: dialog.id })}\r\n${bye}`);
   }
 
-  /** An in-dialog request from the far end (BYE, re-INVITE). */
-  private requestFromNetwork(dialog: DialogState, method: string, body = ''): void {
+  /** The far end's ACK to the app's 2xx for its re-INVITE (same CSeq number), with the scenario's answer when it offered. */
+  private ackFromNetwork(ok: ParsedSip): void {
+    for (const dialog of this.dialogs.values()) {
+      if (dialog.txn.invite.header('call-id') !== ok.header('call-id')) continue;
+      const answer = dialog.txn.scenario.reinviteWithoutSdp && ok.body ? dialog.txn.scenario.reinviteWithoutSdp.ackSdp : '';
+      this.requestFromNetwork(dialog, 'ACK', answer, cseqNumber(ok));
+      return;
+    }
+  }
+
+  /** An in-dialog request from the far end (BYE, re-INVITE, ACK: `cseq` its INVITE's). */
+  private requestFromNetwork(dialog: DialogState, method: string, body = '', cseq?: string): void {
     const inv = dialog.txn.invite;
     const headers: SipHeaderLine[] = [
       { name: 'Via', value: `SIP/2.0/UDP ${FAR_ADDR}:${FAR_PORT};branch=z9hG4bK${randomBytes(6).toString('hex')}` },
@@ -848,7 +862,7 @@ export class FakeDrachtioServer {
       { name: 'From', value: dialog.ok.header('to') ?? '' },
       { name: 'To', value: inv.header('from') ?? '' },
       { name: 'Call-ID', value: inv.header('call-id') ?? '' },
-      { name: 'CSeq', value: `${++dialog.cseq} ${method}` },
+      { name: 'CSeq', value: `${cseq ?? ++dialog.cseq} ${method}` },
       { name: 'Contact', value: `<sip:farend@${FAR_ADDR}:${FAR_PORT}>` },
     ];
     if (body !== '') headers.push({ name: 'Content-Type', value: 'application/sdp' });

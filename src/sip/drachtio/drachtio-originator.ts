@@ -56,6 +56,7 @@ import {
   type SrfDialog,
   type SrfOutgoingRequest,
   type SrfResponse,
+  type SrfSipMessage,
   type SrfUacOptions,
   type SrfUacRequest,
 } from './srf-types.js';
@@ -257,6 +258,8 @@ class DrachtioCall implements OutboundCall {
   private readonly uri: string;
   private readonly uacOptions: SrfUacOptions;
   private readonly localSdp: string | undefined;
+  /** Our 200 to a re-INVITE without SDP offered (offerInReinvite): its ACK brings the answer. */
+  private awaitingAnswer = false;
   private ownCallId: string;
   private req: SrfUacRequest | undefined;
   private dialog: SrfDialog | undefined;
@@ -403,11 +406,14 @@ class DrachtioCall implements OutboundCall {
         res.send(200, { body: sdp, headers: { 'Content-Type': 'application/sdp' } });
       };
       const onOffer = this.delegate.onOffer;
-      if (!req.body || onOffer === undefined) return reply(this.localSdp);
+      if (!req.body) return reply(this.offerInReinvite());
+      if (onOffer === undefined) return reply(this.localSdp);
       const answer = answerToOffer(onOffer, req.body, this.log);
       if (typeof answer === 'object') void answer.then(reply);
       else reply(answer);
     });
+    // The ACK of a re-INVITE our 200 offered in (offerInReinvite) carries the answer.
+    dialog.on('ack', (req) => this.onAck(req));
     if (this.outcome !== undefined || this.ended) {
       // A 2xx after we gave up (timeout, connection loss, cancel guard): ACKed by drachtio-srf, BYE it.
       this.log.info('2xx after the call outcome was reported; BYE');
@@ -526,6 +532,40 @@ class DrachtioCall implements OutboundCall {
   private clearTimer(): void {
     if (this.timer !== undefined) this.host.clock.clearTimeout(this.timer);
     this.timer = undefined;
+  }
+
+  /**
+   * A re-INVITE without an offer (RFC 3261 14.2): our 200 carries the media side's offer (the call's media in the codec
+   * it plays in), the ACK the answer (onAck). Without a media side that makes one: our SDP as it was, whose answer is
+   * not applied.
+   */
+  private offerInReinvite(): string | undefined {
+    if (this.delegate.onOfferWanted === undefined || this.delegate.onAnswer === undefined) return this.localSdp;
+    try {
+      const offer = this.delegate.onOfferWanted();
+      this.awaitingAnswer = true;
+      return offer;
+    } catch (err) {
+      this.log.warn({ err: errorMessage(err) }, 'no offer of the media side for a re-INVITE without one; our SDP offered as it was');
+      return this.localSdp;
+    }
+  }
+
+  /** The ACK of a re-INVITE: the answer to our offer, when our 200 made one; one that cannot be taken ends the call (BYE). */
+  private onAck(req: SrfSipMessage): void {
+    if (!this.awaitingAnswer) return;
+    this.awaitingAnswer = false;
+    if (!req.body) {
+      this.log.warn('ACK without the answer to our offer (re-INVITE without SDP); the call keeps its media');
+      return;
+    }
+    try {
+      this.delegate.onAnswer?.(req.body);
+    } catch (err) {
+      this.log.warn({ err: errorMessage(err) }, 'the answer in the ACK cannot be taken; ending the call with BYE');
+      void this.hangup();
+      this.safe('onRemoteHangup', () => this.delegate.onRemoteHangup?.());
+    }
   }
 
   private safe(name: string, fn: () => void): void {

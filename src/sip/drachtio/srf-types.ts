@@ -91,6 +91,8 @@ export interface SrfDialog {
   on(event: 'destroy', listener: (req: SrfSipMessage, reason?: string) => void): this;
   /** A re-INVITE whose SDP is not a refresh/hold/unhold: the app must answer it. */
   on(event: 'modify', listener: (req: SrfInDialogRequest, res: SrfServerResponse) => void): this;
+  /** An ACK in the dialog (of a re-INVITE the far end sent): its body, when our 2xx offered, is the answer. */
+  on(event: 'ack', listener: (req: SrfSipMessage) => void): this;
 }
 
 export interface SrfUacOptions {

@@ -530,6 +530,49 @@ describe('drachtio backend: voice call smoke test', () => {
   });
 });
 
+describe('drachtio backend: a re-INVITE without SDP', () => {
+  it('our 200 carries the media side\'s offer, and the answer in the far end\'s ACK goes to the media side (RFC 3261 14.2)', async () => {
+    const fake = await FakeDrachtioServer.start({ secret: SECRET });
+    const drachtio = newDrachtio(fake.port);
+    const ackSdp = 'v=0\r\no=far 1 3 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40100 RTP/AVP 0\r\na=sendrecv\r\n';
+    try {
+      await drachtio.start();
+      fake.scenario = { ...SCENARIOS.voiceReinvite, reinviteWithoutSdp: { ackSdp } };
+      const offer =
+        'v=0\r\no=flashverify 1 1 IN IP4 127.0.0.1\r\ns=flashverify\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n' +
+        'm=audio 41000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n';
+      const reoffer = offer.replace('o=flashverify 1 1', 'o=flashverify 1 2').replace('RTP/AVP 0 8 101', 'RTP/AVP 0 101');
+      const answers: string[] = [];
+      const session: MediaSession = {
+        offer,
+        accept: (sdp) => parseAnswer(sdp),
+        offerAgain: () => reoffer,
+        acceptAgain: (sdp) => void answers.push(sdp),
+        play: () => new Promise((r) => setTimeout(() => r({ completed: true, packets: 15 }), 400)),
+        stop: () => undefined,
+        close: async () => undefined,
+      };
+      const player: MediaPlayer = { createSession: async () => session, stop: async () => undefined };
+      const result = await placeVoiceCall(drachtio, player, {
+        to: '+447700900123',
+        from: '+441908731234',
+        trunk: trunk('sip:192.0.2.10:5060'),
+        announcement: { language: 'en', items: [{ silenceMs: 400 }] },
+        answerTimeoutMs: 2000,
+        settleMs: SETTLE_MS,
+        logger,
+      });
+      expect(result.outcome).toBe('played');
+      const ok = fake.appResponses.find((r) => r.header('cseq')?.endsWith('INVITE'));
+      expect([ok?.status, ok?.body]).toEqual([200, reoffer]);
+      expect(answers).toEqual([ackSdp]);
+    } finally {
+      await drachtio.stop();
+      await fake.stop();
+    }
+  });
+});
+
 describe('drachtio backend: OPTIONS keep-alive pings (srf.request)', () => {
   let fake: FakeDrachtioServer;
   let drachtio: DrachtioOriginator;
