@@ -186,7 +186,7 @@ export class SmsProcessor {
       const ttl = Math.ceil(config.sms.unconfirmedDeadlineMs / 1000) + 60;
       const byNumber = this.numberKeys(outcome.smsc, to);
       const marked = await scripts.markSmsWaiting.run(redis, [key, byNumber.unconfirmed, byNumber.parked], [
-        'unconfirmed', requestId, ttl, Date.now(), 'sms_smsc', outcome.smsc, 'sms_unconfirmed_until', until, 'sms_job', job.id ?? '',
+        'unconfirmed', requestId, ttl, Date.now(), stepArg, 'sms_smsc', outcome.smsc, 'sms_unconfirmed_until', until, 'sms_job', job.id ?? '',
       ]);
       if (marked === 0) {
         // Its late submit_sm_resp came first: accepted (mapSmsMessage-5), or refused (markSmsRefused-2).
@@ -228,13 +228,14 @@ export class SmsProcessor {
       const waits = Number(extra.sms_waits ?? 0) + 1;
       if (Date.now() - since < config.sms.noBindMaxWaitMs) {
         const delay = backoff(waits, config.sms.retry.firstDelayMs, config.sms.retry.maxDelayMs);
-        await this.waitForRetry(job, token, claim, attempt, delay, outcome, [
+        const settled = await this.waitForRetry(job, token, claim, attempt, delay, outcome, [
           'sms_attempts', attempt - 1, 'sms_nobind_since', since, 'sms_waits', waits,
         ]);
+        if (settled) return outcome;
       }
     } else if (outcome.kind === 'retry' && attempt < config.sms.retry.maxAttempts && token !== undefined) {
       const delay = backoff(attempt, config.sms.retry.firstDelayMs, config.sms.retry.maxDelayMs);
-      await this.waitForRetry(job, token, claim, attempt, delay, outcome, []);
+      if (await this.waitForRetry(job, token, claim, attempt, delay, outcome, [])) return outcome;
     }
 
     const detail: Record<string, string | number> =
@@ -264,7 +265,11 @@ export class SmsProcessor {
     return outcome;
   }
 
-  /** Marks the delivery `retry` and moves the job to BullMQ's delayed set (throws DelayedError); returns when it was accepted late meanwhile. */
+  /**
+   * Marks the delivery `retry` and moves the job to BullMQ's delayed set (throws DelayedError). Returns true when there
+   * is nothing to retry and nothing to fail: it was accepted late meanwhile, or its request ended (or its step moved
+   * on) while the submit waited, nothing sent: then refunded here, once.
+   */
   private async waitForRetry(
     job: Job<DeliveryJobData>,
     token: string,
@@ -273,10 +278,18 @@ export class SmsProcessor {
     delay: number,
     outcome: Extract<SubmitOutcome, { kind: 'retry' }>,
     fields: (string | number)[],
-  ): Promise<never | void> {
-    if ((await scripts.markSmsWaiting.run(this.deps.redis, [claim.key, claim.key, claim.key], ['retry', claim.base.request_id, 0, Date.now(), ...fields])) === 0) {
+  ): Promise<true> {
+    const step = claim.base.step === undefined ? '' : String(claim.base.step);
+    const marked = await scripts.markSmsWaiting.run(this.deps.redis, [claim.key, claim.key, claim.key], ['retry', claim.base.request_id, 0, Date.now(), step, ...fields]);
+    if (marked === 0) {
       claim.log.info({ attempt }, 'sms accepted late by the SMSC; not retried');
-      return;
+      return true;
+    }
+    if (marked === 'ended') {
+      // What ended it found the attempt `submitting` and billed it: the refunded failure gives the charge back, once.
+      await this.deps.events.publish({ ...claim.base, status: 'failed', detail: { reason: 'request_ended', refund: true } });
+      claim.log.info({ attempt, reason: outcome.reason }, 'verification ended (or its step moved on) while its SMS waited for a bind or was throttled; not sent, refunded');
+      return true;
     }
     claim.log.warn(
       { reason: outcome.reason, smpp_status: outcome.commandStatus, smsc: outcome.smsc, attempt, retry_in_ms: delay },

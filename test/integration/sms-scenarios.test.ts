@@ -694,6 +694,27 @@ describe('SMS OTP through SMPP', () => {
     expect(await t.redis.hget(t.keys.verification(id), 'sms_attempts')).toBe('1');
   });
 
+  it('canceled while its submit waits for a bind (SMSC down): nothing sent, refunded once', async () => {
+    const t = await start({}, { sms: { retry: { firstDelayMs: 50, maxDelayMs: 100, maxAttempts: 2 } } });
+    const account = await t.account({ balance: 1 });
+    await smsc.set({ refuseBinds: true });
+    await smsc.action('drop');
+    await waitFor(async () => (await http(`${t.url}/readyz`)).status === 503, 5000);
+    const id = await sendSms(t, account.auth, '+447700900503');
+    const key = t.keys.verification(id);
+    // The submit waits for a bind (up to the gateway's bind wait), marked `submitting`: the cancel lands then.
+    await waitFor(async () => ((await t.redis.hget(key, 'sms_state')) === 'submitting' ? true : undefined), 5000, 5);
+    const canceled = await http(`${t.url}/v1/verify/${id}/cancel`, { method: 'POST', auth: account.auth });
+    expect(canceled.body.status).toBe('canceled');
+    await waitFor(async () => ((await t.redis.hget(key, 'refunded')) === '1' ? true : undefined), 5000);
+    expect((await t.accounts.get(account.account_id)).balance).toBe(1);
+    expect((await http(`${t.url}/v1/usage`, { auth: account.auth })).body.total_cost).toMatchObject({ amount: 0 });
+    expect(await t.redis.hget(key, 'status')).toBe('canceled');
+    await smsc.set({ refuseBinds: false });
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(await submitsTo('+447700900503')).toEqual([]);
+  });
+
   it('no bind up for longer than sms.noBindMaxWaitMs: failed smsc_no_bind, refunded, nothing sent', async () => {
     const t = await start({}, { sms: { noBindMaxWaitMs: 600, retry: { firstDelayMs: 50, maxDelayMs: 100, maxAttempts: 2 } } });
     const account = await t.account({ balance: 1 });

@@ -20,16 +20,26 @@
   ARGV[2] request id
   ARGV[3] how long it waits under KEYS[2] (its score: now + this; and the key's TTL), seconds
   ARGV[4] now, ms
-  ARGV[5..] field, value pairs to set on the verification
+  ARGV[5] the workflow step of the attempt ("" = not a workflow request)
+  ARGV[6..] field, value pairs to set on the verification
 
   Returns 1 when marked; 0 when the state was no longer `submitting` (nor,
   for `retry`, `refused`): a late submit_sm_resp accepted or refused it
   meanwhile; or (for `unconfirmed`) the message id of a receipt parked for
   this number: the caller records that id as accepted (mapSmsMessage-5)
-  instead.
+  instead; or (for `retry`) 'ended': the request ended (canceled, expired,
+  failed `interrupted` by another worker ...) or its step moved on while the
+  submit waited for a bind or was throttled. Nothing was sent, and what ended
+  it found the attempt `submitting` ("may have left") and billed it: the
+  caller publishes a refunded failure, which gives the charge back once
+  (applyEvent-4 / applyStepEvent-4), as markSmsWithdrawn-1's 'ended'.
 ]]
 local state = redis.call('HGET', KEYS[1], 'sms_state')
 if state ~= 'submitting' and not (ARGV[1] == 'retry' and state == 'refused') then return 0 end
+if ARGV[1] == 'retry' then
+  local v = redis.call('HMGET', KEYS[1], 'status', 'wf_step')
+  if not ((v[1] == 'sent' or v[1] == 'delivered') and (ARGV[5] == '' or v[2] == ARGV[5])) then return 'ended' end
+end
 local now = tonumber(ARGV[4])
 if ARGV[1] == 'unconfirmed' then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
@@ -41,7 +51,7 @@ if ARGV[1] == 'unconfirmed' then
 end
 redis.call('HSET', KEYS[1], 'sms_state', ARGV[1])
 redis.call('HDEL', KEYS[1], 'sms_refusal')
-for i = 5, #ARGV - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 6, #ARGV - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[1] == 'unconfirmed' then
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]) * 1000, ARGV[2])
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
