@@ -43,9 +43,10 @@ local values = redis.call('HMGET', KEYS[1], unpack(ARGV, 5))
 local h = redis.call('HMGET', KEYS[1], 'status', 'account_id', 'phone_enc', 'code_enc', 'expires_at', 'method', 'sends', 'wf_step')
 local status = h[1]
 if not status or not h[2] or not h[3] then return { 'gone', values } end
+-- The step first: a stale job of an earlier step is of that step's method, not a job queued for the wrong method.
+if ARGV[4] ~= '' and tonumber(ARGV[4]) ~= tonumber(h[8] or '0') then return { 'other_step', values } end
 if h[6] ~= ARGV[1] then return { 'other_method', values } end
 if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= tonumber(h[7] or '1') then return { 'other_send', values } end
-if ARGV[4] ~= '' and tonumber(ARGV[4]) ~= tonumber(h[8] or '0') then return { 'other_step', values } end
 -- A resend (POST /v1/verify with resend: true) re-opens the claim of a live request by clearing dial_started.
 local resend = status == 'delivered' and redis.call('HEXISTS', KEYS[1], 'dial_started') == 0
 if status ~= 'sent' and not resend then return { 'past_sent', values } end
