@@ -7,6 +7,7 @@ import { scripts } from '../store/scripts.js';
 import { sendOfJob } from '../verification/resend.js';
 import type { Method } from '../verification/types.js';
 import { stepOfJob } from '../verification/workflow.js';
+import { expireRequest } from '../verification/expiry-sweeper.js';
 
 /** claimDelivery-1.lua's answer. */
 type ClaimVerdict = 'gone' | 'other_method' | 'other_send' | 'other_step' | 'past_sent' | 'expired' | 'expired_started' | 'claimed' | 'started';
@@ -134,7 +135,10 @@ export async function claimDelivery(
     return undefined;
   }
   if (verdict === 'expired' || verdict === 'expired_started') {
-    await events.publish({ ...base, status: 'failed', detail: { reason: 'expired_before_delivery', refund: true } });
+    // Its time ran out before it went (a backlog, workers stopped): it expires, as the sweeper would have made it
+    // (`expired`, the attempt refunded when nothing left), whichever of the two comes first.
+    const r = await expireRequest(redis, keys, requestId, Date.now(), events.maxLen);
+    log.info({ method, verdict: r }, 'verification expired before its delivery; not delivered');
     return undefined;
   }
   if (verdict === 'started') {

@@ -27,7 +27,8 @@ export class EventPublisher {
   constructor(
     private readonly redis: Redis,
     private readonly keys: Keys,
-    private readonly maxLen: number,
+    /** Approximate cap of the events stream (XADD MAXLEN ~). */
+    readonly maxLen: number,
   ) {}
 
   /** The stream's key: for a Lua script that writes an event (with `streamArgs`) atomically with its record. */

@@ -68,20 +68,7 @@ export class ExpirySweeper {
           h.wf_step = wfStep;
           h[`att${wfStep}_started_at`] = steps[stepRead++]?.[0] ?? undefined;
         }
-        const day = chargeDay(h);
-        const [r] = (await scripts.expireVerification.run(
-          this.redis,
-          [
-            this.keys.verification(requestId),
-            this.keys.expiries(),
-            this.keys.events(),
-            this.keys.account(accountId ?? ''),
-            this.keys.usage(accountId ?? '', day),
-            this.keys.conversion(day),
-            this.keys.webhookOrder(requestId),
-          ],
-          [requestId, now, this.options.eventsMaxLen],
-        )) as [string, number?];
+        const r = await runExpire(this.redis, this.keys, requestId, accountId ?? '', chargeDay(h), now, this.options.eventsMaxLen);
         if (r === 'expired') {
           expired++;
           this.logger.info({ request_id: requestId }, 'verification expired');
@@ -98,4 +85,38 @@ export class ExpirySweeper {
     const results = (await this.redis.pipeline(commands).exec()) ?? [];
     return results.map(([err, value]) => (err ? [] : ((Array.isArray(value) ? value : [value]) as (string | null)[])));
   }
+}
+
+/** expireVerification-7 for one request (its account, and the day its current attempt was charged); its verdict. */
+async function runExpire(redis: Redis, keys: Keys, requestId: string, accountId: string, day: string, now: number, eventsMaxLen: number): Promise<string> {
+  const [r] = (await scripts.expireVerification.run(
+    redis,
+    [
+      keys.verification(requestId),
+      keys.expiries(),
+      keys.events(),
+      keys.account(accountId),
+      keys.usage(accountId, day),
+      keys.conversion(day),
+      keys.webhookOrder(requestId),
+    ],
+    [requestId, now, eventsMaxLen],
+  )) as [string, number?];
+  return r;
+}
+
+/**
+ * Expires one request whose time is up now, as the sweeper would: a delivery job that finds it past its expiry before
+ * the sweeper came ends it the same way (`expired`, the attempt that never left refunded), not another. Its verdict
+ * (`expired`, `pending`: not due, or already final).
+ */
+export async function expireRequest(redis: Redis, keys: Keys, requestId: string, now: number, eventsMaxLen: number): Promise<string> {
+  const key = keys.verification(requestId);
+  const [accountId, wfStep, lastSendAt, createdAt] = await redis.hmget(key, 'account_id', 'wf_step', 'last_send_at', 'created_at');
+  const h: Record<string, string | undefined> = { last_send_at: lastSendAt ?? undefined, created_at: createdAt ?? undefined };
+  if (wfStep != null) {
+    h.wf_step = wfStep;
+    h[`att${wfStep}_started_at`] = (await redis.hget(key, `att${wfStep}_started_at`)) ?? undefined;
+  }
+  return runExpire(redis, keys, requestId, accountId ?? '', chargeDay(h), now, eventsMaxLen);
 }

@@ -1,4 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { claimDelivery } from '../../src/engine/delivery-claim.js';
+import { EventPublisher } from '../../src/events/event-publisher.js';
 import { ExpirySweeper } from '../../src/verification/expiry-sweeper.js';
 import { readEvents } from '../helpers/engine.js';
 import { startServiceOnRedis, type ServiceOnRedis } from '../helpers/service-on-redis.js';
@@ -103,6 +105,25 @@ describe('expiry sweeper', () => {
     await s.redis.hset(s.keys.verification(backlog.request_id), 'status', 'sent');
     await sweeper().sweep();
     expect(await s.balance()).toBe(before.balance - charged);
+  });
+
+  it('a delivery job that comes after the time is up, before the sweeper: the request expires as the sweeper makes it (refunded, verification.expired), not failed', async () => {
+    const before = await s.balance();
+    const late = await s.service.create(s.account, { phone_number: '+447700900325', expiry_seconds: 60 });
+    const key = s.keys.verification(late.request_id);
+    await s.redis.hset(key, 'expires_at', String(Date.now() - 1000));
+    const events = new EventPublisher(s.redis, s.keys, 1000);
+    const deps = { redis: s.redis, keys: s.keys, sealer: s.sealer, events, logger: s.logger };
+    expect(await claimDelivery(deps, { requestId: late.request_id, jobId: late.request_id }, 'flash_call')).toBeUndefined();
+    expect(await s.redis.hget(key, 'status')).toBe('expired');
+    expect(await s.balance()).toBe(before);
+    expect(await expiredEvents(late.request_id)).toHaveLength(1);
+    expect((await readEvents(s.redis, s.keys)).filter((e) => e.request_id === late.request_id && e.status === 'failed')).toEqual([]);
+    // The sweeper comes after: nothing more.
+    clock = Date.now() + 1000;
+    await sweeper().sweep();
+    expect(await expiredEvents(late.request_id)).toHaveLength(1);
+    expect(await s.balance()).toBe(before);
   });
 
   it('refunds the current step of a workflow that never left when the request expires', async () => {
