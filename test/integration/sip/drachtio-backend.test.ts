@@ -485,6 +485,33 @@ describe('drachtio backend: connection to drachtio-server', () => {
   });
 });
 
+/** The SDP offer of the stub media session below. */
+const STUB_OFFER =
+  'v=0\r\no=flashverify 1 1 IN IP4 127.0.0.1\r\ns=flashverify\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n' +
+  'm=audio 41000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n';
+
+/** A voice call through `drachtio` with a stub media session (signalling only) that "plays" for `playMs`; `extra` adds to it. */
+function stubVoiceCall(drachtio: DrachtioOriginator, extra: Partial<MediaSession>, playMs: number): ReturnType<typeof placeVoiceCall> {
+  const session: MediaSession = {
+    offer: STUB_OFFER,
+    accept: (sdp) => parseAnswer(sdp),
+    play: () => new Promise((r) => setTimeout(() => r({ completed: true, packets: playMs / 20 }), playMs)),
+    stop: () => undefined,
+    close: async () => undefined,
+    ...extra,
+  };
+  const player: MediaPlayer = { createSession: async () => session, stop: async () => undefined };
+  return placeVoiceCall(drachtio, player, {
+    to: '+447700900123',
+    from: '+441908731234',
+    trunk: trunk('sip:192.0.2.10:5060'),
+    announcement: { language: 'en', items: [{ silenceMs: playMs }] },
+    answerTimeoutMs: 2000,
+    settleMs: SETTLE_MS,
+    logger,
+  });
+}
+
 describe('drachtio backend: voice call smoke test', () => {
   it('the SDP offer goes out as localSdp, a re-INVITE is answered with it, then our BYE', async () => {
     const fake = await FakeDrachtioServer.start({ secret: SECRET });
@@ -492,27 +519,9 @@ describe('drachtio backend: voice call smoke test', () => {
     try {
       await drachtio.start();
       fake.scenario = SCENARIOS.voiceReinvite;
-      const offer =
-        'v=0\r\no=flashverify 1 1 IN IP4 127.0.0.1\r\ns=flashverify\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n' +
-        'm=audio 41000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n';
+      const offer = STUB_OFFER;
       // A stub media session: this test is about signalling; it "plays" for 300 ms (the re-INVITE lands meanwhile).
-      const session: MediaSession = {
-        offer,
-        accept: (sdp) => parseAnswer(sdp),
-        play: () => new Promise((r) => setTimeout(() => r({ completed: true, packets: 15 }), 300)),
-        stop: () => undefined,
-        close: async () => undefined,
-      };
-      const player: MediaPlayer = { createSession: async () => session, stop: async () => undefined };
-      const result = await placeVoiceCall(drachtio, player, {
-        to: '+447700900123',
-        from: '+441908731234',
-        trunk: trunk('sip:192.0.2.10:5060'),
-        announcement: { language: 'en', items: [{ silenceMs: 300 }] },
-        answerTimeoutMs: 2000,
-        settleMs: SETTLE_MS,
-        logger,
-      });
+      const result = await stubVoiceCall(drachtio, {}, 300);
       expect(result.outcome).toBe('played');
       expect(result.codec).toBe('PCMU');
       const invite = fake.wire('INVITE')[0]!;
@@ -538,30 +547,9 @@ describe('drachtio backend: a re-INVITE without SDP', () => {
     try {
       await drachtio.start();
       fake.scenario = { ...SCENARIOS.voiceReinvite, reinviteWithoutSdp: { ackSdp } };
-      const offer =
-        'v=0\r\no=flashverify 1 1 IN IP4 127.0.0.1\r\ns=flashverify\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n' +
-        'm=audio 41000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n';
-      const reoffer = offer.replace('o=flashverify 1 1', 'o=flashverify 1 2').replace('RTP/AVP 0 8 101', 'RTP/AVP 0 101');
+      const reoffer = STUB_OFFER.replace('o=flashverify 1 1', 'o=flashverify 1 2').replace('RTP/AVP 0 8 101', 'RTP/AVP 0 101');
       const answers: string[] = [];
-      const session: MediaSession = {
-        offer,
-        accept: (sdp) => parseAnswer(sdp),
-        offerAgain: () => reoffer,
-        acceptAgain: (sdp) => void answers.push(sdp),
-        play: () => new Promise((r) => setTimeout(() => r({ completed: true, packets: 15 }), 400)),
-        stop: () => undefined,
-        close: async () => undefined,
-      };
-      const player: MediaPlayer = { createSession: async () => session, stop: async () => undefined };
-      const result = await placeVoiceCall(drachtio, player, {
-        to: '+447700900123',
-        from: '+441908731234',
-        trunk: trunk('sip:192.0.2.10:5060'),
-        announcement: { language: 'en', items: [{ silenceMs: 400 }] },
-        answerTimeoutMs: 2000,
-        settleMs: SETTLE_MS,
-        logger,
-      });
+      const result = await stubVoiceCall(drachtio, { offerAgain: () => reoffer, acceptAgain: (sdp) => void answers.push(sdp) }, 400);
       expect(result.outcome).toBe('played');
       const ok = fake.appResponses.find((r) => r.header('cseq')?.endsWith('INVITE'));
       expect([ok?.status, ok?.body]).toEqual([200, reoffer]);
