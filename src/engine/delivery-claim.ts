@@ -119,7 +119,7 @@ export async function claimDelivery(
     return undefined;
   }
   // A resend (POST /v1/verify with resend: true) re-opens the claim of a live request, maybe already delivered,
-  // by clearing dial_started (resendVerification-4.lua): that one job delivers again.
+  // by clearing dial_started (resendVerification-5.lua): that one job delivers again.
   if (verdict === 'past_sent') {
     log.info({ status }, 'verification already past sent; not delivering again');
     return undefined;

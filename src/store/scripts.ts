@@ -82,7 +82,7 @@ export const scripts = {
   recordAuthFailure: LuaScript.load('recordAuthFailure-2'),
   checkVelocity: LuaScript.load('checkVelocity-3'),
   swapLive: LuaScript.load('swapLive-1'),
-  resendVerification: LuaScript.load('resendVerification-4'),
+  resendVerification: LuaScript.load('resendVerification-5'),
   undoResend: LuaScript.load('undoResend-4'),
   mapSmsMessage: LuaScript.load('mapSmsMessage-5'),
   matchSmsReceipt: LuaScript.load('matchSmsReceipt-4'),

@@ -272,7 +272,7 @@ export class FraudControls {
    * advancer, or the enqueue reconciler for a request no api queued). The
    * Redis counter (`country:<cc>:<method>:sent` of the UTC day) is
    * written by the Lua script that charges the send, in the same step
-   * (countSent.lua, in createVerification-9, resendVerification-4 and
+   * (countSent.lua, in createVerification-9, resendVerification-5 and
    * advanceWorkflow-8), not here after the delivery job is queued: a request
    * queued by the enqueue reconciler, its api process having died first, is
    * then counted once like any other, and a refund always finds the count it

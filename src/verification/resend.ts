@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Account } from '../accounts/account-store.js';
+import type { IdempotencyClaim } from '../api/idempotency.js';
 import { fromMicro } from '../accounts/money.js';
 import type { Config } from '../config/schema.js';
 import type { Sealer } from '../crypto/sealer.js';
@@ -53,7 +54,7 @@ export function sendOfJob(requestId: string, jobId: string | undefined): number 
  * Sends a live verification again, on the same request: billed like a new
  * one (the request's `cost` is the sum of its sends), counted in the velocity
  * windows and in /v1/usage, at most `maxSends` sends in all. Never a
- * workflow request (resendVerification-4 refuses it).
+ * workflow request (resendVerification-5 refuses it).
  *
  * The code: a flash call gets a new one (the previous caller ID is in its
  * cooldown towards this number, and a new caller ID is the only way the user
@@ -68,23 +69,44 @@ export async function resendLive(
   dest: { e164: string; country: string },
   policy: FraudPolicy,
   clientIp: string | undefined,
+  /** The request's Idempotency-Key claim: its 200 is stored by the resend script with the resend. */
+  idempotency?: IdempotencyClaim,
 ): Promise<ResentBody> {
   const { redis, keys, sealer, config, fraud } = deps;
   const requestId = live.requestId;
   const method = live.method;
+  const [sendsNow, codeLength, expiresAt] = await redis.hmget(keys.verification(requestId), 'sends', 'code_length', 'expires_at');
   // The request's own limit first: its message is clearer than the per-number window's (the script checks again).
-  if (Number((await redis.hget(keys.verification(requestId), 'sends')) ?? 1) >= policy.maxSends) {
+  if (Number(sendsNow ?? 1) >= policy.maxSends) {
     throw resendError('max_sends', requestId, policy.maxSends);
   }
   const admitted = await fraud.admitSend(account.account_id, policy, dest.e164, clientIp);
   const now = Date.now();
   const cost = priceMicro(config.pricing, method, dest.country, account.currency);
   const code = method === 'flash_call' ? generateCode(4) : undefined;
+  // The 200, known before the resend but for its send number: that of the send this resend should be.
+  const body = (sends: number): ResentBody => ({
+    request_id: requestId,
+    phone_number: dest.e164,
+    method,
+    status: 'sent',
+    code_length: Number(codeLength ?? 4),
+    cost: { amount: fromMicro(cost), currency: account.currency },
+    expires_at: isoSeconds(Number(expiresAt)),
+    sends,
+  });
+  const expected = Number(sendsNow ?? 1) + 1;
   let result: [string, string | number, number?];
   try {
     result = (await scripts.resendVerification.run(
       redis,
-      [keys.account(account.account_id), keys.verification(requestId), keys.usage(account.account_id, utcDay(now)), keys.conversion(utcDay(now))],
+      [
+        keys.account(account.account_id),
+        keys.verification(requestId),
+        keys.usage(account.account_id, utcDay(now)),
+        keys.conversion(utcDay(now)),
+        idempotency?.key ?? keys.verification(requestId),
+      ],
       [
         account.account_id,
         now,
@@ -94,6 +116,9 @@ export async function resendLive(
         code === undefined ? '' : sealer.seal(code, `code:${requestId}`),
         USAGE_TTL_SECONDS,
         CONVERSION_TTL_MS,
+        idempotency ? idempotency.record({ status: 200, body: body(expected) }) : '',
+        idempotency?.ttlSeconds ?? 0,
+        expected,
       ],
     )) as [string, string | number, number?];
   } catch (err) {
@@ -125,20 +150,10 @@ export async function resendLive(
     }
     log.warn({ err }, 'enqueue of a resend reported a failure, but its job was queued and claimed; the resend stands');
   }
-  // Counted in the conversion `sent` by resendVerification-4; this is the Prometheus counter.
+  // Counted in the conversion `sent` by resendVerification-5; this is the Prometheus counter.
   fraud.trackSent(dest.country, method);
   log.info({ method, sends }, 'verification resent');
-  const [codeLength, expiresAt] = await redis.hmget(keys.verification(requestId), 'code_length', 'expires_at');
-  return {
-    request_id: requestId,
-    phone_number: dest.e164,
-    method,
-    status: 'sent',
-    code_length: Number(codeLength ?? 4),
-    cost: { amount: fromMicro(cost), currency: account.currency },
-    expires_at: isoSeconds(Number(expiresAt)),
-    sends,
-  };
+  return body(sends);
 }
 
 function resendError(code: string, requestId: string, maxSends: number): ApiError {

@@ -64,7 +64,7 @@ export function utcDay(ms: number): string {
 
 /**
  * When an attempt was charged, as the script that charged it wrote it: a workflow's step n at `att<n>_started_at`
- * (createVerification-9, advanceWorkflow-8), a request's latest send at `last_send_at` (resendVerification-4), else
+ * (createVerification-9, advanceWorkflow-8), a request's latest send at `last_send_at` (resendVerification-5), else
  * at `created_at`. Each of those scripts counts the charge in the usage and in the conversion `sent` of that same
  * instant's UTC day, so this is the one record of the day a refund of the attempt must be taken out of.
  * `step` defaults to the current one (`wf_step`); `h` needs only the fields chargeFields() names.

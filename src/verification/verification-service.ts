@@ -223,7 +223,7 @@ export class VerificationService {
         if (found.live && input.resend === true && found.live.workflow) throw workflowResend(found.live.requestId);
         if (found.live && input.resend === true && found.live.method === method) {
           const deps = { redis: this.redis, keys: this.keys, sealer: this.sealer, config: this.config, queue: this.queue, fraud, logger: this.logger };
-          return resendLive(deps, account, { requestId: found.live.requestId, method }, dest, policy, clientIp);
+          return resendLive(deps, account, { requestId: found.live.requestId, method }, dest, policy, clientIp, idempotency);
         }
         if (found.live) throw pending(found.live.requestId, found.live.method ?? method, method, found.live.workflow);
         live = { key: pointerKey, expected: found.pointer };

@@ -84,8 +84,8 @@ describe('refunds of attempts that never left', () => {
     const resend = async () => {
       const [ok, sends] = (await scripts.resendVerification.run(
         s.redis,
-        [s.keys.account(s.account.account_id), key, s.keys.usage(s.account.account_id, day), s.keys.conversion(day)],
-        [s.account.account_id, Date.now(), 30_000, 5, '', '', 3600, 3_600_000],
+        [s.keys.account(s.account.account_id), key, s.keys.usage(s.account.account_id, day), s.keys.conversion(day), key],
+        [s.account.account_id, Date.now(), 30_000, 5, '', '', 3600, 3_600_000, '', 0, ''],
       )) as [string, number];
       expect(ok).toBe('ok');
       return sends;

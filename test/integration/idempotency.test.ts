@@ -145,6 +145,37 @@ describe('Idempotency-Key', () => {
     expect((await http(`${t.url}/v1/usage`, { auth: a.auth })).body.total_verifications).toBe(1);
   });
 
+  it('a resend (resend: true) whose api never stores its 200: the retry, once 60 s old, replays it; no second resend', async () => {
+    // The one-live-request rule on (a resend needs the live request), no workers: the send is marked as rung by hand.
+    const e = await startTestEngine(testConfig({ api: { defaultRateLimitPerSecond: 1000 } }), 'api');
+    try {
+      const a = await e.account({ balance: 1 });
+      const body = { phone_number: '+447700900216', method: 'flash_call' };
+      const first = await http(`${e.url}/v1/verify`, { auth: a.auth, body });
+      const key = e.keys.verification(String(first.body.request_id));
+      await e.redis.hset(key, 'dial_started', Date.now(), 'rang_at', Date.now(), 'outcome', 'cancelled', 'status', 'delivered');
+      const resend = () => http(`${e.url}/v1/verify`, { auth: a.auth, body: { ...body, resend: true }, headers: { 'idempotency-key': 'k-resend' } });
+      const realSet = Redis.prototype.set as (...args: unknown[]) => Promise<unknown>;
+      const spy = vi.spyOn(Redis.prototype, 'set').mockImplementation(function (this: Redis, ...args: unknown[]) {
+        return String(args[1]).includes('"done"') ? Promise.reject(new Error('Connection is closed.')) : realSet.apply(this, args);
+      } as never);
+      let sent: Awaited<ReturnType<typeof resend>>;
+      try {
+        sent = await resend();
+      } finally {
+        spy.mockRestore();
+      }
+      expect([sent.status, sent.body.sends]).toEqual([200, 2]);
+      await agePendingCreate(e.redis, e.keys.idempotency(a.account_id, e.sealer.mac('idempotency-key', 'k-resend')));
+      const retry = await resend();
+      expect([retry.status, retry.body, retry.headers.get('idempotent-replayed')]).toEqual([200, sent.body, 'true']);
+      expect(await e.redis.hget(key, 'sends')).toBe('2');
+      expect((await e.accounts.get(a.account_id)).balance).toBeCloseTo(1 - 2 * 0.004, 6);
+    } finally {
+      await e.stop();
+    }
+  });
+
   it('the create without fraud controls (createVerification-9) stores the 201 with the request too: another api process replays it', async () => {
     const s = await startServiceOnRedis(['sms']);
     const broken = new Redis(REDIS_URL);

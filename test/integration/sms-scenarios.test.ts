@@ -577,7 +577,7 @@ describe('SMS OTP through SMPP', () => {
     expect(again.status).toBe(200);
     const key = t.keys.verification(id);
     await waitFor(async () => (await t.redis.hget(key, 'sms_state')) === 'retry' || undefined, 5_000);
-    // What resendVerification-4 keeps to take the resend back holds the code's ciphertext while the request lives.
+    // What resendVerification-5 keeps to take the resend back holds the code's ciphertext while the request lives.
     expect(JSON.parse((await t.redis.hget(key, 'resend_undo'))!)).toHaveProperty('code_enc');
     const [first] = accepted(await submitsTo('+447700900741'));
     const ok = await http(`${t.url}/v1/verify/check`, { auth: account.auth, body: { request_id: id, code: codeIn(first!.text) } });

@@ -95,7 +95,7 @@ if not refused or refused == '' then
   if not accountStatus or balance < cost then
     refused = 'insufficient_balance'
   elseif accountStatus ~= 'active' then
-    -- Suspended (or pending) since the request was created: as createVerification-9 and resendVerification-4 refuse
+    -- Suspended (or pending) since the request was created: as createVerification-9 and resendVerification-5 refuse
     -- to start a send for such an account, its later steps do not start either.
     refused = 'account_suspended'
   end

@@ -32,7 +32,7 @@
     'other_method'  the record is of another method
     'other_send'    the record is at another send than the job's (nothing claimed)
     'other_step'    the record is at another workflow step than the job's (nothing claimed)
-    'past_sent'     past `sent`, and not a resend re-opened by resendVerification-4
+    'past_sent'     past `sent`, and not a resend re-opened by resendVerification-5
     'expired'       expires_at has passed before this attempt started (not claimed)
     'expired_started' expires_at has passed and an earlier run already started this attempt
                     (it may have reached the handset: not refunded; the expiry sweeper ends it)

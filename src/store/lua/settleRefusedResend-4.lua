@@ -1,5 +1,5 @@
 --[[
-  An SMS resend (resendVerification-4) that the SMSC did not take (refused for
+  An SMS resend (resendVerification-5) that the SMSC did not take (refused for
   good, throttled past sms.retry.maxAttempts, no bind within noBindMaxWaitMs:
   nothing of it was sent), on a request whose earlier message was accepted
   (its id is among `sms_superseded_ids`) or delivered: the request keeps that

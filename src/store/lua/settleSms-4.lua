@@ -18,7 +18,7 @@
   ARGV[4..] XADD arguments after the key (EventPublisher.streamArgs)
 
   A failure receipt for a message an SMS resend has superseded (sms_superseded_ids, set by
-  resendVerification-4) settles nothing: the new message may well arrive. A DELIVRD for one still does.
+  resendVerification-5) settles nothing: the new message may well arrive. A DELIVRD for one still does.
   The failure is noted (sms_superseded_failed, its message id): should the resend not be sent at all
   (settleRefusedResend-4), the request is not left waiting for a receipt that has come.
 

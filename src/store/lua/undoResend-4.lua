@@ -1,10 +1,10 @@
 --[[
   Take back a resend whose delivery job could not be queued (resend.ts): the
-  request is put back as it was before resendVerification-4 (the previous
+  request is put back as it was before resendVerification-5 (the previous
   send's fields, its code, its `send_cost`, from `resend_undo`), and the
   resend's price goes back to the balance, the record's `cost` and the usage
   of the day it was counted in, and its count out of that day's conversion
-  `sent` (resendVerification-4 counted it there, in the same step as the
+  `sent` (resendVerification-5 counted it there, in the same step as the
   charge), through refundCharge like every other refund. So a cancel
   afterwards sees the previous send as dialled (no second refund), and the
   code the user already has still verifies.
@@ -12,7 +12,7 @@
   The resend is given back once. The request may have ended while the job's
   add waited for Redis: expired (expireVerification-7) or canceled
   (cancelVerification-6). Either found the resend undialled and refunded it
-  already, under the send's guard `refunded` (resendVerification-4 cleared it
+  already, under the send's guard `refunded` (resendVerification-5 cleared it
   for the resend, and only a refund of the resend sets it again). Then the
   request is still put back (its record shows the sends that went out), and
   nothing more is given back: 'ended'.

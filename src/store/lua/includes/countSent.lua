@@ -1,7 +1,7 @@
 --[[
   Counts one send in the per-country conversion hash of the day it is charged
   (`country:<cc>:<method>:sent`, FraudControls.conversion reads it): called by
-  every script that charges a send (createVerification-9, resendVerification-4,
+  every script that charges a send (createVerification-9, resendVerification-5,
   advanceWorkflow-8), in the same step as the charge and the usage count, never
   for a test number. So a send is counted exactly once whichever process queues
   its delivery job afterwards (the api, or the enqueue reconciler when the api

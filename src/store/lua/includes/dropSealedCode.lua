@@ -2,7 +2,7 @@
   Deletes the sealed code (code_enc) of a request that has just ended
   (verified, expired, canceled, failed): nothing may deliver it again, so
   nothing keeps it for the record's retention; that includes the copy
-  resendVerification-4 keeps in `resend_undo` (for undoResend-4, which puts
+  resendVerification-5 keeps in `resend_undo` (for undoResend-4, which puts
   it back only on a live request). Included by every script that ends a
   request.
 ]]

@@ -1,5 +1,5 @@
 --[[
-  The fields of a send that a resend replaces: resendVerification-4 keeps
+  The fields of a send that a resend replaces: resendVerification-5 keeps
   them, as they were, in the record's `resend_undo` (JSON); undoResend-4 and
   settleRefusedResend-4 put them back (putBackSend). One list, so that what is
   kept and what is put back never drift apart.

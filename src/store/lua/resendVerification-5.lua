@@ -27,6 +27,8 @@
   KEYS[2] verification hash
   KEYS[3] usage hash of the account for today
   KEYS[4] conversion hash of today (Keys.conversion)
+  KEYS[5] the request's Idempotency-Key record (Keys.idempotency); not touched when ARGV[9]
+          is "" (then any key of the slot, e.g. KEYS[2])
 
   ARGV[1] account_id
   ARGV[2] now (ms since epoch)
@@ -36,6 +38,12 @@
   ARGV[6] new code_enc
   ARGV[7] usage TTL (seconds)
   ARGV[8] TTL of the conversion hash (ms), set when this count creates its field
+  ARGV[9] the Idempotency-Key record of the 200 ("" = none), made by the api for the send it
+          expects this resend to be (ARGV[11]): stored with the resend, in the same step, as
+          createVerification-9 stores a create's 201, when the send is that one (another
+          resend got in between: the api stores its own answer, as without a key)
+  ARGV[10] TTL of that record (seconds)
+  ARGV[11] the send (`sends` after this resend) the record is for
 
   Returns {"ok", sends, balance_after} or {"err", code}:
     account_missing | account_pending | account_suspended | insufficient_balance |
@@ -82,6 +90,7 @@ redis.call('HSET', KEYS[2], 'resend_undo', cjson.encode(undo))
 
 sends = sends + 1
 redis.call('HSET', KEYS[2], 'sends', sends, 'last_send_at', ARGV[2], 'send_cost', cost)
+if ARGV[9] and ARGV[9] ~= '' and tonumber(ARGV[11]) == sends then redis.call('SET', KEYS[5], ARGV[9], 'EX', tonumber(ARGV[10])) end
 redis.call('HINCRBY', KEYS[2], 'cost', cost)
 -- An SMS sent again: the messages sent so far are superseded; a failure receipt for one of them arriving now
 -- must not fail the request while the new message is on its way (settleSms-4). A DELIVRD for any still counts.
