@@ -44,8 +44,9 @@ export interface ClaimDeps {
 
 /**
  * The common first step of every delivery job: load the record, drop jobs that
- * no longer apply (gone, other method, another send or workflow step, past `sent`), fail
- * expired ones with a refund, and record the dial before anything leaves, so
+ * no longer apply (gone, other method, another send or workflow step, past `sent`), expire
+ * the request of one whose time is up (as the sweeper does: expireVerification-7 refunds the
+ * attempt when nothing of it can have left), and record the dial before anything leaves, so
  * that a job re-run after a worker crash never calls or texts the destination
  * twice for one attempt. Returns undefined when the job has nothing (more) to do.
  */
@@ -61,13 +62,6 @@ export async function claimDelivery(
    * when it may have left and must not be sent again.
    */
   resume?: (extra: Record<string, string | null>) => 'resume' | 'done' | 'interrupted',
-  /**
-   * Asked when the request expired after a previous run started this
-   * delivery: true when nothing can have left (refunded, as an attempt never
-   * started), false when it may have (no refund; the expiry sweeper ends it).
-   * Default: true.
-   */
-  nothingLeft: (extra: Record<string, string | null>) => boolean = () => true,
 ): Promise<DeliveryClaim | undefined> {
   const { redis, keys, sealer, events } = deps;
   const requestId = job.requestId;
@@ -128,17 +122,16 @@ export async function claimDelivery(
   const base = { request_id: requestId, account_id: accountId, method, ...(wfStep && wfSteps ? { step: Number(wfStep), steps: Number(wfSteps) } : {}) };
   const extra: Record<string, string | null> = {};
   extraFields.forEach((f, i) => (extra[f] = extraValues[i] ?? null));
-  if (verdict === 'expired_started' && !nothingLeft(extra)) {
-    // An earlier run of this attempt may have reached the handset (e.g. an SMS waiting for its unconfirmed
-    // deadline): no refund; the expiry sweeper gives the request its `expired` status.
-    log.info({ method }, 'verification expired after its delivery started; left to expire, not refunded');
-    return undefined;
-  }
   if (verdict === 'expired' || verdict === 'expired_started') {
-    // Its time ran out before it went (a backlog, workers stopped): it expires, as the sweeper would have made it
-    // (`expired`, the attempt refunded when nothing left), whichever of the two comes first.
+    // Its time ran out before it went (a backlog, workers stopped), or after an earlier run started it: it expires,
+    // as the sweeper would have made it, whichever of the two comes first: `expired`, the attempt refunded when
+    // nothing of it can have left (refundUnsent.lua: never claimed, or an SMS not submitted, refused or retrying),
+    // billed when it may have (a call dialled, an SMS whose submit_sm went out).
     const r = await expireRequest(redis, keys, requestId, Date.now(), events.maxLen);
-    log.info({ method, verdict: r }, 'verification expired before its delivery; not delivered');
+    log.info(
+      { method, verdict: r },
+      verdict === 'expired' ? 'verification expired before its delivery; not delivered' : 'verification expired after its delivery started; expired, not delivered again',
+    );
     return undefined;
   }
   if (verdict === 'started') {

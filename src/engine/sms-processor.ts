@@ -102,8 +102,6 @@ export class SmsProcessor {
       'sms',
       RECORD_FIELDS,
       (extra) => (RESUMED.has(extra.sms_state ?? '') ? 'resume' : 'interrupted'),
-      // Expired meanwhile: refunded only when no submit_sm can have left (refused, for now or late, or never tried).
-      (extra) => extra.sms_state === 'retry' || extra.sms_state === 'refused' || extra.sms_state === null,
     );
     if (!claim) return undefined;
     const { key, base, log, to, code, country, extra } = claim;

@@ -471,6 +471,7 @@ describe('SMS OTP through SMPP', () => {
     // The request's lifetime ends before the unconfirmed deadline (as with a short expiry_seconds).
     await t.redis.hset(t.keys.verification(id), 'expires_at', String(Date.now() - 1));
     await waitFor(async () => t.logs.some((l) => l.includes(id) && l.includes('expired after its delivery started')) || undefined, 10_000);
+    expect(await t.redis.hget(t.keys.verification(id), 'status')).toBe('expired');
     const failed = (await readEvents(t.redis, t.keys)).filter((e) => e.request_id === id && e.status === 'failed');
     expect(failed).toEqual([]);
     expect((await t.accounts.get(account.account_id)).balance).toBeCloseTo(1 - 0.03, 6);
@@ -713,6 +714,23 @@ describe('SMS OTP through SMPP', () => {
     await smsc.set({ refuseBinds: false });
     await new Promise((r) => setTimeout(r, 1000));
     expect(await submitsTo('+447700900503')).toEqual([]);
+  });
+
+  it('an SMS step that times out while its submit waits for a bind (SMSC down): nothing sent, that step refunded once', async () => {
+    const t = await start({}, { verification: { minStepTimeoutSeconds: 1 }, sms: { retry: { firstDelayMs: 50, maxDelayMs: 100, maxAttempts: 2 } } });
+    const account = await t.account({ balance: 1 });
+    await smsc.set({ refuseBinds: true });
+    await smsc.action('drop');
+    await waitFor(async () => (await http(`${t.url}/readyz`)).status === 503, 5000);
+    // The submit spends nearly all its time waiting for a bind (marked `submitting`): the 2 s timeout lands then.
+    const res = await http(`${t.url}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900504', workflow: [{ method: 'sms', timeout_seconds: 2 }, { method: 'voice' }] } });
+    expect(res.status, JSON.stringify(res.body)).toBe(201);
+    const key = t.keys.verification(String(res.body.request_id));
+    await waitFor(async () => ((await t.redis.hget(key, 'att0_refunded')) === '1' ? true : undefined), 10_000);
+    expect(await t.redis.hmget(key, 'att0_status', 'att0_cost')).toEqual(['timed_out', '0']);
+    await smsc.set({ refuseBinds: false });
+    await new Promise((r) => setTimeout(r, 500));
+    expect(await submitsTo('+447700900504')).toEqual([]);
   });
 
   it('no bind up for longer than sms.noBindMaxWaitMs: failed smsc_no_bind, refunded, nothing sent', async () => {

@@ -20,7 +20,7 @@
   ARGV[2] request id
   ARGV[3] how long it waits under KEYS[2] (its score: now + this; and the key's TTL), seconds
   ARGV[4] now, ms
-  ARGV[5] the workflow step of the attempt ("" = not a workflow request)
+  ARGV[5] the workflow step of the attempt ("" = not a workflow request); read for `retry` only
   ARGV[6..] field, value pairs to set on the verification
 
   Returns 1 when marked; 0 when the state was no longer `submitting` (nor,
@@ -35,11 +35,14 @@
   (applyEvent-4 / applyStepEvent-4), as markSmsWithdrawn-1's 'ended'.
 ]]
 local state = redis.call('HGET', KEYS[1], 'sms_state')
-if state ~= 'submitting' and not (ARGV[1] == 'retry' and state == 'refused') then return 0 end
 if ARGV[1] == 'retry' then
   local v = redis.call('HMGET', KEYS[1], 'status', 'wf_step')
-  if not ((v[1] == 'sent' or v[1] == 'delivered') and (ARGV[5] == '' or v[2] == ARGV[5])) then return 'ended' end
+  -- The step moved on: the record's sms_state is the next step's (or was cleared with it), not this attempt's.
+  if ARGV[5] ~= '' and v[2] ~= ARGV[5] then return 'ended' end
+  local live = v[1] == 'sent' or v[1] == 'delivered'
+  if not live and (state == 'submitting' or state == 'refused') then return 'ended' end
 end
+if state ~= 'submitting' and not (ARGV[1] == 'retry' and state == 'refused') then return 0 end
 local now = tonumber(ARGV[4])
 if ARGV[1] == 'unconfirmed' then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
