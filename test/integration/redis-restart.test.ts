@@ -176,6 +176,8 @@ describe('Redis full (maxmemory, noeviction)', { timeout: 60_000 }, () => {
     }
     // Room again: the call's outcome, refused while Redis was full, reaches its record; it was dialled once.
     await waitFor(async () => (await cluster!.redis.hget(cluster!.keys.verification(ringing), 'outcome')) === 'cancelled', 20_000, 100);
+    // Its `delivered` status comes from the status consumer (the event), which may apply it after the outcome is written.
+    await waitFor(async () => (await cluster!.redis.hget(cluster!.keys.verification(ringing), 'status')) === 'delivered', 10_000, 100);
     expect(await cluster.redis.hmget(cluster.keys.verification(ringing), 'status', 'final_sip_status')).toEqual(['delivered', '487']);
     const worker = processes[1]!.output();
     expect(worker).toMatch(/"err":"OOM command not allowed[^"]*","msg":"redis refuses writes for now; delivery writes wait and retry"/);
