@@ -12,8 +12,8 @@ export interface StoredResponse {
 
 interface IdemRecord {
   /**
-   * pending: claimed, running. created: the create script stored the 201 with the request (IdempotencyClaim), and
-   * the api has not answered yet: a duplicate waits as for `pending` (the api may still answer otherwise: 503 when the
+   * pending: claimed, running. created: the script that made the request (or the resend) stored its answer with it
+   * (IdempotencyClaim), and the api has not answered yet: a duplicate waits as for `pending` (the api may still answer otherwise: 503 when the
    * job could not be queued), and replays it once `at` is PENDING_TTL_SECONDS old (that api died). done: answered.
    */
   state: 'pending' | 'created' | 'done';
@@ -34,9 +34,9 @@ interface IdemRecord {
 }
 
 /**
- * What a create stores with the request it makes, in the same step (createVerification-9), when the request has an
- * `Idempotency-Key`: the record that replays its 201. An api process that dies between the create and its own store
- * then leaves a retry that record, never a second create.
+ * What a create (createVerification-9) or a resend (resendVerification-5) stores with the request or the resend it
+ * makes, in the same step, when the request has an `Idempotency-Key`: the record that replays its 201 (200). An api
+ * process that dies between that step and its own store then leaves a retry that record, never a second create or send.
  */
 export interface IdempotencyClaim {
   /** The record's Redis key. */
@@ -152,16 +152,16 @@ export class Idempotency {
     const done = record(response, 'done');
     const store = (): Promise<unknown> => this.redis.set(redisKey, done, 'EX', this.options.ttlSeconds);
     // The verification exists (created, charged, queued): its answer goes back whatever happens to the store. A create
-    // stored its 201 with the request already (IdempotencyClaim); any other answer: until the store lands, a retry
-    // waits on the claim (503 "in progress"), never runs the request again.
+    // or a resend stored its answer with it already (IdempotencyClaim); any other answer: until the store lands, a
+    // retry waits on the claim (503 "in progress"), never runs the request again.
     await store().catch(() => this.storeLater(store));
     return response;
   }
 
   /**
    * Tries the store again every STORE_RETRY_MS, in the background, for as long as a claim lives (PENDING_TTL_SECONDS).
-   * An api process that dies first leaves the claim to lapse: a create's 201 is in Redis already (stored with the
-   * request, `created`: replayed once 60 s old), while a resend of a live request (200) runs again on a retry after that.
+   * An api process that dies first leaves the claim to lapse: a create's 201 or a resend's 200 is in Redis already
+   * (stored with it, `created`: replayed once 60 s old).
    */
   private storeLater(store: () => Promise<unknown>): void {
     const until = Date.now() + PENDING_TTL_SECONDS * 1000;

@@ -527,10 +527,11 @@ export class UacCall implements OutboundCall {
     // RFC 3261 18.1.1: a request over 1300 bytes (the path MTU unknown) goes over a congestion-controlled transport,
     // its top Via saying so; only the Via changes (the Contact keeps UDP for the dialog's requests).
     const max = this.host.udpMaxRequestBytes;
-    this.inviteOverTcp = max > 0 && !this.tcpRefused && this.destination.protocol === 'udp' && requestSize(request) > max;
+    const bytes = max > 0 && !this.tcpRefused && this.destination.protocol === 'udp' ? requestSize(request) : 0;
+    this.inviteOverTcp = bytes > max;
     if (this.inviteOverTcp) {
       request = withTopVia(request, this.host.via('tcp', branch));
-      this.log.info({ trunk: this.trunk.name, bytes: requestSize(request), max_udp_bytes: max }, 'INVITE too large for UDP: sent over TCP (RFC 3261 18.1.1)');
+      this.log.info({ trunk: this.trunk.name, bytes, max_udp_bytes: max }, 'INVITE too large for UDP: sent over TCP (RFC 3261 18.1.1)');
     }
     this.inviteRequest = request;
     this.inviteBranch = branch;

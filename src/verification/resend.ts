@@ -75,9 +75,10 @@ export async function resendLive(
   const { redis, keys, sealer, config, fraud } = deps;
   const requestId = live.requestId;
   const method = live.method;
-  const [sendsNow, codeLength, expiresAt] = await redis.hmget(keys.verification(requestId), 'sends', 'code_length', 'expires_at');
+  const [sendsField, codeLength, expiresAt] = await redis.hmget(keys.verification(requestId), 'sends', 'code_length', 'expires_at');
+  const sendsBefore = Number(sendsField ?? 1);
   // The request's own limit first: its message is clearer than the per-number window's (the script checks again).
-  if (Number(sendsNow ?? 1) >= policy.maxSends) {
+  if (sendsBefore >= policy.maxSends) {
     throw resendError('max_sends', requestId, policy.maxSends);
   }
   const admitted = await fraud.admitSend(account.account_id, policy, dest.e164, clientIp);
@@ -95,7 +96,7 @@ export async function resendLive(
     expires_at: isoSeconds(Number(expiresAt)),
     sends,
   });
-  const expected = Number(sendsNow ?? 1) + 1;
+  const expected = sendsBefore + 1;
   let result: [string, string | number, number?];
   try {
     result = (await scripts.resendVerification.run(
