@@ -267,6 +267,28 @@ export function parseReanswer(answerSdp: string, codec: G711Codec, reach?: Media
 }
 
 /**
+ * An answer whose media another side negotiates (FreeSWITCH takes it in a re-INVITE and decides the codec and the
+ * hold): only checked to carry an audio stream with an address. Throws MediaError otherwise.
+ */
+export function checkAnswerStream(sdp: string): void {
+  answeredStream(sdp, undefined);
+}
+
+/**
+ * RFC 3264 8: an offer in a dialog keeps the o= line of the SDP sent before it (user, session id, address), its version
+ * one up when anything else changed and the same when nothing did. `next` is the new SDP as its producer wrote it
+ * (FreeSWITCH numbers its own versions, which the far end never saw all of); `previous` what the far end has.
+ */
+export function continueOrigin(previous: string, next: string): string {
+  const origin = /^o=(\S+) (\S+) (\d+) ([^\r\n]*)/m;
+  const before = origin.exec(previous);
+  if (!before || !origin.test(next)) return next;
+  const body = (sdp: string): string => sdp.replace(origin, '').replace(/\r\n/g, '\n');
+  const version = BigInt(before[3]!) + (body(previous) === body(next) ? 0n : 1n);
+  return next.replace(origin, () => `o=${before[1]} ${before[2]} ${version} ${before[4]}`);
+}
+
+/**
  * An SDP answer's stream: the first audio m= line with a non-zero port and its connection address (media-level c=
  * overrides session-level, RFC 4566 5.7). Throws MediaError when it does not parse, has none, or cannot be sent to.
  */

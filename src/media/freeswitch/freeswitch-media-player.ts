@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Announcement, MediaPlayer, MediaSession, PlayResult, PromptLanguage } from '../media-player.js';
 import { DEFAULT_PROMPTS_DIR } from '../prompts.js';
-import { MediaError, parseAnswer, type NegotiatedMedia } from '../sdp.js';
+import { checkAnswerStream, continueOrigin, MediaError, parseAnswer, type NegotiatedMedia } from '../sdp.js';
 import { connectMediaServer, createMrf, type FsEndpoint, type FsMediaServer, type FsmrfSrf, type FsPlayResult } from './fsmrf-types.js';
 import { waitAtMost, withDeadline } from '../../async/time-limit.js';
 
@@ -327,6 +327,10 @@ class FreeswitchMediaSession implements MediaSession {
   /** FreeSWITCH hung the channel up (or its control connection went away). */
   private gone = false;
   private closing: Promise<void> | undefined;
+  /** The SDP the far end has from us last (our offer, then FreeSWITCH's answers and offers we passed on). */
+  private sent: string;
+  /** FreeSWITCH refused the far end's answer to a re-offer (acceptAgain): the stream no longer matches; play() fails. */
+  private failure: MediaError | undefined;
   private readonly waiters = new Set<() => void>();
   private readonly onDestroy = (info?: { reason?: string }): void => {
     this.gone = true;
@@ -347,6 +351,7 @@ class FreeswitchMediaSession implements MediaSession {
     },
   ) {
     this.offer = p.offer;
+    this.sent = p.offer;
     p.endpoint.on('destroy', this.onDestroy);
   }
 
@@ -381,7 +386,57 @@ class FreeswitchMediaSession implements MediaSession {
     );
     if (typeof answer !== 'string' || answer === '') throw new MediaError('FreeSWITCH answered the new offer without SDP');
     this.p.logger.info('new SDP offer from the far end given to FreeSWITCH (re-INVITE)');
+    this.sent = answer;
     return answer;
+  }
+
+  /**
+   * Our offer for the far end's re-INVITE without one (RFC 3261 14.2): FreeSWITCH's SDP for the call as it stands (its
+   * last answer, or its first offer), under the o= line the far end knows (RFC 3264 8: the version one up only when
+   * something changed). The answer in the ACK goes to FreeSWITCH (acceptAgain).
+   */
+  offerAgain(): string {
+    if (!this.modified || this.gone || this.closing) throw new MediaError('an offer asked for before the call was answered, or after its media ended');
+    const current = this.p.endpoint.local.sdp;
+    if (!current) throw new MediaError('FreeSWITCH holds no SDP for the call');
+    this.sent = continueOrigin(this.sent, current);
+    return this.sent;
+  }
+
+  /**
+   * The far end's answer (in its ACK) to offerAgain()'s offer: given to FreeSWITCH in a re-INVITE of the endpoint, as
+   * the first answer was (FreeSWITCH follows it: moved, held, resumed). Throws MediaError at once when it carries no
+   * audio stream (the call is ended with BYE); when FreeSWITCH refuses it or does not answer within modifyTimeoutMs,
+   * the stream no longer matches the far end's: the playback is broken and play() fails (media_failed, our BYE).
+   */
+  acceptAgain(answerSdp: string): void {
+    if (!this.modified || this.gone || this.closing) throw new MediaError('an answer before the call was answered, or after its media ended');
+    checkAnswerStream(answerSdp);
+    const ms = this.p.modifyTimeoutMs;
+    const ep = this.p.endpoint;
+    this.modified = this.modified
+      .catch(() => undefined)
+      .then(() => withDeadline(ep.modify(answerSdp), ms, () => new MediaError(`no answer to the re-INVITE within ${ms} ms`), { unref: true }))
+      .then(
+        () => this.p.logger.info('SDP answer in the ACK given to FreeSWITCH (re-INVITE without offer)'),
+        (err: Error) => {
+          const failure = new MediaError(`FreeSWITCH refused the answer in the ACK: ${err.message}`);
+          this.fail(failure);
+          throw failure;
+        },
+      );
+    this.modified.catch(() => undefined);
+  }
+
+  /** The media no longer follows the far end: a playback under way is broken and play() rejects with `failure`. */
+  private fail(failure: MediaError): void {
+    if (this.failure || this.gone || this.closing) return;
+    this.failure = failure;
+    this.p.logger.warn({ err: failure.message }, 'the media no longer follows the far end; ending the announcement');
+    if (!this.playing) return;
+    this.p.endpoint.api('uuid_break', `${this.p.endpoint.uuid} all`).catch((err: Error) => {
+      this.p.logger.debug({ err: err.message }, 'uuid_break failed');
+    });
   }
 
   /** Resolves `work`, or undefined as soon as the endpoint is gone (an ESL reply that never comes must not hang the call). */
@@ -401,8 +456,9 @@ class FreeswitchMediaSession implements MediaSession {
     this.playing = true;
     try {
       await this.untilGone(this.modified).catch((err: Error) => {
-        throw new MediaError(`FreeSWITCH rejected the answer SDP: ${err.message}`);
+        throw this.failure ?? new MediaError(`FreeSWITCH rejected the answer SDP: ${err.message}`);
       });
+      if (this.failure) throw this.failure;
       if (this.stopped || this.gone) return { completed: false, packets: 0 };
       const ep = this.p.endpoint;
       const result = await this.untilGone<{ playbackMilliseconds?: string } | void>(
@@ -412,6 +468,7 @@ class FreeswitchMediaSession implements MediaSession {
       ).catch((err: Error) => {
         throw new MediaError(`FreeSWITCH playback failed: ${err.message}`);
       });
+      if (this.failure) throw this.failure;
       const ms = Number(result ? result.playbackMilliseconds : NaN);
       return { completed: !this.stopped && !this.gone, packets: Number.isFinite(ms) ? Math.round(ms / 20) : 0 };
     } finally {

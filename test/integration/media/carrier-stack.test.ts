@@ -224,6 +224,43 @@ describe('voice OTP on the carrier stack: failure paths', () => {
     expect(answer?.status).toBe(488);
   });
 
+  it('the callee re-INVITEs without SDP mid-prompt: our 200 offers FreeSWITCH\'s SDP as the callee knows it, the answer in its ACK goes to FreeSWITCH (RFC 3261 14.2)', async () => {
+    const ackSdp = 'v=0\r\no=far 1 3 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40100 RTP/AVP 0\r\na=sendrecv\r\n';
+    const st = await stack({ ...SCENARIOS.voiceReinvite, reinviteWithoutSdp: { ackSdp } }, { playbackMs: 600 });
+    const r = await st.call();
+    expect(r.outcome).toBe('played');
+    const [callee] = st.calleeInvites();
+    const [fsCall] = st.fsInvites();
+    // Our offer in the 200: FreeSWITCH's SDP for the call, under the o= line of the SDP the callee had (nothing changed: same version).
+    const ok = st.sip.appResponses.find((x) => x.header('call-id') === callee && /INVITE$/.test(x.header('cseq') ?? ''));
+    const first = st.sip.wire('INVITE').find((w) => w.callId === callee)!.sip.body;
+    expect(ok?.status).toBe(200);
+    expect(ok?.header('content-type')).toBe('application/sdp');
+    expect(ok?.body).toBe(first);
+    expect(ok?.body).toMatch(/^o=FreeSWITCH \d+ \d+ IN IP4 /m);
+    // To FreeSWITCH: the callee's first answer, then the answer its ACK carried.
+    const toFs = st.sip.reinvites.filter((x) => x.callId === fsCall).map((x) => x.sdp);
+    expect(toFs).toEqual([farEndSdp(), ackSdp]);
+    await freeswitchLegEnded(st);
+  });
+
+  it('FreeSWITCH refuses the answer a re-INVITE without SDP brought in its ACK: the playback is broken, media_failed, our BYE to the callee', async () => {
+    const ackSdp = 'v=0\r\no=far 1 3 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40100 RTP/AVP 0\r\na=sendrecv\r\n';
+    const st = await stack({ ...SCENARIOS.voiceReinvite, reinviteWithoutSdp: { ackSdp } }, { playbackMs: 10_000 });
+    st.media.reinvite = (nth) => (nth === 2 ? { status: 488 } : undefined);
+    const started = Date.now();
+    const r = await st.call();
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(r.outcome).toBe('media_failed');
+    expect(r.phrase).toMatch(/FreeSWITCH refused the answer in the ACK/);
+    const uuid = st.media.executed.find((e) => e.app === 'playback')!.channel;
+    expect(st.media.breaks).toEqual([uuid]);
+    const [callee] = st.calleeInvites();
+    await st.sip.waitForRequest('BYE', 3000);
+    expect(st.sip.wire('BYE').map((b) => b.callId)).toContain(callee);
+    await freeswitchLegEnded(st);
+  });
+
   it('far-end BYE mid-prompt: playback broken at once, no BYE of ours to the callee, the endpoint hung up', async () => {
     const st = await stack(SCENARIOS.remoteHangup, { playbackMs: 10_000 });
     const started = Date.now();

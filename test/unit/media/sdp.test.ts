@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { answerReoffer, buildOffer, MediaError, parseAnswer } from '../../../src/media/sdp.js';
+import { answerReoffer, buildOffer, continueOrigin, MediaError, parseAnswer } from '../../../src/media/sdp.js';
 
 describe('SDP offer', () => {
   it('offers PCMU, PCMA and telephone-event/8000 on our advertised host and RTP port', () => {
@@ -102,5 +102,25 @@ describe('SDP re-offer (a re-INVITE in an established call, RFC 3264 8)', () => 
   it('no stream with the codec the call plays in (a stream cannot change codec mid-announcement): MediaError', () => {
     expect(() => answerReoffer(offer('m=audio 41000 RTP/AVP 8\r\n'), local)).toThrow(MediaError);
     expect(() => answerReoffer('garbage', local)).toThrow(MediaError);
+  });
+});
+
+describe('continueOrigin (RFC 3264 8: an offer in a dialog keeps the o= line the far end knows)', () => {
+  const fs = (version: number, port: number) =>
+    `v=0\r\no=FreeSWITCH 1700000000 ${version} IN IP4 10.0.0.5\r\ns=FreeSWITCH\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\nm=audio ${port} RTP/AVP 0 101\r\na=sendrecv\r\n`;
+
+  it('nothing changed but the producer\'s own version: the version the far end has', () => {
+    expect(continueOrigin(fs(1700000001, 20000), fs(1700000003, 20000))).toBe(fs(1700000001, 20000));
+  });
+
+  it('the media changed: the version one up from the far end\'s, whatever the producer counted', () => {
+    expect(continueOrigin(fs(1700000001, 20000), fs(1700000005, 20002))).toBe(fs(1700000002, 20002));
+  });
+
+  it('the user, session id and address of the earlier o= line are kept', () => {
+    const earlier = fs(7, 20000).replace('o=FreeSWITCH 1700000000 7 IN IP4 10.0.0.5', 'o=- 42 7 IN IP4 192.0.2.1');
+    const next = continueOrigin(earlier, fs(9, 20002));
+    expect(next.split('\r\n')[1]).toBe('o=- 42 8 IN IP4 192.0.2.1');
+    expect(next.replace(/^o=.*$/m, '')).toBe(fs(9, 20002).replace(/^o=.*$/m, ''));
   });
 });
