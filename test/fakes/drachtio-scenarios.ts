@@ -28,6 +28,8 @@ export interface NetworkResponse {
   sdp?: boolean;
   /** Extra header lines (e.g. Proxy-Authenticate). */
   headers?: Record<string, string>;
+  /** drachtio-server's transaction layer's own response (sofia-sip: 503 for a transport error), not the far end's: To untagged. */
+  local?: true;
 }
 
 /** Credentials the far end demands (407 first, then the digest is checked against the password). */

@@ -772,7 +772,7 @@ export class FakeDrachtioServer {
     const headers: SipHeaderLine[] = [
       { name: 'Via', value: inv.header('via') ?? '' },
       { name: 'From', value: inv.header('from') ?? '' },
-      { name: 'To', value: status > 100 ? `${inv.header('to') ?? ''};tag=${txn.toTag}` : (inv.header('to') ?? '') },
+      { name: 'To', value: status > 100 && !step.local ? `${inv.header('to') ?? ''};tag=${txn.toTag}` : (inv.header('to') ?? '') },
       { name: 'Call-ID', value: inv.header('call-id') ?? '' },
       { name: 'CSeq', value: inv.header('cseq') ?? '1 INVITE' },
     ];

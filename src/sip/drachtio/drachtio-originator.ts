@@ -75,12 +75,18 @@ export const CONNECTION_LOST = 'drachtio connection lost';
 
 /**
  * A non-2xx final response as drachtio-srf reports it → the failure the
- * embedded stack would report (shared mapping), except a 408 that is the
- * first response to the INVITE: that is drachtio-server's own Timer B
- * (RFC 3261 17.1.1.2), i.e. no response from the far end at all.
+ * embedded stack would report (shared mapping), except two that
+ * drachtio-server's transaction layer (sofia-sip) sends itself:
+ *  - a 408 that is the first response to the INVITE: its Timer B
+ *    (RFC 3261 17.1.1.2), i.e. no response from the far end at all → `timeout`;
+ *  - a final response whose To (`to`, when known) has no tag: a UAS, and a proxy answering for itself, tag To in
+ *    every response but 100 (RFC 3261 8.2.6.2, 16.7); sofia-sip's reply to a transport error (503: TCP refused,
+ *    TLS failed, ICMP unreachable) keeps the request's untagged To → `unreachable`, as the embedded stack reports
+ *    a transport error (the trunk's failure, route advanced, not a far end's 503).
  */
-export function drachtioFailure(status: number, phrase: string | undefined, sawResponse: boolean, reasonHeader?: string): CallFailure {
-  const reason = status === 408 && !sawResponse ? 'timeout' : failureReasonFor(status);
+export function drachtioFailure(status: number, phrase: string | undefined, sawResponse: boolean, reasonHeader?: string, to?: string): CallFailure {
+  const untagged = to !== undefined && !/;\s*tag=/i.test(to);
+  const reason = status === 408 && !sawResponse ? 'timeout' : untagged ? 'unreachable' : failureReasonFor(status);
   const q850 = reasonHeader === undefined ? undefined : q850Cause([reasonHeader]);
   return { reason, status, ...(phrase === undefined ? {} : { phrase }), ...(q850 ? { q850 } : {}) };
 }
@@ -435,7 +441,7 @@ class DrachtioCall implements OutboundCall {
     if (isSipError(err)) {
       const status = err.status;
       if (status === 487 && this.cancelRequested) this.finish('cancelled', undefined, 487);
-      else this.finish('failed', drachtioFailure(status, err.reason ?? err.res?.reason, this.sawResponse, err.res?.get('Reason')));
+      else this.finish('failed', drachtioFailure(status, err.reason ?? err.res?.reason, this.sawResponse, err.res?.get('Reason'), err.res?.get('To')));
     } else {
       this.finish('failed', { reason: 'unreachable', phrase: errorMessage(err) });
     }

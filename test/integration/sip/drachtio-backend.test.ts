@@ -196,6 +196,26 @@ describe.each(['embedded', 'drachtio'] as const)('flash-call outcome table on th
   });
 });
 
+describe("drachtio backend: drachtio-server's own 503 for a transport error (To untagged)", () => {
+  it('is `unreachable`, as the embedded stack reports a transport error, and a far end\'s 503 beside it stays `rejected`', async () => {
+    const fake = await FakeDrachtioServer.start({ secret: SECRET });
+    const drachtio = newDrachtio(fake.port);
+    try {
+      await drachtio.start();
+      fake.scenario = { name: "drachtio-server's 503 (TCP refused)", sipp: '', invite: [{ status: 503, delayMs: 10, local: true }] };
+      const local = (await flash(drachtio, trunk('sip:192.0.2.10:5060;transport=tcp'))).result;
+      expect([local.outcome, local.sipStatus, local.rang]).toEqual(['unreachable', 503, false]);
+      fake.scenario = SCENARIOS.serviceUnavailable;
+      const far = (await flash(drachtio, trunk('sip:192.0.2.10:5060;transport=tcp'))).result;
+      expect([far.outcome, far.sipStatus]).toEqual(['rejected', 503]);
+      expect(fake.unexpectedFrames).toEqual([]);
+    } finally {
+      await drachtio.stop();
+      await fake.stop();
+    }
+  });
+});
+
 /** A flash call that rings for long (no CANCEL due during the test). */
 function flashLong(originator: DrachtioOriginator): Promise<FlashResult> {
   return placeFlashCall(originator, {
