@@ -848,6 +848,11 @@ export const configObjectSchema = z
           .default([{ method: 'flash_call', timeout_seconds: 30 }, { method: 'voice', timeout_seconds: 45 }, { method: 'sms' }]),
         /** Smallest `timeout_seconds` a workflow step may ask for. */
         minStepTimeoutSeconds: z.number().int().positive().default(5),
+        /**
+         * A request without `locale`: its SMS text and voice prompts in the destination country's language (fr, es,
+         * de) instead of English. Off by default: the contract's text is English ("Your FlashVerify code is: …").
+         */
+        languageByCountry: z.boolean().default(false),
       })
       .strict(),
     pricing: z

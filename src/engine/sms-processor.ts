@@ -13,14 +13,7 @@ import { scripts } from '../store/scripts.js';
 import { claimDelivery } from './delivery-claim.js';
 import type { DeliveryJobData } from './queues.js';
 import { utcDay } from '../verification/types.js';
-
-/** Languages by country for SMS templates, when the request has no locale. */
-const COUNTRY_LANGUAGE: Record<string, string> = {
-  FR: 'fr', BE: 'fr', LU: 'fr', MC: 'fr', SN: 'fr', CI: 'fr', CM: 'fr', MA: 'fr', TN: 'fr', DZ: 'fr',
-  ES: 'es', MX: 'es', AR: 'es', CO: 'es', CL: 'es', PE: 'es', VE: 'es', EC: 'es', GT: 'es', CU: 'es',
-  BO: 'es', DO: 'es', HN: 'es', PY: 'es', SV: 'es', NI: 'es', CR: 'es', PA: 'es', UY: 'es',
-  DE: 'de', AT: 'de', CH: 'de', LI: 'de',
-};
+import { countryLanguage } from '../media/prompts.js';
 
 /** failure_reason of a final negative receipt. */
 const RECEIPT_REASON: Partial<Record<DeliveryReceipt['state'], string>> = {
@@ -530,10 +523,11 @@ export class SmsProcessor {
     return { unconfirmed: this.deps.keys.smsUnconfirmed(smsc, mac), parked: this.deps.keys.smsParkedByNumber(smsc, mac) };
   }
 
-  /** Account template for the locale, then the configured one, then by country, then English. */
+  /** Account template for the locale, then the configured one, then by country (`verification.languageByCountry`), then English. */
   private async template(accountId: string, locale: string | null, country: string): Promise<{ text: string; language: string }> {
     const templates = this.deps.config.sms.templates;
-    const candidates = [locale, locale?.split('-')[0], COUNTRY_LANGUAGE[country], 'en'].filter((l): l is string => !!l);
+    const byCountry = this.deps.config.verification.languageByCountry ? countryLanguage(country) : undefined;
+    const candidates = [locale, locale?.split('-')[0], byCountry, 'en'].filter((l): l is string => !!l);
     for (const language of candidates) {
       const own = await this.deps.accountTemplate(accountId, language);
       if (own) return { text: own, language };

@@ -55,7 +55,7 @@ export class VoiceProcessor {
     // No trunk carries this number (sip.trunks[].prefixes, no default route).
     if (!this.deps.trunks.routes(to)) return failNoRoute(this.deps, base, log);
     const locale = claim.extra.locale ?? undefined;
-    const language = languageFor(locale, country);
+    const language = languageFor(locale, country, this.deps.config.verification.languageByCountry);
     const from = this.callerId(country);
     const step = claim.base.step;
     // On the trunk's channel, under its CPS; placed again on the next trunk when one refuses it before it rang.

@@ -47,10 +47,18 @@ export function isPromptLanguage(value: unknown): value is PromptLanguage {
   return typeof value === 'string' && (PROMPT_LANGUAGES as readonly string[]).includes(value);
 }
 
-/** The request's locale when given, else the destination country's language, else English. */
-export function languageFor(locale: string | undefined | null, country: string | undefined | null): PromptLanguage {
+/** The destination country's language, when it has prompts (fr, es, de) other than English. */
+export function countryLanguage(country: string | undefined | null): PromptLanguage | undefined {
+  return COUNTRY_LANGUAGE[country ?? ''];
+}
+
+/**
+ * The request's locale when given, else (`byCountry`: `verification.languageByCountry`) the destination country's
+ * language, else English.
+ */
+export function languageFor(locale: string | undefined | null, country: string | undefined | null, byCountry: boolean): PromptLanguage {
   if (isPromptLanguage(locale)) return locale;
-  return COUNTRY_LANGUAGE[country ?? ''] ?? 'en';
+  return (byCountry ? countryLanguage(country) : undefined) ?? 'en';
 }
 
 /** Reads the samples of an 8 kHz mono 16-bit PCM WAV file. */

@@ -112,7 +112,10 @@ describe('SMS OTP through SMPP', () => {
   });
 
   it('uses UCS-2 for a template outside GSM-7, the account template for the locale, and the per-country sender', async () => {
-    const t = await start({}, { sms: { senders: { byCountry: { US: { addr: '+12025550100', ton: 1, npi: 1 } } } } });
+    const t = await start({}, {
+      sms: { senders: { byCountry: { US: { addr: '+12025550100', ton: 1, npi: 1 } } } },
+      verification: { languageByCountry: true },
+    } as TestOverrides);
     const account = await t.account({ balance: 1 });
     await t.accounts.setSmsTemplate(account.account_id, 'ru', 'Ваш код: {code}');
     const ru = await sendSms(t, account.auth, '+447700900124', { locale: 'ru' });
@@ -127,6 +130,18 @@ describe('SMS OTP through SMPP', () => {
     expect([esSubmit!.dataCoding, esSubmit!.text.replace(/\d{6}$/, 'N')]).toEqual([8, 'Su código FlashVerify es: N']);
     const [usSubmit] = await submitsTo('+12025550123');
     expect(usSubmit).toMatchObject({ source: '12025550100', dataCoding: 0 });
+  });
+
+  it('without a locale the text is the contract\'s English one whatever the country (verification.languageByCountry off by default)', async () => {
+    const t = await start();
+    const account = await t.account({ balance: 1 });
+    const es = await sendSms(t, account.auth, '+34600000002');
+    const fr = await sendSms(t, account.auth, '+33612345679', { locale: 'fr' });
+    for (const id of [es, fr]) expect(await finalStatus(t, account.auth, id)).toMatchObject({ status: 'delivered' });
+    const [esSubmit] = await submitsTo('+34600000002');
+    expect([esSubmit!.dataCoding, esSubmit!.text.replace(/\d{6}$/, 'N')]).toEqual([0, 'Your FlashVerify code is: N']);
+    const [frSubmit] = await submitsTo('+33612345679');
+    expect(frSubmit!.text.replace(/\d{6}$/, 'N')).toBe('Votre code FlashVerify est : N');
   });
 
   it('an account template changed by another process is used within accounts.fieldCacheMs; one changed in this process at once', async () => {

@@ -2,17 +2,25 @@ import { describe, expect, it } from 'vitest';
 import { codeAnnouncement, languageFor, PromptLibrary, SAMPLE_RATE } from '../../../src/media/prompts.js';
 
 describe('language choice', () => {
-  it('uses the locale when given, else the destination country, else English', () => {
-    expect(languageFor('de', 'FR')).toBe('de');
-    expect(languageFor(undefined, 'FR')).toBe('fr');
-    expect(languageFor(undefined, 'MX')).toBe('es');
-    expect(languageFor(undefined, 'AR')).toBe('es');
-    expect(languageFor(undefined, 'AT')).toBe('de');
-    expect(languageFor(undefined, 'CH')).toBe('de');
-    expect(languageFor(undefined, 'GB')).toBe('en');
-    expect(languageFor(undefined, 'US')).toBe('en');
-    expect(languageFor(null, 'JP')).toBe('en');
-    expect(languageFor('xx', 'ES')).toBe('es');
+  it('verification.languageByCountry on: the locale when given, else the destination country, else English', () => {
+    expect(languageFor('de', 'FR', true)).toBe('de');
+    expect(languageFor(undefined, 'FR', true)).toBe('fr');
+    expect(languageFor(undefined, 'MX', true)).toBe('es');
+    expect(languageFor(undefined, 'AR', true)).toBe('es');
+    expect(languageFor(undefined, 'AT', true)).toBe('de');
+    expect(languageFor(undefined, 'CH', true)).toBe('de');
+    expect(languageFor(undefined, 'GB', true)).toBe('en');
+    expect(languageFor(undefined, 'US', true)).toBe('en');
+    expect(languageFor(null, 'JP', true)).toBe('en');
+    expect(languageFor('xx', 'ES', true)).toBe('es');
+  });
+
+  it('off (the default, the contract\'s English text): the locale when given, else English whatever the country', () => {
+    expect(languageFor('de', 'FR', false)).toBe('de');
+    expect(languageFor(undefined, 'FR', false)).toBe('en');
+    expect(languageFor(undefined, 'MX', false)).toBe('en');
+    expect(languageFor('xx', 'ES', false)).toBe('en');
+    expect(languageFor(null, 'GB', false)).toBe('en');
   });
 });
 
