@@ -5,6 +5,7 @@ import type { NegotiatedMedia } from '../media/sdp.js';
 import type { CallFailureReason, CallOriginator, OutboundCall } from '../sip/call-originator.js';
 import { onAbort } from './abort-fanout.js';
 import type { ShutdownSignals } from './flash-call.js';
+import { newCallId } from '../sip/util.js';
 
 /** How a voice-OTP call ended (design.md "Voice OTP, precisely"). */
 export type VoiceOutcome =
@@ -71,9 +72,12 @@ export interface VoiceCallParams {
  * stops playback at once.
  */
 export async function placeVoiceCall(originator: CallOriginator, player: MediaPlayer, p: VoiceCallParams): Promise<VoiceResult> {
+  // The Call-ID is chosen here so that the media side's lines (hold, a moved stream, playback errors) name it too.
+  const callId = newCallId();
+  const log = p.logger.child({ call_id: callId });
   let session: MediaSession;
   try {
-    session = await player.createSession(p.logger);
+    session = await player.createSession(log);
   } catch (err) {
     p.logger.error({ err: (err as Error).message }, 'no media session for the voice call');
     return { outcome: 'no_media_resources', callId: '', answered: false, early: false, phrase: (err as Error).message };
@@ -111,7 +115,7 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
       const playThenHangup = async (): Promise<void> => {
         let failure: string | undefined;
         const played = await session.play(p.announcement).catch((err: Error) => {
-          p.logger.error({ err: err.message }, 'playback failed');
+          log.error({ err: err.message }, 'playback failed');
           failure = err.message;
           return { completed: false, packets: 0 };
         });
@@ -126,7 +130,7 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
       };
 
       call = originator.originate(
-        { to: p.to, from: p.from, trunk: p.trunk, sdp: session.offer, logger: p.logger },
+        { to: p.to, from: p.from, trunk: p.trunk, sdp: session.offer, logger: p.logger, callId },
         {
           // 18x (with or without early media) changes nothing but this: we wait for the 200.
           onProvisional() {
@@ -143,7 +147,7 @@ export async function placeVoiceCall(originator: CallOriginator, player: MediaPl
             try {
               media = session.accept(sdp ?? '');
             } catch (err) {
-              p.logger.warn({ call_id: call?.callId, err: (err as Error).message }, 'unusable SDP answer; hanging up');
+              log.warn({ err: (err as Error).message }, 'unusable SDP answer; hanging up');
               void call
                 ?.hangup()
                 .catch(() => undefined)

@@ -28,6 +28,8 @@ export interface OriginateRequest {
   sdp?: string;
   /** Child logger bound to request_id; the backend adds call_id. */
   logger: Logger;
+  /** The Call-ID to use (the caller logs its own lines under it before the call starts); default: a new one. */
+  callId?: string;
 }
 
 /** A final response to the INVITE, or the lack of one. */

@@ -206,6 +206,7 @@ export class EmbeddedSipOriginator implements CallOriginator {
       sdp: request.sdp,
       delegate,
       logger: request.logger,
+      callId: request.callId,
     });
     this.calls.set(call.callId, call);
     if (!this.running) {

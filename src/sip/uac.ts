@@ -318,6 +318,7 @@ export interface UacCallOptions {
   sdp: string | undefined;
   delegate: CallDelegate;
   logger: Logger;
+  callId?: string | undefined;
 }
 
 export class UacCall implements OutboundCall {
@@ -403,7 +404,7 @@ export class UacCall implements OutboundCall {
     this.trunk = options.trunk;
     this.trunkInfo = resolveTrunk(options.trunk);
     this.protocol = this.trunkInfo.destination.protocol;
-    this.callId = newCallId();
+    this.callId = options.callId ?? newCallId();
     this.localTag = newTag();
     this.log = options.logger.child({ call_id: this.callId });
     const addresses = callAddresses(this.trunkInfo, options.to, options.from);

@@ -397,8 +397,10 @@ describe('voice OTP against SIPp', () => {
       expect(hold.marker).toBe(true);
       expect(gaps.filter((g) => g.ms > 200)).toHaveLength(1);
       const lines = engine!.logs.map((l) => JSON.parse(l) as Record<string, unknown>);
-      expect(lines.filter((l) => l['msg'] === 'far end put the call on hold (re-INVITE): no audio sent until it resumes')).toHaveLength(1);
-      expect(lines.find((l) => l['msg'] === 'new SDP offer from the far end taken (re-INVITE)')).toMatchObject({ rtp_to: `127.0.0.1:${moved.port}`, moved: true });
+      // The media side's lines name the call, as the SIP lines do.
+      const callId = uas!.requests('INVITE')[0]!.header('call-id');
+      expect(lines.filter((l) => l['msg'] === 'far end put the call on hold (re-INVITE): no audio sent until it resumes').map((l) => l['call_id'])).toEqual([callId]);
+      expect(lines.find((l) => l['msg'] === 'new SDP offer from the far end taken (re-INVITE)')).toMatchObject({ rtp_to: `127.0.0.1:${moved.port}`, moved: true, call_id: callId });
     } finally {
       await moved.close();
     }

@@ -287,7 +287,7 @@ class DrachtioCall implements OutboundCall {
     this.delegate = delegate;
     const trunk = resolveTrunk(request.trunk);
     // drachtio-server keeps a Call-ID the app supplies; the echoed INVITE's Call-ID wins if it did not.
-    this.ownCallId = newCallId();
+    this.ownCallId = request.callId ?? newCallId();
     this.log = request.logger.child({ call_id: this.ownCallId });
     const addresses = callAddresses(trunk, request.to, request.from);
     this.uri = addresses.requestUri;
