@@ -72,6 +72,14 @@ export function isSupportedChallenge(challenge: DigestChallenge): boolean {
   return SUPPORTED_ALGORITHMS.has(challenge.algorithm);
 }
 
+/** What a 401/407 offers, for a log line: `realm="…" algorithm=…` per challenge (a scheme other than Digest by name). */
+export function offeredChallenges(values: readonly string[]): string[] {
+  return values.map((value) => {
+    const challenge = parseDigestChallenge(value);
+    return challenge ? `realm="${challenge.realm}" algorithm=${challenge.algorithm}` : (value.trim().split(/\s/, 1)[0] ?? '');
+  });
+}
+
 /**
  * The challenges of a 401/407 to answer: per realm, the topmost one whose algorithm is supported (RFC 8760 2.4: a
  * server offering several, say SHA-256 then MD5, lists them in its order of preference). Header order is kept.

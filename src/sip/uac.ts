@@ -10,7 +10,7 @@ import type { TrunkConfig } from '../config/schema.js';
 import { AppError } from '../errors/app-error.js';
 import { answerToOffer, callDelegate, reportCallEnd, type CallDelegate, type CallFailure, type CallFailureReason, type OutboundCall } from './call-originator.js';
 import type { Clock, SipTimerConfig, TimerHandle } from './clock.js';
-import { computeDigest, usableChallenges, type DigestChallenge } from './digest.js';
+import { computeDigest, offeredChallenges, usableChallenges, type DigestChallenge } from './digest.js';
 import {
   getHeader,
   getHeaders,
@@ -578,7 +578,11 @@ export class UacCall implements OutboundCall {
       this.maybeEnd();
       return;
     }
-    if ((status === 401 || status === 407) && this.tryAuthRetry(response)) return;
+    if (status === 401 || status === 407) {
+      const refused = this.tryAuthRetry(response);
+      if (refused === true) return;
+      if (refused !== undefined) this.log.warn({ trunk: this.trunk.name, status, challenges: offeredChallenges(getHeaders(response, status === 407 ? 'proxy-authenticate' : 'www-authenticate')) }, refused);
+    }
     if (status === 420 || status === 421) this.warnExtension(response);
     if (status === 487 && this.cancelRequested) {
       this.finish('cancelled', undefined, 487);
@@ -631,24 +635,27 @@ export class UacCall implements OutboundCall {
     this.maybeEnd();
   }
 
-  /** 401/407: answer the challenge with a new INVITE (RFC 3261 22.2), same Call-ID and From tag, CSeq+1. */
-  private tryAuthRetry(response: ParsedResponse): boolean {
+  /**
+   * 401/407: answer the challenge with a new INVITE (RFC 3261 22.2), same Call-ID and From tag, CSeq+1: true. Else
+   * why not, for the operator's warn line (the call fails `rejected` with the status), or undefined when nothing is
+   * wrong with the trunk's settings (the call was being CANCELled, or its answer could not be read).
+   */
+  private tryAuthRetry(response: ParsedResponse): true | string | undefined {
     const credentials = this.trunk.auth;
-    if (credentials === undefined || this.cancelRequested || this.unreadable || this.authRetries >= MAX_AUTH_RETRIES) return false;
+    if (this.cancelRequested || this.unreadable) return undefined;
+    if (credentials === undefined) return 'the trunk asks for digest credentials: set sip.trunks[].auth';
+    if (this.authRetries >= MAX_AUTH_RETRIES) return 'the trunk refused our digest credentials (sip.trunks[].auth)';
     const proxy = response.status === 407;
     let usable = 0;
     for (const challenge of usableChallenges(getHeaders(response, proxy ? 'proxy-authenticate' : 'www-authenticate'))) {
       const key = (proxy ? 'p:' : 'w:') + challenge.realm;
       const previous = this.auth.get(key);
       // One answer per challenge; a repeated challenge is a rejection unless the nonce was merely stale.
-      if (previous !== undefined && !challenge.stale) return false;
+      if (previous !== undefined && !challenge.stale) return 'the trunk refused our digest credentials (sip.trunks[].auth)';
       this.auth.set(key, { header: proxy ? 'Proxy-Authorization' : 'Authorization', challenge, nc: 0 });
       usable++;
     }
-    if (usable === 0) {
-      this.log.debug({ status: response.status }, 'challenge without a usable Digest offer');
-      return false;
-    }
+    if (usable === 0) return "the trunk's challenge offers no Digest this engine can answer (algorithm MD5 or SHA-256, -sess or not)";
     this.authRetries++;
     this.inviteCseq = this.lastCseq + 1;
     this.log.debug({ status: response.status, cseq: this.inviteCseq }, 'answering digest challenge');

@@ -255,11 +255,14 @@ describe('flash call against SIPp', () => {
     expect(invites[1]!.header('call-id')).toBe(invites[0]!.header('call-id'));
   });
 
-  it('a 407 without credentials configured fails rejected 407', async () => {
+  it('a 407 without credentials configured fails rejected 407, and a warn line tells the operator to set them', async () => {
     const run = await flashCall('uas-407-challenge');
     expect(run.status).toBe('failed');
     expect(run.body.failure_reason).toBe('rejected');
     expect(run.record.sip_status).toBe('407');
+    const warn = engine!.logs.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l['msg'] === 'the trunk asks for digest credentials: set sip.trunks[].auth');
+    expect(warn).toMatchObject({ level: 40, trunk: 'sipp', status: 407, call_id: uas!.requests('INVITE')[0]!.header('call-id') });
+    expect(warn!['challenges']).toEqual([`realm="${SIPP_TEST_CREDENTIALS.realm}" algorithm=MD5`]);
   });
 });
 

@@ -46,6 +46,7 @@ import {
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import { maskUser } from '../util.js';
 import { PingAttempt, pingAddressing } from '../options-ping.js';
+import { offeredChallenges } from '../digest.js';
 import { callAddresses, dummySdp, failureReasonFor, resolveTrunk } from '../uac.js';
 import { q850Cause } from '../reason.js';
 import { errorMessage, newCallId } from '../util.js';
@@ -279,12 +280,14 @@ class DrachtioCall implements OutboundCall {
   private ended = false;
   private timer: TimerHandle | undefined;
   private readonly startedAt = Date.now();
+  private readonly trunk: OriginateRequest['trunk'];
 
   constructor(host: CallHost, request: OriginateRequest, delegate: CallDelegate, options: DrachtioOriginatorOptions) {
     if (!NUMBER_RE.test(request.to)) throw new AppError('sip_bad_number', `bad destination number ${JSON.stringify(request.to)}`);
     if (!NUMBER_RE.test(request.from)) throw new AppError('sip_bad_number', `bad CLI ${JSON.stringify(request.from)}`);
     this.host = host;
     this.delegate = delegate;
+    this.trunk = request.trunk;
     const trunk = resolveTrunk(request.trunk);
     // drachtio-server keeps a Call-ID the app supplies; the echoed INVITE's Call-ID wins if it did not.
     this.ownCallId = request.callId ?? newCallId();
@@ -440,6 +443,15 @@ class DrachtioCall implements OutboundCall {
     this.clearTimer();
     if (isSipError(err)) {
       const status = err.status;
+      if ((status === 401 || status === 407) && !this.cancelRequested) {
+        // drachtio-srf answers one challenge itself when the trunk has credentials; a 401/407 here is a refusal.
+        const offered = err.res?.get(status === 407 ? 'Proxy-Authenticate' : 'WWW-Authenticate');
+        const challenges = offeredChallenges(offered === undefined ? [] : [offered]);
+        this.log.warn(
+          { trunk: this.trunk.name, status, challenges },
+          this.trunk.auth === undefined ? 'the trunk asks for digest credentials: set sip.trunks[].auth' : 'the trunk refused our digest credentials (sip.trunks[].auth)',
+        );
+      }
       if (status === 487 && this.cancelRequested) this.finish('cancelled', undefined, 487);
       else this.finish('failed', drachtioFailure(status, err.reason ?? err.res?.reason, this.sawResponse, err.res?.get('Reason'), err.res?.get('To')));
     } else {

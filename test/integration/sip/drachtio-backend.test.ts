@@ -1,6 +1,6 @@
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import type { TrunkConfig } from '../../../src/config/schema.js';
 import { placeFlashCall, type FlashResult } from '../../../src/engine/flash-call.js';
 import { placeVoiceCall } from '../../../src/engine/voice-call.js';
@@ -95,7 +95,11 @@ interface Observed {
   wire: string[];
 }
 
-function flash(originator: DrachtioOriginator | EmbeddedSipOriginator, t: TrunkConfig): Promise<{ result: FlashResult; ringingStatus: number | undefined }> {
+function flash(
+  originator: DrachtioOriginator | EmbeddedSipOriginator,
+  t: TrunkConfig,
+  log: Logger = logger,
+): Promise<{ result: FlashResult; ringingStatus: number | undefined }> {
   let ringingStatus: number | undefined;
   return placeFlashCall(originator, {
     to: '+447700900123',
@@ -104,7 +108,7 @@ function flash(originator: DrachtioOriginator | EmbeddedSipOriginator, t: TrunkC
     ringMs: RING_MS,
     ringingTimeoutMs: RINGING_TIMEOUT_MS,
     settleMs: SETTLE_MS,
-    logger,
+    logger: log,
     onRinging: (_callId, status) => {
       ringingStatus = status;
     },
@@ -466,6 +470,20 @@ describe('drachtio backend: connection to drachtio-server', () => {
     expect(fake.wire()).toHaveLength(0);
     expect(drachtio.activeCalls).toBe(0);
     expect(drachtio.isConnected()).toBe(true);
+  });
+
+  it('a 407 to a trunk without credentials: rejected 407, and a warn line names the trunk and what to set', async () => {
+    fake = await FakeDrachtioServer.start({ secret: SECRET });
+    const lines: Record<string, unknown>[] = [];
+    drachtio = newDrachtio(fake.port);
+    await drachtio.start();
+    fake.scenario = SCENARIOS.proxyChallenge;
+    const capture = pino({ level: 'warn' }, { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) });
+    const { result } = await flash(drachtio, trunk('sip:192.0.2.10:5060', { name: 'carrier-a' }), capture);
+    expect(result).toMatchObject({ outcome: 'rejected', sipStatus: 407, rang: false });
+    const warn = lines.find((l) => l['msg'] === 'the trunk asks for digest credentials: set sip.trunks[].auth');
+    expect(warn).toMatchObject({ trunk: 'carrier-a', status: 407, call_id: result.callId });
+    expect(warn!['challenges']).toEqual([expect.stringMatching(/^realm="[^"]+" algorithm=MD5$/)]);
   });
 
   it('a 407 answered with a wrong password gets 403: rejected, the digest was checked', async () => {
