@@ -120,10 +120,15 @@ export class SmsProcessor {
     }
 
     // Written before submit_sm leaves: a crash from here on is "may have been sent". Only while the attempt is still
-    // wanted (markSmsSubmitting-1): expired, canceled, verified or its workflow step over since the claim, it was (or
+    // wanted (markSmsSubmitting-2): expired, canceled, verified or its workflow step over since the claim, it was (or
     // will be) refunded as not sent, and it is not sent.
     const stepArg = base.step === undefined ? '' : String(base.step);
-    const mark = async (): Promise<boolean> => (await scripts.markSmsSubmitting.run(redis, [key], [stepArg, Date.now(), String(attempt)])) === 1;
+    // Noted as in flight to its number meanwhile: a receipt before its submit_sm_resp is not matched to another
+    // submit by number (matchSmsReceipt-5).
+    const inFlight = this.inFlightKey(to);
+    const inFlightS = Math.ceil(config.sms.unconfirmedDeadlineMs / 1000) + 60;
+    const mark = async (): Promise<boolean> =>
+      (await scripts.markSmsSubmitting.run(redis, [key, inFlight], [stepArg, Date.now(), String(attempt), requestId, inFlightS])) === 1;
     const markedAt = Date.now();
     if (!(await mark())) {
       log.info({ attempt }, 'verification ended (or its step moved on) before its SMS left; not sent');
@@ -148,6 +153,7 @@ export class SmsProcessor {
       // step timeout found it `submitting`, "may have left", and billed it): a refunded failure gives the charge back,
       // once, and records nothing else on a request that has ended (applyEvent-4, applyStepEvent-4).
       const state = await scripts.markSmsWithdrawn.run(redis, [key], [stepArg]);
+      await redis.zrem(inFlight, requestId);
       if (state === 'ended') await events.publish({ ...base, status: 'failed', detail: { reason: 'request_ended', refund: true } });
       log.info({ attempt, smsc: outcome.smsc, refund: state === 'ended' ? 'now' : 'by_expiry' }, 'verification ended (or its step moved on) while its SMS waited for its turn; not sent, refunded');
       return undefined;
@@ -176,11 +182,11 @@ export class SmsProcessor {
       const until = Date.now() + config.sms.unconfirmedDeadlineMs;
       const ttl = Math.ceil(config.sms.unconfirmedDeadlineMs / 1000) + 60;
       const byNumber = this.numberKeys(outcome.smsc, to);
-      const marked = await scripts.markSmsWaiting.run(redis, [key, byNumber.unconfirmed, byNumber.parked], [
+      const marked = await scripts.markSmsWaiting.run(redis, [key, byNumber.unconfirmed, byNumber.parked, inFlight], [
         'unconfirmed', requestId, ttl, Date.now(), stepArg, 'sms_smsc', outcome.smsc, 'sms_unconfirmed_until', until, 'sms_job', job.id ?? '',
       ]);
       if (marked === 0) {
-        // Its late submit_sm_resp came first: accepted (mapSmsMessage-5), or refused (markSmsRefused-2).
+        // Its late submit_sm_resp came first: accepted (mapSmsMessage-6), or refused (markSmsRefused-2).
         const [state, refusal] = await redis.hmget(key, 'sms_state', 'sms_refusal');
         if (state === 'refused') return this.settleRefusal(job, token, claim, refusal ?? null);
         log.info({ attempt }, 'sms accepted late by the SMSC');
@@ -271,7 +277,9 @@ export class SmsProcessor {
     fields: (string | number)[],
   ): Promise<true> {
     const step = claim.base.step === undefined ? '' : String(claim.base.step);
-    const marked = await scripts.markSmsWaiting.run(this.deps.redis, [claim.key, claim.key, claim.key], ['retry', claim.base.request_id, 0, Date.now(), step, ...fields]);
+    const marked = await scripts.markSmsWaiting.run(this.deps.redis, [claim.key, claim.key, claim.key, this.inFlightKey(claim.to)], [
+      'retry', claim.base.request_id, 0, Date.now(), step, ...fields,
+    ]);
     if (marked === 0) {
       claim.log.info({ attempt }, 'sms accepted late by the SMSC; not retried');
       return true;
@@ -382,7 +390,13 @@ export class SmsProcessor {
     const byNumber = this.numberKeys(receipt.smsc, handset ?? '');
     const match = (await scripts.matchSmsReceipt.run(
       redis,
-      [keys.smsMessage(receipt.smsc, receipt.messageId), keys.smsEarlyReceipt(receipt.smsc, receipt.messageId), byNumber.unconfirmed, byNumber.parked],
+      [
+        keys.smsMessage(receipt.smsc, receipt.messageId),
+        keys.smsEarlyReceipt(receipt.smsc, receipt.messageId),
+        byNumber.unconfirmed,
+        byNumber.parked,
+        this.inFlightKey(handset ?? ''),
+      ],
       // Parked without the number: numbers are never stored in clear.
       [
         JSON.stringify({ ...stored, final }),
@@ -392,12 +406,21 @@ export class SmsProcessor {
         Math.ceil(config.sms.unconfirmedDeadlineMs / 1000) + 60,
         Date.now(),
       ],
-    )) as [string, 'mapped' | 'unconfirmed' | 'ambiguous'] | null;
+    )) as [string, 'mapped' | 'unconfirmed' | 'ambiguous' | 'in_flight'] | null;
     if (!match) {
       this.deps.logger.info({ smsc: receipt.smsc, message_id: receipt.messageId, stat: receipt.state }, 'receipt before its submit_sm_resp (or unknown id); parked');
       return;
     }
     const [value, how] = match;
+    if (how === 'in_flight') {
+      // An unconfirmed submit waits for the number, but another submit to it is in flight: the receipt may be that
+      // one's, its submit_sm_resp on the way (some SMSCs send the receipt first). Not guessed: parked under its id.
+      this.deps.logger.info(
+        { smsc: receipt.smsc, message_id: receipt.messageId, stat: receipt.state, in_flight: value.split(' ') },
+        'receipt while another submit to its number is in flight; not matched by number, parked under its message id',
+      );
+      return;
+    }
     if (how === 'ambiguous') {
       // Two or more submits to this number on this SMSC wait unconfirmed: the receipt could be any one's. Not
       // guessed: each is settled by its own receipt once a late submit_sm_resp maps its id, or fails at its deadline.
@@ -420,13 +443,13 @@ export class SmsProcessor {
       // Its message id names a verification already settled. Either the SMSC sent the receipt again, or it gave the
       // id to a new message (an SMSC restarted with its id counter from the start) whose submit_sm_resp this worker
       // has not mapped yet: the receipt is parked under its id for a while, so that mapping picks it up for the new
-      // message (mapSmsMessage-5); a receipt sent again is forgotten then. NX: a receipt parked already stays.
+      // message (mapSmsMessage-6); a receipt sent again is forgotten then. NX: a receipt parked already stays.
       await redis.set(keys.smsEarlyReceipt(receipt.smsc, receipt.messageId), JSON.stringify({ ...stored, final }), 'EX', REUSED_ID_PARK_S, 'NX');
     }
   }
 
   /**
-   * mapSmsMessage-5: the id mapped, the verification marked accepted; returns the receipt parked before it, if any,
+   * mapSmsMessage-6: the id mapped, the verification marked accepted; returns the receipt parked before it, if any,
    * with the account and step the id was mapped with.
    * `step`: the workflow step of the submit (undefined: not a workflow request, or a late acceptance whose step is
    * not known): the record is only marked while that step is current, so a step that timed out during its submit
@@ -443,6 +466,7 @@ export class SmsProcessor {
         keys.smsEarlyReceipt(outcome.smsc, outcome.messageId),
         byNumber.unconfirmed,
         byNumber.parked,
+        this.inFlightKey(to),
       ],
       [requestId, config.sms.receiptTtlSeconds, outcome.smsc, outcome.messageId, step === undefined ? '' : String(step)],
     )) as [string, string] | null;
@@ -462,7 +486,7 @@ export class SmsProcessor {
   }
 
   /**
-   * `known`: the account and workflow step the message id was mapped with (mapSmsMessage-5), so the
+   * `known`: the account and workflow step the message id was mapped with (mapSmsMessage-6), so the
    * record is not read here; without it (a receipt settled by a re-run after a crash, one matched by number,
    * a map of an older version) it is.
    */
@@ -518,6 +542,11 @@ export class SmsProcessor {
   }
 
   /** Keys by SMSC and number (one HMAC of it, never the number): an unconfirmed submit, a receipt parked for it. */
+  /** The submits in flight to a number, on any SMSC (markSmsSubmitting-2): an HMAC of the number, never the number. */
+  private inFlightKey(number: string): string {
+    return this.deps.keys.smsInFlight(this.deps.sealer.mac('sms-number', `inflight:${number.replace(/^\+/, '')}`));
+  }
+
   private numberKeys(smsc: string, number: string): { unconfirmed: string; parked: string } {
     const mac = this.deps.sealer.mac('sms-number', `${smsc}:${number.replace(/^\+/, '')}`);
     return { unconfirmed: this.deps.keys.smsUnconfirmed(smsc, mac), parked: this.deps.keys.smsParkedByNumber(smsc, mac) };
@@ -546,7 +575,7 @@ export class SmsProcessor {
   }
 }
 
-/** What a receipt's event needs of its verification, as the message id was mapped with it (mapSmsMessage-5). */
+/** What a receipt's event needs of its verification, as the message id was mapped with it (mapSmsMessage-6). */
 interface Known {
   accountId: string;
   /** Workflow step of the submit and the workflow's steps; '' outside a workflow. */

@@ -116,6 +116,14 @@ export class Keys {
     return `${this.prefix}:smsuncs:${smsc}:${numberMac}`;
   }
   /**
+   * Sorted set with TTL: the requests whose submit_sm to this number (HMAC), on any SMSC, is in flight (marked
+   * `submitting`, its outcome not known yet), each scored by the time (ms) it stops counting (markSmsSubmitting-2):
+   * while one is, a receipt is not matched by number to an unconfirmed submit (matchSmsReceipt-5).
+   */
+  smsInFlight(numberMac: string): string {
+    return `${this.prefix}:smsinflight:${numberMac}`;
+  }
+  /**
    * Sorted set with TTL: message ids of receipts parked (unmatched) for this SMSC and number (HMAC), scored by
    * the time (ms) they are forgotten, for a submit found unconfirmed just after. (A string under `smsdlrnum:` before.)
    */

@@ -152,7 +152,7 @@ describe('refunds of attempts that never left', () => {
 
   it('an SMS whose request ended after its claim is not sent: the submitting mark is only set while the attempt is wanted', async () => {
     const mark = (id: string, step: number | undefined, now = Date.now()) =>
-      scripts.markSmsSubmitting.run(s.redis, [s.keys.verification(id)], [step === undefined ? '' : String(step), now, '1']);
+      scripts.markSmsSubmitting.run(s.redis, [s.keys.verification(id), s.keys.smsInFlight('test')], [step === undefined ? '' : String(step), now, '1', id, 60]);
     const live = await s.service.create(s.account, { phone_number: '+447700900431', method: 'sms' });
     const expired = await s.service.create(s.account, { phone_number: '+447700900432', method: 'sms' });
     const canceled = await s.service.create(s.account, { phone_number: '+447700900433', method: 'sms' });

@@ -325,6 +325,32 @@ describe('SMS OTP through SMPP', () => {
     }
   });
 
+  it('a receipt that comes before its submit_sm_resp while another submit to the number waits unconfirmed: not matched to that one by number; each settled as its own', async () => {
+    const t = await start({ responseTimeoutMs: 500 }, { sms: { unconfirmedDeadlineMs: 4_000 } });
+    const accounts = [await t.account({ balance: 1 }), await t.account({ balance: 1 })];
+    const phone = '+447700900983';
+    // B: never answered, never receipted; it waits unconfirmed for its deadline.
+    await smsc.set({ noResponse: 'submit' });
+    const b = await sendSms(t, accounts[0]!.auth, phone);
+    await waitFor(async () => ((await t.redis.hget(t.keys.verification(b), 'sms_state')) === 'unconfirmed' ? true : undefined), 5000);
+    // A: answered, its receipt sent before its submit_sm_resp.
+    await smsc.set({ noResponse: 'off', receiptBeforeResp: true });
+    const a = await sendSms(t, accounts[1]!.auth, phone);
+    expect(await finalStatus(t, accounts[1]!.auth, a)).toMatchObject({ status: 'delivered' });
+    const [, mine] = await submitsTo(phone);
+    expect(mine!.status).toBe(0);
+    const aDelivered = (await readEvents(t.redis, t.keys)).find((e) => e.request_id === a && e.status === 'delivered');
+    expect(JSON.parse(aDelivered!.detail!).smpp_message_id).toBe(mine!.messageId);
+    // B was never confirmed: it fails at its deadline (not delivered by A's receipt).
+    expect(await finalStatus(t, accounts[0]!.auth, b, 10_000)).toMatchObject({ status: 'failed', failure_reason: 'smsc_unconfirmed' });
+    expect((await readEvents(t.redis, t.keys)).filter((e) => e.request_id === b && e.status === 'delivered')).toEqual([]);
+    expect(t.logs.some((l) => l.includes('receipt while another submit to its number is in flight'))).toBe(true);
+    const ok = await http(`${t.url}/v1/verify/check`, { auth: accounts[1]!.auth, body: { request_id: a, code: codeIn(mine!.text) } });
+    expect(ok.body).toMatchObject({ status: 'verified' });
+    // Nothing left in flight to the number.
+    expect(await t.redis.keys(t.keys.smsInFlight('*'))).toEqual([]);
+  });
+
   it('an unconfirmed submit whose receipt comes after the deadline: failed smsc_unconfirmed, not refunded, never also delivered', async () => {
     const t = await start({}, { sms: { unconfirmedDeadlineMs: 800 } });
     const account = await t.account({ balance: 1 });

@@ -5,7 +5,7 @@
   Record it for the delivery job, which settles it as it settles the same
   refusal in time (retried while attempts are left, else failed, refunded),
   and take the request out of the submits waiting by number, so that no
-  receipt is ever matched to it (matchSmsReceipt-4).
+  receipt is ever matched to it (matchSmsReceipt-5).
 
   KEYS[1] verification hash
   KEYS[2] unconfirmed submits, zset (<prefix>:smsuncs:<smsc>:<hmac of number>)

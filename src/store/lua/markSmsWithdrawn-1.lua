@@ -1,5 +1,5 @@
 --[[
-  An SMS attempt marked `submitting` (markSmsSubmitting-1) that was not sent
+  An SMS attempt marked `submitting` (markSmsSubmitting-2) that was not sent
   after all: its request ended, or its workflow step moved on, while the
   submit waited for a window slot or a TPS token (engine/sms-processor.ts,
   the gateway's beforeSend). Who refunds it depends on what ran first:

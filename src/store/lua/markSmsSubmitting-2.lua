@@ -10,11 +10,21 @@
   through the gateway's beforeSend, when the submit waited over 200 ms for its
   window slot and tokens; a 0 then withdraws it (markSmsWithdrawn-1).
 
+  Marked, the request is also noted as in flight to its number (KEYS[2]) until
+  its submit's outcome is known (mapSmsMessage-6, markSmsWaiting-4, or the
+  worker on a withdrawn one): a receipt that comes meanwhile without a mapped
+  id may be this submit's, whose submit_sm_resp is on its way, and is not
+  matched by number to another, unconfirmed, submit (matchSmsReceipt-5).
+
   KEYS[1] verification hash
+  KEYS[2] submits in flight to the number, zset (<prefix>:smsinflight:<hmac of number>): request id, scored by
+          the time (ms) it stops counting (a worker that died with it in flight)
 
   ARGV[1] the workflow step of the attempt ("" = not a workflow request)
   ARGV[2] now (ms since epoch)
   ARGV[3] the attempt number (sms_attempts)
+  ARGV[4] request id
+  ARGV[5] how long it counts as in flight at most, seconds
 
   Returns 1 when marked (send the SMS), 0 when the attempt is no longer wanted (do not send).
 ]]
@@ -23,4 +33,6 @@ if v[1] ~= 'sent' and v[1] ~= 'delivered' then return 0 end
 if tonumber(ARGV[2]) >= (tonumber(v[2]) or 0) then return 0 end
 if ARGV[1] ~= '' and v[3] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'sms_state', 'submitting', 'sms_attempts', ARGV[3])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[5]) * 1000, ARGV[4])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
 return 1

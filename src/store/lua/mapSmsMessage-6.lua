@@ -16,6 +16,7 @@
   KEYS[3] early-receipt string     (<prefix>:smsdlr:<smsc>:<id>)
   KEYS[4] unconfirmed submits, zset (<prefix>:smsuncs:<smsc>:<hmac of number>): this request leaves it
   KEYS[5] receipts parked by number, zset (<prefix>:smsdlrnums:<smsc>:<hmac of number>): this message leaves it
+  KEYS[6] submits in flight to the number, zset (<prefix>:smsinflight:<hmac of number>): this request leaves it
 
   ARGV[1] request id
   ARGV[2] TTL of the map, seconds
@@ -32,7 +33,7 @@
 ]]
 local v = redis.call('HMGET', KEYS[1], 'account_id', 'wf_step', 'method', 'wf_steps')
 -- The map names the request, its account and the workflow step of the submit: a receipt then needs
--- no read of the record to write its event (matchSmsReceipt-4 hands these back).
+-- no read of the record to write its event (matchSmsReceipt-5 hands these back).
 local mapped = ARGV[1]
 if v[1] then
   local step = (ARGV[5] ~= nil and ARGV[5] ~= '') and ARGV[5] or (v[2] or '')
@@ -49,6 +50,7 @@ if v[1] and v[3] == 'sms' and (not ARGV[5] or ARGV[5] == '' or v[2] == ARGV[5]) 
 end
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[4])
+redis.call('ZREM', KEYS[6], ARGV[1])
 local early = redis.call('GET', KEYS[3])
 if early then return {early, mapped} end
 return false
