@@ -16,6 +16,8 @@ export interface SmscSettings {
   password: string;
   /** Answer every bind with ESME_RBINDFAIL. */
   refuseBinds: boolean;
+  /** Answer the binds of these types (e.g. ['receiver']) with ESME_RBINDFAIL; the others as usual. */
+  refuseBindTypes: ('transceiver' | 'transmitter' | 'receiver')[];
   /** Delay before submit_sm_resp. */
   respDelayMs: number;
   /** 'submit': submit_sm is never answered; 'all': nothing is (submit_sm, enquire_link, unbind). */
@@ -90,6 +92,7 @@ export const DEFAULT_SETTINGS: SmscSettings = {
   systemId: 'flashverify',
   password: 'secret',
   refuseBinds: false,
+  refuseBindTypes: [],
   respDelayMs: 0,
   noResponse: 'off',
   silentSessions: [],

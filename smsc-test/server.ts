@@ -112,6 +112,7 @@ const settings: SmscSettings = {
   systemId: args['system-id'] ?? DEFAULT_SETTINGS.systemId,
   password: args.password ?? DEFAULT_SETTINGS.password,
   refuseBinds: args['refuse-binds'] ?? false,
+  refuseBindTypes: [],
   respDelayMs: num(args['resp-delay-ms'], 0),
   noResponse: (args['no-response'] ?? 'off') as NoResponse,
   throttleNext: num(args.throttle, 0),
@@ -459,7 +460,7 @@ function dropSession(session: Session, reason: string): void {
 function onBind(session: Session, rec: SessionRecord, pdu: PDU, bindType: 'transceiver' | 'transmitter' | 'receiver'): void {
   const systemId = str(pdu, 'system_id');
   let status: number = ESME.ROK;
-  if (settings.refuseBinds) status = ESME.RBINDFAIL;
+  if (settings.refuseBinds || settings.refuseBindTypes.includes(bindType)) status = ESME.RBINDFAIL;
   else if (systemId !== settings.systemId || str(pdu, 'password') !== settings.password) status = ESME.RINVPASWD;
   else if (rec.bound) status = ESME.RINVBNDSTS;
   event('bind', rec, { bindType, systemId, status, interfaceVersion: int(pdu, 'interface_version') });

@@ -399,8 +399,10 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         });
         await gateway.start();
         metrics.watchSmsc(gateway);
-        // An SMSC whose account binds are all held by other workers (maxBinds) is theirs to carry.
-        readiness.smpp = () => gateway.status().every((s) => s.bindsUp > 0 || s.bindsStarted === 0);
+        // An SMSC whose account binds are all held by other workers (maxBinds) is theirs to carry. With receipts asked
+        // for, a bind must receive too: a refused receiver (transmitter_receiver) leaves every SMS `sent` for good.
+        const receipts = config.sms.requestReceipts;
+        readiness.smpp = () => gateway.status().every((s) => (s.bindsUp > 0 && (!receipts || s.receiversUp > 0)) || s.bindsStarted === 0);
         deliveryWorker('sms', 'sms', (_id, job, token) => sms.process(job, token), config.worker.smsConcurrency);
         // Binds close after the SMS worker stopped taking jobs (stops run in order; workers are unshifted first).
         stops.push(['smpp binds', () => gateway.stop()]);

@@ -37,7 +37,7 @@ export interface TrunkStatusSource {
 
 /** What the SMPP gauges read at scrape time (the SMS gateway has it). */
 export interface SmscStatusSource {
-  status(): { name: string; bindsUp: number; bindsConfigured: number; bindsStarted: number; inFlight: number; window: number }[];
+  status(): { name: string; bindsUp: number; receiversUp: number; bindsConfigured: number; bindsStarted: number; inFlight: number; window: number }[];
 }
 
 /** What the range-quarantine gauge reads at scrape time (numbers/range-health.ts has it). */
@@ -355,7 +355,12 @@ export class Metrics {
         },
       });
     };
-    smscGauge('flashverify_smpp_binds_up', 'SMPP binds currently bound, by SMSC', (s) => s.bindsUp);
+    smscGauge('flashverify_smpp_binds_up', 'SMPP binds currently bound for submits, by SMSC', (s) => s.bindsUp);
+    smscGauge(
+      'flashverify_smpp_receivers_up',
+      'SMPP binds whose receiving side is bound (receipts can come in), by SMSC: the receivers of bindMode transmitter_receiver, else the transceivers',
+      (s) => s.receiversUp,
+    );
     smscGauge('flashverify_smpp_binds_configured', 'SMPP binds configured, by SMSC', (s) => s.bindsConfigured);
     smscGauge(
       'flashverify_smpp_binds_started',

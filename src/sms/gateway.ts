@@ -221,6 +221,7 @@ export class SmppGateway implements SmsGateway {
       return {
         name: e.settings.name,
         bindsUp: up.length,
+        receiversUp: e.sessions.filter((s) => s.isReceiving).length,
         bindsConfigured: e.sessions.length,
         bindsStarted: e.started,
         inFlight: e.sessions.reduce((n, s) => n + s.inFlight, 0),

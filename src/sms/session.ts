@@ -630,6 +630,11 @@ export class SmppSession {
     return this.tx.isBound;
   }
 
+  /** Bound for receipts: the receiver of a transmitter + receiver pair, else the transceiver. */
+  get isReceiving(): boolean {
+    return (this.rx ?? this.tx).isBound;
+  }
+
   get inFlight(): number {
     return this.inFlightCount;
   }

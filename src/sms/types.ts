@@ -137,6 +137,8 @@ export interface DeliveryReceipt {
 export interface SmscStatus {
   name: string;
   bindsUp: number;
+  /** Binds whose receiving side is up (`bindMode: transmitter_receiver`: the receiver; else the transceiver): receipts can come in. */
+  receiversUp: number;
   bindsConfigured: number;
   /** Binds this worker opens (fewer than configured while sms.smscs[].maxBinds has the others held by other workers). */
   bindsStarted: number;

@@ -144,6 +144,19 @@ describe('SMS OTP through SMPP', () => {
     expect(frSubmit!.text.replace(/\d{6}$/, 'N')).toBe('Votre code FlashVerify est : N');
   });
 
+  it('transmitter_receiver with the receiver bind refused: submits can go, but no receipt can come: flashverify_smpp_receivers_up 0, /readyz not ready until it binds', async () => {
+    await smsc.set({ refuseBindTypes: ['receiver'] });
+    const t = await start({ bindMode: 'transmitter_receiver' });
+    const scrape = async (): Promise<string> => fetch(`${t.url}/metrics`).then((r) => r.text());
+    await waitFor(async () => (/flashverify_smpp_binds_up\{smsc="default"\} 1/.test(await scrape()) ? true : undefined), 5000);
+    expect(await scrape()).toMatch(/flashverify_smpp_receivers_up\{smsc="default"\} 0/);
+    const down = await http(`${t.url}/readyz`);
+    expect([down.status, (down.body as { checks: Record<string, boolean> }).checks.smpp]).toEqual([503, false]);
+    await smsc.set({ refuseBindTypes: [] });
+    await waitFor(async () => ((await http(`${t.url}/readyz`)).status === 200 ? true : undefined), 15_000);
+    expect(await scrape()).toMatch(/flashverify_smpp_receivers_up\{smsc="default"\} 1/);
+  });
+
   it('an account template changed by another process is used within accounts.fieldCacheMs; one changed in this process at once', async () => {
     const t = await start({}, { accounts: { fieldCacheMs: 3_000 } } as TestOverrides);
     const account = await t.account({ balance: 1 });

@@ -80,7 +80,7 @@ describe('binds', () => {
     await smsc.set({ respDelayMs: 50 });
     gut = await startGateway([smscEntry(smsc, { binds: 4, window: 2 })]);
     await gut.waitUp();
-    expect(gut.gateway.status()).toEqual([{ name: 'default', bindsUp: 4, bindsConfigured: 4, bindsStarted: 4, inFlight: 0, window: 8 }]);
+    expect(gut.gateway.status()).toEqual([{ name: 'default', bindsUp: 4, receiversUp: 4, bindsConfigured: 4, bindsStarted: 4, inFlight: 0, window: 8 }]);
     const outcomes = await Promise.all(Array.from({ length: 40 }, (_, i) => gut!.gateway.submit(submitRequest(`+4477009005${String(i).padStart(2, '0')}`))));
     expect(outcomes.every((o) => o.kind === 'accepted')).toBe(true);
     const usedBinds = new Set(outcomes.map((o) => (o.kind === 'accepted' ? o.bind : '')));
