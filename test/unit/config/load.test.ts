@@ -572,3 +572,25 @@ describe('loadConfig', () => {
     expect(countries).toMatch(/^sms\.senders\.byCountry\.XX: /m);
   });
 });
+
+describe('config/default.yaml', () => {
+  it('shows every setting the schema has a default for (the file operators read to learn the keys)', async () => {
+    const { readFileSync } = await import('node:fs');
+    const { parse } = await import('yaml');
+    const shipped = parse(readFileSync(new URL('../../../config/default.yaml', import.meta.url), 'utf8')) as unknown;
+    const effective = loadConfig({ env: {} }) as unknown;
+    const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+    const missing: string[] = [];
+    const walk = (value: unknown, inFile: unknown, path: string): void => {
+      if (!isObject(value) || Object.keys(value).length === 0) return;
+      for (const [key, child] of Object.entries(value)) {
+        const here = path ? `${path}.${key}` : key;
+        if (!isObject(inFile) || !(key in inFile)) missing.push(here);
+        else walk(child, inFile[key], here);
+      }
+    };
+    walk(effective, shipped, '');
+    // Derived when not set (NPI 0 for TON 5, 1 for TON 1): in the file it would hold for a TON 1 sender merged over it.
+    expect(missing.filter((k) => k !== 'sms.senders.default.npi')).toEqual([]);
+  });
+});
