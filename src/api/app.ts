@@ -215,6 +215,11 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
         if (req.method === 'POST' && !bodyless && (typeof req.body !== 'object' || req.body === null || Array.isArray(req.body))) {
           throw new ApiError('invalid_request', 'the body must be a JSON object');
         }
+        // No request of ours nests: a body thousands of levels deep (16 KB is enough) would overflow the stack of
+        // what walks it whole (JSON.stringify of an Idempotency-Key fingerprint) and answer 500.
+        if (req.body !== undefined && nestedDeeperThan(req.body, MAX_BODY_DEPTH)) {
+          throw new ApiError('invalid_request', `the body is nested more than ${MAX_BODY_DEPTH} levels deep`);
+        }
       });
 
       v1.post('/verify', async (req, reply) => {
@@ -387,4 +392,21 @@ function toApiError(err: Error & { code?: string; statusCode?: number }): ApiErr
     return new ApiError('invalid_request', err.message);
   }
   return new ApiError('internal_error');
+}
+
+/** Nesting a request body may have (objects and arrays within each other): ours have 3 at most (workflow steps). */
+const MAX_BODY_DEPTH = 32;
+
+/** Whether `value` has objects or arrays nested more than `max` deep; iterative, so any depth is measured safely. */
+function nestedDeeperThan(value: unknown, max: number): boolean {
+  const stack: { v: unknown; depth: number }[] = [{ v: value, depth: 0 }];
+  while (stack.length > 0) {
+    const { v, depth } = stack.pop()!;
+    if (v === null || typeof v !== 'object') continue;
+    if (depth >= max) return true;
+    for (const child of Array.isArray(v) ? v : Object.values(v as Record<string, unknown>)) {
+      if (child !== null && typeof child === 'object') stack.push({ v: child, depth: depth + 1 });
+    }
+  }
+  return false;
 }

@@ -78,6 +78,9 @@ describe('HTTP bad input: the documented 4xx, never a 500 or a stack trace', () 
     ['trailing garbage after the JSON', 400, 'invalid_request', () => verify(`{"phone_number":"${phone}"} x`), /not valid JSON/],
     ['single quotes', 400, 'invalid_request', () => verify(`{'phone_number':'${phone}'}`), /not valid JSON/],
     ['10 000 nested arrays', 400, 'invalid_request', () => verify('['.repeat(10_000)), /not valid JSON/],
+    // Valid JSON nested 8,000 deep under a 16 KB limit: with an Idempotency-Key its fingerprint would walk it whole.
+    ['8 000 nested arrays in a field, with an Idempotency-Key', 400, 'invalid_request', () => verify(`{"phone_number":"${phone}","x":${'['.repeat(8000)}${']'.repeat(8000)}}`, ['Content-Type: application/json', 'Idempotency-Key: deep-1']), /nested more than 32 levels/],
+    ['check: 40 nested objects', 400, 'invalid_request', () => ({ head: request('POST', '/v1/verify/check', { body: `{"request_id":"${UUID}","code":${'{"a":'.repeat(40)}1${'}'.repeat(40)}}` }), body: `{"request_id":"${UUID}","code":${'{"a":'.repeat(40)}1${'}'.repeat(40)}}` }), /nested/],
     ['__proto__ key (prototype pollution)', 400, 'invalid_request', () => verify(`{"__proto__":{"admin":true},"phone_number":"${phone}"}`)],
     ['constructor.prototype key', 400, 'invalid_request', () => verify(`{"constructor":{"prototype":{"admin":true}},"phone_number":"${phone}"}`)],
     ['a JSON array', 400, 'invalid_request', () => verify('[1,2]'), /JSON object/],
