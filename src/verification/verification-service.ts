@@ -328,10 +328,11 @@ export class VerificationService {
     if (typeof input.code !== 'string' || input.code === '') {
       throw new ApiError('invalid_request', 'code is required and must be a string of digits');
     }
-    // As users copy it: "482 916", " 4829 ", "482-916" are 482916. Anything else but digits can never be a code:
-    // refused without spending one of the request's attempts.
-    const code = input.code.replace(/[\s-]/g, '');
-    if (!/^\d{1,10}$/.test(code)) throw new ApiError('invalid_request', 'code must be a string of digits');
+    // As users copy or type it: "482 916", " 4829 ", "482-916", and the same in another script's digits ("٤٨٢٩١٦",
+    // a keyboard in Arabic; full-width "４８２９"), are 482916. A code of the wrong length is a wrong code (counted);
+    // anything else but digits can never be one: refused without spending one of the request's attempts.
+    const code = asciiDigits(input.code).replace(/[\s-]/g, '');
+    if (!/^\d{1,64}$/.test(code)) throw new ApiError('invalid_request', 'code must be a string of digits');
     const requestId = canonicalRequestId(input.request_id);
     const key = this.ownedKey(requestId);
     const log = this.logger.child({ request_id: requestId, account_id: account.account_id });
@@ -620,4 +621,19 @@ function parseExpiry(value: unknown, def: number, max: number): number {
     throw new ApiError('invalid_request', `expiry_seconds must be an integer from 1 to ${max}`);
   }
   return value;
+}
+
+/**
+ * Decimal digits of any script (Unicode Nd: Arabic-Indic, Devanagari, full-width ...) as ASCII ones. Each script's
+ * digits run from 0 to 9 in consecutive code points, some scripts' runs back to back (the mathematical digits): a
+ * digit's value is its distance from the start of its run, modulo 10.
+ */
+export function asciiDigits(text: string): string {
+  return text.replace(/\p{Nd}/gu, (d) => {
+    const cp = d.codePointAt(0)!;
+    if (cp <= 0x39) return d;
+    let start = cp;
+    while (start > 0 && /\p{Nd}/u.test(String.fromCodePoint(start - 1))) start--;
+    return String((cp - start) % 10);
+  });
 }

@@ -142,7 +142,7 @@ describe('FlashVerify v1 API', () => {
   it('a code as users copy it (spaces, a dash) is the code; one with other characters is refused without spending an attempt', async () => {
     const id = String((await http(`${t.url}/v1/verify`, { auth, body: { phone_number: '+447700900006', method: 'sms', code_length: 6 } })).body.request_id);
     const right = await code(id);
-    for (const odd of ['12ab56', '١٢٣٤٥٦', '123456;']) {
+    for (const odd of ['12ab56', '١٢٣٤x٦', '123456;']) {
       const r = await http(`${t.url}/v1/verify/check`, { auth, body: { request_id: id, code: odd } });
       expect([r.status, r.body]).toEqual([400, { error: 'invalid_request', message: 'code must be a string of digits' }]);
     }
@@ -151,6 +151,19 @@ describe('FlashVerify v1 API', () => {
     const ok = await http(`${t.url}/v1/verify/check`, { auth, body: { request_id: id, code: spaced } });
     expect([ok.status, ok.body.status]).toEqual([200, 'verified']);
     expect(await t.redis.hget(t.keys.verification(id), 'attempts')).toBe('1');
+  });
+
+  it('the code typed in another script\'s digits (Arabic-Indic, Persian, full-width) is the code; 11 digits are a wrong code, counted', async () => {
+    const scripts = [0x0660, 0x06f0, 0xff10];
+    for (const [i, zero] of scripts.entries()) {
+      const id = String((await http(`${t.url}/v1/verify`, { auth, body: { phone_number: `+44770090002${i}`, method: 'sms', code_length: 6 } })).body.request_id);
+      const right = await code(id);
+      const wrong = await http(`${t.url}/v1/verify/check`, { auth, body: { request_id: id, code: '12345678901' } });
+      expect(wrong.body).toMatchObject({ error: 'invalid_code', attempts_remaining: 2 });
+      const typed = [...right].map((d) => String.fromCodePoint(zero + Number(d))).join('');
+      const ok = await http(`${t.url}/v1/verify/check`, { auth, body: { request_id: id, code: typed } });
+      expect([ok.status, ok.body.status]).toEqual([200, 'verified']);
+    }
   });
 
   it('expired codes are rejected', async () => {
