@@ -145,6 +145,12 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
       } else redisDown.more++;
     } else if (apiErr.status >= 500) req.log.error({ err, url: req.url }, 'request failed');
     for (const [name, value] of Object.entries(apiErr.headers)) void reply.header(name, value);
+    // A 429 of another limit than the key's request rate (a velocity window, max sends): the rate-limit headers the
+    // request got on its way in said it had room; they say what Retry-After says, so a client adapting to them waits.
+    const retryAfter = Number(apiErr.headers['Retry-After']);
+    if (apiErr.status === 429 && retryAfter > 0 && reply.hasHeader('x-ratelimit-limit')) {
+      void reply.header('X-RateLimit-Remaining', 0).header('X-RateLimit-Reset', Math.ceil(Date.now() / 1000) + retryAfter);
+    }
     void reply.status(apiErr.status).send(apiErr.toBody());
   });
   app.setNotFoundHandler((req, reply) => {

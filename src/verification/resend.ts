@@ -79,7 +79,7 @@ export async function resendLive(
   const sendsBefore = Number(sendsField ?? 1);
   // The request's own limit first: its message is clearer than the per-number window's (the script checks again).
   if (sendsBefore >= policy.maxSends) {
-    throw resendError('max_sends', requestId, policy.maxSends);
+    throw resendError('max_sends', requestId, policy.maxSends, Number(expiresAt));
   }
   const admitted = await fraud.admitSend(account.account_id, policy, dest.e164, clientIp);
   const now = Date.now();
@@ -128,7 +128,7 @@ export async function resendLive(
   }
   if (result[0] !== 'ok') {
     await fraud.releaseSend(admitted);
-    throw resendError(String(result[1]), requestId, policy.maxSends);
+    throw resendError(String(result[1]), requestId, policy.maxSends, Number(expiresAt));
   }
   const sends = Number(result[1]);
   const log = deps.logger.child({ request_id: requestId, account_id: account.account_id });
@@ -157,7 +157,8 @@ export async function resendLive(
   return body(sends);
 }
 
-function resendError(code: string, requestId: string, maxSends: number): ApiError {
+/** `expiresAtMs`: the request's expiry, when a new one can be started (max_sends: Retry-After). */
+function resendError(code: string, requestId: string, maxSends: number, expiresAtMs: number): ApiError {
   switch (code) {
     case 'account_pending':
     case 'account_suspended':
@@ -165,12 +166,15 @@ function resendError(code: string, requestId: string, maxSends: number): ApiErro
       return new ApiError(code);
     case 'account_missing':
       return new ApiError('unauthorized');
-    case 'max_sends':
-      return new ApiError(
+    case 'max_sends': {
+      const err = new ApiError(
         'rate_limited',
         `This verification was already sent ${maxSends} times, the most allowed; wait for it to expire, then start a new one`,
         { request_id: requestId, limit: 'max-sends' },
       );
+      err.headers['Retry-After'] = Math.max(1, Math.ceil(((Number.isFinite(expiresAtMs) ? expiresAtMs : 0) - Date.now()) / 1000));
+      return err;
+    }
     case 'queued':
       return new ApiError('verification_pending', 'The previous send of this verification is still queued; it will go out shortly', {
         request_id: requestId,

@@ -67,6 +67,9 @@ describe('velocity limits (sliding windows per account)', () => {
     const retryAfter = Number(over.headers.get('retry-after'));
     expect(retryAfter).toBeGreaterThanOrEqual(1);
     expect(retryAfter).toBeLessThanOrEqual(2);
+    // The rate-limit headers say the same as Retry-After (a client adapting to them does not retry at once).
+    expect(over.headers.get('x-ratelimit-remaining')).toBe('0');
+    expect(Number(over.headers.get('x-ratelimit-reset')) - Math.ceil(Date.now() / 1000)).toBeGreaterThanOrEqual(retryAfter - 1);
     // Another number, another account: their own windows.
     expect((await verify(t, a.auth, { phone_number: '+447700900302' })).status).toBe(201);
     const b = await t.account();
@@ -333,6 +336,10 @@ describe('one live verification per number and account', () => {
       const sixth = await verify(t, a.auth, { phone_number: '+447700900344', resend: true });
       expect([sixth.status, sixth.body.error, sixth.body.request_id]).toEqual([429, 'rate_limited', id]);
       expect(String(sixth.body.message)).toMatch(/already sent 5 times/);
+      // Retry-After: when the request expires (a new one can be started then); the rate-limit headers agree.
+      const expiresIn = (Number(await t.redis.hget(key, 'expires_at')) - Date.now()) / 1000;
+      expect(Math.abs(Number(sixth.headers.get('retry-after')) - expiresIn)).toBeLessThanOrEqual(2);
+      expect(sixth.headers.get('x-ratelimit-remaining')).toBe('0');
     } finally {
       await queue.close();
     }
