@@ -14,6 +14,7 @@ import { recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import { failNoRoute, placeOnTrunks } from './route-advance.js';
 import type { TrunkPacer } from './trunk-pacer.js';
+import { untilTaken } from '../store/redis.js';
 
 /** Outcomes that never reached the far end: the attempt is refunded. */
 const NOT_ON_NETWORK = new Set(['unreachable', 'timeout', 'no_cli', 'shutdown']);
@@ -94,7 +95,7 @@ export class FlashProcessor {
       const quarantined = reserved.quarantined ? '1' : '0';
       const rangeWrite =
         base.step === undefined
-          ? redis.hset(key, 'cli_range', reserved.range.prefix, 'cli_quarantined', quarantined)
+          ? untilTaken(redis, () => redis.hset(key, 'cli_range', reserved.range.prefix, 'cli_quarantined', quarantined))
           : recordAttemptFields(redis, key, base.step, { cli_range: reserved.range.prefix, cli_quarantined: quarantined });
       await this.deps.trunks.guarded(trunk, Promise.all([rangeWrite, this.deps.trunks.take(trunk)]));
       // Canceled, verified, expired, or its workflow step timed out while the phone rings: CANCEL now rather than

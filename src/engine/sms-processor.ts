@@ -14,6 +14,7 @@ import { claimDelivery } from './delivery-claim.js';
 import type { DeliveryJobData } from './queues.js';
 import { utcDay } from '../verification/types.js';
 import { countryLanguage } from '../media/prompts.js';
+import { untilTaken } from '../store/redis.js';
 
 /** failure_reason of a final negative receipt. */
 const RECEIPT_REASON: Partial<Record<DeliveryReceipt['state'], string>> = {
@@ -153,7 +154,7 @@ export class SmsProcessor {
       // step timeout found it `submitting`, "may have left", and billed it): a refunded failure gives the charge back,
       // once, and records nothing else on a request that has ended (applyEvent-4, applyStepEvent-4).
       const state = await scripts.markSmsWithdrawn.run(redis, [key], [stepArg]);
-      await redis.zrem(inFlight, requestId);
+      await untilTaken(redis, () => redis.zrem(inFlight, requestId));
       if (state === 'ended') await events.publish({ ...base, status: 'failed', detail: { reason: 'request_ended', refund: true } });
       log.info({ attempt, smsc: outcome.smsc, refund: state === 'ended' ? 'now' : 'by_expiry' }, 'verification ended (or its step moved on) while its SMS waited for its turn; not sent, refunded');
       return undefined;
@@ -315,7 +316,7 @@ export class SmsProcessor {
     const detail = { reason: 'smsc_unconfirmed', ...(smsc ? { smsc } : {}), attempts: Number(claim.extra.sms_attempts ?? 1) };
     const result = await this.settle(claim.base.request_id, '', 'UNCONFIRMED', claim.base.step, { ...claim.base, status: 'failed', detail }, this.deps.keys.smsEarlyReceipt(smsc, ''));
     // No longer waiting for a receipt by number: another submit to the number may now be matched alone.
-    await this.deps.redis.zrem(this.numberKeys(smsc, claim.to).unconfirmed, claim.base.request_id);
+    await untilTaken(this.deps.redis, () => this.deps.redis.zrem(this.numberKeys(smsc, claim.to).unconfirmed, claim.base.request_id));
     if (result === 'published') claim.log.warn(detail, 'sms submit never confirmed nor receipted by its deadline; verification failed');
     else claim.log.info({ result }, 'unconfirmed sms already resolved by a receipt');
     return undefined;
@@ -444,7 +445,7 @@ export class SmsProcessor {
       // id to a new message (an SMSC restarted with its id counter from the start) whose submit_sm_resp this worker
       // has not mapped yet: the receipt is parked under its id for a while, so that mapping picks it up for the new
       // message (mapSmsMessage-6); a receipt sent again is forgotten then. NX: a receipt parked already stays.
-      await redis.set(keys.smsEarlyReceipt(receipt.smsc, receipt.messageId), JSON.stringify({ ...stored, final }), 'EX', REUSED_ID_PARK_S, 'NX');
+      await untilTaken(redis, () => redis.set(keys.smsEarlyReceipt(receipt.smsc, receipt.messageId), JSON.stringify({ ...stored, final }), 'EX', REUSED_ID_PARK_S, 'NX'));
     }
   }
 

@@ -1,5 +1,5 @@
 import { Queue, type ConnectionOptions } from 'bullmq';
-import { connectionErrorLoggedElsewhere } from '../store/redis.js';
+import { connectionErrorLoggedElsewhere, untilTaken } from '../store/redis.js';
 import type { Redis } from 'ioredis';
 import type { Keys } from '../store/keys.js';
 import { timeoutJobId, type StepTimer } from '../verification/workflow.js';
@@ -56,7 +56,7 @@ export async function fireStepTimeout(redis: Redis, keys: Keys, maxLen: number, 
     'method',
   );
   if (!accountId || !method || Number(wfStep) !== data.step || (status !== 'sent' && status !== 'delivered')) return false;
-  await redis.xadd(
+  await untilTaken(redis, () => redis.xadd(
     keys.events(),
     'MAXLEN',
     '~',
@@ -80,6 +80,6 @@ export async function fireStepTimeout(redis: Redis, keys: Keys, maxLen: number, 
     wfSteps ?? '',
     'detail',
     '{}',
-  );
+  ));
   return true;
 }

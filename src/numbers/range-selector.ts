@@ -3,6 +3,7 @@ import type { RangeConfig } from '../config/schema.js';
 import type { Keys } from '../store/keys.js';
 import { adoptPreviousNames } from '../store/scripts.js';
 import type { RangeUsability } from './range-health.js';
+import { untilTaken } from '../store/redis.js';
 
 export interface ReservedCli {
   range: RangeConfig;
@@ -91,7 +92,7 @@ export class RangeSelector {
       // Both parts of an old name come from the same previous key (same index).
       const old = this.previousCliKeys(cli).flatMap((c, i) => (previousDestinationMacs[i] ? [this.keys.cliCooldown(c, previousDestinationMacs[i])] : []));
       await adoptPreviousNames(this.redis, old, name);
-      const ok = await this.redis.set(name, '1', 'EX', this.cooldownSeconds, 'NX');
+      const ok = await untilTaken(this.redis, () => this.redis.set(name, '1', 'EX', this.cooldownSeconds, 'NX'));
       if (ok === 'OK') return reserved;
     }
     return null;

@@ -34,6 +34,28 @@ export function waitsThroughRefusals(redis: Redis): { refused(err: Error): void;
   return waitingConnections.get(redis);
 }
 
+/**
+ * A write on a waiting connection (maxRetriesPerRequest: null: the delivery writes) that Redis refuses for a while
+ * (isPassingRefusal: full, a replica, loading ...) is sent again after 100 ms, then twice as long each time up to 2 s,
+ * until Redis takes it; a refused write applied nothing, so sending it again applies it once. On a connection that
+ * fails fast (the api's), the refusal is thrown at once (a 503). `write` must be safe to send again: one command, or
+ * a script refused before its first write (LuaScript.run).
+ */
+export async function untilTaken<T>(redis: Redis, write: () => Promise<T>): Promise<T> {
+  const waiting = waitsThroughRefusals(redis);
+  for (let pause = 100; ; pause = Math.min(2000, pause * 2)) {
+    try {
+      const result = await write();
+      if (waiting && pause > 100) waiting.accepted();
+      return result;
+    } catch (err) {
+      if (!waiting || !(err instanceof Error) || !isPassingRefusal(err)) throw err;
+      waiting.refused(err);
+      await sleep(pause);
+    }
+  }
+}
+
 /** One warning per distinct refusal while they last, and one line when writes are taken again. */
 function refusalLog(logger: Logger): { refused(err: Error): void; accepted(): void } {
   let last = '';

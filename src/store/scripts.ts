@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
-import { isPassingRefusal, waitsThroughRefusals } from './redis.js';
+import { untilTaken } from './redis.js';
 
 /** A Lua script from src/store/lua, named `verbNoun-<numKeys>.lua` as in BullMQ. */
 export class LuaScript {
@@ -42,18 +42,7 @@ export class LuaScript {
    */
   async run(redis: Redis, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
     if (keys.length !== this.numKeys) throw new Error(`${this.name}: expected ${this.numKeys} keys`);
-    const waiting = waitsThroughRefusals(redis);
-    for (let pause = 100; ; pause = Math.min(2000, pause * 2)) {
-      try {
-        const result = await this.once(redis, keys, args);
-        if (waiting && pause > 100) waiting.accepted();
-        return result;
-      } catch (err) {
-        if (!waiting || !(err instanceof Error) || !isPassingRefusal(err)) throw err;
-        waiting.refused(err);
-        await sleep(pause);
-      }
-    }
+    return untilTaken(redis, () => this.once(redis, keys, args));
   }
 
   private async once(redis: Redis, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {

@@ -189,6 +189,49 @@ describe('Redis full (maxmemory, noeviction)', { timeout: 60_000 }, () => {
   });
 });
 
+describe('Redis full while flash calls wait for a trunk channel', { timeout: 60_000 }, () => {
+  it('their writes before the INVITE (the CLI\'s range, its cooldown) wait for room: each call placed once, none failed', async () => {
+    redis = await ownRedis();
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 10, maxLifetimeMs: 55_000 });
+    cluster = await engineCluster(
+      {
+        flash: { ringMs: 700 },
+        worker: { lockDurationMs: 3000, stalledIntervalMs: 1000 },
+        events: { claimIdleMs: 1000 },
+        sip: { timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri, maxCalls: 1 }] },
+      },
+      { redisUrl: redis.url },
+    );
+    const processes = [await cluster.start('api'), await cluster.start('worker')];
+    const { auth } = await cluster.account(100);
+    const phones = ['+447700900411', '+447700900412', '+447700900413', '+447700900414'];
+    const ids: string[] = [];
+    for (const phone of phones) {
+      const r = await http(`${cluster.httpUrl}/v1/verify`, { auth, body: { phone_number: phone } });
+      expect(r.status).toBe(201);
+      ids.push(String(r.body.request_id));
+    }
+    // One call rings (one channel); the others are claimed and wait for it. Then Redis is full for 3 s.
+    await waitFor(async () => uas!.sent().some((m) => m.status === 180), 10_000, 25);
+    const used = Number(/used_memory:(\d+)/.exec(await cluster.redis.info('memory'))![1]);
+    await cluster.redis.config('SET', 'maxmemory-policy', 'noeviction');
+    await cluster.redis.config('SET', 'maxmemory', String(Math.floor(used / 2)));
+    try {
+      await new Promise((r) => setTimeout(r, 3000));
+    } finally {
+      await cluster.redis.config('SET', 'maxmemory', '0');
+    }
+    for (const id of ids) {
+      await waitFor(async () => ((await cluster!.redis.hget(cluster!.keys.verification(id), 'status')) === 'delivered' ? true : undefined), 20_000, 100);
+    }
+    const dialled = invitesPerDestination(uas.messages());
+    expect(dialled.size).toBe(phones.length);
+    for (const [, calls] of dialled) expect(calls.size).toBe(1);
+    expect(processes[1]!.output()).not.toMatch(/job_failed/);
+    for (const p of processes) expect(p.child.exitCode).toBeNull();
+  });
+});
+
 /**
  * A primary/replica failover behind one address (a virtual IP, or a managed Redis's primary endpoint): the old
  * primary becomes a replica and stays up, so the engine's open connections to it are refused with READONLY, while
