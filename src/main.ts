@@ -81,7 +81,9 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   const keys = new Keys(config.redis.prefix);
   // This process among the workers sharing trunk limits and SMSC binds in Redis (host, pid, and a random part: tests run several in one).
   const workerId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
-  const redis = connectRedis(config.redis, logger);
+  // A Redis that hangs or loads its data: the api's 503 within redis.commandTimeoutMs, not requests that wait for it
+  // (a loading Redis is asked again after 1 s at most, not after its own estimate of the load).
+  const redis = connectRedis(config.redis, logger, config.redis.commandTimeoutMs > 0 ? { commandTimeout: config.redis.commandTimeoutMs, maxLoadingRetryTime: 1000 } : {});
   // Delivery writes (events, record updates of calls in progress) wait for Redis to come back rather than fail mid-call.
   const durableRedis = connectRedis(config.redis, logger, { maxRetriesPerRequest: null });
   const bullConnection: ConnectionOptions = connectBullRedis(config.redis, logger);

@@ -721,6 +721,12 @@ export const configObjectSchema = z
          * Redis started beside the engine may come up a moment later. 0: one try.
          */
         startupWaitMs: z.number().int().min(0).max(600_000).default(10_000),
+        /**
+         * A command on the connection that fails fast (the api's, and the workers' reads and bookkeeping; not the
+         * delivery writes, which wait for Redis, nor BullMQ's) that has no answer this long fails: a hung Redis, or
+         * one loading its data, gets the api's 503 instead of requests that hang. 0: wait for the answer.
+         */
+        commandTimeoutMs: z.number().int().min(0).max(60_000).default(3000),
       })
       .strict()
       .superRefine((r, ctx) => {

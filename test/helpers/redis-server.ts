@@ -19,6 +19,9 @@ export interface OwnRedis {
   start(): Promise<void>;
   /** SIGKILL (kill -9) by pid. */
   kill(): Promise<void>;
+  /** SIGSTOP / SIGCONT by pid: a Redis that hangs (accepts connections, answers nothing), then goes on. */
+  pause(): void;
+  resume(): void;
   /** Kills it and removes its directory. */
   cleanup(): Promise<void>;
 }
@@ -63,7 +66,14 @@ export async function ownRedis(): Promise<OwnRedis> {
       if (c.exitCode === null && c.signalCode === null) process.kill(c.pid!, 'SIGKILL');
       await exitOf(c);
     },
+    pause() {
+      if (child?.pid && child.exitCode === null) process.kill(child.pid, 'SIGSTOP');
+    },
+    resume() {
+      if (child?.pid && child.exitCode === null) process.kill(child.pid, 'SIGCONT');
+    },
     async cleanup() {
+      self.resume();
       await self.kill();
       rmSync(dir, { recursive: true, force: true });
     },

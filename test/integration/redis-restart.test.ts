@@ -189,6 +189,28 @@ describe('Redis full (maxmemory, noeviction)', { timeout: 60_000 }, () => {
   });
 });
 
+describe('Redis hung (SIGSTOP)', { timeout: 60_000 }, () => {
+  it('the api answers 503 within redis.commandTimeoutMs instead of hanging, says so in a warn line, and serves again once Redis goes on', async () => {
+    redis = await ownRedis();
+    cluster = await engineCluster({ redis: { commandTimeoutMs: 1000 } }, { redisUrl: redis.url });
+    const api = await cluster.start('api');
+    const { auth } = await cluster.account(100);
+    expect((await http(`${cluster.httpUrl}/v1/verify`, { auth, body: { phone_number: '+447700900421' } })).status).toBe(201);
+    redis.pause();
+    try {
+      const started = Date.now();
+      const hung = await http(`${cluster.httpUrl}/v1/verify`, { auth, body: { phone_number: '+447700900422' } });
+      expect([hung.status, hung.body.error]).toEqual([503, 'service_unavailable']);
+      expect(Date.now() - started).toBeLessThan(2500);
+      await waitFor(async () => (api.output().includes('request failed: Redis unavailable') ? true : undefined), 3000, 50);
+    } finally {
+      redis.resume();
+    }
+    await waitFor(async () => ((await http(`${cluster!.httpUrl}/v1/verify`, { auth, body: { phone_number: '+447700900423' } })).status === 201 ? true : undefined), 10_000, 200);
+    expect(api.child.exitCode).toBeNull();
+  });
+});
+
 describe('Redis full while flash calls wait for a trunk channel', { timeout: 60_000 }, () => {
   it('their writes before the INVITE (the CLI\'s range, its cooldown) wait for room: each call placed once, none failed', async () => {
     redis = await ownRedis();
