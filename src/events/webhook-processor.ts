@@ -87,9 +87,14 @@ const DIRECT_WAITING_MAX = 5000;
 
 /** Unsealed API secrets kept, by account and ciphertext (a new secret is a new ciphertext): at most this many. */
 const SECRETS_KEPT = 1000;
-/** After a delivery, its bookkeeping (breaker, order set) is tried again after 100, 200 ... 1600 ms (about 3 s in all). */
+/**
+ * After a delivery, its bookkeeping (breaker, order set) is tried again after 100, 200 ... 1600 ms (about 3 s in all)
+ * before the delivery returns; then in the background every BOOKKEEPING_BACKGROUND_MS, for as long as a later event
+ * of the request would wait for it (webhooks.orderMaxWaitMs).
+ */
 const BOOKKEEPING_FIRST_WAIT_MS = 100;
 const BOOKKEEPING_LAST_WAIT_MS = 1600;
+const BOOKKEEPING_BACKGROUND_MS = 2000;
 
 /**
  * Delivers webhooks: the documented payload, signed with the account's
@@ -472,12 +477,31 @@ export class WebhookProcessor {
         return;
       } catch (err) {
         if (wait > BOOKKEEPING_LAST_WAIT_MS) {
-          log.warn({ err: (err as Error).message, event: d.event, sent }, 'webhook done, but its breaker and order state could not be written (Redis); not sent again');
+          // Not given up: until it is written, the request's later events wait for this one (orderMaxWaitMs, 5 min).
+          log.warn({ err: (err as Error).message, event: d.event, sent }, 'webhook done, but its breaker and order state could not be written yet (Redis); written in the background, not sent again');
+          this.bookkeepLater(bookkeeping, log, d.event);
           return;
         }
         await new Promise((r) => setTimeout(r, wait));
       }
     }
+  }
+
+  /** The bookkeeping of a delivery done, tried again in the background until Redis takes it (or a later event would no longer wait for it). */
+  private bookkeepLater(bookkeeping: () => Promise<void>, log: Logger, event: string): void {
+    const until = Date.now() + this.deps.config.orderMaxWaitMs;
+    const again = (): void => {
+      setTimeout(() => {
+        bookkeeping().then(
+          () => log.info({ event }, 'webhook bookkeeping written after Redis came back; later events of the request go on'),
+          (err: Error) => {
+            if (Date.now() < until) return again();
+            log.warn({ err: err.message, event }, 'webhook bookkeeping still not written; later events of the request are sent without waiting for it');
+          },
+        );
+      }, BOOKKEEPING_BACKGROUND_MS).unref();
+    };
+    again();
   }
 
   /**

@@ -5,6 +5,8 @@ import { http, waitFor } from '../helpers/engine.js';
 import { engineCluster, invitesPerDestination, type EngineCluster } from '../helpers/engine-process.js';
 import { ownRedis, ownSentinel, type OwnRedis, type OwnSentinel } from '../helpers/redis-server.js';
 import { startSippUas, type SippUas } from '../helpers/sipp.js';
+import { Receiver } from '../helpers/webhook-receiver.js';
+import { AccountStore } from '../../src/accounts/account-store.js';
 
 /**
  * Redis killed with SIGKILL under load and started again on the same port
@@ -186,6 +188,57 @@ describe('Redis full (maxmemory, noeviction)', { timeout: 60_000 }, () => {
     expect(after.status).toBe(201);
     for (const [, calls] of invitesPerDestination(uas.messages())) expect(calls.size).toBe(1);
     for (const p of processes) expect(p.child.exitCode).toBeNull();
+  });
+});
+
+describe('Redis full while a webhook is being sent', { timeout: 60_000 }, () => {
+  it('its bookkeeping is written once Redis has room, so the request\'s next webhook goes then, not after webhooks.orderMaxWaitMs', async () => {
+    redis = await ownRedis();
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', calls: 2, maxLifetimeMs: 55_000 });
+    const receiver = new Receiver();
+    const hookUrl = await receiver.start();
+    try {
+      cluster = await engineCluster(
+        {
+          flash: { ringMs: 500 },
+          events: { claimIdleMs: 1000 },
+          webhooks: { allowPrivate: true, orderMaxWaitMs: 45_000 },
+          sip: { timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri }] },
+        },
+        { redisUrl: redis.url },
+      );
+      const proc = await cluster.start('all');
+      const { auth, account_id, api_secret } = await cluster.account(100);
+      receiver.secret = api_secret;
+      await new AccountStore(cluster.redis, cluster.keys, cluster.sealer, { allowPrivateWebhooks: true }).setWebhook(account_id, hookUrl);
+      // The `sent` webhook is answered 300 ms late; as it arrives, Redis is made full (for 5 s: longer than the
+      // delivery's own retries of its bookkeeping, about 3 s).
+      let full: Promise<void> | undefined;
+      const own = cluster.redis;
+      receiver.delayMs = 300;
+      receiver.onRequest = (r) => {
+        if (r.json['event'] !== 'verification.sent' || full) return;
+        full = (async () => {
+          const used = Number(/used_memory:(\d+)/.exec(await own.info('memory'))![1]);
+          await own.config('SET', 'maxmemory-policy', 'noeviction');
+          await own.config('SET', 'maxmemory', String(Math.floor(used / 2)));
+        })();
+      };
+      const created = await http(`${cluster.httpUrl}/v1/verify`, { auth, body: { phone_number: '+447700900431' } });
+      expect(created.status).toBe(201);
+      await waitFor(async () => (full ? true : undefined), 10_000, 20);
+      await full;
+      await new Promise((r) => setTimeout(r, 5000));
+      await own.config('SET', 'maxmemory', '0');
+      const roomAt = Date.now();
+      await waitFor(async () => (receiver.received.some((x) => x.json['event'] === 'verification.delivered') ? true : undefined), 15_000, 50);
+      expect(Date.now() - roomAt).toBeLessThan(10_000);
+      expect(receiver.received.map((x) => x.json['event'])).toEqual(['verification.sent', 'verification.delivered']);
+      expect(proc.output()).toContain('written in the background, not sent again');
+    } finally {
+      await cluster?.redis.config('SET', 'maxmemory', '0').catch(() => undefined);
+      await receiver.stop();
+    }
   });
 });
 
