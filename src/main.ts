@@ -56,6 +56,7 @@ import { EnqueueReconciler } from './verification/enqueue-reconciler.js';
 import type { ShutdownSignals } from './engine/flash-call.js';
 import { FraudControls } from './verification/fraud-controls.js';
 import { VerificationService } from './verification/verification-service.js';
+import { watchWorkerErrors } from './engine/worker-errors.js';
 
 export type Role = 'all' | 'api' | 'worker' | 'webhooks';
 
@@ -302,7 +303,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
             (e: Error) => logger.error({ request_id: requestId, err: e.message }, 'could not fail the verification of a failed job'),
           );
         });
-        w.on('error', (err) => logger.warn({ err: err.message }, `${name} worker error`));
+        watchWorkerErrors(w, logger, `${name} worker error`);
         workerCloses.push(() => w.close());
       };
       deliveryWorker('flash_call', 'flash', (id, job) => flash.process(id, job.id), config.worker.flashConcurrency);
@@ -457,7 +458,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
           // A step's timer held by a process that died fires elsewhere once its lock lapses, as a delivery job would.
           { connection: bullConnection, prefix: keys.bullPrefix(), concurrency: 10, ...stallOptions },
         );
-        timeoutWorker.on('error', (err) => logger.warn({ err: err.message }, 'step timeout worker error'));
+        watchWorkerErrors(timeoutWorker, logger, 'step timeout worker error');
         stops.unshift(['step timeout worker', () => timeoutWorker.close()]);
       }
 
@@ -557,7 +558,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       webhookWorker.on('failed', (job) => {
         webhooks.failed(job).catch((err: Error) => logger.warn({ err: err.message, event_id: job?.id }, 'could not mark a failed webhook done'));
       });
-      webhookWorker.on('error', (err) => logger.warn({ err: err.message }, 'webhook worker error'));
+      watchWorkerErrors(webhookWorker, logger, 'webhook worker error');
       stops.unshift(['webhook worker', () => webhookWorker.close()]);
       // Stops run in order and the workers are unshifted: the pooled connections close once no delivery is in flight.
       stops.push(['webhook connections', async () => webhooks.close()]);
