@@ -271,7 +271,6 @@ describe('Redis full while flash calls wait for a trunk channel', { timeout: 60_
     cluster = await engineCluster(
       {
         flash: { ringMs: 700 },
-        worker: { lockDurationMs: 3000, stalledIntervalMs: 1000 },
         events: { claimIdleMs: 1000 },
         sip: { timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri, maxCalls: 1 }] },
       },
