@@ -49,7 +49,7 @@ import type { CallOriginator } from './sip/call-originator.js';
 import { trunkNeedsTls } from './sip/trunk-transport.js';
 import { CounterBatch } from './store/counter-batch.js';
 import { Keys } from './store/keys.js';
-import { connectBullRedis, connectRedis, isRedisUnavailable, RedisUnreachableError, StartAborted, waitForRedis } from './store/redis.js';
+import { connectBullRedis, connectRedis, isRedisUnavailable, redisTakesWrites, RedisUnreachableError, StartAborted, waitForRedis } from './store/redis.js';
 import { DELIVERABLE_METHODS, type Method } from './verification/types.js';
 import { ExpirySweeper } from './verification/expiry-sweeper.js';
 import { EnqueueReconciler } from './verification/enqueue-reconciler.js';
@@ -123,7 +123,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   metrics.watchRangeQuarantine(rangeHealth);
   metrics.watchEventGroups({ eventGroups: () => eventGroupStates(redis, keys) });
   const fraud = new FraudControls({ redis, keys, sealer, config, events, rangeHealth, metrics, logger: logger.child({ module: 'fraud' }), counters });
-  const redisProbe = async (): Promise<boolean> => (await redis.ping()) === 'PONG';
+  const redisProbe = (): Promise<boolean> => redisTakesWrites(redis, keys.readyProbe());
   // Readiness of what this process runs besides Redis (the API adds its own Redis probe).
   const readiness: ReadinessProbes = {};
 

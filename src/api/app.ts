@@ -9,7 +9,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import { runReadiness } from '../metrics/metrics-server.js';
 import type { Sealer } from '../crypto/sealer.js';
 import type { Keys } from '../store/keys.js';
-import { isRedisUnavailable } from '../store/redis.js';
+import { isRedisUnavailable, redisTakesWrites } from '../store/redis.js';
 import { scripts } from '../store/scripts.js';
 import { ApiError } from '../verification/errors.js';
 import { METHODS, utcDay } from '../verification/types.js';
@@ -159,7 +159,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
 
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
-    const { ready, checks } = await runReadiness({ redis: async () => (await redis.ping()) === 'PONG', ...deps.readiness });
+    const { ready, checks } = await runReadiness({ redis: () => redisTakesWrites(redis, keys.readyProbe()), ...deps.readiness });
     return reply.status(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not_ready', checks });
   });
   // Prometheus text format, no auth (README "Operating it": firewall it, or metrics.enabled: false).

@@ -5,6 +5,10 @@
 export class Keys {
   constructor(readonly prefix: string) {}
 
+  /** String with a 5 s TTL: written by each readiness probe (/readyz): Redis takes writes, not only answers PING. */
+  readyProbe(): string {
+    return `${this.prefix}:readyz`;
+  }
   /** String: a sentinel sealed with the deployment's master key; every process checks it opens (crypto/key-check.ts). */
   keyCheck(): string {
     return `${this.prefix}:keycheck`;

@@ -56,6 +56,14 @@ export async function untilTaken<T>(redis: Redis, write: () => Promise<T>): Prom
   }
 }
 
+/**
+ * The readiness probe of Redis: a write with a short TTL, so that a Redis that answers PING but refuses every write
+ * (full under noeviction, a replica after a failover, loading) is not ready either.
+ */
+export async function redisTakesWrites(redis: Redis, key: string): Promise<boolean> {
+  return (await redis.set(key, '1', 'PX', 5000)) === 'OK';
+}
+
 /** One warning per distinct refusal while they last, and one line when writes are taken again. */
 function refusalLog(logger: Logger): { refused(err: Error): void; accepted(): void } {
   let last = '';

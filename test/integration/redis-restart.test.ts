@@ -168,6 +168,9 @@ describe('Redis full (maxmemory, noeviction)', { timeout: 60_000 }, () => {
       const refused = await http(`${cluster.httpUrl}/v1/verify`, { auth, body: { phone_number: '+447700900402' } });
       expect(refused.status).toBe(503);
       expect(refused.body.error).toBe('service_unavailable');
+      // Not ready either: Redis answers PING, but takes no write.
+      const notReady = await http(`${cluster.httpUrl}/readyz`);
+      expect([notReady.status, (notReady.body as { checks: Record<string, boolean> }).checks.redis]).toEqual([503, false]);
       // Nothing charged, no job.
       expect(await cluster.redis.hget(cluster.keys.account(account_id), 'balance')).toBe(balance);
       // The ringing call is CANCELled after its 3 s ring while Redis is still full.
@@ -186,6 +189,7 @@ describe('Redis full (maxmemory, noeviction)', { timeout: 60_000 }, () => {
     expect(worker).toContain('redis takes writes again');
     const after = await http(`${cluster.httpUrl}/v1/verify`, { auth, body: { phone_number: '+447700900403' } });
     expect(after.status).toBe(201);
+    expect((await http(`${cluster.httpUrl}/readyz`)).status).toBe(200);
     for (const [, calls] of invitesPerDestination(uas.messages())) expect(calls.size).toBe(1);
     for (const p of processes) expect(p.child.exitCode).toBeNull();
   });
