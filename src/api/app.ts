@@ -59,7 +59,7 @@ function clientErrorAnswer(requestTimeoutMs: number) {
         : err.code === 'HPE_HEADER_OVERFLOW'
           ? [431, 'Request Header Fields Too Large', 'the request headers are too large']
           : [400, 'Bad Request', 'the request is not valid HTTP/1.1'];
-    this.log.debug({ err: err.message, code: err.code, status }, 'client error: connection answered and closed');
+    this.log.debug({ err: err.message, err_code: err.code, status }, 'client error: connection answered and closed');
     const body = JSON.stringify(new ApiError('invalid_request', message).toBody());
     if (socket.writable) {
       socket.write(

@@ -171,13 +171,13 @@ export class TlsTransport extends TcpTransport {
             : undefined;
     const trunk = destination === undefined ? undefined : this.events.trunkOf?.(destination);
     if (reason === undefined) {
-      this.logger.warn({ remote, trunk, code, err: err.message }, 'SIP TLS connection error');
+      this.logger.warn({ remote, trunk, tls_code: code, err: err.message }, 'SIP TLS connection error');
       return;
     }
     if (destination !== undefined) this.failing.set(destinationKey(destination), `${reason}: ${err.message}`);
     // Which CA bundle refused the certificate: with per-trunk bundles, the first thing to check.
     const ca = reason === 'certificate invalid' && destination !== undefined ? { ca_file: this.profileOf(destination).caFile ?? "Node's trust store" } : {};
-    this.logger.warn({ remote, trunk, code, reason, ...ca, err: err.message }, `SIP TLS ${reason}`);
+    this.logger.warn({ remote, trunk, tls_code: code, reason, ...ca, err: err.message }, `SIP TLS ${reason}`);
   }
 }
 

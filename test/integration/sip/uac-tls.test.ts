@@ -5,7 +5,8 @@
 import { writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
-import pino, { type Logger } from 'pino';
+import type { Logger } from 'pino';
+import { createLogger } from '../../../src/logging/logger.js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { EmbeddedSipOriginator } from '../../../src/sip/embedded-originator.js';
 import type { TlsClientOptions } from '../../../src/sip/tls-transport.js';
@@ -55,7 +56,8 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
     logLines = [];
   });
 
-  const logger = (): Logger => pino({ level: 'info' }, { write: (line: string) => void logLines.push(line) });
+  // The engine's own logger (its redaction included): what an operator reads.
+  const logger = (): Logger => createLogger({ level: 'info', destination: { write: (line: string) => void logLines.push(line) } as unknown as NodeJS.WritableStream });
 
   /** The stack with `tls` over verification on, 2 s handshakes, 60 s idle; `trunks`' own TLS settings loaded at start. */
   const uac = async (tls: Partial<TlsClientOptions>, trunks?: TrunkConfig[]): Promise<EmbeddedSipOriginator> => {
@@ -155,7 +157,7 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
     const uri = `sips:localhost:${port}`;
     const anonymous = await uac({ caFile: `${pki.dir}/trunk-ca.pem` });
     expect(await flash(anonymous, uri)).toEqual([expect.stringMatching(/^failed unreachable: /), 'ended']);
-    expect(logLines.find((l) => l.includes('SIP TLS handshake failed'))).toMatch(/"code":"ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED"/);
+    expect(logLines.find((l) => l.includes('SIP TLS handshake failed'))).toMatch(/"tls_code":"ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED"/);
     expect(Object.keys(anonymous.tlsFailures)).toEqual(['test']);
     await anonymous.stop();
 
@@ -230,7 +232,7 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
       expect(await flashCall(sip, mtls)).toEqual(rings);
       expect((await end.sipp.waitForExit(10_000)).code).toBe(0);
       expect(accepted(end.stunnel), end.stunnel.log()).toBe(2);
-      expect(logLines.find((l) => l.includes('SIP TLS handshake failed'))).toMatch(/"trunk":"carrier-plain".*"code":"ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED"/);
+      expect(logLines.find((l) => l.includes('SIP TLS handshake failed'))).toMatch(/"trunk":"carrier-plain".*"tls_code":"ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED"/);
       expect(Object.keys(sip.tlsFailures)).toEqual(['carrier-plain']);
     });
 
@@ -241,7 +243,7 @@ describe('embedded SIP stack over TLS (stunnel in front of SIPp)', () => {
       const sip = await uac({ caFile: `${pki.dir}/trunk-ca.pem` }, [byAddress, named]);
 
       expect(await flashCall(sip, byAddress)).toEqual([expect.stringMatching(/^failed unreachable: .*127\.0\.0\.1/), 'ended']);
-      expect(logLines.find((l) => l.includes('SIP TLS certificate invalid'))).toMatch(/"trunk":"by-address".*"code":"ERR_TLS_CERT_ALTNAME_INVALID"/);
+      expect(logLines.find((l) => l.includes('SIP TLS certificate invalid'))).toMatch(/"trunk":"by-address".*"tls_code":"ERR_TLS_CERT_ALTNAME_INVALID"/);
       expect(await flashCall(sip, named)).toEqual(rings);
       expect((await end.sipp.waitForExit(10_000)).code).toBe(0);
       expect(logLines.join('')).toMatch(/"trunk":"by-address-named".*"subject":"sbc".*"verified":true,"msg":"SIP TLS connection up"/);
