@@ -325,6 +325,9 @@ async function admitKnown(
   rateLimitVerdict(account, defaultLimit, second, n, (w) => void reply.headers(rateLimitHeaders(w)));
 }
 
+/** A day's usage hash lives 400 days (verification-service.ts, resend.ts: USAGE_TTL_SECONDS). */
+const USAGE_RETENTION_DAYS = 400;
+
 async function usage(redis: Redis, keys: Keys, account: Account, from?: string, to?: string) {
   const day = 24 * 3600 * 1000;
   const parse = (s: string | undefined, name: string, def: number): number => {
@@ -343,10 +346,12 @@ async function usage(redis: Redis, keys: Keys, account: Account, from?: string, 
   const monthAgo = today - 30 * day;
   const fromMs = parse(from, 'from', toMs >= monthAgo ? monthAgo : toMs - 30 * day);
   if (fromMs > toMs) throw new ApiError('invalid_request', 'from must not be after to');
-  if (toMs - fromMs > 366 * day) throw new ApiError('invalid_request', 'the range may span at most 366 days');
 
+  // Any range (the contract sets no bound); only the days usage is kept for (USAGE_RETENTION_DAYS, up to today)
+  // hold anything, so only those are read.
   const pipeline = redis.pipeline();
-  for (let t = fromMs; t <= toMs; t += day) pipeline.hgetall(keys.usage(account.account_id, utcDay(t)));
+  const first = Math.max(fromMs, today - USAGE_RETENTION_DAYS * day);
+  for (let t = first; t <= Math.min(toMs, today); t += day) pipeline.hgetall(keys.usage(account.account_id, utcDay(t)));
   const rows = ((await pipeline.exec()) ?? []).map(([, r]) => (r ?? {}) as Record<string, string>);
   const byMethod: Record<string, { count: number; cost: number }> = {};
   let total = 0;

@@ -202,7 +202,7 @@ export function openApiDocument(config: Readonly<Config>): Json {
       '/v1/usage': {
         get: {
           operationId: 'getUsage',
-          summary: 'Usage summary by method for a date range (UTC days, at most 366)',
+          summary: 'Usage summary by method for a date range (UTC days; usage is kept 400 days)',
           parameters: [
             { name: 'from', in: 'query', required: false, description: 'Default: 30 days ago (30 days before `to` when `to` is earlier than that)', schema: { type: 'string', format: 'date' } },
             { name: 'to', in: 'query', required: false, description: 'Default: today', schema: { type: 'string', format: 'date' } },

@@ -243,6 +243,10 @@ describe('FlashVerify v1 API', () => {
       expect([r.status, r.body.error, r.body.message]).toEqual([400, 'invalid_request', expect.stringMatching(/YYYY-MM-DD/)]);
     }
     expect((await http(`${t.url}/v1/usage?from=2024-02-29&to=2024-03-01`, { auth: a.auth })).status).toBe(200);
+    // Any span: years back (more than the 400 days usage is kept) and into the future, the same totals.
+    const wide = await http(`${t.url}/v1/usage?from=2019-01-01&to=2031-12-31`, { auth: a.auth });
+    expect(wide.status).toBe(200);
+    expect(wide.body).toMatchObject({ from: '2019-01-01', to: '2031-12-31', total_verifications: 2, total_cost: { amount: 0.008, currency: 'GBP' } });
   });
 
   it('usage: a success counts on the day its verification was charged, so a day never shows more successes than verifications', async () => {
