@@ -78,6 +78,7 @@ export const scripts = {
   markSmsWaiting: LuaScript.load('markSmsWaiting-4'),
   markSmsSubmitting: LuaScript.load('markSmsSubmitting-2'),
   markSmsWithdrawn: LuaScript.load('markSmsWithdrawn-1'),
+  replaceField: LuaScript.load('replaceField-1'),
   settleRefusedResend: LuaScript.load('settleRefusedResend-4'),
   markSmsRefused: LuaScript.load('markSmsRefused-2'),
   settleSms: LuaScript.load('settleSms-4'),

@@ -79,6 +79,8 @@ export class FraudControls {
   readonly counters: CounterBatch;
   /** The `fraud` field of accounts, reused for `accounts.fieldCacheMs` (account-field-cache.ts). */
   private readonly fields: AccountFieldCache;
+  /** The stored `fraud` field opened and validated: one function, so that its result is kept beside the cached field. */
+  private readonly parseStored: (raw: string | null) => StoredOverrides | undefined | typeof UNREADABLE;
 
   constructor(
     private readonly deps: {
@@ -98,6 +100,7 @@ export class FraudControls {
   ) {
     this.counters = deps.counters ?? deps.rangeHealth?.counters ?? new CounterBatch(deps.redis, deps.logger);
     this.fields = new AccountFieldCache(deps.redis, deps.keys, { ttlMs: deps.config.accounts.fieldCacheMs });
+    this.parseStored = (raw) => parseOverrides(raw, deps.sealer);
   }
 
   // ------------------------------------------------------------------ policy
@@ -119,12 +122,30 @@ export class FraudControls {
    */
   async overrides(accountId: string, options: { fresh?: boolean } = {}): Promise<AccountFraudOverrides | undefined> {
     if (options.fresh) this.fields.invalidate(accountId, 'fraud');
-    const read = await this.fields.getParsed(accountId, 'fraud', parseOverrides);
+    const read = await this.fields.getParsed(accountId, 'fraud', this.parseStored);
+    if (read !== UNREADABLE && read !== undefined && read[RESEAL] !== undefined) this.reseal(accountId, read);
     if (read === UNREADABLE) {
       this.deps.logger.error({ account_id: accountId }, 'unreadable fraud overrides on the account; server defaults apply');
       return undefined;
     }
     return read;
+  }
+
+  /**
+   * Overrides sealed under a previous master key (a rotation, README "Rotating the master key"), or written in clear
+   * by an earlier version: sealed again under the current key, once, unless they were set anew meanwhile.
+   */
+  private reseal(accountId: string, read: StoredOverrides): void {
+    const raw = read[RESEAL]!;
+    // Once per value read (the parsed value is cached and shared): the mark goes with the first reader.
+    delete read[RESEAL];
+    const overrides: AccountFraudOverrides = { ...read };
+    scripts.replaceField
+      .run(this.deps.redis, [this.deps.keys.account(accountId)], ['fraud', raw, this.deps.sealer.seal(JSON.stringify(overrides), FRAUD_AAD)])
+      .then(
+        () => this.fields.invalidate(accountId, 'fraud'),
+        (err: Error) => this.deps.logger.warn({ account_id: accountId, err: err.message }, 'could not seal the fraud overrides again under the current master key'),
+      );
   }
 
   /** Replaces an account's overrides (null removes them). Validated: throws AppError on a bad value. */
@@ -143,7 +164,8 @@ export class FraudControls {
         parsed.error.issues.map((i) => (i.path.length ? `${i.path.join('.')}: ${i.message}` : i.message)).join('; '),
       );
     }
-    await this.deps.redis.hset(key, 'fraud', JSON.stringify(parsed.data));
+    // Sealed: test numbers and their fixed codes are in it (a number and a code that verifies it, never in clear).
+    await this.deps.redis.hset(key, 'fraud', this.deps.sealer.seal(JSON.stringify(parsed.data), FRAUD_AAD));
     this.fields.invalidate(accountId, 'fraud');
     return parsed.data;
   }
@@ -308,12 +330,35 @@ export class FraudControls {
 
 const UNREADABLE = Symbol('unreadable fraud overrides');
 
-/** The stored `fraud` field, validated (pure: its result is kept beside the cached field). */
-function parseOverrides(raw: string | null): AccountFraudOverrides | undefined | typeof UNREADABLE {
+/** What an account's sealed `fraud` field is bound to (AES-GCM additional data). */
+const FRAUD_AAD = 'account-fraud';
+
+/**
+ * The stored `fraud` field, opened and validated (its result is kept beside the cached field): sealed (setOverrides),
+ * or the JSON in clear an earlier version wrote, read as it is until the overrides are set again. One sealed with a
+ * master key no longer configured is unreadable.
+ */
+function parseOverrides(raw: string | null, sealer: Sealer): StoredOverrides | undefined | typeof UNREADABLE {
   if (!raw) return undefined;
-  const parsed = accountFraudSchema.safeParse(safeJson(raw));
-  return parsed.success ? parsed.data : UNREADABLE;
+  const sealed = !raw.startsWith('{');
+  let json = raw;
+  if (sealed) {
+    try {
+      json = sealer.open(raw, FRAUD_AAD);
+    } catch {
+      return UNREADABLE;
+    }
+  }
+  const parsed = accountFraudSchema.safeParse(safeJson(json));
+  if (!parsed.success) return UNREADABLE;
+  const stored: StoredOverrides = parsed.data;
+  if (!sealed || !sealer.isCurrent(raw)) stored[RESEAL] = raw;
+  return stored;
 }
+
+/** Marks overrides read in clear or under a previous master key with the value read: to be sealed again (reseal). */
+const RESEAL = Symbol('reseal');
+type StoredOverrides = AccountFraudOverrides & { [RESEAL]?: string };
 
 function safeJson(s: string): unknown {
   try {

@@ -436,6 +436,12 @@ describe('test numbers', () => {
     expect(ok.body).toEqual({ request_id: id, status: 'verified', phone_number: '+447700900999' });
     // An account's own test numbers (6 digits for voice).
     await setFraud(t, a.account_id, { testNumbers: [{ number: '+447700900998', code: '246810' }] });
+    // Stored sealed: neither the number nor the code that verifies it is in Redis in clear.
+    const stored = (await t.redis.hget(t.keys.account(a.account_id), 'fraud'))!;
+    expect(stored).not.toMatch(/7700900998|246810/);
+    expect(t.sealer.open(stored, 'account-fraud')).toContain('+447700900998');
+    const shown = await http(`${t.url}/admin/v1/accounts/${a.account_id}/fraud`, { auth: `Bearer ${ADMIN}` });
+    expect(shown.body).toMatchObject({ overrides: { testNumbers: [{ number: '+447700900998', code: '246810' }] } });
     const voice = await verify(t, a.auth, { phone_number: '+447700900998', method: 'voice' });
     expect(voice.body).toMatchObject({ code_length: 6, cost: { amount: 0 } });
     const vok = await http(`${t.url}/v1/verify/check`, { auth: a.auth, body: { request_id: voice.body.request_id, code: '246810' } });

@@ -7,7 +7,7 @@ import { Sealer } from '../../src/crypto/sealer.js';
 import { RangeSelector } from '../../src/numbers/range-selector.js';
 import { Keys } from '../../src/store/keys.js';
 import { VerificationService } from '../../src/verification/verification-service.js';
-import { deletePrefix, http, REDIS_URL, startTestEngine, testConfig, type TestEngine } from '../helpers/engine.js';
+import { deletePrefix, http, REDIS_URL, startTestEngine, testConfig, waitFor, type TestEngine } from '../helpers/engine.js';
 
 /**
  * Master key rotation (README "Rotating the master key"): the new key becomes
@@ -105,6 +105,30 @@ describe('master key rotation', () => {
     const oldSealer = new Sealer(oldKey);
     expect(await engine.redis.exists(engine.keys.liveVerification(oldSealer.mac('live', `${a.account_id}:+447700900332`)))).toBe(0);
     expect(await engine.redis.exists(engine.keys.liveVerification(new Sealer(newKey).mac('live', `${a.account_id}:+447700900332`)))).toBe(1);
+  });
+
+  it('account fraud overrides sealed under the old key (or in clear, by an earlier version) still apply, and are sealed again under the new key', async () => {
+    const oldKey = randomBytes(32);
+    const newKey = randomBytes(32);
+    engine = await startTestEngine(testConfig({ security: { masterKey: newKey.toString('hex'), previousMasterKeys: [oldKey.toString('hex')] } }), 'api');
+    const t = engine;
+    const underOldKey = await t.account({ balance: 5 });
+    const inClear = await t.account({ balance: 5 });
+    const overrides = (n: string) => JSON.stringify({ testNumbers: [{ number: `+44770090${n}`, code: '2468' }] });
+    await t.redis.hset(t.keys.account(underOldKey.account_id), 'fraud', new Sealer(oldKey).seal(overrides('0341'), 'account-fraud'));
+    await t.redis.hset(t.keys.account(inClear.account_id), 'fraud', overrides('0342'));
+    for (const [a, n] of [[underOldKey, '0341'], [inClear, '0342']] as const) {
+      // The account's own test number: free, verified with its fixed code.
+      const r = await http(`${t.url}/v1/verify`, { auth: a.auth, body: { phone_number: `+44770090${n}` } });
+      expect([r.status, r.body.cost]).toEqual([201, { amount: 0, currency: 'GBP' }]);
+      const ok = await http(`${t.url}/v1/verify/check`, { auth: a.auth, body: { request_id: r.body.request_id, code: '2468' } });
+      expect(ok.body.status).toBe('verified');
+      const stored = await waitFor(async () => {
+        const v = (await t.redis.hget(t.keys.account(a.account_id), 'fraud'))!;
+        return !v.startsWith('{') && t.sealer.isCurrent(v) ? v : undefined;
+      }, 3000);
+      expect(new Sealer(newKey).open(stored, 'account-fraud')).toBe(overrides(n));
+    }
   });
 
   it('a CLI cooldown set before a rotation still holds the CLI after it', async () => {
