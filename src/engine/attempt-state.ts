@@ -19,6 +19,14 @@ export async function recordAttemptFields(redis: Redis, key: string, step: numbe
   return (await scripts.recordAttemptFields.run(redis, [key], [step === undefined ? '' : String(step), ...flat])) === 1;
 }
 
+/**
+ * The record's `dial_job` written by a call's run once it has its trunk channel, before its INVITE may leave: the
+ * job's id. A re-run of that job (its worker died) that finds another value (or none) knows the call never left.
+ */
+export function dialMark(jobId: string | undefined): string {
+  return jobId ?? 'run';
+}
+
 /** How often a call in progress looks whether its request still wants it (canceled, verified, step timed out ...). */
 export const WATCH_INTERVAL_MS = 1000;
 

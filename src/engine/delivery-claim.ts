@@ -8,6 +8,7 @@ import { sendOfJob } from '../verification/resend.js';
 import type { Method } from '../verification/types.js';
 import { stepOfJob } from '../verification/workflow.js';
 import { expireRequest } from '../verification/expiry-sweeper.js';
+import { dialMark } from './attempt-state.js';
 
 /** claimDelivery-1.lua's answer. */
 type ClaimVerdict = 'gone' | 'other_method' | 'other_send' | 'other_step' | 'past_sent' | 'expired' | 'expired_started' | 'claimed' | 'started';
@@ -59,9 +60,11 @@ export async function claimDelivery(
    * Asked when a previous run already started this delivery: 'resume' when it
    * is known that nothing left (an SMS the SMSC refused for now and that waits
    * for its retry), 'done' when it was handed over, 'interrupted' (the default)
-   * when it may have left and must not be sent again.
+   * when it may have left and must not be sent again, 'unsent' when it is known
+   * that it never left (a call claimed whose run died waiting for a trunk
+   * channel or CPS token, before its dial mark: failed `interrupted`, refunded).
    */
-  resume?: (extra: Record<string, string | null>) => 'resume' | 'done' | 'interrupted',
+  resume?: (extra: Record<string, string | null>) => 'resume' | 'done' | 'interrupted' | 'unsent',
 ): Promise<DeliveryClaim | undefined> {
   const { redis, keys, sealer, events } = deps;
   const requestId = job.requestId;
@@ -145,6 +148,13 @@ export async function claimDelivery(
       await events.publish({ ...base, status: 'failed', detail: { reason: 'interrupted' } });
       return undefined;
     }
+    if (again === 'unsent') {
+      // Its run died before the call could leave (waiting for a channel or a CPS token): refunded. Not dialled now:
+      // a run that only stalled may still be alive, and it finds the request ended before it dials (watchUnlessEnded).
+      log.warn('a previous worker claimed this delivery and ended before placing its call (crash?); failed, refunded');
+      await events.publish({ ...base, status: 'failed', detail: { reason: 'interrupted', refund: true } });
+      return undefined;
+    }
   }
   return {
     key,
@@ -181,7 +191,7 @@ export async function failStrandedDelivery(
   reason: StrandedReason,
 ): Promise<boolean> {
   const requestId = job.requestId;
-  const [status, accountId, storedMethod, dialStarted, wfStep, wfSteps, sends] = await deps.redis.hmget(
+  const [status, accountId, storedMethod, dialStarted, wfStep, wfSteps, sends, dialJob] = await deps.redis.hmget(
     deps.keys.verification(requestId),
     'status',
     'account_id',
@@ -190,6 +200,7 @@ export async function failStrandedDelivery(
     'wf_step',
     'wf_steps',
     'sends',
+    'dial_job',
   );
   // Past `sent` (delivered, or already ended) or gone: nothing is stranded. A job of another send than the record's
   // (claimDelivery: 'other_send') stranded nothing either: the record's send is another job's.
@@ -204,7 +215,8 @@ export async function failStrandedDelivery(
     method,
     ...(wfStep && wfSteps ? { step: Number(wfStep), steps: Number(wfSteps) } : {}),
     status: 'failed',
-    detail: { reason, refund: !dialStarted },
+    // Refunded when nothing can have left: never claimed, or a call whose job never wrote its dial mark.
+    detail: { reason, refund: !dialStarted || (method !== 'sms' && dialJob !== dialMark(job.jobId)) },
   });
   return true;
 }

@@ -10,7 +10,7 @@ import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
 import { generateCode } from '../verification/codes.js';
 import { placeFlashCall, type FlashResult, type ShutdownSignals } from './flash-call.js';
-import { recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
+import { dialMark, recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import { failNoRoute, placeOnTrunks } from './route-advance.js';
 import type { TrunkPacer } from './trunk-pacer.js';
@@ -47,7 +47,11 @@ export class FlashProcessor {
   async process(requestId: string, jobId?: string): Promise<FlashResult | undefined> {
     const { redis, sealer, config, events } = this.deps;
     // Re-run after a crash: a call that already rang was delivered (its event is in the stream); any other may have left.
-    const claim = await claimDelivery(this.deps, { requestId, jobId }, 'flash_call', ['rang_at'], (extra) => (extra.rang_at ? 'done' : 'interrupted'));
+    // One that never got past its wait for a channel or CPS token (no dial mark of this job): never left, refunded.
+    const mark = dialMark(jobId);
+    const claim = await claimDelivery(this.deps, { requestId, jobId }, 'flash_call', ['rang_at', 'dial_job'], (extra) =>
+      extra.rang_at ? 'done' : extra.dial_job === mark ? 'interrupted' : 'unsent',
+    );
     if (!claim) return undefined;
     const claimedAt = Date.now();
     const { key, base, log, to, country } = claim;
@@ -93,10 +97,11 @@ export class FlashProcessor {
       // step's range is not overwritten (a plain request keeps the one-command write on the hot path).
       // `cli_quarantined`: the range was used while quarantined; its verification is not judged either (fraud-controls.ts).
       const quarantined = reserved.quarantined ? '1' : '0';
+      // `dial_job`: from here the call may leave (a re-run after a crash before it: refunded, see claimDelivery).
       const rangeWrite =
         base.step === undefined
-          ? untilTaken(redis, () => redis.hset(key, 'cli_range', reserved.range.prefix, 'cli_quarantined', quarantined))
-          : recordAttemptFields(redis, key, base.step, { cli_range: reserved.range.prefix, cli_quarantined: quarantined });
+          ? untilTaken(redis, () => redis.hset(key, 'cli_range', reserved.range.prefix, 'cli_quarantined', quarantined, 'dial_job', mark))
+          : recordAttemptFields(redis, key, base.step, { cli_range: reserved.range.prefix, cli_quarantined: quarantined, dial_job: mark });
       await this.deps.trunks.guarded(trunk, Promise.all([rangeWrite, this.deps.trunks.take(trunk)]));
       // Canceled, verified, expired, or its workflow step timed out while the phone rings: CANCEL now rather than
       // at the end of ringMs (through the same path as a worker shutdown).

@@ -9,7 +9,8 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { RangeSelector } from '../numbers/range-selector.js';
 import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
-import { recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
+import { dialMark, recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
+import { untilTaken } from '../store/redis.js';
 import { claimDelivery } from './delivery-claim.js';
 import type { ShutdownSignals } from './flash-call.js';
 import { failNoRoute, placeOnTrunks } from './route-advance.js';
@@ -46,8 +47,10 @@ export class VoiceProcessor {
   async process(requestId: string, jobId?: string): Promise<VoiceResult | undefined> {
     const { redis, config, events } = this.deps;
     // Re-run after a crash: a call that was answered was delivered (its event is in the stream); any other may have left.
-    const claim = await claimDelivery(this.deps, { requestId, jobId }, 'voice', ['locale', 'answered_at'], (extra) =>
-      extra.answered_at ? 'done' : 'interrupted',
+    // One that never got past its wait for a channel or CPS token (no dial mark of this job): never left, refunded.
+    const mark = dialMark(jobId);
+    const claim = await claimDelivery(this.deps, { requestId, jobId }, 'voice', ['locale', 'answered_at', 'dial_job'], (extra) =>
+      extra.answered_at ? 'done' : extra.dial_job === mark ? 'interrupted' : 'unsent',
     );
     if (!claim) return undefined;
     const claimedAt = Date.now();
@@ -60,7 +63,10 @@ export class VoiceProcessor {
     const step = claim.base.step;
     // On the trunk's channel, under its CPS; placed again on the next trunk when one refuses it before it rang.
     const placed = await placeOnTrunks(this.deps, 'voice', { to }, log, async (trunk) => {
-      await this.deps.trunks.take(trunk);
+      // `dial_job`: from here the call may leave (a re-run after a crash before it: refunded, see claimDelivery).
+      const dialing =
+        step === undefined ? untilTaken(redis, () => redis.hset(key, 'dial_job', mark)) : recordAttemptFields(redis, key, step, { dial_job: mark });
+      await this.deps.trunks.guarded(trunk, Promise.all([dialing, this.deps.trunks.take(trunk)]));
       // Canceled, verified, expired, or its workflow step timed out while the phone rings or the prompt plays:
       // the call is CANCELled, or the prompt stopped and BYE sent, through the same path as a worker shutdown.
       // Canceled, expired or its step over while it waited for a channel or the trunk's CPS token (a backlog): never

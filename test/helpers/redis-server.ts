@@ -67,10 +67,17 @@ export async function ownRedis(): Promise<OwnRedis> {
       await exitOf(c);
     },
     pause() {
-      if (child?.pid && child.exitCode === null) process.kill(child.pid, 'SIGSTOP');
+      if (child?.pid && child.exitCode === null && child.signalCode === null) process.kill(child.pid, 'SIGSTOP');
     },
     resume() {
-      if (child?.pid && child.exitCode === null) process.kill(child.pid, 'SIGCONT');
+      // Also from cleanup(): a server already gone (killed, its exit not seen yet) needs nothing.
+      if (child?.pid && child.exitCode === null && child.signalCode === null) {
+        try {
+          process.kill(child.pid, 'SIGCONT');
+        } catch {
+          // gone
+        }
+      }
     },
     async cleanup() {
       self.resume();

@@ -198,6 +198,48 @@ describe('worker SIGKILLed after the dial is recorded, before any answer', { tim
   });
 });
 
+describe('worker SIGKILLed while claimed calls wait for a trunk channel', { timeout: 60_000 }, () => {
+  it('the call that was placed fails `interrupted`, billed; the ones that never got a channel fail `interrupted`, refunded; none dialled again', async () => {
+    // One channel: the first call holds it (the far end never answers), the other two are claimed and wait.
+    uas = await startSippUas({ scenario: 'uas-no-response', calls: 3, maxLifetimeMs: 40_000, vars: { hold_ms: 25_000 } });
+    cluster = await engineCluster({
+      ...FAST_RECOVERY,
+      worker: { ...FAST_RECOVERY.worker, maxStalledCount: 1 },
+      sip: { timers: { t1Ms: 500, t2Ms: 4000, t4Ms: 5000 }, trunks: [{ name: 'sipp', uri: uas.uri, maxCalls: 1 }] },
+    });
+    await cluster.start('api');
+    const first = await cluster.start('worker');
+    const account = await cluster.account(1);
+    const ids = new Map<string, string>();
+    for (const phone of ['+447700900351', '+447700900352', '+447700900353']) {
+      const r = await http(`${cluster.httpUrl}/v1/verify`, { auth: account.auth, body: { phone_number: phone, method: 'flash_call' } });
+      expect(r.status).toBe(201);
+      ids.set(String(r.body.request_id), phone);
+    }
+    await waitFor(async () => invitesPerDestination(uas!.messages()).size === 1, 15_000, 10);
+    await waitFor(async () => {
+      const dials = await Promise.all([...ids.keys()].map((id) => cluster!.redis.hget(cluster!.keys.verification(id), 'dial_started')));
+      return dials.every((d) => d !== null) ? true : undefined;
+    }, 5000, 20);
+    first.kill('SIGKILL');
+    await first.waitExit(5000);
+
+    const second = await cluster.start('worker');
+    const records = await settled(cluster, ids, 20_000);
+    const [dialled] = [...invitesPerDestination(uas.messages()).keys()];
+    for (const [id, r] of records) {
+      const placed = dialled !== undefined && ids.get(id)!.endsWith(dialled.replace(/^\+/, ''));
+      expect([id, r.status, r.failure_reason, Number(r.cost)]).toEqual([id, 'failed', 'interrupted', placed ? 4000 : 0]);
+    }
+    expect(second.output()).toContain('ended before placing its call');
+    // Only the call that was placed was billed; no number dialled twice.
+    expect((await cluster.redis.hget(cluster.keys.account(account.account_id), 'balance'))).toBe(String(1_000_000 - 4000));
+    const invites = invitesPerDestination(uas.messages());
+    expect(invites.size).toBe(1);
+    for (const [user, n] of invites) expect([user, n.size]).toEqual([user, 1]);
+  });
+});
+
 describe('a delivery job that fails for good', { timeout: 60_000 }, () => {
   it('fails its verification `job_failed` instead of leaving it `sent` until it expires; status and webhook follow', async () => {
     // The account's webhook receiver, on loopback (webhooks.allowPrivate).

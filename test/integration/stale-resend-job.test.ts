@@ -223,13 +223,20 @@ describe('a delivery job of another send that fails for good (it threw, or stall
     const s = await startServiceOnRedis(['flash_call']);
     try {
       const { request_id: id } = await s.service.create(s.account, { phone_number: '+447700900612' });
-      await s.redis.hset(s.keys.verification(id), 'dial_started', String(Date.now()));
+      // Its call placed (the dial mark of its job, the first send's: the request id): billed when failed.
+      await s.redis.hset(s.keys.verification(id), 'dial_started', String(Date.now()), 'dial_job', id);
       const deps = { redis: s.redis, keys: s.keys, events: new EventPublisher(s.redis, s.keys, 1000) };
       expect(await failStrandedDelivery(deps, { requestId: id, jobId: resendJobId(id, 2) }, 'flash_call', 'job_stalled')).toBe(false);
       expect((await readEvents(s.redis, s.keys)).filter((e) => e.request_id === id && e.status === 'failed')).toEqual([]);
       expect(await failStrandedDelivery(deps, { requestId: id, jobId: id }, 'flash_call', 'job_stalled')).toBe(true);
       const failed = (await readEvents(s.redis, s.keys)).filter((e) => e.request_id === id && e.status === 'failed');
       expect(failed.map((e) => JSON.parse(e.detail!) as unknown)).toEqual([{ reason: 'job_stalled', refund: false }]);
+      // Claimed, but its job failed before its call could leave (no dial mark): refunded.
+      const { request_id: other } = await s.service.create(s.account, { phone_number: '+447700900613' });
+      await s.redis.hset(s.keys.verification(other), 'dial_started', String(Date.now()));
+      expect(await failStrandedDelivery(deps, { requestId: other, jobId: other }, 'flash_call', 'job_failed')).toBe(true);
+      const unsent = (await readEvents(s.redis, s.keys)).filter((e) => e.request_id === other && e.status === 'failed');
+      expect(unsent.map((e) => JSON.parse(e.detail!) as unknown)).toEqual([{ reason: 'job_failed', refund: true }]);
     } finally {
       await s.stop();
     }

@@ -50,6 +50,8 @@ async function voiceCall(
     transport?: 'udp' | 'tcp';
     /** Leave rtp_pt / rtp_codec to the scenario's defaults (PCMU), as an operator running it by hand does. */
     scenarioCodec?: boolean;
+    /** verification.languageByCountry: prompts in the destination country's language when there is no locale. */
+    byCountry?: boolean;
   } = {},
 ): Promise<Run> {
   rtp = await startRtpReceiver();
@@ -72,6 +74,7 @@ async function voiceCall(
   engine = await startTestEngine(
     testConfig({
       voice: { answerTimeoutMs: ANSWER_TIMEOUT_MS },
+      ...(opts.byCountry ? { verification: { languageByCountry: true } } : {}),
       sip: {
         timers: { t1Ms: T1, t2Ms: 400, t4Ms: 500 },
         // deadPrimary: a first trunk at a port nobody listens on (ICMP unreachable), SIPp the second.
@@ -220,9 +223,9 @@ describe('voice OTP against SIPp', () => {
     expect(wordsHeard('PCMA', 'fr')).toEqual(['intro', ...run.code, 'again', ...run.code]);
   }, 45_000);
 
-  it('early media (183 with SDP) is ignored; plays only after the 200 (German by destination)', async () => {
+  it('early media (183 with SDP) is ignored; plays only after the 200 (German by destination, verification.languageByCountry)', async () => {
     const sent = performance.now();
-    const run = await voiceCall('uas-voice-early-media-then-answer', { phone: '+4915123456789', vars: { answer_ms: 1000 } });
+    const run = await voiceCall('uas-voice-early-media-then-answer', { phone: '+4915123456789', vars: { answer_ms: 1000 }, byCountry: true });
     expect(run.record.outcome).toBe('played');
     expect(run.status).toBe('delivered');
     expect((await uas!.waitForExit(10_000)).code).toBe(0);

@@ -272,7 +272,7 @@ describe('SMSC refusals', () => {
     const t = performance.now();
     expect(await gut.gateway.submit(submitRequest('+447700900132'))).toEqual({ kind: 'retry', reason: 'no_bind', smsc: 'default' });
     expect(performance.now() - t).toBeLessThan(1_000);
-    expect(gut.gateway.status()).toEqual([{ name: 'default', bindsUp: 0, bindsConfigured: 1, bindsStarted: 1, inFlight: 0, window: 0 }]);
+    expect(gut.gateway.status()).toEqual([{ name: 'default', bindsUp: 0, receiversUp: 0, bindsConfigured: 1, bindsStarted: 1, inFlight: 0, window: 0 }]);
     const binds = (await smsc.state()).events.filter((e) => e.type === 'bind');
     expect(binds.every((b) => b.status === 0x0d)).toBe(true);
   });
