@@ -2,7 +2,10 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { TrunkConfig } from '../config/schema.js';
 import type { DeliveryEvent, EventPublisher } from '../events/event-publisher.js';
+import type { Keys } from '../store/keys.js';
+import { untilTaken } from '../store/redis.js';
 import { scripts } from '../store/scripts.js';
+import { expireRequest } from '../verification/expiry-sweeper.js';
 import { onAbort } from './abort-fanout.js';
 import type { ShutdownSignals } from './flash-call.js';
 import type { TrunkPacer } from './trunk-pacer.js';
@@ -41,7 +44,14 @@ const NEVER = new AbortController().signal;
  * consumer refunds it once, whatever the status is by now). One piece for the flash and voice processors.
  */
 export async function watchUnlessEnded(
-  deps: { redis: Redis; events: EventPublisher; trunks: Pick<TrunkPacer, 'report'>; shutdown?: ShutdownSignals },
+  deps: {
+    redis: Redis;
+    keys: Keys;
+    config: { readonly events: { readonly maxLen: number } };
+    events: EventPublisher;
+    trunks: Pick<TrunkPacer, 'report'>;
+    shutdown?: ShutdownSignals;
+  },
   key: string,
   base: Omit<DeliveryEvent, 'status' | 'detail'>,
   trunk: TrunkConfig,
@@ -52,8 +62,15 @@ export async function watchUnlessEnded(
   if (await watch.stillWantedAfterWait(claimedAt)) return watch;
   watch.stop();
   deps.trunks.report(trunk, 'neutral');
-  log.info({ waited_ms: Date.now() - claimedAt }, 'request ended while the call waited for its trunk; not dialled');
+  log.info({ waited_ms: Date.now() - claimedAt, past_expiry: watch.pastExpiry || undefined }, 'request ended while the call waited for its trunk; not dialled');
   await recordAttemptFields(deps.redis, key, base.step, { outcome: 'request_ended' });
+  if (watch.pastExpiry) {
+    // Its time ran out during the wait, not yet swept: it expires now, as the sweeper would make it, with the attempt
+    // refunded: its claim is taken back first (no dial_started: nothing of it left, refundUnsent.lua).
+    await untilTaken(deps.redis, () => deps.redis.hdel(key, 'dial_started', 'dial_job'));
+    await expireRequest(deps.redis, deps.keys, base.request_id, Date.now(), deps.config.events.maxLen);
+    return undefined;
+  }
   await deps.events.publish({ ...base, status: 'failed', detail: { reason: 'request_ended', refund: true } });
   return undefined;
 }
@@ -73,6 +90,8 @@ export class AttemptWatch {
   private readonly unlisten: () => void;
   /** True once this watch (not `also`) ended the attempt. */
   ended = false;
+  /** The attempt ended because its request's time ran out (`expires_at` passed) while its status was still live. */
+  pastExpiry = false;
 
   constructor(
     private readonly redis: Redis,
@@ -98,11 +117,15 @@ export class AttemptWatch {
   /** Reads the request now; false (and `signal` aborted) when the attempt is no longer wanted. A Redis error keeps the call. */
   async check(): Promise<boolean> {
     if (this.ended) return false;
-    const read = await this.redis.hmget(this.key, 'status', 'wf_step').catch(() => undefined);
+    const read = await this.redis.hmget(this.key, 'status', 'wf_step', 'expires_at').catch(() => undefined);
     if (!read) return true;
-    const [status, wfStep] = read;
-    const current = (status === 'sent' || status === 'delivered') && (this.step === undefined || Number(wfStep) === this.step);
+    const [status, wfStep, expiresAt] = read;
+    const live = (status === 'sent' || status === 'delivered') && (this.step === undefined || Number(wfStep) === this.step);
+    // Past its expiry, not swept yet: as good as expired (the sweeper runs every verification.expirySweepMs).
+    const pastExpiry = live && expiresAt !== null && Date.now() >= Number(expiresAt);
+    const current = live && !pastExpiry;
     if (!current && !this.ended) {
+      this.pastExpiry = pastExpiry;
       this.ended = true;
       this.controller.abort();
     }

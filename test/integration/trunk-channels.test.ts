@@ -74,6 +74,36 @@ describe('sip.trunks[].maxCalls: a carrier\'s channel limit', () => {
   });
 });
 
+describe('a call whose request expires while it waits for a channel', () => {
+  it('is not dialled: the request expires (not swept yet: it does not wait for the sweeper), the attempt refunded', async () => {
+    uas = await startSippUas({ scenario: 'uas-ring-cancel', transport: 'udp', calls: 1, maxLifetimeMs: 30_000 });
+    engine = await startTestEngine(
+      testConfig({
+        flash: { ringMs: 2500, ringingTimeoutMs: 4000 },
+        // The sweeper would expire it too; slow here, so that only the call's own check can.
+        verification: { expirySweepMs: 60_000 },
+        sip: { timers: { t1Ms: 100, t2Ms: 400, t4Ms: 500 }, trunks: [{ name: 'sipp', uri: uas.uri, cps: 100, maxCalls: 1 }] },
+      }),
+    );
+    const account = await engine.account({ balance: 5 });
+    const holder = await http(`${engine.url}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900111', method: 'flash_call' } });
+    await waitFor(async () => (uas!.received().some((m) => m.method === 'INVITE') ? true : undefined), 5000, 20);
+    const late = await http(`${engine.url}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900112', method: 'flash_call', expiry_seconds: 1 } });
+    expect([holder.status, late.status]).toEqual([201, 201]);
+    const id = String(late.body.request_id);
+    const record = await waitFor(async () => {
+      const r = await engine!.redis.hgetall(engine!.keys.verification(id));
+      return r.status === 'expired' ? r : undefined;
+    }, 10_000);
+    expect([record.outcome, record.cost]).toEqual(['request_ended', '0']);
+    expect((await http(`${engine.url}/v1/verify/${id}`, { auth: account.auth })).body).toMatchObject({ status: 'expired' });
+    // Charged for the holder's call only; the late one never reached the far end.
+    await waitFor(async () => ((await engine!.redis.hget(engine!.keys.verification(String(holder.body.request_id)), 'outcome')) ? true : undefined), 10_000);
+    expect((await engine.accounts.get(account.account_id)).balance).toBeCloseTo(5 - 0.004, 6);
+    expect(new Set(uas.received().filter((m) => m.method === 'INVITE').map((m) => m.header('call-id'))).size).toBe(1);
+  });
+});
+
 /**
  * Two worker processes' worth of engines on one Redis prefix (an api + worker, and a worker), each taking at most three
  * flash jobs at once, so both place calls: the trunk's limits hold for the two together (sip.trunkLimits: cluster,
