@@ -33,12 +33,15 @@ export function watchWorkerErrors(worker: Pick<Worker, 'on' | 'pause' | 'resume'
     const wait = pauseMs;
     pauseMs = Math.min(LAST_PAUSE_MS, pauseMs * 2);
     // Jobs in progress go on (doNotWaitActive); only the fetching of new ones stops.
-    void worker.pause(true).then(() => {
-      setTimeout(() => {
-        pausing = false;
-        if (!worker.closing) void worker.resume();
-      }, wait).unref();
-    });
+    void worker
+      .pause(true)
+      .catch(() => undefined)
+      .then(() => {
+        setTimeout(() => {
+          pausing = false;
+          if (!worker.closing) void worker.resume();
+        }, wait).unref();
+      });
   });
   worker.on('active', () => {
     pauseMs = FIRST_PAUSE_MS;
