@@ -23,11 +23,21 @@ export async function recordAttemptFields(redis: Redis, key: string, step: numbe
 }
 
 /**
- * The record's `dial_job` written by a call's run once it has its trunk channel, before its INVITE may leave: the
- * job's id. A re-run of that job (its worker died) that finds another value (or none) knows the call never left.
+ * The record's `dial_job` written by a call's run once it has its trunk channel and CPS token, as its INVITE leaves:
+ * the job's id. A re-run of that job (its worker died) that finds another value (or none) knows the call never left.
  */
 export function dialMark(jobId: string | undefined): string {
   return jobId ?? 'run';
+}
+
+/**
+ * Writes the dial mark (dialMark) as the INVITE leaves: sent, not awaited, so that it costs the call no round trip
+ * (it goes out with the next batch of commands, microseconds after the INVITE). A workflow step's only while it is
+ * the request's step (recordAttemptFields).
+ */
+export function markDialing(redis: Redis, key: string, step: number | undefined, mark: string, log: Logger): void {
+  const write = step === undefined ? untilTaken(redis, () => redis.hset(key, 'dial_job', mark)) : recordAttemptFields(redis, key, step, { dial_job: mark });
+  write.catch((err: Error) => log.warn({ err: err.message }, 'could not write the dial mark (a crash now would refund this call)'));
 }
 
 /** How often a call in progress looks whether its request still wants it (canceled, verified, step timed out ...). */
@@ -68,8 +78,10 @@ export async function watchUnlessEnded(
     // Its time ran out during the wait, not yet swept: it expires now, as the sweeper would make it, with the attempt
     // refunded: its claim is taken back first (no dial_started: nothing of it left, refundUnsent.lua).
     await untilTaken(deps.redis, () => deps.redis.hdel(key, 'dial_started', 'dial_job'));
-    await expireRequest(deps.redis, deps.keys, base.request_id, Date.now(), deps.config.events.maxLen);
-    return undefined;
+    const verdict = await expireRequest(deps.redis, deps.keys, base.request_id, Date.now(), deps.config.events.maxLen);
+    if (verdict === 'expired') return undefined;
+    // The sweeper (or a cancel) ended it first, with the claim still there: the refunded failure below gives the
+    // attempt back, once, whatever the status (applyEvent-4).
   }
   await deps.events.publish({ ...base, status: 'failed', detail: { reason: 'request_ended', refund: true } });
   return undefined;

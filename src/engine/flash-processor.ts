@@ -10,7 +10,7 @@ import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
 import { generateCode } from '../verification/codes.js';
 import { placeFlashCall, type FlashResult, type ShutdownSignals } from './flash-call.js';
-import { dialMark, recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
+import { dialMark, markDialing, recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import { failNoRoute, placeOnTrunks } from './route-advance.js';
 import type { TrunkPacer } from './trunk-pacer.js';
@@ -97,11 +97,10 @@ export class FlashProcessor {
       // step's range is not overwritten (a plain request keeps the one-command write on the hot path).
       // `cli_quarantined`: the range was used while quarantined; its verification is not judged either (fraud-controls.ts).
       const quarantined = reserved.quarantined ? '1' : '0';
-      // `dial_job`: from here the call may leave (a re-run after a crash before it: refunded, see claimDelivery).
       const rangeWrite =
         base.step === undefined
-          ? untilTaken(redis, () => redis.hset(key, 'cli_range', reserved.range.prefix, 'cli_quarantined', quarantined, 'dial_job', mark))
-          : recordAttemptFields(redis, key, base.step, { cli_range: reserved.range.prefix, cli_quarantined: quarantined, dial_job: mark });
+          ? untilTaken(redis, () => redis.hset(key, 'cli_range', reserved.range.prefix, 'cli_quarantined', quarantined))
+          : recordAttemptFields(redis, key, base.step, { cli_range: reserved.range.prefix, cli_quarantined: quarantined });
       await this.deps.trunks.guarded(trunk, Promise.all([rangeWrite, this.deps.trunks.take(trunk)]));
       // Canceled, verified, expired, or its workflow step timed out while the phone rings: CANCEL now rather than
       // at the end of ringMs (through the same path as a worker shutdown).
@@ -109,6 +108,8 @@ export class FlashProcessor {
       // dialled, refunded.
       const watch = await watchUnlessEnded(this.deps, key, base, trunk, claimedAt, log);
       if (!watch) return undefined;
+      // From here the call may leave (a re-run after a crash before it: refunded, see claimDelivery).
+      markDialing(redis, key, base.step, mark, log);
       this.deps.metrics.callStarted('flash_call', trunk.name);
       const result = await this.deps.trunks.guarded(trunk, placeFlashCall(this.deps.originator, {
         to,

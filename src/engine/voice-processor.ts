@@ -9,8 +9,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { RangeSelector } from '../numbers/range-selector.js';
 import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
-import { dialMark, recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
-import { untilTaken } from '../store/redis.js';
+import { dialMark, markDialing, recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import type { ShutdownSignals } from './flash-call.js';
 import { failNoRoute, placeOnTrunks } from './route-advance.js';
@@ -63,16 +62,15 @@ export class VoiceProcessor {
     const step = claim.base.step;
     // On the trunk's channel, under its CPS; placed again on the next trunk when one refuses it before it rang.
     const placed = await placeOnTrunks(this.deps, 'voice', { to }, log, async (trunk) => {
-      // `dial_job`: from here the call may leave (a re-run after a crash before it: refunded, see claimDelivery).
-      const dialing =
-        step === undefined ? untilTaken(redis, () => redis.hset(key, 'dial_job', mark)) : recordAttemptFields(redis, key, step, { dial_job: mark });
-      await this.deps.trunks.guarded(trunk, Promise.all([dialing, this.deps.trunks.take(trunk)]));
+      await this.deps.trunks.take(trunk);
       // Canceled, verified, expired, or its workflow step timed out while the phone rings or the prompt plays:
       // the call is CANCELled, or the prompt stopped and BYE sent, through the same path as a worker shutdown.
       // Canceled, expired or its step over while it waited for a channel or the trunk's CPS token (a backlog): never
       // dialled, refunded.
       const watch = await watchUnlessEnded(this.deps, key, base, trunk, claimedAt, log);
       if (!watch) return undefined;
+      // From here the call may leave (a re-run after a crash before it: refunded, see claimDelivery).
+      markDialing(redis, key, step, mark, log);
       this.deps.metrics.callStarted('voice', trunk.name);
       // A call that throws before its report() must not keep a down trunk's probe slot (trunk-pacer.ts).
       const result = await this.deps.trunks.guarded(trunk, placeVoiceCall(this.deps.originator, this.deps.player, {

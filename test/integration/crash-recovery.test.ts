@@ -198,14 +198,17 @@ describe('worker SIGKILLed after the dial is recorded, before any answer', { tim
   });
 });
 
-describe('worker SIGKILLed while claimed calls wait for a trunk channel', { timeout: 60_000 }, () => {
-  it('the call that was placed fails `interrupted`, billed; the ones that never got a channel fail `interrupted`, refunded; none dialled again', async () => {
-    // One channel: the first call holds it (the far end never answers), the other two are claimed and wait.
+describe('worker SIGKILLed while claimed calls wait for a trunk channel or CPS token', { timeout: 60_000 }, () => {
+  it.each([
+    { wait: 'a channel (maxCalls 1)', trunk: { maxCalls: 1 } },
+    { wait: 'the CPS token (cps 1)', trunk: { cps: 1 } },
+  ])('waiting for $wait: the call placed fails `interrupted`, billed; the others fail `interrupted`, refunded; none dialled again', async ({ trunk }) => {
+    // The first call is placed (the far end never answers); the other two are claimed and wait.
     uas = await startSippUas({ scenario: 'uas-no-response', calls: 3, maxLifetimeMs: 40_000, vars: { hold_ms: 25_000 } });
     cluster = await engineCluster({
       ...FAST_RECOVERY,
       worker: { ...FAST_RECOVERY.worker, maxStalledCount: 1 },
-      sip: { timers: { t1Ms: 500, t2Ms: 4000, t4Ms: 5000 }, trunks: [{ name: 'sipp', uri: uas.uri, maxCalls: 1 }] },
+      sip: { timers: { t1Ms: 500, t2Ms: 4000, t4Ms: 5000 }, trunks: [{ name: 'sipp', uri: uas.uri, ...trunk }] },
     });
     await cluster.start('api');
     const first = await cluster.start('worker');
@@ -223,6 +226,7 @@ describe('worker SIGKILLed while claimed calls wait for a trunk channel', { time
     }, 5000, 20);
     first.kill('SIGKILL');
     await first.waitExit(5000);
+    expect(invitesPerDestination(uas.messages()).size).toBe(1);
 
     const second = await cluster.start('worker');
     const records = await settled(cluster, ids, 20_000);
@@ -233,7 +237,7 @@ describe('worker SIGKILLed while claimed calls wait for a trunk channel', { time
     }
     expect(second.output()).toContain('ended before placing its call');
     // Only the call that was placed was billed; no number dialled twice.
-    expect((await cluster.redis.hget(cluster.keys.account(account.account_id), 'balance'))).toBe(String(1_000_000 - 4000));
+    expect(await cluster.redis.hget(cluster.keys.account(account.account_id), 'balance')).toBe(String(1_000_000 - 4000));
     const invites = invitesPerDestination(uas.messages());
     expect(invites.size).toBe(1);
     for (const [user, n] of invites) expect([user, n.size]).toEqual([user, 1]);
