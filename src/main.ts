@@ -385,7 +385,9 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
         // To wake a job waiting for its unconfirmed deadline when its submit is refused late.
         const smsJobs = new BullDeliveryQueue(bullConnection, keys.bullPrefix());
         const sms = new SmsProcessor({
-          redis,
+          // The job's writes wait for Redis (full, a stall) as the calls' do; a receipt's first write fails fast.
+          redis: durableRedis,
+          receiptRedis: redis,
           keys,
           sealer,
           config,

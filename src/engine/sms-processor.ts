@@ -40,7 +40,13 @@ const RECORD_FIELDS = [
 ];
 
 export interface SmsProcessorDeps {
+  /** The delivery writes' connection: it waits for Redis (maxRetriesPerRequest: null), through a refusal too (untilTaken). */
   redis: Redis;
+  /**
+   * A connection that fails at once while Redis is unavailable, for a receipt's first write (matched or parked): it
+   * is refused then, so the SMSC sends it again, instead of waiting with its deliver_sm unanswered. Default: `redis`.
+   */
+  receiptRedis?: Redis;
   keys: Keys;
   sealer: Sealer;
   config: Readonly<Config>;
@@ -126,8 +132,10 @@ export class SmsProcessor {
     const stepArg = base.step === undefined ? '' : String(base.step);
     // Noted as in flight to its number meanwhile: a receipt before its submit_sm_resp is not matched to another
     // submit by number (matchSmsReceipt-5).
+    // It counts for at most an SMSC's response timeout and a margin from its mark, which is made again as the submit
+    // leaves after a wait for its window slot (beforeSend): a worker that died with it in flight holds nothing long.
     const inFlight = this.inFlightKey(to);
-    const inFlightS = Math.ceil(config.sms.unconfirmedDeadlineMs / 1000) + 60;
+    const inFlightS = Math.ceil(Math.max(30_000, ...config.sms.smscs.map((s) => s.responseTimeoutMs)) / 1000) + 30;
     const mark = async (): Promise<boolean> =>
       (await scripts.markSmsSubmitting.run(redis, [key, inFlight], [stepArg, Date.now(), String(attempt), requestId, inFlightS])) === 1;
     const markedAt = Date.now();
@@ -149,12 +157,14 @@ export class SmsProcessor {
       ...(base.step !== undefined ? { step: base.step } : {}),
       logger: log,
     });
+    // Out of flight now unless the SMSC took it (mapSmsMessage-6) or may have (markSmsWaiting-4 moves it to the
+    // unconfirmed ones): a refusal, a retry, no bind, withdrawn.
+    if (outcome.kind !== 'accepted' && outcome.kind !== 'unconfirmed') await untilTaken(redis, () => redis.zrem(inFlight, requestId));
     if (outcome.kind === 'withdrawn') {
       // Past its expiry, not yet swept: marked `retry`, the sweeper's expiry refunds it. Ended (its expiry, cancel or
       // step timeout found it `submitting`, "may have left", and billed it): a refunded failure gives the charge back,
       // once, and records nothing else on a request that has ended (applyEvent-4, applyStepEvent-4).
       const state = await scripts.markSmsWithdrawn.run(redis, [key], [stepArg]);
-      await untilTaken(redis, () => redis.zrem(inFlight, requestId));
       if (state === 'ended') await events.publish({ ...base, status: 'failed', detail: { reason: 'request_ended', refund: true } });
       log.info({ attempt, smsc: outcome.smsc, refund: state === 'ended' ? 'now' : 'by_expiry' }, 'verification ended (or its step moved on) while its SMS waited for its turn; not sent, refunded');
       return undefined;
@@ -390,7 +400,7 @@ export class SmsProcessor {
     const final = receiptOutcome(receipt.state) !== 'pending';
     const byNumber = this.numberKeys(receipt.smsc, handset ?? '');
     const match = (await scripts.matchSmsReceipt.run(
-      redis,
+      this.deps.receiptRedis ?? redis,
       [
         keys.smsMessage(receipt.smsc, receipt.messageId),
         keys.smsEarlyReceipt(receipt.smsc, receipt.messageId),

@@ -1,10 +1,11 @@
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
-import { http, waitFor } from '../helpers/engine.js';
+import { http, startTestEngine, testConfig, waitFor } from '../helpers/engine.js';
 import { engineCluster, invitesPerDestination, type EngineCluster } from '../helpers/engine-process.js';
 import { ownRedis, ownSentinel, type OwnRedis, type OwnSentinel } from '../helpers/redis-server.js';
 import { startSippUas, type SippUas } from '../helpers/sipp.js';
+import { smscEntry, startSmsc } from '../helpers/smsc.js';
 import { Receiver } from '../helpers/webhook-receiver.js';
 import { AccountStore } from '../../src/accounts/account-store.js';
 
@@ -242,6 +243,42 @@ describe('Redis full while a webhook is being sent', { timeout: 60_000 }, () => 
     } finally {
       await cluster?.redis.config('SET', 'maxmemory', '0').catch(() => undefined);
       await receiver.stop();
+    }
+  });
+});
+
+describe('Redis full while an SMS\'s submit_sm_resp is on its way', { timeout: 60_000 }, () => {
+  it('the SMS worker\'s writes wait for room: the message the SMSC took ends delivered, not failed', async () => {
+    redis = await ownRedis();
+    const smsc = await startSmsc({ maxLifetimeMs: 55_000 });
+    try {
+      await smsc.set({ respDelayMs: 1500 });
+      const config = testConfig({ sms: { enabled: true, smscs: [smscEntry(smsc)], unconfirmedDeadlineMs: 20_000 } } as Parameters<typeof testConfig>[0]);
+      const t = await startTestEngine({ ...config, redis: { ...config.redis, url: redis.url } });
+      try {
+        await waitFor(async () => ((await smsc.state()).sessions.some((x) => x.bound) ? true : undefined), 5000);
+        const account = await t.account({ balance: 1 });
+        const created = await http(`${t.url}/v1/verify`, { auth: account.auth, body: { phone_number: '+447700900451', method: 'sms', code_length: 6 } });
+        expect(created.status).toBe(201);
+        const id = String(created.body.request_id);
+        await waitFor(async () => ((await smsc.state()).submits.length === 1 ? true : undefined), 5000, 20);
+        // Full from before the submit_sm_resp comes until after it.
+        const used = Number(/used_memory:(\d+)/.exec(await t.redis.info('memory'))![1]);
+        await t.redis.config('SET', 'maxmemory-policy', 'noeviction');
+        await t.redis.config('SET', 'maxmemory', String(Math.floor(used / 2)));
+        try {
+          await new Promise((r) => setTimeout(r, 3000));
+        } finally {
+          await t.redis.config('SET', 'maxmemory', '0');
+        }
+        await waitFor(async () => ((await t.redis.hget(t.keys.verification(id), 'status')) === 'delivered' ? true : undefined), 15_000, 100);
+        expect(t.logs.join('\n')).not.toMatch(/job_failed/);
+        expect((await smsc.state()).submits).toHaveLength(1);
+      } finally {
+        await t.stop();
+      }
+    } finally {
+      await smsc.stop();
     }
   });
 });

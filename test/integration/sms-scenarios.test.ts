@@ -216,6 +216,8 @@ describe('SMS OTP through SMPP', () => {
     expect(JSON.parse(failed!.detail!)).toMatchObject({ smpp_status: 0x0b, smpp_status_name: 'ESME_RINVDSTADR' });
     expect((await t.accounts.get(account.account_id)).balance).toBe(1);
     expect(await submitsTo('+447700900801')).toHaveLength(1);
+    // Refused: no longer in flight to the number (a receipt for another submit to it is matched as before).
+    expect(await t.redis.keys(t.keys.smsInFlight('*'))).toEqual([]);
   });
 
   it('throttled and queue-full answers are retried later through BullMQ: delivered once', async () => {
