@@ -57,6 +57,7 @@ import type { ShutdownSignals } from './engine/flash-call.js';
 import { FraudControls } from './verification/fraud-controls.js';
 import { VerificationService } from './verification/verification-service.js';
 import { watchWorkerErrors } from './engine/worker-errors.js';
+import { RedisStallWatch } from './store/redis-stall.js';
 
 export type Role = 'all' | 'api' | 'worker' | 'webhooks';
 
@@ -82,9 +83,7 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
   const keys = new Keys(config.redis.prefix);
   // This process among the workers sharing trunk limits and SMSC binds in Redis (host, pid, and a random part: tests run several in one).
   const workerId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
-  // A Redis that hangs or loads its data: the api's 503 within redis.commandTimeoutMs, not requests that wait for it
-  // (a loading Redis is asked again after 1 s at most, not after its own estimate of the load).
-  const redis = connectRedis(config.redis, logger, config.redis.commandTimeoutMs > 0 ? { commandTimeout: config.redis.commandTimeoutMs, maxLoadingRetryTime: 1000 } : {});
+  const redis = connectRedis(config.redis, logger);
   // Delivery writes (events, record updates of calls in progress) wait for Redis to come back rather than fail mid-call.
   const durableRedis = connectRedis(config.redis, logger, { maxRetriesPerRequest: null });
   const bullConnection: ConnectionOptions = connectBullRedis(config.redis, logger);
@@ -594,7 +593,19 @@ export async function startEngine(config: Readonly<Config>, role: Role, logger: 
       const verifications = new VerificationService(redis, keys, sealer, config, queue, logger.child({ module: 'verify' }), methods, fraud, stepTimer);
       // After the api closed (stops run in order, the api's first): the intents its last creates cleared.
       stops.push(['api enqueue intents', () => verifications.flush()]);
-      const api = buildApi({ config, redis, keys, sealer, accounts, verifications, logger, metrics, readiness, fraud });
+      // A Redis that answers nothing (hung, loading): new requests 503 at once rather than waiting on it.
+      let redisStall: RedisStallWatch | undefined;
+      if (config.redis.stallAfterMs > 0) {
+        const stallRedis = connectRedis(config.redis, logger, { enableAutoPipelining: false });
+        redisStall = new RedisStallWatch(stallRedis, { stallMs: config.redis.stallAfterMs, logger });
+        redisStall.start();
+        const watch = redisStall;
+        stops.push(['redis stall watch', async () => {
+          watch.stop();
+          stallRedis.disconnect();
+        }]);
+      }
+      const api = buildApi({ config, redis, keys, sealer, accounts, verifications, logger, metrics, readiness, fraud, ...(redisStall ? { redisStall } : {}) });
       app = api;
       await listening('the HTTP API', config.http.host, config.http.port, 'http.host / http.port (PORT)', () => api.listen({ host: config.http.host, port: config.http.port }));
       stops.unshift(['api', () => api.close()]);

@@ -36,6 +36,8 @@ export interface ApiDeps {
   fraud?: FraudAdmin;
   /** Extra readiness probes (SIP transport ...), each true when healthy. */
   readiness?: Record<string, () => boolean | Promise<boolean>>;
+  /** Redis not answering at all (RedisStallWatch, redis.stallAfterMs): /v1 requests get 503 at once. */
+  redisStall?: { readonly stalled: boolean };
 }
 
 declare module 'fastify' {
@@ -192,6 +194,11 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   metrics?.watchApiInFlight(() => inFlight);
   /** Every /v1 request, first: the in-flight cap, Basic auth, the key's rate limit (its headers set on `reply`). */
   async function admitV1(req: FastifyRequest, reply: FastifyReply): Promise<void> {
+    if (deps.redisStall?.stalled) {
+      // Nothing sent to a Redis that answers nothing: no request waits on it, none is created behind its client's back.
+      void reply.header('Retry-After', 1);
+      throw new ApiError('service_unavailable');
+    }
     if (maxInFlight > 0 && inFlight >= maxInFlight) {
       metrics?.apiRequestShed();
       void reply.header('Retry-After', 1);

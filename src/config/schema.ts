@@ -722,11 +722,11 @@ export const configObjectSchema = z
          */
         startupWaitMs: z.number().int().min(0).max(600_000).default(10_000),
         /**
-         * A command on the connection that fails fast (the api's, and the workers' reads and bookkeeping; not the
-         * delivery writes, which wait for Redis, nor BullMQ's) that has no answer this long fails: a hung Redis, or
-         * one loading its data, gets the api's 503 instead of requests that hang. 0: wait for the answer.
+         * A PING on a connection of its own not answered this long (a Redis stopped, swapping, loading its data):
+         * the api answers new /v1 requests 503 at once, without sending Redis anything, until a PING is answered.
+         * Requests already sent wait for Redis. 0: off.
          */
-        commandTimeoutMs: z.number().int().min(0).max(60_000).default(3000),
+        stallAfterMs: z.number().int().min(0).max(60_000).default(2000),
       })
       .strict()
       .superRefine((r, ctx) => {
