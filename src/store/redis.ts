@@ -132,7 +132,7 @@ export function isRedisUnavailable(err: Error): boolean {
     // Reachable but refusing for now (full, a replica, loading ...).
     isPassingRefusal(err) ||
     err.name === 'ClusterAllFailedError' ||
-    /Connection is closed|ECONNREFUSED|Stream isn't writeable|Cluster isn't ready|CLUSTERDOWN|Too many Cluster redirections|Failed to refresh slots cache|^Command timed out/.test(err.message)
+    /Connection is closed|ECONNREFUSED|Stream isn't writeable|Cluster isn't ready|CLUSTERDOWN|Too many Cluster redirections|Failed to refresh slots cache/.test(err.message)
   );
 }
 
