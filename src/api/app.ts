@@ -9,7 +9,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import { runReadiness } from '../metrics/metrics-server.js';
 import type { Sealer } from '../crypto/sealer.js';
 import type { Keys } from '../store/keys.js';
-import { isRedisUnavailable, redisTakesWrites } from '../store/redis.js';
+import { isRedisUnavailable, RedisNotAnswering, redisTakesWrites } from '../store/redis.js';
 import { scripts } from '../store/scripts.js';
 import { ApiError } from '../verification/errors.js';
 import { METHODS, utcDay } from '../verification/types.js';
@@ -145,7 +145,10 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
         req.log.warn({ err: err.message, url: req.url, more_since_last_line: redisDown.more }, 'request failed: Redis unavailable (503 service_unavailable)');
         redisDown = { loggedAt: now, more: 0 };
       } else redisDown.more++;
-    } else if (apiErr.status >= 500) req.log.error({ err, url: req.url }, 'request failed');
+    } else if (apiErr.status >= 500 && !(err instanceof ApiError && apiErr.code === 'service_unavailable')) {
+      // A 503 of ours (api.maxInFlight shed, counted in its metric) is no failure to log; anything else is.
+      req.log.error({ err, url: req.url }, 'request failed');
+    }
     for (const [name, value] of Object.entries(apiErr.headers)) void reply.header(name, value);
     // A 429 of another limit than the key's request rate (a velocity window, max sends): the rate-limit headers the
     // request got on its way in said it had room; they say what Retry-After says, so a client adapting to them waits.
@@ -196,8 +199,9 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   async function admitV1(req: FastifyRequest, reply: FastifyReply): Promise<void> {
     if (deps.redisStall?.stalled) {
       // Nothing sent to a Redis that answers nothing: no request waits on it, none is created behind its client's back.
+      // Answered and logged as any request that found Redis unavailable (503, one warn line per 5 s).
       void reply.header('Retry-After', 1);
-      throw new ApiError('service_unavailable');
+      throw new RedisNotAnswering();
     }
     if (maxInFlight > 0 && inFlight >= maxInFlight) {
       metrics?.apiRequestShed();

@@ -129,6 +129,7 @@ export const connectionErrorLoggedElsewhere = (): void => undefined;
 export function isRedisUnavailable(err: Error): boolean {
   return (
     err.name === 'MaxRetriesPerRequestError' ||
+    err instanceof RedisNotAnswering ||
     // Reachable but refusing for now (full, a replica, loading ...).
     isPassingRefusal(err) ||
     err.name === 'ClusterAllFailedError' ||
@@ -154,6 +155,14 @@ export function redactRedisUrl(url: string): string {
       }
     })
     .join(',');
+}
+
+/** Redis answers no PING (RedisStallWatch): the api sends it nothing and answers 503. */
+export class RedisNotAnswering extends Error {
+  constructor() {
+    super('Redis is not answering (redis.stallAfterMs)');
+    this.name = 'RedisNotAnswering';
+  }
 }
 
 /** Redis did not answer at start-up, or answered PING with an error (a password it refused, ...). */
