@@ -202,10 +202,7 @@ describe.each(['embedded', 'drachtio'] as const)('flash-call outcome table on th
 
 describe("drachtio backend: drachtio-server's own 503 for a transport error (To untagged)", () => {
   it('is `unreachable`, as the embedded stack reports a transport error, and a far end\'s 503 beside it stays `rejected`', async () => {
-    const fake = await FakeDrachtioServer.start({ secret: SECRET });
-    const drachtio = newDrachtio(fake.port);
-    try {
-      await drachtio.start();
+    await withFreshDrachtio(async (fake, drachtio) => {
       fake.scenario = { name: "drachtio-server's 503 (TCP refused)", sipp: '', invite: [{ status: 503, delayMs: 10, local: true }] };
       const local = (await flash(drachtio, trunk('sip:192.0.2.10:5060;transport=tcp'))).result;
       expect([local.outcome, local.sipStatus, local.rang]).toEqual(['unreachable', 503, false]);
@@ -213,10 +210,7 @@ describe("drachtio backend: drachtio-server's own 503 for a transport error (To 
       const far = (await flash(drachtio, trunk('sip:192.0.2.10:5060;transport=tcp'))).result;
       expect([far.outcome, far.sipStatus]).toEqual(['rejected', 503]);
       expect(fake.unexpectedFrames).toEqual([]);
-    } finally {
-      await drachtio.stop();
-      await fake.stop();
-    }
+    });
   });
 });
 
@@ -249,19 +243,32 @@ function newDrachtio(port: number, overrides: Partial<ConstructorParameters<type
   });
 }
 
-/** One flash call against a fresh fake (no keepalive pings in its exchange log), then both stopped. */
-async function oneFlash(scenario: DrachtioScenario, check: (fake: FakeDrachtioServer, drachtio: DrachtioOriginator, result: FlashResult) => Promise<void>): Promise<void> {
+/** A fresh fake drachtio-server and an originator connected to it for `run`, then both stopped. */
+async function withFreshDrachtio(
+  run: (fake: FakeDrachtioServer, drachtio: DrachtioOriginator) => Promise<void>,
+  overrides: Partial<ConstructorParameters<typeof DrachtioOriginator>[0]> = {},
+): Promise<void> {
   const fake = await FakeDrachtioServer.start({ secret: SECRET });
-  const drachtio = newDrachtio(fake.port, { enablePing: false });
+  const drachtio = newDrachtio(fake.port, overrides);
   try {
     await drachtio.start();
-    fake.scenario = scenario;
-    const { result } = await flash(drachtio, trunk('sip:192.0.2.10:5060'));
-    await check(fake, drachtio, result);
+    await run(fake, drachtio);
   } finally {
     await drachtio.stop();
     await fake.stop();
   }
+}
+
+/** One flash call against a fresh fake (no keepalive pings in its exchange log), then both stopped. */
+async function oneFlash(scenario: DrachtioScenario, check: (fake: FakeDrachtioServer, drachtio: DrachtioOriginator, result: FlashResult) => Promise<void>): Promise<void> {
+  await withFreshDrachtio(
+    async (fake, drachtio) => {
+      fake.scenario = scenario;
+      const { result } = await flash(drachtio, trunk('sip:192.0.2.10:5060'));
+      await check(fake, drachtio, result);
+    },
+    { enablePing: false },
+  );
 }
 
 describe('drachtio backend: the exchange on the admin connection', () => {
@@ -552,10 +559,7 @@ function stubVoiceCall(drachtio: DrachtioOriginator, extra: Partial<MediaSession
 
 describe('drachtio backend: voice call smoke test', () => {
   it('the SDP offer goes out as localSdp, a re-INVITE is answered with it, then our BYE', async () => {
-    const fake = await FakeDrachtioServer.start({ secret: SECRET });
-    const drachtio = newDrachtio(fake.port);
-    try {
-      await drachtio.start();
+    await withFreshDrachtio(async (fake, drachtio) => {
       fake.scenario = SCENARIOS.voiceReinvite;
       const offer = STUB_OFFER;
       // A stub media session: this test is about signalling; it "plays" for 300 ms (the re-INVITE lands meanwhile).
@@ -570,20 +574,14 @@ describe('drachtio backend: voice call smoke test', () => {
       const reinviteAnswer = fake.appResponses.find((r) => r.header('cseq')?.endsWith('INVITE'));
       expect(reinviteAnswer?.status).toBe(200);
       expect(reinviteAnswer?.body).toBe(offer);
-    } finally {
-      await drachtio.stop();
-      await fake.stop();
-    }
+    });
   });
 });
 
 describe('drachtio backend: a re-INVITE without SDP', () => {
   it('our 200 carries the media side\'s offer, and the answer in the far end\'s ACK goes to the media side (RFC 3261 14.2)', async () => {
-    const fake = await FakeDrachtioServer.start({ secret: SECRET });
-    const drachtio = newDrachtio(fake.port);
     const ackSdp = 'v=0\r\no=far 1 3 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40100 RTP/AVP 0\r\na=sendrecv\r\n';
-    try {
-      await drachtio.start();
+    await withFreshDrachtio(async (fake, drachtio) => {
       fake.scenario = { ...SCENARIOS.voiceReinvite, reinviteWithoutSdp: { ackSdp } };
       const reoffer = STUB_OFFER.replace('o=flashverify 1 1', 'o=flashverify 1 2').replace('RTP/AVP 0 8 101', 'RTP/AVP 0 101');
       const answers: string[] = [];
@@ -592,10 +590,7 @@ describe('drachtio backend: a re-INVITE without SDP', () => {
       const ok = fake.appResponses.find((r) => r.header('cseq')?.endsWith('INVITE'));
       expect([ok?.status, ok?.body]).toEqual([200, reoffer]);
       expect(answers).toEqual([ackSdp]);
-    } finally {
-      await drachtio.stop();
-      await fake.stop();
-    }
+    });
   });
 });
 
