@@ -31,11 +31,22 @@ export function dialMark(jobId: string | undefined): string {
 }
 
 /**
+ * What a call's job, run again after its worker died, makes of the attempt (claimDelivery's `resume`): 'done' when the
+ * call got through (`doneField` set: rang_at, answered_at), 'interrupted' when it may have left (its dial mark),
+ * 'unsent' when it never did. Read with the claim: `doneField` and `dial_job`.
+ */
+export function callResume(jobId: string | undefined, doneField: string): (extra: Record<string, string | null>) => 'done' | 'interrupted' | 'unsent' {
+  const mark = dialMark(jobId);
+  return (extra) => (extra[doneField] ? 'done' : extra.dial_job === mark ? 'interrupted' : 'unsent');
+}
+
+/**
  * Writes the dial mark (dialMark) as the INVITE leaves: sent, not awaited, so that it costs the call no round trip
  * (it goes out with the next batch of commands, microseconds after the INVITE). A workflow step's only while it is
  * the request's step (recordAttemptFields).
  */
-export function markDialing(redis: Redis, key: string, step: number | undefined, mark: string, log: Logger): void {
+export function markDialing(redis: Redis, key: string, step: number | undefined, jobId: string | undefined, log: Logger): void {
+  const mark = dialMark(jobId);
   const write = step === undefined ? untilTaken(redis, () => redis.hset(key, 'dial_job', mark)) : recordAttemptFields(redis, key, step, { dial_job: mark });
   write.catch((err: Error) => log.warn({ err: err.message }, 'could not write the dial mark (a crash now would refund this call)'));
 }

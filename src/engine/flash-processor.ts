@@ -10,7 +10,7 @@ import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
 import { generateCode } from '../verification/codes.js';
 import { placeFlashCall, type FlashResult, type ShutdownSignals } from './flash-call.js';
-import { dialMark, markDialing, recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
+import { callResume, markDialing, recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import { failNoRoute, placeOnTrunks } from './route-advance.js';
 import type { TrunkPacer } from './trunk-pacer.js';
@@ -48,10 +48,7 @@ export class FlashProcessor {
     const { redis, sealer, config, events } = this.deps;
     // Re-run after a crash: a call that already rang was delivered (its event is in the stream); any other may have left.
     // One that never got past its wait for a channel or CPS token (no dial mark of this job): never left, refunded.
-    const mark = dialMark(jobId);
-    const claim = await claimDelivery(this.deps, { requestId, jobId }, 'flash_call', ['rang_at', 'dial_job'], (extra) =>
-      extra.rang_at ? 'done' : extra.dial_job === mark ? 'interrupted' : 'unsent',
-    );
+    const claim = await claimDelivery(this.deps, { requestId, jobId }, 'flash_call', ['rang_at', 'dial_job'], callResume(jobId, 'rang_at'));
     if (!claim) return undefined;
     const claimedAt = Date.now();
     const { key, base, log, to, country } = claim;
@@ -109,7 +106,7 @@ export class FlashProcessor {
       const watch = await watchUnlessEnded(this.deps, key, base, trunk, claimedAt, log);
       if (!watch) return undefined;
       // From here the call may leave (a re-run after a crash before it: refunded, see claimDelivery).
-      markDialing(redis, key, base.step, mark, log);
+      markDialing(redis, key, base.step, jobId, log);
       this.deps.metrics.callStarted('flash_call', trunk.name);
       const result = await this.deps.trunks.guarded(trunk, placeFlashCall(this.deps.originator, {
         to,

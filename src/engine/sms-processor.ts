@@ -552,12 +552,12 @@ export class SmsProcessor {
     )) as 'published' | 'pending' | 'duplicate' | 'gone' | 'other_step' | 'superseded';
   }
 
-  /** Keys by SMSC and number (one HMAC of it, never the number): an unconfirmed submit, a receipt parked for it. */
   /** The submits in flight to a number, on any SMSC (markSmsSubmitting-2): an HMAC of the number, never the number. */
   private inFlightKey(number: string): string {
     return this.deps.keys.smsInFlight(this.deps.sealer.mac('sms-number', `inflight:${number.replace(/^\+/, '')}`));
   }
 
+  /** Keys by SMSC and number (one HMAC of it, never the number): an unconfirmed submit, a receipt parked for it. */
   private numberKeys(smsc: string, number: string): { unconfirmed: string; parked: string } {
     const mac = this.deps.sealer.mac('sms-number', `${smsc}:${number.replace(/^\+/, '')}`);
     return { unconfirmed: this.deps.keys.smsUnconfirmed(smsc, mac), parked: this.deps.keys.smsParkedByNumber(smsc, mac) };

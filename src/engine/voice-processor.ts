@@ -9,7 +9,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { RangeSelector } from '../numbers/range-selector.js';
 import type { CallOriginator } from '../sip/call-originator.js';
 import type { Keys } from '../store/keys.js';
-import { dialMark, markDialing, recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
+import { callResume, markDialing, recordAttemptFields, watchUnlessEnded } from './attempt-state.js';
 import { claimDelivery } from './delivery-claim.js';
 import type { ShutdownSignals } from './flash-call.js';
 import { failNoRoute, placeOnTrunks } from './route-advance.js';
@@ -47,10 +47,7 @@ export class VoiceProcessor {
     const { redis, config, events } = this.deps;
     // Re-run after a crash: a call that was answered was delivered (its event is in the stream); any other may have left.
     // One that never got past its wait for a channel or CPS token (no dial mark of this job): never left, refunded.
-    const mark = dialMark(jobId);
-    const claim = await claimDelivery(this.deps, { requestId, jobId }, 'voice', ['locale', 'answered_at', 'dial_job'], (extra) =>
-      extra.answered_at ? 'done' : extra.dial_job === mark ? 'interrupted' : 'unsent',
-    );
+    const claim = await claimDelivery(this.deps, { requestId, jobId }, 'voice', ['locale', 'answered_at', 'dial_job'], callResume(jobId, 'answered_at'));
     if (!claim) return undefined;
     const claimedAt = Date.now();
     const { key, base, log, to, code, country } = claim;
@@ -70,7 +67,7 @@ export class VoiceProcessor {
       const watch = await watchUnlessEnded(this.deps, key, base, trunk, claimedAt, log);
       if (!watch) return undefined;
       // From here the call may leave (a re-run after a crash before it: refunded, see claimDelivery).
-      markDialing(redis, key, step, mark, log);
+      markDialing(redis, key, step, jobId, log);
       this.deps.metrics.callStarted('voice', trunk.name);
       // A call that throws before its report() must not keep a down trunk's probe slot (trunk-pacer.ts).
       const result = await this.deps.trunks.guarded(trunk, placeVoiceCall(this.deps.originator, this.deps.player, {

@@ -72,6 +72,11 @@ export function isSupportedChallenge(challenge: DigestChallenge): boolean {
   return SUPPORTED_ALGORITHMS.has(challenge.algorithm);
 }
 
+/** Why a 401/407 was not answered, as the warn lines of both SIP backends say it. */
+export const AUTH_NOT_CONFIGURED = 'the trunk asks for digest credentials: set sip.trunks[].auth';
+export const AUTH_REFUSED = 'the trunk refused our digest credentials (sip.trunks[].auth)';
+export const AUTH_UNUSABLE = "the trunk's challenge offers no Digest this engine can answer (algorithm MD5 or SHA-256, -sess or not)";
+
 /** What a 401/407 offers, for a log line: `realm="…" algorithm=…` per challenge (a scheme other than Digest by name). */
 export function offeredChallenges(values: readonly string[]): string[] {
   return values.map((value) => {

@@ -10,7 +10,7 @@ import type { TrunkConfig } from '../config/schema.js';
 import { AppError } from '../errors/app-error.js';
 import { answerToOffer, callDelegate, reportCallEnd, type CallDelegate, type CallFailure, type CallFailureReason, type OutboundCall } from './call-originator.js';
 import type { Clock, SipTimerConfig, TimerHandle } from './clock.js';
-import { computeDigest, offeredChallenges, usableChallenges, type DigestChallenge } from './digest.js';
+import { AUTH_NOT_CONFIGURED, AUTH_REFUSED, AUTH_UNUSABLE, computeDigest, offeredChallenges, usableChallenges, type DigestChallenge } from './digest.js';
 import {
   getHeader,
   getHeaders,
@@ -643,19 +643,19 @@ export class UacCall implements OutboundCall {
   private tryAuthRetry(response: ParsedResponse): true | string | undefined {
     const credentials = this.trunk.auth;
     if (this.cancelRequested || this.unreadable) return undefined;
-    if (credentials === undefined) return 'the trunk asks for digest credentials: set sip.trunks[].auth';
-    if (this.authRetries >= MAX_AUTH_RETRIES) return 'the trunk refused our digest credentials (sip.trunks[].auth)';
+    if (credentials === undefined) return AUTH_NOT_CONFIGURED;
+    if (this.authRetries >= MAX_AUTH_RETRIES) return AUTH_REFUSED;
     const proxy = response.status === 407;
     let usable = 0;
     for (const challenge of usableChallenges(getHeaders(response, proxy ? 'proxy-authenticate' : 'www-authenticate'))) {
       const key = (proxy ? 'p:' : 'w:') + challenge.realm;
       const previous = this.auth.get(key);
       // One answer per challenge; a repeated challenge is a rejection unless the nonce was merely stale.
-      if (previous !== undefined && !challenge.stale) return 'the trunk refused our digest credentials (sip.trunks[].auth)';
+      if (previous !== undefined && !challenge.stale) return AUTH_REFUSED;
       this.auth.set(key, { header: proxy ? 'Proxy-Authorization' : 'Authorization', challenge, nc: 0 });
       usable++;
     }
-    if (usable === 0) return "the trunk's challenge offers no Digest this engine can answer (algorithm MD5 or SHA-256, -sess or not)";
+    if (usable === 0) return AUTH_UNUSABLE;
     this.authRetries++;
     this.inviteCseq = this.lastCseq + 1;
     this.log.debug({ status: response.status, cseq: this.inviteCseq }, 'answering digest challenge');

@@ -15,7 +15,7 @@ export class RedisStallWatch {
 
   constructor(
     private readonly redis: Redis,
-    private readonly options: { stallMs: number; intervalMs?: number; logger: Logger },
+    private readonly options: { stallMs: number; logger: Logger },
   ) {}
 
   get stalled(): boolean {
@@ -23,7 +23,8 @@ export class RedisStallWatch {
   }
 
   start(): void {
-    const intervalMs = this.options.intervalMs ?? Math.max(100, Math.min(500, Math.floor(this.options.stallMs / 4)));
+    // Often enough to see a stall soon after stallMs, at most twice a second.
+    const intervalMs = Math.max(100, Math.min(500, Math.floor(this.options.stallMs / 4)));
     this.timer = setInterval(() => this.tick(), intervalMs);
     this.timer.unref();
   }

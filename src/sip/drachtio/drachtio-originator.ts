@@ -46,7 +46,7 @@ import {
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import { maskUser } from '../util.js';
 import { PingAttempt, pingAddressing } from '../options-ping.js';
-import { offeredChallenges } from '../digest.js';
+import { AUTH_NOT_CONFIGURED, AUTH_REFUSED, offeredChallenges } from '../digest.js';
 import { callAddresses, dummySdp, failureReasonFor, resolveTrunk } from '../uac.js';
 import { q850Cause } from '../reason.js';
 import { errorMessage, newCallId } from '../util.js';
@@ -74,6 +74,11 @@ export interface DrachtioOriginatorOptions extends DrachtioConnectionOptions {
 /** Phrase of the failure reported for calls in flight when the drachtio connection drops. */
 export const CONNECTION_LOST = 'drachtio connection lost';
 
+/** Whether a To header value carries a tag: every final response a far end (or a proxy for itself) sends does. */
+function hasTag(to: string): boolean {
+  return /;\s*tag=/i.test(to);
+}
+
 /**
  * A non-2xx final response as drachtio-srf reports it → the failure the
  * embedded stack would report (shared mapping), except two that
@@ -86,7 +91,7 @@ export const CONNECTION_LOST = 'drachtio connection lost';
  *    a transport error (the trunk's failure, route advanced, not a far end's 503).
  */
 export function drachtioFailure(status: number, phrase: string | undefined, sawResponse: boolean, reasonHeader?: string, to?: string): CallFailure {
-  const untagged = to !== undefined && !/;\s*tag=/i.test(to);
+  const untagged = to !== undefined && !hasTag(to);
   const reason = status === 408 && !sawResponse ? 'timeout' : untagged ? 'unreachable' : failureReasonFor(status);
   const q850 = reasonHeader === undefined ? undefined : q850Cause([reasonHeader]);
   return { reason, status, ...(phrase === undefined ? {} : { phrase }), ...(q850 ? { q850 } : {}) };
@@ -104,7 +109,7 @@ export function drachtioFailure(status: number, phrase: string | undefined, sawR
  */
 export function drachtioPingOutcome(status: number, to: string | undefined): PingOutcome {
   if (status === 408) return 'timeout';
-  if (!/;\s*tag=/i.test(to ?? '')) return 'unreachable';
+  if (!hasTag(to ?? '')) return 'unreachable';
   return 'answered';
 }
 
@@ -449,7 +454,7 @@ class DrachtioCall implements OutboundCall {
         const challenges = offeredChallenges(offered === undefined ? [] : [offered]);
         this.log.warn(
           { trunk: this.trunk.name, status, challenges },
-          this.trunk.auth === undefined ? 'the trunk asks for digest credentials: set sip.trunks[].auth' : 'the trunk refused our digest credentials (sip.trunks[].auth)',
+          this.trunk.auth === undefined ? AUTH_NOT_CONFIGURED : AUTH_REFUSED,
         );
       }
       if (status === 487 && this.cancelRequested) this.finish('cancelled', undefined, 487);
