@@ -34,6 +34,8 @@ export interface ClusterLimitsOptions {
 
 export const DEFAULT_LEASE_MS = 15_000;
 export const DEFAULT_POLL_MS = 25;
+/** A give Redis refused is sent again this often (SharedCount.flushGive). */
+const GIVE_RETRY_MS = 250;
 
 export class ClusterLimits {
   readonly leaseMs: number;
@@ -168,12 +170,29 @@ export class SharedCount {
     this.giving += delta;
     if (this.givingQueued) return;
     this.givingQueued = true;
-    queueMicrotask(() => {
-      const d = this.giving;
-      this.giving = 0;
-      this.givingQueued = false;
-      if (d === 0) return;
-      scripts.giveSharedCount.run(this.redis, [this.keys.count, this.keys.leases], [this.worker, d, this.leaseMs]).catch((err: Error) => this.options.onGiveFailed?.(err));
+    queueMicrotask(() => this.flushGive(undefined));
+  }
+
+  /**
+   * Writes the gives of one turn. A give Redis refuses (full, unreachable a moment) is sent again every
+   * GIVE_RETRY_MS for up to half a lease: dropped, the share it gives back would stay counted for as long as this
+   * worker's lease is renewed (its own count is written back only once its field has lapsed), and the trunk's calls
+   * would wait for channels nobody holds. Past half a lease it is dropped: by then the lease may lapse, and the
+   * worker's own count, written back, already has it.
+   */
+  private flushGive(failingSince: number | undefined): void {
+    const d = this.giving;
+    this.giving = 0;
+    this.givingQueued = false;
+    if (d === 0) return;
+    scripts.giveSharedCount.run(this.redis, [this.keys.count, this.keys.leases], [this.worker, d, this.leaseMs]).catch((err: Error) => {
+      if (failingSince === undefined) this.options.onGiveFailed?.(err);
+      const since = failingSince ?? Date.now();
+      if (Date.now() - since >= this.leaseMs / 2) return;
+      this.giving += d;
+      if (this.givingQueued) return;
+      this.givingQueued = true;
+      setTimeout(() => this.flushGive(since), GIVE_RETRY_MS).unref();
     });
   }
 
